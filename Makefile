@@ -1,0 +1,160 @@
+# libds and the ds-* tools.
+#
+#   make                 build libds and the eight programs into bin/
+#   make test            install what is missing, build, run every suite; ends with "N passed, N failed"
+#   make demo            the whole pipeline on the embedded default data (share/demo.sh)
+#   make SANITIZE=1 test the suite under ASan + UBSan
+#   make CUDA=0          skip the CUDA objects even where nvcc exists
+#   make test-gpu        kernels and end-to-end steps against the CPU reference (needs a GPU)
+#   make install PREFIX=/usr/local
+#
+# Sources are found by wildcard: a new lib/<module>/<name>.c, tools/ds-<name>.c, tests/unit/test_<name>.c,
+# tests/fuzz/fuzz_<name>.c or kernels/<name>.cu is picked up without editing this file.
+
+PREFIX   ?= /usr/local
+CC       ?= cc
+ifeq ($(origin CC),default)
+CC       := gcc
+endif
+NVCC     ?= nvcc
+ARCH     ?= -march=native
+OPT      ?= -O3
+SANITIZE ?=
+FUZZ_SECONDS ?= 4
+VENV     ?= $(HOME)/.cache/ds-venv
+
+ifeq ($(origin CUDA),undefined)
+CUDA := $(if $(shell sh -c 'command -v $(NVCC)' 2>/dev/null),1,0)
+endif
+
+VARIANT := $(if $(SANITIZE),san,rel)$(if $(filter 1,$(CUDA)),-cuda,)
+BUILD   := build/$(VARIANT)
+BIN     := $(if $(SANITIZE),$(BUILD)/bin,bin)
+
+GIT_REV := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+PKGS    := openblas libzstd libpcre2-8 jansson ompi-c
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wno-sign-compare
+CFLAGS  ?= $(OPT) $(ARCH) -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Ilib $(WARN) $(PKG_CFLAGS) -DDS_GIT='"$(GIT_REV)"'
+LDLIBS  := $(PKG_LIBS) -lopenblas -lzstd -lpcre2-8 -ljansson -lm -lpthread
+LDFLAGS += -fopenmp
+
+ifneq ($(SANITIZE),)
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+OPT     := -O1
+endif
+
+LIB_SRC  := $(sort $(wildcard lib/*/*.c))
+LIB_HDR  := $(sort $(wildcard lib/*/*.h))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TOOL_SRC := $(sort $(wildcard tools/ds-*.c))
+TOOLS    := $(TOOL_SRC:tools/%.c=$(BIN)/%)
+TOOL_OBJ := $(TOOL_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+UNITS    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+CU_SRC   := $(sort $(wildcard kernels/*.cu))
+CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.o)
+LIBDS    := $(BUILD)/libds.a
+
+ifeq ($(CUDA),1)
+CUDA_HOME ?= /usr/local/cuda
+CFLAGS   += -DDS_HAVE_CUDA -I$(CUDA_HOME)/include
+NVFLAGS  ?= -O3 -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Ilib -Ikernels -DDS_HAVE_CUDA \
+            -Xcompiler -fPIC,-Wall --expt-relaxed-constexpr
+LIBDS_CUDA := $(BUILD)/libds_cuda.a
+LDLIBS   += $(LIBDS_CUDA) -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt
+endif
+
+.PHONY: objects all deps venv test test-quick test-gpu demo install clean fuzz bench help
+.DEFAULT_GOAL := all
+
+all: deps-check $(TOOLS)
+
+help:
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+
+# --- set-up ----------------------------------------------------------------------------------------
+# deps: Debian packages (idempotent, fast when present). venv: Python reference packages, cached in
+# $(VENV) outside the clone so repeated runs reuse it.
+deps:
+	@.ci/deps.sh
+deps-check:
+	@.ci/deps.sh --check-or-install
+venv: deps
+	@VENV=$(VENV) .ci/venv.sh
+
+# --- build -----------------------------------------------------------------------------------------
+$(BUILD)/%.o: %.c $(LIB_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIBDS): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/kernels/%.o: kernels/%.cu $(LIB_HDR) $(wildcard kernels/*.cuh)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(LIBDS_CUDA): $(CU_OBJ)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN)/%: $(BUILD)/tools/%.o $(LIBDS) $(LIBDS_CUDA)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(LIBDS) $(LDLIBS) -o $@
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/tap.h $(LIBDS) $(LIBDS_CUDA)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) $< $(LIBDS) $(LDLIBS) -o $@
+
+# libFuzzer harnesses: the library is rebuilt with clang and the fuzzer instrumentation (no OpenMP).
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ilib $(PKG_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined \
+               -Wno-unknown-pragmas
+build/fuzz/obj/%.o: %.c $(LIB_HDR)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -c $< -o $@
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRC:%.c=build/fuzz/obj/%.o)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ $(LDLIBS) -o $@
+fuzz: $(FUZZERS)
+
+# --- tests -----------------------------------------------------------------------------------------
+# DS_BIN: the programs under test; DS_PY: the reference venv's python; DS_UNITS: unit test binaries.
+TEST_ENV = DS_BIN=$(abspath $(BIN)) DS_PY=$(VENV)/bin/python DS_UNITS="$(UNITS)" DS_FUZZERS="$(FUZZERS)" \
+           FUZZ_SECONDS=$(FUZZ_SECONDS) DS_SANITIZE=$(SANITIZE) OMP_NUM_THREADS=2
+
+test: venv all $(UNITS) $(if $(shell sh -c 'command -v clang' 2>/dev/null),$(FUZZERS),)
+	@$(TEST_ENV) tests/run.sh
+
+# the fast subset while developing: unit tests and bats, no reference checks or fuzzing
+test-quick: all $(UNITS)
+	@$(TEST_ENV) DS_QUICK=1 tests/run.sh
+
+test-gpu: all
+	@$(TEST_ENV) tests/gpu/run.sh
+
+demo: venv all
+	@DS_BIN=$(abspath $(BIN)) share/demo.sh
+
+# --- install ---------------------------------------------------------------------------------------
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/ds $(DESTDIR)$(PREFIX)/share/ds
+	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(LIBDS) $(DESTDIR)$(PREFIX)/lib/
+	cd lib && for h in $(LIB_HDR:lib/%=%); do install -D -m 644 $$h $(DESTDIR)$(PREFIX)/include/ds/$$h; done
+	cp -r share/. $(DESTDIR)$(PREFIX)/share/ds/
+
+clean:
+	rm -rf build bin
+
+# Naming the objects in a rule keeps make from treating them as intermediate (and skipping rebuilds).
+objects: $(LIB_OBJ) $(TOOL_OBJ) $(CU_OBJ)

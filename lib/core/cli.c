@@ -1,0 +1,257 @@
+#include "core/cli.h"
+
+#include "core/err.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef DS_VERSION
+#define DS_VERSION "0.1.0"
+#endif
+#ifndef DS_GIT
+#define DS_GIT "unknown"
+#endif
+
+const char ds_version_string[] = DS_VERSION " (" DS_GIT ")";
+
+static char tool_name[64] = "ds";
+
+void ds_tool_init(const char *name) {
+    snprintf(tool_name, sizeof tool_name, "%s", name);
+    ds_log_init(tool_name);
+}
+
+const char *ds_tool_name(void) { return tool_name; }
+
+int ds_tool_report(int rc) {
+    if (rc == 0) return 0;
+    const char *m = ds_errmsg();
+    fprintf(stderr, "%s: error: %s\n", tool_name, m[0] ? m : "unknown error");
+    if (ds_errhint()[0]) fprintf(stderr, "hint: %s\n", ds_errhint());
+    return rc;
+}
+
+int ds_usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", tool_name);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    fprintf(stderr, "hint: %s --help lists the options\n", tool_name);
+    return DS_EUSAGE;
+}
+
+void ds_strlist_push(ds_strlist *l, const char *s) {
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 4;
+        const char **v = realloc(l->v, (size_t)cap * sizeof *v);
+        if (!v) abort(); /* out of memory while parsing argv: nothing sensible to do */
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = s;
+}
+
+void ds_strlist_free(ds_strlist *l) {
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+static void format_default(const ds_opt *o, char *buf, size_t n) {
+    buf[0] = 0;
+    switch (o->type) {
+    case DS_OPT_FLAG: break;
+    case DS_OPT_INT: snprintf(buf, n, "%d", *(int *)o->dest); break;
+    case DS_OPT_I64: snprintf(buf, n, "%lld", (long long)*(int64_t *)o->dest); break;
+    case DS_OPT_FLOAT: snprintf(buf, n, "%g", *(double *)o->dest); break;
+    case DS_OPT_STR:
+    case DS_OPT_CHOICE: {
+        const char *s = *(const char **)o->dest;
+        if (s) snprintf(buf, n, "%s", s);
+        break;
+    }
+    case DS_OPT_STRLIST: {
+        const ds_strlist *l = o->dest;
+        size_t off = 0;
+        for (int i = 0; i < l->n && off < n; i++)
+            off += (size_t)snprintf(buf + off, n - off, "%s%s", i ? "," : "", l->v[i]);
+        break;
+    }
+    }
+}
+
+void ds_cli_help(const ds_cli *cli, FILE *f) {
+    fprintf(f, "Usage: %s %s\n\n", cli->name, cli->usage ? cli->usage : "[OPTIONS]");
+    if (cli->summary) fprintf(f, "%s\n\n", cli->summary);
+    fprintf(f, "Options:\n");
+    for (const ds_opt *o = cli->opts; o && o->name; o++) {
+        char lhs[96], def[256];
+        if (o->short_name)
+            snprintf(lhs, sizeof lhs, "  -%c, --%s%s%s", o->short_name, o->name, o->metavar ? " " : "",
+                     o->metavar ? o->metavar : "");
+        else
+            snprintf(lhs, sizeof lhs, "      --%s%s%s", o->name, o->metavar ? " " : "", o->metavar ? o->metavar : "");
+        format_default(o, def, sizeof def);
+        fprintf(f, "%-30s %s", lhs, o->help ? o->help : "");
+        if (o->type == DS_OPT_CHOICE && o->choices) fprintf(f, " (%s)", o->choices);
+        if (def[0]) fprintf(f, " [default: %s]", def);
+        if (o->type == DS_OPT_STRLIST) fprintf(f, " (repeatable)");
+        fprintf(f, "\n");
+    }
+    fprintf(f, "%-30s %s\n", "  -h, --help", "show this help and exit");
+    fprintf(f, "%-30s %s\n", "      --version", "print the version and exit");
+    if (cli->example) fprintf(f, "\nExample:\n%s\n", cli->example);
+}
+
+static int parse_i64(const char *s, int64_t *out) {
+    char *end;
+    errno = 0;
+    double mult = 1;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || errno) return -1;
+    if (*end) {
+        if (end[1]) return -1;
+        switch (*end) {
+        case 'K': case 'k': mult = 1e3; break;
+        case 'M': case 'm': mult = 1e6; break;
+        case 'G': case 'g': mult = 1e9; break;
+        case 'T': case 't': mult = 1e12; break;
+        default: return -1;
+        }
+    }
+    double d = (double)v * mult;
+    if (d > 9.2e18 || d < -9.2e18) return -1;
+    *out = (int64_t)d;
+    return 0;
+}
+
+static int check_range(const ds_opt *o, double v) {
+    if (o->min < o->max && (v < o->min || v > o->max))
+        return ds_usage_error("--%s: %g is out of range [%g, %g]", o->name, v, o->min, o->max);
+    return 0;
+}
+
+static int apply_opt(const ds_opt *o, const char *arg) {
+    switch (o->type) {
+    case DS_OPT_FLAG: *(int *)o->dest = 1; return 0;
+    case DS_OPT_INT: {
+        int64_t v;
+        if (parse_i64(arg, &v) || v < -2147483647LL || v > 2147483647LL)
+            return ds_usage_error("--%s: not an integer: '%s'", o->name, arg);
+        if (check_range(o, (double)v)) return DS_EUSAGE;
+        *(int *)o->dest = (int)v;
+        return 0;
+    }
+    case DS_OPT_I64: {
+        int64_t v;
+        if (parse_i64(arg, &v)) return ds_usage_error("--%s: not an integer: '%s'", o->name, arg);
+        if (check_range(o, (double)v)) return DS_EUSAGE;
+        *(int64_t *)o->dest = v;
+        return 0;
+    }
+    case DS_OPT_FLOAT: {
+        char *end;
+        errno = 0;
+        double v = strtod(arg, &end);
+        if (end == arg || *end || errno || !isfinite(v))
+            return ds_usage_error("--%s: not a number: '%s'", o->name, arg);
+        if (check_range(o, v)) return DS_EUSAGE;
+        *(double *)o->dest = v;
+        return 0;
+    }
+    case DS_OPT_STR: *(const char **)o->dest = arg; return 0;
+    case DS_OPT_STRLIST: ds_strlist_push(o->dest, arg); return 0;
+    case DS_OPT_CHOICE: {
+        size_t n = strlen(arg);
+        for (const char *c = o->choices; c && *c;) {
+            const char *bar = strchr(c, '|');
+            size_t len = bar ? (size_t)(bar - c) : strlen(c);
+            if (len == n && !strncmp(c, arg, n)) {
+                *(const char **)o->dest = arg;
+                return 0;
+            }
+            c = bar ? bar + 1 : c + len;
+        }
+        return ds_usage_error("--%s: '%s' is not one of %s", o->name, arg, o->choices);
+    }
+    }
+    return 0;
+}
+
+int ds_cli_parse(const ds_cli *cli, int argc, char **argv, int *optind_out) {
+    enum { VERSION_ID = 1000 };
+    int n = 0;
+    for (const ds_opt *o = cli->opts; o && o->name; o++) n++;
+    struct option *lo = calloc((size_t)n + 3, sizeof *lo);
+    char *shorts = calloc((size_t)2 * n + 8, 1);
+    if (!lo || !shorts) abort();
+    size_t sp = 0;
+    shorts[sp++] = ':'; /* report missing arguments as ':' (GNU permutation: options may follow files) */
+    for (int i = 0; i < n; i++) {
+        const ds_opt *o = &cli->opts[i];
+        int has_arg = o->type == DS_OPT_FLAG ? no_argument : required_argument;
+        lo[i] = (struct option){o->name, has_arg, NULL, o->short_name ? o->short_name : 2000 + i};
+        if (o->short_name) {
+            shorts[sp++] = o->short_name;
+            if (has_arg) shorts[sp++] = ':';
+        }
+    }
+    lo[n] = (struct option){"help", no_argument, NULL, 'h'};
+    lo[n + 1] = (struct option){"version", no_argument, NULL, VERSION_ID};
+    shorts[sp++] = 'h';
+
+    int rc = -1;
+    optind = 1;
+    opterr = 0;
+    for (;;) {
+        int li = -1;
+        int c = getopt_long(argc, argv, shorts, lo, &li);
+        if (c == -1) break;
+        if (c == 'h') {
+            ds_cli_help(cli, stdout);
+            rc = 0;
+            break;
+        }
+        if (c == VERSION_ID) {
+            printf("%s %s\n", cli->name, ds_version_string);
+            rc = 0;
+            break;
+        }
+        if (c == '?') {
+            if (optopt && optopt < 128 && optopt > 32)
+                rc = ds_usage_error("unknown option '-%c'", optopt);
+            else
+                rc = ds_usage_error("unknown option '%s'", argv[optind - 1]);
+            break;
+        }
+        if (c == ':') {
+            rc = ds_usage_error("option '%s' needs an argument", argv[optind - 1]);
+            break;
+        }
+        const ds_opt *o = NULL;
+        if (c >= 2000 && c < 2000 + n)
+            o = &cli->opts[c - 2000];
+        else
+            for (int i = 0; i < n; i++)
+                if (cli->opts[i].short_name == c) o = &cli->opts[i];
+        if (!o) {
+            rc = ds_usage_error("unknown option '%s'", argv[optind - 1]);
+            break;
+        }
+        if (apply_opt(o, optarg)) {
+            rc = DS_EUSAGE;
+            break;
+        }
+    }
+    free(lo);
+    free(shorts);
+    if (optind_out) *optind_out = optind;
+    return rc;
+}

@@ -1,0 +1,70 @@
+/* cli.h — the one command-line parser every ds-* tool uses.
+ *
+ * Owns: option tables, getopt_long parsing with typed validation, --help generated from the table
+ * (so help and parser cannot drift apart; defaults are read from the destination variables at the
+ * time help is printed), --version, and the tool's error/warning printing conventions:
+ *   ds-NAME: error: <what>: <where>      (stderr, exit 1 runtime / 2 usage / 3 diverged)
+ * This is the only part of libds that writes to stdout (help, version), on the tool's request.
+ */
+#ifndef DS_CORE_CLI_H
+#define DS_CORE_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum {
+    DS_OPT_FLAG,    /* int*, set to 1 */
+    DS_OPT_INT,     /* int* */
+    DS_OPT_I64,     /* int64_t* (accepts K/M/G suffixes: 1K = 1000) */
+    DS_OPT_FLOAT,   /* double* */
+    DS_OPT_STR,     /* const char** */
+    DS_OPT_STRLIST, /* ds_strlist*, repeatable */
+    DS_OPT_CHOICE,  /* const char**, value must be one of `choices` ("a|b|c") */
+} ds_opt_type;
+
+typedef struct {
+    const char **v;
+    int n, cap;
+} ds_strlist;
+
+typedef struct {
+    const char *name; /* long name without dashes */
+    char short_name;  /* 0 for none */
+    ds_opt_type type;
+    void *dest;
+    const char *metavar; /* "N", "FILE"; NULL for flags */
+    const char *help;
+    const char *choices; /* DS_OPT_CHOICE only */
+    double min, max;     /* numeric range check when min < max */
+} ds_opt;
+
+typedef struct {
+    const char *name;    /* "ds-pretrain" or "ds-tokenize encode" */
+    const char *usage;   /* "[OPTIONS] [FILE...|-]" */
+    const char *summary; /* one paragraph, what the program does */
+    const char *example; /* example pipeline(s), printed last */
+    const ds_opt *opts;  /* terminated by an entry with name == NULL */
+} ds_cli;
+
+/* Parse argv. Returns -1 to continue (positional arguments start at *optind_out), or an exit code:
+ * 0 after printing --help/--version, 2 after printing a usage error. */
+int ds_cli_parse(const ds_cli *cli, int argc, char **argv, int *optind_out);
+void ds_cli_help(const ds_cli *cli, FILE *f);
+void ds_strlist_push(ds_strlist *l, const char *s);
+void ds_strlist_free(ds_strlist *l);
+
+/* Tool identity and reporting. ds_tool_init also reads DS_LOG (quiet|verbose) defaults. */
+void ds_tool_init(const char *name);
+const char *ds_tool_name(void);
+/* Print "ds-NAME: error: <ds_errmsg()>" (+ "hint: ..." line) to stderr; returns rc for `return`. */
+int ds_tool_report(int rc);
+/* Print a usage error and return 2. */
+int ds_usage_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+extern const char ds_version_string[];
+
+#endif

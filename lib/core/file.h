@@ -1,0 +1,45 @@
+/* file.h — files and paths: whole-file reads, "-" for stdin/stdout, atomic writes.
+ *
+ * Owns: the rule that "-" means stdin/stdout wherever a path is expected; atomic replacement of a
+ * file (write to a temp file in the same directory, fsync, rename, fsync the directory) so readers
+ * never see half a file and a killed writer leaves the previous version intact; refusing binary
+ * output to a terminal; mkdir -p.
+ */
+#ifndef DS_CORE_FILE_H
+#define DS_CORE_FILE_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+int ds_is_stdio(const char *path); /* path is "-" */
+
+/* Read a whole file ("-" = stdin) into a malloc'd buffer with a NUL after the data.
+ * max_bytes bounds memory (0 = no bound). */
+int ds_read_file(const char *path, char **data, size_t *len, size_t max_bytes);
+int ds_read_stream(FILE *f, const char *where, char **data, size_t *len, size_t max_bytes);
+
+/* Atomic file replacement. */
+typedef struct {
+    FILE *f;
+    char path[4096], tmp[4200];
+    int is_stdout;
+} ds_atomic;
+
+int ds_atomic_open(ds_atomic *a, const char *path); /* "-" writes to stdout, not atomic */
+int ds_atomic_commit(ds_atomic *a);                 /* flush, fsync, rename, fsync dir; closes */
+void ds_atomic_abort(ds_atomic *a);                 /* close and remove the temp file */
+
+int ds_fsync_dir(const char *dir);
+int ds_mkdir_p(const char *path);
+int ds_path_is_dir(const char *path);
+int ds_path_exists(const char *path);
+/* Join dir and name into out (size n); returns DS_ERR if it does not fit. */
+int ds_path_join(char *out, size_t n, const char *dir, const char *name);
+
+/* Refuse to write binary data to a terminal unless forced: returns DS_ERR with a hint. */
+int ds_check_binary_stdout(int force);
+
+/* fwrite that reports "write failed: <errno>: where" through ds_fail. */
+int ds_write_all(FILE *f, const void *buf, size_t n, const char *where);
+
+#endif

@@ -1,0 +1,149 @@
+/* Unit tests for lib/core: JSON writer, RNG, dtype conversions, errors, atomic files, arena. */
+#include "tap.h"
+
+#include "core/dtype.h"
+#include "core/err.h"
+#include "core/file.h"
+#include "core/jsonw.h"
+#include "core/rng.h"
+#include "core/threads.h"
+
+#include <stdint.h>
+#include <unistd.h>
+
+TEST(jsonw_escapes_and_nests) {
+    ds_jsonw w;
+    ds_jsonw_init(&w);
+    ds_jsonw_obj_begin(&w);
+    ds_jsonw_kstr(&w, "a", "q\"\\\n\x01");
+    ds_jsonw_key(&w, "arr");
+    ds_jsonw_arr_begin(&w);
+    ds_jsonw_int(&w, 1);
+    ds_jsonw_int(&w, -2);
+    ds_jsonw_obj_begin(&w);
+    ds_jsonw_obj_end(&w);
+    ds_jsonw_arr_end(&w);
+    ds_jsonw_knum(&w, "x", 0.1);
+    ds_jsonw_knum(&w, "nan", NAN);
+    ds_jsonw_obj_end(&w);
+    CHECK(!strcmp(w.buf, "{\"a\":\"q\\\"\\\\\\n\\u0001\",\"arr\":[1,-2,{}],\"x\":0.10000000000000001,\"nan\":null}"),
+          "got %s", w.buf);
+    ds_jsonw_reset(&w);
+    ds_jsonw_strn(&w, "a\xff\xc3\xa9\xe2\x82", 6);
+    CHECK(!strcmp(w.buf, "\"a\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd\xef\xbf\xbd\""), "invalid UTF-8 replaced: %s", w.buf);
+    ds_jsonw_free(&w);
+}
+
+TEST(philox_known_answer) {
+    /* Random123 known-answer vector for philox4x32-10: counter 0, key 0 */
+    uint32_t out[4];
+    ds_philox4x32(0, 0, 0, out);
+    CHECK(out[0] == 0x6627e8d5u && out[1] == 0xe169c58du && out[2] == 0xbc57ac4cu && out[3] == 0x9b00dbd8u,
+          "philox(0,0) = %08x %08x %08x %08x", out[0], out[1], out[2], out[3]);
+    /* counter all ones, key all ones */
+    ds_philox4x32(UINT64_MAX, UINT64_MAX, UINT64_MAX, out);
+    CHECK(out[0] == 0x408f276du && out[1] == 0x41c83b0eu && out[2] == 0xa20bc7c6u && out[3] == 0x6d5451fdu,
+          "philox(ff..) = %08x %08x %08x %08x", out[0], out[1], out[2], out[3]);
+}
+
+TEST(randn_is_order_independent_and_normal) {
+    enum { N = 200001 };
+    float *a = malloc(N * sizeof *a), *b = malloc(N * sizeof *b);
+    ds_threads_set(1);
+    ds_randn_fill(a, N, 42, 7, 1.0f);
+    ds_threads_set(2);
+    ds_randn_fill(b, N, 42, 7, 1.0f);
+    CHECK(!memcmp(a, b, N * sizeof *a), "same numbers with 1 and 2 threads");
+    double m = 0, v = 0;
+    for (int i = 0; i < N; i++) m += a[i];
+    m /= N;
+    for (int i = 0; i < N; i++) v += (a[i] - m) * (a[i] - m);
+    v /= N;
+    CHECK_NEAR(m, 0.0, 0.01, "mean");
+    CHECK_NEAR(v, 1.0, 0.01, "variance");
+    ds_randn_fill(b, N, 43, 7, 1.0f);
+    CHECK(memcmp(a, b, N * sizeof *a) != 0, "another seed gives other numbers");
+    free(a);
+    free(b);
+}
+
+TEST(permutation_is_a_permutation) {
+    enum { N = 1000 };
+    uint32_t p[N];
+    int seen[N] = {0};
+    ds_permutation(p, N, 1, 2);
+    int ok = 1;
+    for (int i = 0; i < N; i++) {
+        if (p[i] >= N || seen[p[i]]) ok = 0;
+        else seen[p[i]] = 1;
+    }
+    CHECK(ok, "every index exactly once");
+}
+
+TEST(bf16_rounding) {
+    CHECK(ds_f32_to_bf16(1.0f) == 0x3f80, "1.0");
+    /* 1 + 2^-8 is exactly halfway between bf16 1.0 and 1.0078125: ties to even -> 1.0 */
+    CHECK(ds_f32_to_bf16(1.00390625f) == 0x3f80, "tie to even down");
+    /* 1 + 3*2^-8 is halfway between 1.0078125 (odd) and 1.015625 (even) -> up */
+    CHECK(ds_f32_to_bf16(1.01171875f) == 0x3f82, "tie to even up");
+    CHECK(ds_f32_to_bf16(INFINITY) == 0x7f80, "inf");
+    uint16_t n = ds_f32_to_bf16(NAN);
+    CHECK((n & 0x7f80) == 0x7f80 && (n & 0x7f), "nan stays nan");
+    CHECK(ds_bf16_to_f32(0xc040) == -3.0f, "decode -3");
+}
+
+TEST(f16_round_trip_every_value) {
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = ds_f16_to_f32((uint16_t)h);
+        uint16_t back = ds_f32_to_f16(f);
+        int is_nan = (h & 0x7c00) == 0x7c00 && (h & 0x3ff);
+        if (is_nan ? !((back & 0x7c00) == 0x7c00 && (back & 0x3ff)) : back != h) bad++;
+    }
+    CHECK(bad == 0, "%d of 65536 f16 values fail to round-trip", bad);
+    CHECK(ds_f32_to_f16(65520.0f) == 0x7c00, "65520 rounds to inf");
+    CHECK(ds_f32_to_f16(65519.0f) == 0x7bff, "65519 rounds to max");
+    CHECK(ds_f32_to_f16(5.96046448e-8f) == 1, "smallest subnormal");
+    CHECK(ds_f32_to_f16(2.98023224e-8f) == 0, "half the smallest subnormal ties to zero");
+}
+
+TEST(errors_compose) {
+    int rc = ds_fail(DS_ERR, "bad magic: %s", "x.tok");
+    ds_fail_ctx(rc, "shard header");
+    CHECK(rc == DS_ERR && !strcmp(ds_errmsg(), "shard header: bad magic: x.tok"), "message: %s", ds_errmsg());
+}
+
+TEST(atomic_file_replaces_or_keeps) {
+    char dir[] = "/tmp/ds-core-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "temp dir");
+    char path[256];
+    snprintf(path, sizeof path, "%s/f.txt", dir);
+    ds_atomic a;
+    CHECK(ds_atomic_open(&a, path) == 0, "open");
+    fputs("one", a.f);
+    CHECK(ds_atomic_commit(&a) == 0, "commit");
+    CHECK(ds_atomic_open(&a, path) == 0, "reopen");
+    fputs("two-partial", a.f);
+    ds_atomic_abort(&a);
+    char *data;
+    size_t len;
+    CHECK(ds_read_file(path, &data, &len, 0) == 0 && len == 3 && !memcmp(data, "one", 3), "aborted write keeps old");
+    free(data);
+    CHECK(ds_read_file(dir, &data, &len, 0) == DS_ERR && strstr(ds_errmsg(), "is a directory"), "dir: %s",
+          ds_errmsg());
+    unlink(path);
+    rmdir(dir);
+}
+
+TEST(arena_aligns_and_bounds) {
+    ds_arena a;
+    CHECK(ds_arena_init(&a, 1000) == 0, "init");
+    char *p = ds_arena_alloc(&a, 10), *q = ds_arena_alloc(&a, 10);
+    CHECK(((uintptr_t)p & 63) == 0 && ((uintptr_t)q & 63) == 0 && q - p == 64, "64-byte aligned");
+    CHECK(ds_arena_alloc(&a, 1000) == NULL, "full arena returns NULL");
+    ds_arena_reset(&a);
+    CHECK(ds_arena_alloc(&a, 1000) != NULL, "reset frees");
+    ds_arena_free(&a);
+}
+
+TAP_MAIN()
