@@ -1,0 +1,125 @@
+/* model.h — the DeepSeek-V3 network: parameters, forward, backward, losses.
+ *
+ * Owns: the parameter layout (one contiguous fp32 buffer with Hugging Face tensor names, gradients in
+ * the same layout, the non-trainable expert biases in a separate buffer), weight init, and the
+ * training forward/backward of the whole network including MTP and the sequence-wise balance loss.
+ * The network is written against the op layer (ops/), so the same code runs on both backends.
+ *
+ * Loss interface: the forward pass produces per-token log-probabilities of the targets (main head
+ * and each MTP module); the backward pass takes d(loss)/d(logprob) per token. Cross-entropy, masked
+ * SFT loss and GRPO's surrogate are then all the caller's choice of coefficients:
+ *   pretrain:  dlogp[t] = -1/N for every valid target;  MTP: dmtp[k][t] = -lambda/(D*N)
+ *   SFT:       the same over assistant tokens only (targets -1 elsewhere)
+ *   GRPO:      dlogp[t] = d(surrogate + KL)/d(logp_t)
+ * Spec: ../shared/spec/deepseek-v3.md sections 2-8.
+ */
+#ifndef DS_MODEL_MODEL_H
+#define DS_MODEL_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/config.h"
+
+typedef enum {
+    DS_PARAM_MATRIX = 0, /* linear weights: weight decay applies */
+    DS_PARAM_EMBED,      /* embedding table */
+    DS_PARAM_HEAD,       /* lm_head */
+    DS_PARAM_NORM,       /* RMSNorm gains: no weight decay */
+    DS_PARAM_ROUTER,     /* MoE gate weight */
+} ds_param_kind;
+
+typedef struct {
+    char name[112]; /* HF name, e.g. "model.layers.3.mlp.experts.7.up_proj.weight" */
+    int ndim;
+    int64_t shape[2];
+    size_t offset; /* in floats, into params/grads */
+    size_t numel;
+    ds_param_kind kind;
+    int layer;  /* -1 for embedding, final norm, head */
+    int expert; /* routed expert index, or -1 */
+} ds_param;
+
+/* Pointers into the parameter (or gradient) buffer for one decoder layer. NULL where absent. */
+typedef struct {
+    float *attn_norm;                    /* input_layernorm [D] */
+    float *q_a, *q_a_norm, *q_b;         /* q_lora_rank > 0: [Rq, D], [Rq], [H*(Dn+Dr), Rq] */
+    float *q;                            /* q_lora_rank == 0: [H*(Dn+Dr), D] */
+    float *kv_a, *kv_a_norm, *kv_b;      /* [Rkv+Dr, D], [Rkv], [H*(Dn+Dv), Rkv] */
+    float *o;                            /* [D, H*Dv] */
+    float *ffn_norm;                     /* post_attention_layernorm [D] */
+    float *w_gate, *w_up, *w_down;       /* dense FFN: [I, D], [I, D], [D, I] */
+    float *router;                       /* MoE gate.weight [E, D] */
+    float *exp_gate, *exp_up, *exp_down; /* routed experts, contiguous: [E][Ie, D], [E][Ie, D], [E][D, Ie] */
+    float *sh_gate, *sh_up, *sh_down;    /* shared experts: [Is, D], [Is, D], [D, Is], Is = n_shared*Ie */
+    float *enorm, *hnorm, *eh_proj;      /* MTP module: [D], [D], [D, 2D] (columns: [enorm(emb) ; hnorm(h)]) */
+    float *head_norm;                    /* MTP module: shared_head.norm [D] */
+} ds_layer_w;
+
+typedef struct {
+    float *embed;      /* [V, D] */
+    float *final_norm; /* [D] */
+    float *head;       /* lm_head [V, D] */
+    ds_layer_w *layer; /* num_hidden_layers + num_nextn_predict_layers entries (MTP modules last) */
+} ds_weights;
+
+/* One training micro-batch: B sequences of T tokens. */
+typedef struct {
+    int B, T;
+    const int32_t *tokens;  /* [B*T] input ids */
+    const int32_t *targets; /* [B*T] next-token ids; -1 = no prediction at this position */
+    const int32_t *pos;     /* [B*T] RoPE positions, or NULL for 0..T-1 in every row */
+    const int32_t *seg;     /* [B*T] sample ids for sample masking (attention only within equal ids,
+                               positions restart per sample when pos is NULL), or NULL for plain causal */
+} ds_batch;
+
+/* Outputs of a training forward pass (buffers owned by the model, valid until the next forward). */
+typedef struct {
+    const float *logp;          /* [B*T] log p(target) from the main head; 0 where target = -1 */
+    const float *mtp_logp;      /* [D][B*T]: module k (1-based) at position t of row b scores targets[b][t+k],
+                                   the token k+1 places after t, from h^{k-1}_t and Emb(tokens[b][t+k]);
+                                   0 where t+k >= T, that target is -1, or seg[t+k] != seg[t] */
+    const float *entropy;       /* [B*T] entropy of the main head's distribution (when asked), else NULL */
+    double bal_loss;            /* alpha * sum_layers mean_seq sum_i f_i P_i (0 when alpha = 0) */
+    const int32_t *expert_load; /* [n_moe_layers][n_routed_experts] tokens routed this forward */
+    int n_moe_layers;
+} ds_fwd_out;
+
+typedef struct {
+    int max_batch, max_seq;  /* activation arena is sized for B*T <= max_batch*max_seq */
+    int train;               /* keep activations and allocate gradients */
+    int recompute;           /* recompute RMSNorm outputs and MLA up-projections in backward (V3; default 1) */
+    int want_entropy;        /* compute per-token entropy in forward */
+    double balance_alpha;    /* complementary sequence-wise balance loss weight (0 = off) */
+} ds_model_opts;
+
+typedef struct ds_model ds_model;
+
+/* Create a model for cfg (copied). Parameters are allocated and zeroed; call ds_model_init or load. */
+int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *opts);
+void ds_model_free(ds_model *m);
+
+const ds_config *ds_model_config(const ds_model *m);
+/* Parameter table, buffers and weight pointers. */
+const ds_param *ds_model_params_info(const ds_model *m, int *count);
+float *ds_model_params(ds_model *m);
+float *ds_model_grads(ds_model *m); /* NULL unless opts.train */
+size_t ds_model_num_params(const ds_model *m);
+const ds_weights *ds_model_weights(const ds_model *m);
+const ds_weights *ds_model_grad_weights(const ds_model *m);
+/* e_score_correction_bias of MoE layer l (NULL for dense layers): [n_routed_experts], fp32, no gradient. */
+float *ds_model_expert_bias(ds_model *m, int layer);
+/* Whether MTP modules are active (0 when the checkpoint had no MTP tensors). */
+int ds_model_mtp_depth(const ds_model *m);
+
+/* Normal init with std (0.006 by default, cfg->ds_init_std), norms to 1, expert biases to 0.
+ * Deterministic in seed (each tensor its own Philox stream keyed by its name). */
+int ds_model_init(ds_model *m, uint64_t seed);
+
+/* Training pass. forward keeps what backward needs; backward ACCUMULATES into the gradients
+ * (call ds_model_zero_grad at the start of each optimizer step). dlogp: [B*T]; dmtp: [D][B*T] or NULL. */
+int ds_model_forward(ds_model *m, const ds_batch *b, ds_fwd_out *out);
+int ds_model_backward(ds_model *m, const ds_batch *b, const float *dlogp, const float *dmtp);
+void ds_model_zero_grad(ds_model *m);
+
+#endif
