@@ -17,3 +17,13 @@ setup() {
     [[ "$output" != *"# skip"* ]]
     [ "$(grep -c '^ok' <<<"$output")" -eq 7 ]
 }
+
+@test "1x128 / 128x1 / 128x128 quantization, dequantization and the scaled GEMM are bit-identical to the numpy reference" {
+    "$DS_PY" "$DS_ROOT/tests/ref/fp8_block.py" "$BATS_TEST_TMPDIR/block.bin"
+    run env DS_FP8_BLOCK_REF="$BATS_TEST_TMPDIR/block.bin" "$unit" against_numpy_blocks
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" != *"not ok"* ]]
+    [[ "$output" != *"# skip"* ]]
+    [ "$(grep -c '^ok' <<<"$output")" -eq 16 ]
+}
