@@ -15,8 +15,9 @@
 size_t ds_fp8_gemm_workspace(int64_t M, int64_t N, int64_t K) {
     (void)K;
     const size_t mc = (size_t)(M < MC ? M : MC), n = (size_t)N, kb = DS_FP8_BLOCK;
-    const size_t a = mc * kb * 8, b = n * kb * 8, p = mc * n * 8, acc = mc * n * 4;
-    return ((a + 63) & ~(size_t)63) + ((b + 63) & ~(size_t)63) + ((p + 63) & ~(size_t)63) + acc + 64;
+    const size_t a = mc * kb * 8, b = n * kb * 8, p = mc * n * 8, acc = mc * n * 4, bsv = n * 4;
+    return ((a + 63) & ~(size_t)63) + ((b + 63) & ~(size_t)63) + ((p + 63) & ~(size_t)63) +
+           ((acc + 63) & ~(size_t)63) + bsv + 64;
 }
 
 /* rows x w codes of q (row stride ld) as doubles, packed [rows, w] */
@@ -50,6 +51,8 @@ int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, i
     double *prod = (double *)p;
     p += ((size_t)mc_max * N * 8 + 63) & ~(size_t)63;
     float *acc = (float *)p;
+    p += ((size_t)mc_max * N * 4 + 63) & ~(size_t)63;
+    float *bsv = (float *)p; /* B's scale for this K block, per column of C */
 
     const float *as_base = A->scale, *bs_base = B->scale;
     for (int64_t m0 = 0; m0 < M; m0 += MC) {
@@ -59,6 +62,7 @@ int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, i
             const int64_t k0 = kb * DS_FP8_BLOCK, w = K - k0 < DS_FP8_BLOCK ? K - k0 : DS_FP8_BLOCK;
             decode_slice(ad, A->q + m0 * K + k0, mc, K, w);
             decode_slice(bd, B->q + k0, N, K, w);
+            for (int64_t n = 0; n < N; n++) bsv[n] = bs_base[(n / B->block_rows) * kbs + kb];
             /* exact: every partial sum of up to 128 E4M3 products is a double (see gemm.h) */
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mc, (int)N, (int)w, 1.0, ad, (int)w, bd,
                         (int)w, 0.0, prod, (int)N);
@@ -67,10 +71,7 @@ int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, i
                 const float as = as_base[((m0 + i) / A->block_rows) * kbs + kb];
                 const double *pr = prod + i * N;
                 float *ar = acc + i * N;
-                for (int64_t n = 0; n < N; n++) {
-                    const float bs = bs_base[(n / B->block_rows) * kbs + kb];
-                    ar[n] += (float)pr[n] * as * bs;
-                }
+                for (int64_t n = 0; n < N; n++) ar[n] += (float)pr[n] * as * bsv[n];
             }
         }
         for (int64_t i = 0; i < mc; i++) {

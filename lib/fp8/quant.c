@@ -103,10 +103,13 @@ int ds_fp8_quantize_transposed(uint8_t *qt, float *scale_t, const float *x, int6
                 s[c - c0] = ds_fp8_scale_for_amax(bits_float(m[c - c0]), fmt);
                 scale_t[c * nrb + i] = s[c - c0];
             }
+            /* transpose through a local tile so qt is written in contiguous runs of h bytes */
+            uint8_t tile[STRIP][DS_FP8_BLOCK];
             for (int64_t r = r0; r < r0 + h; r++) {
                 const float *xr = x + r * cols;
-                for (int64_t c = c0; c < c1; c++) qt[c * rows + r] = ds_f32_to_e4m3_sat(xr[c] / s[c - c0]);
+                for (int64_t c = c0; c < c1; c++) tile[c - c0][r - r0] = ds_f32_to_e4m3_sat(xr[c] / s[c - c0]);
             }
+            for (int64_t c = c0; c < c1; c++) memcpy(qt + c * rows + r0, tile[c - c0], (size_t)h);
         }
     }
     return DS_OK;
