@@ -26,6 +26,11 @@ static void decode_slice(double *dst, const uint8_t *q, int64_t rows, int64_t ld
         for (int64_t k = 0; k < w; k++) dst[r * w + k] = ds_e4m3_table[q[r * ld + k]];
 }
 
+static inline int64_t scale_index(const ds_fp8_mat *x, int64_t rows, int64_t kbs, int64_t row, int64_t kb) {
+    const int64_t rb = row / x->block_rows;
+    return x->scale_k_major ? kb * ds_fp8_nblocks(rows, x->block_rows) + rb : rb * kbs + kb;
+}
+
 int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K,
                 int accumulate, void *ws) {
     if (M < 0 || N < 0 || K < 0 || A->block_rows < 1 || B->block_rows < 1)
@@ -62,13 +67,13 @@ int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, i
             const int64_t k0 = kb * DS_FP8_BLOCK, w = K - k0 < DS_FP8_BLOCK ? K - k0 : DS_FP8_BLOCK;
             decode_slice(ad, A->q + m0 * K + k0, mc, K, w);
             decode_slice(bd, B->q + k0, N, K, w);
-            for (int64_t n = 0; n < N; n++) bsv[n] = bs_base[(n / B->block_rows) * kbs + kb];
+            for (int64_t n = 0; n < N; n++) bsv[n] = bs_base[scale_index(B, N, kbs, n, kb)];
             /* exact: every partial sum of up to 128 E4M3 products is a double (see gemm.h) */
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mc, (int)N, (int)w, 1.0, ad, (int)w, bd,
                         (int)w, 0.0, prod, (int)N);
 #pragma omp parallel for schedule(static) if (mc * N >= (1 << 15))
             for (int64_t i = 0; i < mc; i++) {
-                const float as = as_base[((m0 + i) / A->block_rows) * kbs + kb];
+                const float as = as_base[scale_index(A, M, kbs, m0 + i, kb)];
                 const double *pr = prod + i * N;
                 float *ar = acc + i * N;
                 for (int64_t n = 0; n < N; n++) ar[n] += (float)pr[n] * as * bsv[n];

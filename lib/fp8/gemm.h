@@ -23,12 +23,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One operand: q[rows, K] E4M3 codes (row-major, K contiguous) and scale[ceil(rows/block_rows),
- * ceil(K/128)] float32 dequantisation scales, as written by ds_fp8_quantize(..., block_rows, 128, ...). */
+/* One operand: q[rows, K] E4M3 codes (row-major, K contiguous) and float32 dequantisation scales s(rb, kb)
+ * for row block rb = row / block_rows and K block kb, laid out
+ *   scale_k_major = 0: scale[rb * ceil(K/128) + kb]  (DeepSeek's [rows/128, K/128]; ds_fp8_quantize writes it)
+ *   scale_k_major = 1: scale[kb * nrb + rb], nrb = ceil(rows/block_rows) (cuBLASLt's VEC128 layout,
+ *                      kernels/blaslt.h DS_SCALE_1X128 with ld = rows). */
 typedef struct {
     const uint8_t *q;
     const float *scale;
-    int64_t block_rows; /* 1 or 128 (any >= 1 works on the CPU) */
+    int64_t block_rows; /* 1 (VEC128, 1x128 tiles) or 128 (BLK128x128); any >= 1 works on the CPU */
+    int scale_k_major;
 } ds_fp8_mat;
 
 /* Scratch bytes ds_fp8_gemm needs for these sizes (pass ws = NULL to let it allocate). */

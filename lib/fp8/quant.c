@@ -11,7 +11,7 @@
 #define PARALLEL_MIN (1 << 16)
 
 float ds_fp8_scale_for_amax(float amax, ds_fp8_scale_fmt fmt) {
-    if (!(amax >= DS_FP8_AMAX_FLOOR) && !isnan(amax)) amax = DS_FP8_AMAX_FLOOR;
+    amax = fmaxf(amax, DS_FP8_AMAX_FLOOR);
     float s = amax / DS_E4M3_MAX;
     if (fmt == DS_FP8_SCALE_UE8M0) {
         /* ceil to a power of two on the bits: the exponent, plus one when any mantissa bit is set */
@@ -23,14 +23,19 @@ float ds_fp8_scale_for_amax(float amax, ds_fp8_scale_fmt fmt) {
     return s;
 }
 
-/* max |x| over n floats as bits: for non-negative floats the bit order is the numeric order, and NaN bits
- * sort above Inf, so NaN propagates. Integer max vectorises. */
+/* |x| as bits, NaN as 0: for non-negative floats the bit order is the numeric order, so an integer max
+ * is fmaxf (which skips NaN, as the CUDA kernels' fmaxf reduction does) and vectorises. */
+static inline uint32_t abs_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u &= 0x7fffffffu;
+    return u > 0x7f800000u ? 0 : u;
+}
+
 static inline uint32_t amax_bits(const float *x, int64_t n) {
     uint32_t m = 0;
     for (int64_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], 4);
-        u &= 0x7fffffffu;
+        uint32_t u = abs_bits(x[i]);
         m = u > m ? u : m;
     }
     return m;
@@ -92,9 +97,7 @@ int ds_fp8_quantize_transposed(uint8_t *qt, float *scale_t, const float *x, int6
             for (int64_t r = r0; r < r0 + h; r++) {
                 const float *xr = x + r * cols;
                 for (int64_t c = c0; c < c1; c++) {
-                    uint32_t u;
-                    memcpy(&u, &xr[c], 4);
-                    u &= 0x7fffffffu;
+                    uint32_t u = abs_bits(xr[c]);
                     m[c - c0] = u > m[c - c0] ? u : m[c - c0];
                 }
             }

@@ -10,7 +10,8 @@
  * [ceil(rows/br), ceil(cols/bc)]; tails (rows or cols not a multiple of the block) form smaller blocks,
  * which is what DeepSeek's zero padding amounts to (zeros never raise an amax).
  * The rule, per tile/block (DeepSeek's kernel.py act_quant and DeepGEMM's per_block_cast_to_fp8):
- *   amax  = max |x|                       (NaN propagates: a block with NaN gets a NaN scale)
+ *   amax  = max |x|                       over the non-NaN elements (fmaxf, as the CUDA kernels reduce);
+ *                                         a NaN element still encodes as NaN, an Inf makes s = Inf
  *   s     = max(amax, 1e-4) / 448         float32 arithmetic; 1e-4 is the amax floor of both sources
  *   s     = 2^ceil(log2 s)                with DS_FP8_SCALE_UE8M0 (V3.1's scale_fmt "ue8m0"), computed on
  *                                         the bits (exact), clamped to [2^-126, 2^127] like DeepGEMM

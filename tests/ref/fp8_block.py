@@ -5,7 +5,8 @@ Writes the cases and their expected results for tests/unit/test_fp8.c (test `aga
 little-endian container: b"DSARR1\\0\\0", then records until EOF:
   uint32 name_len, name, uint8 dtype (0 f32, 1 u8, 2 u16), uint8 ndim, uint64 dims[ndim], data.
 The quantizer is written from the published definitions, independently of the C code: zero-pad to whole
-blocks (DeepGEMM per_block_cast_to_fp8, README_WEIGHTS), amax per block, clamp to 1e-4, s = amax / 448,
+blocks (DeepGEMM per_block_cast_to_fp8, README_WEIGHTS), amax per block (NaN left out, as the CUDA
+kernels' fmaxf reduction does), clamp to 1e-4, s = amax / 448,
 optional ue8m0 (ceil to a power of two on the bits, DeepGEMM ceil_to_ue8m0), q = e4m3(x / s) saturating
 (ml_dtypes after np.clip), crop. The 1x128 case is cross-checked against a torch transcription of
 DeepSeek's inference/kernel.py act_quant. The GEMM follows inference/kernel.py fp8_gemm with each
@@ -34,7 +35,7 @@ def quantize(x, br, bc, ue8m0):
     xp = np.zeros((rp, cp), np.float32)
     xp[:r, :c] = x
     v = xp.reshape(rp // br, br, cp // bc, bc)
-    amax = np.maximum(np.abs(v).max(axis=(1, 3)), np.float32(1e-4))
+    amax = np.fmax(np.fmax.reduce(np.abs(v), axis=(1, 3)), np.float32(1e-4))  # NaN left out, as fmaxf
     s = (amax / np.float32(448)).astype(np.float32)
     if ue8m0:
         s = ceil_to_ue8m0(s)
@@ -102,6 +103,7 @@ def main():
     w = (rng.standard_normal((300, 260)) * 0.02).astype(np.float32)
     w[128:256, 128:256] = 0           # an all-zero block: scale = 1e-4 / 448
     w[:128, 256:] *= 1e-4             # a tail block under the floor
+    w[200, 17] = np.nan               # stays NaN, left out of its block's amax
     put("x", x)
     put("wt", wt)
     put("w", w)

@@ -250,7 +250,7 @@ TEST(scale_rule) {
     CHECK(ds_fp8_scale_for_amax(448 * 0.75f, DS_FP8_SCALE_UE8M0) == 1.0f, "ue8m0: 0.75 rounds up to 1");
     CHECK(ds_fp8_scale_for_amax(448 * 0.5f, DS_FP8_SCALE_UE8M0) == 0.5f, "ue8m0: a power of two stays");
     CHECK(ds_fp8_scale_for_amax(0, DS_FP8_SCALE_UE8M0) == 0x1p-22f, "ue8m0 of the floor: 2.2e-7 -> 2^-22");
-    CHECK(isnan(ds_fp8_scale_for_amax(NAN, DS_FP8_SCALE_F32)), "NaN amax gives a NaN scale");
+    CHECK(isinf(ds_fp8_scale_for_amax(INFINITY, DS_FP8_SCALE_F32)), "Inf amax gives an Inf scale");
 }
 
 /* Direct loops: the block rule written out per block, the slowest obvious way. */
@@ -357,8 +357,14 @@ TEST(nan_and_bad_shapes) {
     ds_fp8_quantize(q, s, x, 1, 256, 1, 128, DS_FP8_SCALE_F32);
     int nan_codes = 0;
     for (int i = 0; i < 128; i++) nan_codes += (q[i] & 0x7f) == 0x7f;
-    CHECK(isnan(s[0]) && nan_codes == 128 && s[1] == 2.55f / 448.0f, "a NaN poisons its tile only (%d NaN codes)",
-          nan_codes);
+    CHECK(s[0] == 1.27f / 448.0f && nan_codes == 1 && q[3] == 0x7f && s[1] == 2.55f / 448.0f,
+          "a NaN stays NaN and is left out of its tile's amax (%d NaN codes)", nan_codes);
+    float xt[128 * 2];
+    for (int i = 0; i < 256; i++) xt[i] = x[i];
+    uint8_t qt[256];
+    ds_fp8_quantize_transposed(qt, s, xt, 128, 2, DS_FP8_SCALE_F32); /* column 1 holds x[3] = NaN */
+    CHECK(s[1] == 2.55f / 448.0f && s[0] == 2.54f / 448.0f && qt[128 + 1] == 0x7f,
+          "same in the transposed quantizer: %g %g", s[0] * 448, s[1] * 448);
     ds_err_clear();
     CHECK(ds_fp8_quantize(q, s, x, -1, 256, 1, 128, DS_FP8_SCALE_F32) == DS_ERR &&
               !strcmp(ds_errmsg(), "fp8 quantize: bad shape [-1, 256] with blocks [1, 128]"),
@@ -417,6 +423,16 @@ TEST(gemm_matches_definition) {
             num += (c[m * N + n] - t) * (c[m * N + n] - t), den += t * t;
         }
     CHECK(sqrt(num / den) < 0.05, "relative error vs the exact product of the f32 inputs: %.4f", sqrt(num / den));
+    /* the same scales in cuBLASLt's K-major layout give the same bits */
+    float *ask = malloc(M * 3 * 4), *bsk = malloc(2 * 3 * 4), *ck = malloc(M * N * 4);
+    for (int64_t m = 0; m < M; m++)
+        for (int kb = 0; kb < 3; kb++) ask[kb * M + m] = as[m * 3 + kb];
+    for (int rb = 0; rb < 2; rb++)
+        for (int kb = 0; kb < 3; kb++) bsk[kb * 2 + rb] = bs[rb * 3 + kb];
+    ds_fp8_mat Ak = {aq, ask, 1, 1}, Bk = {bq, bsk, 128, 1};
+    ds_fp8_gemm(ck, &Ak, &Bk, M, N, K, 0, ws);
+    CHECK(!memcmp(c, ck, M * N * 4), "K-major (cuBLASLt) scale layout: same result");
+    free(ask), free(bsk), free(ck);
     ds_threads_set(1);
     float *c1 = malloc(M * N * 4);
     ds_fp8_gemm(c1, &A, &B, M, N, K, 0, ws);
