@@ -500,7 +500,7 @@ TEST(against_numpy_blocks) {
     if (n <= 20) return;
     ref_array *x = find(arr, n, "x"), *wt = find(arr, n, "wt"), *w = find(arr, n, "w");
     uint8_t q[300 * 300];
-    float s[64], d[300 * 300];
+    float s[512], d[300 * 300];
     uint16_t h[300 * 300];
     char key[64];
     for (int ue = 0; ue < 2; ue++) {
