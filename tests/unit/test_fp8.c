@@ -12,6 +12,7 @@
 #include "fp8/convert.h"
 #include "fp8/fp8.h"
 #include "fp8/gemm.h"
+#include "fp8/linear.h"
 #include "fp8/quant.h"
 
 #include <math.h>
@@ -546,6 +547,17 @@ TEST(against_numpy_blocks) {
     CHECK(same_bytes(c, find(arr, n, "g.cacc"), sizeof c), "GEMM accumulating into C identical");
     ds_fp8_gemm(c, &A, &B2, 37, 33, 300, 0, NULL);
     CHECK(same_bytes(c, find(arr, n, "g.c2"), 37 * 33 * 4), "GEMM 1x128 x 1x128 (ue8m0 B) identical");
+    /* one Linear's Fprop, Dgrad, Wgrad through the op-layer entry point */
+    const float *lx = find(arr, n, "lin.x")->data, *lw = find(arr, n, "lin.w")->data, *ldy = find(arr, n, "lin.dy")->data;
+    float *y = malloc(200 * 260 * 4), *dx = calloc(200 * 300, 4), *dw = calloc(260 * 300, 4);
+    ds_fp8_linear_gemm(0, 1, 200, 260, 300, 1, lx, 300, lw, 300, 0, y, 260);
+    CHECK(same_bytes(y, find(arr, n, "lin.y"), 200 * 260 * 4), "Linear Fprop y = x W^T identical");
+    ds_fp8_linear_gemm(0, 0, 200, 300, 260, 1, ldy, 260, lw, 300, 1, dx, 300);
+    CHECK(same_bytes(dx, find(arr, n, "lin.dx"), 200 * 300 * 4), "Linear Dgrad dx += dy W identical");
+    ds_fp8_linear_gemm(1, 0, 260, 300, 200, 1, ldy, 260, lx, 300, 1, dw, 300);
+    CHECK(same_bytes(dw, find(arr, n, "lin.dw"), 260 * 300 * 4), "Linear Wgrad dW += dy^T x (128x1, cached FP8 x) identical");
+    CHECK(ds_fp8_linear_status() == 0, "no sticky error");
+    free(y), free(dx), free(dw);
     for (int i = 0; i < n; i++) free(arr[i].data);
 }
 
@@ -753,6 +765,92 @@ TEST(convert_errors) {
     ds_conv_plan_free(&p);
     free(out.buf);
     free(m.data[0]);
+}
+
+/* ---- FP8 Linear numerics (linear.h) -------------------------------------------------------------------- */
+
+static double rel_fro(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), den += (double)b[i] * b[i];
+    return sqrt(num / den);
+}
+
+TEST(linear_gemm_layouts) {
+    const int T = 150, IN = 200, OUT = 140;
+    float *x = rand_matrix(T, IN, 31, 1.0f), *w = rand_matrix(OUT, IN, 32, 0.05f), *dy = rand_matrix(T, OUT, 33, 1e-3f);
+    float *y = malloc(T * OUT * 4), *yref = malloc(T * OUT * 4);
+    /* Fprop against the explicit composition of quantize + gemm */
+    uint8_t *xq = malloc(T * IN), *wq = malloc(OUT * IN);
+    float *xs = malloc(T * 2 * 4), *wsc = malloc(2 * 2 * 4);
+    ds_fp8_quantize(xq, xs, x, T, IN, 1, 128, DS_FP8_SCALE_F32);
+    ds_fp8_quantize(wq, wsc, w, OUT, IN, 128, 128, DS_FP8_SCALE_F32);
+    ds_fp8_gemm(yref, &(ds_fp8_mat){xq, xs, 1, 0}, &(ds_fp8_mat){wq, wsc, 128, 0}, T, OUT, IN, 0, NULL);
+    ds_fp8_linear_gemm(0, 1, T, OUT, IN, 1, x, IN, w, IN, 0, y, OUT);
+    CHECK(!memcmp(y, yref, T * OUT * 4), "Fprop = quantize 1x128 / 128x128 + scaled GEMM");
+    /* fp32 reference products: FP8 costs a few percent */
+    float *f = malloc(T * OUT * 4);
+    for (int i = 0; i < T; i++)
+        for (int o = 0; o < OUT; o++) {
+            double t = 0;
+            for (int k = 0; k < IN; k++) t += (double)x[i * IN + k] * w[o * IN + k];
+            f[i * OUT + o] = (float)t;
+        }
+    double e = rel_fro(y, f, T * OUT);
+    CHECK(e < 0.06 && e > 1e-3, "Fprop relative error vs fp32: %.4f", e);
+    /* strided operands and general alpha/beta: C = 0.5 * x W^T + 2 C, with x a column slice */
+    float *xw = malloc(T * (IN + 8) * 4), *c = malloc(T * (OUT + 3) * 4);
+    for (int i = 0; i < T; i++) {
+        memcpy(xw + i * (IN + 8) + 8, x + i * IN, IN * 4);
+        for (int o = 0; o < OUT + 3; o++) c[i * (OUT + 3) + o] = (float)(i - o);
+    }
+    ds_fp8_linear_gemm(0, 1, T, OUT, IN, 0.5f, xw + 8, IN + 8, w, IN, 2, c, OUT + 3);
+    int bad = 0;
+    for (int i = 0; i < T; i++)
+        for (int o = 0; o < OUT + 3; o++) {
+            float want = o < OUT ? 0.5f * yref[i * OUT + o] + 2 * (float)(i - o) : (float)(i - o);
+            bad += c[i * (OUT + 3) + o] != want;
+        }
+    CHECK(bad == 0, "lda/ldc strides and alpha/beta: %d elements differ", bad);
+    /* Dgrad and Wgrad against fp32 products */
+    float *dx = calloc(T * IN, 4), *dxf = calloc(T * IN, 4), *dw = calloc(OUT * IN, 4), *dwf = calloc(OUT * IN, 4);
+    ds_fp8_linear_gemm(0, 0, T, IN, OUT, 1, dy, OUT, w, IN, 1, dx, IN);
+    ds_fp8_linear_gemm(1, 0, OUT, IN, T, 1, dy, OUT, x, IN, 1, dw, IN);
+    for (int i = 0; i < T; i++)
+        for (int o = 0; o < OUT; o++)
+            for (int k = 0; k < IN; k++) {
+                dxf[i * IN + k] += dy[i * OUT + o] * w[o * IN + k];
+                dwf[o * IN + k] += dy[i * OUT + o] * x[i * IN + k];
+            }
+    double ex = rel_fro(dx, dxf, T * IN), ew = rel_fro(dw, dwf, OUT * IN);
+    CHECK(ex < 0.06 && ew < 0.06, "Dgrad / Wgrad relative error vs fp32: %.4f / %.4f", ex, ew);
+    /* grouped forms equal their groups done one by one */
+    int64_t off[4] = {0, 40, 40, T};
+    float *wg = malloc(3 * OUT * IN * 4), *yg = malloc(T * OUT * 4), *y1 = malloc(T * OUT * 4);
+    for (int g = 0; g < 3; g++)
+        for (int i = 0; i < OUT * IN; i++) wg[g * OUT * IN + i] = w[i] * (float)(g + 1);
+    ds_fp8_linear_gemm_rows(3, off, 1, OUT, IN, 1, x, IN, wg, (size_t)OUT * IN, IN, 0, yg, OUT);
+    ds_fp8_linear_gemm(0, 1, 40, OUT, IN, 1, x, IN, wg, IN, 0, y1, OUT);
+    ds_fp8_linear_gemm(0, 1, T - 40, OUT, IN, 1, x + 40 * IN, IN, wg + 2 * OUT * IN, IN, 0, y1 + 40 * OUT, OUT);
+    CHECK(!memcmp(yg, y1, T * OUT * 4), "gemm_rows = per-expert gemm (an empty expert skipped)");
+    float *dwg = calloc(3 * OUT * IN, 4), *dw1 = calloc(3 * OUT * IN, 4);
+    for (int i = 0; i < OUT * IN; i++) dwg[OUT * IN + i] = dw1[OUT * IN + i] = 7; /* the empty group keeps C */
+    ds_fp8_linear_gemm_wgrad(3, off, OUT, IN, 1, dy, OUT, x, IN, 1, dwg, (size_t)OUT * IN, IN);
+    ds_fp8_linear_gemm(1, 0, OUT, IN, 40, 1, dy, OUT, x, IN, 1, dw1, IN);
+    ds_fp8_linear_gemm(1, 0, OUT, IN, T - 40, 1, dy + 40 * OUT, OUT, x + 40 * IN, IN, 1, dw1 + 2 * OUT * IN, IN);
+    CHECK(!memcmp(dwg, dw1, 3 * OUT * IN * 4), "gemm_wgrad = per-expert Wgrad (tiles start at each group)");
+    /* without FP8 caching Wgrad quantizes x once: a different (slightly closer) result */
+    ds_fp8_train_opts o = ds_fp8_train_get();
+    o.cache_input_fp8 = 0;
+    ds_fp8_train_set(&o);
+    float *dwn = calloc(OUT * IN, 4);
+    ds_fp8_linear_gemm(1, 0, OUT, IN, T, 1, dy, OUT, x, IN, 1, dwn, IN);
+    o.cache_input_fp8 = 1;
+    ds_fp8_train_set(&o);
+    CHECK(memcmp(dwn, dw, OUT * IN * 4) && rel_fro(dwn, dwf, OUT * IN) < 0.06, "cache_input_fp8 = 0 differs, error %.4f",
+          rel_fro(dwn, dwf, OUT * IN));
+    CHECK(ds_fp8_linear_status() == 0, "no sticky error");
+    free(x), free(w), free(dy), free(y), free(yref), free(xq), free(wq), free(xs), free(wsc), free(f), free(xw), free(c);
+    free(dx), free(dxf), free(dw), free(dwf), free(wg), free(yg), free(y1), free(dwg), free(dw1), free(dwn);
 }
 
 TAP_MAIN()
