@@ -75,7 +75,7 @@ static int compile(ds_pretok_step *st, const char *pattern, size_t len, int lite
     if (!literal && !pat) return ds_fail(DS_ERR, "pre_tokenizer: out of memory");
     int err;
     PCRE2_SIZE off;
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF | (literal ? PCRE2_LITERAL : 0);
+    uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
     pcre2_code *re = literal ? pcre2_compile((PCRE2_SPTR)pattern, len, opts, &err, &off, NULL)
                              : pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, opts, &err, &off, NULL);
     free(pat);

@@ -112,7 +112,10 @@ static int emit_doc(decoder *d) {
 
 static int emit_at(decoder *d, const char *name, uint64_t line) {
     int rc = emit_doc(d);
-    return rc ? ds_fail_ctx(rc, "%s:%llu", name, (unsigned long long)line) : 0;
+    if (!rc) return 0;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ds_errmsg());
+    return ds_fail(rc, "%s: %s:%llu", msg, name, (unsigned long long)line);
 }
 
 /* Lines of space-separated ids, streamed. */
