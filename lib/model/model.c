@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int check_config(const ds_config *c) {
 #define NEED(cond, key, what)                                                                              \
@@ -120,6 +121,16 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     } while (0)
     if ((rc = ds_params_layout(m, 1))) goto fail;
     size_t pbytes = sizeof(float) * m->n_floats;
+    ds_bump count = {0};
+    ds_act_layout(m, &count, m->n_max);
+    if (!strcmp(ops->name, "cpu")) {
+        /* refuse what cannot fit before touching the allocator (the 671B shape on a workstation) */
+        double need = (double)pbytes * (m->opts.train ? 2 : 1) + (double)count.used;
+        double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
+        if (have > 0 && need > have)
+            FAIL("out of memory: the model needs %.1f GiB (parameters%s and activations), the machine has %.1f GiB",
+                 need / 1073741824.0, m->opts.train ? ", gradients" : "", have / 1073741824.0);
+    }
     m->w = ops->alloc(pbytes);
     if (!m->w) FAIL("out of memory: %zu bytes of parameters", pbytes);
     ops->zero(m->w, pbytes);
@@ -140,8 +151,6 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
         ops->zero(m->ebias, bb);
     }
 
-    ds_bump count = {0};
-    ds_act_layout(m, &count, m->n_max);
     m->act.cap = count.used;
     m->act.base = ops->alloc(count.used);
     if (!m->act.base) FAIL("out of memory: %zu bytes of activations for %d tokens", count.used, m->n_max);
