@@ -124,6 +124,8 @@ int ds_tok_finish(ds_tokenizer *t) {
     qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
     for (int b = 0; b < 256; b++) t->added_first[b] = -1;
     t->added_crosses_lines = 0;
+    t->n_plain_added = 0;
+    for (int i = 0; i < t->n_added; i++) t->n_plain_added += !t->added[i].special;
     for (int i = t->n_added - 1; i >= 0; i--) {
         t->added_first[(unsigned char)t->added[i].content[0]] = i;
         for (size_t k = 0; k + 1 < t->added[i].len; k++) {
