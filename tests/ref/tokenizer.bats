@@ -41,6 +41,14 @@ setup_file() {
     done
 }
 
+@test "transformers loads our tokenizer.json; its BOS post-processor agrees with --bos" {
+    "$DS_BIN/ds-tokenize" encode -q -t "$BATS_FILE_TMPDIR/ours.json" --ids --bos "$C"/doc-00[0-4]*.txt >"$BATS_TEST_TMPDIR/ids"
+    run "$DS_PY" "$REF" transformers "$BATS_FILE_TMPDIR/ours.json" "$BATS_TEST_TMPDIR/ids" "$C"/doc-00[0-4]*.txt
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *", 0 differ"* ]]
+}
+
 @test "tokenizer trained by HF's BpeTrainer (DeepSeek pre-tokenizer): zero mismatches" {
     "$DS_PY" "$REF" train "$BATS_TEST_TMPDIR/hf.json" 3000 deepseek "$C"/*.txt
     "$DS_BIN/ds-tokenize" encode -q -t "$BATS_TEST_TMPDIR/hf.json" --ids "$C"/*.txt >"$BATS_TEST_TMPDIR/ids"
