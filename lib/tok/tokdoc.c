@@ -82,8 +82,9 @@ static int check_dir(const char *dir) {
     }
     closedir(d);
     if (!clash) return 0;
+    int rc = ds_fail(DS_ERR, "output directory already holds numbered shards: %s", dir);
     ds_hint("remove the old shards or choose another directory");
-    return ds_fail(DS_ERR, "output directory already holds numbered shards: %s", dir);
+    return rc;
 }
 #endif
 
