@@ -33,6 +33,10 @@ typedef struct {
     int mtp_depth;                   /* MTP modules with weights (0: none) */
 } ds_infer_model;
 
+/* The weights of a ds_model (borrowed). bias: storage for num_hidden_layers + num_nextn_predict_layers
+ * pointers, referenced by *out. */
+void ds_infer_model_of(ds_model *m, ds_infer_model *out, const float **bias);
+
 typedef enum {
     DS_ATTN_ABSORBED = 0, /* scores against the cached latent with W_UK folded into the query (decode form) */
     DS_ATTN_NAIVE = 1,    /* per-head keys and values expanded from the latent (training form) */
