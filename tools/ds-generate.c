@@ -17,7 +17,7 @@
 static struct {
     const char *model, *chat_template, *prefill, *metrics;
     ds_strlist prompts, stops;
-    int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, score, ids, truncate, no_bos;
+    int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, score, ids, truncate, no_bos, ignore_eos;
     int quiet, verbose;
     double temperature, top_p;
     int64_t seed;
@@ -44,6 +44,7 @@ static const ds_opt opts[] = {
     {"prefill", 0, DS_OPT_CHOICE, &A.prefill, "FORM", "attention form for prompts", "naive|absorbed"},
     {"prefill-chunk", 0, DS_OPT_INT, &A.prefill_chunk, "N", "prompt tokens per forward", NULL, 1, 1e6},
     {"no-bos", 0, DS_OPT_FLAG, &A.no_bos, NULL, "do not prepend the BOS token to plain prompts"},
+    {"ignore-eos", 0, DS_OPT_FLAG, &A.ignore_eos, NULL, "keep generating after the EOS token (fixed lengths)"},
     {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads; 0 = all cores", NULL, 0, 4096},
     {"metrics", 0, DS_OPT_STR, &A.metrics, "FILE", "write the configuration and the run's statistics as JSONL"},
     {"quiet", 'q', DS_OPT_FLAG, &A.quiet, NULL, "no progress or statistics on stderr"},
@@ -70,14 +71,14 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, 
     if (c->num_hidden_layers + c->num_nextn_predict_layers > 1024) return ds_fail(DS_ERR, "too many layers");
     ds_infer_model_of(L->model, &im, bias);
     ds_gen_opts go = {.sampling = {A.temperature, A.top_k, A.top_p, (uint64_t)A.seed}, .max_new = A.max_new,
-                      .eos_id = c->eos_token_id, .mtp = A.mtp, .batch = A.batch, .prefill_chunk = A.prefill_chunk,
+                      .eos_id = A.ignore_eos ? -1 : c->eos_token_id, .mtp = A.mtp, .batch = A.batch, .prefill_chunk = A.prefill_chunk,
                       .prefill_form = strcmp(A.prefill, "naive") ? DS_ATTN_ABSORBED : DS_ATTN_NAIVE,
                       .truncate = A.truncate};
     DS_TRY(ds_sampling_check(&go.sampling));
     int rows = A.prefill_chunk > 2 * A.batch ? A.prefill_chunk : 2 * A.batch;
     ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp};
     ds_writer_opts wo = {.out = stdout, .tok = L->tok, .jsonl = A.jsonl, .stops = A.stops.v, .n_stops = A.stops.n,
-                         .eos = c->eos_token_id, .mtp = A.mtp};
+                         .eos = go.eos_id, .mtp = A.mtp};
     ds_infer *e = NULL;
     ds_gen_writer *w = NULL;
     ds_gen_stats st;
