@@ -87,10 +87,11 @@ static int admit(gen *g) {
         int drop = 0;
         if ((int64_t)n + g->o->max_new > g->max_len) {
             if (!g->o->truncate) {
+                ds_fail(DS_ERR, "prompt %llu: %d tokens + %d new exceed the context of %d tokens",
+                        (unsigned long long)id, n, g->o->max_new, g->max_len);
                 ds_hint("--truncate keeps the last %d tokens of such prompts; --max-new or --ctx change the budget",
                         g->max_len - g->o->max_new);
-                return ds_fail(DS_ERR, "prompt %llu: %d tokens + %d new exceed the context of %d tokens",
-                               (unsigned long long)id, n, g->o->max_new, g->max_len);
+                return DS_ERR;
             }
             drop = n - (g->max_len - g->o->max_new);
         }

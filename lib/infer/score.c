@@ -20,9 +20,9 @@ int ds_score(ds_model *m, ds_prompt_reader *r, FILE *out, int max_len, ds_score_
         int n, got;
         if ((rc = ds_prompt_reader_next(r, &index, &ids, &n, &got)) || !got) break;
         if (n > max_len) {
-            ds_hint("--ctx raises the limit (the model's activations grow with it)");
             rc = ds_fail(DS_ERR, "input %llu: %d tokens exceed the context of %d tokens", (unsigned long long)index, n,
                          max_len);
+            ds_hint("--ctx raises the limit (the model's activations grow with it)");
             break;
         }
         for (int i = 0; i < n; i++) tgt[i] = i + 1 < n ? ids[i + 1] : -1;

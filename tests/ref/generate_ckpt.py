@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--stream")
     ap.add_argument("--set", action="append", default=[], help="KEY=JSON config override")
+    ap.add_argument("--drop", action="append", default=[], help="leave this tensor out")
     a = ap.parse_args()
     cfg_text = open(a.config).read()
     c = json.loads(cfg_text)
@@ -108,6 +109,8 @@ def main():
     if a.set:
         cfg_text = json.dumps(c, indent=2)
     t = tensors(c, np.random.default_rng(a.seed), a.std, a.mtp)
+    for name in a.drop:
+        del t[name]
     if a.dtype == "bf16":
         import ml_dtypes
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """transformers as the reference for ds-generate (tests/ref/generate.bats, bench/generate.sh).
 
-  generate_ref.py score CKPT            < id lines  -> one JSON line per input: {"logprobs": [lp_1, ...]}
-                                                       lp_t = log p(token_t | tokens before), fp32 forward
+  generate_ref.py score [CKPT]          < id lines  -> one JSON line per input: {"logprobs": [lp_1, ...]}
+                                                       lp_t = log p(token_t | tokens before), fp32 forward;
+                                                       without CKPT each line is "CKPT<TAB>ids" (models
+                                                       are loaded once and kept)
   generate_ref.py greedy CKPT N         < id lines  -> N greedily generated ids per input (no EOS stop)
   generate_ref.py bench CKPT P N B      prefill/decode timing of model.generate: B random prompts of P
                                         tokens, N new tokens, greedy; prints one JSON line
@@ -37,9 +39,16 @@ def id_lines():
 
 
 def score(path):
-    m = load(path)
+    models = {}
     with torch.no_grad():
-        for ids in id_lines():
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            ck, ids = (path, line) if path else line.split("\t", 1)
+            if ck not in models:
+                models[ck] = load(ck)
+            m = models[ck]
+            ids = [int(x) for x in ids.split()]
             x = torch.tensor([ids])
             logits = m(x).logits[0].float()
             lp = torch.log_softmax(logits, dim=-1)
@@ -81,7 +90,7 @@ def bench(path, p, n, b):
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "score":
-        score(sys.argv[2])
+        score(sys.argv[2] if len(sys.argv) > 2 else None)
     elif cmd == "greedy":
         greedy(sys.argv[2], int(sys.argv[3]))
     elif cmd == "bench":
