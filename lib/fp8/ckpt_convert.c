@@ -1,7 +1,5 @@
 #include "fp8/ckpt_convert.h"
 
-#include <dirent.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,37 +8,29 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "core/log.h"
-#include "io/json.h"
+#include "io/checkpoint.h"
 #include "io/safetensors.h"
 
-/* Files of a checkpoint directory carried over unchanged (besides config.json and the tensors). */
-static const char *const carried_files[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+/* Files carried over besides config.json and tokenizer.json (training state is not: a converted
+ * checkpoint is a model, not a run to resume). */
+static const char *const carried_files[] = {"generation_config.json", "tokenizer_config.json",
                                             "special_tokens_map.json", NULL};
 
 /* ---- config.json ------------------------------------------------------------------------------- */
 
-int ds_ckpt_convert_config(const char *json, size_t len, ds_conv_target target, ds_fp8_scale_fmt scale_fmt,
-                           const char *where, char **out) {
-    *out = NULL;
-    json_t *root = ds_json_parse(json, len, "config", where);
-    if (!root) return DS_ERR;
-    int rc = DS_OK;
-    if (!json_is_object(root)) {
-        rc = ds_fail(DS_ERR, "config: not a JSON object: %s", where);
-    } else if (target == DS_CONV_TO_FP8) {
-        json_t *q = json_pack("{s:s,s:s,s:s}", "activation_scheme", "dynamic", "fmt", "e4m3", "quant_method", "fp8");
-        if (q && scale_fmt == DS_FP8_SCALE_UE8M0) json_object_set_new(q, "scale_fmt", json_string("ue8m0"));
-        if (q) json_object_set_new(q, "weight_block_size", json_pack("[i,i]", DS_FP8_BLOCK, DS_FP8_BLOCK));
-        if (!q || json_object_set_new(root, "quantization_config", q)) rc = ds_fail(DS_ERR, "out of memory");
+void ds_ckpt_convert_set_config(ds_config *c, ds_conv_target target, ds_fp8_scale_fmt scale_fmt) {
+    ds_quant_config *q = &c->quantization_config;
+    if (target == DS_CONV_TO_FP8) {
+        q->enabled = 1;
+        snprintf(q->quant_method, sizeof q->quant_method, "fp8");
+        snprintf(q->fmt, sizeof q->fmt, "e4m3");
+        snprintf(q->activation_scheme, sizeof q->activation_scheme, "dynamic");
+        q->weight_block_size[0] = q->weight_block_size[1] = DS_FP8_BLOCK;
+        snprintf(q->scale_fmt, sizeof q->scale_fmt, "%s", scale_fmt == DS_FP8_SCALE_UE8M0 ? "ue8m0" : "");
     } else {
-        json_object_del(root, "quantization_config");
-        const char *dt = target == DS_CONV_TO_BF16 ? "bfloat16" : "float32";
-        const char *key = json_object_get(root, "torch_dtype") || !json_object_get(root, "dtype") ? "torch_dtype" : "dtype";
-        if (json_object_set_new(root, key, json_string(dt))) rc = ds_fail(DS_ERR, "out of memory");
+        q->enabled = 0;
+        snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", target == DS_CONV_TO_BF16 ? "bfloat16" : "float32");
     }
-    if (!rc) rc = ds_json_dump(root, 2, out);
-    json_decref(root);
-    return rc;
 }
 
 /* ---- sources: an mmapped set, or a pipe --------------------------------------------------------- */
@@ -73,8 +63,6 @@ static int stream_read(void *ctx, int i, uint64_t off, void *dst, size_t n) {
     memcpy(dst, (const char *)s->t->data + off, n);
     return DS_OK;
 }
-
-static int writer_sink(void *ctx, const void *bytes, size_t n) { return ds_st_writer_data(ctx, bytes, n); }
 
 /* ---- reports: stats, progress, the caller's callback ------------------------------------------- */
 
@@ -112,96 +100,45 @@ static int on_report(void *ctx, const ds_conv_report *r) {
     return c->o->report ? c->o->report(c->o->report_ctx, r) : DS_OK;
 }
 
-/* ---- directories -------------------------------------------------------------------------------- */
-
-static void remove_flat_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        char p[8192];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && !ds_path_join(p, sizeof p, dir, e->d_name))
-                unlink(p);
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
-static int write_text(const char *dir, const char *name, const char *text, size_t len) {
-    char p[8192];
-    ds_atomic a;
-    DS_TRY(ds_path_join(p, sizeof p, dir, name));
-    DS_TRY(ds_atomic_open(&a, p));
-    int rc = ds_write_all(a.f, text, len, p);
-    if (rc) {
-        ds_atomic_abort(&a);
-        return rc;
-    }
-    return ds_atomic_commit(&a);
-}
-
-static int read_optional(const char *dir, const char *name, char **text, size_t *len) {
-    char p[8192];
-    *text = NULL, *len = 0;
-    DS_TRY(ds_path_join(p, sizeof p, dir, name));
-    if (!ds_path_exists(p)) return DS_OK;
-    return ds_read_file(p, text, len, 0);
-}
-
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
-}
-
 /* ---- the conversion ----------------------------------------------------------------------------- */
 
 typedef struct {
-    ds_st_set *set;
-    ds_st_stream *stream;
+    ds_ckpt *ckpt;            /* a directory or .safetensors file (mmapped) */
+    ds_st_stream *stream;     /* or a pipe, read tensor by tensor */
     const ds_st_tensor **t;
     ds_tensor_desc *desc;
     int n;
-    char *config, *tokenizer; /* texts (NULL when absent) */
-    size_t config_len, tokenizer_len;
-    char dir[4096];           /* input directory ("" when not a directory) */
+    ds_config cfg;
+    int has_cfg;
 } input;
 
 static void input_close(input *in) {
-    if (in->set) ds_st_set_close(in->set);
+    if (in->ckpt) ds_ckpt_close(in->ckpt);
     if (in->stream) ds_st_stream_close(in->stream);
-    free(in->t), free(in->desc), free(in->config), free(in->tokenizer);
-}
-
-static char *dup_text(const char *s, size_t *len) {
-    if (!s) return NULL;
-    *len = strlen(s);
-    return strdup(s);
+    if (in->has_cfg) ds_config_free(&in->cfg);
+    free(in->t), free(in->desc);
 }
 
 static int input_open(input *in, const char *path) {
     memset(in, 0, sizeof *in);
     if (ds_is_stdio(path)) {
+        /* not ds_ckpt_open: it reads a stream into memory, and a pipe may carry more than RAM */
         DS_TRY(ds_st_stream_open(&in->stream, stdin, "<stdin>"));
         in->n = ds_st_stream_count(in->stream);
-        in->config = dup_text(ds_st_stream_meta(in->stream, "config"), &in->config_len);
-        in->tokenizer = dup_text(ds_st_stream_meta(in->stream, "tokenizer"), &in->tokenizer_len);
+        const char *cfg = ds_st_stream_meta(in->stream, "config");
+        if (!cfg) return ds_fail(DS_ERR, "checkpoint: no \"config\" in the stream's metadata: <stdin>");
+        DS_TRY(ds_config_parse(&in->cfg, cfg, strlen(cfg), "<stdin>"));
     } else {
-        DS_TRY(ds_st_set_open(&in->set, path));
-        in->n = ds_st_set_count(in->set);
-        if (ds_path_is_dir(path)) {
-            snprintf(in->dir, sizeof in->dir, "%s", path);
-            DS_TRY(read_optional(path, "config.json", &in->config, &in->config_len));
-            DS_TRY(read_optional(path, "tokenizer.json", &in->tokenizer, &in->tokenizer_len));
-        } else {
-            in->config = dup_text(ds_st_set_meta(in->set, "config"), &in->config_len);
-            in->tokenizer = dup_text(ds_st_set_meta(in->set, "tokenizer"), &in->tokenizer_len);
-        }
+        DS_TRY(ds_ckpt_open(&in->ckpt, path));
+        in->n = ds_ckpt_count(in->ckpt);
+        DS_TRY(ds_config_copy(&in->cfg, ds_ckpt_config(in->ckpt)));
     }
+    in->has_cfg = 1;
     in->t = calloc((size_t)in->n + 1, sizeof *in->t);
     in->desc = calloc((size_t)in->n + 1, sizeof *in->desc);
     if (!in->t || !in->desc) return ds_fail(DS_ERR, "out of memory");
     for (int i = 0; i < in->n; i++) {
-        const ds_st_tensor *t = in->set ? ds_st_set_tensor_at(in->set, i) : ds_st_stream_tensor_at(in->stream, i);
+        const ds_st_tensor *t = in->ckpt ? ds_ckpt_tensor_at(in->ckpt, i) : ds_st_stream_tensor_at(in->stream, i);
         in->t[i] = t;
         ds_tensor_desc *d = &in->desc[i];
         d->name = t->name, d->dtype = t->dtype, d->ndim = t->ndim;
@@ -210,49 +147,61 @@ static int input_open(input *in, const char *path) {
     return DS_OK;
 }
 
+/* The tokenizer and the carried files, from a checkpoint or a stream's metadata, to the writer. */
+static int carry_files(const input *in, ds_ckpt_writer *w) {
+    if (in->stream) {
+        const char *tok = ds_st_stream_meta(in->stream, "tokenizer");
+        if (tok) DS_TRY(ds_ckpt_writer_set_tokenizer(w, tok, strlen(tok)));
+        for (int k = 0; carried_files[k]; k++) {
+            char key[256];
+            snprintf(key, sizeof key, "file:%s", carried_files[k]);
+            const char *v = ds_st_stream_meta(in->stream, key);
+            if (v) DS_TRY(ds_ckpt_writer_add_file(w, carried_files[k], v, strlen(v)));
+        }
+        return DS_OK;
+    }
+    size_t len;
+    const char *tok = ds_ckpt_tokenizer(in->ckpt, &len);
+    if (tok) DS_TRY(ds_ckpt_writer_set_tokenizer(w, tok, len));
+    for (int k = 0; carried_files[k]; k++) {
+        if (!ds_ckpt_has_file(in->ckpt, carried_files[k])) continue;
+        char *data;
+        DS_TRY(ds_ckpt_read_file(in->ckpt, carried_files[k], &data, &len));
+        int rc = ds_ckpt_writer_add_file(w, carried_files[k], data, len);
+        free(data);
+        DS_TRY(rc);
+    }
+    return DS_OK;
+}
+
+static int ckpt_sink(void *ctx, const void *bytes, size_t n) { return ds_ckpt_writer_data(ctx, bytes, n); }
+
 int ds_ckpt_convert(const char *in_path, const char *out_path, const ds_ckpt_convert_opts *o,
                     ds_ckpt_convert_stats *stats) {
     ds_ckpt_convert_stats local;
     ds_ckpt_convert_stats *st = stats ? stats : &local;
     memset(st, 0, sizeof *st);
     const double t0 = ds_now();
-    const int out_stream = ds_is_stdio(out_path), out_file = !out_stream && ends_with(out_path, ".safetensors");
-    const int out_dir = !out_stream && !out_file;
-    if (out_dir && ds_path_exists(out_path)) {
-        ds_fail(DS_ERR, "output exists: %s", out_path);
-        ds_hint("choose a new output directory or remove the old one");
-        return DS_ERR;
-    }
     input in;
     ds_conv_plan plan = {0};
-    ds_st_writer *w = NULL;
-    char tmp[4200] = "", model_path[8192], *config = NULL;
+    ds_ckpt_writer *w = NULL;
     int rc = input_open(&in, in_path);
     if (!rc) rc = ds_conv_plan_make(&plan, in.desc, in.n, o->target, o->scale_fmt);
-    if (!rc && in.config)
-        rc = ds_ckpt_convert_config(in.config, in.config_len, o->target, o->scale_fmt, in_path, &config);
-    if (!rc && !in.config) ds_warn("no config.json in %s: the output has none either", in_path);
     if (rc) goto done;
     st->tensors_in = in.n;
-    for (int i = 0; i < in.n; i++) st->bytes_in += (uint64_t)ds_tensor_desc_numel(&in.desc[i]) * ds_dtype_size(in.desc[i].dtype);
+    for (int i = 0; i < in.n; i++)
+        st->bytes_in += (uint64_t)ds_tensor_desc_numel(&in.desc[i]) * ds_dtype_size(in.desc[i].dtype);
     for (int i = 0; i < plan.n; i++)
         st->bytes_out += (uint64_t)ds_tensor_desc_numel(&plan.steps[i].out) * ds_dtype_size(plan.steps[i].out.dtype);
 
-    ds_st_write_opts wo = {.max_shard_bytes = out_dir ? o->max_shard_bytes : 0};
-    if (out_dir) {
-        snprintf(tmp, sizeof tmp, "%s.tmp-%ld", out_path, (long)getpid());
-        remove_flat_dir(tmp);
-        if ((rc = ds_mkdir_p(tmp))) goto done;
-        rc = ds_path_join(model_path, sizeof model_path, tmp, "model.safetensors");
-    } else {
-        snprintf(model_path, sizeof model_path, "%s", out_path);
-    }
-    if (!rc) rc = ds_st_writer_open(&w, model_path, &wo);
-    if (!rc && !out_dir && config) rc = ds_st_writer_meta(w, "config", config);
-    if (!rc && !out_dir && in.tokenizer) rc = ds_st_writer_meta(w, "tokenizer", in.tokenizer);
+    ds_ckpt_convert_set_config(&in.cfg, o->target, o->scale_fmt);
+    ds_ckpt_write_opts wo = {.max_shard_bytes = o->max_shard_bytes};
+    rc = ds_ckpt_writer_begin(&w, out_path, &wo);
+    if (!rc) rc = ds_ckpt_writer_set_config(w, &in.cfg);
+    if (!rc) rc = carry_files(&in, w);
     for (int i = 0; i < plan.n && !rc; i++) {
         const ds_tensor_desc *d = &plan.steps[i].out;
-        rc = ds_st_writer_declare(w, d->name, d->dtype, d->ndim, d->shape);
+        rc = ds_ckpt_writer_declare(w, d->name, d->dtype, d->ndim, d->shape);
     }
     if (rc) goto done;
 
@@ -260,43 +209,45 @@ int ds_ckpt_convert(const char *in_path, const char *out_path, const ds_ckpt_con
     if (o->progress) ds_progress_begin(&ctx.prog, "converting", "B", (double)st->bytes_in);
     set_src ss = {in.t};
     stream_src ps = {in.stream, -1, NULL, "<stdin>"};
-    ds_conv_source src = in.set ? (ds_conv_source){&ss, set_read, 0} : (ds_conv_source){&ps, stream_read, 1};
-    ds_conv_sink sink = {w, writer_sink};
+    ds_conv_source src = in.ckpt ? (ds_conv_source){&ss, set_read, 0} : (ds_conv_source){&ps, stream_read, 1};
+    ds_conv_sink sink = {w, ckpt_sink};
     rc = ds_conv_run(&plan, in.desc, &src, &sink, on_report, &ctx);
     if (o->progress) ds_progress_end(&ctx.prog);
-    if (rc) goto done;
-    rc = ds_st_writer_close(w);
-    w = NULL;
-    if (rc || !out_dir) goto done;
-
-    /* the rest of the directory, then the rename that publishes it */
-    if (config) rc = write_text(tmp, "config.json", config, strlen(config));
-    for (int k = 0; carried_files[k] && !rc; k++) {
-        char *text = NULL;
-        size_t len = 0;
-        if (in.dir[0]) rc = read_optional(in.dir, carried_files[k], &text, &len);
-        else if (!strcmp(carried_files[k], "tokenizer.json") && in.tokenizer)
-            text = dup_text(in.tokenizer, &len);
-        if (!rc && text) rc = write_text(tmp, carried_files[k], text, len);
-        free(text);
-    }
-    if (!rc) rc = ds_fsync_dir(tmp);
-    if (!rc && rename(tmp, out_path)) rc = ds_fail(DS_ERR, "cannot rename %s to %s", tmp, out_path);
     if (!rc) {
-        char parent[4200];
-        snprintf(parent, sizeof parent, "%s", out_path);
-        char *slash = strrchr(parent, '/');
-        if (slash && slash != parent) *slash = 0;
-        else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
-        rc = ds_fsync_dir(parent);
-        tmp[0] = 0;
+        rc = ds_ckpt_writer_commit(w); /* frees w, also on error */
+        w = NULL;
     }
 done:
-    if (w) ds_st_writer_abort(w);
-    if (rc && tmp[0]) remove_flat_dir(tmp);
-    free(config);
+    if (w) ds_ckpt_writer_abort(w);
     ds_conv_plan_free(&plan);
     input_close(&in);
     st->seconds = ds_now() - t0;
+    return rc;
+}
+
+/* ---- reading FP8 weights ----------------------------------------------------------------------- */
+
+int ds_fp8_ckpt_read_f32(const ds_ckpt *c, const char *name, int ndim, const int64_t *shape, float *out) {
+    const ds_st_tensor *t = ds_ckpt_find(c, name);
+    if (!t || t->dtype != DS_F8_E4M3) return ds_ckpt_read_f32(c, name, ndim, shape, out);
+    if (!ds_st_shape_is(t, ndim, shape) || ndim != 2) {
+        char have[160];
+        ds_st_shape_str(t, have, sizeof have);
+        return ds_fail(DS_ERR, "checkpoint: %.200s has shape %s, expected a 2-D [%lld, %lld]: %s", name, have,
+                       (long long)shape[0], (long long)(ndim > 1 ? shape[1] : 0), ds_ckpt_where(c));
+    }
+    char sname[1100];
+    snprintf(sname, sizeof sname, "%s_scale_inv", name);
+    const ds_st_tensor *s = ds_ckpt_find(c, sname);
+    const int64_t sr = ds_fp8_nblocks(shape[0], DS_FP8_BLOCK), sc = ds_fp8_nblocks(shape[1], DS_FP8_BLOCK);
+    if (!s) return ds_fail(DS_ERR, "checkpoint: F8_E4M3 tensor %.200s without %.200s: %s", name, sname, ds_ckpt_where(c));
+    if (s->dtype != DS_F32 || !ds_st_shape_is(s, 2, (const int64_t[]){sr, sc}))
+        return ds_fail(DS_ERR, "checkpoint: %.200s must be F32 [%lld, %lld]: %s", sname, (long long)sr, (long long)sc,
+                       ds_ckpt_where(c));
+    float *scale = malloc((size_t)(sr * sc) * sizeof *scale + 1);
+    if (!scale) return ds_fail(DS_ERR, "out of memory");
+    memcpy(scale, s->data, (size_t)(sr * sc) * sizeof *scale); /* the mapping need not be 4-byte aligned */
+    int rc = ds_fp8_dequantize(out, t->data, scale, shape[0], shape[1], DS_FP8_BLOCK, DS_FP8_BLOCK);
+    free(scale);
     return rc;
 }

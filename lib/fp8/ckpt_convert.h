@@ -1,19 +1,20 @@
 /* ckpt_convert.h — converting a whole checkpoint between FP8, BF16 and FP32 (what ds-quantize does).
  *
- * Owns: reading a checkpoint from any of its three forms (a directory: config.json + model.safetensors
- * or shards + index + tokenizer files; a single .safetensors file; "-", a checkpoint stream whose
- * __metadata__ carries "config" and "tokenizer"), running the conversion plan of convert.h over it
- * tensor by tensor, and writing the result in any of the three forms, with config.json updated:
- *   to fp8   quantization_config = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
- *            ["scale_fmt": "ue8m0",] "weight_block_size": [128, 128]} (DeepSeek's keys, sorted as
- *            DeepSeek's files have them); torch_dtype left as it is
+ * Owns: running the conversion plan of convert.h over a checkpoint, tensor by tensor, from any of its
+ * forms to any other (io/checkpoint.h: a directory, a .safetensors file, or "-", a stream), and what
+ * the conversion changes in config.json:
+ *   to fp8   quantization_config = {quant_method "fp8", fmt "e4m3", activation_scheme "dynamic",
+ *            weight_block_size [128, 128], [scale_fmt "ue8m0"]} (DeepSeek's keys); torch_dtype kept
  *   to bf16  quantization_config removed, torch_dtype "bfloat16"
  *   to fp32  quantization_config removed, torch_dtype "float32"
- * A directory is written to "<out>.tmp-<pid>" and renamed into place at the end; an existing <out> is an
- * error. tokenizer.json, tokenizer_config.json, generation_config.json and special_tokens_map.json are
- * carried over (a stream's "tokenizer" becomes tokenizer.json and back). Memory: one 128-row panel of
- * the widest weight, plus (from a pipe) at most one FP8 weight held until its scale arrives; inputs are
- * mmapped, so checkpoints larger than RAM convert.
+ * tokenizer.json, generation_config.json, tokenizer_config.json and special_tokens_map.json are carried
+ * over; training state (trainer_state.json, optimizer.safetensors) is not. Writing goes through
+ * io/checkpoint.h (temporary directory, fsync, atomic rename or exchange). Memory: one 128-row panel of
+ * the widest weight; a directory or file input is mmapped (page cache, so checkpoints larger than RAM
+ * convert); a pipe is read tensor by tensor with ds_st_stream (not ds_ckpt_open, which would read it
+ * whole), holding at most one FP8 weight until its scale arrives.
+ * Also: reading one weight of a checkpoint as float32 whatever its storage (FP8 + scale_inv included),
+ * for the inference and training code that loads FP8 checkpoints.
  */
 #ifndef DS_FP8_CKPT_CONVERT_H
 #define DS_FP8_CKPT_CONVERT_H
@@ -21,6 +22,8 @@
 #include <stdint.h>
 
 #include "fp8/convert.h"
+#include "io/checkpoint.h"
+#include "model/config.h"
 
 typedef struct {
     ds_conv_target target;
@@ -43,9 +46,12 @@ typedef struct {
 /* in: directory, .safetensors file or "-"; out: directory, path ending in .safetensors, or "-". */
 int ds_ckpt_convert(const char *in, const char *out, const ds_ckpt_convert_opts *o, ds_ckpt_convert_stats *stats);
 
-/* config.json text for the converted checkpoint (see above); *out is malloc'd. `where` names the
- * source for messages. */
-int ds_ckpt_convert_config(const char *json, size_t len, ds_conv_target target, ds_fp8_scale_fmt scale_fmt,
-                           const char *where, char **out);
+/* Set cfg's quantization_config / torch_dtype for a checkpoint converted to `target` (see above). */
+void ds_ckpt_convert_set_config(ds_config *cfg, ds_conv_target target, ds_fp8_scale_fmt scale_fmt);
+
+/* Read weight `name` of checkpoint c as float32 [shape]: an F8_E4M3 weight is dequantized block-wise
+ * with its <name>_scale_inv (exactly as ds-quantize --to fp32 would write it); any other dtype reads
+ * through ds_ckpt_read_f32. Errors name the tensor (missing, wrong shape, FP8 without its scale). */
+int ds_fp8_ckpt_read_f32(const ds_ckpt *c, const char *name, int ndim, const int64_t *shape, float *out);
 
 #endif

@@ -105,25 +105,39 @@ values() {
     [ "${lines[0]}" = "ds-quantize: error: --report - and -o - both want stdout" ]
 }
 
-@test "runtime errors exit 1: missing input, existing output, FP8 without scale, NaN weight" {
+@test "runtime errors exit 1: missing input, a non-checkpoint output directory, FP8 without scale, NaN weight" {
     run "$DS_BIN/ds-quantize" -q -m "$BATS_TEST_TMPDIR/none" -o "$BATS_TEST_TMPDIR/o" --to fp8
     [ "$status" -eq 1 ]
-    [ "${lines[0]}" = "ds-quantize: error: cannot open: No such file or directory: $BATS_TEST_TMPDIR/none" ]
+    [ "${lines[0]}" = "ds-quantize: error: checkpoint: not found: $BATS_TEST_TMPDIR/none" ]
     mkdir "$BATS_TEST_TMPDIR/exists"
+    touch "$BATS_TEST_TMPDIR/exists/notes.txt"
     run "$DS_BIN/ds-quantize" -q -m "$ck" -o "$BATS_TEST_TMPDIR/exists" --to fp8
     [ "$status" -eq 1 ]
-    [ "${lines[0]}" = "ds-quantize: error: output exists: $BATS_TEST_TMPDIR/exists" ]
-    [ "${lines[1]}" = "hint: choose a new output directory or remove the old one" ]
-    mk_st "$BATS_TEST_TMPDIR/noscale.safetensors" '{"model.layers.0.self_attn.o_proj.weight":{"dtype":"F8_E4M3","shape":[1,2],"data_offsets":[0,2]}}' '\x38\x40'
-    run "$DS_BIN/ds-quantize" -q -m "$BATS_TEST_TMPDIR/noscale.safetensors" -o "$BATS_TEST_TMPDIR/o" --to bf16
+    [ "${lines[0]}" = "ds-quantize: error: checkpoint: refusing to replace a directory that is not a checkpoint: $BATS_TEST_TMPDIR/exists" ]
+    [ "${lines[1]}" = "hint: choose a new output directory" ]
+    [ "$(ls "$BATS_TEST_TMPDIR/exists")" = "notes.txt" ]
+    bad="$BATS_TEST_TMPDIR/bad"
+    mkdir "$bad"
+    cp "$ck/config.json" "$bad/"
+    mk_st "$bad/noscale.safetensors" '{"model.layers.0.self_attn.o_proj.weight":{"dtype":"F8_E4M3","shape":[1,2],"data_offsets":[0,2]}}' '\x38\x40'
+    run "$DS_BIN/ds-quantize" -q -m "$bad/noscale.safetensors" -o "$BATS_TEST_TMPDIR/o" --to bf16
     [ "$status" -eq 1 ]
     [ "${lines[0]}" = "ds-quantize: error: tensor model.layers.0.self_attn.o_proj.weight: F8_E4M3 without model.layers.0.self_attn.o_proj.weight_scale_inv" ]
-    mk_st "$BATS_TEST_TMPDIR/nan.safetensors" '{"model.layers.0.mlp.up_proj.weight":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]}}' '\x00\x00\x80\x3f\x00\x00\xc0\x7f'
-    run "$DS_BIN/ds-quantize" -q -m "$BATS_TEST_TMPDIR/nan.safetensors" -o "$BATS_TEST_TMPDIR/o" --to fp8
+    mk_st "$bad/nan.safetensors" '{"model.layers.0.mlp.up_proj.weight":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]}}' '\x00\x00\x80\x3f\x00\x00\xc0\x7f'
+    run "$DS_BIN/ds-quantize" -q -m "$bad/nan.safetensors" -o "$BATS_TEST_TMPDIR/o" --to fp8
     [ "$status" -eq 1 ]
     [ "${lines[0]}" = "ds-quantize: error: tensor model.layers.0.mlp.up_proj.weight: non-finite value nan at [0, 1]: refusing to quantize" ]
     [ ! -e "$BATS_TEST_TMPDIR/o" ]
     [ -z "$(ls "$BATS_TEST_TMPDIR" | grep 'o.tmp')" ]
+}
+
+@test "an existing checkpoint at -o is replaced; converting in place works" {
+    "$DS_BIN/ds-quantize" -q -m "$ck" -o "$BATS_TEST_TMPDIR/q" --to fp8
+    run "$DS_BIN/ds-quantize" -q -m "$BATS_TEST_TMPDIR/q" -o "$BATS_TEST_TMPDIR/q" --to fp32
+    [ "$status" -eq 0 ]
+    run values "$BATS_TEST_TMPDIR/q/model.safetensors" model.layers.0.mlp.down_proj.weight
+    [ "$output" = "1 -2 0.5 4 2.857143 0 -0.25 8" ]
+    ! grep -q quantization_config "$BATS_TEST_TMPDIR/q/config.json"
 }
 
 @test "a truncated stream on stdin is a clean error" {

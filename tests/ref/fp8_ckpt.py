@@ -171,6 +171,7 @@ def make(args):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = json.load(open(os.path.join(root, "share", "configs", "tiny.json")))
     cfg["torch_dtype"] = "float32" if args.dtype == "f32" else "bfloat16"
+    cfg.setdefault("pad_token_id", None)  # our config writer makes every known key explicit
     write_ckpt(args.dir, t, cfg, carried={"tokenizer.json": b'{"model": {"type": "BPE"}}\n',
                                          "generation_config.json": b'{"do_sample": false}\n'})
 
@@ -187,10 +188,10 @@ def quantize_cmd(args):
             out[name + "_scale_inv"] = s
         else:
             out[name] = a
-    qc = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8"}
+    # DeepSeek's keys and values; the order is that of our config writer (lib/model/config.c)
+    qc = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
     if args.ue8m0:
         qc["scale_fmt"] = "ue8m0"
-    qc["weight_block_size"] = [128, 128]
     cfg["quantization_config"] = qc
     write_ckpt(args.output, out, cfg, args.shard_size, carried_files(args.input))
 
