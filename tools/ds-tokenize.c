@@ -83,7 +83,7 @@ static int cmd_train(int argc, char **argv) {
     ds_corpus_opts co = {.doc_mode = DS_DOC_FILE, .progress = ds_log_level() >= DS_LOG_NORMAL};
     ds_corpus_stats st;
     rc = ds_tok_trainer_new(&tr);
-    if (!rc) rc = ds_corpus_read(&co, (const char *const *)argv + first, argc - first, (size_t)64 << 20, ds_tok_train_cut,
+    if (!rc) rc = ds_corpus_read(&co, (const char *const *)argv + first, argc - first, (size_t)16 << 20, ds_tok_train_cut,
                                  ds_tok_trainer_feed_many, tr, &st);
     double t1 = ds_now();
     if (!rc) {

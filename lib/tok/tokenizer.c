@@ -149,7 +149,7 @@ int ds_tok_finish(ds_tokenizer *t) {
         t->added_first[(unsigned char)t->added[i].content[0]] = i;
         for (size_t k = 0; k + 1 < t->added[i].len; k++) {
             char c = t->added[i].content[k + 1];
-            if (t->added[i].content[k] == '\n' && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) t->added_crosses_lines = 1;
+            if (t->added[i].content[k] == '\n' && c > ' ' && c < 0x7f) t->added_crosses_lines = 1;
         }
     }
     return 0;
