@@ -76,7 +76,7 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, 
                       .truncate = A.truncate};
     DS_TRY(ds_sampling_check(&go.sampling));
     int rows = A.prefill_chunk > 2 * A.batch ? A.prefill_chunk : 2 * A.batch;
-    ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp};
+    ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp, .serial_flops = 5e7};
     ds_writer_opts wo = {.out = stdout, .tok = L->tok, .jsonl = A.jsonl, .stops = A.stops.v, .n_stops = A.stops.n,
                          .eos = go.eos_id, .mtp = A.mtp};
     ds_infer *e = NULL;
