@@ -36,7 +36,7 @@ PKGS    := openblas libzstd libpcre2-8 jansson ompi-c
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
-WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wno-sign-compare
+WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
 CFLAGS  ?= $(OPT) $(ARCH) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Ilib $(WARN) $(PKG_CFLAGS) -DDS_GIT='"$(GIT_REV)"'
 LDLIBS  := $(PKG_LIBS) -lopenblas -lzstd -lpcre2-8 -ljansson -lm -lpthread

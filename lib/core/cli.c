@@ -69,7 +69,8 @@ static void format_default(const ds_opt *o, char *buf, size_t n) {
     switch (o->type) {
     case DS_OPT_FLAG: break;
     case DS_OPT_INT: snprintf(buf, n, "%d", *(int *)o->dest); break;
-    case DS_OPT_I64: snprintf(buf, n, "%lld", (long long)*(int64_t *)o->dest); break;
+    case DS_OPT_I64:
+    case DS_OPT_BYTES: snprintf(buf, n, "%lld", (long long)*(int64_t *)o->dest); break;
     case DS_OPT_FLOAT: snprintf(buf, n, "%g", *(double *)o->dest); break;
     case DS_OPT_STR:
     case DS_OPT_CHOICE: {
@@ -110,7 +111,7 @@ void ds_cli_help(const ds_cli *cli, FILE *f) {
     if (cli->example) fprintf(f, "\nExample:\n%s\n", cli->example);
 }
 
-static int parse_i64(const char *s, int64_t *out) {
+static int parse_i64_base(const char *s, int64_t *out, double base) {
     char *end;
     errno = 0;
     double mult = 1;
@@ -119,10 +120,10 @@ static int parse_i64(const char *s, int64_t *out) {
     if (*end) {
         if (end[1]) return -1;
         switch (*end) {
-        case 'K': case 'k': mult = 1e3; break;
-        case 'M': case 'm': mult = 1e6; break;
-        case 'G': case 'g': mult = 1e9; break;
-        case 'T': case 't': mult = 1e12; break;
+        case 'K': case 'k': mult = base; break;
+        case 'M': case 'm': mult = base * base; break;
+        case 'G': case 'g': mult = base * base * base; break;
+        case 'T': case 't': mult = base * base * base * base; break;
         default: return -1;
         }
     }
@@ -131,6 +132,8 @@ static int parse_i64(const char *s, int64_t *out) {
     *out = (int64_t)d;
     return 0;
 }
+
+static int parse_i64(const char *s, int64_t *out) { return parse_i64_base(s, out, 1e3); }
 
 static int check_range(const ds_opt *o, double v) {
     if (o->min < o->max && (v < o->min || v > o->max))
@@ -152,6 +155,13 @@ static int apply_opt(const ds_opt *o, const char *arg) {
     case DS_OPT_I64: {
         int64_t v;
         if (parse_i64(arg, &v)) return ds_usage_error("--%s: not an integer: '%s'", o->name, arg);
+        if (check_range(o, (double)v)) return DS_EUSAGE;
+        *(int64_t *)o->dest = v;
+        return 0;
+    }
+    case DS_OPT_BYTES: {
+        int64_t v;
+        if (parse_i64_base(arg, &v, 1024.0) || v < 0) return ds_usage_error("--%s: not a byte size: '%s'", o->name, arg);
         if (check_range(o, (double)v)) return DS_EUSAGE;
         *(int64_t *)o->dest = v;
         return 0;

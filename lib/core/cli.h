@@ -20,6 +20,7 @@ typedef enum {
     DS_OPT_STR,     /* const char** */
     DS_OPT_STRLIST, /* ds_strlist*, repeatable */
     DS_OPT_CHOICE,  /* const char**, value must be one of `choices` ("a|b|c") */
+    DS_OPT_BYTES,   /* int64_t*, a byte size: K/M/G suffixes are powers of 1024 (as nccl-tests) */
 } ds_opt_type;
 
 typedef struct {

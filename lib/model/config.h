@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/jsonw.h"
+
 typedef enum { DS_SCORE_SIGMOID = 0, DS_SCORE_SOFTMAX = 1 } ds_score_func;
 
 typedef struct {
@@ -88,6 +90,8 @@ typedef struct {
     int64_t dense_ffn_per_layer;
     int64_t expert;           /* one routed expert */
     int64_t moe_layer;        /* all experts + shared + router (+ bias) */
+    int64_t router;           /* gate matrix + e_score_correction_bias (noaux_tc) */
+    int64_t layer_norms;      /* input + post-attention RMSNorm gains of one layer */
 } ds_param_counts;
 
 /* Derived sizes. */
@@ -107,8 +111,18 @@ int ds_config_parse(ds_config *c, const char *json, size_t len, const char *wher
 int ds_config_load_file(ds_config *c, const char *path);
 /* Serialize (pretty, sorted as loaded, unknown keys kept). *out is malloc'd, NUL-terminated. */
 int ds_config_to_json(const ds_config *c, char **out);
+/* Write config.json atomically ("-" = stdout). */
+int ds_config_save_file(const ds_config *c, const char *path);
 int ds_config_validate(const ds_config *c, const char *where);
+/* Parameter counts (spec section 1.3). Every field is -1 if the config is so large that a count
+ * would overflow int64 (ds_config_validate rejects such configs). */
 void ds_config_counts(const ds_config *c, ds_param_counts *out);
+/* "671.03B total, 37.55B activated per token, 11.61B MTP" (units K/M/B/T). */
+void ds_param_counts_format(const ds_param_counts *p, char *buf, size_t n);
+/* One parameter count as text with a unit: 671026419200 -> "671.03B", 512 -> "512". */
+void ds_param_count_str(int64_t n, char *buf, size_t size);
+/* Keys "params_total", "params_activated", "params_mtp" into an open JSON object (metrics records). */
+void ds_param_counts_jsonw(const ds_param_counts *p, ds_jsonw *w);
 int ds_config_copy(ds_config *dst, const ds_config *src);
 void ds_config_free(ds_config *c);
 

@@ -2,6 +2,8 @@
 # Conventions every program shares (design.md section 5): --help with defaults and an example,
 # --version, usage errors as one line on stderr with exit 2.
 
+bats_require_minimum_version 1.5.0
+
 TOOLS="ds-tokenize ds-pretrain ds-extend-ctx ds-sft ds-rl ds-quantize ds-generate ds-bench-a2a"
 
 @test "every program prints --help with an example and exits 0" {

@@ -1,0 +1,205 @@
+#include "dist/a2a_bench.h"
+
+#include "core/err.h"
+#include "core/rng.h"
+
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The payload value element i of the block from `src` to `dst` must hold: distinct per source,
+ * destination and position, so misplaced data is caught. */
+static inline uint8_t pattern(int src, int dst, int64_t i) { return (uint8_t)(src * 31 + dst * 17 + i * 7 + 1); }
+
+static double slowest(const ds_comm *c, double t) {
+    ds_comm_allreduce_max_f64(c, &t, 1);
+    return t;
+}
+
+int ds_a2a_bench_uniform(const ds_comm *c, ds_a2a_algo algo, int64_t bytes, int elem_bytes, int iters, int warmup,
+                         int check, ds_a2a_result *out) {
+    int n = c->size, me = c->rank;
+    int64_t per = bytes / n / elem_bytes * elem_bytes; /* bytes per peer */
+    int64_t *v = calloc(4 * (size_t)n, sizeof *v);
+    char *send = malloc((size_t)per * n + 1), *recv = malloc((size_t)per * n + 1);
+    if (!v || !send || !recv) {
+        free(v);
+        free(send);
+        free(recv);
+        return ds_fail(DS_ERR, "out of memory: all-to-all buffers of %lld bytes", (long long)bytes);
+    }
+    int64_t *sc = v, *sd = v + n, *rc = v + 2 * n, *rd = v + 3 * n;
+    for (int j = 0; j < n; j++) {
+        sc[j] = rc[j] = per;
+        sd[j] = rd[j] = per * j;
+    }
+    for (int j = 0; j < n; j++)
+        for (int64_t i = 0; i < per; i++) send[sd[j] + i] = (char)pattern(me, j, i);
+    int rc_ = 0;
+    for (int it = 0; it < warmup && !rc_; it++) rc_ = ds_a2a_bytes(c, algo, send, sc, sd, recv, rc, rd);
+    if (!rc_) rc_ = ds_comm_barrier(c);
+    double t0 = MPI_Wtime();
+    for (int it = 0; it < iters && !rc_; it++) rc_ = ds_a2a_bytes(c, algo, send, sc, sd, recv, rc, rd);
+    double t = (MPI_Wtime() - t0) / (iters > 0 ? iters : 1);
+    if (!rc_) {
+        out->time_us = slowest(c, t) * 1e6;
+        double sent = (double)per * n;
+        out->algbw = out->time_us > 0 ? sent / (out->time_us * 1e-6) / 1e9 : 0;
+        out->busbw = out->algbw * (n - 1) / n;
+        out->wrong = -1;
+        if (check) {
+            int64_t wrong = 0;
+            memset(recv, 0, (size_t)per * n);
+            rc_ = ds_a2a_bytes(c, algo, send, sc, sd, recv, rc, rd);
+            for (int j = 0; j < n && !rc_; j++)
+                for (int64_t i = 0; i < per; i++)
+                    if ((uint8_t)recv[rd[j] + i] != pattern(j, me, i)) wrong++;
+            if (!rc_) rc_ = ds_comm_allreduce_sum_i64(c, &wrong, 1);
+            out->wrong = wrong / elem_bytes + (wrong % elem_bytes != 0);
+        }
+    }
+    free(v);
+    free(send);
+    free(recv);
+    return rc_;
+}
+
+/* Random routing: top-k distinct experts; with a node limit, the experts come from at most
+ * `node_limit` rank groups chosen first (as V3's node-limited routing does with nodes). */
+static void random_routing(const ds_ep_bench_cfg *cfg, int n_ranks, int rank, int32_t *idx, float *w) {
+    ds_rng r;
+    ds_rng_init(&r, cfg->seed, 1000 + (uint64_t)rank);
+    int E = cfg->experts, K = cfg->topk, epr = E / n_ranks;
+    int limit = cfg->node_limit > 0 && cfg->node_limit < n_ranks ? cfg->node_limit : n_ranks;
+    int groups[256];
+    for (int t = 0; t < cfg->tokens; t++) {
+        for (int g = 0; g < n_ranks && g < 256; g++) groups[g] = g;
+        for (int g = 0; g < limit; g++) { /* partial shuffle: the first `limit` groups */
+            int j = g + (int)ds_rng_below(&r, (uint64_t)(n_ranks - g));
+            int tmp = groups[g];
+            groups[g] = groups[j];
+            groups[j] = tmp;
+        }
+        int pool = limit * epr;
+        for (int k = 0; k < K; k++) {
+            int e, dup;
+            do { /* K <= pool is checked by the caller */
+                int p = (int)ds_rng_below(&r, (uint64_t)pool);
+                e = groups[p / epr] * epr + p % epr;
+                dup = 0;
+                for (int k2 = 0; k2 < k; k2++) dup |= idx[(size_t)t * K + k2] == e;
+            } while (dup);
+            idx[(size_t)t * K + k] = e;
+            w[(size_t)t * K + k] = 1.0f / (float)(1 << (k % 4)); /* dyadic: sums stay exact */
+        }
+    }
+}
+
+int ds_ep_bench(const ds_comm *c, ds_a2a_algo algo, const ds_ep_bench_cfg *cfg, int iters, int warmup,
+                int check, ds_ep_bench_result *out) {
+    int n = c->size, T = cfg->tokens, D = cfg->hidden, K = cfg->topk;
+    int limit = cfg->node_limit > 0 && cfg->node_limit < n ? cfg->node_limit : n;
+    if (cfg->experts % n) return ds_fail(DS_ERR, "--experts %d is not a multiple of %d ranks", cfg->experts, n);
+    if (K > limit * (cfg->experts / n))
+        return ds_fail(DS_ERR, "--topk %d exceeds the experts reachable under --node-limit %d", K, limit);
+    ds_ep ep;
+    DS_TRY(ds_ep_init(&ep, c, cfg->experts, K, algo));
+    size_t row = (size_t)D * (size_t)cfg->elem_bytes;
+    int32_t *idx = malloc((size_t)T * K * sizeof *idx);
+    float *w = malloc((size_t)T * K * sizeof *w);
+    float *x = malloc((size_t)T * D * sizeof *x), *out_x = malloc((size_t)T * D * sizeof *out_x);
+    char *xb = malloc((size_t)T * row + 1);
+    int rc = (!idx || !w || !x || !out_x || !xb) ? ds_fail(DS_ERR, "out of memory") : 0;
+    char *recv = NULL;
+    float *y = NULL;
+    if (!rc) {
+        random_routing(cfg, n, c->rank, idx, w);
+        ds_rng r;
+        ds_rng_init(&r, cfg->seed, 5000 + (uint64_t)c->rank);
+        for (size_t i = 0; i < (size_t)T * D; i++) x[i] = (float)((int)ds_rng_below(&r, 17) - 8);
+        for (size_t i = 0; i < (size_t)T * row; i++) xb[i] = (char)(i * 13 + (size_t)c->rank);
+        rc = ds_ep_plan(&ep, c, idx, w, T);
+    }
+    if (!rc) {
+        recv = malloc((size_t)ep.n_recv * (row > D * 4 ? row : (size_t)D * 4) + 1);
+        y = malloc((size_t)ep.n_recv * D * sizeof *y + 1);
+        if (!recv || !y) rc = ds_fail(DS_ERR, "out of memory");
+    }
+    double td = 0, tc = 0;
+    for (int it = 0; it < warmup + iters && !rc; it++) {
+        if (it == warmup) {
+            td = tc = 0;
+            rc = ds_comm_barrier(c);
+        }
+        double t0 = MPI_Wtime();
+        if (!rc) rc = ds_ep_dispatch(&ep, c, xb, recv, row);
+        double t1 = MPI_Wtime();
+        /* the expert computation is not timed; the combine payload is fp32 rows */
+        if (!rc) rc = ds_comm_barrier(c);
+        double t2 = MPI_Wtime();
+        if (!rc) rc = ds_ep_combine(&ep, c, (const float *)recv, out_x, D);
+        double t3 = MPI_Wtime();
+        td += t1 - t0;
+        tc += t3 - t2;
+    }
+    if (!rc) {
+        double rows_sent = (double)ep.n_send;
+        double total_rows = rows_sent;
+        ds_comm_allreduce_sum_f64(c, &total_rows, 1);
+        out->rows_per_token = total_rows / ((double)T * n);
+        double dt = slowest(c, td / (iters > 0 ? iters : 1)), ct = slowest(c, tc / (iters > 0 ? iters : 1));
+        out->dispatch.time_us = dt * 1e6;
+        out->combine.time_us = ct * 1e6;
+        out->dispatch.algbw = dt > 0 ? rows_sent * (double)row / dt / 1e9 : 0;
+        out->combine.algbw = ct > 0 ? rows_sent * (double)D * 4 / ct / 1e9 : 0;
+        out->dispatch.busbw = out->dispatch.algbw * (n - 1) / n;
+        out->combine.busbw = out->combine.algbw * (n - 1) / n;
+        out->dispatch.wrong = out->combine.wrong = -1;
+    }
+    if (!rc && check) {
+        /* dispatch fp32 x, apply "experts" e -> (e+1) * x weighted, combine, compare exactly */
+        int64_t wrong = 0;
+        rc = ds_ep_dispatch(&ep, c, x, recv, (size_t)D * 4);
+        const float *rx = (const float *)recv;
+        for (int64_t rr = 0; rr < ep.n_recv && !rc; rr++) {
+            float s = 0;
+            for (int k = 0; k < K; k++) {
+                int le = ep.recv_expert[rr * K + k];
+                if (le < 0) continue;
+                int ge = c->rank * ep.experts_per_rank + le;
+                s += ep.recv_weight[rr * K + k] * (float)(ge + 1);
+            }
+            for (int d = 0; d < D; d++) y[rr * D + d] = s * rx[rr * D + d];
+        }
+        if (!rc) rc = ds_ep_combine(&ep, c, y, out_x, D);
+        for (int t = 0; t < T && !rc; t++) {
+            for (int d = 0; d < D; d++) {
+                /* rank-ordered sum of per-rank partial sums, as combine does */
+                float expect = 0;
+                for (int g = 0; g < n; g++) {
+                    float part = 0;
+                    int any = 0;
+                    for (int k = 0; k < K; k++) {
+                        int e = idx[(size_t)t * K + k];
+                        if (e / ep.experts_per_rank != g) continue;
+                        part += w[(size_t)t * K + k] * (float)(e + 1);
+                        any = 1;
+                    }
+                    if (any) expect += part * x[(size_t)t * D + d];
+                }
+                if (out_x[(size_t)t * D + d] != expect) wrong++;
+            }
+        }
+        if (!rc) rc = ds_comm_allreduce_sum_i64(c, &wrong, 1);
+        out->dispatch.wrong = out->combine.wrong = wrong;
+    }
+    free(idx);
+    free(w);
+    free(x);
+    free(out_x);
+    free(xb);
+    free(recv);
+    free(y);
+    ds_ep_free(&ep);
+    return rc;
+}

@@ -1,0 +1,42 @@
+/* a2a_bench.h — timing and checking of all-to-all and expert-parallel exchanges (ds-bench-a2a).
+ *
+ * Owns: the measurement protocol (warm-up iterations, timed iterations between barriers, the slowest
+ * rank's time), the bandwidth definitions (docs/METRICS.md: algbw = bytes a rank sends / time,
+ * busbw = algbw * (n-1)/n for all-to-all, as nccl-tests), and data checks that count wrong elements.
+ */
+#ifndef DS_DIST_A2A_BENCH_H
+#define DS_DIST_A2A_BENCH_H
+
+#include <stdint.h>
+
+#include "dist/a2a.h"
+#include "dist/comm.h"
+#include "dist/ep.h"
+
+typedef struct {
+    double time_us;      /* per iteration, slowest rank */
+    double algbw, busbw; /* GB/s (1e9 bytes) */
+    int64_t wrong;       /* mismatching elements over all ranks (-1: not checked) */
+} ds_a2a_result;
+
+/* Uniform all-to-all: each rank sends `bytes` in total, bytes/n to every peer (elem_bytes granular). */
+int ds_a2a_bench_uniform(const ds_comm *c, ds_a2a_algo algo, int64_t bytes, int elem_bytes, int iters, int warmup,
+                         int check, ds_a2a_result *out);
+
+typedef struct {
+    int tokens, hidden, topk, experts, node_limit; /* node_limit: max ranks-groups a token may reach, 0 = off */
+    int elem_bytes;                                /* dispatch payload element size (4 fp32, 2 bf16, 1 fp8) */
+    uint64_t seed;
+} ds_ep_bench_cfg;
+
+typedef struct {
+    ds_a2a_result dispatch, combine;
+    double rows_per_token; /* average destinations per token (after per-rank de-duplication) */
+} ds_ep_bench_result;
+
+/* Routed dispatch + combine with random (node-limited) routing. Check: each rank's expert e scales its
+ * rows by (e+1); combine must return sum_k w_k (e_k+1) x exactly (small-integer data, dyadic weights). */
+int ds_ep_bench(const ds_comm *c, ds_a2a_algo algo, const ds_ep_bench_cfg *cfg, int iters, int warmup,
+                int check, ds_ep_bench_result *out);
+
+#endif

@@ -1,0 +1,40 @@
+/* comm.h — the process group: MPI bootstrap, rank identity, and the collectives libds uses on CPU
+ * tensors.
+ *
+ * Owns: MPI initialisation (a program started without mpirun is a group of one), rank/size/local rank,
+ * the "[host:rank]" prefix for errors from any rank, and checked wrappers over the MPI calls libds
+ * needs. Every MPI call goes through DS_MPI_TRY, which turns a failure into a ds_fail() message naming
+ * host:rank file:line. NCCL (GPU tensors) lives in kernels/; this module never touches device memory.
+ */
+#ifndef DS_DIST_COMM_H
+#define DS_DIST_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int rank, size;             /* in the world communicator */
+    int local_rank, local_size; /* among ranks on the same host */
+    int node, n_nodes;          /* host index (ranks grouped by host), number of hosts */
+    char host[64];
+    void *world, *local;        /* MPI_Comm handles (opaque so headers need no mpi.h) */
+    int owns_mpi;               /* we called MPI_Init and must finalize */
+} ds_comm;
+
+int ds_comm_init(ds_comm *c, int *argc, char ***argv);
+void ds_comm_finalize(ds_comm *c);
+/* "[host:rank] " for messages when size > 1, "" otherwise. */
+const char *ds_comm_prefix(const ds_comm *c);
+
+int ds_comm_barrier(const ds_comm *c);
+int ds_comm_allreduce_sum_f64(const ds_comm *c, double *v, int n);
+int ds_comm_allreduce_max_f64(const ds_comm *c, double *v, int n);
+int ds_comm_allreduce_sum_i64(const ds_comm *c, int64_t *v, int n);
+int ds_comm_allreduce_sum_f32(const ds_comm *c, float *v, size_t n);
+/* Exchange one int64 per peer: recv[j] = what rank j put in its send[rank]. */
+int ds_comm_alltoall_i64(const ds_comm *c, const int64_t *send, int64_t *recv);
+/* The library's all-to-all with byte counts and displacements (the reference). */
+int ds_comm_alltoallv_bytes(const ds_comm *c, const void *send, const int64_t *scount, const int64_t *sdispl,
+                            void *recv, const int64_t *rcount, const int64_t *rdispl);
+
+#endif

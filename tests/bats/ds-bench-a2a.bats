@@ -1,0 +1,63 @@
+#!/usr/bin/env bats
+# ds-bench-a2a: all-to-all and expert-parallel dispatch/combine over MPI, checked element by element.
+
+bats_require_minimum_version 1.5.0
+
+setup() {
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+    # keep Open MPI to shared memory and loopback inside the test sandbox
+    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+    MPIRUN="mpirun --oversubscribe"
+}
+
+@test "all-to-all sweep on 3 ranks: every element arrives where it belongs" {
+    run $MPIRUN -np 3 "$DS_BIN/ds-bench-a2a" -b 1K -e 64K -f 8 -n 3 -w 1
+    [ "$status" -eq 0 ]
+    rows=$(printf '%s\n' "$output" | grep -vE '^#' | grep -E '^ *[0-9]')
+    [ "$(printf '%s\n' "$rows" | wc -l)" -eq 3 ]          # 1K, 8K, 64K
+    # both #wrong columns (9th and 13th fields) are 0
+    printf '%s\n' "$rows" | awk '$9 != 0 || $13 != 0 { bad = 1 } END { exit bad }'
+    # sizes and counts as nccl-tests prints them: count = size / 4 for float
+    printf '%s\n' "$rows" | awk 'NR == 2 && ($1 != 8192 || $2 != 2048) { exit 1 }'
+}
+
+@test "expert-parallel dispatch/combine returns the exact weighted expert sum" {
+    run $MPIRUN -np 4 "$DS_BIN/ds-bench-a2a" --mode ep --tokens 64 --hidden 32 --experts 16 --topk 4 \
+        --node-limit 2 -n 2 -w 1 --json
+    [ "$status" -eq 0 ]
+    [ "$(printf '%s\n' "$output" | grep -c '"wrong":0')" -eq 4 ]
+    printf '%s\n' "$output" | grep -q '"op":"dispatch","impl":"ours"'
+}
+
+@test "node limit bounds the destinations per token" {
+    run $MPIRUN -np 4 "$DS_BIN/ds-bench-a2a" --mode ep --tokens 128 --hidden 8 --experts 16 --topk 4 --node-limit 1 -n 1 -w 0
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"destinations per token (after per-rank de-duplication): 1.00"* ]]
+}
+
+@test "a single process runs without mpirun" {
+    run "$DS_BIN/ds-bench-a2a" -b 4K -e 4K -n 2 -w 0
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"1 ranks on 1 node(s)"* ]]
+}
+
+@test "experts that do not divide over the ranks: clean error, exit 1" {
+    run --separate-stderr $MPIRUN -np 3 "$DS_BIN/ds-bench-a2a" --mode ep --experts 16 -n 1 -w 0
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-bench-a2a: error: --experts 16 is not a multiple of 3 ranks"* ]]
+}
+
+@test "unavailable backends are refused plainly" {
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" --backend verbs
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "ds-bench-a2a: error: backend 'verbs' is not available in this build: --backend"* ]]
+}
+
+@test "usage errors exit 2" {
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" -b 8M -e 1M
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "ds-bench-a2a: error: --minbytes is larger than --maxbytes"* ]]
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" -b lots
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "ds-bench-a2a: error: --minbytes: not a byte size: 'lots'"* ]]
+}
