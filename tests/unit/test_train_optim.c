@@ -178,4 +178,51 @@ TEST(bias_update_is_the_sign_rule) {
     ds_balance_free(&b);
 }
 
+/* For tests/ref/train.bats: when DS_TRAIN_REF_DIR is set, run 6 clipped AdamW steps on random data and
+ * write everything torch needs to redo them: sizes, hyper-parameters, initial parameters, per step
+ * the learning rate and raw gradients, then our final parameters and moments (all little-endian). */
+TEST(adamw_trace_for_reference) {
+    const char *dir = getenv("DS_TRAIN_REF_DIR");
+    if (!dir || strlen(dir) > 400) {
+        CHECK(1, "# SKIP DS_TRAIN_REF_DIR not set");
+        return;
+    }
+    enum { NM = 5000, NN = 64, N = NM + NN, STEPS = 6 };
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/adamw%s.bin", dir, bf16 ? "_bf16" : "");
+        FILE *f = fopen(path, "wb");
+        ds_param info[2];
+        two_tensors(info, NM, NN);
+        ds_adamw_opts o;
+        ds_adamw_defaults(&o);
+        o.bf16_moments = bf16;
+        ds_adamw a;
+        ds_adamw_init(&a, &o, N, info, 2);
+        static float p[N], g[N];
+        ds_randn_fill(p, N, 11, 0, 0.02f);
+        int32_t hdr[3] = {NM, NN, STEPS};
+        double hp[5] = {o.beta1, o.beta2, o.eps, o.weight_decay, 1.0 /* clip */};
+        fwrite(hdr, sizeof hdr, 1, f);
+        fwrite(hp, sizeof hp, 1, f);
+        fwrite(p, sizeof p, 1, f);
+        for (int t = 0; t < STEPS; t++) {
+            /* the gradient scale varies so some steps clip (norm > 1) and some do not */
+            ds_randn_fill(g, N, 12, (uint64_t)t, t % 2 ? 0.05f : 0.002f);
+            double lr = 3e-3 * (t + 1) / STEPS;
+            fwrite(&lr, sizeof lr, 1, f);
+            fwrite(g, sizeof g, 1, f);
+            ds_adamw_step(&a, p, g, ds_clip_factor(ds_grad_norm(g, N), 1.0), lr);
+        }
+        fwrite(p, sizeof p, 1, f);
+        static float mo[N];
+        ds_adamw_get(&a, 0, 0, N, mo);
+        fwrite(mo, sizeof mo, 1, f);
+        ds_adamw_get(&a, 1, 0, N, mo);
+        fwrite(mo, sizeof mo, 1, f);
+        CHECK(fclose(f) == 0, "wrote adamw%s.bin", bf16 ? "_bf16" : "");
+        ds_adamw_free(&a);
+    }
+}
+
 TAP_MAIN()
