@@ -18,12 +18,12 @@ setup() {
     [ "$(grep -c '^ok' <<<"$output")" -eq 7 ]
 }
 
-@test "1x128 / 128x1 / 128x128 quantization, dequantization and the scaled GEMM are bit-identical to the numpy reference" {
+@test "1x128 / 128x1 / 128x128 quantization, dequantization, the scaled GEMM and a Linear's Fprop/Dgrad/Wgrad are bit-identical to the numpy reference" {
     "$DS_PY" "$DS_ROOT/tests/ref/fp8_block.py" "$BATS_TEST_TMPDIR/block.bin"
     run env DS_FP8_BLOCK_REF="$BATS_TEST_TMPDIR/block.bin" "$unit" against_numpy_blocks
     echo "$output"
     [ "$status" -eq 0 ]
     [[ "$output" != *"not ok"* ]]
     [[ "$output" != *"# skip"* ]]
-    [ "$(grep -c '^ok' <<<"$output")" -eq 16 ]
+    [ "$(grep -c '^ok' <<<"$output")" -eq 20 ]
 }
