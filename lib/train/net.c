@@ -11,6 +11,7 @@ static int bwd(void *impl, const ds_batch *b, const float *dlogp, const float *d
     return ds_model_backward(impl, b, dlogp, dmtp);
 }
 static void zero(void *impl) { ds_model_zero_grad(impl); }
+static void set_alpha(void *impl, double alpha) { ds_model_set_balance_alpha(impl, alpha); }
 
 int ds_train_net_from_model(ds_train_net *n, ds_model *m, int seq_len) {
     memset(n, 0, sizeof *n);
@@ -31,6 +32,7 @@ int ds_train_net_from_model(ds_train_net *n, ds_model *m, int seq_len) {
     n->forward = fwd;
     n->backward = bwd;
     n->zero_grad = zero;
+    n->set_balance_alpha = set_alpha;
     ds_flops f;
     ds_train_flops(c, seq_len, depth, &f);
     n->flops_per_token = f.total;

@@ -210,6 +210,10 @@ int ds_trainer_step(ds_trainer *t) {
     ds_loss_ctx lc = {.step = t->step, .lambda = lambda, .mtp_depth = net->mtp_depth, .n_rows = rows,
                       .n_targets = ds_batch_buf_count_targets(&t->buf, 0, rows)};
     double terms[DS_LOSS_MAX_TERMS] = {0}, bal = 0;
+    /* the model's balance loss is a mean over a micro-batch's rows; weighting each micro-batch by its
+     * share of the step makes the accumulated loss (and gradient) the mean over the step's rows */
+    const double bal_share = (double)m / rows;
+    if (net->set_balance_alpha) net->set_balance_alpha(net->impl, t->o.balance_alpha * bal_share);
     net->zero_grad(net->impl);
     ds_balance_reset(&t->bal);
     for (int r0 = 0; r0 < rows; r0 += m) {
@@ -218,7 +222,7 @@ int ds_trainer_step(ds_trainer *t) {
         DS_TRY(net->forward(net->impl, &b, &f));
         DS_TRY(check_fwd(t, &f));
         DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL, terms));
-        bal += f.bal_loss * m / rows;
+        bal += net->set_balance_alpha ? f.bal_loss : f.bal_loss * bal_share;
         if (f.expert_load) ds_balance_add(&t->bal, f.expert_load);
         DS_TRY(net->backward(net->impl, &b, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
     }
@@ -264,6 +268,7 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
     }
     double sum = 0;
     int64_t count = 0;
+    if (t->net->set_balance_alpha) t->net->set_balance_alpha(t->net->impl, 0); /* not needed for a loss value */
     for (int64_t k = 0; k < nb; k++) {
         t->vbuf.rows = 0;
         DS_TRY(t->val->next(t->val, &t->vbuf, m));

@@ -41,6 +41,8 @@ typedef struct ds_train_net {
     int (*forward)(void *impl, const ds_batch *b, ds_fwd_out *out);
     int (*backward)(void *impl, const ds_batch *b, const float *dlogp, const float *dmtp);
     void (*zero_grad)(void *impl);
+    /* Optional: the sequence-wise balance loss weight for the next micro-batches (NULL: fixed in the net) */
+    void (*set_balance_alpha)(void *impl, double alpha);
     double flops_per_token; /* training FLOPs per token at the run's sequence length (MFU); 0 = unknown */
 } ds_train_net;
 
@@ -79,6 +81,7 @@ typedef struct {
     ds_sched lr, batch, gamma, lambda; /* batch in sequences per optimizer step */
     ds_adamw_opts adamw;
     double clip_norm;     /* 0: no clipping */
+    double balance_alpha; /* sequence-wise balance loss weight: mean over the step's rows (V3: 1e-4) */
     int skip_nonfinite;   /* skip a step whose loss or gradients are NaN/Inf instead of stopping */
     int val_every;        /* validate every N steps and after the last (0: never) */
     int val_batches;      /* micro-batches per validation (capped by the validation set) */
