@@ -295,7 +295,7 @@ static int load_optimizer(ds_adamw *opt, ds_model *m, const char *dir) {
 
 /* ---- the session ---- */
 
-static int read_tokenizer(ds_session *s, const char *path) {
+int ds_session_set_tokenizer(ds_session *s, const char *path) {
     free(s->tokenizer_json);
     s->tokenizer_json = NULL;
     DS_TRY(ds_read_file(path, &s->tokenizer_json, &s->tokenizer_len, 1u << 30));
@@ -310,6 +310,15 @@ static int read_tokenizer(ds_session *s, const char *path) {
         return DS_ERR;
     }
     return 0;
+}
+
+int64_t ds_session_token_id(const ds_session *s, const char *text) {
+    if (!s->tokenizer_json) return -1;
+    ds_tokenizer *t;
+    if (ds_tok_from_json(&t, s->tokenizer_json, s->tokenizer_len, "tokenizer.json")) return -1;
+    int64_t id = ds_tok_token_id(t, text);
+    ds_tok_free(t);
+    return id;
 }
 
 int ds_session_open(ds_session *s, const ds_session_opts *o) {
@@ -336,7 +345,7 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     }
     s->have_cfg = 1;
     if (o->init_std > 0) s->cfg.ds_init_std = o->init_std;
-    if (o->tokenizer_path) DS_TRY(read_tokenizer(s, o->tokenizer_path));
+    if (o->tokenizer_path) DS_TRY(ds_session_set_tokenizer(s, o->tokenizer_path));
     if (o->seq_len > s->cfg.max_position_embeddings)
         ds_warn("--seq-len %d exceeds the config's max_position_embeddings %d", o->seq_len, s->cfg.max_position_embeddings);
     ds_model_opts mo = {.max_batch = o->micro_batch, .max_seq = o->seq_len, .train = 1, .recompute = 1,

@@ -53,6 +53,11 @@ typedef struct {
 
 /* Config, model (initialised or loaded), tokenizer. After this, s->cfg and s->tokenizer_json are set. */
 int ds_session_open(ds_session *s, const ds_session_opts *o);
+/* Embed this tokenizer.json (checked to parse and to fit the model's vocabulary). */
+int ds_session_set_tokenizer(ds_session *s, const char *path);
+/* Id of a token in the embedded tokenizer (-1 when there is no tokenizer or no such token). */
+int64_t ds_session_token_id(const ds_session *s, const char *text);
+
 /* Create the trainer over the given sources, restore the state when resuming, open the metrics
  * file and write the configuration record (config_record: a complete JSON object, or NULL). */
 int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,

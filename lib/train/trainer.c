@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/plot.h"
+#include "io/json.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -288,6 +289,19 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
 
 /* ---- reporting ---- */
 
+/* Shortest text that reads back as the same double ("0.1", not "0.10000000000000001"); null when
+ * not finite. Exact, so resumed and uninterrupted runs compare equal as text. */
+void ds_jsonw_knum_short(ds_jsonw *w, const char *key, double v) {
+    ds_jsonw_key(w, key);
+    if (!isfinite(v)) {
+        ds_jsonw_null(w);
+        return;
+    }
+    char buf[40];
+    ds_json_format_real(v, buf, sizeof buf);
+    ds_jsonw_raw(w, buf);
+}
+
 static void log_line(const ds_trainer *t) {
     const ds_step_report *r = &t->last;
     char mtp[32] = "", mfu[32] = "", val[32] = "";
@@ -308,18 +322,18 @@ static int write_metrics(const ds_trainer *t) {
     ds_jsonw_init(&w);
     ds_jsonw_obj_begin(&w);
     ds_jsonw_kint(&w, "step", r->step);
-    for (int k = 0; k < t->loss.n_terms; k++) ds_jsonw_knum(&w, t->loss.term[k], r->terms[k]);
-    ds_jsonw_knum(&w, "loss_bal", r->loss_bal);
-    ds_jsonw_knum(&w, "lr", r->lr);
-    ds_jsonw_knum(&w, "grad_norm", r->grad_norm);
-    ds_jsonw_knum(&w, "tokens", r->tokens);
+    for (int k = 0; k < t->loss.n_terms; k++) ds_jsonw_knum_short(&w, t->loss.term[k], r->terms[k]);
+    ds_jsonw_knum_short(&w, "loss_bal", r->loss_bal);
+    ds_jsonw_knum_short(&w, "lr", r->lr);
+    ds_jsonw_knum_short(&w, "grad_norm", r->grad_norm);
+    ds_jsonw_knum_short(&w, "tokens", r->tokens);
     ds_jsonw_kint(&w, "batch", r->batch);
-    ds_jsonw_knum(&w, "gamma", r->gamma);
-    ds_jsonw_knum(&w, "lambda", r->lambda);
-    ds_jsonw_knum(&w, "ms", r->ms);
-    ds_jsonw_knum(&w, "tok_s", r->tok_s);
-    if (r->mfu > 0) ds_jsonw_knum(&w, "mfu", r->mfu);
-    if (!isnan(r->val_loss)) ds_jsonw_knum(&w, "val_loss", r->val_loss);
+    ds_jsonw_knum_short(&w, "gamma", r->gamma);
+    ds_jsonw_knum_short(&w, "lambda", r->lambda);
+    ds_jsonw_knum_short(&w, "ms", r->ms);
+    ds_jsonw_knum_short(&w, "tok_s", r->tok_s);
+    if (r->mfu > 0) ds_jsonw_knum_short(&w, "mfu", r->mfu);
+    if (!isnan(r->val_loss)) ds_jsonw_knum_short(&w, "val_loss", r->val_loss);
     if (r->skipped) ds_jsonw_kbool(&w, "skipped", 1);
     if (t->bal.n_layers > 0) {
         ds_jsonw_key(&w, "balance");
@@ -329,7 +343,7 @@ static int write_metrics(const ds_trainer *t) {
             ds_balance_layer_stats(&t->bal, l, &st);
             ds_jsonw_obj_begin(&w);
             ds_jsonw_kint(&w, "moe_layer", l);
-            ds_jsonw_knum(&w, "max_vio", st.max_vio);
+            ds_jsonw_knum_short(&w, "max_vio", st.max_vio);
             ds_jsonw_kint(&w, "min_load", st.min_load);
             ds_jsonw_kint(&w, "max_load", st.max_load);
             ds_jsonw_obj_end(&w);
@@ -590,7 +604,7 @@ volatile sig_atomic_t *ds_train_catch_signals(void) {
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESETHAND; /* the second signal takes the default action: kill at once */
+    sa.sa_flags = SA_RESETHAND | SA_RESTART; /* a second signal kills at once; I/O is not interrupted */
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     return &stop_signal;

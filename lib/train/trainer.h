@@ -145,6 +145,9 @@ const ds_step_report *ds_trainer_last(const ds_trainer *t);
 /* Draw the loss curves seen so far (train loss, MTP loss, validation loss against step). */
 int ds_trainer_plot(const ds_trainer *t, const char *png_path, const char *title);
 
+/* A number in its shortest round-trip form (null when not finite), for metrics records. */
+void ds_jsonw_knum_short(ds_jsonw *w, const char *key, double v);
+
 /* SIGINT/SIGTERM set the returned flag to the signal number (a second signal kills at once). */
 volatile sig_atomic_t *ds_train_catch_signals(void);
 
