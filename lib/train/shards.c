@@ -37,7 +37,7 @@ static int expand(const char *const *patterns, int np, char ***paths, int *n) {
             pat = dirpat;
         }
         glob_t g;
-        int gr = glob(pat, GLOB_ERR, NULL, &g);
+        int gr = glob(pat, 0, NULL, &g);
         if (gr == GLOB_NOMATCH) {
             globfree(&g);
             ds_fail(DS_ERR, "no token shards match: %s", patterns[i]);
