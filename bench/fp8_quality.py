@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def score(bin_dir, ckpt, jsonl, threads, ctx):
-    out = subprocess.run([os.path.join(bin_dir, "ds-generate"), "-q", "-m", ckpt, "--score", "--truncate",
+    out = subprocess.run([os.path.join(bin_dir, "ds-generate"), "-q", "-m", ckpt, "--score",
                           "--ctx", str(ctx), "--threads", str(threads)],
                          input=jsonl, capture_output=True, text=True, check=True).stdout
     total, n = 0.0, 0
@@ -34,7 +34,7 @@ def main():
     ap.add_argument("-m", "--model", required=True)
     ap.add_argument("--text", required=True, help="glob of held-out text files")
     ap.add_argument("--chunk", type=int, default=600, help="characters per scored piece")
-    ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--ctx", type=int, default=1024, help="context for scoring (pieces must fit)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bin", default=os.path.join(ROOT, "bin"))
     args = ap.parse_args()
