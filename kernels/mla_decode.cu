@@ -1,0 +1,516 @@
+/* mla_decode.cu — MLA decode attention on the GPU; see mla_decode_cuda.h and ops/mla_decode.h.
+ *
+ * Tensor-core path (kv_rank 512 + rope 64, bf16): a CTA of 8 warps owns ROWS query rows (heads x query
+ * tokens of one sequence, flattened) and one split of that sequence's cache. Cache tiles of NT tokens
+ * stream through shared memory with cp.async (STAGES deep); each tile is read once from HBM and used by
+ * all ROWS rows. Warps form RG = ROWS/16 row groups x CG = 8/RG column groups:
+ *   S = Q K^T   warp (rg, cg) computes its 16 rows x NT/CG tokens over all 576 dims (mma m16n8k16)
+ *   softmax     online, in the log2 domain; row maxima exchanged through shared memory so the CG
+ *               warps of a row group share one running max; P goes to shared memory as bf16
+ *   O += P V    warp (rg, cg) owns 16 rows x 512/CG output dims, V = the first 512 dims of the tile
+ * With several splits, each writes a normalized partial (fp32) and its log-sum-exp; a combine kernel
+ * merges them. Splits are chosen on the host to fill the GPU in whole waves.
+ */
+#include "cuda_check.cuh"
+#include "mma.cuh"
+
+#include <math.h>
+
+extern "C" {
+#include "cuda_rt.h"
+#include "mla_decode_cuda.h"
+}
+
+namespace {
+
+constexpr int DQK = 576, DV = 512;
+constexpr int SROW = DQK + 8; /* bf16 per shared row: a 16-byte pad makes ldmatrix conflict-free */
+constexpr int CHUNKS = DQK * 2 / 16; /* 16-byte chunks per cache row */
+constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
+
+struct Params {
+    const __nv_bfloat16 *q, *kv;
+    const int32_t *kv_len, *block_table;
+    int q_len, heads, rows; /* rows = q_len * heads per sequence */
+    int page_size, max_pages;
+    float scale_log2;
+    void *out;
+    int out_f32;
+    float *lse;
+    float *part_o, *part_lse; /* NULL when splits == 1 */
+    int splits, row_blocks, rows_pad;
+};
+
+template <int ROWS, int NT, int STAGES> struct Cfg {
+    static constexpr int RG = ROWS / 16, CG = 8 / RG;
+    static constexpr int S_TOK = NT / CG, SN = S_TOK / 8;
+    static constexpr int O_COLS = DV / CG, ON = O_COLS / 8;
+    static constexpr int PROW = NT + 8;
+    static constexpr size_t SMEM =
+        (size_t)(ROWS * SROW + STAGES * NT * SROW + ROWS * PROW) * 2 + (size_t)2 * CG * ROWS * 4;
+    static_assert(SN >= 1 && ON % 2 == 0 && NT % 16 == 0, "tile shape");
+};
+
+__device__ __forceinline__ const __nv_bfloat16 *cache_row(const Params &p, int b, int t) {
+    int page = p.block_table ? p.block_table[(size_t)b * p.max_pages + t / p.page_size] : b;
+    return p.kv + ((size_t)page * p.page_size + t % p.page_size) * DQK;
+}
+
+template <int ROWS, int NT, int STAGES>
+__global__ void __launch_bounds__(256, 1) mla_decode_tc(Params p) {
+    using C = Cfg<ROWS, NT, STAGES>;
+    extern __shared__ __align__(16) unsigned char smem[];
+    __nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;
+    __nv_bfloat16 *Ks = Qs + ROWS * SROW;
+    __nv_bfloat16 *Ps = Ks + STAGES * NT * SROW;
+    float *red_max = (float *)(Ps + ROWS * C::PROW);
+    float *red_l = red_max + C::CG * ROWS;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int rg = warp / C::CG, cg = warp % C::CG, g = lane >> 2, c4 = lane & 3;
+    const int rb = blockIdx.x % p.row_blocks, split = blockIdx.x / p.row_blocks, b = blockIdx.y;
+    const int row0 = rb * ROWS;
+    const int len = p.kv_len[b];
+    const int n_tiles = (len + NT - 1) / NT;
+    const int per_split = (n_tiles + p.splits - 1) / p.splits;
+    const int tile_begin = split * per_split;
+    const int tile_end = min(n_tiles, tile_begin + per_split);
+    const int n_iter = max(0, tile_end - tile_begin);
+
+    /* rows this thread's accumulators belong to, and how many cache positions each may see */
+    int vis[2];
+    for (int h = 0; h < 2; h++) {
+        int r = row0 + rg * 16 + g + 8 * h;
+        vis[h] = r < p.rows ? len - p.q_len + 1 + r / p.heads : len;
+    }
+
+    auto load_tile = [&](int tile, int stage) {
+        __nv_bfloat16 *dst = Ks + stage * NT * SROW;
+        int t0 = (tile_begin + tile) * NT;
+        for (int tok = warp; tok < NT; tok += 8) {
+            int t = t0 + tok;
+            bool ok = t < len;
+            const __nv_bfloat16 *src = ok ? cache_row(p, b, t) : p.kv;
+            uint32_t d = smem_u32(dst + tok * SROW);
+            for (int ch = lane; ch < CHUNKS; ch += 32) cp_async_16(d + ch * 16, src + ch * 8, ok ? 16 : 0);
+        }
+    };
+
+    if (n_iter > 0) {
+        for (int r = warp; r < ROWS; r += 8) {
+            bool ok = row0 + r < p.rows;
+            const __nv_bfloat16 *src = ok ? p.q + ((size_t)b * p.rows + row0 + r) * DQK : p.q;
+            uint32_t d = smem_u32(Qs + r * SROW);
+            for (int ch = lane; ch < CHUNKS; ch += 32) cp_async_16(d + ch * 16, src + ch * 8, ok ? 16 : 0);
+        }
+        load_tile(0, 0);
+        cp_async_commit();
+        for (int s = 1; s < STAGES - 1; s++) {
+            if (s < n_iter) load_tile(s, s);
+            cp_async_commit();
+        }
+    }
+
+    float oacc[C::ON][4];
+#pragma unroll
+    for (int n = 0; n < C::ON; n++) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+
+    const uint32_t q_base = smem_u32(Qs + (rg * 16 + (lane & 15)) * SROW + 8 * (lane >> 4));
+    const uint32_t p_base = smem_u32(Ps + (rg * 16 + (lane & 15)) * C::PROW + 8 * (lane >> 4));
+
+    for (int it = 0; it < n_iter; it++) {
+        if (it + STAGES - 1 < n_iter) load_tile(it + STAGES - 1, (it + STAGES - 1) % STAGES);
+        cp_async_commit();
+        cp_async_wait<STAGES - 1>();
+        __syncthreads();
+
+        const __nv_bfloat16 *Kt = Ks + (it % STAGES) * NT * SROW;
+        const int t0 = (tile_begin + it) * NT;
+
+        /* S = Q K^T for this warp's 16 rows and S_TOK tokens */
+        float sacc[C::SN][4];
+#pragma unroll
+        for (int n = 0; n < C::SN; n++) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.f;
+        const uint32_t k_base = smem_u32(Kt + (cg * C::S_TOK + (lane & 7)) * SROW + 8 * (lane >> 3));
+#pragma unroll 2
+        for (int kk = 0; kk < DQK; kk += 32) {
+            uint32_t a0[4], a1[4];
+            ldmatrix_x4(q_base + kk * 2, a0[0], a0[1], a0[2], a0[3]);
+            ldmatrix_x4(q_base + (kk + 16) * 2, a1[0], a1[1], a1[2], a1[3]);
+#pragma unroll
+            for (int n = 0; n < C::SN; n++) {
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4(k_base + (n * 8 * SROW + kk) * 2, b0, b1, b2, b3);
+                mma_bf16_16816(sacc[n], a0, b0, b1);
+                mma_bf16_16816(sacc[n], a1, b2, b3);
+            }
+        }
+
+        /* scale into the log2 domain, mask, and this warp's row maxima */
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < C::SN; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int t = t0 + cg * C::S_TOK + n * 8 + 2 * c4 + (e & 1);
+                float v = t < vis[e >> 1] ? sacc[n][e] * p.scale_log2 : -INFINITY;
+                sacc[n][e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        }
+        if (c4 == 0) {
+            red_max[cg * ROWS + rg * 16 + g] = mx[0];
+            red_max[cg * ROWS + rg * 16 + g + 8] = mx[1];
+        }
+        __syncthreads();
+
+        float corr[2], m_use[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float tm = -INFINITY;
+#pragma unroll
+            for (int w = 0; w < C::CG; w++) tm = fmaxf(tm, red_max[w * ROWS + rg * 16 + g + 8 * h]);
+            float m_new = fmaxf(m_run[h], tm);
+            m_use[h] = m_new == -INFINITY ? 0.f : m_new;
+            corr[h] = exp2f(m_run[h] - m_use[h]);
+            m_run[h] = m_new;
+        }
+        float psum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int n = 0; n < C::SN; n++) {
+            float p0 = exp2f(sacc[n][0] - m_use[0]), p1 = exp2f(sacc[n][1] - m_use[0]);
+            float p2 = exp2f(sacc[n][2] - m_use[1]), p3 = exp2f(sacc[n][3] - m_use[1]);
+            psum[0] += p0 + p1;
+            psum[1] += p2 + p3;
+            int col = cg * C::S_TOK + n * 8 + 2 * c4;
+            *(uint32_t *)(Ps + (rg * 16 + g) * C::PROW + col) = pack_bf16x2(p0, p1);
+            *(uint32_t *)(Ps + (rg * 16 + g + 8) * C::PROW + col) = pack_bf16x2(p2, p3);
+        }
+        l_run[0] = l_run[0] * corr[0] + psum[0];
+        l_run[1] = l_run[1] * corr[1] + psum[1];
+#pragma unroll
+        for (int n = 0; n < C::ON; n++) {
+            oacc[n][0] *= corr[0]; oacc[n][1] *= corr[0];
+            oacc[n][2] *= corr[1]; oacc[n][3] *= corr[1];
+        }
+        __syncthreads();
+
+        /* O += P V over this warp's output columns */
+        const uint32_t v_base =
+            smem_u32(Kt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * SROW + cg * C::O_COLS + 8 * (lane >> 4));
+#pragma unroll
+        for (int kt = 0; kt < NT; kt += 16) {
+            uint32_t a[4];
+            ldmatrix_x4(p_base + kt * 2, a[0], a[1], a[2], a[3]);
+#pragma unroll
+            for (int n = 0; n < C::ON; n += 2) {
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4_trans(v_base + (kt * SROW + n * 8) * 2, b0, b1, b2, b3);
+                mma_bf16_16816(oacc[n], a, b0, b1);
+                mma_bf16_16816(oacc[n + 1], a, b2, b3);
+            }
+        }
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+
+    /* row sums: across the quad, then across the CG warps of the row group */
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+        l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+    }
+    if (c4 == 0) {
+        red_l[cg * ROWS + rg * 16 + g] = l_run[0];
+        red_l[cg * ROWS + rg * 16 + g + 8] = l_run[1];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int lr = rg * 16 + g + 8 * h, r = row0 + lr;
+        float l = 0.f;
+        for (int w = 0; w < C::CG; w++) l += red_l[w * ROWS + lr];
+        float inv = l > 0.f ? 1.f / l : 0.f;
+        float lse2 = l > 0.f ? m_run[h] + log2f(l) : -INFINITY;
+        if (r >= p.rows) continue;
+        if (p.splits == 1) {
+            size_t orow = (size_t)b * p.rows + r;
+#pragma unroll
+            for (int n = 0; n < C::ON; n++) {
+                int col = cg * C::O_COLS + n * 8 + 2 * c4;
+                float v0 = oacc[n][2 * h] * inv, v1 = oacc[n][2 * h + 1] * inv;
+                if (p.out_f32) {
+                    *(float2 *)((float *)p.out + orow * DV + col) = make_float2(v0, v1);
+                } else {
+                    *(uint32_t *)((__nv_bfloat16 *)p.out + orow * DV + col) = pack_bf16x2(v0, v1);
+                }
+            }
+            if (cg == 0 && c4 == 0 && p.lse) p.lse[orow] = lse2 * LN2;
+        } else {
+            size_t prow = ((size_t)b * p.splits + split) * p.rows_pad + r;
+#pragma unroll
+            for (int n = 0; n < C::ON; n++) {
+                int col = cg * C::O_COLS + n * 8 + 2 * c4;
+                *(float2 *)(p.part_o + prow * DV + col) =
+                    make_float2(oacc[n][2 * h] * inv, oacc[n][2 * h + 1] * inv);
+            }
+            if (cg == 0 && c4 == 0) p.part_lse[prow] = lse2;
+        }
+    }
+}
+
+/* Merges the splits of one (sequence, row): weights 2^(lse_i - max). 128 threads x 4 columns. */
+__global__ void mla_decode_combine(Params p) {
+    const int r = blockIdx.x, b = blockIdx.y;
+    const size_t base = (size_t)b * p.splits * p.rows_pad + r;
+    float mx = -INFINITY;
+    for (int s = 0; s < p.splits; s++) mx = fmaxf(mx, p.part_lse[base + (size_t)s * p.rows_pad]);
+    float sum = 0.f;
+    for (int s = 0; s < p.splits; s++) {
+        float l = p.part_lse[base + (size_t)s * p.rows_pad];
+        sum += l == -INFINITY ? 0.f : exp2f(l - mx);
+    }
+    float inv = sum > 0.f ? 1.f / sum : 0.f;
+    int col = threadIdx.x * 4;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s = 0; s < p.splits; s++) {
+        float l = p.part_lse[base + (size_t)s * p.rows_pad];
+        if (l == -INFINITY) continue;
+        float w = exp2f(l - mx) * inv;
+        float4 v = *(const float4 *)(p.part_o + (base + (size_t)s * p.rows_pad) * DV + col);
+        acc.x += w * v.x; acc.y += w * v.y; acc.z += w * v.z; acc.w += w * v.w;
+    }
+    size_t orow = (size_t)b * p.rows + r;
+    if (p.out_f32) {
+        *(float4 *)((float *)p.out + orow * DV + col) = acc;
+    } else {
+        uint2 v;
+        v.x = pack_bf16x2(acc.x, acc.y);
+        v.y = pack_bf16x2(acc.z, acc.w);
+        *(uint2 *)((__nv_bfloat16 *)p.out + orow * DV + col) = v;
+    }
+    if (threadIdx.x == 0 && p.lse) p.lse[orow] = sum > 0.f ? (mx + log2f(sum)) * LN2 : -INFINITY;
+}
+
+/* The simple path: a block of 4 warps per (sequence, row); warp w takes tokens w, w+4, ... with its own
+ * online softmax (lane l owns output dims l, l+32, ...), and the warps merge at the end. */
+constexpr int SIMPLE_MAX_ROW = 1024, SIMPLE_PER_LANE = SIMPLE_MAX_ROW / 32;
+
+template <typename TQ, typename TKV, typename TO>
+__global__ void mla_decode_simple(const TQ *q, const TKV *kv, const int32_t *kv_len, const int32_t *block_table,
+                                  int q_len, int heads, int R, int Dr, int page_size, int max_pages, float scale,
+                                  TO *out, float *lse) {
+    __shared__ float qs[SIMPLE_MAX_ROW];
+    __shared__ float wm[4], wl[4];
+    __shared__ float wacc[4][SIMPLE_MAX_ROW];
+    const int D = R + Dr, rows = q_len * heads;
+    const int r = blockIdx.x, b = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const size_t qrow = (size_t)b * rows + r;
+    for (int e = threadIdx.x; e < D; e += blockDim.x) qs[e] = ds_ld_f32<TQ>(q + qrow * D + e);
+    __syncthreads();
+    const int len = kv_len[b];
+    const int vis = len == 0 ? 0 : len - q_len + 1 + r / heads;
+    float m = -INFINITY, l = 0.f, acc[SIMPLE_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < SIMPLE_PER_LANE; i++) acc[i] = 0.f;
+    for (int t = warp; t < vis; t += 4) {
+        int page = block_table ? block_table[(size_t)b * max_pages + t / page_size] : b;
+        const TKV *row = kv + ((size_t)page * page_size + t % page_size) * D;
+        float d = 0.f;
+        for (int e = lane; e < D; e += 32) d += qs[e] * ds_ld_f32<TKV>(row + e);
+        for (int o = 16; o; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        float s = d * scale, mn = fmaxf(m, s);
+        float corr = m == -INFINITY ? 0.f : expf(m - mn), pw = expf(s - mn);
+        l = l * corr + pw;
+#pragma unroll
+        for (int i = 0; i < SIMPLE_PER_LANE; i++) {
+            int e = lane + 32 * i;
+            if (e < R) acc[i] = acc[i] * corr + pw * ds_ld_f32<TKV>(row + e);
+        }
+        m = mn;
+    }
+    if (lane == 0) { wm[warp] = m; wl[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < SIMPLE_PER_LANE; i++)
+        if (lane + 32 * i < R) wacc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    float M = fmaxf(fmaxf(wm[0], wm[1]), fmaxf(wm[2], wm[3])), L = 0.f, w[4];
+    for (int k = 0; k < 4; k++) {
+        w[k] = wm[k] == -INFINITY ? 0.f : expf(wm[k] - M);
+        L += w[k] * wl[k];
+    }
+    float inv = L > 0.f ? 1.f / L : 0.f;
+    for (int e = threadIdx.x; e < R; e += blockDim.x) {
+        float v = 0.f;
+        for (int k = 0; k < 4; k++) v += w[k] * wacc[k][e];
+        ds_st_f32<TO>(out + qrow * R + e, v * inv);
+    }
+    if (threadIdx.x == 0 && lse) lse[qrow] = L > 0.f ? M + logf(L) : -INFINITY;
+}
+
+ds_mla_decode_tuning g_tune, g_last;
+
+int device_sms() {
+    static int sms = 0;
+    if (!sms) {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) sms = 1;
+    }
+    return sms;
+}
+
+int fast_path_ok(const ds_mla_decode_args *a) {
+    return a->kv_rank == 512 && a->rope_dim == 64 && a->q_type == DS_BF16 && a->kv_type == DS_BF16 &&
+           (a->out_type == DS_BF16 || a->out_type == DS_F32) && ((uintptr_t)a->q % 16) == 0 &&
+           ((uintptr_t)a->kv % 16) == 0;
+}
+
+struct Plan {
+    int rows_per_cta, nt, row_blocks, rows_pad, splits;
+};
+
+int capacity(const ds_mla_decode_args *a) {
+    long long cap = a->block_table ? (long long)a->page_size * a->max_pages : a->page_size;
+    if (a->max_kv_len > 0 && a->max_kv_len < cap) cap = a->max_kv_len;
+    return (int)(cap > 0x7fffffff ? 0x7fffffff : cap);
+}
+
+/* Rows per CTA by rows per sequence; splits minimize (waves x tiles per split) for the longest
+ * sequence, a whole-wave model of a GPU running one CTA per SM. */
+Plan make_plan(const ds_mla_decode_args *a, size_t ws_bytes) {
+    Plan pl;
+    int rows = a->q_len * a->heads;
+    pl.rows_per_cta = rows <= 16 ? 16 : rows <= 32 ? 32 : 64;
+    pl.nt = pl.rows_per_cta == 64 ? 32 : 64;
+    pl.row_blocks = (rows + pl.rows_per_cta - 1) / pl.rows_per_cta;
+    pl.rows_pad = pl.row_blocks * pl.rows_per_cta;
+    long long ctas = (long long)pl.row_blocks * a->batch;
+    int tiles = (capacity(a) + pl.nt - 1) / pl.nt;
+    int sms = device_sms(), best = 1;
+    double best_cost = 1e300;
+    for (int s = 1; s <= tiles && s <= 64; s++) {
+        size_t need = (size_t)a->batch * s * pl.rows_pad * (DV + 1) * sizeof(float);
+        if (s > 1 && need > ws_bytes) break;
+        double waves = (double)((ctas * s + sms - 1) / sms);
+        double cost = waves * ((tiles + s - 1) / s) * (s > 1 ? 1.02 : 1.0); /* combine pass ~2% */
+        if (cost < best_cost - 1e-9) { best_cost = cost; best = s; }
+    }
+    pl.splits = best;
+    return pl;
+}
+
+template <int ROWS, int NT, int STAGES> int launch_tc(const Params &p, int batch, cudaStream_t st) {
+    using C = Cfg<ROWS, NT, STAGES>;
+    static bool attr_set = false;
+    if (!attr_set) {
+        DS_CU_TRY(cudaFuncSetAttribute(mla_decode_tc<ROWS, NT, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)C::SMEM));
+        attr_set = true;
+    }
+    dim3 grid(p.row_blocks * p.splits, batch);
+    mla_decode_tc<ROWS, NT, STAGES><<<grid, 256, C::SMEM, st>>>(p);
+    return DS_CUDA_LAUNCHED("mla_decode_tc");
+}
+
+template <typename TQ, typename TKV>
+int launch_simple_out(const ds_mla_decode_args *a, cudaStream_t st) {
+    dim3 grid(a->q_len * a->heads, a->batch);
+    const TQ *q = (const TQ *)a->q;
+    const TKV *kv = (const TKV *)a->kv;
+    if (a->out_type == DS_F32)
+        mla_decode_simple<TQ, TKV, float><<<grid, 128, 0, st>>>(q, kv, a->kv_len, a->block_table, a->q_len, a->heads,
+                                                                a->kv_rank, a->rope_dim, a->page_size, a->max_pages,
+                                                                a->scale, (float *)a->out, a->lse);
+    else
+        mla_decode_simple<TQ, TKV, __nv_bfloat16><<<grid, 128, 0, st>>>(
+            q, kv, a->kv_len, a->block_table, a->q_len, a->heads, a->kv_rank, a->rope_dim, a->page_size,
+            a->max_pages, a->scale, (__nv_bfloat16 *)a->out, a->lse);
+    return DS_CUDA_LAUNCHED("mla_decode_simple");
+}
+
+int launch_simple(const ds_mla_decode_args *a, cudaStream_t st) {
+    if (a->kv_rank + a->rope_dim > SIMPLE_MAX_ROW)
+        return ds_fail(DS_EUSAGE, "mla decode (cuda): rows of %d elements exceed %d", a->kv_rank + a->rope_dim,
+                       SIMPLE_MAX_ROW);
+    bool qf = a->q_type == DS_F32, kf = a->kv_type == DS_F32;
+    if (qf && kf) return launch_simple_out<float, float>(a, st);
+    if (qf) return launch_simple_out<float, __nv_bfloat16>(a, st);
+    if (kf) return launch_simple_out<__nv_bfloat16, float>(a, st);
+    return launch_simple_out<__nv_bfloat16, __nv_bfloat16>(a, st);
+}
+
+} // namespace
+
+extern "C" size_t ds_cuda_mla_decode_workspace(const ds_mla_decode_args *a) {
+    if (ds_mla_decode_check(a) || !fast_path_ok(a)) return 0;
+    Plan pl = make_plan(a, (size_t)-1);
+    if (g_tune.force_splits > 0) pl.splits = g_tune.force_splits;
+    return pl.splits > 1 ? (size_t)a->batch * pl.splits * pl.rows_pad * (DV + 1) * sizeof(float) : 0;
+}
+
+extern "C" void ds_cuda_mla_decode_tune(ds_mla_decode_tuning *t) {
+    if (t) g_tune = *t;
+    else memset(&g_tune, 0, sizeof g_tune);
+}
+
+extern "C" void ds_cuda_mla_decode_last(ds_mla_decode_tuning *t) { *t = g_last; }
+
+extern "C" int ds_cuda_mla_decode(const ds_mla_decode_args *a) {
+    DS_TRY(ds_mla_decode_check(a));
+    cudaStream_t st = (cudaStream_t)a->stream;
+    memset(&g_last, 0, sizeof g_last);
+    bool fast = fast_path_ok(a);
+    if (g_tune.force_path == 1 && !fast)
+        return ds_fail(DS_EUSAGE, "mla decode (cuda): the tensor-core kernel needs kv_rank 512, rope 64, bf16");
+    if (!fast || g_tune.force_path == 2) {
+        g_last.used_path = 2;
+        g_last.used_splits = 1;
+        return launch_simple(a, st);
+    }
+    Plan pl = make_plan(a, a->workspace ? a->workspace_bytes : 0);
+    if (g_tune.force_splits > 0) {
+        size_t need = (size_t)a->batch * g_tune.force_splits * pl.rows_pad * (DV + 1) * sizeof(float);
+        if (g_tune.force_splits > 1 && (!a->workspace || a->workspace_bytes < need))
+            return ds_fail(DS_EUSAGE, "mla decode (cuda): %d splits need %zu bytes of workspace", g_tune.force_splits,
+                           need);
+        pl.splits = g_tune.force_splits;
+    }
+    Params p;
+    memset(&p, 0, sizeof p);
+    p.q = (const __nv_bfloat16 *)a->q;
+    p.kv = (const __nv_bfloat16 *)a->kv;
+    p.kv_len = a->kv_len;
+    p.block_table = a->block_table;
+    p.q_len = a->q_len;
+    p.heads = a->heads;
+    p.rows = a->q_len * a->heads;
+    p.page_size = a->page_size;
+    p.max_pages = a->max_pages;
+    p.scale_log2 = a->scale * LOG2E;
+    p.out = a->out;
+    p.out_f32 = a->out_type == DS_F32;
+    p.lse = a->lse;
+    p.splits = pl.splits;
+    p.row_blocks = pl.row_blocks;
+    p.rows_pad = pl.rows_pad;
+    if (pl.splits > 1) {
+        p.part_o = (float *)a->workspace;
+        p.part_lse = p.part_o + (size_t)a->batch * pl.splits * pl.rows_pad * DV;
+    }
+    g_last.used_path = 1;
+    g_last.used_splits = pl.splits;
+    g_last.used_rows = pl.rows_per_cta;
+    int rc;
+    if (pl.rows_per_cta == 16) rc = launch_tc<16, 64, 2>(p, a->batch, st);
+    else if (pl.rows_per_cta == 32) rc = launch_tc<32, 64, 2>(p, a->batch, st);
+    else rc = launch_tc<64, 32, 2>(p, a->batch, st);
+    if (rc || pl.splits == 1) return rc;
+    mla_decode_combine<<<dim3(p.rows, a->batch), 128, 0, st>>>(p);
+    return DS_CUDA_LAUNCHED("mla_decode_combine");
+}

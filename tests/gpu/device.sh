@@ -1,0 +1,43 @@
+#!/bin/bash
+# Runs on a lent GPU machine from a folder made by tests/gpu/stage.sh: the environment report, every GPU
+# test program, and the benchmarks; logs go to $OUT (or /tmp/ds-gpu-out). Parts: env tests mla gemm
+# (default: all). Usage: device.sh [part...]
+cd "$(dirname "$0")"
+export LD_LIBRARY_PATH=$PWD/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export PY=${PY:-python3} PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/ds-gpu-out}
+mkdir -p "$out"
+parts=${*:-env tests mla gemm}
+has() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
+summary=()
+if has env; then
+    {
+        date -u
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu --format=csv
+        nvcc --version 2>/dev/null | tail -2
+        $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+        for f in bin/*; do echo "$f: $(ldd "$f" | grep -c 'not found') libraries not found"; ldd "$f" | grep 'not found'; done
+        ldd bin/test_blaslt | grep -E 'cublas|cudart|gomp'
+    } >"$out/env.txt" 2>&1
+    cat "$out/env.txt"
+fi
+if has tests; then
+    for t in bin/test_*; do
+        n=$(basename "$t")
+        timeout 300 "$t" >"$out/$n.tap" 2>&1
+        rc=$?
+        summary+=("$n: exit $rc, $(grep -c '^ok' "$out/$n.tap") ok, $(grep -c '^not ok' "$out/$n.tap") not ok")
+        grep -E '^not ok|^#' "$out/$n.tap" | head -40
+    done
+fi
+if has mla; then
+    GPU_MLA=bin/gpu_mla_decode timeout 400 bench/gpu_mla_decode.sh 20 >"$out/mla.txt" 2>&1
+    summary+=("mla bench: exit $?")
+    sed -n '/^== MLA/,$p' "$out/mla.txt"
+fi
+if has gemm; then
+    GPU_GEMM=bin/gpu_gemm timeout 500 bench/gpu_gemm.sh 20 >"$out/gemm.txt" 2>&1
+    summary+=("gemm bench: exit $?")
+    sed -n '/^== FP8/,$p' "$out/gemm.txt"
+fi
+printf '%s\n' "${summary[@]}"
