@@ -105,7 +105,7 @@ int main(int argc, char **argv) {
         TRY(dbuf_alloc(&qx, mk));
         TRY(dbuf_alloc(&sx, (size_t)s.m * (s.k / 128) * 4));
         TRY(dbuf_alloc(&qw, nk));
-        TRY(dbuf_alloc(&sw, (size_t)((s.n + 127) / 128) * (s.k / 128) * 4));
+        TRY(dbuf_alloc(&sw, (size_t)((s.n + 127) / 128) * ds_blockscale_ld(s.k) * 4));
         ds_cuda_poison(dy16.p, dy16.bytes);
         ds_cuda_poison(dy8.p, dy8.bytes);
 
@@ -114,7 +114,7 @@ int main(int argc, char **argv) {
         qa.x = dx.p; qa.x_type = DS_BF16; qa.rows = s.m; qa.cols = s.k; qa.ldx = s.k;
         qa.q = (uint8_t *)qx.p; qa.ldq = s.k; qa.scale = (float *)sx.p; qa.scale_ld = s.m; qa.scale_rows_contig = 1;
         ds_quant_args qb = qa;
-        qb.x = dw.p; qb.rows = s.n; qb.q = (uint8_t *)qw.p; qb.scale = (float *)sw.p; qb.scale_ld = s.k / 128;
+        qb.x = dw.p; qb.rows = s.n; qb.q = (uint8_t *)qw.p; qb.scale = (float *)sw.p; qb.scale_ld = ds_blockscale_ld(s.k);
         qb.scale_rows_contig = 0;
         TRY(ds_cuda_quant_1x128(&qa));
         TRY(ds_cuda_quant_128x128(&qb));
@@ -141,7 +141,7 @@ int main(int argc, char **argv) {
         TRY(dbuf_alloc(&fw, nk * 4));
         TRY(dbuf_alloc(&yref, mn * 4));
         TRY(ds_cuda_dequant((const uint8_t *)qx.p, s.m, s.k, s.k, (const float *)sx.p, s.m, 1, 0, fx.p, DS_F32, s.k, NULL));
-        TRY(ds_cuda_dequant((const uint8_t *)qw.p, s.n, s.k, s.k, (const float *)sw.p, s.k / 128, 0, 2, fw.p, DS_F32, s.k,
+        TRY(ds_cuda_dequant((const uint8_t *)qw.p, s.n, s.k, s.k, (const float *)sw.p, ds_blockscale_ld(s.k), 0, 2, fw.p, DS_F32, s.k,
                             NULL));
         ds_gemm gr = g16;
         gr.a = fx.p; gr.a_type = DS_F32; gr.b = fw.p; gr.b_type = DS_F32; gr.c = yref.p; gr.c_type = DS_F32;

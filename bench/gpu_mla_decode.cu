@@ -6,7 +6,7 @@
  * the time). Then per shape: median time, bytes that must move (every cached row once, queries and
  * outputs), GB/s and its share of the measured copy bandwidth, and TFLOP/s (2 x rows x tokens x (576+512)).
  * Output: TSV on stdout; bench/gpu_mla_decode.sh joins it with the PyTorch reference.
- * Usage: gpu_mla_decode [reps]
+ * Usage: gpu_mla_decode [reps] [sweep]   (sweep: also every tensor-core configuration, column `auto` = 0)
  */
 #include "gpu_test.h"
 
@@ -49,6 +49,8 @@ static double copy_bandwidth(size_t bytes, int reps) {
 
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 20;
+    int sweep = argc > 2 && !strcmp(argv[2], "sweep"); /* also time every tensor-core configuration */
+    int rows_c, cg_c, nt_c, st_c;
     char why[256];
     if (!ds_cuda_device_count(why, sizeof why)) {
         printf("gpu_mla_decode: no GPU present (%s)\n", why);
@@ -60,7 +62,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "gpu_mla_decode: %s, %d SMs; device-to-device copy %.0f GB/s (read + write)\n", info.name,
             info.sm_count, copy_gbs);
     printf("# copy_GBps\t%.1f\n", copy_gbs);
-    printf("batch\tq_len\theads\tkv_len\tms\tGBps\tpct_of_copy\ttflops\trows_per_cta\tsplits\n");
+    printf("batch\tq_len\theads\tkv_len\tms\tGBps\tpct_of_copy\ttflops\tconfig\tsplits\tauto\n");
 
     const int B = 128, PAGE = 64, D = 576, MAXLEN = 8192;
     const int max_pages = MAXLEN / PAGE, n_pages = B * max_pages;
@@ -113,32 +115,42 @@ int main(int argc, char **argv) {
                 a.page_size = PAGE; a.max_pages = max_pages; a.n_pages = n_pages;
                 a.out = dout.p; a.out_type = DS_BF16; a.lse = (float *)dlse.p;
                 a.max_kv_len = L;
-                size_t ws = ds_cuda_mla_decode_workspace(&a);
-                if (ws > dws.bytes) {
-                    dbuf_free(&dws);
-                    TRY(dbuf_alloc(&dws, ws));
+                /* the automatic choice first, then every tensor-core configuration (config 0 = automatic) */
+                int n_cfg = ds_cuda_mla_decode_configs(1, &rows_c, &cg_c, &nt_c, &st_c);
+                for (int cfg = 0; cfg <= (sweep ? n_cfg : 0); cfg++) {
+                    ds_mla_decode_tuning tune;
+                    memset(&tune, 0, sizeof tune);
+                    tune.force_config = cfg;
+                    ds_cuda_mla_decode_tune(&tune);
+                    size_t ws = ds_cuda_mla_decode_workspace(&a);
+                    if (ws > dws.bytes) {
+                        dbuf_free(&dws);
+                        TRY(dbuf_alloc(&dws, ws));
+                    }
+                    a.workspace = dws.p; a.workspace_bytes = dws.bytes;
+                    for (int i = 0; i < 3; i++) TRY(ds_cuda_mla_decode(&a));
+                    std::vector<double> v;
+                    for (int i = 0; i < reps; i++) {
+                        double ms;
+                        TRY(ds_cuda_timer_start(t, NULL));
+                        TRY(ds_cuda_mla_decode(&a));
+                        TRY(ds_cuda_timer_stop(t, NULL, &ms));
+                        v.push_back(ms);
+                    }
+                    std::sort(v.begin(), v.end());
+                    double ms = v[v.size() / 2];
+                    ds_mla_decode_tuning used;
+                    ds_cuda_mla_decode_last(&used);
+                    double rows = (double)B * q_len * H;
+                    double bytes = (double)B * L * D * 2 + rows * D * 2 + rows * 512 * 2 + rows * 4;
+                    double flop = 2.0 * rows * L * (576 + 512);
+                    double gbs = bytes / (ms * 1e-3) / 1e9;
+                    printf("%d\t%d\t%d\t%d\t%.4f\t%.1f\t%.1f\t%.1f\t%d\t%d\t%d\n", B, q_len, H, L, ms, gbs,
+                           100 * gbs / copy_gbs, flop / (ms * 1e-3) / 1e12, used.used_config, used.used_splits,
+                           cfg == 0);
+                    fflush(stdout);
                 }
-                a.workspace = dws.p; a.workspace_bytes = dws.bytes;
-                for (int i = 0; i < 3; i++) TRY(ds_cuda_mla_decode(&a));
-                std::vector<double> v;
-                for (int i = 0; i < reps; i++) {
-                    double ms;
-                    TRY(ds_cuda_timer_start(t, NULL));
-                    TRY(ds_cuda_mla_decode(&a));
-                    TRY(ds_cuda_timer_stop(t, NULL, &ms));
-                    v.push_back(ms);
-                }
-                std::sort(v.begin(), v.end());
-                double ms = v[v.size() / 2];
-                ds_mla_decode_tuning used;
-                ds_cuda_mla_decode_last(&used);
-                double rows = (double)B * q_len * H;
-                double bytes = (double)B * L * D * 2 + rows * D * 2 + rows * 512 * 2 + rows * 4;
-                double flop = 2.0 * rows * L * (576 + 512);
-                double gbs = bytes / (ms * 1e-3) / 1e9;
-                printf("%d\t%d\t%d\t%d\t%.4f\t%.1f\t%.1f\t%.1f\t%d\t%d\n", B, q_len, H, L, ms, gbs, 100 * gbs / copy_gbs,
-                       flop / (ms * 1e-3) / 1e12, used.used_rows, used.used_splits);
-                fflush(stdout);
+                ds_cuda_mla_decode_tune(NULL);
             }
     ds_cuda_timer_free(t);
     return 0;

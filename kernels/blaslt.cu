@@ -127,6 +127,9 @@ static int validate(const ds_gemm *g) {
             return ds_fail(DS_EUSAGE, "gemm: mixed input types %s x %s", ds_dtype_name(g->a_type),
                            ds_dtype_name(g->b_type));
         if (g->a_scale_mode || g->b_scale_mode) return ds_fail(DS_EUSAGE, "gemm: block scales need FP8 operands");
+        if (g->a_type == DS_F32 && g->c_type != DS_F32)
+            return ds_fail(DS_EUSAGE, "gemm: f32 inputs need an f32 output (cuBLASLt has no f32 -> %s kernel)",
+                           ds_dtype_name(g->c_type));
         return DS_OK;
     }
     if (g->a_type != DS_F8_E4M3 || g->b_type != DS_F8_E4M3)

@@ -1,15 +1,18 @@
 /* mla_decode.cu — MLA decode attention on the GPU; see mla_decode_cuda.h and ops/mla_decode.h.
  *
- * Tensor-core path (kv_rank 512 + rope 64, bf16): a CTA of 8 warps owns ROWS query rows (heads x query
- * tokens of one sequence, flattened) and one split of that sequence's cache. Cache tiles of NT tokens
- * stream through shared memory with cp.async (STAGES deep); each tile is read once from HBM and used by
- * all ROWS rows. Warps form RG = ROWS/16 row groups x CG = 8/RG column groups:
- *   S = Q K^T   warp (rg, cg) computes its 16 rows x NT/CG tokens over all 576 dims (mma m16n8k16)
- *   softmax     online, in the log2 domain; row maxima exchanged through shared memory so the CG
- *               warps of a row group share one running max; P goes to shared memory as bf16
- *   O += P V    warp (rg, cg) owns 16 rows x 512/CG output dims, V = the first 512 dims of the tile
- * With several splits, each writes a normalized partial (fp32) and its log-sum-exp; a combine kernel
- * merges them. Splits are chosen on the host to fill the GPU in whole waves.
+ * Tensor-core path (kv_rank 512 + rope 64, bf16): a CTA owns ROWS query rows (heads x query tokens of one
+ * sequence, flattened) and one split of that sequence's cache. Cache tiles of NT tokens stream through
+ * shared memory with cp.async, STAGES deep; each tile is read once from HBM and used by all ROWS rows.
+ * Warps form RG = ROWS/16 row groups x CG column groups; warp (rg, cg):
+ *   S = Q K^T   its 16 rows x all NT tokens over its 1/CG share of the 576 dims (mma m16n8k16, NT/8
+ *               independent accumulator chains); the CG partial sums meet in shared memory and every
+ *               warp of the row group adds them in the same fixed order, so all hold identical S
+ *   softmax     online, log2 domain, in registers; P stays in registers: the accumulator layout of two
+ *               n8 tiles is the A-fragment layout of one k16 step
+ *   O += P V    its 16 rows x 512/CG output dims; V = the first 512 dims of the cached rows
+ * Two barriers per tile: tile ready (and the previous tile's buffer free for the next prefetch), and
+ * the partial-S exchange. With several splits each writes a normalized fp32 partial and its
+ * log-sum-exp, and a combine kernel merges them; splits are chosen on the host to fill whole waves.
  */
 #include "cuda_check.cuh"
 #include "mma.cuh"
@@ -23,7 +26,7 @@ extern "C" {
 
 namespace {
 
-constexpr int DQK = 576, DV = 512;
+constexpr int DQK = 576, DV = 512, KSTEPS = DQK / 16;
 constexpr int SROW = DQK + 8; /* bf16 per shared row: a 16-byte pad makes ldmatrix conflict-free */
 constexpr int CHUNKS = DQK * 2 / 16; /* 16-byte chunks per cache row */
 constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
@@ -41,14 +44,13 @@ struct Params {
     int splits, row_blocks, rows_pad;
 };
 
-template <int ROWS, int NT, int STAGES> struct Cfg {
-    static constexpr int RG = ROWS / 16, CG = 8 / RG;
-    static constexpr int S_TOK = NT / CG, SN = S_TOK / 8;
+template <int ROWS, int CG, int NT, int STAGES> struct Cfg {
+    static constexpr int RG = ROWS / 16, WARPS = RG * CG, THREADS = WARPS * 32;
+    static constexpr int SN = NT / 8;
     static constexpr int O_COLS = DV / CG, ON = O_COLS / 8;
-    static constexpr int PROW = NT + 8;
-    static constexpr size_t SMEM =
-        (size_t)(ROWS * SROW + STAGES * NT * SROW + ROWS * PROW) * 2 + (size_t)2 * CG * ROWS * 4;
-    static_assert(SN >= 1 && ON % 2 == 0 && NT % 16 == 0, "tile shape");
+    static constexpr int SPAD = NT + 8; /* fp32 partial-S row stride: conflict-free float2 access */
+    static constexpr size_t SMEM = (size_t)(ROWS * SROW + STAGES * NT * SROW) * 2 + (size_t)CG * ROWS * SPAD * 4;
+    static_assert(NT % 16 == 0 && ON % 2 == 0 && STAGES >= 2 && WARPS <= 16, "tile shape");
 };
 
 __device__ __forceinline__ const __nv_bfloat16 *cache_row(const Params &p, int b, int t) {
@@ -56,29 +58,26 @@ __device__ __forceinline__ const __nv_bfloat16 *cache_row(const Params &p, int b
     return p.kv + ((size_t)page * p.page_size + t % p.page_size) * DQK;
 }
 
-template <int ROWS, int NT, int STAGES>
-__global__ void __launch_bounds__(256, 1) mla_decode_tc(Params p) {
-    using C = Cfg<ROWS, NT, STAGES>;
+template <int ROWS, int CG, int NT, int STAGES>
+__global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_decode_tc(Params p) {
+    using C = Cfg<ROWS, CG, NT, STAGES>;
     extern __shared__ __align__(16) unsigned char smem[];
     __nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;
     __nv_bfloat16 *Ks = Qs + ROWS * SROW;
-    __nv_bfloat16 *Ps = Ks + STAGES * NT * SROW;
-    float *red_max = (float *)(Ps + ROWS * C::PROW);
-    float *red_l = red_max + C::CG * ROWS;
+    float *red_s = (float *)(Ks + STAGES * NT * SROW);
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int rg = warp / C::CG, cg = warp % C::CG, g = lane >> 2, c4 = lane & 3;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int rg = warp / CG, cg = warp % CG, g = lane >> 2, c4 = lane & 3;
     const int rb = blockIdx.x % p.row_blocks, split = blockIdx.x / p.row_blocks, b = blockIdx.y;
     const int row0 = rb * ROWS;
     const int len = p.kv_len[b];
     const int n_tiles = (len + NT - 1) / NT;
     const int per_split = (n_tiles + p.splits - 1) / p.splits;
     const int tile_begin = split * per_split;
-    const int tile_end = min(n_tiles, tile_begin + per_split);
-    const int n_iter = max(0, tile_end - tile_begin);
+    const int n_iter = max(0, min(n_tiles, tile_begin + per_split) - tile_begin);
+    const int ks0 = cg * KSTEPS / CG, ks1 = (cg + 1) * KSTEPS / CG;
 
-    /* rows this thread's accumulators belong to, and how many cache positions each may see */
-    int vis[2];
+    int vis[2]; /* cache positions visible to the two rows this thread holds */
     for (int h = 0; h < 2; h++) {
         int r = row0 + rg * 16 + g + 8 * h;
         vis[h] = r < p.rows ? len - p.q_len + 1 + r / p.heads : len;
@@ -87,7 +86,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_tc(Params p) {
     auto load_tile = [&](int tile, int stage) {
         __nv_bfloat16 *dst = Ks + stage * NT * SROW;
         int t0 = (tile_begin + tile) * NT;
-        for (int tok = warp; tok < NT; tok += 8) {
+        for (int tok = warp; tok < NT; tok += C::WARPS) {
             int t = t0 + tok;
             bool ok = t < len;
             const __nv_bfloat16 *src = ok ? cache_row(p, b, t) : p.kv;
@@ -97,7 +96,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_tc(Params p) {
     };
 
     if (n_iter > 0) {
-        for (int r = warp; r < ROWS; r += 8) {
+        for (int r = warp; r < ROWS; r += C::WARPS) {
             bool ok = row0 + r < p.rows;
             const __nv_bfloat16 *src = ok ? p.q + ((size_t)b * p.rows + row0 + r) * DQK : p.q;
             uint32_t d = smem_u32(Qs + r * SROW);
@@ -116,66 +115,71 @@ __global__ void __launch_bounds__(256, 1) mla_decode_tc(Params p) {
     for (int n = 0; n < C::ON; n++) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
 
-    const uint32_t q_base = smem_u32(Qs + (rg * 16 + (lane & 15)) * SROW + 8 * (lane >> 4));
-    const uint32_t p_base = smem_u32(Ps + (rg * 16 + (lane & 15)) * C::PROW + 8 * (lane >> 4));
+    const uint32_t q_addr = smem_u32(Qs + (rg * 16 + (lane & 15)) * SROW + 8 * (lane >> 4));
+    float *red_mine = red_s + (size_t)(cg * ROWS + rg * 16 + g) * C::SPAD + 2 * c4;
 
     for (int it = 0; it < n_iter; it++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads(); /* tile `it` landed for every thread; tile it-1's buffer is free */
         if (it + STAGES - 1 < n_iter) load_tile(it + STAGES - 1, (it + STAGES - 1) % STAGES);
         cp_async_commit();
-        cp_async_wait<STAGES - 1>();
-        __syncthreads();
 
         const __nv_bfloat16 *Kt = Ks + (it % STAGES) * NT * SROW;
         const int t0 = (tile_begin + it) * NT;
 
-        /* S = Q K^T for this warp's 16 rows and S_TOK tokens */
+        /* partial S over this warp's k-steps: NT/8 independent accumulators */
         float sacc[C::SN][4];
 #pragma unroll
         for (int n = 0; n < C::SN; n++) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.f;
-        const uint32_t k_base = smem_u32(Kt + (cg * C::S_TOK + (lane & 7)) * SROW + 8 * (lane >> 3));
-#pragma unroll 2
-        for (int kk = 0; kk < DQK; kk += 32) {
-            uint32_t a0[4], a1[4];
-            ldmatrix_x4(q_base + kk * 2, a0[0], a0[1], a0[2], a0[3]);
-            ldmatrix_x4(q_base + (kk + 16) * 2, a1[0], a1[1], a1[2], a1[3]);
+        const uint32_t k_addr = smem_u32(Kt + ((lane & 7) + 8 * (lane >> 4)) * SROW + 8 * ((lane >> 3) & 1));
+        for (int ks = ks0; ks < ks1; ks++) {
+            uint32_t a[4];
+            ldmatrix_x4(q_addr + ks * 32, a[0], a[1], a[2], a[3]);
+#pragma unroll
+            for (int n = 0; n < C::SN; n += 2) {
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4(k_addr + n * 8 * SROW * 2 + ks * 32, b0, b1, b2, b3);
+                mma_bf16_16816(sacc[n], a, b0, b1);
+                mma_bf16_16816(sacc[n + 1], a, b2, b3);
+            }
+        }
+        if (CG > 1) {
 #pragma unroll
             for (int n = 0; n < C::SN; n++) {
-                uint32_t b0, b1, b2, b3;
-                ldmatrix_x4(k_base + (n * 8 * SROW + kk) * 2, b0, b1, b2, b3);
-                mma_bf16_16816(sacc[n], a0, b0, b1);
-                mma_bf16_16816(sacc[n], a1, b2, b3);
+                *(float2 *)(red_mine + n * 8) = make_float2(sacc[n][0], sacc[n][1]);
+                *(float2 *)(red_mine + 8 * C::SPAD + n * 8) = make_float2(sacc[n][2], sacc[n][3]);
+            }
+            __syncthreads();
+#pragma unroll
+            for (int n = 0; n < C::SN; n++) {
+                float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma unroll
+                for (int w = 0; w < CG; w++) {
+                    const float *src = red_s + (size_t)(w * ROWS + rg * 16 + g) * C::SPAD + 2 * c4 + n * 8;
+                    float2 u = *(const float2 *)src, v = *(const float2 *)(src + 8 * C::SPAD);
+                    s0 += u.x; s1 += u.y; s2 += v.x; s3 += v.y;
+                }
+                sacc[n][0] = s0; sacc[n][1] = s1; sacc[n][2] = s2; sacc[n][3] = s3;
             }
         }
 
-        /* scale into the log2 domain, mask, and this warp's row maxima */
+        /* scale into the log2 domain, mask, online softmax (identical in every warp of the row group) */
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int n = 0; n < C::SN; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int t = t0 + cg * C::S_TOK + n * 8 + 2 * c4 + (e & 1);
+                int t = t0 + n * 8 + 2 * c4 + (e & 1);
                 float v = t < vis[e >> 1] ? sacc[n][e] * p.scale_log2 : -INFINITY;
                 sacc[n][e] = v;
                 mx[e >> 1] = fmaxf(mx[e >> 1], v);
             }
+        float corr[2], m_use[2];
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
             mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-        }
-        if (c4 == 0) {
-            red_max[cg * ROWS + rg * 16 + g] = mx[0];
-            red_max[cg * ROWS + rg * 16 + g + 8] = mx[1];
-        }
-        __syncthreads();
-
-        float corr[2], m_use[2];
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            float tm = -INFINITY;
-#pragma unroll
-            for (int w = 0; w < C::CG; w++) tm = fmaxf(tm, red_max[w * ROWS + rg * 16 + g + 8 * h]);
-            float m_new = fmaxf(m_run[h], tm);
+            float m_new = fmaxf(m_run[h], mx[h]);
             m_use[h] = m_new == -INFINITY ? 0.f : m_new;
             corr[h] = exp2f(m_run[h] - m_use[h]);
             m_run[h] = m_new;
@@ -183,13 +187,12 @@ __global__ void __launch_bounds__(256, 1) mla_decode_tc(Params p) {
         float psum[2] = {0.f, 0.f};
 #pragma unroll
         for (int n = 0; n < C::SN; n++) {
-            float p0 = exp2f(sacc[n][0] - m_use[0]), p1 = exp2f(sacc[n][1] - m_use[0]);
-            float p2 = exp2f(sacc[n][2] - m_use[1]), p3 = exp2f(sacc[n][3] - m_use[1]);
-            psum[0] += p0 + p1;
-            psum[1] += p2 + p3;
-            int col = cg * C::S_TOK + n * 8 + 2 * c4;
-            *(uint32_t *)(Ps + (rg * 16 + g) * C::PROW + col) = pack_bf16x2(p0, p1);
-            *(uint32_t *)(Ps + (rg * 16 + g + 8) * C::PROW + col) = pack_bf16x2(p2, p3);
+            sacc[n][0] = exp2f(sacc[n][0] - m_use[0]);
+            sacc[n][1] = exp2f(sacc[n][1] - m_use[0]);
+            sacc[n][2] = exp2f(sacc[n][2] - m_use[1]);
+            sacc[n][3] = exp2f(sacc[n][3] - m_use[1]);
+            psum[0] += sacc[n][0] + sacc[n][1];
+            psum[1] += sacc[n][2] + sacc[n][3];
         }
         l_run[0] = l_run[0] * corr[0] + psum[0];
         l_run[1] = l_run[1] * corr[1] + psum[1];
@@ -198,43 +201,37 @@ __global__ void __launch_bounds__(256, 1) mla_decode_tc(Params p) {
             oacc[n][0] *= corr[0]; oacc[n][1] *= corr[0];
             oacc[n][2] *= corr[1]; oacc[n][3] *= corr[1];
         }
-        __syncthreads();
 
-        /* O += P V over this warp's output columns */
-        const uint32_t v_base =
+        /* O += P V: P from registers, V (this warp's columns) from the tile */
+        const uint32_t v_addr =
             smem_u32(Kt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * SROW + cg * C::O_COLS + 8 * (lane >> 4));
 #pragma unroll
-        for (int kt = 0; kt < NT; kt += 16) {
+        for (int j = 0; j < NT / 16; j++) {
             uint32_t a[4];
-            ldmatrix_x4(p_base + kt * 2, a[0], a[1], a[2], a[3]);
+            a[0] = pack_bf16x2(sacc[2 * j][0], sacc[2 * j][1]);
+            a[1] = pack_bf16x2(sacc[2 * j][2], sacc[2 * j][3]);
+            a[2] = pack_bf16x2(sacc[2 * j + 1][0], sacc[2 * j + 1][1]);
+            a[3] = pack_bf16x2(sacc[2 * j + 1][2], sacc[2 * j + 1][3]);
 #pragma unroll
             for (int n = 0; n < C::ON; n += 2) {
                 uint32_t b0, b1, b2, b3;
-                ldmatrix_x4_trans(v_base + (kt * SROW + n * 8) * 2, b0, b1, b2, b3);
+                ldmatrix_x4_trans(v_addr + (j * 16 * SROW + n * 8) * 2, b0, b1, b2, b3);
                 mma_bf16_16816(oacc[n], a, b0, b1);
                 mma_bf16_16816(oacc[n + 1], a, b2, b3);
             }
         }
-        __syncthreads();
     }
     cp_async_wait<0>();
 
-    /* row sums: across the quad, then across the CG warps of the row group */
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
         l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
     }
-    if (c4 == 0) {
-        red_l[cg * ROWS + rg * 16 + g] = l_run[0];
-        red_l[cg * ROWS + rg * 16 + g + 8] = l_run[1];
-    }
-    __syncthreads();
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        int lr = rg * 16 + g + 8 * h, r = row0 + lr;
-        float l = 0.f;
-        for (int w = 0; w < C::CG; w++) l += red_l[w * ROWS + lr];
+        int r = row0 + rg * 16 + g + 8 * h;
+        float l = l_run[h];
         float inv = l > 0.f ? 1.f / l : 0.f;
         float lse2 = l > 0.f ? m_run[h] + log2f(l) : -INFINITY;
         if (r >= p.rows) continue;
@@ -371,8 +368,28 @@ int fast_path_ok(const ds_mla_decode_args *a) {
            ((uintptr_t)a->kv % 16) == 0;
 }
 
+/* The tensor-core kernel's instantiations: rows per CTA, column groups (warps = rows/16 x CG), tile
+ * tokens, pipeline stages. make_plan picks the first entry for the shape's rows unless a tuning call
+ * forces another (bench/gpu_mla_decode sweeps them). */
+struct TcConfig {
+    int rows, cg, nt, stages;
+    size_t smem;
+    int threads;
+    void (*kernel)(Params);
+};
+
+#define TC_CONFIG(R, G, N, S)                                                                          \
+    { R, G, N, S, Cfg<R, G, N, S>::SMEM, Cfg<R, G, N, S>::THREADS, mla_decode_tc<R, G, N, S> }
+const TcConfig tc_configs[] = {
+    TC_CONFIG(16, 8, 64, 2), TC_CONFIG(16, 8, 32, 4), TC_CONFIG(16, 4, 64, 2),
+    TC_CONFIG(32, 4, 64, 2), TC_CONFIG(32, 4, 32, 4), TC_CONFIG(32, 2, 64, 2),
+    TC_CONFIG(64, 2, 32, 3), TC_CONFIG(64, 2, 32, 2), TC_CONFIG(64, 4, 32, 3),
+};
+const int n_tc_configs = (int)(sizeof tc_configs / sizeof tc_configs[0]);
+
 struct Plan {
-    int rows_per_cta, nt, row_blocks, rows_pad, splits;
+    const TcConfig *cfg;
+    int row_blocks, rows_pad, splits;
 };
 
 int capacity(const ds_mla_decode_args *a) {
@@ -381,40 +398,45 @@ int capacity(const ds_mla_decode_args *a) {
     return (int)(cap > 0x7fffffff ? 0x7fffffff : cap);
 }
 
+size_t split_bytes(const ds_mla_decode_args *a, const Plan &pl, int splits) {
+    return (size_t)a->batch * splits * pl.rows_pad * (DV + 1) * sizeof(float);
+}
+
 /* Rows per CTA by rows per sequence; splits minimize (waves x tiles per split) for the longest
  * sequence, a whole-wave model of a GPU running one CTA per SM. */
 Plan make_plan(const ds_mla_decode_args *a, size_t ws_bytes) {
     Plan pl;
     int rows = a->q_len * a->heads;
-    pl.rows_per_cta = rows <= 16 ? 16 : rows <= 32 ? 32 : 64;
-    pl.nt = pl.rows_per_cta == 64 ? 32 : 64;
-    pl.row_blocks = (rows + pl.rows_per_cta - 1) / pl.rows_per_cta;
-    pl.rows_pad = pl.row_blocks * pl.rows_per_cta;
+    int want = rows <= 16 ? 16 : rows <= 32 ? 32 : 64;
+    pl.cfg = nullptr;
+    for (int i = 0; i < n_tc_configs && !pl.cfg; i++)
+        if (g_tune.force_config > 0 ? i == g_tune.force_config - 1 : tc_configs[i].rows == want) pl.cfg = &tc_configs[i];
+    if (!pl.cfg) pl.cfg = &tc_configs[0];
+    pl.row_blocks = (rows + pl.cfg->rows - 1) / pl.cfg->rows;
+    pl.rows_pad = pl.row_blocks * pl.cfg->rows;
     long long ctas = (long long)pl.row_blocks * a->batch;
-    int tiles = (capacity(a) + pl.nt - 1) / pl.nt;
+    int tiles = (capacity(a) + pl.cfg->nt - 1) / pl.cfg->nt;
     int sms = device_sms(), best = 1;
     double best_cost = 1e300;
     for (int s = 1; s <= tiles && s <= 64; s++) {
-        size_t need = (size_t)a->batch * s * pl.rows_pad * (DV + 1) * sizeof(float);
-        if (s > 1 && need > ws_bytes) break;
+        if (s > 1 && split_bytes(a, pl, s) > ws_bytes) break;
         double waves = (double)((ctas * s + sms - 1) / sms);
         double cost = waves * ((tiles + s - 1) / s) * (s > 1 ? 1.02 : 1.0); /* combine pass ~2% */
         if (cost < best_cost - 1e-9) { best_cost = cost; best = s; }
     }
-    pl.splits = best;
+    pl.splits = g_tune.force_splits > 0 ? g_tune.force_splits : best;
     return pl;
 }
 
-template <int ROWS, int NT, int STAGES> int launch_tc(const Params &p, int batch, cudaStream_t st) {
-    using C = Cfg<ROWS, NT, STAGES>;
-    static bool attr_set = false;
-    if (!attr_set) {
-        DS_CU_TRY(cudaFuncSetAttribute(mla_decode_tc<ROWS, NT, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       (int)C::SMEM));
-        attr_set = true;
+int launch_tc(const TcConfig *c, const Params &p, int batch, cudaStream_t st) {
+    static bool attr_set[16];
+    int i = (int)(c - tc_configs);
+    if (!attr_set[i]) {
+        DS_CU_TRY(cudaFuncSetAttribute(c->kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)c->smem));
+        attr_set[i] = true;
     }
     dim3 grid(p.row_blocks * p.splits, batch);
-    mla_decode_tc<ROWS, NT, STAGES><<<grid, 256, C::SMEM, st>>>(p);
+    c->kernel<<<grid, c->threads, c->smem, st>>>(p);
     return DS_CUDA_LAUNCHED("mla_decode_tc");
 }
 
@@ -450,8 +472,7 @@ int launch_simple(const ds_mla_decode_args *a, cudaStream_t st) {
 extern "C" size_t ds_cuda_mla_decode_workspace(const ds_mla_decode_args *a) {
     if (ds_mla_decode_check(a) || !fast_path_ok(a)) return 0;
     Plan pl = make_plan(a, (size_t)-1);
-    if (g_tune.force_splits > 0) pl.splits = g_tune.force_splits;
-    return pl.splits > 1 ? (size_t)a->batch * pl.splits * pl.rows_pad * (DV + 1) * sizeof(float) : 0;
+    return pl.splits > 1 ? split_bytes(a, pl, pl.splits) : 0;
 }
 
 extern "C" void ds_cuda_mla_decode_tune(ds_mla_decode_tuning *t) {
@@ -460,6 +481,13 @@ extern "C" void ds_cuda_mla_decode_tune(ds_mla_decode_tuning *t) {
 }
 
 extern "C" void ds_cuda_mla_decode_last(ds_mla_decode_tuning *t) { *t = g_last; }
+
+extern "C" int ds_cuda_mla_decode_configs(int i, int *rows, int *cg, int *nt, int *stages) {
+    if (i < 1 || i > n_tc_configs) return 0;
+    const TcConfig &c = tc_configs[i - 1];
+    *rows = c.rows; *cg = c.cg; *nt = c.nt; *stages = c.stages;
+    return n_tc_configs;
+}
 
 extern "C" int ds_cuda_mla_decode(const ds_mla_decode_args *a) {
     DS_TRY(ds_mla_decode_check(a));
@@ -474,13 +502,9 @@ extern "C" int ds_cuda_mla_decode(const ds_mla_decode_args *a) {
         return launch_simple(a, st);
     }
     Plan pl = make_plan(a, a->workspace ? a->workspace_bytes : 0);
-    if (g_tune.force_splits > 0) {
-        size_t need = (size_t)a->batch * g_tune.force_splits * pl.rows_pad * (DV + 1) * sizeof(float);
-        if (g_tune.force_splits > 1 && (!a->workspace || a->workspace_bytes < need))
-            return ds_fail(DS_EUSAGE, "mla decode (cuda): %d splits need %zu bytes of workspace", g_tune.force_splits,
-                           need);
-        pl.splits = g_tune.force_splits;
-    }
+    if (pl.splits > 1 && (!a->workspace || a->workspace_bytes < split_bytes(a, pl, pl.splits)))
+        return ds_fail(DS_EUSAGE, "mla decode (cuda): %d splits need %zu bytes of workspace", pl.splits,
+                       split_bytes(a, pl, pl.splits));
     Params p;
     memset(&p, 0, sizeof p);
     p.q = (const __nv_bfloat16 *)a->q;
@@ -505,12 +529,10 @@ extern "C" int ds_cuda_mla_decode(const ds_mla_decode_args *a) {
     }
     g_last.used_path = 1;
     g_last.used_splits = pl.splits;
-    g_last.used_rows = pl.rows_per_cta;
-    int rc;
-    if (pl.rows_per_cta == 16) rc = launch_tc<16, 64, 2>(p, a->batch, st);
-    else if (pl.rows_per_cta == 32) rc = launch_tc<32, 64, 2>(p, a->batch, st);
-    else rc = launch_tc<64, 32, 2>(p, a->batch, st);
-    if (rc || pl.splits == 1) return rc;
+    g_last.used_rows = pl.cfg->rows;
+    g_last.used_config = (int)(pl.cfg - tc_configs) + 1;
+    DS_TRY(launch_tc(pl.cfg, p, a->batch, st));
+    if (pl.splits == 1) return DS_OK;
     mla_decode_combine<<<dim3(p.rows, a->batch), 128, 0, st>>>(p);
     return DS_CUDA_LAUNCHED("mla_decode_combine");
 }

@@ -25,14 +25,18 @@ extern "C" {
 size_t ds_cuda_mla_decode_workspace(const ds_mla_decode_args *a);
 int ds_cuda_mla_decode(const ds_mla_decode_args *a);
 
-/* For benchmarks and tests: force a path (0 = automatic, 1 = tensor-core kernel, 2 = simple kernel) and
- * a split count (0 = automatic); reports what the last call used. */
+/* For benchmarks and tests: force a path (0 = automatic, 1 = tensor-core kernel, 2 = simple kernel), a
+ * tensor-core configuration (1-based index, 0 = automatic) and a split count (0 = automatic); reports what
+ * the last call used. Not thread-safe (process-wide). */
 typedef struct {
-    int force_path, force_splits;
-    int used_path, used_splits, used_rows; /* rows per CTA of the tensor-core kernel */
+    int force_path, force_splits, force_config;
+    int used_path, used_splits, used_rows, used_config; /* rows per CTA, configuration of the tc kernel */
 } ds_mla_decode_tuning;
 void ds_cuda_mla_decode_tune(ds_mla_decode_tuning *t); /* NULL restores automatic */
 void ds_cuda_mla_decode_last(ds_mla_decode_tuning *t);
+/* Tensor-core configuration i (1-based): rows per CTA, column groups, tile tokens, stages. Returns the
+ * number of configurations, 0 when i is out of range. */
+int ds_cuda_mla_decode_configs(int i, int *rows, int *cg, int *nt, int *stages);
 
 #ifdef __cplusplus
 }

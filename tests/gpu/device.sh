@@ -31,9 +31,12 @@ if has tests; then
     done
 fi
 if has mla; then
-    GPU_MLA=bin/gpu_mla_decode timeout 400 bench/gpu_mla_decode.sh 20 >"$out/mla.txt" 2>&1
+    SWEEP=${SWEEP:-} GPU_MLA=bin/gpu_mla_decode timeout 400 bench/gpu_mla_decode.sh 20 >"$out/mla.txt" 2>&1
     summary+=("mla bench: exit $?")
     sed -n '/^== MLA/,$p' "$out/mla.txt"
+    # the fastest configuration per shape when swept
+    awk -F'\t' '$1 ~ /^[0-9]+$/ && $11 == 0 { k = $2 " " $3 " " $4; if (!(k in b) || $5 < b[k]) { b[k] = $5; c[k] = $9 " s" $10 " " $7 "%" } }
+        END { for (k in b) print "best " k ": " b[k] " ms config " c[k] }' "$out/mla.txt" | sort -k2n -k3n -k4n
 fi
 if has gemm; then
     GPU_GEMM=bin/gpu_gemm timeout 500 bench/gpu_gemm.sh 20 >"$out/gemm.txt" 2>&1

@@ -28,6 +28,7 @@ TEST(bf16_and_f32_all_transposes) {
                     ds_rng r;
                     ds_rng_init(&r, gpu_test_seed, 100 + in_f32 * 8 + ta * 4 + tb * 2 + out_f32);
                     ds_dtype it = in_f32 ? DS_F32 : DS_BF16, ot = out_f32 ? DS_F32 : DS_BF16;
+                    if (in_f32 && !out_f32) continue; /* refused: see f32_inputs_need_f32_output */
                     int lda = ta ? m : k, ldb = tb ? k : n, ldc = n;
                     size_t sa = (size_t)m * k, sb = (size_t)k * n, sc = (size_t)m * n;
                     std::vector<float> A(sa * batch), B(sb * batch), C0(sc * batch);
@@ -108,7 +109,7 @@ static int quantize(QOp *o, const dbuf &x, int rows, int k, int mode, int pad_ld
         rc |= ds_cuda_quant_1x128(&a);
     } else {
         int kb = k / 128, rb = (rows + 127) / 128;
-        o->sld = pad_ld ? (kb + 3) / 4 * 4 : kb;
+        o->sld = pad_ld ? ds_blockscale_ld(k) : kb;
         rc |= dbuf_alloc(&o->s, (size_t)rb * o->sld * 4);
         rc |= ds_cuda_memset(o->s.p, 0, o->s.bytes, NULL);
         a.scale = (float *)o->s.p; a.scale_ld = o->sld;
@@ -197,16 +198,19 @@ static int fp8_case(const Fp8Case &c, double *rel_out, double *quant_err) {
 TEST(fp8_block_scaled) {
     ensure_handle();
     const Fp8Case cases[] = {
-        {"1x128 act x 128x128 weight -> bf16", 256, 384, 1024, DS_SCALE_1X128, DS_SCALE_128X128, DS_BF16, 0},
-        {"1x128 act x 128x128 weight -> f32, ragged m", 196, 256, 512, DS_SCALE_1X128, DS_SCALE_128X128, DS_F32, 0},
-        {"1x128 x 1x128 -> f32 (Wgrad form)", 128, 200, 768, DS_SCALE_1X128, DS_SCALE_1X128, DS_F32, 0},
-        {"128x128 x 1x128 -> f32", 256, 132, 384, DS_SCALE_128X128, DS_SCALE_1X128, DS_F32, 0},
+        {"1x128 act x 128x128 weight -> bf16", 256, 384, 1024, DS_SCALE_1X128, DS_SCALE_128X128, DS_BF16, 1},
+        {"1x128 act x 128x128 weight -> f32, ragged m", 196, 256, 512, DS_SCALE_1X128, DS_SCALE_128X128, DS_F32, 1},
+        {"1x128 act x 128x128 weight, k/128 = 3", 132, 260, 384, DS_SCALE_1X128, DS_SCALE_128X128, DS_F32, 1},
+        {"1x128 x 1x128 -> f32 (Wgrad form)", 128, 200, 768, DS_SCALE_1X128, DS_SCALE_1X128, DS_F32, 1},
+        {"128x128 x 1x128 -> f32, k/128 = 3", 256, 132, 384, DS_SCALE_128X128, DS_SCALE_1X128, DS_F32, 1},
+        {"128x128 x 1x128 -> bf16", 384, 264, 1024, DS_SCALE_128X128, DS_SCALE_1X128, DS_BF16, 1},
     };
     for (const Fp8Case &c : cases) {
         double rel = 0, qerr = 0;
         int rc = fp8_case(c, &rel, &qerr);
-        /* exact semantics vs the library: fp32 accumulation inside each 128-block; bf16 output rounding */
-        double tol = c.ot == DS_F32 ? 1e-5 : 4e-3;
+        /* vs the exact block-scaled value: Hopper keeps ~13-14 bits inside each 128-block (~1.3e-4);
+           bf16 output adds its rounding */
+        double tol = c.ot == DS_F32 ? 5e-4 : 4e-3;
         CHECK(rc == 0 && rel <= tol, "%s (m %d n %d k %d): rel err vs block-scaled reference %.3g <= %.3g %s", c.name,
               c.m, c.n, c.k, rel, tol, rc ? ds_errmsg() : "");
         CHECK(rc == 0 && qerr < 0.08, "%s: rel err vs the unquantized product %.3g (E4M3 rounding; < 0.08)", c.name,
@@ -223,7 +227,19 @@ TEST(fp8_scale_row_layout_probe) {
     int rc1 = fp8_case(nat, &r1, &q), rc2 = fp8_case(pad, &r2, &q);
     printf("# 128x128 scales with k/128 = 5: natural rows err %.3g (rc %d), rows padded to 4: err %.3g (rc %d)\n", r1,
            rc1, r2, rc2);
-    CHECK(rc1 == 0 && r1 <= 1e-5, "natural layout [rows/128][k/128] is what cuBLASLt reads (err %.3g)", r1);
+    CHECK(rc2 == 0 && r2 <= 5e-4, "rows padded to ds_blockscale_ld(k) are what cuBLASLt reads (err %.3g)", r2);
+    CHECK(rc1 == 0 && r1 > 1e-2, "unpadded rows are read wrongly (err %.3g): the padding rule matters", r1);
+}
+
+TEST(f32_inputs_need_f32_output) {
+    ensure_handle();
+    static char dummy[4096] __attribute__((aligned(256)));
+    ds_gemm g;
+    memset(&g, 0, sizeof g);
+    g.m = g.n = g.k = 16; g.lda = g.ldb = g.ldc = 16;
+    g.a = g.b = g.c = dummy; g.a_type = g.b_type = DS_F32; g.c_type = DS_BF16; g.alpha = 1;
+    int rc = ds_blaslt_gemm(lt, &g);
+    CHECK(rc == DS_EUSAGE && strstr(ds_errmsg(), "f32 inputs need an f32 output"), "refused: %s", ds_errmsg());
 }
 
 TEST(fp8_refusals) {

@@ -19,6 +19,7 @@ struct Case {
     int max_len;                /* kv_len drawn in [q_len, max_len]; slot 0 of batch>2 cases is left empty */
     int force_path, force_splits;
     double tol_rel, tol_lse;
+    int force_config;
 };
 
 static void run_case(const Case &c) {
@@ -79,6 +80,7 @@ static void run_case(const Case &c) {
     memset(&t, 0, sizeof t);
     t.force_path = c.force_path;
     t.force_splits = c.force_splits;
+    t.force_config = c.force_config;
     ds_cuda_mla_decode_tune(&t);
     size_t ws = ds_cuda_mla_decode_workspace(&g);
     if (ws) rc |= dbuf_alloc(&dws, ws);
@@ -98,8 +100,9 @@ static void run_case(const Case &c) {
     ds_cuda_mla_decode_last(&used);
     ds_cuda_mla_decode_tune(NULL);
     CHECK_OK(rc, "GPU runs");
-    printf("# %s: path %d, %d rows per CTA, %d splits, workspace %zu bytes\n", c.name, used.used_path,
-           used.used_rows, used.used_splits, ws);
+    printf("# %s: path %d, config %d (%d rows per CTA), %d splits, workspace %zu bytes\n", c.name, used.used_path,
+           used.used_config, used.used_rows, used.used_splits, ws);
+    if (c.force_config) CHECK(used.used_config == c.force_config, "%s: ran config %d", c.name, used.used_config);
     if (c.force_path) CHECK(used.used_path == c.force_path, "%s: ran path %d", c.name, used.used_path);
 
     err_stats e = compare(out1.data(), c.ot, ref.data(), ref.size());
@@ -142,6 +145,20 @@ TEST(tensor_core_path) {
         {"V3 8 heads, short caches", 5, 1, 8, 512, 64, 70, 1, 0, DS_BF16, DS_BF16, DS_F32, 70, 1, 2, TC_REL, TC_LSE},
     };
     for (const Case &c : cases) run_case(c);
+}
+
+TEST(every_tensor_core_config) {
+    int rows, cg, nt, st;
+    int n = ds_cuda_mla_decode_configs(1, &rows, &cg, &nt, &st);
+    for (int i = 1; i <= n; i++) {
+        ds_cuda_mla_decode_configs(i, &rows, &cg, &nt, &st);
+        char name[128];
+        snprintf(name, sizeof name, "config %d (rows %d, cg %d, nt %d, stages %d), 24 heads x 2 queries", i, rows, cg,
+                 nt, st);
+        Case c = {name, 3, 2, 24, 512, 64, 32, 20, 1, DS_BF16, DS_BF16, DS_F32, 600, 1, i % 3 == 0 ? 1 : 0,
+                  TC_REL, TC_LSE, i};
+        run_case(c);
+    }
 }
 
 TEST(simple_path) {
