@@ -1,0 +1,96 @@
+/* Unit tests for lib/tok/chat: the built-in template equals share/chat_template, rendering in the
+ * DeepSeek-V3 format (spec section 8.1) with system messages gathered after BOS, the content/train
+ * spans SFT relies on, and template-file errors that name the line. */
+#include "tap.h"
+
+#include "core/err.h"
+#include "core/file.h"
+#include "tok/chat.h"
+
+#define BOS "<｜begin▁of▁sentence｜>"
+#define EOS "<｜end▁of▁sentence｜>"
+#define USER "<｜User｜>"
+#define ASSISTANT "<｜Assistant｜>"
+
+static ds_chat_msg msg(ds_chat_role r, const char *s) { return (ds_chat_msg){r, s, strlen(s)}; }
+
+TEST(builtin_equals_share_file) {
+    const char *root = getenv("DS_ROOT");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/share/chat_template", root ? root : ".");
+    char *data = NULL;
+    size_t len = 0;
+    int rc = ds_read_file(path, &data, &len, 0);
+    CHECK(rc == 0 && len == strlen(ds_chat_template_default_text) && !memcmp(data, ds_chat_template_default_text, len),
+          "share/chat_template is the built-in template byte for byte");
+    free(data);
+    ds_chat_template t;
+    CHECK(ds_chat_template_load(&t, path) == 0 && !strcmp(t.bos, BOS) && !strcmp(t.system_sep, "\n\n"),
+          "the file parses (escapes decoded)");
+    ds_chat_template_free(&t);
+}
+
+TEST(renders_deepseek_v3_format) {
+    ds_chat_template t;
+    CHECK(ds_chat_template_load(&t, NULL) == 0, "built-in template loads");
+    ds_chat_msg m[] = {msg(DS_ROLE_SYSTEM, "S1"), msg(DS_ROLE_USER, "hi <｜User｜>"), msg(DS_ROLE_ASSISTANT, "yo"),
+                       msg(DS_ROLE_SYSTEM, "S2"), msg(DS_ROLE_USER, "q")};
+    ds_chat_rendered r;
+    CHECK(ds_chat_render(&t, m, 5, 1, &r) == 0, "render");
+    const char *want = BOS "S1\n\nS2" USER "hi <｜User｜>" ASSISTANT "yo" EOS USER "q" ASSISTANT;
+    CHECK(r.len == strlen(want) && !strcmp(r.text, want), "text: system gathered after BOS, generation prompt last");
+    char content[256] = "", train[256] = "";
+    size_t covered = 0;
+    int contiguous = 1;
+    for (int i = 0; i < r.n_spans; i++) {
+        contiguous &= r.spans[i].off == covered && r.spans[i].len > 0;
+        covered += r.spans[i].len;
+        if (r.spans[i].content) {
+            strncat(content, r.text + r.spans[i].off, r.spans[i].len);
+            strcat(content, "|");
+        }
+        if (r.spans[i].train) strncat(train, r.text + r.spans[i].off, r.spans[i].len);
+    }
+    CHECK(contiguous && covered == r.len, "spans cover the text in order");
+    CHECK(!strcmp(content, "S1|S2|hi <｜User｜>|yo|q|"), "content spans are the message texts (user text literal)");
+    CHECK(!strcmp(train, "yo" EOS), "trained bytes: assistant content and its closing EOS");
+    ds_chat_rendered_free(&r);
+    ds_chat_msg one = msg(DS_ROLE_USER, "2+2=");
+    CHECK(ds_chat_render(&t, &one, 1, 1, &r) == 0 && !strcmp(r.text, BOS USER "2+2=" ASSISTANT), "single prompt");
+    ds_chat_rendered_free(&r);
+    CHECK(ds_chat_render(&t, &one, 1, 0, &r) == 0 && !strcmp(r.text, BOS USER "2+2="), "no generation prompt");
+    ds_chat_rendered_free(&r);
+    CHECK(ds_chat_render(&t, m, 0, 1, &r) == DS_ERR && strstr(ds_errmsg(), "no messages"), "empty conversation");
+    ds_chat_template_free(&t);
+    CHECK(ds_chat_role_from_name("assistant") == DS_ROLE_ASSISTANT && ds_chat_role_from_name("tool") == -1, "roles");
+}
+
+static const char *parse_error(const char *text) {
+    ds_chat_template t;
+    if (ds_chat_template_parse(&t, text, strlen(text), "T") == 0) {
+        ds_chat_template_free(&t);
+        return "";
+    }
+    return ds_errmsg();
+}
+
+TEST(template_errors_name_the_line) {
+    const char *full = "bos=\"\"\nsystem=\"{content}\"\nsystem_sep=\"\"\nuser=\"{content}\"\nassistant=\"{content}\"\n";
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", full);
+    CHECK(strstr(parse_error(buf), "missing key generation: T"), "missing key: %s", ds_errmsg());
+    snprintf(buf, sizeof buf, "%sgeneration=\"\"\nuser=\"{content}\"\n", full);
+    CHECK(strstr(parse_error(buf), "line 7: user given twice: T"), "duplicate: %s", ds_errmsg());
+    snprintf(buf, sizeof buf, "%sgeneration=\"\"\nfoo=\"x\"\n", full);
+    CHECK(strstr(parse_error(buf), "line 7: unknown key 'foo'"), "unknown key: %s", ds_errmsg());
+    CHECK(strstr(parse_error("# c\n\nuser = \"no placeholder\"\n"), "line 3: user must contain {content} exactly once"),
+          "placeholder: %s", ds_errmsg());
+    CHECK(strstr(parse_error("bos = unquoted\n"), "line 1: bos: value is not a JSON string"), "bad value: %s",
+          ds_errmsg());
+    CHECK(strstr(parse_error("bos \"x\"\n"), "line 1: expected KEY = \"text\""), "no '=': %s", ds_errmsg());
+    CHECK(strstr(parse_error("bos = \"a\\u0000b\"\n"), "not a JSON string"), "NUL in a value: %s", ds_errmsg());
+    snprintf(buf, sizeof buf, "%sgeneration=\"\"\n", full);
+    CHECK(parse_error(buf)[0] == 0, "a complete minimal template parses");
+}
+
+TAP_MAIN()
