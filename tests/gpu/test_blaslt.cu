@@ -9,6 +9,7 @@
 
 extern "C" {
 #include "blaslt.h"
+#include "fp8/gemm.h"
 #include "fp8_quant.h"
 }
 
@@ -137,7 +138,7 @@ struct Fp8Case {
     int pad_ld; /* 128x128 scale rows padded to a multiple of 4 (probe of cuBLASLt's expectation) */
 };
 
-static int fp8_case(const Fp8Case &c, double *rel_out, double *quant_err) {
+static int fp8_case(const Fp8Case &c, double *rel_out, double *quant_err, double *rel_lib = nullptr) {
     ds_rng r;
     ds_rng_init(&r, gpu_test_seed, ds_stream_id(c.name));
     std::vector<float> X((size_t)c.m * c.k), W((size_t)c.n * c.k);
@@ -188,6 +189,26 @@ static int fp8_case(const Fp8Case &c, double *rel_out, double *quant_err) {
         }
     err_stats e = compare(out.data(), c.ot, ref.data(), ref.size());
     err_stats q = compare(out.data(), c.ot, exact.data(), exact.size());
+    if (rel_lib) { /* lib/fp8's ds_fp8_gemm, the fp8 stream's CPU reference, on the same codes and scales */
+        auto mat = [](const QOp &o) {
+            ds_fp8_mat m;
+            m.q = o.qh.data();
+            if (o.mode == DS_SCALE_1X128) { m.scale = o.sh.data(); m.block_rows = 1; m.scale_k_major = 1; }
+            else { m.scale = o.sh.data(); m.block_rows = 128; m.scale_k_major = 0; }
+            return m;
+        };
+        ds_fp8_mat ma = mat(qa), mb = mat(qb);
+        std::vector<float> lib((size_t)c.m * c.n);
+        bool padded = qa.mode == DS_SCALE_128X128 ? qa.sld != c.k / 128 : false;
+        padded |= qb.mode == DS_SCALE_128X128 ? qb.sld != c.k / 128 : false;
+        if (!padded && ds_fp8_gemm(lib.data(), &ma, &mb, c.m, c.n, c.k, 0, NULL) == 0) {
+            std::vector<double> libd(lib.begin(), lib.end());
+            err_stats l = compare(out.data(), c.ot, libd.data(), libd.size());
+            *rel_lib = l.rel;
+        } else {
+            *rel_lib = -1; /* lib/fp8 reads unpadded 128x128 scale rows: not comparable here */
+        }
+    }
     *rel_out = e.nonfinite ? INFINITY : e.rel;
     *quant_err = q.rel;
     dbuf_free(&dX); dbuf_free(&dW); dbuf_free(&dC);
@@ -206,8 +227,8 @@ TEST(fp8_block_scaled) {
         {"128x128 x 1x128 -> bf16", 384, 264, 1024, DS_SCALE_128X128, DS_SCALE_1X128, DS_BF16, 1},
     };
     for (const Fp8Case &c : cases) {
-        double rel = 0, qerr = 0;
-        int rc = fp8_case(c, &rel, &qerr);
+        double rel = 0, qerr = 0, rlib = 0;
+        int rc = fp8_case(c, &rel, &qerr, &rlib);
         /* vs the exact block-scaled value: Hopper keeps ~13-14 bits inside each 128-block (~1.3e-4);
            bf16 output adds its rounding */
         double tol = c.ot == DS_F32 ? 5e-4 : 4e-3;
@@ -215,6 +236,8 @@ TEST(fp8_block_scaled) {
               c.m, c.n, c.k, rel, tol, rc ? ds_errmsg() : "");
         CHECK(rc == 0 && qerr < 0.08, "%s: rel err vs the unquantized product %.3g (E4M3 rounding; < 0.08)", c.name,
               qerr);
+        if (rlib >= 0)
+            CHECK(rlib <= tol, "%s: rel err vs lib/fp8 ds_fp8_gemm %.3g <= %.3g", c.name, rlib, tol);
     }
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 extern "C" {
+#include "fp8/quant.h"
 #include "fp8_quant.h"
 }
 
@@ -239,6 +240,62 @@ TEST(quant_128x128_with_transpose) {
         CHECK(bad_t == 0, "128x128 %s: transposed codes bit-exact (%zu differ)", L.name, bad_t);
         dbuf_free(&dx); dbuf_free(&dq); dbuf_free(&ds); dbuf_free(&dqt); dbuf_free(&dst);
     }
+}
+
+/* The same quantization through lib/fp8 (the fp8 stream's CPU reference) must give the same bytes. */
+TEST(agrees_with_lib_fp8) {
+    const int rows = 300, cols = 384;
+    ds_rng r;
+    ds_rng_init(&r, gpu_test_seed, 77);
+    std::vector<float> x;
+    make_input(x, rows, cols, &r);
+    dbuf dx;
+    dbuf_up(&dx, x.data(), x.size() * 4);
+    for (int pow2 = 0; pow2 < 2; pow2++) {
+        ds_fp8_scale_fmt fmt = pow2 ? DS_FP8_SCALE_UE8M0 : DS_FP8_SCALE_F32;
+        /* 1x128, row-major scales [rows, cols/128] */
+        std::vector<uint8_t> qc(x.size()), qg(x.size());
+        std::vector<float> sc((size_t)rows * 3), sg(sc.size());
+        int rc = ds_fp8_quantize(qc.data(), sc.data(), x.data(), rows, cols, 1, 128, fmt);
+        dbuf dq, ds;
+        dbuf_alloc(&dq, x.size());
+        dbuf_alloc(&ds, (size_t)rows * 3 * 4);
+        ds_quant_args a;
+        memset(&a, 0, sizeof a);
+        a.x = dx.p; a.x_type = DS_F32; a.rows = rows; a.cols = cols; a.ldx = cols;
+        a.q = (uint8_t *)dq.p; a.ldq = cols; a.scale = (float *)ds.p; a.scale_ld = 3; a.pow2 = pow2;
+        rc |= ds_cuda_quant_1x128(&a);
+        rc |= ds_cuda_sync();
+        rc |= ds_cuda_d2h(qg.data(), dq.p, qg.size());
+        rc |= ds_cuda_d2h(sg.data(), ds.p, sg.size() * 4);
+        CHECK(rc == 0 && qc == qg && !memcmp(sc.data(), sg.data(), sc.size() * 4),
+              "1x128%s: identical codes and scales to ds_fp8_quantize", pow2 ? " ue8m0" : "");
+        /* 128x128 */
+        std::vector<float> sbc(3 * 3), sbg(9);
+        rc = ds_fp8_quantize(qc.data(), sbc.data(), x.data(), rows, cols, 128, 128, fmt);
+        a.scale_ld = 3;
+        rc |= ds_cuda_quant_128x128(&a);
+        rc |= ds_cuda_sync();
+        rc |= ds_cuda_d2h(qg.data(), dq.p, qg.size());
+        rc |= ds_cuda_d2h(sbg.data(), ds.p, 9 * 4);
+        CHECK(rc == 0 && qc == qg && !memcmp(sbc.data(), sbg.data(), 9 * 4),
+              "128x128%s: identical codes and scales to ds_fp8_quantize", pow2 ? " ue8m0" : "");
+        /* 128x1 transposed: scale_t [cols, ceil(rows/128)] */
+        std::vector<float> stc((size_t)cols * 3), stg(stc.size());
+        rc = ds_fp8_quantize_transposed(qc.data(), stc.data(), x.data(), rows, cols, fmt);
+        a.ldq = rows; a.scale_ld = 3; a.scale_rows_contig = 0;
+        dbuf_free(&ds);
+        dbuf_alloc(&ds, stc.size() * 4);
+        a.scale = (float *)ds.p;
+        rc |= ds_cuda_quant_128x1_t(&a);
+        rc |= ds_cuda_sync();
+        rc |= ds_cuda_d2h(qg.data(), dq.p, qg.size());
+        rc |= ds_cuda_d2h(stg.data(), ds.p, stg.size() * 4);
+        CHECK(rc == 0 && qc == qg && !memcmp(stc.data(), stg.data(), stc.size() * 4),
+              "128x1 transposed%s: identical codes and scales to ds_fp8_quantize_transposed", pow2 ? " ue8m0" : "");
+        dbuf_free(&dq); dbuf_free(&ds);
+    }
+    dbuf_free(&dx);
 }
 
 TEST(brute_force_encoder_sanity) {
