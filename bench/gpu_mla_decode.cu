@@ -6,7 +6,9 @@
  * the time). Then per shape: median time, bytes that must move (every cached row once, queries and
  * outputs), GB/s and its share of the measured copy bandwidth, and TFLOP/s (2 x rows x tokens x (576+512)).
  * Output: TSV on stdout; bench/gpu_mla_decode.sh joins it with the PyTorch reference.
- * Usage: gpu_mla_decode [reps] [sweep]   (sweep: also every tensor-core configuration, column `auto` = 0)
+ * Usage: gpu_mla_decode [reps] [sweep] [only=Q:H:L] [cfg=N] [contig]
+ *   sweep: also every tensor-core configuration (column `auto` = 0); only: one shape; cfg: force one
+ *   configuration; contig: read the cache as one contiguous [batch][8192][576] block (no page table).
  */
 #include "gpu_test.h"
 
@@ -49,8 +51,14 @@ static double copy_bandwidth(size_t bytes, int reps) {
 
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 20;
-    int sweep = argc > 2 && !strcmp(argv[2], "sweep"); /* also time every tensor-core configuration */
-    int rows_c, cg_c, nt_c, st_c;
+    int sweep = 0, only_q = 0, only_h = 0, only_l = 0, force_cfg = 0, contig = 0;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "sweep")) sweep = 1;
+        else if (!strcmp(argv[i], "contig")) contig = 1;
+        else if (!strncmp(argv[i], "only=", 5)) sscanf(argv[i] + 5, "%d:%d:%d", &only_q, &only_h, &only_l);
+        else if (!strncmp(argv[i], "cfg=", 4)) force_cfg = atoi(argv[i] + 4);
+    }
+    int rows_c, th_c, dq_c, nt_c, st_c;
     char why[256];
     if (!ds_cuda_device_count(why, sizeof why)) {
         printf("gpu_mla_decode: no GPU present (%s)\n", why);
@@ -103,6 +111,7 @@ int main(int argc, char **argv) {
     for (int q_len = 1; q_len <= 2; q_len++)
         for (int L : len_list)
             for (int H : heads_list) {
+                if (only_q && (q_len != only_q || H != only_h || L != only_l)) continue;
                 std::vector<int32_t> len(B, L);
                 TRY(ds_cuda_h2d(dlen.p, len.data(), B * 4));
                 ds_mla_decode_args a;
@@ -113,14 +122,15 @@ int main(int argc, char **argv) {
                 a.kv = dkv.p; a.kv_type = DS_BF16;
                 a.kv_len = (const int32_t *)dlen.p; a.block_table = (const int32_t *)dtab.p;
                 a.page_size = PAGE; a.max_pages = max_pages; a.n_pages = n_pages;
+                if (contig) { a.block_table = NULL; a.page_size = MAXLEN; a.max_pages = 0; a.n_pages = B; }
                 a.out = dout.p; a.out_type = DS_BF16; a.lse = (float *)dlse.p;
                 a.max_kv_len = L;
                 /* the automatic choice first, then every tensor-core configuration (config 0 = automatic) */
-                int n_cfg = ds_cuda_mla_decode_configs(1, &rows_c, &cg_c, &nt_c, &st_c);
+                int n_cfg = ds_cuda_mla_decode_configs(1, &rows_c, &th_c, &dq_c, &nt_c, &st_c);
                 for (int cfg = 0; cfg <= (sweep ? n_cfg : 0); cfg++) {
                     ds_mla_decode_tuning tune;
                     memset(&tune, 0, sizeof tune);
-                    tune.force_config = cfg;
+                    tune.force_config = cfg ? cfg : force_cfg;
                     ds_cuda_mla_decode_tune(&tune);
                     size_t ws = ds_cuda_mla_decode_workspace(&a);
                     if (ws > dws.bytes) {

@@ -3,16 +3,17 @@
  * Tensor-core path (kv_rank 512 + rope 64, bf16): a CTA owns ROWS query rows (heads x query tokens of one
  * sequence, flattened) and one split of that sequence's cache. Cache tiles of NT tokens stream through
  * shared memory with cp.async, STAGES deep; each tile is read once from HBM and used by all ROWS rows.
- * Warps form RG = ROWS/16 row groups x CG column groups; warp (rg, cg):
- *   S = Q K^T   its 16 rows x all NT tokens over its 1/CG share of the 576 dims (mma m16n8k16, NT/8
- *               independent accumulator chains); the CG partial sums meet in shared memory and every
- *               warp of the row group adds them in the same fixed order, so all hold identical S
+ * Warps form RG = ROWS/16 row groups x TH token parts x DQ dim parts (see mla_decode_tc):
+ *   S = Q K^T   16 rows x NT/TH tokens over 576/DQ dims per warp (mma m16n8k16, independent accumulator
+ *               chains), DQ partials summed through shared memory in a fixed order
  *   softmax     online, log2 domain, in registers; P stays in registers: the accumulator layout of two
  *               n8 tiles is the A-fragment layout of one k16 step
- *   O += P V    its 16 rows x 512/CG output dims; V = the first 512 dims of the cached rows
+ *   O += P V    16 rows x 512/DQ output dims per warp; V = the first 512 dims of the cached rows;
+ *               the TH token parts run separate online softmaxes and merge once at the end
  * Two barriers per tile: tile ready (and the previous tile's buffer free for the next prefetch), and
  * the partial-S exchange. With several splits each writes a normalized fp32 partial and its
  * log-sum-exp, and a combine kernel merges them; splits are chosen on the host to fill whole waves.
+ * Measured designs and their numbers: docs/BENCHMARKS.md (GPU section).
  */
 #include "cuda_check.cuh"
 #include "mma.cuh"
@@ -44,13 +45,18 @@ struct Params {
     int splits, row_blocks, rows_pad;
 };
 
-template <int ROWS, int CG, int NT, int STAGES> struct Cfg {
-    static constexpr int RG = ROWS / 16, WARPS = RG * CG, THREADS = WARPS * 32;
-    static constexpr int SN = NT / 8;
-    static constexpr int O_COLS = DV / CG, ON = O_COLS / 8;
-    static constexpr int SPAD = NT + 8; /* fp32 partial-S row stride: conflict-free float2 access */
-    static constexpr size_t SMEM = (size_t)(ROWS * SROW + STAGES * NT * SROW) * 2 + (size_t)CG * ROWS * SPAD * 4;
-    static_assert(NT % 16 == 0 && ON % 2 == 0 && STAGES >= 2 && WARPS <= 16, "tile shape");
+template <int ROWS, int TH, int DQ, int NT, int STAGES> struct Cfg {
+    static constexpr int RG = ROWS / 16, WARPS = RG * TH * DQ, THREADS = WARPS * 32;
+    static constexpr int S_TOK = NT / TH, SN = S_TOK / 8; /* tokens (n8 tiles) of S per warp */
+    static constexpr int KS = KSTEPS / DQ;                /* k16 steps of S per warp */
+    static constexpr int O_COLS = DV / DQ, ON = O_COLS / 8;
+    static constexpr int SPAD = S_TOK + 8; /* fp32 partial-S row stride: conflict-free float2 access */
+    static constexpr int LOADS = (NT * CHUNKS + THREADS - 1) / THREADS; /* 16-byte copies per thread per tile */
+    static constexpr size_t SMEM =
+        (size_t)(ROWS * SROW + STAGES * NT * SROW) * 2 + (size_t)WARPS * 16 * SPAD * 4;
+    static_assert(KSTEPS % DQ == 0 && S_TOK % 16 == 0 && ON % 2 == 0 && STAGES >= 2 && WARPS <= 16, "shape");
+    /* the token halves merge through the (then idle) tile buffers */
+    static_assert(TH == 1 || (size_t)RG * DQ * 32 * (ON * 4 + 4) * 4 <= (size_t)STAGES * NT * SROW * 2, "merge");
 };
 
 __device__ __forceinline__ const __nv_bfloat16 *cache_row(const Params &p, int b, int t) {
@@ -58,16 +64,22 @@ __device__ __forceinline__ const __nv_bfloat16 *cache_row(const Params &p, int b
     return p.kv + ((size_t)page * p.page_size + t % p.page_size) * DQK;
 }
 
-template <int ROWS, int CG, int NT, int STAGES>
-__global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_decode_tc(Params p) {
-    using C = Cfg<ROWS, CG, NT, STAGES>;
+/* Warp (rg, th, dq) — row group, token part, dim part:
+ *   S    rows rg, tokens th*S_TOK.. of each tile, dims dq*KS*16.. (partial); partials of the DQ warps
+ *        sharing (rg, th) are summed through shared memory in a fixed order, so they hold identical S
+ *   P V  the same rows and tokens, output dims dq*O_COLS..: each token part keeps its own online softmax
+ *        (an in-CTA split of the cache), and the TH parts merge once at the end. */
+template <int ROWS, int TH, int DQ, int NT, int STAGES>
+__global__ void __launch_bounds__(Cfg<ROWS, TH, DQ, NT, STAGES>::THREADS, 1) mla_decode_tc(Params p) {
+    using C = Cfg<ROWS, TH, DQ, NT, STAGES>;
     extern __shared__ __align__(16) unsigned char smem[];
     __nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;
     __nv_bfloat16 *Ks = Qs + ROWS * SROW;
     float *red_s = (float *)(Ks + STAGES * NT * SROW);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int rg = warp / CG, cg = warp % CG, g = lane >> 2, c4 = lane & 3;
+    const int dq = warp % DQ, th = (warp / DQ) % TH, rg = warp / (DQ * TH);
+    const int g = lane >> 2, c4 = lane & 3;
     const int rb = blockIdx.x % p.row_blocks, split = blockIdx.x / p.row_blocks, b = blockIdx.y;
     const int row0 = rb * ROWS;
     const int len = p.kv_len[b];
@@ -75,7 +87,8 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
     const int per_split = (n_tiles + p.splits - 1) / p.splits;
     const int tile_begin = split * per_split;
     const int n_iter = max(0, min(n_tiles, tile_begin + per_split) - tile_begin);
-    const int ks0 = cg * KSTEPS / CG, ks1 = (cg + 1) * KSTEPS / CG;
+    /* tiles never straddle a page: one row pointer per tile, rows contiguous inside it */
+    const bool page_tiles = !p.block_table || p.page_size % NT == 0;
 
     int vis[2]; /* cache positions visible to the two rows this thread holds */
     for (int h = 0; h < 2; h++) {
@@ -84,14 +97,26 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
     }
 
     auto load_tile = [&](int tile, int stage) {
-        __nv_bfloat16 *dst = Ks + stage * NT * SROW;
-        int t0 = (tile_begin + tile) * NT;
-        for (int tok = warp; tok < NT; tok += C::WARPS) {
-            int t = t0 + tok;
-            bool ok = t < len;
-            const __nv_bfloat16 *src = ok ? cache_row(p, b, t) : p.kv;
-            uint32_t d = smem_u32(dst + tok * SROW);
-            for (int ch = lane; ch < CHUNKS; ch += 32) cp_async_16(d + ch * 16, src + ch * 8, ok ? 16 : 0);
+        const uint32_t dst = smem_u32(Ks + stage * NT * SROW);
+        const int t0 = (tile_begin + tile) * NT;
+        if (page_tiles) {
+            const __nv_bfloat16 *base = cache_row(p, b, t0);
+#pragma unroll
+            for (int i = 0; i < C::LOADS; i++) {
+                int c = threadIdx.x + i * C::THREADS;
+                if (C::LOADS * C::THREADS != NT * CHUNKS && c >= NT * CHUNKS) break;
+                int tok = c / CHUNKS, ch = c % CHUNKS;
+                bool ok = t0 + tok < len;
+                cp_async_16(dst + tok * SROW * 2 + ch * 16, ok ? base + tok * DQK + ch * 8 : p.kv, ok ? 16 : 0);
+            }
+        } else {
+            for (int tok = warp; tok < NT; tok += C::WARPS) {
+                int t = t0 + tok;
+                bool ok = t < len;
+                const __nv_bfloat16 *src = ok ? cache_row(p, b, t) : p.kv;
+                for (int ch = lane; ch < CHUNKS; ch += 32)
+                    cp_async_16(dst + tok * SROW * 2 + ch * 16, src + ch * 8, ok ? 16 : 0);
+            }
         }
     };
 
@@ -115,8 +140,10 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
     for (int n = 0; n < C::ON; n++) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
 
-    const uint32_t q_addr = smem_u32(Qs + (rg * 16 + (lane & 15)) * SROW + 8 * (lane >> 4));
-    float *red_mine = red_s + (size_t)(cg * ROWS + rg * 16 + g) * C::SPAD + 2 * c4;
+    const uint32_t q_addr = smem_u32(Qs + (rg * 16 + (lane & 15)) * SROW + 8 * (lane >> 4)) + dq * C::KS * 32;
+    const int warp_slot = (rg * TH + th) * DQ; /* first partial-S slot of this (rg, th) */
+    float *red_mine = red_s + ((size_t)(warp_slot + dq) * 16 + g) * C::SPAD + 2 * c4;
+    const float *red_row = red_s + ((size_t)warp_slot * 16 + g) * C::SPAD + 2 * c4;
 
     for (int it = 0; it < n_iter; it++) {
         cp_async_wait<STAGES - 2>();
@@ -124,15 +151,16 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
         if (it + STAGES - 1 < n_iter) load_tile(it + STAGES - 1, (it + STAGES - 1) % STAGES);
         cp_async_commit();
 
-        const __nv_bfloat16 *Kt = Ks + (it % STAGES) * NT * SROW;
-        const int t0 = (tile_begin + it) * NT;
+        const __nv_bfloat16 *Kt = Ks + (it % STAGES) * NT * SROW + th * C::S_TOK * SROW;
+        const int t0 = (tile_begin + it) * NT + th * C::S_TOK;
 
-        /* partial S over this warp's k-steps: NT/8 independent accumulators */
         float sacc[C::SN][4];
 #pragma unroll
         for (int n = 0; n < C::SN; n++) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.f;
-        const uint32_t k_addr = smem_u32(Kt + ((lane & 7) + 8 * (lane >> 4)) * SROW + 8 * ((lane >> 3) & 1));
-        for (int ks = ks0; ks < ks1; ks++) {
+        const uint32_t k_addr =
+            smem_u32(Kt + ((lane & 7) + 8 * (lane >> 4)) * SROW + 8 * ((lane >> 3) & 1)) + dq * C::KS * 32;
+#pragma unroll
+        for (int ks = 0; ks < C::KS; ks++) {
             uint32_t a[4];
             ldmatrix_x4(q_addr + ks * 32, a[0], a[1], a[2], a[3]);
 #pragma unroll
@@ -143,7 +171,7 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
                 mma_bf16_16816(sacc[n + 1], a, b2, b3);
             }
         }
-        if (CG > 1) {
+        if (DQ > 1) {
 #pragma unroll
             for (int n = 0; n < C::SN; n++) {
                 *(float2 *)(red_mine + n * 8) = make_float2(sacc[n][0], sacc[n][1]);
@@ -154,8 +182,8 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
             for (int n = 0; n < C::SN; n++) {
                 float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
 #pragma unroll
-                for (int w = 0; w < CG; w++) {
-                    const float *src = red_s + (size_t)(w * ROWS + rg * 16 + g) * C::SPAD + 2 * c4 + n * 8;
+                for (int w = 0; w < DQ; w++) {
+                    const float *src = red_row + (size_t)w * 16 * C::SPAD + n * 8;
                     float2 u = *(const float2 *)src, v = *(const float2 *)(src + 8 * C::SPAD);
                     s0 += u.x; s1 += u.y; s2 += v.x; s3 += v.y;
                 }
@@ -163,7 +191,7 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
             }
         }
 
-        /* scale into the log2 domain, mask, online softmax (identical in every warp of the row group) */
+        /* scale into the log2 domain, mask, online softmax (identical in the DQ warps of (rg, th)) */
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int n = 0; n < C::SN; n++)
@@ -202,11 +230,11 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
             oacc[n][2] *= corr[1]; oacc[n][3] *= corr[1];
         }
 
-        /* O += P V: P from registers, V (this warp's columns) from the tile */
+        /* O += P V: P from registers, V (this warp's tokens and output columns) from the tile */
         const uint32_t v_addr =
-            smem_u32(Kt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * SROW + cg * C::O_COLS + 8 * (lane >> 4));
+            smem_u32(Kt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * SROW + dq * C::O_COLS + 8 * (lane >> 4));
 #pragma unroll
-        for (int j = 0; j < NT / 16; j++) {
+        for (int j = 0; j < C::S_TOK / 16; j++) {
             uint32_t a[4];
             a[0] = pack_bf16x2(sacc[2 * j][0], sacc[2 * j][1]);
             a[1] = pack_bf16x2(sacc[2 * j][2], sacc[2 * j][3]);
@@ -228,6 +256,46 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
         l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
         l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
     }
+    if (TH > 1) {
+        /* token parts th > 0 hand (m, l, O) to part 0 through the idle tile buffers; part 0 merges */
+        __syncthreads();
+        float *mrg = (float *)Ks;
+        const size_t per_warp = (size_t)32 * (C::ON * 4 + 4);
+        for (int part = 1; part < TH; part++) {
+            float *slot = mrg + (size_t)(rg * DQ + dq) * per_warp;
+            if (th == part) {
+#pragma unroll
+                for (int n = 0; n < C::ON; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) slot[(n * 4 + e) * 32 + lane] = oacc[n][e];
+                slot[(C::ON * 4 + 0) * 32 + lane] = m_run[0];
+                slot[(C::ON * 4 + 1) * 32 + lane] = m_run[1];
+                slot[(C::ON * 4 + 2) * 32 + lane] = l_run[0];
+                slot[(C::ON * 4 + 3) * 32 + lane] = l_run[1];
+            }
+            __syncthreads();
+            if (th == 0) {
+                float w0[2], w1[2];
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    float m1 = slot[(C::ON * 4 + h) * 32 + lane], l1 = slot[(C::ON * 4 + 2 + h) * 32 + lane];
+                    float m = fmaxf(m_run[h], m1);
+                    float mu = m == -INFINITY ? 0.f : m;
+                    w0[h] = exp2f(m_run[h] - mu);
+                    w1[h] = exp2f(m1 - mu);
+                    l_run[h] = l_run[h] * w0[h] + l1 * w1[h];
+                    m_run[h] = m;
+                }
+#pragma unroll
+                for (int n = 0; n < C::ON; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        oacc[n][e] = oacc[n][e] * w0[e >> 1] + slot[(n * 4 + e) * 32 + lane] * w1[e >> 1];
+            }
+            __syncthreads();
+        }
+        if (th != 0) return;
+    }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         int r = row0 + rg * 16 + g + 8 * h;
@@ -239,7 +307,7 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
             size_t orow = (size_t)b * p.rows + r;
 #pragma unroll
             for (int n = 0; n < C::ON; n++) {
-                int col = cg * C::O_COLS + n * 8 + 2 * c4;
+                int col = dq * C::O_COLS + n * 8 + 2 * c4;
                 float v0 = oacc[n][2 * h] * inv, v1 = oacc[n][2 * h + 1] * inv;
                 if (p.out_f32) {
                     *(float2 *)((float *)p.out + orow * DV + col) = make_float2(v0, v1);
@@ -247,16 +315,16 @@ __global__ void __launch_bounds__(Cfg<ROWS, CG, NT, STAGES>::THREADS, 1) mla_dec
                     *(uint32_t *)((__nv_bfloat16 *)p.out + orow * DV + col) = pack_bf16x2(v0, v1);
                 }
             }
-            if (cg == 0 && c4 == 0 && p.lse) p.lse[orow] = lse2 * LN2;
+            if (dq == 0 && c4 == 0 && p.lse) p.lse[orow] = lse2 * LN2;
         } else {
             size_t prow = ((size_t)b * p.splits + split) * p.rows_pad + r;
 #pragma unroll
             for (int n = 0; n < C::ON; n++) {
-                int col = cg * C::O_COLS + n * 8 + 2 * c4;
+                int col = dq * C::O_COLS + n * 8 + 2 * c4;
                 *(float2 *)(p.part_o + prow * DV + col) =
                     make_float2(oacc[n][2 * h] * inv, oacc[n][2 * h + 1] * inv);
             }
-            if (cg == 0 && c4 == 0) p.part_lse[prow] = lse2;
+            if (dq == 0 && c4 == 0) p.part_lse[prow] = lse2;
         }
     }
 }
@@ -372,18 +440,18 @@ int fast_path_ok(const ds_mla_decode_args *a) {
  * tokens, pipeline stages. make_plan picks the first entry for the shape's rows unless a tuning call
  * forces another (bench/gpu_mla_decode sweeps them). */
 struct TcConfig {
-    int rows, cg, nt, stages;
+    int rows, th, dq, nt, stages;
     size_t smem;
     int threads;
     void (*kernel)(Params);
 };
 
-#define TC_CONFIG(R, G, N, S)                                                                          \
-    { R, G, N, S, Cfg<R, G, N, S>::SMEM, Cfg<R, G, N, S>::THREADS, mla_decode_tc<R, G, N, S> }
+#define TC_CONFIG(R, T, D, N, S)                                                                       \
+    { R, T, D, N, S, Cfg<R, T, D, N, S>::SMEM, Cfg<R, T, D, N, S>::THREADS, mla_decode_tc<R, T, D, N, S> }
 const TcConfig tc_configs[] = {
-    TC_CONFIG(16, 8, 64, 2), TC_CONFIG(16, 8, 32, 4), TC_CONFIG(16, 4, 64, 2),
-    TC_CONFIG(32, 4, 64, 2), TC_CONFIG(32, 4, 32, 4), TC_CONFIG(32, 2, 64, 2),
-    TC_CONFIG(64, 2, 32, 3), TC_CONFIG(64, 2, 32, 2), TC_CONFIG(64, 4, 32, 3),
+    TC_CONFIG(16, 2, 4, 64, 2), TC_CONFIG(16, 2, 4, 32, 4), TC_CONFIG(16, 4, 2, 64, 2),
+    TC_CONFIG(32, 1, 4, 64, 2), TC_CONFIG(32, 2, 2, 64, 2), TC_CONFIG(32, 1, 4, 32, 4),
+    TC_CONFIG(64, 1, 2, 32, 3), TC_CONFIG(64, 1, 2, 32, 2), TC_CONFIG(64, 1, 4, 32, 3),
 };
 const int n_tc_configs = (int)(sizeof tc_configs / sizeof tc_configs[0]);
 
@@ -421,7 +489,8 @@ Plan make_plan(const ds_mla_decode_args *a, size_t ws_bytes) {
     for (int s = 1; s <= tiles && s <= 64; s++) {
         if (s > 1 && split_bytes(a, pl, s) > ws_bytes) break;
         double waves = (double)((ctas * s + sms - 1) / sms);
-        double cost = waves * ((tiles + s - 1) / s) * (s > 1 ? 1.02 : 1.0); /* combine pass ~2% */
+        /* a CTA also pays ~2 tiles of fixed cost (queries, epilogue); the combine pass ~2% */
+        double cost = waves * ((tiles + s - 1) / s + 2) * (s > 1 ? 1.02 : 1.0);
         if (cost < best_cost - 1e-9) { best_cost = cost; best = s; }
     }
     pl.splits = g_tune.force_splits > 0 ? g_tune.force_splits : best;
@@ -482,10 +551,10 @@ extern "C" void ds_cuda_mla_decode_tune(ds_mla_decode_tuning *t) {
 
 extern "C" void ds_cuda_mla_decode_last(ds_mla_decode_tuning *t) { *t = g_last; }
 
-extern "C" int ds_cuda_mla_decode_configs(int i, int *rows, int *cg, int *nt, int *stages) {
+extern "C" int ds_cuda_mla_decode_configs(int i, int *rows, int *th, int *dq, int *nt, int *stages) {
     if (i < 1 || i > n_tc_configs) return 0;
     const TcConfig &c = tc_configs[i - 1];
-    *rows = c.rows; *cg = c.cg; *nt = c.nt; *stages = c.stages;
+    *rows = c.rows; *th = c.th; *dq = c.dq; *nt = c.nt; *stages = c.stages;
     return n_tc_configs;
 }
 

@@ -34,9 +34,9 @@ typedef struct {
 } ds_mla_decode_tuning;
 void ds_cuda_mla_decode_tune(ds_mla_decode_tuning *t); /* NULL restores automatic */
 void ds_cuda_mla_decode_last(ds_mla_decode_tuning *t);
-/* Tensor-core configuration i (1-based): rows per CTA, column groups, tile tokens, stages. Returns the
- * number of configurations, 0 when i is out of range. */
-int ds_cuda_mla_decode_configs(int i, int *rows, int *cg, int *nt, int *stages);
+/* Tensor-core configuration i (1-based): rows per CTA, token parts, dim parts, tile tokens, stages.
+ * Returns the number of configurations, 0 when i is out of range. */
+int ds_cuda_mla_decode_configs(int i, int *rows, int *th, int *dq, int *nt, int *stages);
 
 #ifdef __cplusplus
 }

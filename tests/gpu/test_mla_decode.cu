@@ -148,13 +148,13 @@ TEST(tensor_core_path) {
 }
 
 TEST(every_tensor_core_config) {
-    int rows, cg, nt, st;
-    int n = ds_cuda_mla_decode_configs(1, &rows, &cg, &nt, &st);
+    int rows, th, dq, nt, st;
+    int n = ds_cuda_mla_decode_configs(1, &rows, &th, &dq, &nt, &st);
     for (int i = 1; i <= n; i++) {
-        ds_cuda_mla_decode_configs(i, &rows, &cg, &nt, &st);
+        ds_cuda_mla_decode_configs(i, &rows, &th, &dq, &nt, &st);
         char name[128];
-        snprintf(name, sizeof name, "config %d (rows %d, cg %d, nt %d, stages %d), 24 heads x 2 queries", i, rows, cg,
-                 nt, st);
+        snprintf(name, sizeof name, "config %d (rows %d, th %d, dq %d, nt %d, stages %d), 24 heads x 2 queries", i,
+                 rows, th, dq, nt, st);
         Case c = {name, 3, 2, 24, 512, 64, 32, 20, 1, DS_BF16, DS_BF16, DS_F32, 600, 1, i % 3 == 0 ? 1 : 0,
                   TC_REL, TC_LSE, i};
         run_case(c);
