@@ -449,9 +449,10 @@ struct TcConfig {
 #define TC_CONFIG(R, T, D, N, S)                                                                       \
     { R, T, D, N, S, Cfg<R, T, D, N, S>::SMEM, Cfg<R, T, D, N, S>::THREADS, mla_decode_tc<R, T, D, N, S> }
 const TcConfig tc_configs[] = {
+    /* first of each row count = the default (fastest in bench/gpu_mla_decode's sweep on an H100) */
     TC_CONFIG(16, 2, 4, 64, 2), TC_CONFIG(16, 2, 4, 32, 4), TC_CONFIG(16, 4, 2, 64, 2),
-    TC_CONFIG(32, 1, 4, 64, 2), TC_CONFIG(32, 2, 2, 64, 2), TC_CONFIG(32, 1, 4, 32, 4),
-    TC_CONFIG(64, 1, 2, 32, 3), TC_CONFIG(64, 1, 2, 32, 2), TC_CONFIG(64, 1, 4, 32, 3),
+    TC_CONFIG(32, 2, 2, 64, 2), TC_CONFIG(32, 1, 4, 64, 2), TC_CONFIG(32, 1, 4, 32, 4),
+    TC_CONFIG(64, 1, 2, 32, 2), TC_CONFIG(64, 1, 2, 32, 3), TC_CONFIG(64, 1, 4, 32, 3),
 };
 const int n_tc_configs = (int)(sizeof tc_configs / sizeof tc_configs[0]);
 
