@@ -1005,6 +1005,42 @@ static int set_from_index(ds_st_set *s, const char *index_path) {
     return rc;
 }
 
+/* s has no shards yet: make f its only one. */
+static int set_adopt_file(ds_st_set *s, ds_st_file *f, const char *name) {
+    s->shard = malloc(sizeof *s->shard);
+    s->shard_name = malloc(sizeof *s->shard_name);
+    s->t = calloc((size_t)ds_st_count(f) + 1, sizeof *s->t);
+    s->t_shard = calloc((size_t)ds_st_count(f) + 1, sizeof *s->t_shard);
+    char *nm = strdup(name);
+    if (!s->shard || !s->shard_name || !s->t || !s->t_shard || !nm) {
+        ds_st_close(f);
+        free(nm);
+        return ds_fail(DS_ERR, "out of memory");
+    }
+    s->shard[0] = f;
+    s->shard_name[0] = nm;
+    s->n_shards = 1;
+    for (int i = 0; i < ds_st_count(f); i++) s->t[s->n++] = *ds_st_tensor_at(f, i);
+    return 0;
+}
+
+int ds_st_set_from_file(ds_st_set **out, ds_st_file *f, const char *name) {
+    *out = NULL;
+    ds_st_set *s = calloc(1, sizeof *s);
+    if (!s) {
+        ds_st_close(f);
+        return ds_fail(DS_ERR, "out of memory");
+    }
+    int rc = set_adopt_file(s, f, name);
+    if (!rc) rc = map_build(&s->map, s->t, s->n);
+    if (rc) {
+        ds_st_set_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
 int ds_st_set_open(ds_st_set **out, const char *path) {
     *out = NULL;
     ds_st_set *s = calloc(1, sizeof *s);
@@ -1026,20 +1062,8 @@ int ds_st_set_open(ds_st_set **out, const char *path) {
         ds_st_file *f;
         rc = ds_st_open(&f, file);
         if (!rc) {
-            s->shard = malloc(sizeof *s->shard);
-            s->shard_name = malloc(sizeof *s->shard_name);
-            s->t = calloc((size_t)ds_st_count(f) + 1, sizeof *s->t);
-            s->t_shard = calloc((size_t)ds_st_count(f) + 1, sizeof *s->t_shard);
-            if (!s->shard || !s->shard_name || !s->t || !s->t_shard) {
-                ds_st_close(f);
-                rc = ds_fail(DS_ERR, "out of memory");
-            } else {
-                const char *slash = strrchr(file, '/');
-                s->shard[0] = f;
-                s->shard_name[0] = strdup(slash ? slash + 1 : file);
-                s->n_shards = 1;
-                for (int i = 0; i < ds_st_count(f); i++) s->t[s->n++] = *ds_st_tensor_at(f, i);
-            }
+            const char *slash = strrchr(file, '/');
+            rc = set_adopt_file(s, f, slash ? slash + 1 : file);
         }
     }
     if (!rc) rc = map_build(&s->map, s->t, s->n);

@@ -121,6 +121,8 @@ typedef struct ds_st_set ds_st_set;
  * (model.safetensors.index.json preferred, then model.safetensors). Shards are mmapped; every
  * weight_map entry must exist in its shard. */
 int ds_st_set_open(ds_st_set **out, const char *path);
+/* A set over one already open file (taking ownership of f, also on error); name is used for messages. */
+int ds_st_set_from_file(ds_st_set **out, ds_st_file *f, const char *name);
 void ds_st_set_close(ds_st_set *s);
 int ds_st_set_count(const ds_st_set *s);
 const ds_st_tensor *ds_st_set_tensor_at(const ds_st_set *s, int i); /* shard order, then file order */

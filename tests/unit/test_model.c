@@ -313,6 +313,31 @@ TEST(sample_masking_equals_separate_rows) {
     ds_model_free(m);
 }
 
+/* A batch smaller than the model's maximum: outputs are laid out by the batch's own B*T. */
+TEST(smaller_batch_layout) {
+    ds_config c;
+    fixture_tiny(&c);
+    c.num_nextn_predict_layers = 2;
+    ds_model_opts big = {.max_batch = 2, .max_seq = 16}, exact = {.max_batch = 1, .max_seq = 10};
+    ds_model *a = NULL, *b = NULL;
+    CHECK(!ds_model_create(&a, &c, &big) && !ds_model_create(&b, &c, &exact), "create");
+    if (!a || !b) return;
+    init_generic(a, 6);
+    init_generic(b, 6);
+    batch_t t;
+    batch_make(&t, 1, 10, c.vocab_size, 2, 3, 0);
+    ds_fwd_out oa, ob;
+    CHECK(!ds_model_forward(a, &t.b, &oa) && !ds_model_forward(b, &t.b, &ob), "forwards");
+    CHECK(same_floats(oa.logp, ob.logp, 10) && same_floats(oa.mtp_logp, ob.mtp_logp, 20), "same [B*T] and [D][B*T] outputs");
+    int ok = 1;
+    for (int k = 1; k <= 2; k++)
+        for (int i = 0; i < 10; i++) ok &= (oa.mtp_logp[(k - 1) * 10 + i] != 0.0f) == (i + k < 10 && t.tgt[i + k] >= 0);
+    CHECK(ok, "module k scores position t iff t+k < T and targets[t+k] >= 0");
+    batch_free(&t);
+    ds_model_free(a);
+    ds_model_free(b);
+}
+
 /* The V3 shape: plans memory and counts parameters without allocating them. */
 TEST(plan_671b) {
     ds_config c;
