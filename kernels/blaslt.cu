@@ -22,7 +22,7 @@ extern "C" {
 /* Everything that decides the descriptors and the algorithm; pointers only through their alignment. */
 struct lt_key {
     int m, n, k, lda, ldb, ldc, a_trans, b_trans;
-    int a_type, b_type, c_type, a_mode, b_mode, beta_nonzero, batch;
+    int a_type, b_type, c_type, a_mode, b_mode, beta_nonzero, batch, tf32;
     long long sa, sb, sc;
     int align_a, align_b, align_c;
 };
@@ -157,6 +157,7 @@ static lt_key make_key(const ds_gemm *g) {
     k.a_type = g->a_type; k.b_type = g->b_type; k.c_type = g->c_type;
     k.a_mode = g->a_scale_mode; k.b_mode = g->b_scale_mode;
     k.beta_nonzero = g->beta != 0;
+    k.tf32 = g->tf32 && g->a_type == DS_F32;
     k.batch = g->batch > 1 ? g->batch : 1;
     if (k.batch > 1) { k.sa = g->stride_a; k.sb = g->stride_b; k.sc = g->stride_c; }
     k.align_a = ptr_align(g->a); k.align_b = ptr_align(g->b); k.align_c = ptr_align(g->c);
@@ -190,7 +191,7 @@ static int build_entry(ds_blaslt *h, const ds_gemm *g, lt_entry *e) {
     memset(e, 0, sizeof *e);
     e->key = make_key(g);
     int fp8 = g->a_type == DS_F8_E4M3;
-    cublasComputeType_t ct = CUBLAS_COMPUTE_32F;
+    cublasComputeType_t ct = e->key.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     DS_LT_TRY(cublasLtMatmulDescCreate(&e->desc, ct, CUDA_R_32F));
     cublasOperation_t opA = g->b_trans ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opB = g->a_trans ? CUBLAS_OP_T : CUBLAS_OP_N;

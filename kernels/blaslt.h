@@ -54,6 +54,7 @@ typedef struct {
     /* FP8 only */
     ds_blockscale a_scale_mode, b_scale_mode;
     const float *a_scale, *b_scale;
+    int tf32; /* f32 operands: let the tensor cores round them to TF32 (CUBLAS_COMPUTE_32F_FAST_TF32) */
     /* strided batch (batch <= 1: one product); strides in elements */
     int batch;
     long long stride_a, stride_b, stride_c;
