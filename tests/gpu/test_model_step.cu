@@ -7,9 +7,8 @@
 
 #include <vector>
 
-#include "model_fixture.h"
-
 extern "C" {
+#include "model_fixture.h"
 #include "model/model.h"
 #include "ops/ops.h"
 #include "ops_cuda.h"
