@@ -3,11 +3,14 @@
  * forward + backward + gradient norm + AdamW per step (one micro-batch), median step time over the timed
  * steps. Prints tokens/s and MFU with docs/METRICS.md's FLOPs per token (6 x activated parameters except
  * the input embedding + 6 L H T (d_qk + d_v)) against the H100 SXM's dense bf16 peak, 989 TFLOP/s.
- * Usage: gpu_train [batch] [seq] [steps] [gemm mode bf16|tf32|f32]
+ * Usage: gpu_train [batch] [seq] [steps] [gemm mode bf16|tf32|f32] [profile]
+ *   profile: one more step through a timing wrapper of the op table (a device synchronize around every op;
+ *   the shares, not the total, are what it measures), printed as a table.
  */
 #include "gpu_test.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 extern "C" {
@@ -25,6 +28,56 @@ extern "C" {
             exit(1);                                                                                   \
         }                                                                                              \
     } while (0)
+
+/* ---- op-table wrapper: time each op (synchronizing around it) -------------------------------------------- */
+enum { MAXOPS = 64 };
+static void *g_real[MAXOPS];
+static const char *g_name[MAXOPS];
+static double g_ms[MAXOPS];
+static long g_calls[MAXOPS];
+
+template <int ID, typename F> struct Shim;
+template <int ID, typename R, typename... A> struct Shim<ID, R (*)(A...)> {
+    static R call(A... a) {
+        cudaDeviceSynchronize();
+        double t0 = ds_now();
+        R (*f)(A...) = (R(*)(A...))g_real[ID];
+        if constexpr (std::is_void_v<R>) {
+            f(a...);
+            cudaDeviceSynchronize();
+            g_ms[ID] += (ds_now() - t0) * 1e3;
+            g_calls[ID]++;
+        } else {
+            R r = f(a...);
+            cudaDeviceSynchronize();
+            g_ms[ID] += (ds_now() - t0) * 1e3;
+            g_calls[ID]++;
+            return r;
+        }
+    }
+};
+
+static ds_ops timed_ops(const ds_ops *real) {
+    ds_ops w = *real;
+    int id = 0;
+#define WRAP(member)                                                                                   \
+    do {                                                                                               \
+        constexpr int ID_ = __COUNTER__;                                                              \
+        g_real[ID_ % MAXOPS] = (void *)real->member;                                                   \
+        g_name[ID_ % MAXOPS] = #member;                                                                \
+        w.member = &Shim<ID_ % MAXOPS, decltype(real->member)>::call;                                  \
+        id++;                                                                                          \
+    } while (0)
+    WRAP(gemm); WRAP(gemm_rows); WRAP(gemm_wgrad); WRAP(add); WRAP(axpy); WRAP(scale); WRAP(copy2d);
+    WRAP(rmsnorm_fwd); WRAP(rmsnorm_bwd); WRAP(rope_table); WRAP(rope); WRAP(attn_fwd); WRAP(attn_bwd);
+    WRAP(swiglu_fwd); WRAP(swiglu_bwd); WRAP(embed_fwd); WRAP(embed_bwd); WRAP(logsoftmax_fwd);
+    WRAP(logsoftmax_bwd); WRAP(router_scores); WRAP(moe_topk); WRAP(moe_topk_bwd); WRAP(moe_balance);
+    WRAP(moe_bucket); WRAP(moe_gather); WRAP(moe_gather_bwd); WRAP(moe_combine); WRAP(moe_scale_rows);
+    WRAP(moe_combine_bwd); WRAP(mla_kv_expand); WRAP(mla_kv_expand_bwd); WRAP(copy); WRAP(zero);
+#undef WRAP
+    (void)id;
+    return w;
+}
 
 /* the ~1.2B MoE both benchmarks build (keep in step with gpu_train_torch.py) */
 void bench_config(ds_config *c) {
@@ -54,6 +107,7 @@ void bench_config(ds_config *c) {
 int main(int argc, char **argv) {
     int B = argc > 1 ? atoi(argv[1]) : 8, T = argc > 2 ? atoi(argv[2]) : 1024, steps = argc > 3 ? atoi(argv[3]) : 5;
     const char *mode = argc > 4 ? argv[4] : "bf16";
+    int profile = argc > 5 && !strcmp(argv[5], "profile");
     char why[256];
     if (!ds_cuda_device_count(why, sizeof why)) {
         printf("gpu_train: no GPU present (%s)\n", why);
@@ -61,6 +115,11 @@ int main(int argc, char **argv) {
     }
     const ds_ops *ops = ds_ops_cuda();
     if (!ops) TRY(1);
+    static ds_ops wrapped;
+    if (profile) {
+        wrapped = timed_ops(ops);
+        ops = &wrapped;
+    }
     ds_ops_cuda_set_gemm(!strcmp(mode, "f32") ? DS_CUDA_GEMM_F32 : !strcmp(mode, "tf32") ? DS_CUDA_GEMM_TF32
                                                                                           : DS_CUDA_GEMM_BF16);
     ds_config c;
@@ -118,6 +177,20 @@ int main(int argc, char **argv) {
         for (int i = 0; i < n; i++) loss -= lp[i];
         loss /= (n - B);
         fprintf(stderr, "gpu_train: step %d: %.1f ms, loss %.4f, grad norm %.3f\n", s + 1, dt, loss, norm);
+    }
+    if (profile) {
+        double total = 0;
+        for (int i = 0; i < MAXOPS; i++) total += g_ms[i];
+        printf("profile (all %d steps, synchronized per op): %.1f ms in ops\n", steps + 2, total);
+        for (int k = 0; k < MAXOPS; k++) {
+            int best = -1;
+            for (int i = 0; i < MAXOPS; i++)
+                if (g_name[i] && g_calls[i] && (best < 0 || g_ms[i] > g_ms[best])) best = i;
+            if (best < 0) break;
+            printf("  %-18s %8.1f ms %5.1f%% %7ld calls\n", g_name[best], g_ms[best], 100 * g_ms[best] / total,
+                   g_calls[best]);
+            g_calls[best] = 0;
+        }
     }
     std::sort(ms.begin(), ms.end());
     double step_ms = ms[ms.size() / 2], tok_s = n / (step_ms / 1e3);
