@@ -96,11 +96,13 @@ static void cu_sync(void) {
 
 /* ---- GEMM ---------------------------------------------------------------------------------------------- */
 
-__global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, int rows, int cols, int lds) {
-    size_t n = (size_t)rows * cols;
+/* dst[(g*rows + r)*cols + c] = bf16(src[g*stride + r*lds + c]): groups of [rows, cols] matrices packed */
+__global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, int groups, int rows, int cols, int lds,
+                               size_t stride) {
+    size_t n = (size_t)groups * rows * cols;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        size_t r = i / cols, c = i % cols;
-        dst[i] = __float2bfloat16_rn(src[r * lds + c]);
+        size_t c = i % cols, gr = i / cols, r = gr % rows, g = gr / rows;
+        dst[i] = __float2bfloat16_rn(src[g * stride + r * lds + c]);
     }
 }
 
@@ -117,18 +119,23 @@ static unsigned grid_for(size_t n) {
     return (unsigned)(g > 8192 ? 8192 : (g ? g : 1));
 }
 
-/* A packed bf16 copy of the [rows, cols] matrix at src (row stride lds) in scratch slot `slot`. */
-static const __nv_bfloat16 *as_bf16(int slot, const float *src, int rows, int cols, int lds) {
-    size_t n = (size_t)rows * cols;
-    __nv_bfloat16 *dst = (__nv_bfloat16 *)ds_cuda_scratch(slot, n * 2);
+/* Packed bf16 copies of `groups` [rows, cols] matrices (row stride lds, group stride `stride` floats) in
+ * scratch slot `slot`; group g starts at g*rows*cols. */
+static const __nv_bfloat16 *as_bf16(int slot, const float *src, int groups, int rows, int cols, int lds,
+                                    size_t stride) {
+    size_t n = (size_t)groups * rows * cols;
+    __nv_bfloat16 *dst = (__nv_bfloat16 *)ds_cuda_scratch(slot, n * 2 + 2);
     if (!dst) return NULL;
-    to_bf16_kernel<<<grid_for(n), 256>>>(dst, src, rows, cols, lds);
-    OPS_LAUNCHED("convert to bf16");
+    if (n) {
+        to_bf16_kernel<<<grid_for(n), 256>>>(dst, src, groups, rows, cols, lds, stride);
+        OPS_LAUNCHED("convert to bf16");
+    }
     return dst;
 }
 
-static void gemm_impl(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                      int ldb, float beta, float *C, int ldc) {
+/* C = alpha op(A) op(B) + beta C with A, B already in the GEMM's input type (bf16: packed copies). */
+static void gemm_run(int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda, const void *B, int ldb,
+                     float beta, float *C, int ldc, ds_dtype in_type) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) {
         if (beta != 1.0f) {
@@ -140,38 +147,68 @@ static void gemm_impl(int ta, int tb, int M, int N, int K, float alpha, const fl
     ds_gemm g;
     memset(&g, 0, sizeof g);
     g.m = M; g.n = N; g.k = K;
-    g.a_trans = ta; g.b_trans = tb;
+    g.a = A; g.a_type = in_type; g.lda = lda; g.a_trans = ta;
+    g.b = B; g.b_type = in_type; g.ldb = ldb; g.b_trans = tb;
     g.c = C; g.c_type = DS_F32; g.ldc = ldc;
     g.alpha = alpha; g.beta = beta;
-    if (g_mode == DS_CUDA_GEMM_BF16) {
-        int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
-        g.a = as_bf16(SCR_GEMM_A, A, ar, ac, lda); g.a_type = DS_BF16; g.lda = ac;
-        g.b = as_bf16(SCR_GEMM_B, B, br, bc, ldb); g.b_type = DS_BF16; g.ldb = bc;
-        if (!g.a || !g.b) return;
-    } else {
-        g.a = A; g.a_type = DS_F32; g.lda = lda;
-        g.b = B; g.b_type = DS_F32; g.ldb = ldb;
-        g.tf32 = g_mode == DS_CUDA_GEMM_TF32;
-    }
+    g.tf32 = in_type == DS_F32 && g_mode == DS_CUDA_GEMM_TF32;
     if (ds_blaslt_gemm(g_lt, &g)) note_lib("gemm");
 }
 
+static void gemm_impl(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                      int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (g_mode != DS_CUDA_GEMM_BF16 || K <= 0 || alpha == 0.0f) {
+        gemm_run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, DS_F32);
+        return;
+    }
+    int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+    const __nv_bfloat16 *a = as_bf16(SCR_GEMM_A, A, 1, ar, ac, lda, 0);
+    const __nv_bfloat16 *b = as_bf16(SCR_GEMM_B, B, 1, br, bc, ldb, 0);
+    if (a && b) gemm_run(ta, tb, M, N, K, alpha, a, ac, b, bc, beta, C, ldc, DS_BF16);
+}
+
+/* Expert GEMMs: in bf16 mode every group's rows and every group's weights are converted in one launch
+ * each, then one product per non-empty group (cuBLASLt has no grouped bf16 GEMM with an fp32 output). */
 static void cu_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
                          const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    int rows = (int)off[ng], br = tb ? N : K, bc = tb ? K : N;
+    bool bf = g_mode == DS_CUDA_GEMM_BF16;
+    const void *a = A, *b = B;
+    int la = lda, lb = ldb;
+    size_t sb = strideB;
+    if (bf) {
+        a = as_bf16(SCR_GEMM_A, A, 1, rows, K, lda, 0);
+        b = as_bf16(SCR_GEMM_B, B, ng, br, bc, ldb, strideB);
+        if (!a || !b) return;
+        la = K; lb = bc; sb = (size_t)br * bc;
+    }
+    size_t esz = bf ? 2 : 4;
     for (int g = 0; g < ng; g++) {
         int64_t r0 = off[g], r1 = off[g + 1];
         if (r1 <= r0) continue;
-        gemm_impl(0, tb, (int)(r1 - r0), N, K, alpha, A + (size_t)r0 * lda, lda, B + (size_t)g * strideB, ldb, beta,
-                  C + (size_t)r0 * ldc, ldc);
+        gemm_run(0, tb, (int)(r1 - r0), N, K, alpha, (const char *)a + (size_t)r0 * la * esz, la,
+                 (const char *)b + (size_t)g * sb * esz, lb, beta, C + (size_t)r0 * ldc, ldc, bf ? DS_BF16 : DS_F32);
     }
 }
 
 static void cu_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
                           const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
+    int rows = (int)off[ng];
+    bool bf = g_mode == DS_CUDA_GEMM_BF16;
+    const void *a = A, *b = B;
+    int la = lda, lb = ldb;
+    if (bf) {
+        a = as_bf16(SCR_GEMM_A, A, 1, rows, M, lda, 0);
+        b = as_bf16(SCR_GEMM_B, B, 1, rows, N, ldb, 0);
+        if (!a || !b) return;
+        la = M; lb = N;
+    }
+    size_t esz = bf ? 2 : 4;
     for (int g = 0; g < ng; g++) {
         int64_t r0 = off[g], r1 = off[g + 1];
-        gemm_impl(1, 0, M, N, (int)(r1 - r0), alpha, A + (size_t)r0 * lda, lda, B + (size_t)r0 * ldb, ldb, beta,
-                  C + (size_t)g * strideC, ldc);
+        gemm_run(1, 0, M, N, (int)(r1 - r0), alpha, (const char *)a + (size_t)r0 * la * esz, la,
+                 (const char *)b + (size_t)r0 * lb * esz, lb, beta, C + (size_t)g * strideC, ldc, bf ? DS_BF16 : DS_F32);
     }
 }
 
