@@ -76,7 +76,7 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, 
                       .truncate = A.truncate};
     DS_TRY(ds_sampling_check(&go.sampling));
     int rows = A.prefill_chunk > 2 * A.batch ? A.prefill_chunk : 2 * A.batch;
-    ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp};
+    ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp, .serial_flops = 5e7};
     ds_writer_opts wo = {.out = stdout, .tok = L->tok, .jsonl = A.jsonl, .stops = A.stops.v, .n_stops = A.stops.n,
                          .eos = go.eos_id, .mtp = A.mtp};
     ds_infer *e = NULL;
@@ -98,9 +98,9 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, 
             (long long)st.prompts, (long long)st.prompt_tokens, (long long)st.new_tokens, pf, dc,
             (long long)st.decode_steps);
     if (A.mtp && st.drafted)
-        ds_info("mtp: %lld of %lld drafts accepted (%.1f%%), %.2f tokens per decode step", (long long)st.accepted,
-                (long long)st.drafted, 100.0 * st.accepted / st.drafted,
-                st.decode_steps ? (double)(st.new_tokens - st.prompts) / st.decode_steps : 0);
+        ds_info("mtp: %lld of %lld drafts accepted (%.1f%%): %.2f tokens per sequence per decode step",
+                (long long)st.accepted, (long long)st.drafted, 100.0 * st.accepted / st.drafted,
+                (double)(st.drafted + st.accepted) / st.drafted);
     if (mf->f) {
         ds_jsonw r;
         ds_jsonw_init(&r);

@@ -1,11 +1,10 @@
 /* load.h — a checkpoint into a model ready for inference.
  *
- * Owns: reading a checkpoint given as a directory (config.json, model.safetensors or shards with an
- * index, tokenizer.json), a single .safetensors file, or "-" (the stream form: config and tokenizer in
- * __metadata__, tensors in header order) into a ds_model: every parameter by its Hugging Face name
- * (any float dtype converted to fp32), the expert-bias buffers, MTP modules only when the checkpoint
- * has them (a transformers checkpoint has none: the model is then built without), and the tokenizer
- * when there is one. Missing tensors and shape mismatches are one-line errors naming the tensor.
+ * Owns: putting together what ds-generate needs from a checkpoint (a directory, a single .safetensors
+ * file, or "-": io/checkpoint.h finds config, tokenizer and tensors): the ds_model with its weights
+ * (model/weights.h: HF names, any float dtype, FP8 with block scales, expert biases; MTP modules only
+ * when the checkpoint has them, as a transformers checkpoint does not) and the tokenizer when there is
+ * one. Missing tensors and shape mismatches are one-line errors naming the tensor.
  */
 #ifndef DS_INFER_LOAD_H
 #define DS_INFER_LOAD_H

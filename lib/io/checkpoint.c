@@ -127,6 +127,7 @@ const char *ds_ckpt_tokenizer(const ds_ckpt *c, size_t *len) {
     if (len) *len = c->tok_len;
     return c->tok;
 }
+const ds_st_set *ds_ckpt_tensors(const ds_ckpt *c) { return c->set; }
 int ds_ckpt_count(const ds_ckpt *c) { return ds_st_set_count(c->set); }
 const ds_st_tensor *ds_ckpt_tensor_at(const ds_ckpt *c, int i) { return ds_st_set_tensor_at(c->set, i); }
 const ds_st_tensor *ds_ckpt_find(const ds_ckpt *c, const char *name) { return ds_st_set_find(c->set, name); }

@@ -34,6 +34,7 @@ const ds_config *ds_ckpt_config(const ds_ckpt *c);
 /* tokenizer.json text (NUL-terminated) or NULL when the checkpoint has none. */
 const char *ds_ckpt_tokenizer(const ds_ckpt *c, size_t *len);
 /* Tensors (HF names). */
+const ds_st_set *ds_ckpt_tensors(const ds_ckpt *c); /* the whole set, for ds_model_load_weights */
 int ds_ckpt_count(const ds_ckpt *c);
 const ds_st_tensor *ds_ckpt_tensor_at(const ds_ckpt *c, int i);
 const ds_st_tensor *ds_ckpt_find(const ds_ckpt *c, const char *name);

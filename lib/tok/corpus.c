@@ -145,7 +145,7 @@ static int carve(reader *r, int at_eof) {
 /* Read until the buffer holds about `want` bytes of units, or input ends. */
 static int fill(reader *r, size_t want) {
     /* move the unfinished tail to the front */
-    memmove(r->buf, r->buf + r->tail, r->len - r->tail);
+    if (r->len > r->tail) memmove(r->buf, r->buf + r->tail, r->len - r->tail);
     r->len -= r->tail;
     r->tail = 0;
     r->nu = 0;
@@ -410,7 +410,7 @@ int ds_corpus_encode(const ds_tokenizer *t, const ds_corpus_opts *o, const char 
                 doc.v[doc.n++] = (uint32_t)o->bos_id;
             }
             if ((rc = ds_ids_reserve(&doc, u->ids.n + 1))) break;
-            memcpy(doc.v + doc.n, u->ids.v, u->ids.n * sizeof *doc.v);
+            if (u->ids.n) memcpy(doc.v + doc.n, u->ids.v, u->ids.n * sizeof *doc.v);
             doc.n += u->ids.n;
             if (u->flags & UNIT_LAST) {
                 if (o->eos_id >= 0) doc.v[doc.n++] = (uint32_t)o->eos_id;

@@ -15,6 +15,7 @@
 #define CACHE_SLOTS (1u << 15)      /* power of two; 32K slots of 24 bytes stay in L2 */
 #define CACHE_MAX_LEN 16            /* keys live inside the slot; longer pre-tokens are rare */
 #define CACHE_IDS (1u << 20)        /* ids stored before the cache is cleared */
+#define CACHE_AFTER 1024
 #define FLAT_MAX 128                /* up to this many symbols, merge with the flat scan */
 
 typedef struct {
@@ -28,8 +29,9 @@ struct ds_tok_encoder {
     ds_pretok_state *ps;
     ds_ids *out;
     /* cache */
-    cache_slot *slot;
-    uint32_t used;
+    cache_slot *slot; /* allocated once the encoder has seen CACHE_AFTER pre-tokens: short calls
+                         (a prompt) stay cheap */
+    uint32_t used, seen;
     uint32_t *ids;
     uint32_t ids_len;
     /* merge scratch */
@@ -46,10 +48,7 @@ int ds_tok_encoder_new(ds_tok_encoder **out, const ds_tokenizer *t) {
     ds_tok_encoder *e = calloc(1, sizeof *e);
     if (!e) return ds_fail(DS_ERR, "tokenizer: out of memory");
     e->t = t;
-    e->slot = calloc(CACHE_SLOTS, sizeof *e->slot);
-    e->ids = malloc(CACHE_IDS * sizeof *e->ids);
-    int rc = (!e->slot || !e->ids) ? ds_fail(DS_ERR, "tokenizer: out of memory") : 0;
-    if (!rc) rc = ds_pretok_state_new(&e->ps, &t->pre);
+    int rc = ds_pretok_state_new(&e->ps, &t->pre);
     if (rc) {
         ds_tok_encoder_free(e);
         return rc;
@@ -221,6 +220,12 @@ static int on_piece(void *ctx, const char *piece, size_t len) {
         return 0;
     }
     if (len > CACHE_MAX_LEN) return bpe_piece(e, p, len);
+    if (!e->slot) {
+        if (++e->seen < CACHE_AFTER) return bpe_piece(e, p, len);
+        e->slot = calloc(CACHE_SLOTS, sizeof *e->slot);
+        e->ids = malloc(CACHE_IDS * sizeof *e->ids);
+        if (!e->slot || !e->ids) return ds_fail(DS_ERR, "tokenizer: out of memory (pre-token cache)");
+    }
     uint64_t k[2] = {0, 0};
     memcpy(k, p, len);
     uint64_t h = ds_hash64(k[0] * 0x9e3779b97f4a7c15ULL ^ k[1] * 0xc2b2ae3d27d4eb4fULL ^ len);

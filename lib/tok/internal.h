@@ -113,7 +113,7 @@ struct ds_tokenizer {
     ds_added_token *added;
     int n_added, n_plain_added; /* all added tokens / those not special */
     int32_t added_first[256]; /* first index in `added` with that first byte, -1 none */
-    int added_crosses_lines;  /* some added token contains '\n' followed by an ASCII letter */
+    int added_crosses_lines;  /* some added token contains '\n' followed by printable ASCII */
     ds_pretok pre;
     char *json; /* the source text, kept so it can be copied into checkpoints unchanged */
     size_t json_len;

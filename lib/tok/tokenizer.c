@@ -140,7 +140,7 @@ int ds_tok_finish(ds_tokenizer *t) {
         int64_t e = ds_strmap_find(&t->vocab, s, (size_t)n);
         t->byte_id[b] = e >= 0 ? (int32_t)t->vocab.ent[e].val : -1;
     }
-    qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
+    if (t->n_added) qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
     for (int b = 0; b < 256; b++) t->added_first[b] = -1;
     t->added_crosses_lines = 0;
     t->n_plain_added = 0;
@@ -149,7 +149,7 @@ int ds_tok_finish(ds_tokenizer *t) {
         t->added_first[(unsigned char)t->added[i].content[0]] = i;
         for (size_t k = 0; k + 1 < t->added[i].len; k++) {
             char c = t->added[i].content[k + 1];
-            if (t->added[i].content[k] == '\n' && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) t->added_crosses_lines = 1;
+            if (t->added[i].content[k] == '\n' && c > ' ' && c < 0x7f) t->added_crosses_lines = 1;
         }
     }
     return 0;

@@ -100,10 +100,8 @@ uint64_t ds_tok_trainer_words(const ds_tok_trainer *tr) { return tr->wt.words.n;
 uint64_t ds_tok_trainer_pretokens(const ds_tok_trainer *tr) { return tr->wt.total; }
 
 size_t ds_tok_train_cut(const char *text, size_t len) {
-    for (size_t i = len; i-- > 1;) {
-        char c = text[i];
-        if (text[i - 1] == '\n' && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) return i;
-    }
+    for (size_t i = len; i-- > 1;)
+        if (text[i - 1] == '\n' && text[i] > ' ' && text[i] < 0x7f) return i;
     return 0;
 }
 

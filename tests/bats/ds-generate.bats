@@ -109,7 +109,7 @@ field() { jq -c ".$1"; }
     echo "$output" | field tokens >"$T/b"
     cmp "$T/a" "$T/b"
     echo "$output" | head -1 | jq -e '.mtp.drafted > 0 and .mtp.accepted >= 0'
-    [[ "$stderr" == *"mtp: "*" drafts accepted ("*"%), "*" tokens per decode step"* ]]
+    [[ "$stderr" == *"mtp: "*" drafts accepted ("*"%): "*" tokens per sequence per decode step"* ]]
     run gen -m "$T/plain" --mtp --ids <<<"1 2 3"
     [ "$status" -eq 2 ]
     [[ "$output" == *"--mtp: the checkpoint has no MTP module"* ]]
@@ -123,6 +123,18 @@ field() { jq -c ".$1"; }
     b=$(gen -m - --prompt "The license" --max-new 8 --temperature 0 --jsonl -q <"$T/ck.safetensors" | jq -c .tokens)
     [ "$a" = "$b" ]
     run gen -m "$T/bf16" --prompt "The license" --max-new 4 --jsonl -q
+    [ "$status" -eq 0 ]
+}
+
+@test "FP8 block-scaled checkpoint: the same scores as its dequantized float32 twin" {
+    local mk="$DS_PY $DS_ROOT/tests/ref/generate_ckpt.py --config $DS_ROOT/share/configs/tiny.json --mtp --seed 6"
+    $mk --out "$T/f8" --fp8 e4m3
+    $mk --out "$T/f8d" --fp8 dequantized
+    grep -q F8_E4M3 "$T/f8/model.safetensors"
+    a=$(gen -m "$T/f8" --score --ids -q <<<"0 5 9 13 77 100 3")
+    b=$(gen -m "$T/f8d" --score --ids -q <<<"0 5 9 13 77 100 3")
+    [ "$a" = "$b" ]
+    run gen -m "$T/f8" --ids --mtp --max-new 6 --temperature 0 -q <<<"0 5 9"
     [ "$status" -eq 0 ]
 }
 

@@ -88,6 +88,40 @@ def tensors(c, rng, std, mtp):
     return t
 
 
+def fp8_blocks(t, keep_codes):
+    """Quantize the matmul weights inside the blocks (spec 9.2: not embeddings, heads, norms, the router or
+    eh_proj) per 128x128 block: s = amax/448, codes = e4m3(W/s); scale_inv = s (a dequantization factor)."""
+    import ml_dtypes
+
+    out = {}
+    for k, w in t.items():
+        skip = (w.ndim != 2 or "embed_tokens" in k or "head" in k or k.endswith("mlp.gate.weight")
+                or "eh_proj" in k or "norm" in k)
+        if skip:
+            out[k] = w
+            continue
+        r, c = w.shape
+        br, bc = -(-r // 128), -(-c // 128)
+        scale = np.zeros((br, bc), np.float32)
+        codes = np.zeros_like(w, dtype=ml_dtypes.float8_e4m3fn)
+        for i in range(br):
+            for j in range(bc):
+                blk = w[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
+                s = np.float32(max(np.abs(blk).max(), 1e-12) / 448.0)
+                scale[i, j] = s
+                codes[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = (blk / s).astype(ml_dtypes.float8_e4m3fn)
+        if keep_codes:
+            out[k] = codes
+            out[k + "_scale_inv"] = scale
+        else:
+            deq = codes.astype(np.float32)
+            for i in range(br):
+                for j in range(bc):
+                    deq[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] *= scale[i, j]
+            out[k] = deq
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
@@ -100,6 +134,9 @@ def main():
     ap.add_argument("--stream")
     ap.add_argument("--set", action="append", default=[], help="KEY=JSON config override")
     ap.add_argument("--drop", action="append", default=[], help="leave this tensor out")
+    ap.add_argument("--fp8", choices=["e4m3", "dequantized"],
+                    help="block matmul weights as DeepSeek releases them: F8_E4M3 + weight_scale_inv per 128x128 "
+                         "block (e4m3), or the float32 values those decode to (dequantized)")
     a = ap.parse_args()
     cfg_text = open(a.config).read()
     c = json.loads(cfg_text)
@@ -111,6 +148,11 @@ def main():
     t = tensors(c, np.random.default_rng(a.seed), a.std, a.mtp)
     for name in a.drop:
         del t[name]
+    if a.fp8:
+        t = fp8_blocks(t, a.fp8 == "e4m3")
+        c["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                    "weight_block_size": [128, 128]}
+        cfg_text = json.dumps(c, indent=2)
     if a.dtype == "bf16":
         import ml_dtypes
 

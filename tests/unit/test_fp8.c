@@ -9,6 +9,7 @@
 
 #include "core/err.h"
 #include "core/rng.h"
+#include "fp8/ckpt_convert.h"
 #include "fp8/convert.h"
 #include "fp8/fp8.h"
 #include "fp8/gemm.h"
@@ -851,6 +852,54 @@ TEST(linear_gemm_layouts) {
     CHECK(ds_fp8_linear_status() == 0, "no sticky error");
     free(x), free(w), free(dy), free(y), free(yref), free(xq), free(wq), free(xs), free(wsc), free(f), free(xw), free(c);
     free(dx), free(dxf), free(dw), free(dwf), free(wg), free(yg), free(y1), free(dwg), free(dw1), free(dwn);
+}
+
+/* ---- reading FP8 weights from a checkpoint (for inference) ------------------------------------------- */
+
+TEST(ckpt_read_fp8_weight) {
+    char dir[] = "/tmp/ds-test-fp8-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "temp dir");
+    char path[256];
+    snprintf(path, sizeof path, "%s/ck", dir);
+    ds_config cfg;
+    ds_config_defaults(&cfg);
+    const int64_t shape[2] = {200, 300}, sshape[2] = {2, 3}, bshape[1] = {5};
+    float *w = rand_matrix(200, 300, 41, 0.02f), s[6], bias[5] = {1, 2, 3, 4, 5};
+    uint8_t *q = malloc(200 * 300);
+    ds_fp8_quantize(q, s, w, 200, 300, 128, 128, DS_FP8_SCALE_F32);
+    ds_ckpt_writer *wr;
+    int rc = ds_ckpt_writer_begin(&wr, path, NULL);
+    if (!rc) rc = ds_ckpt_writer_set_config(wr, &cfg);
+    if (!rc) rc = ds_ckpt_writer_add_raw(wr, "model.layers.0.self_attn.o_proj.weight", DS_F8_E4M3, 2, shape, q);
+    if (!rc) rc = ds_ckpt_writer_add_raw(wr, "model.layers.0.self_attn.o_proj.weight_scale_inv", DS_F32, 2, sshape, s);
+    if (!rc) rc = ds_ckpt_writer_add_raw(wr, "model.layers.0.mlp.down_proj.weight", DS_F8_E4M3, 2, shape, q);
+    if (!rc) rc = ds_ckpt_writer_add_f32(wr, "model.layers.3.mlp.gate.e_score_correction_bias", 1, bshape, bias, DS_F32);
+    if (!rc) rc = ds_ckpt_writer_commit(wr);
+    CHECK(rc == 0, "write a small FP8 checkpoint: %s", ds_errmsg());
+    ds_ckpt *c;
+    CHECK(ds_ckpt_open(&c, path) == 0, "open it: %s", ds_errmsg());
+    float *got = malloc(200 * 300 * 4), *want = malloc(200 * 300 * 4), b[5];
+    ds_fp8_dequantize(want, q, s, 200, 300, 128, 128);
+    CHECK(ds_fp8_ckpt_read_f32(c, "model.layers.0.self_attn.o_proj.weight", 2, shape, got) == 0 &&
+              !memcmp(got, want, 200 * 300 * 4),
+          "an FP8 weight reads as its block-wise dequantization");
+    CHECK(ds_fp8_ckpt_read_f32(c, "model.layers.3.mlp.gate.e_score_correction_bias", 1, bshape, b) == 0 &&
+              !memcmp(b, bias, sizeof b),
+          "other dtypes read as ds_ckpt_read_f32 does");
+    CHECK(ds_fp8_ckpt_read_f32(c, "model.layers.0.mlp.down_proj.weight", 2, shape, got) == DS_ERR &&
+              strstr(ds_errmsg(), "F8_E4M3 tensor model.layers.0.mlp.down_proj.weight without "
+                                  "model.layers.0.mlp.down_proj.weight_scale_inv"),
+          "FP8 without its scale: %s", ds_errmsg());
+    const int64_t wrong[2] = {300, 200};
+    CHECK(ds_fp8_ckpt_read_f32(c, "model.layers.0.self_attn.o_proj.weight", 2, wrong, got) == DS_ERR &&
+              strstr(ds_errmsg(), "has shape [200, 300]"),
+          "wrong shape: %s", ds_errmsg());
+    ds_ckpt_close(c);
+    ds_config_free(&cfg);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "clean up");
+    free(w), free(q), free(got), free(want);
 }
 
 TAP_MAIN()

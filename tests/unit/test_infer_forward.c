@@ -342,6 +342,7 @@ static int g_done(void *ctx, const ds_gen_seq *s) {
 
 static int generate(fixture *f, gen_io *g, const ds_gen_opts *o, ds_gen_stats *st) {
     ds_infer *e = engine(f, 4, 64, 64, o->mtp);
+    if (e && o->batch == 3) ds_infer_set_serial_flops(e, 1e12); /* every step on one thread */
     ds_gen_io io = {.src = g, .next = g_next, .sink = g, .on_token = g_token, .on_done = g_done};
     g->next = 0;
     int rc = ds_generate(e, o, &io, st);
