@@ -1,13 +1,14 @@
 #!/bin/bash
 # Runs on a lent GPU machine from a folder made by tests/gpu/stage.sh: the environment report, every GPU
 # test program, and the benchmarks; logs go to $OUT (or /tmp/ds-gpu-out). Parts: env tests mla gemm train
-# (default: all). Usage: device.sh [part...]
+# profile (default: all; profile = one training run through the per-op timing wrapper).
+# Usage: device.sh [part...]
 cd "$(dirname "$0")"
 export LD_LIBRARY_PATH=$PWD/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PY=${PY:-python3} PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/ds-gpu-out}
 mkdir -p "$out"
-parts=${*:-env tests mla gemm train}
+parts=${*:-env tests mla gemm train profile}
 has() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
 summary=()
 if has env; then
@@ -47,5 +48,8 @@ if has train; then
     GPU_TRAIN=bin/gpu_train timeout 500 bench/gpu_train.sh 8 1024 5 >"$out/train.txt" 2>&1
     summary+=("train bench: exit $?")
     grep -vE '^gpu_train: step|^torch step' "$out/train.txt"
+fi
+if has profile; then
+    ./bin/gpu_train 8 1024 3 bf16 profile 2>&1 | grep -v "step [0-9]" | head -16
 fi
 printf '%s\n' "${summary[@]}"
