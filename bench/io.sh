@@ -48,7 +48,7 @@ s = 0.0
 with safe_open(sys.argv[1], framework="pt") as f:
     for k in f.keys():
         x = f.get_tensor(k).float()
-        s += x[x.numel() // 2].item()
+        s += x.reshape(-1)[x.numel() // 2].item()
 print(time.perf_counter() - t0)
 PY
 )
