@@ -1,0 +1,142 @@
+#include "train/adamw.h"
+
+#include "core/dtype.h"
+#include "core/err.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void ds_adamw_defaults(ds_adamw_opts *o) {
+    *o = (ds_adamw_opts){.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1, .bf16_moments = 0, .decay_embed = 1};
+}
+
+static int kind_decays(const ds_adamw_opts *o, ds_param_kind k) {
+    switch (k) {
+    case DS_PARAM_NORM: return 0;
+    case DS_PARAM_EMBED: return o->decay_embed;
+    default: return 1;
+    }
+}
+
+int ds_adamw_init(ds_adamw *a, const ds_adamw_opts *o, size_t n, const ds_param *info, int n_info) {
+    memset(a, 0, sizeof *a);
+    a->o = *o;
+    a->n = n;
+    a->info = info;
+    a->n_info = n_info;
+    /* the table must tile [0, n) exactly, or some parameters would never be updated */
+    size_t covered = 0;
+    for (int i = 0; i < n_info; i++) {
+        if (info[i].offset + info[i].numel > n || info[i].offset + info[i].numel < info[i].offset)
+            return ds_fail(DS_ERR, "optimizer: parameter %s lies outside the buffer", info[i].name);
+        covered += info[i].numel;
+    }
+    if (covered != n) return ds_fail(DS_ERR, "optimizer: parameter table covers %zu of %zu values", covered, n);
+    a->decay = malloc(n_info ? (size_t)n_info : 1);
+    if (o->bf16_moments) {
+        a->m16 = calloc(n ? n : 1, sizeof *a->m16);
+        a->v16 = calloc(n ? n : 1, sizeof *a->v16);
+    } else {
+        a->m32 = calloc(n ? n : 1, sizeof *a->m32);
+        a->v32 = calloc(n ? n : 1, sizeof *a->v32);
+    }
+    if (!a->decay || (o->bf16_moments ? !a->m16 || !a->v16 : !a->m32 || !a->v32)) {
+        ds_adamw_free(a);
+        return ds_fail(DS_ERR, "out of memory: optimizer state for %zu parameters", n);
+    }
+    for (int i = 0; i < n_info; i++) a->decay[i] = (uint8_t)kind_decays(o, info[i].kind);
+    return 0;
+}
+
+void ds_adamw_free(ds_adamw *a) {
+    free(a->m32), free(a->v32), free(a->m16), free(a->v16), free(a->decay);
+    memset(a, 0, sizeof *a);
+}
+
+enum { NORM_CHUNK = 1 << 14 };
+
+double ds_grad_norm(const float *g, size_t n) {
+    size_t nchunks = (n + NORM_CHUNK - 1) / NORM_CHUNK;
+    double stack[256], *part = nchunks <= 256 ? stack : malloc(nchunks * sizeof *part);
+    if (!part) return NAN; /* out of memory: reported as a non-finite norm, which stops the run */
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t lo = c * NORM_CHUNK, hi = lo + NORM_CHUNK < n ? lo + NORM_CHUNK : n;
+        double s = 0;
+        for (size_t i = lo; i < hi; i++) s += (double)g[i] * g[i];
+        part[c] = s;
+    }
+    double s = 0;
+    for (size_t c = 0; c < nchunks; c++) s += part[c];
+    if (part != stack) free(part);
+    return sqrt(s);
+}
+
+float ds_clip_factor(double norm, double max_norm) {
+    if (max_norm <= 0 || !isfinite(norm)) return 1.0f;
+    double f = max_norm / (norm + 1e-6);
+    return f < 1 ? (float)f : 1.0f;
+}
+
+/* The update of elements [lo, hi), fp32 arithmetic in the order PyTorch's AdamW uses. */
+static void update_range(ds_adamw *a, float *p, const float *g, size_t lo, size_t hi, float gs, float decay_mul,
+                         float b1, float b2, float step_size, float bc2_sqrt, float eps) {
+    const float one_b1 = 1.0f - b1, one_b2 = 1.0f - b2;
+    for (size_t i = lo; i < hi; i++) {
+        float gi = g[i] * gs;
+        float m = a->m32 ? a->m32[i] : ds_bf16_to_f32(a->m16[i]);
+        float v = a->v32 ? a->v32[i] : ds_bf16_to_f32(a->v16[i]);
+        m = m + one_b1 * (gi - m);
+        v = v * b2 + one_b2 * gi * gi;
+        float denom = sqrtf(v) / bc2_sqrt + eps;
+        float pi = p[i] * decay_mul;
+        p[i] = pi + (-step_size * m) / denom;
+        if (a->m32) {
+            a->m32[i] = m;
+            a->v32[i] = v;
+        } else {
+            a->m16[i] = ds_f32_to_bf16(m);
+            a->v16[i] = ds_f32_to_bf16(v);
+        }
+    }
+}
+
+void ds_adamw_step(ds_adamw *a, float *params, const float *grads, float grad_scale, double lr) {
+    a->t++;
+    const double bc1 = 1 - pow(a->o.beta1, (double)a->t), bc2 = 1 - pow(a->o.beta2, (double)a->t);
+    const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2), eps = (float)a->o.eps;
+    const float b1 = (float)a->o.beta1, b2 = (float)a->o.beta2;
+    const float decay_mul = (float)(1 - lr * a->o.weight_decay);
+    /* tensors are split into chunks so one large embedding does not serialize the loop */
+    enum { CHUNK = 1 << 15 };
+    for (int t = 0; t < a->n_info; t++) {
+        const ds_param *pi = &a->info[t];
+        size_t nchunks = (pi->numel + CHUNK - 1) / CHUNK;
+        float dm = a->decay[t] ? decay_mul : 1.0f;
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+        for (size_t c = 0; c < nchunks; c++) {
+            size_t lo = pi->offset + c * CHUNK, hi = lo + CHUNK < pi->offset + pi->numel ? lo + CHUNK : pi->offset + pi->numel;
+            update_range(a, params, grads, lo, hi, grad_scale, dm, b1, b2, step_size, bc2_sqrt, eps);
+        }
+    }
+}
+
+float ds_adamw_moment(const ds_adamw *a, int which, size_t i) {
+    if (a->m32) return which ? a->v32[i] : a->m32[i];
+    return ds_bf16_to_f32(which ? a->v16[i] : a->m16[i]);
+}
+
+void ds_adamw_get(const ds_adamw *a, int which, size_t offset, size_t numel, float *out) {
+    for (size_t i = 0; i < numel; i++) out[i] = ds_adamw_moment(a, which, offset + i);
+}
+
+void ds_adamw_set(ds_adamw *a, int which, size_t offset, size_t numel, const float *in) {
+    for (size_t i = 0; i < numel; i++) {
+        size_t k = offset + i;
+        if (a->m32)
+            (which ? a->v32 : a->m32)[k] = in[i];
+        else
+            (which ? a->v16 : a->m16)[k] = ds_f32_to_bf16(in[i]);
+    }
+}

@@ -1,0 +1,154 @@
+/* trainer.h — the training loop shared by ds-pretrain, ds-extend-ctx, ds-sft and ds-rl.
+ *
+ * Owns: one optimizer step (fetch the step's rows from a data source, forward / loss hook /
+ * backward over micro-batches with gradient accumulation, global-norm clipping, AdamW, the
+ * auxiliary-loss-free bias update), the schedules that drive it (learning rate, batch size, gamma,
+ * lambda), validation, the per-step log line and metrics record, divergence handling, stopping on a
+ * signal, and the trainer state that makes a resumed run continue bit for bit.
+ *
+ * What varies between tools is passed in, not built in:
+ *   ds_train_net     the network (forward/backward by per-token log-prob gradients, model.h)
+ *   ds_data_source   where rows come from (data.h)
+ *   ds_loss_hook     how forward outputs become d(loss)/d(logp) coefficients and named loss values
+ *   ds_train_hooks   checkpoint writer, metrics file, stop flag
+ * Parallelism slots in at the marked points (docs/DESIGN.md "Trainer"): data parallel splits the
+ * step's micro-batches across ranks and sums gradients, loss terms and expert loads before the
+ * clipping; expert and pipeline parallelism live behind ds_train_net.
+ */
+#ifndef DS_TRAIN_TRAINER_H
+#define DS_TRAIN_TRAINER_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "core/jsonw.h"
+#include "model/model.h"
+#include "train/adamw.h"
+#include "train/balance.h"
+#include "train/data.h"
+#include "train/sched.h"
+
+/* ---- the network as the trainer sees it ---- */
+typedef struct ds_train_net {
+    void *impl;
+    float *params, *grads;
+    size_t n_params;
+    const ds_param *info;
+    int n_info;
+    int mtp_depth;
+    int n_moe_layers, n_experts;
+    float **expert_bias; /* [n_moe_layers]: e_score_correction_bias of each MoE layer (forward's order) */
+    int (*forward)(void *impl, const ds_batch *b, ds_fwd_out *out);
+    int (*backward)(void *impl, const ds_batch *b, const float *dlogp, const float *dmtp);
+    void (*zero_grad)(void *impl);
+    /* Optional: the sequence-wise balance loss weight for the next micro-batches (NULL: fixed in the net) */
+    void (*set_balance_alpha)(void *impl, double alpha);
+    double flops_per_token; /* training FLOPs per token at the run's sequence length (MFU); 0 = unknown */
+} ds_train_net;
+
+/* ---- losses ---- */
+enum { DS_LOSS_MAX_TERMS = 6 };
+
+typedef struct {
+    int64_t step;      /* 0-based index of the optimizer step */
+    double lambda;     /* MTP weight at this step */
+    int mtp_depth;
+    int64_t n_targets; /* valid main-head targets over the whole optimizer step */
+    int64_t n_rows;    /* rows in the whole optimizer step */
+} ds_loss_ctx;
+
+typedef struct {
+    const char *name;
+    int n_terms;
+    const char *term[DS_LOSS_MAX_TERMS]; /* term[0] is logged as "loss" and checked for NaN/Inf */
+    /* One micro-batch: fill dlogp [B*T] and dmtp [depth][B*T] (dlogp == NULL during validation:
+     * values only) and ADD this micro-batch's share of each term to terms[], normalised over the step
+     * (so the sum over micro-batches is the step's value). */
+    int (*micro)(void *ctx, const ds_loss_ctx *lc, const ds_batch *b, const ds_fwd_out *f, float *dlogp, float *dmtp,
+                 double *terms);
+    void *ctx;
+} ds_loss_hook;
+
+/* Next-token cross-entropy, mean over the step's valid targets, plus lambda/D times the MTP
+ * cross-entropies normalised the same way (V3 eq. 24-25). Terms: "loss", "loss_mtp" (the mean of the
+ * D module losses, before lambda). */
+extern const ds_loss_hook ds_loss_pretrain;
+
+/* ---- options ---- */
+typedef struct {
+    int64_t total_steps;
+    int seq_len, micro_batch;
+    ds_sched lr, batch, gamma, lambda; /* batch in sequences per optimizer step */
+    ds_adamw_opts adamw;
+    double clip_norm;     /* 0: no clipping */
+    double balance_alpha; /* sequence-wise balance loss weight: mean over the step's rows (V3: 1e-4) */
+    int skip_nonfinite;   /* skip a step whose loss or gradients are NaN/Inf instead of stopping */
+    int val_every;        /* validate every N steps and after the last (0: never) */
+    int val_batches;      /* micro-batches per validation (capped by the validation set) */
+    int save_every;       /* checkpoint every N steps (0: only at the end) */
+    int log_every;        /* print a line every N steps (the metrics file gets every step) */
+    double peak_flops;    /* FLOP/s behind MFU; 0: no MFU */
+    uint64_t seed;
+} ds_train_opts;
+
+void ds_train_opts_defaults(ds_train_opts *o); /* V3's optimizer and clipping; schedules left empty */
+
+typedef struct ds_trainer ds_trainer;
+
+typedef struct {
+    /* Write a checkpoint of the current state (final = after the last step or on a signal). */
+    int (*save)(void *ctx, ds_trainer *t, int final);
+    void *ctx;
+    void *metrics;                 /* ds_metrics* (core/jsonw.h) or NULL */
+    volatile sig_atomic_t *stop;   /* non-zero: finish the step, save, return */
+} ds_train_hooks;
+
+/* Why ds_trainer_run returned 0. */
+typedef enum { DS_TRAIN_DONE = 0, DS_TRAIN_STOPPED = 1 } ds_train_end;
+
+/* Neither net, sources nor hooks are owned; they must outlive the trainer. val may be NULL. */
+int ds_trainer_create(ds_trainer **out, const ds_train_opts *o, ds_train_net *net, ds_data_source *train,
+                      ds_data_source *val, const ds_loss_hook *loss, const ds_train_hooks *hooks);
+void ds_trainer_free(ds_trainer *t);
+
+/* Train until total_steps (or a stop). Returns 0 (see *end), DS_EDIVERGED on NaN/Inf (nothing saved
+ * for the bad step; the last checkpoint stays), or DS_ERR. */
+int ds_trainer_run(ds_trainer *t, ds_train_end *end);
+
+/* One optimizer step (used by run; exposed for tests and custom loops). */
+int ds_trainer_step(ds_trainer *t);
+/* Validation loss on up to val_batches micro-batches (NaN without a validation source). */
+int ds_trainer_validate(ds_trainer *t, double *loss);
+
+/* State. */
+int64_t ds_trainer_steps_done(const ds_trainer *t);
+double ds_trainer_tokens_seen(const ds_trainer *t);
+const ds_adamw *ds_trainer_optimizer(const ds_trainer *t);
+ds_adamw *ds_trainer_optimizer_mut(ds_trainer *t);
+const ds_train_opts *ds_trainer_opts(const ds_trainer *t);
+/* trainer_state.json: step, tokens, seed, data cursor, schedule crossings, optimizer step count,
+ * expert biases, loss history for plots. Written as one JSON object (pretty enough to read). */
+int ds_trainer_state_json(const ds_trainer *t, char **out);
+/* Restore from trainer_state.json text (the model weights and optimizer moments are loaded
+ * separately, by the checkpoint code). */
+int ds_trainer_state_load(ds_trainer *t, const char *json, size_t len, const char *where);
+
+/* The last step's numbers (for tools and tests). */
+typedef struct {
+    int64_t step; /* 1-based: steps completed */
+    double terms[DS_LOSS_MAX_TERMS];
+    double loss_bal, lr, grad_norm, gamma, lambda, tokens, ms, tok_s, mfu, val_loss;
+    int batch, skipped;
+} ds_step_report;
+const ds_step_report *ds_trainer_last(const ds_trainer *t);
+
+/* Draw the loss curves seen so far (train loss, MTP loss, validation loss against step). */
+int ds_trainer_plot(const ds_trainer *t, const char *png_path, const char *title);
+
+/* A number in its shortest round-trip form (null when not finite), for metrics records. */
+void ds_jsonw_knum_short(ds_jsonw *w, const char *key, double v);
+
+/* SIGINT/SIGTERM set the returned flag to the signal number (a second signal kills at once). */
+volatile sig_atomic_t *ds_train_catch_signals(void);
+
+#endif
