@@ -170,9 +170,13 @@ field() { jq -c ".$1"; }
     run gen -m "$T/ck" -q <<<'{"prompt": 3}'
     [[ "$output" == *"stdin: line 1: \"prompt\" must be a string"* ]]
     run gen -m "$T/ck" -q <<<'{"answer": "x"}'
-    [[ "$output" == *"line 1: needs exactly one of \"prompt\", \"text\" or \"messages\""* ]]
+    [[ "$output" == *"line 1: needs exactly one of \"prompt\" or \"messages\""* ]]
     run gen -m "$T/ck" -q <<<'{"messages": [{"role": "robot", "content": "x"}]}'
-    [[ "$output" == *"messages[0]: \"role\" must be \"system\", \"user\" or \"assistant\""* ]]
+    [[ "$output" == *"messages[0].role: must be \"system\", \"user\" or \"assistant\""* ]]
+    run gen -m "$T/ck" -q <<<'{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}'
+    [[ "$output" == *"stdin: line 1: "*"user"* ]]
+    run gen -m "$T/ck" -q --score <<<'{"text": 5}'
+    [[ "$output" == *"stdin: line 1: \"text\" must be a string"* ]]
     run gen -m "$T/ck" -q <<<'{"messages": []}'
     [[ "$output" == *"\"messages\" must be a non-empty array"* ]]
     run gen -m "$T/plain" --ids -q <<<'1 2 x'
