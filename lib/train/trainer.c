@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/plot.h"
+#include "core/threads.h"
 #include "io/json.h"
 
 #include <jansson.h>
@@ -407,6 +408,7 @@ int ds_trainer_state_json(const ds_trainer *t, char **out) {
     ds_jsonw_knum(&w, "tokens", t->tokens);
     ds_jsonw_kint(&w, "total_steps", t->o.total_steps);
     ds_jsonw_kint(&w, "skipped_steps", t->skipped);
+    ds_jsonw_kint(&w, "threads", ds_threads_get()); /* bit-identical resumes need the same count */
     /* every random number is a pure function of (seed, stream, counter): the seed is the RNG state */
     ds_jsonw_key(&w, "rng");
     ds_jsonw_obj_begin(&w);
@@ -424,7 +426,10 @@ int ds_trainer_state_json(const ds_trainer *t, char **out) {
     for (int k = 0; k < 4; k++) {
         ds_jsonw_key(&w, names[k]);
         ds_jsonw_obj_begin(&w);
+        char desc[512];
+        ds_sched_describe(sc[k], desc, sizeof desc);
         ds_jsonw_kstr(&w, "spec", sc[k]->spec);
+        ds_jsonw_kstr(&w, "points", desc);
         ds_jsonw_key(&w, "crossings");
         ds_sched_state_write(sc[k], &w);
         ds_jsonw_obj_end(&w);
@@ -510,6 +515,10 @@ int ds_trainer_state_load(ds_trainer *t, const char *text, size_t len, const cha
     t->step = json_integer_value(step);
     t->tokens = json_number_value(tok);
     t->skipped = json_integer_value(json_object_get(root, "skipped_steps"));
+    json_t *thr = json_object_get(root, "threads");
+    if (json_is_integer(thr) && json_integer_value(thr) != ds_threads_get())
+        ds_warn("resuming with %d threads, the checkpoint was written with %lld: the run will not repeat bit for bit",
+                ds_threads_get(), (long long)json_integer_value(thr));
     t->opt.t = json_integer_value(json_object_get(opt, "t"));
     json_t *bf = json_object_get(opt, "bf16_moments");
     if (json_is_boolean(bf) && json_boolean_value(bf) != (t->opt.o.bf16_moments != 0)) {
@@ -522,9 +531,12 @@ int ds_trainer_state_load(ds_trainer *t, const char *text, size_t len, const cha
     static const char *names[4] = {"lr", "batch", "gamma", "lambda"};
     for (int k = 0; k < 4; k++) {
         json_t *e = json_object_get(sch, names[k]);
-        json_t *spec = e ? json_object_get(e, "spec") : NULL;
-        /* a schedule changed on purpose keeps no crossings (they belong to the old one) */
-        if (json_is_string(spec) && !strcmp(json_string_value(spec), sc[k]->spec))
+        json_t *pts = e ? json_object_get(e, "points") : NULL;
+        char desc[512];
+        ds_sched_describe(sc[k], desc, sizeof desc);
+        /* a schedule that changed (another spec, or percentages of another --steps) keeps no
+         * crossings: they belong to the old knees */
+        if (json_is_string(pts) && !strcmp(json_string_value(pts), desc))
             if (ds_sched_state_read(sc[k], json_object_get(e, "crossings"), where)) goto done;
     }
     if ((int)json_array_size(bias) != t->net->n_moe_layers) {
