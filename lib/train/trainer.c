@@ -176,6 +176,7 @@ void ds_trainer_free(ds_trainer *t) {
 }
 
 int64_t ds_trainer_steps_done(const ds_trainer *t) { return t->step; }
+void ds_trainer_set_comm(ds_trainer *t, const ds_train_comm *comm) { t->hooks.comm = comm; }
 double ds_trainer_tokens_seen(const ds_trainer *t) { return t->tokens; }
 const ds_adamw *ds_trainer_optimizer(const ds_trainer *t) { return &t->opt; }
 ds_adamw *ds_trainer_optimizer_mut(ds_trainer *t) { return &t->opt; }
@@ -191,6 +192,9 @@ static int step_rows(ds_trainer *t) {
     if (micro * m > t->buf.cap_rows) micro = t->buf.cap_rows / m;
     return (int)(micro * m);
 }
+
+static int dp_size(const ds_trainer *t) { return t->hooks.comm && t->hooks.comm->size > 1 ? t->hooks.comm->size : 1; }
+static int dp_rank(const ds_trainer *t) { return dp_size(t) > 1 ? t->hooks.comm->rank : 0; }
 
 static int check_fwd(const ds_trainer *t, const ds_fwd_out *f) {
     if (f->n_moe_layers != t->net->n_moe_layers)
@@ -218,7 +222,9 @@ int ds_trainer_step(ds_trainer *t) {
     if (net->set_balance_alpha) net->set_balance_alpha(net->impl, t->o.balance_alpha * bal_share);
     net->zero_grad(net->impl);
     ds_balance_reset(&t->bal);
+    const int P = dp_size(t), rank = dp_rank(t);
     for (int r0 = 0; r0 < rows; r0 += m) {
+        if ((r0 / m) % P != rank) continue; /* another replica's micro-batch */
         ds_batch b = ds_batch_buf_view(&t->buf, r0, m);
         ds_fwd_out f;
         DS_TRY(net->forward(net->impl, &b, &f));
@@ -228,7 +234,17 @@ int ds_trainer_step(ds_trainer *t) {
         if (f.expert_load) ds_balance_add(&t->bal, f.expert_load);
         DS_TRY(net->backward(net->impl, &b, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
     }
-    /* data parallel: sum gradients, terms, bal and expert counts across ranks here */
+    if (P > 1) { /* every replica ends with the whole step's sums */
+        const ds_train_comm *c = t->hooks.comm;
+        double sums[DS_LOSS_MAX_TERMS + 1];
+        memcpy(sums, terms, sizeof terms);
+        sums[DS_LOSS_MAX_TERMS] = bal;
+        DS_TRY(c->allreduce_f32(c->ctx, net->grads, net->n_params));
+        DS_TRY(c->allreduce_f64(c->ctx, sums, DS_LOSS_MAX_TERMS + 1));
+        if (t->bal.n_layers > 0) DS_TRY(c->allreduce_i64(c->ctx, t->bal.count, (size_t)t->bal.n_layers * t->bal.n_experts));
+        memcpy(terms, sums, sizeof terms);
+        bal = sums[DS_LOSS_MAX_TERMS];
+    }
     const double norm = ds_grad_norm(net->grads, net->n_params);
     const int finite = isfinite(norm) && isfinite(terms[0]) && isfinite(bal);
 
@@ -271,9 +287,11 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
     double sum = 0;
     int64_t count = 0;
     if (t->net->set_balance_alpha) t->net->set_balance_alpha(t->net->impl, 0); /* not needed for a loss value */
+    const int P = dp_size(t), rank = dp_rank(t);
     for (int64_t k = 0; k < nb; k++) {
         t->vbuf.rows = 0;
         DS_TRY(t->val->next(t->val, &t->vbuf, m));
+        if (k % P != rank) continue;
         ds_batch b = ds_batch_buf_view(&t->vbuf, 0, m);
         ds_fwd_out f;
         DS_TRY(t->net->forward(t->net->impl, &b, &f));
@@ -283,6 +301,11 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
         DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, NULL, NULL, terms));
         sum += terms[0] * (double)n; /* back to a sum, so the mean is over all validation targets */
         count += n;
+    }
+    if (P > 1) {
+        double sc[2] = {sum, (double)count};
+        DS_TRY(t->hooks.comm->allreduce_f64(t->hooks.comm->ctx, sc, 2));
+        sum = sc[0], count = (int64_t)sc[1];
     }
     *loss = count ? sum / (double)count : NAN;
     return 0;
@@ -375,11 +398,15 @@ int ds_trainer_run(ds_trainer *t, ds_train_end *end) {
         if (t->val && t->o.val_every > 0 && (t->step % t->o.val_every == 0 || t->step == t->o.total_steps))
             DS_TRY(ds_trainer_validate(t, &r->val_loss));
         DS_TRY(history_push(&t->hist, (double)r->step, r->terms[0], t->loss.n_terms > 1 ? r->terms[1] : NAN, r->val_loss));
-        if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == t->o.total_steps || t->step == 1 || r->skipped))
+        if (dp_rank(t) == 0 && t->o.log_every > 0 &&
+            (t->step % t->o.log_every == 0 || t->step == t->o.total_steps || t->step == 1 || r->skipped))
             log_line(t);
         DS_TRY(write_metrics(t));
-        if (t->hooks.stop && *t->hooks.stop) {
-            ds_info("signal %d: saving at step %lld", (int)*t->hooks.stop, (long long)t->step);
+        int64_t stop = t->hooks.stop ? *t->hooks.stop : 0;
+        if (dp_size(t) > 1) DS_TRY(t->hooks.comm->allreduce_i64(t->hooks.comm->ctx, &stop, 1)); /* all stop together */
+        if (stop) {
+            if (dp_rank(t) == 0) ds_info("signal %d: saving at step %lld", (int)(t->hooks.stop && *t->hooks.stop ? *t->hooks.stop : stop),
+                                         (long long)t->step);
             DS_TRY(save(t, 1));
             *end = DS_TRAIN_STOPPED;
             return 0;
