@@ -43,23 +43,25 @@ def main():
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
     gen = torch.Generator().manual_seed(1)
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for step in range(a.warmup + a.steps):
         x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq_len + 1), generator=gen)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         logits = model(input_ids=x[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         losses.append(loss.item())
         if step >= a.warmup:
             times.append(dt)
+            cpu.append(dc)
     ms = 1e3 * statistics.median(times)
     print(json.dumps({"impl": "torch", "torch": torch.__version__, "threads": a.threads, "batch": a.batch,
                       "seq_len": a.seq_len, "steps": a.steps, "ms_median": ms,
+                      "cpu_ms_median": 1e3 * statistics.median(cpu),
                       "tok_s": a.batch * a.seq_len / (ms / 1e3), "loss_first": losses[0], "loss_last": losses[-1],
                       "params": sum(p.numel() for p in model.parameters())}))
 

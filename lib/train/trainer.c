@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- the pretraining loss ---- */
 
@@ -355,6 +356,7 @@ static int write_metrics(const ds_trainer *t) {
     ds_jsonw_knum_short(&w, "gamma", r->gamma);
     ds_jsonw_knum_short(&w, "lambda", r->lambda);
     ds_jsonw_knum_short(&w, "ms", r->ms);
+    ds_jsonw_knum_short(&w, "cpu_ms", r->cpu_ms);
     ds_jsonw_knum_short(&w, "tok_s", r->tok_s);
     if (r->mfu > 0) ds_jsonw_knum_short(&w, "mfu", r->mfu);
     if (!isnan(r->val_loss)) ds_jsonw_knum_short(&w, "val_loss", r->val_loss);
@@ -385,14 +387,22 @@ static int save(ds_trainer *t, int final) {
     return t->hooks.save(t->hooks.ctx, t, final);
 }
 
+/* CPU seconds of the whole process (all threads): steadier than wall time on a shared machine. */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int ds_trainer_run(ds_trainer *t, ds_train_end *end) {
     *end = DS_TRAIN_DONE;
     while (t->step < t->o.total_steps) {
-        double t0 = ds_now();
+        double t0 = ds_now(), c0 = cpu_now();
         DS_TRY(ds_trainer_step(t));
         ds_step_report *r = &t->last;
         double dt = ds_now() - t0;
         r->ms = 1e3 * dt;
+        r->cpu_ms = 1e3 * (cpu_now() - c0);
         r->tok_s = dt > 0 ? (double)r->batch * t->o.seq_len / dt : 0;
         r->mfu = t->o.peak_flops > 0 && t->net->flops_per_token > 0 ? r->tok_s * t->net->flops_per_token / t->o.peak_flops : 0;
         if (t->val && t->o.val_every > 0 && (t->step % t->o.val_every == 0 || t->step == t->o.total_steps))

@@ -154,7 +154,7 @@ int ds_trainer_state_load(ds_trainer *t, const char *json, size_t len, const cha
 typedef struct {
     int64_t step; /* 1-based: steps completed */
     double terms[DS_LOSS_MAX_TERMS];
-    double loss_bal, lr, grad_norm, gamma, lambda, tokens, ms, tok_s, mfu, val_loss;
+    double loss_bal, lr, grad_norm, gamma, lambda, tokens, ms, cpu_ms, tok_s, mfu, val_loss;
     int batch, skipped;
 } ds_step_report;
 const ds_step_report *ds_trainer_last(const ds_trainer *t);
