@@ -42,8 +42,8 @@ static char *config_record(const args *a, const ds_session *s, const ds_shards_i
     ds_param_counts pc;
     ds_config_counts(&s->cfg, &pc);
     ds_param_counts_jsonw(&pc, &w);
-    ds_jsonw_knum_short(&w, "flops_per_token", flops);
-    ds_jsonw_knum_short(&w, "peak_flops", peak);
+    ds_train_knum(&w, "flops_per_token", flops);
+    ds_train_knum(&w, "peak_flops", peak);
     ds_jsonw_kint(&w, "shards", di->n_shards);
     ds_jsonw_kint(&w, "data_tokens", (int64_t)di->n_tokens);
     ds_jsonw_kint(&w, "data_docs", (int64_t)di->n_docs);
@@ -58,16 +58,16 @@ static char *config_record(const args *a, const ds_session *s, const ds_shards_i
         ds_jsonw_kstr(&w, names[k], d);
         ds_info("%-7s %s", names[k], d);
     }
-    ds_jsonw_knum_short(&w, "alpha", to->balance_alpha);
-    ds_jsonw_knum_short(&w, "beta1", to->adamw.beta1);
-    ds_jsonw_knum_short(&w, "beta2", to->adamw.beta2);
-    ds_jsonw_knum_short(&w, "eps", to->adamw.eps);
-    ds_jsonw_knum_short(&w, "weight_decay", to->adamw.weight_decay);
+    ds_train_knum(&w, "alpha", to->balance_alpha);
+    ds_train_knum(&w, "beta1", to->adamw.beta1);
+    ds_train_knum(&w, "beta2", to->adamw.beta2);
+    ds_train_knum(&w, "eps", to->adamw.eps);
+    ds_train_knum(&w, "weight_decay", to->adamw.weight_decay);
     ds_jsonw_kbool(&w, "bf16_moments", to->adamw.bf16_moments);
-    ds_jsonw_knum_short(&w, "clip", to->clip_norm);
-    ds_jsonw_knum_short(&w, "init_std", s->cfg.ds_init_std);
-    ds_jsonw_knum_short(&w, "val_frac", a->val_frac);
-    ds_jsonw_knum_short(&w, "fim_rate", a->fim_rate);
+    ds_train_knum(&w, "clip", to->clip_norm);
+    ds_train_knum(&w, "init_std", s->cfg.ds_init_std);
+    ds_train_knum(&w, "val_frac", a->val_frac);
+    ds_train_knum(&w, "fim_rate", a->fim_rate);
     ds_jsonw_kint(&w, "seed", a->seed);
     ds_jsonw_kint(&w, "threads", ds_threads_get());
     if (s->resumed_step >= 0) ds_jsonw_kint(&w, "resumed_from_step", s->resumed_step);

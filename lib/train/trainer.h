@@ -163,7 +163,7 @@ const ds_step_report *ds_trainer_last(const ds_trainer *t);
 int ds_trainer_plot(const ds_trainer *t, const char *png_path, const char *title);
 
 /* A number in its shortest round-trip form (null when not finite), for metrics records. */
-void ds_jsonw_knum_short(ds_jsonw *w, const char *key, double v);
+void ds_train_knum(ds_jsonw *w, const char *key, double v);
 
 /* SIGINT/SIGTERM set the returned flag to the signal number (a second signal kills at once). */
 volatile sig_atomic_t *ds_train_catch_signals(void);
