@@ -230,6 +230,7 @@ int ds_trainer_step(ds_trainer *t) {
         ds_fwd_out f;
         DS_TRY(net->forward(net->impl, &b, &f));
         DS_TRY(check_fwd(t, &f));
+        lc.row0 = r0;
         DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL, terms));
         bal += net->set_balance_alpha ? f.bal_loss : f.bal_loss * bal_share;
         if (f.expert_load) ds_balance_add(&t->bal, f.expert_load);

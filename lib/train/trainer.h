@@ -55,6 +55,8 @@ typedef struct {
     int mtp_depth;
     int64_t n_targets; /* valid main-head targets over the whole optimizer step */
     int64_t n_rows;    /* rows in the whole optimizer step */
+    int row0;          /* this micro-batch's first row within the step (for per-row data such as
+                          RL advantages kept by the source that made the rows) */
 } ds_loss_ctx;
 
 typedef struct {
