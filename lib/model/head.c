@@ -15,15 +15,15 @@ void ds_head_fwd(ds_model *m, const float *h, const int32_t *tgt, int n, float *
 }
 
 void ds_head_bwd(ds_model *m, const float *h, const int32_t *tgt, int n, const float *lse, const float *dlogp,
-                 float *dh, float *logits) {
+                 float *dh, const float *logits) {
     const ds_ops *ops = m->ops;
-    int V = m->dims.V, D = m->dims.D, c = logits ? n : m->scr.head_rows;
-    float *z = logits ? logits : m->scr.head;
+    int V = m->dims.V, D = m->dims.D, c = m->scr.head_rows;
+    float *z = m->scr.head;
     for (int r0 = 0; r0 < n; r0 += c) {
         int rows = n - r0 < c ? n - r0 : c;
-        const float *hc = h + (size_t)r0 * D;
+        const float *hc = h + (size_t)r0 * D, *zc = logits ? logits + (size_t)r0 * V : z;
         if (!logits) ds_linear(ops, z, hc, m->W.head, rows, V, D);
-        ops->logsoftmax_bwd(z, z, lse + r0, tgt + r0, dlogp + r0, rows, V);
+        ops->logsoftmax_bwd(z, zc, lse + r0, tgt + r0, dlogp + r0, rows, V);
         ds_linear_bwd(ops, dh + (size_t)r0 * D, 0.0f, m->G.head, z, hc, m->W.head, rows, V, D);
     }
 }

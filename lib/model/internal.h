@@ -104,10 +104,11 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n);
 int ds_layer_fwd(ds_model *m, int l, const float *x, float *out);
 void ds_layer_bwd(ds_model *m, int l, const float *x, float *gx);
 
-/* head.c: logits (when not NULL) keeps all [n, V] rows; the backward then uses (and overwrites) them */
+/* head.c: logits (when not NULL) keeps all [n, V] rows; the backward then reads them instead of
+ * recomputing */
 void ds_head_fwd(ds_model *m, const float *h, const int32_t *tgt, int n, float *logp, float *lse, float *ent,
                  float *logits);
 void ds_head_bwd(ds_model *m, const float *h, const int32_t *tgt, int n, const float *lse, const float *dlogp,
-                 float *dh, float *logits);
+                 float *dh, const float *logits);
 
 #endif

@@ -80,8 +80,8 @@ typedef struct {
                                    the token k+1 places after t, from h^{k-1}_t and Emb(tokens[b][t+k]);
                                    0 where t+k >= T, that target is -1, or seg[t+k] != seg[t] */
     const float *entropy;       /* [B*T] entropy of the main head's distribution (when asked), else NULL */
-    const float *logits;        /* [B*T, V] main head logits when opts.keep_logits, else NULL; valid until
-                                   the next forward or backward (the backward reuses them in place) */
+    const float *logits;        /* [B*T, V] main head logits when opts.keep_logits, else NULL (valid until
+                                   the next forward) */
     double bal_loss;            /* alpha * sum_layers mean_seq sum_i f_i P_i (0 when alpha = 0) */
     const int32_t *expert_load; /* [n_moe_layers][n_routed_experts] tokens routed this forward */
     int n_moe_layers;
