@@ -32,9 +32,9 @@ def smooth(xs, w):
 
 
 def polyline(pts, color, width=1.5, dash=None):
-    d = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+    d = "M" + " L".join(f"{x:.1f},{y:.1f}" for x, y in pts)
     extra = f' stroke-dasharray="{dash}"' if dash else ""
-    return f'<polyline fill="none" stroke="{color}" stroke-width="{width}"{extra} points="{d}"/>'
+    return f'<path fill="none" stroke="{color}" stroke-width="{width}" stroke-linejoin="round"{extra} d="{d}"/>'
 
 
 def panel(x0, y0, w, h, series, steps, ylabel, yfmt, title, zero=False):
@@ -61,7 +61,8 @@ def panel(x0, y0, w, h, series, steps, ylabel, yfmt, title, zero=False):
     if zero:
         out.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{sy(0):.1f}" y2="{sy(0):.1f}" stroke="#666"/>')
     for ys_, color, label, i in series:
-        out.append(polyline([(sx(s), sy(v)) for s, v in zip(steps, ys_)], color))
+        # the first series drawn wide underneath, so identical curves stay visible
+        out.append(polyline([(sx(s), sy(v)) for s, v in zip(steps, ys_)], color, 3.5 if i == 0 and len(series) > 1 else 1.2))
         out.append(f'<text x="{x0 + w - 150}" y="{y0 + 18 + 16 * i}" font-size="12" fill="{color}">{label}</text>')
     return out
 
@@ -93,7 +94,7 @@ def main():
     W, H = 760, 560
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif">',
            f'<rect width="{W}" height="{H}" fill="white"/>']
-    svg += panel(80, 40, 640, 280, [(l32, "#1f77b4", "fp32", 0), (l8, "#d62728", "FP8 (E4M3, V3 tiling)", 1)], steps,
+    svg += panel(80, 40, 640, 280, [(l32, "#8fc0ea", "fp32 (wide, underneath)", 0), (l8, "#d62728", "FP8 (E4M3, V3 tiling)", 1)], steps,
                  "training loss", lambda v: f"{v:.2f}", "demo config: training loss, fp32 vs FP8 Linear GEMMs")
     svg += panel(80, 380, 640, 140, [(srel, "#2ca02c", f"rel. diff ({a.window}-step means)", 0)], steps,
                  "(fp8-fp32)/fp32", lambda v: f"{100 * v:+.2f}%", "relative loss difference", zero=True)
