@@ -349,7 +349,7 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     if (o->seq_len > s->cfg.max_position_embeddings)
         ds_warn("--seq-len %d exceeds the config's max_position_embeddings %d", o->seq_len, s->cfg.max_position_embeddings);
     ds_model_opts mo = {.max_batch = o->micro_batch, .max_seq = o->seq_len, .train = 1, .recompute = 1,
-                        .balance_alpha = o->balance_alpha};
+                        .balance_alpha = o->balance_alpha, .want_entropy = o->want_entropy};
     DS_TRY(ds_model_create(&s->model, &s->cfg, &mo));
     if (from)
         DS_TRY(ds_checkpoint_load_weights(s->model, from));
@@ -397,7 +397,8 @@ static int trim_metrics(const char *path, int64_t step) {
 int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                      const ds_loss_hook *loss, const char *config_record) {
     s->stop = ds_train_catch_signals();
-    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop};
+    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = s->o.step_record,
+                        .after_step = s->o.after_step, .step_ctx = s->o.step_ctx};
     if (s->o.metrics_path) h.metrics = &s->metrics;
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
     if (s->o.resume) {

@@ -33,6 +33,12 @@ typedef struct {
     double balance_alpha;       /* sequence-wise balance loss weight per micro-batch */
     int micro_batch, seq_len;
     uint64_t seed;
+    int want_entropy;           /* the training forward also gives per-token entropy (RL metrics) */
+    /* Per-step hooks handed to the trainer (trainer.h ds_train_hooks); may be set in s->o between
+     * ds_session_open and ds_session_start, when what they need exists only after the model does. */
+    void (*step_record)(void *ctx, const ds_trainer *t, ds_jsonw *w);
+    int (*after_step)(void *ctx, ds_trainer *t);
+    void *step_ctx;
 } ds_session_opts;
 
 typedef struct {

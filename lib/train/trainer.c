@@ -222,6 +222,7 @@ int ds_trainer_step(ds_trainer *t) {
         ds_fwd_out f;
         DS_TRY(net->forward(net->impl, &b, &f));
         DS_TRY(check_fwd(t, &f));
+        lc.row0 = r0;
         DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL, terms));
         bal += net->set_balance_alpha ? f.bal_loss : f.bal_loss * bal_share;
         if (f.expert_load) ds_balance_add(&t->bal, f.expert_load);
@@ -277,7 +278,7 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
         ds_fwd_out f;
         DS_TRY(t->net->forward(t->net->impl, &b, &f));
         int64_t n = ds_batch_buf_count_targets(&t->vbuf, 0, m);
-        ds_loss_ctx lc = {.step = t->step, .lambda = 0, .mtp_depth = 0, .n_targets = n, .n_rows = m};
+        ds_loss_ctx lc = {.step = t->step, .lambda = 0, .mtp_depth = 0, .n_targets = n, .n_rows = m, .row0 = 0};
         double terms[DS_LOSS_MAX_TERMS] = {0};
         DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, NULL, NULL, terms));
         sum += terms[0] * (double)n; /* back to a sum, so the mean is over all validation targets */
@@ -335,6 +336,7 @@ static int write_metrics(const ds_trainer *t) {
     if (r->mfu > 0) ds_jsonw_knum_short(&w, "mfu", r->mfu);
     if (!isnan(r->val_loss)) ds_jsonw_knum_short(&w, "val_loss", r->val_loss);
     if (r->skipped) ds_jsonw_kbool(&w, "skipped", 1);
+    if (t->hooks.step_record) t->hooks.step_record(t->hooks.step_ctx, t, &w);
     if (t->bal.n_layers > 0) {
         ds_jsonw_key(&w, "balance");
         ds_jsonw_arr_begin(&w);
@@ -377,6 +379,7 @@ int ds_trainer_run(ds_trainer *t, ds_train_end *end) {
         if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == t->o.total_steps || t->step == 1 || r->skipped))
             log_line(t);
         DS_TRY(write_metrics(t));
+        if (t->hooks.after_step) DS_TRY(t->hooks.after_step(t->hooks.step_ctx, t));
         if (t->hooks.stop && *t->hooks.stop) {
             ds_info("signal %d: saving at step %lld", (int)*t->hooks.stop, (long long)t->step);
             DS_TRY(save(t, 1));

@@ -55,6 +55,8 @@ typedef struct {
     int mtp_depth;
     int64_t n_targets; /* valid main-head targets over the whole optimizer step */
     int64_t n_rows;    /* rows in the whole optimizer step */
+    int64_t row0;      /* this micro-batch's first row among the step's rows (a source that keeps
+                          per-row data beside the tokens, as RL rollouts do, finds it by this) */
 } ds_loss_ctx;
 
 typedef struct {
@@ -101,6 +103,12 @@ typedef struct {
     void *ctx;
     void *metrics;                 /* ds_metrics* (core/jsonw.h) or NULL */
     volatile sig_atomic_t *stop;   /* non-zero: finish the step, save, return */
+    /* Optional, for tools with numbers of their own (ds-rl): step_record adds keys to each step's
+     * metrics record after the trainer's; after_step runs once the record is written and before
+     * any checkpoint of that step (evaluations, the tool's own log line; an error stops the run). */
+    void (*step_record)(void *ctx, const ds_trainer *t, ds_jsonw *w);
+    int (*after_step)(void *ctx, ds_trainer *t);
+    void *step_ctx;
 } ds_train_hooks;
 
 /* Why ds_trainer_run returned 0. */
