@@ -220,6 +220,32 @@ static int generate(ds_rl *r, scored *s, const ds_rl_prompts *ps, uint64_t base,
     return 0;
 }
 
+/* The text of completion tokens. A model's vocabulary is often larger than its tokenizer's (padded for
+ * the GEMMs), and a policy may sample an id no text belongs to: it reads as U+FFFD, so rewards see it. */
+static int decode(ds_rl *r, const int32_t *ids, int n) {
+    const uint32_t V = ds_tok_vocab_size(r->tok);
+    int start = 0;
+    for (int j = 0; j <= n; j++) {
+        size_t len = 0;
+        const int bad = j < n && (ids[j] < 0 || (uint32_t)ids[j] >= V || !ds_tok_token_bytes(r->tok, (uint32_t)ids[j], &len));
+        if (j < n && !bad) continue;
+        if (j > start) DS_TRY(ds_tok_decode(r->tok, (const uint32_t *)ids + start, (size_t)(j - start), &r->dec));
+        if (bad) {
+            static const uint8_t repl[3] = {0xef, 0xbf, 0xbd};
+            if (r->dec.n + 3 > r->dec.cap) {
+                size_t cap = 2 * r->dec.cap + 64;
+                uint8_t *v = realloc(r->dec.v, cap);
+                if (!v) return ds_fail(DS_ERR, "out of memory: completions");
+                r->dec.v = v, r->dec.cap = cap;
+            }
+            memcpy(r->dec.v + r->dec.n, repl, 3);
+            r->dec.n += 3;
+        }
+        start = j + 1;
+    }
+    return 0;
+}
+
 /* Decode and score every completion of s (prompts from ps). */
 static int score(ds_rl *r, scored *s, const ds_rl_prompts *ps, int group) {
     for (int i = 0; i < s->n; i++) {
@@ -229,9 +255,8 @@ static int score(ds_rl *r, scored *s, const ds_rl_prompts *ps, int group) {
         ro->text = NULL;
         ro->text_len = 0;
         if (r->tok) {
-            int n = ro->n - (ro->finish == DS_FINISH_EOS);
             r->dec.n = 0;
-            DS_TRY(ds_tok_decode(r->tok, (const uint32_t *)ro->tok, (size_t)n, &r->dec));
+            DS_TRY(decode(r, ro->tok, ro->n - (ro->finish == DS_FINISH_EOS)));
             if (!(ro->text = malloc(r->dec.n + 1))) return ds_fail(DS_ERR, "out of memory: completions");
             if (r->dec.n) memcpy(ro->text, r->dec.v, r->dec.n);
             ro->text[r->dec.n] = 0;
@@ -738,6 +763,46 @@ int ds_rl_rollout_failed(const ds_rl *r) { return r->rollout_failed; }
 ds_data_source *ds_rl_source(ds_rl *r) { return &r->src; }
 const ds_loss_hook *ds_rl_loss(const ds_rl *r) { return &r->hook; }
 int64_t ds_rl_rows_per_step(const ds_rl *r) { return r->rows_step; }
+
+void ds_rl_describe(const ds_rl *r, ds_jsonw *w) {
+    const ds_rl_opts *o = &r->o;
+    char rw[256] = "";
+    size_t n = 0;
+    for (int k = 0; k < r->n_rewards && n < sizeof rw; k++)
+        n += (size_t)snprintf(rw + n, sizeof rw - n, "%s%s:%g", k ? "," : "", r->rewards[k]->name, r->rewards[k]->weight);
+    ds_info("prompts %d from %s (longest %d tokens)%s", r->train->n, r->train->where, r->train->max_ids, r->eval ? "" : ", no evaluation set");
+    if (r->eval) ds_info("eval    %d from %s, greedy, every %d steps and at the end", r->eval->n, r->eval->where, o->eval_every);
+    ds_info("rollout %d prompts x %d completions = %d per batch, up to %d new tokens, temperature %g top-k %d top-p %g, "
+            "%d decoded together; rows of %d tokens", o->prompts_per_batch, o->group, r->N, o->max_new, o->sampling.temperature,
+            o->sampling.top_k, o->sampling.top_p, o->gen_batch, r->T);
+    ds_info("update  %d epoch(s) x %d step(s) of %d rows (micro-batch %d); clip [%g, %g], kl %g, %s mean, advantages %s%s",
+            o->epochs, o->mini_batches, r->rows_step, o->micro_batch, 1 - o->loss.eps_low, 1 + o->loss.eps_high, o->loss.beta,
+            o->loss.avg == DS_GRPO_AVG_TOKEN ? "token" : "sequence", o->scale_std ? "/ std" : "not scaled",
+            o->mask_truncated ? ", cut completions masked" : "");
+    ds_info("rewards %s", rw);
+    ds_jsonw_kint(w, "prompts", r->train->n);
+    ds_jsonw_kint(w, "eval_prompts", r->eval ? r->eval->n : 0);
+    ds_jsonw_kint(w, "group", o->group);
+    ds_jsonw_kint(w, "prompts_per_batch", o->prompts_per_batch);
+    ds_jsonw_kint(w, "epochs_per_batch", o->epochs);
+    ds_jsonw_kint(w, "mini_batches", o->mini_batches);
+    ds_jsonw_kint(w, "rows_per_step", r->rows_step);
+    ds_jsonw_kint(w, "micro_batch", o->micro_batch);
+    ds_jsonw_kint(w, "seq_len", r->T);
+    ds_jsonw_kint(w, "max_new", o->max_new);
+    ds_jsonw_knum_short(w, "temperature", o->sampling.temperature);
+    ds_jsonw_kint(w, "top_k", o->sampling.top_k);
+    ds_jsonw_knum_short(w, "top_p", o->sampling.top_p);
+    ds_jsonw_kint(w, "gen_batch", o->gen_batch);
+    ds_jsonw_knum_short(w, "kl", o->loss.beta);
+    ds_jsonw_knum_short(w, "clip_low", o->loss.eps_low);
+    ds_jsonw_knum_short(w, "clip_high", o->loss.eps_high);
+    ds_jsonw_kstr(w, "loss_avg", o->loss.avg == DS_GRPO_AVG_TOKEN ? "token" : "sequence");
+    ds_jsonw_kstr(w, "adv_norm", o->scale_std ? "std" : "none");
+    ds_jsonw_kbool(w, "mask_truncated", o->mask_truncated);
+    ds_jsonw_kstr(w, "rewards", rw);
+    ds_jsonw_kint(w, "eval_every", o->eval_every);
+}
 
 /* ---- set-up ---- */
 

@@ -70,6 +70,9 @@ void ds_rl_free(ds_rl *r);
  * checkpoint directory with the same config, sized for micro_batch rows of seq_len. */
 int ds_rl_reference(ds_model **out, ds_model *policy, const char *from_dir, int micro_batch, int seq_len);
 
+/* Print the run's shape (rollouts, update, rewards) on stderr and add it to a configuration record. */
+void ds_rl_describe(const ds_rl *r, ds_jsonw *w);
+
 /* The trainer's pieces (owned by r). */
 ds_data_source *ds_rl_source(ds_rl *r);
 const ds_loss_hook *ds_rl_loss(const ds_rl *r);
