@@ -3,7 +3,9 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "core/log.h"
+#include "io/checkpoint.h"
 #include "io/safetensors.h"
+#include "model/weights.h"
 #include "tok/tokenizer.h"
 #include "train/net.h"
 
@@ -18,54 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* ---- checkpoint files ---- */
-
-static int join(char *out, size_t n, const char *dir, const char *name) { return ds_path_join(out, n, dir, name); }
-
-static int write_text(const char *dir, const char *name, const char *text, size_t len) {
-    char path[4200];
-    DS_TRY(join(path, sizeof path, dir, name));
-    ds_atomic a;
-    DS_TRY(ds_atomic_open(&a, path));
-    int rc = ds_write_all(a.f, text, len, path);
-    if (rc) {
-        ds_atomic_abort(&a);
-        return rc;
-    }
-    return ds_atomic_commit(&a);
-}
-
-static void bias_name(char *buf, size_t n, int layer) { snprintf(buf, n, "model.layers.%d.mlp.gate.e_score_correction_bias", layer); }
-
-static int write_weights(ds_model *m, const char *path, int64_t step) {
-    ds_st_writer *w;
-    DS_TRY(ds_st_writer_open(&w, path, NULL));
-    int n_info, rc = 0;
-    const ds_param *info = ds_model_params_info(m, &n_info);
-    const ds_config *c = ds_model_config(m);
-    char sstep[32], name[160];
-    snprintf(sstep, sizeof sstep, "%lld", (long long)step);
-    rc = ds_st_writer_meta(w, "ds_step", sstep);
-    for (int i = 0; !rc && i < n_info; i++) rc = ds_st_writer_declare(w, info[i].name, DS_F32, info[i].ndim, info[i].shape);
-    int layers = c->num_hidden_layers + ds_model_mtp_depth(m);
-    for (int l = 0; !rc && l < layers; l++) {
-        if (!ds_model_expert_bias(m, l)) continue;
-        int64_t shape[1] = {c->n_routed_experts};
-        bias_name(name, sizeof name, l);
-        rc = ds_st_writer_declare(w, name, DS_F32, 1, shape);
-    }
-    const float *p = ds_model_params(m);
-    for (int i = 0; !rc && i < n_info; i++) rc = ds_st_writer_data(w, p + info[i].offset, info[i].numel * sizeof(float));
-    for (int l = 0; !rc && l < layers; l++) {
-        const float *b = ds_model_expert_bias(m, l);
-        if (b) rc = ds_st_writer_data(w, b, (size_t)c->n_routed_experts * sizeof(float));
-    }
-    if (rc) {
-        ds_st_writer_abort(w);
-        return rc;
-    }
-    return ds_st_writer_close(w);
-}
+/* ---- checkpoint files (the directory itself is io/checkpoint.h's) ---- */
 
 static int write_optimizer(const ds_adamw *opt, const ds_model *m, const char *path) {
     int n_info, rc = 0;
@@ -104,123 +59,43 @@ static int write_optimizer(const ds_adamw *opt, const ds_model *m, const char *p
     return ds_st_writer_close(w);
 }
 
-/* Regular files only: our checkpoints are flat, and refusing anything else keeps a mistyped -o
- * from deleting a directory tree. */
-static int remove_checkpoint_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return ds_fail(DS_ERR, "cannot open directory: %s: %s", strerror(errno), dir);
-    struct dirent *e;
-    char path[4400];
-    int rc = 0;
-    while (!rc && (e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(path, &st) || !S_ISREG(st.st_mode))
-            rc = ds_fail(DS_ERR, "not removing a directory that holds more than files: %s", dir);
-        else if (unlink(path))
-            rc = ds_fail(DS_ERR, "cannot remove: %s: %s", strerror(errno), path);
+/* The weights in fp32 (the master copy: a resumed run continues from exactly these bits), under HF
+ * names in parameter-table order, each layer's expert bias after its router as ds_model_save_weights
+ * stores them. */
+static int add_weights(ds_ckpt_writer *w, ds_model *m) {
+    int n_info;
+    const ds_param *info = ds_model_params_info(m, &n_info);
+    const float *p = ds_model_params(m);
+    const ds_config *c = ds_model_config(m);
+    char name[160];
+    for (int i = 0; i < n_info; i++) {
+        DS_TRY(ds_ckpt_writer_add_f32(w, info[i].name, info[i].ndim, info[i].shape, p + info[i].offset, DS_F32));
+        const float *bias = info[i].kind == DS_PARAM_ROUTER ? ds_model_expert_bias(m, info[i].layer) : NULL;
+        if (!bias) continue;
+        int64_t shape[1] = {c->n_routed_experts};
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", info[i].layer);
+        DS_TRY(ds_ckpt_writer_add_f32(w, name, 1, shape, bias, DS_F32));
     }
-    closedir(d);
-    if (!rc && rmdir(dir)) rc = ds_fail(DS_ERR, "cannot remove directory: %s: %s", strerror(errno), dir);
-    return rc;
-}
-
-/* An existing output may be replaced only when it is one of our checkpoints or empty. */
-static int replaceable(const char *dir) {
-    if (!ds_path_exists(dir)) return 1;
-    if (!ds_path_is_dir(dir)) return 0;
-    char p[4200];
-    if (!join(p, sizeof p, dir, "trainer_state.json") && ds_path_exists(p)) return 1;
-    if (!join(p, sizeof p, dir, "config.json") && ds_path_exists(p)) return 1;
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    struct dirent *e;
-    int empty = 1;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
-    closedir(d);
-    return empty;
-}
-
-static int parent_dir(const char *path, char *out, size_t n) {
-    snprintf(out, n, "%s", path);
-    size_t len = strlen(out);
-    while (len > 1 && out[len - 1] == '/') out[--len] = 0;
-    char *slash = strrchr(out, '/');
-    if (!slash) snprintf(out, n, ".");
-    else if (slash == out) out[1] = 0;
-    else *slash = 0;
     return 0;
 }
 
-int ds_session_save(ds_session *s, const char *dir_in) {
-    char dir[4096], tmp[4200], p[4400], parent[4096];
-    snprintf(dir, sizeof dir, "%s", dir_in);
-    for (size_t len = strlen(dir); len > 1 && dir[len - 1] == '/';) dir[--len] = 0;
-    if (!replaceable(dir)) {
-        ds_fail(DS_ERR, "refusing to replace a directory that is not a checkpoint: %s", dir);
-        ds_hint("choose a new -o directory");
-        return DS_ERR;
+int ds_session_save(ds_session *s, const char *dir) {
+    ds_ckpt_writer *w;
+    DS_TRY(ds_ckpt_writer_begin(&w, dir, NULL));
+    char *state = NULL, opt_path[8192];
+    int rc = ds_ckpt_writer_set_config(w, &s->cfg);
+    if (!rc && s->tokenizer_json) rc = ds_ckpt_writer_set_tokenizer(w, s->tokenizer_json, s->tokenizer_len);
+    if (!rc) rc = add_weights(w, s->model);
+    if (!rc) rc = ds_ckpt_writer_file_path(w, "optimizer.safetensors", opt_path, sizeof opt_path);
+    if (!rc) rc = write_optimizer(ds_trainer_optimizer(s->trainer), s->model, opt_path);
+    if (!rc) rc = ds_trainer_state_json(s->trainer, &state);
+    if (!rc) rc = ds_ckpt_writer_add_file(w, "trainer_state.json", state, strlen(state));
+    free(state);
+    if (rc) {
+        ds_ckpt_writer_abort(w);
+        return rc;
     }
-    parent_dir(dir, parent, sizeof parent);
-    DS_TRY(ds_mkdir_p(parent));
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", dir, (long)getpid());
-    if (ds_path_exists(tmp)) DS_TRY(remove_checkpoint_dir(tmp));
-    if (mkdir(tmp, 0777)) return ds_fail(DS_ERR, "cannot create directory: %s: %s", strerror(errno), tmp);
-    const int64_t step = ds_trainer_steps_done(s->trainer);
-    char *text = NULL;
-    int rc = ds_config_to_json(&s->cfg, &text);
-    if (!rc) rc = write_text(tmp, "config.json", text, strlen(text));
-    free(text);
-    if (!rc && s->tokenizer_json) rc = write_text(tmp, "tokenizer.json", s->tokenizer_json, s->tokenizer_len);
-    if (!rc) {
-        char gen[256];
-        int n = snprintf(gen, sizeof gen, "{\n  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"_from_model_config\": true\n}\n",
-                         s->cfg.bos_token_id, s->cfg.eos_token_id);
-        rc = write_text(tmp, "generation_config.json", gen, (size_t)n);
-    }
-    if (!rc && !(rc = join(p, sizeof p, tmp, "model.safetensors"))) rc = write_weights(s->model, p, step);
-    if (!rc && !(rc = join(p, sizeof p, tmp, "optimizer.safetensors"))) rc = write_optimizer(ds_trainer_optimizer(s->trainer), s->model, p);
-    /* the trainer state last: its presence marks a complete training checkpoint */
-    if (!rc && !(rc = ds_trainer_state_json(s->trainer, &text))) {
-        rc = write_text(tmp, "trainer_state.json", text, strlen(text));
-        free(text);
-    }
-    if (!rc) rc = ds_fsync_dir(tmp);
-    if (!rc) {
-        if (ds_path_exists(dir)) {
-            /* swap in one step: a reader of dir sees the old checkpoint or the new one */
-            if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE))
-                rc = ds_fail(DS_ERR, "cannot replace checkpoint: %s: %s", strerror(errno), dir);
-            else
-                rc = remove_checkpoint_dir(tmp); /* now the old one */
-        } else if (rename(tmp, dir)) {
-            rc = ds_fail(DS_ERR, "cannot rename checkpoint into place: %s: %s", strerror(errno), dir);
-        }
-    }
-    if (!rc) rc = ds_fsync_dir(parent);
-    if (rc && ds_path_exists(tmp)) {
-        char keep[1024];
-        snprintf(keep, sizeof keep, "%s", ds_errmsg());
-        remove_checkpoint_dir(tmp);
-        ds_fail(rc, "%s", keep);
-    }
-    if (!rc) ds_verbose("checkpoint: step %lld: %s", (long long)step, dir);
-    return rc;
-}
-
-int ds_checkpoint_read_config(const char *dir, ds_config *cfg, char **tok, size_t *tok_len) {
-    char p[4200];
-    *tok = NULL;
-    *tok_len = 0;
-    if (!ds_path_is_dir(dir)) return ds_fail(DS_ERR, "checkpoint: not a directory: %s", dir);
-    DS_TRY(join(p, sizeof p, dir, "config.json"));
-    DS_TRY(ds_config_load_file(cfg, p));
-    int rc = ds_config_validate(cfg, p);
-    if (!rc && !join(p, sizeof p, dir, "tokenizer.json") && ds_path_exists(p)) rc = ds_read_file(p, tok, tok_len, 1u << 30);
-    if (rc) ds_config_free(cfg);
-    return rc;
+    return ds_ckpt_writer_commit(w);
 }
 
 static int same_shape(const ds_st_tensor *t, const ds_param *p) {
@@ -230,46 +105,9 @@ static int same_shape(const ds_st_tensor *t, const ds_param *p) {
     return 1;
 }
 
-int ds_checkpoint_load_weights(ds_model *m, const char *dir) {
-    ds_st_set *set;
-    DS_TRY(ds_st_set_open(&set, dir));
-    int n_info, rc = 0;
-    const ds_param *info = ds_model_params_info(m, &n_info);
-    float *p = ds_model_params(m);
-    char shp[64];
-    for (int i = 0; !rc && i < n_info; i++) {
-        const ds_st_tensor *t = ds_st_set_find(set, info[i].name);
-        if (!t) {
-            rc = ds_fail(DS_ERR, "checkpoint: missing tensor %s: %s", info[i].name, dir);
-        } else if (!same_shape(t, &info[i])) {
-            ds_st_shape_str(t, shp, sizeof shp);
-            rc = ds_fail(DS_ERR, "checkpoint: %s has shape %s, the config needs [%lld%s%lld]: %s", info[i].name, shp,
-                         (long long)info[i].shape[0], info[i].ndim > 1 ? ", " : "", info[i].ndim > 1 ? (long long)info[i].shape[1] : 0LL,
-                         ds_st_set_file_of(set, info[i].name));
-        } else {
-            rc = ds_st_read_f32(t, p + info[i].offset, ds_st_set_file_of(set, info[i].name));
-        }
-    }
-    const ds_config *c = ds_model_config(m);
-    char name[160];
-    for (int l = 0; !rc && l < c->num_hidden_layers + ds_model_mtp_depth(m); l++) {
-        float *b = ds_model_expert_bias(m, l);
-        if (!b) continue;
-        bias_name(name, sizeof name, l);
-        const ds_st_tensor *t = ds_st_set_find(set, name);
-        if (!t) continue; /* a checkpoint without biases starts them at 0, as V3 does */
-        if (t->numel != c->n_routed_experts)
-            rc = ds_fail(DS_ERR, "checkpoint: %s has %lld values, expected %d: %s", name, (long long)t->numel, c->n_routed_experts, dir);
-        else
-            rc = ds_st_read_f32(t, b, ds_st_set_file_of(set, name));
-    }
-    ds_st_set_close(set);
-    return rc;
-}
-
 static int load_optimizer(ds_adamw *opt, ds_model *m, const char *dir) {
     char p[4200], name[160];
-    DS_TRY(join(p, sizeof p, dir, "optimizer.safetensors"));
+    DS_TRY(ds_path_join(p, sizeof p, dir, "optimizer.safetensors"));
     ds_st_file *f;
     DS_TRY(ds_st_open(&f, p));
     int n_info, rc = 0;
@@ -335,27 +173,37 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
         ds_hint("drop --fp8 on the CPU");
         return DS_ERR;
     }
-    const char *from = o->resume ? o->resume : o->model_path;
-    if (from) {
-        DS_TRY(ds_checkpoint_read_config(from, &s->cfg, &s->tokenizer_json, &s->tokenizer_len));
-    } else {
-        if (!o->config_path) return ds_fail(DS_EUSAGE, "no model: give --config CFG.json or -m CKPT");
-        DS_TRY(ds_config_load_file(&s->cfg, o->config_path));
-        DS_TRY(ds_config_validate(&s->cfg, o->config_path));
+    ds_ckpt *ck = NULL;
+    if (o->resume) {
+        DS_TRY(ds_ckpt_find_latest(o->resume, s->resume_dir, sizeof s->resume_dir));
+        DS_TRY(ds_ckpt_open(&ck, s->resume_dir));
+    } else if (o->model_path) {
+        DS_TRY(ds_ckpt_open(&ck, o->model_path));
     }
-    s->have_cfg = 1;
-    if (o->init_std > 0) s->cfg.ds_init_std = o->init_std;
-    if (o->tokenizer_path) DS_TRY(ds_session_set_tokenizer(s, o->tokenizer_path));
-    if (o->seq_len > s->cfg.max_position_embeddings)
+    int rc = 0;
+    if (ck) {
+        size_t len;
+        const char *tok = ds_ckpt_tokenizer(ck, &len);
+        rc = ds_config_copy(&s->cfg, ds_ckpt_config(ck));
+        if (!rc && tok && !(s->tokenizer_json = malloc(len + 1))) rc = ds_fail(DS_ERR, "out of memory: tokenizer");
+        if (!rc && tok) memcpy(s->tokenizer_json, tok, len + 1), s->tokenizer_len = len;
+    } else if (!o->config_path) {
+        return ds_fail(DS_EUSAGE, "no model: give --config CFG.json or -m CKPT");
+    } else if (!(rc = ds_config_load_file(&s->cfg, o->config_path))) {
+        rc = ds_config_validate(&s->cfg, o->config_path);
+    }
+    s->have_cfg = !rc;
+    if (!rc && o->init_std > 0) s->cfg.ds_init_std = o->init_std;
+    if (!rc && o->tokenizer_path) rc = ds_session_set_tokenizer(s, o->tokenizer_path);
+    if (!rc && o->seq_len > s->cfg.max_position_embeddings)
         ds_warn("--seq-len %d exceeds the config's max_position_embeddings %d", o->seq_len, s->cfg.max_position_embeddings);
     ds_model_opts mo = {.max_batch = o->micro_batch, .max_seq = o->seq_len, .train = 1, .recompute = 1,
                         .balance_alpha = o->balance_alpha, .want_entropy = o->want_entropy};
-    DS_TRY(ds_model_create(&s->model, &s->cfg, &mo));
-    if (from)
-        DS_TRY(ds_checkpoint_load_weights(s->model, from));
-    else
-        DS_TRY(ds_model_init(s->model, o->seed));
-    return ds_train_net_from_model(&s->net, s->model, o->seq_len);
+    if (!rc) rc = ds_model_create(&s->model, &s->cfg, &mo);
+    if (!rc) rc = ck ? ds_model_load_weights(s->model, ds_ckpt_tensors(ck)) : ds_model_init(s->model, o->seed);
+    ds_ckpt_close(ck);
+    if (!rc) rc = ds_train_net_from_model(&s->net, s->model, o->seq_len);
+    return rc;
 }
 
 static int save_hook(void *ctx, ds_trainer *t, int final) {
@@ -402,12 +250,12 @@ int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *tra
     if (s->o.metrics_path) h.metrics = &s->metrics;
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
     if (s->o.resume) {
-        char p[4200];
+        char p[8300];
         char *text;
         size_t len;
-        DS_TRY(join(p, sizeof p, s->o.resume, "trainer_state.json"));
+        DS_TRY(ds_path_join(p, sizeof p, s->resume_dir, "trainer_state.json"));
         if (!ds_path_exists(p)) {
-            ds_fail(DS_ERR, "not a training checkpoint (no trainer_state.json): %s", s->o.resume);
+            ds_fail(DS_ERR, "not a training checkpoint (no trainer_state.json): %s", s->resume_dir);
             ds_hint("--resume takes a directory written by a ds-* training tool; -m loads weights only");
             return DS_ERR;
         }
@@ -415,10 +263,9 @@ int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *tra
         int rc = ds_trainer_state_load(s->trainer, text, len, p);
         free(text);
         DS_TRY(rc);
-        DS_TRY(load_optimizer(ds_trainer_optimizer_mut(s->trainer), s->model, s->o.resume));
+        DS_TRY(load_optimizer(ds_trainer_optimizer_mut(s->trainer), s->model, s->resume_dir));
         s->resumed_step = ds_trainer_steps_done(s->trainer);
-        snprintf(s->resume_dir, sizeof s->resume_dir, "%s", s->o.resume);
-        ds_info("resuming at step %lld of %lld from %s", (long long)s->resumed_step, (long long)to->total_steps, s->o.resume);
+        ds_info("resuming at step %lld of %lld from %s", (long long)s->resumed_step, (long long)to->total_steps, s->resume_dir);
     }
     if (s->o.metrics_path) {
         if (s->resumed_step >= 0) DS_TRY(trim_metrics(s->o.metrics_path, s->resumed_step));

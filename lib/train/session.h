@@ -22,7 +22,8 @@ typedef struct {
     const char *tool;           /* "ds-pretrain": names the run in records and plots */
     const char *config_path;    /* a fresh model from this config.json ... */
     const char *model_path;     /* ... or weights from this checkpoint directory */
-    const char *resume;         /* continue the run saved in this checkpoint directory (or NULL) */
+    const char *resume;         /* continue the run saved here: a checkpoint directory, or a directory
+                                   holding several (the newest complete one is taken) */
     const char *out_dir;        /* checkpoints go here */
     const char *tokenizer_path; /* tokenizer.json to embed (NULL: the checkpoint's, if any) */
     const char *metrics_path;   /* JSONL, or NULL */
@@ -73,13 +74,9 @@ int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *tra
 int ds_session_run(ds_session *s, int *stopped_by);
 void ds_session_close(ds_session *s);
 
-/* Write a complete training checkpoint of the trainer's current state into dir (replacing it
- * atomically: a reader sees the old or the new one, never a mixture). */
+/* Write a complete training checkpoint of the trainer's current state into dir through
+ * io/checkpoint.h (replaced atomically: a reader sees the old or the new one, never a mixture; an
+ * existing directory is replaced only when it is a checkpoint or empty). Weights in fp32. */
 int ds_session_save(ds_session *s, const char *dir);
-
-/* Read a checkpoint's config.json and, when present, tokenizer.json. */
-int ds_checkpoint_read_config(const char *dir, ds_config *cfg, char **tokenizer_json, size_t *tokenizer_len);
-/* Load the weights (and expert biases) named by the model's parameter table from dir. */
-int ds_checkpoint_load_weights(ds_model *m, const char *dir);
 
 #endif

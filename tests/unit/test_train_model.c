@@ -8,7 +8,9 @@
 #include "core/file.h"
 #include "core/log.h"
 #include "core/threads.h"
+#include "io/checkpoint.h"
 #include "io/safetensors.h"
+#include "model/weights.h"
 #include "train/packed.h"
 #include "train/session.h"
 
@@ -139,17 +141,16 @@ TEST(loss_falls_and_the_checkpoint_loads_back) {
         else CHECK(ds_path_exists(p), "%s written", files[i]);
     }
     ds_model *m2;
-    ds_config cfg;
-    char *tok;
-    size_t tl;
-    CHECK(ds_checkpoint_read_config(path("ckpt"), &cfg, &tok, &tl) == 0, "config reads back");
+    ds_ckpt *ck;
+    CHECK(ds_ckpt_open(&ck, path("ckpt")) == 0, "the checkpoint opens: %s", ds_errmsg());
     ds_model_opts mo = {.max_batch = 1, .max_seq = 8};
-    ds_model_create(&m2, &cfg, &mo);
-    CHECK(ds_checkpoint_load_weights(m2, path("ckpt")) == 0, "weights load: %s", ds_errmsg());
+    ds_model_create(&m2, ds_ckpt_config(ck), &mo);
+    CHECK(ds_model_load_weights(m2, ds_ckpt_tensors(ck)) == 0, "weights load: %s", ds_errmsg());
     CHECK(!memcmp(ds_model_params(m2), ds_model_params(r.s.model), ds_model_num_params(m2) * 4), "same weight bytes");
     CHECK(!memcmp(ds_model_expert_bias(m2, 1), ds_model_expert_bias(r.s.model, 1), 8 * 4), "same expert biases");
+    CHECK(ds_model_mtp_depth(m2) == 1, "MTP module saved and loaded");
     ds_model_free(m2);
-    ds_config_free(&cfg);
+    ds_ckpt_close(ck);
     run_close(&r);
 }
 
