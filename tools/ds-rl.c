@@ -5,6 +5,7 @@
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/threads.h"
+#include "io/checkpoint.h"
 #include "rl/rl.h"
 #include "train/session.h"
 
@@ -64,27 +65,31 @@ static int default_micro(int rows) {
 static int run(void) {
     const char *from = A.resume ? A.resume : A.model;
     ds_session s = {0};
-    ds_config cfg = {0};
+    ds_ckpt *ck = NULL;
     ds_chat_template tpl = {0};
     ds_tokenizer *tok = NULL;
     ds_rl_prompts train = {0}, eval = {0};
     ds_reward **rw = NULL;
     ds_model *ref = NULL;
     ds_rl *rl = NULL;
-    char *tokjson = NULL, *record = NULL;
+    char *record = NULL;
     size_t toklen = 0;
-    int nrw = 0, sig = 0, need_answer = 0, have_cfg = 0;
+    int nrw = 0, sig = 0, need_answer = 0;
     ds_reward_opts ro = {.answer_mode = !strcmp(A.answer_mode, "boxed") ? DS_ANSWER_BOXED : !strcmp(A.answer_mode, "exact") ? DS_ANSWER_EXACT : DS_ANSWER_NUMBER,
                          .format_require = A.require.n ? A.require.v : NULL, .n_format_require = A.require.n,
                          .length_cache = A.length_cache, .cmd = A.reward_cmd, .cmd_timeout = A.reward_timeout};
     int rc = ds_rewards_create(A.reward, &ro, &rw, &nrw);
     for (int k = 0; !rc && k < nrw; k++) need_answer |= rw[k]->needs_answer;
-    if (!rc) rc = ds_checkpoint_read_config(from, &cfg, &tokjson, &toklen);
-    have_cfg = !rc;
+    /* the prompts fix the sequence length the model is built for: read the config and tokenizer first */
+    char latest[4096];
+    if (!rc && A.resume) rc = ds_ckpt_find_latest(A.resume, latest, sizeof latest);
+    if (!rc) rc = ds_ckpt_open(&ck, A.resume ? latest : from);
+    const char *tokjson = ck ? ds_ckpt_tokenizer(ck, &toklen) : NULL;
     if (!rc && !tokjson) rc = ds_fail(DS_ERR, "the checkpoint has no tokenizer.json (prompts and completions are text): %s", from);
     if (!rc) rc = ds_tok_from_json(&tok, tokjson, toklen, from);
+    const ds_config *cfg = ck ? ds_ckpt_config(ck) : NULL;
     if (!rc) rc = ds_chat_template_load(&tpl, A.chat_template);
-    ds_rl_prompt_opts po = {.tok = tok, .chat = &tpl, .chat_prompts = A.chat, .bos = cfg.bos_token_id, .vocab = cfg.vocab_size,
+    ds_rl_prompt_opts po = {.tok = tok, .chat = &tpl, .chat_prompts = A.chat, .bos = cfg ? cfg->bos_token_id : -1, .vocab = cfg ? cfg->vocab_size : 0,
                             .need_answer = need_answer};
     if (!rc) rc = ds_rl_prompts_load(&train, A.prompts, &po);
     if (!rc && A.eval_prompts) rc = ds_rl_prompts_load(&eval, A.eval_prompts, &po);
@@ -128,7 +133,7 @@ static int run(void) {
         ds_param_counts pc;
         ds_config_counts(&s.cfg, &pc);
         ds_param_counts_format(&pc, counts, sizeof counts);
-        ds_info("model   %s (%s), %d threads", from, counts, ds_threads_get());
+        ds_info("model   %s (%s), %d thread%s", from, counts, ds_threads_get(), ds_threads_get() == 1 ? "" : "s");
         record = config_record(&s, rl, &to);
         rc = ds_session_start(&s, &to, ds_rl_source(rl), NULL, ds_rl_loss(rl), record);
     }
@@ -156,15 +161,14 @@ static int run(void) {
     ds_rl_prompts_free(&eval);
     ds_tok_free(tok);
     ds_chat_template_free(&tpl);
-    if (have_cfg) ds_config_free(&cfg);
-    free(tokjson);
+    ds_ckpt_close(ck);
     return rc ? (rc == DS_EDIVERGED ? 3 : rc == DS_EUSAGE || rc == 2 ? 2 : 1) : sig ? 128 + sig : 0;
 }
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-rl");
     const ds_opt opts[] = {
-        {"model", 'm', DS_OPT_STR, &A.model, "CKPT", "the starting policy (a checkpoint directory); also the frozen reference"},
+        {"model", 'm', DS_OPT_STR, &A.model, "CKPT", "the starting policy (directory or .safetensors); also the frozen reference"},
         {"prompts", 0, DS_OPT_STR, &A.prompts, "FILE|-", "prompt JSONL: {\"prompt\"|\"messages\": ..., \"answer\": ...}"},
         {"out", 'o', DS_OPT_STR, &A.out, "OUT", "checkpoint directory (replaced atomically at every save)"},
         {"steps", 0, DS_OPT_I64, &A.steps, "N", "optimizer steps (= rollout batches with the default 1 epoch x 1 mini-batch)", 0, 1, 1e15},
@@ -238,7 +242,7 @@ int main(int argc, char **argv) {
     if (!A.prompts) return ds_usage_error("--prompts FILE is required");
     if (!A.out) return ds_usage_error("-o OUT is required");
     if (ds_is_stdio(A.out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
-    if (A.model && ds_is_stdio(A.model)) return ds_usage_error("-m: ds-rl reads the checkpoint twice (policy and reference): give a directory");
+    if (A.model && ds_is_stdio(A.model)) return ds_usage_error("-m -: ds-rl reads the checkpoint twice: give a directory or a .safetensors file");
     if (!A.steps) return ds_usage_error("--steps is required");
     if (A.eval_prompts && A.prompts && !strcmp(A.eval_prompts, A.prompts) && ds_is_stdio(A.prompts))
         return ds_usage_error("--prompts and --eval-prompts cannot both read stdin");

@@ -6,7 +6,8 @@
 #include "core/rng.h"
 #include "infer/forward.h"
 #include "infer/generate.h"
-#include "train/session.h"
+#include "io/checkpoint.h"
+#include "model/weights.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -813,7 +814,10 @@ int ds_rl_reference(ds_model **out, ds_model *policy, const char *from_dir, int 
     DS_TRY(ds_model_create(&m, ds_model_config(policy), &mo));
     int rc = 0;
     if (from_dir) {
-        rc = ds_checkpoint_load_weights(m, from_dir);
+        ds_ckpt *ck;
+        rc = ds_ckpt_open(&ck, from_dir);
+        if (!rc) rc = ds_model_load_weights(m, ds_ckpt_tensors(ck));
+        ds_ckpt_close(ck);
         if (rc) ds_fail_ctx(rc, "reference policy");
     } else {
         memcpy(ds_model_params(m), ds_model_params(policy), ds_model_num_params(policy) * sizeof(float));

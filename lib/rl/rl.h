@@ -66,9 +66,10 @@ int ds_rl_create(ds_rl **out, const ds_rl_opts *o, ds_model *policy, ds_model *r
                  const ds_rl_prompts *train, const ds_rl_prompts *eval, ds_reward **rewards, int n_rewards);
 void ds_rl_free(ds_rl *r);
 
-/* A frozen reference: a copy of policy's current weights (from_dir NULL), or the weights of a
- * checkpoint directory with the same config, sized for micro_batch rows of seq_len. */
-int ds_rl_reference(ds_model **out, ds_model *policy, const char *from_dir, int micro_batch, int seq_len);
+/* A frozen reference: a copy of policy's current weights (from NULL), or the weights of a checkpoint
+ * (io/checkpoint.h: directory or .safetensors; every tensor's shape is checked against the policy's
+ * config), sized for micro_batch rows of seq_len. */
+int ds_rl_reference(ds_model **out, ds_model *policy, const char *from, int micro_batch, int seq_len);
 
 /* Print the run's shape (rollouts, update, rewards) on stderr and add it to a configuration record. */
 void ds_rl_describe(const ds_rl *r, ds_jsonw *w);
