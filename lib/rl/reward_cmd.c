@@ -219,6 +219,10 @@ int ds_reward_cmd_run(const char *cmd, const char *input, size_t len, int n, dou
     sigaction(SIGPIPE, &old_pipe, NULL);
     if (!rc && WIFSIGNALED(status))
         rc = ds_fail(DS_ERR, "reward program: killed by signal %d (%s): %s", WTERMSIG(status), strsignal(WTERMSIG(status)), cmd);
+    else if (!rc && WIFEXITED(status) && WEXITSTATUS(status) > 128 && WEXITSTATUS(status) < 128 + 65)
+        /* sh reports a command it ran that died of signal s as status 128 + s */
+        rc = ds_fail(DS_ERR, "reward program: exited with status %d (killed by signal %d, %s): %s", WEXITSTATUS(status),
+                     WEXITSTATUS(status) - 128, strsignal(WEXITSTATUS(status) - 128), cmd);
     else if (!rc && WIFEXITED(status) && WEXITSTATUS(status) != 0)
         rc = ds_fail(DS_ERR, "reward program: exited with status %d: %s", WEXITSTATUS(status), cmd);
     if (!rc) rc = parse_output(buf ? buf : "", got, n, vals);

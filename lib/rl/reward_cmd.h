@@ -8,7 +8,8 @@
  * completion arrives as U+FFFD). The program prints exactly one number per line, in input order, and
  * exits with status 0; its stderr passes through. Anything else is an error that names the problem
  * ("reward program: line 3: not a number: 'abc'", "... printed 2 lines for 8 completions",
- * "... exited with status 1", "... killed by signal 11", "... timed out after 60 s: CMD") and ends
+ * "... exited with status 1", "... killed by signal 11", "... exited with status 139 (killed by signal 11,
+ * Segmentation fault)" for a command the shell ran, "... timed out after 60 s: CMD") and ends
  * the step before any update, so the model and the last checkpoint stay as they were.
  * Input and output are pumped together (poll), so a program that answers line by line cannot
  * deadlock on full pipes; SIGPIPE is ignored while the program runs.
