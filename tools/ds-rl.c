@@ -9,12 +9,13 @@
 #include "rl/rl.h"
 #include "train/session.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 static struct {
     const char *model, *ref, *prompts, *eval_prompts, *out, *resume, *reward, *reward_cmd, *answer_mode, *loss_avg, *adv_norm;
-    const char *chat_template, *metrics, *plot, *lr_sched, *device;
+    const char *chat_template, *metrics, *plot, *lr_sched, *device, *samples;
     ds_strlist require;
     int64_t steps, seed;
     int group, batch, epochs, mini, micro, max_new, top_k, gen_batch, length_cache, save_every, eval_every, log_every, threads;
@@ -114,6 +115,10 @@ static int run(void) {
                             .avg = strcmp(A.loss_avg, "token") ? DS_GRPO_AVG_SEQUENCE : DS_GRPO_AVG_TOKEN};
     o.scale_std = !strcmp(A.adv_norm, "std"), o.mask_truncated = A.mask_truncated, o.seed = (uint64_t)A.seed;
     if (!rc) rc = ds_rl_create(&rl, &o, s.model, ref, tok, &train, A.eval_prompts ? &eval : NULL, rw, nrw);
+    FILE *samples = NULL;
+    if (!rc && A.samples && !(samples = ds_is_stdio(A.samples) ? stdout : fopen(A.samples, A.resume ? "a" : "w")))
+        rc = ds_fail(DS_ERR, "cannot write: %s: %s", strerror(errno), A.samples);
+    if (!rc && samples) ds_rl_set_samples(rl, samples, A.samples);
     ds_train_opts to;
     ds_train_opts_defaults(&to);
     to.total_steps = A.steps, to.seq_len = T, to.micro_batch = A.micro, to.seed = (uint64_t)A.seed, to.log_every = 0;
@@ -154,6 +159,7 @@ static int run(void) {
     if (rc == DS_EUSAGE) rc = ds_usage_error("%s", ds_errmsg());
     else if (rc) ds_tool_report(rc);
     ds_rl_free(rl);
+    if (samples && samples != stdout) fclose(samples);
     ds_model_free(ref);
     ds_session_close(&s);
     ds_rewards_free(rw, nrw);
@@ -207,6 +213,7 @@ int main(int argc, char **argv) {
         {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads (0 = all cores)", 0, 0, 4096},
         {"metrics", 0, DS_OPT_STR, &A.metrics, "FILE.jsonl", "one JSON object per step and per evaluation ('-' = stdout)"},
         {"plot", 0, DS_OPT_STR, &A.plot, "FILE.png", "draw the reward and accuracy curves at the end"},
+        {"samples", 0, DS_OPT_STR, &A.samples, "FILE.jsonl", "write every completion with its rewards and advantage ('-' = stdout)"},
         {"save-every", 0, DS_OPT_INT, &A.save_every, "N", "checkpoint every N steps (and always at the end)", 0, 0, 1e9},
         {"resume", 0, DS_OPT_STR, &A.resume, "DIR", "continue the run saved in DIR (bit-identical on the same machine and threads)"},
         {"log-every", 0, DS_OPT_INT, &A.log_every, "N", "print a line every N steps (0 = none)", 0, 0, 1e9},

@@ -129,6 +129,8 @@ struct ds_rl {
     int generated;
     ds_rl_report rep;
     /* reporting */
+    FILE *samples;
+    const char *samples_where;
     ds_metrics *metrics;
     int64_t total_steps;
     dvec h_step, h_reward, e_step, e_reward, e_acc;
@@ -358,6 +360,38 @@ static int finish_batch(ds_rl *r, int with_reference) {
     return 0;
 }
 
+/* One line per completion of the batch just drawn (--samples). */
+static int write_samples(ds_rl *r) {
+    ds_jsonw w;
+    ds_jsonw_init(&w);
+    int rc = 0;
+    for (int i = 0; i < r->N && !rc; i++) {
+        const rollout *ro = &r->cur.ro[i];
+        ds_jsonw_reset(&w);
+        ds_jsonw_obj_begin(&w);
+        ds_jsonw_kint(&w, "batch", r->batches);
+        ds_jsonw_kint(&w, "index", i);
+        ds_jsonw_kint(&w, "prompt_line", r->train->p[ro->prompt].line);
+        ds_jsonw_key(&w, "completion");
+        if (ro->text) ds_jsonw_strn(&w, ro->text, ro->text_len);
+        else ds_jsonw_null(&w);
+        ds_jsonw_kstr(&w, "finish_reason", ds_finish_name(ro->finish));
+        ds_jsonw_kint(&w, "tokens", ro->n);
+        ds_jsonw_knum(&w, "reward", r->cur.total[i]);
+        for (int k = 0; k < r->n_rewards; k++) ds_jsonw_knum(&w, r->rewards[k]->name, r->cur.parts[(size_t)k * r->N + i]);
+        ds_jsonw_knum(&w, "advantage", r->adv[i]);
+        ds_jsonw_obj_end(&w);
+        rc = ds_jsonw_emit_line(&w, r->samples, r->samples_where);
+    }
+    ds_jsonw_free(&w);
+    return rc;
+}
+
+void ds_rl_set_samples(ds_rl *r, FILE *f, const char *where) {
+    r->samples = f;
+    r->samples_where = where;
+}
+
 static int new_batch(ds_rl *r) {
     const int G = r->o.group, P = r->o.prompts_per_batch;
     for (int i = 0; i < r->N; i++) r->cur.ro[i].prompt = prompt_at(r, r->batches * P + i / G);
@@ -376,6 +410,7 @@ static int new_batch(ds_rl *r) {
     DS_TRY(finish_batch(r, 1));
     r->rollout_failed = 0;
     r->batches++;
+    if (r->samples) DS_TRY(write_samples(r));
     r->rep.batches = r->batches;
     r->served = 0;
     r->generated = 1;

@@ -24,6 +24,7 @@
 #define DS_RL_RL_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "core/jsonw.h"
 #include "infer/sampler.h"
@@ -73,6 +74,10 @@ int ds_rl_reference(ds_model **out, ds_model *policy, const char *from, int micr
 
 /* Print the run's shape (rollouts, update, rewards) on stderr and add it to a configuration record. */
 void ds_rl_describe(const ds_rl *r, ds_jsonw *w);
+
+/* Write every completion of each rollout batch as one JSON line to f ({"batch", "index", "prompt_line",
+ * "completion", "finish_reason", "tokens", "reward", one key per reward, "advantage"}); NULL: none. */
+void ds_rl_set_samples(ds_rl *r, FILE *f, const char *where);
 
 /* The trainer's pieces (owned by r). */
 ds_data_source *ds_rl_source(ds_rl *r);
