@@ -18,11 +18,11 @@ static struct {
     const char *chat_template, *metrics, *plot, *lr_sched, *device, *samples;
     ds_strlist require;
     int64_t steps, seed;
-    int group, batch, epochs, mini, micro, max_new, top_k, gen_batch, length_cache, save_every, eval_every, log_every, threads;
+    int group, batch, epochs, mini, micro, max_new, top_k, gen_batch, length_cache, save_every, eval_every, eval_samples, log_every, threads;
     int chat, mask_truncated, quiet, verbose;
-    double kl, clip, clip_high, temperature, top_p, lr, wd, clip_grad, reward_timeout;
+    double kl, clip, clip_high, temperature, top_p, lr, wd, clip_grad, reward_timeout, eval_temperature, beta1, beta2;
 } A = {.group = 8, .batch = 8, .epochs = 1, .mini = 1, .max_new = 64, .kl = 0.04, .clip = 0.2, .clip_high = -1, .temperature = 1,
-       .top_p = 1, .lr = 1e-6, .clip_grad = 1, .reward_timeout = 300, .answer_mode = "number", .loss_avg = "sequence",
+       .top_p = 1, .lr = 1e-6, .beta1 = 0.9, .beta2 = 0.999, .clip_grad = 1, .reward_timeout = 300, .answer_mode = "number", .loss_avg = "sequence",
        .adv_norm = "std", .seed = 1, .log_every = 1, .device = "cpu"};
 
 static char *config_record(const ds_session *s, const ds_rl *rl, const ds_train_opts *to) {
@@ -42,9 +42,12 @@ static char *config_record(const ds_session *s, const ds_rl *rl, const ds_train_
     ds_jsonw_kint(&w, "steps", to->total_steps);
     char d[512];
     ds_sched_describe(&to->lr, d, sizeof d);
-    ds_info("lr      %s, weight decay %g, gradient clip %g", d, to->adamw.weight_decay, to->clip_norm);
+    ds_info("lr      %s, AdamW betas %g/%g, weight decay %g, gradient clip %g", d, to->adamw.beta1, to->adamw.beta2,
+            to->adamw.weight_decay, to->clip_norm);
     ds_jsonw_kstr(&w, "lr", d);
     ds_jsonw_knum_short(&w, "weight_decay", to->adamw.weight_decay);
+    ds_jsonw_knum_short(&w, "beta1", to->adamw.beta1);
+    ds_jsonw_knum_short(&w, "beta2", to->adamw.beta2);
     ds_jsonw_knum_short(&w, "clip_grad", to->clip_norm);
     ds_jsonw_kint(&w, "seed", A.seed);
     ds_jsonw_kint(&w, "threads", ds_threads_get());
@@ -110,6 +113,7 @@ static int run(void) {
     ds_rl_opts_defaults(&o);
     o.group = A.group, o.prompts_per_batch = A.batch, o.epochs = A.epochs, o.mini_batches = A.mini, o.micro_batch = A.micro;
     o.max_new = A.max_new, o.gen_batch = A.gen_batch, o.eval_every = A.eval_every, o.log_every = A.log_every;
+    o.eval_samples = A.eval_samples, o.eval_temperature = A.eval_temperature;
     o.sampling = (ds_sampling){.temperature = A.temperature, .top_k = A.top_k, .top_p = A.top_p, .seed = (uint64_t)A.seed};
     o.loss = (ds_grpo_opts){.eps_low = A.clip, .eps_high = A.clip_high >= 0 ? A.clip_high : A.clip, .beta = A.kl,
                             .avg = strcmp(A.loss_avg, "token") ? DS_GRPO_AVG_SEQUENCE : DS_GRPO_AVG_TOKEN};
@@ -122,7 +126,8 @@ static int run(void) {
     ds_train_opts to;
     ds_train_opts_defaults(&to);
     to.total_steps = A.steps, to.seq_len = T, to.micro_batch = A.micro, to.seed = (uint64_t)A.seed, to.log_every = 0;
-    to.adamw.weight_decay = A.wd, to.clip_norm = A.clip_grad, to.save_every = A.save_every;
+    to.adamw.weight_decay = A.wd, to.adamw.beta1 = A.beta1, to.adamw.beta2 = A.beta2, to.clip_norm = A.clip_grad;
+    to.save_every = A.save_every;
     char lr[32], batch[32];
     snprintf(lr, sizeof lr, "%.17g", A.lr);
     snprintf(batch, sizeof batch, "%d", rows);
@@ -204,9 +209,13 @@ int main(int argc, char **argv) {
         {"chat-template", 0, DS_OPT_STR, &A.chat_template, "FILE", "chat template (default: built in, share/chat_template)"},
         {"eval-prompts", 0, DS_OPT_STR, &A.eval_prompts, "FILE", "held-out prompts: greedy accuracy at the start, every --eval-every, at the end"},
         {"eval-every", 0, DS_OPT_INT, &A.eval_every, "N", "evaluate every N steps (0 = start and end only)", 0, 0, 1e9},
+        {"eval-samples", 0, DS_OPT_INT, &A.eval_samples, "K", "also K sampled completions per eval prompt (accuracy at --temperature)", 0, 0, 1e6},
+        {"eval-temperature", 0, DS_OPT_FLOAT, &A.eval_temperature, "T", "temperature of those samples (0 = --temperature)", 0, 0, 1e6},
         {"lr", 0, DS_OPT_FLOAT, &A.lr, "LR", "learning rate (DeepSeekMath's GRPO: 1e-6)", 0, 0, 10},
         {"lr-schedule", 0, DS_OPT_STR, &A.lr_sched, "SPEC", "schedule as in ds-pretrain (default: constant --lr)"},
         {"weight-decay", 0, DS_OPT_FLOAT, &A.wd, "WD", "AdamW weight decay", 0, 0, 10},
+        {"beta1", 0, DS_OPT_FLOAT, &A.beta1, "B1", "AdamW beta1", 0, 0, 1},
+        {"beta2", 0, DS_OPT_FLOAT, &A.beta2, "B2", "AdamW beta2 (pretraining's 0.95 follows noisy RL gradients too closely)", 0, 0, 1},
         {"clip-grad", 0, DS_OPT_FLOAT, &A.clip_grad, "NORM", "clip gradients to this global norm (0 = off)", 0, 0, 1e9},
         {"ref", 0, DS_OPT_STR, &A.ref, "CKPT", "reference policy (default: -m; needed with --resume)"},
         {"seed", 0, DS_OPT_I64, &A.seed, "S", "seed of the prompt order and the sampling", 0, 0, 9.2e18},
@@ -231,11 +240,11 @@ int main(int argc, char **argv) {
                    "maximise the clipped surrogate with a KL penalty to the frozen starting policy. One line per step; "
                    "metrics named as in TRL/verl (docs/METRICS.md). Exit codes: 0 done, 1 error (a failing reward "
                    "program saves the last completed step first), 2 usage, 3 diverged, 130/143 stopped after saving.",
-        .example = "  awk -f share/demo/tasks.awk -v kind=prompts -v n=2000 -v seed=1 > train.jsonl\n"
-                   "  awk -f share/demo/tasks.awk -v kind=prompts -v n=200 -v seed=2 > heldout.jsonl\n"
-                   "  ds-rl -m ckpt/sft --prompts train.jsonl --eval-prompts heldout.jsonl -o ckpt/rl --steps 100 \\\n"
-                   "      --group 8 --batch 8 --reward answer:1,format:0.1 --format-require 'The answer is' \\\n"
-                   "      --lr 1e-5 --max-new 24 --metrics rl.jsonl --plot rl.png\n"
+        .example = "  awk -f share/demo/tasks.awk -v kind=prompts -v n=4000 -v seed=1 > train.jsonl\n"
+                   "  awk -f share/demo/tasks.awk -v kind=prompts -v n=300 -v seed=2 > heldout.jsonl\n"
+                   "  ds-rl -m ckpt/sft --prompts train.jsonl --eval-prompts heldout.jsonl --eval-samples 4 -o ckpt/rl \\\n"
+                   "      --steps 100 --group 8 --batch 16 --max-new 24 --lr 1e-4 --lr-schedule 'linear:0@0,1e-4@20' \\\n"
+                   "      --metrics rl.jsonl --plot rl.png       (share/demo/rl_arith.sh runs it end to end)\n"
                    "  ds-rl -m ckpt/sft --prompts p.jsonl -o ckpt/rl --steps 50 --reward-cmd 'python3 score.py'",
         .opts = opts,
     };

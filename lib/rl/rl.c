@@ -133,7 +133,7 @@ struct ds_rl {
     const char *samples_where;
     ds_metrics *metrics;
     int64_t total_steps;
-    dvec h_step, h_reward, e_step, e_reward, e_acc;
+    dvec h_step, h_reward, e_step, e_reward, e_acc, e_sacc;
     ds_bytes dec;
 };
 
@@ -487,6 +487,7 @@ static void src_state_write(const ds_data_source *s, ds_jsonw *w) {
     write_dvec(w, "eval_step", &r->e_step);
     write_dvec(w, "eval_reward", &r->e_reward);
     write_dvec(w, "eval_accuracy", &r->e_acc);
+    write_dvec(w, "eval_sampled", &r->e_sacc);
     ds_jsonw_obj_end(w);
     /* a checkpoint inside a rollout batch carries the batch: its sampling weights are gone */
     if (r->batches > 0 && r->served < (int64_t)r->o.epochs * r->N) {
@@ -556,6 +557,7 @@ static int src_state_read(ds_data_source *s, const void *json, const char *where
         DS_TRY(read_dvec(h, "eval_step", &r->e_step, where));
         DS_TRY(read_dvec(h, "eval_reward", &r->e_reward, where));
         DS_TRY(read_dvec(h, "eval_accuracy", &r->e_acc, where));
+        DS_TRY(read_dvec(h, "eval_sampled", &r->e_sacc, where));
     }
     const int64_t per_batch = (int64_t)r->o.epochs * r->N;
     if (r->batches == 0 || r->served >= per_batch) {
@@ -726,45 +728,62 @@ void ds_rl_hooks(ds_rl *r, ds_train_hooks *h, ds_metrics *metrics, int64_t total
     r->total_steps = total_steps;
 }
 
-int ds_rl_evaluate(ds_rl *r, ds_rl_eval *out) {
-    memset(out, 0, sizeof *out);
-    out->accuracy = NAN;
-    if (!r->eval) return 0;
-    double t0 = ds_now();
+/* Complete k completions of every eval prompt with sp and score them: mean reward, accuracy, length. */
+static int eval_pass(ds_rl *r, const ds_sampling *sp, int k, double *reward, double *acc, double *len) {
     scored s;
-    DS_TRY(scored_init(&s, r->eval->n, r->n_rewards, r->o.max_new, 0));
-    for (int i = 0; i < s.n; i++) s.ro[i].prompt = i;
-    ds_sampling greedy = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = r->o.sampling.seed};
-    int rc = generate(r, &s, r->eval, 0, &greedy);
-    if (!rc) rc = score(r, &s, r->eval, 0);
-    if (rc) ds_fail_ctx(rc, "evaluation");
+    DS_TRY(scored_init(&s, r->eval->n * k, r->n_rewards, r->o.max_new, 0));
+    for (int i = 0; i < s.n; i++) s.ro[i].prompt = i / k;
+    /* sequence ids of their own, the same at every evaluation: the draws are common to all of them, so
+     * the difference between two evaluations is the policy's, not the dice's */
+    int rc = generate(r, &s, r->eval, (uint64_t)1 << 62, sp);
+    if (!rc) rc = score(r, &s, r->eval, k);
     if (!rc) {
-        double sum = 0, acc = 0, len = 0;
+        double sum = 0, a = 0, l = 0;
         for (int i = 0; i < s.n; i++) {
             sum += s.total[i];
-            len += s.ro[i].n;
-            if (r->answer_k >= 0) acc += s.parts[(size_t)r->answer_k * s.n + i];
+            l += s.ro[i].n;
+            if (r->answer_k >= 0) a += s.parts[(size_t)r->answer_k * s.n + i];
         }
-        out->n = s.n;
-        out->reward = sum / s.n;
-        out->mean_length = len / s.n;
-        if (r->answer_k >= 0) out->accuracy = acc / s.n;
-        out->seconds = ds_now() - t0;
+        *reward = sum / s.n;
+        *len = l / s.n;
+        *acc = r->answer_k >= 0 ? a / s.n : NAN;
     }
     scored_free(&s);
     return rc;
+}
+
+int ds_rl_evaluate(ds_rl *r, ds_rl_eval *out) {
+    memset(out, 0, sizeof *out);
+    out->accuracy = out->sampled_accuracy = out->sampled_reward = NAN;
+    if (!r->eval) return 0;
+    double t0 = ds_now(), len2;
+    ds_sampling greedy = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = r->o.sampling.seed};
+    int rc = eval_pass(r, &greedy, 1, &out->reward, &out->accuracy, &out->mean_length);
+    if (!rc && r->o.eval_samples > 0) {
+        ds_sampling sp = r->o.sampling;
+        if (r->o.eval_temperature > 0) sp.temperature = r->o.eval_temperature;
+        rc = eval_pass(r, &sp, r->o.eval_samples, &out->sampled_reward, &out->sampled_accuracy, &len2);
+    }
+    if (rc) return ds_fail_ctx(rc, "evaluation");
+    out->n = r->eval->n;
+    out->seconds = ds_now() - t0;
+    return 0;
 }
 
 int ds_rl_evaluate_at(ds_rl *r, int64_t step) {
     if (!r->eval) return 0;
     ds_rl_eval e;
     DS_TRY(ds_rl_evaluate(r, &e));
-    char acc[64] = "";
+    char acc[64] = "", smp[96] = "";
     if (!isnan(e.accuracy)) snprintf(acc, sizeof acc, "accuracy %.3f (%.0f/%d) | ", e.accuracy, e.accuracy * e.n, e.n);
-    ds_info("eval at step %lld: %sreward %.3f | len %.1f | %.2fs", (long long)step, acc, e.reward, e.mean_length, e.seconds);
+    if (!isnan(e.sampled_reward))
+        snprintf(smp, sizeof smp, "sampled (%d each):%s%.3f reward %.3f | ", r->o.eval_samples, isnan(e.sampled_accuracy) ? "" : " accuracy ",
+                 isnan(e.sampled_accuracy) ? e.sampled_reward : e.sampled_accuracy, e.sampled_reward);
+    ds_info("eval at step %lld: %sreward %.3f | %slen %.1f | %.2fs", (long long)step, acc, e.reward, smp, e.mean_length, e.seconds);
     DS_TRY(dvec_push(&r->e_step, (double)step));
     DS_TRY(dvec_push(&r->e_reward, e.reward));
     DS_TRY(dvec_push(&r->e_acc, e.accuracy));
+    DS_TRY(dvec_push(&r->e_sacc, isnan(e.sampled_accuracy) ? e.sampled_reward : e.sampled_accuracy));
     if (!r->metrics) return 0;
     ds_jsonw w;
     ds_jsonw_init(&w);
@@ -773,6 +792,11 @@ int ds_rl_evaluate_at(ds_rl *r, int64_t step) {
     ds_jsonw_kint(&w, "eval/n", e.n);
     ds_jsonw_knum_short(&w, "eval/reward", e.reward);
     if (!isnan(e.accuracy)) ds_jsonw_knum_short(&w, "eval/accuracy", e.accuracy);
+    if (!isnan(e.sampled_reward)) {
+        ds_jsonw_kint(&w, "eval/samples", r->o.eval_samples);
+        ds_jsonw_knum_short(&w, "eval/sampled_reward", e.sampled_reward);
+        if (!isnan(e.sampled_accuracy)) ds_jsonw_knum_short(&w, "eval/sampled_accuracy", e.sampled_accuracy);
+    }
     ds_jsonw_knum_short(&w, "eval/mean_length", e.mean_length);
     ds_jsonw_knum_short(&w, "eval/seconds", e.seconds);
     ds_jsonw_obj_end(&w);
@@ -782,12 +806,16 @@ int ds_rl_evaluate_at(ds_rl *r, int64_t step) {
 }
 
 int ds_rl_plot(const ds_rl *r, const char *png_path, const char *title) {
-    ds_series s[3];
-    int ns = 0, have_acc = 0;
+    ds_series s[4];
+    int ns = 0, have_acc = 0, have_sampled = 0;
     for (int i = 0; i < r->e_acc.n; i++) have_acc |= !isnan(r->e_acc.v[i]);
+    for (int i = 0; i < r->e_sacc.n; i++) have_sampled |= !isnan(r->e_sacc.v[i]);
     if (r->h_step.n) s[ns++] = (ds_series){.name = "rollout reward (mean)", .x = r->h_step.v, .y = r->h_reward.v, .n = r->h_step.n, .color = 0x1f77b4};
-    if (r->e_step.n) s[ns++] = (ds_series){.name = "eval reward", .x = r->e_step.v, .y = r->e_reward.v, .n = r->e_step.n, .color = 0xff7f0e, .marker = 1};
-    if (have_acc) s[ns++] = (ds_series){.name = "eval accuracy", .x = r->e_step.v, .y = r->e_acc.v, .n = r->e_step.n, .color = 0x2ca02c, .marker = 1};
+    if (r->e_step.n && !have_acc) s[ns++] = (ds_series){.name = "eval reward (greedy)", .x = r->e_step.v, .y = r->e_reward.v, .n = r->e_step.n, .color = 0xff7f0e, .marker = 1};
+    if (have_acc) s[ns++] = (ds_series){.name = "eval accuracy (greedy)", .x = r->e_step.v, .y = r->e_acc.v, .n = r->e_step.n, .color = 0x2ca02c, .marker = 1};
+    if (have_sampled)
+        s[ns++] = (ds_series){.name = have_acc ? "eval accuracy (sampled)" : "eval reward (sampled)", .x = r->e_step.v, .y = r->e_sacc.v,
+                              .n = r->e_step.n, .color = 0xd62728, .marker = 1};
     if (!ns) return ds_fail(DS_ERR, "plot: nothing to draw yet: %s", png_path);
     ds_line_chart c = {.width = 900, .height = 540, .title = title ? title : "GRPO", .xlabel = "step",
                        .ylabel = "reward / accuracy", .series = s, .n_series = ns};
@@ -807,7 +835,9 @@ void ds_rl_describe(const ds_rl *r, ds_jsonw *w) {
     for (int k = 0; k < r->n_rewards && n < sizeof rw; k++)
         n += (size_t)snprintf(rw + n, sizeof rw - n, "%s%s:%g", k ? "," : "", r->rewards[k]->name, r->rewards[k]->weight);
     ds_info("prompts %d from %s (longest %d tokens)%s", r->train->n, r->train->where, r->train->max_ids, r->eval ? "" : ", no evaluation set");
-    if (r->eval) ds_info("eval    %d from %s, greedy, every %d steps and at the end", r->eval->n, r->eval->where, o->eval_every);
+    if (r->eval)
+        ds_info("eval    %d from %s, greedy%s, at the start, every %d steps and at the end", r->eval->n, r->eval->where,
+                o->eval_samples > 0 ? " and sampled" : "", o->eval_every);
     ds_info("rollout %d prompts x %d completions = %d per batch, up to %d new tokens, temperature %g top-k %d top-p %g, "
             "%d decoded together; rows of %d tokens", o->prompts_per_batch, o->group, r->N, o->max_new, o->sampling.temperature,
             o->sampling.top_k, o->sampling.top_p, o->gen_batch, r->T);
@@ -838,6 +868,8 @@ void ds_rl_describe(const ds_rl *r, ds_jsonw *w) {
     ds_jsonw_kbool(w, "mask_truncated", o->mask_truncated);
     ds_jsonw_kstr(w, "rewards", rw);
     ds_jsonw_kint(w, "eval_every", o->eval_every);
+    ds_jsonw_kint(w, "eval_samples", o->eval_samples);
+    ds_jsonw_knum_short(w, "eval_temperature", o->eval_temperature > 0 ? o->eval_temperature : o->sampling.temperature);
 }
 
 /* ---- set-up ---- */
@@ -880,7 +912,7 @@ void ds_rl_free(ds_rl *r) {
     free(r->adv), free(r->group_std), free(r->bs.part_mean), free(r->bs.part_std);
     ds_batch_buf_free(&r->rows);
     free(r->order), free(r->step_rows), free(r->perm), free(r->scratch);
-    free(r->h_step.v), free(r->h_reward.v), free(r->e_step.v), free(r->e_reward.v), free(r->e_acc.v);
+    free(r->h_step.v), free(r->h_reward.v), free(r->e_step.v), free(r->e_reward.v), free(r->e_acc.v), free(r->e_sacc.v);
     ds_bytes_free(&r->dec);
     free(r);
 }

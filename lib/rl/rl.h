@@ -49,6 +49,8 @@ typedef struct {
     int scale_std;         /* divide advantages by the group's std (GRPO) — 0: Dr. GRPO */
     int mask_truncated;    /* completions cut by max_new take no part in the loss (DAPO) */
     int eval_every;        /* evaluate every N steps and after the last (0: only then) */
+    int eval_samples;      /* also K sampled completions per eval prompt (0: greedy only) */
+    double eval_temperature; /* their temperature (0: the rollouts') */
     int log_every;         /* a log line every N steps (0: none) */
     uint64_t seed;         /* prompt order */
 } ds_rl_opts;
@@ -86,12 +88,14 @@ int64_t ds_rl_rows_per_step(const ds_rl *r);
 /* Set the trainer's hooks (step_record, after_step, step_ctx) and where eval records go (may be NULL). */
 void ds_rl_hooks(ds_rl *r, ds_train_hooks *h, ds_metrics *metrics, int64_t total_steps);
 
-/* Held-out evaluation: greedy completions of every eval prompt, scored with the run's rewards. */
+/* Held-out evaluation: a greedy completion of every eval prompt, and with eval_samples = K also K sampled
+ * ones (rollout settings, eval_temperature; draws fixed across evaluations), scored with the run's rewards. */
 typedef struct {
-    int n;
-    double reward;       /* mean combined reward */
-    double accuracy;     /* mean of the answer reward (NaN when the run has none) */
-    double mean_length;
+    int n;                   /* eval prompts */
+    double reward;           /* greedy: mean combined reward */
+    double accuracy;         /* greedy: mean of the answer reward (NaN when the run has none) */
+    double sampled_reward, sampled_accuracy; /* the same over the K samples per prompt (NaN without) */
+    double mean_length;      /* greedy completion tokens */
     double seconds;
 } ds_rl_eval;
 int ds_rl_evaluate(ds_rl *r, ds_rl_eval *out);

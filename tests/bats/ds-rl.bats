@@ -53,12 +53,12 @@ for line in open(sys.argv[1]):
 @test "a run writes a checkpoint, per-step RL metrics, evaluations and a plot" {
     run --separate-stderr rl -m "$T/base" --prompts "$T/prompts.jsonl" --eval-prompts "$T/eval.jsonl" -o "$BATS_TEST_TMPDIR/ck" \
         --steps 3 --group 4 --batch 2 --max-new 8 --lr 1e-3 --reward answer:1,format:0.5,length:0.1 --format-require "answer is" \
-        --metrics "$BATS_TEST_TMPDIR/m.jsonl" --plot "$BATS_TEST_TMPDIR/rl.png"
+        --eval-samples 2 --metrics "$BATS_TEST_TMPDIR/m.jsonl" --plot "$BATS_TEST_TMPDIR/rl.png"
     echo "$stderr"
     [ "$status" -eq 0 ]
     [ -z "$output" ]
     [[ "$stderr" == *"rollout 2 prompts x 4 completions = 8 per batch"* ]]
-    [[ "$stderr" == *"eval at step 0: accuracy "*"/12)"* ]]
+    [[ "$stderr" == *"eval at step 0: accuracy "*"/12) | reward "*"| sampled (2 each): accuracy "* ]]
     [[ "$stderr" == *"step 1/3 | reward "*"| answer "*"format "*"length "* ]]
     [[ "$stderr" == *"eval at step 3: accuracy"* ]]
     for f in config.json model.safetensors tokenizer.json trainer_state.json optimizer.safetensors; do
@@ -74,6 +74,7 @@ assert cfg["tool"] == "ds-rl" and cfg["group"] == 4 and cfg["rows_per_step"] == 
 evals = [r for r in recs if "eval/reward" in r]
 steps = [r for r in recs if "loss" in r]
 assert [e["step"] for e in evals] == [0, 3] and all(e["eval/n"] == 12 for e in evals)
+assert all(e["eval/samples"] == 2 and 0 <= e["eval/sampled_accuracy"] <= 1 for e in evals)
 assert [s["step"] for s in steps] == [1, 2, 3] and [s["rollout_batch"] for s in steps] == [1, 2, 3]
 need = ["loss", "loss_pg", "loss_kl", "reward", "reward_std", "frac_reward_zero_std", "kl", "entropy",
         "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "completions/mean_length",
