@@ -34,7 +34,11 @@ typedef struct {
     double balance_alpha;       /* sequence-wise balance loss weight per micro-batch */
     int micro_batch, seq_len;
     uint64_t seed;
-    int want_entropy;           /* the training forward also gives per-token entropy (RL metrics) */
+    int want_entropy;           /* forward also computes per-token entropy (RL diagnostics) */
+    /* Called with the loaded config before the model is built (ds-extend-ctx sets rope_scaling);
+     * NULL: the config as loaded. A non-zero return stops with that status. */
+    int (*edit_config)(void *ctx, ds_config *cfg);
+    void *edit_ctx;
     /* Per-step hooks handed to the trainer (trainer.h ds_train_hooks); may be set in s->o between
      * ds_session_open and ds_session_start, when what they need exists only after the model does. */
     void (*step_record)(void *ctx, const ds_trainer *t, ds_jsonw *w);

@@ -48,7 +48,7 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if "step" in r:
-        print(json.dumps({k: v for k, v in r.items() if k not in ("ms", "tok_s", "mfu")}, sort_keys=True))
+        print(json.dumps({k: v for k, v in r.items() if k not in ("ms", "cpu_ms", "tok_s", "mfu")}, sort_keys=True))
 ' "$1"; }
 
 @test "--help lists the options with defaults and an example" {
@@ -103,6 +103,19 @@ assert o["lm_head.weight.exp_avg"].shape == (512, 64)
 print(len(w), "tensors")' "$BATS_TEST_TMPDIR/ck"
     echo "$output"
     [ "$status" -eq 0 ]
+}
+
+@test "the pipeline: ds-tokenize encode writes shards, ds-pretrain trains on them" {
+    "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$BATS_TEST_TMPDIR/text/" "$T/prose.txt"
+    run --separate-stderr pretrain --config "$CFG" --data "$BATS_TEST_TMPDIR/text" --tokenizer "$T/tok.json" -o "$BATS_TEST_TMPDIR/ck" \
+        --steps 12 --batch 4 --seq-len 64 --lr 1e-2 --metrics "$BATS_TEST_TMPDIR/m.jsonl"
+    echo "$stderr" | grep -E "^(data|step)"
+    [ "$status" -eq 0 ]
+    [[ "$stderr" == *"data    1 shard(s), "*" tokens, 1 documents, vocabulary 400"* ]]
+    first=$(numbers "$BATS_TEST_TMPDIR/m.jsonl" | head -1 | grep -o '"loss": [0-9.]*' | cut -d' ' -f2)
+    last=$(numbers "$BATS_TEST_TMPDIR/m.jsonl" | tail -1 | grep -o '"loss": [0-9.]*' | cut -d' ' -f2)
+    "$DS_PY" -c "import sys; sys.exit(0 if float(sys.argv[2]) < float(sys.argv[1]) - 1 else 1)" "$first" "$last"
+    cmp "$T/tok.json" "$BATS_TEST_TMPDIR/ck/tokenizer.json"
 }
 
 @test "SIGTERM finishes the step, saves and exits 143; --resume continues bit for bit" {

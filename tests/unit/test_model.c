@@ -6,6 +6,7 @@
 #include "core/err.h"
 #include "core/rng.h"
 #include "model/internal.h"
+#include "model/moe.h"
 #include "model_fixture.h"
 
 #include <math.h>
@@ -101,10 +102,10 @@ static size_t routing_snapshot(ds_model *m, int32_t *dst) {
 static double gradcheck(ds_model *m, batch_t *t, double h, double tol, const char *what) {
     int rc, np, depth = ds_model_mtp_depth(m);
     double L0 = loss_of(m, t, &rc);
-    CHECK(rc == 0 && isfinite(L0), "%s: forward (%s)", what, ds_errmsg());
+    CHECK(rc == 0 && isfinite(L0), "%s: forward%s%s", what, rc ? ": " : "", rc ? ds_errmsg() : "");
     ds_model_zero_grad(m);
     rc = ds_model_backward(m, &t->b, t->cm, depth ? t->cmtp : NULL);
-    CHECK(rc == 0, "%s: backward (%s)", what, ds_errmsg());
+    CHECK(rc == 0, "%s: backward%s%s", what, rc ? ": " : "", rc ? ds_errmsg() : "");
     size_t nr = routing_snapshot(m, NULL);
     int32_t *r0 = malloc(sizeof(int32_t) * (nr + 1)), *r1 = malloc(sizeof(int32_t) * (nr + 1));
     routing_snapshot(m, r0);
@@ -169,7 +170,7 @@ static ds_model *make(const ds_config *c, int B, int T, int recompute, double al
     ds_model_opts o = {.max_batch = B, .max_seq = T, .train = 1, .recompute = recompute, .balance_alpha = alpha};
     ds_model *m = NULL;
     int rc = ds_model_create(&m, c, &o);
-    CHECK(rc == 0, "create (%s)", ds_errmsg());
+    CHECK(rc == 0, "create%s%s", rc ? ": " : "", rc ? ds_errmsg() : "");
     return m;
 }
 
@@ -338,13 +339,151 @@ TEST(smaller_batch_layout) {
     ds_model_free(b);
 }
 
+/* Expert parallelism's seam (moe.h): experts split over two "ranks", each seeing only its own expert
+ * ids (-1 elsewhere), give the outputs and gradients of all experts at once. */
+TEST(experts_split_like_expert_parallelism) {
+    ds_config c;
+    fixture_tiny(&c);
+    ds_model *m = make(&c, 1, 16, 1, 0);
+    if (!m) return;
+    init_generic(m, 8);
+    int n = 16, K = 2, D = c.hidden_size, E = 8, l = 1;
+    float *x = malloc(sizeof(float) * n * D), *dy = malloc(sizeof(float) * n * D), w[32];
+    ds_randn_fill(x, (size_t)n * D, 1, 1, 1.0f);
+    ds_randn_fill(dy, (size_t)n * D, 1, 2, 1.0f);
+    ds_randn_fill(w, 32, 1, 3, 1.0f);
+    int32_t idx[32], ia[32], ib[32];
+    for (int r = 0; r < n; r++) idx[r * K] = (r * 5) % E, idx[r * K + 1] = (r * 5 + 1 + r % 3) % E;
+    for (int s = 0; s < n * K; s++) ia[s] = idx[s] < 4 ? idx[s] : -1, ib[s] = idx[s] >= 4 ? idx[s] - 4 : -1;
+    size_t P = ds_model_num_params(m), nD = (size_t)n * D;
+    float *y = calloc(nD, 4), *dx = calloc(nD, 4), dw[32], *g = malloc(4 * P);
+    float *y2 = calloc(nD, 4), *dx2 = calloc(nD, 4), dwa[32], dwb[32];
+    int32_t load[8], la[4], lb[4];
+    ds_model_zero_grad(m);
+    CHECK(!ds_moe_experts_fwd(m, l, 0, E, x, idx, w, n, y, load), "all experts");
+    ds_moe_experts_bwd(m, l, 0, E, x, idx, w, n, dy, dx, dw);
+    memcpy(g, ds_model_grads(m), 4 * P);
+    ds_model_zero_grad(m);
+    CHECK(!ds_moe_experts_fwd(m, l, 0, 4, x, ia, w, n, y2, la), "rank 0: experts 0-3");
+    ds_moe_experts_bwd(m, l, 0, 4, x, ia, w, n, dy, dx2, dwa);
+    CHECK(!ds_moe_experts_fwd(m, l, 4, 4, x, ib, w, n, y2, lb), "rank 1: experts 4-7");
+    ds_moe_experts_bwd(m, l, 4, 4, x, ib, w, n, dy, dx2, dwb);
+    double ey = 0, ex = 0, ew = 0, eg = 0;
+    for (size_t i = 0; i < nD; i++) ey = fmax(ey, fabs(y[i] - y2[i])), ex = fmax(ex, fabs(dx[i] - dx2[i]));
+    for (int s = 0; s < n * K; s++) ew = fmax(ew, fabs(dw[s] - (idx[s] < 4 ? dwa[s] : dwb[s])));
+    for (size_t i = 0; i < P; i++) eg = fmax(eg, fabs(g[i] - ds_model_grads(m)[i]));
+    int lok = 1;
+    for (int e = 0; e < 4; e++) lok &= load[e] == la[e] && load[4 + e] == lb[e];
+    CHECK(ey < 1e-5 && ex < 1e-5 && ew < 1e-5 && eg < 1e-5 && lok,
+          "split = whole: y %.1e, dx %.1e, dw %.1e, weight grads %.1e, loads", ey, ex, ew, eg);
+    free(x), free(dy), free(y), free(dx), free(g), free(y2), free(dx2);
+    ds_model_free(m);
+}
+
+/* keep_logits: the logits are there (their log-softmax at the targets is logp), and the backward that
+ * reuses them instead of recomputing gives the same gradients. */
+TEST(keep_logits) {
+    ds_config c;
+    fixture_tiny(&c);
+    ds_model_opts o = {.max_batch = 2, .max_seq = 12, .train = 1, .recompute = 1, .keep_logits = 1};
+    ds_model *a = NULL, *b = make(&c, 2, 12, 1, 0);
+    CHECK(!ds_model_create(&a, &c, &o), "create with keep_logits");
+    if (!a || !b) return;
+    init_generic(a, 9);
+    init_generic(b, 9);
+    batch_t t;
+    batch_make(&t, 2, 12, c.vocab_size, 1, 4, 0);
+    ds_fwd_out oa, ob;
+    CHECK(!ds_model_forward(a, &t.b, &oa) && !ds_model_forward(b, &t.b, &ob), "forwards");
+    double worst = 0;
+    for (int i = 0; i < 24; i++) {
+        const float *z = oa.logits + (size_t)i * c.vocab_size;
+        double mx = -INFINITY, s = 0;
+        for (int j = 0; j < c.vocab_size; j++) mx = fmax(mx, z[j]);
+        for (int j = 0; j < c.vocab_size; j++) s += exp(z[j] - mx);
+        double want = t.tgt[i] >= 0 ? z[t.tgt[i]] - mx - log(s) : 0.0;
+        worst = fmax(worst, fabs(want - oa.logp[i]));
+    }
+    CHECK(worst < 2e-6 && ob.logits == NULL, "logits kept: log-softmax at the targets = logp (%.1e); NULL otherwise",
+          worst);
+    CHECK(!ds_model_backward(a, &t.b, t.cm, t.cmtp) && !ds_model_backward(b, &t.b, t.cm, t.cmtp), "backwards");
+    double eg = 0, ng = 0;
+    for (size_t i = 0; i < ds_model_num_params(a); i++) {
+        double x = ds_model_grads(a)[i], y = ds_model_grads(b)[i];
+        eg += (x - y) * (x - y), ng += y * y;
+    }
+    CHECK(sqrt(eg / ng) < 1e-6, "same gradients without the head's recomputation (rel %.1e)", sqrt(eg / ng));
+    batch_free(&t);
+    ds_model_free(a), ds_model_free(b);
+}
+
+/* RoPE makes attention depend on position differences only: explicit positions equal to the defaults give
+ * the same outputs, and shifting every position by a constant changes them by rounding only. */
+TEST(explicit_positions) {
+    ds_config c;
+    fixture_tiny(&c);
+    fixture_yarn(&c, 4.0, 32, 1.0, 1.0);
+    ds_model_opts o = {.max_batch = 2, .max_seq = 12};
+    ds_model *m = NULL;
+    CHECK(!ds_model_create(&m, &c, &o), "create");
+    if (!m) return;
+    init_generic(m, 10);
+    batch_t t;
+    batch_make(&t, 2, 12, c.vocab_size, 1, 6, 0);
+    ds_fwd_out out;
+    float base[24], mtp[24];
+    CHECK(!ds_model_forward(m, &t.b, &out), "default positions");
+    memcpy(base, out.logp, sizeof base), memcpy(mtp, out.mtp_logp, sizeof mtp);
+    int32_t pos[24];
+    for (int i = 0; i < 24; i++) pos[i] = i % 12;
+    t.b.pos = pos;
+    CHECK(!ds_model_forward(m, &t.b, &out) && same_floats(base, out.logp, 24) && same_floats(mtp, out.mtp_logp, 24),
+          "explicit 0..T-1 = default");
+    for (int i = 0; i < 24; i++) pos[i] = i % 12 + 1000;
+    CHECK(!ds_model_forward(m, &t.b, &out), "shifted by 1000");
+    double worst = 0;
+    for (int i = 0; i < 24; i++) worst = fmax(worst, fabs(out.logp[i] - base[i]));
+    CHECK(worst < 2e-4, "a constant shift changes log-probs by rounding only: %.1e", worst);
+    pos[5] = -1;
+    CHECK(ds_model_forward(m, &t.b, &out) == DS_ERR && strstr(ds_errmsg(), "negative position -1"), "%s", ds_errmsg());
+    t.b.pos = NULL;
+    batch_free(&t);
+    ds_model_free(m);
+}
+
+/* share/configs/deepseek-v3-671b.json (io's) loads, plans, and its counts agree with io's. */
+TEST(plan_671b_from_share_config) {
+    const char *root = getenv("DS_ROOT");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/share/configs/deepseek-v3-671b.json", root ? root : ".");
+    ds_config c;
+    if (ds_config_load_file(&c, path)) {
+        CHECK(0, "load share/configs/deepseek-v3-671b.json: %s", ds_errmsg());
+        return;
+    }
+    ds_model_opts o = {.max_batch = 1, .max_seq = 4096, .train = 1, .recompute = 1};
+    ds_mem_plan p;
+    ds_param_counts pc;
+    ds_config_counts(&c, &pc);
+    int rc = ds_model_plan(&c, &o, &p);
+    CHECK(rc == 0, "plan%s%s", rc ? ": " : "", rc ? ds_errmsg() : "");
+    int64_t mtp_bias = (int64_t)c.num_nextn_predict_layers * c.n_routed_experts;
+    CHECK(pc.total == p.n_params_main + p.n_expert_bias - mtp_bias && pc.mtp == p.n_params_mtp + mtp_bias,
+          "config counts (total %lld, mtp %lld) = the parameter table's", (long long)pc.total, (long long)pc.mtp);
+    CHECK(p.total_bytes == p.params_bytes + p.grads_bytes + p.optimizer_bytes + p.activation_bytes &&
+              p.total_bytes > (size_t)10000 << 30,
+          "%.1f TiB to train on one device", p.total_bytes / 1099511627776.0);
+    ds_config_free(&c);
+}
+
 /* The V3 shape: plans memory and counts parameters without allocating them. */
 TEST(plan_671b) {
     ds_config c;
     fixture_671b(&c);
     ds_model_opts o = {.max_batch = 1, .max_seq = 4096, .train = 1, .recompute = 1};
     ds_mem_plan p;
-    CHECK(!ds_model_plan(&c, &o, &p), "plan (%s)", ds_errmsg());
+    int prc = ds_model_plan(&c, &o, &p);
+    CHECK(prc == 0, "plan%s%s", prc ? ": " : "", prc ? ds_errmsg() : "");
     /* spec 1.3: main model 671.03B (its gate biases included), MTP module 11.61B unique parameters */
     double main_b = (p.n_params_main + p.n_expert_bias - 256.0) / 1e9, mtp_b = (p.n_params_mtp + 256.0) / 1e9;
     CHECK(fabs(main_b - 671.03) < 0.01, "main model %.3fB parameters", main_b);
