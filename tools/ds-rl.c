@@ -45,10 +45,10 @@ static char *config_record(const ds_session *s, const ds_rl *rl, const ds_train_
     ds_info("lr      %s, AdamW betas %g/%g, weight decay %g, gradient clip %g", d, to->adamw.beta1, to->adamw.beta2,
             to->adamw.weight_decay, to->clip_norm);
     ds_jsonw_kstr(&w, "lr", d);
-    ds_jsonw_knum_short(&w, "weight_decay", to->adamw.weight_decay);
-    ds_jsonw_knum_short(&w, "beta1", to->adamw.beta1);
-    ds_jsonw_knum_short(&w, "beta2", to->adamw.beta2);
-    ds_jsonw_knum_short(&w, "clip_grad", to->clip_norm);
+    ds_train_knum(&w, "weight_decay", to->adamw.weight_decay);
+    ds_train_knum(&w, "beta1", to->adamw.beta1);
+    ds_train_knum(&w, "beta2", to->adamw.beta2);
+    ds_train_knum(&w, "clip_grad", to->clip_norm);
     ds_jsonw_kint(&w, "seed", A.seed);
     ds_jsonw_kint(&w, "threads", ds_threads_get());
     if (s->resumed_step >= 0) ds_jsonw_kint(&w, "resumed_from_step", s->resumed_step);

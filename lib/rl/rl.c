@@ -652,38 +652,38 @@ static void step_record(void *ctx, const ds_trainer *t, ds_jsonw *w) {
     char key[80];
     ds_jsonw_kint(w, "rollout_batch", r->batches);
     ds_jsonw_kint(w, "epoch", (r->served - 1) / r->N);
-    ds_jsonw_knum_short(w, "reward", b->reward_mean);
-    ds_jsonw_knum_short(w, "reward_std", b->reward_std);
+    ds_train_knum(w, "reward", b->reward_mean);
+    ds_train_knum(w, "reward_std", b->reward_std);
     for (int k = 0; k < r->n_rewards; k++) {
         snprintf(key, sizeof key, "rewards/%s/mean", r->rewards[k]->name);
-        ds_jsonw_knum_short(w, key, b->part_mean[k]);
+        ds_train_knum(w, key, b->part_mean[k]);
         snprintf(key, sizeof key, "rewards/%s/std", r->rewards[k]->name);
-        ds_jsonw_knum_short(w, key, b->part_std[k]);
+        ds_train_knum(w, key, b->part_std[k]);
     }
-    ds_jsonw_knum_short(w, "frac_reward_zero_std", b->frac_zero_std);
-    ds_jsonw_knum_short(w, "kl", safe_div(s->kl_sum, (double)s->tokens));
-    ds_jsonw_knum_short(w, "entropy", safe_div(s->entropy_sum, (double)s->entropy_tokens));
-    ds_jsonw_knum_short(w, "clip_ratio/low_mean", safe_div((double)s->clip_low, (double)s->tokens));
-    ds_jsonw_knum_short(w, "clip_ratio/high_mean", safe_div((double)s->clip_high, (double)s->tokens));
-    ds_jsonw_knum_short(w, "clip_ratio/region_mean", safe_div((double)(s->clip_low + s->clip_high), (double)s->tokens));
-    ds_jsonw_knum_short(w, "ratio/min", s->tokens ? s->ratio_min : NAN);
-    ds_jsonw_knum_short(w, "ratio/max", s->tokens ? s->ratio_max : NAN);
-    ds_jsonw_knum_short(w, "completions/mean_length", b->len_mean);
-    ds_jsonw_knum_short(w, "completions/min_length", b->len_min);
-    ds_jsonw_knum_short(w, "completions/max_length", b->len_max);
-    ds_jsonw_knum_short(w, "completions/mean_terminated_length", b->len_term_mean);
-    ds_jsonw_knum_short(w, "completions/clipped_ratio", b->clipped_ratio);
+    ds_train_knum(w, "frac_reward_zero_std", b->frac_zero_std);
+    ds_train_knum(w, "kl", safe_div(s->kl_sum, (double)s->tokens));
+    ds_train_knum(w, "entropy", safe_div(s->entropy_sum, (double)s->entropy_tokens));
+    ds_train_knum(w, "clip_ratio/low_mean", safe_div((double)s->clip_low, (double)s->tokens));
+    ds_train_knum(w, "clip_ratio/high_mean", safe_div((double)s->clip_high, (double)s->tokens));
+    ds_train_knum(w, "clip_ratio/region_mean", safe_div((double)(s->clip_low + s->clip_high), (double)s->tokens));
+    ds_train_knum(w, "ratio/min", s->tokens ? s->ratio_min : NAN);
+    ds_train_knum(w, "ratio/max", s->tokens ? s->ratio_max : NAN);
+    ds_train_knum(w, "completions/mean_length", b->len_mean);
+    ds_train_knum(w, "completions/min_length", b->len_min);
+    ds_train_knum(w, "completions/max_length", b->len_max);
+    ds_train_knum(w, "completions/mean_terminated_length", b->len_term_mean);
+    ds_train_knum(w, "completions/clipped_ratio", b->clipped_ratio);
     if (r->check_logp && r->logp_diff_n) {
-        ds_jsonw_knum_short(w, "sampling/logp_diff_max", r->logp_diff_max);
-        ds_jsonw_knum_short(w, "sampling/logp_diff_mean", r->logp_diff_sum / (double)r->logp_diff_n);
+        ds_train_knum(w, "sampling/logp_diff_max", r->logp_diff_max);
+        ds_train_knum(w, "sampling/logp_diff_mean", r->logp_diff_sum / (double)r->logp_diff_n);
     }
     const double step_s = ds_trainer_last(t)->ms / 1e3;
-    ds_jsonw_knum_short(w, "timing/generate_s", r->t_gen);
-    ds_jsonw_knum_short(w, "timing/reference_s", r->t_ref);
-    ds_jsonw_knum_short(w, "timing/score_s", r->t_score);
-    ds_jsonw_knum_short(w, "timing/update_s", fmax(0.0, step_s - r->t_gen - r->t_ref - r->t_score));
-    ds_jsonw_knum_short(w, "tokens_per_s", safe_div((double)r->step_real_tokens, step_s));
-    if (r->generated && r->t_gen > 0) ds_jsonw_knum_short(w, "generate/tokens_per_s", (double)b->completion_tokens / r->t_gen);
+    ds_train_knum(w, "timing/generate_s", r->t_gen);
+    ds_train_knum(w, "timing/reference_s", r->t_ref);
+    ds_train_knum(w, "timing/score_s", r->t_score);
+    ds_train_knum(w, "timing/update_s", fmax(0.0, step_s - r->t_gen - r->t_ref - r->t_score));
+    ds_train_knum(w, "tokens_per_s", safe_div((double)r->step_real_tokens, step_s));
+    if (r->generated && r->t_gen > 0) ds_train_knum(w, "generate/tokens_per_s", (double)b->completion_tokens / r->t_gen);
 }
 
 static void log_line(ds_rl *r, const ds_trainer *t) {
@@ -790,15 +790,15 @@ int ds_rl_evaluate_at(ds_rl *r, int64_t step) {
     ds_jsonw_obj_begin(&w);
     ds_jsonw_kint(&w, "step", step);
     ds_jsonw_kint(&w, "eval/n", e.n);
-    ds_jsonw_knum_short(&w, "eval/reward", e.reward);
-    if (!isnan(e.accuracy)) ds_jsonw_knum_short(&w, "eval/accuracy", e.accuracy);
+    ds_train_knum(&w, "eval/reward", e.reward);
+    if (!isnan(e.accuracy)) ds_train_knum(&w, "eval/accuracy", e.accuracy);
     if (!isnan(e.sampled_reward)) {
         ds_jsonw_kint(&w, "eval/samples", r->o.eval_samples);
-        ds_jsonw_knum_short(&w, "eval/sampled_reward", e.sampled_reward);
-        if (!isnan(e.sampled_accuracy)) ds_jsonw_knum_short(&w, "eval/sampled_accuracy", e.sampled_accuracy);
+        ds_train_knum(&w, "eval/sampled_reward", e.sampled_reward);
+        if (!isnan(e.sampled_accuracy)) ds_train_knum(&w, "eval/sampled_accuracy", e.sampled_accuracy);
     }
-    ds_jsonw_knum_short(&w, "eval/mean_length", e.mean_length);
-    ds_jsonw_knum_short(&w, "eval/seconds", e.seconds);
+    ds_train_knum(&w, "eval/mean_length", e.mean_length);
+    ds_train_knum(&w, "eval/seconds", e.seconds);
     ds_jsonw_obj_end(&w);
     int rc = ds_metrics_write(r->metrics, &w);
     ds_jsonw_free(&w);
@@ -856,20 +856,20 @@ void ds_rl_describe(const ds_rl *r, ds_jsonw *w) {
     ds_jsonw_kint(w, "micro_batch", o->micro_batch);
     ds_jsonw_kint(w, "seq_len", r->T);
     ds_jsonw_kint(w, "max_new", o->max_new);
-    ds_jsonw_knum_short(w, "temperature", o->sampling.temperature);
+    ds_train_knum(w, "temperature", o->sampling.temperature);
     ds_jsonw_kint(w, "top_k", o->sampling.top_k);
-    ds_jsonw_knum_short(w, "top_p", o->sampling.top_p);
+    ds_train_knum(w, "top_p", o->sampling.top_p);
     ds_jsonw_kint(w, "gen_batch", o->gen_batch);
-    ds_jsonw_knum_short(w, "kl", o->loss.beta);
-    ds_jsonw_knum_short(w, "clip_low", o->loss.eps_low);
-    ds_jsonw_knum_short(w, "clip_high", o->loss.eps_high);
+    ds_train_knum(w, "kl", o->loss.beta);
+    ds_train_knum(w, "clip_low", o->loss.eps_low);
+    ds_train_knum(w, "clip_high", o->loss.eps_high);
     ds_jsonw_kstr(w, "loss_avg", o->loss.avg == DS_GRPO_AVG_TOKEN ? "token" : "sequence");
     ds_jsonw_kstr(w, "adv_norm", o->scale_std ? "std" : "none");
     ds_jsonw_kbool(w, "mask_truncated", o->mask_truncated);
     ds_jsonw_kstr(w, "rewards", rw);
     ds_jsonw_kint(w, "eval_every", o->eval_every);
     ds_jsonw_kint(w, "eval_samples", o->eval_samples);
-    ds_jsonw_knum_short(w, "eval_temperature", o->eval_temperature > 0 ? o->eval_temperature : o->sampling.temperature);
+    ds_train_knum(w, "eval_temperature", o->eval_temperature > 0 ? o->eval_temperature : o->sampling.temperature);
 }
 
 /* ---- set-up ---- */
