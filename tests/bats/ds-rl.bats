@@ -35,7 +35,7 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if "step" in r:
-        print(json.dumps({k: v for k, v in r.items() if k not in ("ms", "tok_s", "tokens_per_s", "eval/seconds")
+        print(json.dumps({k: v for k, v in r.items() if k not in ("ms", "cpu_ms", "tok_s", "tokens_per_s", "eval/seconds")
                           and not k.startswith("timing/") and not k.startswith("generate/")}, sort_keys=True))
 ' "$1"; }
 
