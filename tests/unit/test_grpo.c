@@ -12,7 +12,7 @@
 TEST(advantages_of_known_groups) {
     /* group 0: {1, 0, 0, 1}: mean 0.5, unbiased std sqrt(1/3); group 1: all 2 (no variance) */
     const double r[8] = {1, 0, 0, 1, 2, 2, 2, 2};
-    double a[8], sd[2];
+    double a[8], sd[3];
     int zero = ds_grpo_advantages(r, 2, 4, 1, a, sd);
     const double s = sqrt(1.0 / 3.0);
     CHECK(zero == 1, "one zero-variance group: %d", zero);
