@@ -41,7 +41,7 @@ typedef struct {
 } ds_param;
 
 /* Pointers into the parameter (or gradient) buffer for one decoder layer. NULL where absent. */
-typedef struct {
+typedef struct ds_layer_w {
     float *attn_norm;                    /* input_layernorm [D] */
     float *q_a, *q_a_norm, *q_b;         /* q_lora_rank > 0: [Rq, D], [Rq], [H*(Dn+Dr), Rq] */
     float *q;                            /* q_lora_rank == 0: [H*(Dn+Dr), D] */
@@ -86,6 +86,7 @@ typedef struct {
 } ds_fwd_out;
 
 typedef struct {
+    const struct ds_ops *ops; /* backend (ops/ops.h); NULL: the CPU */
     int max_batch, max_seq;  /* activation arena is sized for B*T <= max_batch*max_seq */
     int train;               /* keep activations and allocate gradients */
     int recompute;           /* recompute RMSNorm outputs and MLA up-projections in backward (V3; default 1) */
@@ -121,5 +122,37 @@ int ds_model_init(ds_model *m, uint64_t seed);
 int ds_model_forward(ds_model *m, const ds_batch *b, ds_fwd_out *out);
 int ds_model_backward(ds_model *m, const ds_batch *b, const float *dlogp, const float *dmtp);
 void ds_model_zero_grad(ds_model *m);
+
+/* Pieces of the forward/backward, for pipeline stages (a stage runs a contiguous range of layers) and
+ * expert-parallel drivers. ds_model_forward = prepare, embed_fwd, layers_fwd(0, L), head_fwd; backward =
+ * head_bwd, layers_bwd(0, L), embed_bwd. A stage that starts at layer l0 writes its input activations
+ * into ds_model_hidden(m, l0) and reads its output from ds_model_hidden(m, l1); in the backward, the
+ * gradient of the running activation is ds_model_hidden_grad(m) (d/d hidden(l1) before layers_bwd(l0, l1),
+ * d/d hidden(l0) after). The embedding and the head/MTP run on the stages holding layer 0 and layer L
+ * (DualPipe places both on the same rank, as MTP shares them). */
+int ds_model_prepare(ds_model *m, const ds_batch *b); /* validates and uploads the batch */
+int ds_model_embed_fwd(ds_model *m);
+int ds_model_layers_fwd(ds_model *m, int l0, int l1);
+int ds_model_head_fwd(ds_model *m, ds_fwd_out *out);
+int ds_model_head_bwd(ds_model *m, const float *dlogp, const float *dmtp);
+int ds_model_layers_bwd(ds_model *m, int l0, int l1);
+int ds_model_embed_bwd(ds_model *m);
+float *ds_model_hidden(ds_model *m, int l); /* [B*T, D] input of layer l (l = L: the last layer's output) */
+float *ds_model_hidden_grad(ds_model *m);   /* [B*T, D] */
+
+/* Memory a model would take, without allocating (the 671B config plans on any machine). */
+typedef struct {
+    int64_t n_params;        /* trainable parameters, MTP modules included */
+    int64_t n_params_main;   /* the main model (embedding .. lm_head) */
+    int64_t n_params_mtp;    /* the MTP modules' own parameters (embedding and head are shared) */
+    int64_t n_expert_bias;   /* e_score_correction_bias entries (not trainable) */
+    int n_tensors;
+    size_t params_bytes;     /* fp32 parameters */
+    size_t grads_bytes;      /* fp32 gradients (train) */
+    size_t optimizer_bytes;  /* AdamW moments, two fp32 per parameter (train) */
+    size_t activation_bytes; /* tapes and scratch for max_batch x max_seq tokens */
+    size_t total_bytes;
+} ds_mem_plan;
+int ds_model_plan(const ds_config *cfg, const ds_model_opts *opts, ds_mem_plan *out);
 
 #endif

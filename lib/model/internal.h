@@ -1,0 +1,105 @@
+/* internal.h — the network's private state shared by the files of lib/model (not installed API).
+ *
+ * Owns: the model struct, the per-layer activation record ("tape") kept between forward and backward,
+ * the shared scratch buffers, and the prototypes that connect params.c, layer.c, mla.c, ffn.c, moe.c,
+ * head.c and model.c.
+ */
+#ifndef DS_MODEL_INTERNAL_H
+#define DS_MODEL_INTERNAL_H
+
+#include "model/layer.h"
+#include "model/model.h"
+#include "ops/ops.h"
+
+/* A bump allocator over one backend block. With base == NULL it only counts (the memory plan). */
+typedef struct {
+    char *base;
+    size_t cap, used;
+} ds_bump;
+
+void *ds_bump_take(ds_bump *b, size_t bytes); /* 64-byte aligned; NULL when base is NULL or full */
+#define DS_TAKE(bump, type, count) ((type *)ds_bump_take((bump), sizeof(type) * (size_t)(count)))
+
+struct ds_model {
+    ds_config cfg;
+    ds_model_opts opts;
+    const ds_ops *ops;
+    ds_dims dims;
+    ds_rope rope;
+
+    ds_param *params;
+    int n_params;
+    size_t n_floats;
+    float *w, *g; /* parameters, gradients */
+    float *ebias; /* expert biases, n_moe x E */
+    ds_weights W, G;
+    int mtp_depth;              /* active MTP modules */
+    int n_layers_total;         /* L + mtp layers allocated */
+    int n_moe;                  /* MoE layers among the allocated ones */
+    int *moe_slot;              /* layer -> MoE index, or -1 */
+
+    /* activations */
+    int n_max;                  /* max tokens per batch */
+    ds_bump act;                /* tapes and scratch, one backend block */
+    ds_tape *tape;              /* one per allocated layer */
+    ds_scratch scr;
+    float *xs;                  /* residual stream [L+1][n_max][D]: xs[l] is layer l's input */
+    float *gx;                  /* gradient of the residual stream [n_max][D] */
+    float *ghf;                 /* gradient of the final-norm output [n_max][D] */
+    float *inv_freq_d;          /* RoPE inverse frequencies on the backend */
+    float *hf;                  /* final-norm output [n][D] (also MTP's h^0) */
+    float *rstd_f;
+    float *logp, *lse, *ent;    /* main head: [n] each */
+    /* MTP module j: input embedding, the two normed halves, eh_proj output (= layer input), layer output,
+     * its gradient, shared_head.norm output, the rstds, log-probs and lse, shifted tokens and targets */
+    struct mtp_act {
+        float *e, *en, *hn, *hp, *hk, *hkn, *gh, *rstd_e, *rstd_h, *rstd_k, *logp, *lse;
+        int32_t *tok, *tgt;
+    } *mtp;
+    float *mtp_logp;            /* [Dm][n] contiguous view handed out */
+
+    /* batch on the backend */
+    int B, T, n;
+    int has_seg;
+    int32_t *tok, *tgt, *seg, *pos; /* [n] each */
+    float *cs;                  /* RoPE table [n][dr/2][2] */
+    int32_t *h_i32;             /* host staging [n] */
+    int32_t *expert_load;       /* host [n_moe][E] */
+    float *bal_rows, *bal_rows_d; /* per-row balance terms [B]: host, backend */
+    double bal_loss;
+    int have_fwd;               /* a training forward is stored */
+};
+
+/* params.c */
+int ds_params_layout(ds_model *m, int alloc);
+void ds_params_bind(ds_model *m, float *base, ds_weights *out);
+
+/* The call context of the current batch. */
+ds_layer_ctx ds_model_ctx(const ds_model *m);
+
+/* y[n, out] = x[n, in] W^T */
+void ds_linear(const ds_ops *ops, float *y, const float *x, const float *W, int n, int out, int in);
+/* dW[out, in] += dy^T x; dx (if not NULL) = beta * dx + dy W */
+void ds_linear_bwd(const ds_ops *ops, float *dx, float beta, float *dW, const float *dy, const float *x,
+                   const float *W, int n, int out, int in);
+
+/* mla.c: attention of layer l from t->xn into y [n, D]; backward from dy [n, D] to dxn (written) */
+void ds_mla_fwd(ds_model *m, int l, ds_tape *t, float *y);
+void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn);
+void ds_mla_project(const ds_layer_ctx *c, const ds_layer_w *w, ds_tape *t);
+
+/* ffn.c: FFN of layer l (dense or MoE) from t->hn into f [n, D]; backward from df to dhn (written) */
+int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f);
+void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn);
+
+/* layer.c: activation layout (plan mode when b->base is NULL) and one decoder layer */
+void ds_act_layout(ds_model *m, ds_bump *b, int n);
+int ds_layer_fwd(ds_model *m, int l, const float *x, float *out);
+void ds_layer_bwd(ds_model *m, int l, const float *x, float *gx);
+
+/* head.c */
+void ds_head_fwd(ds_model *m, const float *h, const int32_t *tgt, int n, float *logp, float *lse, float *ent);
+void ds_head_bwd(ds_model *m, const float *h, const int32_t *tgt, int n, const float *lse, const float *dlogp,
+                 float *dh);
+
+#endif

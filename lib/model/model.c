@@ -1,0 +1,431 @@
+/* The whole network: creation, batch preparation, forward (embedding, layers, final norm, head, MTP,
+ * balance loss) and backward by per-token log-prob gradients (spec 2-6). */
+#include "model/internal.h"
+
+#include "core/err.h"
+#include "core/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int check_config(const ds_config *c) {
+#define NEED(cond, key, what)                                                                              \
+    if (!(cond)) return ds_fail(DS_ERR, "config: %s: %s", key, what)
+    NEED(c->vocab_size > 0, "vocab_size", "must be positive");
+    NEED(c->hidden_size > 0, "hidden_size", "must be positive");
+    NEED(c->num_hidden_layers >= 0, "num_hidden_layers", "must not be negative");
+    NEED(c->num_attention_heads > 0, "num_attention_heads", "must be positive");
+    NEED(c->qk_nope_head_dim >= 0, "qk_nope_head_dim", "must not be negative");
+    NEED(c->qk_rope_head_dim > 0 && c->qk_rope_head_dim % 2 == 0, "qk_rope_head_dim", "must be positive and even");
+    NEED(c->v_head_dim > 0, "v_head_dim", "must be positive");
+    NEED(c->kv_lora_rank > 0, "kv_lora_rank", "must be positive");
+    NEED(c->q_lora_rank >= 0, "q_lora_rank", "must not be negative");
+    NEED(c->num_nextn_predict_layers >= 0, "num_nextn_predict_layers", "must not be negative");
+    NEED(c->rms_norm_eps > 0, "rms_norm_eps", "must be positive");
+    NEED(!c->tie_word_embeddings, "tie_word_embeddings", "tied embeddings are not supported (V3 unties them)");
+    NEED(!c->hidden_act[0] || !strcmp(c->hidden_act, "silu"), "hidden_act", "only \"silu\" is supported");
+    int any_dense = c->first_k_dense_replace > 0 || c->n_routed_experts <= 0 || c->moe_layer_freq > 1;
+    NEED(!any_dense || c->intermediate_size > 0, "intermediate_size", "must be positive");
+    if (c->n_routed_experts > 0) {
+        int G = c->n_group > 0 ? c->n_group : 1;
+        NEED(c->moe_intermediate_size > 0, "moe_intermediate_size", "must be positive");
+        NEED(c->n_shared_experts >= 0, "n_shared_experts", "must not be negative");
+        NEED(c->num_experts_per_tok > 0 && c->num_experts_per_tok <= c->n_routed_experts, "num_experts_per_tok",
+             "must be in [1, n_routed_experts]");
+        NEED(c->n_routed_experts % G == 0, "n_group", "must divide n_routed_experts");
+        NEED(c->topk_group <= G, "topk_group", "must not exceed n_group");
+        NEED(G <= 1 || (int64_t)(c->topk_group > 0 ? c->topk_group : G) * (c->n_routed_experts / G) >=
+                           c->num_experts_per_tok,
+             "topk_group", "the kept groups hold fewer than num_experts_per_tok experts");
+        NEED(c->routed_scaling_factor > 0, "routed_scaling_factor", "must be positive");
+    }
+    return 0;
+#undef NEED
+}
+
+static void set_moe_slots(ds_model *m) {
+    m->n_moe = 0;
+    for (int l = 0; l < m->n_layers_total; l++) m->moe_slot[l] = ds_cfg_is_moe_layer(&m->cfg, l) ? m->n_moe++ : -1;
+}
+
+/* sizes everything without allocating; shared by create and the memory plan */
+static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *opts) {
+    DS_TRY(check_config(cfg));
+    m->cfg = *cfg;
+    m->cfg.json = NULL; /* the network does not need the JSON; the caller keeps it */
+    m->opts = *opts;
+    if (m->opts.max_batch <= 0 || m->opts.max_seq <= 0)
+        return ds_fail(DS_ERR, "model: max_batch and max_seq must be positive (got %d, %d)", m->opts.max_batch,
+                       m->opts.max_seq);
+    if ((int64_t)m->opts.max_batch * m->opts.max_seq > (1 << 30))
+        return ds_fail(DS_ERR, "model: max_batch x max_seq too large: %d x %d", m->opts.max_batch, m->opts.max_seq);
+    m->ops = m->opts.ops ? m->opts.ops : ds_ops_cpu();
+    ds_dims_from_config(&m->dims, &m->cfg);
+    DS_TRY(ds_rope_init(&m->rope, &m->cfg));
+    m->mtp_depth = m->cfg.num_nextn_predict_layers;
+    m->n_layers_total = m->cfg.num_hidden_layers + m->mtp_depth;
+    m->n_max = m->opts.max_batch * m->opts.max_seq;
+    m->moe_slot = calloc((size_t)m->n_layers_total + 1, sizeof(int));
+    m->tape = calloc((size_t)m->n_layers_total + 1, sizeof(ds_tape));
+    m->mtp = calloc((size_t)m->mtp_depth + 1, sizeof(*m->mtp));
+    if (!m->moe_slot || !m->tape || !m->mtp) return ds_fail(DS_ERR, "out of memory: model tables");
+    set_moe_slots(m);
+    return 0;
+}
+
+static void free_shape(ds_model *m) {
+    free(m->moe_slot);
+    free(m->tape);
+    free(m->mtp);
+}
+
+void ds_model_free(ds_model *m) {
+    if (!m) return;
+    const ds_ops *ops = m->ops;
+    if (ops) {
+        ops->free(m->w);
+        ops->free(m->g);
+        ops->free(m->ebias);
+        ops->free(m->act.base);
+    }
+    if (m->tape)
+        for (int l = 0; l < m->n_layers_total; l++)
+            if (m->opts.train || l == 0) free(m->tape[l].off_h);
+    free(m->params);
+    free(m->W.layer);
+    free(m->G.layer);
+    free(m->h_i32);
+    free(m->expert_load);
+    free(m->bal_rows);
+    free_shape(m);
+    free(m);
+}
+
+int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *opts) {
+    *out = NULL;
+    ds_model *m = calloc(1, sizeof *m);
+    if (!m) return ds_fail(DS_ERR, "out of memory: model");
+    int rc = model_shape(m, cfg, opts);
+    if (rc) {
+        free_shape(m);
+        free(m);
+        return rc;
+    }
+    const ds_ops *ops = m->ops;
+    const ds_dims *d = &m->dims;
+#define FAIL(...)                                                                                          \
+    do {                                                                                                   \
+        rc = ds_fail(DS_ERR, __VA_ARGS__);                                                                 \
+        goto fail;                                                                                         \
+    } while (0)
+    if ((rc = ds_params_layout(m, 1))) goto fail;
+    size_t pbytes = sizeof(float) * m->n_floats;
+    m->w = ops->alloc(pbytes);
+    if (!m->w) FAIL("out of memory: %zu bytes of parameters", pbytes);
+    ops->zero(m->w, pbytes);
+    if (m->opts.train) {
+        m->g = ops->alloc(pbytes);
+        if (!m->g) FAIL("out of memory: %zu bytes of gradients", pbytes);
+        ops->zero(m->g, pbytes);
+    }
+    m->W.layer = calloc((size_t)m->n_layers_total + 1, sizeof(ds_layer_w));
+    m->G.layer = calloc((size_t)m->n_layers_total + 1, sizeof(ds_layer_w));
+    if (!m->W.layer || !m->G.layer) FAIL("out of memory: layer tables");
+    ds_params_bind(m, m->w, &m->W);
+    if (m->g) ds_params_bind(m, m->g, &m->G);
+    if (m->n_moe > 0) {
+        size_t bb = sizeof(float) * (size_t)m->n_moe * d->E;
+        m->ebias = ops->alloc(bb);
+        if (!m->ebias) FAIL("out of memory: expert biases");
+        ops->zero(m->ebias, bb);
+    }
+
+    ds_bump count = {0};
+    ds_act_layout(m, &count, m->n_max);
+    m->act.cap = count.used;
+    m->act.base = ops->alloc(count.used);
+    if (!m->act.base) FAIL("out of memory: %zu bytes of activations for %d tokens", count.used, m->n_max);
+    ds_act_layout(m, &m->act, m->n_max);
+    if (m->act.used > m->act.cap) FAIL("internal: activation layout changed between passes");
+    ops->copy(m->inv_freq_d, m->rope.inv_freq, sizeof(float) * (size_t)(d->dr / 2), DS_COPY_H2D);
+
+    int hn = m->n_max > d->E + 1 ? m->n_max : d->E + 1;
+    m->h_i32 = malloc(sizeof(int32_t) * (size_t)hn);
+    m->expert_load = calloc((size_t)m->n_moe * d->E + 1, sizeof(int32_t));
+    m->bal_rows = calloc((size_t)m->opts.max_batch, sizeof(float));
+    if (!m->h_i32 || !m->expert_load || !m->bal_rows) FAIL("out of memory: host buffers");
+    for (int l = 0; l < m->n_layers_total; l++) {
+        if (!m->opts.train && l > 0) {
+            m->tape[l].off_h = m->tape[0].off_h;
+            continue;
+        }
+        m->tape[l].off_h = calloc((size_t)d->E + 2, sizeof(int64_t));
+        if (!m->tape[l].off_h) FAIL("out of memory: host buffers");
+    }
+    *out = m;
+    return 0;
+fail:
+    ds_model_free(m);
+    return rc;
+#undef FAIL
+}
+
+ds_layer_ctx ds_model_ctx(const ds_model *m) {
+    ds_layer_ctx c = {.ops = m->ops,
+                      .d = &m->dims,
+                      .B = m->B,
+                      .T = m->T,
+                      .n = m->n,
+                      .seg = m->has_seg ? m->seg : NULL,
+                      .cs = m->cs,
+                      .softmax_scale = m->rope.softmax_scale,
+                      .attn_ws = m->scr.attn_ws};
+    return c;
+}
+
+static float *xs_at(ds_model *m, int l) {
+    size_t nD = (size_t)m->n * m->dims.D;
+    return m->xs + (m->opts.train ? (size_t)l : (size_t)(l % 2)) * nD;
+}
+
+float *ds_model_hidden(ds_model *m, int l) {
+    if (l < 0 || l > m->cfg.num_hidden_layers) return NULL;
+    return xs_at(m, l);
+}
+
+float *ds_model_hidden_grad(ds_model *m) { return m->gx; }
+
+/* ---- batch ------------------------------------------------------------------------------------------- */
+
+int ds_model_prepare(ds_model *m, const ds_batch *b) {
+    const ds_ops *ops = m->ops;
+    int B = b->B, T = b->T, V = m->dims.V;
+    if (B <= 0 || T <= 0 || B > m->opts.max_batch || T > m->opts.max_seq)
+        return ds_fail(DS_ERR, "batch: %d x %d tokens outside the model's %d x %d", B, T, m->opts.max_batch,
+                       m->opts.max_seq);
+    if (!b->tokens) return ds_fail(DS_ERR, "batch: no tokens");
+    int n = B * T;
+    for (int i = 0; i < n; i++) {
+        if (b->tokens[i] < 0 || b->tokens[i] >= V)
+            return ds_fail(DS_ERR, "batch: token %d outside [0, %d): row %d, position %d", b->tokens[i], V, i / T,
+                           i % T);
+        if (b->targets && (b->targets[i] < -1 || b->targets[i] >= V))
+            return ds_fail(DS_ERR, "batch: target %d outside [-1, %d): row %d, position %d", b->targets[i], V,
+                           i / T, i % T);
+        if (b->pos && b->pos[i] < 0)
+            return ds_fail(DS_ERR, "batch: negative position %d: row %d, position %d", b->pos[i], i / T, i % T);
+    }
+    m->B = B, m->T = T, m->n = n;
+    m->has_seg = b->seg != NULL;
+    int32_t *h = m->h_i32;
+    size_t bytes = sizeof(int32_t) * (size_t)n;
+    ops->copy(m->tok, b->tokens, bytes, DS_COPY_H2D);
+    if (b->targets) {
+        ops->copy(m->tgt, b->targets, bytes, DS_COPY_H2D);
+    } else {
+        for (int i = 0; i < n; i++) h[i] = -1;
+        ops->copy(m->tgt, h, bytes, DS_COPY_H2D);
+    }
+    if (b->seg) ops->copy(m->seg, b->seg, bytes, DS_COPY_H2D);
+    /* positions: given, or 0.. per row, restarting where the segment id changes */
+    const int32_t *pos = b->pos;
+    if (!pos) {
+        for (int r = 0; r < B; r++)
+            for (int t = 0; t < T; t++) {
+                int i = r * T + t;
+                h[i] = (t > 0 && !(b->seg && b->seg[i] != b->seg[i - 1])) ? h[i - 1] + 1 : 0;
+            }
+        pos = h;
+    }
+    ops->copy(m->pos, pos, bytes, DS_COPY_H2D);
+    ops->rope_table(m->cs, m->pos, n, m->inv_freq_d, m->rope.half, m->rope.cos_scale);
+    ops->sync(); /* h is reused below */
+
+    /* MTP module k (1-based) at position t: input token t+k, target targets[t+k], within the row and the
+     * segment of t */
+    for (int j = 0; j < m->mtp_depth; j++) {
+        int k = j + 1;
+        for (int pass = 0; pass < 2; pass++) {
+            for (int r = 0; r < B; r++)
+                for (int t = 0; t < T; t++) {
+                    int i = r * T + t, s = i + k;
+                    int ok = t + k < T && !(b->seg && b->seg[s] != b->seg[i]);
+                    const int32_t *src = pass ? b->targets : b->tokens;
+                    h[i] = ok && src ? src[s] : -1;
+                }
+            ops->copy(pass ? m->mtp[j].tgt : m->mtp[j].tok, h, bytes, DS_COPY_H2D);
+            ops->sync();
+        }
+    }
+    m->have_fwd = 0;
+    return 0;
+}
+
+/* ---- forward ------------------------------------------------------------------------------------------- */
+
+int ds_model_embed_fwd(ds_model *m) {
+    m->ops->embed_fwd(xs_at(m, 0), m->W.embed, m->tok, m->n, m->dims.D);
+    return 0;
+}
+
+int ds_model_layers_fwd(ds_model *m, int l0, int l1) {
+    if (l0 < 0 || l1 > m->cfg.num_hidden_layers || l0 > l1)
+        return ds_fail(DS_ERR, "model: layer range [%d, %d) outside [0, %d)", l0, l1, m->cfg.num_hidden_layers);
+    if (l0 == 0) {
+        m->bal_loss = 0.0;
+        memset(m->expert_load, 0, sizeof(int32_t) * (size_t)m->n_moe * m->dims.E);
+    }
+    for (int l = l0; l < l1; l++) DS_TRY(ds_layer_fwd(m, l, xs_at(m, l), xs_at(m, l + 1)));
+    m->have_fwd = m->opts.train;
+    return 0;
+}
+
+static int mtp_fwd(ds_model *m, int j, const float *hprev) {
+    const ds_ops *ops = m->ops;
+    const ds_dims *d = &m->dims;
+    int l = m->cfg.num_hidden_layers + j, n = m->n, D = d->D;
+    const ds_layer_w *w = &m->W.layer[l];
+    struct mtp_act *a = &m->mtp[j];
+    ops->embed_fwd(a->e, m->W.embed, a->tok, n, D);
+    ops->rmsnorm_fwd(a->en, D, a->rstd_e, a->e, D, w->enorm, n, D, d->eps);
+    ops->rmsnorm_fwd(a->hn, D, a->rstd_h, hprev, D, w->hnorm, n, D, d->eps);
+    /* eh_proj [D, 2D]: columns [0, D) take enorm(emb), [D, 2D) take hnorm(h) (spec 6.1, vLLM order) */
+    ops->gemm(0, 1, n, D, D, 1.0f, a->en, D, w->eh_proj, 2 * D, 0.0f, a->hp, D);
+    ops->gemm(0, 1, n, D, D, 1.0f, a->hn, D, w->eh_proj + D, 2 * D, 1.0f, a->hp, D);
+    DS_TRY(ds_layer_fwd(m, l, a->hp, a->hk));
+    ops->rmsnorm_fwd(a->hkn, D, a->rstd_k, a->hk, D, w->head_norm, n, D, d->eps);
+    ds_head_fwd(m, a->hkn, a->tgt, n, a->logp, a->lse, NULL);
+    return 0;
+}
+
+int ds_model_head_fwd(ds_model *m, ds_fwd_out *out) {
+    const ds_ops *ops = m->ops;
+    const ds_dims *d = &m->dims;
+    int L = m->cfg.num_hidden_layers, n = m->n;
+    ops->rmsnorm_fwd(m->hf, d->D, m->rstd_f, xs_at(m, L), d->D, m->W.final_norm, n, d->D, d->eps);
+    ds_head_fwd(m, m->hf, m->tgt, n, m->logp, m->lse, m->ent);
+    const float *hprev = m->hf; /* h^0: the main model's output after the final norm (docs/DESIGN.md) */
+    for (int j = 0; j < m->mtp_depth; j++) {
+        DS_TRY(mtp_fwd(m, j, hprev));
+        hprev = m->mtp[j].hk;
+    }
+    ops->sync();
+    m->have_fwd = m->opts.train;
+    if (out) {
+        memset(out, 0, sizeof *out);
+        out->logp = m->logp;
+        out->mtp_logp = m->mtp_depth > 0 ? m->mtp_logp : NULL;
+        out->entropy = m->ent;
+        out->bal_loss = m->bal_loss;
+        out->expert_load = m->expert_load;
+        out->n_moe_layers = m->n_moe;
+    }
+    return 0;
+}
+
+int ds_model_forward(ds_model *m, const ds_batch *b, ds_fwd_out *out) {
+    DS_TRY(ds_model_prepare(m, b));
+    DS_TRY(ds_model_embed_fwd(m));
+    DS_TRY(ds_model_layers_fwd(m, 0, m->cfg.num_hidden_layers));
+    return ds_model_head_fwd(m, out);
+}
+
+/* ---- backward ------------------------------------------------------------------------------------------ */
+
+static void mtp_bwd(ds_model *m, int j, const float *hprev, float *ghprev, const float *dlogp) {
+    const ds_ops *ops = m->ops;
+    const ds_dims *d = &m->dims;
+    int l = m->cfg.num_hidden_layers + j, n = m->n, D = d->D;
+    const ds_layer_w *w = &m->W.layer[l];
+    ds_layer_w *gw = &m->G.layer[l];
+    struct mtp_act *a = &m->mtp[j];
+    float *t = m->scr.tmpD, *dn = m->scr.dxn;
+    ds_head_bwd(m, a->hkn, a->tgt, n, a->lse, dlogp, t);
+    ops->rmsnorm_bwd(a->gh, D, gw->head_norm, t, D, a->hk, D, w->head_norm, a->rstd_k, n, D);
+    ds_layer_bwd(m, l, a->hp, a->gh);
+    /* eh_proj: gh is now d(loss)/d(hp) */
+    ops->gemm(1, 0, D, D, n, 1.0f, a->gh, D, a->en, D, 1.0f, gw->eh_proj, 2 * D);
+    ops->gemm(1, 0, D, D, n, 1.0f, a->gh, D, a->hn, D, 1.0f, gw->eh_proj + D, 2 * D);
+    ops->gemm(0, 0, n, D, D, 1.0f, a->gh, D, w->eh_proj, 2 * D, 0.0f, dn, D);
+    ops->zero(t, sizeof(float) * (size_t)n * D);
+    ops->rmsnorm_bwd(t, D, gw->enorm, dn, D, a->e, D, w->enorm, a->rstd_e, n, D);
+    ops->embed_bwd(m->G.embed, t, a->tok, n, D);
+    ops->gemm(0, 0, n, D, D, 1.0f, a->gh, D, w->eh_proj + D, 2 * D, 0.0f, dn, D);
+    ops->rmsnorm_bwd(ghprev, D, gw->hnorm, dn, D, hprev, D, w->hnorm, a->rstd_h, n, D);
+}
+
+int ds_model_head_bwd(ds_model *m, const float *dlogp, const float *dmtp) {
+    if (!m->have_fwd) return ds_fail(DS_ERR, "model: backward without a training forward");
+    const ds_ops *ops = m->ops;
+    const ds_dims *d = &m->dims;
+    int L = m->cfg.num_hidden_layers, n = m->n, D = d->D;
+    size_t nD = (size_t)n * D;
+    ds_head_bwd(m, m->hf, m->tgt, n, m->lse, dlogp, m->ghf);
+    if (dmtp) {
+        for (int j = 0; j < m->mtp_depth; j++) ops->zero(m->mtp[j].gh, sizeof(float) * nD);
+        for (int j = m->mtp_depth - 1; j >= 0; j--)
+            mtp_bwd(m, j, j ? m->mtp[j - 1].hk : m->hf, j ? m->mtp[j - 1].gh : m->ghf, dmtp + (size_t)j * n);
+    }
+    ops->zero(m->gx, sizeof(float) * nD);
+    ops->rmsnorm_bwd(m->gx, D, m->G.final_norm, m->ghf, D, xs_at(m, L), D, m->W.final_norm, m->rstd_f, n, D);
+    return 0;
+}
+
+int ds_model_layers_bwd(ds_model *m, int l0, int l1) {
+    if (!m->have_fwd) return ds_fail(DS_ERR, "model: backward without a training forward");
+    if (l0 < 0 || l1 > m->cfg.num_hidden_layers || l0 > l1)
+        return ds_fail(DS_ERR, "model: layer range [%d, %d) outside [0, %d)", l0, l1, m->cfg.num_hidden_layers);
+    for (int l = l1 - 1; l >= l0; l--) ds_layer_bwd(m, l, xs_at(m, l), m->gx);
+    return 0;
+}
+
+int ds_model_embed_bwd(ds_model *m) {
+    if (!m->have_fwd) return ds_fail(DS_ERR, "model: backward without a training forward");
+    m->ops->embed_bwd(m->G.embed, m->gx, m->tok, m->n, m->dims.D);
+    return 0;
+}
+
+int ds_model_backward(ds_model *m, const ds_batch *b, const float *dlogp, const float *dmtp) {
+    if (!m->opts.train) return ds_fail(DS_ERR, "model: backward on a model created without train");
+    if (!m->have_fwd || b->B != m->B || b->T != m->T)
+        return ds_fail(DS_ERR, "model: backward needs the forward of the same batch first");
+    DS_TRY(ds_model_head_bwd(m, dlogp, dmtp));
+    DS_TRY(ds_model_layers_bwd(m, 0, m->cfg.num_hidden_layers));
+    DS_TRY(ds_model_embed_bwd(m));
+    m->ops->sync();
+    return 0;
+}
+
+/* ---- memory plan ------------------------------------------------------------------------------------- */
+
+int ds_model_plan(const ds_config *cfg, const ds_model_opts *opts, ds_mem_plan *out) {
+    memset(out, 0, sizeof *out);
+    ds_model m0 = {0}, *m = &m0;
+    int rc = model_shape(m, cfg, opts);
+    if (!rc) rc = ds_params_layout(m, 1);
+    if (!rc) {
+        int L = m->cfg.num_hidden_layers;
+        for (int i = 0; i < m->n_params; i++) {
+            const ds_param *p = &m->params[i];
+            if (p->layer >= L)
+                out->n_params_mtp += (int64_t)p->numel;
+            else
+                out->n_params_main += (int64_t)p->numel;
+        }
+        out->n_params = (int64_t)m->n_floats;
+        out->n_tensors = m->n_params;
+        out->n_expert_bias = (int64_t)m->n_moe * m->dims.E;
+        out->params_bytes = sizeof(float) * (m->n_floats + (size_t)out->n_expert_bias);
+        if (m->opts.train) {
+            out->grads_bytes = sizeof(float) * m->n_floats;
+            out->optimizer_bytes = 2 * sizeof(float) * m->n_floats;
+        }
+        ds_bump count = {0};
+        ds_act_layout(m, &count, m->n_max);
+        out->activation_bytes = count.used;
+        out->total_bytes = out->params_bytes + out->grads_bytes + out->optimizer_bytes + out->activation_bytes;
+    }
+    free(m->params);
+    free_shape(m);
+    return rc;
+}

@@ -1,0 +1,183 @@
+/* The parameter layout: one contiguous fp32 buffer in Hugging Face tensor names (spec 9.2), the same
+ * layout for the gradients, pointers per layer, and weight init.
+ *
+ * Order: embedding, main layers 0..L-1, final norm, lm_head, then the MTP modules (layers L..L+D-1), so
+ * the main model is a prefix and each layer's tensors are contiguous (pipeline stages own whole ranges).
+ * Routed experts of a layer are stored as three blocks [E][Ie, D] (gate), [E][Ie, D] (up), [E][D, Ie]
+ * (down), one table entry per expert and matrix. */
+#include "model/internal.h"
+
+#include "core/err.h"
+#include "core/rng.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    ds_model *m;
+    size_t off;     /* running offset in floats */
+    int count;
+    ds_weights *W;  /* bind pointers into `base` when set */
+    float *base;
+} walker;
+
+static void emit(walker *k, float **slot, int layer, int expert, ds_param_kind kind, int64_t rows, int64_t cols,
+                 const char *fmt, ...) DS_PRINTF(8, 9);
+
+static void emit(walker *k, float **slot, int layer, int expert, ds_param_kind kind, int64_t rows, int64_t cols,
+                 const char *fmt, ...) {
+    size_t numel = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
+    if (k->m->params) {
+        ds_param *p = &k->m->params[k->count];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(p->name, sizeof p->name, fmt, ap);
+        va_end(ap);
+        p->ndim = cols > 0 ? 2 : 1;
+        p->shape[0] = rows;
+        p->shape[1] = cols > 0 ? cols : 0;
+        p->offset = k->off;
+        p->numel = numel;
+        p->kind = kind;
+        p->layer = layer;
+        p->expert = expert;
+    }
+    if (k->W && slot && expert <= 0) *slot = k->base + k->off;
+    k->off += numel;
+    k->count++;
+}
+
+#define LW(field) (k->W ? &k->W->layer[l].field : NULL)
+
+static void walk_layer(walker *k, int l) {
+    ds_model *m = k->m;
+    const ds_dims *d = &m->dims;
+    int L = m->cfg.num_hidden_layers, mtp = l >= L;
+    const int64_t D = d->D, H = d->H;
+#define P(field, kind, r, c, name) emit(k, LW(field), l, -1, kind, r, c, "model.layers.%d." name, l)
+    if (mtp) {
+        P(enorm, DS_PARAM_NORM, D, 0, "enorm.weight");
+        P(hnorm, DS_PARAM_NORM, D, 0, "hnorm.weight");
+        P(eh_proj, DS_PARAM_MATRIX, D, 2 * D, "eh_proj.weight");
+    }
+    P(attn_norm, DS_PARAM_NORM, D, 0, "input_layernorm.weight");
+    if (d->Rq > 0) {
+        P(q_a, DS_PARAM_MATRIX, d->Rq, D, "self_attn.q_a_proj.weight");
+        P(q_a_norm, DS_PARAM_NORM, d->Rq, 0, "self_attn.q_a_layernorm.weight");
+        P(q_b, DS_PARAM_MATRIX, H * d->dqk, d->Rq, "self_attn.q_b_proj.weight");
+    } else {
+        P(q, DS_PARAM_MATRIX, H * d->dqk, D, "self_attn.q_proj.weight");
+    }
+    P(kv_a, DS_PARAM_MATRIX, d->Rkv + d->dr, D, "self_attn.kv_a_proj_with_mqa.weight");
+    P(kv_a_norm, DS_PARAM_NORM, d->Rkv, 0, "self_attn.kv_a_layernorm.weight");
+    P(kv_b, DS_PARAM_MATRIX, H * (d->dn + d->dv), d->Rkv, "self_attn.kv_b_proj.weight");
+    P(o, DS_PARAM_MATRIX, D, H * d->dv, "self_attn.o_proj.weight");
+    P(ffn_norm, DS_PARAM_NORM, D, 0, "post_attention_layernorm.weight");
+    if (m->moe_slot[l] < 0) {
+        P(w_gate, DS_PARAM_MATRIX, d->I, D, "mlp.gate_proj.weight");
+        P(w_up, DS_PARAM_MATRIX, d->I, D, "mlp.up_proj.weight");
+        P(w_down, DS_PARAM_MATRIX, D, d->I, "mlp.down_proj.weight");
+    } else {
+        P(router, DS_PARAM_ROUTER, d->E, D, "mlp.gate.weight");
+        for (int e = 0; e < d->E; e++)
+            emit(k, LW(exp_gate), l, e, DS_PARAM_MATRIX, d->Ie, D, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
+        for (int e = 0; e < d->E; e++)
+            emit(k, LW(exp_up), l, e, DS_PARAM_MATRIX, d->Ie, D, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
+        for (int e = 0; e < d->E; e++)
+            emit(k, LW(exp_down), l, e, DS_PARAM_MATRIX, D, d->Ie, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
+        if (d->Is > 0) {
+            P(sh_gate, DS_PARAM_MATRIX, d->Is, D, "mlp.shared_experts.gate_proj.weight");
+            P(sh_up, DS_PARAM_MATRIX, d->Is, D, "mlp.shared_experts.up_proj.weight");
+            P(sh_down, DS_PARAM_MATRIX, D, d->Is, "mlp.shared_experts.down_proj.weight");
+        }
+    }
+    if (mtp) P(head_norm, DS_PARAM_NORM, D, 0, "shared_head.norm.weight");
+#undef P
+}
+
+static void walk(walker *k) {
+    ds_model *m = k->m;
+    const ds_dims *d = &m->dims;
+    int L = m->cfg.num_hidden_layers;
+    emit(k, k->W ? &k->W->embed : NULL, -1, -1, DS_PARAM_EMBED, d->V, d->D, "model.embed_tokens.weight");
+    for (int l = 0; l < L; l++) walk_layer(k, l);
+    emit(k, k->W ? &k->W->final_norm : NULL, -1, -1, DS_PARAM_NORM, d->D, 0, "model.norm.weight");
+    emit(k, k->W ? &k->W->head : NULL, -1, -1, DS_PARAM_HEAD, d->V, d->D, "lm_head.weight");
+    for (int l = L; l < m->n_layers_total; l++) walk_layer(k, l);
+}
+
+int ds_params_layout(ds_model *m, int alloc) {
+    walker k = {.m = m};
+    m->params = NULL;
+    walk(&k);
+    m->n_params = k.count;
+    m->n_floats = k.off;
+    if (!alloc) return 0;
+    m->params = calloc((size_t)k.count, sizeof(ds_param));
+    if (!m->params) return ds_fail(DS_ERR, "out of memory: parameter table of %d tensors", k.count);
+    walker k2 = {.m = m};
+    walk(&k2);
+    return 0;
+}
+
+void ds_params_bind(ds_model *m, float *base, ds_weights *out) {
+    ds_param *saved = m->params;
+    m->params = NULL; /* the table is already filled: bind only */
+    walker k = {.m = m, .W = out, .base = base};
+    walk(&k);
+    m->params = saved;
+}
+
+int ds_model_init(ds_model *m, uint64_t seed) {
+    float std = m->cfg.ds_init_std > 0 ? (float)m->cfg.ds_init_std : 0.006f;
+    const ds_ops *ops = m->ops;
+    int on_host = !strcmp(ops->name, "cpu");
+    float *stage = NULL;
+    size_t stage_n = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const ds_param *p = &m->params[i];
+        float *dst = m->w + p->offset, *buf = dst;
+        if (!on_host) {
+            if (p->numel > stage_n) {
+                free(stage);
+                stage_n = p->numel;
+                stage = malloc(sizeof(float) * stage_n);
+                if (!stage) return ds_fail(DS_ERR, "out of memory: init staging of %zu floats", stage_n);
+            }
+            buf = stage;
+        }
+        if (p->kind == DS_PARAM_NORM) {
+            for (size_t j = 0; j < p->numel; j++) buf[j] = 1.0f;
+        } else {
+            ds_randn_fill(buf, p->numel, seed, ds_stream_id(p->name), std);
+        }
+        if (!on_host) ops->copy(dst, buf, sizeof(float) * p->numel, DS_COPY_H2D);
+    }
+    free(stage);
+    if (m->ebias) ops->zero(m->ebias, sizeof(float) * (size_t)m->n_moe * m->dims.E);
+    return 0;
+}
+
+const ds_param *ds_model_params_info(const ds_model *m, int *count) {
+    if (count) *count = m->n_params;
+    return m->params;
+}
+float *ds_model_params(ds_model *m) { return m->w; }
+float *ds_model_grads(ds_model *m) { return m->g; }
+size_t ds_model_num_params(const ds_model *m) { return m->n_floats; }
+const ds_weights *ds_model_weights(const ds_model *m) { return &m->W; }
+const ds_weights *ds_model_grad_weights(const ds_model *m) { return m->g ? &m->G : NULL; }
+int ds_model_mtp_depth(const ds_model *m) { return m->mtp_depth; }
+const ds_config *ds_model_config(const ds_model *m) { return &m->cfg; }
+
+float *ds_model_expert_bias(ds_model *m, int layer) {
+    if (layer < 0 || layer >= m->n_layers_total || m->moe_slot[layer] < 0) return NULL;
+    return m->ebias + (size_t)m->moe_slot[layer] * m->dims.E;
+}
+
+void ds_model_zero_grad(ds_model *m) {
+    if (m->g) m->ops->zero(m->g, sizeof(float) * m->n_floats);
+}

@@ -1,0 +1,118 @@
+/* The CPU backend table: host memory, OpenBLAS sgemm, and the OpenMP ops of cpu_*.c. */
+#include "ops/cpu_internal.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+void *ds_cpu_alloc(size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0) return NULL;
+    if (posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63)) return NULL;
+    return p;
+}
+
+void ds_cpu_free(void *p) { free(p); }
+
+void ds_cpu_copy(void *dst, const void *src, size_t bytes, ds_copy_kind kind) {
+    (void)kind;
+    if (bytes && dst != src) memmove(dst, src, bytes);
+}
+
+void ds_cpu_zero(void *p, size_t bytes) {
+    if (bytes) memset(p, 0, bytes);
+}
+
+void ds_cpu_sync(void) {}
+
+int ds_cpu_blas_serial_begin(void) {
+    int prev = openblas_get_num_threads();
+    if (prev != 1) openblas_set_num_threads(1);
+    return prev;
+}
+
+void ds_cpu_blas_serial_end(int prev) {
+    if (prev != 1) openblas_set_num_threads(prev);
+}
+
+void ds_cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        /* sgemm would still scale C by beta; beta == 0 must clear NaNs too */
+        for (int i = 0; i < M; i++) {
+            float *c = C + (size_t)i * ldc;
+            if (beta == 0.0f)
+                memset(c, 0, sizeof(float) * (size_t)N);
+            else if (beta != 1.0f)
+                for (int j = 0; j < N; j++) c[j] *= beta;
+        }
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                lda, B, ldb, beta, C, ldc);
+}
+
+void ds_cpu_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    for (int g = 0; g < ng; g++) {
+        int64_t r0 = off[g], r1 = off[g + 1];
+        if (r1 <= r0) continue;
+        ds_cpu_gemm(0, tb, (int)(r1 - r0), N, K, alpha, A + (size_t)r0 * lda, lda, B + (size_t)g * strideB, ldb,
+                    beta, C + (size_t)r0 * ldc, ldc);
+    }
+}
+
+void ds_cpu_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
+                       const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
+    for (int g = 0; g < ng; g++) {
+        int64_t r0 = off[g], r1 = off[g + 1];
+        ds_cpu_gemm(1, 0, M, N, (int)(r1 - r0), alpha, A + (size_t)r0 * lda, lda, B + (size_t)r0 * ldb, ldb, beta,
+                    C + (size_t)g * strideC, ldc);
+    }
+}
+
+const char *ds_ops_cpu_blas_core(void) { return openblas_get_corename(); }
+
+static const ds_ops cpu_ops = {
+    .name = "cpu",
+    .alloc = ds_cpu_alloc,
+    .free = ds_cpu_free,
+    .copy = ds_cpu_copy,
+    .zero = ds_cpu_zero,
+    .sync = ds_cpu_sync,
+    .gemm = ds_cpu_gemm,
+    .gemm_rows = ds_cpu_gemm_rows,
+    .gemm_wgrad = ds_cpu_gemm_wgrad,
+    .add = ds_cpu_add,
+    .axpy = ds_cpu_axpy,
+    .scale = ds_cpu_scale,
+    .copy2d = ds_cpu_copy2d,
+    .rmsnorm_fwd = ds_cpu_rmsnorm_fwd,
+    .rmsnorm_bwd = ds_cpu_rmsnorm_bwd,
+    .rope_table = ds_cpu_rope_table,
+    .rope = ds_cpu_rope,
+    .attn_ws_bytes = ds_cpu_attn_ws_bytes,
+    .attn_fwd = ds_cpu_attn_fwd,
+    .attn_bwd = ds_cpu_attn_bwd,
+    .swiglu_fwd = ds_cpu_swiglu_fwd,
+    .swiglu_bwd = ds_cpu_swiglu_bwd,
+    .embed_fwd = ds_cpu_embed_fwd,
+    .embed_bwd = ds_cpu_embed_bwd,
+    .logsoftmax_fwd = ds_cpu_logsoftmax_fwd,
+    .logsoftmax_bwd = ds_cpu_logsoftmax_bwd,
+    .router_scores = ds_cpu_router_scores,
+    .moe_topk = ds_cpu_moe_topk,
+    .moe_topk_bwd = ds_cpu_moe_topk_bwd,
+    .moe_balance = ds_cpu_moe_balance,
+    .moe_bucket = ds_cpu_moe_bucket,
+    .moe_gather = ds_cpu_moe_gather,
+    .moe_gather_bwd = ds_cpu_moe_gather_bwd,
+    .moe_combine = ds_cpu_moe_combine,
+    .moe_scale_rows = ds_cpu_moe_scale_rows,
+    .moe_combine_bwd = ds_cpu_moe_combine_bwd,
+    .mla_kv_expand = ds_cpu_mla_kv_expand,
+    .mla_kv_expand_bwd = ds_cpu_mla_kv_expand_bwd,
+};
+
+const ds_ops *ds_ops_cpu(void) { return &cpu_ops; }

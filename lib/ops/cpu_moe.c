@@ -1,0 +1,229 @@
+/* CPU ops: MoE routing (scores, group-limited top-k, its backward, the sequence-wise balance loss) and the
+ * token movement around the experts (counting sort by expert, gather, weighted combine). */
+#include "ops/cpu_internal.h"
+#include "ops/cpu_math.h"
+
+#include <math.h>
+#include <string.h>
+
+#define PAR_MIN 16384
+
+void ds_cpu_router_scores(float *scores, const float *logits, int n, int E, ds_score_fn fn) {
+#pragma omp parallel for schedule(static) if ((size_t)n * E > PAR_MIN)
+    for (int t = 0; t < n; t++) {
+        const float *z = logits + (size_t)t * E;
+        float *s = scores + (size_t)t * E;
+        if (fn == DS_SCORE_FN_SIGMOID) {
+            for (int e = 0; e < E; e++) s[e] = ds_sigmoidf(z[e]);
+        } else {
+            float mx = -INFINITY, sum = 0.0f;
+            for (int e = 0; e < E; e++) mx = z[e] > mx ? z[e] : mx;
+            for (int e = 0; e < E; e++) {
+                s[e] = ds_expf(z[e] - mx);
+                sum += s[e];
+            }
+            float inv = 1.0f / sum;
+            for (int e = 0; e < E; e++) s[e] *= inv;
+        }
+    }
+}
+
+/* index of the largest v[i] over i < n with allowed[i] (first on ties), or -1 */
+static int argmax_allowed(const float *v, const unsigned char *allowed, int n) {
+    int best = -1;
+    for (int i = 0; i < n; i++)
+        if (allowed[i] && (best < 0 || v[i] > v[best])) best = i;
+    return best;
+}
+
+void ds_cpu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, int n,
+                     const ds_route_params *rp) {
+    int E = rp->n_experts, K = rp->top_k;
+    int G = (rp->group_rule == DS_GROUP_NONE || rp->n_group <= 1) ? 1 : rp->n_group, gs = E / G;
+#pragma omp parallel for schedule(static) if ((size_t)n * E > PAR_MIN)
+    for (int t = 0; t < n; t++) {
+        const float *s = scores + (size_t)t * E;
+        float sb[E], gscore[G];
+        unsigned char allowed[E], gkeep[G];
+        for (int e = 0; e < E; e++) sb[e] = bias ? s[e] + bias[e] : s[e];
+        if (G > 1) {
+            for (int g = 0; g < G; g++) {
+                const float *v = sb + (size_t)g * gs;
+                if (rp->group_rule == DS_GROUP_MAX) {
+                    float m = v[0];
+                    for (int i = 1; i < gs; i++) m = v[i] > m ? v[i] : m;
+                    gscore[g] = m;
+                } else { /* top-2 sum */
+                    float a = -INFINITY, b = -INFINITY;
+                    for (int i = 0; i < gs; i++) {
+                        if (v[i] > a) {
+                            b = a;
+                            a = v[i];
+                        } else if (v[i] > b) {
+                            b = v[i];
+                        }
+                    }
+                    gscore[g] = gs > 1 ? a + b : a;
+                }
+                gkeep[g] = 1;
+            }
+            unsigned char chosen[G];
+            memset(chosen, 0, (size_t)G);
+            for (int r = 0; r < rp->topk_group; r++) {
+                int g = argmax_allowed(gscore, gkeep, G);
+                chosen[g] = 1;
+                gkeep[g] = 0;
+            }
+            for (int e = 0; e < E; e++) allowed[e] = chosen[e / gs];
+        } else {
+            memset(allowed, 1, (size_t)E);
+        }
+        int32_t *it = idx + (size_t)t * K;
+        float *wt = w + (size_t)t * K, sum = 0.0f;
+        for (int k = 0; k < K; k++) {
+            int e = argmax_allowed(sb, allowed, E);
+            allowed[e] = 0;
+            it[k] = e;
+            wt[k] = s[e];
+            sum += s[e];
+        }
+        float f = rp->renorm ? rp->route_scale / sum : rp->route_scale;
+        for (int k = 0; k < K; k++) wt[k] *= f;
+    }
+}
+
+/* dlogits[e] += Jacobian of the score function at s, applied to ds */
+static void score_bwd(float *dz, const float *ds, const float *s, int E, ds_score_fn fn) {
+    if (fn == DS_SCORE_FN_SIGMOID) {
+        for (int e = 0; e < E; e++) dz[e] += ds[e] * s[e] * (1.0f - s[e]);
+    } else {
+        float dot = 0.0f;
+        for (int e = 0; e < E; e++) dot += ds[e] * s[e];
+        for (int e = 0; e < E; e++) dz[e] += s[e] * (ds[e] - dot);
+    }
+}
+
+void ds_cpu_moe_topk_bwd(float *dlogits, const float *dw, const float *scores, const int32_t *idx, int n,
+                         const ds_route_params *rp) {
+    int E = rp->n_experts, K = rp->top_k;
+#pragma omp parallel for schedule(static) if ((size_t)n * E > PAR_MIN)
+    for (int t = 0; t < n; t++) {
+        const float *s = scores + (size_t)t * E, *g = dw + (size_t)t * K;
+        const int32_t *it = idx + (size_t)t * K;
+        float ds[E];
+        memset(ds, 0, sizeof ds);
+        if (rp->renorm) {
+            /* w_k = c s_k / Z, Z = Σ_k s_k: ds_j = c (g_j - Σ_k g_k s_k / Z) / Z */
+            float Z = 0.0f, gs = 0.0f;
+            for (int k = 0; k < K; k++) Z += s[it[k]], gs += g[k] * s[it[k]];
+            for (int k = 0; k < K; k++) ds[it[k]] += rp->route_scale * (g[k] - gs / Z) / Z;
+        } else {
+            for (int k = 0; k < K; k++) ds[it[k]] += rp->route_scale * g[k];
+        }
+        score_bwd(dlogits + (size_t)t * E, ds, s, E, rp->score_fn);
+    }
+}
+
+void ds_cpu_moe_balance(float *loss, float *dlogits, float coef, const float *scores, const int32_t *idx, int B,
+                        int T, const ds_route_params *rp) {
+    int E = rp->n_experts, K = rp->top_k;
+    for (int b = 0; b < B; b++) {
+        float f[E];
+        memset(f, 0, sizeof f);
+        const int32_t *ib = idx + (size_t)b * T * K;
+        for (size_t i = 0; i < (size_t)T * K; i++) f[ib[i]] += 1.0f;
+        for (int e = 0; e < E; e++) f[e] *= (float)E / ((float)K * (float)T);
+        const float *sb = scores + (size_t)b * T * E;
+        /* loss: Σ_i f_i P_i = (1/T) Σ_t Σ_i f_i s'_{t,i}, summed over tokens in order */
+        double acc = 0.0;
+        for (int t = 0; t < T; t++) {
+            const float *s = sb + (size_t)t * E;
+            float z = 0.0f, fs = 0.0f;
+            for (int e = 0; e < E; e++) z += s[e], fs += f[e] * s[e];
+            acc += rp->score_fn == DS_SCORE_FN_SIGMOID ? fs / z : fs;
+        }
+        loss[b] = (float)(acc / T);
+        if (!dlogits) continue;
+#pragma omp parallel for schedule(static) if ((size_t)T * E > PAR_MIN)
+        for (int t = 0; t < T; t++) {
+            const float *s = sb + (size_t)t * E;
+            float g[E]; /* d(coef loss)/d s'_{t,i} = coef f_i / T, then through s' = s / Σ s */
+            for (int e = 0; e < E; e++) g[e] = coef * f[e] / (float)T;
+            if (rp->score_fn == DS_SCORE_FN_SIGMOID) {
+                float z = 0.0f, gsp = 0.0f;
+                for (int e = 0; e < E; e++) z += s[e];
+                for (int e = 0; e < E; e++) gsp += g[e] * s[e] / z;
+                for (int e = 0; e < E; e++) g[e] = (g[e] - gsp) / z;
+            }
+            score_bwd(dlogits + ((size_t)b * T + t) * E, g, s, E, rp->score_fn);
+        }
+    }
+}
+
+void ds_cpu_moe_bucket(int32_t *off, int32_t *order, int32_t *where, const int32_t *idx, int n, int K, int E) {
+    size_t m = (size_t)n * K;
+    memset(off, 0, sizeof(int32_t) * (size_t)(E + 1));
+    for (size_t s = 0; s < m; s++) off[idx[s] + 1]++;
+    for (int e = 0; e < E; e++) off[e + 1] += off[e];
+    int32_t cursor[E]; /* stable: slots of one expert keep their order */
+    memcpy(cursor, off, sizeof(int32_t) * (size_t)E);
+    for (size_t s = 0; s < m; s++) {
+        int32_t r = cursor[idx[s]]++;
+        order[r] = (int32_t)s;
+        where[s] = r;
+    }
+}
+
+void ds_cpu_moe_gather(float *dst, const float *src, const int32_t *order, int m, int K, int d) {
+#pragma omp parallel for schedule(static) if ((size_t)m * d > PAR_MIN)
+    for (int r = 0; r < m; r++) memcpy(dst + (size_t)r * d, src + (size_t)(order[r] / K) * d, sizeof(float) * d);
+}
+
+void ds_cpu_moe_gather_bwd(float *dsrc, const float *ddst, const int32_t *where, int n, int K, int d) {
+#pragma omp parallel for schedule(static) if ((size_t)n * K * d > PAR_MIN)
+    for (int t = 0; t < n; t++) {
+        float *y = dsrc + (size_t)t * d;
+        for (int k = 0; k < K; k++) {
+            const float *x = ddst + (size_t)where[(size_t)t * K + k] * d;
+#pragma omp simd
+            for (int j = 0; j < d; j++) y[j] += x[j];
+        }
+    }
+}
+
+void ds_cpu_moe_combine(float *y, const float *ye, const float *w, const int32_t *where, int n, int K, int d) {
+#pragma omp parallel for schedule(static) if ((size_t)n * K * d > PAR_MIN)
+    for (int t = 0; t < n; t++) {
+        float *yt = y + (size_t)t * d;
+        for (int k = 0; k < K; k++) {
+            size_t s = (size_t)t * K + k;
+            const float *x = ye + (size_t)where[s] * d;
+            float a = w[s];
+#pragma omp simd
+            for (int j = 0; j < d; j++) yt[j] += a * x[j];
+        }
+    }
+}
+
+void ds_cpu_moe_scale_rows(float *x, const float *w, const int32_t *order, int m, int d) {
+#pragma omp parallel for schedule(static) if ((size_t)m * d > PAR_MIN)
+    for (int r = 0; r < m; r++) {
+        float a = w[order[r]], *xr = x + (size_t)r * d;
+#pragma omp simd
+        for (int j = 0; j < d; j++) xr[j] *= a;
+    }
+}
+
+void ds_cpu_moe_combine_bwd(float *dact, float *dw, const float *z, const float *act, const float *w,
+                            const int32_t *order, int m, int I) {
+#pragma omp parallel for schedule(static) if ((size_t)m * I > PAR_MIN)
+    for (int r = 0; r < m; r++) {
+        const float *zr = z + (size_t)r * I, *ar = act + (size_t)r * I;
+        float *dr = dact + (size_t)r * I, dot = 0.0f, a = w[order[r]];
+#pragma omp simd reduction(+ : dot)
+        for (int j = 0; j < I; j++) dot += zr[j] * ar[j];
+        dw[order[r]] = dot;
+#pragma omp simd
+        for (int j = 0; j < I; j++) dr[j] = a * zr[j];
+    }
+}
