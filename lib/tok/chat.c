@@ -227,3 +227,24 @@ void ds_chat_rendered_free(ds_chat_rendered *r) {
     free(r->spans);
     memset(r, 0, sizeof *r);
 }
+
+int ds_chat_encode(const ds_tokenizer *tok, const ds_chat_rendered *r, ds_ids *ids, ds_bytes *train) {
+    for (int i = 0; i < r->n_spans; i++) {
+        const ds_chat_span *sp = &r->spans[i];
+        size_t before = ids->n;
+        DS_TRY(ds_tok_encode(tok, r->text + sp->off, sp->len, sp->content ? 0 : DS_TOK_SPECIAL, ids));
+        if (!train) continue;
+        size_t add = ids->n - before;
+        if (train->n + add > train->cap) {
+            size_t cap = train->cap ? train->cap : 256;
+            while (cap < train->n + add) cap *= 2;
+            uint8_t *v = realloc(train->v, cap);
+            if (!v) return ds_fail(DS_ERR, "chat: out of memory for a %zu-token mask", train->n + add);
+            train->v = v;
+            train->cap = cap;
+        }
+        memset(train->v + train->n, sp->train ? 1 : 0, add);
+        train->n += add;
+    }
+    return DS_OK;
+}

@@ -7,6 +7,10 @@
  * closing the assistant turn). ds-generate --chat and ds-sft use the same renderer, so the prompt a
  * model is trained on and the one it is asked with cannot drift apart.
  *
+ * Encoding (ds_chat_encode) tokenizes each span on its own: template text with special tokens
+ * recognised, message content as literal text, so user text can never forge a control token and the
+ * SFT mask is exact per token.
+ *
  * Template file: lines `KEY = "JSON string"`, '#' comment lines, blank lines. Keys: bos, system,
  * system_sep, user, assistant, generation. system/user/assistant hold "{content}" exactly once.
  */
@@ -14,6 +18,8 @@
 #define DS_TOK_CHAT_H
 
 #include <stddef.h>
+
+#include "tok/tokenizer.h"
 
 typedef struct {
     char *bos, *system, *system_sep, *user, *assistant, *generation; /* NUL-terminated, owned */
@@ -57,5 +63,9 @@ typedef struct {
 int ds_chat_render(const ds_chat_template *t, const ds_chat_msg *msgs, int n, int add_generation_prompt,
                    ds_chat_rendered *out);
 void ds_chat_rendered_free(ds_chat_rendered *r);
+
+/* Append the token ids of a rendered conversation to ids; when train is not NULL, append one byte per
+ * token: 1 where the token comes from a train span (assistant content and its closing text), else 0. */
+int ds_chat_encode(const ds_tokenizer *tok, const ds_chat_rendered *r, ds_ids *ids, ds_bytes *train);
 
 #endif

@@ -1,0 +1,69 @@
+/* generate.h — the batched decode engine: prompts in, sampled tokens out.
+ *
+ * Owns: scheduling (up to `batch` sequences share each forward; a finished sequence's slot is given
+ * to the next prompt at once), prefill in chunks, sampling each sequence with its own Philox stream
+ * (sequence id = the prompt's index in the input), the context limit, the finish rules (EOS, max new
+ * tokens, a stop decided by the caller), and MTP speculative decoding: the MTP module drafts one
+ * token, the next main-model step verifies it together with the token before it, and the draft is
+ * accepted by rejection sampling (greedy: iff it is the main model's argmax), so the output
+ * distribution — and under greedy decoding the output itself — is that of plain decoding.
+ *
+ * Text is not handled here: the caller reads prompts as token ids and sees every new token through
+ * a callback (where it decodes, streams, and checks stop strings).
+ */
+#ifndef DS_INFER_GENERATE_H
+#define DS_INFER_GENERATE_H
+
+#include <stdint.h>
+
+#include "infer/forward.h"
+#include "infer/sampler.h"
+
+typedef struct {
+    ds_sampling sampling;
+    int max_new;              /* new tokens per prompt, >= 1 */
+    int eos_id;               /* -1: none */
+    int mtp;                  /* speculative decoding with MTP module 1 (the engine must have it) */
+    int batch;                /* sequences in flight, <= the engine's slots */
+    int prefill_chunk;        /* prompt tokens per forward, <= the engine's max_tokens */
+    ds_attn_form prefill_form;
+    int truncate;             /* prompt + max_new over the context: keep the prompt's last tokens */
+} ds_gen_opts;
+
+typedef enum { DS_FINISH_NONE = 0, DS_FINISH_LENGTH, DS_FINISH_EOS, DS_FINISH_STOP } ds_finish;
+const char *ds_finish_name(ds_finish f); /* "length", "eos", "stop" */
+
+/* One sequence as the callbacks see it. Arrays are owned by the engine, valid during the callback. */
+typedef struct {
+    uint64_t id;            /* the caller's sequence id (also the sampling stream) */
+    const int32_t *prompt;  /* as used (after truncation) */
+    int prompt_len, truncated; /* truncated: tokens dropped from the front */
+    const int32_t *tokens;  /* generated so far, EOS included when it ended the sequence */
+    const float *logprobs;  /* log p(token | everything before) under the model itself (temperature 1) */
+    int n;
+    ds_finish finish;
+    double t_admit, t_first, t_end; /* ds_now() when admitted, when the first token came, when done */
+    int drafted, accepted;  /* speculative decoding: drafts verified and accepted */
+} ds_gen_seq;
+
+typedef struct {
+    void *ctx;
+    /* The next prompt: set *got = 1 with *id, *ids, *n (the ids are copied before next is called again),
+     * or *got = 0 when there are no more. Return 0, or an error code (message set) to abort. */
+    int (*next)(void *ctx, uint64_t *id, const int32_t **ids, int *n, int *got);
+    /* A new token (already appended to s->tokens). Set *stop = 1 to end the sequence ("stop").
+     * Return 0, or an error code that aborts generation. */
+    int (*on_token)(void *ctx, const ds_gen_seq *s, int *stop);
+    /* The sequence is finished (s->finish set). Return 0 or an error code. */
+    int (*on_done)(void *ctx, const ds_gen_seq *s);
+} ds_gen_io;
+
+typedef struct {
+    int64_t prompts, prompt_tokens, new_tokens;
+    int64_t prefill_calls, decode_steps, drafted, accepted;
+    double prefill_s, decode_s, mtp_s; /* wall time in prefill forwards, decode forwards, MTP forwards */
+} ds_gen_stats;
+
+int ds_generate(ds_infer *e, const ds_gen_opts *o, const ds_gen_io *io, ds_gen_stats *stats);
+
+#endif
