@@ -40,7 +40,7 @@ WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wno-sign-compare -Wno-m
 CFLAGS  ?= $(OPT) $(ARCH) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Ilib $(WARN) $(PKG_CFLAGS) -DDS_GIT='"$(GIT_REV)"'
 LDLIBS  := $(PKG_LIBS) -lopenblas -lzstd -lpcre2-8 -ljansson -lm -lpthread
-LDFLAGS += -fopenmp
+LDFLAGS += -fopenmp -Wl,--as-needed  # a tool links only the shared libraries it uses (no idle OpenBLAS pool)
 
 ifneq ($(SANITIZE),)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -1,19 +1,209 @@
 /* ds-generate — Generate text from a checkpoint with the MLA latent KV cache, or score texts. */
 #include "core/cli.h"
 #include "core/err.h"
+#include "core/file.h"
+#include "core/jsonw.h"
+#include "core/log.h"
+#include "core/threads.h"
+#include "infer/forward.h"
+#include "infer/generate.h"
+#include "infer/kvcache.h"
+#include "infer/load.h"
+#include "infer/score.h"
+#include "infer/textgen.h"
+
+#include <string.h>
+
+static struct {
+    const char *model, *chat_template, *prefill, *metrics;
+    ds_strlist prompts, stops;
+    int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, score, ids, truncate, no_bos, ignore_eos;
+    int quiet, verbose;
+    double temperature, top_p;
+    int64_t seed;
+} A = {.max_new = 128, .temperature = 1.0, .top_p = 1.0, .batch = 8, .prefill = "naive", .prefill_chunk = 256};
+
+static const ds_opt opts[] = {
+    {"model", 'm', DS_OPT_STR, &A.model, "CKPT", "checkpoint: directory, .safetensors file, or - (stream)"},
+    {"prompt", 0, DS_OPT_STRLIST, &A.prompts, "TEXT", "a prompt (else one per stdin line, text or JSONL)"},
+    {"max-new", 0, DS_OPT_INT, &A.max_new, "N", "new tokens per prompt", NULL, 1, 1e9},
+    {"temperature", 0, DS_OPT_FLOAT, &A.temperature, "T", "sampling temperature; 0 = greedy", NULL, 0, 1e6},
+    {"top-k", 0, DS_OPT_INT, &A.top_k, "K", "sample from the K most likely tokens; 0 = all", NULL, 0, 1e9},
+    {"top-p", 0, DS_OPT_FLOAT, &A.top_p, "P", "nucleus: smallest set of tokens with mass >= P", NULL, 1e-9, 1},
+    {"seed", 0, DS_OPT_I64, &A.seed, "S", "sampling seed (with the prompt's index, fixes every draw)"},
+    {"stop", 0, DS_OPT_STRLIST, &A.stops, "STR", "end a completion where this text appears (not included)"},
+    {"mtp", 0, DS_OPT_FLAG, &A.mtp, NULL, "speculative decoding: the MTP module drafts, the model verifies"},
+    {"jsonl", 0, DS_OPT_FLAG, &A.jsonl, NULL, "one JSON object per prompt (completion, tokens, logprobs, ...)"},
+    {"chat", 0, DS_OPT_FLAG, &A.chat, NULL, "render plain prompts as a user turn through the chat template"},
+    {"chat-template", 0, DS_OPT_STR, &A.chat_template, "FILE", "chat template (default: built in, share/chat_template)"},
+    {"score", 0, DS_OPT_FLAG, &A.score, NULL, "print each input's per-token log-probabilities instead"},
+    {"ids", 0, DS_OPT_FLAG, &A.ids, NULL, "input lines are space-separated token ids (no tokenizer needed)"},
+    {"batch", 0, DS_OPT_INT, &A.batch, "N", "sequences decoded together", NULL, 1, 1024},
+    {"ctx", 0, DS_OPT_INT, &A.ctx, "N", "context length; 0 = max_position_embeddings", NULL, 0, 1e9},
+    {"truncate", 0, DS_OPT_FLAG, &A.truncate, NULL, "cut over-long prompts from the front instead of failing"},
+    {"prefill", 0, DS_OPT_CHOICE, &A.prefill, "FORM", "attention form for prompts", "naive|absorbed"},
+    {"prefill-chunk", 0, DS_OPT_INT, &A.prefill_chunk, "N", "prompt tokens per forward", NULL, 1, 1e6},
+    {"no-bos", 0, DS_OPT_FLAG, &A.no_bos, NULL, "do not prepend the BOS token to plain prompts"},
+    {"ignore-eos", 0, DS_OPT_FLAG, &A.ignore_eos, NULL, "keep generating after the EOS token (fixed lengths)"},
+    {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads; 0 = all cores", NULL, 0, 4096},
+    {"metrics", 0, DS_OPT_STR, &A.metrics, "FILE", "write the configuration and the run's statistics as JSONL"},
+    {"quiet", 'q', DS_OPT_FLAG, &A.quiet, NULL, "no progress or statistics on stderr"},
+    {"verbose", 'v', DS_OPT_FLAG, &A.verbose, NULL, "more detail on stderr"},
+    {0}};
+
+static void report_cache(const ds_config *c, ds_jsonw *rec) {
+    ds_kv_bytes f32, b16;
+    ds_kvcache_bytes_per_token(c, 4, &f32);
+    ds_kvcache_bytes_per_token(c, 2, &b16);
+    ds_info("kv cache: %d floats per token per layer (latent %d + rope key %d) x %d layers = %.0f B/token fp32 "
+            "(%.0f bf16); standard MHA with %d heads x %d: %.0f B/token bf16 (%.1fx), expanded MLA K/V %.1fx",
+            c->kv_lora_rank + c->qk_rope_head_dim, c->kv_lora_rank, c->qk_rope_head_dim, c->num_hidden_layers,
+            f32.mla, b16.mla, c->num_attention_heads, c->v_head_dim, b16.mha, b16.mha / b16.mla,
+            b16.mla_full / b16.mla);
+    ds_jsonw_knum(rec, "kv_bytes_per_token_fp32", f32.mla);
+    ds_jsonw_knum(rec, "kv_bytes_per_token_mha_fp32", f32.mha);
+    ds_jsonw_knum(rec, "kv_ratio_mha", f32.mha / f32.mla);
+}
+
+static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, int ctx, ds_metrics *mf) {
+    const float *bias[1024];
+    ds_infer_model im;
+    if (c->num_hidden_layers + c->num_nextn_predict_layers > 1024) return ds_fail(DS_ERR, "too many layers");
+    ds_infer_model_of(L->model, &im, bias);
+    ds_gen_opts go = {.sampling = {A.temperature, A.top_k, A.top_p, (uint64_t)A.seed}, .max_new = A.max_new,
+                      .eos_id = A.ignore_eos ? -1 : c->eos_token_id, .mtp = A.mtp, .batch = A.batch, .prefill_chunk = A.prefill_chunk,
+                      .prefill_form = strcmp(A.prefill, "naive") ? DS_ATTN_ABSORBED : DS_ATTN_NAIVE,
+                      .truncate = A.truncate};
+    DS_TRY(ds_sampling_check(&go.sampling));
+    int rows = A.prefill_chunk > 2 * A.batch ? A.prefill_chunk : 2 * A.batch;
+    ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp, .serial_flops = 5e7};
+    ds_writer_opts wo = {.out = stdout, .tok = L->tok, .jsonl = A.jsonl, .stops = A.stops.v, .n_stops = A.stops.n,
+                         .eos = go.eos_id, .mtp = A.mtp};
+    ds_infer *e = NULL;
+    ds_gen_writer *w = NULL;
+    ds_gen_stats st;
+    int rc = ds_gen_writer_open(&w, &wo);
+    if (!rc) rc = ds_infer_create(&e, &im, NULL, &io);
+    if (!rc) {
+        ds_gen_io cb = {.src = rd, .next = ds_prompt_reader_next_cb, .sink = w, .on_token = ds_gen_writer_token,
+                        .on_done = ds_gen_writer_done};
+        rc = ds_generate(e, &go, &cb, &st);
+    }
+    int rc2 = ds_gen_writer_close(w);
+    if (!rc) rc = rc2;
+    ds_infer_free(e);
+    if (rc) return rc;
+    double pf = st.prefill_s > 0 ? st.prompt_tokens / st.prefill_s : 0, dc = st.decode_s > 0 ? (st.new_tokens - st.prompts) / st.decode_s : 0;
+    ds_info("%lld prompts: %lld prompt tokens, %lld new; prefill %.1f tok/s, decode %.1f tok/s over %lld steps",
+            (long long)st.prompts, (long long)st.prompt_tokens, (long long)st.new_tokens, pf, dc,
+            (long long)st.decode_steps);
+    if (A.mtp && st.drafted)
+        ds_info("mtp: %lld of %lld drafts accepted (%.1f%%): %.2f tokens per sequence per decode step",
+                (long long)st.accepted, (long long)st.drafted, 100.0 * st.accepted / st.drafted,
+                (double)(st.drafted + st.accepted) / st.drafted);
+    if (mf->f) {
+        ds_jsonw r;
+        ds_jsonw_init(&r);
+        ds_jsonw_obj_begin(&r);
+        ds_jsonw_kstr(&r, "record", "summary");
+        ds_jsonw_kint(&r, "prompts", st.prompts);
+        ds_jsonw_kint(&r, "prompt_tokens", st.prompt_tokens);
+        ds_jsonw_kint(&r, "new_tokens", st.new_tokens);
+        ds_jsonw_knum(&r, "prefill_tokens_per_s", pf);
+        ds_jsonw_knum(&r, "decode_tokens_per_s", dc);
+        ds_jsonw_kint(&r, "decode_steps", st.decode_steps);
+        ds_jsonw_kint(&r, "mtp_drafted", st.drafted);
+        ds_jsonw_kint(&r, "mtp_accepted", st.accepted);
+        ds_jsonw_obj_end(&r);
+        rc = ds_metrics_write(mf, &r);
+        ds_jsonw_free(&r);
+    }
+    return rc;
+}
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-generate");
-    static const ds_opt opts[] = {{0}};
     const ds_cli cli = {
         .name = "ds-generate",
-        .usage = "[OPTIONS]",
-        .summary = "Generate text from a checkpoint with the MLA latent KV cache, or score texts.",
-        .example = "  ds-generate -m ckpt/sft --prompt 'Once upon a time' --max-new 64",
+        .usage = "-m CKPT [OPTIONS]",
+        .summary = "Generate text from a checkpoint with the MLA latent KV cache (absorbed attention over the "
+                   "normalised KV latent and the rotated RoPE key), several prompts decoded together, optional "
+                   "MTP speculative decoding; or, with --score, print each input's per-token log-probabilities. "
+                   "Prompts come from --prompt, or one per stdin line: plain text, JSONL ({\"prompt\": ...} or "
+                   "{\"messages\": [...]}), or token ids with --ids.",
+        .example = "  ds-generate -m ckpt/sft --chat --prompt 'What is 2+2?' --max-new 64 --temperature 0\n"
+                   "  ds-quantize -i ckpt/sft -o - | ds-generate -m - --prompt 'Once upon a time'\n"
+                   "  ds-generate -m ckpt --jsonl --mtp < prompts.jsonl > out.jsonl\n"
+                   "  echo '0 17 42 9' | ds-generate -m ckpt --score --ids",
         .opts = opts,
     };
     int first;
     int rc = ds_cli_parse(&cli, argc, argv, &first);
     if (rc >= 0) return rc;
-    return ds_tool_report(ds_fail(DS_ERR, "not implemented yet"));
+    if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
+    if (!A.model) return ds_usage_error("-m/--model is required");
+    if (A.prompts.n && A.ids) return ds_usage_error("--prompt and --ids do not go together");
+    if (ds_is_stdio(A.model) && !A.prompts.n) return ds_usage_error("-m - reads the checkpoint from stdin: give prompts with --prompt");
+    if (A.score && (A.mtp || A.stops.n)) return ds_usage_error("--score takes no --mtp or --stop");
+    if (A.quiet) ds_log_set_level(DS_LOG_QUIET);
+    if (A.verbose) ds_log_set_level(DS_LOG_VERBOSE);
+    ds_threads_set(A.threads);
+
+    ds_metrics mf = {0};
+    if (A.metrics && (rc = ds_metrics_open(&mf, A.metrics, 0))) return ds_tool_report(rc);
+    ds_chat_template tpl;
+    if ((rc = ds_chat_template_load(&tpl, A.chat_template))) return ds_tool_report(rc);
+    ds_loaded L;
+    /* the training forward's activations serve --score only: sized for one sequence of the context
+     * (max_seq 0: the config's max_position_embeddings) */
+    ds_model_opts mo = {.max_batch = 1, .max_seq = A.score ? A.ctx : 1};
+    double t0 = ds_now();
+    if ((rc = ds_load_checkpoint(A.model, &mo, &L))) return ds_tool_report(rc);
+    const ds_config *c = ds_model_config(L.model);
+    int ctx = A.ctx ? A.ctx : c->max_position_embeddings;
+    if (A.mtp && !L.has_mtp) rc = ds_fail(DS_EUSAGE, "--mtp: the checkpoint has no MTP module: %s", A.model);
+
+    ds_jsonw cfgrec;
+    ds_jsonw_init(&cfgrec);
+    ds_jsonw_obj_begin(&cfgrec);
+    ds_jsonw_kstr(&cfgrec, "record", "config");
+    ds_jsonw_kstr(&cfgrec, "model", A.model);
+    ds_jsonw_kstr(&cfgrec, "mode", A.score ? "score" : "generate");
+    ds_jsonw_kint(&cfgrec, "ctx", ctx);
+    ds_jsonw_kint(&cfgrec, "batch", A.batch);
+    ds_jsonw_kint(&cfgrec, "max_new", A.max_new);
+    ds_jsonw_knum(&cfgrec, "temperature", A.temperature);
+    ds_jsonw_kint(&cfgrec, "top_k", A.top_k);
+    ds_jsonw_knum(&cfgrec, "top_p", A.top_p);
+    ds_jsonw_kint(&cfgrec, "seed", A.seed);
+    ds_jsonw_kbool(&cfgrec, "mtp", A.mtp);
+    ds_jsonw_kint(&cfgrec, "threads", ds_threads_get());
+    ds_info("ds-generate: %s (%s) loaded in %.2f s: %d layers, hidden %d, %d heads, vocab %d%s%s; ctx %d, "
+            "batch %d, %d threads", A.model, L.tok ? "with tokenizer" : "no tokenizer", ds_now() - t0,
+            c->num_hidden_layers, c->hidden_size, c->num_attention_heads, c->vocab_size, L.has_mtp ? ", MTP" : "",
+            A.mtp ? " (speculating)" : "", ctx, A.batch, ds_threads_get());
+    if (!A.score) report_cache(c, &cfgrec);
+    ds_jsonw_obj_end(&cfgrec);
+    if (!rc && mf.f) rc = ds_metrics_write(&mf, &cfgrec);
+    ds_jsonw_free(&cfgrec);
+
+    ds_prompt_opts po = {.format = A.ids ? DS_INPUT_IDS : DS_INPUT_AUTO, .tok = L.tok, .chat = &tpl,
+                         .chat_prompts = A.chat, .generation_prompt = !A.score,
+                         .bos = A.no_bos ? -1 : c->bos_token_id, .vocab = c->vocab_size};
+    ds_prompt_reader *rd = NULL;
+    if (!rc) rc = ds_prompt_reader_open(&rd, &po, A.prompts.n ? A.prompts.v : NULL, A.prompts.n, stdin, "stdin");
+    if (!rc && A.score) {
+        ds_score_stats ss;
+        rc = ds_score(L.model, rd, stdout, ctx, &ss);
+        if (!rc) ds_info("scored %lld inputs, %lld tokens in %.2f s", (long long)ss.inputs, (long long)ss.tokens, ss.seconds);
+    } else if (!rc) {
+        rc = run_generate(&L, rd, c, ctx, &mf);
+    }
+    ds_prompt_reader_free(rd);
+    ds_loaded_free(&L);
+    ds_chat_template_free(&tpl);
+    ds_metrics_close(&mf);
+    ds_strlist_free(&A.prompts);
+    ds_strlist_free(&A.stops);
+    return rc == DS_EUSAGE ? ds_usage_error("%s", ds_errmsg()) : ds_tool_report(rc);
 }

@@ -9,7 +9,6 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "core/log.h"
-#include "core/threads.h"
 #include "tok/corpus.h"
 #include "tok/tokdoc.h"
 #include "tok/tokenizer.h"
@@ -18,7 +17,7 @@
 static int threads = 0, quiet = 0, verbose = 0;
 
 static void apply_common(void) {
-    ds_threads_set(threads);
+    ds_tok_set_threads(threads);
     if (quiet) ds_log_set_level(DS_LOG_QUIET);
     if (verbose) ds_log_set_level(DS_LOG_VERBOSE);
 }
@@ -28,12 +27,10 @@ static void summary(const char *what, const ds_corpus_stats *st) {
     ds_info("%s: %llu documents, %.2f MB, %llu tokens, %.3f bytes/token, %.1f MB/s (%.2f s, %d threads)", what,
             (unsigned long long)st->docs, mb, (unsigned long long)st->tokens,
             st->tokens ? (double)st->bytes / (double)st->tokens : 0.0, st->seconds > 0 ? mb / st->seconds : 0.0,
-            st->seconds, ds_threads_get());
+            st->seconds, ds_tok_threads());
 }
 
 /* ---- train -------------------------------------------------------------------------------------- */
-
-static int feed(void *ctx, const char *text, size_t len) { return ds_tok_trainer_feed(ctx, text, len); }
 
 static int cmd_train(int argc, char **argv) {
     int64_t vocab = 0, min_freq = 0;
@@ -66,20 +63,28 @@ static int cmd_train(int argc, char **argv) {
     if (vocab <= 0 || vocab > (1 << 24)) return ds_usage_error("train: --vocab-size N is required (1..16777216)");
     apply_common();
     /* DeepSeek's specials, then the user's (comma-separated, repeatable) */
-    ds_strlist all = {0};
+    ds_strlist all = {0}, copies = {0};
     for (int i = 0; !no_defaults && i < ds_tok_n_default_specials; i++) ds_strlist_push(&all, ds_tok_default_specials[i]);
     for (int i = 0; i < specials.n; i++) {
         char *s = strdup(specials.v[i]);
+        ds_strlist_push(&copies, s);
         for (char *tok = strtok(s, ","); tok; tok = strtok(NULL, ",")) ds_strlist_push(&all, tok);
     }
-    if (vocab < all.n + 256) return ds_usage_error("train: --vocab-size %lld is below %d specials + 256 bytes", (long long)vocab, all.n);
+    if (vocab < all.n + 256) {
+        int nspecial = all.n;
+        ds_strlist_free(&all);
+        for (int i = 0; i < copies.n; i++) free((char *)copies.v[i]);
+        ds_strlist_free(&copies);
+        ds_strlist_free(&specials);
+        return ds_usage_error("train: --vocab-size %lld is below %d specials + 256 bytes", (long long)vocab, nspecial);
+    }
     ds_tok_trainer *tr;
     ds_tokenizer *t = NULL;
     ds_corpus_opts co = {.doc_mode = DS_DOC_FILE, .progress = ds_log_level() >= DS_LOG_NORMAL};
     ds_corpus_stats st;
     rc = ds_tok_trainer_new(&tr);
-    if (!rc) rc = ds_corpus_read(&co, (const char *const *)argv + first, argc - first, (size_t)64 << 20, ds_tok_train_cut,
-                                 feed, tr, &st);
+    if (!rc) rc = ds_corpus_read(&co, (const char *const *)argv + first, argc - first, (size_t)16 << 20, ds_tok_train_cut,
+                                 ds_tok_trainer_feed_many, tr, &st);
     double t1 = ds_now();
     if (!rc) {
         ds_verbose("counted %llu pre-tokens, %llu unique, in %.2f s", (unsigned long long)ds_tok_trainer_pretokens(tr),
@@ -95,6 +100,10 @@ static int cmd_train(int argc, char **argv) {
                 ds_tok_vocab_size(t), st.seconds, ds_now() - t1);
     ds_tok_trainer_free(tr);
     ds_tok_free(t);
+    ds_strlist_free(&all);
+    for (int i = 0; i < copies.n; i++) free((char *)copies.v[i]);
+    ds_strlist_free(&copies);
+    ds_strlist_free(&specials);
     return ds_tool_report(rc);
 }
 

@@ -4,6 +4,8 @@
 #include "model/layer.h"
 #include "ops/mla_decode.h"
 
+#include "core/threads.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,7 @@ struct ds_infer {
     ds_dims d;
     ds_rope rope;
     int W; /* cache row: kv_lora_rank + qk_rope_head_dim */
+    double flops_token, flops_attn; /* per token: weights (all layers, head); per cached position and layer */
     int32_t *off_host;
     int64_t *off64;
     int32_t *mla_table, *mla_len; /* per attention call: the slot and visible length of each sequence */
@@ -44,6 +47,7 @@ struct ds_infer {
 ds_kvcache *ds_infer_cache(ds_infer *e) { return &e->cache; }
 const ds_config *ds_infer_config(const ds_infer *e) { return e->cfg; }
 size_t ds_infer_scratch_bytes(const ds_infer *e) { return e->scratch_bytes; }
+void ds_infer_set_serial_flops(ds_infer *e, double flops) { e->o.serial_flops = flops; }
 
 void ds_infer_model_of(ds_model *m, ds_infer_model *out, const float **bias) {
     const ds_config *c = ds_model_config(m);
@@ -95,6 +99,10 @@ int ds_infer_create(ds_infer **out, const ds_infer_model *m, const ds_ops *ops, 
     }
     const ds_dims *d = &e->d;
     e->W = d->Rkv + d->dr;
+    ds_param_counts pc;
+    ds_config_counts(c, &pc);
+    e->flops_token = 2.0 * (double)(pc.activated - pc.embedding);
+    e->flops_attn = 4.0 * d->H * e->W;
     const size_t n = (size_t)o->max_tokens, f = sizeof(float), i32 = sizeof(int32_t);
     const size_t nk = n * (size_t)(d->K > 0 ? d->K : 1);
     size_t ffn = (size_t)d->I;
@@ -325,8 +333,44 @@ static void head(ds_infer *e, int n, int n_out, const int32_t *rows, const float
     op->sync();
 }
 
+/* Run small steps on one thread: returns the thread count to restore (0: nothing changed). */
+static int serial_begin(const ds_infer *e, int n, const int32_t *pos, int layers) {
+    if (e->o.serial_flops <= 0 || ds_threads_get() <= 1) return 0;
+    double f = e->flops_token * n;
+    for (int i = 0; i < n; i++) f += e->flops_attn * layers * (pos[i] + 1.0);
+    if (f >= e->o.serial_flops) return 0;
+    int prev = ds_threads_get();
+    ds_threads_set(1);
+    return prev;
+}
+
+static void serial_end(int prev) {
+    if (prev) ds_threads_set(prev);
+}
+
+static int forward(ds_infer *e, const ds_infer_step *s);
+static int mtp_forward(ds_infer *e, int n, const int32_t *next_tok, const float *h, const int32_t *slot,
+                       const int32_t *pos, float *logits);
+
 int ds_infer_forward(ds_infer *e, const ds_infer_step *s) {
     DS_TRY(check_step(e, s->n, s->tok, s->slot, s->pos, s->form));
+    int prev = serial_begin(e, s->n, s->pos, e->cfg->num_hidden_layers);
+    int rc = forward(e, s);
+    serial_end(prev);
+    return rc;
+}
+
+int ds_infer_mtp(ds_infer *e, int n, const int32_t *next_tok, const float *h, const int32_t *slot,
+                 const int32_t *pos, float *logits) {
+    if (!e->o.mtp) return ds_fail(DS_ERR, "inference: the engine was created without the MTP module");
+    DS_TRY(check_step(e, n, next_tok, slot, pos, DS_ATTN_ABSORBED));
+    int prev = serial_begin(e, n, pos, 1);
+    int rc = mtp_forward(e, n, next_tok, h, slot, pos, logits);
+    serial_end(prev);
+    return rc;
+}
+
+static int forward(ds_infer *e, const ds_infer_step *s) {
     if (s->n_out < 0 || s->n_out > s->n) return ds_fail(DS_ERR, "inference: %d output rows for %d tokens", s->n_out, s->n);
     for (int r = 0; r < s->n_out; r++)
         if (s->out_rows && (s->out_rows[r] < 0 || s->out_rows[r] >= s->n))
@@ -343,10 +387,8 @@ int ds_infer_forward(ds_infer *e, const ds_infer_step *s) {
     return DS_OK;
 }
 
-int ds_infer_mtp(ds_infer *e, int n, const int32_t *next_tok, const float *h, const int32_t *slot,
-                 const int32_t *pos, float *logits) {
-    if (!e->o.mtp) return ds_fail(DS_ERR, "inference: the engine was created without the MTP module");
-    DS_TRY(check_step(e, n, next_tok, slot, pos, DS_ATTN_ABSORBED));
+static int mtp_forward(ds_infer *e, int n, const int32_t *next_tok, const float *h, const int32_t *slot,
+                       const int32_t *pos, float *logits) {
     const ds_ops *op = e->ops;
     buffers *b = &e->b;
     const int D = e->d.D, L = e->cfg->num_hidden_layers;

@@ -47,6 +47,9 @@ typedef struct {
     int slots;      /* sequences held at once */
     int max_len;    /* context: positions per slot */
     int mtp;        /* 1: prepare the first MTP module (its cache layer and buffers) */
+    double serial_flops; /* a step estimated below this many FLOPs runs on one thread (0: never). Every
+                            parallel region wakes and joins all threads; on a small decode step that costs
+                            more than the arithmetic, and far more on a busy machine. */
 } ds_infer_opts;
 
 typedef struct ds_infer ds_infer;
@@ -77,6 +80,9 @@ int ds_infer_forward(ds_infer *e, const ds_infer_step *s);
  * slot[i] up to pos[i]. Writes logits [n, V] (host) predicting the token after next_tok[i]. */
 int ds_infer_mtp(ds_infer *e, int n, const int32_t *next_tok, const float *h, const int32_t *slot,
                  const int32_t *pos, float *logits);
+
+/* Change opts.serial_flops of a live engine. */
+void ds_infer_set_serial_flops(ds_infer *e, double flops);
 
 /* Bytes of scratch held by the engine (activations; the cache is accounted separately). */
 size_t ds_infer_scratch_bytes(const ds_infer *e);

@@ -53,7 +53,7 @@ static int emit(gen *g, slot_state *s, int32_t tok, double logp) {
     if (s->s.n == 1) s->s.t_first = ds_now();
     g->st->new_tokens++;
     int stop = 0;
-    DS_TRY(g->io->on_token(g->io->ctx, &s->s, &stop));
+    DS_TRY(g->io->on_token(g->io->sink, &s->s, &stop));
     if (g->o->eos_id >= 0 && tok == g->o->eos_id) s->s.finish = DS_FINISH_EOS;
     else if (stop) s->s.finish = DS_FINISH_STOP;
     else if (s->s.n >= g->o->max_new) s->s.finish = DS_FINISH_LENGTH;
@@ -61,7 +61,7 @@ static int emit(gen *g, slot_state *s, int32_t tok, double logp) {
         s->s.t_end = ds_now();
         s->active = 0;
         s->has_draft = 0;
-        DS_TRY(g->io->on_done(g->io->ctx, &s->s));
+        DS_TRY(g->io->on_done(g->io->sink, &s->s));
     }
     return DS_OK;
 }
@@ -73,7 +73,7 @@ static int admit(gen *g) {
         uint64_t id = 0;
         const int32_t *ids = NULL;
         int n = 0, got = 0;
-        DS_TRY(g->io->next(g->io->ctx, &id, &ids, &n, &got));
+        DS_TRY(g->io->next(g->io->src, &id, &ids, &n, &got));
         if (!got) {
             g->input_done = 1;
             break;
@@ -87,10 +87,11 @@ static int admit(gen *g) {
         int drop = 0;
         if ((int64_t)n + g->o->max_new > g->max_len) {
             if (!g->o->truncate) {
+                ds_fail(DS_ERR, "prompt %llu: %d tokens + %d new exceed the context of %d tokens",
+                        (unsigned long long)id, n, g->o->max_new, g->max_len);
                 ds_hint("--truncate keeps the last %d tokens of such prompts; --max-new or --ctx change the budget",
                         g->max_len - g->o->max_new);
-                return ds_fail(DS_ERR, "prompt %llu: %d tokens + %d new exceed the context of %d tokens",
-                               (unsigned long long)id, n, g->o->max_new, g->max_len);
+                return DS_ERR;
             }
             drop = n - (g->max_len - g->o->max_new);
         }

@@ -47,15 +47,16 @@ typedef struct {
 } ds_gen_seq;
 
 typedef struct {
-    void *ctx;
+    void *src;
     /* The next prompt: set *got = 1 with *id, *ids, *n (the ids are copied before next is called again),
      * or *got = 0 when there are no more. Return 0, or an error code (message set) to abort. */
-    int (*next)(void *ctx, uint64_t *id, const int32_t **ids, int *n, int *got);
+    int (*next)(void *src, uint64_t *id, const int32_t **ids, int *n, int *got);
+    void *sink;
     /* A new token (already appended to s->tokens). Set *stop = 1 to end the sequence ("stop").
      * Return 0, or an error code that aborts generation. */
-    int (*on_token)(void *ctx, const ds_gen_seq *s, int *stop);
+    int (*on_token)(void *sink, const ds_gen_seq *s, int *stop);
     /* The sequence is finished (s->finish set). Return 0 or an error code. */
-    int (*on_done)(void *ctx, const ds_gen_seq *s);
+    int (*on_done)(void *sink, const ds_gen_seq *s);
 } ds_gen_io;
 
 typedef struct {

@@ -241,6 +241,10 @@ int ds_prompt_reader_next(ds_prompt_reader *r, uint64_t *index, const int32_t **
     return DS_OK;
 }
 
+int ds_prompt_reader_next_cb(void *r, uint64_t *index, const int32_t **ids, int *n, int *got) {
+    return ds_prompt_reader_next(r, index, ids, n, got);
+}
+
 /* ---- writing ------------------------------------------------------------------------------------- */
 
 typedef struct {

@@ -43,6 +43,8 @@ int ds_prompt_reader_open(ds_prompt_reader **out, const ds_prompt_opts *o, const
 /* The next input as token ids (valid until the next call); *got = 0 at the end. Errors name the line:
  * "<where>: line 3: <problem>". */
 int ds_prompt_reader_next(ds_prompt_reader *r, uint64_t *index, const int32_t **ids, int *n, int *got);
+/* The same, shaped as ds_gen_io.next (src = the reader). */
+int ds_prompt_reader_next_cb(void *r, uint64_t *index, const int32_t **ids, int *n, int *got);
 void ds_prompt_reader_free(ds_prompt_reader *r);
 
 typedef struct {
@@ -58,7 +60,7 @@ typedef struct {
 typedef struct ds_gen_writer ds_gen_writer;
 
 int ds_gen_writer_open(ds_gen_writer **out, const ds_writer_opts *o);
-/* ds_gen_io callbacks (ctx = the writer) */
+/* ds_gen_io callbacks (sink = the writer) */
 int ds_gen_writer_token(void *w, const ds_gen_seq *s, int *stop);
 int ds_gen_writer_done(void *w, const ds_gen_seq *s);
 /* Everything written? (An error while generating can leave sequences unfinished.) */

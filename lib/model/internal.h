@@ -50,20 +50,26 @@ struct ds_model {
     float *hf;                  /* final-norm output [n][D] (also MTP's h^0) */
     float *rstd_f;
     float *logp, *lse, *ent;    /* main head: [n] each */
-    /* MTP module j: input embedding, the two normed halves, eh_proj output (= layer input), layer output,
-     * its gradient, shared_head.norm output, the rstds, log-probs and lse, shifted tokens and targets */
+    /* MTP module j (k = j+1) runs on the T-k positions of each row that have a token k places ahead
+     * (rows of T-k, "compact" layout): its input embedding, the two normed halves, eh_proj output (the
+     * layer input), layer output and its gradient, shared_head.norm output, rstds, compact log-probs,
+     * their gradient and lse; shifted tokens and targets, segment ids, positions and RoPE table. */
     struct mtp_act {
-        float *e, *en, *hn, *hp, *hk, *hkn, *gh, *rstd_e, *rstd_h, *rstd_k, *logp, *lse;
-        int32_t *tok, *tgt;
+        float *e, *en, *hn, *hp, *hk, *hkn, *gh, *rstd_e, *rstd_h, *rstd_k, *logp_c, *dlogp_c, *lse, *cs;
+        float *logp;                /* [B][T] view into mtp_logp */
+        int32_t *tok, *tgt, *seg, *pos;
     } *mtp;
     float *mtp_logp;            /* [Dm][n] contiguous view handed out */
 
     /* batch on the backend */
-    int B, T, n;
+    int B, T, n;                /* the batch, or while an MTP module runs, its compact geometry */
+    int T_main;                 /* the batch's T */
     int has_seg;
     int32_t *tok, *tgt, *seg, *pos; /* [n] each */
     float *cs;                  /* RoPE table [n][dr/2][2] */
-    int32_t *h_i32;             /* host staging [n] */
+    const int32_t *cur_seg;     /* what the layer functions see: main batch or an MTP module's */
+    const float *cur_cs;
+    int32_t *h_i32, *h_pos;     /* host staging [n] */
     int32_t *expert_load;       /* host [n_moe][E] */
     float *bal_rows, *bal_rows_d; /* per-row balance terms [B]: host, backend */
     double bal_loss;

@@ -108,9 +108,13 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
         a->rstd_h = TAKE(float, n);
         a->rstd_k = TAKE(float, n);
         a->lse = TAKE(float, n);
+        a->logp_c = TAKE(float, n);
+        a->dlogp_c = train ? TAKE(float, n) : NULL;
+        a->cs = TAKE(float, (size_t)n * d->dr);
         a->tok = TAKE(int32_t, n);
         a->tgt = TAKE(int32_t, n);
-        a->logp = m->mtp_logp ? m->mtp_logp + (size_t)j * n : NULL;
+        a->seg = TAKE(int32_t, n);
+        a->pos = TAKE(int32_t, n);
     }
 
     /* scratch */

@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int check_config(const ds_config *c) {
 #define NEED(cond, key, what)                                                                              \
@@ -95,6 +96,7 @@ void ds_model_free(ds_model *m) {
     free(m->W.layer);
     free(m->G.layer);
     free(m->h_i32);
+    free(m->h_pos);
     free(m->expert_load);
     free(m->bal_rows);
     free_shape(m);
@@ -120,6 +122,16 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     } while (0)
     if ((rc = ds_params_layout(m, 1))) goto fail;
     size_t pbytes = sizeof(float) * m->n_floats;
+    ds_bump count = {0};
+    ds_act_layout(m, &count, m->n_max);
+    if (!strcmp(ops->name, "cpu")) {
+        /* refuse what cannot fit before touching the allocator (the 671B shape on a workstation) */
+        double need = (double)pbytes * (m->opts.train ? 2 : 1) + (double)count.used;
+        double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
+        if (have > 0 && need > have)
+            FAIL("out of memory: the model needs %.1f GiB (parameters%s and activations), the machine has %.1f GiB",
+                 need / 1073741824.0, m->opts.train ? ", gradients" : "", have / 1073741824.0);
+    }
     m->w = ops->alloc(pbytes);
     if (!m->w) FAIL("out of memory: %zu bytes of parameters", pbytes);
     ops->zero(m->w, pbytes);
@@ -140,8 +152,6 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
         ops->zero(m->ebias, bb);
     }
 
-    ds_bump count = {0};
-    ds_act_layout(m, &count, m->n_max);
     m->act.cap = count.used;
     m->act.base = ops->alloc(count.used);
     if (!m->act.base) FAIL("out of memory: %zu bytes of activations for %d tokens", count.used, m->n_max);
@@ -151,9 +161,10 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
 
     int hn = m->n_max > d->E + 1 ? m->n_max : d->E + 1;
     m->h_i32 = malloc(sizeof(int32_t) * (size_t)hn);
+    m->h_pos = malloc(sizeof(int32_t) * (size_t)m->n_max);
     m->expert_load = calloc((size_t)m->n_moe * d->E + 1, sizeof(int32_t));
     m->bal_rows = calloc((size_t)m->opts.max_batch, sizeof(float));
-    if (!m->h_i32 || !m->expert_load || !m->bal_rows) FAIL("out of memory: host buffers");
+    if (!m->h_i32 || !m->h_pos || !m->expert_load || !m->bal_rows) FAIL("out of memory: host buffers");
     for (int l = 0; l < m->n_layers_total; l++) {
         if (!m->opts.train && l > 0) {
             m->tape[l].off_h = m->tape[0].off_h;
@@ -176,8 +187,8 @@ ds_layer_ctx ds_model_ctx(const ds_model *m) {
                       .B = m->B,
                       .T = m->T,
                       .n = m->n,
-                      .seg = m->has_seg ? m->seg : NULL,
-                      .cs = m->cs,
+                      .seg = m->cur_seg,
+                      .cs = m->cur_cs,
                       .softmax_scale = m->rope.softmax_scale,
                       .attn_ws = m->scr.attn_ws};
     return c;
@@ -228,34 +239,42 @@ int ds_model_prepare(ds_model *m, const ds_batch *b) {
     }
     if (b->seg) ops->copy(m->seg, b->seg, bytes, DS_COPY_H2D);
     /* positions: given, or 0.. per row, restarting where the segment id changes */
-    const int32_t *pos = b->pos;
-    if (!pos) {
-        for (int r = 0; r < B; r++)
-            for (int t = 0; t < T; t++) {
-                int i = r * T + t;
-                h[i] = (t > 0 && !(b->seg && b->seg[i] != b->seg[i - 1])) ? h[i - 1] + 1 : 0;
-            }
-        pos = h;
+    int32_t *pos = m->h_pos;
+    for (int i = 0; i < n; i++) {
+        int t = i % T;
+        pos[i] = b->pos ? b->pos[i] : (t > 0 && !(b->seg && b->seg[i] != b->seg[i - 1])) ? pos[i - 1] + 1 : 0;
     }
     ops->copy(m->pos, pos, bytes, DS_COPY_H2D);
     ops->rope_table(m->cs, m->pos, n, m->inv_freq_d, m->rope.half, m->rope.cos_scale);
-    ops->sync(); /* h is reused below */
+    m->T_main = T;
+    m->cur_seg = b->seg ? m->seg : NULL;
+    m->cur_cs = m->cs;
 
-    /* MTP module k (1-based) at position t: input token t+k, target targets[t+k], within the row and the
-     * segment of t */
+    /* MTP module k (1-based) at position t < T-k of row r: input token t+k, target targets[t+k] (none when
+     * t+k is in another segment), t's segment and position */
+    for (int j = 0; j < m->mtp_depth; j++) m->mtp[j].logp = m->mtp_logp + (size_t)j * n;
     for (int j = 0; j < m->mtp_depth; j++) {
-        int k = j + 1;
-        for (int pass = 0; pass < 2; pass++) {
+        struct mtp_act *a = &m->mtp[j];
+        int k = j + 1, Tk = T - k;
+        if (Tk <= 0) break;
+        size_t nk = (size_t)B * Tk, kb = sizeof(int32_t) * nk;
+        for (int field = 0; field < 4; field++) {
             for (int r = 0; r < B; r++)
-                for (int t = 0; t < T; t++) {
+                for (int t = 0; t < Tk; t++) {
                     int i = r * T + t, s = i + k;
-                    int ok = t + k < T && !(b->seg && b->seg[s] != b->seg[i]);
-                    const int32_t *src = pass ? b->targets : b->tokens;
-                    h[i] = ok && src ? src[s] : -1;
+                    int ok = !(b->seg && b->seg[s] != b->seg[i]);
+                    int32_t v;
+                    if (field == 0) v = ok ? b->tokens[s] : -1;
+                    else if (field == 1) v = ok && b->targets ? b->targets[s] : -1;
+                    else if (field == 2) v = b->seg ? b->seg[i] : 0;
+                    else v = pos[i];
+                    h[r * Tk + t] = v;
                 }
-            ops->copy(pass ? m->mtp[j].tgt : m->mtp[j].tok, h, bytes, DS_COPY_H2D);
-            ops->sync();
+            int32_t *dst = field == 0 ? a->tok : field == 1 ? a->tgt : field == 2 ? a->seg : a->pos;
+            ops->copy(dst, h, kb, DS_COPY_H2D);
+            ops->sync(); /* h is reused */
         }
+        ops->rope_table(a->cs, a->pos, (int)nk, m->inv_freq_d, m->rope.half, m->rope.cos_scale);
     }
     m->have_fwd = 0;
     return 0;
@@ -280,23 +299,53 @@ int ds_model_layers_fwd(ds_model *m, int l0, int l1) {
     return 0;
 }
 
+/* Run the layer functions on MTP module j's compact geometry (rows of T-k) until mtp_leave. */
+static void mtp_enter(ds_model *m, int j) {
+    int Tk = m->T_main - (j + 1);
+    m->T = Tk;
+    m->n = m->B * Tk;
+    m->cur_seg = m->has_seg ? m->mtp[j].seg : NULL;
+    m->cur_cs = m->mtp[j].cs;
+}
+
+static void mtp_leave(ds_model *m) {
+    m->T = m->T_main;
+    m->n = m->B * m->T_main;
+    m->cur_seg = m->has_seg ? m->seg : NULL;
+    m->cur_cs = m->cs;
+}
+
+/* hprev: the previous module's states (the main model's for j = 0), rows of Tprev = Tk + 1 positions;
+ * module j reads the first Tk of each row. */
 static int mtp_fwd(ds_model *m, int j, const float *hprev) {
     const ds_ops *ops = m->ops;
     const ds_dims *d = &m->dims;
-    int l = m->cfg.num_hidden_layers + j, n = m->n, D = d->D;
+    int l = m->cfg.num_hidden_layers + j, D = d->D, B = m->B, Tk = m->T_main - (j + 1), Tprev = Tk + 1;
     const ds_layer_w *w = &m->W.layer[l];
     struct mtp_act *a = &m->mtp[j];
+    mtp_enter(m, j);
+    int n = m->n;
     ops->embed_fwd(a->e, m->W.embed, a->tok, n, D);
     ops->rmsnorm_fwd(a->en, D, a->rstd_e, a->e, D, w->enorm, n, D, d->eps);
-    ops->rmsnorm_fwd(a->hn, D, a->rstd_h, hprev, D, w->hnorm, n, D, d->eps);
+    for (int r = 0; r < B; r++)
+        ops->rmsnorm_fwd(a->hn + (size_t)r * Tk * D, D, a->rstd_h + (size_t)r * Tk, hprev + (size_t)r * Tprev * D, D,
+                         w->hnorm, Tk, D, d->eps);
     /* eh_proj [D, 2D]: columns [0, D) take enorm(emb), [D, 2D) take hnorm(h) (spec 6.1, vLLM order) */
     ops->gemm(0, 1, n, D, D, 1.0f, a->en, D, w->eh_proj, 2 * D, 0.0f, a->hp, D);
     ops->gemm(0, 1, n, D, D, 1.0f, a->hn, D, w->eh_proj + D, 2 * D, 1.0f, a->hp, D);
-    DS_TRY(ds_layer_fwd(m, l, a->hp, a->hk));
-    ops->rmsnorm_fwd(a->hkn, D, a->rstd_k, a->hk, D, w->head_norm, n, D, d->eps);
-    ds_head_fwd(m, a->hkn, a->tgt, n, a->logp, a->lse, NULL);
-    return 0;
+    int rc = ds_layer_fwd(m, l, a->hp, a->hk);
+    if (!rc) {
+        ops->rmsnorm_fwd(a->hkn, D, a->rstd_k, a->hk, D, w->head_norm, n, D, d->eps);
+        ds_head_fwd(m, a->hkn, a->tgt, n, a->logp_c, a->lse, NULL);
+    }
+    mtp_leave(m);
+    /* log-probs back into [B][T], 0 for the last k positions of each row */
+    ops->zero(a->logp, sizeof(float) * (size_t)B * m->T_main);
+    ops->copy2d(a->logp, m->T_main, a->logp_c, Tk, B, Tk);
+    return rc;
 }
+
+static int mtp_active(const ds_model *m, int j) { return m->T_main - (j + 1) > 0; }
 
 int ds_model_head_fwd(ds_model *m, ds_fwd_out *out) {
     const ds_ops *ops = m->ops;
@@ -306,6 +355,10 @@ int ds_model_head_fwd(ds_model *m, ds_fwd_out *out) {
     ds_head_fwd(m, m->hf, m->tgt, n, m->logp, m->lse, m->ent);
     const float *hprev = m->hf; /* h^0: the main model's output after the final norm (docs/DESIGN.md) */
     for (int j = 0; j < m->mtp_depth; j++) {
+        if (!mtp_active(m, j)) {
+            ops->zero(m->mtp[j].logp, sizeof(float) * (size_t)n);
+            continue;
+        }
         DS_TRY(mtp_fwd(m, j, hprev));
         hprev = m->mtp[j].hk;
     }
@@ -332,15 +385,20 @@ int ds_model_forward(ds_model *m, const ds_batch *b, ds_fwd_out *out) {
 
 /* ---- backward ------------------------------------------------------------------------------------------ */
 
+/* gh of module j holds d(loss)/d(its layer output) from module j+1 on entry; ghprev (rows of Tk + 1)
+ * receives d(loss)/d(hprev). dlogp: [B][T]. */
 static void mtp_bwd(ds_model *m, int j, const float *hprev, float *ghprev, const float *dlogp) {
     const ds_ops *ops = m->ops;
     const ds_dims *d = &m->dims;
-    int l = m->cfg.num_hidden_layers + j, n = m->n, D = d->D;
+    int l = m->cfg.num_hidden_layers + j, D = d->D, B = m->B, Tk = m->T_main - (j + 1), Tprev = Tk + 1;
     const ds_layer_w *w = &m->W.layer[l];
     ds_layer_w *gw = &m->G.layer[l];
     struct mtp_act *a = &m->mtp[j];
     float *t = m->scr.tmpD, *dn = m->scr.dxn;
-    ds_head_bwd(m, a->hkn, a->tgt, n, a->lse, dlogp, t);
+    ops->copy2d(a->dlogp_c, Tk, dlogp, m->T_main, B, Tk);
+    mtp_enter(m, j);
+    int n = m->n;
+    ds_head_bwd(m, a->hkn, a->tgt, n, a->lse, a->dlogp_c, t);
     ops->rmsnorm_bwd(a->gh, D, gw->head_norm, t, D, a->hk, D, w->head_norm, a->rstd_k, n, D);
     ds_layer_bwd(m, l, a->hp, a->gh);
     /* eh_proj: gh is now d(loss)/d(hp) */
@@ -351,7 +409,10 @@ static void mtp_bwd(ds_model *m, int j, const float *hprev, float *ghprev, const
     ops->rmsnorm_bwd(t, D, gw->enorm, dn, D, a->e, D, w->enorm, a->rstd_e, n, D);
     ops->embed_bwd(m->G.embed, t, a->tok, n, D);
     ops->gemm(0, 0, n, D, D, 1.0f, a->gh, D, w->eh_proj + D, 2 * D, 0.0f, dn, D);
-    ops->rmsnorm_bwd(ghprev, D, gw->hnorm, dn, D, hprev, D, w->hnorm, a->rstd_h, n, D);
+    mtp_leave(m);
+    for (int r = 0; r < B; r++)
+        ops->rmsnorm_bwd(ghprev + (size_t)r * Tprev * D, D, gw->hnorm, dn + (size_t)r * Tk * D, D,
+                         hprev + (size_t)r * Tprev * D, D, w->hnorm, a->rstd_h + (size_t)r * Tk, Tk, D);
 }
 
 int ds_model_head_bwd(ds_model *m, const float *dlogp, const float *dmtp) {
@@ -364,7 +425,8 @@ int ds_model_head_bwd(ds_model *m, const float *dlogp, const float *dmtp) {
     if (dmtp) {
         for (int j = 0; j < m->mtp_depth; j++) ops->zero(m->mtp[j].gh, sizeof(float) * nD);
         for (int j = m->mtp_depth - 1; j >= 0; j--)
-            mtp_bwd(m, j, j ? m->mtp[j - 1].hk : m->hf, j ? m->mtp[j - 1].gh : m->ghf, dmtp + (size_t)j * n);
+            if (mtp_active(m, j))
+                mtp_bwd(m, j, j ? m->mtp[j - 1].hk : m->hf, j ? m->mtp[j - 1].gh : m->ghf, dmtp + (size_t)j * n);
     }
     ops->zero(m->gx, sizeof(float) * nD);
     ops->rmsnorm_bwd(m->gx, D, m->G.final_norm, m->ghf, D, xs_at(m, L), D, m->W.final_norm, m->rstd_f, n, D);

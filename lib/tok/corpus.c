@@ -1,6 +1,7 @@
 /* corpus.c — documents from files into ordered, parallel encoding (see corpus.h). */
 #include "tok/corpus.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -14,9 +15,21 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "core/log.h"
-#include "core/threads.h"
+#include <unistd.h>
 #include "tok/internal.h"
 #include "tok/train.h"
+
+static int tok_threads = 1;
+
+void ds_tok_set_threads(int n) {
+    if (n <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (int)c : 1;
+    }
+    tok_threads = n;
+}
+
+int ds_tok_threads(void) { return tok_threads; }
 
 #define UNIT_BYTES (1u << 20) /* a long document is cut into units of about this size */
 
@@ -132,7 +145,7 @@ static int carve(reader *r, int at_eof) {
 /* Read until the buffer holds about `want` bytes of units, or input ends. */
 static int fill(reader *r, size_t want) {
     /* move the unfinished tail to the front */
-    memmove(r->buf, r->buf + r->tail, r->len - r->tail);
+    if (r->len > r->tail) memmove(r->buf, r->buf + r->tail, r->len - r->tail);
     r->len -= r->tail;
     r->tail = 0;
     r->nu = 0;
@@ -193,8 +206,157 @@ static void unit_error(unit *u, const reader *r) {
     else snprintf(u->err, sizeof u->err, "%s: %s", ds_errmsg(), name);
 }
 
-static int encode_unit(ds_tok_encoder *e, const ds_corpus_opts *o, const char *text, unit *u, const reader *r) {
+/* ---- JSONL fast path: one pass over the line, decoding only the wanted string ------------------- */
+
+typedef struct {
+    const char *p, *end;
+} jscan;
+
+static void js_ws(jscan *s) {
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\r' || *s->p == '\n')) s->p++;
+}
+
+static int hexval(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static int js_hex4(jscan *s, uint32_t *v) {
+    if (s->end - s->p < 4) return -1;
+    *v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(s->p[i]);
+        if (h < 0) return -1;
+        *v = *v << 4 | (uint32_t)h;
+    }
+    s->p += 4;
+    return 0;
+}
+
+/* A string at s->p ('"'); decoded into out when out != NULL. Returns 0, or -1 when malformed. */
+static int js_string(jscan *s, ds_bytes *out) {
+    s->p++;
+    for (;;) {
+        const char *q = s->p;
+        while (q < s->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20) q++;
+        if (out) {
+            if (ds_bytes_reserve(out, (size_t)(q - s->p) + 4)) return -1;
+            memcpy(out->v + out->n, s->p, (size_t)(q - s->p));
+            out->n += (size_t)(q - s->p);
+        }
+        s->p = q;
+        if (q >= s->end || (unsigned char)*q < 0x20) return -1;
+        if (*q == '"') {
+            s->p++;
+            return 0;
+        }
+        if (++s->p >= s->end) return -1;
+        char c = *s->p++, d = 0;
+        uint32_t cp;
+        switch (c) {
+        case '"': case '\\': case '/': d = c; break;
+        case 'b': d = '\b'; break;
+        case 'f': d = '\f'; break;
+        case 'n': d = '\n'; break;
+        case 'r': d = '\r'; break;
+        case 't': d = '\t'; break;
+        case 'u':
+            if (js_hex4(s, &cp)) return -1;
+            if (cp >= 0xd800 && cp < 0xdc00) { /* a surrogate pair makes one code point */
+                uint32_t lo;
+                if (s->end - s->p < 6 || s->p[0] != '\\' || s->p[1] != 'u') return -1;
+                s->p += 2;
+                if (js_hex4(s, &lo) || lo < 0xdc00 || lo > 0xdfff) return -1;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+                return -1;
+            }
+            if (out) out->n += (size_t)ds_utf8_encode(cp, (char *)out->v + out->n);
+            continue;
+        default: return -1;
+        }
+        if (out) out->v[out->n++] = (uint8_t)d;
+    }
+}
+
+static int js_value(jscan *s, int depth);
+
+static int js_container(jscan *s, int depth, char close) {
+    s->p++;
+    js_ws(s);
+    if (s->p < s->end && *s->p == close) return s->p++, 0;
+    for (;;) {
+        js_ws(s);
+        if (close == '}') {
+            if (s->p >= s->end || *s->p != '"' || js_string(s, NULL)) return -1;
+            js_ws(s);
+            if (s->p >= s->end || *s->p++ != ':') return -1;
+        }
+        if (js_value(s, depth + 1)) return -1;
+        js_ws(s);
+        if (s->p >= s->end) return -1;
+        char c = *s->p++;
+        if (c == close) return 0;
+        if (c != ',') return -1;
+    }
+}
+
+static int js_value(jscan *s, int depth) {
+    js_ws(s);
+    if (s->p >= s->end || depth > 64) return -1;
+    char c = *s->p;
+    if (c == '"') return js_string(s, NULL);
+    if (c == '{') return js_container(s, depth, '}');
+    if (c == '[') return js_container(s, depth, ']');
+    const char *q = s->p;
+    while (q < s->end && (isalnum((unsigned char)*q) || *q == '-' || *q == '+' || *q == '.')) q++;
+    if (q == s->p) return -1;
+    s->p = q;
+    return 0;
+}
+
+/* The top-level string field `key` of a one-object line, decoded into out. Returns 1 found, 0 absent,
+ * -1 when the line is not a JSON object the fast path understands (the caller then asks jansson). */
+static int jsonl_field(const char *line, size_t len, const char *key, ds_bytes *out) {
+    jscan s = {line, line + len};
+    size_t klen = strlen(key);
+    int found = 0;
+    js_ws(&s);
+    if (s.p >= s.end || *s.p != '{') return -1;
+    s.p++;
+    js_ws(&s);
+    if (s.p < s.end && *s.p == '}') s.p++;
+    else
+        for (;;) {
+            js_ws(&s);
+            if (s.p >= s.end || *s.p != '"') return -1;
+            const char *k0 = s.p + 1;
+            if (js_string(&s, NULL)) return -1;
+            int match = !found && (size_t)(s.p - 1 - k0) == klen && !memcmp(k0, key, klen); /* escaped keys: slow path */
+            js_ws(&s);
+            if (s.p >= s.end || *s.p++ != ':') return -1;
+            js_ws(&s);
+            if (match && s.p < s.end && *s.p == '"') {
+                out->n = 0;
+                if (js_string(&s, out)) return -1;
+                found = 1;
+            } else if (js_value(&s, 1)) {
+                return -1;
+            }
+            js_ws(&s);
+            if (s.p >= s.end) return -1;
+            char c = *s.p++;
+            if (c == '}') break;
+            if (c != ',') return -1;
+        }
+    js_ws(&s);
+    return s.p == s.end ? found : -1;
+}
+
+static int encode_unit(ds_tok_encoder *e, const ds_corpus_opts *o, const char *text, unit *u, ds_bytes *field) {
     if (o->doc_mode != DS_DOC_JSONL) return ds_tok_encoder_encode(e, text, u->len, o->flags, &u->ids);
+    if (jsonl_field(text, u->len, o->jsonl_key, field) == 1)
+        return ds_tok_encoder_encode(e, (const char *)field->v, field->n, o->flags, &u->ids);
+    /* absent, or beyond the fast path: jansson decides, and words the error */
     json_error_t jerr;
     json_t *root = json_loadb(text, u->len, 0, &jerr);
     if (!root) return ds_fail(DS_ERR, "bad JSON line: %s", jerr.text);
@@ -202,7 +364,6 @@ static int encode_unit(ds_tok_encoder *e, const ds_corpus_opts *o, const char *t
     int rc = json_is_string(v) ? ds_tok_encoder_encode(e, json_string_value(v), json_string_length(v), o->flags, &u->ids)
                                : ds_fail(DS_ERR, "no string field \"%s\"", o->jsonl_key);
     json_decref(root);
-    (void)r;
     return rc;
 }
 
@@ -210,13 +371,14 @@ int ds_corpus_encode(const ds_tokenizer *t, const ds_corpus_opts *o, const char 
                      ds_doc_sink sink, void *ctx, ds_corpus_stats *st) {
     memset(st, 0, sizeof *st);
     double t0 = ds_now();
-    int nt = ds_threads_get();
+    int nt = ds_tok_threads();
     if (nt < 1) nt = 1;
     reader r = {.o = o, .paths = paths, .npaths = npaths};
     r.cut = ds_pretok_chunkable(&t->pre) && !t->added_crosses_lines ? ds_tok_train_cut : NULL;
     ds_tok_encoder **enc = calloc((size_t)nt, sizeof *enc);
+    ds_bytes *field = calloc((size_t)nt, sizeof *field);
     ds_ids doc = {0};
-    int rc = enc ? 0 : ds_fail(DS_ERR, "encode: out of memory");
+    int rc = enc && field ? 0 : ds_fail(DS_ERR, "encode: out of memory");
     for (int i = 0; !rc && i < nt; i++) rc = ds_tok_encoder_new(&enc[i], t);
     ds_progress prog;
     progress_total(o, paths, npaths, &prog);
@@ -226,15 +388,15 @@ int ds_corpus_encode(const ds_tokenizer *t, const ds_corpus_opts *o, const char 
         rc = fill(&r, want);
         if (rc || r.nu == 0) break;
         empty = 0;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
         for (size_t i = 0; i < r.nu; i++) {
 #ifdef _OPENMP
-            ds_tok_encoder *e = enc[omp_get_thread_num()];
+            int k = omp_get_thread_num();
 #else
-            ds_tok_encoder *e = enc[0];
+            int k = 0;
 #endif
             unit *u = &r.u[i];
-            u->rc = encode_unit(e, o, r.buf + u->off, u, &r);
+            u->rc = encode_unit(enc[k], o, r.buf + u->off, u, &field[k]);
             if (u->rc) unit_error(u, &r);
         }
         for (size_t i = 0; !rc && i < r.nu; i++) {
@@ -248,7 +410,7 @@ int ds_corpus_encode(const ds_tokenizer *t, const ds_corpus_opts *o, const char 
                 doc.v[doc.n++] = (uint32_t)o->bos_id;
             }
             if ((rc = ds_ids_reserve(&doc, u->ids.n + 1))) break;
-            memcpy(doc.v + doc.n, u->ids.v, u->ids.n * sizeof *doc.v);
+            if (u->ids.n) memcpy(doc.v + doc.n, u->ids.v, u->ids.n * sizeof *doc.v);
             doc.n += u->ids.n;
             if (u->flags & UNIT_LAST) {
                 if (o->eos_id >= 0) doc.v[doc.n++] = (uint32_t)o->eos_id;
@@ -266,6 +428,8 @@ int ds_corpus_encode(const ds_tokenizer *t, const ds_corpus_opts *o, const char 
     if (!rc && (empty || r.bytes == 0)) rc = ds_fail(DS_ERR, "empty input: no text to encode");
     for (int i = 0; enc && i < nt; i++) ds_tok_encoder_free(enc[i]);
     free(enc);
+    for (int i = 0; field && i < nt; i++) ds_bytes_free(&field[i]);
+    free(field);
     ds_ids_free(&doc);
     reader_free(&r);
     return rc;
@@ -276,6 +440,8 @@ int ds_corpus_read(const ds_corpus_opts *o, const char *const *paths, int npaths
     memset(st, 0, sizeof *st);
     double t0 = ds_now();
     reader r = {.o = o, .paths = paths, .npaths = npaths, .cut = cut};
+    const char **texts = NULL;
+    size_t *lens = NULL, span_cap = 0;
     ds_progress prog;
     progress_total(o, paths, npaths, &prog);
     int rc = 0;
@@ -283,19 +449,33 @@ int ds_corpus_read(const ds_corpus_opts *o, const char *const *paths, int npaths
         rc = fill(&r, block);
         if (rc || r.nu == 0) break;
         /* consecutive units of one document are contiguous: hand them over as one span */
+        size_t nspan = 0;
         for (size_t i = 0; !rc && i < r.nu;) {
             size_t j = i, end = r.u[i].off + r.u[i].len;
             while (!(r.u[j].flags & UNIT_LAST) && j + 1 < r.nu && r.u[j + 1].off == end) end += r.u[++j].len;
-            rc = sink(ctx, r.buf + r.u[i].off, end - r.u[i].off);
+            if (nspan == span_cap) {
+                span_cap = span_cap ? 2 * span_cap : 256;
+                const char **t2 = realloc(texts, span_cap * sizeof *texts);
+                size_t *l2 = realloc(lens, span_cap * sizeof *lens);
+                if (t2) texts = t2;
+                if (l2) lens = l2;
+                if (!t2 || !l2) rc = ds_fail(DS_ERR, "out of memory");
+            }
+            if (rc) break;
+            texts[nspan] = r.buf + r.u[i].off;
+            lens[nspan++] = end - r.u[i].off;
             if (r.u[j].flags & UNIT_LAST) st->docs++;
             i = j + 1;
         }
+        if (!rc) rc = sink(ctx, texts, lens, nspan);
         if (o->progress) ds_progress_update(&prog, (double)r.bytes);
     }
     if (o->progress) ds_progress_end(&prog);
     st->bytes = r.bytes;
     st->seconds = ds_now() - t0;
     if (!rc && r.bytes == 0) rc = ds_fail(DS_ERR, "empty input: no text");
+    free(texts);
+    free(lens);
     reader_free(&r);
     return rc;
 }

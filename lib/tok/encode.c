@@ -12,15 +12,16 @@
 #include "core/err.h"
 #include "tok/internal.h"
 
-#define CACHE_SLOTS (1u << 17)      /* power of two */
-#define CACHE_MAX_LEN 64            /* longer pre-tokens are rare and cheap to recompute relative to size */
-#define CACHE_ARENA (8u << 20)      /* bytes of keys + ids before the cache is cleared */
+#define CACHE_SLOTS (1u << 15)      /* power of two; 32K slots of 24 bytes stay in L2 */
+#define CACHE_MAX_LEN 16            /* keys live inside the slot; longer pre-tokens are rare */
+#define CACHE_IDS (1u << 20)        /* ids stored before the cache is cleared */
+#define CACHE_AFTER 1024
 #define FLAT_MAX 128                /* up to this many symbols, merge with the flat scan */
 
 typedef struct {
-    uint64_t hash;
-    uint32_t key_off, ids_off;
-    uint16_t key_len, n_ids;
+    uint64_t k0, k1;          /* the key bytes, zero-padded */
+    uint32_t ids_off;
+    uint8_t len, n_ids, pad[2]; /* len 0 marks an empty slot */
 } cache_slot;
 
 struct ds_tok_encoder {
@@ -28,11 +29,11 @@ struct ds_tok_encoder {
     ds_pretok_state *ps;
     ds_ids *out;
     /* cache */
-    cache_slot *slot;
-    uint32_t used;
-    char *keys;
+    cache_slot *slot; /* allocated once the encoder has seen CACHE_AFTER pre-tokens: short calls
+                         (a prompt) stay cheap */
+    uint32_t used, seen;
     uint32_t *ids;
-    uint32_t keys_len, ids_len;
+    uint32_t ids_len;
     /* merge scratch */
     uint32_t *sym;
     uint64_t *pr; /* rank << 32 | merged id; UINT64_MAX when the pair does not merge */
@@ -47,11 +48,7 @@ int ds_tok_encoder_new(ds_tok_encoder **out, const ds_tokenizer *t) {
     ds_tok_encoder *e = calloc(1, sizeof *e);
     if (!e) return ds_fail(DS_ERR, "tokenizer: out of memory");
     e->t = t;
-    e->slot = calloc(CACHE_SLOTS, sizeof *e->slot);
-    e->keys = malloc(CACHE_ARENA);
-    e->ids = malloc(CACHE_ARENA);
-    int rc = (!e->slot || !e->keys || !e->ids) ? ds_fail(DS_ERR, "tokenizer: out of memory") : 0;
-    if (!rc) rc = ds_pretok_state_new(&e->ps, &t->pre);
+    int rc = ds_pretok_state_new(&e->ps, &t->pre);
     if (rc) {
         ds_tok_encoder_free(e);
         return rc;
@@ -63,7 +60,7 @@ int ds_tok_encoder_new(ds_tok_encoder **out, const ds_tokenizer *t) {
 void ds_tok_encoder_free(ds_tok_encoder *e) {
     if (!e) return;
     ds_pretok_state_free(e->ps);
-    free(e->slot), free(e->keys), free(e->ids);
+    free(e->slot), free(e->ids);
     free(e->sym), free(e->pr), free(e->prev), free(e->next), free(e->heap), free(e->blbuf);
     free(e);
 }
@@ -210,7 +207,7 @@ static int bpe_piece(ds_tok_encoder *e, const uint8_t *p, size_t len) {
 
 static void cache_clear(ds_tok_encoder *e) {
     memset(e->slot, 0, CACHE_SLOTS * sizeof *e->slot);
-    e->used = e->keys_len = e->ids_len = 0;
+    e->used = e->ids_len = 0;
 }
 
 static int on_piece(void *ctx, const char *piece, size_t len) {
@@ -223,12 +220,20 @@ static int on_piece(void *ctx, const char *piece, size_t len) {
         return 0;
     }
     if (len > CACHE_MAX_LEN) return bpe_piece(e, p, len);
-    uint64_t h = ds_hash_bytes(p, len) | 1; /* 0 marks an empty slot */
+    if (!e->slot) {
+        if (++e->seen < CACHE_AFTER) return bpe_piece(e, p, len);
+        e->slot = calloc(CACHE_SLOTS, sizeof *e->slot);
+        e->ids = malloc(CACHE_IDS * sizeof *e->ids);
+        if (!e->slot || !e->ids) return ds_fail(DS_ERR, "tokenizer: out of memory (pre-token cache)");
+    }
+    uint64_t k[2] = {0, 0};
+    memcpy(k, p, len);
+    uint64_t h = ds_hash64(k[0] * 0x9e3779b97f4a7c15ULL ^ k[1] * 0xc2b2ae3d27d4eb4fULL ^ len);
     uint32_t mask = CACHE_SLOTS - 1, i = (uint32_t)h & mask;
     for (;;) {
         cache_slot *s = &e->slot[i];
-        if (!s->hash) break;
-        if (s->hash == h && s->key_len == len && !memcmp(e->keys + s->key_off, p, len)) {
+        if (!s->len) break;
+        if (s->k0 == k[0] && s->k1 == k[1] && s->len == len) {
             DS_TRY(ds_ids_reserve(e->out, s->n_ids));
             memcpy(e->out->v + e->out->n, e->ids + s->ids_off, s->n_ids * sizeof(uint32_t));
             e->out->n += s->n_ids;
@@ -239,20 +244,16 @@ static int on_piece(void *ctx, const char *piece, size_t len) {
     size_t before = e->out->n;
     DS_TRY(bpe_piece(e, p, len));
     size_t nids = e->out->n - before;
-    if (e->used * 2 >= CACHE_SLOTS || e->keys_len + len > CACHE_ARENA ||
-        (size_t)e->ids_len + nids > CACHE_ARENA / sizeof(uint32_t)) {
+    if (e->used * 2 >= CACHE_SLOTS || e->ids_len + nids > CACHE_IDS) {
         cache_clear(e);
         i = (uint32_t)h & mask;
     }
     cache_slot *s = &e->slot[i];
-    s->hash = h;
-    s->key_off = e->keys_len;
-    s->key_len = (uint16_t)len;
+    s->k0 = k[0], s->k1 = k[1];
+    s->len = (uint8_t)len;
+    s->n_ids = (uint8_t)nids;
     s->ids_off = e->ids_len;
-    s->n_ids = (uint16_t)nids;
-    memcpy(e->keys + e->keys_len, p, len);
     memcpy(e->ids + e->ids_len, e->out->v + before, nids * sizeof(uint32_t));
-    e->keys_len += (uint32_t)len;
     e->ids_len += (uint32_t)nids;
     e->used++;
     return 0;
@@ -330,13 +331,14 @@ static int split_added(ds_tok_encoder *e, const char *text, size_t len, int pass
 
 int ds_tok_encoder_encode(ds_tok_encoder *e, const char *text, size_t len, int flags, ds_ids *out) {
     e->out = out;
-    int rc = e->t->n_added ? split_added(e, text, len, 0, flags) : encode_plain(e, text, len);
+    int any = (flags & DS_TOK_SPECIAL) ? e->t->n_added > 0 : e->t->n_plain_added > 0;
+    int rc = any ? split_added(e, text, len, 0, flags) : encode_plain(e, text, len);
     e->out = NULL;
     return rc;
 }
 
 int ds_tok_encode(const ds_tokenizer *t, const char *text, size_t len, int flags, ds_ids *out) {
-    ds_tok_encoder *e;
+    ds_tok_encoder *e = NULL;
     DS_TRY(ds_tok_encoder_new(&e, t));
     int rc = ds_tok_encoder_encode(e, text, len, flags, out);
     ds_tok_encoder_free(e);

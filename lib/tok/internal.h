@@ -111,9 +111,9 @@ struct ds_tokenizer {
     int64_t unk_id; /* -1 none */
     /* added tokens, sorted by first byte then by length descending (leftmost-longest matching) */
     ds_added_token *added;
-    int n_added;
+    int n_added, n_plain_added; /* all added tokens / those not special */
     int32_t added_first[256]; /* first index in `added` with that first byte, -1 none */
-    int added_crosses_lines;  /* some added token contains '\n' followed by an ASCII letter */
+    int added_crosses_lines;  /* some added token contains '\n' followed by printable ASCII */
     ds_pretok pre;
     char *json; /* the source text, kept so it can be copied into checkpoints unchanged */
     size_t json_len;

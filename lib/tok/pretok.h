@@ -47,9 +47,10 @@ int ds_pretok_add_split(ds_pretok *p, const char *pattern, size_t len, int liter
 int ds_pretok_add_bytelevel(ds_pretok *p, int add_prefix_space, int use_regex);
 void ds_pretok_free(ds_pretok *p);
 
-/* True when a document may be cut, for parallel encoding, between a '\n' and an ASCII letter without
- * changing any piece: holds for the DeepSeek-V3 and GPT-2 patterns (no match crosses such a point and
- * no gap contains a '\n'); unknown patterns are never cut. */
+/* True when a document may be cut, for parallel encoding, between a '\n' and a printable non-space
+ * ASCII character without changing any piece: holds for the DeepSeek-V3 and GPT-2 patterns (no match
+ * crosses such a point — after a newline, a non-space character always starts a new piece — and no
+ * gap contains a '\n'); unknown patterns are never cut. */
 int ds_pretok_chunkable(const ds_pretok *p);
 
 typedef struct ds_pretok_state ds_pretok_state;

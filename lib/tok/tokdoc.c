@@ -1,6 +1,7 @@
 /* tokdoc.c — documents out (id lines, shards) and back in (see tokdoc.h). */
 #include "tok/tokdoc.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,18 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "tok/internal.h"
+
+/* Token shards come from io/; until that module is in the tree, shard output and input are refused
+ * with a clear error rather than left out of the build. */
+#if defined(__has_include)
+#if __has_include("io/shard.h")
+#include "io/shard.h"
+#define HAVE_SHARDS 1
+#endif
+#endif
+#ifndef HAVE_SHARDS
+#define HAVE_SHARDS 0
+#endif
 
 #define BOS_DS "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
 #define EOS_DS "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
@@ -30,6 +43,51 @@ int ds_tokdoc_special_ids(const ds_tokenizer *t, int64_t *bos, int64_t *eos) {
 
 /* ---- output ------------------------------------------------------------------------------------- */
 
+#if HAVE_SHARDS
+static int shard_path(const ds_tokdoc_out *w, char *out, size_t n) {
+    if (!w->shard_dir) return snprintf(out, n, "%s", w->shard_out) < (int)n ? 0 : ds_fail(DS_ERR, "path too long: %s", w->shard_out);
+    char name[32];
+    snprintf(name, sizeof name, "%06d.tok", w->shard_index);
+    return ds_path_join(out, n, w->shard_out, name);
+}
+
+static int shard_open(ds_tokdoc_out *w) {
+    char path[4096];
+    DS_TRY(shard_path(w, path, sizeof path));
+    ds_shard_meta meta = {.vocab_size = ds_tok_vocab_size(w->t), .eos_id = (uint32_t)w->eos_id};
+    ds_shard_writer *sw;
+    DS_TRY(ds_shard_writer_open(&sw, path, &meta));
+    w->shard = sw;
+    w->in_shard = 0;
+    return 0;
+}
+
+static int shard_close(ds_tokdoc_out *w) {
+    if (!w->shard) return 0;
+    int rc = ds_shard_writer_close(w->shard);
+    w->shard = NULL;
+    w->shard_index++;
+    return rc;
+}
+
+/* A directory of shards must not hold numbered shards of an earlier run: a glob would mix them in. */
+static int check_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int clash = 0;
+    while (!clash && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        clash = n == 10 && !strcmp(e->d_name + 6, ".tok") && strspn(e->d_name, "0123456789") == 6;
+    }
+    closedir(d);
+    if (!clash) return 0;
+    int rc = ds_fail(DS_ERR, "output directory already holds numbered shards: %s", dir);
+    ds_hint("remove the old shards or choose another directory");
+    return rc;
+}
+#endif
+
 int ds_tokdoc_out_open(ds_tokdoc_out *w, const ds_tokenizer *t, const char *ids_path, const char *shard_out, int64_t eos_id,
                        uint64_t shard_tokens, int force) {
     memset(w, 0, sizeof *w);
@@ -38,9 +96,43 @@ int ds_tokdoc_out_open(ds_tokdoc_out *w, const ds_tokenizer *t, const char *ids_
     w->shard_tokens = shard_tokens;
     w->force = force;
     if (ids_path) w->ids = stdout;
-    if (shard_out) return ds_fail(DS_ERR, "-o: token shard output is not available yet (io/shard.h): %s", shard_out);
+    if (!shard_out) return 0;
+#if HAVE_SHARDS
+    if (eos_id < 0) return ds_fail(DS_ERR, "token shards separate documents by EOS, and the tokenizer has none");
+    w->shard_out = shard_out;
+    size_t n = strlen(shard_out);
+    if (ds_is_stdio(shard_out)) {
+        DS_TRY(ds_check_binary_stdout(force));
+    } else if ((n && shard_out[n - 1] == '/') || ds_path_is_dir(shard_out)) {
+        w->shard_dir = 1;
+        DS_TRY(ds_mkdir_p(shard_out));
+        DS_TRY(check_dir(shard_out));
+    }
+    return shard_open(w);
+#else
+    return ds_fail(DS_ERR, "-o: token shards need io/shard.h, which this build lacks: %s", shard_out);
+#endif
+}
+
+#if HAVE_SHARDS
+/* EOS inside a document (text encoded with --allow-special) ends a document in the shard. */
+static int shard_doc(ds_tokdoc_out *w, const uint32_t *ids, size_t n) {
+    if (n == 0) return 0; /* an empty document would be a bare EOS */
+    if (w->shard_dir && w->in_shard > 0 && w->in_shard + n + 1 > w->shard_tokens) {
+        DS_TRY(shard_close(w));
+        DS_TRY(shard_open(w));
+    }
+    size_t start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && ids[i] != (uint32_t)w->eos_id) continue;
+        if (i == n && start == n && n > 0) break; /* the document ended with its own EOS */
+        DS_TRY(ds_shard_writer_add_doc(w->shard, ids + start, i - start));
+        w->in_shard += i - start + 1;
+        start = i + 1;
+    }
     return 0;
 }
+#endif
 
 static char *put_u32(char *p, uint32_t v) {
     char tmp[10];
@@ -68,11 +160,17 @@ int ds_tokdoc_out_doc(void *ctx, const uint32_t *ids, size_t n) {
         *p++ = '\n';
         DS_TRY(ds_write_all(w->ids, w->line, (size_t)(p - w->line), "<stdout>"));
     }
+#if HAVE_SHARDS
+    if (w->shard) DS_TRY(shard_doc(w, ids, n));
+#endif
     return 0;
 }
 
 int ds_tokdoc_out_close(ds_tokdoc_out *w) {
     int rc = 0;
+#if HAVE_SHARDS
+    rc = shard_close(w);
+#endif
     if (w->ids && fflush(w->ids)) rc = ds_fail(DS_ERR, "write failed: %s: <stdout>", strerror(errno));
     free(w->line);
     w->line = NULL;
@@ -80,6 +178,10 @@ int ds_tokdoc_out_close(ds_tokdoc_out *w) {
 }
 
 void ds_tokdoc_out_abort(ds_tokdoc_out *w) {
+#if HAVE_SHARDS
+    if (w->shard) ds_shard_writer_abort(w->shard);
+    w->shard = NULL;
+#endif
     if (w->ids) fflush(w->ids);
     free(w->line);
     w->line = NULL;
@@ -159,6 +261,33 @@ static int decode_id_lines(decoder *d, FILE *f, const char *name) {
     return 0;
 }
 
+#if HAVE_SHARDS
+static int decode_shard(decoder *d, ds_shard *sh, const char *name) {
+    uint32_t eos = ds_shard_info(sh)->eos_id;
+    uint32_t *buf = malloc((1u << 20) * sizeof *buf);
+    if (!buf) return ds_fail(DS_ERR, "decode: out of memory");
+    int rc = 0;
+    size_t got;
+    while (!rc && !(rc = ds_shard_next(sh, buf, 1u << 20, &got)) && got) {
+        for (size_t i = 0; !rc && i < got; i++) {
+            if (buf[i] == eos) {
+                rc = emit_doc(d);
+                continue;
+            }
+            if (!(rc = ds_ids_reserve(&d->doc, 1))) d->doc.v[d->doc.n++] = buf[i];
+        }
+    }
+    if (!rc && d->doc.n) rc = emit_doc(d); /* a shard always ends with EOS; tolerate one that does not */
+    free(buf);
+    if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", ds_errmsg());
+        if (!strstr(msg, name)) return ds_fail(rc, "%s: %s", msg, name);
+    }
+    return rc;
+}
+#endif
+
 int ds_tokdoc_decode(const ds_tokenizer *t, const char *const *paths, int npaths, const char *out, int lines,
                      ds_corpus_stats *st) {
     memset(st, 0, sizeof *st);
@@ -180,7 +309,27 @@ int ds_tokdoc_decode(const ds_tokenizer *t, const char *const *paths, int npaths
         if (c != EOF) {
             in_bytes++;
             ungetc(c, f);
-            rc = decode_id_lines(&d, f, name);
+            /* id lines start with a digit or white space; anything else must be a shard */
+            if ((c >= '0' && c <= '9') || c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+                rc = decode_id_lines(&d, f, name);
+            } else {
+#if HAVE_SHARDS
+                ds_shard *sh = NULL;
+                char *mem = NULL;
+                size_t len = 0;
+                if (f == stdin) { /* a pipe cannot be peeked and reopened: take it whole */
+                    rc = ds_read_stream(f, name, &mem, &len, 0);
+                    if (!rc) rc = ds_shard_open_memory(&sh, mem, len, name);
+                } else {
+                    rc = ds_shard_open(&sh, p);
+                }
+                if (!rc) rc = decode_shard(&d, sh, name);
+                if (sh) ds_shard_close(sh);
+                free(mem);
+#else
+                rc = ds_fail(DS_ERR, "not lines of token ids (and this build cannot read shards): %s", name);
+#endif
+            }
         }
         if (f != stdin) fclose(f);
     }

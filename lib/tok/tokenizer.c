@@ -92,10 +92,29 @@ int ds_tok_finish(ds_tokenizer *t) {
     uint32_t *src = malloc((size_t)t->vocab_size * sizeof *src); /* entry index + 1, or added index | top bit */
     if (!t->tok_off || !t->tok_kind || !t->tok_bytes || !src) return free(src), ds_fail(DS_ERR, "tokenizer: out of memory");
     memset(src, 0, (size_t)t->vocab_size * sizeof *src);
-    for (size_t e = 0; e < t->vocab.n; e++) src[t->vocab.ent[e].val] = (uint32_t)e + 1, t->tok_kind[t->vocab.ent[e].val] = 1;
+    /* one id, one meaning: decode must be unambiguous */
+    for (size_t e = 0; e < t->vocab.n; e++) {
+        uint32_t id = t->vocab.ent[e].val;
+        if (src[id]) {
+            size_t n1, n2;
+            const char *a = ds_strmap_key(&t->vocab, src[id] - 1, &n1), *b = ds_strmap_key(&t->vocab, (int64_t)e, &n2);
+            free(src);
+            return ds_fail(DS_ERR, "model.vocab: id %u is given to both '%.*s' and '%.*s'", id, (int)n1, a, (int)n2, b);
+        }
+        src[id] = (uint32_t)e + 1, t->tok_kind[id] = 1;
+    }
     for (int i = 0; i < t->n_added; i++) {
-        src[t->added[i].id] = 0x80000000u | (uint32_t)i;
-        t->tok_kind[t->added[i].id] = t->added[i].special ? 3 : 2;
+        const ds_added_token *a = &t->added[i];
+        if (src[a->id]) {
+            size_t n;
+            const char *k = (src[a->id] & 0x80000000u) ? NULL : ds_strmap_key(&t->vocab, src[a->id] - 1, &n);
+            if (!k || n != a->len || memcmp(k, a->content, n)) {
+                free(src);
+                return ds_fail(DS_ERR, "added_tokens: id %u of '%s' already belongs to another token", a->id, a->content);
+            }
+        }
+        src[a->id] = 0x80000000u | (uint32_t)i;
+        t->tok_kind[a->id] = a->special ? 3 : 2;
     }
     uint64_t off = 0;
     for (uint32_t id = 0; id < t->vocab_size; id++) {
@@ -121,14 +140,16 @@ int ds_tok_finish(ds_tokenizer *t) {
         int64_t e = ds_strmap_find(&t->vocab, s, (size_t)n);
         t->byte_id[b] = e >= 0 ? (int32_t)t->vocab.ent[e].val : -1;
     }
-    qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
+    if (t->n_added) qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
     for (int b = 0; b < 256; b++) t->added_first[b] = -1;
     t->added_crosses_lines = 0;
+    t->n_plain_added = 0;
+    for (int i = 0; i < t->n_added; i++) t->n_plain_added += !t->added[i].special;
     for (int i = t->n_added - 1; i >= 0; i--) {
         t->added_first[(unsigned char)t->added[i].content[0]] = i;
         for (size_t k = 0; k + 1 < t->added[i].len; k++) {
             char c = t->added[i].content[k + 1];
-            if (t->added[i].content[k] == '\n' && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) t->added_crosses_lines = 1;
+            if (t->added[i].content[k] == '\n' && c > ' ' && c < 0x7f) t->added_crosses_lines = 1;
         }
     }
     return 0;

@@ -6,8 +6,11 @@
 
 #include "core/err.h"
 #include "core/log.h"
-#include "core/threads.h"
+#include "tok/corpus.h"
 #include "tok/internal.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 const char *const ds_tok_default_specials[] = {
     "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
@@ -97,9 +100,16 @@ uint64_t ds_tok_trainer_words(const ds_tok_trainer *tr) { return tr->wt.words.n;
 uint64_t ds_tok_trainer_pretokens(const ds_tok_trainer *tr) { return tr->wt.total; }
 
 size_t ds_tok_train_cut(const char *text, size_t len) {
-    for (size_t i = len; i-- > 1;) {
-        char c = text[i];
-        if (text[i - 1] == '\n' && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) return i;
+    for (size_t i = len; i-- > 1;)
+        if (text[i - 1] == '\n' && text[i] > ' ' && text[i] < 0x7f) return i;
+    return 0;
+}
+
+static int merge_into(word_table *dst, word_table *src) {
+    for (size_t e = 0; e < src->words.n; e++) {
+        size_t n;
+        const char *s = ds_strmap_key(&src->words, (int64_t)e, &n);
+        DS_TRY(wt_add(dst, s, n, src->count[e]));
     }
     return 0;
 }
@@ -114,7 +124,7 @@ static int count_serial(const ds_pretok *pre, word_table *wt, const char *text, 
 
 int ds_tok_trainer_feed(ds_tok_trainer *tr, const char *text, size_t len) {
     if (tr->finished) return ds_fail(DS_ERR, "train: fed after finish");
-    int nt = ds_threads_get();
+    int nt = ds_tok_threads();
     if (nt <= 1 || len < (1u << 20)) return count_serial(&tr->pre, &tr->wt, text, len);
     /* cut into one piece per thread at safe points; each thread counts into its own table */
     if (nt > 64) nt = 64;
@@ -137,11 +147,48 @@ int ds_tok_trainer_feed(ds_tok_trainer *tr, const char *text, size_t len) {
     int rc = 0;
     for (int k = 0; k < nt; k++) {
         if (!rc && rcs[k]) rc = ds_fail(DS_ERR, "train: counting failed");
-        for (size_t e = 0; !rc && e < local[k].words.n; e++) {
-            size_t n;
-            const char *s = ds_strmap_key(&local[k].words, (int64_t)e, &n);
-            rc = wt_add(&tr->wt, s, n, local[k].count[e]);
+        if (!rc) rc = merge_into(&tr->wt, &local[k]);
+        wt_free(&local[k]);
+    }
+    free(local);
+    free(rcs);
+    return rc;
+}
+
+int ds_tok_trainer_feed_many(void *ctx, const char *const *texts, const size_t *lens, size_t n) {
+    ds_tok_trainer *tr = ctx;
+    int nt = ds_tok_threads();
+    size_t small = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] >= (1u << 20) || nt <= 1) DS_TRY(ds_tok_trainer_feed(tr, texts[i], lens[i]));
+        else small++;
+    }
+    if (!small) return 0;
+    if (nt > 64) nt = 64;
+    word_table *local = calloc((size_t)nt, sizeof *local);
+    int *rcs = calloc((size_t)nt, sizeof *rcs);
+    if (!local || !rcs) return free(local), free(rcs), ds_fail(DS_ERR, "train: out of memory");
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        int k = omp_get_thread_num();
+#else
+        int k = 0;
+#endif
+        ds_pretok_state *ps = NULL;
+        rcs[k] = wt_init(&local[k]);
+        if (!rcs[k]) rcs[k] = ds_pretok_state_new(&ps, &tr->pre);
+#pragma omp for schedule(dynamic, 1)
+        for (size_t i = 0; i < n; i++) {
+            if (lens[i] >= (1u << 20) || rcs[k]) continue;
+            rcs[k] = ds_pretok_run(ps, texts[i], lens[i], on_word, &local[k]);
         }
+        ds_pretok_state_free(ps);
+    }
+    int rc = 0;
+    for (int k = 0; k < nt; k++) {
+        if (!rc && rcs[k]) rc = ds_fail(DS_ERR, "train: counting failed");
+        if (!rc) rc = merge_into(&tr->wt, &local[k]);
         wt_free(&local[k]);
     }
     free(local);

@@ -27,11 +27,13 @@ typedef struct ds_tok_trainer ds_tok_trainer;
 int ds_tok_trainer_new(ds_tok_trainer **out);
 void ds_tok_trainer_free(ds_tok_trainer *tr);
 /* Count the pre-tokens of one piece of text. Text may be fed in blocks only if cut where
- * ds_tok_train_cut says (a document boundary is always fine). Uses ds_threads_get() threads. */
+ * ds_tok_train_cut says (a document boundary is always fine). Uses ds_tok_threads() threads. */
 int ds_tok_trainer_feed(ds_tok_trainer *tr, const char *text, size_t len);
 /* Where a block of a long document may end without changing any pre-token: the largest cut <= len
- * just after a '\n' followed by an ASCII letter; 0 when there is none. */
+ * just after a '\n' followed by a printable ASCII character other than space; 0 when there is none. */
 size_t ds_tok_train_cut(const char *text, size_t len);
+/* Count many documents at once, in parallel across them (a ds_text_sink). */
+int ds_tok_trainer_feed_many(void *tr, const char *const *texts, const size_t *lens, size_t n);
 
 uint64_t ds_tok_trainer_words(const ds_tok_trainer *tr);    /* unique pre-tokens so far */
 uint64_t ds_tok_trainer_pretokens(const ds_tok_trainer *tr); /* all pre-tokens so far */

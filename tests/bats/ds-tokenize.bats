@@ -170,3 +170,54 @@ tok() { "$DS_BIN/ds-tokenize" "$@"; }
     [ "$status" -eq 1 ]
     [[ "$stderr" == *"expected token ids"*"<stdin>:1"* ]]
 }
+
+@test "encode -o FILE writes one shard; decode restores the documents; --ids and -o together agree" {
+    d="$BATS_TEST_TMPDIR"
+    tok encode -q -t "$T/tok.json" -o "$d/one.tok" --ids "$T/prose.txt" "$T/uni.txt" >"$d/ids"
+    tok decode -t "$T/tok.json" "$d/one.tok" >"$d/from-shard"
+    tok decode -t "$T/tok.json" "$d/ids" >"$d/from-ids"
+    cmp "$d/from-shard" "$d/from-ids"
+    { cat "$T/prose.txt"; printf '\n'; cat "$T/uni.txt"; } | cmp - "$d/from-shard"
+    tok encode -q -t "$T/tok.json" -o "$d/u.tok" "$T/uni.txt"
+    tok decode -t "$T/tok.json" "$d/u.tok" | cmp - "$T/uni.txt"
+}
+
+@test "encode -o DIR/ writes numbered shards of bounded size that decode to the same text" {
+    d="$BATS_TEST_TMPDIR"
+    tok encode -q -t "$T/tok.json" --lines -o "$d/shards/" --shard-tokens 4000 "$T/prose.txt"
+    n=$(ls "$d/shards" | wc -l)
+    [ "$n" -gt 3 ]
+    [ -f "$d/shards/000000.tok" ] && [ -f "$d/shards/$(printf '%06d' $((n - 1))).tok" ]
+    tok decode -t "$T/tok.json" --lines "$d/shards"/*.tok | grep -v '^$' >"$d/back"
+    grep -v '^$' "$T/prose.txt" | cmp - "$d/back"
+    run --separate-stderr tok encode -q -t "$T/tok.json" -o "$d/shards/" "$T/uni.txt"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == *"error: output directory already holds numbered shards"* ]]
+    [[ "$stderr" == *"hint: "* ]]
+}
+
+@test "encode -o - streams a shard through a pipe; EOS separates documents, BOS on request" {
+    d="$BATS_TEST_TMPDIR"
+    tok encode -q -t "$T/tok.json" -o - "$T/uni.txt" | tok decode -t "$T/tok.json" | cmp - "$T/uni.txt"
+    tok encode -q -t "$T/tok.json" --bos -o - "$T/uni.txt" | tok decode -t "$T/tok.json" >"$d/b"
+    { printf '<｜begin▁of▁sentence｜>'; cat "$T/uni.txt"; } | cmp - "$d/b"
+    printf 'one\ntwo\n' | tok encode -q -t "$T/tok.json" --lines -o - | tok decode -t "$T/tok.json" --lines | cmp - <(printf 'one\ntwo\n')
+}
+
+@test "a corrupt shard is a clean error" {
+    d="$BATS_TEST_TMPDIR"
+    tok encode -q -t "$T/tok.json" -o "$d/s.tok" "$T/prose.txt"
+    head -c 200 "$d/s.tok" >"$d/cut.tok"
+    run --separate-stderr tok decode -t "$T/tok.json" "$d/cut.tok"
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "ds-tokenize: error: "*"cut.tok"* ]]
+}
+
+@test "jsonl: escapes, nested values and other keys are handled like a JSON parser would" {
+    d="$BATS_TEST_TMPDIR"
+    printf '%s\n' '{"meta": {"text": "no", "n": [1, 2.5e3, null, true]}, "text": "a\"b\\c\u00e9\ud83d\ude00\n"}' >"$d/j.jsonl"
+    printf 'a"b\\cé😀\n' >"$d/expect"
+    tok encode -q -t "$T/tok.json" --ids --jsonl text "$d/j.jsonl" | tok decode -t "$T/tok.json" | cmp - "$d/expect"
+    printf '%s\n' '{"te\u0078t": "escaped key"}' >"$d/k.jsonl"
+    [ "$(tok encode -q -t "$T/tok.json" --ids --jsonl text "$d/k.jsonl")" = "$(printf 'escaped key' | tok encode -q -t "$T/tok.json" --ids)" ]
+}

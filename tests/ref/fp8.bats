@@ -18,12 +18,64 @@ setup() {
     [ "$(grep -c '^ok' <<<"$output")" -eq 7 ]
 }
 
-@test "1x128 / 128x1 / 128x128 quantization, dequantization and the scaled GEMM are bit-identical to the numpy reference" {
+@test "1x128 / 128x1 / 128x128 quantization, dequantization, the scaled GEMM and a Linear's Fprop/Dgrad/Wgrad are bit-identical to the numpy reference" {
     "$DS_PY" "$DS_ROOT/tests/ref/fp8_block.py" "$BATS_TEST_TMPDIR/block.bin"
     run env DS_FP8_BLOCK_REF="$BATS_TEST_TMPDIR/block.bin" "$unit" against_numpy_blocks
     echo "$output"
     [ "$status" -eq 0 ]
     [[ "$output" != *"not ok"* ]]
     [[ "$output" != *"# skip"* ]]
-    [ "$(grep -c '^ok' <<<"$output")" -eq 16 ]
+    [ "$(grep -c '^ok' <<<"$output")" -eq 20 ]
+}
+
+# ---- ds-quantize against the numpy / torch references (tests/ref/fp8_ckpt.py) ------------------------
+
+ckpt_setup() {
+    R="$DS_ROOT/tests/ref/fp8_ckpt.py"
+    T=$BATS_TEST_TMPDIR
+    "$DS_PY" "$R" make "$T/ck" --dtype "${1:-f32}"
+}
+
+same_dirs() { # every file of the reference directory $2 is byte-identical in $1, and nothing else is there
+    [ "$(ls "$1")" = "$(ls "$2")" ] || { echo "files: $(ls "$1") vs $(ls "$2")"; return 1; }
+    for f in $(ls "$2"); do cmp "$1/$f" "$2/$f" || return 1; done
+}
+
+@test "ds-quantize --to fp8: byte-identical to the numpy reference quantizer (config, shards, index, tokenizer files)" {
+    ckpt_setup f32
+    "$DS_BIN/ds-quantize" -q -m "$T/ck" -o "$T/ours" --to fp8
+    "$DS_PY" "$R" quantize "$T/ck" "$T/ref"
+    same_dirs "$T/ours" "$T/ref"
+    "$DS_PY" "$R" check-fp8 "$T/ck" "$T/ours"
+}
+
+@test "ds-quantize --to fp8 from bf16, sharded, and with ue8m0 scales: byte-identical to the reference" {
+    ckpt_setup bf16
+    "$DS_BIN/ds-quantize" -q -m "$T/ck" -o "$T/ours" --to fp8 --shard-size 300K
+    "$DS_PY" "$R" quantize "$T/ck" "$T/ref" --shard-size 307200
+    [ -f "$T/ours/model.safetensors.index.json" ]
+    same_dirs "$T/ours" "$T/ref"
+    "$DS_BIN/ds-quantize" -q -m "$T/ck" -o "$T/ours8" --to fp8 --scale-fmt ue8m0
+    "$DS_PY" "$R" quantize "$T/ck" "$T/ref8" --ue8m0 1
+    same_dirs "$T/ours8" "$T/ref8"
+}
+
+@test "ds-quantize --to bf16 / fp32 from FP8: byte-identical to DeepSeek's weight_dequant (torch transcription)" {
+    ckpt_setup f32
+    "$DS_BIN/ds-quantize" -q -m "$T/ck" -o "$T/q" --to fp8 --shard-size 500K
+    for to in bf16 fp32; do
+        "$DS_BIN/ds-quantize" -q -m "$T/q" -o "$T/ours-$to" --to $to
+        "$DS_PY" "$R" dequantize "$T/q" "$T/ref-$to" --to $to
+        same_dirs "$T/ours-$to" "$T/ref-$to"
+    done
+}
+
+@test "ds-quantize through pipes gives the same checkpoint as through directories" {
+    ckpt_setup bf16
+    "$DS_BIN/ds-quantize" -q -m "$T/ck" -o "$T/direct" --to fp8
+    "$DS_BIN/ds-quantize" -q -m "$T/ck" -o - --to fp8 | "$DS_BIN/ds-quantize" -q -m - -o "$T/piped" --to fp8
+    same_dirs "$T/piped" "$T/direct"
+    "$DS_BIN/ds-quantize" -q -m "$T/direct" -o "$T/d16" --to bf16
+    "$DS_BIN/ds-quantize" -q -m "$T/direct" -o - --to fp8 | "$DS_BIN/ds-quantize" -q -m - -o "$T/p16" --to bf16
+    same_dirs "$T/p16" "$T/d16"
 }

@@ -145,6 +145,25 @@ def main():
     put("g.b2q", b2q), put("g.b2s", b2s)
     put("g.c2", gemm(aq, as_, 1, b2q, b2s, 1))
 
+    # FP8 training numerics of one Linear y = x W^T (spec 10): Fprop with 1x128 x and 128x128 W, Dgrad with
+    # 1x128 dy and the same FP8 W transposed, Wgrad over tokens with 128x1 dy and x, where x is the
+    # forward's 1x128 FP8 (cached) requantized 128x1. 200 tokens: a short last token tile.
+    xs = rng.standard_normal((200, 300)).astype(np.float32)
+    ws = (rng.standard_normal((260, 300)) * 0.05).astype(np.float32)
+    dy = (rng.standard_normal((200, 260)) * 1e-3).astype(np.float32)
+    xq, xs_s = quantize(xs, 1, 128, 0)
+    wq, ws_s = quantize(ws, 128, 128, 0)
+    put("lin.x", xs), put("lin.w", ws), put("lin.dy", dy)
+    put("lin.y", gemm(xq, xs_s, 1, wq, ws_s, 128))
+    dyq, dy_s = quantize(dy, 1, 128, 0)
+    wtq, wt_s = quantize(np.ascontiguousarray(ws.T), 128, 128, 0)  # W^T's blocks: W's blocks transposed
+    assert np.array_equal(dequantize(wtq, wt_s, 128, 128), dequantize(wq, ws_s, 128, 128).T)
+    put("lin.dx", gemm(dyq, dy_s, 1, wtq, wt_s, 128))
+    dytq, dyt_s = quantize(np.ascontiguousarray(dy.T), 1, 128, 0)
+    x_fwd = dequantize(xq, xs_s, 1, 128)
+    xtq, xt_s = quantize(np.ascontiguousarray(x_fwd.T), 1, 128, 0)
+    put("lin.dw", gemm(dytq, dyt_s, 1, xtq, xt_s, 1))
+
     with open(sys.argv[1], "wb") as f:
         f.write(b"DSARR1\0\0")
         for name, a in out.items():

@@ -8,6 +8,8 @@
                                                        encode (special tokens split only with --special)
   tokenizer_ref.py merges OURS.json HF.json            compare vocabularies and merge lists
   tokenizer_ref.py decode TOK.json IDS DOCS...         HF decodes our ids back to each document
+  tokenizer_ref.py transformers TOK.json IDS DOCS...   transformers' PreTrainedTokenizerFast (its
+                                                       post-processor adds BOS) against our --bos ids
 Exit status 0 when everything agrees; mismatches are printed.
 """
 import json
@@ -90,6 +92,19 @@ def cmd_decode(tokfile, idsfile, paths):
     return 1 if bad else 0
 
 
+def cmd_transformers(tokfile, idsfile, paths):
+    from transformers import PreTrainedTokenizerFast
+    tok = PreTrainedTokenizerFast(tokenizer_file=tokfile, split_special_tokens=True)
+    bad = 0
+    docs = read_docs(paths)
+    for i, (d, o) in enumerate(zip(docs, read_ids(idsfile))):
+        if tok(d, add_special_tokens=True)["input_ids"] != o:
+            bad += 1
+            print("doc %d: transformers encodes differently" % i)
+    print("%d documents, %d differ" % (len(docs), bad))
+    return 1 if bad else 0
+
+
 def load_model(path):
     j = json.load(open(path, encoding="utf-8"))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in j["model"]["merges"]]
@@ -138,6 +153,8 @@ def main(argv):
         return cmd_encode(args[0], args[1], args[2:], special)
     if cmd == "decode":
         return cmd_decode(argv[2], argv[3], argv[4:])
+    if cmd == "transformers":
+        return cmd_transformers(argv[2], argv[3], argv[4:])
     if cmd == "merges":
         return cmd_merges(argv[2], argv[3])
     print(__doc__)

@@ -1,4 +1,5 @@
-/* Unit tests for lib/fp8: the E4M3/E5M2 codecs, block quantization and the scaled GEMM.
+/* Unit tests for lib/fp8: the E4M3/E5M2 codecs, block quantization, the scaled GEMM and checkpoint
+ * conversion (names, plan, panel-wise execution).
  * The codecs are checked three ways: against the formats' definitions (decode by ldexp), against an
  * independent slow encoder (nearest value by search, ties to the even code), and, when tests/ref/fp8.bats
  * provides the file, bit for bit against ml_dtypes and torch over millions of inputs (against_ml_dtypes).
@@ -8,8 +9,11 @@
 
 #include "core/err.h"
 #include "core/rng.h"
+#include "fp8/ckpt_convert.h"
+#include "fp8/convert.h"
 #include "fp8/fp8.h"
 #include "fp8/gemm.h"
+#include "fp8/linear.h"
 #include "fp8/quant.h"
 
 #include <math.h>
@@ -544,7 +548,358 @@ TEST(against_numpy_blocks) {
     CHECK(same_bytes(c, find(arr, n, "g.cacc"), sizeof c), "GEMM accumulating into C identical");
     ds_fp8_gemm(c, &A, &B2, 37, 33, 300, 0, NULL);
     CHECK(same_bytes(c, find(arr, n, "g.c2"), 37 * 33 * 4), "GEMM 1x128 x 1x128 (ue8m0 B) identical");
+    /* one Linear's Fprop, Dgrad, Wgrad through the op-layer entry point */
+    const float *lx = find(arr, n, "lin.x")->data, *lw = find(arr, n, "lin.w")->data, *ldy = find(arr, n, "lin.dy")->data;
+    float *y = malloc(200 * 260 * 4), *dx = calloc(200 * 300, 4), *dw = calloc(260 * 300, 4);
+    ds_fp8_linear_gemm(0, 1, 200, 260, 300, 1, lx, 300, lw, 300, 0, y, 260);
+    CHECK(same_bytes(y, find(arr, n, "lin.y"), 200 * 260 * 4), "Linear Fprop y = x W^T identical");
+    ds_fp8_linear_gemm(0, 0, 200, 300, 260, 1, ldy, 260, lw, 300, 1, dx, 300);
+    CHECK(same_bytes(dx, find(arr, n, "lin.dx"), 200 * 300 * 4), "Linear Dgrad dx += dy W identical");
+    ds_fp8_linear_gemm(1, 0, 260, 300, 200, 1, ldy, 260, lx, 300, 1, dw, 300);
+    CHECK(same_bytes(dw, find(arr, n, "lin.dw"), 260 * 300 * 4), "Linear Wgrad dW += dy^T x (128x1, cached FP8 x) identical");
+    CHECK(ds_fp8_linear_status() == 0, "no sticky error");
+    free(y), free(dx), free(dw);
     for (int i = 0; i < n; i++) free(arr[i].data);
+}
+
+/* ---- checkpoint conversion -------------------------------------------------------------------------- */
+
+TEST(quantized_names) {
+    static const char *const yes[] = {
+        "model.layers.0.self_attn.q_a_proj.weight", "model.layers.12.self_attn.q_b_proj.weight",
+        "model.layers.3.self_attn.kv_a_proj_with_mqa.weight", "model.layers.3.self_attn.kv_b_proj.weight",
+        "model.layers.60.self_attn.o_proj.weight", "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.mlp.gate_proj.weight", "model.layers.2.mlp.up_proj.weight", "model.layers.2.mlp.down_proj.weight",
+        "model.layers.5.mlp.experts.255.gate_proj.weight", "model.layers.5.mlp.experts.0.down_proj.weight",
+        "model.layers.7.mlp.shared_experts.up_proj.weight", "model.layers.61.self_attn.o_proj.weight",
+        "model.layers.61.mlp.experts.17.up_proj.weight", NULL};
+    static const char *const no[] = {
+        "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight", "model.layers.0.self_attn.q_a_layernorm.weight",
+        "model.layers.0.self_attn.kv_a_layernorm.weight", "model.layers.3.mlp.gate.weight",
+        "model.layers.3.mlp.gate.e_score_correction_bias", "model.layers.61.eh_proj.weight",
+        "model.layers.61.enorm.weight", "model.layers.61.hnorm.weight", "model.layers.61.embed_tokens.weight",
+        "model.layers.61.shared_head.head.weight", "model.layers.61.shared_head.norm.weight",
+        "model.layers.0.self_attn.q_a_proj.weight_scale_inv", "model.layers.x.self_attn.o_proj.weight",
+        "model.layers.5.mlp.experts.gate_proj.weight", "layers.0.self_attn.o_proj.weight",
+        "model.layers.0.self_attn.o_proj.bias", NULL};
+    int bad = 0;
+    for (int i = 0; yes[i]; i++)
+        if (!ds_fp8_is_quantized_name(yes[i])) bad++, printf("# should be FP8: %s\n", yes[i]);
+    for (int i = 0; no[i]; i++)
+        if (ds_fp8_is_quantized_name(no[i])) bad++, printf("# should stay: %s\n", no[i]);
+    CHECK(bad == 0, "%d names classified wrongly (spec 9.2)", bad);
+    CHECK(ds_fp8_keeps_f32("model.layers.3.mlp.gate.e_score_correction_bias") &&
+              !ds_fp8_keeps_f32("model.layers.3.mlp.gate.weight"),
+          "the router bias stays F32");
+}
+
+/* An in-memory checkpoint: tensors with their bytes. */
+typedef struct {
+    ds_tensor_desc d[16];
+    void *data[16];
+    int n;
+    int reads_out_of_order;
+    int last_i;
+    uint64_t last_off;
+} mem_src;
+
+typedef struct {
+    uint8_t *buf;
+    size_t len, cap;
+} mem_sink;
+
+static int mem_read(void *ctx, int i, uint64_t off, void *dst, size_t n) {
+    mem_src *m = ctx;
+    if (i < m->last_i || (i == m->last_i && off < m->last_off)) m->reads_out_of_order++;
+    m->last_i = i, m->last_off = off + n;
+    memcpy(dst, (uint8_t *)m->data[i] + off, n);
+    return 0;
+}
+
+static int mem_write(void *ctx, const void *b, size_t n) {
+    mem_sink *s = ctx;
+    if (s->len + n > s->cap) {
+        s->cap = (s->len + n) * 2;
+        s->buf = realloc(s->buf, s->cap);
+    }
+    memcpy(s->buf + s->len, b, n);
+    s->len += n;
+    return 0;
+}
+
+static void add_tensor(mem_src *m, const char *name, ds_dtype t, int64_t r, int64_t c, uint64_t seed) {
+    ds_tensor_desc *d = &m->d[m->n];
+    memset(d, 0, sizeof *d);
+    d->name = name, d->dtype = t, d->ndim = c ? 2 : 1, d->shape[0] = r, d->shape[1] = c;
+    size_t n = (size_t)r * (c ? c : 1);
+    float *f = malloc(n * 4);
+    ds_randn_fill(f, n, seed, 0, 0.02f);
+    if (t == DS_F32) {
+        m->data[m->n] = f;
+    } else {
+        uint16_t *h = malloc(n * 2);
+        for (size_t i = 0; i < n; i++) h[i] = ds_f32_to_bf16(f[i]);
+        free(f);
+        m->data[m->n] = h;
+    }
+    m->n++;
+}
+
+static int count_reports(void *ctx, const ds_conv_report *r) {
+    (void)r;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+TEST(convert_plan_and_run) {
+    mem_src m = {.n = 0, .last_i = -1};
+    add_tensor(&m, "model.embed_tokens.weight", DS_BF16, 50, 64, 1);
+    add_tensor(&m, "model.layers.0.self_attn.kv_a_proj_with_mqa.weight", DS_F32, 300, 260, 2); /* tails */
+    add_tensor(&m, "model.layers.0.input_layernorm.weight", DS_F32, 64, 0, 3);
+    add_tensor(&m, "model.layers.0.mlp.gate.weight", DS_F32, 8, 64, 4);
+    add_tensor(&m, "model.layers.0.mlp.gate.e_score_correction_bias", DS_F32, 8, 0, 5);
+    add_tensor(&m, "model.layers.0.mlp.experts.3.down_proj.weight", DS_BF16, 64, 200, 6);
+    ds_conv_plan p;
+    CHECK(ds_conv_plan_make(&p, m.d, m.n, DS_CONV_TO_FP8, DS_FP8_SCALE_F32) == 0, "plan to fp8: %s", ds_errmsg());
+    static const char *want_names[] = {"model.embed_tokens.weight", "model.layers.0.self_attn.kv_a_proj_with_mqa.weight",
+                                       "model.layers.0.self_attn.kv_a_proj_with_mqa.weight_scale_inv",
+                                       "model.layers.0.input_layernorm.weight", "model.layers.0.mlp.gate.weight",
+                                       "model.layers.0.mlp.gate.e_score_correction_bias",
+                                       "model.layers.0.mlp.experts.3.down_proj.weight",
+                                       "model.layers.0.mlp.experts.3.down_proj.weight_scale_inv"};
+    static const ds_dtype want_types[] = {DS_BF16, DS_F8_E4M3, DS_F32, DS_F32, DS_F32, DS_F32, DS_F8_E4M3, DS_F32};
+    int ok = p.n == 8 && p.n_quantized == 2;
+    for (int i = 0; ok && i < 8; i++) ok = !strcmp(p.steps[i].out.name, want_names[i]) && p.steps[i].out.dtype == want_types[i];
+    CHECK(ok, "fp8 plan: names, order and dtypes as DeepSeek's layout (%d steps)", p.n);
+    CHECK(p.steps[2].out.shape[0] == 3 && p.steps[2].out.shape[1] == 3 && p.steps[7].out.shape[0] == 1 &&
+              p.steps[7].out.shape[1] == 2,
+          "scale_inv shapes [ceil(out/128), ceil(in/128)]");
+
+    mem_sink out = {0};
+    ds_conv_source src = {&m, mem_read};
+    ds_conv_sink dst = {&out, mem_write};
+    int nrep = 0;
+    CHECK(ds_conv_run(&p, m.d, &src, &dst, count_reports, &nrep) == 0, "run to fp8: %s", ds_errmsg());
+    CHECK(nrep == 6 && !m.reads_out_of_order, "one report per tensor (%d), reads in order", nrep);
+    /* expected bytes: embed copied, kv_a quantized, ... */
+    uint8_t q[300 * 260];
+    float s[9];
+    ds_fp8_quantize(q, s, m.data[1], 300, 260, 128, 128, DS_FP8_SCALE_F32);
+    size_t off = 50 * 64 * 2;
+    CHECK(out.len > off + sizeof q + sizeof s && !memcmp(out.buf, m.data[0], off) && !memcmp(out.buf + off, q, sizeof q) &&
+              !memcmp(out.buf + off + sizeof q, s, sizeof s),
+          "embedding copied; weight and scales as ds_fp8_quantize writes them");
+    size_t expect_len = 50 * 64 * 2 + sizeof q + sizeof s + 64 * 4 + 8 * 64 * 4 + 8 * 4 + 64 * 200 + 2 * 4;
+    CHECK(out.len == expect_len, "output bytes %zu (want %zu)", out.len, expect_len);
+
+    /* back to bf16: the fp8 output as a new input */
+    mem_src m2 = {.n = 0, .last_i = -1};
+    size_t pos = 0;
+    for (int i = 0; i < p.n; i++) {
+        m2.d[i] = p.steps[i].out;
+        m2.data[i] = out.buf + pos;
+        pos += (size_t)ds_tensor_desc_numel(&p.steps[i].out) * ds_dtype_size(p.steps[i].out.dtype);
+    }
+    m2.n = p.n;
+    ds_conv_plan p2;
+    CHECK(ds_conv_plan_make(&p2, m2.d, m2.n, DS_CONV_TO_BF16, DS_FP8_SCALE_F32) == 0, "plan to bf16: %s", ds_errmsg());
+    ok = p2.n == 6 && p2.n_dequantized == 2 && p2.steps[1].op == DS_CONV_DEQUANT && p2.steps[1].out.dtype == DS_BF16 &&
+         p2.steps[2].op == DS_CONV_CAST && p2.steps[2].out.dtype == DS_BF16 && p2.steps[4].op == DS_CONV_COPY &&
+         p2.steps[4].out.dtype == DS_F32 && p2.steps[0].op == DS_CONV_COPY;
+    CHECK(ok, "bf16 plan: scales dropped, FP8 dequantized, F32 cast, router bias kept F32");
+    mem_sink out2 = {0};
+    ds_conv_sink dst2 = {&out2, mem_write};
+    CHECK(ds_conv_run(&p2, m2.d, &(ds_conv_source){&m2, mem_read, 0}, &dst2, NULL, NULL) == 0, "run to bf16: %s",
+          ds_errmsg());
+    uint16_t h[300 * 260];
+    ds_fp8_dequantize_bf16(h, q, s, 300, 260, 128, 128);
+    CHECK(!memcmp(out2.buf + 50 * 64 * 2, h, sizeof h), "FP8 -> bf16 equals ds_fp8_dequantize_bf16 (fp8_cast_bf16)");
+    CHECK(m2.reads_out_of_order == 2, "random access: each scale read before its weight (%d)", m2.reads_out_of_order);
+    /* the same from a pipe: reads only move forward, the output is the same */
+    mem_sink out3 = {0};
+    m2.reads_out_of_order = 0, m2.last_i = -1, m2.last_off = 0;
+    CHECK(ds_conv_run(&p2, m2.d, &(ds_conv_source){&m2, mem_read, 1}, &(ds_conv_sink){&out3, mem_write}, NULL,
+                      NULL) == 0 &&
+              m2.reads_out_of_order == 0 && out3.len == out2.len && !memcmp(out3.buf, out2.buf, out2.len),
+          "sequential source: forward reads only (%d back), same bytes", m2.reads_out_of_order);
+    free(out3.buf);
+    ds_conv_plan_free(&p2);
+    free(out2.buf);
+    ds_conv_plan_free(&p);
+    free(out.buf);
+    for (int i = 0; i < m.n; i++) free(m.data[i]);
+}
+
+TEST(convert_errors) {
+    ds_tensor_desc d[3] = {{"model.layers.0.self_attn.o_proj.weight", DS_F8_E4M3, 2, {256, 256}},
+                           {"x.weight_scale_inv", DS_F32, 2, {2, 2}},
+                           {"model.layers.0.self_attn.o_proj.weight_scale_inv", DS_F32, 2, {2, 3}}};
+    ds_conv_plan p;
+    CHECK(ds_conv_plan_make(&p, d, 1, DS_CONV_TO_BF16, 0) == DS_ERR &&
+              !strcmp(ds_errmsg(), "tensor model.layers.0.self_attn.o_proj.weight: F8_E4M3 without "
+                                   "model.layers.0.self_attn.o_proj.weight_scale_inv"),
+          "FP8 without its scale: %s", ds_errmsg());
+    d[1] = d[2];
+    CHECK(ds_conv_plan_make(&p, d, 2, DS_CONV_TO_BF16, 0) == DS_ERR && strstr(ds_errmsg(), "must be F32 [2, 2]"),
+          "scale of the wrong shape: %s", ds_errmsg());
+    ds_tensor_desc o[1] = {{"a.weight_scale_inv", DS_F32, 2, {1, 1}}};
+    CHECK(ds_conv_plan_make(&p, o, 1, DS_CONV_TO_FP8, 0) == DS_ERR &&
+              !strcmp(ds_errmsg(), "tensor a.weight_scale_inv: no weight a.weight for this scale"),
+          "orphan scale: %s", ds_errmsg());
+    ds_tensor_desc dup[2] = {{"a", DS_F32, 1, {1}}, {"a", DS_F32, 1, {1}}};
+    CHECK(ds_conv_plan_make(&p, dup, 2, DS_CONV_TO_FP8, 0) == DS_ERR && !strcmp(ds_errmsg(), "tensor a: appears twice"),
+          "duplicate: %s", ds_errmsg());
+    ds_tensor_desc w1[1] = {{"model.layers.0.mlp.up_proj.weight", DS_F32, 1, {128}}};
+    CHECK(ds_conv_plan_make(&p, w1, 1, DS_CONV_TO_FP8, 0) == DS_ERR && strstr(ds_errmsg(), "must be a 2-D float tensor"),
+          "1-D Linear weight: %s", ds_errmsg());
+    /* a NaN weight */
+    mem_src m = {.n = 0, .last_i = -1};
+    add_tensor(&m, "model.layers.1.mlp.down_proj.weight", DS_F32, 130, 20, 9);
+    ((float *)m.data[0])[129 * 20 + 7] = NAN;
+    CHECK(ds_conv_plan_make(&p, m.d, 1, DS_CONV_TO_FP8, 0) == 0, "plan");
+    mem_sink out = {0};
+    CHECK(ds_conv_run(&p, m.d, &(ds_conv_source){&m, mem_read}, &(ds_conv_sink){&out, mem_write}, NULL, NULL) == DS_ERR &&
+              !strcmp(ds_errmsg(), "tensor model.layers.1.mlp.down_proj.weight: non-finite value nan at [129, 7]: "
+                                   "refusing to quantize"),
+          "NaN weight refused: %s", ds_errmsg());
+    ds_conv_plan_free(&p);
+    free(out.buf);
+    free(m.data[0]);
+}
+
+/* ---- FP8 Linear numerics (linear.h) -------------------------------------------------------------------- */
+
+static double rel_fro(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), den += (double)b[i] * b[i];
+    return sqrt(num / den);
+}
+
+TEST(linear_gemm_layouts) {
+    const int T = 150, IN = 200, OUT = 140;
+    float *x = rand_matrix(T, IN, 31, 1.0f), *w = rand_matrix(OUT, IN, 32, 0.05f), *dy = rand_matrix(T, OUT, 33, 1e-3f);
+    float *y = malloc(T * OUT * 4), *yref = malloc(T * OUT * 4);
+    /* Fprop against the explicit composition of quantize + gemm */
+    uint8_t *xq = malloc(T * IN), *wq = malloc(OUT * IN);
+    float *xs = malloc(T * 2 * 4), *wsc = malloc(2 * 2 * 4);
+    ds_fp8_quantize(xq, xs, x, T, IN, 1, 128, DS_FP8_SCALE_F32);
+    ds_fp8_quantize(wq, wsc, w, OUT, IN, 128, 128, DS_FP8_SCALE_F32);
+    ds_fp8_gemm(yref, &(ds_fp8_mat){xq, xs, 1, 0}, &(ds_fp8_mat){wq, wsc, 128, 0}, T, OUT, IN, 0, NULL);
+    ds_fp8_linear_gemm(0, 1, T, OUT, IN, 1, x, IN, w, IN, 0, y, OUT);
+    CHECK(!memcmp(y, yref, T * OUT * 4), "Fprop = quantize 1x128 / 128x128 + scaled GEMM");
+    /* fp32 reference products: FP8 costs a few percent */
+    float *f = malloc(T * OUT * 4);
+    for (int i = 0; i < T; i++)
+        for (int o = 0; o < OUT; o++) {
+            double t = 0;
+            for (int k = 0; k < IN; k++) t += (double)x[i * IN + k] * w[o * IN + k];
+            f[i * OUT + o] = (float)t;
+        }
+    double e = rel_fro(y, f, T * OUT);
+    CHECK(e < 0.06 && e > 1e-3, "Fprop relative error vs fp32: %.4f", e);
+    /* strided operands and general alpha/beta: C = 0.5 * x W^T + 2 C, with x a column slice */
+    float *xw = malloc(T * (IN + 8) * 4), *c = malloc(T * (OUT + 3) * 4);
+    for (int i = 0; i < T; i++) {
+        memcpy(xw + i * (IN + 8) + 8, x + i * IN, IN * 4);
+        for (int o = 0; o < OUT + 3; o++) c[i * (OUT + 3) + o] = (float)(i - o);
+    }
+    ds_fp8_linear_gemm(0, 1, T, OUT, IN, 0.5f, xw + 8, IN + 8, w, IN, 2, c, OUT + 3);
+    int bad = 0;
+    for (int i = 0; i < T; i++)
+        for (int o = 0; o < OUT + 3; o++) {
+            float want = o < OUT ? 0.5f * yref[i * OUT + o] + 2 * (float)(i - o) : (float)(i - o);
+            bad += c[i * (OUT + 3) + o] != want;
+        }
+    CHECK(bad == 0, "lda/ldc strides and alpha/beta: %d elements differ", bad);
+    /* Dgrad and Wgrad against fp32 products */
+    float *dx = calloc(T * IN, 4), *dxf = calloc(T * IN, 4), *dw = calloc(OUT * IN, 4), *dwf = calloc(OUT * IN, 4);
+    ds_fp8_linear_gemm(0, 0, T, IN, OUT, 1, dy, OUT, w, IN, 1, dx, IN);
+    ds_fp8_linear_gemm(1, 0, OUT, IN, T, 1, dy, OUT, x, IN, 1, dw, IN);
+    for (int i = 0; i < T; i++)
+        for (int o = 0; o < OUT; o++)
+            for (int k = 0; k < IN; k++) {
+                dxf[i * IN + k] += dy[i * OUT + o] * w[o * IN + k];
+                dwf[o * IN + k] += dy[i * OUT + o] * x[i * IN + k];
+            }
+    double ex = rel_fro(dx, dxf, T * IN), ew = rel_fro(dw, dwf, OUT * IN);
+    CHECK(ex < 0.06 && ew < 0.06, "Dgrad / Wgrad relative error vs fp32: %.4f / %.4f", ex, ew);
+    /* grouped forms equal their groups done one by one */
+    int64_t off[4] = {0, 40, 40, T};
+    float *wg = malloc(3 * OUT * IN * 4), *yg = malloc(T * OUT * 4), *y1 = malloc(T * OUT * 4);
+    for (int g = 0; g < 3; g++)
+        for (int i = 0; i < OUT * IN; i++) wg[g * OUT * IN + i] = w[i] * (float)(g + 1);
+    ds_fp8_linear_gemm_rows(3, off, 1, OUT, IN, 1, x, IN, wg, (size_t)OUT * IN, IN, 0, yg, OUT);
+    ds_fp8_linear_gemm(0, 1, 40, OUT, IN, 1, x, IN, wg, IN, 0, y1, OUT);
+    ds_fp8_linear_gemm(0, 1, T - 40, OUT, IN, 1, x + 40 * IN, IN, wg + 2 * OUT * IN, IN, 0, y1 + 40 * OUT, OUT);
+    CHECK(!memcmp(yg, y1, T * OUT * 4), "gemm_rows = per-expert gemm (an empty expert skipped)");
+    float *dwg = calloc(3 * OUT * IN, 4), *dw1 = calloc(3 * OUT * IN, 4);
+    for (int i = 0; i < OUT * IN; i++) dwg[OUT * IN + i] = dw1[OUT * IN + i] = 7; /* the empty group keeps C */
+    ds_fp8_linear_gemm_wgrad(3, off, OUT, IN, 1, dy, OUT, x, IN, 1, dwg, (size_t)OUT * IN, IN);
+    ds_fp8_linear_gemm(1, 0, OUT, IN, 40, 1, dy, OUT, x, IN, 1, dw1, IN);
+    ds_fp8_linear_gemm(1, 0, OUT, IN, T - 40, 1, dy + 40 * OUT, OUT, x + 40 * IN, IN, 1, dw1 + 2 * OUT * IN, IN);
+    CHECK(!memcmp(dwg, dw1, 3 * OUT * IN * 4), "gemm_wgrad = per-expert Wgrad (tiles start at each group)");
+    /* without FP8 caching Wgrad quantizes x once: a different (slightly closer) result */
+    ds_fp8_train_opts o = ds_fp8_train_get();
+    o.cache_input_fp8 = 0;
+    ds_fp8_train_set(&o);
+    float *dwn = calloc(OUT * IN, 4);
+    ds_fp8_linear_gemm(1, 0, OUT, IN, T, 1, dy, OUT, x, IN, 1, dwn, IN);
+    o.cache_input_fp8 = 1;
+    ds_fp8_train_set(&o);
+    CHECK(memcmp(dwn, dw, OUT * IN * 4) && rel_fro(dwn, dwf, OUT * IN) < 0.06, "cache_input_fp8 = 0 differs, error %.4f",
+          rel_fro(dwn, dwf, OUT * IN));
+    CHECK(ds_fp8_linear_status() == 0, "no sticky error");
+    free(x), free(w), free(dy), free(y), free(yref), free(xq), free(wq), free(xs), free(wsc), free(f), free(xw), free(c);
+    free(dx), free(dxf), free(dw), free(dwf), free(wg), free(yg), free(y1), free(dwg), free(dw1), free(dwn);
+}
+
+/* ---- reading FP8 weights from a checkpoint (for inference) ------------------------------------------- */
+
+TEST(ckpt_read_fp8_weight) {
+    char dir[] = "/tmp/ds-test-fp8-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "temp dir");
+    char path[256];
+    snprintf(path, sizeof path, "%s/ck", dir);
+    ds_config cfg;
+    ds_config_defaults(&cfg);
+    const int64_t shape[2] = {200, 300}, sshape[2] = {2, 3}, bshape[1] = {5};
+    float *w = rand_matrix(200, 300, 41, 0.02f), s[6], bias[5] = {1, 2, 3, 4, 5};
+    uint8_t *q = malloc(200 * 300);
+    ds_fp8_quantize(q, s, w, 200, 300, 128, 128, DS_FP8_SCALE_F32);
+    ds_ckpt_writer *wr;
+    int rc = ds_ckpt_writer_begin(&wr, path, NULL);
+    if (!rc) rc = ds_ckpt_writer_set_config(wr, &cfg);
+    if (!rc) rc = ds_ckpt_writer_add_raw(wr, "model.layers.0.self_attn.o_proj.weight", DS_F8_E4M3, 2, shape, q);
+    if (!rc) rc = ds_ckpt_writer_add_raw(wr, "model.layers.0.self_attn.o_proj.weight_scale_inv", DS_F32, 2, sshape, s);
+    if (!rc) rc = ds_ckpt_writer_add_raw(wr, "model.layers.0.mlp.down_proj.weight", DS_F8_E4M3, 2, shape, q);
+    if (!rc) rc = ds_ckpt_writer_add_f32(wr, "model.layers.3.mlp.gate.e_score_correction_bias", 1, bshape, bias, DS_F32);
+    if (!rc) rc = ds_ckpt_writer_commit(wr);
+    CHECK(rc == 0, "write a small FP8 checkpoint: %s", ds_errmsg());
+    ds_ckpt *c;
+    CHECK(ds_ckpt_open(&c, path) == 0, "open it: %s", ds_errmsg());
+    float *got = malloc(200 * 300 * 4), *want = malloc(200 * 300 * 4), b[5];
+    ds_fp8_dequantize(want, q, s, 200, 300, 128, 128);
+    CHECK(ds_fp8_ckpt_read_f32(c, "model.layers.0.self_attn.o_proj.weight", 2, shape, got) == 0 &&
+              !memcmp(got, want, 200 * 300 * 4),
+          "an FP8 weight reads as its block-wise dequantization");
+    CHECK(ds_fp8_ckpt_read_f32(c, "model.layers.3.mlp.gate.e_score_correction_bias", 1, bshape, b) == 0 &&
+              !memcmp(b, bias, sizeof b),
+          "other dtypes read as ds_ckpt_read_f32 does");
+    CHECK(ds_fp8_ckpt_read_f32(c, "model.layers.0.mlp.down_proj.weight", 2, shape, got) == DS_ERR &&
+              strstr(ds_errmsg(), "F8_E4M3 tensor model.layers.0.mlp.down_proj.weight without "
+                                  "model.layers.0.mlp.down_proj.weight_scale_inv"),
+          "FP8 without its scale: %s", ds_errmsg());
+    const int64_t wrong[2] = {300, 200};
+    CHECK(ds_fp8_ckpt_read_f32(c, "model.layers.0.self_attn.o_proj.weight", 2, wrong, got) == DS_ERR &&
+              strstr(ds_errmsg(), "has shape [200, 300]"),
+          "wrong shape: %s", ds_errmsg());
+    ds_ckpt_close(c);
+    ds_config_free(&cfg);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "clean up");
+    free(w), free(q), free(got), free(want);
 }
 
 TAP_MAIN()

@@ -342,7 +342,8 @@ static int g_done(void *ctx, const ds_gen_seq *s) {
 
 static int generate(fixture *f, gen_io *g, const ds_gen_opts *o, ds_gen_stats *st) {
     ds_infer *e = engine(f, 4, 64, 64, o->mtp);
-    ds_gen_io io = {.ctx = g, .next = g_next, .on_token = g_token, .on_done = g_done};
+    if (e && o->batch == 3) ds_infer_set_serial_flops(e, 1e12); /* every step on one thread */
+    ds_gen_io io = {.src = g, .next = g_next, .sink = g, .on_token = g_token, .on_done = g_done};
     g->next = 0;
     int rc = ds_generate(e, o, &io, st);
     ds_infer_free(e);
@@ -488,7 +489,7 @@ TEST(mtp_sampling_keeps_the_distribution) {
             g.prompts[i][2] = 13;
         }
         ds_gen_stats st;
-        ds_gen_io io = {.ctx = &g, .next = g_next, .on_token = g_token, .on_done = g_done};
+        ds_gen_io io = {.src = &g, .next = g_next, .sink = &g, .on_token = g_token, .on_done = g_done};
         ds_generate(spec, &o, &io, &st);
         drafted += st.drafted;
         accepted += st.accepted;

@@ -94,7 +94,7 @@ TEST(generated_logprobs_match_training_forward) {
         int rc = ds_infer_create(&e, &im, NULL, &io);
         ds_gen_opts o = {.sampling = {.temperature = 1.0, .top_k = 40, .top_p = 0.9, .seed = 5}, .max_new = 40,
                          .eos_id = -1, .batch = 3, .prefill_chunk = 16, .prefill_form = DS_ATTN_NAIVE, .mtp = mtp};
-        ds_gen_io cb = {.ctx = &g, .next = g_next, .on_token = g_token, .on_done = g_done};
+        ds_gen_io cb = {.src = &g, .next = g_next, .sink = &g, .on_token = g_token, .on_done = g_done};
         ds_gen_stats st;
         if (!rc) rc = ds_generate(e, &o, &cb, &st);
         CHECK(rc == 0 && st.new_tokens == NP * 40, "mtp=%d: generate %lld tokens", mtp, (long long)st.new_tokens);

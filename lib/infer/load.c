@@ -1,0 +1,36 @@
+#include "infer/load.h"
+
+#include "core/err.h"
+#include "io/checkpoint.h"
+#include "model/weights.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *out) {
+    memset(out, 0, sizeof *out);
+    snprintf(out->where, sizeof out->where, "%s", path);
+    ds_ckpt *c = NULL;
+    DS_TRY(ds_ckpt_open(&c, path));
+    const ds_config *cfg = ds_ckpt_config(c);
+    ds_model_opts o = *opts;
+    if (o.max_seq <= 0) o.max_seq = cfg->max_position_embeddings;
+    size_t tok_len = 0;
+    const char *tok = ds_ckpt_tokenizer(c, &tok_len);
+    char where[600];
+    snprintf(where, sizeof where, "%s: tokenizer.json", ds_ckpt_where(c));
+    int rc = ds_model_create(&out->model, cfg, &o);
+    if (!rc) rc = ds_model_load_weights(out->model, ds_ckpt_tensors(c));
+    if (!rc && tok) rc = ds_tok_from_json(&out->tok, tok, tok_len, where);
+    if (!rc) out->has_mtp = ds_model_mtp_depth(out->model) > 0;
+    ds_ckpt_close(c);
+    if (rc) ds_loaded_free(out);
+    return rc;
+}
+
+void ds_loaded_free(ds_loaded *l) {
+    ds_model_free(l->model);
+    ds_tok_free(l->tok);
+    l->model = NULL;
+    l->tok = NULL;
+}

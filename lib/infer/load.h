@@ -1,0 +1,27 @@
+/* load.h — a checkpoint into a model ready for inference.
+ *
+ * Owns: putting together what ds-generate needs from a checkpoint (a directory, a single .safetensors
+ * file, or "-": io/checkpoint.h finds config, tokenizer and tensors): the ds_model with its weights
+ * (model/weights.h: HF names, any float dtype, FP8 with block scales, expert biases; MTP modules only
+ * when the checkpoint has them, as a transformers checkpoint does not) and the tokenizer when there is
+ * one. Missing tensors and shape mismatches are one-line errors naming the tensor.
+ */
+#ifndef DS_INFER_LOAD_H
+#define DS_INFER_LOAD_H
+
+#include "model/model.h"
+#include "tok/tokenizer.h"
+
+typedef struct {
+    ds_model *model;
+    ds_tokenizer *tok;   /* NULL when the checkpoint carries no tokenizer */
+    int has_mtp;         /* MTP tensors were present */
+    char where[512];     /* the path as given, for messages */
+} ds_loaded;
+
+/* opts sizes the model's own activations (for --score: one sequence of up to the context length;
+ * max_seq 0 = the config's max_position_embeddings). */
+int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *out);
+void ds_loaded_free(ds_loaded *l);
+
+#endif

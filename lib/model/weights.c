@@ -1,0 +1,277 @@
+/* Loading and saving the network's weights by Hugging Face tensor names. */
+#include "model/weights.h"
+
+#include "core/err.h"
+#include "core/log.h"
+#include "fp8/quant.h"
+#include "model/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Names of the checkpoint tensors a load used, to report the rest. */
+typedef struct {
+    const char **v;
+    size_t n, cap;
+} used_set;
+
+static void use(used_set *u, const char *name) {
+    if (u->n == u->cap) {
+        size_t cap = u->cap ? 2 * u->cap : 256;
+        const char **v = realloc(u->v, sizeof(char *) * cap);
+        if (!v) return; /* only the report suffers */
+        u->v = v, u->cap = cap;
+    }
+    u->v[u->n++] = name;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* Warn about checkpoint tensors the model did not take (a config that does not match the file). */
+static void report_unused(const ds_st_set *s, used_set *u) {
+    qsort(u->v, u->n, sizeof(char *), cmp_str);
+    int unused = 0;
+    const char *first = NULL;
+    for (int i = 0; i < ds_st_set_count(s); i++) {
+        const char *name = ds_st_set_tensor_at(s, i)->name;
+        if (bsearch(&name, u->v, u->n, sizeof(char *), cmp_str)) continue;
+        /* the released MTP layer's copies of the shared embedding and head */
+        if (strstr(name, ".embed_tokens.weight") && strncmp(name, "model.embed", 11)) continue;
+        if (strstr(name, ".shared_head.head.weight")) continue;
+        if (!first) first = name;
+        unused++;
+    }
+    if (unused) ds_warn("checkpoint: %d tensors not used by this configuration (first: %s)", unused, first);
+}
+
+/* Host staging for a backend that is not the CPU (the CPU reads straight into the buffer). */
+typedef struct {
+    const ds_ops *ops;
+    int on_host;
+    float *buf;
+    size_t cap;
+} staging;
+
+static float *stage_for(staging *st, float *dst, size_t n) {
+    if (st->on_host) return dst;
+    if (n > st->cap) {
+        free(st->buf);
+        st->buf = malloc(sizeof(float) * n);
+        st->cap = st->buf ? n : 0;
+    }
+    return st->buf;
+}
+
+static void stage_done(staging *st, float *dst, const float *src, size_t n) {
+    if (!st->on_host) st->ops->copy(dst, src, sizeof(float) * n, DS_COPY_H2D);
+}
+
+static int shape_error(const ds_st_set *s, const ds_st_tensor *t, int ndim, const int64_t *shape) {
+    char got[96], want[96];
+    ds_st_shape_str(t, got, sizeof got);
+    int k = snprintf(want, sizeof want, "[");
+    for (int i = 0; i < ndim && k < (int)sizeof want; i++)
+        k += snprintf(want + k, sizeof want - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    snprintf(want + k, sizeof want - k, "]");
+    return ds_fail(DS_ERR, "checkpoint: %s: shape %s, expected %s: %s", t->name, got, want,
+                   ds_st_set_file_of(s, t->name));
+}
+
+/* Read tensor t (shape already checked) as float32 into out; FP8 weights use their block scales. */
+static int read_f32(const ds_model *m, const ds_st_set *s, const ds_st_tensor *t, float *out, used_set *u) {
+    const char *file = ds_st_set_file_of(s, t->name);
+    use(u, t->name);
+    if (t->dtype != DS_F8_E4M3) return ds_st_read_f32(t, out, file);
+    char sname[160];
+    snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+    const ds_st_tensor *sc = ds_st_set_find(s, sname);
+    if (!sc) return ds_fail(DS_ERR, "checkpoint: %s: F8_E4M3 without %s: %s", t->name, sname, file);
+    use(u, sc->name);
+    int64_t rows = t->shape[0], cols = t->ndim > 1 ? t->shape[1] : 1;
+    const ds_quant_config *q = &m->cfg.quantization_config;
+    int64_t br = q->enabled && q->weight_block_size[0] > 0 ? q->weight_block_size[0] : 128;
+    int64_t bc = q->enabled && q->weight_block_size[1] > 0 ? q->weight_block_size[1] : 128;
+    int64_t want[2] = {(rows + br - 1) / br, (cols + bc - 1) / bc};
+    if (!ds_st_shape_is(sc, 2, want)) return shape_error(s, sc, 2, want);
+    float *scale = malloc(sizeof(float) * (size_t)(want[0] * want[1]));
+    uint8_t *codes = malloc((size_t)t->numel);
+    int rc = !scale || !codes ? ds_fail(DS_ERR, "out of memory: reading %s", t->name) : 0;
+    if (!rc) rc = ds_st_read_f32(sc, scale, ds_st_set_file_of(s, sname));
+    if (!rc) {
+        memcpy(codes, t->data, (size_t)t->numel);
+        rc = ds_fp8_dequantize(out, codes, scale, rows, cols, br, bc);
+    }
+    free(scale);
+    free(codes);
+    return rc;
+}
+
+/* Load `name` with the given shape into dst (backend memory). */
+static int load_one(const ds_model *m, const ds_st_set *s, staging *st, used_set *u, const char *name, int ndim,
+                    const int64_t *shape, float *dst, size_t numel) {
+    const ds_st_tensor *t = ds_st_set_find(s, name);
+    if (!t) return ds_fail(DS_ERR, "checkpoint: missing tensor %s", name);
+    if (!ds_st_shape_is(t, ndim, shape)) return shape_error(s, t, ndim, shape);
+    float *buf = stage_for(st, dst, numel);
+    if (!buf) return ds_fail(DS_ERR, "out of memory: staging %s", name);
+    DS_TRY(read_f32(m, s, t, buf, u));
+    stage_done(st, dst, buf, numel);
+    return 0;
+}
+
+/* transformers' fused experts of layer l, when the checkpoint has them instead of per-expert tensors */
+static int load_fused_experts(ds_model *m, const ds_st_set *s, int l, int *done, used_set *u) {
+    const ds_dims *d = &m->dims;
+    char gu[128], dn[128];
+    snprintf(gu, sizeof gu, "model.layers.%d.mlp.experts.gate_up_proj", l);
+    snprintf(dn, sizeof dn, "model.layers.%d.mlp.experts.down_proj", l);
+    const ds_st_tensor *tg = ds_st_set_find(s, gu), *td = ds_st_set_find(s, dn);
+    *done = 0;
+    if (!tg && !td) return 0;
+    if (!tg || !td) return ds_fail(DS_ERR, "checkpoint: %s without %s", tg ? gu : dn, tg ? dn : gu);
+    int64_t sg[3] = {d->E, 2 * (int64_t)d->Ie, d->D}, sd[3] = {d->E, d->D, d->Ie};
+    if (!ds_st_shape_is(tg, 3, sg)) return shape_error(s, tg, 3, sg);
+    if (!ds_st_shape_is(td, 3, sd)) return shape_error(s, td, 3, sd);
+    size_t mat = (size_t)d->Ie * d->D;
+    float *tmp = malloc(sizeof(float) * 2 * mat * d->E);
+    if (!tmp) return ds_fail(DS_ERR, "out of memory: reading %s", gu);
+    int rc = read_f32(m, s, tg, tmp, u);
+    const ds_layer_w *w = &m->W.layer[l];
+    for (int e = 0; !rc && e < d->E; e++) {
+        /* gate_up_proj[e] rows [0, Ie) are gate_proj, [Ie, 2 Ie) up_proj (transformers chunks the output) */
+        m->ops->copy(w->exp_gate + e * mat, tmp + 2 * e * mat, sizeof(float) * mat, DS_COPY_H2D);
+        m->ops->copy(w->exp_up + e * mat, tmp + (2 * e + 1) * mat, sizeof(float) * mat, DS_COPY_H2D);
+    }
+    if (!rc) rc = read_f32(m, s, td, tmp, u);
+    if (!rc) m->ops->copy(w->exp_down, tmp, sizeof(float) * mat * d->E, DS_COPY_H2D);
+    free(tmp);
+    *done = !rc;
+    return rc;
+}
+
+static void bias_name(char *buf, size_t n, int l) {
+    snprintf(buf, n, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
+}
+
+int ds_model_load_weights(ds_model *m, const ds_st_set *s) {
+    int L = m->cfg.num_hidden_layers, Dm = m->cfg.num_nextn_predict_layers;
+    const ds_dims *d = &m->dims;
+    char name[160];
+    /* MTP modules present: all of a module's tensors, or none of any */
+    int present = 0;
+    for (int j = 0; j < Dm; j++) {
+        snprintf(name, sizeof name, "model.layers.%d.eh_proj.weight", L + j);
+        if (!ds_st_set_find(s, name)) break;
+        present++;
+    }
+    if (present < Dm && present > 0)
+        return ds_fail(DS_ERR, "checkpoint: MTP module %d of %d missing (no model.layers.%d.eh_proj.weight)",
+                       present + 1, Dm, L + present);
+    if (Dm > 0 && present == 0)
+        ds_warn("checkpoint has no MTP tensors (model.layers.%d.*): multi-token prediction disabled", L);
+    m->mtp_depth = present;
+
+    staging st = {.ops = m->ops, .on_host = !strcmp(m->ops->name, "cpu")};
+    used_set u = {0};
+    int *fused = calloc((size_t)m->n_layers_total + 1, sizeof(int));
+    int rc = fused ? 0 : ds_fail(DS_ERR, "out of memory: loading");
+    int active = L + m->mtp_depth;
+    for (int l = 0; !rc && l < active; l++)
+        if (m->moe_slot[l] >= 0) rc = load_fused_experts(m, s, l, &fused[l], &u);
+    for (int i = 0; !rc && i < m->n_params; i++) {
+        const ds_param *p = &m->params[i];
+        if (p->layer >= active || (p->expert >= 0 && fused[p->layer])) continue;
+        rc = load_one(m, s, &st, &u, p->name, p->ndim, p->shape, m->w + p->offset, p->numel);
+    }
+    for (int l = 0; !rc && l < active; l++) {
+        int slot = m->moe_slot[l];
+        if (slot < 0) continue;
+        float *bias = m->ebias + (size_t)slot * d->E;
+        bias_name(name, sizeof name, l);
+        int64_t shape[1] = {d->E};
+        if (ds_st_set_find(s, name))
+            rc = load_one(m, s, &st, &u, name, 1, shape, bias, (size_t)d->E);
+        else if (d->has_bias)
+            ds_warn("checkpoint: no %s: the expert biases start at 0", name);
+    }
+    if (!rc) report_unused(s, &u);
+    if (!st.on_host) free(st.buf);
+    free(u.v);
+    free(fused);
+    return rc;
+}
+
+/* ---- saving ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    char name[160];
+    int ndim;
+    int64_t shape[2];
+    const float *src; /* backend memory */
+    size_t numel;
+    int f32;          /* always F32 (biases) */
+} out_tensor;
+
+int ds_model_save_weights(ds_model *m, const char *path, const ds_weights_save_opts *o) {
+    static const ds_weights_save_opts defaults = {0};
+    if (!o) o = &defaults;
+    const ds_dims *d = &m->dims;
+    int L = m->cfg.num_hidden_layers, active = L + m->mtp_depth;
+    size_t cap = (size_t)m->n_params + m->n_moe + 2 * (size_t)m->mtp_depth + 1, n = 0;
+    out_tensor *list = calloc(cap, sizeof *list);
+    if (!list) return ds_fail(DS_ERR, "out of memory: saving");
+    for (int i = 0; i < m->n_params; i++) {
+        const ds_param *p = &m->params[i];
+        if (p->layer >= active) continue; /* disabled MTP modules are not written */
+        out_tensor *t = &list[n++];
+        snprintf(t->name, sizeof t->name, "%s", p->name);
+        t->ndim = p->ndim, t->shape[0] = p->shape[0], t->shape[1] = p->shape[1];
+        t->src = m->w + p->offset, t->numel = p->numel;
+        if (p->kind == DS_PARAM_ROUTER && m->dims.has_bias) {
+            out_tensor *b = &list[n++];
+            bias_name(b->name, sizeof b->name, p->layer);
+            b->ndim = 1, b->shape[0] = d->E, b->f32 = 1;
+            b->src = m->ebias + (size_t)m->moe_slot[p->layer] * d->E, b->numel = (size_t)d->E;
+        }
+    }
+    for (int j = 0; o->mtp_copies && j < m->mtp_depth; j++) {
+        for (int k = 0; k < 2; k++) {
+            out_tensor *t = &list[n++];
+            snprintf(t->name, sizeof t->name, "model.layers.%d.%s", L + j,
+                     k ? "shared_head.head.weight" : "embed_tokens.weight");
+            t->ndim = 2, t->shape[0] = d->V, t->shape[1] = d->D;
+            t->src = k ? m->W.head : m->W.embed, t->numel = (size_t)d->V * d->D;
+        }
+    }
+    ds_st_writer *w = NULL;
+    int rc = ds_st_writer_open(&w, path, &o->st);
+    for (int i = 0; !rc && i < o->n_meta; i++) rc = ds_st_writer_meta(w, o->meta[2 * i], o->meta[2 * i + 1]);
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = ds_st_writer_declare(w, list[i].name, list[i].f32 || !o->bf16 ? DS_F32 : DS_BF16, list[i].ndim,
+                                  list[i].shape);
+    staging st = {.ops = m->ops, .on_host = !strcmp(m->ops->name, "cpu")};
+    for (size_t i = 0; !rc && i < n; i++) {
+        const float *src = list[i].src;
+        if (!st.on_host) {
+            float *buf = stage_for(&st, NULL, list[i].numel);
+            if (!buf) {
+                rc = ds_fail(DS_ERR, "out of memory: saving %s", list[i].name);
+                break;
+            }
+            m->ops->copy(buf, src, sizeof(float) * list[i].numel, DS_COPY_D2H);
+            m->ops->sync();
+            src = buf;
+        }
+        rc = ds_st_writer_data_f32(w, src, list[i].numel);
+    }
+    if (!st.on_host) free(st.buf);
+    if (w) {
+        if (!rc)
+            rc = ds_st_writer_close(w);
+        else
+            ds_st_writer_abort(w);
+    }
+    free(list);
+    return rc;
+}

@@ -1,0 +1,31 @@
+/* weights.h — the network's weights in safetensors files under Hugging Face tensor names (spec 9.2).
+ *
+ * Owns: the mapping between the parameter buffer and checkpoint tensors: per-expert names as released
+ * (and as transformers 5 writes), transformers' in-memory fused expert layout ("mlp.experts.gate_up_proj"
+ * [E, 2*Ie, D], "mlp.experts.down_proj" [E, D, Ie]) on load, FP8 E4M3 weights with their
+ * "weight_scale_inv" block scales (dequantised on load), any float dtype, the expert biases, and MTP
+ * modules at layer num_hidden_layers + k. A checkpoint without MTP tensors (what transformers writes)
+ * loads with MTP disabled and a warning.
+ */
+#ifndef DS_MODEL_WEIGHTS_H
+#define DS_MODEL_WEIGHTS_H
+
+#include "io/safetensors.h"
+#include "model/model.h"
+
+/* Fill every parameter and expert bias of m from s. Errors name the tensor and the file. */
+int ds_model_load_weights(ds_model *m, const ds_st_set *s);
+
+typedef struct {
+    int bf16;                 /* parameters as BF16 (round to nearest even) instead of F32 */
+    int mtp_copies;           /* also write model.layers.{L+k}.embed_tokens / shared_head.head (as released) */
+    const char *const *meta;  /* __metadata__ key, value pairs (e.g. "config", config.json text) */
+    int n_meta;
+    ds_st_write_opts st;      /* sharding */
+} ds_weights_save_opts;
+
+/* Write the parameters and the expert biases (always F32, as released) to path ("-": stdout), in
+ * parameter-table order with each bias after its router. o may be NULL (F32, no copies, no metadata). */
+int ds_model_save_weights(ds_model *m, const char *path, const ds_weights_save_opts *o);
+
+#endif

@@ -1,0 +1,87 @@
+#!/usr/bin/env bats
+# ds-generate against transformers (DeepseekV3ForCausalLM, fp32, CPU) on random checkpoints it loads:
+#  - --score --ids gives transformers' per-token log-probabilities (plain RoPE, YaRN, q_proj without
+#    query compression);
+#  - greedy generation emits exactly the tokens of transformers' generate;
+#  - every log-probability reported while sampling equals transformers' full forward over prompt + completion.
+# Two Python processes in all (transformers takes seconds to import).
+
+bats_require_minimum_version 1.5.0
+
+setup_file() {
+    export T="$BATS_FILE_TMPDIR"
+    local mk="$DS_PY $DS_ROOT/tests/ref/generate_ckpt.py --config $DS_ROOT/share/configs/tiny.json"
+    $mk --out "$T/plain" --seed 3
+    $mk --out "$T/yarn" --seed 4 --set 'rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}'
+    # (transformers' DeepSeek-V3 always routes with sigmoid scores and groups: only q_proj varies here)
+    $mk --out "$T/noq" --seed 5 --set q_lora_rank=null --set n_group=2 --set topk_group=1
+    # inputs: short, long (past the YaRN original length), BOS-led
+    printf '0 5 9 13 77 100 200 3 4 5 6 7\n1 2 3\n' >"$T/ids.txt"
+    seq 2 7 300 | tr '\n' ' ' >>"$T/ids.txt"
+    echo >>"$T/ids.txt"
+    # our generations (sampled) whose log-probabilities transformers checks
+    "$DS_BIN/ds-generate" -m "$T/plain" --ids --max-new 24 --temperature 0.8 --top-k 40 --seed 11 --jsonl -q \
+        --ignore-eos <"$T/ids.txt" >"$T/sampled.jsonl"
+    # one transformers process scores everything
+    {
+        for ck in plain yarn noq; do sed "s|^|$T/$ck\t|" "$T/ids.txt"; done
+        jq -r '.tokens | map(tostring) | join(" ")' "$T/sampled.jsonl" >"$T/completions.txt"
+        while read -r p && read -r c <&3; do printf '%s\t%s %s\n' "$T/plain" "$p" "$c"; done \
+            <"$T/ids.txt" 3<"$T/completions.txt"
+    } >"$T/score_in.txt"
+    "$DS_PY" "$DS_ROOT/tests/ref/generate_ref.py" score <"$T/score_in.txt" >"$T/ref_score.jsonl"
+}
+
+# max |a - b| over matching log-probabilities of two JSONL files (ours has a leading null)
+maxdiff() {
+    "$DS_PY" - "$1" "$2" <<'EOF'
+import json, sys
+a = [json.loads(l)["logprobs"] for l in open(sys.argv[1])]
+b = [json.loads(l)["logprobs"] for l in open(sys.argv[2])]
+assert len(a) == len(b), (len(a), len(b))
+worst = 0.0
+for x, y in zip(a, b):
+    x = [v for v in x if v is not None]
+    assert len(x) == len(y), (len(x), len(y))
+    worst = max([worst] + [abs(p - q) for p, q in zip(x, y)])
+print(worst)
+EOF
+}
+
+@test "--score --ids equals transformers: plain RoPE, YaRN, no query compression" {
+    i=0
+    for ck in plain yarn noq; do
+        "$DS_BIN/ds-generate" -m "$T/$ck" --score --ids -q <"$T/ids.txt" >"$T/ours_$ck.jsonl"
+        sed -n "$((i * 3 + 1)),$((i * 3 + 3))p" "$T/ref_score.jsonl" >"$T/ref_$ck.jsonl"
+        d=$(maxdiff "$T/ours_$ck.jsonl" "$T/ref_$ck.jsonl")
+        echo "$ck: max |diff| = $d"
+        "$DS_PY" -c "import sys; sys.exit(0 if $d < 2e-4 else 1)"
+        i=$((i + 1))
+    done
+}
+
+@test "every sampled token's log-probability equals transformers' full forward over prompt + completion" {
+    tail -3 "$T/ref_score.jsonl" >"$T/ref_full.jsonl"
+    "$DS_PY" - "$T/ids.txt" "$T/sampled.jsonl" "$T/ref_full.jsonl" <<'EOF'
+import json, sys
+prompts = [l.split() for l in open(sys.argv[1]) if l.strip()]
+gen = [json.loads(l) for l in open(sys.argv[2])]
+ref = [json.loads(l)["logprobs"] for l in open(sys.argv[3])]
+worst = 0.0
+for p, g, r in zip(prompts, gen, ref):
+    tail = r[len(p) - 1:]  # log p(completion token i | prompt + completion before it)
+    assert len(tail) == len(g["logprobs"]) == 24
+    worst = max([worst] + [abs(a - b) for a, b in zip(tail, g["logprobs"])])
+print("max |diff|", worst)
+sys.exit(0 if worst < 2e-4 else 1)
+EOF
+}
+
+@test "greedy generation emits transformers' generate tokens exactly (batched and one at a time)" {
+    "$DS_PY" "$DS_ROOT/tests/ref/generate_ref.py" greedy "$T/plain" 30 <"$T/ids.txt" >"$T/ref_greedy.txt"
+    "$DS_BIN/ds-generate" -m "$T/plain" --ids --temperature 0 --max-new 30 --ignore-eos -q <"$T/ids.txt" >"$T/ours.txt"
+    "$DS_BIN/ds-generate" -m "$T/plain" --ids --temperature 0 --max-new 30 --ignore-eos -q --batch 1 \
+        --prefill absorbed <"$T/ids.txt" >"$T/ours1.txt"
+    cmp "$T/ref_greedy.txt" "$T/ours.txt"
+    cmp "$T/ref_greedy.txt" "$T/ours1.txt"
+}

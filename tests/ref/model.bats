@@ -1,0 +1,45 @@
+#!/usr/bin/env bats
+# lib/model against transformers' DeepseekV3ForCausalLM: random tiny models saved by transformers are
+# loaded by libds; per-token log-probs (main head and MTP modules) agree to 1e-4 relative, the loss and
+# every parameter gradient to 1e-3 (tests/ref/model_parity.py has the details and the reference).
+
+setup() {
+    for u in $DS_UNITS; do case $u in */test_model_io) DRIVER=$DS_ROOT/$u ;; esac; done
+    [ -x "$DRIVER" ] || skip "test_model_io not built"
+}
+
+parity() { # variant
+    run "$DS_PY" "$DS_ROOT/tests/ref/model_parity.py" "$DRIVER" "$1" "$BATS_TEST_TMPDIR/ckpt"
+    echo "$output" | grep -v "Writing model shards"
+    [ "$status" -eq 0 ]
+    [[ "$output" != *FAIL* ]]
+}
+
+@test "V3 routing (sigmoid, bias, 4 groups top-2), q_lora, MTP, balance loss" { parity v3; }
+@test "no query compression (q_proj), 2 groups top-1, YaRN with mscale = mscale_all_dim" { parity no-q-lora-yarn; }
+@test "one group, top-3 of 6 experts, two shared, 2 dense layers, YaRN as V3 (s = 40), two MTP modules" {
+    parity wide-v3-yarn
+}
+@test "YaRN with mscale only: DeepSeek's cos/sin factor, where transformers differs" {
+    parity yarn-mscale-only
+    [[ "$output" == *"transformers' own YaRN factor differs"* ]]
+}
+@test "a transformers checkpoint (no MTP tensors) loads with MTP disabled and a warning" {
+    "$DS_PY" - "$BATS_TEST_TMPDIR/plain" <<'PY'
+import sys, torch
+from safetensors.torch import save_file
+from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+cfg = DeepseekV3Config(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+    num_hidden_layers=2, first_k_dense_replace=1, num_attention_heads=2, num_key_value_heads=2,
+    n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, n_group=2, topk_group=1, q_lora_rank=16,
+    kv_lora_rank=8, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, num_mtp_layers=1)
+torch.manual_seed(0)
+DeepseekV3ForCausalLM(cfg).save_pretrained(sys.argv[1])
+save_file({"tokens": torch.arange(8, dtype=torch.int32).view(1, 8), "targets": torch.arange(1, 9, dtype=torch.int32).view(1, 8),
+           "dlogp": torch.full((1, 8), -0.125)}, sys.argv[1] + "/batch.safetensors", metadata={"format": "pt"})
+PY
+    run "$DRIVER" --ref "$BATS_TEST_TMPDIR/plain"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"warning: checkpoint has no MTP tensors (model.layers.2.*): multi-token prediction disabled"* ]]
+}

@@ -1,0 +1,398 @@
+/* Unit tests of the whole network (lib/model): gradients against central finite differences (every
+ * parameter tensor, MTP and the balance loss included), recompute vs stored activations (identical
+ * gradients, less memory), pipeline-stage pieces, sample masking, and the 671B memory plan. */
+#include "tap.h"
+
+#include "core/err.h"
+#include "core/rng.h"
+#include "model/internal.h"
+#include "model_fixture.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int B, T;
+    int32_t *tok, *tgt, *seg, *pos;
+    float *cm, *cmtp; /* loss coefficients: d loss / d logp, d loss / d mtp_logp */
+    ds_batch b;
+} batch_t;
+
+static void batch_make(batch_t *t, int B, int T, int V, int depth, uint64_t seed, int with_seg) {
+    memset(t, 0, sizeof *t);
+    int n = B * T;
+    t->B = B, t->T = T;
+    t->tok = malloc(sizeof(int32_t) * n);
+    t->tgt = malloc(sizeof(int32_t) * n);
+    t->cm = malloc(sizeof(float) * n);
+    t->cmtp = malloc(sizeof(float) * (size_t)(depth > 0 ? depth : 1) * n);
+    ds_rng r;
+    ds_rng_init(&r, seed, 7);
+    for (int i = 0; i < n; i++) {
+        t->tok[i] = (int32_t)ds_rng_below(&r, V);
+        t->tgt[i] = ds_rng_below(&r, 8) == 0 ? -1 : (int32_t)ds_rng_below(&r, V);
+        t->cm[i] = (float)(ds_rng_uniform(&r) * 2 - 1) / n;
+    }
+    for (int i = 0; i < depth * n; i++) t->cmtp[i] = (float)(ds_rng_uniform(&r) * 2 - 1) * 0.3f / n;
+    if (with_seg) {
+        t->seg = malloc(sizeof(int32_t) * n);
+        for (int i = 0; i < n; i++) t->seg[i] = (i / T) * 10 + (i % T >= T / 3) + (i % T >= T - 2);
+    }
+    t->b = (ds_batch){.B = B, .T = T, .tokens = t->tok, .targets = t->tgt, .pos = t->pos, .seg = t->seg};
+}
+
+static void batch_free(batch_t *t) {
+    free(t->tok), free(t->tgt), free(t->seg), free(t->pos), free(t->cm), free(t->cmtp);
+}
+
+/* weights of a generic operating point: larger than the 0.006 init so every nonlinearity matters, norm
+ * gains away from 1, non-zero expert biases */
+static void init_generic(ds_model *m, uint64_t seed) {
+    ds_model_init(m, seed);
+    int np;
+    const ds_param *p = ds_model_params_info(m, &np);
+    float *w = ds_model_params(m);
+    for (int i = 0; i < np; i++) {
+        float *x = w + p[i].offset;
+        if (p[i].kind == DS_PARAM_NORM) {
+            ds_randn_fill(x, p[i].numel, seed + 1, ds_stream_id(p[i].name), 0.2f);
+            for (size_t j = 0; j < p[i].numel; j++) x[j] += 1.0f;
+        } else {
+            /* ~unit-variance outputs; routers sharper, so routing decisions sit further from ties */
+            float std = (p[i].kind == DS_PARAM_ROUTER ? 3.0f : 1.0f) / sqrtf((float)p[i].shape[1]);
+            ds_randn_fill(x, p[i].numel, seed + 2, ds_stream_id(p[i].name), std);
+        }
+    }
+    const ds_config *c = ds_model_config(m);
+    for (int l = 0; l < c->num_hidden_layers + c->num_nextn_predict_layers; l++) {
+        float *bias = ds_model_expert_bias(m, l);
+        if (bias) ds_randn_fill(bias, c->n_routed_experts, seed + 3, (uint64_t)l, 0.1f);
+    }
+}
+
+static double loss_of(ds_model *m, batch_t *t, int *rc) {
+    ds_fwd_out out;
+    *rc = ds_model_forward(m, &t->b, &out);
+    if (*rc) return NAN;
+    int n = t->B * t->T, depth = ds_model_mtp_depth(m);
+    double L = out.bal_loss;
+    for (int i = 0; i < n; i++) L += (double)t->cm[i] * out.logp[i];
+    for (int i = 0; i < depth * n; i++) L += (double)t->cmtp[i] * out.mtp_logp[i];
+    return L;
+}
+
+/* the routing decisions of every MoE layer, to detect a finite-difference step that flips a selection */
+static size_t routing_snapshot(ds_model *m, int32_t *dst) {
+    size_t k = 0, nK = (size_t)m->n * m->dims.K;
+    for (int l = 0; l < m->n_layers_total; l++) {
+        if (m->moe_slot[l] < 0) continue;
+        if (dst) memcpy(dst + k, m->tape[l].idx, sizeof(int32_t) * nK);
+        k += nK;
+    }
+    return k;
+}
+
+/* Directional derivative of the loss along a unit direction u of each parameter tensor, by the 4-point
+ * central stencil (error O(h^4)), against the analytic gradient. u mixes the analytic gradient's direction
+ * (the largest signal over fp32 rounding noise in the loss) with a random one (so an error orthogonal to the
+ * gradient shows too). Returns the worst relative error. */
+static double gradcheck(ds_model *m, batch_t *t, double h, double tol, const char *what) {
+    int rc, np, depth = ds_model_mtp_depth(m);
+    double L0 = loss_of(m, t, &rc);
+    CHECK(rc == 0 && isfinite(L0), "%s: forward (%s)", what, ds_errmsg());
+    ds_model_zero_grad(m);
+    rc = ds_model_backward(m, &t->b, t->cm, depth ? t->cmtp : NULL);
+    CHECK(rc == 0, "%s: backward (%s)", what, ds_errmsg());
+    size_t nr = routing_snapshot(m, NULL);
+    int32_t *r0 = malloc(sizeof(int32_t) * (nr + 1)), *r1 = malloc(sizeof(int32_t) * (nr + 1));
+    routing_snapshot(m, r0);
+    const ds_param *p = ds_model_params_info(m, &np);
+    float *w = ds_model_params(m), *g = ds_model_grads(m);
+    double worst = 0.0;
+    int checked = 0, skipped = 0, candidates = 0;
+    for (int i = 0; i < np; i++) {
+        /* every tensor except most routed experts (their code path is shared; check the first two) */
+        if (p[i].expert >= 2) continue;
+        candidates++;
+        size_t nel = p[i].numel;
+        float *x = w + p[i].offset, *gx = g + p[i].offset;
+        float *save = malloc(sizeof(float) * nel), *u = malloc(sizeof(float) * nel);
+        memcpy(save, x, sizeof(float) * nel);
+        double fd = 0, an = 0;
+        int ok = 0;
+        double hs = h;
+        for (int attempt = 0; attempt < 8 && !ok; attempt++) {
+            /* a routing flip: halve the step, and from the fourth try also take a new direction */
+            if (attempt) hs *= 0.5;
+            ds_randn_fill(u, nel, 99 + (attempt >= 3 ? attempt : 0), ds_stream_id(p[i].name), 1.0f);
+            double nu = 0, ng = 0, nrm = 0;
+            for (size_t j = 0; j < nel; j++) nu += (double)u[j] * u[j], ng += (double)gx[j] * gx[j];
+            nu = sqrt(nu), ng = sqrt(ng);
+            for (size_t j = 0; j < nel; j++) u[j] = (float)(u[j] / nu + (ng > 0 ? gx[j] / ng : 0.0));
+            for (size_t j = 0; j < nel; j++) nrm += (double)u[j] * u[j];
+            nrm = sqrt(nrm);
+            an = 0;
+            for (size_t j = 0; j < nel; j++) an += (double)gx[j] * u[j] / nrm;
+            double f[4];
+            const double steps[4] = {-2, -1, 1, 2};
+            ok = 1;
+            for (int s = 0; s < 4 && ok; s++) {
+                for (size_t j = 0; j < nel; j++) x[j] = (float)(save[j] + steps[s] * hs * u[j] / nrm);
+                f[s] = loss_of(m, t, &rc);
+                routing_snapshot(m, r1);
+                if (memcmp(r0, r1, sizeof(int32_t) * nr)) ok = 0; /* a selection flipped: not differentiable */
+            }
+            memcpy(x, save, sizeof(float) * nel);
+            fd = (8.0 * (f[2] - f[1]) - (f[3] - f[0])) / (12.0 * hs);
+            if (!ok) skipped++;
+        }
+        if (ok) {
+            double err = fabs(fd - an) / fmax(fabs(an), 1e-3);
+            if (err > worst) worst = err;
+            if (err > tol) CHECK(0, "%s: %s: finite difference %.8g vs backward %.8g", what, p[i].name, fd, an);
+            checked++;
+        }
+        free(save), free(u);
+    }
+    /* restore the forward of the unperturbed weights */
+    loss_of(m, t, &rc);
+    CHECK(checked == candidates, "%s: %d of %d tensors checked (%d steps retried for routing flips)", what, checked,
+          candidates, skipped);
+    CHECK(worst <= tol, "%s: worst relative error %.2e over %d tensors (tol %.0e)", what, worst, checked, tol);
+    free(r0), free(r1);
+    return worst;
+}
+
+static ds_model *make(const ds_config *c, int B, int T, int recompute, double alpha) {
+    ds_model_opts o = {.max_batch = B, .max_seq = T, .train = 1, .recompute = recompute, .balance_alpha = alpha};
+    ds_model *m = NULL;
+    int rc = ds_model_create(&m, c, &o);
+    CHECK(rc == 0, "create (%s)", ds_errmsg());
+    return m;
+}
+
+TEST(gradcheck_full_model) {
+    ds_config c;
+    fixture_tiny(&c);
+    ds_model *m = make(&c, 2, 12, 1, 0.05);
+    if (!m) return;
+    init_generic(m, 11);
+    batch_t t;
+    batch_make(&t, 2, 12, c.vocab_size, 1, 5, 0);
+    gradcheck(m, &t, 2e-3, 5e-3, "q_lora, MTP, balance loss");
+    batch_free(&t);
+    ds_model_free(m);
+}
+
+TEST(gradcheck_no_q_lora_softmax_segments) {
+    ds_config c;
+    fixture_tiny(&c);
+    c.q_lora_rank = 0;
+    c.scoring_func = DS_SCORE_SOFTMAX;
+    strcpy(c.topk_method, "group_limited_greedy");
+    c.norm_topk_prob = 0;
+    c.routed_scaling_factor = 1.5;
+    c.num_nextn_predict_layers = 2;
+    fixture_yarn(&c, 4.0, 8, 0.8, 0.8);
+    ds_model *m = make(&c, 2, 8, 0, 0.05);
+    if (!m) return;
+    init_generic(m, 12);
+    batch_t t;
+    batch_make(&t, 2, 8, c.vocab_size, 2, 6, 1);
+    gradcheck(m, &t, 2e-3, 5e-3, "q_proj, softmax routing, YaRN, 2 MTP modules, segments");
+    batch_free(&t);
+    ds_model_free(m);
+}
+
+static int same_floats(const float *a, const float *b, size_t n) { return !memcmp(a, b, sizeof(float) * n); }
+
+TEST(recompute_gives_identical_gradients_with_less_memory) {
+    ds_config c;
+    fixture_tiny(&c);
+    ds_model *a = make(&c, 2, 16, 1, 0.01), *b = make(&c, 2, 16, 0, 0.01);
+    if (!a || !b) return;
+    init_generic(a, 3);
+    init_generic(b, 3);
+    batch_t t;
+    batch_make(&t, 2, 16, c.vocab_size, 1, 9, 0);
+    float bias_before[8];
+    memcpy(bias_before, ds_model_expert_bias(a, 1), sizeof bias_before);
+    ds_fwd_out oa, ob;
+    CHECK(!ds_model_forward(a, &t.b, &oa) && !ds_model_forward(b, &t.b, &ob), "forwards");
+    CHECK(same_floats(oa.logp, ob.logp, 32) && same_floats(oa.mtp_logp, ob.mtp_logp, 32), "same log-probs");
+    CHECK(!ds_model_backward(a, &t.b, t.cm, t.cmtp) && !ds_model_backward(b, &t.b, t.cm, t.cmtp), "backwards");
+    CHECK(same_floats(ds_model_grads(a), ds_model_grads(b), ds_model_num_params(a)),
+          "recomputed and stored activations give bit-identical gradients (%zu)", ds_model_num_params(a));
+    int np, bias_entries = 0;
+    const ds_param *p = ds_model_params_info(a, &np);
+    for (int i = 0; i < np; i++) bias_entries += strstr(p[i].name, "e_score_correction_bias") != NULL;
+    CHECK(bias_entries == 0 && same_floats(bias_before, ds_model_expert_bias(a, 1), 8) &&
+              ds_model_expert_bias(a, 0) == NULL,
+          "the expert biases are outside the trainable parameters and untouched by backward");
+    ds_mem_plan pa, pb;
+    ds_model_opts oa_ = {.max_batch = 2, .max_seq = 16, .train = 1, .recompute = 1};
+    ds_model_opts ob_ = oa_;
+    ob_.recompute = 0;
+    CHECK(!ds_model_plan(&c, &oa_, &pa) && !ds_model_plan(&c, &ob_, &pb), "plans");
+    CHECK(pa.activation_bytes < pb.activation_bytes, "recompute keeps %zu activation bytes, storing %zu",
+          pa.activation_bytes, pb.activation_bytes);
+    CHECK(pa.activation_bytes == a->act.used && pb.activation_bytes == b->act.used,
+          "the plan equals what create allocated (%zu, %zu)", a->act.used, b->act.used);
+    batch_free(&t);
+    ds_model_free(a);
+    ds_model_free(b);
+}
+
+TEST(stage_pieces_equal_the_whole) {
+    ds_config c;
+    fixture_tiny(&c);
+    ds_model *a = make(&c, 2, 16, 1, 0.01), *b = make(&c, 2, 16, 1, 0.01);
+    if (!a || !b) return;
+    init_generic(a, 4);
+    init_generic(b, 4);
+    batch_t t;
+    batch_make(&t, 2, 16, c.vocab_size, 1, 10, 0);
+    ds_fwd_out oa, ob;
+    CHECK(!ds_model_forward(a, &t.b, &oa), "whole forward");
+    CHECK(!ds_model_prepare(b, &t.b) && !ds_model_embed_fwd(b) && !ds_model_layers_fwd(b, 0, 1) &&
+              !ds_model_layers_fwd(b, 1, 3) && !ds_model_head_fwd(b, &ob),
+          "forward in stages");
+    CHECK(same_floats(oa.logp, ob.logp, 32) && oa.bal_loss == ob.bal_loss, "same outputs");
+    CHECK(!memcmp(oa.expert_load, ob.expert_load, sizeof(int32_t) * oa.n_moe_layers * c.n_routed_experts),
+          "same expert loads");
+    int sum = 0;
+    for (int e = 0; e < c.n_routed_experts; e++) sum += oa.expert_load[e];
+    CHECK(oa.n_moe_layers == 3 && sum == 32 * c.num_experts_per_tok, "%d MoE layers, %d routed tokens in layer 1",
+          oa.n_moe_layers, sum);
+    CHECK(!ds_model_backward(a, &t.b, t.cm, t.cmtp), "whole backward");
+    CHECK(!ds_model_head_bwd(b, t.cm, t.cmtp) && !ds_model_layers_bwd(b, 1, 3) && !ds_model_layers_bwd(b, 0, 1) &&
+              !ds_model_embed_bwd(b),
+          "backward in stages");
+    CHECK(same_floats(ds_model_grads(a), ds_model_grads(b), ds_model_num_params(a)), "same gradients");
+    CHECK(ds_model_layers_fwd(b, 2, 4) != 0 && strstr(ds_errmsg(), "layer range"), "bad range: %s", ds_errmsg());
+    batch_free(&t);
+    ds_model_free(a);
+    ds_model_free(b);
+}
+
+/* Two samples packed into one row with segment ids give the log-probs of the samples run alone. */
+TEST(sample_masking_equals_separate_rows) {
+    ds_config c;
+    fixture_tiny(&c);
+    c.num_nextn_predict_layers = 1;
+    ds_model_opts o = {.max_batch = 2, .max_seq = 20, .train = 0};
+    ds_model *m = NULL;
+    CHECK(!ds_model_create(&m, &c, &o), "create inference model (%s)", ds_errmsg());
+    if (!m) return;
+    init_generic(m, 5);
+    int32_t tok[20], tgt[20], seg[20];
+    for (int i = 0; i < 20; i++) tok[i] = (i * 13 + 5) % 64, tgt[i] = (i * 7 + 3) % 64, seg[i] = i < 12 ? 4 : 9;
+    ds_batch packed = {.B = 1, .T = 20, .tokens = tok, .targets = tgt, .seg = seg};
+    ds_fwd_out out;
+    CHECK(!ds_model_forward(m, &packed, &out), "packed forward");
+    float lp[20], mtp[20];
+    memcpy(lp, out.logp, sizeof lp);
+    memcpy(mtp, out.mtp_logp, sizeof mtp);
+    double worst = 0;
+    int mtp_ok = 1;
+    for (int part = 0; part < 2; part++) {
+        int off = part ? 12 : 0, len = part ? 8 : 12;
+        ds_batch alone = {.B = 1, .T = len, .tokens = tok + off, .targets = tgt + off};
+        CHECK(!ds_model_forward(m, &alone, &out), "sample %d alone", part);
+        for (int i = 0; i < len; i++) {
+            worst = fmax(worst, fabs(out.logp[i] - lp[off + i]));
+            /* MTP: the last position of a sample has no next token in its segment */
+            float want = i + 1 < len ? out.mtp_logp[i] : 0.0f;
+            if (fabs(want - mtp[off + i]) > 1e-5) mtp_ok = 0;
+        }
+    }
+    CHECK(worst < 1e-5, "packed vs alone: max |dlogp| %.2e", worst);
+    CHECK(mtp_ok && mtp[11] == 0.0f && mtp[19] == 0.0f, "MTP log-probs masked at segment ends and equal elsewhere");
+    ds_model_free(m);
+}
+
+/* A batch smaller than the model's maximum: outputs are laid out by the batch's own B*T. */
+TEST(smaller_batch_layout) {
+    ds_config c;
+    fixture_tiny(&c);
+    c.num_nextn_predict_layers = 2;
+    ds_model_opts big = {.max_batch = 2, .max_seq = 16}, exact = {.max_batch = 1, .max_seq = 10};
+    ds_model *a = NULL, *b = NULL;
+    CHECK(!ds_model_create(&a, &c, &big) && !ds_model_create(&b, &c, &exact), "create");
+    if (!a || !b) return;
+    init_generic(a, 6);
+    init_generic(b, 6);
+    batch_t t;
+    batch_make(&t, 1, 10, c.vocab_size, 2, 3, 0);
+    ds_fwd_out oa, ob;
+    CHECK(!ds_model_forward(a, &t.b, &oa) && !ds_model_forward(b, &t.b, &ob), "forwards");
+    CHECK(same_floats(oa.logp, ob.logp, 10) && same_floats(oa.mtp_logp, ob.mtp_logp, 20), "same [B*T] and [D][B*T] outputs");
+    int ok = 1;
+    for (int k = 1; k <= 2; k++)
+        for (int i = 0; i < 10; i++) ok &= (oa.mtp_logp[(k - 1) * 10 + i] != 0.0f) == (i + k < 10 && t.tgt[i + k] >= 0);
+    CHECK(ok, "module k scores position t iff t+k < T and targets[t+k] >= 0");
+    batch_free(&t);
+    ds_model_free(a);
+    ds_model_free(b);
+}
+
+/* The V3 shape: plans memory and counts parameters without allocating them. */
+TEST(plan_671b) {
+    ds_config c;
+    fixture_671b(&c);
+    ds_model_opts o = {.max_batch = 1, .max_seq = 4096, .train = 1, .recompute = 1};
+    ds_mem_plan p;
+    CHECK(!ds_model_plan(&c, &o, &p), "plan (%s)", ds_errmsg());
+    /* spec 1.3: main model 671.03B (its gate biases included), MTP module 11.61B unique parameters */
+    double main_b = (p.n_params_main + p.n_expert_bias - 256.0) / 1e9, mtp_b = (p.n_params_mtp + 256.0) / 1e9;
+    CHECK(fabs(main_b - 671.03) < 0.01, "main model %.3fB parameters", main_b);
+    CHECK(fabs(mtp_b - 11.61) < 0.01, "MTP module %.3fB parameters", mtp_b);
+    /* the released checkpoint's 91,991 tensors (spec 9.2) are ours, the 59 gate biases, the MTP layer's copies
+     * of embedding and head, and one weight_scale_inv per FP8 matrix: 5 attention matrices x 62 layers,
+     * 3 x 3 dense, (256 x 3 + 3) x 59 MoE */
+    int scales = 5 * 62 + 3 * 3 + (256 * 3 + 3) * 59;
+    CHECK(p.n_tensors + p.n_expert_bias / 256 + 2 + scales == 91991, "%d tensors, %lld gate biases", p.n_tensors,
+          (long long)p.n_expert_bias / 256);
+    CHECK(p.params_bytes == 4 * (size_t)(p.n_params + p.n_expert_bias) && p.grads_bytes == 4 * (size_t)p.n_params &&
+              p.optimizer_bytes == 8 * (size_t)p.n_params,
+          "bytes: params %zu, grads %zu, optimizer %zu", p.params_bytes, p.grads_bytes, p.optimizer_bytes);
+    CHECK(p.activation_bytes > (size_t)61 * 4096 * 7168 * 4, "activations for 4096 tokens: %.1f GiB",
+          p.activation_bytes / 1073741824.0);
+    ds_model *m = NULL;
+    int rc = ds_model_create(&m, &c, &o);
+    CHECK(rc != 0 && m == NULL && strstr(ds_errmsg(), "out of memory"), "create fails cleanly: %s", ds_errmsg());
+}
+
+TEST(bad_input_is_an_error) {
+    ds_config c;
+    fixture_tiny(&c);
+    ds_model *m = make(&c, 1, 8, 1, 0);
+    if (!m) return;
+    ds_model_init(m, 1);
+    int32_t tok[8] = {1, 2, 3, 64, 5, 6, 7, 8}, tgt[8] = {0};
+    ds_batch b = {.B = 1, .T = 8, .tokens = tok, .targets = tgt};
+    ds_fwd_out out;
+    CHECK(ds_model_forward(m, &b, &out) == DS_ERR && strstr(ds_errmsg(), "token 64 outside [0, 64)"), "%s",
+          ds_errmsg());
+    tok[3] = 4;
+    tgt[2] = -2;
+    CHECK(ds_model_forward(m, &b, &out) == DS_ERR && strstr(ds_errmsg(), "target -2"), "%s", ds_errmsg());
+    tgt[2] = 0;
+    b.T = 9;
+    CHECK(ds_model_forward(m, &b, &out) == DS_ERR && strstr(ds_errmsg(), "outside the model"), "%s", ds_errmsg());
+    b.T = 8;
+    float d[8] = {0};
+    ds_model *m2 = make(&c, 1, 8, 1, 0);
+    CHECK(ds_model_backward(m2, &b, d, NULL) == DS_ERR && strstr(ds_errmsg(), "forward"), "%s", ds_errmsg());
+    ds_config bad = c;
+    bad.n_group = 3;
+    ds_model *m3 = NULL;
+    ds_model_opts o = {.max_batch = 1, .max_seq = 8};
+    CHECK(ds_model_create(&m3, &bad, &o) == DS_ERR && strstr(ds_errmsg(), "n_group"), "%s", ds_errmsg());
+    ds_model_free(m);
+    ds_model_free(m2);
+}
+
+TAP_MAIN()
