@@ -4,10 +4,9 @@
 #include "core/file.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "io/jsonl.h"
 #include "train/packed.h"
 
-#include <ctype.h>
-#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -57,48 +56,7 @@ int ds_sft_set_add(ds_sft_set *s, const int32_t *tokens, const uint8_t *mask, in
     return 0;
 }
 
-/* ---- parsing and checking conversations ---- */
-
-int ds_sft_parse_line(const char *text, size_t len, const char *where, int64_t line, void **json, ds_chat_msg **msgs,
-                      int *n_msgs) {
-    *json = NULL, *msgs = NULL, *n_msgs = 0;
-    json_error_t e;
-    json_t *v = json_loadb(text, len, JSON_REJECT_DUPLICATES, &e);
-    if (!v) return ds_fail(DS_ERR, "%s: line %lld: bad JSON: column %d: %s", where, (long long)line, e.column, e.text);
-    const char *problem = NULL;
-    char buf[160];
-    json_t *arr = json_is_object(v) ? json_object_get(v, "messages") : NULL;
-    size_t n = json_array_size(arr);
-    if (!json_is_object(v)) problem = "not a JSON object";
-    else if (!arr) problem = "\"messages\" missing";
-    else if (!json_is_array(arr) || n == 0) problem = "\"messages\" must be a non-empty array";
-    else if (n > 1u << 20) problem = "\"messages\": too many";
-    ds_chat_msg *m = NULL;
-    if (!problem && !(m = calloc(n, sizeof *m))) problem = "out of memory";
-    for (size_t i = 0; !problem && i < n; i++) {
-        json_t *o = json_array_get(arr, i);
-        json_t *role = json_is_object(o) ? json_object_get(o, "role") : NULL;
-        json_t *content = json_is_object(o) ? json_object_get(o, "content") : NULL;
-        int r = json_is_string(role) ? ds_chat_role_from_name(json_string_value(role)) : -1;
-        problem = buf;
-        if (!json_is_object(o)) snprintf(buf, sizeof buf, "messages[%zu]: not an object", i);
-        else if (!role) snprintf(buf, sizeof buf, "messages[%zu]: \"role\" missing", i);
-        else if (r < 0)
-            snprintf(buf, sizeof buf, "messages[%zu]: \"role\" must be \"system\", \"user\" or \"assistant\"", i);
-        else if (!content || json_is_null(content)) snprintf(buf, sizeof buf, "messages[%zu]: \"content\" missing", i);
-        else if (!json_is_string(content)) snprintf(buf, sizeof buf, "messages[%zu]: \"content\" must be a string", i);
-        else if (json_string_length(content) == 0) snprintf(buf, sizeof buf, "messages[%zu]: \"content\" is empty", i);
-        else problem = NULL;
-        if (!problem) m[i] = (ds_chat_msg){(ds_chat_role)r, json_string_value(content), json_string_length(content)};
-    }
-    if (problem) {
-        free(m);
-        json_decref(v);
-        return ds_fail(DS_ERR, "%s: line %lld: %s", where, (long long)line, problem);
-    }
-    *json = v, *msgs = m, *n_msgs = (int)n;
-    return 0;
-}
+/* ---- checking and loading conversations ---- */
 
 int ds_sft_add_conversation(ds_sft_set *s, const ds_chat_msg *msgs, int n_msgs, const ds_sft_load_opts *o, int64_t line) {
     int assistant = 0;
@@ -126,48 +84,57 @@ int ds_sft_add_conversation(ds_sft_set *s, const ds_chat_msg *msgs, int n_msgs, 
     return rc;
 }
 
-static int blank(const char *p, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!isspace((unsigned char)p[i])) return 0;
-    return 1;
-}
-
 int ds_sft_load(ds_sft_set *s, const char *path, const ds_sft_load_opts *o) {
-    const char *where = ds_is_stdio(path) ? "<stdin>" : path;
-    FILE *f = ds_is_stdio(path) ? stdin : fopen(path, "rb");
-    if (!f) return ds_fail(DS_ERR, "cannot open: %s: %s", strerror(errno), path);
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t len;
-    int64_t line_no = 0, warned = 0;
-    int rc = 0;
-    while (!rc && (len = getline(&line, &cap, f)) >= 0) {
-        line_no++;
-        if (blank(line, (size_t)len)) continue;
-        s->lines++;
-        void *json;
-        ds_chat_msg *msgs;
-        int n;
-        int bad = ds_sft_parse_line(line, (size_t)len, where, line_no, &json, &msgs, &n);
+    ds_jsonl *r;
+    DS_TRY(ds_jsonl_open(&r, path));
+    int64_t warned = 0;
+    ds_chat_msg *msgs = NULL;
+    int cap = 0, rc = 0;
+    long prev_line = 0;
+    for (;;) {
+        ds_example ex;
+        /* record shape (JSON object, "messages", roles, string content, an assistant turn): io/jsonl.h */
+        int bad = ds_jsonl_next_example(r, &ex, DS_EX_SFT);
+        if (!bad && !ex.obj) break;
+        /* an error that consumed no line is the reader's (I/O), not a record's */
+        const int record = ds_jsonl_line(r) > prev_line;
+        prev_line = ds_jsonl_line(r);
+        if (record) s->lines++;
         if (!bad) {
-            bad = ds_sft_add_conversation(s, msgs, n, o, line_no);
-            if (bad) ds_fail_ctx(bad, "%s: line %lld", where, (long long)line_no);
-            free(msgs);
-            json_decref(json);
+            if (ex.n_messages > cap) {
+                ds_chat_msg *m = realloc(msgs, (size_t)ex.n_messages * sizeof *m);
+                if (!m) {
+                    ds_example_free(&ex);
+                    rc = ds_fail(DS_ERR, "out of memory");
+                    break;
+                }
+                msgs = m, cap = ex.n_messages;
+            }
+            for (int i = 0; !bad && i < ex.n_messages; i++) {
+                const ds_jsonl_msg *m = &ex.messages[i];
+                if (m->len == 0) bad = ds_jsonl_error(r, "messages[%d].content: empty", i);
+                msgs[i] = (ds_chat_msg){(ds_chat_role)m->role, m->content, m->len};
+            }
+            if (!bad && ds_sft_add_conversation(s, msgs, ex.n_messages, o, ex.line)) {
+                char why[600];
+                snprintf(why, sizeof why, "%s", ds_errmsg());
+                bad = ds_jsonl_error(r, "%s", why);
+            }
+            ds_example_free(&ex);
         }
         if (!bad) continue;
-        if (o->on_bad == DS_SFT_REJECT_BAD) {
+        if (!record || o->on_bad == DS_SFT_REJECT_BAD) {
             rc = bad;
             break;
         }
         s->bad++;
-        if (o->max_warnings < 0 || warned < o->max_warnings) ds_warn("%s: skipped", ds_errmsg()), warned++;
+        if (o->max_warnings < 0 || warned < o->max_warnings) ds_warn("%s (skipped)", ds_errmsg()), warned++;
         ds_err_clear();
     }
-    if (!rc && ferror(f)) rc = ds_fail(DS_ERR, "read failed: %s: %s", strerror(errno), where);
-    free(line);
-    if (f != stdin) fclose(f);
-    if (!rc && s->bad > warned) ds_warn("%s: %lld more bad conversations skipped", where, (long long)(s->bad - warned));
+    if (!rc && s->bad > warned)
+        ds_warn("%lld more bad conversations skipped: %s", (long long)(s->bad - warned), ds_jsonl_where(r));
+    free(msgs);
+    ds_jsonl_close(r);
     return rc;
 }
 

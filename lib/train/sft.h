@@ -2,10 +2,10 @@
  * a per-token loss mask, and packed several to a row with sample masking (DeepSeek-V3 SFT, spec 11.4).
  *
  * Owns (docs/DESIGN.md "SFT data"):
- * - Reading JSONL conversations {"messages": [{"role": ..., "content": ...}, ...]} and checking them:
- *   every message has a role of system/user/assistant and non-empty string content, at least one
- *   assistant turn, and the encoded sample fits in a row. A bad conversation is reported with its line
- *   number and either skipped or rejected (the load fails), as the caller chooses.
+ * - Checking conversations (records read by io/jsonl.h): every message has a role of
+ *   system/user/assistant and non-empty string content, at least one assistant turn, and the encoded
+ *   sample fits in a row. A bad conversation is reported with its line number and either skipped or
+ *   rejected (the load fails), as the caller chooses.
  * - Samples: the tokens of one rendered conversation and its loss mask (tok/chat.h: 1 on assistant
  *   content and the text closing an assistant turn). A sample of n tokens takes n-1 slots of a row:
  *   inputs x_0..x_{n-2}, targets x_1..x_{n-1}, where target x_t is kept only if mask[t] = 1 (else -1).
@@ -60,20 +60,16 @@ typedef struct {
     int32_t vocab;        /* ids must be below this (the model's vocabulary); 0: no check */
 } ds_sft_load_opts;
 
-/* Parse one JSONL line into messages pointing into *json (a jansson json_t* the caller frees with
- * json_decref). Problems: "line N: <problem>" prefixed by `where`, e.g.
- *   "chat.jsonl: line 7: messages[1]: \"content\" is empty". */
-int ds_sft_parse_line(const char *text, size_t len, const char *where, int64_t line, void **json, ds_chat_msg **msgs,
-                      int *n_msgs);
-
 /* Render, encode and check one conversation; the sample is appended to s. Returns DS_ERR with the
  * problem (unprefixed, e.g. "no assistant turn", "412 tokens: longer than a row of 256") when the
  * conversation is unusable. */
 int ds_sft_add_conversation(ds_sft_set *s, const ds_chat_msg *msgs, int n_msgs, const ds_sft_load_opts *o, int64_t line);
 
-/* Read a JSONL file ("-" = stdin) into s. With DS_SFT_SKIP_BAD, bad conversations are reported as
- * warnings "<path>: line N: <problem>: skipped" and counted in s->bad; with DS_SFT_REJECT_BAD the first
- * one fails the load with "<path>: line N: <problem>". */
+/* Read a JSONL file ("-" = stdin) into s: records through io/jsonl.h (shape, roles, string content,
+ * an assistant turn), then this module's checks (empty content, length, vocabulary). With
+ * DS_SFT_SKIP_BAD, a bad conversation is reported as a warning "jsonl: line N: <problem>: <path>
+ * (skipped)" and counted in s->bad; with DS_SFT_REJECT_BAD the first one fails the load with
+ * "jsonl: line N: <problem>: <path>". A read error fails the load either way. */
 int ds_sft_load(ds_sft_set *s, const char *path, const ds_sft_load_opts *o);
 
 /* ---- packing ---- */

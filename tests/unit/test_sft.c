@@ -133,19 +133,20 @@ TEST(bad_conversations_reported_by_line) {
     CHECK(s.bad == 9 && s.lines == 11, "9 bad of 11 non-blank lines (%lld, %lld)", (long long)s.bad, (long long)s.lines);
     ds_sft_set_free(&s);
 
-    /* reject mode: the first bad line fails the load, naming file, line and problem */
+    /* reject mode: the first bad line fails the load, naming line, problem and file */
     static const struct {
         const char *text, *msg;
     } cases[] = {
-        {"{\"messages\": [{\"content\": \"hi\"}]}", "line 1: messages[0]: \"role\" missing"},
+        {"{\"messages\": [{\"content\": \"hi\"}]}", "line 1: messages[0].role: must be"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}",
-         "line 1: messages[0]: \"content\" is empty"},
-        {"{\"messages\": [{\"role\": \"user\"}]}", "line 1: messages[0]: \"content\" missing"},
-        {"{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}", "line 1: no assistant turn"},
-        {"{\"messages\": [{\"role\": \"bot\", \"content\": \"q\"}]}",
-         "line 1: messages[0]: \"role\" must be \"system\", \"user\" or \"assistant\""},
+         "line 1: messages[0].content: empty"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"\"}]}",
+         "line 1: messages[1].content: empty"},
+        {"{\"messages\": [{\"role\": \"user\"}]}", "line 1: messages[0].content: must be a string"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}", "line 1: \"messages\" has no assistant message"},
+        {"{\"messages\": [{\"role\": \"bot\", \"content\": \"q\"}]}", "line 1: messages[0].role: must be"},
         {"{\"messages\": 3}", "line 1: \"messages\" must be a non-empty array"},
-        {"{\"text\": \"x\"}", "line 1: \"messages\" missing"},
+        {"{\"text\": \"x\"}", "line 1: needs \"messages\""},
         {"{\"messages\": [", "line 1: bad JSON"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"q\", \"content\": \"r\"}]}", "line 1: bad JSON"},
     };
@@ -157,8 +158,9 @@ TEST(bad_conversations_reported_by_line) {
         ds_sft_set b = {0};
         rc = ds_sft_load(&b, path, &o);
         char want[512];
-        snprintf(want, sizeof want, "%s: %s", path, cases[k].msg);
-        CHECK(rc == DS_ERR && !strncmp(ds_errmsg(), want, strlen(want)), "rejects: %s", ds_errmsg());
+        snprintf(want, sizeof want, "jsonl: %s", cases[k].msg);
+        CHECK(rc == DS_ERR && !strncmp(ds_errmsg(), want, strlen(want)) && strstr(ds_errmsg(), path), "rejects: %s",
+              ds_errmsg());
         ds_sft_set_free(&b);
         remove(path);
     }
@@ -168,7 +170,7 @@ TEST(bad_conversations_reported_by_line) {
     o.seq_len = 8;
     ds_sft_set b = {0};
     rc = ds_sft_load(&b, path, &o);
-    CHECK(rc == DS_ERR && strstr(ds_errmsg(), ": line 2: ") && strstr(ds_errmsg(), "tokens: longer than a row of 8"),
+    CHECK(rc == DS_ERR && strstr(ds_errmsg(), "jsonl: line 2: ") && strstr(ds_errmsg(), "tokens: longer than a row of 8"),
           "too long: %s", ds_errmsg());
     ds_sft_set_free(&b);
     remove(path);
