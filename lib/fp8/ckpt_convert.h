@@ -9,7 +9,7 @@
  *   to fp32  quantization_config removed, torch_dtype "float32"
  * tokenizer.json, generation_config.json, tokenizer_config.json and special_tokens_map.json are carried
  * over; training state (trainer_state.json, optimizer.safetensors) is not. Writing goes through
- * io/checkpoint.h (temporary directory, fsync, atomic rename or exchange). Memory: one 128-row panel of
+ * io/checkpoint.h (temporary directory, fsync, atomic rename or exchange). Memory: one panel (128-row blocks, ~2^20 elements) of
  * the widest weight; a directory or file input is mmapped (page cache, so checkpoints larger than RAM
  * convert); a pipe is read tensor by tensor with ds_st_stream (not ds_ckpt_open, which would read it
  * whole), holding at most one FP8 weight until its scale arrives.

@@ -10,7 +10,14 @@
 #include "fp8/fp8.h"
 
 #define SCALE_SUFFIX "_scale_inv"
-#define CHUNK_ELEMS ((size_t)1 << 20) /* elements per piece for copies and casts */
+#define CHUNK_ELEMS ((size_t)1 << 20) /* elements per piece for copies and casts, and the panel target */
+
+/* Rows per panel of a [*, cols] weight: whole 128-row blocks, about CHUNK_ELEMS elements (at least one
+ * block), so per-call overheads (OpenMP regions) stay small next to the work. */
+static int64_t panel_rows(int64_t cols) {
+    int64_t blocks = cols > 0 ? (int64_t)CHUNK_ELEMS / (DS_FP8_BLOCK * cols) : 1;
+    return DS_FP8_BLOCK * (blocks > 1 ? blocks : 1);
+}
 
 /* ---- names ------------------------------------------------------------------------------------- */
 
@@ -248,24 +255,37 @@ static int run_cast(const ds_conv_step *st, const ds_tensor_desc *t, const ds_co
     return DS_OK;
 }
 
+/* Branch-free scan (vectorises); the slow loop that names the element runs only when this finds one. */
+static int any_nonfinite(const float *x, size_t n) {
+    uint32_t any = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        any |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return any != 0;
+}
+
 static int run_quant(const ds_conv_step *st, const ds_tensor_desc *t, const ds_conv_source *src,
                      const ds_conv_sink *dst, buffers *b, ds_fp8_scale_fmt fmt, ds_conv_report *r) {
     const int64_t rows = t->shape[0], cols = t->shape[1], ncb = ds_fp8_nblocks(cols, DS_FP8_BLOCK);
     const size_t in_size = ds_dtype_size(t->dtype);
-    for (int64_t r0 = 0; r0 < rows; r0 += DS_FP8_BLOCK) {
-        const int64_t h = rows - r0 < DS_FP8_BLOCK ? rows - r0 : DS_FP8_BLOCK;
+    const int64_t pr = panel_rows(cols);
+    for (int64_t r0 = 0; r0 < rows; r0 += pr) {
+        const int64_t h = rows - r0 < pr ? rows - r0 : pr;
         const size_t n = (size_t)(h * cols);
         DS_TRY(src->read(src->ctx, st->src, (uint64_t)(r0 * cols) * in_size, b->raw, n * in_size));
         DS_TRY(ds_fp8_convert_to_f32(b->x, b->raw, t->dtype, n));
-        for (size_t i = 0; i < n; i++)
-            if (!isfinite(b->x[i]))
-                return ds_fail(DS_ERR, "non-finite value %g at [%lld, %lld]: refusing to quantize", b->x[i],
-                               (long long)(r0 + (int64_t)i / cols), (long long)((int64_t)i % cols));
+        if (any_nonfinite(b->x, n))
+            for (size_t i = 0; i < n; i++)
+                if (!isfinite(b->x[i]))
+                    return ds_fail(DS_ERR, "non-finite value %g at [%lld, %lld]: refusing to quantize", b->x[i],
+                                   (long long)(r0 + (int64_t)i / cols), (long long)((int64_t)i % cols));
         float *srow = b->scales + (r0 / DS_FP8_BLOCK) * ncb;
         DS_TRY(ds_fp8_quantize(b->q, srow, b->x, h, cols, DS_FP8_BLOCK, DS_FP8_BLOCK, fmt));
         DS_TRY(ds_fp8_dequantize(b->y, b->q, srow, h, cols, DS_FP8_BLOCK, DS_FP8_BLOCK));
         ds_fp8_err_add(&r->err, b->x, b->y, n);
-        scale_range(r, srow, (size_t)ncb);
+        scale_range(r, srow, (size_t)(ds_fp8_nblocks(h, DS_FP8_BLOCK) * ncb));
         DS_TRY(dst->write(dst->ctx, b->q, n));
     }
     return DS_OK;
@@ -289,8 +309,9 @@ static int run_dequant(const ds_conv_step *st, const ds_tensor_desc *in, const d
     int rc = src->read(src->ctx, st->src_scale, 0, b->scales, (size_t)nsc * 4);
     scale_range(r, b->scales, (size_t)nsc);
     const ds_dtype to = st->out.dtype;
-    for (int64_t r0 = 0; r0 < rows && !rc; r0 += DS_FP8_BLOCK) {
-        const int64_t h = rows - r0 < DS_FP8_BLOCK ? rows - r0 : DS_FP8_BLOCK;
+    const int64_t pr = panel_rows(cols);
+    for (int64_t r0 = 0; r0 < rows && !rc; r0 += pr) {
+        const int64_t h = rows - r0 < pr ? rows - r0 : pr;
         const size_t n = (size_t)(h * cols);
         const float *srow = b->scales + (r0 / DS_FP8_BLOCK) * ds_fp8_nblocks(cols, DS_FP8_BLOCK);
         if (held)
@@ -321,7 +342,7 @@ int ds_conv_run(const ds_conv_plan *p, const ds_tensor_desc *in, const ds_conv_s
         const ds_conv_step *st = &p->steps[i];
         if (st->op != DS_CONV_QUANT && st->op != DS_CONV_DEQUANT) continue;
         const ds_tensor_desc *t = &in[st->src];
-        size_t panel = (size_t)DS_FP8_BLOCK * (size_t)t->shape[1];
+        size_t panel = (size_t)panel_rows(t->shape[1]) * (size_t)t->shape[1];
         size_t nsc = (size_t)(ds_fp8_nblocks(t->shape[0], DS_FP8_BLOCK) * ds_fp8_nblocks(t->shape[1], DS_FP8_BLOCK));
         elems = panel > elems ? panel : elems;
         scales = nsc > scales ? nsc : scales;

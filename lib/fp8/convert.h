@@ -3,7 +3,8 @@
  * Owns: which tensors DeepSeek-V3 stores in FP8 (spec 9.2: every Linear weight inside the decoder
  * blocks, MTP blocks included; never the embeddings, heads, norms, the router matrix, eh_proj or the
  * router bias), the conversion plan (output tensors from input tensors), and running it tensor by
- * tensor in 128-row panels, so memory stays bounded by one panel whatever the checkpoint size.
+ * tensor in panels of whole 128-row blocks (about 2^20 elements, at least 128 rows), so memory stays
+ * bounded by one panel whatever the checkpoint size.
  *
  *   to fp8   quantized weights -> F8_E4M3 [out, in] followed by <name>_scale_inv F32 [ceil(out/128),
  *            ceil(in/128)] (quant.h's rule); every other tensor untouched (same dtype, same bytes);

@@ -166,16 +166,38 @@ int ds_fp8_transpose_blocks(uint8_t *qt, float *scale_t, const uint8_t *q, const
     return DS_OK;
 }
 
+/* Eight independent lanes (fixed order, so the sums are deterministic) let the compiler vectorise
+ * the double-precision reductions without -ffast-math; non-finite pairs are masked out. */
 void ds_fp8_err_add(ds_fp8_err *e, const float *x, const float *x_approx, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(x[i]) || !isfinite(x_approx[i])) {
-            e->nonfinite++;
-            continue;
+    enum { L = 8 };
+    double se[L] = {0}, sr[L] = {0}, mx[L] = {0};
+    int64_t bad[L] = {0};
+    size_t i = 0;
+    for (; i + L <= n; i += L)
+        for (int l = 0; l < L; l++) {
+            uint32_t ua, ub;
+            memcpy(&ua, &x[i + l], 4);
+            memcpy(&ub, &x_approx[i + l], 4);
+            const int ok = (ua & 0x7f800000u) != 0x7f800000u && (ub & 0x7f800000u) != 0x7f800000u;
+            const double a = ok ? (double)x[i + l] : 0, d = ok ? a - (double)x_approx[i + l] : 0;
+            se[l] += d * d;
+            sr[l] += a * a;
+            mx[l] = fabs(d) > mx[l] ? fabs(d) : mx[l];
+            bad[l] += !ok;
         }
-        double d = fabs((double)x[i] - (double)x_approx[i]);
-        e->max_abs = d > e->max_abs ? d : e->max_abs;
-        e->sq_err += d * d;
-        e->sq_ref += (double)x[i] * x[i];
+    for (; i < n; i++) {
+        const int ok = isfinite(x[i]) && isfinite(x_approx[i]);
+        const double a = ok ? (double)x[i] : 0, d = ok ? a - (double)x_approx[i] : 0;
+        se[0] += d * d;
+        sr[0] += a * a;
+        mx[0] = fabs(d) > mx[0] ? fabs(d) : mx[0];
+        bad[0] += !ok;
+    }
+    for (int l = 0; l < L; l++) {
+        e->sq_err += se[l];
+        e->sq_ref += sr[l];
+        e->max_abs = mx[l] > e->max_abs ? mx[l] : e->max_abs;
+        e->nonfinite += bad[l];
     }
     e->n += (int64_t)n;
 }

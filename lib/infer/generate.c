@@ -259,7 +259,6 @@ static int decode_step(gen *g) {
         } else {
             mtp_row(g, &m, h0, tok, which[q], p, 1);
         }
-        (void)had_draft;
     }
     return run_mtp(g, m);
 }

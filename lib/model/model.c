@@ -491,3 +491,5 @@ int ds_model_plan(const ds_config *cfg, const ds_model_opts *opts, ds_mem_plan *
     free_shape(m);
     return rc;
 }
+
+void ds_model_set_balance_alpha(ds_model *m, double alpha) { m->opts.balance_alpha = alpha; }

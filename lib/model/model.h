@@ -155,4 +155,8 @@ typedef struct {
 } ds_mem_plan;
 int ds_model_plan(const ds_config *cfg, const ds_model_opts *opts, ds_mem_plan *out);
 
+/* Change the sequence-wise balance loss weight for the next forward/backward (the trainer scales it
+ * by micro-batch rows / step rows, so accumulated micro-batches give the mean over the step's rows). */
+void ds_model_set_balance_alpha(ds_model *m, double alpha);
+
 #endif

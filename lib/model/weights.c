@@ -213,23 +213,23 @@ typedef struct {
     int f32;          /* always F32 (biases) */
 } out_tensor;
 
-int ds_model_save_weights(ds_model *m, const char *path, const ds_weights_save_opts *o) {
-    static const ds_weights_save_opts defaults = {0};
-    if (!o) o = &defaults;
+/* Every tensor a save writes, in order: the parameters in table order with each bias after its router,
+ * then (when asked) the MTP layers' copies of embedding and head. *list is malloc'd. */
+static int save_list(ds_model *m, const ds_weights_save_opts *o, out_tensor **list, size_t *count) {
     const ds_dims *d = &m->dims;
     int L = m->cfg.num_hidden_layers, active = L + m->mtp_depth;
     size_t cap = (size_t)m->n_params + m->n_moe + 2 * (size_t)m->mtp_depth + 1, n = 0;
-    out_tensor *list = calloc(cap, sizeof *list);
-    if (!list) return ds_fail(DS_ERR, "out of memory: saving");
+    out_tensor *v = calloc(cap, sizeof *v);
+    if (!v) return ds_fail(DS_ERR, "out of memory: saving");
     for (int i = 0; i < m->n_params; i++) {
         const ds_param *p = &m->params[i];
         if (p->layer >= active) continue; /* disabled MTP modules are not written */
-        out_tensor *t = &list[n++];
+        out_tensor *t = &v[n++];
         snprintf(t->name, sizeof t->name, "%s", p->name);
         t->ndim = p->ndim, t->shape[0] = p->shape[0], t->shape[1] = p->shape[1];
         t->src = m->w + p->offset, t->numel = p->numel;
         if (p->kind == DS_PARAM_ROUTER && m->dims.has_bias) {
-            out_tensor *b = &list[n++];
+            out_tensor *b = &v[n++];
             bias_name(b->name, sizeof b->name, p->layer);
             b->ndim = 1, b->shape[0] = d->E, b->f32 = 1;
             b->src = m->ebias + (size_t)m->moe_slot[p->layer] * d->E, b->numel = (size_t)d->E;
@@ -237,33 +237,47 @@ int ds_model_save_weights(ds_model *m, const char *path, const ds_weights_save_o
     }
     for (int j = 0; o->mtp_copies && j < m->mtp_depth; j++) {
         for (int k = 0; k < 2; k++) {
-            out_tensor *t = &list[n++];
+            out_tensor *t = &v[n++];
             snprintf(t->name, sizeof t->name, "model.layers.%d.%s", L + j,
                      k ? "shared_head.head.weight" : "embed_tokens.weight");
             t->ndim = 2, t->shape[0] = d->V, t->shape[1] = d->D;
             t->src = k ? m->W.head : m->W.embed, t->numel = (size_t)d->V * d->D;
         }
     }
+    *list = v;
+    *count = n;
+    return 0;
+}
+
+static ds_dtype store_type(const out_tensor *t, const ds_weights_save_opts *o) {
+    return t->f32 || !o->bf16 ? DS_F32 : DS_BF16;
+}
+
+/* host copy of a tensor for writing (the buffer itself on the CPU backend) */
+static const float *host_view(ds_model *m, staging *st, const out_tensor *t) {
+    if (st->on_host) return t->src;
+    float *buf = stage_for(st, NULL, t->numel);
+    if (!buf) return NULL;
+    m->ops->copy(buf, t->src, sizeof(float) * t->numel, DS_COPY_D2H);
+    m->ops->sync();
+    return buf;
+}
+
+int ds_model_save_weights(ds_model *m, const char *path, const ds_weights_save_opts *o) {
+    static const ds_weights_save_opts defaults = {0};
+    if (!o) o = &defaults;
+    out_tensor *list;
+    size_t n;
+    DS_TRY(save_list(m, o, &list, &n));
     ds_st_writer *w = NULL;
     int rc = ds_st_writer_open(&w, path, &o->st);
     for (int i = 0; !rc && i < o->n_meta; i++) rc = ds_st_writer_meta(w, o->meta[2 * i], o->meta[2 * i + 1]);
     for (size_t i = 0; !rc && i < n; i++)
-        rc = ds_st_writer_declare(w, list[i].name, list[i].f32 || !o->bf16 ? DS_F32 : DS_BF16, list[i].ndim,
-                                  list[i].shape);
+        rc = ds_st_writer_declare(w, list[i].name, store_type(&list[i], o), list[i].ndim, list[i].shape);
     staging st = {.ops = m->ops, .on_host = !strcmp(m->ops->name, "cpu")};
     for (size_t i = 0; !rc && i < n; i++) {
-        const float *src = list[i].src;
-        if (!st.on_host) {
-            float *buf = stage_for(&st, NULL, list[i].numel);
-            if (!buf) {
-                rc = ds_fail(DS_ERR, "out of memory: saving %s", list[i].name);
-                break;
-            }
-            m->ops->copy(buf, src, sizeof(float) * list[i].numel, DS_COPY_D2H);
-            m->ops->sync();
-            src = buf;
-        }
-        rc = ds_st_writer_data_f32(w, src, list[i].numel);
+        const float *src = host_view(m, &st, &list[i]);
+        rc = src ? ds_st_writer_data_f32(w, src, list[i].numel) : ds_fail(DS_ERR, "out of memory: saving %s", list[i].name);
     }
     if (!st.on_host) free(st.buf);
     if (w) {
@@ -271,6 +285,33 @@ int ds_model_save_weights(ds_model *m, const char *path, const ds_weights_save_o
             rc = ds_st_writer_close(w);
         else
             ds_st_writer_abort(w);
+    }
+    free(list);
+    return rc;
+}
+
+int ds_model_add_to_checkpoint(ds_model *m, ds_ckpt_writer *w, const ds_weights_save_opts *o) {
+    static const ds_weights_save_opts defaults = {0};
+    if (!o) o = &defaults;
+    out_tensor *list;
+    size_t n;
+    DS_TRY(save_list(m, o, &list, &n));
+    int rc = 0;
+    if (!strcmp(m->ops->name, "cpu")) {
+        /* the writer reads each buffer when its turn comes */
+        for (size_t i = 0; !rc && i < n; i++)
+            rc = ds_ckpt_writer_add_f32(w, list[i].name, list[i].ndim, list[i].shape, list[i].src,
+                                        store_type(&list[i], o));
+    } else {
+        staging st = {.ops = m->ops};
+        for (size_t i = 0; !rc && i < n; i++)
+            rc = ds_ckpt_writer_declare(w, list[i].name, store_type(&list[i], o), list[i].ndim, list[i].shape);
+        for (size_t i = 0; !rc && i < n; i++) {
+            const float *src = host_view(m, &st, &list[i]);
+            rc = src ? ds_ckpt_writer_data_f32(w, src, list[i].numel)
+                     : ds_fail(DS_ERR, "out of memory: saving %s", list[i].name);
+        }
+        free(st.buf);
     }
     free(list);
     return rc;

@@ -1,6 +1,6 @@
 /* weights.h — the network's weights in safetensors files under Hugging Face tensor names (spec 9.2).
  *
- * Owns: the mapping between the parameter buffer and checkpoint tensors: per-expert names as released
+ * Owns: the mapping between the parameter buffer and checkpoint tensors (docs/formats.md, "Model tensors"): per-expert names as released
  * (and as transformers 5 writes), transformers' in-memory fused expert layout ("mlp.experts.gate_up_proj"
  * [E, 2*Ie, D], "mlp.experts.down_proj" [E, D, Ie]) on load, FP8 E4M3 weights with their
  * "weight_scale_inv" block scales (dequantised on load), any float dtype, the expert biases, and MTP
@@ -10,6 +10,7 @@
 #ifndef DS_MODEL_WEIGHTS_H
 #define DS_MODEL_WEIGHTS_H
 
+#include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 
@@ -27,5 +28,8 @@ typedef struct {
 /* Write the parameters and the expert biases (always F32, as released) to path ("-": stdout), in
  * parameter-table order with each bias after its router. o may be NULL (F32, no copies, no metadata). */
 int ds_model_save_weights(ds_model *m, const char *path, const ds_weights_save_opts *o);
+/* The same tensors added to a checkpoint being written (config, tokenizer and commit are the caller's).
+ * On the CPU the writer reads the parameter buffer at commit: do not change the weights before it. */
+int ds_model_add_to_checkpoint(ds_model *m, ds_ckpt_writer *w, const ds_weights_save_opts *o);
 
 #endif

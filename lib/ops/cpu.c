@@ -5,6 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_max_threads(void) { return 1; }
+#endif
+
 void *ds_cpu_alloc(size_t bytes) {
     void *p = NULL;
     if (bytes == 0) return NULL;
@@ -25,14 +31,17 @@ void ds_cpu_zero(void *p, size_t bytes) {
 
 void ds_cpu_sync(void) {}
 
-int ds_cpu_blas_serial_begin(void) {
-    int prev = openblas_get_num_threads();
-    if (prev != 1) openblas_set_num_threads(1);
-    return prev;
+/* C = alpha op(A) op(B) + beta C with OpenBLAS running single-threaded (see ds_cpu_blas_single) */
+static void gemm1(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                  float beta, float *C, int ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                lda, B, ldb, beta, C, ldc);
 }
 
-void ds_cpu_blas_serial_end(int prev) {
-    if (prev != 1) openblas_set_num_threads(prev);
+/* OpenBLAS's own pthread pool and our OpenMP pool would both spin on the same cores; the backend keeps
+ * OpenBLAS single-threaded and splits work across OpenMP threads itself. */
+void ds_cpu_blas_single(void) {
+    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
 }
 
 void ds_cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
@@ -49,27 +58,66 @@ void ds_cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *
         }
         return;
     }
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
-                lda, B, ldb, beta, C, ldc);
+    ds_cpu_blas_single();
+    int nt = omp_get_max_threads();
+    if (nt <= 1 || (double)M * N * K < (double)(1 << 20)) {
+        gemm1(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* split the longer side of C into one slab per thread (multiples of 16 rows/columns) */
+    int split_m = M >= N, len = split_m ? M : N;
+    int chunk = ((len + nt - 1) / nt + 15) & ~15;
+    int parts = (len + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static, 1) num_threads(parts)
+    for (int p = 0; p < parts; p++) {
+        int a = p * chunk, z = a + chunk < len ? a + chunk : len;
+        if (split_m)
+            gemm1(ta, tb, z - a, N, K, alpha, ta ? A + a : A + (size_t)a * lda, lda, B, ldb, beta, C + (size_t)a * ldc,
+                  ldc);
+        else
+            gemm1(ta, tb, M, z - a, K, alpha, A, lda, tb ? B + (size_t)a * ldb : B + a, ldb, beta, C + a, ldc);
+    }
+}
+
+/* Groups run in parallel, one single-threaded GEMM each (outputs are disjoint); a group much larger than
+ * the rest would leave threads idle, so any group above a fair share runs alone on all threads. */
+static int group_alone(const int64_t *off, int g, int ng) {
+    return (off[g + 1] - off[g]) * 2 * omp_get_max_threads() > off[ng] - off[0] + 1;
 }
 
 void ds_cpu_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
                       const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    ds_cpu_blas_single();
+#pragma omp parallel for schedule(dynamic, 1)
     for (int g = 0; g < ng; g++) {
         int64_t r0 = off[g], r1 = off[g + 1];
-        if (r1 <= r0) continue;
-        ds_cpu_gemm(0, tb, (int)(r1 - r0), N, K, alpha, A + (size_t)r0 * lda, lda, B + (size_t)g * strideB, ldb,
-                    beta, C + (size_t)r0 * ldc, ldc);
+        if (r1 <= r0 || group_alone(off, g, ng)) continue;
+        gemm1(0, tb, (int)(r1 - r0), N, K, alpha, A + (size_t)r0 * lda, lda, B + (size_t)g * strideB, ldb, beta,
+              C + (size_t)r0 * ldc, ldc);
     }
+    for (int g = 0; g < ng; g++)
+        if (off[g + 1] > off[g] && group_alone(off, g, ng))
+            ds_cpu_gemm(0, tb, (int)(off[g + 1] - off[g]), N, K, alpha, A + (size_t)off[g] * lda, lda,
+                        B + (size_t)g * strideB, ldb, beta, C + (size_t)off[g] * ldc, ldc);
 }
 
 void ds_cpu_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
                        const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
+    ds_cpu_blas_single();
+#pragma omp parallel for schedule(dynamic, 1)
     for (int g = 0; g < ng; g++) {
         int64_t r0 = off[g], r1 = off[g + 1];
-        ds_cpu_gemm(1, 0, M, N, (int)(r1 - r0), alpha, A + (size_t)r0 * lda, lda, B + (size_t)r0 * ldb, ldb, beta,
-                    C + (size_t)g * strideC, ldc);
+        if (group_alone(off, g, ng)) continue;
+        if (r1 > r0)
+            gemm1(1, 0, M, N, (int)(r1 - r0), alpha, A + (size_t)r0 * lda, lda, B + (size_t)r0 * ldb, ldb, beta,
+                  C + (size_t)g * strideC, ldc);
+        else if (beta != 1.0f)
+            ds_cpu_gemm(0, 0, M, N, 0, 0.0f, A, lda, B, ldb, beta, C + (size_t)g * strideC, ldc);
     }
+    for (int g = 0; g < ng; g++)
+        if (group_alone(off, g, ng))
+            ds_cpu_gemm(1, 0, M, N, (int)(off[g + 1] - off[g]), alpha, A + (size_t)off[g] * lda, lda,
+                        B + (size_t)off[g] * ldb, ldb, beta, C + (size_t)g * strideC, ldc);
 }
 
 const char *ds_ops_cpu_blas_core(void) { return openblas_get_corename(); }

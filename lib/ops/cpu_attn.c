@@ -69,7 +69,7 @@ void ds_cpu_attn_fwd(float *o, float *lse, const float *q, const float *k, const
     float *scratch = (float *)((char *)ws + starts_bytes(B, T));
     segment_starts(start, seg, B, T);
     int ldq = H * dqk, ldv = H * dv;
-    int blas = ds_cpu_blas_serial_begin();
+    ds_cpu_blas_single();
 #pragma omp parallel for schedule(dynamic, 1)
     for (long task = 0; task < (long)B * H * nqb; task++) {
         int qb = (int)(task % nqb), h = (int)(task / nqb % H), b = (int)(task / nqb / H);
@@ -96,7 +96,6 @@ void ds_cpu_attn_fwd(float *o, float *lse, const float *q, const float *k, const
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, dv, nk, 1.0f, S, nk, vh + (size_t)lo * ldv, ldv,
                     0.0f, o + (row0 + i0) * ldv + (size_t)h * dv, ldv);
     }
-    ds_cpu_blas_serial_end(blas);
 }
 
 void ds_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
@@ -108,7 +107,7 @@ void ds_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const f
     size_t per = per_thread(T);
     segment_starts(start, seg, B, T);
     int ldq = H * dqk, ldv = H * dv_dim;
-    int blas = ds_cpu_blas_serial_begin();
+    ds_cpu_blas_single();
     /* one task per (sequence, head): dk and dv of that head collect every query block in order */
 #pragma omp parallel for schedule(dynamic, 1)
     for (long task = 0; task < (long)B * H; task++) {
@@ -153,5 +152,4 @@ void ds_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const f
                         ldq, 1.0f, dkh + (size_t)lo * ldq, ldq);
         }
     }
-    ds_cpu_blas_serial_end(blas);
 }

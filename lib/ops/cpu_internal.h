@@ -1,7 +1,8 @@
 /* cpu_internal.h — shared pieces of the CPU backend (not part of the op contract).
  *
- * Owns: the declarations of the CPU op implementations the backend table in cpu.c points to, and the
- * switch that runs OpenBLAS single-threaded while an OpenMP region calls sgemm from every thread.
+ * Owns: the declarations of the CPU op implementations the backend table in cpu.c points to.
+ * Threading: OpenMP only. OpenBLAS runs single-threaded (its pthread pool would spin against ours on the
+ * same cores); ds_cpu_gemm splits large products across OpenMP threads itself.
  */
 #ifndef DS_OPS_CPU_INTERNAL_H
 #define DS_OPS_CPU_INTERNAL_H
@@ -11,10 +12,8 @@
 /* Column block width for row reductions that must not depend on the thread count. */
 #define DS_CPU_COLBLOCK 64
 
-/* OpenBLAS threading around OpenMP regions that call sgemm per thread: serial_begin returns the previous
- * BLAS thread count, serial_end restores it. */
-int ds_cpu_blas_serial_begin(void);
-void ds_cpu_blas_serial_end(int prev);
+/* Make OpenBLAS single-threaded (cheap when it already is); call before cblas from OpenMP threads. */
+void ds_cpu_blas_single(void);
 
 void *ds_cpu_alloc(size_t bytes);
 void ds_cpu_free(void *p);

@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/plot.h"
+#include "io/json.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -210,6 +211,10 @@ int ds_trainer_step(ds_trainer *t) {
     ds_loss_ctx lc = {.step = t->step, .lambda = lambda, .mtp_depth = net->mtp_depth, .n_rows = rows,
                       .n_targets = ds_batch_buf_count_targets(&t->buf, 0, rows)};
     double terms[DS_LOSS_MAX_TERMS] = {0}, bal = 0;
+    /* the model's balance loss is a mean over a micro-batch's rows; weighting each micro-batch by its
+     * share of the step makes the accumulated loss (and gradient) the mean over the step's rows */
+    const double bal_share = (double)m / rows;
+    if (net->set_balance_alpha) net->set_balance_alpha(net->impl, t->o.balance_alpha * bal_share);
     net->zero_grad(net->impl);
     ds_balance_reset(&t->bal);
     for (int r0 = 0; r0 < rows; r0 += m) {
@@ -218,7 +223,7 @@ int ds_trainer_step(ds_trainer *t) {
         DS_TRY(net->forward(net->impl, &b, &f));
         DS_TRY(check_fwd(t, &f));
         DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL, terms));
-        bal += f.bal_loss * m / rows;
+        bal += net->set_balance_alpha ? f.bal_loss : f.bal_loss * bal_share;
         if (f.expert_load) ds_balance_add(&t->bal, f.expert_load);
         DS_TRY(net->backward(net->impl, &b, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
     }
@@ -264,6 +269,7 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
     }
     double sum = 0;
     int64_t count = 0;
+    if (t->net->set_balance_alpha) t->net->set_balance_alpha(t->net->impl, 0); /* not needed for a loss value */
     for (int64_t k = 0; k < nb; k++) {
         t->vbuf.rows = 0;
         DS_TRY(t->val->next(t->val, &t->vbuf, m));
@@ -282,6 +288,19 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
 }
 
 /* ---- reporting ---- */
+
+/* Shortest text that reads back as the same double ("0.1", not "0.10000000000000001"); null when
+ * not finite. Exact, so resumed and uninterrupted runs compare equal as text. */
+void ds_jsonw_knum_short(ds_jsonw *w, const char *key, double v) {
+    ds_jsonw_key(w, key);
+    if (!isfinite(v)) {
+        ds_jsonw_null(w);
+        return;
+    }
+    char buf[40];
+    ds_json_format_real(v, buf, sizeof buf);
+    ds_jsonw_raw(w, buf);
+}
 
 static void log_line(const ds_trainer *t) {
     const ds_step_report *r = &t->last;
@@ -303,18 +322,18 @@ static int write_metrics(const ds_trainer *t) {
     ds_jsonw_init(&w);
     ds_jsonw_obj_begin(&w);
     ds_jsonw_kint(&w, "step", r->step);
-    for (int k = 0; k < t->loss.n_terms; k++) ds_jsonw_knum(&w, t->loss.term[k], r->terms[k]);
-    ds_jsonw_knum(&w, "loss_bal", r->loss_bal);
-    ds_jsonw_knum(&w, "lr", r->lr);
-    ds_jsonw_knum(&w, "grad_norm", r->grad_norm);
-    ds_jsonw_knum(&w, "tokens", r->tokens);
+    for (int k = 0; k < t->loss.n_terms; k++) ds_jsonw_knum_short(&w, t->loss.term[k], r->terms[k]);
+    ds_jsonw_knum_short(&w, "loss_bal", r->loss_bal);
+    ds_jsonw_knum_short(&w, "lr", r->lr);
+    ds_jsonw_knum_short(&w, "grad_norm", r->grad_norm);
+    ds_jsonw_knum_short(&w, "tokens", r->tokens);
     ds_jsonw_kint(&w, "batch", r->batch);
-    ds_jsonw_knum(&w, "gamma", r->gamma);
-    ds_jsonw_knum(&w, "lambda", r->lambda);
-    ds_jsonw_knum(&w, "ms", r->ms);
-    ds_jsonw_knum(&w, "tok_s", r->tok_s);
-    if (r->mfu > 0) ds_jsonw_knum(&w, "mfu", r->mfu);
-    if (!isnan(r->val_loss)) ds_jsonw_knum(&w, "val_loss", r->val_loss);
+    ds_jsonw_knum_short(&w, "gamma", r->gamma);
+    ds_jsonw_knum_short(&w, "lambda", r->lambda);
+    ds_jsonw_knum_short(&w, "ms", r->ms);
+    ds_jsonw_knum_short(&w, "tok_s", r->tok_s);
+    if (r->mfu > 0) ds_jsonw_knum_short(&w, "mfu", r->mfu);
+    if (!isnan(r->val_loss)) ds_jsonw_knum_short(&w, "val_loss", r->val_loss);
     if (r->skipped) ds_jsonw_kbool(&w, "skipped", 1);
     if (t->bal.n_layers > 0) {
         ds_jsonw_key(&w, "balance");
@@ -324,7 +343,7 @@ static int write_metrics(const ds_trainer *t) {
             ds_balance_layer_stats(&t->bal, l, &st);
             ds_jsonw_obj_begin(&w);
             ds_jsonw_kint(&w, "moe_layer", l);
-            ds_jsonw_knum(&w, "max_vio", st.max_vio);
+            ds_jsonw_knum_short(&w, "max_vio", st.max_vio);
             ds_jsonw_kint(&w, "min_load", st.min_load);
             ds_jsonw_kint(&w, "max_load", st.max_load);
             ds_jsonw_obj_end(&w);
@@ -585,7 +604,7 @@ volatile sig_atomic_t *ds_train_catch_signals(void) {
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESETHAND; /* the second signal takes the default action: kill at once */
+    sa.sa_flags = SA_RESETHAND | SA_RESTART; /* a second signal kills at once; I/O is not interrupted */
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     return &stop_signal;

@@ -41,6 +41,8 @@ typedef struct ds_train_net {
     int (*forward)(void *impl, const ds_batch *b, ds_fwd_out *out);
     int (*backward)(void *impl, const ds_batch *b, const float *dlogp, const float *dmtp);
     void (*zero_grad)(void *impl);
+    /* Optional: the sequence-wise balance loss weight for the next micro-batches (NULL: fixed in the net) */
+    void (*set_balance_alpha)(void *impl, double alpha);
     double flops_per_token; /* training FLOPs per token at the run's sequence length (MFU); 0 = unknown */
 } ds_train_net;
 
@@ -79,6 +81,7 @@ typedef struct {
     ds_sched lr, batch, gamma, lambda; /* batch in sequences per optimizer step */
     ds_adamw_opts adamw;
     double clip_norm;     /* 0: no clipping */
+    double balance_alpha; /* sequence-wise balance loss weight: mean over the step's rows (V3: 1e-4) */
     int skip_nonfinite;   /* skip a step whose loss or gradients are NaN/Inf instead of stopping */
     int val_every;        /* validate every N steps and after the last (0: never) */
     int val_batches;      /* micro-batches per validation (capped by the validation set) */
@@ -141,6 +144,9 @@ const ds_step_report *ds_trainer_last(const ds_trainer *t);
 
 /* Draw the loss curves seen so far (train loss, MTP loss, validation loss against step). */
 int ds_trainer_plot(const ds_trainer *t, const char *png_path, const char *title);
+
+/* A number in its shortest round-trip form (null when not finite), for metrics records. */
+void ds_jsonw_knum_short(ds_jsonw *w, const char *key, double v);
 
 /* SIGINT/SIGTERM set the returned flag to the signal number (a second signal kills at once). */
 volatile sig_atomic_t *ds_train_catch_signals(void);

@@ -902,4 +902,37 @@ TEST(ckpt_read_fp8_weight) {
     free(w), free(q), free(got), free(want);
 }
 
+static int keep_report(void *ctx, const ds_conv_report *r) {
+    *(ds_conv_report *)ctx = *r;
+    return 0;
+}
+
+TEST(convert_multi_panel) {
+    /* [600, 4096]: panels of 256 rows (two blocks), the last one 88 rows; through a pipe-like source too */
+    mem_src m = {.n = 0, .last_i = -1};
+    add_tensor(&m, "model.layers.0.mlp.down_proj.weight", DS_F32, 600, 4096, 51);
+    ds_conv_plan p;
+    CHECK(ds_conv_plan_make(&p, m.d, 1, DS_CONV_TO_FP8, DS_FP8_SCALE_F32) == 0, "plan");
+    mem_sink out = {0};
+    ds_conv_report rep;
+    CHECK(ds_conv_run(&p, m.d, &(ds_conv_source){&m, mem_read, 1}, &(ds_conv_sink){&out, mem_write}, keep_report, &rep) == 0,
+          "run: %s", ds_errmsg());
+    uint8_t *q = malloc(600 * 4096);
+    float s[5 * 32], *y = malloc(600 * 4096 * 4);
+    ds_fp8_quantize(q, s, m.data[0], 600, 4096, 128, 128, DS_FP8_SCALE_F32);
+    CHECK(out.len == 600 * 4096 + sizeof s && !memcmp(out.buf, q, 600 * 4096) && !memcmp(out.buf + 600 * 4096, s, sizeof s),
+          "panelled output equals one whole-tensor quantization");
+    ds_fp8_dequantize(y, q, s, 600, 4096, 128, 128);
+    ds_fp8_err e = {0};
+    ds_fp8_err_add(&e, m.data[0], y, 600 * 4096);
+    float smin = INFINITY, smax = 0;
+    for (int i = 0; i < 5 * 32; i++) smin = fminf(smin, s[i]), smax = fmaxf(smax, s[i]);
+    CHECK(rep.err.n == e.n && rep.err.max_abs == e.max_abs && fabs(ds_fp8_err_rel_fro(&rep.err) - ds_fp8_err_rel_fro(&e)) < 1e-12 &&
+              rep.scale_min == smin && rep.scale_max == smax,
+          "report: error %.6g (direct %.6g), scales [%g, %g]", ds_fp8_err_rel_fro(&rep.err), ds_fp8_err_rel_fro(&e),
+          rep.scale_min, rep.scale_max);
+    ds_conv_plan_free(&p);
+    free(out.buf), free(q), free(y), free(m.data[0]);
+}
+
 TAP_MAIN()

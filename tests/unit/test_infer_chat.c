@@ -6,6 +6,7 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "tok/chat.h"
+#include "tok/train.h"
 
 #define BOS "<｜begin▁of▁sentence｜>"
 #define EOS "<｜end▁of▁sentence｜>"
@@ -91,6 +92,69 @@ TEST(template_errors_name_the_line) {
     CHECK(strstr(parse_error("bos = \"a\\u0000b\"\n"), "not a JSON string"), "NUL in a value: %s", ds_errmsg());
     snprintf(buf, sizeof buf, "%sgeneration=\"\"\n", full);
     CHECK(parse_error(buf)[0] == 0, "a complete minimal template parses");
+}
+
+/* A small tokenizer with DeepSeek's special tokens, trained on a few sentences. */
+static ds_tokenizer *small_tokenizer(void) {
+    ds_tok_trainer *tr = NULL;
+    ds_tokenizer *t = NULL;
+    const char *corpus = "hello there, how are you? the user said hello. you are welcome. yo yo yo.\n";
+    ds_tok_train_opts o = {.vocab_size = 300, .specials = ds_tok_default_specials,
+                           .n_specials = ds_tok_n_default_specials};
+    if (ds_tok_trainer_new(&tr) || ds_tok_trainer_feed(tr, corpus, strlen(corpus)) || ds_tok_trainer_finish(tr, &o, &t))
+        printf("# tokenizer: %s\n", ds_errmsg());
+    ds_tok_trainer_free(tr);
+    return t;
+}
+
+TEST(encode_marks_assistant_tokens) {
+    ds_tokenizer *tok = small_tokenizer();
+    CHECK(tok != NULL, "tokenizer trained");
+    if (!tok) return;
+    ds_chat_template t;
+    ds_chat_template_load(&t, NULL);
+    ds_chat_msg m[] = {msg(DS_ROLE_USER, "hello <｜User｜> there"), msg(DS_ROLE_ASSISTANT, "yo yo"),
+                       msg(DS_ROLE_USER, "how are you?")};
+    ds_chat_rendered r;
+    ds_ids ids = {0};
+    ds_bytes mask = {0};
+    int rc = ds_chat_render(&t, m, 3, 1, &r) || ds_chat_encode(tok, &r, &ids, &mask);
+    CHECK(rc == 0 && ids.n == mask.n && ids.n > 8, "encoded %zu tokens with a mask of %zu", ids.n, mask.n);
+    const int64_t bos = ds_tok_token_id(tok, BOS), eos = ds_tok_token_id(tok, EOS), user = ds_tok_token_id(tok, USER),
+                  asst = ds_tok_token_id(tok, ASSISTANT);
+    int n_user = 0, n_asst = 0;
+    for (size_t i = 0; i < ids.n; i++) {
+        n_user += ids.v[i] == (uint32_t)user;
+        n_asst += ids.v[i] == (uint32_t)asst;
+    }
+    CHECK(ids.v[0] == (uint32_t)bos && ids.v[ids.n - 1] == (uint32_t)asst, "starts with BOS, ends with the generation prompt");
+    CHECK(n_user == 2 && n_asst == 2, "special tokens only from the template: %d User, %d Assistant (user text literal)",
+          n_user, n_asst);
+    ds_ids trained = {0};
+    for (size_t i = 0; i < ids.n; i++)
+        if (mask.v[i]) {
+            if (trained.n == trained.cap) {
+                trained.cap = trained.cap ? 2 * trained.cap : 16;
+                trained.v = realloc(trained.v, trained.cap * sizeof *trained.v);
+            }
+            trained.v[trained.n++] = ids.v[i];
+        }
+    ds_bytes text = {0};
+    rc = ds_tok_decode(tok, trained.v, trained.n, &text);
+    CHECK(rc == 0 && text.n == strlen("yo yo" EOS) && !memcmp(text.v, "yo yo" EOS, text.n) &&
+              trained.v[trained.n - 1] == (uint32_t)eos,
+          "masked tokens decode to the assistant content and its closing EOS");
+    ds_bytes all = {0};
+    ds_tok_decode(tok, ids.v, ids.n, &all);
+    CHECK(all.n == r.len && !memcmp(all.v, r.text, r.len), "the ids decode back to the rendered text");
+    ds_bytes_free(&all);
+    ds_bytes_free(&text);
+    ds_ids_free(&trained);
+    ds_ids_free(&ids);
+    ds_bytes_free(&mask);
+    ds_chat_rendered_free(&r);
+    ds_chat_template_free(&t);
+    ds_tok_free(tok);
 }
 
 TAP_MAIN()

@@ -98,6 +98,30 @@ TEST(save_load_round_trip) {
     ds_model_free(a), ds_model_free(b);
 }
 
+TEST(checkpoint_directory_round_trip) {
+    ds_config c;
+    fixture_tiny(&c);
+    ds_model *a = make(&c), *b = make(&c);
+    randomize(a, 5);
+    ds_ckpt_writer *w = NULL;
+    int rc = ds_ckpt_writer_begin(&w, tmp("ckpt"), NULL);
+    if (!rc) rc = ds_ckpt_writer_set_config(w, &c);
+    if (!rc) rc = ds_model_add_to_checkpoint(a, w, NULL);
+    if (!rc) rc = ds_ckpt_writer_commit(w);
+    CHECK(rc == 0, "write a checkpoint directory: %s", ds_errmsg());
+    ds_ckpt *ck = NULL;
+    CHECK(ds_ckpt_open(&ck, tmp("ckpt")) == 0, "open: %s", ds_errmsg());
+    if (!ck) return;
+    ds_model *c2 = make(ds_ckpt_config(ck));
+    CHECK(ds_model_load_weights(b, ds_ckpt_tensors(ck)) == 0 && ds_model_load_weights(c2, ds_ckpt_tensors(ck)) == 0,
+          "load: %s", ds_errmsg());
+    CHECK(same(ds_model_params(a), ds_model_params(b), ds_model_num_params(a)) && biases_equal(a, b) &&
+              ds_model_num_params(c2) == ds_model_num_params(a),
+          "identical weights; the checkpoint's config builds the same model");
+    ds_ckpt_close(ck);
+    ds_model_free(a), ds_model_free(b), ds_model_free(c2);
+}
+
 /* transformers keeps routed experts fused in memory: gate_up_proj [E, 2Ie, D], down_proj [E, D, Ie] */
 TEST(fused_experts_and_missing_mtp) {
     ds_config c;

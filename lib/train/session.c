@@ -1,0 +1,311 @@
+#include "train/session.h"
+
+#include "core/err.h"
+#include "core/file.h"
+#include "core/log.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "model/weights.h"
+#include "tok/tokenizer.h"
+#include "train/net.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- checkpoint files (the directory itself is io/checkpoint.h's) ---- */
+
+static int write_optimizer(const ds_adamw *opt, const ds_model *m, const char *path) {
+    int n_info, rc = 0;
+    const ds_param *info = ds_model_params_info((ds_model *)m, &n_info);
+    size_t biggest = 1;
+    for (int i = 0; i < n_info; i++)
+        if (info[i].numel > biggest) biggest = info[i].numel;
+    float *buf = malloc(biggest * sizeof *buf);
+    if (!buf) return ds_fail(DS_ERR, "out of memory: saving the optimizer");
+    ds_st_writer *w;
+    if ((rc = ds_st_writer_open(&w, path, NULL))) {
+        free(buf);
+        return rc;
+    }
+    char name[160], tstep[32];
+    snprintf(tstep, sizeof tstep, "%lld", (long long)opt->t);
+    rc = ds_st_writer_meta(w, "optimizer", "adamw");
+    if (!rc) rc = ds_st_writer_meta(w, "step", tstep);
+    /* bf16 moments are stored as bf16 (exact); fp32 ones as fp32 */
+    ds_dtype dt = opt->o.bf16_moments ? DS_BF16 : DS_F32;
+    for (int i = 0; !rc && i < n_info; i++)
+        for (int k = 0; !rc && k < 2; k++) {
+            snprintf(name, sizeof name, "%s.%s", info[i].name, k ? "exp_avg_sq" : "exp_avg");
+            rc = ds_st_writer_declare(w, name, dt, info[i].ndim, info[i].shape);
+        }
+    for (int i = 0; !rc && i < n_info; i++)
+        for (int k = 0; !rc && k < 2; k++) {
+            ds_adamw_get(opt, k, info[i].offset, info[i].numel, buf);
+            rc = ds_st_writer_data_f32(w, buf, info[i].numel);
+        }
+    free(buf);
+    if (rc) {
+        ds_st_writer_abort(w);
+        return rc;
+    }
+    return ds_st_writer_close(w);
+}
+
+/* The weights in fp32 (the master copy: a resumed run continues from exactly these bits), under HF
+ * names in parameter-table order, each layer's expert bias after its router as ds_model_save_weights
+ * stores them. */
+static int add_weights(ds_ckpt_writer *w, ds_model *m) {
+    int n_info;
+    const ds_param *info = ds_model_params_info(m, &n_info);
+    const float *p = ds_model_params(m);
+    const ds_config *c = ds_model_config(m);
+    char name[160];
+    for (int i = 0; i < n_info; i++) {
+        DS_TRY(ds_ckpt_writer_add_f32(w, info[i].name, info[i].ndim, info[i].shape, p + info[i].offset, DS_F32));
+        const float *bias = info[i].kind == DS_PARAM_ROUTER ? ds_model_expert_bias(m, info[i].layer) : NULL;
+        if (!bias) continue;
+        int64_t shape[1] = {c->n_routed_experts};
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", info[i].layer);
+        DS_TRY(ds_ckpt_writer_add_f32(w, name, 1, shape, bias, DS_F32));
+    }
+    return 0;
+}
+
+int ds_session_save(ds_session *s, const char *dir) {
+    ds_ckpt_writer *w;
+    DS_TRY(ds_ckpt_writer_begin(&w, dir, NULL));
+    char *state = NULL, opt_path[8192];
+    int rc = ds_ckpt_writer_set_config(w, &s->cfg);
+    if (!rc && s->tokenizer_json) rc = ds_ckpt_writer_set_tokenizer(w, s->tokenizer_json, s->tokenizer_len);
+    if (!rc) rc = add_weights(w, s->model);
+    if (!rc) rc = ds_ckpt_writer_file_path(w, "optimizer.safetensors", opt_path, sizeof opt_path);
+    if (!rc) rc = write_optimizer(ds_trainer_optimizer(s->trainer), s->model, opt_path);
+    if (!rc) rc = ds_trainer_state_json(s->trainer, &state);
+    if (!rc) rc = ds_ckpt_writer_add_file(w, "trainer_state.json", state, strlen(state));
+    free(state);
+    if (rc) {
+        ds_ckpt_writer_abort(w);
+        return rc;
+    }
+    return ds_ckpt_writer_commit(w);
+}
+
+static int same_shape(const ds_st_tensor *t, const ds_param *p) {
+    if (t->ndim != p->ndim) return 0;
+    for (int d = 0; d < p->ndim; d++)
+        if (t->shape[d] != p->shape[d]) return 0;
+    return 1;
+}
+
+static int load_optimizer(ds_adamw *opt, ds_model *m, const char *dir) {
+    char p[4200], name[160];
+    DS_TRY(ds_path_join(p, sizeof p, dir, "optimizer.safetensors"));
+    ds_st_file *f;
+    DS_TRY(ds_st_open(&f, p));
+    int n_info, rc = 0;
+    const ds_param *info = ds_model_params_info(m, &n_info);
+    size_t biggest = 1;
+    for (int i = 0; i < n_info; i++)
+        if (info[i].numel > biggest) biggest = info[i].numel;
+    float *buf = malloc(biggest * sizeof *buf);
+    if (!buf) rc = ds_fail(DS_ERR, "out of memory: loading the optimizer");
+    for (int i = 0; !rc && i < n_info; i++)
+        for (int k = 0; !rc && k < 2; k++) {
+            snprintf(name, sizeof name, "%s.%s", info[i].name, k ? "exp_avg_sq" : "exp_avg");
+            const ds_st_tensor *t = ds_st_find(f, name);
+            if (!t || !same_shape(t, &info[i]))
+                rc = ds_fail(DS_ERR, "optimizer state: %s %s: %s", t ? "wrong shape for" : "missing", name, p);
+            else if (!(rc = ds_st_read_f32(t, buf, p)))
+                ds_adamw_set(opt, k, info[i].offset, info[i].numel, buf);
+        }
+    free(buf);
+    ds_st_close(f);
+    return rc;
+}
+
+/* ---- the session ---- */
+
+int ds_session_set_tokenizer(ds_session *s, const char *path) {
+    free(s->tokenizer_json);
+    s->tokenizer_json = NULL;
+    DS_TRY(ds_read_file(path, &s->tokenizer_json, &s->tokenizer_len, 1u << 30));
+    ds_tokenizer *t;
+    int rc = ds_tok_from_json(&t, s->tokenizer_json, s->tokenizer_len, path);
+    if (rc) return rc;
+    uint32_t tv = ds_tok_vocab_size(t);
+    ds_tok_free(t);
+    if ((int64_t)tv > s->cfg.vocab_size) {
+        ds_fail(DS_ERR, "vocabulary mismatch: the tokenizer has %u tokens, the model's vocab_size is %d: %s", tv, s->cfg.vocab_size, path);
+        ds_hint("use a config whose vocab_size covers the tokenizer");
+        return DS_ERR;
+    }
+    return 0;
+}
+
+int64_t ds_session_token_id(const ds_session *s, const char *text) {
+    if (!s->tokenizer_json) return -1;
+    ds_tokenizer *t;
+    if (ds_tok_from_json(&t, s->tokenizer_json, s->tokenizer_len, "tokenizer.json")) return -1;
+    int64_t id = ds_tok_token_id(t, text);
+    ds_tok_free(t);
+    return id;
+}
+
+int ds_session_open(ds_session *s, const ds_session_opts *o) {
+    memset(s, 0, sizeof *s);
+    s->o = *o;
+    s->resumed_step = -1;
+    if (o->device && strcmp(o->device, "cpu")) {
+        ds_fail(DS_ERR, "--device %s: training runs on the CPU in this build", o->device);
+        ds_hint("the CUDA training backend is not available yet; use --device cpu");
+        return DS_ERR;
+    }
+    if (o->fp8) {
+        ds_fail(DS_ERR, "--fp8: FP8 training GEMMs need the CUDA backend; the CPU trainer computes in fp32");
+        ds_hint("drop --fp8 on the CPU");
+        return DS_ERR;
+    }
+    ds_ckpt *ck = NULL;
+    if (o->resume) {
+        DS_TRY(ds_ckpt_find_latest(o->resume, s->resume_dir, sizeof s->resume_dir));
+        DS_TRY(ds_ckpt_open(&ck, s->resume_dir));
+    } else if (o->model_path) {
+        DS_TRY(ds_ckpt_open(&ck, o->model_path));
+    }
+    int rc = 0;
+    if (ck) {
+        size_t len;
+        const char *tok = ds_ckpt_tokenizer(ck, &len);
+        rc = ds_config_copy(&s->cfg, ds_ckpt_config(ck));
+        if (!rc && tok && !(s->tokenizer_json = malloc(len + 1))) rc = ds_fail(DS_ERR, "out of memory: tokenizer");
+        if (!rc && tok) memcpy(s->tokenizer_json, tok, len + 1), s->tokenizer_len = len;
+    } else if (!o->config_path) {
+        return ds_fail(DS_EUSAGE, "no model: give --config CFG.json or -m CKPT");
+    } else if (!(rc = ds_config_load_file(&s->cfg, o->config_path))) {
+        rc = ds_config_validate(&s->cfg, o->config_path);
+    }
+    s->have_cfg = !rc;
+    if (!rc && o->init_std > 0) s->cfg.ds_init_std = o->init_std;
+    if (!rc && o->tokenizer_path) rc = ds_session_set_tokenizer(s, o->tokenizer_path);
+    if (!rc && o->seq_len > s->cfg.max_position_embeddings)
+        ds_warn("--seq-len %d exceeds the config's max_position_embeddings %d", o->seq_len, s->cfg.max_position_embeddings);
+    ds_model_opts mo = {.max_batch = o->micro_batch, .max_seq = o->seq_len, .train = 1, .recompute = 1,
+                        .balance_alpha = o->balance_alpha};
+    if (!rc) rc = ds_model_create(&s->model, &s->cfg, &mo);
+    if (!rc) rc = ck ? ds_model_load_weights(s->model, ds_ckpt_tensors(ck)) : ds_model_init(s->model, o->seed);
+    ds_ckpt_close(ck);
+    if (!rc) rc = ds_train_net_from_model(&s->net, s->model, o->seq_len);
+    return rc;
+}
+
+static int save_hook(void *ctx, ds_trainer *t, int final) {
+    ds_session *s = ctx;
+    (void)t;
+    (void)final;
+    int rc = ds_session_save(s, s->o.out_dir);
+    if (!rc) ds_info("saved step %lld: %s", (long long)ds_trainer_steps_done(s->trainer), s->o.out_dir);
+    return rc;
+}
+
+/* Keep the metrics records up to `step` (and every record without a step), so a resumed run's
+ * file reads as one run even when the killed run had logged past its last checkpoint. */
+static int trim_metrics(const char *path, int64_t step) {
+    if (ds_is_stdio(path) || !ds_path_exists(path)) return 0;
+    char *text;
+    size_t len;
+    DS_TRY(ds_read_file(path, &text, &len, 0));
+    ds_atomic a;
+    int rc = ds_atomic_open(&a, path);
+    for (char *line = text; !rc && line < text + len;) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        size_t n = nl ? (size_t)(nl - line) : (size_t)(text + len - line);
+        json_t *j = json_loadb(line, n, 0, NULL);
+        json_t *st = j ? json_object_get(j, "step") : NULL;
+        int keep = j && (!json_is_integer(st) || json_integer_value(st) <= step);
+        json_decref(j);
+        if (keep) rc = ds_write_all(a.f, line, n, path), rc = rc ? rc : ds_write_all(a.f, "\n", 1, path);
+        line += n + 1;
+    }
+    free(text);
+    if (rc) {
+        ds_atomic_abort(&a);
+        return rc;
+    }
+    return ds_atomic_commit(&a);
+}
+
+int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
+                     const ds_loss_hook *loss, const char *config_record) {
+    s->stop = ds_train_catch_signals();
+    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop};
+    if (s->o.metrics_path) h.metrics = &s->metrics;
+    DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
+    if (s->o.resume) {
+        char p[8300];
+        char *text;
+        size_t len;
+        DS_TRY(ds_path_join(p, sizeof p, s->resume_dir, "trainer_state.json"));
+        if (!ds_path_exists(p)) {
+            ds_fail(DS_ERR, "not a training checkpoint (no trainer_state.json): %s", s->resume_dir);
+            ds_hint("--resume takes a directory written by a ds-* training tool; -m loads weights only");
+            return DS_ERR;
+        }
+        DS_TRY(ds_read_file(p, &text, &len, 1u << 30));
+        int rc = ds_trainer_state_load(s->trainer, text, len, p);
+        free(text);
+        DS_TRY(rc);
+        DS_TRY(load_optimizer(ds_trainer_optimizer_mut(s->trainer), s->model, s->resume_dir));
+        s->resumed_step = ds_trainer_steps_done(s->trainer);
+        ds_info("resuming at step %lld of %lld from %s", (long long)s->resumed_step, (long long)to->total_steps, s->resume_dir);
+    }
+    if (s->o.metrics_path) {
+        if (s->resumed_step >= 0) DS_TRY(trim_metrics(s->o.metrics_path, s->resumed_step));
+        DS_TRY(ds_metrics_open(&s->metrics, s->o.metrics_path, s->resumed_step >= 0));
+        s->have_metrics = 1;
+        if (config_record) {
+            ds_jsonw w;
+            ds_jsonw_init(&w);
+            ds_jsonw_raw(&w, config_record);
+            int rc = ds_metrics_write(&s->metrics, &w);
+            ds_jsonw_free(&w);
+            DS_TRY(rc);
+        }
+    }
+    return 0;
+}
+
+int ds_session_run(ds_session *s, int *stopped_by) {
+    ds_train_end end;
+    *stopped_by = 0;
+    int rc = ds_trainer_run(s->trainer, &end);
+    if (s->o.plot_path && (rc == 0 || rc == DS_EDIVERGED)) {
+        char keep[1024] = "", hint[512] = "";
+        snprintf(keep, sizeof keep, "%s", ds_errmsg());
+        snprintf(hint, sizeof hint, "%s", ds_errhint());
+        if (ds_trainer_plot(s->trainer, s->o.plot_path, s->o.tool)) ds_warn("%s", ds_errmsg());
+        if (rc) {
+            ds_fail(rc, "%s", keep);
+            if (hint[0]) ds_hint("%s", hint);
+        }
+    }
+    if (!rc && end == DS_TRAIN_STOPPED) *stopped_by = (int)*s->stop;
+    return rc;
+}
+
+void ds_session_close(ds_session *s) {
+    ds_trainer_free(s->trainer);
+    ds_train_net_release(&s->net);
+    ds_model_free(s->model);
+    if (s->have_metrics) ds_metrics_close(&s->metrics);
+    if (s->have_cfg) ds_config_free(&s->cfg);
+    free(s->tokenizer_json);
+    memset(s, 0, sizeof *s);
+}

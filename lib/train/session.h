@@ -1,0 +1,76 @@
+/* session.h — everything around the training loop that every training tool does the same way.
+ *
+ * Owns: building the model from a config or a checkpoint (fresh init with a seed, or loaded weights),
+ * the tokenizer that travels with it, training checkpoints (a Hugging Face directory plus
+ * trainer_state.json and optimizer.safetensors, replaced atomically), resuming from one, the metrics
+ * file (first record = the resolved configuration; records past the resumed step dropped so the file
+ * reads as one run), the loss plot, signals, and mapping the outcome to the tool's exit code.
+ * ds-pretrain, ds-extend-ctx, ds-sft and ds-rl differ only in their data source and loss hook.
+ */
+#ifndef DS_TRAIN_SESSION_H
+#define DS_TRAIN_SESSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/jsonw.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "train/trainer.h"
+
+typedef struct {
+    const char *tool;           /* "ds-pretrain": names the run in records and plots */
+    const char *config_path;    /* a fresh model from this config.json ... */
+    const char *model_path;     /* ... or weights from this checkpoint directory */
+    const char *resume;         /* continue the run saved here: a checkpoint directory, or a directory
+                                   holding several (the newest complete one is taken) */
+    const char *out_dir;        /* checkpoints go here */
+    const char *tokenizer_path; /* tokenizer.json to embed (NULL: the checkpoint's, if any) */
+    const char *metrics_path;   /* JSONL, or NULL */
+    const char *plot_path;      /* PNG, or NULL */
+    const char *device;         /* "cpu" | "cuda" */
+    int fp8;
+    double init_std;            /* > 0: overrides the config's ds_init_std for a fresh model */
+    double balance_alpha;       /* sequence-wise balance loss weight per micro-batch */
+    int micro_batch, seq_len;
+    uint64_t seed;
+} ds_session_opts;
+
+typedef struct {
+    ds_session_opts o;
+    ds_config cfg;
+    int have_cfg;
+    ds_model *model;
+    ds_train_net net;
+    char *tokenizer_json; /* NULL when there is none */
+    size_t tokenizer_len;
+    ds_metrics metrics;
+    int have_metrics;
+    ds_trainer *trainer;
+    int64_t resumed_step;     /* -1: a fresh run */
+    char resume_dir[4096];    /* the checkpoint actually resumed from */
+    volatile sig_atomic_t *stop;
+} ds_session;
+
+/* Config, model (initialised or loaded), tokenizer. After this, s->cfg and s->tokenizer_json are set. */
+int ds_session_open(ds_session *s, const ds_session_opts *o);
+/* Embed this tokenizer.json (checked to parse and to fit the model's vocabulary). */
+int ds_session_set_tokenizer(ds_session *s, const char *path);
+/* Id of a token in the embedded tokenizer (-1 when there is no tokenizer or no such token). */
+int64_t ds_session_token_id(const ds_session *s, const char *text);
+
+/* Create the trainer over the given sources, restore the state when resuming, open the metrics
+ * file and write the configuration record (config_record: a complete JSON object, or NULL). */
+int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
+                     const ds_loss_hook *loss, const char *config_record);
+/* Run to the end (and draw the plot). Returns 0, DS_EDIVERGED or DS_ERR; *stopped_by is the signal
+ * that stopped the run early (0: it ran to --steps). Tools exit with 128 + that signal. */
+int ds_session_run(ds_session *s, int *stopped_by);
+void ds_session_close(ds_session *s);
+
+/* Write a complete training checkpoint of the trainer's current state into dir through
+ * io/checkpoint.h (replaced atomically: a reader sees the old or the new one, never a mixture; an
+ * existing directory is replaced only when it is a checkpoint or empty). Weights in fp32. */
+int ds_session_save(ds_session *s, const char *dir);
+
+#endif
