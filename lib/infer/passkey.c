@@ -438,3 +438,18 @@ int ds_position_logp(const ds_infer_model *m, const ds_ops *ops, const int32_t *
     free(sum);
     return rc;
 }
+
+int ds_position_table(const double *logp, const int *bucket_end, int n_buckets, int n_docs, char **out) {
+    size_t cap = 128 + (size_t)n_buckets * 64;
+    char *s = malloc(cap);
+    if (!s) return ds_fail(DS_ERR, "out of memory");
+    size_t k = (size_t)snprintf(s, cap, "log-likelihood by position (%d documents)\n%-16s %12s %12s\n", n_docs, "positions",
+                                "mean log p", "perplexity");
+    for (int b = 0; b < n_buckets; b++) {
+        char r[40];
+        snprintf(r, sizeof r, "%d-%d", b ? bucket_end[b - 1] + 1 : 1, bucket_end[b]);
+        k += (size_t)snprintf(s + k, cap - k, "%-16s %12.4f %12.3f\n", r, logp[b], exp(-logp[b]));
+    }
+    *out = s;
+    return 0;
+}

@@ -97,5 +97,7 @@ int ds_passkey_metrics(const ds_passkey_grid *g, void *metrics);
  * logp[n_buckets] is written; bucket_end[b] (may be NULL) gets the last position of each bucket. */
 int ds_position_logp(const ds_infer_model *m, const ds_ops *ops, const int32_t *docs, int n_docs, int len, int n_buckets,
                      int chunk, double *logp, int *bucket_end);
+/* As text (malloc'd): one line per bucket, "positions A-B  mean log p  perplexity". */
+int ds_position_table(const double *logp, const int *bucket_end, int n_buckets, int n_docs, char **out);
 
 #endif

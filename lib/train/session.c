@@ -193,6 +193,7 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
         rc = ds_config_validate(&s->cfg, o->config_path);
     }
     s->have_cfg = !rc;
+    if (!rc && o->edit_config && !o->resume) rc = o->edit_config(o->edit_ctx, &s->cfg);
     if (!rc && o->init_std > 0) s->cfg.ds_init_std = o->init_std;
     if (!rc && o->tokenizer_path) rc = ds_session_set_tokenizer(s, o->tokenizer_path);
     if (!rc && o->seq_len > s->cfg.max_position_embeddings)

@@ -355,7 +355,9 @@ TEST(extension_retrieves_beyond_original_length) {
     ds_extend_opts eo;
     ds_extend_opts_defaults(&eo);
     eo.factor = S;
-    CHECK(!ds_extend_config(&ce, &eo) && ce.rope_scaling.enabled && ce.max_position_embeddings == L1, "extended config");
+    eo.beta_fast = env_dbl("PK_BF", 0), eo.beta_slow = env_dbl("PK_BS", 0);
+    if (!env_int("PK_NOYARN", 0))
+        CHECK(!ds_extend_config(&ce, &eo) && ce.rope_scaling.enabled && ce.max_position_embeddings == L1, "extended config");
     ds_model *ext = model_for(&ce, b1, L1, 1, 0);
     memcpy(ds_model_params(ext), ds_model_params(base), ds_model_num_params(base) * sizeof(float));
     double t2 = ds_now();
