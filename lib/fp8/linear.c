@@ -5,6 +5,7 @@
 
 #include "core/err.h"
 #include "fp8/gemm.h"
+#include "ops/ops.h"
 
 static ds_fp8_train_opts g_opts = {DS_FP8_SCALE_F32, DS_FP8_SCALE_F32, DS_FP8_SCALE_F32, 1};
 static int g_status;
@@ -138,4 +139,11 @@ void ds_fp8_linear_gemm_wgrad(int ng, const int64_t *off, int M, int N, float al
         ds_fp8_linear_gemm(1, 0, M, N, (int)(r1 > r0 ? r1 - r0 : 0), alpha, A + r0 * lda, lda, B + r0 * ldb, ldb,
                            beta, C + g * strideC, ldc);
     }
+}
+
+void ds_fp8_linear_ops(ds_ops *out, const ds_ops *base) {
+    *out = *base;
+    out->gemm = ds_fp8_linear_gemm;
+    out->gemm_rows = ds_fp8_linear_gemm_rows;
+    out->gemm_wgrad = ds_fp8_linear_gemm_wgrad;
 }

@@ -54,6 +54,13 @@ void ds_fp8_linear_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, f
 void ds_fp8_linear_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
                               const float *B, int ldb, float beta, float *C, size_t strideC, int ldc);
 
+/* A backend table for the Linear layers: `base` with gemm, gemm_rows and gemm_wgrad replaced by the three
+ * functions above (everything else, memory included, is base's; the CPU backend only, since these read
+ * host memory). A model that routes its Linear GEMMs through this table and the rest (embedding, head,
+ * router, attention core) through `base` trains with V3's FP8 numerics. */
+struct ds_ops;
+void ds_fp8_linear_ops(struct ds_ops *out, const struct ds_ops *base);
+
 /* Failures inside the void entry points (out of memory) are sticky: this returns the first one's code
  * (message in ds_errmsg()) and clears it. The trainer checks it once per step. */
 int ds_fp8_linear_status(void);

@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "core/jsonw.h"
 #include "infer/stop.h"
+#include "io/jsonl.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -160,50 +161,39 @@ static int parse_ids(ds_prompt_reader *r, const char *s, int *n) {
     return DS_OK;
 }
 
+/* A JSONL record: {"text": ...} here (scoring), {"prompt"} / {"messages"} as io/jsonl.h validates them
+ * for every tool (with a generation prompt the conversation must end with a user turn). */
 static int parse_jsonl(ds_prompt_reader *r, const char *s, size_t len) {
     json_error_t je;
     json_t *v = json_loadb(s, len, JSON_REJECT_DUPLICATES, &je);
     if (!v) return ds_fail(DS_ERR, "%s: line %ld: bad JSON at column %d: %s", r->where, r->line_no, je.column, je.text);
     int rc = DS_OK;
-    json_t *prompt = json_is_object(v) ? json_object_get(v, "prompt") : NULL;
     json_t *text = json_is_object(v) ? json_object_get(v, "text") : NULL;
-    json_t *msgs = json_is_object(v) ? json_object_get(v, "messages") : NULL;
-    if (!json_is_object(v)) {
-        rc = ds_fail(DS_ERR, "%s: line %ld: expected a JSON object", r->where, r->line_no);
-    } else if (!!prompt + !!text + !!msgs != 1) {
-        rc = ds_fail(DS_ERR, "%s: line %ld: needs exactly one of \"prompt\", \"text\" or \"messages\"", r->where,
-                     r->line_no);
-    } else if (prompt || text) {
-        json_t *t = prompt ? prompt : text;
-        if (!json_is_string(t))
-            rc = ds_fail(DS_ERR, "%s: line %ld: \"%s\" must be a string", r->where, r->line_no, prompt ? "prompt" : "text");
-        else
-            rc = encode_text(r, json_string_value(t), json_string_length(t));
-    } else {
-        size_t nm = json_is_array(msgs) ? json_array_size(msgs) : 0;
-        ds_chat_msg *m = nm ? calloc(nm, sizeof *m) : NULL;
-        if (!json_is_array(msgs) || nm == 0) {
-            rc = ds_fail(DS_ERR, "%s: line %ld: \"messages\" must be a non-empty array", r->where, r->line_no);
-        } else if (!m) {
-            rc = ds_fail(DS_ERR, "prompts: out of memory");
-        } else {
-            for (size_t i = 0; i < nm && !rc; i++) {
-                json_t *o = json_array_get(msgs, i);
-                json_t *role = json_is_object(o) ? json_object_get(o, "role") : NULL;
-                json_t *content = json_is_object(o) ? json_object_get(o, "content") : NULL;
-                int ro = json_is_string(role) ? ds_chat_role_from_name(json_string_value(role)) : -1;
-                if (ro < 0)
-                    rc = ds_fail(DS_ERR, "%s: line %ld: messages[%zu]: \"role\" must be \"system\", \"user\" or \"assistant\"",
-                                 r->where, r->line_no, i);
-                else if (!json_is_string(content))
-                    rc = ds_fail(DS_ERR, "%s: line %ld: messages[%zu]: \"content\" must be a string", r->where, r->line_no, i);
-                else
-                    m[i] = (ds_chat_msg){(ds_chat_role)ro, json_string_value(content), json_string_length(content)};
-            }
-            if (!rc) rc = encode_messages(r, m, (int)nm);
-        }
-        free(m);
+    if (text && !json_object_get(v, "prompt") && !json_object_get(v, "messages")) {
+        rc = json_is_string(text) ? encode_text(r, json_string_value(text), json_string_length(text))
+                                  : ds_fail(DS_ERR, "%s: line %ld: \"text\" must be a string", r->where, r->line_no);
+        json_decref(v);
+        return rc;
     }
+    ds_example ex;
+    char err[256];
+    if (ds_example_from_json(v, &ex, r->o.generation_prompt ? DS_EX_PROMPT : 0, err, sizeof err)) {
+        rc = ds_fail(DS_ERR, "%s: line %ld: %s", r->where, r->line_no, err);
+    } else if (ex.prompt) {
+        rc = encode_text(r, ex.prompt, ex.prompt_len);
+    } else if (ex.n_messages > 0) {
+        ds_chat_msg *m = calloc((size_t)ex.n_messages, sizeof *m);
+        if (!m) rc = ds_fail(DS_ERR, "prompts: out of memory");
+        static const ds_chat_role role[] = {[DS_JSONL_SYSTEM] = DS_ROLE_SYSTEM, [DS_JSONL_USER] = DS_ROLE_USER,
+                                            [DS_JSONL_ASSISTANT] = DS_ROLE_ASSISTANT};
+        for (int i = 0; m && i < ex.n_messages; i++)
+            m[i] = (ds_chat_msg){role[ex.messages[i].role], ex.messages[i].content, ex.messages[i].len};
+        if (m) rc = encode_messages(r, m, ex.n_messages);
+        free(m);
+    } else {
+        rc = ds_fail(DS_ERR, "%s: line %ld: needs one of \"prompt\", \"messages\" or \"text\"", r->where, r->line_no);
+    }
+    ds_example_free(&ex);
     json_decref(v);
     return rc;
 }

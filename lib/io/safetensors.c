@@ -495,7 +495,9 @@ int ds_st_read_f32(const ds_st_tensor *t, float *out, const char *where) {
     size_t es = ds_dtype_size(t->dtype), n = (size_t)t->numel, nchunks = (n + CHUNK - 1) / CHUNK;
     int aligned = ((uintptr_t)t->data % es) == 0;
     int failed = 0;
-#pragma omp parallel for schedule(static) if (n > (1u << 20)) reduction(| : failed)
+    /* Conversion runs at memory speed: threads only pay off for large tensors (embeddings, fused
+     * experts); for a few MiB, waking a team costs more than it saves, badly so on a busy machine. */
+#pragma omp parallel for schedule(static) if (n > (1u << 24)) reduction(| : failed)
     for (size_t c = 0; c < nchunks; c++) {
         _Alignas(8) unsigned char tmp[CHUNK * 8];
         size_t i0 = c * CHUNK, m = n - i0 < CHUNK ? n - i0 : CHUNK;

@@ -583,10 +583,13 @@ int ds_shard_read(ds_shard *s, uint64_t start, size_t n, uint32_t *out) {
         return 0;
     }
     /* Several frames: decode in parallel, each into the part of out it covers. The first error in
-     * frame order is reported, so the message does not depend on the thread count. */
-    int64_t nf = (int64_t)(f1 - f0 + 1), bad = -1;
+     * frame order is reported, so the message does not depend on the thread count. A last frame
+     * that is only partly read goes through the cache afterwards: the next sequential read starts there. */
+    const entry *last = &s->idx[f1];
+    int last_partial = start + n < last->first_token + last->n_tokens;
+    int64_t nf = (int64_t)(f1 - f0 + 1) - last_partial, bad = -1;
     char first_err[1024] = "";
-#pragma omp parallel
+#pragma omp parallel if (nf > 1)
     {
         unsigned char *tmp = NULL;
 #pragma omp for schedule(dynamic, 1)
@@ -622,6 +625,10 @@ int ds_shard_read(ds_shard *s, uint64_t start, size_t n, uint32_t *out) {
         free(tmp);
     }
     if (bad >= 0) return ds_fail(DS_ERR, "%s", first_err);
+    if (last_partial) {
+        DS_TRY(decode_cached(s, f1));
+        widen(&s->h, s->frame, 0, (uint32_t)(start + n - last->first_token), out + (last->first_token - start));
+    }
     return 0;
 }
 

@@ -533,21 +533,21 @@ static int counts_checked(const ds_config *c, ds_param_counts *p) {
     p->head = c->tie_word_embeddings ? 0 : p->embedding;
 
     int64_t base = add(&a, add(&a, p->embedding, p->head), d); /* + final norm */
-    int64_t total = base, active = base;
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        int moe = ds_cfg_is_moe_layer(c, l);
-        int64_t common = add(&a, attn, p->layer_norms);
-        total = add(&a, total, add(&a, common, moe ? p->moe_layer : p->dense_ffn_per_layer));
-        active = add(&a, active, add(&a, common, moe ? moe_active : p->dense_ffn_per_layer));
+    /* Layer kinds in closed form (ds_cfg_is_moe_layer), so absurd layer counts cost nothing. */
+    int64_t L = c->num_hidden_layers, k0 = c->first_k_dense_replace < L ? c->first_k_dense_replace : L, n_moe = 0;
+    if (c->n_routed_experts > 0) {
+        int64_t f = c->moe_layer_freq <= 1 ? 1 : c->moe_layer_freq;
+        n_moe = (L + f - 1) / f - (k0 + f - 1) / f; /* multiples of f in [k0, L) */
     }
-    /* MTP module k: enorm, hnorm, eh_proj [d, 2d], one block, shared_head.norm (embedding/head shared) */
-    int64_t mtp = 0;
-    for (int k = 0; k < c->num_nextn_predict_layers; k++) {
-        int moe = ds_cfg_is_moe_layer(c, c->num_hidden_layers + k);
-        int64_t m = add(&a, mul(&a, 3, d), mul(&a, d, 2 * d));
-        m = add(&a, m, add(&a, add(&a, attn, p->layer_norms), moe ? p->moe_layer : p->dense_ffn_per_layer));
-        mtp = add(&a, mtp, m);
-    }
+    int64_t n_dense = L - n_moe, common = add(&a, attn, p->layer_norms);
+    int64_t total = add(&a, base, mul(&a, L, common)), active = total;
+    total = add(&a, total, add(&a, mul(&a, n_moe, p->moe_layer), mul(&a, n_dense, p->dense_ffn_per_layer)));
+    active = add(&a, active, add(&a, mul(&a, n_moe, moe_active), mul(&a, n_dense, p->dense_ffn_per_layer)));
+    /* MTP module: enorm, hnorm, eh_proj [d, 2d], one block (MoE when the model has experts), shared_head.norm;
+     * the embedding and head are shared */
+    int64_t one = add(&a, mul(&a, 3, d), mul(&a, d, 2 * d));
+    one = add(&a, one, add(&a, common, c->n_routed_experts > 0 ? p->moe_layer : p->dense_ffn_per_layer));
+    int64_t mtp = mul(&a, c->num_nextn_predict_layers, one);
     p->total = total;
     p->activated = active;
     p->mtp = mtp;

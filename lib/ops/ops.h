@@ -160,15 +160,17 @@ typedef struct ds_ops {
      * it also accumulates coef * d(Σ_b loss[b])/d logits into dlogits [n, E] (f treated as a constant). */
     void (*moe_balance)(float *loss, float *dlogits, float coef, const float *scores, const int32_t *idx,
                         int B, int T, const ds_route_params *rp);
-    /* Counting sort of the n*K (token, slot) assignments by expert, stable in slot order s = t*K + k:
-     * off[e] .. off[e+1] (off: [E+1], device) is expert e's range in the sorted order; order[r] = the slot s
-     * at sorted position r; where[s] = r (the inverse). counts[e] = off[e+1] - off[e]. */
+    /* Counting sort of the n*K (row, slot) assignments by expert, stable in slot order s = r*K + k; slots
+     * with idx outside [0, E) (-1: an expert-parallel row's empty slot) are left out:
+     * off[e] .. off[e+1] (off: [E+1], device) is expert e's range in the sorted order (off[E] = the valid
+     * slots); order[r] = the slot at sorted position r; where[s] = its position, or -1 when left out. */
     void (*moe_bucket)(int32_t *off, int32_t *order, int32_t *where, const int32_t *idx, int n, int K, int E);
     /* Dispatch gather: dst[r, :] = src[order[r] / K, :] for r < m. */
     void (*moe_gather)(float *dst, const float *src, const int32_t *order, int m, int K, int d);
-    /* Gather backward: dsrc[t, :] += Σ_k ddst[where[t*K + k], :] for t < n (deterministic per token). */
+    /* Gather backward: dsrc[t, :] += Σ_k ddst[where[t*K + k], :] over slots with where >= 0, for t < n
+     * (deterministic per row). */
     void (*moe_gather_bwd)(float *dsrc, const float *ddst, const int32_t *where, int n, int K, int d);
-    /* Combine: y[t, :] += Σ_k w[t*K+k] * ye[where[t*K + k], :] for t < n. */
+    /* Combine: y[t, :] += Σ_k w[t*K+k] * ye[where[t*K + k], :] over slots with where >= 0, for t < n. */
     void (*moe_combine)(float *y, const float *ye, const float *w, const int32_t *where, int n, int K, int d);
     /* x[r, :] *= w[order[r]] for r < m (the routing weight of each dispatched row). */
     void (*moe_scale_rows)(float *x, const float *w, const int32_t *order, int m, int d);

@@ -115,13 +115,15 @@ field() { jq -c ".$1"; }
     [[ "$output" == *"--mtp: the checkpoint has no MTP module"* ]]
 }
 
-@test "--ids without a tokenizer: id lines out; checkpoints as a stream on stdin and in bf16" {
+@test "--ids without a tokenizer: id lines out; checkpoints as a stream (stdin, file) and in bf16" {
     run gen -m "$T/plain" --ids --max-new 5 --temperature 0 -q <<<"0 5 9 13"
     [ "$status" -eq 0 ]
     [[ "$output" =~ ^[0-9]+\ [0-9]+\ [0-9]+\ [0-9]+\ [0-9]+$ ]]
     a=$(gen -m "$T/ck" --prompt "The license" --max-new 8 --temperature 0 --jsonl -q | jq -c .tokens)
     b=$(gen -m - --prompt "The license" --max-new 8 --temperature 0 --jsonl -q <"$T/ck.safetensors" | jq -c .tokens)
+    c=$(gen -m "$T/ck.safetensors" --prompt "The license" --max-new 8 --temperature 0 --jsonl -q | jq -c .tokens)
     [ "$a" = "$b" ]
+    [ "$a" = "$c" ]
     run gen -m "$T/bf16" --prompt "The license" --max-new 4 --jsonl -q
     [ "$status" -eq 0 ]
 }
@@ -168,9 +170,13 @@ field() { jq -c ".$1"; }
     run gen -m "$T/ck" -q <<<'{"prompt": 3}'
     [[ "$output" == *"stdin: line 1: \"prompt\" must be a string"* ]]
     run gen -m "$T/ck" -q <<<'{"answer": "x"}'
-    [[ "$output" == *"line 1: needs exactly one of \"prompt\", \"text\" or \"messages\""* ]]
+    [[ "$output" == *"line 1: needs exactly one of \"prompt\" or \"messages\""* ]]
     run gen -m "$T/ck" -q <<<'{"messages": [{"role": "robot", "content": "x"}]}'
-    [[ "$output" == *"messages[0]: \"role\" must be \"system\", \"user\" or \"assistant\""* ]]
+    [[ "$output" == *"messages[0].role: must be \"system\", \"user\" or \"assistant\""* ]]
+    run gen -m "$T/ck" -q <<<'{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}'
+    [[ "$output" == *"stdin: line 1: "*"user"* ]]
+    run gen -m "$T/ck" -q --score <<<'{"text": 5}'
+    [[ "$output" == *"stdin: line 1: \"text\" must be a string"* ]]
     run gen -m "$T/ck" -q <<<'{"messages": []}'
     [[ "$output" == *"\"messages\" must be a non-empty array"* ]]
     run gen -m "$T/plain" --ids -q <<<'1 2 x'

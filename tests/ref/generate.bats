@@ -15,6 +15,8 @@ setup_file() {
     $mk --out "$T/yarn" --seed 4 --set 'rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}'
     # (transformers' DeepSeek-V3 always routes with sigmoid scores and groups: only q_proj varies here)
     $mk --out "$T/noq" --seed 5 --set q_lora_rank=null --set n_group=2 --set topk_group=1
+    # a model transformers initialised and saved itself (save_pretrained)
+    "$DS_PY" "$DS_ROOT/tests/ref/generate_ref.py" save "$DS_ROOT/share/configs/tiny.json" "$T/hf" 0.1
     # inputs: short, long (past the YaRN original length), BOS-led
     printf '0 5 9 13 77 100 200 3 4 5 6 7\n1 2 3\n' >"$T/ids.txt"
     seq 2 7 300 | tr '\n' ' ' >>"$T/ids.txt"
@@ -24,7 +26,7 @@ setup_file() {
         --ignore-eos <"$T/ids.txt" >"$T/sampled.jsonl"
     # one transformers process scores everything
     {
-        for ck in plain yarn noq; do sed "s|^|$T/$ck\t|" "$T/ids.txt"; done
+        for ck in plain yarn noq hf; do sed "s|^|$T/$ck\t|" "$T/ids.txt"; done
         jq -r '.tokens | map(tostring) | join(" ")' "$T/sampled.jsonl" >"$T/completions.txt"
         while read -r p && read -r c <&3; do printf '%s\t%s %s\n' "$T/plain" "$p" "$c"; done \
             <"$T/ids.txt" 3<"$T/completions.txt"
@@ -48,9 +50,9 @@ print(worst)
 EOF
 }
 
-@test "--score --ids equals transformers: plain RoPE, YaRN, no query compression" {
+@test "--score --ids equals transformers: plain RoPE, YaRN, no query compression, saved by transformers" {
     i=0
-    for ck in plain yarn noq; do
+    for ck in plain yarn noq hf; do
         "$DS_BIN/ds-generate" -m "$T/$ck" --score --ids -q <"$T/ids.txt" >"$T/ours_$ck.jsonl"
         sed -n "$((i * 3 + 1)),$((i * 3 + 3))p" "$T/ref_score.jsonl" >"$T/ref_$ck.jsonl"
         d=$(maxdiff "$T/ours_$ck.jsonl" "$T/ref_$ck.jsonl")

@@ -6,6 +6,8 @@
                                                        without CKPT each line is "CKPT<TAB>ids" (models
                                                        are loaded once and kept)
   generate_ref.py greedy CKPT N         < id lines  -> N greedily generated ids per input (no EOS stop)
+  generate_ref.py save CONFIG OUT [STD] a random DeepseekV3ForCausalLM (transformers' own init, weights std STD,
+                                        default the config's initializer_range) saved with save_pretrained
   generate_ref.py bench CKPT P N B      prefill/decode timing of model.generate: B random prompts of P
                                         tokens, N new tokens, greedy; prints one JSON line
 
@@ -66,6 +68,23 @@ def greedy(path, n):
             print(" ".join(str(t) for t in y[0, len(ids):].tolist()), flush=True)
 
 
+def save(config, out, std=None):
+    import json as _json
+
+    from transformers import DeepseekV3Config
+
+    cfg = _json.load(open(config))
+    if std:
+        cfg["initializer_range"] = float(std)
+    torch.manual_seed(0)
+    m = DeepseekV3ForCausalLM(DeepseekV3Config(**cfg))
+    with torch.no_grad():  # random expert biases, so the bias path is exercised
+        for name, buf in m.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(0.05 * torch.randn_like(buf))
+    m.save_pretrained(out)
+
+
 def bench(path, p, n, b):
     m = load(path)
     V = m.config.vocab_size
@@ -93,6 +112,8 @@ if __name__ == "__main__":
         score(sys.argv[2] if len(sys.argv) > 2 else None)
     elif cmd == "greedy":
         greedy(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "save":
+        save(*sys.argv[2:5])
     elif cmd == "bench":
         bench(sys.argv[2], *map(int, sys.argv[3:6]))
     else:

@@ -20,6 +20,9 @@ parity() { # variant
 @test "one group, top-3 of 6 experts, two shared, 2 dense layers, YaRN as V3 (s = 40), two MTP modules" {
     parity wide-v3-yarn
 }
+@test "V2-style routing (softmax, groups by best score, no bias, no renormalisation) against DeepseekV2ForCausalLM" {
+    parity v2-softmax
+}
 @test "YaRN with mscale only: DeepSeek's cos/sin factor, where transformers differs" {
     parity yarn-mscale-only
     [[ "$output" == *"transformers' own YaRN factor differs"* ]]

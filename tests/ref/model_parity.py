@@ -19,6 +19,7 @@ outputs, following spec sections 5.2 and 6 (decisions in docs/DESIGN.md). Where 
 from DeepSeek (YaRN with only one of mscale / mscale_all_dim), the variant checks that we follow
 DeepSeek and that transformers as-is differs.
 """
+import json
 import math
 import os
 import subprocess
@@ -26,7 +27,7 @@ import sys
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
 from transformers.modeling_layers import MtpModel
 
 torch.set_num_threads(2)
@@ -49,7 +50,12 @@ def yarn(factor, orig, mscale=None, mscale_all_dim=None):
 
 
 # name: (config overrides, MTP depth, balance alpha, DeepSeek's cos/sin factor where transformers differs)
+# "v2-softmax" runs DeepseekV2ForCausalLM: softmax scores, groups by their best expert, no bias, no
+# renormalisation (spec 4.2; DeepSeek-V2's routing in a V3 config: scoring_func softmax,
+# topk_method group_limited_greedy, norm_topk_prob false).
 VARIANTS = {
+    "v2-softmax": (dict(topk_method="group_limited_greedy", num_experts_per_tok=3, routed_scaling_factor=1.5,
+                        norm_topk_prob=False), 0, 0.01, None),
     "v3": (dict(), 1, 0.01, None),
     "no-q-lora-yarn": (dict(q_lora_rank=None, n_group=2, topk_group=1, rope_parameters=yarn(4.0, 16, 0.707, 0.707)),
                        1, 0.0, None),
@@ -66,11 +72,16 @@ def build(variant, seed):
     over, depth, alpha, ds_factor = VARIANTS[variant]
     kw = dict(BASE)
     kw.update(over)
-    kw["num_mtp_layers"] = depth
-    cfg = DeepseekV3Config(**kw)
+    v2 = variant.startswith("v2")
+    if v2:
+        kw.pop("tie_word_embeddings")
+        cfg = DeepseekV2Config(**kw)
+    else:
+        kw["num_mtp_layers"] = depth
+        cfg = DeepseekV3Config(**kw)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
-    model = DeepseekV3ForCausalLM(cfg).float().eval()
+    model = (DeepseekV2ForCausalLM if v2 else DeepseekV3ForCausalLM)(cfg).float().eval()
     mtp = MtpModel(model, depth).float().eval() if depth else None
     gen = torch.Generator().manual_seed(seed + 1)
 
@@ -107,7 +118,8 @@ def reference(model, mtp, depth, alpha, tok, tgt, cm, cmtp):
         routers.append(out)  # (router_logits, topk_weights, topk_indices)
 
     hooks = [m.register_forward_hook(hook) for m in list(model.modules()) + (list(mtp.modules()) if mtp else [])
-             if type(m).__name__ == "DeepseekV3TopkRouter"]
+             if type(m).__name__ in ("DeepseekV3TopkRouter", "DeepseekV2TopkRouter")]
+    softmax = type(model).__name__.startswith("DeepseekV2")
     B, T = tok.shape
     h = model.model(input_ids=tok).last_hidden_state  # after the final norm
     logits = model.lm_head(h).float()
@@ -136,8 +148,11 @@ def reference(model, mtp, depth, alpha, tok, tgt, cm, cmtp):
     bal = torch.zeros(())
     for (logits_r, _, idx), (b, t) in zip(routers, shapes):
         E, K = logits_r.shape[-1], idx.shape[-1]
-        s = torch.sigmoid(logits_r.float()).view(b, t, E)
-        sn = s / s.sum(-1, keepdim=True)
+        if softmax:  # the scores are a distribution already
+            sn = torch.softmax(logits_r.float(), -1).view(b, t, E)
+        else:
+            s = torch.sigmoid(logits_r.float()).view(b, t, E)
+            sn = s / s.sum(-1, keepdim=True)
         counts = torch.zeros(b, E).scatter_add_(1, idx.view(b, t * K), torch.ones(b, t * K))
         f = counts * E / (K * t)
         bal = bal + alpha * (f * sn.mean(1)).sum(-1).mean()
@@ -181,6 +196,14 @@ def grads_by_name(model, mtp, L, depth):
 
 def save_checkpoint(d, model, mtp, L, depth):
     model.save_pretrained(d, safe_serialization=True)
+    if type(model).__name__.startswith("DeepseekV2"):
+        # a V2 config.json lacks the V3 keys that name its routing; add them (and no MTP)
+        cp = os.path.join(d, "config.json")
+        with open(cp) as f:
+            c = json.load(f)
+        c.update(scoring_func="softmax", num_nextn_predict_layers=0)
+        with open(cp, "w") as f:
+            json.dump(c, f, indent=2)
     path = os.path.join(d, "model.safetensors")
     sd = load_file(path)
     for j in range(depth):

@@ -100,6 +100,52 @@ TEST(counts_by_hand_tiny) {
     ds_config_free(&c);
 }
 
+TEST(counts_match_a_layer_by_layer_sum) {
+    /* the closed form for dense/MoE layer counts against ds_cfg_is_moe_layer, layer by layer */
+    int ok = 1, cases = 0;
+    for (int freq = 1; freq <= 4; freq++)
+        for (int k = 0; k <= 5; k++)
+            for (int L = 1; L <= 9; L++)
+                for (int E = 0; E <= 8; E += 8) {
+                    if (k > L) continue;
+                    char json[400];
+                    snprintf(json, sizeof json,
+                             "{\"vocab_size\":50,\"hidden_size\":8,\"num_hidden_layers\":%d,\"first_k_dense_replace\":%d,"
+                             "\"moe_layer_freq\":%d,\"n_routed_experts\":%d,\"num_experts_per_tok\":2,\"n_group\":1,"
+                             "\"topk_group\":1,\"num_attention_heads\":2,\"num_key_value_heads\":2,\"q_lora_rank\":4,"
+                             "\"kv_lora_rank\":4,\"qk_nope_head_dim\":2,\"qk_rope_head_dim\":2,\"v_head_dim\":2,"
+                             "\"intermediate_size\":6,\"moe_intermediate_size\":3,\"num_nextn_predict_layers\":2}",
+                             L, k, freq, E);
+                    ds_config c;
+                    if (parse(&c, json)) {
+                        ok = 0;
+                        printf("# %s\n", ds_errmsg());
+                        continue;
+                    }
+                    ds_param_counts p;
+                    ds_config_counts(&c, &p);
+                    int64_t moe_active = (2 + c.n_shared_experts) * p.expert + p.router;
+                    int64_t total = p.embedding + p.head + 8, active = total, mtp = 0;
+                    for (int l = 0; l < L + 2; l++) {
+                        int moe = ds_cfg_is_moe_layer(&c, l);
+                        int64_t common = p.attention_per_layer + p.layer_norms;
+                        if (l >= L) {
+                            mtp += 3 * 8 + 8 * 16 + common + (moe ? p.moe_layer : p.dense_ffn_per_layer);
+                            continue;
+                        }
+                        total += common + (moe ? p.moe_layer : p.dense_ffn_per_layer);
+                        active += common + (moe ? moe_active : p.dense_ffn_per_layer);
+                    }
+                    ok &= p.total == total && p.activated == active && p.mtp == mtp;
+                    cases++;
+                    ds_config_free(&c);
+                }
+    CHECK(ok, "closed-form counts equal the per-layer sums in %d configs", cases);
+    ds_config c;
+    CHECK(parse(&c, "{\"num_hidden_layers\":529529280}") == 0, "half a billion layers count instantly");
+    ds_config_free(&c);
+}
+
 TEST(defaults_for_absent_keys) {
     ds_config c;
     int rc = parse(&c, "{}");

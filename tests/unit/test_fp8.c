@@ -14,6 +14,7 @@
 #include "fp8/fp8.h"
 #include "fp8/gemm.h"
 #include "fp8/linear.h"
+#include "ops/ops.h"
 #include "fp8/quant.h"
 
 #include <math.h>
@@ -849,6 +850,15 @@ TEST(linear_gemm_layouts) {
     ds_fp8_train_set(&o);
     CHECK(memcmp(dwn, dw, OUT * IN * 4) && rel_fro(dwn, dwf, OUT * IN) < 0.06, "cache_input_fp8 = 0 differs, error %.4f",
           rel_fro(dwn, dwf, OUT * IN));
+    /* the backend table: the CPU's, with the three GEMMs replaced */
+    ds_ops fo;
+    ds_fp8_linear_ops(&fo, ds_ops_cpu());
+    float *yo = malloc(T * OUT * 4);
+    fo.gemm(0, 1, T, OUT, IN, 1, x, IN, w, IN, 0, yo, OUT);
+    CHECK(!memcmp(yo, yref, T * OUT * 4) && fo.gemm_rows == ds_fp8_linear_gemm_rows &&
+              fo.gemm_wgrad == ds_fp8_linear_gemm_wgrad && fo.attn_fwd == ds_ops_cpu()->attn_fwd,
+          "ds_fp8_linear_ops: FP8 GEMMs, the rest of the CPU backend");
+    free(yo);
     CHECK(ds_fp8_linear_status() == 0, "no sticky error");
     free(x), free(w), free(dy), free(y), free(yref), free(xq), free(wq), free(xs), free(wsc), free(f), free(xw), free(c);
     free(dx), free(dxf), free(dw), free(dwf), free(wg), free(yg), free(y1), free(dwg), free(dw1), free(dwn);

@@ -6,6 +6,7 @@
 #include "core/err.h"
 #include "core/rng.h"
 #include "model/internal.h"
+#include "model/moe.h"
 #include "model_fixture.h"
 
 #include <math.h>
@@ -101,10 +102,10 @@ static size_t routing_snapshot(ds_model *m, int32_t *dst) {
 static double gradcheck(ds_model *m, batch_t *t, double h, double tol, const char *what) {
     int rc, np, depth = ds_model_mtp_depth(m);
     double L0 = loss_of(m, t, &rc);
-    CHECK(rc == 0 && isfinite(L0), "%s: forward (%s)", what, ds_errmsg());
+    CHECK(rc == 0 && isfinite(L0), "%s: forward%s%s", what, rc ? ": " : "", rc ? ds_errmsg() : "");
     ds_model_zero_grad(m);
     rc = ds_model_backward(m, &t->b, t->cm, depth ? t->cmtp : NULL);
-    CHECK(rc == 0, "%s: backward (%s)", what, ds_errmsg());
+    CHECK(rc == 0, "%s: backward%s%s", what, rc ? ": " : "", rc ? ds_errmsg() : "");
     size_t nr = routing_snapshot(m, NULL);
     int32_t *r0 = malloc(sizeof(int32_t) * (nr + 1)), *r1 = malloc(sizeof(int32_t) * (nr + 1));
     routing_snapshot(m, r0);
@@ -169,7 +170,7 @@ static ds_model *make(const ds_config *c, int B, int T, int recompute, double al
     ds_model_opts o = {.max_batch = B, .max_seq = T, .train = 1, .recompute = recompute, .balance_alpha = alpha};
     ds_model *m = NULL;
     int rc = ds_model_create(&m, c, &o);
-    CHECK(rc == 0, "create (%s)", ds_errmsg());
+    CHECK(rc == 0, "create%s%s", rc ? ": " : "", rc ? ds_errmsg() : "");
     return m;
 }
 
@@ -336,6 +337,47 @@ TEST(smaller_batch_layout) {
     batch_free(&t);
     ds_model_free(a);
     ds_model_free(b);
+}
+
+/* Expert parallelism's seam (moe.h): experts split over two "ranks", each seeing only its own expert
+ * ids (-1 elsewhere), give the outputs and gradients of all experts at once. */
+TEST(experts_split_like_expert_parallelism) {
+    ds_config c;
+    fixture_tiny(&c);
+    ds_model *m = make(&c, 1, 16, 1, 0);
+    if (!m) return;
+    init_generic(m, 8);
+    int n = 16, K = 2, D = c.hidden_size, E = 8, l = 1;
+    float *x = malloc(sizeof(float) * n * D), *dy = malloc(sizeof(float) * n * D), w[32];
+    ds_randn_fill(x, (size_t)n * D, 1, 1, 1.0f);
+    ds_randn_fill(dy, (size_t)n * D, 1, 2, 1.0f);
+    ds_randn_fill(w, 32, 1, 3, 1.0f);
+    int32_t idx[32], ia[32], ib[32];
+    for (int r = 0; r < n; r++) idx[r * K] = (r * 5) % E, idx[r * K + 1] = (r * 5 + 1 + r % 3) % E;
+    for (int s = 0; s < n * K; s++) ia[s] = idx[s] < 4 ? idx[s] : -1, ib[s] = idx[s] >= 4 ? idx[s] - 4 : -1;
+    size_t P = ds_model_num_params(m), nD = (size_t)n * D;
+    float *y = calloc(nD, 4), *dx = calloc(nD, 4), dw[32], *g = malloc(4 * P);
+    float *y2 = calloc(nD, 4), *dx2 = calloc(nD, 4), dwa[32], dwb[32];
+    int32_t load[8], la[4], lb[4];
+    ds_model_zero_grad(m);
+    CHECK(!ds_moe_experts_fwd(m, l, 0, E, x, idx, w, n, y, load), "all experts");
+    ds_moe_experts_bwd(m, l, 0, E, x, idx, w, n, dy, dx, dw);
+    memcpy(g, ds_model_grads(m), 4 * P);
+    ds_model_zero_grad(m);
+    CHECK(!ds_moe_experts_fwd(m, l, 0, 4, x, ia, w, n, y2, la), "rank 0: experts 0-3");
+    ds_moe_experts_bwd(m, l, 0, 4, x, ia, w, n, dy, dx2, dwa);
+    CHECK(!ds_moe_experts_fwd(m, l, 4, 4, x, ib, w, n, y2, lb), "rank 1: experts 4-7");
+    ds_moe_experts_bwd(m, l, 4, 4, x, ib, w, n, dy, dx2, dwb);
+    double ey = 0, ex = 0, ew = 0, eg = 0;
+    for (size_t i = 0; i < nD; i++) ey = fmax(ey, fabs(y[i] - y2[i])), ex = fmax(ex, fabs(dx[i] - dx2[i]));
+    for (int s = 0; s < n * K; s++) ew = fmax(ew, fabs(dw[s] - (idx[s] < 4 ? dwa[s] : dwb[s])));
+    for (size_t i = 0; i < P; i++) eg = fmax(eg, fabs(g[i] - ds_model_grads(m)[i]));
+    int lok = 1;
+    for (int e = 0; e < 4; e++) lok &= load[e] == la[e] && load[4 + e] == lb[e];
+    CHECK(ey < 1e-5 && ex < 1e-5 && ew < 1e-5 && eg < 1e-5 && lok,
+          "split = whole: y %.1e, dx %.1e, dw %.1e, weight grads %.1e, loads", ey, ex, ew, eg);
+    free(x), free(dy), free(y), free(dx), free(g), free(y2), free(dx2);
+    ds_model_free(m);
 }
 
 /* The V3 shape: plans memory and counts parameters without allocating them. */

@@ -578,6 +578,19 @@ TEST(dispatch_and_combine) {
         for (int r = off[e]; r < off[e + 1]; r++) ok &= idx[order[r]] == e && (r == off[e] || order[r] > order[r - 1]);
     for (int s = 0; s < m; s++) ok &= order[where[s]] == s;
     CHECK(ok, "counting sort: expert ranges, stable order, inverse");
+    /* slots routed elsewhere (-1) are left out of the sort, the gather backward and the combine */
+    int32_t part[14], poff[5], porder[14], pwhere[14];
+    for (int s = 0; s < m; s++) part[s] = idx[s] < 2 ? idx[s] : -1;
+    O->moe_bucket(poff, porder, pwhere, part, n, K, E);
+    ok = poff[2] == 7 && poff[4] == 7;
+    for (int s = 0; s < m; s++) ok &= part[s] < 0 ? pwhere[s] == -1 : porder[pwhere[s]] == s;
+    float pw[14], py[35] = {0}, pye[35], pdx[35] = {0};
+    for (int i = 0; i < 14; i++) pw[i] = 1.0f;
+    for (int i = 0; i < 35; i++) pye[i] = 1.0f;
+    O->moe_combine(py, pye, pw, pwhere, n, K, d);
+    O->moe_gather_bwd(pdx, pye, pwhere, n, K, d);
+    for (int t = 0; t < n; t++) ok &= py[t * d] == (float)((part[2 * t] >= 0) + (part[2 * t + 1] >= 0)) && pdx[t * d] == py[t * d];
+    CHECK(ok, "empty slots (-1) are skipped");
     float *x = randv(n * d, 25, 1), *xg = malloc(sizeof(float) * m * d), *w = randv(m, 26, 1);
     O->moe_gather(xg, x, order, m, K, d);
     ok = 1;

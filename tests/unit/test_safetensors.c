@@ -11,6 +11,7 @@
 
 #include <dirent.h>
 #include <jansson.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -245,18 +246,21 @@ TEST(read_as_float32) {
 }
 
 TEST(large_tensor_conversion_is_thread_count_independent) {
-    enum { N = (1 << 20) + 12345 };
-    uint16_t *bf = malloc(N * 2);
-    float *a = malloc(N * 4), *b = malloc(N * 4);
-    fill(bf, N * 2, 99);
-    ds_st_tensor t = {.name = "x", .dtype = DS_BF16, .ndim = 1, .shape = {N}, .numel = N, .nbytes = N * 2, .data = bf};
-    CHECK(ds_st_read_f32(&t, a, "mem") == 0, "converted");
-    int ok = 1;
-    for (int i = 0; i < N; i++) {
+    enum { N = (1 << 24) + 12345 }; /* above the size where conversion goes parallel */
+    uint16_t *bf = malloc((size_t)N * 2);
+    float *a = malloc((size_t)N * 4), *b = malloc((size_t)N * 4);
+    fill(bf, (size_t)N * 2, 99);
+    ds_st_tensor t = {.name = "x", .dtype = DS_BF16, .ndim = 1, .shape = {N}, .numel = N, .nbytes = (uint64_t)N * 2, .data = bf};
+    omp_set_num_threads(1);
+    CHECK(ds_st_read_f32(&t, a, "mem") == 0, "converted with 1 thread");
+    omp_set_num_threads(2);
+    CHECK(ds_st_read_f32(&t, b, "mem") == 0, "converted with 2 threads");
+    int ok = !memcmp(a, b, (size_t)N * 4);
+    for (int i = 0; ok && i < N; i++) {
         float r = ds_bf16_to_f32(bf[i]);
-        ok &= !memcmp(&r, &a[i], 4);
+        ok = !memcmp(&r, &a[i], 4);
     }
-    CHECK(ok, "every element equals the scalar conversion (bitwise, NaNs included)");
+    CHECK(ok, "every element equals the scalar conversion (bitwise, NaNs included), whatever the thread count");
     free(bf);
     free(a);
     free(b);

@@ -1,0 +1,30 @@
+/* moe.h — the routed experts of a MoE layer as a function of rows: the seam for expert parallelism.
+ *
+ * Owns: the contract between a MoE layer's routing and its experts. A MoE layer (spec 4) is
+ *   route (layer.h ds_moe_route) -> dispatch -> experts -> combine -> + shared experts.
+ * Locally the rows are the tokens and each carries its K routed (expert, weight) pairs. With expert
+ * parallelism a dispatch (lib/dist/ep.h) delivers a token once to every rank owning one of its experts,
+ * as a row carrying K pairs (the rank's local expert ids, -1 for slots routed elsewhere); the functions
+ * below run unchanged on those rows, and the EP combine sums each token's returned rows. The backward
+ * mirrors it: the EP combine's backward sends dy to the rows' ranks, ds_moe_experts_bwd returns dx per
+ * row and dw per (row, slot), and the dispatch's backward sums dx per token and returns dw to the router.
+ */
+#ifndef DS_MODEL_MOE_H
+#define DS_MODEL_MOE_H
+
+#include <stdint.h>
+
+#include "model/model.h"
+
+/* y[r, :] += Σ_k w[r*K+k] · Expert_{e0 + idx[r*K+k]}(x[r, :]) for rows r < rows, over the slots with
+ * 0 <= idx < ne (SwiGLU experts of layer l, spec 4.3; K = num_experts_per_tok). x, y: [rows, D]. Keeps in
+ * layer l's training record what ds_moe_experts_bwd needs (rows <= the batch's tokens). The expert row
+ * counts come to the host (a synchronization point) for the grouped GEMMs; *load (may be NULL) gets them. */
+int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const int32_t *idx, const float *w,
+                       int rows, float *y, int32_t *load);
+/* Backward of layer l's last ds_moe_experts_fwd (same x, idx, w): dx [rows, D] accumulated, dw [rows, K]
+ * written (0 for empty slots), the experts' weight gradients accumulated. */
+void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, const int32_t *idx, const float *w,
+                        int rows, const float *dy, float *dx, float *dw);
+
+#endif
