@@ -18,7 +18,9 @@
 #include <string.h>
 
 typedef struct {
-    const char *model, *config, *out, *resume, *metrics, *plot, *lr_sched, *lens, *depths, *png;
+    const char *model, *config, *out, *resume, *metrics, *plot, *lr_sched, *lens, *depths, *png, *tokenizer;
+    double lv[16], dv[16]; /* parsed --eval-lengths / --eval-depths */
+    int nl, nd;
     ds_strlist data;
     ds_extend_opts eo;
     int64_t steps, seed;
@@ -27,7 +29,11 @@ typedef struct {
     double lr, wd, clip, val_frac;
 } args;
 
-static int edit_config(void *ctx, ds_config *c) { return ds_extend_config(c, &((args *)ctx)->eo); }
+static int edit_config(void *ctx, ds_config *c) {
+    const args *a = ctx;
+    if (a->eval_only && a->eo.factor == 0 && !c->rope_scaling.enabled) return 0; /* evaluate as it is */
+    return ds_extend_config(c, &a->eo);
+}
 
 static int print_rope(const ds_config *c) {
     char *cfg = NULL;
@@ -78,30 +84,39 @@ static int evaluate(const args *a, ds_session *s, ds_token_reader *rd, int have_
     if (!s->tokenizer_json) ds_warn("no tokenizer in the checkpoint: passkey retrieval skipped");
     else rc = ds_tok_from_json(&tok, s->tokenizer_json, s->tokenizer_len, "tokenizer.json");
     if (!rc && tok) {
-        double lv[16], dv[16];
-        int lens[16], nl = 0, nd = 0;
+        double lv[16];
+        int lens[16], nl = a->nl;
         const int L0 = s->cfg.rope_scaling.enabled ? s->cfg.rope_scaling.original_max_position_embeddings : a->seq_len;
-        if (a->lens) {
-            rc = parse_list(a->lens, lv, &nl, 16, 1, "--eval-lengths");
+        if (nl) {
+            memcpy(lv, a->lv, sizeof lv);
         } else { /* the original length doubled up to the training length */
             for (double L = L0 < a->seq_len ? L0 : a->seq_len; L <= a->seq_len && nl < 8; L *= 2) lv[nl++] = L;
             if (lv[nl - 1] != a->seq_len) lv[nl++] = a->seq_len;
         }
-        if (!rc) rc = parse_list(a->depths, dv, &nd, 16, 0, "--eval-depths");
-        for (int i = 0; !rc && i < nl; i++) lens[i] = (int)lv[i];
         ds_passkey *p = NULL;
         ds_passkey_grid g;
         const int64_t bos = s->cfg.bos_token_id;
         if (!rc) rc = ds_passkey_prepare(&p, tok, &ds_passkey_default_text, bos);
-        ds_passkey_opts po = {.lengths = lens, .n_lengths = nl, .depths = dv, .n_depths = nd, .trials = a->trials,
+        int kept = 0;
+        for (int i = 0; !rc && i < nl; i++) {
+            if ((int)lv[i] > ds_passkey_min_len(p)) lens[kept++] = (int)lv[i];
+            else ds_warn("passkey: %d tokens cannot hold the task (%d at least): length skipped", (int)lv[i], ds_passkey_min_len(p) + 1);
+        }
+        nl = kept;
+        if (!rc && !nl) {
+            ds_passkey_free(p);
+            p = NULL;
+            ds_warn("passkey retrieval skipped: no length long enough");
+        }
+        ds_passkey_opts po = {.lengths = lens, .n_lengths = nl, .depths = a->dv, .n_depths = a->nd, .trials = a->trials,
                               .seed = (uint64_t)a->seed, .chunk = a->chunk, .progress = 1};
-        if (!rc) rc = ds_passkey_eval(&im, ds_ops_cpu(), p, &po, &g);
+        if (!rc && p) rc = ds_passkey_eval(&im, ds_ops_cpu(), p, &po, &g);
         char *table = NULL;
-        if (!rc) rc = ds_passkey_table(&g, &table);
-        if (!rc) rc = emit(table);
+        if (!rc && p) rc = ds_passkey_table(&g, &table);
+        if (!rc && p) rc = emit(table);
         free(table);
-        if (!rc && a->png) rc = ds_passkey_heatmap(&g, a->png, "passkey retrieval (greedy)");
-        if (!rc && s->have_metrics) rc = ds_passkey_metrics(&g, &s->metrics);
+        if (!rc && p && a->png) rc = ds_passkey_heatmap(&g, a->png, "passkey retrieval");
+        if (!rc && p && s->have_metrics) rc = ds_passkey_metrics(&g, &s->metrics);
         if (p && !rc) ds_passkey_grid_free(&g);
         ds_passkey_free(p);
     }
@@ -146,6 +161,7 @@ static int run(args *a) {
     ds_data_source *train = NULL, *val = NULL;
     int rc, sig = 0;
     ds_session_opts so = {.tool = "ds-extend-ctx", .model_path = a->model, .resume = a->resume, .out_dir = a->out,
+                          .tokenizer_path = a->tokenizer,
                           .metrics_path = a->metrics, .plot_path = a->plot, .device = "cpu",
                           .micro_batch = a->eval_only ? 1 : a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed,
                           .edit_config = edit_config, .edit_ctx = a};
@@ -155,6 +171,9 @@ static int run(args *a) {
         ds_info("yarn    factor %g, original %d, beta %g/%g, mscale %g/%g: max_position_embeddings %d", y->factor,
                 y->original_max_position_embeddings, y->beta_fast, y->beta_slow, y->mscale, y->mscale_all_dim,
                 s.cfg.max_position_embeddings);
+    if (!a->eval_only && y->enabled && a->seq_len <= y->original_max_position_embeddings)
+        ds_warn("--seq-len %d is within the original context of %d tokens: this phase trains no longer sequences "
+                "(set --original-len to the pre-training length)", a->seq_len, y->original_max_position_embeddings);
     if (a->data.n && (rc = ds_shards_load(&rd, &di, a->data.v, a->data.n, s.cfg.vocab_size))) goto done;
     if (!a->eval_only) {
         ds_packed_opts po = {.seq_len = a->seq_len, .seed = (uint64_t)a->seed, .val_frac = a->val_frac, .eos = (int32_t)di.eos_id};
@@ -219,6 +238,7 @@ int main(int argc, char **argv) {
         {"beta-slow", 0, DS_OPT_FLOAT, &a.eo.beta_slow, "B", "YaRN beta_slow (0: keep, else 1)", 0, 0, 0},
         {"mscale", 0, DS_OPT_FLOAT, &a.eo.mscale, "C", "rope_scaling.mscale (<0: keep, else 1.0 as V3)", 0, 0, 0},
         {"mscale-all-dim", 0, DS_OPT_FLOAT, &a.eo.mscale_all_dim, "C", "rope_scaling.mscale_all_dim (<0: keep, else 1.0 as V3)", 0, 0, 0},
+        {"tokenizer", 0, DS_OPT_STR, &a.tokenizer, "FILE", "tokenizer.json (default: the checkpoint's); passkey retrieval needs one", 0, 0, 0},
         {"config", 0, DS_OPT_STR, &a.config, "FILE", "a config.json instead of a checkpoint (with --print-rope)", 0, 0, 0},
         {"print-rope", 0, DS_OPT_FLAG, &a.print_rope, NULL, "print the extended config and its RoPE tables as JSON and exit", 0, 0, 0},
         {"eval-only", 0, DS_OPT_FLAG, &a.eval_only, NULL, "no training: evaluate -m (with --factor: under YaRN, untrained)", 0, 0, 0},
@@ -288,6 +308,12 @@ int main(int argc, char **argv) {
         if (ds_is_stdio(a.out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
         if (!a.steps) return ds_usage_error("--steps is required");
     }
+    if (a.lens && (rc = parse_list(a.lens, a.lv, &a.nl, 16, 1, "--eval-lengths"))) return ds_usage_error("%s", ds_errmsg());
+    if ((rc = parse_list(a.depths, a.dv, &a.nd, 16, 0, "--eval-depths"))) return ds_usage_error("%s", ds_errmsg());
+    for (int i = 0; i < a.nl; i++)
+        if (!(a.lv[i] >= 2 && a.lv[i] <= 1 << 30)) return ds_usage_error("--eval-lengths: %g is not a length", a.lv[i]);
+    for (int i = 0; i < a.nd; i++)
+        if (!(a.dv[i] >= 0 && a.dv[i] <= 1)) return ds_usage_error("--eval-depths: %g is outside [0, 1]", a.dv[i]);
     if (!a.micro) a.micro = a.batch;
     if (a.batch % a.micro) return ds_usage_error("--batch %d is not a multiple of --micro-batch %d", a.batch, a.micro);
     rc = run(&a);

@@ -257,6 +257,19 @@ static int on_answer(void *ctx, int i, const float *z) {
     return 0;
 }
 
+int ds_passkey_check(const ds_infer_model *m, const ds_ops *ops, const int32_t *tokens, int n, int answer_start, int chunk,
+                     int *right, double *logp) {
+    if (answer_start < 1 || answer_start >= n) return ds_fail(DS_ERR, "passkey: answer at %d of %d tokens", answer_start, n);
+    runner r;
+    int rc = runner_init(&r, m, ops, n, chunk, n - answer_start);
+    answer_ctx a = {.tok = tokens, .V = r.V, .all_right = 1};
+    if (!rc) rc = runner_pass(&r, tokens, n, answer_start - 1, n - 1, n - answer_start, on_answer, &a);
+    runner_free(&r);
+    *right = a.all_right;
+    *logp = a.logp / (n - answer_start);
+    return rc;
+}
+
 void ds_passkey_grid_free(ds_passkey_grid *g) {
     free(g->lengths), free(g->depths), free(g->accuracy), free(g->answer_logp);
     memset(g, 0, sizeof *g);

@@ -79,6 +79,11 @@ typedef struct {
 
 int ds_passkey_eval(const ds_infer_model *m, const ds_ops *ops, const ds_passkey *p, const ds_passkey_opts *o,
                     ds_passkey_grid *g);
+/* The check behind each grid cell, for any token sequence: one teacher-forced pass over tokens[0..n);
+ * *right = 1 when the argmax at every position before tokens[answer_start..n) picks that token (greedy
+ * decoding after tokens[0..answer_start) would produce exactly the answer); *logp = their mean log p. */
+int ds_passkey_check(const ds_infer_model *m, const ds_ops *ops, const int32_t *tokens, int n, int answer_start, int chunk,
+                     int *right, double *logp);
 void ds_passkey_grid_free(ds_passkey_grid *g);
 
 /* The grid as aligned text (malloc'd): one row per length, one column per depth, accuracy in percent,

@@ -1,23 +1,20 @@
-/* Unit tests for lib/infer/passkey and the context extension (lib/train/extend) on a tiny model:
- * examples of exact length with the needle where asked; the grid's answer log-probabilities equal the
- * training forward's on the same examples (chunked prefill over the latent cache included); retrieval
- * by teacher-forced argmax equals an actual greedy decode; position log-likelihood; the table and heat
- * map; and the end-to-end claim: a tiny model pretrained on passkey documents at a short length fails
- * at 4x that length, and after a YaRN extension with a short training phase at 4x it retrieves. */
+/* Unit tests for lib/infer/passkey on a tiny model: examples of exact length with the needle where
+ * asked; the grid's answer log-probabilities equal the training forward's on the same examples (chunked
+ * prefill over the latent cache included); position log-likelihood; the table and heat map. The
+ * end-to-end extension experiment (a tiny model fails beyond its training length, retrieves after an
+ * extension) takes CPU-minutes: bench/passkey_extension.sh, results in docs/DESIGN.md. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/err.h"
 #include "core/file.h"
-#include "core/log.h"
 #include "core/rng.h"
 #include "infer/passkey.h"
 #include "model/model.h"
 #include "ops/ops.h"
 #include "tap.h"
 #include "tok/train.h"
-#include "train/extend.h"
-#include "train/trainer.h"
 
 /* byte-level tokenizer: DeepSeek's specials and the 256 bytes, no merges */
 static ds_tokenizer *byte_tokenizer(void) {
@@ -219,163 +216,54 @@ TEST(grid_matches_training_forward) {
     ds_tok_free(tok);
 }
 
-/* ---- the end-to-end claim ---- */
-
-static int env_int(const char *k, int d) {
-    const char *v = getenv(k);
-    return v ? atoi(v) : d;
-}
-
-static double env_dbl(const char *k, double d) {
-    const char *v = getenv(k);
-    return v ? atof(v) : d;
-}
-
-/* the trainer's view of a ds_model */
-static int net_fwd(void *impl, const ds_batch *b, ds_fwd_out *out) { return ds_model_forward(impl, b, out); }
-static int net_bwd(void *impl, const ds_batch *b, const float *dlogp, const float *dmtp) {
-    return ds_model_backward(impl, b, dlogp, dmtp);
-}
-static void net_zero(void *impl) { ds_model_zero_grad(impl); }
-static ds_train_net net_of(ds_model *m) {
-    ds_train_net n = {.impl = m, .params = ds_model_params(m), .grads = ds_model_grads(m), .n_params = ds_model_num_params(m),
-                      .forward = net_fwd, .backward = net_bwd, .zero_grad = net_zero};
-    n.info = ds_model_params_info(m, &n.n_info);
-    return n;
-}
-
-/* rows of passkey documents: one example of seq_len + 1 tokens per row, depth uniform, a fresh key */
-typedef struct {
-    const ds_passkey *p;
-    int T, answer_only;
-    uint64_t seed, rows;
-    ds_passkey_example ex;
-} pk_source;
-
-static int pk_next(ds_data_source *s, ds_batch_buf *buf, int rows) {
-    pk_source *q = s->impl;
-    buf->has_pos = buf->has_seg = 0;
-    for (int r = 0; r < rows; r++, q->rows++) {
-        ds_rng g;
-        ds_rng_init(&g, q->seed, 0x5eed00 + q->rows);
-        DS_TRY(ds_passkey_make(q->p, q->T + 1, ds_rng_uniform(&g), q->seed, q->rows, &q->ex));
-        int32_t *tk = buf->tokens + (size_t)buf->rows * q->T, *tg = buf->targets + (size_t)buf->rows * q->T;
-        memcpy(tk, q->ex.tokens, (size_t)q->T * sizeof *tk);
-        memcpy(tg, q->ex.tokens + 1, (size_t)q->T * sizeof *tg);
-        if (q->answer_only)
-            for (int t = 0; t + 1 < q->ex.answer_start; t++) tg[t] = -1;
-        buf->rows++;
-    }
-    return 0;
-}
-static int64_t pk_rows(const ds_data_source *s) { return -1; }
-static void pk_rewind(ds_data_source *s) { ((pk_source *)s->impl)->rows = 0; }
-static void pk_state_write(const ds_data_source *s, ds_jsonw *w) { ds_jsonw_int(w, (int64_t)((pk_source *)s->impl)->rows); }
-static int pk_state_read(ds_data_source *s, const void *json, const char *where) { return 0; }
-
-static int train_on_passkeys(ds_model *m, const ds_passkey *p, int T, int steps, int batch, const char *lr, double peak,
-                             uint64_t seed) {
-    pk_source q = {.p = p, .T = T, .seed = seed, .answer_only = env_int("PK_ANSWER_ONLY", 1)};
-    ds_data_source src = {.kind = "passkey", .seq_len = T, .next = pk_next, .rows_per_pass = pk_rows, .rewind = pk_rewind,
-                          .state_write = pk_state_write, .state_read = pk_state_read, .impl = &q};
-    ds_train_opts o;
-    ds_train_opts_defaults(&o);
-    o.total_steps = steps, o.seq_len = T, o.micro_batch = batch, o.seed = seed, o.log_every = 0;
-    o.adamw.weight_decay = 0.0;
-    char b[16];
-    snprintf(b, sizeof b, "%d", batch);
-    int rc = ds_sched_parse(&o.lr, lr, peak, steps, "lr");
-    if (!rc) rc = ds_sched_parse(&o.batch, b, NAN, steps, "batch");
-    if (!rc) rc = ds_sched_parse(&o.gamma, "0", NAN, steps, "gamma");
-    if (!rc) rc = ds_sched_parse(&o.lambda, "0", NAN, steps, "lambda");
-    ds_train_net net = net_of(m);
-    ds_trainer *t = NULL;
-    o.log_every = env_int("PK_LOG", 0);
-    if (!rc) rc = ds_trainer_create(&t, &o, &net, &src, NULL, &ds_loss_pretrain, NULL);
-    ds_train_end end;
-    if (!rc) rc = ds_trainer_run(t, &end);
-    if (!rc) printf("# trained %d steps at %d tokens: loss %.4f\n", steps, T, ds_trainer_last(t)->terms[0]);
-    ds_trainer_free(t);
-    ds_passkey_example_free(&q.ex);
-    return rc;
-}
-
-static double mean_row(const ds_passkey_grid *g, int i) {
-    double s = 0;
-    for (int j = 0; j < g->cols; j++) s += g->accuracy[i * g->cols + j];
-    return s / g->cols;
-}
-
-
-TEST(extension_retrieves_beyond_original_length) {
-    const int L0 = env_int("PK_L0", 64), S = env_int("PK_S", 4), L1 = L0 * S;
-    const int steps0 = env_int("PK_STEPS0", 600), steps1 = env_int("PK_STEPS1", 150);
-    const int b0 = env_int("PK_B0", 16), b1 = env_int("PK_B1", 4);
+/* greedy decoding, one token per forward over the cache, against the teacher-forced check */
+TEST(check_equals_greedy_decoding) {
     ds_tokenizer *tok = byte_tokenizer();
     ds_passkey *p;
-    ds_passkey_text tt = tiny_text;
-    tt.digits = env_int("PK_DIGITS", 5);
-    ds_passkey_prepare(&p, tok, &tt, 0);
+    ds_passkey_prepare(&p, tok, &tiny_text, 0);
     ds_config c;
-    tiny_config(&c, (int)ds_tok_vocab_size(tok), L0);
-    c.intermediate_size = env_int("PK_FFN", 64);
-    double t0 = ds_now();
-    ds_model *base = model_for(&c, b0, L0, 1, 1);
-    const size_t np = ds_model_num_params(base);
-    if (getenv("PK_LOAD")) { /* exploration: start from saved base weights */
-        FILE *f = fopen(getenv("PK_LOAD"), "rb");
-        CHECK(f && fread(ds_model_params(base), sizeof(float), np, f) == np, "load %s", getenv("PK_LOAD"));
-        if (f) fclose(f);
-    } else {
-        CHECK(base && !train_on_passkeys(base, p, L0, steps0, b0, "cosine:warmup=5%,min=10%", env_dbl("PK_LR0", 3e-3), 11),
-              "pretrain at %d: %s", L0, ds_errmsg());
-    }
-    if (getenv("PK_SAVE")) {
-        FILE *f = fopen(getenv("PK_SAVE"), "wb");
-        fwrite(ds_model_params(base), sizeof(float), np, f);
-        fclose(f);
-    }
-    double t1 = ds_now();
-    const int lens[] = {L0, L1};
-    const double depths[] = {0, 0.25, 0.5, 0.75, 1};
-    ds_passkey_opts o = {.lengths = lens, .n_lengths = 2, .depths = depths, .n_depths = 5, .trials = env_int("PK_TRIALS", 4), .seed = 2024};
+    tiny_config(&c, (int)ds_tok_vocab_size(tok), 128);
+    ds_model *m = model_for(&c, 1, 128, 0, 7);
     ds_infer_model im;
-    const float *bias[8];
-    ds_infer_model_of(base, &im, bias);
-    ds_passkey_grid g0, g1;
-    CHECK(!ds_passkey_eval(&im, ds_ops_cpu(), p, &o, &g0), "evaluate the base model: %s", ds_errmsg());
-    char *tab;
-    ds_passkey_table(&g0, &tab);
-    printf("# base model (trained at %d):\n# %s", L0, tab);
-    free(tab);
-
-    /* the extension: YaRN config, same weights, a short phase at L1 */
-    ds_config ce;
-    ds_config_copy(&ce, &c);
-    ds_extend_opts eo;
-    ds_extend_opts_defaults(&eo);
-    eo.factor = S;
-    eo.beta_fast = env_dbl("PK_BF", 0), eo.beta_slow = env_dbl("PK_BS", 0);
-    if (!env_int("PK_NOYARN", 0))
-        CHECK(!ds_extend_config(&ce, &eo) && ce.rope_scaling.enabled && ce.max_position_embeddings == L1, "extended config");
-    ds_model *ext = model_for(&ce, b1, L1, 1, 0);
-    memcpy(ds_model_params(ext), ds_model_params(base), ds_model_num_params(base) * sizeof(float));
-    double t2 = ds_now();
-    CHECK(!train_on_passkeys(ext, p, L1, steps1, b1, "cosine:warmup=0,min=10%", env_dbl("PK_LR1", 1e-3), 12), "extend to %d: %s", L1,
-          ds_errmsg());
-    double t3 = ds_now();
-    ds_infer_model_of(ext, &im, bias);
-    CHECK(!ds_passkey_eval(&im, ds_ops_cpu(), p, &o, &g1), "evaluate the extended model: %s", ds_errmsg());
-    ds_passkey_table(&g1, &tab);
-    printf("# extended model (YaRN s=%d, %d steps at %d):\n# %s", S, steps1, L1, tab);
-    free(tab);
-    printf("# times: pretrain %.1f s, extension %.1f s, evaluations %.1f s\n", t1 - t0, t3 - t2, ds_now() - t3 + t2 - t1);
-    CHECK(mean_row(&g0, 0) >= 0.9, "base model retrieves at its training length %d (%.0f%%)", L0, 100 * mean_row(&g0, 0));
-    CHECK(mean_row(&g0, 1) <= 0.3, "base model fails at %d (%.0f%%)", L1, 100 * mean_row(&g0, 1));
-    CHECK(mean_row(&g1, 1) >= 0.9, "extended model retrieves at %d (%.0f%%)", L1, 100 * mean_row(&g1, 1));
-    ds_passkey_grid_free(&g0), ds_passkey_grid_free(&g1);
-    ds_config_free(&ce);
-    ds_model_free(base), ds_model_free(ext);
+    const float *bias[4];
+    ds_infer_model_of(m, &im, bias);
+    ds_passkey_example ex = {0};
+    ds_passkey_make(p, 80, 0.5, 1, 0, &ex);
+    const int np = ex.answer_start, na = ex.n - ex.answer_start;
+    ds_infer *e;
+    ds_infer_opts io = {.max_tokens = 128, .slots = 1, .max_len = 128};
+    CHECK(!ds_infer_create(&e, &im, ds_ops_cpu(), &io), "engine: %s", ds_errmsg());
+    int32_t seq[128], slot[128] = {0}, pos[128], last = np - 1;
+    float *z = malloc((size_t)c.vocab_size * sizeof *z);
+    memcpy(seq, ex.tokens, (size_t)np * sizeof *seq);
+    for (int i = 0; i < np; i++) pos[i] = i;
+    ds_infer_step st = {.n = np, .tok = seq, .slot = slot, .pos = pos, .form = DS_ATTN_NAIVE, .n_out = 1, .out_rows = &last, .logits = z};
+    int rc = ds_infer_forward(e, &st);
+    for (int k = 0; !rc && k < na; k++) {
+        int best = 0;
+        for (int j = 1; j < c.vocab_size; j++)
+            if (z[j] > z[best]) best = j;
+        seq[np + k] = best;
+        int32_t p1 = np + k, zero = 0;
+        ds_infer_step d = {.n = 1, .tok = seq + np + k, .slot = slot, .pos = &p1, .form = DS_ATTN_ABSORBED, .n_out = 1,
+                           .out_rows = &zero, .logits = z};
+        rc = ds_infer_forward(e, &d);
+    }
+    CHECK(!rc, "greedy decode of %d tokens: %s", na, ds_errmsg());
+    int right;
+    double lp;
+    CHECK(!ds_passkey_check(&im, ds_ops_cpu(), seq, np + na, np, 0, &right, &lp) && right,
+          "the model's own greedy continuation passes the check");
+    CHECK(!ds_passkey_check(&im, ds_ops_cpu(), seq, np + na, np, 7, &right, &lp) && right, "also with chunks of 7");
+    int first_wrong = np + na / 2;
+    seq[first_wrong] = (seq[first_wrong] + 1) % c.vocab_size;
+    CHECK(!ds_passkey_check(&im, ds_ops_cpu(), seq, np + na, np, 0, &right, &lp) && !right, "one token off fails it");
+    CHECK(!ds_passkey_check(&im, ds_ops_cpu(), ex.tokens, ex.n, np, 0, &right, &lp) && !right,
+          "the true key fails on an untrained model");
+    free(z);
+    ds_infer_free(e);
+    ds_passkey_example_free(&ex);
+    ds_model_free(m);
     ds_passkey_free(p);
     ds_tok_free(tok);
 }
