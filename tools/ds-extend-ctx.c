@@ -71,86 +71,43 @@ static int parse_list(const char *s, double *v, int *count, int max, int lengths
     return n ? 0 : ds_fail(DS_EUSAGE, "%s: empty list", opt);
 }
 
-static int emit(const char *text) { return fputs(text, stdout) < 0 || fflush(stdout) ? ds_fail(DS_ERR, "write failed: <stdout>") : 0; }
 
-/* Passkey grid and log-likelihood by position on the session's model. */
+/* Passkey grid and log-likelihood by position on the session's model; the tables go to stdout. */
 static int evaluate(const args *a, ds_session *s, ds_token_reader *rd, int have_data) {
-    ds_infer_model im;
-    const float **bias = calloc((size_t)(s->cfg.num_hidden_layers + s->cfg.num_nextn_predict_layers + 1), sizeof *bias);
-    if (!bias) return ds_fail(DS_ERR, "out of memory");
-    ds_infer_model_of(s->model, &im, bias);
-    int rc = 0;
+    const ds_config *c = &s->cfg;
+    int lens[16], nl = a->nl, rc = 0;
+    for (int i = 0; i < nl; i++) lens[i] = (int)a->lv[i];
+    if (!nl) { /* the original length doubled up to the training length */
+        const int L0 = c->rope_scaling.enabled ? c->rope_scaling.original_max_position_embeddings : a->seq_len;
+        for (int L = L0 < a->seq_len ? L0 : a->seq_len; L <= a->seq_len && nl < 8; L *= 2) lens[nl++] = L;
+        if (lens[nl - 1] != a->seq_len) lens[nl++] = a->seq_len;
+    }
     ds_tokenizer *tok = NULL;
-    if (!s->tokenizer_json) ds_warn("no tokenizer in the checkpoint: passkey retrieval skipped");
-    else rc = ds_tok_from_json(&tok, s->tokenizer_json, s->tokenizer_len, "tokenizer.json");
-    if (!rc && tok) {
-        double lv[16];
-        int lens[16], nl = a->nl;
-        const int L0 = s->cfg.rope_scaling.enabled ? s->cfg.rope_scaling.original_max_position_embeddings : a->seq_len;
-        if (nl) {
-            memcpy(lv, a->lv, sizeof lv);
-        } else { /* the original length doubled up to the training length */
-            for (double L = L0 < a->seq_len ? L0 : a->seq_len; L <= a->seq_len && nl < 8; L *= 2) lv[nl++] = L;
-            if (lv[nl - 1] != a->seq_len) lv[nl++] = a->seq_len;
-        }
-        ds_passkey *p = NULL;
-        ds_passkey_grid g;
-        const int64_t bos = s->cfg.bos_token_id;
-        if (!rc) rc = ds_passkey_prepare(&p, tok, &ds_passkey_default_text, bos);
-        int kept = 0;
-        for (int i = 0; !rc && i < nl; i++) {
-            if ((int)lv[i] > ds_passkey_min_len(p)) lens[kept++] = (int)lv[i];
-            else ds_warn("passkey: %d tokens cannot hold the task (%d at least): length skipped", (int)lv[i], ds_passkey_min_len(p) + 1);
-        }
-        nl = kept;
-        if (!rc && !nl) {
-            ds_passkey_free(p);
-            p = NULL;
-            ds_warn("passkey retrieval skipped: no length long enough");
-        }
-        ds_passkey_opts po = {.lengths = lens, .n_lengths = nl, .depths = a->dv, .n_depths = a->nd, .trials = a->trials,
-                              .seed = (uint64_t)a->seed, .chunk = a->chunk, .progress = 1};
-        if (!rc && p) rc = ds_passkey_eval(&im, ds_ops_cpu(), p, &po, &g);
-        char *table = NULL;
-        if (!rc && p) rc = ds_passkey_table(&g, &table);
-        if (!rc && p) rc = emit(table);
-        free(table);
-        if (!rc && p && a->png) rc = ds_passkey_heatmap(&g, a->png, "passkey retrieval");
-        if (!rc && p && s->have_metrics) rc = ds_passkey_metrics(&g, &s->metrics);
-        if (p && !rc) ds_passkey_grid_free(&g);
-        ds_passkey_free(p);
+    if (s->tokenizer_json) rc = ds_tok_from_json(&tok, s->tokenizer_json, s->tokenizer_len, "tokenizer.json");
+    /* position log-likelihood on the data's last documents (the held-out tail) */
+    int n_docs = have_data ? a->docs : 0;
+    if (n_docs > 0 && rd->n_tokens < (int64_t)n_docs * a->seq_len) {
+        ds_warn("log-likelihood by position: the data holds fewer than %d x %d tokens; skipped", n_docs, a->seq_len);
+        n_docs = 0;
     }
+    int32_t *docs = n_docs ? malloc((size_t)n_docs * a->seq_len * sizeof *docs) : NULL;
+    if (!rc && n_docs) rc = docs ? rd->read(rd, rd->n_tokens - (int64_t)n_docs * a->seq_len, (int64_t)n_docs * a->seq_len, docs)
+                                 : ds_fail(DS_ERR, "out of memory");
+    const float **bias = calloc((size_t)(c->num_hidden_layers + c->num_nextn_predict_layers + 1), sizeof *bias);
+    if (!rc && !bias) rc = ds_fail(DS_ERR, "out of memory");
+    char *text = NULL;
+    if (!rc) {
+        ds_infer_model im;
+        ds_infer_model_of(s->model, &im, bias);
+        ds_longctx_opts o = {.lengths = lens, .n_lengths = nl, .depths = a->dv, .n_depths = a->nd, .trials = a->trials,
+                             .seed = (uint64_t)a->seed, .chunk = a->chunk, .tok = tok, .bos = c->bos_token_id, .docs = docs,
+                             .n_docs = n_docs, .doc_len = a->seq_len, .buckets = a->buckets, .png = a->png,
+                             .metrics = s->have_metrics ? &s->metrics : NULL};
+        rc = ds_longctx_eval(&im, ds_ops_cpu(), &o, &text);
+    }
+    if (!rc && (fputs(text, stdout) < 0 || fflush(stdout))) rc = ds_fail(DS_ERR, "write failed: <stdout>");
+    free(text), free(bias), free(docs);
     ds_tok_free(tok);
-    if (!rc && have_data && a->docs > 0) { /* the last documents of the data: the held-out tail */
-        const int len = a->seq_len, n = a->docs;
-        if (rd->n_tokens < (int64_t)n * len) {
-            ds_warn("log-likelihood by position: the data holds fewer than %d x %d tokens; skipped", n, len);
-        } else {
-            int32_t *docs = malloc((size_t)n * len * sizeof *docs);
-            double lp[64];
-            int end[64], nb = a->buckets < len - 1 ? a->buckets : len - 1;
-            rc = docs ? rd->read(rd, rd->n_tokens - (int64_t)n * len, (int64_t)n * len, docs) : ds_fail(DS_ERR, "out of memory");
-            if (!rc) rc = ds_position_logp(&im, ds_ops_cpu(), docs, n, len, nb, a->chunk, lp, end);
-            char *table = NULL;
-            if (!rc) rc = ds_position_table(lp, end, nb, n, &table);
-            if (!rc) rc = emit(table);
-            free(table);
-            for (int b = 0; !rc && s->have_metrics && b < nb; b++) {
-                ds_jsonw w;
-                ds_jsonw_init(&w);
-                ds_jsonw_obj_begin(&w);
-                ds_jsonw_kstr(&w, "eval", "position_logp");
-                ds_jsonw_kint(&w, "end", end[b]);
-                ds_jsonw_knum(&w, "logp", lp[b]);
-                ds_jsonw_kint(&w, "docs", n);
-                ds_jsonw_obj_end(&w);
-                rc = ds_metrics_write(&s->metrics, &w);
-                ds_jsonw_free(&w);
-            }
-            free(docs);
-        }
-    }
-    free(bias);
     return rc;
 }
 
@@ -217,6 +174,45 @@ done:
     return rc ? (rc == DS_EDIVERGED ? 3 : rc == DS_EUSAGE ? 2 : 1) : sig ? 128 + sig : 0;
 }
 
+/* --print-rope: the config a phase would write and its tables, for -m CKPT or --config FILE */
+static int print_rope_only(const args *a) {
+    int rc;
+    if (!!a->model + !!a->config != 1) return ds_usage_error("--print-rope needs one of -m CKPT or --config FILE");
+    ds_config c;
+    ds_ckpt *ck = NULL;
+    if (a->config) rc = ds_config_load_file(&c, a->config);
+    else if (!(rc = ds_ckpt_open(&ck, a->model))) rc = ds_config_copy(&c, ds_ckpt_config(ck));
+    ds_ckpt_close(ck);
+    if (rc) return ds_tool_report(rc);
+    rc = ds_extend_config(&c, &a->eo);
+    if (!rc) rc = print_rope(&c);
+    ds_config_free(&c);
+    return rc == DS_EUSAGE ? ds_usage_error("%s", ds_errmsg()) : ds_tool_report(rc);
+}
+
+/* Usage problems (exit 2) of a training or evaluation run; parses the evaluation lists. */
+static int check_usage(args *a) {
+    int rc;
+    if (a->config) return ds_usage_error("--config is for --print-rope; give the checkpoint with -m");
+    if (!a->model && !a->resume) return ds_usage_error("-m CKPT is required");
+    if (a->seq_len <= 0) return ds_usage_error("--seq-len T is required (the training length of this phase)");
+    if (!a->eval_only) {
+        if (!a->data.n) return ds_usage_error("--data is required");
+        if (!a->out) return ds_usage_error("-o OUT is required");
+        if (ds_is_stdio(a->out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
+        if (!a->steps) return ds_usage_error("--steps is required");
+    }
+    if (a->lens && (rc = parse_list(a->lens, a->lv, &a->nl, 16, 1, "--eval-lengths"))) return ds_usage_error("%s", ds_errmsg());
+    if ((rc = parse_list(a->depths, a->dv, &a->nd, 16, 0, "--eval-depths"))) return ds_usage_error("%s", ds_errmsg());
+    for (int i = 0; i < a->nl; i++)
+        if (!(a->lv[i] >= 2 && a->lv[i] <= 1 << 30)) return ds_usage_error("--eval-lengths: %g is not a length", a->lv[i]);
+    for (int i = 0; i < a->nd; i++)
+        if (!(a->dv[i] >= 0 && a->dv[i] <= 1)) return ds_usage_error("--eval-depths: %g is outside [0, 1]", a->dv[i]);
+    if (!a->micro) a->micro = a->batch;
+    if (a->batch % a->micro) return ds_usage_error("--batch %d is not a multiple of --micro-batch %d", a->batch, a->micro);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     ds_tool_init("ds-extend-ctx");
     args a = {.batch = 4, .seq_len = 0, .lr = 7.3e-6, .wd = 0.1, .clip = 1.0, .val_frac = 0.005,
@@ -281,42 +277,14 @@ int main(int argc, char **argv) {
     };
     int first;
     int rc = ds_cli_parse(&cli, argc, argv, &first);
-    if (rc >= 0) return rc;
-    if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
-    if (a.quiet) ds_log_set_level(DS_LOG_QUIET);
-    if (a.verbose) ds_log_set_level(DS_LOG_VERBOSE);
-    ds_threads_set(a.threads);
-    if (a.print_rope) {
-        if (!!a.model + !!a.config != 1) return ds_usage_error("--print-rope needs one of -m CKPT or --config FILE");
-        ds_config c;
-        ds_ckpt *ck = NULL;
-        if (a.config) rc = ds_config_load_file(&c, a.config);
-        else if (!(rc = ds_ckpt_open(&ck, a.model))) rc = ds_config_copy(&c, ds_ckpt_config(ck));
-        ds_ckpt_close(ck);
-        if (rc) return ds_tool_report(rc);
-        rc = ds_extend_config(&c, &a.eo);
-        if (!rc) rc = print_rope(&c);
-        ds_config_free(&c);
-        return rc == DS_EUSAGE ? ds_usage_error("%s", ds_errmsg()) : ds_tool_report(rc);
+    if (rc < 0 && first < argc) rc = ds_usage_error("unexpected argument '%s'", argv[first]);
+    if (rc < 0) {
+        if (a.quiet) ds_log_set_level(DS_LOG_QUIET);
+        if (a.verbose) ds_log_set_level(DS_LOG_VERBOSE);
+        ds_threads_set(a.threads);
+        rc = a.print_rope ? print_rope_only(&a) : check_usage(&a);
+        if (!a.print_rope && !rc) rc = run(&a);
     }
-    if (a.config) return ds_usage_error("--config is for --print-rope; give the checkpoint with -m");
-    if (!a.model && !a.resume) return ds_usage_error("-m CKPT is required");
-    if (a.seq_len <= 0) return ds_usage_error("--seq-len T is required (the training length of this phase)");
-    if (!a.eval_only) {
-        if (!a.data.n) return ds_usage_error("--data is required");
-        if (!a.out) return ds_usage_error("-o OUT is required");
-        if (ds_is_stdio(a.out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
-        if (!a.steps) return ds_usage_error("--steps is required");
-    }
-    if (a.lens && (rc = parse_list(a.lens, a.lv, &a.nl, 16, 1, "--eval-lengths"))) return ds_usage_error("%s", ds_errmsg());
-    if ((rc = parse_list(a.depths, a.dv, &a.nd, 16, 0, "--eval-depths"))) return ds_usage_error("%s", ds_errmsg());
-    for (int i = 0; i < a.nl; i++)
-        if (!(a.lv[i] >= 2 && a.lv[i] <= 1 << 30)) return ds_usage_error("--eval-lengths: %g is not a length", a.lv[i]);
-    for (int i = 0; i < a.nd; i++)
-        if (!(a.dv[i] >= 0 && a.dv[i] <= 1)) return ds_usage_error("--eval-depths: %g is outside [0, 1]", a.dv[i]);
-    if (!a.micro) a.micro = a.batch;
-    if (a.batch % a.micro) return ds_usage_error("--batch %d is not a multiple of --micro-batch %d", a.batch, a.micro);
-    rc = run(&a);
     ds_strlist_free(&a.data);
     return rc;
 }

@@ -466,3 +466,84 @@ int ds_position_table(const double *logp, const int *bucket_end, int n_buckets, 
     *out = s;
     return 0;
 }
+
+/* ---- both ---- */
+
+static int append(char **text, const char *more) {
+    size_t a = *text ? strlen(*text) : 0, b = strlen(more);
+    char *t = realloc(*text, a + b + 1);
+    if (!t) return ds_fail(DS_ERR, "out of memory");
+    memcpy(t + a, more, b + 1);
+    *text = t;
+    return 0;
+}
+
+static int longctx_passkey(const ds_infer_model *m, const ds_ops *ops, const ds_longctx_opts *o, char **text) {
+    ds_passkey *p;
+    DS_TRY(ds_passkey_prepare(&p, o->tok, &ds_passkey_default_text, o->bos));
+    int *lens = malloc((size_t)(o->n_lengths ? o->n_lengths : 1) * sizeof *lens), nl = 0, rc = 0;
+    if (!lens) rc = ds_fail(DS_ERR, "out of memory");
+    for (int i = 0; !rc && i < o->n_lengths; i++) {
+        if (o->lengths[i] > ds_passkey_min_len(p)) lens[nl++] = o->lengths[i];
+        else ds_warn("passkey: %d tokens cannot hold the task (%d at least): length skipped", o->lengths[i], ds_passkey_min_len(p) + 1);
+    }
+    if (!rc && nl) {
+        ds_passkey_opts po = {.lengths = lens, .n_lengths = nl, .depths = o->depths, .n_depths = o->n_depths,
+                              .trials = o->trials, .seed = o->seed, .chunk = o->chunk, .progress = 1};
+        ds_passkey_grid g;
+        char *table = NULL;
+        rc = ds_passkey_eval(m, ops, p, &po, &g);
+        if (!rc) {
+            rc = ds_passkey_table(&g, &table);
+            if (!rc) rc = append(text, table);
+            if (!rc && o->png) rc = ds_passkey_heatmap(&g, o->png, "passkey retrieval");
+            if (!rc) rc = ds_passkey_metrics(&g, o->metrics);
+            free(table);
+            ds_passkey_grid_free(&g);
+        }
+    } else if (!rc) {
+        ds_warn("passkey retrieval skipped: no length long enough");
+    }
+    free(lens);
+    ds_passkey_free(p);
+    return rc;
+}
+
+static int longctx_position(const ds_infer_model *m, const ds_ops *ops, const ds_longctx_opts *o, char **text) {
+    enum { MAXB = 64 };
+    double lp[MAXB];
+    int end[MAXB], nb = o->buckets < o->doc_len - 1 ? o->buckets : o->doc_len - 1;
+    if (nb > MAXB) nb = MAXB;
+    DS_TRY(ds_position_logp(m, ops, o->docs, o->n_docs, o->doc_len, nb, o->chunk, lp, end));
+    char *table = NULL;
+    int rc = ds_position_table(lp, end, nb, o->n_docs, &table);
+    if (!rc) rc = append(text, table);
+    free(table);
+    ds_jsonw w;
+    ds_jsonw_init(&w);
+    for (int b = 0; !rc && o->metrics && b < nb; b++) {
+        ds_jsonw_reset(&w);
+        ds_jsonw_obj_begin(&w);
+        ds_jsonw_kstr(&w, "eval", "position_logp");
+        ds_jsonw_kint(&w, "end", end[b]);
+        ds_jsonw_knum(&w, "logp", lp[b]);
+        ds_jsonw_kint(&w, "docs", o->n_docs);
+        ds_jsonw_obj_end(&w);
+        rc = ds_metrics_write(o->metrics, &w);
+    }
+    ds_jsonw_free(&w);
+    return rc;
+}
+
+int ds_longctx_eval(const ds_infer_model *m, const ds_ops *ops, const ds_longctx_opts *o, char **text) {
+    *text = NULL;
+    int rc = append(text, "");
+    if (!rc && !o->tok) ds_warn("no tokenizer: passkey retrieval skipped");
+    if (!rc && o->tok) rc = longctx_passkey(m, ops, o, text);
+    if (!rc && o->n_docs > 0) rc = longctx_position(m, ops, o, text);
+    if (rc) {
+        free(*text);
+        *text = NULL;
+    }
+    return rc;
+}

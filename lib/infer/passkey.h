@@ -105,4 +105,25 @@ int ds_position_logp(const ds_infer_model *m, const ds_ops *ops, const int32_t *
 /* As text (malloc'd): one line per bucket, "positions A-B  mean log p  perplexity". */
 int ds_position_table(const double *logp, const int *bucket_end, int n_buckets, int n_docs, char **out);
 
+/* ---- both, as ds-extend-ctx runs them ---- */
+
+typedef struct {
+    const int *lengths;          /* passkey lengths; those the task cannot fit are skipped with a warning */
+    int n_lengths;
+    const double *depths;
+    int n_depths, trials;
+    uint64_t seed;
+    int chunk;                   /* tokens per forward call; 0: 2048 */
+    const ds_tokenizer *tok;     /* NULL: no passkey grid (a warning says so) */
+    int64_t bos;                 /* put first in every passkey example; -1: none */
+    const int32_t *docs;         /* [n_docs * doc_len] for log-likelihood by position; n_docs 0: none */
+    int n_docs, doc_len, buckets;
+    const char *png;             /* heat map of the grid, or NULL */
+    void *metrics;               /* ds_metrics* for the records, or NULL */
+} ds_longctx_opts;
+
+/* The passkey grid (default text) and the position log-likelihood; *text (malloc'd) gets their tables
+ * for the caller to print; records go to o->metrics. */
+int ds_longctx_eval(const ds_infer_model *m, const ds_ops *ops, const ds_longctx_opts *o, char **text);
+
 #endif
