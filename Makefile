@@ -58,6 +58,7 @@ UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNITS    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZERS  := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
 CU_SRC   := $(sort $(wildcard kernels/*.cu))
 CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.o)
 LIBDS    := $(BUILD)/libds.a
@@ -71,7 +72,7 @@ LIBDS_CUDA := $(BUILD)/libds_cuda.a
 LDLIBS   += $(LIBDS_CUDA) -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt
 endif
 
-.PHONY: objects all deps venv test test-quick test-gpu demo install clean fuzz bench help
+.PHONY: objects fuzz-objects all deps venv test test-quick test-gpu demo install clean fuzz bench help
 .DEFAULT_GOAL := all
 
 all: deps-check $(TOOLS)
@@ -122,7 +123,7 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ilib $(PKG_CFLAGS) -fsanitize=fuzz
 build/fuzz/obj/%.o: %.c $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -c $< -o $@
-build/fuzz/%: tests/fuzz/%.c $(LIB_SRC:%.c=build/fuzz/obj/%.o)
+build/fuzz/%: tests/fuzz/%.c $(FUZZ_OBJ)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ $(LDLIBS) -o $@
 fuzz: $(FUZZERS)
@@ -158,3 +159,4 @@ clean:
 
 # Naming the objects in a rule keeps make from treating them as intermediate (and skipping rebuilds).
 objects: $(LIB_OBJ) $(TOOL_OBJ) $(CU_OBJ)
+fuzz-objects: $(FUZZ_OBJ)

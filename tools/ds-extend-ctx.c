@@ -31,6 +31,7 @@ typedef struct {
 
 static int edit_config(void *ctx, ds_config *c) {
     const args *a = ctx;
+    if (a->resume) return 0; /* a resumed phase keeps its checkpoint's config */
     if (a->eval_only && a->eo.factor == 0 && !c->rope_scaling.enabled) return 0; /* evaluate as it is */
     return ds_extend_config(c, &a->eo);
 }

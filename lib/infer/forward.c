@@ -35,6 +35,7 @@ struct ds_infer {
     ds_dims d;
     ds_rope rope;
     int W; /* cache row: kv_lora_rank + qk_rope_head_dim */
+    int max_out; /* rows of the logits buffers */
     double flops_token, flops_attn; /* per token: weights (all layers, head); per cached position and layer */
     int32_t *off_host;
     int64_t *off64;
@@ -48,6 +49,7 @@ ds_kvcache *ds_infer_cache(ds_infer *e) { return &e->cache; }
 const ds_config *ds_infer_config(const ds_infer *e) { return e->cfg; }
 size_t ds_infer_scratch_bytes(const ds_infer *e) { return e->scratch_bytes; }
 void ds_infer_set_serial_flops(ds_infer *e, double flops) { e->o.serial_flops = flops; }
+int ds_infer_max_out(const ds_infer *e) { return e->max_out; }
 
 void ds_infer_model_of(ds_model *m, ds_infer_model *out, const float **bias) {
     const ds_config *c = ds_model_config(m);
@@ -104,6 +106,8 @@ int ds_infer_create(ds_infer **out, const ds_infer_model *m, const ds_ops *ops, 
     e->flops_token = 2.0 * (double)(pc.activated - pc.embedding);
     e->flops_attn = 4.0 * d->H * e->W;
     const size_t n = (size_t)o->max_tokens, f = sizeof(float), i32 = sizeof(int32_t);
+    e->max_out = o->max_out > 0 ? o->max_out : 2 * o->slots;
+    if (e->max_out > o->max_tokens) e->max_out = o->max_tokens;
     const size_t nk = n * (size_t)(d->K > 0 ? d->K : 1);
     size_t ffn = (size_t)d->I;
     if ((size_t)d->Is > ffn) ffn = (size_t)d->Is;
@@ -142,8 +146,8 @@ int ds_infer_create(ds_infer **out, const ds_infer_model *m, const ds_ops *ops, 
         b->where = balloc(e, nk * i32, &oom);
     }
     b->cs = balloc(e, n * d->dr * f, &oom);
-    b->xf = balloc(e, n * d->D * f, &oom);
-    b->logits = balloc(e, n * (size_t)d->V * f, &oom);
+    b->xf = balloc(e, (size_t)e->max_out * d->D * f, &oom);
+    b->logits = balloc(e, (size_t)e->max_out * d->V * f, &oom);
     b->attn_ws = balloc(e, ops->attn_ws_bytes(1, o->max_tokens, d->H, d->dqk, d->dv), &oom);
     b->cat = o->mtp ? balloc(e, n * 2 * d->D * f, &oom) : NULL;
     b->tok = balloc(e, n * i32, &oom);
@@ -350,10 +354,12 @@ static void serial_end(int prev) {
 
 static int forward(ds_infer *e, const ds_infer_step *s);
 static int mtp_forward(ds_infer *e, int n, const int32_t *next_tok, const float *h, const int32_t *slot,
-                       const int32_t *pos, float *logits);
+                       const int32_t *pos, int n_out, const int32_t *out_rows, float *logits);
+static int check_out(const ds_infer *e, int n, int n_out, const int32_t *out_rows);
 
 int ds_infer_forward(ds_infer *e, const ds_infer_step *s) {
     DS_TRY(check_step(e, s->n, s->tok, s->slot, s->pos, s->form));
+    DS_TRY(check_out(e, s->n, s->logits ? s->n_out : 0, s->out_rows));
     int prev = serial_begin(e, s->n, s->pos, e->cfg->num_hidden_layers);
     int rc = forward(e, s);
     serial_end(prev);
@@ -361,20 +367,27 @@ int ds_infer_forward(ds_infer *e, const ds_infer_step *s) {
 }
 
 int ds_infer_mtp(ds_infer *e, int n, const int32_t *next_tok, const float *h, const int32_t *slot,
-                 const int32_t *pos, float *logits) {
+                 const int32_t *pos, int n_out, const int32_t *out_rows, float *logits) {
     if (!e->o.mtp) return ds_fail(DS_ERR, "inference: the engine was created without the MTP module");
     DS_TRY(check_step(e, n, next_tok, slot, pos, DS_ATTN_ABSORBED));
+    DS_TRY(check_out(e, n, logits ? n_out : 0, out_rows));
     int prev = serial_begin(e, n, pos, 1);
-    int rc = mtp_forward(e, n, next_tok, h, slot, pos, logits);
+    int rc = mtp_forward(e, n, next_tok, h, slot, pos, n_out, out_rows, logits);
     serial_end(prev);
     return rc;
 }
 
+static int check_out(const ds_infer *e, int n, int n_out, const int32_t *out_rows) {
+    if (n_out < 0 || n_out > n || n_out > e->max_out)
+        return ds_fail(DS_ERR, "inference: logits for %d rows: at most %d here (%d tokens)", n_out,
+                       n < e->max_out ? n : e->max_out, n);
+    for (int r = 0; r < n_out; r++)
+        if (out_rows && (out_rows[r] < 0 || out_rows[r] >= n))
+            return ds_fail(DS_ERR, "inference: output row %d: outside the %d rows of the step", out_rows[r], n);
+    return DS_OK;
+}
+
 static int forward(ds_infer *e, const ds_infer_step *s) {
-    if (s->n_out < 0 || s->n_out > s->n) return ds_fail(DS_ERR, "inference: %d output rows for %d tokens", s->n_out, s->n);
-    for (int r = 0; r < s->n_out; r++)
-        if (s->out_rows && (s->out_rows[r] < 0 || s->out_rows[r] >= s->n))
-            return ds_fail(DS_ERR, "inference: output row %d: outside the %d rows of the step", s->out_rows[r], s->n);
     const ds_ops *op = e->ops;
     buffers *b = &e->b;
     const int n = s->n;
@@ -388,7 +401,7 @@ static int forward(ds_infer *e, const ds_infer_step *s) {
 }
 
 static int mtp_forward(ds_infer *e, int n, const int32_t *next_tok, const float *h, const int32_t *slot,
-                       const int32_t *pos, float *logits) {
+                       const int32_t *pos, int n_out, const int32_t *out_rows, float *logits) {
     const ds_ops *op = e->ops;
     buffers *b = &e->b;
     const int D = e->d.D, L = e->cfg->num_hidden_layers;
@@ -403,6 +416,6 @@ static int mtp_forward(ds_infer *e, int n, const int32_t *next_tok, const float 
     op->gemm(0, 1, n, D, 2 * D, 1, b->cat, 2 * D, mw->eh_proj, 2 * D, 0, b->x, D);
     op->rope_table(b->cs, b->pos, n, b->inv_freq, e->rope.half, e->rope.cos_scale);
     DS_TRY(layer(e, L, e->cache.n_main, n, slot, pos, DS_ATTN_ABSORBED));
-    head(e, n, n, NULL, mw->head_norm, logits, NULL);
+    head(e, n, n_out, out_rows, mw->head_norm, logits, NULL);
     return DS_OK;
 }

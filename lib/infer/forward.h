@@ -46,6 +46,8 @@ typedef struct {
     int max_tokens; /* rows per call (prefill chunk, or batch x tokens per step) */
     int slots;      /* sequences held at once */
     int max_len;    /* context: positions per slot */
+    int max_out;    /* rows a call may ask logits for; 0: min(max_tokens, 2 * slots) (every slot's
+                       verified token and draft), so the logits buffer need not scale with the prefill chunk */
     int mtp;        /* 1: prepare the first MTP module (its cache layer and buffers) */
     double serial_flops; /* a step estimated below this many FLOPs runs on one thread (0: never). Every
                             parallel region wakes and joins all threads; on a small decode step that costs
@@ -61,8 +63,9 @@ const ds_config *ds_infer_config(const ds_infer *e);
 
 /* One forward over n tokens (host arrays). form applies to the attention of every token of the call;
  * DS_ATTN_NAIVE requires every slot's tokens in the call to start at position 0. Outputs (host memory,
- * either may be NULL): logits [n_out, V] for the rows listed in out_rows (NULL: rows 0..n_out-1), and the
- * final hidden states of every row [n, D] (the input the MTP module takes). */
+ * either may be NULL): logits [n_out, V] for the rows listed in out_rows (NULL: rows 0..n_out-1;
+ * n_out <= ds_infer_max_out), and the final hidden states of every row [n, D] (the input the MTP
+ * module takes). */
 typedef struct {
     int n;
     const int32_t *tok, *slot, *pos;
@@ -77,9 +80,13 @@ int ds_infer_forward(ds_infer *e, const ds_infer_step *s);
 
 /* MTP module 1 over n rows: row i combines the main model's hidden state h[i] (at position pos[i]) with
  * the embedding of the token that follows it, next_tok[i]; its attention uses the MTP cache layer of
- * slot[i] up to pos[i]. Writes logits [n, V] (host) predicting the token after next_tok[i]. */
+ * slot[i] up to pos[i]. Writes logits [n_out, V] (host) for the rows in out_rows (NULL: 0..n_out-1),
+ * predicting the token after next_tok; rows without logits only fill the MTP cache. */
 int ds_infer_mtp(ds_infer *e, int n, const int32_t *next_tok, const float *h, const int32_t *slot,
-                 const int32_t *pos, float *logits);
+                 const int32_t *pos, int n_out, const int32_t *out_rows, float *logits);
+
+/* The most rows a call may ask logits for (opts.max_out resolved). */
+int ds_infer_max_out(const ds_infer *e);
 
 /* Change opts.serial_flops of a live engine. */
 void ds_infer_set_serial_flops(ds_infer *e, double flops);

@@ -40,7 +40,7 @@ typedef struct {
     int32_t *tok, *sl, *pos, *out_rows, *row_of; /* row_of[k]: first row of the k-th slot in the step */
     float *logits, *hidden, *mtp_logits;
     /* MTP rows */
-    int32_t *m_tok, *m_sl, *m_pos, *m_draft_slot;
+    int32_t *m_tok, *m_sl, *m_pos, *m_draft_slot, *m_out;
     float *m_h;
 } gen;
 
@@ -124,15 +124,18 @@ static int draft_from(gen *g, slot_state *s, const float *lg) {
     return DS_OK;
 }
 
-/* Run MTP over the collected rows; rows whose m_draft_slot >= 0 produce that slot's next draft. */
+/* Run MTP over the collected rows; rows whose m_draft_slot >= 0 produce that slot's next draft (only
+ * they get logits: the others just fill the MTP cache). */
 static int run_mtp(gen *g, int m) {
     if (!m) return DS_OK;
-    double t0 = ds_now();
-    DS_TRY(ds_infer_mtp(g->e, m, g->m_tok, g->m_h, g->m_sl, g->m_pos, g->mtp_logits));
-    g->st->mtp_s += ds_now() - t0;
+    int n_out = 0;
     for (int r = 0; r < m; r++)
-        if (g->m_draft_slot[r] >= 0)
-            DS_TRY(draft_from(g, &g->slot[g->m_draft_slot[r]], g->mtp_logits + (size_t)r * g->V));
+        if (g->m_draft_slot[r] >= 0) g->m_out[n_out++] = r;
+    double t0 = ds_now();
+    DS_TRY(ds_infer_mtp(g->e, m, g->m_tok, g->m_h, g->m_sl, g->m_pos, n_out, g->m_out, g->mtp_logits));
+    g->st->mtp_s += ds_now() - t0;
+    for (int k = 0; k < n_out; k++)
+        DS_TRY(draft_from(g, &g->slot[g->m_draft_slot[g->m_out[k]]], g->mtp_logits + (size_t)k * g->V));
     return DS_OK;
 }
 
@@ -286,6 +289,7 @@ static void gen_free(gen *g) {
     free(g->m_sl);
     free(g->m_pos);
     free(g->m_draft_slot);
+    free(g->m_out);
     free(g->m_h);
 }
 
@@ -304,6 +308,9 @@ int ds_generate(ds_infer *e, const ds_gen_opts *o, const ds_gen_io *io, ds_gen_s
                        g.max_len);
     if (o->batch < 1 || o->batch > c->slots || o->batch > 1024)
         return ds_fail(DS_EUSAGE, "--batch %d: must be in [1, %d]", o->batch, c->slots < 1024 ? c->slots : 1024);
+    if (ds_infer_max_out(e) < 2 * o->batch)
+        return ds_fail(DS_ERR, "generate: the engine gives logits for %d rows, %d sequences need %d",
+                       ds_infer_max_out(e), o->batch, 2 * o->batch);
     if (o->mtp && c->n_layers <= c->n_main)
         return ds_fail(DS_ERR, "speculative decoding: the engine has no MTP cache layer");
     /* rows per forward: a prefill chunk, or every sequence's last token plus its draft */
@@ -317,10 +324,12 @@ int ds_generate(ds_infer *e, const ds_gen_opts *o, const ds_gen_io *io, ds_gen_s
     g.pos = malloc(R * sizeof(int32_t));
     g.out_rows = malloc(R * sizeof(int32_t));
     g.row_of = malloc(R * sizeof(int32_t));
-    g.logits = malloc(R * (size_t)g.V * sizeof(float));
+    /* logits: at most every sequence's verified token and draft */
+    g.logits = malloc((size_t)2 * o->batch * (size_t)g.V * sizeof(float));
     if (o->mtp) {
         g.hidden = malloc(R * (size_t)g.D * sizeof(float));
-        g.mtp_logits = malloc(R * (size_t)g.V * sizeof(float));
+        g.mtp_logits = malloc((size_t)o->batch * (size_t)g.V * sizeof(float));
+        g.m_out = malloc(R * sizeof(int32_t));
         g.m_tok = malloc(R * sizeof(int32_t));
         g.m_sl = malloc(R * sizeof(int32_t));
         g.m_pos = malloc(R * sizeof(int32_t));
@@ -328,7 +337,7 @@ int ds_generate(ds_infer *e, const ds_gen_opts *o, const ds_gen_io *io, ds_gen_s
         g.m_h = malloc(R * (size_t)g.D * sizeof(float));
     }
     int oom = !g.slot || !g.tok || !g.sl || !g.pos || !g.out_rows || !g.row_of || !g.logits ||
-              (o->mtp && (!g.hidden || !g.mtp_logits || !g.m_tok || !g.m_sl || !g.m_pos || !g.m_draft_slot || !g.m_h));
+              (o->mtp && (!g.hidden || !g.mtp_logits || !g.m_tok || !g.m_sl || !g.m_pos || !g.m_draft_slot || !g.m_h || !g.m_out));
     for (int k = 0; !oom && k < g.n_slots; k++) {
         slot_state *s = &g.slot[k];
         s->prompt = malloc((size_t)g.max_len * sizeof(int32_t));

@@ -1,27 +1,29 @@
-/* The output head fused with the log-softmax: logits are formed in chunks of rows and never kept whole;
- * the backward recomputes each chunk. */
+/* The output head fused with the log-softmax: logits are formed in chunks of rows and, unless the caller
+ * keeps them, never whole; the backward then recomputes each chunk. */
 #include "model/internal.h"
 
-void ds_head_fwd(ds_model *m, const float *h, const int32_t *tgt, int n, float *logp, float *lse, float *ent) {
+void ds_head_fwd(ds_model *m, const float *h, const int32_t *tgt, int n, float *logp, float *lse, float *ent,
+                 float *logits) {
     const ds_ops *ops = m->ops;
-    int V = m->dims.V, D = m->dims.D, c = m->scr.head_rows;
+    int V = m->dims.V, D = m->dims.D, c = logits ? n : m->scr.head_rows;
     for (int r0 = 0; r0 < n; r0 += c) {
         int rows = n - r0 < c ? n - r0 : c;
-        ds_linear(ops, m->scr.head, h + (size_t)r0 * D, m->W.head, rows, V, D);
-        ops->logsoftmax_fwd(logp + r0, lse + r0, ent ? ent + r0 : NULL, m->scr.head, tgt + r0, rows, V);
+        float *z = logits ? logits : m->scr.head;
+        ds_linear(ops, z, h + (size_t)r0 * D, m->W.head, rows, V, D);
+        ops->logsoftmax_fwd(logp + r0, lse + r0, ent ? ent + r0 : NULL, z, tgt + r0, rows, V);
     }
 }
 
 void ds_head_bwd(ds_model *m, const float *h, const int32_t *tgt, int n, const float *lse, const float *dlogp,
-                 float *dh) {
+                 float *dh, const float *logits) {
     const ds_ops *ops = m->ops;
     int V = m->dims.V, D = m->dims.D, c = m->scr.head_rows;
     float *z = m->scr.head;
     for (int r0 = 0; r0 < n; r0 += c) {
         int rows = n - r0 < c ? n - r0 : c;
-        const float *hc = h + (size_t)r0 * D;
-        ds_linear(ops, z, hc, m->W.head, rows, V, D);
-        ops->logsoftmax_bwd(z, z, lse + r0, tgt + r0, dlogp + r0, rows, V);
+        const float *hc = h + (size_t)r0 * D, *zc = logits ? logits + (size_t)r0 * V : z;
+        if (!logits) ds_linear(ops, z, hc, m->W.head, rows, V, D);
+        ops->logsoftmax_bwd(z, zc, lse + r0, tgt + r0, dlogp + r0, rows, V);
         ds_linear_bwd(ops, dh + (size_t)r0 * D, 0.0f, m->G.head, z, hc, m->W.head, rows, V, D);
     }
 }

@@ -50,6 +50,7 @@ struct ds_model {
     float *hf;                  /* final-norm output [n][D] (also MTP's h^0) */
     float *rstd_f;
     float *logp, *lse, *ent;    /* main head: [n] each */
+    float *logits;              /* [n][V] when opts.keep_logits */
     /* MTP module j (k = j+1) runs on the T-k positions of each row that have a token k places ahead
      * (rows of T-k, "compact" layout): its input embedding, the two normed halves, eh_proj output (the
      * layer input), layer output and its gradient, shared_head.norm output, rstds, compact log-probs,
@@ -103,9 +104,11 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n);
 int ds_layer_fwd(ds_model *m, int l, const float *x, float *out);
 void ds_layer_bwd(ds_model *m, int l, const float *x, float *gx);
 
-/* head.c */
-void ds_head_fwd(ds_model *m, const float *h, const int32_t *tgt, int n, float *logp, float *lse, float *ent);
+/* head.c: logits (when not NULL) keeps all [n, V] rows; the backward then reads them instead of
+ * recomputing */
+void ds_head_fwd(ds_model *m, const float *h, const int32_t *tgt, int n, float *logp, float *lse, float *ent,
+                 float *logits);
 void ds_head_bwd(ds_model *m, const float *h, const int32_t *tgt, int n, const float *lse, const float *dlogp,
-                 float *dh);
+                 float *dh, const float *logits);
 
 #endif

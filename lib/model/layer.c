@@ -94,6 +94,7 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
     m->logp = TAKE(float, n);
     m->lse = TAKE(float, n);
     m->ent = m->opts.want_entropy ? TAKE(float, n) : NULL;
+    m->logits = m->opts.keep_logits ? TAKE(float, (size_t)n * d->V) : NULL;
     m->mtp_logp = Dm > 0 ? TAKE(float, (size_t)Dm * n) : NULL;
     for (int j = 0; j < Dm; j++) {
         struct mtp_act *a = &m->mtp[j];

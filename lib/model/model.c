@@ -336,7 +336,7 @@ static int mtp_fwd(ds_model *m, int j, const float *hprev) {
     int rc = ds_layer_fwd(m, l, a->hp, a->hk);
     if (!rc) {
         ops->rmsnorm_fwd(a->hkn, D, a->rstd_k, a->hk, D, w->head_norm, n, D, d->eps);
-        ds_head_fwd(m, a->hkn, a->tgt, n, a->logp_c, a->lse, NULL);
+        ds_head_fwd(m, a->hkn, a->tgt, n, a->logp_c, a->lse, NULL, NULL);
     }
     mtp_leave(m);
     /* log-probs back into [B][T], 0 for the last k positions of each row */
@@ -352,7 +352,7 @@ int ds_model_head_fwd(ds_model *m, ds_fwd_out *out) {
     const ds_dims *d = &m->dims;
     int L = m->cfg.num_hidden_layers, n = m->n;
     ops->rmsnorm_fwd(m->hf, d->D, m->rstd_f, xs_at(m, L), d->D, m->W.final_norm, n, d->D, d->eps);
-    ds_head_fwd(m, m->hf, m->tgt, n, m->logp, m->lse, m->ent);
+    ds_head_fwd(m, m->hf, m->tgt, n, m->logp, m->lse, m->ent, m->logits);
     const float *hprev = m->hf; /* h^0: the main model's output after the final norm (docs/DESIGN.md) */
     for (int j = 0; j < m->mtp_depth; j++) {
         if (!mtp_active(m, j)) {
@@ -369,6 +369,7 @@ int ds_model_head_fwd(ds_model *m, ds_fwd_out *out) {
         out->logp = m->logp;
         out->mtp_logp = m->mtp_depth > 0 ? m->mtp_logp : NULL;
         out->entropy = m->ent;
+        out->logits = m->logits;
         out->bal_loss = m->bal_loss;
         out->expert_load = m->expert_load;
         out->n_moe_layers = m->n_moe;
@@ -398,7 +399,7 @@ static void mtp_bwd(ds_model *m, int j, const float *hprev, float *ghprev, const
     ops->copy2d(a->dlogp_c, Tk, dlogp, m->T_main, B, Tk);
     mtp_enter(m, j);
     int n = m->n;
-    ds_head_bwd(m, a->hkn, a->tgt, n, a->lse, a->dlogp_c, t);
+    ds_head_bwd(m, a->hkn, a->tgt, n, a->lse, a->dlogp_c, t, NULL);
     ops->rmsnorm_bwd(a->gh, D, gw->head_norm, t, D, a->hk, D, w->head_norm, a->rstd_k, n, D);
     ds_layer_bwd(m, l, a->hp, a->gh);
     /* eh_proj: gh is now d(loss)/d(hp) */
@@ -421,7 +422,7 @@ int ds_model_head_bwd(ds_model *m, const float *dlogp, const float *dmtp) {
     const ds_dims *d = &m->dims;
     int L = m->cfg.num_hidden_layers, n = m->n, D = d->D;
     size_t nD = (size_t)n * D;
-    ds_head_bwd(m, m->hf, m->tgt, n, m->lse, dlogp, m->ghf);
+    ds_head_bwd(m, m->hf, m->tgt, n, m->lse, dlogp, m->ghf, m->logits);
     if (dmtp) {
         for (int j = 0; j < m->mtp_depth; j++) ops->zero(m->mtp[j].gh, sizeof(float) * nD);
         for (int j = m->mtp_depth - 1; j >= 0; j--)

@@ -80,6 +80,8 @@ typedef struct {
                                    the token k+1 places after t, from h^{k-1}_t and Emb(tokens[b][t+k]);
                                    0 where t+k >= T, that target is -1, or seg[t+k] != seg[t] */
     const float *entropy;       /* [B*T] entropy of the main head's distribution (when asked), else NULL */
+    const float *logits;        /* [B*T, V] main head logits when opts.keep_logits, else NULL (valid until
+                                   the next forward) */
     double bal_loss;            /* alpha * sum_layers mean_seq sum_i f_i P_i (0 when alpha = 0) */
     const int32_t *expert_load; /* [n_moe_layers][n_routed_experts] tokens routed this forward */
     int n_moe_layers;
@@ -91,6 +93,8 @@ typedef struct {
     int train;               /* keep activations and allocate gradients */
     int recompute;           /* recompute RMSNorm outputs and MLA up-projections in backward (V3; default 1) */
     int want_entropy;        /* compute per-token entropy in forward */
+    int keep_logits;         /* keep the main head's [B*T, V] logits (also spares the backward their
+                                recomputation); off: they exist only a chunk of rows at a time */
     double balance_alpha;    /* complementary sequence-wise balance loss weight (0 = off) */
 } ds_model_opts;
 

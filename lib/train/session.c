@@ -193,13 +193,14 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
         rc = ds_config_validate(&s->cfg, o->config_path);
     }
     s->have_cfg = !rc;
-    if (!rc && o->edit_config && !o->resume) rc = o->edit_config(o->edit_ctx, &s->cfg);
     if (!rc && o->init_std > 0) s->cfg.ds_init_std = o->init_std;
+    if (!rc && o->edit_config) rc = o->edit_config(o->edit_ctx, &s->cfg);
+    if (!rc && o->edit_config) rc = ds_config_validate(&s->cfg, "edited config");
     if (!rc && o->tokenizer_path) rc = ds_session_set_tokenizer(s, o->tokenizer_path);
     if (!rc && o->seq_len > s->cfg.max_position_embeddings)
         ds_warn("--seq-len %d exceeds the config's max_position_embeddings %d", o->seq_len, s->cfg.max_position_embeddings);
     ds_model_opts mo = {.max_batch = o->micro_batch, .max_seq = o->seq_len, .train = 1, .recompute = 1,
-                        .balance_alpha = o->balance_alpha};
+                        .want_entropy = o->want_entropy, .balance_alpha = o->balance_alpha};
     if (!rc) rc = ds_model_create(&s->model, &s->cfg, &mo);
     if (!rc) rc = ck ? ds_model_load_weights(s->model, ds_ckpt_tensors(ck)) : ds_model_init(s->model, o->seed);
     ds_ckpt_close(ck);

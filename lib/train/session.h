@@ -34,8 +34,9 @@ typedef struct {
     double balance_alpha;       /* sequence-wise balance loss weight per micro-batch */
     int micro_batch, seq_len;
     uint64_t seed;
-    /* Called on the loaded config before the model is built (not when resuming: a resumed run keeps
-     * its checkpoint's config), e.g. ds-extend-ctx writing rope_scaling. NULL: none. */
+    int want_entropy;           /* forward also computes per-token entropy (RL diagnostics) */
+    /* Called with the loaded config before the model is built (ds-extend-ctx sets rope_scaling);
+     * NULL: the config as loaded. A non-zero return stops with that status. */
     int (*edit_config)(void *ctx, ds_config *cfg);
     void *edit_ctx;
 } ds_session_opts;

@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/plot.h"
+#include "core/threads.h"
 #include "io/json.h"
 
 #include <jansson.h>
@@ -10,6 +11,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- the pretraining loss ---- */
 
@@ -175,6 +177,7 @@ void ds_trainer_free(ds_trainer *t) {
 }
 
 int64_t ds_trainer_steps_done(const ds_trainer *t) { return t->step; }
+void ds_trainer_set_comm(ds_trainer *t, const ds_train_comm *comm) { t->hooks.comm = comm; }
 double ds_trainer_tokens_seen(const ds_trainer *t) { return t->tokens; }
 const ds_adamw *ds_trainer_optimizer(const ds_trainer *t) { return &t->opt; }
 ds_adamw *ds_trainer_optimizer_mut(ds_trainer *t) { return &t->opt; }
@@ -190,6 +193,9 @@ static int step_rows(ds_trainer *t) {
     if (micro * m > t->buf.cap_rows) micro = t->buf.cap_rows / m;
     return (int)(micro * m);
 }
+
+static int dp_size(const ds_trainer *t) { return t->hooks.comm && t->hooks.comm->size > 1 ? t->hooks.comm->size : 1; }
+static int dp_rank(const ds_trainer *t) { return dp_size(t) > 1 ? t->hooks.comm->rank : 0; }
 
 static int check_fwd(const ds_trainer *t, const ds_fwd_out *f) {
     if (f->n_moe_layers != t->net->n_moe_layers)
@@ -217,17 +223,30 @@ int ds_trainer_step(ds_trainer *t) {
     if (net->set_balance_alpha) net->set_balance_alpha(net->impl, t->o.balance_alpha * bal_share);
     net->zero_grad(net->impl);
     ds_balance_reset(&t->bal);
+    const int P = dp_size(t), rank = dp_rank(t);
     for (int r0 = 0; r0 < rows; r0 += m) {
+        if ((r0 / m) % P != rank) continue; /* another replica's micro-batch */
         ds_batch b = ds_batch_buf_view(&t->buf, r0, m);
         ds_fwd_out f;
         DS_TRY(net->forward(net->impl, &b, &f));
         DS_TRY(check_fwd(t, &f));
+        lc.row0 = r0;
         DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL, terms));
         bal += net->set_balance_alpha ? f.bal_loss : f.bal_loss * bal_share;
         if (f.expert_load) ds_balance_add(&t->bal, f.expert_load);
         DS_TRY(net->backward(net->impl, &b, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
     }
-    /* data parallel: sum gradients, terms, bal and expert counts across ranks here */
+    if (P > 1) { /* every replica ends with the whole step's sums */
+        const ds_train_comm *c = t->hooks.comm;
+        double sums[DS_LOSS_MAX_TERMS + 1];
+        memcpy(sums, terms, sizeof terms);
+        sums[DS_LOSS_MAX_TERMS] = bal;
+        DS_TRY(c->allreduce_f32(c->ctx, net->grads, net->n_params));
+        DS_TRY(c->allreduce_f64(c->ctx, sums, DS_LOSS_MAX_TERMS + 1));
+        if (t->bal.n_layers > 0) DS_TRY(c->allreduce_i64(c->ctx, t->bal.count, (size_t)t->bal.n_layers * t->bal.n_experts));
+        memcpy(terms, sums, sizeof terms);
+        bal = sums[DS_LOSS_MAX_TERMS];
+    }
     const double norm = ds_grad_norm(net->grads, net->n_params);
     const int finite = isfinite(norm) && isfinite(terms[0]) && isfinite(bal);
 
@@ -270,9 +289,11 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
     double sum = 0;
     int64_t count = 0;
     if (t->net->set_balance_alpha) t->net->set_balance_alpha(t->net->impl, 0); /* not needed for a loss value */
+    const int P = dp_size(t), rank = dp_rank(t);
     for (int64_t k = 0; k < nb; k++) {
         t->vbuf.rows = 0;
         DS_TRY(t->val->next(t->val, &t->vbuf, m));
+        if (k % P != rank) continue;
         ds_batch b = ds_batch_buf_view(&t->vbuf, 0, m);
         ds_fwd_out f;
         DS_TRY(t->net->forward(t->net->impl, &b, &f));
@@ -283,6 +304,11 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
         sum += terms[0] * (double)n; /* back to a sum, so the mean is over all validation targets */
         count += n;
     }
+    if (P > 1) {
+        double sc[2] = {sum, (double)count};
+        DS_TRY(t->hooks.comm->allreduce_f64(t->hooks.comm->ctx, sc, 2));
+        sum = sc[0], count = (int64_t)sc[1];
+    }
     *loss = count ? sum / (double)count : NAN;
     return 0;
 }
@@ -291,7 +317,7 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
 
 /* Shortest text that reads back as the same double ("0.1", not "0.10000000000000001"); null when
  * not finite. Exact, so resumed and uninterrupted runs compare equal as text. */
-void ds_jsonw_knum_short(ds_jsonw *w, const char *key, double v) {
+void ds_train_knum(ds_jsonw *w, const char *key, double v) {
     ds_jsonw_key(w, key);
     if (!isfinite(v)) {
         ds_jsonw_null(w);
@@ -322,18 +348,19 @@ static int write_metrics(const ds_trainer *t) {
     ds_jsonw_init(&w);
     ds_jsonw_obj_begin(&w);
     ds_jsonw_kint(&w, "step", r->step);
-    for (int k = 0; k < t->loss.n_terms; k++) ds_jsonw_knum_short(&w, t->loss.term[k], r->terms[k]);
-    ds_jsonw_knum_short(&w, "loss_bal", r->loss_bal);
-    ds_jsonw_knum_short(&w, "lr", r->lr);
-    ds_jsonw_knum_short(&w, "grad_norm", r->grad_norm);
-    ds_jsonw_knum_short(&w, "tokens", r->tokens);
+    for (int k = 0; k < t->loss.n_terms; k++) ds_train_knum(&w, t->loss.term[k], r->terms[k]);
+    ds_train_knum(&w, "loss_bal", r->loss_bal);
+    ds_train_knum(&w, "lr", r->lr);
+    ds_train_knum(&w, "grad_norm", r->grad_norm);
+    ds_train_knum(&w, "tokens", r->tokens);
     ds_jsonw_kint(&w, "batch", r->batch);
-    ds_jsonw_knum_short(&w, "gamma", r->gamma);
-    ds_jsonw_knum_short(&w, "lambda", r->lambda);
-    ds_jsonw_knum_short(&w, "ms", r->ms);
-    ds_jsonw_knum_short(&w, "tok_s", r->tok_s);
-    if (r->mfu > 0) ds_jsonw_knum_short(&w, "mfu", r->mfu);
-    if (!isnan(r->val_loss)) ds_jsonw_knum_short(&w, "val_loss", r->val_loss);
+    ds_train_knum(&w, "gamma", r->gamma);
+    ds_train_knum(&w, "lambda", r->lambda);
+    ds_train_knum(&w, "ms", r->ms);
+    ds_train_knum(&w, "cpu_ms", r->cpu_ms);
+    ds_train_knum(&w, "tok_s", r->tok_s);
+    if (r->mfu > 0) ds_train_knum(&w, "mfu", r->mfu);
+    if (!isnan(r->val_loss)) ds_train_knum(&w, "val_loss", r->val_loss);
     if (r->skipped) ds_jsonw_kbool(&w, "skipped", 1);
     if (t->bal.n_layers > 0) {
         ds_jsonw_key(&w, "balance");
@@ -343,7 +370,7 @@ static int write_metrics(const ds_trainer *t) {
             ds_balance_layer_stats(&t->bal, l, &st);
             ds_jsonw_obj_begin(&w);
             ds_jsonw_kint(&w, "moe_layer", l);
-            ds_jsonw_knum_short(&w, "max_vio", st.max_vio);
+            ds_train_knum(&w, "max_vio", st.max_vio);
             ds_jsonw_kint(&w, "min_load", st.min_load);
             ds_jsonw_kint(&w, "max_load", st.max_load);
             ds_jsonw_obj_end(&w);
@@ -361,24 +388,36 @@ static int save(ds_trainer *t, int final) {
     return t->hooks.save(t->hooks.ctx, t, final);
 }
 
+/* CPU seconds of the whole process (all threads): steadier than wall time on a shared machine. */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int ds_trainer_run(ds_trainer *t, ds_train_end *end) {
     *end = DS_TRAIN_DONE;
     while (t->step < t->o.total_steps) {
-        double t0 = ds_now();
+        double t0 = ds_now(), c0 = cpu_now();
         DS_TRY(ds_trainer_step(t));
         ds_step_report *r = &t->last;
         double dt = ds_now() - t0;
         r->ms = 1e3 * dt;
+        r->cpu_ms = 1e3 * (cpu_now() - c0);
         r->tok_s = dt > 0 ? (double)r->batch * t->o.seq_len / dt : 0;
         r->mfu = t->o.peak_flops > 0 && t->net->flops_per_token > 0 ? r->tok_s * t->net->flops_per_token / t->o.peak_flops : 0;
         if (t->val && t->o.val_every > 0 && (t->step % t->o.val_every == 0 || t->step == t->o.total_steps))
             DS_TRY(ds_trainer_validate(t, &r->val_loss));
         DS_TRY(history_push(&t->hist, (double)r->step, r->terms[0], t->loss.n_terms > 1 ? r->terms[1] : NAN, r->val_loss));
-        if (t->o.log_every > 0 && (t->step % t->o.log_every == 0 || t->step == t->o.total_steps || t->step == 1 || r->skipped))
+        if (dp_rank(t) == 0 && t->o.log_every > 0 &&
+            (t->step % t->o.log_every == 0 || t->step == t->o.total_steps || t->step == 1 || r->skipped))
             log_line(t);
         DS_TRY(write_metrics(t));
-        if (t->hooks.stop && *t->hooks.stop) {
-            ds_info("signal %d: saving at step %lld", (int)*t->hooks.stop, (long long)t->step);
+        int64_t stop = t->hooks.stop ? *t->hooks.stop : 0;
+        if (dp_size(t) > 1) DS_TRY(t->hooks.comm->allreduce_i64(t->hooks.comm->ctx, &stop, 1)); /* all stop together */
+        if (stop) {
+            if (dp_rank(t) == 0) ds_info("signal %d: saving at step %lld", (int)(t->hooks.stop && *t->hooks.stop ? *t->hooks.stop : stop),
+                                         (long long)t->step);
             DS_TRY(save(t, 1));
             *end = DS_TRAIN_STOPPED;
             return 0;
@@ -407,6 +446,7 @@ int ds_trainer_state_json(const ds_trainer *t, char **out) {
     ds_jsonw_knum(&w, "tokens", t->tokens);
     ds_jsonw_kint(&w, "total_steps", t->o.total_steps);
     ds_jsonw_kint(&w, "skipped_steps", t->skipped);
+    ds_jsonw_kint(&w, "threads", ds_threads_get()); /* bit-identical resumes need the same count */
     /* every random number is a pure function of (seed, stream, counter): the seed is the RNG state */
     ds_jsonw_key(&w, "rng");
     ds_jsonw_obj_begin(&w);
@@ -424,7 +464,10 @@ int ds_trainer_state_json(const ds_trainer *t, char **out) {
     for (int k = 0; k < 4; k++) {
         ds_jsonw_key(&w, names[k]);
         ds_jsonw_obj_begin(&w);
+        char desc[512];
+        ds_sched_describe(sc[k], desc, sizeof desc);
         ds_jsonw_kstr(&w, "spec", sc[k]->spec);
+        ds_jsonw_kstr(&w, "points", desc);
         ds_jsonw_key(&w, "crossings");
         ds_sched_state_write(sc[k], &w);
         ds_jsonw_obj_end(&w);
@@ -510,6 +553,10 @@ int ds_trainer_state_load(ds_trainer *t, const char *text, size_t len, const cha
     t->step = json_integer_value(step);
     t->tokens = json_number_value(tok);
     t->skipped = json_integer_value(json_object_get(root, "skipped_steps"));
+    json_t *thr = json_object_get(root, "threads");
+    if (json_is_integer(thr) && json_integer_value(thr) != ds_threads_get())
+        ds_warn("resuming with %d threads, the checkpoint was written with %lld: the run will not repeat bit for bit",
+                ds_threads_get(), (long long)json_integer_value(thr));
     t->opt.t = json_integer_value(json_object_get(opt, "t"));
     json_t *bf = json_object_get(opt, "bf16_moments");
     if (json_is_boolean(bf) && json_boolean_value(bf) != (t->opt.o.bf16_moments != 0)) {
@@ -522,9 +569,12 @@ int ds_trainer_state_load(ds_trainer *t, const char *text, size_t len, const cha
     static const char *names[4] = {"lr", "batch", "gamma", "lambda"};
     for (int k = 0; k < 4; k++) {
         json_t *e = json_object_get(sch, names[k]);
-        json_t *spec = e ? json_object_get(e, "spec") : NULL;
-        /* a schedule changed on purpose keeps no crossings (they belong to the old one) */
-        if (json_is_string(spec) && !strcmp(json_string_value(spec), sc[k]->spec))
+        json_t *pts = e ? json_object_get(e, "points") : NULL;
+        char desc[512];
+        ds_sched_describe(sc[k], desc, sizeof desc);
+        /* a schedule that changed (another spec, or percentages of another --steps) keeps no
+         * crossings: they belong to the old knees */
+        if (json_is_string(pts) && !strcmp(json_string_value(pts), desc))
             if (ds_sched_state_read(sc[k], json_object_get(e, "crossings"), where)) goto done;
     }
     if ((int)json_array_size(bias) != t->net->n_moe_layers) {

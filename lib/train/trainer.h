@@ -55,6 +55,8 @@ typedef struct {
     int mtp_depth;
     int64_t n_targets; /* valid main-head targets over the whole optimizer step */
     int64_t n_rows;    /* rows in the whole optimizer step */
+    int row0;          /* this micro-batch's first row within the step (for per-row data such as
+                          RL advantages kept by the source that made the rows) */
 } ds_loss_ctx;
 
 typedef struct {
@@ -95,12 +97,26 @@ void ds_train_opts_defaults(ds_train_opts *o); /* V3's optimizer and clipping; s
 
 typedef struct ds_trainer ds_trainer;
 
+/* Data parallelism: `size` replicas each run the micro-batches i with i % size == rank of every step
+ * (all ranks read the same rows; the sources are deterministic), then sum gradients, loss terms and
+ * expert counts, so every replica applies the same update and stays identical. The callbacks sum in
+ * place and must give every rank the same result (a fixed reduction order). lib/dist provides them
+ * over MPI; NULL or size 1 = one process. */
+typedef struct {
+    int rank, size;
+    int (*allreduce_f32)(void *ctx, float *x, size_t n);
+    int (*allreduce_f64)(void *ctx, double *x, size_t n);
+    int (*allreduce_i64)(void *ctx, int64_t *x, size_t n);
+    void *ctx;
+} ds_train_comm;
+
 typedef struct {
     /* Write a checkpoint of the current state (final = after the last step or on a signal). */
     int (*save)(void *ctx, ds_trainer *t, int final);
     void *ctx;
     void *metrics;                 /* ds_metrics* (core/jsonw.h) or NULL */
-    volatile sig_atomic_t *stop;   /* non-zero: finish the step, save, return */
+    volatile sig_atomic_t *stop;   /* non-zero: finish the step, save, return (agreed across ranks) */
+    const ds_train_comm *comm;     /* data parallel group, or NULL; only rank 0 prints */
 } ds_train_hooks;
 
 /* Why ds_trainer_run returned 0. */
@@ -110,6 +126,9 @@ typedef enum { DS_TRAIN_DONE = 0, DS_TRAIN_STOPPED = 1 } ds_train_end;
 int ds_trainer_create(ds_trainer **out, const ds_train_opts *o, ds_train_net *net, ds_data_source *train,
                       ds_data_source *val, const ds_loss_hook *loss, const ds_train_hooks *hooks);
 void ds_trainer_free(ds_trainer *t);
+
+/* Join a data-parallel group after creation (the hooks are otherwise fixed at create). */
+void ds_trainer_set_comm(ds_trainer *t, const ds_train_comm *comm);
 
 /* Train until total_steps (or a stop). Returns 0 (see *end), DS_EDIVERGED on NaN/Inf (nothing saved
  * for the bad step; the last checkpoint stays), or DS_ERR. */
@@ -137,7 +156,7 @@ int ds_trainer_state_load(ds_trainer *t, const char *json, size_t len, const cha
 typedef struct {
     int64_t step; /* 1-based: steps completed */
     double terms[DS_LOSS_MAX_TERMS];
-    double loss_bal, lr, grad_norm, gamma, lambda, tokens, ms, tok_s, mfu, val_loss;
+    double loss_bal, lr, grad_norm, gamma, lambda, tokens, ms, cpu_ms, tok_s, mfu, val_loss;
     int batch, skipped;
 } ds_step_report;
 const ds_step_report *ds_trainer_last(const ds_trainer *t);
@@ -146,7 +165,7 @@ const ds_step_report *ds_trainer_last(const ds_trainer *t);
 int ds_trainer_plot(const ds_trainer *t, const char *png_path, const char *title);
 
 /* A number in its shortest round-trip form (null when not finite), for metrics records. */
-void ds_jsonw_knum_short(ds_jsonw *w, const char *key, double v);
+void ds_train_knum(ds_jsonw *w, const char *key, double v);
 
 /* SIGINT/SIGTERM set the returned flag to the signal number (a second signal kills at once). */
 volatile sig_atomic_t *ds_train_catch_signals(void);

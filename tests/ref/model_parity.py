@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Parity of libds's DeepSeek-V3 network with Hugging Face transformers' DeepseekV3ForCausalLM.
 
-usage: model_parity.py DRIVER VARIANT WORKDIR
+usage: model_parity.py DRIVER WORKDIR VARIANT...
 
 Builds a random tiny DeepseekV3 model in transformers (weights at a generic operating point: unit-variance
 projections, sharper routers, norm gains away from 1, non-zero e_score_correction_bias), saves it with
@@ -220,8 +220,7 @@ def rel(a, b):
     return float((a - b).norm() / max(float(b.norm()), 1e-30))
 
 
-def main():
-    driver, variant, work = sys.argv[1], sys.argv[2], sys.argv[3]
+def run(driver, variant, work):
     cfg, model, mtp, depth, alpha, ds_factor = build(variant, 1234)
     L = cfg.num_hidden_layers
     B, T = 2, 12
@@ -239,7 +238,7 @@ def main():
               os.path.join(work, "batch.safetensors"), metadata={"format": "pt"})
     r = subprocess.run([driver, "--ref", work], capture_output=True, text=True)
     if r.returncode:
-        print(f"driver failed: {r.stderr.strip()}")
+        print(f"FAIL: {variant}: driver failed: {r.stderr.strip()}")
         return 1
     ours = load_file(os.path.join(work, "ours.safetensors"))
 
@@ -255,7 +254,7 @@ def main():
         with torch.no_grad():
             hf_lp = reference(model, mtp, depth, alpha, tok, tgt, cm, cmtp)[0]
         d_hf = float(((hf_lp - ours["logp"]).abs() / hf_lp.abs().clamp(min=1e-30)).max())
-        check(d_hf > 1e-3, f"transformers' own YaRN factor differs from DeepSeek's (max rel dlogp {d_hf:.1e})")
+        check(d_hf > 1e-3, f"{variant}: transformers' own YaRN factor differs from DeepSeek's (max rel dlogp {d_hf:.1e})")
         model.model.rotary_emb.attention_scaling = ds_factor
 
     model.zero_grad()
@@ -292,6 +291,14 @@ def main():
             worst, worst_name = e, name
     check(worst <= 1e-3, f"{variant}: parameter gradients, worst relative error {worst:.2e} ({worst_name}, tol 1e-3)")
     return 1 if failures else 0
+
+
+def main():
+    driver, work, variants = sys.argv[1], sys.argv[2], sys.argv[3:]
+    status = 0
+    for v in variants:
+        status |= run(driver, v, os.path.join(work, v))
+    return status
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ static void fixture_free(fixture *f) {
 
 static ds_infer *engine(fixture *f, int slots, int max_len, int max_tokens, int mtp) {
     ds_infer_model m = {.cfg = &f->cfg, .w = &f->w, .expert_bias = (const float *const *)f->bias, .mtp_depth = 1};
-    ds_infer_opts o = {.max_tokens = max_tokens, .slots = slots, .max_len = max_len, .mtp = mtp};
+    ds_infer_opts o = {.max_tokens = max_tokens, .slots = slots, .max_len = max_len, .mtp = mtp,
+                       .max_out = max_tokens};
     ds_infer *e = NULL;
     if (ds_infer_create(&e, &m, ds_ops_cpu(), &o)) {
         printf("# create failed: %s\n", ds_errmsg());
@@ -270,6 +271,19 @@ TEST(batch_composition_does_not_matter) {
     ds_infer_step b4 = {.n = 1, .tok = two_tok, .slot = z, .pos = p3, .form = DS_ATTN_NAIVE};
     CHECK(ds_infer_forward(e, &b4) == DS_ERR && strstr(ds_errmsg(), "start at position 0"), "naive: %s", ds_errmsg());
     ds_infer_free(e);
+    /* the logits buffer holds max_out rows (default: two per slot), not a prefill chunk's worth */
+    ds_infer_model m = {.cfg = &f.cfg, .w = &f.w, .expert_bias = (const float *const *)f.bias, .mtp_depth = 1};
+    ds_infer_opts o = {.max_tokens = 16, .slots = 2, .max_len = 32};
+    CHECK(ds_infer_create(&e, &m, NULL, &o) == 0 && ds_infer_max_out(e) == 4, "default max_out = 2 x slots");
+    int32_t t16[16], s16[16], p16[16];
+    float lg[5 * 97];
+    for (int i = 0; i < 16; i++) t16[i] = 3 + i, s16[i] = 0, p16[i] = i;
+    ds_infer_step b5 = {.n = 16, .tok = t16, .slot = s16, .pos = p16, .n_out = 5, .logits = lg};
+    CHECK(ds_infer_forward(e, &b5) == DS_ERR && strstr(ds_errmsg(), "logits for 5 rows: at most 4"), "5 rows: %s",
+          ds_errmsg());
+    b5.n_out = 4;
+    CHECK(ds_infer_forward(e, &b5) == 0, "4 rows");
+    ds_infer_free(e);
     fixture_free(&f);
 }
 
@@ -288,9 +302,9 @@ TEST(mtp_incremental_equals_one_call) {
     }
     ds_infer_step st = {.n = T, .tok = t, .slot = sl, .pos = pos, .form = DS_ATTN_NAIVE, .hidden = h};
     int rc = ds_infer_forward(e, &st);
-    rc |= ds_infer_mtp(e, T, t + 1, h, sl, pos, a);
+    rc |= ds_infer_mtp(e, T, t + 1, h, sl, pos, T, NULL, a);
     int32_t one = 1;
-    for (int i = 0; i < T; i++) rc |= ds_infer_mtp(e, 1, t + 1 + i, h + (size_t)i * D, &one, &pos[i], b + (size_t)i * V);
+    for (int i = 0; i < T; i++) rc |= ds_infer_mtp(e, 1, t + 1 + i, h + (size_t)i * D, &one, &pos[i], 1, NULL, b + (size_t)i * V);
     double err = max_rel(b, a, (size_t)T * V);
     CHECK(rc == 0 && err < 2e-5, "MTP over %d positions at once vs one at a time: %.3g", T, err);
     ds_infer_free(e);

@@ -129,7 +129,7 @@ TEST(mtp_module_matches_training_forward) {
     const float *bias[8];
     ds_infer_model im;
     ds_infer_model_of(m, &im, bias);
-    ds_infer_opts io = {.max_tokens = T, .slots = 1, .max_len = T, .mtp = 1};
+    ds_infer_opts io = {.max_tokens = T, .slots = 1, .max_len = T, .mtp = 1, .max_out = T};
     ds_infer *e = NULL;
     int rc = ds_infer_create(&e, &im, NULL, &io);
     int32_t tok[T], tgt[T], sl[T], pos[T];
@@ -146,7 +146,7 @@ TEST(mtp_module_matches_training_forward) {
                         .hidden = h};
     if (!rc) rc = ds_infer_forward(e, &st);
     /* MTP row t: (h_t, token t+1) scores token t+2 */
-    if (!rc) rc = ds_infer_mtp(e, T - 1, tok + 1, h, sl, pos, ml);
+    if (!rc) rc = ds_infer_mtp(e, T - 1, tok + 1, h, sl, pos, T - 1, NULL, ml);
     ds_batch b = {.B = 1, .T = T, .tokens = tok, .targets = tgt};
     ds_fwd_out fo;
     if (!rc) rc = ds_model_forward(m, &b, &fo);

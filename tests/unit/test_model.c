@@ -380,13 +380,110 @@ TEST(experts_split_like_expert_parallelism) {
     ds_model_free(m);
 }
 
+/* keep_logits: the logits are there (their log-softmax at the targets is logp), and the backward that
+ * reuses them instead of recomputing gives the same gradients. */
+TEST(keep_logits) {
+    ds_config c;
+    fixture_tiny(&c);
+    ds_model_opts o = {.max_batch = 2, .max_seq = 12, .train = 1, .recompute = 1, .keep_logits = 1};
+    ds_model *a = NULL, *b = make(&c, 2, 12, 1, 0);
+    CHECK(!ds_model_create(&a, &c, &o), "create with keep_logits");
+    if (!a || !b) return;
+    init_generic(a, 9);
+    init_generic(b, 9);
+    batch_t t;
+    batch_make(&t, 2, 12, c.vocab_size, 1, 4, 0);
+    ds_fwd_out oa, ob;
+    CHECK(!ds_model_forward(a, &t.b, &oa) && !ds_model_forward(b, &t.b, &ob), "forwards");
+    double worst = 0;
+    for (int i = 0; i < 24; i++) {
+        const float *z = oa.logits + (size_t)i * c.vocab_size;
+        double mx = -INFINITY, s = 0;
+        for (int j = 0; j < c.vocab_size; j++) mx = fmax(mx, z[j]);
+        for (int j = 0; j < c.vocab_size; j++) s += exp(z[j] - mx);
+        double want = t.tgt[i] >= 0 ? z[t.tgt[i]] - mx - log(s) : 0.0;
+        worst = fmax(worst, fabs(want - oa.logp[i]));
+    }
+    CHECK(worst < 2e-6 && ob.logits == NULL, "logits kept: log-softmax at the targets = logp (%.1e); NULL otherwise",
+          worst);
+    CHECK(!ds_model_backward(a, &t.b, t.cm, t.cmtp) && !ds_model_backward(b, &t.b, t.cm, t.cmtp), "backwards");
+    double eg = 0, ng = 0;
+    for (size_t i = 0; i < ds_model_num_params(a); i++) {
+        double x = ds_model_grads(a)[i], y = ds_model_grads(b)[i];
+        eg += (x - y) * (x - y), ng += y * y;
+    }
+    CHECK(sqrt(eg / ng) < 1e-6, "same gradients without the head's recomputation (rel %.1e)", sqrt(eg / ng));
+    batch_free(&t);
+    ds_model_free(a), ds_model_free(b);
+}
+
+/* RoPE makes attention depend on position differences only: explicit positions equal to the defaults give
+ * the same outputs, and shifting every position by a constant changes them by rounding only. */
+TEST(explicit_positions) {
+    ds_config c;
+    fixture_tiny(&c);
+    fixture_yarn(&c, 4.0, 32, 1.0, 1.0);
+    ds_model_opts o = {.max_batch = 2, .max_seq = 12};
+    ds_model *m = NULL;
+    CHECK(!ds_model_create(&m, &c, &o), "create");
+    if (!m) return;
+    init_generic(m, 10);
+    batch_t t;
+    batch_make(&t, 2, 12, c.vocab_size, 1, 6, 0);
+    ds_fwd_out out;
+    float base[24], mtp[24];
+    CHECK(!ds_model_forward(m, &t.b, &out), "default positions");
+    memcpy(base, out.logp, sizeof base), memcpy(mtp, out.mtp_logp, sizeof mtp);
+    int32_t pos[24];
+    for (int i = 0; i < 24; i++) pos[i] = i % 12;
+    t.b.pos = pos;
+    CHECK(!ds_model_forward(m, &t.b, &out) && same_floats(base, out.logp, 24) && same_floats(mtp, out.mtp_logp, 24),
+          "explicit 0..T-1 = default");
+    for (int i = 0; i < 24; i++) pos[i] = i % 12 + 1000;
+    CHECK(!ds_model_forward(m, &t.b, &out), "shifted by 1000");
+    double worst = 0;
+    for (int i = 0; i < 24; i++) worst = fmax(worst, fabs(out.logp[i] - base[i]));
+    CHECK(worst < 2e-4, "a constant shift changes log-probs by rounding only: %.1e", worst);
+    pos[5] = -1;
+    CHECK(ds_model_forward(m, &t.b, &out) == DS_ERR && strstr(ds_errmsg(), "negative position -1"), "%s", ds_errmsg());
+    t.b.pos = NULL;
+    batch_free(&t);
+    ds_model_free(m);
+}
+
+/* share/configs/deepseek-v3-671b.json (io's) loads, plans, and its counts agree with io's. */
+TEST(plan_671b_from_share_config) {
+    const char *root = getenv("DS_ROOT");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/share/configs/deepseek-v3-671b.json", root ? root : ".");
+    ds_config c;
+    if (ds_config_load_file(&c, path)) {
+        CHECK(0, "load share/configs/deepseek-v3-671b.json: %s", ds_errmsg());
+        return;
+    }
+    ds_model_opts o = {.max_batch = 1, .max_seq = 4096, .train = 1, .recompute = 1};
+    ds_mem_plan p;
+    ds_param_counts pc;
+    ds_config_counts(&c, &pc);
+    int rc = ds_model_plan(&c, &o, &p);
+    CHECK(rc == 0, "plan%s%s", rc ? ": " : "", rc ? ds_errmsg() : "");
+    int64_t mtp_bias = (int64_t)c.num_nextn_predict_layers * c.n_routed_experts;
+    CHECK(pc.total == p.n_params_main + p.n_expert_bias - mtp_bias && pc.mtp == p.n_params_mtp + mtp_bias,
+          "config counts (total %lld, mtp %lld) = the parameter table's", (long long)pc.total, (long long)pc.mtp);
+    CHECK(p.total_bytes == p.params_bytes + p.grads_bytes + p.optimizer_bytes + p.activation_bytes &&
+              p.total_bytes > (size_t)10000 << 30,
+          "%.1f TiB to train on one device", p.total_bytes / 1099511627776.0);
+    ds_config_free(&c);
+}
+
 /* The V3 shape: plans memory and counts parameters without allocating them. */
 TEST(plan_671b) {
     ds_config c;
     fixture_671b(&c);
     ds_model_opts o = {.max_batch = 1, .max_seq = 4096, .train = 1, .recompute = 1};
     ds_mem_plan p;
-    CHECK(!ds_model_plan(&c, &o, &p), "plan (%s)", ds_errmsg());
+    int prc = ds_model_plan(&c, &o, &p);
+    CHECK(prc == 0, "plan%s%s", prc ? ": " : "", prc ? ds_errmsg() : "");
     /* spec 1.3: main model 671.03B (its gate biases included), MTP module 11.61B unique parameters */
     double main_b = (p.n_params_main + p.n_expert_bias - 256.0) / 1e9, mtp_b = (p.n_params_mtp + 256.0) / 1e9;
     CHECK(fabs(main_b - 671.03) < 0.01, "main model %.3fB parameters", main_b);

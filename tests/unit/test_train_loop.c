@@ -428,6 +428,134 @@ TEST(batch_ramp_grows_in_whole_micro_batches) {
     run_close(&r);
 }
 
+/* A loss hook that wraps the pretraining one and records which rows each micro-batch covered. */
+static int rows_seen[64], n_rows_seen;
+static int recording_micro(void *ctx, const ds_loss_ctx *lc, const ds_batch *b, const ds_fwd_out *f, float *dlogp, float *dmtp,
+                           double *terms) {
+    if (dlogp && n_rows_seen < 64) rows_seen[n_rows_seen++] = lc->row0;
+    return ds_loss_pretrain.micro(ctx, lc, b, f, dlogp, dmtp, terms);
+}
+
+TEST(loss_hooks_see_each_micro_batch_row_offset) {
+    run r;
+    run_cfg c = {.total = 2, .micro = 2, .batch = 8, .T = 8, .seed = 10};
+    CHECK(run_open(&r, &c, NULL) == 0, "open");
+    ds_trainer_free(r.t);
+    ds_loss_hook h = ds_loss_pretrain;
+    h.micro = recording_micro;
+    ds_train_opts o;
+    ds_train_opts_defaults(&o);
+    o.total_steps = 2, o.seq_len = 8, o.micro_batch = 2, o.log_every = 0;
+    ds_sched_parse(&o.lr, "1e-3", 0, 2, "lr");
+    ds_sched_parse(&o.batch, "8", 0, 2, "batch");
+    ds_sched_parse(&o.gamma, "0", 0, 2, "gamma");
+    ds_sched_parse(&o.lambda, "0.3", 0, 2, "lambda");
+    CHECK(ds_trainer_create(&r.t, &o, &r.f.net, r.train, NULL, &h, NULL) == 0, "trainer with a custom hook");
+    n_rows_seen = 0;
+    ds_train_end end;
+    CHECK(ds_trainer_run(r.t, &end) == 0, "ran");
+    CHECK(n_rows_seen == 8 && rows_seen[0] == 0 && rows_seen[1] == 2 && rows_seen[2] == 4 && rows_seen[3] == 6 && rows_seen[4] == 0,
+          "row offsets 0 2 4 6 per step (%d calls)", n_rows_seen);
+    run_close(&r);
+}
+
+/* ---- data parallelism: two replicas in two threads, summing through shared memory ---- */
+
+#include <pthread.h>
+
+typedef struct {
+    pthread_barrier_t bar;
+    void *buf[2];
+} fake_group;
+
+typedef struct {
+    fake_group *g;
+    int rank;
+} fake_member;
+
+/* Sum in rank order, so both ranks get the same bits. */
+#define FAKE_ALLREDUCE(fname, type)                                                                        \
+    static int fname(void *ctx, type *x, size_t n) {                                                      \
+        fake_member *me = ctx;                                                                             \
+        fake_group *g = me->g;                                                                             \
+        g->buf[me->rank] = x;                                                                              \
+        pthread_barrier_wait(&g->bar);                                                                     \
+        const type *a = g->buf[0], *b = g->buf[1];                                                         \
+        type *tmp = malloc(n * sizeof *tmp + 1);                                                           \
+        for (size_t i = 0; i < n; i++) tmp[i] = a[i] + b[i];                                               \
+        pthread_barrier_wait(&g->bar);                                                                     \
+        memcpy(x, tmp, n * sizeof *tmp);                                                                   \
+        free(tmp);                                                                                         \
+        pthread_barrier_wait(&g->bar);                                                                     \
+        return 0;                                                                                          \
+    }
+FAKE_ALLREDUCE(fake_sum_f32, float)
+FAKE_ALLREDUCE(fake_sum_f64, double)
+FAKE_ALLREDUCE(fake_sum_i64, int64_t)
+
+typedef struct {
+    run r;
+    run_cfg c;
+    ds_train_comm comm;
+    fake_member me;
+    int rc;
+    char metrics[200];
+} replica;
+
+static void *replica_main(void *arg) {
+    replica *p = arg;
+    p->rc = run_open(&p->r, &p->c, p->me.rank == 0 ? p->metrics : NULL);
+    if (p->rc) return NULL;
+    /* the hooks live in the trainer; point them at this replica's group */
+    ds_trainer_set_comm(p->r.t, &p->comm);
+    ds_train_end end;
+    p->rc = ds_trainer_run(p->r.t, &end);
+    return NULL;
+}
+
+TEST(data_parallel_replicas_match_one_process) {
+    run_cfg c = {.total = 12, .micro = 2, .batch = 8, .T = 16, .seed = 9, .val_frac = 0.05, .val_every = 4, .gamma = "0.01"};
+    run one;
+    unlink(tmp("one.jsonl")), unlink(tmp("dp.jsonl"));
+    CHECK(run_open(&one, &c, tmp("one.jsonl")) == 0, "open");
+    ds_train_end end;
+    CHECK(ds_trainer_run(one.t, &end) == 0, "one process");
+    fake_group g;
+    pthread_barrier_init(&g.bar, NULL, 2);
+    replica rep[2];
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) {
+        memset(&rep[k], 0, sizeof rep[k]);
+        rep[k].c = c;
+        rep[k].me = (fake_member){.g = &g, .rank = k};
+        rep[k].comm = (ds_train_comm){.rank = k, .size = 2, .allreduce_f32 = fake_sum_f32, .allreduce_f64 = fake_sum_f64,
+                                      .allreduce_i64 = fake_sum_i64, .ctx = &rep[k].me};
+        snprintf(rep[k].metrics, sizeof rep[k].metrics, "%s", tmp("dp.jsonl"));
+        pthread_create(&th[k], NULL, replica_main, &rep[k]);
+    }
+    for (int k = 0; k < 2; k++) pthread_join(th[k], NULL);
+    CHECK(rep[0].rc == 0 && rep[1].rc == 0, "both replicas ran");
+    CHECK(!memcmp(rep[0].r.f.params, rep[1].r.f.params, NPARAM * sizeof(float)) && !memcmp(rep[0].r.f.bias, rep[1].r.f.bias, sizeof rep[0].r.f.bias),
+          "the replicas stay bit-identical");
+    double maxd = 0;
+    for (int i = 0; i < NPARAM; i++) maxd = fmax(maxd, fabs(one.f.params[i] - rep[0].r.f.params[i]));
+    CHECK(maxd < 1e-5, "parameters match one process to rounding (max difference %.3g)", maxd);
+    json_t *m1 = read_metrics(tmp("one.jsonl")), *m2 = read_metrics(tmp("dp.jsonl"));
+    int close = json_array_size(m1) == 12 && json_array_size(m2) == 12;
+    for (size_t i = 0; close && i < 12; i++) {
+        close &= fabs(rec_num(m1, i, "loss") - rec_num(m2, i, "loss")) < 1e-5;
+        close &= fabs(rec_num(m1, i, "grad_norm") - rec_num(m2, i, "grad_norm")) < 1e-4 * rec_num(m1, i, "grad_norm");
+        double v1 = rec_num(m1, i, "val_loss"), v2 = rec_num(m2, i, "val_loss");
+        close &= (isnan(v1) && isnan(v2)) || fabs(v1 - v2) < 1e-5;
+        json_t *b1 = json_object_get(json_array_get(m1, i), "balance"), *b2 = json_object_get(json_array_get(m2, i), "balance");
+        close &= json_equal(json_object_get(json_array_get(b1, 0), "max_load"), json_object_get(json_array_get(b2, 0), "max_load"));
+    }
+    CHECK(close, "the same loss curve, validation losses and expert loads as one process");
+    json_decref(m1), json_decref(m2);
+    run_close(&one), run_close(&rep[0].r), run_close(&rep[1].r);
+    pthread_barrier_destroy(&g.bar);
+}
+
 int main(int argc, char **argv) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/ds-test-train-XXXXXX");
     if (!mkdtemp(tmpdir)) return 1;
