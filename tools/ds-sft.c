@@ -45,8 +45,8 @@ static char *config_record(const args *a, const ds_session *s, const ds_sft_set 
     ds_jsonw_kint(&w, "val_samples", st->val_samples);
     ds_jsonw_kint(&w, "val_rows", st->val_rows);
     ds_jsonw_kint(&w, "rows", st->rows);
-    ds_jsonw_knum_short(&w, "packing_fill", st->fill);
-    ds_jsonw_knum_short(&w, "trained_share", st->trained);
+    ds_train_knum(&w, "packing_fill", st->fill);
+    ds_train_knum(&w, "trained_share", st->trained);
     ds_jsonw_kint(&w, "epochs", a->epochs);
     ds_jsonw_kint(&w, "steps", to->total_steps);
     ds_jsonw_kint(&w, "batch", a->batch);
@@ -60,10 +60,10 @@ static char *config_record(const args *a, const ds_session *s, const ds_sft_set 
         ds_jsonw_kstr(&w, names[k], d);
         ds_info("%-7s %s", names[k], d);
     }
-    ds_jsonw_knum_short(&w, "alpha", to->balance_alpha);
-    ds_jsonw_knum_short(&w, "weight_decay", to->adamw.weight_decay);
-    ds_jsonw_knum_short(&w, "clip", to->clip_norm);
-    ds_jsonw_knum_short(&w, "val_frac", a->val_frac);
+    ds_train_knum(&w, "alpha", to->balance_alpha);
+    ds_train_knum(&w, "weight_decay", to->adamw.weight_decay);
+    ds_train_knum(&w, "clip", to->clip_norm);
+    ds_train_knum(&w, "val_frac", a->val_frac);
     ds_jsonw_kint(&w, "pack_window", a->window);
     ds_jsonw_kint(&w, "seed", a->seed);
     ds_jsonw_kint(&w, "threads", ds_threads_get());
