@@ -203,7 +203,7 @@ static int runner_init(runner *r, const ds_infer_model *m, const ds_ops *ops, in
     r->chunk = chunk > 0 ? chunk : 2048;
     if (r->chunk > max_len) r->chunk = max_len;
     if (out_rows > r->chunk) out_rows = r->chunk;
-    ds_infer_opts io = {.max_tokens = r->chunk, .slots = 1, .max_len = max_len, .mtp = 0};
+    ds_infer_opts io = {.max_tokens = r->chunk, .slots = 1, .max_len = max_len, .mtp = 0, .max_out = out_rows};
     DS_TRY(ds_infer_create(&r->e, m, ops, &io));
     r->slot = calloc((size_t)r->chunk, sizeof *r->slot);
     r->pos = malloc((size_t)r->chunk * sizeof *r->pos);

@@ -38,7 +38,7 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if "step" in r:
-        print(json.dumps({k: v for k, v in r.items() if k not in ("ms", "tok_s", "mfu")}, sort_keys=True))
+        print(json.dumps({k: v for k, v in r.items() if k not in ("ms", "cpu_ms", "tok_s", "mfu")}, sort_keys=True))
 ' "$1"; }
 
 @test "--help lists the options with defaults and an example" {
