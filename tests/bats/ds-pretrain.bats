@@ -105,6 +105,19 @@ print(len(w), "tensors")' "$BATS_TEST_TMPDIR/ck"
     [ "$status" -eq 0 ]
 }
 
+@test "the pipeline: ds-tokenize encode writes shards, ds-pretrain trains on them" {
+    "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$BATS_TEST_TMPDIR/text/" "$T/prose.txt"
+    run --separate-stderr pretrain --config "$CFG" --data "$BATS_TEST_TMPDIR/text" --tokenizer "$T/tok.json" -o "$BATS_TEST_TMPDIR/ck" \
+        --steps 12 --batch 4 --seq-len 64 --lr 1e-2 --metrics "$BATS_TEST_TMPDIR/m.jsonl"
+    echo "$stderr" | grep -E "^(data|step)"
+    [ "$status" -eq 0 ]
+    [[ "$stderr" == *"data    1 shard(s), "*" tokens, 1 documents, vocabulary 400"* ]]
+    first=$(numbers "$BATS_TEST_TMPDIR/m.jsonl" | head -1 | grep -o '"loss": [0-9.]*' | cut -d' ' -f2)
+    last=$(numbers "$BATS_TEST_TMPDIR/m.jsonl" | tail -1 | grep -o '"loss": [0-9.]*' | cut -d' ' -f2)
+    "$DS_PY" -c "import sys; sys.exit(0 if float(sys.argv[2]) < float(sys.argv[1]) - 1 else 1)" "$first" "$last"
+    cmp "$T/tok.json" "$BATS_TEST_TMPDIR/ck/tokenizer.json"
+}
+
 @test "SIGTERM finishes the step, saves and exits 143; --resume continues bit for bit" {
     common=(--peak-tflops 0.1 --threads 1 --config "$CFG" --data "$T/shards" --steps 120 --batch 4 --seq-len 32 --lr 3e-3 --val-every 25
             --log-every 0)
