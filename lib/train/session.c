@@ -247,7 +247,8 @@ static int trim_metrics(const char *path, int64_t step) {
 int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                      const ds_loss_hook *loss, const char *config_record) {
     s->stop = ds_train_catch_signals();
-    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop};
+    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = s->o.step_record,
+                        .after_step = s->o.after_step, .step_ctx = s->o.step_ctx};
     if (s->o.metrics_path) h.metrics = &s->metrics;
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
     if (s->o.resume) {
