@@ -273,7 +273,9 @@ int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *tra
                      const ds_loss_hook *loss, const char *config_record) {
     DS_TRY(join_data_parallel(s));
     s->stop = ds_train_catch_signals();
-    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .comm = s->have_comm ? &s->tcomm : NULL};
+    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = s->o.step_record,
+                        .after_step = s->o.after_step, .step_ctx = s->o.step_ctx,
+                        .comm = s->have_comm ? &s->tcomm : NULL};
     if (ds_session_rank(s) != 0) s->o.metrics_path = s->o.plot_path = NULL;
     if (s->o.metrics_path) h.metrics = &s->metrics;
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));

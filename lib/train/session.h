@@ -42,6 +42,11 @@ typedef struct {
      * NULL: the config as loaded. A non-zero return stops with that status. */
     int (*edit_config)(void *ctx, ds_config *cfg);
     void *edit_ctx;
+    /* Per-step hooks handed to the trainer (trainer.h ds_train_hooks); may be set in s->o between
+     * ds_session_open and ds_session_start, when what they need exists only after the model does. */
+    void (*step_record)(void *ctx, const ds_trainer *t, ds_jsonw *w);
+    int (*after_step)(void *ctx, ds_trainer *t);
+    void *step_ctx;
 } ds_session_opts;
 
 typedef struct {

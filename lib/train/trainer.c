@@ -298,7 +298,7 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
         ds_fwd_out f;
         DS_TRY(t->net->forward(t->net->impl, &b, &f));
         int64_t n = ds_batch_buf_count_targets(&t->vbuf, 0, m);
-        ds_loss_ctx lc = {.step = t->step, .lambda = 0, .mtp_depth = 0, .n_targets = n, .n_rows = m};
+        ds_loss_ctx lc = {.step = t->step, .lambda = 0, .mtp_depth = 0, .n_targets = n, .n_rows = m, .row0 = 0};
         double terms[DS_LOSS_MAX_TERMS] = {0};
         DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, NULL, NULL, terms));
         sum += terms[0] * (double)n; /* back to a sum, so the mean is over all validation targets */
@@ -362,6 +362,7 @@ static int write_metrics(const ds_trainer *t) {
     if (r->mfu > 0) ds_train_knum(&w, "mfu", r->mfu);
     if (!isnan(r->val_loss)) ds_train_knum(&w, "val_loss", r->val_loss);
     if (r->skipped) ds_jsonw_kbool(&w, "skipped", 1);
+    if (t->hooks.step_record) t->hooks.step_record(t->hooks.step_ctx, t, &w);
     if (t->bal.n_layers > 0) {
         ds_jsonw_key(&w, "balance");
         ds_jsonw_arr_begin(&w);
@@ -413,6 +414,7 @@ int ds_trainer_run(ds_trainer *t, ds_train_end *end) {
             (t->step % t->o.log_every == 0 || t->step == t->o.total_steps || t->step == 1 || r->skipped))
             log_line(t);
         DS_TRY(write_metrics(t));
+        if (t->hooks.after_step) DS_TRY(t->hooks.after_step(t->hooks.step_ctx, t));
         int64_t stop = t->hooks.stop ? *t->hooks.stop : 0;
         if (dp_size(t) > 1) DS_TRY(t->hooks.comm->allreduce_i64(t->hooks.comm->ctx, &stop, 1)); /* all stop together */
         if (stop) {

@@ -117,6 +117,12 @@ typedef struct {
     void *metrics;                 /* ds_metrics* (core/jsonw.h) or NULL */
     volatile sig_atomic_t *stop;   /* non-zero: finish the step, save, return (agreed across ranks) */
     const ds_train_comm *comm;     /* data parallel group, or NULL; only rank 0 prints */
+    /* Optional, for tools with numbers of their own (ds-rl): step_record adds keys to each step's
+     * metrics record after the trainer's; after_step runs once the record is written and before
+     * any checkpoint of that step (evaluations, the tool's own log line; an error stops the run). */
+    void (*step_record)(void *ctx, const ds_trainer *t, ds_jsonw *w);
+    int (*after_step)(void *ctx, ds_trainer *t);
+    void *step_ctx;
 } ds_train_hooks;
 
 /* Why ds_trainer_run returned 0. */
