@@ -23,7 +23,7 @@ typedef struct {
     ds_strlist data;
     const char *lr_sched, *batch_ramp, *gamma, *lambda;
     int64_t steps;
-    int batch, micro, seq_len, threads, save_every, val_every, val_batches, log_every, fp8, bf16, skip, quiet, verbose;
+    int batch, micro, seq_len, threads, dp, save_every, val_every, val_batches, log_every, fp8, bf16, skip, quiet, verbose;
     double lr, alpha, wd, beta1, beta2, eps, clip, init_std, val_frac, fim_rate, peak_tflops;
     int64_t seed;
 } args;
@@ -97,7 +97,8 @@ static int run(args *a) {
     ds_session_opts so = {.tool = "ds-pretrain", .config_path = a->config, .model_path = a->model, .resume = a->resume,
                           .out_dir = a->out, .tokenizer_path = a->tokenizer, .metrics_path = a->metrics, .plot_path = a->plot,
                           .device = a->device, .fp8 = a->fp8, .init_std = a->init_std, .balance_alpha = a->alpha,
-                          .micro_batch = a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed};
+                          .micro_batch = a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed,
+                          .dp = a->dp};
     if ((rc = ds_session_open(&s, &so))) goto done;
     if ((rc = ds_shards_load(&rd, &di, a->data.v, a->data.n, s.cfg.vocab_size))) goto done;
     if (!s.tokenizer_json && !ds_is_stdio(di.first)) { /* the tokenizer that wrote the shards, if it sits beside them */
@@ -207,6 +208,7 @@ int main(int argc, char **argv) {
         {"skip-nonfinite", 0, DS_OPT_FLAG, &a.skip, NULL, "skip a step with NaN/Inf instead of stopping with exit 3", 0, 0, 0},
         {"fp8", 0, DS_OPT_FLAG, &a.fp8, NULL, "FP8 GEMMs (CUDA only)", 0, 0, 0},
         {"device", 0, DS_OPT_CHOICE, &a.device, "DEV", "where to train", "cpu|cuda", 0, 0},
+        {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started)", 0, 0, 1e6},
         {"quiet", 'q', DS_OPT_FLAG, &a.quiet, NULL, "only errors and warnings", 0, 0, 0},
         {"verbose", 'v', DS_OPT_FLAG, &a.verbose, NULL, "more detail", 0, 0, 0},
         {0},

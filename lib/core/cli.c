@@ -57,7 +57,7 @@ const char *ds_tool_name(void) { return tool_name; }
 int ds_tool_report(int rc) {
     if (rc == 0) return 0;
     const char *m = ds_errmsg();
-    fprintf(stderr, "%s: error: %s\n", tool_name, m[0] ? m : "unknown error");
+    fprintf(stderr, "%s%s: error: %s\n", ds_log_prefix(), tool_name, m[0] ? m : "unknown error");
     if (ds_errhint()[0]) fprintf(stderr, "hint: %s\n", ds_errhint());
     return rc;
 }

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "core/jsonw.h"
+#include "dist/comm.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "train/trainer.h"
@@ -35,6 +36,8 @@ typedef struct {
     int micro_batch, seq_len;
     uint64_t seed;
     int want_entropy;           /* forward also computes per-token entropy (RL diagnostics) */
+    int dp;                     /* data-parallel ranks: 0 = the MPI world when started by mpirun, else 1;
+                                   rank 0 alone writes checkpoints, metrics and plots */
     /* Called with the loaded config before the model is built (ds-extend-ctx sets rope_scaling);
      * NULL: the config as loaded. A non-zero return stops with that status. */
     int (*edit_config)(void *ctx, ds_config *cfg);
@@ -60,7 +63,13 @@ typedef struct {
     int64_t resumed_step;     /* -1: a fresh run */
     char resume_dir[4096];    /* the checkpoint actually resumed from */
     volatile sig_atomic_t *stop;
+    ds_comm comm;             /* the data-parallel group (have_comm) */
+    int have_comm;
+    ds_train_comm tcomm;
 } ds_session;
+
+/* This process's rank in the data-parallel group (0 without one): only rank 0 talks. */
+static inline int ds_session_rank(const ds_session *s) { return s->have_comm ? s->comm.rank : 0; }
 
 /* Config, model (initialised or loaded), tokenizer. After this, s->cfg and s->tokenizer_json are set. */
 int ds_session_open(ds_session *s, const ds_session_opts *o);

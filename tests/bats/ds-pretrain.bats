@@ -278,3 +278,45 @@ save_file(w, p, metadata={"format": "pt"})' "$BATS_TEST_TMPDIR/bad"
     [ "$status" -eq 1 ]
     [[ "$stderr" == "ds-pretrain: error: --device cuda: "* ]]
 }
+
+mpi() {
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+    mpirun --oversubscribe "$@"
+}
+
+@test "data parallel over MPI: 2 ranks follow the one-process loss curve; rank 0 alone writes" {
+    local d=$BATS_TEST_TMPDIR args="--config $CFG --data $T/shards --steps 4 --batch 4 --micro-batch 1 --seq-len 32 --seed 3"
+    run pretrain $args -o "$d/one" --metrics "$d/one.jsonl"
+    [ "$status" -eq 0 ]
+    run mpi -np 2 "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 $args -o "$d/two" --metrics "$d/two.jsonl"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"data parallel: 2 ranks on 1 node(s)"* ]]
+    [ "$(printf '%s\n' "$output" | grep -c 'saved step 4')" -eq 1 ]   # one writer
+    "$DS_PY" - "$d" <<'PY'
+import json, sys
+from safetensors.numpy import load_file
+d = sys.argv[1]
+def steps(p):
+    return [r for r in map(json.loads, open(p)) if "step" in r]
+one, two = steps(d + "/one.jsonl"), steps(d + "/two.jsonl")
+assert [r["step"] for r in two] == [1, 2, 3, 4], [r["step"] for r in two]
+for a, b in zip(one, two):
+    for k in ("loss", "grad_norm", "lr", "tokens"):
+        assert abs(a[k] - b[k]) <= 1e-5 * max(abs(a[k]), 1e-6), (k, a[k], b[k])
+w1, w2 = load_file(d + "/one/model.safetensors"), load_file(d + "/two/model.safetensors")
+assert w1.keys() == w2.keys()
+worst = max(float(abs(w1[k] - w2[k]).max()) / max(float(abs(w1[k]).max()), 1e-6) for k in w1)
+assert worst < 1e-4, worst
+print("max relative weight difference", worst)
+PY
+}
+
+@test "--dp that does not match the processes started is a usage error" {
+    run --separate-stderr mpi -np 2 "$DS_BIN/ds-pretrain" --threads 1 --config "$CFG" --data "$T/shards" -o "$BATS_TEST_TMPDIR/x" \
+        --steps 1 --batch 2 --seq-len 16 --dp 3
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"ds-pretrain: error: --dp 3 does not match the 2 processes started"* ]]
+}
