@@ -18,7 +18,8 @@
 #include <string.h>
 
 typedef struct {
-    const char *model, *config, *out, *resume, *metrics, *plot, *lr_sched, *lens, *depths, *png, *tokenizer;
+    const char *model, *config, *out, *resume, *metrics, *plot, *lr_sched, *lens, *depths, *png, *tokenizer, *text_path;
+    ds_passkey_text text; /* --eval-text, when given */
     double lv[16], dv[16]; /* parsed --eval-lengths / --eval-depths */
     int nl, nd;
     ds_strlist data;
@@ -101,7 +102,7 @@ static int evaluate(const args *a, ds_session *s, ds_token_reader *rd, int have_
         ds_infer_model im;
         ds_infer_model_of(s->model, &im, bias);
         ds_longctx_opts o = {.lengths = lens, .n_lengths = nl, .depths = a->dv, .n_depths = a->nd, .trials = a->trials,
-                             .seed = (uint64_t)a->seed, .chunk = a->chunk, .tok = tok, .bos = c->bos_token_id, .docs = docs,
+                             .seed = (uint64_t)a->seed, .chunk = a->chunk, .tok = tok, .text = a->text_path ? &a->text : NULL, .bos = c->bos_token_id, .docs = docs,
                              .n_docs = n_docs, .doc_len = a->seq_len, .buckets = a->buckets, .png = a->png,
                              .metrics = s->have_metrics ? &s->metrics : NULL};
         rc = ds_longctx_eval(&im, ds_ops_cpu(), &o, &text);
@@ -113,6 +114,7 @@ static int evaluate(const args *a, ds_session *s, ds_token_reader *rd, int have_
 }
 
 static int run(args *a) {
+    if (a->text_path && ds_passkey_text_load(&a->text, a->text_path)) return ds_tool_report(DS_ERR);
     ds_session s;
     ds_token_reader rd = {0};
     ds_shards_info di = {0};
@@ -172,6 +174,7 @@ done:
     ds_data_source_free(train);
     ds_data_source_free(val);
     ds_token_reader_free(&rd);
+    if (a->text_path) ds_passkey_text_free(&a->text);
     return rc ? (rc == DS_EDIVERGED ? 3 : rc == DS_EUSAGE ? 2 : 1) : sig ? 128 + sig : 0;
 }
 
@@ -243,6 +246,7 @@ int main(int argc, char **argv) {
         {"eval-lengths", 0, DS_OPT_STR, &a.lens, "LIST", "passkey context lengths, e.g. 4K,8K,16K (default: L0 doubling to --seq-len)", 0, 0, 0},
         {"eval-depths", 0, DS_OPT_STR, &a.depths, "LIST", "needle depths in [0, 1]", 0, 0, 0},
         {"eval-trials", 0, DS_OPT_INT, &a.trials, "N", "passkeys per grid cell", 0, 1, 1e6},
+        {"eval-text", 0, DS_OPT_STR, &a.text_path, "FILE.json", "passkey wording: intro, filler, needle, question, answer, digits (default: built in)", 0, 0, 0},
         {"eval-png", 0, DS_OPT_STR, &a.png, "FILE.png", "draw the passkey grid as a heat map", 0, 0, 0},
         {"eval-docs", 0, DS_OPT_INT, &a.docs, "N", "documents of --seq-len tokens (the data's tail) for log-likelihood by position (0: none)", 0, 0, 1e6},
         {"eval-buckets", 0, DS_OPT_INT, &a.buckets, "N", "position buckets", 0, 1, 64},

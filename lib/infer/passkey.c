@@ -1,11 +1,13 @@
 #include "infer/passkey.h"
 
 #include "core/err.h"
+#include "core/file.h"
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/plot.h"
 #include "core/rng.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,53 @@ const ds_passkey_text ds_passkey_default_text = {
     .answer = " {key}",
     .digits = 5,
 };
+
+int ds_passkey_text_load(ds_passkey_text *t, const char *path) {
+    static const char *const names[] = {"intro", "filler", "needle", "question", "answer"};
+    const char *const defaults[] = {ds_passkey_default_text.intro, ds_passkey_default_text.filler,
+                                    ds_passkey_default_text.needle, ds_passkey_default_text.question,
+                                    ds_passkey_default_text.answer};
+    char *pieces[5] = {0}, *data = NULL;
+    size_t len;
+    memset(t, 0, sizeof *t);
+    DS_TRY(ds_read_file(path, &data, &len, 1u << 20));
+    json_error_t je;
+    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &je), *v;
+    free(data);
+    int digits = ds_passkey_default_text.digits, rc = 0;
+    if (!root) return ds_fail(DS_ERR, "passkey text: bad JSON: %s: %s:%d", je.text, path, je.line);
+    if (!json_is_object(root)) rc = ds_fail(DS_ERR, "passkey text: not a JSON object: %s", path);
+    const char *key;
+    json_object_foreach(root, key, v) {
+        if (rc) break;
+        int i = 0;
+        while (i < 5 && strcmp(key, names[i])) i++;
+        if (i < 5 && !json_is_string(v)) rc = ds_fail(DS_ERR, "passkey text: \"%s\" is not a string: %s", key, path);
+        else if (i < 5 && !(pieces[i] = strdup(json_string_value(v)))) rc = ds_fail(DS_ERR, "out of memory");
+        else if (i == 5 && !strcmp(key, "digits")) {
+            if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 18)
+                rc = ds_fail(DS_ERR, "passkey text: \"digits\" must be an integer in 1..18: %s", path);
+            else digits = (int)json_integer_value(v);
+        } else if (i == 5) rc = ds_fail(DS_ERR, "passkey text: unknown key \"%s\" (intro, filler, needle, question, answer, digits): %s", key, path);
+    }
+    json_decref(root);
+    for (int i = 0; !rc && i < 5; i++)
+        if (!pieces[i] && !(pieces[i] = strdup(defaults[i]))) rc = ds_fail(DS_ERR, "out of memory");
+    if (!rc && (!strstr(pieces[2], "{key}") || !strstr(pieces[4], "{key}"))) /* refused before any training */
+        rc = ds_fail(DS_ERR, "passkey text: the needle and the answer must contain {key}: %s", path);
+    if (rc) {
+        for (int i = 0; i < 5; i++) free(pieces[i]);
+        return rc;
+    }
+    *t = (ds_passkey_text){.intro = pieces[0], .filler = pieces[1], .needle = pieces[2], .question = pieces[3],
+                           .answer = pieces[4], .digits = digits};
+    return 0;
+}
+
+void ds_passkey_text_free(ds_passkey_text *t) {
+    free((char *)t->intro), free((char *)t->filler), free((char *)t->needle), free((char *)t->question), free((char *)t->answer);
+    memset(t, 0, sizeof *t);
+}
 
 struct ds_passkey {
     const ds_tokenizer *tok;
@@ -480,7 +529,7 @@ static int append(char **text, const char *more) {
 
 static int longctx_passkey(const ds_infer_model *m, const ds_ops *ops, const ds_longctx_opts *o, char **text) {
     ds_passkey *p;
-    DS_TRY(ds_passkey_prepare(&p, o->tok, &ds_passkey_default_text, o->bos));
+    DS_TRY(ds_passkey_prepare(&p, o->tok, o->text ? o->text : &ds_passkey_default_text, o->bos));
     int *lens = malloc((size_t)(o->n_lengths ? o->n_lengths : 1) * sizeof *lens), nl = 0, rc = 0;
     if (!lens) rc = ds_fail(DS_ERR, "out of memory");
     for (int i = 0; !rc && i < o->n_lengths; i++) {

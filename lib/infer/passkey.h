@@ -35,6 +35,12 @@ typedef struct {
 
 extern const ds_passkey_text ds_passkey_default_text;
 
+/* A wording from a JSON file ("-": stdin) holding an object with any of "intro", "filler", "needle",
+ * "question", "answer" (strings) and "digits" (1..18); a key left out keeps the default text's, any
+ * other key is refused, and so are a needle or an answer without "{key}". The strings are malloc'd: free them with ds_passkey_text_free. */
+int ds_passkey_text_load(ds_passkey_text *t, const char *path);
+void ds_passkey_text_free(ds_passkey_text *t);
+
 typedef struct ds_passkey ds_passkey;
 
 /* Tokenize the pieces (bos >= 0 is put first). */
@@ -115,6 +121,7 @@ typedef struct {
     uint64_t seed;
     int chunk;                   /* tokens per forward call; 0: 2048 */
     const ds_tokenizer *tok;     /* NULL: no passkey grid (a warning says so) */
+    const ds_passkey_text *text; /* NULL: ds_passkey_default_text */
     int64_t bos;                 /* put first in every passkey example; -1: none */
     const int32_t *docs;         /* [n_docs * doc_len] for log-likelihood by position; n_docs 0: none */
     int n_docs, doc_len, buckets;
@@ -122,7 +129,7 @@ typedef struct {
     void *metrics;               /* ds_metrics* for the records, or NULL */
 } ds_longctx_opts;
 
-/* The passkey grid (default text) and the position log-likelihood; *text (malloc'd) gets their tables
+/* The passkey grid (o->text, else the default text) and the position log-likelihood; *text (malloc'd) gets their tables
  * for the caller to print; records go to o->metrics. */
 int ds_longctx_eval(const ds_infer_model *m, const ds_ops *ops, const ds_longctx_opts *o, char **text);
 

@@ -132,3 +132,39 @@ assert abs(r["softmax_scale"] - r["softmax_scale_plain"] * m * m) < 1e-6, r
     [[ "$output" == "ds-extend-ctx: error: "*"$BATS_TEST_TMPDIR/nothing"* ]]
     [ ! -e "$BATS_TEST_TMPDIR/x" ]
 }
+
+@test "--eval-text: the grid in another wording; bad wording files are clean errors" {
+    printf '{"intro": "", "filler": "la la. ", "needle": "k={key}. ", "question": "\\nk=", "answer": "{key}", "digits": 3}' \
+        >"$BATS_TEST_TMPDIR/w.json"
+    # 40 tokens hold this wording's task, not the built-in one's (the same run without --eval-text skips the length)
+    run --separate-stderr ext -m "$T/base" --eval-only --seq-len 40 --eval-lengths 40 --eval-depths 0,1 --eval-trials 2 \
+        --eval-docs 0 --eval-text "$BATS_TEST_TMPDIR/w.json"
+    [ "$status" -eq 0 ]
+    [[ "${lines[0]}" == "passkey retrieval: % of 2 greedy answers right" ]]
+    [[ "${lines[2]}" =~ ^40\  ]]
+    run --separate-stderr ext -m "$T/base" --eval-only --seq-len 40 --eval-lengths 40 --eval-depths 0,1 --eval-trials 2 --eval-docs 0
+    [ "$status" -eq 0 ]
+    [[ "$stderr" == *"40 tokens cannot hold the task"* ]]
+    # a missing key keeps the built-in piece: the default question is long, so 40 tokens no longer fit
+    printf '{"needle": "k={key}. ", "answer": "{key}"}' >"$BATS_TEST_TMPDIR/partial.json"
+    run --separate-stderr ext -m "$T/base" --eval-only --seq-len 40 --eval-lengths 40 --eval-docs 0 --eval-text "$BATS_TEST_TMPDIR/partial.json"
+    [[ "$stderr" == *"cannot hold the task"* ]]
+    printf '{"needle": "k={key}", "colour": "red"}' >"$BATS_TEST_TMPDIR/bad.json"
+    run -1 ext -m "$T/base" --eval-only --seq-len 64 --eval-text "$BATS_TEST_TMPDIR/bad.json"
+    [[ "$output" == "ds-extend-ctx: error: passkey text: unknown key \"colour\""*"$BATS_TEST_TMPDIR/bad.json"* ]]
+    printf '{"digits": 19}' >"$BATS_TEST_TMPDIR/bad.json"
+    run -1 ext -m "$T/base" --eval-only --seq-len 64 --eval-text "$BATS_TEST_TMPDIR/bad.json"
+    [[ "$output" == *"\"digits\" must be an integer in 1..18"* ]]
+    printf '{"filler": 3}' >"$BATS_TEST_TMPDIR/bad.json"
+    run -1 ext -m "$T/base" --eval-only --seq-len 64 --eval-text "$BATS_TEST_TMPDIR/bad.json"
+    [[ "$output" == *"\"filler\" is not a string"* ]]
+    printf '{"needle": "no key here"}' >"$BATS_TEST_TMPDIR/bad.json"   # refused before training
+    run -1 ext -m "$T/base" --data "$T/shards" -o "$BATS_TEST_TMPDIR/x" --factor 2 --seq-len 128 --steps 1 --eval-text "$BATS_TEST_TMPDIR/bad.json"
+    [[ "$output" == "ds-extend-ctx: error: passkey text: the needle and the answer must contain {key}: "* ]]
+    [ ! -e "$BATS_TEST_TMPDIR/x" ]
+    printf '{"needle": ' >"$BATS_TEST_TMPDIR/bad.json"
+    run -1 ext -m "$T/base" --eval-only --seq-len 64 --eval-text "$BATS_TEST_TMPDIR/bad.json"
+    [[ "$output" == "ds-extend-ctx: error: passkey text: bad JSON"* ]]
+    run -1 ext -m "$T/base" --eval-only --seq-len 64 --eval-text "$BATS_TEST_TMPDIR/nothing.json"
+    [[ "$output" == "ds-extend-ctx: error: "*"nothing.json"* ]]
+}
