@@ -143,7 +143,7 @@ test-quick: all $(UNITS)
 test-gpu: all
 	@$(TEST_ENV) tests/gpu/run.sh
 
-demo: venv all
+demo: all
 	@DS_BIN=$(abspath $(BIN)) share/demo.sh
 
 # --- install ---------------------------------------------------------------------------------------

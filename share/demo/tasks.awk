@@ -1,31 +1,77 @@
 #!/usr/bin/awk -f
 # Arithmetic tasks with checkable answers, as chat JSONL (SFT) and prompt JSONL (RL, evaluation).
-# Usage: awk -f tasks.awk -v kind=sft|prompts -v n=N -v seed=S [-v max=M] [-v ops=+-]
+# Usage: awk -f tasks.awk -v kind=sft|prompts -v n=N -v seed=S [-v set=train|heldout] [-v max=M]
+#            [-v ops=+-] [-v words=W] [-v steps=1]
 #   kind=sft      {"messages":[{"role":"user",...},{"role":"assistant",...}]}
 #   kind=prompts  {"messages":[{"role":"user",...}],"answer":"42"}
-# Operands are drawn in [0, max]; subtraction keeps the result non-negative. A Park-Miller generator
-# (not awk's rand, which differs between awk implementations) makes the output identical everywhere.
+# A problem is an operation and two operands in [0, max]; subtraction keeps the result non-negative.
+# One problem in ten, chosen by a hash of (operation, operands), belongs to the held-out set and the
+# others to the train set, so held-out prompts ask sums the model never saw, whatever n and seed.
+# words (0..1, default 0) is the share of problems asked as a short word problem instead of a formula.
+# The assistant answer restates the problem, then gives the result: "23 + 45 = 68. The answer is 68.";
+# with steps=1 it works digit by digit first, ones then tens, with the carry or borrow:
+# "7 + 8 = 15. 4 + 3 + 1 = 8. The answer is 85."
+# A Park-Miller generator (not awk's rand, which differs between awk implementations) makes the
+# output identical everywhere.
 function next_rand() { state = (state * 48271) % 2147483647; return state }
 function below(k) { return next_rand() % k }
+function heldout(op, a, b) { return ((a * 7919 + b * 104729 + (op == "-") * 15485863) % 1000003) % 10 == 0 }
+# The worked answer, digit by digit, ones first: "7 + 8 = 15. 4 + 3 + 1 = 8."
+function worked(op, a, b, r,    a0, a1, b0, b1, s, c) {
+    if (a < 10 && b < 10) return a " " op " " b " = " r "."
+    a0 = a % 10; a1 = int(a / 10); b0 = b % 10; b1 = int(b / 10)
+    if (op == "+") {
+        s = a0 " + " b0 " = " (a0 + b0) ". "
+        c = a0 + b0 >= 10
+        s = s a1 " + " b1 (c ? " + 1" : "") " = " (a1 + b1 + c) "."
+    } else {
+        c = a0 < b0
+        s = (c ? "1" a0 : a0) " - " b0 " = " (a0 + 10 * c - b0) ". "
+        s = s a1 (c ? " - 1" : "") " - " b1 " = " (a1 - c - b1) "."
+    }
+    return s
+}
+function word_problem(op, a, b,    who, what) {
+    who = names[below(nnames) + 1]; what = things[below(nthings) + 1]
+    if (op == "+") {
+        if (below(2)) return who " has " a " " what ". " who " gets " b " more. How many " what " does " who " have now?"
+        return "There are " a " " what " in a box and " b " in a bag. How many " what " are there in all?"
+    }
+    if (below(2)) return who " has " a " " what " and gives " b " away. How many " what " are left?"
+    return "A shelf holds " a " " what ". " b " are taken. How many " what " remain on the shelf?"
+}
 BEGIN {
     if (kind == "") kind = "sft"
+    if (kind != "sft" && kind != "prompts") { print "tasks.awk: kind must be sft or prompts" > "/dev/stderr"; exit 2 }
+    if (set == "") set = "train"
+    if (set != "train" && set != "heldout") { print "tasks.awk: set must be train or heldout" > "/dev/stderr"; exit 2 }
     if (n == "") n = 100
     if (max == "") max = 50
     if (ops == "") ops = "+-"
+    if (words == "") words = 0
+    nnames = split("Ann Ben Carla Dan Eve Finn Gina Hugo Ida Jon", names, " ")
+    nthings = split("apples books coins cards pens stamps marbles shells", things, " ")
     state = (seed == "" ? 1 : seed) % 2147483646 + 1
     for (i = 0; i < 10; i++) next_rand()
     nops = length(ops)
+    want_heldout = set == "heldout"
     for (i = 0; i < n; i++) {
-        op = substr(ops, below(nops) + 1, 1)
-        a = below(max + 1); b = below(max + 1)
-        if (op == "-" && b > a) { t = a; a = b; b = t }
+        do {
+            op = substr(ops, below(nops) + 1, 1)
+            a = below(max + 1); b = below(max + 1)
+            if (op == "-" && b > a) { t = a; a = b; b = t }
+        } while (heldout(op, a, b) != want_heldout)
         r = (op == "+") ? a + b : a - b
-        style = below(3)
-        if (style == 0) q = "What is " a " " op " " b "?"
-        else if (style == 1) q = "Compute " a " " op " " b "."
-        else q = a " " op " " b " = ?"
+        if (below(1000) < words * 1000) q = word_problem(op, a, b)
+        else {
+            style = below(3)
+            if (style == 0) q = "What is " a " " op " " b "?"
+            else if (style == 1) q = "Compute " a " " op " " b "."
+            else q = a " " op " " b " = ?"
+        }
+        w = steps ? worked(op, a, b, r) : a " " op " " b " = " r "."
         if (kind == "sft")
-            printf "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"},{\"role\":\"assistant\",\"content\":\"%d %s %d = %d. The answer is %d.\"}]}\n", q, a, op, b, r, r
+            printf "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"},{\"role\":\"assistant\",\"content\":\"%s The answer is %d.\"}]}\n", q, w, r
         else
             printf "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"answer\":\"%d\"}\n", q, r
     }
