@@ -15,7 +15,7 @@ def cell: tostring | gsub("\n"; "⏎") | gsub("\\|"; "\\|");
 "",
 "| stage | tool | status | wall s | CPU s | steps | final loss | final validation loss |",
 "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
-(.stages[] | "| \(.name) | \(.tool) | \(.status)\(if .note != "" then " (\(.note))" else "" end) | \(.wall_s | f(1)) | \(.cpu_s | f(1)) | \(.steps // "–") | \(.final_loss | f(4)) | \(.final_val_loss | f(4)) |"),
+(.stages[] | "| \(.name) | \(if .tool == "" then "–" else .tool end) | \(.status)\(if .note != "" then " (\(.note))" else "" end) | \(.wall_s | f(1)) | \(.cpu_s | f(1)) | \(.steps // "–") | \(.final_loss | f(4)) | \(.final_val_loss | f(4)) |"),
 "",
 "RL's loss is the GRPO surrogate, not a cross-entropy; its mean reward went from \(.stages | map(select(.name == "rl")) | first | .first_reward | f(3)) to \(.stages | map(select(.name == "rl")) | first | .final_reward | f(3)).",
 "",
@@ -58,8 +58,8 @@ def cell: tostring | gsub("\n"; "⏎") | gsub("\\|"; "\\|");
   "",
   "| | \(.fp8.from) (fp32) | fp8 | cost |",
   "| --- | ---: | ---: | ---: |",
-  "| held-out prose, nats / token | \(.fp8.nats_per_token_before | f(4)) | \(.fp8.nats_per_token_fp8 | f(4)) | \(.fp8.delta_nats_per_token | f(4)) (perplexity ×\(.fp8.perplexity_ratio | f(4))) |",
-  "| held-out task accuracy | \(.fp8.accuracy_before | pct) | \(.fp8.accuracy_fp8 | pct) | \((.fp8.accuracy_fp8 - .fp8.accuracy_before) * 100 | f(1)) points |"
+  "| held-out prose, nats / token | \(.fp8.nats_per_token_before | f(4)) | \(.fp8.nats_per_token_fp8 | f(4)) | \(.fp8.loglik_drop_nats_per_token | f(4)) (perplexity ×\(.fp8.perplexity_ratio | f(4))) |",
+  "| held-out task accuracy | \(.fp8.accuracy_before | pct) | \(.fp8.accuracy_fp8 | pct) | \((.fp8.accuracy_before - .fp8.accuracy_fp8) * 100 | f(1)) points |"
  else "No FP8 stage." end),
 "",
 "## Samples",

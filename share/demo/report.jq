@@ -37,7 +37,7 @@ def ll($m): of($prose; "model"; $m) | .nats_per_token? // null;
              mean_rel_fro_err: ($qt | map(.rel_fro_err) | add / length),
              bytes_before: $size[0].bytes_before, bytes_fp8: $size[0].bytes_fp8,
              nats_per_token_before: ll($final), nats_per_token_fp8: ll("fp8"),
-             delta_nats_per_token: (ll("fp8") - ll($final)),
+             loglik_drop_nats_per_token: (ll($final) - ll("fp8")),
              perplexity_ratio: ((ll($final) - ll("fp8")) | exp),
              accuracy_before: acc($final), accuracy_fp8: acc("fp8")}
           else null end),

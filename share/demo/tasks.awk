@@ -1,32 +1,33 @@
 #!/usr/bin/awk -f
 # Arithmetic tasks with checkable answers, as chat JSONL (SFT) and prompt JSONL (RL, evaluation).
-# Usage: awk -f tasks.awk -v kind=sft|prompts -v n=N -v seed=S [-v set=train|heldout] [-v max=M]
+# Usage: awk -f tasks.awk -v kind=sft|prompts -v n=N -v seed=S [-v set=train|heldout] [-v min=M] [-v max=M]
 #            [-v ops=+-] [-v words=W] [-v steps=1]
 #   kind=sft      {"messages":[{"role":"user",...},{"role":"assistant",...}]}
 #   kind=prompts  {"messages":[{"role":"user",...}],"answer":"42"}
-# A problem is an operation and two operands in [0, max]; subtraction keeps the result non-negative.
+# A problem is an operation and two operands in [min, max] (default [0, 50]); subtraction keeps the result non-negative.
 # One problem in ten, chosen by a hash of (operation, operands), belongs to the held-out set and the
 # others to the train set, so held-out prompts ask sums the model never saw, whatever n and seed.
 # words (0..1, default 0) is the share of problems asked as a short word problem instead of a formula.
 # The assistant answer restates the problem, then gives the result: "23 + 45 = 68. The answer is 68.";
 # with steps=1 it works digit by digit first, ones then tens, with the carry or borrow:
-# "7 + 8 = 15. 4 + 3 + 1 = 8. The answer is 85."
+# "47 + 38: 7 + 8 = 15. 4 + 3 + 1 = 8. The answer is 85."
 # A Park-Miller generator (not awk's rand, which differs between awk implementations) makes the
 # output identical everywhere.
 function next_rand() { state = (state * 48271) % 2147483647; return state }
 function below(k) { return next_rand() % k }
 function heldout(op, a, b) { return ((a * 7919 + b * 104729 + (op == "-") * 15485863) % 1000003) % 10 == 0 }
-# The worked answer, digit by digit, ones first: "7 + 8 = 15. 4 + 3 + 1 = 8."
+# The worked answer: the problem, then digit by digit, ones first: "47 + 38: 7 + 8 = 15. 4 + 3 + 1 = 8."
 function worked(op, a, b, r,    a0, a1, b0, b1, s, c) {
     if (a < 10 && b < 10) return a " " op " " b " = " r "."
     a0 = a % 10; a1 = int(a / 10); b0 = b % 10; b1 = int(b / 10)
+    s = a " " op " " b ": "
     if (op == "+") {
-        s = a0 " + " b0 " = " (a0 + b0) ". "
+        s = s a0 " + " b0 " = " (a0 + b0) ". "
         c = a0 + b0 >= 10
         s = s a1 " + " b1 (c ? " + 1" : "") " = " (a1 + b1 + c) "."
     } else {
         c = a0 < b0
-        s = (c ? "1" a0 : a0) " - " b0 " = " (a0 + 10 * c - b0) ". "
+        s = s (c ? "1" a0 : a0) " - " b0 " = " (a0 + 10 * c - b0) ". "
         s = s a1 (c ? " - 1" : "") " - " b1 " = " (a1 - c - b1) "."
     }
     return s
@@ -47,6 +48,7 @@ BEGIN {
     if (set != "train" && set != "heldout") { print "tasks.awk: set must be train or heldout" > "/dev/stderr"; exit 2 }
     if (n == "") n = 100
     if (max == "") max = 50
+    if (min == "") min = 0
     if (ops == "") ops = "+-"
     if (words == "") words = 0
     nnames = split("Ann Ben Carla Dan Eve Finn Gina Hugo Ida Jon", names, " ")
@@ -58,7 +60,7 @@ BEGIN {
     for (i = 0; i < n; i++) {
         do {
             op = substr(ops, below(nops) + 1, 1)
-            a = below(max + 1); b = below(max + 1)
+            a = min + below(max - min + 1); b = min + below(max - min + 1)
             if (op == "-" && b > a) { t = a; a = b; b = t }
         } while (heldout(op, a, b) != want_heldout)
         r = (op == "+") ? a + b : a - b

@@ -110,8 +110,8 @@ EOF
     J -e '.fp8 != null'
     J -e '.fp8.bytes_fp8 < .fp8.bytes_before / 2'
     J -e '(.fp8.max_rel_fro_err > 0) and (.fp8.max_rel_fro_err < 0.1) and (.fp8.mean_rel_fro_err <= .fp8.max_rel_fro_err)'
-    J -e '(.fp8.nats_per_token_before < 0) and (.fp8.nats_per_token_fp8 < 0) and (.fp8.delta_nats_per_token | isnormal or . == 0)'
-    J -e '(.fp8.delta_nats_per_token - (.fp8.nats_per_token_fp8 - .fp8.nats_per_token_before) | fabs) < 1e-12'
+    J -e '(.fp8.nats_per_token_before < 0) and (.fp8.nats_per_token_fp8 < 0) and (.fp8.loglik_drop_nats_per_token | isnormal or . == 0)'
+    J -e '(.fp8.loglik_drop_nats_per_token - (.fp8.nats_per_token_before - .fp8.nats_per_token_fp8) | fabs) < 1e-12'
     J -e '(.fp8.accuracy_fp8 | type == "number") and (.fp8.accuracy_before | type == "number")'
     # the FP8 checkpoint holds E4M3 weights with their block scales
     grep -q '"quant_method": "fp8"' "$OUT/ckpt/fp8/config.json"
