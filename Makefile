@@ -62,10 +62,15 @@ FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
 CU_SRC   := $(sort $(wildcard kernels/*.cu))
 CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.o)
 LIBDS    := $(BUILD)/libds.a
+# GPU test programs and GPU benchmarks: host code in .cu files built by nvcc (CUDA builds only)
+GPU_TEST_SRC  := $(sort $(wildcard tests/gpu/test_*.cu))
+GPU_BENCH_SRC := $(sort $(wildcard bench/gpu_*.cu))
+GPU_TESTS     := $(if $(filter 1,$(CUDA)),$(GPU_TEST_SRC:tests/gpu/%.cu=$(BUILD)/tests/gpu/%),)
+GPU_BENCHES   := $(if $(filter 1,$(CUDA)),$(GPU_BENCH_SRC:bench/%.cu=$(BUILD)/bench/%),)
 
 ifeq ($(CUDA),1)
 CUDA_HOME ?= /usr/local/cuda
-CFLAGS   += -DDS_HAVE_CUDA -I$(CUDA_HOME)/include
+CFLAGS   += -DDS_HAVE_CUDA -I$(CUDA_HOME)/include -Ikernels
 NVFLAGS  ?= -O3 -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Ilib -Ikernels -DDS_HAVE_CUDA \
             -Xcompiler -fPIC,-Wall --expt-relaxed-constexpr
 LIBDS_CUDA := $(BUILD)/libds_cuda.a
@@ -113,6 +118,16 @@ $(BIN)/%: $(BUILD)/tools/%.o $(LIBDS) $(LIBDS_CUDA)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $< $(LIBDS) $(LDLIBS) -o $@
 
+# --as-needed keeps the GPU programs free of libraries they never call, so they run on a GPU machine
+# that has the CUDA libraries but not our Debian ones (see tests/gpu/README.md).
+GPU_LINK = -Xcompiler -fopenmp $(LIBDS) $(LIBDS_CUDA) -Xlinker --as-needed $(filter-out $(LIBDS_CUDA),$(LDLIBS)) -lgomp
+$(BUILD)/tests/gpu/%: tests/gpu/%.cu tests/gpu/gpu_test.h tests/unit/tap.h $(LIBDS) $(LIBDS_CUDA)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -Itests/unit -Itests/gpu $< -o $@ $(GPU_LINK)
+$(BUILD)/bench/%: bench/%.cu tests/gpu/gpu_test.h $(LIBDS) $(LIBDS_CUDA)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -Itests/unit -Itests/gpu $< -o $@ $(GPU_LINK)
+
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/tap.h $(LIBDS) $(LIBDS_CUDA)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) $< $(LIBDS) $(LDLIBS) -o $@
@@ -140,8 +155,8 @@ test: venv all $(UNITS) $(if $(shell sh -c 'command -v clang' 2>/dev/null),$(FUZ
 test-quick: all $(UNITS)
 	@$(TEST_ENV) DS_QUICK=1 tests/run.sh
 
-test-gpu: all
-	@$(TEST_ENV) tests/gpu/run.sh
+test-gpu: all $(GPU_TESTS) $(GPU_BENCHES)
+	@$(TEST_ENV) DS_GPU_TESTS="$(GPU_TESTS)" tests/gpu/run.sh
 
 demo: all
 	@DS_BIN=$(abspath $(BIN)) share/demo.sh
@@ -150,7 +165,7 @@ demo: all
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/ds $(DESTDIR)$(PREFIX)/share/ds
 	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 $(LIBDS) $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(LIBDS) $(LIBDS_CUDA) $(DESTDIR)$(PREFIX)/lib/
 	cd lib && for h in $(LIB_HDR:lib/%=%); do install -D -m 644 $$h $(DESTDIR)$(PREFIX)/include/ds/$$h; done
 	cp -r share/. $(DESTDIR)$(PREFIX)/share/ds/
 

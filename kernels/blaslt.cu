@@ -19,10 +19,13 @@ extern "C" {
                            cublasLtGetStatusString(ds_lt_s_), (int)ds_lt_s_, __FILE__, __LINE__);       \
     } while (0)
 
-/* Everything that decides the descriptors and the algorithm; pointers only through their alignment. */
+/* Everything that decides the descriptors and the algorithm; pointers only through their alignment. The
+ * sizes enter rounded up to powers of two: MoE experts see a different row count on every call, and one
+ * heuristic query per bucket (checked against the exact shape with cublasLtMatmulAlgoCheck) replaces one
+ * per shape, which cost ~0.1 ms each. */
 struct lt_key {
     int m, n, k, lda, ldb, ldc, a_trans, b_trans;
-    int a_type, b_type, c_type, a_mode, b_mode, beta_nonzero, batch;
+    int a_type, b_type, c_type, a_mode, b_mode, beta_nonzero, batch, tf32;
     long long sa, sb, sc;
     int align_a, align_b, align_c;
 };
@@ -30,6 +33,7 @@ struct lt_key {
 struct lt_entry {
     lt_key key;
     int used;
+    int em, en, ek; /* the exact sizes the layouts currently describe */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
@@ -127,6 +131,9 @@ static int validate(const ds_gemm *g) {
             return ds_fail(DS_EUSAGE, "gemm: mixed input types %s x %s", ds_dtype_name(g->a_type),
                            ds_dtype_name(g->b_type));
         if (g->a_scale_mode || g->b_scale_mode) return ds_fail(DS_EUSAGE, "gemm: block scales need FP8 operands");
+        if (g->a_type == DS_F32 && g->c_type != DS_F32)
+            return ds_fail(DS_EUSAGE, "gemm: f32 inputs need an f32 output (cuBLASLt has no f32 -> %s kernel)",
+                           ds_dtype_name(g->c_type));
         return DS_OK;
     }
     if (g->a_type != DS_F8_E4M3 || g->b_type != DS_F8_E4M3)
@@ -145,15 +152,22 @@ static int validate(const ds_gemm *g) {
     return DS_OK;
 }
 
+static int size_bucket(int x) {
+    int b = 64;
+    while (b < x && b < (1 << 30)) b <<= 1;
+    return b;
+}
+
 static lt_key make_key(const ds_gemm *g) {
     lt_key k;
     memset(&k, 0, sizeof k);
-    k.m = g->m; k.n = g->n; k.k = g->k;
+    k.m = size_bucket(g->m); k.n = size_bucket(g->n); k.k = size_bucket(g->k);
     k.lda = g->lda; k.ldb = g->ldb; k.ldc = g->ldc;
     k.a_trans = !!g->a_trans; k.b_trans = !!g->b_trans;
     k.a_type = g->a_type; k.b_type = g->b_type; k.c_type = g->c_type;
     k.a_mode = g->a_scale_mode; k.b_mode = g->b_scale_mode;
     k.beta_nonzero = g->beta != 0;
+    k.tf32 = g->tf32 && g->a_type == DS_F32;
     k.batch = g->batch > 1 ? g->batch : 1;
     if (k.batch > 1) { k.sa = g->stride_a; k.sb = g->stride_b; k.sc = g->stride_c; }
     k.align_a = ptr_align(g->a); k.align_b = ptr_align(g->b); k.align_c = ptr_align(g->c);
@@ -172,6 +186,60 @@ static int set_layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int rows, int
     return DS_OK;
 }
 
+/* cuBLASLt A = our B: stored [k,n] (N: rows n, cols k) or [n,k] (T: rows k, cols n); cuBLASLt B = our A */
+static int make_layouts(lt_entry *e, const ds_gemm *g) {
+    int batch = e->key.batch;
+    DS_TRY(set_layout(&e->la, lt_type(g->b_type), g->b_trans ? g->k : g->n, g->b_trans ? g->n : g->k, g->ldb,
+                      batch, g->stride_b));
+    DS_TRY(set_layout(&e->lb, lt_type(g->a_type), g->a_trans ? g->m : g->k, g->a_trans ? g->k : g->m, g->lda,
+                      batch, g->stride_a));
+    DS_TRY(set_layout(&e->lc, lt_type(g->c_type), g->n, g->m, g->ldc, batch, g->stride_c));
+    e->em = g->m; e->en = g->n; e->ek = g->k;
+    return DS_OK;
+}
+
+static int heuristic(ds_blaslt *h, lt_entry *e, cublasLtMatmulHeuristicResult_t *res, int want, int *found) {
+    cublasLtMatmulPreference_t pref;
+    DS_LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t ws = h->ws_bytes;
+    uint32_t al_a = (uint32_t)e->key.align_b, al_b = (uint32_t)e->key.align_a, al_c = (uint32_t)e->key.align_c;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c);
+    *found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref, want, res,
+                                                       found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    return st == CUBLAS_STATUS_SUCCESS ? DS_OK : DS_ERR;
+}
+
+/* Point a cached entry (same bucket) at g's exact sizes: new layouts, and the cached algorithm if it
+ * supports them, else a fresh heuristic choice. */
+static int retarget(ds_blaslt *h, lt_entry *e, const ds_gemm *g) {
+    cublasLtMatrixLayoutDestroy(e->la);
+    cublasLtMatrixLayoutDestroy(e->lb);
+    cublasLtMatrixLayoutDestroy(e->lc);
+    e->la = e->lb = e->lc = NULL;
+    if (make_layouts(e, g)) {
+        entry_release(e);
+        return DS_ERR;
+    }
+    cublasLtMatmulHeuristicResult_t chk;
+    if (cublasLtMatmulAlgoCheck(h->lt, e->desc, e->la, e->lb, e->lc, e->lc, &e->algo, &chk) == CUBLAS_STATUS_SUCCESS &&
+        chk.workspaceSize <= h->ws_bytes)
+        return DS_OK;
+    int found = 0;
+    if (heuristic(h, e, &chk, 1, &found) || !found) {
+        entry_release(e);
+        return ds_fail(DS_ERR, "cublasLt: no algorithm for m=%d n=%d k=%d", g->m, g->n, g->k);
+    }
+    e->algo = chk.algo;
+    e->ws_needed = chk.workspaceSize;
+    return DS_OK;
+}
+
 static void describe(lt_entry *e, const char *how) {
     int id = 0, tile = 0, stages = 0;
     size_t w;
@@ -187,7 +255,7 @@ static int build_entry(ds_blaslt *h, const ds_gemm *g, lt_entry *e) {
     memset(e, 0, sizeof *e);
     e->key = make_key(g);
     int fp8 = g->a_type == DS_F8_E4M3;
-    cublasComputeType_t ct = CUBLAS_COMPUTE_32F;
+    cublasComputeType_t ct = e->key.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     DS_LT_TRY(cublasLtMatmulDescCreate(&e->desc, ct, CUDA_R_32F));
     cublasOperation_t opA = g->b_trans ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opB = g->a_trans ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -205,34 +273,18 @@ static int build_entry(ds_blaslt *h, const ds_gemm *g, lt_entry *e) {
         DS_LT_TRY(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa));
         DS_LT_TRY(cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb));
     }
-    int batch = e->key.batch;
-    /* cuBLASLt A = our B: stored [k,n] (N: rows n, cols k) or [n,k] (T: rows k, cols n) */
-    DS_TRY(set_layout(&e->la, lt_type(g->b_type), g->b_trans ? g->k : g->n, g->b_trans ? g->n : g->k, g->ldb,
-                      batch, g->stride_b));
-    DS_TRY(set_layout(&e->lb, lt_type(g->a_type), g->a_trans ? g->m : g->k, g->a_trans ? g->k : g->m, g->lda,
-                      batch, g->stride_a));
-    DS_TRY(set_layout(&e->lc, lt_type(g->c_type), g->n, g->m, g->ldc, batch, g->stride_c));
+    DS_TRY(make_layouts(e, g));
 
-    cublasLtMatmulPreference_t pref;
-    DS_LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
-    uint64_t ws = h->ws_bytes;
-    uint32_t al_a = (uint32_t)e->key.align_b, al_b = (uint32_t)e->key.align_a, al_c = (uint32_t)e->key.align_c;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c);
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
-    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(h->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
+    int hs = heuristic(h, e, &res, 1, &found);
     e->used = 1; /* from here on entry_release must free the descriptors */
-    if (s != CUBLAS_STATUS_SUCCESS || found == 0) {
+    if (hs || found == 0) {
         entry_release(e);
         return ds_fail(DS_ERR, "cublasLt: no algorithm for %s x %s -> %s, m=%d n=%d k=%d%s: %s",
                        ds_dtype_name(g->a_type), ds_dtype_name(g->b_type), ds_dtype_name(g->c_type), g->m, g->n,
                        g->k, fp8 ? " (block-scaled FP8)" : "",
-                       s != CUBLAS_STATUS_SUCCESS ? cublasLtGetStatusString(s) : "heuristic returned none");
+                       hs ? "heuristic query failed" : "heuristic returned none");
     }
     e->algo = res.algo;
     e->ws_needed = res.workspaceSize;
@@ -244,7 +296,9 @@ static int lookup(ds_blaslt *h, const ds_gemm *g, lt_entry **out) {
     lt_key k = make_key(g);
     for (int i = 0; i < LT_CACHE; i++)
         if (h->cache[i].used && !memcmp(&h->cache[i].key, &k, sizeof k)) {
-            *out = &h->cache[i];
+            lt_entry *e = &h->cache[i];
+            if (e->em != g->m || e->en != g->n || e->ek != g->k) DS_TRY(retarget(h, e, g));
+            *out = e;
             return DS_OK;
         }
     int slot = -1;

@@ -2,7 +2,8 @@
 # Run every suite and count TAP results: C unit tests (tests/unit), per-tool bats suites (tests/bats),
 # reference checks against independent Python implementations (tests/ref), and a short run of each
 # libFuzzer harness (tests/fuzz). The last line is "N passed, N failed".
-# Environment (set by the Makefile): DS_BIN, DS_PY, DS_UNITS, DS_FUZZERS, FUZZ_SECONDS, DS_QUICK.
+# Environment (set by the Makefile): DS_BIN, DS_PY, DS_UNITS, DS_FUZZERS, FUZZ_SECONDS, DS_QUICK,
+# DS_BATS_SUITES (the bats files to run; tests/bats/*.bats by default).
 set -u
 cd "$(dirname "$0")/.."
 export DS_ROOT=$PWD
@@ -36,7 +37,7 @@ for t in ${DS_UNITS:-}; do
     count_tap "unit/$n" "$log/$n.tap" $?
 done
 
-suites="tests/bats/*.bats"
+suites="${DS_BATS_SUITES-tests/bats/*.bats}"
 [ -z "${DS_QUICK:-}" ] && suites="$suites tests/ref/*.bats"
 for b in $suites; do
     [ -f "$b" ] || continue

@@ -23,7 +23,7 @@ typedef struct {
     ds_strlist data;
     const char *lr_sched, *batch_ramp, *gamma, *lambda;
     int64_t steps;
-    int batch, micro, seq_len, threads, save_every, val_every, val_batches, log_every, fp8, bf16, skip, quiet, verbose;
+    int batch, micro, seq_len, threads, dp, save_every, val_every, val_batches, log_every, fp8, bf16, skip, quiet, verbose;
     double lr, alpha, wd, beta1, beta2, eps, clip, init_std, val_frac, fim_rate, peak_tflops;
     int64_t seed;
 } args;
@@ -42,8 +42,8 @@ static char *config_record(const args *a, const ds_session *s, const ds_shards_i
     ds_param_counts pc;
     ds_config_counts(&s->cfg, &pc);
     ds_param_counts_jsonw(&pc, &w);
-    ds_jsonw_knum_short(&w, "flops_per_token", flops);
-    ds_jsonw_knum_short(&w, "peak_flops", peak);
+    ds_train_knum(&w, "flops_per_token", flops);
+    ds_train_knum(&w, "peak_flops", peak);
     ds_jsonw_kint(&w, "shards", di->n_shards);
     ds_jsonw_kint(&w, "data_tokens", (int64_t)di->n_tokens);
     ds_jsonw_kint(&w, "data_docs", (int64_t)di->n_docs);
@@ -58,18 +58,19 @@ static char *config_record(const args *a, const ds_session *s, const ds_shards_i
         ds_jsonw_kstr(&w, names[k], d);
         ds_info("%-7s %s", names[k], d);
     }
-    ds_jsonw_knum_short(&w, "alpha", to->balance_alpha);
-    ds_jsonw_knum_short(&w, "beta1", to->adamw.beta1);
-    ds_jsonw_knum_short(&w, "beta2", to->adamw.beta2);
-    ds_jsonw_knum_short(&w, "eps", to->adamw.eps);
-    ds_jsonw_knum_short(&w, "weight_decay", to->adamw.weight_decay);
+    ds_train_knum(&w, "alpha", to->balance_alpha);
+    ds_train_knum(&w, "beta1", to->adamw.beta1);
+    ds_train_knum(&w, "beta2", to->adamw.beta2);
+    ds_train_knum(&w, "eps", to->adamw.eps);
+    ds_train_knum(&w, "weight_decay", to->adamw.weight_decay);
     ds_jsonw_kbool(&w, "bf16_moments", to->adamw.bf16_moments);
-    ds_jsonw_knum_short(&w, "clip", to->clip_norm);
-    ds_jsonw_knum_short(&w, "init_std", s->cfg.ds_init_std);
-    ds_jsonw_knum_short(&w, "val_frac", a->val_frac);
-    ds_jsonw_knum_short(&w, "fim_rate", a->fim_rate);
+    ds_train_knum(&w, "clip", to->clip_norm);
+    ds_train_knum(&w, "init_std", s->cfg.ds_init_std);
+    ds_train_knum(&w, "val_frac", a->val_frac);
+    ds_train_knum(&w, "fim_rate", a->fim_rate);
     ds_jsonw_kint(&w, "seed", a->seed);
     ds_jsonw_kint(&w, "threads", ds_threads_get());
+    ds_jsonw_kbool(&w, "fp8", a->fp8);
     if (s->resumed_step >= 0) ds_jsonw_kint(&w, "resumed_from_step", s->resumed_step);
     ds_jsonw_obj_end(&w);
     ds_jsonw_obj_end(&w);
@@ -97,7 +98,8 @@ static int run(args *a) {
     ds_session_opts so = {.tool = "ds-pretrain", .config_path = a->config, .model_path = a->model, .resume = a->resume,
                           .out_dir = a->out, .tokenizer_path = a->tokenizer, .metrics_path = a->metrics, .plot_path = a->plot,
                           .device = a->device, .fp8 = a->fp8, .init_std = a->init_std, .balance_alpha = a->alpha,
-                          .micro_batch = a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed};
+                          .micro_batch = a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed,
+                          .dp = a->dp};
     if ((rc = ds_session_open(&s, &so))) goto done;
     if ((rc = ds_shards_load(&rd, &di, a->data.v, a->data.n, s.cfg.vocab_size))) goto done;
     if (!s.tokenizer_json && !ds_is_stdio(di.first)) { /* the tokenizer that wrote the shards, if it sits beside them */
@@ -148,11 +150,27 @@ done:
     return rc ? (rc == DS_EDIVERGED ? 3 : rc == DS_EUSAGE ? 2 : 1) : sig ? 128 + sig : 0;
 }
 
+/* Usage problems: 2 with a message, or -1 to go on. */
+static int check_args(args *a, int argc, int first, char **argv) {
+    if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
+    if (a->quiet) ds_log_set_level(DS_LOG_QUIET);
+    if (a->verbose) ds_log_set_level(DS_LOG_VERBOSE);
+    if (!a->config && !a->model && !a->resume) return ds_usage_error("no model: give --config CFG.json or -m CKPT");
+    if (a->config && a->model) return ds_usage_error("--config and -m exclude each other");
+    if (!a->data.n) return ds_usage_error("--data is required");
+    if (!a->out) return ds_usage_error("-o OUT is required");
+    if (ds_is_stdio(a->out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
+    if (!a->steps) return ds_usage_error("--steps is required");
+    if (!a->micro) a->micro = a->batch;
+    if (a->batch % a->micro) return ds_usage_error("--batch %d is not a multiple of --micro-batch %d", a->batch, a->micro);
+    return -1;
+}
+
 int main(int argc, char **argv) {
     ds_tool_init("ds-pretrain");
     args a = {.device = "cpu", .lr_sched = "v3", .gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%", .batch = 8,
               .seq_len = 256, .lr = 2.2e-4, .alpha = 1e-4, .wd = 0.1, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .clip = 1.0,
-              .val_frac = 0.005, .val_batches = 8, .log_every = 1, .seed = 1};
+              .val_frac = 0.005, .val_every = 100, .val_batches = 8, .log_every = 1, .seed = 1};
     const ds_opt opts[] = {
         {"config", 0, DS_OPT_STR, &a.config, "CFG.json", "model configuration (a fresh model)", 0, 0, 0},
         {"model", 'm', DS_OPT_STR, &a.model, "CKPT", "start from this checkpoint's weights", 0, 0, 0},
@@ -189,8 +207,9 @@ int main(int argc, char **argv) {
         {"log-every", 0, DS_OPT_INT, &a.log_every, "N", "print a line every N steps (0 = none)", 0, 0, 1e9},
         {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU)", 0, 0, 1e6},
         {"skip-nonfinite", 0, DS_OPT_FLAG, &a.skip, NULL, "skip a step with NaN/Inf instead of stopping with exit 3", 0, 0, 0},
-        {"fp8", 0, DS_OPT_FLAG, &a.fp8, NULL, "FP8 GEMMs (CUDA only)", 0, 0, 0},
+        {"fp8", 0, DS_OPT_FLAG, &a.fp8, NULL, "every block Linear (attention projections, FFN, experts) in FP8: E4M3 with 1x128/128x128 scales, V3's recipe", 0, 0, 0},
         {"device", 0, DS_OPT_CHOICE, &a.device, "DEV", "where to train", "cpu|cuda", 0, 0},
+        {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started)", 0, 0, 1e6},
         {"quiet", 'q', DS_OPT_FLAG, &a.quiet, NULL, "only errors and warnings", 0, 0, 0},
         {"verbose", 'v', DS_OPT_FLAG, &a.verbose, NULL, "more detail", 0, 0, 0},
         {0},
@@ -210,18 +229,11 @@ int main(int argc, char **argv) {
     };
     int first;
     int rc = ds_cli_parse(&cli, argc, argv, &first);
-    if (rc >= 0) return rc;
-    if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
-    if (a.quiet) ds_log_set_level(DS_LOG_QUIET);
-    if (a.verbose) ds_log_set_level(DS_LOG_VERBOSE);
-    if (!a.config && !a.model && !a.resume) return ds_usage_error("no model: give --config CFG.json or -m CKPT");
-    if (a.config && a.model) return ds_usage_error("--config and -m exclude each other");
-    if (!a.data.n) return ds_usage_error("--data is required");
-    if (!a.out) return ds_usage_error("-o OUT is required");
-    if (ds_is_stdio(a.out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
-    if (!a.steps) return ds_usage_error("--steps is required");
-    if (!a.micro) a.micro = a.batch;
-    if (a.batch % a.micro) return ds_usage_error("--batch %d is not a multiple of --micro-batch %d", a.batch, a.micro);
+    if (rc < 0) rc = check_args(&a, argc, first, argv);
+    if (rc >= 0) {
+        ds_strlist_free(&a.data);
+        return rc;
+    }
     ds_threads_set(a.threads);
     rc = run(&a);
     ds_strlist_free(&a.data);

@@ -9,6 +9,7 @@
 
 static int log_level = DS_LOG_NORMAL;
 static char log_name[64] = "ds";
+static char log_prefix[96] = "";
 
 void ds_log_init(const char *tool_name) {
     snprintf(log_name, sizeof log_name, "%s", tool_name);
@@ -18,6 +19,8 @@ void ds_log_init(const char *tool_name) {
 }
 
 void ds_log_set_level(int level) { log_level = level; }
+void ds_log_set_prefix(const char *prefix) { snprintf(log_prefix, sizeof log_prefix, "%s", prefix ? prefix : ""); }
+const char *ds_log_prefix(void) { return log_prefix; }
 int ds_log_level(void) { return log_level; }
 int ds_stderr_is_tty(void) { return isatty(2); }
 
@@ -46,8 +49,8 @@ void ds_verbose(const char *fmt, ...) {
 
 void ds_warn(const char *fmt, ...) {
     if (log_level < DS_LOG_NORMAL) return;
-    char prefix[96];
-    snprintf(prefix, sizeof prefix, "%s: warning: ", log_name);
+    char prefix[192];
+    snprintf(prefix, sizeof prefix, "%s%s: warning: ", log_prefix, log_name);
     va_list ap;
     va_start(ap, fmt);
     vlog(prefix, fmt, ap);

@@ -15,6 +15,9 @@ enum { DS_LOG_QUIET = 0, DS_LOG_NORMAL = 1, DS_LOG_VERBOSE = 2 };
 
 void ds_log_init(const char *tool_name);
 void ds_log_set_level(int level);
+/* A prefix for warnings and errors, e.g. "[host:3] " in a multi-process run ("" by default). */
+void ds_log_set_prefix(const char *prefix);
+const char *ds_log_prefix(void);
 int ds_log_level(void);
 int ds_stderr_is_tty(void);
 

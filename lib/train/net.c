@@ -1,14 +1,20 @@
 #include "train/net.h"
 
 #include "core/err.h"
+#include "fp8/linear.h"
 #include "train/flops.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-static int fwd(void *impl, const ds_batch *b, ds_fwd_out *out) { return ds_model_forward(impl, b, out); }
+/* The FP8 Linear GEMMs (--fp8) return nothing; a failure inside one (out of memory) is collected here. */
+static int fwd(void *impl, const ds_batch *b, ds_fwd_out *out) {
+    int rc = ds_model_forward(impl, b, out);
+    return rc ? rc : ds_fp8_linear_status();
+}
 static int bwd(void *impl, const ds_batch *b, const float *dlogp, const float *dmtp) {
-    return ds_model_backward(impl, b, dlogp, dmtp);
+    int rc = ds_model_backward(impl, b, dlogp, dmtp);
+    return rc ? rc : ds_fp8_linear_status();
 }
 static void zero(void *impl) { ds_model_zero_grad(impl); }
 static void set_alpha(void *impl, double alpha) { ds_model_set_balance_alpha(impl, alpha); }

@@ -3,9 +3,12 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "core/log.h"
+#include "dist/dp.h"
+#include "fp8/linear.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
+#include "ops/ops.h"
 #include "tok/tokenizer.h"
 #include "train/net.h"
 
@@ -159,6 +162,17 @@ int64_t ds_session_token_id(const ds_session *s, const char *text) {
     return id;
 }
 
+/* The Linear layers' table for --fp8: lib/fp8's scaled-GEMM reference reads host memory. */
+static int fp8_linear_ops(const ds_session_opts *o, ds_ops *out) {
+    if (o->device && strcmp(o->device, "cpu")) {
+        ds_fail(DS_ERR, "--fp8 --device %s: FP8 training runs on the CPU in this build", o->device);
+        ds_hint("drop --fp8, or train with --device cpu");
+        return DS_ERR;
+    }
+    ds_fp8_linear_ops(out, ds_ops_cpu());
+    return 0;
+}
+
 int ds_session_open(ds_session *s, const ds_session_opts *o) {
     memset(s, 0, sizeof *s);
     s->o = *o;
@@ -166,11 +180,6 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     if (o->device && strcmp(o->device, "cpu")) {
         ds_fail(DS_ERR, "--device %s: training runs on the CPU in this build", o->device);
         ds_hint("the CUDA training backend is not available yet; use --device cpu");
-        return DS_ERR;
-    }
-    if (o->fp8) {
-        ds_fail(DS_ERR, "--fp8: FP8 training GEMMs need the CUDA backend; the CPU trainer computes in fp32");
-        ds_hint("drop --fp8 on the CPU");
         return DS_ERR;
     }
     ds_ckpt *ck = NULL;
@@ -194,11 +203,16 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     }
     s->have_cfg = !rc;
     if (!rc && o->init_std > 0) s->cfg.ds_init_std = o->init_std;
+    if (!rc && o->edit_config) rc = o->edit_config(o->edit_ctx, &s->cfg);
+    if (!rc && o->edit_config) rc = ds_config_validate(&s->cfg, "edited config");
     if (!rc && o->tokenizer_path) rc = ds_session_set_tokenizer(s, o->tokenizer_path);
     if (!rc && o->seq_len > s->cfg.max_position_embeddings)
         ds_warn("--seq-len %d exceeds the config's max_position_embeddings %d", o->seq_len, s->cfg.max_position_embeddings);
     ds_model_opts mo = {.max_batch = o->micro_batch, .max_seq = o->seq_len, .train = 1, .recompute = 1,
-                        .balance_alpha = o->balance_alpha};
+                        .want_entropy = o->want_entropy, .balance_alpha = o->balance_alpha};
+    ds_ops fp8_linear; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
+    if (!rc && o->fp8) rc = fp8_linear_ops(o, &fp8_linear);
+    if (!rc && o->fp8) mo.linear_ops = &fp8_linear;
     if (!rc) rc = ds_model_create(&s->model, &s->cfg, &mo);
     if (!rc) rc = ck ? ds_model_load_weights(s->model, ds_ckpt_tensors(ck)) : ds_model_init(s->model, o->seed);
     ds_ckpt_close(ck);
@@ -210,6 +224,7 @@ static int save_hook(void *ctx, ds_trainer *t, int final) {
     ds_session *s = ctx;
     (void)t;
     (void)final;
+    if (ds_session_rank(s) != 0) return 0; /* replicas are identical: rank 0 writes for all */
     int rc = ds_session_save(s, s->o.out_dir);
     if (!rc) ds_info("saved step %lld: %s", (long long)ds_trainer_steps_done(s->trainer), s->o.out_dir);
     return rc;
@@ -242,10 +257,37 @@ static int trim_metrics(const char *path, int64_t step) {
     return ds_atomic_commit(&a);
 }
 
+/* The trainer's reduction hooks over lib/dist's rank-ordered sums. */
+static int dp_f32(void *ctx, float *x, size_t n) { return ds_dp_allreduce_f32(ctx, x, n); }
+static int dp_f64(void *ctx, double *x, size_t n) { return ds_dp_allreduce_f64(ctx, x, n); }
+static int dp_i64(void *ctx, int64_t *x, size_t n) { return ds_dp_allreduce_i64(ctx, x, n); }
+
+static int join_data_parallel(ds_session *s) {
+    if (s->o.dp == 1 || (s->o.dp == 0 && !ds_dist_launched())) return 0;
+    DS_TRY(ds_comm_init(&s->comm, NULL, NULL));
+    s->have_comm = 1;
+    int want = s->o.dp ? s->o.dp : s->comm.size;
+    if (want != s->comm.size) {
+        ds_fail(DS_EUSAGE, "--dp %d does not match the %d processes started", want, s->comm.size);
+        ds_hint("start --dp N with mpirun -np N (pipeline and expert parallelism are not available yet)");
+        return DS_EUSAGE;
+    }
+    s->tcomm = (ds_train_comm){.rank = s->comm.rank, .size = s->comm.size, .allreduce_f32 = dp_f32,
+                               .allreduce_f64 = dp_f64, .allreduce_i64 = dp_i64, .ctx = &s->comm};
+    ds_log_set_prefix(ds_comm_prefix(&s->comm)); /* errors from any rank name it: "[host:rank] ds-x: ..." */
+    if (s->comm.rank != 0) ds_log_set_level(DS_LOG_QUIET); /* rank 0 talks; errors still reach stderr */
+    ds_info("data parallel: %d ranks on %d node(s)", s->comm.size, s->comm.n_nodes);
+    return 0;
+}
+
 int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                      const ds_loss_hook *loss, const char *config_record) {
+    DS_TRY(join_data_parallel(s));
     s->stop = ds_train_catch_signals();
-    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop};
+    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = s->o.step_record,
+                        .after_step = s->o.after_step, .step_ctx = s->o.step_ctx,
+                        .comm = s->have_comm ? &s->tcomm : NULL};
+    if (ds_session_rank(s) != 0) s->o.metrics_path = s->o.plot_path = NULL;
     if (s->o.metrics_path) h.metrics = &s->metrics;
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
     if (s->o.resume) {
@@ -307,5 +349,6 @@ void ds_session_close(ds_session *s) {
     if (s->have_metrics) ds_metrics_close(&s->metrics);
     if (s->have_cfg) ds_config_free(&s->cfg);
     free(s->tokenizer_json);
+    if (s->have_comm) ds_comm_finalize(&s->comm);
     memset(s, 0, sizeof *s);
 }

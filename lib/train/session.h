@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "core/jsonw.h"
+#include "dist/comm.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "train/trainer.h"
@@ -29,11 +30,24 @@ typedef struct {
     const char *metrics_path;   /* JSONL, or NULL */
     const char *plot_path;      /* PNG, or NULL */
     const char *device;         /* "cpu" | "cuda" */
-    int fp8;
+    int fp8;                    /* every block Linear's GEMMs in FP8 (fp8/linear.h; the CPU only); the
+                                   embedding, head, router, eh_proj, norms and attention stay fp32 */
     double init_std;            /* > 0: overrides the config's ds_init_std for a fresh model */
     double balance_alpha;       /* sequence-wise balance loss weight per micro-batch */
     int micro_batch, seq_len;
     uint64_t seed;
+    int want_entropy;           /* forward also computes per-token entropy (RL diagnostics) */
+    int dp;                     /* data-parallel ranks: 0 = the MPI world when started by mpirun, else 1;
+                                   rank 0 alone writes checkpoints, metrics and plots */
+    /* Called with the loaded config before the model is built (ds-extend-ctx sets rope_scaling);
+     * NULL: the config as loaded. A non-zero return stops with that status. */
+    int (*edit_config)(void *ctx, ds_config *cfg);
+    void *edit_ctx;
+    /* Per-step hooks handed to the trainer (trainer.h ds_train_hooks); may be set in s->o between
+     * ds_session_open and ds_session_start, when what they need exists only after the model does. */
+    void (*step_record)(void *ctx, const ds_trainer *t, ds_jsonw *w);
+    int (*after_step)(void *ctx, ds_trainer *t);
+    void *step_ctx;
 } ds_session_opts;
 
 typedef struct {
@@ -50,7 +64,13 @@ typedef struct {
     int64_t resumed_step;     /* -1: a fresh run */
     char resume_dir[4096];    /* the checkpoint actually resumed from */
     volatile sig_atomic_t *stop;
+    ds_comm comm;             /* the data-parallel group (have_comm) */
+    int have_comm;
+    ds_train_comm tcomm;
 } ds_session;
+
+/* This process's rank in the data-parallel group (0 without one): only rank 0 talks. */
+static inline int ds_session_rank(const ds_session *s) { return s->have_comm ? s->comm.rank : 0; }
 
 /* Config, model (initialised or loaded), tokenizer. After this, s->cfg and s->tokenizer_json are set. */
 int ds_session_open(ds_session *s, const ds_session_opts *o);

@@ -230,6 +230,7 @@ int ds_trainer_step(ds_trainer *t) {
         ds_fwd_out f;
         DS_TRY(net->forward(net->impl, &b, &f));
         DS_TRY(check_fwd(t, &f));
+        lc.row0 = r0;
         DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL, terms));
         bal += net->set_balance_alpha ? f.bal_loss : f.bal_loss * bal_share;
         if (f.expert_load) ds_balance_add(&t->bal, f.expert_load);
@@ -297,7 +298,7 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
         ds_fwd_out f;
         DS_TRY(t->net->forward(t->net->impl, &b, &f));
         int64_t n = ds_batch_buf_count_targets(&t->vbuf, 0, m);
-        ds_loss_ctx lc = {.step = t->step, .lambda = 0, .mtp_depth = 0, .n_targets = n, .n_rows = m};
+        ds_loss_ctx lc = {.step = t->step, .lambda = 0, .mtp_depth = 0, .n_targets = n, .n_rows = m, .row0 = 0};
         double terms[DS_LOSS_MAX_TERMS] = {0};
         DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, NULL, NULL, terms));
         sum += terms[0] * (double)n; /* back to a sum, so the mean is over all validation targets */
@@ -316,7 +317,7 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
 
 /* Shortest text that reads back as the same double ("0.1", not "0.10000000000000001"); null when
  * not finite. Exact, so resumed and uninterrupted runs compare equal as text. */
-void ds_jsonw_knum_short(ds_jsonw *w, const char *key, double v) {
+void ds_train_knum(ds_jsonw *w, const char *key, double v) {
     ds_jsonw_key(w, key);
     if (!isfinite(v)) {
         ds_jsonw_null(w);
@@ -347,20 +348,21 @@ static int write_metrics(const ds_trainer *t) {
     ds_jsonw_init(&w);
     ds_jsonw_obj_begin(&w);
     ds_jsonw_kint(&w, "step", r->step);
-    for (int k = 0; k < t->loss.n_terms; k++) ds_jsonw_knum_short(&w, t->loss.term[k], r->terms[k]);
-    ds_jsonw_knum_short(&w, "loss_bal", r->loss_bal);
-    ds_jsonw_knum_short(&w, "lr", r->lr);
-    ds_jsonw_knum_short(&w, "grad_norm", r->grad_norm);
-    ds_jsonw_knum_short(&w, "tokens", r->tokens);
+    for (int k = 0; k < t->loss.n_terms; k++) ds_train_knum(&w, t->loss.term[k], r->terms[k]);
+    ds_train_knum(&w, "loss_bal", r->loss_bal);
+    ds_train_knum(&w, "lr", r->lr);
+    ds_train_knum(&w, "grad_norm", r->grad_norm);
+    ds_train_knum(&w, "tokens", r->tokens);
     ds_jsonw_kint(&w, "batch", r->batch);
-    ds_jsonw_knum_short(&w, "gamma", r->gamma);
-    ds_jsonw_knum_short(&w, "lambda", r->lambda);
-    ds_jsonw_knum_short(&w, "ms", r->ms);
-    ds_jsonw_knum_short(&w, "cpu_ms", r->cpu_ms);
-    ds_jsonw_knum_short(&w, "tok_s", r->tok_s);
-    if (r->mfu > 0) ds_jsonw_knum_short(&w, "mfu", r->mfu);
-    if (!isnan(r->val_loss)) ds_jsonw_knum_short(&w, "val_loss", r->val_loss);
+    ds_train_knum(&w, "gamma", r->gamma);
+    ds_train_knum(&w, "lambda", r->lambda);
+    ds_train_knum(&w, "ms", r->ms);
+    ds_train_knum(&w, "cpu_ms", r->cpu_ms);
+    ds_train_knum(&w, "tok_s", r->tok_s);
+    if (r->mfu > 0) ds_train_knum(&w, "mfu", r->mfu);
+    if (!isnan(r->val_loss)) ds_train_knum(&w, "val_loss", r->val_loss);
     if (r->skipped) ds_jsonw_kbool(&w, "skipped", 1);
+    if (t->hooks.step_record) t->hooks.step_record(t->hooks.step_ctx, t, &w);
     if (t->bal.n_layers > 0) {
         ds_jsonw_key(&w, "balance");
         ds_jsonw_arr_begin(&w);
@@ -369,7 +371,7 @@ static int write_metrics(const ds_trainer *t) {
             ds_balance_layer_stats(&t->bal, l, &st);
             ds_jsonw_obj_begin(&w);
             ds_jsonw_kint(&w, "moe_layer", l);
-            ds_jsonw_knum_short(&w, "max_vio", st.max_vio);
+            ds_train_knum(&w, "max_vio", st.max_vio);
             ds_jsonw_kint(&w, "min_load", st.min_load);
             ds_jsonw_kint(&w, "max_load", st.max_load);
             ds_jsonw_obj_end(&w);
@@ -412,6 +414,7 @@ int ds_trainer_run(ds_trainer *t, ds_train_end *end) {
             (t->step % t->o.log_every == 0 || t->step == t->o.total_steps || t->step == 1 || r->skipped))
             log_line(t);
         DS_TRY(write_metrics(t));
+        if (t->hooks.after_step) DS_TRY(t->hooks.after_step(t->hooks.step_ctx, t));
         int64_t stop = t->hooks.stop ? *t->hooks.stop : 0;
         if (dp_size(t) > 1) DS_TRY(t->hooks.comm->allreduce_i64(t->hooks.comm->ctx, &stop, 1)); /* all stop together */
         if (stop) {

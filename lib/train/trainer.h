@@ -55,6 +55,8 @@ typedef struct {
     int mtp_depth;
     int64_t n_targets; /* valid main-head targets over the whole optimizer step */
     int64_t n_rows;    /* rows in the whole optimizer step */
+    int row0;          /* this micro-batch's first row within the step (for per-row data such as
+                          RL advantages kept by the source that made the rows) */
 } ds_loss_ctx;
 
 typedef struct {
@@ -115,6 +117,12 @@ typedef struct {
     void *metrics;                 /* ds_metrics* (core/jsonw.h) or NULL */
     volatile sig_atomic_t *stop;   /* non-zero: finish the step, save, return (agreed across ranks) */
     const ds_train_comm *comm;     /* data parallel group, or NULL; only rank 0 prints */
+    /* Optional, for tools with numbers of their own (ds-rl): step_record adds keys to each step's
+     * metrics record after the trainer's; after_step runs once the record is written and before
+     * any checkpoint of that step (evaluations, the tool's own log line; an error stops the run). */
+    void (*step_record)(void *ctx, const ds_trainer *t, ds_jsonw *w);
+    int (*after_step)(void *ctx, ds_trainer *t);
+    void *step_ctx;
 } ds_train_hooks;
 
 /* Why ds_trainer_run returned 0. */
@@ -163,7 +171,7 @@ const ds_step_report *ds_trainer_last(const ds_trainer *t);
 int ds_trainer_plot(const ds_trainer *t, const char *png_path, const char *title);
 
 /* A number in its shortest round-trip form (null when not finite), for metrics records. */
-void ds_jsonw_knum_short(ds_jsonw *w, const char *key, double v);
+void ds_train_knum(ds_jsonw *w, const char *key, double v);
 
 /* SIGINT/SIGTERM set the returned flag to the signal number (a second signal kills at once). */
 volatile sig_atomic_t *ds_train_catch_signals(void);

@@ -8,6 +8,11 @@ setup() {
     # keep Open MPI to shared memory and loopback inside the test sandbox
     export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
     MPIRUN="mpirun --oversubscribe"
+    # Open MPI unloads its plugins at MPI_Finalize and leaves their allocations behind, which
+    # LeakSanitizer reports from "<unknown module>" frames that no suppression can name; leak
+    # detection is off for these runs, address and undefined-behaviour checks stay on.
+    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+    true
 }
 
 @test "all-to-all sweep on 3 ranks: every element arrives where it belongs" {

@@ -105,6 +105,19 @@ print(len(w), "tensors")' "$BATS_TEST_TMPDIR/ck"
     [ "$status" -eq 0 ]
 }
 
+@test "the pipeline: ds-tokenize encode writes shards, ds-pretrain trains on them" {
+    "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$BATS_TEST_TMPDIR/text/" "$T/prose.txt"
+    run --separate-stderr pretrain --config "$CFG" --data "$BATS_TEST_TMPDIR/text" --tokenizer "$T/tok.json" -o "$BATS_TEST_TMPDIR/ck" \
+        --steps 12 --batch 4 --seq-len 64 --lr 1e-2 --metrics "$BATS_TEST_TMPDIR/m.jsonl"
+    echo "$stderr" | grep -E "^(data|step)"
+    [ "$status" -eq 0 ]
+    [[ "$stderr" == *"data    1 shard(s), "*" tokens, 1 documents, vocabulary 400"* ]]
+    first=$(numbers "$BATS_TEST_TMPDIR/m.jsonl" | head -1 | grep -o '"loss": [0-9.]*' | cut -d' ' -f2)
+    last=$(numbers "$BATS_TEST_TMPDIR/m.jsonl" | tail -1 | grep -o '"loss": [0-9.]*' | cut -d' ' -f2)
+    "$DS_PY" -c "import sys; sys.exit(0 if float(sys.argv[2]) < float(sys.argv[1]) - 1 else 1)" "$first" "$last"
+    cmp "$T/tok.json" "$BATS_TEST_TMPDIR/ck/tokenizer.json"
+}
+
 @test "SIGTERM finishes the step, saves and exits 143; --resume continues bit for bit" {
     common=(--peak-tflops 0.1 --threads 1 --config "$CFG" --data "$T/shards" --steps 120 --batch 4 --seq-len 32 --lr 3e-3 --val-every 25
             --log-every 0)
@@ -257,11 +270,83 @@ save_file(w, p, metadata={"format": "pt"})' "$BATS_TEST_TMPDIR/bad"
     [ "$status" -eq 2 ]
 }
 
-@test "--device cuda and --fp8 say what is missing" {
-    run --separate-stderr pretrain --config "$CFG" --data "$T/shards" -o "$BATS_TEST_TMPDIR/ck" --steps 1 --fp8
-    [ "$status" -eq 1 ]
-    [[ "$stderr" == "ds-pretrain: error: --fp8: "* ]]
+@test "--fp8 trains every block Linear in FP8: the loss falls close to fp32's, the checkpoint is fp32 master weights" {
+    local d=$BATS_TEST_TMPDIR args="--config $CFG --data $T/shards --steps 30 --batch 8 --seq-len 32 --lr 1e-2 --val-every 0"
+    run --separate-stderr pretrain $args -o "$d/ck8" --metrics "$d/m8.jsonl" --fp8
+    echo "$stderr" | tail -3
+    [ "$status" -eq 0 ]
+    run --separate-stderr pretrain $args -o "$d/ck32" --metrics "$d/m32.jsonl"
+    [ "$status" -eq 0 ]
+    run "$DS_PY" - "$d" <<'EOF'
+import json, sys
+import numpy as np
+from safetensors.numpy import load_file
+d = sys.argv[1]
+def run(name):
+    recs = [json.loads(l) for l in open(f"{d}/{name}.jsonl")]
+    return recs[0]["config"], [r["loss"] for r in recs[1:]]
+c8, l8 = run("m8")
+c32, l32 = run("m32")
+assert c8["fp8"] is True and c32["fp8"] is False, "the configuration record says whether FP8 was on"
+print(f"fp8 {l8[0]:.4f} -> {l8[-1]:.4f}; fp32 {l32[0]:.4f} -> {l32[-1]:.4f}")
+assert l8[-1] < 0.6 * l8[0], "FP8 training lowers the loss"
+assert abs(l8[0] - l32[0]) / l32[0] < 0.01, "the first step's loss agrees with fp32 within 1%"
+assert l8 != l32, "FP8 is not fp32"
+tail8, tail32 = np.mean(l8[-10:]), np.mean(l32[-10:])
+assert abs(tail8 - tail32) / tail32 < 0.1, f"the last steps agree within 10%: {tail8:.4f} vs {tail32:.4f}"
+w = load_file(f"{d}/ck8/model.safetensors")
+assert all(str(t.dtype) == "float32" for t in w.values()), "master weights in fp32"
+q = w["model.layers.1.mlp.experts.3.up_proj.weight"]
+assert len(np.unique(q)) > 1000, "not snapped to an FP8 grid"
+EOF
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
+@test "--device cuda says what is missing" {
     run --separate-stderr pretrain --config "$CFG" --data "$T/shards" -o "$BATS_TEST_TMPDIR/ck" --steps 1 --device cuda
     [ "$status" -eq 1 ]
     [[ "$stderr" == "ds-pretrain: error: --device cuda: "* ]]
+}
+
+mpi() {
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+    mpirun --oversubscribe "$@"
+}
+
+@test "data parallel over MPI: 2 ranks follow the one-process loss curve; rank 0 alone writes" {
+    local d=$BATS_TEST_TMPDIR args="--config $CFG --data $T/shards --steps 4 --batch 4 --micro-batch 1 --seq-len 32 --seed 3"
+    run pretrain $args -o "$d/one" --metrics "$d/one.jsonl"
+    [ "$status" -eq 0 ]
+    run mpi -np 2 "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 $args -o "$d/two" --metrics "$d/two.jsonl"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"data parallel: 2 ranks on 1 node(s)"* ]]
+    [ "$(printf '%s\n' "$output" | grep -c 'saved step 4')" -eq 1 ]   # one writer
+    "$DS_PY" - "$d" <<'PY'
+import json, sys
+from safetensors.numpy import load_file
+d = sys.argv[1]
+def steps(p):
+    return [r for r in map(json.loads, open(p)) if "step" in r]
+one, two = steps(d + "/one.jsonl"), steps(d + "/two.jsonl")
+assert [r["step"] for r in two] == [1, 2, 3, 4], [r["step"] for r in two]
+for a, b in zip(one, two):
+    for k in ("loss", "grad_norm", "lr", "tokens"):
+        assert abs(a[k] - b[k]) <= 1e-5 * max(abs(a[k]), 1e-6), (k, a[k], b[k])
+w1, w2 = load_file(d + "/one/model.safetensors"), load_file(d + "/two/model.safetensors")
+assert w1.keys() == w2.keys()
+worst = max(float(abs(w1[k] - w2[k]).max()) / max(float(abs(w1[k]).max()), 1e-6) for k in w1)
+assert worst < 1e-4, worst
+print("max relative weight difference", worst)
+PY
+}
+
+@test "--dp that does not match the processes started is a usage error" {
+    run --separate-stderr mpi -np 2 "$DS_BIN/ds-pretrain" --threads 1 --config "$CFG" --data "$T/shards" -o "$BATS_TEST_TMPDIR/x" \
+        --steps 1 --batch 2 --seq-len 16 --dp 3
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"ds-pretrain: error: --dp 3 does not match the 2 processes started"* ]]
 }

@@ -16,6 +16,7 @@
 #include "fp8/linear.h"
 #include "ops/ops.h"
 #include "fp8/quant.h"
+#include "io/safetensors.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -884,6 +885,11 @@ TEST(ckpt_read_fp8_weight) {
     if (!rc) rc = ds_ckpt_writer_add_raw(wr, "model.layers.0.self_attn.o_proj.weight_scale_inv", DS_F32, 2, sshape, s);
     if (!rc) rc = ds_ckpt_writer_add_raw(wr, "model.layers.0.mlp.down_proj.weight", DS_F8_E4M3, 2, shape, q);
     if (!rc) rc = ds_ckpt_writer_add_f32(wr, "model.layers.3.mlp.gate.e_score_correction_bias", 1, bshape, bias, DS_F32);
+    uint8_t all_codes[256];
+    const int64_t cshape[1] = {256};
+    for (int i = 0; i < 256; i++) all_codes[i] = (uint8_t)i;
+    if (!rc) rc = ds_ckpt_writer_add_raw(wr, "codes.e5m2", DS_F8_E5M2, 1, cshape, all_codes);
+    if (!rc) rc = ds_ckpt_writer_add_raw(wr, "codes.e4m3", DS_F8_E4M3, 1, cshape, all_codes);
     if (!rc) rc = ds_ckpt_writer_commit(wr);
     CHECK(rc == 0, "write a small FP8 checkpoint: %s", ds_errmsg());
     ds_ckpt *c;
@@ -900,6 +906,23 @@ TEST(ckpt_read_fp8_weight) {
               strstr(ds_errmsg(), "F8_E4M3 tensor model.layers.0.mlp.down_proj.weight without "
                                   "model.layers.0.mlp.down_proj.weight_scale_inv"),
           "FP8 without its scale: %s", ds_errmsg());
+    /* generic float32 reads (the decoder lib/fp8 registers with io): code values, or a refusal for a block-scaled weight */
+    CHECK(ds_ckpt_read_f32(c, "model.layers.0.self_attn.o_proj.weight", 2, shape, got) == DS_ERR &&
+              strstr(ds_errmsg(), "checkpoint: model.layers.0.self_attn.o_proj.weight is F8_E4M3 with block scales "
+                                  "(model.layers.0.self_attn.o_proj.weight_scale_inv): not readable as plain float32"),
+          "a block-scaled weight is refused by the generic read: %s", ds_errmsg());
+    ds_fp8_decode(want, DS_F8_E4M3, q, 200 * 300);
+    CHECK(ds_ckpt_read_f32(c, "model.layers.0.mlp.down_proj.weight", 2, shape, got) == 0 && !memcmp(got, want, 200 * 300 * 4),
+          "an FP8 tensor without scales reads as its code values");
+    float codes[256];
+    CHECK(ds_ckpt_read_f32(c, "codes.e4m3", 1, cshape, codes) == 0 && !memcmp(codes, ds_e4m3_table, sizeof codes),
+          "all 256 E4M3 codes decode through io as the ml_dtypes-checked table");
+    CHECK(ds_ckpt_read_f32(c, "codes.e5m2", 1, cshape, codes) == 0 && !memcmp(codes, ds_e5m2_table, sizeof codes),
+          "and all 256 E5M2 codes");
+    ds_st_set_fp8_decoder(NULL);
+    CHECK(ds_ckpt_read_f32(c, "codes.e4m3", 1, cshape, codes) == DS_ERR && strstr(ds_errmsg(), "needs the fp8 decoder"),
+          "without the decoder: %s", ds_errmsg());
+    ds_fp8_register_st_decoder();
     const int64_t wrong[2] = {300, 200};
     CHECK(ds_fp8_ckpt_read_f32(c, "model.layers.0.self_attn.o_proj.weight", 2, wrong, got) == DS_ERR &&
               strstr(ds_errmsg(), "has shape [200, 300]"),
@@ -943,6 +966,23 @@ TEST(convert_multi_panel) {
           rep.scale_min, rep.scale_max);
     ds_conv_plan_free(&p);
     free(out.buf), free(q), free(y), free(m.data[0]);
+}
+
+TEST(gemm_row_passes) {
+    /* N = 8192 makes the GEMM work in passes of 512 rows: 1100 rows take three passes, and every row must
+     * come out as it does from a call on a slice of 100 rows (one pass) */
+    const int64_t M = 1100, N = 8192, K = 130;
+    float *a = rand_matrix(M, K, 61, 1.0f), *b = rand_matrix(N, K, 62, 0.05f);
+    uint8_t *aq = malloc(M * K), *bq = malloc(N * K);
+    float *as = malloc(M * 2 * 4), *bs = malloc(64 * 2 * 4), *c = malloc(M * N * 4), *c2 = malloc(M * N * 4);
+    ds_fp8_quantize(aq, as, a, M, K, 1, 128, DS_FP8_SCALE_F32);
+    ds_fp8_quantize(bq, bs, b, N, K, 128, 128, DS_FP8_SCALE_F32);
+    ds_fp8_mat B = {bq, bs, 128, 0};
+    ds_fp8_gemm(c, &(ds_fp8_mat){aq, as, 1, 0}, &B, M, N, K, 0, NULL);
+    for (int64_t m0 = 0; m0 < M; m0 += 100)
+        ds_fp8_gemm(c2 + m0 * N, &(ds_fp8_mat){aq + m0 * K, as + m0 * 2, 1, 0}, &B, 100, N, K, 0, NULL);
+    CHECK(!memcmp(c, c2, M * N * 4), "three passes of 512 rows == eleven calls of 100 rows");
+    free(a), free(b), free(aq), free(bq), free(as), free(bs), free(c), free(c2);
 }
 
 TAP_MAIN()

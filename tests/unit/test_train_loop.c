@@ -428,6 +428,37 @@ TEST(batch_ramp_grows_in_whole_micro_batches) {
     run_close(&r);
 }
 
+/* A loss hook that wraps the pretraining one and records which rows each micro-batch covered. */
+static int rows_seen[64], n_rows_seen;
+static int recording_micro(void *ctx, const ds_loss_ctx *lc, const ds_batch *b, const ds_fwd_out *f, float *dlogp, float *dmtp,
+                           double *terms) {
+    if (dlogp && n_rows_seen < 64) rows_seen[n_rows_seen++] = lc->row0;
+    return ds_loss_pretrain.micro(ctx, lc, b, f, dlogp, dmtp, terms);
+}
+
+TEST(loss_hooks_see_each_micro_batch_row_offset) {
+    run r;
+    run_cfg c = {.total = 2, .micro = 2, .batch = 8, .T = 8, .seed = 10};
+    CHECK(run_open(&r, &c, NULL) == 0, "open");
+    ds_trainer_free(r.t);
+    ds_loss_hook h = ds_loss_pretrain;
+    h.micro = recording_micro;
+    ds_train_opts o;
+    ds_train_opts_defaults(&o);
+    o.total_steps = 2, o.seq_len = 8, o.micro_batch = 2, o.log_every = 0;
+    ds_sched_parse(&o.lr, "1e-3", 0, 2, "lr");
+    ds_sched_parse(&o.batch, "8", 0, 2, "batch");
+    ds_sched_parse(&o.gamma, "0", 0, 2, "gamma");
+    ds_sched_parse(&o.lambda, "0.3", 0, 2, "lambda");
+    CHECK(ds_trainer_create(&r.t, &o, &r.f.net, r.train, NULL, &h, NULL) == 0, "trainer with a custom hook");
+    n_rows_seen = 0;
+    ds_train_end end;
+    CHECK(ds_trainer_run(r.t, &end) == 0, "ran");
+    CHECK(n_rows_seen == 8 && rows_seen[0] == 0 && rows_seen[1] == 2 && rows_seen[2] == 4 && rows_seen[3] == 6 && rows_seen[4] == 0,
+          "row offsets 0 2 4 6 per step (%d calls)", n_rows_seen);
+    run_close(&r);
+}
+
 /* ---- data parallelism: two replicas in two threads, summing through shared memory ---- */
 
 #include <pthread.h>

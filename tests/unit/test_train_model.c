@@ -201,6 +201,24 @@ TEST(stop_and_resume_is_bit_identical) {
     run_close(&a), run_close(&b2);
 }
 
+static int edit_eps(void *ctx, ds_config *cfg) {
+    cfg->rms_norm_eps = *(double *)ctx;
+    return 0;
+}
+
+TEST(tools_can_edit_the_config_before_the_model_is_built) {
+    double eps = 1e-5;
+    ds_session s;
+    ds_session_opts so = {.tool = "test", .config_path = path("config.json"), .device = "cpu", .micro_batch = 1, .seq_len = 8,
+                          .seed = 1, .edit_config = edit_eps, .edit_ctx = &eps};
+    CHECK(ds_session_open(&s, &so) == 0, "open: %s", ds_errmsg());
+    CHECK(ds_model_config(s.model)->rms_norm_eps == 1e-5 && s.cfg.rms_norm_eps == 1e-5, "the model and the saved config see the edit");
+    ds_session_close(&s);
+    eps = -1;
+    CHECK(ds_session_open(&s, &so) != 0 && strstr(ds_errmsg(), "rms_norm_eps"), "an invalid edit is refused: %s", ds_errmsg());
+    ds_session_close(&s);
+}
+
 TEST(bias_update_balances_a_skewed_router) {
     run r;
     run_cfg c = {.steps = 60, .batch = 4, .micro = 4, .T = 32, .lr = "0", .gamma = "0.005", .out = path("bal"), .metrics = path("bal.jsonl")};

@@ -1,0 +1,52 @@
+/* adamw_cuda.h — the optimizer step on the GPU: AdamW over a flat fp32 parameter buffer in device memory,
+ * and the global gradient norm that clipping needs.
+ *
+ * Owns: device-resident moments (fp32, or bf16 rounded to nearest even), the per-tensor weight-decay table,
+ * and an update that is bit-identical to lib/train's CPU rule (PyTorch's torch.optim.AdamW order, fp32,
+ * no fused multiply-adds): with g = grad * grad_scale,
+ *   m = m + (1-b1)(g - m);  v = v b2 + (1-b2) g^2;  p = p * decay_mul + (-step_size m) / (sqrt(v)/sqrt(bc2) + eps)
+ * where step_size = lr / (1 - b1^t), bc2 = 1 - b2^t, decay_mul = 1 - lr wd (1 for tensors without decay),
+ * all scalars formed in double on the host and rounded to float, as the CPU does.
+ * The norm is a fixed-order reduction in double (same bits run to run; it may differ from the CPU's chunked
+ * sum in the last bits).
+ */
+#ifndef DS_KERNELS_ADAMW_CUDA_H
+#define DS_KERNELS_ADAMW_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    size_t offset, numel; /* a parameter tensor's elements in the flat buffer */
+    int decay;            /* 1: weight decay applies */
+} ds_cuda_adamw_seg;
+
+typedef struct {
+    double beta1, beta2, eps, weight_decay;
+    int bf16_moments;
+} ds_cuda_adamw_opts;
+
+typedef struct ds_cuda_adamw ds_cuda_adamw;
+
+/* Moments for n parameters (zeroed), the tensors listed in segs (every element in exactly one). */
+int ds_cuda_adamw_create(ds_cuda_adamw **out, const ds_cuda_adamw_opts *o, size_t n, const ds_cuda_adamw_seg *segs,
+                         int nseg);
+void ds_cuda_adamw_free(ds_cuda_adamw *a);
+/* Update t (1-based: the number of updates including this one) of params (device) with grads (device). */
+int ds_cuda_adamw_step(ds_cuda_adamw *a, float *params, const float *grads, float grad_scale, double lr, int64_t t);
+/* Copy moments of [offset, offset + numel) out to / in from host float32 (which: 0 = m, 1 = v). */
+int ds_cuda_adamw_get(const ds_cuda_adamw *a, int which, size_t offset, size_t numel, float *host);
+int ds_cuda_adamw_set(ds_cuda_adamw *a, int which, size_t offset, size_t numel, const float *host);
+
+/* sqrt(sum g^2) over n device floats, in double (synchronizes; NaN/Inf propagate). */
+int ds_cuda_grad_norm(const float *g, size_t n, double *norm);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

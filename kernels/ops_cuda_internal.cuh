@@ -1,0 +1,91 @@
+/* ops_cuda_internal.cuh — pieces shared by the CUDA op files (C++ only, not part of the op contract).
+ *
+ * Owns: the declarations of the op implementations that kernels/ops_cuda.cu puts in the table, the sticky
+ * error those void functions report through (ds_cuda_ops_note), grow-only scratch buffers (one per slot,
+ * so ops never allocate once sizes have been seen), and launch geometry helpers.
+ */
+#ifndef DS_KERNELS_OPS_CUDA_INTERNAL_CUH
+#define DS_KERNELS_OPS_CUDA_INTERNAL_CUH
+
+#include "cuda_check.cuh"
+
+extern "C" {
+#include "ops/ops.h"
+}
+
+/* Record the first failure (what, plus the CUDA error) for ds_ops_cuda_status. */
+void ds_cuda_ops_note(const char *what, cudaError_t e);
+/* Check the last launch; record a failure. */
+#define OPS_LAUNCHED(what)                                                                             \
+    do {                                                                                               \
+        cudaError_t ops_e_ = cudaGetLastError();                                                       \
+        if (ops_e_ != cudaSuccess) ds_cuda_ops_note(what, ops_e_);                                     \
+    } while (0)
+
+/* Scratch buffer `slot` of at least `bytes` (grown with cudaMalloc when needed; NULL on failure, noted). */
+enum {
+    SCR_GEMM_A = 0, SCR_GEMM_B, SCR_PARTIAL, SCR_SORT_KEYS, SCR_SORT_VALS, SCR_SORT_TMP, SCR_SORT_KEYS2,
+    SCR_SORT_VALS2, SCR_SMALL, SCR_COUNT
+};
+void *ds_cuda_scratch(int slot, size_t bytes);
+
+static inline unsigned grid1d(size_t n, int block) { return (unsigned)((n + block - 1) / block); }
+
+/* elementwise, norms, RoPE, SwiGLU, embedding, log-softmax, MLA assembly (ops_elem.cu) */
+void cu_add(float *y, const float *a, const float *b, size_t n);
+void cu_axpy(float *y, float alpha, const float *x, size_t n);
+void cu_scale(float *y, float alpha, size_t n);
+void cu_copy2d(float *dst, int ldd, const float *src, int lds, int rows, int cols);
+void cu_rmsnorm_fwd(float *y, int ldy, float *rstd, const float *x, int ldx, const float *w, int n, int d, float eps);
+void cu_rmsnorm_bwd(float *dx, int lddx, float *dw, const float *dy, int lddy, const float *x, int ldx, const float *w,
+                    const float *rstd, int n, int d);
+void cu_rope_table(float *cs, const int32_t *pos, int n, const float *inv_freq, int half, float mscale);
+void cu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, const float *cs, int inverse);
+void cu_swiglu_fwd(float *h, const float *g, const float *u, size_t n);
+void cu_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
+void cu_embed_fwd(float *x, const float *table, const int32_t *tok, int n, int d);
+void cu_logsoftmax_fwd(float *logp, float *lse, float *ent, const float *logits, const int32_t *tgt, int n, int V);
+void cu_logsoftmax_bwd(float *dlogits, const float *logits, const float *lse, const int32_t *tgt, const float *dlogp,
+                       int n, int V);
+void cu_mla_kv_expand(float *k, float *v, const float *kvb, const float *kpe, int ld_kpe, int n, int H, int dn, int dr,
+                      int dv);
+void cu_mla_kv_expand_bwd(float *dkvb, float *dkpe, int ld_dkpe, const float *dk, const float *dv, int n, int H,
+                          int dn, int dr, int dv_dim);
+
+/* sorting-based ops (ops_sort.cu) */
+void cu_embed_bwd(float *dtable, const float *dx, const int32_t *tok, int n, int d);
+void cu_moe_bucket(int32_t *off, int32_t *order, int32_t *where, const int32_t *idx, int n, int K, int E);
+
+/* MoE routing and token movement (ops_moe.cu) */
+void cu_router_scores(float *scores, const float *logits, int n, int E, ds_score_fn fn);
+void cu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, int n, const ds_route_params *rp);
+void cu_moe_topk_bwd(float *dlogits, const float *dw, const float *scores, const int32_t *idx, int n,
+                     const ds_route_params *rp);
+void cu_moe_balance(float *loss, float *dlogits, float coef, const float *scores, const int32_t *idx, int B, int T,
+                    const ds_route_params *rp);
+void cu_moe_gather(float *dst, const float *src, const int32_t *order, int m, int K, int d);
+void cu_moe_gather_bwd(float *dsrc, const float *ddst, const int32_t *where, int n, int K, int d);
+void cu_moe_combine(float *y, const float *ye, const float *w, const int32_t *where, int n, int K, int d);
+void cu_moe_scale_rows(float *x, const float *w, const int32_t *order, int m, int d);
+void cu_moe_combine_bwd(float *dact, float *dw, const float *z, const float *act, const float *w, const int32_t *order,
+                        int m, int I);
+
+/* attention (ops_attn.cu) */
+size_t cu_attn_ws_bytes(int B, int T, int H, int dqk, int dv);
+void cu_attn_fwd(float *o, float *lse, const float *q, const float *k, const float *v, const int32_t *seg, int B, int T,
+                 int H, int dqk, int dv, float scale, void *ws);
+void cu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
+                 const float *o, const float *lse, const int32_t *seg, int B, int T, int H, int dqk, int dv_dim,
+                 float scale, void *ws);
+
+/* warp reductions */
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max_f(float v) {
+    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+#endif

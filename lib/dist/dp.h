@@ -1,0 +1,26 @@
+/* dp.h — data parallelism over MPI: the trainer's reduction hooks (train/trainer.h ds_train_comm).
+ *
+ * Owns: sums across the data-parallel ranks that give every rank the same bits, so replicas that
+ * apply the same update stay identical forever: each value is added in rank order 0, 1, ..., n-1 no
+ * matter which rank computes it. Large float arrays go reduce-scatter (every rank sums one slice in
+ * that order) then all-gather, moving 2(n-1)/n of the array per rank, as a ring all-reduce does;
+ * small arrays are gathered whole and summed locally.
+ * Rank layout (design.md section 6): with pipeline and expert parallelism still to come, the world
+ * is one data-parallel group (--dp = world size).
+ */
+#ifndef DS_DIST_DP_H
+#define DS_DIST_DP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dist/comm.h"
+
+/* Launched by mpirun/srun (an MPI process manager's environment is present). */
+int ds_dist_launched(void);
+
+int ds_dp_allreduce_f32(const ds_comm *c, float *x, size_t n);
+int ds_dp_allreduce_f64(const ds_comm *c, double *x, size_t n);
+int ds_dp_allreduce_i64(const ds_comm *c, int64_t *x, size_t n);
+
+#endif

@@ -1,0 +1,55 @@
+#!/bin/bash
+# Runs on a lent GPU machine from a folder made by tests/gpu/stage.sh: the environment report, every GPU
+# test program, and the benchmarks; logs go to $OUT (or /tmp/ds-gpu-out). Parts: env tests mla gemm train
+# profile (default: all; profile = one training run through the per-op timing wrapper).
+# Usage: device.sh [part...]
+cd "$(dirname "$0")"
+export LD_LIBRARY_PATH=$PWD/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export PY=${PY:-python3} PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/ds-gpu-out}
+mkdir -p "$out"
+parts=${*:-env tests mla gemm train profile}
+has() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
+summary=()
+if has env; then
+    {
+        date -u
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu --format=csv
+        nvcc --version 2>/dev/null | tail -2
+        $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+        for f in bin/*; do echo "$f: $(ldd "$f" | grep -c 'not found') libraries not found"; ldd "$f" | grep 'not found'; done
+        ldd bin/test_blaslt | grep -E 'cublas|cudart|gomp'
+    } >"$out/env.txt" 2>&1
+    cat "$out/env.txt"
+fi
+if has tests; then
+    for t in bin/test_*; do
+        n=$(basename "$t")
+        timeout 300 "$t" >"$out/$n.tap" 2>&1
+        rc=$?
+        summary+=("$n: exit $rc, $(grep -c '^ok' "$out/$n.tap") ok, $(grep -c '^not ok' "$out/$n.tap") not ok")
+        grep -E '^not ok|^#' "$out/$n.tap" | head -40
+    done
+fi
+if has mla; then
+    SWEEP=${SWEEP:-} GPU_MLA=bin/gpu_mla_decode timeout 400 bench/gpu_mla_decode.sh 20 >"$out/mla.txt" 2>&1
+    summary+=("mla bench: exit $?")
+    sed -n '/^== MLA/,$p' "$out/mla.txt"
+    # the fastest configuration per shape when swept
+    awk -F'\t' '$1 ~ /^[0-9]+$/ && $11 == 0 { k = $2 " " $3 " " $4; if (!(k in b) || $5 < b[k]) { b[k] = $5; c[k] = $9 " s" $10 " " $7 "%" } }
+        END { for (k in b) print "best " k ": " b[k] " ms config " c[k] }' "$out/mla.txt" | sort -k2n -k3n -k4n
+fi
+if has gemm; then
+    GPU_GEMM=bin/gpu_gemm timeout 500 bench/gpu_gemm.sh 20 >"$out/gemm.txt" 2>&1
+    summary+=("gemm bench: exit $?")
+    sed -n '/^== FP8/,$p' "$out/gemm.txt"
+fi
+if has train; then
+    GPU_TRAIN=bin/gpu_train timeout 500 bench/gpu_train.sh 8 1024 5 >"$out/train.txt" 2>&1
+    summary+=("train bench: exit $?")
+    grep -vE '^gpu_train: step|^torch step' "$out/train.txt"
+fi
+if has profile; then
+    ./bin/gpu_train 8 1024 3 bf16 profile 2>&1 | grep -v "step [0-9]" | head -16
+fi
+printf '%s\n' "${summary[@]}"

@@ -1,0 +1,23 @@
+#!/bin/bash
+# Copy what a GPU machine needs to run the GPU tests and benchmarks into DEST (for a lent machine that
+# has the NVIDIA driver, CUDA 13 libraries and PyTorch, but not our build tree or Debian libraries):
+#   DEST/bin      test programs and benchmark binaries (built here: make test-gpu)
+#   DEST/bench    the benchmark drivers and their PyTorch references
+#   DEST/lib      the shared libraries the binaries need beyond the C/C++ runtime and CUDA's own
+#                 (OpenMP, OpenBLAS and its Fortran runtime, ...), from this machine
+#   DEST/device.sh  the runner (tests/gpu/device.sh)
+# Usage: tests/gpu/stage.sh DEST [BUILD]
+set -eu
+dest=$1
+build=${2:-build/rel-cuda}
+cd "$(dirname "$0")/../.."
+rm -rf "$dest"
+mkdir -p "$dest/bin" "$dest/bench" "$dest/lib"
+cp "$build"/tests/gpu/test_* "$build"/bench/gpu_* "$dest/bin/"
+cp bench/gpu_*.sh bench/gpu_*.py "$dest/bench/"
+cp tests/gpu/device.sh "$dest/"
+for f in "$dest"/bin/*; do
+    ldd "$f" | awk '$3 ~ /^\// { print $3 }'
+done | sort -u | grep -vE '/(libc|libm|libstdc\+\+|libgcc_s|libdl|librt|libpthread|ld-linux[^/]*|libcudart|libcublas|libcublasLt)\.so' |
+    xargs -r -I{} cp -L {} "$dest/lib/"
+du -sh "$dest"
