@@ -12,7 +12,8 @@
 #   DS_DEMO_DIR      work directory (default ./demo-out); every run starts it afresh
 #   DS_DEMO_THREADS  threads per tool (default 0 = all cores)
 #   DS_DEMO_CACHE    where the extracted prose corpus is kept between runs (default ~/.cache/ds-demo)
-#   DS_DEMO_CONFIG   model configuration (default share/configs/demo.json beside this script)
+#   DS_DEMO_CONFIG   model configuration (default share/configs/tiny.json beside this script: 178K
+#                    parameters, small enough for GRPO to run 100 steps in minutes on a laptop CPU)
 #   DS_BIN           directory of the ds-* programs (default: ../bin beside this script, else $PATH)
 # Needs: the ds-* programs, jq, awk, perl's pod2text (corpus), gnuplot for the combined loss chart
 # (optional: without it the per-stage charts the tools draw are still there).
@@ -23,7 +24,7 @@ SCALE=${DS_DEMO_SCALE:-1}
 OUT=${DS_DEMO_DIR:-demo-out}
 THREADS=${DS_DEMO_THREADS:-0}
 CACHE=${DS_DEMO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ds-demo}
-CONFIG=${DS_DEMO_CONFIG:-$here/configs/demo.json}
+CONFIG=${DS_DEMO_CONFIG:-$here/configs/tiny.json}
 if [ -z "${DS_BIN:-}" ] && [ -x "$here/../bin/ds-pretrain" ]; then DS_BIN=$here/../bin; fi
 DS=${DS_BIN:+$DS_BIN/}
 command -v jq >/dev/null || { echo "demo: jq is needed (apt-get install jq)" >&2; exit 1; }
@@ -40,19 +41,23 @@ scaled() { # N [MIN]: round(N * SCALE), at least MIN (default 1)
     awk -v n="$1" -v s="$SCALE" -v m="${2:-1}" 'BEGIN { v = int(n * s + 0.5); print (v < m ? m : v) }'
 }
 CORPUS_BYTES=$(scaled 2000000 150000) # prose for the tokenizer and pretraining
-VOCAB=4096                            # the config's vocabulary
-PRE_STEPS=$(scaled 300 4)             # pretraining steps of 8 x 256 tokens
-PRE_LR=1e-3
-LONG_STEPS=$(scaled 20 2)             # context extension 256 -> 1024 (YaRN x4), steps of 2 x 1024 tokens
-LONG_LR=1e-4
-SFT_N=$(scaled 12000 200)             # chat conversations, one epoch, packed into rows of 256 tokens
-SFT_LR=1e-3
+VOCAB=$(jq .vocab_size "$CONFIG")     # the tokenizer is trained to the config's vocabulary
+PRE_STEPS=$(scaled 2000 4)            # pretraining steps of 16 x 256 tokens
+PRE_LR=3e-3
+LONG_STEPS=$(scaled 40 2)             # context extension 256 -> 1024 (YaRN x4), steps of 4 x 1024 tokens
+LONG_LR=3e-4
+SFT_N=$(scaled 20000 200)             # chat conversations (2 in 5 with a careless final answer)
+SFT_STEPS=$(scaled 500 4)             # SFT steps of 32 packed rows of 128 tokens
+SFT_LR=3e-3
 RL_N=$(scaled 4000 64)                # RL prompts
-RL_STEPS=$(scaled 60 2)               # GRPO steps of 16 prompts x 8 completions
-RL_LR=1e-4
-EVAL_N=$(scaled 200 24)               # held-out tasks (operand pairs that no training example uses)
-TASK_MAX=50                           # operands in [0, TASK_MAX]
+RL_STEPS=$(scaled 100 2)              # GRPO steps of 16 prompts x 8 completions
+RL_LR=1e-4                            # reached after RL_WARMUP steps of linear warmup
+RL_WARMUP=$(scaled 20 1)
+EVAL_N=$(scaled 300 24)               # held-out tasks (prompts worded as no training prompt is)
+EVAL_SAMPLES=4                        # sampled answers per held-out task (T = 1), besides the greedy one
+TASK_MAX=9                            # operands in [0, TASK_MAX]
 TASK_WORDS=0.3                        # share of word problems
+TASK_NOISE=0.4                        # share of SFT demonstrations whose final answer is off by one
 MAX_NEW=24                            # tokens per answer
 
 # ---- bookkeeping: every stage is timed and logged; report.d/ collects what the report shows ------
@@ -61,7 +66,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 D=$OUT/data C=$OUT/ckpt M=$OUT/metrics P=$OUT/plots E=$OUT/eval R=$OUT/report.d
 mkdir -p "$D" "$C" "$M" "$P" "$E" "$R" "$OUT/logs"
-for f in stages.jsonl accuracy.jsonl prose.jsonl samples.jsonl data.json fp8-size.json plots.json; do : >"$R/$f"; done
+for f in stages.jsonl accuracy.jsonl loglik.jsonl samples.jsonl data.json fp8-size.json plots.json; do : >"$R/$f"; done
 for f in pretrain extend sft rl fp8-error generate generate-mtp; do : >"$M/$f.jsonl"; done
 CKPT= # the newest model
 
@@ -122,13 +127,15 @@ data() {
         rm -rf "$corpus" && mv "$corpus.tmp.$$" "$corpus"
     fi
     ln -s "$corpus" "$D/corpus"
-    # Arithmetic with checkable answers (share/demo/tasks.awk): conversations for SFT, prompts with
-    # answers for RL, and held-out prompts whose operand pairs occur in neither.
-    t="$here/demo/tasks.awk"
-    awk -f "$t" -v kind=sft -v n="$SFT_N" -v seed=1 -v max=$TASK_MAX -v words=$TASK_WORDS >"$D/sft.jsonl"
-    awk -f "$t" -v kind=prompts -v n="$RL_N" -v seed=2 -v max=$TASK_MAX -v words=$TASK_WORDS >"$D/rl.jsonl"
-    awk -f "$t" -v kind=prompts -v set=heldout -v n="$EVAL_N" -v seed=3 -v max=$TASK_MAX -v words=$TASK_WORDS \
-        >"$D/heldout.jsonl"
+    # Arithmetic with checkable answers (share/demo/tasks.awk): single-digit sums and differences as
+    # formulas and word problems; conversations for SFT, prompts with answers for RL, and held-out
+    # prompts worded as no SFT or RL prompt is (one prompt text in ten is held out, by a hash).
+    tasks() { awk -f "$here/demo/tasks.awk" -v by=prompt -v max=$TASK_MAX -v words=$TASK_WORDS "$@"; }
+    tasks -v kind=sft -v n="$SFT_N" -v seed=1 -v noise=$TASK_NOISE >"$D/sft.jsonl"
+    tasks -v kind=prompts -v n="$RL_N" -v seed=2 >"$D/rl.jsonl"
+    tasks -v kind=prompts -v set=heldout -v n="$EVAL_N" -v seed=3 >"$D/heldout.jsonl"
+    # the same held-out tasks as conversations with the right answers, to score (FP8 cost)
+    tasks -v kind=sft -v set=heldout -v n="$EVAL_N" -v seed=3 >"$D/heldout-chat.jsonl"
     wc -l "$D"/*.jsonl
 }
 
@@ -155,7 +162,7 @@ tokenizer() {
 
 pretrain() {
     "${DS}ds-pretrain" --config "$CONFIG" --data "$D/shards" --tokenizer "$D/tokenizer.json" -o "$C/pretrain" \
-        --steps "$PRE_STEPS" --batch 8 --seq-len 256 --lr $PRE_LR --val-frac 0.02 --val-every 50 \
+        --steps "$PRE_STEPS" --batch 16 --seq-len 256 --lr $PRE_LR --val-frac 0.02 --val-every $(((PRE_STEPS + 9) / 10)) \
         --metrics "$M/pretrain.jsonl" --plot "$P/pretrain.png" $LOG
 }
 
@@ -163,20 +170,22 @@ extend() {
     # YaRN x4: the model pretrained on 256 tokens continues at 1024; then passkey retrieval and
     # log-likelihood by position
     "${DS}ds-extend-ctx" -m "$CKPT" --data "$D/shards" -o "$C/extend" --factor 4 --original-len 256 \
-        --seq-len 1024 --steps "$LONG_STEPS" --batch 2 --lr $LONG_LR --val-frac 0.02 --val-every "$LONG_STEPS" \
+        --seq-len 1024 --steps "$LONG_STEPS" --batch 4 --lr $LONG_LR --val-frac 0.02 --val-every "$LONG_STEPS" \
         --eval-lengths 256,512,1024 --eval-trials 2 --eval-docs 2 --eval-png "$P/passkey.png" \
         --metrics "$M/extend.jsonl" --plot "$P/extend.png" $LOG
 }
 
 sft() {
-    "${DS}ds-sft" -m "$CKPT" --data "$D/sft.jsonl" -o "$C/sft" --epochs 1 --seq-len 256 --batch 8 \
-        --lr $SFT_LR --lr-min 1e-4 --warmup 0.05 --metrics "$M/sft.jsonl" --plot "$P/sft.png" $LOG
+    "${DS}ds-sft" -m "$CKPT" --data "$D/sft.jsonl" -o "$C/sft" --steps "$SFT_STEPS" --seq-len 128 --batch 32 \
+        --lr $SFT_LR --lr-min 3e-4 --warmup 0.05 --metrics "$M/sft.jsonl" --plot "$P/sft.png" $LOG
 }
 
 rl() {
+    # GRPO rewarded only for the right final answer (rl_arith.sh's recipe, docs/DESIGN.md "ds-rl")
     "${DS}ds-rl" -m "$CKPT" --prompts "$D/rl.jsonl" -o "$C/rl" --steps "$RL_STEPS" --group 8 --batch 16 \
-        --max-new $MAX_NEW --lr $RL_LR --reward answer --eval-prompts "$D/heldout.jsonl" \
-        --eval-every $(((RL_STEPS + 1) / 2)) --metrics "$M/rl.jsonl" --plot "$P/rl.png" $LOG
+        --max-new $MAX_NEW --lr $RL_LR --lr-schedule "linear:0@0,$RL_LR@$RL_WARMUP" --reward answer \
+        --eval-prompts "$D/heldout.jsonl" --eval-samples $EVAL_SAMPLES --eval-every $(((RL_STEPS + 4) / 5)) \
+        --metrics "$M/rl.jsonl" --plot "$P/rl.png" $LOG
 }
 
 quantize() {
@@ -185,31 +194,57 @@ quantize() {
         '{bytes_before: $a, bytes_fp8: $b}' >"$R/fp8-size.json"
 }
 
-# Held-out task accuracy of a checkpoint: greedy answers; the last number of each, read as ds-rl's
-# answer reward reads it, compared with the answer.
-accuracy() { # NAME CKPT
-    "${DS}ds-generate" -m "$2" --jsonl --temperature 0 --max-new $MAX_NEW --batch 64 --threads $THREADS -q \
-        <"$D/heldout.jsonl" >"$E/tasks-$1.jsonl"
-    jq -nc --arg name "$1" --slurpfile g "$E/tasks-$1.jsonl" --slurpfile p "$D/heldout.jsonl" '
-        ($g | sort_by(.index)) as $g
-        | [range(0; $p | length) | ($g[.].completion | [scan("-?[0-9][0-9,]*(?:\\.[0-9]+)?")] | last) as $a
-           | ($a != null and ($a | gsub(","; "") | tonumber) == ($p[.].answer | tonumber))]
-        | {after: $name, correct: map(select(.)) | length, total: length} | .accuracy = .correct / .total' |
+# Held-out task accuracy of a checkpoint: the last number of an answer, read as ds-rl's answer reward
+# reads it, must equal the result. Greedy answers, and EVAL_SAMPLES sampled ones per task (T = 1, as
+# GRPO samples: the number it raises; greedy accuracy moves only where the most likely answer flips).
+accuracy() { # NAME CKPT [ds-generate options]
+    name=$1 ckpt=$2
+    shift 2
+    "${DS}ds-generate" -m "$ckpt" "$@" --jsonl --temperature 0 --max-new $MAX_NEW --batch 64 --threads $THREADS -q \
+        <"$D/heldout.jsonl" >"$E/tasks-$name.jsonl"
+    awk -v k=$EVAL_SAMPLES '{ for (i = 0; i < k; i++) print }' "$D/heldout.jsonl" >"$E/heldout-x$EVAL_SAMPLES.jsonl"
+    "${DS}ds-generate" -m "$ckpt" "$@" --jsonl --temperature 1 --seed 7 --max-new $MAX_NEW --batch 64 --threads $THREADS -q \
+        <"$E/heldout-x$EVAL_SAMPLES.jsonl" >"$E/tasks-sampled-$name.jsonl"
+    jq -nc --arg name "$name" --slurpfile g "$E/tasks-$name.jsonl" --slurpfile s "$E/tasks-sampled-$name.jsonl" \
+        --slurpfile p "$E/heldout-x$EVAL_SAMPLES.jsonl" --argjson k $EVAL_SAMPLES '
+        def right($g; $k): ($g | sort_by(.index)) as $g
+            | [range(0; $g | length) | ($g[.].completion | [scan("-?[0-9][0-9,]*(?:\\.[0-9]+)?")] | last) as $a
+               | ($a != null and ($a | gsub(","; "") | tonumber) == ($p[. * $k].answer | tonumber))]
+            | map(select(.)) | length;
+        {after: $name, correct: right($g; $k), total: ($g | length),
+         sampled_correct: right($s; 1), sampled_total: ($s | length)}
+        | .accuracy = .correct / .total | .sampled_accuracy = .sampled_correct / .sampled_total' |
         tee -a "$R/accuracy.jsonl"
 }
-# Mean log-likelihood per token of the held-out prose, in nats (windows of 256 tokens).
-prose() { # NAME CKPT
-    "${DS}ds-generate" -m "$2" --score --ids --threads $THREADS -q <"$D/heldout-prose.ids" >"$E/prose-$1.jsonl"
-    jq -sc --arg name "$1" '{model: $name, tokens: (map(.n_scored) | add), nats_per_token: ((map(.sum_logprob) | add) / (map(.n_scored) | add))}' \
-        "$E/prose-$1.jsonl" | tee -a "$R/prose.jsonl"
+# Mean log-likelihood per token of held-out text, in nats: the prose documents (windows of 256 tokens,
+# as ids), or the held-out tasks as conversations with the right answers, scored on the assistant's
+# tokens (those after <｜Assistant｜>: the prompt is the user's, not the model's to predict).
+loglik() { # NAME prose|chat CKPT [ds-generate options]
+    name=$1 text=$2 ckpt=$3
+    shift 3
+    if [ $text = prose ]; then set -- --ids "$@"; in=$D/heldout-prose.ids; else in=$D/heldout-chat.jsonl; fi
+    "${DS}ds-generate" -m "$ckpt" --score "$@" --threads $THREADS -q <"$in" >"$E/loglik-$text-$name.jsonl"
+    jq -sc --arg name "$name" --arg text $text --argjson a "$(jq '.added_tokens[] | select(.content == "<｜Assistant｜>") | .id' "$D/tokenizer.json")" '
+        map(if $text == "chat" then (.tokens | index($a)) as $i | .logprobs[$i + 1:] else .logprobs[1:] end)
+        | {model: $name, text: $text, tokens: (map(length) | add), nats_per_token: ((map(add) | add) / (map(length) | add))}' \
+        "$E/loglik-$text-$name.jsonl" | tee -a "$R/loglik.jsonl"
 }
 
 evaluate() {
     for s in pretrain extend sft rl fp8; do
         [ -d "$C/$s" ] || continue
         accuracy $s "$C/$s"
-        prose $s "$C/$s"
+        loglik $s prose "$C/$s"
+        loglik $s chat "$C/$s"
     done
+    [ -d "$C/fp8" ] || return 0
+    # FP8 both ways: the weights dequantized at load (above), and W8A8 (activations in FP8 too)
+    accuracy fp8-w8a8 "$C/fp8" --w8a8
+    loglik fp8-w8a8 chat "$C/fp8" --w8a8
+    loglik fp8-w8a8 prose "$C/fp8" --w8a8
+    # and the pretrained model, the one that models prose
+    "${DS}ds-quantize" -q -m "$C/pretrain" -o "$E/pretrain-fp8.safetensors" --to fp8
+    loglik pretrain-fp8 prose "$E/pretrain-fp8.safetensors"
 }
 
 PROSE_A='This License applies to' PROSE_B='The function returns'
@@ -262,7 +297,7 @@ report() {
         --arg version "$("${DS}ds-pretrain" --version 2>&1 | head -n 1)" --argjson cpus "$(nproc)" \
         --arg cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null)" \
         --slurpfile stages "$R/stages.jsonl" --slurpfile losses "$R/losses.jsonl" \
-        --slurpfile acc "$R/accuracy.jsonl" --slurpfile prose "$R/prose.jsonl" --slurpfile samples "$R/samples.jsonl" \
+        --slurpfile acc "$R/accuracy.jsonl" --slurpfile loglik "$R/loglik.jsonl" --slurpfile samples "$R/samples.jsonl" \
         --slurpfile gen "$M/generate.jsonl" --slurpfile mtp "$M/generate-mtp.jsonl" --slurpfile q "$M/fp8-error.jsonl" \
         --slurpfile rlm "$M/rl.jsonl" --slurpfile ext "$M/extend.jsonl" --slurpfile data "$R/data.json" \
         --slurpfile size "$R/fp8-size.json" --slurpfile plots "$R/plots.json" \
@@ -286,7 +321,7 @@ plot() {
         off=$(jq -s --argjson off $off '[.[] | select(has("step") and has("loss")) | .step] | (max // 0) + $off' "$M/$s.jsonl")
     done
     jq -r 'select(has("reward") and has("step")) | "\(.step) \(.reward)"' "$M/rl.jsonl" >"$P/reward.dat"
-    jq -r 'select(has("eval/accuracy")) | "\(.step) \(.["eval/accuracy"])"' "$M/rl.jsonl" >"$P/rl-eval.dat"
+    jq -r 'select(has("eval/accuracy")) | "\(.step) \(.["eval/accuracy"]) \(.["eval/sampled_accuracy"] // "NaN")"' "$M/rl.jsonl" >"$P/rl-eval.dat"
     plots='[]'
     if command -v gnuplot >/dev/null && [ -s "$P/loss.dat" ]; then
         gnuplot <<GP && plots='[{"title": "all stages", "file": "plots/loss.png"}]'
@@ -306,7 +341,7 @@ unset logscale y
 set xlabel "GRPO step"
 set ylabel "reward / accuracy"
 set yrange [0:1]
-$(if [ -s "$P/reward.dat" ]; then printf '%s\n' "plot \"$P/reward.dat\" with lines lw 1.5 title \"mean reward of the rollouts\", \"$P/rl-eval.dat\" with linespoints pt 7 title \"held-out accuracy (greedy)\""; else echo 'set label "no RL stage" at graph 0.5, 0.5 center'; echo 'plot 2 notitle'; fi)
+$(if [ -s "$P/reward.dat" ]; then printf '%s\n' "set key bottom right; plot \"$P/reward.dat\" with lines lw 1.5 title \"mean reward of the rollouts\", \"$P/rl-eval.dat\" using 1:2 with linespoints pt 7 title \"held-out accuracy (greedy)\", \"\" using 1:3 with linespoints pt 5 title \"held-out accuracy (sampled, T = 1)\""; else echo 'set label "no RL stage" at graph 0.5, 0.5 center'; echo 'plot 2 notitle'; fi)
 unset multiplot
 GP
     fi

@@ -2,6 +2,9 @@
 def f($d): if . == null then "–" else (. * pow(10; $d) | round / pow(10; $d) | tostring) end;
 def pct: if . == null then "–" else (. * 1000 | round / 10 | tostring) + "%" end;
 def mb: if . == null then "–" else (. / 1e6 * 100 | round / 100 | tostring) + " MB" end;
+def nats: if . == null then "–" else "\(f(4)) (\(-. | exp | f(2)))" end;
+def points: if . == null then "–" else "\(. * 100 | f(1)) points" end;
+def signed_points: if . == null then "–" else "\(if . >= 0 then "+" else "" end)\(. * 100 | f(1)) points" end;
 def cell: tostring | gsub("\n"; "⏎") | gsub("\\|"; "\\|");
 "# ds-* demo report",
 "",
@@ -25,21 +28,23 @@ def cell: tostring | gsub("\n"; "⏎") | gsub("\\|"; "\\|");
 "",
 "## Held-out task accuracy after each stage",
 "",
-"Greedy answers to \(.accuracy[0].total // 0) arithmetic tasks whose operand pairs no training example uses; the last number of the answer must equal the result.",
+"\(.accuracy[0].total // 0) single-digit sums and differences (formulas and word problems), each worded as no SFT or RL prompt is; an answer is right when its last number equals the result. Greedy: one answer per task; sampled: \(if (.accuracy[0].total // 0) > 0 then .accuracy[0].sampled_total / .accuracy[0].total else 0 end) answers per task at temperature 1, as GRPO samples them.",
 "",
-"| after | correct | accuracy |",
+"| after | greedy | accuracy | sampled | accuracy |",
+"| --- | ---: | ---: | ---: | ---: |",
+(.accuracy[] | "| \(.after) | \(.correct) / \(.total) | \(.accuracy | pct) | \(.sampled_correct) / \(.sampled_total) | \(.sampled_accuracy | pct) |"),
+"",
+(if .rl then "GRPO, rewarded only for the right answer: sampled accuracy \(.rl.sft_sampled_accuracy | pct) after SFT → \(.rl.rl_sampled_accuracy | pct) after RL (\(.rl.sampled_gain | signed_points)), greedy \(.rl.sft_accuracy | pct) → \(.rl.rl_accuracy | pct) (\(.rl.gain | signed_points)). ds-rl's own evaluations during the run (greedy / sampled): \([.rl.evals[] | "step \(.step): \(.accuracy | pct) / \(.sampled_accuracy | pct)"] | join(", "))." else "No RL stage." end),
+"",
+"## Held-out text",
+"",
+"Mean log-likelihood per token in nats (perplexity in brackets): held-out prose documents (windows of 256 tokens), and the held-out tasks as conversations with the right answers (the assistant's tokens).",
+"",
+"| model | prose | tasks |",
 "| --- | ---: | ---: |",
-(.accuracy[] | "| \(.after) | \(.correct) / \(.total) | \(.accuracy | pct) |"),
-"",
-(if .rl then "GRPO: \(.rl.sft_accuracy | pct) after SFT → \(.rl.rl_accuracy | pct) after RL (\(if .rl.gain >= 0 then "+" else "" end)\(.rl.gain * 100 | f(1)) points). ds-rl's own evaluations during the run: \([.rl.evals[] | "step \(.step): \(.accuracy | pct)"] | join(", "))." else "No RL stage." end),
-"",
-"## Held-out prose",
-"",
-"Mean log-likelihood per token of held-out documents (windows of 256 tokens).",
-"",
-"| model | nats / token | perplexity |",
-"| --- | ---: | ---: |",
-(.prose_loglik[] | "| \(.model) | \(.nats_per_token | f(4)) | \(-.nats_per_token | exp | f(2)) |"),
+(.loglik | group_by(.model) | sort_by(.[0].model as $m | ["pretrain", "pretrain-fp8", "extend", "sft", "rl", "fp8", "fp8-w8a8"] | index($m) // 99)[]
+ | (map(select(.text == "prose")) | first | .nats_per_token) as $p | (map(select(.text == "chat")) | first | .nats_per_token) as $c
+ | "| \(.[0].model) | \($p | nats) | \($c | nats) |"),
 "",
 "## Context extension",
 "",
@@ -54,12 +59,14 @@ def cell: tostring | gsub("\n"; "⏎") | gsub("\\|"; "\\|");
 "## FP8",
 "",
 (if .fp8 then
-  "The \(.fp8.from) checkpoint quantized to FP8 (E4M3, 128×128 block scales; \(.fp8.tensors) weight tensors): \(.fp8.bytes_before | mb) → \(.fp8.bytes_fp8 | mb); weight error (relative Frobenius) mean \(.fp8.mean_rel_fro_err * 100 | f(2))%, max \(.fp8.max_rel_fro_err * 100 | f(2))%.",
+  "The \(.fp8.from) checkpoint quantized to FP8 (E4M3, 128×128 block scales; \(.fp8.tensors) weight tensors): \(.fp8.bytes_before | mb) → \(.fp8.bytes_fp8 | mb) (embeddings, head, norms and router stay fp32); weight error (relative Frobenius) mean \(.fp8.mean_rel_fro_err * 100 | f(2))%, max \(.fp8.max_rel_fro_err * 100 | f(2))%. fp8: the weights dequantized at load; w8a8: the Linear layers' activations in FP8 too (`ds-generate --w8a8`). Cost = log-likelihood lost per token (positive = worse).",
   "",
-  "| | \(.fp8.from) (fp32) | fp8 | cost |",
-  "| --- | ---: | ---: | ---: |",
-  "| held-out prose, nats / token | \(.fp8.nats_per_token_before | f(4)) | \(.fp8.nats_per_token_fp8 | f(4)) | \(.fp8.loglik_drop_nats_per_token | f(4)) (perplexity ×\(.fp8.perplexity_ratio | f(4))) |",
-  "| held-out task accuracy | \(.fp8.accuracy_before | pct) | \(.fp8.accuracy_fp8 | pct) | \((.fp8.accuracy_before - .fp8.accuracy_fp8) * 100 | f(1)) points |"
+  "| | fp32 | fp8 | cost | w8a8 | cost |",
+  "| --- | ---: | ---: | ---: | ---: | ---: |",
+  "| \(.fp8.chat.model): held-out task answers, nats / token | \(.fp8.chat.nats_per_token_before | f(4)) | \(.fp8.chat.nats_per_token_fp8 | f(4)) | \(.fp8.chat.loglik_drop_fp8 | f(4)) | \(.fp8.chat.nats_per_token_w8a8 | f(4)) | \(.fp8.chat.loglik_drop_w8a8 | f(4)) |",
+  "| \(.fp8.prose.model): held-out prose, nats / token | \(.fp8.prose.nats_per_token_before | f(4)) | \(.fp8.prose.nats_per_token_fp8 | f(4)) | \(.fp8.prose.loglik_drop_fp8 | f(4)) | – | – |",
+  "| \(.fp8.from): task accuracy, greedy | \(.fp8.accuracy_before | pct) | \(.fp8.accuracy_fp8 | pct) | \(.fp8.accuracy_before - .fp8.accuracy_fp8 | points) | \(.fp8.accuracy_w8a8 | pct) | \(.fp8.accuracy_before - .fp8.accuracy_w8a8 | points) |",
+  "| \(.fp8.from): task accuracy, sampled | \(.fp8.sampled_accuracy_before | pct) | \(.fp8.sampled_accuracy_fp8 | pct) | \(.fp8.sampled_accuracy_before - .fp8.sampled_accuracy_fp8 | points) | \(.fp8.sampled_accuracy_w8a8 | pct) | \(.fp8.sampled_accuracy_before - .fp8.sampled_accuracy_w8a8 | points) |"
  else "No FP8 stage." end),
 "",
 "## Samples",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
 # share/demo.sh (make demo) at a reduced size: the run succeeds and its report has every stage with
-# times and losses, valid charts, numeric held-out accuracies that a separate Python check of the
-# generated answers reproduces, the MLA cache size of the config, an FP8 cost, non-empty samples, and
+# times and finite losses, valid charts, held-out accuracies in [0, 1] that a separate Python check of
+# the generated answers reproduces (and held-out prompts that no training prompt equals), checkpoints
+# that descend from one another, the MLA cache size of the config, an FP8 cost, non-empty samples, and
 # REPORT.md shows them. A second run with stub tools: a tool that is "not implemented yet" makes its
 # stage skipped and the pipeline goes on; a failing tool stops the demo with exit 1 and a report that
 # says which stage failed.
@@ -38,10 +39,15 @@ J() { jq -r "$@" "$OUT/report.json"; }
     # the tools' CPU time is counted (pretraining cannot take none), and no stage used more CPU than its cores allow
     J -e '.stages[] | select(.name == "pretrain") | .cpu_s > 0.5'
     J -e --argjson n "$(nproc)" '[.stages[] | select(.status == "ok") | .cpu_s <= .wall_s * $n + 1] | all'
-    # steps follow DS_DEMO_SCALE: pretraining is 300 steps at scale 1
-    J -e --argjson s $SCALE '.stages[] | select(.name == "pretrain") | .steps == ([300 * $s + 0.5 | floor, 4] | max)'
-    J -e '[.stages[] | select(.status == "ok" and (.name == "pretrain" or .name == "extend" or .name == "sft" or .name == "rl"))
-           | (.steps > 0) and (.final_loss | isnormal)] | all'
+    # steps follow DS_DEMO_SCALE: pretraining is 1000 steps, SFT 500, GRPO 100 at scale 1
+    J -e --argjson s $SCALE '.stages[] | select(.name == "pretrain") | .steps == ([1000 * $s + 0.5 | floor, 4] | max)'
+    J -e --argjson s $SCALE '.stages[] | select(.name == "sft") | .steps == ([500 * $s + 0.5 | floor, 4] | max)'
+    J -e --argjson s $SCALE '.stages[] | select(.name == "rl") | .steps == ([100 * $s + 0.5 | floor, 2] | max)'
+    # every training stage ran and ended with a finite loss (GRPO's surrogate may be 0 when every
+    # group's rewards are equal, so only finiteness is asked of it)
+    J -e '[.stages[] | select(.name == "pretrain" or .name == "extend" or .name == "sft" or .name == "rl")
+           | (.status == "ok") and (.steps > 0) and (.final_loss | type == "number" and (isinfinite or isnan | not))] | all'
+    J -e '[.stages[] | select(.name == "pretrain" or .name == "extend" or .name == "sft") | .final_loss > 0] | all'
     J -e '.stages[] | select(.name == "pretrain") | (.final_loss > 0) and (.final_val_loss > 0)'
     J -e '(.total.wall_s > 0) and (.total.cpu_s > 0)'
 }
@@ -56,73 +62,115 @@ J() { jq -r "$@" "$OUT/report.json"; }
     if command -v gnuplot >/dev/null; then J -e '.plots[0].file == "plots/loss.png"'; fi
 }
 
-@test "held-out accuracy after each stage is numeric and matches an independent check of the answers" {
-    J -e '.accuracy | length >= 3'
-    J -e '[.accuracy[] | (.correct | type == "number") and (.total > 0) and (.accuracy == .correct / .total)] | all'
+@test "held-out accuracy after each stage: in [0, 1], and an independent check of the answers agrees" {
+    [ "$(J '[.accuracy[].after] | join(" ")')" = "pretrain extend sft rl fp8 fp8-w8a8" ]
+    J -e '[.accuracy[] | (.total > 0) and (.sampled_total == 4 * .total)
+           and (.accuracy == .correct / .total) and (.sampled_accuracy == .sampled_correct / .sampled_total)
+           and (.accuracy >= 0 and .accuracy <= 1) and (.sampled_accuracy >= 0 and .sampled_accuracy <= 1)] | all'
+    J -e '(.rl.gain == .rl.rl_accuracy - .rl.sft_accuracy) and (.rl.sampled_gain == .rl.rl_sampled_accuracy - .rl.sft_sampled_accuracy)'
     for s in $(J '.accuracy[].after'); do
-        [ -s "$OUT/eval/tasks-$s.jsonl" ] || { echo "no answers of $s"; false; }
-        want=$(J --arg s "$s" '.accuracy[] | select(.after == $s) | "\(.correct) \(.total)"')
-        got=$("$DS_PY" - "$OUT/eval/tasks-$s.jsonl" "$OUT/data/heldout.jsonl" <<'EOF'
+        for kind in tasks tasks-sampled; do
+            [ -s "$OUT/eval/$kind-$s.jsonl" ] || { echo "no answers of $s"; false; }
+        done
+        want=$(J --arg s "$s" '.accuracy[] | select(.after == $s) | "\(.correct) \(.total) \(.sampled_correct) \(.sampled_total)"')
+        got=$("$DS_PY" - "$OUT/eval/tasks-$s.jsonl" "$OUT/eval/tasks-sampled-$s.jsonl" "$OUT/data/heldout.jsonl" <<'EOF'
 import json, re, sys
-gen = sorted((json.loads(l) for l in open(sys.argv[1])), key=lambda r: r["index"])
-tasks = [json.loads(l) for l in open(sys.argv[2])]
-assert len(gen) == len(tasks)
-ok = 0
-for g, t in zip(gen, tasks):
-    nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", g["completion"])
-    ok += bool(nums) and float(nums[-1].replace(",", "")) == float(t["answer"])
-print(ok, len(tasks))
+def right(path, tasks, k):
+    gen = sorted((json.loads(l) for l in open(path)), key=lambda r: r["index"])
+    assert len(gen) == k * len(tasks)
+    ok = 0
+    for i, g in enumerate(gen):
+        nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", g["completion"])
+        ok += bool(nums) and float(nums[-1].replace(",", "")) == float(tasks[i // k]["answer"])
+    return ok, len(gen)
+tasks = [json.loads(l) for l in open(sys.argv[3])]
+for t in tasks:  # the answers themselves, recomputed from the question
+    q = t["messages"][0]["content"]
+    a, b = map(int, re.findall(r"\d+", q)[:2])
+    plus = "+" in q or re.search(r"more|in all", q)
+    assert int(t["answer"]) == (a + b if plus else a - b), t
+print(*right(sys.argv[1], tasks, 1), *right(sys.argv[2], tasks, 4))
 EOF
 )
         [ "$got" = "$want" ] || { echo "$s: report $want, python $got"; false; }
     done
-    # held-out tasks: no operation and operand pair of theirs occurs in the SFT or RL data
+    # held out: no held-out prompt's text is an SFT or RL prompt
     "$DS_PY" - "$OUT/data" <<'EOF'
-import json, re, sys
-def problems(path):
-    out = set()
-    for l in open(path):
-        q = json.loads(l)["messages"][0]["content"]
-        m = re.search(r"(\d+) ([-+]) (\d+)", q)
-        if m:
-            out.add((int(m[1]), m[2], int(m[3])))
-        else:  # a word problem: the two numbers in order; adding says "more" or "in all"
-            a, b = re.findall(r"\d+", q)[:2]
-            out.add((int(a), "+" if re.search(r"more|in all", q) else "-", int(b)))
-    return out
+import json, sys
 d = sys.argv[1]
-held = problems(d + "/heldout.jsonl")
-seen = problems(d + "/sft.jsonl") | problems(d + "/rl.jsonl")
-assert held and seen and not (held & seen), sorted(held & seen)[:5]
+prompts = lambda f: {json.loads(l)["messages"][0]["content"] for l in open(f"{d}/{f}")}
+held, seen = prompts("heldout.jsonl"), prompts("sft.jsonl") | prompts("rl.jsonl")
+assert len(held) >= 10 and len(seen) > 100 and not (held & seen), sorted(held & seen)[:5]
 EOF
 }
 
+@test "the files pass through the pipeline: each checkpoint descends from the one before" {
+    # one tokenizer, trained on the corpus, in every checkpoint
+    for s in pretrain extend sft rl fp8; do cmp "$OUT/data/tokenizer.json" "$OUT/ckpt/$s/tokenizer.json"; done
+    [ "$(ls "$OUT"/data/shards/ | grep -c .)" -ge 1 ]
+    J -e '.data.train_tokens > 0 and .data.heldout_prose_tokens > 0'
+    # the context extension's YaRN x4 is in every later checkpoint; the pretrained one has none
+    jq -e '.rope_scaling == null' "$OUT/ckpt/pretrain/config.json"
+    for s in extend sft rl fp8; do
+        jq -e '.rope_scaling.factor == 4 and .rope_scaling.original_max_position_embeddings == 256 and .max_position_embeddings == 1024' \
+            "$OUT/ckpt/$s/config.json"
+    done
+    # SFT changed the weights it was given, and so did RL
+    ! cmp -s "$OUT/ckpt/extend/model.safetensors" "$OUT/ckpt/sft/model.safetensors"
+    ! cmp -s "$OUT/ckpt/sft/model.safetensors" "$OUT/ckpt/rl/model.safetensors"
+    # the FP8 model streamed through a pipe (ds-quantize -o - | ds-generate -m -) answers exactly as
+    # the FP8 checkpoint read from its directory
+    jq -r '.completion' "$OUT/eval/samples-fp8.jsonl" >"$BATS_TEST_TMPDIR/pipe"
+    jq -sr 'sort_by(.index)[:6][] | .completion' "$OUT/eval/tasks-fp8.jsonl" >"$BATS_TEST_TMPDIR/dir"
+    [ -s "$BATS_TEST_TMPDIR/pipe" ]
+    diff "$BATS_TEST_TMPDIR/pipe" "$BATS_TEST_TMPDIR/dir"
+}
+
 @test "MLA cache size: (kv_lora_rank + qk_rope_head_dim) x layers x 4 bytes, and what MHA would hold" {
-    cfg="$DS_ROOT/share/configs/demo.json"
+    cfg=$(J .config)
     want=$(jq '(.kv_lora_rank + .qk_rope_head_dim) * .num_hidden_layers * 4' "$cfg")
     mha=$(jq '2 * .num_attention_heads * .v_head_dim * .num_hidden_layers * 4' "$cfg")
+    [ "$want" -gt 0 ] && [ "$mha" -gt "$want" ]
     [ "$(J .mla.kv_bytes_per_token_fp32)" = "$want" ]
     [ "$(J .mla.kv_bytes_per_token_bf16)" = "$((want / 2))" ]
     [ "$(J .mla.mha_kv_bytes_per_token_fp32)" = "$mha" ]
 }
 
-@test "FP8: smaller checkpoint, small weight error, a finite quality cost on held-out prose and tasks" {
-    J -e '.fp8 != null'
-    J -e '.fp8.bytes_fp8 < .fp8.bytes_before / 2'
+@test "FP8: smaller checkpoint, small weight error, a finite quality cost on held-out tasks and prose" {
+    J -e '.fp8 != null and .fp8.from == "rl"'
+    J -e '.fp8.bytes_fp8 < .fp8.bytes_before'
     J -e '(.fp8.max_rel_fro_err > 0) and (.fp8.max_rel_fro_err < 0.1) and (.fp8.mean_rel_fro_err <= .fp8.max_rel_fro_err)'
-    J -e '(.fp8.nats_per_token_before < 0) and (.fp8.nats_per_token_fp8 < 0) and (.fp8.loglik_drop_nats_per_token | isnormal or . == 0)'
-    J -e '(.fp8.loglik_drop_nats_per_token - (.fp8.nats_per_token_before - .fp8.nats_per_token_fp8) | fabs) < 1e-12'
-    J -e '(.fp8.accuracy_fp8 | type == "number") and (.fp8.accuracy_before | type == "number")'
+    # log-likelihoods are negative; the costs are their differences
+    J -e '[.fp8.chat.nats_per_token_before, .fp8.chat.nats_per_token_fp8, .fp8.chat.nats_per_token_w8a8,
+           .fp8.prose.nats_per_token_before, .fp8.prose.nats_per_token_fp8] | all(type == "number" and . < 0)'
+    J -e '(.fp8.chat.loglik_drop_fp8 - (.fp8.chat.nats_per_token_before - .fp8.chat.nats_per_token_fp8) | fabs) < 1e-12'
+    J -e '(.fp8.chat.loglik_drop_w8a8 - (.fp8.chat.nats_per_token_before - .fp8.chat.nats_per_token_w8a8) | fabs) < 1e-12'
+    J -e '(.fp8.prose.loglik_drop_fp8 - (.fp8.prose.nats_per_token_before - .fp8.prose.nats_per_token_fp8) | fabs) < 1e-12'
+    # quantization changes the model, but not by much
+    J -e '(.fp8.chat.loglik_drop_fp8 != 0) and (.fp8.chat.loglik_drop_fp8 | fabs) < 0.5 and (.fp8.prose.loglik_drop_fp8 | fabs) < 0.5'
+    J -e '[.fp8.accuracy_fp8, .fp8.accuracy_w8a8, .fp8.sampled_accuracy_fp8, .fp8.sampled_accuracy_w8a8] | all(. >= 0 and . <= 1)'
     # the FP8 checkpoint holds E4M3 weights with their block scales
     grep -q '"quant_method": "fp8"' "$OUT/ckpt/fp8/config.json"
-    # held-out prose log-likelihood for every evaluated model
-    J -e '[.prose_loglik[] | (.nats_per_token < 0) and (.tokens > 0)] | all'
+    # an independent mean of the per-token log-probs of the held-out answers (after <｜Assistant｜>)
+    got=$("$DS_PY" - "$OUT/eval/loglik-chat-fp8.jsonl" "$OUT/data/tokenizer.json" <<'EOF'
+import json, sys
+tok = json.load(open(sys.argv[2]))
+a = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<｜Assistant｜>")
+lps = []
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    lps += r["logprobs"][r["tokens"].index(a) + 1:]
+print(sum(lps) / len(lps))
+EOF
+)
+    J -e --argjson py "$got" '(.fp8.chat.nats_per_token_fp8 - $py | fabs) < 1e-9'
+    J -e '[.loglik[] | (.nats_per_token < 0) and (.tokens > 0)] | all'
 }
 
 @test "samples: prose from the pretrained model and answers of each chat model, none empty" {
     J -e '[.samples[] | select(.answer == null)] | length == 2'
     J -e '[.samples[] | .completion | length > 0] | all'
-    for m in $(J '[.stages[] | select(.status == "ok" and (.name == "sft" or .name == "rl")) | .name] | .[]') fp8; do
+    for m in sft rl fp8; do
         [ "$(J --arg m $m '[.samples[] | select(.model == $m)] | length')" -eq 6 ] || { echo "no samples of $m"; false; }
     done
 }
@@ -136,6 +184,7 @@ EOF
     for s in $(J '.accuracy[].after'); do
         grep -qF "| $s | $(J --arg s $s '.accuracy[] | select(.after == $s) | "\(.correct) / \(.total)"') |" "$r" || { echo "no accuracy of $s"; false; }
     done
+    grep -q "^GRPO, rewarded only for the right answer: sampled accuracy" "$r"
     grep -qF "$(J .mla.kv_bytes_per_token_fp32) bytes per token" "$r"
     grep -qF "![all stages](plots/loss.png)" "$r" || ! command -v gnuplot >/dev/null
 }
