@@ -39,8 +39,8 @@ J() { jq -r "$@" "$OUT/report.json"; }
     # the tools' CPU time is counted (pretraining cannot take none), and no stage used more CPU than its cores allow
     J -e '.stages[] | select(.name == "pretrain") | .cpu_s > 0.5'
     J -e --argjson n "$(nproc)" '[.stages[] | select(.status == "ok") | .cpu_s <= .wall_s * $n + 1] | all'
-    # steps follow DS_DEMO_SCALE: pretraining is 1000 steps, SFT 500, GRPO 100 at scale 1
-    J -e --argjson s $SCALE '.stages[] | select(.name == "pretrain") | .steps == ([1000 * $s + 0.5 | floor, 4] | max)'
+    # steps follow DS_DEMO_SCALE: pretraining is 2000 steps, SFT 500, GRPO 100 at scale 1
+    J -e --argjson s $SCALE '.stages[] | select(.name == "pretrain") | .steps == ([2000 * $s + 0.5 | floor, 4] | max)'
     J -e --argjson s $SCALE '.stages[] | select(.name == "sft") | .steps == ([500 * $s + 0.5 | floor, 4] | max)'
     J -e --argjson s $SCALE '.stages[] | select(.name == "rl") | .steps == ([100 * $s + 0.5 | floor, 2] | max)'
     # every training stage ran and ended with a finite loss (GRPO's surrogate may be 0 when every
