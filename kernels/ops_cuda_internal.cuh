@@ -25,9 +25,13 @@ void ds_cuda_ops_note(const char *what, cudaError_t e);
 /* Scratch buffer `slot` of at least `bytes` (grown with cudaMalloc when needed; NULL on failure, noted). */
 enum {
     SCR_GEMM_A = 0, SCR_GEMM_B, SCR_PARTIAL, SCR_SORT_KEYS, SCR_SORT_VALS, SCR_SORT_TMP, SCR_SORT_KEYS2,
-    SCR_SORT_VALS2, SCR_SMALL, SCR_COUNT
+    SCR_SORT_VALS2, SCR_SMALL, SCR_MLA, SCR_COUNT
 };
 void *ds_cuda_scratch(int slot, size_t bytes);
+
+/* A write through the table's copy ops landed at dst: a bf16 shadow of a parameter buffer holding dst is
+ * stale (ops_cuda.cu keeps the shadows; see params_changed in ops/ops.h). */
+void ds_cuda_params_touched(const void *dst);
 
 static inline unsigned grid1d(size_t n, int block) { return (unsigned)((n + block - 1) / block); }
 

@@ -18,7 +18,7 @@
 #include <string.h>
 
 typedef struct {
-    const char *model, *config, *out, *resume, *metrics, *plot, *lr_sched, *lens, *depths, *png, *tokenizer;
+    const char *model, *config, *out, *resume, *metrics, *plot, *lr_sched, *lens, *depths, *png, *tokenizer, *device;
     double lv[16], dv[16]; /* parsed --eval-lengths / --eval-depths */
     int nl, nd;
     ds_strlist data;
@@ -104,7 +104,7 @@ static int evaluate(const args *a, ds_session *s, ds_token_reader *rd, int have_
                              .seed = (uint64_t)a->seed, .chunk = a->chunk, .tok = tok, .bos = c->bos_token_id, .docs = docs,
                              .n_docs = n_docs, .doc_len = a->seq_len, .buckets = a->buckets, .png = a->png,
                              .metrics = s->have_metrics ? &s->metrics : NULL};
-        rc = ds_longctx_eval(&im, ds_ops_cpu(), &o, &text);
+        rc = ds_longctx_eval(&im, ds_model_ops(s->model), &o, &text);
     }
     if (!rc && (fputs(text, stdout) < 0 || fflush(stdout))) rc = ds_fail(DS_ERR, "write failed: <stdout>");
     free(text), free(bias), free(docs);
@@ -120,7 +120,7 @@ static int run(args *a) {
     int rc, sig = 0;
     ds_session_opts so = {.tool = "ds-extend-ctx", .model_path = a->model, .resume = a->resume, .out_dir = a->out,
                           .tokenizer_path = a->tokenizer,
-                          .metrics_path = a->metrics, .plot_path = a->plot, .device = "cpu",
+                          .metrics_path = a->metrics, .plot_path = a->plot, .device = a->device,
                           .micro_batch = a->eval_only ? 1 : a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed,
                           .edit_config = edit_config, .edit_ctx = a};
     if ((rc = ds_session_open(&s, &so))) goto done;
@@ -216,7 +216,7 @@ static int check_usage(args *a) {
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-extend-ctx");
-    args a = {.batch = 4, .seq_len = 0, .lr = 7.3e-6, .wd = 0.1, .clip = 1.0, .val_frac = 0.005,
+    args a = {.device = "cpu", .batch = 4, .seq_len = 0, .lr = 7.3e-6, .wd = 0.1, .clip = 1.0, .val_frac = 0.005,
               .log_every = 1, .seed = 1, .depths = "0,0.25,0.5,0.75,1", .trials = 3, .docs = 4, .buckets = 8, .chunk = 2048};
     ds_extend_opts_defaults(&a.eo);
     const ds_opt opts[] = {
@@ -252,6 +252,7 @@ int main(int argc, char **argv) {
         {"weight-decay", 0, DS_OPT_FLOAT, &a.wd, "WD", "AdamW weight decay", 0, 0, 10},
         {"clip", 0, DS_OPT_FLOAT, &a.clip, "NORM", "clip gradients to this global norm (0 = off)", 0, 0, 1e9},
         {"seed", 0, DS_OPT_I64, &a.seed, "S", "seed of the data order and the passkeys", 0, 0, 9.2e18},
+        {"device", 0, DS_OPT_CHOICE, &a.device, "DEV", "where to train and evaluate (cuda: one GPU, device 0)", "cpu|cuda", 0, 0},
         {"threads", 0, DS_OPT_INT, &a.threads, "N", "CPU threads (0 = all cores)", 0, 0, 4096},
         {"metrics", 0, DS_OPT_STR, &a.metrics, "FILE.jsonl", "one JSON object per step and per evaluation cell", 0, 0, 0},
         {"plot", 0, DS_OPT_STR, &a.plot, "FILE.png", "draw the loss curves at the end", 0, 0, 0},

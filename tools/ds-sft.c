@@ -17,7 +17,7 @@
 static const char EOS[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
 
 typedef struct {
-    const char *model, *data, *out, *resume, *tokenizer, *tmpl, *metrics, *plot, *on_bad, *lr_sched, *gamma, *lambda;
+    const char *model, *data, *out, *resume, *tokenizer, *tmpl, *metrics, *plot, *on_bad, *lr_sched, *gamma, *lambda, *device;
     int epochs, batch, micro, seq_len, window, threads, save_every, val_every, val_batches, log_every, bf16, skip, quiet,
         verbose;
     int64_t steps, seed;
@@ -95,7 +95,7 @@ static int run(args *a) {
     char *record = NULL;
     int rc, sig = 0, have_tm = 0;
     ds_session_opts so = {.tool = "ds-sft", .model_path = a->model, .resume = a->resume, .out_dir = a->out,
-                          .tokenizer_path = a->tokenizer, .metrics_path = a->metrics, .plot_path = a->plot, .device = "cpu",
+                          .tokenizer_path = a->tokenizer, .metrics_path = a->metrics, .plot_path = a->plot, .device = a->device,
                           .balance_alpha = a->alpha, .micro_batch = a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed};
     if ((rc = ds_session_open(&s, &so))) goto done;
     if (!s.tokenizer_json) {
@@ -157,7 +157,7 @@ done:
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-sft");
-    args a = {.epochs = 2, .batch = 8, .seq_len = 1024, .window = 8, .lr = 5e-6, .lr_min = 1e-6, .warmup = 0, .on_bad = "skip",
+    args a = {.device = "cpu", .epochs = 2, .batch = 8, .seq_len = 1024, .window = 8, .lr = 5e-6, .lr_min = 1e-6, .warmup = 0, .on_bad = "skip",
               .gamma = "0", .lambda = "0.1", .alpha = 1e-4, .wd = 0.1, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .clip = 1.0,
               .val_frac = 0.02, .val_every = -1, .val_batches = 8, .log_every = 1, .seed = 1};
     const ds_opt opts[] = {
@@ -190,6 +190,7 @@ int main(int argc, char **argv) {
         {"clip", 0, DS_OPT_FLOAT, &a.clip, "NORM", "clip gradients to this global norm (0 = off)", 0, 0, 1e9},
         {"bf16-moments", 0, DS_OPT_FLAG, &a.bf16, NULL, "keep AdamW moments in bf16", 0, 0, 0},
         {"seed", 0, DS_OPT_I64, &a.seed, "S", "seed of the held-out choice and the epoch orders", 0, 0, 9.2e18},
+        {"device", 0, DS_OPT_CHOICE, &a.device, "DEV", "where to train (cuda: one GPU, device 0)", "cpu|cuda", 0, 0},
         {"threads", 0, DS_OPT_INT, &a.threads, "N", "CPU threads (0 = all cores)", 0, 0, 4096},
         {"metrics", 0, DS_OPT_STR, &a.metrics, "FILE.jsonl", "one JSON object per step ('-' = stdout)", 0, 0, 0},
         {"plot", 0, DS_OPT_STR, &a.plot, "FILE.png", "draw the loss curves at the end", 0, 0, 0},
