@@ -124,7 +124,9 @@ static int run(args *a) {
     to.val_every = a->val_every, to.val_batches = a->val_batches, to.save_every = a->save_every, to.log_every = a->log_every;
     if ((rc = schedules(a, &to))) goto done;
     double peak = a->peak_tflops * 1e12;
-    if (peak <= 0) peak = ds_measure_peak_flops(0.5);
+    /* on a GPU the GEMMs run in bf16 on the tensor cores: the H100 SXM's dense bf16 peak */
+    const int gpu = strcmp(a->device, "cpu") != 0;
+    if (peak <= 0) peak = gpu ? 989.4e12 : ds_measure_peak_flops(0.5);
     to.peak_flops = peak;
     char counts[128];
     ds_param_counts pc;
@@ -134,7 +136,8 @@ static int run(args *a) {
     ds_info("data    %d shard(s), %llu tokens, %llu documents, vocabulary %u", di.n_shards, (unsigned long long)di.n_tokens,
             (unsigned long long)di.n_docs, di.vocab_size);
     ds_info("train   %lld steps x %d rows x %d tokens (micro-batch %d), %d threads, MFU against %.3g TFLOP/s%s",
-            (long long)a->steps, a->batch, a->seq_len, a->micro, ds_threads_get(), peak / 1e12, a->peak_tflops > 0 ? "" : " (measured sgemm)");
+            (long long)a->steps, a->batch, a->seq_len, a->micro, ds_threads_get(), peak / 1e12,
+            a->peak_tflops > 0 ? "" : gpu ? " (H100 SXM dense bf16; --peak-tflops for another GPU)" : " (measured sgemm)");
     record = config_record(a, &s, &di, &to, s.net.flops_per_token, peak);
     if ((rc = ds_session_start(&s, &to, train, val, &ds_loss_pretrain, record))) goto done;
     rc = ds_session_run(&s, &sig);
@@ -204,10 +207,10 @@ int main(int argc, char **argv) {
         {"save-every", 0, DS_OPT_INT, &a.save_every, "N", "checkpoint every N steps (and always at the end)", 0, 0, 1e9},
         {"resume", 0, DS_OPT_STR, &a.resume, "DIR", "continue the run saved in DIR (bit-identical on the same machine and threads)", 0, 0, 0},
         {"log-every", 0, DS_OPT_INT, &a.log_every, "N", "print a line every N steps (0 = none)", 0, 0, 1e9},
-        {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU)", 0, 0, 1e6},
+        {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU; 989.4, the H100's bf16, with --device cuda)", 0, 0, 1e6},
         {"skip-nonfinite", 0, DS_OPT_FLAG, &a.skip, NULL, "skip a step with NaN/Inf instead of stopping with exit 3", 0, 0, 0},
         {"fp8", 0, DS_OPT_FLAG, &a.fp8, NULL, "FP8 GEMMs (CUDA only)", 0, 0, 0},
-        {"device", 0, DS_OPT_CHOICE, &a.device, "DEV", "where to train", "cpu|cuda", 0, 0},
+        {"device", 0, DS_OPT_CHOICE, &a.device, "DEV", "where to train (cuda: one GPU, device 0)", "cpu|cuda", 0, 0},
         {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started)", 0, 0, 1e6},
         {"quiet", 'q', DS_OPT_FLAG, &a.quiet, NULL, "only errors and warnings", 0, 0, 0},
         {"verbose", 'v', DS_OPT_FLAG, &a.verbose, NULL, "more detail", 0, 0, 0},

@@ -145,6 +145,43 @@ TEST(grouped_gemms) {
     ds_ops_cuda_set_gemm(DS_CUDA_GEMM_BF16);
 }
 
+/* A parameter buffer announced through params_changed: bf16 GEMMs read its bf16 copy (the numbers of the
+ * per-call conversion), copies into the buffer make the copy stale, a kernel write is seen only once it is
+ * announced (which is what proves the copy is used), and grouped expert GEMMs read it too. */
+TEST(weight_shadows) {
+    ds_ops_cuda_set_gemm(DS_CUDA_GEMM_BF16);
+    const int M = 33, N = 40, K = 64, E = 3;
+    const size_t nw = (size_t)N * K, np = nw * (1 + E); /* [W | E experts], each [N, K] */
+    Arr P(np), X((size_t)M * K), Y((size_t)M * N), Yc((size_t)M * N);
+    P.rand(20);
+    X.rand(21);
+    float *pd = P.dev(), *xd = X.dev();
+    G->gemm(0, 1, M, N, K, 1.f, xd, K, pd, K, 0.f, Y.poisoned(), N); /* not announced: converted per call */
+    std::vector<float> per_call = Y.down();
+    G->params_changed(pd, np);
+    G->gemm(0, 1, M, N, K, 1.f, xd, K, pd, K, 0.f, Y.poisoned(), N);
+    expect_close("announced buffer: the bf16 copy gives the per-call conversion's product", Y.down(), per_call, 1e-6);
+    P.rand(22);
+    P.dev(); /* a copy into the buffer */
+    G->gemm(0, 1, M, N, K, 1.f, xd, K, pd, K, 0.f, Y.poisoned(), N);
+    C->gemm(0, 1, M, N, K, 1.f, X.h.data(), K, P.h.data(), K, 0.f, Yc.h.data(), N);
+    std::vector<float> fresh = Y.down();
+    expect_close("after a copy into the buffer the next GEMM reads the new weights", fresh, Yc.h, 1e-2);
+    G->scale(pd, 2.f, np); /* a kernel write, not announced: the stale copy is still read */
+    G->gemm(0, 1, M, N, K, 1.f, xd, K, pd, K, 0.f, Y.poisoned(), N);
+    expect_close("an unannounced kernel write is not seen (the copy is what the GEMM reads)", Y.down(), fresh, 1e-6);
+    G->params_changed(pd, np);
+    G->gemm(0, 1, M, N, K, 1.f, xd, K, pd, K, 0.f, Y.poisoned(), N);
+    for (auto &v : Yc.h) v *= 2.f;
+    expect_close("announced: the doubled weights are read", Y.down(), Yc.h, 1e-2);
+    const int64_t off[E + 1] = {0, 10, 10, M}; /* expert 1 empty */
+    Arr Yr((size_t)M * N), Yrc((size_t)M * N);
+    for (auto &v : P.h) v *= 2.f;
+    G->gemm_rows(E, off, 1, N, K, 1.f, xd, K, pd + nw, nw, K, 0.f, Yr.poisoned(), N);
+    C->gemm_rows(E, off, 1, N, K, 1.f, X.h.data(), K, P.h.data() + nw, nw, K, 0.f, Yrc.h.data(), N);
+    expect_close("grouped expert GEMM reads the experts' bf16 copy", Yr.down(), Yrc.h, 1e-2);
+}
+
 /* ---- elementwise, norms, RoPE ----------------------------------------------------------------------------- */
 
 TEST(elementwise) {
