@@ -216,6 +216,10 @@ static const __nv_bfloat16 *as_bf16(int slot, const float *src, int groups, int 
     return dst;
 }
 
+const __nv_bfloat16 *ds_cuda_to_bf16(int slot, const float *src, int groups, int rows, int cols, int lds, size_t stride) {
+    return as_bf16(slot, src, groups, rows, cols, lds, stride);
+}
+
 /* C = alpha op(A) op(B) + beta C with A, B already in the GEMM's input type (bf16: packed copies). */
 static void gemm_run(int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda, const void *B, int ldb,
                      float beta, float *C, int ldc, ds_dtype in_type) {
@@ -236,6 +240,11 @@ static void gemm_run(int ta, int tb, int M, int N, int K, float alpha, const voi
     g.alpha = alpha; g.beta = beta;
     g.tf32 = in_type == DS_F32 && g_mode == DS_CUDA_GEMM_TF32;
     if (ds_blaslt_gemm(g_lt, &g)) note_lib("gemm");
+}
+
+void ds_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *A, int lda,
+                       const __nv_bfloat16 *B, int ldb, float beta, float *C, int ldc) {
+    gemm_run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, DS_BF16);
 }
 
 static void gemm_impl(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
