@@ -247,6 +247,21 @@ void ds_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const _
     gemm_run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, DS_BF16);
 }
 
+bool ds_cuda_gemm_bf16_batched(int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *A, int lda,
+                               long long sa, const __nv_bfloat16 *B, int ldb, long long sb, float beta, float *C,
+                               int ldc, long long sc, int batch) {
+    if (M <= 0 || N <= 0 || K <= 0 || batch <= 0) return true;
+    ds_gemm g;
+    memset(&g, 0, sizeof g);
+    g.m = M; g.n = N; g.k = K;
+    g.a = A; g.a_type = DS_BF16; g.lda = lda; g.a_trans = ta;
+    g.b = B; g.b_type = DS_BF16; g.ldb = ldb; g.b_trans = tb;
+    g.c = C; g.c_type = DS_F32; g.ldc = ldc;
+    g.alpha = alpha; g.beta = beta;
+    g.batch = batch; g.stride_a = sa; g.stride_b = sb; g.stride_c = sc;
+    return ds_blaslt_gemm(g_lt, &g) == 0;
+}
+
 static void gemm_impl(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                       int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;

@@ -40,6 +40,11 @@ void ds_cuda_params_touched(const void *dst);
 const __nv_bfloat16 *ds_cuda_to_bf16(int slot, const float *src, int groups, int rows, int cols, int lds, size_t stride);
 void ds_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *A, int lda,
                        const __nv_bfloat16 *B, int ldb, float beta, float *C, int ldc);
+/* `batch` products, operand i at A + i*sa, B + i*sb, C + i*sc (elements); false (nothing noted) when
+ * cuBLASLt takes no such problem, so the caller can run them one by one. */
+bool ds_cuda_gemm_bf16_batched(int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *A, int lda,
+                               long long sa, const __nv_bfloat16 *B, int ldb, long long sb, float beta, float *C,
+                               int ldc, long long sc, int batch);
 
 static inline unsigned grid1d(size_t n, int block) { return (unsigned)((n + block - 1) / block); }
 
