@@ -165,7 +165,7 @@ demo: venv all
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/ds $(DESTDIR)$(PREFIX)/share/ds
 	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 $(LIBDS) $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(LIBDS) $(LIBDS_CUDA) $(DESTDIR)$(PREFIX)/lib/
 	cd lib && for h in $(LIB_HDR:lib/%=%); do install -D -m 644 $$h $(DESTDIR)$(PREFIX)/include/ds/$$h; done
 	cp -r share/. $(DESTDIR)$(PREFIX)/share/ds/
 

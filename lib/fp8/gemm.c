@@ -9,12 +9,17 @@
 #include "fp8/fp8.h"
 #include "fp8/quant.h"
 
-/* Rows of A per pass: the double product tile [MC, N] and the float32 accumulator stay small. */
-#define MC 128
+/* Rows of A per pass: as many as keep the double product tile [rows, N] near 2^22 elements (32 MB),
+ * between 64 and 512. Few, large dgemm calls matter: each call synchronises OpenBLAS's threads. */
+static int64_t rows_per_pass(int64_t M, int64_t N) {
+    int64_t mc = N > 0 ? ((int64_t)1 << 22) / N : 512;
+    mc = mc < 64 ? 64 : mc > 512 ? 512 : mc;
+    return M < mc ? M : mc;
+}
 
 size_t ds_fp8_gemm_workspace(int64_t M, int64_t N, int64_t K) {
     (void)K;
-    const size_t mc = (size_t)(M < MC ? M : MC), n = (size_t)N, kb = DS_FP8_BLOCK;
+    const size_t mc = (size_t)rows_per_pass(M, N), n = (size_t)N, kb = DS_FP8_BLOCK;
     const size_t a = mc * kb * 8, b = n * kb * 8, p = mc * n * 8, acc = mc * n * 4, bsv = n * 4;
     return ((a + 63) & ~(size_t)63) + ((b + 63) & ~(size_t)63) + ((p + 63) & ~(size_t)63) +
            ((acc + 63) & ~(size_t)63) + bsv + 64;
@@ -47,7 +52,7 @@ int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, i
             return ds_fail(DS_ERR, "out of memory: fp8 gemm workspace of %zu bytes", bytes);
         ws = owned;
     }
-    const int64_t mc_max = M < MC ? M : MC, kbs = ds_fp8_nblocks(K, DS_FP8_BLOCK);
+    const int64_t mc_max = rows_per_pass(M, N), kbs = ds_fp8_nblocks(K, DS_FP8_BLOCK);
     char *p = ws;
     double *ad = (double *)p;
     p += ((size_t)mc_max * DS_FP8_BLOCK * 8 + 63) & ~(size_t)63;
@@ -60,8 +65,8 @@ int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, i
     float *bsv = (float *)p; /* B's scale for this K block, per column of C */
 
     const float *as_base = A->scale, *bs_base = B->scale;
-    for (int64_t m0 = 0; m0 < M; m0 += MC) {
-        const int64_t mc = M - m0 < MC ? M - m0 : MC;
+    for (int64_t m0 = 0; m0 < M; m0 += mc_max) {
+        const int64_t mc = M - m0 < mc_max ? M - m0 : mc_max;
         memset(acc, 0, (size_t)mc * N * sizeof *acc);
         for (int64_t kb = 0; kb < kbs; kb++) {
             const int64_t k0 = kb * DS_FP8_BLOCK, w = K - k0 < DS_FP8_BLOCK ? K - k0 : DS_FP8_BLOCK;
@@ -71,7 +76,8 @@ int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, i
             /* exact: every partial sum of up to 128 E4M3 products is a double (see gemm.h) */
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mc, (int)N, (int)w, 1.0, ad, (int)w, bd,
                         (int)w, 0.0, prod, (int)N);
-#pragma omp parallel for schedule(static) if (mc * N >= (1 << 15))
+            /* serial on purpose: 1/128 of the dgemm's work, and an OpenMP team spinning next to OpenBLAS's
+             * own threads costs more than it saves */
             for (int64_t i = 0; i < mc; i++) {
                 const float as = as_base[scale_index(A, M, kbs, m0 + i, kb)];
                 const double *pr = prod + i * N;

@@ -49,7 +49,7 @@ static void quote(const char *s, size_t n, char *buf, size_t cap) {
     buf[k] = 0;
 }
 
-static int parse_output(const char *out, size_t len, int n, double *vals) {
+int ds_reward_cmd_parse(const char *out, size_t len, int n, double *vals) {
     int lines = 0;
     for (size_t i = 0; i < len; i++) lines += out[i] == '\n';
     if (len && out[len - 1] != '\n') lines++;
@@ -225,7 +225,7 @@ int ds_reward_cmd_run(const char *cmd, const char *input, size_t len, int n, dou
                      WEXITSTATUS(status) - 128, strsignal(WEXITSTATUS(status) - 128), cmd);
     else if (!rc && WIFEXITED(status) && WEXITSTATUS(status) != 0)
         rc = ds_fail(DS_ERR, "reward program: exited with status %d: %s", WEXITSTATUS(status), cmd);
-    if (!rc) rc = parse_output(buf ? buf : "", got, n, vals);
+    if (!rc) rc = ds_reward_cmd_parse(buf ? buf : "", got, n, vals);
     free(buf);
     return rc;
 }

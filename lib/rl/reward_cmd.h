@@ -28,6 +28,10 @@ int ds_reward_cmd_create(ds_reward **out, const char *cmd, double timeout_s);
 /* The protocol alone: run cmd with `input` on stdin and read exactly n finite numbers into out. */
 int ds_reward_cmd_run(const char *cmd, const char *input, size_t len, int n, double timeout_s, double *out);
 
+/* Read a program's output: exactly n lines, each one finite number (blanks and a CR around it
+ * allowed), the last newline optional. Errors as above ("reward program: line 3: not a number: '...'"). */
+int ds_reward_cmd_parse(const char *out, size_t len, int n, double *vals);
+
 /* The JSON object for one completion (w is reset first; no newline). */
 void ds_reward_cmd_line(const ds_reward_input *in, ds_jsonw *w);
 

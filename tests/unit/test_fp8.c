@@ -945,4 +945,21 @@ TEST(convert_multi_panel) {
     free(out.buf), free(q), free(y), free(m.data[0]);
 }
 
+TEST(gemm_row_passes) {
+    /* N = 8192 makes the GEMM work in passes of 512 rows: 1100 rows take three passes, and every row must
+     * come out as it does from a call on a slice of 100 rows (one pass) */
+    const int64_t M = 1100, N = 8192, K = 130;
+    float *a = rand_matrix(M, K, 61, 1.0f), *b = rand_matrix(N, K, 62, 0.05f);
+    uint8_t *aq = malloc(M * K), *bq = malloc(N * K);
+    float *as = malloc(M * 2 * 4), *bs = malloc(64 * 2 * 4), *c = malloc(M * N * 4), *c2 = malloc(M * N * 4);
+    ds_fp8_quantize(aq, as, a, M, K, 1, 128, DS_FP8_SCALE_F32);
+    ds_fp8_quantize(bq, bs, b, N, K, 128, 128, DS_FP8_SCALE_F32);
+    ds_fp8_mat B = {bq, bs, 128, 0};
+    ds_fp8_gemm(c, &(ds_fp8_mat){aq, as, 1, 0}, &B, M, N, K, 0, NULL);
+    for (int64_t m0 = 0; m0 < M; m0 += 100)
+        ds_fp8_gemm(c2 + m0 * N, &(ds_fp8_mat){aq + m0 * K, as + m0 * 2, 1, 0}, &B, 100, N, K, 0, NULL);
+    CHECK(!memcmp(c, c2, M * N * 4), "three passes of 512 rows == eleven calls of 100 rows");
+    free(a), free(b), free(aq), free(bq), free(as), free(bs), free(c), free(c2);
+}
+
 TAP_MAIN()
