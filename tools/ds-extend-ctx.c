@@ -25,7 +25,7 @@ typedef struct {
     ds_extend_opts eo;
     int64_t steps, seed;
     int batch, micro, seq_len, threads, save_every, val_every, log_every, print_rope, eval_only, no_eval, trials, docs,
-        buckets, chunk, quiet, verbose;
+        buckets, chunk, fp8, quiet, verbose;
     double lr, wd, clip, val_frac;
 } args;
 
@@ -120,7 +120,7 @@ static int run(args *a) {
     int rc, sig = 0;
     ds_session_opts so = {.tool = "ds-extend-ctx", .model_path = a->model, .resume = a->resume, .out_dir = a->out,
                           .tokenizer_path = a->tokenizer,
-                          .metrics_path = a->metrics, .plot_path = a->plot, .device = a->device,
+                          .metrics_path = a->metrics, .plot_path = a->plot, .device = a->device, .fp8 = a->fp8,
                           .micro_batch = a->eval_only ? 1 : a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed,
                           .edit_config = edit_config, .edit_ctx = a};
     if ((rc = ds_session_open(&s, &so))) goto done;
@@ -155,9 +155,9 @@ static int run(args *a) {
         char record[1024];
         snprintf(record, sizeof record,
                  "{\"config\": {\"tool\": \"ds-extend-ctx\", \"model\": \"%s\", \"factor\": %.17g, \"original_len\": %d, "
-                 "\"max_position_embeddings\": %d, \"seq_len\": %d, \"steps\": %lld, \"batch\": %d, \"lr\": %.17g, \"seed\": %lld}}",
+                 "\"max_position_embeddings\": %d, \"seq_len\": %d, \"steps\": %lld, \"batch\": %d, \"lr\": %.17g, \"seed\": %lld, \"fp8\": %s}}",
                  a->resume ? "(resume)" : a->model, y->factor, y->original_max_position_embeddings, s.cfg.max_position_embeddings,
-                 a->seq_len, (long long)a->steps, a->batch, a->lr, (long long)a->seed);
+                 a->seq_len, (long long)a->steps, a->batch, a->lr, (long long)a->seed, a->fp8 ? "true" : "false");
         if ((rc = ds_session_start(&s, &to, train, val, &ds_loss_pretrain, record))) goto done;
         if ((rc = ds_session_run(&s, &sig)) || sig) goto done;
     } else if (a->metrics) {
@@ -254,6 +254,7 @@ int main(int argc, char **argv) {
         {"seed", 0, DS_OPT_I64, &a.seed, "S", "seed of the data order and the passkeys", 0, 0, 9.2e18},
         {"device", 0, DS_OPT_CHOICE, &a.device, "DEV", "where to train and evaluate (cuda: one GPU, device 0)", "cpu|cuda", 0, 0},
         {"threads", 0, DS_OPT_INT, &a.threads, "N", "CPU threads (0 = all cores)", 0, 0, 4096},
+        {"fp8", 0, DS_OPT_FLAG, &a.fp8, NULL, "every block Linear (attention projections, FFN, experts) in FP8: E4M3 with 1x128/128x128 scales, V3's recipe", 0, 0, 0},
         {"metrics", 0, DS_OPT_STR, &a.metrics, "FILE.jsonl", "one JSON object per step and per evaluation cell", 0, 0, 0},
         {"plot", 0, DS_OPT_STR, &a.plot, "FILE.png", "draw the loss curves at the end", 0, 0, 0},
         {"save-every", 0, DS_OPT_INT, &a.save_every, "N", "checkpoint every N steps (and at the end)", 0, 0, 1e9},

@@ -5,6 +5,7 @@
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/threads.h"
+#include "fp8/linear.h"
 #include "infer/forward.h"
 #include "infer/generate.h"
 #include "infer/kvcache.h"
@@ -18,7 +19,7 @@
 static struct {
     const char *model, *chat_template, *prefill, *metrics, *device;
     ds_strlist prompts, stops;
-    int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, score, ids, truncate, no_bos, ignore_eos;
+    int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, score, ids, truncate, no_bos, ignore_eos, w8a8;
     int quiet, verbose;
     double temperature, top_p;
     int64_t seed;
@@ -48,6 +49,8 @@ static const ds_opt opts[] = {
     {"no-bos", 0, DS_OPT_FLAG, &A.no_bos, NULL, "do not prepend the BOS token to plain prompts"},
     {"ignore-eos", 0, DS_OPT_FLAG, &A.ignore_eos, NULL, "keep generating after the EOS token (fixed lengths)"},
     {"device", 0, DS_OPT_CHOICE, &A.device, "DEV", "where the network runs (cuda: one GPU, device 0)", "cpu|cuda"},
+    {"w8a8", 0, DS_OPT_FLAG, &A.w8a8, NULL, "FP8 W8A8: Linear weights in 128x128 blocks, inputs in 1x128 tiles (E4M3), "
+     "block-scaled products; kv_b, router, head and eh_proj stay fp32 (DeepSeek's inference)"},
     {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads; 0 = all cores", NULL, 0, 4096},
     {"metrics", 0, DS_OPT_STR, &A.metrics, "FILE", "write the configuration and the run's statistics as JSONL"},
     {"quiet", 'q', DS_OPT_FLAG, &A.quiet, NULL, "no progress or statistics on stderr"},
@@ -68,7 +71,8 @@ static void report_cache(const ds_config *c, ds_jsonw *rec) {
     ds_jsonw_knum(rec, "kv_ratio_mha", f32.mha / f32.mla);
 }
 
-static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, int ctx, ds_metrics *mf) {
+static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, int ctx, const ds_ops *lin,
+                        ds_metrics *mf) {
     const float *bias[1024];
     ds_infer_model im;
     if (c->num_hidden_layers + c->num_nextn_predict_layers > 1024) return ds_fail(DS_ERR, "too many layers");
@@ -79,7 +83,8 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, 
                       .truncate = A.truncate};
     DS_TRY(ds_sampling_check(&go.sampling));
     int rows = A.prefill_chunk > 2 * A.batch ? A.prefill_chunk : 2 * A.batch;
-    ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp, .serial_flops = 5e7};
+    ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp, .serial_flops = 5e7,
+                        .linear_ops = lin};
     ds_writer_opts wo = {.out = stdout, .tok = L->tok, .jsonl = A.jsonl, .stops = A.stops.v, .n_stops = A.stops.n,
                          .eos = go.eos_id, .mtp = A.mtp};
     ds_infer *e = NULL;
@@ -131,13 +136,16 @@ int main(int argc, char **argv) {
         .usage = "-m CKPT [OPTIONS]",
         .summary = "Generate text from a checkpoint with the MLA latent KV cache (absorbed attention over the "
                    "normalised KV latent and the rotated RoPE key), several prompts decoded together, optional "
-                   "MTP speculative decoding; or, with --score, print each input's per-token log-probabilities. "
+                   "MTP speculative decoding; or, with --score, print each input's per-token log-probabilities. FP8 "
+                   "checkpoints are dequantized per block at load; --w8a8 runs the Linear layers in FP8 (weights and "
+                   "activations). "
                    "Prompts come from --prompt, or one per stdin line: plain text, JSONL ({\"prompt\": ...} or "
                    "{\"messages\": [...]}), or token ids with --ids.",
         .example = "  ds-generate -m ckpt/sft --chat --prompt 'What is 2+2?' --max-new 64 --temperature 0\n"
                    "  ds-quantize -i ckpt/sft -o - | ds-generate -m - --prompt 'Once upon a time'\n"
                    "  ds-generate -m ckpt --jsonl --mtp < prompts.jsonl > out.jsonl\n"
-                   "  echo '0 17 42 9' | ds-generate -m ckpt --score --ids",
+                   "  echo '0 17 42 9' | ds-generate -m ckpt --score --ids\n"
+                   "  ds-generate -m ckpt/fp8 --w8a8 --score < heldout.jsonl   # see bench/fp8_quality.sh",
         .opts = opts,
     };
     int first;
@@ -159,7 +167,12 @@ int main(int argc, char **argv) {
     ds_loaded L;
     /* the training forward's activations serve --score only: sized for one sequence of the context
      * (max_seq 0: the config's max_position_embeddings) */
-    ds_model_opts mo = {.max_batch = 1, .max_seq = A.score ? A.ctx : 1};
+    if (A.w8a8 && strcmp(A.device, "cpu"))
+        return ds_usage_error("--w8a8 runs on the CPU in this build: drop --device %s or --w8a8", A.device);
+    ds_ops fp8; /* --w8a8: the Linear layers' table (the engine and the scoring model copy it) */
+    ds_fp8_linear_ops(&fp8, ds_ops_cpu());
+    ds_model_opts mo = {.max_batch = 1, .max_seq = A.score ? A.ctx : 1, .linear_ops = A.w8a8 ? &fp8 : NULL,
+                        .kv_b_on_ops = 1};
     if ((rc = ds_ops_for_device(A.device, &mo.ops))) return ds_tool_report(rc);
     double t0 = ds_now();
     if ((rc = ds_load_checkpoint(A.model, &mo, &L))) return ds_tool_report(rc);
@@ -181,6 +194,7 @@ int main(int argc, char **argv) {
     ds_jsonw_knum(&cfgrec, "top_p", A.top_p);
     ds_jsonw_kint(&cfgrec, "seed", A.seed);
     ds_jsonw_kbool(&cfgrec, "mtp", A.mtp);
+    ds_jsonw_kbool(&cfgrec, "w8a8", A.w8a8);
     ds_jsonw_kint(&cfgrec, "threads", ds_threads_get());
     ds_jsonw_kstr(&cfgrec, "device", A.device);
     ds_info("ds-generate: %s (%s) loaded in %.2f s: %d layers, hidden %d, %d heads, vocab %d%s%s; ctx %d, "
@@ -202,8 +216,9 @@ int main(int argc, char **argv) {
         rc = ds_score(L.model, rd, stdout, ctx, &ss);
         if (!rc) ds_info("scored %lld inputs, %lld tokens in %.2f s", (long long)ss.inputs, (long long)ss.tokens, ss.seconds);
     } else if (!rc) {
-        rc = run_generate(&L, rd, c, ctx, &mf);
+        rc = run_generate(&L, rd, c, ctx, A.w8a8 ? &fp8 : NULL, &mf);
     }
+    if (!rc && A.w8a8) rc = ds_fp8_linear_status(); /* a failure inside an FP8 GEMM (out of memory) */
     ds_prompt_reader_free(rd);
     ds_loaded_free(&L);
     ds_chat_template_free(&tpl);

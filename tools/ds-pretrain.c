@@ -70,6 +70,7 @@ static char *config_record(const args *a, const ds_session *s, const ds_shards_i
     ds_train_knum(&w, "fim_rate", a->fim_rate);
     ds_jsonw_kint(&w, "seed", a->seed);
     ds_jsonw_kint(&w, "threads", ds_threads_get());
+    ds_jsonw_kbool(&w, "fp8", a->fp8);
     if (s->resumed_step >= 0) ds_jsonw_kint(&w, "resumed_from_step", s->resumed_step);
     ds_jsonw_obj_end(&w);
     ds_jsonw_obj_end(&w);
@@ -209,7 +210,7 @@ int main(int argc, char **argv) {
         {"log-every", 0, DS_OPT_INT, &a.log_every, "N", "print a line every N steps (0 = none)", 0, 0, 1e9},
         {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU; 989.4, the H100's bf16, with --device cuda)", 0, 0, 1e6},
         {"skip-nonfinite", 0, DS_OPT_FLAG, &a.skip, NULL, "skip a step with NaN/Inf instead of stopping with exit 3", 0, 0, 0},
-        {"fp8", 0, DS_OPT_FLAG, &a.fp8, NULL, "FP8 GEMMs (CUDA only)", 0, 0, 0},
+        {"fp8", 0, DS_OPT_FLAG, &a.fp8, NULL, "every block Linear (attention projections, FFN, experts) in FP8: E4M3 with 1x128/128x128 scales, V3's recipe", 0, 0, 0},
         {"device", 0, DS_OPT_CHOICE, &a.device, "DEV", "where to train (cuda: one GPU, device 0)", "cpu|cuda", 0, 0},
         {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started)", 0, 0, 1e6},
         {"quiet", 'q', DS_OPT_FLAG, &a.quiet, NULL, "only errors and warnings", 0, 0, 0},

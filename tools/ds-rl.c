@@ -19,7 +19,7 @@ static struct {
     ds_strlist require;
     int64_t steps, seed;
     int group, batch, epochs, mini, micro, max_new, top_k, gen_batch, length_cache, save_every, eval_every, eval_samples, log_every, threads;
-    int chat, mask_truncated, quiet, verbose;
+    int chat, mask_truncated, fp8, quiet, verbose;
     double kl, clip, clip_high, temperature, top_p, lr, wd, clip_grad, reward_timeout, eval_temperature, beta1, beta2;
 } A = {.group = 8, .batch = 8, .epochs = 1, .mini = 1, .max_new = 64, .kl = 0.04, .clip = 0.2, .clip_high = -1, .temperature = 1,
        .top_p = 1, .lr = 1e-6, .beta1 = 0.9, .beta2 = 0.999, .clip_grad = 1, .reward_timeout = 300, .answer_mode = "number", .loss_avg = "sequence",
@@ -51,6 +51,7 @@ static char *config_record(const ds_session *s, const ds_rl *rl, const ds_train_
     ds_train_knum(&w, "clip_grad", to->clip_norm);
     ds_jsonw_kint(&w, "seed", A.seed);
     ds_jsonw_kint(&w, "threads", ds_threads_get());
+    ds_jsonw_kbool(&w, "fp8", A.fp8);
     if (s->resumed_step >= 0) ds_jsonw_kint(&w, "resumed_from_step", s->resumed_step);
     ds_jsonw_obj_end(&w);
     ds_jsonw_obj_end(&w);
@@ -101,7 +102,7 @@ static int run(void) {
     if (!A.micro) A.micro = default_micro(rows > 0 ? rows : 1);
     const int T = ds_rl_seq_len(&train, A.eval_prompts ? &eval : NULL, A.max_new);
     ds_session_opts so = {.tool = "ds-rl", .model_path = A.model, .resume = A.resume, .out_dir = A.out, .metrics_path = A.metrics,
-                          .device = A.device, .micro_batch = A.micro, .seq_len = T, .seed = (uint64_t)A.seed, .want_entropy = 1};
+                          .device = A.device, .fp8 = A.fp8, .micro_batch = A.micro, .seq_len = T, .seed = (uint64_t)A.seed, .want_entropy = 1};
     if (!rc) rc = ds_session_open(&s, &so);
     if (!rc && A.kl > 0) {
         /* the reference is the starting policy: after --resume it must come from the original checkpoint */
@@ -227,6 +228,7 @@ int main(int argc, char **argv) {
         {"resume", 0, DS_OPT_STR, &A.resume, "DIR", "continue the run saved in DIR (bit-identical on the same machine and threads)"},
         {"log-every", 0, DS_OPT_INT, &A.log_every, "N", "print a line every N steps (0 = none)", 0, 0, 1e9},
         {"device", 0, DS_OPT_CHOICE, &A.device, "DEV", "where to train", "cpu|cuda"},
+        {"fp8", 0, DS_OPT_FLAG, &A.fp8, NULL, "every block Linear (attention projections, FFN, experts) in FP8: E4M3 with 1x128/128x128 scales, V3's recipe" "; rollouts stay fp32"},
         {"quiet", 'q', DS_OPT_FLAG, &A.quiet, NULL, "only errors and warnings"},
         {"verbose", 'v', DS_OPT_FLAG, &A.verbose, NULL, "more detail"},
         {0},

@@ -18,7 +18,7 @@ static const char EOS[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence
 
 typedef struct {
     const char *model, *data, *out, *resume, *tokenizer, *tmpl, *metrics, *plot, *on_bad, *lr_sched, *gamma, *lambda, *device;
-    int epochs, batch, micro, seq_len, window, threads, save_every, val_every, val_batches, log_every, bf16, skip, quiet,
+    int epochs, batch, micro, seq_len, window, threads, save_every, val_every, val_batches, log_every, bf16, fp8, skip, quiet,
         verbose;
     int64_t steps, seed;
     double lr, lr_min, warmup, alpha, wd, beta1, beta2, eps, clip, val_frac;
@@ -67,6 +67,7 @@ static char *config_record(const args *a, const ds_session *s, const ds_sft_set 
     ds_jsonw_kint(&w, "pack_window", a->window);
     ds_jsonw_kint(&w, "seed", a->seed);
     ds_jsonw_kint(&w, "threads", ds_threads_get());
+    ds_jsonw_kbool(&w, "fp8", a->fp8);
     if (s->resumed_step >= 0) ds_jsonw_kint(&w, "resumed_from_step", s->resumed_step);
     ds_jsonw_obj_end(&w);
     ds_jsonw_obj_end(&w);
@@ -95,7 +96,7 @@ static int run(args *a) {
     char *record = NULL;
     int rc, sig = 0, have_tm = 0;
     ds_session_opts so = {.tool = "ds-sft", .model_path = a->model, .resume = a->resume, .out_dir = a->out,
-                          .tokenizer_path = a->tokenizer, .metrics_path = a->metrics, .plot_path = a->plot, .device = a->device,
+                          .tokenizer_path = a->tokenizer, .metrics_path = a->metrics, .plot_path = a->plot, .device = a->device, .fp8 = a->fp8,
                           .balance_alpha = a->alpha, .micro_batch = a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed};
     if ((rc = ds_session_open(&s, &so))) goto done;
     if (!s.tokenizer_json) {
@@ -189,6 +190,7 @@ int main(int argc, char **argv) {
         {"eps", 0, DS_OPT_FLOAT, &a.eps, "EPS", "AdamW epsilon", 0, 0, 1},
         {"clip", 0, DS_OPT_FLOAT, &a.clip, "NORM", "clip gradients to this global norm (0 = off)", 0, 0, 1e9},
         {"bf16-moments", 0, DS_OPT_FLAG, &a.bf16, NULL, "keep AdamW moments in bf16", 0, 0, 0},
+        {"fp8", 0, DS_OPT_FLAG, &a.fp8, NULL, "every block Linear (attention projections, FFN, experts) in FP8: E4M3 with 1x128/128x128 scales, V3's recipe", 0, 0, 0},
         {"seed", 0, DS_OPT_I64, &a.seed, "S", "seed of the held-out choice and the epoch orders", 0, 0, 9.2e18},
         {"device", 0, DS_OPT_CHOICE, &a.device, "DEV", "where to train (cuda: one GPU, device 0)", "cpu|cuda", 0, 0},
         {"threads", 0, DS_OPT_INT, &a.threads, "N", "CPU threads (0 = all cores)", 0, 0, 4096},

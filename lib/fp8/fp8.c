@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "core/err.h"
+#include "io/safetensors.h"
 
 /* Magnitudes as constant expressions, so the tables are plain static data (no init order, no locks). */
 #define E4M3_MAG(c)                                                                                    \
@@ -59,6 +60,16 @@ int ds_fp8_decode_bf16(uint16_t *dst, ds_dtype t, const uint8_t *src, size_t n) 
     for (size_t i = 0; i < n; i++) dst[i] = ds_f32_to_bf16(table[src[i]]);
     return DS_OK;
 }
+
+static int st_decode(float *dst, const void *src, ds_dtype t, size_t n) {
+    return ds_fp8_decode(dst, t, src, n) ? -1 : 0;
+}
+
+void ds_fp8_register_st_decoder(void) { ds_st_set_fp8_decoder(st_decode); }
+
+/* Whenever lib/fp8 is linked into a program, its generic safetensors reads decode FP8 (every tool does:
+ * the model's loader uses the quantizers); a program without it gets io's "needs the fp8 decoder" error. */
+__attribute__((constructor)) static void register_st_decoder_at_load(void) { ds_fp8_register_st_decoder(); }
 
 int ds_fp8_convert_to_f32(float *dst, const void *src, ds_dtype t, size_t n) {
     if (t == DS_F8_E4M3 || t == DS_F8_E5M2) return ds_fp8_decode(dst, t, src, n);

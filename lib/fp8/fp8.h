@@ -100,4 +100,11 @@ int ds_fp8_decode_bf16(uint16_t *dst, ds_dtype t, const uint8_t *src, size_t n);
  * Readers that want "this tensor as f32" whatever its stored type call this. */
 int ds_fp8_convert_to_f32(float *dst, const void *src, ds_dtype t, size_t n);
 
+/* io/safetensors.h's FP8 -> float32 hook (ds_st_set_fp8_decoder), registered when the program starts
+ * (a constructor in fp8.c; call again after replacing it): ds_st_read_f32 of an F8_E4M3 / F8_E5M2 tensor
+ * gives the code values exactly (ml_dtypes' astype(float32)), with no scale applied. Block-scaled weights
+ * (a "<name>_scale_inv" beside them) are read dequantized by the model loader or ds_fp8_ckpt_read_f32;
+ * ds_ckpt_read_f32 refuses them rather than return unscaled values. */
+void ds_fp8_register_st_decoder(void);
+
 #endif

@@ -30,6 +30,8 @@ struct ds_infer {
     ds_infer_model m;
     const ds_config *cfg;
     const ds_ops *ops;
+    const ds_ops *lin; /* the Linear projections' GEMMs: &lin_tab or ops */
+    ds_ops lin_tab;
     ds_infer_opts o;
     ds_kvcache cache;
     buffers b;
@@ -93,6 +95,17 @@ int ds_infer_create(ds_infer **out, const ds_infer_model *m, const ds_ops *ops, 
     e->cfg = c;
     e->ops = ops;
     e->o = *o;
+    e->lin = ops;
+    if (o->linear_ops) {
+        if (strcmp(o->linear_ops->name, ops->name)) {
+            free(e);
+            return ds_fail(DS_ERR, "inference: Linear GEMMs on the %s backend, the rest on %s: they must share memory",
+                           o->linear_ops->name, ops->name);
+        }
+        e->lin_tab = *o->linear_ops;
+        e->lin = &e->lin_tab;
+        e->o.linear_ops = &e->lin_tab;
+    }
     ds_dims_from_config(&e->d, c);
     int rc = ds_rope_init(&e->rope, c);
     if (!rc) rc = ds_kvcache_init(&e->cache, c, o->slots, o->max_len, o->mtp ? 1 : 0, ops);
@@ -261,7 +274,7 @@ static int attention(ds_infer *e, const ds_layer_w *lw, int cache_layer, int n, 
     buffers *b = &e->b;
     const ds_dims *d = &e->d;
     const int H = d->H, Dn = d->dn, Dr = d->dr, Dv = d->dv, Dqk = d->dqk, Rkv = d->Rkv, W = e->W;
-    ds_layer_ctx c = {.ops = op, .d = d, .B = 1, .T = n, .n = n, .cs = b->cs,
+    ds_layer_ctx c = {.ops = op, .lin = e->lin, .lin_kvb = op, .d = d, .B = 1, .T = n, .n = n, .cs = b->cs,
                       .softmax_scale = e->rope.softmax_scale, .attn_ws = b->attn_ws};
     ds_mla_query(&c, lw, b->xn, b->cq, NULL, b->cqn, b->q);
     ds_mla_latent(&c, lw, b->xn, b->kva, NULL, b->ckv, b->kpe);
@@ -292,19 +305,19 @@ static int attention(ds_infer *e, const ds_layer_w *lw, int cache_layer, int n, 
             r0 = r1;
         }
     }
-    op->gemm(0, 1, n, d->D, H * Dv, 1, b->o, H * Dv, lw->o, H * Dv, 0, b->y, d->D);
+    e->lin->gemm(0, 1, n, d->D, H * Dv, 1, b->o, H * Dv, lw->o, H * Dv, 0, b->y, d->D);
     return DS_OK;
 }
 
 /* y (+)= W_down (silu(W_gate xn) * W_up xn) for a SwiGLU MLP of width I; beta 0 overwrites y */
 static void swiglu_ffn(ds_infer *e, int n, int I, const float *wg, const float *wu, const float *wd, float beta) {
-    const ds_ops *op = e->ops;
+    const ds_ops *op = e->ops, *lin = e->lin;
     buffers *b = &e->b;
     const int D = e->d.D;
-    op->gemm(0, 1, n, I, D, 1, b->xn, D, wg, D, 0, b->g, I);
-    op->gemm(0, 1, n, I, D, 1, b->xn, D, wu, D, 0, b->u, I);
+    lin->gemm(0, 1, n, I, D, 1, b->xn, D, wg, D, 0, b->g, I);
+    lin->gemm(0, 1, n, I, D, 1, b->xn, D, wu, D, 0, b->u, I);
     op->swiglu_fwd(b->h, b->g, b->u, (size_t)n * I);
-    op->gemm(0, 1, n, D, I, 1, b->h, I, wd, I, beta, b->y, D);
+    lin->gemm(0, 1, n, D, I, 1, b->h, I, wd, I, beta, b->y, D);
 }
 
 /* y = shared experts + routed experts, as the training forward sums them */
@@ -320,10 +333,10 @@ static void moe(ds_infer *e, const ds_layer_w *lw, const float *bias, int n) {
     op->sync();
     for (int i = 0; i <= E; i++) e->off64[i] = e->off_host[i];
     op->moe_gather(b->xe, b->xn, b->order, m, K, D);
-    op->gemm_rows(E, e->off64, 1, Ie, D, 1, b->xe, D, lw->exp_gate, (size_t)Ie * D, D, 0, b->g, Ie);
-    op->gemm_rows(E, e->off64, 1, Ie, D, 1, b->xe, D, lw->exp_up, (size_t)Ie * D, D, 0, b->u, Ie);
+    e->lin->gemm_rows(E, e->off64, 1, Ie, D, 1, b->xe, D, lw->exp_gate, (size_t)Ie * D, D, 0, b->g, Ie);
+    e->lin->gemm_rows(E, e->off64, 1, Ie, D, 1, b->xe, D, lw->exp_up, (size_t)Ie * D, D, 0, b->u, Ie);
     op->swiglu_fwd(b->h, b->g, b->u, (size_t)m * Ie);
-    op->gemm_rows(E, e->off64, 1, D, Ie, 1, b->h, Ie, lw->exp_down, (size_t)D * Ie, Ie, 0, b->ye, D);
+    e->lin->gemm_rows(E, e->off64, 1, D, Ie, 1, b->h, Ie, lw->exp_down, (size_t)D * Ie, Ie, 0, b->ye, D);
     if (d->Is > 0) swiglu_ffn(e, n, d->Is, lw->sh_gate, lw->sh_up, lw->sh_down, 0);
     else op->zero(b->y, sizeof(float) * (size_t)n * D);
     op->moe_combine(b->y, b->ye, b->wts, b->where, n, K, D);

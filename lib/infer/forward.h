@@ -52,6 +52,11 @@ typedef struct {
     double serial_flops; /* a step estimated below this many FLOPs runs on one thread (0: never). Every
                             parallel region wakes and joins all threads; on a small decode step that costs
                             more than the arithmetic, and far more on a busy machine. */
+    /* The Linear projections' GEMMs (q_a, q_b / q, kv_a, o, dense FFN, shared and routed experts), e.g.
+     * W8A8 FP8 (fp8/linear.h ds_fp8_linear_ops: weights in 128x128 blocks, activations in 1x128 tiles);
+     * NULL: the backend's. kv_b's products (absorbed or expanded), the router, the head and eh_proj stay
+     * on the backend, as in DeepSeek's inference. Copied; must share the backend's memory. */
+    const ds_ops *linear_ops;
 } ds_infer_opts;
 
 typedef struct ds_infer ds_infer;

@@ -150,6 +150,14 @@ int ds_ckpt_read_f32(const ds_ckpt *c, const char *name, int ndim, const int64_t
         ds_st_shape_str(&w, want, sizeof want);
         return ds_fail(DS_ERR, "checkpoint: %.200s has shape %s, expected %s: %s", name, have, want, where);
     }
+    char sname[300];
+    snprintf(sname, sizeof sname, "%.200s_scale_inv", name);
+    if ((t->dtype == DS_F8_E4M3 || t->dtype == DS_F8_E5M2) && ds_st_set_find(c->set, sname)) {
+        ds_fail(DS_ERR, "checkpoint: %.200s is %s with block scales (%s): not readable as plain float32: %s", name,
+                ds_dtype_name(t->dtype), sname, where);
+        ds_hint("read it dequantized with ds_fp8_ckpt_read_f32 (fp8/ckpt_convert.h)");
+        return DS_ERR;
+    }
     return ds_st_read_f32(t, out, where);
 }
 

@@ -39,7 +39,10 @@ int ds_ckpt_count(const ds_ckpt *c);
 const ds_st_tensor *ds_ckpt_tensor_at(const ds_ckpt *c, int i);
 const ds_st_tensor *ds_ckpt_find(const ds_ckpt *c, const char *name);
 /* Read a tensor as float32 after checking it exists with this shape. Errors:
- * "checkpoint: missing tensor <name>: <path>", "checkpoint: <name> has shape [a, b], expected [c, d]: <file>". */
+ * "checkpoint: missing tensor <name>: <path>", "checkpoint: <name> has shape [a, b], expected [c, d]: <file>".
+ * An FP8 tensor reads as its code values (the fp8 decoder, ds_st_set_fp8_decoder) unless a
+ * "<name>_scale_inv" sits beside it: a block-scaled weight is refused here (fp8/ckpt_convert.h
+ * ds_fp8_ckpt_read_f32 dequantizes it). */
 int ds_ckpt_read_f32(const ds_ckpt *c, const char *name, int ndim, const int64_t *shape, float *out);
 /* Extra files: a directory's <name>, or a stream's "file:<name>" metadata (also "config.json" and
  * "tokenizer.json" by those names). *data is malloc'd and NUL-terminated; returns DS_ERR with

@@ -72,7 +72,8 @@ void ds_st_stream_close(ds_st_stream *s);
 
 /* ---- converting ----------------------------------------------------------------------------- */
 
-/* Decoder for F8_E4M3 / F8_E5M2 -> float32, registered by fp8/. Returns 0 or -1 (unsupported). */
+/* Decoder for F8_E4M3 / F8_E5M2 -> float32, registered by fp8/ (fp8.h ds_fp8_register_st_decoder: the
+ * code values, no scale). Returns 0 or -1 (unsupported). Without one, FP8 reads fail with a message. */
 typedef int (*ds_st_fp8_decoder)(float *dst, const void *src, ds_dtype t, size_t n);
 void ds_st_set_fp8_decoder(ds_st_fp8_decoder fn);
 

@@ -119,12 +119,13 @@ static const char *const k_qfmt[] = {"e4m3", NULL};
 static const char *const k_qact[] = {"dynamic", NULL};
 static const char *const k_qscale[] = {"", "ue8m0", NULL};
 #define QFLD(k, kind, member, flags, d, ds, ch) {k, NULL, kind, offsetof(ds_quant_config, member), sizeof(((ds_quant_config *)0)->member), flags, d, ds, ch}
+/* in the order of DeepSeek's config.json (V3, and V3.1 with scale_fmt), which a new object is written in */
 static const field_t quant_fields[] = {
-    QFLD("quant_method", K_STR, quant_method, 0, 0, "fp8", k_qmethod),
-    QFLD("fmt", K_STR, fmt, 0, 0, "e4m3", k_qfmt),
     QFLD("activation_scheme", K_STR, activation_scheme, 0, 0, "dynamic", k_qact),
-    QFLD("weight_block_size", K_INT2, weight_block_size, 0, 128, NULL, NULL),
+    QFLD("fmt", K_STR, fmt, 0, 0, "e4m3", k_qfmt),
+    QFLD("quant_method", K_STR, quant_method, 0, 0, "fp8", k_qmethod),
     QFLD("scale_fmt", K_STR, scale_fmt, F_OPTIONAL | F_NULL_EMPTY, 0, "", k_qscale),
+    QFLD("weight_block_size", K_INT2, weight_block_size, 0, 128, NULL, NULL),
 };
 #undef QFLD
 

@@ -11,24 +11,26 @@
 
 #include <string.h>
 
-/* f = W_down (silu(W_gate hn) ⊙ W_up hn); g, u kept for the backward; act is scratch */
-static void swiglu_mlp_fwd(const ds_ops *ops, const float *Wg, const float *Wu, const float *Wd, int n, int D,
+/* f = W_down (silu(W_gate hn) ⊙ W_up hn); g, u kept for the backward; act is scratch. The three
+ * projections' GEMMs on m->lin (the Linear table), the activation on m->ops. */
+static void swiglu_mlp_fwd(const ds_model *m, const float *Wg, const float *Wu, const float *Wd, int n, int D,
                            int inter, const float *hn, float *g, float *u, float *act, float *f) {
-    ds_linear(ops, g, hn, Wg, n, inter, D);
-    ds_linear(ops, u, hn, Wu, n, inter, D);
-    ops->swiglu_fwd(act, g, u, (size_t)n * inter);
-    ds_linear(ops, f, act, Wd, n, D, inter);
+    ds_linear(m->lin, g, hn, Wg, n, inter, D);
+    ds_linear(m->lin, u, hn, Wu, n, inter, D);
+    m->ops->swiglu_fwd(act, g, u, (size_t)n * inter);
+    ds_linear(m->lin, f, act, Wd, n, D, inter);
 }
 
 /* gradients of swiglu_mlp_fwd; dhn = beta * dhn + d(f)/d(hn) · df */
-static void swiglu_mlp_bwd(const ds_ops *ops, const float *Wg, const float *Wu, const float *Wd, float *gWg,
+static void swiglu_mlp_bwd(const ds_model *m, const float *Wg, const float *Wu, const float *Wd, float *gWg,
                            float *gWu, float *gWd, int n, int D, int inter, const float *hn, const float *g,
                            const float *u, const float *df, float *dhn, float beta, ds_scratch *s) {
+    const ds_ops *ops = m->ops, *lin = m->lin;
     ops->swiglu_fwd(s->act, g, u, (size_t)n * inter);
-    ds_linear_bwd(ops, s->dg, 0.0f, gWd, df, s->act, Wd, n, D, inter); /* s->dg holds d(act) for a moment */
+    ds_linear_bwd(lin, s->dg, 0.0f, gWd, df, s->act, Wd, n, D, inter); /* s->dg holds d(act) for a moment */
     ops->swiglu_bwd(s->dg, s->du, s->dg, g, u, (size_t)n * inter);
-    ds_linear_bwd(ops, dhn, beta, gWg, s->dg, hn, Wg, n, inter, D);
-    ds_linear_bwd(ops, dhn, 1.0f, gWu, s->du, hn, Wu, n, inter, D);
+    ds_linear_bwd(lin, dhn, beta, gWg, s->dg, hn, Wg, n, inter, D);
+    ds_linear_bwd(lin, dhn, 1.0f, gWu, s->du, hn, Wu, n, inter, D);
 }
 
 void ds_moe_route(const ds_layer_ctx *c, const ds_layer_w *w, const float *bias, const float *hn, float *logits,
@@ -41,7 +43,7 @@ void ds_moe_route(const ds_layer_ctx *c, const ds_layer_w *w, const float *bias,
 
 int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const int32_t *idx, const float *w,
                        int rows, float *y, int32_t *load) {
-    const ds_ops *ops = m->ops;
+    const ds_ops *ops = m->ops, *lin = m->lin;
     const ds_dims *d = &m->dims;
     const ds_layer_w *lw = &m->W.layer[l];
     ds_tape *t = &m->tape[l];
@@ -59,17 +61,17 @@ int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const
         for (int e = 0; e < ne; e++) load[e] = (int32_t)(t->off_h[e + 1] - t->off_h[e]);
     int mv = (int)t->off_h[ne];
     ops->moe_gather(s->xg, x, t->order, mv, K, D);
-    ops->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge, Ie);
-    ops->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue, Ie);
+    lin->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge, Ie);
+    lin->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue, Ie);
     ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)mv * Ie);
-    ops->gemm_rows(ne, t->off_h, 1, D, Ie, 1.0f, s->acte, Ie, lw->exp_down + e0 * mat, mat, Ie, 0.0f, s->ye, D);
+    lin->gemm_rows(ne, t->off_h, 1, D, Ie, 1.0f, s->acte, Ie, lw->exp_down + e0 * mat, mat, Ie, 0.0f, s->ye, D);
     ops->moe_combine(y, s->ye, w, t->where, rows, K, D);
     return 0;
 }
 
 void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, const int32_t *idx, const float *w,
                         int rows, const float *dy, float *dx, float *dw) {
-    const ds_ops *ops = m->ops;
+    const ds_ops *ops = m->ops, *lin = m->lin;
     const ds_dims *d = &m->dims;
     const ds_layer_w *lw = &m->W.layer[l];
     ds_layer_w *gw = &m->G.layer[l];
@@ -86,18 +88,18 @@ void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, cons
 
     /* combine backward: dy per dispatched row, through W_down (z), the routing weights (dw) */
     ops->moe_gather(s->dyg, dy, t->order, mv, K, D);
-    ops->gemm_rows(ne, t->off_h, 0, Ie, D, 1.0f, s->dyg, D, Wd, mat, Ie, 0.0f, s->dge, Ie);
+    lin->gemm_rows(ne, t->off_h, 0, Ie, D, 1.0f, s->dyg, D, Wd, mat, Ie, 0.0f, s->dge, Ie);
     ops->zero(dw, sizeof(float) * (size_t)rows * K);
     ops->moe_combine_bwd(s->dge, dw, s->dge, s->acte, w, t->order, mv, Ie);
     ops->moe_scale_rows(s->acte, w, t->order, mv, Ie);
-    ops->gemm_wgrad(ne, t->off_h, D, Ie, 1.0f, s->dyg, D, s->acte, Ie, 1.0f, gWd, mat, Ie);
+    lin->gemm_wgrad(ne, t->off_h, D, Ie, 1.0f, s->dyg, D, s->acte, Ie, 1.0f, gWd, mat, Ie);
 
     /* experts' gate/up backward, then the dispatch's backward into dx */
     ops->swiglu_bwd(s->dge, s->due, s->dge, t->ge, t->ue, (size_t)mv * Ie);
-    ops->gemm_wgrad(ne, t->off_h, Ie, D, 1.0f, s->dge, Ie, s->xg, D, 1.0f, gWg, mat, D);
-    ops->gemm_wgrad(ne, t->off_h, Ie, D, 1.0f, s->due, Ie, s->xg, D, 1.0f, gWu, mat, D);
-    ops->gemm_rows(ne, t->off_h, 0, D, Ie, 1.0f, s->dge, Ie, Wg, mat, D, 0.0f, s->dxg, D);
-    ops->gemm_rows(ne, t->off_h, 0, D, Ie, 1.0f, s->due, Ie, Wu, mat, D, 1.0f, s->dxg, D);
+    lin->gemm_wgrad(ne, t->off_h, Ie, D, 1.0f, s->dge, Ie, s->xg, D, 1.0f, gWg, mat, D);
+    lin->gemm_wgrad(ne, t->off_h, Ie, D, 1.0f, s->due, Ie, s->xg, D, 1.0f, gWu, mat, D);
+    lin->gemm_rows(ne, t->off_h, 0, D, Ie, 1.0f, s->dge, Ie, Wg, mat, D, 0.0f, s->dxg, D);
+    lin->gemm_rows(ne, t->off_h, 0, D, Ie, 1.0f, s->due, Ie, Wu, mat, D, 1.0f, s->dxg, D);
     ops->moe_gather_bwd(dx, s->dxg, t->where, rows, K, D);
 }
 
@@ -108,14 +110,14 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
     ds_scratch *s = &m->scr;
     int n = m->n, slot = m->moe_slot[l];
     if (slot < 0) {
-        swiglu_mlp_fwd(ops, w->w_gate, w->w_up, w->w_down, n, d->D, d->I, t->hn, t->g, t->u, s->act, f);
+        swiglu_mlp_fwd(m, w->w_gate, w->w_up, w->w_down, n, d->D, d->I, t->hn, t->g, t->u, s->act, f);
         return 0;
     }
     ds_layer_ctx c = ds_model_ctx(m);
     const float *bias = d->has_bias ? m->ebias + (size_t)slot * d->E : NULL;
     ds_moe_route(&c, w, bias, t->hn, s->logits, t->scores, t->idx, t->w);
     if (d->Is > 0)
-        swiglu_mlp_fwd(ops, w->sh_gate, w->sh_up, w->sh_down, n, d->D, d->Is, t->hn, t->gs, t->us, s->act, f);
+        swiglu_mlp_fwd(m, w->sh_gate, w->sh_up, w->sh_down, n, d->D, d->Is, t->hn, t->gs, t->us, s->act, f);
     else
         ops->zero(f, sizeof(float) * (size_t)n * d->D);
     /* local experts on the tokens themselves (expert parallelism: moe.h) */
@@ -139,14 +141,14 @@ void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn) {
     ds_scratch *s = &m->scr;
     int n = m->n, slot = m->moe_slot[l], D = d->D;
     if (slot < 0) {
-        swiglu_mlp_bwd(ops, w->w_gate, w->w_up, w->w_down, gw->w_gate, gw->w_up, gw->w_down, n, D, d->I, t->hn,
+        swiglu_mlp_bwd(m, w->w_gate, w->w_up, w->w_down, gw->w_gate, gw->w_up, gw->w_down, n, D, d->I, t->hn,
                        t->g, t->u, df, dhn, 0.0f, s);
         return;
     }
     int E = d->E;
     /* shared experts, then the routed ones, into dhn */
     if (d->Is > 0)
-        swiglu_mlp_bwd(ops, w->sh_gate, w->sh_up, w->sh_down, gw->sh_gate, gw->sh_up, gw->sh_down, n, D, d->Is,
+        swiglu_mlp_bwd(m, w->sh_gate, w->sh_up, w->sh_down, gw->sh_gate, gw->sh_up, gw->sh_down, n, D, d->Is,
                        t->hn, t->gs, t->us, df, dhn, 0.0f, s);
     else
         ops->zero(dhn, sizeof(float) * (size_t)n * D);

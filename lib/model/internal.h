@@ -24,6 +24,8 @@ struct ds_model {
     ds_config cfg;
     ds_model_opts opts;
     const ds_ops *ops;
+    ds_ops lin_tab;             /* copy of opts.linear_ops */
+    const ds_ops *lin, *lin_kvb; /* the block Linear layers' GEMMs (ops when none given); kv_b's */
     ds_dims dims;
     ds_rope rope;
 

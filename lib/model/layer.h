@@ -56,6 +56,8 @@ int ds_rope_init(ds_rope *r, const ds_config *c);
 /* What one call of a layer piece works on: the backend, the sizes, and the batch geometry. */
 typedef struct {
     const ds_ops *ops;
+    const ds_ops *lin;     /* the Linear projections' GEMMs (q, latent, kv_b expansion); NULL: ops */
+    const ds_ops *lin_kvb; /* kv_b's expansion only; NULL: lin */
     const ds_dims *d;
     int B, T, n;          /* n = B*T token rows */
     const int32_t *seg;   /* [n] segment ids or NULL (see ops attn_fwd) */
@@ -100,6 +102,10 @@ typedef struct {
     void *attn_ws;
 } ds_scratch;
 
+/* The tables a context's Linear projections use. */
+static inline const ds_ops *ds_ctx_lin(const ds_layer_ctx *c) { return c->lin ? c->lin : c->ops; }
+static inline const ds_ops *ds_ctx_lin_kvb(const ds_layer_ctx *c) { return c->lin_kvb ? c->lin_kvb : ds_ctx_lin(c); }
+
 /* ---- MLA pieces (spec 3): xn is the attn_norm output [n, D] ---------------------------------------- */
 /* Queries with RoPE applied: q [n, H, dqk]. With q_lora_rank > 0: cq = xn W_qa^T (kept), cqn = RMSNorm(cq)
  * (rstd_q kept), q = cqn W_qb^T; else q = xn W_q^T (cq, cqn, rstd_q unused, may be NULL). */
@@ -114,7 +120,8 @@ void ds_mla_expand(const ds_layer_ctx *c, const ds_layer_w *w, const float *ckv,
                    float *k, float *v);
 
 /* ---- FFN pieces (spec 4.3): hn is the ffn_norm output [n, D] ---------------------------------------- */
-/* Router: scores [n, E] (logits scratch [n, E]), then idx/w [n, K] with the layer's bias (may be NULL). */
+/* Router: scores [n, E] (logits scratch [n, E]), then idx/w [n, K] with the layer's bias (may be NULL).
+ * The gating GEMM runs on c->ops (high precision), never on c->lin. */
 void ds_moe_route(const ds_layer_ctx *c, const ds_layer_w *w, const float *bias, const float *hn, float *logits,
                   float *scores, int32_t *idx, float *wts);
 

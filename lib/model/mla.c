@@ -15,15 +15,15 @@ void ds_linear_bwd(const ds_ops *ops, float *dx, float beta, float *dW, const fl
 
 void ds_mla_query(const ds_layer_ctx *c, const ds_layer_w *w, const float *xn, float *cq, float *rstd_q,
                   float *cqn, float *q) {
-    const ds_ops *ops = c->ops;
+    const ds_ops *ops = c->ops, *lin = ds_ctx_lin(c);
     const ds_dims *d = c->d;
     int n = c->n, qdim = d->H * d->dqk;
     if (d->Rq > 0) {
-        ds_linear(ops, cq, xn, w->q_a, n, d->Rq, d->D);
+        ds_linear(lin, cq, xn, w->q_a, n, d->Rq, d->D);
         ops->rmsnorm_fwd(cqn, d->Rq, rstd_q, cq, d->Rq, w->q_a_norm, n, d->Rq, d->eps);
-        ds_linear(ops, q, cqn, w->q_b, n, qdim, d->Rq);
+        ds_linear(lin, q, cqn, w->q_b, n, qdim, d->Rq);
     } else {
-        ds_linear(ops, q, xn, w->q, n, qdim, d->D);
+        ds_linear(lin, q, xn, w->q, n, qdim, d->D);
     }
     ops->rope(q, n, d->H, qdim, d->dqk, d->dn, d->dr / 2, c->cs, 0);
 }
@@ -33,7 +33,7 @@ void ds_mla_latent(const ds_layer_ctx *c, const ds_layer_w *w, const float *xn, 
     const ds_ops *ops = c->ops;
     const ds_dims *d = c->d;
     int n = c->n, la = d->Rkv + d->dr;
-    ds_linear(ops, kva, xn, w->kv_a, n, la, d->D);
+    ds_linear(ds_ctx_lin(c), kva, xn, w->kv_a, n, la, d->D);
     ops->rmsnorm_fwd(ckv, d->Rkv, rstd_kv, kva, la, w->kv_a_norm, n, d->Rkv, d->eps);
     ops->copy2d(kpe, d->dr, kva + d->Rkv, la, n, d->dr);
     ops->rope(kpe, n, 1, d->dr, 0, 0, d->dr / 2, c->cs, 0);
@@ -42,7 +42,7 @@ void ds_mla_latent(const ds_layer_ctx *c, const ds_layer_w *w, const float *xn, 
 void ds_mla_expand(const ds_layer_ctx *c, const ds_layer_w *w, const float *ckv, const float *kpe, float *kvb,
                    float *k, float *v) {
     const ds_dims *d = c->d;
-    ds_linear(c->ops, kvb, ckv, w->kv_b, c->n, d->H * (d->dn + d->dv), d->Rkv);
+    ds_linear(ds_ctx_lin_kvb(c), kvb, ckv, w->kv_b, c->n, d->H * (d->dn + d->dv), d->Rkv);
     c->ops->mla_kv_expand(k, v, kvb, kpe, d->dr, c->n, d->H, d->dn, d->dr, d->dv);
 }
 
@@ -59,12 +59,12 @@ void ds_mla_fwd(ds_model *m, int l, ds_tape *t, float *y) {
     ds_mla_project(&c, w, t);
     m->ops->attn_fwd(t->o, t->lse, t->q, t->k, t->v, c.seg, c.B, c.T, d->H, d->dqk, d->dv, c.softmax_scale,
                      c.attn_ws);
-    ds_linear(m->ops, y, t->o, w->o, c.n, d->D, d->H * d->dv);
+    ds_linear(m->lin, y, t->o, w->o, c.n, d->D, d->H * d->dv);
 }
 
 void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn) {
     ds_layer_ctx c = ds_model_ctx(m);
-    const ds_ops *ops = m->ops;
+    const ds_ops *ops = m->ops, *lin = m->lin;
     const ds_dims *d = &m->dims;
     const ds_layer_w *w = &m->W.layer[l];
     ds_layer_w *gw = &m->G.layer[l];
@@ -72,27 +72,27 @@ void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn) {
     int n = c.n, H = d->H, qdim = H * d->dqk, la = d->Rkv + d->dr, half = d->dr / 2;
     if (m->opts.recompute) ds_mla_project(&c, w, t);
 
-    ds_linear_bwd(ops, s->dout_attn, 0.0f, gw->o, dy, t->o, w->o, n, d->D, H * d->dv);
+    ds_linear_bwd(lin, s->dout_attn, 0.0f, gw->o, dy, t->o, w->o, n, d->D, H * d->dv);
     ops->attn_bwd(s->dq, s->dk, s->dv, s->dout_attn, t->q, t->k, t->v, t->o, t->lse, c.seg, c.B, c.T, H, d->dqk,
                   d->dv, c.softmax_scale, c.attn_ws);
 
     /* keys and values back to the latent: kvb, the shared k_pe (summed over heads), then kv_a's output */
     ops->mla_kv_expand_bwd(s->dkvb, s->dkpe, d->dr, s->dk, s->dv, n, H, d->dn, d->dr, d->dv);
     ops->rope(s->dkpe, n, 1, d->dr, 0, 0, half, c.cs, 1);
-    ds_linear_bwd(ops, s->dckv, 0.0f, gw->kv_b, s->dkvb, t->ckv, w->kv_b, n, H * (d->dn + d->dv), d->Rkv);
+    ds_linear_bwd(m->lin_kvb, s->dckv, 0.0f, gw->kv_b, s->dkvb, t->ckv, w->kv_b, n, H * (d->dn + d->dv), d->Rkv);
     ops->zero(s->dkva, sizeof(float) * (size_t)n * la);
     ops->rmsnorm_bwd(s->dkva, la, gw->kv_a_norm, s->dckv, d->Rkv, t->kva, la, w->kv_a_norm, t->rstd_kv, n, d->Rkv);
     ops->copy2d(s->dkva + d->Rkv, la, s->dkpe, d->dr, n, d->dr);
-    ds_linear_bwd(ops, dxn, 0.0f, gw->kv_a, s->dkva, t->xn, w->kv_a, n, la, d->D);
+    ds_linear_bwd(lin, dxn, 0.0f, gw->kv_a, s->dkva, t->xn, w->kv_a, n, la, d->D);
 
     /* queries */
     ops->rope(s->dq, n, H, qdim, d->dqk, d->dn, half, c.cs, 1);
     if (d->Rq > 0) {
-        ds_linear_bwd(ops, s->dcqn, 0.0f, gw->q_b, s->dq, t->cqn, w->q_b, n, qdim, d->Rq);
+        ds_linear_bwd(lin, s->dcqn, 0.0f, gw->q_b, s->dq, t->cqn, w->q_b, n, qdim, d->Rq);
         ops->zero(s->dcq, sizeof(float) * (size_t)n * d->Rq);
         ops->rmsnorm_bwd(s->dcq, d->Rq, gw->q_a_norm, s->dcqn, d->Rq, t->cq, d->Rq, w->q_a_norm, t->rstd_q, n, d->Rq);
-        ds_linear_bwd(ops, dxn, 1.0f, gw->q_a, s->dcq, t->xn, w->q_a, n, d->Rq, d->D);
+        ds_linear_bwd(lin, dxn, 1.0f, gw->q_a, s->dcq, t->xn, w->q_a, n, d->Rq, d->D);
     } else {
-        ds_linear_bwd(ops, dxn, 1.0f, gw->q, s->dq, t->xn, w->q, n, qdim, d->D);
+        ds_linear_bwd(lin, dxn, 1.0f, gw->q, s->dq, t->xn, w->q, n, qdim, d->D);
     }
 }

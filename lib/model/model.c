@@ -61,6 +61,16 @@ static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *o
     if ((int64_t)m->opts.max_batch * m->opts.max_seq > (1 << 30))
         return ds_fail(DS_ERR, "model: max_batch x max_seq too large: %d x %d", m->opts.max_batch, m->opts.max_seq);
     m->ops = m->opts.ops ? m->opts.ops : ds_ops_cpu();
+    m->lin = m->ops;
+    if (m->opts.linear_ops) {
+        if (strcmp(m->opts.linear_ops->name, m->ops->name))
+            return ds_fail(DS_ERR, "model: Linear GEMMs on the %s backend, the rest on %s: they must share memory",
+                           m->opts.linear_ops->name, m->ops->name);
+        m->lin_tab = *m->opts.linear_ops;
+        m->lin = &m->lin_tab;
+        m->opts.linear_ops = &m->lin_tab; /* the caller's table may go away */
+    }
+    m->lin_kvb = m->opts.kv_b_on_ops ? m->ops : m->lin;
     ds_dims_from_config(&m->dims, &m->cfg);
     DS_TRY(ds_rope_init(&m->rope, &m->cfg));
     m->mtp_depth = m->cfg.num_nextn_predict_layers;
@@ -184,6 +194,8 @@ fail:
 
 ds_layer_ctx ds_model_ctx(const ds_model *m) {
     ds_layer_ctx c = {.ops = m->ops,
+                      .lin = m->lin,
+                      .lin_kvb = m->lin_kvb,
                       .d = &m->dims,
                       .B = m->B,
                       .T = m->T,

@@ -89,6 +89,13 @@ typedef struct {
 
 typedef struct {
     const struct ds_ops *ops; /* backend (ops/ops.h); NULL: the CPU */
+    /* GEMMs of the decoder layers' Linear projections (q_a, q_b / q, kv_a, kv_b, o, dense FFN, shared and
+     * routed experts: Fprop, Dgrad and Wgrad), e.g. FP8 (fp8/linear.h ds_fp8_linear_ops); NULL: ops. Must
+     * share ops' memory. The embedding, output head, MoE router, MTP eh_proj, norms and the attention core
+     * always run on ops. The table is copied. */
+    const struct ds_ops *linear_ops;
+    int kv_b_on_ops;         /* kv_b's products on ops even with linear_ops (W8A8 inference: DeepSeek's
+                                absorbed attention multiplies by the dequantized kv_b weight) */
     int max_batch, max_seq;  /* activation arena is sized for B*T <= max_batch*max_seq */
     int train;               /* keep activations and allocate gradients */
     int recompute;           /* recompute RMSNorm outputs and MLA up-projections in backward (V3; default 1) */

@@ -82,10 +82,13 @@ static int shape_error(const ds_st_set *s, const ds_st_tensor *t, int ndim, cons
 static int read_f32(const ds_model *m, const ds_st_set *s, const ds_st_tensor *t, float *out, used_set *u) {
     const char *file = ds_st_set_file_of(s, t->name);
     use(u, t->name);
-    if (t->dtype != DS_F8_E4M3) return ds_st_read_f32(t, out, file);
     char sname[160];
     snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
     const ds_st_tensor *sc = ds_st_set_find(s, sname);
+    if (t->dtype == DS_F8_E5M2 && sc) /* unscaled E5M2 reads as its values; DeepSeek block-scales E4M3 only */
+        return ds_fail(DS_ERR, "checkpoint: %s: F8_E5M2 with block scales: only F8_E4M3 weights are block-scaled: %s",
+                       t->name, file);
+    if (t->dtype != DS_F8_E4M3) return ds_st_read_f32(t, out, file);
     if (!sc) return ds_fail(DS_ERR, "checkpoint: %s: F8_E4M3 without %s: %s", t->name, sname, file);
     use(u, sc->name);
     int64_t rows = t->shape[0], cols = t->ndim > 1 ? t->shape[1] : 1;

@@ -1,6 +1,7 @@
 #include "train/net.h"
 
 #include "core/err.h"
+#include "fp8/linear.h"
 #include "ops/device.h"
 #include "train/flops.h"
 
@@ -37,7 +38,7 @@ static int reserve(net_impl *x, size_t n) {
 static int fwd(void *impl, const ds_batch *b, ds_fwd_out *out) {
     net_impl *x = impl;
     DS_TRY(ds_model_forward(x->m, b, out));
-    if (x->on_host) return 0;
+    if (x->on_host) return ds_fp8_linear_status(); /* the FP8 Linear GEMMs (--fp8, host only) return nothing */
     const size_t n = (size_t)b->B * b->T, f = sizeof(float);
     DS_TRY(reserve(x, n));
     const ds_ops *o = x->ops;
@@ -55,7 +56,10 @@ static int fwd(void *impl, const ds_batch *b, ds_fwd_out *out) {
 
 static int bwd(void *impl, const ds_batch *b, const float *dlogp, const float *dmtp) {
     net_impl *x = impl;
-    if (x->on_host) return ds_model_backward(x->m, b, dlogp, dmtp);
+    if (x->on_host) {
+        DS_TRY(ds_model_backward(x->m, b, dlogp, dmtp));
+        return ds_fp8_linear_status();
+    }
     const size_t n = (size_t)b->B * b->T, f = sizeof(float);
     DS_TRY(reserve(x, n));
     x->ops->copy(x->d_dlogp, dlogp, n * f, DS_COPY_H2D);

@@ -30,7 +30,8 @@ typedef struct {
     const char *metrics_path;   /* JSONL, or NULL */
     const char *plot_path;      /* PNG, or NULL */
     const char *device;         /* "cpu" | "cuda" */
-    int fp8;
+    int fp8;                    /* every block Linear's GEMMs in FP8 (fp8/linear.h; the CPU only); the
+                                   embedding, head, router, eh_proj, norms and attention stay fp32 */
     double init_std;            /* > 0: overrides the config's ds_init_std for a fresh model */
     double balance_alpha;       /* sequence-wise balance loss weight per micro-batch */
     int micro_batch, seq_len;

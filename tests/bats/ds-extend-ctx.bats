@@ -32,7 +32,7 @@ print(r["type"], r["factor"], r["original_max_position_embeddings"], r["beta_fas
     [ "$status" -eq 0 ]
     for o in --model --data --out --factor --seq-len --steps --lr --batch --original-len --beta-fast --beta-slow \
              --mscale --mscale-all-dim --print-rope --eval-only --eval-lengths --eval-depths --eval-trials --eval-png \
-             --eval-docs --metrics --resume --save-every; do
+             --eval-docs --metrics --resume --save-every --fp8; do
         [[ "$output" == *"$o"* ]] || { echo "missing $o"; false; }
     done
     [[ "$output" == *"[default: 7.3e-06]"* ]]

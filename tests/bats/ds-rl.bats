@@ -43,7 +43,7 @@ for line in open(sys.argv[1]):
     run "$DS_BIN/ds-rl" --help
     [ "$status" -eq 0 ]
     for o in --model --prompts --out --group --steps --reward --reward-cmd --kl --clip --epochs-per-batch --temperature \
-             --max-new --lr --metrics --plot --eval-prompts --resume --save-every --loss-avg --mini-batches --answer-mode; do
+             --max-new --lr --metrics --plot --eval-prompts --resume --save-every --loss-avg --mini-batches --answer-mode --fp8; do
         [[ "$output" == *"$o"* ]] || { echo "missing $o"; false; }
     done
     [[ "$output" == *"[default: 0.04]"* ]]

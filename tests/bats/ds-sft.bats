@@ -45,7 +45,7 @@ for line in open(sys.argv[1]):
     run "$DS_BIN/ds-sft" --help
     [ "$status" -eq 0 ]
     for o in --model --data --out --epochs --lr --lr-min --seq-len --batch --micro-batch --chat-template --on-bad \
-             --val-frac --val-every --pack-window --lambda --seed --threads --metrics --plot --save-every --resume; do
+             --val-frac --val-every --pack-window --lambda --seed --threads --metrics --plot --save-every --resume --fp8; do
         [[ "$output" == *"$o"* ]] || { echo "missing $o"; false; }
     done
     [[ "$output" == *"[default: 5e-06]"* || "$output" == *"[default: 5.0e-06]"* ]]
@@ -78,6 +78,28 @@ vals = [r["val_loss"] for r in steps if "val_loss" in r]
 assert len(vals) >= 2 and "val_loss" in steps[-1], vals
 assert steps[-1]["loss"] < 0.8 * steps[0]["loss"] and vals[-1] < 0.8 * vals[0], (steps[0]["loss"], steps[-1]["loss"], vals)
 print("ok", len(steps), "steps", steps[0]["loss"], "->", steps[-1]["loss"])
+EOF
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
+@test "--fp8: the session trains the Linear layers in FP8 and says so in the configuration record" {
+    run --separate-stderr sft -m "$T/base" --data "$T/chat.jsonl" -o "$BATS_TEST_TMPDIR/ck" --seq-len 128 --batch 4 \
+        --steps 6 --lr 3e-3 --val-frac 0 --fp8 --metrics "$BATS_TEST_TMPDIR/m8.jsonl" --log-every 0
+    [ "$status" -eq 0 ]
+    run --separate-stderr sft -m "$T/base" --data "$T/chat.jsonl" -o "$BATS_TEST_TMPDIR/ck32" --seq-len 128 --batch 4 \
+        --steps 6 --lr 3e-3 --val-frac 0 --metrics "$BATS_TEST_TMPDIR/m32.jsonl" --log-every 0
+    [ "$status" -eq 0 ]
+    run "$DS_PY" - "$BATS_TEST_TMPDIR" <<'EOF'
+import json, sys
+d = sys.argv[1]
+r8 = [json.loads(l) for l in open(f"{d}/m8.jsonl")]
+r32 = [json.loads(l) for l in open(f"{d}/m32.jsonl")]
+assert r8[0]["config"]["fp8"] is True and r32[0]["config"]["fp8"] is False
+l8 = [r["loss"] for r in r8 if "step" in r]
+l32 = [r["loss"] for r in r32 if "step" in r]
+print(l8, l32)
+assert l8 != l32 and abs(l8[0] - l32[0]) / l32[0] < 0.01 and l8[-1] < l8[0]
 EOF
     echo "$output"
     [ "$status" -eq 0 ]

@@ -188,10 +188,11 @@ def quantize_cmd(args):
             out[name + "_scale_inv"] = s
         else:
             out[name] = a
-    # DeepSeek's keys and values; the order is that of our config writer (lib/model/config.c)
-    qc = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+    # DeepSeek's keys, values and order (V3's config.json; V3.1 puts scale_fmt before weight_block_size)
+    qc = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8"}
     if args.ue8m0:
         qc["scale_fmt"] = "ue8m0"
+    qc["weight_block_size"] = [128, 128]
     cfg["quantization_config"] = qc
     write_ckpt(args.output, out, cfg, args.shard_size, carried_files(args.input))
 

@@ -3,7 +3,10 @@
 #  - --score --ids gives transformers' per-token log-probabilities (plain RoPE, YaRN, q_proj without
 #    query compression);
 #  - greedy generation emits exactly the tokens of transformers' generate;
-#  - every log-probability reported while sampling equals transformers' full forward over prompt + completion.
+#  - every log-probability reported while sampling equals transformers' full forward over prompt + completion;
+#  - --w8a8 (scoring and sampling) equals transformers with DeepSeek's FP8 inference numerics patched in
+#    (generate_ref.py w8a8: Linear inputs in 1x128 tiles, weights in 128x128 blocks, E4M3; kv_b, router and
+#    head in fp32).
 # Two Python processes in all (transformers takes seconds to import).
 
 bats_require_minimum_version 1.5.0
@@ -24,12 +27,18 @@ setup_file() {
     # our generations (sampled) whose log-probabilities transformers checks
     "$DS_BIN/ds-generate" -m "$T/plain" --ids --max-new 24 --temperature 0.8 --top-k 40 --seed 11 --jsonl -q \
         --ignore-eos <"$T/ids.txt" >"$T/sampled.jsonl"
+    "$DS_BIN/ds-generate" -m "$T/plain" --ids --max-new 24 --temperature 0.8 --top-k 40 --seed 12 --jsonl -q \
+        --ignore-eos --w8a8 <"$T/ids.txt" >"$T/sampled8.jsonl"
     # one transformers process scores everything
     {
         for ck in plain yarn noq hf; do sed "s|^|$T/$ck\t|" "$T/ids.txt"; done
         jq -r '.tokens | map(tostring) | join(" ")' "$T/sampled.jsonl" >"$T/completions.txt"
         while read -r p && read -r c <&3; do printf '%s\t%s %s\n' "$T/plain" "$p" "$c"; done \
             <"$T/ids.txt" 3<"$T/completions.txt"
+        sed "s|^|w8a8:$T/plain\t|" "$T/ids.txt"
+        jq -r '.tokens | map(tostring) | join(" ")' "$T/sampled8.jsonl" >"$T/completions8.txt"
+        while read -r p && read -r c <&3; do printf 'w8a8:%s\t%s %s\n' "$T/plain" "$p" "$c"; done \
+            <"$T/ids.txt" 3<"$T/completions8.txt"
     } >"$T/score_in.txt"
     "$DS_PY" "$DS_ROOT/tests/ref/generate_ref.py" score <"$T/score_in.txt" >"$T/ref_score.jsonl"
 }
@@ -62,9 +71,9 @@ EOF
     done
 }
 
-@test "every sampled token's log-probability equals transformers' full forward over prompt + completion" {
-    tail -3 "$T/ref_score.jsonl" >"$T/ref_full.jsonl"
-    "$DS_PY" - "$T/ids.txt" "$T/sampled.jsonl" "$T/ref_full.jsonl" <<'EOF'
+# every sampled token's log-probability against the reference's full forward over prompt + completion
+check_sampled() {
+    "$DS_PY" - "$T/ids.txt" "$1" "$2" <<'EOF'
 import json, sys
 prompts = [l.split() for l in open(sys.argv[1]) if l.strip()]
 gen = [json.loads(l) for l in open(sys.argv[2])]
@@ -77,6 +86,26 @@ for p, g, r in zip(prompts, gen, ref):
 print("max |diff|", worst)
 sys.exit(0 if worst < 2e-4 else 1)
 EOF
+}
+
+@test "every sampled token's log-probability equals transformers' full forward over prompt + completion" {
+    sed -n 13,15p "$T/ref_score.jsonl" >"$T/ref_full.jsonl"
+    check_sampled "$T/sampled.jsonl" "$T/ref_full.jsonl"
+}
+
+@test "--w8a8 --score equals transformers under DeepSeek's FP8 inference numerics, far from fp32" {
+    "$DS_BIN/ds-generate" -m "$T/plain" --score --ids -q --w8a8 <"$T/ids.txt" >"$T/ours8.jsonl"
+    sed -n 16,18p "$T/ref_score.jsonl" >"$T/ref8.jsonl"
+    d=$(maxdiff "$T/ours8.jsonl" "$T/ref8.jsonl")
+    "$DS_BIN/ds-generate" -m "$T/plain" --score --ids -q <"$T/ids.txt" >"$T/ours32.jsonl"
+    f=$(maxdiff "$T/ours32.jsonl" "$T/ref8.jsonl")
+    echo "W8A8 vs reference W8A8: max |diff| = $d; fp32 vs W8A8: $f"
+    "$DS_PY" -c "import sys; sys.exit(0 if $d < 2e-4 and $f > 1e-2 else 1)"
+}
+
+@test "--w8a8 sampling: every token's log-probability equals the W8A8 reference's full forward" {
+    sed -n 19,21p "$T/ref_score.jsonl" >"$T/ref_full8.jsonl"
+    check_sampled "$T/sampled8.jsonl" "$T/ref_full8.jsonl"
 }
 
 @test "greedy generation emits transformers' generate tokens exactly (batched and one at a time)" {

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """transformers as the reference for ds-generate (tests/ref/generate.bats, bench/generate.sh).
 
-  generate_ref.py score [CKPT]          < id lines  -> one JSON line per input: {"logprobs": [lp_1, ...]}
+  generate_ref.py score [--w8a8] [CKPT] < id lines  -> one JSON line per input: {"logprobs": [lp_1, ...]}
                                                        lp_t = log p(token_t | tokens before), fp32 forward;
                                                        without CKPT each line is "CKPT<TAB>ids" (models
-                                                       are loaded once and kept)
+                                                       are loaded once and kept; "w8a8:CKPT" for W8A8).
+                                                       --w8a8: DeepSeek's FP8 inference numerics (w8a8
+                                                       below)
   generate_ref.py greedy CKPT N         < id lines  -> N greedily generated ids per input (no EOS stop)
   generate_ref.py save CONFIG OUT [STD] a random DeepseekV3ForCausalLM (transformers' own init, weights std STD,
                                         default the config's initializer_range) saved with save_pretrained
@@ -27,11 +29,74 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from transformers import DeepseekV3ForCausalLM  # noqa: E402
 
 
-def load(path):
+def load(path, fp8=False):
     torch.set_num_threads(int(os.environ.get("DS_THREADS", "2")))
     m = DeepseekV3ForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
     m.eval()
+    if fp8:
+        w8a8(m)
     return m
+
+
+# ---- W8A8: DeepSeek-V3's FP8 inference (inference/kernel.py act_quant + fp8_gemm), written from the recipe:
+# activations in 1x128 tiles along the input dimension, weights in 128x128 blocks, E4M3 with scale
+# max(amax, 1e-4) / 448 per tile (saturating cast), products summed per 128-wide block and scaled by both
+# scales (float64 here: the exact block dots ours rounds to float32 differ from it by ~1e-7). Every Linear of
+# the decoder layers goes through it except kv_b_proj (absorbed attention uses the dequantized weight), the
+# router and lm_head, which stay float32.
+
+FP8_LINEARS = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def fp8_tiles(x, br, bc):
+    """x [R, C] float32 -> (codes as float64 [R', C'] zero-padded to whole tiles, scales [R'/br, C'/bc])"""
+    R, C = x.shape
+    xp = torch.nn.functional.pad(x, (0, -C % bc, 0, -R % br))
+    t = xp.reshape(xp.shape[0] // br, br, xp.shape[1] // bc, bc)
+    s = torch.clamp(t.abs().amax(dim=(1, 3)), min=1e-4) / 448.0  # float32, as the quantizers compute it
+    q = (t / s[:, None, :, None]).clamp(-448, 448).to(torch.float8_e4m3fn).to(torch.float64)
+    return q.reshape(xp.shape), s.double()
+
+
+def fp8_linear(x, w):
+    """y = x w^T with x quantized per token in 1x128 tiles, w in 128x128 blocks"""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).float()
+    n, out = x2.shape[0], w.shape[0]
+    xq, xs = fp8_tiles(x2, 1, 128)
+    wq, ws = fp8_tiles(w.float(), 128, 128)
+    kb = xq.shape[1] // 128
+    dots = torch.einsum("nkc,okc->nko", xq.reshape(n, kb, 128), wq.reshape(wq.shape[0], kb, 128))
+    wsr = ws.repeat_interleave(128, dim=0)  # [out', kb]
+    y = (dots * xs[:, :, None] * wsr.t()[None, :, :]).sum(dim=1)[:, :out]
+    return y.float().reshape(*shape[:-1], out)
+
+
+def w8a8(model):
+    import types
+
+    for name, mod in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(mod, torch.nn.Linear) and leaf in FP8_LINEARS:
+            mod.forward = types.MethodType(lambda self, x: fp8_linear(x, self.weight), mod)
+        elif type(mod).__name__ == "DeepseekV3Experts":
+            mod.forward = types.MethodType(fp8_experts_forward, mod)
+
+
+def fp8_experts_forward(self, hidden_states, top_k_index, top_k_weights):
+    """the routed experts with gate and up quantized as the separate matrices they are in checkpoints"""
+    out = torch.zeros_like(hidden_states)
+    I = self.intermediate_dim
+    for e in range(self.num_experts):
+        tok, slot = torch.where(top_k_index == e)
+        if len(tok) == 0:
+            continue
+        x = hidden_states[tok]
+        gu = self.gate_up_proj[e]
+        h = self.act_fn(fp8_linear(x, gu[:I])) * fp8_linear(x, gu[I:])
+        y = fp8_linear(h, self.down_proj[e]) * top_k_weights[tok, slot, None]
+        out.index_add_(0, tok, y.to(out.dtype))
+    return out
 
 
 def id_lines():
@@ -40,15 +105,15 @@ def id_lines():
             yield [int(x) for x in line.split()]
 
 
-def score(path):
+def score(path, fp8=False):
     models = {}
     with torch.no_grad():
         for line in sys.stdin:
             if not line.strip():
                 continue
             ck, ids = (path, line) if path else line.split("\t", 1)
-            if ck not in models:
-                models[ck] = load(ck)
+            if ck not in models:  # "w8a8:CKPT" in a line: that checkpoint under W8A8
+                models[ck] = load(ck[5:], True) if ck.startswith("w8a8:") else load(ck, fp8)
             m = models[ck]
             ids = [int(x) for x in ids.split()]
             x = torch.tensor([ids])
@@ -109,7 +174,8 @@ def bench(path, p, n, b):
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "score":
-        score(sys.argv[2] if len(sys.argv) > 2 else None)
+        args = [a for a in sys.argv[2:] if a != "--w8a8"]
+        score(args[0] if args else None, "--w8a8" in sys.argv[2:])
     elif cmd == "greedy":
         greedy(sys.argv[2], int(sys.argv[3]))
     elif cmd == "save":

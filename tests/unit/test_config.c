@@ -266,6 +266,16 @@ TEST(config_from_defaults_round_trips) {
           "new rope_scaling has both type spellings and no absent optional keys");
     CHECK(!strcmp(json_string_value(json_object_get(json_object_get(o, "quantization_config"), "scale_fmt")), "ue8m0"),
           "scale_fmt written");
+    /* DeepSeek-V3.1's config.json lists them in this order */
+    const char *want[] = {"activation_scheme", "fmt", "quant_method", "scale_fmt", "weight_block_size"};
+    int k = 0, in_order = 1;
+    const char *key;
+    json_t *val;
+    json_object_foreach(json_object_get(o, "quantization_config"), key, val) {
+        in_order &= k < 5 && !strcmp(key, want[k]);
+        k++;
+    }
+    CHECK(in_order && k == 5, "quantization_config keys in DeepSeek's order");
     CHECK(json_is_null(json_object_get(o, "pad_token_id")), "absent pad written as null");
     json_decref(o);
     free(out);

@@ -16,6 +16,7 @@
 #include "fp8/linear.h"
 #include "ops/ops.h"
 #include "fp8/quant.h"
+#include "io/safetensors.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -293,6 +294,29 @@ TEST(quantize_matches_direct_loops) {
                   (long long)br, (long long)bc, fmt ? "ue8m0" : "f32");
         }
     free(x), free(q), free(qd), free(s), free(sd);
+}
+
+/* W8A8 on an FP8 checkpoint quantizes the dequantized weight again (ds-generate --w8a8): the codes must come
+ * back as stored; the scale may move by an ulp (fl(fl(448 s) / 448) is not always s). Blocks of every size
+ * class: ordinary, tiny (amax below the 1e-4 floor) and with tails. */
+TEST(requantizing_a_dequantized_weight_gives_its_codes) {
+    const int64_t R = 300, C = 260, nb = 3 * 3;
+    float *w = rand_matrix(R, C, 77, 0.05f), *deq = malloc(sizeof(float) * R * C), s1[9], s2[9];
+    for (int64_t c = 0; c < 128; c++) w[c] *= 1e-4f; /* row 0 of block (0,0) tiny: the block's amax stays normal */
+    for (int64_t r = 256; r < R; r++)
+        for (int64_t c = 256; c < C; c++) w[r * C + c] *= 1e-5f; /* the corner block below the floor */
+    uint8_t *q1 = malloc(R * C), *q2 = malloc(R * C);
+    ds_fp8_quantize(q1, s1, w, R, C, 128, 128, DS_FP8_SCALE_F32);
+    ds_fp8_dequantize(deq, q1, s1, R, C, 128, 128);
+    ds_fp8_quantize(q2, s2, deq, R, C, 128, 128, DS_FP8_SCALE_F32);
+    int same_scale = 0, close = 1;
+    for (int i = 0; i < nb; i++) {
+        same_scale += s1[i] == s2[i];
+        close &= fabsf(s2[i] - s1[i]) <= ldexpf(1.0f, ilogbf(s1[i]) - 23);
+    }
+    CHECK(!memcmp(q1, q2, R * C), "codes identical after dequantize + quantize");
+    CHECK(close, "block scales within one ulp (%d of %d identical)", same_scale, (int)nb);
+    free(w), free(deq), free(q1), free(q2);
 }
 
 TEST(dequantize_error_bound) {
@@ -884,6 +908,11 @@ TEST(ckpt_read_fp8_weight) {
     if (!rc) rc = ds_ckpt_writer_add_raw(wr, "model.layers.0.self_attn.o_proj.weight_scale_inv", DS_F32, 2, sshape, s);
     if (!rc) rc = ds_ckpt_writer_add_raw(wr, "model.layers.0.mlp.down_proj.weight", DS_F8_E4M3, 2, shape, q);
     if (!rc) rc = ds_ckpt_writer_add_f32(wr, "model.layers.3.mlp.gate.e_score_correction_bias", 1, bshape, bias, DS_F32);
+    uint8_t all_codes[256];
+    const int64_t cshape[1] = {256};
+    for (int i = 0; i < 256; i++) all_codes[i] = (uint8_t)i;
+    if (!rc) rc = ds_ckpt_writer_add_raw(wr, "codes.e5m2", DS_F8_E5M2, 1, cshape, all_codes);
+    if (!rc) rc = ds_ckpt_writer_add_raw(wr, "codes.e4m3", DS_F8_E4M3, 1, cshape, all_codes);
     if (!rc) rc = ds_ckpt_writer_commit(wr);
     CHECK(rc == 0, "write a small FP8 checkpoint: %s", ds_errmsg());
     ds_ckpt *c;
@@ -900,6 +929,23 @@ TEST(ckpt_read_fp8_weight) {
               strstr(ds_errmsg(), "F8_E4M3 tensor model.layers.0.mlp.down_proj.weight without "
                                   "model.layers.0.mlp.down_proj.weight_scale_inv"),
           "FP8 without its scale: %s", ds_errmsg());
+    /* generic float32 reads (the decoder lib/fp8 registers with io): code values, or a refusal for a block-scaled weight */
+    CHECK(ds_ckpt_read_f32(c, "model.layers.0.self_attn.o_proj.weight", 2, shape, got) == DS_ERR &&
+              strstr(ds_errmsg(), "checkpoint: model.layers.0.self_attn.o_proj.weight is F8_E4M3 with block scales "
+                                  "(model.layers.0.self_attn.o_proj.weight_scale_inv): not readable as plain float32"),
+          "a block-scaled weight is refused by the generic read: %s", ds_errmsg());
+    ds_fp8_decode(want, DS_F8_E4M3, q, 200 * 300);
+    CHECK(ds_ckpt_read_f32(c, "model.layers.0.mlp.down_proj.weight", 2, shape, got) == 0 && !memcmp(got, want, 200 * 300 * 4),
+          "an FP8 tensor without scales reads as its code values");
+    float codes[256];
+    CHECK(ds_ckpt_read_f32(c, "codes.e4m3", 1, cshape, codes) == 0 && !memcmp(codes, ds_e4m3_table, sizeof codes),
+          "all 256 E4M3 codes decode through io as the ml_dtypes-checked table");
+    CHECK(ds_ckpt_read_f32(c, "codes.e5m2", 1, cshape, codes) == 0 && !memcmp(codes, ds_e5m2_table, sizeof codes),
+          "and all 256 E5M2 codes");
+    ds_st_set_fp8_decoder(NULL);
+    CHECK(ds_ckpt_read_f32(c, "codes.e4m3", 1, cshape, codes) == DS_ERR && strstr(ds_errmsg(), "needs the fp8 decoder"),
+          "without the decoder: %s", ds_errmsg());
+    ds_fp8_register_st_decoder();
     const int64_t wrong[2] = {300, 200};
     CHECK(ds_fp8_ckpt_read_f32(c, "model.layers.0.self_attn.o_proj.weight", 2, wrong, got) == DS_ERR &&
               strstr(ds_errmsg(), "has shape [200, 300]"),
