@@ -19,7 +19,7 @@ void ds_train_toolopts_defaults(ds_train_toolopts *t) {
 }
 
 /* One row per shared option: where it writes in ds_train_toolopts, and its wording when it has one
- * meaning in every tool. */
+ * meaning in every tool (the wording of the others is the tool's). */
 typedef struct {
     const char *name;
     char short_name;
@@ -31,46 +31,80 @@ typedef struct {
 
 #define F(field) offsetof(ds_train_toolopts, field)
 static const shared_opt SHARED[] = {
-    {"model", 'm', DS_OPT_STR, F(model), "CKPT", NULL, NULL, 0, 0},
-    {"out", 'o', DS_OPT_STR, F(out), "OUT", "checkpoint directory (replaced atomically at every save)", NULL, 0, 0},
-    {"lr", 0, DS_OPT_FLOAT, F(lr), "LR", NULL, NULL, 0, 10},
-    {"lr-schedule", 0, DS_OPT_STR, F(lr_schedule), "SPEC", NULL, NULL, 0, 0},
-    {"alpha", 0, DS_OPT_FLOAT, F(alpha), "A", NULL, NULL, 0, 1},
-    {"weight-decay", 0, DS_OPT_FLOAT, F(weight_decay), "WD", "AdamW weight decay", NULL, 0, 10},
-    {"beta1", 0, DS_OPT_FLOAT, F(beta1), "B1", "AdamW beta1", NULL, 0, 1},
-    {"beta2", 0, DS_OPT_FLOAT, F(beta2), "B2", "AdamW beta2", NULL, 0, 1},
-    {"eps", 0, DS_OPT_FLOAT, F(eps), "EPS", "AdamW epsilon", NULL, 0, 1},
-    {"clip", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", NULL, 0, 1e9},
-    {"clip-grad", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", NULL, 0, 1e9},
-    {"bf16-moments", 0, DS_OPT_FLAG, F(bf16_moments), NULL, "keep AdamW moments in bf16", NULL, 0, 0},
-    {"seed", 0, DS_OPT_I64, F(seed), "S", NULL, NULL, 0, 9.2e18},
-    {"threads", 0, DS_OPT_INT, F(threads), "N", "CPU threads (0 = all cores)", NULL, 0, 4096},
-    {"tokenizer", 0, DS_OPT_STR, F(tokenizer), "FILE", NULL, NULL, 0, 0},
-    {"val-frac", 0, DS_OPT_FLOAT, F(val_frac), "F", "share of the data held out for validation", NULL, 0, 0.5},
-    {"val-batches", 0, DS_OPT_INT, F(val_batches), "N", "micro-batches per validation", NULL, 1, 1e9},
-    {"metrics", 0, DS_OPT_STR, F(metrics), "FILE.jsonl", "one JSON object per step ('-' = stdout)", NULL, 0, 0},
-    {"plot", 0, DS_OPT_STR, F(plot), "FILE.png", "draw the loss curves at the end", NULL, 0, 0},
-    {"save-every", 0, DS_OPT_INT, F(save_every), "N", "checkpoint every N steps (and always at the end)", NULL, 0, 1e9},
-    {"resume", 0, DS_OPT_STR, F(resume), "DIR", "continue the run saved in DIR (bit-identical on the same machine and threads)", NULL, 0, 0},
-    {"log-every", 0, DS_OPT_INT, F(log_every), "N", "print a line every N steps (0 = none)", NULL, 0, 1e9},
-    {"skip-nonfinite", 0, DS_OPT_FLAG, F(skip_nonfinite), NULL, "skip a step with NaN/Inf instead of stopping with exit 3", NULL, 0, 0},
-    {"fp8", 0, DS_OPT_FLAG, F(fp8), NULL, DS_TRAIN_FP8_HELP, NULL, 0, 0},
-    {"device", 0, DS_OPT_CHOICE, F(device), "DEV", "where to train (cuda: one GPU, device 0)", "cpu|cuda", 0, 0},
-    {"quiet", 'q', DS_OPT_FLAG, F(quiet), NULL, "only errors and warnings", NULL, 0, 0},
-    {"verbose", 'v', DS_OPT_FLAG, F(verbose), NULL, "more detail", NULL, 0, 0},
+    /* paths and places */
+    {"model", 'm', DS_OPT_STR, F(model), "CKPT"},
+    {"out", 'o', DS_OPT_STR, F(out), "OUT", "checkpoint directory (replaced atomically at every save)"},
+    {"resume", 0, DS_OPT_STR, F(resume), "DIR", "continue the run saved in DIR (bit-identical on the same machine and threads)"},
+    {"tokenizer", 0, DS_OPT_STR, F(tokenizer), "FILE"},
+    {"metrics", 0, DS_OPT_STR, F(metrics), "FILE.jsonl", "one JSON object per step ('-' = stdout)"},
+    {"plot", 0, DS_OPT_STR, F(plot), "FILE.png", "draw the loss curves at the end"},
+    {"device", 0, DS_OPT_CHOICE, F(device), "DEV", "where to train (cuda: one GPU, device 0)", "cpu|cuda"},
+    /* the optimizer */
+    {"lr", 0, DS_OPT_FLOAT, F(lr), "LR", .max = 10},
+    {"lr-schedule", 0, DS_OPT_STR, F(lr_schedule), "SPEC"},
+    {"weight-decay", 0, DS_OPT_FLOAT, F(weight_decay), "WD", "AdamW weight decay", .max = 10},
+    {"beta1", 0, DS_OPT_FLOAT, F(beta1), "B1", "AdamW beta1", .max = 1},
+    {"beta2", 0, DS_OPT_FLOAT, F(beta2), "B2", "AdamW beta2", .max = 1},
+    {"eps", 0, DS_OPT_FLOAT, F(eps), "EPS", "AdamW epsilon", .max = 1},
+    {"bf16-moments", 0, DS_OPT_FLAG, F(bf16_moments), .help = "keep AdamW moments in bf16"},
+    {"clip", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", .max = 1e9},
+    {"clip-grad", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", .max = 1e9},
+    {"alpha", 0, DS_OPT_FLOAT, F(alpha), "A", .max = 1},
+    /* the run */
+    {"seed", 0, DS_OPT_I64, F(seed), "S", .max = 9.2e18},
+    {"threads", 0, DS_OPT_INT, F(threads), "N", "CPU threads (0 = all cores)", .max = 4096},
+    {"val-frac", 0, DS_OPT_FLOAT, F(val_frac), "F", "share of the data held out for validation", .max = 0.5},
+    {"val-batches", 0, DS_OPT_INT, F(val_batches), "N", "micro-batches per validation", .min = 1, .max = 1e9},
+    {"save-every", 0, DS_OPT_INT, F(save_every), "N", "checkpoint every N steps (and always at the end)", .max = 1e9},
+    {"log-every", 0, DS_OPT_INT, F(log_every), "N", "print a line every N steps (0 = none)", .max = 1e9},
+    {"skip-nonfinite", 0, DS_OPT_FLAG, F(skip_nonfinite), .help = "skip a step with NaN/Inf instead of stopping with exit 3"},
+    {"fp8", 0, DS_OPT_FLAG, F(fp8), .help = DS_TRAIN_FP8_HELP},
+    {"quiet", 'q', DS_OPT_FLAG, F(quiet), .help = "only errors and warnings"},
+    {"verbose", 'v', DS_OPT_FLAG, F(verbose), .help = "more detail"},
 };
 #undef F
 
+static const shared_opt *shared(const char *name, size_t len) {
+    for (size_t i = 0; i < sizeof SHARED / sizeof *SHARED; i++)
+        if (strlen(SHARED[i].name) == len && !strncmp(SHARED[i].name, name, len)) return &SHARED[i];
+    return NULL;
+}
+
+static ds_opt entry(ds_train_toolopts *t, const shared_opt *s, const char *help) {
+    return (ds_opt){s->name, s->short_name, s->type, (char *)t + s->offset, s->metavar, help ? help : s->help ? s->help : "",
+                    s->choices, s->min, s->max};
+}
+
+/* A name the table lacks: it writes nowhere, and no value is accepted for it. */
+static const char *nowhere;
+static ds_opt unknown(const char *name) {
+    return (ds_opt){name, 0, DS_OPT_CHOICE, &nowhere, "?", "(unknown shared option)", ""};
+}
+
 ds_opt ds_train_toolopt(ds_train_toolopts *t, const char *name, const char *help) {
-    for (size_t i = 0; i < sizeof SHARED / sizeof *SHARED; i++) {
-        const shared_opt *s = &SHARED[i];
-        if (strcmp(s->name, name)) continue;
-        return (ds_opt){s->name, s->short_name, s->type, (char *)t + s->offset, s->metavar, help ? help : s->help ? s->help : "",
-                        s->choices, s->min, s->max};
+    const shared_opt *s = shared(name, strlen(name));
+    return s ? entry(t, s, help) : unknown(name);
+}
+
+ds_opt ds_train_toolopts_group(ds_train_toolopts *t, const char *names) {
+    static const ds_opt full[] = {{"(too many shared options)", 0, DS_OPT_CHOICE, &nowhere, "?", "", ""}, {0}};
+    const int room = (int)(sizeof t->group_entries / sizeof *t->group_entries) - t->n_group_entries;
+    ds_opt *group = t->group_entries + t->n_group_entries;
+    int n = 0;
+    if (room < 2) return (ds_opt){"group", 0, DS_OPT_GROUP, (void *)full};
+    for (const char *p = names; *p;) {
+        const size_t len = strcspn(p, " ");
+        const shared_opt *s = shared(p, len);
+        if (n + 3 > room) { /* room for this mark and the end only */
+            group[n++] = full[0];
+            break;
+        }
+        if (len) group[n++] = s ? entry(t, s, NULL) : unknown("(unknown name in a group)");
+        p += len + (p[len] == ' ');
     }
-    /* a name this table lacks: no destination, and no value is accepted for it */
-    static const char *nowhere;
-    return (ds_opt){name, 0, DS_OPT_CHOICE, &nowhere, "?", "(unknown shared option)", "", 0, 0};
+    group[n] = (ds_opt){0};
+    t->n_group_entries += n + 1;
+    return (ds_opt){"group", 0, DS_OPT_GROUP, group};
 }
 
 int ds_train_tool_start(const ds_train_toolopts *t, int argc, char **argv, int first) {

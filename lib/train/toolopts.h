@@ -29,6 +29,8 @@ typedef struct {
     int batch, micro_batch, seq_len, threads, val_every, val_batches, save_every, log_every;
     int fp8, bf16_moments, skip_nonfinite, quiet, verbose;
     double lr, alpha, weight_decay, beta1, beta2, eps, clip, val_frac;
+    ds_opt group_entries[64]; /* where the tables of ds_train_toolopts_group live */
+    int n_group_entries;
 } ds_train_toolopts;
 
 /* V3's optimizer and clipping (as ds_train_opts_defaults), seed 1, a line per step, on the CPU. */
@@ -39,6 +41,9 @@ void ds_train_toolopts_defaults(ds_train_toolopts *t);
  * (options whose meaning differs from tool to tool have none: help is then required). An unknown
  * name gives an entry the parser rejects when the table is used ("unknown shared option"). */
 ds_opt ds_train_toolopt(ds_train_toolopts *t, const char *name, const char *help);
+/* Several shared options in their shared wording, in the order named ("beta1 beta2 eps"): one
+ * DS_OPT_GROUP entry whose table lives in t (so t must stay where it is while the table is used). */
+ds_opt ds_train_toolopts_group(ds_train_toolopts *t, const char *names);
 
 /* Right after ds_cli_parse returned -1: a stray argument is a usage error (returns 2); otherwise
  * sets the log level (--quiet, --verbose) and the threads (--threads) and returns -1. */

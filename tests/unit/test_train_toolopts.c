@@ -82,6 +82,33 @@ TEST(help_wording) {
     CHECK(ds_cli_parse(&cli, 3, argv, &first) == 2, "and accepts no value");
 }
 
+TEST(groups) {
+    ds_train_toolopts t;
+    ds_train_toolopts_defaults(&t);
+    const ds_opt opts[] = {ds_train_toolopts_group(&t, "beta1 beta2 eps"), ds_train_toolopt(&t, "seed", "mine"),
+                           ds_train_toolopts_group(&t, "save-every quiet"), {0}};
+    CHECK(opts[0].type == DS_OPT_GROUP && opts[2].type == DS_OPT_GROUP, "a group is one entry");
+    const ds_opt *g = opts[0].dest;
+    CHECK(g[0].name && !strcmp(g[0].name, "beta1") && !strcmp(g[1].name, "beta2") && !strcmp(g[2].name, "eps") && !g[3].name,
+          "in the order named");
+    CHECK(!strcmp(g[1].help, "AdamW beta2") && g[1].dest == &t.beta2 && g[1].max == 1, "with the shared wording and range");
+    const ds_cli cli = {.name = "test", .usage = "", .opts = opts};
+    char *argv[] = {"test", "--eps", "0.001", "--seed", "4", "-q", "--save-every", "9", "--beta2", "0.5"};
+    int first;
+    CHECK(ds_cli_parse(&cli, 10, argv, &first) == -1 && t.eps == 0.001 && t.seed == 4 && t.quiet && t.save_every == 9 &&
+              t.beta2 == 0.5,
+          "they parse");
+    ds_opt u = ds_train_toolopts_group(&t, "beta1 nonsense");
+    const ds_opt *ug = u.dest;
+    CHECK(ug[1].name && strstr(ug[1].name, "unknown") && !ug[2].name, "an unknown name is marked");
+    int full = 0;
+    for (int i = 0; i < 40 && !full; i++) {
+        ds_opt x = ds_train_toolopts_group(&t, "beta1 beta2 eps clip");
+        for (const ds_opt *o = x.dest; o->name; o++) full |= strstr(o->name, "too many") != NULL;
+    }
+    CHECK(full && t.n_group_entries <= (int)(sizeof t.group_entries / sizeof *t.group_entries), "the storage never overflows");
+}
+
 TEST(defaults_are_the_trainers) {
     ds_train_toolopts t;
     ds_train_toolopts_defaults(&t);
