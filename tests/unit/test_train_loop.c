@@ -175,8 +175,8 @@ static int save_hook(void *ctx, ds_trainer *t, int final) {
         r->saved_v = malloc(NPARAM * sizeof(float));
     }
     memcpy(r->saved_params, r->f.params, NPARAM * sizeof(float));
-    ds_adamw_get(ds_trainer_optimizer(t), 0, 0, NPARAM, r->saved_m);
-    ds_adamw_get(ds_trainer_optimizer(t), 1, 0, NPARAM, r->saved_v);
+    ds_optim_get(ds_trainer_optimizer(t), 0, 0, NPARAM, r->saved_m);
+    ds_optim_get(ds_trainer_optimizer(t), 1, 0, NPARAM, r->saved_v);
     memcpy(r->saved_bias, r->f.bias, sizeof r->f.bias);
     return 0;
 }
@@ -291,8 +291,8 @@ static int resume_from(run *dst, const run *src) {
     memcpy(dst->f.params, src->saved_params, NPARAM * sizeof(float));
     memcpy(dst->f.bias, src->saved_bias, sizeof dst->f.bias);
     DS_TRY(ds_trainer_state_load(dst->t, src->saved_state, strlen(src->saved_state), "state"));
-    ds_adamw_set(ds_trainer_optimizer_mut(dst->t), 0, 0, NPARAM, src->saved_m);
-    ds_adamw_set(ds_trainer_optimizer_mut(dst->t), 1, 0, NPARAM, src->saved_v);
+    ds_optim_set(ds_trainer_optimizer_mut(dst->t), 0, 0, NPARAM, src->saved_m);
+    ds_optim_set(ds_trainer_optimizer_mut(dst->t), 1, 0, NPARAM, src->saved_v);
     return 0;
 }
 
