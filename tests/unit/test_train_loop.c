@@ -5,6 +5,7 @@
  * stopped at step N and resumed gives the same losses and the same weight bytes as an uninterrupted
  * one; NaN stops with DS_EDIVERGED (or is skipped); the bias update balances the skewed router with
  * no gradient term; validation, batch ramp and metrics records; the trainer state refuses a foreign seed. */
+#include "metrics_fixture.h"
 #include "tap.h"
 
 #include "core/err.h"
@@ -216,42 +217,25 @@ static void run_close(run *r) {
     fake_free(&r->f);
 }
 
-/* Records of a metrics file as jansson objects. */
-static json_t *read_metrics(const char *path) {
-    char *text;
-    size_t len;
-    json_t *arr = json_array();
-    if (ds_read_file(path, &text, &len, 0)) return arr;
-    for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-        json_array_append_new(arr, json_loads(line, 0, NULL));
-    free(text);
-    return arr;
-}
-
-static double rec_num(json_t *arr, size_t i, const char *key) {
-    json_t *v = json_object_get(json_array_get(arr, i), key);
-    return json_is_number(v) ? json_number_value(v) : NAN;
-}
-
 TEST(loss_falls_on_a_learnable_corpus) {
     run r;
     run_cfg c = {.total = 60, .micro = 4, .batch = 8, .T = 16, .seed = 1, .val_frac = 0.05, .val_every = 20};
     CHECK(run_open(&r, &c, tap_tmp("fall.jsonl")) == 0, "open: %s", ds_errmsg());
     ds_train_end end;
     CHECK(ds_trainer_run(r.t, &end) == 0 && end == DS_TRAIN_DONE, "ran: %s", ds_errmsg());
-    json_t *m = read_metrics(tap_tmp("fall.jsonl"));
-    double first = rec_num(m, 0, "loss"), last = rec_num(m, 59, "loss");
+    json_t *m = fixture_metrics(tap_tmp("fall.jsonl"), NULL);
+    double first = fixture_metric(m, 0, "loss"), last = fixture_metric(m, 59, "loss");
     CHECK(json_array_size(m) == 60, "60 metrics records (%zu)", json_array_size(m));
     CHECK_NEAR(first, log(V), 0.05, "initial loss is about ln(V)");
     CHECK(last < 0.35 * first, "loss falls: %.4f -> %.4f", first, last);
-    CHECK(rec_num(m, 59, "loss_mtp") < 0.5 * rec_num(m, 0, "loss_mtp"), "MTP loss falls too");
-    CHECK(!isnan(rec_num(m, 19, "val_loss")) && isnan(rec_num(m, 18, "val_loss")) && !isnan(rec_num(m, 59, "val_loss")),
+    CHECK(fixture_metric(m, 59, "loss_mtp") < 0.5 * fixture_metric(m, 0, "loss_mtp"), "MTP loss falls too");
+    CHECK(!isnan(fixture_metric(m, 19, "val_loss")) && isnan(fixture_metric(m, 18, "val_loss")) && !isnan(fixture_metric(m, 59, "val_loss")),
           "validation every 20 steps");
-    CHECK(rec_num(m, 59, "val_loss") < 0.5 * rec_num(m, 19, "val_loss") + 0.5, "validation loss falls");
-    CHECK(rec_num(m, 0, "tokens") == 8 * 16 && rec_num(m, 59, "tokens") == 60 * 8 * 16, "tokens count");
-    CHECK(rec_num(m, 0, "lr") > 0 && rec_num(m, 1, "lr") == 0.05, "warmup of 2 steps");
-    CHECK(rec_num(m, 0, "lambda") == 0.3 && rec_num(m, 59, "lambda") == 0.1, "lambda schedule");
-    CHECK(rec_num(m, 0, "mfu") > 0, "MFU reported");
+    CHECK(fixture_metric(m, 59, "val_loss") < 0.5 * fixture_metric(m, 19, "val_loss") + 0.5, "validation loss falls");
+    CHECK(fixture_metric(m, 0, "tokens") == 8 * 16 && fixture_metric(m, 59, "tokens") == 60 * 8 * 16, "tokens count");
+    CHECK(fixture_metric(m, 0, "lr") > 0 && fixture_metric(m, 1, "lr") == 0.05, "warmup of 2 steps");
+    CHECK(fixture_metric(m, 0, "lambda") == 0.3 && fixture_metric(m, 59, "lambda") == 0.1, "lambda schedule");
+    CHECK(fixture_metric(m, 0, "mfu") > 0, "MFU reported");
     json_t *bal = json_object_get(json_array_get(m, 0), "balance");
     CHECK(json_array_size(bal) == 1 && json_is_number(json_object_get(json_array_get(bal, 0), "max_vio")), "balance record per MoE layer");
     CHECK(r.final_saves == 1 && r.saves == 1, "one final save");
@@ -290,7 +274,7 @@ static int same_records(json_t *a, json_t *b, size_t from, size_t n) {
     static const char *keys[] = {"step", "loss", "loss_mtp", "lr", "grad_norm", "tokens", "gamma", "lambda", "val_loss", "batch"};
     for (size_t i = 0; i < n; i++)
         for (int k = 0; k < 10; k++) {
-            double x = rec_num(a, from + i, keys[k]), y = rec_num(b, i, keys[k]);
+            double x = fixture_metric(a, from + i, keys[k]), y = fixture_metric(b, i, keys[k]);
             if (!(x == y || (isnan(x) && isnan(y)))) return 0;
         }
     return 1;
@@ -318,7 +302,8 @@ static void resume_case(int bf16) {
     CHECK(ds_trainer_run(second.t, &end) == 0 && end == DS_TRAIN_DONE, "resumed run");
     CHECK(!memcmp(whole.f.params, second.f.params, NPARAM * sizeof(float)), "same weight bytes after 2N steps");
     CHECK(!memcmp(whole.f.bias, second.f.bias, sizeof whole.f.bias), "same expert biases");
-    json_t *mw = read_metrics(tap_tmp("whole.jsonl")), *m1 = read_metrics(tap_tmp("first.jsonl")), *m2 = read_metrics(tap_tmp("second.jsonl"));
+    json_t *mw = fixture_metrics(tap_tmp("whole.jsonl"), NULL), *m1 = fixture_metrics(tap_tmp("first.jsonl"), NULL),
+           *m2 = fixture_metrics(tap_tmp("second.jsonl"), NULL);
     CHECK(json_array_size(mw) == 2 * N && json_array_size(m1) == N && json_array_size(m2) == N, "record counts");
     CHECK(same_records(mw, m1, 0, N) && same_records(mw, m2, N, N), "the same loss lines, step for step");
     json_decref(mw), json_decref(m1), json_decref(m2);
@@ -377,7 +362,7 @@ TEST(bias_update_balances_a_skewed_router) {
     run_open(&r, &c, tap_tmp("bal.jsonl"));
     ds_train_end end;
     CHECK(ds_trainer_run(r.t, &end) == 0, "ran");
-    json_t *m = read_metrics(tap_tmp("bal.jsonl"));
+    json_t *m = fixture_metrics(tap_tmp("bal.jsonl"), NULL);
     double vio[100];
     for (int s = 0; s < 100; s++)
         vio[s] = json_number_value(json_object_get(json_array_get(json_object_get(json_array_get(m, (size_t)s), "balance"), 0), "max_vio"));
@@ -393,7 +378,7 @@ TEST(bias_update_balances_a_skewed_router) {
     unlink(tap_tmp("bal0.jsonl"));
     run_open(&r, &c, tap_tmp("bal0.jsonl"));
     ds_trainer_run(r.t, &end);
-    m = read_metrics(tap_tmp("bal0.jsonl"));
+    m = fixture_metrics(tap_tmp("bal0.jsonl"), NULL);
     double v19 = json_number_value(json_object_get(json_array_get(json_object_get(json_array_get(m, 19), "balance"), 0), "max_vio"));
     CHECK(v19 >= 2 && r.f.bias[0] == 0 && r.f.bias[7] == 0, "gamma 0: bias stays 0, MaxVio %.3f", v19);
     json_decref(m);
@@ -407,13 +392,13 @@ TEST(batch_ramp_grows_in_whole_micro_batches) {
     run_open(&r, &c, tap_tmp("ramp.jsonl"));
     ds_train_end end;
     ds_trainer_run(r.t, &end);
-    json_t *m = read_metrics(tap_tmp("ramp.jsonl"));
+    json_t *m = fixture_metrics(tap_tmp("ramp.jsonl"), NULL);
     int ok = 1;
     for (int s = 0; s < 10; s++) {
         double want = 3 * fmax(1, floor((3 + 9.0 * fmin(s, 9) / 9) / 3 + 1e-9));
-        ok &= rec_num(m, (size_t)s, "batch") == want;
+        ok &= fixture_metric(m, (size_t)s, "batch") == want;
     }
-    CHECK(ok, "batch follows the ramp, rounded down to multiples of 3: first %g last %g", rec_num(m, 0, "batch"), rec_num(m, 9, "batch"));
+    CHECK(ok, "batch follows the ramp, rounded down to multiples of 3: first %g last %g", fixture_metric(m, 0, "batch"), fixture_metric(m, 9, "batch"));
     json_decref(m);
     run_close(&r);
 }
@@ -530,12 +515,12 @@ TEST(data_parallel_replicas_match_one_process) {
     double maxd = 0;
     for (int i = 0; i < NPARAM; i++) maxd = fmax(maxd, fabs(one.f.params[i] - rep[0].r.f.params[i]));
     CHECK(maxd < 1e-5, "parameters match one process to rounding (max difference %.3g)", maxd);
-    json_t *m1 = read_metrics(tap_tmp("one.jsonl")), *m2 = read_metrics(tap_tmp("dp.jsonl"));
+    json_t *m1 = fixture_metrics(tap_tmp("one.jsonl"), NULL), *m2 = fixture_metrics(tap_tmp("dp.jsonl"), NULL);
     int close = json_array_size(m1) == 12 && json_array_size(m2) == 12;
     for (size_t i = 0; close && i < 12; i++) {
-        close &= fabs(rec_num(m1, i, "loss") - rec_num(m2, i, "loss")) < 1e-5;
-        close &= fabs(rec_num(m1, i, "grad_norm") - rec_num(m2, i, "grad_norm")) < 1e-4 * rec_num(m1, i, "grad_norm");
-        double v1 = rec_num(m1, i, "val_loss"), v2 = rec_num(m2, i, "val_loss");
+        close &= fabs(fixture_metric(m1, i, "loss") - fixture_metric(m2, i, "loss")) < 1e-5;
+        close &= fabs(fixture_metric(m1, i, "grad_norm") - fixture_metric(m2, i, "grad_norm")) < 1e-4 * fixture_metric(m1, i, "grad_norm");
+        double v1 = fixture_metric(m1, i, "val_loss"), v2 = fixture_metric(m2, i, "val_loss");
         close &= (isnan(v1) && isnan(v2)) || fabs(v1 - v2) < 1e-5;
         json_t *b1 = json_object_get(json_array_get(m1, i), "balance"), *b2 = json_object_get(json_array_get(m2, i), "balance");
         close &= json_equal(json_object_get(json_array_get(b1, 0), "max_load"), json_object_get(json_array_get(b2, 0), "max_load"));

@@ -2,6 +2,7 @@
  * learnable corpus; checkpoints written by ds_session_save load back; a run stopped at step N and
  * resumed from its checkpoint matches an uninterrupted run bit for bit (losses and weight bytes);
  * the bias update alone (lr 0) balances a router skewed on purpose; accumulation = one big batch. */
+#include "metrics_fixture.h"
 #include "tap.h"
 
 #include "core/err.h"
@@ -88,38 +89,19 @@ static void run_close(run *r) {
     ds_token_reader_free(&r->rd);
 }
 
-static json_t *records(const char *p) {
-    char *text;
-    size_t len;
-    json_t *a = json_array();
-    if (ds_read_file(p, &text, &len, 0)) return a;
-    for (char *save = NULL, *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-        json_t *j = json_loads(l, 0, NULL);
-        if (json_object_get(j, "step")) json_array_append(a, j);
-        json_decref(j);
-    }
-    free(text);
-    return a;
-}
-
-static double num(json_t *a, size_t i, const char *k) {
-    json_t *v = json_object_get(json_array_get(a, i), k);
-    return json_is_number(v) ? json_number_value(v) : NAN;
-}
-
 TEST(loss_falls_and_the_checkpoint_loads_back) {
     run r;
     run_cfg c = {.steps = 40, .batch = 4, .micro = 2, .T = 32, .lr = "cosine:warmup=3", .out = tap_tmp("ckpt"), .metrics = tap_tmp("fall.jsonl")};
     CHECK(run_open(&r, &c) == 0, "open: %s", ds_errmsg());
     int sig;
     CHECK(ds_session_run(&r.s, &sig) == 0 && sig == 0, "ran: %s", ds_errmsg());
-    json_t *m = records(tap_tmp("fall.jsonl"));
-    double first = num(m, 0, "loss"), last = num(m, 39, "loss");
+    json_t *m = fixture_metrics(tap_tmp("fall.jsonl"), "step");
+    double first = fixture_metric(m, 0, "loss"), last = fixture_metric(m, 39, "loss");
     CHECK(fabs(first - log(64)) < 0.2, "starts near ln 64: %.4f", first);
     CHECK(last < 0.5 * first, "loss falls: %.4f -> %.4f", first, last);
-    CHECK(num(m, 39, "loss_mtp") < 0.7 * num(m, 0, "loss_mtp"), "MTP loss falls: %.4f -> %.4f", num(m, 0, "loss_mtp"), num(m, 39, "loss_mtp"));
-    CHECK(num(m, 0, "loss_bal") > 0, "balance loss reported: %g", num(m, 0, "loss_bal"));
-    CHECK(!isnan(num(m, 39, "val_loss")), "validation loss at the end");
+    CHECK(fixture_metric(m, 39, "loss_mtp") < 0.7 * fixture_metric(m, 0, "loss_mtp"), "MTP loss falls: %.4f -> %.4f", fixture_metric(m, 0, "loss_mtp"), fixture_metric(m, 39, "loss_mtp"));
+    CHECK(fixture_metric(m, 0, "loss_bal") > 0, "balance loss reported: %g", fixture_metric(m, 0, "loss_bal"));
+    CHECK(!isnan(fixture_metric(m, 39, "val_loss")), "validation loss at the end");
     json_decref(m);
     /* the checkpoint: a Hugging Face directory plus the trainer files */
     const char *files[] = {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "trainer_state.json",
@@ -178,12 +160,12 @@ TEST(stop_and_resume_is_bit_identical) {
     CHECK(ds_session_run(&b2.s, &sig) == 0, "second half: %s", ds_errmsg());
     CHECK(!memcmp(ds_model_params(a.s.model), ds_model_params(b2.s.model), ds_model_num_params(a.s.model) * 4),
           "same weight bytes after %d steps", 2 * N);
-    json_t *mw = records(tap_tmp("whole.jsonl")), *mp = records(tap_tmp("part.jsonl"));
+    json_t *mw = fixture_metrics(tap_tmp("whole.jsonl"), "step"), *mp = fixture_metrics(tap_tmp("part.jsonl"), "step");
     int same = json_array_size(mw) == (size_t)(2 * N) && json_array_size(mp) == (size_t)(2 * N);
     static const char *keys[] = {"step", "loss", "loss_mtp", "loss_bal", "lr", "grad_norm", "tokens", "val_loss"};
     for (int i = 0; same && i < 2 * N; i++)
         for (int k = 0; k < 8; k++) {
-            double x = num(mw, (size_t)i, keys[k]), y = num(mp, (size_t)i, keys[k]);
+            double x = fixture_metric(mw, (size_t)i, keys[k]), y = fixture_metric(mp, (size_t)i, keys[k]);
             same &= x == y || (isnan(x) && isnan(y));
         }
     CHECK(same, "metrics of the resumed run read as the uninterrupted run's (%zu and %zu records)", json_array_size(mw), json_array_size(mp));
@@ -222,7 +204,7 @@ TEST(bias_update_balances_a_skewed_router) {
         for (int d = 0; d < 32; d++) w->layer[1].router[e * 32 + d] += 0.05f;
     int sig;
     CHECK(ds_session_run(&r.s, &sig) == 0, "ran");
-    json_t *m = records(tap_tmp("bal.jsonl"));
+    json_t *m = fixture_metrics(tap_tmp("bal.jsonl"), "step");
     double v[60];
     for (int s = 0; s < 60; s++)
         v[s] = json_number_value(json_object_get(json_array_get(json_object_get(json_array_get(m, (size_t)s), "balance"), 0), "max_vio"));
