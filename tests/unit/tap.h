@@ -8,10 +8,12 @@
  *   tap_run(argc, argv)           the same from a main() of one's own (argv[1]: run only that test)
  *   tap_tmp(name)                 a path in this binary's scratch directory (under /tmp, made on first
  *                                 use, removed at exit); tap_tmpdir() is the directory itself
+ *   tap_count_entries(dir, s)     how many names in dir contain s (what a failed write left behind)
  */
 #ifndef DS_TESTS_TAP_H
 #define DS_TESTS_TAP_H
 
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +104,16 @@ static inline const char *tap_tmp(const char *name) {
     k = (k + 1) % 32;
     snprintf(buf[k], sizeof buf[k], "%s/%s", tap_tmpdir(), name);
     return buf[k];
+}
+
+static inline int tap_count_entries(const char *dir, const char *needle) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (strstr(e->d_name, needle)) n++;
+    if (d) closedir(d);
+    return n;
 }
 
 #endif

@@ -12,7 +12,6 @@
 #include "model/config.h"
 #include "model/model.h"
 
-#include <dirent.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -116,16 +115,6 @@ static void check_ckpt(const char *what, const char *path, float marker, int ext
     ds_ckpt_close(c);
 }
 
-static int count_entries(const char *dir, const char *needle) {
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        if (strstr(e->d_name, needle)) n++;
-    if (d) closedir(d);
-    return n;
-}
-
 TEST(directory_form) {
     const char *dir = tap_tmp("ck");
     ds_ckpt_write_opts o = {0};
@@ -138,7 +127,7 @@ TEST(directory_form) {
     ds_st_file *f;
     CHECK(ds_st_open(&f, p) == 0 && ds_st_count(f) == 1, "a file written through file_path is there");
     ds_st_close(f);
-    CHECK(count_entries(tap_tmpdir(), ".tmp-") == 0, "no temporary directory left");
+    CHECK(tap_count_entries(tap_tmpdir(), ".tmp-") == 0, "no temporary directory left");
 
     /* replaced by a new one */
     rc = write_ckpt(dir, &o, 5.0f, 0);
@@ -146,14 +135,14 @@ TEST(directory_form) {
     check_ckpt("replaced", dir, 5.0f, 0);
     snprintf(p, sizeof p, "%s/trainer_state.json", dir);
     CHECK(!ds_path_exists(p), "files of the old checkpoint are gone");
-    CHECK(count_entries(tap_tmpdir(), ".tmp-") == 0, "the old checkpoint is deleted");
+    CHECK(tap_count_entries(tap_tmpdir(), ".tmp-") == 0, "the old checkpoint is deleted");
 
     /* sharded weights */
     o.max_shard_bytes = 30;
     rc = write_ckpt(tap_tmp("sharded"), &o, 2.0f, 0);
     CHECK(rc == 0, "sharded: %s", ds_errmsg());
     check_ckpt("sharded", tap_tmp("sharded"), 2.0f, 0);
-    CHECK(count_entries(tap_tmp("sharded"), "model-0000") >= 2, "several shards");
+    CHECK(tap_count_entries(tap_tmp("sharded"), "model-0000") >= 2, "several shards");
 }
 
 TEST(stream_form_file_and_pipe) {
@@ -252,11 +241,11 @@ TEST(writer_refusals_and_abort) {
     snprintf(want, sizeof want, "checkpoint: tensor x got 8 of 16 bytes: %s", dir);
     CHECK(ds_ckpt_writer_commit(w) == DS_ERR && !strcmp(ds_errmsg(), want), "incomplete tensor: %s", ds_errmsg());
     check_ckpt("after a failed replace", dir, 1.0f, 0);
-    CHECK(count_entries(tap_tmpdir(), ".tmp-") == 0, "no temporary left after the failure");
+    CHECK(tap_count_entries(tap_tmpdir(), ".tmp-") == 0, "no temporary left after the failure");
     CHECK(ds_ckpt_writer_begin(&w, dir, &o) == 0, "begin again");
     ds_ckpt_writer_abort(w);
     check_ckpt("after abort", dir, 1.0f, 0);
-    CHECK(count_entries(tap_tmpdir(), ".tmp-") == 0, "no temporary left after abort");
+    CHECK(tap_count_entries(tap_tmpdir(), ".tmp-") == 0, "no temporary left after abort");
 
     /* a directory that is not a checkpoint is never replaced */
     const char *other = tap_tmp("precious");

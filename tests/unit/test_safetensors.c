@@ -9,7 +9,6 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 
-#include <dirent.h>
 #include <jansson.h>
 #include <omp.h>
 #include <stdint.h>
@@ -252,16 +251,6 @@ TEST(large_tensor_conversion_is_thread_count_independent) {
     free(b);
 }
 
-static int count_files(const char *dir, const char *prefix) {
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        if (!strncmp(e->d_name, prefix, strlen(prefix))) n++;
-    if (d) closedir(d);
-    return n;
-}
-
 TEST(shards_and_index) {
     unsigned char *datas[NT];
     const char *dir = tap_tmp("sharded");
@@ -276,7 +265,7 @@ TEST(shards_and_index) {
     json_t *j = json_load_file(idx, 0, NULL);
     CHECK(j != NULL, "index written");
     json_t *wm = json_object_get(j, "weight_map");
-    int shards = count_files(dir, "model-");
+    int shards = tap_count_entries(dir, "model-");
     CHECK(shards >= 3, "%d shards", shards);
     char want[64];
     snprintf(want, sizeof want, "model-00001-of-%05d.safetensors", shards);
@@ -316,8 +305,8 @@ TEST(shards_and_index) {
     snprintf(path, sizeof path, "%s/model.safetensors", dir2);
     o.max_shard_bytes = 1 << 20;
     rc = write_all_types(path, datas, &o);
-    CHECK(rc == 0 && ds_path_exists(path) && count_files(dir2, "model-") == 0 &&
-              count_files(dir2, "model.safetensors.index") == 0,
+    CHECK(rc == 0 && ds_path_exists(path) && tap_count_entries(dir2, "model-") == 0 &&
+              tap_count_entries(dir2, "model.safetensors.index") == 0,
           "fits in one shard: plain model.safetensors, no index");
     rc = ds_st_set_open(&s, path);
     CHECK(rc == 0 && ds_st_set_count(s) == NT, "set from a single file");
@@ -344,7 +333,7 @@ TEST(writer_misuse) {
     CHECK(ds_st_writer_meta(w, "k", "v") == DS_ERR && strstr(ds_errmsg(), "after data"), "meta after data");
     CHECK(ds_st_writer_close(w) == DS_ERR && strstr(ds_errmsg(), "safetensors: tensor \"a\" got 8 of 16 bytes: "),
           "incomplete close: %s", ds_errmsg());
-    CHECK(!ds_path_exists(path) && count_files(tap_tmpdir(), "misuse") == 0, "nothing left behind after a failed write");
+    CHECK(!ds_path_exists(path) && tap_count_entries(tap_tmpdir(), "misuse") == 0, "nothing left behind after a failed write");
 
     ds_st_writer_open(&w, path, NULL);
     ds_st_writer_declare(w, "a", DS_F32, 1, shape);
@@ -356,7 +345,7 @@ TEST(writer_misuse) {
     CHECK(ds_st_writer_data_f32(w, x, 4) == DS_ERR && strstr(ds_errmsg(), "float32 data cannot be stored as I32"),
           "f32 into an int tensor: %s", ds_errmsg());
     ds_st_writer_abort(w);
-    CHECK(count_files(tap_tmpdir(), "misuse") == 0, "abort removes the temp file");
+    CHECK(tap_count_entries(tap_tmpdir(), "misuse") == 0, "abort removes the temp file");
 
     /* zero tensors is a valid file */
     CHECK(ds_st_save(path, NULL, 0, NULL, 0, NULL) == 0, "empty file written");
