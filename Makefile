@@ -158,7 +158,7 @@ test-quick: all $(UNITS)
 test-gpu: all $(GPU_TESTS) $(GPU_BENCHES)
 	@$(TEST_ENV) DS_GPU_TESTS="$(GPU_TESTS) $(if $(GPU_TESTS),tests/gpu/test_tools.sh)" tests/gpu/run.sh
 
-demo: venv all
+demo: all
 	@DS_BIN=$(abspath $(BIN)) share/demo.sh
 
 # --- install ---------------------------------------------------------------------------------------
