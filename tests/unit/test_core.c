@@ -132,6 +132,14 @@ TEST(atomic_file_replaces_or_keeps) {
     free(data);
     CHECK(ds_read_file(dir, &data, &len, 0) == DS_ERR && strstr(ds_errmsg(), "is a directory"), "dir: %s",
           ds_errmsg());
+    CHECK(ds_atomic_write_file(path, "three\0x", 7) == 0 && ds_read_file(path, &data, &len, 0) == 0 && len == 7 &&
+              !memcmp(data, "three\0x", 7),
+          "a whole buffer replaces the file, NUL bytes included");
+    free(data);
+    char missing[300];
+    snprintf(missing, sizeof missing, "%s/no/f.txt", dir);
+    CHECK(ds_atomic_write_file(missing, "x", 1) == DS_ERR && strstr(ds_errmsg(), "cannot create"), "no directory: %s", ds_errmsg());
+    CHECK(tap_count_entries(dir, ".tmp.") == 0, "no temporary file left");
     unlink(path);
     rmdir(dir);
 }
