@@ -156,9 +156,9 @@ test-quick: all $(UNITS)
 	@$(TEST_ENV) DS_QUICK=1 tests/run.sh
 
 test-gpu: all $(GPU_TESTS) $(GPU_BENCHES)
-	@$(TEST_ENV) DS_GPU_TESTS="$(GPU_TESTS)" tests/gpu/run.sh
+	@$(TEST_ENV) DS_GPU_TESTS="$(GPU_TESTS) $(if $(GPU_TESTS),tests/gpu/test_tools.sh)" tests/gpu/run.sh
 
-demo: venv all
+demo: all
 	@DS_BIN=$(abspath $(BIN)) share/demo.sh
 
 # --- install ---------------------------------------------------------------------------------------

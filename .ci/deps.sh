@@ -3,7 +3,7 @@
 # package is already installed this only asks dpkg and returns in well under a second.
 set -eu
 PKGS="build-essential pkg-config libopenblas-dev libzstd-dev zstd libpcre2-dev libjansson-dev
-libopenmpi-dev openmpi-bin libibverbs-dev bats gnuplot-nox clang libclang-rt-14-dev python3 python3-venv
+libopenmpi-dev openmpi-bin libibverbs-dev bats gnuplot-nox jq clang libclang-rt-14-dev python3 python3-venv
 ca-certificates"
 missing=""
 for p in $PKGS; do

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Quality cost of FP8 weights: held-out log-likelihood of a checkpoint stored as BF16 vs as DeepSeek's FP8
-(E4M3 + 128x128 scales, ds-quantize --to fp8), both scored by ds-generate --score (FP8 weights are
-dequantized block-wise at load). Prints mean log-probability per token for fp32 (the checkpoint as
-trained), bf16 and fp8, and the deltas (fp8 - bf16 is the issue's "quality cost").
+"""Quality cost of FP8 inference: held-out log-likelihood of a checkpoint stored as BF16 vs as DeepSeek's FP8
+(E4M3 + 128x128 scales, ds-quantize --to fp8), all scored by ds-generate --score. Rows: fp32 (the checkpoint
+as trained), bf16, fp8 (weights dequantized block-wise at load, activations fp32) and fp8 W8A8
+(ds-generate --w8a8: every Linear's input also quantized in 1x128 tiles, products by the block-scaled GEMM;
+kv_b, router and head in fp32). Prints mean log-probability per token and the deltas against bf16 (the
+issue's "quality cost"), and one JSON line on stderr.
 usage: $DS_PY bench/fp8_quality.py -m CKPT --text 'heldout/*.txt' [--chunk 600] [--bin DIR] [--threads N]
 """
 import argparse
@@ -17,9 +19,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def score(bin_dir, ckpt, jsonl, threads, ctx):
+def score(bin_dir, ckpt, jsonl, threads, ctx, extra=()):
     out = subprocess.run([os.path.join(bin_dir, "ds-generate"), "-q", "-m", ckpt, "--score",
-                          "--ctx", str(ctx), "--threads", str(threads)],
+                          "--ctx", str(ctx), "--threads", str(threads), *extra],
                          input=jsonl, capture_output=True, text=True, check=True).stdout
     total, n = 0.0, 0
     for line in out.splitlines():
@@ -52,14 +54,16 @@ def main():
                 subprocess.run([os.path.join(args.bin, "ds-quantize"), "-q", "-m", args.model, "-o", ck, "--to", to],
                                check=True)
             res[name] = score(args.bin, ck, jsonl, args.threads, args.ctx)
+        res["fp8_w8a8"] = score(args.bin, os.path.join(d, "fp8"), jsonl, args.threads, args.ctx, ("--w8a8",))
     n = res["fp32"][1]
     lp = {k: v[0] / v[1] for k, v in res.items()}
     print(f"{len(pieces)} held-out pieces, {n} scored tokens")
-    for k in ("fp32", "bf16", "fp8"):
-        print(f"  {k:5s} mean log p/token {lp[k]:.6f}  (perplexity {math.exp(-lp[k]):.4f})")
-    d8 = lp["fp8"] - lp["bf16"]
-    print(f"  fp8 - bf16: {d8:+.6f} nats/token ({100 * d8 / abs(lp['bf16']):+.4f}% of the bf16 loss); "
-          f"bf16 - fp32: {lp['bf16'] - lp['fp32']:+.6f}")
+    for k in ("fp32", "bf16", "fp8", "fp8_w8a8"):
+        print(f"  {k:8s} mean log p/token {lp[k]:.6f}  (perplexity {math.exp(-lp[k]):.4f})")
+    for k in ("fp8", "fp8_w8a8"):
+        d8 = lp[k] - lp["bf16"]
+        print(f"  {k} - bf16: {d8:+.6f} nats/token ({100 * d8 / abs(lp['bf16']):+.4f}% of the bf16 loss)")
+    print(f"  bf16 - fp32: {lp['bf16'] - lp['fp32']:+.6f}")
     json.dump({"pieces": len(pieces), "tokens": n, "mean_logprob": lp}, sys.stderr)
     print(file=sys.stderr)
 

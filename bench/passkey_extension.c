@@ -28,48 +28,7 @@
 #include "train/extend.h"
 #include "train/trainer.h"
 
-static const ds_passkey_text tiny_text = {
-    .intro = "",
-    .filler = "the grass is green and the sky is blue. ",
-    .needle = "key @{key}. ",
-    .question = "\nwhat key? @",
-    .answer = "{key}",
-    .digits = 5,
-};
-
-static ds_tokenizer *byte_tokenizer(void) {
-    ds_tok_trainer *tr;
-    ds_tokenizer *t = NULL;
-    if (ds_tok_trainer_new(&tr)) return NULL;
-    ds_tok_trainer_feed(tr, "a", 1);
-    ds_tok_train_opts o = {.vocab_size = (uint32_t)ds_tok_n_default_specials + 256, .specials = ds_tok_default_specials,
-                           .n_specials = ds_tok_n_default_specials};
-    if (ds_tok_trainer_finish(tr, &o, &t)) t = NULL;
-    ds_tok_trainer_free(tr);
-    return t;
-}
-
-static void tiny_config(ds_config *c, int vocab, int max_pos) {
-    ds_config_defaults(c);
-    c->vocab_size = vocab;
-    c->hidden_size = 64;
-    c->intermediate_size = 64;
-    c->num_hidden_layers = 2;
-    c->first_k_dense_replace = 2;
-    c->n_routed_experts = 0;
-    c->num_attention_heads = 4;
-    c->num_key_value_heads = 4;
-    c->q_lora_rank = 0;
-    c->kv_lora_rank = 32;
-    c->qk_nope_head_dim = 16;
-    c->qk_rope_head_dim = 16;
-    c->v_head_dim = 16;
-    c->max_position_embeddings = max_pos;
-    c->num_nextn_predict_layers = 0;
-    c->ds_init_std = 0.02;
-    c->bos_token_id = 0;
-    c->eos_token_id = 1;
-}
+#include "passkey_fixture.h" /* tests/unit: the task and model the unit test uses too */
 
 static int net_fwd(void *impl, const ds_batch *b, ds_fwd_out *out) { return ds_model_forward(impl, b, out); }
 static int net_bwd(void *impl, const ds_batch *b, const float *dl, const float *dm) { return ds_model_backward(impl, b, dl, dm); }

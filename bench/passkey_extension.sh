@@ -12,7 +12,7 @@ make -s CUDA=0 build/rel/libds.a >&2
 BIN=build/bench/passkey_extension
 mkdir -p build/bench
 # shellcheck disable=SC2046
-${CC:-gcc} -O3 -march=native -std=c11 -D_GNU_SOURCE -fopenmp -Ilib bench/passkey_extension.c build/rel/libds.a \
+${CC:-gcc} -O3 -march=native -std=c11 -D_GNU_SOURCE -fopenmp -Ilib -Itests/unit bench/passkey_extension.c build/rel/libds.a \
     $(pkg-config --cflags --libs openblas jansson libzstd libpcre2-8) -lm -o "$BIN"
 echo "commit $(git describe --always --dirty), $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive "$BIN" "$@"

@@ -4,9 +4,13 @@
  * A warp owns one query row (forward, dq) or one key row (dk, dv); a block of 8 warps shares tiles of
  * the other side staged in shared memory. Lanes split the head dimensions (up to 256 for q/k and for v);
  * each score is a warp reduction, the softmax is online in fp32. Everything is a fixed-order reduction, so
- * results repeat bit for bit. This is the correct, general version (CUDA cores, fp32); the tensor-core
- * training kernel is future work (see docs/BENCHMARKS.md). */
+ * results repeat bit for bit. This is the exact version (CUDA cores, fp32), used with fp32 and TF32 GEMMs;
+ * with bf16 GEMMs (the default) the op runs on the tensor cores through ops_attn_tc.cu. */
 #include "ops_cuda_internal.cuh"
+
+extern "C" {
+#include "ops_cuda.h"
+}
 
 #define WARPS 8
 #define TILE 32
@@ -107,6 +111,10 @@ void cu_attn_fwd(float *o, float *lse, const float *q, const float *k, const flo
     float *D = nullptr;
     ws_layout(B, T, H, &start, &end, &D, ws);
     k_segments<<<grid1d(B, 64), 64>>>(start, end, seg, B, T);
+    if (ds_ops_cuda_gemm() == DS_CUDA_GEMM_BF16 && cu_attn_tc_fits(T, dqk, dv)) {
+        cu_attn_fwd_tc(o, lse, q, k, v, start, B, T, H, dqk, dv, scale);
+        return;
+    }
     size_t smem = (size_t)TILE * (dqk + dv) * sizeof(float);
     raise_smem();
     k_attn_fwd<<<dim3(grid1d(T, WARPS), B * H), WARPS * 32, smem>>>(o, lse, q, k, v, start, T, H, dqk, dv, scale);
@@ -258,6 +266,10 @@ void cu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const float
     ws_layout(B, T, H, &start, &end, &D, ws);
     k_segments<<<grid1d(B, 64), 64>>>(start, end, seg, B, T);
     k_attn_D<<<grid1d((size_t)B * T * H, WARPS), WARPS * 32>>>(D, dout, o, B * T, H, dv_dim);
+    if (ds_ops_cuda_gemm() == DS_CUDA_GEMM_BF16 && cu_attn_tc_fits(T, dqk, dv_dim)) {
+        cu_attn_bwd_tc(dq, dk, dv, dout, q, k, v, lse, D, start, B, T, H, dqk, dv_dim, scale);
+        return;
+    }
     size_t smem = (size_t)TILE * (dqk + dv_dim) * sizeof(float);
     raise_smem();
     dim3 grid(grid1d(T, WARPS), B * H);

@@ -9,6 +9,7 @@
 extern "C" {
 #include "blaslt.h"
 #include "cuda_rt.h"
+#include "mla_decode_cuda.h"
 #include "ops_cuda.h"
 }
 
@@ -57,6 +58,80 @@ void *ds_cuda_scratch(int slot, size_t bytes) {
     return g_scr[slot];
 }
 
+/* ---- bf16 shadows of parameter buffers ------------------------------------------------------------------ */
+
+/* A parameter buffer announced through params_changed gets a bf16 copy, rebuilt (one conversion pass) the
+ * first time a bf16 GEMM reads from the buffer after a change, instead of converting the weight operand on
+ * every call: a training step converts each weight once instead of once per GEMM that reads it (forward,
+ * recomputation, backward), and inference converts once per load. Staleness: every write path into a
+ * buffer marks it (copy, zero and copy2d of this table through ds_cuda_params_touched; the optimizer
+ * through params_changed); freeing the buffer drops its shadow. */
+struct shadow {
+    const float *base;
+    size_t n;
+    __nv_bfloat16 *b16;
+    size_t cap;
+    bool dirty;
+};
+enum { MAX_SHADOWS = 8 };
+static shadow g_sh[MAX_SHADOWS];
+
+static shadow *shadow_holding(const void *p) {
+    for (int i = 0; i < MAX_SHADOWS; i++) {
+        shadow &s = g_sh[i];
+        if (s.base && (const float *)p >= s.base && (const float *)p < s.base + s.n) return &s;
+    }
+    return NULL;
+}
+
+void ds_cuda_params_touched(const void *dst) {
+    shadow *s = shadow_holding(dst);
+    if (s) s->dirty = true;
+}
+
+static void cu_params_changed(const float *base, size_t n) {
+    if (!base || !n) return;
+    shadow *s = NULL;
+    for (int i = 0; i < MAX_SHADOWS && !s; i++)
+        if (g_sh[i].base == base) s = &g_sh[i];
+    for (int i = 0; i < MAX_SHADOWS && !s; i++)
+        if (!g_sh[i].base) s = &g_sh[i];
+    if (!s) return; /* all slots taken: GEMMs on this buffer keep converting per call (correct, slower) */
+    s->base = base;
+    s->n = n;
+    s->dirty = true;
+}
+
+__global__ void to_bf16_flat_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+/* The bf16 element of the shadow at p (a pointer into an announced buffer), the shadow rebuilt first when
+ * stale; NULL when p lies in no announced buffer or the shadow cannot be allocated. */
+static const __nv_bfloat16 *shadow_of(const float *p) {
+    shadow *s = shadow_holding(p);
+    if (!s) return NULL;
+    if (s->cap < s->n) {
+        if (s->b16) cudaFree(s->b16);
+        s->b16 = NULL;
+        s->cap = 0;
+        if (cudaMalloc(&s->b16, s->n * sizeof(__nv_bfloat16)) != cudaSuccess) {
+            cudaGetLastError();
+            s->b16 = NULL;
+            return NULL; /* no room for the copy: convert per call */
+        }
+        s->cap = s->n;
+        s->dirty = true;
+    }
+    if (s->dirty) {
+        to_bf16_flat_kernel<<<8192, 256>>>(s->b16, s->base, s->n);
+        OPS_LAUNCHED("bf16 copy of the parameters");
+        s->dirty = false;
+    }
+    return s->b16 + (p - s->base);
+}
+
 /* ---- memory ------------------------------------------------------------------------------------------ */
 
 static void *cu_alloc(size_t bytes) {
@@ -71,7 +146,13 @@ static void *cu_alloc(size_t bytes) {
 }
 
 static void cu_free(void *p) {
-    if (p) cudaFree(p);
+    if (!p) return;
+    for (int i = 0; i < MAX_SHADOWS; i++)
+        if (g_sh[i].base == (const float *)p) {
+            if (g_sh[i].b16) cudaFree(g_sh[i].b16);
+            g_sh[i] = shadow{};
+        }
+    cudaFree(p);
 }
 
 static void cu_copy(void *dst, const void *src, size_t bytes, ds_copy_kind kind) {
@@ -79,12 +160,14 @@ static void cu_copy(void *dst, const void *src, size_t bytes, ds_copy_kind kind)
     cudaMemcpyKind k = kind == DS_COPY_H2D ? cudaMemcpyHostToDevice
                      : kind == DS_COPY_D2H ? cudaMemcpyDeviceToHost
                                            : cudaMemcpyDeviceToDevice;
+    if (kind != DS_COPY_D2H) ds_cuda_params_touched(dst);
     cudaError_t e = cudaMemcpy(dst, src, bytes, k);
     if (e != cudaSuccess) ds_cuda_ops_note("copy", e);
 }
 
 static void cu_zero(void *p, size_t bytes) {
     if (!bytes) return;
+    ds_cuda_params_touched(p);
     cudaError_t e = cudaMemsetAsync(p, 0, bytes, 0);
     if (e != cudaSuccess) ds_cuda_ops_note("zero", e);
 }
@@ -133,6 +216,10 @@ static const __nv_bfloat16 *as_bf16(int slot, const float *src, int groups, int 
     return dst;
 }
 
+const __nv_bfloat16 *ds_cuda_to_bf16(int slot, const float *src, int groups, int rows, int cols, int lds, size_t stride) {
+    return as_bf16(slot, src, groups, rows, cols, lds, stride);
+}
+
 /* C = alpha op(A) op(B) + beta C with A, B already in the GEMM's input type (bf16: packed copies). */
 static void gemm_run(int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda, const void *B, int ldb,
                      float beta, float *C, int ldc, ds_dtype in_type) {
@@ -155,6 +242,26 @@ static void gemm_run(int ta, int tb, int M, int N, int K, float alpha, const voi
     if (ds_blaslt_gemm(g_lt, &g)) note_lib("gemm");
 }
 
+void ds_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *A, int lda,
+                       const __nv_bfloat16 *B, int ldb, float beta, float *C, int ldc) {
+    gemm_run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, DS_BF16);
+}
+
+bool ds_cuda_gemm_bf16_batched(int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *A, int lda,
+                               long long sa, const __nv_bfloat16 *B, int ldb, long long sb, float beta, float *C,
+                               int ldc, long long sc, int batch) {
+    if (M <= 0 || N <= 0 || K <= 0 || batch <= 0) return true;
+    ds_gemm g;
+    memset(&g, 0, sizeof g);
+    g.m = M; g.n = N; g.k = K;
+    g.a = A; g.a_type = DS_BF16; g.lda = lda; g.a_trans = ta;
+    g.b = B; g.b_type = DS_BF16; g.ldb = ldb; g.b_trans = tb;
+    g.c = C; g.c_type = DS_F32; g.ldc = ldc;
+    g.alpha = alpha; g.beta = beta;
+    g.batch = batch; g.stride_a = sa; g.stride_b = sb; g.stride_c = sc;
+    return ds_blaslt_gemm(g_lt, &g) == 0;
+}
+
 static void gemm_impl(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                       int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
@@ -163,9 +270,12 @@ static void gemm_impl(int ta, int tb, int M, int N, int K, float alpha, const fl
         return;
     }
     int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
-    const __nv_bfloat16 *a = as_bf16(SCR_GEMM_A, A, 1, ar, ac, lda, 0);
-    const __nv_bfloat16 *b = as_bf16(SCR_GEMM_B, B, 1, br, bc, ldb, 0);
-    if (a && b) gemm_run(ta, tb, M, N, K, alpha, a, ac, b, bc, beta, C, ldc, DS_BF16);
+    /* weights come from their shadow, in place (same leading dimension); activations are packed */
+    const __nv_bfloat16 *a = shadow_of(A), *b = shadow_of(B);
+    int la = lda, lb = ldb;
+    if (!a) a = as_bf16(SCR_GEMM_A, A, 1, ar, ac, lda, 0), la = ac;
+    if (!b) b = as_bf16(SCR_GEMM_B, B, 1, br, bc, ldb, 0), lb = bc;
+    if (a && b) gemm_run(ta, tb, M, N, K, alpha, a, la, b, lb, beta, C, ldc, DS_BF16);
 }
 
 /* Expert GEMMs: in bf16 mode every group's rows and every group's weights are converted in one launch
@@ -179,9 +289,12 @@ static void cu_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float
     size_t sb = strideB;
     if (bf) {
         a = as_bf16(SCR_GEMM_A, A, 1, rows, K, lda, 0);
-        b = as_bf16(SCR_GEMM_B, B, ng, br, bc, ldb, strideB);
+        la = K;
+        if (!(b = shadow_of(B))) {
+            b = as_bf16(SCR_GEMM_B, B, ng, br, bc, ldb, strideB);
+            lb = bc; sb = (size_t)br * bc;
+        }
         if (!a || !b) return;
-        la = K; lb = bc; sb = (size_t)br * bc;
     }
     size_t esz = bf ? 2 : 4;
     for (int g = 0; g < ng; g++) {
@@ -212,6 +325,20 @@ static void cu_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha,
     }
 }
 
+static int cu_status(void) { return ds_ops_cuda_status(); }
+
+/* The decode op with the split-KV workspace from backend scratch when the caller brings none. */
+static int cu_mla_decode(const ds_mla_decode_args *a) {
+    if (a->workspace) return ds_cuda_mla_decode(a);
+    ds_mla_decode_args w = *a;
+    size_t need = ds_cuda_mla_decode_workspace(a);
+    if (need) {
+        w.workspace = ds_cuda_scratch(SCR_MLA, need);
+        w.workspace_bytes = w.workspace ? need : 0;
+    }
+    return ds_cuda_mla_decode(&w);
+}
+
 static ds_ops cuda_ops;
 static int g_ready;
 
@@ -236,6 +363,7 @@ extern "C" const ds_ops *ds_ops_cuda(void) {
     memset(&o, 0, sizeof o);
     o.name = "cuda";
     o.alloc = cu_alloc; o.free = cu_free; o.copy = cu_copy; o.zero = cu_zero; o.sync = cu_sync;
+    o.status = cu_status; o.params_changed = cu_params_changed;
     o.gemm = gemm_impl; o.gemm_rows = cu_gemm_rows; o.gemm_wgrad = cu_gemm_wgrad;
     o.add = cu_add; o.axpy = cu_axpy; o.scale = cu_scale; o.copy2d = cu_copy2d;
     o.rmsnorm_fwd = cu_rmsnorm_fwd; o.rmsnorm_bwd = cu_rmsnorm_bwd;
@@ -249,6 +377,7 @@ extern "C" const ds_ops *ds_ops_cuda(void) {
     o.moe_gather_bwd = cu_moe_gather_bwd; o.moe_combine = cu_moe_combine; o.moe_scale_rows = cu_moe_scale_rows;
     o.moe_combine_bwd = cu_moe_combine_bwd;
     o.mla_kv_expand = cu_mla_kv_expand; o.mla_kv_expand_bwd = cu_mla_kv_expand_bwd;
+    o.mla_decode = cu_mla_decode;
     cuda_ops = o;
     g_ready = 1;
     return &cuda_ops;

@@ -25,9 +25,26 @@ void ds_cuda_ops_note(const char *what, cudaError_t e);
 /* Scratch buffer `slot` of at least `bytes` (grown with cudaMalloc when needed; NULL on failure, noted). */
 enum {
     SCR_GEMM_A = 0, SCR_GEMM_B, SCR_PARTIAL, SCR_SORT_KEYS, SCR_SORT_VALS, SCR_SORT_TMP, SCR_SORT_KEYS2,
-    SCR_SORT_VALS2, SCR_SMALL, SCR_COUNT
+    SCR_SORT_VALS2, SCR_SMALL, SCR_MLA, SCR_ATT_Q, SCR_ATT_K, SCR_ATT_V, SCR_ATT_DO, SCR_ATT_S, SCR_ATT_DP,
+    SCR_ATT_P, SCR_COUNT
 };
 void *ds_cuda_scratch(int slot, size_t bytes);
+
+/* A write through the table's copy ops landed at dst: a bf16 shadow of a parameter buffer holding dst is
+ * stale (ops_cuda.cu keeps the shadows; see params_changed in ops/ops.h). */
+void ds_cuda_params_touched(const void *dst);
+
+/* The GEMM family's pieces for other op files (ops_cuda.cu): packed bf16 copies of `groups` [rows, cols]
+ * matrices into scratch `slot` (NULL on failure, noted), and C = alpha op(A) op(B) + beta C on bf16
+ * operands with an fp32 C, through cuBLASLt (row-major, ops.h's convention). */
+const __nv_bfloat16 *ds_cuda_to_bf16(int slot, const float *src, int groups, int rows, int cols, int lds, size_t stride);
+void ds_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *A, int lda,
+                       const __nv_bfloat16 *B, int ldb, float beta, float *C, int ldc);
+/* `batch` products, operand i at A + i*sa, B + i*sb, C + i*sc (elements); false (nothing noted) when
+ * cuBLASLt takes no such problem, so the caller can run them one by one. */
+bool ds_cuda_gemm_bf16_batched(int ta, int tb, int M, int N, int K, float alpha, const __nv_bfloat16 *A, int lda,
+                               long long sa, const __nv_bfloat16 *B, int ldb, long long sb, float beta, float *C,
+                               int ldc, long long sc, int batch);
 
 static inline unsigned grid1d(size_t n, int block) { return (unsigned)((n + block - 1) / block); }
 
@@ -70,7 +87,13 @@ void cu_moe_scale_rows(float *x, const float *w, const int32_t *order, int m, in
 void cu_moe_combine_bwd(float *dact, float *dw, const float *z, const float *act, const float *w, const int32_t *order,
                         int m, int I);
 
-/* attention (ops_attn.cu) */
+/* attention (ops_attn.cu; with bf16 GEMMs, the tensor-core path of ops_attn_tc.cu) */
+bool cu_attn_tc_fits(int T, int dqk, int dv);
+void cu_attn_fwd_tc(float *o, float *lse, const float *q, const float *k, const float *v, const int32_t *start, int B,
+                    int T, int H, int dqk, int dv, float scale);
+void cu_attn_bwd_tc(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
+                    const float *lse, const float *D, const int32_t *start, int B, int T, int H, int dqk, int dv_dim,
+                    float scale);
 size_t cu_attn_ws_bytes(int B, int T, int H, int dqk, int dv);
 void cu_attn_fwd(float *o, float *lse, const float *q, const float *k, const float *v, const int32_t *seg, int B, int T,
                  int H, int dqk, int dv, float scale, void *ws);

@@ -35,6 +35,7 @@ void cu_scale(float *y, float alpha, size_t n) {
 }
 void cu_copy2d(float *dst, int ldd, const float *src, int lds, int rows, int cols) {
     if (rows <= 0 || cols <= 0) return;
+    ds_cuda_params_touched(dst);
     k_copy2d<<<gs_grid((size_t)rows * cols), BLK>>>(dst, ldd, src, lds, rows, cols);
     OPS_LAUNCHED("copy2d");
 }

@@ -10,7 +10,9 @@
 #include "ops/ops.h"
 #include "train/extend.h"
 #include "train/session.h"
+#include "train/sft.h"
 #include "train/shards.h"
+#include "train/toolopts.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -18,21 +20,19 @@
 #include <string.h>
 
 typedef struct {
-    const char *model, *config, *out, *resume, *metrics, *plot, *lr_sched, *lens, *depths, *png, *tokenizer, *text_path;
+    ds_train_toolopts t;
+    const char *config, *lens, *depths, *png, *text_path, *chat, *chat_template;
     ds_passkey_text text; /* --eval-text, when given */
     double lv[16], dv[16]; /* parsed --eval-lengths / --eval-depths */
     int nl, nd;
     ds_strlist data;
     ds_extend_opts eo;
-    int64_t steps, seed;
-    int batch, micro, seq_len, threads, save_every, val_every, log_every, print_rope, eval_only, no_eval, trials, docs,
-        buckets, chunk, fp8, quiet, verbose;
-    double lr, wd, clip, val_frac;
+    int print_rope, eval_only, no_eval, trials, docs, buckets, chunk;
 } args;
 
 static int edit_config(void *ctx, ds_config *c) {
     const args *a = ctx;
-    if (a->resume) return 0; /* a resumed phase keeps its checkpoint's config */
+    if (a->t.resume) return 0; /* a resumed phase keeps its checkpoint's config */
     if (a->eval_only && a->eo.factor == 0 && !c->rope_scaling.enabled) return 0; /* evaluate as it is */
     return ds_extend_config(c, &a->eo);
 }
@@ -80,20 +80,20 @@ static int evaluate(const args *a, ds_session *s, ds_token_reader *rd, int have_
     int lens[16], nl = a->nl, rc = 0;
     for (int i = 0; i < nl; i++) lens[i] = (int)a->lv[i];
     if (!nl) { /* the original length doubled up to the training length */
-        const int L0 = c->rope_scaling.enabled ? c->rope_scaling.original_max_position_embeddings : a->seq_len;
-        for (int L = L0 < a->seq_len ? L0 : a->seq_len; L <= a->seq_len && nl < 8; L *= 2) lens[nl++] = L;
-        if (lens[nl - 1] != a->seq_len) lens[nl++] = a->seq_len;
+        const int L0 = c->rope_scaling.enabled ? c->rope_scaling.original_max_position_embeddings : a->t.seq_len;
+        for (int L = L0 < a->t.seq_len ? L0 : a->t.seq_len; L <= a->t.seq_len && nl < 8; L *= 2) lens[nl++] = L;
+        if (lens[nl - 1] != a->t.seq_len) lens[nl++] = a->t.seq_len;
     }
     ds_tokenizer *tok = NULL;
     if (s->tokenizer_json) rc = ds_tok_from_json(&tok, s->tokenizer_json, s->tokenizer_len, "tokenizer.json");
     /* position log-likelihood on the data's last documents (the held-out tail) */
     int n_docs = have_data ? a->docs : 0;
-    if (n_docs > 0 && rd->n_tokens < (int64_t)n_docs * a->seq_len) {
-        ds_warn("log-likelihood by position: the data holds fewer than %d x %d tokens; skipped", n_docs, a->seq_len);
+    if (n_docs > 0 && rd->n_tokens < (int64_t)n_docs * a->t.seq_len) {
+        ds_warn("log-likelihood by position: the data holds fewer than %d x %d tokens; skipped", n_docs, a->t.seq_len);
         n_docs = 0;
     }
-    int32_t *docs = n_docs ? malloc((size_t)n_docs * a->seq_len * sizeof *docs) : NULL;
-    if (!rc && n_docs) rc = docs ? rd->read(rd, rd->n_tokens - (int64_t)n_docs * a->seq_len, (int64_t)n_docs * a->seq_len, docs)
+    int32_t *docs = n_docs ? malloc((size_t)n_docs * a->t.seq_len * sizeof *docs) : NULL;
+    if (!rc && n_docs) rc = docs ? rd->read(rd, rd->n_tokens - (int64_t)n_docs * a->t.seq_len, (int64_t)n_docs * a->t.seq_len, docs)
                                  : ds_fail(DS_ERR, "out of memory");
     const float **bias = calloc((size_t)(c->num_hidden_layers + c->num_nextn_predict_layers + 1), sizeof *bias);
     if (!rc && !bias) rc = ds_fail(DS_ERR, "out of memory");
@@ -102,10 +102,11 @@ static int evaluate(const args *a, ds_session *s, ds_token_reader *rd, int have_
         ds_infer_model im;
         ds_infer_model_of(s->model, &im, bias);
         ds_longctx_opts o = {.lengths = lens, .n_lengths = nl, .depths = a->dv, .n_depths = a->nd, .trials = a->trials,
-                             .seed = (uint64_t)a->seed, .chunk = a->chunk, .tok = tok, .text = a->text_path ? &a->text : NULL, .bos = c->bos_token_id, .docs = docs,
-                             .n_docs = n_docs, .doc_len = a->seq_len, .buckets = a->buckets, .png = a->png,
+                             .seed = (uint64_t)a->t.seed, .chunk = a->chunk, .tok = tok, .text = a->text_path ? &a->text : NULL,
+                             .bos = c->bos_token_id, .docs = docs, .n_docs = n_docs, .doc_len = a->t.seq_len,
+                             .buckets = a->buckets, .png = a->png,
                              .metrics = s->have_metrics ? &s->metrics : NULL};
-        rc = ds_longctx_eval(&im, ds_ops_cpu(), &o, &text);
+        rc = ds_longctx_eval(&im, ds_model_ops(s->model), &o, &text);
     }
     if (!rc && (fputs(text, stdout) < 0 || fflush(stdout))) rc = ds_fail(DS_ERR, "write failed: <stdout>");
     free(text), free(bias), free(docs);
@@ -119,73 +120,79 @@ static int run(args *a) {
     ds_token_reader rd = {0};
     ds_shards_info di = {0};
     ds_data_source *train = NULL, *val = NULL;
+    ds_sft_data chat = {0};
     int rc, sig = 0;
-    ds_session_opts so = {.tool = "ds-extend-ctx", .model_path = a->model, .resume = a->resume, .out_dir = a->out,
-                          .tokenizer_path = a->tokenizer,
-                          .metrics_path = a->metrics, .plot_path = a->plot, .device = "cpu", .fp8 = a->fp8,
-                          .micro_batch = a->eval_only ? 1 : a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed,
-                          .edit_config = edit_config, .edit_ctx = a};
+    ds_session_opts so = ds_train_toolopts_session(&a->t, "ds-extend-ctx");
+    so.micro_batch = a->eval_only ? 1 : a->t.micro_batch, so.edit_config = edit_config, so.edit_ctx = a;
     if ((rc = ds_session_open(&s, &so))) goto done;
     const ds_rope_scaling *y = &s.cfg.rope_scaling;
     if (y->enabled)
         ds_info("yarn    factor %g, original %d, beta %g/%g, mscale %g/%g: max_position_embeddings %d", y->factor,
                 y->original_max_position_embeddings, y->beta_fast, y->beta_slow, y->mscale, y->mscale_all_dim,
                 s.cfg.max_position_embeddings);
-    if (!a->eval_only && y->enabled && a->seq_len <= y->original_max_position_embeddings)
+    if (!a->eval_only && y->enabled && a->t.seq_len <= y->original_max_position_embeddings)
         ds_warn("--seq-len %d is within the original context of %d tokens: this phase trains no longer sequences "
-                "(set --original-len to the pre-training length)", a->seq_len, y->original_max_position_embeddings);
+                "(set --original-len to the pre-training length)", a->t.seq_len, y->original_max_position_embeddings);
     if (a->data.n && (rc = ds_shards_load(&rd, &di, a->data.v, a->data.n, s.cfg.vocab_size))) goto done;
     if (!a->eval_only) {
-        ds_packed_opts po = {.seq_len = a->seq_len, .seed = (uint64_t)a->seed, .val_frac = a->val_frac, .eos = (int32_t)di.eos_id};
-        if ((rc = ds_packed_create(&train, &val, &rd, &po))) goto done;
+        if (a->chat) { /* conversations: loss on the assistant's tokens, packed with sample masking (as ds-sft) */
+            const ds_sft_data_opts co = {
+                .path = a->chat, .template_path = a->chat_template, .model = a->t.resume ? a->t.resume : a->t.model,
+                .tokenizer_json = s.tokenizer_json, .tokenizer_len = s.tokenizer_len, .vocab = s.cfg.vocab_size,
+                .eos = s.cfg.eos_token_id, .on_bad = DS_SFT_SKIP_BAD, .max_warnings = a->t.verbose ? -1 : 10,
+                .src = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac}};
+            if ((rc = ds_sft_data_open(&chat, &co))) goto done;
+            train = chat.train, val = chat.val, chat.train = chat.val = NULL;
+            di.n_shards = 0, di.n_tokens = (uint64_t)chat.set.off[chat.set.n];
+        } else {
+            ds_packed_opts po = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac, .eos = (int32_t)di.eos_id};
+            if ((rc = ds_packed_create(&train, &val, &rd, &po))) goto done;
+        }
         ds_train_opts to;
-        ds_train_opts_defaults(&to);
-        to.total_steps = a->steps, to.seq_len = a->seq_len, to.micro_batch = a->micro, to.seed = (uint64_t)a->seed;
-        to.adamw.weight_decay = a->wd, to.clip_norm = a->clip, to.val_every = a->val_every, to.save_every = a->save_every;
-        to.log_every = a->log_every;
-        char b[32];
-        snprintf(b, sizeof b, "%d", a->batch);
-        char lr[40];
-        snprintf(lr, sizeof lr, "%.17g", a->lr);
-        if ((rc = ds_sched_parse(&to.lr, a->lr_sched ? a->lr_sched : lr, a->lr, a->steps, "--lr-schedule")) ||
-            (rc = ds_sched_parse(&to.batch, b, a->batch, a->steps, "--batch")) ||
-            (rc = ds_sched_parse(&to.gamma, "0", 0, a->steps, "--gamma")) ||
-            (rc = ds_sched_parse(&to.lambda, "0.1", 0.1, a->steps, "--lambda")))
-            goto done;
-        ds_info("train   %lld steps x %d rows x %d tokens, lr %g, %d shard(s) of %llu tokens", (long long)a->steps, a->batch,
-                a->seq_len, a->lr, di.n_shards, (unsigned long long)di.n_tokens);
+        ds_train_toolopts_apply(&a->t, &to);
+        const ds_train_sched_specs sp = {.lr = a->t.lr_schedule, .lr_peak = a->t.lr, .batch = a->t.batch, .lambda = "0.1",
+                                         .lambda_peak = 0.1};
+        if ((rc = ds_train_schedules(&sp, &to))) goto done;
+        if (a->chat)
+            ds_info("train   %lld steps x %d rows x %d tokens, lr %g, %lld conversations (%lld skipped) of %llu tokens",
+                    (long long)a->t.steps, a->t.batch, a->t.seq_len, a->t.lr, (long long)chat.set.n, (long long)chat.set.bad,
+                    (unsigned long long)di.n_tokens);
+        else
+            ds_info("train   %lld steps x %d rows x %d tokens, lr %g, %d shard(s) of %llu tokens", (long long)a->t.steps, a->t.batch,
+                    a->t.seq_len, a->t.lr, di.n_shards, (unsigned long long)di.n_tokens);
         char record[1024];
         snprintf(record, sizeof record,
                  "{\"config\": {\"tool\": \"ds-extend-ctx\", \"model\": \"%s\", \"factor\": %.17g, \"original_len\": %d, "
-                 "\"max_position_embeddings\": %d, \"seq_len\": %d, \"steps\": %lld, \"batch\": %d, \"lr\": %.17g, \"seed\": %lld, \"fp8\": %s}}",
-                 a->resume ? "(resume)" : a->model, y->factor, y->original_max_position_embeddings, s.cfg.max_position_embeddings,
-                 a->seq_len, (long long)a->steps, a->batch, a->lr, (long long)a->seed, a->fp8 ? "true" : "false");
+                 "\"max_position_embeddings\": %d, \"seq_len\": %d, \"steps\": %lld, \"batch\": %d, \"lr\": %.17g, \"seed\": %lld, \"fp8\": %s, "
+                 "\"data\": \"%s\"}}",
+                 a->t.resume ? "(resume)" : a->t.model, y->factor, y->original_max_position_embeddings, s.cfg.max_position_embeddings,
+                 a->t.seq_len, (long long)a->t.steps, a->t.batch, a->t.lr, (long long)a->t.seed, a->t.fp8 ? "true" : "false", a->chat ? "chat" : "tokens");
         if ((rc = ds_session_start(&s, &to, train, val, &ds_loss_pretrain, record))) goto done;
         if ((rc = ds_session_run(&s, &sig)) || sig) goto done;
-    } else if (a->metrics) {
-        if ((rc = ds_metrics_open(&s.metrics, a->metrics, 0))) goto done;
+    } else if (a->t.metrics) {
+        if ((rc = ds_metrics_open(&s.metrics, a->t.metrics, 0))) goto done;
         s.have_metrics = 1;
     }
     if (!a->no_eval) rc = evaluate(a, &s, &rd, a->data.n > 0);
 done:
-    if (rc == DS_EUSAGE) rc = ds_usage_error("%s", ds_errmsg());
-    else if (rc) ds_tool_report(rc);
+    rc = ds_train_tool_exit(rc, sig);
     ds_session_close(&s);
     ds_data_source_free(train);
     ds_data_source_free(val);
+    ds_sft_data_close(&chat);
     ds_token_reader_free(&rd);
     if (a->text_path) ds_passkey_text_free(&a->text);
-    return rc ? (rc == DS_EDIVERGED ? 3 : rc == DS_EUSAGE ? 2 : 1) : sig ? 128 + sig : 0;
+    return rc;
 }
 
 /* --print-rope: the config a phase would write and its tables, for -m CKPT or --config FILE */
 static int print_rope_only(const args *a) {
     int rc;
-    if (!!a->model + !!a->config != 1) return ds_usage_error("--print-rope needs one of -m CKPT or --config FILE");
+    if (!!a->t.model + !!a->config != 1) return ds_usage_error("--print-rope needs one of -m CKPT or --config FILE");
     ds_config c;
     ds_ckpt *ck = NULL;
     if (a->config) rc = ds_config_load_file(&c, a->config);
-    else if (!(rc = ds_ckpt_open(&ck, a->model))) rc = ds_config_copy(&c, ds_ckpt_config(ck));
+    else if (!(rc = ds_ckpt_open(&ck, a->t.model))) rc = ds_config_copy(&c, ds_ckpt_config(ck));
     ds_ckpt_close(ck);
     if (rc) return ds_tool_report(rc);
     rc = ds_extend_config(&c, &a->eo);
@@ -198,13 +205,12 @@ static int print_rope_only(const args *a) {
 static int check_usage(args *a) {
     int rc;
     if (a->config) return ds_usage_error("--config is for --print-rope; give the checkpoint with -m");
-    if (!a->model && !a->resume) return ds_usage_error("-m CKPT is required");
-    if (a->seq_len <= 0) return ds_usage_error("--seq-len T is required (the training length of this phase)");
+    if (!a->t.model && !a->t.resume) return ds_usage_error("-m CKPT is required");
+    if (a->t.seq_len <= 0) return ds_usage_error("--seq-len T is required (the training length of this phase)");
     if (!a->eval_only) {
-        if (!a->data.n) return ds_usage_error("--data is required");
-        if (!a->out) return ds_usage_error("-o OUT is required");
-        if (ds_is_stdio(a->out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
-        if (!a->steps) return ds_usage_error("--steps is required");
+        if (!a->data.n == !a->chat) return ds_usage_error("give the phase's data: --data (token shards) or --chat (conversations)");
+        if (ds_train_tool_check_out(&a->t)) return 2;
+        if (!a->t.steps) return ds_usage_error("--steps is required");
     }
     if (a->lens && (rc = parse_list(a->lens, a->lv, &a->nl, 16, 1, "--eval-lengths"))) return ds_usage_error("%s", ds_errmsg());
     if ((rc = parse_list(a->depths, a->dv, &a->nd, 16, 0, "--eval-depths"))) return ds_usage_error("%s", ds_errmsg());
@@ -212,33 +218,35 @@ static int check_usage(args *a) {
         if (!(a->lv[i] >= 2 && a->lv[i] <= 1 << 30)) return ds_usage_error("--eval-lengths: %g is not a length", a->lv[i]);
     for (int i = 0; i < a->nd; i++)
         if (!(a->dv[i] >= 0 && a->dv[i] <= 1)) return ds_usage_error("--eval-depths: %g is outside [0, 1]", a->dv[i]);
-    if (!a->micro) a->micro = a->batch;
-    if (a->batch % a->micro) return ds_usage_error("--batch %d is not a multiple of --micro-batch %d", a->batch, a->micro);
-    return 0;
+    return ds_train_tool_check_batch(&a->t);
 }
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-extend-ctx");
-    args a = {.batch = 4, .seq_len = 0, .lr = 7.3e-6, .wd = 0.1, .clip = 1.0, .val_frac = 0.005,
-              .log_every = 1, .seed = 1, .depths = "0,0.25,0.5,0.75,1", .trials = 3, .docs = 4, .buckets = 8, .chunk = 2048};
+    args a = {.depths = "0,0.25,0.5,0.75,1", .trials = 3, .docs = 4, .buckets = 8, .chunk = 2048};
+    ds_train_toolopts *t = &a.t;
+    ds_train_toolopts_defaults(t);
+    t->batch = 4, t->seq_len = 0, t->lr = 7.3e-6, t->val_frac = 0.005;
     ds_extend_opts_defaults(&a.eo);
     const ds_opt opts[] = {
-        {"model", 'm', DS_OPT_STR, &a.model, "CKPT", "checkpoint to extend (directory, .safetensors or '-')", 0, 0, 0},
+        ds_train_toolopt(t, "model", "checkpoint to extend (directory, .safetensors or '-')"),
         {"data", 0, DS_OPT_STRLIST, &a.data, "GLOB|-", "token shards for the long-context phase (glob, directory or '-')", 0, 0, 0},
-        {"out", 'o', DS_OPT_STR, &a.out, "OUT", "checkpoint directory (rope_scaling written into its config)", 0, 0, 0},
+        {"chat", 0, DS_OPT_STR, &a.chat, "FILE|-", "or conversations (ds-sft's JSONL): loss on the assistant's tokens, packed with sample masking", 0, 0, 0},
+        {"chat-template", 0, DS_OPT_STR, &a.chat_template, "FILE", "chat template for --chat (default: the built-in DeepSeek-V3 one)", 0, 0, 0},
+        ds_train_toolopt(t, "out", "checkpoint directory (rope_scaling written into its config)"),
         {"factor", 0, DS_OPT_FLOAT, &a.eo.factor, "S", "YaRN scale factor s (V3: 40 in both phases); 0 keeps the checkpoint's", 0, 0, 0},
-        {"seq-len", 0, DS_OPT_INT, &a.seq_len, "T", "training length of this phase (V3: 32K, then 128K)", 0, 0, 1 << 26},
-        {"steps", 0, DS_OPT_I64, &a.steps, "N", "optimizer steps of this phase (V3: 1000)", 0, 0, 1e15},
-        {"lr", 0, DS_OPT_FLOAT, &a.lr, "LR", "learning rate (V3: 7.3e-6, constant)", 0, 0, 10},
-        {"lr-schedule", 0, DS_OPT_STR, &a.lr_sched, "SPEC", "learning-rate schedule (default: constant --lr; docs/DESIGN.md \"Schedules\")", 0, 0, 0},
-        {"batch", 0, DS_OPT_INT, &a.batch, "B", "sequences per optimizer step (V3: 1920 at 32K, 480 at 128K)", 0, 1, 1e9},
-        {"micro-batch", 0, DS_OPT_INT, &a.micro, "M", "sequences per forward/backward (0 = --batch)", 0, 0, 1e9},
+        {"seq-len", 0, DS_OPT_INT, &t->seq_len, "T", "training length of this phase (V3: 32K, then 128K)", 0, 0, 1 << 26},
+        {"steps", 0, DS_OPT_I64, &t->steps, "N", "optimizer steps of this phase (V3: 1000)", 0, 0, 1e15},
+        ds_train_toolopt(t, "lr", "learning rate (V3: 7.3e-6, constant)"),
+        ds_train_toolopt(t, "lr-schedule", "learning-rate schedule (default: constant --lr; docs/DESIGN.md \"Schedules\")"),
+        {"batch", 0, DS_OPT_INT, &t->batch, "B", "sequences per optimizer step (V3: 1920 at 32K, 480 at 128K)", 0, 1, 1e9},
+        {"micro-batch", 0, DS_OPT_INT, &t->micro_batch, "M", "sequences per forward/backward (0 = --batch)", 0, 0, 1e9},
         {"original-len", 0, DS_OPT_INT, &a.eo.original, "L0", "pre-training context (0: rope_scaling's, else max_position_embeddings)", 0, 0, 1 << 30},
         {"beta-fast", 0, DS_OPT_FLOAT, &a.eo.beta_fast, "B", "YaRN beta_fast (0: keep, else 32)", 0, 0, 0},
         {"beta-slow", 0, DS_OPT_FLOAT, &a.eo.beta_slow, "B", "YaRN beta_slow (0: keep, else 1)", 0, 0, 0},
         {"mscale", 0, DS_OPT_FLOAT, &a.eo.mscale, "C", "rope_scaling.mscale (<0: keep, else 1.0 as V3)", 0, 0, 0},
         {"mscale-all-dim", 0, DS_OPT_FLOAT, &a.eo.mscale_all_dim, "C", "rope_scaling.mscale_all_dim (<0: keep, else 1.0 as V3)", 0, 0, 0},
-        {"tokenizer", 0, DS_OPT_STR, &a.tokenizer, "FILE", "tokenizer.json (default: the checkpoint's); passkey retrieval needs one", 0, 0, 0},
+        ds_train_toolopt(t, "tokenizer", "tokenizer.json (default: the checkpoint's); passkey retrieval needs one"),
         {"config", 0, DS_OPT_STR, &a.config, "FILE", "a config.json instead of a checkpoint (with --print-rope)", 0, 0, 0},
         {"print-rope", 0, DS_OPT_FLAG, &a.print_rope, NULL, "print the extended config and its RoPE tables as JSON and exit", 0, 0, 0},
         {"eval-only", 0, DS_OPT_FLAG, &a.eval_only, NULL, "no training: evaluate -m (with --factor: under YaRN, untrained)", 0, 0, 0},
@@ -251,20 +259,17 @@ int main(int argc, char **argv) {
         {"eval-docs", 0, DS_OPT_INT, &a.docs, "N", "documents of --seq-len tokens (the data's tail) for log-likelihood by position (0: none)", 0, 0, 1e6},
         {"eval-buckets", 0, DS_OPT_INT, &a.buckets, "N", "position buckets", 0, 1, 64},
         {"eval-chunk", 0, DS_OPT_INT, &a.chunk, "N", "tokens per inference call while evaluating", 0, 1, 1 << 24},
-        {"val-frac", 0, DS_OPT_FLOAT, &a.val_frac, "F", "share of the data held out for validation", 0, 0, 0.5},
-        {"val-every", 0, DS_OPT_INT, &a.val_every, "N", "validation loss every N steps (0 = never)", 0, 0, 1e9},
-        {"weight-decay", 0, DS_OPT_FLOAT, &a.wd, "WD", "AdamW weight decay", 0, 0, 10},
-        {"clip", 0, DS_OPT_FLOAT, &a.clip, "NORM", "clip gradients to this global norm (0 = off)", 0, 0, 1e9},
-        {"seed", 0, DS_OPT_I64, &a.seed, "S", "seed of the data order and the passkeys", 0, 0, 9.2e18},
-        {"threads", 0, DS_OPT_INT, &a.threads, "N", "CPU threads (0 = all cores)", 0, 0, 4096},
-        {"fp8", 0, DS_OPT_FLAG, &a.fp8, NULL, "every block Linear (attention projections, FFN, experts) in FP8: E4M3 with 1x128/128x128 scales, V3's recipe", 0, 0, 0},
-        {"metrics", 0, DS_OPT_STR, &a.metrics, "FILE.jsonl", "one JSON object per step and per evaluation cell", 0, 0, 0},
-        {"plot", 0, DS_OPT_STR, &a.plot, "FILE.png", "draw the loss curves at the end", 0, 0, 0},
-        {"save-every", 0, DS_OPT_INT, &a.save_every, "N", "checkpoint every N steps (and at the end)", 0, 0, 1e9},
-        {"resume", 0, DS_OPT_STR, &a.resume, "DIR", "continue the phase saved in DIR", 0, 0, 0},
-        {"log-every", 0, DS_OPT_INT, &a.log_every, "N", "print a line every N steps (0 = none)", 0, 0, 1e9},
-        {"quiet", 'q', DS_OPT_FLAG, &a.quiet, NULL, "only errors and warnings", 0, 0, 0},
-        {"verbose", 'v', DS_OPT_FLAG, &a.verbose, NULL, "more detail", 0, 0, 0},
+        ds_train_toolopt(t, "val-frac", NULL),
+        {"val-every", 0, DS_OPT_INT, &t->val_every, "N", "validation loss every N steps (0 = never)", 0, 0, 1e9},
+        ds_train_toolopts_group(t, "weight-decay clip"),
+        ds_train_toolopt(t, "seed", "seed of the data order and the passkeys"),
+        ds_train_toolopt(t, "device", "where to train and evaluate (cuda: one GPU, device 0)"),
+        ds_train_toolopts_group(t, "threads fp8"),
+        ds_train_toolopt(t, "metrics", "one JSON object per step and per evaluation cell"),
+        ds_train_toolopt(t, "plot", NULL),
+        ds_train_toolopt(t, "save-every", "checkpoint every N steps (and at the end)"),
+        ds_train_toolopt(t, "resume", "continue the phase saved in DIR"),
+        ds_train_toolopts_group(t, "log-every quiet verbose"),
         {0},
     };
     const ds_cli cli = {
@@ -283,11 +288,8 @@ int main(int argc, char **argv) {
     };
     int first;
     int rc = ds_cli_parse(&cli, argc, argv, &first);
-    if (rc < 0 && first < argc) rc = ds_usage_error("unexpected argument '%s'", argv[first]);
+    if (rc < 0) rc = ds_train_tool_start(t, argc, argv, first);
     if (rc < 0) {
-        if (a.quiet) ds_log_set_level(DS_LOG_QUIET);
-        if (a.verbose) ds_log_set_level(DS_LOG_VERBOSE);
-        ds_threads_set(a.threads);
         rc = a.print_rope ? print_rope_only(&a) : check_usage(&a);
         if (!a.print_rope && !rc) rc = run(&a);
     }

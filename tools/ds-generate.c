@@ -12,17 +12,19 @@
 #include "infer/load.h"
 #include "infer/score.h"
 #include "infer/textgen.h"
+#include "ops/device.h"
 
 #include <string.h>
 
 static struct {
-    const char *model, *chat_template, *prefill, *metrics;
+    const char *model, *chat_template, *prefill, *metrics, *device;
     ds_strlist prompts, stops;
     int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, score, ids, truncate, no_bos, ignore_eos, w8a8;
     int quiet, verbose;
     double temperature, top_p;
     int64_t seed;
-} A = {.max_new = 128, .temperature = 1.0, .top_p = 1.0, .batch = 8, .prefill = "naive", .prefill_chunk = 256};
+} A = {.max_new = 128, .temperature = 1.0, .top_p = 1.0, .batch = 8, .prefill = "naive", .prefill_chunk = 256,
+       .device = "cpu"};
 
 static const ds_opt opts[] = {
     {"model", 'm', DS_OPT_STR, &A.model, "CKPT", "checkpoint: directory, .safetensors file, or - (stream)"},
@@ -46,6 +48,7 @@ static const ds_opt opts[] = {
     {"prefill-chunk", 0, DS_OPT_INT, &A.prefill_chunk, "N", "prompt tokens per forward", NULL, 1, 1e6},
     {"no-bos", 0, DS_OPT_FLAG, &A.no_bos, NULL, "do not prepend the BOS token to plain prompts"},
     {"ignore-eos", 0, DS_OPT_FLAG, &A.ignore_eos, NULL, "keep generating after the EOS token (fixed lengths)"},
+    {"device", 0, DS_OPT_CHOICE, &A.device, "DEV", "where the network runs (cuda: one GPU, device 0)", "cpu|cuda"},
     {"w8a8", 0, DS_OPT_FLAG, &A.w8a8, NULL, "FP8 W8A8: Linear weights in 128x128 blocks, inputs in 1x128 tiles (E4M3), "
      "block-scaled products; kv_b, router, head and eh_proj stay fp32 (DeepSeek's inference)"},
     {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads; 0 = all cores", NULL, 0, 4096},
@@ -88,7 +91,7 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, 
     ds_gen_writer *w = NULL;
     ds_gen_stats st;
     int rc = ds_gen_writer_open(&w, &wo);
-    if (!rc) rc = ds_infer_create(&e, &im, NULL, &io);
+    if (!rc) rc = ds_infer_create(&e, &im, ds_model_ops(L->model), &io);
     if (!rc) {
         ds_gen_io cb = {.src = rd, .next = ds_prompt_reader_next_cb, .sink = w, .on_token = ds_gen_writer_token,
                         .on_done = ds_gen_writer_done};
@@ -164,10 +167,13 @@ int main(int argc, char **argv) {
     ds_loaded L;
     /* the training forward's activations serve --score only: sized for one sequence of the context
      * (max_seq 0: the config's max_position_embeddings) */
+    if (A.w8a8 && strcmp(A.device, "cpu"))
+        return ds_usage_error("--w8a8 runs on the CPU in this build: drop --device %s or --w8a8", A.device);
     ds_ops fp8; /* --w8a8: the Linear layers' table (the engine and the scoring model copy it) */
     ds_fp8_linear_ops(&fp8, ds_ops_cpu());
     ds_model_opts mo = {.max_batch = 1, .max_seq = A.score ? A.ctx : 1, .linear_ops = A.w8a8 ? &fp8 : NULL,
                         .kv_b_on_ops = 1};
+    if ((rc = ds_ops_for_device(A.device, &mo.ops))) return ds_tool_report(rc);
     double t0 = ds_now();
     if ((rc = ds_load_checkpoint(A.model, &mo, &L))) return ds_tool_report(rc);
     const ds_config *c = ds_model_config(L.model);
@@ -190,10 +196,11 @@ int main(int argc, char **argv) {
     ds_jsonw_kbool(&cfgrec, "mtp", A.mtp);
     ds_jsonw_kbool(&cfgrec, "w8a8", A.w8a8);
     ds_jsonw_kint(&cfgrec, "threads", ds_threads_get());
+    ds_jsonw_kstr(&cfgrec, "device", A.device);
     ds_info("ds-generate: %s (%s) loaded in %.2f s: %d layers, hidden %d, %d heads, vocab %d%s%s; ctx %d, "
-            "batch %d, %d threads", A.model, L.tok ? "with tokenizer" : "no tokenizer", ds_now() - t0,
+            "batch %d, %d threads, device %s", A.model, L.tok ? "with tokenizer" : "no tokenizer", ds_now() - t0,
             c->num_hidden_layers, c->hidden_size, c->num_attention_heads, c->vocab_size, L.has_mtp ? ", MTP" : "",
-            A.mtp ? " (speculating)" : "", ctx, A.batch, ds_threads_get());
+            A.mtp ? " (speculating)" : "", ctx, A.batch, ds_threads_get(), A.device);
     if (!A.score) report_cache(c, &cfgrec);
     ds_jsonw_obj_end(&cfgrec);
     if (!rc && mf.f) rc = ds_metrics_write(&mf, &cfgrec);

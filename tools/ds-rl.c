@@ -8,36 +8,26 @@
 #include "io/checkpoint.h"
 #include "rl/rl.h"
 #include "train/session.h"
+#include "train/toolopts.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 static struct {
-    const char *model, *ref, *prompts, *eval_prompts, *out, *resume, *reward, *reward_cmd, *answer_mode, *loss_avg, *adv_norm;
-    const char *chat_template, *metrics, *plot, *lr_sched, *device, *samples;
+    ds_train_toolopts t;
+    const char *ref, *prompts, *eval_prompts, *reward, *reward_cmd, *answer_mode, *loss_avg, *adv_norm, *chat_template, *samples;
     ds_strlist require;
-    int64_t steps, seed;
-    int group, batch, epochs, mini, micro, max_new, top_k, gen_batch, length_cache, save_every, eval_every, eval_samples, log_every, threads;
-    int chat, mask_truncated, fp8, quiet, verbose;
-    double kl, clip, clip_high, temperature, top_p, lr, wd, clip_grad, reward_timeout, eval_temperature, beta1, beta2;
+    int group, batch, epochs, mini, max_new, top_k, gen_batch, length_cache, eval_every, eval_samples;
+    int chat, mask_truncated;
+    double kl, clip, clip_high, temperature, top_p, reward_timeout, eval_temperature;
 } A = {.group = 8, .batch = 8, .epochs = 1, .mini = 1, .max_new = 64, .kl = 0.04, .clip = 0.2, .clip_high = -1, .temperature = 1,
-       .top_p = 1, .lr = 1e-6, .beta1 = 0.9, .beta2 = 0.999, .clip_grad = 1, .reward_timeout = 300, .answer_mode = "number", .loss_avg = "sequence",
-       .adv_norm = "std", .seed = 1, .log_every = 1, .device = "cpu"};
+       .top_p = 1, .reward_timeout = 300, .answer_mode = "number", .loss_avg = "sequence", .adv_norm = "std"};
 
 static char *config_record(const ds_session *s, const ds_rl *rl, const ds_train_opts *to) {
     ds_jsonw w;
-    ds_jsonw_init(&w);
-    ds_jsonw_obj_begin(&w);
-    ds_jsonw_key(&w, "config");
-    ds_jsonw_obj_begin(&w);
-    ds_jsonw_kstr(&w, "tool", "ds-rl");
-    ds_jsonw_kstr(&w, "version", ds_version_string);
-    ds_jsonw_kstr(&w, "model", A.resume ? A.resume : A.model);
-    ds_jsonw_kstr(&w, "reference", A.kl > 0 ? (A.ref ? A.ref : A.model ? A.model : A.resume) : "none");
-    ds_param_counts pc;
-    ds_config_counts(&s->cfg, &pc);
-    ds_param_counts_jsonw(&pc, &w);
+    ds_train_record_begin(&w, s, A.t.resume ? A.t.resume : A.t.model,
+                          A.kl > 0 ? (A.ref ? A.ref : A.t.model ? A.t.model : A.t.resume) : "none");
     ds_rl_describe(rl, &w);
     ds_jsonw_kint(&w, "steps", to->total_steps);
     char d[512];
@@ -49,15 +39,7 @@ static char *config_record(const ds_session *s, const ds_rl *rl, const ds_train_
     ds_train_knum(&w, "beta1", to->adamw.beta1);
     ds_train_knum(&w, "beta2", to->adamw.beta2);
     ds_train_knum(&w, "clip_grad", to->clip_norm);
-    ds_jsonw_kint(&w, "seed", A.seed);
-    ds_jsonw_kint(&w, "threads", ds_threads_get());
-    ds_jsonw_kbool(&w, "fp8", A.fp8);
-    if (s->resumed_step >= 0) ds_jsonw_kint(&w, "resumed_from_step", s->resumed_step);
-    ds_jsonw_obj_end(&w);
-    ds_jsonw_obj_end(&w);
-    char *out = strdup(w.buf);
-    ds_jsonw_free(&w);
-    return out;
+    return ds_train_record_end(&w, s);
 }
 
 /* The largest micro-batch up to 16 rows that divides a step. */
@@ -68,7 +50,7 @@ static int default_micro(int rows) {
 }
 
 static int run(void) {
-    const char *from = A.resume ? A.resume : A.model;
+    const char *from = A.t.resume ? A.t.resume : A.t.model;
     ds_session s = {0};
     ds_ckpt *ck = NULL;
     ds_chat_template tpl = {0};
@@ -87,8 +69,8 @@ static int run(void) {
     for (int k = 0; !rc && k < nrw; k++) need_answer |= rw[k]->needs_answer;
     /* the prompts fix the sequence length the model is built for: read the config and tokenizer first */
     char latest[4096];
-    if (!rc && A.resume) rc = ds_ckpt_find_latest(A.resume, latest, sizeof latest);
-    if (!rc) rc = ds_ckpt_open(&ck, A.resume ? latest : from);
+    if (!rc && A.t.resume) rc = ds_ckpt_find_latest(A.t.resume, latest, sizeof latest);
+    if (!rc) rc = ds_ckpt_open(&ck, A.t.resume ? latest : from);
     const char *tokjson = ck ? ds_ckpt_tokenizer(ck, &toklen) : NULL;
     if (!rc && !tokjson) rc = ds_fail(DS_ERR, "the checkpoint has no tokenizer.json (prompts and completions are text): %s", from);
     if (!rc) rc = ds_tok_from_json(&tok, tokjson, toklen, from);
@@ -99,46 +81,40 @@ static int run(void) {
     if (!rc) rc = ds_rl_prompts_load(&train, A.prompts, &po);
     if (!rc && A.eval_prompts) rc = ds_rl_prompts_load(&eval, A.eval_prompts, &po);
     const int rows = A.group * A.batch / (A.mini > 0 ? A.mini : 1);
-    if (!A.micro) A.micro = default_micro(rows > 0 ? rows : 1);
+    if (!A.t.micro_batch) A.t.micro_batch = default_micro(rows > 0 ? rows : 1);
     const int T = ds_rl_seq_len(&train, A.eval_prompts ? &eval : NULL, A.max_new);
-    ds_session_opts so = {.tool = "ds-rl", .model_path = A.model, .resume = A.resume, .out_dir = A.out, .metrics_path = A.metrics,
-                          .device = A.device, .fp8 = A.fp8, .micro_batch = A.micro, .seq_len = T, .seed = (uint64_t)A.seed, .want_entropy = 1};
+    ds_session_opts so = ds_train_toolopts_session(&A.t, "ds-rl");
+    so.plot_path = NULL, so.seq_len = T, so.want_entropy = 1; /* ds-rl draws its own plot */
     if (!rc) rc = ds_session_open(&s, &so);
     if (!rc && A.kl > 0) {
         /* the reference is the starting policy: after --resume it must come from the original checkpoint */
-        const char *ref_dir = A.resume ? (A.ref ? A.ref : A.model) : A.ref;
-        if (A.resume && !ref_dir) rc = ds_fail(DS_EUSAGE, "--resume with --kl > 0: give the starting checkpoint with -m or --ref (the reference policy)");
-        else rc = ds_rl_reference(&ref, s.model, ref_dir, A.micro, T);
+        const char *ref_dir = A.t.resume ? (A.ref ? A.ref : A.t.model) : A.ref;
+        if (A.t.resume && !ref_dir) rc = ds_fail(DS_EUSAGE, "--resume with --kl > 0: give the starting checkpoint with -m or --ref (the reference policy)");
+        else rc = ds_rl_reference(&ref, s.model, ref_dir, A.t.micro_batch, T);
     }
     ds_rl_opts o;
     ds_rl_opts_defaults(&o);
-    o.group = A.group, o.prompts_per_batch = A.batch, o.epochs = A.epochs, o.mini_batches = A.mini, o.micro_batch = A.micro;
-    o.max_new = A.max_new, o.gen_batch = A.gen_batch, o.eval_every = A.eval_every, o.log_every = A.log_every;
+    o.group = A.group, o.prompts_per_batch = A.batch, o.epochs = A.epochs, o.mini_batches = A.mini, o.micro_batch = A.t.micro_batch;
+    o.max_new = A.max_new, o.gen_batch = A.gen_batch, o.eval_every = A.eval_every, o.log_every = A.t.log_every;
     o.eval_samples = A.eval_samples, o.eval_temperature = A.eval_temperature;
-    o.sampling = (ds_sampling){.temperature = A.temperature, .top_k = A.top_k, .top_p = A.top_p, .seed = (uint64_t)A.seed};
+    o.sampling = (ds_sampling){.temperature = A.temperature, .top_k = A.top_k, .top_p = A.top_p, .seed = (uint64_t)A.t.seed};
     o.loss = (ds_grpo_opts){.eps_low = A.clip, .eps_high = A.clip_high >= 0 ? A.clip_high : A.clip, .beta = A.kl,
                             .avg = strcmp(A.loss_avg, "token") ? DS_GRPO_AVG_SEQUENCE : DS_GRPO_AVG_TOKEN};
-    o.scale_std = !strcmp(A.adv_norm, "std"), o.mask_truncated = A.mask_truncated, o.seed = (uint64_t)A.seed;
+    o.scale_std = !strcmp(A.adv_norm, "std"), o.mask_truncated = A.mask_truncated, o.seed = (uint64_t)A.t.seed;
     if (!rc) rc = ds_rl_create(&rl, &o, s.model, ref, tok, &train, A.eval_prompts ? &eval : NULL, rw, nrw);
     FILE *samples = NULL;
-    if (!rc && A.samples && !(samples = ds_is_stdio(A.samples) ? stdout : fopen(A.samples, A.resume ? "a" : "w")))
+    if (!rc && A.samples && !(samples = ds_is_stdio(A.samples) ? stdout : fopen(A.samples, A.t.resume ? "a" : "w")))
         rc = ds_fail(DS_ERR, "cannot write: %s: %s", strerror(errno), A.samples);
     if (!rc && samples) ds_rl_set_samples(rl, samples, A.samples);
     ds_train_opts to;
-    ds_train_opts_defaults(&to);
-    to.total_steps = A.steps, to.seq_len = T, to.micro_batch = A.micro, to.seed = (uint64_t)A.seed, to.log_every = 0;
-    to.adamw.weight_decay = A.wd, to.adamw.beta1 = A.beta1, to.adamw.beta2 = A.beta2, to.clip_norm = A.clip_grad;
-    to.save_every = A.save_every;
-    char lr[32], batch[32];
-    snprintf(lr, sizeof lr, "%.17g", A.lr);
-    snprintf(batch, sizeof batch, "%d", rows);
-    if (!rc) rc = ds_sched_parse(&to.lr, A.lr_sched ? A.lr_sched : lr, A.lr, A.steps, "--lr-schedule");
-    if (!rc) rc = ds_sched_parse(&to.batch, batch, rows, A.steps, "batch");
-    if (!rc) rc = ds_sched_parse(&to.gamma, "0", 0, A.steps, "gamma"); /* routing biases stay as SFT left them */
-    if (!rc) rc = ds_sched_parse(&to.lambda, "0", 0, A.steps, "lambda"); /* MTP is not part of the policy */
+    ds_train_toolopts_apply(&A.t, &to);
+    to.seq_len = T, to.log_every = 0; /* ds-rl prints its own line per step */
+    /* routing biases stay as SFT left them (gamma 0); MTP is not part of the policy (lambda 0) */
+    const ds_train_sched_specs sp = {.lr = A.t.lr_schedule, .lr_peak = A.t.lr, .batch = rows};
+    if (!rc) rc = ds_train_schedules(&sp, &to);
     if (!rc) {
         ds_train_hooks h = {0};
-        ds_rl_hooks(rl, &h, A.metrics ? &s.metrics : NULL, A.steps);
+        ds_rl_hooks(rl, &h, A.t.metrics ? &s.metrics : NULL, A.t.steps);
         s.o.step_record = h.step_record, s.o.after_step = h.after_step, s.o.step_ctx = h.step_ctx;
         char counts[128];
         ds_param_counts pc;
@@ -155,15 +131,14 @@ static int run(void) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", ds_errmsg());
         const int64_t done = ds_trainer_steps_done(s.trainer);
-        if (!ds_session_save(&s, A.out)) {
+        if (!ds_session_save(&s, A.t.out)) {
             ds_fail(rc, "%s", msg);
-            ds_hint("step %lld is saved in %s: continue with --resume %s", (long long)done, A.out, A.out);
+            ds_hint("step %lld is saved in %s: continue with --resume %s", (long long)done, A.t.out, A.t.out);
         }
     }
-    if (rl && A.plot && (rc == 0 || rc == DS_EDIVERGED) && ds_rl_plot(rl, A.plot, "ds-rl: GRPO")) ds_warn("%s", ds_errmsg());
+    if (rl && A.t.plot && (rc == 0 || rc == DS_EDIVERGED) && ds_rl_plot(rl, A.t.plot, "ds-rl: GRPO")) ds_warn("%s", ds_errmsg());
     free(record);
-    if (rc == DS_EUSAGE) rc = ds_usage_error("%s", ds_errmsg());
-    else if (rc) ds_tool_report(rc);
+    rc = ds_train_tool_exit(rc, sig);
     ds_rl_free(rl);
     if (samples && samples != stdout) fclose(samples);
     ds_model_free(ref);
@@ -174,16 +149,19 @@ static int run(void) {
     ds_tok_free(tok);
     ds_chat_template_free(&tpl);
     ds_ckpt_close(ck);
-    return rc ? (rc == DS_EDIVERGED ? 3 : rc == DS_EUSAGE || rc == 2 ? 2 : 1) : sig ? 128 + sig : 0;
+    return rc;
 }
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-rl");
+    ds_train_toolopts *t = &A.t;
+    ds_train_toolopts_defaults(t);
+    t->lr = 1e-6, t->weight_decay = 0, t->beta2 = 0.999;
     const ds_opt opts[] = {
-        {"model", 'm', DS_OPT_STR, &A.model, "CKPT", "the starting policy (directory or .safetensors); also the frozen reference"},
+        ds_train_toolopt(t, "model", "the starting policy (directory or .safetensors); also the frozen reference"),
         {"prompts", 0, DS_OPT_STR, &A.prompts, "FILE|-", "prompt JSONL: {\"prompt\"|\"messages\": ..., \"answer\": ...}"},
-        {"out", 'o', DS_OPT_STR, &A.out, "OUT", "checkpoint directory (replaced atomically at every save)"},
-        {"steps", 0, DS_OPT_I64, &A.steps, "N", "optimizer steps (= rollout batches with the default 1 epoch x 1 mini-batch)", 0, 1, 1e15},
+        ds_train_toolopt(t, "out", NULL),
+        {"steps", 0, DS_OPT_I64, &t->steps, "N", "optimizer steps (= rollout batches with the default 1 epoch x 1 mini-batch)", 0, 1, 1e15},
         {"group", 0, DS_OPT_INT, &A.group, "G", "completions sampled per prompt", 0, 2, 1e6},
         {"batch", 0, DS_OPT_INT, &A.batch, "P", "prompts per rollout batch (P x G rows)", 0, 1, 1e6},
         {"reward", 0, DS_OPT_STR, &A.reward, "NAME[:W],...", "answer | format | length | cmd, weighted and summed (default: answer)"},
@@ -197,7 +175,7 @@ int main(int argc, char **argv) {
         {"clip-high", 0, DS_OPT_FLOAT, &A.clip_high, "EPS", "upper clip 1+EPS when it differs (DAPO clip-higher; -1 = --clip)", 0, -1, 1e6},
         {"epochs-per-batch", 0, DS_OPT_INT, &A.epochs, "MU", "optimization passes over each rollout batch", 0, 1, 1e6},
         {"mini-batches", 0, DS_OPT_INT, &A.mini, "K", "optimizer steps per pass (each of P*G/K rows)", 0, 1, 1e6},
-        {"micro-batch", 0, DS_OPT_INT, &A.micro, "M", "rows per forward/backward (0 = the largest divisor of a step up to 16)", 0, 0, 1e6},
+        {"micro-batch", 0, DS_OPT_INT, &t->micro_batch, "M", "rows per forward/backward (0 = the largest divisor of a step up to 16)", 0, 0, 1e6},
         {"loss-avg", 0, DS_OPT_CHOICE, &A.loss_avg, "HOW", "token weights: per sequence then over sequences, or over all tokens", "sequence|token"},
         {"adv-norm", 0, DS_OPT_CHOICE, &A.adv_norm, "HOW", "advantages (r - mean)/std (GRPO) or r - mean (Dr. GRPO)", "std|none"},
         {"mask-truncated", 0, DS_OPT_FLAG, &A.mask_truncated, NULL, "completions cut by --max-new take no part in the loss"},
@@ -212,25 +190,21 @@ int main(int argc, char **argv) {
         {"eval-every", 0, DS_OPT_INT, &A.eval_every, "N", "evaluate every N steps (0 = start and end only)", 0, 0, 1e9},
         {"eval-samples", 0, DS_OPT_INT, &A.eval_samples, "K", "also K sampled completions per eval prompt (accuracy at --temperature)", 0, 0, 1e6},
         {"eval-temperature", 0, DS_OPT_FLOAT, &A.eval_temperature, "T", "temperature of those samples (0 = --temperature)", 0, 0, 1e6},
-        {"lr", 0, DS_OPT_FLOAT, &A.lr, "LR", "learning rate (DeepSeekMath's GRPO: 1e-6)", 0, 0, 10},
-        {"lr-schedule", 0, DS_OPT_STR, &A.lr_sched, "SPEC", "schedule as in ds-pretrain (default: constant --lr)"},
-        {"weight-decay", 0, DS_OPT_FLOAT, &A.wd, "WD", "AdamW weight decay", 0, 0, 10},
-        {"beta1", 0, DS_OPT_FLOAT, &A.beta1, "B1", "AdamW beta1", 0, 0, 1},
-        {"beta2", 0, DS_OPT_FLOAT, &A.beta2, "B2", "AdamW beta2 (pretraining's 0.95 follows noisy RL gradients too closely)", 0, 0, 1},
-        {"clip-grad", 0, DS_OPT_FLOAT, &A.clip_grad, "NORM", "clip gradients to this global norm (0 = off)", 0, 0, 1e9},
+        ds_train_toolopt(t, "lr", "learning rate (DeepSeekMath's GRPO: 1e-6)"),
+        ds_train_toolopt(t, "lr-schedule", "schedule as in ds-pretrain (default: constant --lr)"),
+        ds_train_toolopts_group(t, "weight-decay beta1"),
+        ds_train_toolopt(t, "beta2", "AdamW beta2 (pretraining's 0.95 follows noisy RL gradients too closely)"),
+        ds_train_toolopt(t, "clip-grad", NULL),
         {"ref", 0, DS_OPT_STR, &A.ref, "CKPT", "reference policy (default: -m; needed with --resume)"},
-        {"seed", 0, DS_OPT_I64, &A.seed, "S", "seed of the prompt order and the sampling", 0, 0, 9.2e18},
-        {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads (0 = all cores)", 0, 0, 4096},
-        {"metrics", 0, DS_OPT_STR, &A.metrics, "FILE.jsonl", "one JSON object per step and per evaluation ('-' = stdout)"},
-        {"plot", 0, DS_OPT_STR, &A.plot, "FILE.png", "draw the reward and accuracy curves at the end"},
+        ds_train_toolopt(t, "seed", "seed of the prompt order and the sampling"),
+        ds_train_toolopt(t, "threads", NULL),
+        ds_train_toolopt(t, "metrics", "one JSON object per step and per evaluation ('-' = stdout)"),
+        ds_train_toolopt(t, "plot", "draw the reward and accuracy curves at the end"),
         {"samples", 0, DS_OPT_STR, &A.samples, "FILE.jsonl", "write every completion with its rewards and advantage ('-' = stdout)"},
-        {"save-every", 0, DS_OPT_INT, &A.save_every, "N", "checkpoint every N steps (and always at the end)", 0, 0, 1e9},
-        {"resume", 0, DS_OPT_STR, &A.resume, "DIR", "continue the run saved in DIR (bit-identical on the same machine and threads)"},
-        {"log-every", 0, DS_OPT_INT, &A.log_every, "N", "print a line every N steps (0 = none)", 0, 0, 1e9},
-        {"device", 0, DS_OPT_CHOICE, &A.device, "DEV", "where to train", "cpu|cuda"},
-        {"fp8", 0, DS_OPT_FLAG, &A.fp8, NULL, "every block Linear (attention projections, FFN, experts) in FP8: E4M3 with 1x128/128x128 scales, V3's recipe" "; rollouts stay fp32"},
-        {"quiet", 'q', DS_OPT_FLAG, &A.quiet, NULL, "only errors and warnings"},
-        {"verbose", 'v', DS_OPT_FLAG, &A.verbose, NULL, "more detail"},
+        ds_train_toolopts_group(t, "save-every resume log-every"),
+        ds_train_toolopt(t, "device", "where to train"),
+        ds_train_toolopt(t, "fp8", DS_TRAIN_FP8_HELP "; rollouts stay fp32"),
+        ds_train_toolopts_group(t, "quiet verbose"),
         {0},
     };
     const ds_cli cli = {
@@ -252,20 +226,16 @@ int main(int argc, char **argv) {
     };
     int first;
     int rc = ds_cli_parse(&cli, argc, argv, &first);
+    if (rc < 0) rc = ds_train_tool_start(t, argc, argv, first);
     if (rc >= 0) return rc;
-    if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
-    if (A.quiet) ds_log_set_level(DS_LOG_QUIET);
-    if (A.verbose) ds_log_set_level(DS_LOG_VERBOSE);
-    if (!A.model && !A.resume) return ds_usage_error("-m CKPT is required (the starting policy)");
+    if (!A.t.model && !A.t.resume) return ds_usage_error("-m CKPT is required (the starting policy)");
     if (!A.prompts) return ds_usage_error("--prompts FILE is required");
-    if (!A.out) return ds_usage_error("-o OUT is required");
-    if (ds_is_stdio(A.out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
-    if (A.model && ds_is_stdio(A.model)) return ds_usage_error("-m -: ds-rl reads the checkpoint twice: give a directory or a .safetensors file");
-    if (!A.steps) return ds_usage_error("--steps is required");
+    if (ds_train_tool_check_out(t)) return 2;
+    if (A.t.model && ds_is_stdio(A.t.model)) return ds_usage_error("-m -: ds-rl reads the checkpoint twice: give a directory or a .safetensors file");
+    if (!A.t.steps) return ds_usage_error("--steps is required");
     if (A.eval_prompts && A.prompts && !strcmp(A.eval_prompts, A.prompts) && ds_is_stdio(A.prompts))
         return ds_usage_error("--prompts and --eval-prompts cannot both read stdin");
     if ((int64_t)A.group * A.batch > (1 << 24)) return ds_usage_error("--group x --batch: too many rollouts per batch");
-    ds_threads_set(A.threads);
     rc = run();
     ds_strlist_free(&A.require);
     return rc;

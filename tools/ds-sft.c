@@ -1,13 +1,13 @@
 /* ds-sft — Supervised fine-tuning on JSONL chat data with loss masking and packing. */
 #include "core/cli.h"
 #include "core/err.h"
-#include "core/file.h"
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/threads.h"
 #include "tok/chat.h"
 #include "train/session.h"
 #include "train/sft.h"
+#include "train/toolopts.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -17,26 +17,16 @@
 static const char EOS[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
 
 typedef struct {
-    const char *model, *data, *out, *resume, *tokenizer, *tmpl, *metrics, *plot, *on_bad, *lr_sched, *gamma, *lambda;
-    int epochs, batch, micro, seq_len, window, threads, save_every, val_every, val_batches, log_every, bf16, fp8, skip, quiet,
-        verbose;
-    int64_t steps, seed;
-    double lr, lr_min, warmup, alpha, wd, beta1, beta2, eps, clip, val_frac;
+    ds_train_toolopts t;
+    const char *data, *tmpl, *on_bad, *gamma, *lambda;
+    int epochs, window;
+    double lr_min, warmup;
 } args;
 
 static char *config_record(const args *a, const ds_session *s, const ds_sft_set *set, const ds_sft_stats *st,
                            const ds_train_opts *to) {
     ds_jsonw w;
-    ds_jsonw_init(&w);
-    ds_jsonw_obj_begin(&w);
-    ds_jsonw_key(&w, "config");
-    ds_jsonw_obj_begin(&w);
-    ds_jsonw_kstr(&w, "tool", "ds-sft");
-    ds_jsonw_kstr(&w, "version", ds_version_string);
-    ds_jsonw_kstr(&w, "model", a->resume ? a->resume : a->model);
-    ds_param_counts pc;
-    ds_config_counts(&s->cfg, &pc);
-    ds_param_counts_jsonw(&pc, &w);
+    ds_train_record_begin(&w, s, a->t.resume ? a->t.resume : a->t.model, NULL);
     ds_jsonw_kstr(&w, "data", a->data);
     ds_jsonw_kstr(&w, "chat_template", a->tmpl ? a->tmpl : "built-in");
     ds_jsonw_kint(&w, "conversations", set->lines);
@@ -49,42 +39,16 @@ static char *config_record(const args *a, const ds_session *s, const ds_sft_set 
     ds_train_knum(&w, "trained_share", st->trained);
     ds_jsonw_kint(&w, "epochs", a->epochs);
     ds_jsonw_kint(&w, "steps", to->total_steps);
-    ds_jsonw_kint(&w, "batch", a->batch);
+    ds_jsonw_kint(&w, "batch", a->t.batch);
     ds_jsonw_kint(&w, "micro_batch", to->micro_batch);
     ds_jsonw_kint(&w, "seq_len", to->seq_len);
-    char d[512];
-    const ds_sched *sc[4] = {&to->lr, &to->batch, &to->gamma, &to->lambda};
-    static const char *names[4] = {"lr", "batch", "gamma", "lambda"};
-    for (int k = 0; k < 4; k++) {
-        ds_sched_describe(sc[k], d, sizeof d);
-        ds_jsonw_kstr(&w, names[k], d);
-        ds_info("%-7s %s", names[k], d);
-    }
+    ds_train_record_schedules(&w, to);
     ds_train_knum(&w, "alpha", to->balance_alpha);
     ds_train_knum(&w, "weight_decay", to->adamw.weight_decay);
     ds_train_knum(&w, "clip", to->clip_norm);
-    ds_train_knum(&w, "val_frac", a->val_frac);
+    ds_train_knum(&w, "val_frac", a->t.val_frac);
     ds_jsonw_kint(&w, "pack_window", a->window);
-    ds_jsonw_kint(&w, "seed", a->seed);
-    ds_jsonw_kint(&w, "threads", ds_threads_get());
-    ds_jsonw_kbool(&w, "fp8", a->fp8);
-    if (s->resumed_step >= 0) ds_jsonw_kint(&w, "resumed_from_step", s->resumed_step);
-    ds_jsonw_obj_end(&w);
-    ds_jsonw_obj_end(&w);
-    char *out = strdup(w.buf);
-    ds_jsonw_free(&w);
-    return out;
-}
-
-static int schedules(const args *a, ds_train_opts *to) {
-    char spec[256], b[32];
-    if (a->lr_sched) snprintf(spec, sizeof spec, "%s", a->lr_sched);
-    else snprintf(spec, sizeof spec, "cosine:warmup=%.17g%%,end=100%%,min=%.17g", 100 * a->warmup, a->lr_min);
-    snprintf(b, sizeof b, "%d", a->batch);
-    DS_TRY(ds_sched_parse(&to->lr, spec, a->lr, to->total_steps, "--lr-schedule"));
-    DS_TRY(ds_sched_parse(&to->batch, b, a->batch, to->total_steps, "--batch"));
-    DS_TRY(ds_sched_parse(&to->gamma, a->gamma, 0, to->total_steps, "--gamma"));
-    return ds_sched_parse(&to->lambda, a->lambda, 0.1, to->total_steps, "--lambda");
+    return ds_train_record_end(&w, s);
 }
 
 static int run(args *a) {
@@ -95,19 +59,17 @@ static int run(args *a) {
     ds_data_source *train = NULL, *val = NULL;
     char *record = NULL;
     int rc, sig = 0, have_tm = 0;
-    ds_session_opts so = {.tool = "ds-sft", .model_path = a->model, .resume = a->resume, .out_dir = a->out,
-                          .tokenizer_path = a->tokenizer, .metrics_path = a->metrics, .plot_path = a->plot, .device = "cpu", .fp8 = a->fp8,
-                          .balance_alpha = a->alpha, .micro_batch = a->micro, .seq_len = a->seq_len, .seed = (uint64_t)a->seed};
+    const ds_session_opts so = ds_train_toolopts_session(&a->t, "ds-sft");
     if ((rc = ds_session_open(&s, &so))) goto done;
     if (!s.tokenizer_json) {
-        rc = ds_fail(DS_ERR, "no tokenizer: the checkpoint carries no tokenizer.json: %s", a->resume ? a->resume : a->model);
+        rc = ds_fail(DS_ERR, "no tokenizer: the checkpoint carries no tokenizer.json: %s", a->t.resume ? a->t.resume : a->t.model);
         ds_hint("give the tokenizer the model was trained with: --tokenizer FILE");
         goto done;
     }
     if ((rc = ds_tok_from_json(&tok, s.tokenizer_json, s.tokenizer_len, "tokenizer.json"))) goto done;
     if ((rc = ds_chat_template_load(&tm, a->tmpl))) goto done;
     have_tm = 1;
-    ds_sft_load_opts lo = {.tok = tok, .tmpl = &tm, .seq_len = a->seq_len, .max_warnings = a->verbose ? -1 : 10,
+    ds_sft_load_opts lo = {.tok = tok, .tmpl = &tm, .seq_len = a->t.seq_len, .max_warnings = a->t.verbose ? -1 : 10,
                            .on_bad = !strcmp(a->on_bad, "reject") ? DS_SFT_REJECT_BAD : DS_SFT_SKIP_BAD, .vocab = s.cfg.vocab_size};
     if ((rc = ds_sft_load(&set, a->data, &lo))) {
         if (lo.on_bad == DS_SFT_REJECT_BAD) ds_hint("fix the line, or pass --on-bad skip to leave bad conversations out");
@@ -118,89 +80,79 @@ static int run(args *a) {
         goto done;
     }
     const int64_t eos = ds_tok_token_id(tok, EOS);
-    ds_sft_source_opts po = {.seq_len = a->seq_len, .seed = (uint64_t)a->seed, .val_frac = a->val_frac, .window = a->window,
+    ds_sft_source_opts po = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac, .window = a->window,
                              .pad_id = (int32_t)(eos >= 0 ? eos : s.cfg.eos_token_id >= 0 ? s.cfg.eos_token_id : 0)};
     if ((rc = ds_sft_source_create(&train, &val, &set, &po))) goto done;
     ds_sft_stats st;
     if ((rc = ds_sft_source_stats(train, val, a->epochs, &st))) goto done;
     ds_train_opts to;
-    ds_train_opts_defaults(&to);
+    ds_train_toolopts_apply(&a->t, &to);
     /* an epoch is a pass over the training conversations; the last step is filled from the next epoch */
-    to.total_steps = a->steps > 0 ? a->steps : (st.rows + a->batch - 1) / a->batch;
-    to.seq_len = a->seq_len, to.micro_batch = a->micro, to.seed = (uint64_t)a->seed;
-    to.adamw.beta1 = a->beta1, to.adamw.beta2 = a->beta2, to.adamw.eps = a->eps, to.adamw.weight_decay = a->wd;
-    to.adamw.bf16_moments = a->bf16, to.clip_norm = a->clip, to.balance_alpha = a->alpha, to.skip_nonfinite = a->skip;
-    to.val_batches = a->val_batches, to.save_every = a->save_every, to.log_every = a->log_every;
-    to.val_every = a->val_every >= 0 ? a->val_every : (int)(to.total_steps / 10 > 0 ? to.total_steps / 10 : 1);
-    if ((rc = schedules(a, &to))) goto done;
-    ds_info("model   %s", a->resume ? a->resume : a->model);
+    const int batch = a->t.batch;
+    if (a->t.steps <= 0) to.total_steps = (st.rows + batch - 1) / batch;
+    if (a->t.val_every < 0) to.val_every = (int)(to.total_steps / 10 > 0 ? to.total_steps / 10 : 1);
+    char cosine[256];
+    snprintf(cosine, sizeof cosine, "cosine:warmup=%.17g%%,end=100%%,min=%.17g", 100 * a->warmup, a->lr_min);
+    ds_train_sched_specs sp = {.lr = a->t.lr_schedule ? a->t.lr_schedule : cosine, .lr_peak = a->t.lr, .batch = batch,
+                               .gamma = a->gamma, .lambda = a->lambda, .lambda_peak = 0.1};
+    if ((rc = ds_train_schedules(&sp, &to))) goto done;
+    ds_info("model   %s", a->t.resume ? a->t.resume : a->t.model);
     ds_info("data    %lld conversations (%lld skipped): %lld training, %lld held out; %lld rows of %d per epoch, "
             "%.1f%% of slots filled, %.1f%% of those trained on",
             (long long)set.lines, (long long)set.bad, (long long)st.samples, (long long)st.val_samples,
-            (long long)(a->epochs > 0 ? st.rows / a->epochs : st.rows), a->seq_len, 100 * st.fill, 100 * st.trained);
-    ds_info("train   %lld steps x %d rows (%d epoch%s), micro-batch %d, %d threads", (long long)to.total_steps, a->batch,
-            a->epochs, a->epochs == 1 ? "" : "s", a->micro, ds_threads_get());
+            (long long)(a->epochs > 0 ? st.rows / a->epochs : st.rows), a->t.seq_len, 100 * st.fill, 100 * st.trained);
+    ds_info("train   %lld steps x %d rows (%d epoch%s), micro-batch %d, %d threads", (long long)to.total_steps, batch,
+            a->epochs, a->epochs == 1 ? "" : "s", a->t.micro_batch, ds_threads_get());
     record = config_record(a, &s, &set, &st, &to);
     if ((rc = ds_session_start(&s, &to, train, val, &ds_loss_pretrain, record))) goto done;
     rc = ds_session_run(&s, &sig);
 done:
     free(record);
-    if (rc == DS_EUSAGE) rc = ds_usage_error("%s", ds_errmsg());
-    else if (rc) ds_tool_report(rc);
+    rc = ds_train_tool_exit(rc, sig);
     ds_session_close(&s);
     ds_data_source_free(train);
     ds_data_source_free(val);
     ds_sft_set_free(&set);
     if (have_tm) ds_chat_template_free(&tm);
     ds_tok_free(tok);
-    return rc ? (rc == DS_EDIVERGED ? 3 : rc == DS_EUSAGE ? 2 : 1) : sig ? 128 + sig : 0;
+    return rc;
 }
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-sft");
-    args a = {.epochs = 2, .batch = 8, .seq_len = 1024, .window = 8, .lr = 5e-6, .lr_min = 1e-6, .warmup = 0, .on_bad = "skip",
-              .gamma = "0", .lambda = "0.1", .alpha = 1e-4, .wd = 0.1, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .clip = 1.0,
-              .val_frac = 0.02, .val_every = -1, .val_batches = 8, .log_every = 1, .seed = 1};
+    args a = {.epochs = 2, .window = 8, .lr_min = 1e-6, .warmup = 0, .on_bad = "skip", .gamma = "0", .lambda = "0.1"};
+    ds_train_toolopts *t = &a.t;
+    ds_train_toolopts_defaults(t);
+    t->batch = 8, t->seq_len = 1024, t->lr = 5e-6, t->alpha = 1e-4, t->val_frac = 0.02, t->val_every = -1;
     const ds_opt opts[] = {
-        {"model", 'm', DS_OPT_STR, &a.model, "CKPT", "the checkpoint to fine-tune (directory, .safetensors or '-')", 0, 0, 0},
+        ds_train_toolopt(t, "model", "the checkpoint to fine-tune (directory, .safetensors or '-')"),
         {"data", 0, DS_OPT_STR, &a.data, "FILE|-", "conversations, one JSON object per line: {\"messages\": [{\"role\", \"content\"}, ...]}", 0, 0, 0},
-        {"out", 'o', DS_OPT_STR, &a.out, "OUT", "checkpoint directory (replaced atomically at every save)", 0, 0, 0},
+        ds_train_toolopt(t, "out", NULL),
         {"epochs", 0, DS_OPT_INT, &a.epochs, "E", "passes over the training conversations (V3: 2)", 0, 1, 1e6},
-        {"steps", 0, DS_OPT_I64, &a.steps, "N", "optimizer steps instead of --epochs (0: from the epochs)", 0, 0, 1e15},
-        {"batch", 0, DS_OPT_INT, &a.batch, "B", "packed rows per optimizer step", 0, 1, 1e9},
-        {"micro-batch", 0, DS_OPT_INT, &a.micro, "M", "rows per forward/backward (0 = --batch)", 0, 0, 1e9},
-        {"seq-len", 0, DS_OPT_INT, &a.seq_len, "T", "tokens per packed row; longer conversations are bad", 0, 2, 1 << 24},
-        {"lr", 0, DS_OPT_FLOAT, &a.lr, "LR", "peak learning rate (V3: 5e-6)", 0, 0, 10},
+        {"steps", 0, DS_OPT_I64, &t->steps, "N", "optimizer steps instead of --epochs (0: from the epochs)", 0, 0, 1e15},
+        {"batch", 0, DS_OPT_INT, &t->batch, "B", "packed rows per optimizer step", 0, 1, 1e9},
+        {"micro-batch", 0, DS_OPT_INT, &t->micro_batch, "M", "rows per forward/backward (0 = --batch)", 0, 0, 1e9},
+        {"seq-len", 0, DS_OPT_INT, &t->seq_len, "T", "tokens per packed row; longer conversations are bad", 0, 2, 1 << 24},
+        ds_train_toolopt(t, "lr", "peak learning rate (V3: 5e-6)"),
         {"lr-min", 0, DS_OPT_FLOAT, &a.lr_min, "LR", "learning rate at the end of the cosine decay (V3: 1e-6)", 0, 0, 10},
         {"warmup", 0, DS_OPT_FLOAT, &a.warmup, "F", "share of the steps in linear warmup", 0, 0, 1},
-        {"lr-schedule", 0, DS_OPT_STR, &a.lr_sched, "SPEC", "any schedule instead (docs/DESIGN.md \"Schedules\")", 0, 0, 0},
+        ds_train_toolopt(t, "lr-schedule", "any schedule instead (docs/DESIGN.md \"Schedules\")"),
         {"chat-template", 0, DS_OPT_STR, &a.tmpl, "FILE", "chat template (default: the built-in DeepSeek-V3 one, share/chat_template)", 0, 0, 0},
-        {"tokenizer", 0, DS_OPT_STR, &a.tokenizer, "FILE", "tokenizer.json (default: the checkpoint's)", 0, 0, 0},
+        ds_train_toolopt(t, "tokenizer", "tokenizer.json (default: the checkpoint's)"),
         {"on-bad", 0, DS_OPT_CHOICE, &a.on_bad, "WHAT", "a bad conversation (missing role, empty content, too long): skip it with a warning, or reject the data", "skip|reject", 0, 0},
-        {"val-frac", 0, DS_OPT_FLOAT, &a.val_frac, "F", "share of the conversations held out for validation", 0, 0, 0.5},
-        {"val-every", 0, DS_OPT_INT, &a.val_every, "N", "validation loss every N steps and at the end (-1: ten times a run, 0: never)", 0, -1, 1e9},
-        {"val-batches", 0, DS_OPT_INT, &a.val_batches, "N", "micro-batches per validation", 0, 1, 1e9},
+        ds_train_toolopt(t, "val-frac", "share of the conversations held out for validation"),
+        {"val-every", 0, DS_OPT_INT, &t->val_every, "N", "validation loss every N steps and at the end (-1: ten times a run, 0: never)", 0, -1, 1e9},
+        ds_train_toolopt(t, "val-batches", NULL),
         {"pack-window", 0, DS_OPT_INT, &a.window, "W", "rows open at once while packing (first fit; 1 = in order)", 0, 1, 1 << 16},
         {"lambda", 0, DS_OPT_STR, &a.lambda, "SPEC", "MTP loss weight schedule (on assistant tokens)", 0, 0, 0},
         {"gamma", 0, DS_OPT_STR, &a.gamma, "SPEC", "expert-bias update speed (0 = frozen, as V3 ended pre-training)", 0, 0, 0},
-        {"alpha", 0, DS_OPT_FLOAT, &a.alpha, "A", "sequence-wise balance loss weight", 0, 0, 1},
-        {"weight-decay", 0, DS_OPT_FLOAT, &a.wd, "WD", "AdamW weight decay", 0, 0, 10},
-        {"beta1", 0, DS_OPT_FLOAT, &a.beta1, "B1", "AdamW beta1", 0, 0, 1},
-        {"beta2", 0, DS_OPT_FLOAT, &a.beta2, "B2", "AdamW beta2", 0, 0, 1},
-        {"eps", 0, DS_OPT_FLOAT, &a.eps, "EPS", "AdamW epsilon", 0, 0, 1},
-        {"clip", 0, DS_OPT_FLOAT, &a.clip, "NORM", "clip gradients to this global norm (0 = off)", 0, 0, 1e9},
-        {"bf16-moments", 0, DS_OPT_FLAG, &a.bf16, NULL, "keep AdamW moments in bf16", 0, 0, 0},
-        {"fp8", 0, DS_OPT_FLAG, &a.fp8, NULL, "every block Linear (attention projections, FFN, experts) in FP8: E4M3 with 1x128/128x128 scales, V3's recipe", 0, 0, 0},
-        {"seed", 0, DS_OPT_I64, &a.seed, "S", "seed of the held-out choice and the epoch orders", 0, 0, 9.2e18},
-        {"threads", 0, DS_OPT_INT, &a.threads, "N", "CPU threads (0 = all cores)", 0, 0, 4096},
-        {"metrics", 0, DS_OPT_STR, &a.metrics, "FILE.jsonl", "one JSON object per step ('-' = stdout)", 0, 0, 0},
-        {"plot", 0, DS_OPT_STR, &a.plot, "FILE.png", "draw the loss curves at the end", 0, 0, 0},
-        {"save-every", 0, DS_OPT_INT, &a.save_every, "N", "checkpoint every N steps (and always at the end)", 0, 0, 1e9},
-        {"resume", 0, DS_OPT_STR, &a.resume, "DIR", "continue the run saved in DIR (same data and options)", 0, 0, 0},
-        {"log-every", 0, DS_OPT_INT, &a.log_every, "N", "print a line every N steps (0 = none)", 0, 0, 1e9},
-        {"skip-nonfinite", 0, DS_OPT_FLAG, &a.skip, NULL, "skip a step with NaN/Inf instead of stopping with exit 3", 0, 0, 0},
-        {"quiet", 'q', DS_OPT_FLAG, &a.quiet, NULL, "only errors and warnings", 0, 0, 0},
-        {"verbose", 'v', DS_OPT_FLAG, &a.verbose, NULL, "more detail (every skipped conversation)", 0, 0, 0},
+        ds_train_toolopt(t, "alpha", "sequence-wise balance loss weight"),
+        ds_train_toolopts_group(t, "weight-decay beta1 beta2 eps clip bf16-moments fp8"),
+        ds_train_toolopt(t, "seed", "seed of the held-out choice and the epoch orders"),
+        ds_train_toolopts_group(t, "device threads metrics plot save-every"),
+        ds_train_toolopt(t, "resume", "continue the run saved in DIR (same data and options)"),
+        ds_train_toolopts_group(t, "log-every skip-nonfinite quiet"),
+        ds_train_toolopt(t, "verbose", "more detail (every skipped conversation)"),
         {0},
     };
     const ds_cli cli = {
@@ -218,17 +170,11 @@ int main(int argc, char **argv) {
     };
     int first;
     int rc = ds_cli_parse(&cli, argc, argv, &first);
+    if (rc < 0) rc = ds_train_tool_start(t, argc, argv, first);
     if (rc >= 0) return rc;
-    if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
-    if (a.quiet) ds_log_set_level(DS_LOG_QUIET);
-    if (a.verbose) ds_log_set_level(DS_LOG_VERBOSE);
-    if (!a.model && !a.resume) return ds_usage_error("-m CKPT is required (the model to fine-tune)");
+    if (!t->model && !t->resume) return ds_usage_error("-m CKPT is required (the model to fine-tune)");
     if (!a.data) return ds_usage_error("--data FILE is required");
-    if (!a.out) return ds_usage_error("-o OUT is required");
-    if (ds_is_stdio(a.out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
-    if (!a.micro) a.micro = a.batch;
-    if (a.batch % a.micro) return ds_usage_error("--batch %d is not a multiple of --micro-batch %d", a.batch, a.micro);
-    if (a.lr_min > a.lr) return ds_usage_error("--lr-min %g is above --lr %g", a.lr_min, a.lr);
-    ds_threads_set(a.threads);
+    if (ds_train_tool_check_out(t) || ds_train_tool_check_batch(t)) return 2;
+    if (a.lr_min > t->lr) return ds_usage_error("--lr-min %g is above --lr %g", a.lr_min, t->lr);
     return run(&a);
 }

@@ -93,7 +93,8 @@ void ds_strlist_free(ds_strlist *l) {
 static void format_default(const ds_opt *o, char *buf, size_t n) {
     buf[0] = 0;
     switch (o->type) {
-    case DS_OPT_FLAG: break;
+    case DS_OPT_FLAG:
+    case DS_OPT_GROUP: break;
     case DS_OPT_INT: snprintf(buf, n, "%d", *(int *)o->dest); break;
     case DS_OPT_I64:
     case DS_OPT_BYTES: snprintf(buf, n, "%lld", (long long)*(int64_t *)o->dest); break;
@@ -114,11 +115,34 @@ static void format_default(const ds_opt *o, char *buf, size_t n) {
     }
 }
 
+/* The entries of a table with its groups' entries in their place (groups within groups too), or
+ * count them when out is NULL. */
+static int flatten(const ds_opt *opts, ds_opt *out) {
+    int n = 0;
+    for (const ds_opt *o = opts; o && o->name; o++) {
+        if (o->type == DS_OPT_GROUP) n += flatten(o->dest, out ? out + n : NULL);
+        else if (out) out[n++] = *o;
+        else n++;
+    }
+    return n;
+}
+
+/* The table as one flat array ending with {0} (calloc'd). */
+static ds_opt *flat_table(const ds_cli *cli, int *n_out) {
+    const int n = flatten(cli->opts, NULL);
+    ds_opt *t = calloc((size_t)n + 1, sizeof *t);
+    if (!t) abort(); /* out of memory while parsing argv: nothing sensible to do */
+    flatten(cli->opts, t);
+    if (n_out) *n_out = n;
+    return t;
+}
+
 void ds_cli_help(const ds_cli *cli, FILE *f) {
     fprintf(f, "Usage: %s %s\n\n", cli->name, cli->usage ? cli->usage : "[OPTIONS]");
     if (cli->summary) fprintf(f, "%s\n\n", cli->summary);
     fprintf(f, "Options:\n");
-    for (const ds_opt *o = cli->opts; o && o->name; o++) {
+    ds_opt *opts = flat_table(cli, NULL);
+    for (const ds_opt *o = opts; o->name; o++) {
         char lhs[96], def[256];
         if (o->short_name)
             snprintf(lhs, sizeof lhs, "  -%c, --%s%s%s", o->short_name, o->name, o->metavar ? " " : "",
@@ -132,6 +156,7 @@ void ds_cli_help(const ds_cli *cli, FILE *f) {
         if (o->type == DS_OPT_STRLIST) fprintf(f, " (repeatable)");
         fprintf(f, "\n");
     }
+    free(opts);
     fprintf(f, "%-30s %s\n", "  -h, --help", "show this help and exit");
     fprintf(f, "%-30s %s\n", "      --version", "print the version and exit");
     if (cli->example) fprintf(f, "\nExample:\n%s\n", cli->example);
@@ -170,6 +195,7 @@ static int check_range(const ds_opt *o, double v) {
 static int apply_opt(const ds_opt *o, const char *arg) {
     switch (o->type) {
     case DS_OPT_FLAG: *(int *)o->dest = 1; return 0;
+    case DS_OPT_GROUP: return 0; /* flattened away before parsing */
     case DS_OPT_INT: {
         int64_t v;
         if (parse_i64(arg, &v) || v < -2147483647LL || v > 2147483647LL)
@@ -223,15 +249,15 @@ static int apply_opt(const ds_opt *o, const char *arg) {
 
 int ds_cli_parse(const ds_cli *cli, int argc, char **argv, int *optind_out) {
     enum { VERSION_ID = 1000 };
-    int n = 0;
-    for (const ds_opt *o = cli->opts; o && o->name; o++) n++;
+    int n;
+    ds_opt *opts = flat_table(cli, &n);
     struct option *lo = calloc((size_t)n + 3, sizeof *lo);
     char *shorts = calloc((size_t)2 * n + 8, 1);
     if (!lo || !shorts) abort();
     size_t sp = 0;
     shorts[sp++] = ':'; /* report missing arguments as ':' (GNU permutation: options may follow files) */
     for (int i = 0; i < n; i++) {
-        const ds_opt *o = &cli->opts[i];
+        const ds_opt *o = &opts[i];
         int has_arg = o->type == DS_OPT_FLAG ? no_argument : required_argument;
         lo[i] = (struct option){o->name, has_arg, NULL, o->short_name ? o->short_name : 2000 + i};
         if (o->short_name) {
@@ -273,10 +299,10 @@ int ds_cli_parse(const ds_cli *cli, int argc, char **argv, int *optind_out) {
         }
         const ds_opt *o = NULL;
         if (c >= 2000 && c < 2000 + n)
-            o = &cli->opts[c - 2000];
+            o = &opts[c - 2000];
         else
             for (int i = 0; i < n; i++)
-                if (cli->opts[i].short_name == c) o = &cli->opts[i];
+                if (opts[i].short_name == c) o = &opts[i];
         if (!o) {
             rc = ds_usage_error("unknown option '%s'", argv[optind - 1]);
             break;
@@ -288,6 +314,7 @@ int ds_cli_parse(const ds_cli *cli, int argc, char **argv, int *optind_out) {
     }
     free(lo);
     free(shorts);
+    free(opts);
     if (optind_out) *optind_out = optind;
     return rc;
 }

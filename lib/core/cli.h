@@ -4,6 +4,7 @@
  * (so help and parser cannot drift apart; defaults are read from the destination variables at the
  * time help is printed), --version, and the tool's error/warning printing conventions:
  *   ds-NAME: error: <what>: <where>      (stderr, exit 1 runtime / 2 usage / 3 diverged)
+ * Tables may include other tables (DS_OPT_GROUP), so options shared by several tools are defined once.
  * This is the only part of libds that writes to stdout (help, version), on the tool's request.
  */
 #ifndef DS_CORE_CLI_H
@@ -21,6 +22,8 @@ typedef enum {
     DS_OPT_STRLIST, /* ds_strlist*, repeatable */
     DS_OPT_CHOICE,  /* const char**, value must be one of `choices` ("a|b|c") */
     DS_OPT_BYTES,   /* int64_t*, a byte size: K/M/G suffixes are powers of 1024 (as nccl-tests) */
+    DS_OPT_GROUP,   /* const ds_opt*: another table (name == NULL ends it) whose entries stand here; options
+                       several tools share are defined once and placed where each tool lists them */
 } ds_opt_type;
 
 typedef struct {

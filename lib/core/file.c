@@ -113,6 +113,17 @@ void ds_atomic_abort(ds_atomic *a) {
     unlink(a->tmp);
 }
 
+int ds_atomic_write_file(const char *path, const void *data, size_t len) {
+    ds_atomic a;
+    DS_TRY(ds_atomic_open(&a, path));
+    int rc = ds_write_all(a.f, data, len, a.path);
+    if (rc) {
+        ds_atomic_abort(&a);
+        return rc;
+    }
+    return ds_atomic_commit(&a);
+}
+
 int ds_mkdir_p(const char *path) {
     char buf[4096];
     if (strlen(path) >= sizeof buf) return ds_fail(DS_ERR, "path too long: %s", path);

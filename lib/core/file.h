@@ -28,6 +28,8 @@ typedef struct {
 int ds_atomic_open(ds_atomic *a, const char *path); /* "-" writes to stdout, not atomic */
 int ds_atomic_commit(ds_atomic *a);                 /* flush, fsync, rename, fsync dir; closes */
 void ds_atomic_abort(ds_atomic *a);                 /* close and remove the temp file */
+/* The whole of data as the file at path, replaced atomically ("-": stdout). */
+int ds_atomic_write_file(const char *path, const void *data, size_t len);
 
 int ds_fsync_dir(const char *dir);
 int ds_mkdir_p(const char *path);

@@ -312,13 +312,7 @@ int ds_png_write(const ds_image *im, const char *path) {
     uint8_t *png;
     size_t n;
     DS_TRY(ds_png_encode(im, &png, &n));
-    ds_atomic a;
-    int rc = ds_atomic_open(&a, path);
-    if (!rc) rc = ds_write_all(a.f, png, n, a.path);
-    if (!rc)
-        rc = ds_atomic_commit(&a);
-    else
-        ds_atomic_abort(&a);
+    int rc = ds_atomic_write_file(path, png, n);
     free(png);
     return rc;
 }

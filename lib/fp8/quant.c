@@ -118,37 +118,34 @@ int ds_fp8_quantize_transposed(uint8_t *qt, float *scale_t, const float *x, int6
     return DS_OK;
 }
 
-int ds_fp8_dequantize(float *x, const uint8_t *q, const float *scale, int64_t rows, int64_t cols, int64_t br,
-                      int64_t bc) {
+/* Codes times their block's scale, into f32 (xf) or bf16 (xb): one of the two is NULL. */
+static inline int dequantize(float *xf, uint16_t *xb, const uint8_t *q, const float *scale, int64_t rows, int64_t cols,
+                             int64_t br, int64_t bc) {
     DS_TRY(check_dims("fp8 dequantize", rows, cols, br, bc));
     const int64_t nbc = ds_fp8_nblocks(cols, bc);
 #pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *sr = scale + (r / br) * nbc;
         for (int64_t c0 = 0; c0 < cols; c0 += bc) {
-            const int64_t w = c0 + bc < cols ? bc : cols - c0;
+            const int64_t end = r * cols + (c0 + bc < cols ? c0 + bc : cols);
             const float s = sr[c0 / bc];
-            for (int64_t c = c0; c < c0 + w; c++) x[r * cols + c] = ds_e4m3_table[q[r * cols + c]] * s;
+            if (xf)
+                for (int64_t i = r * cols + c0; i < end; i++) xf[i] = ds_e4m3_table[q[i]] * s;
+            else
+                for (int64_t i = r * cols + c0; i < end; i++) xb[i] = ds_f32_to_bf16(ds_e4m3_table[q[i]] * s);
         }
     }
     return DS_OK;
 }
 
+int ds_fp8_dequantize(float *x, const uint8_t *q, const float *scale, int64_t rows, int64_t cols, int64_t br,
+                      int64_t bc) {
+    return dequantize(x, NULL, q, scale, rows, cols, br, bc);
+}
+
 int ds_fp8_dequantize_bf16(uint16_t *x, const uint8_t *q, const float *scale, int64_t rows, int64_t cols,
                            int64_t br, int64_t bc) {
-    DS_TRY(check_dims("fp8 dequantize", rows, cols, br, bc));
-    const int64_t nbc = ds_fp8_nblocks(cols, bc);
-#pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *sr = scale + (r / br) * nbc;
-        for (int64_t c0 = 0; c0 < cols; c0 += bc) {
-            const int64_t w = c0 + bc < cols ? bc : cols - c0;
-            const float s = sr[c0 / bc];
-            for (int64_t c = c0; c < c0 + w; c++)
-                x[r * cols + c] = ds_f32_to_bf16(ds_e4m3_table[q[r * cols + c]] * s);
-        }
-    }
-    return DS_OK;
+    return dequantize(NULL, x, q, scale, rows, cols, br, bc);
 }
 
 int ds_fp8_transpose_blocks(uint8_t *qt, float *scale_t, const uint8_t *q, const float *scale, int64_t rows,

@@ -22,6 +22,7 @@ typedef struct {
     float *cs, *xf, *logits, *cat;
     void *attn_ws;
     int32_t *tok, *pos;
+    int32_t *mla_table, *mla_len; /* the decode op's per-sequence slot and length (attention_tables) */
     float *inv_freq;
 } buffers;
 
@@ -41,7 +42,7 @@ struct ds_infer {
     double flops_token, flops_attn; /* per token: weights (all layers, head); per cached position and layer */
     int32_t *off_host;
     int64_t *off64;
-    int32_t *mla_table, *mla_len; /* per attention call: the slot and visible length of each sequence */
+    int32_t *mla_table, *mla_len; /* host side of buffers.mla_table/mla_len */
     size_t scratch_bytes;
     void *allocs[48]; /* everything balloc handed out, freed through the op layer */
     int n_allocs;
@@ -107,7 +108,7 @@ int ds_infer_create(ds_infer **out, const ds_infer_model *m, const ds_ops *ops, 
     }
     ds_dims_from_config(&e->d, c);
     int rc = ds_rope_init(&e->rope, c);
-    if (!rc) rc = ds_kvcache_init(&e->cache, c, o->slots, o->max_len, o->mtp ? 1 : 0);
+    if (!rc) rc = ds_kvcache_init(&e->cache, c, o->slots, o->max_len, o->mtp ? 1 : 0, ops);
     if (rc) {
         free(e);
         return rc;
@@ -165,6 +166,8 @@ int ds_infer_create(ds_infer **out, const ds_infer_model *m, const ds_ops *ops, 
     b->cat = o->mtp ? balloc(e, n * 2 * d->D * f, &oom) : NULL;
     b->tok = balloc(e, n * i32, &oom);
     b->pos = balloc(e, n * i32, &oom);
+    b->mla_table = balloc(e, n * i32, &oom);
+    b->mla_len = balloc(e, n * i32, &oom);
     b->inv_freq = balloc(e, (size_t)e->rope.half * f, &oom);
     e->off_host = calloc((size_t)d->E + 1, sizeof *e->off_host);
     e->off64 = calloc((size_t)d->E + 1, sizeof *e->off64);
@@ -206,34 +209,60 @@ static int check_step(const ds_infer *e, int n, const int32_t *tok, const int32_
     return DS_OK;
 }
 
-/* Absorbed attention over the cache for every row: runs of consecutive slots with the same number of
- * new tokens go to the MLA decode op together (its batch), each slot's cache being one page. */
-static int latent_attention(ds_infer *e, int cache_layer, int n, const int32_t *slot, const int32_t *pos) {
+/* The decode op's batches: runs of consecutive slots with the same number of new tokens go to one call
+ * (each slot's cache is one page). From row r0: the run's q_len, its sequences and the row after it. */
+static int next_run(const int32_t *slot, int n, int r0, int *q_len, int *r_end) {
+    int q = 1, batch = 0, r = r0;
+    while (r0 + q < n && slot[r0 + q] == slot[r0]) q++;
+    while (r < n) {
+        int len = 1;
+        while (r + len < n && slot[r + len] == slot[r]) len++;
+        if (len != q) break;
+        batch++;
+        r += len;
+    }
+    *q_len = q;
+    *r_end = r;
+    return batch;
+}
+
+/* The slot and visible length of every sequence of the step, in run order, into backend memory: one copy
+ * per step, shared by every layer's attention. */
+static void attention_tables(ds_infer *e, int n, const int32_t *slot, const int32_t *pos) {
+    int ns = 0;
+    for (int r0 = 0, q, r1; r0 < n; r0 = r1) {
+        int batch = next_run(slot, n, r0, &q, &r1);
+        for (int k = 0; k < batch; k++) {
+            e->mla_table[ns + k] = slot[r0 + k * q];
+            e->mla_len[ns + k] = pos[r0 + k * q + q - 1] + 1;
+        }
+        ns += batch;
+    }
+    e->ops->copy(e->b.mla_table, e->mla_table, sizeof(int32_t) * (size_t)ns, DS_COPY_H2D);
+    e->ops->copy(e->b.mla_len, e->mla_len, sizeof(int32_t) * (size_t)ns, DS_COPY_H2D);
+}
+
+/* Absorbed attention over the cache for every row, through the backend's MLA decode op. */
+static int latent_attention(ds_infer *e, int cache_layer, int n, const int32_t *slot) {
     buffers *b = &e->b;
     const int H = e->d.H, W = e->W, Rkv = e->d.Rkv;
-    for (int r0 = 0; r0 < n;) {
-        int q_len = 1;
-        while (r0 + q_len < n && slot[r0 + q_len] == slot[r0]) q_len++;
-        int batch = 0, r = r0;
-        while (r < n) {
-            int len = 1;
-            while (r + len < n && slot[r + len] == slot[r]) len++;
-            if (len != q_len) break;
-            e->mla_table[batch] = slot[r];
-            e->mla_len[batch++] = pos[r + len - 1] + 1;
-            r += len;
-        }
+    int ns = 0;
+    for (int r0 = 0, q, r1; r0 < n; r0 = r1) {
+        int batch = next_run(slot, n, r0, &q, &r1), longest = 0;
+        for (int k = 0; k < batch; k++)
+            if (e->mla_len[ns + k] > longest) longest = e->mla_len[ns + k];
         ds_mla_decode_args a = {
-            .batch = batch, .q_len = q_len, .heads = H, .kv_rank = Rkv, .rope_dim = e->d.dr,
+            .batch = batch, .q_len = q, .heads = H, .kv_rank = Rkv, .rope_dim = e->d.dr,
             .scale = e->rope.softmax_scale,
             .q = b->qabs + (size_t)r0 * H * W, .q_type = DS_F32,
             .kv = e->cache.layer[cache_layer], .kv_type = DS_F32,
-            .kv_len = e->mla_len, .block_table = e->mla_table,
+            .kv_len = b->mla_len + ns, .block_table = b->mla_table + ns,
             .page_size = e->cache.max_len, .max_pages = 1, .n_pages = e->cache.slots,
             .out = b->lat + (size_t)r0 * H * Rkv, .out_type = DS_F32,
+            .max_kv_len = longest,
         };
-        DS_TRY(ds_mla_decode(&a));
-        r0 = r;
+        DS_TRY(e->ops->mla_decode(&a));
+        ns += batch;
     }
     return DS_OK;
 }
@@ -249,10 +278,11 @@ static int attention(ds_infer *e, const ds_layer_w *lw, int cache_layer, int n, 
                       .softmax_scale = e->rope.softmax_scale, .attn_ws = b->attn_ws};
     ds_mla_query(&c, lw, b->xn, b->cq, NULL, b->cqn, b->q);
     ds_mla_latent(&c, lw, b->xn, b->kva, NULL, b->ckv, b->kpe);
-    for (int i = 0; i < n; i++) {
-        float *row = ds_kvcache_row(&e->cache, cache_layer, slot[i], pos[i]);
-        op->copy(row, b->ckv + (size_t)i * Rkv, sizeof(float) * Rkv, DS_COPY_D2D);
-        op->copy(row + Rkv, b->kpe + (size_t)i * Dr, sizeof(float) * Dr, DS_COPY_D2D);
+    for (int r0 = 0, r1; r0 < n; r0 = r1) { /* a slot's rows sit at consecutive positions (check_step) */
+        for (r1 = r0 + 1; r1 < n && slot[r1] == slot[r0];) r1++;
+        float *row = ds_kvcache_row(&e->cache, cache_layer, slot[r0], pos[r0]);
+        op->copy2d(row, W, b->ckv + (size_t)r0 * Rkv, Rkv, r1 - r0, Rkv);
+        op->copy2d(row + Rkv, W, b->kpe + (size_t)r0 * Dr, Dr, r1 - r0, Dr);
     }
     const size_t kvb_head = (size_t)(Dn + Dv) * Rkv; /* rows of kv_b per head: [W_UK (Dn) ; W_UV (Dv)] x Rkv */
     if (form == DS_ATTN_ABSORBED) {
@@ -260,8 +290,7 @@ static int attention(ds_infer *e, const ds_layer_w *lw, int cache_layer, int n, 
             op->gemm(0, 0, n, Rkv, Dn, 1, b->q + (size_t)h * Dqk, H * Dqk, lw->kv_b + h * kvb_head, Rkv, 0,
                      b->qabs + (size_t)h * W, H * W);
         op->copy2d(b->qabs + Rkv, W, b->q + Dn, Dqk, n * H, Dr);
-        op->sync();
-        DS_TRY(latent_attention(e, cache_layer, n, slot, pos));
+        DS_TRY(latent_attention(e, cache_layer, n, slot));
         for (int h = 0; h < H; h++) /* o_h = W_UV,h o~_h */
             op->gemm(0, 1, n, Dv, Rkv, 1, b->lat + (size_t)h * Rkv, H * Rkv, lw->kv_b + h * kvb_head + (size_t)Dn * Rkv,
                      Rkv, 0, b->o + (size_t)h * Dv, H * Dv);
@@ -331,8 +360,8 @@ static int layer(ds_infer *e, int l, int cache_layer, int n, const int32_t *slot
 }
 
 /* Final norm and head: hidden states of all n rows (optional), logits of the chosen rows. */
-static void head(ds_infer *e, int n, int n_out, const int32_t *rows, const float *norm_w, float *logits,
-                 float *hidden) {
+static int head(ds_infer *e, int n, int n_out, const int32_t *rows, const float *norm_w, float *logits,
+                float *hidden) {
     const ds_ops *op = e->ops;
     buffers *b = &e->b;
     const int D = e->d.D;
@@ -348,6 +377,7 @@ static void head(ds_infer *e, int n, int n_out, const int32_t *rows, const float
         op->copy(logits, b->logits, sizeof(float) * (size_t)n_out * e->d.V, DS_COPY_D2H);
     }
     op->sync();
+    return op->status(); /* a failed launch anywhere in the step surfaces here */
 }
 
 /* Run small steps on one thread: returns the thread count to restore (0: nothing changed). */
@@ -408,9 +438,9 @@ static int forward(ds_infer *e, const ds_infer_step *s) {
     op->copy(b->pos, s->pos, sizeof(int32_t) * n, DS_COPY_H2D);
     op->embed_fwd(b->x, e->m.w->embed, b->tok, n, e->d.D);
     op->rope_table(b->cs, b->pos, n, b->inv_freq, e->rope.half, e->rope.cos_scale);
+    attention_tables(e, n, s->slot, s->pos);
     for (int l = 0; l < e->cfg->num_hidden_layers; l++) DS_TRY(layer(e, l, l, n, s->slot, s->pos, s->form));
-    head(e, n, s->n_out, s->out_rows, e->m.w->final_norm, s->logits, s->hidden);
-    return DS_OK;
+    return head(e, n, s->n_out, s->out_rows, e->m.w->final_norm, s->logits, s->hidden);
 }
 
 static int mtp_forward(ds_infer *e, int n, const int32_t *next_tok, const float *h, const int32_t *slot,
@@ -428,7 +458,7 @@ static int mtp_forward(ds_infer *e, int n, const int32_t *next_tok, const float 
     op->rmsnorm_fwd(b->cat + D, 2 * D, NULL, b->x, D, mw->hnorm, n, D, e->d.eps);
     op->gemm(0, 1, n, D, 2 * D, 1, b->cat, 2 * D, mw->eh_proj, 2 * D, 0, b->x, D);
     op->rope_table(b->cs, b->pos, n, b->inv_freq, e->rope.half, e->rope.cos_scale);
+    attention_tables(e, n, slot, pos);
     DS_TRY(layer(e, L, e->cache.n_main, n, slot, pos, DS_ATTN_ABSORBED));
-    head(e, n, n_out, out_rows, mw->head_norm, logits, NULL);
-    return DS_OK;
+    return head(e, n, n_out, out_rows, mw->head_norm, logits, NULL);
 }

@@ -5,8 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-int ds_kvcache_init(ds_kvcache *c, const ds_config *cfg, int slots, int max_len, int mtp_layers) {
+int ds_kvcache_init(ds_kvcache *c, const ds_config *cfg, int slots, int max_len, int mtp_layers, const ds_ops *ops) {
     memset(c, 0, sizeof *c);
+    c->ops = ops && strcmp(ops->name, "cpu") ? ops : NULL; /* NULL: host memory from calloc */
     if (slots <= 0 || max_len <= 0)
         return ds_fail(DS_ERR, "kv cache: %d slots of %d tokens: both must be positive", slots, max_len);
     if (mtp_layers < 0 || mtp_layers > cfg->num_nextn_predict_layers)
@@ -27,8 +28,9 @@ int ds_kvcache_init(ds_kvcache *c, const ds_config *cfg, int slots, int max_len,
     if (!c->layer || !c->len) goto oom;
     for (int l = 0; l < c->n_layers; l++) {
         /* calloc of a large block maps zero pages lazily: untouched context costs no memory */
-        c->layer[l] = calloc(per_layer, sizeof(float));
+        c->layer[l] = c->ops ? c->ops->alloc(per_layer * sizeof(float)) : calloc(per_layer, sizeof(float));
         if (!c->layer[l]) goto oom;
+        if (c->ops) c->ops->zero(c->layer[l], per_layer * sizeof(float));
     }
     return DS_OK;
 oom:
@@ -39,7 +41,10 @@ oom:
 
 void ds_kvcache_free(ds_kvcache *c) {
     if (c->layer)
-        for (int l = 0; l < c->n_layers; l++) free(c->layer[l]);
+        for (int l = 0; l < c->n_layers; l++) {
+            if (c->ops) c->ops->free(c->layer[l]);
+            else free(c->layer[l]);
+        }
     free(c->layer);
     free(c->len);
     memset(c, 0, sizeof *c);

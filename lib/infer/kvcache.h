@@ -8,8 +8,10 @@
  * length is the number of positions written (the engine advances it after verification, so
  * speculative positions beyond it are simply overwritten).
  *
- * Memory is reserved up front (slots x max_len) but only touched pages become resident, so a
- * long context costs what the sequences actually use.
+ * The layers live in the memory of the op backend the engine runs on (device memory on a GPU; the
+ * per-slot lengths stay on the host). On the CPU, memory is reserved up front (slots x max_len) but only
+ * touched pages become resident, so a long context costs what the sequences actually use; a GPU
+ * allocates the whole reservation.
  */
 #ifndef DS_INFER_KVCACHE_H
 #define DS_INFER_KVCACHE_H
@@ -18,21 +20,24 @@
 #include <stdint.h>
 
 #include "model/config.h"
+#include "ops/ops.h"
 
 typedef struct {
     int n_layers; /* num_hidden_layers + MTP modules cached */
     int n_main;   /* num_hidden_layers */
     int slots, max_len;
     int rank, rope, width; /* kv_lora_rank, qk_rope_head_dim, their sum */
-    float **layer;         /* [n_layers] -> [slots * max_len * width] */
-    int32_t *len;          /* [slots] positions held */
+    float **layer;         /* [n_layers] -> [slots * max_len * width], backend memory */
+    int32_t *len;          /* [slots] positions held (host) */
+    const ds_ops *ops;     /* the backend holding the layers */
 } ds_kvcache;
 
-/* mtp_layers: how many MTP modules get a cache layer (0 without speculation). */
-int ds_kvcache_init(ds_kvcache *c, const ds_config *cfg, int slots, int max_len, int mtp_layers);
+/* mtp_layers: how many MTP modules get a cache layer (0 without speculation). ops: the backend whose
+ * memory holds the layers (NULL: the CPU). */
+int ds_kvcache_init(ds_kvcache *c, const ds_config *cfg, int slots, int max_len, int mtp_layers, const ds_ops *ops);
 void ds_kvcache_free(ds_kvcache *c);
 
-/* Row of (layer, slot, pos): width floats [c_KV | k_pe]. */
+/* Row of (layer, slot, pos): width floats [c_KV | k_pe] (backend memory). */
 static inline float *ds_kvcache_row(const ds_kvcache *c, int layer, int slot, int pos) {
     return c->layer[layer] + ((size_t)slot * (size_t)c->max_len + (size_t)pos) * (size_t)c->width;
 }

@@ -3,12 +3,18 @@
 #include "core/err.h"
 #include "core/jsonw.h"
 #include "core/log.h"
+#include "ops/device.h"
 
 #include <stdlib.h>
 
 int ds_score(ds_model *m, ds_prompt_reader *r, FILE *out, int max_len, ds_score_stats *st) {
+    const ds_ops *ops = ds_model_ops(m);
     int32_t *tgt = malloc((size_t)max_len * sizeof *tgt);
-    if (!tgt) return ds_fail(DS_ERR, "score: out of memory for %d tokens", max_len);
+    float *logp = ds_ops_on_host(ops) ? NULL : malloc((size_t)max_len * sizeof *logp); /* from the device */
+    if (!tgt || (!ds_ops_on_host(ops) && !logp)) {
+        free(tgt), free(logp);
+        return ds_fail(DS_ERR, "score: out of memory for %d tokens", max_len);
+    }
     ds_jsonw w;
     ds_jsonw_init(&w);
     st->inputs = st->tokens = 0;
@@ -29,6 +35,13 @@ int ds_score(ds_model *m, ds_prompt_reader *r, FILE *out, int max_len, ds_score_
         ds_batch b = {.B = 1, .T = n, .tokens = ids, .targets = tgt};
         ds_fwd_out fo;
         if ((rc = ds_model_forward(m, &b, &fo))) break;
+        const float *lp = fo.logp;
+        if (logp) {
+            ops->copy(logp, fo.logp, sizeof(float) * (size_t)n, DS_COPY_D2H);
+            ops->sync();
+            if ((rc = ops->status())) break;
+            lp = logp;
+        }
         double sum = 0;
         ds_jsonw_reset(&w);
         ds_jsonw_obj_begin(&w);
@@ -41,8 +54,8 @@ int ds_score(ds_model *m, ds_prompt_reader *r, FILE *out, int max_len, ds_score_
         ds_jsonw_arr_begin(&w);
         ds_jsonw_null(&w);
         for (int i = 0; i + 1 < n; i++) {
-            ds_jsonw_numf(&w, fo.logp[i]);
-            sum += fo.logp[i];
+            ds_jsonw_numf(&w, lp[i]);
+            sum += lp[i];
         }
         ds_jsonw_arr_end(&w);
         ds_jsonw_knum(&w, "sum_logprob", sum);
@@ -55,5 +68,6 @@ int ds_score(ds_model *m, ds_prompt_reader *r, FILE *out, int max_len, ds_score_
     st->seconds = ds_now() - t0;
     ds_jsonw_free(&w);
     free(tgt);
+    free(logp);
     return rc;
 }

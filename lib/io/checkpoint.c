@@ -410,14 +410,7 @@ int ds_ckpt_writer_set_tokenizer(ds_ckpt_writer *w, const char *json, size_t len
 static int write_text_file(const char *dir, const char *name, const void *data, size_t len) {
     char p[8192];
     DS_TRY(ds_path_join(p, sizeof p, dir, name));
-    ds_atomic a;
-    DS_TRY(ds_atomic_open(&a, p));
-    int rc = ds_write_all(a.f, data, len, p);
-    if (rc) {
-        ds_atomic_abort(&a);
-        return rc;
-    }
-    return ds_atomic_commit(&a);
+    return ds_atomic_write_file(p, data, len);
 }
 
 static int remember_file(ds_ckpt_writer *w, const char *name, const void *data, size_t len, int keep_data) {

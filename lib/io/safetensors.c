@@ -818,14 +818,8 @@ static int write_index(ds_st_writer *w) {
     if (rc) return rc;
     char fname[1200], path[8192];
     snprintf(fname, sizeof fname, "%s.safetensors.index.json", w->stem);
-    ds_atomic a;
     rc = ds_path_join(path, sizeof path, w->dir, fname);
-    if (!rc) rc = ds_atomic_open(&a, path);
-    if (!rc) {
-        rc = ds_write_all(a.f, text, strlen(text), a.path);
-        if (rc) ds_atomic_abort(&a);
-        else rc = ds_atomic_commit(&a);
-    }
+    if (!rc) rc = ds_atomic_write_file(path, text, strlen(text));
     free(text);
     return rc;
 }

@@ -468,13 +468,7 @@ int ds_config_to_json(const ds_config *c, char **out) {
 int ds_config_save_file(const ds_config *c, const char *path) {
     char *text;
     DS_TRY(ds_config_to_json(c, &text));
-    ds_atomic a;
-    int rc = ds_atomic_open(&a, path);
-    if (!rc) {
-        rc = ds_write_all(a.f, text, strlen(text), a.path);
-        if (rc) ds_atomic_abort(&a);
-        else rc = ds_atomic_commit(&a);
-    }
+    int rc = ds_atomic_write_file(path, text, strlen(text));
     free(text);
     return rc;
 }

@@ -144,6 +144,7 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     }
     m->w = ops->alloc(pbytes);
     if (!m->w) FAIL("out of memory: %zu bytes of parameters", pbytes);
+    ops->params_changed(m->w, m->n_floats); /* the backend may keep derived copies (bf16 GEMM operands) */
     ops->zero(m->w, pbytes);
     if (m->opts.train) {
         m->g = ops->alloc(pbytes);

@@ -112,6 +112,8 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
 void ds_model_free(ds_model *m);
 
 const ds_config *ds_model_config(const ds_model *m);
+/* The backend the model runs on (opts.ops, or the CPU): where params, grads and forward outputs live. */
+const struct ds_ops *ds_model_ops(const ds_model *m);
 /* Parameter table, buffers and weight pointers. */
 const ds_param *ds_model_params_info(const ds_model *m, int *count);
 float *ds_model_params(ds_model *m);

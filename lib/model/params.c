@@ -158,6 +158,7 @@ int ds_model_init(ds_model *m, uint64_t seed) {
     }
     free(stage);
     if (m->ebias) ops->zero(m->ebias, sizeof(float) * (size_t)m->n_moe * m->dims.E);
+    ops->params_changed(m->w, m->n_floats);
     return 0;
 }
 
@@ -172,6 +173,7 @@ const ds_weights *ds_model_weights(const ds_model *m) { return &m->W; }
 const ds_weights *ds_model_grad_weights(const ds_model *m) { return m->g ? &m->G : NULL; }
 int ds_model_mtp_depth(const ds_model *m) { return m->mtp_depth; }
 const ds_config *ds_model_config(const ds_model *m) { return &m->cfg; }
+const struct ds_ops *ds_model_ops(const ds_model *m) { return m->ops; }
 
 float *ds_model_expert_bias(ds_model *m, int layer) {
     if (layer < 0 || layer >= m->n_layers_total || m->moe_slot[layer] < 0) return NULL;

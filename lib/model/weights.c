@@ -202,6 +202,7 @@ int ds_model_load_weights(ds_model *m, const ds_st_set *s) {
     if (!st.on_host) free(st.buf);
     free(u.v);
     free(fused);
+    m->ops->params_changed(m->w, m->n_floats);
     return rc;
 }
 

@@ -31,6 +31,9 @@ void ds_cpu_zero(void *p, size_t bytes) {
 
 void ds_cpu_sync(void) {}
 
+static int cpu_status(void) { return 0; }
+static void cpu_params_changed(const float *base, size_t n) { (void)base, (void)n; }
+
 /* C = alpha op(A) op(B) + beta C with OpenBLAS running single-threaded (see ds_cpu_blas_single) */
 static void gemm1(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                   float beta, float *C, int ldc) {
@@ -141,6 +144,8 @@ static const ds_ops cpu_ops = {
     .copy = ds_cpu_copy,
     .zero = ds_cpu_zero,
     .sync = ds_cpu_sync,
+    .status = cpu_status,
+    .params_changed = cpu_params_changed,
     .gemm = ds_cpu_gemm,
     .gemm_rows = ds_cpu_gemm_rows,
     .gemm_wgrad = ds_cpu_gemm_wgrad,
@@ -173,6 +178,7 @@ static const ds_ops cpu_ops = {
     .moe_combine_bwd = ds_cpu_moe_combine_bwd,
     .mla_kv_expand = ds_cpu_mla_kv_expand,
     .mla_kv_expand_bwd = ds_cpu_mla_kv_expand_bwd,
+    .mla_decode = ds_mla_decode,
 };
 
 const ds_ops *ds_ops_cpu(void) { return &cpu_ops; }

@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ops/mla_decode.h"
+
 typedef enum { DS_COPY_H2D = 0, DS_COPY_D2H = 1, DS_COPY_D2D = 2 } ds_copy_kind;
 
 /* Expert scoring function (config scoring_func). */
@@ -58,6 +60,15 @@ typedef struct ds_ops {
     void (*copy)(void *dst, const void *src, size_t bytes, ds_copy_kind kind);
     void (*zero)(void *p, size_t bytes);
     void (*sync)(void);            /* wait until all queued work is done (no-op on the CPU) */
+    /* DS_OK, or the first failure the backend recorded since the last call (message set), cleared by
+     * the call. The ops return nothing, so callers ask at their own synchronization points (after a
+     * training step's backward, after a decode step's logits). Always DS_OK on the CPU. */
+    int (*status)(void);
+    /* The parameter buffer [base, base + n floats) was written (initialised, loaded, updated by the
+     * optimizer). Backends that keep derived copies of weights (the CUDA backend's bf16 GEMM operands)
+     * rebuild them before their next use; a GEMM operand inside a buffer never announced is converted
+     * on every call. No-op on the CPU. Callers announce every change: a stale copy is a wrong result. */
+    void (*params_changed)(const float *base, size_t n);
 
     /* ---- GEMM ------------------------------------------------------------------------------------ */
     /* C[M,N] = alpha * op(A) * op(B) + beta * C, op(X) = X (t=0) or X^T (t=1). op(A) is [M,K], op(B) is
@@ -190,6 +201,12 @@ typedef struct ds_ops {
      * written = Σ_h dk[i, h, dn:]. */
     void (*mla_kv_expand_bwd)(float *dkvb, float *dkpe, int ld_dkpe, const float *dk, const float *dv, int n,
                               int H, int dn, int dr, int dv_dim);
+
+    /* ---- MLA decode attention over the latent cache (ops/mla_decode.h: the arguments and semantics) --- */
+    /* Pointers in the arguments (kv_len and block_table included) are backend memory. The CPU entry is
+     * ds_mla_decode, the CUDA one kernels/mla_decode.cu's (its split-KV workspace held by the backend
+     * when the caller passes none). */
+    int (*mla_decode)(const ds_mla_decode_args *a);
 } ds_ops;
 
 /* The CPU backend (OpenBLAS sgemm + OpenMP). Never NULL. */

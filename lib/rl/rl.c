@@ -1,6 +1,7 @@
 #include "rl/rl.h"
 
 #include "core/err.h"
+#include "ops/device.h"
 #include "core/log.h"
 #include "core/plot.h"
 #include "core/rng.h"
@@ -876,6 +877,8 @@ void ds_rl_describe(const ds_rl *r, ds_jsonw *w) {
 
 int ds_rl_reference(ds_model **out, ds_model *policy, const char *from_dir, int micro_batch, int seq_len) {
     *out = NULL;
+    if (!ds_ops_on_host(ds_model_ops(policy)))
+        return ds_fail(DS_ERR, "--device %s: GRPO's reference policy runs on the CPU only in this build", ds_model_ops(policy)->name);
     ds_model_opts mo = {.max_batch = micro_batch, .max_seq = seq_len, .train = 0, .recompute = 1};
     ds_model *m;
     DS_TRY(ds_model_create(&m, ds_model_config(policy), &mo));
@@ -939,6 +942,12 @@ static int check_opts(const ds_rl_opts *o, const ds_rl_prompts *train) {
 int ds_rl_create(ds_rl **out, const ds_rl_opts *o, ds_model *policy, ds_model *ref, const ds_tokenizer *tok,
                  const ds_rl_prompts *train, const ds_rl_prompts *eval, ds_reward **rewards, int n_rewards) {
     *out = NULL;
+    if (!ds_ops_on_host(ds_model_ops(policy))) {
+        ds_fail(DS_ERR, "--device %s: GRPO's rollouts and reference policy run on the CPU only in this build",
+                ds_model_ops(policy)->name);
+        ds_hint("use --device cpu for ds-rl (ds-pretrain, ds-sft, ds-extend-ctx and ds-generate run on cuda)");
+        return DS_ERR;
+    }
     DS_TRY(check_opts(o, train));
     if (o->loss.beta > 0 && !ref) return ds_fail(DS_ERR, "rollouts: --kl %g needs a reference model", o->loss.beta);
     if (n_rewards < 1) return ds_fail(DS_ERR, "rollouts: no reward");

@@ -122,6 +122,19 @@ static int count_serial(const ds_pretok *pre, word_table *wt, const char *text, 
     return rc;
 }
 
+/* Fold the threads' tables (and their statuses) into the trainer's, freeing them. */
+static int merge_locals(ds_tok_trainer *tr, word_table *local, int *rcs, int nt) {
+    int rc = 0;
+    for (int k = 0; k < nt; k++) {
+        if (!rc && rcs[k]) rc = ds_fail(DS_ERR, "train: counting failed");
+        if (!rc) rc = merge_into(&tr->wt, &local[k]);
+        wt_free(&local[k]);
+    }
+    free(local);
+    free(rcs);
+    return rc;
+}
+
 int ds_tok_trainer_feed(ds_tok_trainer *tr, const char *text, size_t len) {
     if (tr->finished) return ds_fail(DS_ERR, "train: fed after finish");
     int nt = ds_tok_threads();
@@ -144,15 +157,7 @@ int ds_tok_trainer_feed(ds_tok_trainer *tr, const char *text, size_t len) {
         rcs[k] = wt_init(&local[k]);
         if (!rcs[k]) rcs[k] = count_serial(&tr->pre, &local[k], text + cut[k], cut[k + 1] - cut[k]);
     }
-    int rc = 0;
-    for (int k = 0; k < nt; k++) {
-        if (!rc && rcs[k]) rc = ds_fail(DS_ERR, "train: counting failed");
-        if (!rc) rc = merge_into(&tr->wt, &local[k]);
-        wt_free(&local[k]);
-    }
-    free(local);
-    free(rcs);
-    return rc;
+    return merge_locals(tr, local, rcs, nt);
 }
 
 int ds_tok_trainer_feed_many(void *ctx, const char *const *texts, const size_t *lens, size_t n) {
@@ -185,15 +190,7 @@ int ds_tok_trainer_feed_many(void *ctx, const char *const *texts, const size_t *
         }
         ds_pretok_state_free(ps);
     }
-    int rc = 0;
-    for (int k = 0; k < nt; k++) {
-        if (!rc && rcs[k]) rc = ds_fail(DS_ERR, "train: counting failed");
-        if (!rc) rc = merge_into(&tr->wt, &local[k]);
-        wt_free(&local[k]);
-    }
-    free(local);
-    free(rcs);
-    return rc;
+    return merge_locals(tr, local, rcs, nt);
 }
 
 /* ---- merging ------------------------------------------------------------------------------------ */

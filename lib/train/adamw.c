@@ -11,7 +11,7 @@ void ds_adamw_defaults(ds_adamw_opts *o) {
     *o = (ds_adamw_opts){.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1, .bf16_moments = 0, .decay_embed = 1};
 }
 
-static int kind_decays(const ds_adamw_opts *o, ds_param_kind k) {
+int ds_adamw_kind_decays(const ds_adamw_opts *o, ds_param_kind k) {
     switch (k) {
     case DS_PARAM_NORM: return 0;
     case DS_PARAM_EMBED: return o->decay_embed;
@@ -19,12 +19,7 @@ static int kind_decays(const ds_adamw_opts *o, ds_param_kind k) {
     }
 }
 
-int ds_adamw_init(ds_adamw *a, const ds_adamw_opts *o, size_t n, const ds_param *info, int n_info) {
-    memset(a, 0, sizeof *a);
-    a->o = *o;
-    a->n = n;
-    a->info = info;
-    a->n_info = n_info;
+int ds_adamw_check_table(size_t n, const ds_param *info, int n_info) {
     /* the table must tile [0, n) exactly, or some parameters would never be updated */
     size_t covered = 0;
     for (int i = 0; i < n_info; i++) {
@@ -33,6 +28,16 @@ int ds_adamw_init(ds_adamw *a, const ds_adamw_opts *o, size_t n, const ds_param 
         covered += info[i].numel;
     }
     if (covered != n) return ds_fail(DS_ERR, "optimizer: parameter table covers %zu of %zu values", covered, n);
+    return 0;
+}
+
+int ds_adamw_init(ds_adamw *a, const ds_adamw_opts *o, size_t n, const ds_param *info, int n_info) {
+    memset(a, 0, sizeof *a);
+    a->o = *o;
+    a->n = n;
+    a->info = info;
+    a->n_info = n_info;
+    DS_TRY(ds_adamw_check_table(n, info, n_info));
     a->decay = malloc(n_info ? (size_t)n_info : 1);
     if (o->bf16_moments) {
         a->m16 = calloc(n ? n : 1, sizeof *a->m16);
@@ -45,7 +50,7 @@ int ds_adamw_init(ds_adamw *a, const ds_adamw_opts *o, size_t n, const ds_param 
         ds_adamw_free(a);
         return ds_fail(DS_ERR, "out of memory: optimizer state for %zu parameters", n);
     }
-    for (int i = 0; i < n_info; i++) a->decay[i] = (uint8_t)kind_decays(o, info[i].kind);
+    for (int i = 0; i < n_info; i++) a->decay[i] = (uint8_t)ds_adamw_kind_decays(o, info[i].kind);
     return 0;
 }
 

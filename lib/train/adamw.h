@@ -37,6 +37,11 @@ typedef struct {
     int n_info;
 } ds_adamw;
 
+/* Whether tensors of this kind get weight decay (the decay groups above), and the check that a
+ * parameter table tiles [0, n) exactly: shared with the GPU optimizer (train/optim.h). */
+int ds_adamw_kind_decays(const ds_adamw_opts *o, ds_param_kind k);
+int ds_adamw_check_table(size_t n, const ds_param *info, int n_info);
+
 /* info: the parameter table (decay groups; every element of [0, n) must lie in exactly one entry). */
 int ds_adamw_init(ds_adamw *a, const ds_adamw_opts *o, size_t n, const ds_param *info, int n_info);
 void ds_adamw_free(ds_adamw *a);

@@ -2,7 +2,9 @@
  *
  * Owns: the adapter (parameter and gradient buffers, the parameter table, the per-MoE-layer expert
  * bias pointers in the order forward reports loads: main MoE layers, then MTP modules' when MTP is
- * active) and the training FLOPs per token used for MFU. A pipeline stage or an expert-parallel
+ * active), the copies between host and device for a model on a GPU (forward outputs and loss
+ * coefficients per micro-batch, expert biases when the trainer changes them), and the training FLOPs
+ * per token used for MFU. A pipeline stage or an expert-parallel
  * model is another adapter with the same shape.
  */
 #ifndef DS_TRAIN_NET_H

@@ -8,6 +8,7 @@
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 #include "tok/tokenizer.h"
 #include "train/net.h"
@@ -25,7 +26,7 @@
 
 /* ---- checkpoint files (the directory itself is io/checkpoint.h's) ---- */
 
-static int write_optimizer(const ds_adamw *opt, const ds_model *m, const char *path) {
+static int write_optimizer(const ds_optim *opt, const ds_model *m, const char *path) {
     int n_info, rc = 0;
     const ds_param *info = ds_model_params_info((ds_model *)m, &n_info);
     size_t biggest = 1;
@@ -51,8 +52,8 @@ static int write_optimizer(const ds_adamw *opt, const ds_model *m, const char *p
         }
     for (int i = 0; !rc && i < n_info; i++)
         for (int k = 0; !rc && k < 2; k++) {
-            ds_adamw_get(opt, k, info[i].offset, info[i].numel, buf);
-            rc = ds_st_writer_data_f32(w, buf, info[i].numel);
+            rc = ds_optim_get(opt, k, info[i].offset, info[i].numel, buf);
+            if (!rc) rc = ds_st_writer_data_f32(w, buf, info[i].numel);
         }
     free(buf);
     if (rc) {
@@ -64,20 +65,33 @@ static int write_optimizer(const ds_adamw *opt, const ds_model *m, const char *p
 
 /* The weights in fp32 (the master copy: a resumed run continues from exactly these bits), under HF
  * names in parameter-table order, each layer's expert bias after its router as ds_model_save_weights
- * stores them. */
-static int add_weights(ds_ckpt_writer *w, ds_model *m) {
+ * stores them. The biases come from the trainer's copy (the net's, host memory); weights on a device are
+ * copied to `host` (n_params floats, valid until the writer commits). */
+static int add_weights(ds_ckpt_writer *w, ds_session *s, float **host) {
+    ds_model *m = s->model;
     int n_info;
     const ds_param *info = ds_model_params_info(m, &n_info);
     const float *p = ds_model_params(m);
     const ds_config *c = ds_model_config(m);
+    const ds_ops *ops = ds_model_ops(m);
+    if (!ds_ops_on_host(ops)) {
+        size_t n = ds_model_num_params(m);
+        if (!(*host = malloc(n * sizeof(float)))) return ds_fail(DS_ERR, "out of memory: %zu parameters for the checkpoint", n);
+        ops->copy(*host, p, n * sizeof(float), DS_COPY_D2H);
+        ops->sync();
+        DS_TRY(ops->status());
+        p = *host;
+    }
     char name[160];
     for (int i = 0; i < n_info; i++) {
         DS_TRY(ds_ckpt_writer_add_f32(w, info[i].name, info[i].ndim, info[i].shape, p + info[i].offset, DS_F32));
-        const float *bias = info[i].kind == DS_PARAM_ROUTER ? ds_model_expert_bias(m, info[i].layer) : NULL;
-        if (!bias) continue;
+        if (info[i].kind != DS_PARAM_ROUTER || !ds_model_expert_bias(m, info[i].layer)) continue;
+        int k = 0; /* MoE layers before this one: the net lists their biases in layer order */
+        for (int l = 0; l < info[i].layer; l++) k += ds_model_expert_bias(m, l) != NULL;
+        if (k >= s->net.n_moe_layers) return ds_fail(DS_ERR, "checkpoint: no expert bias for layer %d", info[i].layer);
         int64_t shape[1] = {c->n_routed_experts};
         snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", info[i].layer);
-        DS_TRY(ds_ckpt_writer_add_f32(w, name, 1, shape, bias, DS_F32));
+        DS_TRY(ds_ckpt_writer_add_f32(w, name, 1, shape, s->net.expert_bias[k], DS_F32));
     }
     return 0;
 }
@@ -86,9 +100,10 @@ int ds_session_save(ds_session *s, const char *dir) {
     ds_ckpt_writer *w;
     DS_TRY(ds_ckpt_writer_begin(&w, dir, NULL));
     char *state = NULL, opt_path[8192];
+    float *host = NULL;
     int rc = ds_ckpt_writer_set_config(w, &s->cfg);
     if (!rc && s->tokenizer_json) rc = ds_ckpt_writer_set_tokenizer(w, s->tokenizer_json, s->tokenizer_len);
-    if (!rc) rc = add_weights(w, s->model);
+    if (!rc) rc = add_weights(w, s, &host);
     if (!rc) rc = ds_ckpt_writer_file_path(w, "optimizer.safetensors", opt_path, sizeof opt_path);
     if (!rc) rc = write_optimizer(ds_trainer_optimizer(s->trainer), s->model, opt_path);
     if (!rc) rc = ds_trainer_state_json(s->trainer, &state);
@@ -96,9 +111,12 @@ int ds_session_save(ds_session *s, const char *dir) {
     free(state);
     if (rc) {
         ds_ckpt_writer_abort(w);
+        free(host);
         return rc;
     }
-    return ds_ckpt_writer_commit(w);
+    rc = ds_ckpt_writer_commit(w);
+    free(host);
+    return rc;
 }
 
 static int same_shape(const ds_st_tensor *t, const ds_param *p) {
@@ -108,7 +126,7 @@ static int same_shape(const ds_st_tensor *t, const ds_param *p) {
     return 1;
 }
 
-static int load_optimizer(ds_adamw *opt, ds_model *m, const char *dir) {
+static int load_optimizer(ds_optim *opt, ds_model *m, const char *dir) {
     char p[4200], name[160];
     DS_TRY(ds_path_join(p, sizeof p, dir, "optimizer.safetensors"));
     ds_st_file *f;
@@ -127,7 +145,7 @@ static int load_optimizer(ds_adamw *opt, ds_model *m, const char *dir) {
             if (!t || !same_shape(t, &info[i]))
                 rc = ds_fail(DS_ERR, "optimizer state: %s %s: %s", t ? "wrong shape for" : "missing", name, p);
             else if (!(rc = ds_st_read_f32(t, buf, p)))
-                ds_adamw_set(opt, k, info[i].offset, info[i].numel, buf);
+                rc = ds_optim_set(opt, k, info[i].offset, info[i].numel, buf);
         }
     free(buf);
     ds_st_close(f);
@@ -177,11 +195,8 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     memset(s, 0, sizeof *s);
     s->o = *o;
     s->resumed_step = -1;
-    if (o->device && strcmp(o->device, "cpu")) {
-        ds_fail(DS_ERR, "--device %s: training runs on the CPU in this build", o->device);
-        ds_hint("the CUDA training backend is not available yet; use --device cpu");
-        return DS_ERR;
-    }
+    const ds_ops *ops;
+    DS_TRY(ds_ops_for_device(o->device, &ops));
     ds_ckpt *ck = NULL;
     if (o->resume) {
         DS_TRY(ds_ckpt_find_latest(o->resume, s->resume_dir, sizeof s->resume_dir));
@@ -208,7 +223,7 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     if (!rc && o->tokenizer_path) rc = ds_session_set_tokenizer(s, o->tokenizer_path);
     if (!rc && o->seq_len > s->cfg.max_position_embeddings)
         ds_warn("--seq-len %d exceeds the config's max_position_embeddings %d", o->seq_len, s->cfg.max_position_embeddings);
-    ds_model_opts mo = {.max_batch = o->micro_batch, .max_seq = o->seq_len, .train = 1, .recompute = 1,
+    ds_model_opts mo = {.ops = ops, .max_batch = o->micro_batch, .max_seq = o->seq_len, .train = 1, .recompute = 1,
                         .want_entropy = o->want_entropy, .balance_alpha = o->balance_alpha};
     ds_ops fp8_linear; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
     if (!rc && o->fp8) rc = fp8_linear_ops(o, &fp8_linear);
@@ -264,6 +279,12 @@ static int dp_i64(void *ctx, int64_t *x, size_t n) { return ds_dp_allreduce_i64(
 
 static int join_data_parallel(ds_session *s) {
     if (s->o.dp == 1 || (s->o.dp == 0 && !ds_dist_launched())) return 0;
+    if (s->net.ops) {
+        ds_fail(DS_EUSAGE, "data parallelism with --device %s: the gradient all-reduce runs over host memory only",
+                s->net.ops->name);
+        ds_hint("train on one GPU (no mpirun), or use --device cpu with --dp");
+        return DS_EUSAGE;
+    }
     DS_TRY(ds_comm_init(&s->comm, NULL, NULL));
     s->have_comm = 1;
     int want = s->o.dp ? s->o.dp : s->comm.size;

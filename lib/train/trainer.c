@@ -115,7 +115,7 @@ struct ds_trainer {
     ds_data_source *train, *val;
     ds_loss_hook loss;
     ds_train_hooks hooks;
-    ds_adamw opt;
+    ds_optim *opt;
     ds_balance bal;
     ds_batch_buf buf, vbuf;
     float *dlogp, *dmtp;
@@ -148,7 +148,7 @@ int ds_trainer_create(ds_trainer **out, const ds_train_opts *o, ds_train_net *ne
     t->last.val_loss = NAN;
     const int max_rows = (int)fmax(o->micro_batch, ceil(ds_sched_max(&o->batch) / o->micro_batch) * o->micro_batch);
     const size_t per_micro = (size_t)o->micro_batch * o->seq_len;
-    int rc = ds_adamw_init(&t->opt, &o->adamw, net->n_params, net->info, net->n_info);
+    int rc = ds_optim_create(&t->opt, net->ops, &o->adamw, net->n_params, net->info, net->n_info);
     if (!rc) rc = ds_balance_init(&t->bal, net->n_moe_layers, net->n_experts);
     if (!rc) rc = ds_batch_buf_init(&t->buf, max_rows, o->seq_len);
     if (!rc) rc = ds_batch_buf_init(&t->vbuf, o->micro_batch, o->seq_len);
@@ -167,7 +167,7 @@ int ds_trainer_create(ds_trainer **out, const ds_train_opts *o, ds_train_net *ne
 
 void ds_trainer_free(ds_trainer *t) {
     if (!t) return;
-    ds_adamw_free(&t->opt);
+    ds_optim_free(t->opt);
     ds_balance_free(&t->bal);
     ds_batch_buf_free(&t->buf);
     ds_batch_buf_free(&t->vbuf);
@@ -179,8 +179,8 @@ void ds_trainer_free(ds_trainer *t) {
 int64_t ds_trainer_steps_done(const ds_trainer *t) { return t->step; }
 void ds_trainer_set_comm(ds_trainer *t, const ds_train_comm *comm) { t->hooks.comm = comm; }
 double ds_trainer_tokens_seen(const ds_trainer *t) { return t->tokens; }
-const ds_adamw *ds_trainer_optimizer(const ds_trainer *t) { return &t->opt; }
-ds_adamw *ds_trainer_optimizer_mut(ds_trainer *t) { return &t->opt; }
+const ds_optim *ds_trainer_optimizer(const ds_trainer *t) { return t->opt; }
+ds_optim *ds_trainer_optimizer_mut(ds_trainer *t) { return t->opt; }
 const ds_train_opts *ds_trainer_opts(const ds_trainer *t) { return &t->o; }
 const ds_step_report *ds_trainer_last(const ds_trainer *t) { return &t->last; }
 
@@ -247,7 +247,8 @@ int ds_trainer_step(ds_trainer *t) {
         memcpy(terms, sums, sizeof terms);
         bal = sums[DS_LOSS_MAX_TERMS];
     }
-    const double norm = ds_grad_norm(net->grads, net->n_params);
+    double norm;
+    DS_TRY(ds_optim_grad_norm(t->opt, net->grads, &norm));
     const int finite = isfinite(norm) && isfinite(terms[0]) && isfinite(bal);
 
     ds_step_report *r = &t->last;
@@ -263,8 +264,9 @@ int ds_trainer_step(ds_trainer *t) {
         return DS_EDIVERGED;
     }
     if (finite) {
-        ds_adamw_step(&t->opt, net->params, net->grads, ds_clip_factor(norm, t->o.clip_norm), lr);
+        DS_TRY(ds_optim_step(t->opt, net->params, net->grads, ds_clip_factor(norm, t->o.clip_norm), lr));
         if (net->expert_bias) ds_balance_update_bias(&t->bal, net->expert_bias, gamma);
+        if (net->state_changed) DS_TRY(net->state_changed(net->impl));
     } else {
         t->skipped++;
     }
@@ -478,12 +480,12 @@ int ds_trainer_state_json(const ds_trainer *t, char **out) {
     ds_jsonw_key(&w, "optimizer");
     ds_jsonw_obj_begin(&w);
     ds_jsonw_kstr(&w, "kind", "adamw");
-    ds_jsonw_kint(&w, "t", t->opt.t);
-    ds_jsonw_knum(&w, "beta1", t->opt.o.beta1);
-    ds_jsonw_knum(&w, "beta2", t->opt.o.beta2);
-    ds_jsonw_knum(&w, "eps", t->opt.o.eps);
-    ds_jsonw_knum(&w, "weight_decay", t->opt.o.weight_decay);
-    ds_jsonw_kbool(&w, "bf16_moments", t->opt.o.bf16_moments);
+    ds_jsonw_kint(&w, "t", t->opt->t);
+    ds_jsonw_knum(&w, "beta1", t->opt->o.beta1);
+    ds_jsonw_knum(&w, "beta2", t->opt->o.beta2);
+    ds_jsonw_knum(&w, "eps", t->opt->o.eps);
+    ds_jsonw_knum(&w, "weight_decay", t->opt->o.weight_decay);
+    ds_jsonw_kbool(&w, "bf16_moments", t->opt->o.bf16_moments);
     ds_jsonw_obj_end(&w);
     /* the biases also travel in model.safetensors; here they are exact whatever dtype that file has */
     ds_jsonw_key(&w, "expert_bias");
@@ -559,11 +561,11 @@ int ds_trainer_state_load(ds_trainer *t, const char *text, size_t len, const cha
     if (json_is_integer(thr) && json_integer_value(thr) != ds_threads_get())
         ds_warn("resuming with %d threads, the checkpoint was written with %lld: the run will not repeat bit for bit",
                 ds_threads_get(), (long long)json_integer_value(thr));
-    t->opt.t = json_integer_value(json_object_get(opt, "t"));
+    t->opt->t = json_integer_value(json_object_get(opt, "t"));
     json_t *bf = json_object_get(opt, "bf16_moments");
-    if (json_is_boolean(bf) && json_boolean_value(bf) != (t->opt.o.bf16_moments != 0)) {
+    if (json_is_boolean(bf) && json_boolean_value(bf) != (t->opt->o.bf16_moments != 0)) {
         ds_fail(DS_ERR, "trainer state: moments were %s, this run keeps them in %s: %s", json_boolean_value(bf) ? "bf16" : "fp32",
-                t->opt.o.bf16_moments ? "bf16" : "fp32", where);
+                t->opt->o.bf16_moments ? "bf16" : "fp32", where);
         goto done;
     }
     if (t->train->state_read(t->train, json_object_get(root, "data"), where)) goto done;
@@ -599,6 +601,7 @@ int ds_trainer_state_load(ds_trainer *t, const char *text, size_t len, const cha
             if (t->net->expert_bias && t->net->expert_bias[l]) t->net->expert_bias[l][e] = (float)json_number_value(v);
         }
     }
+    if (t->net->state_changed && t->net->state_changed(t->net->impl)) goto done;
     history_free(&t->hist);
     if (json_is_object(hist)) {
         json_t *hs = json_object_get(hist, "step");

@@ -25,12 +25,16 @@
 #include "model/model.h"
 #include "train/adamw.h"
 #include "train/balance.h"
+#include "train/optim.h"
 #include "train/data.h"
 #include "train/sched.h"
 
 /* ---- the network as the trainer sees it ---- */
 typedef struct ds_train_net {
     void *impl;
+    const struct ds_ops *ops; /* the backend holding params and grads (NULL: host memory). Forward outputs,
+                                 loss coefficients and expert biases are host memory whatever the backend:
+                                 a device net copies them across (train/net.c) */
     float *params, *grads;
     size_t n_params;
     const ds_param *info;
@@ -43,6 +47,9 @@ typedef struct ds_train_net {
     void (*zero_grad)(void *impl);
     /* Optional: the sequence-wise balance loss weight for the next micro-batches (NULL: fixed in the net) */
     void (*set_balance_alpha)(void *impl, double alpha);
+    /* Optional: called after the trainer changed host-side state the network reads (the expert biases after
+     * an update or a resume), so a net with its own copy (a device net) refreshes it. */
+    int (*state_changed)(void *impl);
     double flops_per_token; /* training FLOPs per token at the run's sequence length (MFU); 0 = unknown */
 } ds_train_net;
 
@@ -148,8 +155,8 @@ int ds_trainer_validate(ds_trainer *t, double *loss);
 /* State. */
 int64_t ds_trainer_steps_done(const ds_trainer *t);
 double ds_trainer_tokens_seen(const ds_trainer *t);
-const ds_adamw *ds_trainer_optimizer(const ds_trainer *t);
-ds_adamw *ds_trainer_optimizer_mut(ds_trainer *t);
+const ds_optim *ds_trainer_optimizer(const ds_trainer *t);
+ds_optim *ds_trainer_optimizer_mut(ds_trainer *t);
 const ds_train_opts *ds_trainer_opts(const ds_trainer *t);
 /* trainer_state.json: step, tokens, seed, data cursor, schedule crossings, optimizer step count,
  * expert biases, loss history for plots. Written as one JSON object (pretty enough to read). */

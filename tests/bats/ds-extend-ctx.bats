@@ -6,14 +6,11 @@
 # bench/passkey_extension.sh.
 
 bats_require_minimum_version 1.5.0
+load train_helpers
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
-    cat /usr/share/common-licenses/GPL-3 >"$T/prose.txt"
-    "$DS_BIN/ds-tokenize" train -q --vocab-size 400 -o "$T/tok.json" "$T/prose.txt"
-    "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$T/shards/" "$T/prose.txt"
-    "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" \
-        --tokenizer "$T/tok.json" -o "$T/base" --steps 4 --batch 4 --seq-len 64 --log-every 0 -q
+    tiny_base "$T"
 }
 
 ext() { "$DS_BIN/ds-extend-ctx" --threads 1 "$@"; }

@@ -5,6 +5,7 @@
 # vocabulary mismatch, a bad config and bad usage.
 
 bats_require_minimum_version 1.5.0
+load train_helpers
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
@@ -33,23 +34,10 @@ EOF
     export CFG="$DS_ROOT/share/configs/tiny.json"
 }
 
-teardown() { # a failed test must not leave a training run behind
-    [ -f "$BATS_TEST_TMPDIR/pid" ] && kill "$(cat "$BATS_TEST_TMPDIR/pid")" 2>/dev/null || true
-}
-
 shard() { "$DS_PY" "$DS_ROOT/tests/ref/shard_ref.py" encode "$1" "$2" "$3" 1 4096 >/dev/null; }
 
 # one thread: the tests share a few cores with others, and OpenMP spin-waits badly under load
 pretrain() { "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 "$@"; }
-
-# Step records of a metrics file without the timing fields, one per line, for comparing runs.
-numbers() { "$DS_PY" -c '
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if "step" in r:
-        print(json.dumps({k: v for k, v in r.items() if k not in ("ms", "cpu_ms", "tok_s", "mfu")}, sort_keys=True))
-' "$1"; }
 
 @test "--help lists the options with defaults and an example" {
     run "$DS_BIN/ds-pretrain" --help
@@ -119,31 +107,8 @@ print(len(w), "tensors")' "$BATS_TEST_TMPDIR/ck"
 }
 
 @test "SIGTERM finishes the step, saves and exits 143; --resume continues bit for bit" {
-    common=(--peak-tflops 0.1 --threads 1 --config "$CFG" --data "$T/shards" --steps 120 --batch 4 --seq-len 32 --lr 3e-3 --val-every 25
-            --log-every 0)
-    "$DS_BIN/ds-pretrain" "${common[@]}" -o "$BATS_TEST_TMPDIR/whole" --metrics "$BATS_TEST_TMPDIR/whole.jsonl"
-    "$DS_BIN/ds-pretrain" "${common[@]}" -o "$BATS_TEST_TMPDIR/part" --metrics "$BATS_TEST_TMPDIR/part.jsonl" \
-        2>"$BATS_TEST_TMPDIR/err" &
-    pid=$!
-    echo "$pid" >"$BATS_TEST_TMPDIR/pid"
-    for _ in $(seq 3000); do
-        n=$(grep -c '"step"' "$BATS_TEST_TMPDIR/part.jsonl" 2>/dev/null || true)
-        [ "${n:-0}" -ge 5 ] && break
-        sleep 0.01
-    done
-    kill -TERM "$pid"
-    status=0
-    wait "$pid" || status=$?
-    cat "$BATS_TEST_TMPDIR/err"
-    [ "$status" -eq 143 ]
-    grep -q "signal 15: saving at step" "$BATS_TEST_TMPDIR/err"
-    grep -q "saved step" "$BATS_TEST_TMPDIR/err"
-    run pretrain "${common[@]}" -o "$BATS_TEST_TMPDIR/part" --metrics "$BATS_TEST_TMPDIR/part.jsonl" --resume "$BATS_TEST_TMPDIR/part"
-    [ "$status" -eq 0 ]
-    [[ "$output" == *"resuming at step "* ]]
-    cmp "$BATS_TEST_TMPDIR/whole/model.safetensors" "$BATS_TEST_TMPDIR/part/model.safetensors"
-    cmp "$BATS_TEST_TMPDIR/whole/optimizer.safetensors" "$BATS_TEST_TMPDIR/part/optimizer.safetensors"
-    diff <(numbers "$BATS_TEST_TMPDIR/whole.jsonl") <(numbers "$BATS_TEST_TMPDIR/part.jsonl")
+    interrupt_and_resume step 5 "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$CFG" --data "$T/shards" --steps 120 \
+        --batch 4 --seq-len 32 --lr 3e-3 --val-every 25 --log-every 0
 }
 
 @test "save-every writes checkpoints during the run; -m starts a new run from the weights" {

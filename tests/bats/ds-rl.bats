@@ -6,6 +6,7 @@
 # --resume continues bit for bit; prompt errors name the line; usage errors exit 2.
 
 bats_require_minimum_version 1.5.0
+load train_helpers
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
@@ -23,21 +24,7 @@ awk '{ c = ""; if (match($0, /"completion":"[^"]*"/)) c = substr($0, RSTART + 14
 EOF
 }
 
-teardown() { # a failed test must not leave a run behind
-    [ -f "$BATS_TEST_TMPDIR/pid" ] && kill "$(cat "$BATS_TEST_TMPDIR/pid")" 2>/dev/null || true
-}
-
 rl() { "$DS_BIN/ds-rl" --threads 1 "$@"; }
-
-# Step records without timings, one per line, for comparing runs.
-numbers() { "$DS_PY" -c '
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if "step" in r:
-        print(json.dumps({k: v for k, v in r.items() if k not in ("ms", "cpu_ms", "tok_s", "tokens_per_s", "eval/seconds")
-                          and not k.startswith("timing/") and not k.startswith("generate/")}, sort_keys=True))
-' "$1"; }
 
 @test "--help lists the options with defaults and an example" {
     run "$DS_BIN/ds-rl" --help
@@ -148,30 +135,8 @@ EOF
 }
 
 @test "SIGTERM inside a rollout batch saves and exits 143; --resume continues bit for bit" {
-    common=(-m "$T/base" --prompts "$T/prompts.jsonl" --steps 120 --group 4 --batch 2 --max-new 6 --lr 1e-2
-            --epochs-per-batch 2 --mini-batches 2 --reward format --format-require 7 --log-every 0 --seed 5)
-    rl "${common[@]}" -o "$BATS_TEST_TMPDIR/whole" --metrics "$BATS_TEST_TMPDIR/whole.jsonl" -q
-    "$DS_BIN/ds-rl" --threads 1 "${common[@]}" -o "$BATS_TEST_TMPDIR/part" --metrics "$BATS_TEST_TMPDIR/part.jsonl" \
-        2>"$BATS_TEST_TMPDIR/err" &
-    pid=$!
-    echo "$pid" >"$BATS_TEST_TMPDIR/pid"
-    for _ in $(seq 3000); do
-        n=$(grep -c '"loss"' "$BATS_TEST_TMPDIR/part.jsonl" 2>/dev/null || true)
-        [ "${n:-0}" -ge 5 ] && break
-        sleep 0.01
-    done
-    kill -TERM "$pid"
-    status=0
-    wait "$pid" || status=$?
-    cat "$BATS_TEST_TMPDIR/err"
-    [ "$status" -eq 143 ]
-    grep -q "signal 15: saving at step" "$BATS_TEST_TMPDIR/err"
-    run rl "${common[@]}" -o "$BATS_TEST_TMPDIR/part" --metrics "$BATS_TEST_TMPDIR/part.jsonl" --resume "$BATS_TEST_TMPDIR/part"
-    [ "$status" -eq 0 ]
-    [[ "$output" == *"resuming at step "* ]]
-    cmp "$BATS_TEST_TMPDIR/whole/model.safetensors" "$BATS_TEST_TMPDIR/part/model.safetensors"
-    cmp "$BATS_TEST_TMPDIR/whole/optimizer.safetensors" "$BATS_TEST_TMPDIR/part/optimizer.safetensors"
-    diff <(numbers "$BATS_TEST_TMPDIR/whole.jsonl") <(numbers "$BATS_TEST_TMPDIR/part.jsonl")
+    interrupt_and_resume loss 5 "$DS_BIN/ds-rl" --threads 1 -m "$T/base" --prompts "$T/prompts.jsonl" --steps 120 --group 4 --batch 2 \
+        --max-new 6 --lr 1e-2 --epochs-per-batch 2 --mini-batches 2 --reward format --format-require 7 --log-every 0 --seed 5
 }
 
 @test "--kl 0 needs no reference; --resume with --kl > 0 needs the starting checkpoint" {

@@ -5,14 +5,11 @@
 # The masked loss itself is checked against transformers in tests/ref/sft.bats.
 
 bats_require_minimum_version 1.5.0
+load train_helpers
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
-    cat /usr/share/common-licenses/GPL-3 >"$T/prose.txt"
-    "$DS_BIN/ds-tokenize" train -q --vocab-size 400 -o "$T/tok.json" "$T/prose.txt"
-    "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$T/shards/" "$T/prose.txt"
-    "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" \
-        --tokenizer "$T/tok.json" -o "$T/base" --steps 4 --batch 4 --seq-len 64 --log-every 0 -q
+    tiny_base "$T"
     # a learnable chat task: additions, some with a system prompt
     "$DS_PY" - "$T/chat.jsonl" <<'EOF'
 import json, random, sys
@@ -27,19 +24,7 @@ with open(sys.argv[1], "w") as f:
 EOF
 }
 
-teardown() {
-    [ -f "$BATS_TEST_TMPDIR/pid" ] && kill "$(cat "$BATS_TEST_TMPDIR/pid")" 2>/dev/null || true
-}
-
 sft() { "$DS_BIN/ds-sft" --threads 1 "$@"; }
-
-numbers() { "$DS_PY" -c '
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if "step" in r:
-        print(json.dumps({k: v for k, v in r.items() if k not in ("ms", "cpu_ms", "tok_s", "mfu")}, sort_keys=True))
-' "$1"; }
 
 @test "--help lists the options with defaults and an example" {
     run "$DS_BIN/ds-sft" --help
@@ -176,29 +161,8 @@ assert b["packing_fill"] > a["packing_fill"] and b["trained_share"] < a["trained
 }
 
 @test "SIGTERM finishes the step, saves and exits 143; --resume continues bit for bit" {
-    common=(-m "$T/base" --data "$T/chat.jsonl" --seq-len 64 --batch 2 --epochs 3 --lr 1e-3 --lr-min 1e-4 --val-every 10
-            --log-every 0)
-    sft "${common[@]}" -o "$BATS_TEST_TMPDIR/whole" --metrics "$BATS_TEST_TMPDIR/whole.jsonl"
-    "$DS_BIN/ds-sft" --threads 1 "${common[@]}" -o "$BATS_TEST_TMPDIR/part" --metrics "$BATS_TEST_TMPDIR/part.jsonl" \
-        2>"$BATS_TEST_TMPDIR/err" &
-    pid=$!
-    echo "$pid" >"$BATS_TEST_TMPDIR/pid"
-    for _ in $(seq 3000); do
-        n=$(grep -c '"step"' "$BATS_TEST_TMPDIR/part.jsonl" 2>/dev/null || true)
-        [ "${n:-0}" -ge 25 ] && break
-        sleep 0.01
-    done
-    kill -TERM "$pid"
-    status=0
-    wait "$pid" || status=$?
-    cat "$BATS_TEST_TMPDIR/err"
-    [ "$status" -eq 143 ]
-    grep -q "saved step" "$BATS_TEST_TMPDIR/err"
-    run sft "${common[@]}" -o "$BATS_TEST_TMPDIR/part" --metrics "$BATS_TEST_TMPDIR/part.jsonl" --resume "$BATS_TEST_TMPDIR/part"
-    [ "$status" -eq 0 ]
-    [[ "$output" == *"resuming at step "* ]]
-    cmp "$BATS_TEST_TMPDIR/whole/model.safetensors" "$BATS_TEST_TMPDIR/part/model.safetensors"
-    diff <(numbers "$BATS_TEST_TMPDIR/whole.jsonl") <(numbers "$BATS_TEST_TMPDIR/part.jsonl")
+    interrupt_and_resume step 25 "$DS_BIN/ds-sft" --threads 1 -m "$T/base" --data "$T/chat.jsonl" --seq-len 64 --batch 2 --epochs 3 \
+        --lr 1e-3 --lr-min 1e-4 --val-every 10 --log-every 0
 }
 
 @test "a checkpoint without a tokenizer is an error with a hint" {

@@ -1,14 +1,16 @@
 #!/bin/bash
 # Runs on a lent GPU machine from a folder made by tests/gpu/stage.sh: the environment report, every GPU
-# test program, and the benchmarks; logs go to $OUT (or /tmp/ds-gpu-out). Parts: env tests mla gemm train
-# profile (default: all; profile = one training run through the per-op timing wrapper).
+# test program, and the benchmarks; logs go to $OUT (or /tmp/ds-gpu-out). Parts: env tests tools mla gemm
+# train toolbench profile (default: all; tools = the tools' --device cuda vs cpu test, tests/gpu/test_tools.sh;
+# toolbench = bench/gpu_tools.sh, the tools against transformers; profile = one training run through the
+# per-op timing wrapper). ONLY="test_ops test_model_step" limits the test programs.
 # Usage: device.sh [part...]
 cd "$(dirname "$0")"
 export LD_LIBRARY_PATH=$PWD/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PY=${PY:-python3} PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/ds-gpu-out}
 mkdir -p "$out"
-parts=${*:-env tests mla gemm train profile}
+parts=${*:-env tests tools mla gemm train toolbench profile}
 has() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
 summary=()
 if has env; then
@@ -25,11 +27,18 @@ fi
 if has tests; then
     for t in bin/test_*; do
         n=$(basename "$t")
+        [ -n "${ONLY:-}" ] && case " $ONLY " in *" $n "*) ;; *) continue ;; esac
         timeout 300 "$t" >"$out/$n.tap" 2>&1
         rc=$?
         summary+=("$n: exit $rc, $(grep -c '^ok' "$out/$n.tap") ok, $(grep -c '^not ok' "$out/$n.tap") not ok")
         grep -E '^not ok|^#' "$out/$n.tap" | head -40
     done
+fi
+if has tools; then
+    DS_BIN=$PWD/bin DS_ROOT=$PWD DS_PY=$PY timeout ${TOOLS_TIMEOUT:-400} ./test_tools.sh >"$out/test_tools.tap" 2>&1
+    rc=$?
+    summary+=("test_tools: exit $rc, $(grep -c '^ok' "$out/test_tools.tap") ok, $(grep -c '^not ok' "$out/test_tools.tap") not ok")
+    grep -E '^not ok|^#|^1\.\.' "$out/test_tools.tap" | head -60
 fi
 if has mla; then
     SWEEP=${SWEEP:-} GPU_MLA=bin/gpu_mla_decode timeout 400 bench/gpu_mla_decode.sh 20 >"$out/mla.txt" 2>&1
@@ -48,6 +57,11 @@ if has train; then
     GPU_TRAIN=bin/gpu_train timeout 500 bench/gpu_train.sh 8 1024 5 >"$out/train.txt" 2>&1
     summary+=("train bench: exit $?")
     grep -vE '^gpu_train: step|^torch step' "$out/train.txt"
+fi
+if has toolbench; then
+    DS_BIN=$PWD/bin DS_ROOT=$PWD timeout ${TOOLBENCH_TIMEOUT:-500} bench/gpu_tools.sh ${TOOLBENCH_ARGS:-} >"$out/toolbench.txt" 2>&1
+    summary+=("toolbench: exit $?")
+    cat "$out/toolbench.txt"
 fi
 if has profile; then
     ./bin/gpu_train 8 1024 3 bf16 profile 2>&1 | grep -v "step [0-9]" | head -16

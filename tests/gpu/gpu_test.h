@@ -106,14 +106,7 @@ static inline err_stats compare(const void *out, ds_dtype t, const double *ref, 
 #define GPU_TAP_MAIN(prog)                                                                             \
     int main(int argc, char **argv) {                                                                  \
         gpu_test_begin(prog);                                                                          \
-        const char *only = argc > 1 ? argv[1] : NULL;                                                  \
-        for (int i = 0; i < tap_ntests; i++) {                                                         \
-            if (only && strcmp(only, tap_tests[i].name)) continue;                                     \
-            tap_current = tap_tests[i].name;                                                           \
-            tap_tests[i].fn();                                                                         \
-        }                                                                                              \
-        printf("1..%d\n", tap_count);                                                                  \
-        return tap_failed ? 1 : 0;                                                                     \
+        return tap_run(argc, argv);                                                                    \
     }
 
 #define CHECK_OK(rc, what) CHECK((rc) == 0, "%s (%s)", what, ds_errmsg())

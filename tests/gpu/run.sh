@@ -1,6 +1,7 @@
 #!/bin/bash
 # make test-gpu: every GPU test program (tests/gpu/test_*.cu: each kernel against the CPU reference on
-# fresh random inputs) and the GPU end-to-end bats suites (tests/gpu/*.bats), counted by tests/run.sh.
+# fresh random inputs), the tools' --device cuda vs cpu test (tests/gpu/test_tools.sh, TAP) and any GPU
+# bats suites (tests/gpu/*.bats), counted by tests/run.sh.
 # Without a GPU (or without a CUDA build) it says so plainly and exits 0.
 # Environment: DS_GPU_TESTS (the test programs, from the Makefile), plus what tests/run.sh takes.
 set -u

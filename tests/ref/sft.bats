@@ -4,15 +4,13 @@
 # assistant-token cross-entropy that transformers' DeepseekV3ForCausalLM gives on each conversation run
 # alone (tests/ref/sft_ref.py renders and tokenizes them itself).
 
+load ../bats/train_helpers
+
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
-    cat /usr/share/common-licenses/GPL-3 >"$T/prose.txt"
-    "$DS_BIN/ds-tokenize" train -q --vocab-size 400 -o "$T/tok.json" "$T/prose.txt"
-    "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$T/shards/" "$T/prose.txt"
     # a few steps so the weights are not at init; gamma 0 keeps the expert biases at 0 (transformers
     # fills masked groups with 0.0 where DeepSeek uses -inf: equal choices only while scores stay positive)
-    "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" \
-        --tokenizer "$T/tok.json" -o "$T/base" --steps 5 --batch 4 --seq-len 64 --lr 1e-2 --gamma 0 --log-every 0 -q
+    tiny_base "$T" --steps 5 --lr 1e-2 --gamma 0
     "$DS_PY" - "$T/chat.jsonl" <<'PY'
 import json, random, sys
 rnd = random.Random(3)

@@ -3,9 +3,12 @@
 #ifndef DS_TESTS_MODEL_FIXTURE_H
 #define DS_TESTS_MODEL_FIXTURE_H
 
+#include <math.h>
 #include <string.h>
 
+#include "core/rng.h"
 #include "model/config.h"
+#include "model/model.h"
 
 /* A tiny MoE model: 3 layers (1 dense), 8 experts in 4 groups, top-2 of 2 groups, one shared expert,
  * query compression, one MTP module. */
@@ -87,6 +90,26 @@ static inline void fixture_671b(ds_config *c) {
     fixture_yarn(c, 40, 4096, 1.0, 1.0);
     c->num_nextn_predict_layers = 1;
     strcpy(c->torch_dtype, "bfloat16");
+}
+
+/* Weights at a generic operating point, larger than the init so every nonlinearity matters: Linear
+ * outputs of variance ~scale^2 (routers 3x sharper, so routing decisions sit further from ties), norm
+ * gains 1 + N(0, norm_std). */
+static inline void fixture_generic_weights(ds_model *m, uint64_t seed, float norm_std, float scale) {
+    ds_model_init(m, seed);
+    int np;
+    const ds_param *p = ds_model_params_info(m, &np);
+    float *w = ds_model_params(m);
+    for (int i = 0; i < np; i++) {
+        float *x = w + p[i].offset;
+        if (p[i].kind == DS_PARAM_NORM) {
+            ds_randn_fill(x, p[i].numel, seed + 1, ds_stream_id(p[i].name), norm_std);
+            for (size_t j = 0; j < p[i].numel; j++) x[j] += 1.0f;
+        } else {
+            float std = (p[i].kind == DS_PARAM_ROUTER ? 3.0f : scale) / sqrtf((float)p[i].shape[1]);
+            ds_randn_fill(x, p[i].numel, seed + 2, ds_stream_id(p[i].name), std);
+        }
+    }
 }
 
 #endif

@@ -12,25 +12,11 @@
 #include "model/config.h"
 #include "model/model.h"
 
-#include <dirent.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-static char tmpdir[256];
-static const char *tmp(const char *name) {
-    static char buf[8][512];
-    static int k;
-    if (!tmpdir[0]) {
-        snprintf(tmpdir, sizeof tmpdir, "ckpt-test-%d", (int)getpid());
-        ds_mkdir_p(tmpdir);
-    }
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
 
 static ds_config tiny;
 static int tiny_loaded;
@@ -129,18 +115,8 @@ static void check_ckpt(const char *what, const char *path, float marker, int ext
     ds_ckpt_close(c);
 }
 
-static int count_entries(const char *dir, const char *needle) {
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        if (strstr(e->d_name, needle)) n++;
-    if (d) closedir(d);
-    return n;
-}
-
 TEST(directory_form) {
-    const char *dir = tmp("ck");
+    const char *dir = tap_tmp("ck");
     ds_ckpt_write_opts o = {0};
     int rc = write_ckpt(dir, &o, 1.0f, 1);
     CHECK(rc == 0, "written: %s", ds_errmsg());
@@ -151,7 +127,7 @@ TEST(directory_form) {
     ds_st_file *f;
     CHECK(ds_st_open(&f, p) == 0 && ds_st_count(f) == 1, "a file written through file_path is there");
     ds_st_close(f);
-    CHECK(count_entries(tmpdir, ".tmp-") == 0, "no temporary directory left");
+    CHECK(tap_count_entries(tap_tmpdir(), ".tmp-") == 0, "no temporary directory left");
 
     /* replaced by a new one */
     rc = write_ckpt(dir, &o, 5.0f, 0);
@@ -159,19 +135,19 @@ TEST(directory_form) {
     check_ckpt("replaced", dir, 5.0f, 0);
     snprintf(p, sizeof p, "%s/trainer_state.json", dir);
     CHECK(!ds_path_exists(p), "files of the old checkpoint are gone");
-    CHECK(count_entries(tmpdir, ".tmp-") == 0, "the old checkpoint is deleted");
+    CHECK(tap_count_entries(tap_tmpdir(), ".tmp-") == 0, "the old checkpoint is deleted");
 
     /* sharded weights */
     o.max_shard_bytes = 30;
-    rc = write_ckpt(tmp("sharded"), &o, 2.0f, 0);
+    rc = write_ckpt(tap_tmp("sharded"), &o, 2.0f, 0);
     CHECK(rc == 0, "sharded: %s", ds_errmsg());
-    check_ckpt("sharded", tmp("sharded"), 2.0f, 0);
-    CHECK(count_entries(tmp("sharded"), "model-0000") >= 2, "several shards");
+    check_ckpt("sharded", tap_tmp("sharded"), 2.0f, 0);
+    CHECK(tap_count_entries(tap_tmp("sharded"), "model-0000") >= 2, "several shards");
 }
 
 TEST(stream_form_file_and_pipe) {
     ds_ckpt_write_opts o = {0};
-    const char *file = tmp("stream.safetensors");
+    const char *file = tap_tmp("stream.safetensors");
     int rc = write_ckpt(file, &o, 3.0f, 1);
     CHECK(rc == 0, "stream file written: %s", ds_errmsg());
     check_ckpt("stream file", file, 3.0f, 1);
@@ -206,7 +182,7 @@ TEST(stream_form_file_and_pipe) {
 }
 
 TEST(bare_safetensors_with_config_beside_it) {
-    const char *dir = tmp("bare");
+    const char *dir = tap_tmp("bare");
     ds_mkdir_p(dir);
     char p[700];
     snprintf(p, sizeof p, "%s/config.json", dir);
@@ -230,7 +206,7 @@ TEST(bare_safetensors_with_config_beside_it) {
 
 TEST(reader_errors) {
     ds_ckpt_write_opts o = {0};
-    const char *dir = tmp("rd");
+    const char *dir = tap_tmp("rd");
     write_ckpt(dir, &o, 1.0f, 0);
     ds_ckpt *c;
     if (ds_ckpt_open(&c, dir)) return;
@@ -242,8 +218,8 @@ TEST(reader_errors) {
     snprintf(want, sizeof want, "checkpoint: model.b has shape [2, 5], expected [5, 2]: %s/model.safetensors", dir);
     CHECK(ds_ckpt_read_f32(c, "model.b", 2, wrong, buf) == DS_ERR && !strcmp(ds_errmsg(), want), "%s", ds_errmsg());
     ds_ckpt_close(c);
-    CHECK(ds_ckpt_open(&c, tmp("absent")) == DS_ERR && strstr(ds_errmsg(), "checkpoint: not found: "), "%s", ds_errmsg());
-    const char *empty = tmp("emptydir");
+    CHECK(ds_ckpt_open(&c, tap_tmp("absent")) == DS_ERR && strstr(ds_errmsg(), "checkpoint: not found: "), "%s", ds_errmsg());
+    const char *empty = tap_tmp("emptydir");
     ds_mkdir_p(empty);
     snprintf(want, sizeof want, "checkpoint: no config.json: %s", empty);
     CHECK(ds_ckpt_open(&c, empty) == DS_ERR && !strcmp(ds_errmsg(), want), "%s", ds_errmsg());
@@ -251,7 +227,7 @@ TEST(reader_errors) {
 
 TEST(writer_refusals_and_abort) {
     ds_ckpt_write_opts o = {0};
-    const char *dir = tmp("keep");
+    const char *dir = tap_tmp("keep");
     write_ckpt(dir, &o, 1.0f, 0);
     ds_ckpt_writer *w;
     /* an aborted write leaves the old checkpoint and no temporary */
@@ -265,14 +241,14 @@ TEST(writer_refusals_and_abort) {
     snprintf(want, sizeof want, "checkpoint: tensor x got 8 of 16 bytes: %s", dir);
     CHECK(ds_ckpt_writer_commit(w) == DS_ERR && !strcmp(ds_errmsg(), want), "incomplete tensor: %s", ds_errmsg());
     check_ckpt("after a failed replace", dir, 1.0f, 0);
-    CHECK(count_entries(tmpdir, ".tmp-") == 0, "no temporary left after the failure");
+    CHECK(tap_count_entries(tap_tmpdir(), ".tmp-") == 0, "no temporary left after the failure");
     CHECK(ds_ckpt_writer_begin(&w, dir, &o) == 0, "begin again");
     ds_ckpt_writer_abort(w);
     check_ckpt("after abort", dir, 1.0f, 0);
-    CHECK(count_entries(tmpdir, ".tmp-") == 0, "no temporary left after abort");
+    CHECK(tap_count_entries(tap_tmpdir(), ".tmp-") == 0, "no temporary left after abort");
 
     /* a directory that is not a checkpoint is never replaced */
-    const char *other = tmp("precious");
+    const char *other = tap_tmp("precious");
     ds_mkdir_p(other);
     char p[700];
     snprintf(p, sizeof p, "%s/notes.txt", other);
@@ -286,7 +262,7 @@ TEST(writer_refusals_and_abort) {
     CHECK(ds_ckpt_writer_begin(&w, p, &o) == DS_ERR && !strcmp(ds_errmsg(), want), "%s", ds_errmsg());
 
     /* stream rules */
-    const char *sf = tmp("s.safetensors");
+    const char *sf = tap_tmp("s.safetensors");
     ds_ckpt_writer_begin(&w, sf, &o);
     ds_ckpt_writer_declare(w, "x", DS_F32, 1, s1);
     snprintf(want, sizeof want, "checkpoint: no config set before the tensor data: %s", sf);
@@ -302,7 +278,7 @@ TEST(writer_refusals_and_abort) {
     CHECK(ds_ckpt_writer_declare(w, "y", DS_F32, 1, s1) == DS_ERR && !strcmp(ds_errmsg(), want), "%s", ds_errmsg());
     ds_ckpt_writer_abort(w);
     CHECK(!ds_path_exists(sf), "nothing written by aborted stream writers");
-    ds_ckpt_writer_begin(&w, tmp("names"), &o);
+    ds_ckpt_writer_begin(&w, tap_tmp("names"), &o);
     CHECK(ds_ckpt_writer_add_file(w, "config.json", "{}", 2) == DS_ERR && strstr(ds_errmsg(), "is written by the checkpoint itself"),
           "reserved names: %s", ds_errmsg());
     CHECK(ds_ckpt_writer_add_file(w, "a/b", "x", 1) == DS_ERR && strstr(ds_errmsg(), "bad file name \"a/b\""), "%s",
@@ -313,7 +289,7 @@ TEST(writer_refusals_and_abort) {
 }
 
 TEST(stale_temporaries_are_removed) {
-    const char *dir = tmp("stale");
+    const char *dir = tap_tmp("stale");
     pid_t pid = fork();
     if (pid == 0) _exit(0);
     waitpid(pid, NULL, 0); /* a pid that no longer runs */
@@ -330,7 +306,7 @@ TEST(stale_temporaries_are_removed) {
 }
 
 TEST(find_latest) {
-    const char *root = tmp("runs");
+    const char *root = tap_tmp("runs");
     ds_mkdir_p(root);
     ds_ckpt_write_opts o = {0};
     char p[700], out[4096];
@@ -502,22 +478,8 @@ TEST(reference_dump) {
     ds_ckpt_close(c);
 }
 
-static void cleanup(void) {
-    if (!tmpdir[0]) return;
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd)) return;
-}
-
 int main(int argc, char **argv) {
-    atexit(cleanup);
-    const char *only = argc > 1 ? argv[1] : NULL;
-    for (int i = 0; i < tap_ntests; i++) {
-        if (only && strcmp(only, tap_tests[i].name)) continue;
-        tap_current = tap_tests[i].name;
-        tap_tests[i].fn();
-    }
-    printf("1..%d\n", tap_count);
+    const int rc = tap_run(argc, argv);
     if (tiny_loaded) ds_config_free(&tiny);
-    return tap_failed ? 1 : 0;
+    return rc;
 }

@@ -1,6 +1,7 @@
-/* Unit tests for lib/core: JSON writer, RNG, dtype conversions, errors, atomic files, arena. */
+/* Unit tests for lib/core: JSON writer, RNG, dtype conversions, errors, atomic files, arena, option groups. */
 #include "tap.h"
 
+#include "core/cli.h"
 #include "core/dtype.h"
 #include "core/err.h"
 #include "core/file.h"
@@ -131,6 +132,14 @@ TEST(atomic_file_replaces_or_keeps) {
     free(data);
     CHECK(ds_read_file(dir, &data, &len, 0) == DS_ERR && strstr(ds_errmsg(), "is a directory"), "dir: %s",
           ds_errmsg());
+    CHECK(ds_atomic_write_file(path, "three\0x", 7) == 0 && ds_read_file(path, &data, &len, 0) == 0 && len == 7 &&
+              !memcmp(data, "three\0x", 7),
+          "a whole buffer replaces the file, NUL bytes included");
+    free(data);
+    char missing[300];
+    snprintf(missing, sizeof missing, "%s/no/f.txt", dir);
+    CHECK(ds_atomic_write_file(missing, "x", 1) == DS_ERR && strstr(ds_errmsg(), "cannot create"), "no directory: %s", ds_errmsg());
+    CHECK(tap_count_entries(dir, ".tmp.") == 0, "no temporary file left");
     unlink(path);
     rmdir(dir);
 }
@@ -144,6 +153,28 @@ TEST(arena_aligns_and_bounds) {
     ds_arena_reset(&a);
     CHECK(ds_arena_alloc(&a, 1000) != NULL, "reset frees");
     ds_arena_free(&a);
+}
+
+TEST(option_groups_stand_in_place) {
+    int a = 0, b = 0, c = 0, d = 0;
+    const ds_opt inner[] = {{"cc", 0, DS_OPT_INT, &c, "N", "third"}, {0}};
+    const ds_opt outer[] = {{"bb", 0, DS_OPT_INT, &b, "N", "second"}, {"g", 0, DS_OPT_GROUP, (void *)inner}, {0}};
+    const ds_opt opts[] = {{"aa", 'a', DS_OPT_INT, &a, "N", "first"}, {"g", 0, DS_OPT_GROUP, (void *)outer},
+                           {"dd", 0, DS_OPT_FLAG, &d, NULL, "fourth"}, {0}};
+    const ds_cli cli = {.name = "t", .usage = "", .opts = opts};
+    char *argv[] = {"t", "--cc", "3", "-a", "1", "--dd", "--bb", "2"};
+    int first;
+    CHECK(ds_cli_parse(&cli, 8, argv, &first) == -1 && a == 1 && b == 2 && c == 3 && d == 1, "a group's options parse: %d %d %d %d",
+          a, b, c, d);
+    char buf[2048] = {0};
+    FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+    ds_cli_help(&cli, f);
+    fclose(f);
+    const char *pa = strstr(buf, "--aa"), *pb = strstr(buf, "--bb"), *pc = strstr(buf, "--cc"), *pd = strstr(buf, "--dd");
+    CHECK(pa && pb && pc && pd && pa < pb && pb < pc && pc < pd && !strstr(buf, "--g "), "help lists them in place");
+    CHECK(strstr(buf, "third [default: 3]") != NULL, "with their defaults");
+    char *bad[] = {"t", "--cc", "x"};
+    CHECK(ds_cli_parse(&cli, 3, bad, &first) == 2, "and their checks");
 }
 
 TAP_MAIN()

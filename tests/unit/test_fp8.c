@@ -296,6 +296,29 @@ TEST(quantize_matches_direct_loops) {
     free(x), free(q), free(qd), free(s), free(sd);
 }
 
+/* W8A8 on an FP8 checkpoint quantizes the dequantized weight again (ds-generate --w8a8): the codes must come
+ * back as stored; the scale may move by an ulp (fl(fl(448 s) / 448) is not always s). Blocks of every size
+ * class: ordinary, tiny (amax below the 1e-4 floor) and with tails. */
+TEST(requantizing_a_dequantized_weight_gives_its_codes) {
+    const int64_t R = 300, C = 260, nb = 3 * 3;
+    float *w = rand_matrix(R, C, 77, 0.05f), *deq = malloc(sizeof(float) * R * C), s1[9], s2[9];
+    for (int64_t c = 0; c < 128; c++) w[c] *= 1e-4f; /* row 0 of block (0,0) tiny: the block's amax stays normal */
+    for (int64_t r = 256; r < R; r++)
+        for (int64_t c = 256; c < C; c++) w[r * C + c] *= 1e-5f; /* the corner block below the floor */
+    uint8_t *q1 = malloc(R * C), *q2 = malloc(R * C);
+    ds_fp8_quantize(q1, s1, w, R, C, 128, 128, DS_FP8_SCALE_F32);
+    ds_fp8_dequantize(deq, q1, s1, R, C, 128, 128);
+    ds_fp8_quantize(q2, s2, deq, R, C, 128, 128, DS_FP8_SCALE_F32);
+    int same_scale = 0, close = 1;
+    for (int i = 0; i < nb; i++) {
+        same_scale += s1[i] == s2[i];
+        close &= fabsf(s2[i] - s1[i]) <= ldexpf(1.0f, ilogbf(s1[i]) - 23);
+    }
+    CHECK(!memcmp(q1, q2, R * C), "codes identical after dequantize + quantize");
+    CHECK(close, "block scales within one ulp (%d of %d identical)", same_scale, (int)nb);
+    free(w), free(deq), free(q1), free(q2);
+}
+
 TEST(dequantize_error_bound) {
     /* |x - x'| <= s * max(|x/s| 2^-4, 2^-10): half an E4M3 ulp, relative for normals (3 mantissa bits),
      * absolute 2^-10 below 2^-6; plus float32 rounding of the division and the product. */

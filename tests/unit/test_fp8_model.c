@@ -128,31 +128,13 @@ static void batch_make(batch_t *t, int V, uint64_t seed) {
     t->b = (ds_batch){.B = t->B, .T = t->T, .tokens = t->tok, .targets = t->tgt};
 }
 
-/* weights at a generic operating point: Linear outputs of variance scale^2, norm gains near 1, sharp routers */
-static void init_weights(ds_model *m, uint64_t seed, float scale) {
-    ds_model_init(m, seed);
-    int np;
-    const ds_param *p = ds_model_params_info(m, &np);
-    float *w = ds_model_params(m);
-    for (int i = 0; i < np; i++) {
-        float *x = w + p[i].offset;
-        if (p[i].kind == DS_PARAM_NORM) {
-            ds_randn_fill(x, p[i].numel, seed + 1, ds_stream_id(p[i].name), 0.1f);
-            for (size_t j = 0; j < p[i].numel; j++) x[j] += 1.0f;
-        } else {
-            float std = (p[i].kind == DS_PARAM_ROUTER ? 3.0f : scale) / sqrtf((float)p[i].shape[1]);
-            ds_randn_fill(x, p[i].numel, seed + 2, ds_stream_id(p[i].name), std);
-        }
-    }
-}
-
 static ds_model *make_model(const ds_config *c, const ds_ops *ops, const ds_ops *lin, int kv_b_on_ops, int train,
                             float scale) {
     ds_model_opts o = {.ops = ops, .linear_ops = lin, .kv_b_on_ops = kv_b_on_ops, .max_batch = 2, .max_seq = 40,
                        .train = train, .recompute = 1, .keep_logits = 1, .balance_alpha = 1e-3};
     ds_model *m = NULL;
     if (ds_model_create(&m, c, &o)) return NULL;
-    init_weights(m, 11, scale);
+    fixture_generic_weights(m, 11, 0.1f, scale);
     return m;
 }
 

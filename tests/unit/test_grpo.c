@@ -207,12 +207,5 @@ static int trace(void) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "grpo_trace_for_reference")) return trace();
-    const char *only = argc > 1 ? argv[1] : NULL;
-    for (int i = 0; i < tap_ntests; i++) {
-        if (only && strcmp(only, tap_tests[i].name)) continue;
-        tap_current = tap_tests[i].name;
-        tap_tests[i].fn();
-    }
-    printf("1..%d\n", tap_count);
-    return tap_failed ? 1 : 0;
+    return tap_run(argc, argv);
 }

@@ -142,14 +142,14 @@ static void take(snapshot *sn, run *u) {
     sn->m = malloc(sn->n * sizeof(float));
     sn->v = malloc(sn->n * sizeof(float));
     memcpy(sn->params, ds_model_params(u->policy), sn->n * sizeof(float));
-    ds_adamw_get(ds_trainer_optimizer(u->trainer), 0, 0, sn->n, sn->m);
-    ds_adamw_get(ds_trainer_optimizer(u->trainer), 1, 0, sn->n, sn->v);
+    ds_optim_get(ds_trainer_optimizer(u->trainer), 0, 0, sn->n, sn->m);
+    ds_optim_get(ds_trainer_optimizer(u->trainer), 1, 0, sn->n, sn->v);
 }
 
 static int restore(const snapshot *sn, run *u) {
     memcpy(ds_model_params(u->policy), sn->params, sn->n * sizeof(float));
-    ds_adamw_set(ds_trainer_optimizer_mut(u->trainer), 0, 0, sn->n, sn->m);
-    ds_adamw_set(ds_trainer_optimizer_mut(u->trainer), 1, 0, sn->n, sn->v);
+    ds_optim_set(ds_trainer_optimizer_mut(u->trainer), 0, 0, sn->n, sn->m);
+    ds_optim_set(ds_trainer_optimizer_mut(u->trainer), 1, 0, sn->n, sn->v);
     return ds_trainer_state_load(u->trainer, sn->state, strlen(sn->state), "snapshot");
 }
 
@@ -241,12 +241,5 @@ TEST(options_are_checked) {
 int main(int argc, char **argv) {
     ds_log_set_level(DS_LOG_QUIET);
     ds_threads_set(1);
-    const char *only = argc > 1 ? argv[1] : NULL;
-    for (int i = 0; i < tap_ntests; i++) {
-        if (only && strcmp(only, tap_tests[i].name)) continue;
-        tap_current = tap_tests[i].name;
-        tap_tests[i].fn();
-    }
-    printf("1..%d\n", tap_count);
-    return tap_failed ? 1 : 0;
+    return tap_run(argc, argv);
 }

@@ -7,6 +7,7 @@
  *  - greedy decoding is deterministic, and MTP speculative decoding gives the same tokens;
  *  - sampling with MTP follows the plain sampler's distribution (rejection sampling);
  *  - bad steps and over-long prompts fail cleanly. */
+#include "model_fixture.h"
 #include "tap.h"
 
 #include "core/err.h"
@@ -36,48 +37,17 @@ static float *tensor(fixture *f, size_t n, float std, float mean) {
     return p;
 }
 
+/* model_fixture.h's tiny model in another shape: two layers, four heads, wider latents and RoPE. */
 static void tiny_config(ds_config *c, int yarn) {
-    memset(c, 0, sizeof *c);
+    fixture_tiny(c);
     c->vocab_size = 97;
-    c->hidden_size = 32;
-    c->intermediate_size = 48;
-    c->moe_intermediate_size = 16;
     c->num_hidden_layers = 2;
-    c->first_k_dense_replace = 1;
-    c->moe_layer_freq = 1;
-    c->num_attention_heads = 4;
-    c->num_key_value_heads = 4;
-    c->n_routed_experts = 8;
-    c->n_shared_experts = 1;
-    c->num_experts_per_tok = 2;
-    c->n_group = 4;
-    c->topk_group = 2;
-    c->scoring_func = DS_SCORE_SIGMOID;
-    strcpy(c->topk_method, "noaux_tc");
-    c->norm_topk_prob = 1;
-    c->routed_scaling_factor = 2.5;
+    c->num_attention_heads = c->num_key_value_heads = 4;
     c->q_lora_rank = 24;
     c->kv_lora_rank = 16;
-    c->qk_nope_head_dim = 8;
     c->qk_rope_head_dim = 8;
     c->v_head_dim = 12;
-    c->rope_theta = 10000;
-    c->max_position_embeddings = 256;
-    c->rope_interleave = 1;
-    c->rms_norm_eps = 1e-6;
-    c->num_nextn_predict_layers = 1;
-    c->bos_token_id = 0;
-    c->eos_token_id = 1;
-    if (yarn) {
-        c->rope_scaling.enabled = 1;
-        c->rope_scaling.factor = 4;
-        c->rope_scaling.original_max_position_embeddings = 16;
-        c->rope_scaling.beta_fast = 32;
-        c->rope_scaling.beta_slow = 1;
-        c->rope_scaling.mscale = 1;
-        c->rope_scaling.mscale_all_dim = 1;
-        c->rope_scaling.truncate = 1;
-    }
+    if (yarn) fixture_yarn(c, 4, 16, 1, 1);
 }
 
 /* mimic = 1: layers add little to the residual stream and the MTP module passes the next token's

@@ -48,24 +48,9 @@ static void batch_free(batch_t *t) {
     free(t->tok), free(t->tgt), free(t->seg), free(t->pos), free(t->cm), free(t->cmtp);
 }
 
-/* weights of a generic operating point: larger than the 0.006 init so every nonlinearity matters, norm
- * gains away from 1, non-zero expert biases */
+/* model_fixture.h's generic weights (norm gains away from 1), and non-zero expert biases */
 static void init_generic(ds_model *m, uint64_t seed) {
-    ds_model_init(m, seed);
-    int np;
-    const ds_param *p = ds_model_params_info(m, &np);
-    float *w = ds_model_params(m);
-    for (int i = 0; i < np; i++) {
-        float *x = w + p[i].offset;
-        if (p[i].kind == DS_PARAM_NORM) {
-            ds_randn_fill(x, p[i].numel, seed + 1, ds_stream_id(p[i].name), 0.2f);
-            for (size_t j = 0; j < p[i].numel; j++) x[j] += 1.0f;
-        } else {
-            /* ~unit-variance outputs; routers sharper, so routing decisions sit further from ties */
-            float std = (p[i].kind == DS_PARAM_ROUTER ? 3.0f : 1.0f) / sqrtf((float)p[i].shape[1]);
-            ds_randn_fill(x, p[i].numel, seed + 2, ds_stream_id(p[i].name), std);
-        }
-    }
+    fixture_generic_weights(m, seed, 0.2f, 1.0f);
     const ds_config *c = ds_model_config(m);
     for (int l = 0; l < c->num_hidden_layers + c->num_nextn_predict_layers; l++) {
         float *bias = ds_model_expert_bias(m, l);

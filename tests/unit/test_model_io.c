@@ -21,16 +21,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char tmpdir[256];
-
-static const char *tmp(const char *name) {
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
-
 static ds_model *make(const ds_config *c) {
     ds_model_opts o = {.max_batch = 1, .max_seq = 8, .train = 1, .recompute = 1};
     ds_model *m = NULL;
@@ -67,8 +57,8 @@ TEST(save_load_round_trip) {
     randomize(a, 1);
     const char *meta[] = {"config", "{}"};
     ds_weights_save_opts o = {.mtp_copies = 1, .meta = meta, .n_meta = 1};
-    CHECK(ds_model_save_weights(a, tmp("rt.safetensors"), &o) == 0, "save: %s", ds_errmsg());
-    ds_st_set *s = open_set(tmp("rt.safetensors"));
+    CHECK(ds_model_save_weights(a, tap_tmp("rt.safetensors"), &o) == 0, "save: %s", ds_errmsg());
+    ds_st_set *s = open_set(tap_tmp("rt.safetensors"));
     if (!s) return;
     /* names as released: per-expert tensors, F32 gate bias after the router, MTP copies of embed/head */
     const ds_st_tensor *t = ds_st_set_find(s, "model.layers.2.mlp.experts.7.down_proj.weight");
@@ -85,8 +75,8 @@ TEST(save_load_round_trip) {
 
     /* BF16: every value rounds to the nearest bf16 */
     ds_weights_save_opts ob = {.bf16 = 1};
-    CHECK(ds_model_save_weights(a, tmp("rt16.safetensors"), &ob) == 0, "save bf16");
-    s = open_set(tmp("rt16.safetensors"));
+    CHECK(ds_model_save_weights(a, tap_tmp("rt16.safetensors"), &ob) == 0, "save bf16");
+    s = open_set(tap_tmp("rt16.safetensors"));
     CHECK(s && ds_st_set_find(s, "lm_head.weight")->dtype == DS_BF16 && ds_model_load_weights(b, s) == 0, "load bf16");
     double worst = 0;
     for (size_t i = 0; i < ds_model_num_params(a); i++) {
@@ -104,13 +94,13 @@ TEST(checkpoint_directory_round_trip) {
     ds_model *a = make(&c), *b = make(&c);
     randomize(a, 5);
     ds_ckpt_writer *w = NULL;
-    int rc = ds_ckpt_writer_begin(&w, tmp("ckpt"), NULL);
+    int rc = ds_ckpt_writer_begin(&w, tap_tmp("ckpt"), NULL);
     if (!rc) rc = ds_ckpt_writer_set_config(w, &c);
     if (!rc) rc = ds_model_add_to_checkpoint(a, w, NULL);
     if (!rc) rc = ds_ckpt_writer_commit(w);
     CHECK(rc == 0, "write a checkpoint directory: %s", ds_errmsg());
     ds_ckpt *ck = NULL;
-    CHECK(ds_ckpt_open(&ck, tmp("ckpt")) == 0, "open: %s", ds_errmsg());
+    CHECK(ds_ckpt_open(&ck, tap_tmp("ckpt")) == 0, "open: %s", ds_errmsg());
     if (!ck) return;
     ds_model *c2 = make(ds_ckpt_config(ck));
     CHECK(ds_model_load_weights(b, ds_ckpt_tensors(ck)) == 0 && ds_model_load_weights(c2, ds_ckpt_tensors(ck)) == 0,
@@ -157,8 +147,8 @@ TEST(fused_experts_and_missing_mtp) {
         t[n++] = (ds_st_tensor){.name = names[l - 1][1], .dtype = DS_F32, .ndim = 3, .shape = {d->E, d->D, d->Ie},
                                 .numel = (int64_t)(mat * d->E), .nbytes = 4 * mat * d->E, .data = w->exp_down};
     }
-    CHECK(ds_st_save(tmp("fused.safetensors"), t, n, NULL, 0, NULL) == 0, "write a fused-expert file: %s", ds_errmsg());
-    ds_st_set *s = open_set(tmp("fused.safetensors"));
+    CHECK(ds_st_save(tap_tmp("fused.safetensors"), t, n, NULL, 0, NULL) == 0, "write a fused-expert file: %s", ds_errmsg());
+    ds_st_set *s = open_set(tap_tmp("fused.safetensors"));
     fflush(stdout);
     CHECK(s && ds_model_load_weights(b, s) == 0, "load: %s", ds_errmsg());
     CHECK(ds_model_mtp_depth(b) == 0, "no MTP tensors: MTP disabled (depth %d)", ds_model_mtp_depth(b));
@@ -213,8 +203,8 @@ TEST(fp8_weights_dequantized) {
         t[n++] = (ds_st_tensor){.name = bn[l - 1], .dtype = DS_F32, .ndim = 1, .shape = {8}, .numel = 8, .nbytes = 32,
                                 .data = ds_model_expert_bias(a, l)};
     }
-    CHECK(ds_st_save(tmp("fp8.safetensors"), t, n, NULL, 0, NULL) == 0, "write an FP8 checkpoint: %s", ds_errmsg());
-    ds_st_set *s = open_set(tmp("fp8.safetensors"));
+    CHECK(ds_st_save(tap_tmp("fp8.safetensors"), t, n, NULL, 0, NULL) == 0, "write an FP8 checkpoint: %s", ds_errmsg());
+    ds_st_set *s = open_set(tap_tmp("fp8.safetensors"));
     CHECK(s && ds_model_load_weights(b, s) == 0, "load: %s", ds_errmsg());
     int ok = 1;
     for (int i = 0; i < np; i++)
@@ -233,11 +223,11 @@ TEST(bad_checkpoints) {
     fixture_tiny(&c);
     ds_model *a = make(&c);
     randomize(a, 4);
-    CHECK(ds_model_save_weights(a, tmp("ok.safetensors"), NULL) == 0, "save");
+    CHECK(ds_model_save_weights(a, tap_tmp("ok.safetensors"), NULL) == 0, "save");
     ds_config c2 = c;
     c2.kv_lora_rank = 12;
     ds_model *b = make(&c2);
-    ds_st_set *s = open_set(tmp("ok.safetensors"));
+    ds_st_set *s = open_set(tap_tmp("ok.safetensors"));
     CHECK(ds_model_load_weights(b, s) == DS_ERR &&
               strstr(ds_errmsg(), "model.layers.0.self_attn.kv_a_proj_with_mqa.weight: shape [12, 32], expected [16, 32]"),
           "shape mismatch: %s", ds_errmsg());
@@ -330,17 +320,5 @@ int main(int argc, char **argv) {
         if (rc) fprintf(stderr, "test_model_io: error: %s\n", ds_errmsg());
         return rc;
     }
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/ds-test-model-io.XXXXXX");
-    if (!mkdtemp(tmpdir)) return 1;
-    const char *only = argc > 1 ? argv[1] : NULL;
-    for (int i = 0; i < tap_ntests; i++) {
-        if (only && strcmp(only, tap_tests[i].name)) continue;
-        tap_current = tap_tests[i].name;
-        tap_tests[i].fn();
-    }
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmpdir);
-    printf("1..%d\n", tap_count);
-    return tap_failed ? 1 : 0;
+    return tap_run(argc, argv);
 }

@@ -656,12 +656,5 @@ TEST(mla_kv_expand_adjoint) {
 
 int main(int argc, char **argv) {
     O = ds_ops_cpu();
-    const char *only = argc > 1 ? argv[1] : NULL;
-    for (int i = 0; i < tap_ntests; i++) {
-        if (only && strcmp(only, tap_tests[i].name)) continue;
-        tap_current = tap_tests[i].name;
-        tap_tests[i].fn();
-    }
-    printf("1..%d\n", tap_count);
-    return tap_failed ? 1 : 0;
+    return tap_run(argc, argv);
 }

@@ -9,7 +9,6 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 
-#include <dirent.h>
 #include <jansson.h>
 #include <omp.h>
 #include <stdint.h>
@@ -17,20 +16,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-static char tmpdir[256];
-
-static const char *tmp(const char *name) {
-    static char buf[4][512];
-    static int k;
-    if (!tmpdir[0]) {
-        snprintf(tmpdir, sizeof tmpdir, "st-test-%d", (int)getpid());
-        ds_mkdir_p(tmpdir);
-    }
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
 
 static void fill(void *p, size_t n, unsigned seed) {
     unsigned char *b = p;
@@ -102,7 +87,7 @@ static const ds_st_tensor *set_at(const void *h, int i) { return ds_st_set_tenso
 
 TEST(round_trip_every_dtype) {
     unsigned char *datas[NT];
-    const char *path = tmp("all.safetensors");
+    const char *path = tap_tmp("all.safetensors");
     int rc = write_all_types(path, datas, NULL);
     CHECK(rc == 0, "written: %s", ds_errmsg());
     ds_st_file *f;
@@ -203,7 +188,7 @@ TEST(read_as_float32) {
     float src[N];
     for (int i = 0; i < N; i++) src[i] = (float)(i - 2500) * 0.37f + 1e-3f * (float)(i % 7);
     ds_st_writer *w;
-    const char *path = tmp("f32.safetensors");
+    const char *path = tap_tmp("f32.safetensors");
     ds_st_writer_open(&w, path, NULL);
     int64_t one = 1, n = N;
     ds_st_writer_declare(w, "pad", DS_U8, 1, &one);
@@ -266,19 +251,9 @@ TEST(large_tensor_conversion_is_thread_count_independent) {
     free(b);
 }
 
-static int count_files(const char *dir, const char *prefix) {
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        if (!strncmp(e->d_name, prefix, strlen(prefix))) n++;
-    if (d) closedir(d);
-    return n;
-}
-
 TEST(shards_and_index) {
     unsigned char *datas[NT];
-    const char *dir = tmp("sharded");
+    const char *dir = tap_tmp("sharded");
     ds_mkdir_p(dir);
     char path[600];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -290,7 +265,7 @@ TEST(shards_and_index) {
     json_t *j = json_load_file(idx, 0, NULL);
     CHECK(j != NULL, "index written");
     json_t *wm = json_object_get(j, "weight_map");
-    int shards = count_files(dir, "model-");
+    int shards = tap_count_entries(dir, "model-");
     CHECK(shards >= 3, "%d shards", shards);
     char want[64];
     snprintf(want, sizeof want, "model-00001-of-%05d.safetensors", shards);
@@ -325,13 +300,13 @@ TEST(shards_and_index) {
     for (int i = 0; i < NT; i++) free(datas[i]);
 
     /* a tensor larger than the limit gets its own shard; everything fitting makes one plain file */
-    const char *dir2 = tmp("single");
+    const char *dir2 = tap_tmp("single");
     ds_mkdir_p(dir2);
     snprintf(path, sizeof path, "%s/model.safetensors", dir2);
     o.max_shard_bytes = 1 << 20;
     rc = write_all_types(path, datas, &o);
-    CHECK(rc == 0 && ds_path_exists(path) && count_files(dir2, "model-") == 0 &&
-              count_files(dir2, "model.safetensors.index") == 0,
+    CHECK(rc == 0 && ds_path_exists(path) && tap_count_entries(dir2, "model-") == 0 &&
+              tap_count_entries(dir2, "model.safetensors.index") == 0,
           "fits in one shard: plain model.safetensors, no index");
     rc = ds_st_set_open(&s, path);
     CHECK(rc == 0 && ds_st_set_count(s) == NT, "set from a single file");
@@ -342,7 +317,7 @@ TEST(shards_and_index) {
 TEST(writer_misuse) {
     ds_st_writer *w;
     int64_t shape[1] = {4};
-    const char *path = tmp("misuse.safetensors");
+    const char *path = tap_tmp("misuse.safetensors");
     ds_st_writer_open(&w, path, NULL);
     ds_st_writer_declare(w, "a", DS_F32, 1, shape);
     CHECK(ds_st_writer_declare(w, "a", DS_F32, 1, shape) == DS_ERR &&
@@ -358,7 +333,7 @@ TEST(writer_misuse) {
     CHECK(ds_st_writer_meta(w, "k", "v") == DS_ERR && strstr(ds_errmsg(), "after data"), "meta after data");
     CHECK(ds_st_writer_close(w) == DS_ERR && strstr(ds_errmsg(), "safetensors: tensor \"a\" got 8 of 16 bytes: "),
           "incomplete close: %s", ds_errmsg());
-    CHECK(!ds_path_exists(path) && count_files(tmpdir, "misuse") == 0, "nothing left behind after a failed write");
+    CHECK(!ds_path_exists(path) && tap_count_entries(tap_tmpdir(), "misuse") == 0, "nothing left behind after a failed write");
 
     ds_st_writer_open(&w, path, NULL);
     ds_st_writer_declare(w, "a", DS_F32, 1, shape);
@@ -370,7 +345,7 @@ TEST(writer_misuse) {
     CHECK(ds_st_writer_data_f32(w, x, 4) == DS_ERR && strstr(ds_errmsg(), "float32 data cannot be stored as I32"),
           "f32 into an int tensor: %s", ds_errmsg());
     ds_st_writer_abort(w);
-    CHECK(count_files(tmpdir, "misuse") == 0, "abort removes the temp file");
+    CHECK(tap_count_entries(tap_tmpdir(), "misuse") == 0, "abort removes the temp file");
 
     /* zero tensors is a valid file */
     CHECK(ds_st_save(path, NULL, 0, NULL, 0, NULL) == 0, "empty file written");
@@ -463,7 +438,7 @@ TEST(bad_headers_give_one_line_errors) {
     CHECK(ds_st_open(&f, "/nonexistent.safetensors") == DS_ERR &&
               !strcmp(ds_errmsg(), "cannot open: No such file or directory: /nonexistent.safetensors"),
           "missing file");
-    CHECK(ds_st_open(&f, tmpdir) == DS_ERR && strstr(ds_errmsg(), "is a directory: "), "directory");
+    CHECK(ds_st_open(&f, tap_tmpdir()) == DS_ERR && strstr(ds_errmsg(), "is a directory: "), "directory");
 }
 
 TEST(stream_errors) {
@@ -515,7 +490,7 @@ static void write_text(const char *path, const char *text) {
 }
 
 TEST(index_errors) {
-    const char *dir = tmp("badindex");
+    const char *dir = tap_tmp("badindex");
     ds_mkdir_p(dir);
     char idx[600], shard[600];
     snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", dir);
@@ -543,7 +518,7 @@ TEST(index_errors) {
     CHECK(ds_st_set_open(&s, idx) == 0 && ds_st_set_count(s) == 1 && !strcmp(ds_st_set_file_of(s, "w"), "s1.safetensors"),
           "valid hand-written index");
     ds_st_set_close(s);
-    const char *empty = tmp("emptydir");
+    const char *empty = tap_tmp("emptydir");
     ds_mkdir_p(empty);
     CHECK(ds_st_set_open(&s, empty) == DS_ERR &&
               strstr(ds_errmsg(), "safetensors: no model.safetensors or model.safetensors.index.json in the directory: "),
@@ -553,7 +528,7 @@ TEST(index_errors) {
 TEST(many_tensors_are_fast) {
     /* 100k tensors: declaration, index and lookup must not be quadratic */
     enum { N = 100000 };
-    const char *dir = tmp("many");
+    const char *dir = tap_tmp("many");
     ds_mkdir_p(dir);
     char path[600];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -727,21 +702,6 @@ TEST(reference_write) {
     json_decref(plan);
 }
 
-static void cleanup(void) {
-    if (!tmpdir[0]) return;
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd)) return;
-}
-
 int main(int argc, char **argv) {
-    atexit(cleanup);
-    const char *only = argc > 1 ? argv[1] : NULL;
-    for (int i = 0; i < tap_ntests; i++) {
-        if (only && strcmp(only, tap_tests[i].name)) continue;
-        tap_current = tap_tests[i].name;
-        tap_tests[i].fn();
-    }
-    printf("1..%d\n", tap_count);
-    return tap_failed ? 1 : 0;
+    return tap_run(argc, argv);
 }

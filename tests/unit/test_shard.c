@@ -9,7 +9,6 @@
 #include "io/crc32c.h"
 #include "io/shard.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <omp.h>
 #include <stdint.h>
@@ -18,19 +17,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zstd.h>
-
-static char tmpdir[256];
-static const char *tmp(const char *name) {
-    static char buf[4][512];
-    static int k;
-    if (!tmpdir[0]) {
-        snprintf(tmpdir, sizeof tmpdir, "shard-test-%d", (int)getpid());
-        ds_mkdir_p(tmpdir);
-    }
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
 
 static uint64_t rng_state = 88172645463325252ull;
 static uint32_t rnd(void) {
@@ -132,7 +118,7 @@ TEST(round_trip_files) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char name[64];
         snprintf(name, sizeof name, "c%zu.tok", i);
-        const char *path = tmp(name);
+        const char *path = tap_tmp(name);
         corpus c = write_corpus(path, cases[i].vocab, cases[i].eos, cases[i].frame, cases[i].docs);
         CHECK(c.n > 0 || cases[i].docs == 0, "written: %s", ds_errmsg());
         char what[64];
@@ -145,8 +131,8 @@ TEST(round_trip_files) {
 TEST(pipes_fifos_and_captured_streams) {
     /* writer to stdout (a pipe) in a child; the parent reads the same bytes from a FIFO sequentially,
      * and a captured copy of the stream is a valid random-access file (header says "streamed") */
-    const char *fifo = tmp("fifo");
-    const char *captured = tmp("captured.tok");
+    const char *fifo = tap_tmp("fifo");
+    const char *captured = tap_tmp("captured.tok");
     mkfifo(fifo, 0600);
     fflush(stdout);
     rng_state = 7;
@@ -166,7 +152,7 @@ TEST(pipes_fifos_and_captured_streams) {
         _exit(c.n ? 0 : 1);
     }
     rng_state = 7;
-    corpus c = write_corpus(tmp("reference.tok"), 512, 1, 500, 100); /* same tokens, for comparison */
+    corpus c = write_corpus(tap_tmp("reference.tok"), 512, 1, 500, 100); /* same tokens, for comparison */
     ds_shard *s;
     int rc = ds_shard_open(&s, fifo);
     CHECK(rc == 0, "FIFO opens: %s", ds_errmsg());
@@ -191,7 +177,7 @@ TEST(pipes_fifos_and_captured_streams) {
 TEST(writer_checks_and_atomicity) {
     ds_shard_writer *w;
     ds_shard_meta m = {.vocab_size = 100, .eos_id = 2};
-    const char *path = tmp("atomic.tok");
+    const char *path = tap_tmp("atomic.tok");
     CHECK(ds_shard_writer_open(&w, path, &m) == 0, "opened");
     uint32_t ok_doc[] = {5, 6, 7}, bad_id[] = {5, 100}, has_eos[] = {3, 2, 4};
     CHECK(ds_shard_writer_add_doc(w, ok_doc, 3) == 0 && ds_shard_writer_tokens(w) == 4 && ds_shard_writer_docs(w) == 1,
@@ -208,16 +194,10 @@ TEST(writer_checks_and_atomicity) {
     uint32_t got[4];
     CHECK(ds_shard_open(&s, path) == 0 && ds_shard_read(s, 0, 4, got) == 0 && got[3] == 2 && got[0] == 5, "readable");
     ds_shard_close(s);
-    ds_shard_writer_open(&w, tmp("aborted.tok"), &m);
+    ds_shard_writer_open(&w, tap_tmp("aborted.tok"), &m);
     ds_shard_writer_add_doc(w, ok_doc, 3);
     ds_shard_writer_abort(w);
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    int left = 0;
-    while ((e = readdir(d)))
-        if (strstr(e->d_name, "aborted")) left++;
-    closedir(d);
-    CHECK(left == 0, "abort leaves no file behind");
+    CHECK(tap_count_entries(tap_tmpdir(), "aborted") == 0, "abort leaves no file behind");
     ds_shard_meta bad = {.vocab_size = 10, .eos_id = 10};
     CHECK(ds_shard_writer_open(&w, path, &bad) == DS_ERR && strstr(ds_errmsg(), "shard: eos_id 10 is not below vocab_size 10"),
           "eos >= vocab refused");
@@ -248,7 +228,7 @@ static void fresh(void) {
     if (!orig) {
         ds_shard_writer *w;
         ds_shard_meta m = {.vocab_size = 1000, .eos_id = 1, .frame_tokens = 100};
-        const char *path = tmp("victim.tok");
+        const char *path = tap_tmp("victim.tok");
         ds_shard_writer_open(&w, path, &m);
         uint32_t doc[49];
         for (int d = 0; d < 5; d++) {
@@ -344,7 +324,7 @@ TEST(corruptions_give_exact_errors) {
 /* Streams validate as they go: truncation and a bad trailer are caught at the end. */
 TEST(pipe_corruptions) {
     fresh();
-    const char *p = tmp("stream-victim");
+    const char *p = tap_tmp("stream-victim");
     struct { const char *what; size_t cut; int edit_trailer; const char *prefix; } cases[] = {
         {"cut mid frame", 200, 0, "shard: truncated: frame data at byte"},
         {"cut before index", 0, 0, "shard: truncated: frame record at byte"},
@@ -430,21 +410,6 @@ TEST(reference_dump) {
     ds_shard_close(s);
 }
 
-static void cleanup(void) {
-    if (!tmpdir[0]) return;
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd)) return;
-}
-
 int main(int argc, char **argv) {
-    atexit(cleanup);
-    const char *only = argc > 1 ? argv[1] : NULL;
-    for (int i = 0; i < tap_ntests; i++) {
-        if (only && strcmp(only, tap_tests[i].name)) continue;
-        tap_current = tap_tests[i].name;
-        tap_tests[i].fn();
-    }
-    printf("1..%d\n", tap_count);
-    return tap_failed ? 1 : 0;
+    return tap_run(argc, argv);
 }

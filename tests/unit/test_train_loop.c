@@ -5,6 +5,7 @@
  * stopped at step N and resumed gives the same losses and the same weight bytes as an uninterrupted
  * one; NaN stops with DS_EDIVERGED (or is skipped); the bias update balances the skewed router with
  * no gradient term; validation, batch ramp and metrics records; the trainer state refuses a foreign seed. */
+#include "metrics_fixture.h"
 #include "tap.h"
 
 #include "core/err.h"
@@ -175,8 +176,8 @@ static int save_hook(void *ctx, ds_trainer *t, int final) {
         r->saved_v = malloc(NPARAM * sizeof(float));
     }
     memcpy(r->saved_params, r->f.params, NPARAM * sizeof(float));
-    ds_adamw_get(ds_trainer_optimizer(t), 0, 0, NPARAM, r->saved_m);
-    ds_adamw_get(ds_trainer_optimizer(t), 1, 0, NPARAM, r->saved_v);
+    ds_optim_get(ds_trainer_optimizer(t), 0, 0, NPARAM, r->saved_m);
+    ds_optim_get(ds_trainer_optimizer(t), 1, 0, NPARAM, r->saved_v);
     memcpy(r->saved_bias, r->f.bias, sizeof r->f.bias);
     return 0;
 }
@@ -216,56 +217,29 @@ static void run_close(run *r) {
     fake_free(&r->f);
 }
 
-/* Records of a metrics file as jansson objects. */
-static json_t *read_metrics(const char *path) {
-    char *text;
-    size_t len;
-    json_t *arr = json_array();
-    if (ds_read_file(path, &text, &len, 0)) return arr;
-    for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-        json_array_append_new(arr, json_loads(line, 0, NULL));
-    free(text);
-    return arr;
-}
-
-static double rec_num(json_t *arr, size_t i, const char *key) {
-    json_t *v = json_object_get(json_array_get(arr, i), key);
-    return json_is_number(v) ? json_number_value(v) : NAN;
-}
-
-static char tmpdir[64];
-
-static const char *tmp(const char *name) {
-    static char buf[4][160];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
-
 TEST(loss_falls_on_a_learnable_corpus) {
     run r;
     run_cfg c = {.total = 60, .micro = 4, .batch = 8, .T = 16, .seed = 1, .val_frac = 0.05, .val_every = 20};
-    CHECK(run_open(&r, &c, tmp("fall.jsonl")) == 0, "open: %s", ds_errmsg());
+    CHECK(run_open(&r, &c, tap_tmp("fall.jsonl")) == 0, "open: %s", ds_errmsg());
     ds_train_end end;
     CHECK(ds_trainer_run(r.t, &end) == 0 && end == DS_TRAIN_DONE, "ran: %s", ds_errmsg());
-    json_t *m = read_metrics(tmp("fall.jsonl"));
-    double first = rec_num(m, 0, "loss"), last = rec_num(m, 59, "loss");
+    json_t *m = fixture_metrics(tap_tmp("fall.jsonl"), NULL);
+    double first = fixture_metric(m, 0, "loss"), last = fixture_metric(m, 59, "loss");
     CHECK(json_array_size(m) == 60, "60 metrics records (%zu)", json_array_size(m));
     CHECK_NEAR(first, log(V), 0.05, "initial loss is about ln(V)");
     CHECK(last < 0.35 * first, "loss falls: %.4f -> %.4f", first, last);
-    CHECK(rec_num(m, 59, "loss_mtp") < 0.5 * rec_num(m, 0, "loss_mtp"), "MTP loss falls too");
-    CHECK(!isnan(rec_num(m, 19, "val_loss")) && isnan(rec_num(m, 18, "val_loss")) && !isnan(rec_num(m, 59, "val_loss")),
+    CHECK(fixture_metric(m, 59, "loss_mtp") < 0.5 * fixture_metric(m, 0, "loss_mtp"), "MTP loss falls too");
+    CHECK(!isnan(fixture_metric(m, 19, "val_loss")) && isnan(fixture_metric(m, 18, "val_loss")) && !isnan(fixture_metric(m, 59, "val_loss")),
           "validation every 20 steps");
-    CHECK(rec_num(m, 59, "val_loss") < 0.5 * rec_num(m, 19, "val_loss") + 0.5, "validation loss falls");
-    CHECK(rec_num(m, 0, "tokens") == 8 * 16 && rec_num(m, 59, "tokens") == 60 * 8 * 16, "tokens count");
-    CHECK(rec_num(m, 0, "lr") > 0 && rec_num(m, 1, "lr") == 0.05, "warmup of 2 steps");
-    CHECK(rec_num(m, 0, "lambda") == 0.3 && rec_num(m, 59, "lambda") == 0.1, "lambda schedule");
-    CHECK(rec_num(m, 0, "mfu") > 0, "MFU reported");
+    CHECK(fixture_metric(m, 59, "val_loss") < 0.5 * fixture_metric(m, 19, "val_loss") + 0.5, "validation loss falls");
+    CHECK(fixture_metric(m, 0, "tokens") == 8 * 16 && fixture_metric(m, 59, "tokens") == 60 * 8 * 16, "tokens count");
+    CHECK(fixture_metric(m, 0, "lr") > 0 && fixture_metric(m, 1, "lr") == 0.05, "warmup of 2 steps");
+    CHECK(fixture_metric(m, 0, "lambda") == 0.3 && fixture_metric(m, 59, "lambda") == 0.1, "lambda schedule");
+    CHECK(fixture_metric(m, 0, "mfu") > 0, "MFU reported");
     json_t *bal = json_object_get(json_array_get(m, 0), "balance");
     CHECK(json_array_size(bal) == 1 && json_is_number(json_object_get(json_array_get(bal, 0), "max_vio")), "balance record per MoE layer");
     CHECK(r.final_saves == 1 && r.saves == 1, "one final save");
-    CHECK(ds_trainer_plot(r.t, tmp("loss.png"), "test") == 0 && ds_path_exists(tmp("loss.png")), "plot written");
+    CHECK(ds_trainer_plot(r.t, tap_tmp("loss.png"), "test") == 0 && ds_path_exists(tap_tmp("loss.png")), "plot written");
     json_decref(m);
     run_close(&r);
 }
@@ -291,8 +265,8 @@ static int resume_from(run *dst, const run *src) {
     memcpy(dst->f.params, src->saved_params, NPARAM * sizeof(float));
     memcpy(dst->f.bias, src->saved_bias, sizeof dst->f.bias);
     DS_TRY(ds_trainer_state_load(dst->t, src->saved_state, strlen(src->saved_state), "state"));
-    ds_adamw_set(ds_trainer_optimizer_mut(dst->t), 0, 0, NPARAM, src->saved_m);
-    ds_adamw_set(ds_trainer_optimizer_mut(dst->t), 1, 0, NPARAM, src->saved_v);
+    ds_optim_set(ds_trainer_optimizer_mut(dst->t), 0, 0, NPARAM, src->saved_m);
+    ds_optim_set(ds_trainer_optimizer_mut(dst->t), 1, 0, NPARAM, src->saved_v);
     return 0;
 }
 
@@ -300,7 +274,7 @@ static int same_records(json_t *a, json_t *b, size_t from, size_t n) {
     static const char *keys[] = {"step", "loss", "loss_mtp", "lr", "grad_norm", "tokens", "gamma", "lambda", "val_loss", "batch"};
     for (size_t i = 0; i < n; i++)
         for (int k = 0; k < 10; k++) {
-            double x = rec_num(a, from + i, keys[k]), y = rec_num(b, i, keys[k]);
+            double x = fixture_metric(a, from + i, keys[k]), y = fixture_metric(b, i, keys[k]);
             if (!(x == y || (isnan(x) && isnan(y)))) return 0;
         }
     return 1;
@@ -311,24 +285,25 @@ static void resume_case(int bf16) {
     run_cfg c = {.total = 2 * N, .micro = 2, .batch = 4, .T = 16, .seed = 3, .val_frac = 0.05, .val_every = 3, .save_every = 5,
                  .gamma = "0.01", .lr = "v3:warmup=2", .batch_ramp = "linear:2@0,6@10", .bf16 = bf16};
     run whole, first, second;
-    unlink(tmp("whole.jsonl")), unlink(tmp("first.jsonl")), unlink(tmp("second.jsonl"));
-    CHECK(run_open(&whole, &c, tmp("whole.jsonl")) == 0, "open: %s", ds_errmsg());
+    unlink(tap_tmp("whole.jsonl")), unlink(tap_tmp("first.jsonl")), unlink(tap_tmp("second.jsonl"));
+    CHECK(run_open(&whole, &c, tap_tmp("whole.jsonl")) == 0, "open: %s", ds_errmsg());
     ds_train_end end;
     CHECK(ds_trainer_run(whole.t, &end) == 0 && end == DS_TRAIN_DONE, "uninterrupted run");
 
-    CHECK(run_open(&first, &c, tmp("first.jsonl")) == 0, "open first");
+    CHECK(run_open(&first, &c, tap_tmp("first.jsonl")) == 0, "open first");
     /* a SIGTERM arrives during step N: the step finishes, the state is saved, the run stops */
     first.f.stop_in_step = N;
     CHECK(ds_trainer_run(first.t, &end) == 0 && end == DS_TRAIN_STOPPED, "stopped by the signal");
     CHECK(ds_trainer_steps_done(first.t) == N, "after step %d (%lld)", N, (long long)ds_trainer_steps_done(first.t));
     CHECK(first.final_saves == 1 && first.saves == 2, "a periodic save at 5 and the final one at the signal");
 
-    CHECK(run_open(&second, &c, tmp("second.jsonl")) == 0, "open second");
+    CHECK(run_open(&second, &c, tap_tmp("second.jsonl")) == 0, "open second");
     CHECK(resume_from(&second, &first) == 0, "resume: %s", ds_errmsg());
     CHECK(ds_trainer_run(second.t, &end) == 0 && end == DS_TRAIN_DONE, "resumed run");
     CHECK(!memcmp(whole.f.params, second.f.params, NPARAM * sizeof(float)), "same weight bytes after 2N steps");
     CHECK(!memcmp(whole.f.bias, second.f.bias, sizeof whole.f.bias), "same expert biases");
-    json_t *mw = read_metrics(tmp("whole.jsonl")), *m1 = read_metrics(tmp("first.jsonl")), *m2 = read_metrics(tmp("second.jsonl"));
+    json_t *mw = fixture_metrics(tap_tmp("whole.jsonl"), NULL), *m1 = fixture_metrics(tap_tmp("first.jsonl"), NULL),
+           *m2 = fixture_metrics(tap_tmp("second.jsonl"), NULL);
     CHECK(json_array_size(mw) == 2 * N && json_array_size(m1) == N && json_array_size(m2) == N, "record counts");
     CHECK(same_records(mw, m1, 0, N) && same_records(mw, m2, N, N), "the same loss lines, step for step");
     json_decref(mw), json_decref(m1), json_decref(m2);
@@ -357,7 +332,7 @@ TEST(state_refuses_another_seed) {
 TEST(nan_stops_the_run_or_is_skipped) {
     run r;
     run_cfg c = {.total = 6, .micro = 2, .batch = 4, .T = 8, .seed = 6, .save_every = 2};
-    run_open(&r, &c, tmp("nan.jsonl"));
+    run_open(&r, &c, tap_tmp("nan.jsonl"));
     r.f.nan_at_forward = 7; /* the first forward of step 4 */
     ds_train_end end;
     int rc = ds_trainer_run(r.t, &end);
@@ -383,11 +358,11 @@ TEST(bias_update_balances_a_skewed_router) {
     /* lr 0: the router (and everything else) gets no gradient update; only the bias moves */
     run r;
     run_cfg c = {.total = 100, .micro = 4, .batch = 4, .T = 32, .seed = 7, .lr = "0", .gamma = "0.004"};
-    unlink(tmp("bal.jsonl"));
-    run_open(&r, &c, tmp("bal.jsonl"));
+    unlink(tap_tmp("bal.jsonl"));
+    run_open(&r, &c, tap_tmp("bal.jsonl"));
     ds_train_end end;
     CHECK(ds_trainer_run(r.t, &end) == 0, "ran");
-    json_t *m = read_metrics(tmp("bal.jsonl"));
+    json_t *m = fixture_metrics(tap_tmp("bal.jsonl"), NULL);
     double vio[100];
     for (int s = 0; s < 100; s++)
         vio[s] = json_number_value(json_object_get(json_array_get(json_object_get(json_array_get(m, (size_t)s), "balance"), 0), "max_vio"));
@@ -400,10 +375,10 @@ TEST(bias_update_balances_a_skewed_router) {
     run_close(&r);
     /* control: gamma 0 (V3's frozen phase) leaves the imbalance where it was */
     c.gamma = "0", c.total = 20;
-    unlink(tmp("bal0.jsonl"));
-    run_open(&r, &c, tmp("bal0.jsonl"));
+    unlink(tap_tmp("bal0.jsonl"));
+    run_open(&r, &c, tap_tmp("bal0.jsonl"));
     ds_trainer_run(r.t, &end);
-    m = read_metrics(tmp("bal0.jsonl"));
+    m = fixture_metrics(tap_tmp("bal0.jsonl"), NULL);
     double v19 = json_number_value(json_object_get(json_array_get(json_object_get(json_array_get(m, 19), "balance"), 0), "max_vio"));
     CHECK(v19 >= 2 && r.f.bias[0] == 0 && r.f.bias[7] == 0, "gamma 0: bias stays 0, MaxVio %.3f", v19);
     json_decref(m);
@@ -413,17 +388,17 @@ TEST(bias_update_balances_a_skewed_router) {
 TEST(batch_ramp_grows_in_whole_micro_batches) {
     run r;
     run_cfg c = {.total = 10, .micro = 3, .batch = 3, .T = 8, .seed = 8, .batch_ramp = "linear:3@0,12@9"};
-    unlink(tmp("ramp.jsonl"));
-    run_open(&r, &c, tmp("ramp.jsonl"));
+    unlink(tap_tmp("ramp.jsonl"));
+    run_open(&r, &c, tap_tmp("ramp.jsonl"));
     ds_train_end end;
     ds_trainer_run(r.t, &end);
-    json_t *m = read_metrics(tmp("ramp.jsonl"));
+    json_t *m = fixture_metrics(tap_tmp("ramp.jsonl"), NULL);
     int ok = 1;
     for (int s = 0; s < 10; s++) {
         double want = 3 * fmax(1, floor((3 + 9.0 * fmin(s, 9) / 9) / 3 + 1e-9));
-        ok &= rec_num(m, (size_t)s, "batch") == want;
+        ok &= fixture_metric(m, (size_t)s, "batch") == want;
     }
-    CHECK(ok, "batch follows the ramp, rounded down to multiples of 3: first %g last %g", rec_num(m, 0, "batch"), rec_num(m, 9, "batch"));
+    CHECK(ok, "batch follows the ramp, rounded down to multiples of 3: first %g last %g", fixture_metric(m, 0, "batch"), fixture_metric(m, 9, "batch"));
     json_decref(m);
     run_close(&r);
 }
@@ -516,8 +491,8 @@ static void *replica_main(void *arg) {
 TEST(data_parallel_replicas_match_one_process) {
     run_cfg c = {.total = 12, .micro = 2, .batch = 8, .T = 16, .seed = 9, .val_frac = 0.05, .val_every = 4, .gamma = "0.01"};
     run one;
-    unlink(tmp("one.jsonl")), unlink(tmp("dp.jsonl"));
-    CHECK(run_open(&one, &c, tmp("one.jsonl")) == 0, "open");
+    unlink(tap_tmp("one.jsonl")), unlink(tap_tmp("dp.jsonl"));
+    CHECK(run_open(&one, &c, tap_tmp("one.jsonl")) == 0, "open");
     ds_train_end end;
     CHECK(ds_trainer_run(one.t, &end) == 0, "one process");
     fake_group g;
@@ -530,7 +505,7 @@ TEST(data_parallel_replicas_match_one_process) {
         rep[k].me = (fake_member){.g = &g, .rank = k};
         rep[k].comm = (ds_train_comm){.rank = k, .size = 2, .allreduce_f32 = fake_sum_f32, .allreduce_f64 = fake_sum_f64,
                                       .allreduce_i64 = fake_sum_i64, .ctx = &rep[k].me};
-        snprintf(rep[k].metrics, sizeof rep[k].metrics, "%s", tmp("dp.jsonl"));
+        snprintf(rep[k].metrics, sizeof rep[k].metrics, "%s", tap_tmp("dp.jsonl"));
         pthread_create(&th[k], NULL, replica_main, &rep[k]);
     }
     for (int k = 0; k < 2; k++) pthread_join(th[k], NULL);
@@ -540,12 +515,12 @@ TEST(data_parallel_replicas_match_one_process) {
     double maxd = 0;
     for (int i = 0; i < NPARAM; i++) maxd = fmax(maxd, fabs(one.f.params[i] - rep[0].r.f.params[i]));
     CHECK(maxd < 1e-5, "parameters match one process to rounding (max difference %.3g)", maxd);
-    json_t *m1 = read_metrics(tmp("one.jsonl")), *m2 = read_metrics(tmp("dp.jsonl"));
+    json_t *m1 = fixture_metrics(tap_tmp("one.jsonl"), NULL), *m2 = fixture_metrics(tap_tmp("dp.jsonl"), NULL);
     int close = json_array_size(m1) == 12 && json_array_size(m2) == 12;
     for (size_t i = 0; close && i < 12; i++) {
-        close &= fabs(rec_num(m1, i, "loss") - rec_num(m2, i, "loss")) < 1e-5;
-        close &= fabs(rec_num(m1, i, "grad_norm") - rec_num(m2, i, "grad_norm")) < 1e-4 * rec_num(m1, i, "grad_norm");
-        double v1 = rec_num(m1, i, "val_loss"), v2 = rec_num(m2, i, "val_loss");
+        close &= fabs(fixture_metric(m1, i, "loss") - fixture_metric(m2, i, "loss")) < 1e-5;
+        close &= fabs(fixture_metric(m1, i, "grad_norm") - fixture_metric(m2, i, "grad_norm")) < 1e-4 * fixture_metric(m1, i, "grad_norm");
+        double v1 = fixture_metric(m1, i, "val_loss"), v2 = fixture_metric(m2, i, "val_loss");
         close &= (isnan(v1) && isnan(v2)) || fabs(v1 - v2) < 1e-5;
         json_t *b1 = json_object_get(json_array_get(m1, i), "balance"), *b2 = json_object_get(json_array_get(m2, i), "balance");
         close &= json_equal(json_object_get(json_array_get(b1, 0), "max_load"), json_object_get(json_array_get(b2, 0), "max_load"));
@@ -557,18 +532,6 @@ TEST(data_parallel_replicas_match_one_process) {
 }
 
 int main(int argc, char **argv) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/ds-test-train-XXXXXX");
-    if (!mkdtemp(tmpdir)) return 1;
     ds_log_set_level(DS_LOG_QUIET);
-    const char *only = argc > 1 ? argv[1] : NULL;
-    for (int i = 0; i < tap_ntests; i++) {
-        if (only && strcmp(only, tap_tests[i].name)) continue;
-        tap_current = tap_tests[i].name;
-        tap_tests[i].fn();
-    }
-    printf("1..%d\n", tap_count);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd)) return 1;
-    return tap_failed ? 1 : 0;
+    return tap_run(argc, argv);
 }

@@ -2,6 +2,7 @@
  * learnable corpus; checkpoints written by ds_session_save load back; a run stopped at step N and
  * resumed from its checkpoint matches an uninterrupted run bit for bit (losses and weight bytes);
  * the bias update alone (lr 0) balances a router skewed on purpose; accumulation = one big batch. */
+#include "metrics_fixture.h"
 #include "tap.h"
 
 #include "core/err.h"
@@ -27,16 +28,6 @@ static const char *tiny_config =
     " \"rope_theta\": 10000.0, \"max_position_embeddings\": 256, \"rms_norm_eps\": 1e-06, \"hidden_act\": \"silu\","
     " \"tie_word_embeddings\": false, \"num_nextn_predict_layers\": 1, \"bos_token_id\": 0, \"eos_token_id\": 1,"
     " \"ds_init_std\": 0.02, \"torch_dtype\": \"float32\"}";
-
-static char dir[64];
-
-static const char *path(const char *name) {
-    static char buf[32][200];
-    static int k;
-    k = (k + 1) % 32;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-    return buf[k];
-}
 
 /* x[i+1] = (7 x[i] + 5) mod 61 + 2 within documents of 30 tokens, EOS (1) between them. */
 static ds_token_reader corpus(void) {
@@ -71,7 +62,7 @@ typedef struct {
 
 static int run_open(run *r, const run_cfg *c) {
     memset(r, 0, sizeof *r);
-    ds_session_opts so = {.tool = "test", .config_path = path("config.json"), .resume = c->resume, .out_dir = c->out,
+    ds_session_opts so = {.tool = "test", .config_path = tap_tmp("config.json"), .resume = c->resume, .out_dir = c->out,
                           .metrics_path = c->metrics, .device = "cpu", .balance_alpha = 1e-4, .micro_batch = c->micro,
                           .seq_len = c->T, .seed = 11};
     DS_TRY(ds_session_open(&r->s, &so));
@@ -98,51 +89,32 @@ static void run_close(run *r) {
     ds_token_reader_free(&r->rd);
 }
 
-static json_t *records(const char *p) {
-    char *text;
-    size_t len;
-    json_t *a = json_array();
-    if (ds_read_file(p, &text, &len, 0)) return a;
-    for (char *save = NULL, *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-        json_t *j = json_loads(l, 0, NULL);
-        if (json_object_get(j, "step")) json_array_append(a, j);
-        json_decref(j);
-    }
-    free(text);
-    return a;
-}
-
-static double num(json_t *a, size_t i, const char *k) {
-    json_t *v = json_object_get(json_array_get(a, i), k);
-    return json_is_number(v) ? json_number_value(v) : NAN;
-}
-
 TEST(loss_falls_and_the_checkpoint_loads_back) {
     run r;
-    run_cfg c = {.steps = 40, .batch = 4, .micro = 2, .T = 32, .lr = "cosine:warmup=3", .out = path("ckpt"), .metrics = path("fall.jsonl")};
+    run_cfg c = {.steps = 40, .batch = 4, .micro = 2, .T = 32, .lr = "cosine:warmup=3", .out = tap_tmp("ckpt"), .metrics = tap_tmp("fall.jsonl")};
     CHECK(run_open(&r, &c) == 0, "open: %s", ds_errmsg());
     int sig;
     CHECK(ds_session_run(&r.s, &sig) == 0 && sig == 0, "ran: %s", ds_errmsg());
-    json_t *m = records(path("fall.jsonl"));
-    double first = num(m, 0, "loss"), last = num(m, 39, "loss");
+    json_t *m = fixture_metrics(tap_tmp("fall.jsonl"), "step");
+    double first = fixture_metric(m, 0, "loss"), last = fixture_metric(m, 39, "loss");
     CHECK(fabs(first - log(64)) < 0.2, "starts near ln 64: %.4f", first);
     CHECK(last < 0.5 * first, "loss falls: %.4f -> %.4f", first, last);
-    CHECK(num(m, 39, "loss_mtp") < 0.7 * num(m, 0, "loss_mtp"), "MTP loss falls: %.4f -> %.4f", num(m, 0, "loss_mtp"), num(m, 39, "loss_mtp"));
-    CHECK(num(m, 0, "loss_bal") > 0, "balance loss reported: %g", num(m, 0, "loss_bal"));
-    CHECK(!isnan(num(m, 39, "val_loss")), "validation loss at the end");
+    CHECK(fixture_metric(m, 39, "loss_mtp") < 0.7 * fixture_metric(m, 0, "loss_mtp"), "MTP loss falls: %.4f -> %.4f", fixture_metric(m, 0, "loss_mtp"), fixture_metric(m, 39, "loss_mtp"));
+    CHECK(fixture_metric(m, 0, "loss_bal") > 0, "balance loss reported: %g", fixture_metric(m, 0, "loss_bal"));
+    CHECK(!isnan(fixture_metric(m, 39, "val_loss")), "validation loss at the end");
     json_decref(m);
     /* the checkpoint: a Hugging Face directory plus the trainer files */
     const char *files[] = {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "trainer_state.json",
                            "optimizer.safetensors"};
     for (int i = 0; i < 6; i++) {
         char p[300];
-        snprintf(p, sizeof p, "%s/%s", path("ckpt"), files[i]);
+        snprintf(p, sizeof p, "%s/%s", tap_tmp("ckpt"), files[i]);
         if (i == 2) CHECK(!ds_path_exists(p), "no tokenizer.json without a tokenizer");
         else CHECK(ds_path_exists(p), "%s written", files[i]);
     }
     ds_model *m2;
     ds_ckpt *ck;
-    CHECK(ds_ckpt_open(&ck, path("ckpt")) == 0, "the checkpoint opens: %s", ds_errmsg());
+    CHECK(ds_ckpt_open(&ck, tap_tmp("ckpt")) == 0, "the checkpoint opens: %s", ds_errmsg());
     ds_model_opts mo = {.max_batch = 1, .max_seq = 8};
     ds_model_create(&m2, ds_ckpt_config(ck), &mo);
     CHECK(ds_model_load_weights(m2, ds_ckpt_tensors(ck)) == 0, "weights load: %s", ds_errmsg());
@@ -166,12 +138,12 @@ static void zero_and_maybe_signal(void *impl) { /* runs at the start of every op
 TEST(stop_and_resume_is_bit_identical) {
     const int N = 6;
     run a, b1, b2;
-    run_cfg c = {.steps = 2 * N, .batch = 4, .micro = 2, .T = 16, .out = path("whole"), .metrics = path("whole.jsonl"), .save_every = 4};
-    unlink(path("whole.jsonl")), unlink(path("part.jsonl"));
+    run_cfg c = {.steps = 2 * N, .batch = 4, .micro = 2, .T = 16, .out = tap_tmp("whole"), .metrics = tap_tmp("whole.jsonl"), .save_every = 4};
+    unlink(tap_tmp("whole.jsonl")), unlink(tap_tmp("part.jsonl"));
     CHECK(run_open(&a, &c) == 0, "open: %s", ds_errmsg());
     int sig;
     CHECK(ds_session_run(&a.s, &sig) == 0, "uninterrupted: %s", ds_errmsg());
-    c.out = path("part"), c.metrics = path("part.jsonl");
+    c.out = tap_tmp("part"), c.metrics = tap_tmp("part.jsonl");
     CHECK(run_open(&b1, &c) == 0, "open the first half");
     /* SIGTERM arrives during step N: the step finishes, the checkpoint is saved, the run stops */
     stop_session = &b1.s;
@@ -182,18 +154,18 @@ TEST(stop_and_resume_is_bit_identical) {
     *b1.s.stop = 0;
     CHECK(ds_trainer_steps_done(b1.s.trainer) == N, "at step %d", N);
     run_close(&b1);
-    c.resume = path("part");
+    c.resume = tap_tmp("part");
     CHECK(run_open(&b2, &c) == 0, "resume: %s", ds_errmsg());
     CHECK(b2.s.resumed_step == N, "resumed at %lld", (long long)b2.s.resumed_step);
     CHECK(ds_session_run(&b2.s, &sig) == 0, "second half: %s", ds_errmsg());
     CHECK(!memcmp(ds_model_params(a.s.model), ds_model_params(b2.s.model), ds_model_num_params(a.s.model) * 4),
           "same weight bytes after %d steps", 2 * N);
-    json_t *mw = records(path("whole.jsonl")), *mp = records(path("part.jsonl"));
+    json_t *mw = fixture_metrics(tap_tmp("whole.jsonl"), "step"), *mp = fixture_metrics(tap_tmp("part.jsonl"), "step");
     int same = json_array_size(mw) == (size_t)(2 * N) && json_array_size(mp) == (size_t)(2 * N);
     static const char *keys[] = {"step", "loss", "loss_mtp", "loss_bal", "lr", "grad_norm", "tokens", "val_loss"};
     for (int i = 0; same && i < 2 * N; i++)
         for (int k = 0; k < 8; k++) {
-            double x = num(mw, (size_t)i, keys[k]), y = num(mp, (size_t)i, keys[k]);
+            double x = fixture_metric(mw, (size_t)i, keys[k]), y = fixture_metric(mp, (size_t)i, keys[k]);
             same &= x == y || (isnan(x) && isnan(y));
         }
     CHECK(same, "metrics of the resumed run read as the uninterrupted run's (%zu and %zu records)", json_array_size(mw), json_array_size(mp));
@@ -209,7 +181,7 @@ static int edit_eps(void *ctx, ds_config *cfg) {
 TEST(tools_can_edit_the_config_before_the_model_is_built) {
     double eps = 1e-5;
     ds_session s;
-    ds_session_opts so = {.tool = "test", .config_path = path("config.json"), .device = "cpu", .micro_batch = 1, .seq_len = 8,
+    ds_session_opts so = {.tool = "test", .config_path = tap_tmp("config.json"), .device = "cpu", .micro_batch = 1, .seq_len = 8,
                           .seed = 1, .edit_config = edit_eps, .edit_ctx = &eps};
     CHECK(ds_session_open(&s, &so) == 0, "open: %s", ds_errmsg());
     CHECK(ds_model_config(s.model)->rms_norm_eps == 1e-5 && s.cfg.rms_norm_eps == 1e-5, "the model and the saved config see the edit");
@@ -221,8 +193,8 @@ TEST(tools_can_edit_the_config_before_the_model_is_built) {
 
 TEST(bias_update_balances_a_skewed_router) {
     run r;
-    run_cfg c = {.steps = 60, .batch = 4, .micro = 4, .T = 32, .lr = "0", .gamma = "0.005", .out = path("bal"), .metrics = path("bal.jsonl")};
-    unlink(path("bal.jsonl"));
+    run_cfg c = {.steps = 60, .batch = 4, .micro = 4, .T = 32, .lr = "0", .gamma = "0.005", .out = tap_tmp("bal"), .metrics = tap_tmp("bal.jsonl")};
+    unlink(tap_tmp("bal.jsonl"));
     CHECK(run_open(&r, &c) == 0, "open");
     /* skew the router: every embedding row gets a common component u = (1, ..., 1), so every hidden
      * state leans along u, and the gate rows of experts 6 and 7 point along u */
@@ -232,7 +204,7 @@ TEST(bias_update_balances_a_skewed_router) {
         for (int d = 0; d < 32; d++) w->layer[1].router[e * 32 + d] += 0.05f;
     int sig;
     CHECK(ds_session_run(&r.s, &sig) == 0, "ran");
-    json_t *m = records(path("bal.jsonl"));
+    json_t *m = fixture_metrics(tap_tmp("bal.jsonl"), "step");
     double v[60];
     for (int s = 0; s < 60; s++)
         v[s] = json_number_value(json_object_get(json_array_get(json_object_get(json_array_get(m, (size_t)s), "balance"), 0), "max_vio"));
@@ -247,22 +219,10 @@ TEST(bias_update_balances_a_skewed_router) {
 }
 
 int main(int argc, char **argv) {
-    snprintf(dir, sizeof dir, "/tmp/ds-test-train-model-XXXXXX");
-    if (!mkdtemp(dir)) return 1;
-    FILE *f = fopen(path("config.json"), "w");
+    FILE *f = fopen(tap_tmp("config.json"), "w");
     fputs(tiny_config, f);
     fclose(f);
     ds_log_set_level(DS_LOG_QUIET);
     ds_threads_set(1); /* tests share the machine; OpenMP spin-waits badly under load */
-    const char *only = argc > 1 ? argv[1] : NULL;
-    for (int i = 0; i < tap_ntests; i++) {
-        if (only && strcmp(only, tap_tests[i].name)) continue;
-        tap_current = tap_tests[i].name;
-        tap_tests[i].fn();
-    }
-    printf("1..%d\n", tap_count);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd)) return 1;
-    return tap_failed ? 1 : 0;
+    return tap_run(argc, argv);
 }

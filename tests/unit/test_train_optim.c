@@ -10,6 +10,7 @@
 #include "core/threads.h"
 #include "train/adamw.h"
 #include "train/balance.h"
+#include "train/optim.h"
 
 /* Two tensors: a matrix (decays) and a norm (does not). */
 static void two_tensors(ds_param info[2], size_t nm, size_t nn) {
@@ -223,6 +224,39 @@ TEST(adamw_trace_for_reference) {
         CHECK(fclose(f) == 0, "wrote adamw%s.bin", bf16 ? "_bf16" : "");
         ds_adamw_free(&a);
     }
+}
+
+TEST(optimizer_seam_on_the_host_is_adamw) {
+    enum { NM = 200, NN = 10, N = NM + NN };
+    ds_param info[2];
+    two_tensors(info, NM, NN);
+    ds_adamw_opts o;
+    ds_adamw_defaults(&o);
+    ds_adamw a;
+    ds_optim *q = NULL;
+    CHECK(ds_adamw_init(&a, &o, N, info, 2) == 0 && ds_optim_create(&q, NULL, &o, N, info, 2) == 0, "create");
+    if (!q) return;
+    CHECK(!strcmp(q->device, "cpu"), "host parameters keep host moments");
+    float p1[N], p2[N], g[N];
+    ds_randn_fill(p1, N, 3, 1, 1.0f);
+    memcpy(p2, p1, sizeof p1);
+    for (int t = 1; t <= 3; t++) {
+        ds_randn_fill(g, N, 3, (uint64_t)(10 + t), 0.1f);
+        double n1 = ds_grad_norm(g, N), n2 = -1;
+        CHECK(ds_optim_grad_norm(q, g, &n2) == 0 && n1 == n2, "step %d: the same gradient norm", t);
+        ds_adamw_step(&a, p1, g, 0.5f, 1e-2);
+        CHECK(ds_optim_step(q, p2, g, 0.5f, 1e-2) == 0, "step %d", t);
+    }
+    CHECK(!memcmp(p1, p2, sizeof p1) && q->t == 3, "three updates: the same parameter bits as ds_adamw, t = %lld", (long long)q->t);
+    float m[N], v[N];
+    CHECK(ds_optim_get(q, 0, 0, N, m) == 0 && ds_optim_get(q, 1, 0, N, v) == 0, "moments out");
+    CHECK(m[5] == ds_adamw_moment(&a, 0, 5) && v[NM + 1] == ds_adamw_moment(&a, 1, NM + 1), "moments equal");
+    CHECK(ds_optim_get(q, 0, NM, NN + 1, m) != 0 && strstr(ds_errmsg(), "moments [200, +11) of 210"),
+          "a range past the end is refused: %s", ds_errmsg());
+    m[0] = 0.25f;
+    CHECK(ds_optim_set(q, 0, 0, 1, m) == 0 && ds_optim_get(q, 0, 0, 1, v) == 0 && v[0] == 0.25f, "moments in");
+    ds_optim_free(q);
+    ds_adamw_free(&a);
 }
 
 TAP_MAIN()

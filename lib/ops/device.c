@@ -1,0 +1,29 @@
+#include "ops/device.h"
+
+#include "core/err.h"
+
+#include <string.h>
+
+#ifdef DS_HAVE_CUDA
+#include "ops_cuda.h"
+#endif
+
+int ds_ops_for_device(const char *device, const ds_ops **out) {
+    *out = NULL;
+    if (!device || !strcmp(device, "cpu")) {
+        *out = ds_ops_cpu();
+        return DS_OK;
+    }
+    if (strcmp(device, "cuda")) return ds_fail(DS_EUSAGE, "--device %s: unknown device (cpu or cuda)", device);
+#ifdef DS_HAVE_CUDA
+    *out = ds_ops_cuda(); /* says "--device cuda: no usable GPU (...)" itself */
+    if (!*out) return DS_ERR;
+    return DS_OK;
+#else
+    ds_fail(DS_ERR, "--device cuda: this build has no CUDA backend (built without nvcc, or with make CUDA=0)");
+    ds_hint("rebuild on a machine with the CUDA toolkit (nvcc), or use --device cpu");
+    return DS_ERR;
+#endif
+}
+
+int ds_ops_on_host(const ds_ops *ops) { return !ops || !strcmp(ops->name, "cpu"); }

@@ -1,0 +1,199 @@
+#include "train/toolopts.h"
+
+#include "core/err.h"
+#include "core/file.h"
+#include "core/log.h"
+#include "core/threads.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void ds_train_toolopts_defaults(ds_train_toolopts *t) {
+    ds_train_opts to;
+    ds_train_opts_defaults(&to);
+    *t = (ds_train_toolopts){.device = "cpu", .seed = 1, .log_every = to.log_every, .val_batches = to.val_batches,
+                             .bf16_moments = to.adamw.bf16_moments, .weight_decay = to.adamw.weight_decay,
+                             .beta1 = to.adamw.beta1, .beta2 = to.adamw.beta2, .eps = to.adamw.eps, .clip = to.clip_norm};
+}
+
+/* One row per shared option: where it writes in ds_train_toolopts, and its wording when it has one
+ * meaning in every tool (the wording of the others is the tool's). */
+typedef struct {
+    const char *name;
+    char short_name;
+    ds_opt_type type;
+    size_t offset;
+    const char *metavar, *help, *choices;
+    double min, max;
+} shared_opt;
+
+#define F(field) offsetof(ds_train_toolopts, field)
+static const shared_opt SHARED[] = {
+    /* paths and places */
+    {"model", 'm', DS_OPT_STR, F(model), "CKPT"},
+    {"out", 'o', DS_OPT_STR, F(out), "OUT", "checkpoint directory (replaced atomically at every save)"},
+    {"resume", 0, DS_OPT_STR, F(resume), "DIR", "continue the run saved in DIR (bit-identical on the same machine and threads)"},
+    {"tokenizer", 0, DS_OPT_STR, F(tokenizer), "FILE"},
+    {"metrics", 0, DS_OPT_STR, F(metrics), "FILE.jsonl", "one JSON object per step ('-' = stdout)"},
+    {"plot", 0, DS_OPT_STR, F(plot), "FILE.png", "draw the loss curves at the end"},
+    {"device", 0, DS_OPT_CHOICE, F(device), "DEV", "where to train (cuda: one GPU, device 0)", "cpu|cuda"},
+    /* the optimizer */
+    {"lr", 0, DS_OPT_FLOAT, F(lr), "LR", .max = 10},
+    {"lr-schedule", 0, DS_OPT_STR, F(lr_schedule), "SPEC"},
+    {"weight-decay", 0, DS_OPT_FLOAT, F(weight_decay), "WD", "AdamW weight decay", .max = 10},
+    {"beta1", 0, DS_OPT_FLOAT, F(beta1), "B1", "AdamW beta1", .max = 1},
+    {"beta2", 0, DS_OPT_FLOAT, F(beta2), "B2", "AdamW beta2", .max = 1},
+    {"eps", 0, DS_OPT_FLOAT, F(eps), "EPS", "AdamW epsilon", .max = 1},
+    {"bf16-moments", 0, DS_OPT_FLAG, F(bf16_moments), .help = "keep AdamW moments in bf16"},
+    {"clip", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", .max = 1e9},
+    {"clip-grad", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", .max = 1e9},
+    {"alpha", 0, DS_OPT_FLOAT, F(alpha), "A", .max = 1},
+    /* the run */
+    {"seed", 0, DS_OPT_I64, F(seed), "S", .max = 9.2e18},
+    {"threads", 0, DS_OPT_INT, F(threads), "N", "CPU threads (0 = all cores)", .max = 4096},
+    {"val-frac", 0, DS_OPT_FLOAT, F(val_frac), "F", "share of the data held out for validation", .max = 0.5},
+    {"val-batches", 0, DS_OPT_INT, F(val_batches), "N", "micro-batches per validation", .min = 1, .max = 1e9},
+    {"save-every", 0, DS_OPT_INT, F(save_every), "N", "checkpoint every N steps (and always at the end)", .max = 1e9},
+    {"log-every", 0, DS_OPT_INT, F(log_every), "N", "print a line every N steps (0 = none)", .max = 1e9},
+    {"skip-nonfinite", 0, DS_OPT_FLAG, F(skip_nonfinite), .help = "skip a step with NaN/Inf instead of stopping with exit 3"},
+    {"fp8", 0, DS_OPT_FLAG, F(fp8), .help = DS_TRAIN_FP8_HELP},
+    {"quiet", 'q', DS_OPT_FLAG, F(quiet), .help = "only errors and warnings"},
+    {"verbose", 'v', DS_OPT_FLAG, F(verbose), .help = "more detail"},
+};
+#undef F
+
+static const shared_opt *shared(const char *name, size_t len) {
+    for (size_t i = 0; i < sizeof SHARED / sizeof *SHARED; i++)
+        if (strlen(SHARED[i].name) == len && !strncmp(SHARED[i].name, name, len)) return &SHARED[i];
+    return NULL;
+}
+
+static ds_opt entry(ds_train_toolopts *t, const shared_opt *s, const char *help) {
+    return (ds_opt){s->name, s->short_name, s->type, (char *)t + s->offset, s->metavar, help ? help : s->help ? s->help : "",
+                    s->choices, s->min, s->max};
+}
+
+/* A name the table lacks: it writes nowhere, and no value is accepted for it. */
+static const char *nowhere;
+static ds_opt unknown(const char *name) {
+    return (ds_opt){name, 0, DS_OPT_CHOICE, &nowhere, "?", "(unknown shared option)", ""};
+}
+
+ds_opt ds_train_toolopt(ds_train_toolopts *t, const char *name, const char *help) {
+    const shared_opt *s = shared(name, strlen(name));
+    return s ? entry(t, s, help) : unknown(name);
+}
+
+ds_opt ds_train_toolopts_group(ds_train_toolopts *t, const char *names) {
+    static const ds_opt full[] = {{"(too many shared options)", 0, DS_OPT_CHOICE, &nowhere, "?", "", ""}, {0}};
+    const int room = (int)(sizeof t->group_entries / sizeof *t->group_entries) - t->n_group_entries;
+    ds_opt *group = t->group_entries + t->n_group_entries;
+    int n = 0;
+    if (room < 2) return (ds_opt){"group", 0, DS_OPT_GROUP, (void *)full};
+    for (const char *p = names; *p;) {
+        const size_t len = strcspn(p, " ");
+        const shared_opt *s = shared(p, len);
+        if (n + 3 > room) { /* room for this mark and the end only */
+            group[n++] = full[0];
+            break;
+        }
+        if (len) group[n++] = s ? entry(t, s, NULL) : unknown("(unknown name in a group)");
+        p += len + (p[len] == ' ');
+    }
+    group[n] = (ds_opt){0};
+    t->n_group_entries += n + 1;
+    return (ds_opt){"group", 0, DS_OPT_GROUP, group};
+}
+
+int ds_train_tool_start(const ds_train_toolopts *t, int argc, char **argv, int first) {
+    if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
+    if (t->quiet) ds_log_set_level(DS_LOG_QUIET);
+    if (t->verbose) ds_log_set_level(DS_LOG_VERBOSE);
+    ds_threads_set(t->threads);
+    return -1;
+}
+
+int ds_train_tool_check_out(const ds_train_toolopts *t) {
+    if (!t->out) return ds_usage_error("-o OUT is required");
+    if (ds_is_stdio(t->out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
+    return 0;
+}
+
+int ds_train_tool_check_batch(ds_train_toolopts *t) {
+    if (!t->micro_batch) t->micro_batch = t->batch;
+    if (t->batch % t->micro_batch)
+        return ds_usage_error("--batch %d is not a multiple of --micro-batch %d", t->batch, t->micro_batch);
+    return 0;
+}
+
+ds_session_opts ds_train_toolopts_session(const ds_train_toolopts *t, const char *tool) {
+    return (ds_session_opts){.tool = tool, .model_path = t->model, .resume = t->resume, .out_dir = t->out,
+                             .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
+                             .device = t->device, .fp8 = t->fp8, .balance_alpha = t->alpha,
+                             .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = (uint64_t)t->seed};
+}
+
+void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {
+    ds_train_opts_defaults(to);
+    to->total_steps = t->steps, to->seq_len = t->seq_len, to->micro_batch = t->micro_batch, to->seed = (uint64_t)t->seed;
+    to->adamw.beta1 = t->beta1, to->adamw.beta2 = t->beta2, to->adamw.eps = t->eps, to->adamw.weight_decay = t->weight_decay;
+    to->adamw.bf16_moments = t->bf16_moments, to->clip_norm = t->clip, to->balance_alpha = t->alpha;
+    to->skip_nonfinite = t->skip_nonfinite, to->val_every = t->val_every, to->val_batches = t->val_batches;
+    to->save_every = t->save_every, to->log_every = t->log_every;
+}
+
+int ds_train_schedules(const ds_train_sched_specs *sp, ds_train_opts *to) {
+    char lr[40], batch[32];
+    snprintf(lr, sizeof lr, "%.17g", sp->lr_peak);
+    snprintf(batch, sizeof batch, "%d", sp->batch);
+    const int64_t n = to->total_steps;
+    DS_TRY(ds_sched_parse(&to->lr, sp->lr ? sp->lr : lr, sp->lr_peak, n, "--lr-schedule"));
+    DS_TRY(ds_sched_parse(&to->batch, sp->batch_ramp ? sp->batch_ramp : batch, sp->batch, n, sp->batch_ramp ? "--batch-ramp" : "--batch"));
+    DS_TRY(ds_sched_parse(&to->gamma, sp->gamma ? sp->gamma : "0", sp->gamma_peak, n, "--gamma"));
+    return ds_sched_parse(&to->lambda, sp->lambda ? sp->lambda : "0", sp->lambda_peak, n, "--lambda");
+}
+
+void ds_train_record_begin(ds_jsonw *w, const ds_session *s, const char *model, const char *reference) {
+    ds_jsonw_init(w);
+    ds_jsonw_obj_begin(w);
+    ds_jsonw_key(w, "config");
+    ds_jsonw_obj_begin(w);
+    ds_jsonw_kstr(w, "tool", s->o.tool);
+    ds_jsonw_kstr(w, "version", ds_version_string);
+    ds_jsonw_kstr(w, "model", model);
+    if (reference) ds_jsonw_kstr(w, "reference", reference);
+    ds_param_counts pc;
+    ds_config_counts(&s->cfg, &pc);
+    ds_param_counts_jsonw(&pc, w);
+}
+
+void ds_train_record_schedules(ds_jsonw *w, const ds_train_opts *to) {
+    const ds_sched *sc[4] = {&to->lr, &to->batch, &to->gamma, &to->lambda};
+    static const char *names[4] = {"lr", "batch", "gamma", "lambda"};
+    char d[512];
+    for (int k = 0; k < 4; k++) {
+        ds_sched_describe(sc[k], d, sizeof d);
+        ds_jsonw_kstr(w, names[k], d);
+        ds_info("%-7s %s", names[k], d);
+    }
+}
+
+char *ds_train_record_end(ds_jsonw *w, const ds_session *s) {
+    ds_jsonw_kint(w, "seed", (int64_t)s->o.seed);
+    ds_jsonw_kint(w, "threads", ds_threads_get());
+    ds_jsonw_kbool(w, "fp8", s->o.fp8);
+    if (s->resumed_step >= 0) ds_jsonw_kint(w, "resumed_from_step", s->resumed_step);
+    ds_jsonw_obj_end(w);
+    ds_jsonw_obj_end(w);
+    char *record = strdup(w->buf);
+    ds_jsonw_free(w);
+    return record;
+}
+
+int ds_train_tool_exit(int rc, int stopped_by) {
+    if (rc == DS_EUSAGE) rc = ds_usage_error("%s", ds_errmsg());
+    else if (rc) ds_tool_report(rc);
+    return rc ? (rc == DS_EDIVERGED ? 3 : rc == DS_EUSAGE ? 2 : 1) : stopped_by ? 128 + stopped_by : 0;
+}

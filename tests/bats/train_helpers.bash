@@ -1,0 +1,61 @@
+# train_helpers.bash — what the training tools' suites share (ds-pretrain, ds-sft, ds-extend-ctx, ds-rl,
+# and tests/ref/sft.bats): a tiny base checkpoint with its tokenizer, run records for comparing runs,
+# and the stop-with-SIGTERM-then-resume check. Load with `load train_helpers`.
+
+# A tokenizer trained on the GPL text, its shards, and a tiny.json checkpoint pretrained for a few
+# steps with the tokenizer embedded: $1/tok.json, $1/shards/, $1/base. Further arguments go to
+# ds-pretrain (later options win).
+tiny_base() {
+    local dir=$1
+    shift
+    cat /usr/share/common-licenses/GPL-3 >"$dir/prose.txt"
+    "$DS_BIN/ds-tokenize" train -q --vocab-size 400 -o "$dir/tok.json" "$dir/prose.txt"
+    "$DS_BIN/ds-tokenize" encode -q -t "$dir/tok.json" -o "$dir/shards/" "$dir/prose.txt"
+    "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$DS_ROOT/share/configs/tiny.json" --data "$dir/shards" \
+        --tokenizer "$dir/tok.json" -o "$dir/base" --steps 4 --batch 4 --seq-len 64 --log-every 0 -q "$@"
+}
+
+teardown() { # a failed test must not leave a run behind
+    [ -f "$BATS_TEST_TMPDIR/pid" ] && kill "$(cat "$BATS_TEST_TMPDIR/pid")" 2>/dev/null || true
+}
+
+# Step records of a metrics file without what depends on timing, one per line, for comparing runs.
+numbers() { "$DS_PY" -c '
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if "step" in r:
+        print(json.dumps({k: v for k, v in r.items() if k not in ("ms", "cpu_ms", "tok_s", "mfu", "tokens_per_s", "eval/seconds")
+                          and not k.startswith("timing/") and not k.startswith("generate/")}, sort_keys=True))
+' "$1"; }
+
+# interrupt_and_resume KEY N PROGRAM ARGS...: run PROGRAM ARGS to the end into $BATS_TEST_TMPDIR/whole;
+# run it again into .../part and send SIGTERM once its metrics hold N records with "KEY"; it must
+# save and exit 143; --resume must then finish it with the whole run's weights, optimizer state and
+# step records, bit for bit.
+interrupt_and_resume() {
+    local key=$1 n_min=$2 d=$BATS_TEST_TMPDIR n pid
+    shift 2
+    "$@" -o "$d/whole" --metrics "$d/whole.jsonl" -q
+    "$@" -o "$d/part" --metrics "$d/part.jsonl" 2>"$d/err" &
+    pid=$!
+    echo "$pid" >"$d/pid"
+    for _ in $(seq 3000); do
+        n=$(grep -c "\"$key\"" "$d/part.jsonl" 2>/dev/null || true)
+        [ "${n:-0}" -ge "$n_min" ] && break
+        sleep 0.01
+    done
+    kill -TERM "$pid"
+    status=0
+    wait "$pid" || status=$?
+    cat "$d/err"
+    [ "$status" -eq 143 ]
+    grep -q "signal 15: saving at step" "$d/err"
+    grep -q "saved step" "$d/err"
+    run "$@" -o "$d/part" --metrics "$d/part.jsonl" --resume "$d/part"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"resuming at step "* ]]
+    cmp "$d/whole/model.safetensors" "$d/part/model.safetensors"
+    cmp "$d/whole/optimizer.safetensors" "$d/part/optimizer.safetensors"
+    diff <(numbers "$d/whole.jsonl") <(numbers "$d/part.jsonl")
+}
