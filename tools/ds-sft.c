@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char EOS[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
-
 typedef struct {
     ds_train_toolopts t;
     const char *data, *tmpl, *on_bad, *gamma, *lambda;
@@ -53,38 +51,21 @@ static char *config_record(const args *a, const ds_session *s, const ds_sft_set 
 
 static int run(args *a) {
     ds_session s;
-    ds_sft_set set = {0};
-    ds_chat_template tm = {0};
-    ds_tokenizer *tok = NULL;
-    ds_data_source *train = NULL, *val = NULL;
+    ds_sft_data d = {0};
     char *record = NULL;
-    int rc, sig = 0, have_tm = 0;
+    int rc, sig = 0;
     const ds_session_opts so = ds_train_toolopts_session(&a->t, "ds-sft");
     if ((rc = ds_session_open(&s, &so))) goto done;
-    if (!s.tokenizer_json) {
-        rc = ds_fail(DS_ERR, "no tokenizer: the checkpoint carries no tokenizer.json: %s", a->t.resume ? a->t.resume : a->t.model);
-        ds_hint("give the tokenizer the model was trained with: --tokenizer FILE");
-        goto done;
-    }
-    if ((rc = ds_tok_from_json(&tok, s.tokenizer_json, s.tokenizer_len, "tokenizer.json"))) goto done;
-    if ((rc = ds_chat_template_load(&tm, a->tmpl))) goto done;
-    have_tm = 1;
-    ds_sft_load_opts lo = {.tok = tok, .tmpl = &tm, .seq_len = a->t.seq_len, .max_warnings = a->t.verbose ? -1 : 10,
-                           .on_bad = !strcmp(a->on_bad, "reject") ? DS_SFT_REJECT_BAD : DS_SFT_SKIP_BAD, .vocab = s.cfg.vocab_size};
-    if ((rc = ds_sft_load(&set, a->data, &lo))) {
-        if (lo.on_bad == DS_SFT_REJECT_BAD) ds_hint("fix the line, or pass --on-bad skip to leave bad conversations out");
-        goto done;
-    }
-    if (set.n == 0) {
-        rc = ds_fail(DS_ERR, "no usable conversations (%lld read, %lld skipped): %s", (long long)set.lines, (long long)set.bad, a->data);
-        goto done;
-    }
-    const int64_t eos = ds_tok_token_id(tok, EOS);
-    ds_sft_source_opts po = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac, .window = a->window,
-                             .pad_id = (int32_t)(eos >= 0 ? eos : s.cfg.eos_token_id >= 0 ? s.cfg.eos_token_id : 0)};
-    if ((rc = ds_sft_source_create(&train, &val, &set, &po))) goto done;
+    const ds_sft_data_opts dopts = {
+        .path = a->data, .template_path = a->tmpl, .model = a->t.resume ? a->t.resume : a->t.model,
+        .tokenizer_json = s.tokenizer_json, .tokenizer_len = s.tokenizer_len, .vocab = s.cfg.vocab_size,
+        .eos = s.cfg.eos_token_id, .on_bad = !strcmp(a->on_bad, "reject") ? DS_SFT_REJECT_BAD : DS_SFT_SKIP_BAD,
+        .max_warnings = a->t.verbose ? -1 : 10,
+        .src = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac, .window = a->window}};
+    if ((rc = ds_sft_data_open(&d, &dopts))) goto done;
+    const ds_sft_set *set = &d.set;
     ds_sft_stats st;
-    if ((rc = ds_sft_source_stats(train, val, a->epochs, &st))) goto done;
+    if ((rc = ds_sft_source_stats(d.train, d.val, a->epochs, &st))) goto done;
     ds_train_opts to;
     ds_train_toolopts_apply(&a->t, &to);
     /* an epoch is a pass over the training conversations; the last step is filled from the next epoch */
@@ -99,22 +80,18 @@ static int run(args *a) {
     ds_info("model   %s", a->t.resume ? a->t.resume : a->t.model);
     ds_info("data    %lld conversations (%lld skipped): %lld training, %lld held out; %lld rows of %d per epoch, "
             "%.1f%% of slots filled, %.1f%% of those trained on",
-            (long long)set.lines, (long long)set.bad, (long long)st.samples, (long long)st.val_samples,
+            (long long)set->lines, (long long)set->bad, (long long)st.samples, (long long)st.val_samples,
             (long long)(a->epochs > 0 ? st.rows / a->epochs : st.rows), a->t.seq_len, 100 * st.fill, 100 * st.trained);
     ds_info("train   %lld steps x %d rows (%d epoch%s), micro-batch %d, %d threads", (long long)to.total_steps, batch,
             a->epochs, a->epochs == 1 ? "" : "s", a->t.micro_batch, ds_threads_get());
-    record = config_record(a, &s, &set, &st, &to);
-    if ((rc = ds_session_start(&s, &to, train, val, &ds_loss_pretrain, record))) goto done;
+    record = config_record(a, &s, set, &st, &to);
+    if ((rc = ds_session_start(&s, &to, d.train, d.val, &ds_loss_pretrain, record))) goto done;
     rc = ds_session_run(&s, &sig);
 done:
     free(record);
     rc = ds_train_tool_exit(rc, sig);
     ds_session_close(&s);
-    ds_data_source_free(train);
-    ds_data_source_free(val);
-    ds_sft_set_free(&set);
-    if (have_tm) ds_chat_template_free(&tm);
-    ds_tok_free(tok);
+    ds_sft_data_close(&d);
     return rc;
 }
 

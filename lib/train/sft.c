@@ -418,3 +418,46 @@ void ds_sft_source_position(const ds_data_source *train, int64_t *epoch, int64_t
     const sft_src *q = train->impl;
     *epoch = q->epoch, *row = q->row;
 }
+
+static const char V3_EOS[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+
+int ds_sft_data_open(ds_sft_data *d, const ds_sft_data_opts *o) {
+    memset(d, 0, sizeof *d);
+    int rc;
+    if (!o->tokenizer_json) {
+        rc = ds_fail(DS_ERR, "no tokenizer: the checkpoint carries no tokenizer.json: %s", o->model);
+        ds_hint("give the tokenizer the model was trained with: --tokenizer FILE");
+        return rc;
+    }
+    if ((rc = ds_tok_from_json(&d->tok, o->tokenizer_json, o->tokenizer_len, "tokenizer.json"))) goto fail;
+    if ((rc = ds_chat_template_load(&d->tmpl, o->template_path))) goto fail;
+    d->have_tmpl = 1;
+    ds_sft_load_opts lo = {.tok = d->tok, .tmpl = &d->tmpl, .seq_len = o->src.seq_len, .max_warnings = o->max_warnings,
+                           .on_bad = o->on_bad, .vocab = o->vocab};
+    if ((rc = ds_sft_load(&d->set, o->path, &lo))) {
+        if (o->on_bad == DS_SFT_REJECT_BAD) ds_hint("fix the line, or pass --on-bad skip to leave bad conversations out");
+        goto fail;
+    }
+    if (d->set.n == 0) {
+        rc = ds_fail(DS_ERR, "no usable conversations (%lld read, %lld skipped): %s", (long long)d->set.lines,
+                     (long long)d->set.bad, o->path);
+        goto fail;
+    }
+    const int64_t eos = ds_tok_token_id(d->tok, V3_EOS);
+    ds_sft_source_opts so = o->src;
+    so.pad_id = (int32_t)(eos >= 0 ? eos : o->eos >= 0 ? o->eos : 0);
+    if ((rc = ds_sft_source_create(&d->train, &d->val, &d->set, &so))) goto fail;
+    return 0;
+fail:
+    ds_sft_data_close(d);
+    return rc;
+}
+
+void ds_sft_data_close(ds_sft_data *d) {
+    ds_data_source_free(d->train);
+    ds_data_source_free(d->val);
+    ds_sft_set_free(&d->set);
+    if (d->have_tmpl) ds_chat_template_free(&d->tmpl);
+    ds_tok_free(d->tok);
+    memset(d, 0, sizeof *d);
+}

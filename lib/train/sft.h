@@ -120,4 +120,32 @@ int ds_sft_source_stats(ds_data_source *train, ds_data_source *val, int epochs, 
 /* Epoch the next row will come from (0-based) and its row within the epoch. */
 void ds_sft_source_position(const ds_data_source *train, int64_t *epoch, int64_t *row);
 
+/* ---- a conversations file, start to finish (what ds-sft and ds-extend-ctx --chat share) ---- */
+
+typedef struct {
+    const char *path;          /* JSONL conversations ("-" = stdin) */
+    const char *template_path; /* NULL: the built-in template */
+    const char *model;         /* names the checkpoint in "no tokenizer" */
+    const char *tokenizer_json; /* the session's tokenizer.json text (NULL: an error with a hint) */
+    size_t tokenizer_len;
+    int32_t vocab, eos;        /* the model's vocabulary and eos id (padding when the tokenizer lacks V3's) */
+    ds_sft_on_bad on_bad;
+    int max_warnings;
+    ds_sft_source_opts src;    /* pad_id is set here: the tokenizer's end-of-sentence token */
+} ds_sft_data_opts;
+
+typedef struct {
+    ds_tokenizer *tok;
+    ds_chat_template tmpl;
+    int have_tmpl;
+    ds_sft_set set;
+    ds_data_source *train, *val; /* as ds_sft_source_create makes them */
+} ds_sft_data;
+
+/* Tokenizer, template, conversations (at least one usable) and the packed sources. On failure the
+ * message says what and where (with a hint for a rejected conversation or a missing tokenizer) and
+ * whatever was opened is closed. */
+int ds_sft_data_open(ds_sft_data *d, const ds_sft_data_opts *o);
+void ds_sft_data_close(ds_sft_data *d);
+
 #endif

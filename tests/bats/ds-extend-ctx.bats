@@ -29,7 +29,7 @@ print(r["type"], r["factor"], r["original_max_position_embeddings"], r["beta_fas
     [ "$status" -eq 0 ]
     for o in --model --data --out --factor --seq-len --steps --lr --batch --original-len --beta-fast --beta-slow \
              --mscale --mscale-all-dim --print-rope --eval-only --eval-lengths --eval-depths --eval-trials --eval-png \
-             --eval-docs --metrics --resume --save-every --fp8; do
+             --eval-docs --metrics --resume --save-every --fp8 --chat --chat-template --eval-text; do
         [[ "$output" == *"$o"* ]] || { echo "missing $o"; false; }
     done
     [[ "$output" == *"[default: 7.3e-06]"* ]]
@@ -118,7 +118,9 @@ assert abs(r["softmax_scale"] - r["softmax_scale_plain"] * m * m) < 1e-6, r
     run -2 ext -m "$T/base" --data "$T/shards" -o "$BATS_TEST_TMPDIR/x" --steps 1 --factor 4
     [[ "$output" == *"--seq-len T is required"* ]]
     run -2 ext -m "$T/base" -o "$BATS_TEST_TMPDIR/x" --seq-len 128 --steps 1 --factor 4
-    [[ "$output" == *"--data is required"* ]]
+    [[ "$output" == *"give the phase's data: --data (token shards) or --chat (conversations)"* ]]
+    run -2 ext -m "$T/base" --data "$T/shards" --chat "$T/shards" -o "$BATS_TEST_TMPDIR/x" --seq-len 128 --steps 1 --factor 4
+    [[ "$output" == *"give the phase's data: --data (token shards) or --chat (conversations)"* ]]
     run -2 ext -m "$T/base" --eval-only --seq-len 128 --factor 4 --eval-lengths 1K,x
     [[ "$output" == *"--eval-lengths: not a number list: '1K,x'"* ]]
     run -2 ext -m "$T/base" --eval-only --seq-len 128 --eval-depths 0,1.5
@@ -164,4 +166,46 @@ assert abs(r["softmax_scale"] - r["softmax_scale_plain"] * m * m) < 1e-6, r
     [[ "$output" == "ds-extend-ctx: error: passkey text: bad JSON"* ]]
     run -1 ext -m "$T/base" --eval-only --seq-len 64 --eval-text "$BATS_TEST_TMPDIR/nothing.json"
     [[ "$output" == "ds-extend-ctx: error: "*"nothing.json"* ]]
+}
+
+@test "--chat: a phase on conversations trains exactly as ds-sft would (assistant tokens, packed with sample masking)" {
+    local d=$BATS_TEST_TMPDIR
+    # a YaRN checkpoint to start both from, so the two tools see the same model
+    ext -m "$T/base" --data "$T/shards" -o "$d/yarn" --factor 2 --original-len 64 --seq-len 128 --steps 1 --batch 2 --no-eval -q
+    "$DS_PY" - "$d/conv.jsonl" <<'PY'
+import json, random, sys
+r = random.Random(5)
+words = "the licence grants you freedom to share and change all versions of a program".split()
+with open(sys.argv[1], "w") as f:
+    for i in range(24):
+        q = " ".join(r.choice(words) for _ in range(r.randint(3, 12)))
+        a = " ".join(r.choice(words) for _ in range(r.randint(2, 10)))
+        f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
+    f.write(json.dumps({"messages": [{"role": "user", "content": "no answer"}]}) + "\n")
+PY
+    run --separate-stderr ext -m "$d/yarn" --chat "$d/conv.jsonl" -o "$d/long" --seq-len 128 --steps 2 --batch 4 --lr 1e-3 \
+        --val-frac 0 --no-eval --metrics "$d/ext.jsonl"
+    echo "$stderr" | tail -5
+    [ "$status" -eq 0 ]
+    [[ "$stderr" == *"jsonl: line 25: \"messages\" has no assistant message to learn from: $d/conv.jsonl (skipped)"* ]]
+    [[ "$stderr" == *"24 conversations (1 skipped) of 880 tokens"* ]]
+    "$DS_BIN/ds-sft" --threads 1 -q -m "$d/yarn" --data "$d/conv.jsonl" -o "$d/sft" --seq-len 128 --steps 2 --batch 4 --lr 1e-3 \
+        --val-frac 0 --val-every 0 --metrics "$d/sft.jsonl"
+    # the same rows and the same masked loss before the first update; the config record says which data
+    run "$DS_PY" - "$d/ext.jsonl" "$d/sft.jsonl" <<'PY'
+import json, sys
+ext, sft = ([json.loads(l) for l in open(f)] for f in sys.argv[1:3])
+assert ext[0]["config"]["data"] == "chat" and ext[0]["config"]["factor"] == 2, ext[0]
+e, s = ([r for r in recs if "step" in r] for recs in (ext, sft))
+assert e[0]["tokens"] == s[0]["tokens"], (e[0], s[0])
+assert abs(e[0]["loss"] - s[0]["loss"]) <= 1e-6 * abs(s[0]["loss"]), (e[0]["loss"], s[0]["loss"])
+print(e[0]["loss"], s[0]["loss"])
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+    # the extended model keeps the phase's scaling
+    [ "$(rope_of "$d/long")" = "yarn 2.0 64 32.0 1.0 1.0 1.0 128" ]
+    run -1 ext -q -m "$d/yarn" --chat "$d/none.jsonl" -o "$d/x" --seq-len 128 --steps 1
+    [ "$output" = "ds-extend-ctx: error: cannot open: No such file or directory: $d/none.jsonl" ]
+    [ ! -e "$d/x" ]
 }
