@@ -28,17 +28,24 @@ const ds_passkey_text ds_passkey_default_text = {
 };
 
 int ds_passkey_text_load(ds_passkey_text *t, const char *path) {
+    char *data = NULL;
+    size_t len;
+    memset(t, 0, sizeof *t);
+    DS_TRY(ds_read_file(path, &data, &len, 1u << 20));
+    int rc = ds_passkey_text_parse(t, data, len, path);
+    free(data);
+    return rc;
+}
+
+int ds_passkey_text_parse(ds_passkey_text *t, const char *data, size_t len, const char *path) {
     static const char *const names[] = {"intro", "filler", "needle", "question", "answer"};
     const char *const defaults[] = {ds_passkey_default_text.intro, ds_passkey_default_text.filler,
                                     ds_passkey_default_text.needle, ds_passkey_default_text.question,
                                     ds_passkey_default_text.answer};
-    char *pieces[5] = {0}, *data = NULL;
-    size_t len;
+    char *pieces[5] = {0};
     memset(t, 0, sizeof *t);
-    DS_TRY(ds_read_file(path, &data, &len, 1u << 20));
     json_error_t je;
     json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &je), *v;
-    free(data);
     int digits = ds_passkey_default_text.digits, rc = 0;
     if (!root) return ds_fail(DS_ERR, "passkey text: bad JSON: %s: %s:%d", je.text, path, je.line);
     if (!json_is_object(root)) rc = ds_fail(DS_ERR, "passkey text: not a JSON object: %s", path);

@@ -26,7 +26,7 @@
 #include "infer/forward.h"
 #include "tok/tokenizer.h"
 
-/* The texts. needle and answer contain "{key}" exactly once; the prompt ends with question, the answer
+/* The texts. needle and answer contain "{key}" (every occurrence is the key); the prompt ends with question, the answer
  * follows it directly (so question + answer read as one sentence). */
 typedef struct {
     const char *intro, *filler, *needle, *question, *answer;
@@ -39,6 +39,8 @@ extern const ds_passkey_text ds_passkey_default_text;
  * "question", "answer" (strings) and "digits" (1..18); a key left out keeps the default text's, any
  * other key is refused, and so are a needle or an answer without "{key}". The strings are malloc'd: free them with ds_passkey_text_free. */
 int ds_passkey_text_load(ds_passkey_text *t, const char *path);
+/* The same from len bytes in memory; `path` names them in messages. */
+int ds_passkey_text_parse(ds_passkey_text *t, const char *data, size_t len, const char *path);
 void ds_passkey_text_free(ds_passkey_text *t);
 
 typedef struct ds_passkey ds_passkey;
