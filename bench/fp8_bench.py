@@ -41,10 +41,12 @@ def best(fn, reps):
 
 def build_driver(build):
     exe = os.path.join(tempfile.gettempdir(), f"fp8_kernels_{os.getpid()}")
-    cflags = subprocess.run(["pkg-config", "--cflags", "--libs", "openblas"], capture_output=True, text=True).stdout.split()
+    # libds.a's own dependencies, as the Makefile links the tools
+    cflags = subprocess.run(["pkg-config", "--cflags", "--libs", "openblas", "jansson", "libzstd", "libpcre2-8"],
+                            capture_output=True, text=True, check=True).stdout.split()
     subprocess.run(["cc", "-O3", "-march=native", "-std=c11", "-D_GNU_SOURCE", "-fopenmp", "-I" + os.path.join(ROOT, "lib"),
                     os.path.join(ROOT, "bench", "fp8_kernels.c"), os.path.join(build, "libds.a")] + cflags +
-                   ["-lopenblas", "-lm", "-o", exe], check=True)
+                   ["-lm", "-o", exe], check=True)
     return exe
 
 
