@@ -12,7 +12,7 @@ def cell: tostring | gsub("\n"; "⏎") | gsub("\\|"; "\\|");
 "",
 "Total: \(.total.wall_s | f(0)) s wall, \(.total.cpu_s | f(0)) s CPU (user + system).",
 "",
-(if .data then "Data: \(.data.corpus_docs) prose documents (\(.data.corpus_bytes | mb), Debian license texts and Perl documentation), \(.data.train_tokens) training tokens; \(.data.sft) SFT conversations, \(.data.rl) RL prompts, \(.data.heldout) held-out tasks, \(.data.heldout_prose_tokens) held-out prose tokens." else empty end),
+(if .data then "Data: \(.data.corpus_docs) prose documents (\(.data.corpus_bytes | mb), Debian license texts and Perl documentation), \(.data.train_tokens) training tokens; \(.data.sft) SFT conversations (\(.data.sft_prose // 0) of them prose continuations), \(.data.rl) RL prompts, \(.data.heldout) held-out tasks, \(.data.heldout_prose_tokens) held-out prose tokens." else empty end),
 "",
 "## Stages",
 "",
