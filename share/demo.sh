@@ -7,7 +7,7 @@
 #
 # Usage: share/demo.sh            (make demo runs it with DS_BIN=bin)
 # Environment:
-#   DS_DEMO_SCALE    multiplies data sizes and steps (default 1: about ten minutes on two cores;
+#   DS_DEMO_SCALE    multiplies data sizes and steps (default 1: about four minutes on two idle cores;
 #                    0.05 is a smoke test)
 #   DS_DEMO_DIR      work directory (default ./demo-out); every run starts it afresh
 #   DS_DEMO_THREADS  threads per tool (default 0 = all cores)

@@ -33,6 +33,7 @@ END {
         p = paras[k]
         cut = int(length(p) * 0.4); if (cut > 60) cut = 60
         while (cut > 20 && substr(p, cut, 1) != " ") cut--
+        if (substr(p, cut, 1) != " ") continue   # no word boundary early enough (a long URL): left out
         head = substr(p, 1, cut - 1); rest = substr(p, cut + 1)
         if (length(rest) > 110) { rest = substr(rest, 1, 110); sub(/ [^ ]*$/, "", rest) }
         printf "{\"messages\":[{\"role\":\"user\",\"content\":\"Continue: %s\"},{\"role\":\"assistant\",\"content\":\"%s\"}]}\n", json(head), json(rest)

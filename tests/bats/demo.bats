@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
 # share/demo.sh (make demo) at a reduced size: the run succeeds and its report has every stage with
 # times and finite losses, valid charts, held-out accuracies in [0, 1] that a separate Python check of
-# the generated answers reproduces (and held-out prompts that no training prompt equals), checkpoints
+# the generated answers reproduces (and held-out prompts that no training prompt equals), prose
+# continuations in the SFT data that are pieces of the training documents and fit a row, checkpoints
 # that descend from one another, the MLA cache size of the config, an FP8 cost, non-empty samples, and
 # REPORT.md shows them. A second run with stub tools: a tool that is "not implemented yet" makes its
 # stage skipped and the pipeline goes on; a failing tool stops the demo with exit 1 and a report that
@@ -102,6 +103,28 @@ prompts = lambda f: {json.loads(l)["messages"][0]["content"] for l in open(f"{d}
 held, seen = prompts("heldout.jsonl"), prompts("sft.jsonl") | prompts("rl.jsonl")
 assert len(held) >= 10 and len(seen) > 100 and not (held & seen), sorted(held & seen)[:5]
 EOF
+}
+
+@test "SFT data: prose continuations cut from the training documents only, every one usable" {
+    n=$(J .data.sft_prose)
+    [ "$n" -ge 50 ] && [ "$(J .data.sft)" -gt "$n" ]
+    "$DS_PY" - "$OUT/data" "$n" <<'PY'
+import glob, json, re, sys
+d, n = sys.argv[1], int(sys.argv[2])
+norm = lambda t: re.sub(r"\s+", " ", t)
+# (a piece may also occur in a held-out document: licence boilerplate repeats across documents)
+train = norm(" ".join(open(f, encoding="latin-1").read() for f in sorted(glob.glob(f"{d}/corpus/train/*.txt"))))
+conv = [json.loads(l)["messages"] for l in open(f"{d}/sft.jsonl")]
+prose = [m for m in conv if m[0]["content"].startswith("Continue: ")]
+assert len(prose) == n, (len(prose), n)
+for m in prose:
+    head, rest = m[0]["content"][len("Continue: "):], m[1]["content"]
+    assert [x["role"] for x in m] == ["user", "assistant"] and head and rest, m
+    assert head + " " + rest in train, m  # a contiguous piece of a training paragraph
+    assert len(head) <= 60 and len(rest) <= 110 and rest.isascii(), m
+PY
+    # none was too long for a row: ds-sft skipped nothing
+    grep -q "^data    $(J .data.sft) conversations (0 skipped)" "$OUT/logs/sft.log"
 }
 
 @test "the files pass through the pipeline: each checkpoint descends from the one before" {
