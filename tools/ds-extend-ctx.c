@@ -21,7 +21,7 @@
 
 typedef struct {
     ds_train_toolopts t;
-    const char *config, *lens, *depths, *png, *text_path, *chat, *chat_template;
+    const char *config, *lens, *depths, *png, *text_path, *chat, *chat_template, *on_bad;
     ds_passkey_text text; /* --eval-text, when given */
     double lv[16], dv[16]; /* parsed --eval-lengths / --eval-depths */
     int nl, nd;
@@ -139,7 +139,8 @@ static int run(args *a) {
             const ds_sft_data_opts co = {
                 .path = a->chat, .template_path = a->chat_template, .model = a->t.resume ? a->t.resume : a->t.model,
                 .tokenizer_json = s.tokenizer_json, .tokenizer_len = s.tokenizer_len, .vocab = s.cfg.vocab_size,
-                .eos = s.cfg.eos_token_id, .on_bad = DS_SFT_SKIP_BAD, .max_warnings = a->t.verbose ? -1 : 10,
+                .eos = s.cfg.eos_token_id, .on_bad = !strcmp(a->on_bad, "reject") ? DS_SFT_REJECT_BAD : DS_SFT_SKIP_BAD,
+                .max_warnings = a->t.verbose ? -1 : 10,
                 .src = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac}};
             if ((rc = ds_sft_data_open(&chat, &co))) goto done;
             train = chat.train, val = chat.val, chat.train = chat.val = NULL;
@@ -223,7 +224,7 @@ static int check_usage(args *a) {
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-extend-ctx");
-    args a = {.depths = "0,0.25,0.5,0.75,1", .trials = 3, .docs = 4, .buckets = 8, .chunk = 2048};
+    args a = {.on_bad = "skip", .depths = "0,0.25,0.5,0.75,1", .trials = 3, .docs = 4, .buckets = 8, .chunk = 2048};
     ds_train_toolopts *t = &a.t;
     ds_train_toolopts_defaults(t);
     t->batch = 4, t->seq_len = 0, t->lr = 7.3e-6, t->val_frac = 0.005;
@@ -233,6 +234,7 @@ int main(int argc, char **argv) {
         {"data", 0, DS_OPT_STRLIST, &a.data, "GLOB|-", "token shards for the long-context phase (glob, directory or '-')", 0, 0, 0},
         {"chat", 0, DS_OPT_STR, &a.chat, "FILE|-", "or conversations (ds-sft's JSONL): loss on the assistant's tokens, packed with sample masking", 0, 0, 0},
         {"chat-template", 0, DS_OPT_STR, &a.chat_template, "FILE", "chat template for --chat (default: the built-in DeepSeek-V3 one)", 0, 0, 0},
+        {"on-bad", 0, DS_OPT_CHOICE, &a.on_bad, "WHAT", "a bad conversation in --chat: skip it with a warning, or reject the data", "skip|reject", 0, 0},
         ds_train_toolopt(t, "out", "checkpoint directory (rope_scaling written into its config)"),
         {"factor", 0, DS_OPT_FLOAT, &a.eo.factor, "S", "YaRN scale factor s (V3: 40 in both phases); 0 keeps the checkpoint's", 0, 0, 0},
         {"seq-len", 0, DS_OPT_INT, &t->seq_len, "T", "training length of this phase (V3: 32K, then 128K)", 0, 0, 1 << 26},

@@ -29,7 +29,7 @@ print(r["type"], r["factor"], r["original_max_position_embeddings"], r["beta_fas
     [ "$status" -eq 0 ]
     for o in --model --data --out --factor --seq-len --steps --lr --batch --original-len --beta-fast --beta-slow \
              --mscale --mscale-all-dim --print-rope --eval-only --eval-lengths --eval-depths --eval-trials --eval-png \
-             --eval-docs --metrics --resume --save-every --fp8 --chat --chat-template --eval-text; do
+             --eval-docs --metrics --resume --save-every --fp8 --chat --chat-template --on-bad --eval-text; do
         [[ "$output" == *"$o"* ]] || { echo "missing $o"; false; }
     done
     [[ "$output" == *"[default: 7.3e-06]"* ]]
@@ -205,6 +205,11 @@ PY
     [ "$status" -eq 0 ]
     # the extended model keeps the phase's scaling
     [ "$(rope_of "$d/long")" = "yarn 2.0 64 32.0 1.0 1.0 1.0 128" ]
+    # --on-bad reject: the first bad line fails the phase before any training, with a hint
+    run -1 ext -q -m "$d/yarn" --chat "$d/conv.jsonl" --on-bad reject -o "$d/x" --seq-len 128 --steps 1
+    [[ "${lines[0]}" == "ds-extend-ctx: error: jsonl: line 25: \"messages\" has no assistant message to learn from: $d/conv.jsonl" ]]
+    [[ "$output" == *"--on-bad skip"* ]]
+    [ ! -e "$d/x" ]
     run -1 ext -q -m "$d/yarn" --chat "$d/none.jsonl" -o "$d/x" --seq-len 128 --steps 1
     [ "$output" = "ds-extend-ctx: error: cannot open: No such file or directory: $d/none.jsonl" ]
     [ ! -e "$d/x" ]
