@@ -285,6 +285,7 @@ int main(int argc, char **argv) {
         .example = "  ds-extend-ctx -m ckpt/base --data 'shards/*.tok' -o ckpt/long32 --factor 40 --seq-len 32768 --steps 1000\n"
                    "  ds-extend-ctx -m ckpt/long32 --data 'shards/*.tok' -o ckpt/long128 --seq-len 131072 --steps 1000 "
                    "--eval-png niah.png\n"
+                   "  ds-extend-ctx -m ckpt/sft --chat long-chats.jsonl -o ckpt/sft-long --factor 4 --seq-len 16384 --steps 500\n"
                    "  ds-extend-ctx --config share/configs/deepseek-v3-671b.json --print-rope",
         .opts = opts,
     };

@@ -48,7 +48,7 @@ def cell: tostring | gsub("\n"; "⏎") | gsub("\\|"; "\\|");
 "",
 "## Context extension",
 "",
-(if .passkey then "Passkey retrieval after YaRN ×4 (greedy, mean over depths): \([.passkey.by_length[] | "\(.length) tokens \(.accuracy | pct)"] | join(", ")). Heat map: plots/passkey.png." else "No context-extension stage." end),
+(if .passkey then "Passkey retrieval after YaRN ×4 (greedy, mean over depths): \([.passkey.by_length[] | "\(.length) tokens \(.accuracy | pct)"] | join(", ")). Heat map: plots/passkey.png. (This stage extends the pretrained prose model, which never learned to retrieve; `share/demo/passkey_extension.sh` is the experiment where a tiny model does, before and after `ds-extend-ctx`.)" else "No context-extension stage." end),
 "",
 "## MLA cache",
 "",
