@@ -137,7 +137,7 @@ data() {
     # arithmetic alone makes the model forget the language it was pretrained on (held-out prose 2.3 ->
     # 11.7 nats per token); with these it stays near 3.5 and the arithmetic is learned as well
     # (docs/DEMO.md). Cut from the training documents only: the held-out prose stays unseen.
-    LC_ALL=C awk -f "$here/demo/continue.awk" -v n="$SFT_PROSE" -v seed=4 "$D"/corpus/train/*.txt >>"$D/sft.jsonl"
+    LC_ALL=C awk -f "$here/demo/json.awk" -f "$here/demo/continue.awk" -v n="$SFT_PROSE" -v seed=4 "$D"/corpus/train/*.txt >>"$D/sft.jsonl"
     tasks -v kind=prompts -v n="$RL_N" -v seed=2 >"$D/rl.jsonl"
     tasks -v kind=prompts -v set=heldout -v n="$EVAL_N" -v seed=3 >"$D/heldout.jsonl"
     # the same held-out tasks as conversations with the right answers, to score (FP8 cost)

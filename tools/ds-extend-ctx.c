@@ -143,8 +143,7 @@ static int run(args *a) {
                 .max_warnings = a->t.verbose ? -1 : 10,
                 .src = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac}};
             if ((rc = ds_sft_data_open(&chat, &co))) goto done;
-            train = chat.train, val = chat.val, chat.train = chat.val = NULL;
-            di.n_shards = 0, di.n_tokens = (uint64_t)chat.set.off[chat.set.n];
+            train = chat.train, val = chat.val, chat.train = chat.val = NULL; /* freed below with the others */
         } else {
             ds_packed_opts po = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac, .eos = (int32_t)di.eos_id};
             if ((rc = ds_packed_create(&train, &val, &rd, &po))) goto done;
@@ -157,7 +156,7 @@ static int run(args *a) {
         if (a->chat)
             ds_info("train   %lld steps x %d rows x %d tokens, lr %g, %lld conversations (%lld skipped) of %llu tokens",
                     (long long)a->t.steps, a->t.batch, a->t.seq_len, a->t.lr, (long long)chat.set.n, (long long)chat.set.bad,
-                    (unsigned long long)di.n_tokens);
+                    (unsigned long long)chat.set.off[chat.set.n]);
         else
             ds_info("train   %lld steps x %d rows x %d tokens, lr %g, %d shard(s) of %llu tokens", (long long)a->t.steps, a->t.batch,
                     a->t.seq_len, a->t.lr, di.n_shards, (unsigned long long)di.n_tokens);

@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/rng.h"
 #include "io/jsonl.h"
+#include "tok/train.h"
 #include "train/packed.h"
 
 #include <jansson.h>
@@ -419,8 +420,6 @@ void ds_sft_source_position(const ds_data_source *train, int64_t *epoch, int64_t
     *epoch = q->epoch, *row = q->row;
 }
 
-static const char V3_EOS[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
-
 int ds_sft_data_open(ds_sft_data *d, const ds_sft_data_opts *o) {
     memset(d, 0, sizeof *d);
     int rc;
@@ -443,7 +442,7 @@ int ds_sft_data_open(ds_sft_data *d, const ds_sft_data_opts *o) {
                      (long long)d->set.bad, o->path);
         goto fail;
     }
-    const int64_t eos = ds_tok_token_id(d->tok, V3_EOS);
+    const int64_t eos = ds_tok_token_id(d->tok, ds_tok_default_specials[1]); /* DeepSeek's EOS */
     ds_sft_source_opts so = o->src;
     so.pad_id = (int32_t)(eos >= 0 ? eos : o->eos >= 0 ? o->eos : 0);
     if ((rc = ds_sft_source_create(&d->train, &d->val, &d->set, &so))) goto fail;

@@ -1,21 +1,13 @@
 #!/usr/bin/awk -f
 # Prose as chat: "continue this text" conversations cut from the training prose, mixed into the SFT data
 # so that fine-tuning on arithmetic does not make the model forget the language it was pretrained on.
-# Usage: LC_ALL=C awk -f continue.awk -v n=N -v seed=S FILE...   (bytes, the same under every awk)
+# Usage: LC_ALL=C awk -f json.awk -f continue.awk -v n=N -v seed=S FILE...   (bytes: the same under every awk)
 #   Paragraphs (blank-line separated, whitespace collapsed) of at least 120 bytes of ASCII prose give one
 #   conversation each: the user asks to continue the paragraph's first ~40% (at most 60 bytes, cut at a
 #   space), the assistant continues with the next 110 bytes at most (cut at a space): short enough for
 #   the demo's rows of 128 tokens. n conversations are chosen with a Park-Miller generator (seeded: the
 #   same everywhere); fewer if the prose has fewer such paragraphs.
 function next_rand() { state = (state * 48271) % 2147483647; return state }
-# JSON string body: backslashes and quotes escaped by joining (a gsub replacement's backslashes differ
-# between awks), control characters turned into spaces
-function esc(s, ch,    parts, n, i, out) {
-    n = split(s, parts, ch); out = parts[1]
-    for (i = 2; i <= n; i++) out = out "\\" ch parts[i]
-    return out
-}
-function json(s) { gsub(/[\001-\037]/, " ", s); return esc(esc(s, "\\"), "\"") }
 # Paragraphs of prose: ASCII (no UTF-8 to cut or check) and mostly lower-case words (code, tables and
 # capitals tokenize into too many tokens for a row)
 function flush(   p, t) {

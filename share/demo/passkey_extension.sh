@@ -32,7 +32,7 @@ cd "$w"
 # the wording's pieces as awk -v values (JSON escapes are awk's for this text)
 piece() { jq -e ".$1" "$text" | sed 's/^"//; s/"$//'; }
 docs() { # rows T shortest seed chat
-    awk -f "$root/share/passkey/docs.awk" -v rows="$1" -v T="$2" -v shortest="$3" -v seed="$4" -v chat="$5" \
+    awk -f "$root/share/demo/json.awk" -f "$root/share/passkey/docs.awk" -v rows="$1" -v T="$2" -v shortest="$3" -v seed="$4" -v chat="$5" \
         -v intro="$(piece intro)" -v filler="$(piece filler)" -v needle="$(piece needle)" -v question="$(piece question)" \
         -v answer="$(piece answer)" -v digits="$(piece digits)"
 }

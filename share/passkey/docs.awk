@@ -9,7 +9,7 @@
 # holds one passkey document of a length uniform in [shortest, T] from position 0, as the evaluation
 # puts its examples, and a filler-only document in the rest (one needle per row: no other key to
 # confuse the answer with; the benchmark pads such rows in a separate segment).
-# Usage: awk -f docs.awk -v rows=N -v T=T [-v shortest=L] -v seed=S -v intro=... -v filler=... \
+# Usage: awk -f share/demo/json.awk -f docs.awk -v rows=N -v T=T [-v shortest=L] -v seed=S -v intro=... -v filler=... \
 #            -v needle=... -v question=... -v answer=... -v digits=D
 # shortest: the shortest passkey document (default: the shortest the wording allows; T: every one
 # fills its row).
@@ -23,7 +23,6 @@ function fill(n, lead,   s, i) { # n filler characters starting `lead` character
     for (i = 0; i < n; i++) s = s substr(filler, (lead + i) % u + 1, 1)
     return s
 }
-function json(s) { gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); gsub(/\n/, "\\n", s); gsub(/\t/, "\\t", s); return s }
 function doc(len,   key, i, nd, na, F, before, lead, d, b) { # a document of len - 2 characters
     key = (1 + below(9)) ""
     for (i = 1; i < digits; i++) key = key below(10)

@@ -4,24 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "infer/passkey.h"
-#include "tok/train.h"
-
-static ds_tokenizer *byte_tokenizer(void) { /* the specials and the 256 bytes, no merges */
-    ds_tok_trainer *tr;
-    ds_tokenizer *t = NULL;
-    if (ds_tok_trainer_new(&tr)) abort();
-    ds_tok_trainer_feed(tr, "a", 1);
-    ds_tok_train_opts o = {.vocab_size = (uint32_t)ds_tok_n_default_specials + 256, .specials = ds_tok_default_specials,
-                           .n_specials = ds_tok_n_default_specials};
-    if (ds_tok_trainer_finish(tr, &o, &t)) abort();
-    ds_tok_trainer_free(tr);
-    return t;
-}
+#include "../unit/passkey_fixture.h" /* byte_tokenizer(): the tokenizer the passkey tests use */
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static ds_tokenizer *tok;
-    if (!tok) tok = byte_tokenizer();
+    if (!tok && !(tok = byte_tokenizer())) abort();
     ds_passkey_text t;
     if (ds_passkey_text_parse(&t, (const char *)data, size, "fuzz") != 0) return 0;
     ds_passkey *p;
