@@ -63,6 +63,13 @@ int ds_ckpt_find_latest(const char *dir, char *out, size_t n);
 
 /* ---- writing -------------------------------------------------------------------------------- */
 
+/* ds-generate's sampling defaults, which the generation_config.json written with a checkpoint states
+ * (transformers' generate then samples the same way: top_k 0 = all tokens). */
+#define DS_GEN_TEMPERATURE 1.0
+#define DS_GEN_TOP_K 0
+#define DS_GEN_TOP_P 1.0
+#define DS_GEN_MAX_NEW 128
+
 typedef struct ds_ckpt_writer ds_ckpt_writer;
 
 typedef struct {
