@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages libds needs to build, test and run the demo. Idempotent: when every
 # package is already installed this only asks dpkg and returns in well under a second, silently.
-# Otherwise it says what it does, step by step: apt-get update, then one line per package apt sets up
+# Otherwise it says what it does, step by step: apt-get update, then how much apt will download and one line per package it sets up
 # (a fresh machine takes a few minutes; apt's full output is shown only when it fails).
 set -eu
 PKGS="build-essential pkg-config libopenblas-dev libzstd-dev zstd libpcre2-dev libjansson-dev
@@ -24,7 +24,7 @@ export DEBIAN_FRONTEND=noninteractive
 log=$(mktemp)
 trap 'rm -f "$log" "$log.rc"' EXIT
 # run APT-GET ARGS with its output in $log; on failure show the end of it
-apt() {
+apt_get() {
     if ! $SUDO apt-get "$@" >"$log" 2>&1; then
         tail -n 25 "$log" | sed 's/^/    /' >&2
         say "error: apt-get $1 failed"
@@ -33,12 +33,15 @@ apt() {
 }
 say "$n Debian packages missing:$missing"
 say "apt-get update (package lists)"
-apt update -q
+apt_get update -q
 say "apt-get install: $n packages and what they depend on (a few minutes on a fresh machine)"
 # one progress line per package set up; apt's status goes through a file (sh has no pipefail)
 # shellcheck disable=SC2086
 { $SUDO apt-get install -y -q --no-install-recommends $missing 2>&1; echo $? >"$log.rc"; } |
-    tee "$log" | awk '/^Setting up / { print "deps:   set up " $3; fflush() }' >&2
+    tee "$log" | awk '
+        / newly installed, / { total = $3 }
+        /^Need to get / { sub(/^Need to get /, ""); sub(/ of archives.*/, ""); print "deps:   " total " packages to set up, " $0 " to download"; fflush() }
+        /^Setting up / { printf "deps:   [%d/%s] %s\n", ++k, total, $3; fflush() }' >&2
 if [ "$(cat "$log.rc")" -ne 0 ]; then
     tail -n 25 "$log" | sed 's/^/    /' >&2
     say "error: apt-get install failed"
