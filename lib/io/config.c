@@ -6,7 +6,7 @@
  * unknown keys, key order, spelling (1 vs 1.0, "type" vs "rope_type", an eos list) all survive a
  * load/save round trip.
  */
-#include "model/config.h"
+#include "io/config.h"
 
 #include "core/err.h"
 #include "core/file.h"
