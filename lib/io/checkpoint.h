@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #include "io/safetensors.h"
-#include "model/config.h"
+#include "io/config.h"
 
 /* ---- reading -------------------------------------------------------------------------------- */
 

@@ -15,7 +15,7 @@
 
 #include "core/jsonw.h"
 #include "dist/comm.h"
-#include "model/config.h"
+#include "io/config.h"
 #include "model/model.h"
 #include "train/trainer.h"
 
