@@ -60,7 +60,7 @@ pretrain() { "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 "$@"; }
     [ -z "$output" ]
     [[ "$stderr" == *"step  1/40 | loss "* ]]
     [[ "$stderr" == *"step 40/40 | loss "*"| val "* ]]
-    for f in config.json model.safetensors tokenizer.json generation_config.json trainer_state.json optimizer.safetensors; do
+    for f in config.json model.safetensors tokenizer.json tokenizer_config.json generation_config.json trainer_state.json optimizer.safetensors; do
         [ -f "$BATS_TEST_TMPDIR/ck/$f" ] || { echo "no $f"; false; }
     done
     cmp "$T/tok.json" "$BATS_TEST_TMPDIR/ck/tokenizer.json"   # found beside the shards
