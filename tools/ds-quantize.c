@@ -92,7 +92,7 @@ int main(int argc, char **argv) {
         {"report", 0, DS_OPT_STR, &report, "FILE", "per-tensor JSONL: op, dtypes, shape, max_abs_err, rel_fro_err, scale range ('-' = stdout)",
          0, 0, 0},
         {"threads", 0, DS_OPT_INT, &threads, "N", "threads (0 = all cores)", 0, 0, 1e6},
-        {"force", 0, DS_OPT_FLAG, &force, NULL, "write a binary stream to a terminal", 0, 0, 0},
+        {"force", 0, DS_OPT_FLAG, &force, NULL, "replace an existing checkpoint at -o (or the input itself); write a binary stream to a terminal", 0, 0, 0},
         {"quiet", 'q', DS_OPT_FLAG, &quiet, NULL, "no progress or summary", 0, 0, 0},
         {"verbose", 'v', DS_OPT_FLAG, &verbose, NULL, "one line per converted tensor", 0, 0, 0},
         {0},
@@ -120,6 +120,9 @@ int main(int argc, char **argv) {
     ds_log_set_level(quiet ? DS_LOG_QUIET : verbose ? DS_LOG_VERBOSE : DS_LOG_NORMAL);
     ds_threads_set(threads);
     if (ds_is_stdio(out) && (rc = ds_check_binary_stdout(force))) return ds_tool_report(rc);
+    if ((rc = ds_ckpt_check_out(out, model, force, 0, NULL))) return ds_tool_report(rc);
+    ds_dir_lock lock = {0}; /* one writer per output directory */
+    if (ds_ckpt_out_is_dir(out) && (rc = ds_dir_lock_take(&lock, out))) return ds_tool_report(rc);
 
     ds_ckpt_convert_opts co = {
         .target = !strcmp(to, "fp8") ? DS_CONV_TO_FP8 : !strcmp(to, "bf16") ? DS_CONV_TO_BF16 : DS_CONV_TO_F32,
@@ -132,11 +135,15 @@ int main(int argc, char **argv) {
     co.report_ctx = &rctx;
     ds_info("ds-quantize: %s -> %s, to %s%s", model, out, to, co.target == DS_CONV_TO_FP8 ? (co.scale_fmt ? " (ue8m0 scales)" : " (f32 scales)") : "");
     if (report) {
-        if ((rc = ds_metrics_open(&rctx.m, report, 0))) return ds_tool_report(rc);
+        if ((rc = ds_metrics_open(&rctx.m, report, 0))) {
+            ds_dir_lock_release(&lock);
+            return ds_tool_report(rc);
+        }
         write_config_record(&rctx.m, model, out, to, scale_fmt, shard);
     }
     ds_ckpt_convert_stats st;
     rc = ds_ckpt_convert(model, out, &co, &st);
+    ds_dir_lock_release(&lock);
     if (report) ds_metrics_close(&rctx.m);
     if (rc) return ds_tool_report(rc);
     ds_info("ds-quantize: %d tensors -> %d (%d quantized, %d dequantized, %d cast), %.1f MB -> %.1f MB in %.2f s",

@@ -124,7 +124,7 @@ static int cmd_encode(int argc, char **argv) {
         {"allow-special", 0, DS_OPT_FLAG, &allow_special, NULL, "recognise special tokens written in the text", 0, 0, 0},
         {"shard-tokens", 0, DS_OPT_I64, &shard_tokens, "N", "tokens per shard when OUT is a directory", 0, 1, 1e15},
         {"threads", 0, DS_OPT_INT, &threads, "N", "encoding threads (0 = all cores)", 0, 0, 0},
-        {"force", 0, DS_OPT_FLAG, &force, NULL, "write binary shards to a terminal", 0, 0, 0},
+        {"force", 0, DS_OPT_FLAG, &force, NULL, "replace existing shards at -o; write binary shards to a terminal", 0, 0, 0},
         {"quiet", 'q', DS_OPT_FLAG, &quiet, NULL, "no progress or summary", 0, 0, 0},
         {"verbose", 'v', DS_OPT_FLAG, &verbose, NULL, "more detail on stderr", 0, 0, 0},
         {0},

@@ -7,6 +7,7 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -168,4 +169,69 @@ int ds_check_binary_stdout(int force) {
 int ds_write_all(FILE *f, const void *buf, size_t n, const char *where) {
     if (n && fwrite(buf, 1, n, f) != n) return ds_fail(DS_ERR, "write failed: %s: %s", strerror(errno), where);
     return 0;
+}
+
+int ds_same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    if (!a || !b || ds_is_stdio(a) || ds_is_stdio(b) || stat(a, &sa) || stat(b, &sb)) return 0;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* The pid written in a held lock file, or 0 when it cannot be read. */
+static long lock_owner(int fd) {
+    char buf[32];
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    return strtol(buf, NULL, 10);
+}
+
+int ds_dir_lock_take(ds_dir_lock *l, const char *dir) {
+    char path[4200];
+    l->held = 0;
+    l->made_dir = !ds_path_exists(dir);
+    snprintf(l->dir, sizeof l->dir, "%s", dir);
+    DS_TRY(ds_mkdir_p(dir));
+    DS_TRY(ds_path_join(path, sizeof path, dir, DS_DIR_LOCK_NAME));
+    /* A holder that releases unlinks the file: a lock won on an unlinked file locks nothing, so take
+     * it again until the file locked is the one at the path. */
+    for (int tries = 0; tries < 100; tries++) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd < 0) return ds_fail(DS_ERR, "cannot create the lock file: %s: %s", strerror(errno), path);
+        if (flock(fd, LOCK_EX | LOCK_NB)) {
+            int err = errno;
+            long pid = err == EWOULDBLOCK ? lock_owner(fd) : 0;
+            close(fd);
+            if (err != EWOULDBLOCK) return ds_fail(DS_ERR, "cannot lock: %s: %s", strerror(err), path);
+            char who[48] = "";
+            if (pid > 0) snprintf(who, sizeof who, " (pid %ld)", pid);
+            ds_fail(DS_ERR, "output directory in use: another process%s is writing it: %s", who, dir);
+            ds_hint("wait for it to finish, or write to another directory");
+            return DS_ERR;
+        }
+        struct stat held, now;
+        if (fstat(fd, &held) || stat(path, &now) || held.st_ino != now.st_ino || held.st_dev != now.st_dev) {
+            close(fd);
+            continue;
+        }
+        char pid[32];
+        int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+        if (ftruncate(fd, 0) || pwrite(fd, pid, (size_t)n, 0) != n) {
+            close(fd);
+            return ds_fail(DS_ERR, "cannot write the lock file: %s: %s", strerror(errno), path);
+        }
+        l->fd = fd;
+        l->held = 1;
+        return 0;
+    }
+    return ds_fail(DS_ERR, "cannot lock (the lock file keeps changing): %s", path);
+}
+
+void ds_dir_lock_release(ds_dir_lock *l) {
+    if (!l->held) return;
+    char path[4200];
+    if (!ds_path_join(path, sizeof path, l->dir, DS_DIR_LOCK_NAME)) unlink(path);
+    close(l->fd);
+    l->held = 0;
+    if (l->made_dir) rmdir(l->dir); /* only succeeds while empty: nothing was written */
 }

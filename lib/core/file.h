@@ -3,7 +3,8 @@
  * Owns: the rule that "-" means stdin/stdout wherever a path is expected; atomic replacement of a
  * file (write to a temp file in the same directory, fsync, rename, fsync the directory) so readers
  * never see half a file and a killed writer leaves the previous version intact; refusing binary
- * output to a terminal; mkdir -p.
+ * output to a terminal; mkdir -p; whether two paths are one file; the one-writer lock of an output
+ * directory.
  */
 #ifndef DS_CORE_FILE_H
 #define DS_CORE_FILE_H
@@ -40,6 +41,27 @@ int ds_path_join(char *out, size_t n, const char *dir, const char *name);
 
 /* Refuse to write binary data to a terminal unless forced: returns DS_ERR with a hint. */
 int ds_check_binary_stdout(int force);
+
+/* Do a and b name the same existing file or directory (device and inode: "ckpt/sft" and
+ * "./ckpt/../ckpt/sft" are one)? 0 when either is "-" or does not exist. */
+int ds_same_file(const char *a, const char *b);
+
+/* The writer's lock of an output directory: DIR/.lock, flock'd exclusively while the process writes
+ * there, so a second writer is refused instead of tearing the first one's output. The kernel drops it
+ * when the process ends (a crash included); the file holds the owner's pid for the message. The
+ * directory is created when absent. Checkpoint writers carry the lock file over when they replace the
+ * directory (io/checkpoint.c), so it stays held across saves. Error: "output directory in use: another
+ * process (pid N) is writing it: <dir>". Release unlinks the file (and removes the directory again if this lock
+ * created it and nothing else arrived). */
+#define DS_DIR_LOCK_NAME ".lock"
+typedef struct {
+    int held; /* 0 (a zeroed struct): nothing to release */
+    int fd;
+    int made_dir;
+    char dir[4096];
+} ds_dir_lock;
+int ds_dir_lock_take(ds_dir_lock *l, const char *dir);
+void ds_dir_lock_release(ds_dir_lock *l);
 
 /* fwrite that reports "write failed: <errno>: where" through ds_fail. */
 int ds_write_all(FILE *f, const void *buf, size_t n, const char *where);

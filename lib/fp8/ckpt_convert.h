@@ -23,7 +23,7 @@
 
 #include "fp8/convert.h"
 #include "io/checkpoint.h"
-#include "model/config.h"
+#include "io/config.h"
 
 typedef struct {
     ds_conv_target target;

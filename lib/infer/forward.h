@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #include "infer/kvcache.h"
-#include "model/config.h"
+#include "io/config.h"
 #include "model/model.h"
 #include "ops/ops.h"
 

@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model/config.h"
+#include "io/config.h"
 #include "ops/ops.h"
 
 typedef struct {

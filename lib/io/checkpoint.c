@@ -317,15 +317,77 @@ static void remove_stale_temps(const char *parent, const char *base) {
     closedir(d);
 }
 
-static int dir_is_empty(const char *dir) {
+/* What an existing output directory holds: nothing (its writer's lock file aside), a checkpoint
+ * (config.json, model weights, or training state: a directory some ds-* tool wrote), or other files. */
+enum { DIR_EMPTY, DIR_CHECKPOINT, DIR_OTHER };
+static int dir_contents(const char *dir) {
     DIR *d = opendir(dir);
-    if (!d) return 0;
+    if (!d) return DIR_OTHER;
     struct dirent *e;
-    int empty = 1;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
+    int empty = 1, ckpt = 0;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..") || !strcmp(n, DS_DIR_LOCK_NAME)) continue;
+        empty = 0;
+        ckpt |= !strcmp(n, "config.json") || !strcmp(n, "trainer_state.json") || !strcmp(n, "optimizer.safetensors") ||
+                (!strncmp(n, "model", 5) && (ends_with(n, ".safetensors") || ends_with(n, ".safetensors.index.json")));
+    }
     closedir(d);
-    return empty;
+    return empty ? DIR_EMPTY : ckpt ? DIR_CHECKPOINT : DIR_OTHER;
+}
+
+/* Keep the writer's lock held across the replacement: the new directory gets the same lock file
+ * (a hard link, one inode), so the lock a running process holds is the one at the path after the swap. */
+static int carry_lock(const char *from_dir, const char *to_dir) {
+    char from[8192], to[8192];
+    DS_TRY(ds_path_join(from, sizeof from, from_dir, DS_DIR_LOCK_NAME));
+    DS_TRY(ds_path_join(to, sizeof to, to_dir, DS_DIR_LOCK_NAME));
+    if (link(from, to) && errno != ENOENT)
+        return ds_fail(DS_ERR, "checkpoint: cannot carry the lock file over: %s: %s", strerror(errno), to);
+    return 0;
+}
+
+int ds_ckpt_check_out(const char *out, const char *in, int force, int resumable, const char *resume) {
+    if (!out || ds_is_stdio(out) || !ds_path_exists(out)) return 0;
+    if (ds_same_file(out, in)) {
+        if (force) return 0;
+        ds_fail(DS_ERR, "-o is the input checkpoint -m (give --force to replace the input): %s", out);
+        ds_hint("write to another directory; the input stays as it is");
+        return DS_ERR;
+    }
+    if (!ds_path_is_dir(out)) {
+        if (!ends_with(out, ".safetensors")) return ds_fail(DS_ERR, "output exists and is not a directory: %s", out);
+        if (force) return 0;
+        ds_fail(DS_ERR, "output exists (give --force to replace it): %s", out);
+        ds_hint("choose another -o");
+        return DS_ERR;
+    }
+    switch (dir_contents(out)) {
+    case DIR_EMPTY: return 0;
+    case DIR_OTHER:
+        ds_fail(DS_ERR, "output directory holds files that are not a checkpoint (not replaced, --force or not): %s", out);
+        ds_hint("choose a new or empty directory for -o");
+        return DS_ERR;
+    default: break;
+    }
+    if (force) return 0;
+    if (resume) { /* continuing the run saved here: the checkpoint --resume takes, or its directory */
+        char latest[4096];
+        if (ds_same_file(out, resume) || (!ds_ckpt_find_latest(resume, latest, sizeof latest) && ds_same_file(out, latest)))
+            return 0;
+        ds_err_clear();
+    }
+    if (resumable)
+        ds_fail(DS_ERR, "output directory holds a checkpoint (give --force to replace it, or --resume %s to continue its run): %s",
+                out, out);
+    else
+        ds_fail(DS_ERR, "output directory holds a checkpoint (give --force to replace it): %s", out);
+    ds_hint("or choose another -o");
+    return DS_ERR;
+}
+
+int ds_ckpt_out_is_dir(const char *path) {
+    return !ds_is_stdio(path) && !(ends_with(path, ".safetensors") && !ds_path_is_dir(path));
 }
 
 int ds_ckpt_writer_begin(ds_ckpt_writer **out, const char *path, const ds_ckpt_write_opts *opts) {
@@ -334,7 +396,7 @@ int ds_ckpt_writer_begin(ds_ckpt_writer **out, const char *path, const ds_ckpt_w
     if (!w) return ds_fail(DS_ERR, "out of memory");
     if (opts) w->opts = *opts;
     w->to_stdout = ds_is_stdio(path);
-    w->stream = w->to_stdout || w->opts.stream || (ends_with(path, ".safetensors") && !ds_path_is_dir(path));
+    w->stream = w->opts.stream || !ds_ckpt_out_is_dir(path);
     size_t len = strlen(path);
     while (len > 1 && path[len - 1] == '/') len--;
     if (len >= sizeof w->path - 32) {
@@ -349,9 +411,8 @@ int ds_ckpt_writer_begin(ds_ckpt_writer **out, const char *path, const ds_ckpt_w
     /* directory form: refuse to replace anything that is not a checkpoint */
     int rc = 0;
     if (ds_path_exists(w->path)) {
-        char p[8192];
         if (!ds_path_is_dir(w->path)) rc = ds_fail(DS_ERR, "checkpoint: exists and is not a directory: %s", w->path);
-        else if (!dir_is_empty(w->path) && (ds_path_join(p, sizeof p, w->path, "config.json") || !ds_path_exists(p))) {
+        else if (dir_contents(w->path) == DIR_OTHER) {
             rc = ds_fail(DS_ERR, "checkpoint: refusing to replace a directory that is not a checkpoint: %s", w->path);
             ds_hint("choose a new output directory");
         }
@@ -368,6 +429,7 @@ int ds_ckpt_writer_begin(ds_ckpt_writer **out, const char *path, const ds_ckpt_w
         snprintf(w->tmp, sizeof w->tmp, "%s.tmp-%ld", w->path, (long)getpid());
         if (ds_path_exists(w->tmp)) rc = remove_tree(w->tmp);
         if (!rc && mkdir(w->tmp, 0777)) rc = ds_fail(DS_ERR, "cannot create directory: %s: %s", strerror(errno), w->tmp);
+        if (!rc && ds_path_is_dir(w->path)) rc = carry_lock(w->path, w->tmp);
     }
     if (rc) {
         w->tmp[0] = 0;

@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #include "io/safetensors.h"
-#include "model/config.h"
+#include "io/config.h"
 
 /* ---- reading -------------------------------------------------------------------------------- */
 
@@ -62,6 +62,18 @@ int ds_ckpt_is_complete(const char *dir);
 int ds_ckpt_find_latest(const char *dir, char *out, size_t n);
 
 /* ---- writing -------------------------------------------------------------------------------- */
+
+/* Before any work: may a tool write its output to `out` (a directory, a .safetensors file, or "-")?
+ * No silent loss: an existing checkpoint (a directory with config.json, model weights or training
+ * state, or a .safetensors file) is replaced only with force, or, for a directory, when resuming the
+ * run saved there (resume: --resume's path, naming out or holding it as its newest checkpoint;
+ * resumable: the tool has --resume, which the message then offers);
+ * out naming the same file or directory as the input `in` (device and inode) needs force; a
+ * directory holding anything else is never replaced. Absent, empty, "-": fine. Errors name the
+ * directory and the flag ("output directory holds a checkpoint (give --force ...): <out>"). */
+int ds_ckpt_check_out(const char *out, const char *in, int force, int resumable, const char *resume);
+/* Does a writer given `path` write the directory form (not "-", not a file ending in .safetensors)? */
+int ds_ckpt_out_is_dir(const char *path);
 
 typedef struct ds_ckpt_writer ds_ckpt_writer;
 

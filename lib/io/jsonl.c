@@ -203,7 +203,6 @@ int ds_example_from_json(json_t *obj, ds_example *ex, int flags, char *err, size
                 if (!strcmp(json_string_value(role), role_names[k]) && json_string_length(role) == strlen(role_names[k])) ri = k;
             if (ri < 0) BAD("messages[%zu].role: must be \"system\", \"user\" or \"assistant\"", i);
             else if (!json_is_string(content)) BAD("messages[%zu].content: must be a string", i);
-            else if (ri == DS_JSONL_SYSTEM && i > 0) BAD("messages[%zu]: a system message must come first", i);
             if (rc) break;
             ex->messages[i] = (ds_jsonl_msg){(ds_jsonl_role)ri, json_string_value(content), json_string_length(content)};
             assistants += ri == DS_JSONL_ASSISTANT;

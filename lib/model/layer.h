@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model/config.h"
+#include "io/config.h"
 #include "ops/ops.h"
 
 typedef struct ds_layer_w ds_layer_w;

@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model/config.h"
+#include "io/config.h"
 
 typedef enum {
     DS_PARAM_MATRIX = 0, /* linear weights: weight decay applies */

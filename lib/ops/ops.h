@@ -39,6 +39,12 @@ typedef enum {
     DS_GROUP_MAX = 2,     /* V2 "group_limited_greedy": the highest score in the group */
 } ds_group_rule;
 
+/* Added to the sum of the K selected scores before the weights are divided by it (transformers'
+ * DeepseekV3 adds the same): when every selected sigmoid score underflows to 0 the weights are 0, not
+ * 0/0, and their backward is 0 too (the sigmoid's derivative is 0 there). It changes no weight of
+ * ordinary size: 1e-20 is below float32's resolution of any sum of scores above 1e-13. */
+#define DS_ROUTE_RENORM_EPS 1e-20f
+
 /* Routing parameters shared by moe_topk and moe_topk_bwd. */
 typedef struct {
     int n_experts;     /* E */
@@ -160,7 +166,7 @@ typedef struct ds_ops {
      * group limit of rp: groups scored by rp.group_rule, the best topk_group groups kept, experts of other
      * groups excluded (-inf), then the K best of the rest (ties: lower index first). idx [n, K] lists the
      * chosen experts in descending biased score. Weights use the UNBIASED scores: w = s[idx], divided by
-     * Σ_k s[idx_k] when rp.renorm, times rp.route_scale. */
+     * Σ_k s[idx_k] + DS_ROUTE_RENORM_EPS when rp.renorm, times rp.route_scale. */
     void (*moe_topk)(int32_t *idx, float *w, const float *scores, const float *bias, int n,
                      const ds_route_params *rp);
     /* Backward of the weights to the router logits: dlogits [n, E] += d w/d logits · dw (selection is

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/err.h"
 #include "core/file.h"
@@ -70,20 +71,29 @@ static int shard_close(ds_tokdoc_out *w) {
     return rc;
 }
 
-/* A directory of shards must not hold numbered shards of an earlier run: a glob would mix them in. */
-static int check_dir(const char *dir) {
+static int is_numbered_shard(const char *name) {
+    return strlen(name) == 10 && !strcmp(name + 6, ".tok") && strspn(name, "0123456789") == 6;
+}
+
+/* A directory of shards must not hold numbered shards of an earlier run: a glob would mix them in.
+ * --force replaces them: the old ones go before the first new one is written. */
+static int check_dir(const char *dir, int force) {
     DIR *d = opendir(dir);
     if (!d) return 0;
     struct dirent *e;
-    int clash = 0;
-    while (!clash && (e = readdir(d))) {
-        size_t n = strlen(e->d_name);
-        clash = n == 10 && !strcmp(e->d_name + 6, ".tok") && strspn(e->d_name, "0123456789") == 6;
+    int clash = 0, rc = 0;
+    char p[4200];
+    while (!rc && (e = readdir(d))) {
+        if (!is_numbered_shard(e->d_name)) continue;
+        clash = 1;
+        if (!force) break;
+        if (!(rc = ds_path_join(p, sizeof p, dir, e->d_name)) && unlink(p))
+            rc = ds_fail(DS_ERR, "cannot remove an old shard: %s: %s", strerror(errno), p);
     }
     closedir(d);
-    if (!clash) return 0;
-    int rc = ds_fail(DS_ERR, "output directory already holds numbered shards: %s", dir);
-    ds_hint("remove the old shards or choose another directory");
+    if (rc || !clash || force) return rc;
+    rc = ds_fail(DS_ERR, "output directory holds numbered shards of an earlier run (give --force to replace them): %s", dir);
+    ds_hint("or choose another directory");
     return rc;
 }
 #endif
@@ -105,8 +115,15 @@ int ds_tokdoc_out_open(ds_tokdoc_out *w, const ds_tokenizer *t, const char *ids_
         DS_TRY(ds_check_binary_stdout(force));
     } else if ((n && shard_out[n - 1] == '/') || ds_path_is_dir(shard_out)) {
         w->shard_dir = 1;
-        DS_TRY(ds_mkdir_p(shard_out));
-        DS_TRY(check_dir(shard_out));
+        DS_TRY(ds_dir_lock_take(&w->lock, shard_out)); /* one writer per directory; creates it */
+        int rc = check_dir(shard_out, force);
+        if (!rc) rc = shard_open(w);
+        if (rc) ds_dir_lock_release(&w->lock);
+        return rc;
+    } else if (!force && ds_path_exists(shard_out)) {
+        ds_fail(DS_ERR, "output exists (give --force to replace it): %s", shard_out);
+        ds_hint("or choose another -o");
+        return DS_ERR;
     }
     return shard_open(w);
 #else
@@ -170,6 +187,7 @@ int ds_tokdoc_out_close(ds_tokdoc_out *w) {
     int rc = 0;
 #if HAVE_SHARDS
     rc = shard_close(w);
+    ds_dir_lock_release(&w->lock);
 #endif
     if (w->ids && fflush(w->ids)) rc = ds_fail(DS_ERR, "write failed: %s: <stdout>", strerror(errno));
     free(w->line);
@@ -181,6 +199,7 @@ void ds_tokdoc_out_abort(ds_tokdoc_out *w) {
 #if HAVE_SHARDS
     if (w->shard) ds_shard_writer_abort(w->shard);
     w->shard = NULL;
+    ds_dir_lock_release(&w->lock);
 #endif
     if (w->ids) fflush(w->ids);
     free(w->line);

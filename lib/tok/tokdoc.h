@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "core/file.h"
 #include "tok/corpus.h"
 #include "tok/tokenizer.h"
 
@@ -29,9 +30,11 @@ typedef struct {
     const char *shard_out;
     int shard_dir, shard_index, force;
     uint64_t shard_tokens, in_shard;
+    ds_dir_lock lock; /* a directory of shards: held while writing it */
 } ds_tokdoc_out;
 
-/* ids_path: "-" or NULL; shard_out: OUT or NULL. */
+/* ids_path: "-" or NULL; shard_out: OUT or NULL. An existing OUT file, or numbered shards already in
+ * an OUT directory, are replaced only with force (else DS_ERR naming OUT and --force). */
 int ds_tokdoc_out_open(ds_tokdoc_out *w, const ds_tokenizer *t, const char *ids_path, const char *shard_out, int64_t eos_id,
                        uint64_t shard_tokens, int force);
 int ds_tokdoc_out_doc(void *w, const uint32_t *ids, size_t n); /* a ds_doc_sink */

@@ -14,7 +14,7 @@
 #define DS_TRAIN_EXTEND_H
 
 #include "core/jsonw.h"
-#include "model/config.h"
+#include "io/config.h"
 
 typedef struct {
     double factor;                 /* s >= 1; 0: keep the config's (required when it has none) */

@@ -11,7 +11,7 @@
 #ifndef DS_TRAIN_FLOPS_H
 #define DS_TRAIN_FLOPS_H
 
-#include "model/config.h"
+#include "io/config.h"
 
 typedef struct {
     double params_main;  /* activated parameters except the embedding table */

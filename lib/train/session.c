@@ -191,12 +191,22 @@ static int fp8_linear_ops(const ds_session_opts *o, ds_ops *out) {
     return 0;
 }
 
+/* The writer's lock on the output directory, taken once by the process that saves (rank 0). */
+static int lock_out(ds_session *s) {
+    if (s->out_lock.held || !s->o.out_dir || ds_session_rank(s) != 0) return 0;
+    return ds_dir_lock_take(&s->out_lock, s->o.out_dir);
+}
+
 int ds_session_open(ds_session *s, const ds_session_opts *o) {
     memset(s, 0, sizeof *s);
     s->o = *o;
     s->resumed_step = -1;
     const ds_ops *ops;
     DS_TRY(ds_ops_for_device(o->device, &ops));
+    /* Before anything is built: refuse to replace what -o holds, and to share it with another writer.
+     * Under mpirun the ranks are known only once they join (ds_session_start): rank 0 locks there. */
+    DS_TRY(ds_ckpt_check_out(o->out_dir, o->model_path, o->force, 1, o->resume));
+    if (!ds_dist_launched()) DS_TRY(lock_out(s));
     ds_ckpt *ck = NULL;
     if (o->resume) {
         DS_TRY(ds_ckpt_find_latest(o->resume, s->resume_dir, sizeof s->resume_dir));
@@ -304,6 +314,7 @@ static int join_data_parallel(ds_session *s) {
 int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                      const ds_loss_hook *loss, const char *config_record) {
     DS_TRY(join_data_parallel(s));
+    DS_TRY(lock_out(s));
     s->stop = ds_train_catch_signals();
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = s->o.step_record,
                         .after_step = s->o.after_step, .step_ctx = s->o.step_ctx,
@@ -371,5 +382,6 @@ void ds_session_close(ds_session *s) {
     if (s->have_cfg) ds_config_free(&s->cfg);
     free(s->tokenizer_json);
     if (s->have_comm) ds_comm_finalize(&s->comm);
+    ds_dir_lock_release(&s->out_lock);
     memset(s, 0, sizeof *s);
 }

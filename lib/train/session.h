@@ -13,9 +13,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/file.h"
 #include "core/jsonw.h"
 #include "dist/comm.h"
-#include "model/config.h"
+#include "io/config.h"
 #include "model/model.h"
 #include "train/trainer.h"
 
@@ -25,7 +26,9 @@ typedef struct {
     const char *model_path;     /* ... or weights from this checkpoint directory */
     const char *resume;         /* continue the run saved here: a checkpoint directory, or a directory
                                    holding several (the newest complete one is taken) */
-    const char *out_dir;        /* checkpoints go here */
+    const char *out_dir;        /* checkpoints go here (io/checkpoint.h ds_ckpt_check_out decides whether
+                                   it may be written; the run holds its lock, core/file.h ds_dir_lock) */
+    int force;                  /* --force: replace a checkpoint already in out_dir, or the input itself */
     const char *tokenizer_path; /* tokenizer.json to embed (NULL: the checkpoint's, if any) */
     const char *metrics_path;   /* JSONL, or NULL */
     const char *plot_path;      /* PNG, or NULL */
@@ -67,6 +70,7 @@ typedef struct {
     ds_comm comm;             /* the data-parallel group (have_comm) */
     int have_comm;
     ds_train_comm tcomm;
+    ds_dir_lock out_lock;     /* held by the process that writes out_dir (rank 0) for the whole run */
 } ds_session;
 
 /* This process's rank in the data-parallel group (0 without one): only rank 0 talks. */

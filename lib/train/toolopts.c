@@ -35,6 +35,7 @@ static const shared_opt SHARED[] = {
     {"model", 'm', DS_OPT_STR, F(model), "CKPT"},
     {"out", 'o', DS_OPT_STR, F(out), "OUT", "checkpoint directory (replaced atomically at every save)"},
     {"resume", 0, DS_OPT_STR, F(resume), "DIR", "continue the run saved in DIR (bit-identical on the same machine and threads)"},
+    {"force", 0, DS_OPT_FLAG, F(force), .help = "replace a checkpoint already in -o (refused without it, unless --resume continues it)"},
     {"tokenizer", 0, DS_OPT_STR, F(tokenizer), "FILE"},
     {"metrics", 0, DS_OPT_STR, F(metrics), "FILE.jsonl", "one JSON object per step ('-' = stdout)"},
     {"plot", 0, DS_OPT_STR, F(plot), "FILE.png", "draw the loss curves at the end"},
@@ -129,7 +130,7 @@ int ds_train_tool_check_batch(ds_train_toolopts *t) {
 }
 
 ds_session_opts ds_train_toolopts_session(const ds_train_toolopts *t, const char *tool) {
-    return (ds_session_opts){.tool = tool, .model_path = t->model, .resume = t->resume, .out_dir = t->out,
+    return (ds_session_opts){.tool = tool, .model_path = t->model, .resume = t->resume, .out_dir = t->out, .force = t->force,
                              .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
                              .device = t->device, .fp8 = t->fp8, .balance_alpha = t->alpha,
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = (uint64_t)t->seed};

@@ -76,6 +76,15 @@ field() { jq -c ".$1"; }
     [[ "$output" == *"chat template: line 1: user must contain {content} exactly once"* ]]
 }
 
+@test "several system messages, anywhere, are gathered after BOS joined by a blank line (DeepSeek-V3's template)" {
+    echo '{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}, {"role": "system", "content": "be kind"}, {"role": "user", "content": "and you?"}]}' |
+        gen -m "$T/ck" --max-new 6 --temperature 0 --jsonl -q | jq -c '[.prompt_tokens, .tokens]' >"$T/a"
+    printf '%s\n' '{"messages": [{"role": "system", "content": "be brief\n\nbe kind"}, {"role": "user", "content": "hi"}, {"role": "user", "content": "and you?"}]}' |
+        gen -m "$T/ck" --max-new 6 --temperature 0 --jsonl -q | jq -c '[.prompt_tokens, .tokens]' >"$T/b"
+    [ -s "$T/a" ]
+    cmp "$T/a" "$T/b"
+}
+
 @test "--stop ends the completion before the stop string, even across tokens" {
     export LC_ALL=C # byte-wise string operations: completions of a random model are not valid UTF-8
     full=$(gen -m "$T/ck" --prompt "The license" --max-new 24 --temperature 0 -q)

@@ -214,7 +214,7 @@ save_file(w, p, metadata={"format": "pt"})' "$BATS_TEST_TMPDIR/bad"
     echo precious >"$BATS_TEST_TMPDIR/home/notes.txt"
     run --separate-stderr pretrain --config "$CFG" --data "$T/shards" -o "$BATS_TEST_TMPDIR/home" --steps 1 --batch 2 --seq-len 16
     [ "$status" -eq 1 ]
-    [[ "$stderr" == *"refusing to replace a directory that is not a checkpoint: $BATS_TEST_TMPDIR/home"* ]]
+    [[ "$stderr" == "ds-pretrain: error: output directory holds files that are not a checkpoint (not replaced, --force or not): $BATS_TEST_TMPDIR/home"* ]]
     [ -f "$BATS_TEST_TMPDIR/home/notes.txt" ]
 }
 

@@ -113,8 +113,8 @@ values() {
     touch "$BATS_TEST_TMPDIR/exists/notes.txt"
     run "$DS_BIN/ds-quantize" -q -m "$ck" -o "$BATS_TEST_TMPDIR/exists" --to fp8
     [ "$status" -eq 1 ]
-    [ "${lines[0]}" = "ds-quantize: error: checkpoint: refusing to replace a directory that is not a checkpoint: $BATS_TEST_TMPDIR/exists" ]
-    [ "${lines[1]}" = "hint: choose a new output directory" ]
+    [ "${lines[0]}" = "ds-quantize: error: output directory holds files that are not a checkpoint (not replaced, --force or not): $BATS_TEST_TMPDIR/exists" ]
+    [ "${lines[1]}" = "hint: choose a new or empty directory for -o" ]
     [ "$(ls "$BATS_TEST_TMPDIR/exists")" = "notes.txt" ]
     bad="$BATS_TEST_TMPDIR/bad"
     mkdir "$bad"
@@ -131,9 +131,12 @@ values() {
     [ -z "$(ls "$BATS_TEST_TMPDIR" | grep 'o.tmp')" ]
 }
 
-@test "an existing checkpoint at -o is replaced; converting in place works" {
+@test "an existing checkpoint at -o is replaced with --force; converting in place works with --force" {
     "$DS_BIN/ds-quantize" -q -m "$ck" -o "$BATS_TEST_TMPDIR/q" --to fp8
     run "$DS_BIN/ds-quantize" -q -m "$BATS_TEST_TMPDIR/q" -o "$BATS_TEST_TMPDIR/q" --to fp32
+    [ "$status" -eq 1 ]
+    [ "${lines[0]}" = "ds-quantize: error: -o is the input checkpoint -m (give --force to replace the input): $BATS_TEST_TMPDIR/q" ]
+    run "$DS_BIN/ds-quantize" -q -m "$BATS_TEST_TMPDIR/q" -o "$BATS_TEST_TMPDIR/q" --to fp32 --force
     [ "$status" -eq 0 ]
     run values "$BATS_TEST_TMPDIR/q/model.safetensors" model.layers.0.mlp.down_proj.weight
     [ "$output" = "1 -2 0.5 4 2.857143 0 -0.25 8" ]

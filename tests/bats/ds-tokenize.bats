@@ -192,7 +192,7 @@ tok() { "$DS_BIN/ds-tokenize" "$@"; }
     grep -v '^$' "$T/prose.txt" | cmp - "$d/back"
     run --separate-stderr tok encode -q -t "$T/tok.json" -o "$d/shards/" "$T/uni.txt"
     [ "$status" -eq 1 ]
-    [[ "$stderr" == *"error: output directory already holds numbered shards"* ]]
+    [[ "$stderr" == *"error: output directory holds numbered shards of an earlier run (give --force to replace them): $d/shards/"* ]]
     [[ "$stderr" == *"hint: "* ]]
 }
 

@@ -18,7 +18,7 @@ setup() {
     [ "$status" -eq 0 ]
     cat >"$BATS_TEST_TMPDIR/counts.c" <<'C'
 #include <stdio.h>
-#include "model/config.h"
+#include "io/config.h"
 int main(int argc, char **argv) {
     ds_config c;
     if (ds_config_load_file(&c, argv[1])) return 1;

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/config.h"
+#include "io/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ds_config c, d;

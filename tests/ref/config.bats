@@ -1,5 +1,5 @@
 #!/usr/bin/env bats
-# model/config against transformers' DeepseekV3Config: every key we write reads back the same there,
+# io/config against transformers' DeepseekV3Config: every key we write reads back the same there,
 # our defaults are its defaults, and our parameter counts equal the modules it builds.
 
 setup() {

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "core/rng.h"
-#include "model/config.h"
+#include "io/config.h"
 #include "model/model.h"
 
 /* A tiny MoE model: 3 layers (1 dense), 8 experts in 4 groups, top-2 of 2 groups, one shared expert,

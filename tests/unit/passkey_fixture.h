@@ -5,7 +5,7 @@
 #define DS_TESTS_PASSKEY_FIXTURE_H
 
 #include "infer/passkey.h"
-#include "model/config.h"
+#include "io/config.h"
 #include "tok/train.h"
 
 /* byte-level tokenizer: DeepSeek's specials and the 256 bytes, no merges */

@@ -9,7 +9,7 @@
 #include "core/file.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
-#include "model/config.h"
+#include "io/config.h"
 #include "model/model.h"
 
 #include <jansson.h>

@@ -1,11 +1,11 @@
-/* Unit tests for model/config: parsing, defaults, validation messages, round trips, parameter counts,
+/* Unit tests for io/config: parsing, defaults, validation messages, round trips, parameter counts,
  * and io/json number formatting. Reference checks against transformers are in tests/ref/config.bats. */
 #include "tap.h"
 
 #include "core/err.h"
 #include "core/file.h"
 #include "io/json.h"
-#include "model/config.h"
+#include "io/config.h"
 
 #include <jansson.h>
 #include <stdlib.h>

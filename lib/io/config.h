@@ -1,12 +1,17 @@
-/* config.h — the DeepSeek-V3 model configuration (Hugging Face DeepseekV3Config keys).
+/* config.h — the DeepSeek-V3 model configuration record (Hugging Face DeepseekV3Config keys).
+ *
+ * A plain record of config.json: the formats layer (checkpoints, FP8 conversion) reads and writes it
+ * without knowing the network, and lib/model builds the network from it. The parameter counts here
+ * are the spec's closed form over the record's numbers (validation needs them to refuse configs whose
+ * sizes overflow), not a walk of the network's tensors (that is lib/model/params.c).
  *
  * Owns: the ds_config struct, loading it from config.json text (validation errors name the key),
  * writing it back (unknown keys survive a load/save round trip), derived sizes, and parameter counts
  * (total, activated per token, MTP). Our own extra keys are prefixed "ds_".
  * Spec: ../shared/spec/deepseek-v3.md section 1; formats in docs/formats.md.
  */
-#ifndef DS_MODEL_CONFIG_H
-#define DS_MODEL_CONFIG_H
+#ifndef DS_IO_CONFIG_H
+#define DS_IO_CONFIG_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -6,7 +6,7 @@
  * unknown keys, key order, spelling (1 vs 1.0, "type" vs "rope_type", an eos list) all survive a
  * load/save round trip.
  */
-#include "model/config.h"
+#include "io/config.h"
 
 #include "core/err.h"
 #include "core/file.h"
@@ -36,6 +36,8 @@ enum {
     F_NULL_ZERO = 4, /* null reads as 0 */
     F_OPTIONAL = 8,  /* not written back when absent from the file and equal to the default */
     F_NULL_EMPTY = 16, /* strings: null reads as "" */
+    F_ZERO_NULL = 32,  /* 0 writes as null: Hugging Face's "absent" (transformers reads q_lora_rank 0 as a
+                          rank-0 projection, null as q_proj) */
 };
 
 typedef struct {
@@ -77,7 +79,7 @@ static const field_t top_fields[] = {
     FLD("topk_method", NULL, K_STR, topk_method, 0, 0, "noaux_tc", k_topk),
     FLD("norm_topk_prob", NULL, K_BOOL, norm_topk_prob, 0, 1, NULL, NULL),
     FLD("routed_scaling_factor", NULL, K_REAL, routed_scaling_factor, F_POS, 2.5, NULL, NULL),
-    FLD("q_lora_rank", NULL, K_INT, q_lora_rank, F_NONNEG | F_NULL_ZERO, 1536, NULL, NULL),
+    FLD("q_lora_rank", NULL, K_INT, q_lora_rank, F_NONNEG | F_NULL_ZERO | F_ZERO_NULL, 1536, NULL, NULL),
     FLD("kv_lora_rank", NULL, K_INT, kv_lora_rank, F_POS, 512, NULL, NULL),
     FLD("qk_nope_head_dim", NULL, K_INT, qk_nope_head_dim, F_POS, 128, NULL, NULL),
     FLD("qk_rope_head_dim", NULL, K_INT, qk_rope_head_dim, F_POS, 64, NULL, NULL),
@@ -256,6 +258,7 @@ static int field_is_default(const field_t *f, const void *base) {
 
 static json_t *field_to_json(const field_t *f, const void *base) {
     const char *p = (const char *)base + f->off;
+    if ((f->flags & F_ZERO_NULL) && *(const int *)p == 0) return json_null();
     switch (f->kind) {
     case K_INT: return json_integer(*(const int *)p);
     case K_REAL: return json_real(*(const double *)p);
@@ -305,7 +308,9 @@ static int table_update(const field_t *t, size_t n, json_t *obj, const void *bas
         if (v) {
             _Alignas(max_align_t) unsigned char tmp[sizeof(ds_config)];
             memset(tmp, 0, sizeof tmp);
-            if (read_field(&t[i], v, tmp, "", "") == 0 && field_equal(&t[i], tmp, base)) continue;
+            /* a 0 written as 0 (not null) is rewritten even though it reads back the same */
+            int zero_as_int = (t[i].flags & F_ZERO_NULL) && !*(const int *)((const char *)base + t[i].off) && !json_is_null(v);
+            if (!zero_as_int && read_field(&t[i], v, tmp, "", "") == 0 && field_equal(&t[i], tmp, base)) continue;
         } else if ((t[i].flags & F_OPTIONAL) && field_is_default(&t[i], base)) {
             continue;
         }
