@@ -110,15 +110,17 @@ typedef struct ds_ops {
     void (*rmsnorm_bwd)(float *dx, int lddx, float *dw, const float *dy, int lddy, const float *x, int ldx,
                         const float *w, const float *rstd, int n, int d);
 
-    /* ---- RoPE, interleaved pairs (spec 3.2, 7) ------------------------------------------------------ */
+    /* ---- RoPE (spec 3.2, 7) ------------------------------------------------------------------------- */
     /* cs[i, j] = (cos, sin)(pos[i] * inv_freq[j]) * mscale for j < half, angle computed in fp32 as the
      * product of the float position and inv_freq (as the references do). cs is [n, half, 2]. */
     void (*rope_table)(float *cs, const int32_t *pos, int n, const float *inv_freq, int half, float mscale);
-    /* Rotate pairs (x[2j], x[2j+1]) of x[i, h, off : off + 2*half] in place by the angle in cs[i, j], for rows
-     * i < n and heads h < nh, element (i, h, c) at x[i*ld_row + h*ld_head + c]. inverse = 1 applies the
-     * transpose (angle negated, magnitude kept): the backward of the forward rotation. */
-    void (*rope)(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, const float *cs,
-                 int inverse);
+    /* Rotate pair j of v = x[i, h, off : off + 2*half] in place by the angle in cs[i, j], for rows i < n and
+     * heads h < nh, element (i, h, c) at x[i*ld_row + h*ld_head + c]. The pairs: interleaved = 1,
+     * (v[2j], v[2j+1]) (DeepSeek's layout, rope_interleave true); interleaved = 0, (v[j], v[j+half])
+     * (rotate-half, rope_interleave false). inverse = 1 applies the transpose (angle negated, magnitude
+     * kept): the backward of the forward rotation. */
+    void (*rope)(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int interleaved,
+                 const float *cs, int inverse);
 
     /* ---- causal attention with per-row logsumexp (flash-style: no [T,T] tensor kept) ---------------- */
     /* q, k: [B*T, H, dqk], v: [B*T, H, dv], o: [B*T, H, dv] (written), lse: [B*T, H] (written).

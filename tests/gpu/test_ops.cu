@@ -241,15 +241,19 @@ TEST(rope) {
     G->rope_table(csg.poisoned(), pos.dev(), n, inv.dev(), half, 1.25f);
     C->rope_table(cs.h.data(), pos.h.data(), n, inv.h.data(), half, 1.25f);
     expect_close("rope_table", csg.down(), cs.h, 2e-6);
-    for (int inverse = 0; inverse < 2; inverse++) {
-        Arr xg = x;
-        xg.dev();
-        cs.dev();
-        Arr xc = x;
-        G->rope(xg.d, n, nh, ld_row, ld_head, off, half, cs.d, inverse);
-        C->rope(xc.h.data(), n, nh, ld_row, ld_head, off, half, cs.h.data(), inverse);
-        expect_close(inverse ? "rope inverse" : "rope", xg.down(), xc.h, 1e-6);
-    }
+    for (int interleaved = 1; interleaved >= 0; interleaved--)
+        for (int inverse = 0; inverse < 2; inverse++) {
+            Arr xg = x;
+            xg.dev();
+            cs.dev();
+            Arr xc = x;
+            G->rope(xg.d, n, nh, ld_row, ld_head, off, half, interleaved, cs.d, inverse);
+            C->rope(xc.h.data(), n, nh, ld_row, ld_head, off, half, interleaved, cs.h.data(), inverse);
+            char what[64];
+            snprintf(what, sizeof what, "rope%s (%s pairs)", inverse ? " inverse" : "",
+                     interleaved ? "adjacent" : "half-split");
+            expect_close(what, xg.down(), xc.h, 1e-6);
+        }
 }
 
 /* ---- attention ---------------------------------------------------------------------------------------------- */

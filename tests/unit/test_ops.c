@@ -174,34 +174,40 @@ TEST(rmsnorm) {
 
 /* ---- RoPE and YaRN ------------------------------------------------------------------------------------- */
 
+/* Both pair layouts against the rotation written out: pair j of the rope slice is (2j, 2j+1) interleaved
+ * (DeepSeek's layout), (j, j+half) otherwise (transformers' rotate_half with rope_interleave false). */
 TEST(rope_rotation_and_inverse) {
     int n = 6, nh = 3, dqk = 10, off = 4, half = 3;
     int32_t pos[6] = {0, 1, 2, 7, 100, 4095};
     float inv[3] = {1.0f, 0.1f, 0.01f}, cs[6 * 3 * 2];
     O->rope_table(cs, pos, n, inv, half, 1.0f);
-    float *x = randv(n * nh * dqk, 9, 1), *x0 = malloc(sizeof(float) * n * nh * dqk);
-    memcpy(x0, x, sizeof(float) * n * nh * dqk);
-    O->rope(x, n, nh, nh * dqk, dqk, off, half, cs, 0);
-    double worst = 0;
-    for (int i = 0; i < n; i++)
-        for (int h = 0; h < nh; h++)
-            for (int c = 0; c < dqk; c++) {
-                const float *p = x0 + (i * nh + h) * dqk;
-                double want = p[c];
-                if (c >= off) {
-                    int j = (c - off) / 2;
-                    double a = (double)((float)pos[i] * inv[j]), co = cos(a), si = sin(a);
-                    double e = p[off + 2 * j], o = p[off + 2 * j + 1];
-                    want = (c - off) % 2 ? e * si + o * co : e * co - o * si;
+    for (int interleaved = 1; interleaved >= 0; interleaved--) {
+        float *x = randv(n * nh * dqk, 9, 1), *x0 = malloc(sizeof(float) * n * nh * dqk);
+        memcpy(x0, x, sizeof(float) * n * nh * dqk);
+        O->rope(x, n, nh, nh * dqk, dqk, off, half, interleaved, cs, 0);
+        double worst = 0;
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < nh; h++)
+                for (int c = 0; c < dqk; c++) {
+                    const float *p = x0 + (i * nh + h) * dqk + off;
+                    double want = p[c - off];
+                    if (c >= off) {
+                        int r = c - off, j = interleaved ? r / 2 : r % half;
+                        int second = interleaved ? r % 2 : r >= half; /* the pair's second element */
+                        double a = (double)((float)pos[i] * inv[j]), co = cos(a), si = sin(a);
+                        double e = interleaved ? p[2 * j] : p[j], o = interleaved ? p[2 * j + 1] : p[j + half];
+                        want = second ? e * si + o * co : e * co - o * si;
+                    }
+                    worst = fmax(worst, fabs(want - x[(i * nh + h) * dqk + c]));
                 }
-                worst = fmax(worst, fabs(want - x[(i * nh + h) * dqk + c]));
-            }
-    CHECK(worst < 2e-5, "adjacent pairs (2j, 2j+1) rotate by pos*inv_freq[j], the rest untouched: %.2e", worst);
-    O->rope(x, n, nh, nh * dqk, dqk, off, half, cs, 1);
-    worst = 0;
-    for (int i = 0; i < n * nh * dqk; i++) worst = fmax(worst, fabs(x[i] - x0[i]));
-    CHECK(worst < 1e-5, "inverse undoes the rotation: %.2e", worst);
-    free(x), free(x0);
+        CHECK(worst < 2e-5, "%s rotate by pos*inv_freq[j], the rest untouched: %.2e",
+              interleaved ? "pairs (2j, 2j+1)" : "pairs (j, j+half)", worst);
+        O->rope(x, n, nh, nh * dqk, dqk, off, half, interleaved, cs, 1);
+        worst = 0;
+        for (int i = 0; i < n * nh * dqk; i++) worst = fmax(worst, fabs(x[i] - x0[i]));
+        CHECK(worst < 1e-5, "inverse undoes the rotation (interleaved %d): %.2e", interleaved, worst);
+        free(x), free(x0);
+    }
 }
 
 TEST(yarn_matches_deepseek_v3_numbers) {
