@@ -150,7 +150,8 @@ int main(int argc, char **argv) {
     int rc = ds_cli_parse(&cli, argc, argv, &first);
     if (rc >= 0) return rc;
     if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
-    if (o.minbytes > o.maxbytes) return ds_usage_error("--minbytes is larger than --maxbytes");
+    if (o.minbytes > o.maxbytes)
+        return ds_usage_error("%s is larger than %s", ds_cli_opt(&o.minbytes, "--minbytes"), ds_cli_opt(&o.maxbytes, "--maxbytes"));
     o.ep.seed = (uint64_t)seed;
     if (strcmp(o.backend, "mpi")) {
         /* NCCL needs several GPUs in one job and verbs an RDMA device: neither exists in this build's

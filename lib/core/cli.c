@@ -98,6 +98,8 @@ static void format_default(const ds_opt *o, char *buf, size_t n) {
     case DS_OPT_INT: snprintf(buf, n, "%d", *(int *)o->dest); break;
     case DS_OPT_I64:
     case DS_OPT_BYTES: snprintf(buf, n, "%lld", (long long)*(int64_t *)o->dest); break;
+    case DS_OPT_U64: snprintf(buf, n, "%llu", (unsigned long long)*(uint64_t *)o->dest); break;
+    case DS_OPT_SEED: snprintf(buf, n, "random, printed"); break;
     case DS_OPT_FLOAT: snprintf(buf, n, "%g", *(double *)o->dest); break;
     case DS_OPT_STR:
     case DS_OPT_CHOICE: {
@@ -186,35 +188,85 @@ static int parse_i64_base(const char *s, int64_t *out, double base) {
 
 static int parse_i64(const char *s, int64_t *out) { return parse_i64_base(s, out, 1e3); }
 
-static int check_range(const ds_opt *o, double v) {
+static int check_range(const ds_opt *o, const char *opt, double v) {
     if (o->min < o->max && (v < o->min || v > o->max))
-        return ds_usage_error("--%s: %g is out of range [%g, %g]", o->name, v, o->min, o->max);
+        return ds_usage_error("%s: %g is out of range [%g, %g]", opt, v, o->min, o->max);
     return 0;
 }
 
-static int apply_opt(const ds_opt *o, const char *arg) {
+/* Store arg in o's destination; opt: the option as the user spelled it ("-m", "--model"), for messages. */
+/* Decimal digits only: strtoull would take "-1" as 2^64 - 1. */
+static int parse_u64(const char *s, uint64_t *out) {
+    if (*s < '0' || *s > '9') return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno) return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* Which options the last ds_cli_parse set, and how the user spelled each: messages about a value
+ * name the option as it was typed (-m or --model, --clip or --clip-grad). */
+static struct {
+    const void *dest;
+    char spelled[72];
+} given[256];
+static int n_given;
+
+static void note_given(const void *dest, const char *spelled) {
+    for (int i = 0; i < n_given; i++)
+        if (given[i].dest == dest) {
+            snprintf(given[i].spelled, sizeof given[i].spelled, "%s", spelled);
+            return;
+        }
+    if (n_given < (int)(sizeof given / sizeof *given)) {
+        given[n_given].dest = dest;
+        snprintf(given[n_given++].spelled, sizeof given[0].spelled, "%s", spelled);
+    }
+}
+
+const char *ds_cli_given(const void *dest) {
+    for (int i = 0; i < n_given; i++)
+        if (given[i].dest == dest) return given[i].spelled;
+    return NULL;
+}
+
+const char *ds_cli_opt(const void *dest, const char *name) {
+    const char *g = ds_cli_given(dest);
+    return g ? g : name;
+}
+
+static int apply_opt(const ds_opt *o, const char *opt, const char *arg) {
     switch (o->type) {
     case DS_OPT_FLAG: *(int *)o->dest = 1; return 0;
     case DS_OPT_GROUP: return 0; /* flattened away before parsing */
     case DS_OPT_INT: {
         int64_t v;
         if (parse_i64(arg, &v) || v < -2147483647LL || v > 2147483647LL)
-            return ds_usage_error("--%s: not an integer: '%s'", o->name, arg);
-        if (check_range(o, (double)v)) return DS_EUSAGE;
+            return ds_usage_error("%s: not an integer: '%s'", opt, arg);
+        if (check_range(o, opt, (double)v)) return DS_EUSAGE;
         *(int *)o->dest = (int)v;
         return 0;
     }
     case DS_OPT_I64: {
         int64_t v;
-        if (parse_i64(arg, &v)) return ds_usage_error("--%s: not an integer: '%s'", o->name, arg);
-        if (check_range(o, (double)v)) return DS_EUSAGE;
+        if (parse_i64(arg, &v)) return ds_usage_error("%s: not an integer: '%s'", opt, arg);
+        if (check_range(o, opt, (double)v)) return DS_EUSAGE;
         *(int64_t *)o->dest = v;
+        return 0;
+    }
+    case DS_OPT_U64:
+    case DS_OPT_SEED: {
+        uint64_t v;
+        if (parse_u64(arg, &v)) return ds_usage_error("%s: not an integer in [0, 18446744073709551615]: '%s'", opt, arg);
+        *(uint64_t *)o->dest = v;
         return 0;
     }
     case DS_OPT_BYTES: {
         int64_t v;
-        if (parse_i64_base(arg, &v, 1024.0) || v < 0) return ds_usage_error("--%s: not a byte size: '%s'", o->name, arg);
-        if (check_range(o, (double)v)) return DS_EUSAGE;
+        if (parse_i64_base(arg, &v, 1024.0) || v < 0) return ds_usage_error("%s: not a byte size: '%s'", opt, arg);
+        if (check_range(o, opt, (double)v)) return DS_EUSAGE;
         *(int64_t *)o->dest = v;
         return 0;
     }
@@ -223,8 +275,8 @@ static int apply_opt(const ds_opt *o, const char *arg) {
         errno = 0;
         double v = strtod(arg, &end);
         if (end == arg || *end || errno || !isfinite(v))
-            return ds_usage_error("--%s: not a number: '%s'", o->name, arg);
-        if (check_range(o, v)) return DS_EUSAGE;
+            return ds_usage_error("%s: not a number: '%s'", opt, arg);
+        if (check_range(o, opt, v)) return DS_EUSAGE;
         *(double *)o->dest = v;
         return 0;
     }
@@ -241,8 +293,84 @@ static int apply_opt(const ds_opt *o, const char *arg) {
             }
             c = bar ? bar + 1 : c + len;
         }
-        return ds_usage_error("--%s: '%s' is not one of %s", o->name, arg, o->choices);
+        return ds_usage_error("%s: '%s' is not one of %s", opt, arg, o->choices);
     }
+    }
+    return 0;
+}
+
+/* Optimal-string-alignment distance (edits, with a swap of neighbours as one edit) between a and b,
+ * both short option names. */
+static int edit_distance(const char *a, size_t na, const char *b) {
+    enum { MAXN = 64 };
+    size_t nb = strlen(b);
+    if (na >= MAXN || nb >= MAXN) return MAXN;
+    int d[MAXN + 1][MAXN + 1];
+    for (size_t i = 0; i <= na; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= nb; j++) d[0][j] = (int)j;
+    for (size_t i = 1; i <= na; i++)
+        for (size_t j = 1; j <= nb; j++) {
+            int v = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < v) v = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < v) v = d[i - 2][j - 2] + 1;
+            d[i][j] = v;
+        }
+    return d[na][nb];
+}
+
+/* The real option closest to the long name the user typed (name: after the dashes, len chars, no
+ * "=value"), or NULL when none is close. A name that begins a real one (an abbreviation) is closest
+ * to the shortest it begins; otherwise the fewest edits win, when they are few for the length. */
+static const char *closest_option(const struct option *lo, const char *name, size_t len) {
+    const char *best = NULL;
+    for (const struct option *o = lo; o->name; o++)
+        if (len && !strncmp(o->name, name, len) && (!best || strlen(o->name) < strlen(best))) best = o->name;
+    if (best) return best;
+    int best_d = (int)(len / 3) + 1 < 3 ? (int)(len / 3) + 1 : 3; /* beyond this many edits it is another word */
+    for (const struct option *o = lo; o->name; o++) {
+        int d = edit_distance(name, len, o->name);
+        if (d <= best_d && (!best || d < best_d)) best = o->name, best_d = d;
+    }
+    return best;
+}
+
+/* getopt_long accepts any unambiguous abbreviation of a long name ("--ep" for "--eps"): a typo then
+ * sets another option without a word (--ep 1 gave AdamW an epsilon of 1). So before getopt_long
+ * sees argv, every long option must be spelled in full, walking argv as getopt_long will (an
+ * option's separate value is skipped, "--" ends the options). Returns 0 or a usage error (2). */
+static int check_long_names(const struct option *lo, const char *shorts, int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--")) break;
+        if (!strncmp(a, "--", 2)) {
+            const char *name = a + 2;
+            const size_t len = strcspn(name, "=");
+            const struct option *o = NULL;
+            for (const struct option *k = lo; k->name && !o; k++)
+                if (strlen(k->name) == len && !strncmp(k->name, name, len)) o = k;
+            if (!o) {
+                const char *near = closest_option(lo, name, len);
+                if (near) return ds_usage_error("unknown option '%.*s': did you mean --%s?", (int)len + 2, a, near);
+                return ds_usage_error("unknown option '%.*s'", (int)len + 2, a);
+            }
+            if (o->has_arg == no_argument && name[len] == '=')
+                return ds_usage_error("option '--%s' takes no value: '%s'", o->name, a);
+            if (o->has_arg == required_argument && !name[len]) {
+                if (i + 1 >= argc) return ds_usage_error("option '--%s' needs an argument", o->name);
+                i++; /* its value, whatever it looks like */
+            }
+        } else if (a[0] == '-' && a[1]) {
+            /* a cluster of short options: one taking a value ends it (the rest, or the next element) */
+            for (const char *c = a + 1; *c; c++) {
+                const char *sp = strchr(shorts + 1, *c);
+                if (*c == ':' || !sp) break; /* getopt_long reports it */
+                if (sp[1] == ':') {
+                    if (!c[1]) i++;
+                    break;
+                }
+            }
+        }
     }
     return 0;
 }
@@ -269,10 +397,11 @@ int ds_cli_parse(const ds_cli *cli, int argc, char **argv, int *optind_out) {
     lo[n + 1] = (struct option){"version", no_argument, NULL, VERSION_ID};
     shorts[sp++] = 'h';
 
-    int rc = -1;
+    n_given = 0;
+    int rc = check_long_names(lo, shorts, argc, argv) ? DS_EUSAGE : -1;
     optind = 1;
     opterr = 0;
-    for (;;) {
+    while (rc < 0) {
         int li = -1;
         int c = getopt_long(argc, argv, shorts, lo, &li);
         if (c == -1) break;
@@ -286,15 +415,11 @@ int ds_cli_parse(const ds_cli *cli, int argc, char **argv, int *optind_out) {
             rc = 0;
             break;
         }
-        if (c == '?') {
-            if (optopt && optopt < 128 && optopt > 32)
-                rc = ds_usage_error("unknown option '-%c'", optopt);
+        if (c == '?' || c == ':') { /* long options were checked above: these are short ones */
+            if (optopt > 32 && optopt < 127)
+                rc = ds_usage_error(c == ':' ? "option '-%c' needs an argument" : "unknown option '-%c'", optopt);
             else
                 rc = ds_usage_error("unknown option '%s'", argv[optind - 1]);
-            break;
-        }
-        if (c == ':') {
-            rc = ds_usage_error("option '%s' needs an argument", argv[optind - 1]);
             break;
         }
         const ds_opt *o = NULL;
@@ -307,7 +432,11 @@ int ds_cli_parse(const ds_cli *cli, int argc, char **argv, int *optind_out) {
             rc = ds_usage_error("unknown option '%s'", argv[optind - 1]);
             break;
         }
-        if (apply_opt(o, optarg)) {
+        char spelled[72];
+        if (li >= 0) snprintf(spelled, sizeof spelled, "--%s", o->name);
+        else snprintf(spelled, sizeof spelled, "-%c", o->short_name);
+        note_given(o->dest, spelled);
+        if (apply_opt(o, spelled, optarg)) {
             rc = DS_EUSAGE;
             break;
         }

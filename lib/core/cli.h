@@ -22,6 +22,9 @@ typedef enum {
     DS_OPT_STRLIST, /* ds_strlist*, repeatable */
     DS_OPT_CHOICE,  /* const char**, value must be one of `choices` ("a|b|c") */
     DS_OPT_BYTES,   /* int64_t*, a byte size: K/M/G suffixes are powers of 1024 (as nccl-tests) */
+    DS_OPT_U64,     /* uint64_t*, decimal 0 .. 2^64-1 (no sign, no suffix) */
+    DS_OPT_SEED,    /* uint64_t*, as DS_OPT_U64; --help says the default is a random seed (the tool draws
+                       one when ds_cli_given says the option was not given) */
     DS_OPT_GROUP,   /* const ds_opt*: another table (name == NULL ends it) whose entries stand here; options
                        several tools share are defined once and placed where each tool lists them */
 } ds_opt_type;
@@ -54,6 +57,12 @@ typedef struct {
  * 0 after printing --help/--version, 2 after printing a usage error. */
 int ds_cli_parse(const ds_cli *cli, int argc, char **argv, int *optind_out);
 void ds_cli_help(const ds_cli *cli, FILE *f);
+/* After ds_cli_parse: how the user spelled the option that wrote into dest ("-m" or "--model"; the
+ * last one given), or NULL when none did. Long options must be spelled in full (no abbreviations);
+ * an unknown one is a usage error naming the closest real option ("did you mean --eps?"). */
+const char *ds_cli_given(const void *dest);
+/* The option that wrote into dest as the user spelled it, else `name`: for messages about its value. */
+const char *ds_cli_opt(const void *dest, const char *name);
 void ds_strlist_push(ds_strlist *l, const char *s);
 void ds_strlist_free(ds_strlist *l);
 

@@ -33,3 +33,51 @@ TOOLS="ds-tokenize ds-pretrain ds-extend-ctx ds-sft ds-rl ds-quantize ds-generat
         [[ "$first" == "$t: error: unknown option '--no-such-option'" ]] || { echo "$t: $first"; false; }
     done
 }
+
+# Every program and ds-tokenize's commands, as the words that start them.
+COMMANDS=("ds-tokenize" "ds-tokenize train" "ds-tokenize encode" "ds-tokenize decode" "ds-pretrain" "ds-extend-ctx"
+          "ds-sft" "ds-rl" "ds-quantize" "ds-generate" "ds-bench-a2a")
+
+@test "long options only in full: every abbreviation of every option is refused, naming the option" {
+    for cmd in "${COMMANDS[@]}"; do
+        read -r t sub <<<"$cmd"
+        names=$("$DS_BIN/$t" $sub --help | grep -oE '^ +(-[a-zA-Z], )?--[a-z0-9_-]+' | sed 's/.*--//')
+        [ "$(echo "$names" | wc -l)" -ge 2 ] || { echo "$cmd: options not found in --help"; false; }
+        for name in $names; do
+            short=${name%?}
+            [ ${#short} -ge 2 ] || continue
+            printf '%s\n' "$names" | grep -qx -- "$short" && continue # a real option of its own
+            run --separate-stderr "$DS_BIN/$t" $sub "--$short" 1
+            [ "$status" -eq 2 ] || { echo "$cmd --$short: status $status"; false; }
+            first=$(printf '%s\n' "$stderr" | head -1)
+            [[ "$first" == "$t: error: unknown option '--$short'"* ]] || { echo "$cmd --$short: $first"; false; }
+            # the shortest name it begins (the first listed among equals) is the one suggested
+            want=$(printf '%s\n' "$names" | grep -- "^$short" | awk '{ print length($0), NR, $0 }' | sort -n -k1,1 -k2,2 | head -1 | cut -d' ' -f3)
+            [[ "$first" == *": did you mean --$want?" ]] || { echo "$cmd --$short: $first (want --$want)"; false; }
+        done
+    done
+}
+
+@test "the --eps typo of issue 16: --ep is no longer AdamW's epsilon" {
+    run --separate-stderr "$DS_BIN/ds-pretrain" --ep 1 --config x.json --data x -o out --steps 1
+    [ "$status" -eq 2 ]
+    [ "${stderr_lines[0]}" = "ds-pretrain: error: unknown option '--ep': did you mean --eps?" ]
+    [ "${stderr_lines[1]}" = "hint: ds-pretrain --help lists the options" ]
+    [ ! -e out ]
+}
+
+@test "a near miss names the closest option; a far one names none; a flag given a value is refused" {
+    run --separate-stderr "$DS_BIN/ds-generate" --temprature 0.5
+    [ "$status" -eq 2 ]
+    [ "${stderr_lines[0]}" = "ds-generate: error: unknown option '--temprature': did you mean --temperature?" ]
+    run --separate-stderr "$DS_BIN/ds-sft" --thread 2
+    [ "${stderr_lines[0]}" = "ds-sft: error: unknown option '--thread': did you mean --threads?" ]
+    run --separate-stderr "$DS_BIN/ds-quantize" --zebra
+    [ "$status" -eq 2 ]
+    [ "${stderr_lines[0]}" = "ds-quantize: error: unknown option '--zebra'" ]
+    run --separate-stderr "$DS_BIN/ds-pretrain" --quiet=1
+    [ "$status" -eq 2 ]
+    [ "${stderr_lines[0]}" = "ds-pretrain: error: option '--quiet' takes no value: '--quiet=1'" ]
+    run --separate-stderr "$DS_BIN/ds-pretrain" --lr
+    [ "${stderr_lines[0]}" = "ds-pretrain: error: option '--lr' needs an argument" ]
+}

@@ -61,8 +61,12 @@ setup() {
 @test "usage errors exit 2" {
     run --separate-stderr "$DS_BIN/ds-bench-a2a" -b 8M -e 1M
     [ "$status" -eq 2 ]
-    [[ "$stderr" == "ds-bench-a2a: error: --minbytes is larger than --maxbytes"* ]]
+    [[ "$stderr" == "ds-bench-a2a: error: -b is larger than -e"* ]]
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" --minbytes 8M -e 1M
+    [[ "$stderr" == "ds-bench-a2a: error: --minbytes is larger than -e"* ]]
     run --separate-stderr "$DS_BIN/ds-bench-a2a" -b lots
     [ "$status" -eq 2 ]
+    [[ "$stderr" == "ds-bench-a2a: error: -b: not a byte size: 'lots'"* ]]
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" --minbytes lots
     [[ "$stderr" == "ds-bench-a2a: error: --minbytes: not a byte size: 'lots'"* ]]
 }

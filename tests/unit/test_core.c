@@ -177,4 +177,40 @@ TEST(option_groups_stand_in_place) {
     CHECK(ds_cli_parse(&cli, 3, bad, &first) == 2, "and their checks");
 }
 
+TEST(option_names_in_full_and_as_typed) {
+    int a = 0, d = 0;
+    const char *b = NULL;
+    uint64_t u = 7;
+    const ds_opt opts[] = {{"aa", 'a', DS_OPT_INT, &a, "N", "first", .max = 100},
+                           {"bb-cc", 0, DS_OPT_STR, &b, "S", "second"},
+                           {"dd", 0, DS_OPT_FLAG, &d, NULL, "third"},
+                           {"seed", 0, DS_OPT_U64, &u, "S", "fourth"},
+                           {0}};
+    const ds_cli cli = {.name = "t", .usage = "", .opts = opts};
+    int first;
+    /* a value that looks like an option is still the value of the option before it */
+    char *ok[] = {"t", "--bb-cc", "--aa", "file", "--aa", "5", "--seed", "18446744073709551615"};
+    CHECK(ds_cli_parse(&cli, 8, ok, &first) == -1 && a == 5 && b && !strcmp(b, "--aa") && u == UINT64_MAX && first == 7,
+          "full names parse (a=%d, b=%s, u=%llu, first=%d)", a, b ? b : "(null)", (unsigned long long)u, first);
+    CHECK(ds_cli_given(&a) && !strcmp(ds_cli_given(&a), "--aa") && !ds_cli_given(&d), "given options are known by their spelling");
+    char *sh[] = {"t", "-a", "3"};
+    CHECK(ds_cli_parse(&cli, 3, sh, &first) == -1 && a == 3 && !strcmp(ds_cli_given(&a), "-a") && !ds_cli_given(&b),
+          "a short option is known as typed, and each parse starts afresh");
+    CHECK(!strcmp(ds_cli_opt(&b, "--bb-cc"), "--bb-cc"), "an option not given keeps its own name");
+    a = 0;
+    char *abbr[] = {"t", "--a", "4"};
+    CHECK(ds_cli_parse(&cli, 3, abbr, &first) == 2 && a == 0, "an abbreviation is refused and sets nothing");
+    b = NULL;
+    char *abbr2[] = {"t", "--bb=x"};
+    CHECK(ds_cli_parse(&cli, 2, abbr2, &first) == 2 && b == NULL, "with '=' too");
+    char *flagv[] = {"t", "--dd=1"};
+    CHECK(ds_cli_parse(&cli, 2, flagv, &first) == 2 && d == 0, "a flag takes no value");
+    char *neg[] = {"t", "--seed", "-1"}, *big[] = {"t", "--seed", "18446744073709551616"}, *plus[] = {"t", "--seed", "+5"};
+    CHECK(ds_cli_parse(&cli, 3, neg, &first) == 2 && ds_cli_parse(&cli, 3, big, &first) == 2 &&
+              ds_cli_parse(&cli, 3, plus, &first) == 2 && u == UINT64_MAX,
+          "an unsigned 64-bit value: no sign, nothing past 2^64-1");
+    char *after[] = {"t", "x", "--", "--a"};
+    CHECK(ds_cli_parse(&cli, 4, after, &first) == -1 && first == 2, "after -- nothing is an option");
+}
+
 TAP_MAIN()
