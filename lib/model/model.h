@@ -71,6 +71,11 @@ typedef struct {
     const int32_t *pos;     /* [B*T] RoPE positions, or NULL for 0..T-1 in every row */
     const int32_t *seg;     /* [B*T] sample ids for sample masking (attention only within equal ids,
                                positions restart per sample when pos is NULL), or NULL for plain causal */
+    const int32_t *len;     /* [B] tokens in each row: positions t >= len[b] are padding (SFT, RL rows), which
+                               are not routed to experts and count in no routing statistic (balance loss,
+                               expert loads), and MTP modules leave out the positions whose next-k token is
+                               padding; NULL: no padding. Padding still runs through everything else (its
+                               outputs are ignored: give it target -1) */
 } ds_batch;
 
 /* Outputs of a training forward pass (buffers owned by the model, valid until the next forward). */

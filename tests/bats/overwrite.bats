@@ -69,7 +69,7 @@ hint: or choose another -o" ]
     [ "$status" -eq 1 ]
     [[ "$stderr" == "ds-pretrain: error: output directory holds a checkpoint (give --force to replace it, or --resume $T/base"* ]]
     # a run that fails before its first save leaves no directory behind
-    run --separate-stderr pretrain --config "$DS_ROOT/share/configs/tiny.json" -o "$BATS_TEST_TMPDIR/never" --fim-rate 0.5
+    run --separate-stderr pretrain --config "$DS_ROOT/share/configs/tiny.json" -o "$BATS_TEST_TMPDIR/never" --data "$T/prose.txt"
     [ "$status" -eq 1 ]
     [ ! -e "$BATS_TEST_TMPDIR/never" ]
 }
@@ -139,7 +139,8 @@ hint: or choose another -o" ]
     [ "${stderr%%$'\n'*}" = "ds-tokenize: error: output directory holds numbered shards of an earlier run (give --force to replace them): $d/shards/" ]
     [ -f "$d/shards/000002.tok" ]
     "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$d/shards/" "$T/chat.jsonl" --force
-    [ "$(ls -A "$d/shards")" = "000000.tok" ]
+    [ "$(ls -A "$d/shards")" = "000000.tok
+tokenizer.json" ]
     "$DS_BIN/ds-tokenize" decode -t "$T/tok.json" "$d/shards/000000.tok" | cmp - "$T/chat.jsonl"
 }
 
