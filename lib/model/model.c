@@ -90,6 +90,21 @@ static void free_shape(ds_model *m) {
     free(m->mtp);
 }
 
+int ds_model_layout(const ds_config *cfg, ds_param **params, int *count) {
+    *params = NULL;
+    *count = 0;
+    ds_model *m = calloc(1, sizeof *m);
+    if (!m) return ds_fail(DS_ERR, "out of memory: model");
+    ds_model_opts o = {.max_batch = 1, .max_seq = 1};
+    int rc = model_shape(m, cfg, &o);
+    if (!rc) rc = ds_params_layout(m, 1); /* the table only: names, shapes, kinds */
+    if (!rc) *params = m->params, *count = m->n_params;
+    else free(m->params);
+    free_shape(m);
+    free(m);
+    return rc;
+}
+
 void ds_model_free(ds_model *m) {
     if (!m) return;
     const ds_ops *ops = m->ops;

@@ -121,6 +121,9 @@ const ds_config *ds_model_config(const ds_model *m);
 const struct ds_ops *ds_model_ops(const ds_model *m);
 /* Parameter table, buffers and weight pointers. */
 const ds_param *ds_model_params_info(const ds_model *m, int *count);
+/* The same table for a config without building the model (no weights allocated: the 671B shape costs
+ * the table only). *params is malloc'd (free it); the offsets are those ds_model_create would use. */
+int ds_model_layout(const ds_config *cfg, ds_param **params, int *count);
 float *ds_model_params(ds_model *m);
 float *ds_model_grads(ds_model *m); /* NULL unless opts.train */
 size_t ds_model_num_params(const ds_model *m);

@@ -889,6 +889,7 @@ int ds_rl_reference(ds_model **out, ds_model *policy, const char *from_dir, int 
     if (from_dir) {
         ds_ckpt *ck;
         rc = ds_ckpt_open(&ck, from_dir);
+        if (!rc) rc = ds_model_check_set(ds_model_config(policy), ds_ckpt_tensors(ck), ds_ckpt_where(ck));
         if (!rc) rc = ds_model_load_weights(m, ds_ckpt_tensors(ck));
         ds_ckpt_close(ck);
         if (rc) ds_fail_ctx(rc, "reference policy");

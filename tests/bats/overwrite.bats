@@ -9,12 +9,7 @@
 bats_require_minimum_version 1.5.0
 load train_helpers
 
-setup_file() {
-    export T="$BATS_FILE_TMPDIR"
-    tiny_base "$T"
-    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=sft -v n=40 -v seed=1 >"$T/chat.jsonl"
-    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=prompts -v n=8 -v seed=2 >"$T/prompts.jsonl"
-}
+setup_file() { tiny_setup; }
 
 # Each tool, one step of it from $T/base into the -o that follows.
 pretrain() { "$DS_BIN/ds-pretrain" -q --peak-tflops 0.1 --threads 1 --data "$T/shards" --steps 1 --batch 2 --seq-len 32 "$@"; }
