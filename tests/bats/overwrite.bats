@@ -168,6 +168,24 @@ hint: wait for it to finish, or write to another directory" ]
     pretrain -m "$T/base" -o "$d/run" --resume "$d/run" --steps 61
 }
 
+@test "one writer per directory: a writer killed with SIGKILL leaves no lock behind; --resume continues" {
+    local d=$BATS_TEST_TMPDIR
+    "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --data "$T/shards" --seq-len 32 --batch 2 -m "$T/base" \
+        -o "$d/run" --steps 60 --save-every 1 --log-every 0 -q &
+    local pid=$!
+    echo "$pid" >"$d/pid"
+    for _ in $(seq 3000); do
+        [ -f "$d/run/trainer_state.json" ] && grep -q '"step":[2-9]' "$d/run/trainer_state.json" && break
+        sleep 0.01
+    done
+    kill -KILL "$pid"
+    wait "$pid" || true
+    [ "$(cat "$d/run/.lock")" = "$pid" ] # the file stays; the kernel dropped the lock with the process
+    pretrain -m "$T/base" -o "$d/run" --resume "$d/run" --steps 61
+    grep -q '"step":61,' "$d/run/trainer_state.json"
+    [ ! -e "$d/run/.lock" ]
+}
+
 @test "one writer per directory: ds-quantize and ds-tokenize respect a lock held by another program" {
     local d=$BATS_TEST_TMPDIR fd
     mkdir "$d/out"
