@@ -330,11 +330,19 @@ static void tb_lit(text_buf *b, const char *s, size_t n) {
     tb_str(b, "'");
 }
 
-/* The part of a pattern before {content} (tail 0) or after it (tail 1). */
-static void tb_part(text_buf *b, const char *pattern, int tail) {
-    const char *at = strstr(pattern, CONTENT);
-    if (tail) tb_lit(b, at + sizeof CONTENT - 1, strlen(at + sizeof CONTENT - 1));
-    else tb_lit(b, pattern, (size_t)(at - pattern));
+/* A pattern as a Jinja expression: its text before {content}, the message's content, its text after
+ * (empty parts left out). */
+static void tb_turn(text_buf *b, const char *pattern) {
+    const char *at = strstr(pattern, CONTENT), *tail = at + sizeof CONTENT - 1;
+    if (at > pattern) {
+        tb_lit(b, pattern, (size_t)(at - pattern));
+        tb_str(b, " + ");
+    }
+    tb_str(b, "message['content']");
+    if (*tail) {
+        tb_str(b, " + ");
+        tb_lit(b, tail, strlen(tail));
+    }
 }
 
 static const char JINJA_TAG[] = "{#- ds-chat-template ";
@@ -371,19 +379,13 @@ int ds_chat_template_to_jinja(const ds_chat_template *t, char **out) {
                "    {%- if not ns.first -%}{%- set ns.system = ns.system + ");
     tb_lit(&b, t->system_sep, strlen(t->system_sep));
     tb_str(&b, " -%}{%- endif -%}\n    {%- set ns.system = ns.system + ");
-    tb_part(&b, t->system, 0);
-    tb_str(&b, " + message['content'] + ");
-    tb_part(&b, t->system, 1);
+    tb_turn(&b, t->system);
     tb_str(&b, " -%}\n    {%- set ns.first = false -%}\n  {%- endif -%}\n{%- endfor -%}\n{{- ");
     tb_lit(&b, t->bos, strlen(t->bos));
     tb_str(&b, " + ns.system -}}\n{%- for message in messages -%}\n  {%- if message['role'] == 'user' -%}{{- ");
-    tb_part(&b, t->user, 0);
-    tb_str(&b, " + message['content'] + ");
-    tb_part(&b, t->user, 1);
+    tb_turn(&b, t->user);
     tb_str(&b, " -}}\n  {%- elif message['role'] == 'assistant' -%}{{- ");
-    tb_part(&b, t->assistant, 0);
-    tb_str(&b, " + message['content'] + ");
-    tb_part(&b, t->assistant, 1);
+    tb_turn(&b, t->assistant);
     tb_str(&b, " -}}\n  {%- elif message['role'] != 'system' -%}"
                "{{- raise_exception('chat template: a message role must be system, user or assistant') -}}\n"
                "  {%- endif -%}\n{%- endfor -%}\n{%- if add_generation_prompt -%}{{- ");
@@ -447,6 +449,32 @@ static int refuse_jinja(const char *where) {
     return DS_ERR;
 }
 
+/* Length of s without what renders nothing: trailing line breaks and spaces, and the empty literals
+ * ("'' + ", " + ''") that the first release of this writer put around a pattern without text on one
+ * side. Copies it wrote still read. */
+static size_t jinja_squeeze(const char *s, size_t n, char *out) {
+    while (n && (s[n - 1] == '\n' || s[n - 1] == ' ')) n--;
+    size_t m = 0;
+    for (size_t i = 0; i < n;) {
+        if (n - i >= 5 && !memcmp(s + i, "'' + ", 5)) i += 5;
+        else if (n - i >= 5 && !memcmp(s + i, " + ''", 5)) i += 5;
+        else out[m++] = s[i++];
+    }
+    return m;
+}
+
+static int same_jinja(const char *a, size_t an, const char *b, size_t bn) {
+    char *x = malloc(an + 1), *y = malloc(bn + 1);
+    int same = 0;
+    if (x && y) {
+        size_t xn = jinja_squeeze(a, an, x), yn = jinja_squeeze(b, bn, y);
+        same = xn == yn && !memcmp(x, y, xn);
+    }
+    free(x);
+    free(y);
+    return same;
+}
+
 /* Ours: the fields from the header, and the rest exactly what ds_chat_template_to_jinja writes for
  * them (an edited copy renders something else, so it is refused rather than trusted). */
 static int from_our_jinja(ds_chat_template *t, const char *s, size_t n, const char *where) {
@@ -483,10 +511,7 @@ static int from_our_jinja(ds_chat_template *t, const char *s, size_t n, const ch
         ds_chat_template_free(t);
         return rc;
     }
-    size_t al = strlen(again), m = n;
-    while (m && (s[m - 1] == '\n' || s[m - 1] == ' ')) m--;
-    while (al && (again[al - 1] == '\n' || again[al - 1] == ' ')) al--;
-    int same = al == m && !memcmp(again, s, m);
+    int same = same_jinja(again, strlen(again), s, n);
     free(again);
     if (!same) {
         ds_chat_template_free(t);
