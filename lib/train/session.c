@@ -334,7 +334,13 @@ static int join_data_parallel(ds_session *s) {
 int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                      const ds_loss_hook *loss, const char *config_record) {
     DS_TRY(join_data_parallel(s));
-    DS_TRY(lock_out(s));
+    int locked = lock_out(s);
+    if (s->have_comm) { /* every rank stops when rank 0 could not lock: the others would wait in the first all-reduce */
+        int64_t failed = locked != 0;
+        DS_TRY(ds_dp_allreduce_i64(&s->comm, &failed, 1));
+        if (failed && !locked) return ds_fail(DS_ERR, "rank 0 could not take the output directory's lock: %s", s->o.out_dir);
+    }
+    DS_TRY(locked);
     s->stop = ds_train_catch_signals();
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = s->o.step_record,
                         .after_step = s->o.after_step, .step_ctx = s->o.step_ctx,

@@ -207,3 +207,23 @@ model.safetensors
 tokenizer.json
 tokenizer_config.json" ]
 }
+
+@test "one writer per directory under mpirun: rank 0 holds the lock for all ranks, and all stop when it cannot" {
+    local d=$BATS_TEST_TMPDIR fd
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+    local args=(--peak-tflops 0.1 --threads 1 -m "$T/base" --data "$T/shards" --steps 2 --batch 4 --micro-batch 1 --seq-len 32 -q)
+    mkdir "$d/run"
+    exec {fd}>"$d/run/.lock"
+    flock -n "$fd"
+    run --separate-stderr timeout 120 mpirun --oversubscribe -np 2 "$DS_BIN/ds-pretrain" "${args[@]}" -o "$d/run"
+    [ "$status" -ne 0 ] && [ "$status" -ne 124 ] # refused, not hung in the first all-reduce
+    [[ "$stderr" == *":0] ds-pretrain: error: output directory in use: another process is writing it: $d/run"* ]]
+    [[ "$stderr" == *":1] ds-pretrain: error: rank 0 could not take the output directory's lock: $d/run"* ]]
+    exec {fd}>&-
+    # free again: both ranks train, rank 0 writes under the lock
+    timeout 120 mpirun --oversubscribe -np 2 "$DS_BIN/ds-pretrain" "${args[@]}" -o "$d/run"
+    grep -q '"step":2,' "$d/run/trainer_state.json"
+    [ ! -e "$d/run/.lock" ]
+}
