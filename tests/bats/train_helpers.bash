@@ -12,7 +12,7 @@ tiny_base() {
     "$DS_BIN/ds-tokenize" train -q --vocab-size 400 -o "$dir/tok.json" "$dir/prose.txt"
     "$DS_BIN/ds-tokenize" encode -q -t "$dir/tok.json" -o "$dir/shards/" "$dir/prose.txt"
     "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$DS_ROOT/share/configs/tiny.json" --data "$dir/shards" \
-        --tokenizer "$dir/tok.json" -o "$dir/base" --steps 4 --batch 4 --seq-len 64 --log-every 0 -q "$@"
+        --tokenizer "$dir/tok.json" -o "$dir/base" --steps 4 --batch 4 --seq-len 64 --log-every 0 --seed 1 -q "$@"
 }
 
 teardown() { # a failed test must not leave a run behind
@@ -32,12 +32,13 @@ for line in open(sys.argv[1]):
 # interrupt_and_resume KEY N PROGRAM ARGS...: run PROGRAM ARGS to the end into $BATS_TEST_TMPDIR/whole;
 # run it again into .../part and send SIGTERM once its metrics hold N records with "KEY"; it must
 # save and exit 143; --resume must then finish it with the whole run's weights, optimizer state and
-# step records, bit for bit.
+# step records, bit for bit. Both runs have --seed 1 unless ARGS give one; --resume is not given it
+# (unless ARGS do): it continues with the seed the checkpoint records.
 interrupt_and_resume() {
     local key=$1 n_min=$2 d=$BATS_TEST_TMPDIR n pid
     shift 2
-    "$@" -o "$d/whole" --metrics "$d/whole.jsonl" -q
-    "$@" -o "$d/part" --metrics "$d/part.jsonl" 2>"$d/err" &
+    "$1" --seed 1 "${@:2}" -o "$d/whole" --metrics "$d/whole.jsonl" -q
+    "$1" --seed 1 "${@:2}" -o "$d/part" --metrics "$d/part.jsonl" 2>"$d/err" &
     pid=$!
     echo "$pid" >"$d/pid"
     for _ in $(seq 3000); do
@@ -55,6 +56,7 @@ interrupt_and_resume() {
     run "$@" -o "$d/part" --metrics "$d/part.jsonl" --resume "$d/part"
     [ "$status" -eq 0 ]
     [[ "$output" == *"resuming at step "* ]]
+    printf '%s\n' "$@" | grep -qx -- --seed || [[ "$output" == *"seed    1 (the resumed run's)"* ]]
     cmp "$d/whole/model.safetensors" "$d/part/model.safetensors"
     cmp "$d/whole/optimizer.safetensors" "$d/part/optimizer.safetensors"
     diff <(numbers "$d/whole.jsonl") <(numbers "$d/part.jsonl")
