@@ -32,9 +32,16 @@ BUILD   := build/$(VARIANT)
 BIN     := $(if $(SANITIZE),$(BUILD)/bin,bin)
 
 GIT_REV := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
-PKGS    := openblas libzstd libpcre2-8 jansson ompi-c
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+PKGS    := openblas libzstd libpcre2-8 jansson ompi-c libpng freetype2
+
+# pkg-config's flags come from a makefile that a rule writes after the deps step, never from the parse:
+# on a fresh machine pkg-config and the libraries only exist once .ci/deps.sh has run. GNU make remakes
+# an included makefile that is missing or out of date and then starts over, so whatever the goal, the
+# build is parsed with flags computed after the packages were installed (tests/bats/build.bats).
+CONFIG_MK := build/config.mk
+ifneq ($(filter-out clean help deps deps-check venv,$(or $(MAKECMDGOALS),all)),)
+include $(CONFIG_MK)
+endif
 
 WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
 CFLAGS  ?= $(OPT) $(ARCH) -g
@@ -92,6 +99,13 @@ deps:
 	@.ci/deps.sh
 deps-check:
 	@.ci/deps.sh --check-or-install
+$(CONFIG_MK): Makefile .ci/deps.sh
+	@.ci/deps.sh --check-or-install
+	@mkdir -p $(dir $@)
+	@cflags=$$(pkg-config --cflags $(PKGS)) && libs=$$(pkg-config --libs $(PKGS)) || \
+	    { echo "make: pkg-config cannot resolve: $(PKGS)" >&2; exit 1; }; \
+	printf '# written by make after .ci/deps.sh (pkg-config $(PKGS))\nPKG_CFLAGS := %s\nPKG_LIBS := %s\n' \
+	    "$$cflags" "$$libs" >$@.tmp && mv $@.tmp $@
 venv: deps
 	@VENV=$(VENV) .ci/venv.sh
 

@@ -7,8 +7,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 req="$here/requirements.txt"
 stamp="$VENV/.ds-requirements"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then exit 0; fi
-echo "venv: installing reference packages into $VENV (first run only; torch is large)" >&2
+echo "venv: installing reference packages into $VENV (first run only; torch is large: minutes)" >&2
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install -q -r "$req"
+# pip's own lines (collecting, downloading with sizes, installing) are the progress report
+"$VENV/bin/python" -m pip install --progress-bar off -r "$req" >&2
 cp "$req" "$stamp"

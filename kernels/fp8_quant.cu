@@ -9,10 +9,10 @@ extern "C" {
 }
 
 #define E4M3_MAX 448.0f
-#define AMAX_FLOOR 1e-4f
+#define SCALE_MIN 0x1p-126f /* as lib/fp8/quant.h: the tile's own amax, the scale kept normal */
 
 __device__ __forceinline__ float tile_scale(float amax, int pow2) {
-    float s = fmaxf(amax, AMAX_FLOOR) / E4M3_MAX;
+    float s = fmaxf(amax / E4M3_MAX, SCALE_MIN);
     if (pow2) { /* 2^ceil(log2 s) from the bits: s is a positive normal number here */
         uint32_t b = __float_as_uint(s);
         if (b & 0x7fffffu) b = (b & 0x7f800000u) + 0x800000u;

@@ -6,7 +6,7 @@
  * Implementation: kernels/fp8_quant.cu.
  *
  * Semantics (bit-exact with the CPU reference, spec 9.4): for each tile,
- *     amax = max |x| over the tile (NaN propagates),  s = max(amax, 1e-4) / 448,
+ *     amax = max |x| over the tile (NaN propagates),  s = max(amax / 448, 2^-126) (the tile's own amax),
  *     pow2: s = 2^ceil(log2 s) (exact, from the bits),   q = e4m3_satfinite_rne(x / s)  (IEEE division)
  * and s is stored as the dequantization multiplier (x ~ q * s, like weight_scale_inv).
  * Tiles that run past `rows` (128x1, 128x128) count only the rows that exist.

@@ -57,7 +57,8 @@ void cu_rmsnorm_fwd(float *y, int ldy, float *rstd, const float *x, int ldx, con
 void cu_rmsnorm_bwd(float *dx, int lddx, float *dw, const float *dy, int lddy, const float *x, int ldx, const float *w,
                     const float *rstd, int n, int d);
 void cu_rope_table(float *cs, const int32_t *pos, int n, const float *inv_freq, int half, float mscale);
-void cu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, const float *cs, int inverse);
+void cu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int interleaved, const float *cs,
+             int inverse);
 void cu_swiglu_fwd(float *h, const float *g, const float *u, size_t n);
 void cu_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
 void cu_embed_fwd(float *x, const float *table, const int32_t *tok, int n, int d);

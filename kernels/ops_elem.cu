@@ -121,16 +121,17 @@ __global__ void k_rope_table(float *cs, const int32_t *pos, int n, const float *
     }
 }
 
-__global__ void k_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, const float *cs,
-                       float sgn) {
+/* pair j of a row's rope slice is (p[j*step], p[j*step + gap]): (2, 1) interleaved, (1, half) halves */
+__global__ void k_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int step, int gap,
+                       const float *cs, float sgn) {
     GRID_STRIDE(t, (size_t)n * nh * half) {
         int j = (int)(t % half), h = (int)(t / half % nh), i = (int)(t / half / nh);
         const float *c = cs + ((size_t)i * half + j) * 2;
         float co = c[0], si = sgn * c[1];
-        float *p = x + (size_t)i * ld_row + (size_t)h * ld_head + off + 2 * j;
-        float a = p[0], b = p[1];
+        float *p = x + (size_t)i * ld_row + (size_t)h * ld_head + off + (size_t)j * step;
+        float a = p[0], b = p[gap];
         p[0] = a * co - b * si;
-        p[1] = b * co + a * si;
+        p[gap] = b * co + a * si;
     }
 }
 
@@ -140,9 +141,11 @@ void cu_rope_table(float *cs, const int32_t *pos, int n, const float *inv_freq, 
     OPS_LAUNCHED("rope_table");
 }
 
-void cu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, const float *cs, int inverse) {
+void cu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int interleaved, const float *cs,
+             int inverse) {
     if (n <= 0 || nh <= 0 || half <= 0) return;
-    k_rope<<<gs_grid((size_t)n * nh * half), BLK>>>(x, n, nh, ld_row, ld_head, off, half, cs, inverse ? -1.f : 1.f);
+    k_rope<<<gs_grid((size_t)n * nh * half), BLK>>>(x, n, nh, ld_row, ld_head, off, half, interleaved ? 2 : 1,
+                                                    interleaved ? 1 : half, cs, inverse ? -1.f : 1.f);
     OPS_LAUNCHED("rope");
 }
 

@@ -119,7 +119,7 @@ __global__ void k_moe_topk(int32_t *idx, float *w, const float *scores, const fl
             wt[k] = s[it[k]];
             sum += s[it[k]];
         }
-        float f = rp.renorm ? rp.route_scale / sum : rp.route_scale;
+        float f = rp.renorm ? rp.route_scale / (sum + DS_ROUTE_RENORM_EPS) : rp.route_scale;
         for (int k = 0; k < rp.K; k++) wt[k] *= f;
     }
 }
@@ -149,17 +149,18 @@ void cu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias,
     OPS_LAUNCHED("moe_topk");
 }
 
-/* dz += J_score(s)^T ds over a warp's token (ds in shared memory) */
-__device__ void score_bwd_warp(float *dz, const float *ds, const float *s, int E, int softmax) {
+/* dz += J_score(s)^T ds over a warp's token, given u = ds ⊙ s in shared memory (bounded where ds is not:
+ * see the CPU's score_bwd) */
+__device__ void score_bwd_warp(float *dz, const float *u, const float *s, int E, int softmax) {
     int lane = threadIdx.x & 31;
     if (!softmax) {
-        for (int e = lane; e < E; e += 32) dz[e] += ds[e] * s[e] * (1.0f - s[e]);
+        for (int e = lane; e < E; e += 32) dz[e] += u[e] * (1.0f - s[e]);
         return;
     }
-    float dot = 0.f;
-    for (int e = lane; e < E; e += 32) dot += ds[e] * s[e];
-    dot = warp_sum(dot);
-    for (int e = lane; e < E; e += 32) dz[e] += s[e] * (ds[e] - dot);
+    float sum = 0.f;
+    for (int e = lane; e < E; e += 32) sum += u[e];
+    sum = warp_sum(sum);
+    for (int e = lane; e < E; e += 32) dz[e] += u[e] - s[e] * sum;
 }
 
 __global__ void k_moe_topk_bwd(float *dlogits, const float *dw, const float *scores, const int32_t *idx, int n,
@@ -167,22 +168,24 @@ __global__ void k_moe_topk_bwd(float *dlogits, const float *dw, const float *sco
     extern __shared__ float dsm[];
     int wi = threadIdx.x / 32, lane = threadIdx.x & 31, t = blockIdx.x * WPB + wi;
     if (t >= n) return;
-    float *ds = dsm + (size_t)wi * rp.E;
+    float *u = dsm + (size_t)wi * rp.E;
     const float *s = scores + (size_t)t * rp.E, *g = dw + (size_t)t * rp.K;
     const int32_t *it = idx + (size_t)t * rp.K;
-    for (int e = lane; e < rp.E; e += 32) ds[e] = 0.f;
+    for (int e = lane; e < rp.E; e += 32) u[e] = 0.f;
     __syncwarp();
     if (lane == 0) {
-        if (rp.renorm) {
-            float Z = 0.f, gsum = 0.f;
-            for (int k = 0; k < rp.K; k++) Z += s[it[k]], gsum += g[k] * s[it[k]];
-            for (int k = 0; k < rp.K; k++) ds[it[k]] += rp.route_scale * (g[k] - gsum / Z) / Z;
+        if (rp.renorm) { /* as the CPU: u_j = c (g_j - r) (s_j / Z'), Z' = Σ s + eps, r = Σ g s / Z' */
+            float Z = 0.f, r = 0.f;
+            for (int k = 0; k < rp.K; k++) Z += s[it[k]];
+            Z += DS_ROUTE_RENORM_EPS;
+            for (int k = 0; k < rp.K; k++) r += g[k] * (s[it[k]] / Z);
+            for (int k = 0; k < rp.K; k++) u[it[k]] += rp.route_scale * (g[k] - r) * (s[it[k]] / Z);
         } else {
-            for (int k = 0; k < rp.K; k++) ds[it[k]] += rp.route_scale * g[k];
+            for (int k = 0; k < rp.K; k++) u[it[k]] += rp.route_scale * g[k] * s[it[k]];
         }
     }
     __syncwarp();
-    score_bwd_warp(dlogits + (size_t)t * rp.E, ds, s, rp.E, softmax);
+    score_bwd_warp(dlogits + (size_t)t * rp.E, u, s, rp.E, softmax);
 }
 
 void cu_moe_topk_bwd(float *dlogits, const float *dw, const float *scores, const int32_t *idx, int n,
@@ -218,7 +221,7 @@ __global__ void k_balance_loss(float *loss, float *f_out, const float *scores, c
         const float *s = scores + ((size_t)b * T + t) * E;
         float z = 0.f, fs = 0.f;
         for (int e = 0; e < E; e++) z += s[e], fs += f[e] * s[e];
-        acc += sigmoid ? fs / z : fs;
+        acc += sigmoid ? fs / (z + DS_ROUTE_RENORM_EPS) : fs;
     }
     for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = acc;
@@ -240,17 +243,18 @@ __global__ void k_balance_grad(float *dlogits, const float *f, const float *scor
     const float *s = scores + (size_t)tok * E, *fb = f + (size_t)b * E;
     for (int e = lane; e < E; e += 32) g[e] = coef * fb[e] / (float)T;
     __syncwarp();
-    if (!softmax) {
+    if (!softmax) { /* as the CPU: u = (g - Σ g s') s', s' = s / (Σ s + eps) */
         float z = 0.f;
         for (int e = lane; e < E; e += 32) z += s[e];
-        z = warp_sum(z);
+        z = warp_sum(z) + DS_ROUTE_RENORM_EPS;
         float gsp = 0.f;
-        for (int e = lane; e < E; e += 32) gsp += g[e] * s[e] / z;
+        for (int e = lane; e < E; e += 32) gsp += g[e] * (s[e] / z);
         gsp = warp_sum(gsp);
-        __syncwarp();
-        for (int e = lane; e < E; e += 32) g[e] = (g[e] - gsp) / z;
-        __syncwarp();
+        for (int e = lane; e < E; e += 32) g[e] = (g[e] - gsp) * (s[e] / z);
+    } else {
+        for (int e = lane; e < E; e += 32) g[e] *= s[e];
     }
+    __syncwarp();
     score_bwd_warp(dlogits + (size_t)tok * E, g, s, E, softmax);
 }
 

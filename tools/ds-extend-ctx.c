@@ -139,10 +139,12 @@ static int run(args *a) {
             const ds_sft_data_opts co = {
                 .path = a->chat, .template_path = a->chat_template, .model = a->t.resume ? a->t.resume : a->t.model,
                 .tokenizer_json = s.tokenizer_json, .tokenizer_len = s.tokenizer_len, .vocab = s.cfg.vocab_size,
+                .tokenizer_config = s.tokenizer_config, .tokenizer_config_len = s.tokenizer_config_len,
                 .eos = s.cfg.eos_token_id, .on_bad = !strcmp(a->on_bad, "reject") ? DS_SFT_REJECT_BAD : DS_SFT_SKIP_BAD,
                 .max_warnings = a->t.verbose ? -1 : 10,
                 .src = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac}};
             if ((rc = ds_sft_data_open(&chat, &co))) goto done;
+            s.chat = &chat.tmpl; /* the checkpoints carry the template trained with */
             train = chat.train, val = chat.val, chat.train = chat.val = NULL; /* freed below with the others */
         } else {
             ds_packed_opts po = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac, .eos = (int32_t)di.eos_id};

@@ -7,6 +7,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "fp8/linear.h"
+#include "io/checkpoint.h"
 #include "infer/forward.h"
 #include "infer/generate.h"
 #include "infer/kvcache.h"
@@ -24,7 +25,7 @@ static struct {
     int quiet, verbose;
     double temperature, top_p;
     uint64_t seed;
-} A = {.max_new = 128, .temperature = 1.0, .top_p = 1.0, .batch = 8, .prefill = "naive", .prefill_chunk = 256,
+} A = {.max_new = DS_GEN_MAX_NEW, .temperature = DS_GEN_TEMPERATURE, .top_k = DS_GEN_TOP_K, .top_p = DS_GEN_TOP_P, .batch = 8, .prefill = "naive", .prefill_chunk = 256,
        .device = "cpu"};
 
 static const ds_opt opts[] = {
@@ -168,8 +169,6 @@ int main(int argc, char **argv) {
 
     ds_metrics mf = {0};
     if (A.metrics && (rc = ds_metrics_open(&mf, A.metrics, 0))) return ds_tool_report(rc);
-    ds_chat_template tpl;
-    if ((rc = ds_chat_template_load(&tpl, A.chat_template))) return ds_tool_report(rc);
     ds_loaded L;
     /* the training forward's activations serve --score only: sized for one sequence of the context
      * (max_seq 0: the config's max_position_embeddings) */
@@ -182,6 +181,11 @@ int main(int argc, char **argv) {
     if ((rc = ds_ops_for_device(A.device, &mo.ops))) return ds_tool_report(rc);
     double t0 = ds_now();
     if ((rc = ds_load_checkpoint(A.model, &mo, &L))) return ds_tool_report(rc);
+    ds_chat_template tpl; /* --chat-template, else the checkpoint's tokenizer_config.json, else built in */
+    if ((rc = ds_chat_template_select(&tpl, A.chat_template, L.tokenizer_config, L.tokenizer_config_len, A.model))) {
+        ds_loaded_free(&L);
+        return ds_tool_report(rc);
+    }
     const ds_config *c = ds_model_config(L.model);
     int ctx = A.ctx ? A.ctx : c->max_position_embeddings;
     if (A.mtp && !L.has_mtp) rc = ds_fail(DS_EUSAGE, "--mtp: the checkpoint has no MTP module: %s", A.model);

@@ -75,7 +75,12 @@ static int run(void) {
     if (!rc && !tokjson) rc = ds_fail(DS_ERR, "the checkpoint has no tokenizer.json (prompts and completions are text): %s", from);
     if (!rc) rc = ds_tok_from_json(&tok, tokjson, toklen, from);
     const ds_config *cfg = ck ? ds_ckpt_config(ck) : NULL;
-    if (!rc) rc = ds_chat_template_load(&tpl, A.chat_template);
+    char *tokcfg = NULL; /* the checkpoint's tokenizer_config.json: its chat template unless --chat-template */
+    size_t tokcfg_len = 0;
+    if (!rc && ds_ckpt_has_file(ck, "tokenizer_config.json"))
+        rc = ds_ckpt_read_file(ck, "tokenizer_config.json", &tokcfg, &tokcfg_len);
+    if (!rc) rc = ds_chat_template_select(&tpl, A.chat_template, tokcfg, tokcfg_len, from);
+    free(tokcfg);
     ds_rl_prompt_opts po = {.tok = tok, .chat = &tpl, .chat_prompts = A.chat, .bos = cfg ? cfg->bos_token_id : -1, .vocab = cfg ? cfg->vocab_size : 0,
                             .need_answer = need_answer};
     if (!rc) rc = ds_rl_prompts_load(&train, A.prompts, &po);
@@ -86,6 +91,7 @@ static int run(void) {
     ds_session_opts so = ds_train_toolopts_session(&A.t, "ds-rl");
     so.plot_path = NULL, so.seq_len = T, so.want_entropy = 1; /* ds-rl draws its own plot */
     if (!rc) rc = ds_session_open(&s, &so);
+    if (!rc) s.chat = &tpl; /* the checkpoints carry the template the prompts were rendered with */
     if (!rc && A.kl > 0) {
         /* the reference is the starting policy: after --resume it must come from the original checkpoint */
         const char *ref_dir = A.t.resume ? (A.ref ? A.ref : A.t.model) : A.ref;

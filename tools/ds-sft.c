@@ -59,10 +59,12 @@ static int run(args *a) {
     const ds_sft_data_opts dopts = {
         .path = a->data, .template_path = a->tmpl, .model = a->t.resume ? a->t.resume : a->t.model,
         .tokenizer_json = s.tokenizer_json, .tokenizer_len = s.tokenizer_len, .vocab = s.cfg.vocab_size,
+                .tokenizer_config = s.tokenizer_config, .tokenizer_config_len = s.tokenizer_config_len,
         .eos = s.cfg.eos_token_id, .on_bad = !strcmp(a->on_bad, "reject") ? DS_SFT_REJECT_BAD : DS_SFT_SKIP_BAD,
         .max_warnings = a->t.verbose ? -1 : 10,
         .src = {.seq_len = a->t.seq_len, .seed = (uint64_t)a->t.seed, .val_frac = a->t.val_frac, .window = a->window}};
     if ((rc = ds_sft_data_open(&d, &dopts))) goto done;
+    s.chat = &d.tmpl; /* the checkpoints carry the template trained with */
     const ds_sft_set *set = &d.set;
     ds_sft_stats st;
     if ((rc = ds_sft_source_stats(d.train, d.val, a->epochs, &st))) goto done;

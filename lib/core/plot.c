@@ -3,10 +3,15 @@
 #include "core/err.h"
 #include "core/file.h"
 
+#include <ft2build.h>
+#include FT_FREETYPE_H
 #include <math.h>
+#include <png.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- raster ---- */
 
@@ -177,14 +182,7 @@ static int glyph_ink(unsigned char c, int row, int col) {
     return font_5x7[c - 32][row * (GLYPH_W + 1) + col] == '#';
 }
 
-int ds_text_width(const char *s, int scale) {
-    int n = (int)strlen(s);
-    return n ? (n * CELL_W - 1) * scale : 0;
-}
-
-int ds_text_height(int scale) { return GLYPH_H * scale; }
-
-static void draw_glyph(ds_image *im, int x, int y, unsigned char c, uint32_t color, int scale, int vertical) {
+static void draw_builtin_glyph(ds_image *im, int x, int y, unsigned char c, uint32_t color, int scale, int vertical) {
     for (int r = 0; r < GLYPH_H; r++)
         for (int k = 0; k < GLYPH_W; k++) {
             if (!glyph_ink(c, r, k)) continue;
@@ -195,122 +193,185 @@ static void draw_glyph(ds_image *im, int x, int y, unsigned char c, uint32_t col
         }
 }
 
+/* ---- fonts: a TrueType/OpenType face through FreeType, or the built-in bitmap font ---- */
+
+/* The face in use (NULL: the built-in font). Set once on first use, or by ds_font_use. */
+static FT_Library ft_lib;
+static FT_Face ft_face;
+static char ft_path[1024];
+static pthread_once_t font_once = PTHREAD_ONCE_INIT;
+static int font_chosen; /* ds_font_use was called: the default lookup must not override it */
+
+const char *ds_font_default_path(void) {
+    const char *env = getenv("DS_FONT");
+    if (env && *env) return strcmp(env, "builtin") ? env : NULL;
+    /* where Debian (fonts-dejavu-core), Arch and Fedora put DejaVu Sans */
+    static const char *const known[] = {"/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf",
+                                        "/usr/share/fonts/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf"};
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+        if (access(known[i], R_OK) == 0) return known[i];
+    return NULL;
+}
+
+int ds_font_use(const char *path) {
+    if (!path) {
+        if (ft_face) FT_Done_Face(ft_face);
+        ft_face = NULL;
+        font_chosen = 1;
+        return 0;
+    }
+    if (strlen(path) >= sizeof ft_path) return ds_fail(DS_ERR, "font path too long: %s", path);
+    if (!ft_lib && FT_Init_FreeType(&ft_lib)) return ds_fail(DS_ERR, "font: FreeType failed to start: %s", path);
+    FT_Face face;
+    FT_Error e = FT_New_Face(ft_lib, path, 0, &face);
+    if (e)
+        return ds_fail(DS_ERR, "font: %s: %s",
+                       e == FT_Err_Cannot_Open_Resource ? "cannot open" : e == FT_Err_Unknown_File_Format ? "not a font file" : "cannot be read", path);
+    if (!FT_IS_SCALABLE(face)) {
+        FT_Done_Face(face);
+        return ds_fail(DS_ERR, "font: not a scalable (outline) font: %s", path);
+    }
+    if (ft_face) FT_Done_Face(ft_face);
+    ft_face = face;
+    memcpy(ft_path, path, strlen(path) + 1);
+    font_chosen = 1;
+    return 0;
+}
+
+/* First use: the default font if it loads, else the built-in one (a chart without a font file still
+ * gets its labels). */
+static void font_default(void) {
+    if (font_chosen) return;
+    const char *p = ds_font_default_path();
+    if (p && ds_font_use(p)) ds_font_use(NULL);
+}
+
+static FT_Face font_face(void) {
+    pthread_once(&font_once, font_default);
+    return ft_face;
+}
+
+const char *ds_font_current(void) { return font_face() ? ft_path : "built-in"; }
+
+/* Pixel size of the face for a text scale: 11 px for tick labels (scale 1), 16 px for titles (2). */
+static int font_px(int scale) { return 5 * scale + 6; }
+
+static int ft_ascent(FT_Face f) { return (int)((f->size->metrics.ascender + 63) >> 6); }
+
+/* Next code point of UTF-8 text (invalid bytes read as U+FFFD, one byte each). */
+static uint32_t next_utf8(const char **s) {
+    const unsigned char *p = (const unsigned char *)*s;
+    int n = p[0] < 0x80 ? 0 : (p[0] & 0xe0) == 0xc0 ? 1 : (p[0] & 0xf0) == 0xe0 ? 2 : (p[0] & 0xf8) == 0xf0 ? 3 : -1;
+    uint32_t cp = n == 0 ? p[0] : n == 1 ? p[0] & 0x1f : n == 2 ? p[0] & 0x0f : p[0] & 0x07;
+    for (int i = 1; i <= n; i++) {
+        if ((p[i] & 0xc0) != 0x80) n = -1;
+        if (n < 0) break;
+        cp = cp << 6 | (p[i] & 0x3f);
+    }
+    *s += n < 0 ? 1 : n + 1;
+    return n < 0 ? 0xfffd : cp;
+}
+
+/* Alpha-blend `color` over the pixel at coverage a (0..255). */
+static void blend(ds_image *im, int x, int y, uint32_t color, unsigned a) {
+    if (x < 0 || y < 0 || x >= im->w || y >= im->h || !a) return;
+    uint8_t *p = im->rgb + 3 * ((size_t)y * im->w + x);
+    for (int c = 0; c < 3; c++) {
+        unsigned fg = (color >> (16 - 8 * c)) & 255;
+        p[c] = (uint8_t)((p[c] * (255 - a) + fg * a + 127) / 255);
+    }
+}
+
+/* Lay out (and with im, draw) a string in the face: pen positions in 26.6 fixed point with kerning.
+ * Returns the advance width in pixels. Vertical text maps the horizontal pixel (hx, hy) to
+ * (x + hy, y - hx), as the built-in font does. */
+static int ft_text(FT_Face f, ds_image *im, int x, int y, const char *s, uint32_t color, int scale, int vertical) {
+    if (FT_Set_Pixel_Sizes(f, 0, (FT_UInt)font_px(scale))) return 0;
+    int asc = ft_ascent(f);
+    long pen = 0;
+    FT_UInt prev = 0;
+    while (*s) {
+        FT_UInt gi = FT_Get_Char_Index(f, next_utf8(&s));
+        if (prev && gi && FT_HAS_KERNING(f)) {
+            FT_Vector k;
+            if (!FT_Get_Kerning(f, prev, gi, FT_KERNING_DEFAULT, &k)) pen += k.x;
+        }
+        if (FT_Load_Glyph(f, gi, im ? FT_LOAD_RENDER : FT_LOAD_DEFAULT)) continue;
+        const FT_GlyphSlot g = f->glyph;
+        if (im && g->bitmap.pixel_mode == FT_PIXEL_MODE_GRAY) {
+            int ox = (int)((pen + 32) >> 6) + g->bitmap_left, oy = asc - g->bitmap_top;
+            for (unsigned r = 0; r < g->bitmap.rows; r++)
+                for (unsigned k = 0; k < g->bitmap.width; k++) {
+                    unsigned a = g->bitmap.buffer[(long)r * g->bitmap.pitch + k];
+                    int hx = ox + (int)k, hy = oy + (int)r;
+                    if (vertical) blend(im, x + hy, y - hx, color, a);
+                    else blend(im, x + hx, y + hy, color, a);
+                }
+        }
+        pen += g->advance.x;
+        prev = gi;
+    }
+    return (int)((pen + 63) >> 6);
+}
+
+int ds_text_width(const char *s, int scale) {
+    FT_Face f = font_face();
+    if (f) return ft_text(f, NULL, 0, 0, s, 0, scale, 0);
+    int n = (int)strlen(s);
+    return n ? (n * CELL_W - 1) * scale : 0;
+}
+
+int ds_text_height(int scale) {
+    FT_Face f = font_face();
+    if (f && !FT_Set_Pixel_Sizes(f, 0, (FT_UInt)font_px(scale))) return ft_ascent(f) + (int)((-f->size->metrics.descender + 63) >> 6);
+    return GLYPH_H * scale;
+}
+
 void ds_draw_text(ds_image *im, int x, int y, const char *s, uint32_t color, int scale) {
-    for (; *s; s++, x += CELL_W * scale) draw_glyph(im, x, y, (unsigned char)*s, color, scale, 0);
+    FT_Face f = font_face();
+    if (f) {
+        ft_text(f, im, x, y, s, color, scale, 0);
+        return;
+    }
+    for (; *s; s++, x += CELL_W * scale) draw_builtin_glyph(im, x, y, (unsigned char)*s, color, scale, 0);
 }
 
 void ds_draw_text_vertical(ds_image *im, int x, int y, const char *s, uint32_t color, int scale) {
-    for (; *s; s++, y -= CELL_W * scale) draw_glyph(im, x, y, (unsigned char)*s, color, scale, 1);
-}
-
-/* ---- checksums ---- */
-
-uint32_t ds_crc32(uint32_t crc, const void *data, size_t n) {
-    static uint32_t table[256];
-    static int ready;
-    if (!ready) { /* benign race: every thread computes the same table */
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            table[i] = c;
-        }
-        ready = 1;
+    FT_Face f = font_face();
+    if (f) {
+        ft_text(f, im, x, y, s, color, scale, 1);
+        return;
     }
-    const uint8_t *p = data;
-    crc = ~crc;
-    for (size_t i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    for (; *s; s++, y -= CELL_W * scale) draw_builtin_glyph(im, x, y, (unsigned char)*s, color, scale, 1);
 }
 
-uint32_t ds_adler32(uint32_t adler, const void *data, size_t n) {
-    const uint8_t *p = data;
-    uint32_t a = adler & 0xffff, b = adler >> 16;
-    while (n) {
-        size_t k = n < 5552 ? n : 5552; /* largest run before b can overflow 32 bits */
-        n -= k;
-        while (k--) {
-            a += *p++;
-            b += a;
-        }
-        a %= 65521;
-        b %= 65521;
-    }
-    return b << 16 | a;
-}
-
-/* ---- PNG ---- */
-
-static void put_be32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-/* Append a chunk (length, type, data, CRC over type+data) at out + *pos. */
-static void put_chunk(uint8_t *out, size_t *pos, const char type[4], const uint8_t *data, size_t n) {
-    put_be32(out + *pos, (uint32_t)n);
-    memcpy(out + *pos + 4, type, 4);
-    if (n) memcpy(out + *pos + 8, data, n);
-    put_be32(out + *pos + 8 + n, ds_crc32(0, out + *pos + 4, n + 4));
-    *pos += n + 12;
-}
+/* ---- PNG through libpng (zlib deflate, libpng's adaptive row filters) ---- */
 
 int ds_png_encode(const ds_image *im, uint8_t **out, size_t *len) {
-    const size_t row = 1 + 3 * (size_t)im->w, raw_n = row * im->h;
-    const size_t block = 65535, nblocks = raw_n ? (raw_n + block - 1) / block : 1;
-    const size_t zlen = 2 + nblocks * 5 + raw_n + 4;
-    if (zlen > 0x7fffffffu) return ds_fail(DS_ERR, "image too large for one PNG chunk: %dx%d", im->w, im->h);
-    uint8_t *raw = malloc(raw_n ? raw_n : 1), *z = malloc(zlen), *png = malloc(8 + 25 + 12 + zlen + 12);
-    if (!raw || !z || !png) {
-        free(raw), free(z), free(png);
-        return ds_fail(DS_ERR, "out of memory encoding PNG");
+    png_image pi;
+    memset(&pi, 0, sizeof pi);
+    pi.version = PNG_IMAGE_VERSION;
+    pi.width = (png_uint_32)im->w;
+    pi.height = (png_uint_32)im->h;
+    pi.format = PNG_FORMAT_RGB;
+    png_alloc_size_t n = 0;
+    /* first call sizes the file, second writes it */
+    if (!png_image_write_get_memory_size(pi, n, 0, im->rgb, 0, NULL))
+        return ds_fail(DS_ERR, "PNG encoding failed: %s: %dx%d image", pi.message, im->w, im->h);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (!buf) return ds_fail(DS_ERR, "out of memory encoding PNG");
+    if (!png_image_write_to_memory(&pi, buf, &n, 0, im->rgb, 0, NULL)) {
+        free(buf);
+        return ds_fail(DS_ERR, "PNG encoding failed: %s: %dx%d image", pi.message, im->w, im->h);
     }
-    for (int y = 0; y < im->h; y++) { /* filter type 0 (none) on every scanline */
-        raw[y * row] = 0;
-        memcpy(raw + y * row + 1, im->rgb + (size_t)y * im->w * 3, row - 1);
-    }
-    size_t zp = 0;
-    z[zp++] = 0x78; /* deflate, 32 KiB window */
-    z[zp++] = 0x01; /* no dictionary, fastest; (0x78 * 256 + 0x01) % 31 == 0 */
-    for (size_t b = 0; b < nblocks; b++) {
-        size_t off = b * block, n = raw_n - off < block ? raw_n - off : block;
-        z[zp++] = b + 1 == nblocks; /* BFINAL, BTYPE 00 = stored */
-        z[zp++] = (uint8_t)n;
-        z[zp++] = (uint8_t)(n >> 8);
-        z[zp++] = (uint8_t)~n;
-        z[zp++] = (uint8_t)(~n >> 8);
-        memcpy(z + zp, raw + off, n);
-        zp += n;
-    }
-    put_be32(z + zp, ds_adler32(1, raw, raw_n));
-    zp += 4;
-    free(raw);
-
-    static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    uint8_t ihdr[13];
-    put_be32(ihdr, (uint32_t)im->w);
-    put_be32(ihdr + 4, (uint32_t)im->h);
-    ihdr[8] = 8;  /* bits per channel */
-    ihdr[9] = 2;  /* truecolour RGB */
-    ihdr[10] = 0; /* deflate */
-    ihdr[11] = 0; /* adaptive filtering (we always pick "none") */
-    ihdr[12] = 0; /* no interlace */
-    size_t pos = 0;
-    memcpy(png, sig, 8);
-    pos = 8;
-    put_chunk(png, &pos, "IHDR", ihdr, sizeof ihdr);
-    put_chunk(png, &pos, "IDAT", z, zp);
-    put_chunk(png, &pos, "IEND", NULL, 0);
-    free(z);
-    *out = png;
-    *len = pos;
+    *out = buf;
+    *len = n;
     return 0;
 }
 
 int ds_png_write(const ds_image *im, const char *path) {
-    uint8_t *png;
-    size_t n;
+    uint8_t *png = NULL;
+    size_t n = 0;
     DS_TRY(ds_png_encode(im, &png, &n));
     int rc = ds_atomic_write_file(path, png, n);
     free(png);
@@ -458,7 +519,7 @@ int ds_chart_lines(const ds_line_chart *c, ds_image *out, ds_chart_frame *frame_
         ds_draw_line(out, f.px0, py, f.px1, py, GRID, 1);
         ds_draw_line(out, f.px0 - 4, py, f.px0, py, FRAME, 1);
         tick_label(buf, sizeof buf, &yt, i);
-        ds_draw_text(out, f.px0 - 7 - ds_text_width(buf, 1), py - 3, buf, INK, 1);
+        ds_draw_text(out, f.px0 - 7 - ds_text_width(buf, 1), py - ds_text_height(1) / 2, buf, INK, 1);
     }
     int last_right = -1000;
     for (int i = 0; i < xt.n; i++) {
@@ -504,7 +565,8 @@ int ds_chart_lines(const ds_line_chart *c, ds_image *out, ds_chart_frame *frame_
         }
     if (ln) {
         /* the corner that hides the fewest data points */
-        int bw = lw + 36, bh = ln * 14 + 8, best = -1, best_hits = 0, bx0 = 0, by0 = 0;
+        int row_h = ds_text_height(1) + 7;
+        int bw = lw + 36, bh = ln * row_h + 8, best = -1, best_hits = 0, bx0 = 0, by0 = 0;
         for (int corner = 0; corner < 4; corner++) {
             int cx0 = corner & 1 ? f.px0 + 8 : f.px1 - 8 - bw, cy0 = corner & 2 ? f.py1 - 8 - bh : f.py0 + 8;
             int hits = 0;
@@ -526,8 +588,8 @@ int ds_chart_lines(const ds_line_chart *c, ds_image *out, ds_chart_frame *frame_
         for (int s = 0; s < c->n_series; s++) {
             if (!c->series[s].name) continue;
             uint32_t col = c->series[s].color ? c->series[s].color : palette[s % 8];
-            int y = by0 + 8 + k * 14;
-            ds_draw_line(out, bx0 + 6, y + 3, bx0 + 24, y + 3, col, 2);
+            int y = by0 + 8 + k * row_h;
+            ds_draw_line(out, bx0 + 6, y + ds_text_height(1) / 2, bx0 + 24, y + ds_text_height(1) / 2, col, 2);
             ds_draw_text(out, bx0 + 30, y, c->series[s].name, INK, 1);
             k++;
         }
@@ -645,7 +707,7 @@ int ds_chart_heatmap(const ds_heatmap *hm, ds_image *out, ds_chart_frame *frame_
         int y = f.py1 - (int)lround((double)(f.py1 - f.py0) * k / 4);
         ds_draw_line(out, bx1 + 1, y, bx1 + 4, y, FRAME, 1);
         snprintf(buf, sizeof buf, "%.3g", v);
-        ds_draw_text(out, bx1 + 7, y - 3, buf, INK, 1);
+        ds_draw_text(out, bx1 + 7, y - ds_text_height(1) / 2, buf, INK, 1);
     }
     draw_labels(out, &f, hm->title, hm->xlabel, hm->ylabel);
     if (frame_out) *frame_out = f;

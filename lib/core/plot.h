@@ -1,11 +1,10 @@
-/* plot.h — PNG images and charts with no library behind them, so tools can draw at run time without
- * Python, gnuplot or zlib.
+/* plot.h — PNG images and charts drawn at run time without Python or gnuplot: PNG through libpng
+ * (zlib's deflate), text through FreeType in a real font where one is installed.
  *
- * Owns: an RGB raster (ds_image), drawing primitives (lines, rectangles, text in a built-in 5x7
- * bitmap font), a PNG encoder (8-bit RGB, stored deflate blocks with CRC-32 and Adler-32 — larger
- * files than a compressor would give, but a few lines of code and byte-exact by construction), a
- * line-chart renderer (axes, "nice" ticks with numbers, several series, legend, optional log y) and
- * a heat-map renderer (one cell per value, colour bar, row/column labels).
+ * Owns: an RGB raster (ds_image), drawing primitives (lines, rectangles, text), the choice of font (a
+ * TrueType/OpenType file, DejaVu Sans by default, or the built-in 5x7 bitmap font when there is none),
+ * PNG output, a line-chart renderer (axes, "nice" ticks with numbers, several series, legend,
+ * optional log y) and a heat-map renderer (one cell per value, colour bar, row/column labels).
  * Colours are 0xRRGGBB.
  */
 #ifndef DS_CORE_PLOT_H
@@ -26,18 +25,25 @@ uint32_t ds_image_get(const ds_image *im, int x, int y);      /* 0 outside */
 
 void ds_draw_line(ds_image *im, int x0, int y0, int x1, int y1, uint32_t color, int thickness);
 void ds_draw_rect(ds_image *im, int x0, int y0, int x1, int y1, uint32_t color); /* filled, inclusive */
-/* Text in the built-in font: glyphs are 5x7 cells on a 6x9 grid, times `scale`. (x, y) is the
- * top-left corner. Characters outside printable ASCII draw as a hollow box. */
+/* Text (UTF-8) in the current font at size `scale` (1: tick labels, 2: titles); (x, y) is the top-left
+ * corner of the line box, ds_text_height(scale) tall. A font file is drawn anti-aliased, 5*scale+6
+ * pixels per em; the built-in font draws 5x7 glyphs on a 6x9 grid times `scale`, characters outside
+ * printable ASCII as a hollow box. */
 void ds_draw_text(ds_image *im, int x, int y, const char *s, uint32_t color, int scale);
 void ds_draw_text_vertical(ds_image *im, int x, int y, const char *s, uint32_t color, int scale); /* bottom-up */
 int ds_text_width(const char *s, int scale);
 int ds_text_height(int scale);
 
-/* Checksums used by PNG (also handy elsewhere). Start with crc = 0 / adler = 1. */
-uint32_t ds_crc32(uint32_t crc, const void *data, size_t n);
-uint32_t ds_adler32(uint32_t adler, const void *data, size_t n);
+/* The font: on first use, the file ds_font_default_path() names if it loads, else the built-in font.
+ * ds_font_default_path: $DS_FONT ("builtin": none), else DejaVu Sans where Debian's fonts-dejavu-core
+ * (or Arch, Fedora) put it, else NULL. ds_font_use(path) switches to a font file (on failure the font
+ * stays as it was); ds_font_use(NULL) to the built-in font. Not thread-safe: call before drawing.
+ * ds_font_current: the file in use or "built-in". */
+const char *ds_font_default_path(void);
+int ds_font_use(const char *path);
+const char *ds_font_current(void);
 
-/* Encode as PNG into a malloc'd buffer. */
+/* Encode as 8-bit RGB PNG into a malloc'd buffer. */
 int ds_png_encode(const ds_image *im, uint8_t **out, size_t *len);
 /* Write a PNG file atomically ("-" = stdout). */
 int ds_png_write(const ds_image *im, const char *path);

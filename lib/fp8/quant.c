@@ -11,8 +11,7 @@
 #define PARALLEL_MIN (1 << 16)
 
 float ds_fp8_scale_for_amax(float amax, ds_fp8_scale_fmt fmt) {
-    amax = fmaxf(amax, DS_FP8_AMAX_FLOOR);
-    float s = amax / DS_E4M3_MAX;
+    float s = fmaxf(amax / DS_E4M3_MAX, DS_FP8_SCALE_MIN); /* NaN amax cannot occur (abs_bits drops NaN) */
     if (fmt == DS_FP8_SCALE_UE8M0) {
         /* ceil to a power of two on the bits: the exponent, plus one when any mantissa bit is set */
         const uint32_t u = ds_fp8_bits_(s);

@@ -12,7 +12,11 @@
  * The rule, per tile/block (DeepSeek's kernel.py act_quant and DeepGEMM's per_block_cast_to_fp8):
  *   amax  = max |x|                       over the non-NaN elements (fmaxf, as the CUDA kernels reduce);
  *                                         a NaN element still encodes as NaN, an Inf makes s = Inf
- *   s     = max(amax, 1e-4) / 448         float32 arithmetic; 1e-4 is the amax floor of both sources
+ *   s     = max(amax / 448, 2^-126)       float32 arithmetic: each tile scaled by its own amax, however
+ *                                         small (activation gradients of a large batch are ~1e-10); the
+ *                                         bound only keeps s and 1/s normal and finite, so an all-zero
+ *                                         tile gets s = 2^-126 and dequantizes to exactly 0. DeepSeek's
+ *                                         inference kernels floor amax at 1e-4 instead: see docs/DESIGN.md
  *   s     = 2^ceil(log2 s)                with DS_FP8_SCALE_UE8M0 (V3.1's scale_fmt "ue8m0"), computed on
  *                                         the bits (exact), clamped to [2^-126, 2^127] like DeepGEMM
  *   q     = e4m3_saturating(x / s)        a true float32 division, as act_quant does
@@ -27,10 +31,12 @@
 #include <stdint.h>
 
 #define DS_FP8_BLOCK 128
-#define DS_FP8_AMAX_FLOOR 1e-4f
+/* The smallest scale: FLT_MIN, so that the scale and its reciprocal (2^126) are normal floats. Tiles whose
+ * amax is below 448 * 2^-126 (5.3e-36) get it. */
+#define DS_FP8_SCALE_MIN 0x1p-126f
 
 typedef enum {
-    DS_FP8_SCALE_F32 = 0,   /* s = max(amax, 1e-4) / 448 */
+    DS_FP8_SCALE_F32 = 0,   /* s = max(amax / 448, 2^-126) */
     DS_FP8_SCALE_UE8M0 = 1, /* s rounded up to a power of two (exponent-only scales) */
 } ds_fp8_scale_fmt;
 

@@ -5,6 +5,7 @@
 #include "model/weights.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *out) {
@@ -22,6 +23,8 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
     int rc = ds_model_create(&out->model, cfg, &o);
     if (!rc) rc = ds_model_load_weights(out->model, ds_ckpt_tensors(c));
     if (!rc && tok) rc = ds_tok_from_json(&out->tok, tok, tok_len, where);
+    if (!rc && ds_ckpt_has_file(c, "tokenizer_config.json"))
+        rc = ds_ckpt_read_file(c, "tokenizer_config.json", &out->tokenizer_config, &out->tokenizer_config_len);
     if (!rc) out->has_mtp = ds_model_mtp_depth(out->model) > 0;
     ds_ckpt_close(c);
     if (rc) ds_loaded_free(out);
@@ -31,6 +34,8 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
 void ds_loaded_free(ds_loaded *l) {
     ds_model_free(l->model);
     ds_tok_free(l->tok);
+    free(l->tokenizer_config);
     l->model = NULL;
     l->tok = NULL;
+    l->tokenizer_config = NULL;
 }

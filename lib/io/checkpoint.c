@@ -582,12 +582,19 @@ int ds_ckpt_writer_declare(ds_ckpt_writer *w, const char *name, ds_dtype dtype, 
     return add_tensor(w, name, dtype, ndim, shape, NULL, 0);
 }
 
-/* generation_config.json as transformers derives it from a config. */
+/* generation_config.json: the config's special tokens (pad: the eos token when the config has no pad
+ * id, as DeepSeek-V3 pads) and ds-generate's sampling defaults, so transformers' generate samples as
+ * ds-generate does by default. */
 static void default_generation_config(const ds_config *c, char *buf, size_t n) {
-    char bos[16] = "null", eos[16] = "null";
+    char bos[16] = "null", eos[16] = "null", pad[16] = "null";
+    int pad_id = c->pad_token_id >= 0 ? c->pad_token_id : c->eos_token_id;
     if (c->bos_token_id >= 0) snprintf(bos, sizeof bos, "%d", c->bos_token_id);
     if (c->eos_token_id >= 0) snprintf(eos, sizeof eos, "%d", c->eos_token_id);
-    snprintf(buf, n, "{\n  \"_from_model_config\": true,\n  \"bos_token_id\": %s,\n  \"eos_token_id\": %s\n}\n", bos, eos);
+    if (pad_id >= 0) snprintf(pad, sizeof pad, "%d", pad_id);
+    snprintf(buf, n,
+             "{\n  \"_from_model_config\": true,\n  \"bos_token_id\": %s,\n  \"eos_token_id\": %s,\n  \"pad_token_id\": %s,\n"
+             "  \"do_sample\": true,\n  \"temperature\": %.17g,\n  \"top_k\": %d,\n  \"top_p\": %.17g,\n  \"max_new_tokens\": %d\n}\n",
+             bos, eos, pad, DS_GEN_TEMPERATURE, DS_GEN_TOP_K, DS_GEN_TOP_P, DS_GEN_MAX_NEW);
 }
 
 static int has_file(const ds_ckpt_writer *w, const char *name) {
@@ -613,7 +620,7 @@ static int seal(ds_ckpt_writer *w) {
         free(cfg);
         if (!rc && w->tok) rc = ds_st_writer_meta(w->st, "tokenizer", w->tok);
         if (!rc && !has_file(w, "generation_config.json")) {
-            char gen[256];
+            char gen[512];
             default_generation_config(&w->cfg, gen, sizeof gen);
             rc = ds_st_writer_meta(w->st, "file:generation_config.json", gen);
         }
@@ -773,7 +780,7 @@ int ds_ckpt_writer_commit(ds_ckpt_writer *w) {
         free(text);
         if (!rc && w->tok) rc = write_text_file(w->tmp, "tokenizer.json", w->tok, w->tok_len);
         if (!rc && (ds_path_join(p, sizeof p, w->tmp, "generation_config.json") || !ds_path_exists(p))) {
-            char gen[256];
+            char gen[512];
             default_generation_config(&w->cfg, gen, sizeof gen);
             rc = write_text_file(w->tmp, "generation_config.json", gen, strlen(gen));
         }

@@ -63,6 +63,13 @@ int ds_ckpt_find_latest(const char *dir, char *out, size_t n);
 
 /* ---- writing -------------------------------------------------------------------------------- */
 
+/* ds-generate's sampling defaults, which the generation_config.json written with a checkpoint states
+ * (transformers' generate then samples the same way: top_k 0 = all tokens). */
+#define DS_GEN_TEMPERATURE 1.0
+#define DS_GEN_TOP_K 0
+#define DS_GEN_TOP_P 1.0
+#define DS_GEN_MAX_NEW 128
+
 /* Before any work: may a tool write its output to `out` (a directory, a .safetensors file, or "-")?
  * No silent loss: an existing checkpoint (a directory with config.json, model weights or training
  * state, or a .safetensors file) is replaced only with force, or, for a directory, when resuming the

@@ -25,6 +25,7 @@ typedef struct {
     int H;          /* num_attention_heads */
     int dn, dr;     /* qk_nope_head_dim, qk_rope_head_dim */
     int dqk, dv;    /* dn + dr, v_head_dim */
+    int rope_interleave; /* RoPE pairs of the dr dims: 1, (2j, 2j+1); 0, (j, j + dr/2) (ops rope) */
     int Rq, Rkv;    /* q_lora_rank (0: q_proj), kv_lora_rank */
     int I;          /* dense intermediate_size */
     int E, K;       /* n_routed_experts, num_experts_per_tok */

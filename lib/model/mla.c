@@ -25,7 +25,7 @@ void ds_mla_query(const ds_layer_ctx *c, const ds_layer_w *w, const float *xn, f
     } else {
         ds_linear(lin, q, xn, w->q, n, qdim, d->D);
     }
-    ops->rope(q, n, d->H, qdim, d->dqk, d->dn, d->dr / 2, c->cs, 0);
+    ops->rope(q, n, d->H, qdim, d->dqk, d->dn, d->dr / 2, d->rope_interleave, c->cs, 0);
 }
 
 void ds_mla_latent(const ds_layer_ctx *c, const ds_layer_w *w, const float *xn, float *kva, float *rstd_kv,
@@ -36,7 +36,7 @@ void ds_mla_latent(const ds_layer_ctx *c, const ds_layer_w *w, const float *xn, 
     ds_linear(ds_ctx_lin(c), kva, xn, w->kv_a, n, la, d->D);
     ops->rmsnorm_fwd(ckv, d->Rkv, rstd_kv, kva, la, w->kv_a_norm, n, d->Rkv, d->eps);
     ops->copy2d(kpe, d->dr, kva + d->Rkv, la, n, d->dr);
-    ops->rope(kpe, n, 1, d->dr, 0, 0, d->dr / 2, c->cs, 0);
+    ops->rope(kpe, n, 1, d->dr, 0, 0, d->dr / 2, d->rope_interleave, c->cs, 0);
 }
 
 void ds_mla_expand(const ds_layer_ctx *c, const ds_layer_w *w, const float *ckv, const float *kpe, float *kvb,
@@ -78,7 +78,7 @@ void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn) {
 
     /* keys and values back to the latent: kvb, the shared k_pe (summed over heads), then kv_a's output */
     ops->mla_kv_expand_bwd(s->dkvb, s->dkpe, d->dr, s->dk, s->dv, n, H, d->dn, d->dr, d->dv);
-    ops->rope(s->dkpe, n, 1, d->dr, 0, 0, half, c.cs, 1);
+    ops->rope(s->dkpe, n, 1, d->dr, 0, 0, half, d->rope_interleave, c.cs, 1);
     ds_linear_bwd(m->lin_kvb, s->dckv, 0.0f, gw->kv_b, s->dkvb, t->ckv, w->kv_b, n, H * (d->dn + d->dv), d->Rkv);
     ops->zero(s->dkva, sizeof(float) * (size_t)n * la);
     ops->rmsnorm_bwd(s->dkva, la, gw->kv_a_norm, s->dckv, d->Rkv, t->kva, la, w->kv_a_norm, t->rstd_kv, n, d->Rkv);
@@ -86,7 +86,7 @@ void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn) {
     ds_linear_bwd(lin, dxn, 0.0f, gw->kv_a, s->dkva, t->xn, w->kv_a, n, la, d->D);
 
     /* queries */
-    ops->rope(s->dq, n, H, qdim, d->dqk, d->dn, half, c.cs, 1);
+    ops->rope(s->dq, n, H, qdim, d->dqk, d->dn, half, d->rope_interleave, c.cs, 1);
     if (d->Rq > 0) {
         ds_linear_bwd(lin, s->dcqn, 0.0f, gw->q_b, s->dq, t->cqn, w->q_b, n, qdim, d->Rq);
         ops->zero(s->dcq, sizeof(float) * (size_t)n * d->Rq);

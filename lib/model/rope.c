@@ -15,6 +15,7 @@ void ds_dims_from_config(ds_dims *d, const ds_config *c) {
     d->dr = c->qk_rope_head_dim;
     d->dqk = d->dn + d->dr;
     d->dv = c->v_head_dim;
+    d->rope_interleave = c->rope_interleave;
     d->Rq = c->q_lora_rank;
     d->Rkv = c->kv_lora_rank;
     d->I = c->intermediate_size;

@@ -91,8 +91,11 @@ void ds_cpu_rope_table(float *cs, const int32_t *pos, int n, const float *inv_fr
     }
 }
 
-void ds_cpu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, const float *cs, int inverse) {
+void ds_cpu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int interleaved,
+                 const float *cs, int inverse) {
     float sgn = inverse ? -1.0f : 1.0f;
+    /* pair j is (p[j*step], p[j*step + gap]) */
+    const int step = interleaved ? 2 : 1, gap = interleaved ? 1 : half;
 #pragma omp parallel for schedule(static) if ((size_t)n * nh * half > PAR_MIN)
     for (int i = 0; i < n; i++) {
         const float *c = cs + (size_t)i * half * 2;
@@ -100,9 +103,10 @@ void ds_cpu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int 
             float *p = x + (size_t)i * ld_row + (size_t)h * ld_head + off;
             for (int j = 0; j < half; j++) {
                 float co = c[2 * j], si = sgn * c[2 * j + 1];
-                float a = p[2 * j], b = p[2 * j + 1];
-                p[2 * j] = a * co - b * si;
-                p[2 * j + 1] = b * co + a * si;
+                float *e = p + j * step, *o = e + gap;
+                float a = *e, b = *o;
+                *e = a * co - b * si;
+                *o = b * co + a * si;
             }
         }
     }

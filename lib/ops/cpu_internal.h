@@ -37,7 +37,8 @@ void ds_cpu_rmsnorm_fwd(float *y, int ldy, float *rstd, const float *x, int ldx,
 void ds_cpu_rmsnorm_bwd(float *dx, int lddx, float *dw, const float *dy, int lddy, const float *x, int ldx,
                         const float *w, const float *rstd, int n, int d);
 void ds_cpu_rope_table(float *cs, const int32_t *pos, int n, const float *inv_freq, int half, float mscale);
-void ds_cpu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, const float *cs, int inverse);
+void ds_cpu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int interleaved,
+                 const float *cs, int inverse);
 void ds_cpu_swiglu_fwd(float *h, const float *g, const float *u, size_t n);
 void ds_cpu_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
 void ds_cpu_embed_fwd(float *x, const float *table, const int32_t *tok, int n, int d);

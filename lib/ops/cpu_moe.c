@@ -87,19 +87,21 @@ void ds_cpu_moe_topk(int32_t *idx, float *w, const float *scores, const float *b
             wt[k] = s[e];
             sum += s[e];
         }
-        float f = rp->renorm ? rp->route_scale / sum : rp->route_scale;
+        float f = rp->renorm ? rp->route_scale / (sum + DS_ROUTE_RENORM_EPS) : rp->route_scale;
         for (int k = 0; k < K; k++) wt[k] *= f;
     }
 }
 
-/* dlogits[e] += Jacobian of the score function at s, applied to ds */
-static void score_bwd(float *dz, const float *ds, const float *s, int E, ds_score_fn fn) {
+/* dz[e] += Jacobian of the score function at s applied to ds, given u = ds ⊙ s: sigmoid' = s (1 - s) and
+ * softmax's s_e (ds_e - Σ ds s) both need ds only times s, and u stays bounded where ds alone would not
+ * (renormalised weights of scores that all underflowed: ds ~ 1/eps, s = 0) */
+static void score_bwd(float *dz, const float *u, const float *s, int E, ds_score_fn fn) {
     if (fn == DS_SCORE_FN_SIGMOID) {
-        for (int e = 0; e < E; e++) dz[e] += ds[e] * s[e] * (1.0f - s[e]);
+        for (int e = 0; e < E; e++) dz[e] += u[e] * (1.0f - s[e]);
     } else {
-        float dot = 0.0f;
-        for (int e = 0; e < E; e++) dot += ds[e] * s[e];
-        for (int e = 0; e < E; e++) dz[e] += s[e] * (ds[e] - dot);
+        float sum = 0.0f;
+        for (int e = 0; e < E; e++) sum += u[e];
+        for (int e = 0; e < E; e++) dz[e] += u[e] - s[e] * sum;
     }
 }
 
@@ -110,17 +112,20 @@ void ds_cpu_moe_topk_bwd(float *dlogits, const float *dw, const float *scores, c
     for (int t = 0; t < n; t++) {
         const float *s = scores + (size_t)t * E, *g = dw + (size_t)t * K;
         const int32_t *it = idx + (size_t)t * K;
-        float ds[E];
-        memset(ds, 0, sizeof ds);
+        float u[E];
+        memset(u, 0, sizeof u);
         if (rp->renorm) {
-            /* w_k = c s_k / Z, Z = Σ_k s_k: ds_j = c (g_j - Σ_k g_k s_k / Z) / Z */
-            float Z = 0.0f, gs = 0.0f;
-            for (int k = 0; k < K; k++) Z += s[it[k]], gs += g[k] * s[it[k]];
-            for (int k = 0; k < K; k++) ds[it[k]] += rp->route_scale * (g[k] - gs / Z) / Z;
+            /* w_k = c s_k / Z', Z' = Σ_k s_k + eps: ds_j = c (g_j - r) / Z' with r = Σ_k g_k s_k / Z', so
+             * u_j = ds_j s_j = c (g_j - r) (s_j / Z'), where s_j / Z' <= 1 */
+            float Z = 0.0f, r = 0.0f;
+            for (int k = 0; k < K; k++) Z += s[it[k]];
+            Z += DS_ROUTE_RENORM_EPS;
+            for (int k = 0; k < K; k++) r += g[k] * (s[it[k]] / Z);
+            for (int k = 0; k < K; k++) u[it[k]] += rp->route_scale * (g[k] - r) * (s[it[k]] / Z);
         } else {
-            for (int k = 0; k < K; k++) ds[it[k]] += rp->route_scale * g[k];
+            for (int k = 0; k < K; k++) u[it[k]] += rp->route_scale * g[k] * s[it[k]];
         }
-        score_bwd(dlogits + (size_t)t * E, ds, s, E, rp->score_fn);
+        score_bwd(dlogits + (size_t)t * E, u, s, E, rp->score_fn);
     }
 }
 
@@ -140,22 +145,27 @@ void ds_cpu_moe_balance(float *loss, float *dlogits, float coef, const float *sc
             const float *s = sb + (size_t)t * E;
             float z = 0.0f, fs = 0.0f;
             for (int e = 0; e < E; e++) z += s[e], fs += f[e] * s[e];
-            acc += rp->score_fn == DS_SCORE_FN_SIGMOID ? fs / z : fs;
+            acc += rp->score_fn == DS_SCORE_FN_SIGMOID ? fs / (z + DS_ROUTE_RENORM_EPS) : fs;
         }
         loss[b] = (float)(acc / T);
         if (!dlogits) continue;
 #pragma omp parallel for schedule(static) if ((size_t)T * E > PAR_MIN)
         for (int t = 0; t < T; t++) {
             const float *s = sb + (size_t)t * E;
-            float g[E]; /* d(coef loss)/d s'_{t,i} = coef f_i / T, then through s' = s / Σ s */
-            for (int e = 0; e < E; e++) g[e] = coef * f[e] / (float)T;
+            /* g = d(coef loss)/d s'_{t,i} = coef f_i / T; through s' = s / z (z = Σ s + eps) it is
+             * ds_i = (g_i - Σ_j g_j s'_j) / z, and u = ds ⊙ s = (g_i - Σ_j g_j s'_j) s'_i */
+            float u[E];
+            for (int e = 0; e < E; e++) u[e] = coef * f[e] / (float)T;
             if (rp->score_fn == DS_SCORE_FN_SIGMOID) {
                 float z = 0.0f, gsp = 0.0f;
                 for (int e = 0; e < E; e++) z += s[e];
-                for (int e = 0; e < E; e++) gsp += g[e] * s[e] / z;
-                for (int e = 0; e < E; e++) g[e] = (g[e] - gsp) / z;
+                z += DS_ROUTE_RENORM_EPS;
+                for (int e = 0; e < E; e++) gsp += u[e] * (s[e] / z);
+                for (int e = 0; e < E; e++) u[e] = (u[e] - gsp) * (s[e] / z);
+            } else {
+                for (int e = 0; e < E; e++) u[e] *= s[e];
             }
-            score_bwd(dlogits + ((size_t)b * T + t) * E, g, s, E, rp->score_fn);
+            score_bwd(dlogits + ((size_t)b * T + t) * E, u, s, E, rp->score_fn);
         }
     }
 }

@@ -39,6 +39,12 @@ typedef enum {
     DS_GROUP_MAX = 2,     /* V2 "group_limited_greedy": the highest score in the group */
 } ds_group_rule;
 
+/* Added to the sum of the K selected scores before the weights are divided by it (transformers'
+ * DeepseekV3 adds the same): when every selected sigmoid score underflows to 0 the weights are 0, not
+ * 0/0, and their backward is 0 too (the sigmoid's derivative is 0 there). It changes no weight of
+ * ordinary size: 1e-20 is below float32's resolution of any sum of scores above 1e-13. */
+#define DS_ROUTE_RENORM_EPS 1e-20f
+
 /* Routing parameters shared by moe_topk and moe_topk_bwd. */
 typedef struct {
     int n_experts;     /* E */
@@ -104,15 +110,17 @@ typedef struct ds_ops {
     void (*rmsnorm_bwd)(float *dx, int lddx, float *dw, const float *dy, int lddy, const float *x, int ldx,
                         const float *w, const float *rstd, int n, int d);
 
-    /* ---- RoPE, interleaved pairs (spec 3.2, 7) ------------------------------------------------------ */
+    /* ---- RoPE (spec 3.2, 7) ------------------------------------------------------------------------- */
     /* cs[i, j] = (cos, sin)(pos[i] * inv_freq[j]) * mscale for j < half, angle computed in fp32 as the
      * product of the float position and inv_freq (as the references do). cs is [n, half, 2]. */
     void (*rope_table)(float *cs, const int32_t *pos, int n, const float *inv_freq, int half, float mscale);
-    /* Rotate pairs (x[2j], x[2j+1]) of x[i, h, off : off + 2*half] in place by the angle in cs[i, j], for rows
-     * i < n and heads h < nh, element (i, h, c) at x[i*ld_row + h*ld_head + c]. inverse = 1 applies the
-     * transpose (angle negated, magnitude kept): the backward of the forward rotation. */
-    void (*rope)(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, const float *cs,
-                 int inverse);
+    /* Rotate pair j of v = x[i, h, off : off + 2*half] in place by the angle in cs[i, j], for rows i < n and
+     * heads h < nh, element (i, h, c) at x[i*ld_row + h*ld_head + c]. The pairs: interleaved = 1,
+     * (v[2j], v[2j+1]) (DeepSeek's layout, rope_interleave true); interleaved = 0, (v[j], v[j+half])
+     * (rotate-half, rope_interleave false). inverse = 1 applies the transpose (angle negated, magnitude
+     * kept): the backward of the forward rotation. */
+    void (*rope)(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int interleaved,
+                 const float *cs, int inverse);
 
     /* ---- causal attention with per-row logsumexp (flash-style: no [T,T] tensor kept) ---------------- */
     /* q, k: [B*T, H, dqk], v: [B*T, H, dv], o: [B*T, H, dv] (written), lse: [B*T, H] (written).
@@ -158,7 +166,7 @@ typedef struct ds_ops {
      * group limit of rp: groups scored by rp.group_rule, the best topk_group groups kept, experts of other
      * groups excluded (-inf), then the K best of the rest (ties: lower index first). idx [n, K] lists the
      * chosen experts in descending biased score. Weights use the UNBIASED scores: w = s[idx], divided by
-     * Σ_k s[idx_k] when rp.renorm, times rp.route_scale. */
+     * Σ_k s[idx_k] + DS_ROUTE_RENORM_EPS when rp.renorm, times rp.route_scale. */
     void (*moe_topk)(int32_t *idx, float *w, const float *scores, const float *bias, int n,
                      const ds_route_params *rp);
     /* Backward of the weights to the router logits: dlogits [n, E] += d w/d logits · dw (selection is

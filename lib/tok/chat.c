@@ -4,6 +4,8 @@
 #include "core/file.h"
 
 #include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,9 +131,23 @@ int ds_chat_template_load(ds_chat_template *t, const char *path) {
     char *data;
     size_t len;
     DS_TRY(ds_read_file(path, &data, &len, 1 << 20));
-    int rc = ds_chat_template_parse(t, data, len, path);
+    /* our KEY = "text" lines start with a key or '#'; '{' opens a Jinja tag or a tokenizer_config.json */
+    size_t i = 0;
+    while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r')) i++;
+    int rc;
+    if (i + 1 < len && data[i] == '{' && (data[i + 1] == '%' || data[i + 1] == '{' || data[i + 1] == '#'))
+        rc = ds_chat_template_from_jinja(t, data + i, len - i, path);
+    else if (i < len && data[i] == '{')
+        rc = ds_chat_template_from_hf_config(t, data, len, path);
+    else
+        rc = ds_chat_template_parse(t, data, len, path);
     free(data);
     return rc;
+}
+
+int ds_chat_template_select(ds_chat_template *t, const char *path, const char *hf_config, size_t len, const char *where) {
+    if (path || !hf_config) return ds_chat_template_load(t, path);
+    return ds_chat_template_from_hf_config(t, hf_config, len, where);
 }
 
 int ds_chat_role_from_name(const char *name) {
@@ -247,4 +263,259 @@ int ds_chat_encode(const ds_tokenizer *tok, const ds_chat_rendered *r, ds_ids *i
         train->n += add;
     }
     return DS_OK;
+}
+
+/* ---- Hugging Face's form: a Jinja chat_template ------------------------------------------------ */
+
+/* Growing text; oom sticks. */
+typedef struct {
+    char *s;
+    size_t len, cap;
+    int oom;
+} text_buf;
+
+static void tb_put(text_buf *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (b->len + n + 1 > cap) cap *= 2;
+        char *t = realloc(b->s, cap);
+        if (!t) {
+            b->oom = 1;
+            return;
+        }
+        b->s = t;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = 0;
+}
+
+static void tb_str(text_buf *b, const char *s) { tb_put(b, s, strlen(s)); }
+
+/* A Jinja string literal ('...') holding exactly the bytes s[0..n): Jinja reads literals with Python's
+ * escapes, so backslash, quote and the control characters are escaped; other bytes go as they are. */
+static void tb_lit(text_buf *b, const char *s, size_t n) {
+    tb_str(b, "'");
+    for (size_t i = 0; i < n; i++) {
+        char esc[8];
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\\' || c == '\'') snprintf(esc, sizeof esc, "\\%c", c);
+        else if (c == '\n') snprintf(esc, sizeof esc, "\\n");
+        else if (c == '\r') snprintf(esc, sizeof esc, "\\r");
+        else if (c == '\t') snprintf(esc, sizeof esc, "\\t");
+        else if (c < 0x20 || c == 0x7f) snprintf(esc, sizeof esc, "\\x%02x", c);
+        else {
+            tb_put(b, s + i, 1);
+            continue;
+        }
+        tb_str(b, esc);
+    }
+    tb_str(b, "'");
+}
+
+/* The part of a pattern before {content} (tail 0) or after it (tail 1). */
+static void tb_part(text_buf *b, const char *pattern, int tail) {
+    const char *at = strstr(pattern, CONTENT);
+    if (tail) tb_lit(b, at + sizeof CONTENT - 1, strlen(at + sizeof CONTENT - 1));
+    else tb_lit(b, pattern, (size_t)(at - pattern));
+}
+
+static const char JINJA_TAG[] = "{#- ds-chat-template ";
+
+/* The fields as one JSON object, safe inside a Jinja comment (no '#', so no "#}"). */
+static int fields_json(const ds_chat_template *t, text_buf *b) {
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "bos", t->bos, "system", t->system, "system_sep",
+                          t->system_sep, "user", t->user, "assistant", t->assistant, "generation", t->generation);
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    if (!s) return ds_fail(DS_ERR, "chat template: out of memory writing its Jinja form");
+    for (const char *p = s; *p; p++) {
+        if (*p == '#') tb_str(b, "\\u0023"); /* only inside strings: JSON has no '#' of its own */
+        else tb_put(b, p, 1);
+    }
+    free(s);
+    return 0;
+}
+
+int ds_chat_template_to_jinja(const ds_chat_template *t, char **out) {
+    *out = NULL;
+    text_buf b = {0};
+    tb_str(&b, JINJA_TAG);
+    int rc = fields_json(t, &b);
+    if (rc) {
+        free(b.s);
+        return rc;
+    }
+    /* Every tag trims the whitespace around it ({%- -%}), so the line breaks below render as nothing,
+     * with or without transformers' trim_blocks/lstrip_blocks. */
+    tb_str(&b, " -#}\n{%- set ns = namespace(system='', first=true) -%}\n"
+               "{%- for message in messages -%}\n"
+               "  {%- if message['role'] == 'system' -%}\n"
+               "    {%- if not ns.first -%}{%- set ns.system = ns.system + ");
+    tb_lit(&b, t->system_sep, strlen(t->system_sep));
+    tb_str(&b, " -%}{%- endif -%}\n    {%- set ns.system = ns.system + ");
+    tb_part(&b, t->system, 0);
+    tb_str(&b, " + message['content'] + ");
+    tb_part(&b, t->system, 1);
+    tb_str(&b, " -%}\n    {%- set ns.first = false -%}\n  {%- endif -%}\n{%- endfor -%}\n{{- ");
+    tb_lit(&b, t->bos, strlen(t->bos));
+    tb_str(&b, " + ns.system -}}\n{%- for message in messages -%}\n  {%- if message['role'] == 'user' -%}{{- ");
+    tb_part(&b, t->user, 0);
+    tb_str(&b, " + message['content'] + ");
+    tb_part(&b, t->user, 1);
+    tb_str(&b, " -}}\n  {%- elif message['role'] == 'assistant' -%}{{- ");
+    tb_part(&b, t->assistant, 0);
+    tb_str(&b, " + message['content'] + ");
+    tb_part(&b, t->assistant, 1);
+    tb_str(&b, " -}}\n  {%- elif message['role'] != 'system' -%}"
+               "{{- raise_exception('chat template: a message role must be system, user or assistant') -}}\n"
+               "  {%- endif -%}\n{%- endfor -%}\n{%- if add_generation_prompt -%}{{- ");
+    tb_lit(&b, t->generation, strlen(t->generation));
+    tb_str(&b, " -}}{%- endif -%}\n");
+    if (b.oom) {
+        free(b.s);
+        return ds_fail(DS_ERR, "chat template: out of memory writing its Jinja form");
+    }
+    *out = b.s;
+    return 0;
+}
+
+/* 64-bit FNV-1a of the text without its ASCII whitespace and without "\n" escapes: a copy re-indented
+ * or re-wrapped, or one whose string literals hold line breaks where the released file has "\n" (both
+ * circulate), is still the same template. */
+static uint64_t squeezed_hash(const char *s, size_t n, size_t *kept) {
+    uint64_t h = 1469598103934665603ull;
+    *kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
+        if (c == '\\' && i + 1 < n && s[i + 1] == 'n') {
+            i++;
+            continue;
+        }
+        h = (h ^ c) * 1099511628211ull;
+        ++*kept;
+    }
+    return h;
+}
+
+/* DeepSeek's released Jinja templates that render what the built-in template renders for conversations
+ * of system, user and assistant messages (system messages joined by a blank line after BOS, the
+ * generation prompt "<｜Assistant｜>"): the hash and length of the text without whitespace. The
+ * templates of R1 (which cuts assistant text before "</think>") and of later releases (which add
+ * "<think>" to the generation prompt) render differently and are not among them. */
+static const struct {
+    const char *name;
+    uint64_t hash;
+    size_t len;
+} deepseek_templates[] = {
+    {"DeepSeek-V3", 0x32e991a80891eb48ull, 2052}, /* deepseek-ai/DeepSeek-V3, December 2024 */
+};
+
+static int is_known_deepseek(const char *s, size_t n, const char **name) {
+    size_t kept;
+    uint64_t h = squeezed_hash(s, n, &kept);
+    for (size_t i = 0; i < sizeof deepseek_templates / sizeof *deepseek_templates; i++)
+        if (deepseek_templates[i].hash == h && deepseek_templates[i].len == kept) {
+            *name = deepseek_templates[i].name;
+            return 1;
+        }
+    return 0;
+}
+
+static int refuse_jinja(const char *where) {
+    ds_fail(DS_ERR, "chat template: a Jinja template that is neither DeepSeek-V3's nor one written by these tools: %s",
+            where);
+    ds_hint("write it in the form of share/chat_template (KEY = \"text\" lines) and pass --chat-template FILE");
+    return DS_ERR;
+}
+
+/* Ours: the fields from the header, and the rest exactly what ds_chat_template_to_jinja writes for
+ * them (an edited copy renders something else, so it is refused rather than trusted). */
+static int from_our_jinja(ds_chat_template *t, const char *s, size_t n, const char *where) {
+    const char *json = s + sizeof JINJA_TAG - 1;
+    const char *end = memchr(json, '\n', n - (size_t)(json - s));
+    const char *close = end ? end - 4 : NULL;
+    if (!close || close < json || memcmp(close, " -#}", 4)) return refuse_jinja(where);
+    json_t *o = json_loadb(json, (size_t)(close - json), 0, NULL);
+    text_buf kv = {0};
+    static const char *const keys[] = {"bos", "system", "system_sep", "user", "assistant", "generation"};
+    int ok = json_is_object(o);
+    for (size_t k = 0; ok && k < sizeof keys / sizeof *keys; k++) {
+        json_t *v = json_object_get(o, keys[k]);
+        char *vs = json_is_string(v) ? json_dumps(v, JSON_ENCODE_ANY | JSON_ENSURE_ASCII) : NULL;
+        ok = vs != NULL;
+        if (ok) {
+            tb_str(&kv, keys[k]);
+            tb_str(&kv, " = ");
+            tb_str(&kv, vs);
+            tb_str(&kv, "\n");
+        }
+        free(vs);
+    }
+    json_decref(o);
+    if (!ok || kv.oom) {
+        free(kv.s);
+        return refuse_jinja(where);
+    }
+    int rc = ds_chat_template_parse(t, kv.s, kv.len, where);
+    free(kv.s);
+    if (rc) return rc;
+    char *again = NULL;
+    if ((rc = ds_chat_template_to_jinja(t, &again))) {
+        ds_chat_template_free(t);
+        return rc;
+    }
+    size_t al = strlen(again), m = n;
+    while (m && (s[m - 1] == '\n' || s[m - 1] == ' ')) m--;
+    while (al && (again[al - 1] == '\n' || again[al - 1] == ' ')) al--;
+    int same = al == m && !memcmp(again, s, m);
+    free(again);
+    if (!same) {
+        ds_chat_template_free(t);
+        return refuse_jinja(where);
+    }
+    return 0;
+}
+
+int ds_chat_template_from_jinja(ds_chat_template *t, const char *jinja, size_t len, const char *where) {
+    memset(t, 0, sizeof *t);
+    const char *name;
+    if (len >= sizeof JINJA_TAG - 1 && !memcmp(jinja, JINJA_TAG, sizeof JINJA_TAG - 1))
+        return from_our_jinja(t, jinja, len, where);
+    if (is_known_deepseek(jinja, len, &name)) return ds_chat_template_load(t, NULL);
+    return refuse_jinja(where);
+}
+
+int ds_chat_template_from_hf_config(ds_chat_template *t, const char *json, size_t len, const char *where) {
+    memset(t, 0, sizeof *t);
+    json_error_t jerr;
+    json_t *o = json_loadb(json, len, 0, &jerr);
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return ds_fail(DS_ERR, "tokenizer_config.json: not a JSON object (line %d: %s): %s", jerr.line, jerr.text, where);
+    }
+    json_t *ct = json_object_get(o, "chat_template");
+    if (json_is_array(ct)) { /* the named-templates form: the one called "default" */
+        json_t *def = NULL, *e;
+        size_t i;
+        json_array_foreach(ct, i, e) if (json_is_string(json_object_get(e, "name")) &&
+                                         !strcmp(json_string_value(json_object_get(e, "name")), "default")) def =
+            json_object_get(e, "template");
+        if (!def) {
+            json_decref(o);
+            return refuse_jinja(where);
+        }
+        ct = def;
+    }
+    int rc;
+    char w[4200];
+    snprintf(w, sizeof w, "%s (chat_template)", where);
+    if (!ct || json_is_null(ct)) rc = ds_chat_template_load(t, NULL); /* none given: the built-in one */
+    else if (!json_is_string(ct)) rc = ds_fail(DS_ERR, "tokenizer_config.json: chat_template must be a string: %s", where);
+    else rc = ds_chat_template_from_jinja(t, json_string_value(ct), json_string_length(ct), w);
+    json_decref(o);
+    return rc;
 }

@@ -30,9 +30,25 @@ extern const char ds_chat_template_default_text[];
 
 /* Parse template text; `where` names it in messages ("chat template: line 7: ...: FILE"). */
 int ds_chat_template_parse(ds_chat_template *t, const char *text, size_t len, const char *where);
-/* Load from a file ("-" = stdin), or the built-in template when path is NULL. */
+/* Load from a file ("-" = stdin), or the built-in template when path is NULL. The file may also be a
+ * Jinja template or a tokenizer_config.json (read as ds_chat_template_from_jinja says). */
 int ds_chat_template_load(ds_chat_template *t, const char *path);
 void ds_chat_template_free(ds_chat_template *t);
+
+/* Hugging Face's form: tokenizer_config.json's "chat_template", a Jinja template. to_jinja writes one
+ * that renders exactly what ds_chat_render renders (system messages gathered after bos and joined by
+ * system_sep, user and assistant turns in order, the generation text with add_generation_prompt); it
+ * starts with a Jinja comment holding the six fields. from_jinja accepts such a template unchanged
+ * (the fields from the comment), and DeepSeek-V3's released template (recognised whatever its
+ * whitespace; the built-in template renders the same), and refuses any other Jinja template with a
+ * hint to --chat-template FILE: the tools do not run Jinja. */
+int ds_chat_template_to_jinja(const ds_chat_template *t, char **out);
+int ds_chat_template_from_jinja(ds_chat_template *t, const char *jinja, size_t len, const char *where);
+/* A tokenizer_config.json's chat_template (none: the built-in template). */
+int ds_chat_template_from_hf_config(ds_chat_template *t, const char *json, size_t len, const char *where);
+/* The template of a run: the file given (--chat-template), else the checkpoint's tokenizer_config.json
+ * (hf_config, NULL when it has none), else the built-in one. */
+int ds_chat_template_select(ds_chat_template *t, const char *path, const char *hf_config, size_t len, const char *where);
 
 typedef enum { DS_ROLE_SYSTEM = 0, DS_ROLE_USER = 1, DS_ROLE_ASSISTANT = 2 } ds_chat_role;
 

@@ -11,6 +11,7 @@
 #include "ops/device.h"
 #include "ops/ops.h"
 #include "tok/tokenizer.h"
+#include "tok/hfconfig.h"
 #include "train/net.h"
 
 #include <dirent.h>
@@ -96,6 +97,27 @@ static int add_weights(ds_ckpt_writer *w, ds_session *s, float **host) {
     return 0;
 }
 
+/* tokenizer_config.json for the tokenizer, the config as trained (model_max_length follows context
+ * extension) and the run's chat template: the one set by the tool, else the loaded checkpoint's Jinja
+ * text as it was (a template these tools cannot read travels on untouched), else the built-in one. */
+static int add_tokenizer_config(ds_ckpt_writer *w, const ds_session *s) {
+    char *jinja = NULL, *text = NULL;
+    int rc = 0;
+    if (s->chat) rc = ds_chat_template_to_jinja(s->chat, &jinja);
+    else if (s->tokenizer_config) rc = ds_tok_hf_config_chat_template(s->tokenizer_config, s->tokenizer_config_len, &jinja);
+    if (!rc && !jinja) {
+        ds_chat_template builtin;
+        rc = ds_chat_template_load(&builtin, NULL);
+        if (!rc) rc = ds_chat_template_to_jinja(&builtin, &jinja);
+        if (!rc) ds_chat_template_free(&builtin);
+    }
+    if (!rc) rc = ds_tok_hf_config(s->tokenizer_json, s->tokenizer_len, &s->cfg, jinja, &text);
+    if (!rc) rc = ds_ckpt_writer_add_file(w, "tokenizer_config.json", text, strlen(text));
+    free(jinja);
+    free(text);
+    return rc;
+}
+
 int ds_session_save(ds_session *s, const char *dir) {
     ds_ckpt_writer *w;
     DS_TRY(ds_ckpt_writer_begin(&w, dir, NULL));
@@ -103,6 +125,7 @@ int ds_session_save(ds_session *s, const char *dir) {
     float *host = NULL;
     int rc = ds_ckpt_writer_set_config(w, &s->cfg);
     if (!rc && s->tokenizer_json) rc = ds_ckpt_writer_set_tokenizer(w, s->tokenizer_json, s->tokenizer_len);
+    if (!rc && s->tokenizer_json) rc = add_tokenizer_config(w, s);
     if (!rc) rc = add_weights(w, s, &host);
     if (!rc) rc = ds_ckpt_writer_file_path(w, "optimizer.safetensors", opt_path, sizeof opt_path);
     if (!rc) rc = write_optimizer(ds_trainer_optimizer(s->trainer), s->model, opt_path);
@@ -220,6 +243,8 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
         rc = ds_config_copy(&s->cfg, ds_ckpt_config(ck));
         if (!rc && tok && !(s->tokenizer_json = malloc(len + 1))) rc = ds_fail(DS_ERR, "out of memory: tokenizer");
         if (!rc && tok) memcpy(s->tokenizer_json, tok, len + 1), s->tokenizer_len = len;
+        if (!rc && ds_ckpt_has_file(ck, "tokenizer_config.json"))
+            rc = ds_ckpt_read_file(ck, "tokenizer_config.json", &s->tokenizer_config, &s->tokenizer_config_len);
     } else if (!o->config_path) {
         return ds_fail(DS_EUSAGE, "no model: give --config CFG.json or -m CKPT");
     } else if (!(rc = ds_config_load_file(&s->cfg, o->config_path))) {
@@ -413,6 +438,7 @@ void ds_session_close(ds_session *s) {
     if (s->have_metrics) ds_metrics_close(&s->metrics);
     if (s->have_cfg) ds_config_free(&s->cfg);
     free(s->tokenizer_json);
+    free(s->tokenizer_config);
     if (s->have_comm && s->failed_alone) ds_comm_abandon(&s->comm);
     else if (s->have_comm) ds_comm_finalize(&s->comm);
     ds_dir_lock_release(&s->out_lock);

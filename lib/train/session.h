@@ -18,6 +18,7 @@
 #include "dist/comm.h"
 #include "io/config.h"
 #include "model/model.h"
+#include "tok/chat.h"
 #include "train/trainer.h"
 
 typedef struct {
@@ -64,6 +65,11 @@ typedef struct {
     ds_train_net net;
     char *tokenizer_json; /* NULL when there is none */
     size_t tokenizer_len;
+    char *tokenizer_config; /* the loaded checkpoint's tokenizer_config.json (NULL: none) */
+    size_t tokenizer_config_len;
+    /* The chat template checkpoints carry (tokenizer_config.json's chat_template, tok/hfconfig.h): set by
+     * the tools that train on conversations; NULL: the loaded checkpoint's, else the built-in one. */
+    const ds_chat_template *chat;
     ds_metrics metrics;
     int have_metrics;
     ds_trainer *trainer;

@@ -429,7 +429,9 @@ int ds_sft_data_open(ds_sft_data *d, const ds_sft_data_opts *o) {
         return rc;
     }
     if ((rc = ds_tok_from_json(&d->tok, o->tokenizer_json, o->tokenizer_len, "tokenizer.json"))) goto fail;
-    if ((rc = ds_chat_template_load(&d->tmpl, o->template_path))) goto fail;
+    if ((rc = ds_chat_template_select(&d->tmpl, o->template_path, o->tokenizer_config, o->tokenizer_config_len,
+                                      o->model ? o->model : "tokenizer_config.json")))
+        goto fail;
     d->have_tmpl = 1;
     ds_sft_load_opts lo = {.tok = d->tok, .tmpl = &d->tmpl, .seq_len = o->src.seq_len, .max_warnings = o->max_warnings,
                            .on_bad = o->on_bad, .vocab = o->vocab};

@@ -128,6 +128,9 @@ typedef struct {
     const char *model;         /* names the checkpoint in "no tokenizer" */
     const char *tokenizer_json; /* the session's tokenizer.json text (NULL: an error with a hint) */
     size_t tokenizer_len;
+    const char *tokenizer_config; /* the checkpoint's tokenizer_config.json: its chat template when no
+                                     template_path (NULL: the built-in one) */
+    size_t tokenizer_config_len;
     int32_t vocab, eos;        /* the model's vocabulary and eos id (padding when the tokenizer lacks V3's) */
     ds_sft_on_bad on_bad;
     int max_warnings;

@@ -93,7 +93,7 @@ PY
     [ "$status" -eq 0 ]
     [[ "$stderr" == *"yarn    factor 4, original 64"* ]]
     [[ "$output" == *"log-likelihood by position (1 documents)"* ]]
-    [ "$(ls "$T/base" | sort | tr '\n' ' ')" = "config.json generation_config.json model.safetensors optimizer.safetensors tokenizer.json trainer_state.json " ]
+    [ "$(ls "$T/base" | sort | tr '\n' ' ')" = "config.json generation_config.json model.safetensors optimizer.safetensors tokenizer.json tokenizer_config.json trainer_state.json " ]
 }
 
 @test "--print-rope on a checkpoint: the tables the extended config gives" {

@@ -190,5 +190,6 @@ hint: wait for it to finish, or write to another directory" ]
     [ "$(ls -A "$d/out")" = "config.json
 generation_config.json
 model.safetensors
-tokenizer.json" ]
+tokenizer.json
+tokenizer_config.json" ]
 }

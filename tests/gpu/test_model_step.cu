@@ -150,6 +150,14 @@ TEST(tiny_moe_mtp_step) {
     compare_steps("tiny MoE + MTP, bf16 GEMMs", &c, 2, 24, DS_CUDA_GEMM_BF16, 2e-2, 5e-2);
 }
 
+/* rope_interleave false: the rotate-half pairs (j, j + dr/2) in the forward and the backward */
+TEST(rope_halves_step) {
+    ds_config c;
+    fixture_tiny(&c);
+    c.rope_interleave = 0;
+    compare_steps("tiny MoE + MTP, rope_interleave false, f32 GEMMs", &c, 2, 24, DS_CUDA_GEMM_F32, 1e-5, 1e-4);
+}
+
 TEST(wider_step) {
     ds_config c;
     fixture_tiny(&c);

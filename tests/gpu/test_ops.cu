@@ -241,15 +241,19 @@ TEST(rope) {
     G->rope_table(csg.poisoned(), pos.dev(), n, inv.dev(), half, 1.25f);
     C->rope_table(cs.h.data(), pos.h.data(), n, inv.h.data(), half, 1.25f);
     expect_close("rope_table", csg.down(), cs.h, 2e-6);
-    for (int inverse = 0; inverse < 2; inverse++) {
-        Arr xg = x;
-        xg.dev();
-        cs.dev();
-        Arr xc = x;
-        G->rope(xg.d, n, nh, ld_row, ld_head, off, half, cs.d, inverse);
-        C->rope(xc.h.data(), n, nh, ld_row, ld_head, off, half, cs.h.data(), inverse);
-        expect_close(inverse ? "rope inverse" : "rope", xg.down(), xc.h, 1e-6);
-    }
+    for (int interleaved = 1; interleaved >= 0; interleaved--)
+        for (int inverse = 0; inverse < 2; inverse++) {
+            Arr xg = x;
+            xg.dev();
+            cs.dev();
+            Arr xc = x;
+            G->rope(xg.d, n, nh, ld_row, ld_head, off, half, interleaved, cs.d, inverse);
+            C->rope(xc.h.data(), n, nh, ld_row, ld_head, off, half, interleaved, cs.h.data(), inverse);
+            char what[64];
+            snprintf(what, sizeof what, "rope%s (%s pairs)", inverse ? " inverse" : "",
+                     interleaved ? "adjacent" : "half-split");
+            expect_close(what, xg.down(), xc.h, 1e-6);
+        }
 }
 
 /* ---- attention ---------------------------------------------------------------------------------------------- */
@@ -384,11 +388,16 @@ TEST(swiglu_embed_logsoftmax_kv) {
 
 /* ---- MoE ------------------------------------------------------------------------------------------------------ */
 
-static void moe_case(const char *name, ds_route_params rp, ds_score_fn fn) {
+/* underflow: every third token's logits near -120 (sigmoid scores exactly 0), the next ones' near -80 (scores
+ * ~1e-35, their sum far below DS_ROUTE_RENORM_EPS): weights, backward and balance loss stay finite and agree */
+static void moe_case(const char *name, ds_route_params rp, ds_score_fn fn, int underflow = 0) {
     const int B = 3, T = 40, n = B * T, E = rp.n_experts, K = rp.top_k;
     rp.score_fn = fn;
     Arr logits((size_t)n * E), scores((size_t)n * E), bias(E);
     logits.rand(80, 2.f); bias.rand(81, 0.1f);
+    if (underflow)
+        for (int t = 0; t < n; t++)
+            for (int e = 0; e < E; e++) logits.h[(size_t)t * E + e] -= t % 3 == 0 ? 120.f : t % 3 == 1 ? 80.f : 0.f;
     Arr sg = scores;
     G->router_scores(sg.poisoned(), logits.dev(), n, E, fn);
     C->router_scores(scores.h.data(), logits.h.data(), n, E, fn);
@@ -484,6 +493,7 @@ TEST(moe) {
     moe_case("softmax, 4 groups top-2 by max", v2, DS_SCORE_FN_SOFTMAX);
     ds_route_params greedy = {256, 8, 1, 1, DS_GROUP_NONE, DS_SCORE_FN_SIGMOID, 1, 1.0f};
     moe_case("sigmoid, 256 experts, no groups", greedy, DS_SCORE_FN_SIGMOID);
+    moe_case("sigmoid renorm, scores underflowing", v3, DS_SCORE_FN_SIGMOID, 1);
 }
 
 int main(int argc, char **argv) {

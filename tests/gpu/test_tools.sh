@@ -8,7 +8,8 @@
 #             uninterrupted one (moments saved and loaded through the optimizer seam); the GPU's checkpoint
 #             loads on the CPU and scores the same.
 #   generation: greedy decoding (fp32 GEMMs) gives the CPU's tokens, log-probabilities within 1e-3, with
-#             naive and absorbed prefill and with MTP speculation; --score agrees; bf16 GEMMs decode.
+#             naive and absorbed prefill and with MTP speculation, and with rope_interleave false; --score
+#             agrees; bf16 GEMMs decode.
 # Environment: DS_BIN (the tools; default bin/), DS_ROOT, DS_PY (python3 with the standard library only),
 # GPU_DEVICE (default cuda; cpu runs the script's own mechanics on a machine without a GPU).
 # Without a GPU it prints "1..0 # SKIP no GPU present".
@@ -145,6 +146,19 @@ print(f"# bf16: first-token logprob difference {d:.3g}; {agree} of {total} greed
 sys.exit(0 if d < 5e-2 and all(math.isfinite(p) for y in rb for p in y["logprobs"]) else 1)
 EOF
 check $? "bf16 GEMMs: first token's log-probability within 5e-2 of the CPU, all finite"
+# the same weights read in the rotate-half layout (rope_interleave false): every attention path on the GPU
+cp -r "$ck" "$w/halves"
+"$py" - "$w/halves/config.json" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["rope_interleave"] = False
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+EOF
+ck=$w/halves gen cpu "$w/h_cpu.jsonl" && DS_CUDA_GEMM=f32 ck=$w/halves gen "$gpu" "$w/h_gpu.jsonl" &&
+    DS_CUDA_GEMM=f32 ck=$w/halves gen "$gpu" "$w/h_abs.jsonl" --prefill absorbed --prefill-chunk 4
+check $? "ds-generate with rope_interleave false on both devices"
+cmp_gen "$w/h_cpu.jsonl" "$w/h_gpu.jsonl" 1e-3 && cmp_gen "$w/h_cpu.jsonl" "$w/h_abs.jsonl" 1e-3
+check $? "rope_interleave false: greedy on the GPU (naive and absorbed prefill) = the CPU's"
 sc() { "$bin/ds-generate" -m "$1" --score --ids --threads 4 -q --device "$2" <"$w/prompts.txt"; }
 sc "$ck" cpu >"$w/s_cpu.jsonl" && DS_CUDA_GEMM=f32 sc "$ck" "$gpu" >"$w/s_gpu.jsonl" && sc "$w/gpu32" cpu >"$w/s_gck.jsonl"
 check $? "ds-generate --score on both devices, and the GPU's checkpoint on the CPU"

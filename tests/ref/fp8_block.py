@@ -6,10 +6,10 @@ little-endian container: b"DSARR1\\0\\0", then records until EOF:
   uint32 name_len, name, uint8 dtype (0 f32, 1 u8, 2 u16), uint8 ndim, uint64 dims[ndim], data.
 The quantizer is written from the published definitions, independently of the C code: zero-pad to whole
 blocks (DeepGEMM per_block_cast_to_fp8, README_WEIGHTS), amax per block (NaN left out, as the CUDA
-kernels' fmaxf reduction does), clamp to 1e-4, s = amax / 448,
+kernels' fmaxf reduction does), s = amax / 448 kept at least 2^-126 (each tile's own amax: no 1e-4 floor),
 optional ue8m0 (ceil to a power of two on the bits, DeepGEMM ceil_to_ue8m0), q = e4m3(x / s) saturating
 (ml_dtypes after np.clip), crop. The 1x128 case is cross-checked against a torch transcription of
-DeepSeek's inference/kernel.py act_quant. The GEMM follows inference/kernel.py fp8_gemm with each
+DeepSeek's inference/kernel.py act_quant on the tiles where its 1e-4 amax floor does not act (amax >= 1e-4). The GEMM follows inference/kernel.py fp8_gemm with each
 128-block dot computed exactly (float64) and rounded once to float32.
 usage: fp8_block.py OUT
 """
@@ -35,8 +35,8 @@ def quantize(x, br, bc, ue8m0):
     xp = np.zeros((rp, cp), np.float32)
     xp[:r, :c] = x
     v = xp.reshape(rp // br, br, cp // bc, bc)
-    amax = np.fmax(np.fmax.reduce(np.abs(v), axis=(1, 3)), np.float32(1e-4))  # NaN left out, as fmaxf
-    s = (amax / np.float32(448)).astype(np.float32)
+    amax = np.fmax.reduce(np.abs(v), axis=(1, 3))  # NaN left out, as fmaxf
+    s = np.fmax((amax / np.float32(448)).astype(np.float32), np.float32(2.0**-126))
     if ue8m0:
         s = ceil_to_ue8m0(s)
     y = v / s[:, None, :, None]
@@ -82,9 +82,10 @@ def main():
     def put(name, a):
         out[name] = np.ascontiguousarray(a)
 
-    # activations: rows of very different magnitudes, a row under the amax floor, an all-zero row, a tail
+    # activations: rows of very different magnitudes (a gradient-sized row at 1e-10, tiles under DeepSeek's 1e-4
+    # floor), an all-zero row, a tail
     x = rng.standard_normal((8, 300)).astype(np.float32)
-    x[1] *= 1e-6
+    x[1] *= 1e-10
     x[2] = 0
     x[3] *= 1e3
     x[4, :128] *= 1e-5
@@ -101,8 +102,8 @@ def main():
     x[7] = near * rng.choice(np.float32([-1, 1]), 300)
     wt = (rng.standard_normal((300, 70)) * 0.02).astype(np.float32)
     w = (rng.standard_normal((300, 260)) * 0.02).astype(np.float32)
-    w[128:256, 128:256] = 0           # an all-zero block: scale = 1e-4 / 448
-    w[:128, 256:] *= 1e-4             # a tail block under the floor
+    w[128:256, 128:256] = 0           # an all-zero block: scale = 2^-126
+    w[:128, 256:] *= 1e-4             # a tail block below act_quant's 1e-4 floor: scaled by its own amax
     w[200, 17] = np.nan               # stays NaN, left out of its block's amax
     put("x", x)
     put("wt", wt)
@@ -112,8 +113,12 @@ def main():
         xp = np.zeros((8, 384), np.float32)
         xp[:, :300] = x
         tq, ts = torch_act_quant(xp, ue)
-        if not (np.array_equal(tq[:, :300], q) and np.array_equal(ts, s)):
+        big = np.abs(xp).reshape(8, 3, 128).max(axis=2) >= np.float32(1e-4)  # where act_quant's floor is idle
+        if not (big.sum() == 17 and np.array_equal(ts[big], s[big])
+                and np.array_equal(tq.reshape(8, 3, 128)[big], np.pad(q, ((0, 0), (0, 84))).reshape(8, 3, 128)[big])):
             sys.exit("fp8_block.py: the numpy quantizer and the torch act_quant transcription disagree")
+        if np.any(q[1] == 0) or not np.all(ts[1] > s[1]):
+            sys.exit("fp8_block.py: the 1e-10 row should keep its codes (act_quant's floor flushes them)")
         if not ue:
             recip = np.clip(x[7] * (np.float32(1) / s[7, 0]), -448, 448).astype(F8).view(np.uint8)
             if np.array_equal(recip[:128], q[7, :128]):

@@ -4,6 +4,8 @@
 #    query compression);
 #  - greedy generation emits exactly the tokens of transformers' generate;
 #  - every log-probability reported while sampling equals transformers' full forward over prompt + completion;
+#  - rope_interleave false (the rotate-half layout): scoring with both prefill forms, sampling (decode
+#    over the latent cache) and greedy generation;
 #  - --w8a8 (scoring and sampling) equals transformers with DeepSeek's FP8 inference numerics patched in
 #    (generate_ref.py w8a8: Linear inputs in 1x128 tiles, weights in 128x128 blocks, E4M3; kv_b, router and
 #    head in fp32).
@@ -18,6 +20,7 @@ setup_file() {
     $mk --out "$T/yarn" --seed 4 --set 'rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}'
     # (transformers' DeepSeek-V3 always routes with sigmoid scores and groups: only q_proj varies here)
     $mk --out "$T/noq" --seed 5 --set q_lora_rank=null --set n_group=2 --set topk_group=1
+    $mk --out "$T/halves" --seed 6 --set rope_interleave=false
     # a model transformers initialised and saved itself (save_pretrained)
     "$DS_PY" "$DS_ROOT/tests/ref/generate_ref.py" save "$DS_ROOT/share/configs/tiny.json" "$T/hf" 0.1
     # inputs: short, long (past the YaRN original length), BOS-led
@@ -29,6 +32,8 @@ setup_file() {
         --ignore-eos <"$T/ids.txt" >"$T/sampled.jsonl"
     "$DS_BIN/ds-generate" -m "$T/plain" --ids --max-new 24 --temperature 0.8 --top-k 40 --seed 12 --jsonl -q \
         --ignore-eos --w8a8 <"$T/ids.txt" >"$T/sampled8.jsonl"
+    "$DS_BIN/ds-generate" -m "$T/halves" --ids --max-new 24 --temperature 0.8 --top-k 40 --seed 13 --jsonl -q \
+        --ignore-eos <"$T/ids.txt" >"$T/sampled_halves.jsonl"
     # one transformers process scores everything
     {
         for ck in plain yarn noq hf; do sed "s|^|$T/$ck\t|" "$T/ids.txt"; done
@@ -39,6 +44,10 @@ setup_file() {
         jq -r '.tokens | map(tostring) | join(" ")' "$T/sampled8.jsonl" >"$T/completions8.txt"
         while read -r p && read -r c <&3; do printf 'w8a8:%s\t%s %s\n' "$T/plain" "$p" "$c"; done \
             <"$T/ids.txt" 3<"$T/completions8.txt"
+        sed "s|^|$T/halves\t|" "$T/ids.txt"
+        jq -r '.tokens | map(tostring) | join(" ")' "$T/sampled_halves.jsonl" >"$T/completions_halves.txt"
+        while read -r p && read -r c <&3; do printf '%s\t%s %s\n' "$T/halves" "$p" "$c"; done \
+            <"$T/ids.txt" 3<"$T/completions_halves.txt"
     } >"$T/score_in.txt"
     "$DS_PY" "$DS_ROOT/tests/ref/generate_ref.py" score <"$T/score_in.txt" >"$T/ref_score.jsonl"
 }
@@ -108,11 +117,36 @@ EOF
     check_sampled "$T/sampled8.jsonl" "$T/ref_full8.jsonl"
 }
 
+# greedy tokens of a checkpoint: transformers' generate = ours batched (naive prefill) = ours one at a time
+# (absorbed prefill)
+check_greedy() {
+    "$DS_PY" "$DS_ROOT/tests/ref/generate_ref.py" greedy "$T/$1" 30 <"$T/ids.txt" >"$T/ref_greedy_$1.txt"
+    "$DS_BIN/ds-generate" -m "$T/$1" --ids --temperature 0 --max-new 30 --ignore-eos -q <"$T/ids.txt" >"$T/ours_$1.txt"
+    "$DS_BIN/ds-generate" -m "$T/$1" --ids --temperature 0 --max-new 30 --ignore-eos -q --batch 1 \
+        --prefill absorbed <"$T/ids.txt" >"$T/ours1_$1.txt"
+    cmp "$T/ref_greedy_$1.txt" "$T/ours_$1.txt"
+    cmp "$T/ref_greedy_$1.txt" "$T/ours1_$1.txt"
+}
+
 @test "greedy generation emits transformers' generate tokens exactly (batched and one at a time)" {
-    "$DS_PY" "$DS_ROOT/tests/ref/generate_ref.py" greedy "$T/plain" 30 <"$T/ids.txt" >"$T/ref_greedy.txt"
-    "$DS_BIN/ds-generate" -m "$T/plain" --ids --temperature 0 --max-new 30 --ignore-eos -q <"$T/ids.txt" >"$T/ours.txt"
-    "$DS_BIN/ds-generate" -m "$T/plain" --ids --temperature 0 --max-new 30 --ignore-eos -q --batch 1 \
-        --prefill absorbed <"$T/ids.txt" >"$T/ours1.txt"
-    cmp "$T/ref_greedy.txt" "$T/ours.txt"
-    cmp "$T/ref_greedy.txt" "$T/ours1.txt"
+    check_greedy plain
+}
+
+@test "rope_interleave false: --score equals transformers with the naive and the absorbed prefill" {
+    sed -n 22,24p "$T/ref_score.jsonl" >"$T/ref_halves.jsonl"
+    for form in naive absorbed; do
+        "$DS_BIN/ds-generate" -m "$T/halves" --score --ids -q --prefill $form <"$T/ids.txt" >"$T/ours_halves.jsonl"
+        d=$(maxdiff "$T/ours_halves.jsonl" "$T/ref_halves.jsonl")
+        echo "$form: max |diff| = $d"
+        "$DS_PY" -c "import sys; sys.exit(0 if $d < 2e-4 else 1)"
+    done
+}
+
+@test "rope_interleave false: sampled log-probabilities (decode over the latent cache) equal transformers'" {
+    sed -n 25,27p "$T/ref_score.jsonl" >"$T/ref_full_halves.jsonl"
+    check_sampled "$T/sampled_halves.jsonl" "$T/ref_full_halves.jsonl"
+}
+
+@test "rope_interleave false: greedy generation emits transformers' tokens (naive and absorbed prefill)" {
+    check_greedy halves
 }

@@ -40,7 +40,8 @@ def load(path, fp8=False):
 
 # ---- W8A8: DeepSeek-V3's FP8 inference (inference/kernel.py act_quant + fp8_gemm), written from the recipe:
 # activations in 1x128 tiles along the input dimension, weights in 128x128 blocks, E4M3 with scale
-# max(amax, 1e-4) / 448 per tile (saturating cast), products summed per 128-wide block and scaled by both
+# amax / 448 per tile (saturating cast; kept at least 2^-126 where DeepSeek's act_quant floors amax at 1e-4:
+# docs/DESIGN.md "FP8"), products summed per 128-wide block and scaled by both
 # scales (float64 here: the exact block dots ours rounds to float32 differ from it by ~1e-7). Every Linear of
 # the decoder layers goes through it except kv_b_proj (absorbed attention uses the dequantized weight), the
 # router and lm_head, which stay float32.
@@ -53,7 +54,7 @@ def fp8_tiles(x, br, bc):
     R, C = x.shape
     xp = torch.nn.functional.pad(x, (0, -C % bc, 0, -R % br))
     t = xp.reshape(xp.shape[0] // br, br, xp.shape[1] // bc, bc)
-    s = torch.clamp(t.abs().amax(dim=(1, 3)), min=1e-4) / 448.0  # float32, as the quantizers compute it
+    s = torch.clamp(t.abs().amax(dim=(1, 3)) / 448.0, min=2.0**-126)  # float32, as the quantizers compute it
     q = (t / s[:, None, :, None]).clamp(-448, 448).to(torch.float8_e4m3fn).to(torch.float64)
     return q.reshape(xp.shape), s.double()
 

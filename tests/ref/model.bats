@@ -12,7 +12,7 @@ setup_file() {
     DRIVER=$(driver)
     [ -x "$DRIVER" ] || return 0
     "$DS_PY" "$DS_ROOT/tests/ref/model_parity.py" "$DRIVER" "$BATS_FILE_TMPDIR/ckpt" \
-        v3 no-q-lora-yarn wide-v3-yarn v2-softmax yarn-mscale-only >"$BATS_FILE_TMPDIR/parity.log" 2>&1 || true
+        v3 no-q-lora-yarn wide-v3-yarn v2-softmax yarn-mscale-only rope-halves rope-halves-dense-yarn >"$BATS_FILE_TMPDIR/parity.log" 2>&1 || true
 }
 
 setup() {
@@ -38,6 +38,10 @@ parity() { # variant: its lines of the shared run, all "ok:"
 @test "YaRN with mscale only: DeepSeek's cos/sin factor, where transformers differs" {
     parity yarn-mscale-only
     grep -q "transformers' own YaRN factor differs" "$BATS_TEST_TMPDIR/v"
+}
+@test "rope_interleave false (rotate-half layout): MoE and dense layers, q_lora, MTP" { parity rope-halves; }
+@test "rope_interleave false on an all-dense model without query compression, YaRN, 8 rope dims" {
+    parity rope-halves-dense-yarn
 }
 @test "a transformers checkpoint (no MTP tensors) loads with MTP disabled and a warning" {
     "$DS_PY" - "$BATS_TEST_TMPDIR/plain" <<'PY'

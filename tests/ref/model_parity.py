@@ -17,7 +17,8 @@ loss are not part of DeepseekV3ForCausalLM; the reference composes them from tra
 MtpLayer parts (enorm, hnorm, eh_proj, the decoder block, post_norm = shared_head.norm) and router
 outputs, following spec sections 5.2 and 6 (decisions in docs/DESIGN.md). Where transformers differs
 from DeepSeek (YaRN with only one of mscale / mscale_all_dim), the variant checks that we follow
-DeepSeek and that transformers as-is differs.
+DeepSeek and that transformers as-is differs. rope_interleave false (the rope dims of q_b_proj /
+kv_a_proj_with_mqa rotate as halves, rotate-half) is checked on a MoE and an all-dense model.
 """
 import json
 import math
@@ -65,6 +66,10 @@ VARIANTS = {
     # only mscale: DeepSeek scales cos/sin by m(s, mscale) = 0.1*0.707*ln 8 + 1; transformers by m(s, 1)
     "yarn-mscale-only": (dict(rope_parameters=yarn(8.0, 32, 0.707, None)), 1, 0.0,
                          0.1 * 0.707 * math.log(8.0) + 1.0),
+    # rope_interleave false: pairs (j, j + dr/2) of the rope dims rotate (transformers' rotate_half layout)
+    "rope-halves": (dict(rope_interleave=False), 1, 0.01, None),
+    "rope-halves-dense-yarn": (dict(rope_interleave=False, first_k_dense_replace=3, q_lora_rank=None,
+                                    qk_rope_head_dim=8, rope_parameters=yarn(4.0, 16, 1.0, 1.0)), 0, 0.0, None),
 }
 
 

@@ -107,6 +107,32 @@ static ds_tokenizer *small_tokenizer(void) {
     return t;
 }
 
+/* The Jinja form reads back as the same six fields (quotes, backslashes, '#', line breaks and non-ASCII
+ * in them included); a changed copy, and foreign Jinja, are refused with the hint's wording. */
+TEST(jinja_form_round_trip_and_refusals) {
+    static const char text[] = "bos = \"<B>\"\nsystem = \"[s #} '\\\\ ü]{content}\"\nsystem_sep = \"\\n\\t\"\n"
+                               "user = \"\\nQ: {content}\"\nassistant = \"A: {content}#}\"\ngeneration = \"A:\"\n";
+    ds_chat_template t, u;
+    CHECK(ds_chat_template_parse(&t, text, sizeof text - 1, "t") == 0, "parse: %s", ds_errmsg());
+    char *j = NULL;
+    CHECK(ds_chat_template_to_jinja(&t, &j) == 0 && j, "to_jinja");
+    int rc = ds_chat_template_from_jinja(&u, j, strlen(j), "j");
+    CHECK(rc == 0 && !strcmp(u.bos, t.bos) && !strcmp(u.system, t.system) && !strcmp(u.system_sep, t.system_sep) &&
+              !strcmp(u.user, t.user) && !strcmp(u.assistant, t.assistant) && !strcmp(u.generation, t.generation),
+          "from_jinja: %s", rc ? ds_errmsg() : "");
+    if (!rc) ds_chat_template_free(&u);
+    char *q = strstr(j, "'A:'");
+    CHECK(q != NULL, "the generation literal");
+    if (q) q[2] = 'B';
+    CHECK(ds_chat_template_from_jinja(&u, j, strlen(j), "j") == DS_ERR &&
+              !strcmp(ds_errmsg(), "chat template: a Jinja template that is neither DeepSeek-V3's nor one written by these tools: j"),
+          "edited: %s", ds_errmsg());
+    const char other[] = "{% for m in messages %}{{ m.content }}{% endfor %}";
+    CHECK(ds_chat_template_from_jinja(&u, other, sizeof other - 1, "o") == DS_ERR, "foreign Jinja refused");
+    free(j);
+    ds_chat_template_free(&t);
+}
+
 TEST(encode_marks_assistant_tokens) {
     ds_tokenizer *tok = small_tokenizer();
     CHECK(tok != NULL, "tokenizer trained");

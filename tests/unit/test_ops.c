@@ -174,34 +174,40 @@ TEST(rmsnorm) {
 
 /* ---- RoPE and YaRN ------------------------------------------------------------------------------------- */
 
+/* Both pair layouts against the rotation written out: pair j of the rope slice is (2j, 2j+1) interleaved
+ * (DeepSeek's layout), (j, j+half) otherwise (transformers' rotate_half with rope_interleave false). */
 TEST(rope_rotation_and_inverse) {
     int n = 6, nh = 3, dqk = 10, off = 4, half = 3;
     int32_t pos[6] = {0, 1, 2, 7, 100, 4095};
     float inv[3] = {1.0f, 0.1f, 0.01f}, cs[6 * 3 * 2];
     O->rope_table(cs, pos, n, inv, half, 1.0f);
-    float *x = randv(n * nh * dqk, 9, 1), *x0 = malloc(sizeof(float) * n * nh * dqk);
-    memcpy(x0, x, sizeof(float) * n * nh * dqk);
-    O->rope(x, n, nh, nh * dqk, dqk, off, half, cs, 0);
-    double worst = 0;
-    for (int i = 0; i < n; i++)
-        for (int h = 0; h < nh; h++)
-            for (int c = 0; c < dqk; c++) {
-                const float *p = x0 + (i * nh + h) * dqk;
-                double want = p[c];
-                if (c >= off) {
-                    int j = (c - off) / 2;
-                    double a = (double)((float)pos[i] * inv[j]), co = cos(a), si = sin(a);
-                    double e = p[off + 2 * j], o = p[off + 2 * j + 1];
-                    want = (c - off) % 2 ? e * si + o * co : e * co - o * si;
+    for (int interleaved = 1; interleaved >= 0; interleaved--) {
+        float *x = randv(n * nh * dqk, 9, 1), *x0 = malloc(sizeof(float) * n * nh * dqk);
+        memcpy(x0, x, sizeof(float) * n * nh * dqk);
+        O->rope(x, n, nh, nh * dqk, dqk, off, half, interleaved, cs, 0);
+        double worst = 0;
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < nh; h++)
+                for (int c = 0; c < dqk; c++) {
+                    const float *p = x0 + (i * nh + h) * dqk + off;
+                    double want = p[c - off];
+                    if (c >= off) {
+                        int r = c - off, j = interleaved ? r / 2 : r % half;
+                        int second = interleaved ? r % 2 : r >= half; /* the pair's second element */
+                        double a = (double)((float)pos[i] * inv[j]), co = cos(a), si = sin(a);
+                        double e = interleaved ? p[2 * j] : p[j], o = interleaved ? p[2 * j + 1] : p[j + half];
+                        want = second ? e * si + o * co : e * co - o * si;
+                    }
+                    worst = fmax(worst, fabs(want - x[(i * nh + h) * dqk + c]));
                 }
-                worst = fmax(worst, fabs(want - x[(i * nh + h) * dqk + c]));
-            }
-    CHECK(worst < 2e-5, "adjacent pairs (2j, 2j+1) rotate by pos*inv_freq[j], the rest untouched: %.2e", worst);
-    O->rope(x, n, nh, nh * dqk, dqk, off, half, cs, 1);
-    worst = 0;
-    for (int i = 0; i < n * nh * dqk; i++) worst = fmax(worst, fabs(x[i] - x0[i]));
-    CHECK(worst < 1e-5, "inverse undoes the rotation: %.2e", worst);
-    free(x), free(x0);
+        CHECK(worst < 2e-5, "%s rotate by pos*inv_freq[j], the rest untouched: %.2e",
+              interleaved ? "pairs (2j, 2j+1)" : "pairs (j, j+half)", worst);
+        O->rope(x, n, nh, nh * dqk, dqk, off, half, interleaved, cs, 1);
+        worst = 0;
+        for (int i = 0; i < n * nh * dqk; i++) worst = fmax(worst, fabs(x[i] - x0[i]));
+        CHECK(worst < 1e-5, "inverse undoes the rotation (interleaved %d): %.2e", interleaved, worst);
+        free(x), free(x0);
+    }
 }
 
 TEST(yarn_matches_deepseek_v3_numbers) {
@@ -564,6 +570,69 @@ TEST(routing_backward_and_balance_loss) {
               rel_err(fd, dz, (size_t)n * E));
         free(c.z), free(c.s), free(c.w), free(c.dw), free(c.idx), free(c.idx0), free(c.loss), free(dz), free(fd);
     }
+}
+
+/* sum_k g_k w_k of one token in double, w = c σ(z_k) / (Σ_k σ(z_k) + 1e-20) over the fixed selection it */
+static double renorm_loss_d(const double *z, const int32_t *it, const float *g, int K, double c) {
+    double s[16], Z = 0, L = 0;
+    for (int k = 0; k < K; k++) s[k] = 1.0 / (1.0 + exp(-z[it[k]])), Z += s[k];
+    for (int k = 0; k < K; k++) L += g[k] * c * s[k] / (Z + 1e-20);
+    return L;
+}
+
+/* Renormalised sigmoid weights when the selected scores underflow (issue 16): all to 0 (logits -120),
+ * tiny but normal (logits near -80: Σ s ~ 1e-35, far below the epsilon) and ordinary. Weights and their
+ * backward are finite; the all-zero token gets 0 weights and 0 gradient; the others equal the function
+ * with transformers' epsilon in double, weights directly and the backward by central differences. */
+TEST(routing_renorm_underflow) {
+    ds_route_params rp = {.n_experts = 8, .top_k = 3, .n_group = 4, .topk_group = 2, .group_rule = DS_GROUP_TOP2SUM,
+                          .score_fn = DS_SCORE_FN_SIGMOID, .renorm = 1, .route_scale = 2.5f};
+    enum { n = 3, E = 8, K = 3 };
+    float *z = randv(n * E, 25, 0.5f), *g = randv(n * K, 26, 1), s[n * E], w[n * K], dz[n * E] = {0}, loss[n];
+    for (int e = 0; e < E; e++) z[e] -= 120.0f, z[E + e] -= 80.0f, z[2 * E + e] *= 4.0f;
+    int32_t idx[n * K];
+    O->router_scores(s, z, n, E, rp.score_fn);
+    int zero = 1;
+    for (int e = 0; e < E; e++) zero &= s[e] == 0.0f && s[E + e] > 1e-37f && s[E + e] < 1e-33f;
+    CHECK(zero, "scores: token 0 all exactly 0, token 1 all between 1e-37 and 1e-33");
+    O->moe_topk(idx, w, s, NULL, n, &rp);
+    O->moe_topk_bwd(dz, g, s, idx, n, &rp);
+    int finite = 1, zero_w = 1, zero_g = 1;
+    for (int i = 0; i < n * K; i++) finite &= isfinite(w[i]);
+    for (int i = 0; i < n * E; i++) finite &= isfinite(dz[i]);
+    for (int k = 0; k < K; k++) zero_w &= w[k] == 0.0f;
+    for (int e = 0; e < E; e++) zero_g &= dz[e] == 0.0f;
+    CHECK(finite, "weights and their backward are finite");
+    CHECK(zero_w && zero_g, "every selected score 0: weights 0 and no gradient to the logits");
+    for (int t = 1; t < n; t++) {
+        double Z = 0, werr = 0, num = 0, den = 0, zd[E];
+        for (int k = 0; k < K; k++) Z += s[t * E + idx[t * K + k]];
+        for (int k = 0; k < K; k++) {
+            double ref = 2.5 * s[t * E + idx[t * K + k]] / (Z + 1e-20);
+            werr = fmax(werr, fabs(w[t * K + k] - ref) / ref);
+        }
+        for (int e = 0; e < E; e++) zd[e] = z[t * E + e];
+        for (int e = 0; e < E; e++) {
+            const double h = 1e-4, x0 = zd[e];
+            zd[e] = x0 + h;
+            double lp = renorm_loss_d(zd, idx + t * K, g + t * K, K, 2.5);
+            zd[e] = x0 - h;
+            double lm = renorm_loss_d(zd, idx + t * K, g + t * K, K, 2.5);
+            zd[e] = x0;
+            double fd = (lp - lm) / (2 * h);
+            num += (fd - dz[t * E + e]) * (fd - dz[t * E + e]), den += fd * fd;
+        }
+        CHECK(werr < 1e-6 && den > 0 && sqrt(num / den) < 1e-5,
+              "%s scores: weights = c s / (sum + 1e-20) (rel err %.1e), backward vs central differences %.1e (|g| %.1e)",
+              t == 1 ? "tiny" : "ordinary", werr, sqrt(num / den), sqrt(den));
+    }
+    /* the balance loss normalises all E scores the same way: finite, and nothing from token 0 */
+    memset(dz, 0, sizeof dz);
+    O->moe_balance(loss, dz, 1.0f, s, idx, n, 1, &rp);
+    finite = isfinite(loss[0]) && isfinite(loss[1]) && isfinite(loss[2]);
+    for (int i = 0; i < n * E; i++) finite &= isfinite(dz[i]);
+    CHECK(finite && loss[0] == 0.0f, "balance loss of underflowed scores: finite (token 0's loss %g)", loss[0]);
+    free(z), free(g);
 }
 
 /* ---- dispatch / combine ------------------------------------------------------------------------------- */
