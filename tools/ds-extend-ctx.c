@@ -175,6 +175,7 @@ static int run(args *a) {
         if ((rc = ds_metrics_open(&s.metrics, a->t.metrics, 0))) goto done;
         s.have_metrics = 1;
     }
+    if (!rc && a->eval_only && !a->no_eval) ds_session_log_seed(&s); /* the passkeys' seed */
     if (!a->no_eval) rc = evaluate(a, &s, &rd, a->data.n > 0);
 done:
     rc = ds_train_tool_exit(&s, rc, sig);

@@ -285,6 +285,11 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     return rc;
 }
 
+void ds_session_log_seed(const ds_session *s) {
+    ds_info("seed    %llu%s%s%s", (unsigned long long)s->o.seed, s->o.seed_note ? " (" : "", s->o.seed_note ? s->o.seed_note : "",
+            s->o.seed_note ? ")" : "");
+}
+
 int ds_session_agree(ds_session *s, int rc) {
     if (!s->agree_pending) return rc;
     s->agree_pending = 0;
@@ -367,9 +372,7 @@ int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *tra
 
 static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                          const ds_loss_hook *loss, const char *config_record) {
-    /* with the rest of the resolved configuration the tool has printed: a drawn seed must be seen */
-    ds_info("seed    %llu%s%s%s", (unsigned long long)s->o.seed, s->o.seed_note ? " (" : "", s->o.seed_note ? s->o.seed_note : "",
-            s->o.seed_note ? ")" : "");
+    ds_session_log_seed(s);
     s->stop = ds_train_catch_signals();
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = s->o.step_record,
                         .after_step = s->o.after_step, .step_ctx = s->o.step_ctx,

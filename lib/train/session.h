@@ -101,6 +101,10 @@ int ds_session_set_tokenizer(ds_session *s, const char *path);
 /* Id of a token in the embedded tokenizer (-1 when there is no tokenizer or no such token). */
 int64_t ds_session_token_id(const ds_session *s, const char *text);
 
+/* "seed    N (how it was chosen)": with the resolved configuration, so a drawn seed is seen (start
+ * prints it; a tool that evaluates without training prints it itself). */
+void ds_session_log_seed(const ds_session *s);
+
 /* Create the trainer over the given sources, restore the state when resuming, open the metrics
  * file and write the configuration record (config_record: a complete JSON object, or NULL). */
 int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,

@@ -10,9 +10,7 @@ MAX=18446744073709551615
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
-    cat /usr/share/common-licenses/GPL-3 >"$T/prose.txt"
-    "$DS_BIN/ds-tokenize" train -q --vocab-size 400 -o "$T/tok.json" "$T/prose.txt"
-    "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$T/shards/" "$T/prose.txt"
+    tiny_data "$T"
     export CFG="$DS_ROOT/share/configs/tiny.json"
     "$DS_PY" "$DS_ROOT/tests/ref/generate_ckpt.py" --config "$CFG" --out "$T/ck" --tokenizer "$T/tok.json" >/dev/null
 }

@@ -2,15 +2,19 @@
 # and tests/ref/sft.bats): a tiny base checkpoint with its tokenizer, run records for comparing runs,
 # and the stop-with-SIGTERM-then-resume check. Load with `load train_helpers`.
 
-# A tokenizer trained on the GPL text, its shards, and a tiny.json checkpoint pretrained for a few
-# steps with the tokenizer embedded: $1/tok.json, $1/shards/, $1/base. Further arguments go to
-# ds-pretrain (later options win).
+# A tokenizer trained on the GPL text and its shards: $1/tok.json, $1/shards/.
+tiny_data() {
+    cat /usr/share/common-licenses/GPL-3 >"$1/prose.txt"
+    "$DS_BIN/ds-tokenize" train -q --vocab-size 400 -o "$1/tok.json" "$1/prose.txt"
+    "$DS_BIN/ds-tokenize" encode -q -t "$1/tok.json" -o "$1/shards/" "$1/prose.txt"
+}
+
+# tiny_data, and a tiny.json checkpoint pretrained for a few steps with the tokenizer embedded:
+# $1/base. Further arguments go to ds-pretrain (later options win).
 tiny_base() {
     local dir=$1
     shift
-    cat /usr/share/common-licenses/GPL-3 >"$dir/prose.txt"
-    "$DS_BIN/ds-tokenize" train -q --vocab-size 400 -o "$dir/tok.json" "$dir/prose.txt"
-    "$DS_BIN/ds-tokenize" encode -q -t "$dir/tok.json" -o "$dir/shards/" "$dir/prose.txt"
+    tiny_data "$dir"
     "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$DS_ROOT/share/configs/tiny.json" --data "$dir/shards" \
         --tokenizer "$dir/tok.json" -o "$dir/base" --steps 4 --batch 4 --seq-len 64 --log-every 0 --seed 1 -q "$@"
 }
