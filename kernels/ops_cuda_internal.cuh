@@ -76,7 +76,8 @@ void cu_moe_bucket(int32_t *off, int32_t *order, int32_t *where, const int32_t *
 
 /* MoE routing and token movement (ops_moe.cu) */
 void cu_router_scores(float *scores, const float *logits, int n, int E, ds_score_fn fn);
-void cu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, int n, const ds_route_params *rp);
+void cu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, const int32_t *keep, int n,
+                 const ds_route_params *rp);
 void cu_moe_topk_bwd(float *dlogits, const float *dw, const float *scores, const int32_t *idx, int n,
                      const ds_route_params *rp);
 void cu_moe_balance(float *loss, float *dlogits, float coef, const float *scores, const int32_t *idx, int B, int T,

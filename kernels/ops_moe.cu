@@ -59,12 +59,17 @@ struct RouteArgs {
     float route_scale;
 };
 
-__global__ void k_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, int n, RouteArgs rp) {
+__global__ void k_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, const int32_t *keep, int n,
+                           RouteArgs rp) {
     extern __shared__ unsigned char sm[];
     int wi = threadIdx.x / 32, lane = threadIdx.x & 31, t = blockIdx.x * WPB + wi;
     float *sb = (float *)sm + (size_t)wi * rp.E;
     unsigned char *allowed = sm + (size_t)WPB * rp.E * 4 + (size_t)wi * rp.E;
     if (t >= n) return;
+    if (keep && !keep[t]) { /* not a token: no expert, no weight (the whole warp leaves together) */
+        for (int k = lane; k < rp.K; k += 32) idx[(size_t)t * rp.K + k] = -1, w[(size_t)t * rp.K + k] = 0.f;
+        return;
+    }
     const float *s = scores + (size_t)t * rp.E;
     for (int e = lane; e < rp.E; e += 32) sb[e] = bias ? s[e] + bias[e] : s[e];
     __syncwarp();
@@ -137,7 +142,8 @@ static RouteArgs route_args(const ds_route_params *rp) {
     return a;
 }
 
-void cu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, int n, const ds_route_params *rp) {
+void cu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, const int32_t *keep, int n,
+                 const ds_route_params *rp) {
     if (n <= 0) return;
     RouteArgs a = route_args(rp);
     if (a.G > 64) {
@@ -145,7 +151,7 @@ void cu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias,
         return;
     }
     size_t smem = (size_t)WPB * a.E * 5;
-    k_moe_topk<<<grid1d(n, WPB), BLK, smem>>>(idx, w, scores, bias, n, a);
+    k_moe_topk<<<grid1d(n, WPB), BLK, smem>>>(idx, w, scores, bias, keep, n, a);
     OPS_LAUNCHED("moe_topk");
 }
 
@@ -171,6 +177,7 @@ __global__ void k_moe_topk_bwd(float *dlogits, const float *dw, const float *sco
     float *u = dsm + (size_t)wi * rp.E;
     const float *s = scores + (size_t)t * rp.E, *g = dw + (size_t)t * rp.K;
     const int32_t *it = idx + (size_t)t * rp.K;
+    if (it[0] < 0) return; /* not routed */
     for (int e = lane; e < rp.E; e += 32) u[e] = 0.f;
     __syncwarp();
     if (lane == 0) {
@@ -199,25 +206,37 @@ void cu_moe_topk_bwd(float *dlogits, const float *dw, const float *scores, const
 
 /* ---- balance loss: a block per sequence for f and the loss, then a warp per token for the gradient ---- */
 
+/* f_out [B][E+1]: f_i of each sequence, then its routed token count T_b (as a float, exact below 2^24) */
 __global__ void k_balance_loss(float *loss, float *f_out, const float *scores, const int32_t *idx, int T, int E, int K,
                                int sigmoid) {
     extern __shared__ float bsm[];
     int *cnt = (int *)bsm;
     float *f = bsm + E;
     __shared__ double red[BLK / 32];
+    __shared__ int routed;
     int b = blockIdx.x;
     for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+    if (threadIdx.x == 0) routed = 0;
     __syncthreads();
     const int32_t *ib = idx + (size_t)b * T * K;
-    for (int i = threadIdx.x; i < T * K; i += blockDim.x) atomicAdd(&cnt[ib[i]], 1); /* integer counts: exact */
-    __syncthreads();
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        f[e] = (float)cnt[e] * ((float)E / ((float)K * (float)T));
-        f_out[(size_t)b * E + e] = f[e];
+    int mine = 0; /* integer counts: exact; tokens not routed (idx -1) are left out */
+    for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
+        if (ib[i - i % K] < 0) continue;
+        atomicAdd(&cnt[ib[i]], 1);
+        mine += i % K == 0;
     }
+    atomicAdd(&routed, mine);
+    __syncthreads();
+    const int Tb = routed;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        f[e] = Tb ? (float)cnt[e] * ((float)E / ((float)K * (float)Tb)) : 0.f;
+        f_out[(size_t)b * (E + 1) + e] = f[e];
+    }
+    if (threadIdx.x == 0) f_out[(size_t)b * (E + 1) + E] = (float)Tb;
     __syncthreads();
     double acc = 0.0;
     for (int t = threadIdx.x; t < T; t += blockDim.x) {
+        if (ib[(size_t)t * K] < 0) continue;
         const float *s = scores + ((size_t)b * T + t) * E;
         float z = 0.f, fs = 0.f;
         for (int e = 0; e < E; e++) z += s[e], fs += f[e] * s[e];
@@ -229,19 +248,20 @@ __global__ void k_balance_loss(float *loss, float *f_out, const float *scores, c
     if (threadIdx.x == 0) {
         double s = 0.0;
         for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += red[w];
-        loss[b] = (float)(s / T);
+        loss[b] = Tb ? (float)(s / Tb) : 0.f;
     }
 }
 
-__global__ void k_balance_grad(float *dlogits, const float *f, const float *scores, float coef, int B, int T, int E,
-                               int softmax) {
+__global__ void k_balance_grad(float *dlogits, const float *f, const float *scores, const int32_t *idx, float coef, int B,
+                               int T, int E, int K, int softmax) {
     extern __shared__ float gsm[];
     int wi = threadIdx.x / 32, lane = threadIdx.x & 31, tok = blockIdx.x * WPB + wi;
     if (tok >= B * T) return;
     int b = tok / T;
+    if (idx[(size_t)tok * K] < 0) return; /* not routed */
     float *g = gsm + (size_t)wi * E;
-    const float *s = scores + (size_t)tok * E, *fb = f + (size_t)b * E;
-    for (int e = lane; e < E; e += 32) g[e] = coef * fb[e] / (float)T;
+    const float *s = scores + (size_t)tok * E, *fb = f + (size_t)b * (E + 1);
+    for (int e = lane; e < E; e += 32) g[e] = coef * fb[e] / fb[E];
     __syncwarp();
     if (!softmax) { /* as the CPU: u = (g - Σ g s') s', s' = s / (Σ s + eps) */
         float z = 0.f;
@@ -262,12 +282,13 @@ void cu_moe_balance(float *loss, float *dlogits, float coef, const float *scores
                     const ds_route_params *rp) {
     if (B <= 0 || T <= 0) return;
     int E = rp->n_experts, K = rp->top_k, softmax = rp->score_fn == DS_SCORE_FN_SOFTMAX;
-    float *f = (float *)ds_cuda_scratch(SCR_SMALL, sizeof(float) * (size_t)B * E);
+    float *f = (float *)ds_cuda_scratch(SCR_SMALL, sizeof(float) * (size_t)B * (E + 1));
     if (!f) return;
     k_balance_loss<<<B, BLK, (size_t)E * 8>>>(loss, f, scores, idx, T, E, K, !softmax);
     OPS_LAUNCHED("moe_balance loss");
     if (!dlogits) return;
-    k_balance_grad<<<grid1d((size_t)B * T, WPB), BLK, (size_t)WPB * E * 4>>>(dlogits, f, scores, coef, B, T, E, softmax);
+    k_balance_grad<<<grid1d((size_t)B * T, WPB), BLK, (size_t)WPB * E * 4>>>(dlogits, f, scores, idx, coef, B, T, E, K,
+                                                                             softmax);
     OPS_LAUNCHED("moe_balance grad");
 }
 
@@ -280,7 +301,8 @@ __global__ void k_gather_bwd(float *dsrc, const float *ddst, const int32_t *wher
     GRID_STRIDE(t, (size_t)n * d) {
         size_t i = t / d, j = t % d;
         float acc = dsrc[t];
-        for (int k = 0; k < K; k++) acc += ddst[(size_t)where[i * K + k] * d + j];
+        for (int k = 0; k < K; k++)
+            if (where[i * K + k] >= 0) acc += ddst[(size_t)where[i * K + k] * d + j]; /* -1: slot left out */
         dsrc[t] = acc;
     }
 }
@@ -288,7 +310,8 @@ __global__ void k_combine(float *y, const float *ye, const float *w, const int32
     GRID_STRIDE(t, (size_t)n * d) {
         size_t i = t / d, j = t % d;
         float acc = y[t];
-        for (int k = 0; k < K; k++) acc += w[i * K + k] * ye[(size_t)where[i * K + k] * d + j];
+        for (int k = 0; k < K; k++)
+            if (where[i * K + k] >= 0) acc += w[i * K + k] * ye[(size_t)where[i * K + k] * d + j];
         y[t] = acc;
     }
 }

@@ -37,9 +37,15 @@ static int sort_pairs(const int32_t *keys_in, int n, int bits, int32_t **keys_ou
 
 /* ---- MoE: counting sort of (token, slot) assignments by expert ---------------------------------------- */
 
-__global__ void k_bucket_where(int32_t *where, const int32_t *order, int m) {
+/* the sort key of a slot: its expert, or E for a slot left out (idx outside [0, E): sorts after all) */
+__global__ void k_bucket_keys(int32_t *keys, const int32_t *idx, int m, int E) {
     int r = blockIdx.x * BLK + threadIdx.x;
-    if (r < m) where[order[r]] = r;
+    if (r < m) keys[r] = idx[r] >= 0 && idx[r] < E ? idx[r] : E;
+}
+
+__global__ void k_bucket_where(int32_t *where, const int32_t *order, const int32_t *keys, int m, int E) {
+    int r = blockIdx.x * BLK + threadIdx.x;
+    if (r < m) where[order[r]] = keys[r] < E ? r : -1;
 }
 
 /* off[e] = first sorted position with key >= e, for e in [0, E] */
@@ -57,11 +63,13 @@ void cu_moe_bucket(int32_t *off, int32_t *order, int32_t *where, const int32_t *
         return;
     }
     int bits = 1;
-    while ((1 << bits) < E) bits++;
-    int32_t *keys, *pos;
-    if (sort_pairs(idx, m, bits, &keys, &pos)) return;
+    while ((1 << bits) <= E) bits++; /* keys 0..E */
+    int32_t *kin = (int32_t *)ds_cuda_scratch(SCR_SORT_KEYS, sizeof(int32_t) * (size_t)m), *keys, *pos;
+    if (!kin) return;
+    k_bucket_keys<<<grid1d(m, BLK), BLK>>>(kin, idx, m, E);
+    if (sort_pairs(kin, m, bits, &keys, &pos)) return;
     cudaMemcpyAsync(order, pos, sizeof(int32_t) * (size_t)m, cudaMemcpyDeviceToDevice, 0);
-    k_bucket_where<<<grid1d(m, BLK), BLK>>>(where, pos, m);
+    k_bucket_where<<<grid1d(m, BLK), BLK>>>(where, pos, keys, m, E);
     k_bucket_off<<<grid1d(m + 1, BLK), BLK>>>(off, keys, m, E);
     OPS_LAUNCHED("moe_bucket");
 }

@@ -144,9 +144,9 @@ int main(int argc, char **argv) {
                    "Prompts come from --prompt, or one per stdin line: plain text, JSONL ({\"prompt\": ...} or "
                    "{\"messages\": [...]}), or token ids with --ids.",
         .example = "  ds-generate -m ckpt/sft --chat --prompt 'What is 2+2?' --max-new 64 --temperature 0\n"
-                   "  ds-quantize -i ckpt/sft -o - | ds-generate -m - --prompt 'Once upon a time'\n"
-                   "  ds-generate -m ckpt --jsonl --mtp < prompts.jsonl > out.jsonl\n"
-                   "  echo '0 17 42 9' | ds-generate -m ckpt --score --ids\n"
+                   "  ds-quantize -m ckpt/sft -o - --to fp8 | ds-generate -m - --prompt 'Once upon a time'\n"
+                   "  ds-generate -m ckpt/sft --jsonl --mtp < prompts.jsonl > out.jsonl\n"
+                   "  echo '0 17 42 9' | ds-generate -m ckpt/sft --score --ids\n"
                    "  ds-generate -m ckpt/fp8 --w8a8 --score < heldout.jsonl   # see bench/fp8_quality.sh",
         .opts = opts,
     };

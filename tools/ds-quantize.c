@@ -6,6 +6,7 @@
 #include "core/log.h"
 #include "core/threads.h"
 #include "fp8/ckpt_convert.h"
+#include "model/weights.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -57,6 +58,12 @@ static int on_tensor(void *ctx, const ds_conv_report *r) {
     int rc = ds_metrics_write(&c->m, &w);
     ds_jsonw_free(&w);
     return rc;
+}
+
+/* The input's config against its tensors, before anything is written. */
+static int check_input(void *ctx, const ds_config *cfg, const ds_st_tensor *const *t, int n, const char *where) {
+    (void)ctx;
+    return ds_model_check_tensors(cfg, t, n, where);
 }
 
 static void write_config_record(ds_metrics *m, const char *in, const char *out, const char *to, const char *sfmt,
@@ -130,6 +137,7 @@ int main(int argc, char **argv) {
         .max_shard_bytes = (uint64_t)shard,
         .report = on_tensor,
         .progress = !quiet,
+        .check = check_input,
     };
     report_ctx rctx = {{0}};
     co.report_ctx = &rctx;

@@ -226,8 +226,8 @@ int main(int argc, char **argv) {
                    "  awk -f share/demo/tasks.awk -v kind=prompts -v n=300 -v seed=2 > heldout.jsonl\n"
                    "  ds-rl -m ckpt/sft --prompts train.jsonl --eval-prompts heldout.jsonl --eval-samples 4 -o ckpt/rl \\\n"
                    "      --steps 100 --group 8 --batch 16 --max-new 24 --lr 1e-4 --lr-schedule 'linear:0@0,1e-4@20' \\\n"
-                   "      --metrics rl.jsonl --plot rl.png       (share/demo/rl_arith.sh runs it end to end)\n"
-                   "  ds-rl -m ckpt/sft --prompts p.jsonl -o ckpt/rl --steps 50 --reward-cmd 'python3 score.py'",
+                   "      --metrics rl.jsonl --plot rl.png   # share/demo/rl_arith.sh runs it end to end\n"
+                   "  ds-rl -m ckpt/sft --prompts p.jsonl -o ckpt/rl-own --steps 50 --reward-cmd 'python3 score.py'",
         .opts = opts,
     };
     int first;

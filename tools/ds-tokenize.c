@@ -109,6 +109,18 @@ static int cmd_train(int argc, char **argv) {
 
 /* ---- encode ------------------------------------------------------------------------------------- */
 
+/* The tokenizer goes into a directory of shards as dir/tokenizer.json, byte for byte: ds-pretrain
+ * embeds the tokenizer it finds beside its shards, so the checkpoint can turn ids back into text. */
+static int copy_beside(const char *src, const char *dir, const char *name) {
+    char p[4200], *data;
+    size_t len;
+    DS_TRY(ds_path_join(p, sizeof p, dir, name));
+    DS_TRY(ds_read_file(src, &data, &len, 1u << 30));
+    int rc = ds_atomic_write_file(p, data, len);
+    free(data);
+    return rc;
+}
+
 static int cmd_encode(int argc, char **argv) {
     const char *tok = NULL, *out = NULL, *jsonl = NULL;
     int ids = 0, lines = 0, bos = 0, eos = 0, allow_special = 0, force = 0;
@@ -133,9 +145,11 @@ static int cmd_encode(int argc, char **argv) {
         .name = "ds-tokenize encode",
         .usage = "-t tokenizer.json [-o OUT] [--ids] [--lines | --jsonl KEY] [--bos] [--eos] [FILE...|-]",
         .summary = "Encode text with any byte-level BPE tokenizer.json, on all cores, output in input order. A document "
-                   "is a whole file, a line (--lines) or a JSON field (--jsonl KEY). Special tokens in the text are "
+                   "is a whole file, a line (--lines) or a JSON field (--jsonl KEY). A directory OUT also receives "
+                   "the tokenizer as OUT/tokenizer.json (where ds-pretrain finds it). Special tokens in the text are "
                    "plain text unless --allow-special. Prints a summary (documents, bytes, tokens, bytes/token, MB/s).",
-        .example = "  ds-tokenize encode -t tok.json -o shards/ corpus/*.txt && ds-pretrain --data 'shards/*.tok' ...\n"
+        .example = "  ds-tokenize encode -t tok.json -o shards/ corpus/*.txt   # shards/tokenizer.json too\n"
+                   "  ds-pretrain --config share/configs/demo.json --data 'shards/*.tok' -o ckpt/base --steps 100\n"
                    "  echo 'Hello world' | ds-tokenize encode -t tok.json --ids --lines",
         .opts = opts,
     };
@@ -158,8 +172,10 @@ static int cmd_encode(int argc, char **argv) {
     if (!rc) rc = ds_tokdoc_out_open(&w, t, ids ? "-" : NULL, out, eos_id, (uint64_t)shard_tokens, force);
     ds_corpus_stats st;
     if (!rc) rc = ds_corpus_encode(t, &co, (const char *const *)argv + first, argc - first, ds_tokdoc_out_doc, &w, &st);
+    int shard_dir = !rc && w.shard_dir;
     if (!rc) rc = ds_tokdoc_out_close(&w);
     else ds_tokdoc_out_abort(&w);
+    if (!rc && shard_dir) rc = copy_beside(tok, out, "tokenizer.json");
     if (!rc) summary("encode", &st);
     ds_tok_free(t);
     return ds_tool_report(rc);

@@ -186,6 +186,8 @@ int ds_ckpt_convert(const char *in_path, const char *out_path, const ds_ckpt_con
     ds_conv_plan plan = {0};
     ds_ckpt_writer *w = NULL;
     int rc = input_open(&in, in_path);
+    if (!rc && o->check)
+        rc = o->check(o->check_ctx, &in.cfg, in.t, in.n, in.ckpt ? ds_ckpt_where(in.ckpt) : "<stdin>");
     if (!rc) rc = ds_conv_plan_make(&plan, in.desc, in.n, o->target, o->scale_fmt);
     if (rc) goto done;
     st->tensors_in = in.n;

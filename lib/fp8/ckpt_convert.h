@@ -32,6 +32,10 @@ typedef struct {
     ds_conv_report_fn report;   /* per output tensor (may be NULL) */
     void *report_ctx;
     int progress;               /* show progress on stderr (core/log.h) */
+    /* Called with the input's config and tensor list before anything is written (ds-quantize checks
+     * them against each other with model/weights.h, a layer above this one); non-zero stops. */
+    int (*check)(void *ctx, const ds_config *cfg, const ds_st_tensor *const *t, int n, const char *where);
+    void *check_ctx;
 } ds_ckpt_convert_opts;
 
 typedef struct {

@@ -20,7 +20,8 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
     const char *tok = ds_ckpt_tokenizer(c, &tok_len);
     char where[600];
     snprintf(where, sizeof where, "%s: tokenizer.json", ds_ckpt_where(c));
-    int rc = ds_model_create(&out->model, cfg, &o);
+    int rc = ds_model_check_set(cfg, ds_ckpt_tensors(c), ds_ckpt_where(c));
+    if (!rc) rc = ds_model_create(&out->model, cfg, &o);
     if (!rc) rc = ds_model_load_weights(out->model, ds_ckpt_tensors(c));
     if (!rc && tok) rc = ds_tok_from_json(&out->tok, tok, tok_len, where);
     if (!rc && ds_ckpt_has_file(c, "tokenizer_config.json"))

@@ -412,6 +412,22 @@ static int write_quant(const ds_config *c, json_t *obj) {
 
 /* ---- public ---------------------------------------------------------------------------------- */
 
+/* Does obj describe a model: a size of the network, or Hugging Face's model_type / architectures (with
+ * which {"model_type": "deepseek_v3"} is, as in transformers, the full V3)? Token ids or a dtype alone
+ * (generation_config.json, tokenizer_config.json) do not. */
+static int has_model_key(const json_t *obj) {
+    static const char *keys[] = {"model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size",
+                                 "moe_intermediate_size", "num_hidden_layers", "num_attention_heads", "n_routed_experts",
+                                 "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        if (json_object_get(obj, keys[i])) return 1;
+    return 0;
+}
+
+int ds_config_has_key(const ds_config *c, const char *key) {
+    return c->json && json_object_get(c->json, key) != NULL;
+}
+
 void ds_config_defaults(ds_config *c) {
     memset(c, 0, sizeof *c);
     table_defaults(top_fields, NFIELDS(top_fields), c);
@@ -440,6 +456,8 @@ int ds_config_parse(ds_config *c, const char *text, size_t len, const char *wher
             rc = ds_fail(DS_ERR, "config: attention_bias: unsupported (DeepSeek-V3 projections have no bias): %s", where);
     }
     if (!rc) rc = ds_config_validate(c, where);
+    if (!rc && !has_model_key(obj)) /* a JSON file of something else would become the 671B default */
+        rc = ds_fail(DS_ERR, "config: none of the model's keys (model_type, hidden_size, num_hidden_layers, ...): %s", where);
     if (rc) {
         json_decref(obj);
         c->json = NULL;

@@ -129,6 +129,8 @@ void ds_param_count_str(int64_t n, char *buf, size_t size);
 /* Keys "params_total", "params_activated", "params_mtp" into an open JSON object (metrics records). */
 void ds_param_counts_jsonw(const ds_param_counts *p, ds_jsonw *w);
 int ds_config_copy(ds_config *dst, const ds_config *src);
+/* Did the parsed config.json set `key` (0: the default was used, or the config was built in code)? */
+int ds_config_has_key(const ds_config *c, const char *key);
 void ds_config_free(ds_config *c);
 
 #endif

@@ -38,7 +38,7 @@ void ds_moe_route(const ds_layer_ctx *c, const ds_layer_w *w, const float *bias,
     const ds_dims *d = c->d;
     ds_linear(c->ops, logits, hn, w->router, c->n, d->E, d->D);
     c->ops->router_scores(scores, logits, c->n, d->E, d->route.score_fn);
-    c->ops->moe_topk(idx, wts, scores, bias, c->n, &d->route);
+    c->ops->moe_topk(idx, wts, scores, bias, c->keep, c->n, &d->route);
 }
 
 int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const int32_t *idx, const float *w,

@@ -61,6 +61,7 @@ struct ds_model {
         float *e, *en, *hn, *hp, *hk, *hkn, *gh, *rstd_e, *rstd_h, *rstd_k, *logp_c, *dlogp_c, *lse, *cs;
         float *logp;                /* [B][T] view into mtp_logp */
         int32_t *tok, *tgt, *seg, *pos;
+        int32_t *keep; /* routed positions (moe_topk's keep): the next-k token exists, is no padding */
     } *mtp;
     float *mtp_logp;            /* [Dm][n] contiguous view handed out */
 
@@ -69,8 +70,11 @@ struct ds_model {
     int T_main;                 /* the batch's T */
     int has_seg;
     int32_t *tok, *tgt, *seg, *pos; /* [n] each */
+    int32_t *keep;                  /* [n] 1 for a token, 0 for padding (moe_topk's keep) */
+    int has_pad;                    /* the batch has padding (or MTP positions to leave out): keep is used */
     float *cs;                  /* RoPE table [n][dr/2][2] */
     const int32_t *cur_seg;     /* what the layer functions see: main batch or an MTP module's */
+    const int32_t *cur_keep;    /* likewise, NULL when every position is routed */
     const float *cur_cs;
     int32_t *h_i32, *h_pos;     /* host staging [n] */
     int32_t *expert_load;       /* host [n_moe][E] */

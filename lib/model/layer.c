@@ -81,6 +81,7 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
     m->tgt = TAKE(int32_t, n);
     m->pos = TAKE(int32_t, n);
     m->seg = TAKE(int32_t, n);
+    m->keep = TAKE(int32_t, n);
     m->cs = TAKE(float, (size_t)n * d->dr);
     m->inv_freq_d = TAKE(float, d->dr / 2);
     m->bal_rows_d = TAKE(float, m->opts.max_batch);
@@ -116,6 +117,7 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
         a->tgt = TAKE(int32_t, n);
         a->seg = TAKE(int32_t, n);
         a->pos = TAKE(int32_t, n);
+        a->keep = TAKE(int32_t, n);
     }
 
     /* scratch */

@@ -62,6 +62,7 @@ typedef struct {
     const ds_dims *d;
     int B, T, n;          /* n = B*T token rows */
     const int32_t *seg;   /* [n] segment ids or NULL (see ops attn_fwd) */
+    const int32_t *keep;  /* [n] 0 where a position is not routed to experts (padding), or NULL: all are */
     const float *cs;      /* RoPE table [n][dr/2][2] from ops->rope_table */
     float softmax_scale;
     void *attn_ws;        /* ops->attn_ws_bytes(B, T, H, dqk, dv) bytes */

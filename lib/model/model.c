@@ -90,6 +90,21 @@ static void free_shape(ds_model *m) {
     free(m->mtp);
 }
 
+int ds_model_layout(const ds_config *cfg, ds_param **params, int *count) {
+    *params = NULL;
+    *count = 0;
+    ds_model *m = calloc(1, sizeof *m);
+    if (!m) return ds_fail(DS_ERR, "out of memory: model");
+    ds_model_opts o = {.max_batch = 1, .max_seq = 1};
+    int rc = model_shape(m, cfg, &o);
+    if (!rc) rc = ds_params_layout(m, 1); /* the table only: names, shapes, kinds */
+    if (!rc) *params = m->params, *count = m->n_params;
+    else free(m->params);
+    free_shape(m);
+    free(m);
+    return rc;
+}
+
 void ds_model_free(ds_model *m) {
     if (!m) return;
     const ds_ops *ops = m->ops;
@@ -201,6 +216,7 @@ ds_layer_ctx ds_model_ctx(const ds_model *m) {
                       .T = m->T,
                       .n = m->n,
                       .seg = m->cur_seg,
+                      .keep = m->cur_keep,
                       .cs = m->cur_cs,
                       .softmax_scale = m->rope.softmax_scale,
                       .attn_ws = m->scr.attn_ws};
@@ -239,6 +255,9 @@ int ds_model_prepare(ds_model *m, const ds_batch *b) {
         if (b->pos && b->pos[i] < 0)
             return ds_fail(DS_ERR, "batch: negative position %d: row %d, position %d", b->pos[i], i / T, i % T);
     }
+    for (int r = 0; b->len && r < B; r++)
+        if (b->len[r] < 0 || b->len[r] > T)
+            return ds_fail(DS_ERR, "batch: row %d has length %d outside [0, %d]", r, b->len[r], T);
     m->B = B, m->T = T, m->n = n;
     m->has_seg = b->seg != NULL;
     int32_t *h = m->h_i32;
@@ -262,16 +281,28 @@ int ds_model_prepare(ds_model *m, const ds_batch *b) {
     m->T_main = T;
     m->cur_seg = b->seg ? m->seg : NULL;
     m->cur_cs = m->cs;
+    /* routed positions: every one unless the batch has padding or MTP modules see sample boundaries (the
+     * layers then get no keep at all) */
+    m->has_pad = 0;
+    for (int r = 0; b->len && r < B; r++) m->has_pad |= b->len[r] < T;
+    for (int i = 1; m->mtp_depth > 0 && b->seg && i < n; i++) m->has_pad |= i % T && b->seg[i] != b->seg[i - 1];
+    if (m->has_pad) {
+        for (int i = 0; i < n; i++) h[i] = !b->len || i % T < b->len[i / T];
+        ops->copy(m->keep, h, bytes, DS_COPY_H2D);
+        ops->sync(); /* h is reused */
+    }
+    m->cur_keep = m->has_pad ? m->keep : NULL;
 
     /* MTP module k (1-based) at position t < T-k of row r: input token t+k, target targets[t+k] (none when
-     * t+k is in another segment), t's segment and position */
+     * t+k is in another segment), t's segment and position, and whether it is routed: t+k in t's segment
+     * and no padding (positions without a next-k token carry nothing; they only exist to keep rows equal) */
     for (int j = 0; j < m->mtp_depth; j++) m->mtp[j].logp = m->mtp_logp + (size_t)j * n;
     for (int j = 0; j < m->mtp_depth; j++) {
         struct mtp_act *a = &m->mtp[j];
         int k = j + 1, Tk = T - k;
         if (Tk <= 0) break;
         size_t nk = (size_t)B * Tk, kb = sizeof(int32_t) * nk;
-        for (int field = 0; field < 4; field++) {
+        for (int field = 0; field < (m->has_pad ? 5 : 4); field++) {
             for (int r = 0; r < B; r++)
                 for (int t = 0; t < Tk; t++) {
                     int i = r * T + t, s = i + k;
@@ -280,10 +311,11 @@ int ds_model_prepare(ds_model *m, const ds_batch *b) {
                     if (field == 0) v = ok ? b->tokens[s] : -1;
                     else if (field == 1) v = ok && b->targets ? b->targets[s] : -1;
                     else if (field == 2) v = b->seg ? b->seg[i] : 0;
-                    else v = pos[i];
+                    else if (field == 3) v = pos[i];
+                    else v = ok && (!b->len || t + k < b->len[r]);
                     h[r * Tk + t] = v;
                 }
-            int32_t *dst = field == 0 ? a->tok : field == 1 ? a->tgt : field == 2 ? a->seg : a->pos;
+            int32_t *dst = field == 0 ? a->tok : field == 1 ? a->tgt : field == 2 ? a->seg : field == 3 ? a->pos : a->keep;
             ops->copy(dst, h, kb, DS_COPY_H2D);
             ops->sync(); /* h is reused */
         }
@@ -318,6 +350,7 @@ static void mtp_enter(ds_model *m, int j) {
     m->T = Tk;
     m->n = m->B * Tk;
     m->cur_seg = m->has_seg ? m->mtp[j].seg : NULL;
+    m->cur_keep = m->has_pad ? m->mtp[j].keep : NULL;
     m->cur_cs = m->mtp[j].cs;
 }
 
@@ -325,6 +358,7 @@ static void mtp_leave(ds_model *m) {
     m->T = m->T_main;
     m->n = m->B * m->T_main;
     m->cur_seg = m->has_seg ? m->seg : NULL;
+    m->cur_keep = m->has_pad ? m->keep : NULL;
     m->cur_cs = m->cs;
 }
 

@@ -71,6 +71,11 @@ typedef struct {
     const int32_t *pos;     /* [B*T] RoPE positions, or NULL for 0..T-1 in every row */
     const int32_t *seg;     /* [B*T] sample ids for sample masking (attention only within equal ids,
                                positions restart per sample when pos is NULL), or NULL for plain causal */
+    const int32_t *len;     /* [B] tokens in each row: positions t >= len[b] are padding (SFT, RL rows), which
+                               are not routed to experts and count in no routing statistic (balance loss,
+                               expert loads), and MTP modules leave out the positions whose next-k token is
+                               padding; NULL: no padding. Padding still runs through everything else (its
+                               outputs are ignored: give it target -1) */
 } ds_batch;
 
 /* Outputs of a training forward pass (buffers owned by the model, valid until the next forward). */
@@ -116,6 +121,9 @@ const ds_config *ds_model_config(const ds_model *m);
 const struct ds_ops *ds_model_ops(const ds_model *m);
 /* Parameter table, buffers and weight pointers. */
 const ds_param *ds_model_params_info(const ds_model *m, int *count);
+/* The same table for a config without building the model (no weights allocated: the 671B shape costs
+ * the table only). *params is malloc'd (free it); the offsets are those ds_model_create would use. */
+int ds_model_layout(const ds_config *cfg, ds_param **params, int *count);
 float *ds_model_params(ds_model *m);
 float *ds_model_grads(ds_model *m); /* NULL unless opts.train */
 size_t ds_model_num_params(const ds_model *m);

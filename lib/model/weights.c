@@ -320,3 +320,155 @@ int ds_model_add_to_checkpoint(ds_model *m, ds_ckpt_writer *w, const ds_weights_
     free(list);
     return rc;
 }
+
+/* ---- checking a checkpoint against its config ------------------------------------------------------ */
+
+static int cmp_tensor_name(const void *a, const void *b) {
+    return strcmp((*(const ds_st_tensor *const *)a)->name, (*(const ds_st_tensor *const *)b)->name);
+}
+
+typedef struct {
+    const ds_st_tensor **by_name; /* sorted */
+    unsigned char *used;          /* per entry of by_name */
+    int n;
+    const ds_config *c;
+    const char *where;
+} tensor_index;
+
+static int find_index(const tensor_index *x, const char *name) {
+    ds_st_tensor key = {.name = name};
+    const ds_st_tensor *k = &key;
+    const ds_st_tensor **hit = bsearch(&k, x->by_name, (size_t)x->n, sizeof *x->by_name, cmp_tensor_name);
+    return hit ? (int)(hit - x->by_name) : -1;
+}
+
+/* The keys a tensor's shape comes from that config.json left out (so their defaults, DeepSeek-V3's
+ * sizes, were used): the likely cause of a mismatch. "" when none is missing. */
+static void missing_keys(const ds_config *c, char *buf, size_t n) {
+    static const char *keys[] = {"vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
+                                 "first_k_dense_replace", "num_attention_heads", "n_routed_experts", "n_shared_experts",
+                                 "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+                                 "num_nextn_predict_layers"};
+    size_t k = 0;
+    buf[0] = 0;
+    if (!c->json) return;
+    for (size_t i = 0; i < sizeof keys / sizeof *keys && k < n; i++)
+        if (!ds_config_has_key(c, keys[i]))
+            k += (size_t)snprintf(buf + k, n - k, "%s%s", k ? ", " : " (not in the config, defaults used: ", keys[i]);
+    if (k && k < n) snprintf(buf + k, n - k, ")");
+}
+
+static int tensor_shape_error(const tensor_index *x, const ds_st_tensor *t, int ndim, const int64_t *shape) {
+    char got[96], want[96], why[400];
+    ds_st_tensor w = {.ndim = ndim};
+    for (int d = 0; d < ndim && d < DS_ST_MAX_DIMS; d++) w.shape[d] = shape[d];
+    ds_st_shape_str(t, got, sizeof got);
+    ds_st_shape_str(&w, want, sizeof want);
+    missing_keys(x->c, why, sizeof why);
+    return ds_fail(DS_ERR, "checkpoint: %s has shape %s, the config implies %s%s: %s", t->name, got, want, why, x->where);
+}
+
+/* Tensor `name` must be there as a float tensor of this shape (an FP8 E4M3 one with its block scales). */
+static int expect(tensor_index *x, const char *name, int ndim, const int64_t *shape) {
+    int i = find_index(x, name);
+    if (i < 0) {
+        char why[400];
+        missing_keys(x->c, why, sizeof why);
+        return ds_fail(DS_ERR, "checkpoint: no tensor %s, which the config implies%s: %s", name, why, x->where);
+    }
+    const ds_st_tensor *t = x->by_name[i];
+    x->used[i] = 1;
+    if (!ds_st_shape_is(t, ndim, shape)) return tensor_shape_error(x, t, ndim, shape);
+    if (t->dtype != DS_F32 && t->dtype != DS_BF16 && t->dtype != DS_F16 && t->dtype != DS_F8_E4M3 && t->dtype != DS_F8_E5M2)
+        return ds_fail(DS_ERR, "checkpoint: %s has dtype %s, expected a float type: %s", name, ds_dtype_name(t->dtype), x->where);
+    char sname[200];
+    snprintf(sname, sizeof sname, "%s_scale_inv", name);
+    int s = find_index(x, sname);
+    if (s < 0) return 0;
+    if (t->dtype != DS_F8_E4M3 || ndim != 2)
+        return ds_fail(DS_ERR, "checkpoint: %s beside a %s %s (block scales go with 2-D F8_E4M3 weights): %s", sname,
+                       ds_dtype_name(t->dtype), name, x->where);
+    const ds_quant_config *q = &x->c->quantization_config;
+    int64_t br = q->enabled ? q->weight_block_size[0] : 128, bc = q->enabled ? q->weight_block_size[1] : 128;
+    int64_t want[2] = {(shape[0] + br - 1) / br, (shape[1] + bc - 1) / bc};
+    x->used[s] = 1;
+    if (!ds_st_shape_is(x->by_name[s], 2, want)) return tensor_shape_error(x, x->by_name[s], 2, want);
+    return 0;
+}
+
+/* Layer l's routed experts in transformers' fused form, when the checkpoint has them: 1 (checked), else 0. */
+static int fused_experts(tensor_index *x, int l, int64_t E, int64_t Ie, int64_t D, int *rc) {
+    char gu[128], dn[128];
+    snprintf(gu, sizeof gu, "model.layers.%d.mlp.experts.gate_up_proj", l);
+    snprintf(dn, sizeof dn, "model.layers.%d.mlp.experts.down_proj", l);
+    if (find_index(x, gu) < 0 && find_index(x, dn) < 0) return 0;
+    *rc = expect(x, gu, 3, (int64_t[]){E, 2 * Ie, D});
+    if (!*rc) *rc = expect(x, dn, 3, (int64_t[]){E, D, Ie});
+    return 1;
+}
+
+int ds_model_check_tensors(const ds_config *c, const ds_st_tensor *const *t, int n, const char *where) {
+    ds_param *p = NULL;
+    int np = 0, rc = ds_model_layout(c, &p, &np);
+    if (rc) return rc;
+    tensor_index x = {.by_name = malloc(sizeof *x.by_name * ((size_t)n + 1)), .used = calloc((size_t)n + 1, 1), .n = n,
+                      .c = c, .where = where};
+    if (!x.by_name || !x.used) rc = ds_fail(DS_ERR, "out of memory: checking %d tensors", n);
+    for (int i = 0; !rc && i < n; i++) x.by_name[i] = t[i];
+    if (!rc) qsort(x.by_name, (size_t)n, sizeof *x.by_name, cmp_tensor_name);
+    for (int i = 0; !rc && i + 1 < n; i++)
+        if (!strcmp(x.by_name[i]->name, x.by_name[i + 1]->name))
+            rc = ds_fail(DS_ERR, "checkpoint: tensor %s appears twice: %s", x.by_name[i]->name, where);
+    /* MTP modules: all of each present, or none (ds_model_load_weights then disables MTP) */
+    const int L = c->num_hidden_layers;
+    int mtp = 0;
+    char name[200];
+    for (; !rc && mtp < c->num_nextn_predict_layers; mtp++) {
+        snprintf(name, sizeof name, "model.layers.%d.eh_proj.weight", L + mtp);
+        if (find_index(&x, name) < 0) break;
+    }
+    const int64_t D = c->hidden_size, E = c->n_routed_experts, Ie = c->moe_intermediate_size;
+    int fused_layer = -1, fused = 0;
+    for (int i = 0; !rc && i < np; i++) {
+        if (p[i].layer >= L + mtp) continue;
+        if (p[i].expert >= 0) {
+            if (p[i].layer != fused_layer) fused_layer = p[i].layer, fused = fused_experts(&x, p[i].layer, E, Ie, D, &rc);
+            if (fused || rc) continue;
+        }
+        rc = expect(&x, p[i].name, p[i].ndim, p[i].shape);
+        if (!rc && p[i].kind == DS_PARAM_ROUTER) { /* the expert bias is optional (it starts at 0) */
+            snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", p[i].layer);
+            if (find_index(&x, name) >= 0) rc = expect(&x, name, 1, (int64_t[]){E});
+        }
+    }
+    for (int j = 0; !rc && j < mtp; j++) /* the released MTP layers' copies of the shared embedding and head */
+        for (int k = 0; !rc && k < 2; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s", L + j, k ? "shared_head.head.weight" : "embed_tokens.weight");
+            if (find_index(&x, name) >= 0) rc = expect(&x, name, 2, (int64_t[]){c->vocab_size, D});
+        }
+    int extra = 0, first = -1;
+    for (int i = 0; !rc && i < n; i++)
+        if (!x.used[i] && !extra++) first = i;
+    if (!rc && extra) {
+        char more[48] = "";
+        if (extra > 1) snprintf(more, sizeof more, " (and %d more)", extra - 1);
+        rc = ds_fail(DS_ERR,
+                     "checkpoint: tensor %s%s is not part of the model the config describes (num_hidden_layers %d, "
+                     "num_nextn_predict_layers %d, n_routed_experts %d, q_lora_rank %d): %s",
+                     x.by_name[first]->name, more, L, c->num_nextn_predict_layers, c->n_routed_experts, c->q_lora_rank, where);
+    }
+    free(x.by_name);
+    free(x.used);
+    free(p);
+    return rc;
+}
+
+int ds_model_check_set(const ds_config *c, const ds_st_set *s, const char *where) {
+    int n = ds_st_set_count(s);
+    const ds_st_tensor **t = malloc(sizeof *t * ((size_t)n + 1));
+    if (!t) return ds_fail(DS_ERR, "out of memory: checking %d tensors", n);
+    for (int i = 0; i < n; i++) t[i] = ds_st_set_tensor_at(s, i);
+    int rc = ds_model_check_tensors(c, t, n, where);
+    free(t);
+    return rc;
+}

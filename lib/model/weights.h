@@ -14,6 +14,15 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 
+/* Before a model is built or anything written: do a checkpoint's tensors fit its config? Every tensor
+ * the config implies is there with its shape and a float dtype (transformers' fused experts accepted;
+ * an F8_E4M3 weight's <name>_scale_inv has the config's block-grid shape), the MTP modules are all
+ * there or none, and nothing is left over but the released MTP layers' copies of embedding and head.
+ * Errors name the tensor, both shapes, and the size keys config.json left out (their defaults were
+ * used); a tensor left over names the layer and expert counts. where: the checkpoint, for messages. */
+int ds_model_check_tensors(const ds_config *c, const ds_st_tensor *const *t, int n, const char *where);
+int ds_model_check_set(const ds_config *c, const ds_st_set *s, const char *where);
+
 /* Fill every parameter and expert bias of m from s. Errors name the tensor and the file. */
 int ds_model_load_weights(ds_model *m, const ds_st_set *s);
 

@@ -60,7 +60,7 @@ void ds_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const f
                      int dqk, int dv_dim, float scale, void *ws);
 
 void ds_cpu_router_scores(float *scores, const float *logits, int n, int E, ds_score_fn fn);
-void ds_cpu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, int n,
+void ds_cpu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, const int32_t *keep, int n,
                      const ds_route_params *rp);
 void ds_cpu_moe_topk_bwd(float *dlogits, const float *dw, const float *scores, const int32_t *idx, int n,
                          const ds_route_params *rp);

@@ -36,12 +36,16 @@ static int argmax_allowed(const float *v, const unsigned char *allowed, int n) {
     return best;
 }
 
-void ds_cpu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, int n,
+void ds_cpu_moe_topk(int32_t *idx, float *w, const float *scores, const float *bias, const int32_t *keep, int n,
                      const ds_route_params *rp) {
     int E = rp->n_experts, K = rp->top_k;
     int G = (rp->group_rule == DS_GROUP_NONE || rp->n_group <= 1) ? 1 : rp->n_group, gs = E / G;
 #pragma omp parallel for schedule(static) if ((size_t)n * E > PAR_MIN)
     for (int t = 0; t < n; t++) {
+        if (keep && !keep[t]) { /* not a token: no expert, no weight */
+            for (int k = 0; k < K; k++) idx[(size_t)t * K + k] = -1, w[(size_t)t * K + k] = 0.0f;
+            continue;
+        }
         const float *s = scores + (size_t)t * E;
         float sb[E], gscore[G];
         unsigned char allowed[E], gkeep[G];
@@ -112,6 +116,7 @@ void ds_cpu_moe_topk_bwd(float *dlogits, const float *dw, const float *scores, c
     for (int t = 0; t < n; t++) {
         const float *s = scores + (size_t)t * E, *g = dw + (size_t)t * K;
         const int32_t *it = idx + (size_t)t * K;
+        if (it[0] < 0) continue; /* not routed */
         float u[E];
         memset(u, 0, sizeof u);
         if (rp->renorm) {
@@ -136,26 +141,35 @@ void ds_cpu_moe_balance(float *loss, float *dlogits, float coef, const float *sc
         float f[E];
         memset(f, 0, sizeof f);
         const int32_t *ib = idx + (size_t)b * T * K;
-        for (size_t i = 0; i < (size_t)T * K; i++) f[ib[i]] += 1.0f;
-        for (int e = 0; e < E; e++) f[e] *= (float)E / ((float)K * (float)T);
+        int Tb = 0; /* the routed tokens: padding and the like are neither counted nor normalised over */
+        for (int t = 0; t < T; t++) {
+            if (ib[(size_t)t * K] < 0) continue;
+            Tb++;
+            for (int k = 0; k < K; k++) f[ib[(size_t)t * K + k]] += 1.0f;
+        }
+        loss[b] = 0.0f;
+        if (Tb == 0) continue;
+        for (int e = 0; e < E; e++) f[e] *= (float)E / ((float)K * (float)Tb);
         const float *sb = scores + (size_t)b * T * E;
-        /* loss: Σ_i f_i P_i = (1/T) Σ_t Σ_i f_i s'_{t,i}, summed over tokens in order */
+        /* loss: Σ_i f_i P_i = (1/T_b) Σ_t Σ_i f_i s'_{t,i}, summed over the routed tokens in order */
         double acc = 0.0;
         for (int t = 0; t < T; t++) {
+            if (ib[(size_t)t * K] < 0) continue;
             const float *s = sb + (size_t)t * E;
             float z = 0.0f, fs = 0.0f;
             for (int e = 0; e < E; e++) z += s[e], fs += f[e] * s[e];
             acc += rp->score_fn == DS_SCORE_FN_SIGMOID ? fs / (z + DS_ROUTE_RENORM_EPS) : fs;
         }
-        loss[b] = (float)(acc / T);
+        loss[b] = (float)(acc / Tb);
         if (!dlogits) continue;
 #pragma omp parallel for schedule(static) if ((size_t)T * E > PAR_MIN)
         for (int t = 0; t < T; t++) {
+            if (ib[(size_t)t * K] < 0) continue;
             const float *s = sb + (size_t)t * E;
-            /* g = d(coef loss)/d s'_{t,i} = coef f_i / T; through s' = s / z (z = Σ s + eps) it is
+            /* g = d(coef loss)/d s'_{t,i} = coef f_i / T_b; through s' = s / z (z = Σ s + eps) it is
              * ds_i = (g_i - Σ_j g_j s'_j) / z, and u = ds ⊙ s = (g_i - Σ_j g_j s'_j) s'_i */
             float u[E];
-            for (int e = 0; e < E; e++) u[e] = coef * f[e] / (float)T;
+            for (int e = 0; e < E; e++) u[e] = coef * f[e] / (float)Tb;
             if (rp->score_fn == DS_SCORE_FN_SIGMOID) {
                 float z = 0.0f, gsp = 0.0f;
                 for (int e = 0; e < E; e++) z += s[e];

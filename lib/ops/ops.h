@@ -166,17 +166,22 @@ typedef struct ds_ops {
      * group limit of rp: groups scored by rp.group_rule, the best topk_group groups kept, experts of other
      * groups excluded (-inf), then the K best of the rest (ties: lower index first). idx [n, K] lists the
      * chosen experts in descending biased score. Weights use the UNBIASED scores: w = s[idx], divided by
-     * Σ_k s[idx_k] + DS_ROUTE_RENORM_EPS when rp.renorm, times rp.route_scale. */
-    void (*moe_topk)(int32_t *idx, float *w, const float *scores, const float *bias, int n,
+     * Σ_k s[idx_k] + DS_ROUTE_RENORM_EPS when rp.renorm, times rp.route_scale. keep ([n] or NULL): a token
+     * with keep[t] == 0 (padding, an MTP position with no next token) is not routed: its K slots get
+     * idx -1 and weight 0, so no expert computes it and no routing statistic counts it. */
+    void (*moe_topk)(int32_t *idx, float *w, const float *scores, const float *bias, const int32_t *keep, int n,
                      const ds_route_params *rp);
     /* Backward of the weights to the router logits: dlogits [n, E] += d w/d logits · dw (selection is
-     * piecewise constant and gets no gradient). Needs the scores of the forward. */
+     * piecewise constant and gets no gradient). Needs the scores of the forward. Tokens not routed (idx -1)
+     * get nothing. */
     void (*moe_topk_bwd)(float *dlogits, const float *dw, const float *scores, const int32_t *idx, int n,
                          const ds_route_params *rp);
-    /* Complementary sequence-wise balance loss (spec 5.2), per sequence b of T tokens (n = B*T):
-     * f_i = E/(K T) · #{t : i in idx[t]}, P_i = (1/T) Σ_t s'_{t,i}, s' = s / Σ_j s_j (the scores normalised
-     * over all experts; for softmax scores s' = s). loss[b] (written) = Σ_i f_i P_i. When dlogits != NULL,
-     * it also accumulates coef * d(Σ_b loss[b])/d logits into dlogits [n, E] (f treated as a constant). */
+    /* Complementary sequence-wise balance loss (spec 5.2), per sequence b of T positions (n = B*T), over
+     * its T_b routed tokens (those whose idx is not -1; moe_topk's keep): f_i = E/(K T_b) · #{t : i in
+     * idx[t]}, P_i = (1/T_b) Σ_t s'_{t,i} over the routed t, s' = s / (Σ_j s_j + DS_ROUTE_RENORM_EPS) (the
+     * scores normalised over all experts; for softmax scores s' = s). loss[b] (written) = Σ_i f_i P_i (0 when
+     * T_b = 0). When dlogits != NULL, it also accumulates coef * d(Σ_b loss[b])/d logits into dlogits
+     * [n, E] (f treated as a constant; nothing for tokens not routed). */
     void (*moe_balance)(float *loss, float *dlogits, float coef, const float *scores, const int32_t *idx,
                         int B, int T, const ds_route_params *rp);
     /* Counting sort of the n*K (row, slot) assignments by expert, stable in slot order s = r*K + k; slots

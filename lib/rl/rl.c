@@ -286,6 +286,7 @@ static void build_row(ds_rl *r, int i) {
         tg[t] = -1;
     }
     for (int j = 0; j < ro->n; j++) tg[Lp - 1 + j] = ro->tok[j];
+    r->rows.len[i] = Lp + ro->n; /* the padding after it is not routed to experts nor counted (ds_batch.len) */
 }
 
 static int reference_logprobs(ds_rl *r) {
@@ -444,6 +445,7 @@ static int src_next(ds_data_source *s, ds_batch_buf *buf, int rows) {
         const size_t dst = (size_t)(buf->rows + k) * T;
         memcpy(buf->tokens + dst, r->rows.tokens + (size_t)i * T, T * sizeof *buf->tokens);
         memcpy(buf->targets + dst, r->rows.targets + (size_t)i * T, T * sizeof *buf->targets);
+        buf->len[buf->rows + k] = r->rows.len[i];
         const rollout *ro = &r->cur.ro[i];
         r->step_real_tokens += r->train->p[ro->prompt].n_ids + ro->n;
         if (ro->n > 0 && !(r->o.mask_truncated && ro->finish == DS_FINISH_LENGTH)) {
@@ -452,6 +454,7 @@ static int src_next(ds_data_source *s, ds_batch_buf *buf, int rows) {
         }
     }
     buf->rows += rows;
+    buf->has_len = 1;
     r->served += rows;
     ds_grpo_stats_reset(&r->st);
     r->logp_diff_max = r->logp_diff_sum = 0;
@@ -888,6 +891,7 @@ int ds_rl_reference(ds_model **out, ds_model *policy, const char *from_dir, int 
     if (from_dir) {
         ds_ckpt *ck;
         rc = ds_ckpt_open(&ck, from_dir);
+        if (!rc) rc = ds_model_check_set(ds_model_config(policy), ds_ckpt_tensors(ck), ds_ckpt_where(ck));
         if (!rc) rc = ds_model_load_weights(m, ds_ckpt_tensors(ck));
         ds_ckpt_close(ck);
         if (rc) ds_fail_ctx(rc, "reference policy");
@@ -1001,6 +1005,7 @@ int ds_rl_create(ds_rl **out, const ds_rl_opts *o, ds_model *policy, ds_model *r
     if (!rc) rc = ds_batch_buf_init(&r->rows, r->N, r->T);
     if (!rc) {
         r->rows.rows = r->N;
+        r->rows.has_len = 1;
         ds_infer_model_of(policy, &r->im, r->bias);
         r->im.mtp_depth = 0; /* rollouts decode plainly: the sampled distribution is the policy's own */
         const int slots = r->o.gen_batch;

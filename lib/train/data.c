@@ -13,7 +13,7 @@ int ds_batch_buf_init(ds_batch_buf *b, int cap_rows, int seq_len) {
 }
 
 void ds_batch_buf_free(ds_batch_buf *b) {
-    free(b->tokens), free(b->targets), free(b->pos), free(b->seg);
+    free(b->tokens), free(b->targets), free(b->pos), free(b->seg), free(b->len);
     memset(b, 0, sizeof *b);
 }
 
@@ -26,6 +26,9 @@ int ds_batch_buf_reserve(ds_batch_buf *b, int cap_rows) {
         if (!p) return ds_fail(DS_ERR, "out of memory: batch of %d x %d tokens", cap_rows, b->seq_len);
         *arr[k] = p;
     }
+    int32_t *len = realloc(b->len, (size_t)cap_rows * sizeof *len);
+    if (!len) return ds_fail(DS_ERR, "out of memory: batch of %d x %d tokens", cap_rows, b->seq_len);
+    b->len = len;
     b->cap_rows = cap_rows;
     return 0;
 }
@@ -39,6 +42,7 @@ ds_batch ds_batch_buf_view(const ds_batch_buf *b, int row0, int rows) {
         .targets = b->targets + off,
         .pos = b->has_pos ? b->pos + off : NULL,
         .seg = b->has_seg ? b->seg + off : NULL,
+        .len = b->has_len ? b->len + row0 : NULL,
     };
 }
 

@@ -19,7 +19,8 @@ typedef struct {
     int seq_len, cap_rows, rows;
     int32_t *tokens, *targets; /* [cap_rows * seq_len] */
     int32_t *pos, *seg;        /* same size; used when has_pos / has_seg */
-    int has_pos, has_seg;
+    int32_t *len;              /* [cap_rows] tokens per row, padding after them (ds_batch.len); used when has_len */
+    int has_pos, has_seg, has_len;
 } ds_batch_buf;
 
 int ds_batch_buf_init(ds_batch_buf *b, int cap_rows, int seq_len);

@@ -141,7 +141,7 @@ static int packed_next(ds_data_source *s, ds_batch_buf *buf, int rows) {
         memcpy(buf->targets + off, p->row + 1, (size_t)T * sizeof *p->row);
         buf->rows++;
     }
-    buf->has_pos = buf->has_seg = 0;
+    buf->has_pos = buf->has_seg = buf->has_len = 0;
     return 0;
 }
 

@@ -240,7 +240,8 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
     if (ck) {
         size_t len;
         const char *tok = ds_ckpt_tokenizer(ck, &len);
-        rc = ds_config_copy(&s->cfg, ds_ckpt_config(ck));
+        rc = ds_model_check_set(ds_ckpt_config(ck), ds_ckpt_tensors(ck), ds_ckpt_where(ck));
+        if (!rc) rc = ds_config_copy(&s->cfg, ds_ckpt_config(ck));
         if (!rc && tok && !(s->tokenizer_json = malloc(len + 1))) rc = ds_fail(DS_ERR, "out of memory: tokenizer");
         if (!rc && tok) memcpy(s->tokenizer_json, tok, len + 1), s->tokenizer_len = len;
         if (!rc && ds_ckpt_has_file(ck, "tokenizer_config.json"))

@@ -198,8 +198,8 @@ int ds_sft_plan_build(ds_sft_plan *p, const ds_sft_set *s, const int64_t *order,
     return rc;
 }
 
-void ds_sft_fill_row(const ds_sft_set *s, const ds_sft_plan *p, int64_t r, int seq_len, int32_t pad_id, int32_t *tokens,
-                     int32_t *targets, int32_t *pos, int32_t *seg) {
+int ds_sft_fill_row(const ds_sft_set *s, const ds_sft_plan *p, int64_t r, int seq_len, int32_t pad_id, int32_t *tokens,
+                    int32_t *targets, int32_t *pos, int32_t *seg) {
     int slot = 0, id = 0;
     for (int64_t j = p->row_off[r]; j < p->row_off[r + 1]; j++, id++) {
         const int64_t i = p->idx[j], o = s->off[i], n = ds_sft_len(s, i);
@@ -212,12 +212,14 @@ void ds_sft_fill_row(const ds_sft_set *s, const ds_sft_plan *p, int64_t r, int s
             seg[slot] = id;
         }
     }
+    const int len = slot;
     for (int t = 0; slot < seq_len; slot++, t++) {
         tokens[slot] = pad_id;
         targets[slot] = -1;
         pos[slot] = t;
         seg[slot] = id;
     }
+    return len;
 }
 
 /* ---- the data source ---- */
@@ -253,7 +255,7 @@ static int sft_next(ds_data_source *src, ds_batch_buf *buf, int rows) {
     if (buf->seq_len != q->o.seq_len)
         return ds_fail(DS_ERR, "sft source: rows of %d tokens asked of a source packed for %d", buf->seq_len, q->o.seq_len);
     if (buf->rows + rows > buf->cap_rows) return ds_fail(DS_ERR, "sft source: batch buffer too small");
-    buf->has_pos = buf->has_seg = 1;
+    buf->has_pos = buf->has_seg = buf->has_len = 1;
     for (int k = 0; k < rows; k++) {
         DS_TRY(ensure_plan(q));
         if (q->row >= q->plan.n_rows) {
@@ -263,8 +265,8 @@ static int sft_next(ds_data_source *src, ds_batch_buf *buf, int rows) {
             continue;
         }
         size_t off = (size_t)buf->rows * buf->seq_len;
-        ds_sft_fill_row(q->set, &q->plan, q->row, q->o.seq_len, q->o.pad_id, buf->tokens + off, buf->targets + off,
-                        buf->pos + off, buf->seg + off);
+        buf->len[buf->rows] = ds_sft_fill_row(q->set, &q->plan, q->row, q->o.seq_len, q->o.pad_id, buf->tokens + off,
+                                              buf->targets + off, buf->pos + off, buf->seg + off);
         buf->rows++;
         q->row++;
     }

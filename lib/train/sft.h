@@ -88,9 +88,10 @@ int ds_sft_plan_build(ds_sft_plan *p, const ds_sft_set *s, const int64_t *order,
 void ds_sft_plan_free(ds_sft_plan *p);
 
 /* Write row r of a plan: tokens, targets, positions and sample ids, seq_len each. Samples get seg ids
- * 0, 1, 2, ... in row order; padding gets the next id, token pad_id, targets -1, positions from 0. */
-void ds_sft_fill_row(const ds_sft_set *s, const ds_sft_plan *p, int64_t r, int seq_len, int32_t pad_id, int32_t *tokens,
-                     int32_t *targets, int32_t *pos, int32_t *seg);
+ * 0, 1, 2, ... in row order; padding gets the next id, token pad_id, targets -1, positions from 0.
+ * Returns the row's length before the padding (ds_batch.len). */
+int ds_sft_fill_row(const ds_sft_set *s, const ds_sft_plan *p, int64_t r, int seq_len, int32_t pad_id, int32_t *tokens,
+                    int32_t *targets, int32_t *pos, int32_t *seg);
 
 /* ---- the data source ---- */
 

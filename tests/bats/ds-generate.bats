@@ -223,7 +223,7 @@ EOF
         --drop model.layers.1.self_attn.o_proj.weight
     run gen -m "$T/hole" --ids <<<"1 2"
     [ "$status" -eq 1 ]
-    [[ "$output" == *"checkpoint: missing tensor model.layers.1.self_attn.o_proj.weight"* ]]
+    [[ "$output" == *"checkpoint: no tensor model.layers.1.self_attn.o_proj.weight, which the config implies: $T/hole"* ]]
     run gen -m "$T/nowhere" --ids <<<"1 2"
     [ "$status" -eq 1 ]
     [[ "$output" == *"ds-generate: error: "*"nowhere"* ]]

@@ -185,9 +185,12 @@ tok() { "$DS_BIN/ds-tokenize" "$@"; }
 @test "encode -o DIR/ writes numbered shards of bounded size that decode to the same text" {
     d="$BATS_TEST_TMPDIR"
     tok encode -q -t "$T/tok.json" --lines -o "$d/shards/" --shard-tokens 4000 "$T/prose.txt"
-    n=$(ls "$d/shards" | wc -l)
+    n=$(ls "$d/shards"/*.tok | wc -l)
     [ "$n" -gt 3 ]
     [ -f "$d/shards/000000.tok" ] && [ -f "$d/shards/$(printf '%06d' $((n - 1))).tok" ]
+    # the tokenizer beside them, byte for byte, where ds-pretrain looks for it
+    [ "$(ls "$d/shards" | grep -vc '\.tok$')" -eq 1 ]
+    cmp "$T/tok.json" "$d/shards/tokenizer.json"
     tok decode -t "$T/tok.json" --lines "$d/shards"/*.tok | grep -v '^$' >"$d/back"
     grep -v '^$' "$T/prose.txt" | cmp - "$d/back"
     run --separate-stderr tok encode -q -t "$T/tok.json" -o "$d/shards/" "$T/uni.txt"

@@ -9,12 +9,7 @@
 bats_require_minimum_version 1.5.0
 load train_helpers
 
-setup_file() {
-    export T="$BATS_FILE_TMPDIR"
-    tiny_base "$T"
-    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=sft -v n=40 -v seed=1 >"$T/chat.jsonl"
-    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=prompts -v n=8 -v seed=2 >"$T/prompts.jsonl"
-}
+setup_file() { tiny_setup; }
 
 # Each tool, one step of it from $T/base into the -o that follows.
 pretrain() { "$DS_BIN/ds-pretrain" -q --peak-tflops 0.1 --threads 1 --data "$T/shards" --steps 1 --batch 2 --seq-len 32 "$@"; }
@@ -69,7 +64,7 @@ hint: or choose another -o" ]
     [ "$status" -eq 1 ]
     [[ "$stderr" == "ds-pretrain: error: output directory holds a checkpoint (give --force to replace it, or --resume $T/base"* ]]
     # a run that fails before its first save leaves no directory behind
-    run --separate-stderr pretrain --config "$DS_ROOT/share/configs/tiny.json" -o "$BATS_TEST_TMPDIR/never" --fim-rate 0.5
+    run --separate-stderr pretrain --config "$DS_ROOT/share/configs/tiny.json" -o "$BATS_TEST_TMPDIR/never" --data "$T/prose.txt"
     [ "$status" -eq 1 ]
     [ ! -e "$BATS_TEST_TMPDIR/never" ]
 }
@@ -139,7 +134,8 @@ hint: or choose another -o" ]
     [ "${stderr%%$'\n'*}" = "ds-tokenize: error: output directory holds numbered shards of an earlier run (give --force to replace them): $d/shards/" ]
     [ -f "$d/shards/000002.tok" ]
     "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$d/shards/" "$T/chat.jsonl" --force
-    [ "$(ls -A "$d/shards")" = "000000.tok" ]
+    [ "$(ls -A "$d/shards")" = "000000.tok
+tokenizer.json" ]
     "$DS_BIN/ds-tokenize" decode -t "$T/tok.json" "$d/shards/000000.tok" | cmp - "$T/chat.jsonl"
 }
 

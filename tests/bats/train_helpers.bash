@@ -19,6 +19,16 @@ tiny_base() {
         --tokenizer "$dir/tok.json" -o "$dir/base" --steps 4 --batch 4 --seq-len 64 --log-every 0 --seed 1 -q "$@"
 }
 
+# A setup_file for suites that run every training tool: T=$BATS_FILE_TMPDIR with tiny_base's files, and
+# the arithmetic task of share/demo/tasks.awk: $T/chat.jsonl (40 conversations, for ds-sft) and
+# $T/prompts.jsonl (8 prompts, for ds-rl).
+tiny_setup() {
+    export T="$BATS_FILE_TMPDIR"
+    tiny_base "$T"
+    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=sft -v n=40 -v seed=1 >"$T/chat.jsonl"
+    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=prompts -v n=8 -v seed=2 >"$T/prompts.jsonl"
+}
+
 teardown() { # a failed test must not leave a run behind
     [ -f "$BATS_TEST_TMPDIR/pid" ] && kill "$(cat "$BATS_TEST_TMPDIR/pid")" 2>/dev/null || true
 }

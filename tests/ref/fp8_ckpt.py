@@ -148,7 +148,7 @@ def make(args):
         w(p + "self_attn.q_b_proj.weight", 4 * 24, Q)
         w(p + "self_attn.kv_a_proj_with_mqa.weight", KV + R, H)
         w(p + "self_attn.kv_a_layernorm.weight", KV, std=1)
-        w(p + "self_attn.kv_b_proj.weight", 4 * 32, KV)
+        w(p + "self_attn.kv_b_proj.weight", 4 * (8 + 16), KV)
         w(p + "self_attn.o_proj.weight", H, 4 * 16)
         w(p + "post_attention_layernorm.weight", H, std=1)
         if layer == 0:
@@ -170,6 +170,10 @@ def make(args):
     t["model.layers.0.mlp.up_proj.weight"][3:131, 5:133] = 0  # most of a block zero; still amax > 0
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = json.load(open(os.path.join(root, "share", "configs", "tiny.json")))
+    # the sizes of the tensors above (ds-quantize checks the config against them): 4 heads of
+    # qk_nope 8 + qk_rope 16, v_head 16
+    cfg.update(hidden_size=H, vocab_size=V, q_lora_rank=Q, kv_lora_rank=KV, qk_nope_head_dim=8, qk_rope_head_dim=R,
+               v_head_dim=16, intermediate_size=FF, moe_intermediate_size=MFF, n_routed_experts=E, num_attention_heads=4)
     cfg["torch_dtype"] = "float32" if args.dtype == "f32" else "bfloat16"
     cfg.setdefault("pad_token_id", None)  # our config writer makes every known key explicit
     write_ckpt(args.dir, t, cfg, carried={"tokenizer.json": b'{"model": {"type": "BPE"}}\n',

@@ -148,8 +148,17 @@ TEST(counts_match_a_layer_by_layer_sum) {
 
 TEST(defaults_for_absent_keys) {
     ds_config c;
-    int rc = parse(&c, "{}");
-    CHECK(rc == 0, "empty object is the 671B default config: %s", ds_errmsg());
+    /* a JSON object with none of the model's keys is some other file, not the 671B default */
+    static const char *others[] = {"{}", "{\"bos_token_id\": 0, \"eos_token_id\": 1}",
+                                   "{\"version\": \"1.0\", \"model\": {\"type\": \"BPE\", \"vocab\": {}}}"};
+    for (int i = 0; i < 3; i++) {
+        int bad = parse(&c, others[i]);
+        CHECK(bad == DS_ERR && !strcmp(ds_errmsg(), "config: none of the model's keys (model_type, hidden_size, "
+                                                    "num_hidden_layers, ...): t.json"),
+              "%s is not a model config: %s", others[i], ds_errmsg());
+    }
+    int rc = parse(&c, "{\"model_type\": \"deepseek_v3\"}");
+    CHECK(rc == 0, "model_type alone is the 671B default config: %s", ds_errmsg());
     CHECK(c.vocab_size == 129280 && c.hidden_size == 7168 && c.num_hidden_layers == 61 && c.q_lora_rank == 1536 &&
               c.max_position_embeddings == 4096 && c.num_key_value_heads == 128 && c.pad_token_id == -1 &&
               c.bos_token_id == 0 && c.eos_token_id == 1 && c.rope_theta == 10000 && c.rms_norm_eps == 1e-6 &&

@@ -8,6 +8,7 @@
 #include "model/internal.h"
 #include "model/moe.h"
 #include "model_fixture.h"
+#include "train/balance.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -16,7 +17,7 @@
 
 typedef struct {
     int B, T;
-    int32_t *tok, *tgt, *seg, *pos;
+    int32_t *tok, *tgt, *seg, *pos, *len;
     float *cm, *cmtp; /* loss coefficients: d loss / d logp, d loss / d mtp_logp */
     ds_batch b;
 } batch_t;
@@ -45,7 +46,24 @@ static void batch_make(batch_t *t, int B, int T, int V, int depth, uint64_t seed
 }
 
 static void batch_free(batch_t *t) {
-    free(t->tok), free(t->tgt), free(t->seg), free(t->pos), free(t->cm), free(t->cmtp);
+    free(t->tok), free(t->tgt), free(t->seg), free(t->pos), free(t->len), free(t->cm), free(t->cmtp);
+}
+
+/* Row r keeps its first len tokens; the rest is padding (token 1, no targets, no loss), as SFT and RL pad. */
+static void batch_pad(batch_t *t, int r, int len, int depth) {
+    int n = t->B * t->T;
+    if (!t->len) {
+        t->len = malloc(sizeof(int32_t) * t->B);
+        for (int i = 0; i < t->B; i++) t->len[i] = t->T;
+    }
+    t->len[r] = len;
+    for (int p = len; p < t->T; p++) {
+        int i = r * t->T + p;
+        t->tok[i] = 1, t->tgt[i] = -1, t->cm[i] = 0;
+        for (int k = 1; k <= depth; k++)
+            if (i - k >= r * t->T) t->cmtp[(size_t)(k - 1) * n + i - k] = 0;
+    }
+    t->b.len = t->len;
 }
 
 /* model_fixture.h's generic weights (norm gains away from 1), and non-zero expert biases */
@@ -168,6 +186,8 @@ TEST(gradcheck_full_model) {
     batch_t t;
     batch_make(&t, 2, 12, c.vocab_size, 1, 5, 0);
     gradcheck(m, &t, 2e-3, 5e-3, "q_lora, MTP, balance loss");
+    batch_pad(&t, 1, 7, 1);
+    gradcheck(m, &t, 2e-3, 5e-3, "a row padded after 7 tokens");
     batch_free(&t);
     ds_model_free(m);
 }
@@ -296,6 +316,95 @@ TEST(sample_masking_equals_separate_rows) {
     }
     CHECK(worst < 1e-5, "packed vs alone: max |dlogp| %.2e", worst);
     CHECK(mtp_ok && mtp[11] == 0.0f && mtp[19] == 0.0f, "MTP log-probs masked at segment ends and equal elsewhere");
+    ds_model_free(m);
+}
+
+/* The routing statistics of one forward: expert loads of every MoE layer (MTP's included) and the balance
+ * loss; and, with dlogp = dmtp = 0, the gradient of the balance loss alone. */
+typedef struct {
+    int32_t load[64];
+    double bal;
+    float *grad;
+} route_stats;
+
+static int route_stats_of(ds_model *m, const ds_batch *b, route_stats *s) {
+    ds_fwd_out out;
+    int rc = ds_model_forward(m, b, &out);
+    if (rc) return rc;
+    memcpy(s->load, out.expert_load, sizeof(int32_t) * (size_t)out.n_moe_layers * m->dims.E);
+    s->bal = out.bal_loss;
+    size_t n = (size_t)b->B * b->T, np = ds_model_num_params(m);
+    float *zero = calloc(2 * n, sizeof(float));
+    ds_model_zero_grad(m);
+    rc = ds_model_backward(m, b, zero, zero);
+    s->grad = malloc(sizeof(float) * np);
+    memcpy(s->grad, ds_model_grads(m), sizeof(float) * np);
+    free(zero);
+    return rc;
+}
+
+/* Padding (SFT's and RL's rows) and MTP positions with no next token in their sample are not routed: a
+ * padded batch has the expert loads, balance loss, balance-loss gradient and bias update of the same rows
+ * without their padding, and a packed row's MTP module counts no position across its samples. */
+TEST(padding_is_not_routed) {
+    ds_config c;
+    fixture_tiny(&c);
+    const int T = 16, E = c.n_routed_experts, K = c.num_experts_per_tok, nl = 3; /* 2 MoE layers + MTP */
+    ds_model *m = make(&c, 2, T, 1, 0.05);
+    if (!m) return;
+    init_generic(m, 21);
+    int32_t tok[32], tgt[32], len[2] = {T, 10};
+    for (int i = 0; i < 32; i++) tok[i] = (i * 13 + 5) % 64, tgt[i] = (i * 7 + 3) % 64;
+    for (int i = T + 10; i < 2 * T; i++) tok[i] = 1, tgt[i] = -1; /* padding: EOS tokens, no targets */
+    ds_batch padded = {.B = 2, .T = T, .tokens = tok, .targets = tgt, .len = len};
+    ds_batch row0 = {.B = 1, .T = T, .tokens = tok, .targets = tgt};
+    ds_batch row1 = {.B = 1, .T = 10, .tokens = tok + T, .targets = tgt + T};
+    route_stats sp, s0, s1;
+    int rc = route_stats_of(m, &padded, &sp) || route_stats_of(m, &row0, &s0) || route_stats_of(m, &row1, &s1);
+    CHECK(!rc, "forward and backward run%s%s", rc ? ": " : "", rc ? ds_errmsg() : "");
+    int same = 1, total_ok = 1;
+    for (int l = 0; l < nl; l++) {
+        int total = 0;
+        for (int e = 0; e < E; e++) same &= sp.load[l * E + e] == s0.load[l * E + e] + s1.load[l * E + e];
+        for (int e = 0; e < E; e++) total += sp.load[l * E + e];
+        total_ok &= total == K * (l < 2 ? T + 10 : T - 1 + 9);
+    }
+    CHECK(same && total_ok, "expert loads = the rows' without padding (%d tokens routed in a MoE layer)",
+          (int)(sp.load[E] + sp.load[E + 1] + sp.load[E + 2] + sp.load[E + 3] + sp.load[E + 4] + sp.load[E + 5] +
+                sp.load[E + 6] + sp.load[E + 7]) / K);
+    /* the balance loss is a mean over the batch's rows; each row's over its own tokens */
+    double want = (s0.bal + s1.bal) / 2;
+    CHECK(fabs(sp.bal - want) <= 1e-6 * want, "balance loss %.9g = mean of the rows' %.9g", sp.bal, want);
+    size_t np = ds_model_num_params(m);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < np; i++) {
+        double d = sp.grad[i] - 0.5 * ((double)s0.grad[i] + s1.grad[i]);
+        num += d * d, den += (double)sp.grad[i] * sp.grad[i];
+    }
+    CHECK(den > 0 && sqrt(num / den) < 1e-5, "its gradient = the mean of the rows' (rel err %.2e)", sqrt(num / den));
+    /* the auxiliary-loss-free bias update sees the same counts */
+    ds_balance bp, bs;
+    ds_balance_init(&bp, nl, E), ds_balance_init(&bs, nl, E);
+    ds_balance_add(&bp, sp.load), ds_balance_add(&bs, s0.load), ds_balance_add(&bs, s1.load);
+    float bias_p[3][8] = {{0}}, bias_s[3][8] = {{0}};
+    float *vp[3] = {bias_p[0], bias_p[1], bias_p[2]}, *vs[3] = {bias_s[0], bias_s[1], bias_s[2]};
+    ds_balance_update_bias(&bp, vp, 1e-3), ds_balance_update_bias(&bs, vs, 1e-3);
+    CHECK(!memcmp(bias_p, bias_s, sizeof bias_p), "bias update identical");
+    ds_balance_free(&bp), ds_balance_free(&bs);
+    free(sp.grad), free(s0.grad), free(s1.grad);
+
+    /* packed samples: the MTP module at a sample's last position has no next token there */
+    int32_t seg[T], plen[1] = {13};
+    for (int i = 0; i < T; i++) seg[i] = i < 7 ? 0 : i < 13 ? 1 : 2;
+    ds_batch packed = {.B = 1, .T = T, .tokens = tok, .targets = tgt, .seg = seg, .len = plen};
+    ds_batch a = {.B = 1, .T = 7, .tokens = tok, .targets = tgt}, b = {.B = 1, .T = 6, .tokens = tok + 7, .targets = tgt + 7};
+    route_stats sk, sa, sb;
+    rc = route_stats_of(m, &packed, &sk) || route_stats_of(m, &a, &sa) || route_stats_of(m, &b, &sb);
+    CHECK(!rc, "packed and alone run%s%s", rc ? ": " : "", rc ? ds_errmsg() : "");
+    same = 1;
+    for (int i = 0; i < nl * E; i++) same &= sk.load[i] == sa.load[i] + sb.load[i];
+    CHECK(same, "packed samples + padding: expert loads (MTP's included) = the samples' alone");
+    free(sk.grad), free(sa.grad), free(sb.grad);
     ds_model_free(m);
 }
 

@@ -450,7 +450,7 @@ static void route_case(ds_route_params rp, int use_bias, const char *what) {
     O->router_scores(s, z, n, E, rp.score_fn);
     int32_t *idx = malloc(sizeof(int32_t) * n * K);
     float *w = malloc(sizeof(float) * n * K);
-    O->moe_topk(idx, w, s, bias, n, &rp);
+    O->moe_topk(idx, w, s, bias, NULL, n, &rp);
     int same = 1, bias_changed = 0;
     double worst = 0;
     for (int t = 0; t < n; t++) {
@@ -499,7 +499,7 @@ TEST(routing_selection) {
                           .score_fn = DS_SCORE_FN_SIGMOID, .renorm = 1, .route_scale = 1.0f};
     int32_t idx[3];
     float w[3];
-    O->moe_topk(idx, w, s, bias, 1, &rp);
+    O->moe_topk(idx, w, s, bias, NULL, 1, &rp);
     CHECK(idx[0] == 6 && idx[1] == 7 && idx[2] == 0, "ties and negative biased scores: chose %d %d %d", idx[0], idx[1],
           idx[2]);
 }
@@ -507,6 +507,7 @@ TEST(routing_selection) {
 struct rt_ctx {
     float *z, *s, *w, *dw;
     int32_t *idx, *idx0;
+    const int32_t *keep;
     const ds_route_params *rp;
     int n, B, T;
     float *loss;
@@ -522,51 +523,71 @@ static double rt_loss(void *p) {
         for (int b = 0; b < c->B; b++) L += c->loss[b];
         return L;
     }
-    O->moe_topk(c->idx, c->w, c->s, NULL, c->n, c->rp);
+    O->moe_topk(c->idx, c->w, c->s, NULL, c->keep, c->n, c->rp);
     if (memcmp(c->idx, c->idx0, sizeof(int32_t) * c->n * K)) return NAN; /* a selection flipped */
     return dot(c->w, c->dw, (size_t)c->n * K);
 }
 
+/* Tokens 3 and 9 are padding (keep 0): not routed, no gradient, left out of the balance loss, whose f and
+ * P are normalised by each sequence's routed tokens. */
 TEST(routing_backward_and_balance_loss) {
     for (int fn = 0; fn < 2; fn++) {
         ds_route_params rp = {.n_experts = 8, .top_k = 3, .n_group = 4, .topk_group = 2, .group_rule = DS_GROUP_TOP2SUM,
                               .score_fn = fn ? DS_SCORE_FN_SOFTMAX : DS_SCORE_FN_SIGMOID, .renorm = !fn,
                               .route_scale = 2.5f};
-        int B = 2, T = 5, n = B * T, E = 8, K = 3;
+        enum { B = 2, T = 5, n = B * T, E = 8, K = 3 };
+        static const int32_t keep[n] = {1, 1, 1, 0, 1, 1, 1, 1, 1, 0};
         struct rt_ctx c = {randv(n * E, 23, 2), malloc(sizeof(float) * n * E), malloc(sizeof(float) * n * K),
                            randv(n * K, 24, 1), malloc(sizeof(int32_t) * n * K), malloc(sizeof(int32_t) * n * K),
-                           &rp, n, B, T, malloc(sizeof(float) * B), 0};
+                           keep, &rp, n, B, T, malloc(sizeof(float) * B), 0};
+        const char *name = fn ? "softmax" : "sigmoid";
         O->router_scores(c.s, c.z, n, E, rp.score_fn);
-        O->moe_topk(c.idx0, c.w, c.s, NULL, n, &rp);
+        O->moe_topk(c.idx0, c.w, c.s, NULL, keep, n, &rp);
+        int unrouted = 1;
+        for (int k = 0; k < K; k++) unrouted &= c.idx0[3 * K + k] == -1 && c.w[3 * K + k] == 0 && c.idx0[9 * K + k] == -1;
+        CHECK(unrouted && c.idx0[0] >= 0 && c.idx0[4 * K] >= 0, "%s: tokens with keep 0: experts -1, weights 0", name);
         float *dz = calloc(n * E, sizeof(float));
         O->moe_topk_bwd(dz, c.dw, c.s, c.idx0, n, &rp);
         double *fd = malloc(sizeof(double) * n * E);
         finite_diff(fd, c.z, (size_t)n * E, rt_loss, &c, 1e-3f);
         int flipped = 0;
         for (int i = 0; i < n * E; i++) flipped |= isnan(fd[i]);
-        CHECK(!flipped && rel_err(fd, dz, (size_t)n * E) < 1e-3, "%s: routing weights to logits: %.2e",
-              fn ? "softmax" : "sigmoid", rel_err(fd, dz, (size_t)n * E));
-        /* balance loss: value by its definition, gradient (f constant) by finite differences */
+        CHECK(!flipped && rel_err(fd, dz, (size_t)n * E) < 1e-3, "%s: routing weights to logits: %.2e", name,
+              rel_err(fd, dz, (size_t)n * E));
+        /* balance loss: value by its definition over the routed tokens, gradient (f constant) by finite
+         * differences (zero for the padding) */
         O->moe_balance(c.loss, NULL, 0, c.s, c.idx0, B, T, &rp);
         double worst = 0;
         for (int b = 0; b < B; b++) {
             double f[8] = {0}, P[8] = {0}, L = 0;
+            int Tb = 0;
+            for (int t = 0; t < T; t++) Tb += keep[b * T + t];
             for (int t = 0; t < T; t++)
-                for (int k = 0; k < K; k++) f[c.idx0[(b * T + t) * K + k]] += (double)E / (K * T);
+                for (int k = 0; k < K && keep[b * T + t]; k++) f[c.idx0[(b * T + t) * K + k]] += (double)E / (K * Tb);
             for (int t = 0; t < T; t++) {
                 double z = 0;
-                for (int e = 0; e < E; e++) z += c.s[(b * T + t) * E + e];
-                for (int e = 0; e < E; e++) P[e] += c.s[(b * T + t) * E + e] / (fn ? 1.0 : z) / T;
+                for (int e = 0; e < E && keep[b * T + t]; e++) z += c.s[(b * T + t) * E + e];
+                for (int e = 0; e < E && keep[b * T + t]; e++) P[e] += c.s[(b * T + t) * E + e] / (fn ? 1.0 : z) / Tb;
             }
             for (int e = 0; e < E; e++) L += f[e] * P[e];
             worst = fmax(worst, fabs(L - c.loss[b]));
         }
-        CHECK(worst < 1e-6, "%s: balance loss by its definition: %.2e", fn ? "softmax" : "sigmoid", worst);
+        CHECK(worst < 1e-6, "%s: balance loss by its definition over the routed tokens: %.2e", name, worst);
+        /* the same as the batch without its padding: sequences of 4 tokens */
+        float sc[8 * E], lc[B];
+        int32_t ic[8 * K];
+        for (int i = 0, o = 0; i < n; i++)
+            if (keep[i]) memcpy(sc + o * E, c.s + i * E, sizeof(float) * E), memcpy(ic + o * K, c.idx0 + i * K, 4 * K), o++;
+        O->moe_balance(lc, NULL, 0, sc, ic, B, T - 1, &rp);
+        CHECK(lc[0] == c.loss[0] && lc[1] == c.loss[1], "%s: equals the loss of the batch without the padding (%g %g)",
+              name, lc[0], lc[1]);
         memset(dz, 0, sizeof(float) * n * E);
         O->moe_balance(c.loss, dz, 1.0f, c.s, c.idx0, B, T, &rp);
         c.balance = 1; /* a smooth function of small gradients: a larger step keeps rounding noise down */
         finite_diff(fd, c.z, (size_t)n * E, rt_loss, &c, 5e-2f);
-        CHECK(rel_err(fd, dz, (size_t)n * E) < 1e-3, "%s: balance loss gradient: %.2e", fn ? "softmax" : "sigmoid",
+        int pad_zero = 1;
+        for (int e = 0; e < E; e++) pad_zero &= dz[3 * E + e] == 0 && dz[9 * E + e] == 0;
+        CHECK(pad_zero && rel_err(fd, dz, (size_t)n * E) < 1e-3, "%s: balance loss gradient: %.2e", name,
               rel_err(fd, dz, (size_t)n * E));
         free(c.z), free(c.s), free(c.w), free(c.dw), free(c.idx), free(c.idx0), free(c.loss), free(dz), free(fd);
     }
@@ -595,7 +616,7 @@ TEST(routing_renorm_underflow) {
     int zero = 1;
     for (int e = 0; e < E; e++) zero &= s[e] == 0.0f && s[E + e] > 1e-37f && s[E + e] < 1e-33f;
     CHECK(zero, "scores: token 0 all exactly 0, token 1 all between 1e-37 and 1e-33");
-    O->moe_topk(idx, w, s, NULL, n, &rp);
+    O->moe_topk(idx, w, s, NULL, NULL, n, &rp);
     O->moe_topk_bwd(dz, g, s, idx, n, &rp);
     int finite = 1, zero_w = 1, zero_g = 1;
     for (int i = 0; i < n * K; i++) finite &= isfinite(w[i]);

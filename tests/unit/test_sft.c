@@ -196,7 +196,7 @@ static void check_rows(const ds_sft_set *s, const ds_sft_plan *p, int T, int64_t
             used += (int)(ds_sft_len(s, p->idx[j]) - 1);
         }
         if (used > T) ok_bounds = 0;
-        ds_sft_fill_row(s, p, r, T, 99, tok, tgt, pos, seg);
+        const int len = ds_sft_fill_row(s, p, r, T, 99, tok, tgt, pos, seg);
         /* the row against the definition, slot by slot */
         int slot = 0, id = 0;
         for (int64_t j = p->row_off[r]; j < p->row_off[r + 1]; j++, id++) {
@@ -206,6 +206,7 @@ static void check_rows(const ds_sft_set *s, const ds_sft_plan *p, int T, int64_t
             for (int t = 0; t + 1 < ds_sft_len(s, i); t++, slot++)
                 if (tok[slot] != x[t] || tgt[slot] != (m[t + 1] ? x[t + 1] : -1) || pos[slot] != t || seg[slot] != id) ok_fill = 0;
         }
+        if (len != slot) ok_fill = 0; /* the row's length: where its padding starts */
         for (int t = 0; slot < T; slot++, t++)
             if (tok[slot] != 99 || tgt[slot] != -1 || seg[slot] != id || pos[slot] != t) ok_fill = 0;
     }
@@ -214,7 +215,7 @@ static void check_rows(const ds_sft_set *s, const ds_sft_plan *p, int T, int64_t
     free(seen);
     CHECK(ok_once && total == n_samples && p->row_off[p->n_rows] == n_samples, "%s: every sample exactly once", what);
     CHECK(ok_bounds, "%s: rows within %d slots", what, T);
-    CHECK(ok_fill, "%s: tokens, targets, positions, sample ids and padding as defined", what);
+    CHECK(ok_fill, "%s: tokens, targets, positions, sample ids, padding and the returned length as defined", what);
 }
 
 TEST(packing_plan) {
@@ -288,6 +289,13 @@ TEST(source_epochs_resume_and_split) {
     ds_sft_source_position(tr, &e, &row);
     CHECK(e == 0 && row == rows_e0, "position after one epoch: epoch %lld row %lld", (long long)e, (long long)row);
     const int64_t tok_train = ds_batch_buf_count_targets(&buf, 0, (int)rows_e0);
+    ds_batch view = ds_batch_buf_view(&buf, 1, 2);
+    int pad_ok = view.len == buf.len + 1;
+    for (int64_t q = 0; q < rows_e0; q++)
+        for (int t = buf.len[q] - 1; t < T; t++) /* the last token of the row's last sample, then padding */
+            pad_ok &= t < 0 || (t >= buf.len[q] ? buf.tokens[q * T + t] == 0 && buf.targets[q * T + t] == -1
+                                                : buf.seg[q * T + t] != buf.seg[q * T + T - 1] || buf.len[q] == T);
+    CHECK(pad_ok, "rows' lengths: padding after them, the batch view carries them");
     const int64_t vrows = va->rows_per_pass(va);
     CHECK(vrows == st.val_rows && vrows >= 1, "validation rows %lld", (long long)vrows);
     ds_batch_buf vb, vb2;
