@@ -162,10 +162,7 @@ int main(int argc, char **argv) {
     if (A.quiet) ds_log_set_level(DS_LOG_QUIET);
     if (A.verbose) ds_log_set_level(DS_LOG_VERBOSE);
     ds_threads_set(A.threads);
-    if (!ds_cli_given(&A.seed)) { /* as llama.cpp: a random seed, printed (when it matters) and recorded */
-        A.seed = ds_seed_draw();
-        if (A.temperature > 0 && !A.score) ds_info("seed    %llu (random: --seed repeats the draws)", (unsigned long long)A.seed);
-    }
+    if (!ds_cli_given(&A.seed)) A.seed = ds_seed_draw(); /* as llama.cpp: a random seed, printed and recorded */
 
     ds_metrics mf = {0};
     if (A.metrics && (rc = ds_metrics_open(&mf, A.metrics, 0))) return ds_tool_report(rc);
@@ -213,6 +210,8 @@ int main(int argc, char **argv) {
             "batch %d, %d threads, device %s", A.model, L.tok ? "with tokenizer" : "no tokenizer", ds_now() - t0,
             c->num_hidden_layers, c->hidden_size, c->num_attention_heads, c->vocab_size, L.has_mtp ? ", MTP" : "",
             A.mtp ? " (speculating)" : "", ctx, A.batch, ds_threads_get(), A.device);
+    if (!ds_cli_given(&A.seed) && A.temperature > 0 && !A.score) /* when it matters: sampling */
+        ds_info("seed    %llu (random: --seed repeats the draws)", (unsigned long long)A.seed);
     if (!A.score) report_cache(c, &cfgrec);
     ds_jsonw_obj_end(&cfgrec);
     if (!rc && mf.f) rc = ds_metrics_write(&mf, &cfgrec);
