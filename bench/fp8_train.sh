@@ -50,7 +50,7 @@ fi
 # shellcheck disable=SC2086
 cat $TEXT >"$W/corpus.txt"
 bin/ds-tokenize train -q --vocab-size "$VOCAB" -o "$W/tok.json" "$W/corpus.txt"
-bin/ds-tokenize encode -q -t "$W/tok.json" -o "$W/shards/" "$W/corpus.txt"
+bin/ds-tokenize encode -q -t "$W/tok.json" -o "$W/shards/" --force "$W/corpus.txt"
 
 # idle OpenMP threads sleep instead of spinning (shared machine)
 export OMP_WAIT_POLICY=passive
@@ -58,7 +58,7 @@ train() { # name [--fp8]
     local name=$1
     shift
     /usr/bin/time -f '{"user_s": %U, "sys_s": %S, "wall_s": %e, "max_rss_kb": %M}' -o "$W/$name.time" \
-        bin/ds-pretrain --config "$CFG" --data "$W/shards" --tokenizer "$W/tok.json" -o "$W/ck-$name" \
+        bin/ds-pretrain --config "$CFG" --data "$W/shards" --tokenizer "$W/tok.json" -o "$W/ck-$name" --force \
         --steps "$STEPS" --batch "$B" --seq-len "$T" --lr "$LR" --seed 1 --threads "$THREADS" --val-every 50 \
         --log-every 0 --peak-tflops 1 --metrics "$W/$name.jsonl" -q "$@"
 }

@@ -23,10 +23,10 @@ export OMP_WAIT_POLICY=passive
 # tokens: the docs, ten times over (the content does not matter for throughput; ~0.7M tokens)
 for i in 1 2 3 4 5 6 7 8 9 10; do cat "$root"/docs/*.md; done >"$w/text.txt"
 "$bin/ds-tokenize" train -q --vocab-size 400 -o "$w/tok.json" "$w/text.txt"
-"$bin/ds-tokenize" encode -q -t "$w/tok.json" -o "$w/shards/" "$w/text.txt"
+"$bin/ds-tokenize" encode -q -t "$w/tok.json" -o "$w/shards/" --force "$w/text.txt"
 
 echo "== training: ds-pretrain --device cuda vs transformers, ${B}x${T} tokens per step"
-"$bin/ds-pretrain" --config "$config" --data "$w/shards" --tokenizer "$w/tok.json" -o "$w/ck" \
+"$bin/ds-pretrain" --config "$config" --data "$w/shards" --tokenizer "$w/tok.json" -o "$w/ck" --force \
     --steps "$S" --batch "$B" --micro-batch "$B" --seq-len "$T" --lr 3e-4 --val-every 0 --device "$dev" \
     --metrics "$w/train.jsonl" 2>&1 | grep -vE '^ds-pretrain: step +[0-9]+/' | tail -8
 ours=$("$py" - "$w/train.jsonl" "$B" "$T" <<'PY'

@@ -280,8 +280,9 @@ int main(int argc, char **argv) {
     const ds_cli cli = {
         .name = "ds-extend-ctx",
         .usage = "-m CKPT --data 'GLOB' -o OUT --factor S --seq-len T --steps N [OPTIONS]",
-        .summary = "Extend a checkpoint's context with YaRN (DeepSeek's convention: frequencies blended between beta_fast "
-                   "and beta_slow, softmax scale x (0.1 ln s + 1)^2) and continue training at the longer length; "
+        .summary = "Extend a checkpoint's context with YaRN (as transformers computes it: frequencies blended between "
+                   "beta_fast and beta_slow, softmax scale x (0.1 ln s + 1)^2 with V3's mscales) and continue "
+                   "training at the longer length; "
                    "repeat for further phases (V3: 4K -> 32K -> 128K, 1000 steps each at 7.3e-6). Then evaluates: "
                    "passkey retrieval over a grid of lengths and depths (table on stdout, --eval-png heat map) and "
                    "log-likelihood by position on the data's tail.",

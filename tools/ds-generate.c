@@ -179,7 +179,11 @@ int main(int argc, char **argv) {
     double t0 = ds_now();
     if ((rc = ds_load_checkpoint(A.model, &mo, &L))) return ds_tool_report(rc);
     ds_chat_template tpl; /* --chat-template, else the checkpoint's tokenizer_config.json, else built in */
-    if ((rc = ds_chat_template_select(&tpl, A.chat_template, L.tokenizer_config, L.tokenizer_config_len, A.model))) {
+    int have_tpl = 1;
+    if (A.chat) rc = ds_chat_template_select(&tpl, A.chat_template, L.tokenizer_config, L.tokenizer_config_len, A.model);
+    else rc = ds_chat_template_select_if_readable(&tpl, A.chat_template, L.tokenizer_config, L.tokenizer_config_len,
+                                                  A.model, &have_tpl);
+    if (rc) {
         ds_loaded_free(&L);
         return ds_tool_report(rc);
     }
@@ -217,7 +221,7 @@ int main(int argc, char **argv) {
     if (!rc && mf.f) rc = ds_metrics_write(&mf, &cfgrec);
     ds_jsonw_free(&cfgrec);
 
-    ds_prompt_opts po = {.format = A.ids ? DS_INPUT_IDS : DS_INPUT_AUTO, .tok = L.tok, .chat = &tpl,
+    ds_prompt_opts po = {.format = A.ids ? DS_INPUT_IDS : DS_INPUT_AUTO, .tok = L.tok, .chat = have_tpl ? &tpl : NULL,
                          .chat_prompts = A.chat, .generation_prompt = !A.score,
                          .bos = A.no_bos ? -1 : c->bos_token_id, .vocab = c->vocab_size};
     ds_prompt_reader *rd = NULL;

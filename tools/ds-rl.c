@@ -79,9 +79,11 @@ static int run(void) {
     size_t tokcfg_len = 0;
     if (!rc && ds_ckpt_has_file(ck, "tokenizer_config.json"))
         rc = ds_ckpt_read_file(ck, "tokenizer_config.json", &tokcfg, &tokcfg_len);
-    if (!rc) rc = ds_chat_template_select(&tpl, A.chat_template, tokcfg, tokcfg_len, from);
+    int have_tpl = 1; /* without --chat, only {"messages"} prompts need it */
+    if (!rc && A.chat) rc = ds_chat_template_select(&tpl, A.chat_template, tokcfg, tokcfg_len, from);
+    else if (!rc) rc = ds_chat_template_select_if_readable(&tpl, A.chat_template, tokcfg, tokcfg_len, from, &have_tpl);
     free(tokcfg);
-    ds_rl_prompt_opts po = {.tok = tok, .chat = &tpl, .chat_prompts = A.chat, .bos = cfg ? cfg->bos_token_id : -1, .vocab = cfg ? cfg->vocab_size : 0,
+    ds_rl_prompt_opts po = {.tok = tok, .chat = have_tpl ? &tpl : NULL, .chat_prompts = A.chat, .bos = cfg ? cfg->bos_token_id : -1, .vocab = cfg ? cfg->vocab_size : 0,
                             .need_answer = need_answer};
     if (!rc) rc = ds_rl_prompts_load(&train, A.prompts, &po);
     if (!rc && A.eval_prompts) rc = ds_rl_prompts_load(&eval, A.eval_prompts, &po);
@@ -91,7 +93,7 @@ static int run(void) {
     ds_session_opts so = ds_train_toolopts_session(&A.t, "ds-rl");
     so.plot_path = NULL, so.seq_len = T, so.want_entropy = 1; /* ds-rl draws its own plot */
     if (!rc) rc = ds_session_open(&s, &so);
-    if (!rc) s.chat = &tpl; /* the checkpoints carry the template the prompts were rendered with */
+    if (!rc && have_tpl) s.chat = &tpl; /* the checkpoints carry the template the prompts were rendered with */
     if (!rc && A.kl > 0) {
         /* the reference is the starting policy: after --resume it must come from the original checkpoint */
         const char *ref_dir = A.t.resume ? (A.ref ? A.ref : A.t.model) : A.ref;
@@ -227,7 +229,7 @@ int main(int argc, char **argv) {
                    "  ds-rl -m ckpt/sft --prompts train.jsonl --eval-prompts heldout.jsonl --eval-samples 4 -o ckpt/rl \\\n"
                    "      --steps 100 --group 8 --batch 16 --max-new 24 --lr 1e-4 --lr-schedule 'linear:0@0,1e-4@20' \\\n"
                    "      --metrics rl.jsonl --plot rl.png   # share/demo/rl_arith.sh runs it end to end\n"
-                   "  ds-rl -m ckpt/sft --prompts p.jsonl -o ckpt/rl-own --steps 50 --reward-cmd 'python3 score.py'",
+                   "  ds-rl -m ckpt/sft --prompts p.jsonl -o ckpt/rl-own --steps 50 --group 8 --max-new 24 --reward-cmd 'python3 score.py'",
         .opts = opts,
     };
     int first;

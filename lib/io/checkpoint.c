@@ -4,6 +4,7 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "io/json.h"
+#include "io/kind.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -116,7 +117,8 @@ int ds_ckpt_open(ds_ckpt **out, const char *path) {
     else rc = open_stream(c, path);
     if (rc) {
         ds_ckpt_close(c);
-        return rc;
+        static const ds_kind takes[] = {DS_KIND_CKPT_DIR, DS_KIND_DIR, DS_KIND_SAFETENSORS, DS_KIND_ST_INDEX, DS_KIND_UNKNOWN};
+        return ds_kind_explain(rc, path, "checkpoint", "a checkpoint", takes);
     }
     *out = c;
     return 0;

@@ -7,6 +7,7 @@
  * load/save round trip.
  */
 #include "io/config.h"
+#include "io/kind.h"
 
 #include "core/err.h"
 #include "core/file.h"
@@ -468,13 +469,15 @@ int ds_config_parse(ds_config *c, const char *text, size_t len, const char *wher
 }
 
 int ds_config_load_file(ds_config *c, const char *path) {
+    static const ds_kind takes[] = {DS_KIND_CONFIG, DS_KIND_JSON, DS_KIND_UNKNOWN};
     char *text;
     size_t len;
     ds_config_defaults(c);
-    DS_TRY(ds_read_file(path, &text, &len, 64u << 20));
-    int rc = ds_config_parse(c, text, len, ds_is_stdio(path) ? "<stdin>" : path);
+    int rc = ds_read_file(path, &text, &len, 64u << 20);
+    if (rc) return ds_kind_explain(rc, path, "config", "a model config.json", takes);
+    rc = ds_config_parse(c, text, len, ds_is_stdio(path) ? "<stdin>" : path);
     free(text);
-    return rc;
+    return ds_kind_explain(rc, path, "config", "a model config.json", takes);
 }
 
 int ds_config_to_json(const ds_config *c, char **out) {

@@ -1,5 +1,6 @@
 /* jsonl.c — see jsonl.h. */
 #include "io/jsonl.h"
+#include "io/kind.h"
 
 #include "core/file.h"
 
@@ -140,6 +141,11 @@ int ds_jsonl_next(ds_jsonl *r, json_t **obj) {
     if (!line) return 0;
     json_error_t e;
     json_t *v = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &e);
+    if (!v && r->line == 1 && !r->mem) { /* a file of another kind altogether says so */
+        static const ds_kind takes[] = {DS_KIND_JSONL, DS_KIND_JSON, DS_KIND_TEXT, DS_KIND_EMPTY, DS_KIND_UNKNOWN};
+        return ds_kind_explain(ds_jsonl_error(r, "bad JSON at column %d: %s", e.column, e.text), r->where, "JSON lines",
+                               "JSON lines", takes);
+    }
     if (!v) return ds_jsonl_error(r, "bad JSON at column %d: %s", e.column, e.text);
     if (!json_is_object(v)) {
         json_decref(v);

@@ -6,6 +6,7 @@
  *   trailer 64 B   "DSTOKEND" n_tokens n_docs n_frames index_offset crc32c(index) ... crc
  */
 #include "io/shard.h"
+#include "io/kind.h"
 
 #include "core/err.h"
 #include "core/file.h"
@@ -540,7 +541,8 @@ int ds_shard_open(ds_shard **out, const char *path) {
     }
     if (rc) {
         ds_shard_close(s);
-        return rc;
+        static const ds_kind takes[] = {DS_KIND_SHARD, DS_KIND_EMPTY, DS_KIND_UNKNOWN};
+        return ds_kind_explain(rc, path, "token shard", "a token shard", takes);
     }
     *out = s;
     return 0;

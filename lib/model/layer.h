@@ -39,11 +39,11 @@ void ds_dims_from_config(ds_dims *d, const ds_config *c);
 
 #define DS_ROPE_MAX_HALF 256
 
-/* RoPE with the YaRN correction, DeepSeek's convention (spec 7; decision in docs/DESIGN.md):
+/* RoPE with the YaRN correction as transformers computes it (spec 7; decision in docs/DESIGN.md):
  *   inv_freq[j] = theta^(-2j/dr), blended towards inv_freq/s over the ramp [low, high] (beta_fast/slow);
- *   cos/sin are scaled by attention_factor if given, else by m(s, mscale) / m(s, mscale_all_dim) where
- *   m(s, c) = 0.1 c ln s + 1 (c = 0 or s <= 1 gives 1) and mscale defaults to 1;
- *   the softmax scale is qk_head_dim^-1/2 * m(s, mscale_all_dim)^2.
+ *   cos/sin are scaled by attention_factor if given, else by m(s, mscale) / m(s, mscale_all_dim) when both
+ *   mscales are given, else by m(s, 1), where m(s, c) = 0.1 c ln s + 1 (c = 0 or s <= 1 gives 1);
+ *   the softmax scale is qk_head_dim^-1/2 * m(s, mscale_all_dim)^2 (an absent mscale_all_dim gives 1).
  * Without rope_scaling: plain RoPE, factor 1, scale qk_head_dim^-1/2. */
 typedef struct {
     int half;                         /* dr / 2 */

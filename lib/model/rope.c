@@ -86,10 +86,12 @@ int ds_rope_init(ds_rope *r, const ds_config *c) {
         float f = r->inv_freq[j];
         r->inv_freq[j] = f / (float)s * (1.0f - keep) + f * keep;
     }
-    /* DeepSeek's convention: mscale defaults to 1, an absent mscale_all_dim contributes 1 */
-    double ms = y->mscale > 0 ? y->mscale : 1.0;
-    r->cos_scale = y->attention_factor > 0 ? (float)y->attention_factor
-                                           : (float)(yarn_m(s, ms) / yarn_m(s, y->mscale_all_dim));
+    /* transformers' rule (docs/DESIGN.md): the ratio only when both mscales are given (non-zero), else
+     * YaRN's own 0.1 ln s + 1; DeepSeek's remote code would take an absent mscale as 1 and an absent
+     * mscale_all_dim as 0, which differs when exactly one is given */
+    double cos_f = y->mscale > 0 && y->mscale_all_dim > 0 ? yarn_m(s, y->mscale) / yarn_m(s, y->mscale_all_dim)
+                                                          : yarn_m(s, 1.0);
+    r->cos_scale = (float)(y->attention_factor > 0 ? y->attention_factor : cos_f);
     double m = yarn_m(s, y->mscale_all_dim);
     r->softmax_scale = (float)(m * m / sqrt((double)dqk));
     return 0;

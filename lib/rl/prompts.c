@@ -56,6 +56,7 @@ static int set_ids(ds_rl_prompts *s, ds_rl_prompt *p, const uint32_t *ids, size_
 /* The record's token ids, as ds-generate renders the same record. */
 static int render(const ds_rl_prompt_opts *o, const ds_example *ex, ds_ids *ids) {
     if (ex->messages || o->chat_prompts) {
+        if (!o->chat) return ds_fail(DS_ERR, "messages need a chat template");
         ds_chat_msg one = {DS_ROLE_USER, ex->prompt, ex->prompt_len}, *m = &one;
         int nm = 1;
         if (ex->messages) {

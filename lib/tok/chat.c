@@ -2,6 +2,7 @@
 
 #include "core/err.h"
 #include "core/file.h"
+#include "core/log.h"
 
 #include <jansson.h>
 #include <stdint.h>
@@ -148,6 +149,20 @@ int ds_chat_template_load(ds_chat_template *t, const char *path) {
 int ds_chat_template_select(ds_chat_template *t, const char *path, const char *hf_config, size_t len, const char *where) {
     if (path || !hf_config) return ds_chat_template_load(t, path);
     return ds_chat_template_from_hf_config(t, hf_config, len, where);
+}
+
+int ds_chat_template_select_if_readable(ds_chat_template *t, const char *path, const char *hf_config, size_t len,
+                                        const char *where, int *have) {
+    *have = 0;
+    int rc = ds_chat_template_select(t, path, hf_config, len, where);
+    if (rc && !path && hf_config) { /* the checkpoint's: only conversations need it */
+        ds_warn("%s (conversations cannot be rendered; give --chat-template FILE for them)", ds_errmsg());
+        ds_err_clear();
+        memset(t, 0, sizeof *t);
+        return 0;
+    }
+    *have = !rc;
+    return rc;
 }
 
 int ds_chat_role_from_name(const char *name) {

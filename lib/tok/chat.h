@@ -49,6 +49,11 @@ int ds_chat_template_from_hf_config(ds_chat_template *t, const char *json, size_
 /* The template of a run: the file given (--chat-template), else the checkpoint's tokenizer_config.json
  * (hf_config, NULL when it has none), else the built-in one. */
 int ds_chat_template_select(ds_chat_template *t, const char *path, const char *hf_config, size_t len, const char *where);
+/* As ds_chat_template_select, for runs that may not render a conversation at all (ds-generate without
+ * --chat, ds-rl without --chat): a checkpoint template that cannot be read is a warning, *have = 0 and
+ * t zeroed (conversations then fail where they are met); otherwise *have = 1. */
+int ds_chat_template_select_if_readable(ds_chat_template *t, const char *path, const char *hf_config, size_t len,
+                                        const char *where, int *have);
 
 typedef enum { DS_ROLE_SYSTEM = 0, DS_ROLE_USER = 1, DS_ROLE_ASSISTANT = 2 } ds_chat_role;
 

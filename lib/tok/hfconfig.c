@@ -27,6 +27,9 @@ int ds_tok_hf_config(const char *tok_json, size_t tok_len, const ds_config *cfg,
     bad |= json_object_set_new(o, "bos_token", token_text(tok, cfg->bos_token_id));
     bad |= json_object_set_new(o, "eos_token", token_text(tok, cfg->eos_token_id));
     bad |= json_object_set_new(o, "pad_token", token_text(tok, pad));
+    /* as ds-generate encodes a plain prompt: BOS first (DeepSeek-V3's tokenizer_config says the same) */
+    bad |= json_object_set_new(o, "add_bos_token", json_true());
+    bad |= json_object_set_new(o, "add_eos_token", json_false());
     bad |= json_object_set_new(o, "model_max_length", json_integer(cfg->max_position_embeddings));
     bad |= json_object_set_new(o, "clean_up_tokenization_spaces", json_false());
     if (chat_template_jinja) bad |= json_object_set_new(o, "chat_template", json_string(chat_template_jinja));

@@ -8,6 +8,7 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "core/jsonw.h"
+#include "io/kind.h"
 #include "tok/internal.h"
 
 #define MAX_VOCAB (1u << 24) /* ids beyond this are surely a corrupt file; 16M is ~100x real vocabularies */
@@ -360,13 +361,20 @@ int ds_tok_from_json(ds_tokenizer **out, const char *json, size_t len, const cha
     return 0;
 }
 
+int ds_tok_explain_kind(int rc, const char *path) {
+    static const ds_kind takes[] = {DS_KIND_TOKENIZER, DS_KIND_JSON, DS_KIND_UNKNOWN};
+    return ds_kind_explain(rc, path, "tokenizer.json", "a tokenizer.json", takes);
+}
+
 int ds_tok_load(ds_tokenizer **out, const char *path) {
     char *data;
     size_t len;
-    DS_TRY(ds_read_file(path, &data, &len, (size_t)4 << 30));
-    int rc = ds_tok_from_json(out, data, len, ds_is_stdio(path) ? "<stdin>" : path);
-    free(data);
-    return rc;
+    int rc = ds_read_file(path, &data, &len, (size_t)4 << 30);
+    if (!rc) {
+        rc = ds_tok_from_json(out, data, len, ds_is_stdio(path) ? "<stdin>" : path);
+        free(data);
+    }
+    return ds_tok_explain_kind(rc, path);
 }
 
 /* ---- writing ------------------------------------------------------------------------------------ */

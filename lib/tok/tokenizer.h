@@ -47,6 +47,9 @@ enum {
 /* Load from a file ("-" = stdin) or from JSON text; `where` names the source in error messages. */
 int ds_tok_load(ds_tokenizer **out, const char *path);
 int ds_tok_from_json(ds_tokenizer **out, const char *json, size_t len, const char *where);
+/* After reading the tokenizer at path failed (rc): name the file's kind when it is another one
+ * ("tokenizer.json: a token shard, not a tokenizer.json: x.tok", io/kind.h). Returns rc. */
+int ds_tok_explain_kind(int rc, const char *path);
 void ds_tok_free(ds_tokenizer *t);
 
 /* Serialise as tokenizer.json text (malloc'd, NUL-terminated). A loaded tokenizer returns its source

@@ -180,10 +180,10 @@ static int load_optimizer(ds_optim *opt, ds_model *m, const char *dir) {
 int ds_session_set_tokenizer(ds_session *s, const char *path) {
     free(s->tokenizer_json);
     s->tokenizer_json = NULL;
-    DS_TRY(ds_read_file(path, &s->tokenizer_json, &s->tokenizer_len, 1u << 30));
+    DS_TRY(ds_tok_explain_kind(ds_read_file(path, &s->tokenizer_json, &s->tokenizer_len, 1u << 30), path));
     ds_tokenizer *t;
     int rc = ds_tok_from_json(&t, s->tokenizer_json, s->tokenizer_len, path);
-    if (rc) return rc;
+    if (rc) return ds_tok_explain_kind(rc, path);
     uint32_t tv = ds_tok_vocab_size(t);
     ds_tok_free(t);
     if ((int64_t)tv > s->cfg.vocab_size) {

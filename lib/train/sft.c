@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/rng.h"
 #include "io/jsonl.h"
+#include "io/kind.h"
 #include "tok/train.h"
 #include "train/packed.h"
 
@@ -444,6 +445,8 @@ int ds_sft_data_open(ds_sft_data *d, const ds_sft_data_opts *o) {
     if (d->set.n == 0) {
         rc = ds_fail(DS_ERR, "no usable conversations (%lld read, %lld skipped): %s", (long long)d->set.lines,
                      (long long)d->set.bad, o->path);
+        static const ds_kind takes[] = {DS_KIND_JSONL, DS_KIND_JSON, DS_KIND_TEXT, DS_KIND_EMPTY, DS_KIND_UNKNOWN};
+        rc = ds_kind_explain(rc, o->path, "conversations", "JSON lines", takes);
         goto fail;
     }
     const int64_t eos = ds_tok_token_id(d->tok, ds_tok_default_specials[1]); /* DeepSeek's EOS */

@@ -2,6 +2,7 @@
 
 #include "core/err.h"
 #include "core/file.h"
+#include "io/kind.h"
 #include "io/shard.h"
 
 #include <glob.h>
@@ -42,7 +43,8 @@ static int expand(const char *const *patterns, int np, char ***paths, int *n) {
             globfree(&g);
             ds_fail(DS_ERR, "no token shards match: %s", patterns[i]);
             ds_hint("ds-tokenize encode -t tokenizer.json -o shards/ corpus.txt writes shards");
-            return DS_ERR;
+            static const ds_kind takes[] = {DS_KIND_SHARD_DIR, DS_KIND_DIR, DS_KIND_UNKNOWN};
+            return ds_kind_explain(DS_ERR, patterns[i], "token shards", "token shards", takes);
         }
         if (gr) {
             globfree(&g);

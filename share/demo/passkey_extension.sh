@@ -16,7 +16,7 @@
 # RoPE fine-tuning at the longer length, the control). EXTEND_STEPS=0 evaluates the base under YaRN
 # without training. About 90 s of one core with the defaults. Outputs in WORKDIR: base.jsonl and long.jsonl
 # (metrics; the grids as {"eval": "passkey", "length", "depth", "accuracy", ...} records) and the
-# checkpoints lm/, base/ and long/.
+# checkpoints lm/, base/ and long/ (a rerun in the same WORKDIR replaces them: --force).
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${DS_BIN:-$root/bin}
@@ -39,7 +39,7 @@ docs() { # rows T shortest seed chat
 # byte-level tokens: DeepSeek's 11 special tokens, the 256 bytes and one merge ("qq", which the wording
 # never holds: a tokenizer.json needs a merge) so every byte of the documents is a token
 echo qq | "$bin/ds-tokenize" train -q --vocab-size 268 -o tok.json -
-docs $((PRETRAIN_STEPS * 16 + 64)) "$L0" "$L0" "$SEED" "" | "$bin/ds-tokenize" encode -q -t tok.json --jsonl text --bos -o text.tok -
+docs $((PRETRAIN_STEPS * 16 + 64)) "$L0" "$L0" "$SEED" "" | "$bin/ds-tokenize" encode -q -t tok.json --jsonl text --bos -o text.tok --force -
 # conversations of up to L0 (then L1) tokens, the longest evaluated length: docs.awk's lengths count BOS and
 # EOS, and a conversation renders without EOS (a sample of L0 tokens fills a row of L0 slots: its last
 # token is only a target)
@@ -47,10 +47,10 @@ docs $((TASK_STEPS * 16 + 64)) $((L0 + 1)) 0 $((SEED + 500)) 1 >task.chat.jsonl
 docs $((EXTEND_STEPS * 8 + 32)) $((L1 + 1)) 0 $((SEED + 1000)) 1 >extend.chat.jsonl
 common="--clip 1 --weight-decay 0 --gamma 0 --lambda 0 --seed $SEED --threads $THREADS --log-every 0 -q"
 
-"$bin/ds-pretrain" --config "$root/share/configs/tiny-dense.json" --data text.tok --tokenizer tok.json -o lm \
+"$bin/ds-pretrain" --config "$root/share/configs/tiny-dense.json" --data text.tok --tokenizer tok.json -o lm --force \
     --steps "$PRETRAIN_STEPS" --batch 16 --seq-len "$L0" --lr 3e-3 --lr-schedule cosine:warmup=5%,min=10% \
     --val-every 0 --peak-tflops 0.1 $common
-"$bin/ds-sft" -m lm --data task.chat.jsonl --chat-template "$root/share/passkey/template" -o base --steps "$TASK_STEPS" \
+"$bin/ds-sft" -m lm --data task.chat.jsonl --chat-template "$root/share/passkey/template" -o base --force --steps "$TASK_STEPS" \
     --batch 16 --seq-len "$L0" --lr "$TASK_LR" --lr-schedule cosine:warmup=5%,min=10% --val-frac 0 --val-every 0 \
     --metrics task.jsonl $common
 lens=$L0 L=$((2 * L0))
@@ -63,7 +63,7 @@ echo "after a ds-extend-ctx phase at $L1 tokens (--factor ${EXTEND_FACTOR:-$FACT
 if [ "$EXTEND_STEPS" -eq 0 ]; then
     grid -m base --eval-only --factor "${EXTEND_FACTOR:-$FACTOR}" --original-len "$L0" --seq-len "$L1" --metrics long.jsonl
 else
-    grid -m base --chat extend.chat.jsonl --chat-template "$root/share/passkey/template" -o long --factor "${EXTEND_FACTOR:-$FACTOR}" \
+    grid -m base --chat extend.chat.jsonl --chat-template "$root/share/passkey/template" -o long --force --factor "${EXTEND_FACTOR:-$FACTOR}" \
         --original-len "$L0" --seq-len "$L1" --steps "$EXTEND_STEPS" --batch 8 --lr 1e-3 --lr-schedule cosine:warmup=0,min=10% \
         --val-frac 0 --clip 1 --weight-decay 0 --log-every 0 --metrics long.jsonl
 fi

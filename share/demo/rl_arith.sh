@@ -1,7 +1,8 @@
 #!/bin/sh
 # pretrain -> SFT -> RL on arithmetic, small enough for a laptop CPU (about 2 minutes on one core).
 #
-#   share/demo/rl_arith.sh [WORKDIR]      (programs from $DS_BIN, default ./bin; THREADS, default 1)
+#   share/demo/rl_arith.sh [WORKDIR]      (programs from $DS_BIN, default ./bin; THREADS, default 1;
+#                                         a rerun in the same WORKDIR replaces its outputs: --force)
 #
 # A tiny DeepSeek-V3-shaped model (share/configs/tiny.json: 178K parameters, MoE) learns single-digit
 # sums and differences by supervised fine-tuning on noisy demonstrations (2 in 5 end with an answer off
@@ -30,13 +31,13 @@ tasks -v kind=prompts -v n=300 -v seed=13 >heldout.jsonl
 awk -F'"content":"' '{ q = $2; sub(/"}.*/, "", q); a = $3; sub(/"}.*/, "", a);
     printf "<｜begin▁of▁sentence｜><｜User｜>%s<｜Assistant｜>%s<｜end▁of▁sentence｜>\n", q, a }' sft.jsonl >corpus.txt
 "$bin/ds-tokenize" train -q --vocab-size 300 -o tok.json corpus.txt
-"$bin/ds-tokenize" encode -q -t tok.json --lines --allow-special -o shards/ corpus.txt
-"$bin/ds-pretrain" -q --config "$root/share/configs/tiny.json" --data shards -o base --tokenizer tok.json --steps 1 \
+"$bin/ds-tokenize" encode -q -t tok.json --lines --allow-special -o shards/ --force corpus.txt
+"$bin/ds-pretrain" -q --config "$root/share/configs/tiny.json" --data shards -o base --force --tokenizer tok.json --steps 1 \
     --seq-len 64 --batch 2 --threads "$threads" --peak-tflops 0.1
 
-"$bin/ds-sft" -m base --data sft.jsonl -o sft --steps 500 --seq-len 64 --batch 32 --lr 3e-3 --lr-min 3e-4 \
+"$bin/ds-sft" -m base --data sft.jsonl -o sft --force --steps 500 --seq-len 64 --batch 32 --lr 3e-3 --lr-min 3e-4 \
     --threads "$threads" --log-every 100
-"$bin/ds-rl" -m sft --prompts prompts.jsonl --eval-prompts heldout.jsonl -o rl --steps 100 --group 8 --batch 16 \
+"$bin/ds-rl" -m sft --prompts prompts.jsonl --eval-prompts heldout.jsonl -o rl --force --steps 100 --group 8 --batch 16 \
     --max-new 24 --lr 1e-4 --lr-schedule 'linear:0@0,1e-4@20' --eval-every 20 --eval-samples 4 --threads "$threads" \
     --log-every 10 --metrics rl.jsonl --samples samples.jsonl --plot rl.png
 echo "curves: $w/rl.png; metrics: $w/rl.jsonl; every completion: $w/samples.jsonl"

@@ -57,8 +57,10 @@ run_commands() {
         n=$((n + 1))
         echo "\$ $cmd"
         [ "$small" = "$cmd" ] || echo "  (run as: $small)"
+        local t0=$SECONDS
         (cd "$2" && PATH="$DS_BIN:$PATH" timeout 300 bash -o pipefail -c "$small") >"$2.out" 2>&1 || {
             echo "  failed:"; sed 's/^/  | /' "$2.out" | tail -20; return 1; }
+        echo "  ($((SECONDS - t0)) s)"
     done <"$1"
     echo "$n commands"
     [ "$n" -gt 0 ]

@@ -2,6 +2,7 @@
 # A checkpoint's config is checked against its tensors (names, shapes, layer and expert counts) by every
 # tool that reads one, before a model is built or anything written; the message names the tensor and the
 # config keys behind it. A --config with none of the model's keys is an error, not the 671B default.
+# An input of the wrong kind is named by its kind (io/kind.h), not by a parser's complaint.
 
 bats_require_minimum_version 1.5.0
 load train_helpers
@@ -102,7 +103,7 @@ EOF
 
 @test "--config with none of the model's keys is an error, not the 671B default" {
     printf '{"foo": 1}\n' >"$BATS_TEST_TMPDIR/foo.json"
-    for cfg in "$BATS_TEST_TMPDIR/foo.json" "$T/base/generation_config.json" "$T/tok.json"; do
+    for cfg in "$BATS_TEST_TMPDIR/foo.json" "$T/base/generation_config.json"; do
         run --separate-stderr "$DS_BIN/ds-pretrain" --config "$cfg" --data "$T/shards" -o "$BATS_TEST_TMPDIR/o" --steps 1
         [ "$status" -eq 1 ]
         [ "$stderr" = "ds-pretrain: error: config: none of the model's keys (model_type, hidden_size, num_hidden_layers, ...): $cfg" ]
@@ -112,4 +113,57 @@ EOF
     run --separate-stderr "$DS_BIN/ds-pretrain" --config "$BATS_TEST_TMPDIR/v3.json" --data "$T/shards" -o "$BATS_TEST_TMPDIR/o" --steps 1
     [ "$status" -eq 1 ]
     [[ "$stderr" == *"out of memory: the model needs "*" GiB"* ]]
+}
+
+# wrong_kind ERROR-LINE COMMAND...: the command fails with exit 1 and this first line on stderr
+wrong_kind() {
+    local want=$1
+    shift
+    run --separate-stderr "$@"
+    [ "$status" -eq 1 ] || { echo "status $status: $*"; false; }
+    [ "${stderr%%$'\n'*}" = "$want" ] || { echo "got:  ${stderr%%$'\n'*}"; echo "want: $want"; false; }
+}
+
+@test "inputs of the wrong kind are named by their kind" {
+    local o=$BATS_TEST_TMPDIR/o shard=$T/shards/000000.tok txt=$T/prose.txt st=$T/base/model.safetensors
+    # -m: a checkpoint
+    wrong_kind "ds-generate: error: checkpoint: a tokenizer.json, not a checkpoint: $T/tok.json" \
+        "$DS_BIN/ds-generate" -m "$T/tok.json" --prompt x
+    wrong_kind "ds-quantize: error: checkpoint: a token shard, not a checkpoint: $shard" \
+        "$DS_BIN/ds-quantize" -q -m "$shard" -o "$o" --to fp8
+    wrong_kind "ds-quantize: error: checkpoint: a text file, not a checkpoint: $txt" "$DS_BIN/ds-quantize" -q -m "$txt" -o "$o" --to fp8
+    wrong_kind "ds-sft: error: checkpoint: a directory of token shards, not a checkpoint: $T/shards" \
+        "$DS_BIN/ds-sft" -m "$T/shards" --data "$T/chat.jsonl" -o "$o" --steps 1
+    wrong_kind "ds-generate: error: checkpoint: a model config.json, not a checkpoint: $T/base/config.json" \
+        "$DS_BIN/ds-generate" -m "$T/base/config.json" --prompt x
+    # --data: token shards
+    for f in "$T/tok.json:a tokenizer.json" "$txt:a text file" "$st:a safetensors file"; do
+        wrong_kind "ds-pretrain: error: token shard: ${f#*:}, not a token shard: ${f%%:*}" \
+            "$DS_BIN/ds-pretrain" -m "$T/base" --data "${f%%:*}" -o "$o" --steps 1
+    done
+    wrong_kind "ds-pretrain: error: token shards: a checkpoint directory, not token shards: $T/base" \
+        "$DS_BIN/ds-pretrain" -m "$T/base" --data "$T/base" -o "$o" --steps 1
+    # -t / --tokenizer: a tokenizer.json
+    wrong_kind "ds-tokenize: error: tokenizer.json: a token shard, not a tokenizer.json: $shard" \
+        "$DS_BIN/ds-tokenize" encode -t "$shard" --ids "$txt"
+    wrong_kind "ds-tokenize: error: tokenizer.json: a model config.json, not a tokenizer.json: $T/base/config.json" \
+        "$DS_BIN/ds-tokenize" encode -t "$T/base/config.json" --ids "$txt"
+    run --separate-stderr "$DS_BIN/ds-tokenize" encode -t "$T/base" --ids "$txt"
+    [ "$status" -eq 1 ]
+    [ "$stderr" = "ds-tokenize: error: tokenizer.json: a checkpoint directory, not a tokenizer.json: $T/base
+hint: name the file inside the checkpoint: $T/base/tokenizer.json" ]
+    wrong_kind "ds-pretrain: error: tokenizer.json: a safetensors file, not a tokenizer.json: $st" \
+        "$DS_BIN/ds-pretrain" --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" --tokenizer "$st" -o "$o" --steps 1
+    # --config: a model config.json
+    wrong_kind "ds-pretrain: error: config: a tokenizer.json, not a model config.json: $T/tok.json" \
+        "$DS_BIN/ds-pretrain" --config "$T/tok.json" --data "$T/shards" -o "$o" --steps 1
+    wrong_kind "ds-pretrain: error: config: a token shard, not a model config.json: $shard" \
+        "$DS_BIN/ds-pretrain" --config "$shard" --data "$T/shards" -o "$o" --steps 1
+    # JSON lines: conversations and prompts
+    run --separate-stderr "$DS_BIN/ds-sft" -m "$T/base" --data "$shard" -o "$o" --steps 1
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == *"ds-sft: error: conversations: a token shard, not JSON lines: $shard" ]]
+    wrong_kind "ds-rl: error: JSON lines: a safetensors file, not JSON lines: $st" \
+        "$DS_BIN/ds-rl" -m "$T/base" --prompts "$st" -o "$o" --steps 1
+    [ ! -e "$o" ]
 }

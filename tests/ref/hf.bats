@@ -30,6 +30,7 @@ ref() { "$DS_PY" "$DS_ROOT/tests/ref/hf_ref.py" "$@"; }
 @test "the checkpoint carries tokenizer_config.json and generation_config.json in Hugging Face's form" {
     jq -e '.tokenizer_class == "PreTrainedTokenizerFast" and .bos_token == "<｜begin▁of▁sentence｜>"
         and .eos_token == "<｜end▁of▁sentence｜>" and .pad_token == .eos_token and .model_max_length == 512
+        and .add_bos_token == true and .add_eos_token == false
         and (.chat_template | startswith("{#- ds-chat-template "))' "$T/base/tokenizer_config.json"
     jq -e '.bos_token_id == 0 and .eos_token_id == 1 and .pad_token_id == 1 and .do_sample == true
         and .temperature == 1 and .top_k == 0 and .top_p == 1 and .max_new_tokens == 128' "$T/base/generation_config.json"
@@ -83,6 +84,13 @@ ref() { "$DS_PY" "$DS_ROOT/tests/ref/hf_ref.py" "$@"; }
     [ "$status" -eq 1 ]
     [ "${stderr_lines[0]}" = "ds-generate: error: chat template: a Jinja template that is neither DeepSeek-V3's nor one written by these tools: $T/other (chat_template)" ]
     [[ "$stderr" == *"KEY = \"text\" lines) and pass --chat-template FILE"* ]]
+    # without --chat a plain prompt needs no template: a warning; a conversation is then an error
+    run --separate-stderr "$DS_BIN/ds-generate" -m "$T/other" --prompt hi --max-new 2 --temperature 0
+    [ "$status" -eq 0 ]
+    [[ "$stderr" == *"ds-generate: warning: chat template: a Jinja template that is neither"*"(conversations cannot be rendered; give --chat-template FILE for them)"* ]]
+    run --separate-stderr "$DS_BIN/ds-generate" -m "$T/other" --max-new 2 -q <<<'{"messages": [{"role": "user", "content": "hi"}]}'
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == *"line 1: messages need a chat template"* ]]
     # --chat-template FILE overrides the checkpoint's
     "$DS_BIN/ds-generate" -m "$T/other" --chat-template "$DS_ROOT/share/chat_template" --chat --prompt hi --max-new 2 -q
     jq '.chat_template |= sub("<｜User｜>"; "<｜User｜> ")' "$T/base/tokenizer_config.json" >"$T/other/tokenizer_config.json"

@@ -12,7 +12,8 @@ setup_file() {
     DRIVER=$(driver)
     [ -x "$DRIVER" ] || return 0
     "$DS_PY" "$DS_ROOT/tests/ref/model_parity.py" "$DRIVER" "$BATS_FILE_TMPDIR/ckpt" \
-        v3 no-q-lora-yarn wide-v3-yarn v2-softmax yarn-mscale-only rope-halves rope-halves-dense-yarn >"$BATS_FILE_TMPDIR/parity.log" 2>&1 || true
+        v3 no-q-lora-yarn wide-v3-yarn v2-softmax yarn-mscale-only yarn-mscale-all-dim-only rope-halves \
+        rope-halves-dense-yarn >"$BATS_FILE_TMPDIR/parity.log" 2>&1 || true
 }
 
 setup() {
@@ -35,9 +36,11 @@ parity() { # variant: its lines of the shared run, all "ok:"
 @test "V2-style routing (softmax, groups by best score, no bias, no renormalisation) against DeepseekV2ForCausalLM" {
     parity v2-softmax
 }
-@test "YaRN with mscale only: DeepSeek's cos/sin factor, where transformers differs" {
+@test "YaRN with mscale only: transformers' cos/sin factor 0.1 ln s + 1 (DeepSeek's remote code differs)" {
     parity yarn-mscale-only
-    grep -q "transformers' own YaRN factor differs" "$BATS_TEST_TMPDIR/v"
+}
+@test "YaRN with mscale_all_dim only: transformers' cos/sin factor, softmax x m(s, mscale_all_dim)^2" {
+    parity yarn-mscale-all-dim-only
 }
 @test "rope_interleave false (rotate-half layout): MoE and dense layers, q_lora, MTP" { parity rope-halves; }
 @test "rope_interleave false on an all-dense model without query compression, YaRN, 8 rope dims" {

@@ -9,7 +9,7 @@ setup() {
 
 check() { # extra python flags, then ds-extend-ctx arguments
     local flags=()
-    while [ "${1:-}" = --deepseek-cos ]; do flags+=("$1"); shift; done
+    while [ "${1:-}" = --deepseek-differs ]; do flags+=("$1"); shift; done
     "$DS_BIN/ds-extend-ctx" --print-rope "$@" >"$BATS_TEST_TMPDIR/ours.json"
     "$DS_PY" "$DS_ROOT/tests/ref/yarn_ref.py" "$BATS_TEST_TMPDIR/ours.json" "${flags[@]}"
 }
@@ -95,15 +95,31 @@ print(r["type"], r["factor"], r["original_max_position_embeddings"], r["beta_fas
     [[ "$output" == *"cos factor 1.1386294"* ]]
 }
 
-@test "mscale without mscale_all_dim: DeepSeek's cos factor m(s, mscale) / 1, where transformers uses 0.1 ln s + 1" {
-    run check --deepseek-cos --config "$(with_rope '{"type": "yarn", "factor": 4, "original_max_position_embeddings": 512, "mscale": 0.707}')"
+# exactly one of the mscales: transformers' factor 0.1 ln s + 1 on cos/sin; DeepSeek's remote code differs
+one_mscale() { # rope_scaling JSON, the expected tail of the report line
+    run check --deepseek-differs --config "$(with_rope "$1")"
     echo "$output"
     [ "$status" -eq 0 ]
+    [[ "$output" == *"$2"* ]]
 }
 
-@test "mscale_all_dim without mscale: DeepSeek's cos factor 1 (m(s, 1) / m(s, 1)), softmax scale x m(s, 1)^2" {
-    run check --deepseek-cos --config "$(with_rope '{"type": "yarn", "factor": 4, "original_max_position_embeddings": 512, "mscale_all_dim": 1}')"
+@test "mscale without mscale_all_dim: cos factor 0.1 ln 4 + 1 as transformers, softmax scale unscaled" {
+    one_mscale '{"type": "yarn", "factor": 4, "original_max_position_embeddings": 512, "mscale": 0.707}' \
+        "softmax scale 0.2041242, cos factor 1.1386294 (DeepSeek's remote code 1.0980110)"
+}
+
+@test "mscale_all_dim without mscale: cos factor 0.1 ln 4 + 1 as transformers, softmax scale x m(s, 1)^2" {
+    one_mscale '{"type": "yarn", "factor": 4, "original_max_position_embeddings": 512, "mscale_all_dim": 1}' \
+        "softmax scale 0.2646423, cos factor 1.1386294 (DeepSeek's remote code 1.0000000)"
+}
+
+@test "V3's factor 40 with mscale_all_dim 0.707 alone: cos factor 1.369 as transformers (DeepSeek's remote code 1.086)" {
+    one_mscale '{"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "mscale_all_dim": 0.707}' \
+        "cos factor 1.3688879 (DeepSeek's remote code 1.0857264)"
+}
+
+@test "both mscales, unequal (1 / 0.707), factor 8: the ratio m(s, mscale) / m(s, mscale_all_dim)" {
+    run check --config "$(with_rope '{"type": "yarn", "factor": 8, "original_max_position_embeddings": 512, "mscale": 1, "mscale_all_dim": 0.707}')"
     echo "$output"
     [ "$status" -eq 0 ]
-    [[ "$output" == *"cos factor 1.0000000"* ]]
 }

@@ -1,16 +1,17 @@
 """YaRN tables of ds-extend-ctx --print-rope against transformers' DeepSeek-V3 RoPE.
 
-usage: yarn_ref.py OURS.json [--deepseek-cos]
+usage: yarn_ref.py OURS.json [--deepseek-differs]
 
 OURS.json is what `ds-extend-ctx --config ... --print-rope` printed: {"config": {...}, "rope": {...}}.
 The config (as ds-extend-ctx would write it) is loaded into transformers' DeepseekV3Config; the inverse
 frequencies and cos/sin factor come from DeepseekV3RotaryEmbedding (rope_init_fn = the yarn entry of
-ROPE_INIT_FUNCTIONS), the softmax scale from DeepseekV3Attention built on the meta device.
+ROPE_INIT_FUNCTIONS), the softmax scale from DeepseekV3Attention built on the meta device. Ours must equal
+transformers' in every case.
 
-Where DeepSeek's convention and transformers' disagree (only the cos/sin factor, when exactly one of
-mscale / mscale_all_dim is given: DeepSeek's remote code treats an absent mscale as 1 and an absent
-mscale_all_dim as 0, transformers falls back to 0.1 ln s + 1), --deepseek-cos checks our factor against
-DeepSeek's formula and asserts that transformers' differs, so the documented difference stays true.
+--deepseek-differs: for the configs where DeepSeek's remote code computes another cos/sin factor (exactly
+one of mscale / mscale_all_dim given: it treats an absent mscale as 1 and an absent mscale_all_dim as 0,
+transformers falls back to 0.1 ln s + 1), also asserts that DeepSeek's formula gives a different number,
+so what docs/DESIGN.md says about the difference stays true.
 """
 import json
 import math
@@ -35,7 +36,7 @@ def deepseek_cos_factor(rs):
 
 def main():
     doc = json.load(open(sys.argv[1]))
-    deepseek_cos = "--deepseek-cos" in sys.argv[2:]
+    deepseek_differs = "--deepseek-differs" in sys.argv[2:]
     cfg_d, ours = doc["config"], doc["rope"]
     cfg = DeepseekV3Config(**cfg_d)
     rot = DeepseekV3RotaryEmbedding(cfg)
@@ -53,19 +54,19 @@ def main():
     rel = abs(ours["softmax_scale"] - scale_ref) / scale_ref
     assert rel <= 1e-7, f"softmax scale {ours['softmax_scale']!r} vs transformers {scale_ref!r}"
     rs = cfg_d.get("rope_scaling") or {}
-    if deepseek_cos:
+    assert abs(ours["cos_scale"] - cos_ref) <= 1e-7 * cos_ref, f"cos factor {ours['cos_scale']!r} vs transformers {cos_ref!r}"
+    deepseek = ""
+    if deepseek_differs:
         want = deepseek_cos_factor(rs)
-        assert abs(ours["cos_scale"] - want) <= 1e-7 * want, f"cos factor {ours['cos_scale']!r} vs DeepSeek's {want!r}"
         assert abs(cos_ref - want) > 1e-4, f"transformers now agrees with DeepSeek ({cos_ref!r}): update docs/DESIGN.md"
-    else:
-        assert abs(ours["cos_scale"] - cos_ref) <= 1e-7 * cos_ref, f"cos factor {ours['cos_scale']!r} vs transformers {cos_ref!r}"
+        deepseek = f" (DeepSeek's remote code {want:.7f})"
     # the correction range, read off the table: dims kept, dims divided by the factor
     s = rs.get("factor", 1.0)
     base = [cfg_d.get("rope_theta", 10000.0) ** (-2 * j / len(inv) / 2) for j in range(len(inv))]
     kept = sum(1 for a, b in zip(inv, base) if abs(a / b - 1) < 1e-6)
     divided = sum(1 for a, b in zip(inv, base) if abs(a * s / b - 1) < 1e-6) if s > 1 else 0
     print(f"ok: {len(inv)} frequencies (max rel diff {worst:.2g}; {kept} kept, {divided} divided by {s:g}), "
-          f"softmax scale {ours['softmax_scale']:.7f}, cos factor {ours['cos_scale']:.7f}")
+          f"softmax scale {ours['softmax_scale']:.7f}, cos factor {ours['cos_scale']:.7f}{deepseek}")
 
 
 if __name__ == "__main__":

@@ -226,12 +226,23 @@ TEST(yarn_matches_deepseek_v3_numbers) {
         worst = fmax(worst, fabs(r.inv_freq[j] - want) / want);
     }
     CHECK(worst < 1e-6, "inv_freq with the YaRN ramp [10, 23]: %.2e", worst);
-    /* DeepSeek's convention where mscale_all_dim is absent: cos/sin scaled by m(s, mscale), softmax unscaled */
+    /* transformers' rule with one mscale absent: cos/sin by m(s, 1) = 1.368888 whatever the other is (DeepSeek's
+     * remote code: 1.260804 with mscale 0.707 alone, 1.085728 with mscale_all_dim 0.707 alone); the softmax
+     * scale by m(s, mscale_all_dim)^2 */
+    double m1 = 0.1 * log(40) + 1, m707 = 0.1 * 0.707 * log(40) + 1;
     c.rope_scaling.mscale_all_dim = 0;
     c.rope_scaling.mscale = 0.707;
     ds_rope_init(&r, &c);
-    CHECK(fabs(r.cos_scale - (0.1 * 0.707 * log(40) + 1)) < 1e-6 && fabs(r.softmax_scale - 1 / sqrt(192.0)) < 1e-8,
+    CHECK(fabs(r.cos_scale - m1) < 1e-6 && fabs(r.softmax_scale - 1 / sqrt(192.0)) < 1e-8,
           "mscale only: cos factor %.6f, softmax scale %.7f", r.cos_scale, r.softmax_scale);
+    c.rope_scaling.mscale_all_dim = 0.707;
+    c.rope_scaling.mscale = 0;
+    ds_rope_init(&r, &c);
+    CHECK(fabs(r.cos_scale - m1) < 1e-6 && fabs(r.softmax_scale - m707 * m707 / sqrt(192.0)) < 1e-7,
+          "mscale_all_dim only: cos factor %.6f, softmax scale %.7f", r.cos_scale, r.softmax_scale);
+    c.rope_scaling.mscale = 0.5;
+    ds_rope_init(&r, &c);
+    CHECK(fabs(r.cos_scale - (0.1 * 0.5 * log(40) + 1) / m707) < 1e-6, "both: the ratio %.6f", r.cos_scale);
     c.rope_scaling.enabled = 0;
     ds_rope_init(&r, &c);
     CHECK(r.cos_scale == 1.0f && fabs(r.inv_freq[31] - pow(10000.0, -62.0 / 64)) < 1e-9,
