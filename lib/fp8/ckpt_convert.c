@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
+#include "tok/hfconfig.h"
 
 /* Files carried over besides config.json and tokenizer.json (training state is not: a converted
  * checkpoint is a model, not a run to resume). */
@@ -147,6 +148,21 @@ static int input_open(input *in, const char *path) {
     return DS_OK;
 }
 
+/* A checkpoint with a tokenizer but no tokenizer_config.json (written before the tools wrote one, or
+ * by other means) gets one with the built-in chat template, so transformers can chat with the result. */
+static int add_missing_tokenizer_config(const input *in, ds_ckpt_writer *w, const char *tok, size_t len, int have) {
+    if (!tok || have) return DS_OK;
+    char *text;
+    if (ds_tok_hf_config(tok, len, &in->cfg, NULL, &text)) { /* a tokenizer.json we do not read: none */
+        ds_warn("no tokenizer_config.json written: %s", ds_errmsg());
+        ds_err_clear();
+        return DS_OK;
+    }
+    int rc = ds_ckpt_writer_add_file(w, "tokenizer_config.json", text, strlen(text));
+    free(text);
+    return rc;
+}
+
 /* The tokenizer and the carried files, from a checkpoint or a stream's metadata, to the writer. */
 static int carry_files(const input *in, ds_ckpt_writer *w) {
     if (in->stream) {
@@ -158,11 +174,12 @@ static int carry_files(const input *in, ds_ckpt_writer *w) {
             const char *v = ds_st_stream_meta(in->stream, key);
             if (v) DS_TRY(ds_ckpt_writer_add_file(w, carried_files[k], v, strlen(v)));
         }
-        return DS_OK;
+        return add_missing_tokenizer_config(in, w, tok, tok ? strlen(tok) : 0,
+                                            ds_st_stream_meta(in->stream, "file:tokenizer_config.json") != NULL);
     }
-    size_t len;
-    const char *tok = ds_ckpt_tokenizer(in->ckpt, &len);
-    if (tok) DS_TRY(ds_ckpt_writer_set_tokenizer(w, tok, len));
+    size_t len, tok_len;
+    const char *tok = ds_ckpt_tokenizer(in->ckpt, &tok_len);
+    if (tok) DS_TRY(ds_ckpt_writer_set_tokenizer(w, tok, tok_len));
     for (int k = 0; carried_files[k]; k++) {
         if (!ds_ckpt_has_file(in->ckpt, carried_files[k])) continue;
         char *data;
@@ -171,7 +188,7 @@ static int carry_files(const input *in, ds_ckpt_writer *w) {
         free(data);
         DS_TRY(rc);
     }
-    return DS_OK;
+    return add_missing_tokenizer_config(in, w, tok, tok_len, ds_ckpt_has_file(in->ckpt, "tokenizer_config.json"));
 }
 
 static int ckpt_sink(void *ctx, const void *bytes, size_t n) { return ds_ckpt_writer_data(ctx, bytes, n); }

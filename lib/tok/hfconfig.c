@@ -1,6 +1,7 @@
 #include "tok/hfconfig.h"
 
 #include "core/err.h"
+#include "tok/chat.h"
 #include "tok/tokenizer.h"
 
 #include <jansson.h>
@@ -18,8 +19,21 @@ static json_t *token_text(const ds_tokenizer *tok, int id) {
 int ds_tok_hf_config(const char *tok_json, size_t tok_len, const ds_config *cfg, const char *chat_template_jinja,
                      char **out) {
     *out = NULL;
+    char *builtin_jinja = NULL;
+    if (!chat_template_jinja) { /* the built-in template's */
+        ds_chat_template builtin;
+        DS_TRY(ds_chat_template_load(&builtin, NULL));
+        int rc = ds_chat_template_to_jinja(&builtin, &builtin_jinja);
+        ds_chat_template_free(&builtin);
+        DS_TRY(rc);
+        chat_template_jinja = builtin_jinja;
+    }
     ds_tokenizer *tok;
-    DS_TRY(ds_tok_from_json(&tok, tok_json, tok_len, "tokenizer.json"));
+    int trc = ds_tok_from_json(&tok, tok_json, tok_len, "tokenizer.json");
+    if (trc) {
+        free(builtin_jinja);
+        return trc;
+    }
     int pad = cfg->pad_token_id >= 0 ? cfg->pad_token_id : cfg->eos_token_id;
     json_t *o = json_object();
     int bad = !o;
@@ -32,8 +46,9 @@ int ds_tok_hf_config(const char *tok_json, size_t tok_len, const ds_config *cfg,
     bad |= json_object_set_new(o, "add_eos_token", json_false());
     bad |= json_object_set_new(o, "model_max_length", json_integer(cfg->max_position_embeddings));
     bad |= json_object_set_new(o, "clean_up_tokenization_spaces", json_false());
-    if (chat_template_jinja) bad |= json_object_set_new(o, "chat_template", json_string(chat_template_jinja));
+    bad |= json_object_set_new(o, "chat_template", json_string(chat_template_jinja));
     ds_tok_free(tok);
+    free(builtin_jinja);
     char *s = bad ? NULL : json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(o);
     if (!s) return ds_fail(DS_ERR, "tokenizer_config.json: out of memory (or a chat template that is not UTF-8)");

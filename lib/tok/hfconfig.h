@@ -14,7 +14,8 @@
 
 #include "io/config.h"
 
-/* tokenizer_config.json text (malloc'd, NUL-terminated) for tokenizer.json text tok_json. */
+/* tokenizer_config.json text (malloc'd, NUL-terminated) for tokenizer.json text tok_json; the chat
+ * template's Jinja text, or NULL for the built-in template's. */
 int ds_tok_hf_config(const char *tok_json, size_t tok_len, const ds_config *cfg, const char *chat_template_jinja,
                      char **out);
 

@@ -9,6 +9,7 @@
 
 #include "core/err.h"
 #include "core/file.h"
+#include "io/kind.h"
 #include "tok/internal.h"
 
 /* Token shards come from io/; until that module is in the tree, shard output and input are refused
@@ -330,7 +331,9 @@ int ds_tokdoc_decode(const ds_tokenizer *t, const char *const *paths, int npaths
             ungetc(c, f);
             /* id lines start with a digit or white space; anything else must be a shard */
             if ((c >= '0' && c <= '9') || c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+                static const ds_kind takes[] = {DS_KIND_TEXT, DS_KIND_EMPTY, DS_KIND_UNKNOWN};
                 rc = decode_id_lines(&d, f, name);
+                if (rc && f != stdin) rc = ds_kind_explain(rc, p, "token ids", "token shards or id lines", takes);
             } else {
 #if HAVE_SHARDS
                 ds_shard *sh = NULL;

@@ -105,12 +105,6 @@ static int add_tokenizer_config(ds_ckpt_writer *w, const ds_session *s) {
     int rc = 0;
     if (s->chat) rc = ds_chat_template_to_jinja(s->chat, &jinja);
     else if (s->tokenizer_config) rc = ds_tok_hf_config_chat_template(s->tokenizer_config, s->tokenizer_config_len, &jinja);
-    if (!rc && !jinja) {
-        ds_chat_template builtin;
-        rc = ds_chat_template_load(&builtin, NULL);
-        if (!rc) rc = ds_chat_template_to_jinja(&builtin, &jinja);
-        if (!rc) ds_chat_template_free(&builtin);
-    }
     if (!rc) rc = ds_tok_hf_config(s->tokenizer_json, s->tokenizer_len, &s->cfg, jinja, &text);
     if (!rc) rc = ds_ckpt_writer_add_file(w, "tokenizer_config.json", text, strlen(text));
     free(jinja);

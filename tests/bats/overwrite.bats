@@ -139,17 +139,23 @@ tokenizer.json" ]
     "$DS_BIN/ds-tokenize" decode -t "$T/tok.json" "$d/shards/000000.tok" | cmp - "$T/chat.jsonl"
 }
 
-@test "one writer per directory: a second training run into the same -o is refused, the first finishes" {
+# A 60-step run into $BATS_TEST_TMPDIR/run in the background, saving every step (so whoever comes
+# next meets the lock after directory swaps); returns once step 3 is saved, its pid in $BATS_TEST_TMPDIR/pid.
+background_run() {
     local d=$BATS_TEST_TMPDIR
-    # the first run saves every step, so the second one meets the lock after directory swaps
     "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --data "$T/shards" --seq-len 32 --batch 2 -m "$T/base" \
         -o "$d/run" --steps 60 --save-every 1 --log-every 0 -q &
-    local pid=$!
-    echo "$pid" >"$d/pid"
+    echo "$!" >"$d/pid"
     for _ in $(seq 3000); do
         [ -f "$d/run/trainer_state.json" ] && grep -q '"step":[3-9]' "$d/run/trainer_state.json" && break
         sleep 0.01
     done
+}
+
+@test "one writer per directory: a second training run into the same -o is refused, the first finishes" {
+    local d=$BATS_TEST_TMPDIR
+    background_run
+    local pid=$(cat "$d/pid")
     [ "$(cat "$d/run/.lock")" = "$pid" ]
     run --separate-stderr pretrain -m "$T/base" -o "$d/run" --force
     [ "$status" -eq 1 ]
@@ -166,6 +172,18 @@ hint: wait for it to finish, or write to another directory" ]
     [ ! -e "$d/run/.lock" ]
     # and now the directory is free again
     pretrain -m "$T/base" -o "$d/run" --resume "$d/run" --steps 61
+}
+
+@test "one writer per directory: a writer killed with SIGKILL leaves no lock behind; --resume continues" {
+    local d=$BATS_TEST_TMPDIR
+    background_run
+    local pid=$(cat "$d/pid")
+    kill -KILL "$pid"
+    wait "$pid" || true
+    [ "$(cat "$d/run/.lock")" = "$pid" ] # the file stays; the kernel dropped the lock with the process
+    pretrain -m "$T/base" -o "$d/run" --resume "$d/run" --steps 61
+    grep -q '"step":61,' "$d/run/trainer_state.json"
+    [ ! -e "$d/run/.lock" ]
 }
 
 @test "one writer per directory: ds-quantize and ds-tokenize respect a lock held by another program" {
@@ -188,4 +206,24 @@ generation_config.json
 model.safetensors
 tokenizer.json
 tokenizer_config.json" ]
+}
+
+@test "one writer per directory under mpirun: rank 0 holds the lock for all ranks, and all stop when it cannot" {
+    local d=$BATS_TEST_TMPDIR fd
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+    local args=(--peak-tflops 0.1 --threads 1 -m "$T/base" --data "$T/shards" --steps 2 --batch 4 --micro-batch 1 --seq-len 32 -q)
+    mkdir "$d/run"
+    exec {fd}>"$d/run/.lock"
+    flock -n "$fd"
+    run --separate-stderr timeout 120 mpirun --oversubscribe -np 2 "$DS_BIN/ds-pretrain" "${args[@]}" -o "$d/run"
+    [ "$status" -ne 0 ] && [ "$status" -ne 124 ] # refused, not hung in the first all-reduce
+    [[ "$stderr" == *":0] ds-pretrain: error: output directory in use: another process is writing it: $d/run"* ]]
+    [ "$(printf '%s\n' "$stderr" | grep -c ': error: ')" -eq 1 ] # printed once: rank 1 stops quietly with it
+    exec {fd}>&-
+    # free again: both ranks train, rank 0 writes under the lock
+    timeout 120 mpirun --oversubscribe -np 2 "$DS_BIN/ds-pretrain" "${args[@]}" -o "$d/run"
+    grep -q '"step":2,' "$d/run/trainer_state.json"
+    [ ! -e "$d/run/.lock" ]
 }

@@ -165,5 +165,10 @@ hint: name the file inside the checkpoint: $T/base/tokenizer.json" ]
     [[ "$stderr" == *"ds-sft: error: conversations: a token shard, not JSON lines: $shard" ]]
     wrong_kind "ds-rl: error: JSON lines: a safetensors file, not JSON lines: $st" \
         "$DS_BIN/ds-rl" -m "$T/base" --prompts "$st" -o "$o" --steps 1
+    # decode: token shards or id lines (a safetensors header may start with a digit, as id lines do)
+    wrong_kind "ds-tokenize: error: token ids: a safetensors file, not token shards or id lines: $st" \
+        "$DS_BIN/ds-tokenize" decode -t "$T/tok.json" "$st"
+    wrong_kind "ds-tokenize: error: token shard: a model config.json, not a token shard: $T/base/config.json" \
+        "$DS_BIN/ds-tokenize" decode -t "$T/tok.json" "$T/base/config.json"
     [ ! -e "$o" ]
 }

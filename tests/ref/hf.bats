@@ -117,3 +117,13 @@ ref() { "$DS_PY" "$DS_ROOT/tests/ref/hf_ref.py" "$@"; }
     diff <(ref decode "$T/sft" "$T/ours") <(jq .text "$T/sft.jsonl")
     sed -n 3p "$T/sft.jsonl" | jq -e '.gen_text == "<｜begin▁of▁sentence｜>[sys] one | [sys] two\nQ: a\nQ: b\nA:"'
 }
+
+@test "ds-quantize gives a checkpoint that has a tokenizer but no tokenizer_config.json one (built-in template); a present one travels" {
+    cp -r "$T/base" "$T/old"
+    rm "$T/old/tokenizer_config.json"
+    "$DS_BIN/ds-quantize" -q -m "$T/old" -o "$T/q" --to fp8
+    ref render "$T/q" "$T/convs.jsonl" | jq -c .ids >"$T/theirs"
+    jq -c .ids "$T/hf.jsonl" | diff - "$T/theirs"
+    "$DS_BIN/ds-quantize" -q -m "$T/base" -o - --to bf16 | "$DS_BIN/ds-quantize" -q -m - -o "$T/q2" --to fp8
+    cmp "$T/base/tokenizer_config.json" "$T/q2/tokenizer_config.json"
+}
