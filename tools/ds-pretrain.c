@@ -105,7 +105,7 @@ static int run(args *a) {
     rc = ds_session_run(&s, &sig);
 done:
     free(record);
-    rc = ds_train_tool_exit(rc, sig);
+    rc = ds_train_tool_exit(&s, rc, sig);
     ds_session_close(&s);
     ds_data_source_free(train);
     ds_data_source_free(val);
