@@ -169,7 +169,7 @@ tokenizer() {
 pretrain() {
     "${DS}ds-pretrain" --config "$CONFIG" --data "$D/shards" --tokenizer "$D/tokenizer.json" -o "$C/pretrain" \
         --steps "$PRE_STEPS" --batch 16 --seq-len 256 --lr $PRE_LR --val-frac 0.02 --val-every $(((PRE_STEPS + 9) / 10)) \
-        --metrics "$M/pretrain.jsonl" --plot "$P/pretrain.png" $LOG
+        --metrics "$M/pretrain.jsonl" --plot "$P/pretrain.png" --seed 1 $LOG
 }
 
 extend() {
@@ -178,12 +178,12 @@ extend() {
     "${DS}ds-extend-ctx" -m "$CKPT" --data "$D/shards" -o "$C/extend" --factor 4 --original-len 256 \
         --seq-len 1024 --steps "$LONG_STEPS" --batch 4 --lr $LONG_LR --val-frac 0.02 --val-every "$LONG_STEPS" \
         --eval-lengths 256,512,1024 --eval-trials 2 --eval-docs 2 --eval-png "$P/passkey.png" \
-        --metrics "$M/extend.jsonl" --plot "$P/extend.png" $LOG
+        --metrics "$M/extend.jsonl" --plot "$P/extend.png" --seed 1 $LOG
 }
 
 sft() {
     "${DS}ds-sft" -m "$CKPT" --data "$D/sft.jsonl" -o "$C/sft" --steps "$SFT_STEPS" --seq-len 128 --batch 32 \
-        --lr $SFT_LR --lr-min 3e-4 --warmup 0.05 --metrics "$M/sft.jsonl" --plot "$P/sft.png" $LOG
+        --lr $SFT_LR --lr-min 3e-4 --warmup 0.05 --metrics "$M/sft.jsonl" --plot "$P/sft.png" --seed 1 $LOG
 }
 
 rl() {
@@ -191,7 +191,7 @@ rl() {
     "${DS}ds-rl" -m "$CKPT" --prompts "$D/rl.jsonl" -o "$C/rl" --steps "$RL_STEPS" --group 8 --batch 16 \
         --max-new $MAX_NEW --lr $RL_LR --lr-schedule "linear:0@0,$RL_LR@$RL_WARMUP" --reward answer \
         --eval-prompts "$D/heldout.jsonl" --eval-samples $EVAL_SAMPLES --eval-every $(((RL_STEPS + 4) / 5)) \
-        --metrics "$M/rl.jsonl" --plot "$P/rl.png" $LOG
+        --metrics "$M/rl.jsonl" --plot "$P/rl.png" --seed 1 $LOG
 }
 
 quantize() {

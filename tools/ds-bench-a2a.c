@@ -2,7 +2,9 @@
 #include "core/cli.h"
 #include "core/err.h"
 #include "core/jsonw.h"
+#include "core/log.h"
 #include "dist/a2a_bench.h"
+#include "dist/dp.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -38,6 +40,15 @@ static void wrong_str(char *b, size_t n, int64_t wrong) {
     else snprintf(b, n, "%lld", (long long)wrong);
 }
 
+/* nccl-tests' closing lines: the elements that arrived wrong, and the bus bandwidth averaged over the
+ * rows (ours: the implementation under test; MPI's on its own line, worded so that a script reading
+ * "Avg bus bandwidth" finds one number). */
+static void print_summary(int64_t wrong, double ours_busbw, double ref_busbw, int rows) {
+    printf("# Out of bounds values : %lld %s\n", (long long)wrong, wrong ? "FAILED" : "OK");
+    printf("# Avg bus bandwidth    : %g \n", rows ? ours_busbw / rows : 0);
+    printf("# MPI_Alltoallv avg bus bandwidth : %g \n#\n", rows ? ref_busbw / rows : 0);
+}
+
 static int run_alltoall(const ds_comm *c, const options *o) {
     int es = elem_size(o->dtype);
     if (c->rank == 0 && !o->json) {
@@ -45,14 +56,19 @@ static int run_alltoall(const ds_comm *c, const options *o) {
                c->n_nodes);
         printf("#%11s %12s %6s %6s %4s   %9s %7s %7s %6s   %9s %7s %7s %6s  %8s\n", "size", "count", "type", "redop",
                "root", "ours(us)", "algbw", "busbw", "#wrong", "mpi(us)", "algbw", "busbw", "#wrong", "speed-up");
+        printf("#%11s %12s %6s %6s %4s   %9s %7s %7s %6s   %9s %7s %7s %6s  %8s\n", "(B)", "(elements)", "", "", "", "(us)",
+               "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "", "");
     }
     int64_t total_wrong = 0;
+    double sum_ours = 0, sum_ref = 0;
+    int rows = 0;
     for (int64_t bytes = o->minbytes; bytes <= o->maxbytes; bytes *= o->factor) {
         ds_a2a_result ours, ref;
         DS_TRY(ds_a2a_bench_uniform(c, DS_A2A_OURS, bytes, es, o->iters, o->warmup, o->check, &ours));
         DS_TRY(ds_a2a_bench_uniform(c, DS_A2A_MPI, bytes, es, o->iters, o->warmup, o->check, &ref));
         double ratio = ours.time_us > 0 ? ref.time_us / ours.time_us : 0;
         total_wrong += (ours.wrong > 0 ? ours.wrong : 0) + (ref.wrong > 0 ? ref.wrong : 0);
+        sum_ours += ours.busbw, sum_ref += ref.busbw, rows++;
         if (c->rank == 0) {
             if (o->json) {
                 print_row_json("alltoall", "ours", bytes, &ours, ratio);
@@ -69,6 +85,7 @@ static int run_alltoall(const ds_comm *c, const options *o) {
         }
         if (o->factor <= 1) break;
     }
+    if (c->rank == 0 && !o->json) print_summary(total_wrong, sum_ours, sum_ref, rows);
     if (total_wrong) return ds_fail(DS_ERR, "%lld wrong elements received", (long long)total_wrong);
     return 0;
 }
@@ -93,6 +110,8 @@ static int run_ep(const ds_comm *c, const options *o) {
             printf("# destinations per token (after per-rank de-duplication): %.2f\n", ours.rows_per_token);
             printf("#%9s %10s %8s %8s %7s   %10s %8s %8s %7s  %8s\n", "op", "ours(us)", "algbw", "busbw", "#wrong",
                    "mpi(us)", "algbw", "busbw", "#wrong", "speed-up");
+            printf("#%9s %10s %8s %8s %7s   %10s %8s %8s %7s  %8s\n", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)",
+                   "(GB/s)", "", "");
             const ds_a2a_result *a[2][2] = {{&ours.dispatch, &ref.dispatch}, {&ours.combine, &ref.combine}};
             const char *names[2] = {"dispatch", "combine"};
             for (int i = 0; i < 2; i++) {
@@ -103,6 +122,10 @@ static int run_ep(const ds_comm *c, const options *o) {
                        a[i][0]->algbw, a[i][0]->busbw, w1, a[i][1]->time_us, a[i][1]->algbw, a[i][1]->busbw, w2,
                        a[i][1]->time_us / a[i][0]->time_us);
             }
+            int64_t wrong = 0;
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 2; j++) wrong += a[i][j]->wrong > 0 ? a[i][j]->wrong : 0;
+            print_summary(wrong, a[0][0]->busbw + a[1][0]->busbw, a[0][1]->busbw + a[1][1]->busbw, 2);
         }
     }
     if (ours.dispatch.wrong > 0 || ref.dispatch.wrong > 0)
@@ -116,7 +139,7 @@ int main(int argc, char **argv) {
     options o = {.minbytes = 1024, .maxbytes = 16 << 20, .factor = 4, .iters = 20, .warmup = 5, .check = 1,
                  .mode = "alltoall", .backend = "mpi", .dtype = "float",
                  .ep = {.tokens = 512, .hidden = 1024, .topk = 8, .experts = 64, .node_limit = 0, .seed = 1}};
-    int seed = 1;
+    uint64_t seed = 1;
     const ds_opt opts[] = {
         {"mode", 0, DS_OPT_CHOICE, &o.mode, "MODE", "alltoall: size sweep; ep: routed dispatch/combine", "alltoall|ep"},
         {"backend", 0, DS_OPT_CHOICE, &o.backend, "NAME", "transport", "mpi|nccl|verbs"},
@@ -132,7 +155,7 @@ int main(int argc, char **argv) {
         {"topk", 0, DS_OPT_INT, &o.ep.topk, "K", "ep: experts per token", .min = 1, .max = 64},
         {"experts", 0, DS_OPT_INT, &o.ep.experts, "E", "ep: routed experts (a multiple of the ranks)", .min = 1, .max = 1e6},
         {"node-limit", 0, DS_OPT_INT, &o.ep.node_limit, "M", "ep: rank groups a token may reach (0 = off)", .min = 0, .max = 1e6},
-        {"seed", 0, DS_OPT_INT, &seed, "S", "routing and data seed"},
+        {"seed", 0, DS_OPT_U64, &seed, "S", "routing and data seed (fixed by default: runs compare)"},
         {"json", 0, DS_OPT_FLAG, &o.json, NULL, "one JSON object per result on stdout"},
         {0},
     };
@@ -152,7 +175,8 @@ int main(int argc, char **argv) {
     if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
     if (o.minbytes > o.maxbytes)
         return ds_usage_error("%s is larger than %s", ds_cli_opt(&o.minbytes, "--minbytes"), ds_cli_opt(&o.maxbytes, "--maxbytes"));
-    o.ep.seed = (uint64_t)seed;
+    o.ep.seed = seed;
+    if (ds_dist_check_launch()) return ds_tool_report(DS_EUSAGE);
     if (strcmp(o.backend, "mpi")) {
         /* NCCL needs several GPUs in one job and verbs an RDMA device: neither exists in this build's
          * test setting, so they are refused plainly rather than faked. */
@@ -163,12 +187,10 @@ int main(int argc, char **argv) {
     ds_comm comm;
     rc = ds_comm_init(&comm, &argc, &argv);
     if (rc) return ds_tool_report(rc);
+    ds_log_set_prefix(ds_comm_prefix(&comm));
     rc = !strcmp(o.mode, "ep") ? run_ep(&comm, &o) : run_alltoall(&comm, &o);
-    if (rc) {
-        fprintf(stderr, "%s%s: error: %s\n", ds_comm_prefix(&comm), ds_tool_name(), ds_errmsg());
-        ds_comm_finalize(&comm);
-        return rc;
-    }
+    rc = ds_comm_agree(&comm, rc); /* every rank checks the same things: one of them reports */
+    ds_tool_report(rc);
     ds_comm_finalize(&comm);
-    return 0;
+    return rc;
 }

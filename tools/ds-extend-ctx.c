@@ -165,19 +165,20 @@ static int run(args *a) {
         char record[1024];
         snprintf(record, sizeof record,
                  "{\"config\": {\"tool\": \"ds-extend-ctx\", \"model\": \"%s\", \"factor\": %.17g, \"original_len\": %d, "
-                 "\"max_position_embeddings\": %d, \"seq_len\": %d, \"steps\": %lld, \"batch\": %d, \"lr\": %.17g, \"seed\": %lld, \"fp8\": %s, "
+                 "\"max_position_embeddings\": %d, \"seq_len\": %d, \"steps\": %lld, \"batch\": %d, \"lr\": %.17g, \"seed\": \"%llu\", \"fp8\": %s, "
                  "\"data\": \"%s\"}}",
                  a->t.resume ? "(resume)" : a->t.model, y->factor, y->original_max_position_embeddings, s.cfg.max_position_embeddings,
-                 a->t.seq_len, (long long)a->t.steps, a->t.batch, a->t.lr, (long long)a->t.seed, a->t.fp8 ? "true" : "false", a->chat ? "chat" : "tokens");
+                 a->t.seq_len, (long long)a->t.steps, a->t.batch, a->t.lr, (unsigned long long)a->t.seed, a->t.fp8 ? "true" : "false", a->chat ? "chat" : "tokens");
         if ((rc = ds_session_start(&s, &to, train, val, &ds_loss_pretrain, record))) goto done;
         if ((rc = ds_session_run(&s, &sig)) || sig) goto done;
     } else if (a->t.metrics) {
         if ((rc = ds_metrics_open(&s.metrics, a->t.metrics, 0))) goto done;
         s.have_metrics = 1;
     }
+    if (!rc && a->eval_only && !a->no_eval) ds_session_log_seed(&s); /* the passkeys' seed */
     if (!a->no_eval) rc = evaluate(a, &s, &rd, a->data.n > 0);
 done:
-    rc = ds_train_tool_exit(rc, sig);
+    rc = ds_train_tool_exit(&s, rc, sig);
     ds_session_close(&s);
     ds_data_source_free(train);
     ds_data_source_free(val);

@@ -4,6 +4,7 @@
 #include "core/file.h"
 #include "core/jsonw.h"
 #include "core/log.h"
+#include "core/rng.h"
 #include "core/threads.h"
 #include "fp8/linear.h"
 #include "io/checkpoint.h"
@@ -23,7 +24,7 @@ static struct {
     int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, score, ids, truncate, no_bos, ignore_eos, w8a8;
     int quiet, verbose;
     double temperature, top_p;
-    int64_t seed;
+    uint64_t seed;
 } A = {.max_new = DS_GEN_MAX_NEW, .temperature = DS_GEN_TEMPERATURE, .top_k = DS_GEN_TOP_K, .top_p = DS_GEN_TOP_P, .batch = 8, .prefill = "naive", .prefill_chunk = 256,
        .device = "cpu"};
 
@@ -34,7 +35,7 @@ static const ds_opt opts[] = {
     {"temperature", 0, DS_OPT_FLOAT, &A.temperature, "T", "sampling temperature; 0 = greedy", NULL, 0, 1e6},
     {"top-k", 0, DS_OPT_INT, &A.top_k, "K", "sample from the K most likely tokens; 0 = all", NULL, 0, 1e9},
     {"top-p", 0, DS_OPT_FLOAT, &A.top_p, "P", "nucleus: smallest set of tokens with mass >= P", NULL, 1e-9, 1},
-    {"seed", 0, DS_OPT_I64, &A.seed, "S", "sampling seed (with the prompt's index, fixes every draw)"},
+    {"seed", 0, DS_OPT_SEED, &A.seed, "S", "sampling seed (with the prompt's index, fixes every draw)"},
     {"stop", 0, DS_OPT_STRLIST, &A.stops, "STR", "end a completion where this text appears (not included)"},
     {"mtp", 0, DS_OPT_FLAG, &A.mtp, NULL, "speculative decoding: the MTP module drafts, the model verifies"},
     {"jsonl", 0, DS_OPT_FLAG, &A.jsonl, NULL, "one JSON object per prompt (completion, tokens, logprobs, ...)"},
@@ -78,7 +79,7 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, 
     ds_infer_model im;
     if (c->num_hidden_layers + c->num_nextn_predict_layers > 1024) return ds_fail(DS_ERR, "too many layers");
     ds_infer_model_of(L->model, &im, bias);
-    ds_gen_opts go = {.sampling = {A.temperature, A.top_k, A.top_p, (uint64_t)A.seed}, .max_new = A.max_new,
+    ds_gen_opts go = {.sampling = {A.temperature, A.top_k, A.top_p, A.seed}, .max_new = A.max_new,
                       .eos_id = A.ignore_eos ? -1 : c->eos_token_id, .mtp = A.mtp, .batch = A.batch, .prefill_chunk = A.prefill_chunk,
                       .prefill_form = strcmp(A.prefill, "naive") ? DS_ATTN_ABSORBED : DS_ATTN_NAIVE,
                       .truncate = A.truncate};
@@ -155,11 +156,13 @@ int main(int argc, char **argv) {
     if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
     if (!A.model) return ds_usage_error("-m/--model is required");
     if (A.prompts.n && A.ids) return ds_usage_error("--prompt and --ids do not go together");
-    if (ds_is_stdio(A.model) && !A.prompts.n) return ds_usage_error("-m - reads the checkpoint from stdin: give prompts with --prompt");
+    if (ds_is_stdio(A.model) && !A.prompts.n)
+        return ds_usage_error("%s - reads the checkpoint from stdin: give prompts with --prompt", ds_cli_opt(&A.model, "-m"));
     if (A.score && (A.mtp || A.stops.n)) return ds_usage_error("--score takes no --mtp or --stop");
     if (A.quiet) ds_log_set_level(DS_LOG_QUIET);
     if (A.verbose) ds_log_set_level(DS_LOG_VERBOSE);
     ds_threads_set(A.threads);
+    if (!ds_cli_given(&A.seed)) A.seed = ds_seed_draw(); /* as llama.cpp: a random seed, printed and recorded */
 
     ds_metrics mf = {0};
     if (A.metrics && (rc = ds_metrics_open(&mf, A.metrics, 0))) return ds_tool_report(rc);
@@ -200,7 +203,9 @@ int main(int argc, char **argv) {
     ds_jsonw_knum(&cfgrec, "temperature", A.temperature);
     ds_jsonw_kint(&cfgrec, "top_k", A.top_k);
     ds_jsonw_knum(&cfgrec, "top_p", A.top_p);
-    ds_jsonw_kint(&cfgrec, "seed", A.seed);
+    char seed[24]; /* a string, as the training tools': JSON readers cannot hold every 64-bit value */
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)A.seed);
+    ds_jsonw_kstr(&cfgrec, "seed", seed);
     ds_jsonw_kbool(&cfgrec, "mtp", A.mtp);
     ds_jsonw_kbool(&cfgrec, "w8a8", A.w8a8);
     ds_jsonw_kint(&cfgrec, "threads", ds_threads_get());
@@ -209,6 +214,8 @@ int main(int argc, char **argv) {
             "batch %d, %d threads, device %s", A.model, L.tok ? "with tokenizer" : "no tokenizer", ds_now() - t0,
             c->num_hidden_layers, c->hidden_size, c->num_attention_heads, c->vocab_size, L.has_mtp ? ", MTP" : "",
             A.mtp ? " (speculating)" : "", ctx, A.batch, ds_threads_get(), A.device);
+    if (!ds_cli_given(&A.seed) && A.temperature > 0 && !A.score) /* when it matters: sampling */
+        ds_info("seed    %llu (random: --seed repeats the draws)", (unsigned long long)A.seed);
     if (!A.score) report_cache(c, &cfgrec);
     ds_jsonw_obj_end(&cfgrec);
     if (!rc && mf.f) rc = ds_metrics_write(&mf, &cfgrec);

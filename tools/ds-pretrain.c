@@ -105,7 +105,7 @@ static int run(args *a) {
     rc = ds_session_run(&s, &sig);
 done:
     free(record);
-    rc = ds_train_tool_exit(rc, sig);
+    rc = ds_train_tool_exit(&s, rc, sig);
     ds_session_close(&s);
     ds_data_source_free(train);
     ds_data_source_free(val);
@@ -116,7 +116,7 @@ done:
 /* Usage problems: 2 with a message, or -1 to go on. */
 static int check_args(args *a) {
     if (!a->config && !a->t.model && !a->t.resume) return ds_usage_error("no model: give --config CFG.json or -m CKPT");
-    if (a->config && a->t.model) return ds_usage_error("--config and -m exclude each other");
+    if (a->config && a->t.model) return ds_usage_error("--config and %s exclude each other", ds_cli_opt(&a->t.model, "-m"));
     if (!a->data.n) return ds_usage_error("--data is required");
     if (ds_train_tool_check_out(&a->t)) return 2;
     if (!a->t.steps) return ds_usage_error("--steps is required");

@@ -123,7 +123,8 @@ int main(int argc, char **argv) {
     if (!model) return ds_usage_error("-m IN is required");
     if (!out) return ds_usage_error("-o OUT is required");
     if (!to) return ds_usage_error("--to fp8|bf16|fp32 is required");
-    if (report && ds_is_stdio(report) && ds_is_stdio(out)) return ds_usage_error("--report - and -o - both want stdout");
+    if (report && ds_is_stdio(report) && ds_is_stdio(out))
+        return ds_usage_error("--report - and %s - both want stdout", ds_cli_opt(&out, "-o"));
     ds_log_set_level(quiet ? DS_LOG_QUIET : verbose ? DS_LOG_VERBOSE : DS_LOG_NORMAL);
     ds_threads_set(threads);
     if (ds_is_stdio(out) && (rc = ds_check_binary_stdout(force))) return ds_tool_report(rc);

@@ -146,7 +146,7 @@ static int run(void) {
     }
     if (rl && A.t.plot && (rc == 0 || rc == DS_EDIVERGED) && ds_rl_plot(rl, A.t.plot, "ds-rl: GRPO")) ds_warn("%s", ds_errmsg());
     free(record);
-    rc = ds_train_tool_exit(rc, sig);
+    rc = ds_train_tool_exit(&s, rc, sig);
     ds_rl_free(rl);
     if (samples && samples != stdout) fclose(samples);
     ds_model_free(ref);
@@ -239,7 +239,8 @@ int main(int argc, char **argv) {
     if (!A.t.model && !A.t.resume) return ds_usage_error("-m CKPT is required (the starting policy)");
     if (!A.prompts) return ds_usage_error("--prompts FILE is required");
     if (ds_train_tool_check_out(t)) return 2;
-    if (A.t.model && ds_is_stdio(A.t.model)) return ds_usage_error("-m -: ds-rl reads the checkpoint twice: give a directory or a .safetensors file");
+    if (A.t.model && ds_is_stdio(A.t.model))
+        return ds_usage_error("%s -: ds-rl reads the checkpoint twice: give a directory or a .safetensors file", ds_cli_opt(&A.t.model, "-m"));
     if (!A.t.steps) return ds_usage_error("--steps is required");
     if (A.eval_prompts && A.prompts && !strcmp(A.eval_prompts, A.prompts) && ds_is_stdio(A.prompts))
         return ds_usage_error("--prompts and --eval-prompts cannot both read stdin");

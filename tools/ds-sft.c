@@ -91,7 +91,7 @@ static int run(args *a) {
     rc = ds_session_run(&s, &sig);
 done:
     free(record);
-    rc = ds_train_tool_exit(rc, sig);
+    rc = ds_train_tool_exit(&s, rc, sig);
     ds_session_close(&s);
     ds_sft_data_close(&d);
     return rc;

@@ -158,7 +158,7 @@ static int cmd_encode(int argc, char **argv) {
     if (!tok) return ds_usage_error("encode: -t tokenizer.json is required");
     if (lines && jsonl) return ds_usage_error("encode: --lines and --jsonl are exclusive");
     if (!out && !ids) return ds_usage_error("encode: nothing to write: give -o OUT or --ids");
-    if (out && ids && ds_is_stdio(out)) return ds_usage_error("encode: --ids and -o - both want stdout");
+    if (out && ids && ds_is_stdio(out)) return ds_usage_error("encode: --ids and %s - both want stdout", ds_cli_opt(&out, "-o"));
     apply_common();
     ds_tokenizer *t;
     if ((rc = ds_tok_load(&t, tok))) return ds_tool_report(rc);

@@ -46,16 +46,56 @@ static void reexec_with_passive_openmp(void) {
     /* exec failed: continue without the policy rather than fail the tool */
 }
 
+/* The first of these variables that is set, as an int (def when none is, or it is not a number). */
+static int env_int(const char *const *names, int def) {
+    for (; *names; names++) {
+        const char *v = getenv(*names);
+        if (v && *v) {
+            char *end;
+            long x = strtol(v, &end, 10);
+            return *end || x < 0 || x > 1 << 30 ? def : (int)x;
+        }
+    }
+    return def;
+}
+
+ds_launch ds_launch_get(void) {
+    static const char *const ompi[] = {"OMPI_COMM_WORLD_SIZE", NULL};
+    static const char *const mpi_marks[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE", NULL};
+    static const char *const mpi_rank[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID", NULL};
+    static const char *const mpi_size[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", NULL};
+    static const char *const torch_size[] = {"WORLD_SIZE", NULL}, *const torch_rank[] = {"RANK", NULL};
+    static const char *const slurm_size[] = {"SLURM_STEP_NUM_TASKS", NULL}, *const slurm_rank[] = {"SLURM_PROCID", NULL};
+    ds_launch l = {NULL, 0, 0, 1};
+    if (env_int(mpi_marks, -1) >= 0) /* an MPI process manager: the MPI world is the truth */
+        l = (ds_launch){env_int(ompi, -1) >= 0 ? "mpirun" : "an MPI launcher", 1, env_int(mpi_rank, 0), env_int(mpi_size, 0)};
+    else if (getenv("WORLD_SIZE")) /* torchrun and torch.distributed's other launchers */
+        l = (ds_launch){"torchrun", 0, env_int(torch_rank, 0), env_int(torch_size, 1)};
+    else if (getenv("SLURM_PROCID") && getenv("SLURM_STEP_NUM_TASKS"))
+        /* a task of an srun step; a batch script has SLURM_NTASKS and SLURM_PROCID too, but no step,
+         * and is one process */
+        l = (ds_launch){"srun", 0, env_int(slurm_rank, 0), env_int(slurm_size, 1)};
+    return l;
+}
+
 void ds_tool_init(const char *name) {
     reexec_with_passive_openmp();
     snprintf(tool_name, sizeof tool_name, "%s", name);
     ds_log_init(tool_name);
+    const ds_launch l = ds_launch_get();
+    if (l.launcher && l.size != 1) { /* one of several processes: its messages say which */
+        char host[64] = "unknown", prefix[96];
+        if (gethostname(host, sizeof host)) snprintf(host, sizeof host, "unknown");
+        host[sizeof host - 1] = 0;
+        snprintf(prefix, sizeof prefix, "[%s:%d] ", host, l.rank);
+        ds_log_set_prefix(prefix);
+    }
 }
 
 const char *ds_tool_name(void) { return tool_name; }
 
 int ds_tool_report(int rc) {
-    if (rc == 0) return 0;
+    if (rc == 0 || ds_err_silenced()) return rc;
     const char *m = ds_errmsg();
     fprintf(stderr, "%s%s: error: %s\n", ds_log_prefix(), tool_name, m[0] ? m : "unknown error");
     if (ds_errhint()[0]) fprintf(stderr, "hint: %s\n", ds_errhint());
@@ -63,9 +103,10 @@ int ds_tool_report(int rc) {
 }
 
 int ds_usage_error(const char *fmt, ...) {
+    if (ds_launch_get().rank != 0) return DS_EUSAGE; /* rank 0 says it for all */
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "%s: error: ", tool_name);
+    fprintf(stderr, "%s%s: error: ", ds_log_prefix(), tool_name);
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);

@@ -66,12 +66,26 @@ const char *ds_cli_opt(const void *dest, const char *name);
 void ds_strlist_push(ds_strlist *l, const char *s);
 void ds_strlist_free(ds_strlist *l);
 
-/* Tool identity and reporting. ds_tool_init also reads DS_LOG (quiet|verbose) defaults. */
+/* How this process was started, read from the environment: by an MPI process manager (mpirun, or
+ * srun with an MPI plugin: mpi = 1), by another launcher that starts several processes (torchrun:
+ * WORLD_SIZE/RANK; srun without an MPI plugin: SLURM_STEP_NUM_TASKS/SLURM_PROCID, which a batch
+ * script, one process, lacks),
+ * or alone (launcher NULL, rank 0, size 1). size is 0 when an MPI launcher does not say it. */
+typedef struct {
+    const char *launcher; /* "mpirun", "an MPI launcher", "torchrun", "srun", or NULL */
+    int mpi, rank, size;
+} ds_launch;
+ds_launch ds_launch_get(void);
+
+/* Tool identity and reporting. ds_tool_init also reads DS_LOG (quiet|verbose) defaults and, in a
+ * run of several processes, prefixes warnings and errors with "[host:rank] ". */
 void ds_tool_init(const char *name);
 const char *ds_tool_name(void);
-/* Print "ds-NAME: error: <ds_errmsg()>" (+ "hint: ..." line) to stderr; returns rc for `return`. */
+/* Print "ds-NAME: error: <ds_errmsg()>" (+ "hint: ..." line) to stderr, unless the error was
+ * reported by another process (ds_err_silenced); returns rc for `return`. */
 int ds_tool_report(int rc);
-/* Print a usage error and return 2. */
+/* Print a usage error and return 2. The command line is the same in every process of a run, so in a
+ * run of several processes only rank 0 prints it. */
 int ds_usage_error(const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 1, 2)))

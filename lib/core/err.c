@@ -8,6 +8,7 @@
 
 static _Thread_local char err_msg[DS_ERRMSG_MAX];
 static _Thread_local char err_hint[DS_ERRMSG_MAX];
+static _Thread_local int err_silenced;
 
 int ds_fail(int code, const char *fmt, ...) {
     va_list ap;
@@ -15,6 +16,7 @@ int ds_fail(int code, const char *fmt, ...) {
     vsnprintf(err_msg, sizeof err_msg, fmt, ap);
     va_end(ap);
     err_hint[0] = 0;
+    err_silenced = 0;
     return code;
 }
 
@@ -50,7 +52,11 @@ void ds_hint(const char *fmt, ...) {
 const char *ds_errmsg(void) { return err_msg; }
 const char *ds_errhint(void) { return err_hint; }
 
+void ds_err_silence(void) { err_silenced = 1; }
+int ds_err_silenced(void) { return err_silenced; }
+
 void ds_err_clear(void) {
     err_msg[0] = 0;
     err_hint[0] = 0;
+    err_silenced = 0;
 }

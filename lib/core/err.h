@@ -27,6 +27,12 @@ int ds_fail_ctx(int code, const char *fmt, ...) DS_PRINTF(2, 3);
 /* Optional second line "hint: ..." printed by tools under the error. */
 void ds_hint(const char *fmt, ...) DS_PRINTF(1, 2);
 
+/* Mark the current error as reported by another process of the same run (an MPI rank that failed
+ * the same way, or rank 0 for an error every rank meets): tools then print nothing for it and only
+ * exit with its code, so a distributed run prints each failure once. ds_fail clears the mark. */
+void ds_err_silence(void);
+int ds_err_silenced(void);
+
 const char *ds_errmsg(void);  /* "" when none */
 const char *ds_errhint(void); /* "" when none */
 void ds_err_clear(void);

@@ -63,6 +63,17 @@ double ds_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+void ds_format_duration(double seconds, char *buf, size_t n) {
+    if (!(seconds >= 0)) seconds = 0;
+    if (seconds < 59.95) {
+        snprintf(buf, n, "%.1fs", seconds);
+        return;
+    }
+    long s = (long)(seconds + 0.5);
+    if (s < 3600) snprintf(buf, n, "%ldm%02lds", s / 60, s % 60);
+    else snprintf(buf, n, "%ldh%02ldm", s / 3600, s / 60 % 60);
+}
+
 void ds_progress_begin(ds_progress *p, const char *label, const char *unit, double total) {
     memset(p, 0, sizeof *p);
     p->label = label;

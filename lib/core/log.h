@@ -7,6 +7,8 @@
 #ifndef DS_CORE_LOG_H
 #define DS_CORE_LOG_H
 
+#include <stddef.h>
+
 #include <stdint.h>
 
 #include "core/err.h"
@@ -25,7 +27,9 @@ void ds_info(const char *fmt, ...) DS_PRINTF(1, 2);    /* normal level, no prefi
 void ds_verbose(const char *fmt, ...) DS_PRINTF(1, 2); /* verbose level only */
 void ds_warn(const char *fmt, ...) DS_PRINTF(1, 2);    /* "ds-NAME: warning: ..." unless quiet */
 
-double ds_now(void); /* monotonic seconds */
+double ds_now(void);
+/* A duration for people: "8.2s", "4m05s", "2h07m" (seconds below a minute keep a decimal). */
+void ds_format_duration(double seconds, char *buf, size_t n); /* monotonic seconds */
 
 /* Progress over a known (total > 0) or unknown (total = 0) amount of work. */
 typedef struct {

@@ -1,6 +1,22 @@
 #include "core/rng.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+uint64_t ds_seed_draw(void) {
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof s, 0) == (ssize_t)sizeof s) return s;
+    FILE *f = fopen("/dev/urandom", "rb");
+    int got = f && fread(&s, sizeof s, 1, f) == 1;
+    if (f) fclose(f);
+    if (got) return s;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^ ((uint64_t)getpid() << 32);
+}
 
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u

@@ -11,6 +11,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A seed from the operating system's entropy (getrandom, else /dev/urandom, else the clock and the
+ * process id), for a run given no --seed: the tool prints and records it so the run can be repeated. */
+uint64_t ds_seed_draw(void);
+
 /* One Philox-4x32-10 block: key = seed, counter = (index, stream). Writes 4 uniform 32-bit words. */
 void ds_philox4x32(uint64_t seed, uint64_t stream, uint64_t index, uint32_t out[4]);
 

@@ -65,10 +65,35 @@ int ds_comm_init(ds_comm *c, int *argc, char ***argv) {
 
 void ds_comm_finalize(ds_comm *c) {
     if (c->local && *(MPI_Comm *)c->local != MPI_COMM_NULL) MPI_Comm_free((MPI_Comm *)c->local);
+    ds_comm_abandon(c);
+    if (c->owns_mpi) MPI_Finalize();
+}
+
+void ds_comm_abandon(ds_comm *c) {
     free(c->world);
     free(c->local);
     c->world = c->local = NULL;
-    if (c->owns_mpi) MPI_Finalize();
+}
+
+int ds_comm_agree(const ds_comm *c, int rc) {
+    int *all = malloc((size_t)c->size * sizeof *all);
+    if (!all) return ds_fail(DS_ERR, "out of memory: agreeing on the status");
+    int err = MPI_Allgather(&rc, 1, MPI_INT, all, 1, MPI_INT, WORLD(c));
+    if (err != MPI_SUCCESS) {
+        free(all);
+        return ds_fail(DS_ERR, "MPI_Allgather failed: rank %d: %s:%d", c->rank, __FILE__, __LINE__);
+    }
+    int out = 0;
+    for (int r = 0; r < c->size && !out; r++)
+        if (all[r]) {
+            out = all[r];
+            if (r != c->rank) {
+                ds_fail(out, "failed on rank %d", r);
+                ds_err_silence();
+            }
+        }
+    free(all);
+    return out;
 }
 
 const char *ds_comm_prefix(const ds_comm *c) {
@@ -79,6 +104,11 @@ const char *ds_comm_prefix(const ds_comm *c) {
 
 int ds_comm_barrier(const ds_comm *c) {
     DS_MPI_TRY(c, MPI_Barrier(WORLD(c)));
+    return 0;
+}
+
+int ds_comm_bcast_u64(const ds_comm *c, uint64_t *v) {
+    DS_MPI_TRY(c, MPI_Bcast(v, 1, MPI_UINT64_T, 0, WORLD(c)));
     return 0;
 }
 

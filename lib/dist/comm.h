@@ -26,7 +26,17 @@ void ds_comm_finalize(ds_comm *c);
 /* "[host:rank] " for messages when size > 1, "" otherwise. */
 const char *ds_comm_prefix(const ds_comm *c);
 
+/* Leave MPI without MPI_Finalize, for a rank that failed while the others may wait in a collective
+ * (MPI_Finalize would wait for them): its non-zero exit then makes mpirun end the job. */
+void ds_comm_abandon(ds_comm *c);
+/* After a phase every rank goes through, each rank's status rc: the status of the lowest rank that
+ * failed, on every rank (0 when none did). That rank keeps its message; on the others the error is
+ * marked as reported (ds_err_silence), so a failure is printed once, by the rank that met it. */
+int ds_comm_agree(const ds_comm *c, int rc);
+
 int ds_comm_barrier(const ds_comm *c);
+/* Rank 0's value, on every rank. */
+int ds_comm_bcast_u64(const ds_comm *c, uint64_t *v);
 int ds_comm_allreduce_sum_f64(const ds_comm *c, double *v, int n);
 int ds_comm_allreduce_max_f64(const ds_comm *c, double *v, int n);
 int ds_comm_allreduce_sum_i64(const ds_comm *c, int64_t *v, int n);

@@ -1,5 +1,6 @@
 #include "dist/dp.h"
 
+#include "core/cli.h"
 #include "core/err.h"
 #include "dist/a2a.h"
 
@@ -7,11 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-int ds_dist_launched(void) {
-    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE"};
-    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
-        if (getenv(vars[i])) return 1;
-    return 0;
+int ds_dist_launched(void) { return ds_launch_get().mpi; }
+
+int ds_dist_check_launch(void) {
+    const ds_launch l = ds_launch_get();
+    if (l.mpi || l.size <= 1) return 0;
+    ds_fail(DS_EUSAGE, "%s started %d processes without an MPI world (each would run alone, into the same outputs): "
+            "launch with mpirun -np %d, or srun --mpi=pmix -n %d", l.launcher, l.size, l.size, l.size);
+    if (l.rank != 0) ds_err_silence(); /* the same in every process: rank 0 says it */
+    return DS_EUSAGE;
 }
 
 /* Below this many elements a whole-array gather is cheaper than two collective phases. */

@@ -18,6 +18,10 @@
 
 /* Launched by mpirun/srun (an MPI process manager's environment is present). */
 int ds_dist_launched(void);
+/* Several processes started by a launcher that gives them no MPI world (torchrun; srun without an
+ * MPI plugin): each would train alone into the same output directory. A usage error (DS_EUSAGE)
+ * saying how to launch (marked as reported by rank 0 on the other ranks), else 0. */
+int ds_dist_check_launch(void);
 
 int ds_dp_allreduce_f32(const ds_comm *c, float *x, size_t n);
 int ds_dp_allreduce_f64(const ds_comm *c, double *x, size_t n);

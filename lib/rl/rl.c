@@ -703,12 +703,14 @@ static void log_line(ds_rl *r, const ds_trainer *t) {
     char times[96] = "";
     if (r->generated)
         snprintf(times, sizeof times, " | gen %.2fs ref %.2fs score %.2fs", r->t_gen, r->t_ref, r->t_score);
+    char pace[64];
+    ds_trainer_pace(t, pace, sizeof pace);
     ds_info("step %*lld/%lld | reward %.3f (std %.3f)%s%s | zero-std %.2f | kl %.4f | entropy %.3f | clip %.3f | len %.1f "
-            "max %.0f cut %.2f | lr %.2e | norm %.3f | %.2fs%s",
+            "max %.0f cut %.2f | lr %.2e | norm %.3f | %.2fs%s | %s",
             w, (long long)tr->step, (long long)r->total_steps, b->reward_mean, b->reward_std, parts[0] ? " |" : "", parts,
             b->frac_zero_std, safe_div(s->kl_sum, (double)s->tokens), safe_div(s->entropy_sum, (double)s->entropy_tokens),
             safe_div((double)(s->clip_low + s->clip_high), (double)s->tokens), b->len_mean, b->len_max, b->clipped_ratio,
-            tr->lr, tr->grad_norm, tr->ms / 1e3, times);
+            tr->lr, tr->grad_norm, tr->ms / 1e3, times, pace);
 }
 
 static int after_step(void *ctx, ds_trainer *t) {

@@ -214,16 +214,15 @@ static int lock_out(ds_session *s) {
     return ds_dir_lock_take(&s->out_lock, s->o.out_dir);
 }
 
-int ds_session_open(ds_session *s, const ds_session_opts *o) {
-    memset(s, 0, sizeof *s);
-    s->o = *o;
-    s->resumed_step = -1;
+static int join_data_parallel(ds_session *s);
+
+static int open_model(ds_session *s, const ds_session_opts *o) {
     const ds_ops *ops;
     DS_TRY(ds_ops_for_device(o->device, &ops));
-    /* Before anything is built: refuse to replace what -o holds, and to share it with another writer.
-     * Under mpirun the ranks are known only once they join (ds_session_start): rank 0 locks there. */
+    /* Before anything is built: refuse to replace what -o holds, and to share it with another writer
+     * (rank 0 writes for all: the ranks have joined by now). */
     DS_TRY(ds_ckpt_check_out(o->out_dir, o->model_path, o->force, 1, o->resume));
-    if (!ds_dist_launched()) DS_TRY(lock_out(s));
+    DS_TRY(lock_out(s));
     ds_ckpt *ck = NULL;
     if (o->resume) {
         DS_TRY(ds_ckpt_find_latest(o->resume, s->resume_dir, sizeof s->resume_dir));
@@ -263,6 +262,33 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     ds_ckpt_close(ck);
     if (!rc) rc = ds_train_net_from_model(&s->net, s->model, o->seq_len);
     return rc;
+}
+
+int ds_session_open(ds_session *s, const ds_session_opts *o) {
+    memset(s, 0, sizeof *s);
+    s->o = *o;
+    s->resumed_step = -1;
+    /* the ranks join before anything else, so every message names its rank and is printed once */
+    int rc = join_data_parallel(s);
+    if (!rc && s->have_comm) { /* one run, one seed: a drawn seed differs from process to process */
+        rc = ds_comm_bcast_u64(&s->comm, &s->o.seed);
+        if (!rc && o->seed_share) *o->seed_share = s->o.seed;
+    }
+    if (!rc) rc = open_model(s, &s->o);
+    if (s->have_comm) rc = ds_comm_agree(&s->comm, rc);
+    s->agree_pending = s->have_comm && !rc;
+    return rc;
+}
+
+void ds_session_log_seed(const ds_session *s) {
+    ds_info("seed    %llu%s%s%s", (unsigned long long)s->o.seed, s->o.seed_note ? " (" : "", s->o.seed_note ? s->o.seed_note : "",
+            s->o.seed_note ? ")" : "");
+}
+
+int ds_session_agree(ds_session *s, int rc) {
+    if (!s->agree_pending) return rc;
+    s->agree_pending = 0;
+    return ds_comm_agree(&s->comm, rc);
 }
 
 static int save_hook(void *ctx, ds_trainer *t, int final) {
@@ -309,14 +335,16 @@ static int dp_i64(void *ctx, int64_t *x, size_t n) { return ds_dp_allreduce_i64(
 
 static int join_data_parallel(ds_session *s) {
     if (s->o.dp == 1 || (s->o.dp == 0 && !ds_dist_launched())) return 0;
-    if (s->net.ops) {
+    DS_TRY(ds_comm_init(&s->comm, NULL, NULL));
+    s->have_comm = 1;
+    ds_log_set_prefix(ds_comm_prefix(&s->comm)); /* errors from any rank name it: "[host:rank] ds-x: ..." */
+    if (s->comm.rank != 0) ds_log_set_level(DS_LOG_QUIET); /* rank 0 talks; errors still reach stderr */
+    if (s->o.device && strcmp(s->o.device, "cpu")) {
         ds_fail(DS_EUSAGE, "data parallelism with --device %s: the gradient all-reduce runs over host memory only",
-                s->net.ops->name);
+                s->o.device);
         ds_hint("train on one GPU (no mpirun), or use --device cpu with --dp");
         return DS_EUSAGE;
     }
-    DS_TRY(ds_comm_init(&s->comm, NULL, NULL));
-    s->have_comm = 1;
     int want = s->o.dp ? s->o.dp : s->comm.size;
     if (want != s->comm.size) {
         ds_fail(DS_EUSAGE, "--dp %d does not match the %d processes started", want, s->comm.size);
@@ -325,22 +353,21 @@ static int join_data_parallel(ds_session *s) {
     }
     s->tcomm = (ds_train_comm){.rank = s->comm.rank, .size = s->comm.size, .allreduce_f32 = dp_f32,
                                .allreduce_f64 = dp_f64, .allreduce_i64 = dp_i64, .ctx = &s->comm};
-    ds_log_set_prefix(ds_comm_prefix(&s->comm)); /* errors from any rank name it: "[host:rank] ds-x: ..." */
-    if (s->comm.rank != 0) ds_log_set_level(DS_LOG_QUIET); /* rank 0 talks; errors still reach stderr */
     ds_info("data parallel: %d ranks on %d node(s)", s->comm.size, s->comm.n_nodes);
     return 0;
 }
 
+static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
+                         const ds_loss_hook *loss, const char *config_record);
+
 int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                      const ds_loss_hook *loss, const char *config_record) {
-    DS_TRY(join_data_parallel(s));
-    int locked = lock_out(s);
-    if (s->have_comm) { /* every rank stops when rank 0 could not lock: the others would wait in the first all-reduce */
-        int64_t failed = locked != 0;
-        DS_TRY(ds_dp_allreduce_i64(&s->comm, &failed, 1));
-        if (failed && !locked) return ds_fail(DS_ERR, "rank 0 could not take the output directory's lock: %s", s->o.out_dir);
-    }
-    DS_TRY(locked);
+    return ds_session_agree(s, start_trainer(s, to, train, val, loss, config_record));
+}
+
+static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
+                         const ds_loss_hook *loss, const char *config_record) {
+    ds_session_log_seed(s);
     s->stop = ds_train_catch_signals();
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = s->o.step_record,
                         .after_step = s->o.after_step, .step_ctx = s->o.step_ctx,
@@ -386,6 +413,8 @@ int ds_session_run(ds_session *s, int *stopped_by) {
     ds_train_end end;
     *stopped_by = 0;
     int rc = ds_trainer_run(s->trainer, &end);
+    if (rc == DS_EDIVERGED && ds_session_rank(s) != 0) ds_err_silence(); /* the loss is all-reduced: every rank diverges */
+    if (rc && rc != DS_EDIVERGED && s->have_comm) s->failed_alone = 1; /* the others may wait in a collective */
     if (s->o.plot_path && (rc == 0 || rc == DS_EDIVERGED)) {
         char keep[1024] = "", hint[512] = "";
         snprintf(keep, sizeof keep, "%s", ds_errmsg());
@@ -408,7 +437,8 @@ void ds_session_close(ds_session *s) {
     if (s->have_cfg) ds_config_free(&s->cfg);
     free(s->tokenizer_json);
     free(s->tokenizer_config);
-    if (s->have_comm) ds_comm_finalize(&s->comm);
+    if (s->have_comm && s->failed_alone) ds_comm_abandon(&s->comm);
+    else if (s->have_comm) ds_comm_finalize(&s->comm);
     ds_dir_lock_release(&s->out_lock);
     memset(s, 0, sizeof *s);
 }

@@ -40,6 +40,9 @@ typedef struct {
     double balance_alpha;       /* sequence-wise balance loss weight per micro-batch */
     int micro_batch, seq_len;
     uint64_t seed;
+    const char *seed_note;      /* how the seed was chosen when --seed was not given ("random: ..."), or NULL */
+    uint64_t *seed_share;       /* in a data-parallel run every rank takes rank 0's seed and it is
+                                   written back here (the tool draws its data order from it); or NULL */
     int want_entropy;           /* forward also computes per-token entropy (RL diagnostics) */
     int dp;                     /* data-parallel ranks: 0 = the MPI world when started by mpirun, else 1;
                                    rank 0 alone writes checkpoints, metrics and plots */
@@ -75,6 +78,9 @@ typedef struct {
     volatile sig_atomic_t *stop;
     ds_comm comm;             /* the data-parallel group (have_comm) */
     int have_comm;
+    int agree_pending;        /* open succeeded everywhere; the ranks next agree at the end of start
+                                 (or, for a tool that fails before it, in ds_session_agree) */
+    int failed_alone;         /* this rank failed in the training loop: leave MPI without finalizing */
     ds_train_comm tcomm;
     ds_dir_lock out_lock;     /* held by the process that writes out_dir (rank 0) for the whole run */
 } ds_session;
@@ -82,12 +88,22 @@ typedef struct {
 /* This process's rank in the data-parallel group (0 without one): only rank 0 talks. */
 static inline int ds_session_rank(const ds_session *s) { return s->have_comm ? s->comm.rank : 0; }
 
-/* Config, model (initialised or loaded), tokenizer. After this, s->cfg and s->tokenizer_json are set. */
+/* Config, model (initialised or loaded), tokenizer. After this, s->cfg and s->tokenizer_json are set.
+ * Under mpirun (or with dp > 1) the ranks join first, then agree on the outcome: a failure is
+ * reported by the lowest rank that met it (the others' errors are ds_err_silenced). */
 int ds_session_open(ds_session *s, const ds_session_opts *o);
+/* For a tool that stops between ds_session_open and the end of ds_session_start (a failure of its
+ * own, or nothing to train): the agreement the other ranks make at the end of start. Returns the
+ * agreed status (rc when there is no group or nothing pending). */
+int ds_session_agree(ds_session *s, int rc);
 /* Embed this tokenizer.json (checked to parse and to fit the model's vocabulary). */
 int ds_session_set_tokenizer(ds_session *s, const char *path);
 /* Id of a token in the embedded tokenizer (-1 when there is no tokenizer or no such token). */
 int64_t ds_session_token_id(const ds_session *s, const char *text);
+
+/* "seed    N (how it was chosen)": with the resolved configuration, so a drawn seed is seen (start
+ * prints it; a tool that evaluates without training prints it itself). */
+void ds_session_log_seed(const ds_session *s);
 
 /* Create the trainer over the given sources, restore the state when resuming, open the metrics
  * file and write the configuration record (config_record: a complete JSON object, or NULL). */

@@ -3,7 +3,10 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "core/log.h"
+#include "core/rng.h"
 #include "core/threads.h"
+#include "io/checkpoint.h"
+#include "dist/dp.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -13,7 +16,7 @@
 void ds_train_toolopts_defaults(ds_train_toolopts *t) {
     ds_train_opts to;
     ds_train_opts_defaults(&to);
-    *t = (ds_train_toolopts){.device = "cpu", .seed = 1, .log_every = to.log_every, .val_batches = to.val_batches,
+    *t = (ds_train_toolopts){.device = "cpu", .log_every = to.log_every, .val_batches = to.val_batches,
                              .bf16_moments = to.adamw.bf16_moments, .weight_decay = to.adamw.weight_decay,
                              .beta1 = to.adamw.beta1, .beta2 = to.adamw.beta2, .eps = to.adamw.eps, .clip = to.clip_norm};
 }
@@ -52,7 +55,7 @@ static const shared_opt SHARED[] = {
     {"clip-grad", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", .max = 1e9},
     {"alpha", 0, DS_OPT_FLOAT, F(alpha), "A", .max = 1},
     /* the run */
-    {"seed", 0, DS_OPT_I64, F(seed), "S", .max = 9.2e18},
+    {"seed", 0, DS_OPT_SEED, F(seed), "S"},
     {"threads", 0, DS_OPT_INT, F(threads), "N", "CPU threads (0 = all cores)", .max = 4096},
     {"val-frac", 0, DS_OPT_FLOAT, F(val_frac), "F", "share of the data held out for validation", .max = 0.5},
     {"val-batches", 0, DS_OPT_INT, F(val_batches), "N", "micro-batches per validation", .min = 1, .max = 1e9},
@@ -108,8 +111,29 @@ ds_opt ds_train_toolopts_group(ds_train_toolopts *t, const char *names) {
     return (ds_opt){"group", 0, DS_OPT_GROUP, group};
 }
 
-int ds_train_tool_start(const ds_train_toolopts *t, int argc, char **argv, int first) {
+/* The seed --resume's newest checkpoint records (0 when there is none to read: the session then
+ * says what is wrong with the directory). */
+static int resumed_seed(const char *resume, uint64_t *seed) {
+    char dir[4096], p[4200], *text = NULL;
+    size_t len;
+    if (ds_ckpt_find_latest(resume, dir, sizeof dir) || ds_path_join(p, sizeof p, dir, "trainer_state.json") ||
+        !ds_path_exists(p) || ds_read_file(p, &text, &len, 1u << 30)) {
+        ds_err_clear();
+        return 0;
+    }
+    int rc = ds_trainer_state_seed(text, len, p, seed);
+    free(text);
+    return rc;
+}
+
+int ds_train_tool_start(ds_train_toolopts *t, int argc, char **argv, int first) {
     if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
+    if (ds_dist_check_launch()) return ds_tool_report(DS_EUSAGE);
+    if (!ds_cli_given(&t->seed)) { /* as llama.cpp: a random seed, printed and recorded; a resumed run keeps its own */
+        t->seed_note = "random: --seed repeats the run";
+        if (!t->resume || resumed_seed(t->resume, &t->seed)) t->seed = ds_seed_draw();
+        else t->seed_note = "the resumed run's";
+    }
     if (t->quiet) ds_log_set_level(DS_LOG_QUIET);
     if (t->verbose) ds_log_set_level(DS_LOG_VERBOSE);
     ds_threads_set(t->threads);
@@ -118,7 +142,7 @@ int ds_train_tool_start(const ds_train_toolopts *t, int argc, char **argv, int f
 
 int ds_train_tool_check_out(const ds_train_toolopts *t) {
     if (!t->out) return ds_usage_error("-o OUT is required");
-    if (ds_is_stdio(t->out)) return ds_usage_error("-o: checkpoints are directories, not '-'");
+    if (ds_is_stdio(t->out)) return ds_usage_error("%s: checkpoints are directories, not '-'", ds_cli_opt(&t->out, "-o"));
     return 0;
 }
 
@@ -129,16 +153,17 @@ int ds_train_tool_check_batch(ds_train_toolopts *t) {
     return 0;
 }
 
-ds_session_opts ds_train_toolopts_session(const ds_train_toolopts *t, const char *tool) {
+ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool) {
     return (ds_session_opts){.tool = tool, .model_path = t->model, .resume = t->resume, .out_dir = t->out, .force = t->force,
                              .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
                              .device = t->device, .fp8 = t->fp8, .balance_alpha = t->alpha,
-                             .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = (uint64_t)t->seed};
+                             .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,
+                             .seed_note = t->seed_note, .seed_share = &t->seed};
 }
 
 void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {
     ds_train_opts_defaults(to);
-    to->total_steps = t->steps, to->seq_len = t->seq_len, to->micro_batch = t->micro_batch, to->seed = (uint64_t)t->seed;
+    to->total_steps = t->steps, to->seq_len = t->seq_len, to->micro_batch = t->micro_batch, to->seed = t->seed;
     to->adamw.beta1 = t->beta1, to->adamw.beta2 = t->beta2, to->adamw.eps = t->eps, to->adamw.weight_decay = t->weight_decay;
     to->adamw.bf16_moments = t->bf16_moments, to->clip_norm = t->clip, to->balance_alpha = t->alpha;
     to->skip_nonfinite = t->skip_nonfinite, to->val_every = t->val_every, to->val_batches = t->val_batches;
@@ -182,7 +207,9 @@ void ds_train_record_schedules(ds_jsonw *w, const ds_train_opts *to) {
 }
 
 char *ds_train_record_end(ds_jsonw *w, const ds_session *s) {
-    ds_jsonw_kint(w, "seed", (int64_t)s->o.seed);
+    char seed[24];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)s->o.seed);
+    ds_jsonw_kstr(w, "seed", seed);
     ds_jsonw_kint(w, "threads", ds_threads_get());
     ds_jsonw_kbool(w, "fp8", s->o.fp8);
     if (s->resumed_step >= 0) ds_jsonw_kint(w, "resumed_from_step", s->resumed_step);
@@ -193,8 +220,9 @@ char *ds_train_record_end(ds_jsonw *w, const ds_session *s) {
     return record;
 }
 
-int ds_train_tool_exit(int rc, int stopped_by) {
-    if (rc == DS_EUSAGE) rc = ds_usage_error("%s", ds_errmsg());
-    else if (rc) ds_tool_report(rc);
+int ds_train_tool_exit(ds_session *s, int rc, int stopped_by) {
+    rc = ds_session_agree(s, rc); /* a failure of the tool's own between open and start: printed once */
+    if (rc == DS_EUSAGE && !ds_errhint()[0]) ds_hint("%s --help lists the options", ds_tool_name());
+    ds_tool_report(rc);
     return rc ? (rc == DS_EDIVERGED ? 3 : rc == DS_EUSAGE ? 2 : 1) : stopped_by ? 128 + stopped_by : 0;
 }

@@ -25,7 +25,9 @@
 typedef struct {
     const char *model, *resume, *out, *tokenizer, *metrics, *plot, *device;
     const char *lr_schedule; /* NULL: the tool's default schedule */
-    int64_t steps, seed;
+    int64_t steps;
+    uint64_t seed;         /* --seed; without it, the resumed run's or a random one (ds_train_tool_start) */
+    const char *seed_note; /* where the seed came from when --seed was not given ("random", ...), or NULL */
     int batch, micro_batch, seq_len, threads, val_every, val_batches, save_every, log_every;
     int fp8, bf16_moments, skip_nonfinite, quiet, verbose, force;
     double lr, alpha, weight_decay, beta1, beta2, eps, clip, val_frac;
@@ -33,7 +35,7 @@ typedef struct {
     int n_group_entries;
 } ds_train_toolopts;
 
-/* V3's optimizer and clipping (as ds_train_opts_defaults), seed 1, a line per step, on the CPU. */
+/* V3's optimizer and clipping (as ds_train_opts_defaults), a line per step, on the CPU. */
 void ds_train_toolopts_defaults(ds_train_toolopts *t);
 
 /* The table entry of the shared option `name` ("threads", "weight-decay", ...; "clip-grad" is
@@ -45,16 +47,21 @@ ds_opt ds_train_toolopt(ds_train_toolopts *t, const char *name, const char *help
  * DS_OPT_GROUP entry whose table lives in t (so t must stay where it is while the table is used). */
 ds_opt ds_train_toolopts_group(ds_train_toolopts *t, const char *names);
 
-/* Right after ds_cli_parse returned -1: a stray argument is a usage error (returns 2); otherwise
- * sets the log level (--quiet, --verbose) and the threads (--threads) and returns -1. */
-int ds_train_tool_start(const ds_train_toolopts *t, int argc, char **argv, int first);
+/* Right after ds_cli_parse returned -1: a stray argument is a usage error (returns 2), and so are
+ * several processes started without an MPI world (ds_dist_check_launch); otherwise sets the log
+ * level (--quiet, --verbose) and the threads (--threads), resolves the seed when --seed was not
+ * given (the one --resume's trainer_state.json records, else a random one; the session prints it and
+ * records it) and returns -1. */
+int ds_train_tool_start(ds_train_toolopts *t, int argc, char **argv, int first);
 /* -o OUT given and a directory (not '-'): 0, else a usage error (2). */
 int ds_train_tool_check_out(const ds_train_toolopts *t);
 /* --micro-batch 0 becomes --batch; --batch must be a multiple of it: 0, else a usage error (2). */
 int ds_train_tool_check_batch(ds_train_toolopts *t);
 
-/* The session's options from the shared ones: the tool adds its own (config_path, edit_config...). */
-ds_session_opts ds_train_toolopts_session(const ds_train_toolopts *t, const char *tool);
+/* The session's options from the shared ones: the tool adds its own (config_path, edit_config...).
+ * In a data-parallel run the session writes rank 0's seed back into t->seed (a drawn seed differs
+ * from process to process), so t must outlive the session's open. */
+ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool);
 /* The trainer's options from the shared ones (total_steps = --steps; val_every as given). */
 void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to);
 
@@ -71,14 +78,17 @@ int ds_train_schedules(const ds_train_sched_specs *sp, ds_train_opts *to);
 
 /* The configuration record: {"config": {"tool", "version", "model", ["reference"], the parameter
  * counts, then the tool's keys; ds_train_record_schedules adds "lr", "batch", "gamma", "lambda"
- * (each also logged); ds_train_record_end adds "seed", "threads", "fp8" and, after --resume,
+ * (each also logged); ds_train_record_end adds "seed" (a decimal string: JSON readers such as jansson
+ * cannot hold every 64-bit value as a number), "threads", "fp8" and, after --resume,
  * "resumed_from_step", closes it and returns it (malloc'd; NULL when out of memory). */
 void ds_train_record_begin(ds_jsonw *w, const ds_session *s, const char *model, const char *reference);
 void ds_train_record_schedules(ds_jsonw *w, const ds_train_opts *to);
 char *ds_train_record_end(ds_jsonw *w, const ds_session *s);
 
-/* Report a failure the tools' way (a DS_EUSAGE status as a usage error) and give the exit code:
- * 0 done, 1 error, 2 usage, 3 diverged, 128 + the signal that stopped the run (stopped_by). */
-int ds_train_tool_exit(int rc, int stopped_by);
+/* Report a failure the tools' way (a DS_EUSAGE status as a usage error, its hint kept) and give the
+ * exit code: 0 done, 1 error, 2 usage, 3 diverged, 128 + the signal that stopped the run
+ * (stopped_by). s: the session (opened or zeroed): in a data-parallel run the ranks first agree on
+ * a failure the tool met between ds_session_open and ds_session_start, so it is printed once. */
+int ds_train_tool_exit(ds_session *s, int rc, int stopped_by);
 
 #endif

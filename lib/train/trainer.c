@@ -6,6 +6,7 @@
 #include "core/threads.h"
 #include "io/json.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <signal.h>
@@ -124,6 +125,8 @@ struct ds_trainer {
     int64_t skipped;
     ds_step_report last;
     history hist;
+    double run_t0;      /* when this process's ds_trainer_run began, */
+    int64_t run_step0;  /* at this step: elapsed time and ETA on the step lines count from here */
 };
 
 int ds_trainer_create(ds_trainer **out, const ds_train_opts *o, ds_train_net *net, ds_data_source *train,
@@ -330,6 +333,17 @@ void ds_train_knum(ds_jsonw *w, const char *key, double v) {
     ds_jsonw_raw(w, buf);
 }
 
+void ds_trainer_pace(const ds_trainer *t, char *buf, size_t n) {
+    /* elapsed since this process started training, and the rest at the average pace so far (a
+     * resumed run counts from where it resumed) */
+    const double elapsed = ds_now() - t->run_t0;
+    const int64_t done = t->step - t->run_step0;
+    char el[24], eta[24];
+    ds_format_duration(elapsed, el, sizeof el);
+    ds_format_duration(done > 0 ? elapsed / (double)done * (double)(t->o.total_steps - t->step) : 0, eta, sizeof eta);
+    snprintf(buf, n, "%s elapsed, ETA %s", el, eta);
+}
+
 static void log_line(const ds_trainer *t) {
     const ds_step_report *r = &t->last;
     char mtp[32] = "", mfu[32] = "", val[32] = "";
@@ -338,8 +352,10 @@ static void log_line(const ds_trainer *t) {
     if (!isnan(r->val_loss)) snprintf(val, sizeof val, " | val %.4f", r->val_loss);
     int w = 1;
     for (int64_t s = t->o.total_steps; s >= 10; s /= 10) w++;
-    ds_info("step %*lld/%lld | loss %.6f%s | lr %.2e | norm %.4f | %.1f ms | %.0f tok/s%s%s%s", w, (long long)r->step,
-            (long long)t->o.total_steps, r->terms[0], mtp, r->lr, r->grad_norm, r->ms, r->tok_s, mfu, val,
+    char pace[64];
+    ds_trainer_pace(t, pace, sizeof pace);
+    ds_info("step %*lld/%lld | loss %.6f%s | lr %.2e | norm %.4f | %.1f ms | %.0f tok/s%s%s | %s%s", w, (long long)r->step,
+            (long long)t->o.total_steps, r->terms[0], mtp, r->lr, r->grad_norm, r->ms, r->tok_s, mfu, val, pace,
             r->skipped ? " | SKIPPED (non-finite)" : "");
 }
 
@@ -400,6 +416,7 @@ static double cpu_now(void) {
 
 int ds_trainer_run(ds_trainer *t, ds_train_end *end) {
     *end = DS_TRAIN_DONE;
+    t->run_t0 = ds_now(), t->run_step0 = t->step;
     while (t->step < t->o.total_steps) {
         double t0 = ds_now(), c0 = cpu_now();
         DS_TRY(ds_trainer_step(t));
@@ -527,6 +544,20 @@ static int read_doubles(json_t *o, const char *key, double *dst, int n, const ch
         dst[i] = json_is_number(e) ? json_number_value(e) : NAN; /* null = NaN (no value) */
     }
     return 0;
+}
+
+int ds_trainer_state_seed(const char *text, size_t len, const char *where, uint64_t *seed) {
+    json_error_t je;
+    json_t *root = json_loadb(text, len, 0, &je);
+    json_t *rng = root ? json_object_get(root, "rng") : NULL, *s = rng ? json_object_get(rng, "seed") : NULL;
+    const char *v = json_is_string(s) ? json_string_value(s) : NULL;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long x = v && *v >= '0' && *v <= '9' ? strtoull(v, &end, 10) : 0;
+    int rc = v && end && !*end && !errno ? 0 : ds_fail(DS_ERR, "trainer state: no rng.seed: %s", where);
+    if (!rc) *seed = (uint64_t)x;
+    json_decref(root);
+    return rc;
 }
 
 int ds_trainer_state_load(ds_trainer *t, const char *text, size_t len, const char *where) {

@@ -164,6 +164,8 @@ int ds_trainer_state_json(const ds_trainer *t, char **out);
 /* Restore from trainer_state.json text (the model weights and optimizer moments are loaded
  * separately, by the checkpoint code). */
 int ds_trainer_state_load(ds_trainer *t, const char *json, size_t len, const char *where);
+/* The seed a trainer_state.json records (rng.seed), so a resumed run given no --seed continues it. */
+int ds_trainer_state_seed(const char *json, size_t len, const char *where, uint64_t *seed);
 
 /* The last step's numbers (for tools and tests). */
 typedef struct {
@@ -173,6 +175,9 @@ typedef struct {
     int batch, skipped;
 } ds_step_report;
 const ds_step_report *ds_trainer_last(const ds_trainer *t);
+/* "1m02s elapsed, ETA 3m10s": since this process's ds_trainer_run began, and the remaining steps at
+ * the average pace so far (for step lines). */
+void ds_trainer_pace(const ds_trainer *t, char *buf, size_t n);
 
 /* Draw the loss curves seen so far (train loss, MTP loss, validation loss against step). */
 int ds_trainer_plot(const ds_trainer *t, const char *png_path, const char *title);

@@ -81,3 +81,33 @@ COMMANDS=("ds-tokenize" "ds-tokenize train" "ds-tokenize encode" "ds-tokenize de
     run --separate-stderr "$DS_BIN/ds-pretrain" --lr
     [ "${stderr_lines[0]}" = "ds-pretrain: error: option '--lr' needs an argument" ]
 }
+
+@test "a value refused after parsing names the option as the user typed it" {
+    run --separate-stderr "$DS_BIN/ds-pretrain" --config x.json --data x --steps 1 -o -
+    [ "$status" -eq 2 ]
+    [ "${stderr_lines[0]}" = "ds-pretrain: error: -o: checkpoints are directories, not '-'" ]
+    run --separate-stderr "$DS_BIN/ds-pretrain" --config x.json --data x --steps 1 --out -
+    [ "${stderr_lines[0]}" = "ds-pretrain: error: --out: checkpoints are directories, not '-'" ]
+    run --separate-stderr "$DS_BIN/ds-generate" --model - </dev/null
+    [ "$status" -eq 2 ]
+    [ "${stderr_lines[0]}" = "ds-generate: error: --model - reads the checkpoint from stdin: give prompts with --prompt" ]
+    run --separate-stderr "$DS_BIN/ds-rl" --model - --prompts p.jsonl -o out --steps 1
+    [ "${stderr_lines[0]}" = "ds-rl: error: --model -: ds-rl reads the checkpoint twice: give a directory or a .safetensors file" ]
+    run --separate-stderr "$DS_BIN/ds-pretrain" --config c.json --model m --data x -o o --steps 1
+    [ "${stderr_lines[0]}" = "ds-pretrain: error: --config and --model exclude each other" ]
+    run --separate-stderr "$DS_BIN/ds-pretrain" --config c.json -m m --data x -o o --steps 1
+    [ "${stderr_lines[0]}" = "ds-pretrain: error: --config and -m exclude each other" ]
+    run --separate-stderr "$DS_BIN/ds-quantize" -m m --out - --to bf16 --report -
+    [ "${stderr_lines[0]}" = "ds-quantize: error: --report - and --out - both want stdout" ]
+    run --separate-stderr "$DS_BIN/ds-tokenize" encode -t t.json --ids --out -
+    [ "${stderr_lines[0]}" = "ds-tokenize: error: encode: --ids and --out - both want stdout" ]
+    # checks made while parsing: the range of --lr, a short option's value, an alias as typed
+    run --separate-stderr "$DS_BIN/ds-rl" --clip-grad -1
+    [ "${stderr_lines[0]}" = "ds-rl: error: --clip-grad: -1 is out of range [0, 1e+09]" ]
+    run --separate-stderr "$DS_BIN/ds-pretrain" --lr 20
+    [ "${stderr_lines[0]}" = "ds-pretrain: error: --lr: 20 is out of range [0, 10]" ]
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" -n 0
+    [ "${stderr_lines[0]}" = "ds-bench-a2a: error: -n: 0 is out of range [1, 1e+07]" ]
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" --iters 0
+    [ "${stderr_lines[0]}" = "ds-bench-a2a: error: --iters: 0 is out of range [1, 1e+07]" ]
+}

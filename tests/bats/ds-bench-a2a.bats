@@ -24,6 +24,17 @@ setup() {
     printf '%s\n' "$rows" | awk '$9 != 0 || $13 != 0 { bad = 1 } END { exit bad }'
     # sizes and counts as nccl-tests prints them: count = size / 4 for float
     printf '%s\n' "$rows" | awk 'NR == 2 && ($1 != 8192 || $2 != 2048) { exit 1 }'
+    # nccl-tests' unit row under the column names, and its closing summary: the wrong elements and the
+    # bus bandwidth averaged over the rows (ours: column 8; MPI_Alltoallv's: column 12)
+    printf '%s\n' "$output" | grep -A1 '^# *size  *count' | tail -1 |
+        grep -qE '^# +\(B\) +\(elements\) +\(us\) +\(GB/s\) +\(GB/s\) +\(us\) +\(GB/s\) +\(GB/s\) *$'
+    printf '%s\n' "$output" | grep -qx '# Out of bounds values : 0 OK'
+    [ "$(printf '%s\n' "$output" | grep -c 'Avg bus bandwidth')" -eq 1 ]
+    avg=$(printf '%s\n' "$output" | awk -F': ' '/^# Avg bus bandwidth    : / { print $2 + 0 }')
+    ref=$(printf '%s\n' "$output" | awk -F': ' '/^# MPI_Alltoallv avg bus bandwidth : / { print $2 + 0 }')
+    printf '%s\n' "$rows" | awk -v avg="$avg" -v ref="$ref" '{ a += $8; r += $12 } END {
+        # the rows print 2 decimals, the summary 6 digits
+        if ((a / NR - avg) ^ 2 > 0.005 ^ 2 || (r / NR - ref) ^ 2 > 0.005 ^ 2) { print a / NR, avg, r / NR, ref; exit 1 } }'
 }
 
 @test "expert-parallel dispatch/combine returns the exact weighted expert sum" {
@@ -38,6 +49,9 @@ setup() {
     run $MPIRUN -np 4 "$DS_BIN/ds-bench-a2a" --mode ep --tokens 128 --hidden 8 --experts 16 --topk 4 --node-limit 1 -n 1 -w 0
     [ "$status" -eq 0 ]
     [[ "$output" == *"destinations per token (after per-rank de-duplication): 1.00"* ]]
+    printf '%s\n' "$output" | grep -A1 '^# *op ' | tail -1 | grep -qE '^# +\(us\) +\(GB/s\) +\(GB/s\) +\(us\) +\(GB/s\) +\(GB/s\) *$'
+    printf '%s\n' "$output" | grep -qx '# Out of bounds values : 0 OK'
+    printf '%s\n' "$output" | grep -qE '^# Avg bus bandwidth    : [0-9.e+-]+ $'
 }
 
 @test "a single process runs without mpirun" {

@@ -13,7 +13,7 @@ setup_file() {
     tiny_base "$T"
 }
 
-ext() { "$DS_BIN/ds-extend-ctx" --threads 1 "$@"; }
+ext() { "$DS_BIN/ds-extend-ctx" --threads 1 --seed 1 "$@"; } # seed 1: runs compare (the default is random)
 
 rope_of() { # checkpoint -> "type factor original beta_fast beta_slow mscale mscale_all_dim max_position_embeddings"
     "$DS_PY" -c '
@@ -189,7 +189,7 @@ PY
     [ "$status" -eq 0 ]
     [[ "$stderr" == *"jsonl: line 25: \"messages\" has no assistant message to learn from: $d/conv.jsonl (skipped)"* ]]
     [[ "$stderr" == *"24 conversations (1 skipped) of 880 tokens"* ]]
-    "$DS_BIN/ds-sft" --threads 1 -q -m "$d/yarn" --data "$d/conv.jsonl" -o "$d/sft" --seq-len 128 --steps 2 --batch 4 --lr 1e-3 \
+    "$DS_BIN/ds-sft" --threads 1 --seed 1 -q -m "$d/yarn" --data "$d/conv.jsonl" -o "$d/sft" --seq-len 128 --steps 2 --batch 4 --lr 1e-3 \
         --val-frac 0 --val-every 0 --metrics "$d/sft.jsonl"
     # the same rows and the same masked loss before the first update; the config record says which data
     run "$DS_PY" - "$d/ext.jsonl" "$d/sft.jsonl" <<'PY'

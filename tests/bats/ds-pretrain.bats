@@ -36,8 +36,9 @@ EOF
 
 shard() { "$DS_PY" "$DS_ROOT/tests/ref/shard_ref.py" encode "$1" "$2" "$3" 1 4096 >/dev/null; }
 
-# one thread: the tests share a few cores with others, and OpenMP spin-waits badly under load
-pretrain() { "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 "$@"; }
+# one thread: the tests share a few cores with others, and OpenMP spin-waits badly under load; seed 1
+# (without --seed a run draws one) so that runs compare, unless a test gives its own
+pretrain() { "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --seed 1 "$@"; }
 
 @test "--help lists the options with defaults and an example" {
     run "$DS_BIN/ds-pretrain" --help
@@ -60,6 +61,10 @@ pretrain() { "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 "$@"; }
     [ -z "$output" ]
     [[ "$stderr" == *"step  1/40 | loss "* ]]
     [[ "$stderr" == *"step 40/40 | loss "*"| val "* ]]
+    # every step line ends with the time so far and the time left; none is left after the last step
+    dur='[0-9]+(\.[0-9]s|m[0-9]{2}s|h[0-9]{2}m)'
+    [ "$(printf '%s\n' "$stderr" | grep -c '^step ')" -eq "$(printf '%s\n' "$stderr" | grep -cE "^step .* \| $dur elapsed, ETA $dur\$")" ]
+    printf '%s\n' "$stderr" | grep -qE "^step 40/40 .* \| $dur elapsed, ETA 0\.0s\$"
     for f in config.json model.safetensors tokenizer.json tokenizer_config.json generation_config.json trainer_state.json optimizer.safetensors; do
         [ -f "$BATS_TEST_TMPDIR/ck/$f" ] || { echo "no $f"; false; }
     done

@@ -24,7 +24,7 @@ with open(sys.argv[1], "w") as f:
 EOF
 }
 
-sft() { "$DS_BIN/ds-sft" --threads 1 "$@"; }
+sft() { "$DS_BIN/ds-sft" --threads 1 --seed 1 "$@"; } # seed 1: runs compare (the default is random)
 
 @test "--help lists the options with defaults and an example" {
     run "$DS_BIN/ds-sft" --help

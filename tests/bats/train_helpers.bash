@@ -2,17 +2,21 @@
 # and tests/ref/sft.bats): a tiny base checkpoint with its tokenizer, run records for comparing runs,
 # and the stop-with-SIGTERM-then-resume check. Load with `load train_helpers`.
 
-# A tokenizer trained on the GPL text, its shards, and a tiny.json checkpoint pretrained for a few
-# steps with the tokenizer embedded: $1/tok.json, $1/shards/, $1/base. Further arguments go to
-# ds-pretrain (later options win).
+# A tokenizer trained on the GPL text and its shards: $1/tok.json, $1/shards/.
+tiny_data() {
+    cat /usr/share/common-licenses/GPL-3 >"$1/prose.txt"
+    "$DS_BIN/ds-tokenize" train -q --vocab-size 400 -o "$1/tok.json" "$1/prose.txt"
+    "$DS_BIN/ds-tokenize" encode -q -t "$1/tok.json" -o "$1/shards/" "$1/prose.txt"
+}
+
+# tiny_data, and a tiny.json checkpoint pretrained for a few steps with the tokenizer embedded:
+# $1/base. Further arguments go to ds-pretrain (later options win).
 tiny_base() {
     local dir=$1
     shift
-    cat /usr/share/common-licenses/GPL-3 >"$dir/prose.txt"
-    "$DS_BIN/ds-tokenize" train -q --vocab-size 400 -o "$dir/tok.json" "$dir/prose.txt"
-    "$DS_BIN/ds-tokenize" encode -q -t "$dir/tok.json" -o "$dir/shards/" "$dir/prose.txt"
+    tiny_data "$dir"
     "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$DS_ROOT/share/configs/tiny.json" --data "$dir/shards" \
-        --tokenizer "$dir/tok.json" -o "$dir/base" --steps 4 --batch 4 --seq-len 64 --log-every 0 -q "$@"
+        --tokenizer "$dir/tok.json" -o "$dir/base" --steps 4 --batch 4 --seq-len 64 --log-every 0 --seed 1 -q "$@"
 }
 
 # A setup_file for suites that run every training tool: T=$BATS_FILE_TMPDIR with tiny_base's files, and
@@ -42,12 +46,13 @@ for line in open(sys.argv[1]):
 # interrupt_and_resume KEY N PROGRAM ARGS...: run PROGRAM ARGS to the end into $BATS_TEST_TMPDIR/whole;
 # run it again into .../part and send SIGTERM once its metrics hold N records with "KEY"; it must
 # save and exit 143; --resume must then finish it with the whole run's weights, optimizer state and
-# step records, bit for bit.
+# step records, bit for bit. Both runs have --seed 1 unless ARGS give one; --resume is not given it
+# (unless ARGS do): it continues with the seed the checkpoint records.
 interrupt_and_resume() {
     local key=$1 n_min=$2 d=$BATS_TEST_TMPDIR n pid
     shift 2
-    "$@" -o "$d/whole" --metrics "$d/whole.jsonl" -q
-    "$@" -o "$d/part" --metrics "$d/part.jsonl" 2>"$d/err" &
+    "$1" --seed 1 "${@:2}" -o "$d/whole" --metrics "$d/whole.jsonl" -q
+    "$1" --seed 1 "${@:2}" -o "$d/part" --metrics "$d/part.jsonl" 2>"$d/err" &
     pid=$!
     echo "$pid" >"$d/pid"
     for _ in $(seq 3000); do
@@ -65,6 +70,7 @@ interrupt_and_resume() {
     run "$@" -o "$d/part" --metrics "$d/part.jsonl" --resume "$d/part"
     [ "$status" -eq 0 ]
     [[ "$output" == *"resuming at step "* ]]
+    printf '%s\n' "$@" | grep -qx -- --seed || [[ "$output" == *"seed    1 (the resumed run's)"* ]]
     cmp "$d/whole/model.safetensors" "$d/part/model.safetensors"
     cmp "$d/whole/optimizer.safetensors" "$d/part/optimizer.safetensors"
     diff <(numbers "$d/whole.jsonl") <(numbers "$d/part.jsonl")

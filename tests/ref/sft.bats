@@ -30,7 +30,7 @@ step1_loss() { "$DS_PY" -c 'import json, sys; print([json.loads(l) for l in open
 config_of() { "$DS_PY" -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())["config"][sys.argv[2]])' "$1" "$2"; }
 
 @test "the packed, masked SFT loss equals transformers' loss on the assistant tokens of each conversation alone" {
-    common=(-m "$T/base" --data "$T/chat.jsonl" --seq-len 256 --epochs 1 --lr 0 --lr-min 0 --val-frac 0 --threads 1
+    common=(-m "$T/base" --data "$T/chat.jsonl" --seq-len 256 --epochs 1 --lr 0 --lr-min 0 --val-frac 0 --threads 1 --seed 1
             --log-every 0 -q)
     "$DS_BIN/ds-sft" "${common[@]}" -o "$BATS_TEST_TMPDIR/probe" --steps 1 --metrics "$BATS_TEST_TMPDIR/probe.jsonl"
     rows=$(config_of "$BATS_TEST_TMPDIR/probe.jsonl" rows)

@@ -6,6 +6,7 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "core/jsonw.h"
+#include "core/log.h"
 #include "core/rng.h"
 #include "core/threads.h"
 
@@ -175,6 +176,17 @@ TEST(option_groups_stand_in_place) {
     CHECK(strstr(buf, "third [default: 3]") != NULL, "with their defaults");
     char *bad[] = {"t", "--cc", "x"};
     CHECK(ds_cli_parse(&cli, 3, bad, &first) == 2, "and their checks");
+}
+
+TEST(durations_for_people) {
+    char b[32];
+    const struct { double s; const char *want; } cases[] = {{0, "0.0s"}, {8.24, "8.2s"}, {59.9, "59.9s"}, {59.96, "1m00s"},
+                                                              {245, "4m05s"}, {3599.4, "59m59s"}, {3599.6, "1h00m"},
+                                                              {7620, "2h07m"}, {-1, "0.0s"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        ds_format_duration(cases[i].s, b, sizeof b);
+        CHECK(!strcmp(b, cases[i].want), "%g s is %s (got %s)", cases[i].s, cases[i].want, b);
+    }
 }
 
 TEST(option_names_in_full_and_as_typed) {

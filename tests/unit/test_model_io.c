@@ -150,6 +150,17 @@ TEST(fused_experts_and_missing_mtp) {
     CHECK(ds_st_save(tap_tmp("fused.safetensors"), t, n, NULL, 0, NULL) == 0, "write a fused-expert file: %s", ds_errmsg());
     ds_st_set *s = open_set(tap_tmp("fused.safetensors"));
     fflush(stdout);
+    CHECK(s && ds_model_check_set(&c, s, "fused") == 0, "the config check takes fused experts and no MTP: %s", ds_errmsg());
+    /* the check reads shapes only: the fused down_proj of layer 2 transposed is refused, naming it */
+    const ds_st_tensor **ptr = calloc((size_t)n, sizeof *ptr);
+    for (int i = 0; i < n; i++) ptr[i] = &t[i];
+    t[n - 1].shape[1] = d->Ie, t[n - 1].shape[2] = d->D;
+    char want[200];
+    snprintf(want, sizeof want, "checkpoint: model.layers.2.mlp.experts.down_proj has shape [%d, %d, %d], the config implies "
+             "[%d, %d, %d]: fused", d->E, d->Ie, d->D, d->E, d->D, d->Ie);
+    CHECK(ds_model_check_tensors(&c, ptr, n, "fused") == DS_ERR && !strcmp(ds_errmsg(), want), "%s", ds_errmsg());
+    t[n - 1].shape[1] = d->D, t[n - 1].shape[2] = d->Ie;
+    free(ptr);
     CHECK(s && ds_model_load_weights(b, s) == 0, "load: %s", ds_errmsg());
     CHECK(ds_model_mtp_depth(b) == 0, "no MTP tensors: MTP disabled (depth %d)", ds_model_mtp_depth(b));
     size_t main_floats = p[0].numel;
@@ -205,6 +216,7 @@ TEST(fp8_weights_dequantized) {
     }
     CHECK(ds_st_save(tap_tmp("fp8.safetensors"), t, n, NULL, 0, NULL) == 0, "write an FP8 checkpoint: %s", ds_errmsg());
     ds_st_set *s = open_set(tap_tmp("fp8.safetensors"));
+    CHECK(s && ds_model_check_set(&c, s, "fp8") == 0, "the config check takes F8_E4M3 weights with their scales: %s", ds_errmsg());
     CHECK(s && ds_model_load_weights(b, s) == 0, "load: %s", ds_errmsg());
     int ok = 1;
     for (int i = 0; i < np; i++)

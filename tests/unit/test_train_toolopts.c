@@ -122,7 +122,7 @@ TEST(defaults_are_the_trainers) {
     CHECK(to.clip_norm == ref.clip_norm && to.val_batches == ref.val_batches && to.log_every == ref.log_every &&
               to.balance_alpha == 0 && to.skip_nonfinite == 0 && to.val_every == 0 && to.save_every == 0,
           "clipping, validation, logging");
-    CHECK(t.seed == 1 && !strcmp(t.device, "cpu") && !t.fp8 && !t.threads, "seed 1 on the CPU, all cores");
+    CHECK(!strcmp(t.device, "cpu") && !t.fp8 && !t.threads && !t.seed_note, "on the CPU, all cores");
 }
 
 TEST(session_and_trainer_options) {
@@ -218,7 +218,7 @@ TEST(record_head_and_tail) {
         prev = at;
     }
     CHECK(ok, "keys in order: %s", rec);
-    CHECK(strstr(rec, "\"model\":\"ckpt/base\"") && strstr(rec, "\"seed\":5") && strstr(rec, "\"fp8\":true}}") &&
+    CHECK(strstr(rec, "\"model\":\"ckpt/base\"") && strstr(rec, "\"seed\":\"5\"") && strstr(rec, "\"fp8\":true}}") &&
               key_at(rec, "reference") < 0 && key_at(rec, "resumed_from_step") < 0,
           "values; no reference, not resumed");
     free(rec);
@@ -264,13 +264,36 @@ TEST(usage_checks_and_exit_codes) {
     char *argv[] = {"test", "stray"};
     CHECK(ds_train_tool_start(&t, 2, argv, 1) == 2, "a stray argument is a usage error");
     CHECK(ds_train_tool_start(&t, 2, argv, 2) == -1, "none: go on");
-    CHECK(ds_train_tool_exit(0, 0) == 0 && ds_train_tool_exit(0, 15) == 143 && ds_train_tool_exit(0, 2) == 130, "done, signals");
+    ds_session s0 = {0}; /* no group: nothing to agree on */
+    CHECK(ds_train_tool_exit(&s0, 0, 0) == 0 && ds_train_tool_exit(&s0, 0, 15) == 143 && ds_train_tool_exit(&s0, 0, 2) == 130,
+          "done, signals");
     ds_fail(DS_ERR, "x");
-    CHECK(ds_train_tool_exit(DS_ERR, 15) == 1, "an error wins over the signal");
+    CHECK(ds_train_tool_exit(&s0, DS_ERR, 15) == 1, "an error wins over the signal");
     ds_fail(DS_EDIVERGED, "x");
-    CHECK(ds_train_tool_exit(DS_EDIVERGED, 0) == 3, "diverged");
+    CHECK(ds_train_tool_exit(&s0, DS_EDIVERGED, 0) == 3, "diverged");
     ds_fail(DS_EUSAGE, "x");
-    CHECK(ds_train_tool_exit(DS_EUSAGE, 0) == 2, "usage");
+    CHECK(ds_train_tool_exit(&s0, DS_EUSAGE, 0) == 2, "usage");
+}
+
+TEST(seed_given_or_drawn) {
+    ds_train_toolopts t;
+    ds_train_toolopts_defaults(&t);
+    const ds_opt opts[] = {ds_train_toolopt(&t, "seed", NULL), {0}};
+    const ds_cli cli = {.name = "t", .usage = "", .opts = opts};
+    char *given[] = {"t", "--seed", "18446744073709551615"}, *none[] = {"t"};
+    int first;
+    CHECK(ds_cli_parse(&cli, 3, given, &first) == -1 && ds_train_tool_start(&t, 3, given, 3) == -1 && t.seed == UINT64_MAX &&
+              !t.seed_note,
+          "--seed 2^64-1 is kept as given");
+    uint64_t drawn[2];
+    for (int i = 0; i < 2; i++) {
+        t.seed = 0;
+        CHECK(ds_cli_parse(&cli, 1, none, &first) == -1 && ds_train_tool_start(&t, 1, none, 1) == -1 && t.seed_note &&
+                  !strncmp(t.seed_note, "random", 6),
+              "no --seed: a random one");
+        drawn[i] = t.seed;
+    }
+    CHECK(drawn[0] != drawn[1], "drawn afresh each run (%llu, %llu)", (unsigned long long)drawn[0], (unsigned long long)drawn[1]);
 }
 
 TAP_MAIN()
