@@ -1,6 +1,7 @@
 #include "io/json.h"
 
 #include "core/err.h"
+#include "core/strbuf.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -66,39 +67,16 @@ void ds_json_format_real(double v, char *buf, size_t n) {
     snprintf(buf, n, "%s", out);
 }
 
-typedef struct {
-    char *s;
-    size_t len, cap;
-    int oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (b->len + n + 1 > cap) cap *= 2;
-        char *ns = realloc(b->s, cap);
-        if (!ns) { b->oom = 1; return; }
-        b->s = ns;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_newline(sbuf *b, int indent, int depth) {
+static void sb_newline(ds_strbuf *b, int indent, int depth) {
     if (!indent) return;
-    sb_put(b, "\n", 1);
-    for (int i = 0; i < indent * depth; i++) sb_put(b, " ", 1);
+    ds_strbuf_put(b, "\n", 1);
+    for (int i = 0; i < indent * depth; i++) ds_strbuf_put(b, " ", 1);
 }
 
 /* Escapes as Python's json.dumps(ensure_ascii=False): the two-character forms where JSON has them,
  * other control characters as \u00xx (lowercase), everything else raw (jansson gave us valid UTF-8). */
-static void sb_string(sbuf *b, const char *s, size_t n) {
-    sb_put(b, "\"", 1);
+static void sb_string(ds_strbuf *b, const char *s, size_t n) {
+    ds_strbuf_put(b, "\"", 1);
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
@@ -119,61 +97,61 @@ static void sb_string(sbuf *b, const char *s, size_t n) {
             }
         }
         if (!esc) continue;
-        sb_put(b, s + run, i - run);
-        sb_str(b, esc);
+        ds_strbuf_put(b, s + run, i - run);
+        ds_strbuf_puts(b, esc);
         run = i + 1;
     }
-    sb_put(b, s + run, n - run);
-    sb_put(b, "\"", 1);
+    ds_strbuf_put(b, s + run, n - run);
+    ds_strbuf_put(b, "\"", 1);
 }
 
-static void dump(sbuf *b, const json_t *v, int indent, int depth) {
+static void dump(ds_strbuf *b, const json_t *v, int indent, int depth) {
     char num[48];
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
-        if (json_object_size(v) == 0) { sb_str(b, "{}"); return; }
-        sb_str(b, "{");
+        if (json_object_size(v) == 0) { ds_strbuf_puts(b, "{}"); return; }
+        ds_strbuf_puts(b, "{");
         const char *key;
         json_t *val;
         int first = 1;
         json_object_foreach((json_t *)v, key, val) {
-            if (!first) sb_str(b, ",");
+            if (!first) ds_strbuf_puts(b, ",");
             first = 0;
             sb_newline(b, indent, depth + 1);
             sb_string(b, key, strlen(key));
-            sb_str(b, indent ? ": " : ":");
+            ds_strbuf_puts(b, indent ? ": " : ":");
             dump(b, val, indent, depth + 1);
         }
         sb_newline(b, indent, depth);
-        sb_str(b, "}");
+        ds_strbuf_puts(b, "}");
         return;
     }
     case JSON_ARRAY: {
-        if (json_array_size(v) == 0) { sb_str(b, "[]"); return; }
-        sb_str(b, "[");
+        if (json_array_size(v) == 0) { ds_strbuf_puts(b, "[]"); return; }
+        ds_strbuf_puts(b, "[");
         for (size_t i = 0; i < json_array_size(v); i++) {
-            if (i) sb_str(b, ",");
+            if (i) ds_strbuf_puts(b, ",");
             sb_newline(b, indent, depth + 1);
             dump(b, json_array_get(v, i), indent, depth + 1);
         }
         sb_newline(b, indent, depth);
-        sb_str(b, "]");
+        ds_strbuf_puts(b, "]");
         return;
     }
     case JSON_STRING: sb_string(b, json_string_value(v), json_string_length(v)); return;
-    case JSON_INTEGER: snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v)); sb_str(b, num); return;
-    case JSON_REAL: ds_json_format_real(json_real_value(v), num, sizeof num); sb_str(b, num); return;
-    case JSON_TRUE: sb_str(b, "true"); return;
-    case JSON_FALSE: sb_str(b, "false"); return;
-    case JSON_NULL: sb_str(b, "null"); return;
+    case JSON_INTEGER: snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v)); ds_strbuf_puts(b, num); return;
+    case JSON_REAL: ds_json_format_real(json_real_value(v), num, sizeof num); ds_strbuf_puts(b, num); return;
+    case JSON_TRUE: ds_strbuf_puts(b, "true"); return;
+    case JSON_FALSE: ds_strbuf_puts(b, "false"); return;
+    case JSON_NULL: ds_strbuf_puts(b, "null"); return;
     }
 }
 
 int ds_json_dump(const json_t *v, int indent, char **out) {
-    sbuf b = {0};
-    sb_put(&b, "", 0);
+    ds_strbuf b = {0};
+    ds_strbuf_put(&b, "", 0);
     dump(&b, v, indent, 0);
-    if (indent) sb_str(&b, "\n");
+    if (indent) ds_strbuf_puts(&b, "\n");
     if (b.oom) {
         free(b.s);
         return ds_fail(DS_ERR, "out of memory writing JSON");

@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "core/log.h"
+#include "core/strbuf.h"
 
 #include <jansson.h>
 #include <stdint.h>
@@ -282,37 +283,10 @@ int ds_chat_encode(const ds_tokenizer *tok, const ds_chat_rendered *r, ds_ids *i
 
 /* ---- Hugging Face's form: a Jinja chat_template ------------------------------------------------ */
 
-/* Growing text; oom sticks. */
-typedef struct {
-    char *s;
-    size_t len, cap;
-    int oom;
-} text_buf;
-
-static void tb_put(text_buf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (b->len + n + 1 > cap) cap *= 2;
-        char *t = realloc(b->s, cap);
-        if (!t) {
-            b->oom = 1;
-            return;
-        }
-        b->s = t;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = 0;
-}
-
-static void tb_str(text_buf *b, const char *s) { tb_put(b, s, strlen(s)); }
-
 /* A Jinja string literal ('...') holding exactly the bytes s[0..n): Jinja reads literals with Python's
  * escapes, so backslash, quote and the control characters are escaped; other bytes go as they are. */
-static void tb_lit(text_buf *b, const char *s, size_t n) {
-    tb_str(b, "'");
+static void tb_lit(ds_strbuf *b, const char *s, size_t n) {
+    ds_strbuf_puts(b, "'");
     for (size_t i = 0; i < n; i++) {
         char esc[8];
         unsigned char c = (unsigned char)s[i];
@@ -322,25 +296,25 @@ static void tb_lit(text_buf *b, const char *s, size_t n) {
         else if (c == '\t') snprintf(esc, sizeof esc, "\\t");
         else if (c < 0x20 || c == 0x7f) snprintf(esc, sizeof esc, "\\x%02x", c);
         else {
-            tb_put(b, s + i, 1);
+            ds_strbuf_put(b, s + i, 1);
             continue;
         }
-        tb_str(b, esc);
+        ds_strbuf_puts(b, esc);
     }
-    tb_str(b, "'");
+    ds_strbuf_puts(b, "'");
 }
 
 /* A pattern as a Jinja expression: its text before {content}, the message's content, its text after
  * (empty parts left out). */
-static void tb_turn(text_buf *b, const char *pattern) {
+static void tb_turn(ds_strbuf *b, const char *pattern) {
     const char *at = strstr(pattern, CONTENT), *tail = at + sizeof CONTENT - 1;
     if (at > pattern) {
         tb_lit(b, pattern, (size_t)(at - pattern));
-        tb_str(b, " + ");
+        ds_strbuf_puts(b, " + ");
     }
-    tb_str(b, "message['content']");
+    ds_strbuf_puts(b, "message['content']");
     if (*tail) {
-        tb_str(b, " + ");
+        ds_strbuf_puts(b, " + ");
         tb_lit(b, tail, strlen(tail));
     }
 }
@@ -348,15 +322,15 @@ static void tb_turn(text_buf *b, const char *pattern) {
 static const char JINJA_TAG[] = "{#- ds-chat-template ";
 
 /* The fields as one JSON object, safe inside a Jinja comment (no '#', so no "#}"). */
-static int fields_json(const ds_chat_template *t, text_buf *b) {
+static int fields_json(const ds_chat_template *t, ds_strbuf *b) {
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "bos", t->bos, "system", t->system, "system_sep",
                           t->system_sep, "user", t->user, "assistant", t->assistant, "generation", t->generation);
     char *s = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     if (!s) return ds_fail(DS_ERR, "chat template: out of memory writing its Jinja form");
     for (const char *p = s; *p; p++) {
-        if (*p == '#') tb_str(b, "\\u0023"); /* only inside strings: JSON has no '#' of its own */
-        else tb_put(b, p, 1);
+        if (*p == '#') ds_strbuf_puts(b, "\\u0023"); /* only inside strings: JSON has no '#' of its own */
+        else ds_strbuf_put(b, p, 1);
     }
     free(s);
     return 0;
@@ -364,8 +338,8 @@ static int fields_json(const ds_chat_template *t, text_buf *b) {
 
 int ds_chat_template_to_jinja(const ds_chat_template *t, char **out) {
     *out = NULL;
-    text_buf b = {0};
-    tb_str(&b, JINJA_TAG);
+    ds_strbuf b = {0};
+    ds_strbuf_puts(&b, JINJA_TAG);
     int rc = fields_json(t, &b);
     if (rc) {
         free(b.s);
@@ -373,24 +347,24 @@ int ds_chat_template_to_jinja(const ds_chat_template *t, char **out) {
     }
     /* Every tag trims the whitespace around it ({%- -%}), so the line breaks below render as nothing,
      * with or without transformers' trim_blocks/lstrip_blocks. */
-    tb_str(&b, " -#}\n{%- set ns = namespace(system='', first=true) -%}\n"
+    ds_strbuf_puts(&b, " -#}\n{%- set ns = namespace(system='', first=true) -%}\n"
                "{%- for message in messages -%}\n"
                "  {%- if message['role'] == 'system' -%}\n"
                "    {%- if not ns.first -%}{%- set ns.system = ns.system + ");
     tb_lit(&b, t->system_sep, strlen(t->system_sep));
-    tb_str(&b, " -%}{%- endif -%}\n    {%- set ns.system = ns.system + ");
+    ds_strbuf_puts(&b, " -%}{%- endif -%}\n    {%- set ns.system = ns.system + ");
     tb_turn(&b, t->system);
-    tb_str(&b, " -%}\n    {%- set ns.first = false -%}\n  {%- endif -%}\n{%- endfor -%}\n{{- ");
+    ds_strbuf_puts(&b, " -%}\n    {%- set ns.first = false -%}\n  {%- endif -%}\n{%- endfor -%}\n{{- ");
     tb_lit(&b, t->bos, strlen(t->bos));
-    tb_str(&b, " + ns.system -}}\n{%- for message in messages -%}\n  {%- if message['role'] == 'user' -%}{{- ");
+    ds_strbuf_puts(&b, " + ns.system -}}\n{%- for message in messages -%}\n  {%- if message['role'] == 'user' -%}{{- ");
     tb_turn(&b, t->user);
-    tb_str(&b, " -}}\n  {%- elif message['role'] == 'assistant' -%}{{- ");
+    ds_strbuf_puts(&b, " -}}\n  {%- elif message['role'] == 'assistant' -%}{{- ");
     tb_turn(&b, t->assistant);
-    tb_str(&b, " -}}\n  {%- elif message['role'] != 'system' -%}"
+    ds_strbuf_puts(&b, " -}}\n  {%- elif message['role'] != 'system' -%}"
                "{{- raise_exception('chat template: a message role must be system, user or assistant') -}}\n"
                "  {%- endif -%}\n{%- endfor -%}\n{%- if add_generation_prompt -%}{{- ");
     tb_lit(&b, t->generation, strlen(t->generation));
-    tb_str(&b, " -}}{%- endif -%}\n");
+    ds_strbuf_puts(&b, " -}}{%- endif -%}\n");
     if (b.oom) {
         free(b.s);
         return ds_fail(DS_ERR, "chat template: out of memory writing its Jinja form");
@@ -483,7 +457,7 @@ static int from_our_jinja(ds_chat_template *t, const char *s, size_t n, const ch
     const char *close = end ? end - 4 : NULL;
     if (!close || close < json || memcmp(close, " -#}", 4)) return refuse_jinja(where);
     json_t *o = json_loadb(json, (size_t)(close - json), 0, NULL);
-    text_buf kv = {0};
+    ds_strbuf kv = {0};
     static const char *const keys[] = {"bos", "system", "system_sep", "user", "assistant", "generation"};
     int ok = json_is_object(o);
     for (size_t k = 0; ok && k < sizeof keys / sizeof *keys; k++) {
@@ -491,10 +465,10 @@ static int from_our_jinja(ds_chat_template *t, const char *s, size_t n, const ch
         char *vs = json_is_string(v) ? json_dumps(v, JSON_ENCODE_ANY | JSON_ENSURE_ASCII) : NULL;
         ok = vs != NULL;
         if (ok) {
-            tb_str(&kv, keys[k]);
-            tb_str(&kv, " = ");
-            tb_str(&kv, vs);
-            tb_str(&kv, "\n");
+            ds_strbuf_puts(&kv, keys[k]);
+            ds_strbuf_puts(&kv, " = ");
+            ds_strbuf_puts(&kv, vs);
+            ds_strbuf_puts(&kv, "\n");
         }
         free(vs);
     }

@@ -8,6 +8,7 @@
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "core/strbuf.h"
 #include "core/threads.h"
 
 #include <stdint.h>
@@ -223,6 +224,25 @@ TEST(option_names_in_full_and_as_typed) {
           "an unsigned 64-bit value: no sign, nothing past 2^64-1");
     char *after[] = {"t", "x", "--", "--a"};
     CHECK(ds_cli_parse(&cli, 4, after, &first) == -1 && first == 2, "after -- nothing is an option");
+}
+
+TEST(strbuf_grows_and_stays_terminated) {
+    ds_strbuf b = {0};
+    CHECK(b.s == NULL && b.len == 0, "an empty buffer holds nothing");
+    ds_strbuf_put(&b, "", 0);
+    CHECK(b.s && b.s[0] == 0 && b.len == 0, "an empty put still gives a terminated string");
+    char piece[100];
+    memset(piece, 'x', sizeof piece);
+    for (int i = 0; i < 40; i++) ds_strbuf_put(&b, piece, sizeof piece); /* 4000 bytes: several growths */
+    ds_strbuf_puts(&b, "end");
+    int all_x = 1;
+    for (size_t i = 0; i < 4000; i++) all_x &= b.s[i] == 'x';
+    CHECK(!b.oom && b.len == 4003 && all_x && !strcmp(b.s + 4000, "end") && strlen(b.s) == b.len && b.cap > b.len,
+          "pieces in order, length counted, NUL after the last (len=%zu)", b.len);
+    b.oom = 1;
+    ds_strbuf_puts(&b, "more");
+    CHECK(b.len == 4003, "after running out of memory every put is a no-op");
+    free(b.s);
 }
 
 TAP_MAIN()
