@@ -1,0 +1,74 @@
+#!/usr/bin/env bats
+# A dying rank ends the whole data-parallel run: mpirun stops every other rank within seconds and says
+# which rank died, and the last complete checkpoint stays intact (the next run resumes from it).
+
+bats_require_minimum_version 1.5.0
+load train_helpers
+
+setup_file() {
+    export T="$BATS_FILE_TMPDIR"
+    tiny_data "$T"
+}
+
+mpi() {
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+    mpirun --oversubscribe "$@"
+}
+
+# the pid of MPI rank $2 among the ds-pretrain processes writing $1
+rank_pid() {
+    local p
+    for p in $(pgrep -f "ds-pretrain .*-o $1 "); do
+        if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2"; then echo "$p"; return; fi
+    done
+}
+
+# kill -9 rank $2 of an $1-rank run once it has saved a checkpoint; checks the whole job ends
+kill_rank_mid_run() {
+    local np=$1 victim=$2 out=$BATS_TEST_TMPDIR/out
+    mpi -np "$np" "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$DS_ROOT/share/configs/tiny.json" \
+        --data "$T/shards" -o "$out" --steps 1000000 --batch 2 --seq-len 16 --log-every 0 --save-every 10 --seed 1 \
+        --dp "$np" -q 2>"$BATS_TEST_TMPDIR/err" &
+    local job=$! pid="" i
+    for i in $(seq 1 240); do [ -f "$out/trainer_state.json" ] && break; sleep 0.25; done
+    [ -f "$out/trainer_state.json" ] || { kill -9 $job; cat "$BATS_TEST_TMPDIR/err"; false; }
+    for i in $(seq 1 40); do pid=$(rank_pid "$out" "$victim"); [ -n "$pid" ] && break; sleep 0.25; done
+    [ -n "$pid" ]
+    local t0=$SECONDS
+    kill -9 "$pid"
+    local status=0
+    wait $job || status=$?
+    ELAPSED=$((SECONDS - t0))
+    [ "$status" -ne 0 ]
+    [ "$ELAPSED" -le 15 ] || { echo "the job took ${ELAPSED}s to end"; false; }
+    # no rank survives, and mpirun named the one that died
+    [ -z "$(pgrep -f "ds-pretrain .*-o $out ")" ]
+    grep -q "process rank $victim .* exited on signal 9" "$BATS_TEST_TMPDIR/err" || { cat "$BATS_TEST_TMPDIR/err"; false; }
+}
+
+# the checkpoint left behind is complete, and the same layout resumes from it and trains 2 more steps
+resumes_intact() {
+    local np=$1 out=$BATS_TEST_TMPDIR/out step
+    step=$(jq .step "$out/trainer_state.json")
+    [ $((step % 10)) -eq 0 ] && [ "$step" -ge 10 ]
+    for f in config.json model.safetensors optimizer.safetensors tokenizer.json; do [ -s "$out/$f" ]; done
+    run --separate-stderr mpi -np "$np" "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 \
+        --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" -o "$out" --resume "$out" \
+        --steps $((step + 2)) --batch 2 --seq-len 16 --log-every 1 --seed 1 --dp "$np"
+    [ "$status" -eq 0 ] || { echo "$stderr"; false; }
+    [ "$(jq .step "$out/trainer_state.json")" -eq $((step + 2)) ]
+    [[ "$stderr" == *"step $((step + 2))/$((step + 2))"* ]] || { echo "$stderr"; false; }
+    echo "# killed at step $step, job ended ${ELAPSED}s after the kill, resumed to $((step + 2))" >&3
+}
+
+@test "kill -9 one rank of four: every rank exits within seconds, the rank is named, the checkpoint resumes" {
+    kill_rank_mid_run 4 2
+    resumes_intact 4
+}
+
+@test "kill -9 the writing rank (rank 0) of two: the job ends and the last checkpoint is intact" {
+    kill_rank_mid_run 2 0
+    resumes_intact 2
+}
