@@ -3,15 +3,12 @@
 
 bats_require_minimum_version 1.5.0
 
+load mpi_helpers
+
 setup() {
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-    # keep Open MPI to shared memory and loopback inside the test sandbox
-    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+    mpi_env
+    export OMPI_MCA_rmaps_base_oversubscribe=1
     MPIRUN="mpirun --oversubscribe"
-    # Open MPI unloads its plugins at MPI_Finalize and leaves their allocations behind, which
-    # LeakSanitizer reports from "<unknown module>" frames that no suppression can name; leak
-    # detection is off for these runs, address and undefined-behaviour checks stay on.
-    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
     true
 }
 

@@ -6,6 +6,7 @@
 
 bats_require_minimum_version 1.5.0
 load train_helpers
+load mpi_helpers
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
@@ -282,13 +283,6 @@ EOF
     run --separate-stderr pretrain --config "$CFG" --data "$T/shards" -o "$BATS_TEST_TMPDIR/ck" --steps 1 --device cuda
     [ "$status" -eq 1 ]
     [[ "$stderr" == "ds-pretrain: error: --device cuda: "* ]]
-}
-
-mpi() {
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
-    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-    mpirun --oversubscribe "$@"
 }
 
 @test "data parallel over MPI: 2 ranks follow the one-process loss curve; rank 0 alone writes" {

@@ -4,17 +4,11 @@
 
 bats_require_minimum_version 1.5.0
 load train_helpers
+load mpi_helpers
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
     tiny_data "$T"
-}
-
-mpi() {
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
-    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-    mpirun --oversubscribe "$@"
 }
 
 # the pid of MPI rank $2 among the ds-pretrain processes writing $1

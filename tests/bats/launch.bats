@@ -6,18 +6,12 @@
 
 bats_require_minimum_version 1.5.0
 load train_helpers
+load mpi_helpers
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
     tiny_data "$T"
     export CFG="$DS_ROOT/share/configs/tiny.json"
-}
-
-mpi() {
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
-    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-    mpirun --oversubscribe "$@"
 }
 
 # a run of 2 steps into $BATS_TEST_TMPDIR/$1 (further arguments follow)

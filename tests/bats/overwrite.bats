@@ -8,6 +8,7 @@
 
 bats_require_minimum_version 1.5.0
 load train_helpers
+load mpi_helpers
 
 setup_file() { tiny_setup; }
 
@@ -210,9 +211,7 @@ tokenizer_config.json" ]
 
 @test "one writer per directory under mpirun: rank 0 holds the lock for all ranks, and all stop when it cannot" {
     local d=$BATS_TEST_TMPDIR fd
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
-    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+    mpi_env
     local args=(--peak-tflops 0.1 --threads 1 -m "$T/base" --data "$T/shards" --steps 2 --batch 4 --micro-batch 1 --seq-len 32 -q)
     mkdir "$d/run"
     exec {fd}>"$d/run/.lock"

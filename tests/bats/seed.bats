@@ -5,6 +5,7 @@
 
 bats_require_minimum_version 1.5.0
 load train_helpers
+load mpi_helpers
 
 MAX=18446744073709551615
 
@@ -70,9 +71,7 @@ state_seed() { jq -r .rng.seed "$1/trainer_state.json"; }
 }
 
 @test "data parallel without --seed: every rank takes rank 0's seed (the run equals one process with it)" {
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-    export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
-    [ -n "${DS_SANITIZE:-}" ] && export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+    mpi_env
     local d=$BATS_TEST_TMPDIR
     run --separate-stderr mpirun --oversubscribe -np 2 "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$CFG" \
         --data "$T/shards" --steps 3 --batch 2 --micro-batch 1 --seq-len 16 -o "$d/two" --metrics "$d/two.jsonl"
