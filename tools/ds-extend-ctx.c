@@ -272,6 +272,7 @@ int main(int argc, char **argv) {
         ds_train_toolopt(t, "metrics", "one JSON object per step and per evaluation cell"),
         ds_train_toolopt(t, "plot", NULL),
         ds_train_toolopt(t, "save-every", "checkpoint every N steps (and at the end)"),
+        ds_train_toolopt(t, "ema", NULL),
         ds_train_toolopt(t, "resume", "continue the phase saved in DIR"),
         ds_train_toolopt(t, "force", NULL),
         ds_train_toolopts_group(t, "log-every quiet verbose"),

@@ -12,6 +12,7 @@
 #include "ops/ops.h"
 #include "tok/tokenizer.h"
 #include "tok/hfconfig.h"
+#include "train/ema.h"
 #include "train/net.h"
 
 #include <dirent.h>
@@ -67,15 +68,16 @@ static int write_optimizer(const ds_optim *opt, const ds_model *m, const char *p
 /* The weights in fp32 (the master copy: a resumed run continues from exactly these bits), under HF
  * names in parameter-table order, each layer's expert bias after its router as ds_model_save_weights
  * stores them. The biases come from the trainer's copy (the net's, host memory); weights on a device are
- * copied to `host` (n_params floats, valid until the writer commits). */
-static int add_weights(ds_ckpt_writer *w, ds_session *s, float **host) {
+ * copied to `host` (n_params floats, valid until the writer commits). src: other weights in the same
+ * layout in host memory (the EMA), or NULL for the model's. */
+static int add_weights(ds_ckpt_writer *w, ds_session *s, const float *src, float **host) {
     ds_model *m = s->model;
     int n_info;
     const ds_param *info = ds_model_params_info(m, &n_info);
-    const float *p = ds_model_params(m);
+    const float *p = src ? src : ds_model_params(m);
     const ds_config *c = ds_model_config(m);
     const ds_ops *ops = ds_model_ops(m);
-    if (!ds_ops_on_host(ops)) {
+    if (!src && !ds_ops_on_host(ops)) {
         size_t n = ds_model_num_params(m);
         if (!(*host = malloc(n * sizeof(float)))) return ds_fail(DS_ERR, "out of memory: %zu parameters for the checkpoint", n);
         ops->copy(*host, p, n * sizeof(float), DS_COPY_D2H);
@@ -112,15 +114,40 @@ static int add_tokenizer_config(ds_ckpt_writer *w, const ds_session *s) {
     return rc;
 }
 
+/* What a loadable model directory holds: the config, the tokenizer files and the weights (src as
+ * add_weights takes it). */
+static int add_model(ds_ckpt_writer *w, ds_session *s, const float *src, float **host) {
+    int rc = ds_ckpt_writer_set_config(w, &s->cfg);
+    if (!rc && s->tokenizer_json) rc = ds_ckpt_writer_set_tokenizer(w, s->tokenizer_json, s->tokenizer_len);
+    if (!rc && s->tokenizer_json) rc = add_tokenizer_config(w, s);
+    if (!rc) rc = add_weights(w, s, src, host);
+    return rc;
+}
+
+/* --ema: the average as a model directory of its own, <checkpoint>/ema, written inside the
+ * checkpoint's temporary directory so that it is swapped into place with the checkpoint it belongs
+ * to (one rename: the EMA and the model a reader sees are always of the same step). */
+static int add_ema(ds_ckpt_writer *w, ds_session *s) {
+    char path[8192];
+    DS_TRY(ds_ckpt_writer_file_path(w, DS_EMA_DIR, path, sizeof path));
+    ds_ema_wait(s->ema); /* the update of the last step is in */
+    ds_ckpt_writer *ew;
+    DS_TRY(ds_ckpt_writer_begin(&ew, path, NULL));
+    float *host = NULL;
+    int rc = add_model(ew, s, ds_ema_values(s->ema), &host);
+    if (rc) ds_ckpt_writer_abort(ew);
+    else rc = ds_ckpt_writer_commit(ew);
+    free(host);
+    return rc;
+}
+
 int ds_session_save(ds_session *s, const char *dir) {
     ds_ckpt_writer *w;
     DS_TRY(ds_ckpt_writer_begin(&w, dir, NULL));
     char *state = NULL, opt_path[8192];
     float *host = NULL;
-    int rc = ds_ckpt_writer_set_config(w, &s->cfg);
-    if (!rc && s->tokenizer_json) rc = ds_ckpt_writer_set_tokenizer(w, s->tokenizer_json, s->tokenizer_len);
-    if (!rc && s->tokenizer_json) rc = add_tokenizer_config(w, s);
-    if (!rc) rc = add_weights(w, s, &host);
+    int rc = add_model(w, s, NULL, &host);
+    if (!rc && s->ema) rc = add_ema(w, s);
     if (!rc) rc = ds_ckpt_writer_file_path(w, "optimizer.safetensors", opt_path, sizeof opt_path);
     if (!rc) rc = write_optimizer(ds_trainer_optimizer(s->trainer), s->model, opt_path);
     if (!rc) rc = ds_trainer_state_json(s->trainer, &state);
@@ -360,6 +387,67 @@ static int join_data_parallel(ds_session *s) {
 static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                          const ds_loss_hook *loss, const char *config_record);
 
+/* --ema: the weights right after each optimizer step go to the averaging thread (a copy into its
+ * snapshot is all the step pays), then the tool's own hook runs. */
+static int session_after_step(void *ctx, ds_trainer *t) {
+    ds_session *s = ctx;
+    if (s->ema) {
+        const ds_ops *ops = ds_model_ops(s->model);
+        const float *p = ds_model_params(s->model);
+        if (ds_ops_on_host(ops)) {
+            ds_ema_submit(s->ema, p);
+        } else {
+            ops->copy(ds_ema_snapshot(s->ema), p, ds_model_num_params(s->model) * sizeof(float), DS_COPY_D2H);
+            ops->sync();
+            ds_ema_release(s->ema);
+            DS_TRY(ops->status());
+        }
+    }
+    return s->o.after_step ? s->o.after_step(s->o.step_ctx, t) : 0;
+}
+
+/* The average starts from the weights the run starts from: the resumed checkpoint's <dir>/ema when it
+ * has one (the run then continues its average bit for bit), else the current weights. Only rank 0
+ * keeps it: data-parallel replicas hold the same weights. */
+static int start_ema(ds_session *s) {
+    if (!(s->o.ema > 0) || ds_session_rank(s) != 0) return 0;
+    ds_model *m = s->model;
+    const size_t n = ds_model_num_params(m);
+    const ds_ops *ops = ds_model_ops(m);
+    float *init = (float *)ds_model_params(m), *host = NULL;
+    if (!ds_ops_on_host(ops)) {
+        if (!(host = malloc(n * sizeof(float)))) return ds_fail(DS_ERR, "out of memory: %zu parameters for the EMA", n);
+        ops->copy(host, init, n * sizeof(float), DS_COPY_D2H);
+        ops->sync();
+        int rc = ops->status();
+        if (rc) {
+            free(host);
+            return rc;
+        }
+        init = host;
+    }
+    int rc = ds_ema_create(&s->ema, n, s->o.ema, init);
+    free(host);
+    DS_TRY(rc);
+    char dir[8300];
+    if (s->resumed_step < 0) return 0;
+    DS_TRY(ds_path_join(dir, sizeof dir, s->resume_dir, DS_EMA_DIR));
+    if (!ds_ckpt_is_complete(dir)) {
+        ds_warn("--ema: %s has no EMA checkpoint; the average starts from the resumed weights", s->resume_dir);
+        return 0;
+    }
+    ds_ckpt *ck;
+    DS_TRY(ds_ckpt_open(&ck, dir));
+    int n_info;
+    const ds_param *info = ds_model_params_info(m, &n_info);
+    float *avg = ds_ema_values(s->ema);
+    for (int i = 0; !rc && i < n_info; i++)
+        rc = ds_ckpt_read_f32(ck, info[i].name, info[i].ndim, info[i].shape, avg + info[i].offset);
+    ds_ckpt_close(ck);
+    if (!rc) ds_info("ema     decay %g, continued from %s", s->o.ema, dir);
+    return rc;
+}
+
 int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                      const ds_loss_hook *loss, const char *config_record) {
     return ds_session_agree(s, start_trainer(s, to, train, val, loss, config_record));
@@ -370,7 +458,7 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
     ds_session_log_seed(s);
     s->stop = ds_train_catch_signals();
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = s->o.step_record,
-                        .after_step = s->o.after_step, .step_ctx = s->o.step_ctx,
+                        .after_step = session_after_step, .step_ctx = s,
                         .comm = s->have_comm ? &s->tcomm : NULL};
     if (ds_session_rank(s) != 0) s->o.metrics_path = s->o.plot_path = NULL;
     if (s->o.metrics_path) h.metrics = &s->metrics;
@@ -393,6 +481,7 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
         s->resumed_step = ds_trainer_steps_done(s->trainer);
         ds_info("resuming at step %lld of %lld from %s", (long long)s->resumed_step, (long long)to->total_steps, s->resume_dir);
     }
+    DS_TRY(start_ema(s));
     if (s->o.metrics_path) {
         if (s->resumed_step >= 0) DS_TRY(trim_metrics(s->o.metrics_path, s->resumed_step));
         DS_TRY(ds_metrics_open(&s->metrics, s->o.metrics_path, s->resumed_step >= 0));
@@ -413,6 +502,11 @@ int ds_session_run(ds_session *s, int *stopped_by) {
     ds_train_end end;
     *stopped_by = 0;
     int rc = ds_trainer_run(s->trainer, &end);
+    if (s->ema) {
+        long n;
+        double sec = ds_ema_submit_seconds(s->ema, &n);
+        ds_info("ema     %.3f ms per step handing the weights over (%ld steps)", n ? 1e3 * sec / (double)n : 0.0, n);
+    }
     if (rc == DS_EDIVERGED && ds_session_rank(s) != 0) ds_err_silence(); /* the loss is all-reduced: every rank diverges */
     if (rc && rc != DS_EDIVERGED && s->have_comm) s->failed_alone = 1; /* the others may wait in a collective */
     if (s->o.plot_path && (rc == 0 || rc == DS_EDIVERGED)) {
@@ -430,6 +524,7 @@ int ds_session_run(ds_session *s, int *stopped_by) {
 }
 
 void ds_session_close(ds_session *s) {
+    ds_ema_free(s->ema);
     ds_trainer_free(s->trainer);
     ds_train_net_release(&s->net);
     ds_model_free(s->model);

@@ -19,7 +19,11 @@
 #include "io/config.h"
 #include "model/model.h"
 #include "tok/chat.h"
+#include "train/ema.h"
 #include "train/trainer.h"
+
+/* Where a training checkpoint keeps the EMA of its weights (--ema): a model checkpoint directory. */
+#define DS_EMA_DIR "ema"
 
 typedef struct {
     const char *tool;           /* "ds-pretrain": names the run in records and plots */
@@ -44,6 +48,8 @@ typedef struct {
     uint64_t *seed_share;       /* in a data-parallel run every rank takes rank 0's seed and it is
                                    written back here (the tool draws its data order from it); or NULL */
     int want_entropy;           /* forward also computes per-token entropy (RL diagnostics) */
+    double ema;                 /* --ema DECAY: keep an EMA of the weights (train/ema.h), saved as a model
+                                   checkpoint in <checkpoint>/ema; 0: none */
     int dp;                     /* data-parallel ranks: 0 = the MPI world when started by mpirun, else 1;
                                    rank 0 alone writes checkpoints, metrics and plots */
     /* Called with the loaded config before the model is built (ds-extend-ctx sets rope_scaling);
@@ -82,6 +88,7 @@ typedef struct {
                                  (or, for a tool that fails before it, in ds_session_agree) */
     int failed_alone;         /* this rank failed in the training loop: leave MPI without finalizing */
     ds_train_comm tcomm;
+    ds_ema *ema;             /* --ema on rank 0, else NULL */
     ds_dir_lock out_lock;     /* held by the process that writes out_dir (rank 0) for the whole run */
 } ds_session;
 

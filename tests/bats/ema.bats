@@ -1,0 +1,96 @@
+#!/usr/bin/env bats
+# --ema DECAY (train/ema.h): the training tools keep an EMA of the weights and save it as a model in
+# <checkpoint>/ema, which ds-generate loads; its values follow EMA_t = d*EMA_{t-1} + (1-d)*W_t from
+# the starting weights (checked in numpy on every step's weights); --resume continues it bit for bit;
+# out-of-range decays are usage errors naming the option.
+
+bats_require_minimum_version 1.5.0
+load train_helpers
+
+setup_file() {
+    export T="$BATS_FILE_TMPDIR"
+    tiny_base "$T"
+}
+
+# from $T/base (W_0), seed 1, constant learning rate
+pretrain() {
+    "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --seed 1 -m "$T/base" --data "$T/shards" --batch 4 \
+        --seq-len 64 --lr 1e-2 --log-every 0 "$@"
+}
+
+@test "--help documents --ema; out-of-range decays are usage errors naming the option" {
+    run "$DS_BIN/ds-pretrain" --help
+    [[ "$output" == *"--ema DECAY"*"OUT/ema"* ]]
+    for tool in ds-sft ds-extend-ctx ds-rl; do
+        run "$DS_BIN/$tool" --help
+        [[ "$output" == *"--ema DECAY"* ]] || { echo "$tool lacks --ema"; false; }
+    done
+    for bad in 0 1 1.5; do
+        run --separate-stderr pretrain -o "$BATS_TEST_TMPDIR/x" --steps 1 --ema "$bad"
+        [ "$status" -eq 2 ]
+        [[ "$stderr" == "ds-pretrain: error: --ema"*"$bad"* ]] || { echo "$stderr"; false; }
+    done
+    run --separate-stderr pretrain -o "$BATS_TEST_TMPDIR/x" --steps 1 --ema -0.5
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "ds-pretrain: error: --ema: -0.5 is out of range"* ]]
+    [ ! -e "$BATS_TEST_TMPDIR/x" ]
+}
+
+@test "the EMA follows the recurrence over every step's weights and loads in ds-generate" {
+    D="$BATS_TEST_TMPDIR"
+    # a chain of one-step runs, each resuming the last, keeps every step's weights and EMA
+    pretrain -o "$D/run" --steps 1 --ema 0.9
+    cp -r "$D/run" "$D/s1"
+    for k in 2 3 4; do
+        pretrain --resume "$D/run" -o "$D/run" --steps $k --ema 0.9
+        cp -r "$D/run" "$D/s$k"
+    done
+    "$DS_PY" - "$T/base" "$D" <<'EOF'
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+base, d = sys.argv[1], sys.argv[2]
+w0 = load_file(f"{base}/model.safetensors")
+W = [w0] + [load_file(f"{d}/s{k}/model.safetensors") for k in (1, 2, 3, 4)]
+E = [None] + [load_file(f"{d}/s{k}/ema/model.safetensors") for k in (1, 2, 3, 4)]
+a, b = np.float32(0.9), np.float32(1 - 0.9)
+bias = [n for n in w0 if n.endswith("e_score_correction_bias")]
+mtp = [n for n in w0 if ".layers.2." in n or "eh_proj" in n]
+assert bias and mtp, "tiny.json has routed experts and an MTP module"
+for name in w0:
+    if name in bias:  # routing state, not a learned weight: the EMA checkpoint carries the current one
+        for k in (1, 2, 3, 4):
+            assert np.array_equal(E[k][name], W[k][name]), name
+        continue
+    ref = w0[name].astype(np.float32)
+    for k in (1, 2, 3, 4):
+        ref = a * ref + b * W[k][name]
+        assert E[k][name].dtype == np.float32
+        assert np.array_equal(E[k][name], ref), f"{name} step {k}: max diff {np.abs(E[k][name] - ref).max()}"
+    assert not np.array_equal(E[4][name], W[4][name]) or np.array_equal(W[4][name], w0[name]), name
+print("ok", len(w0), "tensors")
+print("ok", len(w0), "tensors")
+EOF
+    # a model directory of its own: ds-generate scores with it
+    run --separate-stderr "$DS_BIN/ds-generate" -m "$D/s4/ema" --score --ids -q <<<"0 5 9 13 77"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *'"n_scored":4'* ]]
+    [ -f "$D/s4/ema/tokenizer.json" ] && [ -f "$D/s4/ema/config.json" ]
+    [ ! -e "$D/s4/ema/optimizer.safetensors" ]
+}
+
+@test "SIGTERM, then --resume: the EMA continues bit for bit" {
+    interrupt_and_resume step 5 "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 -m "$T/base" --data "$T/shards" \
+        --batch 4 --seq-len 64 --log-every 0 --steps 120 --ema 0.95 --save-every 7
+    cmp "$BATS_TEST_TMPDIR/whole/ema/model.safetensors" "$BATS_TEST_TMPDIR/part/ema/model.safetensors"
+}
+
+@test "resuming with --ema from a checkpoint without one starts the average there; without --ema none is written" {
+    D="$BATS_TEST_TMPDIR"
+    pretrain -o "$D/run" --steps 1
+    [ ! -e "$D/run/ema" ]
+    run --separate-stderr pretrain --resume "$D/run" -o "$D/run" --steps 2 --ema 0.5
+    [ "$status" -eq 0 ]
+    [[ "$stderr" == *"has no EMA checkpoint; the average starts from the resumed weights"* ]]
+    [ -f "$D/run/ema/model.safetensors" ]
+}
