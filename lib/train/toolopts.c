@@ -61,7 +61,7 @@ static const shared_opt SHARED[] = {
     {"val-batches", 0, DS_OPT_INT, F(val_batches), "N", "micro-batches per validation", .min = 1, .max = 1e9},
     {"save-every", 0, DS_OPT_INT, F(save_every), "N", "checkpoint every N steps (and always at the end)", .max = 1e9},
     {"ema", 0, DS_OPT_FLOAT, F(ema), "DECAY",
-     "keep an EMA of the weights in host memory, saved as a model in OUT/ema (V3: e.g. 0.999)", .max = 1},
+     "keep an EMA of the weights (0 < DECAY < 1) in host memory, saved as a model in OUT/ema", .max = 1},
     {"log-every", 0, DS_OPT_INT, F(log_every), "N", "print a line every N steps (0 = none)", .max = 1e9},
     {"skip-nonfinite", 0, DS_OPT_FLAG, F(skip_nonfinite), .help = "skip a step with NaN/Inf instead of stopping with exit 3"},
     {"fp8", 0, DS_OPT_FLAG, F(fp8), .help = DS_TRAIN_FP8_HELP},
@@ -132,7 +132,7 @@ int ds_train_tool_start(ds_train_toolopts *t, int argc, char **argv, int first) 
     if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
     if (ds_dist_check_launch()) return ds_tool_report(DS_EUSAGE);
     if (ds_cli_given(&t->ema) && !(t->ema > 0 && t->ema < 1))
-        return ds_usage_error("--ema %g: the decay must lie strictly between 0 and 1", t->ema);
+        return ds_usage_error("%s %g: the decay must lie strictly between 0 and 1", ds_cli_opt(&t->ema, "--ema"), t->ema);
     if (!ds_cli_given(&t->seed)) { /* as llama.cpp: a random seed, printed and recorded; a resumed run keeps its own */
         t->seed_note = "random: --seed repeats the run";
         if (!t->resume || resumed_seed(t->resume, &t->seed)) t->seed = ds_seed_draw();

@@ -94,3 +94,23 @@ EOF
     [[ "$stderr" == *"has no EMA checkpoint; the average starts from the resumed weights"* ]]
     [ -f "$D/run/ema/model.safetensors" ]
 }
+
+@test "data parallel (mpirun --dp 2): rank 0 keeps the EMA and writes it once" {
+    load mpi_helpers
+    D="$BATS_TEST_TMPDIR"
+    run mpi -np 2 "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --seed 1 -m "$T/base" --data "$T/shards" \
+        --batch 4 --micro-batch 1 --seq-len 64 --log-every 0 --steps 1 --dp 2 --ema 0.9 -o "$D/dp"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(printf '%s\n' "$output" | grep -c 'ema .* per step handing the weights over (1 steps)')" -eq 1 ]
+    "$DS_PY" - "$T/base" "$D/dp" <<'EOF'
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+w0, w1 = load_file(f"{sys.argv[1]}/model.safetensors"), load_file(f"{sys.argv[2]}/model.safetensors")
+e1 = load_file(f"{sys.argv[2]}/ema/model.safetensors")
+for name in w0:
+    want = w1[name] if name.endswith("e_score_correction_bias") else np.float32(0.9) * w0[name] + np.float32(1 - 0.9) * w1[name]
+    assert np.array_equal(e1[name], want), name
+EOF
+}
