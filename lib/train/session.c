@@ -406,6 +406,12 @@ static int session_after_step(void *ctx, ds_trainer *t) {
     return s->o.after_step ? s->o.after_step(s->o.step_ctx, t) : 0;
 }
 
+/* The trainer hands the session as the hooks' context (for the EMA above): the tool's record hook gets its own. */
+static void session_step_record(void *ctx, const ds_trainer *t, ds_jsonw *w) {
+    ds_session *s = ctx;
+    if (s->o.step_record) s->o.step_record(s->o.step_ctx, t, w);
+}
+
 /* The average starts from the weights the run starts from: the resumed checkpoint's <dir>/ema when it
  * has one (the run then continues its average bit for bit), else the current weights. Only rank 0
  * keeps it: data-parallel replicas hold the same weights. */
@@ -457,7 +463,7 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
                          const ds_loss_hook *loss, const char *config_record) {
     ds_session_log_seed(s);
     s->stop = ds_train_catch_signals();
-    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = s->o.step_record,
+    ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = session_step_record,
                         .after_step = session_after_step, .step_ctx = s,
                         .comm = s->have_comm ? &s->tcomm : NULL};
     if (ds_session_rank(s) != 0) s->o.metrics_path = s->o.plot_path = NULL;

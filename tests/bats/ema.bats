@@ -9,7 +9,7 @@ load train_helpers
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
-    tiny_base "$T"
+    tiny_setup
 }
 
 # from $T/base (W_0), seed 1, constant learning rate
@@ -113,4 +113,14 @@ for name in w0:
     want = w1[name] if name.endswith("e_score_correction_bias") else np.float32(0.9) * w0[name] + np.float32(1 - 0.9) * w1[name]
     assert np.array_equal(e1[name], want), name
 EOF
+}
+
+@test "ds-sft and ds-rl keep it too, with their own step records intact" {
+    D="$BATS_TEST_TMPDIR"
+    "$DS_BIN/ds-sft" --threads 1 --seed 1 -m "$T/base" --data "$T/chat.jsonl" -o "$D/sft" --steps 2 --ema 0.5 -q
+    [ -f "$D/sft/ema/model.safetensors" ]
+    "$DS_BIN/ds-rl" --threads 1 --seed 1 -m "$T/base" --prompts "$T/prompts.jsonl" -o "$D/rl" --steps 2 --group 4 \
+        --batch 2 --max-new 8 --ema 0.5 --metrics "$D/rl.jsonl" -q
+    [ -f "$D/rl/ema/model.safetensors" ]
+    [ "$(grep -c '"reward"' "$D/rl.jsonl")" -ge 2 ]
 }
