@@ -9,6 +9,7 @@
 #include "fp8/linear.h"
 #include "io/checkpoint.h"
 #include "infer/forward.h"
+#include "infer/gencfg.h"
 #include "infer/generate.h"
 #include "infer/kvcache.h"
 #include "infer/load.h"
@@ -73,14 +74,17 @@ static void report_cache(const ds_config *c, ds_jsonw *rec) {
     ds_jsonw_knum(rec, "kv_ratio_mha", f32.mha / f32.mla);
 }
 
-static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, int ctx, const ds_ops *lin,
+static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_gen_settings *gs, int ctx, const ds_ops *lin,
                         ds_metrics *mf) {
+    const ds_config *c = ds_model_config(L->model);
     const float *bias[1024];
     ds_infer_model im;
     if (c->num_hidden_layers + c->num_nextn_predict_layers > 1024) return ds_fail(DS_ERR, "too many layers");
     ds_infer_model_of(L->model, &im, bias);
-    ds_gen_opts go = {.sampling = {A.temperature, A.top_k, A.top_p, A.seed}, .max_new = A.max_new,
-                      .eos_id = A.ignore_eos ? -1 : c->eos_token_id, .mtp = A.mtp, .batch = A.batch, .prefill_chunk = A.prefill_chunk,
+    /* max_length alone (transformers'): new tokens up to it, less the prompt, within the context */
+    int max_new = gs->max_length ? (gs->max_length < ctx - 1 ? gs->max_length : ctx - 1) : gs->max_new;
+    ds_gen_opts go = {.sampling = {gs->temperature, gs->top_k, gs->top_p, A.seed}, .max_new = max_new,
+                      .max_length = gs->max_length, .eos_id = -1, .eos_more = gs->eos, .mtp = A.mtp, .batch = A.batch, .prefill_chunk = A.prefill_chunk,
                       .prefill_form = strcmp(A.prefill, "naive") ? DS_ATTN_ABSORBED : DS_ATTN_NAIVE,
                       .truncate = A.truncate};
     DS_TRY(ds_sampling_check(&go.sampling));
@@ -88,7 +92,7 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, 
     ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp, .serial_flops = 5e7,
                         .linear_ops = lin};
     ds_writer_opts wo = {.out = stdout, .tok = L->tok, .jsonl = A.jsonl, .stops = A.stops.v, .n_stops = A.stops.n,
-                         .eos = go.eos_id, .mtp = A.mtp};
+                         .eos = -1, .eos_more = &gs->eos, .mtp = A.mtp};
     ds_infer *e = NULL;
     ds_gen_writer *w = NULL;
     ds_gen_stats st;
@@ -189,6 +193,33 @@ int main(int argc, char **argv) {
     }
     const ds_config *c = ds_model_config(L.model);
     int ctx = A.ctx ? A.ctx : c->max_position_embeddings;
+    /* sampling defaults: built in, then the checkpoint's generation_config.json, then the options given */
+    ds_gen_settings gs = {.temperature = A.temperature, .top_k = A.top_k, .top_p = A.top_p, .max_new = A.max_new,
+                          .src_temperature = ds_cli_given(&A.temperature) ? "--temperature" : "default",
+                          .src_top_k = ds_cli_given(&A.top_k) ? "--top-k" : "default",
+                          .src_top_p = ds_cli_given(&A.top_p) ? "--top-p" : "default",
+                          .src_max_new = ds_cli_given(&A.max_new) ? "--max-new" : "default",
+                          .src_eos = A.ignore_eos ? "--ignore-eos" : "config.json"};
+    if (!A.ignore_eos && c->eos_token_id >= 0) gs.eos.id[gs.eos.n++] = c->eos_token_id;
+    if (!rc && L.generation_config) {
+        ds_gen_config gc;
+        char where[600];
+        snprintf(where, sizeof where, "%s/generation_config.json", A.model);
+        rc = ds_gen_config_parse(L.generation_config, L.generation_config_len, where, &gc);
+        unsigned given = (ds_cli_given(&A.temperature) ? DS_GIVEN_TEMPERATURE : 0) | (ds_cli_given(&A.top_k) ? DS_GIVEN_TOP_K : 0) |
+                         (ds_cli_given(&A.top_p) ? DS_GIVEN_TOP_P : 0) | (ds_cli_given(&A.max_new) ? DS_GIVEN_MAX_NEW : 0) |
+                         (A.ignore_eos ? DS_GIVEN_EOS : 0);
+        if (!rc) ds_gen_config_apply(&gc, given, &gs);
+    }
+    for (int i = 0; !rc && i < gs.eos.n; i++)
+        if (gs.eos.id[i] >= c->vocab_size)
+            rc = ds_fail(DS_ERR, "%s: eos_token_id %d is not below the vocabulary size %d: %s", gs.src_eos,
+                         (int)gs.eos.id[i], c->vocab_size, A.model);
+    if (rc && rc != DS_EUSAGE) { /* before any report of a configuration that will not run */
+        ds_loaded_free(&L);
+        ds_chat_template_free(&tpl);
+        return ds_tool_report(rc);
+    }
     if (A.mtp && !L.has_mtp) rc = ds_fail(DS_EUSAGE, "--mtp: the checkpoint has no MTP module: %s", A.model);
 
     ds_jsonw cfgrec;
@@ -199,10 +230,11 @@ int main(int argc, char **argv) {
     ds_jsonw_kstr(&cfgrec, "mode", A.score ? "score" : "generate");
     ds_jsonw_kint(&cfgrec, "ctx", ctx);
     ds_jsonw_kint(&cfgrec, "batch", A.batch);
-    ds_jsonw_kint(&cfgrec, "max_new", A.max_new);
-    ds_jsonw_knum(&cfgrec, "temperature", A.temperature);
-    ds_jsonw_kint(&cfgrec, "top_k", A.top_k);
-    ds_jsonw_knum(&cfgrec, "top_p", A.top_p);
+    ds_jsonw_kint(&cfgrec, "max_new", gs.max_new);
+    ds_jsonw_kint(&cfgrec, "max_length", gs.max_length);
+    ds_jsonw_knum(&cfgrec, "temperature", gs.temperature);
+    ds_jsonw_kint(&cfgrec, "top_k", gs.top_k);
+    ds_jsonw_knum(&cfgrec, "top_p", gs.top_p);
     char seed[24]; /* a string, as the training tools': JSON readers cannot hold every 64-bit value */
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)A.seed);
     ds_jsonw_kstr(&cfgrec, "seed", seed);
@@ -214,7 +246,12 @@ int main(int argc, char **argv) {
             "batch %d, %d threads, device %s", A.model, L.tok ? "with tokenizer" : "no tokenizer", ds_now() - t0,
             c->num_hidden_layers, c->hidden_size, c->num_attention_heads, c->vocab_size, L.has_mtp ? ", MTP" : "",
             A.mtp ? " (speculating)" : "", ctx, A.batch, ds_threads_get(), A.device);
-    if (!ds_cli_given(&A.seed) && A.temperature > 0 && !A.score) /* when it matters: sampling */
+    if (!A.score) {
+        char line[512];
+        ds_gen_settings_describe(&gs, line, sizeof line);
+        ds_info("sampling %s", line);
+    }
+    if (!ds_cli_given(&A.seed) && gs.temperature > 0 && !A.score) /* when it matters: sampling */
         ds_info("seed    %llu (random: --seed repeats the draws)", (unsigned long long)A.seed);
     if (!A.score) report_cache(c, &cfgrec);
     ds_jsonw_obj_end(&cfgrec);
@@ -231,7 +268,7 @@ int main(int argc, char **argv) {
         rc = ds_score(L.model, rd, stdout, ctx, &ss);
         if (!rc) ds_info("scored %lld inputs, %lld tokens in %.2f s", (long long)ss.inputs, (long long)ss.tokens, ss.seconds);
     } else if (!rc) {
-        rc = run_generate(&L, rd, c, ctx, A.w8a8 ? &fp8 : NULL, &mf);
+        rc = run_generate(&L, rd, &gs, ctx, A.w8a8 ? &fp8 : NULL, &mf);
     }
     if (!rc && A.w8a8) rc = ds_fp8_linear_status(); /* a failure inside an FP8 GEMM (out of memory) */
     ds_prompt_reader_free(rd);

@@ -54,9 +54,10 @@ static int emit(gen *g, slot_state *s, int32_t tok, double logp) {
     g->st->new_tokens++;
     int stop = 0;
     DS_TRY(g->io->on_token(g->io->sink, &s->s, &stop));
-    if (g->o->eos_id >= 0 && tok == g->o->eos_id) s->s.finish = DS_FINISH_EOS;
+    if ((g->o->eos_id >= 0 && tok == g->o->eos_id) || ds_eos_ids_has(&g->o->eos_more, tok)) s->s.finish = DS_FINISH_EOS;
     else if (stop) s->s.finish = DS_FINISH_STOP;
-    else if (s->s.n >= g->o->max_new) s->s.finish = DS_FINISH_LENGTH;
+    else if (s->s.n >= g->o->max_new || (g->o->max_length > 0 && s->s.prompt_len + s->s.n >= g->o->max_length))
+        s->s.finish = DS_FINISH_LENGTH;
     if (s->s.finish) {
         s->s.t_end = ds_now();
         s->active = 0;
