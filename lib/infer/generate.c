@@ -85,16 +85,21 @@ static int admit(gen *g) {
             if (ids[i] < 0 || ids[i] >= g->V)
                 return ds_fail(DS_ERR, "prompt %llu: token %d: id %d outside the vocabulary of %d", (unsigned long long)id,
                                i, ids[i], g->V);
+        /* transformers refuses a prompt that leaves max_length no room, rather than emit one token */
+        if (g->o->max_length > 0 && n >= g->o->max_length)
+            return ds_fail(DS_ERR, "prompt %llu: %d tokens reach the max_length of %d (prompt included): give --max-new",
+                           (unsigned long long)id, n, g->o->max_length);
+        int max_new = g->o->max_length > 0 && g->o->max_length - n < g->o->max_new ? g->o->max_length - n : g->o->max_new;
         int drop = 0;
-        if ((int64_t)n + g->o->max_new > g->max_len) {
+        if ((int64_t)n + max_new > g->max_len) {
             if (!g->o->truncate) {
                 ds_fail(DS_ERR, "prompt %llu: %d tokens + %d new exceed the context of %d tokens",
-                        (unsigned long long)id, n, g->o->max_new, g->max_len);
+                        (unsigned long long)id, n, max_new, g->max_len);
                 ds_hint("--truncate keeps the last %d tokens of such prompts; --max-new or --ctx change the budget",
-                        g->max_len - g->o->max_new);
+                        g->max_len - max_new);
                 return DS_ERR;
             }
-            drop = n - (g->max_len - g->o->max_new);
+            drop = n - (g->max_len - max_new);
         }
         memcpy(s->prompt, ids + drop, sizeof(int32_t) * (size_t)(n - drop));
         memset(&s->s, 0, sizeof s->s);

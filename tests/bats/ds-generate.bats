@@ -315,6 +315,10 @@ with_gencfg() {
     [[ "$stderr" == *"max_length 7 (prompt included) (generation_config.json)"* ]]
     run gen -m "$T/ml" --ids --jsonl -q --max-new 9 <<<"0 5 9 13"
     echo "$output" | jq -e '(.tokens|length) == 9'
+    # as transformers: a prompt that leaves max_length no room is an error, not one token
+    run gen -m "$T/ml" --ids -q <<<"0 5 9 13 1 2 3"
+    [ "$status" -eq 1 ]
+    [ "$output" = "ds-generate: error: prompt 0: 7 tokens reach the max_length of 7 (prompt included): give --max-new" ]
 }
 
 @test "generation_config.json: eos_token_id as a list, every id ends a sequence; --ignore-eos wins" {
