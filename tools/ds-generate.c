@@ -32,10 +32,10 @@ static struct {
 static const ds_opt opts[] = {
     {"model", 'm', DS_OPT_STR, &A.model, "CKPT", "checkpoint: directory, .safetensors file, or - (stream)"},
     {"prompt", 0, DS_OPT_STRLIST, &A.prompts, "TEXT", "a prompt (else one per stdin line, text or JSONL)"},
-    {"max-new", 0, DS_OPT_INT, &A.max_new, "N", "new tokens per prompt", NULL, 1, 1e9},
-    {"temperature", 0, DS_OPT_FLOAT, &A.temperature, "T", "sampling temperature; 0 = greedy", NULL, 0, 1e6},
-    {"top-k", 0, DS_OPT_INT, &A.top_k, "K", "sample from the K most likely tokens; 0 = all", NULL, 0, 1e9},
-    {"top-p", 0, DS_OPT_FLOAT, &A.top_p, "P", "nucleus: smallest set of tokens with mass >= P", NULL, 1e-9, 1},
+    {"max-new", 0, DS_OPT_INT, &A.max_new, "N", "new tokens per prompt (before it: generation_config.json's)", NULL, 1, 1e9},
+    {"temperature", 0, DS_OPT_FLOAT, &A.temperature, "T", "sampling temperature; 0 = greedy (before it: generation_config.json's)", NULL, 0, 1e6},
+    {"top-k", 0, DS_OPT_INT, &A.top_k, "K", "sample from the K most likely tokens; 0 = all (before it: the file's)", NULL, 0, 1e9},
+    {"top-p", 0, DS_OPT_FLOAT, &A.top_p, "P", "nucleus: smallest set of tokens with mass >= P (before it: the file's)", NULL, 1e-9, 1},
     {"seed", 0, DS_OPT_SEED, &A.seed, "S", "sampling seed (with the prompt's index, fixes every draw)"},
     {"stop", 0, DS_OPT_STRLIST, &A.stops, "STR", "end a completion where this text appears (not included)"},
     {"mtp", 0, DS_OPT_FLAG, &A.mtp, NULL, "speculative decoding: the MTP module drafts, the model verifies"},
@@ -50,7 +50,7 @@ static const ds_opt opts[] = {
     {"prefill", 0, DS_OPT_CHOICE, &A.prefill, "FORM", "attention form for prompts", "naive|absorbed"},
     {"prefill-chunk", 0, DS_OPT_INT, &A.prefill_chunk, "N", "prompt tokens per forward", NULL, 1, 1e6},
     {"no-bos", 0, DS_OPT_FLAG, &A.no_bos, NULL, "do not prepend the BOS token to plain prompts"},
-    {"ignore-eos", 0, DS_OPT_FLAG, &A.ignore_eos, NULL, "keep generating after the EOS token (fixed lengths)"},
+    {"ignore-eos", 0, DS_OPT_FLAG, &A.ignore_eos, NULL, "keep generating after the EOS token(s) (fixed lengths)"},
     {"device", 0, DS_OPT_CHOICE, &A.device, "DEV", "where the network runs (cuda: one GPU, device 0)", "cpu|cuda"},
     {"w8a8", 0, DS_OPT_FLAG, &A.w8a8, NULL, "FP8 W8A8: Linear weights in 128x128 blocks, inputs in 1x128 tiles (E4M3), "
      "block-scaled products; kv_b, router, head and eh_proj stay fp32 (DeepSeek's inference)"},
@@ -146,7 +146,10 @@ int main(int argc, char **argv) {
                    "checkpoints are dequantized per block at load; --w8a8 runs the Linear layers in FP8 (weights and "
                    "activations). "
                    "Prompts come from --prompt, or one per stdin line: plain text, JSONL ({\"prompt\": ...} or "
-                   "{\"messages\": [...]}), or token ids with --ids.",
+                   "{\"messages\": [...]}), or token ids with --ids. "
+                   "The checkpoint's generation_config.json sets the sampling defaults as in transformers (do_sample "
+                   "false = greedy; temperature, top_k, top_p, max_new_tokens, max_length counting the prompt, eos_token_id "
+                   "as one id or a list); options given here win; stderr's 'sampling' line says where each value came from.",
         .example = "  ds-generate -m ckpt/sft --chat --prompt 'What is 2+2?' --max-new 64 --temperature 0\n"
                    "  ds-quantize -m ckpt/sft -o - --to fp8 | ds-generate -m - --prompt 'Once upon a time'\n"
                    "  ds-generate -m ckpt/sft --jsonl --mtp < prompts.jsonl > out.jsonl\n"
