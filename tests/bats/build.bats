@@ -6,6 +6,9 @@
 # and a pkg-config on PATH that answers nothing until the marker exists and then defers to the real one.
 
 setup() {
+    # a user's first plain `make`: under `make SANITIZE=1 test` the outer make's variables and -j would
+    # reach these makes through MAKEFLAGS (and build into build/san)
+    unset MAKEFLAGS MFLAGS MAKELEVEL SANITIZE
     real_pkg_config=$(command -v pkg-config) || skip "pkg-config not installed"
     want_cflags=$("$real_pkg_config" --cflags ompi-c)
     [ -n "$want_cflags" ] || skip "pkg-config gives no include flags for ompi-c here"

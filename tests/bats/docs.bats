@@ -17,9 +17,11 @@
 # fresh copy of that directory, where paths the examples write with -o are absent.
 
 bats_require_minimum_version 1.5.0
+load mpi_helpers
 
 setup_file() {
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+    mpi_env # the examples' mpirun: as root, on loopback, no leak reports from Open MPI under SANITIZE
+    export OMP_NUM_THREADS=1
     export W="$BATS_FILE_TMPDIR/w"
     mkdir -p "$W/corpus"
     for f in GPL-3 Apache-2.0 MPL-2.0 LGPL-2.1; do cp "/usr/share/common-licenses/$f" "$W/corpus/$f.txt"; done
