@@ -9,6 +9,7 @@
 #include "fp8/linear.h"
 #include "io/checkpoint.h"
 #include "infer/forward.h"
+#include "infer/gencfg.h"
 #include "infer/generate.h"
 #include "infer/kvcache.h"
 #include "infer/load.h"
@@ -31,10 +32,10 @@ static struct {
 static const ds_opt opts[] = {
     {"model", 'm', DS_OPT_STR, &A.model, "CKPT", "checkpoint: directory, .safetensors file, or - (stream)"},
     {"prompt", 0, DS_OPT_STRLIST, &A.prompts, "TEXT", "a prompt (else one per stdin line, text or JSONL)"},
-    {"max-new", 0, DS_OPT_INT, &A.max_new, "N", "new tokens per prompt", NULL, 1, 1e9},
-    {"temperature", 0, DS_OPT_FLOAT, &A.temperature, "T", "sampling temperature; 0 = greedy", NULL, 0, 1e6},
-    {"top-k", 0, DS_OPT_INT, &A.top_k, "K", "sample from the K most likely tokens; 0 = all", NULL, 0, 1e9},
-    {"top-p", 0, DS_OPT_FLOAT, &A.top_p, "P", "nucleus: smallest set of tokens with mass >= P", NULL, 1e-9, 1},
+    {"max-new", 0, DS_OPT_INT, &A.max_new, "N", "new tokens per prompt (before it: generation_config.json's)", NULL, 1, 1e9},
+    {"temperature", 0, DS_OPT_FLOAT, &A.temperature, "T", "sampling temperature; 0 = greedy (before it: generation_config.json's)", NULL, 0, 1e6},
+    {"top-k", 0, DS_OPT_INT, &A.top_k, "K", "sample from the K most likely tokens; 0 = all (before it: the file's)", NULL, 0, 1e9},
+    {"top-p", 0, DS_OPT_FLOAT, &A.top_p, "P", "nucleus: smallest set of tokens with mass >= P (before it: the file's)", NULL, 1e-9, 1},
     {"seed", 0, DS_OPT_SEED, &A.seed, "S", "sampling seed (with the prompt's index, fixes every draw)"},
     {"stop", 0, DS_OPT_STRLIST, &A.stops, "STR", "end a completion where this text appears (not included)"},
     {"mtp", 0, DS_OPT_FLAG, &A.mtp, NULL, "speculative decoding: the MTP module drafts, the model verifies"},
@@ -49,7 +50,7 @@ static const ds_opt opts[] = {
     {"prefill", 0, DS_OPT_CHOICE, &A.prefill, "FORM", "attention form for prompts", "naive|absorbed"},
     {"prefill-chunk", 0, DS_OPT_INT, &A.prefill_chunk, "N", "prompt tokens per forward", NULL, 1, 1e6},
     {"no-bos", 0, DS_OPT_FLAG, &A.no_bos, NULL, "do not prepend the BOS token to plain prompts"},
-    {"ignore-eos", 0, DS_OPT_FLAG, &A.ignore_eos, NULL, "keep generating after the EOS token (fixed lengths)"},
+    {"ignore-eos", 0, DS_OPT_FLAG, &A.ignore_eos, NULL, "keep generating after the EOS token(s) (fixed lengths)"},
     {"device", 0, DS_OPT_CHOICE, &A.device, "DEV", "where the network runs (cuda: one GPU, device 0)", "cpu|cuda"},
     {"w8a8", 0, DS_OPT_FLAG, &A.w8a8, NULL, "FP8 W8A8: Linear weights in 128x128 blocks, inputs in 1x128 tiles (E4M3), "
      "block-scaled products; kv_b, router, head and eh_proj stay fp32 (DeepSeek's inference)"},
@@ -73,14 +74,17 @@ static void report_cache(const ds_config *c, ds_jsonw *rec) {
     ds_jsonw_knum(rec, "kv_ratio_mha", f32.mha / f32.mla);
 }
 
-static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, int ctx, const ds_ops *lin,
+static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_gen_settings *gs, int ctx, const ds_ops *lin,
                         ds_metrics *mf) {
+    const ds_config *c = ds_model_config(L->model);
     const float *bias[1024];
     ds_infer_model im;
     if (c->num_hidden_layers + c->num_nextn_predict_layers > 1024) return ds_fail(DS_ERR, "too many layers");
     ds_infer_model_of(L->model, &im, bias);
-    ds_gen_opts go = {.sampling = {A.temperature, A.top_k, A.top_p, A.seed}, .max_new = A.max_new,
-                      .eos_id = A.ignore_eos ? -1 : c->eos_token_id, .mtp = A.mtp, .batch = A.batch, .prefill_chunk = A.prefill_chunk,
+    /* max_length alone (transformers'): new tokens up to it, less the prompt, within the context */
+    int max_new = gs->max_length ? (gs->max_length < ctx - 1 ? gs->max_length : ctx - 1) : gs->max_new;
+    ds_gen_opts go = {.sampling = {gs->temperature, gs->top_k, gs->top_p, A.seed}, .max_new = max_new,
+                      .max_length = gs->max_length, .eos_id = -1, .eos_more = gs->eos, .mtp = A.mtp, .batch = A.batch, .prefill_chunk = A.prefill_chunk,
                       .prefill_form = strcmp(A.prefill, "naive") ? DS_ATTN_ABSORBED : DS_ATTN_NAIVE,
                       .truncate = A.truncate};
     DS_TRY(ds_sampling_check(&go.sampling));
@@ -88,7 +92,7 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_config *c, 
     ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp, .serial_flops = 5e7,
                         .linear_ops = lin};
     ds_writer_opts wo = {.out = stdout, .tok = L->tok, .jsonl = A.jsonl, .stops = A.stops.v, .n_stops = A.stops.n,
-                         .eos = go.eos_id, .mtp = A.mtp};
+                         .eos = -1, .eos_more = &gs->eos, .mtp = A.mtp};
     ds_infer *e = NULL;
     ds_gen_writer *w = NULL;
     ds_gen_stats st;
@@ -142,7 +146,10 @@ int main(int argc, char **argv) {
                    "checkpoints are dequantized per block at load; --w8a8 runs the Linear layers in FP8 (weights and "
                    "activations). "
                    "Prompts come from --prompt, or one per stdin line: plain text, JSONL ({\"prompt\": ...} or "
-                   "{\"messages\": [...]}), or token ids with --ids.",
+                   "{\"messages\": [...]}), or token ids with --ids. "
+                   "The checkpoint's generation_config.json sets the sampling defaults as in transformers (do_sample "
+                   "false = greedy; temperature, top_k, top_p, max_new_tokens, max_length counting the prompt, eos_token_id "
+                   "as one id or a list); options given here win; stderr's 'sampling' line says where each value came from.",
         .example = "  ds-generate -m ckpt/sft --chat --prompt 'What is 2+2?' --max-new 64 --temperature 0\n"
                    "  ds-quantize -m ckpt/sft -o - --to fp8 | ds-generate -m - --prompt 'Once upon a time'\n"
                    "  ds-generate -m ckpt/sft --jsonl --mtp < prompts.jsonl > out.jsonl\n"
@@ -189,6 +196,33 @@ int main(int argc, char **argv) {
     }
     const ds_config *c = ds_model_config(L.model);
     int ctx = A.ctx ? A.ctx : c->max_position_embeddings;
+    /* sampling defaults: built in, then the checkpoint's generation_config.json, then the options given */
+    ds_gen_settings gs = {.temperature = A.temperature, .top_k = A.top_k, .top_p = A.top_p, .max_new = A.max_new,
+                          .src_temperature = ds_cli_given(&A.temperature) ? "--temperature" : "default",
+                          .src_top_k = ds_cli_given(&A.top_k) ? "--top-k" : "default",
+                          .src_top_p = ds_cli_given(&A.top_p) ? "--top-p" : "default",
+                          .src_max_new = ds_cli_given(&A.max_new) ? "--max-new" : "default",
+                          .src_eos = A.ignore_eos ? "--ignore-eos" : "config.json"};
+    if (!A.ignore_eos && c->eos_token_id >= 0) gs.eos.id[gs.eos.n++] = c->eos_token_id;
+    if (!rc && L.generation_config) {
+        ds_gen_config gc;
+        char where[600];
+        snprintf(where, sizeof where, "%s/generation_config.json", A.model);
+        rc = ds_gen_config_parse(L.generation_config, L.generation_config_len, where, &gc);
+        unsigned given = (ds_cli_given(&A.temperature) ? DS_GIVEN_TEMPERATURE : 0) | (ds_cli_given(&A.top_k) ? DS_GIVEN_TOP_K : 0) |
+                         (ds_cli_given(&A.top_p) ? DS_GIVEN_TOP_P : 0) | (ds_cli_given(&A.max_new) ? DS_GIVEN_MAX_NEW : 0) |
+                         (A.ignore_eos ? DS_GIVEN_EOS : 0);
+        if (!rc) ds_gen_config_apply(&gc, given, &gs);
+    }
+    for (int i = 0; !rc && i < gs.eos.n; i++)
+        if (gs.eos.id[i] >= c->vocab_size)
+            rc = ds_fail(DS_ERR, "%s: eos_token_id %d is not below the vocabulary size %d: %s", gs.src_eos,
+                         (int)gs.eos.id[i], c->vocab_size, A.model);
+    if (rc && rc != DS_EUSAGE) { /* before any report of a configuration that will not run */
+        ds_loaded_free(&L);
+        ds_chat_template_free(&tpl);
+        return ds_tool_report(rc);
+    }
     if (A.mtp && !L.has_mtp) rc = ds_fail(DS_EUSAGE, "--mtp: the checkpoint has no MTP module: %s", A.model);
 
     ds_jsonw cfgrec;
@@ -199,10 +233,11 @@ int main(int argc, char **argv) {
     ds_jsonw_kstr(&cfgrec, "mode", A.score ? "score" : "generate");
     ds_jsonw_kint(&cfgrec, "ctx", ctx);
     ds_jsonw_kint(&cfgrec, "batch", A.batch);
-    ds_jsonw_kint(&cfgrec, "max_new", A.max_new);
-    ds_jsonw_knum(&cfgrec, "temperature", A.temperature);
-    ds_jsonw_kint(&cfgrec, "top_k", A.top_k);
-    ds_jsonw_knum(&cfgrec, "top_p", A.top_p);
+    ds_jsonw_kint(&cfgrec, "max_new", gs.max_new);
+    ds_jsonw_kint(&cfgrec, "max_length", gs.max_length);
+    ds_jsonw_knum(&cfgrec, "temperature", gs.temperature);
+    ds_jsonw_kint(&cfgrec, "top_k", gs.top_k);
+    ds_jsonw_knum(&cfgrec, "top_p", gs.top_p);
     char seed[24]; /* a string, as the training tools': JSON readers cannot hold every 64-bit value */
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)A.seed);
     ds_jsonw_kstr(&cfgrec, "seed", seed);
@@ -214,7 +249,12 @@ int main(int argc, char **argv) {
             "batch %d, %d threads, device %s", A.model, L.tok ? "with tokenizer" : "no tokenizer", ds_now() - t0,
             c->num_hidden_layers, c->hidden_size, c->num_attention_heads, c->vocab_size, L.has_mtp ? ", MTP" : "",
             A.mtp ? " (speculating)" : "", ctx, A.batch, ds_threads_get(), A.device);
-    if (!ds_cli_given(&A.seed) && A.temperature > 0 && !A.score) /* when it matters: sampling */
+    if (!A.score) {
+        char line[512];
+        ds_gen_settings_describe(&gs, line, sizeof line);
+        ds_info("sampling %s", line);
+    }
+    if (!ds_cli_given(&A.seed) && gs.temperature > 0 && !A.score) /* when it matters: sampling */
         ds_info("seed    %llu (random: --seed repeats the draws)", (unsigned long long)A.seed);
     if (!A.score) report_cache(c, &cfgrec);
     ds_jsonw_obj_end(&cfgrec);
@@ -231,7 +271,7 @@ int main(int argc, char **argv) {
         rc = ds_score(L.model, rd, stdout, ctx, &ss);
         if (!rc) ds_info("scored %lld inputs, %lld tokens in %.2f s", (long long)ss.inputs, (long long)ss.tokens, ss.seconds);
     } else if (!rc) {
-        rc = run_generate(&L, rd, c, ctx, A.w8a8 ? &fp8 : NULL, &mf);
+        rc = run_generate(&L, rd, &gs, ctx, A.w8a8 ? &fp8 : NULL, &mf);
     }
     if (!rc && A.w8a8) rc = ds_fp8_linear_status(); /* a failure inside an FP8 GEMM (out of memory) */
     ds_prompt_reader_free(rd);

@@ -54,9 +54,10 @@ static int emit(gen *g, slot_state *s, int32_t tok, double logp) {
     g->st->new_tokens++;
     int stop = 0;
     DS_TRY(g->io->on_token(g->io->sink, &s->s, &stop));
-    if (g->o->eos_id >= 0 && tok == g->o->eos_id) s->s.finish = DS_FINISH_EOS;
+    if ((g->o->eos_id >= 0 && tok == g->o->eos_id) || ds_eos_ids_has(&g->o->eos_more, tok)) s->s.finish = DS_FINISH_EOS;
     else if (stop) s->s.finish = DS_FINISH_STOP;
-    else if (s->s.n >= g->o->max_new) s->s.finish = DS_FINISH_LENGTH;
+    else if (s->s.n >= g->o->max_new || (g->o->max_length > 0 && s->s.prompt_len + s->s.n >= g->o->max_length))
+        s->s.finish = DS_FINISH_LENGTH;
     if (s->s.finish) {
         s->s.t_end = ds_now();
         s->active = 0;
@@ -84,16 +85,21 @@ static int admit(gen *g) {
             if (ids[i] < 0 || ids[i] >= g->V)
                 return ds_fail(DS_ERR, "prompt %llu: token %d: id %d outside the vocabulary of %d", (unsigned long long)id,
                                i, ids[i], g->V);
+        /* transformers refuses a prompt that leaves max_length no room, rather than emit one token */
+        if (g->o->max_length > 0 && n >= g->o->max_length)
+            return ds_fail(DS_ERR, "prompt %llu: %d tokens reach the max_length of %d (prompt included): give --max-new",
+                           (unsigned long long)id, n, g->o->max_length);
+        int max_new = g->o->max_length > 0 && g->o->max_length - n < g->o->max_new ? g->o->max_length - n : g->o->max_new;
         int drop = 0;
-        if ((int64_t)n + g->o->max_new > g->max_len) {
+        if ((int64_t)n + max_new > g->max_len) {
             if (!g->o->truncate) {
                 ds_fail(DS_ERR, "prompt %llu: %d tokens + %d new exceed the context of %d tokens",
-                        (unsigned long long)id, n, g->o->max_new, g->max_len);
+                        (unsigned long long)id, n, max_new, g->max_len);
                 ds_hint("--truncate keeps the last %d tokens of such prompts; --max-new or --ctx change the budget",
-                        g->max_len - g->o->max_new);
+                        g->max_len - max_new);
                 return DS_ERR;
             }
-            drop = n - (g->max_len - g->o->max_new);
+            drop = n - (g->max_len - max_new);
         }
         memcpy(s->prompt, ids + drop, sizeof(int32_t) * (size_t)(n - drop));
         memset(&s->s, 0, sizeof s->s);

@@ -17,12 +17,15 @@
 #include <stdint.h>
 
 #include "infer/forward.h"
+#include "infer/gencfg.h"
 #include "infer/sampler.h"
 
 typedef struct {
     ds_sampling sampling;
     int max_new;              /* new tokens per prompt, >= 1 */
     int eos_id;               /* -1: none */
+    ds_eos_ids eos_more;      /* further ids that end a sequence as EOS does (generation_config.json's list) */
+    int max_length;           /* 0: off; else a sequence ends when prompt + new tokens reach it (transformers') */
     int mtp;                  /* speculative decoding with MTP module 1 (the engine must have it) */
     int batch;                /* sequences in flight, <= the engine's slots */
     int prefill_chunk;        /* prompt tokens per forward, <= the engine's max_tokens */

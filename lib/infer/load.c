@@ -26,6 +26,8 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
     if (!rc && tok) rc = ds_tok_from_json(&out->tok, tok, tok_len, where);
     if (!rc && ds_ckpt_has_file(c, "tokenizer_config.json"))
         rc = ds_ckpt_read_file(c, "tokenizer_config.json", &out->tokenizer_config, &out->tokenizer_config_len);
+    if (!rc && ds_ckpt_has_file(c, "generation_config.json"))
+        rc = ds_ckpt_read_file(c, "generation_config.json", &out->generation_config, &out->generation_config_len);
     if (!rc) out->has_mtp = ds_model_mtp_depth(out->model) > 0;
     ds_ckpt_close(c);
     if (rc) ds_loaded_free(out);
@@ -36,6 +38,8 @@ void ds_loaded_free(ds_loaded *l) {
     ds_model_free(l->model);
     ds_tok_free(l->tok);
     free(l->tokenizer_config);
+    free(l->generation_config);
+    l->generation_config = NULL;
     l->model = NULL;
     l->tok = NULL;
     l->tokenizer_config = NULL;

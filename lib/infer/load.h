@@ -17,6 +17,8 @@ typedef struct {
     ds_tokenizer *tok;   /* NULL when the checkpoint carries no tokenizer */
     char *tokenizer_config; /* tokenizer_config.json text (NULL: none): its chat template */
     size_t tokenizer_config_len;
+    char *generation_config; /* generation_config.json text (NULL: none): sampling defaults (infer/gencfg.h) */
+    size_t generation_config_len;
     int has_mtp;         /* MTP tensors were present */
     char where[512];     /* the path as given, for messages */
 } ds_loaded;

@@ -319,7 +319,7 @@ int ds_gen_writer_token(void *ctx, const ds_gen_seq *s, int *stop) {
     if (!x) return ds_fail(DS_ERR, "output: out of memory");
     const int32_t tok = s->tokens[s->n - 1];
     *stop = 0;
-    if (tok == w->o.eos) return DS_OK;
+    if (tok == w->o.eos || (w->o.eos_more && ds_eos_ids_has(w->o.eos_more, tok))) return DS_OK;
     char buf[32];
     const char *bytes;
     size_t len;

@@ -54,6 +54,7 @@ typedef struct {
     const char *const *stops;    /* stop strings (need a tokenizer) */
     int n_stops;
     int64_t eos;                 /* not written into the text; -1: none */
+    const ds_eos_ids *eos_more;  /* neither are these (NULL: none) */
     int mtp;                     /* add draft statistics to each record */
 } ds_writer_opts;
 

@@ -254,3 +254,109 @@ EOF
     gen -m "$T/ck" --prompt "The license" --max-new 4 -q --metrics "$T/m.jsonl" >/dev/null
     jq -e -s '.[0].record == "config" and .[0].kv_ratio_mha > 3 and .[1].record == "summary" and .[1].new_tokens == 4' "$T/m.jsonl"
 }
+
+# a copy of the plain checkpoint with this generation_config.json
+with_gencfg() {
+    rm -rf "$T/$1"
+    cp -r "$T/plain" "$T/$1"
+    printf '%s\n' "$2" >"$T/$1/generation_config.json"
+}
+
+@test "generation_config.json: do_sample false is greedy (= --temperature 0) whatever its temperature; --temperature samples" {
+    gen -m "$T/plain" --ids --max-new 12 --temperature 0 --jsonl -q <<<"0 5 9 13" | field tokens >"$T/a"
+    with_gencfg gc '{"do_sample": false, "temperature": 0.6, "top_p": 0.95}'
+    run --separate-stderr gen -m "$T/gc" --ids --max-new 12 --jsonl <<<"0 5 9 13"
+    [ "$status" -eq 0 ]
+    echo "$output" | field tokens >"$T/b"
+    cmp "$T/a" "$T/b"
+    [[ "$stderr" == *"sampling temperature 0 = greedy (generation_config.json), top_k 0 (default), top_p 0.95 (generation_config.json), max_new 12 (--max-new), eos 1 (config.json)"* ]]
+    [[ "$stderr" != *"seed "*"(random"* ]]
+    # transformers' default do_sample is false: a file without it is greedy too
+    with_gencfg gc2 '{"temperature": 0.6}'
+    gen -m "$T/gc2" --ids --max-new 12 --jsonl -q <<<"0 5 9 13" | field tokens >"$T/c"
+    cmp "$T/a" "$T/c"
+    run --separate-stderr gen -m "$T/gc" --ids --max-new 12 --temperature 1.5 --seed 3 --jsonl <<<"0 5 9 13"
+    [[ "$stderr" == *"sampling temperature 1.5 (--temperature), top_k 0 (default), top_p 0.95 (generation_config.json)"* ]]
+    echo "$output" | field tokens >"$T/d"
+    ! cmp -s "$T/a" "$T/d"
+}
+
+@test "generation_config.json: temperature, top_k, top_p are the defaults; the command line wins" {
+    with_gencfg gs '{"do_sample": true, "temperature": 0.7, "top_k": 9, "top_p": 0.9, "bos_token_id": 0}'
+    s() { gen --ids --max-new 16 --seed 11 --jsonl "$@" <<<"0 5 9 13"; }
+    run --separate-stderr s -m "$T/gs"
+    [ "$status" -eq 0 ]
+    [[ "$stderr" == *"sampling temperature 0.7 (generation_config.json), top_k 9 (generation_config.json), top_p 0.9 (generation_config.json), max_new 16 (--max-new)"* ]]
+    echo "$output" | field tokens >"$T/a"
+    s -m "$T/plain" --temperature 0.7 --top-k 9 --top-p 0.9 -q | field tokens >"$T/b"
+    cmp "$T/a" "$T/b"
+    s -m "$T/plain" -q | field tokens >"$T/c"
+    ! cmp -s "$T/a" "$T/c"
+    run --separate-stderr s -m "$T/gs" --temperature 1.3 --top-k 0 --top-p 0.5
+    [[ "$stderr" == *"sampling temperature 1.3 (--temperature), top_k 0 (--top-k), top_p 0.5 (--top-p)"* ]]
+    echo "$output" | field tokens >"$T/d"
+    s -m "$T/plain" --temperature 1.3 --top-k 0 --top-p 0.5 -q | field tokens >"$T/e"
+    cmp "$T/d" "$T/e"
+    gen -m "$T/gs" --ids --max-new 4 -q --metrics "$T/m.jsonl" <<<"1 2" >/dev/null
+    jq -e -s '.[0].record == "config" and .[0].temperature == 0.7 and .[0].top_k == 9 and .[0].top_p == 0.9 and .[0].max_new == 4' "$T/m.jsonl"
+}
+
+@test "generation_config.json: max_new_tokens, max_length (the prompt counts), --max-new wins" {
+    with_gencfg mn '{"do_sample": false, "max_new_tokens": 5, "max_length": 7}'
+    run --separate-stderr gen -m "$T/mn" --ids --jsonl <<<"0 5 9 13"
+    echo "$output" | jq -e '(.tokens|length) == 5 and .finish_reason == "length"'
+    [[ "$stderr" == *"max_new 5 (generation_config.json)"* ]]
+    run gen -m "$T/mn" --ids --jsonl -q --max-new 3 <<<"0 5 9 13"
+    echo "$output" | jq -e '(.tokens|length) == 3'
+    with_gencfg ml '{"do_sample": false, "max_length": 7}'
+    run --separate-stderr gen -m "$T/ml" --ids --jsonl <<<$'0 5 9 13\n0 5'
+    [ "$status" -eq 0 ]
+    [ "$(echo "$output" | jq -c '[(.tokens|length), .finish_reason]' | tr '\n' ' ')" = '[3,"length"] [5,"length"] ' ]
+    [[ "$stderr" == *"max_length 7 (prompt included) (generation_config.json)"* ]]
+    run gen -m "$T/ml" --ids --jsonl -q --max-new 9 <<<"0 5 9 13"
+    echo "$output" | jq -e '(.tokens|length) == 9'
+    # as transformers: a prompt that leaves max_length no room is an error, not one token
+    run gen -m "$T/ml" --ids -q <<<"0 5 9 13 1 2 3"
+    [ "$status" -eq 1 ]
+    [ "$output" = "ds-generate: error: prompt 0: 7 tokens reach the max_length of 7 (prompt included): give --max-new" ]
+}
+
+@test "generation_config.json: eos_token_id as a list, every id ends a sequence; --ignore-eos wins" {
+    toks=$(gen -m "$T/plain" --ids --max-new 10 --temperature 0 --jsonl -q <<<"0 5 9 13" | jq -c .tokens)
+    a=$(echo "$toks" | jq '.[6]') b=$(echo "$toks" | jq '.[4]')
+    n=$(echo "$toks" | jq "[index($a), index($b)] | min + 1")
+    with_gencfg el "{\"do_sample\": false, \"eos_token_id\": [$a, $b]}"
+    run --separate-stderr gen -m "$T/el" --ids --max-new 10 --jsonl <<<"0 5 9 13"
+    echo "$output" | jq -e ".finish_reason == \"eos\" and (.tokens|length) == $n"
+    [[ "$stderr" == *"eos $a,$b (generation_config.json)"* ]]
+    with_gencfg e1 "{\"do_sample\": false, \"eos_token_id\": $b}"
+    run gen -m "$T/e1" --ids --max-new 10 --jsonl -q <<<"0 5 9 13"
+    echo "$output" | jq -e ".finish_reason == \"eos\" and .tokens[-1] == $b"
+    run gen -m "$T/el" --ids --max-new 10 --jsonl -q --ignore-eos <<<"0 5 9 13"
+    echo "$output" | jq -e '(.tokens|length) == 10 and .finish_reason == "length"'
+}
+
+@test "generation_config.json: a bad file is a one-line error naming the file and the key" {
+    bad() {
+        with_gencfg bad "$1"
+        run gen -m "$T/bad" --ids -q <<<"1 2"
+        [ "$status" -eq 1 ]
+        [ "${#lines[@]}" -eq 1 ]
+        [ "$output" = "ds-generate: error: $2" ]
+    }
+    f="$T/bad/generation_config.json"
+    bad '{"temperature": "hot"}' "$f: temperature: expected a number"
+    bad '{"temperature": -1}' "$f: temperature: -1 is not >= 0"
+    bad '{"top_p": 1.5}' "$f: top_p: 1.5 is not in (0, 1]"
+    bad '{"top_k": 2.5}' "$f: top_k: expected an integer"
+    bad '{"do_sample": "yes"}' "$f: do_sample: expected true or false"
+    bad '{"max_new_tokens": 0}' "$f: max_new_tokens: 0 is out of range [1, 1e9]"
+    bad '{"eos_token_id": [1, "x"]}' "$f: eos_token_id: expected a token id or a list of token ids"
+    bad '{"eos_token_id": 512}' "generation_config.json: eos_token_id 512 is not below the vocabulary size 512: $T/bad"
+    bad '[1]' "$f: expected a JSON object"
+    bad '{"top_p": ' "generation_config.json: bad JSON: line 2 column 0: unexpected token near end of file: $f"
+    # null is "not set", as transformers writes it; keys we do not sample with are ignored
+    with_gencfg nul '{"temperature": null, "max_length": null, "num_beams": 1, "repetition_penalty": 1.0}'
+    run gen -m "$T/nul" --ids -q --max-new 2 <<<"1 2"
+    [ "$status" -eq 0 ]
+}

@@ -57,6 +57,29 @@ ref() { "$DS_PY" "$DS_ROOT/tests/ref/hf_ref.py" "$@"; }
     diff "$T/ours" "$T/theirs"
 }
 
+@test "generate() with no arguments follows generation_config.json as ds-generate with no options does (greedy, max_new_tokens / max_length, an eos list)" {
+    ours() { "$DS_BIN/ds-generate" -m "$1" --jsonl -q <"$T/convs.jsonl" | jq -c .tokens; }
+    # a second stop id: a token the first conversation's greedy completion emits
+    x=$("$DS_BIN/ds-generate" -m "$T/base" --max-new 12 --temperature 0 --jsonl -q <"$T/convs.jsonl" | head -1 | jq '.tokens[3]')
+    cp -r "$T/base" "$T/gcl"
+    jq ".do_sample = false | .temperature = 0.6 | .top_p = 0.95 | .max_new_tokens = 10 | .eos_token_id = [1, $x]" \
+        "$T/base/generation_config.json" >"$T/gcl/generation_config.json"
+    ref generate "$T/gcl" "$T/convs.jsonl" - | jq -c .tokens >"$T/theirs"
+    ours "$T/gcl" >"$T/ours"
+    head -1 "$T/ours" | jq -e "length == 4 and .[-1] == $x"
+    diff "$T/ours" "$T/theirs"
+    # max_length alone counts the prompt (the last conversation's 80 tokens reach it: an error on both sides)
+    jq 'del(.max_new_tokens) | .do_sample = false | .max_length = 40' "$T/base/generation_config.json" >"$T/gcl/generation_config.json"
+    head -4 "$T/convs.jsonl" >"$T/convs4.jsonl"
+    ref generate "$T/gcl" "$T/convs4.jsonl" - | jq -c .tokens >"$T/theirs"
+    "$DS_BIN/ds-generate" -m "$T/gcl" --jsonl -q <"$T/convs4.jsonl" | jq -c '[.prompt_tokens + (.tokens|length), .finish_reason]' >"$T/len"
+    grep -c '^\[40,"length"\]$' "$T/len"
+    "$DS_BIN/ds-generate" -m "$T/gcl" --jsonl -q <"$T/convs4.jsonl" | jq -c .tokens >"$T/ours"
+    diff "$T/ours" "$T/theirs"
+    run ! "$DS_BIN/ds-generate" -m "$T/gcl" --jsonl -q <"$T/convs.jsonl"
+    [[ "$output" == *"error: prompt 4: 80 tokens reach the max_length of 40 (prompt included): give --max-new" ]]
+}
+
 @test "DeepSeek-V3's released template renders what ours renders, and a checkpoint carrying it chats as the built-in template" {
     ref render "$T/base" "$T/convs.jsonl" "$DS_ROOT/tests/ref/data/deepseek-v3.jinja" >"$T/ds.jsonl"
     diff <(jq -c '[.text, .gen_text]' "$T/hf.jsonl") <(jq -c '[.text, .gen_text]' "$T/ds.jsonl")

@@ -9,7 +9,9 @@
   hf_ref.py generate DIR CONVS N
         greedy generate of N new tokens (AutoModelForCausalLM, fp32) after apply_chat_template(...,
         add_generation_prompt=True): one JSON line per conversation, {"tokens"}; generation_config.json
-        supplies the special tokens (greedy is asked for here: the file's defaults sample).
+        supplies the special tokens (greedy is asked for here: the file's defaults sample). With N "-",
+        generate() with no arguments: the checkpoint's generation_config.json decides everything
+        (do_sample, max_new_tokens / max_length, the eos ids).
 """
 import json
 import sys
@@ -42,8 +44,8 @@ if cmd == "render":
         print(json.dumps(out, ensure_ascii=False))
 elif cmd == "generate":
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
-    n = int(sys.argv[4])
+    kw = {} if sys.argv[4] == "-" else {"max_new_tokens": int(sys.argv[4]), "do_sample": False}
     for m in convs:
         ids = ids_of(tok.apply_chat_template(m, tokenize=True, add_generation_prompt=True))
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
+        out = model.generate(torch.tensor([ids]), **kw)
         print(json.dumps({"tokens": out[0, len(ids):].tolist()}))
