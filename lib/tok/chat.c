@@ -173,28 +173,18 @@ int ds_chat_role_from_name(const char *name) {
     return -1;
 }
 
-/* Output under construction. */
+/* Output under construction: the text grows in a ds_strbuf and moves into r at the end; the spans grow
+ * in r. */
 typedef struct {
     ds_chat_rendered *r;
-    size_t cap;
+    ds_strbuf text;
     int span_cap;
     int oom;
 } builder;
 
 static void put(builder *b, const char *s, size_t n, int content, int train) {
-    if (!n || b->oom) return;
+    if (!n || b->oom || b->text.oom) return;
     ds_chat_rendered *r = b->r;
-    if (r->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (r->len + n + 1 > cap) cap *= 2;
-        char *t = realloc(r->text, cap);
-        if (!t) {
-            b->oom = 1;
-            return;
-        }
-        r->text = t;
-        b->cap = cap;
-    }
     ds_chat_span *last = r->n_spans ? &r->spans[r->n_spans - 1] : NULL;
     if (last && last->content == content && last->train == train) {
         last->len += n; /* adjacent bytes of one kind stay one span */
@@ -209,11 +199,9 @@ static void put(builder *b, const char *s, size_t n, int content, int train) {
             r->spans = sp;
             b->span_cap = cap;
         }
-        r->spans[r->n_spans++] = (ds_chat_span){r->len, n, content, train};
+        r->spans[r->n_spans++] = (ds_chat_span){b->text.len, n, content, train};
     }
-    memcpy(r->text + r->len, s, n);
-    r->len += n;
-    r->text[r->len] = 0;
+    ds_strbuf_put(&b->text, s, n);
 }
 
 /* One message through its role's pattern; for an assistant turn the content and what follows train. */
@@ -241,15 +229,19 @@ int ds_chat_render(const ds_chat_template *t, const ds_chat_msg *msgs, int n, in
         if (msgs[i].role == DS_ROLE_USER) put_turn(&b, t->user, &msgs[i], 0);
         else if (msgs[i].role == DS_ROLE_ASSISTANT) put_turn(&b, t->assistant, &msgs[i], 1);
         else if (msgs[i].role != DS_ROLE_SYSTEM) {
+            free(b.text.s);
             ds_chat_rendered_free(out);
             return ds_fail(DS_ERR, "chat: message %d: unknown role %d", i, (int)msgs[i].role);
         }
     }
     if (add_generation_prompt) put(&b, t->generation, strlen(t->generation), 0, 0);
-    if (b.oom) {
+    if (b.oom || b.text.oom) {
+        free(b.text.s);
         ds_chat_rendered_free(out);
         return ds_fail(DS_ERR, "chat: out of memory rendering %d messages", n);
     }
+    out->text = b.text.s;
+    out->len = b.text.len;
     if (!out->text) return ds_fail(DS_ERR, "chat: %d messages render to nothing", n);
     return DS_OK;
 }
