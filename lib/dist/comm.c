@@ -75,6 +75,25 @@ void ds_comm_abandon(ds_comm *c) {
     c->world = c->local = NULL;
 }
 
+int ds_comm_split(const ds_comm *c, int color, int key, ds_comm *out) {
+    *out = *c;
+    out->owns_mpi = 0;
+    out->local = NULL;
+    out->world = malloc(sizeof(MPI_Comm));
+    if (!out->world) return ds_fail(DS_ERR, "out of memory: splitting a communicator");
+    *(MPI_Comm *)out->world = MPI_COMM_NULL;
+    DS_MPI_TRY(c, MPI_Comm_split(WORLD(c), color, key, (MPI_Comm *)out->world));
+    MPI_Comm_rank(WORLD(out), &out->rank);
+    MPI_Comm_size(WORLD(out), &out->size);
+    return 0;
+}
+
+void ds_comm_free_split(ds_comm *sub) {
+    if (sub->world && *(MPI_Comm *)sub->world != MPI_COMM_NULL) MPI_Comm_free((MPI_Comm *)sub->world);
+    free(sub->world);
+    sub->world = NULL;
+}
+
 int ds_comm_agree(const ds_comm *c, int rc) {
     int *all = malloc((size_t)c->size * sizeof *all);
     if (!all) return ds_fail(DS_ERR, "out of memory: agreeing on the status");

@@ -34,6 +34,11 @@ void ds_comm_abandon(ds_comm *c);
  * marked as reported (ds_err_silence), so a failure is printed once, by the rank that met it. */
 int ds_comm_agree(const ds_comm *c, int rc);
 
+/* A sub-group of c (collective over c): the ranks with the same color, ordered by key (MPI_Comm_split).
+ * The result shares c's host identity (host, node, local rank); free it with ds_comm_free_split. */
+int ds_comm_split(const ds_comm *c, int color, int key, ds_comm *out);
+void ds_comm_free_split(ds_comm *sub);
+
 int ds_comm_barrier(const ds_comm *c);
 /* Rank 0's value, on every rank. */
 int ds_comm_bcast_u64(const ds_comm *c, uint64_t *v);

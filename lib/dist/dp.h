@@ -5,8 +5,7 @@
  * matter which rank computes it. Large float arrays go reduce-scatter (every rank sums one slice in
  * that order) then all-gather, moving 2(n-1)/n of the array per rank, as a ring all-reduce does;
  * small arrays are gathered whole and summed locally.
- * Rank layout (design.md section 6): with pipeline and expert parallelism still to come, the world
- * is one data-parallel group (--dp = world size).
+ * The group is whichever communicator it is given: the world, or a sub-group of dist/layout.h.
  */
 #ifndef DS_DIST_DP_H
 #define DS_DIST_DP_H
