@@ -123,7 +123,7 @@ typedef struct {
     ds_pipe_schedule *s;
     int r, flip;       /* flip: 1 on the second half of the ranks (near = chunk 1) */
     int fnext[2], bnext[2];
-    int wq_mb[2 * 2048], wq_chunk[2 * 2048];
+    int *wq_mb, *wq_chunk; /* [n_mb]: every micro-batch defers at most one W on a rank */
     int wq_head, wq_tail;
 } dp_state;
 
@@ -159,7 +159,9 @@ static void dp_fb(dp_state *d, int rel_f, int rel_b) {
 static void build_dualpipe(ds_pipe_schedule *s, int r, dp_state *d) {
     int P = s->pp, half = P / 2, h = r < P - 1 - r ? r : P - 1 - r, n2 = s->n_mb / 2;
     int middle = h == half - 1, outer = half - h - 1;
+    int *qm = d->wq_mb, *qc = d->wq_chunk;
     memset(d, 0, sizeof *d);
+    d->wq_mb = qm, d->wq_chunk = qc;
     d->s = s;
     d->r = r;
     d->flip = r >= half;
@@ -176,8 +178,9 @@ static void build_dualpipe(ds_pipe_schedule *s, int r, dp_state *d) {
         dp_w(d);
         dp_f(d, 1, 0);
     }
-    /* 4: the steady phase, overlapped pairs in both directions. The middle ranks' first pair runs
-     * unpaired: its backward waits on the forward just before it on the neighbouring middle rank. */
+    /* 4: the steady phase, overlapped pairs in both directions. As in the reference, the middle ranks'
+     * first step runs its F and BW one after the other, not paired: its backward's gradient comes from
+     * the other middle rank's fresh forward, and this is the order Table 2's bubble holds for. */
     for (int i = 0; i < n2 - P + h + 1; i++) {
         if (i == 0 && middle) {
             dp_f(d, 0, 0);
@@ -220,13 +223,20 @@ int ds_pipe_schedule_make(ds_pipe_schedule *s, ds_pipe_kind kind, int pp, int n_
     if (!s->n_ops || !s->ops) goto oom;
     for (int r = 0; r < pp; r++)
         if (!(s->ops[r] = malloc(3 * (size_t)n_mb * sizeof **s->ops))) goto oom;
-    dp_state *d = NULL;
-    if (kind == DS_PIPE_DUALPIPE && !(d = malloc(sizeof *d))) goto oom;
+    dp_state d = {0};
+    if (kind == DS_PIPE_DUALPIPE) {
+        d.wq_mb = malloc((size_t)n_mb * sizeof *d.wq_mb);
+        d.wq_chunk = malloc((size_t)n_mb * sizeof *d.wq_chunk);
+        if (!d.wq_mb || !d.wq_chunk) {
+            free(d.wq_mb), free(d.wq_chunk);
+            goto oom;
+        }
+    }
     for (int r = 0; r < pp; r++)
         if (kind == DS_PIPE_1F1B) build_1f1b(s, r);
         else if (kind == DS_PIPE_ZB1P) build_zb1p(s, r);
-        else build_dualpipe(s, r, d);
-    free(d);
+        else build_dualpipe(s, r, &d);
+    free(d.wq_mb), free(d.wq_chunk);
     return 0;
 oom:
     ds_pipe_schedule_free(s);
