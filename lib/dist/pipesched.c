@@ -94,10 +94,126 @@ static void build_1f1b(ds_pipe_schedule *s, int r) {
     while (b < M) emit(s, r, DS_PIPE_BW, 0, b++, 0);
 }
 
+/* ZB1P (ZB-H1 of "Zero Bubble Pipeline Parallelism", Qi et al. 2023): 1F1B's order with the backward
+ * split, each W deferred while the rank holds fewer than PP micro-batches' activations (so memory stays
+ * 1F1B's worst rank: PP) and, after the last forward, each W run right after a B, where 1F1B would wait
+ * for the next gradient. The later the stage, the more Ws it defers, which fills its cool-down bubble. */
+static void build_zb1p(ds_pipe_schedule *s, int r) {
+    int M = s->n_mb, P = s->pp, warm = P - 1 - r;
+    if (warm > M) warm = M;
+    int f = 0, b = 0, w = 0;
+    while (f < warm) emit(s, r, DS_PIPE_F, 0, f++, 0);
+    while (f < M) {
+        if (f - w >= P) emit(s, r, DS_PIPE_W, 0, w++, 0);
+        emit(s, r, DS_PIPE_F, 0, f++, 0);
+        emit(s, r, DS_PIPE_B, 0, b++, 0);
+    }
+    while (b < M) {
+        if (w < b) emit(s, r, DS_PIPE_W, 0, w++, 0);
+        emit(s, r, DS_PIPE_B, 0, b++, 0);
+    }
+    while (w < M) emit(s, r, DS_PIPE_W, 0, w++, 0);
+}
+
+/* DualPipe (DeepSeek-V3 report, section 3.2.1; the order follows the published reference
+ * implementation's eight phases). Rank r and rank PP-1-r run the same sequence with the two chunks'
+ * roles swapped: "near" is the chunk whose micro-batches reach the rank first (chunk 0 in the first
+ * half of the ranks, chunk 1 in the second), "far" the other. Deferred Ws queue in B order. */
+typedef struct {
+    ds_pipe_schedule *s;
+    int r, flip;       /* flip: 1 on the second half of the ranks (near = chunk 1) */
+    int fnext[2], bnext[2];
+    int *wq_mb, *wq_chunk; /* [n_mb]: every micro-batch defers at most one W on a rank */
+    int wq_head, wq_tail;
+} dp_state;
+
+static int dp_mb(const dp_state *d, int chunk, int i) { return chunk * (d->s->n_mb / 2) + i; }
+
+static void dp_f(dp_state *d, int rel, int paired) {
+    int c = rel ^ d->flip;
+    emit(d->s, d->r, DS_PIPE_F, c, dp_mb(d, c, d->fnext[c]++), paired);
+}
+
+static void dp_b(dp_state *d, int rel, int zero_bubble) {
+    int c = rel ^ d->flip, mb = dp_mb(d, c, d->bnext[c]++);
+    emit(d->s, d->r, zero_bubble ? DS_PIPE_B : DS_PIPE_BW, c, mb, 0);
+    if (zero_bubble) {
+        d->wq_mb[d->wq_tail] = mb;
+        d->wq_chunk[d->wq_tail++] = c;
+    }
+}
+
+static void dp_w(dp_state *d) {
+    if (d->wq_head < d->wq_tail) {
+        emit(d->s, d->r, DS_PIPE_W, d->wq_chunk[d->wq_head], d->wq_mb[d->wq_head], 0);
+        d->wq_head++;
+    }
+}
+
+/* F of one chunk overlapped with the full backward of the other */
+static void dp_fb(dp_state *d, int rel_f, int rel_b) {
+    dp_f(d, rel_f, 1);
+    dp_b(d, rel_b, 0);
+}
+
+static void build_dualpipe(ds_pipe_schedule *s, int r, dp_state *d) {
+    int P = s->pp, half = P / 2, h = r < P - 1 - r ? r : P - 1 - r, n2 = s->n_mb / 2;
+    int middle = h == half - 1, outer = half - h - 1;
+    int *qm = d->wq_mb, *qc = d->wq_chunk;
+    memset(d, 0, sizeof *d);
+    d->wq_mb = qm, d->wq_chunk = qc;
+    d->s = s;
+    d->r = r;
+    d->flip = r >= half;
+    /* 1: near forwards until the far direction's first micro-batch arrives */
+    for (int i = 0; i < 2 * outer; i++) dp_f(d, 0, 0);
+    /* 2: both directions' forwards alternate */
+    for (int i = 0; i <= h; i++) {
+        dp_f(d, 0, 0);
+        dp_f(d, 1, 0);
+    }
+    /* 3: far backward (W deferred) and far forward, a deferred W between them */
+    for (int i = 0; i < outer; i++) {
+        dp_b(d, 1, 1);
+        dp_w(d);
+        dp_f(d, 1, 0);
+    }
+    /* 4: the steady phase, overlapped pairs in both directions. As in the reference, the middle ranks'
+     * first step runs its F and BW one after the other, not paired: its backward's gradient comes from
+     * the other middle rank's fresh forward, and this is the order Table 2's bubble holds for. */
+    for (int i = 0; i < n2 - P + h + 1; i++) {
+        if (i == 0 && middle) {
+            dp_f(d, 0, 0);
+            dp_b(d, 1, 0);
+        } else {
+            dp_fb(d, 0, 1);
+        }
+        dp_fb(d, 1, 0);
+    }
+    /* 5: far backward, then far forward with near backward */
+    for (int i = 0; i < outer; i++) {
+        dp_b(d, 1, 0);
+        dp_fb(d, 1, 0);
+    }
+    /* 6: both backwards, the second half of them with W deferred */
+    int zb = 0;
+    for (int i = 0; i <= h; i++) {
+        if (i == (h + 1) / 2 && h % 2 == 1) zb = 1;
+        dp_b(d, 1, zb);
+        if (i == (h + 1) / 2 && h % 2 == 0) zb = 1;
+        dp_b(d, 0, zb);
+    }
+    /* 7, 8: deferred Ws fill the wait for the last near gradients, then the rest */
+    for (int i = 0; i < outer; i++) {
+        dp_w(d);
+        dp_b(d, 0, 1);
+    }
+    while (d->wq_head < d->wq_tail) dp_w(d);
+}
+
 int ds_pipe_schedule_make(ds_pipe_schedule *s, ds_pipe_kind kind, int pp, int n_mb) {
     memset(s, 0, sizeof *s);
     DS_TRY(ds_pipe_check(kind, pp, n_mb));
-    if (kind != DS_PIPE_1F1B) return ds_fail(DS_EUSAGE, "schedule %s: not available yet", ds_pipe_kind_name(kind));
     s->kind = kind;
     s->pp = pp;
     s->n_mb = n_mb;
@@ -107,7 +223,20 @@ int ds_pipe_schedule_make(ds_pipe_schedule *s, ds_pipe_kind kind, int pp, int n_
     if (!s->n_ops || !s->ops) goto oom;
     for (int r = 0; r < pp; r++)
         if (!(s->ops[r] = malloc(3 * (size_t)n_mb * sizeof **s->ops))) goto oom;
-    for (int r = 0; r < pp; r++) build_1f1b(s, r);
+    dp_state d = {0};
+    if (kind == DS_PIPE_DUALPIPE) {
+        d.wq_mb = malloc((size_t)n_mb * sizeof *d.wq_mb);
+        d.wq_chunk = malloc((size_t)n_mb * sizeof *d.wq_chunk);
+        if (!d.wq_mb || !d.wq_chunk) {
+            free(d.wq_mb), free(d.wq_chunk);
+            goto oom;
+        }
+    }
+    for (int r = 0; r < pp; r++)
+        if (kind == DS_PIPE_1F1B) build_1f1b(s, r);
+        else if (kind == DS_PIPE_ZB1P) build_zb1p(s, r);
+        else build_dualpipe(s, r, &d);
+    free(d.wq_mb), free(d.wq_chunk);
     return 0;
 oom:
     ds_pipe_schedule_free(s);

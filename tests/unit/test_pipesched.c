@@ -4,6 +4,7 @@
 #include "tap.h"
 
 #include "core/err.h"
+#include "core/rng.h"
 #include "dist/pipesched.h"
 
 static const int pps[] = {1, 2, 3, 4, 6, 7, 8, 16, 32, 64};
@@ -79,6 +80,112 @@ static void check_properties(ds_pipe_kind kind) {
 }
 
 TEST(properties_1f1b) { check_properties(DS_PIPE_1F1B); }
+TEST(properties_zb1p) { check_properties(DS_PIPE_ZB1P); }
+TEST(properties_dualpipe) { check_properties(DS_PIPE_DUALPIPE); }
+
+/* Random costs, random transfer latency: still valid, in order, no deadlock (any cost is legal) */
+TEST(properties_under_random_costs) {
+    ds_rng g;
+    ds_rng_init(&g, 19, 0);
+    int bad = 0, runs = 0;
+    for (int k = 0; k < DS_PIPE_N_KINDS; k++)
+        for (int a = 0; a < N_PPS; a++)
+            for (int b = 0; b < N_MBS; b += 3) {
+                int P = pps[a], M = mbs[b];
+                if (ds_pipe_check((ds_pipe_kind)k, P, M)) continue;
+                ds_pipe_costs c;
+                c.f = 0.1 + ds_rng_uniform(&g), c.w = 0.1 + ds_rng_uniform(&g), c.b = c.w + 0.1 + ds_rng_uniform(&g);
+                c.fb = ds_rng_uniform(&g) < 0.3 ? 0 : fmax(c.f, c.b) + ds_rng_uniform(&g) * c.f;
+                c.p2p = ds_rng_uniform(&g);
+                ds_pipe_schedule s;
+                ds_pipe_sim sim = {0};
+                runs++;
+                if (ds_pipe_schedule_make(&s, (ds_pipe_kind)k, P, M) || ds_pipe_simulate(&s, &c, &sim)) {
+                    bad++;
+                    continue;
+                }
+                bad += timeline_violations(&s, &sim) != 0;
+                ds_pipe_sim_free(&sim);
+                ds_pipe_schedule_free(&s);
+            }
+    CHECK(bad == 0 && runs > 60, "%d random-cost simulations: %d with a deadlock or out of order", runs, bad);
+}
+
+/* The paper's Table 2 bubbles hold exactly where its figures are drawn: enough micro-batches (M >= PP,
+ * DualPipe M >= 2PP) and a weight-gradient chunk no longer than the forward or the input-gradient chunk;
+ * DualPipe's also needs the forward and input-gradient chunks equal (F = B - W) and a pair no shorter
+ * than its backward (F&B >= B). Costs are drawn in eighths so every sum is exact. The bubble is the
+ * largest over the ranks (the critical one, which sets the step time). */
+static double eighths(ds_rng *g, int lo, int hi) { return (lo + (int)ds_rng_below(g, (uint64_t)(hi - lo + 1))) / 8.0; }
+
+static double formula(ds_pipe_kind k, int P, const ds_pipe_costs *c) {
+    if (k == DS_PIPE_1F1B) return (P - 1) * (c->f + c->b);
+    if (k == DS_PIPE_ZB1P) return (P - 1) * (c->f + c->b - 2 * c->w);
+    return (P / 2 - 1) * (c->fb + c->b - 3 * c->w);
+}
+
+TEST(bubbles_match_table2) {
+    ds_rng g;
+    ds_rng_init(&g, 2412, 19437);
+    for (int k = 0; k < DS_PIPE_N_KINDS; k++) {
+        int runs = 0, bad = 0;
+        for (int a = 0; a < N_PPS; a++)
+            for (int b = 0; b < N_MBS; b++) {
+                int P = pps[a], M = mbs[b];
+                if (ds_pipe_check((ds_pipe_kind)k, P, M) || M < P) continue;
+                for (int rep = 0; rep < 3; rep++) {
+                    ds_pipe_costs c = {0};
+                    c.w = eighths(&g, 1, 8);
+                    c.f = c.w + eighths(&g, 0, 8);
+                    c.b = c.w + (k == DS_PIPE_DUALPIPE ? c.f : c.w + eighths(&g, 0, 8));
+                    c.fb = k == DS_PIPE_DUALPIPE ? c.b + eighths(&g, 0, (int)(8 * c.f)) : 0;
+                    ds_pipe_schedule s;
+                    ds_pipe_sim sim = {0};
+                    if (ds_pipe_schedule_make(&s, (ds_pipe_kind)k, P, M) || ds_pipe_simulate(&s, &c, &sim)) {
+                        bad++;
+                        continue;
+                    }
+                    double got = ds_pipe_sim_max_bubble(&s, &sim), want = formula((ds_pipe_kind)k, P, &c);
+                    runs++;
+                    if (fabs(got - want) > 1e-9) {
+                        bad++;
+                        if (bad < 4)
+                            CHECK(0, "%s PP=%d M=%d F=%g B=%g W=%g F&B=%g: bubble %g, formula %g",
+                                  ds_pipe_kind_name((ds_pipe_kind)k), P, M, c.f, c.b, c.w, c.fb, got, want);
+                    }
+                    ds_pipe_sim_free(&sim);
+                    ds_pipe_schedule_free(&s);
+                }
+            }
+        CHECK(bad == 0 && runs > 30, "%s: simulated bubble equals the formula in %d cases",
+              ds_pipe_kind_name((ds_pipe_kind)k), runs);
+    }
+}
+
+/* Table 2's memory column: ZB1P and DualPipe reach exactly PP and PP+1 chunk activations on their
+ * fullest rank (M >= PP, resp. 2PP), and DualPipe holds two chunks per rank. */
+TEST(activations_match_table2) {
+    int bad = 0;
+    for (int a = 0; a < N_PPS; a++)
+        for (int b = 0; b < N_MBS; b++) {
+            int P = pps[a], M = mbs[b];
+            for (int k = 0; k < DS_PIPE_N_KINDS; k++) {
+                if (ds_pipe_check((ds_pipe_kind)k, P, M) || M < P) continue;
+                ds_pipe_schedule s;
+                ds_pipe_sim sim = {0};
+                ds_pipe_costs c = {1, 2, 1, 3, 0};
+                if (ds_pipe_schedule_make(&s, (ds_pipe_kind)k, P, M) || ds_pipe_simulate(&s, &c, &sim)) {
+                    bad++;
+                    continue;
+                }
+                int want = k == DS_PIPE_DUALPIPE ? P + 1 : P;
+                bad += ds_pipe_sim_max_peak_act(&s, &sim) != want || s.n_chunks != (k == DS_PIPE_DUALPIPE ? 2 : 1);
+                ds_pipe_sim_free(&sim);
+                ds_pipe_schedule_free(&s);
+            }
+        }
+    CHECK(bad == 0, "peak activations PP, PP, PP+1 and chunks 1, 1, 2: %d cases off", bad);
+}
 
 /* 1F1B's bubble is (PP-1)(F+B) on every rank whatever the micro-batch count, with free transfers. */
 TEST(bubble_1f1b_formula) {
@@ -102,21 +209,34 @@ TEST(bubble_1f1b_formula) {
     CHECK(bad == 0, "1F1B: bubble (PP-1)(F+B) on every rank, step (M+PP-1)(F+B), rank 0 holds min(M, PP): %d off", bad);
 }
 
-/* The 1F1B lists for PP=2, M=3, written out by hand. */
-TEST(exact_1f1b_small) {
-    ds_pipe_schedule s;
-    CHECK(ds_pipe_schedule_make(&s, DS_PIPE_1F1B, 2, 3) == 0, "make");
-    const char *want[2] = {"0F 1F 0BW 2F 1BW 2BW", "0F 0BW 1F 1BW 2F 2BW"};
-    for (int r = 0; r < 2; r++) {
-        char got[128] = "";
-        for (int i = 0; i < s.n_ops[r]; i++) {
-            static const char *const k[] = {"F", "B", "W", "BW"};
-            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%d%s", i ? " " : "", s.ops[r][i].mb,
-                     k[s.ops[r][i].kind]);
+static void op_list(const ds_pipe_schedule *s, int r, char *out, size_t n) {
+    static const char *const k[] = {"F", "B", "W", "BW"};
+    out[0] = 0;
+    for (int i = 0; i < s->n_ops[r]; i++)
+        snprintf(out + strlen(out), n - strlen(out), "%s%d%s%s", i ? " " : "", s->ops[r][i].mb,
+                 k[s->ops[r][i].kind], s->ops[r][i].paired ? "&" : "");
+}
+
+/* Small lists written out by hand: 1F1B PP=2 M=3; ZB1P PP=2 M=3 (rank 1 defers W0 until it holds 2
+ * micro-batches); DualPipe PP=2 M=4 (micro-batches 0, 1 enter at rank 0, 2, 3 at rank 1; rank 1 runs
+ * rank 0's sequence with the chunks swapped; the middle ranks' first steady pair runs unpaired; the
+ * last backward of the near chunk defers its W). */
+TEST(exact_small_schedules) {
+    struct { ds_pipe_kind k; int pp, m; const char *want[2]; } cases[] = {
+        {DS_PIPE_1F1B, 2, 3, {"0F 1F 0BW 2F 1BW 2BW", "0F 0BW 1F 1BW 2F 2BW"}},
+        {DS_PIPE_ZB1P, 2, 3, {"0F 1F 0B 0W 2F 1B 1W 2B 2W", "0F 0B 1F 1B 0W 2F 2B 1W 2W"}},
+        {DS_PIPE_DUALPIPE, 2, 4, {"0F 2F 1F 2BW 3F& 0BW 3BW 1B 1W", "2F 0F 3F 0BW 1F& 2BW 1BW 3B 3W"}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        ds_pipe_schedule s;
+        CHECK(ds_pipe_schedule_make(&s, cases[c].k, cases[c].pp, cases[c].m) == 0, "make");
+        for (int r = 0; r < 2; r++) {
+            char got[256];
+            op_list(&s, r, got, sizeof got);
+            CHECK(!strcmp(got, cases[c].want[r]), "%s rank %d: '%s'", ds_pipe_kind_name(cases[c].k), r, got);
         }
-        CHECK(!strcmp(got, want[r]), "rank %d: '%s'", r, got);
+        ds_pipe_schedule_free(&s);
     }
-    ds_pipe_schedule_free(&s);
 }
 
 TEST(p2p_latency_adds_per_hop) {
