@@ -5,6 +5,7 @@
 #include "infer/stop.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -248,7 +249,27 @@ typedef struct {
 
 /* 1: a line (without its newline) in *line and *n, valid until the next call; 0: end of input; -1: a
  * read interrupted by a signal (nothing lost); -2: out of memory (message set). */
-static int read_line(line_reader *r, char **line, size_t *n, size_t *consumed) {
+/* Wait until fd is readable, or return -1 when SIGINT came: while SIGINT is blocked, check the flag,
+ * then unblock it only inside ppoll, so a Ctrl-C landing just before the wait cannot be missed (a
+ * plain read would block with the flag already set). */
+static int wait_readable(int fd, volatile sig_atomic_t *intr) {
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    int rc = 0;
+    if (intr && *intr) rc = -1;
+    else {
+        sigset_t during = old;
+        sigdelset(&during, SIGINT);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (ppoll(&p, 1, NULL, &during) < 0 && errno == EINTR) rc = -1;
+    }
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+static int read_line(line_reader *r, char **line, size_t *n, size_t *consumed, volatile sig_atomic_t *intr) {
     for (;;) {
         char *nl = r->len ? memchr(r->buf, '\n', r->len) : NULL;
         if (nl || (r->eof && r->len)) {
@@ -265,6 +286,7 @@ static int read_line(line_reader *r, char **line, size_t *n, size_t *consumed) {
             r->buf = b;
             r->cap = cap;
         }
+        if (wait_readable(r->fd, intr)) return -1;
         ssize_t got = read(r->fd, r->buf + r->len, r->cap - r->len);
         if (got < 0 && errno == EINTR) return -1;
         if (got <= 0) r->eof = 1;
@@ -297,7 +319,7 @@ int ds_chat_repl(ds_chat_session *s, int in_fd, FILE *out, const char *prompt) {
         char *line;
         size_t n, used;
         int got;
-        while ((got = read_line(&r, &line, &n, &used)) == -1 && !(intr && *intr)) {
+        while ((got = read_line(&r, &line, &n, &used, intr)) == -1 && !(intr && *intr)) {
         }
         if (got == -2) {
             rc = DS_ERR;

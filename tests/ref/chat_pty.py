@@ -12,7 +12,9 @@ The program's stdin and stdout are the terminal (its controlling terminal, so Ct
 discipline's SIGINT, not a kill from here); its stderr goes to OUTDIR/stderr. The terminal does not
 echo and does not turn \\n into \\r\\n, so OUTDIR/reply.N holds exactly the bytes written after the
 N-th action (0-based) up to the next prompt "> ", without the newline before it; OUTDIR/status the
-exit status. Waits are bounded (60 s per action).
+exit status. A message that is not a /command counts as answered once stderr also holds one more
+verbose turn line ("chat: turn ...", so run with -v) or a "context full" warning: a reply's own text
+may contain "> ". Waits are bounded (60 s per action).
 """
 import fcntl
 import os
@@ -43,6 +45,11 @@ def main():
                             preexec_fn=make_controlling)
     os.close(slave)
     buf = bytearray()
+    err_path = os.path.join(outdir, "stderr")
+
+    def turns_logged():
+        with open(err_path, "rb") as f:
+            return sum(1 for l in f if l.startswith(b"chat: turn ") or b"warning: context full" in l)
 
     def read_until(pred, limit=60.0):
         end = time.time() + limit
@@ -70,6 +77,8 @@ def main():
     del buf[:]
     for i, line in enumerate(sys.stdin.read().splitlines()):
         action, _, text = line.partition(" ")
+        turns = turns_logged()
+        is_turn = action == "interrupt" or (action == "say" and not text.startswith("/"))
         if action in ("say", "interrupt"):
             os.write(master, text.encode() + b"\n")
             if action == "interrupt":
@@ -81,7 +90,7 @@ def main():
             os.write(master, b"\x04")
         else:
             raise SystemExit("chat_pty: unknown action %r" % action)
-        read_until(lambda: buf.endswith(PROMPT))
+        read_until(lambda: buf.endswith(PROMPT) and (not is_turn or turns_logged() > turns))
         out = bytes(buf)
         if out.endswith(PROMPT):
             out = out[: -len(PROMPT)]
