@@ -18,7 +18,7 @@ struct ds_ep_hops {
     size_t h1_cap, h2_cap, pos_cap;
     char *buf1, *buf2; /* rows between the hops */
     size_t buf1_cap, buf2_cap;
-    int32_t *meta_recv; /* metadata arriving at a hop */
+    int32_t *meta_recv; /* hop 1's metadata as it reached the relay (ds_ep_combine_slots reads it) */
     size_t meta_recv_cap;
 };
 
@@ -460,5 +460,57 @@ int ds_ep_combine(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D
     /* hop-1 rows are grouped by relay, and relays are in node order */
     memset(out, 0, (size_t)ep->n_tokens * row_bytes);
     scatter_add(out, h->h1_send_token, (const float *)ep->sendbuf, h->n_h1_send, D);
+    return 0;
+}
+
+/* out[k] = vals[used++] for the slots k (in order) of ids [K] that lie in ranks [lo, hi) (-1 ends ids):
+ * a row packs the slots of its destination in slot order (meta_row), this unpacks it. */
+static void unpack_slots(const ds_ep *ep, const int32_t *ids, int lo, int hi, const float *vals, float *out) {
+    int used = 0;
+    for (int k = 0; k < ep->topk && ids[k] >= 0; k++) {
+        int r = ids[k] / ep->experts_per_rank;
+        if (r >= lo && r < hi) out[k] = vals[used++];
+    }
+}
+
+int ds_ep_combine_slots(ds_ep *ep, const ds_comm *c, const float *g, const int32_t *topk_idx, float *out) {
+    const int K = ep->topk;
+    size_t row_bytes = (size_t)K * sizeof(float);
+    struct ds_ep_hops *h = ep->hops;
+    memset(out, 0, (size_t)ep->n_tokens * row_bytes);
+    if (ep->transport != DS_EP_TWO_HOP) {
+        DS_TRY(grow((void **)&ep->sendbuf, &ep->sendbuf_cap, (size_t)ep->n_send * row_bytes + 1));
+        DS_TRY(exchange(ep, c, &ep->sent_combine, g, ep->recv_rows, ep->sendbuf, ep->send_rows, row_bytes));
+        const float *back = (const float *)ep->sendbuf;
+        for (int j = 0; j < ep->n_ranks; j++)
+            for (int64_t r = ep->send_off[j]; r < ep->send_off[j] + ep->send_rows[j]; r++)
+                unpack_slots(ep, topk_idx + (size_t)ep->send_token[r] * K, j, j + 1, back + r * K,
+                             out + (size_t)ep->send_token[r] * K);
+        return 0;
+    }
+    /* back along hop 2; the relay packs each token's slots on its node in the order of hop 1's row
+     * (the node's slots in slot order), filling them from each target rank's row */
+    int64_t most = h->n_h1_send > ep->n_recv ? h->n_h1_send : ep->n_recv;
+    DS_TRY(grow((void **)&ep->sendbuf, &ep->sendbuf_cap, (size_t)most * row_bytes + 1));
+    DS_TRY(grow((void **)&h->buf1, &h->buf1_cap, (size_t)h->n_h1_recv * row_bytes + 1));
+    DS_TRY(grow((void **)&h->buf2, &h->buf2_cap, (size_t)h->n_h2_send * row_bytes + 1));
+    for (int64_t i = 0; i < ep->n_recv; i++)
+        memcpy(ep->sendbuf + i * row_bytes, g + h->recv_pos[i] * K, row_bytes);
+    DS_TRY(exchange(ep, c, &ep->sent_combine, ep->sendbuf, h->h2_recv_rows, h->buf2, h->h2_send_rows, row_bytes));
+    float *node_rows = (float *)h->buf1;
+    const float *back2 = (const float *)h->buf2;
+    memset(node_rows, 0, (size_t)h->n_h1_recv * row_bytes);
+    for (int dst = 0; dst < ep->n_ranks; dst++)
+        for (int64_t j = h->h2_send_off[dst]; j < h->h2_send_off[dst] + h->h2_send_rows[dst]; j++) {
+            int64_t i = h->h2_send_src[j];
+            unpack_slots(ep, h->meta_recv + i * 2 * K, dst, dst + 1, back2 + j * K, node_rows + i * K);
+        }
+    DS_TRY(exchange(ep, c, &ep->sent_combine, node_rows, h->h1_recv_rows, ep->sendbuf, h->h1_send_rows, row_bytes));
+    const float *back1 = (const float *)ep->sendbuf;
+    int P = h->ranks_per_node;
+    for (int j = 0; j < ep->n_ranks; j++) /* rows from relay j carry the slots on j's node */
+        for (int64_t r = h->h1_send_off[j]; r < h->h1_send_off[j] + h->h1_send_rows[j]; r++)
+            unpack_slots(ep, topk_idx + (size_t)h->h1_send_token[r] * K, j / P * P, j / P * P + P, back1 + r * K,
+                         out + (size_t)h->h1_send_token[r] * K);
     return 0;
 }

@@ -30,7 +30,7 @@ setup() {
         echo "np=$np: $output"
         [ "$status" -eq 0 ]
         [[ "$output" != *"not ok"* ]]
-        # checks: 1 for the default (one node), 8 per node size dividing np, 4 refusals on 4 ranks
-        [ "$(printf '%s\n' "$output" | grep -c '^ok ')" -eq $((np == 1 ? 9 : np == 2 ? 17 : 30)) ]
+        # checks: 1 for the default (one node), 9 per node size dividing np (10 when 1 < size < np), 4 refusals on 4 ranks
+        [ "$(printf '%s\n' "$output" | grep -c '^ok ')" -eq $((np == 1 ? 10 : np == 2 ? 19 : 33)) ]
     done
 }

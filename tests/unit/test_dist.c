@@ -2,7 +2,6 @@
  * one-rank paths; tests/bats/dist.bats runs it under mpirun, where every rank checks the sums bit for
  * bit against a local rank-ordered sum. */
 #include "tap.h"
-#include "tap_mpi.h"
 
 #include "core/err.h"
 #include "core/rng.h"
@@ -13,6 +12,8 @@
 #include <stdint.h>
 
 static ds_comm comm;
+
+#include "mpi_tap.h"
 
 /* rank r's contribution to element i: magnitudes spread over many binades so the order of addition
  * changes the rounded result */
@@ -152,4 +153,4 @@ TEST(layout_communicators_hold_the_right_ranks) {
     }
 }
 
-TAP_MPI_MAIN(comm)
+MPI_TAP_MAIN()

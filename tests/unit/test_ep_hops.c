@@ -5,7 +5,7 @@
  * order, then over nodes); and that the bytes each transport sends inside and across nodes are exactly
  * those counted here from every rank's routing (which each rank regenerates from the seed). */
 #include "tap.h"
-#include "tap_mpi.h"
+#include "mpi_tap.h"
 
 #include "core/err.h"
 #include "core/rng.h"
@@ -126,13 +126,13 @@ static row_counts count_rows(int me, int n, int P) {
 }
 
 /* The bytes one transport counted against the rows counted here: dispatch sent 2- and 4-byte rows, combine
- * sends 4-byte rows back along the rows that arrived, the plan sent one metadata row per row out
+ * and combine_slots send D and K floats back along the rows that arrived, the plan sent one metadata row per row out
  * (meta_inter / meta_intra bytes: the two hops' rows differ). */
 static void check_bytes(const ds_ep *e, const char *what, int n, int P, int64_t out_inter, int64_t out_intra,
                         int64_t in_inter, int64_t in_intra, int64_t meta_inter, int64_t meta_intra) {
-    int64_t row4 = D * 4, row2 = D * 2;
+    int64_t row4 = D * 4, row2 = D * 2, back = row4 + K * 4; /* combine and combine_slots */
     CHECK(e->sent_dispatch.inter == out_inter * (row2 + row4) && e->sent_dispatch.intra == out_intra * (row2 + row4) &&
-              e->sent_combine.inter == in_inter * row4 && e->sent_combine.intra == in_intra * row4 &&
+              e->sent_combine.inter == in_inter * back && e->sent_combine.intra == in_intra * back &&
               e->sent_plan.inter == out_inter * meta_inter && e->sent_plan.intra == out_intra * meta_intra,
           "%d ranks, %d per node: %s bytes: dispatch %lld/%lld, combine %lld/%lld, plan %lld/%lld inter/intra "
           "(counted: %lld/%lld rows out, %lld/%lld in)", n, P, what, (long long)e->sent_dispatch.inter,
@@ -146,7 +146,7 @@ static int same_i64(const int64_t *a, const int64_t *b, int64_t n) { return !n |
 /* Run one transport: plan, dispatch fp32 and 2-byte rows, the experts, combine. */
 typedef struct {
     ds_ep ep;
-    float *recv, *y, *out;
+    float *recv, *y, *out, *slots;
     char *recv2;
     int rc;
 } run_result;
@@ -177,6 +177,17 @@ static void run_transport(run_result *R, int n, int P, int transport, const int3
         expert_row(gid, R->ep.recv_weight + r * K, ns, R->recv + r * D, R->y + r * D);
     }
     if (!R->rc) R->rc = ds_ep_combine(&R->ep, &comm, R->y, R->out, D);
+    /* the gate weights' backward: a value per arriving slot, w * (e + 1), goes back to its token's slot;
+     * unused slots hold NaN, which must not travel */
+    float *g = malloc((size_t)nr * K * 4 + 4);
+    for (int64_t r = 0; r < nr; r++)
+        for (int k = 0; k < K; k++) {
+            int le = R->ep.recv_expert[r * K + k];
+            g[r * K + k] = le < 0 ? NAN : R->ep.recv_weight[r * K + k] * (float)(le + comm.rank * EPR + 1);
+        }
+    R->slots = malloc((size_t)T * K * 4 + 4);
+    if (!R->rc) R->rc = ds_ep_combine_slots(&R->ep, &comm, g, idx, R->slots);
+    free(g);
 }
 
 static void run_free(run_result *R) {
@@ -184,6 +195,7 @@ static void run_free(run_result *R) {
     free(R->recv2);
     free(R->y);
     free(R->out);
+    free(R->slots);
     ds_ep_free(&R->ep);
 }
 
@@ -227,6 +239,10 @@ TEST(two_hop_matches_one_hop_bit_for_bit_and_counts_bytes_exactly) {
         reference_combine(n, P, idx, w, x, T, want);
         CHECK(!memcmp(one.out, want, sizeof(float) * T * D), "%d ranks, %d per node: one-hop combine = per-node sums in node order", n, P);
         CHECK(!memcmp(two.out, want, sizeof(float) * T * D), "%d ranks, %d per node: two-hop combine bit-identical to it", n, P);
+        int slots_ok = 1;
+        for (int i = 0; i < T * K; i++) slots_ok &= one.slots[i] == w[i] * (float)(idx[i] + 1);
+        CHECK(slots_ok && !memcmp(one.slots, two.slots, sizeof(float) * T * K),
+              "%d ranks, %d per node: combine_slots returns each slot's value to its token and slot on both paths", n, P);
         if (P > 1 && P < n) /* the data is order-sensitive: a plain rank-ordered sum would fail the checks above */
             CHECK(memcmp(want, flat, sizeof(float) * T * D), "%d ranks, %d per node: the node order changes some sum", n, P);
 
@@ -269,4 +285,4 @@ TEST(two_hop_refuses_nodes_it_cannot_serve) {
     ds_ep_free(&ep);
 }
 
-TAP_MPI_MAIN(comm)
+MPI_TAP_MAIN()
