@@ -816,10 +816,16 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     ds_oai_error err = {0};
     if (!strcmp(url, "/health") || !strcmp(url, "/v1/health")) {
         if (!get) goto method;
+        /* with the load: sequences decoding and waiting for a slot, and the totals so far */
+        char t[256];
         pthread_mutex_lock(&s->mu);
         const int up = !s->stopping && !s->closed && !s->failed;
+        int queued = 0;
+        for (const seq *q = s->pending_head; q; q = q->next_pending) queued++;
+        snprintf(t, sizeof t, "{\"status\":\"%s\",\"running\":%d,\"queued\":%d,\"requests\":%lld,\"cancelled\":%lld,"
+                 "\"completion_tokens\":%lld}", up ? "ok" : "stopping", s->in_flight, queued, (long long)s->st.requests,
+                 (long long)s->st.cancelled, (long long)s->st.completion_tokens);
         pthread_mutex_unlock(&s->mu);
-        const char *t = up ? "{\"status\":\"ok\"}" : "{\"status\":\"stopping\"}";
         return respond(c, up ? 200 : 503, "application/json", t, strlen(t));
     }
     if (!strcmp(url, "/v1/models")) {
