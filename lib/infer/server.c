@@ -458,6 +458,45 @@ static void sse_end(request *r, ds_jsonw *ev) {
     ds_jsonw_reset(ev);
 }
 
+/* One chunk of choice q: text (NULL: none, the closing chunk), the role (chat's first chunk), logprob
+ * entries [lp_from, lp_to) (lp_from < 0: null), finish_reason (NULL: null). */
+static void chunk_event(const ds_server *s, request *r, const seq *q, const char *text, size_t n, int role, int lp_from,
+                        int lp_to, const char *finish) {
+    const int chat = r->q.kind == DS_OAI_CHAT;
+    ds_jsonw *w = &r->ev;
+    ds_jsonw_obj_begin(w);
+    head_json(w, s, r, chat ? "chat.completion.chunk" : "text_completion");
+    ds_jsonw_key(w, "choices");
+    ds_jsonw_arr_begin(w);
+    choice_begin(w, r, q);
+    if (chat) {
+        ds_jsonw_key(w, "delta");
+        ds_jsonw_obj_begin(w);
+        if (role) ds_jsonw_kstr(w, "role", "assistant");
+        if (text) {
+            ds_jsonw_key(w, "content");
+            ds_jsonw_strn(w, text, n);
+        }
+        ds_jsonw_obj_end(w);
+    } else {
+        ds_jsonw_key(w, "text");
+        ds_jsonw_strn(w, text ? text : "", text ? n : 0);
+    }
+    if (lp_from >= 0) {
+        logprobs_json(w, s, r, q, lp_from, lp_to);
+    } else {
+        ds_jsonw_key(w, "logprobs");
+        ds_jsonw_null(w);
+    }
+    ds_jsonw_key(w, "finish_reason");
+    if (finish) ds_jsonw_str(w, finish);
+    else ds_jsonw_null(w);
+    ds_jsonw_obj_end(w);
+    ds_jsonw_arr_end(w);
+    ds_jsonw_obj_end(w);
+    sse_end(r, w);
+}
+
 /* Append (mu held) an event for everything new in r to r->out; returns 1 once the stream is complete
  * ("data: [DONE]" written). */
 static int stream_events(ds_server *s, request *r) {
@@ -470,55 +509,15 @@ static int stream_events(ds_server *s, request *r) {
         size_t end = q->stop.released;
         if (!done) end = q->sent + ds_utf8_complete_prefix(q->stop.text + q->sent, end - q->sent);
         const int lp_to = q->n_lp;
-        const int news = end > q->sent || lp_to > q->lp_sent || (chat && !q->role_sent);
-        if (news) {
-            ds_jsonw_obj_begin(w);
-            head_json(w, s, r, chat ? "chat.completion.chunk" : "text_completion");
-            ds_jsonw_key(w, "choices");
-            ds_jsonw_arr_begin(w);
-            choice_begin(w, r, q);
-            if (chat) {
-                ds_jsonw_key(w, "delta");
-                ds_jsonw_obj_begin(w);
-                if (!q->role_sent) ds_jsonw_kstr(w, "role", "assistant");
-                ds_jsonw_key(w, "content");
-                ds_jsonw_strn(w, q->stop.text ? q->stop.text + q->sent : "", end - q->sent);
-                ds_jsonw_obj_end(w);
-            } else {
-                ds_jsonw_key(w, "text");
-                ds_jsonw_strn(w, q->stop.text ? q->stop.text + q->sent : "", end - q->sent);
-            }
-            logprobs_json(w, s, r, q, q->lp_sent, lp_to);
-            ds_jsonw_key(w, "finish_reason");
-            ds_jsonw_null(w);
-            ds_jsonw_obj_end(w);
-            ds_jsonw_arr_end(w);
-            ds_jsonw_obj_end(w);
-            sse_end(r, w);
+        if (end > q->sent || lp_to > q->lp_sent || (chat && !q->role_sent)) {
+            chunk_event(s, r, q, q->stop.text ? q->stop.text + q->sent : "", end - q->sent, chat && !q->role_sent,
+                        q->lp_sent, lp_to, NULL);
             q->sent = end;
             q->lp_sent = lp_to;
             q->role_sent = 1;
         }
         if (done) {
-            ds_jsonw_obj_begin(w);
-            head_json(w, s, r, chat ? "chat.completion.chunk" : "text_completion");
-            ds_jsonw_key(w, "choices");
-            ds_jsonw_arr_begin(w);
-            choice_begin(w, r, q);
-            if (chat) {
-                ds_jsonw_key(w, "delta");
-                ds_jsonw_obj_begin(w);
-                ds_jsonw_obj_end(w);
-            } else {
-                ds_jsonw_kstr(w, "text", "");
-            }
-            ds_jsonw_key(w, "logprobs");
-            ds_jsonw_null(w);
-            ds_jsonw_kstr(w, "finish_reason", q->finish ? q->finish : "stop");
-            ds_jsonw_obj_end(w);
-            ds_jsonw_arr_end(w);
-            ds_jsonw_obj_end(w);
-            sse_end(r, w);
+            chunk_event(s, r, q, NULL, 0, 0, -1, 0, q->finish ? q->finish : "stop");
             q->finish_sent = 1;
         }
     }
