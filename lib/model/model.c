@@ -76,6 +76,7 @@ static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *o
     m->mtp_depth = m->cfg.num_nextn_predict_layers;
     m->n_layers_total = m->cfg.num_hidden_layers + m->mtp_depth;
     m->n_max = m->opts.max_batch * m->opts.max_seq;
+    m->wq.key = -1;
     m->moe_slot = calloc((size_t)m->n_layers_total + 1, sizeof(int));
     m->tape = calloc((size_t)m->n_layers_total + 1, sizeof(ds_tape));
     m->mtp = calloc((size_t)m->mtp_depth + 1, sizeof(*m->mtp));
@@ -107,6 +108,8 @@ int ds_model_layout(const ds_config *cfg, ds_param **params, int *count) {
 
 void ds_model_free(ds_model *m) {
     if (!m) return;
+    ds_slots_free(m); /* back to the model's own activations first */
+    ds_wgrad_free(m);
     const ds_ops *ops = m->ops;
     if (ops) {
         ops->free(m->w);
@@ -279,6 +282,9 @@ int ds_model_prepare(ds_model *m, const ds_batch *b) {
     ops->copy(m->pos, pos, bytes, DS_COPY_H2D);
     ops->rope_table(m->cs, m->pos, n, m->inv_freq_d, m->rope.half, m->rope.cos_scale);
     m->T_main = T;
+    /* a stage that starts past layer 0 counts its own layers' statistics for this micro-batch only */
+    m->bal_loss = 0.0;
+    memset(m->expert_load, 0, sizeof(int32_t) * (size_t)m->n_moe * m->dims.E);
     m->cur_seg = b->seg ? m->seg : NULL;
     m->cur_cs = m->cs;
     /* routed positions: every one unless the batch has padding or MTP modules see sample boundaries (the
@@ -450,12 +456,12 @@ static void mtp_bwd(ds_model *m, int j, const float *hprev, float *ghprev, const
     ops->rmsnorm_bwd(a->gh, D, gw->head_norm, t, D, a->hk, D, w->head_norm, a->rstd_k, n, D);
     ds_layer_bwd(m, l, a->hp, a->gh);
     /* eh_proj: gh is now d(loss)/d(hp) */
-    ops->gemm(1, 0, D, D, n, 1.0f, a->gh, D, a->en, D, 1.0f, gw->eh_proj, 2 * D);
-    ops->gemm(1, 0, D, D, n, 1.0f, a->gh, D, a->hn, D, 1.0f, gw->eh_proj + D, 2 * D);
+    ds_wgrad_gemm(m, ops, 1, 0, D, D, n, a->gh, D, a->en, D, gw->eh_proj, 2 * D);
+    ds_wgrad_gemm(m, ops, 1, 0, D, D, n, a->gh, D, a->hn, D, gw->eh_proj + D, 2 * D);
     ops->gemm(0, 0, n, D, D, 1.0f, a->gh, D, w->eh_proj, 2 * D, 0.0f, dn, D);
     ops->zero(t, sizeof(float) * (size_t)n * D);
     ops->rmsnorm_bwd(t, D, gw->enorm, dn, D, a->e, D, w->enorm, a->rstd_e, n, D);
-    ops->embed_bwd(m->G.embed, t, a->tok, n, D);
+    ds_wgrad_embed(m, m->G.embed, t, a->tok, n, D);
     ops->gemm(0, 0, n, D, D, 1.0f, a->gh, D, w->eh_proj + D, 2 * D, 0.0f, dn, D);
     mtp_leave(m);
     for (int r = 0; r < B; r++)
@@ -478,7 +484,7 @@ int ds_model_head_bwd(ds_model *m, const float *dlogp, const float *dmtp) {
     }
     ops->zero(m->gx, sizeof(float) * nD);
     ops->rmsnorm_bwd(m->gx, D, m->G.final_norm, m->ghf, D, xs_at(m, L), D, m->W.final_norm, m->rstd_f, n, D);
-    return 0;
+    return ds_wgrad_status(m);
 }
 
 int ds_model_layers_bwd(ds_model *m, int l0, int l1) {
@@ -486,13 +492,13 @@ int ds_model_layers_bwd(ds_model *m, int l0, int l1) {
     if (l0 < 0 || l1 > m->cfg.num_hidden_layers || l0 > l1)
         return ds_fail(DS_ERR, "model: layer range [%d, %d) outside [0, %d)", l0, l1, m->cfg.num_hidden_layers);
     for (int l = l1 - 1; l >= l0; l--) ds_layer_bwd(m, l, xs_at(m, l), m->gx);
-    return 0;
+    return ds_wgrad_status(m);
 }
 
 int ds_model_embed_bwd(ds_model *m) {
     if (!m->have_fwd) return ds_fail(DS_ERR, "model: backward without a training forward");
-    m->ops->embed_bwd(m->G.embed, m->gx, m->tok, m->n, m->dims.D);
-    return 0;
+    ds_wgrad_embed(m, m->G.embed, m->gx, m->tok, m->n, m->dims.D);
+    return ds_wgrad_status(m);
 }
 
 int ds_model_backward(ds_model *m, const ds_batch *b, const float *dlogp, const float *dmtp) {

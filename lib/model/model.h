@@ -161,6 +161,26 @@ int ds_model_embed_bwd(ds_model *m);
 float *ds_model_hidden(ds_model *m, int l); /* [B*T, D] input of layer l (l = L: the last layer's output) */
 float *ds_model_hidden_grad(ds_model *m);   /* [B*T, D] */
 
+/* Backward split into B and W (zero-bubble schedules, DualPipe). While a key >= 0 is set, the backward
+ * pieces above (head_bwd, layers_bwd, embed_bwd, and ds_model_backward) compute the input gradients (B)
+ * and record their weight-gradient products under that key instead of running them: every Linear (MLA,
+ * dense FFN, shared experts, router, head, MTP eh_proj), the routed experts' grouped Wgrads and the
+ * embedding's scatter-add. ds_model_wgrad_run(key) runs the key's records in order (W). B then W adds the
+ * same products in the same order as the undeferred backward: identical gradients. RMSNorm gains get
+ * their gradient in B. key -1 (the default) runs weight gradients at once. A record keeps copies of its
+ * activation operands until it runs. */
+int ds_model_wgrad_defer(ds_model *m, int key);
+int ds_model_wgrad_run(ds_model *m, int key);
+int ds_model_wgrad_pending(const ds_model *m, int key); /* records queued under key (-1: all keys) */
+
+/* Activation slots (training models): a pipeline stage keeps several micro-batches between their forward
+ * and their backward. ds_model_act_slots makes k records of everything a forward keeps (batch, residual
+ * stream, tapes, head and MTP outputs; slot 0 is the model's own); ds_model_act_select makes slot i the one
+ * that prepare, the forward and backward pieces, hidden and hidden_grad work on. The parameters, their
+ * gradients and the deferred weight gradients are shared. */
+int ds_model_act_slots(ds_model *m, int k);
+int ds_model_act_select(ds_model *m, int slot);
+
 /* Memory a model would take, without allocating (the 671B config plans on any machine). */
 typedef struct {
     int64_t n_params;        /* trainable parameters, MTP modules included */
