@@ -169,7 +169,7 @@ int ds_pipe_table2_text(int pp, int n_mb, ds_strbuf *out) {
     static const char *const act_formula[] = {"PP", "PP", "PP+1"};
     ds_strbuf_printf(out, "Table 2 (DeepSeek-V3 report) at PP = %d, %d micro-batches, F = %g, B = %g, W = %g, F&B = %g:\n",
                      pp, n_mb, c->f, c->b, c->w, c->fb);
-    ds_strbuf_printf(out, "%-9s %-19s %7s %9s  %-10s %-8s  %-11s %-8s\n", "schedule", "bubble", "formula", "simulated",
+    ds_strbuf_printf(out, "%-9s %-19s %7s %9s  %-10s %-8s  %-11s %s\n", "schedule", "bubble", "formula", "simulated",
                      "parameters", "measured", "activations", "measured");
     for (int k = 0; k < DS_PIPE_N_KINDS; k++) {
         ds_pipe_schedule s = {0};
@@ -189,7 +189,7 @@ int ds_pipe_table2_text(int pp, int n_mb, ds_strbuf *out) {
         char params[8], acts[24];
         snprintf(params, sizeof params, "%dx", s.n_chunks);
         snprintf(acts, sizeof acts, "%s = %d", act_formula[k], act);
-        ds_strbuf_printf(out, "%-9s %-19s %7g %9g  %-10s %-8s  %-11s %-8d\n", ds_pipe_kind_name((ds_pipe_kind)k), formula[k],
+        ds_strbuf_printf(out, "%-9s %-19s %7g %9g  %-10s %-8s  %-11s %d\n", ds_pipe_kind_name((ds_pipe_kind)k), formula[k],
                          want, ds_pipe_sim_max_bubble(&s, &sim), k == 2 ? "2x" : "1x", params, acts,
                          ds_pipe_sim_max_peak_act(&s, &sim));
         ds_pipe_sim_free(&sim);
