@@ -125,6 +125,8 @@ int ds_session_save(ds_session *s, const char *dir) {
     const int world = s->have_comm ? s->comm.size : 1, rank = ds_session_rank(s);
     const int sharded = ds_optstate_sharded(z, world);
     if (!sharded && rank != 0) return 0; /* replicas are identical: rank 0 writes for all */
+    if (sharded && s->failed_alone) /* the others may wait in another collective: no save can be agreed */
+        return ds_fail(DS_ERR, "checkpoint: the sharded optimizer state needs every rank, and rank %d failed: %s", rank, dir);
     ds_ckpt_writer *w = NULL;
     float *host = NULL;
     char tmp[4096] = "", name[64], path[8300];
