@@ -6,6 +6,8 @@
 #include "core/log.h"
 #include "core/threads.h"
 #include "train/flops.h"
+#include "train/plan.h"
+#include "dist/pipesched.h"
 #include "train/session.h"
 #include "train/shards.h"
 #include "train/toolopts.h"
@@ -25,6 +27,8 @@ typedef struct {
     ds_strlist data;
     int dp;
     double init_std, fim_rate, peak_tflops;
+    const char *plan, *schedule, *recompute; /* --plan: cost the run on a cluster instead of training */
+    int pp, ep, search, json;
 } args;
 
 /* The first metrics record: everything the run was started with, resolved. */
@@ -113,8 +117,64 @@ done:
     return rc;
 }
 
+/* --plan: no training; the plan as a table (or one JSON object) on stdout, the timeline as a PNG. */
+static int run_plan(args *a) {
+    ds_config cfg = {0};
+    ds_cluster cl;
+    ds_plan_opts o;
+    ds_plan_opts_defaults(&o);
+    o.pp = a->pp, o.ep = a->ep, o.dp = a->dp, o.batch = a->t.batch, o.seq_len = a->t.seq_len, o.fp8 = a->t.fp8;
+    o.bf16_moments = a->t.bf16_moments;
+    ds_pipe_kind kind = DS_PIPE_1F1B;
+    int rc = ds_cluster_load(&cl, a->plan);
+    if (!rc && a->schedule) rc = ds_pipe_kind_parse(a->schedule, &kind);
+    if (!rc && a->recompute) rc = ds_recompute_parse(a->recompute, &o.recompute);
+    if (!rc) rc = ds_config_load_file(&cfg, a->config);
+    o.schedule = kind;
+    /* --micro-batch 0: one micro-batch per data-parallel rank */
+    int dp = o.dp ? o.dp : o.pp > 0 ? cl.nodes * cl.gpus_per_node / o.pp : 1;
+    o.micro_batch = a->t.micro_batch ? a->t.micro_batch : dp > 0 && a->t.batch % dp == 0 ? a->t.batch / dp : 1;
+    ds_strbuf out = {0};
+    ds_jsonw w;
+    ds_jsonw_init(&w);
+    if (!rc && a->search) {
+        ds_plan *v = NULL;
+        int n = 0;
+        if (!(rc = ds_plan_search(&cfg, &cl, &o, &v, &n))) {
+            if (a->json) {
+                ds_jsonw_arr_begin(&w);
+                for (int i = 0; i < n; i++) ds_plan_jsonw(&v[i], &w);
+                ds_jsonw_arr_end(&w);
+            } else {
+                ds_plan_search_table(v, n, 20, &out);
+                if (!n) ds_strbuf_puts(&out, "no layout fits\n");
+            }
+        }
+        free(v);
+    } else if (!rc) {
+        ds_plan p;
+        if (!(rc = ds_plan_run(&p, &cfg, &cl, &o))) {
+            if (a->json) ds_plan_jsonw(&p, &w);
+            else ds_plan_table(&p, &out);
+            if (a->t.plot) rc = ds_plan_png(&p, a->t.plot);
+            ds_plan_free(&p);
+        }
+    }
+    if (!rc && a->json) rc = ds_jsonw_emit_line(&w, stdout, "stdout");
+    if (!rc && out.s) fputs(out.s, stdout);
+    if (!rc && out.oom) rc = ds_fail(DS_ERR, "out of memory");
+    free(out.s);
+    ds_jsonw_free(&w);
+    ds_config_free(&cfg);
+    return ds_tool_report(rc);
+}
+
 /* Usage problems: 2 with a message, or -1 to go on. */
 static int check_args(args *a) {
+    if (a->plan && !a->config) return ds_usage_error("--plan needs --config CFG.json");
+    if (!a->plan && (a->search || a->json || a->schedule || a->recompute || a->pp != 1 || a->ep != 1))
+        return ds_usage_error("--search, --json, --schedule, --recompute, --pp and --ep go with --plan (training with them is not available yet)");
+    if (a->plan) return ds_train_tool_check_batch(&a->t) ? 2 : -1;
     if (!a->config && !a->t.model && !a->t.resume) return ds_usage_error("no model: give --config CFG.json or -m CKPT");
     if (a->config && a->t.model) return ds_usage_error("--config and %s exclude each other", ds_cli_opt(&a->t.model, "-m"));
     if (!a->data.n) return ds_usage_error("--data is required");
@@ -126,7 +186,7 @@ static int check_args(args *a) {
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-pretrain");
-    args a = {.gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%"};
+    args a = {.gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%", .pp = 1, .ep = 1};
     ds_train_toolopts *t = &a.t;
     ds_train_toolopts_defaults(t);
     t->lr_schedule = "v3", t->batch = 8, t->seq_len = 256, t->lr = 2.2e-4, t->alpha = 1e-4, t->val_frac = 0.005;
@@ -159,7 +219,14 @@ int main(int argc, char **argv) {
         ds_train_toolopts_group(t, "metrics plot save-every ema resume force log-every"),
         {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU; 989.4, the H100's bf16, with --device cuda)", 0, 0, 1e6},
         ds_train_toolopts_group(t, "skip-nonfinite fp8 device"),
-        {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started)", 0, 0, 1e6},
+        {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started; with --plan: the cluster's devices / --pp)", 0, 0, 1e6},
+        {"plan", 0, DS_OPT_STR, &a.plan, "CLUSTER.json", "no training: predict memory, step time and cost of this run on a cluster (share/clusters/)", 0, 0, 0},
+        {"pp", 0, DS_OPT_INT, &a.pp, "N", "pipeline stages (--plan)", 0, 1, 1e6},
+        {"ep", 0, DS_OPT_INT, &a.ep, "N", "expert-parallel ranks inside a stage's data-parallel ranks (--plan)", 0, 1, 1e6},
+        {"schedule", 0, DS_OPT_STR, &a.schedule, "S", "pipeline schedule: 1f1b, zb1p or dualpipe (--plan; default 1f1b)", 0, 0, 0},
+        {"recompute", 0, DS_OPT_STR, &a.recompute, "R", "recomputed in backward: v3 (RMSNorm, MLA up-projections; what training does), none, full (--plan)", 0, 0, 0},
+        {"search", 0, DS_OPT_FLAG, &a.search, NULL, "with --plan: every layout of the cluster that fits, fewest GPU-hours first", 0, 0, 0},
+        {"json", 0, DS_OPT_FLAG, &a.json, NULL, "with --plan: the plan as one JSON object (--search: an array)", 0, 0, 0},
         ds_train_toolopts_group(t, "quiet verbose"),
         {0},
     };
@@ -180,7 +247,7 @@ int main(int argc, char **argv) {
     int rc = ds_cli_parse(&cli, argc, argv, &first);
     if (rc < 0) rc = ds_train_tool_start(t, argc, argv, first);
     if (rc < 0) rc = check_args(&a);
-    if (rc < 0) rc = run(&a);
+    if (rc < 0) rc = a.plan ? run_plan(&a) : run(&a);
     ds_strlist_free(&a.data);
     return rc;
 }
