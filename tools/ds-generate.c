@@ -8,6 +8,7 @@
 #include "core/threads.h"
 #include "fp8/linear.h"
 #include "io/checkpoint.h"
+#include "infer/chatsess.h"
 #include "infer/forward.h"
 #include "infer/gencfg.h"
 #include "infer/generate.h"
@@ -17,12 +18,14 @@
 #include "infer/textgen.h"
 #include "ops/device.h"
 
+#include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 static struct {
     const char *model, *chat_template, *prefill, *metrics, *device;
     ds_strlist prompts, stops;
-    int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, score, ids, truncate, no_bos, ignore_eos, w8a8;
+    int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, drop_oldest, score, ids, truncate, no_bos, ignore_eos, w8a8;
     int quiet, verbose;
     double temperature, top_p;
     uint64_t seed;
@@ -41,6 +44,8 @@ static const ds_opt opts[] = {
     {"mtp", 0, DS_OPT_FLAG, &A.mtp, NULL, "speculative decoding: the MTP module drafts, the model verifies"},
     {"jsonl", 0, DS_OPT_FLAG, &A.jsonl, NULL, "one JSON object per prompt (completion, tokens, logprobs, ...)"},
     {"chat", 0, DS_OPT_FLAG, &A.chat, NULL, "render plain prompts as a user turn through the chat template"},
+    {"chat-drop-oldest", 0, DS_OPT_FLAG, &A.drop_oldest, NULL, "interactive chat: when the context is full, drop the "
+     "oldest turns (else the turn is refused)"},
     {"chat-template", 0, DS_OPT_STR, &A.chat_template, "FILE", "chat template (default: built in, share/chat_template)"},
     {"score", 0, DS_OPT_FLAG, &A.score, NULL, "print each input's per-token log-probabilities instead"},
     {"ids", 0, DS_OPT_FLAG, &A.ids, NULL, "input lines are space-separated token ids (no tokenizer needed)"},
@@ -72,6 +77,23 @@ static void report_cache(const ds_config *c, ds_jsonw *rec) {
     ds_jsonw_knum(rec, "kv_bytes_per_token_fp32", f32.mla);
     ds_jsonw_knum(rec, "kv_bytes_per_token_mha_fp32", f32.mha);
     ds_jsonw_knum(rec, "kv_ratio_mha", f32.mha / f32.mla);
+}
+
+static volatile sig_atomic_t chat_interrupt;
+static void on_sigint(int sig) { (void)sig; chat_interrupt = 1; }
+
+/* --chat with a terminal on stdin: a conversation, turn by turn (infer/chatsess.h) */
+static int run_chat(ds_loaded *L, const ds_chat_template *tpl, const ds_gen_settings *gs, int ctx, const ds_ops *lin) {
+    ds_chat_opts o = {.tok = L->tok, .tpl = tpl, .sampling = {gs->temperature, gs->top_k, gs->top_p, A.seed},
+                      .max_new = gs->max_new, .eos = gs->eos, .stops = A.stops.v, .n_stops = A.stops.n,
+                      .prefill_chunk = A.prefill_chunk, .drop_oldest = A.drop_oldest, .interrupt = &chat_interrupt,
+                      .prefill_form = strcmp(A.prefill, "naive") ? DS_ATTN_ABSORBED : DS_ATTN_NAIVE};
+    if (!L->tok) return ds_fail(DS_EUSAGE, "--chat needs a tokenizer (the checkpoint has none)");
+    struct sigaction sa = {.sa_handler = on_sigint}; /* no SA_RESTART: Ctrl-C must end a read at the prompt */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    ds_info("chat: Enter sends a message; /reset forgets the conversation, /exit quits, Ctrl-C stops a reply");
+    return ds_chat_terminal(L->model, &o, ctx, lin, STDIN_FILENO, stdout);
 }
 
 static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_gen_settings *gs, int ctx, const ds_ops *lin,
@@ -265,12 +287,16 @@ int main(int argc, char **argv) {
                          .chat_prompts = A.chat, .generation_prompt = !A.score,
                          .bos = A.no_bos ? -1 : c->bos_token_id, .vocab = c->vocab_size};
     ds_prompt_reader *rd = NULL;
-    if (!rc) rc = ds_prompt_reader_open(&rd, &po, A.prompts.n ? A.prompts.v : NULL, A.prompts.n, stdin, "stdin");
+    /* a person at a terminal: the interactive chat; piped input keeps the batch */
+    const int chat_tty = A.chat && !A.prompts.n && !A.score && !A.ids && !A.jsonl && isatty(STDIN_FILENO);
+    if (!rc && chat_tty && A.mtp) rc = ds_fail(DS_EUSAGE, "--mtp: the interactive chat does not speculate");
+    if (!rc && chat_tty) rc = run_chat(&L, &tpl, &gs, ctx, A.w8a8 ? &fp8 : NULL);
+    else if (!rc) rc = ds_prompt_reader_open(&rd, &po, A.prompts.n ? A.prompts.v : NULL, A.prompts.n, stdin, "stdin");
     if (!rc && A.score) {
         ds_score_stats ss;
         rc = ds_score(L.model, rd, stdout, ctx, &ss);
         if (!rc) ds_info("scored %lld inputs, %lld tokens in %.2f s", (long long)ss.inputs, (long long)ss.tokens, ss.seconds);
-    } else if (!rc) {
+    } else if (!rc && !chat_tty) {
         rc = run_generate(&L, rd, &gs, ctx, A.w8a8 ? &fp8 : NULL, &mf);
     }
     if (!rc && A.w8a8) rc = ds_fp8_linear_status(); /* a failure inside an FP8 GEMM (out of memory) */

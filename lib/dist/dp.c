@@ -22,12 +22,6 @@ int ds_dist_check_launch(void) {
 /* Below this many elements a whole-array gather is cheaper than two collective phases. */
 #define DP_SMALL 4096
 
-/* Slice j of n elements split over p ranks: [lo, hi). */
-static void slice(size_t n, int p, int j, size_t *lo, size_t *hi) {
-    *lo = n * (size_t)j / (size_t)p;
-    *hi = n * (size_t)(j + 1) / (size_t)p;
-}
-
 static int gather_sum(const ds_comm *c, void *x, size_t n, size_t elem, int is_f64, int is_i64) {
     int p = c->size;
     char *all = malloc((size_t)p * n * elem + 1);
@@ -57,12 +51,11 @@ static int gather_sum(const ds_comm *c, void *x, size_t n, size_t elem, int is_f
     return 0;
 }
 
-int ds_dp_allreduce_f32(const ds_comm *c, float *x, size_t n) {
+/* Every rank's copy of its slice, summed in rank order into x's slice. */
+static int scatter_sum(const ds_comm *c, float *x, size_t n) {
     int p = c->size;
-    if (p <= 1 || n == 0) return 0;
-    if (n < DP_SMALL) return gather_sum(c, x, n, 4, 0, 0);
     size_t lo, hi;
-    slice(n, p, c->rank, &lo, &hi);
+    ds_dp_slice(n, p, c->rank, &lo, &hi);
     size_t mine = hi - lo;
     int64_t *v = malloc(4 * (size_t)p * sizeof *v);
     float *parts = malloc((size_t)p * mine * sizeof *parts + 4);
@@ -74,36 +67,53 @@ int ds_dp_allreduce_f32(const ds_comm *c, float *x, size_t n) {
     int64_t *sc = v, *sd = v + p, *rc = v + 2 * p, *rd = v + 3 * p;
     for (int j = 0; j < p; j++) {
         size_t a, b;
-        slice(n, p, j, &a, &b);
+        ds_dp_slice(n, p, j, &a, &b);
         sc[j] = (int64_t)((b - a) * 4); /* my copy of slice j goes to rank j */
         sd[j] = (int64_t)(a * 4);
         rc[j] = (int64_t)(mine * 4); /* every rank's copy of my slice, in rank order */
         rd[j] = (int64_t)((size_t)j * mine * 4);
     }
     int err = ds_a2a_bytes(c, DS_A2A_OURS, x, sc, sd, parts, rc, rd);
-    if (!err) {
+    if (!err)
         for (size_t i = 0; i < mine; i++) {
             float s = 0;
             for (int r = 0; r < p; r++) s += parts[(size_t)r * mine + i];
             x[lo + i] = s;
         }
-        int *cnt = malloc(2 * (size_t)p * sizeof *cnt);
-        if (!cnt) err = ds_fail(DS_ERR, "out of memory");
-        for (int j = 0; !err && j < p; j++) {
-            size_t a, b;
-            slice(n, p, j, &a, &b);
-            cnt[j] = (int)(b - a);
-            cnt[p + j] = (int)a;
-        }
-        /* slices can exceed MPI's int count only for arrays beyond 2^31 * p floats */
-        if (!err && MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, x, cnt, cnt + p, MPI_FLOAT,
-                                   *(MPI_Comm *)c->world) != MPI_SUCCESS)
-            err = ds_fail(DS_ERR, "MPI_Allgatherv failed: rank %d: %s:%d", c->rank, __FILE__, __LINE__);
-        free(cnt);
-    }
     free(v);
     free(parts);
     return err;
+}
+
+int ds_dp_reduce_scatter_f32(const ds_comm *c, float *x, size_t n) {
+    if (c->size <= 1 || n == 0) return 0;
+    return n < DP_SMALL ? gather_sum(c, x, n, 4, 0, 0) : scatter_sum(c, x, n);
+}
+
+int ds_dp_allgather_f32(const ds_comm *c, float *x, size_t n) {
+    int p = c->size;
+    if (p <= 1 || n == 0) return 0;
+    int *cnt = malloc(2 * (size_t)p * sizeof *cnt);
+    if (!cnt) return ds_fail(DS_ERR, "out of memory: all-gather of %zu floats", n);
+    for (int j = 0; j < p; j++) {
+        size_t a, b;
+        ds_dp_slice(n, p, j, &a, &b);
+        cnt[j] = (int)(b - a);
+        cnt[p + j] = (int)a;
+    }
+    int err = 0;
+    /* slices can exceed MPI's int count only for arrays beyond 2^31 * p floats */
+    if (MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, x, cnt, cnt + p, MPI_FLOAT, *(MPI_Comm *)c->world) != MPI_SUCCESS)
+        err = ds_fail(DS_ERR, "MPI_Allgatherv failed: rank %d: %s:%d", c->rank, __FILE__, __LINE__);
+    free(cnt);
+    return err;
+}
+
+int ds_dp_allreduce_f32(const ds_comm *c, float *x, size_t n) {
+    if (c->size <= 1 || n == 0) return 0;
+    if (n < DP_SMALL) return gather_sum(c, x, n, 4, 0, 0);
+    DS_TRY(scatter_sum(c, x, n));
+    return ds_dp_allgather_f32(c, x, n);
 }
 
 int ds_dp_allreduce_f64(const ds_comm *c, double *x, size_t n) {

@@ -22,15 +22,15 @@ static void swiglu_mlp_fwd(const ds_model *m, const float *Wg, const float *Wu, 
 }
 
 /* gradients of swiglu_mlp_fwd; dhn = beta * dhn + d(f)/d(hn) · df */
-static void swiglu_mlp_bwd(const ds_model *m, const float *Wg, const float *Wu, const float *Wd, float *gWg,
+static void swiglu_mlp_bwd(ds_model *m, const float *Wg, const float *Wu, const float *Wd, float *gWg,
                            float *gWu, float *gWd, int n, int D, int inter, const float *hn, const float *g,
                            const float *u, const float *df, float *dhn, float beta, ds_scratch *s) {
     const ds_ops *ops = m->ops, *lin = m->lin;
     ops->swiglu_fwd(s->act, g, u, (size_t)n * inter);
-    ds_linear_bwd(lin, s->dg, 0.0f, gWd, df, s->act, Wd, n, D, inter); /* s->dg holds d(act) for a moment */
+    ds_linear_bwd(m, lin, s->dg, 0.0f, gWd, df, s->act, Wd, n, D, inter); /* s->dg holds d(act) for a moment */
     ops->swiglu_bwd(s->dg, s->du, s->dg, g, u, (size_t)n * inter);
-    ds_linear_bwd(lin, dhn, beta, gWg, s->dg, hn, Wg, n, inter, D);
-    ds_linear_bwd(lin, dhn, 1.0f, gWu, s->du, hn, Wu, n, inter, D);
+    ds_linear_bwd(m, lin, dhn, beta, gWg, s->dg, hn, Wg, n, inter, D);
+    ds_linear_bwd(m, lin, dhn, 1.0f, gWu, s->du, hn, Wu, n, inter, D);
 }
 
 void ds_moe_route(const ds_layer_ctx *c, const ds_layer_w *w, const float *bias, const float *hn, float *logits,
@@ -50,7 +50,7 @@ int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const
     ds_scratch *s = &m->scr;
     int K = d->K, D = d->D, Ie = d->Ie;
     size_t mat = (size_t)Ie * D;
-    if (rows > m->n_max || e0 < 0 || ne < 0 || e0 + ne > d->E || m->moe_slot[l] < 0)
+    if (rows > m->n_max * m->ep_n || e0 < 0 || ne < 0 || e0 + ne > m->ne || m->moe_slot[l] < 0)
         return ds_fail(DS_ERR, "model: experts of layer %d: %d rows, experts [%d, %d)", l, rows, e0, e0 + ne);
     /* sort the (row, slot) pairs by expert; the counts come to the host for the grouped GEMMs */
     ops->moe_bucket(t->off, t->order, t->where, idx, rows, K, ne);
@@ -92,12 +92,12 @@ void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, cons
     ops->zero(dw, sizeof(float) * (size_t)rows * K);
     ops->moe_combine_bwd(s->dge, dw, s->dge, s->acte, w, t->order, mv, Ie);
     ops->moe_scale_rows(s->acte, w, t->order, mv, Ie);
-    lin->gemm_wgrad(ne, t->off_h, D, Ie, 1.0f, s->dyg, D, s->acte, Ie, 1.0f, gWd, mat, Ie);
+    ds_wgrad_grouped(m, lin, ne, t->off_h, D, Ie, s->dyg, D, s->acte, Ie, gWd, mat, Ie);
 
     /* experts' gate/up backward, then the dispatch's backward into dx */
     ops->swiglu_bwd(s->dge, s->due, s->dge, t->ge, t->ue, (size_t)mv * Ie);
-    lin->gemm_wgrad(ne, t->off_h, Ie, D, 1.0f, s->dge, Ie, s->xg, D, 1.0f, gWg, mat, D);
-    lin->gemm_wgrad(ne, t->off_h, Ie, D, 1.0f, s->due, Ie, s->xg, D, 1.0f, gWu, mat, D);
+    ds_wgrad_grouped(m, lin, ne, t->off_h, Ie, D, s->dge, Ie, s->xg, D, gWg, mat, D);
+    ds_wgrad_grouped(m, lin, ne, t->off_h, Ie, D, s->due, Ie, s->xg, D, gWu, mat, D);
     lin->gemm_rows(ne, t->off_h, 0, D, Ie, 1.0f, s->dge, Ie, Wg, mat, D, 0.0f, s->dxg, D);
     lin->gemm_rows(ne, t->off_h, 0, D, Ie, 1.0f, s->due, Ie, Wu, mat, D, 1.0f, s->dxg, D);
     ops->moe_gather_bwd(dx, s->dxg, t->where, rows, K, D);
@@ -120,8 +120,10 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
         swiglu_mlp_fwd(m, w->sh_gate, w->sh_up, w->sh_down, n, d->D, d->Is, t->hn, t->gs, t->us, s->act, f);
     else
         ops->zero(f, sizeof(float) * (size_t)n * d->D);
-    /* local experts on the tokens themselves (expert parallelism: moe.h) */
-    DS_TRY(ds_moe_experts_fwd(m, l, 0, d->E, t->hn, t->idx, t->w, n, f, m->expert_load + (size_t)slot * d->E));
+    if (m->ep_n > 1) /* expert parallelism: the tokens go to the ranks holding their experts (moe_ep.c) */
+        DS_TRY(ds_moe_ep_fwd(m, l, t, f));
+    else /* the experts on the tokens themselves (moe.h) */
+        DS_TRY(ds_moe_experts_fwd(m, l, 0, d->E, t->hn, t->idx, t->w, n, f, m->expert_load + (size_t)slot * d->E));
     if (m->opts.balance_alpha > 0) {
         ops->moe_balance(m->bal_rows_d, NULL, 0.0f, t->scores, t->idx, m->B, m->T, &d->route);
         ops->copy(m->bal_rows, m->bal_rows_d, sizeof(float) * (size_t)m->B, DS_COPY_D2H);
@@ -152,7 +154,12 @@ void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn) {
                        t->hn, t->gs, t->us, df, dhn, 0.0f, s);
     else
         ops->zero(dhn, sizeof(float) * (size_t)n * D);
-    ds_moe_experts_bwd(m, l, 0, E, t->hn, t->idx, t->w, n, df, dhn, s->dw);
+    if (m->ep_n > 1) {
+        int rc = ds_moe_ep_bwd(m, l, t, df, dhn);
+        if (rc && !m->ep_rc) m->ep_rc = rc;
+    } else {
+        ds_moe_experts_bwd(m, l, 0, E, t->hn, t->idx, t->w, n, df, dhn, s->dw);
+    }
 
     /* router: routing weights and the balance loss to the logits, then the gate matrix */
     ops->zero(s->logits, sizeof(float) * (size_t)n * E);
@@ -160,5 +167,5 @@ void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn) {
     if (m->opts.balance_alpha > 0)
         ops->moe_balance(m->bal_rows_d, s->logits, (float)(m->opts.balance_alpha / m->B), t->scores, t->idx, m->B,
                          m->T, &d->route);
-    ds_linear_bwd(ops, dhn, 1.0f, gw->router, s->logits, t->hn, w->router, n, E, D);
+    ds_linear_bwd(m, ops, dhn, 1.0f, gw->router, s->logits, t->hn, w->router, n, E, D);
 }

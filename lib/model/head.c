@@ -24,6 +24,6 @@ void ds_head_bwd(ds_model *m, const float *h, const int32_t *tgt, int n, const f
         const float *hc = h + (size_t)r0 * D, *zc = logits ? logits + (size_t)r0 * V : z;
         if (!logits) ds_linear(ops, z, hc, m->W.head, rows, V, D);
         ops->logsoftmax_bwd(z, zc, lse + r0, tgt + r0, dlogp + r0, rows, V);
-        ds_linear_bwd(ops, dh + (size_t)r0 * D, 0.0f, m->G.head, z, hc, m->W.head, rows, V, D);
+        ds_linear_bwd(m, ops, dh + (size_t)r0 * D, 0.0f, m->G.head, z, hc, m->W.head, rows, V, D);
     }
 }

@@ -7,6 +7,7 @@
 #ifndef DS_MODEL_INTERNAL_H
 #define DS_MODEL_INTERNAL_H
 
+#include "dist/ep.h"
 #include "model/layer.h"
 #include "model/model.h"
 #include "ops/ops.h"
@@ -19,6 +20,30 @@ typedef struct {
 
 void *ds_bump_take(ds_bump *b, size_t bytes); /* 64-byte aligned; NULL when base is NULL or full */
 #define DS_TAKE(bump, type, count) ((type *)ds_bump_take((bump), sizeof(type) * (size_t)(count)))
+
+/* Deferred weight gradients (wgrad.c): records of the Wgrad products a B pass left for W. */
+typedef struct ds_wgrad_op ds_wgrad_op;
+typedef struct {
+    void *p;
+    size_t bytes;
+    int used, host;
+} ds_wgrad_buf;
+typedef struct {
+    int key;             /* < 0: weight gradients run at once; else they are recorded under this key */
+    ds_wgrad_op *op;
+    int n_op, cap_op;
+    ds_wgrad_buf *pool;  /* operand copies, reused after their replay */
+    int n_pool, cap_pool;
+    int err;             /* a recording that failed (out of memory), reported by the next run */
+} ds_wgrad_queue;
+
+/* One activation slot's arena and the host state that goes with a stored forward (ds_model_act_select). */
+typedef struct {
+    ds_bump act;
+    int64_t **off_h; /* per layer */
+    int B, T, n, T_main, has_seg, has_pad, have_fwd;
+    double bal_loss;
+} ds_act_slot;
 
 struct ds_model {
     ds_config cfg;
@@ -81,7 +106,38 @@ struct ds_model {
     float *bal_rows, *bal_rows_d; /* per-row balance terms [B]: host, backend */
     double bal_loss;
     int have_fwd;               /* a training forward is stored */
+    ds_wgrad_queue wq;          /* the B/W split (wgrad.c) */
+    ds_act_slot *slot;          /* activation slots (slots.c); NULL until asked for */
+    int n_slots, cur_slot;
+
+    /* expert parallelism (moe_ep.c): this rank's experts [e0, e0 + ne) start at float expert_off */
+    int ep_n, ep_rank, e0, ne;
+    size_t expert_off;
+    int *ep_node;               /* [ep_n] */
+    struct ep_layer {           /* per MoE layer, forward to backward */
+        ds_ep ep;               /* the exchange plan */
+        int have_ep;
+        int nc;                 /* routed tokens (padding left out) */
+        int32_t *tok;           /* [n_max] their token index */
+        float *xr;              /* [ep_n n_max, D] rows received */
+    } *epl;                     /* [n_layers_total] */
+    int32_t *ep_idx;            /* host [n_max K]: routed tokens' expert ids, */
+    float *ep_w, *ep_dw;        /* their weights, gradients of the weights [n_max K] */
+    float *ep_x, *ep_out;       /* [n_max, D]: rows to send, rows combined */
+    float *ep_yr, *ep_dxr, *ep_dwr; /* [ep_n n_max, D] x2, [ep_n n_max K] */
+    int ep_rc;                  /* first failure of an exchange in a backward (the layer functions return void) */
+    ds_moe_ep_stats ep_stats;
 };
+
+/* moe_ep.c: the routed experts of layer l across the EP group: f += their combined output (forward), dhn +=
+ * their input gradient and s->dw gets the routing weights' gradient (backward). Token rows from t->hn / df. */
+int ds_moe_ep_fwd(ds_model *m, int l, ds_tape *t, float *f);
+int ds_moe_ep_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn);
+int ds_moe_ep_alloc(ds_model *m);
+void ds_moe_ep_free(ds_model *m);
+
+/* slots.c */
+void ds_slots_free(ds_model *m);
 
 /* params.c */
 int ds_params_layout(ds_model *m, int alloc);
@@ -90,10 +146,20 @@ void ds_params_bind(ds_model *m, float *base, ds_weights *out);
 /* The call context of the current batch. */
 ds_layer_ctx ds_model_ctx(const ds_model *m);
 
+/* wgrad.c: every weight-gradient product of the backward, run at once or deferred (ds_model_wgrad_defer).
+ * gemm: C += op(A) op(B) (alpha 1, beta 1); grouped: ops->gemm_wgrad with alpha 1, beta 1; embed: embed_bwd. */
+void ds_wgrad_gemm(ds_model *m, const ds_ops *ops, int ta, int tb, int M, int N, int K, const float *A, int lda,
+                   const float *B, int ldb, float *C, int ldc);
+void ds_wgrad_grouped(ds_model *m, const ds_ops *ops, int ng, const int64_t *off, int M, int N, const float *A,
+                      int lda, const float *B, int ldb, float *C, size_t strideC, int ldc);
+void ds_wgrad_embed(ds_model *m, float *dtable, const float *dx, const int32_t *tok, int n, int d);
+int ds_wgrad_status(ds_model *m); /* a recording's failure since the last call, cleared */
+void ds_wgrad_free(ds_model *m);
+
 /* y[n, out] = x[n, in] W^T */
 void ds_linear(const ds_ops *ops, float *y, const float *x, const float *W, int n, int out, int in);
-/* dW[out, in] += dy^T x; dx (if not NULL) = beta * dx + dy W */
-void ds_linear_bwd(const ds_ops *ops, float *dx, float beta, float *dW, const float *dy, const float *x,
+/* dW[out, in] += dy^T x (through ds_wgrad_gemm: deferrable); dx (if not NULL) = beta * dx + dy W */
+void ds_linear_bwd(ds_model *m, const ds_ops *ops, float *dx, float beta, float *dW, const float *dy, const float *x,
                    const float *W, int n, int out, int in);
 
 /* mla.c: attention of layer l from t->xn into y [n, D]; backward from dy [n, D] to dxn (written) */

@@ -7,9 +7,9 @@ void ds_linear(const ds_ops *ops, float *y, const float *x, const float *W, int 
     ops->gemm(0, 1, n, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
 }
 
-void ds_linear_bwd(const ds_ops *ops, float *dx, float beta, float *dW, const float *dy, const float *x,
+void ds_linear_bwd(ds_model *m, const ds_ops *ops, float *dx, float beta, float *dW, const float *dy, const float *x,
                    const float *W, int n, int out, int in) {
-    if (dW) ops->gemm(1, 0, out, in, n, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    if (dW) ds_wgrad_gemm(m, ops, 1, 0, out, in, n, dy, out, x, in, dW, in);
     if (dx) ops->gemm(0, 0, n, in, out, 1.0f, dy, out, W, in, beta, dx, in);
 }
 
@@ -72,27 +72,27 @@ void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn) {
     int n = c.n, H = d->H, qdim = H * d->dqk, la = d->Rkv + d->dr, half = d->dr / 2;
     if (m->opts.recompute) ds_mla_project(&c, w, t);
 
-    ds_linear_bwd(lin, s->dout_attn, 0.0f, gw->o, dy, t->o, w->o, n, d->D, H * d->dv);
+    ds_linear_bwd(m, lin, s->dout_attn, 0.0f, gw->o, dy, t->o, w->o, n, d->D, H * d->dv);
     ops->attn_bwd(s->dq, s->dk, s->dv, s->dout_attn, t->q, t->k, t->v, t->o, t->lse, c.seg, c.B, c.T, H, d->dqk,
                   d->dv, c.softmax_scale, c.attn_ws);
 
     /* keys and values back to the latent: kvb, the shared k_pe (summed over heads), then kv_a's output */
     ops->mla_kv_expand_bwd(s->dkvb, s->dkpe, d->dr, s->dk, s->dv, n, H, d->dn, d->dr, d->dv);
     ops->rope(s->dkpe, n, 1, d->dr, 0, 0, half, d->rope_interleave, c.cs, 1);
-    ds_linear_bwd(m->lin_kvb, s->dckv, 0.0f, gw->kv_b, s->dkvb, t->ckv, w->kv_b, n, H * (d->dn + d->dv), d->Rkv);
+    ds_linear_bwd(m, m->lin_kvb, s->dckv, 0.0f, gw->kv_b, s->dkvb, t->ckv, w->kv_b, n, H * (d->dn + d->dv), d->Rkv);
     ops->zero(s->dkva, sizeof(float) * (size_t)n * la);
     ops->rmsnorm_bwd(s->dkva, la, gw->kv_a_norm, s->dckv, d->Rkv, t->kva, la, w->kv_a_norm, t->rstd_kv, n, d->Rkv);
     ops->copy2d(s->dkva + d->Rkv, la, s->dkpe, d->dr, n, d->dr);
-    ds_linear_bwd(lin, dxn, 0.0f, gw->kv_a, s->dkva, t->xn, w->kv_a, n, la, d->D);
+    ds_linear_bwd(m, lin, dxn, 0.0f, gw->kv_a, s->dkva, t->xn, w->kv_a, n, la, d->D);
 
     /* queries */
     ops->rope(s->dq, n, H, qdim, d->dqk, d->dn, half, d->rope_interleave, c.cs, 1);
     if (d->Rq > 0) {
-        ds_linear_bwd(lin, s->dcqn, 0.0f, gw->q_b, s->dq, t->cqn, w->q_b, n, qdim, d->Rq);
+        ds_linear_bwd(m, lin, s->dcqn, 0.0f, gw->q_b, s->dq, t->cqn, w->q_b, n, qdim, d->Rq);
         ops->zero(s->dcq, sizeof(float) * (size_t)n * d->Rq);
         ops->rmsnorm_bwd(s->dcq, d->Rq, gw->q_a_norm, s->dcqn, d->Rq, t->cq, d->Rq, w->q_a_norm, t->rstd_q, n, d->Rq);
-        ds_linear_bwd(lin, dxn, 1.0f, gw->q_a, s->dcq, t->xn, w->q_a, n, d->Rq, d->D);
+        ds_linear_bwd(m, lin, dxn, 1.0f, gw->q_a, s->dcq, t->xn, w->q_a, n, d->Rq, d->D);
     } else {
-        ds_linear_bwd(lin, dxn, 1.0f, gw->q, s->dq, t->xn, w->q, n, qdim, d->D);
+        ds_linear_bwd(m, lin, dxn, 1.0f, gw->q, s->dq, t->xn, w->q, n, qdim, d->D);
     }
 }

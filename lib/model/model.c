@@ -49,6 +49,25 @@ static void set_moe_slots(ds_model *m) {
     for (int l = 0; l < m->n_layers_total; l++) m->moe_slot[l] = ds_cfg_is_moe_layer(&m->cfg, l) ? m->n_moe++ : -1;
 }
 
+/* the expert range of this rank (moe_ep.c does the exchanges) */
+static int ep_shape(ds_model *m) {
+    const ds_model_opts *o = &m->opts;
+    int E = m->cfg.n_routed_experts > 0 ? m->cfg.n_routed_experts : 0;
+    m->ep_n = 1, m->ep_rank = 0, m->e0 = 0, m->ne = E;
+    if (o->ep_size <= 1) return 0;
+    if (E <= 0 || E % o->ep_size || o->ep_rank < 0 || o->ep_rank >= o->ep_size)
+        return ds_fail(DS_ERR, "model: %d routed experts over %d expert-parallel ranks (rank %d)", E, o->ep_size, o->ep_rank);
+    if (o->ep_comm && (o->ep_comm->size != o->ep_size || o->ep_comm->rank != o->ep_rank))
+        return ds_fail(DS_ERR, "model: expert-parallel group of %d ranks (rank %d), expected %d (rank %d)", o->ep_comm->size,
+                       o->ep_comm->rank, o->ep_size, o->ep_rank);
+    if (o->ops && strcmp(o->ops->name, "cpu"))
+        return ds_fail(DS_ERR, "model: expert parallelism runs on the CPU in this build, not on %s", o->ops->name);
+    m->ep_n = o->ep_size, m->ep_rank = o->ep_rank;
+    m->ne = E / o->ep_size, m->e0 = o->ep_rank * m->ne;
+    m->opts.ep_node = NULL; /* copied at create */
+    return 0;
+}
+
 /* sizes everything without allocating; shared by create and the memory plan */
 static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *opts) {
     DS_TRY(check_config(cfg));
@@ -76,6 +95,8 @@ static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *o
     m->mtp_depth = m->cfg.num_nextn_predict_layers;
     m->n_layers_total = m->cfg.num_hidden_layers + m->mtp_depth;
     m->n_max = m->opts.max_batch * m->opts.max_seq;
+    m->wq.key = -1;
+    DS_TRY(ep_shape(m));
     m->moe_slot = calloc((size_t)m->n_layers_total + 1, sizeof(int));
     m->tape = calloc((size_t)m->n_layers_total + 1, sizeof(ds_tape));
     m->mtp = calloc((size_t)m->mtp_depth + 1, sizeof(*m->mtp));
@@ -107,6 +128,8 @@ int ds_model_layout(const ds_config *cfg, ds_param **params, int *count) {
 
 void ds_model_free(ds_model *m) {
     if (!m) return;
+    ds_slots_free(m); /* back to the model's own activations first */
+    ds_wgrad_free(m);
     const ds_ops *ops = m->ops;
     if (ops) {
         ops->free(m->w);
@@ -124,6 +147,7 @@ void ds_model_free(ds_model *m) {
     free(m->h_pos);
     free(m->expert_load);
     free(m->bal_rows);
+    ds_moe_ep_free(m);
     free_shape(m);
     free(m);
 }
@@ -146,6 +170,11 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
         goto fail;                                                                                         \
     } while (0)
     if ((rc = ds_params_layout(m, 1))) goto fail;
+    if (m->ep_n > 1) {
+        if (!opts->ep_comm) FAIL("model: expert parallelism without its group");
+        if ((rc = ds_moe_ep_alloc(m))) goto fail;
+        for (int e = 0; opts->ep_node && e < m->ep_n; e++) m->ep_node[e] = opts->ep_node[e];
+    }
     size_t pbytes = sizeof(float) * m->n_floats;
     ds_bump count = {0};
     ds_act_layout(m, &count, m->n_max);
@@ -279,6 +308,9 @@ int ds_model_prepare(ds_model *m, const ds_batch *b) {
     ops->copy(m->pos, pos, bytes, DS_COPY_H2D);
     ops->rope_table(m->cs, m->pos, n, m->inv_freq_d, m->rope.half, m->rope.cos_scale);
     m->T_main = T;
+    /* a stage that starts past layer 0 counts its own layers' statistics for this micro-batch only */
+    m->bal_loss = 0.0;
+    memset(m->expert_load, 0, sizeof(int32_t) * (size_t)m->n_moe * m->dims.E);
     m->cur_seg = b->seg ? m->seg : NULL;
     m->cur_cs = m->cs;
     /* routed positions: every one unless the batch has padding or MTP modules see sample boundaries (the
@@ -433,6 +465,13 @@ int ds_model_forward(ds_model *m, const ds_batch *b, ds_fwd_out *out) {
 
 /* ---- backward ------------------------------------------------------------------------------------------ */
 
+/* the first failure of an expert-parallel exchange inside the (void) layer backward, cleared */
+static int ep_status(ds_model *m) {
+    int rc = m->ep_rc;
+    m->ep_rc = 0;
+    return rc;
+}
+
 /* gh of module j holds d(loss)/d(its layer output) from module j+1 on entry; ghprev (rows of Tk + 1)
  * receives d(loss)/d(hprev). dlogp: [B][T]. */
 static void mtp_bwd(ds_model *m, int j, const float *hprev, float *ghprev, const float *dlogp) {
@@ -450,12 +489,12 @@ static void mtp_bwd(ds_model *m, int j, const float *hprev, float *ghprev, const
     ops->rmsnorm_bwd(a->gh, D, gw->head_norm, t, D, a->hk, D, w->head_norm, a->rstd_k, n, D);
     ds_layer_bwd(m, l, a->hp, a->gh);
     /* eh_proj: gh is now d(loss)/d(hp) */
-    ops->gemm(1, 0, D, D, n, 1.0f, a->gh, D, a->en, D, 1.0f, gw->eh_proj, 2 * D);
-    ops->gemm(1, 0, D, D, n, 1.0f, a->gh, D, a->hn, D, 1.0f, gw->eh_proj + D, 2 * D);
+    ds_wgrad_gemm(m, ops, 1, 0, D, D, n, a->gh, D, a->en, D, gw->eh_proj, 2 * D);
+    ds_wgrad_gemm(m, ops, 1, 0, D, D, n, a->gh, D, a->hn, D, gw->eh_proj + D, 2 * D);
     ops->gemm(0, 0, n, D, D, 1.0f, a->gh, D, w->eh_proj, 2 * D, 0.0f, dn, D);
     ops->zero(t, sizeof(float) * (size_t)n * D);
     ops->rmsnorm_bwd(t, D, gw->enorm, dn, D, a->e, D, w->enorm, a->rstd_e, n, D);
-    ops->embed_bwd(m->G.embed, t, a->tok, n, D);
+    ds_wgrad_embed(m, m->G.embed, t, a->tok, n, D);
     ops->gemm(0, 0, n, D, D, 1.0f, a->gh, D, w->eh_proj + D, 2 * D, 0.0f, dn, D);
     mtp_leave(m);
     for (int r = 0; r < B; r++)
@@ -478,7 +517,8 @@ int ds_model_head_bwd(ds_model *m, const float *dlogp, const float *dmtp) {
     }
     ops->zero(m->gx, sizeof(float) * nD);
     ops->rmsnorm_bwd(m->gx, D, m->G.final_norm, m->ghf, D, xs_at(m, L), D, m->W.final_norm, m->rstd_f, n, D);
-    return 0;
+    int rc = ep_status(m);
+    return rc ? rc : ds_wgrad_status(m);
 }
 
 int ds_model_layers_bwd(ds_model *m, int l0, int l1) {
@@ -486,13 +526,14 @@ int ds_model_layers_bwd(ds_model *m, int l0, int l1) {
     if (l0 < 0 || l1 > m->cfg.num_hidden_layers || l0 > l1)
         return ds_fail(DS_ERR, "model: layer range [%d, %d) outside [0, %d)", l0, l1, m->cfg.num_hidden_layers);
     for (int l = l1 - 1; l >= l0; l--) ds_layer_bwd(m, l, xs_at(m, l), m->gx);
-    return 0;
+    int rc = ep_status(m);
+    return rc ? rc : ds_wgrad_status(m);
 }
 
 int ds_model_embed_bwd(ds_model *m) {
     if (!m->have_fwd) return ds_fail(DS_ERR, "model: backward without a training forward");
-    m->ops->embed_bwd(m->G.embed, m->gx, m->tok, m->n, m->dims.D);
-    return 0;
+    ds_wgrad_embed(m, m->G.embed, m->gx, m->tok, m->n, m->dims.D);
+    return ds_wgrad_status(m);
 }
 
 int ds_model_backward(ds_model *m, const ds_batch *b, const float *dlogp, const float *dmtp) {

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dist/comm.h"
 #include "io/config.h"
 
 typedef enum {
@@ -108,6 +109,15 @@ typedef struct {
     int keep_logits;         /* keep the main head's [B*T, V] logits (also spares the backward their
                                 recomputation); off: they exist only a chunk of rows at a time */
     double balance_alpha;    /* complementary sequence-wise balance loss weight (0 = off) */
+    /* Expert parallelism (docs/DESIGN.md "Expert parallelism"): with ep_size N > 1 this model holds only
+     * the routed experts [ep_rank*E/N, (ep_rank+1)*E/N) of every MoE layer, laid out after every other
+     * tensor (ds_model_expert_range), and each MoE layer sends its tokens to the ranks of ep_comm that
+     * hold their experts and back (lib/dist/ep.h), forward and backward. Every rank of ep_comm must make
+     * the same sequence of forward/backward calls (ds_model_ep_idle_* for a rank without a micro-batch),
+     * with the same max_batch x max_seq. The CPU backend only. ep_comm may be NULL for ds_model_plan. */
+    int ep_size, ep_rank;
+    const ds_comm *ep_comm;
+    const int *ep_node;      /* [ep_size] the node of each EP rank (for the metrics), or NULL: one node */
 } ds_model_opts;
 
 typedef struct ds_model ds_model;
@@ -160,6 +170,47 @@ int ds_model_layers_bwd(ds_model *m, int l0, int l1);
 int ds_model_embed_bwd(ds_model *m);
 float *ds_model_hidden(ds_model *m, int l); /* [B*T, D] input of layer l (l = L: the last layer's output) */
 float *ds_model_hidden_grad(ds_model *m);   /* [B*T, D] */
+
+/* Backward split into B and W (zero-bubble schedules, DualPipe). While a key >= 0 is set, the backward
+ * pieces above (head_bwd, layers_bwd, embed_bwd, and ds_model_backward) compute the input gradients (B)
+ * and record their weight-gradient products under that key instead of running them: every Linear (MLA,
+ * dense FFN, shared experts, router, head, MTP eh_proj), the routed experts' grouped Wgrads and the
+ * embedding's scatter-add. ds_model_wgrad_run(key) runs the key's records in order (W). B then W adds the
+ * same products in the same order as the undeferred backward: identical gradients. RMSNorm gains get
+ * their gradient in B. key -1 (the default) runs weight gradients at once. A record keeps copies of its
+ * activation operands until it runs. */
+int ds_model_wgrad_defer(ds_model *m, int key);
+int ds_model_wgrad_run(ds_model *m, int key);
+int ds_model_wgrad_pending(const ds_model *m, int key); /* records queued under key (-1: all keys) */
+
+/* Activation slots (training models): a pipeline stage keeps several micro-batches between their forward
+ * and their backward. ds_model_act_slots makes k records of everything a forward keeps (batch, residual
+ * stream, tapes, head and MTP outputs; slot 0 is the model's own); ds_model_act_select makes slot i the one
+ * that prepare, the forward and backward pieces, hidden and hidden_grad work on. The parameters, their
+ * gradients and the deferred weight gradients are shared. */
+int ds_model_act_slots(ds_model *m, int k);
+int ds_model_act_select(ds_model *m, int slot);
+
+/* ---- expert parallelism ---- */
+/* The local routed experts: floats [*off, *off + *n) of params/grads (n = 0 without expert parallelism,
+ * and *off = ds_model_num_params). *e0, *ne (may be NULL): the global index of the first and their count. */
+void ds_model_expert_range(const ds_model *m, size_t *off, size_t *n, int *e0, int *ne);
+/* A micro-batch without rows: take part in the exchanges other ranks' micro-batch makes (this rank still
+ * runs its experts on the rows it receives). fwd for a forward of sequences of T tokens (the MTP modules
+ * active at that length); bwd for its backward, mtp = whether the MTP modules' backward runs (dmtp given). */
+int ds_model_ep_idle_fwd(ds_model *m, int T);
+int ds_model_ep_idle_bwd(ds_model *m, int T, int mtp);
+/* What the MoE exchanges moved since the last reset, forward passes only (the backward moves the same
+ * bytes in reverse). Bytes are this rank's sends to other ranks (rows of hidden_size fp32). */
+typedef struct {
+    int64_t tokens;           /* routed tokens (this rank's, every MoE layer) */
+    int64_t nodes_sum;        /* sum over those of the distinct nodes their experts live on */
+    int nodes_max;            /* the most nodes one token reached */
+    int64_t dispatch_bytes;   /* token rows sent to other ranks */
+    int64_t combine_bytes;    /* expert output rows sent back to other ranks */
+    int64_t cross_node_bytes; /* of both, those sent to a rank on another node */
+} ds_moe_ep_stats;
+void ds_model_ep_stats(ds_model *m, ds_moe_ep_stats *out, int reset);
 
 /* Memory a model would take, without allocating (the 671B config plans on any machine). */
 typedef struct {

@@ -61,7 +61,7 @@ void ds_adamw_free(ds_adamw *a) {
 
 enum { NORM_CHUNK = 1 << 14 };
 
-double ds_grad_norm(const float *g, size_t n) {
+double ds_grad_sumsq(const float *g, size_t n) {
     size_t nchunks = (n + NORM_CHUNK - 1) / NORM_CHUNK;
     double stack[256], *part = nchunks <= 256 ? stack : malloc(nchunks * sizeof *part);
     if (!part) return NAN; /* out of memory: reported as a non-finite norm, which stops the run */
@@ -75,8 +75,10 @@ double ds_grad_norm(const float *g, size_t n) {
     double s = 0;
     for (size_t c = 0; c < nchunks; c++) s += part[c];
     if (part != stack) free(part);
-    return sqrt(s);
+    return s;
 }
+
+double ds_grad_norm(const float *g, size_t n) { return sqrt(ds_grad_sumsq(g, n)); }
 
 float ds_clip_factor(double norm, double max_norm) {
     if (max_norm <= 0 || !isfinite(norm)) return 1.0f;

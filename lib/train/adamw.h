@@ -48,6 +48,8 @@ void ds_adamw_free(ds_adamw *a);
 
 /* Global L2 norm of g[0..n), summed in double in fixed-size chunks and a fixed order. */
 double ds_grad_norm(const float *g, size_t n);
+/* The sum of squares behind it (a share of a norm summed across ranks). */
+double ds_grad_sumsq(const float *g, size_t n);
 /* PyTorch's clip_grad_norm_ factor: min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0. */
 float ds_clip_factor(double norm, double max_norm);
 

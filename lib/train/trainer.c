@@ -5,6 +5,7 @@
 #include "core/plot.h"
 #include "core/threads.h"
 #include "io/json.h"
+#include "train/zero.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -116,7 +117,10 @@ struct ds_trainer {
     ds_data_source *train, *val;
     ds_loss_hook loss;
     ds_train_hooks hooks;
-    ds_optim *opt;
+    ds_zero opt;           /* the optimizer over the parameter groups */
+    ds_train_group *groups;
+    int n_groups, own_groups; /* own_groups: set by ds_trainer_set_groups (else the default group) */
+    const ds_train_comm *world;
     ds_balance bal;
     ds_batch_buf buf, vbuf;
     float *dlogp, *dmtp;
@@ -151,7 +155,7 @@ int ds_trainer_create(ds_trainer **out, const ds_train_opts *o, ds_train_net *ne
     t->last.val_loss = NAN;
     const int max_rows = (int)fmax(o->micro_batch, ceil(ds_sched_max(&o->batch) / o->micro_batch) * o->micro_batch);
     const size_t per_micro = (size_t)o->micro_batch * o->seq_len;
-    int rc = ds_optim_create(&t->opt, net->ops, &o->adamw, net->n_params, net->info, net->n_info);
+    int rc = ds_trainer_set_groups(t, NULL, 0, NULL);
     if (!rc) rc = ds_balance_init(&t->bal, net->n_moe_layers, net->n_experts);
     if (!rc) rc = ds_batch_buf_init(&t->buf, max_rows, o->seq_len);
     if (!rc) rc = ds_batch_buf_init(&t->vbuf, o->micro_batch, o->seq_len);
@@ -170,7 +174,8 @@ int ds_trainer_create(ds_trainer **out, const ds_train_opts *o, ds_train_net *ne
 
 void ds_trainer_free(ds_trainer *t) {
     if (!t) return;
-    ds_optim_free(t->opt);
+    ds_zero_free(&t->opt);
+    free(t->groups);
     ds_balance_free(&t->bal);
     ds_batch_buf_free(&t->buf);
     ds_batch_buf_free(&t->vbuf);
@@ -180,10 +185,26 @@ void ds_trainer_free(ds_trainer *t) {
 }
 
 int64_t ds_trainer_steps_done(const ds_trainer *t) { return t->step; }
-void ds_trainer_set_comm(ds_trainer *t, const ds_train_comm *comm) { t->hooks.comm = comm; }
+int ds_trainer_set_comm(ds_trainer *t, const ds_train_comm *comm) {
+    t->hooks.comm = comm;
+    return t->own_groups ? ds_trainer_set_groups(t, t->groups, t->n_groups, t->world) : ds_trainer_set_groups(t, NULL, 0, NULL);
+}
+
+int ds_trainer_set_groups(ds_trainer *t, const ds_train_group *g, int n, const ds_train_comm *world) {
+    ds_train_group one = {0, t->net->n_params, t->hooks.comm}, *copy = malloc(sizeof *copy * (size_t)(n > 0 ? n : 1));
+    if (!copy) return ds_fail(DS_ERR, "out of memory: parameter groups");
+    if (n > 0 && g) memmove(copy, g, sizeof *copy * (size_t)n); /* g may be t->groups */
+    else copy[0] = one, n = 1;
+    t->own_groups = g != NULL && n > 0;
+    free(t->groups);
+    t->groups = copy, t->n_groups = n, t->world = world;
+    ds_zero_free(&t->opt);
+    return ds_zero_create(&t->opt, t->net, &t->o.adamw, copy, n, world ? world : t->hooks.comm, !t->o.no_zero);
+}
 double ds_trainer_tokens_seen(const ds_trainer *t) { return t->tokens; }
-const ds_optim *ds_trainer_optimizer(const ds_trainer *t) { return t->opt; }
-ds_optim *ds_trainer_optimizer_mut(ds_trainer *t) { return t->opt; }
+const ds_optim *ds_trainer_optimizer(const ds_trainer *t) { return t->opt.g[0].opt; }
+ds_optim *ds_trainer_optimizer_mut(ds_trainer *t) { return t->opt.g[0].opt; }
+ds_zero *ds_trainer_zero(ds_trainer *t) { return &t->opt; }
 const ds_train_opts *ds_trainer_opts(const ds_trainer *t) { return &t->o; }
 const ds_step_report *ds_trainer_last(const ds_trainer *t) { return &t->last; }
 
@@ -239,19 +260,19 @@ int ds_trainer_step(ds_trainer *t) {
         if (f.expert_load) ds_balance_add(&t->bal, f.expert_load);
         DS_TRY(net->backward(net->impl, &b, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
     }
+    DS_TRY(ds_zero_reduce(&t->opt, net)); /* each parameter group's gradients over its ranks */
     if (P > 1) { /* every replica ends with the whole step's sums */
         const ds_train_comm *c = t->hooks.comm;
         double sums[DS_LOSS_MAX_TERMS + 1];
         memcpy(sums, terms, sizeof terms);
         sums[DS_LOSS_MAX_TERMS] = bal;
-        DS_TRY(c->allreduce_f32(c->ctx, net->grads, net->n_params));
         DS_TRY(c->allreduce_f64(c->ctx, sums, DS_LOSS_MAX_TERMS + 1));
         if (t->bal.n_layers > 0) DS_TRY(c->allreduce_i64(c->ctx, t->bal.count, (size_t)t->bal.n_layers * t->bal.n_experts));
         memcpy(terms, sums, sizeof terms);
         bal = sums[DS_LOSS_MAX_TERMS];
     }
     double norm;
-    DS_TRY(ds_optim_grad_norm(t->opt, net->grads, &norm));
+    DS_TRY(ds_zero_grad_norm(&t->opt, net, &norm));
     const int finite = isfinite(norm) && isfinite(terms[0]) && isfinite(bal);
 
     ds_step_report *r = &t->last;
@@ -267,7 +288,7 @@ int ds_trainer_step(ds_trainer *t) {
         return DS_EDIVERGED;
     }
     if (finite) {
-        DS_TRY(ds_optim_step(t->opt, net->params, net->grads, ds_clip_factor(norm, t->o.clip_norm), lr));
+        DS_TRY(ds_zero_step(&t->opt, net, ds_clip_factor(norm, t->o.clip_norm), lr));
         if (net->expert_bias) ds_balance_update_bias(&t->bal, net->expert_bias, gamma);
         if (net->state_changed) DS_TRY(net->state_changed(net->impl));
     } else {
@@ -497,12 +518,12 @@ int ds_trainer_state_json(const ds_trainer *t, char **out) {
     ds_jsonw_key(&w, "optimizer");
     ds_jsonw_obj_begin(&w);
     ds_jsonw_kstr(&w, "kind", "adamw");
-    ds_jsonw_kint(&w, "t", t->opt->t);
-    ds_jsonw_knum(&w, "beta1", t->opt->o.beta1);
-    ds_jsonw_knum(&w, "beta2", t->opt->o.beta2);
-    ds_jsonw_knum(&w, "eps", t->opt->o.eps);
-    ds_jsonw_knum(&w, "weight_decay", t->opt->o.weight_decay);
-    ds_jsonw_kbool(&w, "bf16_moments", t->opt->o.bf16_moments);
+    ds_jsonw_kint(&w, "t", t->opt.t);
+    ds_jsonw_knum(&w, "beta1", t->o.adamw.beta1);
+    ds_jsonw_knum(&w, "beta2", t->o.adamw.beta2);
+    ds_jsonw_knum(&w, "eps", t->o.adamw.eps);
+    ds_jsonw_knum(&w, "weight_decay", t->o.adamw.weight_decay);
+    ds_jsonw_kbool(&w, "bf16_moments", t->o.adamw.bf16_moments);
     ds_jsonw_obj_end(&w);
     /* the biases also travel in model.safetensors; here they are exact whatever dtype that file has */
     ds_jsonw_key(&w, "expert_bias");
@@ -592,11 +613,11 @@ int ds_trainer_state_load(ds_trainer *t, const char *text, size_t len, const cha
     if (json_is_integer(thr) && json_integer_value(thr) != ds_threads_get())
         ds_warn("resuming with %d threads, the checkpoint was written with %lld: the run will not repeat bit for bit",
                 ds_threads_get(), (long long)json_integer_value(thr));
-    t->opt->t = json_integer_value(json_object_get(opt, "t"));
+    ds_zero_set_t(&t->opt, json_integer_value(json_object_get(opt, "t")));
     json_t *bf = json_object_get(opt, "bf16_moments");
-    if (json_is_boolean(bf) && json_boolean_value(bf) != (t->opt->o.bf16_moments != 0)) {
+    if (json_is_boolean(bf) && json_boolean_value(bf) != (t->o.adamw.bf16_moments != 0)) {
         ds_fail(DS_ERR, "trainer state: moments were %s, this run keeps them in %s: %s", json_boolean_value(bf) ? "bf16" : "fp32",
-                t->opt->o.bf16_moments ? "bf16" : "fp32", where);
+                t->o.adamw.bf16_moments ? "bf16" : "fp32", where);
         goto done;
     }
     if (t->train->state_read(t->train, json_object_get(root, "data"), where)) goto done;

@@ -97,6 +97,8 @@ typedef struct {
     int save_every;       /* checkpoint every N steps (0: only at the end) */
     int log_every;        /* print a line every N steps (the metrics file gets every step) */
     double peak_flops;    /* FLOP/s behind MFU; 0: no MFU */
+    int no_zero;          /* keep the whole optimizer state on every rank of a group (--no-zero); default:
+                             ZeRO-1 wherever a group has several ranks (train/zero.h) */
     uint64_t seed;
 } ds_train_opts;
 
@@ -114,8 +116,23 @@ typedef struct {
     int (*allreduce_f32)(void *ctx, float *x, size_t n);
     int (*allreduce_f64)(void *ctx, double *x, size_t n);
     int (*allreduce_i64)(void *ctx, int64_t *x, size_t n);
+    /* ZeRO-1 (optional: without them the optimizer stays replicated). Slice r of an array of n is
+     * [n*r/size, n*(r+1)/size) (dist/dp.h ds_dp_slice). reduce_scatter: rank r's slice of x ends with
+     * the sums (the same bits allreduce_f32 gives it); allgather: every slice from its rank to all. */
+    int (*reduce_scatter_f32)(void *ctx, float *x, size_t n);
+    int (*allgather_f32)(void *ctx, float *x, size_t n);
     void *ctx;
 } ds_train_comm;
+
+/* A parameter group: a contiguous range of the net's params/grads and the ranks that hold the same
+ * values of it (they sum its gradients, and under ZeRO-1 share its optimizer state). The groups of a
+ * net tile its buffer in order. Default: one group, the whole buffer over hooks.comm (the data-parallel
+ * ranks). Expert parallelism puts the rank's experts in a group of their own over expert_dp; a pipeline
+ * stage's tensors form its groups over the stage's data-parallel ranks. */
+typedef struct {
+    size_t offset, numel;
+    const ds_train_comm *comm; /* NULL: this rank alone */
+} ds_train_group;
 
 typedef struct {
     /* Write a checkpoint of the current state (final = after the last step or on a signal). */
@@ -140,8 +157,13 @@ int ds_trainer_create(ds_trainer **out, const ds_train_opts *o, ds_train_net *ne
                       ds_data_source *val, const ds_loss_hook *loss, const ds_train_hooks *hooks);
 void ds_trainer_free(ds_trainer *t);
 
-/* Join a data-parallel group after creation (the hooks are otherwise fixed at create). */
-void ds_trainer_set_comm(ds_trainer *t, const ds_train_comm *comm);
+/* Join a data-parallel group after creation (the hooks are otherwise fixed at create): the default
+ * parameter group then spans it. Before the first step (the optimizer state starts afresh). */
+int ds_trainer_set_comm(ds_trainer *t, const ds_train_comm *comm);
+/* Replace the parameter groups (see ds_train_group; copied). world: the ranks over which the gradient
+ * norm's shares are summed, every rank of the run (NULL: hooks.comm). Before the first step and before
+ * a resume loads the moments (the optimizer state starts afresh). */
+int ds_trainer_set_groups(ds_trainer *t, const ds_train_group *g, int n, const ds_train_comm *world);
 
 /* Train until total_steps (or a stop). Returns 0 (see *end), DS_EDIVERGED on NaN/Inf (nothing saved
  * for the bad step; the last checkpoint stays), or DS_ERR. */
@@ -155,8 +177,11 @@ int ds_trainer_validate(ds_trainer *t, double *loss);
 /* State. */
 int64_t ds_trainer_steps_done(const ds_trainer *t);
 double ds_trainer_tokens_seen(const ds_trainer *t);
+/* The optimizer of the first parameter group (in a one-process run: of the whole buffer). */
 const ds_optim *ds_trainer_optimizer(const ds_trainer *t);
 ds_optim *ds_trainer_optimizer_mut(ds_trainer *t);
+/* Every group's optimizer, by global element range (train/zero.h). */
+struct ds_zero *ds_trainer_zero(ds_trainer *t);
 const ds_train_opts *ds_trainer_opts(const ds_trainer *t);
 /* trainer_state.json: step, tokens, seed, data cursor, schedule crossings, optimizer step count,
  * expert biases, loss history for plots. Written as one JSON object (pretty enough to read). */

@@ -98,6 +98,19 @@ static size_t routing_snapshot(ds_model *m, int32_t *dst) {
     return k;
 }
 
+/* 1: gradcheck's analytic gradient comes from the backward split into B (weight gradients deferred under
+ * a key) and W (the key run), instead of the whole backward */
+static int g_split;
+
+static int backward_split(ds_model *m, const ds_batch *b, const float *cm, const float *cmtp, int key) {
+    int rc = ds_model_wgrad_defer(m, key);
+    if (!rc) rc = ds_model_backward(m, b, cm, cmtp);
+    ds_model_wgrad_defer(m, -1);
+    if (!rc && ds_model_wgrad_pending(m, key) == 0) rc = ds_fail(DS_ERR, "B deferred no weight gradient");
+    if (!rc) rc = ds_model_wgrad_run(m, key);
+    return rc;
+}
+
 /* Directional derivative of the loss along a unit direction u of each parameter tensor, by the 4-point
  * central stencil (error O(h^4)), against the analytic gradient. u mixes the analytic gradient's direction
  * (the largest signal over fp32 rounding noise in the loss) with a random one (so an error orthogonal to the
@@ -107,7 +120,8 @@ static double gradcheck(ds_model *m, batch_t *t, double h, double tol, const cha
     double L0 = loss_of(m, t, &rc);
     CHECK(rc == 0 && isfinite(L0), "%s: forward%s%s", what, rc ? ": " : "", rc ? ds_errmsg() : "");
     ds_model_zero_grad(m);
-    rc = ds_model_backward(m, &t->b, t->cm, depth ? t->cmtp : NULL);
+    rc = g_split ? backward_split(m, &t->b, t->cm, depth ? t->cmtp : NULL, 3)
+                 : ds_model_backward(m, &t->b, t->cm, depth ? t->cmtp : NULL);
     CHECK(rc == 0, "%s: backward%s%s", what, rc ? ": " : "", rc ? ds_errmsg() : "");
     size_t nr = routing_snapshot(m, NULL);
     int32_t *r0 = malloc(sizeof(int32_t) * (nr + 1)), *r1 = malloc(sizeof(int32_t) * (nr + 1));
@@ -278,6 +292,80 @@ TEST(stage_pieces_equal_the_whole) {
           "backward in stages");
     CHECK(same_floats(ds_model_grads(a), ds_model_grads(b), ds_model_num_params(a)), "same gradients");
     CHECK(ds_model_layers_fwd(b, 2, 4) != 0 && strstr(ds_errmsg(), "layer range"), "bad range: %s", ds_errmsg());
+    batch_free(&t);
+    ds_model_free(a);
+    ds_model_free(b);
+}
+
+/* The backward split into B and W: B alone leaves every GEMM weight gradient (Linear, router, experts, head,
+ * eh_proj, embedding) untouched and the norm gains done; W completes it to the whole backward's gradients bit
+ * for bit; finite differences agree with the split path; two micro-batches held in activation slots with
+ * their Ws run late give the gradients of the two run one after the other. */
+TEST(backward_split_b_w) {
+    ds_config c;
+    fixture_tiny(&c);
+    ds_model *a = make(&c, 2, 12, 1, 0.05), *b = make(&c, 2, 12, 1, 0.05);
+    if (!a || !b) return;
+    init_generic(a, 21);
+    init_generic(b, 21);
+    batch_t t, t2;
+    batch_make(&t, 2, 12, c.vocab_size, 1, 31, 0);
+    batch_make(&t2, 2, 12, c.vocab_size, 1, 32, 1);
+    ds_fwd_out oa, ob;
+    size_t np = ds_model_num_params(a);
+    CHECK(!ds_model_forward(a, &t.b, &oa) && !ds_model_backward(a, &t.b, t.cm, t.cmtp), "whole backward");
+    CHECK(!ds_model_forward(b, &t.b, &ob) && !ds_model_wgrad_defer(b, 5) && !ds_model_backward(b, &t.b, t.cm, t.cmtp),
+          "B");
+    int ninfo;
+    const ds_param *p = ds_model_params_info(b, &ninfo);
+    const float *ga = ds_model_grads(a), *gb = ds_model_grads(b);
+    int gemm_zero = 1, norms_done = 1, n_gemm = 0;
+    for (int i = 0; i < ninfo; i++) {
+        int norm = p[i].kind == DS_PARAM_NORM;
+        size_t nz = 0;
+        for (size_t j = 0; j < p[i].numel; j++) nz += gb[p[i].offset + j] != 0.0f;
+        if (norm) norms_done &= !memcmp(ga + p[i].offset, gb + p[i].offset, sizeof(float) * p[i].numel);
+        else gemm_zero &= nz == 0, n_gemm++;
+    }
+    int pending = ds_model_wgrad_pending(b, 5);
+    CHECK(gemm_zero && n_gemm > 20, "B leaves all %d GEMM weight gradients at zero", n_gemm);
+    CHECK(norms_done, "B computes the RMSNorm gains' gradients");
+    CHECK(pending >= 20 && ds_model_wgrad_pending(b, 6) == 0, "%d weight-gradient products deferred under key 5",
+          pending);
+    CHECK(same_floats(ds_model_hidden_grad(a), ds_model_hidden_grad(b), 24 * c.hidden_size),
+          "B gives the input gradient of the whole backward");
+    CHECK(!ds_model_wgrad_defer(b, -1) && !ds_model_wgrad_run(b, 5) && ds_model_wgrad_pending(b, -1) == 0, "W");
+    CHECK(same_floats(ga, gb, np), "B + W = the whole backward, bit for bit (%zu gradients)", np);
+
+    /* two micro-batches in flight: F0 F1 B1 B0 W0 W1 against F0 B0 F1 B1 */
+    CHECK(!ds_model_forward(a, &t2.b, &oa) && !ds_model_backward(a, &t2.b, t2.cm, t2.cmtp), "second micro-batch");
+    ds_model_zero_grad(a), ds_model_zero_grad(b);
+    CHECK(!ds_model_forward(a, &t.b, &oa) && !ds_model_backward(a, &t.b, t.cm, t.cmtp) &&
+              !ds_model_forward(a, &t2.b, &oa) && !ds_model_backward(a, &t2.b, t2.cm, t2.cmtp),
+          "one after the other");
+    CHECK(!ds_model_act_slots(b, 3), "three activation slots");
+    CHECK(!ds_model_act_select(b, 1) && !ds_model_forward(b, &t.b, &ob), "F0 in slot 1");
+    float logp0[24];
+    memcpy(logp0, ob.logp, sizeof logp0);
+    CHECK(!ds_model_act_select(b, 2) && !ds_model_forward(b, &t2.b, &ob) && same_floats(ob.logp, oa.logp, 24),
+          "F1 in slot 2 gives the log-probs of the second micro-batch");
+    CHECK(!ds_model_wgrad_defer(b, 1) && !ds_model_backward(b, &t2.b, t2.cm, t2.cmtp), "B1");
+    CHECK(!ds_model_act_select(b, 1) && !ds_model_wgrad_defer(b, 0) && !ds_model_backward(b, &t.b, t.cm, t.cmtp),
+          "B0 from slot 1");
+    CHECK(!ds_model_wgrad_defer(b, -1) && !ds_model_wgrad_run(b, 0) && !ds_model_wgrad_run(b, 1), "W0 W1");
+    double worst = 0;
+    for (size_t j = 0; j < np; j++) {
+        double e = fabs((double)ga[j] - gb[j]) / fmax(fabs((double)ga[j]), 1e-6);
+        if (e > worst) worst = e;
+    }
+    CHECK(worst < 1e-5, "interleaved micro-batches: gradients within %.1e relative of sequential ones", worst);
+    CHECK(ds_model_act_select(b, 3) != 0 && strstr(ds_errmsg(), "slot 3 of 3"), "slot out of range: %s", ds_errmsg());
+    batch_free(&t2);
+    /* finite differences through the split path */
+    ds_model_act_select(b, 0);
+    g_split = 1;
+    gradcheck(b, &t, 2e-3, 5e-3, "B then W");
+    g_split = 0;
     batch_free(&t);
     ds_model_free(a);
     ds_model_free(b);

@@ -15,6 +15,7 @@
 #include "core/rng.h"
 #include "train/packed.h"
 #include "train/trainer.h"
+#include "train/zero.h"
 
 #include <jansson.h>
 #include <unistd.h>
@@ -468,6 +469,20 @@ FAKE_ALLREDUCE(fake_sum_f32, float)
 FAKE_ALLREDUCE(fake_sum_f64, double)
 FAKE_ALLREDUCE(fake_sum_i64, int64_t)
 
+/* ZeRO-1's halves for two ranks: the reduce-scatter may leave the sums everywhere (it does here); the
+ * all-gather takes each slice from its owner. */
+static int fake_allgather_f32(void *ctx, float *x, size_t n) {
+    fake_member *me = ctx;
+    fake_group *g = me->g;
+    g->buf[me->rank] = x;
+    pthread_barrier_wait(&g->bar);
+    const int other = 1 - me->rank;
+    const size_t lo = other ? n / 2 : 0, hi = other ? n : n / 2;
+    memcpy(x + lo, (float *)g->buf[other] + lo, (hi - lo) * sizeof *x);
+    pthread_barrier_wait(&g->bar);
+    return 0;
+}
+
 typedef struct {
     run r;
     run_cfg c;
@@ -475,6 +490,9 @@ typedef struct {
     fake_member me;
     int rc;
     char metrics[200];
+    const ds_train_group *groups; /* NULL: the default group */
+    int n_groups;
+    size_t opt_bytes;
 } replica;
 
 static void *replica_main(void *arg) {
@@ -482,7 +500,14 @@ static void *replica_main(void *arg) {
     p->rc = run_open(&p->r, &p->c, p->me.rank == 0 ? p->metrics : NULL);
     if (p->rc) return NULL;
     /* the hooks live in the trainer; point them at this replica's group */
-    ds_trainer_set_comm(p->r.t, &p->comm);
+    p->rc = ds_trainer_set_comm(p->r.t, &p->comm);
+    if (!p->rc && p->groups) {
+        ds_train_group g[4];
+        for (int i = 0; i < p->n_groups; i++) g[i] = p->groups[i], g[i].comm = g[i].comm ? &p->comm : NULL;
+        p->rc = ds_trainer_set_groups(p->r.t, g, p->n_groups, NULL);
+    }
+    p->opt_bytes = ds_zero_state_bytes(ds_trainer_zero(p->r.t));
+    if (p->rc) return NULL;
     ds_train_end end;
     p->rc = ds_trainer_run(p->r.t, &end);
     return NULL;
@@ -529,6 +554,78 @@ TEST(data_parallel_replicas_match_one_process) {
     json_decref(m1), json_decref(m2);
     run_close(&one), run_close(&rep[0].r), run_close(&rep[1].r);
     pthread_barrier_destroy(&g.bar);
+}
+
+/* Two replicas on threads; zero: the comm offers ZeRO-1's halves. */
+static void run_replicas(replica rep[2], const run_cfg *c, const char *metrics, int zero, const ds_train_group *g, int ng) {
+    fake_group fg;
+    pthread_barrier_init(&fg.bar, NULL, 2);
+    pthread_t th[2];
+    unlink(metrics);
+    for (int k = 0; k < 2; k++) {
+        memset(&rep[k], 0, sizeof rep[k]);
+        rep[k].c = *c;
+        rep[k].me = (fake_member){.g = &fg, .rank = k};
+        rep[k].comm = (ds_train_comm){.rank = k, .size = 2, .allreduce_f32 = fake_sum_f32, .allreduce_f64 = fake_sum_f64,
+                                      .allreduce_i64 = fake_sum_i64, .ctx = &rep[k].me};
+        if (zero) rep[k].comm.reduce_scatter_f32 = fake_sum_f32, rep[k].comm.allgather_f32 = fake_allgather_f32;
+        rep[k].groups = g, rep[k].n_groups = ng;
+        snprintf(rep[k].metrics, sizeof rep[k].metrics, "%s", metrics);
+        pthread_create(&th[k], NULL, replica_main, &rep[k]);
+    }
+    for (int k = 0; k < 2; k++) pthread_join(th[k], NULL);
+    pthread_barrier_destroy(&fg.bar);
+}
+
+/* The same losses bit for bit, and gradient norms within norm_tol relative (0: bit for bit). */
+static int same_metrics(const char *a, const char *b, int n, double norm_tol) {
+    json_t *m1 = fixture_metrics(a, NULL), *m2 = fixture_metrics(b, NULL);
+    int same = (int)json_array_size(m1) == n && (int)json_array_size(m2) == n;
+    for (int i = 0; same && i < n; i++) {
+        double l1 = fixture_metric(m1, i, "loss"), l2 = fixture_metric(m2, i, "loss");
+        double g1 = fixture_metric(m1, i, "grad_norm"), g2 = fixture_metric(m2, i, "grad_norm");
+        same &= !memcmp(&l1, &l2, sizeof l1) && (norm_tol ? fabs(g1 - g2) <= norm_tol * g1 : !memcmp(&g1, &g2, sizeof g1));
+    }
+    json_decref(m1), json_decref(m2);
+    return same;
+}
+
+TEST(parameter_groups_and_zero1_give_the_replicated_bits) {
+    run_cfg c = {.total = 10, .micro = 2, .batch = 8, .T = 16, .seed = 5, .gamma = "0.01"};
+    replica base[2], grp[2], zero[2];
+    /* groups cut through a tensor (the MTP table) and the slices of both ranks cut through others */
+    const ds_train_group two[2] = {{0, 300, (ds_train_comm *)1}, {300, NPARAM - 300, (ds_train_comm *)1}};
+    run_replicas(base, &c, tap_tmp("g_base.jsonl"), 0, NULL, 0);
+    run_replicas(grp, &c, tap_tmp("g_two.jsonl"), 0, two, 2);
+    run_replicas(zero, &c, tap_tmp("g_zero.jsonl"), 1, two, 2);
+    CHECK(base[0].rc == 0 && grp[0].rc == 0 && zero[0].rc == 0 && base[1].rc == 0 && grp[1].rc == 0 && zero[1].rc == 0,
+          "all runs ran");
+    CHECK(!memcmp(base[0].r.f.params, grp[0].r.f.params, NPARAM * sizeof(float)), "two groups: the default group's bits");
+    CHECK(!memcmp(base[0].r.f.params, zero[0].r.f.params, NPARAM * sizeof(float)) &&
+              !memcmp(base[0].r.f.params, zero[1].r.f.params, NPARAM * sizeof(float)),
+          "ZeRO-1: every rank ends with the replicated run's parameters, bit for bit");
+    /* the norm's shares are summed slice by slice: another grouping rounds them differently */
+    CHECK(same_metrics(tap_tmp("g_base.jsonl"), tap_tmp("g_two.jsonl"), 10, 1e-12), "two groups: the same losses and norms");
+    CHECK(same_metrics(tap_tmp("g_two.jsonl"), tap_tmp("g_zero.jsonl"), 10, 0),
+          "ZeRO-1: the replicated run's losses and gradient norms, bit for bit");
+    /* rank r holds slice r of each group: [0,150)+[300,478) on rank 0, [150,300)+[478,656) on rank 1 */
+    CHECK(base[0].opt_bytes == 8 * NPARAM && zero[0].opt_bytes == 8 * (150 + 178) && zero[1].opt_bytes == 8 * (150 + 178),
+          "moments: %zu bytes replicated, %zu and %zu under ZeRO-1", base[0].opt_bytes, zero[0].opt_bytes, zero[1].opt_bytes);
+    for (int k = 0; k < 2; k++) run_close(&base[k].r), run_close(&grp[k].r), run_close(&zero[k].r);
+}
+
+TEST(parameter_groups_must_tile_the_buffer) {
+    run_cfg c = {.total = 4, .micro = 2, .batch = 2, .T = 16, .seed = 5};
+    run r;
+    CHECK(run_open(&r, &c, NULL) == 0, "open: %s", ds_errmsg());
+    ds_train_group gap[2] = {{0, 100, NULL}, {120, NPARAM - 120, NULL}}, shy[1] = {{0, NPARAM - 1, NULL}};
+    CHECK(ds_trainer_set_groups(r.t, gap, 2, NULL) != 0 && strstr(ds_errmsg(), "group 1 [120, +536) does not continue at 100"),
+          "a gap is refused: %s", ds_errmsg());
+    CHECK(ds_trainer_set_groups(r.t, shy, 1, NULL) != 0 && strstr(ds_errmsg(), "cover 655 of 656"), "a short tiling is refused: %s",
+          ds_errmsg());
+    ds_train_group halves[2] = {{0, 200, NULL}, {200, NPARAM - 200, NULL}};
+    CHECK(ds_trainer_set_groups(r.t, halves, 2, NULL) == 0 && ds_trainer_step(r.t) == 0, "two local groups step");
+    run_close(&r);
 }
 
 int main(int argc, char **argv) {
