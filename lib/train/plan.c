@@ -401,6 +401,8 @@ static int check_layout(const ds_plan_opts *o, const ds_config *cfg, const ds_cl
     if (w > devices && w % devices)
         return ds_fail(DS_EUSAGE, "--pp %d x --dp %d = %lld ranks do not share the cluster's %lld devices evenly", o->pp, *dp,
                        w, devices);
+    if (w < devices && w > c->gpus_per_node && w % c->gpus_per_node)
+        return ds_fail(DS_EUSAGE, "--pp %d x --dp %d = %lld ranks: not whole nodes of %d GPUs", o->pp, *dp, w, c->gpus_per_node);
     if (w > 1000000) return ds_fail(DS_EUSAGE, "--pp %d x --dp %d: more than a million ranks", o->pp, *dp);
     *world = (int)w, *rpd = w > devices ? (int)(w / devices) : 1;
     const int L = cfg->num_hidden_layers;
@@ -477,8 +479,8 @@ static double a2a_time(const ds_plan *p, const ds_cluster *c, double tokens, int
                        double *nv_s) {
     if (moe == 0 || p->o.ep <= 1) return *ib_s = *nv_s = 0, 0;
     const double rpd = p->ranks_per_device;
-    *ib_s = ib > 0 ? tokens * moe * ib / (c->ib_bw / rpd) : 0;
-    *nv_s = tokens * moe * nv / (c->nvlink_bw / rpd);
+    *ib_s = ib > 0 ? tokens * moe * ib / (c->ib_bw * c->efficiency / rpd) : 0;
+    *nv_s = tokens * moe * nv / (c->nvlink_bw * c->efficiency / rpd);
     return fmax(*ib_s, *nv_s) + moe * 2 * c->latency; /* the links work in parallel; a message per exchange */
 }
 
@@ -500,7 +502,8 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     p->zero_group = dp, p->expert_zero_group = dp / ep;
     a2a_model(p, cfg, c);
 
-    /* achieved rates: DualPipe overlaps the all-to-all with compute, so its SMs are taken from compute */
+    /* achieved rates: every peak of the cluster file (GEMM, HBM, NVLink, IB) times its one efficiency
+     * (docs/DESIGN.md); DualPipe overlaps the all-to-all with compute, so its SMs are taken from compute */
     const int overlap = o->schedule == DS_PIPE_DUALPIPE && ep > 1 && cfg->n_routed_experts > 0;
     const double sm_share = overlap && c->sms > 0 ? (double)(c->sms - c->comm_sms) / c->sms : 1;
     stage_acc proto = {.cfg = cfg, .o = &p->o, .e = c->elem_bytes, .n = p->tokens_per_mb, .ep = ep};
@@ -517,7 +520,6 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     if (!rc) rc = partition_layers(&proto, a2a_1, cfg->num_hidden_layers, pp, bounds);
     if (!rc) rc = stage_params(cfg, pp, ep, bounds, st);
     if (rc) goto out;
-    int worst = 0;
     for (int s = 0; s < pp; s++) {
         const int l0 = bounds[s], l1 = bounds[s + 1];
         stage_acc a = proto;
@@ -527,19 +529,27 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
         si->moe_layers = a.moe_layers, si->layers = l1 - l0 + (s == pp - 1 ? cfg->num_nextn_predict_layers : 0);
         si->f_c = a.F.gemm + a.F.attn + a.F.mem, si->b_c = a.B.gemm + a.B.attn + a.B.mem, si->w_c = a.W.gemm + a.W.attn + a.W.mem;
         si->flops = a.F.flops + a.B.flops + a.W.flops;
-        if (getenv("DS_PLAN_DEBUG")) fprintf(stderr, "stage %d: F gemm %g attn %g mem %g | B %g %g %g | W %g %g %g\n", s, a.F.gemm, a.F.attn, a.F.mem, a.B.gemm, a.B.attn, a.B.mem, a.W.gemm, a.W.attn, a.W.mem);
         double ib_s, nv_s;
         si->a2a_f = a2a_time(p, c, p->tokens_per_mb, a.moe_layers, p->dispatch_ib_bytes + p->combine_ib_bytes,
                              p->dispatch_nvlink_bytes + p->combine_nvlink_bytes, &ib_s, &nv_s);
         si->a2a_b = si->a2a_f;
         p->flops_per_token_exec += si->flops / p->tokens_per_mb;
         if (si->layers > p->layers_max) p->layers_max = si->layers;
-        if (si->f_c + si->b_c + si->w_c + 2 * si->a2a_f > st[worst].f_c + st[worst].b_c + st[worst].w_c + 2 * st[worst].a2a_f) worst = s;
     }
-    /* the slowest stage sets the pace of every chunk */
-    const stage_info *W = &st[worst];
-    p->f_compute = W->f_c, p->b_compute = W->b_c, p->w_compute = W->w_c, p->stage_flops_max = W->flops;
-    p->a2a_f = W->a2a_f, p->a2a_b = W->a2a_b;
+    /* The simulation takes one cost per op kind: the busiest rank's. With one chunk per rank that is the
+     * slowest stage; DualPipe's rank r runs stages r and PP-1-r alike, so the pair's mean (the heavy head
+     * stage shares a rank with the light embedding stage). */
+    const int dual = o->schedule == DS_PIPE_DUALPIPE;
+    double worst_t = -1;
+    for (int r = 0; r < pp; r++) {
+        const stage_info *x = &st[r], *y = &st[dual ? pp - 1 - r : r];
+        const double t = x->f_c + x->b_c + x->w_c + 2 * x->a2a_f + y->f_c + y->b_c + y->w_c + 2 * y->a2a_f;
+        if (t <= worst_t) continue;
+        worst_t = t;
+        p->f_compute = (x->f_c + y->f_c) / 2, p->b_compute = (x->b_c + y->b_c) / 2, p->w_compute = (x->w_c + y->w_c) / 2;
+        p->a2a_f = (x->a2a_f + y->a2a_f) / 2, p->a2a_b = (x->a2a_b + y->a2a_b) / 2;
+        p->stage_flops_max = fmax(x->flops, y->flops);
+    }
     /* communication against computation on the stage with the most MoE layers (a typical one: the
      * slowest is often the head's) */
     int ms = 0;
@@ -559,7 +569,7 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     /* pipeline hand-over: one micro-batch's activations to the next stage (another node when a stage's
      * DP ranks fill whole nodes) */
     const double act_msg = p->tokens_per_mb * cfg->hidden_size * c->elem_bytes;
-    const double p2p_bw = (dp >= c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) / rpd;
+    const double p2p_bw = (dp >= c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) * c->efficiency / rpd;
     p->p2p = pp > 1 ? c->latency + act_msg / p2p_bw : 0;
     /* op costs: alone, an op waits for its all-to-all; DualPipe's F&B hides each one's behind the other's compute */
     p->f = p->f_compute + p->a2a_f;
@@ -624,7 +634,7 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     }
     p->fits = p->mem.total <= c->memory_bytes;
     /* the data-parallel group crosses nodes once a stage's DP ranks outgrow a node */
-    const double dp_bw = (dp > c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) / rpd;
+    const double dp_bw = (dp > c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) * c->efficiency / rpd;
     p->dp_comm_s = dp > 1 ? dp_bytes_max / dp_bw + 2 * (dp - 1) * c->latency : 0;
     /* AdamW on the rank's shard: gradient read, master and two moments read and written, weight written */
     p->optimizer_s = opt_params_max * (4 + 2 * (master + mom) + e) / proto.bw;
