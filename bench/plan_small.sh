@@ -10,6 +10,8 @@
 #
 # Usage: bench/plan_small.sh [STEPS]        (default 4 steps a run; the first is not counted)
 #        CALIBRATE=1 bench/plan_small.sh   also prints the efficiency that would make the first row exact
+#        bench/plan_small.sh probe         this machine's rates for the cluster file: sgemm and copy
+#                                          (bench/plan_probe.c), and shared-memory MPI (ds-bench-a2a)
 set -eu
 STEPS=${1:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +23,19 @@ T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+if [ "$STEPS" = probe ]; then
+    make -s -C "$ROOT" -j2 objects >/dev/null
+    LIB=$(ls -t "$ROOT"/build/*/libds.a | head -1)
+    # shellcheck disable=SC2046
+    cc -O2 -std=c11 -D_GNU_SOURCE -fopenmp -I"$ROOT/lib" "$ROOT/bench/plan_probe.c" "$LIB" \
+        $(ls "$(dirname "$LIB")"/libds_cuda.a 2>/dev/null) $(pkg-config --libs openblas jansson libzstd libpcre2-8 ompi-c libpng freetype2) \
+        -lm -lpthread $( [ -f "$(dirname "$LIB")/libds_cuda.a" ] && echo "-L/usr/local/cuda/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt") \
+        -o "$T/plan_probe"
+    echo "load $(cut -d' ' -f1 /proc/loadavg)"
+    "$T/plan_probe" 1
+    mpirun --oversubscribe -np 2 "$BIN/ds-bench-a2a" -b 64K -e 4M -f 4 -n 20 -w 5 | grep -vE '^#'
+    exit 0
+fi
 cat /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0 >"$T/prose.txt"
 "$BIN/ds-tokenize" train -q --vocab-size 400 -o "$T/tok.json" "$T/prose.txt"
 "$BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$T/shards/" "$T/prose.txt"

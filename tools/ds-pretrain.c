@@ -5,6 +5,8 @@
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/threads.h"
+#include "dist/pipeview.h"
+#include "io/config.h"
 #include "train/flops.h"
 #include "train/plan.h"
 #include "dist/pipesched.h"
@@ -25,10 +27,10 @@ typedef struct {
     ds_train_toolopts t;
     const char *config, *batch_ramp, *gamma, *lambda;
     ds_strlist data;
-    int dp;
+    int dp, print_schedule;
     double init_std, fim_rate, peak_tflops;
-    const char *plan, *schedule, *recompute; /* --plan: cost the run on a cluster instead of training */
-    int pp, ep, search, json;
+    const char *plan, *recompute; /* --plan: cost the run on a cluster instead of training */
+    int ep, search, json;
 } args;
 
 /* The first metrics record: everything the run was started with, resolved. */
@@ -117,17 +119,51 @@ done:
     return rc;
 }
 
+/* --print-schedule: the schedule --pp/--schedule/--micro-batches name, as a timeline on stdout and a PNG
+ * (--plot, default schedule.png), with Table 2's accounting; no training. A model (--config or -m) only
+ * bounds the stages by its layers. Returns the exit code. */
+static int print_schedule(args *a) {
+    int n_layers = 0, rc;
+    if (a->config || a->t.model) {
+        char p[4200];
+        ds_config cfg;
+        if (a->config) snprintf(p, sizeof p, "%s", a->config);
+        else snprintf(p, sizeof p, "%s/config.json", a->t.model);
+        if ((rc = ds_config_load_file(&cfg, p))) return ds_tool_report(rc);
+        n_layers = cfg.num_hidden_layers;
+        ds_config_free(&cfg);
+    }
+    ds_pipe_kind kind;
+    if (ds_train_tool_check_batch(&a->t) || ds_train_tool_check_pipeline(&a->t, n_layers, &kind)) return 2;
+    ds_pipe_schedule s;
+    ds_strbuf text = {0};
+    const char *png = a->t.plot ? a->t.plot : "schedule.png";
+    rc = ds_pipe_schedule_make(&s, kind, a->t.pp, a->t.pipe_micro_batches);
+    if (!rc) rc = ds_pipe_timeline_text(&s, &text);
+    if (!rc) ds_strbuf_puts(&text, "\n");
+    if (!rc) rc = ds_pipe_table2_text(a->t.pp, a->t.pipe_micro_batches, &text);
+    if (!rc && ds_is_stdio(png)) rc = ds_fail(DS_EUSAGE, "%s -: the timeline goes to stdout; give a file", ds_cli_opt(&a->t.plot, "--plot"));
+    if (!rc) rc = ds_pipe_timeline_png(&s, png);
+    if (!rc) {
+        fputs(text.s, stdout);
+        ds_info("wrote %s", png);
+    }
+    free(text.s);
+    ds_pipe_schedule_free(&s);
+    return rc == DS_EUSAGE ? ds_usage_error("%s", ds_errmsg()) : rc ? ds_tool_report(rc) : 0;
+}
+
 /* --plan: no training; the plan as a table (or one JSON object) on stdout, the timeline as a PNG. */
 static int run_plan(args *a) {
     ds_config cfg = {0};
     ds_cluster cl;
     ds_plan_opts o;
     ds_plan_opts_defaults(&o);
-    o.pp = a->pp, o.ep = a->ep, o.dp = a->dp, o.batch = a->t.batch, o.seq_len = a->t.seq_len, o.fp8 = a->t.fp8;
+    o.pp = a->t.pp, o.ep = a->ep, o.micro_batches = a->t.pipe_micro_batches, o.dp = a->dp, o.batch = a->t.batch, o.seq_len = a->t.seq_len, o.fp8 = a->t.fp8;
     o.bf16_moments = a->t.bf16_moments;
     ds_pipe_kind kind = DS_PIPE_1F1B;
     int rc = ds_cluster_load(&cl, a->plan);
-    if (!rc && a->schedule) rc = ds_pipe_kind_parse(a->schedule, &kind);
+    if (!rc) rc = ds_pipe_kind_parse(a->t.pipe_schedule, &kind);
     if (!rc && a->recompute) rc = ds_recompute_parse(a->recompute, &o.recompute);
     if (!rc) rc = ds_config_load_file(&cfg, a->config);
     o.schedule = kind;
@@ -172,8 +208,8 @@ static int run_plan(args *a) {
 /* Usage problems: 2 with a message, or -1 to go on. */
 static int check_args(args *a) {
     if (a->plan && !a->config) return ds_usage_error("--plan needs --config CFG.json");
-    if (!a->plan && (a->search || a->json || a->schedule || a->recompute || a->pp != 1 || a->ep != 1))
-        return ds_usage_error("--search, --json, --schedule, --recompute, --pp and --ep go with --plan (training with them is not available yet)");
+    if (!a->plan && (a->search || a->json || a->recompute || a->ep != 1))
+        return ds_usage_error("--search, --json, --recompute and --ep go with --plan");
     if (a->plan) return ds_train_tool_check_batch(&a->t) ? 2 : -1;
     if (!a->config && !a->t.model && !a->t.resume) return ds_usage_error("no model: give --config CFG.json or -m CKPT");
     if (a->config && a->t.model) return ds_usage_error("--config and %s exclude each other", ds_cli_opt(&a->t.model, "-m"));
@@ -181,12 +217,14 @@ static int check_args(args *a) {
     if (ds_train_tool_check_out(&a->t)) return 2;
     if (!a->t.steps) return ds_usage_error("--steps is required");
     if (ds_train_tool_check_batch(&a->t)) return 2;
+    if (a->t.pp > 1) /* the pipeline's execution is not part of this tool yet */
+        return ds_usage_error("--pp %d: pipeline-parallel training is not available yet (--print-schedule shows the schedule)", a->t.pp);
     return -1;
 }
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-pretrain");
-    args a = {.gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%", .pp = 1, .ep = 1};
+    args a = {.gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%", .ep = 1};
     ds_train_toolopts *t = &a.t;
     ds_train_toolopts_defaults(t);
     t->lr_schedule = "v3", t->batch = 8, t->seq_len = 256, t->lr = 2.2e-4, t->alpha = 1e-4, t->val_frac = 0.005;
@@ -220,11 +258,16 @@ int main(int argc, char **argv) {
         {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU; 989.4, the H100's bf16, with --device cuda)", 0, 0, 1e6},
         ds_train_toolopts_group(t, "skip-nonfinite fp8 device"),
         {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started; with --plan: the cluster's devices / --pp)", 0, 0, 1e6},
-        {"plan", 0, DS_OPT_STR, &a.plan, "CLUSTER.json", "no training: predict memory, step time and cost of this run on a cluster (share/clusters/)", 0, 0, 0},
-        {"pp", 0, DS_OPT_INT, &a.pp, "N", "pipeline stages (--plan)", 0, 1, 1e6},
+        ds_train_toolopts_group(t, "pp schedule micro-batches"),
+        {"print-schedule", 0, DS_OPT_FLAG, &a.print_schedule, NULL,
+         "print the pipeline schedule of --pp/--schedule/--micro-batches as a per-rank timeline and the bubble and memory "
+         "accounting of V3's Table 2, draw it as a PNG (--plot, default schedule.png), and exit without training", 0, 0, 0},
+        {"plan", 0, DS_OPT_STR, &a.plan, "CLUSTER.json",
+         "no training: predict memory per GPU, step time, MFU and GPU-hours of this run on a cluster (share/clusters/; "
+         "docs/formats.md), the simulated pipeline timeline as a PNG with --plot", 0, 0, 0},
         {"ep", 0, DS_OPT_INT, &a.ep, "N", "expert-parallel ranks inside a stage's data-parallel ranks (--plan)", 0, 1, 1e6},
-        {"schedule", 0, DS_OPT_STR, &a.schedule, "S", "pipeline schedule: 1f1b, zb1p or dualpipe (--plan; default 1f1b)", 0, 0, 0},
-        {"recompute", 0, DS_OPT_STR, &a.recompute, "R", "recomputed in backward: v3 (RMSNorm, MLA up-projections; what training does), none, full (--plan)", 0, 0, 0},
+        {"recompute", 0, DS_OPT_CHOICE, &a.recompute, "R",
+         "recomputed in backward (--plan): v3 = RMSNorm and the MLA up-projections (what training does), none, full", "v3|none|full"},
         {"search", 0, DS_OPT_FLAG, &a.search, NULL, "with --plan: every layout of the cluster that fits, fewest GPU-hours first", 0, 0, 0},
         {"json", 0, DS_OPT_FLAG, &a.json, NULL, "with --plan: the plan as one JSON object (--search: an array)", 0, 0, 0},
         ds_train_toolopts_group(t, "quiet verbose"),
@@ -240,12 +283,15 @@ int main(int argc, char **argv) {
                    "after saving.",
         .example = "  ds-tokenize encode -t tok.json -o shards/ corpus/*.txt\n"
                    "  ds-pretrain --config share/configs/demo.json --data 'shards/*.tok' -o ckpt/base --steps 200 \\\n"
-                   "      --batch 16 --seq-len 256 --lr 1e-3 --metrics run.jsonl --plot loss.png --save-every 50",
+                   "      --batch 16 --seq-len 256 --lr 1e-3 --metrics run.jsonl --plot loss.png --save-every 50\n"
+                   "  ds-pretrain --pp 8 --micro-batches 20 --schedule dualpipe --print-schedule --plot dualpipe.png\n"
+                   "  ds-pretrain --plan share/clusters/cpu-2core.json --config share/configs/demo.json --batch 8 --seq-len 256",
         .opts = opts,
     };
     int first;
     int rc = ds_cli_parse(&cli, argc, argv, &first);
     if (rc < 0) rc = ds_train_tool_start(t, argc, argv, first);
+    if (rc < 0 && a.print_schedule) rc = print_schedule(&a);
     if (rc < 0) rc = check_args(&a);
     if (rc < 0) rc = a.plan ? run_plan(&a) : run(&a);
     ds_strlist_free(&a.data);

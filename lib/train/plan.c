@@ -28,8 +28,10 @@ static int num_field(json_t *o, const char *key, const char *where, int required
     }
     if (!json_is_number(v)) return ds_fail(DS_ERR, "cluster: %s: expected a number: %s", key, where);
     double x = json_number_value(v);
-    if (!isfinite(x) || x < lo || (strict && x == lo) || x > 1e18)
+    if (!isfinite(x) || x < lo || (strict && x == lo) || x > 1e9)
         return ds_fail(DS_ERR, "cluster: %s: %g must be %s %g: %s", key, x, strict ? ">" : ">=", lo, where);
+    if (strict && x < 1e-6) /* rates this small are a unit mistake, and their times would overflow */
+        return ds_fail(DS_ERR, "cluster: %s: %g is below 1e-6: %s", key, x, where);
     *out = x;
     return DS_OK;
 }
@@ -53,7 +55,13 @@ static int cluster_from_json(ds_cluster *c, json_t *o, const char *where) {
     json_object_foreach(o, key, val) {
         int known = 0;
         for (int i = 0; CLUSTER_KEYS[i]; i++) known |= !strcmp(key, CLUSTER_KEYS[i]);
-        if (!known) return ds_fail(DS_ERR, "cluster: %s: unknown key: %s", key, where);
+        if (!known) { /* named printably: a key may hold any character */
+            char k[64];
+            size_t n = 0;
+            for (const char *q = key; *q && n + 1 < sizeof k; q++) k[n++] = (unsigned char)*q < 0x20 || *q == 0x7f ? '?' : *q;
+            k[n] = 0;
+            return ds_fail(DS_ERR, "cluster: %s: unknown key: %s", k, where);
+        }
     }
     json_t *name = json_object_get(o, "name");
     if (name && !json_is_string(name)) return ds_fail(DS_ERR, "cluster: name: expected a string: %s", where);
@@ -411,6 +419,9 @@ static int check_layout(const ds_plan_opts *o, const ds_config *cfg, const ds_cl
     if (o->micro_batch < 1 || o->batch < 1 || o->seq_len < 1) return ds_fail(DS_EUSAGE, "--batch, --micro-batch and --seq-len must be at least 1");
     if (o->batch % ((long long)*dp * o->micro_batch))
         return ds_fail(DS_EUSAGE, "--batch %d is not a multiple of --dp %d x --micro-batch %d", o->batch, *dp, o->micro_batch);
+    if (o->micro_batches && (long long)o->micro_batches * *dp * o->micro_batch != o->batch)
+        return ds_fail(DS_EUSAGE, "--micro-batches %d: --batch %d over --dp %d is %d micro-batches of --micro-batch %d", o->micro_batches,
+                       o->batch, *dp, o->batch / *dp / o->micro_batch, o->micro_batch);
     if (o->fp8 && !(c->fp8_flops > 0)) return ds_fail(DS_EUSAGE, "--fp8: the cluster '%s' has no fp8_tflops", c->name);
     if (cfg->num_hidden_layers < 1 || cfg->hidden_size < 1)
         return ds_fail(DS_EUSAGE, "config: nothing to cost (no layers)");
@@ -898,6 +909,7 @@ int ds_plan_png(const ds_plan *p, const char *path) {
                                                : op->kind == DS_PIPE_W ? 0xE8C547 : 0x2AA6A6;
             if (op->chunk == 1) col = (col >> 1) & 0x7F7F7F; /* DualPipe's second chunk darker */
             int x0 = left + (int)(sim->start[r][i] * scale), x1 = left + (int)(sim->end[r][i] * scale) - 1;
+            if (x1 - x0 >= 3) x1--; /* a white line between ops that follow each other */
             if (x1 < x0) x1 = x0;
             ds_draw_rect(&im, x0, y0, x1, y1, col);
         }

@@ -46,6 +46,7 @@ const char *ds_recompute_name(ds_recompute r);
 typedef struct {
     int pp, dp, ep;        /* dp 0: the cluster's devices / pp */
     int batch, micro_batch, seq_len; /* sequences per step (global), per micro-batch, tokens per sequence */
+    int micro_batches;     /* per step and pipeline: 0 = batch / (dp x micro_batch), else it must be that */
     int schedule;          /* ds_pipe_kind */
     int fp8;               /* V3's FP8 recipe: FP8 Linear GEMMs and weights, FP8 activation caches, bf16 moments */
     int bf16_moments;

@@ -67,7 +67,7 @@ static void bad(const char *from, const char *to, const char *want) {
     ds_cluster c;
     ds_err_clear();
     int rc = ds_cluster_parse(&c, text, strlen(text), "t.json");
-    CHECK(rc == DS_ERR && strstr(ds_errmsg(), want) && !strchr(ds_errmsg(), '\n'), "'%s' -> '%s': %s", from, to, ds_errmsg());
+    CHECK(rc == DS_ERR && strstr(ds_errmsg(), want) && !strchr(ds_errmsg(), '\n'), "edit of %s: %s", from, ds_errmsg());
 }
 
 TEST(cluster_file_refusals) {
@@ -84,6 +84,8 @@ TEST(cluster_file_refusals) {
     bad("\"gemm_dtype\": \"bf16\"", "\"gemm_dtype\": \"fp16\"", "cluster: gemm_dtype: expected \"bf16\" or \"fp32\"");
     bad("\"comm_sms\": 20", "\"comm_sms\": 132", "cluster: comm_sms: 132 leaves no SM of 132 to compute");
     bad("{", "[", "cluster: bad JSON");
+    bad("\"name\": \"t\"", "\"name\": \"t\n\"", "cluster: bad JSON"); /* a raw newline inside a string: still one line */
+    bad("\"nodes\"", "\"no\\ndes\": 1, \"nodes\"", "cluster: no?des: unknown key");
 }
 
 /* DeepSeek-V3 on its own cluster and layout. The published figures: 180K H800 GPU-hours per trillion
