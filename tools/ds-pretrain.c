@@ -245,7 +245,7 @@ int main(int argc, char **argv) {
         {"lambda", 0, DS_OPT_STR, &a.lambda, "SPEC", "MTP loss weight schedule", 0, 0, 0},
         ds_train_toolopt(t, "alpha", "sequence-wise balance loss weight (V3: 1e-4)"),
         ds_train_toolopt(t, "weight-decay", "AdamW weight decay (not on norm gains)"),
-        ds_train_toolopts_group(t, "beta1 beta2 eps clip bf16-moments"),
+        ds_train_toolopts_group(t, "beta1 beta2 eps clip bf16-moments no-zero"),
         {"init-std", 0, DS_OPT_FLOAT, &a.init_std, "STD", "normal init std of a fresh model (0 = the config's ds_init_std)", 0, 0, 1},
         ds_train_toolopt(t, "seed", "seed of the init, the data order and FIM"),
         ds_train_toolopt(t, "threads", NULL),

@@ -52,6 +52,8 @@ static const shared_opt SHARED[] = {
     {"beta2", 0, DS_OPT_FLOAT, F(beta2), "B2", "AdamW beta2", .max = 1},
     {"eps", 0, DS_OPT_FLOAT, F(eps), "EPS", "AdamW epsilon", .max = 1},
     {"bf16-moments", 0, DS_OPT_FLAG, F(bf16_moments), .help = "keep AdamW moments in bf16"},
+    {"no-zero", 0, DS_OPT_FLAG, F(no_zero),
+     .help = "keep the whole optimizer state on every data-parallel rank (default: ZeRO-1, sharded over them)"},
     {"clip", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", .max = 1e9},
     {"clip-grad", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", .max = 1e9},
     {"alpha", 0, DS_OPT_FLOAT, F(alpha), "A", .max = 1},
@@ -189,7 +191,7 @@ void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {
     to->adamw.beta1 = t->beta1, to->adamw.beta2 = t->beta2, to->adamw.eps = t->eps, to->adamw.weight_decay = t->weight_decay;
     to->adamw.bf16_moments = t->bf16_moments, to->clip_norm = t->clip, to->balance_alpha = t->alpha;
     to->skip_nonfinite = t->skip_nonfinite, to->val_every = t->val_every, to->val_batches = t->val_batches;
-    to->save_every = t->save_every, to->log_every = t->log_every;
+    to->save_every = t->save_every, to->log_every = t->log_every, to->no_zero = t->no_zero;
 }
 
 int ds_train_schedules(const ds_train_sched_specs *sp, ds_train_opts *to) {

@@ -30,7 +30,7 @@ typedef struct {
     uint64_t seed;         /* --seed; without it, the resumed run's or a random one (ds_train_tool_start) */
     const char *seed_note; /* where the seed came from when --seed was not given ("random", ...), or NULL */
     int batch, micro_batch, seq_len, threads, val_every, val_batches, save_every, log_every;
-    int fp8, bf16_moments, skip_nonfinite, quiet, verbose, force;
+    int fp8, bf16_moments, no_zero, skip_nonfinite, quiet, verbose, force;
     double ema; /* --ema DECAY (0: none) */
     int pp;                   /* --pp: pipeline stages (1: none) */
     int pipe_micro_batches;   /* --micro-batches: pipeline micro-batches per step (0: --batch / --micro-batch) */
