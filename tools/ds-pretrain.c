@@ -30,7 +30,7 @@ typedef struct {
     int dp, print_schedule;
     double init_std, fim_rate, peak_tflops;
     const char *plan, *recompute; /* --plan: cost the run on a cluster instead of training */
-    int ep, search, json;
+    int search, json;
 } args;
 
 /* The first metrics record: everything the run was started with, resolved. */
@@ -159,8 +159,8 @@ static int run_plan(args *a) {
     ds_cluster cl;
     ds_plan_opts o;
     ds_plan_opts_defaults(&o);
-    o.pp = a->t.pp, o.ep = a->ep, o.micro_batches = a->t.pipe_micro_batches, o.dp = a->dp, o.batch = a->t.batch, o.seq_len = a->t.seq_len, o.fp8 = a->t.fp8;
-    o.bf16_moments = a->t.bf16_moments;
+    o.pp = a->t.pp, o.ep = a->t.ep, o.micro_batches = a->t.pipe_micro_batches, o.dp = a->dp, o.batch = a->t.batch, o.seq_len = a->t.seq_len, o.fp8 = a->t.fp8;
+    o.bf16_moments = a->t.bf16_moments, o.zero = !a->t.no_zero;
     ds_pipe_kind kind = DS_PIPE_1F1B;
     int rc = ds_cluster_load(&cl, a->plan);
     if (!rc) rc = ds_pipe_kind_parse(a->t.pipe_schedule, &kind);
@@ -208,8 +208,7 @@ static int run_plan(args *a) {
 /* Usage problems: 2 with a message, or -1 to go on. */
 static int check_args(args *a) {
     if (a->plan && !a->config) return ds_usage_error("--plan needs --config CFG.json");
-    if (!a->plan && (a->search || a->json || a->recompute || a->ep != 1))
-        return ds_usage_error("--search, --json, --recompute and --ep go with --plan");
+    if (!a->plan && (a->search || a->json || a->recompute)) return ds_usage_error("--search, --json and --recompute go with --plan");
     if (a->plan) return ds_train_tool_check_batch(&a->t) ? 2 : -1;
     if (!a->config && !a->t.model && !a->t.resume) return ds_usage_error("no model: give --config CFG.json or -m CKPT");
     if (a->config && a->t.model) return ds_usage_error("--config and %s exclude each other", ds_cli_opt(&a->t.model, "-m"));
@@ -217,6 +216,8 @@ static int check_args(args *a) {
     if (ds_train_tool_check_out(&a->t)) return 2;
     if (!a->t.steps) return ds_usage_error("--steps is required");
     if (ds_train_tool_check_batch(&a->t)) return 2;
+    if (a->t.ep > 1) /* --ep is --plan's until expert-parallel training lands here (issue 18) */
+        return ds_usage_error("--ep %d: expert-parallel training is not available yet (--plan costs it)", a->t.ep);
     if (a->t.pp > 1) /* the pipeline's execution is not part of this tool yet */
         return ds_usage_error("--pp %d: pipeline-parallel training is not available yet (--print-schedule shows the schedule)", a->t.pp);
     return -1;
@@ -224,7 +225,7 @@ static int check_args(args *a) {
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-pretrain");
-    args a = {.gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%", .ep = 1};
+    args a = {.gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%", };
     ds_train_toolopts *t = &a.t;
     ds_train_toolopts_defaults(t);
     t->lr_schedule = "v3", t->batch = 8, t->seq_len = 256, t->lr = 2.2e-4, t->alpha = 1e-4, t->val_frac = 0.005;
@@ -258,6 +259,7 @@ int main(int argc, char **argv) {
         {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU; 989.4, the H100's bf16, with --device cuda)", 0, 0, 1e6},
         ds_train_toolopts_group(t, "skip-nonfinite fp8 device"),
         {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started; with --plan: the cluster's devices / --pp)", 0, 0, 1e6},
+        ds_train_toolopts_group(t, "ep ranks-per-node"),
         ds_train_toolopts_group(t, "pp schedule micro-batches"),
         {"print-schedule", 0, DS_OPT_FLAG, &a.print_schedule, NULL,
          "print the pipeline schedule of --pp/--schedule/--micro-batches as a per-rank timeline and the bubble and memory "
@@ -265,7 +267,6 @@ int main(int argc, char **argv) {
         {"plan", 0, DS_OPT_STR, &a.plan, "CLUSTER.json",
          "no training: predict memory per GPU, step time, MFU and GPU-hours of this run on a cluster (share/clusters/; "
          "docs/formats.md), the simulated pipeline timeline as a PNG with --plot", 0, 0, 0},
-        {"ep", 0, DS_OPT_INT, &a.ep, "N", "expert-parallel ranks inside a stage's data-parallel ranks (--plan)", 0, 1, 1e6},
         {"recompute", 0, DS_OPT_CHOICE, &a.recompute, "R",
          "recomputed in backward (--plan): v3 = RMSNorm and the MLA up-projections (what training does), none, full", "v3|none|full"},
         {"search", 0, DS_OPT_FLAG, &a.search, NULL, "with --plan: every layout of the cluster that fits, fewest GPU-hours first", 0, 0, 0},

@@ -132,7 +132,7 @@ const char *ds_recompute_name(ds_recompute r) { return r == DS_RECOMPUTE_NONE ? 
 
 void ds_plan_opts_defaults(ds_plan_opts *o) {
     *o = (ds_plan_opts){.pp = 1, .ep = 1, .batch = 1, .micro_batch = 1, .seq_len = 4096, .schedule = DS_PIPE_1F1B,
-                        .node_limit = 1, .two_hop = 1, .recompute = DS_RECOMPUTE_V3};
+                        .zero = 1, .node_limit = 1, .two_hop = 1, .recompute = DS_RECOMPUTE_V3};
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -510,7 +510,7 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     p->n_mb = o->batch / (dp * o->micro_batch);
     DS_TRY(ds_pipe_check((ds_pipe_kind)o->schedule, pp, p->n_mb));
     p->tokens_per_mb = (double)o->micro_batch * o->seq_len;
-    p->zero_group = dp, p->expert_zero_group = dp / ep;
+    p->zero_group = o->zero ? dp : 1, p->expert_zero_group = o->zero ? dp / ep : 1;
     a2a_model(p, cfg, c);
 
     /* achieved rates: every peak of the cluster file (GEMM, HBM, NVLink, IB) times its one efficiency
@@ -624,8 +624,9 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
             m.weights += si->params_dense * e + (fp8 ? 0 : (lin + ex) * e);
             m.fp8_cache += fp8 ? (lin + ex) * (1 + 4.0 / (128 * 128)) : 0;
             m.grads += (dense + ex) * 4;
-            m.optimizer += (dense / dp + ex / (dp / ep)) * (master + mom);
-            shard_params += dense / dp + ex / (dp / ep);
+            const double shard = dense / p->zero_group + ex / p->expert_zero_group;
+            m.optimizer += shard * (master + mom);
+            shard_params += shard;
             dense_all += dense, expert_all += ex;
             if (si->act > act_unit) act_unit = si->act;
             if (si->workspace > ws) ws = si->workspace;
@@ -837,7 +838,8 @@ void ds_plan_table(const ds_plan *p, ds_strbuf *out) {
     put(out, "  weights           %12s\n", gb(p->mem.weights, a));
     if (o->fp8) put(out, "  FP8 weights       %12s\n", gb(p->mem.fp8_cache, a));
     put(out, "  gradients (fp32)  %12s\n", gb(p->mem.grads, a));
-    put(out, "  optimizer         %12s   ZeRO-1 over %d (experts %d)\n", gb(p->mem.optimizer, a), p->zero_group, p->expert_zero_group);
+    if (p->o.zero) put(out, "  optimizer         %12s   ZeRO-1 over %d (experts %d)\n", gb(p->mem.optimizer, a), p->zero_group, p->expert_zero_group);
+    else put(out, "  optimizer         %12s   not sharded (--no-zero)\n", gb(p->mem.optimizer, a));
     put(out, "  activations       %12s   %d micro-batch chunks in flight\n", gb(p->mem.activations, a), p->peak_act);
     put(out, "  workspace         %12s\n", gb(p->mem.workspace, a));
     put(out, "  all-to-all buffers%12s\n", gb(p->mem.a2a_buffers, a));

@@ -50,12 +50,13 @@ typedef struct {
     int schedule;          /* ds_pipe_kind */
     int fp8;               /* V3's FP8 recipe: FP8 Linear GEMMs and weights, FP8 activation caches, bf16 moments */
     int bf16_moments;
+    int zero;              /* ZeRO-1: optimizer state sharded over the data-parallel ranks (1, the default) */
     int node_limit;        /* routing limited to topk_group nodes when the routing groups are the EP nodes (1);
                             * 0: every node (for the comparison) */
     int two_hop;           /* dispatch crosses IB once per node, then NVLink (1); 0: one copy per GPU over IB */
     ds_recompute recompute;
 } ds_plan_opts;
-void ds_plan_opts_defaults(ds_plan_opts *o); /* V3's: pp 1, ep 1, micro-batch 1, two-hop, node limit, v3 */
+void ds_plan_opts_defaults(ds_plan_opts *o); /* V3's: pp 1, ep 1, micro-batch 1, ZeRO-1, two-hop, node limit, v3 */
 
 typedef struct {
     double params, weights, grads, optimizer, activations, fp8_cache, a2a_buffers, workspace, total;
