@@ -157,8 +157,6 @@ static int check_args(args *a) {
     if (ds_train_tool_check_out(&a->t)) return 2;
     if (!a->t.steps) return ds_usage_error("--steps is required");
     if (ds_train_tool_check_batch(&a->t)) return 2;
-    if (a->t.pp > 1) /* the pipeline's execution is not part of this tool yet */
-        return ds_usage_error("--pp %d: pipeline-parallel training is not available yet (--print-schedule shows the schedule)", a->t.pp);
     return -1;
 }
 
@@ -198,7 +196,7 @@ int main(int argc, char **argv) {
         {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU; 989.4, the H100's bf16, with --device cuda)", 0, 0, 1e6},
         ds_train_toolopts_group(t, "skip-nonfinite fp8 device"),
         {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started)", 0, 0, 1e6},
-        ds_train_toolopts_group(t, "pp schedule micro-batches"),
+        ds_train_toolopts_group(t, "pp schedule micro-batches stages"),
         {"print-schedule", 0, DS_OPT_FLAG, &a.print_schedule, NULL,
          "print the pipeline schedule of --pp/--schedule/--micro-batches as a per-rank timeline and the bubble and memory "
          "accounting of V3's Table 2, draw it as a PNG (--plot, default schedule.png), and exit without training", 0, 0, 0},
