@@ -31,6 +31,7 @@ typedef struct {
     const char *seed_note; /* where the seed came from when --seed was not given ("random", ...), or NULL */
     int batch, micro_batch, seq_len, threads, val_every, val_batches, save_every, log_every;
     int fp8, bf16_moments, no_zero, skip_nonfinite, quiet, verbose, force;
+    int ep, ranks_per_node; /* --ep, --ranks-per-node (train/eprun.h) */
     double ema; /* --ema DECAY (0: none) */
     int pp;                   /* --pp: pipeline stages (1: none) */
     int pipe_micro_batches;   /* --micro-batches: pipeline micro-batches per step (0: --batch / --micro-batch) */
