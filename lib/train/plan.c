@@ -8,6 +8,7 @@
 #include "io/json.h"
 #include "model/model.h"
 #include "train/flops.h"
+#include "train/pipe.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -301,53 +302,6 @@ static void stage_cost(stage_acc *s, int st, int pp, int l0, int l1) {
     }
 }
 
-/* Time of one micro-batch's F + B + W (and its all-to-all) through what stage_cost would put on a stage. */
-static double unit_time(const stage_acc *proto, double a2a_per_moe_layer, int kind, int layer) {
-    stage_acc a = *proto;
-    const ds_config *c = proto->cfg;
-    if (kind == 0) ew(&a, a.n * c->hidden_size * a.e, 0);  /* the embedding */
-    else if (kind == 1) layer_cost(&a, ds_cfg_is_moe_layer(c, layer));
-    else stage_cost(&a, 1, 2, 0, 0);                        /* the tail: final norm, head, MTP modules */
-    return a.F.gemm + a.F.attn + a.F.mem + a.B.gemm + a.B.attn + a.B.mem + a.W.gemm + a.W.attn + a.W.mem +
-           2 * a.moe_layers * a2a_per_moe_layer;
-}
-
-/* Cut the L layers into pp contiguous stages (at least one layer each) so that the slowest stage is as
- * fast as it can be, stage 0 also running the embedding and the last stage the head and the MTP
- * modules: bounds[s] .. bounds[s+1] are stage s's layers. Greedy filling under a bisected cap. */
-static int partition_layers(const stage_acc *proto, double a2a_per_moe_layer, int L, int pp, int *bounds) {
-    double *t = malloc((L + 2) * sizeof *t);
-    if (!t) return ds_fail(DS_ERR, "plan: out of memory");
-    double total = 0;
-    for (int l = 0; l < L; l++) total += t[l + 1] = unit_time(proto, a2a_per_moe_layer, 1, l);
-    t[0] = unit_time(proto, a2a_per_moe_layer, 0, 0), t[L + 1] = unit_time(proto, a2a_per_moe_layer, 2, 0);
-    total += t[0] + t[L + 1];
-    double lo = 0, hi = total;
-    for (int it = 0; it < 100; it++) {
-        const double cap = it == 99 ? hi : (lo + hi) / 2;
-        int l = 0, ok = 1;
-        bounds[0] = 0;
-        for (int s = 0; s < pp; s++) {
-            double acc = s == 0 ? t[0] : 0;
-            const int last = s == pp - 1;
-            int take = 0;
-            if (last) {
-                for (; l < L; l++) acc += t[l + 1], take++;
-                acc += t[L + 1];
-            } else {
-                while (l < L - (pp - 1 - s) && (take == 0 || acc + t[l + 1] <= cap)) acc += t[l + 1], l++, take++;
-            }
-            bounds[s + 1] = l;
-            if (acc > cap) ok = 0;
-        }
-        if (it == 99) break;
-        if (ok) hi = cap;
-        else lo = cap;
-    }
-    free(t);
-    return DS_OK;
-}
-
 /* ------------------------------------------------------------------------------------------------ */
 /* All-to-all: expected nodes and GPUs a token's experts sit on                                       */
 
@@ -525,10 +479,8 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     stage_info *st = calloc(pp, sizeof *st);
     int *bounds = malloc((pp + 1) * sizeof *bounds);
     int rc = st && bounds ? DS_OK : ds_fail(DS_ERR, "plan: out of memory");
-    double ib_1, nv_1;
-    const double a2a_1 = a2a_time(p, c, p->tokens_per_mb, 1, p->dispatch_ib_bytes + p->combine_ib_bytes,
-                                  p->dispatch_nvlink_bytes + p->combine_nvlink_bytes, &ib_1, &nv_1);
-    if (!rc) rc = partition_layers(&proto, a2a_1, cfg->num_hidden_layers, pp, bounds);
+    /* the stages the trainer runs (train/pipe.h): its split by estimated cost, or --stages */
+    if (!rc) rc = ds_pipe_split_layers(cfg, pp, o->seq_len, o->stages, bounds);
     if (!rc) rc = stage_params(cfg, pp, ep, bounds, st);
     if (rc) goto out;
     for (int s = 0; s < pp; s++) {

@@ -55,6 +55,7 @@ typedef struct {
                             * 0: every node (for the comparison) */
     int two_hop;           /* dispatch crosses IB once per node, then NVLink (1); 0: one copy per GPU over IB */
     ds_recompute recompute;
+    const char *stages;    /* --stages "0-3,4-7,...", or NULL: the trainer's split by estimated cost */
 } ds_plan_opts;
 void ds_plan_opts_defaults(ds_plan_opts *o); /* V3's: pp 1, ep 1, micro-batch 1, ZeRO-1, two-hop, node limit, v3 */
 
