@@ -47,7 +47,7 @@ static int int_field(json_t *o, const char *key, const char *where, int required
 
 static const char *const CLUSTER_KEYS[] = {"name", "nodes", "gpus_per_node", "memory_gb", "gemm_tflops", "gemm_dtype",
                                            "fp8_tflops", "hbm_gb_s", "nvlink_gb_s", "ib_gb_s", "latency_us", "sms",
-                                           "comm_sms", "efficiency", "oversubscribe", "note", NULL};
+                                           "comm_sms", "efficiency", "oversubscribe", "cores", "note", NULL};
 
 static int cluster_from_json(ds_cluster *c, json_t *o, const char *where) {
     if (!json_is_object(o)) return ds_fail(DS_ERR, "cluster: expected a JSON object: %s", where);
@@ -81,6 +81,8 @@ static int cluster_from_json(ds_cluster *c, json_t *o, const char *where) {
     if (eff > 1) return ds_fail(DS_ERR, "cluster: efficiency: %g is above 1 (a share of the roofline): %s", eff, where);
     DS_TRY(int_field(o, "sms", where, 0, 0, &c->sms));
     DS_TRY(int_field(o, "comm_sms", where, 0, 0, &c->comm_sms));
+    c->cores = 1;
+    DS_TRY(int_field(o, "cores", where, 0, 1, &c->cores));
     if (c->comm_sms && c->comm_sms >= c->sms)
         return ds_fail(DS_ERR, "cluster: comm_sms: %d leaves no SM of %d to compute: %s", c->comm_sms, c->sms, where);
     json_t *dt = json_object_get(o, "gemm_dtype");
@@ -443,7 +445,7 @@ static void a2a_model(ds_plan *p, const ds_config *cfg, const ds_cluster *c) {
 static double a2a_time(const ds_plan *p, const ds_cluster *c, double tokens, int moe, double ib, double nv, double *ib_s,
                        double *nv_s) {
     if (moe == 0 || p->o.ep <= 1) return *ib_s = *nv_s = 0, 0;
-    const double rpd = p->ranks_per_device;
+    const double rpd = p->rank_share;
     *ib_s = ib > 0 ? tokens * moe * ib / (c->ib_bw * c->efficiency / rpd) : 0;
     *nv_s = tokens * moe * nv / (c->nvlink_bw * c->efficiency / rpd);
     return fmax(*ib_s, *nv_s) + moe * 2 * c->latency; /* the links work in parallel; a message per exchange */
@@ -460,6 +462,9 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     int world = 0, dp = 0, rpd = 1;
     DS_TRY(check_layout(o, cfg, c, &world, &dp, &rpd));
     p->o.dp = dp, p->world = world, p->ranks_per_device = rpd;
+    /* ranks sharing a device (a CPU's cores) each get its rate / min(ranks, cores): a rank runs on its
+     * own core(s) while there are enough; below, the step is also bounded by the device's total work */
+    p->rank_share = rpd < c->cores ? rpd : c->cores > 1 ? c->cores : rpd;
     const int pp = o->pp, ep = o->ep;
     p->n_mb = o->batch / (dp * o->micro_batch);
     DS_TRY(ds_pipe_check((ds_pipe_kind)o->schedule, pp, p->n_mb));
@@ -472,9 +477,10 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     const int overlap = o->schedule == DS_PIPE_DUALPIPE && ep > 1 && cfg->n_routed_experts > 0;
     const double sm_share = overlap && c->sms > 0 ? (double)(c->sms - c->comm_sms) / c->sms : 1;
     stage_acc proto = {.cfg = cfg, .o = &p->o, .e = c->elem_bytes, .n = p->tokens_per_mb, .ep = ep};
-    proto.gemm_rate = c->gemm_flops * c->efficiency * sm_share / rpd;
-    proto.lin_rate = (o->fp8 ? c->fp8_flops : c->gemm_flops) * c->efficiency * sm_share / rpd;
-    proto.bw = c->hbm_bw * c->efficiency / rpd;
+    const double share = p->rank_share;
+    proto.gemm_rate = c->gemm_flops * c->efficiency * sm_share / share;
+    proto.lin_rate = (o->fp8 ? c->fp8_flops : c->gemm_flops) * c->efficiency * sm_share / share;
+    proto.bw = c->hbm_bw * c->efficiency / share;
 
     stage_info *st = calloc(pp, sizeof *st);
     int *bounds = malloc((pp + 1) * sizeof *bounds);
@@ -532,7 +538,7 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     /* pipeline hand-over: one micro-batch's activations to the next stage (another node when a stage's
      * DP ranks fill whole nodes) */
     const double act_msg = p->tokens_per_mb * cfg->hidden_size * c->elem_bytes;
-    const double p2p_bw = (dp >= c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) * c->efficiency / rpd;
+    const double p2p_bw = (dp >= c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) * c->efficiency / share;
     p->p2p = pp > 1 ? c->latency + act_msg / p2p_bw : 0;
     /* op costs: alone, an op waits for its all-to-all; DualPipe's F&B hides each one's behind the other's compute */
     p->f = p->f_compute + p->a2a_f;
@@ -553,6 +559,17 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
                        p->p2p, &nocomm, sch)))
         goto out;
     p->pipe_s = sim->step_time, p->pipe_nocomm_s = nocomm.step_time;
+    if (rpd > share) { /* more ranks than cores: the device does every rank's work, at most share at a time
+                        * (each stage's own costs here: the simulation gave every stage the busiest one's) */
+        double work = 0, work_nc = 0;
+        for (int s = 0; s < pp; s++) {
+            work += p->n_mb * (st[s].f_c + st[s].b_c + st[s].w_c + st[s].a2a_f + st[s].a2a_b);
+            work_nc += p->n_mb * (st[s].f_c + st[s].b_c + st[s].w_c);
+        }
+        const double per_device = (double)dp / (world / rpd);
+        p->pipe_s = fmax(p->pipe_s, work * per_device / share);
+        p->pipe_nocomm_s = fmax(p->pipe_nocomm_s, work_nc * per_device / share);
+    }
     ds_pipe_sim_free(&nocomm);
     p->exposed_comm_s = p->pipe_s - p->pipe_nocomm_s;
     p->bubble_s = ds_pipe_sim_max_bubble(sch, sim);
@@ -598,7 +615,7 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     }
     p->fits = p->mem.total <= c->memory_bytes;
     /* the data-parallel group crosses nodes once a stage's DP ranks outgrow a node */
-    const double dp_bw = (dp > c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) * c->efficiency / rpd;
+    const double dp_bw = (dp > c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) * c->efficiency / share;
     p->dp_comm_s = dp > 1 ? dp_bytes_max / dp_bw + 2 * (dp - 1) * c->latency : 0;
     /* AdamW on the rank's shard: gradient read, master and two moments read and written, weight written */
     p->optimizer_s = opt_params_max * (4 + 2 * (master + mom) + e) / proto.bw;

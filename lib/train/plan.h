@@ -32,6 +32,7 @@ typedef struct {
     double efficiency;     /* share of the roofline the kernels reach end to end: THE calibrated number */
     int elem_bytes;        /* 2 (bf16) or 4 (fp32): activations, weights and memory-bound traffic */
     int oversubscribe;     /* more ranks than devices allowed; they share a device's rates */
+    int cores;             /* ranks a device runs at once, each at its rate / cores (a CPU's cores); default 1 */
 } ds_cluster;
 
 /* Parse a cluster file's text (`where` names it in messages: "<where>: <key>: <problem>"). */
@@ -72,6 +73,7 @@ typedef struct {
     ds_plan_opts o;
     ds_cluster cluster;
     int world, n_mb, ranks_per_device, ep_nodes, zero_group, expert_zero_group;
+    int rank_share;                     /* a rank gets the device's rates / this */
     int layers_max;                     /* most decoder layers (MTP counted) on one stage */
     double tokens_per_mb;
     /* FLOPs */
