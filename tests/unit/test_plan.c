@@ -291,4 +291,39 @@ TEST(search_ranks_layouts_that_fit) {
     ds_config_free(&cfg);
 }
 
+/* This machine (cpu-2core.json: one device of two cores, shared by the ranks): data parallelism over 1, 2
+ * and 4 ranks splits the same work over the same two cores, so the step stays the same but for the
+ * gradient all-reduce; four pipeline stages on two cores run two at a time (bench/plan_small.sh measures
+ * these: docs/BENCHMARKS.md). */
+TEST(ranks_sharing_a_cpu) {
+    ds_config cfg;
+    ds_cluster cl;
+    if (load_cfg(&cfg, "demo.json") || load_cluster(&cl, "cpu-2core.json")) return;
+    double step[3];
+    for (int i = 0; i < 3; i++) {
+        ds_plan_opts o;
+        ds_plan_opts_defaults(&o);
+        o.dp = 1 << i, o.batch = 8, o.micro_batch = 8 >> i, o.seq_len = 256;
+        ds_plan p;
+        int rc = ds_plan_run(&p, &cfg, &cl, &o);
+        CHECK(rc == 0 && p.ranks_per_device == 1 << i && p.rank_share == (i ? 2 : 1), "dp %d: %s", 1 << i, ds_errmsg());
+        step[i] = rc ? 0 : p.step_s;
+        if (!rc) ds_plan_free(&p);
+    }
+    CHECK(step[1] >= step[0] && step[1] < 1.05 * step[0], "2 ranks on 2 cores: %.4g s vs one rank %.4g s", step[1], step[0]);
+    CHECK(step[2] >= step[0] && step[2] < 1.05 * step[0], "4 ranks on 2 cores: %.4g s vs one rank %.4g s", step[2], step[0]);
+    ds_plan_opts o;
+    ds_plan_opts_defaults(&o);
+    o.pp = 4, o.dp = 1, o.batch = 8, o.micro_batch = 1, o.seq_len = 256, o.schedule = DS_PIPE_ZB1P;
+    ds_plan p;
+    if (!ds_plan_run(&p, &cfg, &cl, &o)) {
+        /* at least the device's work; at most the pipeline run two stages at a time on their own cores (not
+         * four ranks at a quarter of the device each, which would double it) */
+        CHECK(p.step_s >= 0.95 * step[0] && p.step_s < 2 * step[0], "4 stages on 2 cores: %.4g s; the device's work %.4g s",
+              p.step_s, step[0]);
+        ds_plan_free(&p);
+    }
+    ds_config_free(&cfg);
+}
+
 TAP_MAIN()
