@@ -7,7 +7,7 @@
  * which holds the codes (borrowed: the checkpoint's mapping, alive as long as the entry) and a copy of the
  * scales. The ops of ds_fp8_resident_ops recognise such a B operand in the forward GEMMs (y = x W^T: gemm
  * with ta = 0, tb = 1, and gemm_rows with tb = 1) and dequantize W by panels of whole 128-row blocks into a
- * per-thread scratch of a few MiB (codes x block scale, exactly the floats ds_fp8_dequantize writes), each
+ * per-thread scratch of about 1 MiB (codes x block scale, exactly the floats ds_fp8_dequantize writes), each
  * panel multiplied by the base backend's fp32 GEMM; any other operand goes to the base backend unchanged.
  * Activations stay fp32 (weight-only FP8; --w8a8 is the W8A8 path). A resident weight in a backward GEMM
  * is an error (ds_fp8_resident_status): resident models are for inference.
@@ -38,6 +38,9 @@ size_t ds_fp8_resident_bytes(const float *lo, size_t n);
 /* base with gemm and gemm_rows replaced by the resident-aware versions (base's table is copied and used for
  * everything else and for the panels' products). */
 void ds_fp8_resident_ops(struct ds_ops *out, const struct ds_ops *base);
+
+/* The float an E4M3 code decodes to, as the GEMMs here compute it (equal to fp8.h's ds_e4m3_to_f32). */
+float ds_fp8_resident_decode(uint8_t code);
 
 /* The first failure inside a GEMM (out of memory, a resident weight used where it cannot be), then cleared. */
 int ds_fp8_resident_status(void);

@@ -8,6 +8,7 @@
 
 #include "core/err.h"
 #include "core/rng.h"
+#include "fp8/fp8.h"
 #include "fp8/quant.h"
 #include "fp8/resident.h"
 #include "ops/ops.h"
@@ -62,11 +63,20 @@ static int within_bound(const float *got, const float *ref, int ldc, const float
     return bad;
 }
 
+TEST(decode_equals_table) {
+    int same = 0;
+    for (int c = 0; c < 256; c++) {
+        float a = ds_fp8_resident_decode((uint8_t)c), b = ds_e4m3_to_f32((uint8_t)c);
+        same += (isnan(a) && isnan(b)) || (memcmp(&a, &b, 4) == 0);
+    }
+    CHECK(same == 256, "%d of 256 E4M3 codes decode to the table's bits (zeros' signs and NaN included)", same);
+}
+
 TEST(gemm_matches_expanded_weights) {
     const ds_ops *cpu = ds_ops_cpu();
     ds_ops res;
     ds_fp8_resident_ops(&res, cpu);
-    /* K = 2100: a short last 128-block and a panel of 499 rows (4 MiB / 8400 B, whole 128-row blocks: 384) */
+    /* K = 2100: a short last 128-block; panels of 1 MiB / 8400 B -> 124 rows, raised to one 128-row block */
     const int N = 1100, K = 2100;
     fp8_w w;
     make_w(&w, N, K, 11);
