@@ -174,3 +174,23 @@ int ds_ep_combine(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D
     }
     return 0;
 }
+
+int ds_ep_combine_slots(ds_ep *ep, const ds_comm *c, const float *g, const int32_t *topk_idx, float *out) {
+    const int K = ep->topk, epr = ep->experts_per_rank;
+    size_t row_bytes = (size_t)K * sizeof(float);
+    DS_TRY(grow((void **)&ep->sendbuf, &ep->sendbuf_cap, (size_t)ep->n_send * row_bytes + 1));
+    row_bytes_layout(ep->recv_rows, ep->n_ranks, row_bytes, ep->bcount, ep->boff);
+    row_bytes_layout(ep->send_rows, ep->n_ranks, row_bytes, ep->bcount2, ep->boff2);
+    DS_TRY(ds_a2a_bytes(c, ep->algo, g, ep->bcount, ep->boff, ep->sendbuf, ep->bcount2, ep->boff2));
+    memset(out, 0, (size_t)ep->n_tokens * row_bytes);
+    const float *back = (const float *)ep->sendbuf;
+    /* a row sent to rank j packed the token's slots on j in slot order (ds_ep_plan) */
+    for (int j = 0; j < ep->n_ranks; j++)
+        for (int64_t r = ep->send_off[j]; r < ep->send_off[j] + ep->send_rows[j]; r++) {
+            const int t = ep->send_token[r];
+            int used = 0;
+            for (int k = 0; k < K; k++)
+                if (topk_idx[(size_t)t * K + k] / epr == j) out[(size_t)t * K + k] = back[(size_t)r * K + used++];
+        }
+    return 0;
+}

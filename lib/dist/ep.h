@@ -50,4 +50,10 @@ int ds_ep_dispatch(ds_ep *ep, const ds_comm *c, const void *x, void *recv, size_
  * per token into out [n_tokens][D] (overwritten). fp32 rows. */
 int ds_ep_combine(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D);
 
+/* The backward of the plan's gate weights: g [n_recv][topk] holds, for each arriving row, one value per
+ * slot in the order the row's expert ids arrived (recv_expert; -1 slots ignored); each value goes back to
+ * the token and slot of topk_idx (the plan's) it came from: out [n_tokens][topk], 0 where no value came.
+ * (The backward of the combine is ds_ep_dispatch of d(out), that of the dispatch ds_ep_combine of dx.) */
+int ds_ep_combine_slots(ds_ep *ep, const ds_comm *c, const float *g, const int32_t *topk_idx, float *out);
+
 #endif

@@ -50,7 +50,7 @@ int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const
     ds_scratch *s = &m->scr;
     int K = d->K, D = d->D, Ie = d->Ie;
     size_t mat = (size_t)Ie * D;
-    if (rows > m->n_max || e0 < 0 || ne < 0 || e0 + ne > d->E || m->moe_slot[l] < 0)
+    if (rows > m->n_max * m->ep_n || e0 < 0 || ne < 0 || e0 + ne > m->ne || m->moe_slot[l] < 0)
         return ds_fail(DS_ERR, "model: experts of layer %d: %d rows, experts [%d, %d)", l, rows, e0, e0 + ne);
     /* sort the (row, slot) pairs by expert; the counts come to the host for the grouped GEMMs */
     ops->moe_bucket(t->off, t->order, t->where, idx, rows, K, ne);
@@ -120,8 +120,10 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
         swiglu_mlp_fwd(m, w->sh_gate, w->sh_up, w->sh_down, n, d->D, d->Is, t->hn, t->gs, t->us, s->act, f);
     else
         ops->zero(f, sizeof(float) * (size_t)n * d->D);
-    /* local experts on the tokens themselves (expert parallelism: moe.h) */
-    DS_TRY(ds_moe_experts_fwd(m, l, 0, d->E, t->hn, t->idx, t->w, n, f, m->expert_load + (size_t)slot * d->E));
+    if (m->ep_n > 1) /* expert parallelism: the tokens go to the ranks holding their experts (moe_ep.c) */
+        DS_TRY(ds_moe_ep_fwd(m, l, t, f));
+    else /* the experts on the tokens themselves (moe.h) */
+        DS_TRY(ds_moe_experts_fwd(m, l, 0, d->E, t->hn, t->idx, t->w, n, f, m->expert_load + (size_t)slot * d->E));
     if (m->opts.balance_alpha > 0) {
         ops->moe_balance(m->bal_rows_d, NULL, 0.0f, t->scores, t->idx, m->B, m->T, &d->route);
         ops->copy(m->bal_rows, m->bal_rows_d, sizeof(float) * (size_t)m->B, DS_COPY_D2H);
@@ -152,7 +154,12 @@ void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn) {
                        t->hn, t->gs, t->us, df, dhn, 0.0f, s);
     else
         ops->zero(dhn, sizeof(float) * (size_t)n * D);
-    ds_moe_experts_bwd(m, l, 0, E, t->hn, t->idx, t->w, n, df, dhn, s->dw);
+    if (m->ep_n > 1) {
+        int rc = ds_moe_ep_bwd(m, l, t, df, dhn);
+        if (rc && !m->ep_rc) m->ep_rc = rc;
+    } else {
+        ds_moe_experts_bwd(m, l, 0, E, t->hn, t->idx, t->w, n, df, dhn, s->dw);
+    }
 
     /* router: routing weights and the balance loss to the logits, then the gate matrix */
     ops->zero(s->logits, sizeof(float) * (size_t)n * E);

@@ -7,6 +7,7 @@
 #ifndef DS_MODEL_INTERNAL_H
 #define DS_MODEL_INTERNAL_H
 
+#include "dist/ep.h"
 #include "model/layer.h"
 #include "model/model.h"
 #include "ops/ops.h"
@@ -110,7 +111,32 @@ struct ds_model {
     ds_wgrad_queue wq;          /* the B/W split (wgrad.c) */
     ds_act_slot *slot;          /* activation slots (slots.c); NULL until asked for */
     int n_slots, cur_slot;
+
+    /* expert parallelism (moe_ep.c): this rank's experts [e0, e0 + ne) start at float expert_off */
+    int ep_n, ep_rank, e0, ne;
+    size_t expert_off;
+    int *ep_node;               /* [ep_n] */
+    struct ep_layer {           /* per MoE layer, forward to backward */
+        ds_ep ep;               /* the exchange plan */
+        int have_ep;
+        int nc;                 /* routed tokens (padding left out) */
+        int32_t *tok;           /* [n_max] their token index */
+        float *xr;              /* [ep_n n_max, D] rows received */
+    } *epl;                     /* [n_layers_total] */
+    int32_t *ep_idx;            /* host [n_max K]: routed tokens' expert ids, */
+    float *ep_w, *ep_dw;        /* their weights, gradients of the weights [n_max K] */
+    float *ep_x, *ep_out;       /* [n_max, D]: rows to send, rows combined */
+    float *ep_yr, *ep_dxr, *ep_dwr; /* [ep_n n_max, D] x2, [ep_n n_max K] */
+    int ep_rc;                  /* first failure of an exchange in a backward (the layer functions return void) */
+    ds_moe_ep_stats ep_stats;
 };
+
+/* moe_ep.c: the routed experts of layer l across the EP group: f += their combined output (forward), dhn +=
+ * their input gradient and s->dw gets the routing weights' gradient (backward). Token rows from t->hn / df. */
+int ds_moe_ep_fwd(ds_model *m, int l, ds_tape *t, float *f);
+int ds_moe_ep_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn);
+int ds_moe_ep_alloc(ds_model *m);
+void ds_moe_ep_free(ds_model *m);
 
 /* slots.c */
 void ds_slots_free(ds_model *m);

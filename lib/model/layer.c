@@ -32,7 +32,7 @@ static void take_recomputable(ds_bump *b, const ds_dims *d, int n, float **xn, f
 
 static void take_tape(ds_bump *b, const ds_model *m, ds_tape *t, int n, int dense, int moe, const ds_scratch *s) {
     const ds_dims *d = &m->dims;
-    size_t nK = (size_t)n * d->K;
+    size_t nK = (size_t)n * d->K, rK = nK * (size_t)m->ep_n; /* expert rows: a token from each EP rank */
     t->rstd_attn = TAKE(float, n);
     t->cq = d->Rq > 0 ? TAKE(float, (size_t)n * d->Rq) : NULL;
     t->rstd_q = d->Rq > 0 ? TAKE(float, n) : NULL;
@@ -50,11 +50,11 @@ static void take_tape(ds_bump *b, const ds_model *m, ds_tape *t, int n, int dens
         t->scores = TAKE(float, (size_t)n * d->E);
         t->w = TAKE(float, nK);
         t->idx = TAKE(int32_t, nK);
-        t->order = TAKE(int32_t, nK);
-        t->where = TAKE(int32_t, nK);
+        t->order = TAKE(int32_t, rK);
+        t->where = TAKE(int32_t, rK);
         t->off = TAKE(int32_t, d->E + 1);
-        t->ge = TAKE(float, nK * d->Ie);
-        t->ue = TAKE(float, nK * d->Ie);
+        t->ge = TAKE(float, rK * d->Ie);
+        t->ue = TAKE(float, rK * d->Ie);
         if (d->Is > 0) {
             t->gs = TAKE(float, (size_t)n * d->Is);
             t->us = TAKE(float, (size_t)n * d->Is);
@@ -73,6 +73,7 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
     int train = m->opts.train, rc = train && m->opts.recompute;
     int L = m->cfg.num_hidden_layers, NL = m->n_layers_total, Dm = NL - L, D = d->D;
     size_t nD = (size_t)n * D, nK = (size_t)n * d->K;
+    size_t rK = nK * (size_t)m->ep_n; /* rows the experts see: with expert parallelism, from every EP rank */
     int inter = imax(d->I, d->Is);
     ds_scratch *s = &m->scr;
 
@@ -126,9 +127,9 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
     s->tmpD = TAKE(float, nD);
     s->act = TAKE(float, (size_t)n * inter);
     s->logits = d->E > 0 ? TAKE(float, (size_t)n * d->E) : NULL;
-    s->xg = TAKE(float, nK * D);
-    s->ye = TAKE(float, nK * D);
-    s->acte = TAKE(float, nK * d->Ie);
+    s->xg = TAKE(float, rK * D);
+    s->ye = TAKE(float, rK * D);
+    s->acte = TAKE(float, rK * d->Ie);
     if (train) {
         s->dxn = TAKE(float, nD);
         s->dout_attn = TAKE(float, (size_t)n * d->H * d->dv);
@@ -143,10 +144,10 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
         s->dcq = TAKE(float, (size_t)n * d->Rq);
         s->dg = TAKE(float, (size_t)n * inter);
         s->du = TAKE(float, (size_t)n * inter);
-        s->dyg = TAKE(float, nK * D);
-        s->dxg = TAKE(float, nK * D);
-        s->dge = TAKE(float, nK * d->Ie);
-        s->due = TAKE(float, nK * d->Ie);
+        s->dyg = TAKE(float, rK * D);
+        s->dxg = TAKE(float, rK * D);
+        s->dge = TAKE(float, rK * d->Ie);
+        s->due = TAKE(float, rK * d->Ie);
         s->dw = TAKE(float, nK);
     }
     s->head_rows = (int)((size_t)(4u << 20) / (size_t)(d->V > 0 ? d->V : 1));

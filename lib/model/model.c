@@ -51,6 +51,25 @@ static void set_moe_slots(ds_model *m) {
     for (int l = 0; l < m->n_layers_total; l++) m->moe_slot[l] = ds_cfg_is_moe_layer(&m->cfg, l) ? m->n_moe++ : -1;
 }
 
+/* the expert range of this rank (moe_ep.c does the exchanges) */
+static int ep_shape(ds_model *m) {
+    const ds_model_opts *o = &m->opts;
+    int E = m->cfg.n_routed_experts > 0 ? m->cfg.n_routed_experts : 0;
+    m->ep_n = 1, m->ep_rank = 0, m->e0 = 0, m->ne = E;
+    if (o->ep_size <= 1) return 0;
+    if (E <= 0 || E % o->ep_size || o->ep_rank < 0 || o->ep_rank >= o->ep_size)
+        return ds_fail(DS_ERR, "model: %d routed experts over %d expert-parallel ranks (rank %d)", E, o->ep_size, o->ep_rank);
+    if (o->ep_comm && (o->ep_comm->size != o->ep_size || o->ep_comm->rank != o->ep_rank))
+        return ds_fail(DS_ERR, "model: expert-parallel group of %d ranks (rank %d), expected %d (rank %d)", o->ep_comm->size,
+                       o->ep_comm->rank, o->ep_size, o->ep_rank);
+    if (o->ops && strcmp(o->ops->name, "cpu"))
+        return ds_fail(DS_ERR, "model: expert parallelism runs on the CPU in this build, not on %s", o->ops->name);
+    m->ep_n = o->ep_size, m->ep_rank = o->ep_rank;
+    m->ne = E / o->ep_size, m->e0 = o->ep_rank * m->ne;
+    m->opts.ep_node = NULL; /* copied at create */
+    return 0;
+}
+
 /* sizes everything without allocating; shared by create and the memory plan */
 static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *opts) {
     DS_TRY(check_config(cfg));
@@ -79,6 +98,7 @@ static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *o
     m->n_layers_total = m->cfg.num_hidden_layers + m->mtp_depth;
     m->n_max = m->opts.max_batch * m->opts.max_seq;
     m->wq.key = -1;
+    DS_TRY(ep_shape(m));
     m->moe_slot = calloc((size_t)m->n_layers_total + 1, sizeof(int));
     m->tape = calloc((size_t)m->n_layers_total + 1, sizeof(ds_tape));
     m->mtp = calloc((size_t)m->mtp_depth + 1, sizeof(*m->mtp));
@@ -130,6 +150,7 @@ void ds_model_free(ds_model *m) {
     free(m->h_pos);
     free(m->expert_load);
     free(m->bal_rows);
+    ds_moe_ep_free(m);
     free_shape(m);
     free(m);
 }
@@ -161,6 +182,11 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
             m->lin = &m->lin_tab;
             m->lin_kvb = ops;
         }
+    }
+    if (m->ep_n > 1) {
+        if (!opts->ep_comm) FAIL("model: expert parallelism without its group");
+        if ((rc = ds_moe_ep_alloc(m))) goto fail;
+        for (int e = 0; opts->ep_node && e < m->ep_n; e++) m->ep_node[e] = opts->ep_node[e];
     }
     size_t pbytes = sizeof(float) * m->n_floats;
     ds_bump count = {0};
@@ -463,6 +489,13 @@ int ds_model_forward(ds_model *m, const ds_batch *b, ds_fwd_out *out) {
 
 /* ---- backward ------------------------------------------------------------------------------------------ */
 
+/* the first failure of an expert-parallel exchange inside the (void) layer backward, cleared */
+static int ep_status(ds_model *m) {
+    int rc = m->ep_rc;
+    m->ep_rc = 0;
+    return rc;
+}
+
 /* gh of module j holds d(loss)/d(its layer output) from module j+1 on entry; ghprev (rows of Tk + 1)
  * receives d(loss)/d(hprev). dlogp: [B][T]. */
 static void mtp_bwd(ds_model *m, int j, const float *hprev, float *ghprev, const float *dlogp) {
@@ -508,7 +541,8 @@ int ds_model_head_bwd(ds_model *m, const float *dlogp, const float *dmtp) {
     }
     ops->zero(m->gx, sizeof(float) * nD);
     ops->rmsnorm_bwd(m->gx, D, m->G.final_norm, m->ghf, D, xs_at(m, L), D, m->W.final_norm, m->rstd_f, n, D);
-    return ds_wgrad_status(m);
+    int rc = ep_status(m);
+    return rc ? rc : ds_wgrad_status(m);
 }
 
 int ds_model_layers_bwd(ds_model *m, int l0, int l1) {
@@ -516,7 +550,8 @@ int ds_model_layers_bwd(ds_model *m, int l0, int l1) {
     if (l0 < 0 || l1 > m->cfg.num_hidden_layers || l0 > l1)
         return ds_fail(DS_ERR, "model: layer range [%d, %d) outside [0, %d)", l0, l1, m->cfg.num_hidden_layers);
     for (int l = l1 - 1; l >= l0; l--) ds_layer_bwd(m, l, xs_at(m, l), m->gx);
-    return ds_wgrad_status(m);
+    int rc = ep_status(m);
+    return rc ? rc : ds_wgrad_status(m);
 }
 
 int ds_model_embed_bwd(ds_model *m) {

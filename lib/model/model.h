@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dist/comm.h"
 #include "io/config.h"
 
 typedef enum {
@@ -115,6 +116,15 @@ typedef struct {
      * ds_fp8_resident_ops (linear_ops must be NULL), and the model cannot be saved or trained. */
     int fp8_resident;
     const struct ds_st_set *fp8_tensors;
+    /* Expert parallelism (docs/DESIGN.md "Expert parallelism"): with ep_size N > 1 this model holds only
+     * the routed experts [ep_rank*E/N, (ep_rank+1)*E/N) of every MoE layer, laid out after every other
+     * tensor (ds_model_expert_range), and each MoE layer sends its tokens to the ranks of ep_comm that
+     * hold their experts and back (lib/dist/ep.h), forward and backward. Every rank of ep_comm must make
+     * the same sequence of forward/backward calls (ds_model_ep_idle_* for a rank without a micro-batch),
+     * with the same max_batch x max_seq. The CPU backend only. ep_comm may be NULL for ds_model_plan. */
+    int ep_size, ep_rank;
+    const ds_comm *ep_comm;
+    const int *ep_node;      /* [ep_size] the node of each EP rank (for the metrics), or NULL: one node */
 } ds_model_opts;
 
 typedef struct ds_model ds_model;
@@ -193,6 +203,27 @@ int ds_model_wgrad_pending(const ds_model *m, int key); /* records queued under 
  * gradients and the deferred weight gradients are shared. */
 int ds_model_act_slots(ds_model *m, int k);
 int ds_model_act_select(ds_model *m, int slot);
+
+/* ---- expert parallelism ---- */
+/* The local routed experts: floats [*off, *off + *n) of params/grads (n = 0 without expert parallelism,
+ * and *off = ds_model_num_params). *e0, *ne (may be NULL): the global index of the first and their count. */
+void ds_model_expert_range(const ds_model *m, size_t *off, size_t *n, int *e0, int *ne);
+/* A micro-batch without rows: take part in the exchanges other ranks' micro-batch makes (this rank still
+ * runs its experts on the rows it receives). fwd for a forward of sequences of T tokens (the MTP modules
+ * active at that length); bwd for its backward, mtp = whether the MTP modules' backward runs (dmtp given). */
+int ds_model_ep_idle_fwd(ds_model *m, int T);
+int ds_model_ep_idle_bwd(ds_model *m, int T, int mtp);
+/* What the MoE exchanges moved since the last reset, forward passes only (the backward moves the same
+ * bytes in reverse). Bytes are this rank's sends to other ranks (rows of hidden_size fp32). */
+typedef struct {
+    int64_t tokens;           /* routed tokens (this rank's, every MoE layer) */
+    int64_t nodes_sum;        /* sum over those of the distinct nodes their experts live on */
+    int nodes_max;            /* the most nodes one token reached */
+    int64_t dispatch_bytes;   /* token rows sent to other ranks */
+    int64_t combine_bytes;    /* expert output rows sent back to other ranks */
+    int64_t cross_node_bytes; /* of both, those sent to a rank on another node */
+} ds_moe_ep_stats;
+void ds_model_ep_stats(ds_model *m, ds_moe_ep_stats *out, int reset);
 
 /* Memory a model would take, without allocating (the 671B config plans on any machine). */
 typedef struct {

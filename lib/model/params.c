@@ -4,7 +4,9 @@
  * Order: embedding, main layers 0..L-1, final norm, lm_head, then the MTP modules (layers L..L+D-1), so
  * the main model is a prefix and each layer's tensors are contiguous (pipeline stages own whole ranges).
  * Routed experts of a layer are stored as three blocks [E][Ie, D] (gate), [E][Ie, D] (up), [E][D, Ie]
- * (down), one table entry per expert and matrix. */
+ * (down), one table entry per expert and matrix. With expert parallelism (model.h opts.ep_size > 1) a
+ * rank holds only its experts [e0, e0 + ne) and every layer's three blocks of them move to the end of
+ * the buffer, in layer order: the replicated tensors are the prefix [0, expert_off). */
 #include "model/internal.h"
 
 #include "core/err.h"
@@ -22,6 +24,7 @@ typedef struct {
     int count;
     ds_weights *W;  /* bind pointers into `base` when set */
     float *base;
+    int experts;    /* expert parallelism: 0 = every tensor but the routed experts, 1 = those only */
 } walker;
 
 static void emit(walker *k, float **slot, int layer, int expert, ds_param_kind kind, int64_t rows, int64_t cols,
@@ -45,15 +48,33 @@ static void emit(walker *k, float **slot, int layer, int expert, ds_param_kind k
         p->layer = layer;
         p->expert = expert;
     }
-    if (k->W && slot && expert <= 0) *slot = k->base + k->off;
+    if (k->W && slot && expert <= k->m->e0) *slot = k->base + k->off; /* the first (local) expert */
     k->off += numel;
     k->count++;
 }
 
 #define LW(field) (k->W ? &k->W->layer[l].field : NULL)
 
+/* the routed experts of layer l this rank holds: [e0, e0 + ne), all of them without expert parallelism */
+static void walk_experts(walker *k, int l) {
+    const ds_model *m = k->m;
+    const ds_dims *d = &m->dims;
+    const int64_t D = d->D;
+    int e1 = m->e0 + m->ne;
+    for (int e = m->e0; e < e1; e++)
+        emit(k, LW(exp_gate), l, e, DS_PARAM_MATRIX, d->Ie, D, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
+    for (int e = m->e0; e < e1; e++)
+        emit(k, LW(exp_up), l, e, DS_PARAM_MATRIX, d->Ie, D, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
+    for (int e = m->e0; e < e1; e++)
+        emit(k, LW(exp_down), l, e, DS_PARAM_MATRIX, D, d->Ie, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
+}
+
 static void walk_layer(walker *k, int l) {
     ds_model *m = k->m;
+    if (k->experts) { /* expert parallelism's second pass: the local experts of every MoE layer */
+        if (m->moe_slot[l] >= 0) walk_experts(k, l);
+        return;
+    }
     const ds_dims *d = &m->dims;
     int L = m->cfg.num_hidden_layers, mtp = l >= L;
     const int64_t D = d->D, H = d->H;
@@ -81,14 +102,9 @@ static void walk_layer(walker *k, int l) {
         P(w_up, DS_PARAM_MATRIX, d->I, D, "mlp.up_proj.weight");
         P(w_down, DS_PARAM_MATRIX, D, d->I, "mlp.down_proj.weight");
     } else {
-        P(router, DS_PARAM_ROUTER, d->E, D, "mlp.gate.weight");
-        for (int e = 0; e < d->E; e++)
-            emit(k, LW(exp_gate), l, e, DS_PARAM_MATRIX, d->Ie, D, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
-        for (int e = 0; e < d->E; e++)
-            emit(k, LW(exp_up), l, e, DS_PARAM_MATRIX, d->Ie, D, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
-        for (int e = 0; e < d->E; e++)
-            emit(k, LW(exp_down), l, e, DS_PARAM_MATRIX, D, d->Ie, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
-        if (d->Is > 0) {
+        if (!k->experts) P(router, DS_PARAM_ROUTER, d->E, D, "mlp.gate.weight");
+        if (k->experts == (m->ep_n > 1)) walk_experts(k, l);
+        if (!k->experts && d->Is > 0) {
             P(sh_gate, DS_PARAM_MATRIX, d->Is, D, "mlp.shared_experts.gate_proj.weight");
             P(sh_up, DS_PARAM_MATRIX, d->Is, D, "mlp.shared_experts.up_proj.weight");
             P(sh_down, DS_PARAM_MATRIX, D, d->Is, "mlp.shared_experts.down_proj.weight");
@@ -107,6 +123,13 @@ static void walk(walker *k) {
     emit(k, k->W ? &k->W->final_norm : NULL, -1, -1, DS_PARAM_NORM, d->D, 0, "model.norm.weight");
     emit(k, k->W ? &k->W->head : NULL, -1, -1, DS_PARAM_HEAD, d->V, d->D, "lm_head.weight");
     for (int l = L; l < m->n_layers_total; l++) walk_layer(k, l);
+    m->expert_off = k->off;
+    if (m->ep_n <= 1) return;
+    /* expert parallelism: the rank's routed experts after everything replicated, so they form one
+     * contiguous range (their own parameter group, reduced over the ranks holding the same experts) */
+    k->experts = 1;
+    for (int l = 0; l < m->n_layers_total; l++) walk_layer(k, l);
+    k->experts = 0;
 }
 
 int ds_params_layout(ds_model *m, int alloc) {

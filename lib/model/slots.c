@@ -37,6 +37,8 @@ static void load_state(ds_model *m, const ds_act_slot *s) {
 int ds_model_act_slots(ds_model *m, int k) {
     if (!m->opts.train) return ds_fail(DS_ERR, "model: activation slots need a training model");
     if (k < 1) return ds_fail(DS_ERR, "model: %d activation slots", k);
+    /* the expert-parallel exchange plans (moe_ep.c) are kept per layer, not per slot, so far */
+    if (k > 1 && m->ep_n > 1) return ds_fail(DS_ERR, "model: %d activation slots with expert parallelism", k);
     if (k <= m->n_slots) return 0;
     ds_act_slot *ns = realloc(m->slot, sizeof *ns * (size_t)k);
     if (!ns) return ds_fail(DS_ERR, "out of memory: activation slots");

@@ -13,6 +13,8 @@
 
 static ds_comm comm;
 
+#include "mpi_tap.h"
+
 /* rank r's contribution to element i: magnitudes spread over many binades so the order of addition
  * changes the rounded result */
 static float contrib(int r, size_t i) {
@@ -151,30 +153,4 @@ TEST(layout_communicators_hold_the_right_ranks) {
     }
 }
 
-/* Under SANITIZE=1: Open MPI keeps its own allocations (op tables, plugin state) past MPI_Finalize, some in
- * plugins already unloaded, so LeakSanitizer cannot name them for a suppression; the MPI bats suites turn
- * leak detection off the same way. ASan calls this hook at start; other builds never do. */
-const char *__asan_default_options(void);
-const char *__asan_default_options(void) { return "detect_leaks=0"; }
-
-int main(int argc, char **argv) {
-    if (ds_comm_init(&comm, &argc, &argv)) {
-        printf("not ok 1 - MPI init: %s\n1..1\n", ds_errmsg());
-        return 1;
-    }
-    /* every rank checks; only rank 0's TAP reaches the runner, with any rank's failure folded in */
-    if (comm.rank != 0 && !freopen("/dev/null", "w", stdout)) return 1;
-    for (int i = 0; i < tap_ntests; i++) {
-        tap_current = tap_tests[i].name;
-        tap_tests[i].fn();
-    }
-    int64_t failed = tap_failed;
-    ds_dp_allreduce_i64(&comm, &failed, 1);
-    if (failed && !tap_failed) {
-        tap_count++;
-        printf("not ok %d - another rank failed %lld checks\n", tap_count, (long long)failed);
-    }
-    printf("1..%d\n", tap_count);
-    ds_comm_finalize(&comm);
-    return failed ? 1 : 0;
-}
+MPI_TAP_MAIN()
