@@ -143,18 +143,16 @@ static int run_ep(const ds_comm *c, const options *o) {
     if (c->rank == 0) {
         int64_t bytes = (int64_t)cfg.tokens * cfg.hidden * cfg.elem_bytes;
         if (o->json) {
-            print_row_json("dispatch", "ours", bytes, &ours.dispatch, ref.dispatch.time_us / ours.dispatch.time_us,
-                           &ours.dispatch_bytes);
-            if (o->two_hop)
-                print_row_json("dispatch", "two-hop", bytes, &two.dispatch, ref.dispatch.time_us / two.dispatch.time_us,
-                               &two.dispatch_bytes);
-            print_row_json("dispatch", "mpi", bytes, &ref.dispatch, 0, &ref.dispatch_bytes);
-            print_row_json("combine", "ours", bytes, &ours.combine, ref.combine.time_us / ours.combine.time_us,
-                           &ours.combine_bytes);
-            if (o->two_hop)
-                print_row_json("combine", "two-hop", bytes, &two.combine, ref.combine.time_us / two.combine.time_us,
-                               &two.combine_bytes);
-            print_row_json("combine", "mpi", bytes, &ref.combine, 0, &ref.combine_bytes);
+            const ds_ep_bench_result *res[3] = {&ours, &two, &ref};
+            static const char *impl[3] = {"ours", "two-hop", "mpi"};
+            for (int op = 0; op < 2; op++)
+                for (int i = 0; i < 3; i++) {
+                    if (i == 1 && !o->two_hop) continue;
+                    const ds_a2a_result *r = op ? &res[i]->combine : &res[i]->dispatch;
+                    double mpi_us = op ? ref.combine.time_us : ref.dispatch.time_us;
+                    print_row_json(op ? "combine" : "dispatch", impl[i], bytes, r, i < 2 ? mpi_us / r->time_us : 0,
+                                   op ? &res[i]->combine_bytes : &res[i]->dispatch_bytes);
+                }
         } else if (o->two_hop) {
             const ds_ep_bench_result *res[3] = {&ours, &two, &ref};
             print_two_hop(c, &cfg, res, o->dtype);
