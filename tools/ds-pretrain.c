@@ -218,8 +218,6 @@ static int check_args(args *a) {
     if (ds_train_tool_check_batch(&a->t)) return 2;
     if (a->t.ep > 1) /* --ep is --plan's until expert-parallel training lands here (issue 18) */
         return ds_usage_error("--ep %d: expert-parallel training is not available yet (--plan costs it)", a->t.ep);
-    if (a->t.pp > 1) /* the pipeline's execution is not part of this tool yet */
-        return ds_usage_error("--pp %d: pipeline-parallel training is not available yet (--print-schedule shows the schedule)", a->t.pp);
     return -1;
 }
 
@@ -260,7 +258,7 @@ int main(int argc, char **argv) {
         ds_train_toolopts_group(t, "skip-nonfinite fp8 device"),
         {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started; with --plan: the cluster's devices / --pp)", 0, 0, 1e6},
         ds_train_toolopts_group(t, "ep ranks-per-node"),
-        ds_train_toolopts_group(t, "pp schedule micro-batches"),
+        ds_train_toolopts_group(t, "pp schedule micro-batches stages"),
         {"print-schedule", 0, DS_OPT_FLAG, &a.print_schedule, NULL,
          "print the pipeline schedule of --pp/--schedule/--micro-batches as a per-rank timeline and the bubble and memory "
          "accounting of V3's Table 2, draw it as a PNG (--plot, default schedule.png), and exit without training", 0, 0, 0},

@@ -108,6 +108,8 @@ struct ds_model {
     int have_fwd;               /* a training forward is stored */
     ds_wgrad_queue wq;          /* the B/W split (wgrad.c) */
     ds_act_slot *slot;          /* activation slots (slots.c); NULL until asked for */
+    void (*poll)(void *);       /* ds_model_set_poll */
+    void *poll_ctx;
     int n_slots, cur_slot;
 
     /* expert parallelism (moe_ep.c): this rank's experts [e0, e0 + ne) start at float expert_off */

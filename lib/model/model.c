@@ -371,7 +371,10 @@ int ds_model_layers_fwd(ds_model *m, int l0, int l1) {
         m->bal_loss = 0.0;
         memset(m->expert_load, 0, sizeof(int32_t) * (size_t)m->n_moe * m->dims.E);
     }
-    for (int l = l0; l < l1; l++) DS_TRY(ds_layer_fwd(m, l, xs_at(m, l), xs_at(m, l + 1)));
+    for (int l = l0; l < l1; l++) {
+        DS_TRY(ds_layer_fwd(m, l, xs_at(m, l), xs_at(m, l + 1)));
+        if (m->poll) m->poll(m->poll_ctx);
+    }
     m->have_fwd = m->opts.train;
     return 0;
 }
@@ -525,7 +528,10 @@ int ds_model_layers_bwd(ds_model *m, int l0, int l1) {
     if (!m->have_fwd) return ds_fail(DS_ERR, "model: backward without a training forward");
     if (l0 < 0 || l1 > m->cfg.num_hidden_layers || l0 > l1)
         return ds_fail(DS_ERR, "model: layer range [%d, %d) outside [0, %d)", l0, l1, m->cfg.num_hidden_layers);
-    for (int l = l1 - 1; l >= l0; l--) ds_layer_bwd(m, l, xs_at(m, l), m->gx);
+    for (int l = l1 - 1; l >= l0; l--) {
+        ds_layer_bwd(m, l, xs_at(m, l), m->gx);
+        if (m->poll) m->poll(m->poll_ctx);
+    }
     int rc = ep_status(m);
     return rc ? rc : ds_wgrad_status(m);
 }
@@ -579,6 +585,18 @@ int ds_model_plan(const ds_config *cfg, const ds_model_opts *opts, ds_mem_plan *
     free(m->params);
     free_shape(m);
     return rc;
+}
+
+void ds_model_fwd_stats(ds_model *m, ds_fwd_out *out) {
+    memset(out, 0, sizeof *out);
+    out->bal_loss = m->bal_loss;
+    out->expert_load = m->expert_load;
+    out->n_moe_layers = m->n_moe;
+}
+
+void ds_model_set_poll(ds_model *m, void (*fn)(void *ctx), void *ctx) {
+    m->poll = fn;
+    m->poll_ctx = ctx;
 }
 
 void ds_model_set_balance_alpha(ds_model *m, double alpha) { m->opts.balance_alpha = alpha; }

@@ -190,6 +190,12 @@ int ds_model_wgrad_pending(const ds_model *m, int key); /* records queued under 
  * gradients and the deferred weight gradients are shared. */
 int ds_model_act_slots(ds_model *m, int k);
 int ds_model_act_select(ds_model *m, int slot);
+/* A stage's share of the per-forward statistics of the selected slot's last forward (the layers it ran):
+ * bal_loss, expert_load and n_moe_layers of out are set, the rest zeroed. */
+void ds_model_fwd_stats(ds_model *m, ds_fwd_out *out);
+/* fn(ctx) runs after each decoder layer of layers_fwd and layers_bwd (NULL: nothing): a pipeline stage
+ * drives its open transfers there while it computes. */
+void ds_model_set_poll(ds_model *m, void (*fn)(void *ctx), void *ctx);
 
 /* ---- expert parallelism ---- */
 /* The local routed experts: floats [*off, *off + *n) of params/grads (n = 0 without expert parallelism,
