@@ -77,8 +77,8 @@ assert len(got) <= len(want) and all(abs(a - b) < 1e-5 for a, b in zip(got, want
 }
 
 @test "a client that disconnects mid-stream frees its slot; the server keeps serving" {
-    start_server D -m "$T/base" --batch 1 --ignore-eos -q
-    run py disconnect "$D_URL" base 500
+    start_server D -m "$T/base" --batch 1 --ignore-eos --ctx 8192 -q # 8000 tokens take seconds
+    run py disconnect "$D_URL" base 8000
     stop_server D
     [ "$status" -eq 0 ] || { echo "$output"; false; }
 }
