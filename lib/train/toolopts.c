@@ -16,7 +16,7 @@
 void ds_train_toolopts_defaults(ds_train_toolopts *t) {
     ds_train_opts to;
     ds_train_opts_defaults(&to);
-    *t = (ds_train_toolopts){.device = "cpu", .log_every = to.log_every, .val_batches = to.val_batches,
+    *t = (ds_train_toolopts){.device = "cpu", .ep = 1, .log_every = to.log_every, .val_batches = to.val_batches,
                              .bf16_moments = to.adamw.bf16_moments, .weight_decay = to.adamw.weight_decay,
                              .beta1 = to.adamw.beta1, .beta2 = to.adamw.beta2, .eps = to.adamw.eps, .clip = to.clip_norm,
                              .pp = 1, .pipe_schedule = "1f1b"};
@@ -68,6 +68,10 @@ static const shared_opt SHARED[] = {
     {"log-every", 0, DS_OPT_INT, F(log_every), "N", "print a line every N steps (0 = none)", .max = 1e9},
     {"skip-nonfinite", 0, DS_OPT_FLAG, F(skip_nonfinite), .help = "skip a step with NaN/Inf instead of stopping with exit 3"},
     {"fp8", 0, DS_OPT_FLAG, F(fp8), .help = DS_TRAIN_FP8_HELP},
+    {"ep", 0, DS_OPT_INT, F(ep), "N",
+     "expert parallelism: groups of N consecutive ranks split the routed experts (each holds n_routed/N)", .min = 1, .max = 1e6},
+    {"ranks-per-node", 0, DS_OPT_INT, F(ranks_per_node), "K",
+     "ranks per node for node-limited routing (n_group = nodes of an EP group; default: the real hosts)", .max = 1e6},
     /* pipeline parallelism (dist/pipesched.h) */
     {"pp", 0, DS_OPT_INT, F(pp), "N", "pipeline stages (world = PP x DP)", .min = 1, .max = 4096},
     {"schedule", 0, DS_OPT_CHOICE, F(pipe_schedule), "S",
@@ -75,6 +79,8 @@ static const shared_opt SHARED[] = {
      "1f1b|zb1p|dualpipe"},
     {"micro-batches", 0, DS_OPT_INT, F(pipe_micro_batches), "N", "pipeline micro-batches per step (0 = --batch / --micro-batch)",
      .max = 1 << 20},
+    {"stages", 0, DS_OPT_STR, F(stages), "L0-L1,...",
+     "decoder layers of each pipeline stage (default: split by estimated cost)"},
     {"quiet", 'q', DS_OPT_FLAG, F(quiet), .help = "only errors and warnings"},
     {"verbose", 'v', DS_OPT_FLAG, F(verbose), .help = "more detail"},
 };
@@ -182,7 +188,8 @@ ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool
                              .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
                              .device = t->device, .fp8 = t->fp8, .balance_alpha = t->alpha,
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,
-                             .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema};
+                             .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema, .pp = t->pp,
+                             .schedule = t->pipe_schedule, .stages = t->stages};
 }
 
 void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {

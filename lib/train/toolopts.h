@@ -31,10 +31,12 @@ typedef struct {
     const char *seed_note; /* where the seed came from when --seed was not given ("random", ...), or NULL */
     int batch, micro_batch, seq_len, threads, val_every, val_batches, save_every, log_every;
     int fp8, bf16_moments, no_zero, skip_nonfinite, quiet, verbose, force;
+    int ep, ranks_per_node; /* --ep, --ranks-per-node (train/eprun.h) */
     double ema; /* --ema DECAY (0: none) */
     int pp;                   /* --pp: pipeline stages (1: none) */
     int pipe_micro_batches;   /* --micro-batches: pipeline micro-batches per step (0: --batch / --micro-batch) */
     const char *pipe_schedule; /* --schedule: 1f1b | zb1p | dualpipe */
+    const char *stages;       /* --stages: decoder layers of each pipeline stage ("0-3,4-7"), or NULL */
     double lr, alpha, weight_decay, beta1, beta2, eps, clip, val_frac;
     ds_opt group_entries[64]; /* where the tables of ds_train_toolopts_group live */
     int n_group_entries;
