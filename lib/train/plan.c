@@ -484,7 +484,8 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
 
     stage_info *st = calloc(pp, sizeof *st);
     int *bounds = malloc((pp + 1) * sizeof *bounds);
-    int rc = st && bounds ? DS_OK : ds_fail(DS_ERR, "plan: out of memory");
+    p->stages = calloc(pp, sizeof *p->stages);
+    int rc = st && bounds && p->stages ? DS_OK : ds_fail(DS_ERR, "plan: out of memory");
     /* the stages the trainer runs (train/pipe.h): its split by estimated cost, or --stages */
     if (!rc) rc = ds_pipe_split_layers(cfg, pp, o->seq_len, o->stages, bounds);
     if (!rc) rc = stage_params(cfg, pp, ep, bounds, st);
@@ -502,6 +503,9 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
         si->a2a_f = a2a_time(p, c, p->tokens_per_mb, a.moe_layers, p->dispatch_ib_bytes + p->combine_ib_bytes,
                              p->dispatch_nvlink_bytes + p->combine_nvlink_bytes, &ib_s, &nv_s);
         si->a2a_b = si->a2a_f;
+        p->stages[s] = (ds_plan_stage){.first = l0, .end = l1, .flops = si->flops, .f = si->f_c, .b = si->b_c, .w = si->w_c,
+                                       .a2a = si->a2a_f, .params = si->params_dense + si->params_lin + si->params_expert,
+                                       .act_bytes = si->act};
         p->flops_per_token_exec += si->flops / p->tokens_per_mb;
         if (si->layers > p->layers_max) p->layers_max = si->layers;
     }
@@ -639,8 +643,8 @@ out:
 void ds_plan_free(ds_plan *p) {
     if (p->sched) ds_pipe_schedule_free(p->sched);
     if (p->sim) ds_pipe_sim_free(p->sim);
-    free(p->sched), free(p->sim);
-    p->sched = p->sim = NULL;
+    free(p->sched), free(p->sim), free(p->stages);
+    p->sched = p->sim = NULL, p->stages = NULL;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -734,6 +738,25 @@ void ds_plan_jsonw(const ds_plan *p, ds_jsonw *w) {
     ds_jsonw_knum(w, "flops_per_token_executed", p->flops_per_token_exec);
     ds_jsonw_knum(w, "stage_flops_per_micro_batch", p->stage_flops_max);
     ds_jsonw_kint(w, "layers_per_stage_max", p->layers_max);
+    if (p->stages) {
+        ds_jsonw_key(w, "stages");
+        ds_jsonw_arr_begin(w);
+        for (int s = 0; s < o->pp; s++) {
+            const ds_plan_stage *x = &p->stages[s];
+            ds_jsonw_obj_begin(w);
+            ds_jsonw_kint(w, "first_layer", x->first);
+            ds_jsonw_kint(w, "end_layer", x->end);
+            ds_jsonw_knum(w, "params", x->params);
+            ds_jsonw_knum(w, "flops_per_micro_batch", x->flops);
+            ds_jsonw_knum(w, "F", x->f);
+            ds_jsonw_knum(w, "B", x->b);
+            ds_jsonw_knum(w, "W", x->w);
+            ds_jsonw_knum(w, "a2a_F", x->a2a);
+            ds_jsonw_knum(w, "activation_bytes_per_micro_batch", x->act_bytes);
+            ds_jsonw_obj_end(w);
+        }
+        ds_jsonw_arr_end(w);
+    }
     ds_jsonw_key(w, "chunk_seconds");
     ds_jsonw_obj_begin(w);
     ds_jsonw_knum(w, "F", p->f_compute);
@@ -815,7 +838,14 @@ void ds_plan_table(const ds_plan *p, ds_strbuf *out) {
     put(out, "  total             %12s   of %s: %s\n", gb(p->mem.total, a), gb(p->cluster.memory_bytes, b), p->fits ? "fits" : "DOES NOT FIT");
     put(out, "\ncompute\n");
     put(out, "  FLOPs per token   %.4g (docs/METRICS.md), %.4g executed\n", p->flops_per_token, p->flops_per_token_exec);
-    put(out, "  heaviest stage    %d layers, %.4g FLOPs per micro-batch (F+B+W)\n", p->layers_max, p->stage_flops_max);
+    if (p->stages && o->pp > 1)
+        for (int s = 0; s < o->pp; s++) {
+            const ds_plan_stage *x = &p->stages[s];
+            put(out, "  stage %-3d         layers %d-%d%s%s: %.4g FLOPs per micro-batch, F %s B %s W %s\n", s, x->first, x->end - 1,
+                s == 0 ? " + embedding" : "", s == o->pp - 1 ? " + head, MTP" : "", x->flops, secs(x->f, a), secs(x->b, b),
+                secs(x->w, c));
+        }
+    else put(out, "  per micro-batch   %.4g FLOPs (F+B+W)\n", p->stage_flops_max);
     put(out, "  per chunk         F %s   B %s   W %s   F&B %s\n", secs(p->f_compute, a), secs(p->b_compute, b),
         secs(p->w_compute, c), secs(p->fb, (char[24]){0}));
     if (p->o.ep > 1 && p->nodes_per_token > 0) {

@@ -69,6 +69,15 @@ typedef struct {
     double total;                 /* compute (gemm + attn + mem) + a2a when not hidden */
 } ds_plan_time;
 
+/* One pipeline stage, one micro-batch. */
+typedef struct {
+    int first, end;                     /* decoder layers [first, end); the last stage also runs head and MTP */
+    double flops;                       /* F + B + W, executed */
+    double f, b, w, a2a;                /* compute seconds of F, B, W; all-to-all seconds of F (B the same) */
+    double params;                      /* held by one rank (routed experts / EP) */
+    double act_bytes;                   /* kept for backward */
+} ds_plan_stage;
+
 typedef struct {
     ds_plan_opts o;
     ds_cluster cluster;
@@ -104,7 +113,8 @@ typedef struct {
     double pipe_s, pipe_nocomm_s, dp_comm_s, optimizer_s, step_s;
     double bubble_s, bubble_fraction, exposed_comm_s;
     double tokens_per_s_per_gpu, mfu, gpu_hours_per_t;
-    /* the simulated timeline (for the PNG), owned */
+    /* owned: the stages (pp of them; NULL in --search's results) and the simulated timeline (for the PNG) */
+    ds_plan_stage *stages;
     void *sched, *sim;
 } ds_plan;
 

@@ -7,6 +7,7 @@
 #include "core/err.h"
 #include "model/model.h"
 #include "tap.h"
+#include "train/pipe.h"
 #include "train/plan.h"
 
 static const char *root(void) {
@@ -117,6 +118,17 @@ TEST(v3_fits_and_costs_180k_gpu_hours_per_trillion_tokens) {
                          p.mem.workspace + p.mem.a2a_buffers;
     CHECK_REL(p.mem.total, parts, 1e-12, "total = sum of the parts");
     CHECK(p.peak_act == 17, "DualPipe holds PP+1 = 17 micro-batch chunks on the fullest rank: %d", p.peak_act);
+    /* the stages are the trainer's (train/pipe.h), contiguous over the 61 layers; their FLOPs add up */
+    int first[17];
+    ds_pipe_split_layers(&cfg, 16, 4096, NULL, first);
+    int same = 1;
+    double fl = 0;
+    for (int s = 0; s < 16; s++) {
+        same &= p.stages[s].first == first[s] && p.stages[s].end == first[s + 1];
+        fl += p.stages[s].flops;
+    }
+    CHECK(same && p.stages[15].end == 61, "stages as ds_pipe_split_layers cuts them");
+    CHECK_REL(fl / 4096, p.flops_per_token_exec, 1e-9, "executed FLOPs per token = sum over the stages");
     /* throughput and MFU consistent with the GPU-hours */
     CHECK_REL(p.gpu_hours_per_t, 1e12 / p.tokens_per_s_per_gpu / 3600, 1e-12, "GPU-hours from tokens/s");
     CHECK_REL(p.step_s, 15360.0 * 4096 / 2048 / p.tokens_per_s_per_gpu, 1e-12, "step from tokens/s");
