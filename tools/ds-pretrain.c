@@ -160,6 +160,7 @@ int main(int argc, char **argv) {
         {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU; 989.4, the H100's bf16, with --device cuda)", 0, 0, 1e6},
         ds_train_toolopts_group(t, "skip-nonfinite fp8 device"),
         {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started)", 0, 0, 1e6},
+        ds_train_toolopts_group(t, "ep ranks-per-node"),
         ds_train_toolopts_group(t, "quiet verbose"),
         {0},
     };

@@ -20,6 +20,7 @@
 #include "model/model.h"
 #include "tok/chat.h"
 #include "train/ema.h"
+#include "train/eprun.h"
 #include "train/trainer.h"
 
 /* Where a training checkpoint keeps the EMA of its weights (--ema): a model checkpoint directory. */
@@ -52,6 +53,8 @@ typedef struct {
                                    checkpoint in <checkpoint>/ema; 0: none */
     int dp;                     /* data-parallel ranks: 0 = the MPI world when started by mpirun, else 1;
                                    rank 0 alone writes checkpoints, metrics and plots */
+    int ep;                     /* expert-parallel ranks per group (train/eprun.h; 0 or 1: none) */
+    int ranks_per_node;         /* consecutive ranks per node for node-limited routing (0: the real hosts) */
     /* Called with the loaded config before the model is built (ds-extend-ctx sets rope_scaling);
      * NULL: the config as loaded. A non-zero return stops with that status. */
     int (*edit_config)(void *ctx, ds_config *cfg);
@@ -88,6 +91,7 @@ typedef struct {
                                  (or, for a tool that fails before it, in ds_session_agree) */
     int failed_alone;         /* this rank failed in the training loop: leave MPI without finalizing */
     ds_train_comm tcomm;
+    ds_ep_run ep;             /* --ep: the layout, the experts' parameter group, traffic metrics */
     ds_ema *ema;             /* --ema on rank 0, else NULL */
     ds_dir_lock out_lock;     /* held by the process that writes out_dir (rank 0) for the whole run */
 } ds_session;

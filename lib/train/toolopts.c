@@ -16,7 +16,7 @@
 void ds_train_toolopts_defaults(ds_train_toolopts *t) {
     ds_train_opts to;
     ds_train_opts_defaults(&to);
-    *t = (ds_train_toolopts){.device = "cpu", .log_every = to.log_every, .val_batches = to.val_batches,
+    *t = (ds_train_toolopts){.device = "cpu", .ep = 1, .log_every = to.log_every, .val_batches = to.val_batches,
                              .bf16_moments = to.adamw.bf16_moments, .weight_decay = to.adamw.weight_decay,
                              .beta1 = to.adamw.beta1, .beta2 = to.adamw.beta2, .eps = to.adamw.eps, .clip = to.clip_norm};
 }
@@ -65,6 +65,10 @@ static const shared_opt SHARED[] = {
     {"log-every", 0, DS_OPT_INT, F(log_every), "N", "print a line every N steps (0 = none)", .max = 1e9},
     {"skip-nonfinite", 0, DS_OPT_FLAG, F(skip_nonfinite), .help = "skip a step with NaN/Inf instead of stopping with exit 3"},
     {"fp8", 0, DS_OPT_FLAG, F(fp8), .help = DS_TRAIN_FP8_HELP},
+    {"ep", 0, DS_OPT_INT, F(ep), "N",
+     "expert parallelism: groups of N consecutive ranks split the routed experts (each holds n_routed/N)", .min = 1, .max = 1e6},
+    {"ranks-per-node", 0, DS_OPT_INT, F(ranks_per_node), "K",
+     "ranks per node for node-limited routing (n_group = nodes of an EP group; default: the real hosts)", .max = 1e6},
     {"quiet", 'q', DS_OPT_FLAG, F(quiet), .help = "only errors and warnings"},
     {"verbose", 'v', DS_OPT_FLAG, F(verbose), .help = "more detail"},
 };
@@ -162,7 +166,8 @@ ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool
                              .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
                              .device = t->device, .fp8 = t->fp8, .balance_alpha = t->alpha,
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,
-                             .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema};
+                             .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema,
+                             .ep = t->ep, .ranks_per_node = t->ranks_per_node};
 }
 
 void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {

@@ -30,6 +30,7 @@ typedef struct {
     const char *seed_note; /* where the seed came from when --seed was not given ("random", ...), or NULL */
     int batch, micro_batch, seq_len, threads, val_every, val_batches, save_every, log_every;
     int fp8, bf16_moments, skip_nonfinite, quiet, verbose, force;
+    int ep, ranks_per_node; /* --ep, --ranks-per-node (train/eprun.h) */
     double ema; /* --ema DECAY (0: none) */
     double lr, alpha, weight_decay, beta1, beta2, eps, clip, val_frac;
     ds_opt group_entries[64]; /* where the tables of ds_train_toolopts_group live */

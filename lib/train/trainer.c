@@ -247,9 +247,14 @@ int ds_trainer_step(ds_trainer *t) {
     if (net->set_balance_alpha) net->set_balance_alpha(net->impl, t->o.balance_alpha * bal_share);
     net->zero_grad(net->impl);
     ds_balance_reset(&t->bal);
-    const int P = dp_size(t), rank = dp_rank(t);
-    for (int r0 = 0; r0 < rows; r0 += m) {
-        if ((r0 / m) % P != rank) continue; /* another replica's micro-batch */
+    const int P = dp_size(t), rank = dp_rank(t), n_micro = rows / m, mtp = net->mtp_depth > 0;
+    for (int k = rank; k < (n_micro + P - 1) / P * P; k += P) { /* micro-batch k is replica k % P's */
+        const int r0 = k * m;
+        if (k >= n_micro) { /* this replica has one fewer than some others: an empty one (expert parallelism) */
+            if (net->idle) DS_TRY(net->idle(net->impl, T, 0, mtp));
+            if (net->idle) DS_TRY(net->idle(net->impl, T, 1, mtp));
+            continue;
+        }
         ds_batch b = ds_batch_buf_view(&t->buf, r0, m);
         ds_fwd_out f;
         DS_TRY(net->forward(net->impl, &b, &f));
@@ -260,6 +265,7 @@ int ds_trainer_step(ds_trainer *t) {
         if (f.expert_load) ds_balance_add(&t->bal, f.expert_load);
         DS_TRY(net->backward(net->impl, &b, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
     }
+    if (t->hooks.micro_done) DS_TRY(t->hooks.micro_done(t->hooks.ctx, t));
     DS_TRY(ds_zero_reduce(&t->opt, net)); /* each parameter group's gradients over its ranks */
     if (P > 1) { /* every replica ends with the whole step's sums */
         const ds_train_comm *c = t->hooks.comm;
@@ -319,6 +325,8 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
     for (int64_t k = 0; k < nb; k++) {
         t->vbuf.rows = 0;
         DS_TRY(t->val->next(t->val, &t->vbuf, m));
+        if (k % P == 0 && k + rank >= nb && t->net->idle) /* a round where this replica has none (expert parallelism) */
+            DS_TRY(t->net->idle(t->net->impl, t->o.seq_len, 0, 0));
         if (k % P != rank) continue;
         ds_batch b = ds_batch_buf_view(&t->vbuf, 0, m);
         ds_fwd_out f;
