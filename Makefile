@@ -32,7 +32,7 @@ BUILD   := build/$(VARIANT)
 BIN     := $(if $(SANITIZE),$(BUILD)/bin,bin)
 
 GIT_REV := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
-PKGS    := openblas libzstd libpcre2-8 jansson ompi-c libpng freetype2
+PKGS    := openblas libzstd libpcre2-8 jansson ompi-c libpng freetype2 libmicrohttpd
 
 # pkg-config's flags come from a makefile that a rule writes after the deps step, never from the parse:
 # on a fresh machine pkg-config and the libraries only exist once .ci/deps.sh has run. GNU make remakes

@@ -5,7 +5,7 @@
 # (a fresh machine takes a few minutes; apt's full output is shown only when it fails).
 set -eu
 PKGS="build-essential pkg-config libopenblas-dev libzstd-dev zstd libpcre2-dev libjansson-dev
-libopenmpi-dev openmpi-bin libibverbs-dev libpng-dev libfreetype-dev fonts-dejavu-core bats gnuplot-nox jq clang
+libopenmpi-dev openmpi-bin libibverbs-dev libpng-dev libfreetype-dev libmicrohttpd-dev fonts-dejavu-core bats gnuplot-nox jq clang curl
 libclang-rt-14-dev python3 python3-venv ca-certificates"
 missing=""
 n=0

@@ -15,6 +15,7 @@
 #include "infer/kvcache.h"
 #include "infer/load.h"
 #include "infer/score.h"
+#include "infer/server.h"
 #include "infer/textgen.h"
 #include "ops/device.h"
 
@@ -23,7 +24,7 @@
 #include <unistd.h>
 
 static struct {
-    const char *model, *chat_template, *prefill, *metrics, *device;
+    const char *model, *chat_template, *prefill, *metrics, *device, *serve;
     ds_strlist prompts, stops;
     int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, drop_oldest, score, ids, truncate, no_bos, ignore_eos, w8a8;
     int quiet, verbose;
@@ -59,6 +60,8 @@ static const ds_opt opts[] = {
     {"device", 0, DS_OPT_CHOICE, &A.device, "DEV", "where the network runs (cuda: one GPU, device 0)", "cpu|cuda"},
     {"w8a8", 0, DS_OPT_FLAG, &A.w8a8, NULL, "FP8 W8A8: Linear weights in 128x128 blocks, inputs in 1x128 tiles (E4M3), "
      "block-scaled products; kv_b, router, head and eh_proj stay fp32 (DeepSeek's inference)"},
+    {"serve", 0, DS_OPT_STR, &A.serve, "HOST:PORT", "serve the OpenAI API over HTTP (host 127.0.0.1 unless given; port 0: "
+     "any free one, printed); --batch sequences decode together; SIGINT/SIGTERM stop after the requests in flight"},
     {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads; 0 = all cores", NULL, 0, 4096},
     {"metrics", 0, DS_OPT_STR, &A.metrics, "FILE", "write the configuration and the run's statistics as JSONL"},
     {"quiet", 'q', DS_OPT_FLAG, &A.quiet, NULL, "no progress or statistics on stderr"},
@@ -157,6 +160,44 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_gen_setting
     return rc;
 }
 
+static void serve_ready(void *ctx, int port) {
+    const ds_serve_opts *so = ctx;
+    printf("http://%s:%d\n", so->host, port); /* stdout: a script reads the port from here */
+    fflush(stdout);
+    ds_info("serving '%s' at http://%s:%d/v1 (batch %d); SIGINT or SIGTERM stops", so->model_name, so->host, port,
+            A.batch);
+}
+
+/* --serve: the engine sized for the batch and the context, behind the HTTP server (infer/server.h). */
+static int run_serve(ds_loaded *L, const ds_chat_template *tpl, const ds_gen_settings *gs, int ctx, const ds_ops *lin) {
+    const ds_config *c = ds_model_config(L->model);
+    const float *bias[1024];
+    ds_infer_model im;
+    if (c->num_hidden_layers + c->num_nextn_predict_layers > 1024) return ds_fail(DS_ERR, "too many layers");
+    ds_infer_model_of(L->model, &im, bias);
+    char name[256];
+    ds_serve_model_name(A.model, name, sizeof name);
+    ds_serve_opts so = {.model_name = name, .tok = L->tok, .chat = tpl, .bos = A.no_bos ? -1 : c->bos_token_id,
+                        .gen = {.sampling = {gs->temperature, gs->top_k, gs->top_p, A.seed}, .max_new = ctx - 1, .eos_id = -1,
+                                .eos_more = gs->eos, .mtp = A.mtp, .batch = A.batch, .prefill_chunk = A.prefill_chunk,
+                                .prefill_form = strcmp(A.prefill, "naive") ? DS_ATTN_ABSORBED : DS_ATTN_NAIVE},
+                        .default_max_tokens = gs->max_new, .max_length = gs->max_length, .max_n = 64, .max_body = 8u << 20};
+    DS_TRY(ds_serve_parse_addr(A.serve, &so));
+    int rows = A.prefill_chunk > 2 * A.batch ? A.prefill_chunk : 2 * A.batch;
+    ds_infer_opts io = {.max_tokens = rows, .slots = A.batch, .max_len = ctx, .mtp = A.mtp, .serial_flops = 5e7,
+                        .linear_ops = lin};
+    ds_infer *e = NULL;
+    ds_serve_stats st;
+    int rc = ds_infer_create(&e, &im, ds_model_ops(L->model), &io);
+    if (!rc) rc = ds_serve_until_signal(e, &so, serve_ready, &so, &st);
+    ds_infer_free(e);
+    if (!rc)
+        ds_info("served %lld requests (%lld refused, %lld cancelled): %lld prompt tokens, %lld generated in %lld decode steps",
+                (long long)st.requests, (long long)st.errors, (long long)st.cancelled, (long long)st.prompt_tokens,
+                (long long)st.completion_tokens, (long long)st.gen.decode_steps);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     ds_tool_init("ds-generate");
     const ds_cli cli = {
@@ -185,7 +226,7 @@ int main(int argc, char **argv) {
     if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
     if (!A.model) return ds_usage_error("-m/--model is required");
     if (A.prompts.n && A.ids) return ds_usage_error("--prompt and --ids do not go together");
-    if (ds_is_stdio(A.model) && !A.prompts.n)
+    if (ds_is_stdio(A.model) && !A.prompts.n && !A.serve)
         return ds_usage_error("%s - reads the checkpoint from stdin: give prompts with --prompt", ds_cli_opt(&A.model, "-m"));
     if (A.score && (A.mtp || A.stops.n)) return ds_usage_error("--score takes no --mtp or --stop");
     if (A.quiet) ds_log_set_level(DS_LOG_QUIET);
@@ -288,11 +329,13 @@ int main(int argc, char **argv) {
                          .bos = A.no_bos ? -1 : c->bos_token_id, .vocab = c->vocab_size};
     ds_prompt_reader *rd = NULL;
     /* a person at a terminal: the interactive chat; piped input keeps the batch */
-    const int chat_tty = A.chat && !A.prompts.n && !A.score && !A.ids && !A.jsonl && isatty(STDIN_FILENO);
+    const int chat_tty = !A.serve && A.chat && !A.prompts.n && !A.score && !A.ids && !A.jsonl && isatty(STDIN_FILENO);
     if (!rc && chat_tty && A.mtp) rc = ds_fail(DS_EUSAGE, "--mtp: the interactive chat does not speculate");
-    if (!rc && chat_tty) rc = run_chat(&L, &tpl, &gs, ctx, A.w8a8 ? &fp8 : NULL);
+    if (!rc && A.serve) rc = run_serve(&L, have_tpl ? &tpl : NULL, &gs, ctx, A.w8a8 ? &fp8 : NULL);
+    else if (!rc && chat_tty) rc = run_chat(&L, &tpl, &gs, ctx, A.w8a8 ? &fp8 : NULL);
     else if (!rc) rc = ds_prompt_reader_open(&rd, &po, A.prompts.n ? A.prompts.v : NULL, A.prompts.n, stdin, "stdin");
-    if (!rc && A.score) {
+    if (!rc && A.serve) {
+    } else if (!rc && A.score) {
         ds_score_stats ss;
         rc = ds_score(L.model, rd, stdout, ctx, &ss);
         if (!rc) ds_info("scored %lld inputs, %lld tokens in %.2f s", (long long)ss.inputs, (long long)ss.tokens, ss.seconds);

@@ -5,6 +5,8 @@
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/threads.h"
+#include "dist/pipeview.h"
+#include "io/config.h"
 #include "train/flops.h"
 #include "train/session.h"
 #include "train/shards.h"
@@ -23,7 +25,7 @@ typedef struct {
     ds_train_toolopts t;
     const char *config, *batch_ramp, *gamma, *lambda;
     ds_strlist data;
-    int dp;
+    int dp, print_schedule;
     double init_std, fim_rate, peak_tflops;
 } args;
 
@@ -113,6 +115,40 @@ done:
     return rc;
 }
 
+/* --print-schedule: the schedule --pp/--schedule/--micro-batches name, as a timeline on stdout and a PNG
+ * (--plot, default schedule.png), with Table 2's accounting; no training. A model (--config or -m) only
+ * bounds the stages by its layers. Returns the exit code. */
+static int print_schedule(args *a) {
+    int n_layers = 0, rc;
+    if (a->config || a->t.model) {
+        char p[4200];
+        ds_config cfg;
+        if (a->config) snprintf(p, sizeof p, "%s", a->config);
+        else snprintf(p, sizeof p, "%s/config.json", a->t.model);
+        if ((rc = ds_config_load_file(&cfg, p))) return ds_tool_report(rc);
+        n_layers = cfg.num_hidden_layers;
+        ds_config_free(&cfg);
+    }
+    ds_pipe_kind kind;
+    if (ds_train_tool_check_batch(&a->t) || ds_train_tool_check_pipeline(&a->t, n_layers, &kind)) return 2;
+    ds_pipe_schedule s;
+    ds_strbuf text = {0};
+    const char *png = a->t.plot ? a->t.plot : "schedule.png";
+    rc = ds_pipe_schedule_make(&s, kind, a->t.pp, a->t.pipe_micro_batches);
+    if (!rc) rc = ds_pipe_timeline_text(&s, &text);
+    if (!rc) ds_strbuf_puts(&text, "\n");
+    if (!rc) rc = ds_pipe_table2_text(a->t.pp, a->t.pipe_micro_batches, &text);
+    if (!rc && ds_is_stdio(png)) rc = ds_fail(DS_EUSAGE, "%s -: the timeline goes to stdout; give a file", ds_cli_opt(&a->t.plot, "--plot"));
+    if (!rc) rc = ds_pipe_timeline_png(&s, png);
+    if (!rc) {
+        fputs(text.s, stdout);
+        ds_info("wrote %s", png);
+    }
+    free(text.s);
+    ds_pipe_schedule_free(&s);
+    return rc == DS_EUSAGE ? ds_usage_error("%s", ds_errmsg()) : rc ? ds_tool_report(rc) : 0;
+}
+
 /* Usage problems: 2 with a message, or -1 to go on. */
 static int check_args(args *a) {
     if (!a->config && !a->t.model && !a->t.resume) return ds_usage_error("no model: give --config CFG.json or -m CKPT");
@@ -121,6 +157,8 @@ static int check_args(args *a) {
     if (ds_train_tool_check_out(&a->t)) return 2;
     if (!a->t.steps) return ds_usage_error("--steps is required");
     if (ds_train_tool_check_batch(&a->t)) return 2;
+    if (a->t.pp > 1) /* the pipeline's execution is not part of this tool yet */
+        return ds_usage_error("--pp %d: pipeline-parallel training is not available yet (--print-schedule shows the schedule)", a->t.pp);
     return -1;
 }
 
@@ -147,7 +185,7 @@ int main(int argc, char **argv) {
         {"lambda", 0, DS_OPT_STR, &a.lambda, "SPEC", "MTP loss weight schedule", 0, 0, 0},
         ds_train_toolopt(t, "alpha", "sequence-wise balance loss weight (V3: 1e-4)"),
         ds_train_toolopt(t, "weight-decay", "AdamW weight decay (not on norm gains)"),
-        ds_train_toolopts_group(t, "beta1 beta2 eps clip bf16-moments"),
+        ds_train_toolopts_group(t, "beta1 beta2 eps clip bf16-moments no-zero"),
         {"init-std", 0, DS_OPT_FLOAT, &a.init_std, "STD", "normal init std of a fresh model (0 = the config's ds_init_std)", 0, 0, 1},
         ds_train_toolopt(t, "seed", "seed of the init, the data order and FIM"),
         ds_train_toolopt(t, "threads", NULL),
@@ -161,6 +199,10 @@ int main(int argc, char **argv) {
         ds_train_toolopts_group(t, "skip-nonfinite fp8 device"),
         {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started)", 0, 0, 1e6},
         ds_train_toolopts_group(t, "ep ranks-per-node"),
+        ds_train_toolopts_group(t, "pp schedule micro-batches"),
+        {"print-schedule", 0, DS_OPT_FLAG, &a.print_schedule, NULL,
+         "print the pipeline schedule of --pp/--schedule/--micro-batches as a per-rank timeline and the bubble and memory "
+         "accounting of V3's Table 2, draw it as a PNG (--plot, default schedule.png), and exit without training", 0, 0, 0},
         ds_train_toolopts_group(t, "quiet verbose"),
         {0},
     };
@@ -174,12 +216,14 @@ int main(int argc, char **argv) {
                    "after saving.",
         .example = "  ds-tokenize encode -t tok.json -o shards/ corpus/*.txt\n"
                    "  ds-pretrain --config share/configs/demo.json --data 'shards/*.tok' -o ckpt/base --steps 200 \\\n"
-                   "      --batch 16 --seq-len 256 --lr 1e-3 --metrics run.jsonl --plot loss.png --save-every 50",
+                   "      --batch 16 --seq-len 256 --lr 1e-3 --metrics run.jsonl --plot loss.png --save-every 50\n"
+                   "  ds-pretrain --pp 8 --micro-batches 20 --schedule dualpipe --print-schedule --plot dualpipe.png",
         .opts = opts,
     };
     int first;
     int rc = ds_cli_parse(&cli, argc, argv, &first);
     if (rc < 0) rc = ds_train_tool_start(t, argc, argv, first);
+    if (rc < 0 && a.print_schedule) rc = print_schedule(&a);
     if (rc < 0) rc = check_args(&a);
     if (rc < 0) rc = run(&a);
     ds_strlist_free(&a.data);

@@ -209,7 +209,7 @@ int main(int argc, char **argv) {
         ds_train_toolopt(t, "metrics", "one JSON object per step and per evaluation ('-' = stdout)"),
         ds_train_toolopt(t, "plot", "draw the reward and accuracy curves at the end"),
         {"samples", 0, DS_OPT_STR, &A.samples, "FILE.jsonl", "write every completion with its rewards and advantage ('-' = stdout)"},
-        ds_train_toolopts_group(t, "save-every ema resume force log-every"),
+        ds_train_toolopts_group(t, "save-every ema no-zero resume force log-every"),
         ds_train_toolopt(t, "device", "where to train"),
         ds_train_toolopt(t, "fp8", DS_TRAIN_FP8_HELP "; rollouts stay fp32"),
         ds_train_toolopts_group(t, "quiet verbose"),

@@ -17,5 +17,11 @@ typedef struct {
 
 void ds_strbuf_put(ds_strbuf *b, const char *s, size_t n);
 void ds_strbuf_puts(ds_strbuf *b, const char *s);
+/* printf-style append */
+void ds_strbuf_printf(ds_strbuf *b, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
 
 #endif

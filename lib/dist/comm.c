@@ -131,6 +131,11 @@ int ds_comm_bcast_u64(const ds_comm *c, uint64_t *v) {
     return 0;
 }
 
+int ds_comm_bcast_bytes(const ds_comm *c, void *buf, int n) {
+    DS_MPI_TRY(c, MPI_Bcast(buf, n, MPI_BYTE, 0, WORLD(c)));
+    return 0;
+}
+
 int ds_comm_allreduce_sum_f64(const ds_comm *c, double *v, int n) {
     DS_MPI_TRY(c, MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, WORLD(c)));
     return 0;

@@ -42,6 +42,7 @@ void ds_comm_free_split(ds_comm *sub);
 int ds_comm_barrier(const ds_comm *c);
 /* Rank 0's value, on every rank. */
 int ds_comm_bcast_u64(const ds_comm *c, uint64_t *v);
+int ds_comm_bcast_bytes(const ds_comm *c, void *buf, int n);
 int ds_comm_allreduce_sum_f64(const ds_comm *c, double *v, int n);
 int ds_comm_allreduce_max_f64(const ds_comm *c, double *v, int n);
 int ds_comm_allreduce_sum_i64(const ds_comm *c, int64_t *v, int n);

@@ -27,6 +27,9 @@ int ds_pipe_check(ds_pipe_kind kind, int pp, int n_mb) {
     if (kind < 0 || kind >= DS_PIPE_N_KINDS) return ds_fail(DS_EUSAGE, "unknown pipeline schedule %d", (int)kind);
     if (pp < 1) return ds_fail(DS_EUSAGE, "pipeline stages: --pp %d must be at least 1", pp);
     if (n_mb < 1) return ds_fail(DS_EUSAGE, "micro-batches: --micro-batches %d must be at least 1", n_mb);
+    if ((int64_t)pp * n_mb > DS_PIPE_MAX_CELLS)
+        return ds_fail(DS_EUSAGE, "pipeline too large to schedule: PP %d x %d micro-batches is above %d", pp, n_mb,
+                       DS_PIPE_MAX_CELLS);
     if (kind == DS_PIPE_DUALPIPE) {
         if (pp % 2)
             return ds_fail(DS_EUSAGE, "DualPipe needs an even number of stages: --pp %d", pp);

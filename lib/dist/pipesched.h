@@ -29,8 +29,9 @@
  * (the gradient, from ds_pipe_next_rank), and at the last stage the F of (m, PP-1); W of (m, s) needs
  * the B of (m, s). Ops on one rank run in list order.
  *
- * Requirements (ds_pipe_check): PP >= 1, M >= 1; DualPipe: PP even, M even and M >= 2 PP (the
- * schedule's steady phase needs M/2 >= PP micro-batches per direction).
+ * Requirements (ds_pipe_check): PP >= 1, M >= 1, PP x M <= DS_PIPE_MAX_CELLS (a schedule and its
+ * simulation take about 70 bytes per cell); DualPipe: PP even, M even and M >= 2 PP (the schedule's
+ * steady phase needs M/2 >= PP micro-batches per direction).
  */
 #ifndef DS_DIST_PIPESCHED_H
 #define DS_DIST_PIPESCHED_H
@@ -39,6 +40,8 @@
 #include <stdint.h>
 
 #include "core/strbuf.h"
+
+#define DS_PIPE_MAX_CELLS (1 << 22)
 
 typedef enum { DS_PIPE_1F1B = 0, DS_PIPE_ZB1P = 1, DS_PIPE_DUALPIPE = 2 } ds_pipe_kind;
 #define DS_PIPE_N_KINDS 3
@@ -66,8 +69,8 @@ typedef struct {
 int ds_pipe_kind_parse(const char *s, ds_pipe_kind *kind);
 const char *ds_pipe_kind_name(ds_pipe_kind kind); /* "1F1B", "ZB1P", "DualPipe" */
 
-/* Refuse (DS_EUSAGE, one line) what the schedule cannot run: PP < 1, micro-batches < 1, DualPipe with
- * odd PP or micro-batches odd or below 2 PP. */
+/* Refuse (DS_EUSAGE, one line) what the schedule cannot run: PP < 1, micro-batches < 1, PP x micro-batches
+ * above DS_PIPE_MAX_CELLS, DualPipe with odd PP or micro-batches odd or below 2 PP. */
 int ds_pipe_check(ds_pipe_kind kind, int pp, int n_mb);
 
 /* Build the schedule (after ds_pipe_check). Free with ds_pipe_schedule_free (safe on a zeroed one). */

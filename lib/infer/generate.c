@@ -24,6 +24,7 @@ typedef struct {
     int has_draft;   /* MTP draft waiting for verification */
     int32_t draft;
     ds_dist q;       /* the distribution the draft was drawn from */
+    ds_gen_seq_opts so; /* this sequence's sampling, stream and budget */
 } slot_state;
 
 typedef struct {
@@ -44,7 +45,9 @@ typedef struct {
     float *m_h;
 } gen;
 
-static int emit(gen *g, slot_state *s, int32_t tok, double logp) {
+static int emit(gen *g, slot_state *s, int32_t tok, const float *lg) {
+    const double logp = ds_logprob(lg, g->V, tok);
+    s->s.logits = lg;
     s->tokens[s->s.n] = tok;
     s->logprobs[s->s.n] = (float)logp;
     s->s.n++;
@@ -54,9 +57,10 @@ static int emit(gen *g, slot_state *s, int32_t tok, double logp) {
     g->st->new_tokens++;
     int stop = 0;
     DS_TRY(g->io->on_token(g->io->sink, &s->s, &stop));
+    s->s.logits = NULL;
     if ((g->o->eos_id >= 0 && tok == g->o->eos_id) || ds_eos_ids_has(&g->o->eos_more, tok)) s->s.finish = DS_FINISH_EOS;
     else if (stop) s->s.finish = DS_FINISH_STOP;
-    else if (s->s.n >= g->o->max_new || (g->o->max_length > 0 && s->s.prompt_len + s->s.n >= g->o->max_length))
+    else if (s->s.n >= s->so.max_new || (g->o->max_length > 0 && s->s.prompt_len + s->s.n >= g->o->max_length))
         s->s.finish = DS_FINISH_LENGTH;
     if (s->s.finish) {
         s->s.t_end = ds_now();
@@ -75,6 +79,7 @@ static int admit(gen *g) {
         const int32_t *ids = NULL;
         int n = 0, got = 0;
         DS_TRY(g->io->next(g->io->src, &id, &ids, &n, &got));
+        if (got == DS_GEN_WAIT) break;
         if (!got) {
             g->input_done = 1;
             break;
@@ -89,7 +94,15 @@ static int admit(gen *g) {
         if (g->o->max_length > 0 && n >= g->o->max_length)
             return ds_fail(DS_ERR, "prompt %llu: %d tokens reach the max_length of %d (prompt included): give --max-new",
                            (unsigned long long)id, n, g->o->max_length);
-        int max_new = g->o->max_length > 0 && g->o->max_length - n < g->o->max_new ? g->o->max_length - n : g->o->max_new;
+        s->so = (ds_gen_seq_opts){.sampling = g->o->sampling, .stream = id, .max_new = g->o->max_new};
+        if (g->io->seq_opts) {
+            DS_TRY(g->io->seq_opts(g->io->src, id, &s->so));
+            DS_TRY(ds_sampling_check(&s->so.sampling));
+            if (s->so.max_new < 1 || s->so.max_new > g->o->max_new)
+                return ds_fail(DS_ERR, "prompt %llu: %d new tokens: must be in [1, %d]", (unsigned long long)id,
+                               s->so.max_new, g->o->max_new);
+        }
+        int max_new = g->o->max_length > 0 && g->o->max_length - n < s->so.max_new ? g->o->max_length - n : s->so.max_new;
         int drop = 0;
         if ((int64_t)n + max_new > g->max_len) {
             if (!g->o->truncate) {
@@ -122,9 +135,9 @@ static int admit(gen *g) {
 /* Draft the next token of slot s from MTP logits row `lg`; idx = the generated index it would take. */
 static int draft_from(gen *g, slot_state *s, const float *lg) {
     int32_t d;
-    DS_TRY(ds_sampler_dist(&g->sampler, lg, &g->o->sampling, &s->q));
+    DS_TRY(ds_sampler_dist(&g->sampler, lg, &s->so.sampling, &s->q));
     d = s->q.n == 1 ? s->q.ids[0]
-                    : ds_dist_draw(&s->q, ds_draw_uniform(g->o->sampling.seed, s->s.id, (uint64_t)s->s.n, DS_DRAW_DRAFT));
+                    : ds_dist_draw(&s->q, ds_draw_uniform(s->so.sampling.seed, s->so.stream, (uint64_t)s->s.n, DS_DRAW_DRAFT));
     s->draft = d;
     s->has_draft = 1;
     return DS_OK;
@@ -191,8 +204,8 @@ static int prefill_step(gen *g) {
         if (complete) {
             const float *lg = g->logits + (size_t)out++ * g->V;
             int32_t tok;
-            DS_TRY(ds_sample_next(&g->sampler, lg, &g->o->sampling, s->s.id, 0, &g->p, &tok));
-            DS_TRY(emit(g, s, tok, ds_logprob(lg, g->V, tok)));
+            DS_TRY(ds_sample_next(&g->sampler, lg, &s->so.sampling, s->so.stream, 0, &g->p, &tok));
+            DS_TRY(emit(g, s, tok, lg));
         }
         if (!g->o->mtp) continue;
         /* the MTP cache needs (h_i, token i+1) at every prompt position; the last one pairs with the
@@ -232,7 +245,6 @@ static int decode_step(gen *g) {
     DS_TRY(ds_infer_forward(g->e, &st));
     g->st->decode_s += ds_now() - t0;
     g->st->decode_steps++;
-    const uint64_t seed = g->o->sampling.seed;
     int m = 0;
     for (int q = 0; q < nslots; q++) {
         slot_state *s = &g->slot[which[q]];
@@ -241,23 +253,23 @@ static int decode_step(gen *g) {
         int32_t tok;
         int accepted = 0;
         if (had_draft) {
-            DS_TRY(ds_sampler_dist(&g->sampler, lg0, &g->o->sampling, &g->p));
-            accepted = ds_spec_verify(&g->p, &s->q, s->draft, seed, s->s.id, (uint64_t)step, &tok);
+            DS_TRY(ds_sampler_dist(&g->sampler, lg0, &s->so.sampling, &g->p));
+            accepted = ds_spec_verify(&g->p, &s->q, s->draft, s->so.sampling.seed, s->so.stream, (uint64_t)step, &tok);
             s->s.drafted++;
             s->s.accepted += accepted;
             g->st->drafted++;
             g->st->accepted += accepted;
             s->has_draft = 0;
         } else {
-            DS_TRY(ds_sample_next(&g->sampler, lg0, &g->o->sampling, s->s.id, (uint64_t)step, &g->p, &tok));
+            DS_TRY(ds_sample_next(&g->sampler, lg0, &s->so.sampling, s->so.stream, (uint64_t)step, &g->p, &tok));
         }
-        DS_TRY(emit(g, s, tok, ds_logprob(lg0, g->V, tok)));
+        DS_TRY(emit(g, s, tok, lg0));
         ds_infer_cache(g->e)->len[which[q]] = p + 1;
         if (accepted && s->active) { /* the draft was right: the verifier's next row is a free token */
             const float *lg1 = lg0 + g->V;
             int32_t bonus;
-            DS_TRY(ds_sample_next(&g->sampler, lg1, &g->o->sampling, s->s.id, (uint64_t)step + 1, &g->p, &bonus));
-            DS_TRY(emit(g, s, bonus, ds_logprob(lg1, g->V, bonus)));
+            DS_TRY(ds_sample_next(&g->sampler, lg1, &s->so.sampling, s->so.stream, (uint64_t)step + 1, &g->p, &bonus));
+            DS_TRY(emit(g, s, bonus, lg1));
             ds_infer_cache(g->e)->len[which[q]] = p + 2;
         }
         if (!g->o->mtp || !s->active) continue;
@@ -363,7 +375,8 @@ int ds_generate(ds_infer *e, const ds_gen_opts *o, const ds_gen_io *io, ds_gen_s
             any |= g.slot[k].active;
             prefill |= g.slot[k].active && g.slot[k].prefilled < g.slot[k].s.prompt_len;
         }
-        if (!any) break;
+        if (!any && g.input_done) break;
+        if (!any) continue; /* the source said DS_GEN_WAIT with nothing in flight: ask again */
         if ((rc = prefill ? prefill_step(&g) : decode_step(&g))) break;
     }
     gen_free(&g);

@@ -43,17 +43,34 @@ typedef struct {
     int prompt_len, truncated; /* truncated: tokens dropped from the front */
     const int32_t *tokens;  /* generated so far, EOS included when it ended the sequence */
     const float *logprobs;  /* log p(token | everything before) under the model itself (temperature 1) */
+    const float *logits;    /* in on_token only: the raw logits [V] the newest token was chosen from (else NULL) */
     int n;
     ds_finish finish;
     double t_admit, t_first, t_end; /* ds_now() when admitted, when the first token came, when done */
     int drafted, accepted;  /* speculative decoding: drafts verified and accepted */
 } ds_gen_seq;
 
+/* One sequence's own settings (ds_gen_io.seq_opts): they start as ds_gen_opts' sampling and max_new with
+ * the sequence id as the sampling stream. The draws of a sequence are a function of (sampling.seed,
+ * stream, step) only, so a server can give each request its own seed and number its choices 0..n-1. */
+typedef struct {
+    ds_sampling sampling;
+    uint64_t stream;
+    int max_new; /* in [1, ds_gen_opts.max_new] */
+} ds_gen_seq_opts;
+
+#define DS_GEN_WAIT 2 /* next's *got: no prompt now, more may come (a server between requests) */
+
 typedef struct {
     void *src;
     /* The next prompt: set *got = 1 with *id, *ids, *n (the ids are copied before next is called again),
-     * or *got = 0 when there are no more. Return 0, or an error code (message set) to abort. */
+     * *got = 0 when there are no more, or *got = DS_GEN_WAIT when there is none yet: the engine runs a
+     * step with the sequences it has and asks again (with none in flight it asks again at once, so the
+     * source should then block until it has a prompt). Return 0, or an error code (message set) to abort. */
     int (*next)(void *src, uint64_t *id, const int32_t **ids, int *n, int *got);
+    /* Optional (NULL: every sequence uses ds_gen_opts): adjust the settings of the sequence `next` just
+     * returned. Return 0 or an error code. */
+    int (*seq_opts)(void *src, uint64_t id, ds_gen_seq_opts *so);
     void *sink;
     /* A new token (already appended to s->tokens). Set *stop = 1 to end the sequence ("stop").
      * Return 0, or an error code that aborts generation. */

@@ -71,6 +71,23 @@ int ds_ep_run_step(ds_ep_run *r, ds_model *m, const ds_comm *c) {
            mx = st.nodes_max;
     DS_TRY(ds_comm_allreduce_sum_f64(c, sum, 5));
     DS_TRY(ds_comm_allreduce_max_f64(c, &mx, 1));
+    /* the biases: max and -min over the ranks of every entry */
+    const ds_config *cfg = ds_model_config(m);
+    const int L = cfg->num_hidden_layers + ds_model_mtp_depth(m), E = cfg->n_routed_experts;
+    double spread = 0;
+    for (int l = 0; l < L; l++) {
+        const float *b = ds_model_expert_bias(m, l);
+        if (!b) continue;
+        double *v = malloc(sizeof(double) * 2 * (size_t)E);
+        if (!v) return ds_fail(DS_ERR, "out of memory");
+        for (int e = 0; e < E; e++) v[e] = b[e], v[E + e] = -(double)b[e];
+        int rc = ds_comm_allreduce_max_f64(c, v, 2 * E);
+        for (int e = 0; !rc && e < E; e++)
+            if (v[e] + v[E + e] > spread) spread = v[e] + v[E + e];
+        free(v);
+        DS_TRY(rc);
+    }
+    r->bias_spread = spread;
     const double P = c->size;
     r->nodes_mean = sum[0] > 0 ? sum[1] / sum[0] : 0;
     r->nodes_max = (int)mx;
@@ -92,6 +109,7 @@ void ds_ep_run_record(const ds_ep_run *r, ds_jsonw *w) {
     ds_train_knum(w, "dispatch_bytes_per_rank", r->dispatch_bytes);
     ds_train_knum(w, "combine_bytes_per_rank", r->combine_bytes);
     ds_train_knum(w, "cross_node_bytes_per_rank", r->cross_node_bytes);
+    ds_train_knum(w, "bias_spread", r->bias_spread);
     ds_jsonw_obj_end(w);
 }
 

@@ -31,6 +31,7 @@ typedef struct {
     int have_step;
     double nodes_mean, dispatch_bytes, combine_bytes, cross_node_bytes; /* bytes: mean per rank */
     int nodes_max;
+    double bias_spread;   /* the largest difference of an expert bias between two ranks (0: identical) */
     /* the run so far: sums of the per-step values above, and steps */
     double sum_nodes, sum_dispatch, sum_combine, sum_cross;
     int run_nodes_max;
@@ -56,6 +57,7 @@ int ds_ep_run_groups(ds_ep_run *r, ds_trainer *t, const ds_model *m, const ds_tr
 /* Once a step's micro-batches are done, on every rank: the model's traffic counters summed over the
  * world (c) and reset. */
 int ds_ep_run_step(ds_ep_run *r, ds_model *m, const ds_comm *c);
+/* Also checks that every rank holds the same expert biases (the last update's): bias_spread. */
 /* "ep": {...} in a step's metrics record (nothing without EP). */
 void ds_ep_run_record(const ds_ep_run *r, ds_jsonw *w);
 /* The run's traffic on rank 0's log (nothing without EP or steps). */

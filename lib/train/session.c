@@ -14,6 +14,7 @@
 #include "tok/hfconfig.h"
 #include "train/ema.h"
 #include "train/net.h"
+#include "train/optstate.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -23,47 +24,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- checkpoint files (the directory itself is io/checkpoint.h's) ---- */
-
-static int write_optimizer(const ds_optim *opt, const ds_model *m, const char *path) {
-    int n_info, rc = 0;
-    const ds_param *info = ds_model_params_info((ds_model *)m, &n_info);
-    size_t biggest = 1;
-    for (int i = 0; i < n_info; i++)
-        if (info[i].numel > biggest) biggest = info[i].numel;
-    float *buf = malloc(biggest * sizeof *buf);
-    if (!buf) return ds_fail(DS_ERR, "out of memory: saving the optimizer");
-    ds_st_writer *w;
-    if ((rc = ds_st_writer_open(&w, path, NULL))) {
-        free(buf);
-        return rc;
-    }
-    char name[160], tstep[32];
-    snprintf(tstep, sizeof tstep, "%lld", (long long)opt->t);
-    rc = ds_st_writer_meta(w, "optimizer", "adamw");
-    if (!rc) rc = ds_st_writer_meta(w, "step", tstep);
-    /* bf16 moments are stored as bf16 (exact); fp32 ones as fp32 */
-    ds_dtype dt = opt->o.bf16_moments ? DS_BF16 : DS_F32;
-    for (int i = 0; !rc && i < n_info; i++)
-        for (int k = 0; !rc && k < 2; k++) {
-            snprintf(name, sizeof name, "%s.%s", info[i].name, k ? "exp_avg_sq" : "exp_avg");
-            rc = ds_st_writer_declare(w, name, dt, info[i].ndim, info[i].shape);
-        }
-    for (int i = 0; !rc && i < n_info; i++)
-        for (int k = 0; !rc && k < 2; k++) {
-            rc = ds_optim_get(opt, k, info[i].offset, info[i].numel, buf);
-            if (!rc) rc = ds_st_writer_data_f32(w, buf, info[i].numel);
-        }
-    free(buf);
-    if (rc) {
-        ds_st_writer_abort(w);
-        return rc;
-    }
-    return ds_st_writer_close(w);
-}
 
 /* The weights in fp32 (the master copy: a resumed run continues from exactly these bits), under HF
  * names in parameter-table order, each layer's expert bias after its router as ds_model_save_weights
@@ -143,59 +108,56 @@ static int add_ema(ds_ckpt_writer *w, ds_session *s) {
     return rc;
 }
 
-int ds_session_save(ds_session *s, const char *dir) {
-    ds_ckpt_writer *w;
-    DS_TRY(ds_ckpt_writer_begin(&w, dir, NULL));
-    char *state = NULL, opt_path[8192];
-    float *host = NULL;
-    int rc = add_model(w, s, NULL, &host);
+/* What the writing rank puts in a checkpoint: the model, the EMA, the optimizer as one file (opt_file:
+ * it holds all of it) and the trainer state. */
+static int add_checkpoint(ds_ckpt_writer *w, ds_session *s, int opt_file, float **host) {
+    char *state = NULL, path[8192];
+    int rc = add_model(w, s, NULL, host);
     if (!rc && s->ema) rc = add_ema(w, s);
-    if (!rc) rc = ds_ckpt_writer_file_path(w, "optimizer.safetensors", opt_path, sizeof opt_path);
-    if (!rc) rc = write_optimizer(ds_trainer_optimizer(s->trainer), s->model, opt_path);
+    if (!rc && opt_file) rc = ds_ckpt_writer_file_path(w, DS_OPTSTATE_FILE, path, sizeof path);
+    if (!rc && opt_file) rc = ds_optstate_write_file(ds_trainer_zero(s->trainer), s->net.info, s->net.n_info, path);
     if (!rc) rc = ds_trainer_state_json(s->trainer, &state);
     if (!rc) rc = ds_ckpt_writer_add_file(w, "trainer_state.json", state, strlen(state));
     free(state);
-    if (rc) {
-        ds_ckpt_writer_abort(w);
-        free(host);
-        return rc;
-    }
-    rc = ds_ckpt_writer_commit(w);
-    free(host);
     return rc;
 }
 
-static int same_shape(const ds_st_tensor *t, const ds_param *p) {
-    if (t->ndim != p->ndim) return 0;
-    for (int d = 0; d < p->ndim; d++)
-        if (t->shape[d] != p->shape[d]) return 0;
-    return 1;
-}
-
-static int load_optimizer(ds_optim *opt, ds_model *m, const char *dir) {
-    char p[4200], name[160];
-    DS_TRY(ds_path_join(p, sizeof p, dir, "optimizer.safetensors"));
-    ds_st_file *f;
-    DS_TRY(ds_st_open(&f, p));
-    int n_info, rc = 0;
-    const ds_param *info = ds_model_params_info(m, &n_info);
-    size_t biggest = 1;
-    for (int i = 0; i < n_info; i++)
-        if (info[i].numel > biggest) biggest = info[i].numel;
-    float *buf = malloc(biggest * sizeof *buf);
-    if (!buf) rc = ds_fail(DS_ERR, "out of memory: loading the optimizer");
-    for (int i = 0; !rc && i < n_info; i++)
-        for (int k = 0; !rc && k < 2; k++) {
-            snprintf(name, sizeof name, "%s.%s", info[i].name, k ? "exp_avg_sq" : "exp_avg");
-            const ds_st_tensor *t = ds_st_find(f, name);
-            if (!t || !same_shape(t, &info[i]))
-                rc = ds_fail(DS_ERR, "optimizer state: %s %s: %s", t ? "wrong shape for" : "missing", name, p);
-            else if (!(rc = ds_st_read_f32(t, buf, p)))
-                rc = ds_optim_set(opt, k, info[i].offset, info[i].numel, buf);
+int ds_session_save(ds_session *s, const char *dir) {
+    ds_zero *z = ds_trainer_zero(s->trainer);
+    const int world = s->have_comm ? s->comm.size : 1, rank = ds_session_rank(s);
+    const int sharded = ds_optstate_sharded(z, world);
+    if (!sharded && rank != 0) return 0; /* replicas are identical: rank 0 writes for all */
+    ds_ckpt_writer *w = NULL;
+    float *host = NULL;
+    char tmp[4096] = "", name[64], path[8300];
+    int rc = 0;
+    if (rank == 0) {
+        rc = ds_ckpt_writer_begin(&w, dir, NULL);
+        /* the shards are files of this checkpoint: written into its temporary directory, swapped in with it */
+        for (int r = world - 1; sharded && !rc && r >= 0; r--) {
+            ds_optstate_shard_name(r, world, name, sizeof name);
+            rc = ds_ckpt_writer_file_path(w, name, tmp, sizeof tmp);
         }
-    free(buf);
-    ds_st_close(f);
-    return rc;
+        if (!rc) rc = add_checkpoint(w, s, !sharded, &host);
+    }
+    if (sharded) { /* every rank writes its shard; rank 0 then indexes them and commits */
+        rc = ds_comm_agree(&s->comm, rc);
+        if (!rc) rc = ds_comm_bcast_bytes(&s->comm, tmp, sizeof tmp);
+        char *slash = strrchr(tmp, '/');
+        if (slash) *slash = 0;
+        ds_optstate_shard_name(rank, world, name, sizeof name);
+        if (!rc) rc = ds_path_join(path, sizeof path, slash ? tmp : ".", name);
+        if (!rc) rc = ds_optstate_write_shard(z, s->net.info, s->net.n_info, path);
+        rc = ds_comm_agree(&s->comm, rc);
+        char *index = NULL;
+        if (!rc && rank == 0) rc = ds_optstate_index(slash ? tmp : ".", world, &index);
+        if (!rc && rank == 0) rc = ds_ckpt_writer_add_file(w, DS_OPTSTATE_INDEX, index, strlen(index));
+        free(index);
+    }
+    if (rc && w) ds_ckpt_writer_abort(w);
+    else if (w) rc = ds_ckpt_writer_commit(w);
+    free(host);
+    return sharded ? ds_comm_agree(&s->comm, rc) : rc;
 }
 
 /* ---- the session ---- */
@@ -331,9 +293,8 @@ static int save_hook(void *ctx, ds_trainer *t, int final) {
     (void)final;
     /* expert parallelism: the experts of every rank onto rank 0 first, so the files are the one-process run's */
     if (s->ep.have_layout) DS_TRY(ds_ep_run_gather(&s->ep, s->model, &s->comm, ds_model_params(s->model)));
-    if (ds_session_rank(s) != 0) return 0; /* replicas are identical: rank 0 writes for all */
     int rc = ds_session_save(s, s->o.out_dir);
-    if (!rc) ds_info("saved step %lld: %s", (long long)ds_trainer_steps_done(s->trainer), s->o.out_dir);
+    if (!rc && ds_session_rank(s) == 0) ds_info("saved step %lld: %s", (long long)ds_trainer_steps_done(s->trainer), s->o.out_dir);
     return rc;
 }
 
@@ -368,6 +329,8 @@ static int trim_metrics(const char *path, int64_t step) {
 static int dp_f32(void *ctx, float *x, size_t n) { return ds_dp_allreduce_f32(ctx, x, n); }
 static int dp_f64(void *ctx, double *x, size_t n) { return ds_dp_allreduce_f64(ctx, x, n); }
 static int dp_i64(void *ctx, int64_t *x, size_t n) { return ds_dp_allreduce_i64(ctx, x, n); }
+static int dp_rs(void *ctx, float *x, size_t n) { return ds_dp_reduce_scatter_f32(ctx, x, n); }
+static int dp_ag(void *ctx, float *x, size_t n) { return ds_dp_allgather_f32(ctx, x, n); }
 
 static int join_data_parallel(ds_session *s) {
     if (s->o.dp == 1 || (s->o.dp == 0 && !ds_dist_launched())) return 0;
@@ -388,7 +351,8 @@ static int join_data_parallel(ds_session *s) {
         return DS_EUSAGE;
     }
     s->tcomm = (ds_train_comm){.rank = s->comm.rank, .size = s->comm.size, .allreduce_f32 = dp_f32,
-                               .allreduce_f64 = dp_f64, .allreduce_i64 = dp_i64, .ctx = &s->comm};
+                               .allreduce_f64 = dp_f64, .allreduce_i64 = dp_i64, .reduce_scatter_f32 = dp_rs,
+                               .allgather_f32 = dp_ag, .ctx = &s->comm};
     ds_info("data parallel: %d ranks on %d node(s)", s->comm.size, s->comm.n_nodes);
     return 0;
 }
@@ -471,6 +435,32 @@ static int start_ema(ds_session *s) {
     return rc;
 }
 
+/* Bytes of parameters, gradients and optimizer state on each rank (what the layout predicts), and the
+ * peak resident set (at_end: measured), on rank 0's log: "memory  optimizer by rank: B0 B1 ...". */
+static int report_memory(ds_session *s, int at_end) {
+    const int world = s->have_comm ? s->comm.size : 1, rank = ds_session_rank(s);
+    int64_t *v = calloc((size_t)world, sizeof *v);
+    if (!v) return ds_fail(DS_ERR, "out of memory: memory report");
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    v[rank] = at_end ? (int64_t)ru.ru_maxrss * 1024 : (int64_t)ds_zero_state_bytes(ds_trainer_zero(s->trainer));
+    int rc = world > 1 ? ds_comm_allreduce_sum_i64(&s->comm, v, world) : 0;
+    char list[1024] = "";
+    for (int r = 0, k = 0; !rc && r < world && k < (int)sizeof list - 32; r++)
+        k += snprintf(list + k, sizeof list - (size_t)k, " %lld", (long long)(at_end ? v[r] >> 20 : v[r]));
+    if (!rc && at_end) {
+        ds_info("memory  peak RSS by rank (MiB):%s", list);
+    } else if (!rc) {
+        const ds_zero *z = ds_trainer_zero(s->trainer);
+        const long long p = (long long)(s->net.n_params * sizeof(float));
+        ds_info("memory  per rank: parameters %lld B, gradients %lld B, optimizer %s", p, p,
+                ds_zero_sharded(z) ? "sharded (ZeRO-1)" : "replicated");
+        ds_info("memory  optimizer bytes by rank:%s", list);
+    }
+    free(v);
+    return rc;
+}
+
 int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                      const ds_loss_hook *loss, const char *config_record) {
     return ds_session_agree(s, start_trainer(s, to, train, val, loss, config_record));
@@ -501,11 +491,12 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
         int rc = ds_trainer_state_load(s->trainer, text, len, p);
         free(text);
         DS_TRY(rc);
-        DS_TRY(load_optimizer(ds_trainer_optimizer_mut(s->trainer), s->model, s->resume_dir));
+        DS_TRY(ds_optstate_load(ds_trainer_zero(s->trainer), s->net.info, s->net.n_info, s->resume_dir));
         s->resumed_step = ds_trainer_steps_done(s->trainer);
         ds_info("resuming at step %lld of %lld from %s", (long long)s->resumed_step, (long long)to->total_steps, s->resume_dir);
     }
     DS_TRY(start_ema(s));
+    DS_TRY(report_memory(s, 0));
     if (s->o.metrics_path) {
         if (s->resumed_step >= 0) DS_TRY(trim_metrics(s->o.metrics_path, s->resumed_step));
         DS_TRY(ds_metrics_open(&s->metrics, s->o.metrics_path, s->resumed_step >= 0));
@@ -527,6 +518,7 @@ int ds_session_run(ds_session *s, int *stopped_by) {
     *stopped_by = 0;
     int rc = ds_trainer_run(s->trainer, &end);
     if (!rc && ds_session_rank(s) == 0) ds_ep_run_summary(&s->ep);
+    if (!rc) rc = report_memory(s, 1);
     if (s->ema) {
         long n;
         double sec = ds_ema_submit_seconds(s->ema, &n);

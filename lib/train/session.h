@@ -2,7 +2,7 @@
  *
  * Owns: building the model from a config or a checkpoint (fresh init with a seed, or loaded weights),
  * the tokenizer that travels with it, training checkpoints (a Hugging Face directory plus
- * trainer_state.json and optimizer.safetensors, replaced atomically), resuming from one, the metrics
+ * trainer_state.json and the optimizer state (train/optstate.h), replaced atomically), resuming from one, the metrics
  * file (first record = the resolved configuration; records past the resumed step dropped so the file
  * reads as one run), the loss plot, signals, and mapping the outcome to the tool's exit code.
  * ds-pretrain, ds-extend-ctx, ds-sft and ds-rl differ only in their data source and loss hook.
@@ -127,7 +127,9 @@ void ds_session_close(ds_session *s);
 
 /* Write a complete training checkpoint of the trainer's current state into dir through
  * io/checkpoint.h (replaced atomically: a reader sees the old or the new one, never a mixture; an
- * existing directory is replaced only when it is a checkpoint or empty). Weights in fp32. */
+ * existing directory is replaced only when it is a checkpoint or empty). Weights in fp32. Called by
+ * every rank: with a sharded optimizer (ZeRO-1) each writes its shard into rank 0's temporary
+ * directory and they agree on the outcome; otherwise rank 0 writes alone. */
 int ds_session_save(ds_session *s, const char *dir);
 
 #endif

@@ -18,7 +18,8 @@ void ds_train_toolopts_defaults(ds_train_toolopts *t) {
     ds_train_opts_defaults(&to);
     *t = (ds_train_toolopts){.device = "cpu", .ep = 1, .log_every = to.log_every, .val_batches = to.val_batches,
                              .bf16_moments = to.adamw.bf16_moments, .weight_decay = to.adamw.weight_decay,
-                             .beta1 = to.adamw.beta1, .beta2 = to.adamw.beta2, .eps = to.adamw.eps, .clip = to.clip_norm};
+                             .beta1 = to.adamw.beta1, .beta2 = to.adamw.beta2, .eps = to.adamw.eps, .clip = to.clip_norm,
+                             .pp = 1, .pipe_schedule = "1f1b"};
 }
 
 /* One row per shared option: where it writes in ds_train_toolopts, and its wording when it has one
@@ -51,6 +52,8 @@ static const shared_opt SHARED[] = {
     {"beta2", 0, DS_OPT_FLOAT, F(beta2), "B2", "AdamW beta2", .max = 1},
     {"eps", 0, DS_OPT_FLOAT, F(eps), "EPS", "AdamW epsilon", .max = 1},
     {"bf16-moments", 0, DS_OPT_FLAG, F(bf16_moments), .help = "keep AdamW moments in bf16"},
+    {"no-zero", 0, DS_OPT_FLAG, F(no_zero),
+     .help = "keep the whole optimizer state on every data-parallel rank (default: ZeRO-1, sharded over them)"},
     {"clip", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", .max = 1e9},
     {"clip-grad", 0, DS_OPT_FLOAT, F(clip), "NORM", "clip gradients to this global norm (0 = off)", .max = 1e9},
     {"alpha", 0, DS_OPT_FLOAT, F(alpha), "A", .max = 1},
@@ -69,6 +72,13 @@ static const shared_opt SHARED[] = {
      "expert parallelism: groups of N consecutive ranks split the routed experts (each holds n_routed/N)", .min = 1, .max = 1e6},
     {"ranks-per-node", 0, DS_OPT_INT, F(ranks_per_node), "K",
      "ranks per node for node-limited routing (n_group = nodes of an EP group; default: the real hosts)", .max = 1e6},
+    /* pipeline parallelism (dist/pipesched.h) */
+    {"pp", 0, DS_OPT_INT, F(pp), "N", "pipeline stages (world = PP x DP)", .min = 1, .max = 4096},
+    {"schedule", 0, DS_OPT_CHOICE, F(pipe_schedule), "S",
+     "pipeline schedule: 1F1B, zero-bubble 1F1B (ZB1P), or V3's DualPipe (even PP; micro-batches even and >= 2 PP)",
+     "1f1b|zb1p|dualpipe"},
+    {"micro-batches", 0, DS_OPT_INT, F(pipe_micro_batches), "N", "pipeline micro-batches per step (0 = --batch / --micro-batch)",
+     .max = 1 << 20},
     {"quiet", 'q', DS_OPT_FLAG, F(quiet), .help = "only errors and warnings"},
     {"verbose", 'v', DS_OPT_FLAG, F(verbose), .help = "more detail"},
 };
@@ -161,6 +171,16 @@ int ds_train_tool_check_batch(ds_train_toolopts *t) {
     return 0;
 }
 
+int ds_train_tool_check_pipeline(ds_train_toolopts *t, int n_layers, ds_pipe_kind *kind) {
+    const int defaulted = !t->pipe_micro_batches;
+    if (defaulted) t->pipe_micro_batches = t->batch / (t->micro_batch ? t->micro_batch : t->batch);
+    if (ds_pipe_kind_parse(t->pipe_schedule, kind) || ds_pipe_check(*kind, t->pp, t->pipe_micro_batches))
+        return ds_usage_error("%s%s", ds_errmsg(), defaulted ? " (from --batch / --micro-batch; give --micro-batches N)" : "");
+    if (n_layers > 0 && t->pp > n_layers)
+        return ds_usage_error("--pp %d: more pipeline stages than the model's %d layers", t->pp, n_layers);
+    return 0;
+}
+
 ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool) {
     return (ds_session_opts){.tool = tool, .model_path = t->model, .resume = t->resume, .out_dir = t->out, .force = t->force,
                              .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
@@ -176,7 +196,7 @@ void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {
     to->adamw.beta1 = t->beta1, to->adamw.beta2 = t->beta2, to->adamw.eps = t->eps, to->adamw.weight_decay = t->weight_decay;
     to->adamw.bf16_moments = t->bf16_moments, to->clip_norm = t->clip, to->balance_alpha = t->alpha;
     to->skip_nonfinite = t->skip_nonfinite, to->val_every = t->val_every, to->val_batches = t->val_batches;
-    to->save_every = t->save_every, to->log_every = t->log_every;
+    to->save_every = t->save_every, to->log_every = t->log_every, to->no_zero = t->no_zero;
 }
 
 int ds_train_schedules(const ds_train_sched_specs *sp, ds_train_opts *to) {

@@ -15,6 +15,7 @@
 
 #include "core/cli.h"
 #include "core/jsonw.h"
+#include "dist/pipesched.h"
 #include "train/session.h"
 #include "train/trainer.h"
 
@@ -29,9 +30,12 @@ typedef struct {
     uint64_t seed;         /* --seed; without it, the resumed run's or a random one (ds_train_tool_start) */
     const char *seed_note; /* where the seed came from when --seed was not given ("random", ...), or NULL */
     int batch, micro_batch, seq_len, threads, val_every, val_batches, save_every, log_every;
-    int fp8, bf16_moments, skip_nonfinite, quiet, verbose, force;
+    int fp8, bf16_moments, no_zero, skip_nonfinite, quiet, verbose, force;
     int ep, ranks_per_node; /* --ep, --ranks-per-node (train/eprun.h) */
     double ema; /* --ema DECAY (0: none) */
+    int pp;                   /* --pp: pipeline stages (1: none) */
+    int pipe_micro_batches;   /* --micro-batches: pipeline micro-batches per step (0: --batch / --micro-batch) */
+    const char *pipe_schedule; /* --schedule: 1f1b | zb1p | dualpipe */
     double lr, alpha, weight_decay, beta1, beta2, eps, clip, val_frac;
     ds_opt group_entries[64]; /* where the tables of ds_train_toolopts_group live */
     int n_group_entries;
@@ -59,6 +63,12 @@ int ds_train_tool_start(ds_train_toolopts *t, int argc, char **argv, int first);
 int ds_train_tool_check_out(const ds_train_toolopts *t);
 /* --micro-batch 0 becomes --batch; --batch must be a multiple of it: 0, else a usage error (2). */
 int ds_train_tool_check_batch(ds_train_toolopts *t);
+
+/* The pipeline options, after ds_train_tool_check_batch: --micro-batches 0 becomes --batch / --micro-batch,
+ * --schedule becomes *kind, and what the schedule cannot run is a usage error (2) in one line: PP < 1,
+ * DualPipe with odd PP or micro-batches odd or fewer than 2 PP, and more stages than the model's n_layers
+ * (0: not known, not checked). 0 when fine. */
+int ds_train_tool_check_pipeline(ds_train_toolopts *t, int n_layers, ds_pipe_kind *kind);
 
 /* The session's options from the shared ones: the tool adds its own (config_path, edit_config...).
  * In a data-parallel run the session writes rank 0's seed back into t->seed (a drawn seed differs

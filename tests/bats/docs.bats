@@ -78,6 +78,24 @@ run_commands() {
     for c in base long sft rl fp8; do [ -f "$W/ckpt/$c/tokenizer.json" ] || { echo "ckpt/$c: no tokenizer"; false; }; done
 }
 
+@test "README.md: the serving example answers (on a free port instead of 8000)" {
+    [ -d "$W/ckpt/sft" ] || skip "the README pipeline did not run"
+    awk '/^## Serving the OpenAI API/ {s = 1} s && /^```sh$/ {b = 1; next} b && /^```$/ {exit} b' "$DS_ROOT/README.md" \
+        >"$BATS_FILE_TMPDIR/serve.sh"
+    grep -q -- '--serve 127.0.0.1:8000' "$BATS_FILE_TMPDIR/serve.sh"
+    local port
+    port=$("$DS_PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    sed -i "s/:8000/:$port/g" "$BATS_FILE_TMPDIR/serve.sh"
+    cat "$BATS_FILE_TMPDIR/serve.sh"
+    # one script (the server runs in its background); stdout: the URL line, then curl's answer
+    run --separate-stderr bash -e -o pipefail -c "cd '$W' && PATH='$DS_BIN:$PATH' && source '$BATS_FILE_TMPDIR/serve.sh' && wait" 3>&-
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "${lines[0]}" == "http://127.0.0.1:$port" ]]
+    grep '^{' <<<"$output" | jq -e '.object == "chat.completion" and .model == "sft" and
+        (.choices[0].message.content | type) == "string" and .usage.completion_tokens > 0'
+}
+
 @test "every program's --help examples run as written (sizes shrunk as the header says)" {
     [ -d "$W/ckpt/fp8" ] || skip "the README pipeline did not run"
     local progs=() failed=() p sub n=0

@@ -95,15 +95,23 @@ EOF
     [ -f "$D/run/ema/model.safetensors" ]
 }
 
-@test "data parallel (mpirun --dp 2): rank 0 keeps the EMA and writes it once" {
+@test "data parallel (mpirun --dp 2): rank 0 keeps the EMA and writes it once; under ZeRO-1 it averages the gathered weights" {
     load mpi_helpers
     D="$BATS_TEST_TMPDIR"
-    run mpi -np 2 "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --seed 1 -m "$T/base" --data "$T/shards" \
-        --batch 4 --micro-batch 1 --seq-len 64 --log-every 0 --steps 1 --dp 2 --ema 0.9 -o "$D/dp"
-    echo "$output"
-    [ "$status" -eq 0 ]
-    [ "$(printf '%s\n' "$output" | grep -c 'ema .* per step handing the weights over (1 steps)')" -eq 1 ]
-    "$DS_PY" - "$T/base" "$D/dp" <<'EOF'
+    for mode in zero no-zero; do
+        local flag=""
+        [ $mode = no-zero ] && flag=--no-zero
+        run mpi -np 2 "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --seed 1 -m "$T/base" --data "$T/shards" \
+            --batch 4 --micro-batch 1 --seq-len 64 --log-every 0 --steps 1 --dp 2 --ema 0.9 -o "$D/$mode" $flag
+        echo "$output"
+        [ "$status" -eq 0 ]
+        [ "$(printf '%s\n' "$output" | grep -c 'ema .* per step handing the weights over (1 steps)')" -eq 1 ]
+    done
+    # ZeRO-1 updates half of the weights on each rank: the EMA must see them after the all-gather, the
+    # same bits as with the replicated optimizer
+    [ -f "$D/zero/optimizer.index.json" ]
+    cmp "$D/zero/ema/model.safetensors" "$D/no-zero/ema/model.safetensors"
+    "$DS_PY" - "$T/base" "$D/zero" <<'EOF'
 import sys
 import numpy as np
 from safetensors.numpy import load_file

@@ -1,6 +1,7 @@
 #!/usr/bin/env bats
 # A dying rank ends the whole data-parallel run: mpirun stops every other rank within seconds and says
-# which rank died, and the last complete checkpoint stays intact (the next run resumes from it).
+# which rank died, and the last complete checkpoint stays intact (the next run resumes from it). The
+# runs use ZeRO-1 (the default with several ranks), so the checkpoint's optimizer state is sharded.
 
 bats_require_minimum_version 1.5.0
 load train_helpers
@@ -47,7 +48,9 @@ resumes_intact() {
     local np=$1 out=$BATS_TEST_TMPDIR/out step
     step=$(jq .step "$out/trainer_state.json")
     [ $((step % 10)) -eq 0 ] && [ "$step" -ge 10 ]
-    for f in config.json model.safetensors optimizer.safetensors tokenizer.json; do [ -s "$out/$f" ]; done
+    for f in config.json model.safetensors tokenizer.json optimizer.index.json; do [ -s "$out/$f" ]; done
+    # ZeRO-1 (the default over several ranks): one optimizer shard per rank, none left half-written
+    for r in $(seq 0 $((np - 1))); do [ -s "$out/$(printf 'optimizer-%05d-of-%05d.safetensors' "$r" "$np")" ]; done
     run --separate-stderr mpi -np "$np" "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 \
         --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" -o "$out" --resume "$out" \
         --steps $((step + 2)) --batch 2 --seq-len 16 --log-every 1 --seed 1 --dp "$np"

@@ -245,4 +245,16 @@ TEST(strbuf_grows_and_stays_terminated) {
     free(b.s);
 }
 
+TEST(strbuf_printf_short_and_long) {
+    ds_strbuf b = {0};
+    ds_strbuf_printf(&b, "%d-%s|", 42, "x");
+    char big[1000];
+    memset(big, 'y', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    ds_strbuf_printf(&b, "%s%d", big, 7); /* past the 256-byte first try */
+    CHECK(!b.oom && b.len == 5 + 999 + 1 && !strncmp(b.s, "42-x|yyy", 8) && !strcmp(b.s + 5 + 999, "7"),
+          "formatted pieces appended (len=%zu)", b.len);
+    free(b.s);
+}
+
 TAP_MAIN()

@@ -255,6 +255,7 @@ TEST(refusals) {
         {DS_PIPE_1F1B, 0, 4, "pipeline stages: --pp 0 must be at least 1"},
         {DS_PIPE_1F1B, 2, 0, "micro-batches: --micro-batches 0 must be at least 1"},
         {DS_PIPE_DUALPIPE, 3, 12, "DualPipe needs an even number of stages: --pp 3"},
+        {DS_PIPE_1F1B, 4096, 1025, "pipeline too large to schedule: PP 4096 x 1025 micro-batches is above 4194304"},
         {DS_PIPE_DUALPIPE, 4, 6, "DualPipe needs an even number of micro-batches, at least 2 x PP = 8: --micro-batches 6"},
         {DS_PIPE_DUALPIPE, 4, 9, "DualPipe needs an even number of micro-batches, at least 2 x PP = 8: --micro-batches 9"},
     };

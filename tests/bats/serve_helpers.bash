@@ -1,0 +1,33 @@
+# serve_helpers.bash — a ds-generate --serve process for a suite (tests/bats/ds-generate-serve.bats,
+# tests/ref/serve.bats): started on loopback with port 0 (the port it picked comes on stdout), stopped
+# by its pid. Load with `load serve_helpers` (tests/ref: `load ../bats/serve_helpers`).
+
+# start_server NAME ARGS...: ds-generate ARGS --serve 127.0.0.1:0 in the background; sets NAME_URL and
+# NAME_PID (also in $T/NAME.url, $T/NAME.pid; stderr in $T/NAME.err); waits until /health answers.
+start_server() {
+    local name=$1 url="" i
+    shift
+    # fd 3 closed: bats waits for every process that holds it
+    "$DS_BIN/ds-generate" "$@" --serve 127.0.0.1:0 >"$T/$name.url" 2>"$T/$name.err" 3>&- &
+    echo $! >"$T/$name.pid"
+    for i in $(seq 300); do
+        url=$(head -1 "$T/$name.url" 2>/dev/null)
+        [ -n "$url" ] && curl -sf "$url/health" >/dev/null && break
+        kill -0 "$(cat "$T/$name.pid")" 2>/dev/null || { cat "$T/$name.err"; return 1; }
+        sleep 0.05
+    done
+    [ -n "$url" ] || { cat "$T/$name.err"; return 1; }
+    printf -v "${name}_URL" '%s' "$url"
+    printf -v "${name}_PID" '%s' "$(cat "$T/$name.pid")"
+    export "${name}_URL" "${name}_PID"
+}
+
+# stop_server NAME: SIGTERM, then wait for the exit; the status is in $T/NAME.status.
+stop_server() {
+    local pid i
+    pid=$(cat "$T/$1.pid" 2>/dev/null) || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    rm -f "$T/$1.pid"
+}
