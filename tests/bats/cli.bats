@@ -58,10 +58,10 @@ COMMANDS=("ds-tokenize" "ds-tokenize train" "ds-tokenize encode" "ds-tokenize de
     done
 }
 
-@test "the --eps typo of issue 16: --ep is no longer AdamW's epsilon" {
-    run --separate-stderr "$DS_BIN/ds-pretrain" --ep 1 --config x.json --data x -o out --steps 1
+@test "the --eps typo of issue 16: --ep is expert parallelism (an integer), never AdamW's epsilon" {
+    run --separate-stderr "$DS_BIN/ds-pretrain" --ep 1e-8 --config x.json --data x -o out --steps 1
     [ "$status" -eq 2 ]
-    [ "${stderr_lines[0]}" = "ds-pretrain: error: unknown option '--ep': did you mean --eps?" ]
+    [ "${stderr_lines[0]}" = "ds-pretrain: error: --ep: not an integer: '1e-8'" ]
     [ "${stderr_lines[1]}" = "hint: ds-pretrain --help lists the options" ]
     [ ! -e out ]
 }
