@@ -5,8 +5,11 @@
 # openai client (bench/serve_load.py). Every answer is MAX_TOKENS long (EOS ignored on both sides).
 #
 # Usage: bench/serve.sh [CONFIG]      (default share/configs/demo.json, random weights, GPL tokenizer)
-# Environment: THREADS (2), MAX_TOKENS (64), BATCH (16: ds-generate's slots), DS_BIN, DS_PY.
+# Environment: THREADS (2), MAX_TOKENS (64), BATCH (16: ds-generate's slots), DS_BIN, DS_PY,
+# OMP_WAIT_POLICY (passive unless set, for both servers: on a busy machine, OpenMP threads that spin between
+# parallel regions take the cores the HTTP threads and the clients need; see docs/BENCHMARKS.md).
 set -eu
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${DS_BIN:-$ROOT/bin}
 PY=${DS_PY:-$HOME/.cache/ds-venv/bin/python}
@@ -54,7 +57,8 @@ import json, sys
 ours = [json.loads(l) for l in open(sys.argv[1])]
 ref = [json.loads(l) for l in open(sys.argv[2])]
 cfg, th, n, b = sys.argv[3:7]
-print(f"config {cfg.split('/')[-1]}, {th} threads each, streamed greedy completions of {n} tokens, "
+import os
+print(f"config {cfg.split('/')[-1]}, {th} threads each, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, streamed greedy completions of {n} tokens, "
       f"ds-generate --batch {b}; transformers one request at a time")
 print(f"{'clients':>7} {'requests':>8} | {'throughput tok/s':>22} | {'TTFT median (p90) s':>33} | {'decode tok/s per request, median':>34}")
 print(f"{'':>7} {'':>8} | {'ours':>10} {'ref':>11} | {'ours':>16} {'ref':>16} | {'ours':>16} {'ref':>17}")

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 
 ckpt, port = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(int(os.environ.get("DS_THREADS", "2")))
-model = AutoModelForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
 tok = Tokenizer.from_file(os.path.join(ckpt, "tokenizer.json"))
 bos = model.config.bos_token_id
 name = os.path.basename(os.path.normpath(ckpt))
@@ -111,6 +111,7 @@ class Handler(BaseHTTPRequestHandler):
 
 with torch.no_grad():  # warm-up: the first generate pays for lazy initialisation
     model.generate(torch.tensor([[bos, 5, 6]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
+ThreadingHTTPServer.request_queue_size = 128  # the default 5 refuses some of 16 clients connecting at once
 srv = ThreadingHTTPServer(("127.0.0.1", port), Handler)
 srv.daemon_threads = True
 print("http://127.0.0.1:%d" % srv.server_address[1], flush=True)

@@ -8,6 +8,8 @@
 #include "dist/pipeview.h"
 #include "io/config.h"
 #include "train/flops.h"
+#include "train/plan.h"
+#include "dist/pipesched.h"
 #include "train/session.h"
 #include "train/shards.h"
 #include "train/toolopts.h"
@@ -27,6 +29,8 @@ typedef struct {
     ds_strlist data;
     int dp, print_schedule;
     double init_std, fim_rate, peak_tflops;
+    const char *plan, *recompute; /* --plan: cost the run on a cluster instead of training */
+    int search, json;
 } args;
 
 /* The first metrics record: everything the run was started with, resolved. */
@@ -149,22 +153,75 @@ static int print_schedule(args *a) {
     return rc == DS_EUSAGE ? ds_usage_error("%s", ds_errmsg()) : rc ? ds_tool_report(rc) : 0;
 }
 
+/* --plan: no training; the plan as a table (or one JSON object) on stdout, the timeline as a PNG. */
+static int run_plan(args *a) {
+    ds_config cfg = {0};
+    ds_cluster cl;
+    ds_plan_opts o;
+    ds_plan_opts_defaults(&o);
+    o.pp = a->t.pp, o.ep = a->t.ep, o.micro_batches = a->t.pipe_micro_batches, o.dp = a->dp, o.batch = a->t.batch, o.seq_len = a->t.seq_len, o.fp8 = a->t.fp8;
+    o.bf16_moments = a->t.bf16_moments, o.zero = !a->t.no_zero;
+    ds_pipe_kind kind = DS_PIPE_1F1B;
+    int rc = ds_cluster_load(&cl, a->plan);
+    if (!rc) rc = ds_pipe_kind_parse(a->t.pipe_schedule, &kind);
+    if (!rc && a->recompute) rc = ds_recompute_parse(a->recompute, &o.recompute);
+    if (!rc) rc = ds_config_load_file(&cfg, a->config);
+    o.schedule = kind;
+    /* --micro-batch 0: one micro-batch per data-parallel rank */
+    int dp = o.dp ? o.dp : o.pp > 0 ? cl.nodes * cl.gpus_per_node / o.pp : 1;
+    o.micro_batch = a->t.micro_batch ? a->t.micro_batch : dp > 0 && a->t.batch % dp == 0 ? a->t.batch / dp : 1;
+    ds_strbuf out = {0};
+    ds_jsonw w;
+    ds_jsonw_init(&w);
+    if (!rc && a->search) {
+        ds_plan *v = NULL;
+        int n = 0;
+        if (!(rc = ds_plan_search(&cfg, &cl, &o, &v, &n))) {
+            if (a->json) {
+                ds_jsonw_arr_begin(&w);
+                for (int i = 0; i < n; i++) ds_plan_jsonw(&v[i], &w);
+                ds_jsonw_arr_end(&w);
+            } else {
+                ds_plan_search_table(v, n, 20, &out);
+                if (!n) ds_strbuf_puts(&out, "no layout fits\n");
+            }
+        }
+        free(v);
+    } else if (!rc) {
+        ds_plan p;
+        if (!(rc = ds_plan_run(&p, &cfg, &cl, &o))) {
+            if (a->json) ds_plan_jsonw(&p, &w);
+            else ds_plan_table(&p, &out);
+            if (a->t.plot) rc = ds_plan_png(&p, a->t.plot);
+            ds_plan_free(&p);
+        }
+    }
+    if (!rc && a->json) rc = ds_jsonw_emit_line(&w, stdout, "stdout");
+    if (!rc && out.s) fputs(out.s, stdout);
+    if (!rc && out.oom) rc = ds_fail(DS_ERR, "out of memory");
+    free(out.s);
+    ds_jsonw_free(&w);
+    ds_config_free(&cfg);
+    return ds_tool_report(rc);
+}
+
 /* Usage problems: 2 with a message, or -1 to go on. */
 static int check_args(args *a) {
+    if (a->plan && !a->config) return ds_usage_error("--plan needs --config CFG.json");
+    if (!a->plan && (a->search || a->json || a->recompute)) return ds_usage_error("--search, --json and --recompute go with --plan");
+    if (a->plan) return ds_train_tool_check_batch(&a->t) ? 2 : -1;
     if (!a->config && !a->t.model && !a->t.resume) return ds_usage_error("no model: give --config CFG.json or -m CKPT");
     if (a->config && a->t.model) return ds_usage_error("--config and %s exclude each other", ds_cli_opt(&a->t.model, "-m"));
     if (!a->data.n) return ds_usage_error("--data is required");
     if (ds_train_tool_check_out(&a->t)) return 2;
     if (!a->t.steps) return ds_usage_error("--steps is required");
     if (ds_train_tool_check_batch(&a->t)) return 2;
-    if (a->t.pp > 1) /* the pipeline's execution is not part of this tool yet */
-        return ds_usage_error("--pp %d: pipeline-parallel training is not available yet (--print-schedule shows the schedule)", a->t.pp);
     return -1;
 }
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-pretrain");
-    args a = {.gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%"};
+    args a = {.gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%", };
     ds_train_toolopts *t = &a.t;
     ds_train_toolopts_defaults(t);
     t->lr_schedule = "v3", t->batch = 8, t->seq_len = 256, t->lr = 2.2e-4, t->alpha = 1e-4, t->val_frac = 0.005;
@@ -197,12 +254,19 @@ int main(int argc, char **argv) {
         ds_train_toolopts_group(t, "metrics plot save-every ema resume force log-every"),
         {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU; 989.4, the H100's bf16, with --device cuda)", 0, 0, 1e6},
         ds_train_toolopts_group(t, "skip-nonfinite fp8 device"),
-        {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started)", 0, 0, 1e6},
+        {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started; with --plan: the cluster's devices / --pp)", 0, 0, 1e6},
         ds_train_toolopts_group(t, "ep ranks-per-node"),
-        ds_train_toolopts_group(t, "pp schedule micro-batches"),
+        ds_train_toolopts_group(t, "pp schedule micro-batches stages"),
         {"print-schedule", 0, DS_OPT_FLAG, &a.print_schedule, NULL,
          "print the pipeline schedule of --pp/--schedule/--micro-batches as a per-rank timeline and the bubble and memory "
          "accounting of V3's Table 2, draw it as a PNG (--plot, default schedule.png), and exit without training", 0, 0, 0},
+        {"plan", 0, DS_OPT_STR, &a.plan, "CLUSTER.json",
+         "no training: predict memory per GPU, step time, MFU and GPU-hours of this run on a cluster (share/clusters/; "
+         "docs/formats.md), the simulated pipeline timeline as a PNG with --plot", 0, 0, 0},
+        {"recompute", 0, DS_OPT_CHOICE, &a.recompute, "R",
+         "recomputed in backward (--plan): v3 = RMSNorm and the MLA up-projections (what training does), none, full", "v3|none|full"},
+        {"search", 0, DS_OPT_FLAG, &a.search, NULL, "with --plan: every layout of the cluster that fits, fewest GPU-hours first", 0, 0, 0},
+        {"json", 0, DS_OPT_FLAG, &a.json, NULL, "with --plan: the plan as one JSON object (--search: an array)", 0, 0, 0},
         ds_train_toolopts_group(t, "quiet verbose"),
         {0},
     };
@@ -217,7 +281,8 @@ int main(int argc, char **argv) {
         .example = "  ds-tokenize encode -t tok.json -o shards/ corpus/*.txt\n"
                    "  ds-pretrain --config share/configs/demo.json --data 'shards/*.tok' -o ckpt/base --steps 200 \\\n"
                    "      --batch 16 --seq-len 256 --lr 1e-3 --metrics run.jsonl --plot loss.png --save-every 50\n"
-                   "  ds-pretrain --pp 8 --micro-batches 20 --schedule dualpipe --print-schedule --plot dualpipe.png",
+                   "  ds-pretrain --pp 8 --micro-batches 20 --schedule dualpipe --print-schedule --plot dualpipe.png\n"
+                   "  ds-pretrain --plan share/clusters/cpu-2core.json --config share/configs/demo.json --batch 8 --seq-len 256",
         .opts = opts,
     };
     int first;
@@ -225,7 +290,7 @@ int main(int argc, char **argv) {
     if (rc < 0) rc = ds_train_tool_start(t, argc, argv, first);
     if (rc < 0 && a.print_schedule) rc = print_schedule(&a);
     if (rc < 0) rc = check_args(&a);
-    if (rc < 0) rc = run(&a);
+    if (rc < 0) rc = a.plan ? run_plan(&a) : run(&a);
     ds_strlist_free(&a.data);
     return rc;
 }

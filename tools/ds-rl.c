@@ -139,10 +139,9 @@ static int run(void) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", ds_errmsg());
         const int64_t done = ds_trainer_steps_done(s.trainer);
-        if (!ds_session_save(&s, A.t.out)) {
-            ds_fail(rc, "%s", msg);
-            ds_hint("step %lld is saved in %s: continue with --resume %s", (long long)done, A.t.out, A.t.out);
-        }
+        int saved = !ds_session_save(&s, A.t.out);
+        ds_fail(rc, "%s", msg); /* the rollout's error, not the save's */
+        if (saved) ds_hint("step %lld is saved in %s: continue with --resume %s", (long long)done, A.t.out, A.t.out);
     }
     if (rl && A.t.plot && (rc == 0 || rc == DS_EDIVERGED) && ds_rl_plot(rl, A.t.plot, "ds-rl: GRPO")) ds_warn("%s", ds_errmsg());
     free(record);
@@ -212,6 +211,7 @@ int main(int argc, char **argv) {
         ds_train_toolopts_group(t, "save-every ema no-zero resume force log-every"),
         ds_train_toolopt(t, "device", "where to train"),
         ds_train_toolopt(t, "fp8", DS_TRAIN_FP8_HELP "; rollouts stay fp32"),
+        ds_train_toolopts_group(t, "pp schedule stages"),
         ds_train_toolopts_group(t, "quiet verbose"),
         {0},
     };

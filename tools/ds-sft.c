@@ -133,6 +133,7 @@ int main(int argc, char **argv) {
         ds_train_toolopt(t, "resume", "continue the run saved in DIR (same data and options)"),
         ds_train_toolopt(t, "force", NULL),
         ds_train_toolopts_group(t, "log-every skip-nonfinite quiet"),
+        ds_train_toolopts_group(t, "pp schedule stages"),
         ds_train_toolopt(t, "verbose", "more detail (every skipped conversation)"),
         {0},
     };

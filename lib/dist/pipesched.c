@@ -328,9 +328,12 @@ static double op_cost(const ds_pipe_costs *c, int kind) {
 
 typedef struct {
     const ds_pipe_schedule *s;
-    const ds_pipe_costs *c;
+    const ds_pipe_costs *c; /* stage st's costs at c[st * stride] */
+    int stride;
     double *fend, *bend; /* [stage * M + mb]: end of its F, of its B or BW; < 0 not yet */
 } sim_state;
+
+static const ds_pipe_costs *stage_costs(const sim_state *S, int stage) { return &S->c[stage * S->stride]; }
 
 /* Earliest start of op o on rank r allowed by its dependencies, or -1 while one is not done. */
 static double ready_at(const sim_state *S, int r, const ds_pipe_op *o) {
@@ -341,13 +344,13 @@ static double ready_at(const sim_state *S, int r, const ds_pipe_op *o) {
     case DS_PIPE_F:
         if (st == 0) return 0;
         t = S->fend[(size_t)(st - 1) * M + o->mb];
-        return t < 0 ? -1 : t + (ds_pipe_rank_of(s, st - 1, o->chunk) != r ? S->c->p2p : 0);
+        return t < 0 ? -1 : t + (ds_pipe_rank_of(s, st - 1, o->chunk) != r ? stage_costs(S, st - 1)->p2p : 0);
     case DS_PIPE_W:
         return S->bend[(size_t)st * M + o->mb];
     default:
         if (st == s->pp - 1) return S->fend[(size_t)st * M + o->mb];
         t = S->bend[(size_t)(st + 1) * M + o->mb];
-        return t < 0 ? -1 : t + (ds_pipe_rank_of(s, st + 1, o->chunk) != r ? S->c->p2p : 0);
+        return t < 0 ? -1 : t + (ds_pipe_rank_of(s, st + 1, o->chunk) != r ? stage_costs(S, st + 1)->p2p : 0);
     }
 }
 
@@ -357,11 +360,21 @@ static void record(sim_state *S, int r, const ds_pipe_op *o, double end) {
     else if (o->kind != DS_PIPE_W) S->bend[k] = end;
 }
 
-int ds_pipe_simulate(const ds_pipe_schedule *s, const ds_pipe_costs *c, ds_pipe_sim *out) {
+/* An op's cost at its stage's costs; a pair's: the mean of its two stages' F&B (the two ops' costs
+ * added where either stage gives none). */
+static double cost_of(const sim_state *S, int r, const ds_pipe_op *o, const ds_pipe_op *pair_with) {
+    const ds_pipe_costs *a = stage_costs(S, ds_pipe_stage_of(S->s, r, o->chunk));
+    if (!pair_with) return op_cost(a, o->kind);
+    const ds_pipe_costs *b = stage_costs(S, ds_pipe_stage_of(S->s, r, pair_with->chunk));
+    if (a->fb > 0 && b->fb > 0) return a == b ? a->fb : (a->fb + b->fb) / 2;
+    return op_cost(a, o->kind) + op_cost(b, pair_with->kind);
+}
+
+static int simulate(const ds_pipe_schedule *s, const ds_pipe_costs *c, int stride, ds_pipe_sim *out) {
     int P = s->pp, M = s->n_mb;
     memset(out, 0, sizeof *out);
     out->pp = P;
-    sim_state S = {s, c, malloc((size_t)P * M * sizeof(double)), malloc((size_t)P * M * sizeof(double))};
+    sim_state S = {s, c, stride, malloc((size_t)P * M * sizeof(double)), malloc((size_t)P * M * sizeof(double))};
     int *pos = calloc((size_t)P, sizeof *pos);
     double *free_at = calloc((size_t)P, sizeof *free_at);
     out->busy = calloc((size_t)P, sizeof *out->busy);
@@ -395,10 +408,10 @@ int ds_pipe_simulate(const ds_pipe_schedule *s, const ds_pipe_costs *c, ds_pipe_
                     double t1 = ready_at(&S, r, &s->ops[r][i + 1]);
                     if (t1 < 0) break;
                     if (t1 > t0) t0 = t1;
-                    dur = c->fb > 0 ? c->fb : op_cost(c, o->kind) + op_cost(c, s->ops[r][i + 1].kind);
+                    dur = cost_of(&S, r, o, &s->ops[r][i + 1]);
                     n = 2;
                 } else {
-                    dur = op_cost(c, o->kind);
+                    dur = cost_of(&S, r, o, NULL);
                 }
                 if (free_at[r] > t0) t0 = free_at[r];
                 for (int j = i; j < i + n; j++) {
@@ -444,6 +457,14 @@ done:
     free(free_at);
     if (rc) ds_pipe_sim_free(out);
     return rc;
+}
+
+int ds_pipe_simulate(const ds_pipe_schedule *s, const ds_pipe_costs *c, ds_pipe_sim *out) {
+    return simulate(s, c, 0, out);
+}
+
+int ds_pipe_simulate_stages(const ds_pipe_schedule *s, const ds_pipe_costs *stage_costs, ds_pipe_sim *out) {
+    return simulate(s, stage_costs, 1, out);
 }
 
 double ds_pipe_sim_max_bubble(const ds_pipe_schedule *s, const ds_pipe_sim *sim) {

@@ -115,6 +115,11 @@ typedef struct {
  * schedule that cannot finish (a cycle across ranks) is DS_ERR "deadlock: ...". Free with
  * ds_pipe_sim_free (safe on a zeroed one). */
 int ds_pipe_simulate(const ds_pipe_schedule *s, const ds_pipe_costs *c, ds_pipe_sim *out);
+/* The same with costs per stage (stage_costs[PP]): an op costs what its stage's entry says, a transfer
+ * the sending stage's p2p, an F&B pair (its two ops on two stages of one rank) the mean of the two
+ * stages' fb, or its ops' costs added where either stage's fb is <= 0. With PP equal entries this is
+ * ds_pipe_simulate bit for bit. For stages of unequal cost: the embedding's, the head's and MTP's. */
+int ds_pipe_simulate_stages(const ds_pipe_schedule *s, const ds_pipe_costs *stage_costs, ds_pipe_sim *out);
 void ds_pipe_sim_free(ds_pipe_sim *sim);
 double ds_pipe_sim_max_bubble(const ds_pipe_schedule *s, const ds_pipe_sim *sim);
 int ds_pipe_sim_max_peak_act(const ds_pipe_schedule *s, const ds_pipe_sim *sim);

@@ -14,8 +14,12 @@ json_t *ds_json_parse(const char *text, size_t len, const char *what, const char
     if (!v) {
         if (len == 0)
             ds_fail(DS_ERR, "%s: bad JSON: empty input: %s", what, where);
-        else
+        else {
+            /* jansson quotes the text near the error, raw: keep the message on one line */
+            for (char *c = e.text; *c; c++)
+                if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
             ds_fail(DS_ERR, "%s: bad JSON: line %d column %d: %s: %s", what, e.line, e.column, e.text, where);
+        }
     }
     return v;
 }

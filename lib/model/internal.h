@@ -57,6 +57,8 @@ struct ds_model {
     ds_param *params;
     int n_params;
     size_t n_floats;
+    size_t resident_floats;     /* of them, FP8-resident (never touched) */
+    double fp8_bytes;           /* the resident weights' codes and scales */
     float *w, *g; /* parameters, gradients */
     float *ebias; /* expert biases, n_moe x E */
     ds_weights W, G;
@@ -108,6 +110,8 @@ struct ds_model {
     int have_fwd;               /* a training forward is stored */
     ds_wgrad_queue wq;          /* the B/W split (wgrad.c) */
     ds_act_slot *slot;          /* activation slots (slots.c); NULL until asked for */
+    void (*poll)(void *);       /* ds_model_set_poll */
+    void *poll_ctx;
     int n_slots, cur_slot;
 
     /* expert parallelism (moe_ep.c): this rank's experts [e0, e0 + ne) start at float expert_off */

@@ -127,6 +127,8 @@ int ds_session_save(ds_session *s, const char *dir) {
     const int world = s->have_comm ? s->comm.size : 1, rank = ds_session_rank(s);
     const int sharded = ds_optstate_sharded(z, world);
     if (!sharded && rank != 0) return 0; /* replicas are identical: rank 0 writes for all */
+    if (sharded && s->failed_alone) /* the others may wait in another collective: no save can be agreed */
+        return ds_fail(DS_ERR, "checkpoint: the sharded optimizer state needs every rank, and rank %d failed: %s", rank, dir);
     ds_ckpt_writer *w = NULL;
     float *host = NULL;
     char tmp[4096] = "", name[64], path[8300];
@@ -207,6 +209,27 @@ static int lock_out(ds_session *s) {
 
 static int join_data_parallel(ds_session *s);
 
+/* --pp: this rank's stages of the model, run by the trainer through net.run_micro. */
+static int open_pipeline(ds_session *s) {
+    ds_pipe_kind kind = DS_PIPE_1F1B;
+    if (s->o.schedule) DS_TRY(ds_pipe_kind_parse(s->o.schedule, &kind));
+    ds_pipe_opts po = {.pp = s->o.pp, .kind = kind, .stages = s->o.stages, .seq_len = s->o.seq_len,
+                       .pp_comm = &s->layout.pp_comm};
+    DS_TRY(ds_pipe_net_create(&s->pipe, s->model, &po));
+    s->net.run_micro = ds_pipe_net_run;
+    s->net.micro_ctx = s->pipe;
+    char line[1024];
+    int k = snprintf(line, sizeof line, "pipeline: %s, stage layers", ds_pipe_kind_name(kind));
+    int *first = calloc((size_t)s->o.pp + 1, sizeof *first);
+    if (!first) return ds_fail(DS_ERR, "out of memory: stages");
+    int rc = ds_pipe_split_layers(&s->cfg, s->o.pp, s->o.seq_len, s->o.stages, first);
+    for (int st = 0; !rc && st < s->o.pp && k < (int)sizeof line - 32; st++)
+        k += snprintf(line + k, sizeof line - (size_t)k, " %d-%d", first[st], first[st + 1] - 1);
+    free(first);
+    if (!rc) ds_info("%s (embedding with the first, head and MTP with the last)", line);
+    return rc;
+}
+
 static int open_model(ds_session *s, const ds_session_opts *o) {
     const ds_ops *ops;
     DS_TRY(ds_ops_for_device(o->device, &ops));
@@ -254,6 +277,7 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
     if (!rc) rc = ck ? ds_model_load_weights(s->model, ds_ckpt_tensors(ck)) : ds_model_init(s->model, o->seed);
     ds_ckpt_close(ck);
     if (!rc) rc = ds_train_net_from_model(&s->net, s->model, o->seq_len);
+    if (!rc && s->have_layout) rc = open_pipeline(s);
     return rc;
 }
 
@@ -263,6 +287,9 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     s->resumed_step = -1;
     /* the ranks join before anything else, so every message names its rank and is printed once */
     int rc = join_data_parallel(s);
+    if (!rc && o->ep > 1 && o->pp > 1) /* the exchange plans are per layer, not per stored micro-batch */
+        rc = ds_fail(DS_EUSAGE, "--ep %d with --pp %d: expert parallelism inside pipeline stages is not available yet",
+                     o->ep, o->pp);
     if (!rc) rc = ds_ep_run_join(&s->ep, s->have_comm ? &s->comm : NULL, o->ep, o->ranks_per_node);
     if (!rc && s->ep.ep > 1 && o->ema > 0) /* the average is kept whole on rank 0 */
         rc = ds_fail(DS_EUSAGE, "--ema with --ep %d: the EMA needs every expert on one rank (not yet)", s->ep.ep);
@@ -333,27 +360,45 @@ static int dp_rs(void *ctx, float *x, size_t n) { return ds_dp_reduce_scatter_f3
 static int dp_ag(void *ctx, float *x, size_t n) { return ds_dp_allgather_f32(ctx, x, n); }
 
 static int join_data_parallel(ds_session *s) {
-    if (s->o.dp == 1 || (s->o.dp == 0 && !ds_dist_launched())) return 0;
+    const int pp = s->o.pp > 1 ? s->o.pp : 1;
+    if ((s->o.dp == 1 && pp == 1) || (s->o.dp == 0 && pp == 1 && !ds_dist_launched())) return 0;
     DS_TRY(ds_comm_init(&s->comm, NULL, NULL));
     s->have_comm = 1;
     ds_log_set_prefix(ds_comm_prefix(&s->comm)); /* errors from any rank name it: "[host:rank] ds-x: ..." */
     if (s->comm.rank != 0) ds_log_set_level(DS_LOG_QUIET); /* rank 0 talks; errors still reach stderr */
     if (s->o.device && strcmp(s->o.device, "cpu")) {
-        ds_fail(DS_EUSAGE, "data parallelism with --device %s: the gradient all-reduce runs over host memory only",
-                s->o.device);
+        ds_fail(DS_EUSAGE, "%s with --device %s: the gradient all-reduce runs over host memory only",
+                pp > 1 ? "pipeline parallelism" : "data parallelism", s->o.device);
         ds_hint("train on one GPU (no mpirun), or use --device cpu with --dp");
         return DS_EUSAGE;
     }
-    int want = s->o.dp ? s->o.dp : s->comm.size;
-    if (want != s->comm.size) {
-        ds_fail(DS_EUSAGE, "--dp %d does not match the %d processes started", want, s->comm.size);
-        ds_hint("start --dp N with mpirun -np N (--ep splits the experts inside those ranks)");
+    if (s->comm.size % pp) {
+        ds_fail(DS_EUSAGE, "--pp %d does not divide the %d processes started (world = PP x DP)", pp, s->comm.size);
+        ds_hint("start mpirun -np with a multiple of --pp");
         return DS_EUSAGE;
     }
-    s->tcomm = (ds_train_comm){.rank = s->comm.rank, .size = s->comm.size, .allreduce_f32 = dp_f32,
+    const int dp = s->comm.size / pp;
+    int want = s->o.dp ? s->o.dp : dp;
+    if (want != dp) {
+        if (pp > 1) ds_fail(DS_EUSAGE, "--dp %d --pp %d needs %d processes, %d were started", want, pp, want * pp, s->comm.size);
+        else ds_fail(DS_EUSAGE, "--dp %d does not match the %d processes started", want, s->comm.size);
+        ds_hint("start --dp N with mpirun -np N (times --pp)");
+        return DS_EUSAGE;
+    }
+    const ds_comm *dpc = &s->comm;
+    if (pp > 1) { /* world = PP x DP (dist/layout.h): replicas of a stage, and the stages of a replica */
+        DS_TRY(ds_layout_make(&s->layout, &s->comm, pp, dp, 1, 0));
+        s->have_layout = 1;
+        dpc = &s->layout.dp_comm;
+        s->pcomm = (ds_train_comm){.rank = s->layout.pp_comm.rank, .size = pp, .allreduce_f32 = dp_f32,
+                                   .allreduce_f64 = dp_f64, .allreduce_i64 = dp_i64, .reduce_scatter_f32 = dp_rs,
+                                   .allgather_f32 = dp_ag, .ctx = &s->layout.pp_comm};
+    }
+    s->tcomm = (ds_train_comm){.rank = dpc->rank, .size = dpc->size, .allreduce_f32 = dp_f32,
                                .allreduce_f64 = dp_f64, .allreduce_i64 = dp_i64, .reduce_scatter_f32 = dp_rs,
-                               .allgather_f32 = dp_ag, .ctx = &s->comm};
-    ds_info("data parallel: %d ranks on %d node(s)", s->comm.size, s->comm.n_nodes);
+                               .allgather_f32 = dp_ag, .ctx = (void *)dpc};
+    if (pp > 1) ds_info("parallel: %d pipeline stages x %d data-parallel replicas", pp, dp);
+    else ds_info("data parallel: %d ranks on %d node(s)", s->comm.size, s->comm.n_nodes);
     return 0;
 }
 
@@ -472,9 +517,26 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
     s->stop = ds_train_catch_signals();
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = session_step_record,
                         .after_step = session_after_step, .step_ctx = s,
-                        .comm = s->have_comm ? &s->tcomm : NULL, .micro_done = s->ep.have_layout ? session_micro_done : NULL};
+                        .comm = s->have_comm ? &s->tcomm : NULL, .pp = s->pipe ? &s->pcomm : NULL,
+                        .micro_done = s->ep.have_layout ? session_micro_done : NULL};
     if (ds_session_rank(s) != 0) s->o.metrics_path = s->o.plot_path = NULL;
     if (s->o.metrics_path) h.metrics = &s->metrics;
+    if (s->pipe) { /* what the schedule needs of the micro-batch count, before any work */
+        const int mb = (int)(ds_sched_max(&to->batch) / to->micro_batch), dp = s->layout.dp, per = mb / dp;
+        ds_pipe_kind kind = DS_PIPE_1F1B;
+        if (s->o.schedule) DS_TRY(ds_pipe_kind_parse(s->o.schedule, &kind));
+        DS_TRY(ds_pipe_check(kind, s->o.pp, 4 * s->o.pp)); /* what it needs of PP */
+        if ((per > 0 || kind == DS_PIPE_DUALPIPE) && ds_pipe_check(kind, s->o.pp, per)) /* a replica may idle */
+            return ds_fail_ctx(DS_EUSAGE, "%d micro-batches per pipeline (batch %d / micro-batch %d / DP %d)", per,
+                               (int)ds_sched_max(&to->batch), to->micro_batch, dp);
+    }
+    ds_train_opts pipe_to;
+    if (s->pipe && !to->no_zero) { /* the sharded checkpoint is written per world rank: not with stages yet */
+        pipe_to = *to;
+        pipe_to.no_zero = 1;
+        to = &pipe_to;
+        ds_info("pipeline: the optimizer state stays replicated on every rank (ZeRO-1 with --pp is not done yet)");
+    }
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
     DS_TRY(ds_ep_run_groups(&s->ep, s->trainer, s->model, s->have_comm ? &s->tcomm : NULL));
     if (s->o.resume) {
@@ -513,12 +575,37 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
     return 0;
 }
 
+/* Each pipeline rank's compute time against the steps' wall time (the measured bubble), on rank 0's log. */
+static int report_pipeline(ds_session *s) {
+    ds_pipe_stats st;
+    ds_pipe_net_stats(s->pipe, &st);
+    const int pp = s->o.pp, r = s->layout.pp_comm.rank;
+    double *v = calloc(2 * (size_t)pp, sizeof *v);
+    if (!v) return ds_fail(DS_ERR, "out of memory: pipeline report");
+    v[2 * r] = st.busy, v[2 * r + 1] = st.wall;
+    int rc = ds_comm_allreduce_sum_f64(&s->layout.pp_comm, v, 2 * pp);
+    char line[2048];
+    int k = 0;
+    double bubble = 0;
+    for (int i = 0; !rc && i < pp && k < (int)sizeof line - 40; i++) {
+        double b = v[2 * i + 1] > 0 ? 1 - v[2 * i] / v[2 * i + 1] : 0;
+        bubble += b / pp;
+        k += snprintf(line + k, sizeof line - (size_t)k, " %.1f%%", 100 * b);
+    }
+    if (!rc)
+        ds_info("pipeline: %lld steps, %.1f ms per step, bubble by rank:%s (mean %.1f%%)", (long long)st.steps,
+                st.steps ? 1e3 * v[1] / (double)st.steps : 0.0, line, 100 * bubble);
+    free(v);
+    return rc;
+}
+
 int ds_session_run(ds_session *s, int *stopped_by) {
     ds_train_end end;
     *stopped_by = 0;
     int rc = ds_trainer_run(s->trainer, &end);
     if (!rc && ds_session_rank(s) == 0) ds_ep_run_summary(&s->ep);
     if (!rc) rc = report_memory(s, 1);
+    if (!rc && s->pipe) rc = report_pipeline(s);
     if (s->ema) {
         long n;
         double sec = ds_ema_submit_seconds(s->ema, &n);
@@ -543,6 +630,7 @@ int ds_session_run(ds_session *s, int *stopped_by) {
 void ds_session_close(ds_session *s) {
     ds_ema_free(s->ema);
     ds_trainer_free(s->trainer);
+    ds_pipe_net_free(s->pipe);
     ds_train_net_release(&s->net);
     ds_model_free(s->model);
     if (s->have_metrics) ds_metrics_close(&s->metrics);
@@ -550,6 +638,7 @@ void ds_session_close(ds_session *s) {
     free(s->tokenizer_json);
     free(s->tokenizer_config);
     ds_ep_run_free(&s->ep);
+    if (s->have_layout && !s->failed_alone) ds_layout_free(&s->layout);
     if (s->have_comm && s->failed_alone) ds_comm_abandon(&s->comm);
     else if (s->have_comm) ds_comm_finalize(&s->comm);
     ds_dir_lock_release(&s->out_lock);

@@ -19,8 +19,10 @@
 #include "io/config.h"
 #include "model/model.h"
 #include "tok/chat.h"
+#include "dist/layout.h"
 #include "train/ema.h"
 #include "train/eprun.h"
+#include "train/pipe.h"
 #include "train/trainer.h"
 
 /* Where a training checkpoint keeps the EMA of its weights (--ema): a model checkpoint directory. */
@@ -55,6 +57,9 @@ typedef struct {
                                    rank 0 alone writes checkpoints, metrics and plots */
     int ep;                     /* expert-parallel ranks per group (train/eprun.h; 0 or 1: none) */
     int ranks_per_node;         /* consecutive ranks per node for node-limited routing (0: the real hosts) */
+    int pp;                     /* pipeline stages (0, 1: none): world = PP x DP (train/pipe.h) */
+    const char *schedule;       /* "1f1b" (NULL), "zb1p", "dualpipe" */
+    const char *stages;         /* layers per stage ("0-3,4-7"), or NULL: by estimated cost */
     /* Called with the loaded config before the model is built (ds-extend-ctx sets rope_scaling);
      * NULL: the config as loaded. A non-zero return stops with that status. */
     int (*edit_config)(void *ctx, ds_config *cfg);
@@ -90,7 +95,11 @@ typedef struct {
     int agree_pending;        /* open succeeded everywhere; the ranks next agree at the end of start
                                  (or, for a tool that fails before it, in ds_session_agree) */
     int failed_alone;         /* this rank failed in the training loop: leave MPI without finalizing */
-    ds_train_comm tcomm;
+    ds_train_comm tcomm;      /* the data-parallel replicas (with --pp: this stage's, layout.dp_comm) */
+    ds_layout layout;         /* with --pp (have_layout) */
+    int have_layout;
+    ds_train_comm pcomm;      /* with --pp: this replica's stages (layout.pp_comm) */
+    ds_pipe_net *pipe;        /* with --pp */
     ds_ep_run ep;             /* --ep: the layout, the experts' parameter group, traffic metrics */
     ds_ema *ema;             /* --ema on rank 0, else NULL */
     ds_dir_lock out_lock;     /* held by the process that writes out_dir (rank 0) for the whole run */

@@ -79,6 +79,8 @@ static const shared_opt SHARED[] = {
      "1f1b|zb1p|dualpipe"},
     {"micro-batches", 0, DS_OPT_INT, F(pipe_micro_batches), "N", "pipeline micro-batches per step (0 = --batch / --micro-batch)",
      .max = 1 << 20},
+    {"stages", 0, DS_OPT_STR, F(stages), "L0-L1,...",
+     "decoder layers of each pipeline stage (default: split by estimated cost)"},
     {"quiet", 'q', DS_OPT_FLAG, F(quiet), .help = "only errors and warnings"},
     {"verbose", 'v', DS_OPT_FLAG, F(verbose), .help = "more detail"},
 };
@@ -186,8 +188,8 @@ ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool
                              .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
                              .device = t->device, .fp8 = t->fp8, .balance_alpha = t->alpha,
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,
-                             .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema,
-                             .ep = t->ep, .ranks_per_node = t->ranks_per_node};
+                             .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema, .pp = t->pp,
+                             .schedule = t->pipe_schedule, .stages = t->stages, .ep = t->ep, .ranks_per_node = t->ranks_per_node};
 }
 
 void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {

@@ -36,6 +36,7 @@ typedef struct {
     int pp;                   /* --pp: pipeline stages (1: none) */
     int pipe_micro_batches;   /* --micro-batches: pipeline micro-batches per step (0: --batch / --micro-batch) */
     const char *pipe_schedule; /* --schedule: 1f1b | zb1p | dualpipe */
+    const char *stages;       /* --stages: decoder layers of each pipeline stage ("0-3,4-7"), or NULL */
     double lr, alpha, weight_decay, beta1, beta2, eps, clip, val_frac;
     ds_opt group_entries[64]; /* where the tables of ds_train_toolopts_group live */
     int n_group_entries;

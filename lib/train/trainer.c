@@ -124,6 +124,7 @@ struct ds_trainer {
     ds_balance bal;
     ds_batch_buf buf, vbuf;
     float *dlogp, *dmtp;
+    int *mine;          /* first rows of this rank's micro-batches in the step (net->run_micro) */
     int64_t step;
     double tokens;
     int64_t skipped;
@@ -162,7 +163,8 @@ int ds_trainer_create(ds_trainer **out, const ds_train_opts *o, ds_train_net *ne
     if (!rc) {
         t->dlogp = malloc(per_micro * sizeof *t->dlogp);
         t->dmtp = malloc(per_micro * (size_t)(net->mtp_depth > 0 ? net->mtp_depth : 1) * sizeof *t->dmtp);
-        if (!t->dlogp || !t->dmtp) rc = ds_fail(DS_ERR, "out of memory: loss coefficients");
+        t->mine = malloc(sizeof *t->mine * (size_t)(max_rows / o->micro_batch + 1));
+        if (!t->dlogp || !t->dmtp || !t->mine) rc = ds_fail(DS_ERR, "out of memory: loss coefficients");
     }
     if (rc) {
         ds_trainer_free(t);
@@ -179,7 +181,7 @@ void ds_trainer_free(ds_trainer *t) {
     ds_balance_free(&t->bal);
     ds_batch_buf_free(&t->buf);
     ds_batch_buf_free(&t->vbuf);
-    free(t->dlogp), free(t->dmtp);
+    free(t->dlogp), free(t->dmtp), free(t->mine);
     history_free(&t->hist);
     free(t);
 }
@@ -227,6 +229,53 @@ static int check_fwd(const ds_trainer *t, const ds_fwd_out *f) {
     return 0;
 }
 
+/* A step's loss bookkeeping, shared by the trainer's own micro-batch loop and a net that runs them
+ * itself (train/pipe.h). */
+typedef struct {
+    ds_trainer *t;
+    ds_loss_ctx *lc;
+    double *terms, *bal, bal_share;
+    int m, n; /* rows per micro-batch; this rank's micro-batches (t->mine: their first rows) */
+} step_ctx;
+
+/* What micro-batch (first row r0)'s forward adds: loss terms and coefficients where the head ran, the
+ * balance loss and expert loads of the layers that ran. */
+static int micro_done(step_ctx *sc, int r0, const ds_fwd_out *f, int head, float *dlogp, float *dmtp) {
+    ds_trainer *t = sc->t;
+    DS_TRY(check_fwd(t, f));
+    if (head) {
+        ds_batch b = ds_batch_buf_view(&t->buf, r0, sc->m);
+        sc->lc->row0 = r0;
+        DS_TRY(t->loss.micro(t->loss.ctx, sc->lc, &b, f, dlogp, dmtp, sc->terms));
+    }
+    *sc->bal += t->net->set_balance_alpha ? f->bal_loss : f->bal_loss * sc->bal_share;
+    if (f->expert_load) ds_balance_add(&t->bal, f->expert_load);
+    return 0;
+}
+
+static ds_batch step_batch(void *ctx, int k) {
+    step_ctx *sc = ctx;
+    return ds_batch_buf_view(&sc->t->buf, sc->t->mine[k], sc->m);
+}
+
+static int step_done(void *ctx, int k, const ds_fwd_out *f, int head, float *dlogp, float *dmtp) {
+    step_ctx *sc = ctx;
+    return micro_done(sc, sc->t->mine[k], f, head, dlogp, dmtp);
+}
+
+/* Sum loss terms, balance loss, expert loads and (with_grads) the gradients over group c, in place. */
+static int sum_step(ds_trainer *t, const ds_train_comm *c, int with_grads, double *terms, double *bal) {
+    double sums[DS_LOSS_MAX_TERMS + 1];
+    memcpy(sums, terms, sizeof(double) * DS_LOSS_MAX_TERMS);
+    sums[DS_LOSS_MAX_TERMS] = *bal;
+    if (with_grads) DS_TRY(c->allreduce_f32(c->ctx, t->net->grads, t->net->n_params));
+    DS_TRY(c->allreduce_f64(c->ctx, sums, DS_LOSS_MAX_TERMS + 1));
+    if (t->bal.n_layers > 0) DS_TRY(c->allreduce_i64(c->ctx, t->bal.count, (size_t)t->bal.n_layers * t->bal.n_experts));
+    memcpy(terms, sums, sizeof(double) * DS_LOSS_MAX_TERMS);
+    *bal = sums[DS_LOSS_MAX_TERMS];
+    return 0;
+}
+
 int ds_trainer_step(ds_trainer *t) {
     ds_train_net *net = t->net;
     const int rows = step_rows(t), m = t->o.micro_batch, T = t->o.seq_len;
@@ -248,7 +297,14 @@ int ds_trainer_step(ds_trainer *t) {
     net->zero_grad(net->impl);
     ds_balance_reset(&t->bal);
     const int P = dp_size(t), rank = dp_rank(t), n_micro = rows / m, mtp = net->mtp_depth > 0;
-    for (int k = rank; k < (n_micro + P - 1) / P * P; k += P) { /* micro-batch k is replica k % P's */
+    step_ctx sc = {.t = t, .lc = &lc, .terms = terms, .bal = &bal, .bal_share = bal_share, .m = m};
+    if (net->run_micro) { /* the net runs this replica's micro-batches in its own order */
+        for (int r0 = 0; r0 < rows; r0 += m)
+            if ((r0 / m) % P == rank) t->mine[sc.n++] = r0;
+        ds_train_micro_io io = {.n = sc.n, .batch = step_batch, .done_fwd = step_done, .ctx = &sc};
+        DS_TRY(net->run_micro(net->micro_ctx, &io));
+    }
+    for (int k = rank; k < (n_micro + P - 1) / P * P && !net->run_micro; k += P) { /* micro-batch k is replica k % P's */
         const int r0 = k * m;
         if (k >= n_micro) { /* this replica has one fewer than some others: an empty one (expert parallelism) */
             if (net->idle) DS_TRY(net->idle(net->impl, T, 0, mtp));
@@ -258,25 +314,16 @@ int ds_trainer_step(ds_trainer *t) {
         ds_batch b = ds_batch_buf_view(&t->buf, r0, m);
         ds_fwd_out f;
         DS_TRY(net->forward(net->impl, &b, &f));
-        DS_TRY(check_fwd(t, &f));
-        lc.row0 = r0;
-        DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL, terms));
-        bal += net->set_balance_alpha ? f.bal_loss : f.bal_loss * bal_share;
-        if (f.expert_load) ds_balance_add(&t->bal, f.expert_load);
+        DS_TRY(micro_done(&sc, r0, &f, 1, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
         DS_TRY(net->backward(net->impl, &b, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
     }
     if (t->hooks.micro_done) DS_TRY(t->hooks.micro_done(t->hooks.ctx, t));
-    DS_TRY(ds_zero_reduce(&t->opt, net)); /* each parameter group's gradients over its ranks */
-    if (P > 1) { /* every replica ends with the whole step's sums */
-        const ds_train_comm *c = t->hooks.comm;
-        double sums[DS_LOSS_MAX_TERMS + 1];
-        memcpy(sums, terms, sizeof terms);
-        sums[DS_LOSS_MAX_TERMS] = bal;
-        DS_TRY(c->allreduce_f64(c->ctx, sums, DS_LOSS_MAX_TERMS + 1));
-        if (t->bal.n_layers > 0) DS_TRY(c->allreduce_i64(c->ctx, t->bal.count, (size_t)t->bal.n_layers * t->bal.n_experts));
-        memcpy(terms, sums, sizeof terms);
-        bal = sums[DS_LOSS_MAX_TERMS];
-    }
+    /* pipeline stages first (each holds its layers' share of everything), then each parameter group's
+     * gradients over its ranks and the loss values over the replicas: every rank ends with the sums */
+    const ds_train_comm *pc = t->hooks.pp && t->hooks.pp->size > 1 ? t->hooks.pp : NULL;
+    if (pc) DS_TRY(sum_step(t, pc, 1, terms, &bal));
+    DS_TRY(ds_zero_reduce(&t->opt, net));
+    if (P > 1) DS_TRY(sum_step(t, t->hooks.comm, 0, terms, &bal));
     double norm;
     DS_TRY(ds_zero_grad_norm(&t->opt, net, &norm));
     const int finite = isfinite(norm) && isfinite(terms[0]) && isfinite(bal);
@@ -306,6 +353,28 @@ int ds_trainer_step(ds_trainer *t) {
     return 0;
 }
 
+/* One validation micro-batch's loss value (on the rank that ran the head). */
+typedef struct {
+    ds_trainer *t;
+    const ds_batch *b;
+    ds_loss_ctx lc;
+    double terms[DS_LOSS_MAX_TERMS];
+    int head;
+} val_ctx;
+
+static ds_batch val_batch(void *ctx, int k) {
+    (void)k;
+    return *((val_ctx *)ctx)->b;
+}
+
+static int val_done(void *ctx, int k, const ds_fwd_out *f, int head, float *dlogp, float *dmtp) {
+    val_ctx *vc = ctx;
+    (void)k, (void)dlogp, (void)dmtp;
+    if (!head) return 0;
+    vc->head = 1;
+    return vc->t->loss.micro(vc->t->loss.ctx, &vc->lc, vc->b, f, NULL, NULL, vc->terms);
+}
+
 int ds_trainer_validate(ds_trainer *t, double *loss) {
     *loss = NAN;
     if (!t->val) return 0;
@@ -329,18 +398,25 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
             DS_TRY(t->net->idle(t->net->impl, t->o.seq_len, 0, 0));
         if (k % P != rank) continue;
         ds_batch b = ds_batch_buf_view(&t->vbuf, 0, m);
-        ds_fwd_out f;
-        DS_TRY(t->net->forward(t->net->impl, &b, &f));
         int64_t n = ds_batch_buf_count_targets(&t->vbuf, 0, m);
-        ds_loss_ctx lc = {.step = t->step, .lambda = 0, .mtp_depth = 0, .n_targets = n, .n_rows = m, .row0 = 0};
-        double terms[DS_LOSS_MAX_TERMS] = {0};
-        DS_TRY(t->loss.micro(t->loss.ctx, &lc, &b, &f, NULL, NULL, terms));
-        sum += terms[0] * (double)n; /* back to a sum, so the mean is over all validation targets */
-        count += n;
+        val_ctx vc = {.t = t, .b = &b, .lc = {.step = t->step, .lambda = 0, .mtp_depth = 0, .n_targets = n, .n_rows = m}};
+        if (t->net->run_micro) { /* through the pipeline's stages; the head's rank gets the value */
+            ds_train_micro_io io = {.n = 1, .forward_only = 1, .batch = val_batch, .done_fwd = val_done, .ctx = &vc};
+            DS_TRY(t->net->run_micro(t->net->micro_ctx, &io));
+        } else {
+            ds_fwd_out f;
+            DS_TRY(t->net->forward(t->net->impl, &b, &f));
+            DS_TRY(val_done(&vc, 0, &f, 1, NULL, NULL));
+        }
+        sum += vc.terms[0] * (double)n; /* back to a sum, so the mean is over all validation targets */
+        count += vc.head ? n : 0;
     }
-    if (P > 1) {
+    const ds_train_comm *pc = t->hooks.pp && t->hooks.pp->size > 1 ? t->hooks.pp : NULL;
+    for (int g = 0; g < 2; g++) {
+        const ds_train_comm *c = g ? (P > 1 ? t->hooks.comm : NULL) : pc;
+        if (!c) continue;
         double sc[2] = {sum, (double)count};
-        DS_TRY(t->hooks.comm->allreduce_f64(t->hooks.comm->ctx, sc, 2));
+        DS_TRY(c->allreduce_f64(c->ctx, sc, 2));
         sum = sc[0], count = (int64_t)sc[1];
     }
     *loss = count ? sum / (double)count : NAN;
@@ -465,6 +541,7 @@ int ds_trainer_run(ds_trainer *t, ds_train_end *end) {
         if (t->hooks.after_step) DS_TRY(t->hooks.after_step(t->hooks.step_ctx, t));
         int64_t stop = t->hooks.stop ? *t->hooks.stop : 0;
         if (dp_size(t) > 1) DS_TRY(t->hooks.comm->allreduce_i64(t->hooks.comm->ctx, &stop, 1)); /* all stop together */
+        if (t->hooks.pp && t->hooks.pp->size > 1) DS_TRY(t->hooks.pp->allreduce_i64(t->hooks.pp->ctx, &stop, 1));
         if (stop) {
             if (dp_rank(t) == 0) ds_info("signal %d: saving at step %lld", (int)(t->hooks.stop && *t->hooks.stop ? *t->hooks.stop : stop),
                                          (long long)t->step);

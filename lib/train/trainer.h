@@ -30,6 +30,19 @@
 #include "train/sched.h"
 
 /* ---- the network as the trainer sees it ---- */
+
+/* A step's micro-batches for a net that runs them itself, in its own order (pipeline parallelism). */
+typedef struct ds_train_micro_io {
+    int n;            /* this rank's micro-batches (its data-parallel share), in data order */
+    int forward_only; /* validation: forwards and loss values, no backward */
+    ds_batch (*batch)(void *ctx, int k);
+    /* After micro-batch k's forward on this rank (each stage of it the rank ran): f holds those layers'
+     * balance loss and expert loads; head = the rank ran the head (f's log-probs are valid), and the hook
+     * then fills dlogp [B*T] and dmtp [depth][B*T] (host memory; NULL when forward_only). */
+    int (*done_fwd)(void *ctx, int k, const ds_fwd_out *f, int head, float *dlogp, float *dmtp);
+    void *ctx;
+} ds_train_micro_io;
+
 typedef struct ds_train_net {
     void *impl;
     const struct ds_ops *ops; /* the backend holding params and grads (NULL: host memory). Forward outputs,
@@ -55,6 +68,12 @@ typedef struct ds_train_net {
      * than the others this step, so it still takes part in every exchange theirs make: the forward of
      * sequences of T tokens (backward = 0), then its backward (mtp: whether dmtp would be given). */
     int (*idle)(void *impl, int T, int backward, int mtp);
+    /* Optional: run a step's (or one validation micro-batch's) micro-batches in the net's own order
+     * (pipeline stages: lib/train/pipe.h), calling io->done_fwd after each forward; the trainer then sums
+     * gradients, loss terms, balance loss and expert loads over hooks.pp. NULL: forward/backward per
+     * micro-batch. */
+    int (*run_micro)(void *micro_ctx, const ds_train_micro_io *io);
+    void *micro_ctx;
 } ds_train_net;
 
 /* ---- losses ---- */
@@ -145,6 +164,8 @@ typedef struct {
     void *metrics;                 /* ds_metrics* (core/jsonw.h) or NULL */
     volatile sig_atomic_t *stop;   /* non-zero: finish the step, save, return (agreed across ranks) */
     const ds_train_comm *comm;     /* data parallel group, or NULL; only rank 0 prints */
+    const ds_train_comm *pp;       /* pipeline stages of this replica (net->run_micro), or NULL: each holds
+                                      its layers' share of the gradients and loss values, summed over it */
     /* Optional, for tools with numbers of their own (ds-rl): step_record adds keys to each step's
      * metrics record after the trainer's; after_step runs once the record is written and before
      * any checkpoint of that step (evaluations, the tool's own log line; an error stops the run). */

@@ -58,12 +58,14 @@ COMMANDS=("ds-tokenize" "ds-tokenize train" "ds-tokenize encode" "ds-tokenize de
     done
 }
 
-@test "the --eps typo of issue 16: --ep is expert parallelism (an integer), never AdamW's epsilon" {
-    run --separate-stderr "$DS_BIN/ds-pretrain" --ep 1e-8 --config x.json --data x -o out --steps 1
+@test "the --eps typo of issue 16: --ep is no longer AdamW's epsilon (it is expert parallelism now)" {
+    run --separate-stderr "$DS_BIN/ds-pretrain" --ep 0 --config x.json --data x -o out --steps 1
     [ "$status" -eq 2 ]
-    [ "${stderr_lines[0]}" = "ds-pretrain: error: --ep: not an integer: '1e-8'" ]
-    [ "${stderr_lines[1]}" = "hint: ds-pretrain --help lists the options" ]
+    [ "${stderr_lines[0]}" = "ds-pretrain: error: --ep: 0 is out of range [1, 1e+06]" ]
     [ ! -e out ]
+    run --separate-stderr "$DS_BIN/ds-sft" --epx 1
+    [ "$status" -eq 2 ]
+    [[ "${stderr_lines[0]}" == "ds-sft: error: unknown option '--epx'"* ]]
 }
 
 @test "a near miss names the closest option; a far one names none; a flag given a value is refused" {

@@ -20,12 +20,14 @@ rank_pid() {
     done
 }
 
-# kill -9 rank $2 of an $1-rank run once it has saved a checkpoint; checks the whole job ends
+# kill -9 rank $2 of an $1-rank run once it has saved a checkpoint; checks the whole job ends. Further
+# arguments: the layout (default --dp $1)
 kill_rank_mid_run() {
-    local np=$1 victim=$2 out=$BATS_TEST_TMPDIR/out
+    local np=$1 victim=$2 out=$BATS_TEST_TMPDIR/out layout=("${@:3}")
+    [ ${#layout[@]} -gt 0 ] || layout=(--dp "$np")
     mpi -np "$np" "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$DS_ROOT/share/configs/tiny.json" \
         --data "$T/shards" -o "$out" --steps 1000000 --batch 2 --seq-len 16 --log-every 0 --save-every 10 --seed 1 \
-        --dp "$np" -q 2>"$BATS_TEST_TMPDIR/err" &
+        "${layout[@]}" -q 2>"$BATS_TEST_TMPDIR/err" &
     local job=$! pid="" i
     for i in $(seq 1 240); do [ -f "$out/trainer_state.json" ] && break; sleep 0.25; done
     [ -f "$out/trainer_state.json" ] || { kill -9 $job; cat "$BATS_TEST_TMPDIR/err"; false; }
@@ -43,9 +45,11 @@ kill_rank_mid_run() {
     grep -q "process rank $victim .* exited on signal 9" "$BATS_TEST_TMPDIR/err" || { cat "$BATS_TEST_TMPDIR/err"; false; }
 }
 
-# the checkpoint left behind is complete, and the same layout resumes from it and trains 2 more steps
+# the checkpoint left behind is complete, and the same layout (or the one given after $1) resumes from it
+# and trains 2 more steps
 resumes_intact() {
-    local np=$1 out=$BATS_TEST_TMPDIR/out step
+    local np=$1 out=$BATS_TEST_TMPDIR/out step layout=("${@:2}")
+    [ ${#layout[@]} -gt 0 ] || layout=(--dp "$np")
     step=$(jq .step "$out/trainer_state.json")
     [ $((step % 10)) -eq 0 ] && [ "$step" -ge 10 ]
     for f in config.json model.safetensors tokenizer.json optimizer.index.json; do [ -s "$out/$f" ]; done
@@ -53,7 +57,7 @@ resumes_intact() {
     for r in $(seq 0 $((np - 1))); do [ -s "$out/$(printf 'optimizer-%05d-of-%05d.safetensors' "$r" "$np")" ]; done
     run --separate-stderr mpi -np "$np" "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 \
         --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" -o "$out" --resume "$out" \
-        --steps $((step + 2)) --batch 2 --seq-len 16 --log-every 1 --seed 1 --dp "$np"
+        --steps $((step + 2)) --batch 2 --seq-len 16 --log-every 1 --seed 1 "${layout[@]}"
     [ "$status" -eq 0 ] || { echo "$stderr"; false; }
     [ "$(jq .step "$out/trainer_state.json")" -eq $((step + 2)) ]
     [[ "$stderr" == *"step $((step + 2))/$((step + 2))"* ]] || { echo "$stderr"; false; }
@@ -68,4 +72,9 @@ resumes_intact() {
 @test "kill -9 the writing rank (rank 0) of two: the job ends and the last checkpoint is intact" {
     kill_rank_mid_run 2 0
     resumes_intact 2
+}
+
+@test "kill -9 a pipeline stage's rank (--pp 2 x DP 2) mid-step: every rank exits, the checkpoint resumes under --pp 2" {
+    kill_rank_mid_run 4 3 --pp 2 --micro-batch 1
+    resumes_intact 4 --pp 2 --micro-batch 1
 }

@@ -68,7 +68,7 @@ TRAINERS="ds-pretrain ds-sft ds-extend-ctx ds-rl"
     errors=$(printf '%s\n' "$stderr" | grep -c ': error: ')
     [ "$errors" -eq 1 ] || { echo "$stderr"; false; }
     printf '%s\n' "$stderr" | grep -qxF "[$(hostname):0] ds-pretrain: error: --dp 3 does not match the 2 processes started"
-    printf '%s\n' "$stderr" | grep -qxF "hint: start --dp N with mpirun -np N (pipeline and expert parallelism are not available yet)"
+    printf '%s\n' "$stderr" | grep -qxF "hint: start --dp N with mpirun -np N (times --pp)"
     [[ "$stderr" != *"--help lists the options"* ]]
 }
 

@@ -250,6 +250,63 @@ TEST(p2p_latency_adds_per_hop) {
     ds_pipe_schedule_free(&s);
 }
 
+/* Per-stage costs: equal entries give the uniform simulation bit for bit; unequal ones, timelines by hand. */
+TEST(stage_costs) {
+    ds_rng g;
+    ds_rng_init(&g, 7, 7);
+    int differ = 0;
+    for (int k = 0; k < DS_PIPE_N_KINDS; k++)
+        for (int a = 1; a < 6; a++) {
+            int P = pps[a] % 2 ? pps[a] + 1 : pps[a], M = 4 * P;
+            ds_pipe_costs c = {0.1 + ds_rng_uniform(&g), 2.1, 0.1 + ds_rng_uniform(&g), 2.5, ds_rng_uniform(&g)};
+            ds_pipe_costs per[64];
+            for (int s = 0; s < P; s++) per[s] = c;
+            ds_pipe_schedule s;
+            ds_pipe_sim u = {0}, v = {0};
+            if (ds_pipe_schedule_make(&s, (ds_pipe_kind)k, P, M) || ds_pipe_simulate(&s, &c, &u) ||
+                ds_pipe_simulate_stages(&s, per, &v)) {
+                differ++;
+                continue;
+            }
+            differ += memcmp(&u.step_time, &v.step_time, sizeof(double)) != 0;
+            for (int r = 0; r < P; r++)
+                differ += memcmp(u.start[r], v.start[r], s.n_ops[r] * sizeof(double)) != 0 ||
+                          memcmp(u.end[r], v.end[r], s.n_ops[r] * sizeof(double)) != 0;
+            ds_pipe_sim_free(&u);
+            ds_pipe_sim_free(&v);
+            ds_pipe_schedule_free(&s);
+        }
+    CHECK(differ == 0, "equal stage costs: the uniform timeline bit for bit (%d differ)", differ);
+
+    ds_pipe_schedule s;
+    ds_pipe_sim sim = {0};
+    /* 1F1B PP=2 M=2, stage 1 twice as slow: r0 F0 0-1 F1 1-2; r1 F0 1-3 BW0 3-7 F1 7-9 BW1 9-13;
+     * r0 BW0 7-9 BW1 13-15 */
+    ds_pipe_costs two[2] = {{1, 2, 1, 0, 0}, {2, 4, 2, 0, 0}};
+    CHECK(ds_pipe_schedule_make(&s, DS_PIPE_1F1B, 2, 2) == 0 && ds_pipe_simulate_stages(&s, two, &sim) == 0, "simulate");
+    CHECK(sim.step_time == 15 && sim.bubble[0] == 9 && sim.bubble[1] == 3 && sim.start[1][2] == 7,
+          "heavy last stage: step %g, bubbles %g %g", sim.step_time, sim.bubble[0], sim.bubble[1]);
+    ds_pipe_sim_free(&sim);
+    ds_pipe_schedule_free(&s);
+    /* 1F1B PP=3 M=1, the sender's latency per hop: 0.5, 1, 2 -> F 0-1, 1.5-2.5, 3.5-4.5, BW 4.5-6.5, 8.5-10.5,
+     * 11.5-13.5 */
+    ds_pipe_costs three[3] = {{1, 2, 1, 0, 0.5}, {1, 2, 1, 0, 1}, {1, 2, 1, 0, 2}};
+    CHECK(ds_pipe_schedule_make(&s, DS_PIPE_1F1B, 3, 1) == 0 && ds_pipe_simulate_stages(&s, three, &sim) == 0, "simulate");
+    CHECK(sim.step_time == 13.5 && sim.start[1][0] == 1.5 && sim.start[2][0] == 3.5 && sim.start[1][1] == 8.5,
+          "latency of the sending stage: step %g", sim.step_time);
+    ds_pipe_sim_free(&sim);
+    ds_pipe_schedule_free(&s);
+    /* DualPipe PP=2 M=4 (the lists of exact_small_schedules), stage 1's F&B 5 against stage 0's 3: each
+     * rank's pair joins the two stages and takes 4 (5-9 instead of 5-8); the rest follows one unit later */
+    ds_pipe_costs dual[2] = {{1, 2, 1, 3, 0}, {1, 2, 1, 5, 0}};
+    CHECK(ds_pipe_schedule_make(&s, DS_PIPE_DUALPIPE, 2, 4) == 0 && ds_pipe_simulate_stages(&s, dual, &sim) == 0,
+          "simulate");
+    CHECK(sim.step_time == 13 && sim.end[0][4] == 9 && sim.end[1][4] == 9 && sim.start[0][7] == 11,
+          "a pair costs its stages' mean F&B: step %g", sim.step_time);
+    ds_pipe_sim_free(&sim);
+    ds_pipe_schedule_free(&s);
+}
+
 TEST(refusals) {
     struct { ds_pipe_kind k; int pp, m; const char *msg; } cases[] = {
         {DS_PIPE_1F1B, 0, 4, "pipeline stages: --pp 0 must be at least 1"},

@@ -1,0 +1,61 @@
+/* This machine's numbers for share/clusters/cpu-2core.json: the best sgemm rate OpenBLAS reaches with 1
+ * and with 2 threads (lib/train/flops.c's measurement, 1024^3, wall clock), one thread's sgemm rate and
+ * copy bandwidth (bytes read + written, 256 MiB) in that thread's CPU time, best of 10: the shared
+ * machine's load moves the wall-clock numbers, not these much. Build and run: bench/plan_small.sh probe.
+ * Usage: plan_probe [SECONDS per wall-clock sgemm measurement] */
+#include "core/log.h"
+#include "core/threads.h"
+#include "train/flops.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <time.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double thread_cpu(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* One thread's sgemm rate in its own CPU time: what a core does when no other process takes it away
+ * (this machine is shared; wall-clock rates move with the load). */
+static double sgemm_cpu_rate(int n, int reps) {
+    float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n), *c = malloc(sizeof(float) * n * n);
+    for (size_t i = 0; i < (size_t)n * n; i++) a[i] = b[i] = (float)(i % 7) * 0.1f, c[i] = 0;
+    double best = 0;
+    for (int r = 0; r < reps; r++) {
+        double t0 = thread_cpu();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        double dt = thread_cpu() - t0;
+        if (dt > 0 && 2.0 * n * n * n / dt > best) best = 2.0 * n * n * n / dt;
+    }
+    free(a), free(b), free(c);
+    return best;
+}
+
+int main(int argc, char **argv) {
+    double secs = argc > 1 ? atof(argv[1]) : 2;
+    for (int t = 1; t <= 2; t++) {
+        ds_threads_set(t);
+        printf("sgemm_gflops_%dthread %.1f\n", t, ds_measure_peak_flops(secs) / 1e9);
+    }
+    ds_threads_set(1);
+    printf("sgemm_gflops_1thread_cpu_time %.1f\n", sgemm_cpu_rate(1024, 10) / 1e9);
+    const size_t n = (size_t)256 << 20;
+    char *a = malloc(n), *b = malloc(n);
+    if (!a || !b) return 1;
+    memset(a, 1, n), memset(b, 2, n);
+    double best = 0;
+    for (int i = 0; i < 10; i++) {
+        double t0 = thread_cpu();
+        memcpy(b, a, n);
+        double dt = thread_cpu() - t0;
+        if (2.0 * n / dt > best) best = 2.0 * n / dt;
+        a[i] = b[i + 1]; /* keep the copies */
+    }
+    printf("copy_gb_s_cpu_time %.1f\n", best / 1e9);
+    free(a), free(b);
+    return 0;
+}

@@ -1,0 +1,82 @@
+#!/bin/sh
+# ds-pretrain --plan against measured runs on this machine: for each (config, ranks, threads, batch,
+# seq-len) row, the median step of a short ds-pretrain run (mpirun for several ranks) next to the plan's
+# step_seconds for share/clusters/cpu-2core.json (or $CLUSTER).
+#
+# The machine is shared, so wall-clock steps move with the load; the comparison uses each step's CPU
+# time (the metrics' cpu_ms, all threads of a rank) turned into the step a quiet machine would take:
+# cpu_ms x ranks / cores (every rank computes the same, and on a quiet machine the cores are all busy).
+# The wall-clock median and the load average are printed beside it.
+#
+# Usage: bench/plan_small.sh [STEPS]        (default 4 steps a run; the first is not counted)
+#        CALIBRATE=1 bench/plan_small.sh   also prints the efficiency that would make the first row exact
+#        bench/plan_small.sh probe         this machine's rates for the cluster file: sgemm and copy
+#                                          (bench/plan_probe.c), and shared-memory MPI (ds-bench-a2a)
+set -eu
+STEPS=${1:-4}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${DS_BIN:-$ROOT/bin}
+CLUSTER=${CLUSTER:-$ROOT/share/clusters/cpu-2core.json}
+CORES=${CORES:-2}
+PY=${DS_PY:-$HOME/.cache/ds-venv/bin/python}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+if [ "$STEPS" = probe ]; then
+    make -s -C "$ROOT" -j2 objects >/dev/null
+    LIB=$(ls -t "$ROOT"/build/*/libds.a | head -1)
+    # shellcheck disable=SC2046
+    cc -O2 -std=c11 -D_GNU_SOURCE -fopenmp -I"$ROOT/lib" "$ROOT/bench/plan_probe.c" "$LIB" \
+        $(ls "$(dirname "$LIB")"/libds_cuda.a 2>/dev/null) $(pkg-config --libs openblas jansson libzstd libpcre2-8 ompi-c libpng freetype2) \
+        -lm -lpthread $( [ -f "$(dirname "$LIB")/libds_cuda.a" ] && echo "-L/usr/local/cuda/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt") \
+        -o "$T/plan_probe"
+    echo "load $(cut -d' ' -f1 /proc/loadavg)"
+    "$T/plan_probe" 1
+    mpirun --oversubscribe -np 2 "$BIN/ds-bench-a2a" -b 64K -e 4M -f 4 -n 20 -w 5 | grep -vE '^#'
+    exit 0
+fi
+cat /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0 >"$T/prose.txt"
+"$BIN/ds-tokenize" train -q --vocab-size 400 -o "$T/tok.json" "$T/prose.txt"
+"$BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$T/shards/" "$T/prose.txt"
+
+# median of a key over steps 2.. of a metrics file
+median() { "$PY" -c '
+import json, statistics, sys
+v = [json.loads(l)[sys.argv[2]] for l in open(sys.argv[1]) if "\"step\"" in l]
+print(statistics.median(v[1:] if len(v) > 1 else v))' "$1" "$2"; }
+
+printf '| config | ranks x threads | batch x seq | plan s | measured s (CPU time) | plan / measured | wall s | load |\n'
+printf '|---|---|---|---|---|---|---|---|\n'
+run() { # CONFIG RANKS THREADS BATCH SEQ
+    cfg=$ROOT/share/configs/$1.json np=$2 th=$3 b=$4 s=$5
+    m=$T/m-$1-$np-$b-$s.jsonl
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    args="--config $cfg --data $T/shards --tokenizer $T/tok.json -o $T/out --force --steps $STEPS --batch $b --seq-len $s \
+--threads $th --micro-batch $((b / np)) --val-every 0 --log-every 0 -q --peak-tflops 1 --seed 1 --metrics $m"
+    if [ "$np" -gt 1 ]; then
+        # shellcheck disable=SC2086
+        mpirun --oversubscribe -np "$np" "$BIN/ds-pretrain" $args --dp "$np"
+    else
+        # shellcheck disable=SC2086
+        "$BIN/ds-pretrain" $args
+    fi
+    cpu=$(median "$m" cpu_ms) wall=$(median "$m" ms)
+    quiet=$(awk -v c="$cpu" -v n="$np" -v k="$CORES" 'BEGIN { print c / 1000 * n / k }')
+    plan=$("$BIN/ds-pretrain" --plan "$CLUSTER" --config "$cfg" --dp "$np" --batch "$b" --seq-len "$s" --micro-batch "$((b / np))" --json |
+        "$PY" -c 'import json, sys; print(json.load(sys.stdin)["step_seconds"])')
+    awk -v c="$1" -v n="$np" -v t="$th" -v b="$b" -v s="$s" -v p="$plan" -v q="$quiet" -v w="$wall" -v l="$load" \
+        'BEGIN { printf "| %s | %d x %d | %d x %d | %.3f | %.3f | %.2f | %.3f | %s |\n", c, n, t, b, s, p, q, p / q, w / 1000, l }'
+    if [ -n "${CALIBRATE:-}" ] && [ -z "${calibrated:-}" ]; then
+        calibrated=1
+        eff=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["efficiency"])' "$CLUSTER")
+        awk -v e="$eff" -v p="$plan" -v q="$quiet" 'BEGIN { printf "calibrated efficiency: %.4f\n", e * p / q }' >&2
+    fi
+}
+run demo 1 2 8 256
+run demo 2 1 8 256
+run demo 4 1 8 256
+run demo 1 2 4 512
+run demo 2 1 16 128
+run tiny 1 2 8 128
+run tiny 2 1 8 128

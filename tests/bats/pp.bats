@@ -1,0 +1,131 @@
+#!/usr/bin/env bats
+# Pipeline parallelism (--pp, train/pipe.h): 1F1B and DualPipe over 2 and 4 stages, alone and with data
+# parallelism, follow the one-process run's loss curve; a run stopped under one layout resumes under
+# another; layouts the schedule or the model cannot take are usage errors. The kill -9 test is in
+# faults.bats.
+
+bats_require_minimum_version 1.5.0
+load train_helpers
+load mpi_helpers
+
+setup_file() {
+    export T="$BATS_FILE_TMPDIR"
+    tiny_data "$T"
+    # tiny.json with 4 decoder layers (1 dense, 3 MoE) and its MTP module: up to 4 stages
+    "$DS_PY" -c '
+import json, sys
+c = json.load(open(sys.argv[1])); c["num_hidden_layers"] = 4
+json.dump(c, open(sys.argv[2], "w"))' "$DS_ROOT/share/configs/tiny.json" "$T/cfg4.json"
+    export ARGS="--config $T/cfg4.json --data $T/shards --tokenizer $T/tok.json --steps 20 --batch 8 --micro-batch 1 \
+--seq-len 16 --seed 3 --threads 1 --peak-tflops 0.1 --log-every 0"
+    "$DS_BIN/ds-pretrain" $ARGS -o "$T/one" --metrics "$T/one.jsonl" -q
+}
+
+# the step records of $1 against the one-process run's: every step, loss, MTP loss, balance loss and
+# gradient norm within 1e-6 relative; the checkpoint holds the one-process run's tensor names
+same_curve() {
+    "$DS_PY" - "$T/one.jsonl" "$1" "$T/one/model.safetensors" "$2/model.safetensors" <<'PY'
+import json, sys
+from safetensors.numpy import load_file
+def steps(p):
+    return [r for r in map(json.loads, open(p)) if "step" in r]
+one, other = steps(sys.argv[1]), steps(sys.argv[2])
+assert [r["step"] for r in other] == list(range(1, 21)), [r["step"] for r in other]
+worst = 0.0
+for a, b in zip(one, other):
+    for k in ("loss", "loss_mtp", "loss_bal", "grad_norm"):
+        e = abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
+        assert e <= 1e-6, (a["step"], k, a[k], b[k])
+        worst = max(worst, e)
+w1, w2 = load_file(sys.argv[3]), load_file(sys.argv[4])
+assert sorted(w1) == sorted(w2)
+assert all(w1[k].shape == w2[k].shape for k in w1)
+print("worst relative difference over 20 steps: %.1e" % worst)
+PY
+}
+
+# mpirun -np $1 ds-pretrain ARGS ${@:2}: the curve matches, rank 0 alone writes
+pp_run() {
+    local np=$1 out=$BATS_TEST_TMPDIR/out$RANDOM
+    shift
+    run mpi -np "$np" "$DS_BIN/ds-pretrain" $ARGS "$@" -o "$out" --metrics "$out.jsonl"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [ "$(printf '%s\n' "$output" | grep -c 'saved step 20')" -eq 1 ]
+    [[ "$output" == *"pipeline: "*" steps, "*" ms per step, bubble by rank:"* ]]
+    run same_curve "$out.jsonl" "$out"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    echo "# np $np $*: $output" >&3
+}
+
+@test "--pp 2 and --pp 4 with 1F1B and DualPipe follow the one-process loss curve for 20 steps" {
+    pp_run 2 --pp 2
+    pp_run 4 --pp 4 --schedule 1f1b
+    pp_run 2 --pp 2 --schedule dualpipe
+    pp_run 4 --pp 4 --schedule dualpipe
+    pp_run 2 --pp 2 --schedule zb1p
+}
+
+@test "pipeline stages composed with 2 data-parallel replicas follow the one-process loss curve" {
+    pp_run 4 --pp 2 --dp 2 --stages 0-1,2-3
+    pp_run 4 --pp 2 --schedule dualpipe
+    pp_run 8 --pp 4
+}
+
+# the pids of the ds-pretrain ranks writing $1
+rank_pids() { pgrep -f "ds-pretrain .*-o $1 " || true; }
+
+@test "a run stopped under --pp 2 DualPipe resumes under --pp 4 1F1B and under one process, continuing the curve" {
+    local d=$BATS_TEST_TMPDIR n pids status
+    for resume in "mpi -np 4 $DS_BIN/ds-pretrain --pp 4" "$DS_BIN/ds-pretrain"; do
+        rm -rf "$d/part" "$d/part.jsonl"
+        mpi -np 2 "$DS_BIN/ds-pretrain" $ARGS --pp 2 --schedule dualpipe -o "$d/part" --metrics "$d/part.jsonl" \
+            2>"$d/err" &
+        local job=$!
+        for _ in $(seq 3000); do
+            n=$(grep -c '"step"' "$d/part.jsonl" 2>/dev/null || true)
+            [ "${n:-0}" -ge 5 ] && break
+            sleep 0.01
+        done
+        pids=$(rank_pids "$d/part")
+        [ -n "$pids" ]
+        kill -TERM $pids # every rank gets it; they agree to stop after the same step
+        status=0
+        wait $job || status=$?
+        cat "$d/err"
+        [ "$status" -ne 0 ]
+        grep -q "signal 15: saving at step" "$d/err"
+        n=$(jq .step "$d/part/trainer_state.json")
+        [ "$n" -ge 5 ] && [ "$n" -lt 20 ]
+        run $resume $ARGS -o "$d/part" --metrics "$d/part.jsonl" --resume "$d/part"
+        [ "$status" -eq 0 ] || { echo "$output"; false; }
+        [[ "$output" == *"resuming at step $n of 20"* ]]
+        run same_curve "$d/part.jsonl" "$d/part"
+        [ "$status" -eq 0 ] || { echo "$output"; false; }
+        echo "# stopped at step $n, resumed with '${resume##*/}': $output" >&3
+    done
+}
+
+@test "layouts the world, the model or the schedule cannot take are one-line usage errors" {
+    local o=$BATS_TEST_TMPDIR/x
+    run --separate-stderr mpi -np 3 "$DS_BIN/ds-pretrain" $ARGS --pp 2 -o "$o"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: --pp 2 does not divide the 3 processes started (world = PP x DP)"* ]]
+    run --separate-stderr "$DS_BIN/ds-pretrain" $ARGS --pp 2 -o "$o"
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "ds-pretrain: error: --pp 2 does not divide the 1 processes started (world = PP x DP)"* ]]
+    run --separate-stderr mpi -np 4 "$DS_BIN/ds-pretrain" $ARGS --pp 4 --config "$DS_ROOT/share/configs/tiny.json" -o "$o"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: --pp 4: more stages than the model's 2 decoder layers"* ]]
+    run --separate-stderr mpi -np 3 "$DS_BIN/ds-pretrain" $ARGS --pp 3 --schedule dualpipe -o "$o"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: DualPipe needs an even number of stages: --pp 3"* ]]
+    run --separate-stderr mpi -np 4 "$DS_BIN/ds-pretrain" $ARGS --pp 2 --schedule dualpipe --batch 4 -o "$o"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: 2 micro-batches per pipeline (batch 4 / micro-batch 1 / DP 2): DualPipe needs an even number of micro-batches, at least 2 x PP = 4"* ]]
+    run --separate-stderr mpi -np 2 "$DS_BIN/ds-pretrain" $ARGS --pp 2 --stages 0-2,2-3 -o "$o"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: --stages 0-2,2-3: stage 1 is layers 2-3; stages must cover layers 0-3 in order"* ]]
+    run --separate-stderr "$DS_BIN/ds-pretrain" $ARGS --schedule gpipe -o "$o"
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"gpipe"* ]]
+}

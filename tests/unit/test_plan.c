@@ -1,0 +1,294 @@
+/* train/plan: the cluster file parser and the cost model against what DeepSeek published about V3's
+ * training run (technical report, sections 3.1-3.3): 2048 H800 GPUs, PP16 DualPipe x EP64 over 8 nodes
+ * x ZeRO-1 DP, FP8, node-limited routing to 4 nodes; 180K GPU-hours per trillion tokens; roughly 1:1
+ * computation to cross-node communication. */
+#include "dist/pipesched.h"
+#include "io/config.h"
+#include "core/err.h"
+#include "model/model.h"
+#include "tap.h"
+#include "train/plan.h"
+
+static const char *root(void) {
+    const char *r = getenv("DS_ROOT");
+    return r && *r ? r : ".";
+}
+
+static int load_cfg(ds_config *c, const char *name) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/share/configs/%s", root(), name);
+    return ds_config_load_file(c, path);
+}
+
+static int load_cluster(ds_cluster *c, const char *name) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/share/clusters/%s", root(), name);
+    return ds_cluster_load(c, path);
+}
+
+/* V3's layout as the issue's command line gives it: --pp 16 --dp 128 --ep 64 --batch 15360 --seq-len 4096
+ * --micro-batch 1 --schedule dualpipe --fp8 */
+static ds_plan_opts v3_opts(void) {
+    ds_plan_opts o;
+    ds_plan_opts_defaults(&o);
+    o.pp = 16, o.dp = 128, o.ep = 64, o.batch = 15360, o.seq_len = 4096, o.micro_batch = 1;
+    o.schedule = DS_PIPE_DUALPIPE, o.fp8 = 1;
+    return o;
+}
+
+static const char GOOD[] = "{\"name\": \"t\", \"nodes\": 2, \"gpus_per_node\": 8, \"memory_gb\": 80, \"gemm_dtype\": \"bf16\","
+                           " \"gemm_tflops\": 989.4, \"fp8_tflops\": 1978.9, \"hbm_gb_s\": 3350, \"nvlink_gb_s\": 160,"
+                           " \"ib_gb_s\": 50, \"latency_us\": 5, \"sms\": 132, \"comm_sms\": 20, \"efficiency\": 0.5}";
+
+TEST(cluster_file_parses) {
+    ds_cluster c;
+    int rc = ds_cluster_parse(&c, GOOD, strlen(GOOD), "t.json");
+    CHECK(rc == 0, "parses: %s", ds_errmsg());
+    CHECK(c.nodes == 2 && c.gpus_per_node == 8 && c.elem_bytes == 2 && c.sms == 132 && c.comm_sms == 20, "integers");
+    CHECK_REL(c.memory_bytes, 80e9, 1e-12, "memory_gb in 10^9 bytes");
+    CHECK_REL(c.fp8_flops, 1978.9e12, 1e-12, "fp8_tflops");
+    CHECK_REL(c.ib_bw, 50e9, 1e-12, "ib_gb_s");
+    CHECK_REL(c.latency, 5e-6, 1e-12, "latency_us");
+    for (const char *const *f = (const char *const[]){"h800-dsv3.json", "h100-sxm.json", "cpu-2core.json", NULL}; *f; f++) {
+        rc = load_cluster(&c, *f);
+        CHECK(rc == 0, "share/clusters/%s loads: %s", *f, ds_errmsg());
+    }
+}
+
+/* One edit of GOOD and the message it must give. */
+static void bad(const char *from, const char *to, const char *want) {
+    char text[1024];
+    const char *at = strstr(GOOD, from);
+    if (!at) {
+        CHECK(0, "test bug: %s not in GOOD", from);
+        return;
+    }
+    snprintf(text, sizeof text, "%.*s%s%s", (int)(at - GOOD), GOOD, to, at + strlen(from));
+    ds_cluster c;
+    ds_err_clear();
+    int rc = ds_cluster_parse(&c, text, strlen(text), "t.json");
+    CHECK(rc == DS_ERR && strstr(ds_errmsg(), want) && !strchr(ds_errmsg(), '\n'), "edit of %s: %s", from, ds_errmsg());
+}
+
+TEST(cluster_file_refusals) {
+    bad("\"nodes\": 2, ", "", "cluster: nodes: missing: t.json");
+    bad("\"memory_gb\": 80", "\"memory_gb\": -80", "cluster: memory_gb: -80 must be > 0: t.json");
+    bad("\"gemm_tflops\": 989.4", "\"gemm_tflops\": 0", "cluster: gemm_tflops: 0 must be > 0");
+    bad("\"hbm_gb_s\": 3350, ", "", "cluster: hbm_gb_s: missing");
+    bad("\"ib_gb_s\": 50, ", "", "cluster: ib_gb_s: missing"); /* two nodes need a link between them */
+    bad("\"latency_us\": 5", "\"latency_us\": -1", "cluster: latency_us: -1 must be >= 0");
+    bad("\"gpus_per_node\": 8", "\"gpus_per_node\": 2.5", "cluster: gpus_per_node: expected an integer");
+    bad("\"gpus_per_node\": 8", "\"gpus_per_node\": \"8\"", "cluster: gpus_per_node: expected a number");
+    bad("\"efficiency\": 0.5", "\"efficiency\": 1.5", "cluster: efficiency: 1.5 is above 1");
+    bad("\"efficiency\": 0.5", "\"efficiency\": 0.5, \"effciency\": 1", "cluster: effciency: unknown key");
+    bad("\"gemm_dtype\": \"bf16\"", "\"gemm_dtype\": \"fp16\"", "cluster: gemm_dtype: expected \"bf16\" or \"fp32\"");
+    bad("\"comm_sms\": 20", "\"comm_sms\": 132", "cluster: comm_sms: 132 leaves no SM of 132 to compute");
+    bad("{", "[", "cluster: bad JSON");
+    bad("\"name\": \"t\"", "\"name\": \"t\n\"", "cluster: bad JSON"); /* a raw newline inside a string: still one line */
+    bad("\"nodes\"", "\"no\\ndes\": 1, \"nodes\"", "cluster: no?des: unknown key");
+}
+
+/* DeepSeek-V3 on its own cluster and layout. The published figures: 180K H800 GPU-hours per trillion
+ * tokens (2.664M for 14.8T); the fit in 80 GB without tensor parallelism. The one calibrated number is
+ * h800-dsv3.json's efficiency (docs/DESIGN.md). */
+TEST(v3_fits_and_costs_180k_gpu_hours_per_trillion_tokens) {
+    ds_config cfg;
+    ds_cluster cl;
+    if (load_cfg(&cfg, "deepseek-v3-671b.json") || load_cluster(&cl, "h800-dsv3.json")) {
+        CHECK(0, "load: %s", ds_errmsg());
+        return;
+    }
+    ds_plan_opts o = v3_opts();
+    ds_plan p;
+    int rc = ds_plan_run(&p, &cfg, &cl, &o);
+    CHECK(rc == 0, "plan: %s", ds_errmsg());
+    if (rc) return;
+    CHECK(p.world == 2048 && p.n_mb == 120 && p.ep_nodes == 8, "2048 GPUs, 120 micro-batches per step, EP over 8 nodes");
+    CHECK(p.fits && p.mem.total <= 80e9, "fits in 80 GB: %.2f GB on rank %d", p.mem.total / 1e9, p.mem_rank);
+    const double published = 180e3;
+    CHECK(fabs(p.gpu_hours_per_t - published) <= 0.15 * published, "GPU-hours per 1T tokens %.0f vs V3's 180K (15%%)",
+          p.gpu_hours_per_t);
+    /* 2.664M GPU-hours for 14.8T tokens of pre-training */
+    CHECK(fabs(p.gpu_hours_per_t * 14.8 - 2.664e6) <= 0.15 * 2.664e6, "pre-training %.3gM GPU-hours vs 2.664M",
+          p.gpu_hours_per_t * 14.8 / 1e6);
+    /* the parts add up: gradients fp32 for every parameter held, DualPipe holds two stages per rank */
+    CHECK_REL(p.mem.grads, 4 * p.mem.params, 1e-12, "gradients = 4 bytes per parameter held");
+    const double parts = p.mem.weights + p.mem.fp8_cache + p.mem.grads + p.mem.optimizer + p.mem.activations +
+                         p.mem.workspace + p.mem.a2a_buffers;
+    CHECK_REL(p.mem.total, parts, 1e-12, "total = sum of the parts");
+    CHECK(p.peak_act == 17, "DualPipe holds PP+1 = 17 micro-batch chunks on the fullest rank: %d", p.peak_act);
+    /* throughput and MFU consistent with the GPU-hours */
+    CHECK_REL(p.gpu_hours_per_t, 1e12 / p.tokens_per_s_per_gpu / 3600, 1e-12, "GPU-hours from tokens/s");
+    CHECK_REL(p.step_s, 15360.0 * 4096 / 2048 / p.tokens_per_s_per_gpu, 1e-12, "step from tokens/s");
+    CHECK(p.mfu > 0.2 && p.mfu < 0.6, "MFU %.3f (METRICS.md's count against dense BF16)", p.mfu);
+    ds_plan_free(&p);
+    ds_config_free(&cfg);
+}
+
+/* Parameters per stage come from the model's own table: summed over the stages (experts counted once
+ * per EP rank) they are every trainable parameter, MTP included. */
+TEST(stage_parameters_cover_the_model) {
+    ds_config cfg;
+    ds_cluster cl;
+    if (load_cfg(&cfg, "deepseek-v3-671b.json") || load_cluster(&cl, "h800-dsv3.json")) return;
+    ds_plan_opts o = v3_opts();
+    o.schedule = DS_PIPE_1F1B, o.pp = 1, o.dp = 2048, o.ep = 1, o.batch = 2048 * 2;
+    ds_plan p;
+    int rc = ds_plan_run(&p, &cfg, &cl, &o);
+    CHECK(rc == 0, "plan: %s", ds_errmsg());
+    if (rc) return;
+    ds_mem_plan mp;
+    ds_model_opts mo = {.max_batch = 1, .max_seq = 16};
+    rc = ds_model_plan(&cfg, &mo, &mp);
+    CHECK(rc == 0, "ds_model_plan: %s", ds_errmsg());
+    CHECK_REL(p.mem.params, (double)mp.n_params, 1e-12, "one stage, no EP: the whole model, MTP included");
+    CHECK(!p.fits, "the whole 671B on one GPU does not fit (%.0f GB)", p.mem.total / 1e9);
+    ds_plan_free(&p);
+    ds_config_free(&cfg);
+}
+
+/* The bubble of the plan's schedule, from the costs it reports, against Table 2's closed forms: 1F1B's
+ * (PP-1)(F+B) exactly; DualPipe's (PP/2-1)(F&B+B-3W) holds exactly where F equals B's input half (the
+ * schedule's own tests), and within 2% at V3's chunk costs. The plan's own bubble adds the hand-overs
+ * between stages (p2p), so it is at least the formula. */
+TEST(bubbles_match_table2_at_the_plans_costs) {
+    ds_config cfg;
+    ds_cluster cl;
+    if (load_cfg(&cfg, "deepseek-v3-671b.json") || load_cluster(&cl, "h800-dsv3.json")) return;
+    for (int k = 0; k < 3; k += 2) {
+        ds_plan_opts o = v3_opts();
+        o.schedule = k;
+        ds_plan p;
+        if (ds_plan_run(&p, &cfg, &cl, &o)) {
+            CHECK(0, "plan: %s", ds_errmsg());
+            continue;
+        }
+        const double P = o.pp;
+        const double want = k == DS_PIPE_1F1B ? (P - 1) * (p.f + p.b) : (P / 2 - 1) * (p.fb + p.b - 3 * p.w);
+        ds_pipe_schedule s;
+        ds_pipe_sim sim = {0};
+        ds_pipe_costs c = {.f = p.f, .b = p.b, .w = p.w, .fb = p.fb, .p2p = 0};
+        ds_pipe_schedule_make(&s, k, o.pp, p.n_mb);
+        ds_pipe_simulate(&s, &c, &sim);
+        const double got = ds_pipe_sim_max_bubble(&s, &sim);
+        if (k == DS_PIPE_1F1B) CHECK_REL(got, want, 1e-9, "1F1B bubble = (PP-1)(F+B)");
+        else CHECK_REL(got, want, 0.02, "DualPipe bubble = (PP/2-1)(F&B+B-3W)");
+        CHECK(p.bubble_s >= got - 1e-9 && p.bubble_s <= got + 2 * P * (p.n_mb + P) * p.p2p, "%s: plan's bubble %.4g s >= %.4g s",
+              ds_pipe_kind_name(k), p.bubble_s, got);
+        CHECK(p.bubble_fraction > 0 && p.bubble_fraction < 0.2, "bubble fraction %.3f", p.bubble_fraction);
+        ds_pipe_sim_free(&sim);
+        ds_pipe_schedule_free(&s);
+        ds_plan_free(&p);
+    }
+    ds_config_free(&cfg);
+}
+
+static double prod_ratio(int a, int b, int k) { /* C(a, k) / C(b, k) */
+    double r = 1;
+    for (int i = 0; i < k; i++) r *= (double)(a - i) / (b - i);
+    return r;
+}
+
+/* Node-limited routing: 256 experts in 8 groups, one group per node of an EP64 group over 8 nodes, a
+ * token's top-8 inside 4 groups. Uniformly over the allowed experts a node is reached with probability
+ * 4/8 x (1 - C(96,8)/C(128,8)); without the limit 1 - C(224,8)/C(256,8). Then V3's ~1:1 computation to
+ * cross-node communication per chunk, and more communication than computation without the limit. */
+TEST(all_to_all_node_limited_routing_and_v3_ratio) {
+    ds_config cfg;
+    ds_cluster cl;
+    if (load_cfg(&cfg, "deepseek-v3-671b.json") || load_cluster(&cl, "h800-dsv3.json")) return;
+    ds_plan_opts o = v3_opts();
+    ds_plan p;
+    if (ds_plan_run(&p, &cfg, &cl, &o)) {
+        CHECK(0, "plan: %s", ds_errmsg());
+        return;
+    }
+    const double nodes = 8 * 0.5 * (1 - prod_ratio(96, 128, 8)), nodes_unl = 8 * (1 - prod_ratio(224, 256, 8));
+    CHECK_REL(p.nodes_per_token, nodes, 1e-9, "nodes per token, limited to 4");
+    CHECK_REL(p.nodes_per_token_unlimited, nodes_unl, 1e-9, "nodes per token, unlimited");
+    CHECK(p.nodes_per_token <= 4, "at most M = 4 nodes: %.3f", p.nodes_per_token);
+    /* two-hop: one FP8 row (7168 + a scale per 128) per remote node; a node is the token's own 1/8 of the time */
+    const double row = 7168 * (1 + 4.0 / 128);
+    CHECK_REL(p.dispatch_ib_bytes, nodes * 7 / 8 * row, 1e-9, "dispatch IB bytes per token, FP8");
+    CHECK_REL(p.combine_ib_bytes, nodes * 7 / 8 * 7168 * 2, 1e-9, "combine IB bytes per token, BF16");
+    CHECK(p.dispatch_ib_bytes_one_hop > 1.9 * p.dispatch_ib_bytes, "one-hop sends a copy per GPU: %.0f vs %.0f",
+          p.dispatch_ib_bytes_one_hop, p.dispatch_ib_bytes);
+    CHECK(p.comm_compute_ratio > 0.67 && p.comm_compute_ratio < 1.5, "cross-node all-to-all / computation per chunk %.2f (V3: ~1:1)",
+          p.comm_compute_ratio);
+    CHECK(p.comm_compute_ratio_unlimited > 1 && p.comm_compute_ratio_unlimited > 1.3 * p.comm_compute_ratio,
+          "without node-limited routing %.2f exceeds the computation", p.comm_compute_ratio_unlimited);
+    CHECK(p.exposed_comm_s < 0.15 * p.step_s, "DualPipe hides most of it: %.3g s exposed of %.3g", p.exposed_comm_s, p.step_s);
+    ds_plan_free(&p);
+    /* the same step under 1F1B, which overlaps nothing, exposes every all-to-all */
+    o.schedule = DS_PIPE_1F1B;
+    ds_plan q;
+    if (!ds_plan_run(&q, &cfg, &cl, &o)) {
+        CHECK(q.exposed_comm_s > 0.9 * q.n_mb * (q.a2a_f + q.a2a_b), "1F1B exposes %.3g s", q.exposed_comm_s);
+        ds_plan_free(&q);
+    }
+    ds_config_free(&cfg);
+}
+
+/* Layouts the planner refuses, each in one line naming the numbers. */
+TEST(layout_refusals) {
+    ds_config cfg;
+    ds_cluster cl;
+    if (load_cfg(&cfg, "deepseek-v3-671b.json") || load_cluster(&cl, "h800-dsv3.json")) return;
+    struct {
+        int pp, dp, ep, batch, mb, sched;
+        const char *want;
+    } cases[] = {
+        {16, 256, 4, 15360, 1, 2, "--pp 16 x --dp 256 = 4096 ranks: the cluster has 2048 devices"},
+        {1, 12, 1, 15360, 1, 0, "--pp 1 x --dp 12 = 12 ranks: not whole nodes of 8 GPUs"},
+        {3, 0, 1, 15360, 1, 0, "--pp 3 does not divide the cluster's 2048 devices"},
+        {64, 32, 1, 15360, 1, 0, "--pp 64: more pipeline stages than the model's 61 layers"},
+        {16, 128, 3, 15360, 1, 0, "ep"},
+        {16, 128, 64, 15000, 1, 0, "--batch 15000 is not a multiple of --dp 128 x --micro-batch 1"},
+        {16, 128, 64, 128 * 30, 1, 2, "DualPipe"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        ds_plan_opts o = v3_opts();
+        o.pp = cases[i].pp, o.dp = cases[i].dp, o.ep = cases[i].ep, o.batch = cases[i].batch, o.micro_batch = cases[i].mb;
+        o.schedule = cases[i].sched;
+        ds_plan p;
+        ds_err_clear();
+        int rc = ds_plan_run(&p, &cfg, &cl, &o);
+        CHECK(rc == DS_EUSAGE && strstr(ds_errmsg(), cases[i].want) && !strchr(ds_errmsg(), '\n'), "case %zu: %s", i, ds_errmsg());
+    }
+    ds_cluster cpu;
+    if (!load_cluster(&cpu, "cpu-2core.json")) {
+        ds_plan_opts o = v3_opts();
+        ds_plan p;
+        ds_err_clear();
+        int rc = ds_plan_run(&p, &cfg, &cpu, &o);
+        CHECK(rc == DS_EUSAGE && strstr(ds_errmsg(), "--fp8: the cluster 'cpu-2core' has no fp8_tflops"), "%s", ds_errmsg());
+    }
+    ds_config_free(&cfg);
+}
+
+/* --search: every layout listed fits, best first, and V3's own layout is among them. */
+TEST(search_ranks_layouts_that_fit) {
+    ds_config cfg;
+    ds_cluster cl;
+    if (load_cfg(&cfg, "deepseek-v3-671b.json") || load_cluster(&cl, "h800-dsv3.json")) return;
+    ds_plan_opts o = v3_opts();
+    o.dp = 0;
+    ds_plan *v = NULL;
+    int n = 0;
+    int rc = ds_plan_search(&cfg, &cl, &o, &v, &n);
+    CHECK(rc == 0 && n > 0, "%d layouts fit", n);
+    int sorted = 1, fit = 1, v3 = -1;
+    for (int i = 0; i < n; i++) {
+        fit &= v[i].fits && v[i].mem.total <= 80e9;
+        if (i) sorted &= v[i].gpu_hours_per_t >= v[i - 1].gpu_hours_per_t;
+        if (v[i].o.pp == 16 && v[i].o.ep == 64 && v[i].o.schedule == DS_PIPE_DUALPIPE && v[i].o.micro_batch == 1) v3 = i;
+        CHECK(v[i].o.pp * v[i].o.dp == 2048, "layout %d uses the cluster", i);
+        if (v[i].o.pp * v[i].o.dp != 2048) break;
+    }
+    CHECK(fit && sorted, "all fit, fewest GPU-hours first");
+    CHECK(v3 >= 0, "V3's layout is among them (rank %d of %d)", v3 + 1, n);
+    free(v);
+    ds_config_free(&cfg);
+}
+
+TAP_MAIN()
