@@ -70,6 +70,8 @@ for run in sys.argv[2:]:
     assert [r["step"] for r in got] == [r["step"] for r in ref], run
     dl = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(ref, got))
     assert dl <= 1e-6, (run, dl)
+    dv = [abs(a["val_loss"] - b["val_loss"]) / a["val_loss"] for a, b in zip(ref, got) if "val_loss" in a]
+    assert all("val_loss" in b for a, b in zip(ref, got) if "val_loss" in a) and max(dv + [0]) <= 1e-6, (run, dv)
     assert all(a["balance"] == b["balance"] for a, b in zip(ref, got)), run + ": other experts picked"
     ep = [r["ep"] for r in got if "ep" in r]
     assert ep and all(e["bias_spread"] == 0 for e in ep), run + ": expert biases differ between ranks"
@@ -84,7 +86,9 @@ PY
 
 @test "ds-pretrain --ep 2 and 4 on 2 and 4 ranks: the one-process curve, the same experts, bytes per rank as predicted" {
     local d=$BATS_TEST_TMPDIR
-    pre "$DS_BIN/ds-pretrain" --config "$T/free.json" --steps 20 -o "$d/one" --metrics "$d/one.jsonl" -q
+    # validation: 3 micro-batches, so on 2 and 4 ranks some run an empty one
+    local V="--val-frac 0.1 --val-every 10 --val-batches 3"
+    pre "$DS_BIN/ds-pretrain" --config "$T/free.json" --steps 20 -o "$d/one" --metrics "$d/one.jsonl" -q $V
     # parameters per rank: replicated + n_routed/EP of the routed experts (3 matrices of 32 x 64 each, in the
     # MoE layer and the MTP module's): 4 bytes each for parameters and gradients
     local total=$("$DS_PY" -c '
@@ -101,7 +105,7 @@ with safe_open("'"$d/one"'/model.safetensors", "np") as f:
         [ $3 = no-zero ] && flag=--no-zero
         run mpi -np $1 "$DS_BIN/ds-pretrain" --config "$T/free.json" --steps 20 --ep $2 $flag -o "$d/$name" \
             --metrics "$d/$name.jsonl" --peak-tflops 0.1 --threads 1 --data "$T/shards" --batch 8 --micro-batch 1 \
-            --seq-len 32 --seed 3 --log-every 0 --lr-schedule 0.002 --gamma 0.001 --lambda 0.3
+            --seq-len 32 --seed 3 --log-every 0 --lr-schedule 0.002 --gamma 0.001 --lambda 0.3 $V
         [ "$status" -eq 0 ] || { echo "$output"; false; }
         local want=$(((total - experts + experts / $2) * 4)) opt=$(((total - experts) / $1 * 8 + experts / $2 / ($1 / $2) * 8))
         [ $3 = no-zero ] && opt=$((want * 2))
