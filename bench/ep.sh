@@ -8,7 +8,8 @@
 #     topk_group = M) with a MoE config of 16 routed experts: tokens/s and memory per rank, against the
 #     one-process run. Runs only when ds-pretrain trains with --ep (else says why and stops after 1).
 #
-# usage: bench/ep.sh [--quick]   (--quick: smaller sizes, for a smoke test)
+# usage: bench/ep.sh [--quick] [--a2a | --train]   (--quick: smaller sizes, for a smoke test; --a2a or
+#   --train: only that part)
 # Environment: DS_BIN (default bin/), DS_PY (a python3 for the tables; default the reference venv's).
 # On one host every "node" is emulated: the bytes are exact, the times are shared-memory times.
 set -euo pipefail
@@ -16,8 +17,15 @@ cd "$(dirname "$0")/.."
 BIN=${DS_BIN:-$PWD/bin}
 PY=${DS_PY:-$HOME/.cache/ds-venv/bin/python}
 [ -x "$PY" ] || PY=python3
-QUICK=0
-[ "${1:-}" = --quick ] && QUICK=1
+QUICK=0 A2A_PART=1 TRAIN_PART=1
+for a in "$@"; do
+    case $a in
+    --quick) QUICK=1 ;;
+    --a2a) TRAIN_PART=0 ;;
+    --train) A2A_PART=0 ;;
+    *) echo "usage: $0 [--quick] [--a2a | --train]" >&2; exit 2 ;;
+    esac
+done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=passive
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
@@ -31,6 +39,7 @@ echo "# $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || e
     "load $(cut -d' ' -f1-3 /proc/loadavg), $NP ranks oversubscribed (mpirun --oversubscribe)"
 
 # ---- 1. the exchange ----
+if [ $A2A_PART = 1 ]; then
 echo "## dispatch/combine: ds-bench-a2a --two-hop $A2A"
 for run in "1 1" "1 2" "1 4" "2 1" "2 2"; do
     set -- $run
@@ -54,8 +63,10 @@ for rpn, m in [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2)]:
             print(f"| {rpn} | {m} | {op} | {impl[i]} | {r['time_us']:.0f} | {r['inter_node_bytes']} | "
                   f"{r['intra_node_bytes']} | {f'{ratio:.3f}' if i == 'two-hop' else ''} |")
 PYEOF
+fi
 
 # ---- 2. training ----
+[ $TRAIN_PART = 1 ] || exit 0
 echo "## training: ds-pretrain --ep (tokens/s and memory per rank)"
 if ! "$BIN/ds-pretrain" --help | grep -q -- '--ep N'; then
     echo "ds-pretrain has no --ep: training part skipped"
@@ -91,19 +102,16 @@ for m in 1 2 4; do train 4 $m --ep 4 --ranks-per-node 1; done
 "$PY" - "$W" "$T" <<'PYEOF'
 import json, re, statistics, sys
 w, T = sys.argv[1], int(sys.argv[2])
-print("| ranks (EP) | M | tokens/s (median, steps 2..) | nodes/token mean, max | memory per rank (ds-pretrain's lines) |")
-print("| ---: | ---: | ---: | --- | --- |")
+print("| ranks (EP) | M | tokens/s (median, steps 2..) | nodes/token mean (max) | cross-node B per rank and step | memory per rank (ds-pretrain's lines) |")
+print("| ---: | ---: | ---: | --- | ---: | --- |")
 for np, m in [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4)]:
     recs = [json.loads(l) for l in open(f"{w}/train-{np}-{m}.jsonl")]
     steps = [r for r in recs if "step" in r]
     tok = statistics.median(r["tok_s"] for r in steps[1:] or steps)
-    nodes = ""
-    for key in ("nodes_per_token", "nodes_per_token_mean"):
-        if key in steps[-1]:
-            nodes = f"{steps[-1][key]}"
-    mx = [v for k, v in steps[-1].items() if "nodes" in k and "max" in k]
-    if mx: nodes += f", {mx[0]}"
+    ep = steps[-1].get("ep")
+    nodes = f"{ep['nodes_per_token_mean']:.3f} ({ep['nodes_per_token_max']})" if ep else "n/a"
+    cross = f"{ep['cross_node_bytes_per_rank']:,.0f}" if ep else "n/a"
     mem = "; ".join(re.sub(r"^memory\s+", "", l.strip()) for l in open(f"{w}/train-{np}-{m}.log")
-                    if l.lstrip("[").split("] ")[-1].startswith("memory"))
-    print(f"| {np} | {m if np > 1 else '-'} | {tok:.0f} | {nodes or 'n/a'} | {mem} |")
+                    if l.startswith("memory"))
+    print(f"| {np} | {m if np > 1 else '-'} | {tok:.0f} | {nodes} | {cross} | {mem} |")
 PYEOF
