@@ -15,7 +15,8 @@ setup_file() {
     start_server S -m "$T/base" --batch 4 -q
 }
 
-teardown_file() { stop_server S; }
+teardown_file() { stop_server S; stop_server C; } # C too: a failed test leaves it running
+teardown() { [ -z "${pid:-}" ] || kill -KILL "$pid" 2>/dev/null || true; } # the SIGTERM tests' own servers
 
 post() { curl -s -w '\n%{http_code}' "$S_URL$1" -H 'Content-Type: application/json' -d "$2"; }
 # the body of post's output, and its status
