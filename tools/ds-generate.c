@@ -45,7 +45,8 @@ static const ds_opt opts[] = {
     {"stop", 0, DS_OPT_STRLIST, &A.stops, "STR", "end a completion where this text appears (not included)"},
     {"mtp", 0, DS_OPT_FLAG, &A.mtp, NULL, "speculative decoding: the MTP module drafts, the model verifies"},
     {"jsonl", 0, DS_OPT_FLAG, &A.jsonl, NULL, "one JSON object per prompt (completion, tokens, logprobs, ...)"},
-    {"chat", 0, DS_OPT_FLAG, &A.chat, NULL, "render plain prompts as a user turn through the chat template"},
+    {"chat", 0, DS_OPT_FLAG, &A.chat, NULL, "render plain prompts as a user turn through the chat template; with a "
+     "terminal on stdin, a conversation (/reset, /exit; Ctrl-C stops a reply)"},
     {"chat-drop-oldest", 0, DS_OPT_FLAG, &A.drop_oldest, NULL, "interactive chat: when the context is full, drop the "
      "oldest turns (else the turn is refused)"},
     {"chat-template", 0, DS_OPT_STR, &A.chat_template, "FILE", "chat template (default: built in, share/chat_template)"},
@@ -233,6 +234,8 @@ int main(int argc, char **argv) {
     if (ds_is_stdio(A.model) && !A.prompts.n && !A.serve)
         return ds_usage_error("%s - reads the checkpoint from stdin: give prompts with --prompt", ds_cli_opt(&A.model, "-m"));
     if (A.score && (A.mtp || A.stops.n)) return ds_usage_error("--score takes no --mtp or --stop");
+    if (A.serve && (A.score || A.prompts.n || A.ids || A.jsonl || A.stops.n))
+        return ds_usage_error("--serve takes its prompts and stop strings from requests: no --score, --prompt, --ids, --jsonl or --stop");
     if (A.quiet) ds_log_set_level(DS_LOG_QUIET);
     if (A.verbose) ds_log_set_level(DS_LOG_VERBOSE);
     ds_threads_set(A.threads);

@@ -109,6 +109,12 @@ int ds_ep_set_nodes(ds_ep *ep, const int *node_of, ds_ep_transport transport) {
         if (n % ep->n_nodes || ep->node_of[j] != j / per)
             return ds_fail(DS_ERR, "expert parallel: two-hop dispatch needs the same number of ranks on every node "
                                    "(%d ranks on %d nodes)", n, ep->n_nodes);
+    /* one rank per node (the relay is the target) or one node (the relay is the sender): the two hops
+     * are the one hop with an empty second exchange, so the one hop runs */
+    if (per == 1 || ep->n_nodes == 1) {
+        ep->transport = DS_EP_ONE_HOP;
+        return 0;
+    }
     ep->hops = calloc(1, sizeof *ep->hops);
     int64_t *v = calloc(8 * (size_t)n, sizeof *v);
     if (!ep->hops || !v) {

@@ -73,7 +73,9 @@ void ds_ep_free(ds_ep *ep);
 /* Say where c's ranks sit and pick the transport; after ds_ep_init, before ds_ep_plan.
  * node_of[j]: any label for the node of rank j of c, equal labels consecutive (NULL: one node). For an
  * EP group of layout.h, node_of[e] = ds_layout_node_of_ep_rank(L, e). Two hops need every node to hold
- * the same number of the group's ranks (an error otherwise). Every rank passes the same values. */
+ * the same number of the group's ranks (an error otherwise); with one rank per node, or one node, they
+ * are the one hop, which then runs (ep->transport reads DS_EP_ONE_HOP). Every rank passes the same
+ * values. */
 int ds_ep_set_nodes(ds_ep *ep, const int *node_of, ds_ep_transport transport);
 
 /* Build the plan from the router's choice: topk_idx/topk_w [n_tokens*topk] (global expert ids).
