@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "dist/dp.h"
 #include "fp8/linear.h"
+#include "ops/bf16.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
@@ -269,6 +270,11 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
         ds_warn("--seq-len %d exceeds the config's max_position_embeddings %d", o->seq_len, s->cfg.max_position_embeddings);
     ds_model_opts mo = {.ops = ops, .max_batch = o->micro_batch, .max_seq = o->seq_len, .train = 1, .recompute = 1,
                         .want_entropy = o->want_entropy, .balance_alpha = o->balance_alpha};
+    if (!rc && o->bf16 && strcmp(o->device ? o->device : "cpu", "cpu")) {
+        rc = ds_fail(DS_EUSAGE, "--bf16 --device %s: bf16 training is emulated on the CPU in this build", o->device);
+        ds_hint("drop --bf16, or train with --device cpu");
+    }
+    if (!rc && o->bf16) mo.ops = ds_bf16_ops(ops);
     ds_ops fp8_linear; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
     if (!rc && o->fp8) rc = fp8_linear_ops(o, &fp8_linear);
     if (!rc && o->fp8) mo.linear_ops = &fp8_linear;
