@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "dist/dp.h"
 #include "fp8/linear.h"
+#include "ops/bf16.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
@@ -273,6 +274,11 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
                         .want_entropy = o->want_entropy, .balance_alpha = o->balance_alpha};
     if (!rc) rc = ds_ep_run_check_config(&s->ep, &s->cfg);
     ds_ep_run_model_opts(&s->ep, &mo);
+    if (!rc && o->bf16 && strcmp(o->device ? o->device : "cpu", "cpu")) {
+        rc = ds_fail(DS_EUSAGE, "--bf16 --device %s: bf16 training is emulated on the CPU in this build", o->device);
+        ds_hint("drop --bf16, or train with --device cpu");
+    }
+    if (!rc && o->bf16) mo.ops = ds_bf16_ops(ops);
     ds_ops fp8_linear; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
     if (!rc && o->fp8) rc = fp8_linear_ops(o, &fp8_linear);
     if (!rc && o->fp8) mo.linear_ops = &fp8_linear;
