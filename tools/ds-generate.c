@@ -7,6 +7,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "fp8/linear.h"
+#include "fp8/resident.h"
 #include "io/checkpoint.h"
 #include "infer/chatsess.h"
 #include "infer/forward.h"
@@ -26,7 +27,7 @@
 static struct {
     const char *model, *chat_template, *prefill, *metrics, *device, *serve;
     ds_strlist prompts, stops;
-    int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, drop_oldest, score, ids, truncate, no_bos, ignore_eos, w8a8;
+    int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, drop_oldest, score, ids, truncate, no_bos, ignore_eos, w8a8, fp8_expand;
     int quiet, verbose;
     double temperature, top_p;
     uint64_t seed;
@@ -44,7 +45,8 @@ static const ds_opt opts[] = {
     {"stop", 0, DS_OPT_STRLIST, &A.stops, "STR", "end a completion where this text appears (not included)"},
     {"mtp", 0, DS_OPT_FLAG, &A.mtp, NULL, "speculative decoding: the MTP module drafts, the model verifies"},
     {"jsonl", 0, DS_OPT_FLAG, &A.jsonl, NULL, "one JSON object per prompt (completion, tokens, logprobs, ...)"},
-    {"chat", 0, DS_OPT_FLAG, &A.chat, NULL, "render plain prompts as a user turn through the chat template"},
+    {"chat", 0, DS_OPT_FLAG, &A.chat, NULL, "render plain prompts as a user turn through the chat template; with a "
+     "terminal on stdin, a conversation (/reset, /exit; Ctrl-C stops a reply)"},
     {"chat-drop-oldest", 0, DS_OPT_FLAG, &A.drop_oldest, NULL, "interactive chat: when the context is full, drop the "
      "oldest turns (else the turn is refused)"},
     {"chat-template", 0, DS_OPT_STR, &A.chat_template, "FILE", "chat template (default: built in, share/chat_template)"},
@@ -60,6 +62,8 @@ static const ds_opt opts[] = {
     {"device", 0, DS_OPT_CHOICE, &A.device, "DEV", "where the network runs (cuda: one GPU, device 0)", "cpu|cuda"},
     {"w8a8", 0, DS_OPT_FLAG, &A.w8a8, NULL, "FP8 W8A8: Linear weights in 128x128 blocks, inputs in 1x128 tiles (E4M3), "
      "block-scaled products; kv_b, router, head and eh_proj stay fp32 (DeepSeek's inference)"},
+    {"fp8-expand", 0, DS_OPT_FLAG, &A.fp8_expand, NULL, "expand an FP8 checkpoint's Linear weights to fp32 at load "
+     "(by default, on the CPU, they stay FP8, mapped from the file, dequantized by tile in the GEMMs)"},
     {"serve", 0, DS_OPT_STR, &A.serve, "HOST:PORT", "serve the OpenAI API over HTTP (host 127.0.0.1 unless given; port 0: "
      "any free one, printed); --batch sequences decode together; SIGINT/SIGTERM stop after the requests in flight"},
     {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads; 0 = all cores", NULL, 0, 4096},
@@ -206,7 +210,8 @@ int main(int argc, char **argv) {
         .summary = "Generate text from a checkpoint with the MLA latent KV cache (absorbed attention over the "
                    "normalised KV latent and the rotated RoPE key), several prompts decoded together, optional "
                    "MTP speculative decoding; or, with --score, print each input's per-token log-probabilities. FP8 "
-                   "checkpoints are dequantized per block at load; --w8a8 runs the Linear layers in FP8 (weights and "
+                   "checkpoints stay FP8 in memory on the CPU (dequantized by tile inside the GEMMs; --fp8-expand "
+                   "expands them at load); --w8a8 runs the Linear layers in FP8 (weights and "
                    "activations). "
                    "Prompts come from --prompt, or one per stdin line: plain text, JSONL ({\"prompt\": ...} or "
                    "{\"messages\": [...]}), or token ids with --ids. "
@@ -244,7 +249,7 @@ int main(int argc, char **argv) {
     ds_ops fp8; /* --w8a8: the Linear layers' table (the engine and the scoring model copy it) */
     ds_fp8_linear_ops(&fp8, ds_ops_cpu());
     ds_model_opts mo = {.max_batch = 1, .max_seq = A.score ? A.ctx : 1, .linear_ops = A.w8a8 ? &fp8 : NULL,
-                        .kv_b_on_ops = 1};
+                        .kv_b_on_ops = 1, .fp8_resident = !A.fp8_expand && !A.w8a8 && !strcmp(A.device, "cpu")};
     if ((rc = ds_ops_for_device(A.device, &mo.ops))) return ds_tool_report(rc);
     double t0 = ds_now();
     if ((rc = ds_load_checkpoint(A.model, &mo, &L))) return ds_tool_report(rc);
@@ -258,6 +263,8 @@ int main(int argc, char **argv) {
         return ds_tool_report(rc);
     }
     const ds_config *c = ds_model_config(L.model);
+    /* the Linear GEMMs: FP8-resident weights bring their own; --w8a8 its table; else the backend's */
+    const ds_ops *lin = L.fp8_resident ? ds_model_linear_ops(L.model) : A.w8a8 ? &fp8 : NULL;
     int ctx = A.ctx ? A.ctx : c->max_position_embeddings;
     /* sampling defaults: built in, then the checkpoint's generation_config.json, then the options given */
     ds_gen_settings gs = {.temperature = A.temperature, .top_k = A.top_k, .top_p = A.top_p, .max_new = A.max_new,
@@ -331,8 +338,8 @@ int main(int argc, char **argv) {
     /* a person at a terminal: the interactive chat; piped input keeps the batch */
     const int chat_tty = !A.serve && A.chat && !A.prompts.n && !A.score && !A.ids && !A.jsonl && isatty(STDIN_FILENO);
     if (!rc && chat_tty && A.mtp) rc = ds_fail(DS_EUSAGE, "--mtp: the interactive chat does not speculate");
-    if (!rc && A.serve) rc = run_serve(&L, have_tpl ? &tpl : NULL, &gs, ctx, A.w8a8 ? &fp8 : NULL);
-    else if (!rc && chat_tty) rc = run_chat(&L, &tpl, &gs, ctx, A.w8a8 ? &fp8 : NULL);
+    if (!rc && A.serve) rc = run_serve(&L, have_tpl ? &tpl : NULL, &gs, ctx, lin);
+    else if (!rc && chat_tty) rc = run_chat(&L, &tpl, &gs, ctx, lin);
     else if (!rc) rc = ds_prompt_reader_open(&rd, &po, A.prompts.n ? A.prompts.v : NULL, A.prompts.n, stdin, "stdin");
     if (!rc && A.serve) {
     } else if (!rc && A.score) {
@@ -340,9 +347,10 @@ int main(int argc, char **argv) {
         rc = ds_score(L.model, rd, stdout, ctx, &ss);
         if (!rc) ds_info("scored %lld inputs, %lld tokens in %.2f s", (long long)ss.inputs, (long long)ss.tokens, ss.seconds);
     } else if (!rc && !chat_tty) {
-        rc = run_generate(&L, rd, &gs, ctx, A.w8a8 ? &fp8 : NULL, &mf);
+        rc = run_generate(&L, rd, &gs, ctx, lin, &mf);
     }
     if (!rc && A.w8a8) rc = ds_fp8_linear_status(); /* a failure inside an FP8 GEMM (out of memory) */
+    if (!rc && L.fp8_resident) rc = ds_fp8_resident_status();
     ds_prompt_reader_free(rd);
     ds_loaded_free(&L);
     ds_chat_template_free(&tpl);

@@ -2,6 +2,7 @@
 
 #include "core/err.h"
 #include "core/rng.h"
+#include "dist/layout.h"
 
 #include <mpi.h>
 #include <stdlib.h>
@@ -65,27 +66,27 @@ int ds_a2a_bench_uniform(const ds_comm *c, ds_a2a_algo algo, int64_t bytes, int 
 }
 
 /* Random routing: top-k distinct experts; with a node limit, the experts come from at most
- * `node_limit` rank groups chosen first (as V3's node-limited routing does with nodes). */
-static void random_routing(const ds_ep_bench_cfg *cfg, int n_ranks, int rank, int32_t *idx, float *w) {
+ * `node_limit` nodes chosen first (as V3's node-limited routing does). */
+static void random_routing(const ds_ep_bench_cfg *cfg, int n_nodes, int rank, int32_t *idx, float *w) {
     ds_rng r;
     ds_rng_init(&r, cfg->seed, 1000 + (uint64_t)rank);
-    int E = cfg->experts, K = cfg->topk, epr = E / n_ranks;
-    int limit = cfg->node_limit > 0 && cfg->node_limit < n_ranks ? cfg->node_limit : n_ranks;
+    int E = cfg->experts, K = cfg->topk, epn = E / n_nodes; /* experts per node */
+    int limit = cfg->node_limit > 0 && cfg->node_limit < n_nodes ? cfg->node_limit : n_nodes;
     int groups[256];
     for (int t = 0; t < cfg->tokens; t++) {
-        for (int g = 0; g < n_ranks && g < 256; g++) groups[g] = g;
-        for (int g = 0; g < limit; g++) { /* partial shuffle: the first `limit` groups */
-            int j = g + (int)ds_rng_below(&r, (uint64_t)(n_ranks - g));
+        for (int g = 0; g < n_nodes && g < 256; g++) groups[g] = g;
+        for (int g = 0; g < limit; g++) { /* partial shuffle: the first `limit` nodes */
+            int j = g + (int)ds_rng_below(&r, (uint64_t)(n_nodes - g));
             int tmp = groups[g];
             groups[g] = groups[j];
             groups[j] = tmp;
         }
-        int pool = limit * epr;
+        int pool = limit * epn;
         for (int k = 0; k < K; k++) {
             int e, dup;
             do { /* K <= pool is checked by the caller */
                 int p = (int)ds_rng_below(&r, (uint64_t)pool);
-                e = groups[p / epr] * epr + p % epr;
+                e = groups[p / epn] * epn + p % epn;
                 dup = 0;
                 for (int k2 = 0; k2 < k; k2++) dup |= idx[(size_t)t * K + k2] == e;
             } while (dup);
@@ -95,15 +96,42 @@ static void random_routing(const ds_ep_bench_cfg *cfg, int n_ranks, int rank, in
     }
 }
 
+/* Ranks per node: given, or the hosts' (each host must run as many ranks) */
+static int bench_ranks_per_node(const ds_comm *c, int given, int *out) {
+    int rpn = given;
+    if (rpn == 0) {
+        int64_t sum = c->local_size;
+        DS_TRY(ds_comm_allreduce_sum_i64(c, &sum, 1));
+        if (sum != (int64_t)c->local_size * c->size)
+            return ds_fail(DS_EUSAGE, "the hosts run different numbers of ranks; give --ranks-per-node");
+        rpn = c->local_size;
+    }
+    DS_TRY(ds_layout_check(c->size, 1, c->size, 1, rpn, -1));
+    *out = rpn;
+    return 0;
+}
+
 int ds_ep_bench(const ds_comm *c, ds_a2a_algo algo, const ds_ep_bench_cfg *cfg, int iters, int warmup,
                 int check, ds_ep_bench_result *out) {
-    int n = c->size, T = cfg->tokens, D = cfg->hidden, K = cfg->topk;
-    int limit = cfg->node_limit > 0 && cfg->node_limit < n ? cfg->node_limit : n;
+    int n = c->size, T = cfg->tokens, D = cfg->hidden, K = cfg->topk, rpn = 1;
+    DS_TRY(bench_ranks_per_node(c, cfg->ranks_per_node, &rpn));
+    int n_nodes = n / rpn;
+    int limit = cfg->node_limit > 0 && cfg->node_limit < n_nodes ? cfg->node_limit : n_nodes;
     if (cfg->experts % n) return ds_fail(DS_ERR, "--experts %d is not a multiple of %d ranks", cfg->experts, n);
-    if (K > limit * (cfg->experts / n))
+    if (K > limit * (cfg->experts / n_nodes))
         return ds_fail(DS_ERR, "--topk %d exceeds the experts reachable under --node-limit %d", K, limit);
+    if (n_nodes > 256) return ds_fail(DS_ERR, "%d nodes: at most 256", n_nodes);
+    int *node_of = malloc((size_t)n * sizeof *node_of);
+    if (!node_of) return ds_fail(DS_ERR, "out of memory");
+    for (int j = 0; j < n; j++) node_of[j] = j / rpn;
     ds_ep ep;
-    DS_TRY(ds_ep_init(&ep, c, cfg->experts, K, algo));
+    int rc0 = ds_ep_init(&ep, c, cfg->experts, K, algo);
+    if (!rc0) rc0 = ds_ep_set_nodes(&ep, node_of, cfg->transport);
+    free(node_of);
+    if (rc0) {
+        ds_ep_free(&ep);
+        return rc0;
+    }
     size_t row = (size_t)D * (size_t)cfg->elem_bytes;
     int32_t *idx = malloc((size_t)T * K * sizeof *idx);
     float *w = malloc((size_t)T * K * sizeof *w);
@@ -113,7 +141,7 @@ int ds_ep_bench(const ds_comm *c, ds_a2a_algo algo, const ds_ep_bench_cfg *cfg, 
     char *recv = NULL;
     float *y = NULL;
     if (!rc) {
-        random_routing(cfg, n, c->rank, idx, w);
+        random_routing(cfg, n_nodes, c->rank, idx, w);
         ds_rng r;
         ds_rng_init(&r, cfg->seed, 5000 + (uint64_t)c->rank);
         for (size_t i = 0; i < (size_t)T * D; i++) x[i] = (float)((int)ds_rng_below(&r, 17) - 8);
@@ -144,9 +172,24 @@ int ds_ep_bench(const ds_comm *c, ds_a2a_algo algo, const ds_ep_bench_cfg *cfg, 
     }
     if (!rc) {
         double rows_sent = (double)ep.n_send;
-        double total_rows = rows_sent;
-        ds_comm_allreduce_sum_f64(c, &total_rows, 1);
-        out->rows_per_token = total_rows / ((double)T * n);
+        /* [0] destination ranks, [1] destination nodes, over this rank's tokens */
+        double total[2] = {rows_sent, 0};
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k++) {
+                int g = idx[(size_t)t * K + k] / ep.experts_per_rank / rpn, seen = 0;
+                for (int k2 = 0; k2 < k; k2++) seen |= idx[(size_t)t * K + k2] / ep.experts_per_rank / rpn == g;
+                total[1] += !seen;
+            }
+        ds_comm_allreduce_sum_f64(c, total, 2);
+        out->rows_per_token = total[0] / ((double)T * n);
+        out->nodes_per_token = total[1] / ((double)T * n);
+        out->n_nodes = n_nodes;
+        /* every iteration sends the same bytes: one exchange's share, summed over the ranks */
+        int64_t b[4] = {ep.sent_dispatch.intra, ep.sent_dispatch.inter, ep.sent_combine.intra, ep.sent_combine.inter};
+        for (int i = 0; i < 4; i++) b[i] /= warmup + iters;
+        ds_comm_allreduce_sum_i64(c, b, 4);
+        out->dispatch_bytes = (ds_ep_bytes){b[0], b[1]};
+        out->combine_bytes = (ds_ep_bytes){b[2], b[3]};
         double dt = slowest(c, td / (iters > 0 ? iters : 1)), ct = slowest(c, tc / (iters > 0 ? iters : 1));
         out->dispatch.time_us = dt * 1e6;
         out->combine.time_us = ct * 1e6;

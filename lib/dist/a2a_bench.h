@@ -24,18 +24,27 @@ int ds_a2a_bench_uniform(const ds_comm *c, ds_a2a_algo algo, int64_t bytes, int 
                          int check, ds_a2a_result *out);
 
 typedef struct {
-    int tokens, hidden, topk, experts, node_limit; /* node_limit: max ranks-groups a token may reach, 0 = off */
+    int tokens, hidden, topk, experts, node_limit; /* node_limit: max nodes a token may reach, 0 = off */
+    int ranks_per_node;                            /* consecutive ranks per (emulated) node, 0 = the hosts */
+    ds_ep_transport transport;                     /* one or two hops (ep.h) */
     int elem_bytes;                                /* dispatch payload element size (4 fp32, 2 bf16, 1 fp8) */
     uint64_t seed;
 } ds_ep_bench_cfg;
 
 typedef struct {
     ds_a2a_result dispatch, combine;
-    double rows_per_token; /* average destinations per token (after per-rank de-duplication) */
+    double rows_per_token;   /* average destination ranks per token (after per-rank de-duplication) */
+    double nodes_per_token;  /* average destination nodes per token */
+    int n_nodes;             /* the nodes the ranks were grouped into */
+    /* bytes one dispatch and one combine send, summed over the ranks: to ranks of the sender's own node
+     * and to other nodes (ep.h's counts; the routing metadata of the plan is not included) */
+    ds_ep_bytes dispatch_bytes, combine_bytes;
 } ds_ep_bench_result;
 
 /* Routed dispatch + combine with random (node-limited) routing. Check: each rank's expert e scales its
- * rows by (e+1); combine must return sum_k w_k (e_k+1) x exactly (small-integer data, dyadic weights). */
+ * rows by (e+1); combine must return sum_k w_k (e_k+1) x exactly (small-integer data, dyadic weights).
+ * Nodes: cfg->ranks_per_node consecutive ranks (0: the hosts, as the layout's default); a refusal of a
+ * node size that does not divide the ranks is a usage error. */
 int ds_ep_bench(const ds_comm *c, ds_a2a_algo algo, const ds_ep_bench_cfg *cfg, int iters, int warmup,
                 int check, ds_ep_bench_result *out);
 

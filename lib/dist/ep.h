@@ -6,6 +6,17 @@
  * local expert ids and gate weights; the rank applies its experts and returns one weighted row per
  * received token; combine sums the rows from each rank in rank order (deterministic).
  * The payload is opaque bytes (row_bytes per token), so fp32, bf16 or FP8 rows all travel the same way.
+ *
+ * Nodes and transports (ds_ep_set_nodes; default: every rank on one node, one hop). Ranks of a node are
+ * consecutive (layout.h: node = rank / ranks_per_node). The one-hop transport sends each token straight
+ * to its expert ranks. The two-hop transport is DeepSeek-V3's IB-then-NVLink exchange: a token crosses
+ * to each target node once, to the rank with its own local index there (the relay), which forwards it
+ * to the ranks of that node holding its experts; combine reverses both hops, the relay summing its
+ * node's rows so one row per token and node crosses back. The ranks see no difference: the plan fields
+ * below, the received rows and their order are those of the one-hop path (rows grouped by source rank,
+ * in token order), and combine sums in the same order on both paths: per node, the node's rows in rank
+ * order starting from zero, then those node sums in node order starting from zero. Results are bit for
+ * bit the same; only the bytes that cross nodes change (sent_* below count them).
  */
 #ifndef DS_DIST_EP_H
 #define DS_DIST_EP_H
@@ -15,6 +26,15 @@
 
 #include "dist/a2a.h"
 #include "dist/comm.h"
+
+typedef enum { DS_EP_ONE_HOP = 0, DS_EP_TWO_HOP = 1 } ds_ep_transport;
+
+/* Bytes a rank sent to other ranks of its own node and of other nodes (copies to itself not counted). */
+typedef struct {
+    int64_t intra, inter;
+} ds_ep_bytes;
+
+struct ds_ep_hops; /* the two-hop plan (ep.c) */
 
 typedef struct {
     int n_ranks, rank, topk, n_experts, experts_per_rank;
@@ -34,10 +54,29 @@ typedef struct {
     int32_t *meta_send;
     size_t meta_cap;
     int64_t send_cap, recv_cap;
+    /* where the ranks sit and how rows travel (ds_ep_set_nodes) */
+    ds_ep_transport transport;
+    int n_nodes;
+    int *node_of;                   /* [n_ranks] node index (0 .. n_nodes-1) of each rank */
+    /* bytes this rank sent: routing metadata (plan), token rows (dispatch), rows going back (combine and
+     * combine_slots);
+     * they add up over calls until the caller clears them. The per-peer row counts are not counted. */
+    ds_ep_bytes sent_plan, sent_dispatch, sent_combine;
+    struct ds_ep_hops *hops;        /* the two-hop transport's own plan */
+    float *partial;                 /* combine scratch: per-node sums [n_tokens][D] */
+    size_t partial_cap;
 } ds_ep;
 
 int ds_ep_init(ds_ep *ep, const ds_comm *c, int n_experts, int topk, ds_a2a_algo algo);
 void ds_ep_free(ds_ep *ep);
+
+/* Say where c's ranks sit and pick the transport; after ds_ep_init, before ds_ep_plan.
+ * node_of[j]: any label for the node of rank j of c, equal labels consecutive (NULL: one node). For an
+ * EP group of layout.h, node_of[e] = ds_layout_node_of_ep_rank(L, e). Two hops need every node to hold
+ * the same number of the group's ranks (an error otherwise); with one rank per node, or one node, they
+ * are the one hop, which then runs (ep->transport reads DS_EP_ONE_HOP). Every rank passes the same
+ * values. */
+int ds_ep_set_nodes(ds_ep *ep, const int *node_of, ds_ep_transport transport);
 
 /* Build the plan from the router's choice: topk_idx/topk_w [n_tokens*topk] (global expert ids).
  * Exchanges row counts and the per-row expert ids and weights. */

@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,11 +37,16 @@ static inline int64_t scale_index(const ds_fp8_mat *x, int64_t rows, int64_t kbs
     return x->scale_k_major ? kb * ds_fp8_nblocks(rows, x->block_rows) + rb : rb * kbs + kb;
 }
 
-int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K,
-                int accumulate, void *ws) {
+static int check_shape(const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K) {
     if (M < 0 || N < 0 || K < 0 || A->block_rows < 1 || B->block_rows < 1)
         return ds_fail(DS_ERR, "fp8 gemm: bad shape M=%lld N=%lld K=%lld", (long long)M, (long long)N,
                        (long long)K);
+    return DS_OK;
+}
+
+int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K,
+                int accumulate, void *ws) {
+    DS_TRY(check_shape(A, B, M, N, K));
     if (M > INT_MAX || N > INT_MAX || K > INT_MAX)
         return ds_fail(DS_ERR, "fp8 gemm: dimension beyond 2^31: M=%lld N=%lld K=%lld", (long long)M,
                        (long long)N, (long long)K);
@@ -95,4 +101,87 @@ int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, i
     }
     free(owned);
     return DS_OK;
+}
+
+/* ---- Hopper's accumulation model (gemm.h) ------------------------------------------------------------ */
+
+/* Truncate the integer m (a multiple of the step's unit) toward zero to DS_FP8_HOPPER_BITS significant
+ * bits: the narrow accumulator's normalization. */
+static int64_t keep_bits(int64_t m) {
+    uint64_t mag = m < 0 ? (uint64_t)(-m) : (uint64_t)m;
+    int sh = 0;
+    while ((mag >> sh) >= ((uint64_t)1 << DS_FP8_HOPPER_BITS)) sh++;
+    mag = mag >> sh << sh;
+    return m < 0 ? -(int64_t)mag : (int64_t)mag;
+}
+
+float ds_fp8_hopper_dot(const double *x, const double *y, int64_t n, int64_t promote) {
+    float out = 0;
+    double acc = 0;
+    double p[DS_FP8_HOPPER_GROUP];
+    int64_t since = 0; /* products since the last promotion */
+    for (int64_t k0 = 0; k0 < n;) {
+        int64_t g = n - k0 < DS_FP8_HOPPER_GROUP ? n - k0 : DS_FP8_HOPPER_GROUP;
+        if (promote > 0 && g > promote - since) g = promote - since; /* a step never crosses a promotion */
+        double amax = fabs(acc);
+        for (int64_t j = 0; j < g; j++) {
+            p[j] = x[k0 + j] * y[k0 + j];
+            const double a = fabs(p[j]);
+            if (a > amax) amax = a;
+        }
+        if (amax > 0) {
+            /* every term aligned to the largest exponent e, cut below 2^(e-B+1): |term / u| < 2^B, so the
+             * integers and their sum (at most G+1 terms) are exact */
+            const int sh = DS_FP8_HOPPER_BITS - 1 - ilogb(amax);
+            const double up = ldexp(1, sh), down = ldexp(1, -sh); /* powers of two: exact scalings */
+            int64_t s = (int64_t)(acc * up);
+            for (int64_t j = 0; j < g; j++) s += (int64_t)(p[j] * up);
+            acc = (double)keep_bits(s) * down;
+        }
+        k0 += g, since += g;
+        if ((promote > 0 && since == promote) || k0 == n) {
+            out += (float)acc; /* acc has B <= 24 bits: exact as a float; the add rounds as fp32 */
+            acc = 0, since = 0;
+        }
+    }
+    return out;
+}
+
+/* rows x K codes of x decoded and multiplied by their scales (exact in double: 4 x 24 bits), packed */
+static void decode_scaled(double *dst, const ds_fp8_mat *x, int64_t row0, int64_t rows, int64_t nrows, int64_t K) {
+    const int64_t kbs = ds_fp8_nblocks(K, DS_FP8_BLOCK);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < K; k++)
+            dst[r * K + k] = ds_e4m3_table[x->q[(row0 + r) * K + k]] *
+                             (double)x->scale[scale_index(x, nrows, kbs, row0 + r, k / DS_FP8_BLOCK)];
+}
+
+static int hopper_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K,
+                       int accumulate, int64_t promote) {
+    double *bd = malloc((size_t)N * (size_t)K * sizeof *bd), *ad = malloc((size_t)M * (size_t)K * sizeof *ad);
+    if (!bd || !ad) {
+        free(bd), free(ad);
+        return ds_fail(DS_ERR, "out of memory: fp8 hopper gemm of %lldx%lldx%lld", (long long)M, (long long)N,
+                       (long long)K);
+    }
+    decode_scaled(ad, A, 0, M, M, K);
+    decode_scaled(bd, B, 0, N, N, K);
+    /* each element is one independent scalar chain: the same bits for any thread count */
+#pragma omp parallel for schedule(static) if (M * N * K > 1 << 20)
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t n = 0; n < N; n++) {
+            const float v = ds_fp8_hopper_dot(ad + i * K, bd + n * K, K, promote);
+            C[i * N + n] = accumulate ? C[i * N + n] + v : v;
+        }
+    free(bd), free(ad);
+    return DS_OK;
+}
+
+int ds_fp8_gemm_accum(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K,
+                      int accumulate, void *ws, const ds_fp8_accum *acc) {
+    if (!acc || acc->kind == DS_FP8_ACCUM_EXACT) return ds_fp8_gemm(C, A, B, M, N, K, accumulate, ws);
+    if (acc->promote < 0) return ds_fail(DS_ERR, "fp8 gemm: promotion interval %lld < 0", (long long)acc->promote);
+    DS_TRY(check_shape(A, B, M, N, K));
+    if (M == 0 || N == 0) return DS_OK;
+    return hopper_gemm(C, A, B, M, N, K, accumulate, acc->promote);
 }

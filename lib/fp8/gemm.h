@@ -43,4 +43,45 @@ size_t ds_fp8_gemm_workspace(int64_t M, int64_t N, int64_t K);
 int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K,
                 int accumulate, void *ws);
 
+/* ---- Hopper's accumulation (--fp8-accum hopper) ----------------------------------------------------------
+ * The GEMM above is the fixed one. V3 (section 3.3.2) reports that the FP8 tensor cores of H800 keep only
+ * about 14 bits when they accumulate, a maximum relative error near 2% at K = 4096, and that promoting the
+ * partial sums to fp32 registers every N_C = 128 elements cures it. Khattak and Mikaitis, "Accurate Models
+ * of NVIDIA Tensor Cores" (arXiv 2512.07004), model the FP8 inner product of H100 as: exact products,
+ * aligned to the largest exponent among them and the accumulator, truncated, summed, normalized into a
+ * narrow accumulator (described elsewhere as an e8m13 "FP22" accumulator). The model here, stated exactly
+ * (its Python twin is tests/ref/fp8_accum.py):
+ *
+ *   p_k = (a_k * sa) * (b_k * sb), in double (a, b decoded E4M3; sa, sb the scales of k's block)
+ *   the K products go in order, in steps of G = DS_FP8_HOPPER_GROUP (one FP8 MMA's k) that never cross a
+ *   promotion boundary; per step, with acc the narrow accumulator (0 at the start and after promotion):
+ *     e   = max floor(log2 |x|) over x in {acc, the step's p_k}, zeros left out (all zero: nothing happens)
+ *     u   = 2^(e - (B - 1)),  B = DS_FP8_HOPPER_BITS significant bits
+ *     s   = trunc(acc / u) * u + sum_k trunc(p_k / u) * u     (trunc toward zero; the sum is exact)
+ *     acc = s truncated toward zero to B significant bits
+ *   every N_C products (promote > 0) and after the last: out = fl32(out + acc), acc = 0   (out: fp32, 0 first)
+ *   C[m, n] = (accumulate ? C[m, n] : 0) + out, as ds_fp8_gemm.
+ *
+ * Assumed (the sources do not pin them down for this use): B = 14 (V3's "around 14 bits"), G = 32 (the
+ * k of one FP8 wgmma), truncation rather than rounding, scales applied per product (on the GPU they are
+ * applied at promotion; with promote = 0 only per-tensor scales would be possible, and per-product
+ * scaling is then the same up to double rounding). Slow (scalar, M*N*K steps): a numerics tool. */
+#define DS_FP8_HOPPER_BITS 14
+#define DS_FP8_HOPPER_GROUP 32
+
+typedef enum { DS_FP8_ACCUM_EXACT = 0, DS_FP8_ACCUM_HOPPER = 1 } ds_fp8_accum_kind;
+typedef struct {
+    ds_fp8_accum_kind kind;
+    int64_t promote; /* N_C: promote to fp32 every N_C products (hopper only); 0 = only at the end */
+} ds_fp8_accum;
+
+/* ds_fp8_gemm with the accumulation `acc` (NULL or DS_FP8_ACCUM_EXACT: ds_fp8_gemm itself; ws is used by
+ * the exact path only, the hopper path allocates its own). DS_ERR on a negative promote. */
+int ds_fp8_gemm_accum(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K,
+                      int accumulate, void *ws, const ds_fp8_accum *acc);
+
+/* The model above on one dot product, p_k = x[k] * y[k] (the operands already scaled), promoting every
+ * `promote` products (0: never): returns out. */
+float ds_fp8_hopper_dot(const double *x, const double *y, int64_t n, int64_t promote);
+
 #endif

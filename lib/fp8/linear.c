@@ -7,7 +7,7 @@
 #include "fp8/gemm.h"
 #include "ops/ops.h"
 
-static ds_fp8_train_opts g_opts = {DS_FP8_SCALE_F32, DS_FP8_SCALE_F32, DS_FP8_SCALE_F32, 1};
+static ds_fp8_train_opts g_opts = {DS_FP8_SCALE_F32, DS_FP8_SCALE_F32, DS_FP8_SCALE_F32, 1, {DS_FP8_ACCUM_EXACT, 0}};
 static int g_status;
 
 void ds_fp8_train_set(const ds_fp8_train_opts *o) { g_opts = *o; }
@@ -109,7 +109,7 @@ void ds_fp8_linear_gemm(int ta, int tb, int M, int N, int K, float alpha, const 
     }
 
     const int direct = alpha == 1 && (beta == 0 || beta == 1) && ldc == N;
-    int rc = ds_fp8_gemm(direct ? C : prod, &Am, &Bm, m, n, k, direct && beta == 1, ws);
+    int rc = ds_fp8_gemm_accum(direct ? C : prod, &Am, &Bm, m, n, k, direct && beta == 1, ws, &o.accum);
     if (rc) {
         if (!g_status) g_status = rc;
         return;

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fp8/gemm.h"
 #include "fp8/quant.h"
 
 typedef struct {
@@ -32,9 +33,11 @@ typedef struct {
     ds_fp8_scale_fmt grad_scale_fmt;   /* activation gradients (Dgrad and Wgrad dy) */
     ds_fp8_scale_fmt weight_scale_fmt; /* weights */
     int cache_input_fp8;               /* 1 (default): Wgrad's x is the forward's FP8 tiles, requantized */
+    ds_fp8_accum accum;                /* the GEMMs' accumulation (gemm.h): exact (default) or Hopper's */
 } ds_fp8_train_opts;
 
-/* Process-wide settings for the functions below (defaults: f32 scales everywhere, cache_input_fp8 = 1). */
+/* Process-wide settings for the functions below (defaults: f32 scales everywhere, cache_input_fp8 = 1,
+ * exact accumulation). */
 void ds_fp8_train_set(const ds_fp8_train_opts *o);
 ds_fp8_train_opts ds_fp8_train_get(void);
 

@@ -1,6 +1,7 @@
 #include "infer/load.h"
 
 #include "core/err.h"
+#include "core/log.h"
 #include "io/checkpoint.h"
 #include "model/weights.h"
 
@@ -16,12 +17,25 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
     const ds_config *cfg = ds_ckpt_config(c);
     ds_model_opts o = *opts;
     if (o.max_seq <= 0) o.max_seq = cfg->max_position_embeddings;
+    o.fp8_tensors = o.fp8_resident ? ds_ckpt_tensors(c) : NULL;
     size_t tok_len = 0;
     const char *tok = ds_ckpt_tokenizer(c, &tok_len);
     char where[600];
     snprintf(where, sizeof where, "%s: tokenizer.json", ds_ckpt_where(c));
     int rc = ds_model_check_set(cfg, ds_ckpt_tensors(c), ds_ckpt_where(c));
     if (!rc) rc = ds_model_create(&out->model, cfg, &o);
+    if (!rc) {
+        double f32, f8;
+        ds_model_weight_memory(out->model, &f32, &f8);
+        out->fp8_resident = f8 > 0;
+        if (f8 > 0)
+            ds_info("weights: %.3f GiB in memory: FP8 Linear weights %.3f GiB (E4M3 codes mapped from the checkpoint, "
+                    "block scales) + fp32 %.3f GiB (expanded they would take %.3f GiB)", (f32 + f8) / 1073741824.0,
+                    f8 / 1073741824.0, f32 / 1073741824.0,
+                    4.0 * (double)ds_model_num_params(out->model) / 1073741824.0);
+        else
+            ds_verbose("weights: %.3f GiB in memory (fp32)", f32 / 1073741824.0);
+    }
     if (!rc) rc = ds_model_load_weights(out->model, ds_ckpt_tensors(c));
     if (!rc && tok) rc = ds_tok_from_json(&out->tok, tok, tok_len, where);
     if (!rc && ds_ckpt_has_file(c, "tokenizer_config.json"))
@@ -29,13 +43,16 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
     if (!rc && ds_ckpt_has_file(c, "generation_config.json"))
         rc = ds_ckpt_read_file(c, "generation_config.json", &out->generation_config, &out->generation_config_len);
     if (!rc) out->has_mtp = ds_model_mtp_depth(out->model) > 0;
-    ds_ckpt_close(c);
+    if (out->fp8_resident) out->ckpt = c; /* the codes stay in its memory */
+    else ds_ckpt_close(c);
     if (rc) ds_loaded_free(out);
     return rc;
 }
 
 void ds_loaded_free(ds_loaded *l) {
     ds_model_free(l->model);
+    ds_ckpt_close(l->ckpt);
+    l->ckpt = NULL;
     ds_tok_free(l->tok);
     free(l->tokenizer_config);
     free(l->generation_config);

@@ -20,11 +20,16 @@ typedef struct {
     char *generation_config; /* generation_config.json text (NULL: none): sampling defaults (infer/gencfg.h) */
     size_t generation_config_len;
     int has_mtp;         /* MTP tensors were present */
+    int fp8_resident;    /* some Linear weights stayed FP8 (opts.fp8_resident): the model's Linear GEMMs
+                            (ds_model_linear_ops) must be the engine's too */
+    struct ds_ckpt *ckpt; /* kept open while resident weights borrow its memory */
     char where[512];     /* the path as given, for messages */
 } ds_loaded;
 
 /* opts sizes the model's own activations (for --score: one sequence of up to the context length;
- * max_seq 0 = the config's max_position_embeddings). */
+ * max_seq 0 = the config's max_position_embeddings). With opts->fp8_resident, an FP8 checkpoint's Linear
+ * weights stay FP8, borrowed from the checkpoint's memory map (model.h); the weights' memory is logged
+ * before they are read. */
 int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *out);
 void ds_loaded_free(ds_loaded *l);
 

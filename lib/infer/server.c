@@ -134,7 +134,8 @@ static int src_next(void *ctx, uint64_t *id, const int32_t **ids, int *n, int *g
         if (q) {
             s->pending_head = q->next_pending;
             if (!s->pending_head) s->pending_tail = NULL;
-            if (q->r->cancelled || s->hard) {
+            if (q->r->cancelled || s->hard) { /* never admitted: its client left, or a hard stop */
+                s->st.cancelled++;
                 seq_finish(s, q);
                 continue;
             }

@@ -57,6 +57,8 @@ struct ds_model {
     ds_param *params;
     int n_params;
     size_t n_floats;
+    size_t resident_floats;     /* of them, FP8-resident (never touched) */
+    double fp8_bytes;           /* the resident weights' codes and scales */
     float *w, *g; /* parameters, gradients */
     float *ebias; /* expert biases, n_moe x E */
     ds_weights W, G;

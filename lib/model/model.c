@@ -4,6 +4,8 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "fp8/resident.h"
+#include "model/weights.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +133,7 @@ void ds_model_free(ds_model *m) {
     ds_slots_free(m); /* back to the model's own activations first */
     ds_wgrad_free(m);
     const ds_ops *ops = m->ops;
+    if (m->resident_floats) ds_fp8_resident_remove(m->w, m->n_floats);
     if (ops) {
         ops->free(m->w);
         ops->free(m->g);
@@ -170,6 +173,16 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
         goto fail;                                                                                         \
     } while (0)
     if ((rc = ds_params_layout(m, 1))) goto fail;
+    if (m->opts.fp8_resident && m->opts.fp8_tensors && !strcmp(ops->name, "cpu")) {
+        if (m->opts.linear_ops || m->opts.train)
+            FAIL("model: FP8-resident weights are for inference with their own Linear GEMMs (no --w8a8)");
+        ds_model_mark_resident(m, m->opts.fp8_tensors);
+        if (m->resident_floats) { /* the Linear GEMMs read the resident codes; kv_b is never resident */
+            ds_fp8_resident_ops(&m->lin_tab, ops);
+            m->lin = &m->lin_tab;
+            m->lin_kvb = ops;
+        }
+    }
     if (m->ep_n > 1) {
         if (!opts->ep_comm) FAIL("model: expert parallelism without its group");
         if ((rc = ds_moe_ep_alloc(m))) goto fail;
@@ -180,7 +193,8 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     ds_act_layout(m, &count, m->n_max);
     if (!strcmp(ops->name, "cpu")) {
         /* refuse what cannot fit before touching the allocator (the 671B shape on a workstation) */
-        double need = (double)pbytes * (m->opts.train ? 2 : 1) + (double)count.used;
+        double need = (double)(pbytes - sizeof(float) * m->resident_floats) * (m->opts.train ? 2 : 1) + m->fp8_bytes +
+                      (double)count.used;
         double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
         if (have > 0 && need > have)
             FAIL("out of memory: the model needs %.1f GiB (parameters%s and activations), the machine has %.1f GiB",
@@ -189,7 +203,17 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     m->w = ops->alloc(pbytes);
     if (!m->w) FAIL("out of memory: %zu bytes of parameters", pbytes);
     ops->params_changed(m->w, m->n_floats); /* the backend may keep derived copies (bf16 GEMM operands) */
-    ops->zero(m->w, pbytes);
+    if (!m->resident_floats) ops->zero(m->w, pbytes);
+    else { /* every range but the resident ones: their pages are never touched, so never resident */
+        size_t from = 0; /* params are in offset order */
+        for (int i = 0; i < m->n_params; i++) {
+            const ds_param *p = &m->params[i];
+            if (!p->resident) continue;
+            if (p->offset > from) ops->zero(m->w + from, sizeof(float) * (p->offset - from));
+            from = p->offset + p->numel;
+        }
+        if (m->n_floats > from) ops->zero(m->w + from, sizeof(float) * (m->n_floats - from));
+    }
     if (m->opts.train) {
         m->g = ops->alloc(pbytes);
         if (!m->g) FAIL("out of memory: %zu bytes of gradients", pbytes);

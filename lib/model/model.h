@@ -39,6 +39,7 @@ typedef struct {
     ds_param_kind kind;
     int layer;  /* -1 for embedding, final norm, head */
     int expert; /* routed expert index, or -1 */
+    int resident; /* FP8-resident (opts.fp8_resident): its floats are an address range, never touched */
 } ds_param;
 
 /* Pointers into the parameter (or gradient) buffer for one decoder layer. NULL where absent. */
@@ -109,6 +110,12 @@ typedef struct {
     int keep_logits;         /* keep the main head's [B*T, V] logits (also spares the backward their
                                 recomputation); off: they exist only a chunk of rows at a time */
     double balance_alpha;    /* complementary sequence-wise balance loss weight (0 = off) */
+    /* CPU inference: the Linear weights that the Linear GEMMs take (q_a, q_b / q, kv_a, o, dense and expert
+     * FFN matrices) and that fp8_tensors holds as F8_E4M3 with block scales stay FP8 there (fp8/resident.h:
+     * the set must outlive the model); their fp32 range is never written, the Linear GEMMs are
+     * ds_fp8_resident_ops (linear_ops must be NULL), and the model cannot be saved or trained. */
+    int fp8_resident;
+    const struct ds_st_set *fp8_tensors;
     /* Expert parallelism (docs/DESIGN.md "Expert parallelism"): with ep_size N > 1 this model holds only
      * the routed experts [ep_rank*E/N, (ep_rank+1)*E/N) of every MoE layer, laid out after every other
      * tensor (ds_model_expert_range), and each MoE layer sends its tokens to the ranks of ep_comm that
@@ -141,6 +148,12 @@ const ds_weights *ds_model_weights(const ds_model *m);
 const ds_weights *ds_model_grad_weights(const ds_model *m);
 /* e_score_correction_bias of MoE layer l (NULL for dense layers): [n_routed_experts], fp32, no gradient. */
 float *ds_model_expert_bias(ds_model *m, int layer);
+/* The Linear layers' GEMM table (opts.linear_ops, the FP8-resident table, or the backend's). */
+const struct ds_ops *ds_model_linear_ops(const ds_model *m);
+/* What the weights hold in memory: fp32 bytes written (parameters and expert biases) and FP8-resident
+ * bytes (codes, mapped from the checkpoint, and scales); known from ds_model_create on. */
+void ds_model_weight_memory(const ds_model *m, double *fp32_bytes, double *fp8_bytes);
+
 /* Whether MTP modules are active (0 when the checkpoint had no MTP tensors). */
 int ds_model_mtp_depth(const ds_model *m);
 

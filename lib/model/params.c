@@ -197,6 +197,12 @@ const ds_weights *ds_model_grad_weights(const ds_model *m) { return m->g ? &m->G
 int ds_model_mtp_depth(const ds_model *m) { return m->mtp_depth; }
 const ds_config *ds_model_config(const ds_model *m) { return &m->cfg; }
 const struct ds_ops *ds_model_ops(const ds_model *m) { return m->ops; }
+const struct ds_ops *ds_model_linear_ops(const ds_model *m) { return m->lin; }
+
+void ds_model_weight_memory(const ds_model *m, double *fp32_bytes, double *fp8_bytes) {
+    *fp32_bytes = (double)sizeof(float) * (double)(m->n_floats - m->resident_floats + (size_t)m->n_moe * m->dims.E);
+    *fp8_bytes = m->fp8_bytes;
+}
 
 float *ds_model_expert_bias(ds_model *m, int layer) {
     if (layer < 0 || layer >= m->n_layers_total || m->moe_slot[layer] < 0) return NULL;

@@ -4,6 +4,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "fp8/quant.h"
+#include "fp8/resident.h"
 #include "model/internal.h"
 
 #include <stdio.h>
@@ -78,36 +79,86 @@ static int shape_error(const ds_st_set *s, const ds_st_tensor *t, int ndim, cons
                    ds_st_set_file_of(s, t->name));
 }
 
+/* The block-scale grid of an F8_E4M3 weight t: its <name>_scale_inv (checked against the grid) read as
+ * float32 into *scale (malloc'd), the block shape in *br, *bc. */
+static int fp8_scales(const ds_model *m, const ds_st_set *s, const ds_st_tensor *t, used_set *u, float **scale,
+                      int64_t *br, int64_t *bc) {
+    char sname[160];
+    snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+    const ds_st_tensor *sc = ds_st_set_find(s, sname);
+    *scale = NULL;
+    if (!sc) return ds_fail(DS_ERR, "checkpoint: %s: F8_E4M3 without %s: %s", t->name, sname, ds_st_set_file_of(s, t->name));
+    if (u) use(u, sc->name);
+    int64_t rows = t->shape[0], cols = t->ndim > 1 ? t->shape[1] : 1;
+    const ds_quant_config *q = &m->cfg.quantization_config;
+    *br = q->enabled && q->weight_block_size[0] > 0 ? q->weight_block_size[0] : 128;
+    *bc = q->enabled && q->weight_block_size[1] > 0 ? q->weight_block_size[1] : 128;
+    int64_t want[2] = {(rows + *br - 1) / *br, (cols + *bc - 1) / *bc};
+    if (!ds_st_shape_is(sc, 2, want)) return shape_error(s, sc, 2, want);
+    *scale = malloc(sizeof(float) * (size_t)(want[0] * want[1]));
+    if (!*scale) return ds_fail(DS_ERR, "out of memory: reading %s", sname);
+    int rc = ds_st_read_f32(sc, *scale, ds_st_set_file_of(s, sname));
+    if (rc) {
+        free(*scale);
+        *scale = NULL;
+    }
+    return rc;
+}
+
 /* Read tensor t (shape already checked) as float32 into out; FP8 weights use their block scales. */
 static int read_f32(const ds_model *m, const ds_st_set *s, const ds_st_tensor *t, float *out, used_set *u) {
     const char *file = ds_st_set_file_of(s, t->name);
     use(u, t->name);
     char sname[160];
     snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
-    const ds_st_tensor *sc = ds_st_set_find(s, sname);
-    if (t->dtype == DS_F8_E5M2 && sc) /* unscaled E5M2 reads as its values; DeepSeek block-scales E4M3 only */
+    if (t->dtype == DS_F8_E5M2 && ds_st_set_find(s, sname)) /* unscaled E5M2 reads as its values; DeepSeek block-scales E4M3 only */
         return ds_fail(DS_ERR, "checkpoint: %s: F8_E5M2 with block scales: only F8_E4M3 weights are block-scaled: %s",
                        t->name, file);
     if (t->dtype != DS_F8_E4M3) return ds_st_read_f32(t, out, file);
-    if (!sc) return ds_fail(DS_ERR, "checkpoint: %s: F8_E4M3 without %s: %s", t->name, sname, file);
-    use(u, sc->name);
-    int64_t rows = t->shape[0], cols = t->ndim > 1 ? t->shape[1] : 1;
-    const ds_quant_config *q = &m->cfg.quantization_config;
-    int64_t br = q->enabled && q->weight_block_size[0] > 0 ? q->weight_block_size[0] : 128;
-    int64_t bc = q->enabled && q->weight_block_size[1] > 0 ? q->weight_block_size[1] : 128;
-    int64_t want[2] = {(rows + br - 1) / br, (cols + bc - 1) / bc};
-    if (!ds_st_shape_is(sc, 2, want)) return shape_error(s, sc, 2, want);
-    float *scale = malloc(sizeof(float) * (size_t)(want[0] * want[1]));
+    float *scale;
+    int64_t br, bc;
+    DS_TRY(fp8_scales(m, s, t, u, &scale, &br, &bc));
     uint8_t *codes = malloc((size_t)t->numel);
-    int rc = !scale || !codes ? ds_fail(DS_ERR, "out of memory: reading %s", t->name) : 0;
-    if (!rc) rc = ds_st_read_f32(sc, scale, ds_st_set_file_of(s, sname));
+    int rc = !codes ? ds_fail(DS_ERR, "out of memory: reading %s", t->name) : 0;
     if (!rc) {
         memcpy(codes, t->data, (size_t)t->numel);
-        rc = ds_fp8_dequantize(out, codes, scale, rows, cols, br, bc);
+        rc = ds_fp8_dequantize(out, codes, scale, t->shape[0], t->ndim > 1 ? t->shape[1] : 1, br, bc);
     }
     free(scale);
     free(codes);
     return rc;
+}
+
+/* Linear weights the Linear GEMMs take (model.h opts.fp8_resident); kv_b and eh_proj run on the backend */
+static int resident_kind(const ds_param *p) {
+    return p->kind == DS_PARAM_MATRIX && p->ndim == 2 && !strstr(p->name, "kv_b_proj") && !strstr(p->name, "eh_proj");
+}
+
+void ds_model_mark_resident(ds_model *m, const ds_st_set *s) {
+    m->resident_floats = 0;
+    m->fp8_bytes = 0;
+    char sname[160];
+    for (int i = 0; i < m->n_params; i++) {
+        ds_param *p = &m->params[i];
+        const ds_st_tensor *t = resident_kind(p) ? ds_st_set_find(s, p->name) : NULL;
+        snprintf(sname, sizeof sname, "%s_scale_inv", p->name);
+        p->resident = t && t->dtype == DS_F8_E4M3 && ds_st_shape_is(t, 2, p->shape) && ds_st_set_find(s, sname);
+        if (!p->resident) continue;
+        m->resident_floats += p->numel;
+        m->fp8_bytes += (double)p->numel + (double)ds_st_set_find(s, sname)->numel * sizeof(float);
+    }
+}
+
+/* Register resident parameter p: its codes stay in s's memory, its scales are copied. */
+static int register_resident(const ds_model *m, const ds_st_set *s, used_set *u, const ds_param *p) {
+    const ds_st_tensor *t = ds_st_set_find(s, p->name);
+    use(u, t->name);
+    float *scale;
+    int64_t br, bc;
+    DS_TRY(fp8_scales(m, s, t, u, &scale, &br, &bc));
+    int rc = ds_fp8_resident_add(m->w + p->offset, p->shape[0], p->shape[1], t->data, scale, br, bc);
+    free(scale);
+    return rc ? ds_fail_ctx(rc, "%s", p->name) : DS_OK;
 }
 
 /* Load `name` with the given shape into dst (backend memory). */
@@ -185,7 +236,8 @@ int ds_model_load_weights(ds_model *m, const ds_st_set *s) {
     for (int i = 0; !rc && i < m->n_params; i++) {
         const ds_param *p = &m->params[i];
         if (p->layer >= active || (p->expert >= 0 && fused[p->layer])) continue;
-        rc = load_one(m, s, &st, &u, p->name, p->ndim, p->shape, m->w + p->offset, p->numel);
+        if (p->resident) rc = register_resident(m, s, &u, p);
+        else rc = load_one(m, s, &st, &u, p->name, p->ndim, p->shape, m->w + p->offset, p->numel);
     }
     for (int l = 0; !rc && l < active; l++) {
         int slot = m->moe_slot[l];
@@ -223,6 +275,8 @@ static int save_list(ds_model *m, const ds_weights_save_opts *o, out_tensor **li
     const ds_dims *d = &m->dims;
     int L = m->cfg.num_hidden_layers, active = L + m->mtp_depth;
     size_t cap = (size_t)m->n_params + m->n_moe + 2 * (size_t)m->mtp_depth + 1, n = 0;
+    if (m->resident_floats) /* their floats were never written */
+        return ds_fail(DS_ERR, "model: FP8-resident weights cannot be saved");
     out_tensor *v = calloc(cap, sizeof *v);
     if (!v) return ds_fail(DS_ERR, "out of memory: saving");
     for (int i = 0; i < m->n_params; i++) {

@@ -23,7 +23,13 @@
 int ds_model_check_tensors(const ds_config *c, const ds_st_tensor *const *t, int n, const char *where);
 int ds_model_check_set(const ds_config *c, const ds_st_set *s, const char *where);
 
-/* Fill every parameter and expert bias of m from s. Errors name the tensor and the file. */
+/* Mark the parameters that stay FP8-resident with s as their source (model.h opts.fp8_resident): 2-D
+ * Linear weights taken by the Linear GEMMs (not kv_b, eh_proj, the router, embedding or head) stored in s
+ * as F8_E4M3 with a <name>_scale_inv. Sets m's resident counts. */
+void ds_model_mark_resident(ds_model *m, const ds_st_set *s);
+
+/* Fill every parameter and expert bias of m from s (resident ones are registered with fp8/resident.h,
+ * their codes borrowed from s). Errors name the tensor and the file. */
 int ds_model_load_weights(ds_model *m, const ds_st_set *s);
 
 typedef struct {

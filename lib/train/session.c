@@ -196,6 +196,9 @@ static int fp8_linear_ops(const ds_session_opts *o, ds_ops *out) {
         return DS_ERR;
     }
     ds_fp8_linear_ops(out, ds_ops_cpu());
+    ds_fp8_train_opts fo = ds_fp8_train_get();
+    fo.accum = (ds_fp8_accum){o->fp8_hopper ? DS_FP8_ACCUM_HOPPER : DS_FP8_ACCUM_EXACT, o->fp8_promote};
+    ds_fp8_train_set(&fo);
     return 0;
 }
 

@@ -42,6 +42,7 @@ typedef struct {
     const char *device;         /* "cpu" | "cuda" */
     int fp8;                    /* every block Linear's GEMMs in FP8 (fp8/linear.h; the CPU only); the
                                    embedding, head, router, eh_proj, norms and attention stay fp32 */
+    int fp8_hopper, fp8_promote; /* --fp8-accum hopper, --fp8-promote: Hopper's accumulation (fp8/gemm.h) */
     double init_std;            /* > 0: overrides the config's ds_init_std for a fresh model */
     double balance_alpha;       /* sequence-wise balance loss weight per micro-batch */
     int micro_batch, seq_len;

@@ -19,7 +19,7 @@ void ds_train_toolopts_defaults(ds_train_toolopts *t) {
     *t = (ds_train_toolopts){.device = "cpu", .ep = 1, .log_every = to.log_every, .val_batches = to.val_batches,
                              .bf16_moments = to.adamw.bf16_moments, .weight_decay = to.adamw.weight_decay,
                              .beta1 = to.adamw.beta1, .beta2 = to.adamw.beta2, .eps = to.adamw.eps, .clip = to.clip_norm,
-                             .pp = 1, .pipe_schedule = "1f1b"};
+                             .pp = 1, .pipe_schedule = "1f1b", .fp8_accum = "exact", .fp8_promote = 128};
 }
 
 /* One row per shared option: where it writes in ds_train_toolopts, and its wording when it has one
@@ -68,6 +68,11 @@ static const shared_opt SHARED[] = {
     {"log-every", 0, DS_OPT_INT, F(log_every), "N", "print a line every N steps (0 = none)", .max = 1e9},
     {"skip-nonfinite", 0, DS_OPT_FLAG, F(skip_nonfinite), .help = "skip a step with NaN/Inf instead of stopping with exit 3"},
     {"fp8", 0, DS_OPT_FLAG, F(fp8), .help = DS_TRAIN_FP8_HELP},
+    {"fp8-accum", 0, DS_OPT_CHOICE, F(fp8_accum), "MODEL",
+     "--fp8 GEMMs' accumulation: exact (each 128-block exact, promoted to fp32) or hopper (H800's ~14-bit "
+     "accumulator, fp8/gemm.h; slow)", "exact|hopper"},
+    {"fp8-promote", 0, DS_OPT_INT, F(fp8_promote), "N",
+     "--fp8-accum hopper: promote partial sums to fp32 every N products (V3: 128; 0 = never)", .max = 1e9},
     {"ep", 0, DS_OPT_INT, F(ep), "N",
      "expert parallelism: groups of N consecutive ranks split the routed experts (each holds n_routed/N)", .min = 1, .max = 1e6},
     {"ranks-per-node", 0, DS_OPT_INT, F(ranks_per_node), "K",
@@ -149,6 +154,10 @@ int ds_train_tool_start(ds_train_toolopts *t, int argc, char **argv, int first) 
     if (ds_dist_check_launch()) return ds_tool_report(DS_EUSAGE);
     if (ds_cli_given(&t->ema) && !(t->ema > 0 && t->ema < 1))
         return ds_usage_error("%s %g: the decay must lie strictly between 0 and 1", ds_cli_opt(&t->ema, "--ema"), t->ema);
+    const int hopper = !strcmp(t->fp8_accum, "hopper");
+    if (hopper && !t->fp8) return ds_usage_error("--fp8-accum hopper models FP8 GEMMs: it needs --fp8");
+    if (ds_cli_given(&t->fp8_promote) && !hopper)
+        return ds_usage_error("--fp8-promote %d: promotion applies to --fp8 --fp8-accum hopper only", t->fp8_promote);
     if (!ds_cli_given(&t->seed)) { /* as llama.cpp: a random seed, printed and recorded; a resumed run keeps its own */
         t->seed_note = "random: --seed repeats the run";
         if (!t->resume || resumed_seed(t->resume, &t->seed)) t->seed = ds_seed_draw();
@@ -186,7 +195,8 @@ int ds_train_tool_check_pipeline(ds_train_toolopts *t, int n_layers, ds_pipe_kin
 ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool) {
     return (ds_session_opts){.tool = tool, .model_path = t->model, .resume = t->resume, .out_dir = t->out, .force = t->force,
                              .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
-                             .device = t->device, .fp8 = t->fp8, .balance_alpha = t->alpha,
+                             .device = t->device, .fp8 = t->fp8, .fp8_hopper = !strcmp(t->fp8_accum, "hopper"),
+                             .fp8_promote = t->fp8_promote, .balance_alpha = t->alpha,
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,
                              .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema, .pp = t->pp,
                              .schedule = t->pipe_schedule, .stages = t->stages};
@@ -243,6 +253,7 @@ char *ds_train_record_end(ds_jsonw *w, const ds_session *s) {
     ds_jsonw_kstr(w, "seed", seed);
     ds_jsonw_kint(w, "threads", ds_threads_get());
     ds_jsonw_kbool(w, "fp8", s->o.fp8);
+    if (s->o.fp8_hopper) ds_jsonw_kint(w, "fp8_hopper_promote", s->o.fp8_promote);
     if (s->resumed_step >= 0) ds_jsonw_kint(w, "resumed_from_step", s->resumed_step);
     ds_jsonw_obj_end(w);
     ds_jsonw_obj_end(w);

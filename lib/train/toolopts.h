@@ -30,6 +30,8 @@ typedef struct {
     uint64_t seed;         /* --seed; without it, the resumed run's or a random one (ds_train_tool_start) */
     const char *seed_note; /* where the seed came from when --seed was not given ("random", ...), or NULL */
     int batch, micro_batch, seq_len, threads, val_every, val_batches, save_every, log_every;
+    const char *fp8_accum; /* --fp8-accum exact | hopper (fp8/gemm.h) */
+    int fp8_promote;       /* --fp8-promote N_C (hopper: promotion to fp32 every N_C products, 0 = never) */
     int fp8, bf16_moments, no_zero, skip_nonfinite, quiet, verbose, force;
     int ep, ranks_per_node; /* --ep, --ranks-per-node (train/eprun.h) */
     double ema; /* --ema DECAY (0: none) */

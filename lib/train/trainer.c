@@ -193,6 +193,8 @@ int ds_trainer_set_comm(ds_trainer *t, const ds_train_comm *comm) {
 }
 
 int ds_trainer_set_groups(ds_trainer *t, const ds_train_group *g, int n, const ds_train_comm *world) {
+    if (t->step > 0 || t->opt.t > 0) /* the optimizer state starts afresh: moments would be lost */
+        return ds_fail(DS_ERR, "trainer: parameter groups are set before the first step and before a resume");
     ds_train_group one = {0, t->net->n_params, t->hooks.comm}, *copy = malloc(sizeof *copy * (size_t)(n > 0 ? n : 1));
     if (!copy) return ds_fail(DS_ERR, "out of memory: parameter groups");
     if (n > 0 && g) memmove(copy, g, sizeof *copy * (size_t)n); /* g may be t->groups */

@@ -43,12 +43,74 @@ setup() {
 }
 
 @test "node limit bounds the destinations per token" {
-    run $MPIRUN -np 4 "$DS_BIN/ds-bench-a2a" --mode ep --tokens 128 --hidden 8 --experts 16 --topk 4 --node-limit 1 -n 1 -w 0
+    run $MPIRUN -np 4 "$DS_BIN/ds-bench-a2a" --mode ep --tokens 128 --hidden 8 --experts 16 --topk 4 --node-limit 1 \
+        --ranks-per-node 1 -n 1 -w 0
     [ "$status" -eq 0 ]
     [[ "$output" == *"destinations per token (after per-rank de-duplication): 1.00"* ]]
     printf '%s\n' "$output" | grep -A1 '^# *op ' | tail -1 | grep -qE '^# +\(us\) +\(GB/s\) +\(GB/s\) +\(us\) +\(GB/s\) +\(GB/s\) *$'
     printf '%s\n' "$output" | grep -qx '# Out of bounds values : 0 OK'
     printf '%s\n' "$output" | grep -qE '^# Avg bus bandwidth    : [0-9.e+-]+ $'
+}
+
+# the --two-hop table's data rows: op transport time algbw busbw #wrong inter-node intra-node
+two_hop_rows() { printf '%s\n' "$output" | grep -E '^ +(dispatch|combine) '; }
+# field F of the row for OP and TRANSPORT
+field() { two_hop_rows | awk -v op="$1" -v tr="$2" -v f="$3" '$1 == op && $2 == tr { print $f }'; }
+
+@test "--two-hop: same results, fewer bytes across nodes, next to one hop and MPI_Alltoallv (4 ranks, 2 per node)" {
+    run $MPIRUN -np 4 "$DS_BIN/ds-bench-a2a" --two-hop --ranks-per-node 2 --tokens 96 --hidden 16 --experts 16 --topk 4 \
+        -n 2 -w 1
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"4 ranks on 2 node(s) of 2, 96 tokens/rank"* ]]
+    [ "$(two_hop_rows | wc -l)" -eq 6 ]
+    two_hop_rows | awk '$6 != 0 { exit 1 }'                     # combine(dispatch(x)) exact on every path
+    printf '%s\n' "$output" | grep -qx '# Out of bounds values : 0 OK'
+    printf '%s\n' "$output" | grep -A1 '^# *op  *transport' | tail -1 |
+        grep -qE '^# +\(us\) +\(GB/s\) +\(GB/s\) +\(B, all ranks\) +\(B, all ranks\) *$'
+    for op in dispatch combine; do
+        # MPI_Alltoallv moves the one-hop rows; two hops send fewer across nodes and more inside them
+        [ "$(field $op one-hop 7) $(field $op one-hop 8)" = "$(field $op mpi 7) $(field $op mpi 8)" ]
+        [ "$(field $op two-hop 7)" -lt "$(field $op one-hop 7)" ]
+        [ "$(field $op two-hop 8)" -gt "$(field $op one-hop 8)" ]
+    done
+    # fp32 rows both ways: a combine sends back what the dispatch sent
+    [ "$(field combine two-hop 7)" -eq "$(field dispatch two-hop 7)" ]
+    d1=$(field dispatch one-hop 7) d2=$(field dispatch two-hop 7)
+    printf '%s\n' "$output" | grep -qx "# inter-node bytes, two-hop / one-hop: $(awk -v a=$d2 -v b=$d1 'BEGIN { printf "%.3f", a / b }') ($d2 / $d1 per dispatch, the same per combine)"
+    # the summary's "Avg bus bandwidth" is the two-hop rows' mean (the implementation under test)
+    avg=$(printf '%s\n' "$output" | awk -F': ' '/^# Avg bus bandwidth    : / { print $2 + 0 }')
+    two_hop_rows | awk -v avg="$avg" '$2 == "two-hop" { s += $5 } END { if ((s / 2 - avg) ^ 2 > 0.005 ^ 2) exit 1 }'
+}
+
+@test "--two-hop with one rank per node is the one-hop exchange; node-limited routing reaches at most M nodes" {
+    run $MPIRUN -np 4 "$DS_BIN/ds-bench-a2a" --two-hop --ranks-per-node 1 --tokens 64 --hidden 8 --experts 16 --topk 4 \
+        --node-limit 2 -n 1 -w 0
+    echo "$output"
+    [ "$status" -eq 0 ]
+    for op in dispatch combine; do
+        [ "$(field $op two-hop 7)" -eq "$(field $op one-hop 7)" ]
+        [ "$(field $op two-hop 8)" -eq 0 ] && [ "$(field $op one-hop 8)" -eq 0 ]
+    done
+    printf '%s\n' "$output" | grep -E '^# destination ranks per token: [0-9.]+, destination nodes per token: ' |
+        awk '{ r = $6 + 0; n = $NF + 0; if (r != n || n > 2 || n < 1) exit 1 }'
+    # one node of 2 ranks per token: two hops cross once per token, one hop once per rank
+    run $MPIRUN -np 4 "$DS_BIN/ds-bench-a2a" --two-hop --ranks-per-node 2 --tokens 64 --hidden 8 --experts 16 --topk 4 \
+        --node-limit 1 -n 1 -w 0 --json
+    [ "$status" -eq 0 ]
+    inter() { printf '%s\n' "$output" | grep "\"op\":\"$1\",\"impl\":\"$2\"" | sed 's/.*"inter_node_bytes":\([0-9]*\).*/\1/'; }
+    [ "$(inter dispatch two-hop)" -lt "$(inter dispatch ours)" ]
+    [ "$(inter dispatch ours)" -eq "$(inter dispatch mpi)" ]
+    [ "$(printf '%s\n' "$output" | grep -c '"wrong":0')" -eq 6 ]
+}
+
+@test "--two-hop refusals: a node size that does not divide the ranks, an all-to-all sweep" {
+    run --separate-stderr $MPIRUN -np 4 "$DS_BIN/ds-bench-a2a" --two-hop --ranks-per-node 3 --experts 16 --topk 4 -n 1 -w 0
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-bench-a2a: error: --ranks-per-node 3 does not divide the 4 ranks"* ]]
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" --mode alltoall --two-hop
+    [ "$status" -eq 2 ]
+    [ "${stderr%%$'\n'*}" = "ds-bench-a2a: error: --two-hop measures the expert-parallel exchange: not with --mode alltoall" ]
 }
 
 @test "a single process runs without mpirun" {

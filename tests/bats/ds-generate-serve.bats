@@ -129,6 +129,21 @@ expect() {
     [ "$(code "$output")" = 200 ]
 }
 
+@test "a client that gives up on a non-streamed request cancels it: its sequence stops early" {
+    # a long context, so that the whole answer takes seconds (8000 tokens: ~14 s on 2 busy cores)
+    start_server C -m "$T/base" --batch 1 --ignore-eos --ctx 8192 -q
+    run curl -s -m 0.2 "$C_URL/v1/completions" -d '{"model": "base", "prompt": "The license", "max_tokens": 8000, "temperature": 0}'
+    [ "$status" -eq 28 ] # curl: timed out
+    for _ in $(seq 200); do
+        h=$(curl -s "$C_URL/health")
+        [ "$(jq .running <<<"$h")" -eq 0 ] && [ "$(jq .cancelled <<<"$h")" -eq 1 ] && break
+        sleep 0.02
+    done
+    stop_server C
+    echo "$h"
+    jq -e '.running == 0 and .cancelled == 1 and .completion_tokens < 8000' <<<"$h"
+}
+
 @test "SIGTERM: the request in flight finishes, then the server exits 0 with its statistics" {
     "$DS_BIN/ds-generate" -m "$T/base" --ignore-eos --batch 2 --serve 127.0.0.1:0 >"$T/g.url" 2>"$T/g.err" 3>&- &
     pid=$!

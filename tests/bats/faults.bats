@@ -49,12 +49,17 @@ kill_rank_mid_run() {
 # and trains 2 more steps
 resumes_intact() {
     local np=$1 out=$BATS_TEST_TMPDIR/out step layout=("${@:2}")
-    [ ${#layout[@]} -gt 0 ] || layout=(--dp "$np")
     step=$(jq .step "$out/trainer_state.json")
     [ $((step % 10)) -eq 0 ] && [ "$step" -ge 10 ]
-    for f in config.json model.safetensors tokenizer.json optimizer.index.json; do [ -s "$out/$f" ]; done
-    # ZeRO-1 (the default over several ranks): one optimizer shard per rank, none left half-written
-    for r in $(seq 0 $((np - 1))); do [ -s "$out/$(printf 'optimizer-%05d-of-%05d.safetensors' "$r" "$np")" ]; done
+    for f in config.json model.safetensors tokenizer.json; do [ -s "$out/$f" ]; done
+    if [ ${#layout[@]} -eq 0 ]; then
+        # plain data parallelism runs ZeRO-1 (the default over several ranks): an index and one shard per rank
+        layout=(--dp "$np")
+        [ -s "$out/optimizer.index.json" ] && [ ! -e "$out/optimizer.safetensors" ]
+        for r in $(seq 0 $((np - 1))); do [ -s "$out/$(printf 'optimizer-%05d-of-%05d.safetensors' "$r" "$np")" ]; done
+    else
+        [ -s "$out/optimizer.safetensors" ] || [ -s "$out/optimizer.index.json" ]
+    fi
     run --separate-stderr mpi -np "$np" "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 \
         --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" -o "$out" --resume "$out" \
         --steps $((step + 2)) --batch 2 --seq-len 16 --log-every 1 --seed 1 "${layout[@]}"

@@ -8,24 +8,28 @@ setup() {
     [ -x "$unit" ] || skip "test_fp8 not built (DS_UNITS)"
 }
 
-@test "E4M3/E5M2 encode and decode are bit-identical to ml_dtypes over 8.4M inputs" {
-    "$DS_PY" "$DS_ROOT/tests/ref/fp8_codec.py" "$BATS_TEST_TMPDIR/codec.bin"
-    run env DS_FP8_REF="$BATS_TEST_TMPDIR/codec.bin" "$unit" against_ml_dtypes
+unit_against() { # $1=$2: the reference file for test_fp8's test $3, which must pass $4 checks, none skipped
+    run env "$1=$2" "$unit" "$3"
     echo "$output"
     [ "$status" -eq 0 ]
     [[ "$output" != *"not ok"* ]]
     [[ "$output" != *"# skip"* ]]
-    [ "$(grep -c '^ok' <<<"$output")" -eq 7 ]
+    [ "$(grep -c '^ok' <<<"$output")" -eq "$4" ]
+}
+
+@test "E4M3/E5M2 encode and decode are bit-identical to ml_dtypes over 8.4M inputs" {
+    "$DS_PY" "$DS_ROOT/tests/ref/fp8_codec.py" "$BATS_TEST_TMPDIR/codec.bin"
+    unit_against DS_FP8_REF "$BATS_TEST_TMPDIR/codec.bin" against_ml_dtypes 7
 }
 
 @test "1x128 / 128x1 / 128x128 quantization, dequantization, the scaled GEMM and a Linear's Fprop/Dgrad/Wgrad are bit-identical to the numpy reference" {
     "$DS_PY" "$DS_ROOT/tests/ref/fp8_block.py" "$BATS_TEST_TMPDIR/block.bin"
-    run env DS_FP8_BLOCK_REF="$BATS_TEST_TMPDIR/block.bin" "$unit" against_numpy_blocks
-    echo "$output"
-    [ "$status" -eq 0 ]
-    [[ "$output" != *"not ok"* ]]
-    [[ "$output" != *"# skip"* ]]
-    [ "$(grep -c '^ok' <<<"$output")" -eq 20 ]
+    unit_against DS_FP8_BLOCK_REF "$BATS_TEST_TMPDIR/block.bin" against_numpy_blocks 20
+}
+
+@test "Hopper's accumulation model (--fp8-accum hopper) is bit-identical to the exact-rational reference on small K" {
+    "$DS_PY" "$DS_ROOT/tests/ref/fp8_accum.py" "$BATS_TEST_TMPDIR/accum.bin"
+    unit_against DS_FP8_ACCUM_REF "$BATS_TEST_TMPDIR/accum.bin" against_python_accum 29
 }
 
 # ---- ds-quantize against the numpy / torch references (tests/ref/fp8_ckpt.py) ------------------------

@@ -169,9 +169,14 @@ def main():
     xtq, xt_s = quantize(np.ascontiguousarray(x_fwd.T), 1, 128, 0)
     put("lin.dw", gemm(dytq, dyt_s, 1, xtq, xt_s, 1))
 
-    with open(sys.argv[1], "wb") as f:
+    write_arrays(sys.argv[1], out)
+
+
+def write_arrays(path, arrays):
+    """the container described above, from a dict name -> contiguous array (f32, u8 or u16)"""
+    with open(path, "wb") as f:
         f.write(b"DSARR1\0\0")
-        for name, a in out.items():
+        for name, a in arrays.items():
             f.write(struct.pack("<I", len(name)) + name.encode())
             f.write(struct.pack("<BB", DT[a.dtype], a.ndim) + struct.pack(f"<{a.ndim}Q", *a.shape))
             f.write(a.tobytes())

@@ -19,7 +19,7 @@ setup_file() {
     start_server S -m "$T/base" --batch 8 -q
 }
 
-teardown_file() { stop_server S; stop_server D; stop_server B16; }
+teardown_file() { stop_server S; stop_server D; stop_server B16; stop_server M; }
 
 py() { "$DS_PY" "$DS_ROOT/tests/ref/serve_openai.py" "$@"; }
 
@@ -77,8 +77,17 @@ assert len(got) <= len(want) and all(abs(a - b) < 1e-5 for a, b in zip(got, want
 }
 
 @test "a client that disconnects mid-stream frees its slot; the server keeps serving" {
-    start_server D -m "$T/base" --batch 1 --ignore-eos -q
-    run py disconnect "$D_URL" base 500
+    start_server D -m "$T/base" --batch 1 --ignore-eos --ctx 8192 -q # 8000 tokens take seconds
+    run py disconnect "$D_URL" base 8000
     stop_server D
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+}
+
+@test "--mtp (speculative decoding in the batch): the same greedy answers, alone and concurrently" {
+    start_server M -m "$T/base" --batch 4 --mtp -q
+    run py complete "$M_URL" base "The license" 24
+    [ "$status" -eq 0 ] && [ "$(echo "$output" | jq -c .)" = "$(cli "The license" 24)" ] || { echo "$output"; stop_server M; false; }
+    run py concurrent "$M_URL" base 16
+    stop_server M
     [ "$status" -eq 0 ] || { echo "$output"; false; }
 }

@@ -640,6 +640,96 @@ TEST(against_numpy_blocks) {
     for (int i = 0; i < n; i++) free(arr[i].data);
 }
 
+/* ---- Hopper's accumulation model (gemm.h) -------------------------------------------------------------- */
+
+TEST(against_python_accum) { /* tests/ref/fp8_accum.py: the model in exact rationals, run by tests/ref/fp8.bats */
+    const char *path = getenv("DS_FP8_ACCUM_REF");
+    if (!path || !*path) {
+        tap_count++;
+        printf("ok %d - against_python_accum # skip DS_FP8_ACCUM_REF not set (tests/ref/fp8.bats sets it)\n", tap_count);
+        return;
+    }
+    ref_array arr[128];
+    int n = load_arrays(path, arr, 128);
+    CHECK(n == 7 * 9, "reference file %s: %d arrays", path, n);
+    static const int ncs[] = {0, 32, 40, 128};
+    char key[64];
+    for (int c = 0; c < 7 && n == 7 * 9; c++) {
+        const uint16_t *d = (snprintf(key, sizeof key, "c%d.dims", c), find(arr, n, key)->data);
+        const int64_t M = d[0], N = d[1], K = d[2];
+        const ref_array *aq = (snprintf(key, sizeof key, "c%d.aq", c), find(arr, n, key)),
+                        *as = (snprintf(key, sizeof key, "c%d.as", c), find(arr, n, key)),
+                        *bq = (snprintf(key, sizeof key, "c%d.bq", c), find(arr, n, key)),
+                        *bs = (snprintf(key, sizeof key, "c%d.bs", c), find(arr, n, key));
+        ds_fp8_mat A = {aq->data, as->data, 1, 0}, B = {bq->data, bs->data, 128, 0};
+        float C[5 * 5];
+        for (int j = 0; j < 4; j++) {
+            ds_fp8_accum acc = {DS_FP8_ACCUM_HOPPER, ncs[j]};
+            int rc = ds_fp8_gemm_accum(C, &A, &B, M, N, K, 0, NULL, &acc);
+            snprintf(key, sizeof key, "c%d.nc%d", c, ncs[j]);
+            CHECK(rc == 0 && same_bytes(C, find(arr, n, key), (size_t)(M * N) * 4), "[%lldx%lld]x[%lldx%lld]^T, N_C %d: identical",
+                  (long long)M, (long long)K, (long long)N, (long long)K, ncs[j]);
+        }
+    }
+    for (int i = 0; i < n; i++) free(arr[i].data);
+}
+
+/* ||C - ref|| / ||ref|| with ref the double sums of the same dequantized operands: the accumulation's error */
+static double accum_error(const float *C, const uint8_t *aq, const float *as, const uint8_t *bq, const float *bs,
+                          int64_t M, int64_t N, int64_t K) {
+    const int64_t kb = ds_fp8_nblocks(K, 128);
+    double num = 0, den = 0;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double s = 0;
+            for (int64_t k = 0; k < K; k++)
+                s += ds_e4m3_table[aq[m * K + k]] * (double)as[m * kb + k / 128] * ds_e4m3_table[bq[n * K + k]] *
+                     (double)bs[(n / 128) * kb + k / 128];
+            num += (C[m * N + n] - s) * (C[m * N + n] - s), den += s * s;
+        }
+    return sqrt(num / den);
+}
+
+TEST(hopper_promotion) {
+    /* V3's point at K = 4096: without promotion the narrow accumulator is off by percents (same-sign
+     * operands make the truncation coherent: about 8% here; signed ones about 0.24%), with promotion every
+     * 128 the error is that of bf16 output rounding (2^-9 relative per element) or below; and every halving
+     * of N_C lowers it. */
+    const int64_t M = 16, N = 16, K = 4096;
+    static const int ncs[] = {0, 2048, 1024, 512, 256, 128, 64, 32};
+    for (int positive = 1; positive >= 0; positive--) {
+        float *a = rand_matrix(M, K, 71, 1.0f), *b = rand_matrix(N, K, 72, 1.0f), *C = malloc(M * N * 4);
+        for (int64_t i = 0; positive && i < M * K; i++) a[i] = fabsf(a[i]);
+        for (int64_t i = 0; positive && i < N * K; i++) b[i] = fabsf(b[i]);
+        uint8_t *aq = malloc(M * K), *bq = malloc(N * K);
+        float as[16 * 32], bs[32];
+        ds_fp8_quantize(aq, as, a, M, K, 1, 128, DS_FP8_SCALE_F32);
+        ds_fp8_quantize(bq, bs, b, N, K, 128, 128, DS_FP8_SCALE_F32);
+        ds_fp8_mat A = {aq, as, 1, 0}, B = {bq, bs, 128, 0};
+        double err[8];
+        int mono = 1;
+        for (int j = 0; j < 8; j++) {
+            ds_fp8_gemm_accum(C, &A, &B, M, N, K, 0, NULL, &(ds_fp8_accum){DS_FP8_ACCUM_HOPPER, ncs[j]});
+            err[j] = accum_error(C, aq, as, bq, bs, M, N, K);
+            if (j && !(err[j] < err[j - 1])) mono = 0;
+            printf("# %s operands, N_C %4d: relative error %.3e\n", positive ? "positive" : "signed", ncs[j], err[j]);
+        }
+        CHECK(mono, "%s operands: the error falls with every halving of N_C (%.2e at 0 .. %.2e at 32)",
+              positive ? "positive" : "signed", err[0], err[7]);
+        if (positive)
+            CHECK(err[0] > 0.02 && err[0] < 0.2, "positive operands, no promotion: %.2e, percents as V3's ~2%%", err[0]);
+        else
+            CHECK(err[0] > 1e-3 && err[0] < 1e-2, "signed operands, no promotion: %.2e", err[0]);
+        CHECK(err[5] < 0x1p-8, "N_C 128: %.2e, under bf16's output rounding bound 2^-8", err[5]);
+        ds_fp8_gemm_accum(C, &A, &B, M, N, K, 0, NULL, &(ds_fp8_accum){DS_FP8_ACCUM_EXACT, 0});
+        CHECK(accum_error(C, aq, as, bq, bs, M, N, K) < 1e-6, "the exact model: fp32 rounding only");
+        free(a), free(b), free(C), free(aq), free(bq);
+    }
+    CHECK(ds_fp8_gemm_accum(NULL, NULL, NULL, 1, 1, 1, 0, NULL, &(ds_fp8_accum){DS_FP8_ACCUM_HOPPER, -1}) == DS_ERR &&
+              strstr(ds_errmsg(), "promotion interval -1"),
+          "a negative N_C is refused: %s", ds_errmsg());
+}
+
 /* ---- checkpoint conversion -------------------------------------------------------------------------- */
 
 TEST(quantized_names) {

@@ -625,6 +625,8 @@ TEST(parameter_groups_must_tile_the_buffer) {
           ds_errmsg());
     ds_train_group halves[2] = {{0, 200, NULL}, {200, NPARAM - 200, NULL}};
     CHECK(ds_trainer_set_groups(r.t, halves, 2, NULL) == 0 && ds_trainer_step(r.t) == 0, "two local groups step");
+    CHECK(ds_trainer_set_groups(r.t, halves, 2, NULL) != 0 && strstr(ds_errmsg(), "before the first step"),
+          "not after a step (the moments would start afresh): %s", ds_errmsg());
     run_close(&r);
 }
 

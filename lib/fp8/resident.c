@@ -1,0 +1,213 @@
+#include "fp8/resident.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+#include "ops/ops.h"
+
+typedef struct {
+    const float *base;
+    int64_t rows, cols, br, bc;
+    const uint8_t *q;
+    float *scale;
+} entry;
+
+static entry *g_tab; /* sorted by base */
+static size_t g_n, g_cap;
+static ds_ops g_base;
+static int g_status;
+
+int ds_fp8_resident_status(void) {
+    int rc = g_status;
+    g_status = DS_OK;
+    return rc;
+}
+
+static void fail_once(int rc) {
+    if (!g_status) g_status = rc;
+}
+
+int ds_fp8_resident_add(const float *base, int64_t rows, int64_t cols, const uint8_t *q, const float *scale,
+                        int64_t br, int64_t bc) {
+    if (rows <= 0 || cols <= 0 || br <= 0 || bc <= 0)
+        return ds_fail(DS_ERR, "fp8 resident weight: bad shape [%lld, %lld] or block %lldx%lld", (long long)rows,
+                       (long long)cols, (long long)br, (long long)bc);
+    if (g_n == g_cap) {
+        size_t cap = g_cap ? 2 * g_cap : 256;
+        entry *t = realloc(g_tab, cap * sizeof *t);
+        if (!t) return ds_fail(DS_ERR, "out of memory: fp8 resident table");
+        g_tab = t;
+        g_cap = cap;
+    }
+    const size_t ns = (size_t)((rows + br - 1) / br) * (size_t)((cols + bc - 1) / bc);
+    float *s = malloc(ns * sizeof *s);
+    if (!s) return ds_fail(DS_ERR, "out of memory: fp8 resident scales");
+    memcpy(s, scale, ns * sizeof *s);
+    size_t i = g_n; /* keep the table sorted (loads add in address order: this is an append) */
+    while (i > 0 && g_tab[i - 1].base > base) i--;
+    if ((i > 0 && g_tab[i - 1].base + g_tab[i - 1].rows * g_tab[i - 1].cols > base) ||
+        (i < g_n && base + rows * cols > g_tab[i].base)) {
+        free(s);
+        return ds_fail(DS_ERR, "fp8 resident weight: its range overlaps another");
+    }
+    memmove(g_tab + i + 1, g_tab + i, (g_n - i) * sizeof *g_tab);
+    g_tab[i] = (entry){base, rows, cols, br, bc, q, s};
+    g_n++;
+    return DS_OK;
+}
+
+void ds_fp8_resident_remove(const float *lo, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < g_n; i++) {
+        if (g_tab[i].base >= lo && g_tab[i].base < lo + n) free(g_tab[i].scale);
+        else g_tab[k++] = g_tab[i];
+    }
+    g_n = k;
+    if (!g_n) {
+        free(g_tab);
+        g_tab = NULL;
+        g_cap = 0;
+    }
+}
+
+size_t ds_fp8_resident_bytes(const float *lo, size_t n) {
+    size_t b = 0;
+    for (size_t i = 0; i < g_n; i++)
+        if (g_tab[i].base >= lo && g_tab[i].base < lo + n) {
+            const entry *e = &g_tab[i];
+            b += (size_t)(e->rows * e->cols) +
+                 sizeof(float) * (size_t)((e->rows + e->br - 1) / e->br) * (size_t)((e->cols + e->bc - 1) / e->bc);
+        }
+    return b;
+}
+
+/* The entry whose range holds p, or NULL. */
+static const entry *find(const float *p) {
+    size_t lo = 0, hi = g_n;
+    while (lo < hi) { /* first entry with base > p */
+        size_t mid = (lo + hi) / 2;
+        if (g_tab[mid].base <= p) lo = mid + 1;
+        else hi = mid;
+    }
+    if (!lo) return NULL;
+    const entry *e = &g_tab[lo - 1];
+    return p < e->base + e->rows * e->cols ? e : NULL;
+}
+
+static _Thread_local struct {
+    float *p;
+    size_t cap;
+} scratch;
+
+static float *scratch_get(size_t floats) {
+    if (floats > scratch.cap) {
+        free(scratch.p);
+        scratch.p = NULL;
+        scratch.cap = 0;
+        void *p = NULL;
+        if (posix_memalign(&p, 64, floats * sizeof(float))) return NULL;
+        scratch.p = p;
+        scratch.cap = floats;
+    }
+    return scratch.p;
+}
+
+/* E4M3 code -> float by bit arithmetic rather than ds_e4m3_table: the same values (checked code by code in
+ * test_fp8_resident), but the loop below vectorizes, where table loads run one element at a time and made
+ * the dequantization cost several times the product itself. */
+static inline float e4m3_bits(uint32_t b) {
+    const uint32_t sign = (b & 0x80u) << 24, em = b & 0x7Fu;
+    const uint32_t normal = sign | ((em + (120u << 3)) << 20); /* exponent e + 127 - 7, mantissa m << 20 */
+    const float subf = (float)(int32_t)em * 0x1p-9f;          /* e = 0: m * 2^-9 */
+    uint32_t sub;
+    memcpy(&sub, &subf, 4);
+    const uint32_t is_sub = 0u - (uint32_t)(em < 8), is_nan = 0u - (uint32_t)(em == 0x7Fu); /* masks: no branches */
+    uint32_t bits = (normal & ~is_sub) | ((sub | sign) & is_sub);
+    bits = (bits & ~is_nan) | ((0x7FC00000u | sign) & is_nan);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+float ds_fp8_resident_decode(uint8_t code) { return e4m3_bits(code); }
+
+enum { PANEL_BYTES = 1 << 20 }; /* the dequantized panel: stays in L2 while the product reads it (4 MiB was slower) */
+
+/* y[M, N] = alpha x[M, K] W[r0 .. r0+N)^T + beta y, W resident in e. */
+static void resident_gemm(const entry *e, int64_t r0, int M, int N, int K, float alpha, const float *A, int lda,
+                          float beta, float *C, int ldc) {
+    int64_t P = PANEL_BYTES / ((int64_t)K * 4) / e->br * e->br;
+    if (P < e->br) P = e->br;
+    if (P > N) P = N;
+    float *w = scratch_get((size_t)P * (size_t)K);
+    if (!w) {
+        fail_once(ds_fail(DS_ERR, "out of memory: fp8 resident panel of %lld x %d", (long long)P, K));
+        return;
+    }
+    const int64_t nbc = (e->cols + e->bc - 1) / e->bc;
+    for (int64_t n0 = 0; n0 < N; n0 += P) {
+        const int64_t np = N - n0 < P ? N - n0 : P;
+        /* codes x block scale: the floats ds_fp8_dequantize writes for these rows */
+#pragma omp parallel for schedule(static) if (np * K >= (1 << 16))
+        for (int64_t i = 0; i < np; i++) {
+            const int64_t r = r0 + n0 + i;
+            const float *sr = e->scale + (r / e->br) * nbc;
+            const uint8_t *qr = e->q + r * e->cols;
+            float *wr = w + i * K;
+            for (int64_t c0 = 0; c0 < K; c0 += e->bc) {
+                const int64_t c1 = c0 + e->bc < K ? c0 + e->bc : K;
+                const float s = sr[c0 / e->bc];
+                for (int64_t c = c0; c < c1; c++) wr[c] = e4m3_bits(qr[c]) * s;
+            }
+        }
+        g_base.gemm(0, 1, M, (int)np, K, alpha, A, lda, w, K, beta, C + n0, ldc);
+    }
+}
+
+/* The resident entry behind B (NULL: an ordinary operand), checked for a forward Linear GEMM. */
+static const entry *resident_b(const float *B, int tb, int N, int K, int ldb, int64_t *r0) {
+    const entry *e = find(B);
+    if (!e) return NULL;
+    const int64_t off = B - e->base;
+    if (!tb || K != e->cols || ldb != K || off % e->cols || off / e->cols + N > e->rows) {
+        fail_once(ds_fail(DS_ERR, "fp8 resident weight [%lld, %lld] used as %s operand [%d, %d] (ld %d): only "
+                          "forward Linear products read resident weights", (long long)e->rows, (long long)e->cols,
+                          tb ? "a" : "a transposed", N, K, ldb));
+        return e;
+    }
+    *r0 = off / e->cols;
+    return e;
+}
+
+static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc) {
+    int64_t r0 = 0;
+    const entry *e = ta ? NULL : resident_b(B, tb, N, K, ldb, &r0);
+    if (!e) {
+        if (ta && find(B)) fail_once(ds_fail(DS_ERR, "fp8 resident weight used in a weight-gradient product"));
+        g_base.gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    if (M > 0 && N > 0 && !g_status) resident_gemm(e, r0, M, N, K, alpha, A, lda, beta, C, ldc);
+}
+
+static void gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    if (ng <= 0) return;
+    if (!find(B)) { /* experts are all resident or none: the first one tells */
+        g_base.gemm_rows(ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
+        return;
+    }
+    for (int g = 0; g < ng; g++) { /* only the experts that have rows: the others' pages stay untouched */
+        const int64_t a = off[g], b = off[g + 1];
+        if (b > a) gemm(0, tb, (int)(b - a), N, K, alpha, A + a * lda, lda, B + g * strideB, ldb, beta, C + a * ldc, ldc);
+    }
+}
+
+void ds_fp8_resident_ops(ds_ops *out, const ds_ops *base) {
+    g_base = *base;
+    *out = *base;
+    out->gemm = gemm;
+    out->gemm_rows = gemm_rows;
+}

@@ -1,0 +1,48 @@
+/* resident.h — FP8-resident Linear weights: E4M3 codes kept as they are (memory-mapped from the checkpoint)
+ * with their 128x128 block scales, multiplied without ever expanding the whole matrix.
+ *
+ * Owns: the table of resident weights and the Linear GEMMs over them. A resident weight has an address in
+ * the model's fp32 parameter buffer like any other (so the network's weight pointers, expert strides and
+ * slices are unchanged), but those floats are never written or read: the address is a key into this table,
+ * which holds the codes (borrowed: the checkpoint's mapping, alive as long as the entry) and a copy of the
+ * scales. The ops of ds_fp8_resident_ops recognise such a B operand in the forward GEMMs (y = x W^T: gemm
+ * with ta = 0, tb = 1, and gemm_rows with tb = 1) and dequantize W by panels of whole 128-row blocks into a
+ * per-thread scratch of about 1 MiB (codes x block scale, exactly the floats ds_fp8_dequantize writes), each
+ * panel multiplied by the base backend's fp32 GEMM; any other operand goes to the base backend unchanged.
+ * Activations stay fp32 (weight-only FP8; --w8a8 is the W8A8 path). A resident weight in a backward GEMM
+ * is an error (ds_fp8_resident_status): resident models are for inference.
+ *
+ * Results differ from the expanded weights' only by the order of fp32 additions over K inside the base
+ * GEMM (the same products of the same values): |diff| <= 2 gamma_K sum_k |x_k w_k|, gamma_K = K u / (1 - K u),
+ * u = 2^-24 (tests/unit/test_fp8_resident.c holds it to that bound).
+ * The table is process-wide (the ops tables take no context); entries are added at load and removed with
+ * their model; lookups do not lock (no adds or removes while GEMMs run). CPU backend only.
+ */
+#ifndef DS_FP8_RESIDENT_H
+#define DS_FP8_RESIDENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct ds_ops;
+
+/* Register W [rows, cols] at key `base` (rows * cols floats of address space, never touched): codes q
+ * [rows, cols] (borrowed), scales [ceil(rows/br), ceil(cols/bc)] row-major (copied). Keys must not overlap. */
+int ds_fp8_resident_add(const float *base, int64_t rows, int64_t cols, const uint8_t *q, const float *scale,
+                        int64_t br, int64_t bc);
+/* Remove every entry whose key lies in [lo, lo + n floats). */
+void ds_fp8_resident_remove(const float *lo, size_t n);
+/* Bytes held for the entries in [lo, lo + n floats): codes (mapped) and scales. */
+size_t ds_fp8_resident_bytes(const float *lo, size_t n);
+
+/* base with gemm and gemm_rows replaced by the resident-aware versions (base's table is copied and used for
+ * everything else and for the panels' products). */
+void ds_fp8_resident_ops(struct ds_ops *out, const struct ds_ops *base);
+
+/* The float an E4M3 code decodes to, as the GEMMs here compute it (equal to fp8.h's ds_e4m3_to_f32). */
+float ds_fp8_resident_decode(uint8_t code);
+
+/* The first failure inside a GEMM (out of memory, a resident weight used where it cannot be), then cleared. */
+int ds_fp8_resident_status(void);
+
+#endif

@@ -1,0 +1,63 @@
+#!/usr/bin/env bats
+# Low-precision training modes beyond --fp8's exact GEMM (issue 23): Hopper's accumulation model
+# (--fp8-accum hopper, --fp8-promote) in training, and the refusals of options that make no sense together.
+# The model's numerics are tested in tests/unit/test_fp8.c (hopper_promotion) and against the exact-rational
+# reference tests/ref/fp8_accum.py (tests/ref/fp8.bats).
+
+bats_require_minimum_version 1.5.0
+load train_helpers
+
+setup_file() {
+    export T="$BATS_FILE_TMPDIR"
+    mkdir -p "$T/shards"
+    tiny_data "$T"
+}
+
+train() { # one thread, seed 1, tiny.json on the GPL text; more options follow
+    "$DS_BIN/ds-pretrain" --threads 1 --peak-tflops 0.1 --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" \
+        --tokenizer "$T/tok.json" --seq-len 64 --batch 4 --log-every 0 --seed 1 -q "$@"
+}
+
+usage_error() { # $1: the expected message; the rest: the options
+    local want=$1
+    shift
+    run --separate-stderr train -o "$BATS_TEST_TMPDIR/ck" --steps 1 "$@"
+    echo "$stderr"
+    [ "$status" -eq 2 ]
+    [ "$(printf '%s\n' "$stderr" | grep -c '^ds-pretrain: error: ')" -eq 1 ]
+    [[ "$stderr" == *"ds-pretrain: error: $want"* ]]
+    [ ! -e "$BATS_TEST_TMPDIR/ck" ]
+}
+
+@test "refusals: --fp8-accum hopper without --fp8, --fp8-promote without hopper, a negative N_C, an unknown model" {
+    usage_error "--fp8-accum hopper models FP8 GEMMs: it needs --fp8" --fp8-accum hopper
+    usage_error "--fp8-promote 64: promotion applies to --fp8 --fp8-accum hopper only" --fp8 --fp8-promote 64
+    usage_error "--fp8-promote: -1 is out of range" --fp8 --fp8-accum hopper --fp8-promote -1
+    usage_error "--fp8-accum" --fp8 --fp8-accum ampere
+}
+
+@test "--fp8-accum hopper trains: close to the exact FP8 GEMM, not identical, promotion recorded; every tool takes it" {
+    local d=$BATS_TEST_TMPDIR
+    train -o "$d/e" --steps 2 --fp8 --metrics "$d/e.jsonl"
+    train -o "$d/h" --steps 2 --fp8 --fp8-accum hopper --metrics "$d/h.jsonl"
+    train -o "$d/h0" --steps 2 --fp8 --fp8-accum hopper --fp8-promote 0 --metrics "$d/h0.jsonl"
+    run "$DS_PY" - "$d" <<'PY'
+import json, sys
+d = sys.argv[1]
+def run(n):
+    recs = [json.loads(l) for l in open(f"{d}/{n}.jsonl")]
+    return recs[0]["config"], [r["loss"] for r in recs[1:]]
+(ce, le), (ch, lh), (c0, l0) = run("e"), run("h"), run("h0")
+assert "fp8_hopper_promote" not in ce and ch["fp8_hopper_promote"] == 128 and c0["fp8_hopper_promote"] == 0, (ce, ch, c0)
+print("exact", le, "hopper/128", lh, "hopper/0", l0)
+assert le != lh and lh != l0, "the accumulation changes the numbers"
+for a, b in zip(le, lh):
+    assert abs(a - b) / a < 1e-3, f"hopper with promotion within 0.1% of the exact GEMM: {a} vs {b}"
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+    for tool in ds-sft ds-extend-ctx ds-rl; do
+        run "$DS_BIN/$tool" --help
+        [[ "$output" == *"--fp8-accum MODEL"* && "$output" == *"--fp8-promote N"* ]] || { echo "$tool"; false; }
+    done
+}
