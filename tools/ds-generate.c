@@ -234,6 +234,8 @@ int main(int argc, char **argv) {
     if (ds_is_stdio(A.model) && !A.prompts.n && !A.serve)
         return ds_usage_error("%s - reads the checkpoint from stdin: give prompts with --prompt", ds_cli_opt(&A.model, "-m"));
     if (A.score && (A.mtp || A.stops.n)) return ds_usage_error("--score takes no --mtp or --stop");
+    if (A.serve && (A.score || A.prompts.n || A.ids || A.jsonl || A.stops.n))
+        return ds_usage_error("--serve takes its prompts and stop strings from requests: no --score, --prompt, --ids, --jsonl or --stop");
     if (A.quiet) ds_log_set_level(DS_LOG_QUIET);
     if (A.verbose) ds_log_set_level(DS_LOG_VERBOSE);
     ds_threads_set(A.threads);

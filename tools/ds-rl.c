@@ -211,7 +211,7 @@ int main(int argc, char **argv) {
         ds_train_toolopts_group(t, "save-every ema no-zero resume force log-every"),
         ds_train_toolopt(t, "device", "where to train"),
         ds_train_toolopt(t, "fp8", DS_TRAIN_FP8_HELP "; rollouts stay fp32"),
-        ds_train_toolopts_group(t, "fp8-accum fp8-promote"),
+        ds_train_toolopts_group(t, "fp8-accum fp8-promote bf16"),
         ds_train_toolopts_group(t, "pp schedule stages"),
         ds_train_toolopts_group(t, "quiet verbose"),
         {0},

@@ -178,19 +178,22 @@ static int src_seq_opts(void *ctx, uint64_t id, ds_gen_seq_opts *so) {
     return q ? DS_OK : ds_fail(DS_ERR, "server: sequence %llu is not running", (unsigned long long)id);
 }
 
-/* The k most likely tokens under the model (temperature 1), most likely first, lowest id on ties. */
+/* The k most likely tokens under the model (temperature 1), most likely first, lowest id on ties: one
+ * pass over the vocabulary keeping a sorted list of k (a 129K vocabulary costs one scan, not k). */
 static void top_logprobs(ds_server *s, const float *logits, lp_entry *e, int k) {
     ds_log_softmax(logits, s->V, s->lsm);
     e->k = 0;
-    for (int j = 0; j < k && j < s->V; j++) {
-        int best = -1;
-        for (int v = 0; v < s->V; v++) {
-            int taken = 0;
-            for (int i = 0; i < e->k && !taken; i++) taken = e->top_id[i] == v;
-            if (!taken && (best < 0 || s->lsm[v] > s->lsm[best])) best = v;
+    for (int v = 0; v < s->V; v++) {
+        const float x = s->lsm[v];
+        if (e->k == k && !(x > e->top_lp[k - 1])) continue; /* ascending ids: an equal value keeps the lower id */
+        int at = e->k < k ? e->k++ : k - 1;
+        while (at > 0 && x > e->top_lp[at - 1]) {
+            e->top_lp[at] = e->top_lp[at - 1];
+            e->top_id[at] = e->top_id[at - 1];
+            at--;
         }
-        e->top_id[e->k] = best;
-        e->top_lp[e->k++] = s->lsm[best];
+        e->top_lp[at] = x;
+        e->top_id[at] = v;
     }
 }
 

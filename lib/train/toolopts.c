@@ -68,6 +68,9 @@ static const shared_opt SHARED[] = {
     {"log-every", 0, DS_OPT_INT, F(log_every), "N", "print a line every N steps (0 = none)", .max = 1e9},
     {"skip-nonfinite", 0, DS_OPT_FLAG, F(skip_nonfinite), .help = "skip a step with NaN/Inf instead of stopping with exit 3"},
     {"fp8", 0, DS_OPT_FLAG, F(fp8), .help = DS_TRAIN_FP8_HELP},
+    {"bf16", 0, DS_OPT_FLAG, F(bf16),
+     .help = "bf16 training (V3's baseline): activations and GEMM outputs stored in bf16, fp32 accumulation, "
+             "fp32 master weights and optimizer"},
     {"fp8-accum", 0, DS_OPT_CHOICE, F(fp8_accum), "MODEL",
      "--fp8 GEMMs' accumulation: exact (each 128-block exact, promoted to fp32) or hopper (H800's ~14-bit "
      "accumulator, fp8/gemm.h; slow)", "exact|hopper"},
@@ -154,6 +157,7 @@ int ds_train_tool_start(ds_train_toolopts *t, int argc, char **argv, int first) 
     if (ds_dist_check_launch()) return ds_tool_report(DS_EUSAGE);
     if (ds_cli_given(&t->ema) && !(t->ema > 0 && t->ema < 1))
         return ds_usage_error("%s %g: the decay must lie strictly between 0 and 1", ds_cli_opt(&t->ema, "--ema"), t->ema);
+    if (t->bf16 && t->fp8) return ds_usage_error("--bf16 and --fp8 are two precisions for the same GEMMs: give one");
     const int hopper = !strcmp(t->fp8_accum, "hopper");
     if (hopper && !t->fp8) return ds_usage_error("--fp8-accum hopper models FP8 GEMMs: it needs --fp8");
     if (ds_cli_given(&t->fp8_promote) && !hopper)
@@ -196,10 +200,10 @@ ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool
     return (ds_session_opts){.tool = tool, .model_path = t->model, .resume = t->resume, .out_dir = t->out, .force = t->force,
                              .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
                              .device = t->device, .fp8 = t->fp8, .fp8_hopper = !strcmp(t->fp8_accum, "hopper"),
-                             .fp8_promote = t->fp8_promote, .balance_alpha = t->alpha,
+                             .fp8_promote = t->fp8_promote, .bf16 = t->bf16, .balance_alpha = t->alpha,
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,
                              .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema, .pp = t->pp,
-                             .schedule = t->pipe_schedule, .stages = t->stages};
+                             .schedule = t->pipe_schedule, .stages = t->stages, .ep = t->ep, .ranks_per_node = t->ranks_per_node};
 }
 
 void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {
@@ -253,6 +257,7 @@ char *ds_train_record_end(ds_jsonw *w, const ds_session *s) {
     ds_jsonw_kstr(w, "seed", seed);
     ds_jsonw_kint(w, "threads", ds_threads_get());
     ds_jsonw_kbool(w, "fp8", s->o.fp8);
+    if (s->o.bf16) ds_jsonw_kbool(w, "bf16", 1);
     if (s->o.fp8_hopper) ds_jsonw_kint(w, "fp8_hopper_promote", s->o.fp8_promote);
     if (s->resumed_step >= 0) ds_jsonw_kint(w, "resumed_from_step", s->resumed_step);
     ds_jsonw_obj_end(w);

@@ -15,7 +15,8 @@ setup_file() {
     start_server S -m "$T/base" --batch 4 -q
 }
 
-teardown_file() { stop_server S; }
+teardown_file() { stop_server S; stop_server C; } # C too: a failed test leaves it running
+teardown() { [ -z "${pid:-}" ] || kill -KILL "$pid" 2>/dev/null || true; } # the SIGTERM tests' own servers
 
 post() { curl -s -w '\n%{http_code}' "$S_URL$1" -H 'Content-Type: application/json' -d "$2"; }
 # the body of post's output, and its status
@@ -167,7 +168,31 @@ expect() {
     [ "$status" -ne 0 ]
 }
 
+@test "a second SIGTERM ends the requests in flight at their next token" {
+    "$DS_BIN/ds-generate" -m "$T/base" --ignore-eos --ctx 8192 --batch 1 --serve 127.0.0.1:0 >"$T/h.url" 2>"$T/h.err" 3>&- &
+    pid=$!
+    for _ in $(seq 200); do [ -s "$T/h.url" ] && break; sleep 0.05; done
+    url=$(cat "$T/h.url")
+    curl -s "$url/v1/completions" -d '{"model": "base", "prompt": "The license", "max_tokens": 8000}' >"$T/h.json" 3>&- &
+    cpid=$!
+    for _ in $(seq 200); do [ "$(curl -s "$url/health" | jq .running)" = 1 ] && break; sleep 0.02; done
+    kill -TERM "$pid"
+    sleep 0.2
+    kill -TERM "$pid"
+    wait "$cpid"
+    status=0
+    wait "$pid" || status=$?
+    cat "$T/h.err"
+    [ "$status" -eq 0 ]
+    grep -q "signal 15: ending the requests in flight" "$T/h.err"
+    # the answer came, cut short
+    jq -e '.choices[0].finish_reason == "stop" and .usage.completion_tokens < 8000' "$T/h.json"
+}
+
 @test "command line: a bad address is a usage error; a port in use and no tokenizer are errors" {
+    run --separate-stderr "$DS_BIN/ds-generate" -m "$T/base" --serve 127.0.0.1:0 --prompt hi
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"--serve takes its prompts and stop strings from requests"* ]]
     run --separate-stderr "$DS_BIN/ds-generate" -m "$T/base" --serve 127.0.0.1:http
     [ "$status" -eq 2 ]
     [[ "$stderr" == *"--serve 127.0.0.1:http: give HOST:PORT, :PORT or PORT with a port in [0, 65535]"* ]]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bats
-# Low-precision training modes beyond --fp8's exact GEMM (issue 23): Hopper's accumulation model
-# (--fp8-accum hopper, --fp8-promote) in training, and the refusals of options that make no sense together.
+# Low-precision training modes beyond --fp8's exact GEMM (issue 23): V3's bf16 baseline (--bf16, ops/bf16.h),
+# Hopper's accumulation model (--fp8-accum hopper, --fp8-promote) in training, and the refusals of options
+# that make no sense together.
 # The model's numerics are tested in tests/unit/test_fp8.c (hopper_promotion) and against the exact-rational
 # reference tests/ref/fp8_accum.py (tests/ref/fp8.bats).
 
@@ -34,6 +35,42 @@ usage_error() { # $1: the expected message; the rest: the options
     usage_error "--fp8-promote 64: promotion applies to --fp8 --fp8-accum hopper only" --fp8 --fp8-promote 64
     usage_error "--fp8-promote: -1 is out of range" --fp8 --fp8-accum hopper --fp8-promote -1
     usage_error "--fp8-accum" --fp8 --fp8-accum ampere
+    usage_error "--bf16 and --fp8 are two precisions for the same GEMMs: give one" --bf16 --fp8
+}
+
+# The tolerance. u = 2^-8 is bf16's unit roundoff (8 significant bits, round to nearest). Step 1 runs
+# the same weights, so only the forward's rounding differs: every stored value is off by at most u relative,
+# with signs that average out over the 256 tokens' losses, so the mean loss moves by about u / sqrt(256) =
+# u/16 (2.4e-4; measured 8e-6). Later steps also differ in the weights: gradients computed from bf16
+# tensors are off by O(u) relative, and Adam's steps built from them by O(u) of the step; over 20 steps
+# at lr 3e-3 (loss 6.24 -> 4.92) we allow u (0.39%) per step (measured at most 0.17%).
+@test "--bf16 follows fp32 for 20 steps within bf16 tolerance; master weights stay fp32" {
+    local d=$BATS_TEST_TMPDIR
+    train -o "$d/f" --steps 20 --lr 3e-3 --metrics "$d/f.jsonl"
+    train -o "$d/b" --steps 20 --lr 3e-3 --metrics "$d/b.jsonl" --bf16
+    run "$DS_PY" - "$d" <<'PY'
+import json, sys
+import numpy as np
+from safetensors.numpy import load_file
+d = sys.argv[1]
+def run(n):
+    recs = [json.loads(l) for l in open(f"{d}/{n}.jsonl")]
+    return recs[0]["config"], [r["loss"] for r in recs[1:] if "loss" in r]
+(cf, lf), (cb, lb) = run("f"), run("b")
+assert cb.get("bf16") is True and "bf16" not in cf, "the record says whether bf16 was on"
+u = 2.0 ** -8
+rel = [abs(b - f) / f for f, b in zip(lf, lb)]
+print("fp32", lf[0], "->", lf[-1], "bf16", lb[0], "->", lb[-1], "max rel", max(rel), "step 1", rel[0])
+assert len(lf) == len(lb) == 20 and lf[-1] < 0.85 * lf[0], "fp32 learns"
+assert 0 < rel[0] < u / 16, f"step 1: only the forward's rounding: {rel[0]:.3g}"
+assert max(rel) < u, f"every step within u of fp32: {max(rel):.3g}"
+assert lb != lf, "bf16 is not fp32"
+w = load_file(f"{d}/b/model.safetensors")
+q = w["model.layers.1.mlp.experts.3.up_proj.weight"]
+assert q.dtype == np.float32 and np.any(q.view(np.uint32) & 0xFFFF), "master weights fp32, not on the bf16 grid"
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
 }
 
 @test "--fp8-accum hopper trains: close to the exact FP8 GEMM, not identical, promotion recorded; every tool takes it" {
@@ -58,6 +95,6 @@ PY
     [ "$status" -eq 0 ]
     for tool in ds-sft ds-extend-ctx ds-rl; do
         run "$DS_BIN/$tool" --help
-        [[ "$output" == *"--fp8-accum MODEL"* && "$output" == *"--fp8-promote N"* ]] || { echo "$tool"; false; }
+        [[ "$output" == *"--fp8-accum MODEL"* && "$output" == *"--fp8-promote N"* && "$output" == *"--bf16 "* ]] || { echo "$tool"; false; }
     done
 }

@@ -693,7 +693,7 @@ static double accum_error(const float *C, const uint8_t *aq, const float *as, co
 TEST(hopper_promotion) {
     /* V3's point at K = 4096: without promotion the narrow accumulator is off by percents (same-sign
      * operands make the truncation coherent: about 8% here; signed ones about 0.24%), with promotion every
-     * 128 the error is that of bf16 output rounding (2^-9 relative per element) or below; and every halving
+     * 128 the error is of the order of bf16 output rounding (unit roundoff 2^-8) or below; and every halving
      * of N_C lowers it. */
     const int64_t M = 16, N = 16, K = 4096;
     static const int ncs[] = {0, 2048, 1024, 512, 256, 128, 64, 32};
@@ -720,7 +720,7 @@ TEST(hopper_promotion) {
             CHECK(err[0] > 0.02 && err[0] < 0.2, "positive operands, no promotion: %.2e, percents as V3's ~2%%", err[0]);
         else
             CHECK(err[0] > 1e-3 && err[0] < 1e-2, "signed operands, no promotion: %.2e", err[0]);
-        CHECK(err[5] < 0x1p-8, "N_C 128: %.2e, under bf16's output rounding bound 2^-8", err[5]);
+        CHECK(err[5] < 0x1p-8, "N_C 128: %.2e, under bf16's unit roundoff 2^-8", err[5]);
         ds_fp8_gemm_accum(C, &A, &B, M, N, K, 0, NULL, &(ds_fp8_accum){DS_FP8_ACCUM_EXACT, 0});
         CHECK(accum_error(C, aq, as, bq, bs, M, N, K) < 1e-6, "the exact model: fp32 rounding only");
         free(a), free(b), free(C), free(aq), free(bq);

@@ -1,0 +1,136 @@
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "ops/bf16.h"
+
+#include "core/dtype.h"
+#include "ops/ops.h"
+
+static ds_ops g_base, g_tab;
+
+static inline float to_bf16(float x) { return ds_bf16_to_f32(ds_f32_to_bf16(x)); }
+
+void ds_bf16_round(float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) x[i] = to_bf16(x[i]);
+}
+
+static void round_rows(float *x, int64_t ld, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) ds_bf16_round(x + r * ld, (size_t)cols);
+}
+
+/* Per-thread operand copies, grown on demand and kept (no allocation once the largest GEMM was seen).
+ * An allocation failure falls back to the unrounded operand: the backend's status cannot carry it, and
+ * the numbers stay correct to fp32 (only the bf16 emulation is lost for that product). */
+static _Thread_local struct {
+    float *p[2];
+    size_t cap[2];
+} scratch;
+
+/* The span of a row-major operand of `rows` rows of `cols` floats at stride ld, rounded into scratch slot i
+ * with the same stride (what lies between rows is copied too: harmless). */
+static const float *rounded(int i, const float *x, int64_t rows, int64_t cols, int64_t ld) {
+    if (rows <= 0 || cols <= 0) return x;
+    const size_t n = (size_t)((rows - 1) * ld + cols);
+    if (n > scratch.cap[i]) {
+        float *p = malloc((n + n / 4) * sizeof *p);
+        if (!p) return x;
+        free(scratch.p[i]);
+        scratch.p[i] = p, scratch.cap[i] = n + n / 4;
+    }
+    float *d = scratch.p[i];
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t k = 0; k < n; k++) d[k] = to_bf16(x[k]);
+    return d;
+}
+
+static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc) {
+    const float *a = rounded(0, A, ta ? K : M, ta ? M : K, lda), *b = rounded(1, B, tb ? N : K, tb ? K : N, ldb);
+    g_base.gemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+    if (!ta) round_rows(C, ldc, M, N); /* ta = 1 is a weight gradient: fp32 */
+}
+
+static void gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    if (ng <= 0) return;
+    const float *a = rounded(0, A, off[ng], K, lda);
+    const float *b = rounded(1, B, 1, (int64_t)((size_t)(ng - 1) * strideB + (size_t)((tb ? N : K) - 1) * ldb + (tb ? K : N)), 0);
+    g_base.gemm_rows(ng, off, tb, N, K, alpha, a, lda, b, strideB, ldb, beta, C, ldc);
+    round_rows(C + off[0] * ldc, ldc, off[ng] - off[0], N);
+}
+
+static void gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda, const float *B,
+                       int ldb, float beta, float *C, size_t strideC, int ldc) {
+    if (ng <= 0) return;
+    const float *a = rounded(0, A, off[ng], M, lda), *b = rounded(1, B, off[ng], N, ldb);
+    g_base.gemm_wgrad(ng, off, M, N, alpha, a, lda, b, ldb, beta, C, strideC, ldc); /* weight gradients: fp32 */
+}
+
+static void add(float *y, const float *a, const float *b, size_t n) {
+    g_base.add(y, a, b, n);
+    ds_bf16_round(y, n);
+}
+
+static void rmsnorm_fwd(float *y, int ldy, float *rstd, const float *x, int ldx, const float *w, int n, int d, float eps) {
+    g_base.rmsnorm_fwd(y, ldy, rstd, x, ldx, w, n, d, eps);
+    round_rows(y, ldy, n, d);
+}
+
+static void rmsnorm_bwd(float *dx, int lddx, float *dw, const float *dy, int lddy, const float *x, int ldx,
+                        const float *w, const float *rstd, int n, int d) {
+    g_base.rmsnorm_bwd(dx, lddx, dw, dy, lddy, x, ldx, w, rstd, n, d);
+    round_rows(dx, lddx, n, d);
+}
+
+static void rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int interleaved, const float *cs,
+                 int inverse) {
+    g_base.rope(x, n, nh, ld_row, ld_head, off, half, interleaved, cs, inverse);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t h = 0; h < nh; h++) ds_bf16_round(x + i * ld_row + h * ld_head + off, (size_t)(2 * half));
+}
+
+static void attn_fwd(float *o, float *lse, const float *q, const float *k, const float *v, const int32_t *seg, int B,
+                     int T, int H, int dqk, int dv, float scale, void *ws) {
+    g_base.attn_fwd(o, lse, q, k, v, seg, B, T, H, dqk, dv, scale, ws);
+    ds_bf16_round(o, (size_t)B * T * H * dv);
+}
+
+static void attn_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
+                     const float *o, const float *lse, const int32_t *seg, int B, int T, int H, int dqk, int dv_dim,
+                     float scale, void *ws) {
+    g_base.attn_bwd(dq, dk, dv, dout, q, k, v, o, lse, seg, B, T, H, dqk, dv_dim, scale, ws);
+    const size_t rows = (size_t)B * T * H;
+    ds_bf16_round(dq, rows * dqk), ds_bf16_round(dk, rows * dqk), ds_bf16_round(dv, rows * dv_dim);
+}
+
+static void swiglu_fwd(float *h, const float *g, const float *u, size_t n) {
+    g_base.swiglu_fwd(h, g, u, n);
+    ds_bf16_round(h, n);
+}
+
+static void swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+    g_base.swiglu_bwd(dg, du, dh, g, u, n);
+    ds_bf16_round(dg, n), ds_bf16_round(du, n);
+}
+
+static void embed_fwd(float *x, const float *table, const int32_t *tok, int n, int d) {
+    g_base.embed_fwd(x, table, tok, n, d);
+    ds_bf16_round(x, (size_t)n * d);
+}
+
+static void moe_combine(float *y, const float *ye, const float *w, const int32_t *where, int n, int K, int d) {
+    g_base.moe_combine(y, ye, w, where, n, K, d);
+    ds_bf16_round(y, (size_t)n * d);
+}
+
+const ds_ops *ds_bf16_ops(const ds_ops *base) {
+    g_base = *base;
+    g_tab = *base;
+    g_tab.gemm = gemm, g_tab.gemm_rows = gemm_rows, g_tab.gemm_wgrad = gemm_wgrad, g_tab.add = add;
+    g_tab.rmsnorm_fwd = rmsnorm_fwd, g_tab.rmsnorm_bwd = rmsnorm_bwd, g_tab.rope = rope;
+    g_tab.attn_fwd = attn_fwd, g_tab.attn_bwd = attn_bwd, g_tab.swiglu_fwd = swiglu_fwd, g_tab.swiglu_bwd = swiglu_bwd;
+    g_tab.embed_fwd = embed_fwd, g_tab.moe_combine = moe_combine;
+    return &g_tab;
+}
