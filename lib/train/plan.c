@@ -410,7 +410,7 @@ static int stage_params(const ds_config *cfg, int pp, int ep, const int *bounds,
 
 static void a2a_model(ds_plan *p, const ds_config *cfg, const ds_cluster *c) {
     const ds_plan_opts *o = &p->o;
-    const int gpn = c->gpus_per_node, ep = o->ep;
+    const int gpn = c->gpus_per_node * p->ranks_per_device, ep = o->ep; /* ranks per node */
     const int ep_nodes = ep > gpn ? ep / gpn : 1, gpus_in_node = ep < gpn ? ep : gpn;
     p->ep_nodes = ep_nodes;
     if (cfg->n_routed_experts <= 0 || ep <= 1) return;

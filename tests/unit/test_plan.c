@@ -335,6 +335,18 @@ TEST(ranks_sharing_a_cpu) {
               p.step_s, step[0]);
         ds_plan_free(&p);
     }
+    /* expert parallelism among ranks sharing the one node: the exchange is all shared memory */
+    ds_plan_opts_defaults(&o);
+    o.dp = 4, o.ep = 4, o.batch = 8, o.micro_batch = 2, o.seq_len = 256;
+    if (!ds_plan_run(&p, &cfg, &cl, &o)) {
+        CHECK(p.ep_nodes == 1 && p.dispatch_ib_bytes == 0 && p.dispatch_nvlink_bytes > 0 && isfinite(p.step_s) &&
+                  p.step_s >= step[0],
+              "EP 4 on one node: %d node(s), IB %g B, shared memory %g B per token, step %.4g s", p.ep_nodes,
+              p.dispatch_ib_bytes, p.dispatch_nvlink_bytes, p.step_s);
+        ds_plan_free(&p);
+    } else {
+        CHECK(0, "EP 4: %s", ds_errmsg());
+    }
     ds_config_free(&cfg);
 }
 
