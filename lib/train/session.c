@@ -300,6 +300,9 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
         rc = ds_fail(DS_EUSAGE, "--ep %d with --pp %d: expert parallelism inside pipeline stages is not available yet",
                      o->ep, o->pp);
     if (!rc) rc = ds_ep_run_join(&s->ep, s->have_comm ? &s->comm : NULL, o->ep, o->ranks_per_node);
+    s->ep.two_hop = o->two_hop;
+    if (!rc && o->two_hop && s->ep.ep <= 1)
+        rc = ds_fail(DS_EUSAGE, "--two-hop exchanges tokens between expert-parallel ranks: it needs --ep above 1");
     if (!rc && s->ep.ep > 1 && o->ema > 0) /* the average is kept whole on rank 0 */
         rc = ds_fail(DS_EUSAGE, "--ema with --ep %d: the EMA needs every expert on one rank (not yet)", s->ep.ep);
     if (!rc && s->have_comm) { /* one run, one seed: a drawn seed differs from process to process */
