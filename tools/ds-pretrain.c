@@ -216,8 +216,6 @@ static int check_args(args *a) {
     if (ds_train_tool_check_out(&a->t)) return 2;
     if (!a->t.steps) return ds_usage_error("--steps is required");
     if (ds_train_tool_check_batch(&a->t)) return 2;
-    if (a->t.ep > 1) /* --ep is --plan's until expert-parallel training lands here (issue 18) */
-        return ds_usage_error("--ep %d: expert-parallel training is not available yet (--plan costs it)", a->t.ep);
     return -1;
 }
 

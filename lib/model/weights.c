@@ -30,7 +30,7 @@ static void use(used_set *u, const char *name) {
 static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
 
 /* Warn about checkpoint tensors the model did not take (a config that does not match the file). */
-static void report_unused(const ds_st_set *s, used_set *u) {
+static void report_unused(const ds_model *m, const ds_st_set *s, used_set *u) {
     qsort(u->v, u->n, sizeof(char *), cmp_str);
     int unused = 0;
     const char *first = NULL;
@@ -40,6 +40,9 @@ static void report_unused(const ds_st_set *s, used_set *u) {
         /* the released MTP layer's copies of the shared embedding and head */
         if (strstr(name, ".embed_tokens.weight") && strncmp(name, "model.embed", 11)) continue;
         if (strstr(name, ".shared_head.head.weight")) continue;
+        int layer, e; /* expert parallelism: the other ranks' experts */
+        if (m->ep_n > 1 && sscanf(name, "model.layers.%d.mlp.experts.%d.", &layer, &e) == 2 && (e < m->e0 || e >= m->e0 + m->ne))
+            continue;
         if (!first) first = name;
         unused++;
     }
@@ -192,13 +195,13 @@ static int load_fused_experts(ds_model *m, const ds_st_set *s, int l, int *done,
     if (!tmp) return ds_fail(DS_ERR, "out of memory: reading %s", gu);
     int rc = read_f32(m, s, tg, tmp, u);
     const ds_layer_w *w = &m->W.layer[l];
-    for (int e = 0; !rc && e < d->E; e++) {
+    for (int e = m->e0; !rc && e < m->e0 + m->ne; e++) { /* this rank's experts (all without expert parallelism) */
         /* gate_up_proj[e] rows [0, Ie) are gate_proj, [Ie, 2 Ie) up_proj (transformers chunks the output) */
-        m->ops->copy(w->exp_gate + e * mat, tmp + 2 * e * mat, sizeof(float) * mat, DS_COPY_H2D);
-        m->ops->copy(w->exp_up + e * mat, tmp + (2 * e + 1) * mat, sizeof(float) * mat, DS_COPY_H2D);
+        m->ops->copy(w->exp_gate + (e - m->e0) * mat, tmp + 2 * e * mat, sizeof(float) * mat, DS_COPY_H2D);
+        m->ops->copy(w->exp_up + (e - m->e0) * mat, tmp + (2 * e + 1) * mat, sizeof(float) * mat, DS_COPY_H2D);
     }
     if (!rc) rc = read_f32(m, s, td, tmp, u);
-    if (!rc) m->ops->copy(w->exp_down, tmp, sizeof(float) * mat * d->E, DS_COPY_H2D);
+    if (!rc) m->ops->copy(w->exp_down, tmp + m->e0 * mat, sizeof(float) * mat * m->ne, DS_COPY_H2D);
     free(tmp);
     *done = !rc;
     return rc;
@@ -250,7 +253,7 @@ int ds_model_load_weights(ds_model *m, const ds_st_set *s) {
         else if (d->has_bias)
             ds_warn("checkpoint: no %s: the expert biases start at 0", name);
     }
-    if (!rc) report_unused(s, &u);
+    if (!rc) report_unused(m, s, &u);
     if (!st.on_host) free(st.buf);
     free(u.v);
     free(fused);

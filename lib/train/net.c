@@ -68,6 +68,11 @@ static int bwd(void *impl, const ds_batch *b, const float *dlogp, const float *d
     return x->ops->status();
 }
 
+static int idle(void *impl, int T, int backward, int mtp) {
+    net_impl *x = impl;
+    return backward ? ds_model_ep_idle_bwd(x->m, T, mtp) : ds_model_ep_idle_fwd(x->m, T);
+}
+
 static void zero(void *impl) { ds_model_zero_grad(((net_impl *)impl)->m); }
 static void set_alpha(void *impl, double alpha) { ds_model_set_balance_alpha(((net_impl *)impl)->m, alpha); }
 
@@ -126,6 +131,9 @@ int ds_train_net_from_model(ds_train_net *n, ds_model *m, int seq_len) {
     n->backward = bwd;
     n->zero_grad = zero;
     n->set_balance_alpha = set_alpha;
+    size_t eoff, en;
+    ds_model_expert_range(m, &eoff, &en, NULL, NULL);
+    if (en) n->idle = idle; /* expert parallelism: every micro-batch round exchanges tokens */
     ds_flops f;
     ds_train_flops(c, seq_len, depth, &f);
     n->flops_per_token = f.total;

@@ -41,6 +41,8 @@ static int add_weights(ds_ckpt_writer *w, ds_session *s, const float *src, float
     int n_info;
     const ds_param *info = ds_model_params_info(m, &n_info);
     const float *p = src ? src : ds_model_params(m);
+    if (!src && s->ep.full) /* expert parallelism: the one-process model, gathered (save_hook) */
+        info = s->ep.full_info, n_info = s->ep.n_full, p = s->ep.full;
     const ds_config *c = ds_model_config(m);
     const ds_ops *ops = ds_model_ops(m);
     if (!src && !ds_ops_on_host(ops)) {
@@ -270,6 +272,8 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
         ds_warn("--seq-len %d exceeds the config's max_position_embeddings %d", o->seq_len, s->cfg.max_position_embeddings);
     ds_model_opts mo = {.ops = ops, .max_batch = o->micro_batch, .max_seq = o->seq_len, .train = 1, .recompute = 1,
                         .want_entropy = o->want_entropy, .balance_alpha = o->balance_alpha};
+    if (!rc) rc = ds_ep_run_check_config(&s->ep, &s->cfg);
+    ds_ep_run_model_opts(&s->ep, &mo);
     if (!rc && o->bf16 && strcmp(o->device ? o->device : "cpu", "cpu")) {
         rc = ds_fail(DS_EUSAGE, "--bf16 --device %s: bf16 training is emulated on the CPU in this build", o->device);
         ds_hint("drop --bf16, or train with --device cpu");
@@ -292,6 +296,12 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     s->resumed_step = -1;
     /* the ranks join before anything else, so every message names its rank and is printed once */
     int rc = join_data_parallel(s);
+    if (!rc && o->ep > 1 && o->pp > 1) /* the exchange plans are per layer, not per stored micro-batch */
+        rc = ds_fail(DS_EUSAGE, "--ep %d with --pp %d: expert parallelism inside pipeline stages is not available yet",
+                     o->ep, o->pp);
+    if (!rc) rc = ds_ep_run_join(&s->ep, s->have_comm ? &s->comm : NULL, o->ep, o->ranks_per_node);
+    if (!rc && s->ep.ep > 1 && o->ema > 0) /* the average is kept whole on rank 0 */
+        rc = ds_fail(DS_EUSAGE, "--ema with --ep %d: the EMA needs every expert on one rank (not yet)", s->ep.ep);
     if (!rc && s->have_comm) { /* one run, one seed: a drawn seed differs from process to process */
         rc = ds_comm_bcast_u64(&s->comm, &s->o.seed);
         if (!rc && o->seed_share) *o->seed_share = s->o.seed;
@@ -317,6 +327,8 @@ static int save_hook(void *ctx, ds_trainer *t, int final) {
     ds_session *s = ctx;
     (void)t;
     (void)final;
+    /* expert parallelism: the experts of every rank onto rank 0 first, so the files are the one-process run's */
+    if (s->ep.have_layout) DS_TRY(ds_ep_run_gather(&s->ep, s->model, &s->comm, ds_model_params(s->model)));
     int rc = ds_session_save(s, s->o.out_dir);
     if (!rc && ds_session_rank(s) == 0) ds_info("saved step %lld: %s", (long long)ds_trainer_steps_done(s->trainer), s->o.out_dir);
     return rc;
@@ -424,7 +436,15 @@ static int session_after_step(void *ctx, ds_trainer *t) {
 /* The trainer hands the session as the hooks' context (for the EMA above): the tool's record hook gets its own. */
 static void session_step_record(void *ctx, const ds_trainer *t, ds_jsonw *w) {
     ds_session *s = ctx;
+    ds_ep_run_record(&s->ep, w);
     if (s->o.step_record) s->o.step_record(s->o.step_ctx, t, w);
+}
+
+/* Expert parallelism's traffic of the step, over every rank (before validation adds its own). */
+static int session_micro_done(void *ctx, ds_trainer *t) {
+    ds_session *s = ctx;
+    (void)t;
+    return ds_ep_run_step(&s->ep, s->model, &s->comm);
 }
 
 /* The average starts from the weights the run starts from: the resumed checkpoint's <dir>/ema when it
@@ -506,7 +526,8 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
     s->stop = ds_train_catch_signals();
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = session_step_record,
                         .after_step = session_after_step, .step_ctx = s,
-                        .comm = s->have_comm ? &s->tcomm : NULL, .pp = s->pipe ? &s->pcomm : NULL};
+                        .comm = s->have_comm ? &s->tcomm : NULL, .pp = s->pipe ? &s->pcomm : NULL,
+                        .micro_done = s->ep.have_layout ? session_micro_done : NULL};
     if (ds_session_rank(s) != 0) s->o.metrics_path = s->o.plot_path = NULL;
     if (s->o.metrics_path) h.metrics = &s->metrics;
     if (s->pipe) { /* what the schedule needs of the micro-batch count, before any work */
@@ -526,6 +547,7 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
         ds_info("pipeline: the optimizer state stays replicated on every rank (ZeRO-1 with --pp is not done yet)");
     }
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
+    DS_TRY(ds_ep_run_groups(&s->ep, s->trainer, s->model, s->have_comm ? &s->tcomm : NULL));
     if (s->o.resume) {
         char p[8300];
         char *text;
@@ -590,6 +612,7 @@ int ds_session_run(ds_session *s, int *stopped_by) {
     ds_train_end end;
     *stopped_by = 0;
     int rc = ds_trainer_run(s->trainer, &end);
+    if (!rc && ds_session_rank(s) == 0) ds_ep_run_summary(&s->ep);
     if (!rc) rc = report_memory(s, 1);
     if (!rc && s->pipe) rc = report_pipeline(s);
     if (s->ema) {
@@ -623,6 +646,7 @@ void ds_session_close(ds_session *s) {
     if (s->have_cfg) ds_config_free(&s->cfg);
     free(s->tokenizer_json);
     free(s->tokenizer_config);
+    ds_ep_run_free(&s->ep);
     if (s->have_layout && !s->failed_alone) ds_layout_free(&s->layout);
     if (s->have_comm && s->failed_alone) ds_comm_abandon(&s->comm);
     else if (s->have_comm) ds_comm_finalize(&s->comm);

@@ -21,6 +21,7 @@
 #include "tok/chat.h"
 #include "dist/layout.h"
 #include "train/ema.h"
+#include "train/eprun.h"
 #include "train/pipe.h"
 #include "train/trainer.h"
 
@@ -56,6 +57,8 @@ typedef struct {
                                    checkpoint in <checkpoint>/ema; 0: none */
     int dp;                     /* data-parallel ranks: 0 = the MPI world when started by mpirun, else 1;
                                    rank 0 alone writes checkpoints, metrics and plots */
+    int ep;                     /* expert-parallel ranks per group (train/eprun.h; 0 or 1: none) */
+    int ranks_per_node;         /* consecutive ranks per node for node-limited routing (0: the real hosts) */
     int pp;                     /* pipeline stages (0, 1: none): world = PP x DP (train/pipe.h) */
     const char *schedule;       /* "1f1b" (NULL), "zb1p", "dualpipe" */
     const char *stages;         /* layers per stage ("0-3,4-7"), or NULL: by estimated cost */
@@ -99,6 +102,7 @@ typedef struct {
     int have_layout;
     ds_train_comm pcomm;      /* with --pp: this replica's stages (layout.pp_comm) */
     ds_pipe_net *pipe;        /* with --pp */
+    ds_ep_run ep;             /* --ep: the layout, the experts' parameter group, traffic metrics */
     ds_ema *ema;             /* --ema on rank 0, else NULL */
     ds_dir_lock out_lock;     /* held by the process that writes out_dir (rank 0) for the whole run */
 } ds_session;

@@ -203,7 +203,7 @@ ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool
                              .fp8_promote = t->fp8_promote, .bf16 = t->bf16, .balance_alpha = t->alpha,
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,
                              .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema, .pp = t->pp,
-                             .schedule = t->pipe_schedule, .stages = t->stages};
+                             .schedule = t->pipe_schedule, .stages = t->stages, .ep = t->ep, .ranks_per_node = t->ranks_per_node};
 }
 
 void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {

@@ -298,7 +298,7 @@ int ds_trainer_step(ds_trainer *t) {
     if (net->set_balance_alpha) net->set_balance_alpha(net->impl, t->o.balance_alpha * bal_share);
     net->zero_grad(net->impl);
     ds_balance_reset(&t->bal);
-    const int P = dp_size(t), rank = dp_rank(t);
+    const int P = dp_size(t), rank = dp_rank(t), n_micro = rows / m, mtp = net->mtp_depth > 0;
     step_ctx sc = {.t = t, .lc = &lc, .terms = terms, .bal = &bal, .bal_share = bal_share, .m = m};
     if (net->run_micro) { /* the net runs this replica's micro-batches in its own order */
         for (int r0 = 0; r0 < rows; r0 += m)
@@ -306,14 +306,20 @@ int ds_trainer_step(ds_trainer *t) {
         ds_train_micro_io io = {.n = sc.n, .batch = step_batch, .done_fwd = step_done, .ctx = &sc};
         DS_TRY(net->run_micro(net->micro_ctx, &io));
     }
-    for (int r0 = 0; r0 < rows && !net->run_micro; r0 += m) {
-        if ((r0 / m) % P != rank) continue; /* another replica's micro-batch */
+    for (int k = rank; k < (n_micro + P - 1) / P * P && !net->run_micro; k += P) { /* micro-batch k is replica k % P's */
+        const int r0 = k * m;
+        if (k >= n_micro) { /* this replica has one fewer than some others: an empty one (expert parallelism) */
+            if (net->idle) DS_TRY(net->idle(net->impl, T, 0, mtp));
+            if (net->idle) DS_TRY(net->idle(net->impl, T, 1, mtp));
+            continue;
+        }
         ds_batch b = ds_batch_buf_view(&t->buf, r0, m);
         ds_fwd_out f;
         DS_TRY(net->forward(net->impl, &b, &f));
         DS_TRY(micro_done(&sc, r0, &f, 1, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
         DS_TRY(net->backward(net->impl, &b, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
     }
+    if (t->hooks.micro_done) DS_TRY(t->hooks.micro_done(t->hooks.ctx, t));
     /* pipeline stages first (each holds its layers' share of everything), then each parameter group's
      * gradients over its ranks and the loss values over the replicas: every rank ends with the sums */
     const ds_train_comm *pc = t->hooks.pp && t->hooks.pp->size > 1 ? t->hooks.pp : NULL;
@@ -390,6 +396,8 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
     for (int64_t k = 0; k < nb; k++) {
         t->vbuf.rows = 0;
         DS_TRY(t->val->next(t->val, &t->vbuf, m));
+        if (k % P == 0 && k + rank >= nb && t->net->idle) /* a round where this replica has none (expert parallelism) */
+            DS_TRY(t->net->idle(t->net->impl, t->o.seq_len, 0, 0));
         if (k % P != rank) continue;
         ds_batch b = ds_batch_buf_view(&t->vbuf, 0, m);
         int64_t n = ds_batch_buf_count_targets(&t->vbuf, 0, m);

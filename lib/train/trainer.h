@@ -64,6 +64,10 @@ typedef struct ds_train_net {
      * an update or a resume), so a net with its own copy (a device net) refreshes it. */
     int (*state_changed)(void *impl);
     double flops_per_token; /* training FLOPs per token at the run's sequence length (MFU); 0 = unknown */
+    /* Optional (expert parallelism): a micro-batch without rows on a rank that has fewer micro-batches
+     * than the others this step, so it still takes part in every exchange theirs make: the forward of
+     * sequences of T tokens (backward = 0), then its backward (mtp: whether dmtp would be given). */
+    int (*idle)(void *impl, int T, int backward, int mtp);
     /* Optional: run a step's (or one validation micro-batch's) micro-batches in the net's own order
      * (pipeline stages: lib/train/pipe.h), calling io->done_fwd after each forward; the trainer then sums
      * gradients, loss terms, balance loss and expert loads over hooks.pp. NULL: forward/backward per
@@ -166,6 +170,9 @@ typedef struct {
      * metrics record after the trainer's; after_step runs once the record is written and before
      * any checkpoint of that step (evaluations, the tool's own log line; an error stops the run). */
     void (*step_record)(void *ctx, const ds_trainer *t, ds_jsonw *w);
+    /* Optional: on every rank once a step's micro-batches are done, before any reduction or validation
+     * (expert-parallel traffic of the step; collectives allowed: every rank calls it). */
+    int (*micro_done)(void *ctx, ds_trainer *t);
     int (*after_step)(void *ctx, ds_trainer *t);
     void *step_ctx;
 } ds_train_hooks;

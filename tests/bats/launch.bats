@@ -73,10 +73,10 @@ TRAINERS="ds-pretrain ds-sft ds-extend-ctx ds-rl"
 }
 
 @test "a usage error on the command line under mpirun is printed by rank 0 alone" {
-    run --separate-stderr mpi -np 2 "$DS_BIN/ds-sft" --ep 1
+    run --separate-stderr mpi -np 2 "$DS_BIN/ds-sft" --epss 1
     [ "$status" -eq 2 ]
     [ "$(printf '%s\n' "$stderr" | grep -c ': error: ')" -eq 1 ] || { echo "$stderr"; false; }
-    printf '%s\n' "$stderr" | grep -qxF "[$(hostname):0] ds-sft: error: unknown option '--ep': did you mean --eps?"
+    printf '%s\n' "$stderr" | grep -qxF "[$(hostname):0] ds-sft: error: unknown option '--epss': did you mean --eps?"
 }
 
 @test "a bad input every rank meets is printed once; a data error met after the ranks joined too" {
