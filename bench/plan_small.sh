@@ -10,6 +10,7 @@
 #
 # Usage: bench/plan_small.sh [STEPS]        (default 4 steps a run; the first is not counted)
 #        CALIBRATE=1 bench/plan_small.sh   also prints the efficiency that would make the first row exact
+#        ONLY_EP=1 bench/plan_small.sh     only the expert-parallel rows
 #        bench/plan_small.sh probe         this machine's rates for the cluster file: sgemm and copy
 #                                          (bench/plan_probe.c), and shared-memory MPI (ds-bench-a2a)
 set -eu
@@ -46,37 +47,48 @@ import json, statistics, sys
 v = [json.loads(l)[sys.argv[2]] for l in open(sys.argv[1]) if "\"step\"" in l]
 print(statistics.median(v[1:] if len(v) > 1 else v))' "$1" "$2"; }
 
-printf '| config | ranks x threads | batch x seq | plan s | measured s (CPU time) | plan / measured | wall s | load |\n'
-printf '|---|---|---|---|---|---|---|---|\n'
-run() { # CONFIG RANKS THREADS BATCH SEQ
-    cfg=$ROOT/share/configs/$1.json np=$2 th=$3 b=$4 s=$5
-    m=$T/m-$1-$np-$b-$s.jsonl
+printf '| config | ranks x threads | layout | batch x seq (micro-batch) | plan s | measured s (CPU time) | plan / measured | wall s | load |\n'
+printf '|---|---|---|---|---|---|---|---|---|\n'
+run() { # CONFIG RANKS THREADS BATCH SEQ MICRO-BATCH [PP SCHEDULE [EP]]
+    cfg=$ROOT/share/configs/$1.json np=$2 th=$3 b=$4 s=$5 mb=$6 pp=${7:-1} sc=${8:-1f1b} ep=${9:-1}
+    [ -z "${ONLY_EP:-}" ] || [ "$ep" -gt 1 ] || return 0
+    dp=$((np / pp))
+    m=$T/m-$1-$np-$b-$s-$pp-$sc.jsonl
     load=$(cut -d' ' -f1 /proc/loadavg)
+    lay="--pp $pp --schedule $sc --micro-batch $mb --ep $ep"
     args="--config $cfg --data $T/shards --tokenizer $T/tok.json -o $T/out --force --steps $STEPS --batch $b --seq-len $s \
---threads $th --micro-batch $((b / np)) --val-every 0 --log-every 0 -q --peak-tflops 1 --seed 1 --metrics $m"
+--threads $th $lay --val-every 0 --log-every 0 -q --peak-tflops 1 --seed 1 --metrics $m"
     if [ "$np" -gt 1 ]; then
         # shellcheck disable=SC2086
-        mpirun --oversubscribe -np "$np" "$BIN/ds-pretrain" $args --dp "$np"
+        # an EP group's ranks as emulated nodes: the demo config routes to 2 of n_group 4 = EP 4 nodes
+        mpirun --oversubscribe -np "$np" "$BIN/ds-pretrain" $args --dp "$dp" $([ "$ep" -gt 1 ] && echo --ranks-per-node 1)
     else
         # shellcheck disable=SC2086
         "$BIN/ds-pretrain" $args
     fi
     cpu=$(median "$m" cpu_ms) wall=$(median "$m" ms)
     quiet=$(awk -v c="$cpu" -v n="$np" -v k="$CORES" 'BEGIN { print c / 1000 * n / k }')
-    plan=$("$BIN/ds-pretrain" --plan "$CLUSTER" --config "$cfg" --dp "$np" --batch "$b" --seq-len "$s" --micro-batch "$((b / np))" --json |
+    # shellcheck disable=SC2086
+    plan=$("$BIN/ds-pretrain" --plan "$CLUSTER" --config "$cfg" --dp "$dp" --batch "$b" --seq-len "$s" $lay --json |
         "$PY" -c 'import json, sys; print(json.load(sys.stdin)["step_seconds"])')
-    awk -v c="$1" -v n="$np" -v t="$th" -v b="$b" -v s="$s" -v p="$plan" -v q="$quiet" -v w="$wall" -v l="$load" \
-        'BEGIN { printf "| %s | %d x %d | %d x %d | %.3f | %.3f | %.2f | %.3f | %s |\n", c, n, t, b, s, p, q, p / q, w / 1000, l }'
+    awk -v c="$1" -v n="$np" -v t="$th" -v l="PP $pp x DP $dp $sc EP $ep" -v b="$b" -v s="$s" -v mb="$mb" -v p="$plan" -v q="$quiet" \
+        -v w="$wall" -v ld="$load" \
+        'BEGIN { printf "| %s | %d x %d | %s | %d x %d (%d) | %.3f | %.3f | %.2f | %.3f | %s |\n", c, n, t, l, b, s, mb, p, q, p / q, w / 1000, ld }'
     if [ -n "${CALIBRATE:-}" ] && [ -z "${calibrated:-}" ]; then
         calibrated=1
         eff=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["efficiency"])' "$CLUSTER")
         awk -v e="$eff" -v p="$plan" -v q="$quiet" 'BEGIN { printf "calibrated efficiency: %.4f\n", e * p / q }' >&2
     fi
 }
-run demo 1 2 8 256
-run demo 2 1 8 256
-run demo 4 1 8 256
-run demo 1 2 4 512
-run demo 2 1 16 128
-run tiny 1 2 8 128
-run tiny 2 1 8 128
+run demo 1 2 8 256 8
+run demo 2 1 8 256 4
+run demo 4 1 8 256 2
+run demo 1 2 4 512 4
+run demo 2 1 16 128 8
+run tiny 1 2 8 128 8
+run tiny 2 1 8 128 4
+run demo 2 1 8 256 2 2 1f1b
+run demo 2 1 8 256 2 2 dualpipe
+run demo 4 1 8 256 1 4 zb1p
+run demo 4 1 8 256 2 2 1f1b
+run demo 4 1 8 256 2 1 1f1b 4

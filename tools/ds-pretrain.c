@@ -160,7 +160,7 @@ static int run_plan(args *a) {
     ds_plan_opts o;
     ds_plan_opts_defaults(&o);
     o.pp = a->t.pp, o.ep = a->t.ep, o.micro_batches = a->t.pipe_micro_batches, o.dp = a->dp, o.batch = a->t.batch, o.seq_len = a->t.seq_len, o.fp8 = a->t.fp8;
-    o.bf16_moments = a->t.bf16_moments, o.zero = !a->t.no_zero;
+    o.bf16_moments = a->t.bf16_moments, o.zero = !a->t.no_zero, o.stages = a->t.stages;
     ds_pipe_kind kind = DS_PIPE_1F1B;
     int rc = ds_cluster_load(&cl, a->plan);
     if (!rc) rc = ds_pipe_kind_parse(a->t.pipe_schedule, &kind);

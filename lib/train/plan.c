@@ -8,6 +8,7 @@
 #include "io/json.h"
 #include "model/model.h"
 #include "train/flops.h"
+#include "train/pipe.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -46,7 +47,7 @@ static int int_field(json_t *o, const char *key, const char *where, int required
 
 static const char *const CLUSTER_KEYS[] = {"name", "nodes", "gpus_per_node", "memory_gb", "gemm_tflops", "gemm_dtype",
                                            "fp8_tflops", "hbm_gb_s", "nvlink_gb_s", "ib_gb_s", "latency_us", "sms",
-                                           "comm_sms", "efficiency", "oversubscribe", "note", NULL};
+                                           "comm_sms", "efficiency", "oversubscribe", "cores", "note", NULL};
 
 static int cluster_from_json(ds_cluster *c, json_t *o, const char *where) {
     if (!json_is_object(o)) return ds_fail(DS_ERR, "cluster: expected a JSON object: %s", where);
@@ -80,6 +81,8 @@ static int cluster_from_json(ds_cluster *c, json_t *o, const char *where) {
     if (eff > 1) return ds_fail(DS_ERR, "cluster: efficiency: %g is above 1 (a share of the roofline): %s", eff, where);
     DS_TRY(int_field(o, "sms", where, 0, 0, &c->sms));
     DS_TRY(int_field(o, "comm_sms", where, 0, 0, &c->comm_sms));
+    c->cores = 1;
+    DS_TRY(int_field(o, "cores", where, 0, 1, &c->cores));
     if (c->comm_sms && c->comm_sms >= c->sms)
         return ds_fail(DS_ERR, "cluster: comm_sms: %d leaves no SM of %d to compute: %s", c->comm_sms, c->sms, where);
     json_t *dt = json_object_get(o, "gemm_dtype");
@@ -301,53 +304,6 @@ static void stage_cost(stage_acc *s, int st, int pp, int l0, int l1) {
     }
 }
 
-/* Time of one micro-batch's F + B + W (and its all-to-all) through what stage_cost would put on a stage. */
-static double unit_time(const stage_acc *proto, double a2a_per_moe_layer, int kind, int layer) {
-    stage_acc a = *proto;
-    const ds_config *c = proto->cfg;
-    if (kind == 0) ew(&a, a.n * c->hidden_size * a.e, 0);  /* the embedding */
-    else if (kind == 1) layer_cost(&a, ds_cfg_is_moe_layer(c, layer));
-    else stage_cost(&a, 1, 2, 0, 0);                        /* the tail: final norm, head, MTP modules */
-    return a.F.gemm + a.F.attn + a.F.mem + a.B.gemm + a.B.attn + a.B.mem + a.W.gemm + a.W.attn + a.W.mem +
-           2 * a.moe_layers * a2a_per_moe_layer;
-}
-
-/* Cut the L layers into pp contiguous stages (at least one layer each) so that the slowest stage is as
- * fast as it can be, stage 0 also running the embedding and the last stage the head and the MTP
- * modules: bounds[s] .. bounds[s+1] are stage s's layers. Greedy filling under a bisected cap. */
-static int partition_layers(const stage_acc *proto, double a2a_per_moe_layer, int L, int pp, int *bounds) {
-    double *t = malloc((L + 2) * sizeof *t);
-    if (!t) return ds_fail(DS_ERR, "plan: out of memory");
-    double total = 0;
-    for (int l = 0; l < L; l++) total += t[l + 1] = unit_time(proto, a2a_per_moe_layer, 1, l);
-    t[0] = unit_time(proto, a2a_per_moe_layer, 0, 0), t[L + 1] = unit_time(proto, a2a_per_moe_layer, 2, 0);
-    total += t[0] + t[L + 1];
-    double lo = 0, hi = total;
-    for (int it = 0; it < 100; it++) {
-        const double cap = it == 99 ? hi : (lo + hi) / 2;
-        int l = 0, ok = 1;
-        bounds[0] = 0;
-        for (int s = 0; s < pp; s++) {
-            double acc = s == 0 ? t[0] : 0;
-            const int last = s == pp - 1;
-            int take = 0;
-            if (last) {
-                for (; l < L; l++) acc += t[l + 1], take++;
-                acc += t[L + 1];
-            } else {
-                while (l < L - (pp - 1 - s) && (take == 0 || acc + t[l + 1] <= cap)) acc += t[l + 1], l++, take++;
-            }
-            bounds[s + 1] = l;
-            if (acc > cap) ok = 0;
-        }
-        if (it == 99) break;
-        if (ok) hi = cap;
-        else lo = cap;
-    }
-    free(t);
-    return DS_OK;
-}
-
 /* ------------------------------------------------------------------------------------------------ */
 /* All-to-all: expected nodes and GPUs a token's experts sit on                                       */
 
@@ -454,7 +410,7 @@ static int stage_params(const ds_config *cfg, int pp, int ep, const int *bounds,
 
 static void a2a_model(ds_plan *p, const ds_config *cfg, const ds_cluster *c) {
     const ds_plan_opts *o = &p->o;
-    const int gpn = c->gpus_per_node, ep = o->ep;
+    const int gpn = c->gpus_per_node * p->ranks_per_device, ep = o->ep; /* ranks per node */
     const int ep_nodes = ep > gpn ? ep / gpn : 1, gpus_in_node = ep < gpn ? ep : gpn;
     p->ep_nodes = ep_nodes;
     if (cfg->n_routed_experts <= 0 || ep <= 1) return;
@@ -489,7 +445,7 @@ static void a2a_model(ds_plan *p, const ds_config *cfg, const ds_cluster *c) {
 static double a2a_time(const ds_plan *p, const ds_cluster *c, double tokens, int moe, double ib, double nv, double *ib_s,
                        double *nv_s) {
     if (moe == 0 || p->o.ep <= 1) return *ib_s = *nv_s = 0, 0;
-    const double rpd = p->ranks_per_device;
+    const double rpd = p->rank_share;
     *ib_s = ib > 0 ? tokens * moe * ib / (c->ib_bw * c->efficiency / rpd) : 0;
     *nv_s = tokens * moe * nv / (c->nvlink_bw * c->efficiency / rpd);
     return fmax(*ib_s, *nv_s) + moe * 2 * c->latency; /* the links work in parallel; a message per exchange */
@@ -506,6 +462,9 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     int world = 0, dp = 0, rpd = 1;
     DS_TRY(check_layout(o, cfg, c, &world, &dp, &rpd));
     p->o.dp = dp, p->world = world, p->ranks_per_device = rpd;
+    /* ranks sharing a device (a CPU's cores) each get its rate / min(ranks, cores): a rank runs on its
+     * own core(s) while there are enough; below, the step is also bounded by the device's total work */
+    p->rank_share = rpd < c->cores ? rpd : c->cores > 1 ? c->cores : rpd;
     const int pp = o->pp, ep = o->ep;
     p->n_mb = o->batch / (dp * o->micro_batch);
     DS_TRY(ds_pipe_check((ds_pipe_kind)o->schedule, pp, p->n_mb));
@@ -518,17 +477,17 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     const int overlap = o->schedule == DS_PIPE_DUALPIPE && ep > 1 && cfg->n_routed_experts > 0;
     const double sm_share = overlap && c->sms > 0 ? (double)(c->sms - c->comm_sms) / c->sms : 1;
     stage_acc proto = {.cfg = cfg, .o = &p->o, .e = c->elem_bytes, .n = p->tokens_per_mb, .ep = ep};
-    proto.gemm_rate = c->gemm_flops * c->efficiency * sm_share / rpd;
-    proto.lin_rate = (o->fp8 ? c->fp8_flops : c->gemm_flops) * c->efficiency * sm_share / rpd;
-    proto.bw = c->hbm_bw * c->efficiency / rpd;
+    const double share = p->rank_share;
+    proto.gemm_rate = c->gemm_flops * c->efficiency * sm_share / share;
+    proto.lin_rate = (o->fp8 ? c->fp8_flops : c->gemm_flops) * c->efficiency * sm_share / share;
+    proto.bw = c->hbm_bw * c->efficiency / share;
 
     stage_info *st = calloc(pp, sizeof *st);
     int *bounds = malloc((pp + 1) * sizeof *bounds);
-    int rc = st && bounds ? DS_OK : ds_fail(DS_ERR, "plan: out of memory");
-    double ib_1, nv_1;
-    const double a2a_1 = a2a_time(p, c, p->tokens_per_mb, 1, p->dispatch_ib_bytes + p->combine_ib_bytes,
-                                  p->dispatch_nvlink_bytes + p->combine_nvlink_bytes, &ib_1, &nv_1);
-    if (!rc) rc = partition_layers(&proto, a2a_1, cfg->num_hidden_layers, pp, bounds);
+    p->stages = calloc(pp, sizeof *p->stages);
+    int rc = st && bounds && p->stages ? DS_OK : ds_fail(DS_ERR, "plan: out of memory");
+    /* the stages the trainer runs (train/pipe.h): its split by estimated cost, or --stages */
+    if (!rc) rc = ds_pipe_split_layers(cfg, pp, o->seq_len, o->stages, bounds);
     if (!rc) rc = stage_params(cfg, pp, ep, bounds, st);
     if (rc) goto out;
     for (int s = 0; s < pp; s++) {
@@ -544,6 +503,9 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
         si->a2a_f = a2a_time(p, c, p->tokens_per_mb, a.moe_layers, p->dispatch_ib_bytes + p->combine_ib_bytes,
                              p->dispatch_nvlink_bytes + p->combine_nvlink_bytes, &ib_s, &nv_s);
         si->a2a_b = si->a2a_f;
+        p->stages[s] = (ds_plan_stage){.first = l0, .end = l1, .flops = si->flops, .f = si->f_c, .b = si->b_c, .w = si->w_c,
+                                       .a2a = si->a2a_f, .params = si->params_dense + si->params_lin + si->params_expert,
+                                       .act_bytes = si->act};
         p->flops_per_token_exec += si->flops / p->tokens_per_mb;
         if (si->layers > p->layers_max) p->layers_max = si->layers;
     }
@@ -580,7 +542,7 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     /* pipeline hand-over: one micro-batch's activations to the next stage (another node when a stage's
      * DP ranks fill whole nodes) */
     const double act_msg = p->tokens_per_mb * cfg->hidden_size * c->elem_bytes;
-    const double p2p_bw = (dp >= c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) * c->efficiency / rpd;
+    const double p2p_bw = (dp >= c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) * c->efficiency / share;
     p->p2p = pp > 1 ? c->latency + act_msg / p2p_bw : 0;
     /* op costs: alone, an op waits for its all-to-all; DualPipe's F&B hides each one's behind the other's compute */
     p->f = p->f_compute + p->a2a_f;
@@ -601,6 +563,17 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
                        p->p2p, &nocomm, sch)))
         goto out;
     p->pipe_s = sim->step_time, p->pipe_nocomm_s = nocomm.step_time;
+    if (rpd > share) { /* more ranks than cores: the device does every rank's work, at most share at a time
+                        * (each stage's own costs here: the simulation gave every stage the busiest one's) */
+        double work = 0, work_nc = 0;
+        for (int s = 0; s < pp; s++) {
+            work += p->n_mb * (st[s].f_c + st[s].b_c + st[s].w_c + st[s].a2a_f + st[s].a2a_b);
+            work_nc += p->n_mb * (st[s].f_c + st[s].b_c + st[s].w_c);
+        }
+        const double per_device = (double)dp / (world / rpd);
+        p->pipe_s = fmax(p->pipe_s, work * per_device / share);
+        p->pipe_nocomm_s = fmax(p->pipe_nocomm_s, work_nc * per_device / share);
+    }
     ds_pipe_sim_free(&nocomm);
     p->exposed_comm_s = p->pipe_s - p->pipe_nocomm_s;
     p->bubble_s = ds_pipe_sim_max_bubble(sch, sim);
@@ -646,7 +619,7 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     }
     p->fits = p->mem.total <= c->memory_bytes;
     /* the data-parallel group crosses nodes once a stage's DP ranks outgrow a node */
-    const double dp_bw = (dp > c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) * c->efficiency / rpd;
+    const double dp_bw = (dp > c->gpus_per_node && c->nodes > 1 ? c->ib_bw : c->nvlink_bw) * c->efficiency / share;
     p->dp_comm_s = dp > 1 ? dp_bytes_max / dp_bw + 2 * (dp - 1) * c->latency : 0;
     /* AdamW on the rank's shard: gradient read, master and two moments read and written, weight written */
     p->optimizer_s = opt_params_max * (4 + 2 * (master + mom) + e) / proto.bw;
@@ -670,8 +643,8 @@ out:
 void ds_plan_free(ds_plan *p) {
     if (p->sched) ds_pipe_schedule_free(p->sched);
     if (p->sim) ds_pipe_sim_free(p->sim);
-    free(p->sched), free(p->sim);
-    p->sched = p->sim = NULL;
+    free(p->sched), free(p->sim), free(p->stages);
+    p->sched = p->sim = NULL, p->stages = NULL;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -765,6 +738,25 @@ void ds_plan_jsonw(const ds_plan *p, ds_jsonw *w) {
     ds_jsonw_knum(w, "flops_per_token_executed", p->flops_per_token_exec);
     ds_jsonw_knum(w, "stage_flops_per_micro_batch", p->stage_flops_max);
     ds_jsonw_kint(w, "layers_per_stage_max", p->layers_max);
+    if (p->stages) {
+        ds_jsonw_key(w, "stages");
+        ds_jsonw_arr_begin(w);
+        for (int s = 0; s < o->pp; s++) {
+            const ds_plan_stage *x = &p->stages[s];
+            ds_jsonw_obj_begin(w);
+            ds_jsonw_kint(w, "first_layer", x->first);
+            ds_jsonw_kint(w, "end_layer", x->end);
+            ds_jsonw_knum(w, "params", x->params);
+            ds_jsonw_knum(w, "flops_per_micro_batch", x->flops);
+            ds_jsonw_knum(w, "F", x->f);
+            ds_jsonw_knum(w, "B", x->b);
+            ds_jsonw_knum(w, "W", x->w);
+            ds_jsonw_knum(w, "a2a_F", x->a2a);
+            ds_jsonw_knum(w, "activation_bytes_per_micro_batch", x->act_bytes);
+            ds_jsonw_obj_end(w);
+        }
+        ds_jsonw_arr_end(w);
+    }
     ds_jsonw_key(w, "chunk_seconds");
     ds_jsonw_obj_begin(w);
     ds_jsonw_knum(w, "F", p->f_compute);
@@ -846,7 +838,14 @@ void ds_plan_table(const ds_plan *p, ds_strbuf *out) {
     put(out, "  total             %12s   of %s: %s\n", gb(p->mem.total, a), gb(p->cluster.memory_bytes, b), p->fits ? "fits" : "DOES NOT FIT");
     put(out, "\ncompute\n");
     put(out, "  FLOPs per token   %.4g (docs/METRICS.md), %.4g executed\n", p->flops_per_token, p->flops_per_token_exec);
-    put(out, "  heaviest stage    %d layers, %.4g FLOPs per micro-batch (F+B+W)\n", p->layers_max, p->stage_flops_max);
+    if (p->stages && o->pp > 1)
+        for (int s = 0; s < o->pp; s++) {
+            const ds_plan_stage *x = &p->stages[s];
+            put(out, "  stage %-3d         layers %d-%d%s%s: %.4g FLOPs per micro-batch, F %s B %s W %s\n", s, x->first, x->end - 1,
+                s == 0 ? " + embedding" : "", s == o->pp - 1 ? " + head, MTP" : "", x->flops, secs(x->f, a), secs(x->b, b),
+                secs(x->w, c));
+        }
+    else put(out, "  per micro-batch   %.4g FLOPs (F+B+W)\n", p->stage_flops_max);
     put(out, "  per chunk         F %s   B %s   W %s   F&B %s\n", secs(p->f_compute, a), secs(p->b_compute, b),
         secs(p->w_compute, c), secs(p->fb, (char[24]){0}));
     if (p->o.ep > 1 && p->nodes_per_token > 0) {

@@ -32,6 +32,7 @@ typedef struct {
     double efficiency;     /* share of the roofline the kernels reach end to end: THE calibrated number */
     int elem_bytes;        /* 2 (bf16) or 4 (fp32): activations, weights and memory-bound traffic */
     int oversubscribe;     /* more ranks than devices allowed; they share a device's rates */
+    int cores;             /* ranks a device runs at once, each at its rate / cores (a CPU's cores); default 1 */
 } ds_cluster;
 
 /* Parse a cluster file's text (`where` names it in messages: "<where>: <key>: <problem>"). */
@@ -55,6 +56,7 @@ typedef struct {
                             * 0: every node (for the comparison) */
     int two_hop;           /* dispatch crosses IB once per node, then NVLink (1); 0: one copy per GPU over IB */
     ds_recompute recompute;
+    const char *stages;    /* --stages "0-3,4-7,...", or NULL: the trainer's split by estimated cost */
 } ds_plan_opts;
 void ds_plan_opts_defaults(ds_plan_opts *o); /* V3's: pp 1, ep 1, micro-batch 1, ZeRO-1, two-hop, node limit, v3 */
 
@@ -67,10 +69,20 @@ typedef struct {
     double total;                 /* compute (gemm + attn + mem) + a2a when not hidden */
 } ds_plan_time;
 
+/* One pipeline stage, one micro-batch. */
+typedef struct {
+    int first, end;                     /* decoder layers [first, end); the last stage also runs head and MTP */
+    double flops;                       /* F + B + W, executed */
+    double f, b, w, a2a;                /* compute seconds of F, B, W; all-to-all seconds of F (B the same) */
+    double params;                      /* held by one rank (routed experts / EP) */
+    double act_bytes;                   /* kept for backward */
+} ds_plan_stage;
+
 typedef struct {
     ds_plan_opts o;
     ds_cluster cluster;
     int world, n_mb, ranks_per_device, ep_nodes, zero_group, expert_zero_group;
+    int rank_share;                     /* a rank gets the device's rates / this */
     int layers_max;                     /* most decoder layers (MTP counted) on one stage */
     double tokens_per_mb;
     /* FLOPs */
@@ -101,7 +113,8 @@ typedef struct {
     double pipe_s, pipe_nocomm_s, dp_comm_s, optimizer_s, step_s;
     double bubble_s, bubble_fraction, exposed_comm_s;
     double tokens_per_s_per_gpu, mfu, gpu_hours_per_t;
-    /* the simulated timeline (for the PNG), owned */
+    /* owned: the stages (pp of them; NULL in --search's results) and the simulated timeline (for the PNG) */
+    ds_plan_stage *stages;
     void *sched, *sim;
 } ds_plan;
 

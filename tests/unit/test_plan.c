@@ -7,6 +7,7 @@
 #include "core/err.h"
 #include "model/model.h"
 #include "tap.h"
+#include "train/pipe.h"
 #include "train/plan.h"
 
 static const char *root(void) {
@@ -117,6 +118,17 @@ TEST(v3_fits_and_costs_180k_gpu_hours_per_trillion_tokens) {
                          p.mem.workspace + p.mem.a2a_buffers;
     CHECK_REL(p.mem.total, parts, 1e-12, "total = sum of the parts");
     CHECK(p.peak_act == 17, "DualPipe holds PP+1 = 17 micro-batch chunks on the fullest rank: %d", p.peak_act);
+    /* the stages are the trainer's (train/pipe.h), contiguous over the 61 layers; their FLOPs add up */
+    int first[17];
+    ds_pipe_split_layers(&cfg, 16, 4096, NULL, first);
+    int same = 1;
+    double fl = 0;
+    for (int s = 0; s < 16; s++) {
+        same &= p.stages[s].first == first[s] && p.stages[s].end == first[s + 1];
+        fl += p.stages[s].flops;
+    }
+    CHECK(same && p.stages[15].end == 61, "stages as ds_pipe_split_layers cuts them");
+    CHECK_REL(fl / 4096, p.flops_per_token_exec, 1e-9, "executed FLOPs per token = sum over the stages");
     /* throughput and MFU consistent with the GPU-hours */
     CHECK_REL(p.gpu_hours_per_t, 1e12 / p.tokens_per_s_per_gpu / 3600, 1e-12, "GPU-hours from tokens/s");
     CHECK_REL(p.step_s, 15360.0 * 4096 / 2048 / p.tokens_per_s_per_gpu, 1e-12, "step from tokens/s");
@@ -288,6 +300,53 @@ TEST(search_ranks_layouts_that_fit) {
     CHECK(fit && sorted, "all fit, fewest GPU-hours first");
     CHECK(v3 >= 0, "V3's layout is among them (rank %d of %d)", v3 + 1, n);
     free(v);
+    ds_config_free(&cfg);
+}
+
+/* This machine (cpu-2core.json: one device of two cores, shared by the ranks): data parallelism over 1, 2
+ * and 4 ranks splits the same work over the same two cores, so the step stays the same but for the
+ * gradient all-reduce; four pipeline stages on two cores run two at a time (bench/plan_small.sh measures
+ * these: docs/BENCHMARKS.md). */
+TEST(ranks_sharing_a_cpu) {
+    ds_config cfg;
+    ds_cluster cl;
+    if (load_cfg(&cfg, "demo.json") || load_cluster(&cl, "cpu-2core.json")) return;
+    double step[3];
+    for (int i = 0; i < 3; i++) {
+        ds_plan_opts o;
+        ds_plan_opts_defaults(&o);
+        o.dp = 1 << i, o.batch = 8, o.micro_batch = 8 >> i, o.seq_len = 256;
+        ds_plan p;
+        int rc = ds_plan_run(&p, &cfg, &cl, &o);
+        CHECK(rc == 0 && p.ranks_per_device == 1 << i && p.rank_share == (i ? 2 : 1), "dp %d: %s", 1 << i, ds_errmsg());
+        step[i] = rc ? 0 : p.step_s;
+        if (!rc) ds_plan_free(&p);
+    }
+    CHECK(step[1] >= step[0] && step[1] < 1.05 * step[0], "2 ranks on 2 cores: %.4g s vs one rank %.4g s", step[1], step[0]);
+    CHECK(step[2] >= step[0] && step[2] < 1.05 * step[0], "4 ranks on 2 cores: %.4g s vs one rank %.4g s", step[2], step[0]);
+    ds_plan_opts o;
+    ds_plan_opts_defaults(&o);
+    o.pp = 4, o.dp = 1, o.batch = 8, o.micro_batch = 1, o.seq_len = 256, o.schedule = DS_PIPE_ZB1P;
+    ds_plan p;
+    if (!ds_plan_run(&p, &cfg, &cl, &o)) {
+        /* at least the device's work; at most the pipeline run two stages at a time on their own cores (not
+         * four ranks at a quarter of the device each, which would double it) */
+        CHECK(p.step_s >= 0.95 * step[0] && p.step_s < 2 * step[0], "4 stages on 2 cores: %.4g s; the device's work %.4g s",
+              p.step_s, step[0]);
+        ds_plan_free(&p);
+    }
+    /* expert parallelism among ranks sharing the one node: the exchange is all shared memory */
+    ds_plan_opts_defaults(&o);
+    o.dp = 4, o.ep = 4, o.batch = 8, o.micro_batch = 2, o.seq_len = 256;
+    if (!ds_plan_run(&p, &cfg, &cl, &o)) {
+        CHECK(p.ep_nodes == 1 && p.dispatch_ib_bytes == 0 && p.dispatch_nvlink_bytes > 0 && isfinite(p.step_s) &&
+                  p.step_s >= step[0],
+              "EP 4 on one node: %d node(s), IB %g B, shared memory %g B per token, step %.4g s", p.ep_nodes,
+              p.dispatch_ib_bytes, p.dispatch_nvlink_bytes, p.step_s);
+        ds_plan_free(&p);
+    } else {
+        CHECK(0, "EP 4: %s", ds_errmsg());
+    }
     ds_config_free(&cfg);
 }
 
