@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
         ds_train_toolopts_group(t, "weight-decay beta1 beta2 eps clip bf16-moments no-zero bf16 fp8 fp8-accum fp8-promote"),
         ds_train_toolopt(t, "seed", "seed of the held-out choice and the epoch orders"),
         ds_train_toolopts_group(t, "device threads metrics plot save-every ema"),
-        ds_train_toolopts_group(t, "ep ranks-per-node"),
+        ds_train_toolopts_group(t, "ep ranks-per-node two-hop"),
         ds_train_toolopt(t, "resume", "continue the run saved in DIR (same data and options)"),
         ds_train_toolopt(t, "force", NULL),
         ds_train_toolopts_group(t, "log-every skip-nonfinite quiet"),

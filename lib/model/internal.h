@@ -139,6 +139,8 @@ int ds_moe_ep_fwd(ds_model *m, int l, ds_tape *t, float *f);
 int ds_moe_ep_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn);
 int ds_moe_ep_alloc(ds_model *m);
 void ds_moe_ep_free(ds_model *m);
+/* Every MoE layer's exchange over m->ep_node's nodes, in one hop or two (after the nodes are set). */
+int ds_moe_ep_set_transport(ds_model *m, int two_hop);
 
 /* slots.c */
 void ds_slots_free(ds_model *m);

@@ -187,6 +187,7 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
         if (!opts->ep_comm) FAIL("model: expert parallelism without its group");
         if ((rc = ds_moe_ep_alloc(m))) goto fail;
         for (int e = 0; opts->ep_node && e < m->ep_n; e++) m->ep_node[e] = opts->ep_node[e];
+        if ((rc = ds_moe_ep_set_transport(m, opts->ep_two_hop))) goto fail;
     }
     size_t pbytes = sizeof(float) * m->n_floats;
     ds_bump count = {0};

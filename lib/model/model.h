@@ -124,7 +124,8 @@ typedef struct {
      * with the same max_batch x max_seq. The CPU backend only. ep_comm may be NULL for ds_model_plan. */
     int ep_size, ep_rank;
     const ds_comm *ep_comm;
-    const int *ep_node;      /* [ep_size] the node of each EP rank (for the metrics), or NULL: one node */
+    const int *ep_node;      /* [ep_size] the node of each EP rank, or NULL: one node */
+    int ep_two_hop;          /* exchange in two hops, across nodes then inside them (dist/ep.h; bit-identical) */
 } ds_model_opts;
 
 typedef struct ds_model ds_model;

@@ -47,6 +47,13 @@ int ds_moe_ep_alloc(ds_model *m) {
     return 0;
 }
 
+int ds_moe_ep_set_transport(ds_model *m, int two_hop) {
+    for (int l = 0; l < m->n_layers_total; l++)
+        if (m->epl[l].have_ep)
+            DS_TRY(ds_ep_set_nodes(&m->epl[l].ep, m->ep_node, two_hop ? DS_EP_TWO_HOP : DS_EP_ONE_HOP));
+    return 0;
+}
+
 void ds_moe_ep_free(ds_model *m) {
     for (int l = 0; m->epl && l < m->n_layers_total; l++) {
         struct ep_layer *e = &m->epl[l];
@@ -79,10 +86,11 @@ static void add_rows(const ds_model *m, const struct ep_layer *e, float *dst, co
     }
 }
 
-/* the metrics of one forward exchange: nodes per routed token, bytes to other ranks and nodes */
-static void count_traffic(ds_model *m, const struct ep_layer *e) {
+/* the metrics of one forward exchange: nodes per routed token, and the bytes the exchange sent to other
+ * ranks and nodes (the transport's counters since *before, so a two-hop relay's forwards count) */
+static void count_traffic(ds_model *m, const struct ep_layer *e, const ds_ep_bytes before[2]) {
     ds_moe_ep_stats *st = &m->ep_stats;
-    const int K = m->dims.K, D = m->dims.D;
+    const int K = m->dims.K;
     for (int i = 0; i < e->nc; i++) {
         const int32_t *idx = m->ep_idx + (size_t)i * K;
         int nodes = 0;
@@ -95,13 +103,10 @@ static void count_traffic(ds_model *m, const struct ep_layer *e) {
         if (nodes > st->nodes_max) st->nodes_max = nodes;
     }
     st->tokens += e->nc;
-    const int64_t row = (int64_t)D * (int64_t)sizeof(float);
-    for (int j = 0; j < m->ep_n; j++) {
-        if (j == m->ep_rank) continue; /* rows for this rank itself move no bytes */
-        st->dispatch_bytes += e->ep.send_rows[j] * row;
-        st->combine_bytes += e->ep.recv_rows[j] * row;
-        if (m->ep_node[j] != m->ep_node[m->ep_rank]) st->cross_node_bytes += (e->ep.send_rows[j] + e->ep.recv_rows[j]) * row;
-    }
+    const ds_ep_bytes *d = &e->ep.sent_dispatch, *c = &e->ep.sent_combine;
+    st->dispatch_bytes += d->intra + d->inter - before[0].intra - before[0].inter;
+    st->combine_bytes += c->intra + c->inter - before[1].intra - before[1].inter;
+    st->cross_node_bytes += d->inter - before[0].inter + c->inter - before[1].inter;
 }
 
 /* dispatch x's routed rows (m->ep_idx / ep_w hold their routing), run the local experts, combine into
@@ -110,6 +115,7 @@ static int exchange_fwd(ds_model *m, int l, const float *x, float *f) {
     struct ep_layer *e = &m->epl[l];
     const ds_comm *c = m->opts.ep_comm;
     const int D = m->dims.D;
+    const ds_ep_bytes before[2] = {e->ep.sent_dispatch, e->ep.sent_combine};
     DS_TRY(ds_ep_plan(&e->ep, c, m->ep_idx, m->ep_w, e->nc));
     const int64_t rows = e->ep.n_recv;
     if (rows > (int64_t)m->n_max * m->ep_n)
@@ -120,7 +126,7 @@ static int exchange_fwd(ds_model *m, int l, const float *x, float *f) {
     DS_TRY(ds_moe_experts_fwd(m, l, 0, m->ne, e->xr, e->ep.recv_expert, e->ep.recv_weight, (int)rows, m->ep_yr, NULL));
     DS_TRY(ds_ep_combine(&e->ep, c, m->ep_yr, m->ep_out, D));
     if (f) add_rows(m, e, f, m->ep_out);
-    count_traffic(m, e);
+    count_traffic(m, e, before);
     return 0;
 }
 

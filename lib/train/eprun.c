@@ -52,6 +52,7 @@ int ds_ep_run_check_config(const ds_ep_run *r, const ds_config *cfg) {
 void ds_ep_run_model_opts(const ds_ep_run *r, ds_model_opts *mo) {
     if (!r->have_layout) return;
     mo->ep_size = r->ep, mo->ep_rank = r->L.ep_rank, mo->ep_comm = &r->L.ep_comm, mo->ep_node = r->node;
+    mo->ep_two_hop = r->two_hop;
 }
 
 int ds_ep_run_groups(ds_ep_run *r, ds_trainer *t, const ds_model *m, const ds_train_comm *dp) {

@@ -23,6 +23,7 @@
 typedef struct {
     int ep;               /* expert-parallel ranks per group (1: none) */
     int ranks_per_node;   /* as given (0: the hosts) */
+    int two_hop;          /* dispatch/combine in two hops (set after join) */
     ds_layout L;
     int have_layout;
     int *node;            /* [ep] node of each EP rank of this rank's group */

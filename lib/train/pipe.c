@@ -219,10 +219,9 @@ static int send_to(ds_pipe_net *p, int peer, int tag, const float *src, size_t b
     pool_msg *e = &p->sends[k];
     memcpy(ds_p2p_payload(&e->msg), src, bytes);
     DS_TRY(ds_p2p_isend(p->o.pp_comm, peer, tag, &e->msg));
-    if (!p->overlap) { /* no overlap: the sender stays with its message until it is delivered */
-        DS_TRY(ds_p2p_wait(&e->msg));
+    if (!p->overlap) /* no overlap: the sender computes nothing while its message is on the way (it does
+                        not wait for the receiver: blocking sends both ways would deadlock 1F1B) */
         ds_p2p_sleep_until(ds_p2p_now() + ds_p2p_delay());
-    }
     e->used = 0; /* reusable once its send completes (pool_get tests it) */
     p->st.sent++;
     return 0;
@@ -390,14 +389,18 @@ int ds_pipe_net_run(void *pipe_net, const ds_train_micro_io *io) {
     ds_batch b0 = io->batch(io->ctx, 0);
     const size_t ntok = (size_t)b0.B * b0.T, bytes = sizeof(float) * ntok * (size_t)p->D;
     DS_TRY(reserve(p, io->n, ntok, ops, n_ops));
-    const double t0 = ds_p2p_now(), busy0 = p->st.busy;
+    const double t0 = ds_p2p_now();
+    const ds_pipe_stats st0 = p->st;
     for (int i = 0; i < n_ops; i++) p->recv_of[i] = -2;
     p->err = 0;
     for (int i = 0; i < n_ops; i++) {
         /* receives go up ahead of the ops that need them, so the data flows while this rank computes */
         for (int j = i; j < n_ops && j <= i + p->lookahead; j++)
             if (p->recv_of[j] == -2) DS_TRY(post_recv(p, ops, j, bytes));
+        const double busy_before = p->st.busy;
         int rc = run_op(p, io, ops, i, ntok);
+        p->st.op_time[ops[i].kind] += p->st.busy - busy_before;
+        p->st.op_count[ops[i].kind]++;
         if (rc) return ds_fail_ctx(rc, "pipeline rank %d, %s of micro-batch %d (chunk %d)", p->rank,
                                    ops[i].kind == DS_PIPE_F ? "forward" : ops[i].kind == DS_PIPE_W ? "weight gradient"
                                                                                                    : "backward",
@@ -411,7 +414,7 @@ int ds_pipe_net_run(void *pipe_net, const ds_train_micro_io *io) {
         p->st.wall += ds_p2p_now() - t0;
         p->st.steps++;
     } else {
-        p->st.busy = busy0;
+        p->st = st0;
     }
     return 0;
 }

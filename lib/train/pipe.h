@@ -22,7 +22,7 @@
  *
  * Environment (for the benchmark, docs/DESIGN.md "Pipeline parallelism"): DS_PP_DELAY_MS delays every
  * transfer (p2p.h); DS_PP_OVERLAP=0 turns the overlap off: receives are posted only when needed and a
- * sender waits until its message is delivered.
+ * sender stops computing for the delay of each message it sends.
  */
 #ifndef DS_TRAIN_PIPE_H
 #define DS_TRAIN_PIPE_H
@@ -61,6 +61,8 @@ int ds_pipe_net_chunk_layers(const ds_pipe_net *p, int chunk, int *l0, int *l1);
  * the last reset: bubble fraction = 1 - busy / wall. */
 typedef struct {
     double busy, wall;
+    double op_time[4];  /* summed compute time by op kind (ds_pipe_opkind: F, B, W, BW) */
+    int64_t op_count[4];
     int64_t steps, sent, received;
 } ds_pipe_stats;
 void ds_pipe_net_stats(const ds_pipe_net *p, ds_pipe_stats *out);

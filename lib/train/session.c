@@ -300,6 +300,9 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
         rc = ds_fail(DS_EUSAGE, "--ep %d with --pp %d: expert parallelism inside pipeline stages is not available yet",
                      o->ep, o->pp);
     if (!rc) rc = ds_ep_run_join(&s->ep, s->have_comm ? &s->comm : NULL, o->ep, o->ranks_per_node);
+    s->ep.two_hop = o->two_hop;
+    if (!rc && o->two_hop && s->ep.ep <= 1)
+        rc = ds_fail(DS_EUSAGE, "--two-hop exchanges tokens between expert-parallel ranks: it needs --ep above 1");
     if (!rc && s->ep.ep > 1 && o->ema > 0) /* the average is kept whole on rank 0 */
         rc = ds_fail(DS_EUSAGE, "--ema with --ep %d: the EMA needs every expert on one rank (not yet)", s->ep.ep);
     if (!rc && s->have_comm) { /* one run, one seed: a drawn seed differs from process to process */
@@ -584,26 +587,32 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
     return 0;
 }
 
-/* Each pipeline rank's compute time against the steps' wall time (the measured bubble), on rank 0's log. */
+/* Each pipeline rank's compute time against the steps' wall time (the measured bubble), and the mean
+ * time of each op kind, on rank 0's log. */
 static int report_pipeline(ds_session *s) {
     ds_pipe_stats st;
     ds_pipe_net_stats(s->pipe, &st);
-    const int pp = s->o.pp, r = s->layout.pp_comm.rank;
-    double *v = calloc(2 * (size_t)pp, sizeof *v);
+    const int pp = s->o.pp, r = s->layout.pp_comm.rank, w = 2 * pp + 8;
+    double *v = calloc((size_t)w, sizeof *v);
     if (!v) return ds_fail(DS_ERR, "out of memory: pipeline report");
     v[2 * r] = st.busy, v[2 * r + 1] = st.wall;
-    int rc = ds_comm_allreduce_sum_f64(&s->layout.pp_comm, v, 2 * pp);
-    char line[2048];
-    int k = 0;
+    for (int k = 0; k < 4; k++) v[2 * pp + k] = st.op_time[k], v[2 * pp + 4 + k] = (double)st.op_count[k];
+    int rc = ds_comm_allreduce_sum_f64(&s->layout.pp_comm, v, w);
+    char line[2048], ops[256] = "";
+    int k = 0, ko = 0;
     double bubble = 0;
     for (int i = 0; !rc && i < pp && k < (int)sizeof line - 40; i++) {
         double b = v[2 * i + 1] > 0 ? 1 - v[2 * i] / v[2 * i + 1] : 0;
         bubble += b / pp;
         k += snprintf(line + k, sizeof line - (size_t)k, " %.1f%%", 100 * b);
     }
+    for (int i = 0; !rc && i < 4; i++)
+        if (v[2 * pp + 4 + i] > 0)
+            ko += snprintf(ops + ko, sizeof ops - (size_t)ko, " %s %.2f ms", (const char *[]){"F", "B", "W", "BW"}[i],
+                           1e3 * v[2 * pp + i] / v[2 * pp + 4 + i]);
     if (!rc)
-        ds_info("pipeline: %lld steps, %.1f ms per step, bubble by rank:%s (mean %.1f%%)", (long long)st.steps,
-                st.steps ? 1e3 * v[1] / (double)st.steps : 0.0, line, 100 * bubble);
+        ds_info("pipeline: %lld steps, %.1f ms per step, bubble by rank:%s (mean %.1f%%); per op:%s", (long long)st.steps,
+                st.steps ? 1e3 * v[1] / (double)st.steps : 0.0, line, 100 * bubble, ops);
     free(v);
     return rc;
 }

@@ -80,6 +80,8 @@ static const shared_opt SHARED[] = {
      "expert parallelism: groups of N consecutive ranks split the routed experts (each holds n_routed/N)", .min = 1, .max = 1e6},
     {"ranks-per-node", 0, DS_OPT_INT, F(ranks_per_node), "K",
      "ranks per node for node-limited routing (n_group = nodes of an EP group; default: the real hosts)", .max = 1e6},
+    {"two-hop", 0, DS_OPT_FLAG, F(two_hop), NULL,
+     "--ep: dispatch and combine in two hops, across nodes then inside them (V3's IB then NVLink; dist/ep.h)"},
     /* pipeline parallelism (dist/pipesched.h) */
     {"pp", 0, DS_OPT_INT, F(pp), "N", "pipeline stages (world = PP x DP)", .min = 1, .max = 4096},
     {"schedule", 0, DS_OPT_CHOICE, F(pipe_schedule), "S",
@@ -203,7 +205,8 @@ ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool
                              .fp8_promote = t->fp8_promote, .bf16 = t->bf16, .balance_alpha = t->alpha,
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,
                              .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema, .pp = t->pp,
-                             .schedule = t->pipe_schedule, .stages = t->stages, .ep = t->ep, .ranks_per_node = t->ranks_per_node};
+                             .schedule = t->pipe_schedule, .stages = t->stages, .ep = t->ep, .ranks_per_node = t->ranks_per_node,
+                             .two_hop = t->two_hop};
 }
 
 void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {

@@ -149,6 +149,38 @@ PY
     [[ "$output" == *"expert parallel: 1."*" nodes per token (max 2), per rank and step: dispatch "* ]]
 }
 
+@test "--two-hop: 2 emulated nodes of 2 ranks, the same losses and model bits as one hop, fewer bytes across nodes" {
+    local d=$BATS_TEST_TMPDIR
+    "$DS_PY" -c '
+import json, sys
+c = json.load(open(sys.argv[1])); c["n_group"] = 2; c["topk_group"] = 1
+json.dump(c, open(sys.argv[2], "w"))' "$DS_ROOT/share/configs/tiny.json" "$d/two.json"
+    for hop in one two; do
+        local extra=
+        [ $hop = two ] && extra=--two-hop
+        run mpi -np 4 "$DS_BIN/ds-pretrain" --config "$d/two.json" --steps 6 --ep 4 --ranks-per-node 2 $extra -o "$d/$hop" \
+            --metrics "$d/$hop.jsonl" --peak-tflops 0.1 --threads 1 --data "$T/shards" --batch 8 --micro-batch 1 \
+            --seq-len 32 --seed 3 --log-every 0 --lr-schedule 0.002 --gamma 0.001 --lambda 0.3 -q
+        [ "$status" -eq 0 ] || { echo "$output"; false; }
+    done
+    cmp "$d/one/model.safetensors" "$d/two/model.safetensors"
+    "$DS_PY" - "$d/one.jsonl" "$d/two.jsonl" <<'PY'
+import json, sys
+one, two = ([r for r in map(json.loads, open(f)) if "step" in r and "ep" in r] for f in sys.argv[1:])
+assert len(one) == len(two) == 6
+for a, b in zip(one, two):
+    assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
+    assert a["ep"]["nodes_per_token_max"] == b["ep"]["nodes_per_token_max"] == 1
+    # one node per token: one hop sends a row to each rank of that node holding an expert, two hops one row
+    assert 0 < b["ep"]["cross_node_bytes_per_rank"] < a["ep"]["cross_node_bytes_per_rank"], (a["ep"], b["ep"])
+print("cross-node bytes per rank, one hop vs two:", sum(r["ep"]["cross_node_bytes_per_rank"] for r in one),
+      sum(r["ep"]["cross_node_bytes_per_rank"] for r in two))
+PY
+    run "$DS_BIN/ds-pretrain" --config "$d/two.json" --two-hop --threads 1 --data "$T/shards" --steps 1 -o "$d/x"
+    [ "$status" -eq 2 ]
+    [ "${lines[0]}" = "ds-pretrain: error: --two-hop exchanges tokens between expert-parallel ranks: it needs --ep above 1" ]
+}
+
 @test "resume on another --ep (2 ranks --ep 2, then 4 ranks --ep 4) continues the one-process curve" {
     local d=$BATS_TEST_TMPDIR
     pre "$DS_BIN/ds-pretrain" --config "$T/free.json" --steps 20 -o "$d/one" --metrics "$d/one.jsonl" -q

@@ -71,6 +71,18 @@ pp_run() {
     pp_run 8 --pp 4
 }
 
+@test "transfers delayed by DS_PP_DELAY_MS, overlapped or not (DS_PP_OVERLAP=0), keep the curve; no overlap pays each delay" {
+    DS_PP_DELAY_MS=2 pp_run 2 --pp 2 --schedule dualpipe
+    DS_PP_DELAY_MS=20 DS_PP_OVERLAP=0 pp_run 2 --pp 2
+    # without overlap rank 0 stops for 20 ms after each of its 8 activations: no step is faster than 160 ms
+    "$DS_PY" - "$(ls -t "$BATS_TEST_TMPDIR"/out*.jsonl | head -1)" <<'PY'
+import json, sys
+ms = [r["ms"] for r in map(json.loads, open(sys.argv[1])) if "step" in r]
+assert min(ms) >= 160, ms
+print("# no overlap, 20 ms per transfer: fastest step %.0f ms" % min(ms))
+PY
+}
+
 # the pids of the ds-pretrain ranks writing $1
 rank_pids() { pgrep -f "ds-pretrain .*-o $1 " || true; }
 
