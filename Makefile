@@ -165,8 +165,9 @@ TEST_ENV = DS_BIN=$(abspath $(BIN)) DS_PY=$(VENV)/bin/python DS_UNITS="$(UNITS)"
 test: venv all $(UNITS) $(if $(shell sh -c 'command -v clang' 2>/dev/null),$(FUZZERS),)
 	@$(TEST_ENV) tests/run.sh
 
-# the fast subset while developing: unit tests and bats, no reference checks or fuzzing
-test-quick: all $(UNITS)
+# the fast subset while developing: unit tests and bats, no reference checks or fuzzing (the bats suites
+# compare against Python references too, so the venv comes first, as for test)
+test-quick: venv all $(UNITS)
 	@$(TEST_ENV) DS_QUICK=1 tests/run.sh
 
 test-gpu: all $(GPU_TESTS) $(GPU_BENCHES)
