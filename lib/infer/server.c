@@ -86,6 +86,7 @@ struct ds_server {
     seq *pending_head, *pending_tail;
     seq **running;           /* [batch] */
     int in_flight;
+    int open_requests;       /* requests MHD has not reported completed (their answer not yet sent) */
     int stopping, hard, closed, failed;
     uint64_t next_eid, next_request;
     time_t started;
@@ -797,6 +798,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     if (!b) { /* headers only so far */
         if (!(b = calloc(1, sizeof *b))) return MHD_NO;
         *con_cls = b;
+        pthread_mutex_lock(&s->mu);
+        s->open_requests++;
+        pthread_mutex_unlock(&s->mu);
         return MHD_YES;
     }
     if (*upload_size) {
@@ -854,14 +858,18 @@ method:
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    ds_server *s = cls;
     body *b = *con_cls;
-    (void)cls;
     (void)c;
     (void)toe;
     if (b) {
         free(b->buf);
         free(b);
         *con_cls = NULL;
+        pthread_mutex_lock(&s->mu);
+        s->open_requests--;
+        pthread_cond_broadcast(&s->progress);
+        pthread_mutex_unlock(&s->mu);
     }
 }
 
@@ -966,7 +974,19 @@ void ds_serve_stop(ds_server *s, int hard) {
 
 void ds_serve_free(ds_server *s) {
     if (!s) return;
-    if (s->d) MHD_stop_daemon(s->d); /* joins the connection threads: every request is answered by now */
+    if (s->d) {
+        /* every request has its result by now, but a connection thread may still be writing it: stopping the
+         * daemon shuts the sockets, and a client would get an empty reply (seen under ASan). Wait until MHD
+         * reports each request completed, for at most 5 s (a client that stopped reading must not hold us). */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 5;
+        pthread_mutex_lock(&s->mu);
+        while (s->open_requests > 0 && pthread_cond_timedwait(&s->progress, &s->mu, &until) == 0) {
+        }
+        pthread_mutex_unlock(&s->mu);
+        MHD_stop_daemon(s->d); /* joins the connection threads */
+    }
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->work);
     pthread_cond_destroy(&s->progress);

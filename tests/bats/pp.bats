@@ -9,6 +9,7 @@ load train_helpers
 load mpi_helpers
 
 setup_file() {
+    mpi_env # also for the runs without mpirun: --pp starts MPI as a singleton (its leaks under SANITIZE)
     export T="$BATS_FILE_TMPDIR"
     tiny_data "$T"
     # tiny.json with 4 decoder layers (1 dense, 3 MoE) and its MTP module: up to 4 stages

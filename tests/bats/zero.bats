@@ -18,7 +18,9 @@ setup_file() {
     export CONST="--lr-schedule 0.002 --gamma 0.001 --lambda 0.3"
 }
 
-# compare REF RUN...: each run's losses within 1e-6 and gradient norms within 1e-5 of REF's (relative),
+# compare REF RUN...: each run's losses within 1e-6 and gradient norms within 1e-4 of REF's (relative: the
+# norm of a gradient that sums in another order moves ~1e3 times more than the loss; 2.4e-5 was seen in
+# the ASan build, where no FMA contraction changes every rounding; a lost or doubled shard moves it by tens of percent),
 # step for step, and its model.safetensors in REF's layout (names, dtypes, shapes)
 compare() {
     "$DS_PY" - "$@" <<'EOF'
@@ -37,7 +39,7 @@ for run in sys.argv[2:]:
     dl = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(ref, got))
     dn = max(abs(a["grad_norm"] - b["grad_norm"]) / a["grad_norm"] for a, b in zip(ref, got))
     print(f"{run.rsplit('/', 1)[1]}: loss within {dl:.2g}, grad norm within {dn:.2g}")
-    assert dl <= 1e-6 and dn <= 1e-5, run
+    assert dl <= 1e-6 and dn <= 1e-4, run
     assert layout(run) == layout(sys.argv[1]), run
 EOF
 }
