@@ -187,7 +187,7 @@ EOF
     [ "$status" -eq 1 ]
     [[ "$output" == *"error: prompt 0: 59 tokens + 8 new exceed the context of 32 tokens"* ]]
     [[ "$output" == *"hint: --truncate keeps the last 24 tokens"* ]]
-    run gen -m "$T/plain" --ids --ctx 32 --max-new 8 --truncate --jsonl -q <<<"$long"
+    run gen -m "$T/plain" --ids --ctx 32 --max-new 8 --truncate --ignore-eos --jsonl -q <<<"$long" # 8 tokens whatever the draw
     [ "$status" -eq 0 ]
     echo "$output" | jq -e '.truncated_tokens == 35 and .prompt_tokens == 24 and (.tokens|length) == 8'
     run gen -m "$T/plain" --score --ids --ctx 16 <<<"$long"
