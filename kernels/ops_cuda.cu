@@ -327,6 +327,8 @@ static void cu_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha,
 
 static int cu_status(void) { return ds_ops_cuda_status(); }
 
+ds_blaslt *ds_cuda_blaslt(void) { return g_lt; }
+
 /* The decode op with the split-KV workspace from backend scratch when the caller brings none. */
 static int cu_mla_decode(const ds_mla_decode_args *a) {
     if (a->workspace) return ds_cuda_mla_decode(a);

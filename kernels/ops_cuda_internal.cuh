@@ -26,9 +26,13 @@ void ds_cuda_ops_note(const char *what, cudaError_t e);
 enum {
     SCR_GEMM_A = 0, SCR_GEMM_B, SCR_PARTIAL, SCR_SORT_KEYS, SCR_SORT_VALS, SCR_SORT_TMP, SCR_SORT_KEYS2,
     SCR_SORT_VALS2, SCR_SMALL, SCR_MLA, SCR_ATT_Q, SCR_ATT_K, SCR_ATT_V, SCR_ATT_DO, SCR_ATT_S, SCR_ATT_DP,
-    SCR_ATT_P, SCR_COUNT
+    SCR_ATT_P, SCR_FP8_AQ, SCR_FP8_AS, SCR_FP8_Y, SCR_COUNT
 };
 void *ds_cuda_scratch(int slot, size_t bytes);
+
+/* The backend's cuBLASLt handle (on the legacy default stream), for GEMMs outside this table: the
+ * FP8-resident Linear products (kernels/fp8_resident.cu). NULL before ds_ops_cuda() succeeded. */
+struct ds_blaslt *ds_cuda_blaslt(void);
 
 /* A write through the table's copy ops landed at dst: a bf16 shadow of a parameter buffer holding dst is
  * stale (ops_cuda.cu keeps the shadows; see params_changed in ops/ops.h). */

@@ -63,7 +63,8 @@ static const ds_opt opts[] = {
     {"w8a8", 0, DS_OPT_FLAG, &A.w8a8, NULL, "FP8 W8A8: Linear weights in 128x128 blocks, inputs in 1x128 tiles (E4M3), "
      "block-scaled products; kv_b, router, head and eh_proj stay fp32 (DeepSeek's inference)"},
     {"fp8-expand", 0, DS_OPT_FLAG, &A.fp8_expand, NULL, "expand an FP8 checkpoint's Linear weights to fp32 at load "
-     "(by default, on the CPU, they stay FP8, mapped from the file, dequantized by tile in the GEMMs)"},
+     "(by default they stay FP8: on the CPU mapped from the file, dequantized by tile in the GEMMs; on the GPU in "
+     "device memory, multiplied in FP8 with 1x128-quantized activations)"},
     {"serve", 0, DS_OPT_STR, &A.serve, "HOST:PORT", "serve the OpenAI API over HTTP (host 127.0.0.1 unless given; port 0: "
      "any free one, printed); --batch sequences decode together; SIGINT/SIGTERM stop after the requests in flight"},
     {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads; 0 = all cores", NULL, 0, 4096},
@@ -210,8 +211,9 @@ int main(int argc, char **argv) {
         .summary = "Generate text from a checkpoint with the MLA latent KV cache (absorbed attention over the "
                    "normalised KV latent and the rotated RoPE key), several prompts decoded together, optional "
                    "MTP speculative decoding; or, with --score, print each input's per-token log-probabilities. FP8 "
-                   "checkpoints stay FP8 in memory on the CPU (dequantized by tile inside the GEMMs; --fp8-expand "
-                   "expands them at load); --w8a8 runs the Linear layers in FP8 (weights and "
+                   "checkpoints stay FP8 in memory (on the CPU dequantized by tile inside the GEMMs; with --device cuda in "
+                   "device memory, multiplied by cuBLASLt's block-scaled FP8 GEMM with activations quantized 1x128, "
+                   "as DeepSeek's inference does; --fp8-expand expands them at load); --w8a8 runs the Linear layers in FP8 (weights and "
                    "activations). "
                    "Prompts come from --prompt, or one per stdin line: plain text, JSONL ({\"prompt\": ...} or "
                    "{\"messages\": [...]}), or token ids with --ids. "
@@ -251,7 +253,7 @@ int main(int argc, char **argv) {
     ds_ops fp8; /* --w8a8: the Linear layers' table (the engine and the scoring model copy it) */
     ds_fp8_linear_ops(&fp8, ds_ops_cpu());
     ds_model_opts mo = {.max_batch = 1, .max_seq = A.score ? A.ctx : 1, .linear_ops = A.w8a8 ? &fp8 : NULL,
-                        .kv_b_on_ops = 1, .fp8_resident = !A.fp8_expand && !A.w8a8 && !strcmp(A.device, "cpu")};
+                        .kv_b_on_ops = 1, .fp8_resident = !A.fp8_expand && !A.w8a8};
     if ((rc = ds_ops_for_device(A.device, &mo.ops))) return ds_tool_report(rc);
     double t0 = ds_now();
     if ((rc = ds_load_checkpoint(A.model, &mo, &L))) return ds_tool_report(rc);

@@ -6,16 +6,24 @@
 #include "core/err.h"
 #include "ops/ops.h"
 
+#ifdef DS_HAVE_CUDA
+#include "fp8_resident_cuda.h"
+#endif
+
 typedef struct {
     const float *base;
     int64_t rows, cols, br, bc;
-    const uint8_t *q;
-    float *scale;
+    const uint8_t *q; /* host codes (borrowed); NULL for a device entry */
+    float *scale;     /* host copy of the scales; NULL for a device entry */
+    /* device entry (ds_fp8_resident_add_device): codes and padded scales in the caller's device memory */
+    const uint8_t *dq;
+    const float *dscale;
+    int dld;
 } entry;
 
 static entry *g_tab; /* sorted by base */
 static size_t g_n, g_cap;
-static ds_ops g_base;
+static ds_ops g_base, g_base_dev; /* the CPU table's base, the device table's */
 static int g_status;
 
 int ds_fp8_resident_status(void) {
@@ -28,33 +36,86 @@ static void fail_once(int rc) {
     if (!g_status) g_status = rc;
 }
 
-int ds_fp8_resident_add(const float *base, int64_t rows, int64_t cols, const uint8_t *q, const float *scale,
-                        int64_t br, int64_t bc) {
-    if (rows <= 0 || cols <= 0 || br <= 0 || bc <= 0)
-        return ds_fail(DS_ERR, "fp8 resident weight: bad shape [%lld, %lld] or block %lldx%lld", (long long)rows,
-                       (long long)cols, (long long)br, (long long)bc);
+/* Insert e (its scale, when set, owned by the table from here on, freed on failure). */
+static int insert(entry e) {
     if (g_n == g_cap) {
         size_t cap = g_cap ? 2 * g_cap : 256;
         entry *t = realloc(g_tab, cap * sizeof *t);
-        if (!t) return ds_fail(DS_ERR, "out of memory: fp8 resident table");
+        if (!t) {
+            free(e.scale);
+            return ds_fail(DS_ERR, "out of memory: fp8 resident table");
+        }
         g_tab = t;
         g_cap = cap;
     }
+    size_t i = g_n; /* keep the table sorted (loads add in address order: this is an append) */
+    while (i > 0 && g_tab[i - 1].base > e.base) i--;
+    if ((i > 0 && g_tab[i - 1].base + g_tab[i - 1].rows * g_tab[i - 1].cols > e.base) ||
+        (i < g_n && e.base + e.rows * e.cols > g_tab[i].base)) {
+        free(e.scale);
+        return ds_fail(DS_ERR, "fp8 resident weight: its range overlaps another");
+    }
+    memmove(g_tab + i + 1, g_tab + i, (g_n - i) * sizeof *g_tab);
+    g_tab[i] = e;
+    g_n++;
+    return DS_OK;
+}
+
+static int check_shape(int64_t rows, int64_t cols, int64_t br, int64_t bc) {
+    if (rows <= 0 || cols <= 0 || br <= 0 || bc <= 0)
+        return ds_fail(DS_ERR, "fp8 resident weight: bad shape [%lld, %lld] or block %lldx%lld", (long long)rows,
+                       (long long)cols, (long long)br, (long long)bc);
+    return DS_OK;
+}
+
+int ds_fp8_resident_add(const float *base, int64_t rows, int64_t cols, const uint8_t *q, const float *scale,
+                        int64_t br, int64_t bc) {
+    DS_TRY(check_shape(rows, cols, br, bc));
     const size_t ns = (size_t)((rows + br - 1) / br) * (size_t)((cols + bc - 1) / bc);
     float *s = malloc(ns * sizeof *s);
     if (!s) return ds_fail(DS_ERR, "out of memory: fp8 resident scales");
     memcpy(s, scale, ns * sizeof *s);
-    size_t i = g_n; /* keep the table sorted (loads add in address order: this is an append) */
-    while (i > 0 && g_tab[i - 1].base > base) i--;
-    if ((i > 0 && g_tab[i - 1].base + g_tab[i - 1].rows * g_tab[i - 1].cols > base) ||
-        (i < g_n && base + rows * cols > g_tab[i].base)) {
-        free(s);
-        return ds_fail(DS_ERR, "fp8 resident weight: its range overlaps another");
-    }
-    memmove(g_tab + i + 1, g_tab + i, (g_n - i) * sizeof *g_tab);
-    g_tab[i] = (entry){base, rows, cols, br, bc, q, s};
-    g_n++;
-    return DS_OK;
+    return insert((entry){.base = base, .rows = rows, .cols = cols, .br = br, .bc = bc, .q = q, .scale = s});
+}
+
+/* ---- device entries ---------------------------------------------------------------------------------- */
+
+enum { DEV_ALIGN = 256 }; /* each piece of a device entry starts 256-byte aligned (cuBLASLt wants 16) */
+
+static size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+static int64_t scale_ld(int64_t cols) { return ((cols / 128) + 3) / 4 * 4; } /* kernels/blaslt.h ds_blockscale_ld */
+
+int ds_fp8_resident_device_ok(int64_t rows, int64_t cols, int64_t br, int64_t bc) {
+    return rows > 0 && cols > 0 && br == 128 && bc == 128 && cols % 128 == 0 && rows % 4 == 0 && cols <= (1 << 30) &&
+           rows <= (1 << 30);
+}
+
+size_t ds_fp8_resident_device_bytes(int64_t rows, int64_t cols) {
+    return round_up((size_t)rows * (size_t)cols, DEV_ALIGN) +
+           round_up(sizeof(float) * (size_t)((rows + 127) / 128) * (size_t)scale_ld(cols), DEV_ALIGN);
+}
+
+int ds_fp8_resident_add_device(const float *base, int64_t rows, int64_t cols, const uint8_t *q, const float *scale,
+                               int64_t br, int64_t bc, void *dev, const ds_ops *ops) {
+    DS_TRY(check_shape(rows, cols, br, bc));
+    if (!ds_fp8_resident_device_ok(rows, cols, br, bc))
+        return ds_fail(DS_ERR, "fp8 resident weight [%lld, %lld] in %lldx%lld blocks: the GPU's block-scaled GEMM takes "
+                       "128x128 blocks, columns a multiple of 128 and rows a multiple of 4", (long long)rows,
+                       (long long)cols, (long long)br, (long long)bc);
+    if ((uintptr_t)dev % DEV_ALIGN) return ds_fail(DS_ERR, "fp8 resident weight: device memory not 256-byte aligned");
+    const int64_t rb = (rows + 127) / 128, cb = cols / 128, ld = scale_ld(cols);
+    float *s = calloc((size_t)(rb * ld), sizeof *s); /* the padding columns stay 0 */
+    if (!s) return ds_fail(DS_ERR, "out of memory: fp8 resident scales");
+    for (int64_t r = 0; r < rb; r++) memcpy(s + r * ld, scale + r * cb, sizeof(float) * (size_t)cb);
+    uint8_t *dq = dev;
+    float *ds = (float *)(dq + round_up((size_t)rows * (size_t)cols, DEV_ALIGN));
+    ops->copy(dq, q, (size_t)rows * (size_t)cols, DS_COPY_H2D); /* straight from the checkpoint's mapping */
+    ops->copy(ds, s, sizeof(float) * (size_t)(rb * ld), DS_COPY_H2D);
+    free(s);
+    int rc = ops->status ? ops->status() : DS_OK;
+    if (rc) return ds_fail_ctx(rc, "uploading an fp8 resident weight [%lld, %lld]", (long long)rows, (long long)cols);
+    return insert((entry){.base = base, .rows = rows, .cols = cols, .br = br, .bc = bc, .dq = dq, .dscale = ds,
+                          .dld = (int)ld});
 }
 
 void ds_fp8_resident_remove(const float *lo, size_t n) {
@@ -76,8 +137,9 @@ size_t ds_fp8_resident_bytes(const float *lo, size_t n) {
     for (size_t i = 0; i < g_n; i++)
         if (g_tab[i].base >= lo && g_tab[i].base < lo + n) {
             const entry *e = &g_tab[i];
-            b += (size_t)(e->rows * e->cols) +
-                 sizeof(float) * (size_t)((e->rows + e->br - 1) / e->br) * (size_t)((e->cols + e->bc - 1) / e->bc);
+            b += e->dq ? ds_fp8_resident_device_bytes(e->rows, e->cols)
+                       : (size_t)(e->rows * e->cols) + sizeof(float) * (size_t)((e->rows + e->br - 1) / e->br) *
+                                                           (size_t)((e->cols + e->bc - 1) / e->bc);
         }
     return b;
 }
@@ -180,29 +242,71 @@ static const entry *resident_b(const float *B, int tb, int N, int K, int ldb, in
     return e;
 }
 
-static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                 float beta, float *C, int ldc) {
+/* The product on entry e, on the host (dev 0: codes dequantized by panels) or on the GPU (dev 1: cuBLASLt). */
+static void resident_product(int dev, const entry *e, int64_t r0, int M, int N, int K, float alpha, const float *A,
+                             int lda, float beta, float *C, int ldc) {
+    if (dev != (e->dq != NULL)) {
+        fail_once(ds_fail(DS_ERR, "fp8 resident weight [%lld, %lld] held on the %s, multiplied on the %s",
+                          (long long)e->rows, (long long)e->cols, e->dq ? "GPU" : "host", dev ? "GPU" : "host"));
+        return;
+    }
+    if (!dev) {
+        resident_gemm(e, r0, M, N, K, alpha, A, lda, beta, C, ldc);
+        return;
+    }
+#ifdef DS_HAVE_CUDA
+    const ds_cuda_fp8_weight w = {e->dq, e->dscale, e->rows, e->cols, e->dld};
+    if (ds_cuda_fp8_linear(&w, r0, M, N, alpha, A, lda, beta, C, ldc)) fail_once(DS_ERR);
+#else
+    fail_once(ds_fail(DS_ERR, "fp8 resident weight on the GPU: this build has no CUDA backend"));
+#endif
+}
+
+static void gemm_on(int dev, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                    int ldb, float beta, float *C, int ldc) {
+    const ds_ops *base = dev ? &g_base_dev : &g_base;
     int64_t r0 = 0;
     const entry *e = ta ? NULL : resident_b(B, tb, N, K, ldb, &r0);
     if (!e) {
         if (ta && find(B)) fail_once(ds_fail(DS_ERR, "fp8 resident weight used in a weight-gradient product"));
-        g_base.gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        base->gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    if (M > 0 && N > 0 && !g_status) resident_gemm(e, r0, M, N, K, alpha, A, lda, beta, C, ldc);
+    if (M > 0 && N > 0 && !g_status) resident_product(dev, e, r0, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 
-static void gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
-                      const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+static void gemm_rows_on(int dev, int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A,
+                         int lda, const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
     if (ng <= 0) return;
     if (!find(B)) { /* experts are all resident or none: the first one tells */
-        g_base.gemm_rows(ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
+        (dev ? &g_base_dev : &g_base)->gemm_rows(ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
         return;
     }
     for (int g = 0; g < ng; g++) { /* only the experts that have rows: the others' pages stay untouched */
         const int64_t a = off[g], b = off[g + 1];
-        if (b > a) gemm(0, tb, (int)(b - a), N, K, alpha, A + a * lda, lda, B + g * strideB, ldb, beta, C + a * ldc, ldc);
+        if (b > a)
+            gemm_on(dev, 0, tb, (int)(b - a), N, K, alpha, A + a * lda, lda, B + g * strideB, ldb, beta, C + a * ldc, ldc);
     }
+}
+
+static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc) {
+    gemm_on(0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    gemm_rows_on(0, ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
+}
+
+static void gemm_dev(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                     float beta, float *C, int ldc) {
+    gemm_on(1, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void gemm_rows_dev(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                          const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    gemm_rows_on(1, ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
 }
 
 void ds_fp8_resident_ops(ds_ops *out, const ds_ops *base) {
@@ -210,4 +314,19 @@ void ds_fp8_resident_ops(ds_ops *out, const ds_ops *base) {
     *out = *base;
     out->gemm = gemm;
     out->gemm_rows = gemm_rows;
+}
+
+int ds_fp8_resident_ops_device(ds_ops *out, const ds_ops *base) {
+#ifdef DS_HAVE_CUDA
+    if (strcmp(base->name, "cuda"))
+        return ds_fail(DS_ERR, "fp8 resident weights on a device: the %s backend has no block-scaled FP8 GEMM", base->name);
+    g_base_dev = *base;
+    *out = *base;
+    out->gemm = gemm_dev;
+    out->gemm_rows = gemm_rows_dev;
+    return DS_OK;
+#else
+    *out = *base;
+    return ds_fail(DS_ERR, "fp8 resident weights on %s: this build has no CUDA backend", base->name);
+#endif
 }

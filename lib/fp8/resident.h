@@ -16,7 +16,15 @@
  * GEMM (the same products of the same values): |diff| <= 2 gamma_K sum_k |x_k w_k|, gamma_K = K u / (1 - K u),
  * u = 2^-24 (tests/unit/test_fp8_resident.c holds it to that bound).
  * The table is process-wide (the ops tables take no context); entries are added at load and removed with
- * their model; lookups do not lock (no adds or removes while GEMMs run). CPU backend only.
+ * their model; lookups do not lock (no adds or removes while GEMMs run).
+ *
+ * On the GPU (ds_fp8_resident_add_device, ds_fp8_resident_ops_device): the codes are copied once from the
+ * checkpoint's mapping into device memory the caller provides (ds_fp8_resident_device_bytes each: codes,
+ * then the scales with rows padded as cuBLASLt reads them), the key is an address no device allocation
+ * can have (the model reserves a range for them), and a forward Linear GEMM on a resident B runs
+ * kernels/fp8_resident_cuda.h: the activation quantized 1x128 on the device and cuBLASLt's block-scaled
+ * E4M3 GEMM, i.e. W8A8 as DeepSeek's inference code and --w8a8 on the CPU compute it (not the weight-only
+ * numerics of the CPU table). Shapes it takes: ds_fp8_resident_device_ok.
  */
 #ifndef DS_FP8_RESIDENT_H
 #define DS_FP8_RESIDENT_H
@@ -32,12 +40,28 @@ int ds_fp8_resident_add(const float *base, int64_t rows, int64_t cols, const uin
                         int64_t br, int64_t bc);
 /* Remove every entry whose key lies in [lo, lo + n floats). */
 void ds_fp8_resident_remove(const float *lo, size_t n);
-/* Bytes held for the entries in [lo, lo + n floats): codes (mapped) and scales. */
+/* Bytes held for the entries in [lo, lo + n floats): codes (mapped) and scales; device entries: their
+ * ds_fp8_resident_device_bytes. */
 size_t ds_fp8_resident_bytes(const float *lo, size_t n);
 
 /* base with gemm and gemm_rows replaced by the resident-aware versions (base's table is copied and used for
  * everything else and for the panels' products). */
 void ds_fp8_resident_ops(struct ds_ops *out, const struct ds_ops *base);
+
+/* Whether the GPU's block-scaled GEMM takes a [rows, cols] weight in br x bc blocks: 128x128 blocks, cols
+ * (the reduction) a multiple of 128, rows a multiple of 4 (cuBLASLt's rules on sm_90, kernels/blaslt.h). */
+int ds_fp8_resident_device_ok(int64_t rows, int64_t cols, int64_t br, int64_t bc);
+/* Device bytes one resident [rows, cols] weight takes: its codes, then its scales [ceil(rows/128)][ld] with
+ * ld = ceil(cols/128) rounded up to 4, each rounded up to 256 bytes. What ds_fp8_resident_add_device uses. */
+size_t ds_fp8_resident_device_bytes(int64_t rows, int64_t cols);
+/* Register a device weight at key `base`: codes q [rows, cols] (host, e.g. the checkpoint's mapping) and
+ * scales [ceil(rows/128), cols/128] row-major (host) are copied through ops->copy into dev
+ * (ds_fp8_resident_device_bytes of device memory, 256-byte aligned); nothing host-side is kept. */
+int ds_fp8_resident_add_device(const float *base, int64_t rows, int64_t cols, const uint8_t *q, const float *scale,
+                               int64_t br, int64_t bc, void *dev, const struct ds_ops *ops);
+/* base (the CUDA backend) with gemm and gemm_rows replaced by versions that run resident B operands through
+ * the block-scaled FP8 GEMM; fails when base is not the CUDA backend or the build has none. */
+int ds_fp8_resident_ops_device(struct ds_ops *out, const struct ds_ops *base);
 
 /* The float an E4M3 code decodes to, as the GEMMs here compute it (equal to fp8.h's ds_e4m3_to_f32). */
 float ds_fp8_resident_decode(uint8_t code);

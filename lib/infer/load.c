@@ -4,10 +4,25 @@
 #include "core/log.h"
 #include "io/checkpoint.h"
 #include "model/weights.h"
+#include "ops/device.h"
+
+#ifdef DS_HAVE_CUDA
+#include "ops_cuda.h"
+#endif
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Whether the backend keeps a bf16 copy of the float parameters: the CUDA backend in its default bf16 GEMM
+ * mode (kernels/ops_cuda.h), made at the first product that reads them. */
+static int backend_bf16_copy(void) {
+#ifdef DS_HAVE_CUDA
+    return ds_ops_cuda_gemm() == DS_CUDA_GEMM_BF16;
+#else
+    return 0;
+#endif
+}
 
 int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *out) {
     memset(out, 0, sizeof *out);
@@ -25,16 +40,22 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
     int rc = ds_model_check_set(cfg, ds_ckpt_tensors(c), ds_ckpt_where(c));
     if (!rc) rc = ds_model_create(&out->model, cfg, &o);
     if (!rc) {
-        double f32, f8;
-        ds_model_weight_memory(out->model, &f32, &f8);
-        out->fp8_resident = f8 > 0;
-        if (f8 > 0)
+        const int host = ds_ops_on_host(ds_model_ops(out->model));
+        ds_weight_bytes wb;
+        ds_model_weight_bytes(out->model, !host && backend_bf16_copy(), &wb);
+        const double G = 1073741824.0;
+        out->fp8_resident = wb.fp8 > 0;
+        if (wb.fp8 > 0 && host)
             ds_info("weights: %.3f GiB in memory: FP8 Linear weights %.3f GiB (E4M3 codes mapped from the checkpoint, "
-                    "block scales) + fp32 %.3f GiB (expanded they would take %.3f GiB)", (f32 + f8) / 1073741824.0,
-                    f8 / 1073741824.0, f32 / 1073741824.0,
-                    4.0 * (double)ds_model_num_params(out->model) / 1073741824.0);
+                    "block scales) + fp32 %.3f GiB (expanded they would take %.3f GiB)", (wb.fp32 + wb.fp8) / G,
+                    wb.fp8 / G, wb.fp32 / G, wb.expanded / G);
+        else if (wb.fp8 > 0) /* the GPU: what this load allocates for the weights, before it starts */
+            ds_info("weights: %.3f GiB on the GPU: FP8 Linear weights %.3f GiB (E4M3 codes and block scales, %d tensors) "
+                    "+ fp32 %.3f GiB + bf16 copy %.3f GiB (expanded they would take %.3f GiB)",
+                    (wb.fp8 + wb.fp32 + wb.bf16) / G, wb.fp8 / G, wb.resident, wb.fp32 / G, wb.bf16 / G, wb.expanded / G);
         else
-            ds_verbose("weights: %.3f GiB in memory (fp32)", f32 / 1073741824.0);
+            ds_verbose("weights: %.3f GiB %s (fp32 %.3f GiB + bf16 copy %.3f GiB)", (wb.fp32 + wb.bf16) / G,
+                       host ? "in memory" : "on the GPU", wb.fp32 / G, wb.bf16 / G);
     }
     if (!rc) rc = ds_model_load_weights(out->model, ds_ckpt_tensors(c));
     if (!rc && tok) rc = ds_tok_from_json(&out->tok, tok, tok_len, where);

@@ -59,6 +59,14 @@ struct ds_model {
     size_t n_floats;
     size_t resident_floats;     /* of them, FP8-resident (never touched) */
     double fp8_bytes;           /* the resident weights' codes and scales */
+    /* FP8-resident on the GPU (ds_params_compact): w holds only the n_held float parameters, parameter i at
+     * w + dev_off[i]; a resident one (dev_off[i] == SIZE_MAX) has the address keys + offset, in a reserved
+     * host range no device allocation can take (a key for fp8/resident.h, never dereferenced), and its
+     * codes and scales in fp8_dev. Otherwise dev_off is NULL and n_held == n_floats. */
+    size_t *dev_off;
+    size_t n_held;
+    float *keys;
+    void *fp8_dev;
     float *w, *g; /* parameters, gradients */
     float *ebias; /* expert biases, n_moe x E */
     ds_weights W, G;
@@ -148,6 +156,12 @@ void ds_slots_free(ds_model *m);
 /* params.c */
 int ds_params_layout(ds_model *m, int alloc);
 void ds_params_bind(ds_model *m, float *base, ds_weights *out);
+/* GPU FP8-resident layout (see dev_off above) after ds_model_mark_resident: fills dev_off and n_held and
+ * reserves the key range. ds_model_free releases both. */
+int ds_params_compact(ds_model *m);
+void ds_params_compact_free(ds_model *m);
+/* Where parameter i lives: m->w + offset, or its place in the compact layout. */
+float *ds_param_ptr(const ds_model *m, int i);
 
 /* The call context of the current batch. */
 ds_layer_ctx ds_model_ctx(const ds_model *m);

@@ -128,13 +128,32 @@ int ds_model_layout(const ds_config *cfg, ds_param **params, int *count) {
     return rc;
 }
 
+int ds_model_weight_plan(const ds_config *cfg, const ds_st_set *s, int device, int bf16_copy, ds_weight_bytes *out) {
+    memset(out, 0, sizeof *out);
+    ds_model *m = calloc(1, sizeof *m);
+    if (!m) return ds_fail(DS_ERR, "out of memory: model");
+    ds_model_opts o = {.max_batch = 1, .max_seq = 1};
+    int rc = model_shape(m, cfg, &o);
+    if (!rc) rc = ds_params_layout(m, 1);
+    if (!rc) { /* the marking ds_model_create does: the table only, nothing allocated */
+        ds_model_mark_resident(m, s, device);
+        ds_model_weight_bytes(m, bf16_copy, out);
+    }
+    free(m->params);
+    free_shape(m);
+    free(m);
+    return rc;
+}
+
 void ds_model_free(ds_model *m) {
     if (!m) return;
     ds_slots_free(m); /* back to the model's own activations first */
     ds_wgrad_free(m);
     const ds_ops *ops = m->ops;
-    if (m->resident_floats) ds_fp8_resident_remove(m->w, m->n_floats);
+    if (m->resident_floats) ds_fp8_resident_remove(m->keys ? m->keys : m->w, m->n_floats);
+    ds_params_compact_free(m);
     if (ops) {
+        ops->free(m->fp8_dev);
         ops->free(m->w);
         ops->free(m->g);
         ops->free(m->ebias);
@@ -173,12 +192,15 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
         goto fail;                                                                                         \
     } while (0)
     if ((rc = ds_params_layout(m, 1))) goto fail;
-    if (m->opts.fp8_resident && m->opts.fp8_tensors && !strcmp(ops->name, "cpu")) {
+    const int on_host = !strcmp(ops->name, "cpu");
+    if (m->opts.fp8_resident && m->opts.fp8_tensors) {
         if (m->opts.linear_ops || m->opts.train)
             FAIL("model: FP8-resident weights are for inference with their own Linear GEMMs (no --w8a8)");
-        ds_model_mark_resident(m, m->opts.fp8_tensors);
+        ds_model_mark_resident(m, m->opts.fp8_tensors, !on_host);
         if (m->resident_floats) { /* the Linear GEMMs read the resident codes; kv_b is never resident */
-            ds_fp8_resident_ops(&m->lin_tab, ops);
+            if (on_host) ds_fp8_resident_ops(&m->lin_tab, ops);
+            /* a device: the parameter buffer leaves the resident weights out (ds_params_compact) */
+            else if ((rc = ds_fp8_resident_ops_device(&m->lin_tab, ops)) || (rc = ds_params_compact(m))) goto fail;
             m->lin = &m->lin_tab;
             m->lin_kvb = ops;
         }
@@ -189,10 +211,10 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
         for (int e = 0; opts->ep_node && e < m->ep_n; e++) m->ep_node[e] = opts->ep_node[e];
         if ((rc = ds_moe_ep_set_transport(m, opts->ep_two_hop))) goto fail;
     }
-    size_t pbytes = sizeof(float) * m->n_floats;
+    size_t pbytes = sizeof(float) * m->n_held;
     ds_bump count = {0};
     ds_act_layout(m, &count, m->n_max);
-    if (!strcmp(ops->name, "cpu")) {
+    if (on_host) {
         /* refuse what cannot fit before touching the allocator (the 671B shape on a workstation) */
         double need = (double)(pbytes - sizeof(float) * m->resident_floats) * (m->opts.train ? 2 : 1) + m->fp8_bytes +
                       (double)count.used;
@@ -203,8 +225,12 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     }
     m->w = ops->alloc(pbytes);
     if (!m->w) FAIL("out of memory: %zu bytes of parameters", pbytes);
-    ops->params_changed(m->w, m->n_floats); /* the backend may keep derived copies (bf16 GEMM operands) */
-    if (!m->resident_floats) ops->zero(m->w, pbytes);
+    ops->params_changed(m->w, m->n_held); /* the backend may keep derived copies (bf16 GEMM operands) */
+    if (m->dev_off) { /* the resident weights' codes and scales, one block (ds_model_load_weights places them) */
+        m->fp8_dev = ops->alloc((size_t)m->fp8_bytes);
+        if (!m->fp8_dev) FAIL("out of memory: %.0f bytes of FP8-resident weights on %s", m->fp8_bytes, ops->name);
+    }
+    if (!m->resident_floats || m->dev_off) ops->zero(m->w, pbytes);
     else { /* every range but the resident ones: their pages are never touched, so never resident */
         size_t from = 0; /* params are in offset order */
         for (int i = 0; i < m->n_params; i++) {

@@ -155,6 +155,21 @@ const struct ds_ops *ds_model_linear_ops(const ds_model *m);
  * bytes (codes, mapped from the checkpoint, and scales); known from ds_model_create on. */
 void ds_model_weight_memory(const ds_model *m, double *fp32_bytes, double *fp8_bytes);
 
+/* What the weights take on the backend, as ds_model_create lays them out. */
+typedef struct {
+    double fp32;     /* float parameters (everything not FP8-resident) and expert biases */
+    double bf16;     /* the backend's bf16 copy of the float parameters (the CUDA backend's bf16 GEMMs), if asked */
+    double fp8;      /* FP8-resident codes and block scales: mapped on the host; on a GPU, device memory with
+                        the scale rows padded as cuBLASLt reads them (fp8/resident.h) */
+    double expanded; /* fp32 + bf16 with every weight expanded: the same load without FP8 residency */
+    int resident;    /* FP8-resident tensors */
+} ds_weight_bytes;
+void ds_model_weight_bytes(const ds_model *m, int bf16_copy, ds_weight_bytes *out);
+/* The same for cfg's model loaded from s with opts.fp8_resident, without building it (no GPU needed): on a
+ * device (device = 1) or on the host. What ds-generate reports before loading. */
+int ds_model_weight_plan(const ds_config *cfg, const struct ds_st_set *s, int device, int bf16_copy,
+                         ds_weight_bytes *out);
+
 /* Whether MTP modules are active (0 when the checkpoint had no MTP tensors). */
 int ds_model_mtp_depth(const ds_model *m);
 

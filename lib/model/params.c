@@ -14,9 +14,11 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 typedef struct {
     ds_model *m;
@@ -25,10 +27,17 @@ typedef struct {
     ds_weights *W;  /* bind pointers into `base` when set */
     float *base;
     int experts;    /* expert parallelism: 0 = every tensor but the routed experts, 1 = those only */
+    int compact;    /* binding the parameters of a compact (GPU FP8-resident) layout: ds_param_ptr */
 } walker;
 
 static void emit(walker *k, float **slot, int layer, int expert, ds_param_kind kind, int64_t rows, int64_t cols,
                  const char *fmt, ...) DS_PRINTF(8, 9);
+
+/* Parameter i (at offset `off` of the full layout) in m's parameter buffer, or its key (ds_params_compact). */
+static float *param_at(const ds_model *m, int i, size_t off) {
+    if (!m->dev_off) return m->w + off;
+    return m->dev_off[i] == SIZE_MAX ? m->keys + off : m->w + m->dev_off[i];
+}
 
 static void emit(walker *k, float **slot, int layer, int expert, ds_param_kind kind, int64_t rows, int64_t cols,
                  const char *fmt, ...) {
@@ -48,7 +57,8 @@ static void emit(walker *k, float **slot, int layer, int expert, ds_param_kind k
         p->layer = layer;
         p->expert = expert;
     }
-    if (k->W && slot && expert <= k->m->e0) *slot = k->base + k->off; /* the first (local) expert */
+    if (k->W && slot && expert <= k->m->e0) /* the first (local) expert */
+        *slot = k->compact ? param_at(k->m, k->count, k->off) : k->base + k->off;
     k->off += numel;
     k->count++;
 }
@@ -138,6 +148,7 @@ int ds_params_layout(ds_model *m, int alloc) {
     walk(&k);
     m->n_params = k.count;
     m->n_floats = k.off;
+    m->n_held = k.off;
     if (!alloc) return 0;
     m->params = calloc((size_t)k.count, sizeof(ds_param));
     if (!m->params) return ds_fail(DS_ERR, "out of memory: parameter table of %d tensors", k.count);
@@ -149,12 +160,41 @@ int ds_params_layout(ds_model *m, int alloc) {
 void ds_params_bind(ds_model *m, float *base, ds_weights *out) {
     ds_param *saved = m->params;
     m->params = NULL; /* the table is already filled: bind only */
-    walker k = {.m = m, .W = out, .base = base};
+    walker k = {.m = m, .W = out, .base = base, .compact = m->dev_off && base == m->w};
     walk(&k);
     m->params = saved;
 }
 
+float *ds_param_ptr(const ds_model *m, int i) { return param_at(m, i, m->params[i].offset); }
+
+int ds_params_compact(ds_model *m) {
+    m->dev_off = malloc(sizeof(size_t) * (size_t)(m->n_params > 0 ? m->n_params : 1));
+    if (!m->dev_off) return ds_fail(DS_ERR, "out of memory: parameter table");
+    size_t held = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const ds_param *p = &m->params[i];
+        m->dev_off[i] = p->resident ? SIZE_MAX : held;
+        if (!p->resident) held += p->numel;
+    }
+    m->n_held = held;
+    /* address space only (PROT_NONE, no reserve): with unified addressing no device allocation lands here */
+    void *k = mmap(NULL, sizeof(float) * m->n_floats, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (k == MAP_FAILED) return ds_fail(DS_ERR, "cannot reserve %zu bytes of address space for FP8-resident weights",
+                                        sizeof(float) * m->n_floats);
+    m->keys = k;
+    return DS_OK;
+}
+
+void ds_params_compact_free(ds_model *m) {
+    if (m->keys) munmap(m->keys, sizeof(float) * m->n_floats);
+    m->keys = NULL;
+    free(m->dev_off);
+    m->dev_off = NULL;
+    m->n_held = m->n_floats;
+}
+
 int ds_model_init(ds_model *m, uint64_t seed) {
+    if (m->resident_floats) return ds_fail(DS_ERR, "model: FP8-resident weights come from a checkpoint, not from an init");
     float std = m->cfg.ds_init_std > 0 ? (float)m->cfg.ds_init_std : 0.006f;
     const ds_ops *ops = m->ops;
     int on_host = !strcmp(ops->name, "cpu");
@@ -202,6 +242,16 @@ const struct ds_ops *ds_model_linear_ops(const ds_model *m) { return m->lin; }
 void ds_model_weight_memory(const ds_model *m, double *fp32_bytes, double *fp8_bytes) {
     *fp32_bytes = (double)sizeof(float) * (double)(m->n_floats - m->resident_floats + (size_t)m->n_moe * m->dims.E);
     *fp8_bytes = m->fp8_bytes;
+}
+
+void ds_model_weight_bytes(const ds_model *m, int bf16_copy, ds_weight_bytes *out) {
+    const double held = (double)(m->n_floats - m->resident_floats), bias = (double)m->n_moe * m->dims.E;
+    out->fp32 = sizeof(float) * (held + bias);
+    out->bf16 = bf16_copy ? 2.0 * held : 0;
+    out->fp8 = m->fp8_bytes;
+    out->expanded = sizeof(float) * ((double)m->n_floats + bias) + (bf16_copy ? 2.0 * (double)m->n_floats : 0);
+    out->resident = 0;
+    for (int i = 0; i < m->n_params; i++) out->resident += m->params[i].resident;
 }
 
 float *ds_model_expert_bias(ds_model *m, int layer) {

@@ -82,6 +82,13 @@ static int shape_error(const ds_st_set *s, const ds_st_tensor *t, int ndim, cons
                    ds_st_set_file_of(s, t->name));
 }
 
+/* The block shape of the checkpoint's FP8 weights (config.json quantization_config, else 128x128). */
+static void block_shape(const ds_model *m, int64_t *br, int64_t *bc) {
+    const ds_quant_config *q = &m->cfg.quantization_config;
+    *br = q->enabled && q->weight_block_size[0] > 0 ? q->weight_block_size[0] : 128;
+    *bc = q->enabled && q->weight_block_size[1] > 0 ? q->weight_block_size[1] : 128;
+}
+
 /* The block-scale grid of an F8_E4M3 weight t: its <name>_scale_inv (checked against the grid) read as
  * float32 into *scale (malloc'd), the block shape in *br, *bc. */
 static int fp8_scales(const ds_model *m, const ds_st_set *s, const ds_st_tensor *t, used_set *u, float **scale,
@@ -93,9 +100,7 @@ static int fp8_scales(const ds_model *m, const ds_st_set *s, const ds_st_tensor 
     if (!sc) return ds_fail(DS_ERR, "checkpoint: %s: F8_E4M3 without %s: %s", t->name, sname, ds_st_set_file_of(s, t->name));
     if (u) use(u, sc->name);
     int64_t rows = t->shape[0], cols = t->ndim > 1 ? t->shape[1] : 1;
-    const ds_quant_config *q = &m->cfg.quantization_config;
-    *br = q->enabled && q->weight_block_size[0] > 0 ? q->weight_block_size[0] : 128;
-    *bc = q->enabled && q->weight_block_size[1] > 0 ? q->weight_block_size[1] : 128;
+    block_shape(m, br, bc);
     int64_t want[2] = {(rows + *br - 1) / *br, (cols + *bc - 1) / *bc};
     if (!ds_st_shape_is(sc, 2, want)) return shape_error(s, sc, 2, want);
     *scale = malloc(sizeof(float) * (size_t)(want[0] * want[1]));
@@ -137,29 +142,50 @@ static int resident_kind(const ds_param *p) {
     return p->kind == DS_PARAM_MATRIX && p->ndim == 2 && !strstr(p->name, "kv_b_proj") && !strstr(p->name, "eh_proj");
 }
 
-void ds_model_mark_resident(ds_model *m, const ds_st_set *s) {
+void ds_model_mark_resident(ds_model *m, const ds_st_set *s, int device) {
     m->resident_floats = 0;
     m->fp8_bytes = 0;
+    int64_t br, bc;
+    block_shape(m, &br, &bc);
     char sname[160];
     for (int i = 0; i < m->n_params; i++) {
         ds_param *p = &m->params[i];
         const ds_st_tensor *t = resident_kind(p) ? ds_st_set_find(s, p->name) : NULL;
         snprintf(sname, sizeof sname, "%s_scale_inv", p->name);
         p->resident = t && t->dtype == DS_F8_E4M3 && ds_st_shape_is(t, 2, p->shape) && ds_st_set_find(s, sname);
+        /* the GPU's block-scaled GEMM takes some shapes only: the others are expanded as before */
+        if (device && p->resident) p->resident = ds_fp8_resident_device_ok(p->shape[0], p->shape[1], br, bc);
+    }
+    /* GPU: a layer's routed experts are all resident or none (the compact buffer keeps one stride per block);
+     * they are consecutive in the table (params.c), with or without expert parallelism */
+    for (int i = 0; device && i < m->n_params;) {
+        int j = i, all = 1;
+        while (j < m->n_params && m->params[j].expert >= 0 && m->params[j].layer == m->params[i].layer)
+            all &= m->params[j++].resident;
+        for (int k = i; !all && k < j; k++) m->params[k].resident = 0;
+        i = j > i ? j : i + 1;
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        const ds_param *p = &m->params[i];
         if (!p->resident) continue;
         m->resident_floats += p->numel;
-        m->fp8_bytes += (double)p->numel + (double)ds_st_set_find(s, sname)->numel * sizeof(float);
+        snprintf(sname, sizeof sname, "%s_scale_inv", p->name);
+        m->fp8_bytes += device ? (double)ds_fp8_resident_device_bytes(p->shape[0], p->shape[1])
+                               : (double)p->numel + (double)ds_st_set_find(s, sname)->numel * sizeof(float);
     }
 }
 
-/* Register resident parameter p: its codes stay in s's memory, its scales are copied. */
-static int register_resident(const ds_model *m, const ds_st_set *s, used_set *u, const ds_param *p) {
+/* Register resident parameter p at key `key`: on the host its codes stay in s's memory and its scales are
+ * copied; on the GPU (m->fp8_dev) both are copied into the device memory at dev. */
+static int register_resident(const ds_model *m, const ds_st_set *s, used_set *u, const ds_param *p, float *key,
+                             void *dev) {
     const ds_st_tensor *t = ds_st_set_find(s, p->name);
     use(u, t->name);
     float *scale;
     int64_t br, bc;
     DS_TRY(fp8_scales(m, s, t, u, &scale, &br, &bc));
-    int rc = ds_fp8_resident_add(m->w + p->offset, p->shape[0], p->shape[1], t->data, scale, br, bc);
+    int rc = dev ? ds_fp8_resident_add_device(key, p->shape[0], p->shape[1], t->data, scale, br, bc, dev, m->ops)
+                 : ds_fp8_resident_add(key, p->shape[0], p->shape[1], t->data, scale, br, bc);
     free(scale);
     return rc ? ds_fail_ctx(rc, "%s", p->name) : DS_OK;
 }
@@ -236,11 +262,14 @@ int ds_model_load_weights(ds_model *m, const ds_st_set *s) {
     int active = L + m->mtp_depth;
     for (int l = 0; !rc && l < active; l++)
         if (m->moe_slot[l] >= 0) rc = load_fused_experts(m, s, l, &fused[l], &u);
+    size_t dev_at = 0; /* GPU: the next resident weight's place in m->fp8_dev (every resident one has its place) */
     for (int i = 0; !rc && i < m->n_params; i++) {
         const ds_param *p = &m->params[i];
+        void *dev = m->fp8_dev && p->resident ? (char *)m->fp8_dev + dev_at : NULL;
+        if (dev) dev_at += ds_fp8_resident_device_bytes(p->shape[0], p->shape[1]);
         if (p->layer >= active || (p->expert >= 0 && fused[p->layer])) continue;
-        if (p->resident) rc = register_resident(m, s, &u, p);
-        else rc = load_one(m, s, &st, &u, p->name, p->ndim, p->shape, m->w + p->offset, p->numel);
+        if (p->resident) rc = register_resident(m, s, &u, p, ds_param_ptr(m, i), dev);
+        else rc = load_one(m, s, &st, &u, p->name, p->ndim, p->shape, ds_param_ptr(m, i), p->numel);
     }
     for (int l = 0; !rc && l < active; l++) {
         int slot = m->moe_slot[l];
@@ -257,7 +286,7 @@ int ds_model_load_weights(ds_model *m, const ds_st_set *s) {
     if (!st.on_host) free(st.buf);
     free(u.v);
     free(fused);
-    m->ops->params_changed(m->w, m->n_floats);
+    m->ops->params_changed(m->w, m->n_held);
     return rc;
 }
 

@@ -25,8 +25,10 @@ int ds_model_check_set(const ds_config *c, const ds_st_set *s, const char *where
 
 /* Mark the parameters that stay FP8-resident with s as their source (model.h opts.fp8_resident): 2-D
  * Linear weights taken by the Linear GEMMs (not kv_b, eh_proj, the router, embedding or head) stored in s
- * as F8_E4M3 with a <name>_scale_inv. Sets m's resident counts. */
-void ds_model_mark_resident(ds_model *m, const ds_st_set *s);
+ * as F8_E4M3 with a <name>_scale_inv. device: for the GPU, which also needs shapes its block-scaled GEMM
+ * takes (fp8/resident.h ds_fp8_resident_device_ok) and a layer's routed experts all resident or none.
+ * Sets m's resident counts and the bytes they take (device: ds_fp8_resident_device_bytes each). */
+void ds_model_mark_resident(ds_model *m, const ds_st_set *s, int device);
 
 /* Fill every parameter and expert bias of m from s (resident ones are registered with fp8/resident.h,
  * their codes borrowed from s). Errors name the tensor and the file. */
