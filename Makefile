@@ -171,7 +171,7 @@ test-quick: venv all $(UNITS)
 	@$(TEST_ENV) DS_QUICK=1 tests/run.sh
 
 test-gpu: all $(GPU_TESTS) $(GPU_BENCHES)
-	@$(TEST_ENV) DS_GPU_TESTS="$(GPU_TESTS) $(if $(GPU_TESTS),tests/gpu/test_tools.sh)" tests/gpu/run.sh
+	@$(TEST_ENV) DS_GPU_TESTS="$(GPU_TESTS) $(if $(GPU_TESTS),tests/gpu/test_tools.sh tests/gpu/test_fp8_resident.sh)" tests/gpu/run.sh
 
 demo: all
 	@DS_BIN=$(abspath $(BIN)) share/demo.sh

@@ -329,6 +329,18 @@ static int cu_status(void) { return ds_ops_cuda_status(); }
 
 ds_blaslt *ds_cuda_blaslt(void) { return g_lt; }
 
+static int g_ready;
+static size_t g_free_at_start; /* cudaMemGetInfo's free bytes once the context existed, before our first allocation */
+
+extern "C" int ds_ops_cuda_memory_used(double *bytes) {
+    size_t free_now = 0, total = 0;
+    *bytes = 0;
+    if (!g_ready) return ds_fail(DS_ERR, "cuda: the backend is not started");
+    DS_CU_TRY(cudaMemGetInfo(&free_now, &total));
+    *bytes = (double)g_free_at_start - (double)free_now;
+    return DS_OK;
+}
+
 /* The decode op with the split-KV workspace from backend scratch when the caller brings none. */
 static int cu_mla_decode(const ds_mla_decode_args *a) {
     if (a->workspace) return ds_cuda_mla_decode(a);
@@ -342,7 +354,6 @@ static int cu_mla_decode(const ds_mla_decode_args *a) {
 }
 
 static ds_ops cuda_ops;
-static int g_ready;
 
 extern "C" void ds_ops_cuda_set_gemm(ds_cuda_gemm_mode mode) { g_mode = mode; }
 extern "C" ds_cuda_gemm_mode ds_ops_cuda_gemm(void) { return g_mode; }
@@ -354,7 +365,9 @@ extern "C" const ds_ops *ds_ops_cuda(void) {
         ds_fail(DS_ERR, "--device cuda: no usable GPU (%s)", why);
         return NULL;
     }
-    if (ds_cuda_init(0, NULL) || ds_blaslt_create(&g_lt, NULL, 0)) {
+    size_t total = 0;
+    if (ds_cuda_init(0, NULL) || cudaMemGetInfo(&g_free_at_start, &total) != cudaSuccess ||
+        ds_blaslt_create(&g_lt, NULL, 0)) {
         ds_fail_ctx(DS_ERR, "--device cuda");
         return NULL;
     }

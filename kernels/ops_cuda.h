@@ -26,6 +26,9 @@ const ds_ops *ds_ops_cuda(void);
 /* DS_OK, or the first error since the last call (message set); clears it. */
 int ds_ops_cuda_status(void);
 void ds_ops_cuda_set_gemm(ds_cuda_gemm_mode mode);
+/* Device memory taken since the backend started: cudaMemGetInfo's free bytes then minus now (this process's
+ * allocations, the cuBLASLt workspace included, if nothing else runs on the device). */
+int ds_ops_cuda_memory_used(double *bytes);
 ds_cuda_gemm_mode ds_ops_cuda_gemm(void);
 
 #ifdef __cplusplus

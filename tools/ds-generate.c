@@ -353,6 +353,10 @@ int main(int argc, char **argv) {
     } else if (!rc && !chat_tty) {
         rc = run_generate(&L, rd, &gs, ctx, lin, &mf);
     }
+    double dev_used; /* what the weights' report promised, next to what the device gave (bench/gpu_fp8_resident.sh) */
+    if (!rc && !ds_ops_on_host(mo.ops) && !ds_device_memory_used(mo.ops, &dev_used))
+        ds_info("device memory: %.3f GiB taken by this run (weights, cache, activations, workspaces)",
+                dev_used / 1073741824.0);
     if (!rc && A.w8a8) rc = ds_fp8_linear_status(); /* a failure inside an FP8 GEMM (out of memory) */
     if (!rc && L.fp8_resident) rc = ds_fp8_resident_status();
     ds_prompt_reader_free(rd);

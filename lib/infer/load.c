@@ -64,7 +64,8 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
     if (!rc && ds_ckpt_has_file(c, "generation_config.json"))
         rc = ds_ckpt_read_file(c, "generation_config.json", &out->generation_config, &out->generation_config_len);
     if (!rc) out->has_mtp = ds_model_mtp_depth(out->model) > 0;
-    if (out->fp8_resident) out->ckpt = c; /* the codes stay in its memory */
+    /* the host's codes stay in the checkpoint's memory; a GPU's were copied and the mapping can go */
+    if (out->fp8_resident && ds_ops_on_host(ds_model_ops(out->model))) out->ckpt = c;
     else ds_ckpt_close(c);
     if (rc) ds_loaded_free(out);
     return rc;

@@ -27,3 +27,13 @@ int ds_ops_for_device(const char *device, const ds_ops **out) {
 }
 
 int ds_ops_on_host(const ds_ops *ops) { return !ops || !strcmp(ops->name, "cpu"); }
+
+int ds_device_memory_used(const ds_ops *ops, double *bytes) {
+    *bytes = 0;
+    if (ds_ops_on_host(ops)) return ds_fail(DS_ERR, "device memory: the CPU backend has no device");
+#ifdef DS_HAVE_CUDA
+    return ds_ops_cuda_memory_used(bytes);
+#else
+    return ds_fail(DS_ERR, "device memory: this build has no CUDA backend");
+#endif
+}

@@ -14,6 +14,10 @@
  * "--device NAME: <why>" when the device is unknown or cannot be used here. */
 int ds_ops_for_device(const char *device, const ds_ops **out);
 
+/* Device memory this process has taken on ops' device since the backend started (a GPU backend only:
+ * fails for the CPU), for reports. */
+int ds_device_memory_used(const ds_ops *ops, double *bytes);
+
 /* Whether ops keeps tensors in host memory (the CPU backend): callers may read its buffers directly. */
 int ds_ops_on_host(const ds_ops *ops);
 

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs on a lent GPU machine from a folder made by tests/gpu/stage.sh: the environment report, every GPU
-# test program, and the benchmarks; logs go to $OUT (or /tmp/ds-gpu-out). Parts: env tests tools mla gemm
+# test program, and the benchmarks; logs go to $OUT (or /tmp/ds-gpu-out). Parts: env tests tools fp8 mla gemm
 # train toolbench profile (default: all; tools = the tools' --device cuda vs cpu test, tests/gpu/test_tools.sh;
+# fp8 = FP8-resident weights on the GPU: tests/gpu/test_fp8_resident.sh, then bench/gpu_fp8_resident.sh;
 # toolbench = bench/gpu_tools.sh, the tools against transformers; profile = one training run through the
 # per-op timing wrapper). ONLY="test_ops test_model_step" limits the test programs.
 # Usage: device.sh [part...]
@@ -10,7 +11,7 @@ export LD_LIBRARY_PATH=$PWD/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PY=${PY:-python3} PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/ds-gpu-out}
 mkdir -p "$out"
-parts=${*:-env tests tools mla gemm train toolbench profile}
+parts=${*:-env tests tools fp8 mla gemm train toolbench profile}
 has() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
 summary=()
 if has env; then
@@ -39,6 +40,15 @@ if has tools; then
     rc=$?
     summary+=("test_tools: exit $rc, $(grep -c '^ok' "$out/test_tools.tap") ok, $(grep -c '^not ok' "$out/test_tools.tap") not ok")
     grep -E '^not ok|^#|^1\.\.' "$out/test_tools.tap" | head -60
+fi
+if has fp8; then
+    DS_BIN=$PWD/bin DS_ROOT=$PWD DS_PY=$PY timeout ${FP8_TIMEOUT:-300} ./test_fp8_resident.sh >"$out/test_fp8_resident.tap" 2>&1
+    rc=$?
+    summary+=("test_fp8_resident: exit $rc, $(grep -c '^ok' "$out/test_fp8_resident.tap") ok, $(grep -c '^not ok' "$out/test_fp8_resident.tap") not ok")
+    grep -E '^not ok|^#|^1\.\.' "$out/test_fp8_resident.tap" | head -40
+    DS_BIN=$PWD/bin timeout ${FP8_BENCH_TIMEOUT:-300} bench/gpu_fp8_resident.sh >"$out/fp8_resident.txt" 2>&1
+    summary+=("fp8 resident bench: exit $?")
+    cat "$out/fp8_resident.txt"
 fi
 if has mla; then
     SWEEP=${SWEEP:-} GPU_MLA=bin/gpu_mla_decode timeout 400 bench/gpu_mla_decode.sh 20 >"$out/mla.txt" 2>&1

@@ -3,7 +3,7 @@
 # has the NVIDIA driver, CUDA 13 libraries and PyTorch, but not our build tree or Debian libraries):
 #   DEST/bin      test programs, benchmark binaries and the tools the GPU tests drive (built here: make test-gpu)
 #   DEST/bench    the benchmark drivers and their PyTorch references
-#   DEST/test_tools.sh, DEST/share/configs, DEST/docs ...  the tools' end-to-end test and what it reads
+#   DEST/test_tools.sh, DEST/test_fp8_resident.sh, DEST/share/configs, DEST/docs ...  the tools' end-to-end test and what it reads
 #   DEST/lib      the shared libraries the binaries need beyond the C/C++ runtime and CUDA's own
 #                 (OpenMP, OpenBLAS and its Fortran runtime, ...), from this machine
 #   DEST/device.sh  the runner (tests/gpu/device.sh)
@@ -15,9 +15,9 @@ cd "$(dirname "$0")/../.."
 rm -rf "$dest"
 mkdir -p "$dest/bin" "$dest/bench" "$dest/lib"
 cp "$build"/tests/gpu/test_* "$build"/bench/gpu_* "$dest/bin/"
-cp bin/ds-tokenize bin/ds-pretrain bin/ds-generate "$dest/bin/"
+cp bin/ds-tokenize bin/ds-pretrain bin/ds-generate bin/ds-quantize "$dest/bin/"
 cp bench/gpu_*.sh bench/gpu_*.py "$dest/bench/"
-cp tests/gpu/device.sh tests/gpu/test_tools.sh "$dest/"
+cp tests/gpu/device.sh tests/gpu/test_tools.sh tests/gpu/test_fp8_resident.sh "$dest/"
 mkdir -p "$dest/share/configs" "$dest/docs" "$dest/tools"
 cp share/configs/tiny.json share/configs/bench-1b.json "$dest/share/configs/"
 cp docs/*.md "$dest/docs/"
