@@ -14,26 +14,11 @@
 # GPU_DEVICE (default cuda; cpu runs the script's own mechanics on a machine without a GPU).
 # Without a GPU it prints "1..0 # SKIP no GPU present".
 set -u
-root=${DS_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
-bin=${DS_BIN:-$root/bin}
-case $bin in /*) ;; *) bin=$root/$bin ;; esac
-py=${DS_PY:-python3}
-gpu=${GPU_DEVICE:-cuda}
+. "$(dirname "$0")/tap_lib.sh"
 cfg=${DS_TINY_CONFIG:-$root/share/configs/tiny.json}
-w=$(mktemp -d)
-trap 'rm -rf "$w"' EXIT
-export OMP_WAIT_POLICY=passive
-n=0 failed=0
-check() { # status description
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
-}
-note() { sed 's/^/# /'; }
 
 # ---- data: a 400-token BPE over the docs, its shards ----
-cat "$root"/docs/*.md "$root"/README.md "$root"/tools/README.md >"$w/text.txt" 2>/dev/null
-"$bin/ds-tokenize" train -q --vocab-size 400 -o "$w/tok.json" "$w/text.txt" || { echo "Bail out! ds-tokenize train"; exit 1; }
-"$bin/ds-tokenize" encode -q -t "$w/tok.json" -o "$w/shards/" "$w/text.txt" || { echo "Bail out! ds-tokenize encode"; exit 1; }
+make_data
 
 # schedules with absolute knees, so a run of 3 steps resumed to 6 sees the same values as a run of 6
 targs=(--config "$cfg" --data "$w/shards" --tokenizer "$w/tok.json" --batch 8 --micro-batch 4 --seq-len 64 --seed 7
@@ -101,25 +86,11 @@ check $? "stopped at 3 and resumed to 6: gradient norms follow the uninterrupted
 
 # ---- generation from the CPU-trained checkpoint ----
 ck=$w/cpu
-printf '%s\n' "5 17 42 9 100 3" "7 7 7" "12 250 31 64 77 8 19 200 11 4 6" >"$w/prompts.txt"
 gen() { # DEVICE OUT [extra...]
     local dev=$1 out=$2
     shift 2
     "$bin/ds-generate" -m "$ck" --ids --jsonl --temperature 0 --ignore-eos --max-new 24 --batch 3 --threads 4 -q \
         --device "$dev" "$@" <"$w/prompts.txt" >"$out"
-}
-cmp_gen() { # A B TOL: same tokens, logprobs within TOL
-    "$py" - "$@" <<'EOF'
-import json, sys
-ra = sorted(map(json.loads, open(sys.argv[1])), key=lambda r: r["index"])
-rb = sorted(map(json.loads, open(sys.argv[2])), key=lambda r: r["index"])
-tol = float(sys.argv[3])
-ok = len(ra) == len(rb) == 3
-same = sum(x["tokens"] == y["tokens"] for x, y in zip(ra, rb))
-worst = max((abs(p - q) for x, y in zip(ra, rb) for p, q in zip(x["logprobs"], y["logprobs"])), default=0.0)
-print(f"# {same} of {len(ra)} completions identical; max |logprob difference| {worst:.3g} (tolerance {tol:g})")
-sys.exit(0 if ok and same == len(ra) and worst <= tol else 1)
-EOF
 }
 gen cpu "$w/g_cpu.jsonl"
 check $? "ds-generate --device cpu greedy"
@@ -135,16 +106,7 @@ cmp_gen "$w/g_cpu.jsonl" "$w/g_mtp.jsonl" 1e-3
 check $? "MTP speculative decoding on the GPU = plain greedy on the CPU"
 gen "$gpu" "$w/g_bf16.jsonl"
 check $? "ds-generate --device cuda with bf16 GEMMs (the default)"
-"$py" - "$w/g_cpu.jsonl" "$w/g_bf16.jsonl" <<'EOF'
-import json, math, sys
-ra = sorted(map(json.loads, open(sys.argv[1])), key=lambda r: r["index"])
-rb = sorted(map(json.loads, open(sys.argv[2])), key=lambda r: r["index"])
-d = max(abs(x["logprobs"][0] - y["logprobs"][0]) for x, y in zip(ra, rb))
-agree = sum(p == q for x, y in zip(ra, rb) for p, q in zip(x["tokens"], y["tokens"]))
-total = sum(len(x["tokens"]) for x in ra)
-print(f"# bf16: first-token logprob difference {d:.3g}; {agree} of {total} greedy tokens agree with the CPU")
-sys.exit(0 if d < 5e-2 and all(math.isfinite(p) for y in rb for p in y["logprobs"]) else 1)
-EOF
+cmp_first "$w/g_cpu.jsonl" "$w/g_bf16.jsonl" 5e-2
 check $? "bf16 GEMMs: first token's log-probability within 5e-2 of the CPU, all finite"
 # the same weights read in the rotate-half layout (rope_interleave false): every attention path on the GPU
 cp -r "$ck" "$w/halves"
@@ -162,13 +124,7 @@ check $? "rope_interleave false: greedy on the GPU (naive and absorbed prefill) 
 sc() { "$bin/ds-generate" -m "$1" --score --ids --threads 4 -q --device "$2" <"$w/prompts.txt"; }
 sc "$ck" cpu >"$w/s_cpu.jsonl" && DS_CUDA_GEMM=f32 sc "$ck" "$gpu" >"$w/s_gpu.jsonl" && sc "$w/gpu32" cpu >"$w/s_gck.jsonl"
 check $? "ds-generate --score on both devices, and the GPU's checkpoint on the CPU"
-"$py" - "$w/s_cpu.jsonl" "$w/s_gpu.jsonl" <<'EOF'
-import json, sys
-ra, rb = [list(map(json.loads, open(f))) for f in sys.argv[1:3]]
-d = max(abs(p - q) for x, y in zip(ra, rb) for p, q in zip(x["logprobs"][1:], y["logprobs"][1:]))
-print(f"# --score: max |logprob difference| {d:.3g}")
-sys.exit(0 if len(ra) == len(rb) == 3 and d <= 1e-4 else 1)
-EOF
+cmp_score "$w/s_cpu.jsonl" "$w/s_gpu.jsonl" 1e-4
 check $? "--score on the GPU = the CPU's within 1e-4"
 "$py" - "$w/s_gck.jsonl" "$w/gpu32.jsonl" <<'EOF'
 import json, sys
