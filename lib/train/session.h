@@ -20,13 +20,10 @@
 #include "model/model.h"
 #include "tok/chat.h"
 #include "dist/layout.h"
-#include "train/ema.h"
+#include "train/emarun.h"
 #include "train/eprun.h"
 #include "train/pipe.h"
 #include "train/trainer.h"
-
-/* Where a training checkpoint keeps the EMA of its weights (--ema): a model checkpoint directory. */
-#define DS_EMA_DIR "ema"
 
 typedef struct {
     const char *tool;           /* "ds-pretrain": names the run in records and plots */
@@ -104,7 +101,7 @@ typedef struct {
     ds_train_comm pcomm;      /* with --pp: this replica's stages (layout.pp_comm) */
     ds_pipe_net *pipe;        /* with --pp */
     ds_ep_run ep;             /* --ep: the layout, the experts' parameter group, traffic metrics */
-    ds_ema *ema;             /* --ema on rank 0, else NULL */
+    ds_ema_run ema;           /* --ema: the average of what this rank keeps (train/emarun.h) */
     ds_dir_lock out_lock;     /* held by the process that writes out_dir (rank 0) for the whole run */
 } ds_session;
 
