@@ -435,11 +435,12 @@ static void session_step_record(void *ctx, const ds_trainer *t, ds_jsonw *w) {
     if (s->o.step_record) s->o.step_record(s->o.step_ctx, t, w);
 }
 
-/* Expert parallelism's traffic of the step, over every rank (before validation adds its own). */
+/* Expert parallelism's traffic of the step, over every rank (before validation adds its own), then the
+ * tool's own hook. */
 static int session_micro_done(void *ctx, ds_trainer *t) {
     ds_session *s = ctx;
-    (void)t;
-    return ds_ep_run_step(&s->ep, s->model, &s->comm);
+    DS_TRY(ds_ep_run_step(&s->ep, s->model, &s->comm));
+    return s->o.micro_done ? s->o.micro_done(s->o.step_ctx, t) : 0;
 }
 
 /* The average starts from the weights the run starts from: the resumed checkpoint's <dir>/ema when it
@@ -487,7 +488,7 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = session_step_record,
                         .after_step = session_after_step, .step_ctx = s,
                         .comm = s->have_comm ? &s->tcomm : NULL, .pp = s->pipe ? &s->pcomm : NULL,
-                        .micro_done = s->ep.have_layout ? session_micro_done : NULL};
+                        .micro_done = s->ep.have_layout || s->o.micro_done ? session_micro_done : NULL};
     if (ds_session_rank(s) != 0) s->o.metrics_path = s->o.plot_path = NULL;
     if (s->o.metrics_path) h.metrics = &s->metrics;
     if (s->pipe) { /* what the schedule needs of the micro-batch count, before any work */

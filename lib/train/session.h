@@ -68,6 +68,7 @@ typedef struct {
      * ds_session_open and ds_session_start, when what they need exists only after the model does. */
     void (*step_record)(void *ctx, const ds_trainer *t, ds_jsonw *w);
     int (*after_step)(void *ctx, ds_trainer *t);
+    int (*micro_done)(void *ctx, ds_trainer *t); /* on every rank once a step's micro-batches ran (trainer.h) */
     void *step_ctx;
 } ds_session_opts;
 
