@@ -12,11 +12,7 @@ load train_helpers
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
-    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=sft -v n=500 -v seed=1 >"$T/sft.jsonl"
-    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=prompts -v n=64 -v seed=2 >"$T/prompts.jsonl"
-    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=prompts -v n=6 -v seed=3 >"$T/eval.jsonl"
-    "$DS_BIN/ds-tokenize" train -q --vocab-size 300 -o "$T/tok.json" "$T/sft.jsonl"
-    "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$T/shards/" "$T/sft.jsonl"
+    rl_task_data "$T" 500 6
     # tiny.json with unlimited routing (n_group 1): any --ep on one host
     "$DS_PY" -c '
 import json, sys
