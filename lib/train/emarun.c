@@ -6,7 +6,6 @@
 #include "io/checkpoint.h"
 #include "ops/device.h"
 #include "ops/ops.h"
-#include "train/distckpt.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -93,29 +92,28 @@ int ds_ema_run_submit(ds_ema_run *r, ds_model *m) {
     return rc;
 }
 
-int ds_ema_run_gather(ds_ema_run *r, ds_model *m, ds_ep_run *ep, const ds_comm *c, const float **values,
-                      const ds_param **info, int *n_info) {
-    *values = NULL, *info = NULL, *n_info = 0;
+int ds_ema_run_gather(ds_ema_run *r, const ds_model *m, const ds_ep_run *ep, const ds_comm *c, const float **values) {
+    *values = NULL;
     if (r->ema) ds_ema_wait(r->ema); /* the update of the last step is in */
     if (!ep || !ep->have_layout) {
-        if (!r->ema) return 0;
-        *values = ds_ema_values(r->ema);
-        *info = ds_model_params_info(m, n_info);
+        if (r->ema) *values = ds_ema_values(r->ema);
         return 0;
     }
-    if (!ep->full_info) DS_TRY(ds_model_layout(ds_model_config(m), &ep->full_info, &ep->n_full));
-    const ds_param *last = &ep->full_info[ep->n_full - 1];
-    if (c->rank == 0 && !r->full && !(r->full = malloc(sizeof(float) * (last->offset + last->numel))))
-        return ds_fail(DS_ERR, "out of memory: gathering the EMA of %zu parameters", last->offset + last->numel);
-    DS_TRY(ds_distckpt_gather(c, 0, r->info, r->n_info, r->ema ? ds_ema_values(r->ema) : NULL, ep->full_info, ep->n_full,
-                              r->full));
-    if (c->rank == 0) *values = r->full, *info = ep->full_info, *n_info = ep->n_full;
+    ds_distckpt_full *f = &r->full;
+    if (!f->info) {
+        DS_TRY(ds_model_layout(ds_model_config(m), &f->info, &f->n));
+        const size_t n = f->info[f->n - 1].offset + f->info[f->n - 1].numel;
+        if (c->rank == 0 && !(f->buf = malloc(sizeof(float) * n)))
+            return ds_fail(DS_ERR, "out of memory: gathering the EMA of %zu parameters", n);
+    }
+    DS_TRY(ds_distckpt_gather(c, 0, r->info, r->n_info, r->ema ? ds_ema_values(r->ema) : NULL, f->info, f->n, f->buf));
+    *values = f->buf;
     return 0;
 }
 
 void ds_ema_run_free(ds_ema_run *r) {
     ds_ema_free(r->ema);
     free(r->info);
-    free(r->full);
+    ds_distckpt_full_free(&r->full);
     memset(r, 0, sizeof *r);
 }

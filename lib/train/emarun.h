@@ -20,6 +20,7 @@
 
 #include "dist/comm.h"
 #include "model/model.h"
+#include "train/distckpt.h"
 #include "train/ema.h"
 #include "train/eprun.h"
 
@@ -31,7 +32,7 @@ typedef struct {
     size_t off;      /* the parameters [off, off + n) of the rank's model are averaged */
     ds_param *info;  /* the model's tensors in that range, offsets relative to off */
     int n_info;
-    float *full;     /* expert parallelism, rank 0: the gathered average in the one-process layout */
+    ds_distckpt_full full; /* expert parallelism: the one-process table, and on rank 0 the gathered average */
 } ds_ema_run;
 
 /* Start the average on the ranks that keep one (rank: this process's in the data-parallel world; ep:
@@ -42,10 +43,9 @@ int ds_ema_run_start(ds_ema_run *r, ds_model *m, const ds_ep_run *ep, int rank, 
 /* After an optimizer step: the weights to the averaging thread (nothing on a rank without an average). */
 int ds_ema_run_submit(ds_ema_run *r, ds_model *m);
 /* Before a save, on every rank (collective over c under expert parallelism; c may be NULL without):
- * the finished average of the whole model. On rank 0 *values is it and *info / *n_info its table
- * (the one-process layout: ep->full_info after ds_ep_run_gather, or the model's own); elsewhere NULL. */
-int ds_ema_run_gather(ds_ema_run *r, ds_model *m, ds_ep_run *ep, const ds_comm *c, const float **values,
-                      const ds_param **info, int *n_info);
+ * the finished average of the whole model, on rank 0 in the layout the checkpoint writes (under
+ * expert parallelism the one-process model's, ds_model_layout; else the model's own); NULL elsewhere. */
+int ds_ema_run_gather(ds_ema_run *r, const ds_model *m, const ds_ep_run *ep, const ds_comm *c, const float **values);
 void ds_ema_run_free(ds_ema_run *r);
 
 #endif
