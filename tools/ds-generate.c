@@ -265,6 +265,7 @@ int main(int argc, char **argv) {
         .example = "  ds-generate -m ckpt/sft --chat --prompt 'What is 2+2?' --max-new 64 --temperature 0\n"
                    "  ds-quantize -m ckpt/sft -o - --to fp8 | ds-generate -m - --prompt 'Once upon a time'\n"
                    "  ds-generate -m ckpt/sft --jsonl --mtp < prompts.jsonl > out.jsonl\n"
+                   "  ds-generate -m ckpt/sft --prefill-only -o - < prompts.jsonl | ds-generate -m ckpt/sft --decode-from -\n"
                    "  echo '0 17 42 9' | ds-generate -m ckpt/sft --score --ids\n"
                    "  ds-generate -m ckpt/fp8 --w8a8 --score < heldout.jsonl   # see bench/fp8_quality.sh",
         .opts = opts,
