@@ -515,13 +515,6 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
             return ds_fail_ctx(DS_EUSAGE, "%d micro-batches per pipeline (batch %d / micro-batch %d / DP %d)", per,
                                (int)ds_sched_max(&to->batch), to->micro_batch, dp);
     }
-    ds_train_opts pipe_to;
-    if (s->pipe && !to->no_zero) { /* the sharded checkpoint is written per world rank: not with stages yet */
-        pipe_to = *to;
-        pipe_to.no_zero = 1;
-        to = &pipe_to;
-        ds_info("pipeline: the optimizer state stays replicated on every rank (ZeRO-1 with --pp is not done yet)");
-    }
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
     DS_TRY(ds_ep_run_groups(&s->ep, s->trainer, s->model, s->have_comm ? &s->tcomm : NULL));
     if (s->pipe) { /* each range over the ranks holding it; the norm over the world (train/pipemem.h) */

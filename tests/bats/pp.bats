@@ -48,7 +48,9 @@ PY
 # the bytes each rank holds (log file $1) against the one-process parameter table: a rank holds its
 # chunks' decoder layers (DualPipe: stages r and PP-1-r), the embedding with stage 0 (and, 1F1B/ZB1P, with
 # the last stage for MTP), the final norm, head and MTP modules with the last stage; gradients as many;
-# optimizer moments 8 bytes per value held (the replicated optimizer)
+# optimizer moments 8 bytes per value held (--no-zero), or under ZeRO-1 per value of the rank's slice of
+# each parameter group (1F1B/ZB1P with MTP: the embedding over stages 0 and PP-1's ranks, the rest over
+# the stage's DP ranks; DualPipe: everything over the ranks of stages s and PP-1-s)
 mem_check() {
     "$DS_PY" - "$T/one/model.safetensors" "$1" <<'PY'
 import re, sys
@@ -72,17 +74,33 @@ def held(name, stages):
     if name in ("model.norm.weight", "lm_head.weight"): return last
     l = int(name.split(".")[2])
     return last if l >= L else any(first[s] <= l < first[s + 1] for s in stages)
-want = []
-for rank in range(pp * dp):
+def chunk(rank):
     s = rank // dp
-    stages = {s, pp - 1 - s} if kind == "DualPipe" else {s}
-    want.append(4 * sum(n for k, n in numel.items() if held(k, stages)))
+    return {s, pp - 1 - s} if kind == "DualPipe" else {s}
+want, want_opt = [], []
+zero = "optimizer sharded (ZeRO-1)" in text
+for rank in range(pp * dp):
+    n = sum(n for k, n in numel.items() if held(k, chunk(rank)))
+    want.append(4 * n)
+    # (values, holders) of each parameter group of this rank
+    emb = numel["model.embed_tokens.weight"]
+    if kind != "DualPipe" and mtp and pp > 1 and held("model.embed_tokens.weight", chunk(rank)):
+        groups = [(emb, [r for r in range(pp * dp) if held("model.embed_tokens.weight", chunk(r))]), (n - emb, None)]
+    else:
+        groups = [(n, None)]
+    opt = 0
+    for v, holders in groups:
+        holders = holders or [r for r in range(pp * dp) if chunk(r) == chunk(rank)]
+        P, i = len(holders), holders.index(rank)
+        opt += 8 * ((v * (i + 1) // P - v * i // P) if zero else v)
+    want_opt.append(opt)
 got = [int(x) for x in re.search(r"memory  parameter bytes by rank:([ \d]+)", text).group(1).split()]
 assert got == want, (got, want)
 opt = [int(x) for x in re.search(r"memory  optimizer bytes by rank:([ \d]+)", text).group(1).split()]
-assert opt == [2 * w for w in want], (opt, want)
+assert opt == want_opt, (opt, want_opt)
 assert max(got) < 4 * sum(numel.values()) or (kind == "DualPipe" and pp == 2)  # DualPipe: 2 of PP stages
-print("parameter bytes by rank %s of %d in one process" % (" ".join(map(str, got)), 4 * sum(numel.values())))
+print("parameter bytes by rank %s, optimizer %s (%s), of %d in one process" % (" ".join(map(str, got)),
+      " ".join(map(str, opt)), "ZeRO-1" if zero else "replicated", 4 * sum(numel.values())))
 PY
 }
 
@@ -128,6 +146,28 @@ ms = [r["ms"] for r in map(json.loads, open(sys.argv[1])) if "step" in r]
 assert min(ms) >= 160, ms
 print("# no overlap, 20 ms per transfer: fastest step %.0f ms" % min(ms))
 PY
+}
+
+@test "ZeRO-1 under --pp (each group's moments sharded over the ranks holding it) gives the --no-zero run's bits" {
+    local d=$BATS_TEST_TMPDIR
+    for layout in "4 --pp 2 --dp 2" "4 --pp 2 --schedule dualpipe"; do
+        set -- $layout
+        rm -rf "$d/z" "$d/r"
+        for mode in z r; do
+            run mpi -np "$1" "$DS_BIN/ds-pretrain" $ARGS "${@:2}" --steps 6 $([ $mode = r ] && echo --no-zero) \
+                -o "$d/$mode" --metrics "$d/$mode.jsonl"
+            [ "$status" -eq 0 ] || { echo "$output"; false; }
+            printf '%s\n' "$output" >"$d/$mode.log"
+            run mem_check "$d/$mode.log"
+            [ "$status" -eq 0 ] || { echo "$output"; false; }
+            echo "# $layout $mode: $output" >&3
+        done
+        grep -q "optimizer sharded (ZeRO-1)" "$d/z.log"
+        cmp "$d/z/model.safetensors" "$d/r/model.safetensors"
+        # the step records agree to the bit (only the timings differ)
+        diff <(jq -c 'select(.step) | [.step, .loss, .loss_mtp, .loss_bal, .grad_norm]' "$d/z.jsonl") \
+             <(jq -c 'select(.step) | [.step, .loss, .loss_mtp, .loss_bal, .grad_norm]' "$d/r.jsonl")
+    done
 }
 
 @test "at lr 0 the checkpoint of --pp 2 (x DP 2) and --pp 4 DualPipe is the one-process run's, byte for byte" {
