@@ -43,8 +43,9 @@ static int add_weights(ds_ckpt_writer *w, ds_session *s, const float *src, float
     int n_info;
     const ds_param *info = ds_model_params_info(m, &n_info);
     const float *p = src ? src : ds_model_params(m);
-    if (!src && s->ep.full) /* expert parallelism: the one-process model, gathered (save_hook) */
-        info = s->ep.full_info, n_info = s->ep.n_full, p = s->ep.full;
+    if (s->full.buf) /* expert parallelism, pipeline stages: the one-process model (and --ep's EMA), gathered
+                        (ds_session_save) */
+        info = s->full.info, n_info = s->full.n, p = src ? src : s->full.buf;
     const ds_config *c = ds_model_config(m);
     const ds_ops *ops = ds_model_ops(m);
     if (!src && !ds_ops_on_host(ops)) {
@@ -97,14 +98,13 @@ static int add_model(ds_ckpt_writer *w, ds_session *s, const float *src, float *
 /* --ema: the average as a model directory of its own, <checkpoint>/ema, written inside the
  * checkpoint's temporary directory so that it is swapped into place with the checkpoint it belongs
  * to (one rename: the EMA and the model a reader sees are always of the same step). */
-static int add_ema(ds_ckpt_writer *w, ds_session *s) {
+static int add_ema(ds_ckpt_writer *w, ds_session *s, const float *avg) {
     char path[8192];
     DS_TRY(ds_ckpt_writer_file_path(w, DS_EMA_DIR, path, sizeof path));
-    ds_ema_wait(s->ema); /* the update of the last step is in */
     ds_ckpt_writer *ew;
     DS_TRY(ds_ckpt_writer_begin(&ew, path, NULL));
     float *host = NULL;
-    int rc = add_model(ew, s, ds_ema_values(s->ema), &host);
+    int rc = add_model(ew, s, avg, &host);
     if (rc) ds_ckpt_writer_abort(ew);
     else rc = ds_ckpt_writer_commit(ew);
     free(host);
@@ -113,10 +113,10 @@ static int add_ema(ds_ckpt_writer *w, ds_session *s) {
 
 /* What the writing rank puts in a checkpoint: the model, the EMA, the optimizer as one file (opt_file:
  * it holds all of it) and the trainer state. */
-static int add_checkpoint(ds_ckpt_writer *w, ds_session *s, int opt_file, float **host) {
+static int add_checkpoint(ds_ckpt_writer *w, ds_session *s, int opt_file, const float *ema, float **host) {
     char *state = NULL, path[8192];
     int rc = add_model(w, s, NULL, host);
-    if (!rc && s->ema) rc = add_ema(w, s);
+    if (!rc && ema) rc = add_ema(w, s, ema);
     if (!rc && opt_file) rc = ds_ckpt_writer_file_path(w, DS_OPTSTATE_FILE, path, sizeof path);
     if (!rc && opt_file) rc = ds_optstate_write_file(ds_trainer_zero(s->trainer), s->net.info, s->net.n_info, path);
     if (!rc) rc = ds_trainer_state_json(s->trainer, &state);
@@ -126,9 +126,16 @@ static int add_checkpoint(ds_ckpt_writer *w, ds_session *s, int opt_file, float 
 }
 
 int ds_session_save(ds_session *s, const char *dir) {
+    /* expert parallelism, pipeline stages: every rank's tensors onto rank 0 first, so the files are the
+     * one-process run's; --ep's EMA likewise from the ranks that keep it */
+    if (s->ep.have_layout || s->pipe_partial)
+        DS_TRY(ds_distckpt_gather_model(&s->full, s->model, &s->comm, 0, ds_model_params(s->model)));
+    const float *ema = NULL;
+    if (s->o.ema > 0) DS_TRY(ds_ema_run_gather(&s->ema, s->model, &s->ep, s->have_comm ? &s->comm : NULL, &ema));
     ds_zero *z = ds_trainer_zero(s->trainer);
     const int world = s->have_comm ? s->comm.size : 1, rank = ds_session_rank(s);
-    const int sharded = ds_optstate_sharded(z, world);
+    /* pipeline stages hold different tensors: each rank writes its own moments */
+    const int sharded = ds_optstate_sharded(z, world) || s->pipe_partial;
     if (!sharded && rank != 0) return 0; /* replicas are identical: rank 0 writes for all */
     if (sharded && s->failed_alone) /* the others may wait in another collective: no save can be agreed */
         return ds_fail(DS_ERR, "checkpoint: the sharded optimizer state needs every rank, and rank %d failed: %s", rank, dir);
@@ -143,7 +150,7 @@ int ds_session_save(ds_session *s, const char *dir) {
             ds_optstate_shard_name(r, world, name, sizeof name);
             rc = ds_ckpt_writer_file_path(w, name, tmp, sizeof tmp);
         }
-        if (!rc) rc = add_checkpoint(w, s, !sharded, &host);
+        if (!rc) rc = add_checkpoint(w, s, !sharded, ema, &host);
     }
     if (sharded) { /* every rank writes its shard; rank 0 then indexes them and commits */
         rc = ds_comm_agree(&s->comm, rc);
@@ -217,8 +224,7 @@ static int join_data_parallel(ds_session *s);
 
 /* --pp: this rank's stages of the model, run by the trainer through net.run_micro. */
 static int open_pipeline(ds_session *s) {
-    ds_pipe_kind kind = DS_PIPE_1F1B;
-    if (s->o.schedule) DS_TRY(ds_pipe_kind_parse(s->o.schedule, &kind));
+    const ds_pipe_kind kind = s->pipe_kind;
     ds_pipe_opts po = {.pp = s->o.pp, .kind = kind, .stages = s->o.stages, .seq_len = s->o.seq_len,
                        .pp_comm = &s->layout.pp_comm};
     DS_TRY(ds_pipe_net_create(&s->pipe, s->model, &po));
@@ -233,6 +239,20 @@ static int open_pipeline(ds_session *s) {
         k += snprintf(line + k, sizeof line - (size_t)k, " %d-%d", first[st], first[st + 1] - 1);
     free(first);
     if (!rc) ds_info("%s (embedding with the first, head and MTP with the last)", line);
+    return rc;
+}
+
+/* --pp: the schedule, and what this rank's model holds (train/pipemem.h) */
+static int pipe_hold(ds_session *s, ds_model_opts *mo) {
+    s->pipe_kind = DS_PIPE_1F1B;
+    if (s->o.schedule) DS_TRY(ds_pipe_kind_parse(s->o.schedule, &s->pipe_kind));
+    if (s->o.pp_whole) return 0;
+    int *first = calloc((size_t)s->o.pp + 1, sizeof *first);
+    if (!first) return ds_fail(DS_ERR, "out of memory: stages");
+    int rc = ds_pipe_split_layers(&s->cfg, s->o.pp, s->o.seq_len, s->o.stages, first);
+    if (!rc) ds_pipe_hold(s->pipe_kind, s->o.pp, s->layout.pp_comm.rank, first, s->cfg.num_nextn_predict_layers, &mo->hold);
+    free(first);
+    s->pipe_partial = !rc;
     return rc;
 }
 
@@ -276,6 +296,7 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
                         .want_entropy = o->want_entropy, .balance_alpha = o->balance_alpha};
     if (!rc) rc = ds_ep_run_check_config(&s->ep, &s->cfg);
     ds_ep_run_model_opts(&s->ep, &mo);
+    if (!rc && s->have_layout) rc = pipe_hold(s, &mo);
     if (!rc && o->bf16 && strcmp(o->device ? o->device : "cpu", "cpu")) {
         rc = ds_fail(DS_EUSAGE, "--bf16 --device %s: bf16 training is emulated on the CPU in this build", o->device);
         ds_hint("drop --bf16, or train with --device cpu");
@@ -309,8 +330,8 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     s->ep.two_hop = o->two_hop;
     if (!rc && o->two_hop && s->ep.ep <= 1)
         rc = ds_fail(DS_EUSAGE, "--two-hop exchanges tokens between expert-parallel ranks: it needs --ep above 1");
-    if (!rc && s->ep.ep > 1 && o->ema > 0) /* the average is kept whole on rank 0 */
-        rc = ds_fail(DS_EUSAGE, "--ema with --ep %d: the EMA needs every expert on one rank (not yet)", s->ep.ep);
+    if (!rc && o->pp > 1 && !o->pp_whole && o->ema > 0)
+        rc = ds_fail(DS_EUSAGE, "--ema with --pp %d: the EMA needs every layer on one rank (not yet)", o->pp);
     if (!rc && s->have_comm) { /* one run, one seed: a drawn seed differs from process to process */
         rc = ds_comm_bcast_u64(&s->comm, &s->o.seed);
         if (!rc && o->seed_share) *o->seed_share = s->o.seed;
@@ -336,8 +357,6 @@ static int save_hook(void *ctx, ds_trainer *t, int final) {
     ds_session *s = ctx;
     (void)t;
     (void)final;
-    /* expert parallelism: the experts of every rank onto rank 0 first, so the files are the one-process run's */
-    if (s->ep.have_layout) DS_TRY(ds_ep_run_gather(&s->ep, s->model, &s->comm, ds_model_params(s->model)));
     int rc = ds_session_save(s, s->o.out_dir);
     if (!rc && ds_session_rank(s) == 0) ds_info("saved step %lld: %s", (long long)ds_trainer_steps_done(s->trainer), s->o.out_dir);
     return rc;
@@ -370,13 +389,6 @@ static int trim_metrics(const char *path, int64_t step) {
     return ds_atomic_commit(&a);
 }
 
-/* The trainer's reduction hooks over lib/dist's rank-ordered sums. */
-static int dp_f32(void *ctx, float *x, size_t n) { return ds_dp_allreduce_f32(ctx, x, n); }
-static int dp_f64(void *ctx, double *x, size_t n) { return ds_dp_allreduce_f64(ctx, x, n); }
-static int dp_i64(void *ctx, int64_t *x, size_t n) { return ds_dp_allreduce_i64(ctx, x, n); }
-static int dp_rs(void *ctx, float *x, size_t n) { return ds_dp_reduce_scatter_f32(ctx, x, n); }
-static int dp_ag(void *ctx, float *x, size_t n) { return ds_dp_allgather_f32(ctx, x, n); }
-
 static int join_data_parallel(ds_session *s) {
     const int pp = s->o.pp > 1 ? s->o.pp : 1;
     if ((s->o.dp == 1 && pp == 1) || (s->o.dp == 0 && pp == 1 && !ds_dist_launched())) return 0;
@@ -408,13 +420,9 @@ static int join_data_parallel(ds_session *s) {
         DS_TRY(ds_layout_make(&s->layout, &s->comm, pp, dp, 1, 0));
         s->have_layout = 1;
         dpc = &s->layout.dp_comm;
-        s->pcomm = (ds_train_comm){.rank = s->layout.pp_comm.rank, .size = pp, .allreduce_f32 = dp_f32,
-                                   .allreduce_f64 = dp_f64, .allreduce_i64 = dp_i64, .reduce_scatter_f32 = dp_rs,
-                                   .allgather_f32 = dp_ag, .ctx = &s->layout.pp_comm};
+        s->pcomm = ds_train_comm_of(&s->layout.pp_comm);
     }
-    s->tcomm = (ds_train_comm){.rank = dpc->rank, .size = dpc->size, .allreduce_f32 = dp_f32,
-                               .allreduce_f64 = dp_f64, .allreduce_i64 = dp_i64, .reduce_scatter_f32 = dp_rs,
-                               .allgather_f32 = dp_ag, .ctx = (void *)dpc};
+    s->tcomm = ds_train_comm_of(dpc); /* the trainer's reductions over lib/dist's rank-ordered sums */
     if (pp > 1) ds_info("parallel: %d pipeline stages x %d data-parallel replicas", pp, dp);
     else ds_info("data parallel: %d ranks on %d node(s)", s->comm.size, s->comm.n_nodes);
     return 0;
@@ -427,18 +435,7 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
  * snapshot is all the step pays), then the tool's own hook runs. */
 static int session_after_step(void *ctx, ds_trainer *t) {
     ds_session *s = ctx;
-    if (s->ema) {
-        const ds_ops *ops = ds_model_ops(s->model);
-        const float *p = ds_model_params(s->model);
-        if (ds_ops_on_host(ops)) {
-            ds_ema_submit(s->ema, p);
-        } else {
-            ops->copy(ds_ema_snapshot(s->ema), p, ds_model_num_params(s->model) * sizeof(float), DS_COPY_D2H);
-            ops->sync();
-            ds_ema_release(s->ema);
-            DS_TRY(ops->status());
-        }
-    }
+    DS_TRY(ds_ema_run_submit(&s->ema, s->model));
     return s->o.after_step ? s->o.after_step(s->o.step_ctx, t) : 0;
 }
 
@@ -449,68 +446,39 @@ static void session_step_record(void *ctx, const ds_trainer *t, ds_jsonw *w) {
     if (s->o.step_record) s->o.step_record(s->o.step_ctx, t, w);
 }
 
-/* Expert parallelism's traffic of the step, over every rank (before validation adds its own). */
+/* Expert parallelism's traffic of the step, over every rank (before validation adds its own), then the
+ * tool's own hook. */
 static int session_micro_done(void *ctx, ds_trainer *t) {
     ds_session *s = ctx;
-    (void)t;
-    return ds_ep_run_step(&s->ep, s->model, &s->comm);
+    DS_TRY(ds_ep_run_step(&s->ep, s->model, &s->comm));
+    return s->o.micro_done ? s->o.micro_done(s->o.step_ctx, t) : 0;
 }
 
 /* The average starts from the weights the run starts from: the resumed checkpoint's <dir>/ema when it
- * has one (the run then continues its average bit for bit), else the current weights. Only rank 0
- * keeps it: data-parallel replicas hold the same weights. */
+ * has one (the run then continues its average bit for bit), else the current weights; each tensor's on
+ * one rank (train/emarun.h). */
 static int start_ema(ds_session *s) {
-    if (!(s->o.ema > 0) || ds_session_rank(s) != 0) return 0;
-    ds_model *m = s->model;
-    const size_t n = ds_model_num_params(m);
-    const ds_ops *ops = ds_model_ops(m);
-    float *init = (float *)ds_model_params(m), *host = NULL;
-    if (!ds_ops_on_host(ops)) {
-        if (!(host = malloc(n * sizeof(float)))) return ds_fail(DS_ERR, "out of memory: %zu parameters for the EMA", n);
-        ops->copy(host, init, n * sizeof(float), DS_COPY_D2H);
-        ops->sync();
-        int rc = ops->status();
-        if (rc) {
-            free(host);
-            return rc;
-        }
-        init = host;
-    }
-    int rc = ds_ema_create(&s->ema, n, s->o.ema, init);
-    free(host);
-    DS_TRY(rc);
-    char dir[8300];
-    if (s->resumed_step < 0) return 0;
-    DS_TRY(ds_path_join(dir, sizeof dir, s->resume_dir, DS_EMA_DIR));
-    if (!ds_ckpt_is_complete(dir)) {
-        ds_warn("--ema: %s has no EMA checkpoint; the average starts from the resumed weights", s->resume_dir);
-        return 0;
-    }
-    ds_ckpt *ck;
-    DS_TRY(ds_ckpt_open(&ck, dir));
-    int n_info;
-    const ds_param *info = ds_model_params_info(m, &n_info);
-    float *avg = ds_ema_values(s->ema);
-    for (int i = 0; !rc && i < n_info; i++)
-        rc = ds_ckpt_read_f32(ck, info[i].name, info[i].ndim, info[i].shape, avg + info[i].offset);
-    ds_ckpt_close(ck);
-    if (!rc) ds_info("ema     decay %g, continued from %s", s->o.ema, dir);
-    return rc;
+    return ds_ema_run_start(&s->ema, s->model, &s->ep, ds_session_rank(s), s->o.ema, s->resumed_step >= 0 ? s->resume_dir : NULL);
 }
 
 /* Bytes of parameters, gradients and optimizer state on each rank (what the layout predicts), and the
  * peak resident set (at_end: measured), on rank 0's log: "memory  optimizer by rank: B0 B1 ...". */
 static int report_memory(ds_session *s, int at_end) {
     const int world = s->have_comm ? s->comm.size : 1, rank = ds_session_rank(s);
-    int64_t *v = calloc((size_t)world, sizeof *v);
+    int64_t *v = calloc(2 * (size_t)world, sizeof *v); /* [world] what is reported, [world] parameter bytes */
     if (!v) return ds_fail(DS_ERR, "out of memory: memory report");
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     v[rank] = at_end ? (int64_t)ru.ru_maxrss * 1024 : (int64_t)ds_zero_state_bytes(ds_trainer_zero(s->trainer));
-    int rc = world > 1 ? ds_comm_allreduce_sum_i64(&s->comm, v, world) : 0;
-    char list[1024] = "";
-    for (int r = 0, k = 0; !rc && r < world && k < (int)sizeof list - 32; r++)
+    v[world + rank] = (int64_t)(s->net.n_params * sizeof(float));
+    int rc = world > 1 ? ds_comm_allreduce_sum_i64(&s->comm, v, 2 * world) : 0;
+    char list[1024] = "", plist[1024] = "";
+    for (int r = 0, k = 0, kp = 0; !rc && r < world && k < (int)sizeof list - 32 && kp < (int)sizeof plist - 32; r++) {
         k += snprintf(list + k, sizeof list - (size_t)k, " %lld", (long long)(at_end ? v[r] >> 20 : v[r]));
+        kp += snprintf(plist + kp, sizeof plist - (size_t)kp, " %lld", (long long)v[world + r]);
+    }
+    /* pipeline stages hold different tensors: the bytes of each rank (gradients as many as parameters) */
+    if (!rc && !at_end && s->pipe_partial) ds_info("memory  parameter bytes by rank:%s", plist);
     if (!rc && at_end) {
         ds_info("memory  peak RSS by rank (MiB):%s", list);
     } else if (!rc) {
@@ -536,27 +504,23 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = session_step_record,
                         .after_step = session_after_step, .step_ctx = s,
                         .comm = s->have_comm ? &s->tcomm : NULL, .pp = s->pipe ? &s->pcomm : NULL,
-                        .micro_done = s->ep.have_layout ? session_micro_done : NULL};
+                        .micro_done = s->ep.have_layout || s->o.micro_done ? session_micro_done : NULL};
     if (ds_session_rank(s) != 0) s->o.metrics_path = s->o.plot_path = NULL;
     if (s->o.metrics_path) h.metrics = &s->metrics;
     if (s->pipe) { /* what the schedule needs of the micro-batch count, before any work */
         const int mb = (int)(ds_sched_max(&to->batch) / to->micro_batch), dp = s->layout.dp, per = mb / dp;
-        ds_pipe_kind kind = DS_PIPE_1F1B;
-        if (s->o.schedule) DS_TRY(ds_pipe_kind_parse(s->o.schedule, &kind));
+        const ds_pipe_kind kind = s->pipe_kind;
         DS_TRY(ds_pipe_check(kind, s->o.pp, 4 * s->o.pp)); /* what it needs of PP */
         if ((per > 0 || kind == DS_PIPE_DUALPIPE) && ds_pipe_check(kind, s->o.pp, per)) /* a replica may idle */
             return ds_fail_ctx(DS_EUSAGE, "%d micro-batches per pipeline (batch %d / micro-batch %d / DP %d)", per,
                                (int)ds_sched_max(&to->batch), to->micro_batch, dp);
     }
-    ds_train_opts pipe_to;
-    if (s->pipe && !to->no_zero) { /* the sharded checkpoint is written per world rank: not with stages yet */
-        pipe_to = *to;
-        pipe_to.no_zero = 1;
-        to = &pipe_to;
-        ds_info("pipeline: the optimizer state stays replicated on every rank (ZeRO-1 with --pp is not done yet)");
-    }
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
     DS_TRY(ds_ep_run_groups(&s->ep, s->trainer, s->model, s->have_comm ? &s->tcomm : NULL));
+    if (s->pipe) { /* each range over the ranks holding it; the norm over the world (train/pipemem.h) */
+        DS_TRY(ds_pipe_groups_make(&s->pgroups, &s->layout, &s->comm, s->pipe_kind, s->model, NULL, s->o.pp_whole));
+        DS_TRY(ds_trainer_set_groups(s->trainer, s->pgroups.g, s->pgroups.n, &s->pgroups.tworld));
+    }
     if (s->o.resume) {
         char p[8300];
         char *text;
@@ -631,9 +595,9 @@ int ds_session_run(ds_session *s, int *stopped_by) {
     if (!rc) rc = report_memory(s, 1);
     if (!rc && s->pipe) rc = report_pipeline(s);
     if (!rc && s->o.profile && ds_session_rank(s) == 0) rc = ds_train_profile_report(s->have_metrics ? &s->metrics : NULL);
-    if (s->ema) {
+    if (s->ema.ema && ds_session_rank(s) == 0) {
         long n;
-        double sec = ds_ema_submit_seconds(s->ema, &n);
+        double sec = ds_ema_submit_seconds(s->ema.ema, &n);
         ds_info("ema     %.3f ms per step handing the weights over (%ld steps)", n ? 1e3 * sec / (double)n : 0.0, n);
     }
     if (rc == DS_EDIVERGED && ds_session_rank(s) != 0) ds_err_silence(); /* the loss is all-reduced: every rank diverges */
@@ -653,9 +617,11 @@ int ds_session_run(ds_session *s, int *stopped_by) {
 }
 
 void ds_session_close(ds_session *s) {
-    ds_ema_free(s->ema);
+    ds_ema_run_free(&s->ema);
     ds_trainer_free(s->trainer);
     ds_pipe_net_free(s->pipe);
+    if (!s->failed_alone) ds_pipe_groups_free(&s->pgroups);
+    ds_distckpt_full_free(&s->full);
     ds_train_net_release(&s->net);
     ds_model_free(s->model);
     if (s->have_metrics) ds_metrics_close(&s->metrics);
