@@ -3,7 +3,6 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "dist/dp.h"
-#include "train/distckpt.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -122,22 +121,8 @@ void ds_ep_run_summary(const ds_ep_run *r) {
             r->sum_nodes / n, r->run_nodes_max, r->sum_dispatch / n / MiB, r->sum_combine / n / MiB, r->sum_cross / n / MiB);
 }
 
-int ds_ep_run_gather(ds_ep_run *r, ds_model *m, const ds_comm *c, const float *src) {
-    if (!r->full_info) {
-        DS_TRY(ds_model_layout(ds_model_config(m), &r->full_info, &r->n_full));
-        const ds_param *last = &r->full_info[r->n_full - 1];
-        if (c->rank == 0 && !(r->full = malloc(sizeof(float) * (last->offset + last->numel))))
-            return ds_fail(DS_ERR, "out of memory: gathering %zu parameters for the checkpoint", last->offset + last->numel);
-    }
-    int n;
-    const ds_param *info = ds_model_params_info(m, &n);
-    return ds_distckpt_gather(c, 0, info, n, src, r->full_info, r->n_full, r->full);
-}
-
 void ds_ep_run_free(ds_ep_run *r) {
     if (r->have_layout) ds_layout_free(&r->L);
     free(r->node);
-    free(r->full_info);
-    free(r->full);
     memset(r, 0, sizeof *r);
 }

@@ -37,10 +37,6 @@ typedef struct {
     double sum_nodes, sum_dispatch, sum_combine, sum_cross;
     int run_nodes_max;
     int64_t steps;
-    /* the one-process model's table and, on rank 0, its values (ds_ep_run_gather) */
-    ds_param *full_info;
-    int n_full;
-    float *full;
 } ds_ep_run;
 
 /* Before any work: a usage error (one line naming the numbers) when the layout cannot hold, checked
@@ -63,10 +59,6 @@ int ds_ep_run_step(ds_ep_run *r, ds_model *m, const ds_comm *c);
 void ds_ep_run_record(const ds_ep_run *r, ds_jsonw *w);
 /* The run's traffic on rank 0's log (nothing without EP or steps). */
 void ds_ep_run_summary(const ds_ep_run *r);
-/* For a checkpoint identical to the one-process run's: every tensor of the one-process model gathered onto
- * rank 0 of c (train/distckpt.h), into r->full_info / n_full (every rank) and r->full (rank 0). src: the
- * values in m's layout (the parameters, or the optimizer's moments). Collective. */
-int ds_ep_run_gather(ds_ep_run *r, ds_model *m, const ds_comm *c, const float *src);
 void ds_ep_run_free(ds_ep_run *r);
 
 #endif
