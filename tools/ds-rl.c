@@ -6,6 +6,7 @@
 #include "core/log.h"
 #include "core/threads.h"
 #include "io/checkpoint.h"
+#include "ops/ops.h"
 #include "rl/rl.h"
 #include "rl/rlep.h"
 #include "train/session.h"
@@ -173,6 +174,7 @@ static int run(void) {
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-rl");
+    ds_ops_cpu_blas_reexec(argv); /* a wrongly detected OpenBLAS kernel: run again with the right one */
     ds_train_toolopts *t = &A.t;
     ds_train_toolopts_defaults(t);
     t->lr = 1e-6, t->weight_decay = 0, t->beta2 = 0.999;

@@ -259,6 +259,11 @@ static int pipe_hold(ds_session *s, ds_model_opts *mo) {
 static int open_model(ds_session *s, const ds_session_opts *o) {
     const ds_ops *ops;
     DS_TRY(ds_ops_for_device(o->device, &ops));
+    if (ds_ops_on_host(ops) && ds_session_rank(s) == 0) { /* which sgemm kernel runs (docs/DESIGN.md) */
+        char blas[320];
+        ds_ops_cpu_blas_note(blas, sizeof blas);
+        ds_info("blas    %s", blas);
+    }
     /* Before anything is built: refuse to replace what -o holds, and to share it with another writer
      * (rank 0 writes for all: the ranks have joined by now). */
     DS_TRY(ds_ckpt_check_out(o->out_dir, o->model_path, o->force, 1, o->resume));
