@@ -1,10 +1,10 @@
 /* eprun.h — expert parallelism in a training run: what the session adds for --ep N (docs/DESIGN.md
  * "Expert parallelism").
  *
- * Owns: the rank layout of the run (dist/layout.h with PP 1: every rank is a data-parallel rank, EP groups
- * of N consecutive ranks split the routed experts), the refusals of a layout before any work (world not a
- * multiple of N, N not dividing n_routed_experts, the config's n_group not the number of nodes an EP group
- * spans when routing is node-limited), the model options that make a model hold only its experts, the two
+ * Owns: the rank layout of the run (dist/layout.h: with PP 1 every rank is a data-parallel rank; EP groups
+ * of N consecutive data-parallel ranks of one pipeline stage split the routed experts), the refusals of a
+ * layout before any work (world not a multiple of N, N not dividing n_routed_experts, the config's n_group
+ * not the number of nodes an EP group spans when routing is node-limited), the model options that make a model hold only its experts, the two
  * parameter groups (everything replicated over the data-parallel ranks, the rank's experts over the ranks
  * holding the same experts), and the per-step traffic metrics (nodes per token, dispatch / combine /
  * cross-node bytes per rank) for the metrics record and the run's summary line.
@@ -22,6 +22,7 @@
 
 typedef struct {
     int ep;               /* expert-parallel ranks per group (1: none) */
+    int pp;               /* pipeline stages (1: none): EP groups are ranks of one stage */
     int ranks_per_node;   /* as given (0: the hosts) */
     int two_hop;          /* dispatch/combine in two hops (set after join) */
     ds_layout L;
@@ -44,9 +45,10 @@ typedef struct {
 } ds_ep_run;
 
 /* Before any work: a usage error (one line naming the numbers) when the layout cannot hold, checked
- * without MPI for a world of one. world: the processes started (c NULL: one). Builds the layout when
- * ep > 1 (collective over c). */
-int ds_ep_run_join(ds_ep_run *r, const ds_comm *c, int ep, int ranks_per_node);
+ * without MPI for a world of one. world: the processes started (c NULL: one), PP x DP with pp pipeline
+ * stages (the caller checked that pp divides it); EP groups are ep consecutive DP ranks of one stage.
+ * Builds the layout when ep > 1 (collective over c). */
+int ds_ep_run_join(ds_ep_run *r, const ds_comm *c, int pp, int ep, int ranks_per_node);
 /* With the config known: N divides n_routed_experts; with node-limited routing (1 < topk_group <
  * n_group... any topk_group < n_group) n_group equals the nodes one EP group spans and the EP ranks
  * divide evenly over them. Usage errors. */

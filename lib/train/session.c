@@ -150,7 +150,9 @@ int ds_session_save(ds_session *s, const char *dir) {
         if (slash) *slash = 0;
         ds_optstate_shard_name(rank, world, name, sizeof name);
         if (!rc) rc = ds_path_join(path, sizeof path, slash ? tmp : ".", name);
-        if (!rc) rc = ds_optstate_write_shard(z, s->net.info, s->net.n_info, path);
+        /* pipeline stages hold identical copies of everything (pipe.h): the first stage's ranks write them */
+        const int copy = s->pipe && s->layout.stage > 0;
+        if (!rc) rc = ds_optstate_write_shard(z, s->net.info, copy ? 0 : s->net.n_info, path);
         rc = ds_comm_agree(&s->comm, rc);
         char *index = NULL;
         if (!rc && rank == 0) rc = ds_optstate_index(slash ? tmp : ".", world, &index);
@@ -218,10 +220,11 @@ static int open_pipeline(ds_session *s) {
     ds_pipe_kind kind = DS_PIPE_1F1B;
     if (s->o.schedule) DS_TRY(ds_pipe_kind_parse(s->o.schedule, &kind));
     ds_pipe_opts po = {.pp = s->o.pp, .kind = kind, .stages = s->o.stages, .seq_len = s->o.seq_len,
-                       .pp_comm = &s->layout.pp_comm};
+                       .pp_comm = &s->layout.pp_comm, .ep_comm = s->ep.have_layout ? &s->ep.L.ep_comm : NULL};
     DS_TRY(ds_pipe_net_create(&s->pipe, s->model, &po));
     s->net.run_micro = ds_pipe_net_run;
     s->net.micro_ctx = s->pipe;
+    if (s->net.idle) s->net.idle = ds_pipe_net_idle; /* expert parallelism: a validation round without a batch */
     char line[1024];
     int k = snprintf(line, sizeof line, "pipeline: %s, stage layers", ds_pipe_kind_name(kind));
     int *first = calloc((size_t)s->o.pp + 1, sizeof *first);
@@ -296,10 +299,7 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     s->resumed_step = -1;
     /* the ranks join before anything else, so every message names its rank and is printed once */
     int rc = join_data_parallel(s);
-    if (!rc && o->ep > 1 && o->pp > 1) /* the exchange plans are per layer, not per stored micro-batch */
-        rc = ds_fail(DS_EUSAGE, "--ep %d with --pp %d: expert parallelism inside pipeline stages is not available yet",
-                     o->ep, o->pp);
-    if (!rc) rc = ds_ep_run_join(&s->ep, s->have_comm ? &s->comm : NULL, o->ep, o->ranks_per_node);
+    if (!rc) rc = ds_ep_run_join(&s->ep, s->have_comm ? &s->comm : NULL, o->pp, o->ep, o->ranks_per_node);
     s->ep.two_hop = o->two_hop;
     if (!rc && o->two_hop && s->ep.ep <= 1)
         rc = ds_fail(DS_EUSAGE, "--two-hop exchanges tokens between expert-parallel ranks: it needs --ep above 1");
@@ -541,6 +541,10 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
         if ((per > 0 || kind == DS_PIPE_DUALPIPE) && ds_pipe_check(kind, s->o.pp, per)) /* a replica may idle */
             return ds_fail_ctx(DS_EUSAGE, "%d micro-batches per pipeline (batch %d / micro-batch %d / DP %d)", per,
                                (int)ds_sched_max(&to->batch), to->micro_batch, dp);
+        if (s->ep.ep > 1 && mb % dp) /* a stage's EP ranks are replicas running one op list (pipe.c checks each step) */
+            return ds_fail(DS_EUSAGE, "--ep %d with --pp %d: %d micro-batches per step (batch %d / micro-batch %d) do "
+                           "not divide over the %d data-parallel replicas", s->ep.ep, s->o.pp, mb,
+                           (int)ds_sched_max(&to->batch), to->micro_batch, dp);
     }
     ds_train_opts pipe_to;
     if (s->pipe && !to->no_zero) { /* the sharded checkpoint is written per world rank: not with stages yet */

@@ -87,28 +87,35 @@ PY
 # the pids of the ds-pretrain ranks writing $1
 rank_pids() { pgrep -f "ds-pretrain .*-o $1 " || true; }
 
+# stop_run NP ARGS...: mpirun -np NP ds-pretrain ARGS into $BATS_TEST_TMPDIR/part, stopped with SIGTERM
+# on every rank after 5 steps; sets n to the step of the checkpoint it left (between 5 and 19)
+stop_run() {
+    local d=$BATS_TEST_TMPDIR np=$1 status
+    shift
+    rm -rf "$d/part" "$d/part.jsonl"
+    mpi -np "$np" "$DS_BIN/ds-pretrain" "$@" -o "$d/part" --metrics "$d/part.jsonl" 2>"$d/err" &
+    local job=$!
+    for _ in $(seq 3000); do
+        n=$(grep -c '"step"' "$d/part.jsonl" 2>/dev/null || true)
+        [ "${n:-0}" -ge 5 ] && break
+        sleep 0.01
+    done
+    local pids=$(rank_pids "$d/part")
+    [ -n "$pids" ]
+    kill -TERM $pids # every rank gets it; they agree to stop after the same step
+    status=0
+    wait $job || status=$?
+    cat "$d/err"
+    [ "$status" -ne 0 ]
+    grep -q "signal 15: saving at step" "$d/err"
+    n=$(jq .step "$d/part/trainer_state.json")
+    [ "$n" -ge 5 ] && [ "$n" -lt 20 ]
+}
+
 @test "a run stopped under --pp 2 DualPipe resumes under --pp 4 1F1B and under one process, continuing the curve" {
-    local d=$BATS_TEST_TMPDIR n pids status
+    local d=$BATS_TEST_TMPDIR n
     for resume in "mpi -np 4 $DS_BIN/ds-pretrain --pp 4" "$DS_BIN/ds-pretrain"; do
-        rm -rf "$d/part" "$d/part.jsonl"
-        mpi -np 2 "$DS_BIN/ds-pretrain" $ARGS --pp 2 --schedule dualpipe -o "$d/part" --metrics "$d/part.jsonl" \
-            2>"$d/err" &
-        local job=$!
-        for _ in $(seq 3000); do
-            n=$(grep -c '"step"' "$d/part.jsonl" 2>/dev/null || true)
-            [ "${n:-0}" -ge 5 ] && break
-            sleep 0.01
-        done
-        pids=$(rank_pids "$d/part")
-        [ -n "$pids" ]
-        kill -TERM $pids # every rank gets it; they agree to stop after the same step
-        status=0
-        wait $job || status=$?
-        cat "$d/err"
-        [ "$status" -ne 0 ]
-        grep -q "signal 15: saving at step" "$d/err"
-        n=$(jq .step "$d/part/trainer_state.json")
-        [ "$n" -ge 5 ] && [ "$n" -lt 20 ]
+        stop_run 2 $ARGS --pp 2 --schedule dualpipe
         run $resume $ARGS -o "$d/part" --metrics "$d/part.jsonl" --resume "$d/part"
         [ "$status" -eq 0 ] || { echo "$output"; false; }
         [[ "$output" == *"resuming at step $n of 20"* ]]
@@ -141,4 +148,94 @@ rank_pids() { pgrep -f "ds-pretrain .*-o $1 " || true; }
     run --separate-stderr "$DS_BIN/ds-pretrain" $ARGS --schedule gpipe -o "$o"
     [ "$status" -eq 2 ]
     [[ "$stderr" == *"gpipe"* ]]
+}
+
+# ---- expert parallelism inside the stages: --pp 2 --ep 2 on 4 ranks (DP 2 per stage, one EP group each) ----
+# free4.json: cfg4.json with unlimited routing (n_group 1), so any EP group may span any nodes. V adds
+# validation with 3 micro-batches: one replica runs an empty one in the last round.
+ep_setup() {
+    "$DS_PY" -c '
+import json, sys
+c = json.load(open(sys.argv[1])); c["n_group"] = 1; c["topk_group"] = 1
+json.dump(c, open(sys.argv[2], "w"))' "$T/cfg4.json" "$T/free4.json"
+    EARGS="$ARGS --config $T/free4.json --val-frac 0.1 --val-every 10 --val-batches 3"
+    [ -f "$T/eone.jsonl" ] || "$DS_BIN/ds-pretrain" $EARGS -o "$T/eone" --metrics "$T/eone.jsonl" -q
+}
+
+# ep_curve REF RUN [EPREF]: RUN's step records against REF's (one process): loss, MTP, balance loss, grad
+# norm and validation loss within 1e-6 relative, the same expert loads (the balance records, exact),
+# identical expert biases on every rank (the steps run with --ep), the model files' tensors; with EPREF
+# (an --ep run without stages), every step's "ep" traffic record equal to its.
+ep_curve() {
+    "$DS_PY" - "$@" <<'PY'
+import json, sys
+from safetensors.numpy import load_file
+def steps(p):
+    return [r for r in map(json.loads, open(p + ".jsonl")) if "step" in r]
+ref, got = steps(sys.argv[1]), steps(sys.argv[2])
+assert [r["step"] for r in got] == list(range(1, 21)), [r["step"] for r in got]
+worst = 0.0
+for a, b in zip(ref, got):
+    for k in ("loss", "loss_mtp", "loss_bal", "grad_norm", "val_loss"):
+        if k not in a and k not in b:
+            continue
+        e = abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
+        assert e <= 1e-6, (a["step"], k, a[k], b[k])
+        worst = max(worst, e)
+    assert a["balance"] == b["balance"], (a["step"], "other experts picked", a["balance"], b["balance"])
+    assert b.get("ep", {"bias_spread": 0})["bias_spread"] == 0, (b["step"], "expert biases differ between ranks")
+assert sum("val_loss" in r for r in got) == 2
+w1, w2 = load_file(sys.argv[1] + "/model.safetensors"), load_file(sys.argv[2] + "/model.safetensors")
+assert sorted(w1) == sorted(w2) and all(w1[k].shape == w2[k].shape for k in w1)
+note = ""
+if len(sys.argv) > 3:
+    ep = steps(sys.argv[3])
+    assert [a["ep"] for a in ep] == [b["ep"] for b in got], "traffic differs from the run without stages"
+    note = ", traffic of --ep alone: %s" % json.dumps(got[-1]["ep"])
+print("worst relative difference over 20 steps: %.1e%s" % (worst, note))
+PY
+}
+
+# ep_run NAME ARGS...: mpirun -np 4 ds-pretrain EARGS ARGS into $BATS_TEST_TMPDIR/NAME
+ep_run() {
+    local out=$BATS_TEST_TMPDIR/$1
+    shift
+    run mpi -np 4 "$DS_BIN/ds-pretrain" $EARGS "$@" -o "$out" --metrics "$out.jsonl"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [ "$(printf '%s\n' "$output" | grep -c 'saved step 20')" -eq 1 ]
+}
+
+@test "--pp 2 --ep 2 (4 ranks, DP 2 per stage): 1F1B and DualPipe, ZeRO-1 on and off, follow the one-process curve" {
+    ep_setup
+    local d=$BATS_TEST_TMPDIR
+    # emulated nodes of one rank: the EP groups cross nodes; the traffic must be that of --ep 2 alone, whose
+    # micro-batch k also runs on EP rank k mod 2
+    ep_run ep --ep 2 --ranks-per-node 1
+    for run in "1f1b --no-zero" "1f1b" "dualpipe --no-zero" "dualpipe"; do
+        set -- $run
+        ep_run pp$1$2 --pp 2 --ep 2 --schedule $1 $2 --ranks-per-node 1
+        [[ "$output" == *"expert parallel: 2 ranks per group, 1 groups per pipeline stage, 2 node(s) per group"* ]]
+        run ep_curve "$T/eone" "$d/pp$1$2" "$d/ep"
+        [ "$status" -eq 0 ] || { echo "$output"; false; }
+        echo "# --pp 2 --ep 2 --schedule $run: $output" >&3
+    done
+}
+
+@test "a run stopped under --pp 2 --ep 2 DualPipe resumes on one process, continuing the curve" {
+    ep_setup
+    local d=$BATS_TEST_TMPDIR n
+    stop_run 4 $EARGS --pp 2 --ep 2 --schedule dualpipe
+    run "$DS_BIN/ds-pretrain" $EARGS -o "$d/part" --metrics "$d/part.jsonl" --resume "$d/part"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [[ "$output" == *"resuming at step $n of 20"* ]]
+    run ep_curve "$T/eone" "$d/part"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    echo "# stopped at step $n, resumed on one process: $output" >&3
+}
+
+@test "--pp with --ep: micro-batches that do not divide over the replicas are refused" {
+    ep_setup
+    run --separate-stderr mpi -np 4 "$DS_BIN/ds-pretrain" $EARGS --pp 2 --ep 2 --batch 9 -o "$BATS_TEST_TMPDIR/x"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: --ep 2 with --pp 2: 9 micro-batches per step (batch 9 / micro-batch 1) do not divide over the 2 data-parallel replicas"* ]]
 }
