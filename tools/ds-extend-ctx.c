@@ -277,7 +277,7 @@ int main(int argc, char **argv) {
         ds_train_toolopt(t, "resume", "continue the phase saved in DIR"),
         ds_train_toolopt(t, "force", NULL),
         ds_train_toolopts_group(t, "pp schedule stages"),
-        ds_train_toolopts_group(t, "log-every quiet verbose"),
+        ds_train_toolopts_group(t, "log-every profile quiet verbose"),
         {0},
     };
     const ds_cli cli = {

@@ -132,7 +132,7 @@ int main(int argc, char **argv) {
         ds_train_toolopts_group(t, "ep ranks-per-node two-hop"),
         ds_train_toolopt(t, "resume", "continue the run saved in DIR (same data and options)"),
         ds_train_toolopt(t, "force", NULL),
-        ds_train_toolopts_group(t, "log-every skip-nonfinite quiet"),
+        ds_train_toolopts_group(t, "log-every skip-nonfinite profile quiet"),
         ds_train_toolopts_group(t, "pp schedule stages"),
         ds_train_toolopt(t, "verbose", "more detail (every skipped conversation)"),
         {0},

@@ -115,15 +115,24 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
     }
     ds_layer_ctx c = ds_model_ctx(m);
     const float *bias = d->has_bias ? m->ebias + (size_t)slot * d->E : NULL;
+    int pr = ds_prof_enter(DS_PROF_ROUTER);
     ds_moe_route(&c, w, bias, t->hn, s->logits, t->scores, t->idx, t->w);
+    ds_prof_leave(pr);
+    pr = ds_prof_enter(DS_PROF_SHARED);
     if (d->Is > 0)
         swiglu_mlp_fwd(m, w->sh_gate, w->sh_up, w->sh_down, n, d->D, d->Is, t->hn, t->gs, t->us, s->act, f);
     else
         ops->zero(f, sizeof(float) * (size_t)n * d->D);
+    ds_prof_leave(pr);
+    pr = ds_prof_enter(DS_PROF_EXPERTS);
+    int rc;
     if (m->ep_n > 1) /* expert parallelism: the tokens go to the ranks holding their experts (moe_ep.c) */
-        DS_TRY(ds_moe_ep_fwd(m, l, t, f));
+        rc = ds_moe_ep_fwd(m, l, t, f);
     else /* the experts on the tokens themselves (moe.h) */
-        DS_TRY(ds_moe_experts_fwd(m, l, 0, d->E, t->hn, t->idx, t->w, n, f, m->expert_load + (size_t)slot * d->E));
+        rc = ds_moe_experts_fwd(m, l, 0, d->E, t->hn, t->idx, t->w, n, f, m->expert_load + (size_t)slot * d->E);
+    ds_prof_leave(pr);
+    DS_TRY(rc);
+    pr = ds_prof_enter(DS_PROF_ROUTER);
     if (m->opts.balance_alpha > 0) {
         ops->moe_balance(m->bal_rows_d, NULL, 0.0f, t->scores, t->idx, m->B, m->T, &d->route);
         ops->copy(m->bal_rows, m->bal_rows_d, sizeof(float) * (size_t)m->B, DS_COPY_D2H);
@@ -132,6 +141,7 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
         for (int b = 0; b < m->B; b++) acc += m->bal_rows[b];
         m->bal_loss += m->opts.balance_alpha * acc / m->B;
     }
+    ds_prof_leave(pr);
     return 0;
 }
 
@@ -149,23 +159,29 @@ void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn) {
     }
     int E = d->E;
     /* shared experts, then the routed ones, into dhn */
+    int pr = ds_prof_enter(DS_PROF_SHARED);
     if (d->Is > 0)
         swiglu_mlp_bwd(m, w->sh_gate, w->sh_up, w->sh_down, gw->sh_gate, gw->sh_up, gw->sh_down, n, D, d->Is,
                        t->hn, t->gs, t->us, df, dhn, 0.0f, s);
     else
         ops->zero(dhn, sizeof(float) * (size_t)n * D);
+    ds_prof_leave(pr);
+    pr = ds_prof_enter(DS_PROF_EXPERTS);
     if (m->ep_n > 1) {
         int rc = ds_moe_ep_bwd(m, l, t, df, dhn);
         if (rc && !m->ep_rc) m->ep_rc = rc;
     } else {
         ds_moe_experts_bwd(m, l, 0, E, t->hn, t->idx, t->w, n, df, dhn, s->dw);
     }
+    ds_prof_leave(pr);
 
     /* router: routing weights and the balance loss to the logits, then the gate matrix */
+    pr = ds_prof_enter(DS_PROF_ROUTER);
     ops->zero(s->logits, sizeof(float) * (size_t)n * E);
     ops->moe_topk_bwd(s->logits, s->dw, t->scores, t->idx, n, &d->route);
     if (m->opts.balance_alpha > 0)
         ops->moe_balance(m->bal_rows_d, s->logits, (float)(m->opts.balance_alpha / m->B), t->scores, t->idx, m->B,
                          m->T, &d->route);
     ds_linear_bwd(m, ops, dhn, 1.0f, gw->router, s->logits, t->hn, w->router, n, E, D);
+    ds_prof_leave(pr);
 }

@@ -11,6 +11,7 @@
 #include "model/layer.h"
 #include "model/model.h"
 #include "ops/ops.h"
+#include "ops/prof.h"
 
 /* A bump allocator over one backend block. With base == NULL it only counts (the memory plan). */
 typedef struct {

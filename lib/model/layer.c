@@ -175,13 +175,17 @@ int ds_layer_fwd(ds_model *m, int l, const float *x, float *out) {
     ds_tape *t = &m->tape[l];
     float *y = m->scr.tmpD;
     size_t nD = (size_t)m->n * d->D;
+    int pr = ds_prof_enter(DS_PROF_ATTN);
     ops->rmsnorm_fwd(t->xn, d->D, t->rstd_attn, x, d->D, w->attn_norm, m->n, d->D, d->eps);
     ds_mla_fwd(m, l, t, y);
     ops->add(t->h, x, y, nD);
+    ds_prof_leave(pr);
+    pr = ds_prof_enter(m->moe_slot[l] >= 0 ? DS_PROF_MOE : DS_PROF_DENSE);
     ops->rmsnorm_fwd(t->hn, d->D, t->rstd_ffn, t->h, d->D, w->ffn_norm, m->n, d->D, d->eps);
-    DS_TRY(ds_ffn_fwd(m, l, t, y));
-    ops->add(out, t->h, y, nD);
-    return 0;
+    int rc = ds_ffn_fwd(m, l, t, y);
+    if (!rc) ops->add(out, t->h, y, nD);
+    ds_prof_leave(pr);
+    return rc;
 }
 
 /* gx holds d(loss)/d(out) on entry and d(loss)/d(x) on return */
@@ -193,10 +197,14 @@ void ds_layer_bwd(ds_model *m, int l, const float *x, float *gx) {
     ds_tape *t = &m->tape[l];
     float *dn = m->scr.dxn;
     int n = m->n, rc = m->opts.recompute;
+    int pr = ds_prof_enter(m->moe_slot[l] >= 0 ? DS_PROF_MOE : DS_PROF_DENSE);
     if (rc) ops->rmsnorm_fwd(t->hn, d->D, NULL, t->h, d->D, w->ffn_norm, n, d->D, d->eps);
     ds_ffn_bwd(m, l, t, gx, dn);
     ops->rmsnorm_bwd(gx, d->D, gw->ffn_norm, dn, d->D, t->h, d->D, w->ffn_norm, t->rstd_ffn, n, d->D);
+    ds_prof_leave(pr);
+    pr = ds_prof_enter(DS_PROF_ATTN);
     if (rc) ops->rmsnorm_fwd(t->xn, d->D, NULL, x, d->D, w->attn_norm, n, d->D, d->eps);
     ds_mla_bwd(m, l, t, gx, dn);
     ops->rmsnorm_bwd(gx, d->D, gw->attn_norm, dn, d->D, x, d->D, w->attn_norm, t->rstd_attn, n, d->D);
+    ds_prof_leave(pr);
 }

@@ -70,7 +70,11 @@ void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn) {
     ds_layer_w *gw = &m->G.layer[l];
     ds_scratch *s = &m->scr;
     int n = c.n, H = d->H, qdim = H * d->dqk, la = d->Rkv + d->dr, half = d->dr / 2;
-    if (m->opts.recompute) ds_mla_project(&c, w, t);
+    if (m->opts.recompute) {
+        int rp = ds_prof_recompute(1);
+        ds_mla_project(&c, w, t);
+        ds_prof_recompute(rp);
+    }
 
     ds_linear_bwd(m, lin, s->dout_attn, 0.0f, gw->o, dy, t->o, w->o, n, d->D, H * d->dv);
     ops->attn_bwd(s->dq, s->dk, s->dv, s->dout_attn, t->q, t->k, t->v, t->o, t->lse, c.seg, c.B, c.T, H, d->dqk,

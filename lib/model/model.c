@@ -385,7 +385,9 @@ int ds_model_prepare(ds_model *m, const ds_batch *b) {
 /* ---- forward ------------------------------------------------------------------------------------------- */
 
 int ds_model_embed_fwd(ds_model *m) {
+    int pr = ds_prof_enter(DS_PROF_EMBED);
     m->ops->embed_fwd(xs_at(m, 0), m->W.embed, m->tok, m->n, m->dims.D);
+    ds_prof_leave(pr);
     return 0;
 }
 
@@ -431,7 +433,7 @@ static int mtp_fwd(ds_model *m, int j, const float *hprev) {
     const ds_layer_w *w = &m->W.layer[l];
     struct mtp_act *a = &m->mtp[j];
     mtp_enter(m, j);
-    int n = m->n;
+    int n = m->n, pr = ds_prof_enter(DS_PROF_MTP);
     ops->embed_fwd(a->e, m->W.embed, a->tok, n, D);
     ops->rmsnorm_fwd(a->en, D, a->rstd_e, a->e, D, w->enorm, n, D, d->eps);
     for (int r = 0; r < B; r++)
@@ -445,6 +447,7 @@ static int mtp_fwd(ds_model *m, int j, const float *hprev) {
         ops->rmsnorm_fwd(a->hkn, D, a->rstd_k, a->hk, D, w->head_norm, n, D, d->eps);
         ds_head_fwd(m, a->hkn, a->tgt, n, a->logp_c, a->lse, NULL, NULL);
     }
+    ds_prof_leave(pr);
     mtp_leave(m);
     /* log-probs back into [B][T], 0 for the last k positions of each row */
     ops->zero(a->logp, sizeof(float) * (size_t)B * m->T_main);
@@ -458,7 +461,9 @@ int ds_model_head_fwd(ds_model *m, ds_fwd_out *out) {
     const ds_ops *ops = m->ops;
     const ds_dims *d = &m->dims;
     int L = m->cfg.num_hidden_layers, n = m->n;
+    int pr = ds_prof_enter(DS_PROF_HEAD);
     ops->rmsnorm_fwd(m->hf, d->D, m->rstd_f, xs_at(m, L), d->D, m->W.final_norm, n, d->D, d->eps);
+    ds_prof_leave(pr);
     ds_head_fwd(m, m->hf, m->tgt, n, m->logp, m->lse, m->ent, m->logits);
     const float *hprev = m->hf; /* h^0: the main model's output after the final norm (docs/DESIGN.md) */
     for (int j = 0; j < m->mtp_depth; j++) {
@@ -510,6 +515,7 @@ static void mtp_bwd(ds_model *m, int j, const float *hprev, float *ghprev, const
     ds_layer_w *gw = &m->G.layer[l];
     struct mtp_act *a = &m->mtp[j];
     float *t = m->scr.tmpD, *dn = m->scr.dxn;
+    int pr = ds_prof_enter(DS_PROF_MTP);
     ops->copy2d(a->dlogp_c, Tk, dlogp, m->T_main, B, Tk);
     mtp_enter(m, j);
     int n = m->n;
@@ -528,6 +534,7 @@ static void mtp_bwd(ds_model *m, int j, const float *hprev, float *ghprev, const
     for (int r = 0; r < B; r++)
         ops->rmsnorm_bwd(ghprev + (size_t)r * Tprev * D, D, gw->hnorm, dn + (size_t)r * Tk * D, D,
                          hprev + (size_t)r * Tprev * D, D, w->hnorm, a->rstd_h + (size_t)r * Tk, Tk, D);
+    ds_prof_leave(pr);
 }
 
 int ds_model_head_bwd(ds_model *m, const float *dlogp, const float *dmtp) {
@@ -543,8 +550,10 @@ int ds_model_head_bwd(ds_model *m, const float *dlogp, const float *dmtp) {
             if (mtp_active(m, j))
                 mtp_bwd(m, j, j ? m->mtp[j - 1].hk : m->hf, j ? m->mtp[j - 1].gh : m->ghf, dmtp + (size_t)j * n);
     }
+    int pr = ds_prof_enter(DS_PROF_HEAD);
     ops->zero(m->gx, sizeof(float) * nD);
     ops->rmsnorm_bwd(m->gx, D, m->G.final_norm, m->ghf, D, xs_at(m, L), D, m->W.final_norm, m->rstd_f, n, D);
+    ds_prof_leave(pr);
     int rc = ep_status(m);
     return rc ? rc : ds_wgrad_status(m);
 }
@@ -563,7 +572,9 @@ int ds_model_layers_bwd(ds_model *m, int l0, int l1) {
 
 int ds_model_embed_bwd(ds_model *m) {
     if (!m->have_fwd) return ds_fail(DS_ERR, "model: backward without a training forward");
+    int pr = ds_prof_enter(DS_PROF_EMBED);
     ds_wgrad_embed(m, m->G.embed, m->gx, m->tok, m->n, m->dims.D);
+    ds_prof_leave(pr);
     return ds_wgrad_status(m);
 }
 

@@ -11,11 +11,13 @@
 #include "model/weights.h"
 #include "ops/device.h"
 #include "ops/ops.h"
+#include "ops/prof.h"
 #include "tok/tokenizer.h"
 #include "tok/hfconfig.h"
 #include "train/ema.h"
 #include "train/net.h"
 #include "train/optstate.h"
+#include "train/profile.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -285,6 +287,10 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
     ds_ops fp8_linear; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
     if (!rc && o->fp8) rc = fp8_linear_ops(o, &fp8_linear);
     if (!rc && o->fp8) mo.linear_ops = &fp8_linear;
+    if (!rc && o->profile) { /* every op timed; without --profile the model gets the plain tables */
+        mo.ops = ds_prof_ops(mo.ops);
+        if (mo.linear_ops) mo.linear_ops = ds_prof_linear_ops(mo.linear_ops);
+    }
     if (!rc) rc = ds_model_create(&s->model, &s->cfg, &mo);
     if (!rc) rc = ck ? ds_model_load_weights(s->model, ds_ckpt_tensors(ck)) : ds_model_init(s->model, o->seed);
     ds_ckpt_close(ck);
@@ -628,6 +634,7 @@ int ds_session_run(ds_session *s, int *stopped_by) {
     if (!rc && ds_session_rank(s) == 0) ds_ep_run_summary(&s->ep);
     if (!rc) rc = report_memory(s, 1);
     if (!rc && s->pipe) rc = report_pipeline(s);
+    if (!rc && s->o.profile && ds_session_rank(s) == 0) rc = ds_train_profile_report(s->have_metrics ? &s->metrics : NULL);
     if (s->ema) {
         long n;
         double sec = ds_ema_submit_seconds(s->ema, &n);

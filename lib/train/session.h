@@ -60,6 +60,7 @@ typedef struct {
     int ep;                     /* expert-parallel ranks per group (train/eprun.h; 0 or 1: none) */
     int ranks_per_node;         /* consecutive ranks per node for node-limited routing (0: the real hosts) */
     int two_hop;                /* --ep's dispatch/combine in two hops (dist/ep.h DS_EP_TWO_HOP) */
+    int profile;                /* --profile: the model's ops are timed (ops/prof.h), reported after the run */
     int pp;                     /* pipeline stages (0, 1: none): world = PP x DP (train/pipe.h) */
     const char *schedule;       /* "1f1b" (NULL), "zb1p", "dualpipe" */
     const char *stages;         /* layers per stage ("0-3,4-7"), or NULL: by estimated cost */

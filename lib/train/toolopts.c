@@ -67,6 +67,9 @@ static const shared_opt SHARED[] = {
      "keep an EMA of the weights (0 < DECAY < 1) in host memory, saved as a model in OUT/ema", .max = 1},
     {"log-every", 0, DS_OPT_INT, F(log_every), "N", "print a line every N steps (0 = none)", .max = 1e9},
     {"skip-nonfinite", 0, DS_OPT_FLAG, F(skip_nonfinite), .help = "skip a step with NaN/Inf instead of stopping with exit 3"},
+    {"profile", 0, DS_OPT_FLAG, F(profile),
+     .help = "time every op of the steps: a table per layer kind (GEMM FLOPs and GFLOP/s per class) and per op kind "
+             "at the end, and one {\"profile\": ...} metrics record"},
     {"fp8", 0, DS_OPT_FLAG, F(fp8), .help = DS_TRAIN_FP8_HELP},
     {"bf16", 0, DS_OPT_FLAG, F(bf16),
      .help = "bf16 training (V3's baseline): activations and GEMM outputs stored in bf16, fp32 accumulation, "
@@ -206,7 +209,7 @@ ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,
                              .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema, .pp = t->pp,
                              .schedule = t->pipe_schedule, .stages = t->stages, .ep = t->ep, .ranks_per_node = t->ranks_per_node,
-                             .two_hop = t->two_hop};
+                             .two_hop = t->two_hop, .profile = t->profile};
 }
 
 void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {
@@ -216,6 +219,7 @@ void ds_train_toolopts_apply(const ds_train_toolopts *t, ds_train_opts *to) {
     to->adamw.bf16_moments = t->bf16_moments, to->clip_norm = t->clip, to->balance_alpha = t->alpha;
     to->skip_nonfinite = t->skip_nonfinite, to->val_every = t->val_every, to->val_batches = t->val_batches;
     to->save_every = t->save_every, to->log_every = t->log_every, to->no_zero = t->no_zero;
+    to->profile = t->profile;
 }
 
 int ds_train_schedules(const ds_train_sched_specs *sp, ds_train_opts *to) {

@@ -5,6 +5,7 @@
 #include "core/plot.h"
 #include "core/threads.h"
 #include "io/json.h"
+#include "ops/prof.h"
 #include "train/zero.h"
 
 #include <errno.h>
@@ -245,6 +246,7 @@ typedef struct {
 static int micro_done(step_ctx *sc, int r0, const ds_fwd_out *f, int head, float *dlogp, float *dmtp) {
     ds_trainer *t = sc->t;
     DS_TRY(check_fwd(t, f));
+    const int pr = ds_prof_enter(DS_PROF_LOSS);
     if (head) {
         ds_batch b = ds_batch_buf_view(&t->buf, r0, sc->m);
         sc->lc->row0 = r0;
@@ -252,6 +254,7 @@ static int micro_done(step_ctx *sc, int r0, const ds_fwd_out *f, int head, float
     }
     *sc->bal += t->net->set_balance_alpha ? f->bal_loss : f->bal_loss * sc->bal_share;
     if (f->expert_load) ds_balance_add(&t->bal, f->expert_load);
+    ds_prof_leave(pr);
     return 0;
 }
 
@@ -282,7 +285,9 @@ int ds_trainer_step(ds_trainer *t) {
     ds_train_net *net = t->net;
     const int rows = step_rows(t), m = t->o.micro_batch, T = t->o.seq_len;
     t->buf.rows = 0;
+    int pr = ds_prof_enter(DS_PROF_DATA);
     DS_TRY(t->train->next(t->train, &t->buf, rows));
+    ds_prof_leave(pr);
     const double step_tokens = (double)rows * T;
     /* rates apply at the step's end position, so warmup's first step already has lr > 0 */
     const ds_progress_pos end = {t->step + 1, t->tokens + step_tokens};
@@ -296,7 +301,9 @@ int ds_trainer_step(ds_trainer *t) {
      * share of the step makes the accumulated loss (and gradient) the mean over the step's rows */
     const double bal_share = (double)m / rows;
     if (net->set_balance_alpha) net->set_balance_alpha(net->impl, t->o.balance_alpha * bal_share);
+    pr = ds_prof_enter(DS_PROF_OPTIM);
     net->zero_grad(net->impl);
+    ds_prof_leave(pr);
     ds_balance_reset(&t->bal);
     const int P = dp_size(t), rank = dp_rank(t), n_micro = rows / m, mtp = net->mtp_depth > 0;
     step_ctx sc = {.t = t, .lc = &lc, .terms = terms, .bal = &bal, .bal_share = bal_share, .m = m};
@@ -323,6 +330,7 @@ int ds_trainer_step(ds_trainer *t) {
     /* pipeline stages first (each holds its layers' share of everything), then each parameter group's
      * gradients over its ranks and the loss values over the replicas: every rank ends with the sums */
     const ds_train_comm *pc = t->hooks.pp && t->hooks.pp->size > 1 ? t->hooks.pp : NULL;
+    pr = ds_prof_enter(DS_PROF_OPTIM);
     if (pc) DS_TRY(sum_step(t, pc, 1, terms, &bal));
     DS_TRY(ds_zero_reduce(&t->opt, net));
     if (P > 1) DS_TRY(sum_step(t, t->hooks.comm, 0, terms, &bal));
@@ -349,6 +357,7 @@ int ds_trainer_step(ds_trainer *t) {
     } else {
         t->skipped++;
     }
+    ds_prof_leave(pr);
     t->step++;
     t->tokens += step_tokens;
     r->tokens = t->tokens;
@@ -525,10 +534,14 @@ int ds_trainer_run(ds_trainer *t, ds_train_end *end) {
     *end = DS_TRAIN_DONE;
     t->run_t0 = ds_now(), t->run_step0 = t->step;
     while (t->step < t->o.total_steps) {
+        /* the first step of a run pays page faults and warm-up: profiled only when it is the only one */
+        const int prof = t->o.profile && (t->step > t->run_step0 || t->o.total_steps - t->step == 1);
         double t0 = ds_now(), c0 = cpu_now();
+        if (prof) ds_prof_step_begin();
         DS_TRY(ds_trainer_step(t));
         ds_step_report *r = &t->last;
         double dt = ds_now() - t0;
+        if (prof) ds_prof_step_end(dt);
         r->ms = 1e3 * dt;
         r->cpu_ms = 1e3 * (cpu_now() - c0);
         r->tok_s = dt > 0 ? (double)r->batch * t->o.seq_len / dt : 0;

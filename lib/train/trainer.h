@@ -123,6 +123,8 @@ typedef struct {
     double peak_flops;    /* FLOP/s behind MFU; 0: no MFU */
     int no_zero;          /* keep the whole optimizer state on every rank of a group (--no-zero); default:
                              ZeRO-1 wherever a group has several ranks (train/zero.h) */
+    int profile;          /* --profile: time the steps (ops/prof.h; the first of a run is left out when
+                             the run has more), the tool reports it (train/profile.h) */
     uint64_t seed;
 } ds_train_opts;
 
