@@ -123,6 +123,7 @@ static int run(args *a) {
     ds_sft_data chat = {0};
     int rc, sig = 0;
     ds_session_opts so = ds_train_toolopts_session(&a->t, "ds-extend-ctx");
+    so.pp_whole = !a->no_eval; /* the evaluation after training runs the whole model on every rank */
     so.micro_batch = a->eval_only ? 1 : a->t.micro_batch, so.edit_config = edit_config, so.edit_ctx = a;
     if ((rc = ds_session_open(&s, &so))) goto done;
     const ds_rope_scaling *y = &s.cfg.rope_scaling;

@@ -91,6 +91,7 @@ static int run(void) {
     if (!A.t.micro_batch) A.t.micro_batch = default_micro(rows > 0 ? rows : 1);
     const int T = ds_rl_seq_len(&train, A.eval_prompts ? &eval : NULL, A.max_new);
     ds_session_opts so = ds_train_toolopts_session(&A.t, "ds-rl");
+    so.pp_whole = 1; /* the rollouts run the whole model on every rank */
     so.plot_path = NULL, so.seq_len = T, so.want_entropy = 1; /* ds-rl draws its own plot */
     if (!rc) rc = ds_session_open(&s, &so);
     if (!rc && have_tpl) s.chat = &tpl; /* the checkpoints carry the template the prompts were rendered with */

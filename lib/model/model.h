@@ -94,6 +94,11 @@ typedef struct {
     int n_moe_layers;
 } ds_fwd_out;
 
+/* What a pipeline stage's model holds (ds_model_opts.hold). */
+typedef struct {
+    int on, l0[2], l1[2], embed, head;
+} ds_model_hold;
+
 typedef struct {
     const struct ds_ops *ops; /* backend (ops/ops.h); NULL: the CPU */
     /* GEMMs of the decoder layers' Linear projections (q_a, q_b / q, kv_a, kv_b, o, dense FFN, shared and
@@ -126,6 +131,12 @@ typedef struct {
     const ds_comm *ep_comm;
     const int *ep_node;      /* [ep_size] the node of each EP rank, or NULL: one node */
     int ep_two_hop;          /* exchange in two hops, across nodes then inside them (dist/ep.h; bit-identical) */
+    /* Pipeline stages (docs/DESIGN.md "Pipeline memory"): with hold.on the model holds (allocates, lists in
+     * its table, binds) only the decoder layers [hold.l0[c], hold.l1[c]) of each chunk c (l0 == l1: none),
+     * the embedding when hold.embed, and the final norm, head and MTP modules when hold.head. The others'
+     * weight pointers are NULL: only the held layers may run. It composes with expert parallelism: a
+     * routed expert is held iff its layer is and it is in the rank's range. hold.on 0: every tensor. */
+    ds_model_hold hold;
 } ds_model_opts;
 
 typedef struct ds_model ds_model;
@@ -142,6 +153,10 @@ const ds_param *ds_model_params_info(const ds_model *m, int *count);
 /* The same table for a config without building the model (no weights allocated: the 671B shape costs
  * the table only). *params is malloc'd (free it); the offsets are those ds_model_create would use. */
 int ds_model_layout(const ds_config *cfg, ds_param **params, int *count);
+/* Whether this model holds the tensors of `layer` (-1: embed = 1 the embedding, else the final norm and
+ * head), and of the tensor called name (HF name; names of no layer count as held). See opts.hold. */
+int ds_model_holds(const ds_model *m, int layer, int embed);
+int ds_model_holds_name(const ds_model *m, const char *name);
 float *ds_model_params(ds_model *m);
 float *ds_model_grads(ds_model *m); /* NULL unless opts.train */
 size_t ds_model_num_params(const ds_model *m);

@@ -6,7 +6,9 @@
  * Routed experts of a layer are stored as three blocks [E][Ie, D] (gate), [E][Ie, D] (up), [E][D, Ie]
  * (down), one table entry per expert and matrix. With expert parallelism (model.h opts.ep_size > 1) a
  * rank holds only its experts [e0, e0 + ne) and every layer's three blocks of them move to the end of
- * the buffer, in layer order: the replicated tensors are the prefix [0, expert_off). */
+ * the buffer, in layer order: the replicated tensors are the prefix [0, expert_off). A pipeline stage
+ * (opts.hold) leaves out every tensor of the layers it does not hold: the same walk, filtered, so a
+ * stage's buffer is its tensors in the same order. */
 #include "model/internal.h"
 
 #include "core/err.h"
@@ -33,6 +35,7 @@ static void emit(walker *k, float **slot, int layer, int expert, ds_param_kind k
 static void emit(walker *k, float **slot, int layer, int expert, ds_param_kind kind, int64_t rows, int64_t cols,
                  const char *fmt, ...) {
     size_t numel = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
+    if (!ds_model_holds(k->m, layer, kind == DS_PARAM_EMBED)) return;
     if (k->m->params) {
         ds_param *p = &k->m->params[k->count];
         va_list ap;
@@ -130,6 +133,24 @@ static void walk(walker *k) {
     k->experts = 1;
     for (int l = 0; l < m->n_layers_total; l++) walk_layer(k, l);
     k->experts = 0;
+}
+
+int ds_model_holds(const ds_model *m, int layer, int embed) {
+    const ds_model_hold *h = &m->opts.hold;
+    if (!h->on) return 1;
+    if (layer < 0) return embed ? h->embed : h->head;
+    if (layer >= m->cfg.num_hidden_layers) return h->head; /* the MTP modules */
+    for (int c = 0; c < 2; c++)
+        if (layer >= h->l0[c] && layer < h->l1[c]) return 1;
+    return 0;
+}
+
+int ds_model_holds_name(const ds_model *m, const char *name) {
+    int layer;
+    if (!strncmp(name, "model.embed_tokens.", 19)) return ds_model_holds(m, -1, 1);
+    if (!strncmp(name, "model.norm.", 11) || !strncmp(name, "lm_head.", 8)) return ds_model_holds(m, -1, 0);
+    if (sscanf(name, "model.layers.%d.", &layer) == 1) return ds_model_holds(m, layer, 0);
+    return 1;
 }
 
 int ds_params_layout(ds_model *m, int alloc) {

@@ -43,6 +43,7 @@ static void report_unused(const ds_model *m, const ds_st_set *s, used_set *u) {
         int layer, e; /* expert parallelism: the other ranks' experts */
         if (m->ep_n > 1 && sscanf(name, "model.layers.%d.mlp.experts.%d.", &layer, &e) == 2 && (e < m->e0 || e >= m->e0 + m->ne))
             continue;
+        if (!ds_model_holds_name(m, name)) continue; /* a pipeline stage: the other stages' tensors */
         if (!first) first = name;
         unused++;
     }
@@ -235,7 +236,7 @@ int ds_model_load_weights(ds_model *m, const ds_st_set *s) {
     int rc = fused ? 0 : ds_fail(DS_ERR, "out of memory: loading");
     int active = L + m->mtp_depth;
     for (int l = 0; !rc && l < active; l++)
-        if (m->moe_slot[l] >= 0) rc = load_fused_experts(m, s, l, &fused[l], &u);
+        if (m->moe_slot[l] >= 0 && ds_model_holds(m, l, 0)) rc = load_fused_experts(m, s, l, &fused[l], &u);
     for (int i = 0; !rc && i < m->n_params; i++) {
         const ds_param *p = &m->params[i];
         if (p->layer >= active || (p->expert >= 0 && fused[p->layer])) continue;

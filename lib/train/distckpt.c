@@ -164,3 +164,22 @@ int ds_distckpt_scatter(const ds_comm *c, int root, const ds_param *src, int n_s
     free(where), free(cnt), free(want_n), free(lists), free(send), free(recv);
     return rc;
 }
+
+int ds_distckpt_gather_model(ds_distckpt_full *f, const ds_model *m, const ds_comm *c, int root, const float *src) {
+    if (!f->info) {
+        DS_TRY(ds_model_layout(ds_model_config(m), &f->info, &f->n));
+        const ds_param *last = &f->info[f->n - 1];
+        const size_t n = last->offset + last->numel;
+        if (c->rank == root && !(f->buf = malloc(sizeof(float) * n)))
+            return ds_fail(DS_ERR, "out of memory: gathering %zu parameters for the checkpoint", n);
+    }
+    int n;
+    const ds_param *info = ds_model_params_info(m, &n);
+    return ds_distckpt_gather(c, root, info, n, src, f->info, f->n, f->buf);
+}
+
+void ds_distckpt_full_free(ds_distckpt_full *f) {
+    free(f->info);
+    free(f->buf);
+    memset(f, 0, sizeof *f);
+}

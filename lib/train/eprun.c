@@ -3,16 +3,10 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "dist/dp.h"
-#include "train/distckpt.h"
+#include "train/pipemem.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-static int edp_f32(void *ctx, float *x, size_t n) { return ds_dp_allreduce_f32(ctx, x, n); }
-static int edp_f64(void *ctx, double *x, size_t n) { return ds_dp_allreduce_f64(ctx, x, n); }
-static int edp_i64(void *ctx, int64_t *x, size_t n) { return ds_dp_allreduce_i64(ctx, x, n); }
-static int edp_rs(void *ctx, float *x, size_t n) { return ds_dp_reduce_scatter_f32(ctx, x, n); }
-static int edp_ag(void *ctx, float *x, size_t n) { return ds_dp_allgather_f32(ctx, x, n); }
 
 int ds_ep_run_join(ds_ep_run *r, const ds_comm *c, int pp, int ep, int ranks_per_node) {
     memset(r, 0, sizeof *r);
@@ -26,10 +20,7 @@ int ds_ep_run_join(ds_ep_run *r, const ds_comm *c, int pp, int ep, int ranks_per
     r->have_layout = 1;
     if (!(r->node = calloc((size_t)r->ep, sizeof(int)))) return ds_fail(DS_ERR, "out of memory: layout");
     for (int e = 0; e < r->ep; e++) r->node[e] = ds_layout_node_of_ep_rank(&r->L, e);
-    const ds_comm *x = &r->L.expert_dp_comm;
-    r->edp = (ds_train_comm){.rank = x->rank, .size = x->size, .allreduce_f32 = edp_f32, .allreduce_f64 = edp_f64,
-                             .allreduce_i64 = edp_i64, .reduce_scatter_f32 = edp_rs, .allgather_f32 = edp_ag,
-                             .ctx = (void *)x};
+    r->edp = ds_train_comm_of(&r->L.expert_dp_comm);
     ds_info("expert parallel: %d ranks per group, %d groups%s, %d node(s) per group (%d ranks per node)", r->ep,
             world / r->pp / r->ep, r->pp > 1 ? " per pipeline stage" : "", r->L.ep_nodes, r->L.ranks_per_node);
     return 0;
@@ -124,22 +115,24 @@ void ds_ep_run_summary(const ds_ep_run *r) {
             r->sum_nodes / n, r->run_nodes_max, r->sum_dispatch / n / MiB, r->sum_combine / n / MiB, r->sum_cross / n / MiB);
 }
 
-int ds_ep_run_gather(ds_ep_run *r, ds_model *m, const ds_comm *c, const float *src) {
-    if (!r->full_info) {
-        DS_TRY(ds_model_layout(ds_model_config(m), &r->full_info, &r->n_full));
-        const ds_param *last = &r->full_info[r->n_full - 1];
-        if (c->rank == 0 && !(r->full = malloc(sizeof(float) * (last->offset + last->numel))))
-            return ds_fail(DS_ERR, "out of memory: gathering %zu parameters for the checkpoint", last->offset + last->numel);
+int ds_ep_run_stage_experts(ds_ep_run *r, const ds_comm *world, int dual, int whole, const ds_train_comm **out) {
+    *out = NULL;
+    if (!r->have_layout) return 0;
+    if (!dual && !whole) { /* a stage's experts live on its ranks of the same EP rank */
+        *out = &r->edp;
+        return 0;
     }
-    int n;
-    const ds_param *info = ds_model_params_info(m, &n);
-    return ds_distckpt_gather(c, 0, info, n, src, r->full_info, r->n_full, r->full);
+    const int s = r->L.stage, pp = r->L.pp, pair = s < pp - 1 - s ? s : pp - 1 - s;
+    DS_TRY(ds_comm_split(world, whole ? r->L.ep_rank : pair * r->ep + r->L.ep_rank, world->rank, &r->stage_edp));
+    r->have_stage_edp = 1;
+    r->tstage_edp = ds_train_comm_of(&r->stage_edp);
+    *out = &r->tstage_edp;
+    return 0;
 }
 
 void ds_ep_run_free(ds_ep_run *r) {
+    if (r->have_stage_edp) ds_comm_free_split(&r->stage_edp);
     if (r->have_layout) ds_layout_free(&r->L);
     free(r->node);
-    free(r->full_info);
-    free(r->full);
     memset(r, 0, sizeof *r);
 }

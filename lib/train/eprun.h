@@ -29,6 +29,9 @@ typedef struct {
     int have_layout;
     int *node;            /* [ep] node of each EP rank of this rank's group */
     ds_train_comm edp;    /* the expert_dp group as the trainer sees it */
+    ds_comm stage_edp;    /* under --pp with DualPipe or the whole model: the ranks holding this rank's experts */
+    int have_stage_edp;
+    ds_train_comm tstage_edp;
     /* the last step's traffic, over every rank of the run */
     int have_step;
     double nodes_mean, dispatch_bytes, combine_bytes, cross_node_bytes; /* bytes: mean per rank */
@@ -38,10 +41,6 @@ typedef struct {
     double sum_nodes, sum_dispatch, sum_combine, sum_cross;
     int run_nodes_max;
     int64_t steps;
-    /* the one-process model's table and, on rank 0, its values (ds_ep_run_gather) */
-    ds_param *full_info;
-    int n_full;
-    float *full;
 } ds_ep_run;
 
 /* Before any work: a usage error (one line naming the numbers) when the layout cannot hold, checked
@@ -65,10 +64,11 @@ int ds_ep_run_step(ds_ep_run *r, ds_model *m, const ds_comm *c);
 void ds_ep_run_record(const ds_ep_run *r, ds_jsonw *w);
 /* The run's traffic on rank 0's log (nothing without EP or steps). */
 void ds_ep_run_summary(const ds_ep_run *r);
-/* For a checkpoint identical to the one-process run's: every tensor of the one-process model gathered onto
- * rank 0 of c (train/distckpt.h), into r->full_info / n_full (every rank) and r->full (rank 0). src: the
- * values in m's layout (the parameters, or the optimizer's moments). Collective. */
-int ds_ep_run_gather(ds_ep_run *r, ds_model *m, const ds_comm *c, const float *src);
+/* Under --pp: the group over which the gradients (and ZeRO-1 moments) of this rank's experts meet, the
+ * ranks holding the same ones (NULL without EP): the stage's ranks with the same EP rank (expert_dp); under
+ * DualPipe (dual) those of both stages of the rank's pair, s and PP-1-s; with the whole model on every rank
+ * (whole) every rank with the same EP rank. Collective over world. */
+int ds_ep_run_stage_experts(ds_ep_run *r, const ds_comm *world, int dual, int whole, const ds_train_comm **out);
 void ds_ep_run_free(ds_ep_run *r);
 
 #endif

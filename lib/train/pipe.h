@@ -11,14 +11,9 @@
  *
  * Placement: pipeline rank r holds stage r (chunk 0) and, under DualPipe, stage PP-1-r too (chunk 1), so
  * rank 0 holds both the embedding and the head, as V3 does, and MTP's shared embedding and head
- * gradients meet on one rank. Under 1F1B/ZB1P the embedding's gradient from the input (stage 0) and from
- * the MTP modules (stage PP-1) are two partial sums on two ranks; the trainer adds them with every other
- * gradient (hooks.pp).
- *
- * Memory: each rank holds the whole parameter buffer (identical on every rank, stepped identically after
- * the gradient sums), computes only its stages' layers and has zero gradients elsewhere; activations are
- * kept for the micro-batches in flight (activation slots of the model). Checkpoints are therefore the one
- * HF layout whatever PP, and a run resumes on any PP.
+ * gradients meet on one rank. What a rank allocates and how gradients of tensors held on several ranks
+ * meet: train/pipemem.h. Activations are kept for the micro-batches in flight (activation slots of the
+ * model).
  *
  * Environment (for the benchmark, docs/DESIGN.md "Pipeline parallelism"): DS_PP_DELAY_MS delays every
  * transfer (p2p.h); DS_PP_OVERLAP=0 turns the overlap off: receives are posted only when needed and a

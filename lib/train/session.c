@@ -43,8 +43,8 @@ static int add_weights(ds_ckpt_writer *w, ds_session *s, const float *src, float
     int n_info;
     const ds_param *info = ds_model_params_info(m, &n_info);
     const float *p = src ? src : ds_model_params(m);
-    if (!src && s->ep.full) /* expert parallelism: the one-process model, gathered (save_hook) */
-        info = s->ep.full_info, n_info = s->ep.n_full, p = s->ep.full;
+    if (!src && s->full.buf) /* expert parallelism, pipeline stages: the one-process model, gathered (save_hook) */
+        info = s->full.info, n_info = s->full.n, p = s->full.buf;
     const ds_config *c = ds_model_config(m);
     const ds_ops *ops = ds_model_ops(m);
     if (!src && !ds_ops_on_host(ops)) {
@@ -128,7 +128,8 @@ static int add_checkpoint(ds_ckpt_writer *w, ds_session *s, int opt_file, float 
 int ds_session_save(ds_session *s, const char *dir) {
     ds_zero *z = ds_trainer_zero(s->trainer);
     const int world = s->have_comm ? s->comm.size : 1, rank = ds_session_rank(s);
-    const int sharded = ds_optstate_sharded(z, world);
+    /* pipeline stages hold different tensors: each rank writes its own moments */
+    const int sharded = ds_optstate_sharded(z, world) || s->pipe_partial;
     if (!sharded && rank != 0) return 0; /* replicas are identical: rank 0 writes for all */
     if (sharded && s->failed_alone) /* the others may wait in another collective: no save can be agreed */
         return ds_fail(DS_ERR, "checkpoint: the sharded optimizer state needs every rank, and rank %d failed: %s", rank, dir);
@@ -152,9 +153,7 @@ int ds_session_save(ds_session *s, const char *dir) {
         if (slash) *slash = 0;
         ds_optstate_shard_name(rank, world, name, sizeof name);
         if (!rc) rc = ds_path_join(path, sizeof path, slash ? tmp : ".", name);
-        /* pipeline stages hold identical copies of everything (pipe.h): the first stage's ranks write them */
-        const int copy = s->pipe && s->layout.stage > 0;
-        if (!rc) rc = ds_optstate_write_shard(z, s->net.info, copy ? 0 : s->net.n_info, path);
+        if (!rc) rc = ds_optstate_write_shard(z, s->net.info, s->net.n_info, path);
         rc = ds_comm_agree(&s->comm, rc);
         char *index = NULL;
         if (!rc && rank == 0) rc = ds_optstate_index(slash ? tmp : ".", world, &index);
@@ -219,8 +218,7 @@ static int join_data_parallel(ds_session *s);
 
 /* --pp: this rank's stages of the model, run by the trainer through net.run_micro. */
 static int open_pipeline(ds_session *s) {
-    ds_pipe_kind kind = DS_PIPE_1F1B;
-    if (s->o.schedule) DS_TRY(ds_pipe_kind_parse(s->o.schedule, &kind));
+    const ds_pipe_kind kind = s->pipe_kind;
     ds_pipe_opts po = {.pp = s->o.pp, .kind = kind, .stages = s->o.stages, .seq_len = s->o.seq_len,
                        .pp_comm = &s->layout.pp_comm, .ep_comm = s->ep.have_layout ? &s->ep.L.ep_comm : NULL};
     DS_TRY(ds_pipe_net_create(&s->pipe, s->model, &po));
@@ -236,6 +234,20 @@ static int open_pipeline(ds_session *s) {
         k += snprintf(line + k, sizeof line - (size_t)k, " %d-%d", first[st], first[st + 1] - 1);
     free(first);
     if (!rc) ds_info("%s (embedding with the first, head and MTP with the last)", line);
+    return rc;
+}
+
+/* --pp: the schedule, and what this rank's model holds (train/pipemem.h) */
+static int pipe_hold(ds_session *s, ds_model_opts *mo) {
+    s->pipe_kind = DS_PIPE_1F1B;
+    if (s->o.schedule) DS_TRY(ds_pipe_kind_parse(s->o.schedule, &s->pipe_kind));
+    if (s->o.pp_whole) return 0;
+    int *first = calloc((size_t)s->o.pp + 1, sizeof *first);
+    if (!first) return ds_fail(DS_ERR, "out of memory: stages");
+    int rc = ds_pipe_split_layers(&s->cfg, s->o.pp, s->o.seq_len, s->o.stages, first);
+    if (!rc) ds_pipe_hold(s->pipe_kind, s->o.pp, s->layout.pp_comm.rank, first, s->cfg.num_nextn_predict_layers, &mo->hold);
+    free(first);
+    s->pipe_partial = !rc;
     return rc;
 }
 
@@ -279,6 +291,7 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
                         .want_entropy = o->want_entropy, .balance_alpha = o->balance_alpha};
     if (!rc) rc = ds_ep_run_check_config(&s->ep, &s->cfg);
     ds_ep_run_model_opts(&s->ep, &mo);
+    if (!rc && s->have_layout) rc = pipe_hold(s, &mo);
     if (!rc && o->bf16 && strcmp(o->device ? o->device : "cpu", "cpu")) {
         rc = ds_fail(DS_EUSAGE, "--bf16 --device %s: bf16 training is emulated on the CPU in this build", o->device);
         ds_hint("drop --bf16, or train with --device cpu");
@@ -311,6 +324,8 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
         rc = ds_fail(DS_EUSAGE, "--two-hop exchanges tokens between expert-parallel ranks: it needs --ep above 1");
     if (!rc && s->ep.ep > 1 && o->ema > 0) /* the average is kept whole on rank 0 */
         rc = ds_fail(DS_EUSAGE, "--ema with --ep %d: the EMA needs every expert on one rank (not yet)", s->ep.ep);
+    if (!rc && o->pp > 1 && !o->pp_whole && o->ema > 0)
+        rc = ds_fail(DS_EUSAGE, "--ema with --pp %d: the EMA needs every layer on one rank (not yet)", o->pp);
     if (!rc && s->have_comm) { /* one run, one seed: a drawn seed differs from process to process */
         rc = ds_comm_bcast_u64(&s->comm, &s->o.seed);
         if (!rc && o->seed_share) *o->seed_share = s->o.seed;
@@ -336,8 +351,10 @@ static int save_hook(void *ctx, ds_trainer *t, int final) {
     ds_session *s = ctx;
     (void)t;
     (void)final;
-    /* expert parallelism: the experts of every rank onto rank 0 first, so the files are the one-process run's */
-    if (s->ep.have_layout) DS_TRY(ds_ep_run_gather(&s->ep, s->model, &s->comm, ds_model_params(s->model)));
+    /* expert parallelism, pipeline stages: every rank's tensors onto rank 0 first, so the files are the
+     * one-process run's */
+    if (s->ep.have_layout || s->pipe_partial)
+        DS_TRY(ds_distckpt_gather_model(&s->full, s->model, &s->comm, 0, ds_model_params(s->model)));
     int rc = ds_session_save(s, s->o.out_dir);
     if (!rc && ds_session_rank(s) == 0) ds_info("saved step %lld: %s", (long long)ds_trainer_steps_done(s->trainer), s->o.out_dir);
     return rc;
@@ -370,13 +387,6 @@ static int trim_metrics(const char *path, int64_t step) {
     return ds_atomic_commit(&a);
 }
 
-/* The trainer's reduction hooks over lib/dist's rank-ordered sums. */
-static int dp_f32(void *ctx, float *x, size_t n) { return ds_dp_allreduce_f32(ctx, x, n); }
-static int dp_f64(void *ctx, double *x, size_t n) { return ds_dp_allreduce_f64(ctx, x, n); }
-static int dp_i64(void *ctx, int64_t *x, size_t n) { return ds_dp_allreduce_i64(ctx, x, n); }
-static int dp_rs(void *ctx, float *x, size_t n) { return ds_dp_reduce_scatter_f32(ctx, x, n); }
-static int dp_ag(void *ctx, float *x, size_t n) { return ds_dp_allgather_f32(ctx, x, n); }
-
 static int join_data_parallel(ds_session *s) {
     const int pp = s->o.pp > 1 ? s->o.pp : 1;
     if ((s->o.dp == 1 && pp == 1) || (s->o.dp == 0 && pp == 1 && !ds_dist_launched())) return 0;
@@ -408,13 +418,9 @@ static int join_data_parallel(ds_session *s) {
         DS_TRY(ds_layout_make(&s->layout, &s->comm, pp, dp, 1, 0));
         s->have_layout = 1;
         dpc = &s->layout.dp_comm;
-        s->pcomm = (ds_train_comm){.rank = s->layout.pp_comm.rank, .size = pp, .allreduce_f32 = dp_f32,
-                                   .allreduce_f64 = dp_f64, .allreduce_i64 = dp_i64, .reduce_scatter_f32 = dp_rs,
-                                   .allgather_f32 = dp_ag, .ctx = &s->layout.pp_comm};
+        s->pcomm = ds_train_comm_of(&s->layout.pp_comm);
     }
-    s->tcomm = (ds_train_comm){.rank = dpc->rank, .size = dpc->size, .allreduce_f32 = dp_f32,
-                               .allreduce_f64 = dp_f64, .allreduce_i64 = dp_i64, .reduce_scatter_f32 = dp_rs,
-                               .allgather_f32 = dp_ag, .ctx = (void *)dpc};
+    s->tcomm = ds_train_comm_of(dpc); /* the trainer's reductions over lib/dist's rank-ordered sums */
     if (pp > 1) ds_info("parallel: %d pipeline stages x %d data-parallel replicas", pp, dp);
     else ds_info("data parallel: %d ranks on %d node(s)", s->comm.size, s->comm.n_nodes);
     return 0;
@@ -502,15 +508,20 @@ static int start_ema(ds_session *s) {
  * peak resident set (at_end: measured), on rank 0's log: "memory  optimizer by rank: B0 B1 ...". */
 static int report_memory(ds_session *s, int at_end) {
     const int world = s->have_comm ? s->comm.size : 1, rank = ds_session_rank(s);
-    int64_t *v = calloc((size_t)world, sizeof *v);
+    int64_t *v = calloc(2 * (size_t)world, sizeof *v); /* [world] what is reported, [world] parameter bytes */
     if (!v) return ds_fail(DS_ERR, "out of memory: memory report");
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     v[rank] = at_end ? (int64_t)ru.ru_maxrss * 1024 : (int64_t)ds_zero_state_bytes(ds_trainer_zero(s->trainer));
-    int rc = world > 1 ? ds_comm_allreduce_sum_i64(&s->comm, v, world) : 0;
-    char list[1024] = "";
-    for (int r = 0, k = 0; !rc && r < world && k < (int)sizeof list - 32; r++)
+    v[world + rank] = (int64_t)(s->net.n_params * sizeof(float));
+    int rc = world > 1 ? ds_comm_allreduce_sum_i64(&s->comm, v, 2 * world) : 0;
+    char list[1024] = "", plist[1024] = "";
+    for (int r = 0, k = 0, kp = 0; !rc && r < world && k < (int)sizeof list - 32 && kp < (int)sizeof plist - 32; r++) {
         k += snprintf(list + k, sizeof list - (size_t)k, " %lld", (long long)(at_end ? v[r] >> 20 : v[r]));
+        kp += snprintf(plist + kp, sizeof plist - (size_t)kp, " %lld", (long long)v[world + r]);
+    }
+    /* pipeline stages hold different tensors: the bytes of each rank (gradients as many as parameters) */
+    if (!rc && !at_end && s->pipe_partial) ds_info("memory  parameter bytes by rank:%s", plist);
     if (!rc && at_end) {
         ds_info("memory  peak RSS by rank (MiB):%s", list);
     } else if (!rc) {
@@ -541,8 +552,7 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
     if (s->o.metrics_path) h.metrics = &s->metrics;
     if (s->pipe) { /* what the schedule needs of the micro-batch count, before any work */
         const int mb = (int)(ds_sched_max(&to->batch) / to->micro_batch), dp = s->layout.dp, per = mb / dp;
-        ds_pipe_kind kind = DS_PIPE_1F1B;
-        if (s->o.schedule) DS_TRY(ds_pipe_kind_parse(s->o.schedule, &kind));
+        const ds_pipe_kind kind = s->pipe_kind;
         DS_TRY(ds_pipe_check(kind, s->o.pp, 4 * s->o.pp)); /* what it needs of PP */
         if ((per > 0 || kind == DS_PIPE_DUALPIPE) && ds_pipe_check(kind, s->o.pp, per)) /* a replica may idle */
             return ds_fail_ctx(DS_EUSAGE, "%d micro-batches per pipeline (batch %d / micro-batch %d / DP %d)", per,
@@ -552,15 +562,14 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
                            "not divide over the %d data-parallel replicas", s->ep.ep, s->o.pp, mb,
                            (int)ds_sched_max(&to->batch), to->micro_batch, dp);
     }
-    ds_train_opts pipe_to;
-    if (s->pipe && !to->no_zero) { /* the sharded checkpoint is written per world rank: not with stages yet */
-        pipe_to = *to;
-        pipe_to.no_zero = 1;
-        to = &pipe_to;
-        ds_info("pipeline: the optimizer state stays replicated on every rank (ZeRO-1 with --pp is not done yet)");
-    }
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
     DS_TRY(ds_ep_run_groups(&s->ep, s->trainer, s->model, s->have_comm ? &s->tcomm : NULL));
+    if (s->pipe) { /* each range over the ranks holding it; the norm over the world (train/pipemem.h) */
+        const ds_train_comm *experts;
+        DS_TRY(ds_ep_run_stage_experts(&s->ep, &s->comm, s->pipe_kind == DS_PIPE_DUALPIPE, s->o.pp_whole, &experts));
+        DS_TRY(ds_pipe_groups_make(&s->pgroups, &s->layout, &s->comm, s->pipe_kind, s->model, experts, s->o.pp_whole));
+        DS_TRY(ds_trainer_set_groups(s->trainer, s->pgroups.g, s->pgroups.n, &s->pgroups.tworld));
+    }
     if (s->o.resume) {
         char p[8300];
         char *text;
@@ -660,6 +669,8 @@ void ds_session_close(ds_session *s) {
     ds_ema_free(s->ema);
     ds_trainer_free(s->trainer);
     ds_pipe_net_free(s->pipe);
+    if (!s->failed_alone) ds_pipe_groups_free(&s->pgroups);
+    ds_distckpt_full_free(&s->full);
     ds_train_net_release(&s->net);
     ds_model_free(s->model);
     if (s->have_metrics) ds_metrics_close(&s->metrics);

@@ -22,7 +22,9 @@
 #include "dist/layout.h"
 #include "train/ema.h"
 #include "train/eprun.h"
+#include "train/distckpt.h"
 #include "train/pipe.h"
+#include "train/pipemem.h"
 #include "train/trainer.h"
 
 /* Where a training checkpoint keeps the EMA of its weights (--ema): a model checkpoint directory. */
@@ -64,6 +66,8 @@ typedef struct {
     int pp;                     /* pipeline stages (0, 1: none): world = PP x DP (train/pipe.h) */
     const char *schedule;       /* "1f1b" (NULL), "zb1p", "dualpipe" */
     const char *stages;         /* layers per stage ("0-3,4-7"), or NULL: by estimated cost */
+    int pp_whole;               /* --pp: every rank keeps the whole model (a tool that runs it whole, ds-rl's
+                                   rollouts); 0: a rank holds only its stages' tensors (train/pipemem.h) */
     /* Called with the loaded config before the model is built (ds-extend-ctx sets rope_scaling);
      * NULL: the config as loaded. A non-zero return stops with that status. */
     int (*edit_config)(void *ctx, ds_config *cfg);
@@ -104,6 +108,10 @@ typedef struct {
     int have_layout;
     ds_train_comm pcomm;      /* with --pp: this replica's stages (layout.pp_comm) */
     ds_pipe_net *pipe;        /* with --pp */
+    ds_pipe_kind pipe_kind;
+    int pipe_partial;         /* with --pp: this rank's model holds only its chunks' tensors */
+    ds_pipe_groups pgroups;   /* with --pp: the parameter groups over the ranks holding the same tensors */
+    ds_distckpt_full full;    /* the one-process model gathered for a checkpoint (--ep, --pp) */
     ds_ep_run ep;             /* --ep: the layout, the experts' parameter group, traffic metrics */
     ds_ema *ema;             /* --ema on rank 0, else NULL */
     ds_dir_lock out_lock;     /* held by the process that writes out_dir (rank 0) for the whole run */

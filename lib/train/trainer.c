@@ -268,12 +268,12 @@ static int step_done(void *ctx, int k, const ds_fwd_out *f, int head, float *dlo
     return micro_done(sc, sc->t->mine[k], f, head, dlogp, dmtp);
 }
 
-/* Sum loss terms, balance loss, expert loads and (with_grads) the gradients over group c, in place. */
-static int sum_step(ds_trainer *t, const ds_train_comm *c, int with_grads, double *terms, double *bal) {
+/* Sum loss terms, balance loss and expert loads over group c, in place (the gradients are the parameter
+ * groups', ds_zero_reduce). */
+static int sum_step(ds_trainer *t, const ds_train_comm *c, double *terms, double *bal) {
     double sums[DS_LOSS_MAX_TERMS + 1];
     memcpy(sums, terms, sizeof(double) * DS_LOSS_MAX_TERMS);
     sums[DS_LOSS_MAX_TERMS] = *bal;
-    if (with_grads) DS_TRY(c->allreduce_f32(c->ctx, t->net->grads, t->net->n_params));
     DS_TRY(c->allreduce_f64(c->ctx, sums, DS_LOSS_MAX_TERMS + 1));
     if (t->bal.n_layers > 0) DS_TRY(c->allreduce_i64(c->ctx, t->bal.count, (size_t)t->bal.n_layers * t->bal.n_experts));
     memcpy(terms, sums, sizeof(double) * DS_LOSS_MAX_TERMS);
@@ -327,13 +327,14 @@ int ds_trainer_step(ds_trainer *t) {
         DS_TRY(net->backward(net->impl, &b, t->dlogp, net->mtp_depth > 0 ? t->dmtp : NULL));
     }
     if (t->hooks.micro_done) DS_TRY(t->hooks.micro_done(t->hooks.ctx, t));
-    /* pipeline stages first (each holds its layers' share of everything), then each parameter group's
-     * gradients over its ranks and the loss values over the replicas: every rank ends with the sums */
+    /* the loss values over the pipeline stages (each holds its layers' share) and the replicas, each
+     * parameter group's gradients over the ranks holding it (a stage's tensors over the ranks holding that
+     * stage: the session's groups, train/pipemem.h): every rank ends with the sums */
     const ds_train_comm *pc = t->hooks.pp && t->hooks.pp->size > 1 ? t->hooks.pp : NULL;
     pr = ds_prof_enter(DS_PROF_OPTIM);
-    if (pc) DS_TRY(sum_step(t, pc, 1, terms, &bal));
+    if (pc) DS_TRY(sum_step(t, pc, terms, &bal));
     DS_TRY(ds_zero_reduce(&t->opt, net));
-    if (P > 1) DS_TRY(sum_step(t, t->hooks.comm, 0, terms, &bal));
+    if (P > 1) DS_TRY(sum_step(t, t->hooks.comm, terms, &bal));
     double norm;
     DS_TRY(ds_zero_grad_norm(&t->opt, net, &norm));
     const int finite = isfinite(norm) && isfinite(terms[0]) && isfinite(bal);

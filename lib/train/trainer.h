@@ -71,8 +71,8 @@ typedef struct ds_train_net {
     int (*idle)(void *impl, int T, int backward, int mtp);
     /* Optional: run a step's (or one validation micro-batch's) micro-batches in the net's own order
      * (pipeline stages: lib/train/pipe.h), calling io->done_fwd after each forward; the trainer then sums
-     * gradients, loss terms, balance loss and expert loads over hooks.pp. NULL: forward/backward per
-     * micro-batch. */
+     * loss terms, balance loss and expert loads over hooks.pp (the gradients: the parameter groups). NULL:
+     * forward/backward per micro-batch. */
     int (*run_micro)(void *micro_ctx, const ds_train_micro_io *io);
     void *micro_ctx;
 } ds_train_net;
@@ -168,7 +168,8 @@ typedef struct {
     volatile sig_atomic_t *stop;   /* non-zero: finish the step, save, return (agreed across ranks) */
     const ds_train_comm *comm;     /* data parallel group, or NULL; only rank 0 prints */
     const ds_train_comm *pp;       /* pipeline stages of this replica (net->run_micro), or NULL: each holds
-                                      its layers' share of the gradients and loss values, summed over it */
+                                      its layers' share of the loss values, summed over it (the gradients
+                                      are summed by the parameter groups, over the ranks holding them) */
     /* Optional, for tools with numbers of their own (ds-rl): step_record adds keys to each step's
      * metrics record after the trainer's; after_step runs once the record is written and before
      * any checkpoint of that step (evaluations, the tool's own log line; an error stops the run). */

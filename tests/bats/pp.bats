@@ -45,7 +45,66 @@ print("worst relative difference over 20 steps: %.1e" % worst)
 PY
 }
 
-# mpirun -np $1 ds-pretrain ARGS ${@:2}: the curve matches, rank 0 alone writes
+# the bytes each rank holds (log file $1) against the one-process parameter table: a rank holds its
+# chunks' decoder layers (DualPipe: stages r and PP-1-r), the embedding with stage 0 (and, 1F1B/ZB1P, with
+# the last stage for MTP), the final norm, head and MTP modules with the last stage; gradients as many;
+# optimizer moments 8 bytes per value held (--no-zero), or under ZeRO-1 per value of the rank's slice of
+# each parameter group (1F1B/ZB1P with MTP: the embedding over stages 0 and PP-1's ranks, the rest over
+# the stage's DP ranks; DualPipe: everything over the ranks of stages s and PP-1-s)
+mem_check() {
+    "$DS_PY" - "$T/one/model.safetensors" "$1" <<'PY'
+import re, sys
+from safetensors import safe_open
+text = open(sys.argv[2]).read()
+pp, dp = map(int, re.search(r"parallel: (\d+) pipeline stages x (\d+) data-parallel", text).groups())
+kind, split = re.search(r"pipeline: (\S+), stage layers ([\d -]+) \(", text).groups()
+first = [int(r.split("-")[0]) for r in split.split()]
+L = int(split.split()[-1].split("-")[1]) + 1
+first.append(L)
+numel = {}
+with safe_open(sys.argv[1], "np") as f:
+    for k in f.keys():
+        if not k.endswith("e_score_correction_bias"):
+            numel[k] = f.get_slice(k).get_shape()
+numel = {k: int(__import__("numpy").prod(v)) for k, v in numel.items()}
+mtp = any(k.startswith("model.layers.%d." % L) for k in numel)
+def held(name, stages):
+    last = pp - 1 in stages
+    if name == "model.embed_tokens.weight": return 0 in stages or (last and mtp and kind != "DualPipe")
+    if name in ("model.norm.weight", "lm_head.weight"): return last
+    l = int(name.split(".")[2])
+    return last if l >= L else any(first[s] <= l < first[s + 1] for s in stages)
+def chunk(rank):
+    s = rank // dp
+    return {s, pp - 1 - s} if kind == "DualPipe" else {s}
+want, want_opt = [], []
+zero = "optimizer sharded (ZeRO-1)" in text
+for rank in range(pp * dp):
+    n = sum(n for k, n in numel.items() if held(k, chunk(rank)))
+    want.append(4 * n)
+    # (values, holders) of each parameter group of this rank
+    emb = numel["model.embed_tokens.weight"]
+    if kind != "DualPipe" and mtp and pp > 1 and held("model.embed_tokens.weight", chunk(rank)):
+        groups = [(emb, [r for r in range(pp * dp) if held("model.embed_tokens.weight", chunk(r))]), (n - emb, None)]
+    else:
+        groups = [(n, None)]
+    opt = 0
+    for v, holders in groups:
+        holders = holders or [r for r in range(pp * dp) if chunk(r) == chunk(rank)]
+        P, i = len(holders), holders.index(rank)
+        opt += 8 * ((v * (i + 1) // P - v * i // P) if zero else v)
+    want_opt.append(opt)
+got = [int(x) for x in re.search(r"memory  parameter bytes by rank:([ \d]+)", text).group(1).split()]
+assert got == want, (got, want)
+opt = [int(x) for x in re.search(r"memory  optimizer bytes by rank:([ \d]+)", text).group(1).split()]
+assert opt == want_opt, (opt, want_opt)
+assert max(got) < 4 * sum(numel.values()) or (kind == "DualPipe" and pp == 2)  # DualPipe: 2 of PP stages
+print("parameter bytes by rank %s, optimizer %s (%s), of %d in one process" % (" ".join(map(str, got)),
+      " ".join(map(str, opt)), "ZeRO-1" if zero else "replicated", 4 * sum(numel.values())))
+PY
+}
+
+# mpirun -np $1 ds-pretrain ARGS ${@:2}: the curve matches, rank 0 alone writes, each rank holds its stages
 pp_run() {
     local np=$1 out=$BATS_TEST_TMPDIR/out$RANDOM
     shift
@@ -53,9 +112,14 @@ pp_run() {
     [ "$status" -eq 0 ] || { echo "$output"; false; }
     [ "$(printf '%s\n' "$output" | grep -c 'saved step 20')" -eq 1 ]
     [[ "$output" == *"pipeline: "*" steps, "*" ms per step, bubble by rank:"* ]]
+    local log=$output
     run same_curve "$out.jsonl" "$out"
     [ "$status" -eq 0 ] || { echo "$output"; false; }
     echo "# np $np $*: $output" >&3
+    printf '%s\n' "$log" >"$out.log"
+    run mem_check "$out.log"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    echo "#   $output" >&3
 }
 
 @test "--pp 2 and --pp 4 with 1F1B and DualPipe follow the one-process loss curve for 20 steps" {
@@ -84,45 +148,80 @@ print("# no overlap, 20 ms per transfer: fastest step %.0f ms" % min(ms))
 PY
 }
 
-# the pids of the ds-pretrain ranks writing $1
-rank_pids() { pgrep -f "ds-pretrain .*-o $1 " || true; }
-
-# stop_run NP ARGS...: mpirun -np NP ds-pretrain ARGS into $BATS_TEST_TMPDIR/part, stopped with SIGTERM
-# on every rank after 5 steps; sets n to the step of the checkpoint it left (between 5 and 19)
-stop_run() {
-    local d=$BATS_TEST_TMPDIR np=$1 status
-    shift
-    rm -rf "$d/part" "$d/part.jsonl"
-    mpi -np "$np" "$DS_BIN/ds-pretrain" "$@" -o "$d/part" --metrics "$d/part.jsonl" 2>"$d/err" &
-    local job=$!
-    for _ in $(seq 3000); do
-        n=$(grep -c '"step"' "$d/part.jsonl" 2>/dev/null || true)
-        [ "${n:-0}" -ge 5 ] && break
-        sleep 0.01
+@test "ZeRO-1 under --pp (each group's moments sharded over the ranks holding it) gives the --no-zero run's bits" {
+    local d=$BATS_TEST_TMPDIR
+    for layout in "4 --pp 2 --dp 2" "4 --pp 2 --schedule dualpipe"; do
+        set -- $layout
+        rm -rf "$d/z" "$d/r"
+        for mode in z r; do
+            run mpi -np "$1" "$DS_BIN/ds-pretrain" $ARGS "${@:2}" --steps 6 $([ $mode = r ] && echo --no-zero) \
+                -o "$d/$mode" --metrics "$d/$mode.jsonl"
+            [ "$status" -eq 0 ] || { echo "$output"; false; }
+            printf '%s\n' "$output" >"$d/$mode.log"
+            run mem_check "$d/$mode.log"
+            [ "$status" -eq 0 ] || { echo "$output"; false; }
+            echo "# $layout $mode: $output" >&3
+        done
+        grep -q "optimizer sharded (ZeRO-1)" "$d/z.log"
+        cmp "$d/z/model.safetensors" "$d/r/model.safetensors"
+        # the step records agree to the bit (only the timings differ)
+        diff <(jq -c 'select(.step) | [.step, .loss, .loss_mtp, .loss_bal, .grad_norm]' "$d/z.jsonl") \
+             <(jq -c 'select(.step) | [.step, .loss, .loss_mtp, .loss_bal, .grad_norm]' "$d/r.jsonl")
     done
-    local pids=$(rank_pids "$d/part")
-    [ -n "$pids" ]
-    kill -TERM $pids # every rank gets it; they agree to stop after the same step
-    status=0
-    wait $job || status=$?
-    cat "$d/err"
-    [ "$status" -ne 0 ]
-    grep -q "signal 15: saving at step" "$d/err"
-    n=$(jq .step "$d/part/trainer_state.json")
-    [ "$n" -ge 5 ] && [ "$n" -lt 20 ]
 }
 
-@test "a run stopped under --pp 2 DualPipe resumes under --pp 4 1F1B and under one process, continuing the curve" {
-    local d=$BATS_TEST_TMPDIR n
-    for resume in "mpi -np 4 $DS_BIN/ds-pretrain --pp 4" "$DS_BIN/ds-pretrain"; do
-        stop_run 2 $ARGS --pp 2 --schedule dualpipe
-        run $resume $ARGS -o "$d/part" --metrics "$d/part.jsonl" --resume "$d/part"
+@test "at lr 0 the checkpoint of --pp 2 (x DP 2) and --pp 4 DualPipe is the one-process run's, byte for byte" {
+    local d=$BATS_TEST_TMPDIR
+    "$DS_BIN/ds-pretrain" $ARGS --steps 3 --lr 0 -o "$d/one" -q
+    for layout in "2 --pp 2" "4 --pp 2 --dp 2" "4 --pp 4 --schedule dualpipe"; do
+        rm -rf "$d/pp"
+        set -- $layout
+        run mpi -np "$1" "$DS_BIN/ds-pretrain" $ARGS "${@:2}" --steps 3 --lr 0 -o "$d/pp" -q
         [ "$status" -eq 0 ] || { echo "$output"; false; }
-        [[ "$output" == *"resuming at step $n of 20"* ]]
-        run same_curve "$d/part.jsonl" "$d/part"
-        [ "$status" -eq 0 ] || { echo "$output"; false; }
-        echo "# stopped at step $n, resumed with '${resume##*/}': $output" >&3
+        cmp "$d/one/model.safetensors" "$d/pp/model.safetensors"
+        [ -f "$d/pp/optimizer.index.json" ] # each rank wrote the moments of its tensors
     done
+}
+
+# the pids of the ds-pretrain ranks writing $1 (not mpirun, whose command line names them too: it would
+# forward a second SIGTERM, which ends a rank at once, possibly in the middle of its save)
+rank_pids() { pgrep -f "^$DS_BIN/ds-pretrain .*-o $1 " || true; }
+
+# $1 $2: start a run writing $1 (the command and its arguments follow), SIGTERM its ranks once its metrics
+# hold step $2, check it saved the step it stopped after (before 20); sets n to that step
+stop_at() {
+    local out=$1 at=$2 pids status=0 k
+    shift 2
+    "$@" -o "$out" --metrics "$out.jsonl" 2>"$out.err" &
+    local job=$!
+    for _ in $(seq 3000); do
+        k=$(grep -c '"step"' "$out.jsonl" 2>/dev/null || true)
+        [ "${k:-0}" -ge "$at" ] && break
+        sleep 0.01
+    done
+    pids=$(rank_pids "$out")
+    [ -n "$pids" ]
+    kill -TERM $pids # every rank gets it; they agree to stop after the same step
+    wait $job || status=$?
+    cat "$out.err"
+    [ "$status" -ne 0 ]
+    grep -q "signal 15: saving at step" "$out.err"
+    n=$(jq .step "$out/trainer_state.json")
+    [ "$n" -ge "$at" ] && [ "$n" -lt 20 ]
+}
+
+@test "a run stopped under --pp 2 DualPipe resumes under --pp 4 1F1B, stopped again resumes in one process: the curve goes on" {
+    local d=$BATS_TEST_TMPDIR/part n
+    stop_at "$d" 5 mpi -np 2 "$DS_BIN/ds-pretrain" $ARGS --pp 2 --schedule dualpipe
+    local n1=$n
+    stop_at "$d" $((n1 + 4)) mpi -np 4 "$DS_BIN/ds-pretrain" $ARGS --pp 4 --resume "$d"
+    grep -q "resuming at step $n1 of 20" "$d.err"
+    run "$DS_BIN/ds-pretrain" $ARGS -o "$d" --metrics "$d.jsonl" --resume "$d"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [[ "$output" == *"resuming at step $n of 20"* ]]
+    run same_curve "$d.jsonl" "$d"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    echo "# stopped at step $n1 (PP 2 DualPipe), at $n (PP 4 1F1B), resumed in one process: $output" >&3
 }
 
 @test "layouts the world, the model or the schedule cannot take are one-line usage errors" {
@@ -145,6 +244,9 @@ stop_run() {
     run --separate-stderr mpi -np 2 "$DS_BIN/ds-pretrain" $ARGS --pp 2 --stages 0-2,2-3 -o "$o"
     [ "$status" -ne 0 ]
     [[ "$stderr" == *"ds-pretrain: error: --stages 0-2,2-3: stage 1 is layers 2-3; stages must cover layers 0-3 in order"* ]]
+    run --separate-stderr mpi -np 2 "$DS_BIN/ds-pretrain" $ARGS --pp 2 --ema 0.9 -o "$o"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: --ema with --pp 2: the EMA needs every layer on one rank (not yet)"* ]]
     run --separate-stderr "$DS_BIN/ds-pretrain" $ARGS --schedule gpipe -o "$o"
     [ "$status" -eq 2 ]
     [[ "$stderr" == *"gpipe"* ]]
@@ -223,12 +325,12 @@ ep_run() {
 
 @test "a run stopped under --pp 2 --ep 2 DualPipe resumes on one process, continuing the curve" {
     ep_setup
-    local d=$BATS_TEST_TMPDIR n
-    stop_run 4 $EARGS --pp 2 --ep 2 --schedule dualpipe
-    run "$DS_BIN/ds-pretrain" $EARGS -o "$d/part" --metrics "$d/part.jsonl" --resume "$d/part"
+    local d=$BATS_TEST_TMPDIR/part n
+    stop_at "$d" 5 mpi -np 4 "$DS_BIN/ds-pretrain" $EARGS --pp 2 --ep 2 --schedule dualpipe
+    run "$DS_BIN/ds-pretrain" $EARGS -o "$d" --metrics "$d.jsonl" --resume "$d"
     [ "$status" -eq 0 ] || { echo "$output"; false; }
     [[ "$output" == *"resuming at step $n of 20"* ]]
-    run ep_curve "$T/eone" "$d/part"
+    run ep_curve "$T/eone" "$d"
     [ "$status" -eq 0 ] || { echo "$output"; false; }
     echo "# stopped at step $n, resumed on one process: $output" >&3
 }
