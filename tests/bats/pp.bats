@@ -45,14 +45,16 @@ print("worst relative difference over 20 steps: %.1e" % worst)
 PY
 }
 
-# the bytes each rank holds (log file $1) against the one-process parameter table: a rank holds its
-# chunks' decoder layers (DualPipe: stages r and PP-1-r), the embedding with stage 0 (and, 1F1B/ZB1P, with
-# the last stage for MTP), the final norm, head and MTP modules with the last stage; gradients as many;
+# the bytes each rank holds (log file $1) against the one-process parameter table (checkpoint $2, default
+# $T/one): a rank holds its chunks' decoder layers (DualPipe: stages r and PP-1-r), the embedding with
+# stage 0 (and, 1F1B/ZB1P, with the last stage for MTP), the final norm, head and MTP modules with the last
+# stage; gradients as many;
 # optimizer moments 8 bytes per value held (--no-zero), or under ZeRO-1 per value of the rank's slice of
 # each parameter group (1F1B/ZB1P with MTP: the embedding over stages 0 and PP-1's ranks, the rest over
-# the stage's DP ranks; DualPipe: everything over the ranks of stages s and PP-1-s)
+# the stage's DP ranks; DualPipe: everything over the ranks of stages s and PP-1-s); with --ep a rank
+# holds the routed experts of its EP rank, their moments sharded over the ranks holding the same ones
 mem_check() {
-    "$DS_PY" - "$T/one/model.safetensors" "$1" <<'PY'
+    "$DS_PY" - "${2:-$T/one}/model.safetensors" "$1" <<'PY'
 import re, sys
 from safetensors import safe_open
 text = open(sys.argv[2]).read()
@@ -68,7 +70,14 @@ with safe_open(sys.argv[1], "np") as f:
             numel[k] = f.get_slice(k).get_shape()
 numel = {k: int(__import__("numpy").prod(v)) for k, v in numel.items()}
 mtp = any(k.startswith("model.layers.%d." % L) for k in numel)
-def held(name, stages):
+# --ep: the routed experts of EP rank (dp rank mod EP), laid out after every other tensor, a group of their own
+ep = int((re.search(r"expert parallel: (\d+) ranks per group", text) or [0, 1])[1])
+E = 1 + max([int(k.split(".")[5]) for k in numel if ".mlp.experts." in k] + [0])
+def expert(name):
+    return int(name.split(".")[5]) if ".mlp.experts." in name else -1
+def held(name, stages, rank=0):
+    e = expert(name)
+    if e >= 0 and ep > 1 and e * ep // E != rank % dp % ep: return False
     last = pp - 1 in stages
     if name == "model.embed_tokens.weight": return 0 in stages or (last and mtp and kind != "DualPipe")
     if name in ("model.norm.weight", "lm_head.weight"): return last
@@ -80,14 +89,17 @@ def chunk(rank):
 want, want_opt = [], []
 zero = "optimizer sharded (ZeRO-1)" in text
 for rank in range(pp * dp):
-    n = sum(n for k, n in numel.items() if held(k, chunk(rank)))
+    n = sum(n for k, n in numel.items() if held(k, chunk(rank), rank))
     want.append(4 * n)
+    nx = sum(n for k, n in numel.items() if held(k, chunk(rank), rank) and expert(k) >= 0) if ep > 1 else 0
     # (values, holders) of each parameter group of this rank
     emb = numel["model.embed_tokens.weight"]
     if kind != "DualPipe" and mtp and pp > 1 and held("model.embed_tokens.weight", chunk(rank)):
-        groups = [(emb, [r for r in range(pp * dp) if held("model.embed_tokens.weight", chunk(r))]), (n - emb, None)]
+        groups = [(emb, [r for r in range(pp * dp) if held("model.embed_tokens.weight", chunk(r))]), (n - nx - emb, None)]
     else:
-        groups = [(n, None)]
+        groups = [(n - nx, None)]
+    if nx:
+        groups.append((nx, [r for r in range(pp * dp) if chunk(r) == chunk(rank) and r % dp % ep == rank % dp % ep]))
     opt = 0
     for v, holders in groups:
         holders = holders or [r for r in range(pp * dp) if chunk(r) == chunk(rank)]
@@ -305,6 +317,7 @@ ep_run() {
     run mpi -np 4 "$DS_BIN/ds-pretrain" $EARGS "$@" -o "$out" --metrics "$out.jsonl"
     [ "$status" -eq 0 ] || { echo "$output"; false; }
     [ "$(printf '%s\n' "$output" | grep -c 'saved step 20')" -eq 1 ]
+    printf '%s\n' "$output" >"$out.log"
 }
 
 @test "--pp 2 --ep 2 (4 ranks, DP 2 per stage): 1F1B and DualPipe, ZeRO-1 on and off, follow the one-process curve" {
@@ -320,6 +333,9 @@ ep_run() {
         run ep_curve "$T/eone" "$d/pp$1$2" "$d/ep"
         [ "$status" -eq 0 ] || { echo "$output"; false; }
         echo "# --pp 2 --ep 2 --schedule $run: $output" >&3
+        run mem_check "$d/pp$1$2.log" "$T/eone"
+        [ "$status" -eq 0 ] || { echo "$output"; false; }
+        echo "#   $output" >&3
     done
 }
 
