@@ -222,17 +222,25 @@ stop_at() {
     [ "$n" -ge "$at" ] && [ "$n" -lt 20 ]
 }
 
+# resume_one DIR CHECK ARGS...: ds-pretrain ARGS resumes DIR (stopped at step n) in one process to step 20,
+# then CHECK (a command line) passes
+resume_one() {
+    local d=$1 check=$2
+    shift 2
+    run "$DS_BIN/ds-pretrain" "$@" -o "$d" --metrics "$d.jsonl" --resume "$d"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [[ "$output" == *"resuming at step $n of 20"* ]]
+    run $check
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+}
+
 @test "a run stopped under --pp 2 DualPipe resumes under --pp 4 1F1B, stopped again resumes in one process: the curve goes on" {
     local d=$BATS_TEST_TMPDIR/part n
     stop_at "$d" 5 mpi -np 2 "$DS_BIN/ds-pretrain" $ARGS --pp 2 --schedule dualpipe
     local n1=$n
     stop_at "$d" $((n1 + 4)) mpi -np 4 "$DS_BIN/ds-pretrain" $ARGS --pp 4 --resume "$d"
     grep -q "resuming at step $n1 of 20" "$d.err"
-    run "$DS_BIN/ds-pretrain" $ARGS -o "$d" --metrics "$d.jsonl" --resume "$d"
-    [ "$status" -eq 0 ] || { echo "$output"; false; }
-    [[ "$output" == *"resuming at step $n of 20"* ]]
-    run same_curve "$d.jsonl" "$d"
-    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    resume_one "$d" "same_curve $d.jsonl $d" $ARGS
     echo "# stopped at step $n1 (PP 2 DualPipe), at $n (PP 4 1F1B), resumed in one process: $output" >&3
 }
 
@@ -343,11 +351,7 @@ ep_run() {
     ep_setup
     local d=$BATS_TEST_TMPDIR/part n
     stop_at "$d" 5 mpi -np 4 "$DS_BIN/ds-pretrain" $EARGS --pp 2 --ep 2 --schedule dualpipe
-    run "$DS_BIN/ds-pretrain" $EARGS -o "$d" --metrics "$d.jsonl" --resume "$d"
-    [ "$status" -eq 0 ] || { echo "$output"; false; }
-    [[ "$output" == *"resuming at step $n of 20"* ]]
-    run ep_curve "$T/eone" "$d"
-    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    resume_one "$d" "ep_curve $T/eone $d" $EARGS
     echo "# stopped at step $n, resumed on one process: $output" >&3
 }
 
