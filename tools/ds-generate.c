@@ -14,6 +14,7 @@
 #include "infer/gencfg.h"
 #include "infer/generate.h"
 #include "infer/kvcache.h"
+#include "infer/kvstream.h"
 #include "infer/load.h"
 #include "infer/score.h"
 #include "infer/server.h"
@@ -25,9 +26,10 @@
 #include <unistd.h>
 
 static struct {
-    const char *model, *chat_template, *prefill, *metrics, *device, *serve;
+    const char *model, *chat_template, *prefill, *metrics, *device, *serve, *output, *decode_from;
     ds_strlist prompts, stops;
     int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, drop_oldest, score, ids, truncate, no_bos, ignore_eos, w8a8, fp8_expand;
+    int prefill_only;
     int quiet, verbose;
     double temperature, top_p;
     uint64_t seed;
@@ -66,6 +68,11 @@ static const ds_opt opts[] = {
      "(by default, on the CPU, they stay FP8, mapped from the file, dequantized by tile in the GEMMs)"},
     {"serve", 0, DS_OPT_STR, &A.serve, "HOST:PORT", "serve the OpenAI API over HTTP (host 127.0.0.1 unless given; port 0: "
      "any free one, printed); --batch sequences decode together; SIGINT/SIGTERM stop after the requests in flight"},
+    {"prefill-only", 0, DS_OPT_FLAG, &A.prefill_only, NULL, "disaggregation: run the prompts only and write each one's latent KV "
+     "cache, first token and MTP state to -o (docs/formats.md \"Prefill stream\")"},
+    {"output", 'o', DS_OPT_STR, &A.output, "FILE", "--prefill-only: where the stream goes (- = stdout)"},
+    {"decode-from", 0, DS_OPT_STR, &A.decode_from, "FILE", "disaggregation: continue the prompts of a --prefill-only stream "
+     "(- = stdin) with this model; sampling settings come from the stream"},
     {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads; 0 = all cores", NULL, 0, 4096},
     {"metrics", 0, DS_OPT_STR, &A.metrics, "FILE", "write the configuration and the run's statistics as JSONL"},
     {"quiet", 'q', DS_OPT_FLAG, &A.quiet, NULL, "no progress or statistics on stderr"},
@@ -125,17 +132,54 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_gen_setting
     ds_infer *e = NULL;
     ds_gen_writer *w = NULL;
     ds_gen_stats st;
+    ds_atomic out = {0};           /* --prefill-only: the stream */
+    ds_kvs_writer *kw = NULL;
+    ds_kvs_reader *kr = NULL;      /* --decode-from */
+    FILE *kf = NULL;
     int rc = ds_gen_writer_open(&w, &wo);
     if (!rc) rc = ds_infer_create(&e, &im, ds_model_ops(L->model), &io);
-    if (!rc) {
-        ds_gen_io cb = {.src = rd, .next = ds_prompt_reader_next_cb, .sink = w, .on_token = ds_gen_writer_token,
-                        .on_done = ds_gen_writer_done};
-        rc = ds_generate(e, &go, &cb, &st);
+    ds_gen_io cb = {.src = rd, .next = ds_prompt_reader_next_cb, .sink = w, .on_token = ds_gen_writer_token,
+                    .on_done = ds_gen_writer_done};
+    if (!rc && A.prefill_only && !(rc = ds_is_stdio(A.output) ? ds_check_binary_stdout(0) : DS_OK) &&
+        !(rc = ds_atomic_open(&out, A.output)) && !(rc = ds_kvs_writer_open(&kw, out.f, A.output, c, A.mtp)))
+        ds_kvs_io_prefill(&cb, kw);
+    if (!rc && A.decode_from) {
+        kf = ds_is_stdio(A.decode_from) ? stdin : fopen(A.decode_from, "rb");
+        if (!kf) rc = ds_fail(DS_ERR, "cannot open: %s", A.decode_from);
+        else if (!(rc = ds_kvs_reader_open(&kr, kf, A.decode_from, c))) ds_kvs_io_decode(&cb, kr);
+        if (!rc && A.mtp && !ds_kvs_reader_mtp_layers(kr))
+            rc = ds_fail(DS_EUSAGE, "--mtp: the prefill stream carries no MTP state (prefill with --mtp): %s", A.decode_from);
     }
-    int rc2 = ds_gen_writer_close(w);
+    double t0 = ds_now();
+    if (!rc) rc = ds_generate(e, &go, &cb, &st);
+    int64_t k_rec = 0, k_bytes = 0, k_tok = 0;
+    if (kw) ds_kvs_writer_counts(kw, &k_rec, &k_bytes, &k_tok);
+    int rc2 = ds_kvs_writer_close(kw, !rc);
     if (!rc) rc = rc2;
+    if (out.f && !rc) rc = ds_atomic_commit(&out);
+    else if (out.f) ds_atomic_abort(&out);
+    ds_kvs_reader_free(kr);
+    if (kf && kf != stdin) fclose(kf);
+    char first[1024], hint[1024]; /* the error that stopped generation, not the unfinished output it left */
+    snprintf(first, sizeof first, "%s", ds_errmsg());
+    snprintf(hint, sizeof hint, "%s", ds_errhint());
+    rc2 = ds_gen_writer_close(w);
+    if (!rc && !A.prefill_only) rc = rc2;
+    else if (rc && rc2) {
+        ds_fail(rc, "%s", first);
+        if (*hint) ds_hint("%s", hint);
+    }
     ds_infer_free(e);
     if (rc) return rc;
+    if (A.prefill_only) {
+        ds_kv_bytes kb;
+        ds_kvcache_bytes_per_token(c, 4, &kb);
+        ds_info("prefill stream: %lld prompts, %lld prompt tokens in %.2f s; %lld bytes = %.0f B per prompt token "
+                "(the MLA cache: %.0f B/token fp32 over %d layers%s)", (long long)k_rec, (long long)k_tok, ds_now() - t0,
+                (long long)k_bytes, k_tok ? (double)k_bytes / k_tok : 0.0, kb.mla, c->num_hidden_layers,
+                A.mtp ? ", plus the MTP layer's" : "");
+    }
+    if (A.decode_from) ds_info("decoded from the prefill stream in %.2f s", ds_now() - t0);
     double pf = st.prefill_s > 0 ? st.prompt_tokens / st.prefill_s : 0, dc = st.decode_s > 0 ? (st.new_tokens - st.prompts) / st.decode_s : 0;
     ds_info("%lld prompts: %lld prompt tokens, %lld new; prefill %.1f tok/s, decode %.1f tok/s over %lld steps",
             (long long)st.prompts, (long long)st.prompt_tokens, (long long)st.new_tokens, pf, dc,
@@ -221,6 +265,7 @@ int main(int argc, char **argv) {
         .example = "  ds-generate -m ckpt/sft --chat --prompt 'What is 2+2?' --max-new 64 --temperature 0\n"
                    "  ds-quantize -m ckpt/sft -o - --to fp8 | ds-generate -m - --prompt 'Once upon a time'\n"
                    "  ds-generate -m ckpt/sft --jsonl --mtp < prompts.jsonl > out.jsonl\n"
+                   "  ds-generate -m ckpt/sft --prefill-only -o - < prompts.jsonl | ds-generate -m ckpt/sft --decode-from -\n"
                    "  echo '0 17 42 9' | ds-generate -m ckpt/sft --score --ids\n"
                    "  ds-generate -m ckpt/fp8 --w8a8 --score < heldout.jsonl   # see bench/fp8_quality.sh",
         .opts = opts,
@@ -231,11 +276,18 @@ int main(int argc, char **argv) {
     if (first < argc) return ds_usage_error("unexpected argument '%s'", argv[first]);
     if (!A.model) return ds_usage_error("-m/--model is required");
     if (A.prompts.n && A.ids) return ds_usage_error("--prompt and --ids do not go together");
-    if (ds_is_stdio(A.model) && !A.prompts.n && !A.serve)
+    if (ds_is_stdio(A.model) && !A.prompts.n && !A.serve && !A.decode_from)
         return ds_usage_error("%s - reads the checkpoint from stdin: give prompts with --prompt", ds_cli_opt(&A.model, "-m"));
     if (A.score && (A.mtp || A.stops.n)) return ds_usage_error("--score takes no --mtp or --stop");
     if (A.serve && (A.score || A.prompts.n || A.ids || A.jsonl || A.stops.n))
         return ds_usage_error("--serve takes its prompts and stop strings from requests: no --score, --prompt, --ids, --jsonl or --stop");
+    if (A.prefill_only && (!A.output || A.score || A.serve || A.jsonl || A.stops.n || A.decode_from))
+        return ds_usage_error("--prefill-only writes the stream to -o FILE: no --score, --serve, --jsonl, --stop or --decode-from");
+    if (A.output && !A.prefill_only) return ds_usage_error("-o/--output goes with --prefill-only");
+    if (A.decode_from && (A.prompts.n || A.ids || A.score || A.serve || A.chat))
+        return ds_usage_error("--decode-from takes its prompts from the stream: no --prompt, --ids, --score, --serve or --chat");
+    if (A.decode_from && ds_is_stdio(A.decode_from) && ds_is_stdio(A.model))
+        return ds_usage_error("--decode-from - and -m - both read stdin");
     if (A.quiet) ds_log_set_level(DS_LOG_QUIET);
     if (A.verbose) ds_log_set_level(DS_LOG_VERBOSE);
     ds_threads_set(A.threads);
@@ -338,11 +390,11 @@ int main(int argc, char **argv) {
                          .bos = A.no_bos ? -1 : c->bos_token_id, .vocab = c->vocab_size};
     ds_prompt_reader *rd = NULL;
     /* a person at a terminal: the interactive chat; piped input keeps the batch */
-    const int chat_tty = !A.serve && A.chat && !A.prompts.n && !A.score && !A.ids && !A.jsonl && isatty(STDIN_FILENO);
+    const int chat_tty = !A.serve && !A.prefill_only && A.chat && !A.prompts.n && !A.score && !A.ids && !A.jsonl && isatty(STDIN_FILENO);
     if (!rc && chat_tty && A.mtp) rc = ds_fail(DS_EUSAGE, "--mtp: the interactive chat does not speculate");
     if (!rc && A.serve) rc = run_serve(&L, have_tpl ? &tpl : NULL, &gs, ctx, lin);
     else if (!rc && chat_tty) rc = run_chat(&L, &tpl, &gs, ctx, lin);
-    else if (!rc) rc = ds_prompt_reader_open(&rd, &po, A.prompts.n ? A.prompts.v : NULL, A.prompts.n, stdin, "stdin");
+    else if (!rc && !A.decode_from) rc = ds_prompt_reader_open(&rd, &po, A.prompts.n ? A.prompts.v : NULL, A.prompts.n, stdin, "stdin");
     if (!rc && A.serve) {
     } else if (!rc && A.score) {
         ds_score_stats ss;

@@ -45,8 +45,9 @@ typedef struct {
     float *m_h;
 } gen;
 
-static int emit(gen *g, slot_state *s, int32_t tok, const float *lg) {
-    const double logp = ds_logprob(lg, g->V, tok);
+/* Append token tok (log-probability logp; lg its logits, NULL when they were computed elsewhere) and
+ * decide whether the sequence ends. */
+static int emit_lp(gen *g, slot_state *s, int32_t tok, double logp, const float *lg) {
     s->s.logits = lg;
     s->tokens[s->s.n] = tok;
     s->logprobs[s->s.n] = (float)logp;
@@ -67,6 +68,31 @@ static int emit(gen *g, slot_state *s, int32_t tok, const float *lg) {
         s->active = 0;
         s->has_draft = 0;
         DS_TRY(g->io->on_done(g->io->sink, &s->s));
+    }
+    return DS_OK;
+}
+
+static int emit(gen *g, slot_state *s, int32_t tok, const float *lg) {
+    return emit_lp(g, s, tok, ds_logprob(lg, g->V, tok), lg);
+}
+
+/* Decode side of disaggregation: slot k's prompt was prefilled elsewhere; its latents, first token and
+ * draft come from io->restore, and the first token is emitted as prefill_step would have. */
+static int restore_seq(gen *g, int k, slot_state *s) {
+    ds_gen_handoff h = {.slot = k, .q = g->o->mtp ? &s->q : &g->p};
+    DS_TRY(g->io->restore(g->io->src, g->e, &h));
+    if (g->o->mtp && !h.has_draft)
+        return ds_fail(DS_ERR, "prompt %llu: prefilled without MTP state: run the prefill with --mtp",
+                       (unsigned long long)s->s.id);
+    if (h.token < 0 || h.token >= g->V || (h.has_draft && (h.draft < 0 || h.draft >= g->V)))
+        return ds_fail(DS_ERR, "prompt %llu: prefilled token outside the vocabulary of %d", (unsigned long long)s->s.id, g->V);
+    s->s.truncated = h.truncated;
+    s->prefilled = s->s.prompt_len;
+    ds_infer_cache(g->e)->len[k] = s->prefilled;
+    DS_TRY(emit_lp(g, s, h.token, h.logprob, NULL));
+    if (s->active && g->o->mtp) {
+        s->draft = h.draft;
+        s->has_draft = 1;
     }
     return DS_OK;
 }
@@ -105,6 +131,9 @@ static int admit(gen *g) {
         int max_new = g->o->max_length > 0 && g->o->max_length - n < s->so.max_new ? g->o->max_length - n : s->so.max_new;
         int drop = 0;
         if ((int64_t)n + max_new > g->max_len) {
+            if (g->io->restore) /* the cache arrives whole: nothing to cut */
+                return ds_fail(DS_ERR, "prompt %llu: %d prefilled tokens + %d new exceed the context of %d tokens: give a larger --ctx",
+                               (unsigned long long)id, n, max_new, g->max_len);
             if (!g->o->truncate) {
                 ds_fail(DS_ERR, "prompt %llu: %d tokens + %d new exceed the context of %d tokens",
                         (unsigned long long)id, n, max_new, g->max_len);
@@ -128,6 +157,7 @@ static int admit(gen *g) {
         s->active = 1;
         g->st->prompts++;
         g->st->prompt_tokens += n - drop;
+        if (g->io->restore) DS_TRY(restore_seq(g, k, s));
     }
     return DS_OK;
 }
@@ -205,7 +235,15 @@ static int prefill_step(gen *g) {
             const float *lg = g->logits + (size_t)out++ * g->V;
             int32_t tok;
             DS_TRY(ds_sample_next(&g->sampler, lg, &s->so.sampling, s->so.stream, 0, &g->p, &tok));
-            DS_TRY(emit(g, s, tok, lg));
+            if (g->io->on_prefilled) { /* handed off below: whether it ends is the decoding side's call */
+                s->tokens[0] = tok;
+                s->logprobs[0] = (float)ds_logprob(lg, g->V, tok);
+                s->s.n = 1;
+                s->s.t_first = ds_now();
+                g->st->new_tokens++;
+            } else {
+                DS_TRY(emit(g, s, tok, lg));
+            }
         }
         if (!g->o->mtp) continue;
         /* the MTP cache needs (h_i, token i+1) at every prompt position; the last one pairs with the
@@ -217,7 +255,20 @@ static int prefill_step(gen *g) {
             else if (s->active) mtp_row(g, &m, h, s->tokens[0], seg_slot[q], p, 1);
         }
     }
-    return run_mtp(g, m);
+    DS_TRY(run_mtp(g, m));
+    if (!g->io->on_prefilled) return DS_OK;
+    for (int q = 0; q < nseg; q++) {
+        slot_state *s = &g->slot[seg_slot[q]];
+        if (s->prefilled < s->s.prompt_len) continue;
+        s->s.tokens = s->tokens;
+        s->s.logprobs = s->logprobs;
+        ds_gen_handoff h = {.slot = seg_slot[q], .truncated = s->s.truncated, .token = s->tokens[0],
+                            .logprob = s->logprobs[0], .has_draft = s->has_draft, .draft = s->draft, .q = &s->q};
+        DS_TRY(g->io->on_prefilled(g->io->sink, g->e, &s->s, &s->so, &h));
+        s->active = 0;
+        s->has_draft = 0;
+    }
+    return DS_OK;
 }
 
 static int decode_step(gen *g) {

@@ -59,6 +59,19 @@ typedef struct {
     int max_new; /* in [1, ds_gen_opts.max_new] */
 } ds_gen_seq_opts;
 
+/* Prefill/decode disaggregation (infer/kvstream.h): a sequence handed from the engine that ran its prompt
+ * to one that decodes it. The prompt's latents stay in the engine's cache slot `slot`, positions
+ * [0, prompt_len), main layers and (with MTP) the MTP layer; the rest is here. */
+typedef struct {
+    int slot;
+    int truncated;     /* prompt tokens dropped from the front by the prefill side */
+    int32_t token;     /* the first generated token, sampled at step 0 */
+    float logprob;     /* its model log-probability */
+    int has_draft;     /* MTP drafted the second token: draft, drawn from q */
+    int32_t draft;
+    ds_dist *q;        /* the engine's: read in on_prefilled, filled by restore */
+} ds_gen_handoff;
+
 #define DS_GEN_WAIT 2 /* next's *got: no prompt now, more may come (a server between requests) */
 
 typedef struct {
@@ -77,6 +90,15 @@ typedef struct {
     int (*on_token)(void *sink, const ds_gen_seq *s, int *stop);
     /* The sequence is finished (s->finish set). Return 0 or an error code. */
     int (*on_done)(void *sink, const ds_gen_seq *s);
+    /* Optional, prefill only: called once a sequence's prompt is in the cache with its first token sampled
+     * (s->tokens[0], not passed to on_token) and, with mtp, its MTP draft made; the sequence then leaves the
+     * engine without on_token or on_done (its finish is decided where it is decoded). */
+    int (*on_prefilled)(void *sink, ds_infer *e, const ds_gen_seq *s, const ds_gen_seq_opts *so,
+                        const ds_gen_handoff *h);
+    /* Optional, decode only: the prompt `next` just returned was prefilled elsewhere. Write its latents into
+     * cache slot h->slot (positions [0, n)) and set h's other fields (h->q: fill it when has_draft). The
+     * first token then goes through on_token as if sampled here. */
+    int (*restore)(void *src, ds_infer *e, ds_gen_handoff *h);
 } ds_gen_io;
 
 typedef struct {
