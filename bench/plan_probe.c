@@ -2,12 +2,17 @@
  * and with 2 threads (lib/train/flops.c's measurement, 1024^3, wall clock), one thread's sgemm rate and
  * copy bandwidth (bytes read + written, 256 MiB) in that thread's CPU time, best of 10: the shared
  * machine's load moves the wall-clock numbers, not these much. Build and run: bench/plan_small.sh probe.
- * Usage: plan_probe [SECONDS per wall-clock sgemm measurement] */
+ * Usage: plan_probe [SECONDS per wall-clock sgemm measurement]
+ *        mpirun -np N plan_probe mpi   the latency of one 8-byte MPI_Allreduce and of one 8-byte message
+ *                                      (half a ping-pong of ranks 0 and 1), wall clock: the best of 20 batches
+ *                                      of 200 (what a rank sees when the others are scheduled at once) and
+ *                                      the median batch (with the load's scheduling delays) */
 #include "core/log.h"
 #include "core/threads.h"
 #include "train/flops.h"
 
 #include <cblas.h>
+#include <mpi.h>
 #include <stdio.h>
 #include <time.h>
 #include <stdlib.h>
@@ -35,7 +40,39 @@ static double sgemm_cpu_rate(int n, int reps) {
     return best;
 }
 
+static int cmp_d(const void *a, const void *b) { return (*(const double *)a > *(const double *)b) - (*(const double *)a < *(const double *)b); }
+
+/* seconds per operation: the best and the median of 20 batches of 200 */
+static void mpi_probe(void) {
+    int rank, n;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &n);
+    enum { BATCHES = 20, REPS = 200 };
+    double ar[BATCHES], pp[BATCHES], x = 1, y = 0;
+    for (int kind = 0; kind < 2; kind++)
+        for (int b = 0; b < BATCHES; b++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            double t0 = MPI_Wtime();
+            for (int i = 0; i < REPS; i++) {
+                if (kind == 0) MPI_Allreduce(&x, &y, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+                else if (rank == 0) MPI_Send(&x, 1, MPI_DOUBLE, 1, 0, MPI_COMM_WORLD), MPI_Recv(&y, 1, MPI_DOUBLE, 1, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                else if (rank == 1) MPI_Recv(&y, 1, MPI_DOUBLE, 0, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE), MPI_Send(&x, 1, MPI_DOUBLE, 0, 0, MPI_COMM_WORLD);
+            }
+            (kind == 0 ? ar : pp)[b] = (MPI_Wtime() - t0) / REPS / (kind == 0 ? 1 : 2);
+        }
+    qsort(ar, BATCHES, sizeof *ar, cmp_d), qsort(pp, BATCHES, sizeof *pp, cmp_d);
+    if (rank == 0)
+        printf("ranks %d allreduce_us best %.1f median %.1f message_us best %.1f median %.1f\n", n, ar[0] * 1e6,
+               ar[BATCHES / 2] * 1e6, pp[0] * 1e6, pp[BATCHES / 2] * 1e6);
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "mpi")) {
+        MPI_Init(&argc, &argv);
+        mpi_probe();
+        MPI_Finalize();
+        return 0;
+    }
     double secs = argc > 1 ? atof(argv[1]) : 2;
     for (int t = 1; t <= 2; t++) {
         ds_threads_set(t);

@@ -14,13 +14,16 @@
 #        bench/plan_small.sh probe         this machine's rates for the cluster file: sgemm and copy
 #                                          (bench/plan_probe.c), and shared-memory MPI (ds-bench-a2a)
 set -eu
-STEPS=${1:-4}
+STEPS=${1:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${DS_BIN:-$ROOT/bin}
 CLUSTER=${CLUSTER:-$ROOT/share/clusters/cpu-2core.json}
 CORES=${CORES:-2}
 PY=${DS_PY:-$HOME/.cache/ds-venv/bin/python}
 T=$(mktemp -d)
+KEEP=${KEEP:-$T}
+RUNS=${RUNS:-2}
+mkdir -p "$KEEP"
 trap 'rm -rf "$T"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
@@ -28,57 +31,64 @@ if [ "$STEPS" = probe ]; then
     make -s -C "$ROOT" -j2 objects >/dev/null
     LIB=$(ls -t "$ROOT"/build/*/libds.a | head -1)
     # shellcheck disable=SC2046
-    cc -O2 -std=c11 -D_GNU_SOURCE -fopenmp -I"$ROOT/lib" "$ROOT/bench/plan_probe.c" "$LIB" \
+    cc -O2 -std=c11 -D_GNU_SOURCE -fopenmp -I"$ROOT/lib" $(pkg-config --cflags ompi-c) "$ROOT/bench/plan_probe.c" "$LIB" \
         $(ls "$(dirname "$LIB")"/libds_cuda.a 2>/dev/null) $(pkg-config --libs openblas jansson libzstd libpcre2-8 ompi-c libpng freetype2) \
         -lm -lpthread $( [ -f "$(dirname "$LIB")/libds_cuda.a" ] && echo "-L/usr/local/cuda/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt") \
         -o "$T/plan_probe"
     echo "load $(cut -d' ' -f1 /proc/loadavg)"
     "$T/plan_probe" 1
     mpirun --oversubscribe -np 2 "$BIN/ds-bench-a2a" -b 64K -e 4M -f 4 -n 20 -w 5 | grep -vE '^#'
+    for n in 2 4; do mpirun --oversubscribe -np $n "$T/plan_probe" mpi; done
     exit 0
 fi
 cat /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0 >"$T/prose.txt"
 "$BIN/ds-tokenize" train -q --vocab-size 400 -o "$T/tok.json" "$T/prose.txt"
 "$BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$T/shards/" "$T/prose.txt"
 
-# median of a key over steps 2.. of a metrics file
-median() { "$PY" -c '
+# min and median of the step wall time (the metrics' ms) over steps 2.. of every run of a row, in s
+stats() { "$PY" -c '
 import json, statistics, sys
-v = [json.loads(l)[sys.argv[2]] for l in open(sys.argv[1]) if "\"step\"" in l]
-print(statistics.median(v[1:] if len(v) > 1 else v))' "$1" "$2"; }
+v = []
+for f in sys.argv[1:]:
+    s = [json.loads(l)["ms"] for l in open(f) if "\"step\"" in l]
+    v += s[1:] if len(s) > 1 else s
+print("%.4f %.4f" % (min(v) / 1e3, statistics.median(v) / 1e3))' "$@"; }
 
-printf '| config | ranks x threads | layout | batch x seq (micro-batch) | plan s | measured s (CPU time) | plan / measured | wall s | load |\n'
-printf '|---|---|---|---|---|---|---|---|---|\n'
+printf '| config | ranks x threads | layout | batch x seq (micro-batch) | plan s | wall min s | plan / min | wall median s | plan / median | load |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|\n'
 run() { # CONFIG RANKS THREADS BATCH SEQ MICRO-BATCH [PP SCHEDULE [EP]]
     cfg=$ROOT/share/configs/$1.json np=$2 th=$3 b=$4 s=$5 mb=$6 pp=${7:-1} sc=${8:-1f1b} ep=${9:-1}
     [ -z "${ONLY_EP:-}" ] || [ "$ep" -gt 1 ] || return 0
     dp=$((np / pp))
-    m=$T/m-$1-$np-$b-$s-$pp-$sc.jsonl
-    load=$(cut -d' ' -f1 /proc/loadavg)
     lay="--pp $pp --schedule $sc --micro-batch $mb --ep $ep"
-    args="--config $cfg --data $T/shards --tokenizer $T/tok.json -o $T/out --force --steps $STEPS --batch $b --seq-len $s \
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    files=
+    r=1
+    while [ "$r" -le "$RUNS" ]; do
+        m=$KEEP/m-$1-$np-$th-$b-$s-$mb-$pp-$sc-$ep-$r.jsonl
+        files="$files $m"
+        r=$((r + 1))
+        [ -n "${REUSE:-}" ] && [ -s "$m" ] && continue
+        args="--config $cfg --data $T/shards --tokenizer $T/tok.json -o $T/out --force --steps $STEPS --batch $b --seq-len $s \
 --threads $th $lay --val-every 0 --log-every 0 -q --peak-tflops 1 --seed 1 --metrics $m"
-    if [ "$np" -gt 1 ]; then
-        # shellcheck disable=SC2086
-        # an EP group's ranks as emulated nodes: the demo config routes to 2 of n_group 4 = EP 4 nodes
-        mpirun --oversubscribe -np "$np" "$BIN/ds-pretrain" $args --dp "$dp" $([ "$ep" -gt 1 ] && echo --ranks-per-node 1)
-    else
-        # shellcheck disable=SC2086
-        "$BIN/ds-pretrain" $args
-    fi
-    cpu=$(median "$m" cpu_ms) wall=$(median "$m" ms)
-    quiet=$(awk -v c="$cpu" -v n="$np" -v k="$CORES" 'BEGIN { print c / 1000 * n / k }')
+        if [ "$np" -gt 1 ]; then
+            # shellcheck disable=SC2086
+            # an EP group's ranks as emulated nodes: the demo config routes to 2 of n_group 4 = EP 4 nodes
+            mpirun --oversubscribe -np "$np" "$BIN/ds-pretrain" $args --dp "$dp" $([ "$ep" -gt 1 ] && echo --ranks-per-node 1)
+        else
+            # shellcheck disable=SC2086
+            "$BIN/ds-pretrain" $args
+        fi
+    done
+    # shellcheck disable=SC2086
+    st=$(stats $files)
+    wmin=${st% *} wmed=${st#* }
     # shellcheck disable=SC2086
     plan=$("$BIN/ds-pretrain" --plan "$CLUSTER" --config "$cfg" --dp "$dp" --batch "$b" --seq-len "$s" $lay --json |
         "$PY" -c 'import json, sys; print(json.load(sys.stdin)["step_seconds"])')
-    awk -v c="$1" -v n="$np" -v t="$th" -v l="PP $pp x DP $dp $sc EP $ep" -v b="$b" -v s="$s" -v mb="$mb" -v p="$plan" -v q="$quiet" \
-        -v w="$wall" -v ld="$load" \
-        'BEGIN { printf "| %s | %d x %d | %s | %d x %d (%d) | %.3f | %.3f | %.2f | %.3f | %s |\n", c, n, t, l, b, s, mb, p, q, p / q, w / 1000, ld }'
-    if [ -n "${CALIBRATE:-}" ] && [ -z "${calibrated:-}" ]; then
-        calibrated=1
-        eff=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["efficiency"])' "$CLUSTER")
-        awk -v e="$eff" -v p="$plan" -v q="$quiet" 'BEGIN { printf "calibrated efficiency: %.4f\n", e * p / q }' >&2
-    fi
+    awk -v c="$1" -v n="$np" -v t="$th" -v l="PP $pp x DP $dp $sc EP $ep" -v b="$b" -v s="$s" -v mb="$mb" -v p="$plan" \
+        -v q="$wmin" -v w="$wmed" -v ld="$load" \
+        'BEGIN { printf "| %s | %d x %d | %s | %d x %d (%d) | %.3f | %.3f | %.2f | %.3f | %.2f | %s |\n", c, n, t, l, b, s, mb, p, q, p / q, w, p / w, ld }'
 }
 run demo 1 2 8 256 8
 run demo 2 1 8 256 4

@@ -248,6 +248,7 @@ static int run_serve(ds_loaded *L, const ds_chat_template *tpl, const ds_gen_set
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-generate");
+    ds_ops_cpu_blas_reexec(argv); /* a wrongly detected OpenBLAS kernel: run again with the right one */
     const ds_cli cli = {
         .name = "ds-generate",
         .usage = "-m CKPT [OPTIONS]",

@@ -7,6 +7,7 @@
 #include "core/threads.h"
 #include "dist/pipeview.h"
 #include "io/config.h"
+#include "ops/ops.h"
 #include "train/flops.h"
 #include "train/plan.h"
 #include "dist/pipesched.h"
@@ -29,7 +30,7 @@ typedef struct {
     ds_strlist data;
     int dp, print_schedule;
     double init_std, fim_rate, peak_tflops;
-    const char *plan, *recompute; /* --plan: cost the run on a cluster instead of training */
+    const char *plan, *recompute, *phases; /* --plan: cost the run on a cluster instead of training */
     int search, json;
 } args;
 
@@ -173,7 +174,18 @@ static int run_plan(args *a) {
     ds_strbuf out = {0};
     ds_jsonw w;
     ds_jsonw_init(&w);
-    if (!rc && a->search) {
+    if (!rc && a->phases) {
+        ds_plan_phase *ph = NULL;
+        int n = 0;
+        if (!(rc = ds_plan_phases_parse(a->phases, &ph, &n))) {
+            o.micro_batch = a->t.micro_batch; /* 0: per phase, batch / dp */
+            if (!(rc = ds_plan_phases_run(ph, n, &cfg, &cl, &o, a->search))) {
+                if (a->json) ds_plan_phases_jsonw(ph, n, &w);
+                else ds_plan_phases_table(ph, n, &out);
+            }
+        }
+        free(ph);
+    } else if (!rc && a->search) {
         ds_plan *v = NULL;
         int n = 0;
         if (!(rc = ds_plan_search(&cfg, &cl, &o, &v, &n))) {
@@ -208,7 +220,8 @@ static int run_plan(args *a) {
 /* Usage problems: 2 with a message, or -1 to go on. */
 static int check_args(args *a) {
     if (a->plan && !a->config) return ds_usage_error("--plan needs --config CFG.json");
-    if (!a->plan && (a->search || a->json || a->recompute)) return ds_usage_error("--search, --json and --recompute go with --plan");
+    if (!a->plan && (a->search || a->json || a->recompute || a->phases))
+        return ds_usage_error("--search, --json, --recompute and --phases go with --plan");
     if (a->plan) return ds_train_tool_check_batch(&a->t) ? 2 : -1;
     if (!a->config && !a->t.model && !a->t.resume) return ds_usage_error("no model: give --config CFG.json or -m CKPT");
     if (a->config && a->t.model) return ds_usage_error("--config and %s exclude each other", ds_cli_opt(&a->t.model, "-m"));
@@ -221,6 +234,7 @@ static int check_args(args *a) {
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-pretrain");
+    ds_ops_cpu_blas_reexec(argv); /* a wrongly detected OpenBLAS kernel: run again with the right one */
     args a = {.gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%", };
     ds_train_toolopts *t = &a.t;
     ds_train_toolopts_defaults(t);
@@ -265,6 +279,10 @@ int main(int argc, char **argv) {
          "docs/formats.md), the simulated pipeline timeline as a PNG with --plot", 0, 0, 0},
         {"recompute", 0, DS_OPT_CHOICE, &a.recompute, "R",
          "recomputed in backward (--plan): v3 = RMSNorm and the MLA up-projections (what training does), none, full", "v3|none|full"},
+        {"phases", 0, DS_OPT_STR, &a.phases, "SEQ:BATCH:STEPS,...",
+         "with --plan: the GPU-hours of training phases run one after the other (each its sequence length, batch and "
+         "steps; V3's context extension: 32768:1920:1000,131072:480:1000), every phase with the layout given, or its best "
+         "with --search; --seq-len and --batch are the phases'", 0, 0, 0},
         {"search", 0, DS_OPT_FLAG, &a.search, NULL, "with --plan: every layout of the cluster that fits, fewest GPU-hours first", 0, 0, 0},
         {"json", 0, DS_OPT_FLAG, &a.json, NULL, "with --plan: the plan as one JSON object (--search: an array)", 0, 0, 0},
         ds_train_toolopts_group(t, "quiet verbose"),

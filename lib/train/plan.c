@@ -699,6 +699,64 @@ int ds_plan_search(const ds_config *cfg, const ds_cluster *c, const ds_plan_opts
 }
 
 /* ------------------------------------------------------------------------------------------------ */
+/* Phases                                                                                             */
+
+int ds_plan_phases_parse(const char *s, ds_plan_phase **out, int *n) {
+    *out = NULL, *n = 0;
+    ds_plan_phase *v = calloc(16, sizeof *v);
+    if (!v) return ds_fail(DS_ERR, "plan: out of memory");
+    const char *q = s ? s : "";
+    int k = 0;
+    for (;;) {
+        int seq, batch, steps, used = 0;
+        if (k == 16) return free(v), ds_fail(DS_EUSAGE, "--phases: more than 16 phases");
+        if (sscanf(q, "%d:%d:%d%n", &seq, &batch, &steps, &used) != 3 || (q[used] && q[used] != ','))
+            return free(v), ds_fail(DS_EUSAGE, "--phases: '%s': expected SEQ:BATCH:STEPS[,...] (phase %d)", s ? s : "", k + 1);
+        if (seq < 1 || batch < 1 || steps < 1)
+            return free(v), ds_fail(DS_EUSAGE, "--phases: phase %d: sequence length, batch and steps must be at least 1", k + 1);
+        v[k++] = (ds_plan_phase){.seq_len = seq, .batch = batch, .steps = steps};
+        if (!q[used]) break;
+        q += used + 1;
+    }
+    *out = v, *n = k;
+    return DS_OK;
+}
+
+int ds_plan_phases_run(ds_plan_phase *ph, int n, const ds_config *cfg, const ds_cluster *c, const ds_plan_opts *base, int search) {
+    for (int i = 0; i < n; i++) {
+        ds_plan_opts o = *base;
+        o.seq_len = ph[i].seq_len, o.batch = ph[i].batch, o.micro_batches = 0;
+        ds_plan *p = &ph[i].plan;
+        if (search) {
+            ds_plan *v = NULL;
+            int cnt = 0;
+            if (!o.micro_batch) o.micro_batch = 1;
+            DS_TRY(ds_plan_search(cfg, c, &o, &v, &cnt));
+            if (!cnt) {
+                free(v);
+                return ds_fail(DS_EUSAGE, "--phases: phase %d (%d x %d tokens): no layout of the cluster fits", i + 1, o.batch, o.seq_len);
+            }
+            *p = v[0];
+            free(v);
+        } else {
+            const int dp = o.dp ? o.dp : c->nodes * c->gpus_per_node / (o.pp > 0 ? o.pp : 1);
+            if (!o.micro_batch && dp > 0) o.micro_batch = o.batch % dp ? 1 : o.batch / dp;
+            int rc = ds_plan_run(p, cfg, c, &o);
+            if (rc) {
+                char why[512]; /* ds_fail writes the buffer ds_errmsg reads */
+                snprintf(why, sizeof why, "%s", ds_errmsg());
+                return ds_fail(rc, "--phases: phase %d (%d x %d tokens): %s", i + 1, o.batch, o.seq_len, why);
+            }
+            ds_plan_free(p);
+        }
+        const double devices = (double)p->world / p->ranks_per_device;
+        ph[i].gpu_hours = ph[i].steps * p->step_s * devices / 3600;
+        ph[i].gpu_hours_busy = ph[i].steps * (p->step_s - p->bubble_s) * devices / 3600;
+    }
+    return DS_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
 /* Output                                                                                             */
 
 void ds_plan_jsonw(const ds_plan *p, ds_jsonw *w) {
@@ -801,6 +859,7 @@ void ds_plan_jsonw(const ds_plan *p, ds_jsonw *w) {
 }
 
 static void put(ds_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 static void put(ds_strbuf *b, const char *fmt, ...) {
     char line[512];
     va_list ap;
@@ -919,4 +978,41 @@ int ds_plan_png(const ds_plan *p, const char *path) {
     int rc = ds_png_write(&im, path);
     ds_image_free(&im);
     return rc;
+}
+
+void ds_plan_phases_jsonw(const ds_plan_phase *ph, int n, ds_jsonw *w) {
+    double tot = 0, busy = 0;
+    ds_jsonw_obj_begin(w);
+    ds_jsonw_key(w, "phases");
+    ds_jsonw_arr_begin(w);
+    for (int i = 0; i < n; i++) {
+        ds_jsonw_obj_begin(w);
+        ds_jsonw_kint(w, "steps", ph[i].steps);
+        ds_jsonw_knum(w, "gpu_hours", ph[i].gpu_hours);
+        ds_jsonw_knum(w, "gpu_hours_without_bubble", ph[i].gpu_hours_busy);
+        ds_jsonw_key(w, "plan");
+        ds_plan_jsonw(&ph[i].plan, w);
+        ds_jsonw_obj_end(w);
+        tot += ph[i].gpu_hours, busy += ph[i].gpu_hours_busy;
+    }
+    ds_jsonw_arr_end(w);
+    ds_jsonw_knum(w, "gpu_hours", tot);
+    ds_jsonw_knum(w, "gpu_hours_without_bubble", busy);
+    ds_jsonw_obj_end(w);
+}
+
+void ds_plan_phases_table(const ds_plan_phase *ph, int n, ds_strbuf *out) {
+    double tot = 0, busy = 0;
+    put(out, "%5s %8s %6s %6s %5s %5s %5s %-9s %3s %9s %4s %10s %7s %12s %12s\n", "phase", "seq", "batch", "steps", "pp", "dp",
+        "ep", "schedule", "mb", "memory", "fits", "step", "bubble", "GPU-hours", "w/o bubble");
+    for (int i = 0; i < n; i++) {
+        const ds_plan *p = &ph[i].plan;
+        char m[24], s[24];
+        put(out, "%5d %8d %6d %6d %5d %5d %5d %-9s %3d %9s %4s %10s %6.1f%% %12.4g %12.4g\n", i + 1, ph[i].seq_len, ph[i].batch,
+            ph[i].steps, p->o.pp, p->o.dp, p->o.ep, ds_pipe_kind_name((ds_pipe_kind)p->o.schedule), p->o.micro_batch,
+            gb(p->mem.total, m), p->fits ? "yes" : "NO", secs(p->step_s, s), 100 * p->bubble_fraction, ph[i].gpu_hours,
+            ph[i].gpu_hours_busy);
+        tot += ph[i].gpu_hours, busy += ph[i].gpu_hours_busy;
+    }
+    put(out, "total%85s %12.4g %12.4g\n", "", tot, busy);
 }

@@ -127,6 +127,24 @@ void ds_plan_free(ds_plan *p);
  * (fewest GPU-hours) first. *out malloc'd; each entry's timeline freed. */
 int ds_plan_search(const ds_config *cfg, const ds_cluster *c, const ds_plan_opts *base, ds_plan **out, int *n);
 
+/* Training phases of one run (--phases SEQ:BATCH:STEPS,...: V3's context extension is 32768:1920:1000,
+ * 131072:480:1000), each costed with the same layout options (or, with search, the phase's best layout):
+ * GPU-hours = steps x step x devices used; `busy` leaves the pipeline bubble out (what a schedule with
+ * no bubble would cost). */
+typedef struct {
+    int seq_len, batch, steps;
+    ds_plan plan;                       /* its timeline freed */
+    double gpu_hours, gpu_hours_busy;
+} ds_plan_phase;
+/* "SEQ:BATCH:STEPS[,...]", at most 16 phases: one-line usage errors naming the part. */
+int ds_plan_phases_parse(const char *s, ds_plan_phase **out, int *n);
+/* Plan every phase: o's layout with the phase's seq_len and batch (micro_batch 0: batch / dp, one
+ * micro-batch per pipeline), or with search the best layout that fits (an error naming the phase when
+ * none does). */
+int ds_plan_phases_run(ds_plan_phase *ph, int n, const ds_config *cfg, const ds_cluster *c, const ds_plan_opts *o, int search);
+void ds_plan_phases_jsonw(const ds_plan_phase *ph, int n, ds_jsonw *w);
+void ds_plan_phases_table(const ds_plan_phase *ph, int n, ds_strbuf *out);
+
 /* The plan as one JSON object (keys in docs/formats.md "Plans"), the table, the timeline PNG. */
 void ds_plan_jsonw(const ds_plan *p, ds_jsonw *w);
 void ds_plan_table(const ds_plan *p, ds_strbuf *out);

@@ -130,3 +130,41 @@ bad_cluster() { # SED-EXPRESSION
     [ "$status" -eq 2 ]
     [[ "$stderr" == *"go with --plan"* ]]
 }
+
+@test "--phases: V3's context extension, a table and one JSON object that add up; bad phase lists refused" {
+    ctx="--config $DS_ROOT/share/configs/deepseek-v3-671b.json --pp 16 --dp 120 --ep 8 --micro-batch 1 --schedule zb1p --fp8 --recompute full"
+    # shellcheck disable=SC2086
+    run --separate-stderr "$DS_BIN/ds-pretrain" --plan "$H800" $ctx --phases 32768:1920:1000,131072:480:1000 --json
+    [ "$status" -eq 0 ]
+    json=$output
+    "$DS_PY" -c 'import json, sys
+p = json.loads(sys.argv[1])
+ph = p["phases"]
+assert [(x["plan"]["seq_len"], x["plan"]["batch"], x["steps"]) for x in ph] == [(32768, 1920, 1000), (131072, 480, 1000)]
+for x in ph:
+    assert abs(x["gpu_hours"] - x["steps"] * x["plan"]["step_seconds"] * x["plan"]["world"] / 3600) < 1e-6 * x["gpu_hours"]
+assert abs(p["gpu_hours"] - sum(x["gpu_hours"] for x in ph)) < 1e-6 * p["gpu_hours"]
+# V3: 119K H800 GPU-hours; the bubble-free cost within 30%, the modelled layout far above (docs/DESIGN.md)
+assert abs(p["gpu_hours_without_bubble"] - 119e3) <= 0.3 * 119e3, p["gpu_hours_without_bubble"]
+assert p["gpu_hours"] > 2 * 119e3' "$json"
+    # one phase alone is the plain --plan of that run
+    # shellcheck disable=SC2086
+    one=$("$DS_BIN/ds-pretrain" --plan "$H800" $ctx --seq-len 32768 --batch 1920 --json | jget step_seconds)
+    [ "$(printf '%s' "$json" | jget phases | "$DS_PY" -c 'import json, sys; print(json.dumps(json.load(sys.stdin)[0]["plan"]["step_seconds"]))')" = "$one" ]
+    # shellcheck disable=SC2086
+    run --separate-stderr "$DS_BIN/ds-pretrain" --plan "$H800" $ctx --phases 32768:1920:1000,131072:480:1000
+    [ "$status" -eq 0 ]
+    [[ "${lines[0]}" == *"phase"*"GPU-hours"*"w/o bubble"* ]]
+    [[ "${lines[3]}" == total* ]]
+    # shellcheck disable=SC2086
+    run --separate-stderr "$DS_BIN/ds-pretrain" --plan "$H800" $ctx --phases 32768:1920
+    [ "$status" -eq 2 ]
+    [ "$stderr" = "ds-pretrain: error: --phases: '32768:1920': expected SEQ:BATCH:STEPS[,...] (phase 1)" ]
+    # shellcheck disable=SC2086
+    run --separate-stderr "$DS_BIN/ds-pretrain" --plan "$H800" $ctx --phases 4096:1000:10
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == "ds-pretrain: error: --phases: phase 1 (1000 x 4096 tokens): --batch 1000 is not a multiple of --dp 120"* ]]
+    run --separate-stderr "$DS_BIN/ds-pretrain" --phases 1:1:1 --config x.json --data x -o y --steps 1
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"--phases go with --plan"* ]]
+}
