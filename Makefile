@@ -110,6 +110,8 @@ venv: deps
 	@VENV=$(VENV) .ci/venv.sh
 
 # --- build -----------------------------------------------------------------------------------------
+# AdamW's loop vectorizes only without errno from sqrtf (lib/train/adamw.c)
+$(BUILD)/lib/train/adamw.o: CFLAGS += -fno-math-errno
 $(BUILD)/%.o: %.c $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@

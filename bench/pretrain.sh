@@ -4,8 +4,8 @@
 # Prints tokens/s, ms/step (median after warm-up) and MFU of both with the same FLOPs-per-token formula
 # and the same peak (docs/METRICS.md), then the ratio.
 #
-# usage: bench/pretrain.sh [--config CFG] [--threads N] [--batch B] [--seq-len T] [--steps S] [--mtp]
-#   defaults: share/configs/demo.json, all cores, 8 x 256, 8 measured steps after 2 warm-up steps.
+# usage: bench/pretrain.sh [--config CFG] [--threads N] [--batch B] [--seq-len T] [--steps S] [--warmup W] [--mtp]
+#   defaults: share/configs/demo.json, all cores, 8 x 256, 8 measured steps after 2 warm-up steps (W).
 #   The MTP module is switched off in the config for both sides (transformers does not train it);
 #   --mtp adds a row for ds-pretrain with MTP on.
 set -euo pipefail
@@ -20,8 +20,9 @@ while [ $# -gt 0 ]; do
     --batch) B=$2; shift 2 ;;
     --seq-len) T=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
+    --warmup) WARM=$2; shift 2 ;;
     --mtp) MTP=1; shift ;;
-    *) echo "usage: $0 [--config CFG] [--threads N] [--batch B] [--seq-len T] [--steps S] [--mtp]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--config CFG] [--threads N] [--batch B] [--seq-len T] [--steps S] [--warmup W] [--mtp]" >&2; exit 2 ;;
     esac
 done
 [ -x bin/ds-pretrain ] || make -j"$(nproc)" >/dev/null
@@ -88,6 +89,8 @@ for name, ms, cms, ts, mfu in rows:
     print(f"{name:34s} {ms:9.1f} {cms:9.1f} {ts:9.0f} {100 * mfu:6.1f}%")
 print(f"ratio ds-pretrain / torch: {o['tok_s'] / tr['tok_s']:.2f}x tokens/s, {tr['cpu_ms_median'] / o['cpu_ms']:.2f}x in CPU time")
 print(json.dumps({"ours_tok_s": o["tok_s"], "torch_tok_s": tr["tok_s"], "ratio": o["tok_s"] / tr["tok_s"],
+                  "ours_ms": o["ms"], "torch_ms": tr["ms_median"], "ours_cpu_ms": o["cpu_ms"], "torch_cpu_ms": tr["cpu_ms_median"],
+                  "flops_per_token": o["flops"], "peak": o["peak"],
                   "cpu_ratio": tr["cpu_ms_median"] / o["cpu_ms"],
                   "ours_mfu": o["tok_s"] * o["flops"] / o["peak"], "torch_mfu": tr["tok_s"] * o["flops"] / o["peak"]}))
 PYEOF

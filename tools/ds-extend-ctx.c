@@ -227,6 +227,7 @@ static int check_usage(args *a) {
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-extend-ctx");
+    ds_ops_cpu_blas_reexec(argv); /* a wrongly detected OpenBLAS kernel: run again with the right one */
     args a = {.on_bad = "skip", .depths = "0,0.25,0.5,0.75,1", .trials = 3, .docs = 4, .buckets = 8, .chunk = 2048};
     ds_train_toolopts *t = &a.t;
     ds_train_toolopts_defaults(t);

@@ -6,10 +6,12 @@
 #include "core/log.h"
 #include "core/rng.h"
 #include "core/threads.h"
+#include "dist/comm.h"
 #include "fp8/linear.h"
 #include "fp8/resident.h"
 #include "io/checkpoint.h"
 #include "infer/chatsess.h"
+#include "infer/epinfer.h"
 #include "infer/forward.h"
 #include "infer/gencfg.h"
 #include "infer/generate.h"
@@ -22,14 +24,15 @@
 #include "ops/device.h"
 
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 static struct {
-    const char *model, *chat_template, *prefill, *metrics, *device, *serve, *output, *decode_from;
+    const char *model, *chat_template, *prefill, *metrics, *device, *serve, *output, *decode_from, *expert_loads, *record_loads;
     ds_strlist prompts, stops;
     int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, drop_oldest, score, ids, truncate, no_bos, ignore_eos, w8a8, fp8_expand;
-    int prefill_only;
+    int prefill_only, ep, redundant;
     int quiet, verbose;
     double temperature, top_p;
     uint64_t seed;
@@ -73,6 +76,13 @@ static const ds_opt opts[] = {
     {"output", 'o', DS_OPT_STR, &A.output, "FILE", "--prefill-only: where the stream goes (- = stdout)"},
     {"decode-from", 0, DS_OPT_STR, &A.decode_from, "FILE", "disaggregation: continue the prompts of a --prefill-only stream "
      "(- = stdin) with this model; sampling settings come from the stream"},
+    {"ep", 0, DS_OPT_INT, &A.ep, "N", "expert parallelism over the N ranks of mpirun (N = the world): each holds "
+     "its E/N routed experts; rank 0 runs the sequences and writes the output", NULL, 1, 4096},
+    {"redundant-experts", 0, DS_OPT_INT, &A.redundant, "R", "--ep: R more expert slots per rank for replicas of "
+     "the most loaded experts of --expert-loads (EPLB)", NULL, 0, 4096},
+    {"expert-loads", 0, DS_OPT_STR, &A.expert_loads, "FILE", "--ep: where replicas go: loads from --record-loads"},
+    {"record-loads", 0, DS_OPT_STR, &A.record_loads, "FILE", "write the tokens routed to each expert of each layer "
+     "during this run (JSON; docs/formats.md \"Expert loads\")"},
     {"threads", 0, DS_OPT_INT, &A.threads, "N", "CPU threads; 0 = all cores", NULL, 0, 4096},
     {"metrics", 0, DS_OPT_STR, &A.metrics, "FILE", "write the configuration and the run's statistics as JSONL"},
     {"quiet", 'q', DS_OPT_FLAG, &A.quiet, NULL, "no progress or statistics on stderr"},
@@ -91,6 +101,56 @@ static void report_cache(const ds_config *c, ds_jsonw *rec) {
     ds_jsonw_knum(rec, "kv_bytes_per_token_fp32", f32.mla);
     ds_jsonw_knum(rec, "kv_bytes_per_token_mha_fp32", f32.mha);
     ds_jsonw_knum(rec, "kv_ratio_mha", f32.mha / f32.mla);
+}
+
+/* --ep and --record-loads: the engine's expert parallelism and load counters */
+static struct {
+    ds_comm comm;
+    int have_comm;
+    ds_infer_ep *ep;
+    ds_expert_loads loads;
+    int serving; /* a rank > 0 serves its experts: its errors are its own (before, rank 0 meets the same) */
+} G;
+
+/* --ep: the MPI group, the model's share of the experts (mo), after loading the replicas' placement. */
+static int ep_setup(ds_model_opts *mo) {
+    DS_TRY(ds_comm_init(&G.comm, NULL, NULL));
+    G.have_comm = 1;
+    if (G.comm.size != A.ep)
+        return ds_fail(DS_EUSAGE, "--ep %d: mpirun started %d ranks (expert parallelism spans the world)", A.ep, G.comm.size);
+    if (G.comm.rank) ds_log_set_level(DS_LOG_QUIET); /* rank 0 reports */
+    mo->ep_size = A.ep, mo->ep_rank = G.comm.rank, mo->ep_comm = &G.comm;
+    mo->fp8_resident = 0; /* replicas are fp32 copies: the experts are expanded */
+    return DS_OK;
+}
+
+/* A failure every rank meets (loading): rank 0 reports it; leave MPI without waiting for the others. */
+static int ep_fail(int rc) {
+    if (G.have_comm && G.comm.rank) ds_err_silence();
+    rc = ds_tool_report(rc);
+    if (G.have_comm) ds_comm_abandon(&G.comm);
+    return rc;
+}
+
+/* After generation: each rank's share of the (token, expert) pairs, and --record-loads. */
+static int ep_report(const ds_config *c) {
+    int rc = DS_OK;
+    if (G.ep) {
+        double per[4096], mx = 0, sum = 0;
+        rc = ds_infer_ep_rank_loads(G.ep, per);
+        char line[1024];
+        int o = 0;
+        for (int r = 0; !rc && r < A.ep; r++) {
+            mx = per[r] > mx ? per[r] : mx;
+            sum += per[r];
+            if (o < 900) o += snprintf(line + o, sizeof line - (size_t)o, " %.0f", per[r]);
+        }
+        if (!rc)
+            ds_info("expert load per rank (token-expert pairs computed, %d+%d slots per rank):%s; max %.0f, mean %.1f, "
+                    "max/mean %.3f", c->n_routed_experts / A.ep, A.redundant, line, mx, sum / A.ep, sum > 0 ? mx * A.ep / sum : 0);
+    }
+    if (!rc && A.record_loads && (!G.have_comm || !G.comm.rank)) rc = ds_expert_loads_write(A.record_loads, c, &G.loads);
+    return rc;
 }
 
 static volatile sig_atomic_t chat_interrupt;
@@ -138,6 +198,8 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_gen_setting
     FILE *kf = NULL;
     int rc = ds_gen_writer_open(&w, &wo);
     if (!rc) rc = ds_infer_create(&e, &im, ds_model_ops(L->model), &io);
+    if (!rc) ds_infer_set_ep(e, G.ep);
+    if (!rc) ds_infer_count_loads(e, G.loads.load);
     ds_gen_io cb = {.src = rd, .next = ds_prompt_reader_next_cb, .sink = w, .on_token = ds_gen_writer_token,
                     .on_done = ds_gen_writer_done};
     if (!rc && A.prefill_only && !(rc = ds_is_stdio(A.output) ? ds_check_binary_stdout(0) : DS_OK) &&
@@ -152,6 +214,7 @@ static int run_generate(ds_loaded *L, ds_prompt_reader *rd, const ds_gen_setting
     }
     double t0 = ds_now();
     if (!rc) rc = ds_generate(e, &go, &cb, &st);
+    if (!rc && G.ep) rc = ds_infer_ep_announce(G.ep, 0); /* the other ranks stop serving */
     int64_t k_rec = 0, k_bytes = 0, k_tok = 0;
     if (kw) ds_kvs_writer_counts(kw, &k_rec, &k_bytes, &k_tok);
     int rc2 = ds_kvs_writer_close(kw, !rc);
@@ -248,6 +311,7 @@ static int run_serve(ds_loaded *L, const ds_chat_template *tpl, const ds_gen_set
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-generate");
+    ds_ops_cpu_blas_reexec(argv); /* a wrongly detected OpenBLAS kernel: run again with the right one */
     const ds_cli cli = {
         .name = "ds-generate",
         .usage = "-m CKPT [OPTIONS]",
@@ -288,6 +352,10 @@ int main(int argc, char **argv) {
         return ds_usage_error("--decode-from takes its prompts from the stream: no --prompt, --ids, --score, --serve or --chat");
     if (A.decode_from && ds_is_stdio(A.decode_from) && ds_is_stdio(A.model))
         return ds_usage_error("--decode-from - and -m - both read stdin");
+    if ((A.ep > 1 || A.record_loads) && (A.serve || A.score || A.chat || strcmp(A.device, "cpu") || A.w8a8))
+        return ds_usage_error("--ep and --record-loads run batch generation on the CPU: no --serve, --score, --chat, --device or --w8a8");
+    if ((A.redundant || A.expert_loads) && A.ep < 2) return ds_usage_error("--redundant-experts and --expert-loads go with --ep N (N > 1)");
+    if (A.expert_loads && !A.redundant) return ds_usage_error("--expert-loads places replicas: give --redundant-experts R");
     if (A.quiet) ds_log_set_level(DS_LOG_QUIET);
     if (A.verbose) ds_log_set_level(DS_LOG_VERBOSE);
     ds_threads_set(A.threads);
@@ -305,8 +373,9 @@ int main(int argc, char **argv) {
     ds_model_opts mo = {.max_batch = 1, .max_seq = A.score ? A.ctx : 1, .linear_ops = A.w8a8 ? &fp8 : NULL,
                         .kv_b_on_ops = 1, .fp8_resident = !A.fp8_expand && !A.w8a8 && !strcmp(A.device, "cpu")};
     if ((rc = ds_ops_for_device(A.device, &mo.ops))) return ds_tool_report(rc);
+    if (A.ep > 1 && (rc = ep_setup(&mo))) return rc == DS_EUSAGE ? ds_usage_error("%s", ds_errmsg()) : ds_tool_report(rc);
     double t0 = ds_now();
-    if ((rc = ds_load_checkpoint(A.model, &mo, &L))) return ds_tool_report(rc);
+    if ((rc = ds_load_checkpoint(A.model, &mo, &L))) return ep_fail(rc);
     ds_chat_template tpl; /* --chat-template, else the checkpoint's tokenizer_config.json, else built in */
     int have_tpl = 1;
     if (A.chat) rc = ds_chat_template_select(&tpl, A.chat_template, L.tokenizer_config, L.tokenizer_config_len, A.model);
@@ -348,6 +417,18 @@ int main(int argc, char **argv) {
         return ds_tool_report(rc);
     }
     if (A.mtp && !L.has_mtp) rc = ds_fail(DS_EUSAGE, "--mtp: the checkpoint has no MTP module: %s", A.model);
+    if (!rc && A.record_loads) {
+        G.loads = (ds_expert_loads){.n_layers = c->num_hidden_layers + c->num_nextn_predict_layers, .E = c->n_routed_experts};
+        G.loads.load = calloc((size_t)G.loads.n_layers * (size_t)(G.loads.E > 0 ? G.loads.E : 1), sizeof(double));
+        if (!G.loads.load) rc = ds_fail(DS_ERR, "--record-loads: out of memory");
+    }
+    if (!rc && A.ep > 1) {
+        ds_expert_loads el = {0};
+        if (A.expert_loads) rc = ds_expert_loads_read(A.expert_loads, c, &el);
+        int rows = A.prefill_chunk > 2 * A.batch ? A.prefill_chunk : 2 * A.batch;
+        if (!rc) rc = ds_infer_ep_create(&G.ep, &G.comm, L.model, A.redundant, A.expert_loads ? &el : NULL, rows);
+        ds_expert_loads_free(&el);
+    }
 
     ds_jsonw cfgrec;
     ds_jsonw_init(&cfgrec);
@@ -392,7 +473,11 @@ int main(int argc, char **argv) {
     /* a person at a terminal: the interactive chat; piped input keeps the batch */
     const int chat_tty = !A.serve && !A.prefill_only && A.chat && !A.prompts.n && !A.score && !A.ids && !A.jsonl && isatty(STDIN_FILENO);
     if (!rc && chat_tty && A.mtp) rc = ds_fail(DS_EUSAGE, "--mtp: the interactive chat does not speculate");
-    if (!rc && A.serve) rc = run_serve(&L, have_tpl ? &tpl : NULL, &gs, ctx, lin);
+    if (!rc && G.have_comm && G.comm.rank) { /* experts only: rank 0 runs the sequences */
+        G.serving = 1;
+        rc = ds_infer_ep_serve(G.ep);
+    }
+    else if (!rc && A.serve) rc = run_serve(&L, have_tpl ? &tpl : NULL, &gs, ctx, lin);
     else if (!rc && chat_tty) rc = run_chat(&L, &tpl, &gs, ctx, lin);
     else if (!rc && !A.decode_from) rc = ds_prompt_reader_open(&rd, &po, A.prompts.n ? A.prompts.v : NULL, A.prompts.n, stdin, "stdin");
     if (!rc && A.serve) {
@@ -400,9 +485,10 @@ int main(int argc, char **argv) {
         ds_score_stats ss;
         rc = ds_score(L.model, rd, stdout, ctx, &ss);
         if (!rc) ds_info("scored %lld inputs, %lld tokens in %.2f s", (long long)ss.inputs, (long long)ss.tokens, ss.seconds);
-    } else if (!rc && !chat_tty) {
+    } else if (!rc && !chat_tty && !(G.have_comm && G.comm.rank)) {
         rc = run_generate(&L, rd, &gs, ctx, lin, &mf);
     }
+    if (!rc) rc = ep_report(c);
     if (!rc && A.w8a8) rc = ds_fp8_linear_status(); /* a failure inside an FP8 GEMM (out of memory) */
     if (!rc && L.fp8_resident) rc = ds_fp8_resident_status();
     ds_prompt_reader_free(rd);
@@ -411,5 +497,12 @@ int main(int argc, char **argv) {
     ds_metrics_close(&mf);
     ds_strlist_free(&A.prompts);
     ds_strlist_free(&A.stops);
-    return rc == DS_EUSAGE ? ds_usage_error("%s", ds_errmsg()) : ds_tool_report(rc);
+    ds_infer_ep_free(G.ep);
+    ds_expert_loads_free(&G.loads);
+    if (rc && G.have_comm && G.comm.rank && !G.serving) ds_err_silence();
+    rc = rc == DS_EUSAGE ? ds_usage_error("%s", ds_errmsg()) : ds_tool_report(rc);
+    /* a failed rank leaves without MPI_Finalize (the others may wait for it): mpirun then ends the job */
+    if (G.have_comm && rc) ds_comm_abandon(&G.comm);
+    else if (G.have_comm) ds_comm_finalize(&G.comm);
+    return rc;
 }

@@ -7,6 +7,7 @@
 #include "core/threads.h"
 #include "dist/pipeview.h"
 #include "io/config.h"
+#include "ops/ops.h"
 #include "train/flops.h"
 #include "train/plan.h"
 #include "dist/pipesched.h"
@@ -233,6 +234,7 @@ static int check_args(args *a) {
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-pretrain");
+    ds_ops_cpu_blas_reexec(argv); /* a wrongly detected OpenBLAS kernel: run again with the right one */
     args a = {.gamma = "0.001,0@96.6%", .lambda = "0.3,0.1@67.6%", };
     ds_train_toolopts *t = &a.t;
     ds_train_toolopts_defaults(t);

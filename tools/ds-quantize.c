@@ -7,6 +7,7 @@
 #include "core/threads.h"
 #include "fp8/ckpt_convert.h"
 #include "model/weights.h"
+#include "ops/ops.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -84,6 +85,7 @@ static void write_config_record(ds_metrics *m, const char *in, const char *out, 
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-quantize");
+    ds_ops_cpu_blas_reexec(argv); /* a wrongly detected OpenBLAS kernel: run again with the right one */
     const char *model = NULL, *out = NULL, *to = NULL, *scale_fmt = "f32", *report = NULL;
     int64_t shard = 5000000000LL;
     int threads = 0, force = 0, quiet = 0, verbose = 0;

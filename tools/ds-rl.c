@@ -6,7 +6,9 @@
 #include "core/log.h"
 #include "core/threads.h"
 #include "io/checkpoint.h"
+#include "ops/ops.h"
 #include "rl/rl.h"
+#include "rl/rlep.h"
 #include "train/session.h"
 #include "train/toolopts.h"
 
@@ -58,6 +60,7 @@ static int run(void) {
     ds_rl_prompts train = {0}, eval = {0};
     ds_reward **rw = NULL;
     ds_model *ref = NULL;
+    ds_rl_ep_rollout *whole = NULL; /* --ep: every expert, for the rollout engine */
     ds_rl *rl = NULL;
     char *record = NULL;
     size_t toklen = 0;
@@ -99,8 +102,12 @@ static int run(void) {
         /* the reference is the starting policy: after --resume it must come from the original checkpoint */
         const char *ref_dir = A.t.resume ? (A.ref ? A.ref : A.t.model) : A.ref;
         if (A.t.resume && !ref_dir) rc = ds_fail(DS_EUSAGE, "--resume with --kl > 0: give the starting checkpoint with -m or --ref (the reference policy)");
-        else rc = ds_rl_reference(&ref, s.model, ref_dir, A.t.micro_batch, T);
+        else rc = ds_rl_reference(&ref, s.model, ref_dir, A.t.micro_batch, T, s.ep.have_layout ? &s.ep : NULL);
     }
+    if (!rc && s.ep.have_layout) rc = ds_rl_ep_rollout_create(&whole, s.model, &s.ep);
+    if (whole)
+        ds_info("memory  rollouts decode with every expert: a whole copy of the weights per rank, %zu B (rl/rlep.h)",
+                ds_rl_ep_rollout_bytes(whole));
     ds_rl_opts o;
     ds_rl_opts_defaults(&o);
     o.group = A.group, o.prompts_per_batch = A.batch, o.epochs = A.epochs, o.mini_batches = A.mini, o.micro_batch = A.t.micro_batch;
@@ -110,8 +117,11 @@ static int run(void) {
     o.loss = (ds_grpo_opts){.eps_low = A.clip, .eps_high = A.clip_high >= 0 ? A.clip_high : A.clip, .beta = A.kl,
                             .avg = strcmp(A.loss_avg, "token") ? DS_GRPO_AVG_SEQUENCE : DS_GRPO_AVG_TOKEN};
     o.scale_std = !strcmp(A.adv_norm, "std"), o.mask_truncated = A.mask_truncated, o.seed = (uint64_t)A.t.seed;
+    o.comm = s.have_comm ? &s.comm : NULL;
+    if (whole) o.rollout = ds_rl_ep_rollout_model(whole), o.sync_rollout = ds_rl_ep_rollout_sync, o.sync_ctx = whole;
     if (!rc) rc = ds_rl_create(&rl, &o, s.model, ref, tok, &train, A.eval_prompts ? &eval : NULL, rw, nrw);
     FILE *samples = NULL;
+    if (ds_session_rank(&s) != 0) A.samples = NULL; /* every rank draws the same completions: rank 0 writes them */
     if (!rc && A.samples && !(samples = ds_is_stdio(A.samples) ? stdout : fopen(A.samples, A.t.resume ? "a" : "w")))
         rc = ds_fail(DS_ERR, "cannot write: %s: %s", strerror(errno), A.samples);
     if (!rc && samples) ds_rl_set_samples(rl, samples, A.samples);
@@ -125,6 +135,7 @@ static int run(void) {
         ds_train_hooks h = {0};
         ds_rl_hooks(rl, &h, A.t.metrics ? &s.metrics : NULL, A.t.steps);
         s.o.step_record = h.step_record, s.o.after_step = h.after_step, s.o.step_ctx = h.step_ctx;
+        if (o.comm) s.o.micro_done = ds_rl_micro_done;
         char counts[128];
         ds_param_counts pc;
         ds_config_counts(&s.cfg, &pc);
@@ -150,6 +161,7 @@ static int run(void) {
     ds_rl_free(rl);
     if (samples && samples != stdout) fclose(samples);
     ds_model_free(ref);
+    ds_rl_ep_rollout_free(whole);
     ds_session_close(&s);
     ds_rewards_free(rw, nrw);
     ds_rl_prompts_free(&train);
@@ -162,6 +174,7 @@ static int run(void) {
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-rl");
+    ds_ops_cpu_blas_reexec(argv); /* a wrongly detected OpenBLAS kernel: run again with the right one */
     ds_train_toolopts *t = &A.t;
     ds_train_toolopts_defaults(t);
     t->lr = 1e-6, t->weight_decay = 0, t->beta2 = 0.999;
@@ -213,6 +226,9 @@ int main(int argc, char **argv) {
         ds_train_toolopt(t, "device", "where to train"),
         ds_train_toolopt(t, "fp8", DS_TRAIN_FP8_HELP "; rollouts stay fp32"),
         ds_train_toolopts_group(t, "fp8-accum fp8-promote bf16"),
+        ds_train_toolopt(t, "ep", "expert parallelism (mpirun): groups of N consecutive ranks split the routed experts of the policy "
+                                  "and the reference; rollouts decode with a whole copy of the policy gathered after each step"),
+        ds_train_toolopts_group(t, "ranks-per-node two-hop"),
         ds_train_toolopts_group(t, "pp schedule stages"),
         ds_train_toolopts_group(t, "quiet verbose"),
         {0},

@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/threads.h"
 #include "tok/chat.h"
+#include "ops/ops.h"
 #include "train/session.h"
 #include "train/sft.h"
 #include "train/toolopts.h"
@@ -99,6 +100,7 @@ done:
 
 int main(int argc, char **argv) {
     ds_tool_init("ds-sft");
+    ds_ops_cpu_blas_reexec(argv); /* a wrongly detected OpenBLAS kernel: run again with the right one */
     args a = {.epochs = 2, .window = 8, .lr_min = 1e-6, .warmup = 0, .on_bad = "skip", .gamma = "0", .lambda = "0.1"};
     ds_train_toolopts *t = &a.t;
     ds_train_toolopts_defaults(t);

@@ -1,6 +1,7 @@
 #include "infer/forward.h"
 
 #include "core/err.h"
+#include "infer/epinfer.h"
 #include "model/layer.h"
 #include "ops/mla_decode.h"
 
@@ -44,6 +45,8 @@ struct ds_infer {
     int64_t *off64;
     int32_t *mla_table, *mla_len; /* host side of buffers.mla_table/mla_len */
     size_t scratch_bytes;
+    struct ds_infer_ep *ep; /* expert parallelism (NULL: none) */
+    double *loads;          /* ds_infer_count_loads */
     void *allocs[48]; /* everything balloc handed out, freed through the op layer */
     int n_allocs;
 };
@@ -52,6 +55,8 @@ ds_kvcache *ds_infer_cache(ds_infer *e) { return &e->cache; }
 const ds_config *ds_infer_config(const ds_infer *e) { return e->cfg; }
 size_t ds_infer_scratch_bytes(const ds_infer *e) { return e->scratch_bytes; }
 void ds_infer_set_serial_flops(ds_infer *e, double flops) { e->o.serial_flops = flops; }
+void ds_infer_set_ep(ds_infer *e, struct ds_infer_ep *ep) { e->ep = ep; }
+void ds_infer_count_loads(ds_infer *e, double *loads) { e->loads = loads; }
 int ds_infer_max_out(const ds_infer *e) { return e->max_out; }
 
 void ds_infer_model_of(ds_model *m, ds_infer_model *out, const float **bias) {
@@ -321,13 +326,20 @@ static void swiglu_ffn(ds_infer *e, int n, int I, const float *wg, const float *
 }
 
 /* y = shared experts + routed experts, as the training forward sums them */
-static void moe(ds_infer *e, const ds_layer_w *lw, const float *bias, int n) {
+static int moe(ds_infer *e, int l, const ds_layer_w *lw, const float *bias, int n) {
     const ds_ops *op = e->ops;
     buffers *b = &e->b;
     const ds_dims *d = &e->d;
     const int D = d->D, E = d->E, K = d->K, Ie = d->Ie, m = n * K;
     ds_layer_ctx c = {.ops = op, .d = d, .B = 1, .T = n, .n = n};
     ds_moe_route(&c, lw, d->has_bias ? bias : NULL, b->xn, b->rlogits, b->scores, b->idx, b->wts);
+    if (e->loads) /* CPU memory (ds-generate refuses --record-loads elsewhere) */
+        for (int i = 0; i < m; i++) e->loads[(size_t)l * E + b->idx[i]] += 1;
+    if (e->ep) { /* shared experts here, the routed ones across the ranks (summed per token after them) */
+        if (d->Is > 0) swiglu_ffn(e, n, d->Is, lw->sh_gate, lw->sh_up, lw->sh_down, 0);
+        else op->zero(b->y, sizeof(float) * (size_t)n * D);
+        return ds_infer_ep_moe(e->ep, l, b->xn, b->idx, b->wts, n, b->y);
+    }
     op->moe_bucket(b->off, b->order, b->where, b->idx, n, K, E);
     op->copy(e->off_host, b->off, sizeof(int32_t) * (E + 1), DS_COPY_D2H); /* sync point: grouped GEMM sizes */
     op->sync();
@@ -340,6 +352,7 @@ static void moe(ds_infer *e, const ds_layer_w *lw, const float *bias, int n) {
     if (d->Is > 0) swiglu_ffn(e, n, d->Is, lw->sh_gate, lw->sh_up, lw->sh_down, 0);
     else op->zero(b->y, sizeof(float) * (size_t)n * D);
     op->moe_combine(b->y, b->ye, b->wts, b->where, n, K, D);
+    return DS_OK;
 }
 
 static int layer(ds_infer *e, int l, int cache_layer, int n, const int32_t *slot, const int32_t *pos,
@@ -353,7 +366,7 @@ static int layer(ds_infer *e, int l, int cache_layer, int n, const int32_t *slot
     DS_TRY(attention(e, lw, cache_layer, n, slot, pos, form));
     op->add(b->x, b->x, b->y, nD);
     op->rmsnorm_fwd(b->xn, D, NULL, b->x, D, lw->ffn_norm, n, D, e->d.eps);
-    if (ds_cfg_is_moe_layer(e->cfg, l)) moe(e, lw, e->m.expert_bias ? e->m.expert_bias[l] : NULL, n);
+    if (ds_cfg_is_moe_layer(e->cfg, l)) DS_TRY(moe(e, l, lw, e->m.expert_bias ? e->m.expert_bias[l] : NULL, n));
     else swiglu_ffn(e, n, e->d.I, lw->w_gate, lw->w_up, lw->w_down, 0);
     op->add(b->x, b->x, b->y, nD);
     return DS_OK;
@@ -434,6 +447,7 @@ static int forward(ds_infer *e, const ds_infer_step *s) {
     const ds_ops *op = e->ops;
     buffers *b = &e->b;
     const int n = s->n;
+    if (e->ep) DS_TRY(ds_infer_ep_announce(e->ep, 1));
     op->copy(b->tok, s->tok, sizeof(int32_t) * n, DS_COPY_H2D);
     op->copy(b->pos, s->pos, sizeof(int32_t) * n, DS_COPY_H2D);
     op->embed_fwd(b->x, e->m.w->embed, b->tok, n, e->d.D);
@@ -449,6 +463,7 @@ static int mtp_forward(ds_infer *e, int n, const int32_t *next_tok, const float 
     buffers *b = &e->b;
     const int D = e->d.D, L = e->cfg->num_hidden_layers;
     const ds_layer_w *mw = &e->m.w->layer[L];
+    if (e->ep) DS_TRY(ds_infer_ep_announce(e->ep, 2));
     op->copy(b->tok, next_tok, sizeof(int32_t) * n, DS_COPY_H2D);
     op->copy(b->pos, pos, sizeof(int32_t) * n, DS_COPY_H2D);
     /* h' = eh_proj [enorm(Emb(t_{i+1})) ; hnorm(h_i)]  (the embedding first, as the released weights expect) */

@@ -93,6 +93,15 @@ int ds_infer_mtp(ds_infer *e, int n, const int32_t *next_tok, const float *h, co
 /* The most rows a call may ask logits for (opts.max_out resolved). */
 int ds_infer_max_out(const ds_infer *e);
 
+/* Expert parallelism (infer/epinfer.h, borrowed; NULL: every expert here): the routed experts of every
+ * MoE layer go through ep, and on rank 0 each forward is announced to the other ranks first. */
+struct ds_infer_ep;
+void ds_infer_set_ep(ds_infer *e, struct ds_infer_ep *ep);
+
+/* Count the router's choices of every forward into loads[l * n_routed_experts + expert] (+1 per token and
+ * chosen expert; MTP layers after the main ones), on the CPU; NULL stops. Borrowed. */
+void ds_infer_count_loads(ds_infer *e, double *loads);
+
 /* Change opts.serial_flops of a live engine. */
 void ds_infer_set_serial_flops(ds_infer *e, double flops);
 

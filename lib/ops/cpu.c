@@ -2,8 +2,11 @@
 #include "ops/cpu_internal.h"
 
 #include <cblas.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -136,6 +139,52 @@ void ds_cpu_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, co
 }
 
 const char *ds_ops_cpu_blas_core(void) { return openblas_get_corename(); }
+
+/* OpenBLAS's kernels for CPUs without AVX2. OpenBLAS picks its kernel from CPUID once, when it loads; a CPU
+ * it does not know falls back to one of these (0.3.21, Debian 12's, reports "Prescott", its SSE3 kernel,
+ * on Sapphire Rapids-class Xeons in VMs: sgemm ~20x below its AVX-512 kernel). */
+static int pre_avx2_core(const char *c) {
+    static const char *const old[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Sandybridge", "Atom",
+                                      "Nano", "Barcelona", "Opteron", "Opteron(SSE3)", "Bobcat", "Katmai",
+                                      "Coppermine", "Northwood", "Banias", "Athlon", "Unknown"};
+    for (size_t i = 0; i < sizeof old / sizeof old[0]; i++)
+        if (!strcasecmp(c, old[i])) return 1;
+    return 0;
+}
+
+const char *ds_ops_cpu_blas_better_core(void) {
+    if (getenv("OPENBLAS_CORETYPE")) return NULL; /* the environment's choice stands */
+    if (!pre_avx2_core(openblas_get_corename())) return NULL;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq"))
+        return __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+    return NULL;
+}
+
+void ds_ops_cpu_blas_reexec(char *const argv[]) {
+    const char *core = ds_ops_cpu_blas_better_core();
+    if (!core) return;
+    /* OpenBLAS reads OPENBLAS_CORETYPE only when it loads: run this program again with it set */
+    if (setenv("DS_OPENBLAS_DETECTED", openblas_get_corename(), 1) || setenv("OPENBLAS_CORETYPE", core, 1)) return;
+    execv("/proc/self/exe", argv);
+    unsetenv("OPENBLAS_CORETYPE"); /* no re-exec (no /proc): keep the detected kernel */
+}
+
+void ds_ops_cpu_blas_note(char *buf, size_t n) {
+    const char *env = getenv("OPENBLAS_CORETYPE"), *det = getenv("DS_OPENBLAS_DETECTED"), *better;
+    if (env && det)
+        snprintf(buf, n, "OpenBLAS kernel %s (OPENBLAS_CORETYPE=%s set by libds: OpenBLAS detected %s, a pre-AVX2 kernel, on this CPU)",
+                 openblas_get_corename(), env, det);
+    else if (env)
+        snprintf(buf, n, "OpenBLAS kernel %s (OPENBLAS_CORETYPE=%s from the environment)", openblas_get_corename(), env);
+    else if ((better = ds_ops_cpu_blas_better_core()))
+        snprintf(buf, n, "OpenBLAS kernel %s, detected wrongly: this CPU runs %s (set OPENBLAS_CORETYPE=%s)",
+                 openblas_get_corename(), better, better);
+    else
+        snprintf(buf, n, "OpenBLAS kernel %s (detected)", openblas_get_corename());
+}
 
 static const ds_ops cpu_ops = {
     .name = "cpu",

@@ -228,5 +228,16 @@ const ds_ops *ds_ops_cpu(void);
 /* The BLAS kernel OpenBLAS selected at load time (e.g. "Haswell", "Cooperlake"), for logs and benchmarks.
  * OPENBLAS_CORETYPE in the environment overrides the detection and is read once when the process starts. */
 const char *ds_ops_cpu_blas_core(void);
+/* The OPENBLAS_CORETYPE this CPU should run when OpenBLAS's own detection picked a kernel without AVX2 on a
+ * CPU with AVX2/AVX-512 (a CPU newer than the library knows), or NULL: OPENBLAS_CORETYPE is set already, or
+ * the detected kernel is right. */
+const char *ds_ops_cpu_blas_better_core(void);
+/* For a tool's main, before anything else: when ds_ops_cpu_blas_better_core() names a kernel, set
+ * OPENBLAS_CORETYPE to it (and DS_OPENBLAS_DETECTED to what OpenBLAS detected) and exec the program again
+ * with the same argv (OpenBLAS reads the variable only when it loads). Returns when there is nothing to do
+ * or the exec failed. The one libds function that may replace the process: a tool asks for it. */
+void ds_ops_cpu_blas_reexec(char *const argv[]);
+/* One line for a log header: the kernel in use and where the choice came from. */
+void ds_ops_cpu_blas_note(char *buf, size_t n);
 
 #endif

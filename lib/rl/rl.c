@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/plot.h"
 #include "core/rng.h"
+#include "dist/dp.h"
 #include "infer/forward.h"
 #include "infer/generate.h"
 #include "io/checkpoint.h"
@@ -117,6 +118,7 @@ struct ds_rl {
     int64_t step_nseq, step_ntok, step_real_tokens;
     uint32_t *perm;          /* prompt order of pass perm_pass */
     int64_t perm_pass;
+    int64_t version, synced; /* optimizer steps seen (after_step); the version the rollout model has */
     /* the update */
     ds_data_source src;
     ds_loss_hook hook;
@@ -125,6 +127,7 @@ struct ds_rl {
     double logp_diff_max, logp_diff_sum;
     int64_t logp_diff_n;
     float *scratch; /* [T] */
+    float *ref_all; /* [N][max_new]: the reference log-probs summed over the ranks (opts.comm) */
     /* timings of the step (seconds) */
     double t_gen, t_ref, t_score;
     int generated;
@@ -212,6 +215,10 @@ static int gen_done(void *sink, const ds_gen_seq *s) {
 }
 
 static int generate(ds_rl *r, scored *s, const ds_rl_prompts *ps, uint64_t base, const ds_sampling *sp) {
+    if (r->o.sync_rollout && r->synced != r->version) { /* the engine's copy of the policy is behind */
+        DS_TRY(r->o.sync_rollout(r->o.sync_ctx));
+        r->synced = r->version;
+    }
     gen_ctx g = {.r = r, .s = s, .ps = ps, .base = base};
     int slots = r->o.gen_batch;
     ds_gen_opts go = {.sampling = *sp, .max_new = r->o.max_new, .eos_id = r->cfg->eos_token_id, .batch = slots,
@@ -289,19 +296,33 @@ static void build_row(ds_rl *r, int i) {
     r->rows.len[i] = Lp + ro->n; /* the padding after it is not routed to experts nor counted (ds_batch.len) */
 }
 
+/* Log-probabilities of every row's completion under the reference. With several ranks, micro-batch k is
+ * rank k mod P's (a rank without one in the last round takes part in its expert exchanges with none), and
+ * the values are then summed over the ranks: each is written by one rank and is 0 on the others, so every
+ * rank ends with the same bits. */
 static int reference_logprobs(ds_rl *r) {
-    const int M = r->o.micro_batch;
-    for (int r0 = 0; r0 < r->N; r0 += M) {
-        int B = r->N - r0 < M ? r->N - r0 : M;
+    const int M = r->o.micro_batch, nb = (r->N + M - 1) / M, mx = r->o.max_new;
+    const int P = r->o.comm ? r->o.comm->size : 1, me = r->o.comm ? r->o.comm->rank : 0;
+    if (P > 1) memset(r->ref_all, 0, sizeof(float) * (size_t)r->N * mx);
+    for (int k = me; k < (nb + P - 1) / P * P; k += P) {
+        if (k >= nb) {
+            DS_TRY(ds_model_ep_idle_fwd(r->ref, r->T));
+            continue;
+        }
+        const int r0 = k * M, B = r->N - r0 < M ? r->N - r0 : M;
         ds_batch b = ds_batch_buf_view(&r->rows, r0, B);
         ds_fwd_out f;
         DS_TRY(ds_model_forward(r->ref, &b, &f));
-        for (int k = 0; k < B; k++) {
-            rollout *ro = &r->cur.ro[r0 + k];
+        for (int j = 0; j < B; j++) {
+            rollout *ro = &r->cur.ro[r0 + j];
             const int Lp = r->train->p[ro->prompt].n_ids;
-            memcpy(ro->ref, f.logp + (size_t)k * r->T + Lp - 1, (size_t)ro->n * sizeof *ro->ref);
+            memcpy(P > 1 ? r->ref_all + (size_t)(r0 + j) * mx : ro->ref, f.logp + (size_t)j * r->T + Lp - 1,
+                   (size_t)ro->n * sizeof *ro->ref);
         }
     }
+    if (P == 1) return 0;
+    DS_TRY(ds_dp_allreduce_f32(r->o.comm, r->ref_all, (size_t)r->N * mx));
+    for (int i = 0; i < r->N; i++) memcpy(r->cur.ro[i].ref, r->ref_all + (size_t)i * mx, (size_t)r->cur.ro[i].n * sizeof(float));
     return 0;
 }
 
@@ -716,6 +737,7 @@ static void log_line(ds_rl *r, const ds_trainer *t) {
 static int after_step(void *ctx, ds_trainer *t) {
     ds_rl *r = ctx;
     const int64_t step = ds_trainer_steps_done(t);
+    r->version++; /* the policy moved: the rollout model must follow before it samples again */
     if (r->generated) {
         DS_TRY(dvec_push(&r->h_step, (double)step));
         DS_TRY(dvec_push(&r->h_reward, r->bs.reward_mean));
@@ -723,6 +745,27 @@ static int after_step(void *ctx, ds_trainer *t) {
     if (r->o.log_every > 0 && (step % r->o.log_every == 0 || step == 1 || step == r->total_steps)) log_line(r, t);
     if (r->eval && ((r->o.eval_every > 0 && step % r->o.eval_every == 0) || step == r->total_steps))
         DS_TRY(ds_rl_evaluate_at(r, step));
+    return 0;
+}
+
+int ds_rl_micro_done(void *ctx, ds_trainer *t) {
+    ds_rl *r = ctx;
+    (void)t;
+    if (!r->o.comm || r->o.comm->size < 2) return 0;
+    ds_grpo_stats *s = &r->st;
+    /* sums in rank order (the same bits on every rank), extremes exactly */
+    double sum[10] = {s->loss, s->loss_pg, s->loss_kl, s->kl_sum, s->entropy_sum, (double)s->tokens, (double)s->entropy_tokens,
+                      (double)s->clip_low, (double)s->clip_high, (double)r->logp_diff_n};
+    double ext[3] = {-s->ratio_min, s->ratio_max, r->logp_diff_max}, diff = r->logp_diff_sum;
+    DS_TRY(ds_dp_allreduce_f64(r->o.comm, sum, 10));
+    DS_TRY(ds_dp_allreduce_f64(r->o.comm, &diff, 1));
+    DS_TRY(ds_comm_allreduce_max_f64(r->o.comm, ext, 3));
+    s->loss = sum[0], s->loss_pg = sum[1], s->loss_kl = sum[2], s->kl_sum = sum[3], s->entropy_sum = sum[4];
+    s->tokens = (int64_t)sum[5], s->entropy_tokens = (int64_t)sum[6], s->clip_low = (int64_t)sum[7], s->clip_high = (int64_t)sum[8];
+    s->ratio_min = -ext[0], s->ratio_max = ext[1];
+    r->logp_diff_n = (int64_t)sum[9], r->logp_diff_max = ext[2], r->logp_diff_sum = diff;
+    r->rep.update = *s;
+    if (r->check_logp) r->rep.logp_diff_max = r->logp_diff_max;
     return 0;
 }
 
@@ -880,11 +923,12 @@ void ds_rl_describe(const ds_rl *r, ds_jsonw *w) {
 
 /* ---- set-up ---- */
 
-int ds_rl_reference(ds_model **out, ds_model *policy, const char *from_dir, int micro_batch, int seq_len) {
+int ds_rl_reference(ds_model **out, ds_model *policy, const char *from_dir, int micro_batch, int seq_len, const ds_ep_run *ep) {
     *out = NULL;
     if (!ds_ops_on_host(ds_model_ops(policy)))
         return ds_fail(DS_ERR, "--device %s: GRPO's reference policy runs on the CPU only in this build", ds_model_ops(policy)->name);
     ds_model_opts mo = {.max_batch = micro_batch, .max_seq = seq_len, .train = 0, .recompute = 1};
+    if (ep) ds_ep_run_model_opts(ep, &mo); /* this rank's experts, as the policy holds them */
     ds_model *m;
     DS_TRY(ds_model_create(&m, ds_model_config(policy), &mo));
     int rc = 0;
@@ -920,7 +964,7 @@ void ds_rl_free(ds_rl *r) {
     scored_free(&r->cur);
     free(r->adv), free(r->group_std), free(r->bs.part_mean), free(r->bs.part_std);
     ds_batch_buf_free(&r->rows);
-    free(r->order), free(r->step_rows), free(r->perm), free(r->scratch);
+    free(r->order), free(r->step_rows), free(r->perm), free(r->scratch), free(r->ref_all);
     free(r->h_step.v), free(r->h_reward.v), free(r->e_step.v), free(r->e_reward.v), free(r->e_acc.v), free(r->e_sacc.v);
     ds_bytes_free(&r->dec);
     free(r);
@@ -984,6 +1028,7 @@ int ds_rl_create(ds_rl **out, const ds_rl_opts *o, ds_model *policy, ds_model *r
     r->T = ds_rl_seq_len(train, r->eval, o->max_new);
     r->pad = r->cfg->eos_token_id >= 0 ? r->cfg->eos_token_id : 0;
     r->perm_pass = -1;
+    r->synced = -1;
     if (r->o.gen_batch <= 0) r->o.gen_batch = r->N < 64 ? r->N : 64;
     if (r->eval && r->o.gen_batch < 64 && r->eval->n > r->o.gen_batch && o->gen_batch <= 0)
         r->o.gen_batch = r->eval->n < 64 ? r->eval->n : 64;
@@ -997,8 +1042,10 @@ int ds_rl_create(ds_rl **out, const ds_rl_opts *o, ds_model *policy, ds_model *r
     r->step_rows = malloc((size_t)r->rows_step * sizeof *r->step_rows);
     r->perm = malloc((size_t)train->n * sizeof *r->perm);
     r->scratch = malloc((size_t)r->T * sizeof *r->scratch);
+    const int split_ref = r->ref && o->comm && o->comm->size > 1;
+    if (split_ref) r->ref_all = malloc((size_t)r->N * o->max_new * sizeof *r->ref_all);
     int rc = 0;
-    if (!r->bias || !r->adv || !r->group_std || !r->bs.part_mean || !r->bs.part_std || !r->order || !r->step_rows || !r->perm ||
+    if ((split_ref && !r->ref_all) || !r->bias || !r->adv || !r->group_std || !r->bs.part_mean || !r->bs.part_std || !r->order || !r->step_rows || !r->perm ||
         !r->scratch)
         rc = ds_fail(DS_ERR, "out of memory: RL run");
     if (!rc) rc = scored_init(&r->cur, r->N, n_rewards, o->max_new, r->ref != NULL);
@@ -1006,7 +1053,7 @@ int ds_rl_create(ds_rl **out, const ds_rl_opts *o, ds_model *policy, ds_model *r
     if (!rc) {
         r->rows.rows = r->N;
         r->rows.has_len = 1;
-        ds_infer_model_of(policy, &r->im, r->bias);
+        ds_infer_model_of(o->rollout ? o->rollout : policy, &r->im, r->bias);
         r->im.mtp_depth = 0; /* rollouts decode plainly: the sampled distribution is the policy's own */
         const int slots = r->o.gen_batch;
         ds_infer_opts io = {.max_tokens = 256 > 2 * slots ? 256 : 2 * slots, .slots = slots, .max_len = r->T, .mtp = 0,

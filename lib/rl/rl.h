@@ -27,6 +27,7 @@
 #include <stdio.h>
 
 #include "core/jsonw.h"
+#include "dist/comm.h"
 #include "infer/sampler.h"
 #include "model/model.h"
 #include "rl/grpo.h"
@@ -34,6 +35,7 @@
 #include "rl/reward.h"
 #include "tok/tokenizer.h"
 #include "train/data.h"
+#include "train/eprun.h"
 #include "train/trainer.h"
 
 typedef struct {
@@ -53,6 +55,19 @@ typedef struct {
     double eval_temperature; /* their temperature (0: the rollouts') */
     int log_every;         /* a log line every N steps (0: none) */
     uint64_t seed;         /* prompt order */
+    /* Several ranks (mpirun; all NULL in one process). Every rank draws and scores the whole rollout
+     * batch (the same completions: the same weights and Philox draws), and the trainer gives each rank
+     * its micro-batches. comm: the data-parallel ranks; the reference's forward is split over them (a
+     * micro-batch per rank in turn, the log-probs then summed to every rank) and the update's statistics
+     * (KL, entropy, clip counts, ratios) are summed over them (ds_rl_micro_done). */
+    const ds_comm *comm;
+    /* The model the rollout engine decodes with, when the policy cannot (expert parallelism: it holds
+     * only its experts; rl/rlep.h keeps a whole copy); NULL: the policy itself. sync_rollout (collective)
+     * brings its weights up to the policy's; it is called before a batch or an evaluation is drawn when an
+     * optimizer step has happened since the last call. */
+    ds_model *rollout;
+    int (*sync_rollout)(void *ctx);
+    void *sync_ctx;
 } ds_rl_opts;
 
 void ds_rl_opts_defaults(ds_rl_opts *o);
@@ -71,8 +86,10 @@ void ds_rl_free(ds_rl *r);
 
 /* A frozen reference: a copy of policy's current weights (from NULL), or the weights of a checkpoint
  * (io/checkpoint.h: directory or .safetensors; every tensor's shape is checked against the policy's
- * config), sized for micro_batch rows of seq_len. */
-int ds_rl_reference(ds_model **out, ds_model *policy, const char *from, int micro_batch, int seq_len);
+ * config), sized for micro_batch rows of seq_len. ep (NULL: none): with expert parallelism the reference
+ * holds this rank's experts only, like the policy, and its forward exchanges tokens over the EP group
+ * (every rank of the group must run ds_rl's reference pass together: opts.comm). */
+int ds_rl_reference(ds_model **out, ds_model *policy, const char *from, int micro_batch, int seq_len, const ds_ep_run *ep);
 
 /* Print the run's shape (rollouts, update, rewards) on stderr and add it to a configuration record. */
 void ds_rl_describe(const ds_rl *r, ds_jsonw *w);
@@ -87,6 +104,9 @@ const ds_loss_hook *ds_rl_loss(const ds_rl *r);
 int64_t ds_rl_rows_per_step(const ds_rl *r);
 /* Set the trainer's hooks (step_record, after_step, step_ctx) and where eval records go (may be NULL). */
 void ds_rl_hooks(ds_rl *r, ds_train_hooks *h, ds_metrics *metrics, int64_t total_steps);
+/* With opts.comm: after a step's micro-batches, on every rank (the trainer's micro_done hook, ctx = r):
+ * the update's statistics summed over the ranks, so the record and log line are the whole step's. */
+int ds_rl_micro_done(void *ctx, ds_trainer *t);
 
 /* Held-out evaluation: a greedy completion of every eval prompt, and with eval_samples = K also K sampled
  * ones (rollout settings, eval_temperature; draws fixed across evaluations), scored with the run's rewards. */

@@ -43,8 +43,9 @@ static int add_weights(ds_ckpt_writer *w, ds_session *s, const float *src, float
     int n_info;
     const ds_param *info = ds_model_params_info(m, &n_info);
     const float *p = src ? src : ds_model_params(m);
-    if (!src && s->full.buf) /* expert parallelism, pipeline stages: the one-process model, gathered (save_hook) */
-        info = s->full.info, n_info = s->full.n, p = s->full.buf;
+    if (s->full.buf) /* expert parallelism, pipeline stages: the one-process model (and --ep's EMA), gathered
+                        (ds_session_save) */
+        info = s->full.info, n_info = s->full.n, p = src ? src : s->full.buf;
     const ds_config *c = ds_model_config(m);
     const ds_ops *ops = ds_model_ops(m);
     if (!src && !ds_ops_on_host(ops)) {
@@ -97,14 +98,13 @@ static int add_model(ds_ckpt_writer *w, ds_session *s, const float *src, float *
 /* --ema: the average as a model directory of its own, <checkpoint>/ema, written inside the
  * checkpoint's temporary directory so that it is swapped into place with the checkpoint it belongs
  * to (one rename: the EMA and the model a reader sees are always of the same step). */
-static int add_ema(ds_ckpt_writer *w, ds_session *s) {
+static int add_ema(ds_ckpt_writer *w, ds_session *s, const float *avg) {
     char path[8192];
     DS_TRY(ds_ckpt_writer_file_path(w, DS_EMA_DIR, path, sizeof path));
-    ds_ema_wait(s->ema); /* the update of the last step is in */
     ds_ckpt_writer *ew;
     DS_TRY(ds_ckpt_writer_begin(&ew, path, NULL));
     float *host = NULL;
-    int rc = add_model(ew, s, ds_ema_values(s->ema), &host);
+    int rc = add_model(ew, s, avg, &host);
     if (rc) ds_ckpt_writer_abort(ew);
     else rc = ds_ckpt_writer_commit(ew);
     free(host);
@@ -113,10 +113,10 @@ static int add_ema(ds_ckpt_writer *w, ds_session *s) {
 
 /* What the writing rank puts in a checkpoint: the model, the EMA, the optimizer as one file (opt_file:
  * it holds all of it) and the trainer state. */
-static int add_checkpoint(ds_ckpt_writer *w, ds_session *s, int opt_file, float **host) {
+static int add_checkpoint(ds_ckpt_writer *w, ds_session *s, int opt_file, const float *ema, float **host) {
     char *state = NULL, path[8192];
     int rc = add_model(w, s, NULL, host);
-    if (!rc && s->ema) rc = add_ema(w, s);
+    if (!rc && ema) rc = add_ema(w, s, ema);
     if (!rc && opt_file) rc = ds_ckpt_writer_file_path(w, DS_OPTSTATE_FILE, path, sizeof path);
     if (!rc && opt_file) rc = ds_optstate_write_file(ds_trainer_zero(s->trainer), s->net.info, s->net.n_info, path);
     if (!rc) rc = ds_trainer_state_json(s->trainer, &state);
@@ -126,6 +126,12 @@ static int add_checkpoint(ds_ckpt_writer *w, ds_session *s, int opt_file, float 
 }
 
 int ds_session_save(ds_session *s, const char *dir) {
+    /* expert parallelism, pipeline stages: every rank's tensors onto rank 0 first, so the files are the
+     * one-process run's; --ep's EMA likewise from the ranks that keep it */
+    if (s->ep.have_layout || s->pipe_partial)
+        DS_TRY(ds_distckpt_gather_model(&s->full, s->model, &s->comm, 0, ds_model_params(s->model)));
+    const float *ema = NULL;
+    if (s->o.ema > 0) DS_TRY(ds_ema_run_gather(&s->ema, s->model, &s->ep, s->have_comm ? &s->comm : NULL, &ema));
     ds_zero *z = ds_trainer_zero(s->trainer);
     const int world = s->have_comm ? s->comm.size : 1, rank = ds_session_rank(s);
     /* pipeline stages hold different tensors: each rank writes its own moments */
@@ -144,7 +150,7 @@ int ds_session_save(ds_session *s, const char *dir) {
             ds_optstate_shard_name(r, world, name, sizeof name);
             rc = ds_ckpt_writer_file_path(w, name, tmp, sizeof tmp);
         }
-        if (!rc) rc = add_checkpoint(w, s, !sharded, &host);
+        if (!rc) rc = add_checkpoint(w, s, !sharded, ema, &host);
     }
     if (sharded) { /* every rank writes its shard; rank 0 then indexes them and commits */
         rc = ds_comm_agree(&s->comm, rc);
@@ -253,6 +259,11 @@ static int pipe_hold(ds_session *s, ds_model_opts *mo) {
 static int open_model(ds_session *s, const ds_session_opts *o) {
     const ds_ops *ops;
     DS_TRY(ds_ops_for_device(o->device, &ops));
+    if (ds_ops_on_host(ops) && ds_session_rank(s) == 0) { /* which sgemm kernel runs (docs/DESIGN.md) */
+        char blas[320];
+        ds_ops_cpu_blas_note(blas, sizeof blas);
+        ds_info("blas    %s", blas);
+    }
     /* Before anything is built: refuse to replace what -o holds, and to share it with another writer
      * (rank 0 writes for all: the ranks have joined by now). */
     DS_TRY(ds_ckpt_check_out(o->out_dir, o->model_path, o->force, 1, o->resume));
@@ -324,8 +335,6 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     s->ep.two_hop = o->two_hop;
     if (!rc && o->two_hop && s->ep.ep <= 1)
         rc = ds_fail(DS_EUSAGE, "--two-hop exchanges tokens between expert-parallel ranks: it needs --ep above 1");
-    if (!rc && s->ep.ep > 1 && o->ema > 0) /* the average is kept whole on rank 0 */
-        rc = ds_fail(DS_EUSAGE, "--ema with --ep %d: the EMA needs every expert on one rank (not yet)", s->ep.ep);
     if (!rc && o->pp > 1 && !o->pp_whole && o->ema > 0)
         rc = ds_fail(DS_EUSAGE, "--ema with --pp %d: the EMA needs every layer on one rank (not yet)", o->pp);
     if (!rc && s->have_comm) { /* one run, one seed: a drawn seed differs from process to process */
@@ -353,10 +362,6 @@ static int save_hook(void *ctx, ds_trainer *t, int final) {
     ds_session *s = ctx;
     (void)t;
     (void)final;
-    /* expert parallelism, pipeline stages: every rank's tensors onto rank 0 first, so the files are the
-     * one-process run's */
-    if (s->ep.have_layout || s->pipe_partial)
-        DS_TRY(ds_distckpt_gather_model(&s->full, s->model, &s->comm, 0, ds_model_params(s->model)));
     int rc = ds_session_save(s, s->o.out_dir);
     if (!rc && ds_session_rank(s) == 0) ds_info("saved step %lld: %s", (long long)ds_trainer_steps_done(s->trainer), s->o.out_dir);
     return rc;
@@ -435,18 +440,7 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
  * snapshot is all the step pays), then the tool's own hook runs. */
 static int session_after_step(void *ctx, ds_trainer *t) {
     ds_session *s = ctx;
-    if (s->ema) {
-        const ds_ops *ops = ds_model_ops(s->model);
-        const float *p = ds_model_params(s->model);
-        if (ds_ops_on_host(ops)) {
-            ds_ema_submit(s->ema, p);
-        } else {
-            ops->copy(ds_ema_snapshot(s->ema), p, ds_model_num_params(s->model) * sizeof(float), DS_COPY_D2H);
-            ops->sync();
-            ds_ema_release(s->ema);
-            DS_TRY(ops->status());
-        }
-    }
+    DS_TRY(ds_ema_run_submit(&s->ema, s->model));
     return s->o.after_step ? s->o.after_step(s->o.step_ctx, t) : 0;
 }
 
@@ -457,53 +451,19 @@ static void session_step_record(void *ctx, const ds_trainer *t, ds_jsonw *w) {
     if (s->o.step_record) s->o.step_record(s->o.step_ctx, t, w);
 }
 
-/* Expert parallelism's traffic of the step, over every rank (before validation adds its own). */
+/* Expert parallelism's traffic of the step, over every rank (before validation adds its own), then the
+ * tool's own hook. */
 static int session_micro_done(void *ctx, ds_trainer *t) {
     ds_session *s = ctx;
-    (void)t;
-    return ds_ep_run_step(&s->ep, s->model, &s->comm);
+    DS_TRY(ds_ep_run_step(&s->ep, s->model, &s->comm));
+    return s->o.micro_done ? s->o.micro_done(s->o.step_ctx, t) : 0;
 }
 
 /* The average starts from the weights the run starts from: the resumed checkpoint's <dir>/ema when it
- * has one (the run then continues its average bit for bit), else the current weights. Only rank 0
- * keeps it: data-parallel replicas hold the same weights. */
+ * has one (the run then continues its average bit for bit), else the current weights; each tensor's on
+ * one rank (train/emarun.h). */
 static int start_ema(ds_session *s) {
-    if (!(s->o.ema > 0) || ds_session_rank(s) != 0) return 0;
-    ds_model *m = s->model;
-    const size_t n = ds_model_num_params(m);
-    const ds_ops *ops = ds_model_ops(m);
-    float *init = (float *)ds_model_params(m), *host = NULL;
-    if (!ds_ops_on_host(ops)) {
-        if (!(host = malloc(n * sizeof(float)))) return ds_fail(DS_ERR, "out of memory: %zu parameters for the EMA", n);
-        ops->copy(host, init, n * sizeof(float), DS_COPY_D2H);
-        ops->sync();
-        int rc = ops->status();
-        if (rc) {
-            free(host);
-            return rc;
-        }
-        init = host;
-    }
-    int rc = ds_ema_create(&s->ema, n, s->o.ema, init);
-    free(host);
-    DS_TRY(rc);
-    char dir[8300];
-    if (s->resumed_step < 0) return 0;
-    DS_TRY(ds_path_join(dir, sizeof dir, s->resume_dir, DS_EMA_DIR));
-    if (!ds_ckpt_is_complete(dir)) {
-        ds_warn("--ema: %s has no EMA checkpoint; the average starts from the resumed weights", s->resume_dir);
-        return 0;
-    }
-    ds_ckpt *ck;
-    DS_TRY(ds_ckpt_open(&ck, dir));
-    int n_info;
-    const ds_param *info = ds_model_params_info(m, &n_info);
-    float *avg = ds_ema_values(s->ema);
-    for (int i = 0; !rc && i < n_info; i++)
-        rc = ds_ckpt_read_f32(ck, info[i].name, info[i].ndim, info[i].shape, avg + info[i].offset);
-    ds_ckpt_close(ck);
-    if (!rc) ds_info("ema     decay %g, continued from %s", s->o.ema, dir);
-    return rc;
+    return ds_ema_run_start(&s->ema, s->model, &s->ep, ds_session_rank(s), s->o.ema, s->resumed_step >= 0 ? s->resume_dir : NULL);
 }
 
 /* Bytes of parameters, gradients and optimizer state on each rank (what the layout predicts), and the
@@ -549,7 +509,7 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = session_step_record,
                         .after_step = session_after_step, .step_ctx = s,
                         .comm = s->have_comm ? &s->tcomm : NULL, .pp = s->pipe ? &s->pcomm : NULL,
-                        .micro_done = s->ep.have_layout ? session_micro_done : NULL};
+                        .micro_done = s->ep.have_layout || s->o.micro_done ? session_micro_done : NULL};
     if (ds_session_rank(s) != 0) s->o.metrics_path = s->o.plot_path = NULL;
     if (s->o.metrics_path) h.metrics = &s->metrics;
     if (s->pipe) { /* what the schedule needs of the micro-batch count, before any work */
@@ -640,9 +600,9 @@ int ds_session_run(ds_session *s, int *stopped_by) {
     if (!rc) rc = report_memory(s, 1);
     if (!rc && s->pipe) rc = report_pipeline(s);
     if (!rc && s->o.profile && ds_session_rank(s) == 0) rc = ds_train_profile_report(s->have_metrics ? &s->metrics : NULL);
-    if (s->ema) {
+    if (s->ema.ema && ds_session_rank(s) == 0) {
         long n;
-        double sec = ds_ema_submit_seconds(s->ema, &n);
+        double sec = ds_ema_submit_seconds(s->ema.ema, &n);
         ds_info("ema     %.3f ms per step handing the weights over (%ld steps)", n ? 1e3 * sec / (double)n : 0.0, n);
     }
     if (rc == DS_EDIVERGED && ds_session_rank(s) != 0) ds_err_silence(); /* the loss is all-reduced: every rank diverges */
@@ -662,7 +622,7 @@ int ds_session_run(ds_session *s, int *stopped_by) {
 }
 
 void ds_session_close(ds_session *s) {
-    ds_ema_free(s->ema);
+    ds_ema_run_free(&s->ema);
     ds_trainer_free(s->trainer);
     ds_pipe_net_free(s->pipe);
     if (!s->failed_alone) ds_pipe_groups_free(&s->pgroups);

@@ -20,15 +20,12 @@
 #include "model/model.h"
 #include "tok/chat.h"
 #include "dist/layout.h"
-#include "train/ema.h"
+#include "train/emarun.h"
 #include "train/eprun.h"
 #include "train/distckpt.h"
 #include "train/pipe.h"
 #include "train/pipemem.h"
 #include "train/trainer.h"
-
-/* Where a training checkpoint keeps the EMA of its weights (--ema): a model checkpoint directory. */
-#define DS_EMA_DIR "ema"
 
 typedef struct {
     const char *tool;           /* "ds-pretrain": names the run in records and plots */
@@ -76,6 +73,7 @@ typedef struct {
      * ds_session_open and ds_session_start, when what they need exists only after the model does. */
     void (*step_record)(void *ctx, const ds_trainer *t, ds_jsonw *w);
     int (*after_step)(void *ctx, ds_trainer *t);
+    int (*micro_done)(void *ctx, ds_trainer *t); /* on every rank once a step's micro-batches ran (trainer.h) */
     void *step_ctx;
 } ds_session_opts;
 
@@ -113,7 +111,7 @@ typedef struct {
     ds_pipe_groups pgroups;   /* with --pp: the parameter groups over the ranks holding the same tensors */
     ds_distckpt_full full;    /* the one-process model gathered for a checkpoint (--ep, --pp) */
     ds_ep_run ep;             /* --ep: the layout, the experts' parameter group, traffic metrics */
-    ds_ema *ema;             /* --ema on rank 0, else NULL */
+    ds_ema_run ema;           /* --ema: the average of what this rank keeps (train/emarun.h) */
     ds_dir_lock out_lock;     /* held by the process that writes out_dir (rank 0) for the whole run */
 } ds_session;
 

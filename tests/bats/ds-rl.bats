@@ -10,11 +10,7 @@ load train_helpers
 
 setup_file() {
     export T="$BATS_FILE_TMPDIR"
-    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=sft -v n=2000 -v seed=1 >"$T/sft.jsonl"
-    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=prompts -v n=64 -v seed=2 >"$T/prompts.jsonl"
-    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=prompts -v n=12 -v seed=3 >"$T/eval.jsonl"
-    "$DS_BIN/ds-tokenize" train -q --vocab-size 300 -o "$T/tok.json" "$T/sft.jsonl"
-    "$DS_BIN/ds-tokenize" encode -q -t "$T/tok.json" -o "$T/shards/" "$T/sft.jsonl"
+    rl_task_data "$T" 2000 12
     # a (barely trained) policy with its tokenizer
     "$DS_BIN/ds-pretrain" -q --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" -o "$T/base" \
         --tokenizer "$T/tok.json" --steps 1 --batch 2 --seq-len 32 --threads 1 --peak-tflops 0.1

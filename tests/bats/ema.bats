@@ -132,3 +132,52 @@ EOF
     [ -f "$D/rl/ema/model.safetensors" ]
     [ "$(grep -c '"reward"' "$D/rl.jsonl")" -ge 2 ]
 }
+
+@test "--ep: each rank averages what it holds; resumed on other layouts the gathered EMA follows the recurrence bit for bit" {
+    load mpi_helpers
+    D="$BATS_TEST_TMPDIR"
+    # tiny.json with unlimited routing (n_group 1): any --ep on one host
+    "$DS_PY" -c '
+import json, sys
+c = json.load(open(sys.argv[1])); c["n_group"] = 1; c["topk_group"] = 1
+json.dump(c, open(sys.argv[2], "w"))' "$DS_ROOT/share/configs/tiny.json" "$D/free.json"
+    "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --config "$D/free.json" --data "$T/shards" -o "$D/base" --steps 2 \
+        --batch 4 --seq-len 64 --log-every 0 --seed 1 -q
+    A="--peak-tflops 0.1 --threads 1 --seed 1 --data $T/shards --batch 4 --micro-batch 1 --seq-len 64 --lr 1e-2 --log-every 0 --ema 0.9"
+    "$DS_BIN/ds-pretrain" $A -m "$D/base" -o "$D/one" --steps 3 -q
+    # 2 ranks --ep 2 for a step, then 4 ranks --ep 4, then 4 ranks --ep 2 (each rank reads its tensors by name)
+    run mpi -np 2 "$DS_BIN/ds-pretrain" $A -m "$D/base" -o "$D/run" --steps 1 --ep 2
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [ "$(printf '%s\n' "$output" | grep -c 'ema .* per step handing the weights over (1 steps)')" -eq 1 ]
+    cp -r "$D/run" "$D/s1"
+    mpi -np 4 "$DS_BIN/ds-pretrain" $A -m "$D/base" --resume "$D/run" -o "$D/run" --steps 2 --ep 4 -q
+    cp -r "$D/run" "$D/s2"
+    mpi -np 4 "$DS_BIN/ds-pretrain" $A -m "$D/base" --resume "$D/run" -o "$D/run" --steps 3 --ep 2 -q
+    "$DS_PY" - "$D" <<'PY'
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+d = sys.argv[1]
+W = [load_file(f"{d}/base/model.safetensors")] + [load_file(f"{d}/{s}/model.safetensors") for s in ("s1", "s2", "run")]
+E = [None] + [load_file(f"{d}/{s}/ema/model.safetensors") for s in ("s1", "s2", "run")]
+one_w, one_e = load_file(f"{d}/one/model.safetensors"), load_file(f"{d}/one/ema/model.safetensors")
+a, b = np.float32(0.9), np.float32(1 - 0.9)
+assert list(E[3]) == list(one_e), "the one-process layout"
+experts = [n for n in W[0] if ".experts." in n]
+assert experts
+worst = 0
+for name in W[0]:
+    if name.endswith("e_score_correction_bias"):
+        continue
+    ref = W[0][name]
+    for k in (1, 2, 3):
+        ref = a * ref + b * W[k][name]
+        assert np.array_equal(E[k][name], ref), f"{name} step {k}: max diff {np.abs(E[k][name] - ref).max()}"
+    # against the one-process run: the EMA differs no more than the weights it averages do
+    dw = float(np.abs(W[3][name] - one_w[name]).max())
+    de = float(np.abs(E[3][name] - one_e[name]).max())
+    assert de <= dw + 1e-7, (name, de, dw)
+    worst = max(worst, de)
+print(f"ok: EMA within {worst:.2g} of the one-process run's")
+PY
+}

@@ -110,3 +110,40 @@ EOF2
     diff <(numbers "$BATS_TEST_TMPDIR/a.jsonl") <(numbers "$BATS_TEST_TMPDIR/b.jsonl")
     cmp "$BATS_TEST_TMPDIR/a/model.safetensors" "$BATS_TEST_TMPDIR/b/model.safetensors"
 }
+
+# what OpenBLAS detects on this machine by itself, and the kernel libds should run: the detected one unless
+# it predates AVX2 on a CPU with AVX2/AVX-512 (OpenBLAS 0.3.21 reports Prescott on CPUs it does not know)
+blas_expect() {
+    env -u OPENBLAS_CORETYPE "$DS_PY" -c '
+import ctypes
+b = ctypes.CDLL("libopenblas.so.0")
+b.openblas_get_corename.restype = ctypes.c_char_p
+det = b.openblas_get_corename().decode()
+flags = set(next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split(":")[1].split())
+old = {"prescott", "core2", "penryn", "dunnington", "nehalem", "sandybridge", "atom", "nano", "barcelona", "opteron",
+       "opteron(sse3)", "bobcat", "katmai", "coppermine", "northwood", "banias", "athlon", "unknown"}
+want = det
+if det.lower() in old:
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags:
+        want = "Cooperlake" if "avx512_bf16" in flags else "SkylakeX"
+    elif {"avx2", "fma"} <= flags:
+        want = "Haswell"
+print(det, want)'
+}
+
+@test "the log header names the OpenBLAS kernel; a pre-AVX2 kernel detected on a newer CPU is replaced" {
+    read -r det want < <(blas_expect)
+    run --separate-stderr env -u OPENBLAS_CORETYPE "$DS_BIN/ds-pretrain" --config "$T/nomtp.json" --data "$T/shards" \
+        --steps 1 --batch 2 --seq-len 16 --threads 1 --peak-tflops 0.1 --val-frac 0 -o "$BATS_TEST_TMPDIR/ck"
+    [ "$status" -eq 0 ]
+    echo "$stderr" | grep '^blas'
+    if [ "$det" = "$want" ]; then
+        [[ "$stderr" == *"blas    OpenBLAS kernel $det (detected)"* ]]
+    else
+        [[ "$stderr" == *"blas    OpenBLAS kernel $want (OPENBLAS_CORETYPE=$want set by libds: OpenBLAS detected $det, a pre-AVX2 kernel, on this CPU)"* ]]
+    fi
+    run --separate-stderr env OPENBLAS_CORETYPE=Haswell "$DS_BIN/ds-pretrain" --config "$T/nomtp.json" --data "$T/shards" \
+        --steps 1 --batch 2 --seq-len 16 --threads 1 --peak-tflops 0.1 --val-frac 0 -o "$BATS_TEST_TMPDIR/ck2"
+    [ "$status" -eq 0 ]
+    [[ "$stderr" == *"blas    OpenBLAS kernel Haswell (OPENBLAS_CORETYPE=Haswell from the environment)"* ]]
+}

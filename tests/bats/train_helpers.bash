@@ -9,6 +9,17 @@ tiny_data() {
     "$DS_BIN/ds-tokenize" encode -q -t "$1/tok.json" -o "$1/shards/" "$1/prose.txt"
 }
 
+# The arithmetic task of share/demo/tasks.awk for ds-rl: $1/sft.jsonl ($2 demonstrations), $1/prompts.jsonl
+# (64 prompts), $1/eval.jsonl ($3 held-out ones), and a 300-token tokenizer of the demonstrations with
+# their shards ($1/tok.json, $1/shards/).
+rl_task_data() {
+    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=sft -v n="$2" -v seed=1 >"$1/sft.jsonl"
+    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=prompts -v n=64 -v seed=2 >"$1/prompts.jsonl"
+    awk -f "$DS_ROOT/share/demo/tasks.awk" -v kind=prompts -v n="$3" -v seed=3 >"$1/eval.jsonl"
+    "$DS_BIN/ds-tokenize" train -q --vocab-size 300 -o "$1/tok.json" "$1/sft.jsonl"
+    "$DS_BIN/ds-tokenize" encode -q -t "$1/tok.json" -o "$1/shards/" "$1/sft.jsonl"
+}
+
 # tiny_data, and a tiny.json checkpoint pretrained for a few steps with the tokenizer embedded:
 # $1/base. Further arguments go to ds-pretrain (later options win).
 tiny_base() {

@@ -58,7 +58,7 @@ static int run_open(run *u, const ds_rl_opts *o, ds_reward *reward, int64_t step
     ds_model_opts mo = {.max_batch = o->micro_batch, .max_seq = T, .train = 1, .recompute = 1, .want_entropy = 1};
     DS_TRY(ds_model_create(&u->policy, &u->cfg, &mo));
     DS_TRY(ds_model_init(u->policy, 5));
-    if (o->loss.beta > 0) DS_TRY(ds_rl_reference(&u->ref, u->policy, NULL, o->micro_batch, T));
+    if (o->loss.beta > 0) DS_TRY(ds_rl_reference(&u->ref, u->policy, NULL, o->micro_batch, T, NULL));
     u->rewards[0] = reward;
     DS_TRY(ds_rl_create(&u->rl, o, u->policy, u->ref, NULL, &u->prompts, NULL, u->rewards, 1));
     DS_TRY(ds_train_net_from_model(&u->net, u->policy, T));
