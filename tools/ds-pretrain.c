@@ -228,7 +228,7 @@ static int check_args(args *a) {
     if (!a->data.n) return ds_usage_error("--data is required");
     if (ds_train_tool_check_out(&a->t)) return 2;
     if (!a->t.steps) return ds_usage_error("--steps is required");
-    if (ds_train_tool_check_batch(&a->t)) return 2;
+    if (ds_train_tool_micro_batches(&a->t, a->dp, a->batch_ramp != NULL) || ds_train_tool_check_batch(&a->t)) return 2;
     return -1;
 }
 

@@ -90,8 +90,8 @@ static const shared_opt SHARED[] = {
     {"schedule", 0, DS_OPT_CHOICE, F(pipe_schedule), "S",
      "pipeline schedule: 1F1B, zero-bubble 1F1B (ZB1P), or V3's DualPipe (even PP; micro-batches even and >= 2 PP)",
      "1f1b|zb1p|dualpipe"},
-    {"micro-batches", 0, DS_OPT_INT, F(pipe_micro_batches), "N", "pipeline micro-batches per step (0 = --batch / --micro-batch)",
-     .max = 1 << 20},
+    {"micro-batches", 0, DS_OPT_INT, F(pipe_micro_batches), "N",
+     "micro-batches per step and data-parallel replica: --batch = N x --micro-batch x DP (0: from --batch)", .max = 1 << 20},
     {"stages", 0, DS_OPT_STR, F(stages), "L0-L1,...",
      "decoder layers of each pipeline stage (default: split by estimated cost)"},
     {"quiet", 'q', DS_OPT_FLAG, F(quiet), .help = "only errors and warnings"},
@@ -188,6 +188,33 @@ int ds_train_tool_check_batch(ds_train_toolopts *t) {
     if (!t->micro_batch) t->micro_batch = t->batch;
     if (t->batch % t->micro_batch)
         return ds_usage_error("--batch %d is not a multiple of --micro-batch %d", t->batch, t->micro_batch);
+    return 0;
+}
+
+int ds_train_tool_micro_batches(ds_train_toolopts *t, int dp, int batch_ramp) {
+    const int n = t->pipe_micro_batches;
+    if (!n) return 0;
+    if (batch_ramp) return ds_usage_error("--micro-batches %d fixes the step's batch: it excludes --batch-ramp", n);
+    if (dp <= 0) { /* the data-parallel replicas the launcher starts (the session joins them later) */
+        const ds_launch l = ds_launch_get();
+        const int world = l.mpi && l.size > 0 ? l.size : 1, pp = t->pp > 1 ? t->pp : 1;
+        if (world % pp) return 0; /* the session refuses the layout with its own message */
+        dp = world / pp;
+    }
+    if (t->micro_batch) {
+        const long long want = (long long)n * t->micro_batch * dp;
+        if (ds_cli_given(&t->batch) && want != t->batch)
+            return ds_usage_error("--micro-batches %d x --micro-batch %d x DP %d = %lld sequences per step, but --batch is %d", n,
+                                  t->micro_batch, dp, want, t->batch);
+        if (want > 1 << 24) return ds_usage_error("--micro-batches %d x --micro-batch %d x DP %d: too many sequences per step", n,
+                                                  t->micro_batch, dp);
+        t->batch = (int)want;
+        return 0;
+    }
+    if (t->batch % ((long long)n * dp))
+        return ds_usage_error("--batch %d is not --micro-batches %d x DP %d micro-batches of whole sequences "
+                              "(--batch = micro-batches x --micro-batch x DP)", t->batch, n, dp);
+    t->micro_batch = t->batch / (n * dp);
     return 0;
 }
 

@@ -69,6 +69,13 @@ int ds_train_tool_check_out(const ds_train_toolopts *t);
 /* --micro-batch 0 becomes --batch; --batch must be a multiple of it: 0, else a usage error (2). */
 int ds_train_tool_check_batch(ds_train_toolopts *t);
 
+/* --micro-batches N (training, before ds_train_tool_check_batch): a step is N micro-batches per
+ * data-parallel replica, so --batch = N x --micro-batch x DP. dp: the replicas (0: the launcher's world /
+ * --pp). --micro-batch given: --batch becomes the product, and a --batch given otherwise is a usage error
+ * naming the numbers; not given: --micro-batch = --batch / (N x DP), which must divide. --batch-ramp is
+ * refused. Returns 0 or 2. */
+int ds_train_tool_micro_batches(ds_train_toolopts *t, int dp, int batch_ramp);
+
 /* The pipeline options, after ds_train_tool_check_batch: --micro-batches 0 becomes --batch / --micro-batch,
  * --schedule becomes *kind, and what the schedule cannot run is a usage error (2) in one line: PP < 1,
  * DualPipe with odd PP or micro-batches odd or fewer than 2 PP, and more stages than the model's n_layers

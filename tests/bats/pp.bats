@@ -160,6 +160,33 @@ print("# no overlap, 20 ms per transfer: fastest step %.0f ms" % min(ms))
 PY
 }
 
+@test "--micro-batches N drives training: --batch = N x --micro-batch x DP; inconsistent numbers are refused" {
+    # ARGS without --batch: 4 micro-batches of 1 sequence on each of 2 replicas are the one-process run's 8 rows
+    local a=${ARGS/--batch 8 /}
+    [ "$a" != "$ARGS" ]
+    ARGS=$a pp_run 4 --pp 2 --micro-batches 4
+    local o=$BATS_TEST_TMPDIR/x
+    # 2 micro-batches of 2 sequences on each of 2 replicas: steps of 8 rows; of 1 sequence: 4 rows
+    for mb in 2 1; do
+        rm -rf "$o" "$o.jsonl"
+        run mpi -np 4 "$DS_BIN/ds-pretrain" ${a/--micro-batch 1 /} --micro-batch $mb --pp 2 --micro-batches 2 --steps 2 \
+            -o "$o" --metrics "$o.jsonl"
+        [ "$status" -eq 0 ] || { echo "$output"; false; }
+        [ "$(jq -s -c '[.[] | select(.step) | .batch]' "$o.jsonl")" = "[$((4 * mb)),$((4 * mb))]" ]
+    done
+    run --separate-stderr mpi -np 4 "$DS_BIN/ds-pretrain" $ARGS --pp 2 --micro-batches 8 -o "$o"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: --micro-batches 8 x --micro-batch 1 x DP 2 = 16 sequences per step, but --batch is 8"* ]]
+    run --separate-stderr mpi -np 2 "$DS_BIN/ds-pretrain" ${ARGS/--micro-batch 1 /} --pp 2 --micro-batches 3 -o "$o"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: --batch 8 is not --micro-batches 3 x DP 1 micro-batches of whole sequences"* ]]
+    # the schedule's needs are checked on the micro-batches per pipeline
+    rm -rf "$o"
+    run --separate-stderr mpi -np 2 "$DS_BIN/ds-pretrain" $a --pp 2 --micro-batches 2 --schedule dualpipe -o "$o"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: 2 micro-batches per pipeline (batch 2 / micro-batch 1 / DP 1): DualPipe needs an even number of micro-batches, at least 2 x PP = 4"* ]]
+}
+
 @test "ZeRO-1 under --pp (each group's moments sharded over the ranks holding it) gives the --no-zero run's bits" {
     local d=$BATS_TEST_TMPDIR
     for layout in "4 --pp 2 --dp 2" "4 --pp 2 --schedule dualpipe"; do
