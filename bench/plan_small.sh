@@ -1,18 +1,21 @@
 #!/bin/sh
 # ds-pretrain --plan against measured runs on this machine: for each (config, ranks, threads, batch,
-# seq-len) row, the median step of a short ds-pretrain run (mpirun for several ranks) next to the plan's
+# seq-len) row, the wall-clock step of short ds-pretrain runs (mpirun for several ranks) next to the plan's
 # step_seconds for share/clusters/cpu-2core.json (or $CLUSTER).
 #
-# The machine is shared, so wall-clock steps move with the load; the comparison uses each step's CPU
-# time (the metrics' cpu_ms, all threads of a rank) turned into the step a quiet machine would take:
-# cpu_ms x ranks / cores (every rank computes the same, and on a quiet machine the cores are all busy).
-# The wall-clock median and the load average are printed beside it.
+# The machine is shared: other processes take cores away and (it is a VM) slow the cores themselves, so
+# each row reports the minimum step over steps 2.. of RUNS runs (the step least disturbed by the load)
+# and the median, and the load average when the row started. Compare with the plan on a quiet machine
+# (load below 1); under load the minimum is still slower than the machine (docs/BENCHMARKS.md).
 #
-# Usage: bench/plan_small.sh [STEPS]        (default 4 steps a run; the first is not counted)
-#        CALIBRATE=1 bench/plan_small.sh   also prints the efficiency that would make the first row exact
+# Usage: bench/plan_small.sh [STEPS]        (default 5 steps a run; the first is not counted)
+#        RUNS=N (default 2) runs a row; KEEP=DIR keeps the metrics there; REUSE=1 with KEEP plans again
+#        from the runs kept (after a change to the model or the cluster file) without running them
 #        ONLY_EP=1 bench/plan_small.sh     only the expert-parallel rows
 #        bench/plan_small.sh probe         this machine's rates for the cluster file: sgemm and copy
-#                                          (bench/plan_probe.c), and shared-memory MPI (ds-bench-a2a)
+#                                          (bench/plan_probe.c), shared-memory MPI bandwidth
+#                                          (ds-bench-a2a), and the latency of a message and of an
+#                                          all-reduce on 2 and on 4 ranks (plan_probe mpi)
 set -eu
 STEPS=${1:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,6 +65,8 @@ run() { # CONFIG RANKS THREADS BATCH SEQ MICRO-BATCH [PP SCHEDULE [EP]]
     dp=$((np / pp))
     lay="--pp $pp --schedule $sc --micro-batch $mb --ep $ep"
     load=$(cut -d' ' -f1 /proc/loadavg)
+    [ -n "${REUSE:-}" ] && [ -s "$KEEP/load-$1-$np-$th-$b-$s-$mb-$pp-$sc-$ep" ] && load=$(cat "$KEEP/load-$1-$np-$th-$b-$s-$mb-$pp-$sc-$ep")
+    echo "$load" >"$KEEP/load-$1-$np-$th-$b-$s-$mb-$pp-$sc-$ep"
     files=
     r=1
     while [ "$r" -le "$RUNS" ]; do

@@ -38,12 +38,23 @@ typedef struct {
     int err;             /* a recording that failed (out of memory), reported by the next run */
 } ds_wgrad_queue;
 
+/* Expert parallelism (moe_ep.c): what a MoE layer's forward leaves for its backward. Kept per activation
+ * slot, so the backward of a stored micro-batch exchanges by its own plan whatever ran in between. */
+struct ep_layer {
+    ds_ep ep;               /* the exchange plan: rows per peer, tokens sent, experts and weights received */
+    int have_ep;
+    int nc;                 /* routed tokens (padding left out) */
+    int32_t *tok;           /* [n_max] their token index */
+    float *xr;              /* [ep_n n_max, D] rows received (allocated at the layer's first forward) */
+};
+
 /* One activation slot's arena and the host state that goes with a stored forward (ds_model_act_select). */
 typedef struct {
     ds_bump act;
     int64_t **off_h; /* per layer */
     int B, T, n, T_main, has_seg, has_pad, have_fwd;
     double bal_loss;
+    struct ep_layer *epl; /* per layer: the expert-parallel exchanges of the stored forward (NULL without EP) */
 } ds_act_slot;
 
 struct ds_model {
@@ -127,13 +138,8 @@ struct ds_model {
     int ep_n, ep_rank, e0, ne;
     size_t expert_off;
     int *ep_node;               /* [ep_n] */
-    struct ep_layer {           /* per MoE layer, forward to backward */
-        ds_ep ep;               /* the exchange plan */
-        int have_ep;
-        int nc;                 /* routed tokens (padding left out) */
-        int32_t *tok;           /* [n_max] their token index */
-        float *xr;              /* [ep_n n_max, D] rows received */
-    } *epl;                     /* [n_layers_total] */
+    int ep_two_hop;             /* the transport of every exchange plan (ds_moe_ep_set_transport) */
+    struct ep_layer *epl;       /* [n_layers_total + 1] the selected activation slot's (slots.c) */
     int32_t *ep_idx;            /* host [n_max K]: routed tokens' expert ids, */
     float *ep_w, *ep_dw;        /* their weights, gradients of the weights [n_max K] */
     float *ep_x, *ep_out;       /* [n_max, D]: rows to send, rows combined */
@@ -148,6 +154,9 @@ int ds_moe_ep_fwd(ds_model *m, int l, ds_tape *t, float *f);
 int ds_moe_ep_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn);
 int ds_moe_ep_alloc(ds_model *m);
 void ds_moe_ep_free(ds_model *m);
+/* One activation slot's per-layer exchange records (m's group and transport), and their release. */
+int ds_moe_ep_layers_new(ds_model *m, struct ep_layer **out);
+void ds_moe_ep_layers_free(ds_model *m, struct ep_layer *epl);
 /* Every MoE layer's exchange over m->ep_node's nodes, in one hop or two (after the nodes are set). */
 int ds_moe_ep_set_transport(ds_model *m, int two_hop);
 

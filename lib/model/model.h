@@ -250,6 +250,11 @@ void ds_model_expert_range(const ds_model *m, size_t *off, size_t *n, int *e0, i
  * active at that length); bwd for its backward, mtp = whether the MTP modules' backward runs (dmtp given). */
 int ds_model_ep_idle_fwd(ds_model *m, int T);
 int ds_model_ep_idle_bwd(ds_model *m, int T, int mtp);
+/* The same for a pipeline stage that runs decoder layers [l0, l1): its MoE layers, and the MTP modules' when
+ * last (the stage with the head; bwd: mtp = the MTP modules' backward runs there). Each activation slot
+ * keeps its own exchange plans: a stored micro-batch's backward uses its forward's whatever ran between. */
+int ds_model_ep_idle_stage_fwd(ds_model *m, int T, int l0, int l1, int last);
+int ds_model_ep_idle_stage_bwd(ds_model *m, int T, int l0, int l1, int mtp);
 /* What the MoE exchanges moved since the last reset, forward passes only (the backward moves the same
  * bytes in reverse). Bytes are this rank's sends to other ranks (rows of hidden_size fp32). */
 typedef struct {

@@ -19,10 +19,47 @@
 #include <stdlib.h>
 #include <string.h>
 
+int ds_moe_ep_layers_new(ds_model *m, struct ep_layer **out) {
+    const int NL = m->n_layers_total;
+    struct ep_layer *epl = *out = calloc((size_t)NL + 1, sizeof *epl);
+    if (!epl) return ds_fail(DS_ERR, "out of memory: expert-parallel buffers");
+    for (int l = 0; l < NL; l++) {
+        if (m->moe_slot[l] < 0) continue;
+        struct ep_layer *e = &epl[l];
+        DS_TRY(ds_ep_init(&e->ep, m->opts.ep_comm, m->dims.E, m->dims.K, DS_A2A_OURS));
+        e->have_ep = 1;
+        DS_TRY(ds_ep_set_nodes(&e->ep, m->ep_node, m->ep_two_hop ? DS_EP_TWO_HOP : DS_EP_ONE_HOP));
+    }
+    return 0;
+}
+
+void ds_moe_ep_layers_free(ds_model *m, struct ep_layer *epl) {
+    for (int l = 0; epl && l < m->n_layers_total; l++) {
+        struct ep_layer *e = &epl[l];
+        if (e->have_ep) ds_ep_free(&e->ep);
+        free(e->tok);
+        free(e->xr);
+    }
+    free(epl);
+}
+
+/* a layer's buffers, at its first forward in a slot (a pipeline stage's slots never run the other stages'
+ * layers) */
+static int layer_bufs(const ds_model *m, struct ep_layer *e) {
+    if (e->xr) return 0;
+    e->tok = malloc(sizeof(int32_t) * (size_t)m->n_max);
+    e->xr = malloc(sizeof(float) * (size_t)m->n_max * m->ep_n * m->dims.D);
+    if (!e->tok || !e->xr) {
+        free(e->tok), free(e->xr);
+        e->tok = NULL, e->xr = NULL;
+        return ds_fail(DS_ERR, "out of memory: expert-parallel buffers");
+    }
+    return 0;
+}
+
 int ds_moe_ep_alloc(ds_model *m) {
-    const int NL = m->n_layers_total, K = m->dims.K, D = m->dims.D;
+    const int K = m->dims.K, D = m->dims.D;
     const size_t n = (size_t)m->n_max, r = n * (size_t)m->ep_n;
-    m->epl = calloc((size_t)NL + 1, sizeof *m->epl);
     m->ep_node = calloc((size_t)m->ep_n, sizeof(int));
     m->ep_idx = malloc(sizeof(int32_t) * n * K);
     m->ep_w = malloc(sizeof(float) * n * K);
@@ -32,36 +69,25 @@ int ds_moe_ep_alloc(ds_model *m) {
     m->ep_yr = malloc(sizeof(float) * r * D);
     m->ep_dxr = malloc(sizeof(float) * r * D);
     m->ep_dwr = malloc(sizeof(float) * r * K);
-    if (!m->epl || !m->ep_node || !m->ep_idx || !m->ep_w || !m->ep_dw || !m->ep_x || !m->ep_out || !m->ep_yr ||
-        !m->ep_dxr || !m->ep_dwr)
+    if (!m->ep_node || !m->ep_idx || !m->ep_w || !m->ep_dw || !m->ep_x || !m->ep_out || !m->ep_yr || !m->ep_dxr ||
+        !m->ep_dwr)
         return ds_fail(DS_ERR, "out of memory: expert-parallel buffers");
-    for (int l = 0; l < NL; l++) {
-        if (m->moe_slot[l] < 0) continue;
-        struct ep_layer *e = &m->epl[l];
-        DS_TRY(ds_ep_init(&e->ep, m->opts.ep_comm, m->dims.E, K, DS_A2A_OURS));
-        e->have_ep = 1;
-        e->tok = malloc(sizeof(int32_t) * n);
-        e->xr = malloc(sizeof(float) * r * D);
-        if (!e->tok || !e->xr) return ds_fail(DS_ERR, "out of memory: expert-parallel buffers of layer %d", l);
-    }
-    return 0;
+    return ds_moe_ep_layers_new(m, &m->epl);
 }
 
 int ds_moe_ep_set_transport(ds_model *m, int two_hop) {
-    for (int l = 0; l < m->n_layers_total; l++)
-        if (m->epl[l].have_ep)
-            DS_TRY(ds_ep_set_nodes(&m->epl[l].ep, m->ep_node, two_hop ? DS_EP_TWO_HOP : DS_EP_ONE_HOP));
+    m->ep_two_hop = two_hop; /* for the slots made later */
+    for (int i = -1; i < m->n_slots; i++) {
+        struct ep_layer *epl = i < 0 ? m->epl : i == m->cur_slot ? NULL : m->slot[i].epl;
+        for (int l = 0; epl && l < m->n_layers_total; l++)
+            if (epl[l].have_ep)
+                DS_TRY(ds_ep_set_nodes(&epl[l].ep, m->ep_node, two_hop ? DS_EP_TWO_HOP : DS_EP_ONE_HOP));
+    }
     return 0;
 }
 
 void ds_moe_ep_free(ds_model *m) {
-    for (int l = 0; m->epl && l < m->n_layers_total; l++) {
-        struct ep_layer *e = &m->epl[l];
-        if (e->have_ep) ds_ep_free(&e->ep);
-        free(e->tok);
-        free(e->xr);
-    }
-    free(m->epl);
+    ds_moe_ep_layers_free(m, m->epl);
     free(m->ep_node);
     free(m->ep_idx), free(m->ep_w), free(m->ep_dw), free(m->ep_x), free(m->ep_out);
     free(m->ep_yr), free(m->ep_dxr), free(m->ep_dwr);
@@ -116,6 +142,7 @@ static int exchange_fwd(ds_model *m, int l, const float *x, float *f) {
     const ds_comm *c = m->opts.ep_comm;
     const int D = m->dims.D;
     const ds_ep_bytes before[2] = {e->ep.sent_dispatch, e->ep.sent_combine};
+    DS_TRY(layer_bufs(m, e));
     DS_TRY(ds_ep_plan(&e->ep, c, m->ep_idx, m->ep_w, e->nc));
     const int64_t rows = e->ep.n_recv;
     if (rows > (int64_t)m->n_max * m->ep_n)
@@ -136,6 +163,7 @@ int ds_moe_ep_fwd(ds_model *m, int l, ds_tape *t, float *f) {
     struct ep_layer *e = &m->epl[l];
     int32_t *load = m->expert_load + (size_t)m->moe_slot[l] * E;
     m->ops->sync(); /* the routing is read on the host */
+    DS_TRY(layer_bufs(m, e));
     /* the routed tokens: padding has no experts (idx -1) and stays here */
     int nc = 0;
     for (int i = 0; i < n; i++) {
@@ -188,23 +216,29 @@ static int active_mtp(const ds_model *m, int T) {
     return a;
 }
 
-int ds_model_ep_idle_fwd(ds_model *m, int T) {
+int ds_model_ep_idle_stage_fwd(ds_model *m, int T, int l0, int l1, int last) {
     if (m->ep_n <= 1) return 0;
-    const int L = m->cfg.num_hidden_layers, NL = L + active_mtp(m, T);
-    for (int l = 0; l < NL; l++) /* the forward's order: layers, then the MTP modules */
-        if (m->moe_slot[l] >= 0) {
+    const int L = m->cfg.num_hidden_layers, NL = last ? L + active_mtp(m, T) : l1;
+    for (int l = l0; l < NL; l++) /* the forward's order: layers, then the MTP modules */
+        if ((l < l1 || l >= L) && m->moe_slot[l] >= 0) {
             m->epl[l].nc = 0;
             DS_TRY(exchange_fwd(m, l, NULL, NULL));
         }
     return 0;
 }
 
-int ds_model_ep_idle_bwd(ds_model *m, int T, int mtp) {
+int ds_model_ep_idle_stage_bwd(ds_model *m, int T, int l0, int l1, int mtp) {
     if (m->ep_n <= 1) return 0;
     const int L = m->cfg.num_hidden_layers;
-    for (int l = L + (mtp ? active_mtp(m, T) : 0) - 1; l >= 0; l--) /* MTP modules last to first, then layers */
-        if (m->moe_slot[l] >= 0) DS_TRY(exchange_bwd(m, l, NULL, NULL));
+    for (int l = mtp ? L + active_mtp(m, T) - 1 : l1 - 1; l >= l0; l--) /* MTP modules last to first, then layers */
+        if ((l < l1 || l >= L) && m->moe_slot[l] >= 0) DS_TRY(exchange_bwd(m, l, NULL, NULL));
     return 0;
+}
+
+int ds_model_ep_idle_fwd(ds_model *m, int T) { return ds_model_ep_idle_stage_fwd(m, T, 0, m->cfg.num_hidden_layers, 1); }
+
+int ds_model_ep_idle_bwd(ds_model *m, int T, int mtp) {
+    return ds_model_ep_idle_stage_bwd(m, T, 0, m->cfg.num_hidden_layers, mtp);
 }
 
 void ds_model_expert_range(const ds_model *m, size_t *off, size_t *n, int *e0, int *ne) {

@@ -3,8 +3,9 @@
  *
  * A slot is a whole activation arena laid out by the same ds_act_layout as the model's own, plus the host
  * state of the forward stored in it (batch geometry, expert offsets the grouped GEMMs read back, the
- * balance loss). Selecting a slot re-points the model's activation pointers into its arena; nothing is
- * copied. Slot 0 is the arena the model was created with. */
+ * balance loss, and under expert parallelism each MoE layer's exchange plan, routed-token list and received
+ * rows, which the backward exchanges by). Selecting a slot re-points the model's activation pointers into
+ * its arena; nothing is copied. Slot 0 is the arena the model was created with. */
 #include "model/internal.h"
 
 #include "core/err.h"
@@ -18,6 +19,7 @@ static void save_state(ds_model *m, ds_act_slot *s) {
     s->B = m->B, s->T = m->T, s->n = m->n, s->T_main = m->T_main;
     s->has_seg = m->has_seg, s->has_pad = m->has_pad, s->have_fwd = m->have_fwd;
     s->bal_loss = m->bal_loss;
+    s->epl = m->epl;
 }
 
 static void load_state(ds_model *m, const ds_act_slot *s) {
@@ -28,6 +30,7 @@ static void load_state(ds_model *m, const ds_act_slot *s) {
     m->B = s->B, m->T = s->T, m->n = s->n, m->T_main = s->T_main;
     m->has_seg = s->has_seg, m->has_pad = s->has_pad, m->have_fwd = s->have_fwd;
     m->bal_loss = s->bal_loss;
+    m->epl = s->epl;
     m->cur_seg = m->has_seg ? m->seg : NULL;
     m->cur_keep = m->has_pad ? m->keep : NULL;
     m->cur_cs = m->cs;
@@ -37,8 +40,6 @@ static void load_state(ds_model *m, const ds_act_slot *s) {
 int ds_model_act_slots(ds_model *m, int k) {
     if (!m->opts.train) return ds_fail(DS_ERR, "model: activation slots need a training model");
     if (k < 1) return ds_fail(DS_ERR, "model: %d activation slots", k);
-    /* the expert-parallel exchange plans (moe_ep.c) are kept per layer, not per slot, so far */
-    if (k > 1 && m->ep_n > 1) return ds_fail(DS_ERR, "model: %d activation slots with expert parallelism", k);
     if (k <= m->n_slots) return 0;
     ds_act_slot *ns = realloc(m->slot, sizeof *ns * (size_t)k);
     if (!ns) return ds_fail(DS_ERR, "out of memory: activation slots");
@@ -64,6 +65,7 @@ int ds_model_act_slots(ds_model *m, int k) {
             s->off_h[l] = calloc((size_t)d->E + 2, sizeof(int64_t));
             if (!s->off_h[l]) return ds_fail(DS_ERR, "out of memory: activation slots");
         }
+        if (m->ep_n > 1) DS_TRY(ds_moe_ep_layers_new(m, &s->epl)); /* its own exchange plans */
         s->act.cap = m->act.cap;
         s->act.base = m->ops->alloc(s->act.cap);
         if (!s->act.base) return ds_fail(DS_ERR, "out of memory: %zu bytes for an activation slot", s->act.cap);
@@ -100,6 +102,7 @@ void ds_slots_free(ds_model *m) {
         if (s->off_h)
             for (int l = 0; l < m->n_layers_total; l++) free(s->off_h[l]);
         free(s->off_h);
+        ds_moe_ep_layers_free(m, s->epl);
         m->ops->free(s->act.base);
     }
     free(m->slot[0].off_h);

@@ -3,40 +3,34 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "dist/dp.h"
+#include "train/pipemem.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-static int edp_f32(void *ctx, float *x, size_t n) { return ds_dp_allreduce_f32(ctx, x, n); }
-static int edp_f64(void *ctx, double *x, size_t n) { return ds_dp_allreduce_f64(ctx, x, n); }
-static int edp_i64(void *ctx, int64_t *x, size_t n) { return ds_dp_allreduce_i64(ctx, x, n); }
-static int edp_rs(void *ctx, float *x, size_t n) { return ds_dp_reduce_scatter_f32(ctx, x, n); }
-static int edp_ag(void *ctx, float *x, size_t n) { return ds_dp_allgather_f32(ctx, x, n); }
-
-int ds_ep_run_join(ds_ep_run *r, const ds_comm *c, int ep, int ranks_per_node) {
+int ds_ep_run_join(ds_ep_run *r, const ds_comm *c, int pp, int ep, int ranks_per_node) {
     memset(r, 0, sizeof *r);
     r->ep = ep > 0 ? ep : 1;
+    r->pp = pp > 0 ? pp : 1;
     r->ranks_per_node = ranks_per_node;
     const int world = c ? c->size : 1;
-    DS_TRY(ds_layout_check(world, 1, world, r->ep, ranks_per_node, -1));
+    DS_TRY(ds_layout_check(world, r->pp, world / r->pp, r->ep, ranks_per_node, -1));
     if (r->ep == 1 || !c) return 0;
-    DS_TRY(ds_layout_make(&r->L, c, 1, world, r->ep, ranks_per_node));
+    DS_TRY(ds_layout_make(&r->L, c, r->pp, world / r->pp, r->ep, ranks_per_node));
     r->have_layout = 1;
     if (!(r->node = calloc((size_t)r->ep, sizeof(int)))) return ds_fail(DS_ERR, "out of memory: layout");
     for (int e = 0; e < r->ep; e++) r->node[e] = ds_layout_node_of_ep_rank(&r->L, e);
-    const ds_comm *x = &r->L.expert_dp_comm;
-    r->edp = (ds_train_comm){.rank = x->rank, .size = x->size, .allreduce_f32 = edp_f32, .allreduce_f64 = edp_f64,
-                             .allreduce_i64 = edp_i64, .reduce_scatter_f32 = edp_rs, .allgather_f32 = edp_ag,
-                             .ctx = (void *)x};
-    ds_info("expert parallel: %d ranks per group, %d groups, %d node(s) per group (%d ranks per node)", r->ep,
-            world / r->ep, r->L.ep_nodes, r->L.ranks_per_node);
+    r->edp = ds_train_comm_of(&r->L.expert_dp_comm);
+    ds_info("expert parallel: %d ranks per group, %d groups%s, %d node(s) per group (%d ranks per node)", r->ep,
+            world / r->pp / r->ep, r->pp > 1 ? " per pipeline stage" : "", r->L.ep_nodes, r->L.ranks_per_node);
     return 0;
 }
 
 int ds_ep_run_check_config(const ds_ep_run *r, const ds_config *cfg) {
     if (r->ep <= 1) return 0;
-    const int world = r->have_layout ? r->L.world : 1;
-    DS_TRY(ds_layout_check(world, 1, world, r->ep, r->ranks_per_node, cfg->n_routed_experts > 0 ? cfg->n_routed_experts : 0));
+    const int world = r->have_layout ? r->L.world : r->pp;
+    DS_TRY(ds_layout_check(world, r->pp, world / r->pp, r->ep, r->ranks_per_node,
+                           cfg->n_routed_experts > 0 ? cfg->n_routed_experts : 0));
     const int G = cfg->n_group > 0 ? cfg->n_group : 1, M = cfg->topk_group > 0 ? cfg->topk_group : G;
     if (M >= G || !r->have_layout) return 0; /* routing is not limited: groups need not be nodes */
     const int nodes = r->L.ep_nodes, rpn = r->L.ranks_per_node;
@@ -121,7 +115,23 @@ void ds_ep_run_summary(const ds_ep_run *r) {
             r->sum_nodes / n, r->run_nodes_max, r->sum_dispatch / n / MiB, r->sum_combine / n / MiB, r->sum_cross / n / MiB);
 }
 
+int ds_ep_run_stage_experts(ds_ep_run *r, const ds_comm *world, int dual, int whole, const ds_train_comm **out) {
+    *out = NULL;
+    if (!r->have_layout) return 0;
+    if (!dual && !whole) { /* a stage's experts live on its ranks of the same EP rank */
+        *out = &r->edp;
+        return 0;
+    }
+    const int s = r->L.stage, pp = r->L.pp, pair = s < pp - 1 - s ? s : pp - 1 - s;
+    DS_TRY(ds_comm_split(world, whole ? r->L.ep_rank : pair * r->ep + r->L.ep_rank, world->rank, &r->stage_edp));
+    r->have_stage_edp = 1;
+    r->tstage_edp = ds_train_comm_of(&r->stage_edp);
+    *out = &r->tstage_edp;
+    return 0;
+}
+
 void ds_ep_run_free(ds_ep_run *r) {
+    if (r->have_stage_edp) ds_comm_free_split(&r->stage_edp);
     if (r->have_layout) ds_layout_free(&r->L);
     free(r->node);
     memset(r, 0, sizeof *r);

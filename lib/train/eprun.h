@@ -1,10 +1,10 @@
 /* eprun.h — expert parallelism in a training run: what the session adds for --ep N (docs/DESIGN.md
  * "Expert parallelism").
  *
- * Owns: the rank layout of the run (dist/layout.h with PP 1: every rank is a data-parallel rank, EP groups
- * of N consecutive ranks split the routed experts), the refusals of a layout before any work (world not a
- * multiple of N, N not dividing n_routed_experts, the config's n_group not the number of nodes an EP group
- * spans when routing is node-limited), the model options that make a model hold only its experts, the two
+ * Owns: the rank layout of the run (dist/layout.h: with PP 1 every rank is a data-parallel rank; EP groups
+ * of N consecutive data-parallel ranks of one pipeline stage split the routed experts), the refusals of a
+ * layout before any work (world not a multiple of N, N not dividing n_routed_experts, the config's n_group
+ * not the number of nodes an EP group spans when routing is node-limited), the model options that make a model hold only its experts, the two
  * parameter groups (everything replicated over the data-parallel ranks, the rank's experts over the ranks
  * holding the same experts), and the per-step traffic metrics (nodes per token, dispatch / combine /
  * cross-node bytes per rank) for the metrics record and the run's summary line.
@@ -22,12 +22,16 @@
 
 typedef struct {
     int ep;               /* expert-parallel ranks per group (1: none) */
+    int pp;               /* pipeline stages (1: none): EP groups are ranks of one stage */
     int ranks_per_node;   /* as given (0: the hosts) */
     int two_hop;          /* dispatch/combine in two hops (set after join) */
     ds_layout L;
     int have_layout;
     int *node;            /* [ep] node of each EP rank of this rank's group */
     ds_train_comm edp;    /* the expert_dp group as the trainer sees it */
+    ds_comm stage_edp;    /* under --pp with DualPipe or the whole model: the ranks holding this rank's experts */
+    int have_stage_edp;
+    ds_train_comm tstage_edp;
     /* the last step's traffic, over every rank of the run */
     int have_step;
     double nodes_mean, dispatch_bytes, combine_bytes, cross_node_bytes; /* bytes: mean per rank */
@@ -40,9 +44,10 @@ typedef struct {
 } ds_ep_run;
 
 /* Before any work: a usage error (one line naming the numbers) when the layout cannot hold, checked
- * without MPI for a world of one. world: the processes started (c NULL: one). Builds the layout when
- * ep > 1 (collective over c). */
-int ds_ep_run_join(ds_ep_run *r, const ds_comm *c, int ep, int ranks_per_node);
+ * without MPI for a world of one. world: the processes started (c NULL: one), PP x DP with pp pipeline
+ * stages (the caller checked that pp divides it); EP groups are ep consecutive DP ranks of one stage.
+ * Builds the layout when ep > 1 (collective over c). */
+int ds_ep_run_join(ds_ep_run *r, const ds_comm *c, int pp, int ep, int ranks_per_node);
 /* With the config known: N divides n_routed_experts; with node-limited routing (1 < topk_group <
  * n_group... any topk_group < n_group) n_group equals the nodes one EP group spans and the EP ranks
  * divide evenly over them. Usage errors. */
@@ -59,6 +64,11 @@ int ds_ep_run_step(ds_ep_run *r, ds_model *m, const ds_comm *c);
 void ds_ep_run_record(const ds_ep_run *r, ds_jsonw *w);
 /* The run's traffic on rank 0's log (nothing without EP or steps). */
 void ds_ep_run_summary(const ds_ep_run *r);
+/* Under --pp: the group over which the gradients (and ZeRO-1 moments) of this rank's experts meet, the
+ * ranks holding the same ones (NULL without EP): the stage's ranks with the same EP rank (expert_dp); under
+ * DualPipe (dual) those of both stages of the rank's pair, s and PP-1-s; with the whole model on every rank
+ * (whole) every rank with the same EP rank. Collective over world. */
+int ds_ep_run_stage_experts(ds_ep_run *r, const ds_comm *world, int dual, int whole, const ds_train_comm **out);
 void ds_ep_run_free(ds_ep_run *r);
 
 #endif

@@ -380,8 +380,29 @@ static int run_op(ds_pipe_net *p, const ds_train_micro_io *io, const ds_pipe_op 
     return p->err;
 }
 
+int ds_pipe_net_idle(void *pipe_net, int T, int backward, int mtp) {
+    ds_pipe_net *p = pipe_net;
+    const int s = stage_of(p, 0);
+    if (backward) return ds_model_ep_idle_stage_bwd(p->m, T, p->first[s], p->first[s + 1], mtp && s == p->pp - 1);
+    return ds_model_ep_idle_stage_fwd(p->m, T, p->first[s], p->first[s + 1], s == p->pp - 1);
+}
+
+/* expert parallelism: the stage's EP ranks (replicas) exchange inside every op, so their op lists, made for
+ * their micro-batch counts, must be the same */
+static int same_count_over_ep(const ds_pipe_net *p, int n) {
+    if (!p->o.ep_comm || p->o.ep_comm->size < 2) return 0;
+    double v[2] = {n, -n};
+    DS_TRY(ds_comm_allreduce_max_f64(p->o.ep_comm, v, 2));
+    if (v[0] != -v[1])
+        return ds_fail(DS_EUSAGE, "pipeline stage %d: its expert-parallel ranks have %d to %d micro-batches this step; "
+                       "they run one op list: the step's micro-batches must divide over the data-parallel replicas",
+                       stage_of(p, 0), (int)-v[1], (int)v[0]);
+    return 0;
+}
+
 int ds_pipe_net_run(void *pipe_net, const ds_train_micro_io *io) {
     ds_pipe_net *p = pipe_net;
+    if (!io->forward_only) DS_TRY(same_count_over_ep(p, io->n));
     if (io->n < 1) return 0;
     const ds_pipe_op *ops = NULL;
     int n_ops = 0;

@@ -41,6 +41,9 @@ typedef struct {
     const char *stages;    /* --stages spec, or NULL */
     int seq_len;           /* for the cost estimate */
     const ds_comm *pp_comm; /* rank = pipeline rank (the layout's stage) */
+    const ds_comm *ep_comm; /* the stage's expert-parallel group (NULL: none): its ranks, replicas of the
+                               same stage, run the same op list, so every replica needs as many
+                               micro-batches (checked each step) */
 } ds_pipe_opts;
 
 /* m: a training model on the CPU backend (not owned). */
@@ -49,6 +52,9 @@ void ds_pipe_net_free(ds_pipe_net *p);
 /* ds_train_net.run_micro: this rank's ops of the schedule over io->n micro-batches (forward_only: each
  * micro-batch through the stages in order). */
 int ds_pipe_net_run(void *pipe_net, const ds_train_micro_io *io);
+/* ds_train_net.idle for a pipelined net under expert parallelism: a validation round where this replica has
+ * no micro-batch takes part in the exchanges of the stage's layers (forward only: chunk 0, stage = rank). */
+int ds_pipe_net_idle(void *pipe_net, int T, int backward, int mtp);
 /* The layers of (this rank's) chunk: [*l0, *l1); -1 when the rank has no such chunk. */
 int ds_pipe_net_chunk_layers(const ds_pipe_net *p, int chunk, int *l0, int *l1);
 

@@ -54,8 +54,9 @@ int ds_pipe_groups_make(ds_pipe_groups *pg, const ds_layout *L, const ds_comm *w
     size_t exp_off, exp_n;
     ds_model_expert_range(m, &exp_off, &exp_n, NULL, NULL);
     const size_t n = ds_model_num_params(m);
-    if (whole) {
-        pg->g[pg->n++] = (ds_train_group){.offset = 0, .numel = n, .comm = &pg->tworld};
+    if (whole) { /* with --ep the experts meet over the ranks holding the same ones */
+        pg->g[pg->n++] = (ds_train_group){.offset = 0, .numel = exp_n && experts ? exp_off : n, .comm = &pg->tworld};
+        if (exp_n && experts) pg->g[pg->n++] = (ds_train_group){.offset = exp_off, .numel = exp_n, .comm = experts};
         return 0;
     }
     size_t at = 0;

@@ -10,8 +10,8 @@
  *   1F1B / ZB1P with MTP: the embedding on the first and the last stage (MTP looks its tokens up there)
  *   DualPipe: every tensor of stage s on pipeline ranks s and PP-1-s (the 2x parameters of its Table 2)
  * Every other tensor lives on one stage: its group is that stage's data-parallel ranks.
- * Routed experts under --ep are not handled here yet: the expert range of the model (after every other
- * tensor) gets the group the caller gives.
+ * Routed experts under --ep: the expert range of the model (after every other tensor) gets the group the
+ * caller gives (train/eprun.h ds_ep_run_stage_experts: the same tensors' holders with the same EP rank).
  */
 #ifndef DS_TRAIN_PIPEMEM_H
 #define DS_TRAIN_PIPEMEM_H
@@ -42,7 +42,8 @@ typedef struct {
  * over its holders when other stages hold it too, the rest of the replicated range over the chunks'
  * holders, the expert range [ds_model_expert_range) over `experts` (NULL: none may exist). whole: every
  * rank holds the whole model (a tool that needs it, ds-rl's rollouts): one group over the world, whose
- * sum adds each stage's gradients (zero elsewhere). Collective over world. */
+ * sum adds each stage's gradients (zero elsewhere), the expert range apart over `experts` when given.
+ * Collective over world. */
 int ds_pipe_groups_make(ds_pipe_groups *pg, const ds_layout *L, const ds_comm *world, ds_pipe_kind kind, const ds_model *m,
                         const ds_train_comm *experts, int whole);
 void ds_pipe_groups_free(ds_pipe_groups *pg);

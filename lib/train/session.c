@@ -226,10 +226,11 @@ static int join_data_parallel(ds_session *s);
 static int open_pipeline(ds_session *s) {
     const ds_pipe_kind kind = s->pipe_kind;
     ds_pipe_opts po = {.pp = s->o.pp, .kind = kind, .stages = s->o.stages, .seq_len = s->o.seq_len,
-                       .pp_comm = &s->layout.pp_comm};
+                       .pp_comm = &s->layout.pp_comm, .ep_comm = s->ep.have_layout ? &s->ep.L.ep_comm : NULL};
     DS_TRY(ds_pipe_net_create(&s->pipe, s->model, &po));
     s->net.run_micro = ds_pipe_net_run;
     s->net.micro_ctx = s->pipe;
+    if (s->net.idle) s->net.idle = ds_pipe_net_idle; /* expert parallelism: a validation round without a batch */
     char line[1024];
     int k = snprintf(line, sizeof line, "pipeline: %s, stage layers", ds_pipe_kind_name(kind));
     int *first = calloc((size_t)s->o.pp + 1, sizeof *first);
@@ -328,10 +329,7 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     s->resumed_step = -1;
     /* the ranks join before anything else, so every message names its rank and is printed once */
     int rc = join_data_parallel(s);
-    if (!rc && o->ep > 1 && o->pp > 1) /* the exchange plans are per layer, not per stored micro-batch */
-        rc = ds_fail(DS_EUSAGE, "--ep %d with --pp %d: expert parallelism inside pipeline stages is not available yet",
-                     o->ep, o->pp);
-    if (!rc) rc = ds_ep_run_join(&s->ep, s->have_comm ? &s->comm : NULL, o->ep, o->ranks_per_node);
+    if (!rc) rc = ds_ep_run_join(&s->ep, s->have_comm ? &s->comm : NULL, o->pp, o->ep, o->ranks_per_node);
     s->ep.two_hop = o->two_hop;
     if (!rc && o->two_hop && s->ep.ep <= 1)
         rc = ds_fail(DS_EUSAGE, "--two-hop exchanges tokens between expert-parallel ranks: it needs --ep above 1");
@@ -519,11 +517,17 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
         if ((per > 0 || kind == DS_PIPE_DUALPIPE) && ds_pipe_check(kind, s->o.pp, per)) /* a replica may idle */
             return ds_fail_ctx(DS_EUSAGE, "%d micro-batches per pipeline (batch %d / micro-batch %d / DP %d)", per,
                                (int)ds_sched_max(&to->batch), to->micro_batch, dp);
+        if (s->ep.ep > 1 && mb % dp) /* a stage's EP ranks are replicas running one op list (pipe.c checks each step) */
+            return ds_fail(DS_EUSAGE, "--ep %d with --pp %d: %d micro-batches per step (batch %d / micro-batch %d) do "
+                           "not divide over the %d data-parallel replicas", s->ep.ep, s->o.pp, mb,
+                           (int)ds_sched_max(&to->batch), to->micro_batch, dp);
     }
     DS_TRY(ds_trainer_create(&s->trainer, to, &s->net, train, val, loss, &h));
     DS_TRY(ds_ep_run_groups(&s->ep, s->trainer, s->model, s->have_comm ? &s->tcomm : NULL));
     if (s->pipe) { /* each range over the ranks holding it; the norm over the world (train/pipemem.h) */
-        DS_TRY(ds_pipe_groups_make(&s->pgroups, &s->layout, &s->comm, s->pipe_kind, s->model, NULL, s->o.pp_whole));
+        const ds_train_comm *experts;
+        DS_TRY(ds_ep_run_stage_experts(&s->ep, &s->comm, s->pipe_kind == DS_PIPE_DUALPIPE, s->o.pp_whole, &experts));
+        DS_TRY(ds_pipe_groups_make(&s->pgroups, &s->layout, &s->comm, s->pipe_kind, s->model, experts, s->o.pp_whole));
         DS_TRY(ds_trainer_set_groups(s->trainer, s->pgroups.g, s->pgroups.n, &s->pgroups.tworld));
     }
     if (s->o.resume) {

@@ -407,7 +407,7 @@ int ds_trainer_validate(ds_trainer *t, double *loss) {
         t->vbuf.rows = 0;
         DS_TRY(t->val->next(t->val, &t->vbuf, m));
         if (k % P == 0 && k + rank >= nb && t->net->idle) /* a round where this replica has none (expert parallelism) */
-            DS_TRY(t->net->idle(t->net->impl, t->o.seq_len, 0, 0));
+            DS_TRY(t->net->idle(t->net->run_micro ? t->net->micro_ctx : t->net->impl, t->o.seq_len, 0, 0));
         if (k % P != rank) continue;
         ds_batch b = ds_batch_buf_view(&t->vbuf, 0, m);
         int64_t n = ds_batch_buf_count_targets(&t->vbuf, 0, m);

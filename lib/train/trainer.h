@@ -66,7 +66,8 @@ typedef struct ds_train_net {
     double flops_per_token; /* training FLOPs per token at the run's sequence length (MFU); 0 = unknown */
     /* Optional (expert parallelism): a micro-batch without rows on a rank that has fewer micro-batches
      * than the others this step, so it still takes part in every exchange theirs make: the forward of
-     * sequences of T tokens (backward = 0), then its backward (mtp: whether dmtp would be given). */
+     * sequences of T tokens (backward = 0), then its backward (mtp: whether dmtp would be given). With
+     * run_micro it is called with micro_ctx, for validation rounds only (the net's op lists do the rest). */
     int (*idle)(void *impl, int T, int backward, int mtp);
     /* Optional: run a step's (or one validation micro-batch's) micro-batches in the net's own order
      * (pipeline stages: lib/train/pipe.h), calling io->done_fwd after each forward; the trainer then sums

@@ -14,10 +14,10 @@ setup() {
     [ -x "$DRIVER" ] || skip "test_moe_ep not built"
 }
 
-# np ep ranks-per-node
+# np ep ranks-per-node [slots: 1 = forwards stored in activation slots, backwards in reverse, W deferred]
 ep_model() {
-    run env DS_TEST_EP=$2 DS_TEST_RPN=$3 mpirun --oversubscribe -np $1 "$DRIVER"
-    echo "np=$1 ep=$2 rpn=$3: $output"
+    run env DS_TEST_EP=$2 DS_TEST_RPN=$3 DS_TEST_SLOTS=${4:-0} mpirun --oversubscribe -np $1 "$DRIVER"
+    echo "np=$1 ep=$2 rpn=$3 slots=${4:-0}: $output"
     [ "$status" -eq 0 ]
     [[ "$output" != *"not ok"* ]]
     [[ "$output" == *"gradients within"* ]]
@@ -25,6 +25,12 @@ ep_model() {
 
 @test "EP model: log-probs, expert loads and gradients of the one-process model (2 ranks, ep 2)" {
     ep_model 2 2 1
+}
+
+@test "EP model: forwards kept in activation slots (a pipeline stage's), backwards in reverse with W deferred" {
+    ep_model 2 2 1 1
+    [[ "$output" == *"3 activation slots with expert parallelism: ok"* ]]
+    ep_model 4 2 2 1
 }
 
 @test "EP model: 4 ranks, ep 4 on 4 nodes (at most topk_group nodes per token), and ep 2 beside dp" {

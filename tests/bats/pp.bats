@@ -45,14 +45,16 @@ print("worst relative difference over 20 steps: %.1e" % worst)
 PY
 }
 
-# the bytes each rank holds (log file $1) against the one-process parameter table: a rank holds its
-# chunks' decoder layers (DualPipe: stages r and PP-1-r), the embedding with stage 0 (and, 1F1B/ZB1P, with
-# the last stage for MTP), the final norm, head and MTP modules with the last stage; gradients as many;
+# the bytes each rank holds (log file $1) against the one-process parameter table (checkpoint $2, default
+# $T/one): a rank holds its chunks' decoder layers (DualPipe: stages r and PP-1-r), the embedding with
+# stage 0 (and, 1F1B/ZB1P, with the last stage for MTP), the final norm, head and MTP modules with the last
+# stage; gradients as many;
 # optimizer moments 8 bytes per value held (--no-zero), or under ZeRO-1 per value of the rank's slice of
 # each parameter group (1F1B/ZB1P with MTP: the embedding over stages 0 and PP-1's ranks, the rest over
-# the stage's DP ranks; DualPipe: everything over the ranks of stages s and PP-1-s)
+# the stage's DP ranks; DualPipe: everything over the ranks of stages s and PP-1-s); with --ep a rank
+# holds the routed experts of its EP rank, their moments sharded over the ranks holding the same ones
 mem_check() {
-    "$DS_PY" - "$T/one/model.safetensors" "$1" <<'PY'
+    "$DS_PY" - "${2:-$T/one}/model.safetensors" "$1" <<'PY'
 import re, sys
 from safetensors import safe_open
 text = open(sys.argv[2]).read()
@@ -68,7 +70,14 @@ with safe_open(sys.argv[1], "np") as f:
             numel[k] = f.get_slice(k).get_shape()
 numel = {k: int(__import__("numpy").prod(v)) for k, v in numel.items()}
 mtp = any(k.startswith("model.layers.%d." % L) for k in numel)
-def held(name, stages):
+# --ep: the routed experts of EP rank (dp rank mod EP), laid out after every other tensor, a group of their own
+ep = int((re.search(r"expert parallel: (\d+) ranks per group", text) or [0, 1])[1])
+E = 1 + max([int(k.split(".")[5]) for k in numel if ".mlp.experts." in k] + [0])
+def expert(name):
+    return int(name.split(".")[5]) if ".mlp.experts." in name else -1
+def held(name, stages, rank=0):
+    e = expert(name)
+    if e >= 0 and ep > 1 and e * ep // E != rank % dp % ep: return False
     last = pp - 1 in stages
     if name == "model.embed_tokens.weight": return 0 in stages or (last and mtp and kind != "DualPipe")
     if name in ("model.norm.weight", "lm_head.weight"): return last
@@ -80,14 +89,17 @@ def chunk(rank):
 want, want_opt = [], []
 zero = "optimizer sharded (ZeRO-1)" in text
 for rank in range(pp * dp):
-    n = sum(n for k, n in numel.items() if held(k, chunk(rank)))
+    n = sum(n for k, n in numel.items() if held(k, chunk(rank), rank))
     want.append(4 * n)
+    nx = sum(n for k, n in numel.items() if held(k, chunk(rank), rank) and expert(k) >= 0) if ep > 1 else 0
     # (values, holders) of each parameter group of this rank
     emb = numel["model.embed_tokens.weight"]
     if kind != "DualPipe" and mtp and pp > 1 and held("model.embed_tokens.weight", chunk(rank)):
-        groups = [(emb, [r for r in range(pp * dp) if held("model.embed_tokens.weight", chunk(r))]), (n - emb, None)]
+        groups = [(emb, [r for r in range(pp * dp) if held("model.embed_tokens.weight", chunk(r))]), (n - nx - emb, None)]
     else:
-        groups = [(n, None)]
+        groups = [(n - nx, None)]
+    if nx:
+        groups.append((nx, [r for r in range(pp * dp) if chunk(r) == chunk(rank) and r % dp % ep == rank % dp % ep]))
     opt = 0
     for v, holders in groups:
         holders = holders or [r for r in range(pp * dp) if chunk(r) == chunk(rank)]
@@ -237,17 +249,25 @@ stop_at() {
     [ "$n" -ge "$at" ] && [ "$n" -lt 20 ]
 }
 
+# resume_one DIR CHECK ARGS...: ds-pretrain ARGS resumes DIR (stopped at step n) in one process to step 20,
+# then CHECK (a command line) passes
+resume_one() {
+    local d=$1 check=$2
+    shift 2
+    run "$DS_BIN/ds-pretrain" "$@" -o "$d" --metrics "$d.jsonl" --resume "$d"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [[ "$output" == *"resuming at step $n of 20"* ]]
+    run $check
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+}
+
 @test "a run stopped under --pp 2 DualPipe resumes under --pp 4 1F1B, stopped again resumes in one process: the curve goes on" {
     local d=$BATS_TEST_TMPDIR/part n
     stop_at "$d" 5 mpi -np 2 "$DS_BIN/ds-pretrain" $ARGS --pp 2 --schedule dualpipe
     local n1=$n
     stop_at "$d" $((n1 + 4)) mpi -np 4 "$DS_BIN/ds-pretrain" $ARGS --pp 4 --resume "$d"
     grep -q "resuming at step $n1 of 20" "$d.err"
-    run "$DS_BIN/ds-pretrain" $ARGS -o "$d" --metrics "$d.jsonl" --resume "$d"
-    [ "$status" -eq 0 ] || { echo "$output"; false; }
-    [[ "$output" == *"resuming at step $n of 20"* ]]
-    run same_curve "$d.jsonl" "$d"
-    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    resume_one "$d" "same_curve $d.jsonl $d" $ARGS
     echo "# stopped at step $n1 (PP 2 DualPipe), at $n (PP 4 1F1B), resumed in one process: $output" >&3
 }
 
@@ -277,4 +297,94 @@ stop_at() {
     run --separate-stderr "$DS_BIN/ds-pretrain" $ARGS --schedule gpipe -o "$o"
     [ "$status" -eq 2 ]
     [[ "$stderr" == *"gpipe"* ]]
+}
+
+# ---- expert parallelism inside the stages: --pp 2 --ep 2 on 4 ranks (DP 2 per stage, one EP group each) ----
+# free4.json: cfg4.json with unlimited routing (n_group 1), so any EP group may span any nodes. V adds
+# validation with 3 micro-batches: one replica runs an empty one in the last round.
+ep_setup() {
+    "$DS_PY" -c '
+import json, sys
+c = json.load(open(sys.argv[1])); c["n_group"] = 1; c["topk_group"] = 1
+json.dump(c, open(sys.argv[2], "w"))' "$T/cfg4.json" "$T/free4.json"
+    EARGS="$ARGS --config $T/free4.json --val-frac 0.1 --val-every 10 --val-batches 3"
+    [ -f "$T/eone.jsonl" ] || "$DS_BIN/ds-pretrain" $EARGS -o "$T/eone" --metrics "$T/eone.jsonl" -q
+}
+
+# ep_curve REF RUN [EPREF]: RUN's step records against REF's (one process): loss, MTP, balance loss, grad
+# norm and validation loss within 1e-6 relative, the same expert loads (the balance records, exact),
+# identical expert biases on every rank (the steps run with --ep), the model files' tensors; with EPREF
+# (an --ep run without stages), every step's "ep" traffic record equal to its.
+ep_curve() {
+    "$DS_PY" - "$@" <<'PY'
+import json, sys
+from safetensors.numpy import load_file
+def steps(p):
+    return [r for r in map(json.loads, open(p + ".jsonl")) if "step" in r]
+ref, got = steps(sys.argv[1]), steps(sys.argv[2])
+assert [r["step"] for r in got] == list(range(1, 21)), [r["step"] for r in got]
+worst = 0.0
+for a, b in zip(ref, got):
+    for k in ("loss", "loss_mtp", "loss_bal", "grad_norm", "val_loss"):
+        if k not in a and k not in b:
+            continue
+        e = abs(a[k] - b[k]) / max(abs(a[k]), 1e-12)
+        assert e <= 1e-6, (a["step"], k, a[k], b[k])
+        worst = max(worst, e)
+    assert a["balance"] == b["balance"], (a["step"], "other experts picked", a["balance"], b["balance"])
+    assert b.get("ep", {"bias_spread": 0})["bias_spread"] == 0, (b["step"], "expert biases differ between ranks")
+assert sum("val_loss" in r for r in got) == 2
+w1, w2 = load_file(sys.argv[1] + "/model.safetensors"), load_file(sys.argv[2] + "/model.safetensors")
+assert sorted(w1) == sorted(w2) and all(w1[k].shape == w2[k].shape for k in w1)
+note = ""
+if len(sys.argv) > 3:
+    ep = steps(sys.argv[3])
+    assert [a["ep"] for a in ep] == [b["ep"] for b in got], "traffic differs from the run without stages"
+    note = ", traffic of --ep alone: %s" % json.dumps(got[-1]["ep"])
+print("worst relative difference over 20 steps: %.1e%s" % (worst, note))
+PY
+}
+
+# ep_run NAME ARGS...: mpirun -np 4 ds-pretrain EARGS ARGS into $BATS_TEST_TMPDIR/NAME
+ep_run() {
+    local out=$BATS_TEST_TMPDIR/$1
+    shift
+    run mpi -np 4 "$DS_BIN/ds-pretrain" $EARGS "$@" -o "$out" --metrics "$out.jsonl"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [ "$(printf '%s\n' "$output" | grep -c 'saved step 20')" -eq 1 ]
+    printf '%s\n' "$output" >"$out.log"
+}
+
+@test "--pp 2 --ep 2 (4 ranks, DP 2 per stage): 1F1B and DualPipe, ZeRO-1 on and off, follow the one-process curve" {
+    ep_setup
+    local d=$BATS_TEST_TMPDIR
+    # emulated nodes of one rank: the EP groups cross nodes; the traffic must be that of --ep 2 alone, whose
+    # micro-batch k also runs on EP rank k mod 2
+    ep_run ep --ep 2 --ranks-per-node 1
+    for run in "1f1b --no-zero" "1f1b" "dualpipe --no-zero" "dualpipe"; do
+        set -- $run
+        ep_run pp$1$2 --pp 2 --ep 2 --schedule $1 $2 --ranks-per-node 1
+        [[ "$output" == *"expert parallel: 2 ranks per group, 1 groups per pipeline stage, 2 node(s) per group"* ]]
+        run ep_curve "$T/eone" "$d/pp$1$2" "$d/ep"
+        [ "$status" -eq 0 ] || { echo "$output"; false; }
+        echo "# --pp 2 --ep 2 --schedule $run: $output" >&3
+        run mem_check "$d/pp$1$2.log" "$T/eone"
+        [ "$status" -eq 0 ] || { echo "$output"; false; }
+        echo "#   $output" >&3
+    done
+}
+
+@test "a run stopped under --pp 2 --ep 2 DualPipe resumes on one process, continuing the curve" {
+    ep_setup
+    local d=$BATS_TEST_TMPDIR/part n
+    stop_at "$d" 5 mpi -np 4 "$DS_BIN/ds-pretrain" $EARGS --pp 2 --ep 2 --schedule dualpipe
+    resume_one "$d" "ep_curve $T/eone $d" $EARGS
+    echo "# stopped at step $n, resumed on one process: $output" >&3
+}
+
+@test "--pp with --ep: micro-batches that do not divide over the replicas are refused" {
+    ep_setup
+    run --separate-stderr mpi -np 4 "$DS_BIN/ds-pretrain" $EARGS --pp 2 --ep 2 --batch 9 -o "$BATS_TEST_TMPDIR/x"
+    [ "$status" -ne 0 ]
+    [[ "$stderr" == *"ds-pretrain: error: --ep 2 with --pp 2: 9 micro-batches per step (batch 9 / micro-batch 1) do not divide over the 2 data-parallel replicas"* ]]
 }

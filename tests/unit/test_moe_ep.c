@@ -4,8 +4,9 @@
  * every micro-batch of every rank through the reference, then compares: log-probabilities, expert loads
  * (exact: the same experts are picked), replicated gradients summed over the data-parallel ranks and expert
  * gradients summed over the ranks holding the same experts, tensor by tensor (1e-5 of the tensor's largest
- * value, fp32). DS_TEST_EP sets the EP size (default: the world); DS_TEST_RPN the ranks per node. Run
- * alone it checks the one-rank layout (no expert moves). */
+ * value, fp32). DS_TEST_EP sets the EP size (default: the world); DS_TEST_RPN the ranks per node;
+ * DS_TEST_SLOTS=1 stores the forwards in activation slots as a pipeline stage does (below). Run alone it
+ * checks the one-rank layout (no expert moves). */
 #include "model_fixture.h"
 #include "tap.h"
 
@@ -105,8 +106,18 @@ TEST(ep_model_matches_the_one_process_model) {
               en == (ep > 1 ? (size_t)n_moe * ne * per_expert : 0),
           "%zu parameters (%zu in the expert range), whole model %zu", ds_model_num_params(m), en, ds_model_num_params(ref));
 
-    /* every rank but 0 has one micro-batch fewer: the last round it runs empty */
-    const int P = comm.size, NB = P + 1, rounds = (NB + P - 1) / P;
+    /* every rank but 0 has one micro-batch fewer: the last round it runs empty. DS_TEST_SLOTS=1: as a
+     * pipeline stage runs them, every round's forward stored in its own activation slot, then the backwards
+     * in reverse order with their weight gradients deferred (B), then the Ws in forward order: each
+     * backward must exchange by its own forward's plan. */
+    const char *sls = getenv("DS_TEST_SLOTS");
+    const int slots = sls && atoi(sls) > 0;
+    const int P = comm.size, NB = slots ? 2 * P + 1 : P + 1, rounds = (NB + P - 1) / P;
+    if (slots) {
+        rc = ds_model_act_slots(m, rounds);
+        CHECK(rc == 0, "%d activation slots with expert parallelism: %s", rounds, rc ? ds_errmsg() : "ok");
+        if (rc) return;
+    }
     ds_model_zero_grad(ref);
     ds_model_zero_grad(m);
     float dlogp[B * T], dmtp[B * T];
@@ -126,9 +137,10 @@ TEST(ep_model_matches_the_one_process_model) {
     ds_model_ep_stats(m, NULL, 1);
     for (int i = 0; !rc && i < rounds; i++) {
         int k = i * P + comm.rank;
-        if (k >= NB) {
+        if (slots) rc = ds_model_act_select(m, i);
+        if (!rc && k >= NB) {
             rc = ds_model_ep_idle_fwd(m, T);
-            if (!rc) rc = ds_model_ep_idle_bwd(m, T, 1);
+            if (!rc && !slots) rc = ds_model_ep_idle_bwd(m, T, 1);
             continue;
         }
         mb x;
@@ -149,8 +161,24 @@ TEST(ep_model_matches_the_one_process_model) {
         load_bad += memcmp(f.expert_load, fr.expert_load, n_load * sizeof(int32_t)) != 0;
         ds_model_free(probe);
         coefs(&x, dlogp, dmtp);
-        rc = ds_model_backward(m, &x.b, dlogp, dmtp);
+        if (!slots) rc = ds_model_backward(m, &x.b, dlogp, dmtp);
     }
+    for (int i = rounds - 1; slots && !rc && i >= 0; i--) { /* B, last stored first */
+        int k = i * P + comm.rank;
+        rc = ds_model_act_select(m, i);
+        if (!rc) rc = ds_model_wgrad_defer(m, i);
+        if (!rc && k >= NB) {
+            rc = ds_model_ep_idle_bwd(m, T, 1);
+        } else if (!rc) {
+            mb x;
+            make_mb(&x, k, cfg.vocab_size);
+            coefs(&x, dlogp, dmtp);
+            rc = ds_model_backward(m, &x.b, dlogp, dmtp);
+        }
+        int rc2 = ds_model_wgrad_defer(m, -1);
+        if (!rc) rc = rc2;
+    }
+    for (int i = 0; slots && !rc && i < rounds; i++) rc = ds_model_wgrad_run(m, i); /* W */
     CHECK(rc == 0, "EP forward/backward: %s", ds_errmsg());
     ds_model_ep_stats(m, &st, 0);
     CHECK(worst_logp < 1e-5, "log-probs (main and MTP) within %.2g of the one-process model's", worst_logp);
