@@ -260,11 +260,6 @@ static int pipe_hold(ds_session *s, ds_model_opts *mo) {
 static int open_model(ds_session *s, const ds_session_opts *o) {
     const ds_ops *ops;
     DS_TRY(ds_ops_for_device(o->device, &ops));
-    if (ds_ops_on_host(ops) && ds_session_rank(s) == 0) { /* which sgemm kernel runs (docs/DESIGN.md) */
-        char blas[320];
-        ds_ops_cpu_blas_note(blas, sizeof blas);
-        ds_info("blas    %s", blas);
-    }
     /* Before anything is built: refuse to replace what -o holds, and to share it with another writer
      * (rank 0 writes for all: the ranks have joined by now). */
     DS_TRY(ds_ckpt_check_out(o->out_dir, o->model_path, o->force, 1, o->resume));
@@ -502,6 +497,13 @@ int ds_session_start(ds_session *s, const ds_train_opts *to, ds_data_source *tra
 
 static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source *train, ds_data_source *val,
                          const ds_loss_hook *loss, const char *config_record) {
+    const ds_ops *ops;
+    /* which sgemm kernel runs (docs/DESIGN.md); in the header, after every input has been accepted */
+    if (!ds_ops_for_device(s->o.device, &ops) && ds_ops_on_host(ops) && ds_session_rank(s) == 0) {
+        char blas[320];
+        ds_ops_cpu_blas_note(blas, sizeof blas);
+        ds_info("blas    %s", blas);
+    }
     ds_session_log_seed(s);
     s->stop = ds_train_catch_signals();
     ds_train_hooks h = {.save = save_hook, .ctx = s, .stop = s->stop, .step_record = session_step_record,
