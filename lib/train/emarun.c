@@ -10,7 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The floats this rank averages: see the header. */
+/* The floats this rank averages: see the header. rank: among the ranks holding the same tensors as this
+ * one (a pipeline stage's data-parallel ranks; the world without pipeline stages). */
 static void kept_range(ds_model *m, const ds_ep_run *ep, int rank, size_t *off, size_t *n) {
     const size_t all = ds_model_num_params(m);
     *off = 0, *n = 0;
@@ -39,8 +40,10 @@ static int host_weights(ds_model *m, size_t off, size_t n, float *dst, const flo
     return ops->status();
 }
 
-int ds_ema_run_start(ds_ema_run *r, ds_model *m, const ds_ep_run *ep, int rank, double decay, const char *resume_dir) {
+int ds_ema_run_start(ds_ema_run *r, ds_model *m, const ds_ep_run *ep, int rank, int stages, int log, double decay,
+                     const char *resume_dir) {
     memset(r, 0, sizeof *r);
+    r->gather = stages || (ep && ep->have_layout);
     if (!(decay > 0)) return 0;
     size_t off, n;
     kept_range(m, ep, rank, &off, &n);
@@ -75,7 +78,7 @@ int ds_ema_run_start(ds_ema_run *r, ds_model *m, const ds_ep_run *ep, int rank, 
     for (int i = 0; !rc && i < r->n_info; i++) /* by name: the checkpoint may come from another layout */
         rc = ds_ckpt_read_f32(ck, r->info[i].name, r->info[i].ndim, r->info[i].shape, avg + r->info[i].offset);
     ds_ckpt_close(ck);
-    if (!rc && rank == 0) ds_info("ema     decay %g, continued from %s", decay, dir);
+    if (!rc && log) ds_info("ema     decay %g, continued from %s", decay, dir);
     return rc;
 }
 
@@ -92,10 +95,10 @@ int ds_ema_run_submit(ds_ema_run *r, ds_model *m) {
     return rc;
 }
 
-int ds_ema_run_gather(ds_ema_run *r, const ds_model *m, const ds_ep_run *ep, const ds_comm *c, const float **values) {
+int ds_ema_run_gather(ds_ema_run *r, const ds_model *m, const ds_comm *c, const float **values) {
     *values = NULL;
     if (r->ema) ds_ema_wait(r->ema); /* the update of the last step is in */
-    if (!ep || !ep->have_layout) {
+    if (!r->gather) {
         if (r->ema) *values = ds_ema_values(r->ema);
         return 0;
     }

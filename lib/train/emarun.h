@@ -10,8 +10,12 @@
  * Data-parallel replicas hold the same weights, so without expert parallelism rank 0 averages the whole
  * model. With --ep N (train/eprun.h) rank 0 averages everything it holds (the replicated tensors and
  * its experts) and EP ranks 1..N-1 of the first EP group their experts only (the floats from
- * ds_model_expert_range on); the other groups keep none. Host memory: two floats (average and snapshot)
- * per averaged parameter on those ranks; rank 0 also gathers the whole average before a save.
+ * ds_model_expert_range on); the other groups keep none. Pipeline stages (--pp, train/pipemem.h) apply
+ * the same rule inside each stage's data-parallel ranks: the stage's first replica averages its layers
+ * (and, with --ep, its first EP group the stage's experts); a tensor two stages hold (1F1B's shared
+ * embedding, DualPipe's stage pairs) is averaged on both, identically, and the gather takes the lowest
+ * rank's. Host memory: two floats (average and snapshot) per averaged parameter on those ranks; rank 0
+ * also gathers the whole average before a save.
  */
 #ifndef DS_TRAIN_EMARUN_H
 #define DS_TRAIN_EMARUN_H
@@ -32,20 +36,24 @@ typedef struct {
     size_t off;      /* the parameters [off, off + n) of the rank's model are averaged */
     ds_param *info;  /* the model's tensors in that range, offsets relative to off */
     int n_info;
-    ds_distckpt_full full; /* expert parallelism: the one-process table, and on rank 0 the gathered average */
+    ds_distckpt_full full; /* expert parallelism, stages: the one-process table, and on rank 0 the gathered average */
+    int gather;            /* the ranks hold different tensors (--ep, --pp stages): gathered for a save */
 } ds_ema_run;
 
-/* Start the average on the ranks that keep one (rank: this process's in the data-parallel world; ep:
- * the run's expert parallelism, or NULL) from the model's current weights, or from resume_dir/ema when
- * resume_dir is given and holds one (continued bit for bit; a warning and the current weights when it
- * does not). decay <= 0: nothing. Not collective. */
-int ds_ema_run_start(ds_ema_run *r, ds_model *m, const ds_ep_run *ep, int rank, double decay, const char *resume_dir);
+/* Start the average on the ranks that keep one (rank: this process's among the data-parallel ranks that
+ * hold the same tensors, i.e. its stage's with stages, else the world's; stages: the ranks hold
+ * different pipeline stages; ep: the run's expert parallelism, or NULL; log: this rank reports) from
+ * the model's current weights, or from resume_dir/ema when resume_dir is given and holds one (continued
+ * bit for bit; a warning and the current weights when it does not). decay <= 0: nothing. Not collective. */
+int ds_ema_run_start(ds_ema_run *r, ds_model *m, const ds_ep_run *ep, int rank, int stages, int log, double decay,
+                     const char *resume_dir);
 /* After an optimizer step: the weights to the averaging thread (nothing on a rank without an average). */
 int ds_ema_run_submit(ds_ema_run *r, ds_model *m);
-/* Before a save, on every rank (collective over c under expert parallelism; c may be NULL without):
- * the finished average of the whole model, on rank 0 in the layout the checkpoint writes (under
- * expert parallelism the one-process model's, ds_model_layout; else the model's own); NULL elsewhere. */
-int ds_ema_run_gather(ds_ema_run *r, const ds_model *m, const ds_ep_run *ep, const ds_comm *c, const float **values);
+/* Before a save, on every rank (collective over c when the ranks hold different tensors, --ep or --pp
+ * stages; c may be NULL otherwise): the finished average of the whole model, on rank 0 in the layout
+ * the checkpoint writes (then the one-process model's, ds_model_layout; else the model's own); NULL
+ * elsewhere. */
+int ds_ema_run_gather(ds_ema_run *r, const ds_model *m, const ds_comm *c, const float **values);
 void ds_ema_run_free(ds_ema_run *r);
 
 #endif

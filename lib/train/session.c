@@ -127,11 +127,11 @@ static int add_checkpoint(ds_ckpt_writer *w, ds_session *s, int opt_file, const 
 
 int ds_session_save(ds_session *s, const char *dir) {
     /* expert parallelism, pipeline stages: every rank's tensors onto rank 0 first, so the files are the
-     * one-process run's; --ep's EMA likewise from the ranks that keep it */
+     * one-process run's; the EMA likewise from the ranks that keep it */
     if (s->ep.have_layout || s->pipe_partial)
         DS_TRY(ds_distckpt_gather_model(&s->full, s->model, &s->comm, 0, ds_model_params(s->model)));
     const float *ema = NULL;
-    if (s->o.ema > 0) DS_TRY(ds_ema_run_gather(&s->ema, s->model, &s->ep, s->have_comm ? &s->comm : NULL, &ema));
+    if (s->o.ema > 0) DS_TRY(ds_ema_run_gather(&s->ema, s->model, s->have_comm ? &s->comm : NULL, &ema));
     ds_zero *z = ds_trainer_zero(s->trainer);
     const int world = s->have_comm ? s->comm.size : 1, rank = ds_session_rank(s);
     /* pipeline stages hold different tensors: each rank writes its own moments */
@@ -328,8 +328,6 @@ int ds_session_open(ds_session *s, const ds_session_opts *o) {
     s->ep.two_hop = o->two_hop;
     if (!rc && o->two_hop && s->ep.ep <= 1)
         rc = ds_fail(DS_EUSAGE, "--two-hop exchanges tokens between expert-parallel ranks: it needs --ep above 1");
-    if (!rc && o->pp > 1 && !o->pp_whole && o->ema > 0)
-        rc = ds_fail(DS_EUSAGE, "--ema with --pp %d: the EMA needs every layer on one rank (not yet)", o->pp);
     if (!rc && s->have_comm) { /* one run, one seed: a drawn seed differs from process to process */
         rc = ds_comm_bcast_u64(&s->comm, &s->o.seed);
         if (!rc && o->seed_share) *o->seed_share = s->o.seed;
@@ -456,7 +454,9 @@ static int session_micro_done(void *ctx, ds_trainer *t) {
  * has one (the run then continues its average bit for bit), else the current weights; each tensor's on
  * one rank (train/emarun.h). */
 static int start_ema(ds_session *s) {
-    return ds_ema_run_start(&s->ema, s->model, &s->ep, ds_session_rank(s), s->o.ema, s->resumed_step >= 0 ? s->resume_dir : NULL);
+    const int rank = s->pipe_partial ? s->layout.dp_rank : ds_session_rank(s);
+    return ds_ema_run_start(&s->ema, s->model, &s->ep, rank, s->pipe_partial, ds_session_rank(s) == 0, s->o.ema,
+                            s->resumed_step >= 0 ? s->resume_dir : NULL);
 }
 
 /* Bytes of parameters, gradients and optimizer state on each rank (what the layout predicts), and the

@@ -181,3 +181,42 @@ for name in W[0]:
 print(f"ok: EMA within {worst:.2g} of the one-process run's")
 PY
 }
+
+@test "--pp: each stage's first replica averages its layers; across 1F1B, DP and DualPipe layouts the gathered EMA follows the recurrence bit for bit" {
+    load mpi_helpers
+    D="$BATS_TEST_TMPDIR"
+    A="--peak-tflops 0.1 --threads 1 --seed 1 --data $T/shards --batch 4 --micro-batch 1 --seq-len 64 --lr 1e-2 --log-every 0 --ema 0.9"
+    "$DS_BIN/ds-pretrain" $A -m "$T/base" -o "$D/one" --steps 3 -q
+    # PP 2 (1F1B: the embedding on both stages, for MTP), then PP 2 x DP 2, then PP 2 under DualPipe
+    run mpi -np 2 "$DS_BIN/ds-pretrain" $A -m "$T/base" -o "$D/run" --steps 1 --pp 2
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [ "$(printf '%s\n' "$output" | grep -c 'ema .* per step handing the weights over (1 steps)')" -eq 1 ]
+    cp -r "$D/run" "$D/s1"
+    mpi -np 4 "$DS_BIN/ds-pretrain" $A -m "$T/base" --resume "$D/run" -o "$D/run" --steps 2 --pp 2 -q
+    cp -r "$D/run" "$D/s2"
+    mpi -np 2 "$DS_BIN/ds-pretrain" $A -m "$T/base" --resume "$D/run" -o "$D/run" --steps 3 --pp 2 --schedule dualpipe -q
+    "$DS_PY" - "$T/base" "$D" <<'PY'
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+base, d = sys.argv[1], sys.argv[2]
+W = [load_file(f"{base}/model.safetensors")] + [load_file(f"{d}/{s}/model.safetensors") for s in ("s1", "s2", "run")]
+E = [None] + [load_file(f"{d}/{s}/ema/model.safetensors") for s in ("s1", "s2", "run")]
+one_w, one_e = load_file(f"{d}/one/model.safetensors"), load_file(f"{d}/one/ema/model.safetensors")
+a, b = np.float32(0.9), np.float32(1 - 0.9)
+assert list(E[3]) == list(one_e), "the one-process layout"
+worst = 0
+for name in W[0]:
+    if name.endswith("e_score_correction_bias"):
+        continue
+    ref = W[0][name]
+    for k in (1, 2, 3):
+        ref = a * ref + b * W[k][name]
+        assert np.array_equal(E[k][name], ref), f"{name} step {k}: max diff {np.abs(E[k][name] - ref).max()}"
+    dw = float(np.abs(W[3][name] - one_w[name]).max())
+    de = float(np.abs(E[3][name] - one_e[name]).max())
+    assert de <= dw + 1e-7, (name, de, dw)
+    worst = max(worst, de)
+print(f"ok: EMA within {worst:.2g} of the one-process run's")
+PY
+}
