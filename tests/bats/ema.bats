@@ -18,6 +18,38 @@ pretrain() {
         --seq-len 64 --lr 1e-2 --log-every 0 "$@"
 }
 
+
+# A run over several layouts from BASE, saved after steps 1, 2, 3 in D/s1, D/s2, D/run, against the
+# one-process run D/one: every step's gathered EMA is the recurrence over the gathered weights bit for
+# bit, and it differs from the one-process EMA no more than the weights it averages do.
+check_gathered_ema() {
+    "$DS_PY" - "$1" "$2" <<'PY'
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+base, d = sys.argv[1], sys.argv[2]
+W = [load_file(f"{base}/model.safetensors")] + [load_file(f"{d}/{s}/model.safetensors") for s in ("s1", "s2", "run")]
+E = [None] + [load_file(f"{d}/{s}/ema/model.safetensors") for s in ("s1", "s2", "run")]
+one_w, one_e = load_file(f"{d}/one/model.safetensors"), load_file(f"{d}/one/ema/model.safetensors")
+a, b = np.float32(0.9), np.float32(1 - 0.9)
+assert list(E[3]) == list(one_e), "the one-process layout"
+assert [n for n in W[0] if ".experts." in n]
+worst = 0
+for name in W[0]:
+    if name.endswith("e_score_correction_bias"):
+        continue
+    ref = W[0][name]
+    for k in (1, 2, 3):
+        ref = a * ref + b * W[k][name]
+        assert np.array_equal(E[k][name], ref), f"{name} step {k}: max diff {np.abs(E[k][name] - ref).max()}"
+    dw = float(np.abs(W[3][name] - one_w[name]).max())
+    de = float(np.abs(E[3][name] - one_e[name]).max())
+    assert de <= dw + 1e-7, (name, de, dw)
+    worst = max(worst, de)
+print(f"ok: EMA within {worst:.2g} of the one-process run's")
+PY
+}
+
 @test "--help documents --ema; out-of-range decays are usage errors naming the option" {
     run "$DS_BIN/ds-pretrain" --help
     [[ "$output" == *"--ema DECAY"*"OUT/ema"* ]]
@@ -153,33 +185,7 @@ json.dump(c, open(sys.argv[2], "w"))' "$DS_ROOT/share/configs/tiny.json" "$D/fre
     mpi -np 4 "$DS_BIN/ds-pretrain" $A -m "$D/base" --resume "$D/run" -o "$D/run" --steps 2 --ep 4 -q
     cp -r "$D/run" "$D/s2"
     mpi -np 4 "$DS_BIN/ds-pretrain" $A -m "$D/base" --resume "$D/run" -o "$D/run" --steps 3 --ep 2 -q
-    "$DS_PY" - "$D" <<'PY'
-import sys
-import numpy as np
-from safetensors.numpy import load_file
-d = sys.argv[1]
-W = [load_file(f"{d}/base/model.safetensors")] + [load_file(f"{d}/{s}/model.safetensors") for s in ("s1", "s2", "run")]
-E = [None] + [load_file(f"{d}/{s}/ema/model.safetensors") for s in ("s1", "s2", "run")]
-one_w, one_e = load_file(f"{d}/one/model.safetensors"), load_file(f"{d}/one/ema/model.safetensors")
-a, b = np.float32(0.9), np.float32(1 - 0.9)
-assert list(E[3]) == list(one_e), "the one-process layout"
-experts = [n for n in W[0] if ".experts." in n]
-assert experts
-worst = 0
-for name in W[0]:
-    if name.endswith("e_score_correction_bias"):
-        continue
-    ref = W[0][name]
-    for k in (1, 2, 3):
-        ref = a * ref + b * W[k][name]
-        assert np.array_equal(E[k][name], ref), f"{name} step {k}: max diff {np.abs(E[k][name] - ref).max()}"
-    # against the one-process run: the EMA differs no more than the weights it averages do
-    dw = float(np.abs(W[3][name] - one_w[name]).max())
-    de = float(np.abs(E[3][name] - one_e[name]).max())
-    assert de <= dw + 1e-7, (name, de, dw)
-    worst = max(worst, de)
-print(f"ok: EMA within {worst:.2g} of the one-process run's")
-PY
+    check_gathered_ema "$D/base" "$D"
 }
 
 @test "--pp: each stage's first replica averages its layers; across 1F1B, DP and DualPipe layouts the gathered EMA follows the recurrence bit for bit" {
@@ -195,28 +201,5 @@ PY
     mpi -np 4 "$DS_BIN/ds-pretrain" $A -m "$T/base" --resume "$D/run" -o "$D/run" --steps 2 --pp 2 -q
     cp -r "$D/run" "$D/s2"
     mpi -np 2 "$DS_BIN/ds-pretrain" $A -m "$T/base" --resume "$D/run" -o "$D/run" --steps 3 --pp 2 --schedule dualpipe -q
-    "$DS_PY" - "$T/base" "$D" <<'PY'
-import sys
-import numpy as np
-from safetensors.numpy import load_file
-base, d = sys.argv[1], sys.argv[2]
-W = [load_file(f"{base}/model.safetensors")] + [load_file(f"{d}/{s}/model.safetensors") for s in ("s1", "s2", "run")]
-E = [None] + [load_file(f"{d}/{s}/ema/model.safetensors") for s in ("s1", "s2", "run")]
-one_w, one_e = load_file(f"{d}/one/model.safetensors"), load_file(f"{d}/one/ema/model.safetensors")
-a, b = np.float32(0.9), np.float32(1 - 0.9)
-assert list(E[3]) == list(one_e), "the one-process layout"
-worst = 0
-for name in W[0]:
-    if name.endswith("e_score_correction_bias"):
-        continue
-    ref = W[0][name]
-    for k in (1, 2, 3):
-        ref = a * ref + b * W[k][name]
-        assert np.array_equal(E[k][name], ref), f"{name} step {k}: max diff {np.abs(E[k][name] - ref).max()}"
-    dw = float(np.abs(W[3][name] - one_w[name]).max())
-    de = float(np.abs(E[3][name] - one_e[name]).max())
-    assert de <= dw + 1e-7, (name, de, dw)
-    worst = max(worst, de)
-print(f"ok: EMA within {worst:.2g} of the one-process run's")
-PY
+    check_gathered_ema "$T/base" "$D"
 }
