@@ -140,12 +140,14 @@ tokenizer.json" ]
     "$DS_BIN/ds-tokenize" decode -t "$T/tok.json" "$d/shards/000000.tok" | cmp - "$T/chat.jsonl"
 }
 
-# A 60-step run into $BATS_TEST_TMPDIR/run in the background, saving every step (so whoever comes
-# next meets the lock after directory swaps); returns once step 3 is saved, its pid in $BATS_TEST_TMPDIR/pid.
+# A run into $BATS_TEST_TMPDIR/run in the background, saving every step (so whoever comes next meets the
+# lock after directory swaps), long enough to outlast any check (the caller stops it); returns once
+# step 3 is saved, its pid in $BATS_TEST_TMPDIR/pid. (A fixed 60 steps could finish before the checks
+# did once the GEMMs ran on the right OpenBLAS kernel.)
 background_run() {
     local d=$BATS_TEST_TMPDIR
     "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 1 --data "$T/shards" --seq-len 32 --batch 2 -m "$T/base" \
-        -o "$d/run" --steps 60 --save-every 1 --log-every 0 -q &
+        -o "$d/run" --steps 1000000 --save-every 1 --log-every 0 -q &
     echo "$!" >"$d/pid"
     for _ in $(seq 3000); do
         [ -f "$d/run/trainer_state.json" ] && grep -q '"step":[3-9]' "$d/run/trainer_state.json" && break
@@ -153,7 +155,12 @@ background_run() {
     done
 }
 
-@test "one writer per directory: a second training run into the same -o is refused, the first finishes" {
+# The step the run in $BATS_TEST_TMPDIR/run saved last.
+saved_step() {
+    grep -o '"step":[0-9]*' "$BATS_TEST_TMPDIR/run/trainer_state.json" | head -1 | cut -d: -f2
+}
+
+@test "one writer per directory: a second training run into the same -o is refused, the first goes on" {
     local d=$BATS_TEST_TMPDIR
     background_run
     local pid=$(cat "$d/pid")
@@ -168,11 +175,17 @@ hint: wait for it to finish, or write to another directory" ]
     run --separate-stderr "$DS_BIN/ds-quantize" -q -m "$T/base" -o "$d/run" --to fp8 --force
     [ "$status" -eq 1 ]
     [[ "$stderr" == "ds-quantize: error: output directory in use: another process (pid $pid) is writing it: $d/run"* ]]
-    wait "$pid"
-    grep -q '"step":60,' "$d/run/trainer_state.json"
+    kill -0 "$pid" # the first run is still training
+    kill -TERM "$pid"
+    local rc=0
+    wait "$pid" || rc=$?
+    [ "$rc" -eq 143 ] # stopped after saving
     [ ! -e "$d/run/.lock" ]
+    local step=$(saved_step)
+    [ "$step" -ge 3 ]
     # and now the directory is free again
-    pretrain -m "$T/base" -o "$d/run" --resume "$d/run" --steps 61
+    pretrain -m "$T/base" -o "$d/run" --resume "$d/run" --steps $((step + 1))
+    grep -q "\"step\":$((step + 1))," "$d/run/trainer_state.json"
 }
 
 @test "one writer per directory: a writer killed with SIGKILL leaves no lock behind; --resume continues" {
@@ -182,8 +195,9 @@ hint: wait for it to finish, or write to another directory" ]
     kill -KILL "$pid"
     wait "$pid" || true
     [ "$(cat "$d/run/.lock")" = "$pid" ] # the file stays; the kernel dropped the lock with the process
-    pretrain -m "$T/base" -o "$d/run" --resume "$d/run" --steps 61
-    grep -q '"step":61,' "$d/run/trainer_state.json"
+    local step=$(saved_step)
+    pretrain -m "$T/base" -o "$d/run" --resume "$d/run" --steps $((step + 1))
+    grep -q "\"step\":$((step + 1))," "$d/run/trainer_state.json"
     [ ! -e "$d/run/.lock" ]
 }
 
