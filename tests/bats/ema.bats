@@ -50,6 +50,26 @@ print(f"ok: EMA within {worst:.2g} of the one-process run's")
 PY
 }
 
+# From BASE with the options OPTS, one step on each of three layouts ("NP OPTIONS...": mpirun's -np, then
+# the layout's options), each resuming the last, saved in $BATS_TEST_TMPDIR/s1, s2 and run; then
+# check_gathered_ema against the one-process run in $BATS_TEST_TMPDIR/one.
+ema_over_layouts() {
+    local base=$1 opts=$2 D=$BATS_TEST_TMPDIR k=1 layout
+    shift 2
+    for layout in "$@"; do
+        local np=${layout%% *} resume=""
+        [ "$k" -gt 1 ] && resume="--resume $D/run"
+        run mpi -np "$np" "$DS_BIN/ds-pretrain" $opts -m "$base" $resume -o "$D/run" --steps "$k" ${layout#* }
+        [ "$status" -eq 0 ] || { echo "$output"; false; }
+        if [ "$k" -eq 1 ]; then # rank 0 reports the hand-over once
+            [ "$(printf '%s\n' "$output" | grep -c 'ema .* per step handing the weights over (1 steps)')" -eq 1 ]
+        fi
+        [ "$k" -lt 3 ] && cp -r "$D/run" "$D/s$k"
+        k=$((k + 1))
+    done
+    check_gathered_ema "$base" "$D"
+}
+
 @test "--help documents --ema; out-of-range decays are usage errors naming the option" {
     run "$DS_BIN/ds-pretrain" --help
     [[ "$output" == *"--ema DECAY"*"OUT/ema"* ]]
@@ -178,14 +198,7 @@ json.dump(c, open(sys.argv[2], "w"))' "$DS_ROOT/share/configs/tiny.json" "$D/fre
     A="--peak-tflops 0.1 --threads 1 --seed 1 --data $T/shards --batch 4 --micro-batch 1 --seq-len 64 --lr 1e-2 --log-every 0 --ema 0.9"
     "$DS_BIN/ds-pretrain" $A -m "$D/base" -o "$D/one" --steps 3 -q
     # 2 ranks --ep 2 for a step, then 4 ranks --ep 4, then 4 ranks --ep 2 (each rank reads its tensors by name)
-    run mpi -np 2 "$DS_BIN/ds-pretrain" $A -m "$D/base" -o "$D/run" --steps 1 --ep 2
-    [ "$status" -eq 0 ] || { echo "$output"; false; }
-    [ "$(printf '%s\n' "$output" | grep -c 'ema .* per step handing the weights over (1 steps)')" -eq 1 ]
-    cp -r "$D/run" "$D/s1"
-    mpi -np 4 "$DS_BIN/ds-pretrain" $A -m "$D/base" --resume "$D/run" -o "$D/run" --steps 2 --ep 4 -q
-    cp -r "$D/run" "$D/s2"
-    mpi -np 4 "$DS_BIN/ds-pretrain" $A -m "$D/base" --resume "$D/run" -o "$D/run" --steps 3 --ep 2 -q
-    check_gathered_ema "$D/base" "$D"
+    ema_over_layouts "$D/base" "$A" "2 --ep 2" "4 --ep 4" "4 --ep 2"
 }
 
 @test "--pp: each stage's first replica averages its layers; across 1F1B, DP and DualPipe layouts the gathered EMA follows the recurrence bit for bit" {
@@ -194,12 +207,5 @@ json.dump(c, open(sys.argv[2], "w"))' "$DS_ROOT/share/configs/tiny.json" "$D/fre
     A="--peak-tflops 0.1 --threads 1 --seed 1 --data $T/shards --batch 4 --micro-batch 1 --seq-len 64 --lr 1e-2 --log-every 0 --ema 0.9"
     "$DS_BIN/ds-pretrain" $A -m "$T/base" -o "$D/one" --steps 3 -q
     # PP 2 (1F1B: the embedding on both stages, for MTP), then PP 2 x DP 2, then PP 2 under DualPipe
-    run mpi -np 2 "$DS_BIN/ds-pretrain" $A -m "$T/base" -o "$D/run" --steps 1 --pp 2
-    [ "$status" -eq 0 ] || { echo "$output"; false; }
-    [ "$(printf '%s\n' "$output" | grep -c 'ema .* per step handing the weights over (1 steps)')" -eq 1 ]
-    cp -r "$D/run" "$D/s1"
-    mpi -np 4 "$DS_BIN/ds-pretrain" $A -m "$T/base" --resume "$D/run" -o "$D/run" --steps 2 --pp 2 -q
-    cp -r "$D/run" "$D/s2"
-    mpi -np 2 "$DS_BIN/ds-pretrain" $A -m "$T/base" --resume "$D/run" -o "$D/run" --steps 3 --pp 2 --schedule dualpipe -q
-    check_gathered_ema "$T/base" "$D"
+    ema_over_layouts "$T/base" "$A" "2 --pp 2" "4 --pp 2" "2 --pp 2 --schedule dualpipe"
 }
