@@ -32,7 +32,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
 if [ "$STEPS" = probe ]; then
     make -s -C "$ROOT" -j2 objects >/dev/null
-    LIB=$(ls -t "$ROOT"/build/*/libds.a | head -1)
+    LIB=$(ls -t "$ROOT"/build/rel*/libds.a | head -1) # the release build, not SANITIZE=1 objects
     # shellcheck disable=SC2046
     cc -O2 -std=c11 -D_GNU_SOURCE -fopenmp -I"$ROOT/lib" $(pkg-config --cflags ompi-c) "$ROOT/bench/plan_probe.c" "$LIB" \
         $(ls "$(dirname "$LIB")"/libds_cuda.a 2>/dev/null) $(pkg-config --libs openblas jansson libzstd libpcre2-8 ompi-c libpng freetype2) \
