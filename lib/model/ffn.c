@@ -6,6 +6,7 @@
  * gathered, run through grouped GEMMs, and scattered back weighted. */
 #include "model/internal.h"
 #include "model/moe.h"
+#include "model/moe_fp8.h"
 
 #include "core/err.h"
 
@@ -61,9 +62,11 @@ int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const
         for (int e = 0; e < ne; e++) load[e] = (int32_t)(t->off_h[e + 1] - t->off_h[e]);
     int mv = (int)t->off_h[ne];
     ops->moe_gather(s->xg, x, t->order, mv, K, D);
-    lin->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge, Ie);
-    lin->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue, Ie);
+    m->lin_xe->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge, Ie);
+    m->lin_xe->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue, Ie);
     ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)mv * Ie);
+    ds_moe_fp8_put(m, &t->ge8, t->ge, mv, Ie);
+    ds_moe_fp8_put(m, &t->ue8, t->ue, mv, Ie);
     lin->gemm_rows(ne, t->off_h, 1, D, Ie, 1.0f, s->acte, Ie, lw->exp_down + e0 * mat, mat, Ie, 0.0f, s->ye, D);
     ops->moe_combine(y, s->ye, w, t->where, rows, K, D);
     return 0;
@@ -84,11 +87,13 @@ void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, cons
     (void)idx;
     /* recompute the dispatched inputs and the expert activations */
     ops->moe_gather(s->xg, x, t->order, mv, K, D);
+    ds_moe_fp8_get(m, &t->ge8, t->ge, mv, Ie);
+    ds_moe_fp8_get(m, &t->ue8, t->ue, mv, Ie);
     ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)mv * Ie);
 
     /* combine backward: dy per dispatched row, through W_down (z), the routing weights (dw) */
     ops->moe_gather(s->dyg, dy, t->order, mv, K, D);
-    lin->gemm_rows(ne, t->off_h, 0, Ie, D, 1.0f, s->dyg, D, Wd, mat, Ie, 0.0f, s->dge, Ie);
+    m->lin_xe->gemm_rows(ne, t->off_h, 0, Ie, D, 1.0f, s->dyg, D, Wd, mat, Ie, 0.0f, s->dge, Ie);
     ops->zero(dw, sizeof(float) * (size_t)rows * K);
     ops->moe_combine_bwd(s->dge, dw, s->dge, s->acte, w, t->order, mv, Ie);
     ops->moe_scale_rows(s->acte, w, t->order, mv, Ie);
@@ -96,8 +101,8 @@ void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, cons
 
     /* experts' gate/up backward, then the dispatch's backward into dx */
     ops->swiglu_bwd(s->dge, s->due, s->dge, t->ge, t->ue, (size_t)mv * Ie);
-    ds_wgrad_grouped(m, lin, ne, t->off_h, Ie, D, s->dge, Ie, s->xg, D, gWg, mat, D);
-    ds_wgrad_grouped(m, lin, ne, t->off_h, Ie, D, s->due, Ie, s->xg, D, gWu, mat, D);
+    ds_wgrad_grouped(m, m->lin_xe, ne, t->off_h, Ie, D, s->dge, Ie, s->xg, D, gWg, mat, D);
+    ds_wgrad_grouped(m, m->lin_xe, ne, t->off_h, Ie, D, s->due, Ie, s->xg, D, gWu, mat, D);
     lin->gemm_rows(ne, t->off_h, 0, D, Ie, 1.0f, s->dge, Ie, Wg, mat, D, 0.0f, s->dxg, D);
     lin->gemm_rows(ne, t->off_h, 0, D, Ie, 1.0f, s->due, Ie, Wu, mat, D, 1.0f, s->dxg, D);
     ops->moe_gather_bwd(dx, s->dxg, t->where, rows, K, D);
@@ -119,9 +124,11 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
     ds_moe_route(&c, w, bias, t->hn, s->logits, t->scores, t->idx, t->w);
     ds_prof_leave(pr);
     pr = ds_prof_enter(DS_PROF_SHARED);
-    if (d->Is > 0)
+    if (d->Is > 0) {
         swiglu_mlp_fwd(m, w->sh_gate, w->sh_up, w->sh_down, n, d->D, d->Is, t->hn, t->gs, t->us, s->act, f);
-    else
+        ds_moe_fp8_put(m, &t->gs8, t->gs, n, d->Is);
+        ds_moe_fp8_put(m, &t->us8, t->us, n, d->Is);
+    } else
         ops->zero(f, sizeof(float) * (size_t)n * d->D);
     ds_prof_leave(pr);
     pr = ds_prof_enter(DS_PROF_EXPERTS);
@@ -129,7 +136,8 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
     if (m->ep_n > 1) /* expert parallelism: the tokens go to the ranks holding their experts (moe_ep.c) */
         rc = ds_moe_ep_fwd(m, l, t, f);
     else /* the experts on the tokens themselves (moe.h) */
-        rc = ds_moe_experts_fwd(m, l, 0, d->E, t->hn, t->idx, t->w, n, f, m->expert_load + (size_t)slot * d->E);
+        rc = ds_moe_experts_fwd(m, l, 0, d->E, ds_moe_fp8_as_dispatched(m, t->hn, s->xq, n), t->idx, t->w, n, f,
+                                m->expert_load + (size_t)slot * d->E);
     ds_prof_leave(pr);
     DS_TRY(rc);
     pr = ds_prof_enter(DS_PROF_ROUTER);
@@ -160,10 +168,12 @@ void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn) {
     int E = d->E;
     /* shared experts, then the routed ones, into dhn */
     int pr = ds_prof_enter(DS_PROF_SHARED);
-    if (d->Is > 0)
+    if (d->Is > 0) {
+        ds_moe_fp8_get(m, &t->gs8, t->gs, n, d->Is);
+        ds_moe_fp8_get(m, &t->us8, t->us, n, d->Is);
         swiglu_mlp_bwd(m, w->sh_gate, w->sh_up, w->sh_down, gw->sh_gate, gw->sh_up, gw->sh_down, n, D, d->Is,
                        t->hn, t->gs, t->us, df, dhn, 0.0f, s);
-    else
+    } else
         ops->zero(dhn, sizeof(float) * (size_t)n * D);
     ds_prof_leave(pr);
     pr = ds_prof_enter(DS_PROF_EXPERTS);
@@ -171,7 +181,8 @@ void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn) {
         int rc = ds_moe_ep_bwd(m, l, t, df, dhn);
         if (rc && !m->ep_rc) m->ep_rc = rc;
     } else {
-        ds_moe_experts_bwd(m, l, 0, E, t->hn, t->idx, t->w, n, df, dhn, s->dw);
+        ds_moe_experts_bwd(m, l, 0, E, ds_moe_fp8_as_dispatched(m, t->hn, s->xq, n), t->idx, t->w, n,
+                           ds_moe_fp8_as_dispatched(m, df, s->dyq, n), dhn, s->dw);
     }
     ds_prof_leave(pr);
 
