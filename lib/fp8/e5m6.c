@@ -66,46 +66,49 @@ static int check_shape(const char *what, int64_t rows, int64_t cols) {
 /* 2^k as a float32, k in [-126, 127] */
 static inline float pow2f(int k) { return ds_fp8_float_((uint32_t)(k + 127) << 23); }
 
-int ds_e5m6_quantize(uint8_t *codes, uint8_t *scales, const float *x, int64_t rows, int64_t cols) {
-    DS_TRY(check_shape("e5m6 quantize", rows, cols));
+/* One tile of w <= 128 elements: x, its packed codes, its scale byte. */
+static void quantize_tile(float *x, uint8_t *packed, uint8_t *scale, int64_t w) {
+    uint16_t tmp[DS_E5M6_TILE];
+    uint32_t m = 0; /* the largest finite |x| as bits: the bit order of non-negative floats is numeric */
+    for (int64_t i = 0; i < w; i++) {
+        const uint32_t a = ds_fp8_bits_(x[i]) & 0x7fffffffu;
+        m = a < 0x7f800000u && a > m ? a : m;
+    }
+    const int e = ds_e5m6_scale_exp(ds_fp8_float_(m));
+    const float inv = pow2f(-e);
+    for (int64_t i = 0; i < w; i++) tmp[i] = ds_f32_to_e5m6(x[i] * inv);
+    ds_e5m6_pack(packed, tmp, w);
+    *scale = (uint8_t)(e + 127);
+}
+
+static void dequantize_tile(float *x, uint8_t *packed, uint8_t *scale, int64_t w) {
+    uint16_t tmp[DS_E5M6_TILE];
+    int e = (int)*scale - 127;
+    e = e < DS_E5M6_EXP_MIN ? DS_E5M6_EXP_MIN : e > DS_E5M6_EXP_MAX ? DS_E5M6_EXP_MAX : e;
+    const float s = pow2f(e);
+    ds_e5m6_unpack(tmp, packed, w);
+    for (int64_t i = 0; i < w; i++) x[i] = ds_e5m6_to_f32(tmp[i]) * s;
+}
+
+/* Every 1x128 tile of a [rows, cols] matrix, rows in parallel (they share no byte). */
+static int each_tile(const char *what, float *x, uint8_t *codes, uint8_t *scales, int64_t rows, int64_t cols,
+                     void (*fn)(float *, uint8_t *, uint8_t *, int64_t)) {
+    DS_TRY(check_shape(what, rows, cols));
     const int64_t nt = (cols + DS_E5M6_TILE - 1) / DS_E5M6_TILE;
     const size_t rb = ds_e5m6_row_bytes(cols);
 #pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        uint16_t tmp[DS_E5M6_TILE];
+    for (int64_t r = 0; r < rows; r++)
         for (int64_t j = 0; j < nt; j++) {
             const int64_t c0 = j * DS_E5M6_TILE, w = cols - c0 < DS_E5M6_TILE ? cols - c0 : DS_E5M6_TILE;
-            const float *xt = x + r * cols + c0;
-            uint32_t m = 0; /* the largest finite |x| as bits: the bit order of non-negative floats is numeric */
-            for (int64_t i = 0; i < w; i++) {
-                const uint32_t a = ds_fp8_bits_(xt[i]) & 0x7fffffffu;
-                m = a < 0x7f800000u && a > m ? a : m;
-            }
-            const int e = ds_e5m6_scale_exp(ds_fp8_float_(m));
-            const float inv = pow2f(-e);
-            for (int64_t i = 0; i < w; i++) tmp[i] = ds_f32_to_e5m6(xt[i] * inv);
-            ds_e5m6_pack(codes + (size_t)r * rb + (size_t)c0 / 2 * 3, tmp, w);
-            scales[r * nt + j] = (uint8_t)(e + 127);
+            fn(x + r * cols + c0, codes + (size_t)r * rb + (size_t)c0 / 2 * 3, scales + r * nt + j, w);
         }
-    }
     return DS_OK;
 }
 
+int ds_e5m6_quantize(uint8_t *codes, uint8_t *scales, const float *x, int64_t rows, int64_t cols) {
+    return each_tile("e5m6 quantize", (float *)x, codes, scales, rows, cols, quantize_tile); /* x only read */
+}
+
 int ds_e5m6_dequantize(float *x, const uint8_t *codes, const uint8_t *scales, int64_t rows, int64_t cols) {
-    DS_TRY(check_shape("e5m6 dequantize", rows, cols));
-    const int64_t nt = (cols + DS_E5M6_TILE - 1) / DS_E5M6_TILE;
-    const size_t rb = ds_e5m6_row_bytes(cols);
-#pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        uint16_t tmp[DS_E5M6_TILE];
-        for (int64_t j = 0; j < nt; j++) {
-            const int64_t c0 = j * DS_E5M6_TILE, w = cols - c0 < DS_E5M6_TILE ? cols - c0 : DS_E5M6_TILE;
-            int e = (int)scales[r * nt + j] - 127;
-            e = e < DS_E5M6_EXP_MIN ? DS_E5M6_EXP_MIN : e > DS_E5M6_EXP_MAX ? DS_E5M6_EXP_MAX : e;
-            const float s = pow2f(e);
-            ds_e5m6_unpack(tmp, codes + (size_t)r * rb + (size_t)c0 / 2 * 3, w);
-            for (int64_t i = 0; i < w; i++) x[r * cols + c0 + i] = ds_e5m6_to_f32(tmp[i]) * s;
-        }
-    }
-    return DS_OK;
+    return each_tile("e5m6 dequantize", x, (uint8_t *)codes, (uint8_t *)scales, rows, cols, dequantize_tile);
 }

@@ -25,7 +25,7 @@ TEST(against_numpy) {
     const char *path = getenv("DS_E5M6_REF");
     if (!path || !*path) {
         tap_count++;
-        printf("ok %d - against_numpy # skip DS_E5M6_REF not set (tests/ref/e5m6.bats sets it)\n", tap_count);
+        printf("ok %d - against_numpy # skip DS_E5M6_REF not set (tests/ref/fp8.bats sets it)\n", tap_count);
         return;
     }
     FILE *f = fopen(path, "rb");
