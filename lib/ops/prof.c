@@ -129,14 +129,14 @@ static void gemm_wgrad_on(const ds_ops *b, int ng, const int64_t *off, int M, in
 static void gemm_rows_dev_on(const ds_ops *b, int ng, const int32_t *off, int max_rows, int tb, int N, int K,
                              float alpha, const float *A, int lda, const float *B, size_t strideB, int ldb, float beta,
                              float *C, int ldc) {
-    double t0 = op_begin();
+    stamp t0 = op_begin();
     b->gemm_rows_dev(ng, off, max_rows, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
     op_end(DS_PROF_OP_GEMM_ROWS, t0, b, 0.0);
 }
 
 static void gemm_wgrad_dev_on(const ds_ops *b, int ng, const int32_t *off, int M, int N, float alpha, const float *A,
                               int lda, const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
-    double t0 = op_begin();
+    stamp t0 = op_begin();
     b->gemm_wgrad_dev(ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);
     op_end(DS_PROF_OP_GEMM_WGRAD, t0, b, 0.0);
 }
