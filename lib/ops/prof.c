@@ -112,6 +112,22 @@ static void gemm_wgrad_on(const ds_ops *b, int ng, const int64_t *off, int M, in
     op_end(DS_PROF_OP_GEMM_WGRAD, t0, b, 2.0 * (double)(off[ng] - off[0]) * M * N);
 }
 
+/* the device-offset grouped GEMMs: timed, their FLOPs unknown to the host (0) */
+static void gemm_rows_dev_on(const ds_ops *b, int ng, const int32_t *off, int max_rows, int tb, int N, int K,
+                             float alpha, const float *A, int lda, const float *B, size_t strideB, int ldb, float beta,
+                             float *C, int ldc) {
+    double t0 = op_begin();
+    b->gemm_rows_dev(ng, off, max_rows, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
+    op_end(DS_PROF_OP_GEMM_ROWS, t0, b, 0.0);
+}
+
+static void gemm_wgrad_dev_on(const ds_ops *b, int ng, const int32_t *off, int M, int N, float alpha, const float *A,
+                              int lda, const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
+    double t0 = op_begin();
+    b->gemm_wgrad_dev(ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);
+    op_end(DS_PROF_OP_GEMM_WGRAD, t0, b, 0.0);
+}
+
 #define GEMMS(pre, base)                                                                                          \
     static void pre##gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,               \
                           const float *B, int ldb, float beta, float *C, int ldc) {                               \
@@ -124,6 +140,21 @@ static void gemm_wgrad_on(const ds_ops *b, int ng, const int64_t *off, int M, in
     static void pre##gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,  \
                                 const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {         \
         gemm_wgrad_on(&base, ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);                       \
+    }                                                                                                             \
+    static void pre##gemm_rows_dev(int ng, const int32_t *off, int max_rows, int tb, int N, int K, float alpha,   \
+                                   const float *A, int lda, const float *B, size_t strideB, int ldb, float beta,  \
+                                   float *C, int ldc) {                                                           \
+        gemm_rows_dev_on(&base, ng, off, max_rows, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);      \
+    }                                                                                                             \
+    static void pre##gemm_wgrad_dev(int ng, const int32_t *off, int M, int N, float alpha, const float *A,        \
+                                    int lda, const float *B, int ldb, float beta, float *C, size_t strideC,       \
+                                    int ldc) {                                                                    \
+        gemm_wgrad_dev_on(&base, ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);                   \
+    }                                                                                                             \
+    /* the table `t` with the device-offset entries timed where its base has them */                              \
+    static void pre##set_dev(ds_ops *t) {                                                                         \
+        t->gemm_rows_dev = base.gemm_rows_dev ? pre##gemm_rows_dev : NULL;                                         \
+        t->gemm_wgrad_dev = base.gemm_wgrad_dev ? pre##gemm_wgrad_dev : NULL;                                      \
     }
 GEMMS(p_, g_base)
 GEMMS(l_, g_lin_base)
@@ -222,6 +253,7 @@ const ds_ops *ds_prof_ops(const ds_ops *base) {
     g_tab.moe_gather_bwd = p_moe_gather_bwd, g_tab.moe_combine = p_moe_combine;
     g_tab.moe_scale_rows = p_moe_scale_rows, g_tab.moe_combine_bwd = p_moe_combine_bwd;
     g_tab.mla_kv_expand = p_mla_kv_expand, g_tab.mla_kv_expand_bwd = p_mla_kv_expand_bwd;
+    p_set_dev(&g_tab);
     return &g_tab;
 }
 
@@ -229,6 +261,7 @@ const ds_ops *ds_prof_linear_ops(const ds_ops *base) {
     g_lin_base = *base;
     g_lin_tab = *base;
     g_lin_tab.gemm = l_gemm, g_lin_tab.gemm_rows = l_gemm_rows, g_lin_tab.gemm_wgrad = l_gemm_wgrad;
+    l_set_dev(&g_lin_tab);
     return &g_lin_tab;
 }
 
