@@ -108,7 +108,7 @@ $(NCCL_STAMP):
 all: deps-check $(TOOLS)
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- set-up ----------------------------------------------------------------------------------------
 # deps: Debian packages (idempotent, fast when present). venv: Python reference packages, cached in

@@ -226,9 +226,10 @@ int main(int argc, char **argv) {
         .summary = "Measures all-to-all exchange (a size sweep in the manner of nccl-tests) and expert-parallel\n"
                    "dispatch/combine with routed tokens, our implementation against MPI_Alltoallv in the same run.\n"
                    "Bandwidth: algbw = bytes a rank sends / time; busbw = algbw * (n-1)/n (docs/METRICS.md); for the\n"
-                   "two-hop exchange the bytes are the one-hop rows' (the payload delivered), so the rows compare.",
+                   "two-hop exchange the bytes are the one-hop rows' (the payload delivered), so the rows compare.\n"
+                   "--backend nccl: the sweep between GPU buffers over NCCL, one GPU per rank (mpirun -np <GPUs>; one\n"
+                   "process without mpirun is a world of one and needs no MPI), against MPI_Alltoallv on host buffers.",
         .example = "  mpirun -np 4 ds-bench-a2a -b 1K -e 64M -f 4\n"
-                   "  mpirun -np 8 ds-bench-a2a --backend nccl -b 1M -e 1G -f 2   (one GPU per rank)\n"
                    "  mpirun -np 4 ds-bench-a2a --mode ep --tokens 4096 --hidden 7168 --topk 8 --experts 256 -d bf16\n"
                    "  mpirun -np 4 ds-bench-a2a --two-hop --ranks-per-node 2 --tokens 4096 --hidden 7168 --topk 8 --experts 64 -d bf16",
         .opts = opts,
