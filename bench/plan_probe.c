@@ -1,6 +1,7 @@
 /* This machine's numbers for share/clusters/cpu-2core.json: the best sgemm rate OpenBLAS reaches with 1
  * and with 2 threads (lib/train/flops.c's measurement, 1024^3, wall clock), one thread's sgemm rate and
- * copy bandwidth (bytes read + written, 256 MiB) in that thread's CPU time, best of 10: the shared
+ * copy bandwidth (bytes read + written, 256 MiB) and the attention kernel's query-key scores per second
+ * (the mean of its forward and its backward, demo.json's heads at 256 tokens) in that thread's CPU time, best of 10: the shared
  * machine's load moves the wall-clock numbers, not these much. Build and run: bench/plan_small.sh probe.
  * Usage: plan_probe [SECONDS per wall-clock sgemm measurement]
  *        mpirun -np N plan_probe mpi   the latency of one 8-byte MPI_Allreduce and of one 8-byte message
@@ -9,6 +10,7 @@
  *                                      the median batch (with the load's scheduling delays) */
 #include "core/log.h"
 #include "core/threads.h"
+#include "ops/ops.h"
 #include "train/flops.h"
 
 #include <cblas.h>
@@ -38,6 +40,31 @@ static double sgemm_cpu_rate(int n, int reps) {
     }
     free(a), free(b), free(c);
     return best;
+}
+
+/* Scores (query-key pairs, causal) per second of one thread through libds's CPU attention, the mean of the
+ * forward and the backward per score: the planner's attn_gscores_s. */
+static double attn_score_rate(void) {
+    const int B = 8, T = 256, H = 4, dqk = 48, dv = 32;
+    const ds_ops *ops = ds_ops_cpu();
+    const size_t nq = (size_t)B * T * H * dqk, nv = (size_t)B * T * H * dv;
+    float *q = malloc(4 * nq), *k = malloc(4 * nq), *v = malloc(4 * nv), *o = malloc(4 * nv), *d = malloc(4 * nv),
+          *dq = malloc(4 * nq), *dk = malloc(4 * nq), *dvv = malloc(4 * nv), *lse = malloc(4 * (size_t)B * T * H);
+    void *ws = malloc(ops->attn_ws_bytes(B, T, H, dqk, dv) + 64);
+    for (size_t i = 0; i < nq; i++) q[i] = 0.01f * (float)(i % 13), k[i] = 0.02f * (float)(i % 11);
+    for (size_t i = 0; i < nv; i++) v[i] = 0.1f * (float)(i % 5), d[i] = 0.01f * (float)(i % 3);
+    double best_f = 1e30, best_b = 1e30;
+    for (int r = 0; r < 10; r++) {
+        double t0 = thread_cpu();
+        ops->attn_fwd(o, lse, q, k, v, NULL, B, T, H, dqk, dv, 0.1f, ws);
+        double t1 = thread_cpu();
+        ops->attn_bwd(dq, dk, dvv, d, q, k, v, o, lse, NULL, B, T, H, dqk, dv, 0.1f, ws);
+        double t2 = thread_cpu();
+        if (t1 - t0 < best_f) best_f = t1 - t0;
+        if (t2 - t1 < best_b) best_b = t2 - t1;
+    }
+    free(q), free(k), free(v), free(o), free(d), free(dq), free(dk), free(dvv), free(lse), free(ws);
+    return (double)B * H * T * T / 2 / ((best_f + best_b) / 2);
 }
 
 static int cmp_d(const void *a, const void *b) { return (*(const double *)a > *(const double *)b) - (*(const double *)a < *(const double *)b); }
@@ -93,6 +120,7 @@ int main(int argc, char **argv) {
         a[i] = b[i + 1]; /* keep the copies */
     }
     printf("copy_gb_s_cpu_time %.1f\n", best / 1e9);
+    printf("attn_gscores_s_1thread_cpu_time %.3f\n", attn_score_rate() / 1e9);
     free(a), free(b);
     return 0;
 }

@@ -46,7 +46,7 @@ static int int_field(json_t *o, const char *key, const char *where, int required
 }
 
 static const char *const CLUSTER_KEYS[] = {"name", "nodes", "gpus_per_node", "memory_gb", "gemm_tflops", "gemm_dtype",
-                                           "fp8_tflops", "hbm_gb_s", "nvlink_gb_s", "ib_gb_s", "latency_us", "sms",
+                                           "fp8_tflops", "hbm_gb_s", "nvlink_gb_s", "ib_gb_s", "latency_us", "attn_gscores_s", "sms",
                                            "comm_sms", "efficiency", "oversubscribe", "cores", "note", NULL};
 
 static int cluster_from_json(ds_cluster *c, json_t *o, const char *where) {
@@ -67,7 +67,7 @@ static int cluster_from_json(ds_cluster *c, json_t *o, const char *where) {
     json_t *name = json_object_get(o, "name");
     if (name && !json_is_string(name)) return ds_fail(DS_ERR, "cluster: name: expected a string: %s", where);
     snprintf(c->name, sizeof c->name, "%s", name ? json_string_value(name) : "cluster");
-    double mem = 0, gemm = 0, fp8 = 0, hbm = 0, nvl = 0, ib = 0, lat = 0, eff = 0;
+    double mem = 0, gemm = 0, fp8 = 0, hbm = 0, nvl = 0, ib = 0, lat = 0, eff = 0, scores = 0;
     DS_TRY(int_field(o, "nodes", where, 1, 1, &c->nodes));
     DS_TRY(int_field(o, "gpus_per_node", where, 1, 1, &c->gpus_per_node));
     DS_TRY(num_field(o, "memory_gb", where, 1, 0, 1, &mem));
@@ -77,6 +77,7 @@ static int cluster_from_json(ds_cluster *c, json_t *o, const char *where) {
     DS_TRY(num_field(o, "nvlink_gb_s", where, 1, 0, 1, &nvl));
     DS_TRY(num_field(o, "ib_gb_s", where, c->nodes > 1, 0, c->nodes > 1, &ib));
     DS_TRY(num_field(o, "latency_us", where, 1, 0, 0, &lat));
+    DS_TRY(num_field(o, "attn_gscores_s", where, 0, 0, 1, &scores));
     DS_TRY(num_field(o, "efficiency", where, 1, 0, 1, &eff));
     if (eff > 1) return ds_fail(DS_ERR, "cluster: efficiency: %g is above 1 (a share of the roofline): %s", eff, where);
     DS_TRY(int_field(o, "sms", where, 0, 0, &c->sms));
@@ -100,6 +101,7 @@ static int cluster_from_json(ds_cluster *c, json_t *o, const char *where) {
         return ds_fail(DS_ERR, "cluster: nodes x gpus_per_node: more than 1e7 devices: %s", where);
     c->memory_bytes = mem * 1e9, c->gemm_flops = gemm * 1e12, c->fp8_flops = fp8 * 1e12;
     c->hbm_bw = hbm * 1e9, c->nvlink_bw = nvl * 1e9, c->ib_bw = ib * 1e9, c->latency = lat * 1e-6, c->efficiency = eff;
+    c->attn_scores = scores * 1e9;
     return DS_OK;
 }
 
@@ -151,6 +153,7 @@ typedef struct {
     const ds_config *cfg;
     const ds_plan_opts *o;
     double gemm_rate, lin_rate, bw; /* achieved: peaks x efficiency x SM share / ranks per device */
+    double score_rate;              /* attention scores per s, likewise (0: none given) */
     int e;                          /* bytes per activation element */
     double n;                       /* tokens in a micro-batch */
     double ep;                      /* expert-parallel ranks */
@@ -195,8 +198,11 @@ static void attn_core(stage_acc *s, double heads, double dqk, double dv) {
     const double T = s->o->seq_len, seqs = s->n / T;
     const double fl = seqs * 2 * heads * T * T / 2 * (dqk + dv);
     const double bytes = s->n * heads * (2 * dqk + 2 * dv) * s->e;
-    s->F.attn += fmax(fl / s->gemm_rate, bytes / s->bw), s->F.flops += fl;
-    s->B.attn += fmax(2.5 * fl / s->gemm_rate, 2 * bytes / s->bw), s->B.flops += 2.5 * fl; /* recomputes the scores */
+    /* a kernel may be bound by its per-score work instead (the exponential and the online softmax: FA3's
+     * limit at small head dims on Hopper, and a CPU's vector units): once per score in F, again in B */
+    const double st = s->score_rate > 0 ? seqs * heads * T * T / 2 / s->score_rate : 0;
+    s->F.attn += fmax(fmax(fl / s->gemm_rate, bytes / s->bw), st), s->F.flops += fl;
+    s->B.attn += fmax(fmax(2.5 * fl / s->gemm_rate, 2 * bytes / s->bw), st), s->B.flops += 2.5 * fl; /* recomputes the scores */
 }
 
 static void rmsnorm(stage_acc *s, double dim, int recompute) { ew(s, s->n * dim * 2 * s->e, recompute); }
@@ -481,6 +487,7 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     proto.gemm_rate = c->gemm_flops * c->efficiency * sm_share / share;
     proto.lin_rate = (o->fp8 ? c->fp8_flops : c->gemm_flops) * c->efficiency * sm_share / share;
     proto.bw = c->hbm_bw * c->efficiency / share;
+    proto.score_rate = c->attn_scores * c->efficiency * sm_share / share;
 
     stage_info *st = calloc(pp, sizeof *st);
     int *bounds = malloc((pp + 1) * sizeof *bounds);
@@ -855,6 +862,7 @@ void ds_plan_jsonw(const ds_plan *p, ds_jsonw *w) {
     ds_jsonw_knum(w, "mfu", p->mfu);
     ds_jsonw_knum(w, "gpu_hours_per_trillion_tokens", p->gpu_hours_per_t);
     ds_jsonw_knum(w, "efficiency", p->cluster.efficiency);
+    ds_jsonw_knum(w, "attn_gscores_s", p->cluster.attn_scores / 1e9);
     ds_jsonw_obj_end(w);
 }
 

@@ -28,6 +28,8 @@ typedef struct {
     double nvlink_bw;      /* intra-node bandwidth per device and direction, B/s */
     double ib_bw;          /* inter-node bandwidth per device and direction, B/s (0 with one node) */
     double latency;        /* one point-to-point message, s */
+    double attn_scores;    /* query-key scores per s the attention kernels sustain, forward and again backward
+                              (0: attention on the GEMM roofline alone) */
     int sms, comm_sms;     /* streaming multiprocessors, and those given to communication (0 0: none) */
     double efficiency;     /* share of the roofline the kernels reach end to end: THE calibrated number */
     int elem_bytes;        /* 2 (bf16) or 4 (fp32): activations, weights and memory-bound traffic */

@@ -2,11 +2,13 @@
 # FP8 against independent references: the E4M3/E5M2 codecs bit for bit against ml_dtypes (and torch for
 # the saturating E4M3 cast), through the unit test binary test_fp8 fed with expected bytes from Python.
 
-setup() {
+unit_path() { # the unit test binary $1 from DS_UNITS, or skip the test
     unit=""
-    for u in $DS_UNITS; do [[ "$u" == */test_fp8 ]] && unit="$DS_ROOT/$u"; done
-    [ -x "$unit" ] || skip "test_fp8 not built (DS_UNITS)"
+    for u in $DS_UNITS; do [[ "$u" == */$1 ]] && unit="$DS_ROOT/$u"; done
+    [ -x "$unit" ] || skip "$1 not built (DS_UNITS)"
 }
+
+setup() { unit_path test_fp8; }
 
 unit_against() { # $1=$2: the reference file for test_fp8's test $3, which must pass $4 checks, none skipped
     run env "$1=$2" "$unit" "$3"
@@ -30,6 +32,12 @@ unit_against() { # $1=$2: the reference file for test_fp8's test $3, which must 
 @test "Hopper's accumulation model (--fp8-accum hopper) is bit-identical to the exact-rational reference on small K" {
     "$DS_PY" "$DS_ROOT/tests/ref/fp8_accum.py" "$BATS_TEST_TMPDIR/accum.bin"
     unit_against DS_FP8_ACCUM_REF "$BATS_TEST_TMPDIR/accum.bin" against_python_accum 29
+}
+
+@test "E5M6 encode (every float16, boundaries, 2M random float32), decode (every code) and the 1x128 power-of-two tiled cache are bit-identical to numpy" {
+    unit_path test_e5m6
+    "$DS_PY" "$DS_ROOT/tests/ref/e5m6_ref.py" codec "$BATS_TEST_TMPDIR/codec.bin"
+    unit_against DS_E5M6_REF "$BATS_TEST_TMPDIR/codec.bin" against_numpy 24
 }
 
 # ---- ds-quantize against the numpy / torch references (tests/ref/fp8_ckpt.py) ------------------------

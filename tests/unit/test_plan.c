@@ -84,9 +84,39 @@ TEST(cluster_file_refusals) {
     bad("\"efficiency\": 0.5", "\"efficiency\": 0.5, \"effciency\": 1", "cluster: effciency: unknown key");
     bad("\"gemm_dtype\": \"bf16\"", "\"gemm_dtype\": \"fp16\"", "cluster: gemm_dtype: expected \"bf16\" or \"fp32\"");
     bad("\"comm_sms\": 20", "\"comm_sms\": 132", "cluster: comm_sms: 132 leaves no SM of 132 to compute");
+    bad("\"latency_us\": 5", "\"latency_us\": 5, \"attn_gscores_s\": 0", "cluster: attn_gscores_s: 0 must be > 0");
     bad("{", "[", "cluster: bad JSON");
     bad("\"name\": \"t\"", "\"name\": \"t\n\"", "cluster: bad JSON"); /* a raw newline inside a string: still one line */
     bad("\"nodes\"", "\"no\\ndes\": 1, \"nodes\"", "cluster: no?des: unknown key");
+}
+
+/* attn_gscores_s bounds the attention core by its scores: with a rate far below the GEMM and memory
+ * rooflines, halving it adds exactly one more pass of the causal scores (B*H*T^2/2 per layer, MTP's
+ * included) at the achieved rate to F and again to B, and nothing to W. */
+TEST(attention_score_rate_bounds_the_attention_core) {
+    ds_config cfg;
+    ds_cluster cl;
+    if (load_cfg(&cfg, "demo.json") || load_cluster(&cl, "cpu-2core.json")) {
+        CHECK(0, "load: %s", ds_errmsg());
+        return;
+    }
+    ds_plan_opts o;
+    ds_plan_opts_defaults(&o);
+    o.batch = 8, o.seq_len = 256, o.micro_batch = 8;
+    ds_plan p1, p2;
+    cl.attn_scores = 1e3; /* scores per second: the score bound dominates everything else */
+    int rc = ds_plan_run(&p1, &cfg, &cl, &o);
+    cl.attn_scores = 0.5e3;
+    rc = rc ? rc : ds_plan_run(&p2, &cfg, &cl, &o);
+    CHECK(rc == 0, "plan: %s", ds_errmsg());
+    if (rc) return;
+    const double layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers, T = 256;
+    const double scores = 8.0 * cfg.num_attention_heads * T * T / 2 * layers;
+    const double pass = scores / (1e3 * cl.efficiency); /* one process on the 2-core device: a share of 1 */
+    CHECK_REL(p2.stages[0].f - p1.stages[0].f, pass, 1e-9, "F: one more pass of the scores");
+    CHECK_REL(p2.stages[0].b - p1.stages[0].b, pass, 1e-9, "B: one more pass of the scores");
+    CHECK_REL(p2.stages[0].w, p1.stages[0].w, 1e-12, "W has no attention");
+    ds_plan_free(&p1), ds_plan_free(&p2);
 }
 
 /* DeepSeek-V3 on its own cluster and layout. The published figures: 180K H800 GPU-hours per trillion
