@@ -17,13 +17,6 @@ setup() {
     ARGS=(--config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" --steps 1 --batch 2 --seq-len 16 --threads 1 -q)
 }
 
-# whether this build has NCCL (make's choice, from TEST_ENV; by hand: the build's stamp)
-nccl_build() {
-    local v=${DS_NCCL:-}
-    [ -n "$v" ] || v=$(ls "$DS_ROOT"/build/*/nccl-1.stamp 2>/dev/null | grep -c .)
-    [ "$v" != 0 ]
-}
-
 @test "gradients in device memory over MPI: staged reductions equal the host ones bit for bit (2, 3 ranks)" {
     local u driver=
     for u in $DS_UNITS; do case $u in */test_devcomm) driver=$DS_ROOT/$u ;; esac; done
