@@ -392,7 +392,7 @@ static int join_data_parallel(ds_session *s) {
     DS_TRY(ds_devcomm_kind_parse(s->o.comm, s->o.device, &kind));
     /* --comm nccl on one GPU without mpirun: a world of one all the same (no MPI), so the run goes through
      * the communicator it asked for */
-    const int solo = gpu && kind == DS_DEVCOMM_NCCL && s->o.comm && pp == 1 && s->o.dp <= 1 && !ds_dist_launched();
+    const int solo = gpu && s->o.comm && !strcmp(s->o.comm, "nccl") && pp == 1 && s->o.dp <= 1 && !ds_dist_launched();
     if (!solo && ((s->o.dp == 1 && pp == 1) || (s->o.dp == 0 && pp == 1 && !ds_dist_launched()))) return 0;
     if (solo) ds_comm_init_solo(&s->comm);
     else DS_TRY(ds_comm_init(&s->comm, NULL, NULL));

@@ -53,6 +53,13 @@ setup() {
     fi
 }
 
+@test "--device cuda alone (auto, one process) does not join a group: the GPU is what is missing" {
+    run --separate-stderr "$DS_BIN/ds-pretrain" "${ARGS[@]}" -o "$BATS_TEST_TMPDIR/o" --device cuda
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "ds-pretrain: error: --device cuda: "* ]]
+    [[ "$stderr" != *"nccl"* ]]
+}
+
 @test "data parallelism on GPUs is accepted (2 ranks, --comm mpi); pipeline and expert parallelism on GPUs are refused once" {
     ! nvidia-smi -L >/dev/null 2>&1 || skip "a GPU is present: tests/gpu/test_nccl.sh trains on it"
     # before: "data parallelism with --device cuda: ... host memory only"; now the ranks join and the GPU is what is missing
