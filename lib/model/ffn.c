@@ -45,7 +45,8 @@ void ds_moe_route(const ds_layer_ctx *c, const ds_layer_w *w, const float *bias,
  * (ds_ops.gemm_rows_dev) and the rows are the tokens themselves (expert parallelism counts its exchanges on
  * the host anyway). Then nothing in a MoE layer waits for the device: the expert-row count is bounded by
  * rows*K (the sorted order's tail holds the slots left out, valid indices whose rows no GEMM reads or
- * writes and no later op uses), and the loads are read once after the forward (ds_moe_loads_sync). */
+ * writes and no later op uses), and the loads and balance terms are read once after the forward
+ * (ds_moe_stats_sync). */
 static int dev_offsets(const ds_model *m) {
     return m->ep_n <= 1 && m->lin->gemm_rows_dev && m->lin->gemm_wgrad_dev;
 }
@@ -64,17 +65,32 @@ static void expert_wgrad(ds_model *m, const ds_tape *t, int dev, int mv, int ne,
     else ds_wgrad_grouped(m, m->lin, ne, t->off_h, M, N, A, lda, B, ldb, C, strideC, ldc);
 }
 
-void ds_moe_loads_sync(ds_model *m) {
+enum { STAT_LOADS = 1, STAT_BALANCE = 2 }; /* load_pending bits */
+
+/* MoE layer `slot`'s balance terms (bal_rows[slot]) into the model's balance loss */
+static void add_balance(ds_model *m, int slot) {
+    const float *r = m->bal_rows + (size_t)slot * m->opts.max_batch;
+    double acc = 0.0;
+    for (int b = 0; b < m->B; b++) acc += r[b];
+    m->bal_loss += m->opts.balance_alpha * acc / m->B;
+}
+
+void ds_moe_stats_sync(ds_model *m) {
     int E = m->dims.E, any = 0;
     for (int s = 0; s < m->n_moe; s++) any |= m->load_pending[s];
     if (!any) return;
     size_t per = (size_t)E + 1;
-    m->ops->copy(m->load_off_h, m->load_off_d, sizeof(int32_t) * per * (size_t)m->n_moe, DS_COPY_D2H);
+    if (any & STAT_LOADS)
+        m->ops->copy(m->load_off_h, m->load_off_d, sizeof(int32_t) * per * (size_t)m->n_moe, DS_COPY_D2H);
+    if (any & STAT_BALANCE)
+        m->ops->copy(m->bal_rows, m->bal_rows_d, sizeof(float) * (size_t)m->opts.max_batch * m->n_moe, DS_COPY_D2H);
     m->ops->sync();
-    for (int s = 0; s < m->n_moe; s++) {
-        if (!m->load_pending[s]) continue;
-        const int32_t *o = m->load_off_h + per * (size_t)s;
-        for (int e = 0; e < E; e++) m->expert_load[(size_t)s * E + e] = o[e + 1] - o[e];
+    for (int s = 0; s < m->n_moe; s++) { /* slot order is layer order: the sum runs as the host path's */
+        if (m->load_pending[s] & STAT_LOADS) {
+            const int32_t *o = m->load_off_h + per * (size_t)s;
+            for (int e = 0; e < E; e++) m->expert_load[(size_t)s * E + e] = o[e + 1] - o[e];
+        }
+        if (m->load_pending[s] & STAT_BALANCE) add_balance(m, s);
         m->load_pending[s] = 0;
     }
 }
@@ -97,7 +113,7 @@ int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const
     if (dev && load) { /* read after the forward */
         int slot = m->moe_slot[l];
         ops->copy(m->load_off_d + (size_t)slot * (ne + 1), t->off, sizeof(int32_t) * (size_t)(ne + 1), DS_COPY_D2D);
-        m->load_pending[slot] = 1;
+        m->load_pending[slot] |= STAT_LOADS;
     } else if (!dev) {
         ops->copy(m->h_i32, t->off, sizeof(int32_t) * (size_t)(ne + 1), DS_COPY_D2H);
         ops->sync();
@@ -180,12 +196,15 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
     DS_TRY(rc);
     pr = ds_prof_enter(DS_PROF_ROUTER);
     if (m->opts.balance_alpha > 0) {
-        ops->moe_balance(m->bal_rows_d, NULL, 0.0f, t->scores, t->idx, m->B, m->T, &d->route);
-        ops->copy(m->bal_rows, m->bal_rows_d, sizeof(float) * (size_t)m->B, DS_COPY_D2H);
-        ops->sync();
-        double acc = 0.0;
-        for (int b = 0; b < m->B; b++) acc += m->bal_rows[b];
-        m->bal_loss += m->opts.balance_alpha * acc / m->B;
+        size_t at = (size_t)slot * m->opts.max_batch;
+        ops->moe_balance(m->bal_rows_d + at, NULL, 0.0f, t->scores, t->idx, m->B, m->T, &d->route);
+        if (dev_offsets(m)) { /* read after the forward, with the loads */
+            m->load_pending[slot] |= STAT_BALANCE;
+        } else {
+            ops->copy(m->bal_rows + at, m->bal_rows_d + at, sizeof(float) * (size_t)m->B, DS_COPY_D2H);
+            ops->sync();
+            add_balance(m, slot);
+        }
     }
     ds_prof_leave(pr);
     return 0;

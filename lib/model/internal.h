@@ -126,8 +126,8 @@ struct ds_model {
     int32_t *h_i32, *h_pos;     /* host staging [n] */
     int32_t *expert_load;       /* host [n_moe][E] */
     int32_t *load_off_d, *load_off_h; /* [n_moe][E+1] the MoE layers' expert offsets: backend, host (ffn.c) */
-    unsigned char *load_pending;      /* host [n_moe]: load_off_d holds this forward's offsets, unread */
-    float *bal_rows, *bal_rows_d; /* per-row balance terms [B]: host, backend */
+    unsigned char *load_pending;      /* host [n_moe]: STAT_* bits of what this forward left on the device */
+    float *bal_rows, *bal_rows_d; /* per-row balance terms [n_moe][max_batch]: host, backend */
     double bal_loss;
     int have_fwd;               /* a training forward is stored */
     ds_wgrad_queue wq;          /* the B/W split (wgrad.c) */

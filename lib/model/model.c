@@ -274,7 +274,7 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     m->expert_load = calloc((size_t)m->n_moe * d->E + 1, sizeof(int32_t));
     m->load_off_h = calloc((size_t)m->n_moe * (d->E + 1) + 1, sizeof(int32_t));
     m->load_pending = calloc((size_t)m->n_moe + 1, 1);
-    m->bal_rows = calloc((size_t)m->opts.max_batch, sizeof(float));
+    m->bal_rows = calloc((size_t)(m->n_moe > 0 ? m->n_moe : 1) * m->opts.max_batch, sizeof(float));
     if (!m->h_i32 || !m->h_pos || !m->expert_load || !m->bal_rows || !m->load_off_h || !m->load_pending)
         FAIL("out of memory: host buffers");
     for (int l = 0; l < m->n_layers_total; l++) {
@@ -509,7 +509,7 @@ int ds_model_head_fwd(ds_model *m, ds_fwd_out *out) {
         hprev = m->mtp[j].hk;
     }
     ops->sync();
-    ds_moe_loads_sync(m);
+    ds_moe_stats_sync(m);
     m->have_fwd = m->opts.train;
     if (out) {
         memset(out, 0, sizeof *out);
@@ -659,7 +659,7 @@ int ds_model_plan(const ds_config *cfg, const ds_model_opts *opts, ds_mem_plan *
 }
 
 void ds_model_fwd_stats(ds_model *m, ds_fwd_out *out) {
-    ds_moe_loads_sync(m);
+    ds_moe_stats_sync(m);
     memset(out, 0, sizeof *out);
     out->bal_loss = m->bal_loss;
     out->expert_load = m->expert_load;

@@ -21,12 +21,13 @@
  * layer l's training record what ds_moe_experts_bwd needs (rows <= the batch's tokens). The expert row
  * counts come to the host (a synchronization point) for the grouped GEMMs, and *load (may be NULL) gets
  * them; unless the Linear table has device-offset grouped GEMMs and there is no expert parallelism: then
- * nothing waits, and layer l's slot of the model's expert loads is filled by ds_moe_loads_sync. */
+ * nothing waits, and layer l's slot of the model's expert loads is filled by ds_moe_stats_sync. */
 int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const int32_t *idx, const float *w,
                        int rows, float *y, int32_t *load);
-/* The expert loads the forward's MoE layers left on the device, read into the model's host expert_load
- * (one copy and one synchronization for all layers); nothing when none are pending. */
-void ds_moe_loads_sync(ds_model *m);
+/* What the forward's MoE layers left on the device on that path (their expert loads, balance-loss terms)
+ * read into the model's expert_load and bal_loss: one synchronization for all layers; nothing when none are
+ * pending. Called where the forward's statistics are handed out (head_fwd, fwd_stats). */
+void ds_moe_stats_sync(ds_model *m);
 /* Backward of layer l's last ds_moe_experts_fwd (same x, idx, w): dx [rows, D] accumulated, dw [rows, K]
  * written (0 for empty slots), the experts' weight gradients accumulated. */
 void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, const int32_t *idx, const float *w,

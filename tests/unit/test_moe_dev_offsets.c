@@ -16,7 +16,11 @@
 #include <string.h>
 
 static ds_ops g_dev;
-static int g_host_calls, g_dev_calls;
+static int g_host_calls, g_dev_calls, g_d2h;
+static void count_copy(void *dst, const void *src, size_t bytes, ds_copy_kind kind) {
+    g_d2h += kind == DS_COPY_D2H;
+    ds_ops_cpu()->copy(dst, src, bytes, kind);
+}
 static void count_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
                        const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
     g_host_calls++;
@@ -63,7 +67,7 @@ typedef struct {
     float logp[N], mtp[N];
     double bal;
     int32_t load[64];
-    int n_load;
+    int n_load, d2h; /* d2h: device-to-host copies during the forward */
     float *grad;
 } run_t;
 
@@ -71,7 +75,9 @@ typedef struct {
 static int run(ds_model *m, batch_t *t, int split, run_t *r) {
     ds_fwd_out f;
     ds_model_zero_grad(m);
+    g_d2h = 0;
     if (ds_model_forward(m, &t->b, &f)) return 1;
+    r->d2h = g_d2h;
     memcpy(r->logp, f.logp, sizeof r->logp);
     memcpy(r->mtp, f.mtp_logp, sizeof r->mtp);
     r->bal = f.bal_loss;
@@ -88,7 +94,7 @@ static int run(ds_model *m, batch_t *t, int split, run_t *r) {
 
 TEST(device_offsets_equal_host_offsets) {
     ds_ops_cpu_with_dev_offsets(&g_dev, ds_ops_cpu());
-    g_dev.gemm_rows = count_rows, g_dev.gemm_rows_dev = count_rows_dev;
+    g_dev.gemm_rows = count_rows, g_dev.gemm_rows_dev = count_rows_dev, g_dev.copy = count_copy;
     ds_ops host = g_dev;
     host.gemm_rows_dev = NULL, host.gemm_wgrad_dev = NULL;
     batch_t t;
@@ -110,6 +116,9 @@ TEST(device_offsets_equal_host_offsets) {
         CHECK(host_a == 18 && dev_a == 0 && g_host_calls == 0 && g_dev_calls == 18,
               "mode %d: host path %d host / %d device calls, device path %d / %d", mode, host_a, dev_a, g_host_calls,
               g_dev_calls);
+        CHECK(ra.d2h == 6 && rb.d2h == 2,
+              "mode %d: device-to-host copies in the forward: host path %d (offsets and balance terms per MoE "
+              "layer), device path %d (all layers' at once after it)", mode, ra.d2h, rb.d2h);
         int total = 0;
         for (int i = 0; i < rb.n_load; i++) total += rb.load[i];
         CHECK(rb.n_load == 24 && !memcmp(ra.load, rb.load, sizeof(int32_t) * 24) && total == 2 * (2 * 19 + 17),
