@@ -97,6 +97,7 @@ TEST(device_offsets_equal_host_offsets) {
     g_dev.gemm_rows = count_rows, g_dev.gemm_rows_dev = count_rows_dev, g_dev.copy = count_copy;
     ds_ops host = g_dev;
     host.gemm_rows_dev = NULL, host.gemm_wgrad_dev = NULL;
+    host.moe_ffn_fwd = NULL, host.moe_ffn_bwd = NULL; /* the host-offset grouped GEMMs, not the CPU's fused pass */
     batch_t t;
     batch_init(&t);
     for (int mode = 0; mode < 3; mode++) { /* plain, recompute, B/W split */
