@@ -61,10 +61,15 @@ int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const
         for (int e = 0; e < ne; e++) load[e] = (int32_t)(t->off_h[e + 1] - t->off_h[e]);
     int mv = (int)t->off_h[ne];
     ops->moe_gather(s->xg, x, t->order, mv, K, D);
-    lin->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge, Ie);
-    lin->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue, Ie);
-    ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)mv * Ie);
-    lin->gemm_rows(ne, t->off_h, 1, D, Ie, 1.0f, s->acte, Ie, lw->exp_down + e0 * mat, mat, Ie, 0.0f, s->ye, D);
+    if (lin == ops && ops->moe_ffn_fwd) { /* fp32 with a fused pass (the CPU's): the same sequence, expert by expert */
+        ops->moe_ffn_fwd(ne, t->off_h, D, Ie, s->xg, lw->exp_gate + e0 * mat, lw->exp_up + e0 * mat,
+                         lw->exp_down + e0 * mat, mat, t->ge, t->ue, s->acte, s->ye);
+    } else {
+        lin->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge, Ie);
+        lin->gemm_rows(ne, t->off_h, 1, Ie, D, 1.0f, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue, Ie);
+        ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)mv * Ie);
+        lin->gemm_rows(ne, t->off_h, 1, D, Ie, 1.0f, s->acte, Ie, lw->exp_down + e0 * mat, mat, Ie, 0.0f, s->ye, D);
+    }
     ops->moe_combine(y, s->ye, w, t->where, rows, K, D);
     return 0;
 }
@@ -82,6 +87,21 @@ void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, cons
     const float *Wg = lw->exp_gate + e0 * mat, *Wu = lw->exp_up + e0 * mat, *Wd = lw->exp_down + e0 * mat;
     float *gWg = gw->exp_gate + e0 * mat, *gWu = gw->exp_up + e0 * mat, *gWd = gw->exp_down + e0 * mat;
     (void)idx;
+    if (lin == ops && ops->moe_ffn_bwd) { /* fp32 with a fused pass (the CPU's): the sequence below, per expert */
+        int now = m->wq.key < 0; /* weight gradients now, else recorded for later (wgrad.c), in the same order */
+        ops->moe_gather(s->xg, x, t->order, mv, K, D);
+        ops->moe_gather(s->dyg, dy, t->order, mv, K, D);
+        ops->zero(dw, sizeof(float) * (size_t)rows * K);
+        ops->moe_ffn_bwd(ne, t->off_h, D, Ie, s->xg, s->dyg, w, t->order, Wg, Wu, Wd, mat, t->ge, t->ue, s->acte,
+                         s->dge, s->due, dw, s->dxg, now ? gWg : NULL, now ? gWu : NULL, now ? gWd : NULL);
+        if (!now) {
+            ds_wgrad_grouped(m, lin, ne, t->off_h, D, Ie, s->dyg, D, s->acte, Ie, gWd, mat, Ie);
+            ds_wgrad_grouped(m, lin, ne, t->off_h, Ie, D, s->dge, Ie, s->xg, D, gWg, mat, D);
+            ds_wgrad_grouped(m, lin, ne, t->off_h, Ie, D, s->due, Ie, s->xg, D, gWu, mat, D);
+        }
+        ops->moe_gather_bwd(dx, s->dxg, t->where, rows, K, D);
+        return;
+    }
     /* recompute the dispatched inputs and the expert activations */
     ops->moe_gather(s->xg, x, t->order, mv, K, D);
     ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)mv * Ie);

@@ -131,13 +131,6 @@ field() { two_hop_rows | awk -v op="$1" -v tr="$2" -v f="$3" '$1 == op && $2 == 
     [[ "$stderr" == "ds-bench-a2a: error: backend 'verbs' is not available in this build: --backend"* ]]
 }
 
-# whether this build has NCCL (make's choice, from TEST_ENV; by hand: the build's stamp)
-nccl_build() {
-    local v=${DS_NCCL:-}
-    [ -n "$v" ] || v=$(ls "$DS_ROOT"/build/*/nccl-1.stamp 2>/dev/null | grep -c .)
-    [ "$v" = 1 ] || [ "$v" -gt 1 ] 2>/dev/null
-}
-
 @test "--backend nccl: one line saying why it cannot run here, once for all ranks" {
     if nccl_build; then # NCCL is loaded at run time: a library that is not there is named
         export DS_NCCL_LIB=/no/such/dir/libnccl.so.2
