@@ -52,7 +52,7 @@ static int dev_offsets(const ds_model *m) {
     return m->ep_n <= 1 && m->lin->gemm_rows_dev && m->lin->gemm_wgrad_dev;
 }
 
-/* expert rows' GEMM (ops.h gemm_rows) on table lin (m->lin, or m->lin_xe for the operands the dispatch
+/* expert rows' GEMM (ops.h gemm_rows) on table lin (m->lin, or ds_lin_xe(m) for the operands the dispatch
  * delivered) through the device offsets or the host ones */
 static void expert_rows(const ds_model *m, const ds_ops *lin, const ds_tape *t, int dev, int mv, int ne, int tb, int N, int K,
                         const float *A, int lda, const float *B, size_t strideB, int ldb, float beta, float *C,
@@ -126,14 +126,13 @@ int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const
     }
     ops->moe_gather(s->xg, x, t->order, mv, K, D);
     /* fp32 with a fused pass (the CPU's): the same sequence, expert by expert */
-    if (!dev && lin == ops && m->lin_xe == ops && ops->moe_ffn_fwd) {
+    if (!dev && lin == ops && ds_lin_xe(m) == ops && ops->moe_ffn_fwd) {
         ops->moe_ffn_fwd(ne, t->off_h, D, Ie, s->xg, lw->exp_gate + e0 * mat, lw->exp_up + e0 * mat,
                          lw->exp_down + e0 * mat, mat, t->ge, t->ue, s->acte, s->ye);
     } else {
-        expert_rows(m, m->lin_xe, t, dev, mv, ne, 1, Ie, D, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge,
-                    Ie);
-        expert_rows(m, m->lin_xe, t, dev, mv, ne, 1, Ie, D, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue,
-                    Ie);
+        const ds_ops *xe = ds_lin_xe(m);
+        expert_rows(m, xe, t, dev, mv, ne, 1, Ie, D, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge, Ie);
+        expert_rows(m, xe, t, dev, mv, ne, 1, Ie, D, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue, Ie);
         ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)mv * Ie);
         expert_rows(m, lin, t, dev, mv, ne, 1, D, Ie, s->acte, Ie, lw->exp_down + e0 * mat, mat, Ie, 0.0f, s->ye, D);
     }
@@ -159,7 +158,7 @@ void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, cons
     ds_moe_fp8_get(m, &t->ge8, t->ge, mv, Ie); /* the SwiGLU inputs as the FP8 cache kept them */
     ds_moe_fp8_get(m, &t->ue8, t->ue, mv, Ie);
     /* fp32 with a fused pass (the CPU's): the sequence below, per expert */
-    if (!dev && lin == ops && m->lin_xe == ops && ops->moe_ffn_bwd) {
+    if (!dev && lin == ops && ds_lin_xe(m) == ops && ops->moe_ffn_bwd) {
         int now = m->wq.key < 0; /* weight gradients now, else recorded for later (wgrad.c), in the same order */
         ops->moe_gather(s->xg, x, t->order, mv, K, D);
         ops->moe_gather(s->dyg, dy, t->order, mv, K, D);
@@ -180,7 +179,7 @@ void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, cons
 
     /* combine backward: dy per dispatched row, through W_down (z), the routing weights (dw) */
     ops->moe_gather(s->dyg, dy, t->order, mv, K, D);
-    expert_rows(m, m->lin_xe, t, dev, mv, ne, 0, Ie, D, s->dyg, D, Wd, mat, Ie, 0.0f, s->dge, Ie);
+    expert_rows(m, ds_lin_xe(m), t, dev, mv, ne, 0, Ie, D, s->dyg, D, Wd, mat, Ie, 0.0f, s->dge, Ie);
     ops->zero(dw, sizeof(float) * (size_t)rows * K);
     ops->moe_combine_bwd(s->dge, dw, s->dge, s->acte, w, t->order, mv, Ie);
     ops->moe_scale_rows(s->acte, w, t->order, mv, Ie);
@@ -188,8 +187,8 @@ void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, cons
 
     /* experts' gate/up backward, then the dispatch's backward into dx */
     ops->swiglu_bwd(s->dge, s->due, s->dge, t->ge, t->ue, (size_t)mv * Ie);
-    expert_wgrad(m, m->lin_xe, t, dev, mv, ne, Ie, D, s->dge, Ie, s->xg, D, gWg, mat, D);
-    expert_wgrad(m, m->lin_xe, t, dev, mv, ne, Ie, D, s->due, Ie, s->xg, D, gWu, mat, D);
+    expert_wgrad(m, ds_lin_xe(m), t, dev, mv, ne, Ie, D, s->dge, Ie, s->xg, D, gWg, mat, D);
+    expert_wgrad(m, ds_lin_xe(m), t, dev, mv, ne, Ie, D, s->due, Ie, s->xg, D, gWu, mat, D);
     expert_rows(m, lin, t, dev, mv, ne, 0, D, Ie, s->dge, Ie, Wg, mat, D, 0.0f, s->dxg, D);
     expert_rows(m, lin, t, dev, mv, ne, 0, D, Ie, s->due, Ie, Wu, mat, D, 1.0f, s->dxg, D);
     ops->moe_gather_bwd(dx, s->dxg, t->where, rows, K, D);

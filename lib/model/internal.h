@@ -64,8 +64,6 @@ struct ds_model {
     ds_ops lin_tab;             /* copy of opts.linear_ops */
     const ds_ops *lin, *lin_kvb; /* the block Linear layers' GEMMs (ops when none given); kv_b's */
     ds_ops lin_pow2_tab;        /* copy of opts.linear_ops_pow2 */
-    const ds_ops *lin_xe;       /* the routed experts' GEMMs whose activation operand was dispatched (gate/up
-                                   Fprop and Wgrad, down Dgrad): lin, or opts.linear_ops_pow2 (moe_fp8.h) */
     ds_dims dims;
     ds_rope rope;
 
@@ -153,6 +151,13 @@ struct ds_model {
     int ep_rc;                  /* first failure of an exchange in a backward (the layer functions return void) */
     ds_moe_ep_stats ep_stats;
 };
+
+/* The routed experts' GEMMs whose activation operand was dispatched (gate/up Fprop and Wgrad, down Dgrad):
+ * opts.linear_ops_pow2 with the FP8 dispatch (moe_fp8.h), else lin (read at the call: lin may be set late,
+ * e.g. for FP8-resident weights). */
+static inline const ds_ops *ds_lin_xe(const ds_model *m) {
+    return m->opts.moe_dispatch_fp8 ? &m->lin_pow2_tab : m->lin;
+}
 
 /* moe_ep.c: the routed experts of layer l across the EP group: f += their combined output (forward), dhn +=
  * their input gradient and s->dw gets the routing weights' gradient (backward). Token rows from t->hn / df. */
