@@ -146,4 +146,5 @@ void ds_fp8_linear_ops(ds_ops *out, const ds_ops *base) {
     out->gemm = ds_fp8_linear_gemm;
     out->gemm_rows = ds_fp8_linear_gemm_rows;
     out->gemm_wgrad = ds_fp8_linear_gemm_wgrad;
+    out->gemm_rows_dev = NULL, out->gemm_wgrad_dev = NULL; /* the experts take the FP8 host-offset path */
 }
