@@ -80,7 +80,8 @@ mkdir -p "$(dirname "$PNG")"
 "$W/fp8_train_plot" --names "bf16,FP8 exact,Hopper N_C 128,Hopper no promotion" "$W/bf16.jsonl" "$W/fp8.jsonl" \
     "$W/hopper128.jsonl" "$W/hopper0.jsonl" "$PNG" "$WIN"
 for mode in "${MODES[@]}"; do
-    [ -f "$W/$mode.time" ] && read -r wall user sys <"$W/$mode.time" &&
+    # the last line: GNU time puts "Command terminated by signal" first when a run was stopped early
+    [ -f "$W/$mode.time" ] && read -r wall user sys < <(tail -n 1 "$W/$mode.time") &&
         printf '%-10s wall %7.1f s, CPU %7.1f s (user %.1f + sys %.1f)\n' "$mode" "$wall" "$(echo "$user + $sys" | bc)" "$user" "$sys"
 done
 [ ! -f "$W/log.txt" ] || cat "$W/log.txt"
