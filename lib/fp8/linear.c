@@ -55,14 +55,16 @@ static void scale_c(float *C, int M, int N, int ldc, float beta) {
         for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j];
 }
 
-void ds_fp8_linear_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                        int ldb, float beta, float *C, int ldc) {
+/* ds_fp8_linear_gemm with stored = 1: Wgrad's x is taken as given (ds_fp8_linear_ops_stored) */
+static void linear_gemm(int stored, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0) {
         scale_c(C, M, N, ldc, beta);
         return;
     }
-    const ds_fp8_train_opts o = g_opts;
+    ds_fp8_train_opts o = g_opts;
+    if (stored) o.cache_input_fp8 = 0;
     const int64_t kb = ds_fp8_nblocks(K, DS_FP8_BLOCK), m = M, n = N, k = K;
     const int weight_b = ta == 0; /* see linear.h: ta = 0 is Fprop/Dgrad, B the weight */
     const size_t big = (size_t)(m > n ? m : n) * (size_t)k;            /* the larger operand */
@@ -122,6 +124,16 @@ void ds_fp8_linear_gemm(int ta, int tb, int M, int N, int K, float alpha, const 
         }
 }
 
+void ds_fp8_linear_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                        int ldb, float beta, float *C, int ldc) {
+    linear_gemm(0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void ds_fp8_linear_gemm_stored(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                               const float *B, int ldb, float beta, float *C, int ldc) {
+    linear_gemm(1, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 void ds_fp8_linear_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
                              const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
     for (int g = 0; g < ng; g++) {
@@ -146,4 +158,9 @@ void ds_fp8_linear_ops(ds_ops *out, const ds_ops *base) {
     out->gemm = ds_fp8_linear_gemm;
     out->gemm_rows = ds_fp8_linear_gemm_rows;
     out->gemm_wgrad = ds_fp8_linear_gemm_wgrad;
+}
+
+void ds_fp8_linear_ops_stored(ds_ops *out, const ds_ops *base) {
+    ds_fp8_linear_ops(out, base);
+    out->gemm = ds_fp8_linear_gemm_stored;
 }

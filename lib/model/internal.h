@@ -63,6 +63,9 @@ struct ds_model {
     const ds_ops *ops;
     ds_ops lin_tab;             /* copy of opts.linear_ops */
     const ds_ops *lin, *lin_kvb; /* the block Linear layers' GEMMs (ops when none given); kv_b's */
+    ds_ops lin_o_tab;           /* copy of opts.o_proj_ops */
+    const ds_ops *lin_o;        /* o_proj's GEMMs (lin unless the attention output is kept in E5M6) */
+    int attn_e5m6;              /* the tapes keep the attention output in E5M6 (opts.attn_out_e5m6 && train) */
     ds_dims dims;
     ds_rope rope;
 

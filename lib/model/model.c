@@ -70,6 +70,25 @@ static int ep_shape(ds_model *m) {
     return 0;
 }
 
+/* the attention output kept in E5M6 (opts.attn_out_e5m6): host memory, o_proj on its own table */
+static int attn_out_shape(ds_model *m) {
+    m->lin_o = m->lin;
+    m->attn_e5m6 = m->opts.attn_out_e5m6 && m->opts.train;
+    if (!m->attn_e5m6) return 0;
+    if (strcmp(m->ops->name, "cpu"))
+        return ds_fail(DS_ERR, "model: the E5M6 attention-output cache runs on the CPU in this build, not on %s",
+                       m->ops->name);
+    if (m->opts.o_proj_ops) {
+        if (strcmp(m->opts.o_proj_ops->name, m->ops->name))
+            return ds_fail(DS_ERR, "model: o_proj's GEMMs on the %s backend, the rest on %s: they must share memory",
+                           m->opts.o_proj_ops->name, m->ops->name);
+        m->lin_o_tab = *m->opts.o_proj_ops;
+        m->lin_o = &m->lin_o_tab;
+        m->opts.o_proj_ops = &m->lin_o_tab;
+    }
+    return 0;
+}
+
 /* sizes everything without allocating; shared by create and the memory plan */
 static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *opts) {
     DS_TRY(check_config(cfg));
@@ -92,6 +111,7 @@ static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *o
         m->opts.linear_ops = &m->lin_tab; /* the caller's table may go away */
     }
     m->lin_kvb = m->opts.kv_b_on_ops ? m->ops : m->lin;
+    DS_TRY(attn_out_shape(m));
     ds_dims_from_config(&m->dims, &m->cfg);
     DS_TRY(ds_rope_init(&m->rope, &m->cfg));
     m->mtp_depth = m->cfg.num_nextn_predict_layers;

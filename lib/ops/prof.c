@@ -16,7 +16,7 @@ static struct {
     double step_t0;
 } P;
 
-static ds_ops g_base, g_tab, g_lin_base, g_lin_tab;
+static ds_ops g_base, g_tab, g_lin_base, g_lin_tab, g_lin2_base, g_lin2_tab;
 static int g_sync; /* the base queues work (a device): wait for it before reading the clock */
 
 static double now(void) {
@@ -127,6 +127,7 @@ static void gemm_wgrad_on(const ds_ops *b, int ng, const int64_t *off, int M, in
     }
 GEMMS(p_, g_base)
 GEMMS(l_, g_lin_base)
+GEMMS(l2_, g_lin2_base)
 
 TIMED(copy, DS_PROF_OP_COPY, (void *dst, const void *src, size_t bytes, ds_copy_kind kind), (dst, src, bytes, kind))
 TIMED(zero, DS_PROF_OP_ZERO, (void *p, size_t bytes), (p, bytes))
@@ -230,6 +231,13 @@ const ds_ops *ds_prof_linear_ops(const ds_ops *base) {
     g_lin_tab = *base;
     g_lin_tab.gemm = l_gemm, g_lin_tab.gemm_rows = l_gemm_rows, g_lin_tab.gemm_wgrad = l_gemm_wgrad;
     return &g_lin_tab;
+}
+
+const ds_ops *ds_prof_linear_ops2(const ds_ops *base) {
+    g_lin2_base = *base;
+    g_lin2_tab = *base;
+    g_lin2_tab.gemm = l2_gemm, g_lin2_tab.gemm_rows = l2_gemm_rows, g_lin2_tab.gemm_wgrad = l2_gemm_wgrad;
+    return &g_lin2_tab;
 }
 
 /* ---- names -------------------------------------------------------------------------------------------- */
