@@ -10,13 +10,11 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 M=${M:-64} N=${N:-64} THREADS=${THREADS:-2}
 KS=${KS:-"128 512 1024 2048 4096 8192"} NCS=${NCS:-"0 1024 512 256 128 64 32"}
-BUILD=${BUILD:-$ROOT/build/rel-cuda}
-[ -f "$BUILD/libds.a" ] || BUILD=$ROOT/build/rel
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
-# shellcheck disable=SC2046
-cc -O2 -std=c11 -D_GNU_SOURCE -fopenmp -I"$ROOT/lib" "$ROOT/bench/fp8_accum.c" "$BUILD/libds.a" \
-    $(pkg-config --cflags --libs openblas jansson libzstd libpcre2-8) -lm -o "$W/fp8_accum"
+# shellcheck source=bench/build_c.sh
+. "$ROOT/bench/build_c.sh"
+build_bench "$ROOT/bench/fp8_accum.c" "$W/fp8_accum"
 echo "M=$M N=$N; entries: relative Frobenius error / largest elementwise relative error, against the exact"
 echo "double product of the same operands; load $(cut -d' ' -f1-3 /proc/loadavg)"
 for sign in signed positive; do

@@ -74,6 +74,8 @@ static ds_ops timed_ops(const ds_ops *real) {
     WRAP(logsoftmax_bwd); WRAP(router_scores); WRAP(moe_topk); WRAP(moe_topk_bwd); WRAP(moe_balance);
     WRAP(moe_bucket); WRAP(moe_gather); WRAP(moe_gather_bwd); WRAP(moe_combine); WRAP(moe_scale_rows);
     WRAP(moe_combine_bwd); WRAP(mla_kv_expand); WRAP(mla_kv_expand_bwd); WRAP(copy); WRAP(zero);
+    if (real->gemm_rows_dev) WRAP(gemm_rows_dev); /* absent under DS_CUDA_GROUPED=0 */
+    if (real->gemm_wgrad_dev) WRAP(gemm_wgrad_dev);
 #undef WRAP
     (void)id;
     return w;

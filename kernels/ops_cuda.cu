@@ -132,6 +132,8 @@ static const __nv_bfloat16 *shadow_of(const float *p) {
     return s->b16 + (p - s->base);
 }
 
+const __nv_bfloat16 *ds_cuda_shadow_of(const float *p) { return shadow_of(p); }
+
 /* ---- memory ------------------------------------------------------------------------------------------ */
 
 static void *cu_alloc(size_t bytes) {
@@ -380,6 +382,10 @@ extern "C" const ds_ops *ds_ops_cuda(void) {
     o.alloc = cu_alloc; o.free = cu_free; o.copy = cu_copy; o.zero = cu_zero; o.sync = cu_sync;
     o.status = cu_status; o.params_changed = cu_params_changed;
     o.gemm = gemm_impl; o.gemm_rows = cu_gemm_rows; o.gemm_wgrad = cu_gemm_wgrad;
+    /* DS_CUDA_GROUPED=0: no device-offset GEMMs, so the MoE layers take the host-offset path (one cuBLASLt
+     * call per expert): the "before" of bench/gpu_moe.sh */
+    const char *grouped = getenv("DS_CUDA_GROUPED");
+    if (!grouped || strcmp(grouped, "0")) o.gemm_rows_dev = cu_gemm_rows_dev, o.gemm_wgrad_dev = cu_gemm_wgrad_dev;
     o.add = cu_add; o.axpy = cu_axpy; o.scale = cu_scale; o.copy2d = cu_copy2d;
     o.rmsnorm_fwd = cu_rmsnorm_fwd; o.rmsnorm_bwd = cu_rmsnorm_bwd;
     o.rope_table = cu_rope_table; o.rope = cu_rope;

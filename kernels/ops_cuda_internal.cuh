@@ -50,6 +50,16 @@ bool ds_cuda_gemm_bf16_batched(int ta, int tb, int M, int N, int K, float alpha,
                                long long sa, const __nv_bfloat16 *B, int ldb, long long sb, float beta, float *C,
                                int ldc, long long sc, int batch);
 
+/* The bf16 copy of a parameter buffer at p (rebuilt first when stale), or NULL when p lies in no announced
+ * buffer (see params_changed in ops/ops.h). */
+const __nv_bfloat16 *ds_cuda_shadow_of(const float *p);
+
+/* grouped expert GEMMs with device offsets (grouped_gemm.cu) */
+void cu_gemm_rows_dev(int ng, const int32_t *off, int max_rows, int tb, int N, int K, float alpha, const float *A,
+                      int lda, const float *B, size_t strideB, int ldb, float beta, float *C, int ldc);
+void cu_gemm_wgrad_dev(int ng, const int32_t *off, int M, int N, float alpha, const float *A, int lda, const float *B,
+                       int ldb, float beta, float *C, size_t strideC, int ldc);
+
 static inline unsigned grid1d(size_t n, int block) { return (unsigned)((n + block - 1) / block); }
 
 /* elementwise, norms, RoPE, SwiGLU, embedding, log-softmax, MLA assembly (ops_elem.cu) */

@@ -156,16 +156,9 @@ static void decode_scaled(double *dst, const ds_fp8_mat *x, int64_t row0, int64_
                              (double)x->scale[scale_index(x, nrows, kbs, row0 + r, k / DS_FP8_BLOCK)];
 }
 
-static int hopper_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K,
-                       int accumulate, int64_t promote) {
-    double *bd = malloc((size_t)N * (size_t)K * sizeof *bd), *ad = malloc((size_t)M * (size_t)K * sizeof *ad);
-    if (!bd || !ad) {
-        free(bd), free(ad);
-        return ds_fail(DS_ERR, "out of memory: fp8 hopper gemm of %lldx%lldx%lld", (long long)M, (long long)N,
-                       (long long)K);
-    }
-    decode_scaled(ad, A, 0, M, M, K);
-    decode_scaled(bd, B, 0, N, N, K);
+/* The scalar path: one ds_fp8_hopper_dot per element, the definition the vector path is held to. */
+static void hopper_scalar(float *C, const double *ad, const double *bd, int64_t M, int64_t N, int64_t K,
+                          int accumulate, int64_t promote) {
     /* each element is one independent scalar chain: the same bits for any thread count */
 #pragma omp parallel for schedule(static) if (M * N * K > 1 << 20)
     for (int64_t i = 0; i < M; i++)
@@ -173,7 +166,159 @@ static int hopper_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64
             const float v = ds_fp8_hopper_dot(ad + i * K, bd + n * K, K, promote);
             C[i * N + n] = accumulate ? C[i * N + n] + v : v;
         }
-    free(bd), free(ad);
+}
+
+/* ---- the vector path (AVX-512F + DQ, chosen at run time) ------------------------------------------------
+ * Eight columns of C per 512-bit vector, one lane per dot product, every lane running ds_fp8_hopper_dot's
+ * steps in the same order (the step boundaries depend on K and N_C only). The integer arithmetic of the
+ * scalar model is done in doubles, exactly:
+ *   up = 2^sh, sh = B - 1 - e, built from the exponent bits of amax (amax is normal: the operands are E4M3
+ *     values times float32 scales, so nonzero products lie within [2^-316, 2^274]); a lane whose amax is 0
+ *     keeps its acc, as the scalar's "nothing happens";
+ *   trunc(x * up) converted to int64 toward zero and summed as the scalar does (below 2^B each, G + 1 terms);
+ *   keep_bits(s) * down = (double(s) * down, exact) with the mantissa bits below the B-th cleared
+ *     (truncation of the magnitude to B significant bits, what keep_bits does to the integer);
+ *   out = fl32(out + fl32(acc)) in float lanes.
+ * B is packed as panels of 8 columns, [N/8][K][8], so one load feeds a lane per column. */
+#define HP_LANES 8
+#define HP_PANELS 4 /* panels per tile: four independent dependency chains */
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HP_HAVE_AVX512 1
+
+__attribute__((target("avx512f,avx512dq"), always_inline)) static inline void
+hopper_tile_avx512(float *out, const double *a, const double *bt, size_t panel_stride, const int np, int64_t K,
+                   int64_t promote) {
+    const __m512i exp_mask = _mm512_set1_epi64(0x7ff), keep = _mm512_set1_epi64((int64_t)(~(uint64_t)0 << (52 - (DS_FP8_HOPPER_BITS - 1))));
+    /* up = 2^(B - 1 - e): biased exponent 1023 + B - 1 - (E - 1023); down = 2^-(B - 1 - e) */
+    const __m512i up_bias = _mm512_set1_epi64(2046 + DS_FP8_HOPPER_BITS - 1), down_bias = _mm512_set1_epi64(-(DS_FP8_HOPPER_BITS - 1));
+    __m512d acc[HP_PANELS], p[DS_FP8_HOPPER_GROUP][HP_PANELS];
+    __m256 o[HP_PANELS];
+    for (int q = 0; q < np; q++) acc[q] = _mm512_setzero_pd(), o[q] = _mm256_setzero_ps();
+    int64_t since = 0;
+    for (int64_t k0 = 0; k0 < K;) {
+        int64_t g = K - k0 < DS_FP8_HOPPER_GROUP ? K - k0 : DS_FP8_HOPPER_GROUP;
+        if (promote > 0 && g > promote - since) g = promote - since;
+        __m512d amax[HP_PANELS];
+        for (int q = 0; q < np; q++) amax[q] = _mm512_abs_pd(acc[q]);
+        /* range imm 0xb: the larger magnitude, sign cleared (|max|) in one instruction */
+        for (int64_t j = 0; j < g; j++) {
+            const __m512d x = _mm512_set1_pd(a[k0 + j]);
+            for (int q = 0; q < np; q++) {
+                p[j][q] = _mm512_mul_pd(x, _mm512_load_pd(bt + q * panel_stride + (k0 + j) * HP_LANES));
+                amax[q] = _mm512_range_pd(amax[q], p[j][q], 0xb);
+            }
+        }
+        __m512d up[HP_PANELS], down[HP_PANELS];
+        __m512i s[HP_PANELS];
+        for (int q = 0; q < np; q++) {
+            const __m512i be = _mm512_and_si512(_mm512_srli_epi64(_mm512_castpd_si512(amax[q]), 52), exp_mask);
+            up[q] = _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_sub_epi64(up_bias, be), 52));
+            down[q] = _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(be, down_bias), 52));
+            s[q] = _mm512_cvttpd_epi64(_mm512_mul_pd(acc[q], up[q]));
+        }
+        for (int64_t j = 0; j < g; j++)
+            for (int q = 0; q < np; q++)
+                s[q] = _mm512_add_epi64(s[q], _mm512_cvttpd_epi64(_mm512_mul_pd(p[j][q], up[q])));
+        for (int q = 0; q < np; q++) {
+            const __m512d r = _mm512_mul_pd(_mm512_cvtepi64_pd(s[q]), down[q]);
+            /* lanes whose step was all zeros keep acc (their up and down are not meaningful) */
+            const __mmask8 nz = _mm512_cmp_pd_mask(amax[q], _mm512_setzero_pd(), _CMP_NEQ_OQ);
+            acc[q] = _mm512_mask_blend_pd(nz, acc[q], _mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(r), keep)));
+        }
+        k0 += g, since += g;
+        if ((promote > 0 && since == promote) || k0 == K) {
+            for (int q = 0; q < np; q++)
+                o[q] = _mm256_add_ps(o[q], _mm512_cvtpd_ps(acc[q])), acc[q] = _mm512_setzero_pd();
+            since = 0;
+        }
+    }
+    for (int q = 0; q < np; q++) _mm256_storeu_ps(out + q * HP_LANES, o[q]);
+}
+
+__attribute__((target("avx512f,avx512dq"))) static void hopper_tile4(float *out, const double *a, const double *bt,
+                                                            size_t ps, int64_t K, int64_t promote) {
+    hopper_tile_avx512(out, a, bt, ps, HP_PANELS, K, promote);
+}
+__attribute__((target("avx512f,avx512dq"))) static void hopper_tile1(float *out, const double *a, const double *bt,
+                                                            size_t ps, int64_t K, int64_t promote) {
+    hopper_tile_avx512(out, a, bt, ps, 1, K, promote);
+}
+
+static int have_avx512(void) {
+    static int v = -1; /* a benign race: every thread computes the same value */
+    if (v < 0) v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") ? 1 : 0;
+    return v;
+}
+#else
+#define HP_HAVE_AVX512 0
+#endif
+
+/* 1 when ds_fp8_gemm_accum's hopper model runs the vector path on this CPU (and the caller allows it). */
+static int g_hopper_scalar_only;
+void ds_fp8_hopper_force_scalar(int on) { g_hopper_scalar_only = on; }
+int ds_fp8_hopper_vectorized(void) {
+#if HP_HAVE_AVX512
+    return !g_hopper_scalar_only && have_avx512();
+#else
+    return 0;
+#endif
+}
+
+static size_t align64z(size_t b) { return (b + 63) & ~(size_t)63; }
+static int64_t hp_padded(int64_t N) { return (N + HP_LANES - 1) / HP_LANES * HP_LANES; }
+
+size_t ds_fp8_gemm_accum_workspace(int64_t M, int64_t N, int64_t K, const ds_fp8_accum *acc) {
+    if (!acc || acc->kind == DS_FP8_ACCUM_EXACT) return ds_fp8_gemm_workspace(M, N, K);
+    /* the scaled operands in double: A [M, K], B [N, K] (packed [N/8][K][8] for the vector path) */
+    return align64z((size_t)M * (size_t)K * 8) + align64z((size_t)hp_padded(N) * (size_t)K * 8) + 64;
+}
+
+static int hopper_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K,
+                       int accumulate, int64_t promote, void *ws) {
+    const size_t need = ds_fp8_gemm_accum_workspace(M, N, K, &(ds_fp8_accum){DS_FP8_ACCUM_HOPPER, promote});
+    void *owned = NULL;
+    if (!ws) {
+        if (posix_memalign(&owned, 64, need))
+            return ds_fail(DS_ERR, "out of memory: fp8 hopper gemm of %lldx%lldx%lld", (long long)M, (long long)N,
+                           (long long)K);
+        ws = owned;
+    }
+    double *ad = ws, *bd = (double *)((char *)ws + align64z((size_t)M * (size_t)K * 8));
+    decode_scaled(ad, A, 0, M, M, K);
+    if (!ds_fp8_hopper_vectorized()) {
+        decode_scaled(bd, B, 0, N, N, K);
+        hopper_scalar(C, ad, bd, M, N, K, accumulate, promote);
+        free(owned);
+        return DS_OK;
+    }
+#if HP_HAVE_AVX512
+    /* B as panels of 8 columns [N/8][K][8], the padding columns zero (their lanes are computed, not stored) */
+    const int64_t np = hp_padded(N) / HP_LANES, kbs = ds_fp8_nblocks(K, DS_FP8_BLOCK);
+    const size_t ps = (size_t)K * HP_LANES;
+    for (int64_t n = 0; n < np * HP_LANES; n++)
+        for (int64_t k = 0; k < K; k++)
+            bd[(size_t)(n / HP_LANES) * ps + (size_t)k * HP_LANES + n % HP_LANES] =
+                n < N ? ds_e4m3_table[B->q[n * K + k]] * (double)B->scale[scale_index(B, N, kbs, n, k / DS_FP8_BLOCK)]
+                      : 0.0;
+    /* tiles of (one row, HP_PANELS panels), then the left-over panels one at a time; each element is still
+     * one independent chain, so any thread count gives the same bits */
+    const int64_t groups = np / HP_PANELS, tiles = groups + (np - groups * HP_PANELS);
+#pragma omp parallel for collapse(2) schedule(static) if (M * N * K > 1 << 20)
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t t = 0; t < tiles; t++) {
+            float o[HP_PANELS * HP_LANES];
+            const int64_t p0 = t < groups ? t * HP_PANELS : groups * HP_PANELS + (t - groups);
+            const int64_t w = t < groups ? HP_PANELS : 1;
+            if (w == HP_PANELS) hopper_tile4(o, ad + i * K, bd + p0 * ps, ps, K, promote);
+            else hopper_tile1(o, ad + i * K, bd + p0 * ps, ps, K, promote);
+            const int64_t n0 = p0 * HP_LANES, cols = N - n0 < w * HP_LANES ? N - n0 : w * HP_LANES;
+            float *cr = C + i * N + n0;
+            for (int64_t c = 0; c < cols; c++) cr[c] = accumulate ? cr[c] + o[c] : o[c];
+        }
+#endif
+    free(owned);
     return DS_OK;
 }
 
@@ -183,5 +328,5 @@ int ds_fp8_gemm_accum(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_
     if (acc->promote < 0) return ds_fail(DS_ERR, "fp8 gemm: promotion interval %lld < 0", (long long)acc->promote);
     DS_TRY(check_shape(A, B, M, N, K));
     if (M == 0 || N == 0) return DS_OK;
-    return hopper_gemm(C, A, B, M, N, K, accumulate, acc->promote);
+    return hopper_gemm(C, A, B, M, N, K, accumulate, acc->promote, ws);
 }

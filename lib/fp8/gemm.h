@@ -65,7 +65,7 @@ int ds_fp8_gemm(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, i
  * Assumed (the sources do not pin them down for this use): B = 14 (V3's "around 14 bits"), G = 32 (the
  * k of one FP8 wgmma), truncation rather than rounding, scales applied per product (on the GPU they are
  * applied at promotion; with promote = 0 only per-tensor scales would be possible, and per-product
- * scaling is then the same up to double rounding). Slow (scalar, M*N*K steps): a numerics tool. */
+ * scaling is then the same up to double rounding). M*N*K steps: a numerics tool, vectorized (below). */
 #define DS_FP8_HOPPER_BITS 14
 #define DS_FP8_HOPPER_GROUP 32
 
@@ -75,13 +75,24 @@ typedef struct {
     int64_t promote; /* N_C: promote to fp32 every N_C products (hopper only); 0 = only at the end */
 } ds_fp8_accum;
 
-/* ds_fp8_gemm with the accumulation `acc` (NULL or DS_FP8_ACCUM_EXACT: ds_fp8_gemm itself; ws is used by
- * the exact path only, the hopper path allocates its own). DS_ERR on a negative promote. */
+/* Scratch bytes ds_fp8_gemm_accum needs for these sizes and this accumulation. */
+size_t ds_fp8_gemm_accum_workspace(int64_t M, int64_t N, int64_t K, const ds_fp8_accum *acc);
+
+/* ds_fp8_gemm with the accumulation `acc` (NULL or DS_FP8_ACCUM_EXACT: ds_fp8_gemm itself). ws: NULL (it
+ * allocates) or ds_fp8_gemm_accum_workspace(M, N, K, acc) bytes, 64-byte aligned. DS_ERR on a negative
+ * promote. The hopper model runs a vector path (AVX-512F and DQ, when the CPU has them) that gives the same bits as
+ * ds_fp8_hopper_dot per element, the scalar definition (tests/unit/test_fp8.c hopper_vector_is_scalar). */
 int ds_fp8_gemm_accum(float *C, const ds_fp8_mat *A, const ds_fp8_mat *B, int64_t M, int64_t N, int64_t K,
                       int accumulate, void *ws, const ds_fp8_accum *acc);
 
 /* The model above on one dot product, p_k = x[k] * y[k] (the operands already scaled), promoting every
  * `promote` products (0: never): returns out. */
 float ds_fp8_hopper_dot(const double *x, const double *y, int64_t n, int64_t promote);
+
+/* Whether ds_fp8_gemm_accum's hopper model takes the vector path here; force_scalar(1) makes it run the
+ * scalar one (tests and benchmarks compare the two), force_scalar(0) restores the choice. Not thread-safe:
+ * set it before the GEMMs run. */
+int ds_fp8_hopper_vectorized(void);
+void ds_fp8_hopper_force_scalar(int on);
 
 #endif

@@ -72,7 +72,7 @@ static void linear_gemm(int stored, int ta, int tb, int M, int N, int K, float a
     const size_t sa = (size_t)(m * kb) * 4, sb = (size_t)(n * kb) * 4;
     const size_t st = (size_t)(k * ds_fp8_nblocks(n, DS_FP8_BLOCK)) * 4;
     const size_t sizes[] = {big, sa, big, sb, big, st, big * 4, big * 4, (size_t)(m * n) * 4,
-                            ds_fp8_gemm_workspace(m, n, k)};
+                            ds_fp8_gemm_accum_workspace(m, n, k, &o.accum)};
     enum { AQ, AS, BQ, BS, TQ, TS, TMP, TMP2, PROD, WS, NBUF };
     size_t total = 0;
     for (int i = 0; i < NBUF; i++) total += align64(sizes[i]);
@@ -158,6 +158,7 @@ void ds_fp8_linear_ops(ds_ops *out, const ds_ops *base) {
     out->gemm = ds_fp8_linear_gemm;
     out->gemm_rows = ds_fp8_linear_gemm_rows;
     out->gemm_wgrad = ds_fp8_linear_gemm_wgrad;
+    out->gemm_rows_dev = NULL, out->gemm_wgrad_dev = NULL; /* the experts take the FP8 host-offset path */
 }
 
 void ds_fp8_linear_ops_stored(ds_ops *out, const ds_ops *base) {

@@ -314,6 +314,7 @@ void ds_fp8_resident_ops(ds_ops *out, const ds_ops *base) {
     *out = *base;
     out->gemm = gemm;
     out->gemm_rows = gemm_rows;
+    out->gemm_rows_dev = NULL, out->gemm_wgrad_dev = NULL; /* resident experts: through gemm_rows */
 }
 
 int ds_fp8_resident_ops_device(ds_ops *out, const ds_ops *base) {
@@ -324,6 +325,7 @@ int ds_fp8_resident_ops_device(ds_ops *out, const ds_ops *base) {
     *out = *base;
     out->gemm = gemm_dev;
     out->gemm_rows = gemm_rows_dev;
+    out->gemm_rows_dev = NULL, out->gemm_wgrad_dev = NULL; /* resident experts: through gemm_rows */
     return DS_OK;
 #else
     *out = *base;

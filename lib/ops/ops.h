@@ -92,6 +92,17 @@ typedef struct ds_ops {
      * C_g = C + g*strideC with row stride ldc. An empty group leaves C_g * beta (beta = 1: untouched). */
     void (*gemm_wgrad)(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
                        const float *B, int ldb, float beta, float *C, size_t strideC, int ldc);
+    /* gemm_rows and gemm_wgrad with the group offsets in backend memory (device memory on an accelerator),
+     * so the MoE layers need no host round trip for them: off [ng+1] int32, off[0] = 0, nondecreasing.
+     * gemm_rows_dev: max_rows >= off[ng] is a host bound on the rows (it sizes the launch); rows r >= off[ng]
+     * of C are left alone. NULL in a table without such kernels (the CPU's: its gemm_rows needs no round
+     * trip), and a wrapper that replaces gemm_rows/gemm_wgrad sets them NULL unless it wraps them too; the
+     * CPU references with these signatures are in ops/grouped.h. */
+    void (*gemm_rows_dev)(int ng, const int32_t *off, int max_rows, int tb, int N, int K, float alpha,
+                          const float *A, int lda, const float *B, size_t strideB, int ldb, float beta, float *C,
+                          int ldc);
+    void (*gemm_wgrad_dev)(int ng, const int32_t *off, int M, int N, float alpha, const float *A, int lda,
+                           const float *B, int ldb, float beta, float *C, size_t strideC, int ldc);
 
     /* ---- elementwise ------------------------------------------------------------------------------ */
     void (*add)(float *y, const float *a, const float *b, size_t n);   /* y = a + b; y may alias a or b */

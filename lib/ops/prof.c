@@ -12,32 +12,38 @@ int ds_prof_on;
 static struct {
     ds_prof_stats st;
     int cur, rc;      /* current region; recomputation in progress */
-    double last;      /* when the current region last started accruing */
-    double step_t0;
+    double last, last_cpu; /* when the current region last started accruing (wall, process CPU) */
 } P;
 
 static ds_ops g_base, g_tab, g_lin_base, g_lin_tab, g_lin2_base, g_lin2_tab;
 static int g_sync; /* the base queues work (a device): wait for it before reading the clock */
 
-static double now(void) {
+static double clock_s(clockid_t c) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(c, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+static double now(void) { return clock_s(CLOCK_MONOTONIC); }
+static double cpu_now(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
+
+/* charge the current region with the time since it last started accruing */
+static void accrue(void) {
+    double t = now(), c = cpu_now();
+    P.st.region_s[P.cur] += t - P.last;
+    P.st.region_cpu_s[P.cur] += c - P.last_cpu;
+    P.st.step_cpu_s += c - P.last_cpu;
+    P.last = t, P.last_cpu = c;
 }
 
 int ds_prof_enter_(ds_prof_region r) {
-    double t = now();
     int prev = P.cur;
-    P.st.region_s[P.cur] += t - P.last;
-    P.last = t;
+    accrue();
     P.cur = (int)r;
     return prev;
 }
 
 void ds_prof_leave_(int prev) {
-    double t = now();
-    P.st.region_s[P.cur] += t - P.last;
-    P.last = t;
+    accrue();
     P.cur = prev;
 }
 
@@ -50,13 +56,14 @@ int ds_prof_recompute_(int on) {
 void ds_prof_step_begin(void) {
     P.cur = DS_PROF_OTHER;
     P.rc = 0;
-    P.step_t0 = P.last = now();
+    P.last = now();
+    P.last_cpu = cpu_now();
     ds_prof_on = 1;
 }
 
 void ds_prof_step_end(double step_s) {
     if (!ds_prof_on) return;
-    P.st.region_s[P.cur] += now() - P.last;
+    accrue();
     ds_prof_on = 0;
     P.st.steps++;
     P.st.step_s += step_s;
@@ -67,16 +74,22 @@ void ds_prof_reset(void) { memset(&P.st, 0, sizeof P.st); }
 
 /* ---- the timing table --------------------------------------------------------------------------------- */
 
-static double op_begin(void) { return ds_prof_on ? now() : 0.0; }
+typedef struct {
+    double wall, cpu;
+} stamp;
 
-static void op_end(ds_prof_op k, double t0, const ds_ops *base, double flop) {
+static stamp op_begin(void) { return ds_prof_on ? (stamp){now(), cpu_now()} : (stamp){0, 0}; }
+
+static void op_end(ds_prof_op k, stamp t0, const ds_ops *base, double flop) {
     if (!ds_prof_on) return;
     if (g_sync) base->sync();
-    double dt = now() - t0;
+    double dt = now() - t0.wall, dc = cpu_now() - t0.cpu;
     P.st.op_s[k] += dt;
+    P.st.op_cpu_s[k] += dc;
     P.st.op_calls[k]++;
     if (k <= DS_PROF_OP_GEMM_WGRAD) {
         P.st.gemm_s[P.cur] += dt;
+        P.st.gemm_cpu_s[P.cur] += dc;
         P.st.gemm_flop[P.cur] += flop;
         if (P.rc) P.st.gemm_flop_rc[P.cur] += flop;
     }
@@ -85,14 +98,14 @@ static void op_end(ds_prof_op k, double t0, const ds_ops *base, double flop) {
 /* a wrapper that times base.op under kind k (no FLOPs) */
 #define TIMED(op, k, params, args)                                                                                \
     static void p_##op params {                                                                                   \
-        double t0 = op_begin();                                                                                   \
+        stamp t0 = op_begin();                                                                                   \
         g_base.op args;                                                                                           \
         op_end(k, t0, &g_base, 0.0);                                                                              \
     }
 
 static void gemm_on(const ds_ops *b, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                     const float *B, int ldb, float beta, float *C, int ldc) {
-    double t0 = op_begin();
+    stamp t0 = op_begin();
     b->gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     op_end(DS_PROF_OP_GEMM, t0, b, 2.0 * M * N * K);
 }
@@ -100,16 +113,32 @@ static void gemm_on(const ds_ops *b, int ta, int tb, int M, int N, int K, float 
 static void gemm_rows_on(const ds_ops *b, int ng, const int64_t *off, int tb, int N, int K, float alpha,
                          const float *A, int lda, const float *B, size_t strideB, int ldb, float beta, float *C,
                          int ldc) {
-    double t0 = op_begin();
+    stamp t0 = op_begin();
     b->gemm_rows(ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
     op_end(DS_PROF_OP_GEMM_ROWS, t0, b, 2.0 * (double)(off[ng] - off[0]) * N * K);
 }
 
 static void gemm_wgrad_on(const ds_ops *b, int ng, const int64_t *off, int M, int N, float alpha, const float *A,
                           int lda, const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
-    double t0 = op_begin();
+    stamp t0 = op_begin();
     b->gemm_wgrad(ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);
     op_end(DS_PROF_OP_GEMM_WGRAD, t0, b, 2.0 * (double)(off[ng] - off[0]) * M * N);
+}
+
+/* the device-offset grouped GEMMs: timed, their FLOPs unknown to the host (0) */
+static void gemm_rows_dev_on(const ds_ops *b, int ng, const int32_t *off, int max_rows, int tb, int N, int K,
+                             float alpha, const float *A, int lda, const float *B, size_t strideB, int ldb, float beta,
+                             float *C, int ldc) {
+    stamp t0 = op_begin();
+    b->gemm_rows_dev(ng, off, max_rows, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
+    op_end(DS_PROF_OP_GEMM_ROWS, t0, b, 0.0);
+}
+
+static void gemm_wgrad_dev_on(const ds_ops *b, int ng, const int32_t *off, int M, int N, float alpha, const float *A,
+                              int lda, const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
+    stamp t0 = op_begin();
+    b->gemm_wgrad_dev(ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);
+    op_end(DS_PROF_OP_GEMM_WGRAD, t0, b, 0.0);
 }
 
 #define GEMMS(pre, base)                                                                                          \
@@ -124,6 +153,21 @@ static void gemm_wgrad_on(const ds_ops *b, int ng, const int64_t *off, int M, in
     static void pre##gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,  \
                                 const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {         \
         gemm_wgrad_on(&base, ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);                       \
+    }                                                                                                             \
+    static void pre##gemm_rows_dev(int ng, const int32_t *off, int max_rows, int tb, int N, int K, float alpha,   \
+                                   const float *A, int lda, const float *B, size_t strideB, int ldb, float beta,  \
+                                   float *C, int ldc) {                                                           \
+        gemm_rows_dev_on(&base, ng, off, max_rows, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);      \
+    }                                                                                                             \
+    static void pre##gemm_wgrad_dev(int ng, const int32_t *off, int M, int N, float alpha, const float *A,        \
+                                    int lda, const float *B, int ldb, float beta, float *C, size_t strideC,       \
+                                    int ldc) {                                                                    \
+        gemm_wgrad_dev_on(&base, ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);                   \
+    }                                                                                                             \
+    /* the table `t` with the device-offset entries timed where its base has them */                              \
+    static void pre##set_dev(ds_ops *t) {                                                                         \
+        t->gemm_rows_dev = base.gemm_rows_dev ? pre##gemm_rows_dev : NULL;                                         \
+        t->gemm_wgrad_dev = base.gemm_wgrad_dev ? pre##gemm_wgrad_dev : NULL;                                      \
     }
 GEMMS(p_, g_base)
 GEMMS(l_, g_lin_base)
@@ -223,6 +267,7 @@ const ds_ops *ds_prof_ops(const ds_ops *base) {
     g_tab.moe_gather_bwd = p_moe_gather_bwd, g_tab.moe_combine = p_moe_combine;
     g_tab.moe_scale_rows = p_moe_scale_rows, g_tab.moe_combine_bwd = p_moe_combine_bwd;
     g_tab.mla_kv_expand = p_mla_kv_expand, g_tab.mla_kv_expand_bwd = p_mla_kv_expand_bwd;
+    p_set_dev(&g_tab);
     return &g_tab;
 }
 
@@ -230,6 +275,7 @@ const ds_ops *ds_prof_linear_ops(const ds_ops *base) {
     g_lin_base = *base;
     g_lin_tab = *base;
     g_lin_tab.gemm = l_gemm, g_lin_tab.gemm_rows = l_gemm_rows, g_lin_tab.gemm_wgrad = l_gemm_wgrad;
+    l_set_dev(&g_lin_tab);
     return &g_lin_tab;
 }
 

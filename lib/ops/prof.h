@@ -7,6 +7,9 @@
  *    under the region they run in, which names their class (attention projections, routed experts, ...).
  *  - Regions: callers mark what part of the step runs (ds_prof_enter / ds_prof_leave, nested). Each
  *    region gets its exclusive wall time, so the regions of a step add up to the step.
+ * Every wall time has a process CPU time beside it (all threads together): on a shared machine wall time
+ * also counts the waits for a core, CPU time only the work, so FLOPs per CPU-second stay comparable
+ * between runs at different loads, and CPU time / (wall time x threads) says how busy the threads were.
  * Off (the default) costs one test of a global flag per region mark and nothing per op: the model gets
  * the plain table. Not thread-safe: the ops are called from one host thread (OpenMP runs inside them).
  */
@@ -51,10 +54,14 @@ typedef enum {
 typedef struct {
     int64_t steps;
     double step_s;                      /* the caller's measure of the steps (ds_prof_step_end) */
+    double step_cpu_s;                  /* process CPU time between ds_prof_step_begin and _end */
     double region_s[DS_PROF_NREGION];   /* exclusive wall time per region: they sum to the profiler's step time */
+    double region_cpu_s[DS_PROF_NREGION]; /* ... and process CPU time (they sum to step_cpu_s) */
     double op_s[DS_PROF_NOP];           /* time inside ops of each kind */
+    double op_cpu_s[DS_PROF_NOP];
     int64_t op_calls[DS_PROF_NOP];
     double gemm_s[DS_PROF_NREGION];     /* GEMM time (gemm, gemm_rows, gemm_wgrad) per class (region) */
+    double gemm_cpu_s[DS_PROF_NREGION];
     double gemm_flop[DS_PROF_NREGION];  /* 2·M·N·K of every GEMM in the class ... */
     double gemm_flop_rc[DS_PROF_NREGION]; /* ... of which in recomputation (not in the model FLOPs count) */
 } ds_prof_stats;

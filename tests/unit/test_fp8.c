@@ -730,6 +730,58 @@ TEST(hopper_promotion) {
           "a negative N_C is refused: %s", ds_errmsg());
 }
 
+TEST(hopper_vector_is_scalar) {
+    /* The vector path of the hopper model against the scalar one (ds_fp8_hopper_dot per element), bit for
+     * bit, on random shapes: every finite E4M3 code (subnormals, zeros, both signs), scales over 2^-60..2^60
+     * (zero scales included, so whole steps are zero), both scale layouts and block heights, promotion
+     * intervals around the step size and the block, accumulating into C or not, N not a multiple of 8. */
+    if (!ds_fp8_hopper_vectorized()) {
+        tap_count++;
+        printf("ok %d - hopper_vector_is_scalar # skip no vector path on this CPU (AVX-512F+DQ)\n", tap_count);
+        return;
+    }
+    ds_rng r;
+    ds_rng_init(&r, 2026, 23);
+    static const int64_t ncs[] = {0, 1, 7, 31, 32, 33, 100, 128, 129, 4096};
+    int same = 1, cases = 0;
+    for (int c = 0; c < 60 && same; c++) {
+        const int64_t M = 1 + (int64_t)ds_rng_below(&r, 9), N = 1 + (int64_t)ds_rng_below(&r, 75);
+        const int64_t K = 1 + (int64_t)ds_rng_below(&r, c < 50 ? 700 : 3000), kb = ds_fp8_nblocks(K, 128);
+        const int64_t brows = c % 3 == 0 ? 128 : c % 3 == 1 ? 1 : 5;
+        uint8_t *aq = malloc(M * K), *bq = malloc(N * K);
+        for (int64_t i = 0; i < M * K; i++) do aq[i] = (uint8_t)ds_rng_below(&r, 256); while ((aq[i] & 0x7f) == 0x7f);
+        for (int64_t i = 0; i < N * K; i++) do bq[i] = (uint8_t)ds_rng_below(&r, 256); while ((bq[i] & 0x7f) == 0x7f);
+        if (c % 4 == 0) /* a small positive range: coherent truncation over long runs */
+            for (int64_t i = 0; i < N * K; i++) bq[i] = 0x30 + (uint8_t)ds_rng_below(&r, 8);
+        const int64_t na = M * kb, nb = ds_fp8_nblocks(N, brows) * kb;
+        float *as = malloc(na * 4), *bs = malloc(nb * 4), *C = malloc(M * N * 4), *Cs = malloc(M * N * 4);
+        for (int64_t i = 0; i < na + nb; i++) {
+            float *sc = i < na ? &as[i] : &bs[i - na];
+            const int64_t pick = (int64_t)ds_rng_below(&r, 16);
+            *sc = pick == 0 ? 0.0f : ldexpf(1.0f + (float)ds_rng_below(&r, 1 << 23) * 0x1p-23f, (int)ds_rng_below(&r, 121) - 60);
+            if (pick == 1) *sc = -*sc;
+        }
+        ds_fp8_mat A = {aq, as, 1, (int)(c & 1)}, B = {bq, bs, brows, (int)((c >> 1) & 1)};
+        const int64_t nc = ncs[c % 10];
+        const int accumulate = (c / 10) & 1;
+        ds_randn_fill(C, (size_t)(M * N), 5, (uint64_t)c, 1.0f);
+        memcpy(Cs, C, (size_t)(M * N) * 4);
+        const ds_fp8_accum acc = {DS_FP8_ACCUM_HOPPER, nc};
+        int rc = ds_fp8_gemm_accum(C, &A, &B, M, N, K, accumulate, NULL, &acc);
+        ds_fp8_hopper_force_scalar(1);
+        rc |= ds_fp8_gemm_accum(Cs, &A, &B, M, N, K, accumulate, NULL, &acc);
+        ds_fp8_hopper_force_scalar(0);
+        if (rc || memcmp(C, Cs, (size_t)(M * N) * 4)) {
+            same = 0;
+            printf("# differs: M %lld N %lld K %lld block_rows %lld N_C %lld accumulate %d\n", (long long)M,
+                   (long long)N, (long long)K, (long long)brows, (long long)nc, accumulate);
+        }
+        cases++;
+        free(aq), free(bq), free(as), free(bs), free(C), free(Cs);
+    }
+    CHECK(same && cases == 60, "vector path == scalar path, bit for bit, on %d random shapes", cases);
+}
+
 /* ---- checkpoint conversion -------------------------------------------------------------------------- */
 
 TEST(quantized_names) {
