@@ -65,7 +65,7 @@ void ds_mla_fwd(ds_model *m, int l, ds_tape *t, float *y) {
         ds_e5m6_quantize(t->o_q, t->o_s, t->o, c.n, (int64_t)d->H * d->dv);
         ds_e5m6_dequantize(t->o, t->o_q, t->o_s, c.n, (int64_t)d->H * d->dv);
     }
-    ds_linear(m->lin_o, y, t->o, w->o, c.n, d->D, d->H * d->dv);
+    ds_linear(ds_o_proj_ops(m), y, t->o, w->o, c.n, d->D, d->H * d->dv);
 }
 
 void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn) {
@@ -85,7 +85,7 @@ void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn) {
     /* o_proj's Wgrad (its 128x1 tiles requantized from these 1x128 ones) and attention's backward read
      * the E5M6 attention output */
     if (m->attn_e5m6) ds_e5m6_dequantize(t->o, t->o_q, t->o_s, n, (int64_t)H * d->dv);
-    ds_linear_bwd(m, m->lin_o, s->dout_attn, 0.0f, gw->o, dy, t->o, w->o, n, d->D, H * d->dv);
+    ds_linear_bwd(m, ds_o_proj_ops(m), s->dout_attn, 0.0f, gw->o, dy, t->o, w->o, n, d->D, H * d->dv);
     ops->attn_bwd(s->dq, s->dk, s->dv, s->dout_attn, t->q, t->k, t->v, t->o, t->lse, c.seg, c.B, c.T, H, d->dqk,
                   d->dv, c.softmax_scale, c.attn_ws);
 

@@ -84,7 +84,7 @@ static int take_table(ds_model *m, const ds_ops **given, ds_ops *tab, const ds_o
 
 /* the attention output kept in E5M6 (opts.attn_out_e5m6): host memory, o_proj on its own table */
 static int attn_out_shape(ds_model *m) {
-    m->lin_o = m->lin;
+    m->lin_o = m->lin; /* with the cache only (training: m->lin is final here); ds_o_proj_ops */
     m->attn_e5m6 = m->opts.attn_out_e5m6 && m->opts.train;
     if (!m->attn_e5m6) return 0;
     if (strcmp(m->ops->name, "cpu"))

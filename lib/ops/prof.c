@@ -271,20 +271,13 @@ const ds_ops *ds_prof_ops(const ds_ops *base) {
     return &g_tab;
 }
 
-const ds_ops *ds_prof_linear_ops(const ds_ops *base) {
-    g_lin_base = *base;
-    g_lin_tab = *base;
-    g_lin_tab.gemm = l_gemm, g_lin_tab.gemm_rows = l_gemm_rows, g_lin_tab.gemm_wgrad = l_gemm_wgrad;
-    l_set_dev(&g_lin_tab);
-    return &g_lin_tab;
-}
+/* a Linear table: base's, its GEMMs timed through the wrappers `pre` (their base b, the table t) */
+#define WRAP_LINEAR(pre, b, t, base)                                                                              \
+    (b = *(base), t = *(base), t.gemm = pre##gemm, t.gemm_rows = pre##gemm_rows, t.gemm_wgrad = pre##gemm_wgrad, \
+     pre##set_dev(&t), (const ds_ops *)&t)
 
-const ds_ops *ds_prof_linear_ops2(const ds_ops *base) {
-    g_lin2_base = *base;
-    g_lin2_tab = *base;
-    g_lin2_tab.gemm = l2_gemm, g_lin2_tab.gemm_rows = l2_gemm_rows, g_lin2_tab.gemm_wgrad = l2_gemm_wgrad;
-    return &g_lin2_tab;
-}
+const ds_ops *ds_prof_linear_ops(const ds_ops *base) { return WRAP_LINEAR(l_, g_lin_base, g_lin_tab, base); }
+const ds_ops *ds_prof_linear_ops2(const ds_ops *base) { return WRAP_LINEAR(l2_, g_lin2_base, g_lin2_tab, base); }
 
 /* ---- names -------------------------------------------------------------------------------------------- */
 
