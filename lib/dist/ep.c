@@ -150,15 +150,20 @@ static int64_t row_offsets(const int64_t *rows, int n, int64_t *off) {
 
 /* One all-to-all of rows: `send_rows[j]` rows of `row_bytes` to rank j, `recv_rows[j]` from it, every
  * byte sent to another rank counted in `acct` by whether it leaves the node. */
-static int exchange(ds_ep *ep, const ds_comm *c, ds_ep_bytes *acct, const void *send, const int64_t *send_rows,
-                    void *recv, const int64_t *recv_rows, size_t row_bytes) {
+void ds_ep_exchange_layout(ds_ep *ep, ds_ep_bytes *acct, const int64_t *send_rows, const int64_t *recv_rows,
+                           size_t row_bytes) {
     row_bytes_layout(send_rows, ep->n_ranks, row_bytes, ep->bcount, ep->boff);
     row_bytes_layout(recv_rows, ep->n_ranks, row_bytes, ep->bcount2, ep->boff2);
-    for (int j = 0; j < ep->n_ranks; j++) {
+    for (int j = 0; j < ep->n_ranks && acct; j++) {
         if (j == ep->rank) continue;
         if (ep->node_of[j] == ep->node_of[ep->rank]) acct->intra += ep->bcount[j];
         else acct->inter += ep->bcount[j];
     }
+}
+
+static int exchange(ds_ep *ep, const ds_comm *c, ds_ep_bytes *acct, const void *send, const int64_t *send_rows,
+                    void *recv, const int64_t *recv_rows, size_t row_bytes) {
+    ds_ep_exchange_layout(ep, acct, send_rows, recv_rows, row_bytes);
     return ds_a2a_bytes(c, ep->algo, send, ep->bcount, ep->boff, recv, ep->bcount2, ep->boff2);
 }
 

@@ -78,6 +78,13 @@ void ds_ep_free(ds_ep *ep);
  * values. */
 int ds_ep_set_nodes(ds_ep *ep, const int *node_of, ds_ep_transport transport);
 
+/* The byte counts and offsets of one exchange of rows grouped by peer (send_rows / recv_rows [n_ranks]:
+ * the plan's, or the reverse for the combine) into ep->bcount/boff (send) and bcount2/boff2 (receive),
+ * and the bytes into acct (NULL: not counted). Every transport moves the plan's rows with these: dist/a2a.h
+ * over MPI, dist/nccl.h between GPUs. */
+void ds_ep_exchange_layout(ds_ep *ep, ds_ep_bytes *acct, const int64_t *send_rows, const int64_t *recv_rows,
+                           size_t row_bytes);
+
 /* Build the plan from the router's choice: topk_idx/topk_w [n_tokens*topk] (global expert ids).
  * Exchanges row counts and the per-row expert ids and weights. */
 int ds_ep_plan(ds_ep *ep, const ds_comm *c, const int32_t *topk_idx, const float *topk_w, int n_tokens);

@@ -128,7 +128,9 @@ struct ds_model {
     const float *cur_cs;
     int32_t *h_i32, *h_pos;     /* host staging [n] */
     int32_t *expert_load;       /* host [n_moe][E] */
-    float *bal_rows, *bal_rows_d; /* per-row balance terms [B]: host, backend */
+    int32_t *load_off_d, *load_off_h; /* [n_moe][E+1] the MoE layers' expert offsets: backend, host (ffn.c) */
+    unsigned char *load_pending;      /* host [n_moe]: STAT_* bits of what this forward left on the device */
+    float *bal_rows, *bal_rows_d; /* per-row balance terms [n_moe][max_batch]: host, backend */
     double bal_loss;
     int have_fwd;               /* a training forward is stored */
     ds_wgrad_queue wq;          /* the B/W split (wgrad.c) */
@@ -185,6 +187,9 @@ void ds_wgrad_gemm(ds_model *m, const ds_ops *ops, int ta, int tb, int M, int N,
                    const float *B, int ldb, float *C, int ldc);
 void ds_wgrad_grouped(ds_model *m, const ds_ops *ops, int ng, const int64_t *off, int M, int N, const float *A,
                       int lda, const float *B, int ldb, float *C, size_t strideC, int ldc);
+/* grouped with the group offsets in backend memory (ops->gemm_wgrad_dev); max_rows bounds the rows read */
+void ds_wgrad_grouped_dev(ds_model *m, const ds_ops *ops, int ng, const int32_t *off, int max_rows, int M, int N,
+                          const float *A, int lda, const float *B, int ldb, float *C, size_t strideC, int ldc);
 void ds_wgrad_embed(ds_model *m, float *dtable, const float *dx, const int32_t *tok, int n, int d);
 int ds_wgrad_status(ds_model *m); /* a recording's failure since the last call, cleared */
 void ds_wgrad_free(ds_model *m);

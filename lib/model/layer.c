@@ -92,7 +92,8 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
     m->keep = TAKE(int32_t, n);
     m->cs = TAKE(float, (size_t)n * d->dr);
     m->inv_freq_d = TAKE(float, d->dr / 2);
-    m->bal_rows_d = TAKE(float, m->opts.max_batch);
+    m->bal_rows_d = TAKE(float, (size_t)(m->n_moe > 0 ? m->n_moe : 1) * m->opts.max_batch); /* per MoE layer */
+    m->load_off_d = TAKE(int32_t, (size_t)m->n_moe * (d->E + 1));
 
     /* residual stream: every layer's input when training, two alternating rows of buffers otherwise */
     m->xs = TAKE(float, (train ? (size_t)(L + 1) : 2) * nD);

@@ -104,6 +104,7 @@ typedef struct {
     float *dw;                 /* [n, K] */
     float *head;               /* [head_rows, V] logits chunk */
     int head_rows;
+    const float *head_of;      /* the h whose logits head holds whole (a forward of one chunk), else NULL */
     void *attn_ws;
 } ds_scratch;
 

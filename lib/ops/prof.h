@@ -47,7 +47,10 @@ typedef enum {
     DS_PROF_OP_LOGSOFTMAX_FWD, DS_PROF_OP_LOGSOFTMAX_BWD, DS_PROF_OP_ROUTER_SCORES, DS_PROF_OP_MOE_TOPK,
     DS_PROF_OP_MOE_TOPK_BWD, DS_PROF_OP_MOE_BALANCE, DS_PROF_OP_MOE_BUCKET, DS_PROF_OP_MOE_GATHER,
     DS_PROF_OP_MOE_GATHER_BWD, DS_PROF_OP_MOE_COMBINE, DS_PROF_OP_MOE_SCALE_ROWS, DS_PROF_OP_MOE_COMBINE_BWD,
-    DS_PROF_OP_MLA_KV_EXPAND, DS_PROF_OP_MLA_KV_EXPAND_BWD, DS_PROF_NOP
+    DS_PROF_OP_MLA_KV_EXPAND, DS_PROF_OP_MLA_KV_EXPAND_BWD,
+    DS_PROF_OP_MOE_FFN_FWD, DS_PROF_OP_MOE_FFN_BWD, /* the fused expert FFN: its GEMMs' FLOPs, and all of its
+                                                      * time (SwiGLU and the combine's backward inside) as GEMM time */
+    DS_PROF_NOP
 } ds_prof_op;
 
 /* What the profile holds (sums over the profiled steps; seconds). */

@@ -22,6 +22,7 @@
 #include "dist/layout.h"
 #include "train/emarun.h"
 #include "train/eprun.h"
+#include "train/devcomm.h"
 #include "train/distckpt.h"
 #include "train/pipe.h"
 #include "train/pipemem.h"
@@ -40,6 +41,7 @@ typedef struct {
     const char *metrics_path;   /* JSONL, or NULL */
     const char *plot_path;      /* PNG, or NULL */
     const char *device;         /* "cpu" | "cuda" */
+    const char *comm;           /* --comm: "nccl" | "mpi" | "auto" (NULL: auto), data parallelism on a GPU (train/devcomm.h) */
     int fp8;                    /* every block Linear's GEMMs in FP8 (fp8/linear.h; the CPU only); the
                                    embedding, head, router, eh_proj, norms and attention stay fp32 */
     int bf16;                   /* V3's bf16 baseline: bf16 storage, fp32 accumulation (ops/bf16.h; the CPU only) */
@@ -104,6 +106,8 @@ typedef struct {
                                  (or, for a tool that fails before it, in ds_session_agree) */
     int failed_alone;         /* this rank failed in the training loop: leave MPI without finalizing */
     ds_train_comm tcomm;      /* the data-parallel replicas (with --pp: this stage's, layout.dp_comm) */
+    ds_devcomm devcomm;       /* --device cuda with a group: its gradient reductions (have_devcomm) */
+    int have_devcomm;
     ds_layout layout;         /* with --pp (have_layout) */
     int have_layout;
     ds_train_comm pcomm;      /* with --pp: this replica's stages (layout.pp_comm) */

@@ -16,7 +16,7 @@
 void ds_train_toolopts_defaults(ds_train_toolopts *t) {
     ds_train_opts to;
     ds_train_opts_defaults(&to);
-    *t = (ds_train_toolopts){.device = "cpu", .ep = 1, .log_every = to.log_every, .val_batches = to.val_batches,
+    *t = (ds_train_toolopts){.device = "cpu", .comm = "auto", .ep = 1, .log_every = to.log_every, .val_batches = to.val_batches,
                              .bf16_moments = to.adamw.bf16_moments, .weight_decay = to.adamw.weight_decay,
                              .beta1 = to.adamw.beta1, .beta2 = to.adamw.beta2, .eps = to.adamw.eps, .clip = to.clip_norm,
                              .pp = 1, .pipe_schedule = "1f1b", .fp8_accum = "exact", .fp8_promote = 128,
@@ -44,7 +44,10 @@ static const shared_opt SHARED[] = {
     {"tokenizer", 0, DS_OPT_STR, F(tokenizer), "FILE"},
     {"metrics", 0, DS_OPT_STR, F(metrics), "FILE.jsonl", "one JSON object per step ('-' = stdout)"},
     {"plot", 0, DS_OPT_STR, F(plot), "FILE.png", "draw the loss curves at the end"},
-    {"device", 0, DS_OPT_CHOICE, F(device), "DEV", "where to train (cuda: one GPU, device 0)", "cpu|cuda"},
+    {"device", 0, DS_OPT_CHOICE, F(device), "DEV", "where to train (cuda: one GPU per process, the local rank's)", "cpu|cuda"},
+    {"comm", 0, DS_OPT_CHOICE, F(comm), "NAME",
+     "--device cuda with --dp: gradients over nccl (GPU buffers) or mpi (host copies); auto: nccl where built",
+     "auto|mpi|nccl"},
     /* the optimizer */
     {"lr", 0, DS_OPT_FLOAT, F(lr), "LR", .max = 10},
     {"lr-schedule", 0, DS_OPT_STR, F(lr_schedule), "SPEC"},
@@ -237,7 +240,7 @@ int ds_train_tool_check_pipeline(ds_train_toolopts *t, int n_layers, ds_pipe_kin
 ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool) {
     return (ds_session_opts){.tool = tool, .model_path = t->model, .resume = t->resume, .out_dir = t->out, .force = t->force,
                              .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
-                             .device = t->device, .fp8 = t->fp8, .fp8_hopper = !strcmp(t->fp8_accum, "hopper"),
+                             .device = t->device, .comm = t->comm, .fp8 = t->fp8, .fp8_hopper = !strcmp(t->fp8_accum, "hopper"),
                              .fp8_promote = t->fp8_promote, .fp8_attn_out_f32 = !strcmp(t->fp8_attn_out, "f32"),
                              .bf16 = t->bf16, .balance_alpha = t->alpha,
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,

@@ -25,6 +25,7 @@
 
 typedef struct {
     const char *model, *resume, *out, *tokenizer, *metrics, *plot, *device;
+    const char *comm;        /* --comm auto|mpi|nccl: data parallelism on GPUs (train/devcomm.h) */
     const char *lr_schedule; /* NULL: the tool's default schedule */
     int64_t steps;
     uint64_t seed;         /* --seed; without it, the resumed run's or a random one (ds_train_tool_start) */
