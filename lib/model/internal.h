@@ -66,6 +66,9 @@ struct ds_model {
     ds_ops lin_o_tab;           /* copy of opts.o_proj_ops */
     const ds_ops *lin_o;        /* o_proj's GEMMs when the attention output is kept in E5M6 (ds_o_proj_ops) */
     int attn_e5m6;              /* the tapes keep the attention output in E5M6 (opts.attn_out_e5m6 && train) */
+    ds_ops lin_pow2_tab;        /* copy of opts.linear_ops_pow2 */
+    const ds_ops *lin_xe;       /* the routed experts' GEMMs whose activation operand was dispatched (gate/up
+                                   Fprop and Wgrad, down Dgrad): lin, or opts.linear_ops_pow2 (moe_fp8.h) */
     ds_dims dims;
     ds_rope rope;
 
@@ -149,6 +152,7 @@ struct ds_model {
     float *ep_w, *ep_dw;        /* their weights, gradients of the weights [n_max K] */
     float *ep_x, *ep_out;       /* [n_max, D]: rows to send, rows combined */
     float *ep_yr, *ep_dxr, *ep_dwr; /* [ep_n n_max, D] x2, [ep_n n_max K] */
+    uint8_t *ep_wire, *ep_wire_r;   /* opts.moe_dispatch_fp8: FP8 rows sent [n_max] and received [ep_n n_max] */
     int ep_rc;                  /* first failure of an exchange in a backward (the layer functions return void) */
     ds_moe_ep_stats ep_stats;
 };

@@ -2,6 +2,7 @@
  * network in one backend block. The layout runs twice: on a counting allocator for the memory plan and the
  * block size, then on the block. */
 #include "model/internal.h"
+#include "model/moe_fp8.h"
 
 #include "core/err.h"
 #include "fp8/e5m6.h"
@@ -60,11 +61,15 @@ static void take_tape(ds_bump *b, const ds_model *m, ds_tape *t, int n, int dens
         t->order = TAKE(int32_t, rK);
         t->where = TAKE(int32_t, rK);
         t->off = TAKE(int32_t, d->E + 1);
-        t->ge = TAKE(float, rK * d->Ie);
-        t->ue = TAKE(float, rK * d->Ie);
-        if (d->Is > 0) {
-            t->gs = TAKE(float, (size_t)n * d->Is);
-            t->us = TAKE(float, (size_t)n * d->Is);
+        if (m->opts.train && m->opts.moe_cache_fp8) {
+            ds_moe_fp8_take(b, m, t, n);
+        } else {
+            t->ge = TAKE(float, rK * d->Ie);
+            t->ue = TAKE(float, rK * d->Ie);
+            if (d->Is > 0) {
+                t->gs = TAKE(float, (size_t)n * d->Is);
+                t->us = TAKE(float, (size_t)n * d->Is);
+            }
         }
     }
     if (s) { /* recompute: the recomputable values live in scratch */
@@ -158,6 +163,7 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
         s->dge = TAKE(float, rK * d->Ie);
         s->due = TAKE(float, rK * d->Ie);
         s->dw = TAKE(float, nK);
+        ds_moe_fp8_take_scratch(b, m, n);
     }
     s->head_rows = (int)((size_t)(4u << 20) / (size_t)(d->V > 0 ? d->V : 1));
     if (s->head_rows < 16) s->head_rows = 16;

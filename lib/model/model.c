@@ -110,6 +110,16 @@ static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *o
     DS_TRY(take_table(m, &m->opts.linear_ops, &m->lin_tab, &m->lin, "Linear GEMMs"));
     m->lin_kvb = m->opts.kv_b_on_ops ? m->ops : m->lin;
     DS_TRY(attn_out_shape(m));
+    m->lin_xe = m->lin;
+    if (m->opts.moe_dispatch_fp8) {
+        const ds_ops *p2 = m->opts.linear_ops_pow2;
+        if (!p2 || strcmp(p2->name, m->ops->name))
+            return ds_fail(DS_ERR, "model: the FP8 dispatch needs the power-of-two Linear table on the %s backend",
+                           m->ops->name);
+        m->lin_pow2_tab = *p2;
+        m->lin_xe = &m->lin_pow2_tab;
+        m->opts.linear_ops_pow2 = &m->lin_pow2_tab;
+    }
     ds_dims_from_config(&m->dims, &m->cfg);
     DS_TRY(ds_rope_init(&m->rope, &m->cfg));
     m->mtp_depth = m->cfg.num_nextn_predict_layers;
