@@ -5,6 +5,7 @@
 #   make demo            the whole pipeline on the embedded default data (share/demo.sh)
 #   make SANITIZE=1 test the suite under ASan + UBSan
 #   make CUDA=0          skip the CUDA objects even where nvcc exists
+#   make NCCL=0          build without NCCL even where nccl.h exists (NCCL is loaded at run time)
 #   make test-gpu        kernels and end-to-end steps against the CPU reference (needs a GPU)
 #   make install PREFIX=/usr/local
 #
@@ -83,6 +84,23 @@ NVFLAGS  ?= -O3 -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Ilib -Ikernels
 LIBDS_CUDA := $(BUILD)/libds_cuda.a
 LDLIBS   += $(LIBDS_CUDA) -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt
 endif
+# NCCL, like CUDA, where it is found: its header at build time (CUDA's or the system's); the library is
+# dlopen()ed by lib/dist/nccl.c when a run asks for it, so nothing links it. Only nccl.o depends on the
+# choice, and a stamp rebuilds it when the choice changes.
+ifeq ($(CUDA),1)
+ifeq ($(origin NCCL),undefined)
+NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),1,0)
+endif
+else
+NCCL := 0
+endif
+NCCL_STAMP := $(BUILD)/nccl-$(NCCL).stamp
+$(BUILD)/lib/dist/nccl.o: CFLAGS += $(if $(filter 1,$(NCCL)),-DDS_HAVE_NCCL)
+$(BUILD)/lib/dist/nccl.o: $(NCCL_STAMP)
+$(NCCL_STAMP):
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/nccl-*.stamp
+	@touch $@
 
 .PHONY: objects fuzz-objects all deps venv test test-quick test-gpu demo install clean fuzz bench help
 .DEFAULT_GOAL := all
@@ -90,7 +108,7 @@ endif
 all: deps-check $(TOOLS)
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- set-up ----------------------------------------------------------------------------------------
 # deps: Debian packages (idempotent, fast when present). venv: Python reference packages, cached in
@@ -162,7 +180,7 @@ fuzz: $(FUZZERS)
 # --- tests -----------------------------------------------------------------------------------------
 # DS_BIN: the programs under test; DS_PY: the reference venv's python; DS_UNITS: unit test binaries.
 TEST_ENV = DS_BIN=$(abspath $(BIN)) DS_PY=$(VENV)/bin/python DS_UNITS="$(UNITS)" DS_FUZZERS="$(FUZZERS)" \
-           FUZZ_SECONDS=$(FUZZ_SECONDS) DS_SANITIZE=$(SANITIZE) OMP_NUM_THREADS=2
+           FUZZ_SECONDS=$(FUZZ_SECONDS) DS_SANITIZE=$(SANITIZE) DS_NCCL=$(NCCL) OMP_NUM_THREADS=2
 
 test: venv all $(UNITS) $(if $(shell sh -c 'command -v clang' 2>/dev/null),$(FUZZERS),)
 	@$(TEST_ENV) tests/run.sh
@@ -173,7 +191,7 @@ test-quick: venv all $(UNITS)
 	@$(TEST_ENV) DS_QUICK=1 tests/run.sh
 
 test-gpu: all $(GPU_TESTS) $(GPU_BENCHES)
-	@$(TEST_ENV) DS_GPU_TESTS="$(GPU_TESTS) $(if $(GPU_TESTS),tests/gpu/test_tools.sh tests/gpu/test_fp8_resident.sh)" tests/gpu/run.sh
+	@$(TEST_ENV) DS_GPU_TESTS="$(GPU_TESTS) $(if $(GPU_TESTS),tests/gpu/test_tools.sh tests/gpu/test_fp8_resident.sh tests/gpu/test_nccl.sh)" tests/gpu/run.sh
 
 demo: all
 	@DS_BIN=$(abspath $(BIN)) share/demo.sh

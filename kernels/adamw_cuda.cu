@@ -180,7 +180,7 @@ __global__ void k_sumsq(double *part, const float *g, size_t n) {
     if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
 }
 
-extern "C" int ds_cuda_grad_norm(const float *g, size_t n, double *norm) {
+extern "C" int ds_cuda_grad_sumsq(const float *g, size_t n, double *sumsq) {
     static double *part; /* kept: a training step must not allocate */
     if (!part) DS_TRY(ds_cuda_alloc((void **)&part, NORM_BLOCKS * sizeof(double)));
     k_sumsq<<<NORM_BLOCKS, 256>>>(part, g, n);
@@ -189,6 +189,13 @@ extern "C" int ds_cuda_grad_norm(const float *g, size_t n, double *norm) {
     DS_TRY(ds_cuda_d2h(h, part, sizeof h));
     double s = 0;
     for (int i = 0; i < NORM_BLOCKS; i++) s += h[i];
+    *sumsq = s;
+    return DS_OK;
+}
+
+extern "C" int ds_cuda_grad_norm(const float *g, size_t n, double *norm) {
+    double s;
+    DS_TRY(ds_cuda_grad_sumsq(g, n, &s));
     *norm = sqrt(s);
     return DS_OK;
 }

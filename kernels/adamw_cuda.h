@@ -44,6 +44,8 @@ int ds_cuda_adamw_set(ds_cuda_adamw *a, int which, size_t offset, size_t numel, 
 
 /* sqrt(sum g^2) over n device floats, in double (synchronizes; NaN/Inf propagate). */
 int ds_cuda_grad_norm(const float *g, size_t n, double *norm);
+/* sum g^2 in the same fixed order (the norm's square before the root): a rank's share of a norm over ranks. */
+int ds_cuda_grad_sumsq(const float *g, size_t n, double *sumsq);
 
 #ifdef __cplusplus
 }

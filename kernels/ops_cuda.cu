@@ -368,7 +368,9 @@ extern "C" const ds_ops *ds_ops_cuda(void) {
         return NULL;
     }
     size_t total = 0;
-    if (ds_cuda_init(0, NULL) || cudaMemGetInfo(&g_free_at_start, &total) != cudaSuccess ||
+    int dev = 0; /* the process's GPU: with several per host, lib/dist/nccl.h selected its local rank's first */
+    if (cudaGetDevice(&dev) != cudaSuccess) dev = 0;
+    if (ds_cuda_init(dev, NULL) || cudaMemGetInfo(&g_free_at_start, &total) != cudaSuccess ||
         ds_blaslt_create(&g_lt, NULL, 0)) {
         ds_fail_ctx(DS_ERR, "--device cuda");
         return NULL;

@@ -1,10 +1,12 @@
-/* ds-bench-a2a — expert-parallel dispatch/combine benchmark over MPI, in the manner of nccl-tests. */
+/* ds-bench-a2a — expert-parallel dispatch/combine benchmark over MPI (or NCCL between GPUs), in the manner of
+ * nccl-tests. */
 #include "core/cli.h"
 #include "core/err.h"
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "dist/a2a_bench.h"
 #include "dist/dp.h"
+#include "dist/nccl.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -49,16 +51,19 @@ static void wrong_str(char *b, size_t n, int64_t wrong) {
  * rows (ours: the implementation under test; MPI's on its own line, worded so that a script reading
  * "Avg bus bandwidth" finds one number). */
 static void print_summary(int64_t wrong, double ours_busbw, double ref_busbw, int rows) {
+    /* (ours is NCCL's exchange with --backend nccl; the reference stays MPI's, on host buffers) */
     printf("# Out of bounds values : %lld %s\n", (long long)wrong, wrong ? "FAILED" : "OK");
     printf("# Avg bus bandwidth    : %g \n", rows ? ours_busbw / rows : 0);
     printf("# MPI_Alltoallv avg bus bandwidth : %g \n#\n", rows ? ref_busbw / rows : 0);
 }
 
-static int run_alltoall(const ds_comm *c, const options *o) {
+/* nc: --backend nccl's communicator (ours = NCCL's grouped send/recv between GPU buffers), else NULL */
+static int run_alltoall(const ds_comm *c, ds_nccl *nc, const options *o) {
     int es = elem_size(o->dtype);
     if (c->rank == 0 && !o->json) {
-        printf("# all-to-all, %d ranks on %d node(s); ours = pairwise point-to-point, ref = MPI_Alltoallv\n", c->size,
-               c->n_nodes);
+        printf("# all-to-all, %d ranks on %d node(s); ours = %s, ref = %s\n", c->size, c->n_nodes,
+               nc ? "NCCL grouped ncclSend/ncclRecv between GPU buffers (one GPU per rank)" : "pairwise point-to-point",
+               c->world ? "MPI_Alltoallv" : "the own block's host copy (one process without MPI)");
         printf("#%11s %12s %6s %6s %4s   %9s %7s %7s %6s   %9s %7s %7s %6s  %8s\n", "size", "count", "type", "redop",
                "root", "ours(us)", "algbw", "busbw", "#wrong", "mpi(us)", "algbw", "busbw", "#wrong", "speed-up");
         printf("#%11s %12s %6s %6s %4s   %9s %7s %7s %6s   %9s %7s %7s %6s  %8s\n", "(B)", "(elements)", "", "", "", "(us)",
@@ -69,14 +74,15 @@ static int run_alltoall(const ds_comm *c, const options *o) {
     int rows = 0;
     for (int64_t bytes = o->minbytes; bytes <= o->maxbytes; bytes *= o->factor) {
         ds_a2a_result ours, ref;
-        DS_TRY(ds_a2a_bench_uniform(c, DS_A2A_OURS, bytes, es, o->iters, o->warmup, o->check, &ours));
+        if (nc) DS_TRY(ds_a2a_bench_uniform_nccl(c, nc, bytes, es, o->iters, o->warmup, o->check, &ours));
+        else DS_TRY(ds_a2a_bench_uniform(c, DS_A2A_OURS, bytes, es, o->iters, o->warmup, o->check, &ours));
         DS_TRY(ds_a2a_bench_uniform(c, DS_A2A_MPI, bytes, es, o->iters, o->warmup, o->check, &ref));
         double ratio = ours.time_us > 0 ? ref.time_us / ours.time_us : 0;
         total_wrong += (ours.wrong > 0 ? ours.wrong : 0) + (ref.wrong > 0 ? ref.wrong : 0);
         sum_ours += ours.busbw, sum_ref += ref.busbw, rows++;
         if (c->rank == 0) {
             if (o->json) {
-                print_row_json("alltoall", "ours", bytes, &ours, ratio, NULL);
+                print_row_json("alltoall", nc ? "nccl" : "ours", bytes, &ours, ratio, NULL);
                 print_row_json("alltoall", "mpi", bytes, &ref, 0, NULL);
             } else {
                 char w1[24], w2[24];
@@ -192,7 +198,7 @@ int main(int argc, char **argv) {
     uint64_t seed = 1;
     const ds_opt opts[] = {
         {"mode", 0, DS_OPT_CHOICE, &o.mode, "MODE", "alltoall: size sweep; ep: routed dispatch/combine", "alltoall|ep"},
-        {"backend", 0, DS_OPT_CHOICE, &o.backend, "NAME", "transport", "mpi|nccl|verbs"},
+        {"backend", 0, DS_OPT_CHOICE, &o.backend, "NAME", "transport (nccl: GPU buffers, one GPU per rank; alltoall mode)", "mpi|nccl|verbs"},
         {"minbytes", 'b', DS_OPT_BYTES, &o.minbytes, "SIZE", "smallest size per rank (K/M/G = 1024^n)", .min = 1, .max = 1e15},
         {"maxbytes", 'e', DS_OPT_BYTES, &o.maxbytes, "SIZE", "largest size per rank", .min = 1, .max = 1e15},
         {"stepfactor", 'f', DS_OPT_INT, &o.factor, "F", "multiply the size by F each step", .min = 1, .max = 1024},
@@ -220,7 +226,9 @@ int main(int argc, char **argv) {
         .summary = "Measures all-to-all exchange (a size sweep in the manner of nccl-tests) and expert-parallel\n"
                    "dispatch/combine with routed tokens, our implementation against MPI_Alltoallv in the same run.\n"
                    "Bandwidth: algbw = bytes a rank sends / time; busbw = algbw * (n-1)/n (docs/METRICS.md); for the\n"
-                   "two-hop exchange the bytes are the one-hop rows' (the payload delivered), so the rows compare.",
+                   "two-hop exchange the bytes are the one-hop rows' (the payload delivered), so the rows compare.\n"
+                   "--backend nccl: the sweep between GPU buffers over NCCL, one GPU per rank (mpirun -np <GPUs>; one\n"
+                   "process without mpirun is a world of one and needs no MPI), against MPI_Alltoallv on host buffers.",
         .example = "  mpirun -np 4 ds-bench-a2a -b 1K -e 64M -f 4\n"
                    "  mpirun -np 4 ds-bench-a2a --mode ep --tokens 4096 --hidden 7168 --topk 8 --experts 256 -d bf16\n"
                    "  mpirun -np 4 ds-bench-a2a --two-hop --ranks-per-node 2 --tokens 4096 --hidden 7168 --topk 8 --experts 64 -d bf16",
@@ -239,20 +247,35 @@ int main(int argc, char **argv) {
         o.mode = "ep";
     }
     if (ds_dist_check_launch()) return ds_tool_report(DS_EUSAGE);
-    if (strcmp(o.backend, "mpi")) {
-        /* NCCL needs several GPUs in one job and verbs an RDMA device: neither exists in this build's
-         * test setting, so they are refused plainly rather than faked. */
+    const int nccl = !strcmp(o.backend, "nccl");
+    if (!strcmp(o.backend, "verbs")) {
+        /* verbs needs an RDMA device, which this build's test setting lacks: refused plainly, not faked */
         ds_fail(DS_ERR, "backend '%s' is not available in this build: --backend", o.backend);
-        ds_hint("use --backend mpi; the NCCL and verbs transports are planned (docs/DESIGN.md)");
+        ds_hint("use --backend mpi (or nccl between GPUs); the verbs transport is planned (docs/DESIGN.md)");
         return ds_tool_report(DS_ERR);
     }
+    if (nccl && !strcmp(o.mode, "ep"))
+        return ds_usage_error("--backend nccl measures the all-to-all sweep: the routed exchange (--mode ep) runs over MPI only");
+    if (nccl && ds_nccl_require("--backend nccl")) return ds_tool_report(DS_EUSAGE);
     ds_comm comm;
-    rc = ds_comm_init(&comm, &argc, &argv);
-    if (rc) return ds_tool_report(rc);
+    /* one GPU without a launcher: no MPI at all (a GPU machine may have none installed) */
+    const int solo = nccl && !ds_dist_launched();
+    if (solo) ds_comm_init_solo(&comm);
+    else rc = ds_comm_init(&comm, &argc, &argv);
+    if (!solo && rc) return ds_tool_report(rc);
     ds_log_set_prefix(ds_comm_prefix(&comm));
-    rc = !strcmp(o.mode, "ep") ? run_ep(&comm, &o) : run_alltoall(&comm, &o);
+    ds_nccl *nc = NULL;
+    if (nccl) { /* one GPU per rank: the host's local rank picks it */
+        rc = ds_nccl_select_device(&comm, NULL);
+        rc = ds_comm_agree(&comm, rc);
+        if (!rc) rc = ds_comm_agree(&comm, ds_nccl_create(&nc, &comm, NULL));
+    }
+    if (!rc) rc = !strcmp(o.mode, "ep") ? run_ep(&comm, &o) : run_alltoall(&comm, nc, &o);
+    int failed_alone = rc != 0;
     rc = ds_comm_agree(&comm, rc); /* every rank checks the same things: one of them reports */
     ds_tool_report(rc);
+    if (nc && failed_alone) ds_nccl_abort(nc); /* never wait for peers that may be gone */
+    else ds_nccl_free(nc);
     ds_comm_finalize(&comm);
     return rc;
 }

@@ -12,7 +12,7 @@
 static int a2a_ours(const ds_comm *c, const char *send, const int64_t *scount, const int64_t *sdispl, char *recv,
                     const int64_t *rcount, const int64_t *rdispl) {
     int n = c->size, me = c->rank;
-    MPI_Comm w = *(MPI_Comm *)c->world;
+    MPI_Comm w = c->world ? *(MPI_Comm *)c->world : MPI_COMM_NULL; /* no world: a solo group, own block only */
     int max_req = 0;
     for (int j = 0; j < n; j++) {
         if (j == me) continue;
@@ -43,7 +43,7 @@ static int a2a_ours(const ds_comm *c, const char *send, const int64_t *scount, c
                        (long long)rcount[me], me);
     }
     if (scount[me]) memcpy(recv + rdispl[me], send + sdispl[me], (size_t)scount[me]);
-    if (err == MPI_SUCCESS) err = MPI_Waitall(nr, req, MPI_STATUSES_IGNORE);
+    if (err == MPI_SUCCESS && nr) err = MPI_Waitall(nr, req, MPI_STATUSES_IGNORE);
     free(req);
     if (err != MPI_SUCCESS) return ds_fail(DS_ERR, "all-to-all failed: rank %d: %s:%d", me, __FILE__, __LINE__);
     return 0;

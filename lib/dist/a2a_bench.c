@@ -1,6 +1,7 @@
 #include "dist/a2a_bench.h"
 
 #include "core/err.h"
+#include "core/log.h"
 #include "core/rng.h"
 #include "dist/layout.h"
 
@@ -17,51 +18,115 @@ static double slowest(const ds_comm *c, double t) {
     return t;
 }
 
-int ds_a2a_bench_uniform(const ds_comm *c, ds_a2a_algo algo, int64_t bytes, int elem_bytes, int iters, int warmup,
-                         int check, ds_a2a_result *out) {
+/* A uniform all-to-all's buffers: per bytes to every peer, counts and displacements in v [4n], the send
+ * block to peer j filled with pattern(me, j, .). */
+typedef struct {
+    int64_t per, *v, *sc, *sd, *rc, *rd;
+    char *send, *recv;
+} uniform_bufs;
+
+static void uniform_free(uniform_bufs *u) {
+    free(u->v);
+    free(u->send);
+    free(u->recv);
+}
+
+static int uniform_setup(const ds_comm *c, int64_t bytes, int elem_bytes, uniform_bufs *u) {
     int n = c->size, me = c->rank;
-    int64_t per = bytes / n / elem_bytes * elem_bytes; /* bytes per peer */
-    int64_t *v = calloc(4 * (size_t)n, sizeof *v);
-    char *send = malloc((size_t)per * n + 1), *recv = malloc((size_t)per * n + 1);
-    if (!v || !send || !recv) {
-        free(v);
-        free(send);
-        free(recv);
+    u->per = bytes / n / elem_bytes * elem_bytes;
+    u->v = calloc(4 * (size_t)n, sizeof *u->v);
+    u->send = malloc((size_t)u->per * n + 1), u->recv = malloc((size_t)u->per * n + 1);
+    if (!u->v || !u->send || !u->recv) {
+        uniform_free(u);
         return ds_fail(DS_ERR, "out of memory: all-to-all buffers of %lld bytes", (long long)bytes);
     }
-    int64_t *sc = v, *sd = v + n, *rc = v + 2 * n, *rd = v + 3 * n;
+    u->sc = u->v, u->sd = u->v + n, u->rc = u->v + 2 * n, u->rd = u->v + 3 * n;
     for (int j = 0; j < n; j++) {
-        sc[j] = rc[j] = per;
-        sd[j] = rd[j] = per * j;
+        u->sc[j] = u->rc[j] = u->per;
+        u->sd[j] = u->rd[j] = u->per * j;
     }
     for (int j = 0; j < n; j++)
-        for (int64_t i = 0; i < per; i++) send[sd[j] + i] = (char)pattern(me, j, i);
+        for (int64_t i = 0; i < u->per; i++) u->send[u->sd[j] + i] = (char)pattern(me, j, i);
+    return 0;
+}
+
+/* Time t (seconds per iteration on this rank) into the result: the slowest rank's, bandwidths. */
+static void uniform_result(const ds_comm *c, const uniform_bufs *u, double t, ds_a2a_result *out) {
+    int n = c->size;
+    out->time_us = slowest(c, t) * 1e6;
+    double sent = (double)u->per * n;
+    out->algbw = out->time_us > 0 ? sent / (out->time_us * 1e-6) / 1e9 : 0;
+    out->busbw = out->algbw * (n - 1) / n;
+    out->wrong = -1;
+}
+
+/* Wrong elements over every rank, from this rank's received blocks. */
+static int uniform_wrong(const ds_comm *c, const uniform_bufs *u, int elem_bytes, ds_a2a_result *out) {
+    int64_t wrong = 0;
+    for (int j = 0; j < c->size; j++)
+        for (int64_t i = 0; i < u->per; i++)
+            if ((uint8_t)u->recv[u->rd[j] + i] != pattern(j, c->rank, i)) wrong++;
+    DS_TRY(ds_comm_allreduce_sum_i64(c, &wrong, 1));
+    out->wrong = wrong / elem_bytes + (wrong % elem_bytes != 0);
+    return 0;
+}
+
+int ds_a2a_bench_uniform(const ds_comm *c, ds_a2a_algo algo, int64_t bytes, int elem_bytes, int iters, int warmup,
+                         int check, ds_a2a_result *out) {
+    uniform_bufs u;
+    DS_TRY(uniform_setup(c, bytes, elem_bytes, &u));
     int rc_ = 0;
-    for (int it = 0; it < warmup && !rc_; it++) rc_ = ds_a2a_bytes(c, algo, send, sc, sd, recv, rc, rd);
+    for (int it = 0; it < warmup && !rc_; it++) rc_ = ds_a2a_bytes(c, algo, u.send, u.sc, u.sd, u.recv, u.rc, u.rd);
     if (!rc_) rc_ = ds_comm_barrier(c);
-    double t0 = MPI_Wtime();
-    for (int it = 0; it < iters && !rc_; it++) rc_ = ds_a2a_bytes(c, algo, send, sc, sd, recv, rc, rd);
-    double t = (MPI_Wtime() - t0) / (iters > 0 ? iters : 1);
+    double t0 = ds_now(); /* not MPI_Wtime: a solo group has no MPI */
+    for (int it = 0; it < iters && !rc_; it++) rc_ = ds_a2a_bytes(c, algo, u.send, u.sc, u.sd, u.recv, u.rc, u.rd);
+    double t = (ds_now() - t0) / (iters > 0 ? iters : 1);
     if (!rc_) {
-        out->time_us = slowest(c, t) * 1e6;
-        double sent = (double)per * n;
-        out->algbw = out->time_us > 0 ? sent / (out->time_us * 1e-6) / 1e9 : 0;
-        out->busbw = out->algbw * (n - 1) / n;
-        out->wrong = -1;
+        uniform_result(c, &u, t, out);
         if (check) {
-            int64_t wrong = 0;
-            memset(recv, 0, (size_t)per * n);
-            rc_ = ds_a2a_bytes(c, algo, send, sc, sd, recv, rc, rd);
-            for (int j = 0; j < n && !rc_; j++)
-                for (int64_t i = 0; i < per; i++)
-                    if ((uint8_t)recv[rd[j] + i] != pattern(j, me, i)) wrong++;
-            if (!rc_) rc_ = ds_comm_allreduce_sum_i64(c, &wrong, 1);
-            out->wrong = wrong / elem_bytes + (wrong % elem_bytes != 0);
+            memset(u.recv, 0, (size_t)u.per * c->size);
+            rc_ = ds_a2a_bytes(c, algo, u.send, u.sc, u.sd, u.recv, u.rc, u.rd);
+            if (!rc_) rc_ = uniform_wrong(c, &u, elem_bytes, out);
         }
     }
-    free(v);
-    free(send);
-    free(recv);
+    uniform_free(&u);
+    return rc_;
+}
+
+/* The exchange on device buffers: the iterations are queued back to back on the communication stream and
+ * the clock stops when the last has finished (nccl-tests' way). */
+static int nccl_iters(ds_nccl *nc, const char *send, const uniform_bufs *u, char *recv, int iters) {
+    for (int it = 0; it < iters; it++) DS_TRY(ds_nccl_alltoallv_bytes(nc, send, u->sc, u->sd, recv, u->rc, u->rd));
+    return ds_nccl_wait(nc);
+}
+
+int ds_a2a_bench_uniform_nccl(const ds_comm *c, ds_nccl *nc, int64_t bytes, int elem_bytes, int iters, int warmup,
+                              int check, ds_a2a_result *out) {
+    uniform_bufs u;
+    DS_TRY(uniform_setup(c, bytes, elem_bytes, &u));
+    const size_t total = (size_t)u.per * c->size;
+    char *dsend = NULL, *drecv = NULL;
+    int rc_ = ds_nccl_dev_alloc((void **)&dsend, total);
+    if (!rc_) rc_ = ds_nccl_dev_alloc((void **)&drecv, total);
+    if (!rc_) rc_ = ds_nccl_h2d(dsend, u.send, total);
+    if (!rc_) rc_ = nccl_iters(nc, dsend, &u, drecv, warmup);
+    if (!rc_) rc_ = ds_comm_barrier(c);
+    double t0 = ds_now();
+    if (!rc_) rc_ = nccl_iters(nc, dsend, &u, drecv, iters);
+    double t = (ds_now() - t0) / (iters > 0 ? iters : 1);
+    if (!rc_) {
+        uniform_result(c, &u, t, out);
+        if (check) { /* a cleared receive buffer, one more exchange, every byte compared on the host */
+            memset(u.recv, 0, total);
+            rc_ = ds_nccl_h2d(drecv, u.recv, total);
+            if (!rc_) rc_ = nccl_iters(nc, dsend, &u, drecv, 1);
+            if (!rc_) rc_ = ds_nccl_d2h(u.recv, drecv, total);
+            if (!rc_) rc_ = uniform_wrong(c, &u, elem_bytes, out);
+        }
+    }
+    ds_nccl_dev_free(dsend);
+    ds_nccl_dev_free(drecv);
+    uniform_free(&u);
     return rc_;
 }
 

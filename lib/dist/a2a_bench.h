@@ -12,6 +12,7 @@
 #include "dist/a2a.h"
 #include "dist/comm.h"
 #include "dist/ep.h"
+#include "dist/nccl.h"
 
 typedef struct {
     double time_us;      /* per iteration, slowest rank */
@@ -22,6 +23,10 @@ typedef struct {
 /* Uniform all-to-all: each rank sends `bytes` in total, bytes/n to every peer (elem_bytes granular). */
 int ds_a2a_bench_uniform(const ds_comm *c, ds_a2a_algo algo, int64_t bytes, int elem_bytes, int iters, int warmup,
                          int check, ds_a2a_result *out);
+/* The same exchange between GPU buffers over NCCL communicator nc (over c's ranks, dist/nccl.h), the data
+ * made and checked on the host around it. */
+int ds_a2a_bench_uniform_nccl(const ds_comm *c, ds_nccl *nc, int64_t bytes, int elem_bytes, int iters, int warmup,
+                              int check, ds_a2a_result *out);
 
 typedef struct {
     int tokens, hidden, topk, experts, node_limit; /* node_limit: max nodes a token may reach, 0 = off */

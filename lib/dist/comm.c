@@ -63,6 +63,13 @@ int ds_comm_init(ds_comm *c, int *argc, char ***argv) {
     return 0;
 }
 
+void ds_comm_init_solo(ds_comm *c) {
+    memset(c, 0, sizeof *c);
+    c->size = c->local_size = c->n_nodes = 1;
+    if (gethostname(c->host, sizeof c->host)) snprintf(c->host, sizeof c->host, "unknown");
+    c->host[sizeof c->host - 1] = 0;
+}
+
 void ds_comm_finalize(ds_comm *c) {
     if (c->local && *(MPI_Comm *)c->local != MPI_COMM_NULL) MPI_Comm_free((MPI_Comm *)c->local);
     ds_comm_abandon(c);
@@ -77,6 +84,7 @@ void ds_comm_abandon(ds_comm *c) {
 
 int ds_comm_split(const ds_comm *c, int color, int key, ds_comm *out) {
     *out = *c;
+    if (!c->world) return 0; /* a solo group splits into itself */
     out->owns_mpi = 0;
     out->local = NULL;
     out->world = malloc(sizeof(MPI_Comm));
@@ -95,6 +103,7 @@ void ds_comm_free_split(ds_comm *sub) {
 }
 
 int ds_comm_agree(const ds_comm *c, int rc) {
+    if (!c->world) return rc;
     int *all = malloc((size_t)c->size * sizeof *all);
     if (!all) return ds_fail(DS_ERR, "out of memory: agreeing on the status");
     int err = MPI_Allgather(&rc, 1, MPI_INT, all, 1, MPI_INT, WORLD(c));
@@ -122,36 +131,43 @@ const char *ds_comm_prefix(const ds_comm *c) {
 }
 
 int ds_comm_barrier(const ds_comm *c) {
+    if (!c->world) return 0; /* solo */
     DS_MPI_TRY(c, MPI_Barrier(WORLD(c)));
     return 0;
 }
 
 int ds_comm_bcast_u64(const ds_comm *c, uint64_t *v) {
+    if (!c->world) return 0; /* solo */
     DS_MPI_TRY(c, MPI_Bcast(v, 1, MPI_UINT64_T, 0, WORLD(c)));
     return 0;
 }
 
 int ds_comm_bcast_bytes(const ds_comm *c, void *buf, int n) {
+    if (!c->world) return 0; /* solo */
     DS_MPI_TRY(c, MPI_Bcast(buf, n, MPI_BYTE, 0, WORLD(c)));
     return 0;
 }
 
 int ds_comm_allreduce_sum_f64(const ds_comm *c, double *v, int n) {
+    if (!c->world) return 0; /* solo */
     DS_MPI_TRY(c, MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, WORLD(c)));
     return 0;
 }
 
 int ds_comm_allreduce_max_f64(const ds_comm *c, double *v, int n) {
+    if (!c->world) return 0; /* solo */
     DS_MPI_TRY(c, MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_MAX, WORLD(c)));
     return 0;
 }
 
 int ds_comm_allreduce_sum_i64(const ds_comm *c, int64_t *v, int n) {
+    if (!c->world) return 0; /* solo */
     DS_MPI_TRY(c, MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_INT64_T, MPI_SUM, WORLD(c)));
     return 0;
 }
 
 int ds_comm_allreduce_sum_f32(const ds_comm *c, float *v, size_t n) {
+    if (!c->world) return 0; /* solo */
     /* MPI counts are int: reduce in chunks */
     const size_t chunk = (size_t)1 << 28;
     for (size_t off = 0; off < n; off += chunk) {
@@ -162,12 +178,18 @@ int ds_comm_allreduce_sum_f32(const ds_comm *c, float *v, size_t n) {
 }
 
 int ds_comm_alltoall_i64(const ds_comm *c, const int64_t *send, int64_t *recv) {
+    if (!c->world) return recv[0] = send[0], 0;
     DS_MPI_TRY(c, MPI_Alltoall(send, 1, MPI_INT64_T, recv, 1, MPI_INT64_T, WORLD(c)));
     return 0;
 }
 
 int ds_comm_alltoallv_bytes(const ds_comm *c, const void *send, const int64_t *scount, const int64_t *sdispl,
                             void *recv, const int64_t *rcount, const int64_t *rdispl) {
+    if (!c->world) { /* solo: the own block */
+        if (scount[0] != rcount[0]) return ds_fail(DS_ERR, "all-to-all: self block sizes differ: rank 0");
+        if (scount[0]) memcpy((char *)recv + rdispl[0], (const char *)send + sdispl[0], (size_t)scount[0]);
+        return 0;
+    }
     int n = c->size;
     int *v = malloc(4 * (size_t)n * sizeof *v);
     if (!v) return ds_fail(DS_ERR, "out of memory");

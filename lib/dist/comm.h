@@ -22,6 +22,10 @@ typedef struct {
 } ds_comm;
 
 int ds_comm_init(ds_comm *c, int *argc, char ***argv);
+/* A group of one that never touches MPI (no MPI_Init: a machine may have no MPI installation at all, as
+ * the lent GPU machines): every collective below is then the identity or a copy. For a program that was
+ * not started by an MPI launcher (ds_dist_launched() is 0). */
+void ds_comm_init_solo(ds_comm *c);
 void ds_comm_finalize(ds_comm *c);
 /* "[host:rank] " for messages when size > 1, "" otherwise. */
 const char *ds_comm_prefix(const ds_comm *c);

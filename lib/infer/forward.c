@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "infer/epinfer.h"
 #include "model/layer.h"
+#include "ops/gemm_small.h"
 #include "ops/mla_decode.h"
 
 #include "core/threads.h"
@@ -33,6 +34,7 @@ struct ds_infer {
     const ds_ops *ops;
     const ds_ops *lin; /* the Linear projections' GEMMs: &lin_tab or ops */
     ds_ops lin_tab;
+    ds_ops cpu_tab; /* on the CPU: the backend with few-row GEMMs that read each weight once (ops/gemm_small.h) */
     ds_infer_opts o;
     ds_kvcache cache;
     buffers b;
@@ -98,6 +100,10 @@ int ds_infer_create(ds_infer **out, const ds_infer_model *m, const ds_ops *ops, 
     if (!e) return ds_fail(DS_ERR, "inference: out of memory");
     e->m = *m;
     e->cfg = c;
+    if (ops == ds_ops_cpu()) { /* decode steps multiply a few rows by every weight: see ops/gemm_small.h */
+        ds_ops_cpu_small_m(&e->cpu_tab);
+        ops = &e->cpu_tab;
+    }
     e->ops = ops;
     e->o = *o;
     e->lin = ops;

@@ -1,6 +1,7 @@
 /* The whole network: creation, batch preparation, forward (embedding, layers, final norm, head, MTP,
  * balance loss) and backward by per-token log-prob gradients (spec 2-6). */
 #include "model/internal.h"
+#include "model/moe.h"
 
 #include "core/err.h"
 #include "core/log.h"
@@ -70,6 +71,29 @@ static int ep_shape(ds_model *m) {
     return 0;
 }
 
+/* A GEMM table given in the options (*given, NULL: none): copied into *tab (the caller's may go away), *given
+ * and *use pointed at the copy; it must run on the backend's memory. */
+static int take_table(ds_model *m, const ds_ops **given, ds_ops *tab, const ds_ops **use, const char *what) {
+    if (!*given) return 0;
+    if (strcmp((*given)->name, m->ops->name))
+        return ds_fail(DS_ERR, "model: %s on the %s backend, the rest on %s: they must share memory", what,
+                       (*given)->name, m->ops->name);
+    *tab = **given;
+    *use = *given = tab;
+    return 0;
+}
+
+/* the attention output kept in E5M6 (opts.attn_out_e5m6): host memory, o_proj on its own table */
+static int attn_out_shape(ds_model *m) {
+    m->lin_o = m->lin; /* with the cache only (training: m->lin is final here); ds_o_proj_ops */
+    m->attn_e5m6 = m->opts.attn_out_e5m6 && m->opts.train;
+    if (!m->attn_e5m6) return 0;
+    if (strcmp(m->ops->name, "cpu"))
+        return ds_fail(DS_ERR, "model: the E5M6 attention-output cache runs on the CPU in this build, not on %s",
+                       m->ops->name);
+    return take_table(m, &m->opts.o_proj_ops, &m->lin_o_tab, &m->lin_o, "o_proj's GEMMs");
+}
+
 /* sizes everything without allocating; shared by create and the memory plan */
 static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *opts) {
     DS_TRY(check_config(cfg));
@@ -83,15 +107,19 @@ static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *o
         return ds_fail(DS_ERR, "model: max_batch x max_seq too large: %d x %d", m->opts.max_batch, m->opts.max_seq);
     m->ops = m->opts.ops ? m->opts.ops : ds_ops_cpu();
     m->lin = m->ops;
-    if (m->opts.linear_ops) {
-        if (strcmp(m->opts.linear_ops->name, m->ops->name))
-            return ds_fail(DS_ERR, "model: Linear GEMMs on the %s backend, the rest on %s: they must share memory",
-                           m->opts.linear_ops->name, m->ops->name);
-        m->lin_tab = *m->opts.linear_ops;
-        m->lin = &m->lin_tab;
-        m->opts.linear_ops = &m->lin_tab; /* the caller's table may go away */
-    }
+    DS_TRY(take_table(m, &m->opts.linear_ops, &m->lin_tab, &m->lin, "Linear GEMMs"));
     m->lin_kvb = m->opts.kv_b_on_ops ? m->ops : m->lin;
+    DS_TRY(attn_out_shape(m));
+    m->lin_xe = m->lin;
+    if (m->opts.moe_dispatch_fp8) {
+        const ds_ops *p2 = m->opts.linear_ops_pow2;
+        if (!p2 || strcmp(p2->name, m->ops->name))
+            return ds_fail(DS_ERR, "model: the FP8 dispatch needs the power-of-two Linear table on the %s backend",
+                           m->ops->name);
+        m->lin_pow2_tab = *p2;
+        m->lin_xe = &m->lin_pow2_tab;
+        m->opts.linear_ops_pow2 = &m->lin_pow2_tab;
+    }
     ds_dims_from_config(&m->dims, &m->cfg);
     DS_TRY(ds_rope_init(&m->rope, &m->cfg));
     m->mtp_depth = m->cfg.num_nextn_predict_layers;
@@ -168,6 +196,8 @@ void ds_model_free(ds_model *m) {
     free(m->h_i32);
     free(m->h_pos);
     free(m->expert_load);
+    free(m->load_off_h);
+    free(m->load_pending);
     free(m->bal_rows);
     ds_moe_ep_free(m);
     free_shape(m);
@@ -269,8 +299,11 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     m->h_i32 = malloc(sizeof(int32_t) * (size_t)hn);
     m->h_pos = malloc(sizeof(int32_t) * (size_t)m->n_max);
     m->expert_load = calloc((size_t)m->n_moe * d->E + 1, sizeof(int32_t));
-    m->bal_rows = calloc((size_t)m->opts.max_batch, sizeof(float));
-    if (!m->h_i32 || !m->h_pos || !m->expert_load || !m->bal_rows) FAIL("out of memory: host buffers");
+    m->load_off_h = calloc((size_t)m->n_moe * (d->E + 1) + 1, sizeof(int32_t));
+    m->load_pending = calloc((size_t)m->n_moe + 1, 1);
+    m->bal_rows = calloc((size_t)(m->n_moe > 0 ? m->n_moe : 1) * m->opts.max_batch, sizeof(float));
+    if (!m->h_i32 || !m->h_pos || !m->expert_load || !m->bal_rows || !m->load_off_h || !m->load_pending)
+        FAIL("out of memory: host buffers");
     for (int l = 0; l < m->n_layers_total; l++) {
         if (!m->opts.train && l > 0) {
             m->tape[l].off_h = m->tape[0].off_h;
@@ -362,6 +395,7 @@ int ds_model_prepare(ds_model *m, const ds_batch *b) {
     /* a stage that starts past layer 0 counts its own layers' statistics for this micro-batch only */
     m->bal_loss = 0.0;
     memset(m->expert_load, 0, sizeof(int32_t) * (size_t)m->n_moe * m->dims.E);
+    memset(m->load_pending, 0, (size_t)m->n_moe);
     m->cur_seg = b->seg ? m->seg : NULL;
     m->cur_cs = m->cs;
     /* routed positions: every one unless the batch has padding or MTP modules see sample boundaries (the
@@ -423,6 +457,7 @@ int ds_model_layers_fwd(ds_model *m, int l0, int l1) {
     if (l0 == 0) {
         m->bal_loss = 0.0;
         memset(m->expert_load, 0, sizeof(int32_t) * (size_t)m->n_moe * m->dims.E);
+        memset(m->load_pending, 0, (size_t)m->n_moe);
     }
     for (int l = l0; l < l1; l++) {
         DS_TRY(ds_layer_fwd(m, l, xs_at(m, l), xs_at(m, l + 1)));
@@ -501,6 +536,7 @@ int ds_model_head_fwd(ds_model *m, ds_fwd_out *out) {
         hprev = m->mtp[j].hk;
     }
     ops->sync();
+    ds_moe_stats_sync(m);
     m->have_fwd = m->opts.train;
     if (out) {
         memset(out, 0, sizeof *out);
@@ -650,6 +686,7 @@ int ds_model_plan(const ds_config *cfg, const ds_model_opts *opts, ds_mem_plan *
 }
 
 void ds_model_fwd_stats(ds_model *m, ds_fwd_out *out) {
+    ds_moe_stats_sync(m);
     memset(out, 0, sizeof *out);
     out->bal_loss = m->bal_loss;
     out->expert_load = m->expert_load;

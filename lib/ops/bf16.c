@@ -130,6 +130,7 @@ const ds_ops *ds_bf16_ops(const ds_ops *base) {
     g_tab = *base;
     g_tab.gemm = gemm, g_tab.gemm_rows = gemm_rows, g_tab.gemm_wgrad = gemm_wgrad, g_tab.add = add;
     g_tab.gemm_rows_dev = NULL, g_tab.gemm_wgrad_dev = NULL; /* operands rounded only on the host-offset path */
+    g_tab.moe_ffn_fwd = NULL, g_tab.moe_ffn_bwd = NULL; /* outputs rounded per op: the unfused sequence */
     g_tab.rmsnorm_fwd = rmsnorm_fwd, g_tab.rmsnorm_bwd = rmsnorm_bwd, g_tab.rope = rope;
     g_tab.attn_fwd = attn_fwd, g_tab.attn_bwd = attn_bwd, g_tab.swiglu_fwd = swiglu_fwd, g_tab.swiglu_bwd = swiglu_bwd;
     g_tab.embed_fwd = embed_fwd, g_tab.moe_combine = moe_combine;

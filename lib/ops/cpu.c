@@ -38,7 +38,7 @@ static int cpu_status(void) { return 0; }
 static void cpu_params_changed(const float *base, size_t n) { (void)base, (void)n; }
 
 /* C = alpha op(A) op(B) + beta C with OpenBLAS running single-threaded (see ds_cpu_blas_single) */
-static void gemm1(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+void ds_cpu_gemm1(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                   float beta, float *C, int ldc) {
     if (M <= 2) {
         /* One or two rows (decode steps, experts holding one token): sgemm packs all of B on every call,
@@ -79,7 +79,7 @@ void ds_cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *
     ds_cpu_blas_single();
     int nt = omp_get_max_threads();
     if (nt <= 1 || (double)M * N * K < (double)(1 << 20)) {
-        gemm1(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        ds_cpu_gemm1(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     /* split the longer side of C into one slab per thread (multiples of 16 rows/columns) */
@@ -90,16 +90,16 @@ void ds_cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *
     for (int p = 0; p < parts; p++) {
         int a = p * chunk, z = a + chunk < len ? a + chunk : len;
         if (split_m)
-            gemm1(ta, tb, z - a, N, K, alpha, ta ? A + a : A + (size_t)a * lda, lda, B, ldb, beta, C + (size_t)a * ldc,
+            ds_cpu_gemm1(ta, tb, z - a, N, K, alpha, ta ? A + a : A + (size_t)a * lda, lda, B, ldb, beta, C + (size_t)a * ldc,
                   ldc);
         else
-            gemm1(ta, tb, M, z - a, K, alpha, A, lda, tb ? B + (size_t)a * ldb : B + a, ldb, beta, C + a, ldc);
+            ds_cpu_gemm1(ta, tb, M, z - a, K, alpha, A, lda, tb ? B + (size_t)a * ldb : B + a, ldb, beta, C + a, ldc);
     }
 }
 
 /* Groups run in parallel, one single-threaded GEMM each (outputs are disjoint); a group much larger than
  * the rest would leave threads idle, so any group above a fair share runs alone on all threads. */
-static int group_alone(const int64_t *off, int g, int ng) {
+int ds_cpu_group_alone(const int64_t *off, int g, int ng) {
     return (off[g + 1] - off[g]) * 2 * omp_get_max_threads() > off[ng] - off[0] + 1;
 }
 
@@ -109,12 +109,12 @@ void ds_cpu_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float al
 #pragma omp parallel for schedule(dynamic, 1)
     for (int g = 0; g < ng; g++) {
         int64_t r0 = off[g], r1 = off[g + 1];
-        if (r1 <= r0 || group_alone(off, g, ng)) continue;
-        gemm1(0, tb, (int)(r1 - r0), N, K, alpha, A + (size_t)r0 * lda, lda, B + (size_t)g * strideB, ldb, beta,
+        if (r1 <= r0 || ds_cpu_group_alone(off, g, ng)) continue;
+        ds_cpu_gemm1(0, tb, (int)(r1 - r0), N, K, alpha, A + (size_t)r0 * lda, lda, B + (size_t)g * strideB, ldb, beta,
               C + (size_t)r0 * ldc, ldc);
     }
     for (int g = 0; g < ng; g++)
-        if (off[g + 1] > off[g] && group_alone(off, g, ng))
+        if (off[g + 1] > off[g] && ds_cpu_group_alone(off, g, ng))
             ds_cpu_gemm(0, tb, (int)(off[g + 1] - off[g]), N, K, alpha, A + (size_t)off[g] * lda, lda,
                         B + (size_t)g * strideB, ldb, beta, C + (size_t)off[g] * ldc, ldc);
 }
@@ -125,15 +125,15 @@ void ds_cpu_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, co
 #pragma omp parallel for schedule(dynamic, 1)
     for (int g = 0; g < ng; g++) {
         int64_t r0 = off[g], r1 = off[g + 1];
-        if (group_alone(off, g, ng)) continue;
+        if (ds_cpu_group_alone(off, g, ng)) continue;
         if (r1 > r0)
-            gemm1(1, 0, M, N, (int)(r1 - r0), alpha, A + (size_t)r0 * lda, lda, B + (size_t)r0 * ldb, ldb, beta,
+            ds_cpu_gemm1(1, 0, M, N, (int)(r1 - r0), alpha, A + (size_t)r0 * lda, lda, B + (size_t)r0 * ldb, ldb, beta,
                   C + (size_t)g * strideC, ldc);
         else if (beta != 1.0f)
             ds_cpu_gemm(0, 0, M, N, 0, 0.0f, A, lda, B, ldb, beta, C + (size_t)g * strideC, ldc);
     }
     for (int g = 0; g < ng; g++)
-        if (group_alone(off, g, ng))
+        if (ds_cpu_group_alone(off, g, ng))
             ds_cpu_gemm(1, 0, M, N, (int)(off[g + 1] - off[g]), alpha, A + (size_t)off[g] * lda, lda,
                         B + (size_t)off[g] * ldb, ldb, beta, C + (size_t)g * strideC, ldc);
 }
@@ -225,6 +225,8 @@ static const ds_ops cpu_ops = {
     .moe_combine = ds_cpu_moe_combine,
     .moe_scale_rows = ds_cpu_moe_scale_rows,
     .moe_combine_bwd = ds_cpu_moe_combine_bwd,
+    .moe_ffn_fwd = ds_cpu_moe_ffn_fwd,
+    .moe_ffn_bwd = ds_cpu_moe_ffn_bwd,
     .mla_kv_expand = ds_cpu_mla_kv_expand,
     .mla_kv_expand_bwd = ds_cpu_mla_kv_expand_bwd,
     .mla_decode = ds_mla_decode,

@@ -114,16 +114,12 @@ void ds_cpu_rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int 
 
 void ds_cpu_swiglu_fwd(float *h, const float *g, const float *u, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) h[i] = g[i] * ds_sigmoidf(g[i]) * u[i];
+    for (size_t i = 0; i < n; i++) h[i] = ds_swiglu(g[i], u[i]);
 }
 
 void ds_cpu_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float s = ds_sigmoidf(g[i]), d = dh[i];
-        du[i] = d * g[i] * s;
-        dg[i] = d * u[i] * s * (1.0f + g[i] * (1.0f - s));
-    }
+    for (size_t i = 0; i < n; i++) ds_swiglu_grad(dg + i, du + i, dh[i], g[i], u[i]);
 }
 
 void ds_cpu_embed_fwd(float *x, const float *table, const int32_t *tok, int n, int d) {

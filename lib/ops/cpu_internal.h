@@ -23,6 +23,20 @@ void ds_cpu_sync(void);
 
 void ds_cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                  float beta, float *C, int ldc);
+/* ds_cpu_gemm on the calling thread alone (inside a parallel region) */
+void ds_cpu_gemm1(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                  float beta, float *C, int ldc);
+/* group g of the row-grouped GEMMs is too large to share the threads with the others: it runs alone, on
+ * all of them (ds_cpu_gemm), after the rest */
+int ds_cpu_group_alone(const int64_t *off, int g, int ng);
+void ds_cpu_moe_ffn_fwd(int ne, const int64_t *off, int D, int I, const float *x, const float *Wg, const float *Wu,
+                        const float *Wd, size_t stride, float *g, float *u, float *act, float *y);
+void ds_cpu_moe_ffn_bwd(int ne, const int64_t *off, int D, int I, const float *x, const float *dy, const float *w,
+                        const int32_t *order, const float *Wg, const float *Wu, const float *Wd, size_t stride,
+                        const float *g, const float *u, float *act, float *dg, float *du, float *dw, float *dx,
+                        float *gWg, float *gWu, float *gWd);
+/* one row of moe_combine_bwd (shared with the fused expert FFN, so both give the same bits) */
+void ds_cpu_moe_combine_bwd_row(float *dact, float *dw, const float *z, const float *act, float w, int I);
 void ds_cpu_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
                       const float *B, size_t strideB, int ldb, float beta, float *C, int ldc);
 void ds_cpu_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,

@@ -43,4 +43,13 @@ static inline float ds_expf(float x) {
 
 static inline float ds_sigmoidf(float x) { return 1.0f / (1.0f + ds_expf(-x)); }
 
+/* SwiGLU's elements, shared by the swiglu ops and the fused expert FFN (cpu_moe_ffn.c) so both give the
+ * same bits: h = silu(g) u; and its gradient dg, du from dh. */
+static inline float ds_swiglu(float g, float u) { return g * ds_sigmoidf(g) * u; }
+static inline void ds_swiglu_grad(float *dg, float *du, float dh, float g, float u) {
+    float s = ds_sigmoidf(g);
+    *du = dh * g * s;
+    *dg = dh * u * s * (1.0f + g * (1.0f - s));
+}
+
 #endif

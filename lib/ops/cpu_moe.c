@@ -190,11 +190,12 @@ void ds_cpu_moe_bucket(int32_t *off, int32_t *order, int32_t *where, const int32
     for (size_t s = 0; s < m; s++)
         if (idx[s] >= 0 && idx[s] < E) off[idx[s] + 1]++;
     for (int e = 0; e < E; e++) off[e + 1] += off[e];
-    int32_t cursor[E]; /* stable: slots of one expert keep their order */
+    int32_t cursor[E], left = off[E]; /* stable: slots of one expert keep their order */
     memcpy(cursor, off, sizeof(int32_t) * (size_t)E);
     for (size_t s = 0; s < m; s++) {
         if (idx[s] < 0 || idx[s] >= E) {
             where[s] = -1;
+            order[left++] = (int32_t)s; /* after the sorted ones, as the device's radix sort leaves them */
             continue;
         }
         int32_t r = cursor[idx[s]]++;
@@ -245,16 +246,19 @@ void ds_cpu_moe_scale_rows(float *x, const float *w, const int32_t *order, int m
     }
 }
 
+void ds_cpu_moe_combine_bwd_row(float *dact, float *dw, const float *z, const float *act, float w, int I) {
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < I; j++) dot += z[j] * act[j];
+    *dw = dot;
+#pragma omp simd
+    for (int j = 0; j < I; j++) dact[j] = w * z[j];
+}
+
 void ds_cpu_moe_combine_bwd(float *dact, float *dw, const float *z, const float *act, const float *w,
                             const int32_t *order, int m, int I) {
 #pragma omp parallel for schedule(static) if ((size_t)m * I > PAR_MIN)
-    for (int r = 0; r < m; r++) {
-        const float *zr = z + (size_t)r * I, *ar = act + (size_t)r * I;
-        float *dr = dact + (size_t)r * I, dot = 0.0f, a = w[order[r]];
-#pragma omp simd reduction(+ : dot)
-        for (int j = 0; j < I; j++) dot += zr[j] * ar[j];
-        dw[order[r]] = dot;
-#pragma omp simd
-        for (int j = 0; j < I; j++) dr[j] = a * zr[j];
-    }
+    for (int r = 0; r < m; r++)
+        ds_cpu_moe_combine_bwd_row(dact + (size_t)r * I, dw + order[r], z + (size_t)r * I, act + (size_t)r * I,
+                                   w[order[r]], I);
 }

@@ -2,7 +2,8 @@
  *
  * Work is split into tasks of (sequence, query token, group of heads). A task walks the visible cache
  * in tiles of TILE tokens with an online softmax, so no score buffer grows with the context; each
- * cached row is converted to fp32 once per task and used by every head of the group.
+ * cached row is converted to fp32 once per task and used by every head of the group: the scores and the
+ * weighted sum of a tile are two few-row GEMMs (ops/gemm_small.h) over the group's heads.
  */
 #include "ops/mla_decode.h"
 
@@ -11,8 +12,10 @@
 #include <string.h>
 
 #include "core/err.h"
+#include "ops/gemm_small.h"
 
-#define TILE 16
+#define TILE 64
+#define TILE_CONVERTED 16 /* rows per tile when a bf16 cache is converted to fp32 on the stack */
 #define HEAD_GROUP 8
 #define ROW_MAX 1024 /* kv_rank + rope_dim bound for the on-stack buffers (V3: 576) */
 
@@ -77,26 +80,18 @@ static void to_f32(float *dst, const void *src, ds_dtype t, int n) {
     }
 }
 
-/* Dot product with 16 independent partial sums (vectorizable, fixed order). */
-static float dot(const float *x, const float *y, int n) {
-    float part[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int k = 0; k < 16; k++) part[k] += x[i + k] * y[i + k];
-    float s = 0.f;
-    for (; i < n; i++) s += x[i] * y[i];
-    for (int k = 0; k < 16; k++) s += part[k];
-    return s;
-}
-
+/* One task: the heads [h0, h0+nh) of query token j of sequence b. Per tile of cached rows (inside one
+ * page, so the rows are equally spaced), the scores of all the task's heads against all the tile's rows
+ * are one small GEMM and the update of the heads' accumulators another (ops/gemm_small.h: each cached
+ * row is read once for every head). */
 static void decode_task(const ds_mla_decode_args *a, int b, int j, int h0, int nh) {
     const int R = a->kv_rank, D = a->kv_rank + a->rope_dim;
     const size_t qsz = ds_dtype_size(a->q_type), osz = ds_dtype_size(a->out_type);
     float qf[HEAD_GROUP][ROW_MAX];
     float acc[HEAD_GROUP][ROW_MAX];
+    float s[HEAD_GROUP][TILE];
     float m[HEAD_GROUP], l[HEAD_GROUP];
-    float tile_buf[TILE][ROW_MAX];
-    const float *rows[TILE];
+    float tile_buf[TILE_CONVERTED][ROW_MAX];
     int len = a->kv_len[b];
     int visible = len == 0 ? 0 : len - a->q_len + 1 + j;
     for (int h = 0; h < nh; h++) {
@@ -106,37 +101,38 @@ static void decode_task(const ds_mla_decode_args *a, int b, int j, int h0, int n
         m[h] = -INFINITY;
         l[h] = 0.f;
     }
-    for (int t0 = 0; t0 < visible; t0 += TILE) {
-        int nt = visible - t0 < TILE ? visible - t0 : TILE;
-        for (int i = 0; i < nt; i++) {
-            const void *src = row_ptr(a, b, t0 + i);
-            if (a->kv_type == DS_F32) {
-                rows[i] = src;
-            } else {
-                to_f32(tile_buf[i], src, a->kv_type, D);
-                rows[i] = tile_buf[i];
-            }
+    for (int t0 = 0, nt; t0 < visible; t0 += nt) {
+        nt = visible - t0 < TILE ? visible - t0 : TILE;
+        if (nt > a->page_size - t0 % a->page_size) nt = a->page_size - t0 % a->page_size;
+        const float *rows;
+        int ld;
+        if (a->kv_type == DS_F32) {
+            rows = row_ptr(a, b, t0);
+            ld = D;
+        } else {
+            if (nt > TILE_CONVERTED) nt = TILE_CONVERTED;
+            for (int i = 0; i < nt; i++) to_f32(tile_buf[i], row_ptr(a, b, t0 + i), a->kv_type, D);
+            rows = tile_buf[0];
+            ld = ROW_MAX;
         }
+        ds_gemm_small(1, nh, nt, D, a->scale, qf[0], ROW_MAX, rows, ld, 0.0f, s[0], TILE);
         for (int h = 0; h < nh; h++) {
-            float s[TILE], smax = -INFINITY;
-            for (int i = 0; i < nt; i++) {
-                s[i] = a->scale * (dot(qf[h], rows[i], R) + dot(qf[h] + R, rows[i] + R, a->rope_dim));
-                if (s[i] > smax) smax = s[i];
-            }
+            float smax = -INFINITY;
+            for (int i = 0; i < nt; i++)
+                if (s[h][i] > smax) smax = s[h][i];
             float mn = m[h] > smax ? m[h] : smax;
             float corr = m[h] == -INFINITY ? 0.f : expf(m[h] - mn);
             float psum = 0.f;
-            for (int d = 0; d < R; d++) acc[h][d] *= corr;
             for (int i = 0; i < nt; i++) {
-                float p = expf(s[i] - mn);
-                psum += p;
-                const float *v = rows[i];
-                float *o = acc[h];
-                for (int d = 0; d < R; d++) o[d] += p * v[d];
+                s[h][i] = expf(s[h][i] - mn);
+                psum += s[h][i];
             }
+            if (corr != 1.0f)
+                for (int d = 0; d < R; d++) acc[h][d] *= corr;
             l[h] = l[h] * corr + psum;
             m[h] = mn;
         }
+        ds_gemm_small(0, nh, R, nt, 1.0f, s[0], TILE, rows, ld, 1.0f, acc[0], ROW_MAX);
     }
     for (int h = 0; h < nh; h++) {
         size_t oi = (((size_t)b * a->q_len + j) * a->heads + h0 + h);

@@ -198,7 +198,9 @@ typedef struct ds_ops {
     /* Counting sort of the n*K (row, slot) assignments by expert, stable in slot order s = r*K + k; slots
      * with idx outside [0, E) (-1: an expert-parallel row's empty slot) are left out:
      * off[e] .. off[e+1] (off: [E+1], device) is expert e's range in the sorted order (off[E] = the valid
-     * slots); order[r] = the slot at sorted position r; where[s] = its position, or -1 when left out. */
+     * slots); order[r] = the slot at sorted position r; where[s] = its position, or -1 when left out. The
+     * slots left out follow in slot order: order[r] for r in [off[E], n*K) (so every order entry is a valid
+     * slot, and ops run over all n*K rows, as the device-offset MoE path does, read in bounds). */
     void (*moe_bucket)(int32_t *off, int32_t *order, int32_t *where, const int32_t *idx, int n, int K, int E);
     /* Dispatch gather: dst[r, :] = src[order[r] / K, :] for r < m. */
     void (*moe_gather)(float *dst, const float *src, const int32_t *order, int m, int K, int d);
@@ -214,6 +216,22 @@ typedef struct ds_ops {
      * dact[r, :] (written) = w[order[r]] * z[r, :]. In place (dact == z) allowed. */
     void (*moe_combine_bwd)(float *dact, float *dw, const float *z, const float *act, const float *w,
                             const int32_t *order, int m, int I);
+    /* The routed experts' SwiGLU FFN over rows sorted by expert (ne experts, host offsets off [ne+1]; expert
+     * e's gate and up [I, D] and down [D, I] at Wg/Wu/Wd + e*stride), exactly the sequence of this table's
+     * gemm_rows and swiglu ops below, in one pass over the experts (cpu_moe_ffn.c: one parallel region,
+     * each expert's rows through all of its steps while they are in cache). Optional: NULL runs the
+     * sequence; a wrapper that replaces gemm_rows, gemm_wgrad or the swiglu ops sets both NULL.
+     * fwd: g = x Wg^T, u = x Wu^T, act = swiglu(g, u), y = act Wd^T (all written, [rows, I] / [rows, D]). */
+    void (*moe_ffn_fwd)(int ne, const int64_t *off, int D, int I, const float *x, const float *Wg,
+                        const float *Wu, const float *Wd, size_t stride, float *g, float *u, float *act, float *y);
+    /* bwd, from the forward's x, g, u, the rows' dy and routing weights w[order[r]]: act = swiglu(g, u)
+     * scaled by w (written), dg = w (dy Wd) through SwiGLU's gradient, du likewise (written), dw[order[r]]
+     * (written) = (dy Wd)·act, dx = dg Wg + du Wu (written); with gWg, gWu, gWd (NULL: the caller runs
+     * them, e.g. deferred) also the weight gradients gWd_e += dy^T act, gWg_e += dg^T x, gWu_e += du^T x. */
+    void (*moe_ffn_bwd)(int ne, const int64_t *off, int D, int I, const float *x, const float *dy, const float *w,
+                        const int32_t *order, const float *Wg, const float *Wu, const float *Wd, size_t stride,
+                        const float *g, const float *u, float *act, float *dg, float *du, float *dw, float *dx,
+                        float *gWg, float *gWu, float *gWd);
 
     /* ---- MLA helpers (spec 3.1) --------------------------------------------------------------------- */
     /* Assemble per-head keys and values from the kv_b output kvb [n, H, dn+dv] (head h: [k_nope | v]) and

@@ -15,7 +15,7 @@ static struct {
     double last, last_cpu; /* when the current region last started accruing (wall, process CPU) */
 } P;
 
-static ds_ops g_base, g_tab, g_lin_base, g_lin_tab;
+static ds_ops g_base, g_tab, g_lin_base, g_lin_tab, g_lin2_base, g_lin2_tab;
 static int g_sync; /* the base queues work (a device): wait for it before reading the clock */
 
 static double clock_s(clockid_t c) {
@@ -87,7 +87,7 @@ static void op_end(ds_prof_op k, stamp t0, const ds_ops *base, double flop) {
     P.st.op_s[k] += dt;
     P.st.op_cpu_s[k] += dc;
     P.st.op_calls[k]++;
-    if (k <= DS_PROF_OP_GEMM_WGRAD) {
+    if (k <= DS_PROF_OP_GEMM_WGRAD || k == DS_PROF_OP_MOE_FFN_FWD || k == DS_PROF_OP_MOE_FFN_BWD) {
         P.st.gemm_s[P.cur] += dt;
         P.st.gemm_cpu_s[P.cur] += dc;
         P.st.gemm_flop[P.cur] += flop;
@@ -171,6 +171,7 @@ static void gemm_wgrad_dev_on(const ds_ops *b, int ng, const int32_t *off, int M
     }
 GEMMS(p_, g_base)
 GEMMS(l_, g_lin_base)
+GEMMS(l2_, g_lin2_base)
 
 TIMED(copy, DS_PROF_OP_COPY, (void *dst, const void *src, size_t bytes, ds_copy_kind kind), (dst, src, bytes, kind))
 TIMED(zero, DS_PROF_OP_ZERO, (void *p, size_t bytes), (p, bytes))
@@ -250,6 +251,24 @@ TIMED(mla_kv_expand_bwd, DS_PROF_OP_MLA_KV_EXPAND_BWD,
        int dv_dim),
       (dkvb, dkpe, ld_dkpe, dk, dv, n, H, dn, dr, dv_dim))
 
+static void p_moe_ffn_fwd(int ne, const int64_t *off, int D, int I, const float *x, const float *Wg, const float *Wu,
+                          const float *Wd, size_t stride, float *g, float *u, float *act, float *y) {
+    stamp t0 = op_begin();
+    g_base.moe_ffn_fwd(ne, off, D, I, x, Wg, Wu, Wd, stride, g, u, act, y);
+    op_end(DS_PROF_OP_MOE_FFN_FWD, t0, &g_base, 6.0 * (double)(off[ne] - off[0]) * D * I);
+}
+
+static void p_moe_ffn_bwd(int ne, const int64_t *off, int D, int I, const float *x, const float *dy, const float *w,
+                          const int32_t *order, const float *Wg, const float *Wu, const float *Wd, size_t stride,
+                          const float *g, const float *u, float *act, float *dg, float *du, float *dw, float *dx,
+                          float *gWg, float *gWu, float *gWd) {
+    stamp t0 = op_begin();
+    g_base.moe_ffn_bwd(ne, off, D, I, x, dy, w, order, Wg, Wu, Wd, stride, g, u, act, dg, du, dw, dx, gWg, gWu, gWd);
+    /* dy W_down and the two products into dx; each weight gradient passed is one more */
+    int products = 3 + !!gWg + !!gWu + !!gWd;
+    op_end(DS_PROF_OP_MOE_FFN_BWD, t0, &g_base, 2.0 * products * (double)(off[ne] - off[0]) * D * I);
+}
+
 const ds_ops *ds_prof_ops(const ds_ops *base) {
     g_base = *base;
     g_sync = !ds_ops_on_host(base);
@@ -266,17 +285,19 @@ const ds_ops *ds_prof_ops(const ds_ops *base) {
     g_tab.moe_gather_bwd = p_moe_gather_bwd, g_tab.moe_combine = p_moe_combine;
     g_tab.moe_scale_rows = p_moe_scale_rows, g_tab.moe_combine_bwd = p_moe_combine_bwd;
     g_tab.mla_kv_expand = p_mla_kv_expand, g_tab.mla_kv_expand_bwd = p_mla_kv_expand_bwd;
+    g_tab.moe_ffn_fwd = base->moe_ffn_fwd ? p_moe_ffn_fwd : NULL;
+    g_tab.moe_ffn_bwd = base->moe_ffn_bwd ? p_moe_ffn_bwd : NULL;
     p_set_dev(&g_tab);
     return &g_tab;
 }
 
-const ds_ops *ds_prof_linear_ops(const ds_ops *base) {
-    g_lin_base = *base;
-    g_lin_tab = *base;
-    g_lin_tab.gemm = l_gemm, g_lin_tab.gemm_rows = l_gemm_rows, g_lin_tab.gemm_wgrad = l_gemm_wgrad;
-    l_set_dev(&g_lin_tab);
-    return &g_lin_tab;
-}
+/* a Linear table: base's, its GEMMs timed through the wrappers `pre` (their base b, the table t) */
+#define WRAP_LINEAR(pre, b, t, base)                                                                              \
+    (b = *(base), t = *(base), t.gemm = pre##gemm, t.gemm_rows = pre##gemm_rows, t.gemm_wgrad = pre##gemm_wgrad, \
+     pre##set_dev(&t), (const ds_ops *)&t)
+
+const ds_ops *ds_prof_linear_ops(const ds_ops *base) { return WRAP_LINEAR(l_, g_lin_base, g_lin_tab, base); }
+const ds_ops *ds_prof_linear_ops2(const ds_ops *base) { return WRAP_LINEAR(l2_, g_lin2_base, g_lin2_tab, base); }
 
 /* ---- names -------------------------------------------------------------------------------------------- */
 
@@ -297,7 +318,7 @@ static const char *const op_names[DS_PROF_NOP] = {
     "rmsnorm_bwd", "rope_table", "rope", "attn_fwd", "attn_bwd", "swiglu_fwd", "swiglu_bwd", "embed_fwd",
     "embed_bwd", "logsoftmax_fwd", "logsoftmax_bwd", "router_scores", "moe_topk", "moe_topk_bwd",
     "moe_balance", "moe_bucket", "moe_gather", "moe_gather_bwd", "moe_combine", "moe_scale_rows",
-    "moe_combine_bwd", "mla_kv_expand", "mla_kv_expand_bwd"};
+    "moe_combine_bwd", "mla_kv_expand", "mla_kv_expand_bwd", "moe_ffn_fwd", "moe_ffn_bwd"};
 
 const char *ds_prof_region_name(ds_prof_region r) { return r >= 0 && r < DS_PROF_NREGION ? region_names[r] : "?"; }
 const char *ds_prof_region_key(ds_prof_region r) { return r >= 0 && r < DS_PROF_NREGION ? region_keys[r] : "?"; }

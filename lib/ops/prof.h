@@ -47,7 +47,10 @@ typedef enum {
     DS_PROF_OP_LOGSOFTMAX_FWD, DS_PROF_OP_LOGSOFTMAX_BWD, DS_PROF_OP_ROUTER_SCORES, DS_PROF_OP_MOE_TOPK,
     DS_PROF_OP_MOE_TOPK_BWD, DS_PROF_OP_MOE_BALANCE, DS_PROF_OP_MOE_BUCKET, DS_PROF_OP_MOE_GATHER,
     DS_PROF_OP_MOE_GATHER_BWD, DS_PROF_OP_MOE_COMBINE, DS_PROF_OP_MOE_SCALE_ROWS, DS_PROF_OP_MOE_COMBINE_BWD,
-    DS_PROF_OP_MLA_KV_EXPAND, DS_PROF_OP_MLA_KV_EXPAND_BWD, DS_PROF_NOP
+    DS_PROF_OP_MLA_KV_EXPAND, DS_PROF_OP_MLA_KV_EXPAND_BWD,
+    DS_PROF_OP_MOE_FFN_FWD, DS_PROF_OP_MOE_FFN_BWD, /* the fused expert FFN: its GEMMs' FLOPs, and all of its
+                                                      * time (SwiGLU and the combine's backward inside) as GEMM time */
+    DS_PROF_NOP
 } ds_prof_op;
 
 /* What the profile holds (sums over the profiled steps; seconds). */
@@ -85,6 +88,8 @@ const struct ds_ops *ds_prof_ops(const struct ds_ops *base);
 /* The same for a second table that only supplies GEMMs (the model's Linear table, e.g. --fp8's): its
  * gemm, gemm_rows and gemm_wgrad are timed, everything else is the base's. */
 const struct ds_ops *ds_prof_linear_ops(const struct ds_ops *base);
+/* The same for a second Linear table (o_proj's beside the others when the attention output is kept in E5M6). */
+const struct ds_ops *ds_prof_linear_ops2(const struct ds_ops *base);
 
 /* A step: begin starts the clock in region OTHER; end stops it and adds step_s (the caller's own measure
  * of the same step) to the totals. Outside begin/end nothing is counted. */

@@ -74,6 +74,16 @@ void ds_optim_free(ds_optim *o) {
 
 int ds_optim_grad_norm(ds_optim *o, const float *grads, double *norm) { return o->impl->grad_norm(o, grads, norm); }
 
+int ds_optim_sumsq(const ds_ops *ops, const float *x, size_t n, double *out) {
+    if (!ops || ds_ops_on_host(ops)) {
+        *out = ds_grad_sumsq(x, n);
+        return 0;
+    }
+    ops->sync();
+    DS_TRY(ops->status()); /* a failed backward surfaces here, before its numbers are trusted */
+    return ds_optim_sumsq_cuda(x, n, out);
+}
+
 int ds_optim_step(ds_optim *o, float *params, const float *grads, float grad_scale, double lr) {
     return o->impl->step(o, params, grads, grad_scale, lr);
 }

@@ -51,6 +51,11 @@ int ds_optim_step(ds_optim *o, float *params, const float *grads, float grad_sca
 int ds_optim_get(const ds_optim *o, int which, size_t offset, size_t numel, float *host);
 int ds_optim_set(ds_optim *o, int which, size_t offset, size_t numel, const float *host);
 
+/* sum x^2 over n values held by ops (NULL or a host backend: host memory), in double: one rank's share
+ * of a gradient norm over several ranks (train/zero.h). */
+int ds_optim_sumsq(const ds_ops *ops, const float *x, size_t n, double *out);
+int ds_optim_sumsq_cuda(const float *x, size_t n, double *out); /* the GPU's (train/optim_cuda.c) */
+
 /* The GPU implementation (train/optim_cuda.c; fails plainly in a build without CUDA). */
 int ds_optim_create_cuda(ds_optim *o, const ds_param *info, int n_info);
 

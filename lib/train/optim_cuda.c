@@ -34,6 +34,8 @@ static void cu_release(ds_optim *o) { ds_cuda_adamw_free(o->state); }
 
 static const ds_optim_impl cuda_impl = {cu_norm, cu_step, cu_get, cu_set, cu_release};
 
+int ds_optim_sumsq_cuda(const float *x, size_t n, double *out) { return ds_cuda_grad_sumsq(x, n, out); }
+
 int ds_optim_create_cuda(ds_optim *o, const ds_param *info, int n_info) {
     DS_TRY(ds_adamw_check_table(o->n, info, n_info));
     ds_cuda_adamw_seg *segs = malloc((size_t)(n_info > 0 ? n_info : 1) * sizeof *segs);
@@ -53,6 +55,10 @@ int ds_optim_create_cuda(ds_optim *o, const ds_param *info, int n_info) {
 }
 
 #else
+
+int ds_optim_sumsq_cuda(const float *x, size_t n, double *out) {
+    return ds_fail(DS_ERR, "gradient norm: gradients on a GPU, and this build has no CUDA backend");
+}
 
 int ds_optim_create_cuda(ds_optim *o, const ds_param *info, int n_info) {
     (void)info, (void)n_info;

@@ -303,17 +303,28 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
         ds_hint("drop --bf16, or train with --device cpu");
     }
     if (!rc && o->bf16) mo.ops = ds_bf16_ops(ops);
-    ds_ops fp8_linear; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
+    ds_ops fp8_linear, fp8_o_proj; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
     if (!rc && o->fp8) rc = fp8_linear_ops(o, &fp8_linear);
     if (!rc && o->fp8) mo.linear_ops = &fp8_linear;
+    if (!rc && o->fp8 && !o->fp8_attn_out_f32) { /* V3: the attention output kept in E5M6, o_proj's Wgrad reads it */
+        ds_fp8_linear_ops_stored(&fp8_o_proj, ds_ops_cpu());
+        mo.attn_out_e5m6 = 1, mo.o_proj_ops = &fp8_o_proj;
+    }
+    ds_ops fp8_pow2; /* the GEMMs that consume the FP8-dispatched operands (fp8/linear.h) */
+    mo.moe_cache_fp8 = o->fp8 && !o->fp8_moe_cache_f32;
+    mo.moe_dispatch_fp8 = o->fp8 && !o->fp8_dispatch_f32;
+    if (mo.moe_dispatch_fp8) ds_fp8_linear_ops_pow2(&fp8_pow2, ds_ops_cpu());
+    mo.linear_ops_pow2 = mo.moe_dispatch_fp8 ? &fp8_pow2 : NULL;
     if (!rc && o->profile) { /* every op timed; without --profile the model gets the plain tables */
         mo.ops = ds_prof_ops(mo.ops);
         if (mo.linear_ops) mo.linear_ops = ds_prof_linear_ops(mo.linear_ops);
+        if (mo.o_proj_ops) mo.o_proj_ops = ds_prof_linear_ops2(mo.o_proj_ops);
     }
     if (!rc) rc = ds_model_create(&s->model, &s->cfg, &mo);
     if (!rc) rc = ck ? ds_model_load_weights(s->model, ds_ckpt_tensors(ck)) : ds_model_init(s->model, o->seed);
     ds_ckpt_close(ck);
     if (!rc) rc = ds_train_net_from_model(&s->net, s->model, o->seq_len);
+    if (!rc) s->devcomm.ops = s->net.ops; /* the staging path's copies */
     if (!rc && s->have_layout) rc = open_pipeline(s);
     return rc;
 }
@@ -386,16 +397,23 @@ static int trim_metrics(const char *path, int64_t step) {
 }
 
 static int join_data_parallel(ds_session *s) {
-    const int pp = s->o.pp > 1 ? s->o.pp : 1;
-    if ((s->o.dp == 1 && pp == 1) || (s->o.dp == 0 && pp == 1 && !ds_dist_launched())) return 0;
-    DS_TRY(ds_comm_init(&s->comm, NULL, NULL));
+    const int pp = s->o.pp > 1 ? s->o.pp : 1, gpu = s->o.device && strcmp(s->o.device, "cpu");
+    ds_devcomm_kind kind;
+    DS_TRY(ds_devcomm_kind_parse(s->o.comm, s->o.device, &kind));
+    /* --comm nccl on one GPU without mpirun: a world of one all the same (no MPI), so the run goes through
+     * the communicator it asked for */
+    const int solo = gpu && s->o.comm && !strcmp(s->o.comm, "nccl") && pp == 1 && s->o.dp <= 1 && !ds_dist_launched();
+    if (!solo && ((s->o.dp == 1 && pp == 1) || (s->o.dp == 0 && pp == 1 && !ds_dist_launched()))) return 0;
+    if (solo) ds_comm_init_solo(&s->comm);
+    else DS_TRY(ds_comm_init(&s->comm, NULL, NULL));
     s->have_comm = 1;
     ds_log_set_prefix(ds_comm_prefix(&s->comm)); /* errors from any rank name it: "[host:rank] ds-x: ..." */
     if (s->comm.rank != 0) ds_log_set_level(DS_LOG_QUIET); /* rank 0 talks; errors still reach stderr */
-    if (s->o.device && strcmp(s->o.device, "cpu")) {
-        ds_fail(DS_EUSAGE, "%s with --device %s: the gradient all-reduce runs over host memory only",
-                pp > 1 ? "pipeline parallelism" : "data parallelism", s->o.device);
-        ds_hint("train on one GPU (no mpirun), or use --device cpu with --dp");
+    if (gpu && (pp > 1 || s->o.ep > 1)) {
+        ds_fail(DS_EUSAGE, "%s with --device %s: %s over host memory only in this build",
+                pp > 1 ? "pipeline parallelism" : "expert parallelism", s->o.device,
+                pp > 1 ? "the stages' transfers run" : "dispatch and combine run");
+        ds_hint("on GPUs use --dp (gradients over NCCL), or --device cpu with --pp/--ep");
         return DS_EUSAGE;
     }
     if (s->comm.size % pp) {
@@ -421,6 +439,13 @@ static int join_data_parallel(ds_session *s) {
     s->tcomm = ds_train_comm_of(dpc); /* the trainer's reductions over lib/dist's rank-ordered sums */
     if (pp > 1) ds_info("parallel: %d pipeline stages x %d data-parallel replicas", pp, dp);
     else ds_info("data parallel: %d ranks on %d node(s)", s->comm.size, s->comm.n_nodes);
+    if (gpu) { /* gradients on the GPU: NCCL, or MPI through host copies (train/devcomm.h) */
+        DS_TRY(ds_devcomm_open(&s->devcomm, dpc, kind));
+        s->have_devcomm = 1;
+        s->tcomm = ds_devcomm_train_comm(&s->devcomm);
+        if (kind == DS_DEVCOMM_NCCL) ds_info("comm    NCCL on GPU %d of this host (local rank %d), its own stream", s->devcomm.device, s->comm.local_rank);
+        else ds_info("comm    MPI through host copies of the gradients");
+    }
     return 0;
 }
 
@@ -640,6 +665,7 @@ void ds_session_close(ds_session *s) {
     free(s->tokenizer_json);
     free(s->tokenizer_config);
     ds_ep_run_free(&s->ep);
+    if (s->have_devcomm) ds_devcomm_close(&s->devcomm, s->failed_alone);
     if (s->have_layout && !s->failed_alone) ds_layout_free(&s->layout);
     if (s->have_comm && s->failed_alone) ds_comm_abandon(&s->comm);
     else if (s->have_comm) ds_comm_finalize(&s->comm);

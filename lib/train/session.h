@@ -22,6 +22,7 @@
 #include "dist/layout.h"
 #include "train/emarun.h"
 #include "train/eprun.h"
+#include "train/devcomm.h"
 #include "train/distckpt.h"
 #include "train/pipe.h"
 #include "train/pipemem.h"
@@ -40,10 +41,16 @@ typedef struct {
     const char *metrics_path;   /* JSONL, or NULL */
     const char *plot_path;      /* PNG, or NULL */
     const char *device;         /* "cpu" | "cuda" */
+    const char *comm;           /* --comm: "nccl" | "mpi" | "auto" (NULL: auto), data parallelism on a GPU (train/devcomm.h) */
     int fp8;                    /* every block Linear's GEMMs in FP8 (fp8/linear.h; the CPU only); the
                                    embedding, head, router, eh_proj, norms and attention stay fp32 */
     int bf16;                   /* V3's bf16 baseline: bf16 storage, fp32 accumulation (ops/bf16.h; the CPU only) */
     int fp8_hopper, fp8_promote; /* --fp8-accum hopper, --fp8-promote: Hopper's accumulation (fp8/gemm.h) */
+    int fp8_attn_out_f32;       /* --fp8-attn-out f32: keep the attention output in float32 rather than V3's
+                                   E5M6 (model.h attn_out_e5m6), for comparison */
+    /* with fp8, V3's MoE FP8 cache and FP8 dispatch are on (model.h moe_cache_fp8, ...); these turn them off
+     * (--fp8-moe-cache fp32, --fp8-dispatch fp32) */
+    int fp8_moe_cache_f32, fp8_dispatch_f32;
     double init_std;            /* > 0: overrides the config's ds_init_std for a fresh model */
     double balance_alpha;       /* sequence-wise balance loss weight per micro-batch */
     int micro_batch, seq_len;
@@ -102,6 +109,8 @@ typedef struct {
                                  (or, for a tool that fails before it, in ds_session_agree) */
     int failed_alone;         /* this rank failed in the training loop: leave MPI without finalizing */
     ds_train_comm tcomm;      /* the data-parallel replicas (with --pp: this stage's, layout.dp_comm) */
+    ds_devcomm devcomm;       /* --device cuda with a group: its gradient reductions (have_devcomm) */
+    int have_devcomm;
     ds_layout layout;         /* with --pp (have_layout) */
     int have_layout;
     ds_train_comm pcomm;      /* with --pp: this replica's stages (layout.pp_comm) */

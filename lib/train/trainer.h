@@ -148,6 +148,7 @@ typedef struct {
     int (*reduce_scatter_f32)(void *ctx, float *x, size_t n);
     int (*allgather_f32)(void *ctx, float *x, size_t n);
     void *ctx;
+    int device; /* the float callbacks take the net's backend memory (a GPU's: train/devcomm.h); 0: host memory */
 } ds_train_comm;
 
 /* A parameter group: a contiguous range of the net's params/grads and the ranks that hold the same

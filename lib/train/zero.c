@@ -44,7 +44,10 @@ int ds_zero_create(ds_zero *z, const ds_train_net *net, const ds_adamw_opts *o, 
     if (at != net->n_params) return ds_fail(DS_ERR, "trainer: parameter groups cover %zu of %zu values", at, net->n_params);
     const int distributed = comm_size(world) > 1 || n > 1 || comm_size(g[0].comm) > 1;
     if (distributed && net->ops && !ds_ops_on_host(net->ops))
-        return ds_fail(DS_ERR, "trainer: parameter groups over several ranks need the parameters in host memory");
+        for (int i = 0; i < n; i++) /* device parameters: every reduction must take device memory */
+            if (comm_size(g[i].comm) > 1 && !g[i].comm->device)
+                return ds_fail(DS_ERR, "trainer: parameter group %d over several ranks reduces host memory, and the "
+                               "parameters live on device '%s'", i, net->ops->name);
     if (!(z->g = calloc((size_t)n, sizeof *z->g))) return ds_fail(DS_ERR, "out of memory: parameter groups");
     z->n = n;
     z->world = comm_size(world) > 1 ? world : NULL;
@@ -91,8 +94,11 @@ int ds_zero_grad_norm(ds_zero *z, const ds_train_net *net, double *norm) {
     if (!z->world && z->n == 1 && z->g[0].size == 1 && z->g[0].opt) /* one process: the backend's own reduction */
         return ds_optim_grad_norm(z->g[0].opt, net->grads, norm);
     double s = 0;
-    for (int i = 0; i < z->n; i++)
-        s += ds_grad_sumsq(net->grads + z->g[i].slice_lo, z->g[i].slice_hi - z->g[i].slice_lo);
+    for (int i = 0; i < z->n; i++) {
+        double part;
+        DS_TRY(ds_optim_sumsq(net->ops, net->grads + z->g[i].slice_lo, z->g[i].slice_hi - z->g[i].slice_lo, &part));
+        s += part;
+    }
     if (z->world) DS_TRY(z->world->allreduce_f64(z->world->ctx, &s, 1)); /* rank-ordered: the same bits everywhere */
     *norm = sqrt(s);
     return 0;
@@ -109,7 +115,10 @@ int ds_zero_step(ds_zero *z, ds_train_net *net, float grad_scale, double lr) {
     z->t++;
     for (int i = 0; i < z->n; i++) {
         const ds_zero_group *q = &z->g[i];
-        if (q->sharded && q->g.numel) DS_TRY(q->g.comm->allgather_f32(q->g.comm->ctx, net->params + q->g.offset, q->g.numel));
+        if (!q->sharded || !q->g.numel) continue;
+        DS_TRY(q->g.comm->allgather_f32(q->g.comm->ctx, net->params + q->g.offset, q->g.numel));
+        /* the other ranks' slices changed too: a backend's derived copies of them are stale */
+        if (net->ops && net->ops->params_changed) net->ops->params_changed(net->params + q->g.offset, q->g.numel);
     }
     return 0;
 }

@@ -131,6 +131,38 @@ field() { two_hop_rows | awk -v op="$1" -v tr="$2" -v f="$3" '$1 == op && $2 == 
     [[ "$stderr" == "ds-bench-a2a: error: backend 'verbs' is not available in this build: --backend"* ]]
 }
 
+@test "--backend nccl: one line saying why it cannot run here, once for all ranks" {
+    if nccl_build; then # NCCL is loaded at run time: a library that is not there is named
+        export DS_NCCL_LIB=/no/such/dir/libnccl.so.2
+        run --separate-stderr $MPIRUN -x DS_NCCL_LIB -np 2 "$DS_BIN/ds-bench-a2a" --backend nccl -n 1 -w 0
+        [ "$status" -eq 1 ]
+        [ "$(printf '%s\n' "$stderr" | grep -c 'error:')" -eq 1 ]
+        [[ "$stderr" == "[$(hostname):0] ds-bench-a2a: error: nccl: cannot load /no/such/dir/libnccl.so.2 (/no/such/dir/libnccl.so.2: cannot open shared object file: No such file or directory); set DS_NCCL_LIB or LD_LIBRARY_PATH"* ]]
+    else
+        run --separate-stderr "$DS_BIN/ds-bench-a2a" --backend nccl
+        [ "$status" -eq 2 ]
+        [ "${stderr%%$'\n'*}" = "ds-bench-a2a: error: --backend nccl: this build has no NCCL (built without CUDA, or make found no nccl.h; see docs/DESIGN.md \"NCCL\")" ]
+    fi
+}
+
+@test "--backend nccl on a machine without a GPU: the GPU is named as the reason" {
+    nccl_build || skip "this build has no NCCL (the test above covers it)"
+    ! nvidia-smi -L >/dev/null 2>&1 || skip "a GPU is present: tests/gpu/test_nccl.sh runs the exchange"
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" --backend nccl -n 1 -w 0
+    [ "$status" -eq 1 ]
+    [[ "$stderr" == "ds-bench-a2a: error: nccl: no usable GPU ("*"): rank 0" ]]
+    [ -z "$output" ]
+}
+
+@test "--backend nccl measures the sweep only: --mode ep is a usage error" {
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" --backend nccl --mode ep
+    [ "$status" -eq 2 ]
+    [ "${stderr%%$'\n'*}" = "ds-bench-a2a: error: --backend nccl measures the all-to-all sweep: the routed exchange (--mode ep) runs over MPI only" ]
+    run --separate-stderr "$DS_BIN/ds-bench-a2a" --backend gloo
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"gloo"*"mpi|nccl|verbs"* ]]
+}
+
 @test "usage errors exit 2" {
     run --separate-stderr "$DS_BIN/ds-bench-a2a" -b 8M -e 1M
     [ "$status" -eq 2 ]

@@ -47,6 +47,20 @@ field() { jq -c ".$1"; }
     cmp "$T/a" "$T/b"
 }
 
+@test "decoding in a batch: every sequence's tokens and log-probabilities bit for bit those of decoding it alone" {
+    # equal prompts' lengths and --prefill-chunk = that length: each prompt is prefilled by its own forward
+    # in both runs, so every difference would come from the batched decode steps (with and without MTP)
+    "$DS_PY" -c 'import random; r = random.Random(3); print("\n".join(" ".join(str(r.randrange(2, 512)) for _ in range(9)) for _ in range(4)))' >"$T/ids.txt"
+    for mtp in "" --mtp; do
+        gen -m "$T/ck" --ids --max-new 24 --temperature 0 --ignore-eos --jsonl -q --prefill-chunk 9 $mtp --batch 1 <"$T/ids.txt" \
+            | jq -c '[.tokens, .logprobs]' >"$T/one"
+        gen -m "$T/ck" --ids --max-new 24 --temperature 0 --ignore-eos --jsonl -q --prefill-chunk 9 $mtp --batch 4 <"$T/ids.txt" \
+            | jq -c '[.tokens, .logprobs]' >"$T/four"
+        [ "$(wc -l <"$T/one")" -eq 4 ]
+        cmp "$T/one" "$T/four"
+    done
+}
+
 @test "sampling: the seed reproduces, another seed differs, the batch does not matter" {
     printf 'The license\nYou may convey\nfree software\n' >"$T/p.txt"
     s() { gen -m "$T/ck" --max-new 20 --temperature 1.2 --top-k 50 --top-p 0.95 --jsonl -q "$@" <"$T/p.txt" | field tokens; }

@@ -16,3 +16,11 @@ mpi() {
     mpi_env
     mpirun --oversubscribe "$@"
 }
+
+# Whether this build has NCCL (lib/dist/nccl.h; make's choice, from TEST_ENV; by hand: the build's stamp):
+# the NCCL transport is refused differently with and without it.
+nccl_build() {
+    local v=${DS_NCCL:-}
+    [ -n "$v" ] || v=$(ls "$DS_ROOT"/build/*/nccl-1.stamp 2>/dev/null | grep -c .)
+    [ "$v" != 0 ]
+}

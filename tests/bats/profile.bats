@@ -107,7 +107,7 @@ EOF2
     [ "$status" -eq 0 ]
     check "$BATS_TEST_TMPDIR/m.jsonl" "$T/nomtp.json" 4 32 2
     [[ "$stderr" == *"profile 3 step(s)"* ]]
-    for row in attention "dense FFN" "MoE router" "shared experts" "routed experts" head optimizer sum gemm_rows \
+    for row in attention "dense FFN" "MoE router" "shared experts" "routed experts" head optimizer sum moe_ffn_fwd moe_ffn_bwd \
                attn_bwd swiglu_fwd "outside ops (host code)" "outside GEMMs" "GFLOP per CPU-second" "threads busy"; do
         [[ "$stderr" == *"$row"* ]] || { echo "missing row: $row"; false; }
     done

@@ -1,0 +1,224 @@
+/* gemm_small.c — few-row GEMMs streaming each weight once; see gemm_small.h. */
+#include "ops/gemm_small.h"
+
+#include "ops/cpu_internal.h"
+
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_max_threads(void) { return 1; }
+#endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), may_alias, aligned(4))); /* unaligned loads and stores */
+
+/* acc + x*y: one rounding where the CPU has FMA (the build's -march decides, so one binary always uses the
+ * same form and the order per element stays fixed) */
+static inline v16 fma16(v16 acc, v16 x, v16 y) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_fmadd_ps((__m512)x, (__m512)y, (__m512)acc);
+#else
+    return acc + x * y;
+#endif
+}
+
+static inline v16 load16(const float *p) { return *(const v16u *)p; }
+
+/* The 16 lanes summed pairwise in a fixed tree. */
+static inline float hsum16(v16 v) {
+    float s8[8], s4[4];
+    for (int l = 0; l < 8; l++) s8[l] = v[l] + v[l + 8];
+    for (int l = 0; l < 4; l++) s4[l] = s8[l] + s8[l + 4];
+    return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+static inline void put(float *c, float s, float alpha, float beta) { *c = beta == 0.0f ? alpha * s : alpha * s + beta * *c; }
+
+typedef int v16i __attribute__((vector_size(64)));
+
+/* hsum16 of four vectors at once, the same additions in the same order: lane l of the result is
+ * hsum16(s_l) for l < 4 (the rest is scratch). */
+static inline v16 hsum16x4(v16 s0, v16 s1, v16 s2, v16 s3) {
+    const v16i lo = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const v16i hi = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    v16 a = __builtin_shuffle(s0, s1, lo) + __builtin_shuffle(s0, s1, hi); /* s8 of s0 | s8 of s1 */
+    v16 b = __builtin_shuffle(s2, s3, lo) + __builtin_shuffle(s2, s3, hi);
+    const v16i q0 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+    const v16i q1 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+    v16 c = __builtin_shuffle(a, b, q0) + __builtin_shuffle(a, b, q1); /* s4 of s0..s3, four lanes each */
+    const v16i p2 = {0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12};
+    const v16i p3 = {2, 6, 10, 14, 2, 6, 10, 14, 2, 6, 10, 14, 2, 6, 10, 14};
+    const v16i p1 = {1, 5, 9, 13, 1, 5, 9, 13, 1, 5, 9, 13, 1, 5, 9, 13};
+    const v16i p4 = {3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15};
+    return (__builtin_shuffle(c, p2) + __builtin_shuffle(c, p3)) + (__builtin_shuffle(c, p1) + __builtin_shuffle(c, p4));
+}
+
+/* C[i, j] for 4 consecutive rows j of B [N,K] and every row i of A: the four weight rows stay in L1 while
+ * every row of A passes over them. Each dot: 16 lane sums over k < K16 in order, the lanes reduced as
+ * hsum16 does, then the remaining k in order; the single-row variant below computes exactly the same. */
+static void nt_block4(int M, int K, float alpha, const float *A, int lda, const float *b0, int ldb, float beta,
+                      float *C, int ldc, const float *next) {
+    const float *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+    const int K16 = K & ~15;
+    for (int i = 0; i < M; i++) {
+        const float *a = A + (size_t)i * lda;
+        v16 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+        if (i == 0 && next) /* the first pass brings these rows from memory: ask for the next four meanwhile */
+            for (int k = 0; k < K16; k += 16) {
+                v16 x = load16(a + k);
+                __builtin_prefetch(next + k);
+                __builtin_prefetch(next + ldb + k);
+                __builtin_prefetch(next + 2 * (size_t)ldb + k);
+                __builtin_prefetch(next + 3 * (size_t)ldb + k);
+                s0 = fma16(s0, x, load16(b0 + k));
+                s1 = fma16(s1, x, load16(b1 + k));
+                s2 = fma16(s2, x, load16(b2 + k));
+                s3 = fma16(s3, x, load16(b3 + k));
+            }
+        else
+            for (int k = 0; k < K16; k += 16) {
+                v16 x = load16(a + k);
+                s0 = fma16(s0, x, load16(b0 + k));
+                s1 = fma16(s1, x, load16(b1 + k));
+                s2 = fma16(s2, x, load16(b2 + k));
+                s3 = fma16(s3, x, load16(b3 + k));
+            }
+        v16 h = hsum16x4(s0, s1, s2, s3);
+        float r0 = h[0], r1 = h[1], r2 = h[2], r3 = h[3];
+        for (int k = K16; k < K; k++) {
+            r0 += a[k] * b0[k];
+            r1 += a[k] * b1[k];
+            r2 += a[k] * b2[k];
+            r3 += a[k] * b3[k];
+        }
+        float *c = C + (size_t)i * ldc;
+        put(c, r0, alpha, beta);
+        put(c + 1, r1, alpha, beta);
+        put(c + 2, r2, alpha, beta);
+        put(c + 3, r3, alpha, beta);
+    }
+}
+
+static void nt_block1(int M, int K, float alpha, const float *A, int lda, const float *b0, float beta, float *C,
+                      int ldc) {
+    const int K16 = K & ~15;
+    for (int i = 0; i < M; i++) {
+        const float *a = A + (size_t)i * lda;
+        v16 s0 = {0};
+        for (int k = 0; k < K16; k += 16) s0 = fma16(s0, load16(a + k), load16(b0 + k));
+        float r0 = hsum16(s0);
+        for (int k = K16; k < K; k++) r0 += a[k] * b0[k];
+        put(C + (size_t)i * ldc, r0, alpha, beta);
+    }
+}
+
+/* C[:, j0:j1] with B [N,K] (tb=1); j0 a multiple of 4 so an element's path depends on j and N only */
+static void small_nt(int M, int j0, int j1, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                     float beta, float *C, int ldc) {
+    int j = j0;
+    for (; j + 4 <= j1; j += 4)
+        nt_block4(M, K, alpha, A, lda, B + (size_t)j * ldb, ldb, beta, C + j, ldc,
+                  j + 8 <= j1 ? B + (size_t)(j + 4) * ldb : NULL);
+    for (; j < j1; j++) nt_block1(M, K, alpha, A, lda, B + (size_t)j * ldb, beta, C + j, ldc);
+}
+
+/* C[:, j0:j1] with B [K,N] (tb=0): C[i, j] = sum over k in order of A[i,k] B[k,j], 64 columns at a time
+ * (four vectors), so a column block of B is read from L1/L2 by every row. Columns past the last multiple of
+ * 16 go one by one with the same per-element order. */
+static void small_nn(int M, int j0, int j1, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                     float beta, float *C, int ldc) {
+    int j = j0;
+    for (; j + 16 <= j1;) {
+        const int w = j + 64 <= j1 ? 4 : (j1 - j) / 16; /* vectors in this block */
+        for (int i = 0; i < M; i++) {
+            const float *a = A + (size_t)i * lda;
+            v16 s[4] = {{0}, {0}, {0}, {0}};
+            for (int k = 0; k < K; k++) {
+                const v16 x = (v16){0} + a[k];
+                const float *b = B + (size_t)k * ldb + j;
+                for (int v = 0; v < w; v++) s[v] = fma16(s[v], x, load16(b + 16 * v));
+            }
+            float *c = C + (size_t)i * ldc + j;
+            for (int v = 0; v < w; v++) {
+                v16 r = s[v] * alpha;
+                if (beta != 0.0f) r += load16(c + 16 * v) * beta;
+                *(v16u *)(c + 16 * v) = r;
+            }
+        }
+        j += 16 * w;
+    }
+    for (; j < j1; j++)
+        for (int i = 0; i < M; i++) {
+            const float *a = A + (size_t)i * lda;
+            float r = 0.0f;
+            for (int k = 0; k < K; k++) r += a[k] * B[(size_t)k * ldb + j];
+            put(C + (size_t)i * ldc + j, r, alpha, beta);
+        }
+}
+
+static void small_cols(int tb, int M, int j0, int j1, int K, float alpha, const float *A, int lda, const float *B,
+                       int ldb, float beta, float *C, int ldc) {
+    if (tb) small_nt(M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else small_nn(M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void ds_gemm_small(int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                   float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    small_cols(tb, M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* Products this small run on one thread: a parallel region costs more than they do. */
+#define SMALL_SERIAL_MACS (1 << 17)
+
+static int small_ok(int ta, int M, int K) { return !ta && M <= DS_GEMM_SMALL_MAX_M && K > 0; }
+
+static void gemm_small_m(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                         int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (!small_ok(ta, M, K) || alpha == 0.0f) {
+        ds_cpu_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int nt = omp_get_max_threads();
+    if (nt <= 1 || (double)M * N * K < SMALL_SERIAL_MACS) {
+        small_cols(tb, M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* column slabs in multiples of 64: a column's code path (vector block or tail) depends on N alone */
+    int chunk = ((N + nt - 1) / nt + 63) & ~63, parts = (N + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static, 1) num_threads(parts)
+    for (int p = 0; p < parts; p++) {
+        int j0 = p * chunk, j1 = j0 + chunk < N ? j0 + chunk : N;
+        small_cols(tb, M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
+}
+
+static void gemm_rows_small_m(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                              const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    int64_t most = 0;
+    for (int g = 0; g < ng; g++)
+        if (off[g + 1] - off[g] > most) most = off[g + 1] - off[g];
+    if (!small_ok(0, (int)most, K) || alpha == 0.0f) {
+        ds_cpu_gemm_rows(ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
+        return;
+    }
+#pragma omp parallel for schedule(dynamic, 1) if ((double)(off[ng] - off[0]) * N * K >= SMALL_SERIAL_MACS)
+    for (int g = 0; g < ng; g++) {
+        int64_t r0 = off[g], r1 = off[g + 1];
+        if (r1 > r0)
+            small_cols(tb, (int)(r1 - r0), 0, N, K, alpha, A + (size_t)r0 * lda, lda, B + (size_t)g * strideB, ldb,
+                       beta, C + (size_t)r0 * ldc, ldc);
+    }
+}
+
+void ds_ops_cpu_small_m(ds_ops *out) {
+    *out = *ds_ops_cpu();
+    out->gemm = gemm_small_m;
+    out->gemm_rows = gemm_rows_small_m;
+}
