@@ -65,6 +65,8 @@ typedef struct {
     struct ds_ep_hops *hops;        /* the two-hop transport's own plan */
     float *partial;                 /* combine scratch: per-node sums [n_tokens][D] */
     size_t partial_cap;
+    uint16_t *wire16;               /* ds_ep_combine_bf16's rows as sent and received */
+    size_t wire16_cap;
 } ds_ep;
 
 int ds_ep_init(ds_ep *ep, const ds_comm *c, int n_experts, int topk, ds_a2a_algo algo);
@@ -95,6 +97,11 @@ int ds_ep_dispatch(ds_ep *ep, const ds_comm *c, const void *x, void *recv, size_
 /* Return rows y [n_recv][D] (each already the weighted sum over that rank's experts) and sum them
  * per token into out [n_tokens][D] (overwritten). fp32 rows. */
 int ds_ep_combine(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D);
+
+/* The same with the rows on the wire in bf16 (round to nearest even; V3 combines in bf16, forward and
+ * backward): each exchange sends bf16 rows and widens what arrives, the sums stay float32 in the same order
+ * (a two-hop relay sums its node's rows in float32 and sends the sum in bf16). Bytes: 2 D per row. */
+int ds_ep_combine_bf16(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D);
 
 /* The backward of the plan's gate weights: g [n_recv][topk] holds, for each arriving row, one value per
  * slot in the order the row's expert ids arrived (recv_expert; -1 slots ignored); each value goes back to

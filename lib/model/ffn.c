@@ -6,6 +6,7 @@
  * gathered, run through grouped GEMMs, and scattered back weighted. */
 #include "model/internal.h"
 #include "model/moe.h"
+#include "model/moe_fp8.h"
 
 #include "core/err.h"
 
@@ -51,18 +52,19 @@ static int dev_offsets(const ds_model *m) {
     return m->ep_n <= 1 && m->lin->gemm_rows_dev && m->lin->gemm_wgrad_dev;
 }
 
-/* expert rows' GEMM (ops.h gemm_rows) through the device offsets or the host ones */
-static void expert_rows(const ds_model *m, const ds_tape *t, int dev, int mv, int ne, int tb, int N, int K,
+/* expert rows' GEMM (ops.h gemm_rows) on table lin (m->lin, or m->lin_xe for the operands the dispatch
+ * delivered) through the device offsets or the host ones */
+static void expert_rows(const ds_model *m, const ds_ops *lin, const ds_tape *t, int dev, int mv, int ne, int tb, int N, int K,
                         const float *A, int lda, const float *B, size_t strideB, int ldb, float beta, float *C,
                         int ldc) {
-    if (dev) m->lin->gemm_rows_dev(ne, t->off, mv, tb, N, K, 1.0f, A, lda, B, strideB, ldb, beta, C, ldc);
-    else m->lin->gemm_rows(ne, t->off_h, tb, N, K, 1.0f, A, lda, B, strideB, ldb, beta, C, ldc);
+    if (dev) lin->gemm_rows_dev(ne, t->off, mv, tb, N, K, 1.0f, A, lda, B, strideB, ldb, beta, C, ldc);
+    else lin->gemm_rows(ne, t->off_h, tb, N, K, 1.0f, A, lda, B, strideB, ldb, beta, C, ldc);
 }
 
-static void expert_wgrad(ds_model *m, const ds_tape *t, int dev, int mv, int ne, int M, int N, const float *A,
+static void expert_wgrad(ds_model *m, const ds_ops *lin, const ds_tape *t, int dev, int mv, int ne, int M, int N, const float *A,
                          int lda, const float *B, int ldb, float *C, size_t strideC, int ldc) {
-    if (dev) ds_wgrad_grouped_dev(m, m->lin, ne, t->off, mv, M, N, A, lda, B, ldb, C, strideC, ldc);
-    else ds_wgrad_grouped(m, m->lin, ne, t->off_h, M, N, A, lda, B, ldb, C, strideC, ldc);
+    if (dev) ds_wgrad_grouped_dev(m, lin, ne, t->off, mv, M, N, A, lda, B, ldb, C, strideC, ldc);
+    else ds_wgrad_grouped(m, lin, ne, t->off_h, M, N, A, lda, B, ldb, C, strideC, ldc);
 }
 
 enum { STAT_LOADS = 1, STAT_BALANCE = 2 }; /* load_pending bits */
@@ -123,15 +125,20 @@ int ds_moe_experts_fwd(ds_model *m, int l, int e0, int ne, const float *x, const
         mv = (int)t->off_h[ne];
     }
     ops->moe_gather(s->xg, x, t->order, mv, K, D);
-    if (!dev && lin == ops && ops->moe_ffn_fwd) { /* fp32 with a fused pass (the CPU's): the same sequence, expert by expert */
+    /* fp32 with a fused pass (the CPU's): the same sequence, expert by expert */
+    if (!dev && lin == ops && m->lin_xe == ops && ops->moe_ffn_fwd) {
         ops->moe_ffn_fwd(ne, t->off_h, D, Ie, s->xg, lw->exp_gate + e0 * mat, lw->exp_up + e0 * mat,
                          lw->exp_down + e0 * mat, mat, t->ge, t->ue, s->acte, s->ye);
     } else {
-        expert_rows(m, t, dev, mv, ne, 1, Ie, D, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge, Ie);
-        expert_rows(m, t, dev, mv, ne, 1, Ie, D, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue, Ie);
+        expert_rows(m, m->lin_xe, t, dev, mv, ne, 1, Ie, D, s->xg, D, lw->exp_gate + e0 * mat, mat, D, 0.0f, t->ge,
+                    Ie);
+        expert_rows(m, m->lin_xe, t, dev, mv, ne, 1, Ie, D, s->xg, D, lw->exp_up + e0 * mat, mat, D, 0.0f, t->ue,
+                    Ie);
         ops->swiglu_fwd(s->acte, t->ge, t->ue, (size_t)mv * Ie);
-        expert_rows(m, t, dev, mv, ne, 1, D, Ie, s->acte, Ie, lw->exp_down + e0 * mat, mat, Ie, 0.0f, s->ye, D);
+        expert_rows(m, lin, t, dev, mv, ne, 1, D, Ie, s->acte, Ie, lw->exp_down + e0 * mat, mat, Ie, 0.0f, s->ye, D);
     }
+    ds_moe_fp8_put(m, &t->ge8, t->ge, mv, Ie);
+    ds_moe_fp8_put(m, &t->ue8, t->ue, mv, Ie);
     ops->moe_combine(y, s->ye, w, t->where, rows, K, D);
     return 0;
 }
@@ -149,7 +156,10 @@ void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, cons
     const float *Wg = lw->exp_gate + e0 * mat, *Wu = lw->exp_up + e0 * mat, *Wd = lw->exp_down + e0 * mat;
     float *gWg = gw->exp_gate + e0 * mat, *gWu = gw->exp_up + e0 * mat, *gWd = gw->exp_down + e0 * mat;
     (void)idx;
-    if (!dev && lin == ops && ops->moe_ffn_bwd) { /* fp32 with a fused pass (the CPU's): the sequence below, per expert */
+    ds_moe_fp8_get(m, &t->ge8, t->ge, mv, Ie); /* the SwiGLU inputs as the FP8 cache kept them */
+    ds_moe_fp8_get(m, &t->ue8, t->ue, mv, Ie);
+    /* fp32 with a fused pass (the CPU's): the sequence below, per expert */
+    if (!dev && lin == ops && m->lin_xe == ops && ops->moe_ffn_bwd) {
         int now = m->wq.key < 0; /* weight gradients now, else recorded for later (wgrad.c), in the same order */
         ops->moe_gather(s->xg, x, t->order, mv, K, D);
         ops->moe_gather(s->dyg, dy, t->order, mv, K, D);
@@ -170,18 +180,18 @@ void ds_moe_experts_bwd(ds_model *m, int l, int e0, int ne, const float *x, cons
 
     /* combine backward: dy per dispatched row, through W_down (z), the routing weights (dw) */
     ops->moe_gather(s->dyg, dy, t->order, mv, K, D);
-    expert_rows(m, t, dev, mv, ne, 0, Ie, D, s->dyg, D, Wd, mat, Ie, 0.0f, s->dge, Ie);
+    expert_rows(m, m->lin_xe, t, dev, mv, ne, 0, Ie, D, s->dyg, D, Wd, mat, Ie, 0.0f, s->dge, Ie);
     ops->zero(dw, sizeof(float) * (size_t)rows * K);
     ops->moe_combine_bwd(s->dge, dw, s->dge, s->acte, w, t->order, mv, Ie);
     ops->moe_scale_rows(s->acte, w, t->order, mv, Ie);
-    expert_wgrad(m, t, dev, mv, ne, D, Ie, s->dyg, D, s->acte, Ie, gWd, mat, Ie);
+    expert_wgrad(m, lin, t, dev, mv, ne, D, Ie, s->dyg, D, s->acte, Ie, gWd, mat, Ie);
 
     /* experts' gate/up backward, then the dispatch's backward into dx */
     ops->swiglu_bwd(s->dge, s->due, s->dge, t->ge, t->ue, (size_t)mv * Ie);
-    expert_wgrad(m, t, dev, mv, ne, Ie, D, s->dge, Ie, s->xg, D, gWg, mat, D);
-    expert_wgrad(m, t, dev, mv, ne, Ie, D, s->due, Ie, s->xg, D, gWu, mat, D);
-    expert_rows(m, t, dev, mv, ne, 0, D, Ie, s->dge, Ie, Wg, mat, D, 0.0f, s->dxg, D);
-    expert_rows(m, t, dev, mv, ne, 0, D, Ie, s->due, Ie, Wu, mat, D, 1.0f, s->dxg, D);
+    expert_wgrad(m, m->lin_xe, t, dev, mv, ne, Ie, D, s->dge, Ie, s->xg, D, gWg, mat, D);
+    expert_wgrad(m, m->lin_xe, t, dev, mv, ne, Ie, D, s->due, Ie, s->xg, D, gWu, mat, D);
+    expert_rows(m, lin, t, dev, mv, ne, 0, D, Ie, s->dge, Ie, Wg, mat, D, 0.0f, s->dxg, D);
+    expert_rows(m, lin, t, dev, mv, ne, 0, D, Ie, s->due, Ie, Wu, mat, D, 1.0f, s->dxg, D);
     ops->moe_gather_bwd(dx, s->dxg, t->where, rows, K, D);
 }
 
@@ -201,9 +211,11 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
     ds_moe_route(&c, w, bias, t->hn, s->logits, t->scores, t->idx, t->w);
     ds_prof_leave(pr);
     pr = ds_prof_enter(DS_PROF_SHARED);
-    if (d->Is > 0)
+    if (d->Is > 0) {
         swiglu_mlp_fwd(m, w->sh_gate, w->sh_up, w->sh_down, n, d->D, d->Is, t->hn, t->gs, t->us, s->act, f);
-    else
+        ds_moe_fp8_put(m, &t->gs8, t->gs, n, d->Is);
+        ds_moe_fp8_put(m, &t->us8, t->us, n, d->Is);
+    } else
         ops->zero(f, sizeof(float) * (size_t)n * d->D);
     ds_prof_leave(pr);
     pr = ds_prof_enter(DS_PROF_EXPERTS);
@@ -211,7 +223,8 @@ int ds_ffn_fwd(ds_model *m, int l, ds_tape *t, float *f) {
     if (m->ep_n > 1) /* expert parallelism: the tokens go to the ranks holding their experts (moe_ep.c) */
         rc = ds_moe_ep_fwd(m, l, t, f);
     else /* the experts on the tokens themselves (moe.h) */
-        rc = ds_moe_experts_fwd(m, l, 0, d->E, t->hn, t->idx, t->w, n, f, m->expert_load + (size_t)slot * d->E);
+        rc = ds_moe_experts_fwd(m, l, 0, d->E, ds_moe_fp8_as_dispatched(m, t->hn, s->xq, n), t->idx, t->w, n, f,
+                                m->expert_load + (size_t)slot * d->E);
     ds_prof_leave(pr);
     DS_TRY(rc);
     pr = ds_prof_enter(DS_PROF_ROUTER);
@@ -245,10 +258,12 @@ void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn) {
     int E = d->E;
     /* shared experts, then the routed ones, into dhn */
     int pr = ds_prof_enter(DS_PROF_SHARED);
-    if (d->Is > 0)
+    if (d->Is > 0) {
+        ds_moe_fp8_get(m, &t->gs8, t->gs, n, d->Is);
+        ds_moe_fp8_get(m, &t->us8, t->us, n, d->Is);
         swiglu_mlp_bwd(m, w->sh_gate, w->sh_up, w->sh_down, gw->sh_gate, gw->sh_up, gw->sh_down, n, D, d->Is,
                        t->hn, t->gs, t->us, df, dhn, 0.0f, s);
-    else
+    } else
         ops->zero(dhn, sizeof(float) * (size_t)n * D);
     ds_prof_leave(pr);
     pr = ds_prof_enter(DS_PROF_EXPERTS);
@@ -256,7 +271,8 @@ void ds_ffn_bwd(ds_model *m, int l, ds_tape *t, const float *df, float *dhn) {
         int rc = ds_moe_ep_bwd(m, l, t, df, dhn);
         if (rc && !m->ep_rc) m->ep_rc = rc;
     } else {
-        ds_moe_experts_bwd(m, l, 0, E, t->hn, t->idx, t->w, n, df, dhn, s->dw);
+        ds_moe_experts_bwd(m, l, 0, E, ds_moe_fp8_as_dispatched(m, t->hn, s->xq, n), t->idx, t->w, n,
+                           ds_moe_fp8_as_dispatched(m, df, s->dyq, n), dhn, s->dw);
     }
     ds_prof_leave(pr);
 
