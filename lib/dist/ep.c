@@ -1,5 +1,6 @@
 #include "dist/ep.h"
 
+#include "core/dtype.h"
 #include "core/err.h"
 
 #include <stdlib.h>
@@ -83,6 +84,7 @@ void ds_ep_free(ds_ep *ep) {
     free(ep->meta_send);
     free(ep->node_of);
     free(ep->partial);
+    free(ep->wire16);
     hops_free(ep->hops);
     memset(ep, 0, sizeof *ep);
 }
@@ -150,15 +152,20 @@ static int64_t row_offsets(const int64_t *rows, int n, int64_t *off) {
 
 /* One all-to-all of rows: `send_rows[j]` rows of `row_bytes` to rank j, `recv_rows[j]` from it, every
  * byte sent to another rank counted in `acct` by whether it leaves the node. */
-static int exchange(ds_ep *ep, const ds_comm *c, ds_ep_bytes *acct, const void *send, const int64_t *send_rows,
-                    void *recv, const int64_t *recv_rows, size_t row_bytes) {
+void ds_ep_exchange_layout(ds_ep *ep, ds_ep_bytes *acct, const int64_t *send_rows, const int64_t *recv_rows,
+                           size_t row_bytes) {
     row_bytes_layout(send_rows, ep->n_ranks, row_bytes, ep->bcount, ep->boff);
     row_bytes_layout(recv_rows, ep->n_ranks, row_bytes, ep->bcount2, ep->boff2);
-    for (int j = 0; j < ep->n_ranks; j++) {
+    for (int j = 0; j < ep->n_ranks && acct; j++) {
         if (j == ep->rank) continue;
         if (ep->node_of[j] == ep->node_of[ep->rank]) acct->intra += ep->bcount[j];
         else acct->inter += ep->bcount[j];
     }
+}
+
+static int exchange(ds_ep *ep, const ds_comm *c, ds_ep_bytes *acct, const void *send, const int64_t *send_rows,
+                    void *recv, const int64_t *recv_rows, size_t row_bytes) {
+    ds_ep_exchange_layout(ep, acct, send_rows, recv_rows, row_bytes);
     return ds_a2a_bytes(c, ep->algo, send, ep->bcount, ep->boff, recv, ep->bcount2, ep->boff2);
 }
 
@@ -439,13 +446,30 @@ static int sum_by_node(ds_ep *ep, const float *rows, float *out, int D) {
     return 0;
 }
 
-int ds_ep_combine(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D) {
+/* One exchange of float rows [*, D] (src: n_src rows by send_rows, dst: by recv_rows). bf16: the rows
+ * travel rounded to bf16 (round to nearest even) and arrive widened to float32 in dst. */
+static int exchange_f32(ds_ep *ep, const ds_comm *c, ds_ep_bytes *acct, const float *src, int64_t n_src,
+                        const int64_t *send_rows, float *dst, const int64_t *recv_rows, int D, int bf16) {
+    if (!bf16) return exchange(ep, c, acct, src, send_rows, dst, recv_rows, (size_t)D * sizeof(float));
+    int64_t n_dst = 0;
+    for (int j = 0; j < ep->n_ranks; j++) n_dst += recv_rows[j];
+    const size_t ns = (size_t)n_src * D, nd = (size_t)n_dst * D;
+    DS_TRY(grow((void **)&ep->wire16, &ep->wire16_cap, (ns + nd) * sizeof(uint16_t) + 1));
+    uint16_t *s16 = ep->wire16, *d16 = ep->wire16 + ns;
+    for (size_t i = 0; i < ns; i++) s16[i] = ds_f32_to_bf16(src[i]);
+    DS_TRY(exchange(ep, c, acct, s16, send_rows, d16, recv_rows, (size_t)D * sizeof(uint16_t)));
+    for (size_t i = 0; i < nd; i++) dst[i] = ds_bf16_to_f32(d16[i]);
+    return 0;
+}
+
+static int combine(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D, int bf16) {
     size_t row_bytes = (size_t)D * sizeof(float);
     struct ds_ep_hops *h = ep->hops;
     if (ep->transport != DS_EP_TWO_HOP) {
         /* the reverse exchange: what arrived from rank j goes back to rank j, in the same row order */
         DS_TRY(grow((void **)&ep->sendbuf, &ep->sendbuf_cap, (size_t)ep->n_send * row_bytes + 1));
-        DS_TRY(exchange(ep, c, &ep->sent_combine, y, ep->recv_rows, ep->sendbuf, ep->send_rows, row_bytes));
+        DS_TRY(exchange_f32(ep, c, &ep->sent_combine, y, ep->n_recv, ep->recv_rows, (float *)ep->sendbuf,
+                            ep->send_rows, D, bf16));
         return sum_by_node(ep, (const float *)ep->sendbuf, out, D);
     }
     int64_t most = h->n_h1_send > ep->n_recv ? h->n_h1_send : ep->n_recv;
@@ -457,16 +481,26 @@ int ds_ep_combine(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < ep->n_recv; i++)
         memcpy(ep->sendbuf + i * row_bytes, ys + h->recv_pos[i] * row_bytes, row_bytes);
-    DS_TRY(exchange(ep, c, &ep->sent_combine, ep->sendbuf, h->h2_recv_rows, h->buf2, h->h2_send_rows, row_bytes));
+    DS_TRY(exchange_f32(ep, c, &ep->sent_combine, (const float *)ep->sendbuf, ep->n_recv, h->h2_recv_rows,
+                        (float *)h->buf2, h->h2_send_rows, D, bf16));
     /* the relay sums its node's rows per token: hop-2 rows are grouped by target rank, so in rank order */
     float *part = (float *)h->buf1;
     memset(part, 0, (size_t)h->n_h1_recv * row_bytes);
     scatter_add(part, h->h2_send_src, (const float *)h->buf2, h->n_h2_send, D);
-    DS_TRY(exchange(ep, c, &ep->sent_combine, part, h->h1_recv_rows, ep->sendbuf, h->h1_send_rows, row_bytes));
+    DS_TRY(exchange_f32(ep, c, &ep->sent_combine, part, h->n_h1_recv, h->h1_recv_rows, (float *)ep->sendbuf,
+                        h->h1_send_rows, D, bf16));
     /* hop-1 rows are grouped by relay, and relays are in node order */
     memset(out, 0, (size_t)ep->n_tokens * row_bytes);
     scatter_add(out, h->h1_send_token, (const float *)ep->sendbuf, h->n_h1_send, D);
     return 0;
+}
+
+int ds_ep_combine(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D) {
+    return combine(ep, c, y, out, D, 0);
+}
+
+int ds_ep_combine_bf16(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D) {
+    return combine(ep, c, y, out, D, 1);
 }
 
 /* out[k] = vals[used++] for the slots k (in order) of ids [K] that lie in ranks [lo, hi) (-1 ends ids):

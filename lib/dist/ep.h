@@ -65,6 +65,8 @@ typedef struct {
     struct ds_ep_hops *hops;        /* the two-hop transport's own plan */
     float *partial;                 /* combine scratch: per-node sums [n_tokens][D] */
     size_t partial_cap;
+    uint16_t *wire16;               /* ds_ep_combine_bf16's rows as sent and received */
+    size_t wire16_cap;
 } ds_ep;
 
 int ds_ep_init(ds_ep *ep, const ds_comm *c, int n_experts, int topk, ds_a2a_algo algo);
@@ -78,6 +80,13 @@ void ds_ep_free(ds_ep *ep);
  * values. */
 int ds_ep_set_nodes(ds_ep *ep, const int *node_of, ds_ep_transport transport);
 
+/* The byte counts and offsets of one exchange of rows grouped by peer (send_rows / recv_rows [n_ranks]:
+ * the plan's, or the reverse for the combine) into ep->bcount/boff (send) and bcount2/boff2 (receive),
+ * and the bytes into acct (NULL: not counted). Every transport moves the plan's rows with these: dist/a2a.h
+ * over MPI, dist/nccl.h between GPUs. */
+void ds_ep_exchange_layout(ds_ep *ep, ds_ep_bytes *acct, const int64_t *send_rows, const int64_t *recv_rows,
+                           size_t row_bytes);
+
 /* Build the plan from the router's choice: topk_idx/topk_w [n_tokens*topk] (global expert ids).
  * Exchanges row counts and the per-row expert ids and weights. */
 int ds_ep_plan(ds_ep *ep, const ds_comm *c, const int32_t *topk_idx, const float *topk_w, int n_tokens);
@@ -88,6 +97,11 @@ int ds_ep_dispatch(ds_ep *ep, const ds_comm *c, const void *x, void *recv, size_
 /* Return rows y [n_recv][D] (each already the weighted sum over that rank's experts) and sum them
  * per token into out [n_tokens][D] (overwritten). fp32 rows. */
 int ds_ep_combine(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D);
+
+/* The same with the rows on the wire in bf16 (round to nearest even; V3 combines in bf16, forward and
+ * backward): each exchange sends bf16 rows and widens what arrives, the sums stay float32 in the same order
+ * (a two-hop relay sums its node's rows in float32 and sends the sum in bf16). Bytes: 2 D per row. */
+int ds_ep_combine_bf16(ds_ep *ep, const ds_comm *c, const float *y, float *out, int D);
 
 /* The backward of the plan's gate weights: g [n_recv][topk] holds, for each arriving row, one value per
  * slot in the order the row's expert ids arrived (recv_expert; -1 slots ignored); each value goes back to

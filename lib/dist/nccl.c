@@ -318,6 +318,25 @@ int ds_nccl_alltoallv_bytes(ds_nccl *nc, const void *send, const int64_t *scount
     return rc;
 }
 
+static int ep_exchange(ds_nccl *nc, ds_ep *ep, ds_ep_bytes *acct, const void *send, const int64_t *send_rows,
+                       void *recv, const int64_t *recv_rows, size_t row_bytes) {
+    if (ep->transport == DS_EP_TWO_HOP)
+        return ds_fail(DS_ERR, "nccl: expert-parallel exchange over two hops: MPI only: rank %d", nc->world_rank);
+    if (ep->n_ranks != nc->size || ep->rank != nc->rank)
+        return ds_fail(DS_ERR, "nccl: the EP plan is for rank %d of %d, the communicator's rank %d of %d", ep->rank,
+                       ep->n_ranks, nc->rank, nc->size);
+    ds_ep_exchange_layout(ep, acct, send_rows, recv_rows, row_bytes);
+    return ds_nccl_alltoallv_bytes(nc, send, ep->bcount, ep->boff, recv, ep->bcount2, ep->boff2);
+}
+
+int ds_nccl_ep_dispatch(ds_nccl *nc, ds_ep *ep, const void *grouped, void *recv, size_t row_bytes) {
+    return ep_exchange(nc, ep, &ep->sent_dispatch, grouped, ep->send_rows, recv, ep->recv_rows, row_bytes);
+}
+
+int ds_nccl_ep_return(ds_nccl *nc, ds_ep *ep, const void *rows, void *back, size_t row_bytes) {
+    return ep_exchange(nc, ep, &ep->sent_combine, rows, ep->recv_rows, back, ep->send_rows, row_bytes);
+}
+
 int ds_nccl_p2p(ds_nccl *nc, const ds_nccl_xfer *x, int count) {
     for (int i = 0; i < count; i++)
         if (x[i].peer < 0 || x[i].peer >= nc->size)
@@ -413,6 +432,8 @@ int ds_nccl_alltoallv_bytes(ds_nccl *nc, const void *send, const int64_t *scount
     return no_nccl();
 }
 int ds_nccl_p2p(ds_nccl *nc, const ds_nccl_xfer *x, int count) { return no_nccl(); }
+int ds_nccl_ep_dispatch(ds_nccl *nc, ds_ep *ep, const void *grouped, void *recv, size_t row_bytes) { return no_nccl(); }
+int ds_nccl_ep_return(ds_nccl *nc, ds_ep *ep, const void *rows, void *back, size_t row_bytes) { return no_nccl(); }
 int ds_nccl_wait(ds_nccl *nc) { return no_nccl(); }
 int ds_nccl_dev_alloc(void **p, size_t bytes) {
     *p = NULL;

@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "dist/comm.h"
+#include "dist/ep.h"
 #include "dist/layout.h"
 
 typedef struct ds_nccl ds_nccl;
@@ -63,6 +64,15 @@ int ds_nccl_allgather_f32(ds_nccl *nc, float *x, size_t n);
 /* dist/a2a.h's exchange on device buffers: byte counts and displacements per peer. */
 int ds_nccl_alltoallv_bytes(ds_nccl *nc, const void *send, const int64_t *scount, const int64_t *sdispl, void *recv,
                             const int64_t *rcount, const int64_t *rdispl);
+
+/* Expert parallelism's one-hop exchanges between GPU buffers with ep's plan (dist/ep.h; the plan itself is
+ * made over MPI, host metadata): dispatch sends ep->n_send rows grouped by destination (the order of
+ * ep->send_token) and receives ep->n_recv rows grouped by source, as ds_ep_dispatch's; the return trip
+ * sends those n_recv rows (expert outputs) back and receives n_send rows in the dispatch's send order.
+ * Gathering token rows into destination order and the weighted per-token sum after the return are the
+ * caller's device work. The bytes are counted in ep->sent_dispatch / sent_combine. Two hops: MPI only. */
+int ds_nccl_ep_dispatch(ds_nccl *nc, ds_ep *ep, const void *grouped, void *recv, size_t row_bytes);
+int ds_nccl_ep_return(ds_nccl *nc, ds_ep *ep, const void *rows, void *back, size_t row_bytes);
 
 /* One transfer of a group of point-to-point transfers (pipeline activations and gradients). */
 typedef struct {

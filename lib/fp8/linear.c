@@ -55,8 +55,10 @@ static void scale_c(float *C, int M, int N, int ldc, float beta) {
         for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j];
 }
 
-void ds_fp8_linear_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                        int ldb, float beta, float *C, int ldc) {
+/* The GEMM under options o; pow2_in: the 1x128 quantizations of activations and gradients (A when ta = 0,
+ * Wgrad's cached x) take power-of-two scales (the pow2 table below). */
+static void gemm_with(int pow2_in, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0) {
         scale_c(C, M, N, ldc, beta);
@@ -85,7 +87,7 @@ void ds_fp8_linear_gemm(int ta, int tb, int M, int N, int K, float alpha, const 
     /* A: [M, K] in 1x128 tiles (Fprop x: activation scales, Dgrad dy: gradient scales), or for Wgrad the
      * stored [K, M] gradient quantized as its transpose in 128x1 tiles */
     if (!ta) {
-        const ds_fp8_scale_fmt fa = tb ? o.act_scale_fmt : o.grad_scale_fmt;
+        const ds_fp8_scale_fmt fa = pow2_in ? DS_FP8_SCALE_UE8M0 : tb ? o.act_scale_fmt : o.grad_scale_fmt;
         ds_fp8_quantize(aq, as, contiguous(A, m, k, lda, tmp), m, k, 1, DS_FP8_BLOCK, fa);
     } else {
         ds_fp8_quantize_transposed(aq, as, contiguous(A, k, m, lda, tmp), k, m, o.grad_scale_fmt);
@@ -99,7 +101,7 @@ void ds_fp8_linear_gemm(int ta, int tb, int M, int N, int K, float alpha, const 
     } else if (!tb) { /* Wgrad: x stored [K, N] (tokens x channels) */
         const float *x = contiguous(B, k, n, ldb, tmp);
         if (o.cache_input_fp8) { /* the forward's 1x128 FP8 tiles, dequantized, then requantized 128x1 */
-            ds_fp8_quantize(tq, ts, x, k, n, 1, DS_FP8_BLOCK, o.act_scale_fmt);
+            ds_fp8_quantize(tq, ts, x, k, n, 1, DS_FP8_BLOCK, pow2_in ? DS_FP8_SCALE_UE8M0 : o.act_scale_fmt);
             ds_fp8_dequantize(tmp2, tq, ts, k, n, 1, DS_FP8_BLOCK);
             x = tmp2;
         }
@@ -122,23 +124,61 @@ void ds_fp8_linear_gemm(int ta, int tb, int M, int N, int K, float alpha, const 
         }
 }
 
-void ds_fp8_linear_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
-                             const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+void ds_fp8_linear_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                        int ldb, float beta, float *C, int ldc) {
+    gemm_with(0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void gemm_rows_with(int pow2_in, int ng, const int64_t *off, int tb, int N, int K, float alpha,
+                           const float *A, int lda, const float *B, size_t strideB, int ldb, float beta, float *C,
+                           int ldc) {
     for (int g = 0; g < ng; g++) {
         const int64_t r0 = off[g], r1 = off[g + 1];
         if (r1 <= r0) continue;
-        ds_fp8_linear_gemm(0, tb, (int)(r1 - r0), N, K, alpha, A + r0 * lda, lda, B + g * strideB, ldb, beta,
-                           C + r0 * ldc, ldc);
+        gemm_with(pow2_in, 0, tb, (int)(r1 - r0), N, K, alpha, A + r0 * lda, lda, B + g * strideB, ldb, beta,
+                  C + r0 * ldc, ldc);
     }
+}
+
+static void gemm_wgrad_with(int pow2_in, int ng, const int64_t *off, int M, int N, float alpha, const float *A,
+                            int lda, const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
+    for (int g = 0; g < ng; g++) {
+        const int64_t r0 = off[g], r1 = off[g + 1];
+        gemm_with(pow2_in, 1, 0, M, N, (int)(r1 > r0 ? r1 - r0 : 0), alpha, A + r0 * lda, lda, B + r0 * ldb, ldb, beta,
+                  C + g * strideC, ldc);
+    }
+}
+
+void ds_fp8_linear_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                             const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    gemm_rows_with(0, ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
 }
 
 void ds_fp8_linear_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
                               const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
-    for (int g = 0; g < ng; g++) {
-        const int64_t r0 = off[g], r1 = off[g + 1];
-        ds_fp8_linear_gemm(1, 0, M, N, (int)(r1 > r0 ? r1 - r0 : 0), alpha, A + r0 * lda, lda, B + r0 * ldb, ldb,
-                           beta, C + g * strideC, ldc);
-    }
+    gemm_wgrad_with(0, ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);
+}
+
+static void pow2_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                      int ldb, float beta, float *C, int ldc) {
+    gemm_with(1, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void pow2_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                           const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    gemm_rows_with(1, ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
+}
+
+static void pow2_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
+                            const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
+    gemm_wgrad_with(1, ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);
+}
+
+void ds_fp8_linear_ops_pow2(ds_ops *out, const ds_ops *base) {
+    *out = *base;
+    out->gemm = pow2_gemm;
+    out->gemm_rows = pow2_gemm_rows;
+    out->gemm_wgrad = pow2_gemm_wgrad;
 }
 
 void ds_fp8_linear_ops(ds_ops *out, const ds_ops *base) {

@@ -64,6 +64,15 @@ void ds_fp8_linear_gemm_wgrad(int ng, const int64_t *off, int M, int N, float al
 struct ds_ops;
 void ds_fp8_linear_ops(struct ds_ops *out, const struct ds_ops *base);
 
+/* The same table for GEMMs whose activation operand already lies on an FP8 grid of 1x128 tiles with
+ * power-of-two scales (V3's FP8 dispatch: the MoE experts' inputs and the gradients before the down
+ * projection, quantized once before the all-to-all): the 1x128 quantizations of activations and gradients
+ * (A when ta = 0; Wgrad's cached x) use power-of-two scales, which give such an operand back its own codes
+ * (the tile's amax is its largest code, at least 224, times its scale, so the scale comes back the same or
+ * halved with every code doubled: the values are unchanged), so these GEMMs consume the dispatched FP8 as
+ * it arrived. The 128x1 re-tilings and the weights keep the process-wide formats. */
+void ds_fp8_linear_ops_pow2(struct ds_ops *out, const struct ds_ops *base);
+
 /* Failures inside the void entry points (out of memory) are sticky: this returns the first one's code
  * (message in ds_errmsg()) and clears it. The trainer checks it once per step. */
 int ds_fp8_linear_status(void);

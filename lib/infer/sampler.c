@@ -196,18 +196,59 @@ int32_t ds_dist_draw(const ds_dist *d, double u) {
     return d->ids[d->n - 1]; /* rounding left cum just under 1 */
 }
 
+typedef double v8d __attribute__((vector_size(64)));
+typedef int64_t v8l __attribute__((vector_size(64)));
+
+/* exp of eight doubles x <= 0 (-inf included): x = n ln2 + r with |r| <= ln2/2, exp(r) by its Taylor series
+ * to r^12 (truncation below 2e-16 relative, so within a few ulp of libm), times 2^n built in the exponent
+ * bits. x < -708 gives 0: next to the sum's largest term, exp(0) = 1, it is below double resolution. */
+static inline v8d exp8_nonpos(v8d x) {
+    const v8d magic = (v8d){0} + 0x1.8p52; /* adding it rounds to an integer held in the low mantissa bits */
+    v8l tiny = x < -708.0;
+    x = (v8d)((v8l)x & ~tiny) + (v8d)((v8l)((v8d){0} - 708.0) & tiny);
+    v8d t = x * 0x1.71547652b82fep0 + magic; /* x log2(e), rounded */
+    v8d n = t - magic;
+    v8d r = (x - n * 0x1.62e42feep-1) - n * 0x1.a39ef35793c76p-33; /* ln2 in two parts, n * the first exact */
+    v8d p = (v8d){0} + 1.0 / 479001600.0;
+    static const double inv_fact[12] = {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
+                                        1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+    for (int k = 0; k < 12; k++) p = p * r + inv_fact[k];
+    v8l scale = ((v8l)t - (v8l)magic + 1023) << 52;
+    return (v8d)((v8l)(p * (v8d)scale) & ~tiny);
+}
+
+/* sum_i exp(logits[i] - mx) in double, eight lanes then a fixed pairwise reduction: the softmax denominator
+ * of every log-probability decode emits, V exponentials per token (a scalar libm loop cost about a tenth of
+ * a small model's decode step) */
+static double sum_exp_shifted(const float *logits, int V, float mx) {
+    if (!isfinite(mx)) { /* inf or NaN logits: libm's answer */
+        double sum = 0;
+        for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
+        return sum;
+    }
+    v8d acc = {0};
+    int i = 0;
+    for (; i + 8 <= V; i += 8) {
+        v8d x;
+        for (int l = 0; l < 8; l++) x[l] = (double)logits[i + l] - mx;
+        acc += exp8_nonpos(x);
+    }
+    if (i < V) {
+        v8d x = (v8d){0} - INFINITY;
+        for (int l = 0; i + l < V; l++) x[l] = (double)logits[i + l] - mx;
+        acc += exp8_nonpos(x);
+    }
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
 double ds_logprob(const float *logits, int V, int32_t id) {
     const float mx = logits[argmax(logits, V)];
-    double sum = 0;
-    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
-    return (double)logits[id] - mx - log(sum);
+    return (double)logits[id] - mx - log(sum_exp_shifted(logits, V, mx));
 }
 
 void ds_log_softmax(const float *logits, int V, float *out) {
     const float mx = logits[argmax(logits, V)];
-    double sum = 0;
-    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
-    const double lse = mx + log(sum);
+    const double lse = mx + log(sum_exp_shifted(logits, V, mx));
     for (int i = 0; i < V; i++) out[i] = (float)((double)logits[i] - lse);
 }
 

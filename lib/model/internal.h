@@ -63,6 +63,9 @@ struct ds_model {
     const ds_ops *ops;
     ds_ops lin_tab;             /* copy of opts.linear_ops */
     const ds_ops *lin, *lin_kvb; /* the block Linear layers' GEMMs (ops when none given); kv_b's */
+    ds_ops lin_pow2_tab;        /* copy of opts.linear_ops_pow2 */
+    const ds_ops *lin_xe;       /* the routed experts' GEMMs whose activation operand was dispatched (gate/up
+                                   Fprop and Wgrad, down Dgrad): lin, or opts.linear_ops_pow2 (moe_fp8.h) */
     ds_dims dims;
     ds_rope rope;
 
@@ -125,7 +128,9 @@ struct ds_model {
     const float *cur_cs;
     int32_t *h_i32, *h_pos;     /* host staging [n] */
     int32_t *expert_load;       /* host [n_moe][E] */
-    float *bal_rows, *bal_rows_d; /* per-row balance terms [B]: host, backend */
+    int32_t *load_off_d, *load_off_h; /* [n_moe][E+1] the MoE layers' expert offsets: backend, host (ffn.c) */
+    unsigned char *load_pending;      /* host [n_moe]: STAT_* bits of what this forward left on the device */
+    float *bal_rows, *bal_rows_d; /* per-row balance terms [n_moe][max_batch]: host, backend */
     double bal_loss;
     int have_fwd;               /* a training forward is stored */
     ds_wgrad_queue wq;          /* the B/W split (wgrad.c) */
@@ -144,6 +149,7 @@ struct ds_model {
     float *ep_w, *ep_dw;        /* their weights, gradients of the weights [n_max K] */
     float *ep_x, *ep_out;       /* [n_max, D]: rows to send, rows combined */
     float *ep_yr, *ep_dxr, *ep_dwr; /* [ep_n n_max, D] x2, [ep_n n_max K] */
+    uint8_t *ep_wire, *ep_wire_r;   /* opts.moe_dispatch_fp8: FP8 rows sent [n_max] and received [ep_n n_max] */
     int ep_rc;                  /* first failure of an exchange in a backward (the layer functions return void) */
     ds_moe_ep_stats ep_stats;
 };
@@ -182,6 +188,9 @@ void ds_wgrad_gemm(ds_model *m, const ds_ops *ops, int ta, int tb, int M, int N,
                    const float *B, int ldb, float *C, int ldc);
 void ds_wgrad_grouped(ds_model *m, const ds_ops *ops, int ng, const int64_t *off, int M, int N, const float *A,
                       int lda, const float *B, int ldb, float *C, size_t strideC, int ldc);
+/* grouped with the group offsets in backend memory (ops->gemm_wgrad_dev); max_rows bounds the rows read */
+void ds_wgrad_grouped_dev(ds_model *m, const ds_ops *ops, int ng, const int32_t *off, int max_rows, int M, int N,
+                          const float *A, int lda, const float *B, int ldb, float *C, size_t strideC, int ldc);
 void ds_wgrad_embed(ds_model *m, float *dtable, const float *dx, const int32_t *tok, int n, int d);
 int ds_wgrad_status(ds_model *m); /* a recording's failure since the last call, cleared */
 void ds_wgrad_free(ds_model *m);

@@ -2,6 +2,7 @@
  * network in one backend block. The layout runs twice: on a counting allocator for the memory plan and the
  * block size, then on the block. */
 #include "model/internal.h"
+#include "model/moe_fp8.h"
 
 #include "core/err.h"
 
@@ -53,11 +54,15 @@ static void take_tape(ds_bump *b, const ds_model *m, ds_tape *t, int n, int dens
         t->order = TAKE(int32_t, rK);
         t->where = TAKE(int32_t, rK);
         t->off = TAKE(int32_t, d->E + 1);
-        t->ge = TAKE(float, rK * d->Ie);
-        t->ue = TAKE(float, rK * d->Ie);
-        if (d->Is > 0) {
-            t->gs = TAKE(float, (size_t)n * d->Is);
-            t->us = TAKE(float, (size_t)n * d->Is);
+        if (m->opts.train && m->opts.moe_cache_fp8) {
+            ds_moe_fp8_take(b, m, t, n);
+        } else {
+            t->ge = TAKE(float, rK * d->Ie);
+            t->ue = TAKE(float, rK * d->Ie);
+            if (d->Is > 0) {
+                t->gs = TAKE(float, (size_t)n * d->Is);
+                t->us = TAKE(float, (size_t)n * d->Is);
+            }
         }
     }
     if (s) { /* recompute: the recomputable values live in scratch */
@@ -85,7 +90,8 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
     m->keep = TAKE(int32_t, n);
     m->cs = TAKE(float, (size_t)n * d->dr);
     m->inv_freq_d = TAKE(float, d->dr / 2);
-    m->bal_rows_d = TAKE(float, m->opts.max_batch);
+    m->bal_rows_d = TAKE(float, (size_t)(m->n_moe > 0 ? m->n_moe : 1) * m->opts.max_batch); /* per MoE layer */
+    m->load_off_d = TAKE(int32_t, (size_t)m->n_moe * (d->E + 1));
 
     /* residual stream: every layer's input when training, two alternating rows of buffers otherwise */
     m->xs = TAKE(float, (train ? (size_t)(L + 1) : 2) * nD);
@@ -149,6 +155,7 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
         s->dge = TAKE(float, rK * d->Ie);
         s->due = TAKE(float, rK * d->Ie);
         s->dw = TAKE(float, nK);
+        ds_moe_fp8_take_scratch(b, m, n);
     }
     s->head_rows = (int)((size_t)(4u << 20) / (size_t)(d->V > 0 ? d->V : 1));
     if (s->head_rows < 16) s->head_rows = 16;

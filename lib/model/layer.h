@@ -68,6 +68,12 @@ typedef struct {
     void *attn_ws;        /* ops->attn_ws_bytes(B, T, H, dqk, dv) bytes */
 } ds_layer_ctx;
 
+/* An activation [rows, cols] kept as E4M3 codes q and one float32 scale per 1x128 tile s (fp8/quant.h). */
+typedef struct {
+    uint8_t *q;
+    float *s;
+} ds_act_fp8;
+
 /* The activations of one decoder layer that a training backward needs. "Saved" buffers are per layer;
  * with recompute (V3's choice) the normalised inputs and the MLA up-projection outputs point into
  * shared scratch and are recomputed in the backward, otherwise they are per layer too. */
@@ -80,6 +86,9 @@ typedef struct {
     int64_t *off_h;            /* host copy of off */
     float *ge, *ue;            /* routed experts' gate/up outputs [n K, Ie], rows in expert order */
     float *gs, *us;            /* shared experts' gate/up outputs [n, Is] */
+    /* with opts.moe_cache_fp8 (V3's FP8 cache of the MoE SwiGLU inputs, model/moe_fp8.h): ge, ue, gs, us point
+     * into scratch and these keep them between forward and backward */
+    ds_act_fp8 ge8, ue8, gs8, us8;
     /* recomputable */
     float *xn, *cqn, *q, *ckv, *kpe, *kvb, *k, *v, *hn;
 } ds_tape;
@@ -92,6 +101,9 @@ typedef struct {
     float *logits;             /* [n, E] router logits / their gradient */
     float *xg, *ye;            /* [n K, D] gathered inputs, expert outputs */
     float *acte;               /* [n K, Ie] */
+    float *ge, *ue, *gs, *us;  /* opts.moe_cache_fp8: the tapes' ge, ue [n K, Ie], gs, us [n, Is] */
+    float *xq, *dyq;           /* opts.moe_dispatch_fp8, one process: the experts' x and dy on the FP8 grid [n, D] */
+    uint8_t *wire;             /* opts.moe_dispatch_fp8, one process: their FP8 rows (moe_fp8.h) [n, D + D/128] */
     /* backward */
     float *dxn, *dout_attn;    /* [n, D], [n, H dv] */
     float *dq, *dk, *dv, *dkvb, *dkpe, *dckv, *dkva, *dcqn, *dcq;

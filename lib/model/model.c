@@ -1,6 +1,7 @@
 /* The whole network: creation, batch preparation, forward (embedding, layers, final norm, head, MTP,
  * balance loss) and backward by per-token log-prob gradients (spec 2-6). */
 #include "model/internal.h"
+#include "model/moe.h"
 
 #include "core/err.h"
 #include "core/log.h"
@@ -92,6 +93,16 @@ static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *o
         m->opts.linear_ops = &m->lin_tab; /* the caller's table may go away */
     }
     m->lin_kvb = m->opts.kv_b_on_ops ? m->ops : m->lin;
+    m->lin_xe = m->lin;
+    if (m->opts.moe_dispatch_fp8) {
+        const ds_ops *p2 = m->opts.linear_ops_pow2;
+        if (!p2 || strcmp(p2->name, m->ops->name))
+            return ds_fail(DS_ERR, "model: the FP8 dispatch needs the power-of-two Linear table on the %s backend",
+                           m->ops->name);
+        m->lin_pow2_tab = *p2;
+        m->lin_xe = &m->lin_pow2_tab;
+        m->opts.linear_ops_pow2 = &m->lin_pow2_tab;
+    }
     ds_dims_from_config(&m->dims, &m->cfg);
     DS_TRY(ds_rope_init(&m->rope, &m->cfg));
     m->mtp_depth = m->cfg.num_nextn_predict_layers;
@@ -168,6 +179,8 @@ void ds_model_free(ds_model *m) {
     free(m->h_i32);
     free(m->h_pos);
     free(m->expert_load);
+    free(m->load_off_h);
+    free(m->load_pending);
     free(m->bal_rows);
     ds_moe_ep_free(m);
     free_shape(m);
@@ -269,8 +282,11 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     m->h_i32 = malloc(sizeof(int32_t) * (size_t)hn);
     m->h_pos = malloc(sizeof(int32_t) * (size_t)m->n_max);
     m->expert_load = calloc((size_t)m->n_moe * d->E + 1, sizeof(int32_t));
-    m->bal_rows = calloc((size_t)m->opts.max_batch, sizeof(float));
-    if (!m->h_i32 || !m->h_pos || !m->expert_load || !m->bal_rows) FAIL("out of memory: host buffers");
+    m->load_off_h = calloc((size_t)m->n_moe * (d->E + 1) + 1, sizeof(int32_t));
+    m->load_pending = calloc((size_t)m->n_moe + 1, 1);
+    m->bal_rows = calloc((size_t)(m->n_moe > 0 ? m->n_moe : 1) * m->opts.max_batch, sizeof(float));
+    if (!m->h_i32 || !m->h_pos || !m->expert_load || !m->bal_rows || !m->load_off_h || !m->load_pending)
+        FAIL("out of memory: host buffers");
     for (int l = 0; l < m->n_layers_total; l++) {
         if (!m->opts.train && l > 0) {
             m->tape[l].off_h = m->tape[0].off_h;
@@ -362,6 +378,7 @@ int ds_model_prepare(ds_model *m, const ds_batch *b) {
     /* a stage that starts past layer 0 counts its own layers' statistics for this micro-batch only */
     m->bal_loss = 0.0;
     memset(m->expert_load, 0, sizeof(int32_t) * (size_t)m->n_moe * m->dims.E);
+    memset(m->load_pending, 0, (size_t)m->n_moe);
     m->cur_seg = b->seg ? m->seg : NULL;
     m->cur_cs = m->cs;
     /* routed positions: every one unless the batch has padding or MTP modules see sample boundaries (the
@@ -423,6 +440,7 @@ int ds_model_layers_fwd(ds_model *m, int l0, int l1) {
     if (l0 == 0) {
         m->bal_loss = 0.0;
         memset(m->expert_load, 0, sizeof(int32_t) * (size_t)m->n_moe * m->dims.E);
+        memset(m->load_pending, 0, (size_t)m->n_moe);
     }
     for (int l = l0; l < l1; l++) {
         DS_TRY(ds_layer_fwd(m, l, xs_at(m, l), xs_at(m, l + 1)));
@@ -501,6 +519,7 @@ int ds_model_head_fwd(ds_model *m, ds_fwd_out *out) {
         hprev = m->mtp[j].hk;
     }
     ops->sync();
+    ds_moe_stats_sync(m);
     m->have_fwd = m->opts.train;
     if (out) {
         memset(out, 0, sizeof *out);
@@ -650,6 +669,7 @@ int ds_model_plan(const ds_config *cfg, const ds_model_opts *opts, ds_mem_plan *
 }
 
 void ds_model_fwd_stats(ds_model *m, ds_fwd_out *out) {
+    ds_moe_stats_sync(m);
     memset(out, 0, sizeof *out);
     out->bal_loss = m->bal_loss;
     out->expert_load = m->expert_load;

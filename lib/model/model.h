@@ -110,6 +110,16 @@ typedef struct {
                                 absorbed attention multiplies by the dequantized kv_b weight) */
     int max_batch, max_seq;  /* activation arena is sized for B*T <= max_batch*max_seq */
     int train;               /* keep activations and allocate gradients */
+    /* V3's low-precision storage and communication in the MoE layers (section 3.3.3, model/moe_fp8.h; train
+     * only, with an FP8 linear_ops): moe_cache_fp8 keeps the SwiGLU inputs of the routed and shared experts
+     * (their gate/up outputs) as E4M3 in 1x128 tiles for the backward, which recomputes SwiGLU from them;
+     * moe_dispatch_fp8 quantizes the routed experts' inputs and, in the backward, the gradients before the
+     * down projection to E4M3 with power-of-two 1x128 scales where the dispatch is (one process: at the
+     * same point), runs the GEMMs that consume them on linear_ops_pow2 (fp8/linear.h
+     * ds_fp8_linear_ops_pow2; same memory as ops), and under expert parallelism sends the FP8 codes and
+     * exponents and combines (forward and backward) in bf16. */
+    int moe_cache_fp8, moe_dispatch_fp8;
+    const struct ds_ops *linear_ops_pow2;
     int recompute;           /* recompute RMSNorm outputs and MLA up-projections in backward (V3; default 1) */
     int want_entropy;        /* compute per-token entropy in forward */
     int keep_logits;         /* keep the main head's [B*T, V] logits (also spares the backward their
@@ -256,7 +266,8 @@ int ds_model_ep_idle_bwd(ds_model *m, int T, int mtp);
 int ds_model_ep_idle_stage_fwd(ds_model *m, int T, int l0, int l1, int last);
 int ds_model_ep_idle_stage_bwd(ds_model *m, int T, int l0, int l1, int mtp);
 /* What the MoE exchanges moved since the last reset, forward passes only (the backward moves the same
- * bytes in reverse). Bytes are this rank's sends to other ranks (rows of hidden_size fp32). */
+ * bytes in reverse). Bytes are this rank's sends to other ranks: rows of hidden_size fp32 (4 D bytes), or
+ * with opts.moe_dispatch_fp8 FP8 rows out (D + ceil(D/128) bytes, moe_fp8.h) and bf16 rows back (2 D). */
 typedef struct {
     int64_t tokens;           /* routed tokens (this rank's, every MoE layer) */
     int64_t nodes_sum;        /* sum over those of the distinct nodes their experts live on */
@@ -264,6 +275,7 @@ typedef struct {
     int64_t dispatch_bytes;   /* token rows sent to other ranks */
     int64_t combine_bytes;    /* expert output rows sent back to other ranks */
     int64_t cross_node_bytes; /* of both, those sent to a rank on another node */
+    int64_t dispatch_rows;    /* token rows the (one-hop) plan sends to other ranks */
 } ds_moe_ep_stats;
 void ds_model_ep_stats(ds_model *m, ds_moe_ep_stats *out, int reset);
 

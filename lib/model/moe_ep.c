@@ -13,6 +13,7 @@
  * experts (the trainer sums them over the data-parallel ranks), as the one-process model does. */
 #include "model/internal.h"
 #include "model/moe.h"
+#include "model/moe_fp8.h"
 
 #include "core/err.h"
 
@@ -72,6 +73,12 @@ int ds_moe_ep_alloc(ds_model *m) {
     if (!m->ep_node || !m->ep_idx || !m->ep_w || !m->ep_dw || !m->ep_x || !m->ep_out || !m->ep_yr || !m->ep_dxr ||
         !m->ep_dwr)
         return ds_fail(DS_ERR, "out of memory: expert-parallel buffers");
+    if (m->opts.moe_dispatch_fp8) {
+        const size_t rb = ds_moe_fp8_row_bytes(D);
+        m->ep_wire = malloc(n * rb + 1);
+        m->ep_wire_r = malloc(r * rb + 1);
+        if (!m->ep_wire || !m->ep_wire_r) return ds_fail(DS_ERR, "out of memory: expert-parallel buffers");
+    }
     return ds_moe_ep_layers_new(m, &m->epl);
 }
 
@@ -91,6 +98,7 @@ void ds_moe_ep_free(ds_model *m) {
     free(m->ep_node);
     free(m->ep_idx), free(m->ep_w), free(m->ep_dw), free(m->ep_x), free(m->ep_out);
     free(m->ep_yr), free(m->ep_dxr), free(m->ep_dwr);
+    free(m->ep_wire), free(m->ep_wire_r);
     m->epl = NULL;
 }
 
@@ -129,10 +137,30 @@ static void count_traffic(ds_model *m, const struct ep_layer *e, const ds_ep_byt
         if (nodes > st->nodes_max) st->nodes_max = nodes;
     }
     st->tokens += e->nc;
+    st->dispatch_rows += e->ep.n_send - e->ep.send_rows[e->ep.rank];
     const ds_ep_bytes *d = &e->ep.sent_dispatch, *c = &e->ep.sent_combine;
     st->dispatch_bytes += d->intra + d->inter - before[0].intra - before[0].inter;
     st->combine_bytes += c->intra + c->inter - before[1].intra - before[1].inter;
     st->cross_node_bytes += d->inter - before[0].inter + c->inter - before[1].inter;
+}
+
+/* rows [e->nc, D] to their expert ranks, into recv [n_recv, D]: float32 rows, or with the FP8 dispatch
+ * their E4M3 codes and power-of-two exponents (moe_fp8.h), dequantized on arrival */
+static int dispatch_rows(ds_model *m, struct ep_layer *e, const float *rows, float *recv) {
+    const ds_comm *c = m->opts.ep_comm;
+    const int D = m->dims.D;
+    if (!m->opts.moe_dispatch_fp8) return ds_ep_dispatch(&e->ep, c, rows, recv, sizeof(float) * D);
+    ds_moe_fp8_pack(m->ep_wire, rows, e->nc, D);
+    DS_TRY(ds_ep_dispatch(&e->ep, c, m->ep_wire, m->ep_wire_r, ds_moe_fp8_row_bytes(D)));
+    ds_moe_fp8_unpack(recv, m->ep_wire_r, (int)e->ep.n_recv, D);
+    return 0;
+}
+
+/* the rows back, summed per token: float32, or bf16 on the wire with the FP8 dispatch (V3 combines in bf16) */
+static int combine_rows(ds_model *m, struct ep_layer *e, const float *y, float *out) {
+    const ds_comm *c = m->opts.ep_comm;
+    if (m->opts.moe_dispatch_fp8) return ds_ep_combine_bf16(&e->ep, c, y, out, m->dims.D);
+    return ds_ep_combine(&e->ep, c, y, out, m->dims.D);
 }
 
 /* dispatch x's routed rows (m->ep_idx / ep_w hold their routing), run the local experts, combine into
@@ -148,10 +176,10 @@ static int exchange_fwd(ds_model *m, int l, const float *x, float *f) {
     if (rows > (int64_t)m->n_max * m->ep_n)
         return ds_fail(DS_ERR, "expert parallel: layer %d receives %lld rows, more than %d ranks x %d tokens (do all ranks "
                        "build the model with the same batch size?)", l, (long long)rows, m->ep_n, m->n_max);
-    DS_TRY(ds_ep_dispatch(&e->ep, c, x, e->xr, sizeof(float) * D));
+    DS_TRY(dispatch_rows(m, e, x, e->xr));
     memset(m->ep_yr, 0, sizeof(float) * (size_t)rows * D);
     DS_TRY(ds_moe_experts_fwd(m, l, 0, m->ne, e->xr, e->ep.recv_expert, e->ep.recv_weight, (int)rows, m->ep_yr, NULL));
-    DS_TRY(ds_ep_combine(&e->ep, c, m->ep_yr, m->ep_out, D));
+    DS_TRY(combine_rows(m, e, m->ep_yr, m->ep_out));
     if (f) add_rows(m, e, f, m->ep_out);
     count_traffic(m, e, before);
     return 0;
@@ -187,11 +215,11 @@ static int exchange_bwd(ds_model *m, int l, const float *dy, float *dhn) {
     const ds_comm *c = m->opts.ep_comm;
     const int D = m->dims.D;
     const int64_t rows = e->ep.n_recv;
-    DS_TRY(ds_ep_dispatch(&e->ep, c, dy, m->ep_yr, sizeof(float) * D));
+    DS_TRY(dispatch_rows(m, e, dy, m->ep_yr)); /* the gradient before the down projection: FP8 as the forward's */
     memset(m->ep_dxr, 0, sizeof(float) * (size_t)rows * D);
     ds_moe_experts_bwd(m, l, 0, m->ne, e->xr, e->ep.recv_expert, e->ep.recv_weight, (int)rows, m->ep_yr, m->ep_dxr,
                        m->ep_dwr);
-    DS_TRY(ds_ep_combine(&e->ep, c, m->ep_dxr, m->ep_out, D));
+    DS_TRY(combine_rows(m, e, m->ep_dxr, m->ep_out));
     if (dhn) add_rows(m, e, dhn, m->ep_out);
     return ds_ep_combine_slots(&e->ep, c, m->ep_dwr, m->ep_idx, m->ep_dw);
 }

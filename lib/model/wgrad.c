@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { WG_GEMM = 0, WG_GROUPED = 1, WG_EMBED = 2 };
+enum { WG_GEMM = 0, WG_GROUPED = 1, WG_EMBED = 2, WG_GROUPED_DEV = 3 };
 
 struct ds_wgrad_op {
     int kind, key;
@@ -125,6 +125,22 @@ void ds_wgrad_grouped(ds_model *m, const ds_ops *ops, int ng, const int64_t *off
     o->b_slot = pool_copy(m, B, mat_bytes(rows, N, ldb, sizeof(float)), 0);
 }
 
+void ds_wgrad_grouped_dev(ds_model *m, const ds_ops *ops, int ng, const int32_t *off, int max_rows, int M, int N,
+                          const float *A, int lda, const float *B, int ldb, float *C, size_t strideC, int ldc) {
+    if (m->wq.key < 0) {
+        ops->gemm_wgrad_dev(ng, off, M, N, 1.0f, A, lda, B, ldb, 1.0f, C, strideC, ldc);
+        return;
+    }
+    ds_wgrad_op *o = push(m);
+    if (!o) return;
+    *o = (ds_wgrad_op){.kind = WG_GROUPED_DEV, .key = m->wq.key, .ops = ops, .ng = ng, .M = M, .N = N, .lda = lda,
+                       .ldb = ldb, .ldc = ldc, .strideC = strideC, .C = C};
+    /* the offsets are copied on the device too: no host round trip when recording either */
+    o->off_slot = pool_copy(m, off, sizeof(int32_t) * (size_t)(ng + 1), 0);
+    o->a_slot = pool_copy(m, A, mat_bytes(max_rows, M, lda, sizeof(float)), 0);
+    o->b_slot = pool_copy(m, B, mat_bytes(max_rows, N, ldb, sizeof(float)), 0);
+}
+
 void ds_wgrad_embed(ds_model *m, float *dtable, const float *dx, const int32_t *tok, int n, int d) {
     if (m->wq.key < 0) {
         m->ops->embed_bwd(dtable, dx, tok, n, d);
@@ -147,6 +163,10 @@ static void replay(ds_model *m, const ds_wgrad_op *o) {
     case WG_GROUPED:
         o->ops->gemm_wgrad(o->ng, pool_ptr(m, o->off_slot), o->M, o->N, 1.0f, A, o->lda, B, o->ldb, 1.0f, o->C,
                            o->strideC, o->ldc);
+        break;
+    case WG_GROUPED_DEV:
+        o->ops->gemm_wgrad_dev(o->ng, pool_ptr(m, o->off_slot), o->M, o->N, 1.0f, A, o->lda, B, o->ldb, 1.0f, o->C,
+                               o->strideC, o->ldc);
         break;
     default:
         o->ops->embed_bwd(o->C, A, (const int32_t *)B, o->n, o->d);

@@ -190,11 +190,12 @@ void ds_cpu_moe_bucket(int32_t *off, int32_t *order, int32_t *where, const int32
     for (size_t s = 0; s < m; s++)
         if (idx[s] >= 0 && idx[s] < E) off[idx[s] + 1]++;
     for (int e = 0; e < E; e++) off[e + 1] += off[e];
-    int32_t cursor[E]; /* stable: slots of one expert keep their order */
+    int32_t cursor[E], left = off[E]; /* stable: slots of one expert keep their order */
     memcpy(cursor, off, sizeof(int32_t) * (size_t)E);
     for (size_t s = 0; s < m; s++) {
         if (idx[s] < 0 || idx[s] >= E) {
             where[s] = -1;
+            order[left++] = (int32_t)s; /* after the sorted ones, as the device's radix sort leaves them */
             continue;
         }
         int32_t r = cursor[idx[s]]++;

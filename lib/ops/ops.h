@@ -198,7 +198,9 @@ typedef struct ds_ops {
     /* Counting sort of the n*K (row, slot) assignments by expert, stable in slot order s = r*K + k; slots
      * with idx outside [0, E) (-1: an expert-parallel row's empty slot) are left out:
      * off[e] .. off[e+1] (off: [E+1], device) is expert e's range in the sorted order (off[E] = the valid
-     * slots); order[r] = the slot at sorted position r; where[s] = its position, or -1 when left out. */
+     * slots); order[r] = the slot at sorted position r; where[s] = its position, or -1 when left out. The
+     * slots left out follow in slot order: order[r] for r in [off[E], n*K) (so every order entry is a valid
+     * slot, and ops run over all n*K rows, as the device-offset MoE path does, read in bounds). */
     void (*moe_bucket)(int32_t *off, int32_t *order, int32_t *where, const int32_t *idx, int n, int K, int E);
     /* Dispatch gather: dst[r, :] = src[order[r] / K, :] for r < m. */
     void (*moe_gather)(float *dst, const float *src, const int32_t *order, int m, int K, int d);

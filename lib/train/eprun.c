@@ -60,10 +60,10 @@ int ds_ep_run_step(ds_ep_run *r, ds_model *m, const ds_comm *c) {
     if (!r->have_layout) return 0;
     ds_moe_ep_stats st;
     ds_model_ep_stats(m, &st, 1);
-    double sum[5] = {(double)st.tokens, (double)st.nodes_sum, (double)st.dispatch_bytes, (double)st.combine_bytes,
-                     (double)st.cross_node_bytes},
+    double sum[6] = {(double)st.tokens, (double)st.nodes_sum, (double)st.dispatch_bytes, (double)st.combine_bytes,
+                     (double)st.cross_node_bytes, (double)st.dispatch_rows},
            mx = st.nodes_max;
-    DS_TRY(ds_comm_allreduce_sum_f64(c, sum, 5));
+    DS_TRY(ds_comm_allreduce_sum_f64(c, sum, 6));
     DS_TRY(ds_comm_allreduce_max_f64(c, &mx, 1));
     /* the biases: max and -min over the ranks of every entry */
     const ds_config *cfg = ds_model_config(m);
@@ -86,6 +86,7 @@ int ds_ep_run_step(ds_ep_run *r, ds_model *m, const ds_comm *c) {
     r->nodes_mean = sum[0] > 0 ? sum[1] / sum[0] : 0;
     r->nodes_max = (int)mx;
     r->dispatch_bytes = sum[2] / P, r->combine_bytes = sum[3] / P, r->cross_node_bytes = sum[4] / P;
+    r->dispatch_rows = sum[5] / P;
     r->have_step = 1;
     r->sum_nodes += r->nodes_mean, r->sum_dispatch += r->dispatch_bytes, r->sum_combine += r->combine_bytes;
     r->sum_cross += r->cross_node_bytes;
@@ -103,6 +104,7 @@ void ds_ep_run_record(const ds_ep_run *r, ds_jsonw *w) {
     ds_train_knum(w, "dispatch_bytes_per_rank", r->dispatch_bytes);
     ds_train_knum(w, "combine_bytes_per_rank", r->combine_bytes);
     ds_train_knum(w, "cross_node_bytes_per_rank", r->cross_node_bytes);
+    ds_train_knum(w, "dispatch_rows_per_rank", r->dispatch_rows);
     ds_train_knum(w, "bias_spread", r->bias_spread);
     ds_jsonw_obj_end(w);
 }

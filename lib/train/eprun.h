@@ -35,6 +35,7 @@ typedef struct {
     /* the last step's traffic, over every rank of the run */
     int have_step;
     double nodes_mean, dispatch_bytes, combine_bytes, cross_node_bytes; /* bytes: mean per rank */
+    double dispatch_rows; /* token rows the plan sent to other ranks, mean per rank (bytes = rows x row bytes) */
     int nodes_max;
     double bias_spread;   /* the largest difference of an expert bias between two ranks (0: identical) */
     /* the run so far: sums of the per-step values above, and steps */

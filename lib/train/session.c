@@ -306,6 +306,11 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
     ds_ops fp8_linear; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
     if (!rc && o->fp8) rc = fp8_linear_ops(o, &fp8_linear);
     if (!rc && o->fp8) mo.linear_ops = &fp8_linear;
+    ds_ops fp8_pow2; /* the GEMMs that consume the FP8-dispatched operands (fp8/linear.h) */
+    mo.moe_cache_fp8 = o->fp8 && !o->fp8_moe_cache_f32;
+    mo.moe_dispatch_fp8 = o->fp8 && !o->fp8_dispatch_f32;
+    if (mo.moe_dispatch_fp8) ds_fp8_linear_ops_pow2(&fp8_pow2, ds_ops_cpu());
+    mo.linear_ops_pow2 = mo.moe_dispatch_fp8 ? &fp8_pow2 : NULL;
     if (!rc && o->profile) { /* every op timed; without --profile the model gets the plain tables */
         mo.ops = ds_prof_ops(mo.ops);
         if (mo.linear_ops) mo.linear_ops = ds_prof_linear_ops(mo.linear_ops);

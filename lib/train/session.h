@@ -46,6 +46,9 @@ typedef struct {
                                    embedding, head, router, eh_proj, norms and attention stay fp32 */
     int bf16;                   /* V3's bf16 baseline: bf16 storage, fp32 accumulation (ops/bf16.h; the CPU only) */
     int fp8_hopper, fp8_promote; /* --fp8-accum hopper, --fp8-promote: Hopper's accumulation (fp8/gemm.h) */
+    /* with fp8, V3's MoE FP8 cache and FP8 dispatch are on (model.h moe_cache_fp8, ...); these turn them off
+     * (--fp8-moe-cache fp32, --fp8-dispatch fp32) */
+    int fp8_moe_cache_f32, fp8_dispatch_f32;
     double init_std;            /* > 0: overrides the config's ds_init_std for a fresh model */
     double balance_alpha;       /* sequence-wise balance loss weight per micro-batch */
     int micro_batch, seq_len;

@@ -34,6 +34,7 @@ typedef struct {
     const char *fp8_accum; /* --fp8-accum exact | hopper (fp8/gemm.h) */
     int fp8_promote;       /* --fp8-promote N_C (hopper: promotion to fp32 every N_C products, 0 = never) */
     int bf16;              /* --bf16: V3's bf16 baseline (ops/bf16.h) */
+    const char *fp8_moe_cache, *fp8_dispatch; /* --fp8-moe-cache, --fp8-dispatch: fp8 | fp32 (model/moe_fp8.h) */
     int fp8, bf16_moments, no_zero, skip_nonfinite, quiet, verbose, force;
     int profile;           /* --profile: where the step's time goes (train/profile.h) */
     int ep, ranks_per_node, two_hop; /* --ep, --ranks-per-node, --two-hop (train/eprun.h) */

@@ -19,17 +19,6 @@ train() { # one thread, seed 1, tiny.json on the GPL text; more options follow
         --tokenizer "$T/tok.json" --seq-len 64 --batch 4 --log-every 0 --seed 1 -q "$@"
 }
 
-usage_error() { # $1: the expected message; the rest: the options
-    local want=$1
-    shift
-    run --separate-stderr train -o "$BATS_TEST_TMPDIR/ck" --steps 1 "$@"
-    echo "$stderr"
-    [ "$status" -eq 2 ]
-    [ "$(printf '%s\n' "$stderr" | grep -c '^ds-pretrain: error: ')" -eq 1 ]
-    [[ "$stderr" == *"ds-pretrain: error: $want"* ]]
-    [ ! -e "$BATS_TEST_TMPDIR/ck" ]
-}
-
 @test "refusals: --fp8-accum hopper without --fp8, --fp8-promote without hopper, a negative N_C, an unknown model" {
     usage_error "--fp8-accum hopper models FP8 GEMMs: it needs --fp8" --fp8-accum hopper
     usage_error "--fp8-promote 64: promotion applies to --fp8 --fp8-accum hopper only" --fp8 --fp8-promote 64

@@ -86,3 +86,17 @@ interrupt_and_resume() {
     cmp "$d/whole/optimizer.safetensors" "$d/part/optimizer.safetensors"
     diff <(numbers "$d/whole.jsonl") <(numbers "$d/part.jsonl")
 }
+
+# usage_error MSG ARGS...: the suite's train function (ds-pretrain with its fixed options) refuses ARGS for
+# one step: exit 2, the one line "ds-pretrain: error: MSG...", no checkpoint written. Needs bats's
+# run --separate-stderr (bats_require_minimum_version 1.5.0).
+usage_error() {
+    local want=$1
+    shift
+    run --separate-stderr train -o "$BATS_TEST_TMPDIR/ck" --steps 1 "$@"
+    echo "$stderr"
+    [ "$status" -eq 2 ]
+    [ "$(printf '%s\n' "$stderr" | grep -c '^ds-pretrain: error: ')" -eq 1 ]
+    [[ "$stderr" == *"ds-pretrain: error: $want"* ]]
+    [ ! -e "$BATS_TEST_TMPDIR/ck" ]
+}

@@ -10,6 +10,7 @@
 #include <vector>
 
 extern "C" {
+#include "dist/ep.h"
 #include "dist/layout.h"
 #include "dist/nccl.h"
 }
@@ -106,6 +107,44 @@ TEST(streams_ordered_by_events) {
     }
     dbuf_free(&s);
     dbuf_free(&r);
+}
+
+TEST(ep_dispatch_and_return_with_the_plan) {
+    setup();
+    /* a routed plan made over MPI's rules (dist/ep.h) in a group of one; the NCCL exchange of the rows in
+     * destination order must deliver what the host dispatch delivers, and the return trip bring them back */
+    const int T = 257, K = 4, E = 16, D = 96;
+    ds_ep ep;
+    int rc = ds_ep_init(&ep, &solo, E, K, DS_A2A_OURS);
+    std::vector<int32_t> idx((size_t)T * K);
+    std::vector<float> w((size_t)T * K, 0.25f);
+    for (int t = 0; t < T; t++) /* distinct experts per token */
+        for (int k = 0; k < K; k++) idx[(size_t)t * K + k] = (t + k * 4) % E;
+    if (!rc) rc = ds_ep_plan(&ep, &solo, idx.data(), w.data(), T);
+    CHECK_OK(rc, "plan");
+    if (rc) return;
+    std::vector<float> x = randv((size_t)T * D, 4), ref((size_t)ep.n_recv * D), grouped((size_t)ep.n_send * D),
+                       got((size_t)ep.n_recv * D), back((size_t)ep.n_send * D);
+    rc = ds_ep_dispatch(&ep, &solo, x.data(), ref.data(), (size_t)D * 4);
+    for (int64_t i = 0; i < ep.n_send; i++) memcpy(&grouped[(size_t)i * D], &x[(size_t)ep.send_token[i] * D], (size_t)D * 4);
+    dbuf dg, dr, db;
+    dbuf_up(&dg, grouped.data(), grouped.size() * 4);
+    dbuf_alloc(&dr, got.size() * 4);
+    dbuf_alloc(&db, back.size() * 4);
+    ds_cuda_poison(dr.p, dr.bytes);
+    ds_cuda_poison(db.p, db.bytes);
+    if (!rc) rc = ds_nccl_ep_dispatch(nc, &ep, dg.p, dr.p, (size_t)D * 4);
+    if (!rc) rc = ds_nccl_ep_return(nc, &ep, dr.p, db.p, (size_t)D * 4);
+    if (!rc) rc = ds_nccl_wait(nc);
+    CHECK_OK(rc, "dispatch and return over NCCL");
+    ds_cuda_d2h(got.data(), dr.p, got.size() * 4);
+    ds_cuda_d2h(back.data(), db.p, back.size() * 4);
+    CHECK(!memcmp(got.data(), ref.data(), got.size() * 4), "dispatch: the host dispatch's %lld rows, bit for bit", (long long)ep.n_recv);
+    CHECK(!memcmp(back.data(), grouped.data(), back.size() * 4), "return: the rows back in send order");
+    dbuf_free(&dg);
+    dbuf_free(&dr);
+    dbuf_free(&db);
+    ds_ep_free(&ep);
 }
 
 TEST(layout_groups_of_one) {

@@ -6,6 +6,7 @@
  * Quantization and the GEMM are checked against direct loops here (error bounds, layouts, exactness) and
  * bit for bit against the numpy reference tests/ref/fp8_block.py (against_numpy_blocks). */
 #include "tap.h"
+#include "ref_arrays.h"
 
 #include "core/err.h"
 #include "core/rng.h"
@@ -525,49 +526,6 @@ TEST(gemm_matches_definition) {
 
 /* ---- against the numpy reference (tests/ref/fp8_block.py, run by tests/ref/fp8.bats) ------------------ */
 
-typedef struct {
-    char name[64];
-    int dtype, ndim;
-    uint64_t dims[4];
-    void *data;
-    size_t bytes;
-} ref_array;
-
-static int load_arrays(const char *path, ref_array *arr, int max) {
-    FILE *f = fopen(path, "rb");
-    char magic[8];
-    if (!f || fread(magic, 1, 8, f) != 8 || memcmp(magic, "DSARR1\0\0", 8)) {
-        if (f) fclose(f);
-        return -1;
-    }
-    int n = 0;
-    uint32_t len;
-    while (n < max && fread(&len, 4, 1, f) == 1) {
-        ref_array *a = &arr[n];
-        uint8_t hdr[2];
-        if (len >= sizeof a->name || fread(a->name, 1, len, f) != len || fread(hdr, 1, 2, f) != 2 || hdr[1] > 4) break;
-        a->name[len] = 0;
-        a->dtype = hdr[0], a->ndim = hdr[1];
-        if (fread(a->dims, 8, a->ndim, f) != (size_t)a->ndim) break;
-        size_t count = 1;
-        for (int d = 0; d < a->ndim; d++) count *= a->dims[d];
-        a->bytes = count * (a->dtype == 0 ? 4 : a->dtype == 2 ? 2 : 1);
-        a->data = malloc(a->bytes ? a->bytes : 1);
-        if (fread(a->data, 1, a->bytes, f) != a->bytes) break;
-        n++;
-    }
-    fclose(f);
-    return n;
-}
-
-static ref_array *find(ref_array *arr, int n, const char *name) {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(arr[i].name, name)) return &arr[i];
-    fprintf(stderr, "reference array %s missing\n", name);
-    abort();
-}
-
-static int same_bytes(const void *a, const ref_array *r, size_t bytes) { return r->bytes == bytes && !memcmp(a, r->data, bytes); }
 
 TEST(against_numpy_blocks) {
     const char *path = getenv("DS_FP8_BLOCK_REF");

@@ -5,6 +5,7 @@
 
 #include "core/err.h"
 #include "dist/dp.h"
+#include "dist/ep.h"
 #include "dist/nccl.h"
 
 #include <stdlib.h>
@@ -101,6 +102,38 @@ TEST(solo_group_needs_no_mpi) {
           ds_errmsg());
     ds_layout_free(&L);
     ds_comm_finalize(&c);
+}
+
+TEST(ep_exchange_layout_of_the_plan) {
+    /* rank 1 of 3; ranks 0 and 1 on node 0, rank 2 on node 1: bytes per peer and the node accounting
+     * every transport (MPI, NCCL) moves the plan's rows with */
+    int64_t bc[3], bo[3], bc2[3], bo2[3];
+    int node_of[3] = {0, 0, 1};
+    ds_ep ep = {.n_ranks = 3, .rank = 1, .node_of = node_of, .bcount = bc, .boff = bo, .bcount2 = bc2, .boff2 = bo2};
+    const int64_t send_rows[3] = {2, 5, 1}, recv_rows[3] = {0, 5, 4};
+    ds_ep_bytes acct = {0, 0};
+    ds_ep_exchange_layout(&ep, &acct, send_rows, recv_rows, 12);
+    CHECK(bc[0] == 24 && bc[1] == 60 && bc[2] == 12 && bo[0] == 0 && bo[1] == 24 && bo[2] == 84, "send bytes and offsets");
+    CHECK(bc2[0] == 0 && bc2[1] == 60 && bc2[2] == 48 && bo2[1] == 0 && bo2[2] == 60, "receive bytes and offsets");
+    CHECK(acct.intra == 24 && acct.inter == 12, "24 bytes to its node, 12 across, its own 60 not counted (%lld, %lld)",
+          (long long)acct.intra, (long long)acct.inter);
+}
+
+TEST(ep_plan_in_a_solo_group) {
+    /* what tests/gpu/test_nccl.cu runs on one GPU: the plan and the host dispatch of a group of one */
+    ds_comm c;
+    ds_comm_init_solo(&c);
+    ds_ep ep;
+    int rc = ds_ep_init(&ep, &c, 8, 2, DS_A2A_OURS);
+    int32_t idx[2 * 5] = {0, 3, 7, 1, 2, 5, 6, 4, 1, 0};
+    float w[2 * 5] = {1, 0.5f, 1, 0.5f, 1, 0.5f, 1, 0.5f, 1, 0.5f};
+    if (!rc) rc = ds_ep_plan(&ep, &c, idx, w, 5);
+    float x[5 * 3], recv[5 * 3];
+    for (int i = 0; i < 15; i++) x[i] = (float)i;
+    if (!rc) rc = ds_ep_dispatch(&ep, &c, x, recv, 12);
+    CHECK(!rc && ep.n_send == 5 && ep.n_recv == 5 && !memcmp(recv, x, sizeof x), "one rank: every token once, in order (%s)",
+          rc ? ds_errmsg() : "ok");
+    ds_ep_free(&ep);
 }
 
 TEST(refusals_without_a_usable_nccl) {
