@@ -5,5 +5,5 @@ build_bench() {
     [ -f "$build/libds.a" ] || build=$ROOT/build/rel
     # shellcheck disable=SC2046
     cc -O2 -std=c11 -D_GNU_SOURCE -fopenmp -I"$ROOT/lib" "$1" "$build/libds.a" \
-        $(pkg-config --cflags --libs openblas jansson libzstd libpcre2-8) -lm -o "$2"
+        $(pkg-config --cflags --libs openblas jansson libzstd libpcre2-8 libpng freetype2) -lm -o "$2"
 }

@@ -33,14 +33,14 @@ while [ $# -gt 0 ]; do
     esac
 done
 make -s >&2
-LIBDS=""
-for f in build/rel/libds.a build/rel-cuda/libds.a; do [ -f "$f" ] && LIBDS=$f && break; done # the helper needs core/ only
 W=${KEEP:-$(mktemp -d)}
 mkdir -p "$W"
 [ -n "$KEEP" ] || trap 'rm -rf "$W"' EXIT
 PLOT=$W/fp8_train_plot
-${CC:-gcc} -O2 -std=c11 -D_GNU_SOURCE -fopenmp -Ilib bench/fp8_train_plot.c "$LIBDS" \
-    $(pkg-config --cflags --libs openblas jansson libzstd libpcre2-8) -lm -o "$PLOT"
+ROOT=$PWD
+# shellcheck source=bench/build_c.sh
+. bench/build_c.sh
+build_bench bench/fp8_train_plot.c "$PLOT"
 
 VOCAB=$(sed -n 's/.*"vocab_size": *\([0-9]*\).*/\1/p' "$CFG")
 if [ -z "$TEXT" ]; then

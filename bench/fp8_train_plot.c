@@ -1,16 +1,19 @@
-/* fp8_train_plot — compare an FP8 training run with its fp32 twin (same config, data and seed) from two
+/* fp8_train_plot — compare training runs with a baseline twin (same config, data and seed) from their
  * ds-pretrain --metrics files: prints the relative loss difference over windows of steps, at every
- * validation and per step, and draws both loss curves and the windowed difference as one PNG with
- * libds's own charts (core/plot.h). Built and run by bench/fp8_train.sh.
+ * validation and per step, and draws the loss curves and the windowed differences as one PNG with
+ * libds's own charts (core/plot.h). Built and run by bench/fp8_train.sh (fp32 vs FP8) and
+ * bench/fp8_accum_train.sh (bf16 vs three FP8 accumulations).
  *
- * usage: fp8_train_plot FP32.jsonl FP8.jsonl OUT.png [WINDOW]
- * relative difference = (loss_fp8 - loss_fp32) / loss_fp32 (docs/METRICS.md); window means are taken over
- * the training loss of WINDOW consecutive steps (default 25). Prints a Markdown table and a JSON summary
- * line, the last line of stdout. */
+ * usage: fp8_train_plot [--names BASE,RUN,...] BASE.jsonl RUN.jsonl... OUT.png [WINDOW]
+ * relative difference = (loss_run - loss_base) / loss_base (docs/METRICS.md); window means are taken over
+ * the training loss of WINDOW consecutive steps (default 25), over the steps every run reached. Names
+ * default to "fp32" and "FP8 (E4M3, 1x128 / 128x128 / 128x1)". Prints a Markdown table, per run the
+ * per-step statistics, and per run a JSON summary line (the last lines of stdout). */
 #include "core/err.h"
 #include "core/plot.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,84 +79,143 @@ static int stack_png(const ds_line_chart *top, const ds_line_chart *bottom, cons
     return rc;
 }
 
+#define MAX_RUNS 6
+
 int main(int argc, char **argv) {
-    if (argc < 4 || argc > 5) {
-        fprintf(stderr, "usage: fp8_train_plot FP32.jsonl FP8.jsonl OUT.png [WINDOW]\n");
+    static const uint32_t colors[MAX_RUNS] = {0x1f5fa8, 0xd2601a, 0x2e8b3a, 0x8e3aa8, 0x9a7b0a, 0x555555};
+    static const uint32_t pale[MAX_RUNS] = {0xb8cce4, 0xf4c7a1, 0xb5dcb9, 0xd9b8e4, 0xe6d9a6, 0xcccccc};
+    char *names[MAX_RUNS] = {"fp32", "FP8 (E4M3, 1x128 / 128x128 / 128x1)"}, namebuf[512] = "";
+    int a0 = 1;
+    if (argc > 2 && !strcmp(argv[1], "--names")) {
+        snprintf(namebuf, sizeof namebuf, "%s", argv[2]);
+        int k = 0;
+        for (char *t = strtok(namebuf, ","); t && k < MAX_RUNS; t = strtok(NULL, ",")) names[k++] = t;
+        a0 = 3;
+    }
+    int last = argc - 1, W = 25;
+    if (last > a0 && !strstr(argv[last], ".png") && !strstr(argv[last], ".jsonl")) W = atoi(argv[last--]);
+    const int R = last - a0; /* runs: argv[a0 .. last - 1], the PNG argv[last] */
+    if (R < 2 || R > MAX_RUNS || W < 1) {
+        fprintf(stderr, "usage: fp8_train_plot [--names BASE,RUN,...] BASE.jsonl RUN.jsonl... OUT.png [WINDOW]\n");
         return 2;
     }
-    int W = argc == 5 ? atoi(argv[4]) : 25;
-    run a, b;
-    if (load(argv[1], &a) || load(argv[2], &b) || W < 1) {
-        fprintf(stderr, "fp8_train_plot: error: %s\n", W < 1 ? "bad window" : ds_errmsg());
-        return 1;
-    }
-    int n = a.steps < b.steps ? a.steps : b.steps;
-    for (int i = 0; i < n; i++)
-        if (!isfinite(a.loss[i]) || !isfinite(b.loss[i])) {
-            fprintf(stderr, "fp8_train_plot: error: step %d has no finite loss in both runs\n", i + 1);
+    for (int r = 0; r < R; r++)
+        if (!names[r]) names[r] = argv[a0 + r];
+    run runs[MAX_RUNS];
+    int n = INT_MAX;
+    for (int r = 0; r < R; r++) {
+        if (load(argv[a0 + r], &runs[r])) {
+            fprintf(stderr, "fp8_train_plot: error: %s\n", ds_errmsg());
             return 1;
         }
+        if (runs[r].steps < n) n = runs[r].steps;
+    }
+    for (int i = 0; i < n; i++)
+        for (int r = 0; r < R; r++)
+            if (!isfinite(runs[r].loss[i])) {
+                fprintf(stderr, "fp8_train_plot: error: step %d has no finite loss in %s\n", i + 1, argv[a0 + r]);
+                return 1;
+            }
+    const run *a = &runs[0];
 
     /* windows */
-    int nw = n / W;
-    double *wx = malloc(sizeof(double) * (nw + 1)), *wd = malloc(sizeof(double) * (nw + 1)), worst = 0;
-    printf("| steps | fp32 loss | FP8 loss | relative |\n|---|---|---|---|\n");
+    const int nw = n / W;
+    double *wx = malloc(sizeof(double) * (nw + 1)), *wd[MAX_RUNS], worst[MAX_RUNS] = {0};
+    printf("| steps | %s loss |", names[0]);
+    for (int r = 1; r < R; r++) printf(" %s loss (relative) |", names[r]);
+    printf("\n|---|---|");
+    for (int r = 1; r < R; r++) printf("---|");
+    printf("\n");
+    for (int r = 1; r < R; r++) wd[r] = malloc(sizeof(double) * (nw + 1));
     for (int k = 0; k < nw; k++) {
-        double m32 = mean(a.loss + k * W, W), m8 = mean(b.loss + k * W, W);
+        const double m0 = mean(a->loss + k * W, W);
         wx[k] = k * W + (W + 1) / 2.0;
-        wd[k] = 100 * (m8 - m32) / m32;
-        if (fabs(wd[k]) > fabs(worst)) worst = wd[k];
-        printf("| %d–%d | %.4f | %.4f | %+.2f%% |\n", k * W + 1, (k + 1) * W, m32, m8, wd[k]);
-    }
-    /* validations (steps where both have one) */
-    double vworst = 0, vlast = NAN;
-    int nv = 0;
-    for (int i = 0; i < n; i++)
-        if (isfinite(a.val[i]) && isfinite(b.val[i])) {
-            double d = 100 * (b.val[i] - a.val[i]) / a.val[i];
-            printf("| validation @%d | %.4f | %.4f | %+.2f%% |\n", i + 1, a.val[i], b.val[i], d);
-            if (fabs(d) > fabs(vworst)) vworst = d;
-            vlast = d, nv++;
+        printf("| %d–%d | %.4f |", k * W + 1, (k + 1) * W, m0);
+        for (int r = 1; r < R; r++) {
+            const double m = mean(runs[r].loss + k * W, W);
+            wd[r][k] = 100 * (m - m0) / m0;
+            if (fabs(wd[r][k]) > fabs(worst[r])) worst[r] = wd[r][k];
+            printf(" %.4f (%+.2f%%) |", m, wd[r][k]);
         }
-    double step_abs = 0, step_max = 0;
+        printf("\n");
+    }
+    /* validations (steps where every run has one) */
+    double vworst[MAX_RUNS] = {0}, vlast[MAX_RUNS];
+    int nv = 0;
     for (int i = 0; i < n; i++) {
-        double d = fabs(b.loss[i] - a.loss[i]) / a.loss[i];
-        step_abs += d;
-        if (d > step_max) step_max = d;
+        int all = 1;
+        for (int r = 0; r < R; r++) all &= isfinite(runs[r].val[i]) != 0;
+        if (!all) continue;
+        printf("| validation @%d | %.4f |", i + 1, a->val[i]);
+        for (int r = 1; r < R; r++) {
+            const double d = 100 * (runs[r].val[i] - a->val[i]) / a->val[i];
+            printf(" %.4f (%+.2f%%) |", runs[r].val[i], d);
+            if (fabs(d) > fabs(vworst[r])) vworst[r] = d;
+            vlast[r] = d;
+        }
+        printf("\n");
+        nv++;
+    }
+    /* per step: the mean and largest |relative difference|, and its spread around the window means (the
+     * step-to-step noise a window mean averages down by sqrt(W)) */
+    double step_abs[MAX_RUNS] = {0}, step_max[MAX_RUNS] = {0}, noise[MAX_RUNS] = {0};
+    for (int r = 1; r < R; r++) {
+        double ss = 0;
+        int cnt = 0;
+        for (int i = 0; i < n; i++) {
+            const double d = (runs[r].loss[i] - a->loss[i]) / a->loss[i];
+            step_abs[r] += fabs(d);
+            if (fabs(d) > step_max[r]) step_max[r] = fabs(d);
+            if (i / W < nw) ss += pow(100 * d - wd[r][i / W], 2), cnt++;
+        }
+        noise[r] = cnt > nw ? sqrt(ss / (cnt - nw)) : NAN;
+        printf("%s vs %s: per step |relative| mean %.3f%%, largest %.3f%%; step-to-step spread %.3f%% (a %d-step "
+               "window mean's noise %.3f%%)\n",
+               names[r], names[0], 100 * step_abs[r] / n, 100 * step_max[r], noise[r], W, noise[r] / sqrt(W));
     }
 
-    /* the chart: both losses (raw and smoothed over the window), then the windowed difference */
-    double *x = malloc(sizeof(double) * n), *sa = malloc(sizeof(double) * n), *sb = malloc(sizeof(double) * n);
-    double *vx = malloc(sizeof(double) * (nv + 1)), *va = malloc(sizeof(double) * (nv + 1)), *vb = malloc(sizeof(double) * (nv + 1));
+    /* the chart: every loss (raw, pale, and smoothed over the window), then the windowed differences */
+    double *x = malloc(sizeof(double) * n), *sm[MAX_RUNS], *vx = malloc(sizeof(double) * (nv + 1)), *vy[MAX_RUNS];
+    for (int r = 0; r < R; r++) sm[r] = malloc(sizeof(double) * n), vy[r] = malloc(sizeof(double) * (nv + 1));
     for (int i = 0, j = 0; i < n; i++) {
         x[i] = i + 1;
-        int lo = i - W + 1 < 0 ? 0 : i - W + 1;
-        sa[i] = mean(a.loss + lo, i - lo + 1), sb[i] = mean(b.loss + lo, i - lo + 1);
-        if (isfinite(a.val[i]) && isfinite(b.val[i])) vx[j] = i + 1, va[j] = a.val[i], vb[j++] = b.val[i];
+        const int lo = i - W + 1 < 0 ? 0 : i - W + 1;
+        int all = 1;
+        for (int r = 0; r < R; r++) sm[r][i] = mean(runs[r].loss + lo, i - lo + 1), all &= isfinite(runs[r].val[i]) != 0;
+        if (all) {
+            vx[j] = i + 1;
+            for (int r = 0; r < R; r++) vy[r][j] = runs[r].val[i];
+            j++;
+        }
     }
-    char t1[160], t2[200];
-    snprintf(t1, sizeof t1, "training loss, fp32 vs FP8 (%d steps; lines: %d-step means)", n, W);
-    snprintf(t2, sizeof t2, "(FP8 - fp32) / fp32 of %d-step mean loss, %% (dashed: +-0.25%%)", W);
-    const ds_series top[] = {
-        {NULL, x, a.loss, n, 0xb8cce4, 0}, {NULL, x, b.loss, n, 0xf4c7a1, 0},
-        {"fp32", x, sa, n, 0x1f5fa8, 0},   {"FP8 (E4M3, 1x128 / 128x128 / 128x1)", x, sb, n, 0xd2601a, 0},
-        {"fp32 validation", vx, va, nv, 0x1f5fa8, 1}, {"FP8 validation", vx, vb, nv, 0xd2601a, 1},
-    };
-    const ds_series bottom[] = {{"relative difference", wx, wd, nw, 0x333333, 1}};
-    ds_line_chart c1 = {.width = 900, .height = 480, .title = t1, .xlabel = "step", .ylabel = "loss",
-                        .series = top, .n_series = nv ? 6 : 4};
-    ds_line_chart c2 = {.width = 900, .height = 300, .title = t2, .xlabel = "step", .ylabel = "%", .series = bottom,
-                        .n_series = nw ? 1 : 0};
+    char t1[200], t2[200];
+    snprintf(t1, sizeof t1, "training loss (%d steps; lines: %d-step means%s)", n, W, nv ? "; squares: validation" : "");
+    snprintf(t2, sizeof t2, "(run - %s) / %s of %d-step mean loss, %% (dashed: +-0.25%%)", names[0], names[0], W);
+    ds_series top[3 * MAX_RUNS], bottom[MAX_RUNS + 1];
+    int nt = 0, nb = 0;
+    for (int r = 0; r < R; r++) top[nt++] = (ds_series){NULL, x, runs[r].loss, n, pale[r], 0};
+    for (int r = 0; r < R; r++) top[nt++] = (ds_series){names[r], x, sm[r], n, colors[r], 0};
+    for (int r = 0; r < R && nv; r++) top[nt++] = (ds_series){NULL, vx, vy[r], nv, colors[r], 1};
+    for (int r = 1; r < R && nw; r++) bottom[nb++] = (ds_series){names[r], wx, wd[r], nw, colors[r], 1};
     /* keep the band on the difference axis: two isolated points (a NaN between them: nothing drawn) */
     double bx[3] = {1, NAN, n}, by[3] = {-0.3, NAN, 0.3};
-    ds_series bottom2[2] = {bottom[0], {NULL, bx, by, 3, 0, 0}};
-    c2.series = bottom2, c2.n_series = nw ? 2 : 1;
-    int rc = stack_png(&c1, &c2, argv[3]);
+    bottom[nb++] = (ds_series){NULL, bx, by, 3, 0, 0};
+    ds_line_chart c1 = {.width = 900, .height = 480, .title = t1, .xlabel = "step", .ylabel = "loss",
+                        .series = top, .n_series = nt};
+    ds_line_chart c2 = {.width = 900, .height = 300, .title = t2, .xlabel = "step", .ylabel = "%", .series = bottom,
+                        .n_series = nb};
+    int rc = stack_png(&c1, &c2, argv[last]);
     if (rc) fprintf(stderr, "fp8_train_plot: error: %s\n", ds_errmsg());
-    printf("{\"steps\": %d, \"window\": %d, \"max_abs_window_rel_pct\": %.4f, \"mean_abs_step_rel_pct\": %.4f, "
-           "\"max_abs_step_rel_pct\": %.4f, \"validations\": %d, \"max_abs_val_rel_pct\": %.4f, \"last_val_rel_pct\": %.4f}\n",
-           n, W, fabs(worst), 100 * step_abs / n, 100 * step_max, nv, fabs(vworst), vlast);
-    free(wx), free(wd), free(x), free(sa), free(sb), free(vx), free(va), free(vb);
-    free(a.loss), free(a.val), free(b.loss), free(b.val);
+    for (int r = 1; r < R; r++)
+        printf("{\"run\": \"%s\", \"steps\": %d, \"window\": %d, \"max_abs_window_rel_pct\": %.4f, \"mean_abs_step_rel_pct\": "
+               "%.4f, \"max_abs_step_rel_pct\": %.4f, \"step_noise_pct\": %.4f, \"validations\": %d, "
+               "\"max_abs_val_rel_pct\": %.4f, \"last_val_rel_pct\": %.4f}\n",
+               names[r], n, W, fabs(worst[r]), 100 * step_abs[r] / n, 100 * step_max[r], noise[r], nv, fabs(vworst[r]),
+               nv ? vlast[r] : NAN);
+    free(wx), free(x), free(vx);
+    for (int r = 0; r < R; r++) {
+        free(runs[r].loss), free(runs[r].val), free(sm[r]), free(vy[r]);
+        if (r) free(wd[r]);
+    }
     return rc ? 1 : 0;
 }

@@ -270,7 +270,8 @@ int main(int argc, char **argv) {
         ds_train_toolopts_group(t, "weight-decay clip"),
         ds_train_toolopt(t, "seed", "seed of the data order and the passkeys"),
         ds_train_toolopt(t, "device", "where to train and evaluate (cuda: one GPU, device 0)"),
-        ds_train_toolopts_group(t, "threads bf16 fp8 fp8-accum fp8-promote fp8-moe-cache fp8-dispatch no-zero"),
+        ds_train_toolopts_group(t, "threads bf16 fp8 fp8-accum fp8-promote fp8-attn-out fp8-moe-cache fp8-dispatch "
+                                   "no-zero"),
         ds_train_toolopts_group(t, "ep ranks-per-node two-hop"),
         ds_train_toolopt(t, "metrics", "one JSON object per step and per evaluation cell"),
         ds_train_toolopt(t, "plot", NULL),

@@ -267,7 +267,7 @@ int main(int argc, char **argv) {
         {"fim-rate", 0, DS_OPT_FLOAT, &a.fim_rate, "R", "fill-in-the-middle (PSM) rate per document (V3: 0.1)", 0, 0, 1},
         ds_train_toolopts_group(t, "metrics plot save-every ema resume force log-every"),
         {"peak-tflops", 0, DS_OPT_FLOAT, &a.peak_tflops, "X", "peak for MFU (0 = measure sgemm on the CPU; 989.4, the H100's bf16, with --device cuda)", 0, 0, 1e6},
-        ds_train_toolopts_group(t, "skip-nonfinite profile bf16 fp8 fp8-accum fp8-promote fp8-moe-cache fp8-dispatch device "
+        ds_train_toolopts_group(t, "skip-nonfinite profile bf16 fp8 fp8-accum fp8-promote fp8-attn-out fp8-moe-cache fp8-dispatch device "
                                    "comm"),
         {"dp", 0, DS_OPT_INT, &a.dp, "N", "data-parallel ranks (0 = every process mpirun started; with --plan: the cluster's devices / --pp)", 0, 0, 1e6},
         ds_train_toolopts_group(t, "ep ranks-per-node two-hop"),

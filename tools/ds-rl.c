@@ -225,7 +225,7 @@ int main(int argc, char **argv) {
         ds_train_toolopts_group(t, "save-every ema no-zero resume force log-every"),
         ds_train_toolopt(t, "device", "where to train"),
         ds_train_toolopt(t, "fp8", DS_TRAIN_FP8_HELP "; rollouts stay fp32"),
-        ds_train_toolopts_group(t, "fp8-accum fp8-promote fp8-moe-cache fp8-dispatch bf16"),
+        ds_train_toolopts_group(t, "fp8-accum fp8-promote fp8-attn-out fp8-moe-cache fp8-dispatch bf16"),
         ds_train_toolopt(t, "ep", "expert parallelism (mpirun): groups of N consecutive ranks split the routed experts of the policy "
                                   "and the reference; rollouts decode with a whole copy of the policy gathered after each step"),
         ds_train_toolopts_group(t, "ranks-per-node two-hop"),

@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
         {"lambda", 0, DS_OPT_STR, &a.lambda, "SPEC", "MTP loss weight schedule (on assistant tokens)", 0, 0, 0},
         {"gamma", 0, DS_OPT_STR, &a.gamma, "SPEC", "expert-bias update speed (0 = frozen, as V3 ended pre-training)", 0, 0, 0},
         ds_train_toolopt(t, "alpha", "sequence-wise balance loss weight"),
-        ds_train_toolopts_group(t, "weight-decay beta1 beta2 eps clip bf16-moments no-zero bf16 fp8 fp8-accum fp8-promote "
+        ds_train_toolopts_group(t, "weight-decay beta1 beta2 eps clip bf16-moments no-zero bf16 fp8 fp8-accum fp8-promote fp8-attn-out "
                                    "fp8-moe-cache fp8-dispatch"),
         ds_train_toolopt(t, "seed", "seed of the held-out choice and the epoch orders"),
         ds_train_toolopts_group(t, "device threads metrics plot save-every ema"),

@@ -55,16 +55,22 @@ static void scale_c(float *C, int M, int N, int ldc, float beta) {
         for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j];
 }
 
-/* The GEMM under options o; pow2_in: the 1x128 quantizations of activations and gradients (A when ta = 0,
- * Wgrad's cached x) take power-of-two scales (the pow2 table below). */
-static void gemm_with(int pow2_in, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+/* gemm_with's `in` flags: IN_POW2, the 1x128 quantizations of activations and gradients (A when ta = 0,
+ * Wgrad's cached x) take power-of-two scales (the pow2 table below); IN_STORED, Wgrad's x is taken as given
+ * (the stored table below). */
+enum { IN_POW2 = 1, IN_STORED = 2 };
+
+/* The GEMM under the process-wide options and the `in` flags */
+static void gemm_with(int in, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0) {
         scale_c(C, M, N, ldc, beta);
         return;
     }
-    const ds_fp8_train_opts o = g_opts;
+    ds_fp8_train_opts o = g_opts;
+    const int pow2_in = in & IN_POW2;
+    if (in & IN_STORED) o.cache_input_fp8 = 0;
     const int64_t kb = ds_fp8_nblocks(K, DS_FP8_BLOCK), m = M, n = N, k = K;
     const int weight_b = ta == 0; /* see linear.h: ta = 0 is Fprop/Dgrad, B the weight */
     const size_t big = (size_t)(m > n ? m : n) * (size_t)k;            /* the larger operand */
@@ -129,6 +135,11 @@ void ds_fp8_linear_gemm(int ta, int tb, int M, int N, int K, float alpha, const 
     gemm_with(0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+void ds_fp8_linear_gemm_stored(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                               const float *B, int ldb, float beta, float *C, int ldc) {
+    gemm_with(IN_STORED, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 static void gemm_rows_with(int pow2_in, int ng, const int64_t *off, int tb, int N, int K, float alpha,
                            const float *A, int lda, const float *B, size_t strideB, int ldb, float beta, float *C,
                            int ldc) {
@@ -161,7 +172,7 @@ void ds_fp8_linear_gemm_wgrad(int ng, const int64_t *off, int M, int N, float al
 
 static void pow2_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                       int ldb, float beta, float *C, int ldc) {
-    gemm_with(1, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_with(IN_POW2, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 static void pow2_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
@@ -187,4 +198,9 @@ void ds_fp8_linear_ops(ds_ops *out, const ds_ops *base) {
     out->gemm_rows = ds_fp8_linear_gemm_rows;
     out->gemm_wgrad = ds_fp8_linear_gemm_wgrad;
     out->gemm_rows_dev = NULL, out->gemm_wgrad_dev = NULL; /* the experts take the FP8 host-offset path */
+}
+
+void ds_fp8_linear_ops_stored(ds_ops *out, const ds_ops *base) {
+    ds_fp8_linear_ops(out, base);
+    out->gemm = ds_fp8_linear_gemm_stored;
 }

@@ -73,6 +73,13 @@ void ds_fp8_linear_ops(struct ds_ops *out, const struct ds_ops *base);
  * it arrived. The 128x1 re-tilings and the weights keep the process-wide formats. */
 void ds_fp8_linear_ops_pow2(struct ds_ops *out, const struct ds_ops *base);
 
+/* The same for a Linear whose input the caller keeps itself in a low-precision cache (the attention output
+ * in E5M6, model.h attn_out_e5m6): Wgrad's x is taken as given, already the cached values, and only
+ * requantized to 128x1 tiles, whatever cache_input_fp8 says; Fprop and Dgrad as ds_fp8_linear_gemm. */
+void ds_fp8_linear_gemm_stored(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                               const float *B, int ldb, float beta, float *C, int ldc);
+void ds_fp8_linear_ops_stored(struct ds_ops *out, const struct ds_ops *base);
+
 /* Failures inside the void entry points (out of memory) are sticky: this returns the first one's code
  * (message in ds_errmsg()) and clears it. The trainer checks it once per step. */
 int ds_fp8_linear_status(void);

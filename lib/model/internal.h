@@ -63,6 +63,9 @@ struct ds_model {
     const ds_ops *ops;
     ds_ops lin_tab;             /* copy of opts.linear_ops */
     const ds_ops *lin, *lin_kvb; /* the block Linear layers' GEMMs (ops when none given); kv_b's */
+    ds_ops lin_o_tab;           /* copy of opts.o_proj_ops */
+    const ds_ops *lin_o;        /* o_proj's GEMMs when the attention output is kept in E5M6 (ds_o_proj_ops) */
+    int attn_e5m6;              /* the tapes keep the attention output in E5M6 (opts.attn_out_e5m6 && train) */
     ds_ops lin_pow2_tab;        /* copy of opts.linear_ops_pow2 */
     ds_dims dims;
     ds_rope rope;
@@ -199,6 +202,10 @@ void ds_wgrad_grouped_dev(ds_model *m, const ds_ops *ops, int ng, const int32_t 
 void ds_wgrad_embed(ds_model *m, float *dtable, const float *dx, const int32_t *tok, int n, int d);
 int ds_wgrad_status(ds_model *m); /* a recording's failure since the last call, cleared */
 void ds_wgrad_free(ds_model *m);
+
+/* o_proj's GEMMs: its own table under the E5M6 cache, else the Linear table (which FP8-resident inference
+ * replaces after the shape is set) */
+static inline const ds_ops *ds_o_proj_ops(const ds_model *m) { return m->attn_e5m6 ? m->lin_o : m->lin; }
 
 /* y[n, out] = x[n, in] W^T */
 void ds_linear(const ds_ops *ops, float *y, const float *x, const float *W, int n, int out, int in);

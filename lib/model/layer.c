@@ -5,6 +5,7 @@
 #include "model/moe_fp8.h"
 
 #include "core/err.h"
+#include "fp8/e5m6.h"
 
 void *ds_bump_take(ds_bump *b, size_t bytes) {
     size_t start = (b->used + 63) & ~(size_t)63;
@@ -39,7 +40,13 @@ static void take_tape(ds_bump *b, const ds_model *m, ds_tape *t, int n, int dens
     t->rstd_q = d->Rq > 0 ? TAKE(float, n) : NULL;
     t->kva = TAKE(float, (size_t)n * (d->Rkv + d->dr));
     t->rstd_kv = TAKE(float, n);
-    t->o = TAKE(float, (size_t)n * d->H * d->dv);
+    if (m->attn_e5m6) { /* 12-bit codes and a scale byte per 128 (fp8/e5m6.h); the floats in shared scratch */
+        t->o = m->scr.o;
+        t->o_q = TAKE(uint8_t, (size_t)n * ds_e5m6_row_bytes((int64_t)d->H * d->dv));
+        t->o_s = TAKE(uint8_t, ds_e5m6_scale_bytes(n, (int64_t)d->H * d->dv));
+    } else {
+        t->o = TAKE(float, (size_t)n * d->H * d->dv);
+    }
     t->lse = TAKE(float, (size_t)n * d->H);
     t->h = TAKE(float, (size_t)n * d->D);
     t->rstd_ffn = TAKE(float, n);
@@ -131,6 +138,7 @@ void ds_act_layout(ds_model *m, ds_bump *b, int n) {
     if (rc)
         take_recomputable(b, d, n, &s->xn, &s->cqn, &s->q, &s->ckv, &s->kpe, &s->kvb, &s->k, &s->v, &s->hn);
     s->tmpD = TAKE(float, nD);
+    s->o = m->attn_e5m6 ? TAKE(float, (size_t)n * d->H * d->dv) : NULL;
     s->act = TAKE(float, (size_t)n * inter);
     s->logits = d->E > 0 ? TAKE(float, (size_t)n * d->E) : NULL;
     s->xg = TAKE(float, rK * D);

@@ -80,6 +80,8 @@ typedef struct {
 typedef struct {
     /* saved */
     float *rstd_attn, *cq, *rstd_q, *kva, *rstd_kv, *o, *lse, *h, *rstd_ffn;
+    uint8_t *o_q, *o_s;        /* the attention output in E5M6 (model.h attn_out_e5m6): packed codes and UE8M0
+                                  scales (fp8/e5m6.h); o then points to scratch the backward dequantizes into */
     float *g, *u;              /* dense FFN gate/up outputs [n, I] */
     float *scores, *w;         /* MoE: router scores [n, E], routing weights [n, K] */
     int32_t *idx, *order, *where, *off; /* [n, K], [n K], [n K], [E + 1] */
@@ -97,6 +99,7 @@ typedef struct {
 typedef struct {
     float *xn, *cqn, *q, *ckv, *kpe, *kvb, *k, *v, *hn; /* recomputed values (recompute mode) */
     float *tmpD;               /* [n, D]: attention / FFN outputs */
+    float *o;                  /* [n, H dv]: the attention output, when the tapes keep it in E5M6 */
     float *act;                /* [n, max(I, Is)] */
     float *logits;             /* [n, E] router logits / their gradient */
     float *xg, *ye;            /* [n K, D] gathered inputs, expert outputs */

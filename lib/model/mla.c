@@ -3,6 +3,8 @@
  * (q, k, v) are recomputed from the saved down-projection outputs (cq, kva) in the backward (spec 3.4). */
 #include "model/internal.h"
 
+#include "fp8/e5m6.h"
+
 void ds_linear(const ds_ops *ops, float *y, const float *x, const float *W, int n, int out, int in) {
     ops->gemm(0, 1, n, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
 }
@@ -59,7 +61,11 @@ void ds_mla_fwd(ds_model *m, int l, ds_tape *t, float *y) {
     ds_mla_project(&c, w, t);
     m->ops->attn_fwd(t->o, t->lse, t->q, t->k, t->v, c.seg, c.B, c.T, d->H, d->dqk, d->dv, c.softmax_scale,
                      c.attn_ws);
-    ds_linear(m->lin, y, t->o, w->o, c.n, d->D, d->H * d->dv);
+    if (m->attn_e5m6) { /* the tape keeps E5M6 (fp8/e5m6.h); o_proj reads what it keeps */
+        ds_e5m6_quantize(t->o_q, t->o_s, t->o, c.n, (int64_t)d->H * d->dv);
+        ds_e5m6_dequantize(t->o, t->o_q, t->o_s, c.n, (int64_t)d->H * d->dv);
+    }
+    ds_linear(ds_o_proj_ops(m), y, t->o, w->o, c.n, d->D, d->H * d->dv);
 }
 
 void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn) {
@@ -76,7 +82,10 @@ void ds_mla_bwd(ds_model *m, int l, ds_tape *t, const float *dy, float *dxn) {
         ds_prof_recompute(rp);
     }
 
-    ds_linear_bwd(m, lin, s->dout_attn, 0.0f, gw->o, dy, t->o, w->o, n, d->D, H * d->dv);
+    /* o_proj's Wgrad (its 128x1 tiles requantized from these 1x128 ones) and attention's backward read
+     * the E5M6 attention output */
+    if (m->attn_e5m6) ds_e5m6_dequantize(t->o, t->o_q, t->o_s, n, (int64_t)H * d->dv);
+    ds_linear_bwd(m, ds_o_proj_ops(m), s->dout_attn, 0.0f, gw->o, dy, t->o, w->o, n, d->D, H * d->dv);
     ops->attn_bwd(s->dq, s->dk, s->dv, s->dout_attn, t->q, t->k, t->v, t->o, t->lse, c.seg, c.B, c.T, H, d->dqk,
                   d->dv, c.softmax_scale, c.attn_ws);
 

@@ -71,6 +71,29 @@ static int ep_shape(ds_model *m) {
     return 0;
 }
 
+/* A GEMM table given in the options (*given, NULL: none): copied into *tab (the caller's may go away), *given
+ * and *use pointed at the copy; it must run on the backend's memory. */
+static int take_table(ds_model *m, const ds_ops **given, ds_ops *tab, const ds_ops **use, const char *what) {
+    if (!*given) return 0;
+    if (strcmp((*given)->name, m->ops->name))
+        return ds_fail(DS_ERR, "model: %s on the %s backend, the rest on %s: they must share memory", what,
+                       (*given)->name, m->ops->name);
+    *tab = **given;
+    *use = *given = tab;
+    return 0;
+}
+
+/* the attention output kept in E5M6 (opts.attn_out_e5m6): host memory, o_proj on its own table */
+static int attn_out_shape(ds_model *m) {
+    m->lin_o = m->lin; /* with the cache only (training: m->lin is final here); ds_o_proj_ops */
+    m->attn_e5m6 = m->opts.attn_out_e5m6 && m->opts.train;
+    if (!m->attn_e5m6) return 0;
+    if (strcmp(m->ops->name, "cpu"))
+        return ds_fail(DS_ERR, "model: the E5M6 attention-output cache runs on the CPU in this build, not on %s",
+                       m->ops->name);
+    return take_table(m, &m->opts.o_proj_ops, &m->lin_o_tab, &m->lin_o, "o_proj's GEMMs");
+}
+
 /* sizes everything without allocating; shared by create and the memory plan */
 static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *opts) {
     DS_TRY(check_config(cfg));
@@ -84,15 +107,9 @@ static int model_shape(ds_model *m, const ds_config *cfg, const ds_model_opts *o
         return ds_fail(DS_ERR, "model: max_batch x max_seq too large: %d x %d", m->opts.max_batch, m->opts.max_seq);
     m->ops = m->opts.ops ? m->opts.ops : ds_ops_cpu();
     m->lin = m->ops;
-    if (m->opts.linear_ops) {
-        if (strcmp(m->opts.linear_ops->name, m->ops->name))
-            return ds_fail(DS_ERR, "model: Linear GEMMs on the %s backend, the rest on %s: they must share memory",
-                           m->opts.linear_ops->name, m->ops->name);
-        m->lin_tab = *m->opts.linear_ops;
-        m->lin = &m->lin_tab;
-        m->opts.linear_ops = &m->lin_tab; /* the caller's table may go away */
-    }
+    DS_TRY(take_table(m, &m->opts.linear_ops, &m->lin_tab, &m->lin, "Linear GEMMs"));
     m->lin_kvb = m->opts.kv_b_on_ops ? m->ops : m->lin;
+    DS_TRY(attn_out_shape(m));
     if (m->opts.moe_dispatch_fp8) {
         const ds_ops *p2 = m->opts.linear_ops_pow2;
         if (!p2 || strcmp(p2->name, m->ops->name))

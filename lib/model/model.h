@@ -125,6 +125,14 @@ typedef struct {
     int keep_logits;         /* keep the main head's [B*T, V] logits (also spares the backward their
                                 recomputation); off: they exist only a chunk of rows at a time */
     double balance_alpha;    /* complementary sequence-wise balance loss weight (0 = off) */
+    /* Training: the attention output (o_proj's input, which attention's backward reads too) kept for the
+     * backward in E5M6 with power-of-two 1x128 tile scales (fp8/e5m6.h; V3's FP8 recipe) instead of float32:
+     * 12 bits + 1/128 byte an element. The o_proj Fprop, its Wgrad and attention's backward read the
+     * dequantized values. o_proj's GEMMs then run on o_proj_ops (NULL: the Linear table), which must take
+     * Wgrad's input as given (FP8: fp8/linear.h ds_fp8_linear_ops_stored). The CPU backend only; ignored
+     * without train. */
+    int attn_out_e5m6;
+    const struct ds_ops *o_proj_ops;
     /* CPU inference: the Linear weights that the Linear GEMMs take (q_a, q_b / q, kv_a, o, dense and expert
      * FFN matrices) and that fp8_tensors holds as F8_E4M3 with block scales stay FP8 there (fp8/resident.h:
      * the set must outlive the model); their fp32 range is never written, the Linear GEMMs are

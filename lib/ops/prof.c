@@ -15,7 +15,7 @@ static struct {
     double last, last_cpu; /* when the current region last started accruing (wall, process CPU) */
 } P;
 
-static ds_ops g_base, g_tab, g_lin_base, g_lin_tab;
+static ds_ops g_base, g_tab, g_lin_base, g_lin_tab, g_lin2_base, g_lin2_tab;
 static int g_sync; /* the base queues work (a device): wait for it before reading the clock */
 
 static double clock_s(clockid_t c) {
@@ -171,6 +171,7 @@ static void gemm_wgrad_dev_on(const ds_ops *b, int ng, const int32_t *off, int M
     }
 GEMMS(p_, g_base)
 GEMMS(l_, g_lin_base)
+GEMMS(l2_, g_lin2_base)
 
 TIMED(copy, DS_PROF_OP_COPY, (void *dst, const void *src, size_t bytes, ds_copy_kind kind), (dst, src, bytes, kind))
 TIMED(zero, DS_PROF_OP_ZERO, (void *p, size_t bytes), (p, bytes))
@@ -290,13 +291,13 @@ const ds_ops *ds_prof_ops(const ds_ops *base) {
     return &g_tab;
 }
 
-const ds_ops *ds_prof_linear_ops(const ds_ops *base) {
-    g_lin_base = *base;
-    g_lin_tab = *base;
-    g_lin_tab.gemm = l_gemm, g_lin_tab.gemm_rows = l_gemm_rows, g_lin_tab.gemm_wgrad = l_gemm_wgrad;
-    l_set_dev(&g_lin_tab);
-    return &g_lin_tab;
-}
+/* a Linear table: base's, its GEMMs timed through the wrappers `pre` (their base b, the table t) */
+#define WRAP_LINEAR(pre, b, t, base)                                                                              \
+    (b = *(base), t = *(base), t.gemm = pre##gemm, t.gemm_rows = pre##gemm_rows, t.gemm_wgrad = pre##gemm_wgrad, \
+     pre##set_dev(&t), (const ds_ops *)&t)
+
+const ds_ops *ds_prof_linear_ops(const ds_ops *base) { return WRAP_LINEAR(l_, g_lin_base, g_lin_tab, base); }
+const ds_ops *ds_prof_linear_ops2(const ds_ops *base) { return WRAP_LINEAR(l2_, g_lin2_base, g_lin2_tab, base); }
 
 /* ---- names -------------------------------------------------------------------------------------------- */
 

@@ -88,6 +88,8 @@ const struct ds_ops *ds_prof_ops(const struct ds_ops *base);
 /* The same for a second table that only supplies GEMMs (the model's Linear table, e.g. --fp8's): its
  * gemm, gemm_rows and gemm_wgrad are timed, everything else is the base's. */
 const struct ds_ops *ds_prof_linear_ops(const struct ds_ops *base);
+/* The same for a second Linear table (o_proj's beside the others when the attention output is kept in E5M6). */
+const struct ds_ops *ds_prof_linear_ops2(const struct ds_ops *base);
 
 /* A step: begin starts the clock in region OTHER; end stops it and adds step_s (the caller's own measure
  * of the same step) to the totals. Outside begin/end nothing is counted. */

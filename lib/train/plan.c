@@ -234,8 +234,9 @@ static void layer_cost(stage_acc *s, int moe) {
     gemm(s, n, d, H * dv, LIN, 0);
     ew(s, n * d * 3 * e, 0); /* residual */
     /* kept for backward, per token: the residual input, the latents before their norms, the attention
-     * output (E5M6 under V3's FP8 recipe) and its log-sum-exp; the rest is recomputed */
-    double keep = d * e + (Rq + Rkv + Dr) * e + H * dv * (o->fp8 ? 1.5 : e) + 4 * H;
+     * output (E5M6 under V3's FP8 recipe: 12 bits and a one-byte power-of-two scale per 128, as
+     * fp8/e5m6.h stores it) and its log-sum-exp; the rest is recomputed */
+    double keep = d * e + (Rq + Rkv + Dr) * e + H * dv * (o->fp8 ? 1.5 + 1.0 / 128 : e) + 4 * H;
     if (o->recompute == DS_RECOMPUTE_NONE) keep += (d + Rq + Rkv) * e + H * (2 * dqk + dv) * e;
     /* FFN */
     rmsnorm(s, d, rc_v3);

@@ -303,9 +303,13 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
         ds_hint("drop --bf16, or train with --device cpu");
     }
     if (!rc && o->bf16) mo.ops = ds_bf16_ops(ops);
-    ds_ops fp8_linear; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
+    ds_ops fp8_linear, fp8_o_proj; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
     if (!rc && o->fp8) rc = fp8_linear_ops(o, &fp8_linear);
     if (!rc && o->fp8) mo.linear_ops = &fp8_linear;
+    if (!rc && o->fp8 && !o->fp8_attn_out_f32) { /* V3: the attention output kept in E5M6, o_proj's Wgrad reads it */
+        ds_fp8_linear_ops_stored(&fp8_o_proj, ds_ops_cpu());
+        mo.attn_out_e5m6 = 1, mo.o_proj_ops = &fp8_o_proj;
+    }
     ds_ops fp8_pow2; /* the GEMMs that consume the FP8-dispatched operands (fp8/linear.h) */
     mo.moe_cache_fp8 = o->fp8 && !o->fp8_moe_cache_f32;
     mo.moe_dispatch_fp8 = o->fp8 && !o->fp8_dispatch_f32;
@@ -314,6 +318,7 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
     if (!rc && o->profile) { /* every op timed; without --profile the model gets the plain tables */
         mo.ops = ds_prof_ops(mo.ops);
         if (mo.linear_ops) mo.linear_ops = ds_prof_linear_ops(mo.linear_ops);
+        if (mo.o_proj_ops) mo.o_proj_ops = ds_prof_linear_ops2(mo.o_proj_ops);
     }
     if (!rc) rc = ds_model_create(&s->model, &s->cfg, &mo);
     if (!rc) rc = ck ? ds_model_load_weights(s->model, ds_ckpt_tensors(ck)) : ds_model_init(s->model, o->seed);

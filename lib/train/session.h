@@ -46,6 +46,8 @@ typedef struct {
                                    embedding, head, router, eh_proj, norms and attention stay fp32 */
     int bf16;                   /* V3's bf16 baseline: bf16 storage, fp32 accumulation (ops/bf16.h; the CPU only) */
     int fp8_hopper, fp8_promote; /* --fp8-accum hopper, --fp8-promote: Hopper's accumulation (fp8/gemm.h) */
+    int fp8_attn_out_f32;       /* --fp8-attn-out f32: keep the attention output in float32 rather than V3's
+                                   E5M6 (model.h attn_out_e5m6), for comparison */
     /* with fp8, V3's MoE FP8 cache and FP8 dispatch are on (model.h moe_cache_fp8, ...); these turn them off
      * (--fp8-moe-cache fp32, --fp8-dispatch fp32) */
     int fp8_moe_cache_f32, fp8_dispatch_f32;

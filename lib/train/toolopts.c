@@ -20,7 +20,7 @@ void ds_train_toolopts_defaults(ds_train_toolopts *t) {
                              .bf16_moments = to.adamw.bf16_moments, .weight_decay = to.adamw.weight_decay,
                              .beta1 = to.adamw.beta1, .beta2 = to.adamw.beta2, .eps = to.adamw.eps, .clip = to.clip_norm,
                              .pp = 1, .pipe_schedule = "1f1b", .fp8_accum = "exact", .fp8_promote = 128,
-                             .fp8_moe_cache = "fp8", .fp8_dispatch = "fp8"};
+                             .fp8_attn_out = "e5m6", .fp8_moe_cache = "fp8", .fp8_dispatch = "fp8"};
 }
 
 /* One row per shared option: where it writes in ds_train_toolopts, and its wording when it has one
@@ -83,6 +83,9 @@ static const shared_opt SHARED[] = {
      "accumulator, fp8/gemm.h; slow)", "exact|hopper"},
     {"fp8-promote", 0, DS_OPT_INT, F(fp8_promote), "N",
      "--fp8-accum hopper: promote partial sums to fp32 every N products (V3: 128; 0 = never)", .max = 1e9},
+    {"fp8-attn-out", 0, DS_OPT_CHOICE, F(fp8_attn_out), "FMT",
+     "--fp8: keep the attention output (o_proj's input, read again by attention's backward) in e5m6 with "
+     "power-of-two 1x128 scales (V3) or in f32", "e5m6|f32"},
     {"fp8-moe-cache", 0, DS_OPT_CHOICE, F(fp8_moe_cache), "P",
      "--fp8: the MoE SwiGLU inputs kept for the backward in fp8 (E4M3 1x128, V3; SwiGLU recomputed) or fp32",
      "fp8|fp32"},
@@ -177,6 +180,8 @@ int ds_train_tool_start(ds_train_toolopts *t, int argc, char **argv, int first) 
     if (hopper && !t->fp8) return ds_usage_error("--fp8-accum hopper models FP8 GEMMs: it needs --fp8");
     if (ds_cli_given(&t->fp8_promote) && !hopper)
         return ds_usage_error("--fp8-promote %d: promotion applies to --fp8 --fp8-accum hopper only", t->fp8_promote);
+    if (ds_cli_given(&t->fp8_attn_out) && !t->fp8)
+        return ds_usage_error("--fp8-attn-out %s: the attention output's cache format applies to --fp8 only", t->fp8_attn_out);
     if (ds_cli_given(&t->fp8_moe_cache) && !t->fp8)
         return ds_usage_error("--fp8-moe-cache %s: the MoE's FP8 storage belongs to --fp8 training: it needs --fp8",
                               t->fp8_moe_cache);
@@ -248,8 +253,8 @@ ds_session_opts ds_train_toolopts_session(ds_train_toolopts *t, const char *tool
     return (ds_session_opts){.tool = tool, .model_path = t->model, .resume = t->resume, .out_dir = t->out, .force = t->force,
                              .tokenizer_path = t->tokenizer, .metrics_path = t->metrics, .plot_path = t->plot,
                              .device = t->device, .comm = t->comm, .fp8 = t->fp8, .fp8_hopper = !strcmp(t->fp8_accum, "hopper"),
-                             .fp8_promote = t->fp8_promote, .bf16 = t->bf16,
-                             .fp8_moe_cache_f32 = !strcmp(t->fp8_moe_cache, "fp32"),
+                             .fp8_promote = t->fp8_promote, .fp8_attn_out_f32 = !strcmp(t->fp8_attn_out, "f32"),
+                             .bf16 = t->bf16, .fp8_moe_cache_f32 = !strcmp(t->fp8_moe_cache, "fp32"),
                              .fp8_dispatch_f32 = !strcmp(t->fp8_dispatch, "fp32"), .balance_alpha = t->alpha,
                              .micro_batch = t->micro_batch, .seq_len = t->seq_len, .seed = t->seed,
                              .seed_note = t->seed_note, .seed_share = &t->seed, .ema = t->ema, .pp = t->pp,
@@ -311,6 +316,7 @@ char *ds_train_record_end(ds_jsonw *w, const ds_session *s) {
     ds_jsonw_kbool(w, "fp8", s->o.fp8);
     if (s->o.bf16) ds_jsonw_kbool(w, "bf16", 1);
     if (s->o.fp8_hopper) ds_jsonw_kint(w, "fp8_hopper_promote", s->o.fp8_promote);
+    if (s->o.fp8) ds_jsonw_kstr(w, "fp8_attn_out", s->o.fp8_attn_out_f32 ? "f32" : "e5m6");
     if (s->o.fp8 && s->o.fp8_moe_cache_f32) ds_jsonw_kstr(w, "fp8_moe_cache", "fp32");
     if (s->o.fp8 && s->o.fp8_dispatch_f32) ds_jsonw_kstr(w, "fp8_dispatch", "fp32");
     if (s->resumed_step >= 0) ds_jsonw_kint(w, "resumed_from_step", s->resumed_step);

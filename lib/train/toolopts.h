@@ -33,6 +33,7 @@ typedef struct {
     int batch, micro_batch, seq_len, threads, val_every, val_batches, save_every, log_every;
     const char *fp8_accum; /* --fp8-accum exact | hopper (fp8/gemm.h) */
     int fp8_promote;       /* --fp8-promote N_C (hopper: promotion to fp32 every N_C products, 0 = never) */
+    const char *fp8_attn_out; /* --fp8-attn-out e5m6 | f32: the attention output's cache under --fp8 */
     int bf16;              /* --bf16: V3's bf16 baseline (ops/bf16.h) */
     const char *fp8_moe_cache, *fp8_dispatch; /* --fp8-moe-cache, --fp8-dispatch: fp8 | fp32 (model/moe_fp8.h) */
     int fp8, bf16_moments, no_zero, skip_nonfinite, quiet, verbose, force;

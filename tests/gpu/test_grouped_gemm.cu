@@ -2,7 +2,8 @@
  * gemm_wgrad_dev) against their CPU references (ops/grouped.h) over ragged expert sizes: empty experts
  * (first, middle, last), sizes below, at and just past the 128-row tile, K and N no multiple of the tiles,
  * many small experts. Inputs are rounded to bf16 on the host, so the reference sees what the tensor cores
- * multiply and only the summation order differs (1e-5 relative). Written outputs are poisoned (NaN) first:
+ * multiply and only the summation (order, the tensor cores' fp32 adds) differs: 1e-4 relative, where the
+ * bf16 rounding the reference would otherwise miss is ~4e-3. Written outputs are poisoned (NaN) first:
  * rows past the last expert must stay NaN (untouched), every other output finite. Forward (tb = 1) and
  * activation gradient (tb = 0), each with fp32 weights and with the weights' bf16 copy (an announced
  * parameter buffer); weight gradient with beta 0 and 1; repeated runs give the same bits. Last, a timing of
@@ -48,8 +49,8 @@ static void expect_rows(const char *what, const std::vector<float> &gpu, const s
     size_t touched = 0;
     for (size_t i = row_elems; i < total_elems; i++) touched += !isnan(gpu[i]);
     int st = ds_ops_cuda_status();
-    CHECK(st == 0 && e.nonfinite == 0 && e.rel <= 1e-5 && touched == 0,
-          "%s: rel err %.3g <= 1e-5, %zu non-finite, %zu elements past the last expert written%s%s", what, e.rel,
+    CHECK(st == 0 && e.nonfinite == 0 && e.rel <= 1e-4 && touched == 0,
+          "%s: rel err %.3g <= 1e-4, %zu non-finite, %zu elements past the last expert written%s%s", what, e.rel,
           e.nonfinite, touched, st ? ": " : "", st ? ds_errmsg() : "");
 }
 
@@ -115,8 +116,8 @@ TEST(rows_forward_and_dgrad) {
                 for (size_t i = (size_t)rows * N; i < C0.size(); i++) tail_changed += got[i] != C0[i];
                 std::vector<double> r(acc.begin(), acc.end());
                 err_stats e = compare(got.data(), DS_F32, r.data(), acc.size());
-                CHECK(e.nonfinite == 0 && e.rel <= 1e-5 && tail_changed == 0,
-                      "%s, beta 1: rel err %.3g <= 1e-5, rows past the last expert unchanged (%zu changed)", what, e.rel,
+                CHECK(e.nonfinite == 0 && e.rel <= 1e-4 && tail_changed == 0,
+                      "%s, beta 1: rel err %.3g <= 1e-4, rows past the last expert unchanged (%zu changed)", what, e.rel,
                       tail_changed);
             }
             G->free(a), G->free(b), G->free(c);

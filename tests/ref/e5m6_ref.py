@@ -13,8 +13,17 @@ Writes a little-endian file for tests/unit/test_e5m6.c (test `against_numpy`):
   float32 dec[4096]                                               (decoder, every code)
   uint64 ncases, then per case: uint64 rows, cols, float32 x[rows*cols],
       uint8 codes[rows*ceil(1.5 cols)], uint8 scales[rows*ceil(cols/128)], float32 deq[rows*cols]
-usage: e5m6_ref.py codec OUT
+
+`oproj` writes the o_proj case of --fp8 training (test `oproj_against_numpy`): the attention output o
+[200, 200] (two tiles per row, the last short; 200 tokens: a short last 128-token tile) is kept in E5M6 and
+read back (oq); Fprop y = oq W^T with oq in E4M3 1x128 tiles and W [160, 200] in 128x128 blocks; Dgrad
+dx = dy W (dy 1x128, W^T's blocks); Wgrad dW = dy^T oq with dy and oq requantized straight to E4M3 128x1
+tiles (no E4M3 1x128 step in between: the E5M6 values are the cache). E4M3 quantization and the block GEMM
+are tests/ref/fp8_block.py's. The file: magic b"DSE56OP1", then float32 o, W, dy, uint8 codes, scales,
+float32 oq, y, dx, dW, in that order.
+usage: e5m6_ref.py codec|oproj OUT
 """
+import os
 import struct
 import sys
 
@@ -130,9 +139,39 @@ def boundary_inputs():
     return np.concatenate([pts, np.nextafter(pts, np.float32(np.inf)), np.nextafter(pts, np.float32(-np.inf))])
 
 
+def oproj(path):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fp8_block as fb  # E4M3 tiles and the block GEMM
+    rng = np.random.default_rng(23)
+    n, c, out = 200, 200, 160
+    o = (rng.standard_normal((n, c)) * np.exp2(rng.uniform(-3, 3, (n, 1)))).astype(np.float32)
+    w = (rng.standard_normal((out, c)) * 0.05).astype(np.float32)
+    dy = (rng.standard_normal((n, out)) * 1e-3).astype(np.float32)
+    codes, scales, oq = quantize(o)
+    xq, xs = fb.quantize(oq, 1, 128, 0)
+    wq, ws = fb.quantize(w, 128, 128, 0)
+    y = fb.gemm(xq, xs, 1, wq, ws, 128)
+    dyq, dys = fb.quantize(dy, 1, 128, 0)
+    wtq, wts = fb.quantize(np.ascontiguousarray(w.T), 128, 128, 0)
+    dx = fb.gemm(dyq, dys, 1, wtq, wts, 128)
+    dytq, dyts = fb.quantize(np.ascontiguousarray(dy.T), 1, 128, 0)
+    otq, ots = fb.quantize(np.ascontiguousarray(oq.T), 1, 128, 0)  # 128x1 tiles of oq
+    dw = fb.gemm(dytq, dyts, 1, otq, ots, 1)
+    with open(path, "wb") as f:
+        f.write(b"DSE56OP1")
+        for a in (o, w, dy):
+            f.write(a.astype("<f4").tobytes())
+        f.write(codes)
+        f.write(scales)
+        for a in (oq, y, dx, dw):
+            f.write(np.asarray(a, np.float32).astype("<f4").tobytes())
+
+
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] != "codec":
-        sys.exit("usage: e5m6_ref.py codec OUT")
+    if len(sys.argv) != 3 or sys.argv[1] not in ("codec", "oproj"):
+        sys.exit("usage: e5m6_ref.py codec|oproj OUT")
+    if sys.argv[1] == "oproj":
+        return oproj(sys.argv[2])
     rng = np.random.default_rng(20250101)
     f16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
     x16 = f16.view(np.float16).astype(np.float32)

@@ -1,16 +1,17 @@
 #!/usr/bin/env bats
 # FP8 against independent references: the E4M3/E5M2 codecs bit for bit against ml_dtypes (and torch for
-# the saturating E4M3 cast), through the unit test binary test_fp8 fed with expected bytes from Python.
+# the saturating E4M3 cast), through the unit test binary test_fp8 fed with expected bytes from Python;
+# E5M6 and the o_proj path that keeps it likewise through test_e5m6 (tests/ref/e5m6_ref.py).
 
-unit_path() { # the unit test binary $1 from DS_UNITS, or skip the test
+unit_path() { # unit: the unit test binary $1 from DS_UNITS (unit_against skips without it)
     unit=""
-    for u in $DS_UNITS; do [[ "$u" == */$1 ]] && unit="$DS_ROOT/$u"; done
-    [ -x "$unit" ] || skip "$1 not built (DS_UNITS)"
+    for u in $DS_UNITS; do [[ "$u" != */$1 ]] || unit="$DS_ROOT/$u"; done
 }
 
 setup() { unit_path test_fp8; }
 
-unit_against() { # $1=$2: the reference file for test_fp8's test $3, which must pass $4 checks, none skipped
+unit_against() { # $1=$2: the reference file for $unit's test $3, which must pass $4 checks, none skipped
+    [ -x "$unit" ] || skip "the unit test binary is not built (DS_UNITS)"
     run env "$1=$2" "$unit" "$3"
     echo "$output"
     [ "$status" -eq 0 ]
@@ -38,6 +39,12 @@ unit_against() { # $1=$2: the reference file for test_fp8's test $3, which must 
     unit_path test_e5m6
     "$DS_PY" "$DS_ROOT/tests/ref/e5m6_ref.py" codec "$BATS_TEST_TMPDIR/codec.bin"
     unit_against DS_E5M6_REF "$BATS_TEST_TMPDIR/codec.bin" against_numpy 24
+}
+
+@test "--fp8 o_proj with its input kept in E5M6: the kept values, Fprop, Dgrad and Wgrad (re-tiled to 128x1) are bit-identical to numpy" {
+    unit_path test_e5m6
+    "$DS_PY" "$DS_ROOT/tests/ref/e5m6_ref.py" oproj "$BATS_TEST_TMPDIR/oproj.bin"
+    unit_against DS_E5M6_OPROJ_REF "$BATS_TEST_TMPDIR/oproj.bin" oproj_against_numpy 7
 }
 
 # ---- ds-quantize against the numpy / torch references (tests/ref/fp8_ckpt.py) ------------------------

@@ -218,7 +218,7 @@ TEST(record_head_and_tail) {
         prev = at;
     }
     CHECK(ok, "keys in order: %s", rec);
-    CHECK(strstr(rec, "\"model\":\"ckpt/base\"") && strstr(rec, "\"seed\":\"5\"") && strstr(rec, "\"fp8\":true}}") &&
+    CHECK(strstr(rec, "\"model\":\"ckpt/base\"") && strstr(rec, "\"seed\":\"5\"") && strstr(rec, "\"fp8\":true,\"fp8_attn_out\":\"e5m6\"}}") &&
               key_at(rec, "reference") < 0 && key_at(rec, "resumed_from_step") < 0,
           "values; no reference, not resumed");
     free(rec);
@@ -227,7 +227,7 @@ TEST(record_head_and_tail) {
     ds_train_record_begin(&w, &s, "ckpt/base", "ckpt/ref");
     rec = ds_train_record_end(&w, &s);
     CHECK(rec && key_at(rec, "model") < key_at(rec, "reference") && key_at(rec, "reference") < key_at(rec, "params_total") &&
-              strstr(rec, "\"reference\":\"ckpt/ref\"") && strstr(rec, "\"fp8\":true,\"resumed_from_step\":12}}"),
+              strstr(rec, "\"reference\":\"ckpt/ref\"") && strstr(rec, "\"fp8\":true,\"fp8_attn_out\":\"e5m6\",\"resumed_from_step\":12}}"),
           "reference after the model, resumed_from_step last: %s", rec);
     free(rec);
 
