@@ -165,6 +165,8 @@ typedef struct {
 
 enum { LIN = 1, BF16 = 0 };
 #define FP8_ROW(d) ((d) * (1.0 + 4.0 / 128)) /* E4M3 plus one fp32 scale per 128 */
+/* a dispatched row: E4M3 plus one power-of-two scale per 128, sent as its exponent byte (V3 3.3.3; ep.c) */
+#define DISPATCH_ROW(d) ((d) * (1.0 + 1.0 / 128))
 
 static void mem_op(phase *p, double bytes, double bw) { p->mem += bytes / bw; }
 
@@ -246,7 +248,8 @@ static void layer_cost(stage_acc *s, int moe) {
         gemm(s, n, 2 * I, d, LIN, 0);
         ew(s, n * 3 * I * e, rc_v3 || o->fp8); /* SwiGLU; its output recomputed in backward */
         gemm(s, n, d, I, LIN, 0);
-        keep += 2 * I * c8 + (o->recompute == DS_RECOMPUTE_NONE ? I * e + d * e : 0);
+        /* V3 caches the SwiGLU inputs in FP8 in the MoE only (3.3.3); the dense layers keep theirs */
+        keep += 2 * I * e + (o->recompute == DS_RECOMPUTE_NONE ? I * e + d * e : 0);
     } else {
         const double E = c->n_routed_experts, k = c->num_experts_per_tok, Ie = c->moe_intermediate_size,
                      Is = (double)c->n_shared_experts * Ie, local = E / s->ep;
@@ -427,7 +430,7 @@ static void a2a_model(ds_plan *p, const ds_config *cfg, const ds_cluster *c) {
     p->nodes_per_token_unlimited = expected_units(E, k, G, 0, ep_nodes);
     p->gpus_per_token = expected_units(E, k, G, M, ep);
     const double gpus_unl = expected_units(E, k, G, 0, ep);
-    const double disp_row = o->fp8 ? FP8_ROW(d) : d * c->elem_bytes, comb_row = d * c->elem_bytes;
+    const double disp_row = o->fp8 ? DISPATCH_ROW(d) : d * c->elem_bytes, comb_row = d * c->elem_bytes;
     /* a node is as likely to be the token's own as any other: the own one is reached over NVLink only */
     const double remote = 1 - 1.0 / ep_nodes;
     const double nodes_r = p->nodes_per_token * remote, gpus_r = p->gpus_per_token * remote;
@@ -591,7 +594,7 @@ int ds_plan_run(ds_plan *p, const ds_config *cfg, const ds_cluster *c, const ds_
     const double mom = (o->bf16_moments || fp8) ? 4 : 8, master = e == 4 ? 0 : 4;
     const double a2a_buf = ep > 1 && cfg->n_routed_experts > 0
                                ? 2 * p->tokens_per_mb * cfg->num_experts_per_tok * cfg->hidden_size *
-                                     ((fp8 ? FP8_ROW(1) : e) + e) * (overlap ? 2 : 1)
+                                     ((fp8 ? DISPATCH_ROW(1) : e) + e) * (overlap ? 2 : 1)
                                : 0;
     double dp_bytes_max = 0, opt_params_max = 0;
     p->mem.total = -1;

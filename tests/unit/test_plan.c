@@ -249,8 +249,9 @@ TEST(all_to_all_node_limited_routing_and_v3_ratio) {
     CHECK_REL(p.nodes_per_token, nodes, 1e-9, "nodes per token, limited to 4");
     CHECK_REL(p.nodes_per_token_unlimited, nodes_unl, 1e-9, "nodes per token, unlimited");
     CHECK(p.nodes_per_token <= 4, "at most M = 4 nodes: %.3f", p.nodes_per_token);
-    /* two-hop: one FP8 row (7168 + a scale per 128) per remote node; a node is the token's own 1/8 of the time */
-    const double row = 7168 * (1 + 4.0 / 128);
+    /* two-hop: one FP8 row (7168 + a one-byte power-of-two scale per 128) per remote node; a node is the
+     * token's own 1/8 of the time */
+    const double row = 7168 * (1 + 1.0 / 128);
     CHECK_REL(p.dispatch_ib_bytes, nodes * 7 / 8 * row, 1e-9, "dispatch IB bytes per token, FP8");
     CHECK_REL(p.combine_ib_bytes, nodes * 7 / 8 * 7168 * 2, 1e-9, "combine IB bytes per token, BF16");
     CHECK(p.dispatch_ib_bytes_one_hop > 1.9 * p.dispatch_ib_bytes, "one-hop sends a copy per GPU: %.0f vs %.0f",
