@@ -168,7 +168,7 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/tap.h $(LIBDS) $(LIBDS_CUDA)
 
 # libFuzzer harnesses: the library is rebuilt with clang and the fuzzer instrumentation (no OpenMP).
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ilib $(PKG_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined \
-               -Wno-unknown-pragmas
+               -Wno-unknown-pragmas -Wno-psabi
 build/fuzz/obj/%.o: %.c $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -c $< -o $@

@@ -41,21 +41,30 @@ static inline void put(float *c, float s, float alpha, float beta) { *c = beta =
 
 typedef int v16i __attribute__((vector_size(64)));
 
+/* constant two-vector and one-vector shuffles: GCC's __builtin_shuffle, clang's __builtin_shufflevector
+ * (the fuzz and sanitizer builds use clang) */
+#ifdef __clang__
+#define SHUF2(a, b, ...) __builtin_shufflevector((a), (b), __VA_ARGS__)
+#define SHUF1(a, ...) __builtin_shufflevector((a), (a), __VA_ARGS__)
+#else
+#define SHUF2(a, b, ...) __builtin_shuffle((a), (b), (v16i){__VA_ARGS__})
+#define SHUF1(a, ...) __builtin_shuffle((a), (v16i){__VA_ARGS__})
+#endif
+#define LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define Q0 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27
+#define Q1 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31
+
 /* hsum16 of four vectors at once, the same additions in the same order: lane l of the result is
  * hsum16(s_l) for l < 4 (the rest is scratch). */
 static inline v16 hsum16x4(v16 s0, v16 s1, v16 s2, v16 s3) {
-    const v16i lo = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    const v16i hi = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    v16 a = __builtin_shuffle(s0, s1, lo) + __builtin_shuffle(s0, s1, hi); /* s8 of s0 | s8 of s1 */
-    v16 b = __builtin_shuffle(s2, s3, lo) + __builtin_shuffle(s2, s3, hi);
-    const v16i q0 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
-    const v16i q1 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
-    v16 c = __builtin_shuffle(a, b, q0) + __builtin_shuffle(a, b, q1); /* s4 of s0..s3, four lanes each */
-    const v16i p2 = {0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12};
-    const v16i p3 = {2, 6, 10, 14, 2, 6, 10, 14, 2, 6, 10, 14, 2, 6, 10, 14};
-    const v16i p1 = {1, 5, 9, 13, 1, 5, 9, 13, 1, 5, 9, 13, 1, 5, 9, 13};
-    const v16i p4 = {3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15};
-    return (__builtin_shuffle(c, p2) + __builtin_shuffle(c, p3)) + (__builtin_shuffle(c, p1) + __builtin_shuffle(c, p4));
+    v16 a = SHUF2(s0, s1, LO8) + SHUF2(s0, s1, HI8); /* s8 of s0 | s8 of s1 */
+    v16 b = SHUF2(s2, s3, LO8) + SHUF2(s2, s3, HI8);
+    v16 c = SHUF2(a, b, Q0) + SHUF2(a, b, Q1); /* s4 of s0..s3, four lanes each */
+    return (SHUF1(c, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12) +
+            SHUF1(c, 2, 6, 10, 14, 2, 6, 10, 14, 2, 6, 10, 14, 2, 6, 10, 14)) +
+           (SHUF1(c, 1, 5, 9, 13, 1, 5, 9, 13, 1, 5, 9, 13, 1, 5, 9, 13) +
+            SHUF1(c, 3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15));
 }
 
 /* C[i, j] for 4 consecutive rows j of B [N,K] and every row i of A: the four weight rows stay in L1 while
