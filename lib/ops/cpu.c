@@ -168,7 +168,10 @@ void ds_ops_cpu_blas_reexec(char *const argv[]) {
     if (!core) return;
     /* OpenBLAS reads OPENBLAS_CORETYPE only when it loads: run this program again with it set */
     if (setenv("DS_OPENBLAS_DETECTED", openblas_get_corename(), 1) || setenv("OPENBLAS_CORETYPE", core, 1)) return;
-    execv("/proc/self/exe", argv);
+    /* the program's own path, not /proc/self/exe: exec names the process after the file (ps, top, kill) */
+    char self[4096];
+    const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len > 0) self[len] = 0, execv(self, argv);
     unsetenv("OPENBLAS_CORETYPE"); /* no re-exec (no /proc): keep the detected kernel */
 }
 
