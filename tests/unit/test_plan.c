@@ -109,7 +109,10 @@ TEST(attention_score_rate_bounds_the_attention_core) {
     cl.attn_scores = 0.5e3;
     rc = rc ? rc : ds_plan_run(&p2, &cfg, &cl, &o);
     CHECK(rc == 0, "plan: %s", ds_errmsg());
-    if (rc) return;
+    if (rc) {
+        ds_config_free(&cfg);
+        return;
+    }
     const double layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers, T = 256;
     const double scores = 8.0 * cfg.num_attention_heads * T * T / 2 * layers;
     const double pass = scores / (1e3 * cl.efficiency); /* one process on the 2-core device: a share of 1 */
@@ -117,6 +120,7 @@ TEST(attention_score_rate_bounds_the_attention_core) {
     CHECK_REL(p2.stages[0].b - p1.stages[0].b, pass, 1e-9, "B: one more pass of the scores");
     CHECK_REL(p2.stages[0].w, p1.stages[0].w, 1e-12, "W has no attention");
     ds_plan_free(&p1), ds_plan_free(&p2);
+    ds_config_free(&cfg);
 }
 
 /* DeepSeek-V3 on its own cluster and layout. The published figures: 180K H800 GPU-hours per trillion
