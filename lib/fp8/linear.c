@@ -140,22 +140,22 @@ void ds_fp8_linear_gemm_stored(int ta, int tb, int M, int N, int K, float alpha,
     gemm_with(IN_STORED, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-static void gemm_rows_with(int pow2_in, int ng, const int64_t *off, int tb, int N, int K, float alpha,
+static void gemm_rows_with(int in, int ng, const int64_t *off, int tb, int N, int K, float alpha,
                            const float *A, int lda, const float *B, size_t strideB, int ldb, float beta, float *C,
                            int ldc) {
     for (int g = 0; g < ng; g++) {
         const int64_t r0 = off[g], r1 = off[g + 1];
         if (r1 <= r0) continue;
-        gemm_with(pow2_in, 0, tb, (int)(r1 - r0), N, K, alpha, A + r0 * lda, lda, B + g * strideB, ldb, beta,
+        gemm_with(in, 0, tb, (int)(r1 - r0), N, K, alpha, A + r0 * lda, lda, B + g * strideB, ldb, beta,
                   C + r0 * ldc, ldc);
     }
 }
 
-static void gemm_wgrad_with(int pow2_in, int ng, const int64_t *off, int M, int N, float alpha, const float *A,
+static void gemm_wgrad_with(int in, int ng, const int64_t *off, int M, int N, float alpha, const float *A,
                             int lda, const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
     for (int g = 0; g < ng; g++) {
         const int64_t r0 = off[g], r1 = off[g + 1];
-        gemm_with(pow2_in, 1, 0, M, N, (int)(r1 > r0 ? r1 - r0 : 0), alpha, A + r0 * lda, lda, B + r0 * ldb, ldb, beta,
+        gemm_with(in, 1, 0, M, N, (int)(r1 > r0 ? r1 - r0 : 0), alpha, A + r0 * lda, lda, B + r0 * ldb, ldb, beta,
                   C + g * strideC, ldc);
     }
 }
@@ -177,12 +177,12 @@ static void pow2_gemm(int ta, int tb, int M, int N, int K, float alpha, const fl
 
 static void pow2_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
                            const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
-    gemm_rows_with(1, ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
+    gemm_rows_with(IN_POW2, ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
 }
 
 static void pow2_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
                             const float *B, int ldb, float beta, float *C, size_t strideC, int ldc) {
-    gemm_wgrad_with(1, ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);
+    gemm_wgrad_with(IN_POW2, ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc);
 }
 
 void ds_fp8_linear_ops_pow2(ds_ops *out, const ds_ops *base) {
