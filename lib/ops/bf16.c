@@ -17,8 +17,12 @@ void ds_bf16_round(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = to_bf16(x[i]);
 }
 
+/* Rows of a strided matrix rounded in place: one parallel loop over the rows (a parallel region per row, even
+ * one that runs on one thread, costs more than rounding a short row). */
 static void round_rows(float *x, int64_t ld, int64_t rows, int64_t cols) {
-    for (int64_t r = 0; r < rows; r++) ds_bf16_round(x + r * ld, (size_t)cols);
+#pragma omp parallel for schedule(static) if (rows * cols > 32768)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < cols; j++) x[r * ld + j] = to_bf16(x[r * ld + j]);
 }
 
 /* The products run on ops/gemm_bf16.h: operands rounded to bf16 while they are packed for AMX (or into
@@ -57,8 +61,12 @@ static void rmsnorm_bwd(float *dx, int lddx, float *dw, const float *dy, int ldd
 static void rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int interleaved, const float *cs,
                  int inverse) {
     g_base.rope(x, n, nh, ld_row, ld_head, off, half, interleaved, cs, inverse);
+#pragma omp parallel for schedule(static) if ((int64_t)n * nh * half > 16384)
     for (int64_t i = 0; i < n; i++)
-        for (int64_t h = 0; h < nh; h++) ds_bf16_round(x + i * ld_row + h * ld_head + off, (size_t)(2 * half));
+        for (int64_t h = 0; h < nh; h++) {
+            float *v = x + i * ld_row + h * ld_head + off;
+            for (int j = 0; j < 2 * half; j++) v[j] = to_bf16(v[j]);
+        }
 }
 
 static void attn_fwd(float *o, float *lse, const float *q, const float *k, const float *v, const int32_t *seg, int B,
