@@ -5,6 +5,7 @@
 #include "ops/bf16.h"
 
 #include "core/dtype.h"
+#include "ops/gemm_bf16.h"
 #include "ops/ops.h"
 
 static ds_ops g_base, g_tab;
@@ -16,56 +17,29 @@ void ds_bf16_round(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = to_bf16(x[i]);
 }
 
+/* Rows of a strided matrix rounded in place: one parallel loop over the rows (a parallel region per row, even
+ * one that runs on one thread, costs more than rounding a short row). */
 static void round_rows(float *x, int64_t ld, int64_t rows, int64_t cols) {
-    for (int64_t r = 0; r < rows; r++) ds_bf16_round(x + r * ld, (size_t)cols);
+#pragma omp parallel for schedule(static) if (rows * cols > 32768)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < cols; j++) x[r * ld + j] = to_bf16(x[r * ld + j]);
 }
 
-/* Per-thread operand copies, grown on demand and kept (no allocation once the largest GEMM was seen).
- * An allocation failure falls back to the unrounded operand: the backend's status cannot carry it, and
- * the numbers stay correct to fp32 (only the bf16 emulation is lost for that product). */
-static _Thread_local struct {
-    float *p[2];
-    size_t cap[2];
-} scratch;
-
-/* The span of a row-major operand of `rows` rows of `cols` floats at stride ld, rounded into scratch slot i
- * with the same stride (what lies between rows is copied too: harmless). */
-static const float *rounded(int i, const float *x, int64_t rows, int64_t cols, int64_t ld) {
-    if (rows <= 0 || cols <= 0) return x;
-    const size_t n = (size_t)((rows - 1) * ld + cols);
-    if (n > scratch.cap[i]) {
-        float *p = malloc((n + n / 4) * sizeof *p);
-        if (!p) return x;
-        free(scratch.p[i]);
-        scratch.p[i] = p, scratch.cap[i] = n + n / 4;
-    }
-    float *d = scratch.p[i];
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t k = 0; k < n; k++) d[k] = to_bf16(x[k]);
-    return d;
-}
-
+/* The products run on ops/gemm_bf16.h: operands rounded to bf16 while they are packed for AMX (or into
+ * scratch copies for the sgemm fallback), the output rounded on the way out. */
 static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                  float beta, float *C, int ldc) {
-    const float *a = rounded(0, A, ta ? K : M, ta ? M : K, lda), *b = rounded(1, B, tb ? N : K, tb ? K : N, ldb);
-    g_base.gemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
-    if (!ta) round_rows(C, ldc, M, N); /* ta = 1 is a weight gradient: fp32 */
+    ds_gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, !ta); /* ta = 1 is a weight gradient: fp32 */
 }
 
 static void gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
                       const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
-    if (ng <= 0) return;
-    const float *a = rounded(0, A, off[ng], K, lda);
-    const float *b = rounded(1, B, 1, (int64_t)((size_t)(ng - 1) * strideB + (size_t)((tb ? N : K) - 1) * ldb + (tb ? K : N)), 0);
-    g_base.gemm_rows(ng, off, tb, N, K, alpha, a, lda, b, strideB, ldb, beta, C, ldc);
-    round_rows(C + off[0] * ldc, ldc, off[ng] - off[0], N);
+    ds_gemm_bf16_rows(ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc, 1);
 }
 
 static void gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda, const float *B,
                        int ldb, float beta, float *C, size_t strideC, int ldc) {
-    if (ng <= 0) return;
-    const float *a = rounded(0, A, off[ng], M, lda), *b = rounded(1, B, off[ng], N, ldb);
-    g_base.gemm_wgrad(ng, off, M, N, alpha, a, lda, b, ldb, beta, C, strideC, ldc); /* weight gradients: fp32 */
+    ds_gemm_bf16_wgrad(ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc); /* weight gradients: fp32 */
 }
 
 static void add(float *y, const float *a, const float *b, size_t n) {
@@ -87,8 +61,12 @@ static void rmsnorm_bwd(float *dx, int lddx, float *dw, const float *dy, int ldd
 static void rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int interleaved, const float *cs,
                  int inverse) {
     g_base.rope(x, n, nh, ld_row, ld_head, off, half, interleaved, cs, inverse);
+#pragma omp parallel for schedule(static) if ((int64_t)n * nh * half > 16384)
     for (int64_t i = 0; i < n; i++)
-        for (int64_t h = 0; h < nh; h++) ds_bf16_round(x + i * ld_row + h * ld_head + off, (size_t)(2 * half));
+        for (int64_t h = 0; h < nh; h++) {
+            float *v = x + i * ld_row + h * ld_head + off;
+            for (int j = 0; j < 2 * half; j++) v[j] = to_bf16(v[j]);
+        }
 }
 
 static void attn_fwd(float *o, float *lse, const float *q, const float *k, const float *v, const int32_t *seg, int B,
@@ -126,6 +104,7 @@ static void moe_combine(float *y, const float *ye, const float *w, const int32_t
 }
 
 const ds_ops *ds_bf16_ops(const ds_ops *base) {
+    (void)ds_gemm_bf16_amx(); /* the AMX permission asked for now, before any parallel region runs a product */
     g_base = *base;
     g_tab = *base;
     g_tab.gemm = gemm, g_tab.gemm_rows = gemm_rows, g_tab.gemm_wgrad = gemm_wgrad, g_tab.add = add;

@@ -11,7 +11,9 @@
  *   - the outputs of the residual add, RMSNorm (y, and dx of its backward), RoPE (in place), attention (o,
  *     and dq, dk, dv), SwiGLU (h, and dg, du), the embedding lookup and the MoE combine.
  * Inside an op the arithmetic stays fp32 (norm statistics, softmax, logsumexp, the loss on bf16 logits), as
- * on a GPU. The table keeps the base's name, memory and every other op. The CPU only (it reads host memory).
+ * on a GPU. The table keeps the base's name, memory and every other op. The CPU only (it reads host memory):
+ * the three GEMM entries run ops/gemm_bf16.h whatever the base (AMX tiles where the CPU has them, rounding
+ * while packing; else the CPU backend's sgemm on rounded copies, DS_AMX=0 forces that).
  */
 #ifndef DS_OPS_BF16_H
 #define DS_OPS_BF16_H

@@ -6,6 +6,7 @@
 #include "dist/dp.h"
 #include "fp8/linear.h"
 #include "ops/bf16.h"
+#include "ops/gemm_bf16.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
@@ -528,6 +529,7 @@ static int start_trainer(ds_session *s, const ds_train_opts *to, ds_data_source 
         char blas[320];
         ds_ops_cpu_blas_note(blas, sizeof blas);
         ds_info("blas    %s", blas);
+        if (s->o.bf16) ds_info("bf16    GEMMs: %s", ds_gemm_bf16_kernel());
     }
     ds_session_log_seed(s);
     s->stop = ds_train_catch_signals();

@@ -140,3 +140,48 @@ PY
     echo "$output"
     [ "$status" -eq 0 ]
 }
+
+# ---- --bf16 on AMX tiles (ops/gemm_bf16.h, issue 24): the tools say which GEMM runs, AMX and the sgemm
+# fallback (DS_AMX=0) train the same numbers up to the order of the fp32 sums, and a --bf16 run resumes bit
+# for bit. The GEMMs' numerics are tests/unit/test_gemm_bf16.c's. Two threads: the products split across them.
+
+# The tolerance. Both runs round the same operands to bf16 and accumulate in fp32; only the order of the fp32
+# sums differs (relative 2^-24 per term), which moves a stored bf16 output to its neighbour (2^-8) only where
+# the sum lies within that of a rounding boundary. Step 1 (same weights) moves by about 1e-8 (measured
+# 1.8e-8); later steps carry the flips into the weights: within u/16 = 2.4e-4 of each other (measured at
+# most 6e-5 over 8 steps), where --bf16 and fp32 differ by up to 1.7e-3.
+@test "--bf16: the log and the record name the GEMM; AMX and DS_AMX=0 train within summation-order tolerance" {
+    local d=$BATS_TEST_TMPDIR
+    train --threads 2 -o "$d/a" --steps 6 --lr 3e-3 --metrics "$d/a.jsonl" --bf16
+    DS_AMX=0 train --threads 2 -o "$d/s" --steps 6 --lr 3e-3 --metrics "$d/s.jsonl" --bf16
+    train --threads 2 -o "$d/f" --steps 1 --lr 3e-3 --metrics "$d/f.jsonl"
+    run --separate-stderr "$DS_BIN/ds-pretrain" --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" \
+        --seq-len 64 --batch 4 --steps 1 -o "$d/l" --bf16
+    [ "$status" -eq 0 ]
+    want="bf16    GEMMs: sgemm on bf16-rounded operands (this CPU has no AMX-BF16)" amx=sgemm
+    if grep -qw amx_bf16 /proc/cpuinfo; then want="bf16    GEMMs: AMX bf16 tiles" amx=amx; fi
+    [[ "$stderr" == *"$want"* ]] || { echo "$stderr"; false; }
+    run "$DS_PY" - "$d" "$amx" <<'PY'
+import json, sys
+d = sys.argv[1]
+recs = lambda n: [json.loads(l) for l in open(f"{d}/{n}.jsonl")]
+loss = lambda n: [r["loss"] for r in recs(n) if "loss" in r]
+a, s, f = loss("a"), loss("s"), loss("f")
+cfg = lambda n: recs(n)[0]["config"]
+assert cfg("a")["bf16_gemm"] == sys.argv[2] and cfg("s")["bf16_gemm"] == "sgemm" and "bf16_gemm" not in cfg("f")
+rel = [abs(x - y) / y for x, y in zip(a, s)]
+print("AMX", a, "\nsgemm", s, "\nrel", rel, "\nfp32 step 1", f[0])
+assert len(a) == len(s) == 6
+assert rel[0] < 1e-6, f"step 1: summation order only: {rel[0]:.3g}"
+assert max(rel) < 2.0 ** -12, f"every step within u/16: {max(rel):.3g}"
+assert abs(a[0] - f[0]) / f[0] > 10 * rel[0], "and both are bf16, not fp32"
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
+@test "--bf16 on AMX: SIGTERM saves, --resume continues bit for bit" {
+    interrupt_and_resume step 3 "$DS_BIN/ds-pretrain" --peak-tflops 0.1 --threads 2 \
+        --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" --steps 40 --batch 4 --seq-len 64 --lr 3e-3 \
+        --log-every 0 --bf16
+}

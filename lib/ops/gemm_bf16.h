@@ -1,0 +1,61 @@
+/* gemm_bf16.h — GEMMs on bf16 operands with fp32 accumulation: Intel AMX tiles where the CPU has them.
+ *
+ * Owns: the host's bf16 matrix products (what --bf16 training runs, ops/bf16.h) and the choice of kernel.
+ * The operands arrive as fp32 (rounded to bf16 to nearest even, exactly core/dtype.h's ds_f32_to_bf16,
+ * while they are packed: no separate rounding pass) or as bf16 (uint16_t, read as is); the products
+ * accumulate in fp32 and the result is fp32, or rounded to bf16 on the way out.
+ *
+ * Kernels, chosen once per process (ds_gemm_bf16_kernel says which):
+ *  - AMX: CPUID AMX-BF16 + AMX-TILE, the OS's XTILEDATA state, and the kernel's permission
+ *    (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)) asked for once, before any thread uses a tile.
+ *    Operands are packed (per call, shared by the threads) into 16 x 32 bf16 tiles of op(A) and VNNI-paired
+ *    16 x (16 pairs) tiles of op(B), zero-padded to multiples of 32 rows/columns/K; each thread computes
+ *    32 x 32 blocks of C in four fp32 tiles with _tile_dpbf16ps, then C = alpha acc + beta C in fp32.
+ *  - fallback (no AMX, or DS_AMX=0 in the environment): the operands rounded to bf16 into fp32 scratch and
+ *    the CPU backend's sgemm (OpenBLAS) on them; the same numbers up to the order of the fp32 sums and the
+ *    denormals below.
+ * Denormals: AMX's TDPBF16PS treats bf16 denormal inputs as zero (DAZ) and flushes fp32 denormal results
+ * of its products and sums to zero (FTZ), whatever MXCSR says (Intel SDM, TDPBF16PS; test_gemm_bf16 checks
+ * both on this CPU). The fallback's sgemm keeps denormals (MXCSR default). Values below 2^-126 are far
+ * below anything training produces; the two paths differ only there.
+ * NaN and Inf propagate as in any fp32 product (a NaN operand or 0 * Inf makes the sums it enters NaN);
+ * beta = 0 ignores C's old contents, NaN included; K = 0 or alpha = 0 gives beta C (ops.h's contract).
+ *
+ * Threads: OpenMP (the caller's thread count); the calls are not reentrant across threads of one parallel
+ * region (the packs live in the calling thread's scratch, grown on demand and kept).
+ */
+#ifndef DS_OPS_GEMM_BF16_H
+#define DS_OPS_GEMM_BF16_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/dtype.h"
+
+/* 1 when the AMX kernel runs (decided on the first call of any function here; DS_AMX=0 forces 0). */
+int ds_gemm_bf16_amx(void);
+/* Tests and benchmarks: on = 0 runs the fallback from now on, on = 1 the AMX kernel again where it is
+ * available; returns whether AMX was in use. Not to be called while a GEMM runs. */
+int ds_gemm_bf16_use_amx(int on);
+/* One line for logs: which kernel runs, and why when it is the fallback. */
+const char *ds_gemm_bf16_kernel(void);
+
+/* ds_ops.gemm's contract (ops/ops.h) on A and B rounded to bf16; round_c = 1 also rounds the stored result
+ * to bf16 (kept as fp32 values on the bf16 grid: --bf16's emulated bf16 storage). */
+void ds_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                  float beta, float *C, int ldc, int round_c);
+/* ds_ops.gemm_rows's contract (row groups of A, one B_g each), operands rounded to bf16; round_c as above. */
+void ds_gemm_bf16_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                       const float *B, size_t strideB, int ldb, float beta, float *C, int ldc, int round_c);
+/* ds_ops.gemm_wgrad's contract (C_g = alpha A_g^T B_g + beta C_g), operands rounded to bf16, fp32 result. */
+void ds_gemm_bf16_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, size_t strideC, int ldc);
+
+/* The dtype-carrying GEMM (the signature a bf16-storage model and the GPU's bf16 GEMM share): ds_ops.gemm's
+ * contract with each operand's element type given: at, bt in {DS_F32 (rounded to bf16 while packing),
+ * DS_BF16 (uint16_t bits)}, ct in {DS_F32, DS_BF16 (the result rounded to nearest even; with beta != 0 the
+ * old bf16 C is read)}. Strides are in elements. Returns 0, or -1 for a dtype outside those sets. */
+int ds_gemm_dt(int ta, int tb, int M, int N, int K, float alpha, const void *A, ds_dtype at, int lda, const void *B,
+               ds_dtype bt, int ldb, float beta, void *C, ds_dtype ct, int ldc);
+
+#endif
