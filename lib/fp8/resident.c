@@ -263,7 +263,7 @@ static inline float bf16_at(const uint16_t *h, int64_t i) { return ds_bf16_to_f3
  * ds_ops_cpu) or the decode one (FEW: ds_ops_cpu_small_m) computes it over float32: ops/gemm_small.h. */
 static void bf16_gemm(int v, const entry *e, const uint16_t *B, int tb, int M, int N, int K, float alpha,
                       const float *A, int lda, float beta, float *C, int ldc) {
-    if (ds_gemm_bf16(v == FEW, tb, M, N, K, alpha, A, lda, B, (int)e->cols, beta, C, ldc))
+    if (ds_gemm_bf16w(v == FEW, tb, M, N, K, alpha, A, lda, B, (int)e->cols, beta, C, ldc))
         fail_once(ds_fail(DS_ERR, "out of memory: widening a bf16 weight [%lld, %lld]", (long long)e->rows,
                           (long long)e->cols));
 }
@@ -356,7 +356,7 @@ static void gemm_rows_on(int v, int ng, const int64_t *off, int tb, int N, int K
             }
             ptrs.p[g] = e ? e->h + o : NULL;
         }
-        if (ds_gemm_rows_bf16(v == FEW, ng, off, tb, N, K, alpha, A, lda, ptrs.p, ldb, beta, C, ldc))
+        if (ds_gemm_rows_bf16w(v == FEW, ng, off, tb, N, K, alpha, A, lda, ptrs.p, ldb, beta, C, ldc))
             fail_once(ds_fail(DS_ERR, "out of memory: widening bf16 experts"));
         return;
     }

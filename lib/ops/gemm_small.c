@@ -288,7 +288,7 @@ static void gemm_rows_small_m(int ng, const int64_t *off, int tb, int N, int K, 
     rows_small(ng, off, tb, N, K, alpha, A, lda, B, strideB, NULL, ldb, beta, C, ldc);
 }
 
-int ds_gemm_bf16(int few, int tb, int M, int N, int K, float alpha, const float *A, int lda, const uint16_t *B, int ldb,
+int ds_gemm_bf16w(int few, int tb, int M, int N, int K, float alpha, const float *A, int lda, const uint16_t *B, int ldb,
                  float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return 0;
     if (!few || !small_ok(0, M, K) || alpha == 0.0f) return ds_cpu_gemm_bf16(tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -296,7 +296,7 @@ int ds_gemm_bf16(int few, int tb, int M, int N, int K, float alpha, const float 
     return 0;
 }
 
-int ds_gemm_rows_bf16(int few, int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+int ds_gemm_rows_bf16w(int few, int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
                       const uint16_t *const *B, int ldb, float beta, float *C, int ldc) {
     int64_t most = 0;
     for (int g = 0; g < ng; g++)

@@ -39,10 +39,10 @@ void ds_gemm_small_bf16(int tb, int M, int N, int K, float alpha, const float *A
  * N split across the threads), few = 0 as ds_ops_cpu()'s; products it sends to sgemm widen B by slabs first
  * (cpu_internal.h ds_cpu_gemm_bf16). Bit-identical to the float32 table on the widened weights. -1: out of
  * memory for a widened slab. */
-int ds_gemm_bf16(int few, int tb, int M, int N, int K, float alpha, const float *A, int lda, const uint16_t *B, int ldb,
+int ds_gemm_bf16w(int few, int tb, int M, int N, int K, float alpha, const float *A, int lda, const uint16_t *B, int ldb,
                  float beta, float *C, int ldc);
 /* The same for grouped rows (the tables' gemm_rows): group g's rows [off[g], off[g+1]) by the bf16 weight B[g]. */
-int ds_gemm_rows_bf16(int few, int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+int ds_gemm_rows_bf16w(int few, int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
                       const uint16_t *const *B, int ldb, float beta, float *C, int ldc);
 
 /* The CPU backend's table with gemm and gemm_rows replaced: products of at most DS_GEMM_SMALL_MAX_M rows

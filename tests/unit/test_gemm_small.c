@@ -145,7 +145,7 @@ TEST(bf16_weights_equal_float32_kernels_bit_for_bit) {
                             omp_set_num_threads(th);
                             memcpy(C, C0, nc * sizeof *C), memcpy(D, C0, nc * sizeof *D);
                             t.gemm(0, tb, M, N, K, 1.5f, A, K, Bf, ldb, beta, C, N);
-                            ds_gemm_bf16(1, tb, M, N, K, 1.5f, A, K, Bh, ldb, beta, D, N);
+                            ds_gemm_bf16w(1, tb, M, N, K, 1.5f, A, K, Bh, ldb, beta, D, N);
                             bad += !!memcmp(C, D, nc * sizeof *C);
                         }
                         cases += 3;
@@ -174,7 +174,7 @@ TEST(bf16_grouped_rows_equal_float32_groups) {
         for (int th = 1; th <= 2; th++) {
             omp_set_num_threads(th);
             t.gemm_rows(G, off, tb, N, K, 1.0f, A, K, Bf, (size_t)N * K, tb ? K : N, 0.0f, C, N);
-            ds_gemm_rows_bf16(1, G, off, tb, N, K, 1.0f, A, K, per, tb ? K : N, 0.0f, D, N);
+            ds_gemm_rows_bf16w(1, G, off, tb, N, K, 1.0f, A, K, per, tb ? K : N, 0.0f, D, N);
             CHECK(!memcmp(C, D, (size_t)rows * N * sizeof *C), "tb=%d, %d threads: 5 groups of 2, 0, 5, 1, 16 rows "
                   "equal the float32 groups bit for bit", tb, th);
         }
