@@ -114,6 +114,7 @@ typedef struct {
     void *C;
     int lda, ldb, ldc;
     int mt, nt, kt;     /* 16-row tiles of op(A) (even), 16-column tiles of op(B) (even), 32-wide K tiles */
+    int nbc;            /* 32-column blocks per N chunk: the blocks run chunk by chunk, row blocks inside */
     size_t a_at, b_at;  /* first tile of this product in the A and B packs */
     size_t blk0;        /* first 32 x 32 block of C in the call's block list */
 } prob;
@@ -337,9 +338,11 @@ AMX_TARGET static void amx_run(const prob *ps, int np, const call_args *c, uint1
 #pragma omp for schedule(dynamic, chunk)
         for (size_t b = 0; b < nblk; b++) {
             const prob *p = find_prob(ps, np, b);
-            const int nb = p->nt / 2, local = (int)(b - p->blk0);
-            amx_block(p, ap, bp, local / nb, local % nb, acc);
-            amx_store(p, c, acc, local / nb, local % nb);
+            const int nb = p->nt / 2, mb = p->mt / 2, local = (int)(b - p->blk0);
+            const int chunk0 = local / (mb * p->nbc) * p->nbc, in = local - chunk0 * mb;
+            const int width = nb - chunk0 < p->nbc ? nb - chunk0 : p->nbc, bi = in / width, bj = chunk0 + in % width;
+            amx_block(p, ap, bp, bi, bj, acc);
+            amx_store(p, c, acc, bi, bj);
         }
         (void)chunk; /* unused without OpenMP */
         _tile_release(); /* a thread without tile state saves/restores less on context switches */
@@ -355,6 +358,11 @@ static int amx_call(prob *ps, int np, const call_args *c) {
     for (int q = 0; q < np; q++) {
         prob *p = &ps[q];
         p->mt = (p->M + 31) / 32 * 2, p->nt = (p->N + 31) / 32 * 2, p->kt = (p->K + 31) / 32;
+        /* an N chunk's packed B (32 columns x K per block) kept to about 1 MiB, half of a core's L2, so that it
+         * stays there while every row block passes over it (a B larger than L2 otherwise streams from L3
+         * once per row block) */
+        p->nbc = (int)((1 << 20) / ((size_t)p->kt * 2 * TILE_ELEMS * sizeof(uint16_t)));
+        if (p->nbc < 1) p->nbc = 1;
         p->a_at = a_tiles, p->b_at = b_tiles, p->blk0 = nblk;
         a_tiles += (size_t)p->mt * p->kt, b_tiles += (size_t)p->nt * p->kt, nblk += (size_t)(p->mt / 2) * (p->nt / 2);
         flops += 2.0 * p->M * p->N * p->K;
