@@ -29,7 +29,7 @@
 #include <unistd.h>
 
 static struct {
-    const char *model, *chat_template, *prefill, *metrics, *device, *serve, *output, *decode_from, *expert_loads, *record_loads;
+    const char *model, *chat_template, *prefill, *metrics, *device, *serve, *output, *decode_from, *expert_loads, *record_loads, *dtype;
     ds_strlist prompts, stops;
     int max_new, top_k, batch, ctx, prefill_chunk, threads, mtp, jsonl, chat, drop_oldest, score, ids, truncate, no_bos, ignore_eos, w8a8, fp8_expand;
     int prefill_only, ep, redundant;
@@ -37,7 +37,7 @@ static struct {
     double temperature, top_p;
     uint64_t seed;
 } A = {.max_new = DS_GEN_MAX_NEW, .temperature = DS_GEN_TEMPERATURE, .top_k = DS_GEN_TOP_K, .top_p = DS_GEN_TOP_P, .batch = 8, .prefill = "naive", .prefill_chunk = 256,
-       .device = "cpu"};
+       .device = "cpu", .dtype = "fp32"};
 
 static const ds_opt opts[] = {
     {"model", 'm', DS_OPT_STR, &A.model, "CKPT", "checkpoint: directory, .safetensors file, or - (stream)"},
@@ -70,6 +70,9 @@ static const ds_opt opts[] = {
     {"fp8-expand", 0, DS_OPT_FLAG, &A.fp8_expand, NULL, "expand an FP8 checkpoint's Linear weights to fp32 at load "
      "(by default they stay FP8: on the CPU mapped from the file, dequantized by tile in the GEMMs; on the GPU in "
      "device memory, multiplied in FP8 with 1x128-quantized activations)"},
+    {"dtype", 0, DS_OPT_CHOICE, &A.dtype, "TYPE", "the weights in memory: fp32, or bf16 (rounded to nearest even, or "
+     "mapped as they are from a BF16 checkpoint; half the memory and the bytes a decode step reads; activations, "
+     "norms and sums stay fp32; an FP8 checkpoint's FP8 weights stay FP8)", "fp32|bf16"},
     {"serve", 0, DS_OPT_STR, &A.serve, "HOST:PORT", "serve the OpenAI API over HTTP (host 127.0.0.1 unless given; port 0: "
      "any free one, printed); --batch sequences decode together; SIGINT/SIGTERM stop after the requests in flight"},
     {"prefill-only", 0, DS_OPT_FLAG, &A.prefill_only, NULL, "disaggregation: run the prompts only and write each one's latent KV "
@@ -322,7 +325,8 @@ int main(int argc, char **argv) {
                    "checkpoints stay FP8 in memory (on the CPU dequantized by tile inside the GEMMs; with --device cuda in "
                    "device memory, multiplied by cuBLASLt's block-scaled FP8 GEMM with activations quantized 1x128, "
                    "as DeepSeek's inference does; --fp8-expand expands them at load); --w8a8 runs the Linear layers in FP8 (weights and "
-                   "activations). "
+                   "activations); --dtype bf16 holds the weights in bf16 (the products equal fp32 ones over the same "
+                   "bf16-rounded weights, bit for bit). "
                    "Prompts come from --prompt, or one per stdin line: plain text, JSONL ({\"prompt\": ...} or "
                    "{\"messages\": [...]}), or token ids with --ids. "
                    "The checkpoint's generation_config.json sets the sampling defaults as in transformers (do_sample "
@@ -370,10 +374,17 @@ int main(int argc, char **argv) {
      * (max_seq 0: the config's max_position_embeddings) */
     if (A.w8a8 && strcmp(A.device, "cpu"))
         return ds_usage_error("--w8a8 runs on the CPU in this build: drop --device %s or --w8a8", A.device);
+    const int bf16 = !strcmp(A.dtype, "bf16");
+    if (bf16 && (strcmp(A.device, "cpu") || A.w8a8 || A.fp8_expand || A.ep > 1))
+        return ds_usage_error("--dtype bf16 holds the weights in bf16 on the CPU: not with %s",
+                              strcmp(A.device, "cpu") ? "--device cuda (its GEMMs read a bf16 copy already)"
+                              : A.w8a8 ? "--w8a8 (it quantizes fp32 weights)"
+                              : A.fp8_expand ? "--fp8-expand (FP8 weights stay FP8 with --dtype bf16; expanded they are fp32)"
+                                             : "--ep (its expert replicas are fp32)");
     ds_ops fp8; /* --w8a8: the Linear layers' table (the engine and the scoring model copy it) */
     ds_fp8_linear_ops(&fp8, ds_ops_cpu());
     ds_model_opts mo = {.max_batch = 1, .max_seq = A.score ? A.ctx : 1, .linear_ops = A.w8a8 ? &fp8 : NULL,
-                        .kv_b_on_ops = 1, .fp8_resident = !A.fp8_expand && !A.w8a8};
+                        .kv_b_on_ops = 1, .fp8_resident = !A.fp8_expand && !A.w8a8, .bf16_resident = bf16};
     if ((rc = ds_ops_for_device(A.device, &mo.ops))) return ds_tool_report(rc);
     if (A.ep > 1 && (rc = ep_setup(&mo))) return rc == DS_EUSAGE ? ds_usage_error("%s", ds_errmsg()) : ds_tool_report(rc);
     double t0 = ds_now();
@@ -389,7 +400,7 @@ int main(int argc, char **argv) {
     }
     const ds_config *c = ds_model_config(L.model);
     /* the Linear GEMMs: FP8-resident weights bring their own; --w8a8 its table; else the backend's */
-    const ds_ops *lin = L.fp8_resident ? ds_model_linear_ops(L.model) : A.w8a8 ? &fp8 : NULL;
+    const ds_ops *lin = L.fp8_resident && !L.bf16_resident ? ds_model_linear_ops(L.model) : A.w8a8 ? &fp8 : NULL;
     int ctx = A.ctx ? A.ctx : c->max_position_embeddings;
     /* sampling defaults: built in, then the checkpoint's generation_config.json, then the options given */
     ds_gen_settings gs = {.temperature = A.temperature, .top_k = A.top_k, .top_p = A.top_p, .max_new = A.max_new,
@@ -450,6 +461,7 @@ int main(int argc, char **argv) {
     ds_jsonw_kstr(&cfgrec, "seed", seed);
     ds_jsonw_kbool(&cfgrec, "mtp", A.mtp);
     ds_jsonw_kbool(&cfgrec, "w8a8", A.w8a8);
+    ds_jsonw_kstr(&cfgrec, "dtype", A.dtype);
     ds_jsonw_kint(&cfgrec, "threads", ds_threads_get());
     ds_jsonw_kstr(&cfgrec, "device", A.device);
     ds_info("ds-generate: %s (%s) loaded in %.2f s: %d layers, hidden %d, %d heads, vocab %d%s%s; ctx %d, "
@@ -496,7 +508,7 @@ int main(int argc, char **argv) {
                 dev_used / 1073741824.0);
     if (!rc) rc = ep_report(c);
     if (!rc && A.w8a8) rc = ds_fp8_linear_status(); /* a failure inside an FP8 GEMM (out of memory) */
-    if (!rc && L.fp8_resident) rc = ds_fp8_resident_status();
+    if (!rc && (L.fp8_resident || L.bf16_resident)) rc = ds_fp8_resident_status();
     ds_prompt_reader_free(rd);
     ds_loaded_free(&L);
     ds_chat_template_free(&tpl);

@@ -3,7 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/dtype.h"
 #include "core/err.h"
+#include "ops/gemm_small.h"
 #include "ops/ops.h"
 
 #ifdef DS_HAVE_CUDA
@@ -13,7 +15,10 @@
 typedef struct {
     const float *base;
     int64_t rows, cols, br, bc;
-    const uint8_t *q; /* host codes (borrowed); NULL for a device entry */
+    /* bf16 entry (ds_bf16_resident_add): the weight rounded to bf16, borrowed or owned (then freed with it) */
+    const uint16_t *h;
+    uint16_t *h_own;
+    const uint8_t *q; /* host codes (borrowed); NULL for a device or bf16 entry */
     float *scale;     /* host copy of the scales; NULL for a device entry */
     /* device entry (ds_fp8_resident_add_device): codes and padded scales in the caller's device memory */
     const uint8_t *dq;
@@ -24,6 +29,7 @@ typedef struct {
 static entry *g_tab; /* sorted by base */
 static size_t g_n, g_cap;
 static ds_ops g_base, g_base_dev; /* the CPU table's base, the device table's */
+static ds_ops g_few;               /* the few-row table's base: ops/gemm_small.h ds_ops_cpu_small_m */
 static int g_status;
 
 int ds_fp8_resident_status(void) {
@@ -42,7 +48,7 @@ static int insert(entry e) {
         size_t cap = g_cap ? 2 * g_cap : 256;
         entry *t = realloc(g_tab, cap * sizeof *t);
         if (!t) {
-            free(e.scale);
+            free(e.scale), free(e.h_own);
             return ds_fail(DS_ERR, "out of memory: fp8 resident table");
         }
         g_tab = t;
@@ -52,8 +58,8 @@ static int insert(entry e) {
     while (i > 0 && g_tab[i - 1].base > e.base) i--;
     if ((i > 0 && g_tab[i - 1].base + g_tab[i - 1].rows * g_tab[i - 1].cols > e.base) ||
         (i < g_n && e.base + e.rows * e.cols > g_tab[i].base)) {
-        free(e.scale);
-        return ds_fail(DS_ERR, "fp8 resident weight: its range overlaps another");
+        free(e.scale), free(e.h_own);
+        return ds_fail(DS_ERR, "resident weight: its range overlaps another");
     }
     memmove(g_tab + i + 1, g_tab + i, (g_n - i) * sizeof *g_tab);
     g_tab[i] = e;
@@ -76,6 +82,23 @@ int ds_fp8_resident_add(const float *base, int64_t rows, int64_t cols, const uin
     if (!s) return ds_fail(DS_ERR, "out of memory: fp8 resident scales");
     memcpy(s, scale, ns * sizeof *s);
     return insert((entry){.base = base, .rows = rows, .cols = cols, .br = br, .bc = bc, .q = q, .scale = s});
+}
+
+int ds_bf16_resident_add(const float *base, int64_t rows, int64_t cols, const uint16_t *h, int owned) {
+    if (rows <= 0 || cols <= 0) {
+        if (owned) free((void *)h);
+        return ds_fail(DS_ERR, "bf16 resident weight: bad shape [%lld, %lld]", (long long)rows, (long long)cols);
+    }
+    return insert((entry){.base = base, .rows = rows, .cols = cols, .br = 1, .bc = 1, .h = h,
+                          .h_own = owned ? (uint16_t *)h : NULL});
+}
+
+int ds_bf16_resident_add_f32(const float *base, int64_t rows, int64_t cols, const float *w) {
+    const size_t n = (size_t)rows * (size_t)cols;
+    uint16_t *h = malloc(n * sizeof *h);
+    if (!h) return ds_fail(DS_ERR, "out of memory: bf16 weight [%lld, %lld]", (long long)rows, (long long)cols);
+    for (size_t i = 0; i < n; i++) h[i] = ds_f32_to_bf16(w[i]);
+    return ds_bf16_resident_add(base, rows, cols, h, 1);
 }
 
 /* ---- device entries ---------------------------------------------------------------------------------- */
@@ -121,7 +144,7 @@ int ds_fp8_resident_add_device(const float *base, int64_t rows, int64_t cols, co
 void ds_fp8_resident_remove(const float *lo, size_t n) {
     size_t k = 0;
     for (size_t i = 0; i < g_n; i++) {
-        if (g_tab[i].base >= lo && g_tab[i].base < lo + n) free(g_tab[i].scale);
+        if (g_tab[i].base >= lo && g_tab[i].base < lo + n) free(g_tab[i].scale), free(g_tab[i].h_own);
         else g_tab[k++] = g_tab[i];
     }
     g_n = k;
@@ -137,9 +160,10 @@ size_t ds_fp8_resident_bytes(const float *lo, size_t n) {
     for (size_t i = 0; i < g_n; i++)
         if (g_tab[i].base >= lo && g_tab[i].base < lo + n) {
             const entry *e = &g_tab[i];
-            b += e->dq ? ds_fp8_resident_device_bytes(e->rows, e->cols)
-                       : (size_t)(e->rows * e->cols) + sizeof(float) * (size_t)((e->rows + e->br - 1) / e->br) *
-                                                           (size_t)((e->cols + e->bc - 1) / e->bc);
+            b += e->h    ? 2 * (size_t)(e->rows * e->cols)
+                 : e->dq ? ds_fp8_resident_device_bytes(e->rows, e->cols)
+                         : (size_t)(e->rows * e->cols) + sizeof(float) * (size_t)((e->rows + e->br - 1) / e->br) *
+                                                             (size_t)((e->cols + e->bc - 1) / e->bc);
         }
     return b;
 }
@@ -196,9 +220,15 @@ float ds_fp8_resident_decode(uint8_t code) { return e4m3_bits(code); }
 
 enum { PANEL_BYTES = 1 << 20 }; /* the dequantized panel: stays in L2 while the product reads it (4 MiB was slower) */
 
-/* y[M, N] = alpha x[M, K] W[r0 .. r0+N)^T + beta y, W resident in e. */
-static void resident_gemm(const entry *e, int64_t r0, int M, int N, int K, float alpha, const float *A, int lda,
-                          float beta, float *C, int ldc) {
+/* The tables: the host's (base: what ds_fp8_resident_ops was given), the host's for decode steps (few rows
+ * of bf16 weights through ops/gemm_small.h's kernels, the rest as ds_ops_cpu_small_m does it), the GPU's. */
+enum { HOST = 0, FEW = 1, DEV = 2 };
+
+static const ds_ops *base_of(int v) { return v == DEV ? &g_base_dev : v == FEW ? &g_few : &g_base; }
+
+/* y[M, N] = alpha x[M, K] W[r0 .. r0+N)^T + beta y, W FP8-resident in e. */
+static void resident_gemm(const ds_ops *base, const entry *e, int64_t r0, int M, int N, int K, float alpha,
+                          const float *A, int lda, float beta, float *C, int ldc) {
     int64_t P = PANEL_BYTES / ((int64_t)K * 4) / e->br * e->br;
     if (P < e->br) P = e->br;
     if (P > N) P = N;
@@ -223,35 +253,56 @@ static void resident_gemm(const entry *e, int64_t r0, int M, int N, int K, float
                 for (int64_t c = c0; c < c1; c++) wr[c] = e4m3_bits(qr[c]) * s;
             }
         }
-        g_base.gemm(0, 1, M, (int)np, K, alpha, A, lda, w, K, beta, C + n0, ldc);
+        base->gemm(0, 1, M, (int)np, K, alpha, A, lda, w, K, beta, C + n0, ldc);
     }
 }
 
-/* The resident entry behind B (NULL: an ordinary operand), checked for a forward Linear GEMM. */
-static const entry *resident_b(const float *B, int tb, int N, int K, int ldb, int64_t *r0) {
+static inline float bf16_at(const uint16_t *h, int64_t i) { return ds_bf16_to_f32(h[i]); }
+
+/* y = alpha x op(B) + beta y with B a block of a bf16 entry (row stride e->cols), as the base table (HOST:
+ * ds_ops_cpu) or the decode one (FEW: ds_ops_cpu_small_m) computes it over float32: ops/gemm_small.h. */
+static void bf16_gemm(int v, const entry *e, const uint16_t *B, int tb, int M, int N, int K, float alpha,
+                      const float *A, int lda, float beta, float *C, int ldc) {
+    if (ds_gemm_bf16w(v == FEW, tb, M, N, K, alpha, A, lda, B, (int)e->cols, beta, C, ldc))
+        fail_once(ds_fail(DS_ERR, "out of memory: widening a bf16 weight [%lld, %lld]", (long long)e->rows,
+                          (long long)e->cols));
+}
+
+/* The resident entry behind B (NULL: an ordinary operand), checked: an FP8 entry only as a forward Linear
+ * product's weight (y = x W^T over whole rows), a bf16 one as any block of itself read in place (the absorbed
+ * attention multiplies by W_UK of kv_b untransposed). *off: B's offset in the entry, in elements. */
+static const entry *resident_b(const float *B, int tb, int N, int K, int ldb, int64_t *off) {
     const entry *e = find(B);
     if (!e) return NULL;
-    const int64_t off = B - e->base;
-    if (!tb || K != e->cols || ldb != K || off % e->cols || off / e->cols + N > e->rows) {
-        fail_once(ds_fail(DS_ERR, "fp8 resident weight [%lld, %lld] used as %s operand [%d, %d] (ld %d): only "
-                          "forward Linear products read resident weights", (long long)e->rows, (long long)e->cols,
-                          tb ? "a" : "a transposed", N, K, ldb));
-        return e;
-    }
-    *r0 = off / e->cols;
-    return e;
+    *off = B - e->base;
+    const int64_t r = *off / e->cols, c = *off % e->cols;
+    const int ok = e->h ? ldb == e->cols && (tb ? c + K <= e->cols && r + N <= e->rows : c + N <= e->cols && r + K <= e->rows)
+                        : tb && K == e->cols && ldb == K && !c && r + N <= e->rows;
+    if (!ok)
+        fail_once(ds_fail(DS_ERR, "%s resident weight [%lld, %lld] used as %s operand [%d, %d] (ld %d): %s",
+                          e->h ? "bf16" : "fp8", (long long)e->rows, (long long)e->cols, tb ? "a" : "a transposed", N,
+                          K, ldb, e->h ? "not a block of it" : "only forward Linear products read resident weights"));
+    return ok ? e : NULL;
 }
 
-/* The product on entry e, on the host (dev 0: codes dequantized by panels) or on the GPU (dev 1: cuBLASLt). */
-static void resident_product(int dev, const entry *e, int64_t r0, int M, int N, int K, float alpha, const float *A,
-                             int lda, float beta, float *C, int ldc) {
+/* The product on entry e: FP8 on the host (codes dequantized by panels) or on the GPU (cuBLASLt), bf16 on
+ * the host. */
+static void resident_product(int v, const entry *e, int64_t off, int tb, int M, int N, int K, float alpha,
+                             const float *A, int lda, float beta, float *C, int ldc) {
+    const int dev = v == DEV;
     if (dev != (e->dq != NULL)) {
-        fail_once(ds_fail(DS_ERR, "fp8 resident weight [%lld, %lld] held on the %s, multiplied on the %s",
-                          (long long)e->rows, (long long)e->cols, e->dq ? "GPU" : "host", dev ? "GPU" : "host"));
+        fail_once(ds_fail(DS_ERR, "%s resident weight [%lld, %lld] held on the %s, multiplied on the %s",
+                          e->h ? "bf16" : "fp8", (long long)e->rows, (long long)e->cols, e->dq ? "GPU" : "host",
+                          dev ? "GPU" : "host"));
         return;
     }
+    if (e->h) {
+        bf16_gemm(v, e, e->h + off, tb, M, N, K, alpha, A, lda, beta, C, ldc);
+        return;
+    }
+    const int64_t r0 = off / e->cols;
     if (!dev) {
-        resident_gemm(e, r0, M, N, K, alpha, A, lda, beta, C, ldc);
+        resident_gemm(base_of(v), e, r0, M, N, K, alpha, A, lda, beta, C, ldc);
         return;
     }
 #ifdef DS_HAVE_CUDA
@@ -262,59 +313,113 @@ static void resident_product(int dev, const entry *e, int64_t r0, int M, int N, 
 #endif
 }
 
-static void gemm_on(int dev, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+static void gemm_on(int v, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                     int ldb, float beta, float *C, int ldc) {
-    const ds_ops *base = dev ? &g_base_dev : &g_base;
-    int64_t r0 = 0;
-    const entry *e = ta ? NULL : resident_b(B, tb, N, K, ldb, &r0);
-    if (!e) {
-        if (ta && find(B)) fail_once(ds_fail(DS_ERR, "fp8 resident weight used in a weight-gradient product"));
-        base->gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (ta || !find(B)) {
+        if (ta && find(B)) fail_once(ds_fail(DS_ERR, "resident weight used in a weight-gradient product"));
+        base_of(v)->gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    if (M > 0 && N > 0 && !g_status) resident_product(dev, e, r0, M, N, K, alpha, A, lda, beta, C, ldc);
+    int64_t off = 0;
+    const entry *e = resident_b(B, tb, N, K, ldb, &off);
+    if (e && M > 0 && N > 0 && !g_status) resident_product(v, e, off, tb, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 
-static void gemm_rows_on(int dev, int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A,
-                         int lda, const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+static _Thread_local struct {
+    const uint16_t **p;
+    int cap;
+} ptrs;
+
+static void gemm_rows_on(int v, int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                         const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
     if (ng <= 0) return;
-    if (!find(B)) { /* experts are all resident or none: the first one tells */
-        (dev ? &g_base_dev : &g_base)->gemm_rows(ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
+    const entry *e0 = find(B);
+    if (!e0) { /* experts are all resident or none: the first one tells */
+        base_of(v)->gemm_rows(ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
+        return;
+    }
+    if (e0->h && v != DEV) { /* bf16 experts: the grouped product the base table would run, on their weights */
+        if (ng > ptrs.cap) {
+            const uint16_t **p = realloc(ptrs.p, sizeof *p * (size_t)ng);
+            if (!p) {
+                fail_once(ds_fail(DS_ERR, "out of memory: bf16 expert table"));
+                return;
+            }
+            ptrs.p = p, ptrs.cap = ng;
+        }
+        for (int g = 0; g < ng; g++) {
+            int64_t o = 0;
+            const entry *e = off[g + 1] > off[g] ? resident_b(B + g * strideB, tb, N, K, ldb, &o) : NULL;
+            if (off[g + 1] > off[g] && (!e || !e->h)) {
+                if (e) fail_once(ds_fail(DS_ERR, "resident experts of mixed kinds"));
+                return;
+            }
+            ptrs.p[g] = e ? e->h + o : NULL;
+        }
+        if (ds_gemm_rows_bf16w(v == FEW, ng, off, tb, N, K, alpha, A, lda, ptrs.p, ldb, beta, C, ldc))
+            fail_once(ds_fail(DS_ERR, "out of memory: widening bf16 experts"));
         return;
     }
     for (int g = 0; g < ng; g++) { /* only the experts that have rows: the others' pages stay untouched */
         const int64_t a = off[g], b = off[g + 1];
         if (b > a)
-            gemm_on(dev, 0, tb, (int)(b - a), N, K, alpha, A + a * lda, lda, B + g * strideB, ldb, beta, C + a * ldc, ldc);
+            gemm_on(v, 0, tb, (int)(b - a), N, K, alpha, A + a * lda, lda, B + g * strideB, ldb, beta, C + a * ldc, ldc);
     }
 }
 
-static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                 float beta, float *C, int ldc) {
-    gemm_on(0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+/* Embedding rows of a bf16-resident table, widened to float32 (exact). */
+static void embed_on(int v, float *x, const float *table, const int32_t *tok, int n, int d) {
+    const entry *e = find(table);
+    if (!e) {
+        base_of(v)->embed_fwd(x, table, tok, n, d);
+        return;
+    }
+    if (!e->h || table != e->base || e->cols != d) {
+        fail_once(ds_fail(DS_ERR, "resident weight [%lld, %lld] read as an embedding table of width %d",
+                          (long long)e->rows, (long long)e->cols, d));
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        const uint16_t *hr = e->h + (int64_t)tok[i] * e->cols;
+        float *xr = x + (size_t)i * d;
+        for (int c = 0; c < d; c++) xr[c] = bf16_at(hr, c);
+    }
 }
 
-static void gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
-                      const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
-    gemm_rows_on(0, ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
-}
-
-static void gemm_dev(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                     float beta, float *C, int ldc) {
-    gemm_on(1, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-static void gemm_rows_dev(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
-                          const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
-    gemm_rows_on(1, ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
-}
+#define TABLE(name, v)                                                                                                 \
+    static void gemm_##name(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, \
+                            int ldb, float beta, float *C, int ldc) {                                                  \
+        gemm_on(v, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);                                              \
+    }                                                                                                                  \
+    static void gemm_rows_##name(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A,        \
+                                 int lda, const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {    \
+        gemm_rows_on(v, ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);                              \
+    }                                                                                                                  \
+    static void embed_##name(float *x, const float *table, const int32_t *tok, int n, int d) {                         \
+        embed_on(v, x, table, tok, n, d);                                                                              \
+    }                                                                                                                  \
+    __attribute__((unused)) static void table_##name(ds_ops *out, const ds_ops *base) {                                                    \
+        *out = *base;                                                                                                  \
+        out->gemm = gemm_##name;                                                                                       \
+        out->gemm_rows = gemm_rows_##name;                                                                             \
+        out->embed_fwd = embed_##name;                                                                                 \
+        out->gemm_rows_dev = NULL, out->gemm_wgrad_dev = NULL; /* resident experts: through gemm_rows */              \
+        out->moe_ffn_fwd = NULL, out->moe_ffn_bwd = NULL;      /* they read the expert weights themselves */          \
+    }
+TABLE(host, HOST)
+TABLE(few, FEW)
+TABLE(dev, DEV)
 
 void ds_fp8_resident_ops(ds_ops *out, const ds_ops *base) {
     g_base = *base;
-    *out = *base;
-    out->gemm = gemm;
-    out->gemm_rows = gemm_rows;
-    out->gemm_rows_dev = NULL, out->gemm_wgrad_dev = NULL; /* resident experts: through gemm_rows */
+    table_host(out, base);
+}
+
+int ds_resident_ops_few_rows(ds_ops *out, const ds_ops *ops) {
+    if (ops->gemm != gemm_host || g_base.gemm != ds_ops_cpu()->gemm) return 0;
+    ds_ops_cpu_small_m(&g_few);
+    table_few(out, &g_few);
+    return 1;
 }
 
 int ds_fp8_resident_ops_device(ds_ops *out, const ds_ops *base) {
@@ -322,10 +427,7 @@ int ds_fp8_resident_ops_device(ds_ops *out, const ds_ops *base) {
     if (strcmp(base->name, "cuda"))
         return ds_fail(DS_ERR, "fp8 resident weights on a device: the %s backend has no block-scaled FP8 GEMM", base->name);
     g_base_dev = *base;
-    *out = *base;
-    out->gemm = gemm_dev;
-    out->gemm_rows = gemm_rows_dev;
-    out->gemm_rows_dev = NULL, out->gemm_wgrad_dev = NULL; /* resident experts: through gemm_rows */
+    table_dev(out, base);
     return DS_OK;
 #else
     *out = *base;

@@ -38,15 +38,26 @@ struct ds_ops;
  * [rows, cols] (borrowed), scales [ceil(rows/br), ceil(cols/bc)] row-major (copied). Keys must not overlap. */
 int ds_fp8_resident_add(const float *base, int64_t rows, int64_t cols, const uint8_t *q, const float *scale,
                         int64_t br, int64_t bc);
+/* Register a bf16 weight W [rows, cols] at key `base`: h [rows, cols] bf16, borrowed (owned = 0: it must
+ * outlive the entry) or owned (owned = 1: malloc'd, freed with the entry, also on failure). */
+int ds_bf16_resident_add(const float *base, int64_t rows, int64_t cols, const uint16_t *h, int owned);
+/* The same from float32 values w [rows, cols], rounded to bf16 (nearest even) into an owned copy. */
+int ds_bf16_resident_add_f32(const float *base, int64_t rows, int64_t cols, const float *w);
+
 /* Remove every entry whose key lies in [lo, lo + n floats). */
 void ds_fp8_resident_remove(const float *lo, size_t n);
 /* Bytes held for the entries in [lo, lo + n floats): codes (mapped) and scales; device entries: their
- * ds_fp8_resident_device_bytes. */
+ * ds_fp8_resident_device_bytes; bf16 entries: 2 per element. */
 size_t ds_fp8_resident_bytes(const float *lo, size_t n);
 
-/* base with gemm and gemm_rows replaced by the resident-aware versions (base's table is copied and used for
- * everything else and for the panels' products). */
+/* base with gemm, gemm_rows and embed_fwd replaced by the resident-aware versions (base's table is copied and
+ * used for everything else and for the panels' products; its fused expert FFN is dropped). */
 void ds_fp8_resident_ops(struct ds_ops *out, const struct ds_ops *base);
+/* When ops is the table ds_fp8_resident_ops made over the CPU backend: *out = its decode form, whose base is
+ * ops/gemm_small.h ds_ops_cpu_small_m and which multiplies a few rows by bf16 weights with the bf16 few-row
+ * kernels (what the inference engine uses where the backend would get ds_ops_cpu_small_m); returns 1.
+ * Otherwise 0, *out untouched. */
+int ds_resident_ops_few_rows(struct ds_ops *out, const struct ds_ops *ops);
 
 /* Whether the GPU's block-scaled GEMM takes a [rows, cols] weight in br x bc blocks: 128x128 blocks, cols
  * (the reduction) a multiple of 128, rows a multiple of 4 (cuBLASLt's rules on sm_90, kernels/blaslt.h). */

@@ -1,6 +1,7 @@
 #include "infer/forward.h"
 
 #include "core/err.h"
+#include "fp8/resident.h"
 #include "infer/epinfer.h"
 #include "model/layer.h"
 #include "ops/gemm_small.h"
@@ -102,6 +103,8 @@ int ds_infer_create(ds_infer **out, const ds_infer_model *m, const ds_ops *ops, 
     e->cfg = c;
     if (ops == ds_ops_cpu()) { /* decode steps multiply a few rows by every weight: see ops/gemm_small.h */
         ds_ops_cpu_small_m(&e->cpu_tab);
+        ops = &e->cpu_tab;
+    } else if (ds_resident_ops_few_rows(&e->cpu_tab, ops)) { /* the same over bf16-resident weights */
         ops = &e->cpu_tab;
     }
     e->ops = ops;

@@ -32,7 +32,7 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
     const ds_config *cfg = ds_ckpt_config(c);
     ds_model_opts o = *opts;
     if (o.max_seq <= 0) o.max_seq = cfg->max_position_embeddings;
-    o.fp8_tensors = o.fp8_resident ? ds_ckpt_tensors(c) : NULL;
+    o.fp8_tensors = o.fp8_resident || o.bf16_resident ? ds_ckpt_tensors(c) : NULL;
     size_t tok_len = 0;
     const char *tok = ds_ckpt_tokenizer(c, &tok_len);
     char where[600];
@@ -45,7 +45,16 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
         ds_model_weight_bytes(out->model, !host && backend_bf16_copy(), &wb);
         const double G = 1073741824.0;
         out->fp8_resident = wb.fp8 > 0;
-        if (wb.fp8 > 0 && host)
+        out->bf16_resident = wb.bf16w > 0;
+        out->mapped = (wb.fp8 > 0 && host) || wb.bf16_mapped > 0;
+        char fp8[96] = "";
+        if (wb.fp8 > 0) snprintf(fp8, sizeof fp8, " + FP8 Linear weights %.3f GiB", wb.fp8 / G);
+        if (wb.bf16w > 0) /* what the resident weights take, and the rest (norms, expert biases) in fp32 */
+            ds_info("weights: %.3f GiB in memory: bf16 %.3f GiB (%.3f GiB mapped from the checkpoint's BF16 tensors, "
+                    "%.3f GiB rounded from its other weights)%s + fp32 %.3f GiB (all in fp32 they would take %.3f GiB)",
+                    (wb.bf16w + wb.fp8 + wb.fp32) / G, wb.bf16w / G, wb.bf16_mapped / G, (wb.bf16w - wb.bf16_mapped) / G,
+                    fp8, wb.fp32 / G, wb.expanded / G);
+        else if (wb.fp8 > 0 && host)
             ds_info("weights: %.3f GiB in memory: FP8 Linear weights %.3f GiB (E4M3 codes mapped from the checkpoint, "
                     "block scales) + fp32 %.3f GiB (expanded they would take %.3f GiB)", (wb.fp32 + wb.fp8) / G,
                     wb.fp8 / G, wb.fp32 / G, wb.expanded / G);
@@ -64,8 +73,9 @@ int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *o
     if (!rc && ds_ckpt_has_file(c, "generation_config.json"))
         rc = ds_ckpt_read_file(c, "generation_config.json", &out->generation_config, &out->generation_config_len);
     if (!rc) out->has_mtp = ds_model_mtp_depth(out->model) > 0;
-    /* the host's codes stay in the checkpoint's memory; a GPU's were copied and the mapping can go */
-    if (out->fp8_resident && ds_ops_on_host(ds_model_ops(out->model))) out->ckpt = c;
+    /* the host's FP8 codes and borrowed bf16 weights stay in the checkpoint's memory; a GPU's were copied and
+     * rounded bf16 copies are the model's own: then the mapping (and the file pages it read) can go */
+    if (!rc && out->mapped) out->ckpt = c;
     else ds_ckpt_close(c);
     if (rc) ds_loaded_free(out);
     return rc;

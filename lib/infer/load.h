@@ -22,13 +22,16 @@ typedef struct {
     int has_mtp;         /* MTP tensors were present */
     int fp8_resident;    /* some Linear weights stayed FP8 (opts.fp8_resident): the model's Linear GEMMs
                             (ds_model_linear_ops) must be the engine's too */
+    int bf16_resident;   /* the weights are bf16 (opts.bf16_resident): every GEMM goes through ds_model_ops */
+    int mapped;          /* resident weights borrow the checkpoint's memory (kept open in ckpt) */
     struct ds_ckpt *ckpt; /* kept open while resident weights borrow its memory */
     char where[512];     /* the path as given, for messages */
 } ds_loaded;
 
 /* opts sizes the model's own activations (for --score: one sequence of up to the context length;
  * max_seq 0 = the config's max_position_embeddings). With opts->fp8_resident, an FP8 checkpoint's Linear
- * weights stay FP8, borrowed from the checkpoint's memory map (model.h); the weights' memory is logged
+ * weights stay FP8, borrowed from the checkpoint's memory map (model.h); with opts->bf16_resident the other
+ * weights are bf16, borrowed where the checkpoint stores BF16, else rounded; the weights' memory is logged
  * before they are read. */
 int ds_load_checkpoint(const char *path, const ds_model_opts *opts, ds_loaded *out);
 void ds_loaded_free(ds_loaded *l);

@@ -73,8 +73,9 @@ struct ds_model {
     ds_param *params;
     int n_params;
     size_t n_floats;
-    size_t resident_floats;     /* of them, FP8-resident (never touched) */
-    double fp8_bytes;           /* the resident weights' codes and scales */
+    size_t resident_floats;     /* of them, resident (never touched): FP8 or bf16 */
+    double fp8_bytes;           /* the FP8-resident weights' codes and scales */
+    double bf16_bytes, bf16_mapped; /* the bf16-resident weights; of them, borrowed from the checkpoint */
     /* FP8-resident on the GPU (ds_params_compact): w holds only the n_held float parameters, parameter i at
      * w + dev_off[i]; a resident one (dev_off[i] == SIZE_MAX) has the address keys + offset, in a reserved
      * host range no device allocation can take (a key for fp8/resident.h, never dereferenced), and its

@@ -158,7 +158,7 @@ int ds_model_weight_plan(const ds_config *cfg, const ds_st_set *s, int device, i
     memset(out, 0, sizeof *out);
     ds_model *m = calloc(1, sizeof *m);
     if (!m) return ds_fail(DS_ERR, "out of memory: model");
-    ds_model_opts o = {.max_batch = 1, .max_seq = 1};
+    ds_model_opts o = {.max_batch = 1, .max_seq = 1, .fp8_resident = 1};
     int rc = model_shape(m, cfg, &o);
     if (!rc) rc = ds_params_layout(m, 1);
     if (!rc) { /* the marking ds_model_create does: the table only, nothing allocated */
@@ -221,11 +221,17 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     } while (0)
     if ((rc = ds_params_layout(m, 1))) goto fail;
     const int on_host = !strcmp(ops->name, "cpu");
-    if (m->opts.fp8_resident && m->opts.fp8_tensors) {
+    if (m->opts.bf16_resident && !on_host) FAIL("model: bf16-resident weights are held on the CPU, not on %s", ops->name);
+    if (m->opts.bf16_resident && m->ep_n > 1) FAIL("model: bf16-resident weights and expert parallelism do not go together");
+    if ((m->opts.fp8_resident && m->opts.fp8_tensors) || m->opts.bf16_resident) {
         if (m->opts.linear_ops || m->opts.train)
-            FAIL("model: FP8-resident weights are for inference with their own Linear GEMMs (no --w8a8)");
+            FAIL("model: resident (FP8 or bf16) weights are for inference with their own GEMMs (no --w8a8)");
         ds_model_mark_resident(m, m->opts.fp8_tensors, !on_host);
-        if (m->resident_floats) { /* the Linear GEMMs read the resident codes; kv_b is never resident */
+        if (m->bf16_bytes > 0) { /* every product may read a bf16 weight: the resident table is the backend */
+            ds_fp8_resident_ops(&m->lin_tab, ops);
+            m->ops = m->lin = m->lin_kvb = m->lin_o = &m->lin_tab;
+            ops = m->ops;
+        } else if (m->resident_floats) { /* the Linear GEMMs read the resident codes; kv_b is never resident */
             if (on_host) ds_fp8_resident_ops(&m->lin_tab, ops);
             /* a device: the parameter buffer leaves the resident weights out (ds_params_compact) */
             else if ((rc = ds_fp8_resident_ops_device(&m->lin_tab, ops)) || (rc = ds_params_compact(m))) goto fail;
@@ -244,7 +250,7 @@ int ds_model_create(ds_model **out, const ds_config *cfg, const ds_model_opts *o
     ds_act_layout(m, &count, m->n_max);
     if (on_host) {
         /* refuse what cannot fit before touching the allocator (the 671B shape on a workstation) */
-        double need = (double)(pbytes - sizeof(float) * m->resident_floats) * (m->opts.train ? 2 : 1) + m->fp8_bytes +
+        double need = (double)(pbytes - sizeof(float) * m->resident_floats) * (m->opts.train ? 2 : 1) + m->fp8_bytes + m->bf16_bytes +
                       (double)count.used;
         double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
         if (have > 0 && need > have)

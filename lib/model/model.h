@@ -22,6 +22,8 @@
 #include "dist/comm.h"
 #include "io/config.h"
 
+enum { DS_RESIDENT_FP8 = 1, DS_RESIDENT_BF16 = 2 }; /* ds_param.resident */
+
 typedef enum {
     DS_PARAM_MATRIX = 0, /* linear weights: weight decay applies */
     DS_PARAM_EMBED,      /* embedding table */
@@ -39,7 +41,8 @@ typedef struct {
     ds_param_kind kind;
     int layer;  /* -1 for embedding, final norm, head */
     int expert; /* routed expert index, or -1 */
-    int resident; /* FP8-resident (opts.fp8_resident): its floats are an address range, never touched */
+    int resident; /* resident (DS_RESIDENT_FP8: opts.fp8_resident, DS_RESIDENT_BF16: opts.bf16_resident): its
+                     floats are an address range, never touched; 0: an ordinary float parameter */
 } ds_param;
 
 /* Pointers into the parameter (or gradient) buffer for one decoder layer. NULL where absent. */
@@ -139,6 +142,12 @@ typedef struct {
      * ds_fp8_resident_ops (linear_ops must be NULL), and the model cannot be saved or trained. */
     int fp8_resident;
     const struct ds_st_set *fp8_tensors;
+    /* CPU inference: every other 2-D weight (Linear projections with kv_b and eh_proj, experts, router,
+     * embedding, head) held as bf16 (fp8/resident.h ds_bf16_resident_add: rounded to nearest even, or borrowed
+     * from fp8_tensors' mapping where it stores BF16; fp8_tensors may then be the checkpoint without
+     * fp8_resident); norms and expert biases stay float32. Every GEMM and the embedding go through the
+     * resident table (ds_model_ops returns it; linear_ops must be NULL); the model cannot be saved or trained. */
+    int bf16_resident;
     /* Expert parallelism (docs/DESIGN.md "Expert parallelism"): with ep_size N > 1 this model holds only
      * the routed experts [ep_rank*E/N, (ep_rank+1)*E/N) of every MoE layer, laid out after every other
      * tensor (ds_model_expert_range), and each MoE layer sends its tokens to the ranks of ep_comm that
@@ -184,8 +193,8 @@ const ds_weights *ds_model_grad_weights(const ds_model *m);
 float *ds_model_expert_bias(ds_model *m, int layer);
 /* The Linear layers' GEMM table (opts.linear_ops, the FP8-resident table, or the backend's). */
 const struct ds_ops *ds_model_linear_ops(const ds_model *m);
-/* What the weights hold in memory: fp32 bytes written (parameters and expert biases) and FP8-resident
- * bytes (codes, mapped from the checkpoint, and scales); known from ds_model_create on. */
+/* What the weights hold in memory: fp32 bytes written (parameters and expert biases) and resident bytes
+ * (FP8 codes, mapped from the checkpoint, and scales; bf16 weights); known from ds_model_create on. */
 void ds_model_weight_memory(const ds_model *m, double *fp32_bytes, double *fp8_bytes);
 
 /* What the weights take on the backend, as ds_model_create lays them out. */
@@ -194,6 +203,8 @@ typedef struct {
     double bf16;     /* the backend's bf16 copy of the float parameters (the CUDA backend's bf16 GEMMs), if asked */
     double fp8;      /* FP8-resident codes and block scales: mapped on the host; on a GPU, device memory with
                         the scale rows padded as cuBLASLt reads them (fp8/resident.h) */
+    double bf16w;    /* bf16-resident weights (opts.bf16_resident), 2 bytes an element */
+    double bf16_mapped; /* of them, borrowed from a BF16 checkpoint's mapping (the rest rounded into memory) */
     double expanded; /* fp32 + bf16 with every weight expanded: the same load without FP8 residency */
     int resident;    /* FP8-resident tensors */
 } ds_weight_bytes;

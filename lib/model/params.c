@@ -215,7 +215,7 @@ void ds_params_compact_free(ds_model *m) {
 }
 
 int ds_model_init(ds_model *m, uint64_t seed) {
-    if (m->resident_floats) return ds_fail(DS_ERR, "model: FP8-resident weights come from a checkpoint, not from an init");
+    if (m->resident_floats) return ds_fail(DS_ERR, "model: resident (FP8 or bf16) weights come from a checkpoint, not from an init");
     float std = m->cfg.ds_init_std > 0 ? (float)m->cfg.ds_init_std : 0.006f;
     const ds_ops *ops = m->ops;
     int on_host = !strcmp(ops->name, "cpu");
@@ -262,7 +262,7 @@ const struct ds_ops *ds_model_linear_ops(const ds_model *m) { return m->lin; }
 
 void ds_model_weight_memory(const ds_model *m, double *fp32_bytes, double *fp8_bytes) {
     *fp32_bytes = (double)sizeof(float) * (double)(m->n_floats - m->resident_floats + (size_t)m->n_moe * m->dims.E);
-    *fp8_bytes = m->fp8_bytes;
+    *fp8_bytes = m->fp8_bytes + m->bf16_bytes;
 }
 
 void ds_model_weight_bytes(const ds_model *m, int bf16_copy, ds_weight_bytes *out) {
@@ -270,6 +270,8 @@ void ds_model_weight_bytes(const ds_model *m, int bf16_copy, ds_weight_bytes *ou
     out->fp32 = sizeof(float) * (held + bias);
     out->bf16 = bf16_copy ? 2.0 * held : 0;
     out->fp8 = m->fp8_bytes;
+    out->bf16w = m->bf16_bytes;
+    out->bf16_mapped = m->bf16_mapped;
     out->expanded = sizeof(float) * ((double)m->n_floats + bias) + (bf16_copy ? 2.0 * (double)m->n_floats : 0);
     out->resident = 0;
     for (int i = 0; i < m->n_params; i++) out->resident += m->params[i].resident;

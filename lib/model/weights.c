@@ -143,17 +143,36 @@ static int resident_kind(const ds_param *p) {
     return p->kind == DS_PARAM_MATRIX && p->ndim == 2 && !strstr(p->name, "kv_b_proj") && !strstr(p->name, "eh_proj");
 }
 
+/* bf16-resident (model.h opts.bf16_resident): every 2-D weight but the norms. A checkpoint without the MTP
+ * module (s lacks its eh_proj) leaves that module's weights out: they are not loaded. */
+static int bf16_kind(const ds_model *m, const ds_st_set *s, const ds_param *p) {
+    if (p->ndim != 2 || p->kind == DS_PARAM_NORM) return 0;
+    if (s && p->layer >= m->cfg.num_hidden_layers) {
+        char name[64];
+        snprintf(name, sizeof name, "model.layers.%d.eh_proj.weight", p->layer);
+        return ds_st_set_find(s, name) != NULL;
+    }
+    return 1;
+}
+
+/* A BF16 tensor of s that a bf16-resident parameter can borrow as it is (its shape, 2-byte aligned), or NULL. */
+static const ds_st_tensor *bf16_source(const ds_st_set *s, const ds_param *p) {
+    const ds_st_tensor *t = s ? ds_st_set_find(s, p->name) : NULL;
+    return t && t->dtype == DS_BF16 && ds_st_shape_is(t, 2, p->shape) && !((uintptr_t)t->data % 2) ? t : NULL;
+}
+
 void ds_model_mark_resident(ds_model *m, const ds_st_set *s, int device) {
     m->resident_floats = 0;
-    m->fp8_bytes = 0;
+    m->fp8_bytes = m->bf16_bytes = m->bf16_mapped = 0;
     int64_t br, bc;
     block_shape(m, &br, &bc);
     char sname[160];
     for (int i = 0; i < m->n_params; i++) {
         ds_param *p = &m->params[i];
-        const ds_st_tensor *t = resident_kind(p) ? ds_st_set_find(s, p->name) : NULL;
+        const ds_st_tensor *t = m->opts.fp8_resident && resident_kind(p) ? ds_st_set_find(s, p->name) : NULL;
         snprintf(sname, sizeof sname, "%s_scale_inv", p->name);
-        p->resident = t && t->dtype == DS_F8_E4M3 && ds_st_shape_is(t, 2, p->shape) && ds_st_set_find(s, sname);
+        p->resident = t && t->dtype == DS_F8_E4M3 && ds_st_shape_is(t, 2, p->shape) && ds_st_set_find(s, sname)
+                          ? DS_RESIDENT_FP8 : 0;
         /* the GPU's block-scaled GEMM takes some shapes only: the others are expanded as before */
         if (device && p->resident) p->resident = ds_fp8_resident_device_ok(p->shape[0], p->shape[1], br, bc);
     }
@@ -166,10 +185,19 @@ void ds_model_mark_resident(ds_model *m, const ds_st_set *s, int device) {
         for (int k = i; !all && k < j; k++) m->params[k].resident = 0;
         i = j > i ? j : i + 1;
     }
+    for (int i = 0; i < m->n_params && m->opts.bf16_resident && !device; i++) {
+        ds_param *p = &m->params[i];
+        if (!p->resident && bf16_kind(m, s, p)) p->resident = DS_RESIDENT_BF16;
+    }
     for (int i = 0; i < m->n_params; i++) {
         const ds_param *p = &m->params[i];
         if (!p->resident) continue;
         m->resident_floats += p->numel;
+        if (p->resident == DS_RESIDENT_BF16) {
+            m->bf16_bytes += 2.0 * (double)p->numel;
+            if (bf16_source(s, p)) m->bf16_mapped += 2.0 * (double)p->numel;
+            continue;
+        }
         snprintf(sname, sizeof sname, "%s_scale_inv", p->name);
         m->fp8_bytes += device ? (double)ds_fp8_resident_device_bytes(p->shape[0], p->shape[1])
                                : (double)p->numel + (double)ds_st_set_find(s, sname)->numel * sizeof(float);
@@ -188,6 +216,30 @@ static int register_resident(const ds_model *m, const ds_st_set *s, used_set *u,
     int rc = dev ? ds_fp8_resident_add_device(key, p->shape[0], p->shape[1], t->data, scale, br, bc, dev, m->ops)
                  : ds_fp8_resident_add(key, p->shape[0], p->shape[1], t->data, scale, br, bc);
     free(scale);
+    return rc ? ds_fail_ctx(rc, "%s", p->name) : DS_OK;
+}
+
+/* Register bf16-resident parameter p at key `key`: borrowed from s where it is stored as BF16, else read as
+ * float32 (through *tmp, grown as needed) and rounded. */
+static int register_bf16(const ds_model *m, const ds_st_set *s, used_set *u, const ds_param *p, float *key,
+                         float **tmp, size_t *tmp_n) {
+    const ds_st_tensor *t = ds_st_set_find(s, p->name);
+    if (!t) return ds_fail(DS_ERR, "checkpoint: missing tensor %s", p->name);
+    if (!ds_st_shape_is(t, 2, p->shape)) return shape_error(s, t, 2, p->shape);
+    int rc;
+    if (bf16_source(s, p)) {
+        use(u, t->name);
+        rc = ds_bf16_resident_add(key, p->shape[0], p->shape[1], t->data, 0);
+    } else {
+        if (p->numel > *tmp_n) {
+            free(*tmp);
+            *tmp = malloc(sizeof(float) * p->numel);
+            *tmp_n = *tmp ? p->numel : 0;
+            if (!*tmp) return ds_fail(DS_ERR, "out of memory: reading %s", p->name);
+        }
+        rc = read_f32(m, s, t, *tmp, u);
+        if (!rc) rc = ds_bf16_resident_add_f32(key, p->shape[0], p->shape[1], *tmp);
+    }
     return rc ? ds_fail_ctx(rc, "%s", p->name) : DS_OK;
 }
 
@@ -222,13 +274,22 @@ static int load_fused_experts(ds_model *m, const ds_st_set *s, int l, int *done,
     if (!tmp) return ds_fail(DS_ERR, "out of memory: reading %s", gu);
     int rc = read_f32(m, s, tg, tmp, u);
     const ds_layer_w *w = &m->W.layer[l];
+    const int bf16 = m->bf16_bytes > 0; /* every 2-D weight is bf16-resident (model.h): rounded copies */
     for (int e = m->e0; !rc && e < m->e0 + m->ne; e++) { /* this rank's experts (all without expert parallelism) */
         /* gate_up_proj[e] rows [0, Ie) are gate_proj, [Ie, 2 Ie) up_proj (transformers chunks the output) */
-        m->ops->copy(w->exp_gate + (e - m->e0) * mat, tmp + 2 * e * mat, sizeof(float) * mat, DS_COPY_H2D);
-        m->ops->copy(w->exp_up + (e - m->e0) * mat, tmp + (2 * e + 1) * mat, sizeof(float) * mat, DS_COPY_H2D);
+        float *g = w->exp_gate + (e - m->e0) * mat, *up = w->exp_up + (e - m->e0) * mat;
+        if (bf16) {
+            rc = ds_bf16_resident_add_f32(g, d->Ie, d->D, tmp + 2 * e * mat);
+            if (!rc) rc = ds_bf16_resident_add_f32(up, d->Ie, d->D, tmp + (2 * e + 1) * mat);
+            continue;
+        }
+        m->ops->copy(g, tmp + 2 * e * mat, sizeof(float) * mat, DS_COPY_H2D);
+        m->ops->copy(up, tmp + (2 * e + 1) * mat, sizeof(float) * mat, DS_COPY_H2D);
     }
     if (!rc) rc = read_f32(m, s, td, tmp, u);
-    if (!rc) m->ops->copy(w->exp_down, tmp + m->e0 * mat, sizeof(float) * mat * m->ne, DS_COPY_H2D);
+    for (int e = m->e0; !rc && bf16 && e < m->e0 + m->ne; e++)
+        rc = ds_bf16_resident_add_f32(w->exp_down + (e - m->e0) * mat, d->D, d->Ie, tmp + e * mat);
+    if (!rc && !bf16) m->ops->copy(w->exp_down, tmp + m->e0 * mat, sizeof(float) * mat * m->ne, DS_COPY_H2D);
     free(tmp);
     *done = !rc;
     return rc;
@@ -263,13 +324,16 @@ int ds_model_load_weights(ds_model *m, const ds_st_set *s) {
     int active = L + m->mtp_depth;
     for (int l = 0; !rc && l < active; l++)
         if (m->moe_slot[l] >= 0 && ds_model_holds(m, l, 0)) rc = load_fused_experts(m, s, l, &fused[l], &u);
+    float *tmp = NULL; /* bf16-resident weights read from other dtypes, before rounding */
+    size_t tmp_n = 0;
     size_t dev_at = 0; /* GPU: the next resident weight's place in m->fp8_dev (every resident one has its place) */
     for (int i = 0; !rc && i < m->n_params; i++) {
         const ds_param *p = &m->params[i];
         void *dev = m->fp8_dev && p->resident ? (char *)m->fp8_dev + dev_at : NULL;
         if (dev) dev_at += ds_fp8_resident_device_bytes(p->shape[0], p->shape[1]);
         if (p->layer >= active || (p->expert >= 0 && fused[p->layer])) continue;
-        if (p->resident) rc = register_resident(m, s, &u, p, ds_param_ptr(m, i), dev);
+        if (p->resident == DS_RESIDENT_BF16) rc = register_bf16(m, s, &u, p, ds_param_ptr(m, i), &tmp, &tmp_n);
+        else if (p->resident) rc = register_resident(m, s, &u, p, ds_param_ptr(m, i), dev);
         else rc = load_one(m, s, &st, &u, p->name, p->ndim, p->shape, ds_param_ptr(m, i), p->numel);
     }
     for (int l = 0; !rc && l < active; l++) {
@@ -285,6 +349,7 @@ int ds_model_load_weights(ds_model *m, const ds_st_set *s) {
     }
     if (!rc) report_unused(m, s, &u);
     if (!st.on_host) free(st.buf);
+    free(tmp);
     free(u.v);
     free(fused);
     m->ops->params_changed(m->w, m->n_held);
@@ -309,7 +374,7 @@ static int save_list(ds_model *m, const ds_weights_save_opts *o, out_tensor **li
     int L = m->cfg.num_hidden_layers, active = L + m->mtp_depth;
     size_t cap = (size_t)m->n_params + m->n_moe + 2 * (size_t)m->mtp_depth + 1, n = 0;
     if (m->resident_floats) /* their floats were never written */
-        return ds_fail(DS_ERR, "model: FP8-resident weights cannot be saved");
+        return ds_fail(DS_ERR, "model: resident (FP8 or bf16) weights cannot be saved");
     out_tensor *v = calloc(cap, sizeof *v);
     if (!v) return ds_fail(DS_ERR, "out of memory: saving");
     for (int i = 0; i < m->n_params; i++) {

@@ -1,6 +1,8 @@
 /* The CPU backend table: host memory, OpenBLAS sgemm, and the OpenMP ops of cpu_*.c. */
 #include "ops/cpu_internal.h"
 
+#include "core/dtype.h"
+
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,8 +64,47 @@ void ds_cpu_blas_single(void) {
     if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
 }
 
-void ds_cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                 float beta, float *C, int ldc) {
+/* The B operand of a product: float32 (h NULL), or bf16 weights (ds_cpu_gemm_bf16) that each single-threaded
+ * product widens (exactly) into a per-thread scratch before sgemm reads them, so the bf16 products make the
+ * same OpenBLAS calls on the same values as the float32 ones: bit-identical results. */
+typedef struct {
+    const float *f;
+    const uint16_t *h;
+} gemm_b;
+
+static _Thread_local struct {
+    float *p;
+    size_t cap;
+} widened;
+static int widen_failed; /* a scratch that could not be allocated (ds_cpu_gemm_bf16 reports it) */
+
+/* ds_cpu_gemm1 on columns [j0, j0 + N) of op(B) */
+static void gemm1_b(int ta, int tb, int M, int j0, int N, int K, float alpha, const float *A, int lda, gemm_b b,
+                    int ldb, float beta, float *C, int ldc) {
+    if (!b.h) {
+        ds_cpu_gemm1(ta, tb, M, N, K, alpha, A, lda, tb ? b.f + (size_t)j0 * ldb : b.f + j0, ldb, beta, C, ldc);
+        return;
+    }
+    const size_t n = (size_t)N * (size_t)K;
+    if (n > widened.cap) {
+        free(widened.p);
+        widened.p = ds_cpu_alloc(n * sizeof(float));
+        widened.cap = widened.p ? n : 0;
+        if (!widened.p) {
+            widen_failed = 1;
+            return;
+        }
+    }
+    float *w = widened.p;
+    const int rows = tb ? N : K, cols = tb ? K : N; /* op(B)'s slab as stored: [N, K] rows, or [K, N] columns */
+    const uint16_t *h = b.h + (tb ? (size_t)j0 * ldb : (size_t)j0);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) w[(size_t)r * cols + c] = ds_bf16_to_f32(h[(size_t)r * ldb + c]);
+    ds_cpu_gemm1(ta, tb, M, N, K, alpha, A, lda, w, cols, beta, C, ldc);
+}
+
+static void gemm_any(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, gemm_b b, int ldb,
+                     float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) {
         /* sgemm would still scale C by beta; beta == 0 must clear NaNs too */
@@ -79,7 +120,7 @@ void ds_cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *
     ds_cpu_blas_single();
     int nt = omp_get_max_threads();
     if (nt <= 1 || (double)M * N * K < (double)(1 << 20)) {
-        ds_cpu_gemm1(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        gemm1_b(ta, tb, M, 0, N, K, alpha, A, lda, b, ldb, beta, C, ldc);
         return;
     }
     /* split the longer side of C into one slab per thread (multiples of 16 rows/columns) */
@@ -90,11 +131,23 @@ void ds_cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *
     for (int p = 0; p < parts; p++) {
         int a = p * chunk, z = a + chunk < len ? a + chunk : len;
         if (split_m)
-            ds_cpu_gemm1(ta, tb, z - a, N, K, alpha, ta ? A + a : A + (size_t)a * lda, lda, B, ldb, beta, C + (size_t)a * ldc,
-                  ldc);
+            gemm1_b(ta, tb, z - a, 0, N, K, alpha, ta ? A + a : A + (size_t)a * lda, lda, b, ldb, beta,
+                    C + (size_t)a * ldc, ldc);
         else
-            ds_cpu_gemm1(ta, tb, M, z - a, K, alpha, A, lda, tb ? B + (size_t)a * ldb : B + a, ldb, beta, C + a, ldc);
+            gemm1_b(ta, tb, M, a, z - a, K, alpha, A, lda, b, ldb, beta, C + a, ldc);
     }
+}
+
+void ds_cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc) {
+    gemm_any(ta, tb, M, N, K, alpha, A, lda, (gemm_b){B, NULL}, ldb, beta, C, ldc);
+}
+
+int ds_cpu_gemm_bf16(int tb, int M, int N, int K, float alpha, const float *A, int lda, const uint16_t *B, int ldb,
+                     float beta, float *C, int ldc) {
+    widen_failed = 0;
+    gemm_any(0, tb, M, N, K, alpha, A, lda, (gemm_b){NULL, B}, ldb, beta, C, ldc);
+    return widen_failed ? -1 : 0;
 }
 
 /* Groups run in parallel, one single-threaded GEMM each (outputs are disjoint); a group much larger than
@@ -103,20 +156,37 @@ int ds_cpu_group_alone(const int64_t *off, int g, int ng) {
     return (off[g + 1] - off[g]) * 2 * omp_get_max_threads() > off[ng] - off[0] + 1;
 }
 
-void ds_cpu_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
-                      const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+/* group g's weight: B + g * strideB, or Bh[g] */
+static gemm_b group_b(const float *B, size_t strideB, const uint16_t *const *Bh, int g) {
+    return Bh ? (gemm_b){NULL, Bh[g]} : (gemm_b){B + (size_t)g * strideB, NULL};
+}
+
+static void rows_any(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, size_t strideB, const uint16_t *const *Bh, int ldb, float beta, float *C, int ldc) {
     ds_cpu_blas_single();
 #pragma omp parallel for schedule(dynamic, 1)
     for (int g = 0; g < ng; g++) {
         int64_t r0 = off[g], r1 = off[g + 1];
         if (r1 <= r0 || ds_cpu_group_alone(off, g, ng)) continue;
-        ds_cpu_gemm1(0, tb, (int)(r1 - r0), N, K, alpha, A + (size_t)r0 * lda, lda, B + (size_t)g * strideB, ldb, beta,
-              C + (size_t)r0 * ldc, ldc);
+        gemm1_b(0, tb, (int)(r1 - r0), 0, N, K, alpha, A + (size_t)r0 * lda, lda, group_b(B, strideB, Bh, g), ldb, beta,
+                C + (size_t)r0 * ldc, ldc);
     }
     for (int g = 0; g < ng; g++)
         if (off[g + 1] > off[g] && ds_cpu_group_alone(off, g, ng))
-            ds_cpu_gemm(0, tb, (int)(off[g + 1] - off[g]), N, K, alpha, A + (size_t)off[g] * lda, lda,
-                        B + (size_t)g * strideB, ldb, beta, C + (size_t)off[g] * ldc, ldc);
+            gemm_any(0, tb, (int)(off[g + 1] - off[g]), N, K, alpha, A + (size_t)off[g] * lda, lda,
+                     group_b(B, strideB, Bh, g), ldb, beta, C + (size_t)off[g] * ldc, ldc);
+}
+
+void ds_cpu_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, size_t strideB, int ldb, float beta, float *C, int ldc) {
+    rows_any(ng, off, tb, N, K, alpha, A, lda, B, strideB, NULL, ldb, beta, C, ldc);
+}
+
+int ds_cpu_gemm_rows_bf16(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                          const uint16_t *const *B, int ldb, float beta, float *C, int ldc) {
+    widen_failed = 0;
+    rows_any(ng, off, tb, N, K, alpha, A, lda, NULL, 0, B, ldb, beta, C, ldc);
+    return widen_failed ? -1 : 0;
 }
 
 void ds_cpu_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,

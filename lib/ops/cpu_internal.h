@@ -39,6 +39,13 @@ void ds_cpu_moe_ffn_bwd(int ne, const int64_t *off, int D, int I, const float *x
 void ds_cpu_moe_combine_bwd_row(float *dact, float *dw, const float *z, const float *act, float w, int I);
 void ds_cpu_gemm_rows(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
                       const float *B, size_t strideB, int ldb, float beta, float *C, int ldc);
+/* ds_cpu_gemm and ds_cpu_gemm_rows (A not transposed) with bf16 weights: every single-threaded product widens
+ * its slab of B into a per-thread scratch first (the slab's floats: at most the whole weight), so the products
+ * are bit-identical to the float32 ones over the widened weights. -1: a scratch could not be allocated. */
+int ds_cpu_gemm_bf16(int tb, int M, int N, int K, float alpha, const float *A, int lda, const uint16_t *B, int ldb,
+                     float beta, float *C, int ldc);
+int ds_cpu_gemm_rows_bf16(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                          const uint16_t *const *B, int ldb, float beta, float *C, int ldc);
 void ds_cpu_gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
                        const float *B, int ldb, float beta, float *C, size_t strideC, int ldc);
 

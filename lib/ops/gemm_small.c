@@ -67,12 +67,43 @@ static inline v16 hsum16x4(v16 s0, v16 s1, v16 s2, v16 s3) {
             SHUF1(c, 3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15, 3, 7, 11, 15));
 }
 
-/* C[i, j] for 4 consecutive rows j of B [N,K] and every row i of A: the four weight rows stay in L1 while
- * every row of A passes over them. Each dot: 16 lane sums over k < K16 in order, the lanes reduced as
- * hsum16 does, then the remaining k in order; the single-row variant below computes exactly the same. */
-static void nt_block4(int M, int K, float alpha, const float *A, int lda, const float *b0, int ldb, float beta,
-                      float *C, int ldc, const float *next) {
-    const float *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+/* The weights B are float32 (bf = 0) or bfloat16 (bf = 1): every kernel below takes B as bytes and `bf` as
+ * a constant its callers pass, so each is compiled twice. A bf16 weight becomes its float32 value by a
+ * 16-bit shift (exact) right after the load, and everything after the load is the same code: a product over
+ * bf16 weights is bit-identical to the float32 product over the same weights rounded to bf16 beforehand. */
+#define INL static inline __attribute__((always_inline))
+
+INL size_t wsize(int bf) { return bf ? 2 : 4; }
+
+/* 16 weights at element k of the row at p, as floats */
+INL v16 loadw(const char *p, size_t k, int bf) {
+    if (!bf) return load16((const float *)p + k);
+#if defined(__AVX512F__)
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + k));
+    return (v16)_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+#else
+    const uint16_t *q = (const uint16_t *)p + k;
+    v16i u;
+    for (int l = 0; l < 16; l++) u[l] = (int)((uint32_t)q[l] << 16);
+    return (v16)u;
+#endif
+}
+
+INL float wat(const char *p, size_t k, int bf) {
+    if (!bf) return ((const float *)p)[k];
+    const uint32_t u = (uint32_t)((const uint16_t *)p)[k] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* C[i, j] for 4 consecutive rows j of B [N,K]: the four weight rows stay in L1 while every row of A
+ * passes over them. Each dot: 16 lane sums over k < K16 in order, the lanes reduced as hsum16 does, then
+ * the remaining k in order; the single-row variant below computes exactly the same. */
+INL void nt_block4(int M, int K, float alpha, const float *A, int lda, const char *b0, int ldb, float beta, float *C,
+                   int ldc, const char *next, int bf) {
+    const size_t rs = (size_t)ldb * wsize(bf);
+    const char *b1 = b0 + rs, *b2 = b1 + rs, *b3 = b2 + rs;
     const int K16 = K & ~15;
     for (int i = 0; i < M; i++) {
         const float *a = A + (size_t)i * lda;
@@ -80,30 +111,31 @@ static void nt_block4(int M, int K, float alpha, const float *A, int lda, const 
         if (i == 0 && next) /* the first pass brings these rows from memory: ask for the next four meanwhile */
             for (int k = 0; k < K16; k += 16) {
                 v16 x = load16(a + k);
-                __builtin_prefetch(next + k);
-                __builtin_prefetch(next + ldb + k);
-                __builtin_prefetch(next + 2 * (size_t)ldb + k);
-                __builtin_prefetch(next + 3 * (size_t)ldb + k);
-                s0 = fma16(s0, x, load16(b0 + k));
-                s1 = fma16(s1, x, load16(b1 + k));
-                s2 = fma16(s2, x, load16(b2 + k));
-                s3 = fma16(s3, x, load16(b3 + k));
+                const size_t kb = (size_t)k * wsize(bf);
+                __builtin_prefetch(next + kb);
+                __builtin_prefetch(next + rs + kb);
+                __builtin_prefetch(next + 2 * rs + kb);
+                __builtin_prefetch(next + 3 * rs + kb);
+                s0 = fma16(s0, x, loadw(b0, k, bf));
+                s1 = fma16(s1, x, loadw(b1, k, bf));
+                s2 = fma16(s2, x, loadw(b2, k, bf));
+                s3 = fma16(s3, x, loadw(b3, k, bf));
             }
         else
             for (int k = 0; k < K16; k += 16) {
                 v16 x = load16(a + k);
-                s0 = fma16(s0, x, load16(b0 + k));
-                s1 = fma16(s1, x, load16(b1 + k));
-                s2 = fma16(s2, x, load16(b2 + k));
-                s3 = fma16(s3, x, load16(b3 + k));
+                s0 = fma16(s0, x, loadw(b0, k, bf));
+                s1 = fma16(s1, x, loadw(b1, k, bf));
+                s2 = fma16(s2, x, loadw(b2, k, bf));
+                s3 = fma16(s3, x, loadw(b3, k, bf));
             }
         v16 h = hsum16x4(s0, s1, s2, s3);
         float r0 = h[0], r1 = h[1], r2 = h[2], r3 = h[3];
         for (int k = K16; k < K; k++) {
-            r0 += a[k] * b0[k];
-            r1 += a[k] * b1[k];
-            r2 += a[k] * b2[k];
-            r3 += a[k] * b3[k];
+            r0 += a[k] * wat(b0, k, bf);
+            r1 += a[k] * wat(b1, k, bf);
+            r2 += a[k] * wat(b2, k, bf);
+            r3 += a[k] * wat(b3, k, bf);
         }
         float *c = C + (size_t)i * ldc;
         put(c, r0, alpha, beta);
@@ -113,34 +145,35 @@ static void nt_block4(int M, int K, float alpha, const float *A, int lda, const 
     }
 }
 
-static void nt_block1(int M, int K, float alpha, const float *A, int lda, const float *b0, float beta, float *C,
-                      int ldc) {
+INL void nt_block1(int M, int K, float alpha, const float *A, int lda, const char *b0, float beta, float *C, int ldc,
+                   int bf) {
     const int K16 = K & ~15;
     for (int i = 0; i < M; i++) {
         const float *a = A + (size_t)i * lda;
         v16 s0 = {0};
-        for (int k = 0; k < K16; k += 16) s0 = fma16(s0, load16(a + k), load16(b0 + k));
+        for (int k = 0; k < K16; k += 16) s0 = fma16(s0, load16(a + k), loadw(b0, k, bf));
         float r0 = hsum16(s0);
-        for (int k = K16; k < K; k++) r0 += a[k] * b0[k];
+        for (int k = K16; k < K; k++) r0 += a[k] * wat(b0, k, bf);
         put(C + (size_t)i * ldc, r0, alpha, beta);
     }
 }
 
 /* C[:, j0:j1] with B [N,K] (tb=1); j0 a multiple of 4 so an element's path depends on j and N only */
-static void small_nt(int M, int j0, int j1, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                     float beta, float *C, int ldc) {
+INL void small_nt(int M, int j0, int j1, int K, float alpha, const float *A, int lda, const char *B, int ldb,
+                  float beta, float *C, int ldc, int bf) {
+    const size_t rs = (size_t)ldb * wsize(bf);
     int j = j0;
     for (; j + 4 <= j1; j += 4)
-        nt_block4(M, K, alpha, A, lda, B + (size_t)j * ldb, ldb, beta, C + j, ldc,
-                  j + 8 <= j1 ? B + (size_t)(j + 4) * ldb : NULL);
-    for (; j < j1; j++) nt_block1(M, K, alpha, A, lda, B + (size_t)j * ldb, beta, C + j, ldc);
+        nt_block4(M, K, alpha, A, lda, B + j * rs, ldb, beta, C + j, ldc, j + 8 <= j1 ? B + (j + 4) * rs : NULL, bf);
+    for (; j < j1; j++) nt_block1(M, K, alpha, A, lda, B + j * rs, beta, C + j, ldc, bf);
 }
 
 /* C[:, j0:j1] with B [K,N] (tb=0): C[i, j] = sum over k in order of A[i,k] B[k,j], 64 columns at a time
  * (four vectors), so a column block of B is read from L1/L2 by every row. Columns past the last multiple of
  * 16 go one by one with the same per-element order. */
-static void small_nn(int M, int j0, int j1, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                     float beta, float *C, int ldc) {
+INL void small_nn(int M, int j0, int j1, int K, float alpha, const float *A, int lda, const char *B, int ldb,
+                  float beta, float *C, int ldc, int bf) {
+    const size_t rs = (size_t)ldb * wsize(bf);
     int j = j0;
     for (; j + 16 <= j1;) {
         const int w = j + 64 <= j1 ? 4 : (j1 - j) / 16; /* vectors in this block */
@@ -149,8 +182,8 @@ static void small_nn(int M, int j0, int j1, int K, float alpha, const float *A, 
             v16 s[4] = {{0}, {0}, {0}, {0}};
             for (int k = 0; k < K; k++) {
                 const v16 x = (v16){0} + a[k];
-                const float *b = B + (size_t)k * ldb + j;
-                for (int v = 0; v < w; v++) s[v] = fma16(s[v], x, load16(b + 16 * v));
+                const char *b = B + k * rs;
+                for (int v = 0; v < w; v++) s[v] = fma16(s[v], x, loadw(b, (size_t)j + 16 * v, bf));
             }
             float *c = C + (size_t)i * ldc + j;
             for (int v = 0; v < w; v++) {
@@ -165,15 +198,22 @@ static void small_nn(int M, int j0, int j1, int K, float alpha, const float *A, 
         for (int i = 0; i < M; i++) {
             const float *a = A + (size_t)i * lda;
             float r = 0.0f;
-            for (int k = 0; k < K; k++) r += a[k] * B[(size_t)k * ldb + j];
+            for (int k = 0; k < K; k++) r += a[k] * wat(B + k * rs, (size_t)j, bf);
             put(C + (size_t)i * ldc + j, r, alpha, beta);
         }
 }
 
+/* the two instances: float32 and bf16 weights */
 static void small_cols(int tb, int M, int j0, int j1, int K, float alpha, const float *A, int lda, const float *B,
                        int ldb, float beta, float *C, int ldc) {
-    if (tb) small_nt(M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    else small_nn(M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (tb) small_nt(M, j0, j1, K, alpha, A, lda, (const char *)B, ldb, beta, C, ldc, 0);
+    else small_nn(M, j0, j1, K, alpha, A, lda, (const char *)B, ldb, beta, C, ldc, 0);
+}
+
+static void small_cols_bf16(int tb, int M, int j0, int j1, int K, float alpha, const float *A, int lda,
+                            const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    if (tb) small_nt(M, j0, j1, K, alpha, A, lda, (const char *)B, ldb, beta, C, ldc, 1);
+    else small_nn(M, j0, j1, K, alpha, A, lda, (const char *)B, ldb, beta, C, ldc, 1);
 }
 
 void ds_gemm_small(int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
@@ -182,10 +222,31 @@ void ds_gemm_small(int tb, int M, int N, int K, float alpha, const float *A, int
     small_cols(tb, M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+void ds_gemm_small_bf16(int tb, int M, int N, int K, float alpha, const float *A, int lda, const uint16_t *B, int ldb,
+                        float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    small_cols_bf16(tb, M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 /* Products this small run on one thread: a parallel region costs more than they do. */
 #define SMALL_SERIAL_MACS (1 << 17)
 
 static int small_ok(int ta, int M, int K) { return !ta && M <= DS_GEMM_SMALL_MAX_M && K > 0; }
+
+/* C = alpha A op(B) + beta C for a few rows on the OpenMP threads: column slabs in multiples of 64, so a
+ * column's code path (vector block or tail) depends on N alone. B is float32 or bf16 (Bh non-NULL). */
+static void small_par(int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                      const uint16_t *Bh, int ldb, float beta, float *C, int ldc) {
+    int nt = omp_get_max_threads();
+    if (nt <= 1 || (double)M * N * K < SMALL_SERIAL_MACS) nt = 1;
+    int chunk = ((N + nt - 1) / nt + 63) & ~63, parts = (N + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static, 1) num_threads(parts) if (parts > 1)
+    for (int p = 0; p < parts; p++) {
+        int j0 = p * chunk, j1 = j0 + chunk < N ? j0 + chunk : N;
+        if (Bh) small_cols_bf16(tb, M, j0, j1, K, alpha, A, lda, Bh, ldb, beta, C, ldc);
+        else small_cols(tb, M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
+}
 
 static void gemm_small_m(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                          int ldb, float beta, float *C, int ldc) {
@@ -194,17 +255,24 @@ static void gemm_small_m(int ta, int tb, int M, int N, int K, float alpha, const
         ds_cpu_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    int nt = omp_get_max_threads();
-    if (nt <= 1 || (double)M * N * K < SMALL_SERIAL_MACS) {
-        small_cols(tb, M, 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    /* column slabs in multiples of 64: a column's code path (vector block or tail) depends on N alone */
-    int chunk = ((N + nt - 1) / nt + 63) & ~63, parts = (N + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static, 1) num_threads(parts)
-    for (int p = 0; p < parts; p++) {
-        int j0 = p * chunk, j1 = j0 + chunk < N ? j0 + chunk : N;
-        small_cols(tb, M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    small_par(tb, M, N, K, alpha, A, lda, B, NULL, ldb, beta, C, ldc);
+}
+
+
+/* Groups of rows, each by its own weight (B + g * strideB, or Bh[g] in bf16), in parallel over the groups:
+ * each group's product is the single-threaded one, so a row's result is the same in any grouping. */
+static void rows_small(int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                       const float *B, size_t strideB, const uint16_t *const *Bh, int ldb, float beta, float *C, int ldc) {
+#pragma omp parallel for schedule(dynamic, 1) if ((double)(off[ng] - off[0]) * N * K >= SMALL_SERIAL_MACS)
+    for (int g = 0; g < ng; g++) {
+        int64_t r0 = off[g], r1 = off[g + 1];
+        if (r1 <= r0) continue;
+        if (Bh)
+            small_cols_bf16(tb, (int)(r1 - r0), 0, N, K, alpha, A + (size_t)r0 * lda, lda, Bh[g], ldb, beta,
+                            C + (size_t)r0 * ldc, ldc);
+        else
+            small_cols(tb, (int)(r1 - r0), 0, N, K, alpha, A + (size_t)r0 * lda, lda, B + (size_t)g * strideB, ldb,
+                       beta, C + (size_t)r0 * ldc, ldc);
     }
 }
 
@@ -217,13 +285,27 @@ static void gemm_rows_small_m(int ng, const int64_t *off, int tb, int N, int K, 
         ds_cpu_gemm_rows(ng, off, tb, N, K, alpha, A, lda, B, strideB, ldb, beta, C, ldc);
         return;
     }
-#pragma omp parallel for schedule(dynamic, 1) if ((double)(off[ng] - off[0]) * N * K >= SMALL_SERIAL_MACS)
-    for (int g = 0; g < ng; g++) {
-        int64_t r0 = off[g], r1 = off[g + 1];
-        if (r1 > r0)
-            small_cols(tb, (int)(r1 - r0), 0, N, K, alpha, A + (size_t)r0 * lda, lda, B + (size_t)g * strideB, ldb,
-                       beta, C + (size_t)r0 * ldc, ldc);
-    }
+    rows_small(ng, off, tb, N, K, alpha, A, lda, B, strideB, NULL, ldb, beta, C, ldc);
+}
+
+int ds_gemm_bf16w(int few, int tb, int M, int N, int K, float alpha, const float *A, int lda, const uint16_t *B, int ldb,
+                 float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return 0;
+    if (!few || !small_ok(0, M, K) || alpha == 0.0f) return ds_cpu_gemm_bf16(tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    small_par(tb, M, N, K, alpha, A, lda, NULL, B, ldb, beta, C, ldc);
+    return 0;
+}
+
+int ds_gemm_rows_bf16w(int few, int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                      const uint16_t *const *B, int ldb, float beta, float *C, int ldc) {
+    int64_t most = 0;
+    for (int g = 0; g < ng; g++)
+        if (off[g + 1] - off[g] > most) most = off[g + 1] - off[g];
+    if (ng <= 0 || most <= 0) return 0;
+    if (!few || !small_ok(0, (int)most, K) || alpha == 0.0f)
+        return ds_cpu_gemm_rows_bf16(ng, off, tb, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    rows_small(ng, off, tb, N, K, alpha, A, lda, NULL, 0, B, ldb, beta, C, ldc);
+    return 0;
 }
 
 void ds_ops_cpu_small_m(ds_ops *out) {

@@ -9,6 +9,10 @@
  * Every element of C is a sum in a fixed order that depends only on K: C[i,j] does not depend on M, on
  * the other rows of A, on the blocking of N or on the thread count. So a sequence decoded alone and the
  * same sequence decoded in a batch get bit-identical products (ds-generate's batch invariance).
+ *
+ * The bf16 forms take B in bfloat16 (ds-generate --dtype bf16: fp8/resident.h) and run the same code
+ * after widening each loaded weight to float32 (a 16-bit shift, exact): their products are bit-identical to
+ * the float32 kernels' on the same weights rounded to bf16 and stored as float32.
  */
 #ifndef DS_OPS_GEMM_SMALL_H
 #define DS_OPS_GEMM_SMALL_H
@@ -26,6 +30,20 @@
  * every M; the speed only for small ones). */
 void ds_gemm_small(int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                    float beta, float *C, int ldc);
+
+/* The same with B in bf16 (ldb in elements). */
+void ds_gemm_small_bf16(int tb, int M, int N, int K, float alpha, const float *A, int lda, const uint16_t *B, int ldb,
+                        float beta, float *C, int ldc);
+/* C = alpha A op(B) + beta C with B in bf16 (A not transposed), exactly as the CPU backend computes it over
+ * the widened weights: few = 1 as ds_ops_cpu_small_m's gemm (these kernels up to DS_GEMM_SMALL_MAX_M rows,
+ * N split across the threads), few = 0 as ds_ops_cpu()'s; products it sends to sgemm widen B by slabs first
+ * (cpu_internal.h ds_cpu_gemm_bf16). Bit-identical to the float32 table on the widened weights. -1: out of
+ * memory for a widened slab. */
+int ds_gemm_bf16w(int few, int tb, int M, int N, int K, float alpha, const float *A, int lda, const uint16_t *B, int ldb,
+                 float beta, float *C, int ldc);
+/* The same for grouped rows (the tables' gemm_rows): group g's rows [off[g], off[g+1]) by the bf16 weight B[g]. */
+int ds_gemm_rows_bf16w(int few, int ng, const int64_t *off, int tb, int N, int K, float alpha, const float *A, int lda,
+                      const uint16_t *const *B, int ldb, float beta, float *C, int ldc);
 
 /* The CPU backend's table with gemm and gemm_rows replaced: products of at most DS_GEMM_SMALL_MAX_M rows
  * (per group) go to ds_gemm_small, N split across the OpenMP threads when the product is large enough;

@@ -3,12 +3,14 @@
 for ds-generate's tests and benchmark.
 
   generate_ckpt.py --config share/configs/tiny.json --out DIR [--mtp] [--std 0.1] [--seed 0]
-                   [--tokenizer tok.json] [--dtype f32|bf16] [--stream FILE]
+                   [--tokenizer tok.json] [--dtype f32|bf16] [--bf16-matrices] [--stream FILE]
 
 DIR gets config.json, model.safetensors (and tokenizer.json when given). --mtp adds the MTP module's
 tensors at layer num_hidden_layers (enorm, hnorm, eh_proj, a full decoder layer, shared_head.norm, and
 the copies of the embedding and head DeepSeek's checkpoints carry). --stream FILE also writes the
-single-file stream form: config (and tokenizer) as JSON strings in __metadata__. Norm gains are
+single-file stream form: config (and tokenizer) as JSON strings in __metadata__. --bf16-matrices rounds
+every 2-D tensor to bfloat16 with ml_dtypes (nearest even) and stores it as F32: the weights ds-generate
+--dtype bf16 holds, made by a tool other than ds-generate. Norm gains are
 1 + noise, expert biases small, so routing and distributions are far from uniform.
 """
 import argparse
@@ -132,6 +134,7 @@ def main():
     ap.add_argument("--tokenizer")
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--stream")
+    ap.add_argument("--bf16-matrices", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="KEY=JSON config override")
     ap.add_argument("--drop", action="append", default=[], help="leave this tensor out")
     ap.add_argument("--fp8", choices=["e4m3", "dequantized"],
@@ -153,6 +156,10 @@ def main():
         c["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
                                     "weight_block_size": [128, 128]}
         cfg_text = json.dumps(c, indent=2)
+    if a.bf16_matrices:
+        import ml_dtypes
+
+        t = {k: (v.astype(ml_dtypes.bfloat16).astype(np.float32) if v.ndim == 2 else v) for k, v in t.items()}
     if a.dtype == "bf16":
         import ml_dtypes
 
