@@ -2,8 +2,12 @@
 fp32 on the CPU) with AdamW (0.9, 0.95, wd 0.1) and global-norm clipping at 1.0 on random tokens, and
 report tokens per second. Prints one JSON object.
 
-usage: pretrain_torch.py --config CFG.json --batch B --seq-len T --steps N --threads N [--warmup W]
+With --bf16 the forward and the loss run under torch.autocast("cpu", dtype=torch.bfloat16) (bf16 matmuls on
+oneDNN, fp32 master weights and AdamW): the PyTorch counterpart of ds-pretrain --bf16.
+
+usage: pretrain_torch.py --config CFG.json --batch B --seq-len T --steps N --threads N [--warmup W] [--bf16]
 """
+import contextlib
 import argparse
 import json
 import statistics
@@ -22,6 +26,7 @@ def main():
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--bf16", action="store_true")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -47,8 +52,9 @@ def main():
     for step in range(a.warmup + a.steps):
         x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq_len + 1), generator=gen)
         t0, c0 = time.perf_counter(), time.process_time()
-        logits = model(input_ids=x[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16) if a.bf16 else contextlib.nullcontext():
+            logits = model(input_ids=x[:, :-1]).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -59,7 +65,7 @@ def main():
             times.append(dt)
             cpu.append(dc)
     ms = 1e3 * statistics.median(times)
-    print(json.dumps({"impl": "torch", "torch": torch.__version__, "threads": a.threads, "batch": a.batch,
+    print(json.dumps({"impl": "torch", "torch": torch.__version__, "bf16": a.bf16, "threads": a.threads, "batch": a.batch,
                       "seq_len": a.seq_len, "steps": a.steps, "ms_median": ms,
                       "cpu_ms_median": 1e3 * statistics.median(cpu),
                       "tok_s": a.batch * a.seq_len / (ms / 1e3), "loss_first": losses[0], "loss_last": losses[-1],
