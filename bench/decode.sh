@@ -6,14 +6,19 @@
 # thread count, ROUNDS times. Prints the load before every round and a summary of the decode ratios.
 #
 # usage: bench/decode.sh            Environment: ROUNDS (2), THREAD_LIST ("1 2"), PROMPT, NEW, BATCH (as
-#                                   generate.sh), OMP_WAIT_POLICY (passive, see below), DS_BIN, DS_PY.
+#                                   generate.sh), OMP_WAIT_POLICY (passive, see below), DS_BIN, DS_PY,
+#                                   DTYPE (fp32 | bf16, as generate.sh).
+# DTYPE=bf16: ds-generate --dtype bf16 against transformers in bf16 (torch_dtype=torch.bfloat16) and against
+# transformers in fp32, and at the end the resident memory of each config's weights (VmRSS once loaded,
+# tests/ref/rss_loaded.py, less the process's own) with fp32, bf16 and FP8-resident weights (an FP8 copy of
+# the checkpoint in DeepSeek's layout).
 # OMP_WAIT_POLICY defaults to passive for both sides: on a shared machine spinning OpenMP workers starve
 # (transformers' 2-thread decode drops to a few tokens/s with the default policy, which says nothing about
 # either program).
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${DS_PY:-$HOME/.cache/ds-venv/bin/python}
-ROUNDS=${ROUNDS:-2} THREAD_LIST=${THREAD_LIST:-"1 2"}
+ROUNDS=${ROUNDS:-2} THREAD_LIST=${THREAD_LIST:-"1 2"} DTYPE=${DTYPE:-fp32}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
@@ -28,18 +33,19 @@ c.update(hidden_size=d, num_hidden_layers=4, first_k_dense_replace=1, intermedia
          num_nextn_predict_layers=1)
 json.dump(c, open(sys.argv[2], "w"), indent=1)
 EOF
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores, OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores, OMP_WAIT_POLICY=$OMP_WAIT_POLICY, weights $DTYPE"
 for r in $(seq "$ROUNDS"); do
     for cfg in "$ROOT/share/configs/demo.json" "$W/hidden768.json"; do
         for th in $THREAD_LIST; do
             echo "## round $r, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-            THREADS=$th "$ROOT/bench/generate.sh" "$cfg" | tee "$W/out" | sed -n 1,4p
+            THREADS=$th DTYPE=$DTYPE "$ROOT/bench/generate.sh" "$cfg" | tee "$W/out" | grep -v '^--mtp\|^note\|^ '
             awk -v c="$(basename "$cfg" .json)" -v t="$th" '/^decode tokens/ {print c, t, $3, $4, $5}' "$W/out" >>"$W/sum"
+            awk -v c="$(basename "$cfg" .json)" -v t="$th" '/^decode vs fp32/ {print c, t, $4, $5, $6}' "$W/out" >>"$W/sum32"
         done
     done
 done
-echo "## summary: decode tokens/s, ds-generate / transformers (ratio), one column per round; load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$PY" - "$W/sum" <<'EOF'
+summary() { # FILE: the decode lines of every round, one column per round
+    "$PY" - "$1" <<'EOF'
 import collections, sys
 rows = collections.OrderedDict()
 for line in open(sys.argv[1]):
@@ -48,3 +54,23 @@ for line in open(sys.argv[1]):
 for (c, t), v in rows.items():
     print(f"{c:10} {t} threads: " + "   ".join(v))
 EOF
+}
+echo "## summary: decode tokens/s, ds-generate ($DTYPE) / transformers ($DTYPE) (ratio), one column per round; load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+summary "$W/sum"
+[ "$DTYPE" = fp32 ] && exit 0
+echo "## summary: decode tokens/s, ds-generate ($DTYPE) / transformers (fp32) (ratio), one column per round"
+summary "$W/sum32"
+echo "## resident memory once loaded (VmRSS less the process's own, MiB), and the weights line of each"
+echo "1 2 3 4" >"$W/one.txt"
+rss() { "$PY" "$ROOT/tests/ref/rss_loaded.py" loaded "$W/one.txt" "$W/err" "${DS_BIN:-$ROOT/bin}/ds-generate" --ids --max-new 2 "$@"; }
+"$PY" "$ROOT/tests/ref/generate_ckpt.py" --config "$ROOT/share/configs/tiny.json" --out "$W/tiny"
+read -r base _ < <(rss -m "$W/tiny")
+for cfg in "$ROOT/share/configs/demo.json" "$W/hidden768.json"; do
+    "$PY" "$ROOT/tests/ref/generate_ckpt.py" --config "$cfg" --out "$W/m32" --mtp --std 0.05
+    "$PY" "$ROOT/tests/ref/generate_ckpt.py" --config "$cfg" --out "$W/m8" --mtp --std 0.05 --fp8 e4m3
+    for run in "fp32:-m $W/m32 -v" "bf16:-m $W/m32 --dtype bf16" "fp8-resident:-m $W/m8" "fp8+bf16:-m $W/m8 --dtype bf16"; do
+        read -r r _ < <(rss ${run#*:})
+        printf '%-10s %-13s %7.1f MiB   %s\n' "$(basename "$cfg" .json)" "${run%%:*}" "$(echo "($r - $base) / 1024" | bc -l)" \
+            "$(grep -a '^weights: ' "$W/err" | cut -c1-72)"
+    done
+done

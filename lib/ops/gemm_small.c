@@ -97,51 +97,64 @@ INL float wat(const char *p, size_t k, int bf) {
     return f;
 }
 
-/* C[i, j] for 4 consecutive rows j of B [N,K]: the four weight rows stay in L1 while every row of A
- * passes over them. Each dot: 16 lane sums over k < K16 in order, the lanes reduced as hsum16 does, then
- * the remaining k in order; the single-row variant below computes exactly the same. */
-INL void nt_block4(int M, int K, float alpha, const float *A, int lda, const char *b0, int ldb, float beta, float *C,
-                   int ldc, const char *next, int bf) {
-    const size_t rs = (size_t)ldb * wsize(bf);
+/* C[i, j] for 4 consecutive rows j of B [N,K] and R (1-4, a constant where inlined) rows i of A from row
+ * i0: each group of 16 weights of the four rows is loaded (and widened) once and used by the R rows, which
+ * share the pass over K. Each dot: 16 lane sums over k < K16 in order, the lanes reduced as hsum16 does,
+ * then the remaining k in order; the single-row variant below computes exactly the same. */
+INL void nt_rows4(int R, int i0, int K, float alpha, const float *A, int lda, const char *b0, size_t rs, float beta,
+                  float *C, int ldc, const char *next, int bf) {
     const char *b1 = b0 + rs, *b2 = b1 + rs, *b3 = b2 + rs;
     const int K16 = K & ~15;
-    for (int i = 0; i < M; i++) {
-        const float *a = A + (size_t)i * lda;
-        v16 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
-        if (i == 0 && next) /* the first pass brings these rows from memory: ask for the next four meanwhile */
-            for (int k = 0; k < K16; k += 16) {
-                v16 x = load16(a + k);
-                const size_t kb = (size_t)k * wsize(bf);
-                __builtin_prefetch(next + kb);
-                __builtin_prefetch(next + rs + kb);
-                __builtin_prefetch(next + 2 * rs + kb);
-                __builtin_prefetch(next + 3 * rs + kb);
-                s0 = fma16(s0, x, loadw(b0, k, bf));
-                s1 = fma16(s1, x, loadw(b1, k, bf));
-                s2 = fma16(s2, x, loadw(b2, k, bf));
-                s3 = fma16(s3, x, loadw(b3, k, bf));
-            }
-        else
-            for (int k = 0; k < K16; k += 16) {
-                v16 x = load16(a + k);
-                s0 = fma16(s0, x, loadw(b0, k, bf));
-                s1 = fma16(s1, x, loadw(b1, k, bf));
-                s2 = fma16(s2, x, loadw(b2, k, bf));
-                s3 = fma16(s3, x, loadw(b3, k, bf));
-            }
-        v16 h = hsum16x4(s0, s1, s2, s3);
+    v16 s[4][4] = {{{0}}};
+    const float *a[4];
+    for (int r = 0; r < R; r++) a[r] = A + (size_t)(i0 + r) * lda;
+    for (int k = 0; k < K16; k += 16) {
+        if (next && (!bf || !(k & 16))) { /* the pass brings these rows from memory: ask for the next four meanwhile
+                                             (once per 64-byte line: every 16 floats, every 32 bf16) */
+            const size_t kb = (size_t)k * wsize(bf);
+            __builtin_prefetch(next + kb);
+            __builtin_prefetch(next + rs + kb);
+            __builtin_prefetch(next + 2 * rs + kb);
+            __builtin_prefetch(next + 3 * rs + kb);
+        }
+        const v16 w0 = loadw(b0, k, bf), w1 = loadw(b1, k, bf), w2 = loadw(b2, k, bf), w3 = loadw(b3, k, bf);
+        for (int r = 0; r < R; r++) {
+            const v16 x = load16(a[r] + k);
+            s[r][0] = fma16(s[r][0], x, w0);
+            s[r][1] = fma16(s[r][1], x, w1);
+            s[r][2] = fma16(s[r][2], x, w2);
+            s[r][3] = fma16(s[r][3], x, w3);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        v16 h = hsum16x4(s[r][0], s[r][1], s[r][2], s[r][3]);
         float r0 = h[0], r1 = h[1], r2 = h[2], r3 = h[3];
         for (int k = K16; k < K; k++) {
-            r0 += a[k] * wat(b0, k, bf);
-            r1 += a[k] * wat(b1, k, bf);
-            r2 += a[k] * wat(b2, k, bf);
-            r3 += a[k] * wat(b3, k, bf);
+            r0 += a[r][k] * wat(b0, k, bf);
+            r1 += a[r][k] * wat(b1, k, bf);
+            r2 += a[r][k] * wat(b2, k, bf);
+            r3 += a[r][k] * wat(b3, k, bf);
         }
-        float *c = C + (size_t)i * ldc;
+        float *c = C + (size_t)(i0 + r) * ldc;
         put(c, r0, alpha, beta);
         put(c + 1, r1, alpha, beta);
         put(c + 2, r2, alpha, beta);
         put(c + 3, r3, alpha, beta);
+    }
+}
+
+/* C[i, j] for 4 consecutive rows j of B [N,K] and every row i of A, four rows of A at a time */
+INL void nt_block4(int M, int K, float alpha, const float *A, int lda, const char *b0, int ldb, float beta, float *C,
+                   int ldc, const char *next, int bf) {
+    const size_t rs = (size_t)ldb * wsize(bf);
+    for (int i0 = 0; i0 < M; i0 += 4) {
+        const char *pf = i0 == 0 ? next : NULL;
+        switch (M - i0) {
+        case 1: nt_rows4(1, i0, K, alpha, A, lda, b0, rs, beta, C, ldc, pf, bf); break;
+        case 2: nt_rows4(2, i0, K, alpha, A, lda, b0, rs, beta, C, ldc, pf, bf); break;
+        case 3: nt_rows4(3, i0, K, alpha, A, lda, b0, rs, beta, C, ldc, pf, bf); break;
+        default: nt_rows4(4, i0, K, alpha, A, lda, b0, rs, beta, C, ldc, pf, bf); break;
+        }
     }
 }
 
@@ -168,29 +181,53 @@ INL void small_nt(int M, int j0, int j1, int K, float alpha, const float *A, int
     for (; j < j1; j++) nt_block1(M, K, alpha, A, lda, B + j * rs, beta, C + j, ldc, bf);
 }
 
+/* C[i0 .. i0+R, j .. j + 16 W) with B [K,N] (tb=0), R rows of A (1-4) and W vectors of columns (1-4), both
+ * constants where inlined: each k's W vectors of B are loaded (and widened) once for the R rows. */
+INL void nn_rows(int R, int W, int i0, int j, int K, float alpha, const float *A, int lda, const char *B, size_t rs,
+                 float beta, float *C, int ldc, int bf) {
+    v16 s[4][4] = {{{0}}};
+    for (int k = 0; k < K; k++) {
+        const char *b = B + k * rs;
+        v16 w[4];
+        for (int v = 0; v < W; v++) w[v] = loadw(b, (size_t)j + 16 * v, bf);
+        for (int r = 0; r < R; r++) {
+            const v16 x = (v16){0} + A[(size_t)(i0 + r) * lda + k];
+            for (int v = 0; v < W; v++) s[r][v] = fma16(s[r][v], x, w[v]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float *c = C + (size_t)(i0 + r) * ldc + j;
+        for (int v = 0; v < W; v++) {
+            v16 o = s[r][v] * alpha;
+            if (beta != 0.0f) o += load16(c + 16 * v) * beta;
+            *(v16u *)(c + 16 * v) = o;
+        }
+    }
+}
+
+#define NN_W(R, W) nn_rows(R, W, i0, j, K, alpha, A, lda, B, rs, beta, C, ldc, bf)
+#define NN_R(R)                                                                                                        \
+    do {                                                                                                               \
+        if (w == 4) NN_W(R, 4);                                                                                        \
+        else if (w == 3) NN_W(R, 3);                                                                                   \
+        else if (w == 2) NN_W(R, 2);                                                                                   \
+        else NN_W(R, 1);                                                                                               \
+    } while (0)
+
 /* C[:, j0:j1] with B [K,N] (tb=0): C[i, j] = sum over k in order of A[i,k] B[k,j], 64 columns at a time
- * (four vectors), so a column block of B is read from L1/L2 by every row. Columns past the last multiple of
- * 16 go one by one with the same per-element order. */
+ * (four vectors) and four rows of A at a time, so a column block of B is read from L1/L2 once per four
+ * rows. Columns past the last multiple of 16 go one by one with the same per-element order. */
 INL void small_nn(int M, int j0, int j1, int K, float alpha, const float *A, int lda, const char *B, int ldb,
                   float beta, float *C, int ldc, int bf) {
     const size_t rs = (size_t)ldb * wsize(bf);
     int j = j0;
     for (; j + 16 <= j1;) {
         const int w = j + 64 <= j1 ? 4 : (j1 - j) / 16; /* vectors in this block */
-        for (int i = 0; i < M; i++) {
-            const float *a = A + (size_t)i * lda;
-            v16 s[4] = {{0}, {0}, {0}, {0}};
-            for (int k = 0; k < K; k++) {
-                const v16 x = (v16){0} + a[k];
-                const char *b = B + k * rs;
-                for (int v = 0; v < w; v++) s[v] = fma16(s[v], x, loadw(b, (size_t)j + 16 * v, bf));
-            }
-            float *c = C + (size_t)i * ldc + j;
-            for (int v = 0; v < w; v++) {
-                v16 r = s[v] * alpha;
-                if (beta != 0.0f) r += load16(c + 16 * v) * beta;
-                *(v16u *)(c + 16 * v) = r;
-            }
+        for (int i0 = 0; i0 < M; i0 += 4) {
+            if (M - i0 >= 4) NN_R(4);
+            else if (M - i0 == 3) NN_R(3);
+            else if (M - i0 == 2) NN_R(2);
+            else NN_R(1);
         }
         j += 16 * w;
     }
@@ -202,6 +239,8 @@ INL void small_nn(int M, int j0, int j1, int K, float alpha, const float *A, int
             put(C + (size_t)i * ldc + j, r, alpha, beta);
         }
 }
+#undef NN_R
+#undef NN_W
 
 /* the two instances: float32 and bf16 weights */
 static void small_cols(int tb, int M, int j0, int j1, int K, float alpha, const float *A, int lda, const float *B,

@@ -10,8 +10,9 @@
   generate_ref.py greedy CKPT N         < id lines  -> N greedily generated ids per input (no EOS stop)
   generate_ref.py save CONFIG OUT [STD] a random DeepseekV3ForCausalLM (transformers' own init, weights std STD,
                                         default the config's initializer_range) saved with save_pretrained
-  generate_ref.py bench CKPT P N B      prefill/decode timing of model.generate: B random prompts of P
-                                        tokens, N new tokens, greedy; prints one JSON line
+  generate_ref.py bench CKPT P N B [bf16]  prefill/decode timing of model.generate: B random prompts of P
+                                        tokens, N new tokens, greedy; prints one JSON line; bf16: the model
+                                        loaded with torch_dtype=torch.bfloat16 (as DeepSeek's users run it)
 
 CKPT is a checkpoint directory (config.json + model.safetensors) loaded with
 DeepseekV3ForCausalLM.from_pretrained in float32 on the CPU. Threads: $DS_THREADS (default 2).
@@ -29,9 +30,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from transformers import DeepseekV3ForCausalLM  # noqa: E402
 
 
-def load(path, fp8=False):
+def load(path, fp8=False, dtype=torch.float32):
     torch.set_num_threads(int(os.environ.get("DS_THREADS", "2")))
-    m = DeepseekV3ForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    m = DeepseekV3ForCausalLM.from_pretrained(path, torch_dtype=dtype)
     m.eval()
     if fp8:
         w8a8(m)
@@ -151,8 +152,8 @@ def save(config, out, std=None):
     m.save_pretrained(out)
 
 
-def bench(path, p, n, b):
-    m = load(path)
+def bench(path, p, n, b, dtype="fp32"):
+    m = load(path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
     V = m.config.vocab_size
     g = torch.Generator().manual_seed(0)
     x = torch.randint(2, V, (b, p), generator=g)
@@ -169,7 +170,8 @@ def bench(path, p, n, b):
     prefill = t1 - t0
     decode = (t2 - t1) - prefill  # generate = prefill + n-1 decode steps (+ sampling)
     print(json.dumps({"prefill_tokens_per_s": b * p / prefill, "decode_tokens_per_s": b * (n - 1) / decode,
-                      "prefill_s": prefill, "generate_s": t2 - t1, "threads": torch.get_num_threads()}))
+                      "prefill_s": prefill, "generate_s": t2 - t1, "threads": torch.get_num_threads(),
+                      "dtype": str(next(m.parameters()).dtype)}))
 
 
 if __name__ == "__main__":
@@ -182,6 +184,6 @@ if __name__ == "__main__":
     elif cmd == "save":
         save(*sys.argv[2:5])
     elif cmd == "bench":
-        bench(sys.argv[2], *map(int, sys.argv[3:6]))
+        bench(sys.argv[2], *map(int, sys.argv[3:6]), *sys.argv[6:7])
     else:
         sys.exit("usage: generate_ref.py score|greedy|bench CKPT ...")
