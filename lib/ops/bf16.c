@@ -42,6 +42,18 @@ static void gemm_wgrad(int ng, const int64_t *off, int M, int N, float alpha, co
     ds_gemm_bf16_wgrad(ng, off, M, N, alpha, A, lda, B, ldb, beta, C, strideC, ldc); /* weight gradients: fp32 */
 }
 
+/* Parameter buffers: the GEMMs keep packed bf16 copies of the weights in them (ops/gemm_bf16.h's cache), stale
+ * from each announcement on, dropped when the buffer is freed. */
+static void params_changed(const float *base, size_t n) {
+    ds_gemm_bf16_params_changed(base, n);
+    g_base.params_changed(base, n);
+}
+
+static void free_mem(void *p) {
+    ds_gemm_bf16_params_freed(p);
+    g_base.free(p);
+}
+
 static void add(float *y, const float *a, const float *b, size_t n) {
     g_base.add(y, a, b, n);
     ds_bf16_round(y, n);
@@ -113,5 +125,6 @@ const ds_ops *ds_bf16_ops(const ds_ops *base) {
     g_tab.rmsnorm_fwd = rmsnorm_fwd, g_tab.rmsnorm_bwd = rmsnorm_bwd, g_tab.rope = rope;
     g_tab.attn_fwd = attn_fwd, g_tab.attn_bwd = attn_bwd, g_tab.swiglu_fwd = swiglu_fwd, g_tab.swiglu_bwd = swiglu_bwd;
     g_tab.embed_fwd = embed_fwd, g_tab.moe_combine = moe_combine;
+    g_tab.params_changed = params_changed, g_tab.free = free_mem;
     return &g_tab;
 }

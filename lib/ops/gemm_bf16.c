@@ -117,6 +117,9 @@ typedef struct {
     int nbc;            /* 32-column blocks per N chunk: the blocks run chunk by chunk, row blocks inside */
     size_t a_at, b_at;  /* first tile of this product in the A and B packs */
     size_t blk0;        /* first 32 x 32 block of C in the call's block list */
+    uint16_t *bpk;      /* op(B)'s tiles: the call's scratch or a cached weight pack */
+    int pack_b;         /* 1: the run packs op(B) into bpk (0: a cached pack, read as is) */
+    const uint16_t *check; /* DS_BF16_PACK=check: the cached pack that bpk's fresh one must equal */
 } prob;
 
 typedef struct {
@@ -125,11 +128,185 @@ typedef struct {
     int round_c; /* fp32 C rounded to the bf16 grid */
 } call_args;
 
+/* ---- cached weight packs ------------------------------------------------------------------------------ */
+
+#define TILE_ELEMS 512 /* 16 rows x 32 bf16 = 1 KiB */
+
+typedef enum { WPACK_OFF = 0, WPACK_ON = 1, WPACK_CHECK = 2 } pack_mode;
+
+typedef struct {
+    const float *base;
+    size_t n;
+} wrange;
+
+/* One weight operand's packed op(B), keyed by what determines the pack: the pointer, the layout and shape. */
+typedef struct {
+    const void *B; /* NULL: an empty slot */
+    int tb, N, K, ldb;
+    uint64_t gen; /* the weights' generation it was packed from (0: never filled) */
+    uint16_t *tiles;
+    size_t bytes;
+} wpack;
+
+static struct {
+    pthread_mutex_t mu;
+    int mode; /* -1: not read from DS_BF16_PACK yet */
+    wrange *r;
+    int nr, cap_r;
+    wpack *e;
+    size_t cap, n; /* open addressing (linear probing), at most half full */
+    uint64_t gen;  /* bumped by every params_changed: a pack from an older generation is rebuilt */
+    ds_gemm_bf16_pack_stats st;
+} g_wp = {.mu = PTHREAD_MUTEX_INITIALIZER, .mode = -1, .gen = 1};
+
+static pack_mode wpack_mode(void) {
+    if (g_wp.mode < 0) {
+        const char *v = getenv("DS_BF16_PACK");
+        g_wp.mode = v && !strcmp(v, "0") ? WPACK_OFF : v && !strcmp(v, "check") ? WPACK_CHECK : WPACK_ON;
+    }
+    return (pack_mode)g_wp.mode;
+}
+
+int ds_gemm_bf16_pack_mode(int mode) {
+    pthread_mutex_lock(&g_wp.mu);
+    const int was = wpack_mode();
+    if (mode >= 0) g_wp.mode = mode > 2 ? 2 : mode;
+    pthread_mutex_unlock(&g_wp.mu);
+    return was;
+}
+
+void ds_gemm_bf16_pack_stats_get(ds_gemm_bf16_pack_stats *out) {
+    pthread_mutex_lock(&g_wp.mu);
+    *out = g_wp.st;
+    out->limit = 0;
+    for (int i = 0; i < g_wp.nr; i++) out->limit += g_wp.r[i].n * sizeof(float) / 4 * 5;
+    pthread_mutex_unlock(&g_wp.mu);
+}
+
+static size_t wpack_slot(const void *B, int tb, size_t cap) {
+    const uint64_t h = ((uint64_t)(uintptr_t)B >> 2 ^ (uint64_t)tb) * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 20) & (cap - 1);
+}
+
+static int wpack_insert(wpack *tab, size_t cap, const wpack *w) {
+    size_t i = wpack_slot(w->B, w->tb, cap);
+    while (tab[i].B) i = (i + 1) & (cap - 1);
+    tab[i] = *w;
+    return (int)i;
+}
+
+/* The table rebuilt at capacity cap, dropping (and freeing) the packs of weights inside [lo, hi). */
+static int wpack_rehash(size_t cap, const char *lo, const char *hi) {
+    wpack *t = calloc(cap, sizeof *t);
+    if (!t) return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < g_wp.cap; i++) {
+        wpack *w = &g_wp.e[i];
+        if (!w->B) continue;
+        if ((const char *)w->B >= lo && (const char *)w->B < hi) {
+            free(w->tiles);
+            g_wp.st.bytes -= w->bytes;
+            continue;
+        }
+        wpack_insert(t, cap, w), n++;
+    }
+    free(g_wp.e);
+    g_wp.e = t, g_wp.cap = cap, g_wp.n = n;
+    return 0;
+}
+
+void ds_gemm_bf16_params_changed(const float *base, size_t n) {
+    if (!base || !n) return;
+    pthread_mutex_lock(&g_wp.mu);
+    g_wp.gen++; /* every pack is stale now: rebuilt on its next use (the writes that announce are whole steps) */
+    int inside = 0;
+    for (int i = 0; i < g_wp.nr && !inside; i++)
+        inside = base >= g_wp.r[i].base && base + n <= g_wp.r[i].base + g_wp.r[i].n;
+    if (!inside) {
+        if (g_wp.nr == g_wp.cap_r) {
+            const int cap = g_wp.cap_r ? 2 * g_wp.cap_r : 4;
+            wrange *r = realloc(g_wp.r, (size_t)cap * sizeof *r);
+            if (r) g_wp.r = r, g_wp.cap_r = cap;
+        }
+        if (g_wp.nr < g_wp.cap_r) g_wp.r[g_wp.nr++] = (wrange){base, n}; /* else: never cached, still right */
+    }
+    pthread_mutex_unlock(&g_wp.mu);
+}
+
+void ds_gemm_bf16_params_freed(const void *p) {
+    if (!p) return;
+    pthread_mutex_lock(&g_wp.mu);
+    for (int i = 0; i < g_wp.nr; i++) {
+        if ((const void *)g_wp.r[i].base != p) continue;
+        const wrange r = g_wp.r[i];
+        g_wp.r[i--] = g_wp.r[--g_wp.nr];
+        /* the memory may come back as anything (activations): no pack of it may survive */
+        if (g_wp.cap && wpack_rehash(g_wp.cap, (const char *)r.base, (const char *)(r.base + r.n))) {
+            for (size_t k = 0; k < g_wp.cap; k++) /* no memory for a new table: drop every pack */
+                if (g_wp.e[k].B) free(g_wp.e[k].tiles), g_wp.e[k].B = NULL;
+            g_wp.n = 0, g_wp.st.bytes = 0;
+        }
+    }
+    pthread_mutex_unlock(&g_wp.mu);
+}
+
+/* op(B) of p as a cached weight pack, under g_wp.mu: when B lies inside an announced parameter buffer, p->bpk
+ * is its pack, already filled (pack_b = 0) or to be filled by this call (pack_b = 1); in check mode a filled
+ * pack goes to p->check and the call packs afresh into its scratch. Nothing set: B is packed per call (not a
+ * weight, the memory bound reached, or out of memory). */
+static void wpack_find(prob *p, pack_mode mode) {
+    const float *B = p->B;
+    const size_t span = p->tb ? (size_t)(p->N - 1) * p->ldb + p->K : (size_t)(p->K - 1) * p->ldb + p->N;
+    size_t limit = 0;
+    int in = 0;
+    for (int i = 0; i < g_wp.nr; i++) {
+        in |= B >= g_wp.r[i].base && B + span <= g_wp.r[i].base + g_wp.r[i].n;
+        limit += g_wp.r[i].n * sizeof(float) / 4 * 5; /* both layouts at 2 bytes: the fp32 size, + 1/4 padding */
+    }
+    if (!in) return;
+    wpack *w = NULL;
+    for (size_t i = g_wp.cap ? wpack_slot(B, p->tb, g_wp.cap) : 0; g_wp.cap && g_wp.e[i].B; i = (i + 1) & (g_wp.cap - 1))
+        if (g_wp.e[i].B == B && g_wp.e[i].tb == p->tb && g_wp.e[i].N == p->N && g_wp.e[i].K == p->K &&
+            g_wp.e[i].ldb == p->ldb) {
+            w = &g_wp.e[i];
+            break;
+        }
+    if (!w) {
+        const size_t bytes = (size_t)p->nt * p->kt * TILE_ELEMS * sizeof(uint16_t);
+        if (g_wp.st.bytes + bytes > limit) {
+            g_wp.st.over++;
+            return;
+        }
+        if (2 * (g_wp.n + 1) > g_wp.cap && wpack_rehash(g_wp.cap ? 2 * g_wp.cap : 256, NULL, NULL)) return;
+        void *t = NULL;
+        if (posix_memalign(&t, 64, bytes)) return;
+        const wpack nw = {.B = B, .tb = p->tb, .N = p->N, .K = p->K, .ldb = p->ldb, .tiles = t, .bytes = bytes};
+        w = &g_wp.e[wpack_insert(g_wp.e, g_wp.cap, &nw)];
+        g_wp.n++, g_wp.st.bytes += bytes;
+    }
+    if (w->gen == g_wp.gen) {
+        g_wp.st.reused++;
+        if (mode == WPACK_CHECK) p->check = w->tiles;
+        else p->bpk = w->tiles, p->pack_b = 0;
+        return;
+    }
+    w->gen = g_wp.gen, g_wp.st.built++;
+    p->bpk = w->tiles, p->pack_b = 1;
+}
+
+/* The packs p was to fill were not filled (the call failed before running): stale again. */
+static void wpack_unfill(const prob *ps, int np) {
+    pthread_mutex_lock(&g_wp.mu);
+    for (int q = 0; q < np; q++)
+        for (size_t i = 0; ps[q].pack_b && ps[q].b_at == SIZE_MAX && i < g_wp.cap; i++)
+            if (g_wp.e[i].tiles == ps[q].bpk) g_wp.e[i].gen = 0;
+    pthread_mutex_unlock(&g_wp.mu);
+}
+
 /* ---- AMX ----------------------------------------------------------------------------------------------- */
 #if DS_AMX_BUILD
 
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
-#define TILE_ELEMS 512 /* 16 rows x 32 bf16 = 1 KiB */
 
 static inline __mmask16 first(int n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
@@ -247,10 +424,10 @@ typedef struct __attribute__((aligned(64))) {
 
 /* One 32 x 32 block of C (row block bi, column block bj of product p) into acc [32 x 32] fp32: tiles 0-3 the
  * four 16 x 16 quarters, 4-5 two A tiles, 6-7 two B tiles; each A and B tile feeds two products. */
-AMX_TARGET static void amx_block(const prob *p, const uint16_t *ap, const uint16_t *bp, int bi, int bj, float *acc) {
+AMX_TARGET static void amx_block(const prob *p, const uint16_t *ap, int bi, int bj, float *acc) {
     const size_t kt = (size_t)p->kt;
     const uint16_t *a0 = ap + (p->a_at + (size_t)(2 * bi) * kt) * TILE_ELEMS, *a1 = a0 + kt * TILE_ELEMS;
-    const uint16_t *b0 = bp + (p->b_at + (size_t)(2 * bj) * kt) * TILE_ELEMS, *b1 = b0 + kt * TILE_ELEMS;
+    const uint16_t *b0 = p->bpk + (size_t)(2 * bj) * kt * TILE_ELEMS, *b1 = b0 + kt * TILE_ELEMS;
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -307,8 +484,7 @@ static const prob *find_prob(const prob *ps, int np, size_t b) {
 }
 
 /* Every product of the list in one parallel region: the packs (all threads), a barrier, then the blocks. */
-AMX_TARGET static void amx_run(const prob *ps, int np, const call_args *c, uint16_t *ap, uint16_t *bp, size_t nblk,
-                               int threads) {
+AMX_TARGET static void amx_run(const prob *ps, int np, const call_args *c, uint16_t *ap, size_t nblk, int threads) {
 #pragma omp parallel num_threads(threads)
     {
         for (int q = 0; q < np; q++) {
@@ -321,10 +497,11 @@ AMX_TARGET static void amx_run(const prob *ps, int np, const call_args *c, uint1
                 const int it = p->ta ? t % p->mt : t / p->kt, kk = p->ta ? t / p->mt : t % p->kt;
                 pack_a(ap + (p->a_at + (size_t)it * p->kt + kk) * TILE_ELEMS, p, c->at, it, kk);
             }
+            if (!p->pack_b) continue; /* a cached weight pack */
 #pragma omp for schedule(static) nowait
             for (int t = 0; t < p->nt * p->kt; t++) {
                 const int jt = p->tb ? t / p->kt : t % p->nt, kk = p->tb ? t % p->kt : t / p->nt;
-                pack_b(bp + (p->b_at + (size_t)jt * p->kt + kk) * TILE_ELEMS, p, c->bt, jt, kk);
+                pack_b(p->bpk + ((size_t)jt * p->kt + kk) * TILE_ELEMS, p, c->bt, jt, kk);
             }
         }
 #pragma omp barrier
@@ -341,7 +518,7 @@ AMX_TARGET static void amx_run(const prob *ps, int np, const call_args *c, uint1
             const int nb = p->nt / 2, mb = p->mt / 2, local = (int)(b - p->blk0);
             const int chunk0 = local / (mb * p->nbc) * p->nbc, in = local - chunk0 * mb;
             const int width = nb - chunk0 < p->nbc ? nb - chunk0 : p->nbc, bi = in / width, bj = chunk0 + in % width;
-            amx_block(p, ap, bp, bi, bj, acc);
+            amx_block(p, ap, bi, bj, acc);
             amx_store(p, c, acc, bi, bj);
         }
         (void)chunk; /* unused without OpenMP */
@@ -351,10 +528,14 @@ AMX_TARGET static void amx_run(const prob *ps, int np, const call_args *c, uint1
 
 static _Thread_local scratch_buf g_pack, g_probs;
 
+static size_t b_tiles_of(const prob *p) { return (size_t)p->nt * p->kt; }
+
 /* Lay out the products' packs and blocks and run them; -1 when the packs cannot be allocated. */
 static int amx_call(prob *ps, int np, const call_args *c) {
     size_t a_tiles = 0, b_tiles = 0, nblk = 0;
     double flops = 0;
+    const pack_mode mode = c->bt == DS_F32 ? wpack_mode() : WPACK_OFF;
+    if (mode != WPACK_OFF) pthread_mutex_lock(&g_wp.mu);
     for (int q = 0; q < np; q++) {
         prob *p = &ps[q];
         p->mt = (p->M + 31) / 32 * 2, p->nt = (p->N + 31) / 32 * 2, p->kt = (p->K + 31) / 32;
@@ -363,21 +544,36 @@ static int amx_call(prob *ps, int np, const call_args *c) {
          * once per row block) */
         p->nbc = (int)((1 << 20) / ((size_t)p->kt * 2 * TILE_ELEMS * sizeof(uint16_t)));
         if (p->nbc < 1) p->nbc = 1;
-        p->a_at = a_tiles, p->b_at = b_tiles, p->blk0 = nblk;
-        a_tiles += (size_t)p->mt * p->kt, b_tiles += (size_t)p->nt * p->kt, nblk += (size_t)(p->mt / 2) * (p->nt / 2);
+        p->a_at = a_tiles, p->b_at = SIZE_MAX, p->blk0 = nblk;
+        p->bpk = NULL, p->pack_b = 1, p->check = NULL;
+        if (mode != WPACK_OFF) wpack_find(p, mode); /* a weight: its cached pack, or a new one to fill */
+        if (!p->bpk) p->b_at = b_tiles, b_tiles += b_tiles_of(p);
+        a_tiles += (size_t)p->mt * p->kt, nblk += (size_t)(p->mt / 2) * (p->nt / 2);
         flops += 2.0 * p->M * p->N * p->K;
     }
+    if (mode != WPACK_OFF) pthread_mutex_unlock(&g_wp.mu);
     if (!np) return 0;
     uint16_t *ap = grow(&g_pack, (a_tiles + b_tiles) * TILE_ELEMS * sizeof(uint16_t));
-    if (!ap) return -1;
+    if (!ap) {
+        if (mode != WPACK_OFF) wpack_unfill(ps, np);
+        return -1;
+    }
+    for (int q = 0; q < np; q++)
+        if (ps[q].b_at != SIZE_MAX) ps[q].bpk = ap + (a_tiles + ps[q].b_at) * TILE_ELEMS;
     int threads = omp_get_max_threads();
     if (flops < (double)(1 << 22)) threads = 1; /* a parallel region costs more than such a product */
     if ((size_t)threads > nblk) threads = (int)nblk;
-    amx_run(ps, np, c, ap, ap + a_tiles * TILE_ELEMS, nblk, threads);
+    amx_run(ps, np, c, ap, nblk, threads);
+    for (int q = 0; q < np; q++) /* check mode: the products ran on fresh packs; the cached ones must equal them */
+        if (ps[q].check && memcmp(ps[q].check, ps[q].bpk, b_tiles_of(&ps[q]) * TILE_ELEMS * sizeof(uint16_t))) {
+            pthread_mutex_lock(&g_wp.mu);
+            g_wp.st.stale++;
+            pthread_mutex_unlock(&g_wp.mu);
+        }
     return 0;
 }
 #else
-static int amx_call(prob *ps, int np, const call_args *c) { return -1; }
+static int amx_call(prob *ps, int np, const call_args *c) { return (void)wpack_find, (void)wpack_unfill, -1; }
 static _Thread_local scratch_buf g_probs;
 #endif
 

@@ -51,6 +51,32 @@ void ds_gemm_bf16_rows(int ng, const int64_t *off, int tb, int N, int K, float a
 void ds_gemm_bf16_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, float *C, size_t strideC, int ldc);
 
+/* Cached weight packs (--bf16 training): op(B) of a product whose B lies inside a parameter buffer announced
+ * through ds_gemm_bf16_params_changed (ops.h params_changed, which ops/bf16.h's table forwards here) is packed
+ * once into AMX tiles, kept per (pointer, layout tb, N, K, ldb) and reused by every later product until the next
+ * announcement, which makes every pack stale (a generation counter; rebuilt on next use). So the weights of a
+ * forward and its Dgrad are read as fp32 and rounded once per optimizer step, not once per micro-batch and call.
+ * Memory: a weight used in both layouts (Fprop tb = 1, Dgrad tb = 0) has two bf16 packs, together the size of its
+ * fp32 copy; the packs are bounded by 1.25x the announced fp32 bytes (past it, products pack per call).
+ * DS_BF16_PACK in the environment: 0 = no cache (every call packs), check = every reuse is compared with a fresh
+ * pack (the product runs on the fresh one; a difference counts as stale: a weight written without the
+ * announcement), anything else or unset = the cache. The AMX kernel only (the fallback converts per call).
+ * Callers must announce every write to an announced buffer before the next product reads it. */
+void ds_gemm_bf16_params_changed(const float *base, size_t n);
+/* The buffer that starts at p is being freed: its range and its packs are dropped (ops/bf16.h's free). */
+void ds_gemm_bf16_params_freed(const void *p);
+typedef struct {
+    long long built;  /* packs (re)built from the fp32 weights */
+    long long reused; /* products that read a cached pack */
+    long long stale;  /* check mode: cached packs that differed from a fresh pack (a missed announcement) */
+    long long over;   /* weight products packed per call because the memory bound was reached */
+    size_t bytes;     /* held by the packs now */
+    size_t limit;     /* the bound on bytes */
+} ds_gemm_bf16_pack_stats;
+void ds_gemm_bf16_pack_stats_get(ds_gemm_bf16_pack_stats *out);
+/* Tests: 0 = off, 1 = on, 2 = check from now on (-1: unchanged); returns the mode in use before. */
+int ds_gemm_bf16_pack_mode(int mode);
+
 /* The dtype-carrying GEMM (the signature a bf16-storage model and the GPU's bf16 GEMM share): ds_ops.gemm's
  * contract with each operand's element type given: at, bt in {DS_F32 (rounded to bf16 while packing),
  * DS_BF16 (uint16_t bits)}, ct in {DS_F32, DS_BF16 (the result rounded to nearest even; with beta != 0 the

@@ -73,7 +73,8 @@ typedef struct ds_ops {
     /* The parameter buffer [base, base + n floats) was written (initialised, loaded, updated by the
      * optimizer). Backends that keep derived copies of weights (the CUDA backend's bf16 GEMM operands)
      * rebuild them before their next use; a GEMM operand inside a buffer never announced is converted
-     * on every call. No-op on the CPU. Callers announce every change: a stale copy is a wrong result. */
+     * on every call. No-op on the CPU; the --bf16 table (ops/bf16.h) keeps packed bf16 copies (ops/gemm_bf16.h).
+     * Callers announce every change: a stale copy is a wrong result. */
     void (*params_changed)(const float *base, size_t n);
 
     /* ---- GEMM ------------------------------------------------------------------------------------ */

@@ -83,6 +83,14 @@ static int push_biases(void *impl) {
     return x->ops->status();
 }
 
+/* Host nets: the optimizer wrote the weights in place (or a resume set the state); a table that keeps derived
+ * copies of them (--bf16's packed GEMM operands) is told (the device net's optimizer tells its own). */
+static int params_stepped(void *impl) {
+    net_impl *x = impl;
+    x->ops->params_changed(ds_model_params(x->m), ds_model_num_params(x->m));
+    return 0;
+}
+
 int ds_train_net_from_model(ds_train_net *n, ds_model *m, int seq_len) {
     memset(n, 0, sizeof *n);
     if (!ds_model_grads(m))
@@ -120,6 +128,7 @@ int ds_train_net_from_model(ds_train_net *n, ds_model *m, int seq_len) {
         }
         n->state_changed = push_biases;
     }
+    if (x->on_host) n->state_changed = params_stepped;
     n->ops = x->on_host ? NULL : x->ops;
     n->params = ds_model_params(m);
     n->grads = ds_model_grads(m);

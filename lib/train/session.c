@@ -625,6 +625,20 @@ static int report_pipeline(ds_session *s) {
     return rc;
 }
 
+/* --bf16: how the weight packs were used (ops/gemm_bf16.h); with DS_BF16_PACK=check a cached pack that differed
+ * from a fresh one (a weight written without params_changed) fails the run. */
+static int report_bf16_packs(const ds_session *s) {
+    ds_gemm_bf16_pack_stats st;
+    ds_gemm_bf16_pack_stats_get(&st);
+    if (ds_session_rank(s) == 0)
+        ds_info("bf16    weight packs: %lld built, %lld reused, %lld packed per call over the bound; %.1f MiB (bound %.1f)",
+                st.built, st.reused, st.over, (double)st.bytes / 1048576.0, (double)st.limit / 1048576.0);
+    if (st.stale)
+        return ds_fail(DS_ERR, "--bf16: %lld cached weight packs differed from fresh ones (DS_BF16_PACK=check): rank %d",
+                       st.stale, ds_session_rank(s));
+    return 0;
+}
+
 int ds_session_run(ds_session *s, int *stopped_by) {
     ds_train_end end;
     *stopped_by = 0;
@@ -632,6 +646,7 @@ int ds_session_run(ds_session *s, int *stopped_by) {
     if (!rc && ds_session_rank(s) == 0) ds_ep_run_summary(&s->ep);
     if (!rc) rc = report_memory(s, 1);
     if (!rc && s->pipe) rc = report_pipeline(s);
+    if (!rc && s->o.bf16) rc = report_bf16_packs(s);
     if (!rc && s->o.profile && ds_session_rank(s) == 0) rc = ds_train_profile_report(s->have_metrics ? &s->metrics : NULL);
     if (s->ema.ema && ds_session_rank(s) == 0) {
         long n;

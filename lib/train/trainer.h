@@ -61,7 +61,8 @@ typedef struct ds_train_net {
     /* Optional: the sequence-wise balance loss weight for the next micro-batches (NULL: fixed in the net) */
     void (*set_balance_alpha)(void *impl, double alpha);
     /* Optional: called after the trainer changed host-side state the network reads (the expert biases after
-     * an update or a resume), so a net with its own copy (a device net) refreshes it. */
+     * an update or a resume), so a net with its own copy (a device net) refreshes it; a host net announces
+     * its parameters changed (ops.h params_changed: the optimizer wrote them in place). */
     int (*state_changed)(void *impl);
     double flops_per_token; /* training FLOPs per token at the run's sequence length (MFU); 0 = unknown */
     /* Optional (expert parallelism): a micro-batch without rows on a rank that has fewer micro-batches

@@ -185,3 +185,63 @@ PY
         --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" --steps 40 --batch 4 --seq-len 64 --lr 3e-3 \
         --log-every 0 --bf16
 }
+
+# ---- --bf16's cached weight packs (ops/gemm_bf16.h, issue 24): the weights' bf16 AMX packs are built once
+# per optimizer step and reused by every forward, Dgrad and micro-batch. The cache may change no number:
+# cached and uncached (DS_BF16_PACK=0) runs agree bit for bit, and check mode (DS_BF16_PACK=check: every reuse
+# compared with a fresh pack; a difference fails the run) proves that every weight write announced itself
+# (ops.h params_changed). The SIGTERM/--resume test above runs with the cache too.
+packs() { # DIR MODE ARGS...: a 4-step --bf16 run with 2 micro-batches per step, --ema, the cache in MODE
+    local dir=$1 mode=$2
+    shift 2
+    DS_BF16_PACK=$mode train --threads 2 --micro-batch 2 --lr-schedule 0.002 --ema 0.9 --bf16 -o "$dir" \
+        --metrics "$dir.jsonl" "$@"
+}
+
+same_run() { # A B: the same weights, optimizer state, EMA and step records
+    cmp "$1/model.safetensors" "$2/model.safetensors"
+    cmp "$1/optimizer.safetensors" "$2/optimizer.safetensors"
+    cmp "$1/ema/model.safetensors" "$2/ema/model.safetensors"
+    diff <(numbers "$1.jsonl") <(numbers "$2.jsonl")
+}
+
+@test "--bf16 weight packs: cached = uncached bit for bit (2 micro-batches, --ema, a resume); none stale in check mode" {
+    local d=$BATS_TEST_TMPDIR
+    packs "$d/off" 0 --steps 4
+    packs "$d/on" 1 --steps 4
+    same_run "$d/off" "$d/on"
+    for m in 0 1; do # resumed at step 2 (a run of its own: its schedule ends at step 2), both ways
+        packs "$d/r$m" $m --steps 2
+        packs "$d/r$m" $m --steps 4 --resume "$d/r$m"
+    done
+    same_run "$d/r0" "$d/r1"
+    run --separate-stderr env DS_BF16_PACK=check "$DS_BIN/ds-pretrain" --threads 2 --peak-tflops 0.1 \
+        --config "$DS_ROOT/share/configs/tiny.json" --data "$T/shards" --tokenizer "$T/tok.json" --seq-len 64 --batch 4 \
+        --micro-batch 2 --lr-schedule 0.002 --ema 0.9 --bf16 --seed 1 --steps 4 --log-every 0 -o "$d/chk"
+    echo "$stderr"
+    [ "$status" -eq 0 ]
+    if grep -qw amx_bf16 /proc/cpuinfo; then # built once a step, reused by the other micro-batch and the Dgrads
+        line=$(printf '%s\n' "$stderr" | grep 'bf16    weight packs: ')
+        [[ "$line" =~ ([0-9]+)\ built,\ ([0-9]+)\ reused ]]
+        [ "${BASH_REMATCH[1]}" -gt 0 ] && [ "${BASH_REMATCH[2]}" -gt "${BASH_REMATCH[1]}" ]
+    fi
+}
+
+@test "--bf16 weight packs under MPI: ZeRO over 2 ranks, --ep 2, --pp 2: cached = uncached bit for bit, none stale" {
+    load mpi_helpers
+    local d=$BATS_TEST_TMPDIR
+    "$DS_PY" -c '
+import json, sys
+c = json.load(open(sys.argv[1])); c["n_group"] = 1; c["topk_group"] = 1  # unlimited routing: any --ep
+json.dump(c, open(sys.argv[2], "w"), indent=1)' "$DS_ROOT/share/configs/tiny.json" "$d/free.json"
+    local A="--config $d/free.json --peak-tflops 0.1 --threads 1 --data $T/shards --batch 8
+        --micro-batch 1 --seq-len 32 --seed 3 --log-every 0 --steps 3 --lr-schedule 0.002 --bf16 -q"
+    for lay in "" "--ep 2" "--pp 2"; do
+        local n=${lay// /}
+        DS_BF16_PACK=0 mpi -np 2 -x DS_BF16_PACK "$DS_BIN/ds-pretrain" $A $lay -o "$d/off$n" --metrics "$d/off$n.jsonl"
+        mpi -np 2 "$DS_BIN/ds-pretrain" $A $lay -o "$d/on$n" --metrics "$d/on$n.jsonl"
+        DS_BF16_PACK=check mpi -np 2 -x DS_BF16_PACK "$DS_BIN/ds-pretrain" $A $lay -o "$d/chk$n"
+        for f in "$d/off$n"/*.safetensors; do cmp "$f" "$d/on$n/${f##*/}"; done
+        diff <(numbers "$d/off$n.jsonl") <(numbers "$d/on$n.jsonl")
+    done
+}

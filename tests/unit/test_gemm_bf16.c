@@ -293,4 +293,75 @@ TEST(amx_vs_fallback) {
     }
 }
 
+/* Cached weight packs: a B inside an announced parameter buffer is packed once per announcement and the products
+ * equal the uncached ones bit for bit (Fprop tb = 1, Dgrad tb = 0, grouped rows); a weight written without the
+ * announcement is served stale (the cache is really used) and check mode counts it; after the announcement the
+ * product is the fresh one again; a B outside the buffer is never cached; freeing drops the packs. */
+static int same(const float *a, const float *b, size_t n) { return !memcmp(a, b, n * sizeof(float)); }
+
+TEST(weight_packs) {
+    ds_gemm_bf16_use_amx(1);
+    if (!ds_gemm_bf16_amx()) {
+        printf("# skip weight packs: %s\n", ds_gemm_bf16_kernel());
+        return;
+    }
+    enum { M = 45, N = 70, K = 300, E = 3, I = 40 };
+    const size_t nw = (size_t)N * K, ne = (size_t)E * I * K, np = nw + ne + 16;
+    float *P = malloc(sizeof(float) * np), *x = malloc(sizeof(float) * M * K), *dy = malloc(sizeof(float) * M * N);
+    float *C[6], *Fw = malloc(sizeof(float) * nw);
+    for (int i = 0; i < 6; i++) C[i] = malloc(sizeof(float) * M * K);
+    ds_randn_fill(P, np, 31, 0, 1.0f), ds_randn_fill(x, (size_t)M * K, 32, 0, 1.0f);
+    ds_randn_fill(dy, (size_t)M * N, 33, 0, 1.0f);
+    float *W = P + 8, *We = P + 8 + nw;
+    const int was = ds_gemm_bf16_pack_mode(0);
+    ds_gemm_bf16_pack_stats s0, s1;
+    ds_gemm_bf16_pack_stats_get(&s0);
+    /* references without the cache */
+    ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, C[0], N, 1);
+    ds_gemm_bf16(0, 0, M, K, N, 1.0f, dy, N, W, K, 0.0f, C[1], K, 1);
+    const int64_t off[E + 1] = {0, 20, 20, M};
+    ds_gemm_bf16_rows(E, off, 1, I, K, 1.0f, x, K, We, (size_t)I * K, K, 0.0f, C[2], I, 1);
+    ds_gemm_bf16_pack_mode(1);
+    ds_gemm_bf16_params_changed(P, np);
+    int ok = 1;
+    for (int rep = 0; rep < 2; rep++) { /* built, then reused */
+        ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, C[3], N, 1);
+        ds_gemm_bf16(0, 0, M, K, N, 1.0f, dy, N, W, K, 0.0f, C[4], K, 1);
+        ds_gemm_bf16_rows(E, off, 1, I, K, 1.0f, x, K, We, (size_t)I * K, K, 0.0f, C[5], I, 1);
+        ok &= same(C[0], C[3], (size_t)M * N) && same(C[1], C[4], (size_t)M * K) && same(C[2], C[5], (size_t)M * I);
+    }
+    ds_gemm_bf16_pack_stats_get(&s1);
+    CHECK(ok, "Fprop, Dgrad and grouped rows with cached packs equal the uncached products bit for bit");
+    CHECK(s1.built - s0.built == 4 && s1.reused - s0.reused == 4, "4 packs (2 experts with rows) built once, reused once (%lld, %lld)",
+          s1.built - s0.built, s1.reused - s0.reused);
+    CHECK(s1.bytes - s0.bytes == (size_t)(6 * 10 + 20 * 3 + 2 * 4 * 10) * 1024,
+          "pack bytes: 1 KiB tiles of op(B) padded to 32 columns and K (the empty group none): %zu", s1.bytes - s0.bytes);
+    /* a write without the announcement: the stale pack is used (what the announcement exists for) */
+    memcpy(Fw, W, sizeof(float) * nw);
+    for (size_t i = 0; i < nw; i++) W[i] *= 2.0f;
+    ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, C[3], N, 1);
+    CHECK(same(C[0], C[3], (size_t)M * N), "a weight written without params_changed: the cached (old) pack is read");
+    ds_gemm_bf16_pack_mode(2);
+    ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, C[3], N, 1);
+    ds_gemm_bf16_pack_stats_get(&s0);
+    ds_gemm_bf16_pack_mode(0);
+    ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, C[0], N, 1); /* the fresh product */
+    CHECK(s0.stale - s1.stale == 1 && same(C[0], C[3], (size_t)M * N),
+          "check mode: the stale pack is counted and the product runs on a fresh pack");
+    ds_gemm_bf16_pack_mode(1);
+    ds_gemm_bf16_params_changed(W, nw);
+    ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, C[3], N, 1);
+    ds_gemm_bf16_pack_stats_get(&s1);
+    CHECK(same(C[0], C[3], (size_t)M * N) && s1.built - s0.built == 1, "announced: rebuilt, the fresh product");
+    ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, Fw, K, 0.0f, C[3], N, 1); /* outside the buffer */
+    ds_gemm_bf16_pack_stats_get(&s0);
+    CHECK(s0.built == s1.built && s0.reused == s1.reused, "a B outside every announced buffer is not cached");
+    ds_gemm_bf16_params_freed(P);
+    ds_gemm_bf16_pack_stats_get(&s1);
+    CHECK(s1.bytes == 0 && s1.limit == 0, "freeing the buffer drops its packs (%zu bytes left)", s1.bytes);
+    ds_gemm_bf16_pack_mode(was);
+    for (int i = 0; i < 6; i++) free(C[i]);
+    free(P), free(x), free(dy), free(Fw);
+}
+
 TAP_MAIN()
