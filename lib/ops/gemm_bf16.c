@@ -143,8 +143,10 @@ typedef struct {
 typedef struct {
     const void *B; /* NULL: an empty slot */
     int tb, N, K, ldb;
-    uint64_t gen; /* the weights' generation it was packed from (0: never filled) */
-    uint16_t *tiles;
+    uint64_t gen;  /* the generation of its last use */
+    int filled;    /* tiles hold the pack of generation gen */
+    int reused;    /* the pack was read again in generation gen */
+    uint16_t *tiles; /* NULL: no pack kept */
     size_t bytes;
 } wpack;
 
@@ -204,8 +206,7 @@ static int wpack_rehash(size_t cap, const char *lo, const char *hi) {
         wpack *w = &g_wp.e[i];
         if (!w->B) continue;
         if ((const char *)w->B >= lo && (const char *)w->B < hi) {
-            free(w->tiles);
-            g_wp.st.bytes -= w->bytes;
+            if (w->tiles) free(w->tiles), g_wp.st.bytes -= w->bytes;
             continue;
         }
         wpack_insert(t, cap, w), n++;
@@ -250,10 +251,15 @@ void ds_gemm_bf16_params_freed(const void *p) {
     pthread_mutex_unlock(&g_wp.mu);
 }
 
-/* op(B) of p as a cached weight pack, under g_wp.mu: when B lies inside an announced parameter buffer, p->bpk
- * is its pack, already filled (pack_b = 0) or to be filled by this call (pack_b = 1); in check mode a filled
- * pack goes to p->check and the call packs afresh into its scratch. Nothing set: B is packed per call (not a
- * weight, the memory bound reached, or out of memory). */
+/* op(B) of p as a cached weight pack, under g_wp.mu: when B lies inside an announced parameter buffer and is
+ * read more than once per generation, p->bpk is its pack, already filled (pack_b = 0) or to be filled by this
+ * call (pack_b = 1); in check mode a filled pack goes to p->check and the call packs afresh into its scratch.
+ * Nothing set: B is packed per call (not a weight, its first use in this generation, a weight read only once
+ * per generation, the memory bound reached, or out of memory).
+ * Only weights read twice or more between two announcements keep a pack (micro-batches, recomputation): a
+ * step of one micro-batch reads each weight once per layout, and a pack of it would cost memory and save
+ * nothing. So an entry first only marks the use; the second use in the same generation fills a pack, and a
+ * pack that was reused in its generation is refilled at its first use in the next (one pack per step). */
 static void wpack_find(prob *p, pack_mode mode) {
     const float *B = p->B;
     const size_t span = p->tb ? (size_t)(p->N - 1) * p->ldb + p->K : (size_t)(p->K - 1) * p->ldb + p->N;
@@ -271,26 +277,37 @@ static void wpack_find(prob *p, pack_mode mode) {
             w = &g_wp.e[i];
             break;
         }
-    if (!w) {
+    if (!w) { /* the first use: marked only */
+        if (2 * (g_wp.n + 1) > g_wp.cap && wpack_rehash(g_wp.cap ? 2 * g_wp.cap : 256, NULL, NULL)) return;
+        const wpack nw = {.B = B, .tb = p->tb, .N = p->N, .K = p->K, .ldb = p->ldb, .gen = g_wp.gen};
+        wpack_insert(g_wp.e, g_wp.cap, &nw);
+        g_wp.n++;
+        return;
+    }
+    if (w->gen == g_wp.gen && w->filled) {
+        g_wp.st.reused++, w->reused = 1;
+        if (mode == WPACK_CHECK) p->check = w->tiles;
+        else p->bpk = w->tiles, p->pack_b = 0;
+        return;
+    }
+    if (w->gen != g_wp.gen && !w->reused) { /* read once in its last generation: no pack kept */
+        if (w->tiles) free(w->tiles), g_wp.st.bytes -= w->bytes;
+        w->tiles = NULL, w->bytes = 0, w->filled = 0, w->gen = g_wp.gen;
+        return;
+    }
+    /* the second use in this generation, or the first after a generation that reused it: fill the pack */
+    if (!w->tiles) {
         const size_t bytes = (size_t)p->nt * p->kt * TILE_ELEMS * sizeof(uint16_t);
         if (g_wp.st.bytes + bytes > limit) {
             g_wp.st.over++;
             return;
         }
-        if (2 * (g_wp.n + 1) > g_wp.cap && wpack_rehash(g_wp.cap ? 2 * g_wp.cap : 256, NULL, NULL)) return;
         void *t = NULL;
         if (posix_memalign(&t, 64, bytes)) return;
-        const wpack nw = {.B = B, .tb = p->tb, .N = p->N, .K = p->K, .ldb = p->ldb, .tiles = t, .bytes = bytes};
-        w = &g_wp.e[wpack_insert(g_wp.e, g_wp.cap, &nw)];
-        g_wp.n++, g_wp.st.bytes += bytes;
+        w->tiles = t, w->bytes = bytes, g_wp.st.bytes += bytes;
     }
-    if (w->gen == g_wp.gen) {
-        g_wp.st.reused++;
-        if (mode == WPACK_CHECK) p->check = w->tiles;
-        else p->bpk = w->tiles, p->pack_b = 0;
-        return;
-    }
-    w->gen = g_wp.gen, g_wp.st.built++;
+    w->reused = w->gen == g_wp.gen; /* a second use now counts as a reuse; a refill waits for its own */
+    w->gen = g_wp.gen, w->filled = 1, g_wp.st.built++;
     p->bpk = w->tiles, p->pack_b = 1;
 }
 
@@ -299,7 +316,7 @@ static void wpack_unfill(const prob *ps, int np) {
     pthread_mutex_lock(&g_wp.mu);
     for (int q = 0; q < np; q++)
         for (size_t i = 0; ps[q].pack_b && ps[q].b_at == SIZE_MAX && i < g_wp.cap; i++)
-            if (g_wp.e[i].tiles == ps[q].bpk) g_wp.e[i].gen = 0;
+            if (g_wp.e[i].tiles == ps[q].bpk) g_wp.e[i].filled = 0, g_wp.e[i].reused = 1; /* refilled next use */
     pthread_mutex_unlock(&g_wp.mu);
 }
 

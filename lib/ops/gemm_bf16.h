@@ -53,9 +53,11 @@ void ds_gemm_bf16_wgrad(int ng, const int64_t *off, int M, int N, float alpha, c
 
 /* Cached weight packs (--bf16 training): op(B) of a product whose B lies inside a parameter buffer announced
  * through ds_gemm_bf16_params_changed (ops.h params_changed, which ops/bf16.h's table forwards here) is packed
- * once into AMX tiles, kept per (pointer, layout tb, N, K, ldb) and reused by every later product until the next
+ * into AMX tiles, kept per (pointer, layout tb, N, K, ldb) and reused by every later product until the next
  * announcement, which makes every pack stale (a generation counter; rebuilt on next use). So the weights of a
  * forward and its Dgrad are read as fp32 and rounded once per optimizer step, not once per micro-batch and call.
+ * Only weights read at least twice per generation keep a pack (the second read fills it; one not reused in its
+ * generation is dropped at the next): a step of one micro-batch reads most weights once per layout.
  * Memory: a weight used in both layouts (Fprop tb = 1, Dgrad tb = 0) has two bf16 packs, together the size of its
  * fp32 copy; the packs are bounded by 1.25x the announced fp32 bytes (past it, products pack per call).
  * DS_BF16_PACK in the environment: 0 = no cache (every call packs), check = every reuse is compared with a fresh

@@ -296,7 +296,8 @@ TEST(amx_vs_fallback) {
 /* Cached weight packs: a B inside an announced parameter buffer is packed once per announcement and the products
  * equal the uncached ones bit for bit (Fprop tb = 1, Dgrad tb = 0, grouped rows); a weight written without the
  * announcement is served stale (the cache is really used) and check mode counts it; after the announcement the
- * product is the fresh one again; a B outside the buffer is never cached; freeing drops the packs. */
+ * product is the fresh one again; a B outside the buffer is never cached; freeing drops the packs. Only weights
+ * read twice per generation keep a pack. */
 static int same(const float *a, const float *b, size_t n) { return !memcmp(a, b, n * sizeof(float)); }
 
 TEST(weight_packs) {
@@ -324,7 +325,9 @@ TEST(weight_packs) {
     ds_gemm_bf16_pack_mode(1);
     ds_gemm_bf16_params_changed(P, np);
     int ok = 1;
-    for (int rep = 0; rep < 2; rep++) { /* built, then reused */
+    ds_gemm_bf16_pack_stats sm;
+    for (int rep = 0; rep < 3; rep++) { /* marked, built, then reused */
+        if (rep == 1) ds_gemm_bf16_pack_stats_get(&sm);
         ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, C[3], N, 1);
         ds_gemm_bf16(0, 0, M, K, N, 1.0f, dy, N, W, K, 0.0f, C[4], K, 1);
         ds_gemm_bf16_rows(E, off, 1, I, K, 1.0f, x, K, We, (size_t)I * K, K, 0.0f, C[5], I, 1);
@@ -332,7 +335,9 @@ TEST(weight_packs) {
     }
     ds_gemm_bf16_pack_stats_get(&s1);
     CHECK(ok, "Fprop, Dgrad and grouped rows with cached packs equal the uncached products bit for bit");
-    CHECK(s1.built - s0.built == 4 && s1.reused - s0.reused == 4, "4 packs (2 experts with rows) built once, reused once (%lld, %lld)",
+    CHECK(sm.built == s0.built && sm.bytes == s0.bytes, "a weight's first use in a generation keeps no pack");
+    CHECK(s1.built - s0.built == 4 && s1.reused - s0.reused == 4,
+          "4 packs (2 experts with rows) built at the second use, reused at the third (%lld, %lld)",
           s1.built - s0.built, s1.reused - s0.reused);
     CHECK(s1.bytes - s0.bytes == (size_t)(6 * 10 + 20 * 3 + 2 * 4 * 10) * 1024,
           "pack bytes: 1 KiB tiles of op(B) padded to 32 columns and K (the empty group none): %zu", s1.bytes - s0.bytes);
@@ -352,7 +357,14 @@ TEST(weight_packs) {
     ds_gemm_bf16_params_changed(W, nw);
     ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, C[3], N, 1);
     ds_gemm_bf16_pack_stats_get(&s1);
-    CHECK(same(C[0], C[3], (size_t)M * N) && s1.built - s0.built == 1, "announced: rebuilt, the fresh product");
+    CHECK(same(C[0], C[3], (size_t)M * N) && s1.built - s0.built == 1,
+          "announced: a pack that was reused is rebuilt at its first use; the fresh product");
+    ds_gemm_bf16_params_changed(W, nw); /* the generation above used the pack once only */
+    ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, C[4], N, 1);
+    ds_gemm_bf16_pack_stats_get(&s0);
+    CHECK(s0.built == s1.built && s1.bytes - s0.bytes == 60 * 1024 && same(C[3], C[4], (size_t)M * N),
+          "a pack not reused in its generation is dropped at the next use, which packs per call");
+    s1 = s0;
     ds_gemm_bf16(0, 1, M, N, K, 1.0f, x, K, Fw, K, 0.0f, C[3], N, 1); /* outside the buffer */
     ds_gemm_bf16_pack_stats_get(&s0);
     CHECK(s0.built == s1.built && s0.reused == s1.reused, "a B outside every announced buffer is not cached");
