@@ -9,7 +9,8 @@
 #  - against transformers in fp32 on the rounded weights: --score within the 2e-4 of tests/ref/generate.bats,
 #    greedy tokens equal;
 #  - the weights' resident memory (VmRSS once loaded) is half of fp32's, as the "weights:" line says;
-#  - --serve loads the same way: its greedy completions equal the batch tool's;
+#  - --chat on a terminal: its replies equal fp32's on the rounded weights; --serve loads the same way: its
+#    greedy completions equal the batch tool's;
 #  - combinations it cannot serve are refused with one line.
 
 bats_require_minimum_version 1.5.0
@@ -115,11 +116,36 @@ EOF
 
 teardown() { stop_server S; }
 
-@test "--serve --dtype bf16 answers with the batch tool's greedy completions" {
+# a checkpoint with a tokenizer ($T/tok) and its copy with the matrices rounded by ml_dtypes ($T/tok16)
+tok_ckpts() {
+    [ -d "$T/tok16" ] && return
     head -c 20000 /usr/share/common-licenses/GPL-3 >"$T/prose.txt"
     "$DS_BIN/ds-tokenize" train -q --vocab-size 300 -o "$T/tok.json" "$T/prose.txt"
-    "$DS_PY" "$DS_ROOT/tests/ref/generate_ckpt.py" --config "$DS_ROOT/share/configs/tiny.json" --seed 9 \
-        --tokenizer "$T/tok.json" --set vocab_size=300 --out "$T/tok"
+    local mk="$DS_PY $DS_ROOT/tests/ref/generate_ckpt.py --config $DS_ROOT/share/configs/tiny.json --seed 9
+              --tokenizer $T/tok.json --set vocab_size=300"
+    $mk --out "$T/tok"
+    $mk --out "$T/tok16" --bf16-matrices
+}
+
+@test "--chat on a terminal with --dtype bf16: the replies of fp32 on the rounded weights, turn by turn" {
+    tok_ckpts
+    local script='say hello there\nsay what is free software?\nsay /exit\n'
+    for ck in tok tok16; do
+        mkdir -p "$T/chat_$ck"
+        local dt=fp32
+        [ "$ck" = tok ] && dt=bf16
+        printf "$script" | "$DS_PY" "$DS_ROOT/tests/ref/chat_pty.py" "$T/chat_$ck" -- "$DS_BIN/ds-generate" -m "$T/$ck" \
+            --chat -v --dtype $dt --temperature 0 --max-new 12
+        [ "$(cat "$T/chat_$ck/status")" -eq 0 ]
+    done
+    grep '^weights: ' "$T/chat_tok/stderr"
+    cmp "$T/chat_tok/reply.0" "$T/chat_tok16/reply.0"
+    cmp "$T/chat_tok/reply.1" "$T/chat_tok16/reply.1"
+    [ -s "$T/chat_tok/reply.1" ]
+}
+
+@test "--serve --dtype bf16 answers with the batch tool's greedy completions" {
+    tok_ckpts
     start_server S -m "$T/tok" --dtype bf16 --batch 2
     grep '^weights: ' "$T/S.err"
     for p in "The license" "You may convey"; do
