@@ -72,7 +72,7 @@ static const ds_opt opts[] = {
      "device memory, multiplied in FP8 with 1x128-quantized activations)"},
     {"dtype", 0, DS_OPT_CHOICE, &A.dtype, "TYPE", "the weights in memory: fp32, or bf16 (rounded to nearest even, or "
      "mapped as they are from a BF16 checkpoint; half the memory and the bytes a decode step reads; activations, "
-     "norms and sums stay fp32; an FP8 checkpoint's FP8 weights stay FP8)", "fp32|bf16"},
+     "norms and sums stay fp32; an FP8 checkpoint's FP8 weights stay FP8 or expand to fp32)", "fp32|bf16"},
     {"serve", 0, DS_OPT_STR, &A.serve, "HOST:PORT", "serve the OpenAI API over HTTP (host 127.0.0.1 unless given; port 0: "
      "any free one, printed); --batch sequences decode together; SIGINT/SIGTERM stop after the requests in flight"},
     {"prefill-only", 0, DS_OPT_FLAG, &A.prefill_only, NULL, "disaggregation: run the prompts only and write each one's latent KV "

@@ -143,10 +143,13 @@ static int resident_kind(const ds_param *p) {
     return p->kind == DS_PARAM_MATRIX && p->ndim == 2 && !strstr(p->name, "kv_b_proj") && !strstr(p->name, "eh_proj");
 }
 
-/* bf16-resident (model.h opts.bf16_resident): every 2-D weight but the norms. A checkpoint without the MTP
- * module (s lacks its eh_proj) leaves that module's weights out: they are not loaded. */
+/* bf16-resident (model.h opts.bf16_resident): every 2-D weight but the norms, and but FP8 tensors that do not
+ * stay FP8-resident (kv_b): expanded to fp32 as without bf16, not rounded a second time. A checkpoint without
+ * the MTP module (s lacks its eh_proj) leaves that module's weights out: they are not loaded. */
 static int bf16_kind(const ds_model *m, const ds_st_set *s, const ds_param *p) {
     if (p->ndim != 2 || p->kind == DS_PARAM_NORM) return 0;
+    const ds_st_tensor *t = s ? ds_st_set_find(s, p->name) : NULL;
+    if (t && (t->dtype == DS_F8_E4M3 || t->dtype == DS_F8_E5M2)) return 0;
     if (s && p->layer >= m->cfg.num_hidden_layers) {
         char name[64];
         snprintf(name, sizeof name, "model.layers.%d.eh_proj.weight", p->layer);

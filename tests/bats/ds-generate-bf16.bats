@@ -6,10 +6,13 @@
 #    bf16 by ml_dtypes (tests/ref/generate_ckpt.py --bf16-matrices): greedy and sampled, batches of 3 and 1,
 #    --mtp, both prefill forms, prefill chunks smaller than the prompts, 1 and 2 threads, --score;
 #  - on a BF16 checkpoint (weights mapped, not copied) it equals the float32 load of the same file;
+#  - on an FP8 checkpoint the FP8 weights stay FP8 and the others are bf16 (within 1e-5 of the FP8-resident
+#    run on those others rounded: the FP8 products' additions may be ordered otherwise);
 #  - against transformers in fp32 on the rounded weights: --score within the 2e-4 of tests/ref/generate.bats,
 #    greedy tokens equal;
 #  - the weights' resident memory (VmRSS once loaded) is half of fp32's, as the "weights:" line says;
-#  - --serve loads the same way: its greedy completions equal the batch tool's;
+#  - --chat on a terminal: its replies equal fp32's on the rounded weights; --serve loads the same way: its
+#    greedy completions equal the batch tool's;
 #  - combinations it cannot serve are refused with one line.
 
 bats_require_minimum_version 1.5.0
@@ -70,6 +73,33 @@ EOF
     same_jsonl "$T/a.jsonl" "$T/b.jsonl"
 }
 
+@test "an FP8 checkpoint with --dtype bf16: FP8 weights stay FP8, the rest bf16; as the FP8-resident run on the rest rounded" {
+    local mk="$DS_PY $DS_ROOT/tests/ref/generate_ckpt.py --config $DS_ROOT/share/configs/tiny.json --mtp --seed 8
+              --fp8 e4m3 --set hidden_size=256 --set moe_intermediate_size=96"
+    $mk --out "$T/f8"
+    $mk --out "$T/f8r" --bf16-matrices
+    run --separate-stderr "$DS_BIN/ds-generate" -m "$T/f8" --dtype bf16 --ids --max-new 16 --ignore-eos --jsonl \
+        --temperature 0.7 --seed 2 --mtp --batch 3 <"$T/ids.txt"
+    [ "$status" -eq 0 ]
+    echo "$output" >"$T/a.jsonl"
+    echo "$stderr" | grep '^weights: '
+    [[ "$stderr" == *"weights: "*" + FP8 Linear weights "* ]]
+    "$DS_BIN/ds-generate" -m "$T/f8r" --ids --max-new 16 --ignore-eos --jsonl --temperature 0.7 --seed 2 --mtp \
+        --batch 3 -q <"$T/ids.txt" >"$T/b.jsonl"
+    # the FP8 products run through other fp32 GEMM kernels here (few-row against sgemm): the order of the
+    # additions may differ, as in tests/bats/fp8-resident.bats
+    "$DS_PY" - "$T/a.jsonl" "$T/b.jsonl" <<'EOF'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) == 3
+assert all(x["tokens"] == y["tokens"] for x, y in zip(a, b))
+d = max(abs(p - q) for x, y in zip(a, b) for p, q in zip(x["logprobs"], y["logprobs"]) if p is not None)
+print("max |diff|", d)
+assert d <= 1e-5, d
+EOF
+}
+
 @test "against transformers in fp32 on the rounded weights: scores within 2e-4, the same greedy tokens" {
     "$DS_BIN/ds-generate" -m "$T/f32" --dtype bf16 --ids --score -q <"$T/ids.txt" >"$T/ours.jsonl"
     "$DS_PY" "$DS_ROOT/tests/ref/generate_ref.py" score "$T/r16" <"$T/ids.txt" >"$T/ref.jsonl"
@@ -115,11 +145,36 @@ EOF
 
 teardown() { stop_server S; }
 
-@test "--serve --dtype bf16 answers with the batch tool's greedy completions" {
+# a checkpoint with a tokenizer ($T/tok) and its copy with the matrices rounded by ml_dtypes ($T/tok16)
+tok_ckpts() {
+    [ -d "$T/tok16" ] && return
     head -c 20000 /usr/share/common-licenses/GPL-3 >"$T/prose.txt"
     "$DS_BIN/ds-tokenize" train -q --vocab-size 300 -o "$T/tok.json" "$T/prose.txt"
-    "$DS_PY" "$DS_ROOT/tests/ref/generate_ckpt.py" --config "$DS_ROOT/share/configs/tiny.json" --seed 9 \
-        --tokenizer "$T/tok.json" --set vocab_size=300 --out "$T/tok"
+    local mk="$DS_PY $DS_ROOT/tests/ref/generate_ckpt.py --config $DS_ROOT/share/configs/tiny.json --seed 9
+              --tokenizer $T/tok.json --set vocab_size=300"
+    $mk --out "$T/tok"
+    $mk --out "$T/tok16" --bf16-matrices
+}
+
+@test "--chat on a terminal with --dtype bf16: the replies of fp32 on the rounded weights, turn by turn" {
+    tok_ckpts
+    local script='say hello there\nsay what is free software?\nsay /exit\n'
+    for ck in tok tok16; do
+        mkdir -p "$T/chat_$ck"
+        local dt=fp32
+        [ "$ck" = tok ] && dt=bf16
+        printf "$script" | "$DS_PY" "$DS_ROOT/tests/ref/chat_pty.py" "$T/chat_$ck" -- "$DS_BIN/ds-generate" -m "$T/$ck" \
+            --chat -v --dtype $dt --temperature 0 --max-new 12
+        [ "$(cat "$T/chat_$ck/status")" -eq 0 ]
+    done
+    grep '^weights: ' "$T/chat_tok/stderr"
+    cmp "$T/chat_tok/reply.0" "$T/chat_tok16/reply.0"
+    cmp "$T/chat_tok/reply.1" "$T/chat_tok16/reply.1"
+    [ -s "$T/chat_tok/reply.1" ]
+}
+
+@test "--serve --dtype bf16 answers with the batch tool's greedy completions" {
+    tok_ckpts
     start_server S -m "$T/tok" --dtype bf16 --batch 2
     grep '^weights: ' "$T/S.err"
     for p in "The license" "You may convey"; do

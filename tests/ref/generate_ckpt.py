@@ -9,8 +9,8 @@ DIR gets config.json, model.safetensors (and tokenizer.json when given). --mtp a
 tensors at layer num_hidden_layers (enorm, hnorm, eh_proj, a full decoder layer, shared_head.norm, and
 the copies of the embedding and head DeepSeek's checkpoints carry). --stream FILE also writes the
 single-file stream form: config (and tokenizer) as JSON strings in __metadata__. --bf16-matrices rounds
-every 2-D tensor to bfloat16 with ml_dtypes (nearest even) and stores it as F32: the weights ds-generate
---dtype bf16 holds, made by a tool other than ds-generate. Norm gains are
+every 2-D float32 tensor (not FP8 codes or their scales) to bfloat16 with ml_dtypes (nearest even) and
+stores it as F32: the weights ds-generate --dtype bf16 holds, made by a tool other than ds-generate. Norm gains are
 1 + noise, expert biases small, so routing and distributions are far from uniform.
 """
 import argparse
@@ -159,7 +159,8 @@ def main():
     if a.bf16_matrices:
         import ml_dtypes
 
-        t = {k: (v.astype(ml_dtypes.bfloat16).astype(np.float32) if v.ndim == 2 else v) for k, v in t.items()}
+        t = {k: (v.astype(ml_dtypes.bfloat16).astype(np.float32)
+                 if v.ndim == 2 and v.dtype == np.float32 and not k.endswith("_scale_inv") else v) for k, v in t.items()}
     if a.dtype == "bf16":
         import ml_dtypes
 
