@@ -6,8 +6,13 @@
 # window of WIN steps the mean loss of each and its relative difference to bf16, the validations, the CPU
 # time of each run and the load, and draws the curves and the differences (with V3's +-0.25%) as a PNG
 # (bench/fp8_train_plot.c).
+# A fifth run is the control: bf16 again, with the sgemm fallback instead of AMX (DS_AMX=0), so it differs
+# from the bf16 run only in the order of the fp32 sums inside the GEMMs. How far it drifts from bf16 is how
+# far two runs drift apart from rounding-level differences alone; a mode's gap to bf16 means something only
+# where it exceeds that.
 #
-# Runs PARALLEL at a time, THREADS threads each, at nice NICE, in the order bf16, fp8, hopper128, hopper0.
+# Runs PARALLEL at a time, THREADS threads each, at nice NICE, in the order bf16, fp8, hopper128, hopper0,
+# bf16sgemm.
 # Every run writes its metrics as it goes: with KEEP=DIR they stay in DIR, and PLOT_ONLY=1 KEEP=DIR redraws
 # the comparison from them (over the steps all runs reached) without training.
 # The one variable to change for a longer run on a quiet machine or a GPU session's CPUs: STEPS.
@@ -22,7 +27,7 @@ PY=${DS_PY:-$HOME/.cache/ds-venv/bin/python}
 STEPS=${STEPS:-300} BATCH=${BATCH:-8} SEQ=${SEQ:-64} WIN=${WIN:-25} THREADS=${THREADS:-1} LR=${LR:-3e-3}
 PARALLEL=${PARALLEL:-2} NICE=${NICE:-10} HIDDEN=${HIDDEN:-128} INNER=${INNER:-2048} VAL_EVERY=${VAL_EVERY:-50}
 PNG=${PNG:-$ROOT/docs/fp8_accum_training.png} KEEP=${KEEP:-} PLOT_ONLY=${PLOT_ONLY:-0}
-MODES=(bf16 fp8 hopper128 hopper0)
+MODES=(bf16 fp8 hopper128 hopper0 bf16sgemm)
 W=${KEEP:-$(mktemp -d)}
 mkdir -p "$W"
 [ -n "$KEEP" ] || trap 'rm -rf "$W"' EXIT
@@ -48,15 +53,16 @@ json.dump(c, open(sys.argv[2], 'w'), indent=1)" "$ROOT/share/configs/tiny.json" 
     } | tee "$W/header.txt"
     export OMP_WAIT_POLICY=passive # idle OpenMP threads sleep (shared machine)
     train() { # mode
-        local extra
+        local extra amx=1
         case $1 in
         bf16) extra=(--bf16) ;;
+        bf16sgemm) extra=(--bf16) amx=0 ;;
         fp8) extra=(--fp8) ;;
         hopper128) extra=(--fp8 --fp8-accum hopper --fp8-promote 128) ;;
         hopper0) extra=(--fp8 --fp8-accum hopper --fp8-promote 0) ;;
         esac
         echo "$1 start $(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg)" >>"$W/log.txt"
-        /usr/bin/time -f '%e %U %S' -o "$W/$1.time" nice -n "$NICE" "$BIN/ds-pretrain" --threads "$THREADS" \
+        DS_AMX=$amx /usr/bin/time -f '%e %U %S' -o "$W/$1.time" nice -n "$NICE" "$BIN/ds-pretrain" --threads "$THREADS" \
             --config "$W/wide.json" --data "$W/shards" -o "$W/ck-$1" --force --steps "$STEPS" --batch "$BATCH" \
             --seq-len "$SEQ" --lr "$LR" --seed 1 --val-every "$VAL_EVERY" --log-every 0 -q \
             --metrics "$W/$1.jsonl" "${extra[@]}"
@@ -77,8 +83,8 @@ fi
 
 build_bench "$ROOT/bench/fp8_train_plot.c" "$W/fp8_train_plot"
 mkdir -p "$(dirname "$PNG")"
-"$W/fp8_train_plot" --names "bf16,FP8 exact,Hopper N_C 128,Hopper no promotion" "$W/bf16.jsonl" "$W/fp8.jsonl" \
-    "$W/hopper128.jsonl" "$W/hopper0.jsonl" "$PNG" "$WIN"
+"$W/fp8_train_plot" --names "bf16,FP8 exact,Hopper N_C 128,Hopper no promotion,bf16 (control: sgemm sums)" \
+    "$W/bf16.jsonl" "$W/fp8.jsonl" "$W/hopper128.jsonl" "$W/hopper0.jsonl" "$W/bf16sgemm.jsonl" "$PNG" "$WIN"
 for mode in "${MODES[@]}"; do
     # the last line: GNU time puts "Command terminated by signal" first when a run was stopped early
     [ -f "$W/$mode.time" ] && read -r wall user sys < <(tail -n 1 "$W/$mode.time") &&
