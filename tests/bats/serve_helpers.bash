@@ -5,18 +5,20 @@
 # start_server NAME ARGS...: ds-generate ARGS --serve 127.0.0.1:0 in the background; sets NAME_URL and
 # NAME_PID (also in $T/NAME.url, $T/NAME.pid; stderr in $T/NAME.err); waits until /health answers.
 start_server() {
-    local name=$1 url="" i
+    local name=$1 url=""
     shift
     # fd 3 closed: bats waits for every process that holds it
     "$DS_BIN/ds-generate" "$@" --serve 127.0.0.1:0 >"$T/$name.url" 2>"$T/$name.err" 3>&- &
     echo $! >"$T/$name.pid"
-    for i in $(seq 300); do
+    # up to 120 s: under a parallel `make test` on 2 cores a start has taken over 15 s
+    local up=0 deadline=$((SECONDS + 120))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         url=$(head -1 "$T/$name.url" 2>/dev/null)
-        [ -n "$url" ] && curl -sf "$url/health" >/dev/null && break
+        [ -n "$url" ] && curl -sf "$url/health" >/dev/null && up=1 && break
         kill -0 "$(cat "$T/$name.pid")" 2>/dev/null || { cat "$T/$name.err"; return 1; }
         sleep 0.05
     done
-    [ -n "$url" ] || { cat "$T/$name.err"; return 1; }
+    [ "$up" = 1 ] || { echo "server $name: /health did not answer within 120 s"; cat "$T/$name.err"; return 1; }
     printf -v "${name}_URL" '%s' "$url"
     printf -v "${name}_PID" '%s' "$(cat "$T/$name.pid")"
     export "${name}_URL" "${name}_PID"
