@@ -37,6 +37,9 @@ static inline uint16_t ds_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* f on the bf16 grid (nearest even, NaN kept quiet), still a float: what storing it as bf16 keeps. */
+static inline float ds_bf16_grid(float f) { return ds_bf16_to_f32(ds_f32_to_bf16(f)); }
+
 float ds_f16_to_f32(uint16_t h);
 uint16_t ds_f32_to_f16(float f);
 

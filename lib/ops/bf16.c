@@ -10,19 +10,9 @@
 
 static ds_ops g_base, g_tab;
 
-static inline float to_bf16(float x) { return ds_bf16_to_f32(ds_f32_to_bf16(x)); }
-
 void ds_bf16_round(float *x, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) x[i] = to_bf16(x[i]);
-}
-
-/* Rows of a strided matrix rounded in place: one parallel loop over the rows (a parallel region per row, even
- * one that runs on one thread, costs more than rounding a short row). */
-static void round_rows(float *x, int64_t ld, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static) if (rows * cols > 32768)
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < cols; j++) x[r * ld + j] = to_bf16(x[r * ld + j]);
+    for (size_t i = 0; i < n; i++) x[i] = ds_bf16_grid(x[i]);
 }
 
 /* The products run on ops/gemm_bf16.h: operands rounded to bf16 while they are packed for AMX (or into
@@ -61,13 +51,13 @@ static void add(float *y, const float *a, const float *b, size_t n) {
 
 static void rmsnorm_fwd(float *y, int ldy, float *rstd, const float *x, int ldx, const float *w, int n, int d, float eps) {
     g_base.rmsnorm_fwd(y, ldy, rstd, x, ldx, w, n, d, eps);
-    round_rows(y, ldy, n, d);
+    ds_bf16_round_rows(y, ldy, n, d);
 }
 
 static void rmsnorm_bwd(float *dx, int lddx, float *dw, const float *dy, int lddy, const float *x, int ldx,
                         const float *w, const float *rstd, int n, int d) {
     g_base.rmsnorm_bwd(dx, lddx, dw, dy, lddy, x, ldx, w, rstd, n, d);
-    round_rows(dx, lddx, n, d);
+    ds_bf16_round_rows(dx, lddx, n, d);
 }
 
 static void rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int half, int interleaved, const float *cs,
@@ -77,7 +67,7 @@ static void rope(float *x, int n, int nh, int ld_row, int ld_head, int off, int 
     for (int64_t i = 0; i < n; i++)
         for (int64_t h = 0; h < nh; h++) {
             float *v = x + i * ld_row + h * ld_head + off;
-            for (int j = 0; j < 2 * half; j++) v[j] = to_bf16(v[j]);
+            for (int j = 0; j < 2 * half; j++) v[j] = ds_bf16_grid(v[j]);
         }
 }
 

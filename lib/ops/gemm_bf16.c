@@ -105,8 +105,6 @@ static void *grow(scratch_buf *s, size_t bytes) {
     return p;
 }
 
-static inline float rne(float x) { return ds_bf16_to_f32(ds_f32_to_bf16(x)); }
-
 /* One product of a call: C = alpha op(A) op(B) + beta C, with its place in the packs and the block list. */
 typedef struct {
     int ta, tb, M, N, K;
@@ -612,15 +610,15 @@ static const float *as_f32(int i, const void *x, ds_dtype t, int64_t rows, int64
     } else {
         const float *s = x;
 #pragma omp parallel for schedule(static) if (n > 65536)
-        for (size_t k = 0; k < n; k++) d[k] = rne(s[k]);
+        for (size_t k = 0; k < n; k++) d[k] = ds_bf16_grid(s[k]);
     }
     return d;
 }
 
-static void round_rows(float *x, int64_t ld, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+void ds_bf16_round_rows(float *x, int64_t ld, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols > 32768)
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < cols; j++) x[r * ld + j] = rne(x[r * ld + j]);
+        for (int64_t j = 0; j < cols; j++) x[r * ld + j] = ds_bf16_grid(x[r * ld + j]);
 }
 
 /* fp32 operands whose copy failed run unrounded (the numbers stay right to fp32; only the emulation is lost) */
@@ -633,7 +631,7 @@ static int fallback_gemm(int ta, int tb, int M, int N, int K, const call_args *c
     if (!a || !b) return -1;
     if (c->ct == DS_F32) {
         ds_cpu_gemm(ta, tb, M, N, K, c->alpha, a, lda, b, ldb, c->beta, C, ldc);
-        if (c->round_c) round_rows(C, ldc, M, N);
+        if (c->round_c) ds_bf16_round_rows(C, ldc, M, N);
         return 0;
     }
     float *t = grow(&g_fb[2], (size_t)M * N * sizeof(float));
@@ -659,7 +657,7 @@ static void scale_c(int M, int N, float beta, void *C, ds_dtype ct, int ldc, int
             } else {
                 float *c = (float *)C + (size_t)i * ldc + j;
                 *c = beta == 0.0f ? 0.0f : beta * *c;
-                if (round_c) *c = rne(*c);
+                if (round_c) *c = ds_bf16_grid(*c);
             }
         }
 }
@@ -714,7 +712,7 @@ void ds_gemm_bf16_rows(int ng, const int64_t *off, int tb, int N, int K, float a
     const int64_t bspan = (int64_t)((size_t)(ng - 1) * strideB + (size_t)((tb ? N : K) - 1) * ldb + (tb ? K : N));
     const float *b = or_raw(as_f32(1, B, DS_F32, 1, bspan, 0), B, DS_F32);
     ds_cpu_gemm_rows(ng, off, tb, N, K, alpha, a, lda, b, strideB, ldb, beta, C, ldc);
-    if (round_c) round_rows(C + (size_t)off[0] * ldc, ldc, off[ng] - off[0], N);
+    if (round_c) ds_bf16_round_rows(C + (size_t)off[0] * ldc, ldc, off[ng] - off[0], N);
 }
 
 void ds_gemm_bf16_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
