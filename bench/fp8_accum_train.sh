@@ -16,18 +16,24 @@
 # Every run writes its metrics as it goes: with KEEP=DIR they stay in DIR, and PLOT_ONLY=1 KEEP=DIR redraws
 # the comparison from them (over the steps all runs reached) without training.
 # The one variable to change for a longer run on a quiet machine or a GPU session's CPUs: STEPS.
+# An ensemble: the same runs from other seeds (SEED: the model's initialisation and the order of the data), one
+# KEEP directory per seed, MODES naming the runs to make; bench/fp8_ensemble.sh compares the modes seed by seed.
 #
 # Usage: bench/fp8_accum_train.sh   Environment: STEPS (300), BATCH (8), SEQ (64), WIN (25), LR (3e-3),
 #        THREADS (1), PARALLEL (2), NICE (10), HIDDEN (128), INNER (2048), VAL_EVERY (50),
-#        PNG (docs/fp8_accum_training.png), KEEP (a directory; default a temporary one), PLOT_ONLY (0)
+#        PNG (docs/fp8_accum_training.png), KEEP (a directory; default a temporary one), PLOT_ONLY (0),
+#        SEED (1), MODES (bf16 fp8 hopper128 hopper0 bf16sgemm; the plot needs all five)
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${DS_BIN:-$ROOT/bin}
 PY=${DS_PY:-$HOME/.cache/ds-venv/bin/python}
 STEPS=${STEPS:-300} BATCH=${BATCH:-8} SEQ=${SEQ:-64} WIN=${WIN:-25} THREADS=${THREADS:-1} LR=${LR:-3e-3}
 PARALLEL=${PARALLEL:-2} NICE=${NICE:-10} HIDDEN=${HIDDEN:-128} INNER=${INNER:-2048} VAL_EVERY=${VAL_EVERY:-50}
-PNG=${PNG:-$ROOT/docs/fp8_accum_training.png} KEEP=${KEEP:-} PLOT_ONLY=${PLOT_ONLY:-0}
-MODES=(bf16 fp8 hopper128 hopper0 bf16sgemm)
+PNG=${PNG:-$ROOT/docs/fp8_accum_training.png} KEEP=${KEEP:-} PLOT_ONLY=${PLOT_ONLY:-0} SEED=${SEED:-1}
+read -r -a MODES <<<"${MODES:-bf16 fp8 hopper128 hopper0 bf16sgemm}"
+for mode in "${MODES[@]}"; do
+    case $mode in bf16 | bf16sgemm | fp8 | hopper128 | hopper0) ;; *) echo "fp8_accum_train.sh: unknown mode $mode" >&2; exit 2 ;; esac
+done
 W=${KEEP:-$(mktemp -d)}
 mkdir -p "$W"
 [ -n "$KEEP" ] || trap 'rm -rf "$W"' EXIT
@@ -48,7 +54,7 @@ c = json.load(open(sys.argv[1])); c.update(hidden_size=int(sys.argv[3]), interme
 json.dump(c, open(sys.argv[2], 'w'), indent=1)" "$ROOT/share/configs/tiny.json" "$W/wide.json" "$HIDDEN" "$INNER"
     {
         echo "config: tiny.json with hidden $HIDDEN, dense and expert inner $INNER (vocab 512, the demo corpus);"
-        echo "$STEPS steps of $BATCH x $SEQ tokens, lr $LR, seed 1; $PARALLEL runs at a time, $THREADS thread(s) each, nice $NICE"
+        echo "$STEPS steps of $BATCH x $SEQ tokens, lr $LR, seed $SEED; $PARALLEL runs at a time, $THREADS thread(s) each, nice $NICE"
         echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores), $(date -u +%H:%M:%S) UTC"
     } | tee "$W/header.txt"
     export OMP_WAIT_POLICY=passive # idle OpenMP threads sleep (shared machine)
@@ -64,7 +70,7 @@ json.dump(c, open(sys.argv[2], 'w'), indent=1)" "$ROOT/share/configs/tiny.json" 
         echo "$1 start $(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg)" >>"$W/log.txt"
         DS_AMX=$amx /usr/bin/time -f '%e %U %S' -o "$W/$1.time" nice -n "$NICE" "$BIN/ds-pretrain" --threads "$THREADS" \
             --config "$W/wide.json" --data "$W/shards" -o "$W/ck-$1" --force --steps "$STEPS" --batch "$BATCH" \
-            --seq-len "$SEQ" --lr "$LR" --seed 1 --val-every "$VAL_EVERY" --log-every 0 -q \
+            --seq-len "$SEQ" --lr "$LR" --seed "$SEED" --val-every "$VAL_EVERY" --log-every 0 -q \
             --metrics "$W/$1.jsonl" "${extra[@]}"
         echo "$1 end $(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg)" >>"$W/log.txt"
     }
@@ -81,6 +87,7 @@ json.dump(c, open(sys.argv[2], 'w'), indent=1)" "$ROOT/share/configs/tiny.json" 
     echo "load after: $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%H:%M:%S) UTC" | tee -a "$W/header.txt"
 fi
 
+[ "${#MODES[@]}" -eq 5 ] || { echo "runs of ${MODES[*]} are in $W (the plot needs all five modes)"; exit 0; }
 build_bench "$ROOT/bench/fp8_train_plot.c" "$W/fp8_train_plot"
 mkdir -p "$(dirname "$PNG")"
 "$W/fp8_train_plot" --names "bf16,FP8 exact,Hopper N_C 128,Hopper no promotion,bf16 (control: sgemm sums)" \

@@ -261,10 +261,8 @@ static int pipe_hold(ds_session *s, ds_model_opts *mo) {
 static int open_model(ds_session *s, const ds_session_opts *o) {
     const ds_ops *ops;
     DS_TRY(ds_ops_for_device(o->device, &ops));
-    /* Before anything is built: refuse to replace what -o holds, and to share it with another writer
-     * (rank 0 writes for all: the ranks have joined by now). */
+    /* Before anything is read: refuse to replace what -o holds. */
     DS_TRY(ds_ckpt_check_out(o->out_dir, o->model_path, o->force, 1, o->resume));
-    DS_TRY(lock_out(s));
     ds_ckpt *ck = NULL;
     if (o->resume) {
         DS_TRY(ds_ckpt_find_latest(o->resume, s->resume_dir, sizeof s->resume_dir));
@@ -321,6 +319,9 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
         if (mo.linear_ops) mo.linear_ops = ds_prof_linear_ops(mo.linear_ops);
         if (mo.o_proj_ops) mo.o_proj_ops = ds_prof_linear_ops2(mo.o_proj_ops);
     }
+    /* Once the config and the layout are known good and before anything is built: the writer's lock on -o
+     * (rank 0 writes for all: the ranks have joined by now), so a refused run creates no directory. */
+    if (!rc) rc = lock_out(s);
     if (!rc) rc = ds_model_create(&s->model, &s->cfg, &mo);
     if (!rc) rc = ck ? ds_model_load_weights(s->model, ds_ckpt_tensors(ck)) : ds_model_init(s->model, o->seed);
     ds_ckpt_close(ck);
@@ -684,8 +685,11 @@ void ds_session_close(ds_session *s) {
     ds_ep_run_free(&s->ep);
     if (s->have_devcomm) ds_devcomm_close(&s->devcomm, s->failed_alone);
     if (s->have_layout && !s->failed_alone) ds_layout_free(&s->layout);
+    /* Before MPI_Finalize, whose fence holds the other ranks until this one arrives: once a rank has left it
+     * with a nonzero status mpirun kills the rest, and a rank 0 killed here would leave -o behind (a refused
+     * run must create nothing). */
+    ds_dir_lock_release(&s->out_lock);
     if (s->have_comm && s->failed_alone) ds_comm_abandon(&s->comm);
     else if (s->have_comm) ds_comm_finalize(&s->comm);
-    ds_dir_lock_release(&s->out_lock);
     memset(s, 0, sizeof *s);
 }

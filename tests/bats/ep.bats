@@ -200,7 +200,7 @@ PY
     [ "$(grep -c '"step"' "$d/r.jsonl")" -eq 22 ]
 }
 
-@test "wrong layouts are refused before any work with one line naming the numbers" {
+@test "wrong layouts are refused before any work, -o untouched, with one line naming the numbers" {
     local d=$BATS_TEST_TMPDIR
     refused() { # EXPECTED NP ARGS...
         local want=$1 np=$2
@@ -225,6 +225,13 @@ json.dump(c, open(sys.argv[2], "w"))' "$T/free.json" "$d/six.json"
     run "$DS_BIN/ds-pretrain" --threads 1 --data "$T/shards" --steps 1 --config "$T/free.json" --ep 2 -o "$d/x"
     [ "$status" -eq 2 ]
     [[ "$output" == "ds-pretrain: error: --ep 2 does not divide the 1 data-parallel ranks (--dp 1)"* ]]
+    # The layout is judged before -o is made: under a plain file -o cannot be made, and the refusal names the
+    # layout all the same (before, rank 0 made -o first, and a rank killed by mpirun's abort left it behind).
+    : >"$d/plain"
+    run mpi -np 2 "$DS_BIN/ds-pretrain" --threads 1 --data "$T/shards" --steps 1 --seq-len 32 -q \
+        --config "$DS_ROOT/share/configs/tiny.json" --ep 2 --ranks-per-node 1 -o "$d/plain/x"
+    [ "$status" -eq 2 ]
+    [[ "$output" == *"ds-pretrain: error: the config's n_group 4 must equal the 2 node(s)"* ]]
 }
 
 @test "ds-sft and ds-extend-ctx with --ep 2 follow their one-process runs" {
