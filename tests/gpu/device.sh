@@ -1,12 +1,14 @@
 #!/bin/bash
 # Runs on a lent GPU machine from a folder made by tests/gpu/stage.sh: the environment report, every GPU
 # test program, and the benchmarks; logs go to $OUT (or /tmp/ds-gpu-out). Parts: env tests tools fp8 mla gemm
-# train moe toolbench profile nccl (default: all; tools = the tools' --device cuda vs cpu test, tests/gpu/test_tools.sh;
+# train moe optim toolbench profile nccl (default: all; tools = the tools' --device cuda vs cpu test, tests/gpu/test_tools.sh;
 # fp8 = FP8-resident weights on the GPU: tests/gpu/test_fp8_resident.sh, then bench/gpu_fp8_resident.sh;
 # toolbench = bench/gpu_tools.sh, the tools against transformers; profile = one training run through the
 # per-op timing wrapper; nccl = tests/gpu/test_nccl.sh, the NCCL transport as a world of one). ONLY="test_ops test_model_step" limits the test programs.
 # moe = bench/gpu_moe.sh, one step's routed-expert time with the grouped expert GEMMs vs the per-expert
 # cuBLASLt calls (DS_CUDA_GROUPED=0).
+# optim = bench/gpu_optim.sh, the one-pass optimizer step (bf16 copy + gradient zeroing in the update) vs the
+# separate passes (DS_FUSED_OPTIM=0): the update and the first GEMM after it.
 # Usage: device.sh [part...]
 cd "$(dirname "$0")"
 export LD_LIBRARY_PATH=$PWD/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -18,7 +20,7 @@ if [ -z "${DS_NCCL_LIB:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libnccl.so.
 fi
 out=${OUT:-/tmp/ds-gpu-out}
 mkdir -p "$out"
-parts=${*:-env tests tools fp8 mla gemm train moe toolbench profile nccl}
+parts=${*:-env tests tools fp8 mla gemm train moe optim toolbench profile nccl}
 has() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
 summary=()
 if has env; then
@@ -85,6 +87,11 @@ if has moe; then
     GPU_TRAIN=bin/gpu_train timeout ${MOE_TIMEOUT:-400} bench/gpu_moe.sh 8 1024 3 >"$out/moe.txt" 2>&1
     summary+=("moe bench: exit $?")
     cat "$out/moe.txt"
+fi
+if has optim; then
+    GPU_OPTIM=bin/gpu_optim timeout ${OPTIM_TIMEOUT:-200} bench/gpu_optim.sh >"$out/optim.txt" 2>&1
+    summary+=("optim bench: exit $?")
+    cat "$out/optim.txt"
 fi
 if has toolbench; then
     DS_BIN=$PWD/bin DS_ROOT=$PWD timeout ${TOOLBENCH_TIMEOUT:-500} bench/gpu_tools.sh ${TOOLBENCH_ARGS:-} >"$out/toolbench.txt" 2>&1
