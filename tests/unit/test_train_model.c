@@ -130,9 +130,10 @@ static ds_session *stop_session;
 static int64_t stop_step;
 static int (*real_backward)(void *, const ds_batch *, const float *, const float *);
 
-/* runs in every optimizer step (the zeroing pass does not: the last update may have zeroed the gradients) */
+/* runs in every optimizer step (the zeroing pass does not: the last update may have zeroed the gradients);
+ * once per step a micro-batch: a second signal would kill (the handler is SA_RESETHAND) */
 static int backward_and_maybe_signal(void *impl, const ds_batch *b, const float *dlogp, const float *dmtp) {
-    if (ds_trainer_steps_done(stop_session->trainer) + 1 == stop_step) raise(SIGTERM);
+    if (ds_trainer_steps_done(stop_session->trainer) + 1 == stop_step && !*stop_session->stop) raise(SIGTERM);
     return real_backward(impl, b, dlogp, dmtp);
 }
 
