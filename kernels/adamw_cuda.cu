@@ -34,9 +34,11 @@ __device__ __forceinline__ void st_m(void *p, size_t i, float x, int bf16) {
 }
 
 /* blockIdx.y = tensor; the x dimension strides over its elements. Explicit _rn operations keep the
- * compiler from fusing multiply-adds, so the bits match the CPU's update. */
-__global__ void k_adamw(float *p, const float *g, void *m, void *v, const ds_cuda_adamw_seg *segs, Scalars s,
-                        int bf16) {
+ * compiler from fusing multiply-adds, so the bits match the CPU's update. w16 (or NULL) gets the new
+ * parameter in bf16, zero clears the gradient once read: the passes a training step would otherwise make
+ * after the update (a shadow rebuild, the next step's zeroing), here at no extra read. */
+__global__ void k_adamw(float *p, float *g, void *m, void *v, __nv_bfloat16 *w16, int zero, const ds_cuda_adamw_seg *segs,
+                        Scalars s, int bf16) {
     const ds_cuda_adamw_seg sg = segs[blockIdx.y];
     const float dm = sg.decay ? s.decay_mul : 1.0f;
     for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < sg.numel; k += (size_t)gridDim.x * blockDim.x) {
@@ -47,7 +49,10 @@ __global__ void k_adamw(float *p, const float *g, void *m, void *v, const ds_cud
         vi = __fadd_rn(__fmul_rn(vi, s.b2), __fmul_rn(__fmul_rn(s.one_b2, gi), gi));
         float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
         float pi = __fmul_rn(p[i], dm);
-        p[i] = __fadd_rn(pi, __fdiv_rn(__fmul_rn(-s.step_size, mi), denom));
+        float pn = __fadd_rn(pi, __fdiv_rn(__fmul_rn(-s.step_size, mi), denom));
+        p[i] = pn;
+        if (w16) w16[i] = __float2bfloat16_rn(pn); /* the rule of ops_cuda.cu's shadow conversion */
+        if (zero) g[i] = 0.0f;
         st_m(m, i, mi, bf16);
         st_m(v, i, vi, bf16);
     }
@@ -99,6 +104,12 @@ extern "C" void ds_cuda_adamw_free(ds_cuda_adamw *a) {
 
 extern "C" int ds_cuda_adamw_step(ds_cuda_adamw *a, float *params, const float *grads, float grad_scale, double lr,
                                   int64_t t) {
+    /* neither extra: the kernel only reads the gradients */
+    return ds_cuda_adamw_step_fused(a, params, (float *)grads, grad_scale, lr, t, NULL, 0);
+}
+
+extern "C" int ds_cuda_adamw_step_fused(ds_cuda_adamw *a, float *params, float *grads, float grad_scale, double lr,
+                                        int64_t t, uint16_t *params_bf16, int zero_grads) {
     const double bc1 = 1 - pow(a->o.beta1, (double)t), bc2 = 1 - pow(a->o.beta2, (double)t);
     Scalars s;
     s.gs = grad_scale;
@@ -112,7 +123,8 @@ extern "C" int ds_cuda_adamw_step(ds_cuda_adamw *a, float *params, const float *
     s.decay_mul = (float)(1 - lr * a->o.weight_decay);
     size_t blocks = (a->max_numel + 255) / 256;
     dim3 grid((unsigned)(blocks > 1024 ? 1024 : (blocks ? blocks : 1)), a->nseg);
-    k_adamw<<<grid, 256>>>(params, grads, a->m, a->v, a->segs_d, s, a->o.bf16_moments);
+    k_adamw<<<grid, 256>>>(params, grads, a->m, a->v, (__nv_bfloat16 *)params_bf16, zero_grads != 0, a->segs_d, s,
+                           a->o.bf16_moments);
     return DS_CUDA_LAUNCHED("adamw");
 }
 

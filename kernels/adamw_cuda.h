@@ -7,6 +7,9 @@
  *   m = m + (1-b1)(g - m);  v = v b2 + (1-b2) g^2;  p = p * decay_mul + (-step_size m) / (sqrt(v)/sqrt(bc2) + eps)
  * where step_size = lr / (1 - b1^t), bc2 = 1 - b2^t, decay_mul = 1 - lr wd (1 for tensors without decay),
  * all scalars formed in double on the host and rounded to float, as the CPU does.
+ * The fused step does the same update in one pass that also writes the bf16 working copy of the parameters
+ * (bf16(p_new), round to nearest even: the conversion the CUDA backend's bf16 shadow makes) and zeroes the
+ * gradients once read; its CPU reference is train/adamw.h ds_adamw_step_fused (tests/gpu/test_adamw.cu).
  * The norm is a fixed-order reduction in double (same bits run to run; it may differ from the CPU's chunked
  * sum in the last bits).
  */
@@ -38,6 +41,10 @@ int ds_cuda_adamw_create(ds_cuda_adamw **out, const ds_cuda_adamw_opts *o, size_
 void ds_cuda_adamw_free(ds_cuda_adamw *a);
 /* Update t (1-based: the number of updates including this one) of params (device) with grads (device). */
 int ds_cuda_adamw_step(ds_cuda_adamw *a, float *params, const float *grads, float grad_scale, double lr, int64_t t);
+/* The same update, and in the same pass: params_bf16 (device, n bf16 values, or NULL) gets bf16(p_new);
+ * zero_grads sets grads to 0 after reading them. Parameters and moments are ds_cuda_adamw_step's bits. */
+int ds_cuda_adamw_step_fused(ds_cuda_adamw *a, float *params, float *grads, float grad_scale, double lr, int64_t t,
+                             uint16_t *params_bf16, int zero_grads);
 /* Copy moments of [offset, offset + numel) out to / in from host float32 (which: 0 = m, 1 = v). */
 int ds_cuda_adamw_get(const ds_cuda_adamw *a, int which, size_t offset, size_t numel, float *host);
 int ds_cuda_adamw_set(ds_cuda_adamw *a, int which, size_t offset, size_t numel, const float *host);

@@ -134,6 +134,31 @@ static const __nv_bfloat16 *shadow_of(const float *p) {
 
 const __nv_bfloat16 *ds_cuda_shadow_of(const float *p) { return shadow_of(p); }
 
+/* The optimizer's side (ops_cuda.h): the storage of the shadow that mirrors exactly [base, base + n), when
+ * it exists and no other shadow overlaps that range (an update that writes it then leaves no stale mirror
+ * of any element behind); anything else (part of a buffer, as under ZeRO-1, or no copy allocated yet) is
+ * NULL, and the conversion pass stays. */
+static shadow *shadow_exactly(const float *base, size_t n) {
+    shadow *hit = NULL;
+    for (int i = 0; i < MAX_SHADOWS; i++) {
+        shadow &s = g_sh[i];
+        if (!s.base) continue;
+        if (s.base == base && s.n == n && s.b16 && s.cap >= s.n && !hit) hit = &s;
+        else if (s.base < base + n && base < s.base + s.n) return NULL;
+    }
+    return hit;
+}
+
+extern "C" uint16_t *ds_ops_cuda_shadow_target(const float *base, size_t n) {
+    shadow *s = base && n ? shadow_exactly(base, n) : NULL;
+    return s ? (uint16_t *)s->b16 : NULL;
+}
+
+extern "C" void ds_ops_cuda_shadow_written(const float *base, size_t n) {
+    shadow *s = base && n ? shadow_exactly(base, n) : NULL;
+    if (s) s->dirty = false;
+}
+
 /* ---- memory ------------------------------------------------------------------------------------------ */
 
 static void *cu_alloc(size_t bytes) {

@@ -31,6 +31,15 @@ void ds_ops_cuda_set_gemm(ds_cuda_gemm_mode mode);
 int ds_ops_cuda_memory_used(double *bytes);
 ds_cuda_gemm_mode ds_ops_cuda_gemm(void);
 
+/* The bf16 shadow of a parameter buffer (the copy bf16 GEMMs read, rebuilt by a conversion pass after
+ * params_changed) seen from a kernel that writes the parameters anyway (the fused optimizer step):
+ * ds_ops_cuda_shadow_target is that copy's device storage (n bf16 values, element i mirrors base[i]) when one
+ * mirrors exactly [base, base + n) and no other overlaps it, else NULL. After queueing a kernel that stored
+ * bf16(base[i]) (round to nearest even) into every element of it, and after announcing the change with
+ * params_changed, ds_ops_cuda_shadow_written marks the copy current, so no conversion pass runs for it. */
+uint16_t *ds_ops_cuda_shadow_target(const float *base, size_t n);
+void ds_ops_cuda_shadow_written(const float *base, size_t n);
+
 #ifdef __cplusplus
 }
 #endif

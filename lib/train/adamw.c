@@ -86,58 +86,73 @@ float ds_clip_factor(double norm, double max_norm) {
     return f < 1 ? (float)f : 1.0f;
 }
 
-/* The update of elements [lo, hi), fp32 arithmetic in the order PyTorch's AdamW uses. One loop per moment
- * storage, with restrict pointers, so that the compiler vectorizes it (a per-element test of the storage
- * kept the loop scalar: the optimizer was ~30% of a small-batch hidden-768 step). Each element's
- * operations and their order are the same either way, so the results are bit for bit those of the
- * scalar loop (IEEE sqrt and division are correctly rounded in vector form too). The Makefile builds this
- * file with -fno-math-errno: with errno, GCC keeps sqrtf scalar (v >= 0, and a NaN stays NaN either way). */
-static void update_f32(float *restrict p, const float *restrict g, float *restrict mm, float *restrict vv, size_t n,
-                       float gs, float decay_mul, float b1, float b2, float step_size, float bc2_sqrt, float eps) {
+/* The update of elements [lo, hi), fp32 arithmetic in the order PyTorch's AdamW uses. The body is written
+ * once and inlined into one loop per combination of moment storage, bf16 output and zeroing (constant
+ * arguments, restrict pointers), so that the compiler vectorizes each without a per-element test (a
+ * per-element test of the storage kept the loop scalar: the optimizer was ~30% of a small-batch hidden-768
+ * step). Each element's operations and their order are the same in every variant, so the results are bit
+ * for bit those of the scalar loop (IEEE sqrt and division are correctly rounded in vector form too). The
+ * Makefile builds this file with -fno-math-errno: with errno, GCC keeps sqrtf scalar (v >= 0, and a NaN
+ * stays NaN either way). The fused extras (train/adamw.h ds_adamw_step_fused): w16 gets bf16(p_new), and
+ * the gradient is set to 0 once read. */
+static inline __attribute__((always_inline)) void
+update_body(float *restrict p, float *restrict g, float *restrict m32, float *restrict v32, uint16_t *restrict m16,
+            uint16_t *restrict v16, uint16_t *restrict w16, size_t n, float gs, float decay_mul, float b1, float b2,
+            float step_size, float bc2_sqrt, float eps, const int bf16m, const int out16, const int zero) {
     const float one_b1 = 1.0f - b1, one_b2 = 1.0f - b2;
     for (size_t i = 0; i < n; i++) {
         float gi = g[i] * gs;
-        float m = mm[i] + one_b1 * (gi - mm[i]);
-        float v = vv[i] * b2 + one_b2 * gi * gi;
-        float denom = sqrtf(v) / bc2_sqrt + eps;
-        float pi = p[i] * decay_mul;
-        p[i] = pi + (-step_size * m) / denom;
-        mm[i] = m;
-        vv[i] = v;
-    }
-}
-
-static void update_bf16(float *restrict p, const float *restrict g, uint16_t *restrict mm, uint16_t *restrict vv,
-                        size_t n, float gs, float decay_mul, float b1, float b2, float step_size, float bc2_sqrt,
-                        float eps) {
-    const float one_b1 = 1.0f - b1, one_b2 = 1.0f - b2;
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i] * gs;
-        float m = ds_bf16_to_f32(mm[i]), v = ds_bf16_to_f32(vv[i]);
+        float m = bf16m ? ds_bf16_to_f32(m16[i]) : m32[i], v = bf16m ? ds_bf16_to_f32(v16[i]) : v32[i];
         m = m + one_b1 * (gi - m);
         v = v * b2 + one_b2 * gi * gi;
         float denom = sqrtf(v) / bc2_sqrt + eps;
         float pi = p[i] * decay_mul;
-        p[i] = pi + (-step_size * m) / denom;
-        mm[i] = ds_f32_to_bf16(m);
-        vv[i] = ds_f32_to_bf16(v);
+        float pn = pi + (-step_size * m) / denom;
+        p[i] = pn;
+        if (out16) w16[i] = ds_f32_to_bf16(pn);
+        if (zero) g[i] = 0.0f;
+        if (bf16m) {
+            m16[i] = ds_f32_to_bf16(m);
+            v16[i] = ds_f32_to_bf16(v);
+        } else {
+            m32[i] = m;
+            v32[i] = v;
+        }
     }
 }
 
-static void update_range(ds_adamw *a, float *p, const float *g, size_t lo, size_t hi, float gs, float decay_mul,
-                         float b1, float b2, float step_size, float bc2_sqrt, float eps) {
-    if (a->m32)
-        update_f32(p + lo, g + lo, a->m32 + lo, a->v32 + lo, hi - lo, gs, decay_mul, b1, b2, step_size, bc2_sqrt, eps);
-    else
-        update_bf16(p + lo, g + lo, a->m16 + lo, a->v16 + lo, hi - lo, gs, decay_mul, b1, b2, step_size, bc2_sqrt, eps);
-}
+#define UPDATE_VARIANT(name, bf16m, out16, zero)                                                                    \
+    static void name(float *restrict p, float *restrict g, float *restrict m32, float *restrict v32,             \
+                     uint16_t *restrict m16, uint16_t *restrict v16, uint16_t *restrict w16, size_t n, float gs, \
+                     float dm, float b1, float b2, float ss, float bc2s, float eps) {                            \
+        update_body(p, g, m32, v32, m16, v16, w16, n, gs, dm, b1, b2, ss, bc2s, eps, bf16m, out16, zero);        \
+    }
+UPDATE_VARIANT(update_f32, 0, 0, 0)
+UPDATE_VARIANT(update_f32_z, 0, 0, 1)
+UPDATE_VARIANT(update_f32_w, 0, 1, 0)
+UPDATE_VARIANT(update_f32_wz, 0, 1, 1)
+UPDATE_VARIANT(update_bf16, 1, 0, 0)
+UPDATE_VARIANT(update_bf16_z, 1, 0, 1)
+UPDATE_VARIANT(update_bf16_w, 1, 1, 0)
+UPDATE_VARIANT(update_bf16_wz, 1, 1, 1)
+#undef UPDATE_VARIANT
 
-void ds_adamw_step(ds_adamw *a, float *params, const float *grads, float grad_scale, double lr) {
+typedef void (*update_fn)(float *restrict, float *restrict, float *restrict, float *restrict, uint16_t *restrict,
+                          uint16_t *restrict, uint16_t *restrict, size_t, float, float, float, float, float, float,
+                          float);
+/* [bf16 moments][bf16 output][zeroing] */
+static const update_fn update_variants[2][2][2] = {{{update_f32, update_f32_z}, {update_f32_w, update_f32_wz}},
+                                                   {{update_bf16, update_bf16_z}, {update_bf16_w, update_bf16_wz}}};
+
+void ds_adamw_step_fused(ds_adamw *a, float *params, float *grads, float grad_scale, double lr, uint16_t *params_bf16,
+                         int zero_grads) {
     a->t++;
     const double bc1 = 1 - pow(a->o.beta1, (double)a->t), bc2 = 1 - pow(a->o.beta2, (double)a->t);
     const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2), eps = (float)a->o.eps;
     const float b1 = (float)a->o.beta1, b2 = (float)a->o.beta2;
     const float decay_mul = (float)(1 - lr * a->o.weight_decay);
+    const int bf16m = a->m16 != NULL;
+    const update_fn fn = update_variants[bf16m][params_bf16 != NULL][zero_grads != 0];
     /* tensors are split into chunks so one large embedding does not serialize the loop */
     enum { CHUNK = 1 << 15 };
     for (int t = 0; t < a->n_info; t++) {
@@ -147,9 +162,16 @@ void ds_adamw_step(ds_adamw *a, float *params, const float *grads, float grad_sc
 #pragma omp parallel for schedule(static) if (nchunks > 1)
         for (size_t c = 0; c < nchunks; c++) {
             size_t lo = pi->offset + c * CHUNK, hi = lo + CHUNK < pi->offset + pi->numel ? lo + CHUNK : pi->offset + pi->numel;
-            update_range(a, params, grads, lo, hi, grad_scale, dm, b1, b2, step_size, bc2_sqrt, eps);
+            fn(params + lo, grads + lo, bf16m ? NULL : a->m32 + lo, bf16m ? NULL : a->v32 + lo, bf16m ? a->m16 + lo : NULL,
+               bf16m ? a->v16 + lo : NULL, params_bf16 ? params_bf16 + lo : NULL, hi - lo, grad_scale, dm, b1, b2,
+               step_size, bc2_sqrt, eps);
         }
     }
+}
+
+void ds_adamw_step(ds_adamw *a, float *params, const float *grads, float grad_scale, double lr) {
+    /* neither output nor zeroing: the gradients are only read (the variant never writes through g) */
+    ds_adamw_step_fused(a, params, (float *)grads, grad_scale, lr, NULL, 0);
 }
 
 float ds_adamw_moment(const ds_adamw *a, int which, size_t i) {

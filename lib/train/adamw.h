@@ -55,6 +55,13 @@ float ds_clip_factor(double norm, double max_norm);
 
 /* One update of params with grads * grad_scale at learning rate lr. */
 void ds_adamw_step(ds_adamw *a, float *params, const float *grads, float grad_scale, double lr);
+/* The same update in one pass that also writes the things a training step otherwise makes in passes of
+ * their own: params_bf16 (non-NULL) gets bf16(p_new), rounded to nearest even (core/dtype.h: the bf16
+ * working copy of the weights a bf16 GEMM reads), and zero_grads sets every gradient to 0 once read (the
+ * next step's gradient accumulation starts from zeros without a zeroing pass). Parameters and moments are
+ * bit for bit ds_adamw_step's. The CPU reference of kernels/adamw_cuda.h ds_cuda_adamw_step_fused. */
+void ds_adamw_step_fused(ds_adamw *a, float *params, float *grads, float grad_scale, double lr, uint16_t *params_bf16,
+                         int zero_grads);
 
 /* Moment of element i as float (for saving/inspection); which = 0: m, 1: v. */
 float ds_adamw_moment(const ds_adamw *a, int which, size_t i);

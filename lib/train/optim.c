@@ -13,10 +13,10 @@ static int cpu_norm(ds_optim *o, const float *grads, double *norm) {
     return 0;
 }
 
-static int cpu_step(ds_optim *o, float *params, const float *grads, float grad_scale, double lr) {
+static int cpu_step(ds_optim *o, float *params, float *grads, float grad_scale, double lr, int zero_grads) {
     ds_adamw *a = o->state;
     a->t = o->t;
-    ds_adamw_step(a, params, grads, grad_scale, lr);
+    ds_adamw_step_fused(a, params, grads, grad_scale, lr, NULL, zero_grads && o->fused);
     o->t = a->t;
     return 0;
 }
@@ -48,6 +48,8 @@ int ds_optim_create(ds_optim **out, const ds_ops *ops, const ds_adamw_opts *o, s
     q->o = *o;
     q->n = n;
     q->ops = ops ? ops : ds_ops_cpu();
+    const char *fused = getenv("DS_FUSED_OPTIM");
+    q->fused = !(fused && !strcmp(fused, "0"));
     int rc;
     if (ds_ops_on_host(q->ops)) {
         q->device = "cpu";
@@ -84,8 +86,8 @@ int ds_optim_sumsq(const ds_ops *ops, const float *x, size_t n, double *out) {
     return ds_optim_sumsq_cuda(x, n, out);
 }
 
-int ds_optim_step(ds_optim *o, float *params, const float *grads, float grad_scale, double lr) {
-    return o->impl->step(o, params, grads, grad_scale, lr);
+int ds_optim_step(ds_optim *o, float *params, float *grads, float grad_scale, double lr, int zero_grads) {
+    return o->impl->step(o, params, grads, grad_scale, lr, zero_grads);
 }
 
 int ds_optim_get(const ds_optim *o, int which, size_t offset, size_t numel, float *host) {

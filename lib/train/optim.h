@@ -7,6 +7,11 @@
  * behind bias correction and the options live here, the moments in the implementation.
  * After a GPU update the backend is told that the parameters changed (ops.h params_changed), so its
  * derived copies (bf16 GEMM operands) are rebuilt before the next forward.
+ * One pass (DS_FUSED_OPTIM, default on; DS_FUSED_OPTIM=0 in the environment restores the separate passes):
+ * the update also zeroes the gradients it read when the caller allows it (a training step that would zero
+ * them before its next backward), and on the GPU writes the backend's bf16 copy of the parameters when the
+ * update covers the whole buffer that copy mirrors (kernels/ops_cuda.h ds_ops_cuda_shadow_target), so that
+ * copy is not rebuilt by a conversion pass; a partial update (a ZeRO-1 shard) leaves it to that pass.
  */
 #ifndef DS_TRAIN_OPTIM_H
 #define DS_TRAIN_OPTIM_H
@@ -22,7 +27,7 @@ typedef struct ds_optim ds_optim;
 
 typedef struct {
     int (*grad_norm)(ds_optim *o, const float *grads, double *norm);
-    int (*step)(ds_optim *o, float *params, const float *grads, float grad_scale, double lr); /* update o->t + 1 */
+    int (*step)(ds_optim *o, float *params, float *grads, float grad_scale, double lr, int zero_grads); /* o->t + 1 */
     int (*get)(const ds_optim *o, int which, size_t offset, size_t numel, float *host);
     int (*set)(ds_optim *o, int which, size_t offset, size_t numel, const float *host);
     void (*release)(ds_optim *o);
@@ -36,6 +41,7 @@ struct ds_optim {
     const ds_ops *ops;  /* the backend of params and grads */
     const ds_optim_impl *impl;
     void *state;
+    int fused;          /* 1: one pass (above); 0: DS_FUSED_OPTIM=0 */
 };
 
 /* AdamW over n parameters held by ops (NULL: host memory), decay groups from the parameter table. */
@@ -45,8 +51,10 @@ void ds_optim_free(ds_optim *o);
 
 /* sqrt(sum g^2) over the n gradients (backend memory), in double; NaN/Inf propagate. */
 int ds_optim_grad_norm(ds_optim *o, const float *grads, double *norm);
-/* One update of params with grads * grad_scale at learning rate lr; t advances. */
-int ds_optim_step(ds_optim *o, float *params, const float *grads, float grad_scale, double lr);
+/* One update of params with grads * grad_scale at learning rate lr; t advances. zero_grads: the caller has no
+ * further use for grads and would zero them before they are accumulated into again; a fused optimizer
+ * (o->fused) then sets them to 0 in the same pass, otherwise they are left as they were (only read). */
+int ds_optim_step(ds_optim *o, float *params, float *grads, float grad_scale, double lr, int zero_grads);
 /* One parameter tensor's moments (which: 0 = m, 1 = v) out to / in from host float32. */
 int ds_optim_get(const ds_optim *o, int which, size_t offset, size_t numel, float *host);
 int ds_optim_set(ds_optim *o, int which, size_t offset, size_t numel, const float *host);

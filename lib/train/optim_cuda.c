@@ -8,6 +8,7 @@
 
 #ifdef DS_HAVE_CUDA
 #include "adamw_cuda.h"
+#include "ops_cuda.h"
 
 static int cu_norm(ds_optim *o, const float *grads, double *norm) {
     o->ops->sync();
@@ -15,10 +16,14 @@ static int cu_norm(ds_optim *o, const float *grads, double *norm) {
     return ds_cuda_grad_norm(grads, o->n, norm);
 }
 
-static int cu_step(ds_optim *o, float *params, const float *grads, float grad_scale, double lr) {
-    DS_TRY(ds_cuda_adamw_step(o->state, params, grads, grad_scale, lr, o->t + 1));
+/* Fused (train/optim.h): the bf16 copy of exactly this buffer is written by the update itself; a partial
+ * update (NULL target) leaves that copy to its conversion pass. */
+static int cu_step(ds_optim *o, float *params, float *grads, float grad_scale, double lr, int zero_grads) {
+    uint16_t *w16 = o->fused ? ds_ops_cuda_shadow_target(params, o->n) : NULL;
+    DS_TRY(ds_cuda_adamw_step_fused(o->state, params, grads, grad_scale, lr, o->t + 1, w16, zero_grads && o->fused));
     o->t++;
-    o->ops->params_changed(params, o->n); /* the backend's bf16 copies of the weights are now stale */
+    o->ops->params_changed(params, o->n);              /* every table's derived copies of the weights are stale... */
+    if (w16) ds_ops_cuda_shadow_written(params, o->n); /* ...but the backend's bf16 one was written in the pass */
     return 0;
 }
 

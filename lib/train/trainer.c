@@ -302,7 +302,7 @@ int ds_trainer_step(ds_trainer *t) {
     const double bal_share = (double)m / rows;
     if (net->set_balance_alpha) net->set_balance_alpha(net->impl, t->o.balance_alpha * bal_share);
     pr = ds_prof_enter(DS_PROF_OPTIM);
-    net->zero_grad(net->impl);
+    if (!ds_zero_take_grads_zeroed(&t->opt)) net->zero_grad(net->impl); /* else the last update zeroed them */
     ds_prof_leave(pr);
     ds_balance_reset(&t->bal);
     const int P = dp_size(t), rank = dp_rank(t), n_micro = rows / m, mtp = net->mtp_depth > 0;

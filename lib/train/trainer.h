@@ -57,6 +57,8 @@ typedef struct ds_train_net {
     float **expert_bias; /* [n_moe_layers]: e_score_correction_bias of each MoE layer (forward's order) */
     int (*forward)(void *impl, const ds_batch *b, ds_fwd_out *out);
     int (*backward)(void *impl, const ds_batch *b, const float *dlogp, const float *dmtp);
+    /* grads = 0 before a step's first backward; skipped when the last update zeroed them in its pass
+     * (train/zero.h ds_zero_take_grads_zeroed), so not a hook that runs every step */
     void (*zero_grad)(void *impl);
     /* Optional: the sequence-wise balance loss weight for the next micro-batches (NULL: fixed in the net) */
     void (*set_balance_alpha)(void *impl, double alpha);

@@ -105,14 +105,18 @@ int ds_zero_grad_norm(ds_zero *z, const ds_train_net *net, double *norm) {
 }
 
 int ds_zero_step(ds_zero *z, ds_train_net *net, float grad_scale, double lr) {
+    int zeroed = 1;
+    z->grads_zeroed = 0;
     for (int i = 0; i < z->n; i++) {
         ds_zero_group *q = &z->g[i];
         if (q->opt) {
             q->opt->t = z->t;
-            DS_TRY(ds_optim_step(q->opt, net->params + q->held_lo, net->grads + q->held_lo, grad_scale, lr));
+            DS_TRY(ds_optim_step(q->opt, net->params + q->held_lo, net->grads + q->held_lo, grad_scale, lr, !q->sharded));
         }
+        if (q->g.numel && (!q->opt || q->sharded || !q->opt->fused)) zeroed = 0;
     }
     z->t++;
+    z->grads_zeroed = zeroed;
     for (int i = 0; i < z->n; i++) {
         const ds_zero_group *q = &z->g[i];
         if (!q->sharded || !q->g.numel) continue;
@@ -121,6 +125,12 @@ int ds_zero_step(ds_zero *z, ds_train_net *net, float grad_scale, double lr) {
         if (net->ops && net->ops->params_changed) net->ops->params_changed(net->params + q->g.offset, q->g.numel);
     }
     return 0;
+}
+
+int ds_zero_take_grads_zeroed(ds_zero *z) {
+    int r = z->grads_zeroed;
+    z->grads_zeroed = 0;
+    return r;
 }
 
 void ds_zero_set_t(ds_zero *z, int64_t t) {

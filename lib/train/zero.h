@@ -39,6 +39,7 @@ typedef struct ds_zero {
     int n;
     const ds_train_comm *world; /* the norm's sum (NULL: one process) */
     int64_t t;                  /* updates applied (kept in every group's optimizer) */
+    int grads_zeroed;           /* the last ds_zero_step left every gradient 0 (ds_zero_take_grads_zeroed) */
 } ds_zero;
 
 /* Groups g[0..n) must tile [0, net->n_params) in order. zero: shard the optimizer of every group whose
@@ -56,6 +57,12 @@ int ds_zero_grad_norm(ds_zero *z, const ds_train_net *net, double *norm);
 /* One AdamW update of what this rank holds (grads * grad_scale, lr), then the all-gather of sharded
  * groups' parameters: every rank ends with every parameter of its groups. */
 int ds_zero_step(ds_zero *z, ds_train_net *net, float grad_scale, double lr);
+/* Whether the gradients are all 0 because the last ds_zero_step zeroed them in its update pass (train/optim.h
+ * DS_FUSED_OPTIM), so the next step may skip its zeroing pass; the answer is given once (the next call says 0
+ * until another step). A step zeroes the gradients only where its optimizers read all of them: never under
+ * ZeRO-1 sharding (a rank updates its slice; the rest of its gradient buffer holds partial sums). The
+ * gradients are of no use after the update (the norm and the reductions come before it). */
+int ds_zero_take_grads_zeroed(ds_zero *z);
 void ds_zero_set_t(ds_zero *z, int64_t t);
 
 /* Moments (which 0 = m, 1 = v) of global elements [offset, offset+numel), which must lie in what this

@@ -4,7 +4,9 @@
 # own documentation (so nothing but the tools is needed: it runs from `make test-gpu` and from the folder
 # tests/gpu/stage.sh builds for a lent GPU machine).
 #   training: per-step losses and gradient norms of a few optimizer steps (exact fp32 GEMMs: DS_CUDA_GEMM=f32;
-#             and the default bf16 GEMMs, to bf16 tolerance); --bf16 training against --bf16 on the CPU; a run stopped and resumed on the GPU follows the
+#             and the default bf16 GEMMs, to bf16 tolerance; the one-pass optimizer equal to DS_FUSED_OPTIM=0's
+#             separate passes, exactly); --bf16 training against --bf16 on the CPU; a run stopped and resumed on
+#             the GPU follows the
 #             uninterrupted one (moments saved and loaded through the optimizer seam); the GPU's checkpoint
 #             loads on the CPU and scores the same.
 #   generation: greedy decoding (fp32 GEMMs) gives the CPU's tokens, log-probabilities within 1e-3, with
@@ -72,6 +74,17 @@ cmp_metrics "$w/cpu.jsonl" "$w/gpu16.jsonl" loss 5e-3 first
 check $? "step 1 loss: GPU (bf16 GEMMs) = CPU within 5e-3"
 cmp_metrics "$w/cpu.jsonl" "$w/gpu16.jsonl" loss 3e-2
 check $? "6 steps of losses: GPU (bf16 GEMMs) follows the CPU within 3e-2"
+# the optimizer in one pass (train/optim.h): the bf16 weights the GEMMs read written by the update, the
+# gradients zeroed by it; DS_FUSED_OPTIM=0 is the separate conversion and zeroing passes. The same bits
+# either way (the GPU path is deterministic: no floating-point atomics).
+DS_FUSED_OPTIM=0 train "$gpu" "$w/gpu16u" "$w/gpu16u.jsonl" 2>&1 | tail -3 | note
+check "${PIPESTATUS[0]}" "ds-pretrain --device cuda runs with DS_FUSED_OPTIM=0 (separate passes)"
+cmp_metrics "$w/gpu16u.jsonl" "$w/gpu16.jsonl" loss 0
+check $? "6 steps, bf16 GEMMs: the one-pass optimizer gives the separate passes' losses exactly"
+cmp_metrics "$w/gpu16u.jsonl" "$w/gpu16.jsonl" grad_norm 0
+check $? "6 steps, bf16 GEMMs: the one-pass optimizer gives the separate passes' gradient norms exactly"
+cmp -s "$w/gpu16u/model.safetensors" "$w/gpu16/model.safetensors"
+check $? "6 steps, bf16 GEMMs: the one-pass optimizer gives the separate passes' weights byte for byte"
 
 # --bf16 on the GPU (ops/bf16.h around the CUDA table: cuBLASLt on bf16 operands, outputs and activations
 # stored in bf16 by the CUDA rounding kernel) against --bf16 on the CPU (AMX or sgemm on the same bf16

@@ -30,6 +30,7 @@ typedef struct {
     float logp[MAXBT], mtp[MAXBT];
     int32_t load[NE];
     int forwards, nan_at_forward;          /* inject a NaN loss at this forward (0: never) */
+    int zeroings;                          /* zero_grad calls */
     int64_t stop_in_step;                  /* set *stop while running this (1-based) step (0: never) */
     volatile sig_atomic_t *stop;
     ds_trainer *trainer;
@@ -76,6 +77,8 @@ static int fake_forward(void *impl, const ds_batch *b, ds_fwd_out *o) {
 
 static int fake_backward(void *impl, const ds_batch *b, const float *dlogp, const float *dmtp) {
     fake *f = impl;
+    /* during step stop_in_step (a backward: validation's forwards between steps do not count) */
+    if (f->stop_in_step && ds_trainer_steps_done(f->trainer) + 1 == f->stop_in_step) *f->stop = SIGTERM;
     const int n = b->B * b->T;
     float lsm[V];
     for (int i = 0; i < n; i++) {
@@ -92,9 +95,9 @@ static int fake_backward(void *impl, const ds_batch *b, const float *dlogp, cons
     return 0;
 }
 
-static void fake_zero(void *impl) { /* called once at the start of every optimizer step */
+static void fake_zero(void *impl) { /* at the start of a step whose gradients the last update did not zero */
     fake *f = impl;
-    if (f->stop_in_step && ds_trainer_steps_done(f->trainer) + 1 == f->stop_in_step) *f->stop = SIGTERM;
+    f->zeroings++;
     memset(f->grads, 0, NPARAM * sizeof *f->grads);
 }
 
@@ -353,6 +356,27 @@ TEST(nan_stops_the_run_or_is_skipped) {
     for (int i = 0; i < NPARAM; i++) finite &= isfinite(r.f.params[i]);
     CHECK(finite, "parameters stay finite");
     run_close(&r);
+}
+
+/* DS_FUSED_OPTIM (train/optim.h): the update zeroes the gradients in its pass, so the trainer zeroes them
+ * itself only before the first step and after a step that made no update (a skipped non-finite one); with
+ * gradient accumulation over two micro-batches the weights are bit for bit those of the separate passes. */
+TEST(the_update_zeroes_the_gradients_for_the_next_step) {
+    run a, b;
+    run_cfg c = {.total = 6, .micro = 2, .batch = 4, .T = 8, .seed = 6, .skip = 1};
+    ds_train_end end;
+    CHECK(run_open(&a, &c, NULL) == 0, "open: %s", ds_errmsg());
+    a.f.nan_at_forward = 7; /* the first forward of step 4: skipped */
+    CHECK(ds_trainer_run(a.t, &end) == 0 && ds_trainer_steps_done(a.t) == 6, "fused: 6 steps");
+    setenv("DS_FUSED_OPTIM", "0", 1);
+    CHECK(run_open(&b, &c, NULL) == 0, "open: %s", ds_errmsg());
+    unsetenv("DS_FUSED_OPTIM");
+    b.f.nan_at_forward = 7;
+    CHECK(ds_trainer_run(b.t, &end) == 0 && ds_trainer_steps_done(b.t) == 6, "DS_FUSED_OPTIM=0: 6 steps");
+    CHECK(a.f.zeroings == 2 && b.f.zeroings == 6,
+          "zeroing passes: %d fused (before step 1 and after the skipped step 4), %d separate", a.f.zeroings, b.f.zeroings);
+    CHECK(!memcmp(a.f.params, b.f.params, NPARAM * sizeof(float)), "the same weight bits either way");
+    run_close(&a), run_close(&b);
 }
 
 TEST(bias_update_balances_a_skewed_router) {

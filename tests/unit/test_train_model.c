@@ -128,11 +128,12 @@ TEST(loss_falls_and_the_checkpoint_loads_back) {
 
 static ds_session *stop_session;
 static int64_t stop_step;
-static void (*real_zero)(void *);
+static int (*real_backward)(void *, const ds_batch *, const float *, const float *);
 
-static void zero_and_maybe_signal(void *impl) { /* runs at the start of every optimizer step */
+/* runs in every optimizer step (the zeroing pass does not: the last update may have zeroed the gradients) */
+static int backward_and_maybe_signal(void *impl, const ds_batch *b, const float *dlogp, const float *dmtp) {
     if (ds_trainer_steps_done(stop_session->trainer) + 1 == stop_step) raise(SIGTERM);
-    real_zero(impl);
+    return real_backward(impl, b, dlogp, dmtp);
 }
 
 TEST(stop_and_resume_is_bit_identical) {
@@ -148,8 +149,8 @@ TEST(stop_and_resume_is_bit_identical) {
     /* SIGTERM arrives during step N: the step finishes, the checkpoint is saved, the run stops */
     stop_session = &b1.s;
     stop_step = N;
-    real_zero = b1.s.net.zero_grad;
-    b1.s.net.zero_grad = zero_and_maybe_signal;
+    real_backward = b1.s.net.backward;
+    b1.s.net.backward = backward_and_maybe_signal;
     CHECK(ds_session_run(&b1.s, &sig) == 0 && sig == SIGTERM, "stopped by SIGTERM (%d)", sig);
     *b1.s.stop = 0;
     CHECK(ds_trainer_steps_done(b1.s.trainer) == N, "at step %d", N);

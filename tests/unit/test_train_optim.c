@@ -245,7 +245,7 @@ TEST(optimizer_seam_on_the_host_is_adamw) {
         double n1 = ds_grad_norm(g, N), n2 = -1;
         CHECK(ds_optim_grad_norm(q, g, &n2) == 0 && n1 == n2, "step %d: the same gradient norm", t);
         ds_adamw_step(&a, p1, g, 0.5f, 1e-2);
-        CHECK(ds_optim_step(q, p2, g, 0.5f, 1e-2) == 0, "step %d", t);
+        CHECK(ds_optim_step(q, p2, g, 0.5f, 1e-2, 0) == 0, "step %d", t);
     }
     CHECK(!memcmp(p1, p2, sizeof p1) && q->t == 3, "three updates: the same parameter bits as ds_adamw, t = %lld", (long long)q->t);
     float m[N], v[N];
