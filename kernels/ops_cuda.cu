@@ -414,6 +414,7 @@ extern "C" const ds_ops *ds_ops_cuda(void) {
     const char *grouped = getenv("DS_CUDA_GROUPED");
     if (!grouped || strcmp(grouped, "0")) o.gemm_rows_dev = cu_gemm_rows_dev, o.gemm_wgrad_dev = cu_gemm_wgrad_dev;
     o.add = cu_add; o.axpy = cu_axpy; o.scale = cu_scale; o.copy2d = cu_copy2d;
+    o.round_bf16 = cu_round_bf16; /* --bf16's storage rounding (ops/bf16.h) */
     o.rmsnorm_fwd = cu_rmsnorm_fwd; o.rmsnorm_bwd = cu_rmsnorm_bwd;
     o.rope_table = cu_rope_table; o.rope = cu_rope;
     o.attn_ws_bytes = cu_attn_ws_bytes; o.attn_fwd = cu_attn_fwd; o.attn_bwd = cu_attn_bwd;

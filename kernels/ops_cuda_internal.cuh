@@ -67,6 +67,8 @@ void cu_add(float *y, const float *a, const float *b, size_t n);
 void cu_axpy(float *y, float alpha, const float *x, size_t n);
 void cu_scale(float *y, float alpha, size_t n);
 void cu_copy2d(float *dst, int ldd, const float *src, int lds, int rows, int cols);
+/* round_bf16 (round_bf16.cu) */
+void cu_round_bf16(float *x, int64_t ld, int64_t rows, int64_t cols);
 void cu_rmsnorm_fwd(float *y, int ldy, float *rstd, const float *x, int ldx, const float *w, int n, int d, float eps);
 void cu_rmsnorm_bwd(float *dx, int lddx, float *dw, const float *dy, int lddy, const float *x, int ldx, const float *w,
                     const float *rstd, int n, int d);

@@ -22,16 +22,22 @@ const char *ds_dtype_name(ds_dtype t);      /* "F32"; "?" for invalid */
 ds_dtype ds_dtype_from_name(const char *s); /* DS_DTYPE_INVALID when unknown */
 size_t ds_dtype_size(ds_dtype t);           /* bytes per element; 0 for invalid */
 
-static inline float ds_bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
+/* A float's bits and back (no aliasing: memcpy). */
+static inline uint32_t ds_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline float ds_f32_from_bits(uint32_t u) {
     float f;
     memcpy(&f, &u, 4);
     return f;
 }
 
+static inline float ds_bf16_to_f32(uint16_t h) { return ds_f32_from_bits((uint32_t)h << 16); }
+
 static inline uint16_t ds_f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
+    uint32_t u = ds_f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
     u += 0x7fffu + ((u >> 16) & 1u);                                         /* round to nearest even */
     return (uint16_t)(u >> 16);

@@ -13,21 +13,21 @@
 #define E5M6_MAXCODE 0x7bfu /* 65024 */
 
 uint16_t ds_f32_to_e5m6(float x) {
-    const uint32_t u = ds_fp8_bits_(x), a = u & 0x7fffffffu, sign = (u >> 20) & 0x800u;
+    const uint32_t u = ds_f32_bits(x), a = u & 0x7fffffffu, sign = (u >> 20) & 0x800u;
     /* 0x477f0000 = 65280, the tie between 65024 and 2^16: even goes up, to Inf */
     return (uint16_t)(sign | (a > 0x7f800000u ? E5M6_NAN : a >= 0x477f0000u ? E5M6_INF : ds_fp8_round_mag_(a, 6, 15)));
 }
 
 uint16_t ds_f32_to_e5m6_sat(float x) {
-    const uint32_t u = ds_fp8_bits_(x), a = u & 0x7fffffffu, sign = (u >> 20) & 0x800u;
+    const uint32_t u = ds_f32_bits(x), a = u & 0x7fffffffu, sign = (u >> 20) & 0x800u;
     return (uint16_t)(sign | (a > 0x7f800000u ? E5M6_NAN : a > 0x477e0000u ? E5M6_MAXCODE : ds_fp8_round_mag_(a, 6, 15)));
 }
 
 float ds_e5m6_to_f32(uint16_t c) {
     const uint32_t sign = (uint32_t)(c & 0x800u) << 20, e = (c >> 6) & 31u, m = c & 63u;
-    if (e == 0) return ds_fp8_float_(ds_fp8_bits_((float)m * 0x1p-20f) | sign); /* subnormal (or zero): exact */
-    if (e == 31) return ds_fp8_float_(sign | (m ? 0x7fc00000u : 0x7f800000u));
-    return ds_fp8_float_(sign | (e + 112u) << 23 | m << 17); /* rebias 15 -> 127, mantissa to the top */
+    if (e == 0) return ds_f32_from_bits(ds_f32_bits((float)m * 0x1p-20f) | sign); /* subnormal (or zero): exact */
+    if (e == 31) return ds_f32_from_bits(sign | (m ? 0x7fc00000u : 0x7f800000u));
+    return ds_f32_from_bits(sign | (e + 112u) << 23 | m << 17); /* rebias 15 -> 127, mantissa to the top */
 }
 
 int ds_e5m6_scale_exp(float amax) {
@@ -64,17 +64,17 @@ static int check_shape(const char *what, int64_t rows, int64_t cols) {
 }
 
 /* 2^k as a float32, k in [-126, 127] */
-static inline float pow2f(int k) { return ds_fp8_float_((uint32_t)(k + 127) << 23); }
+static inline float pow2f(int k) { return ds_f32_from_bits((uint32_t)(k + 127) << 23); }
 
 /* One tile of w <= 128 elements: x, its packed codes, its scale byte. */
 static void quantize_tile(float *x, uint8_t *packed, uint8_t *scale, int64_t w) {
     uint16_t tmp[DS_E5M6_TILE];
     uint32_t m = 0; /* the largest finite |x| as bits: the bit order of non-negative floats is numeric */
     for (int64_t i = 0; i < w; i++) {
-        const uint32_t a = ds_fp8_bits_(x[i]) & 0x7fffffffu;
+        const uint32_t a = ds_f32_bits(x[i]) & 0x7fffffffu;
         m = a < 0x7f800000u && a > m ? a : m;
     }
-    const int e = ds_e5m6_scale_exp(ds_fp8_float_(m));
+    const int e = ds_e5m6_scale_exp(ds_f32_from_bits(m));
     const float inv = pow2f(-e);
     for (int64_t i = 0; i < w; i++) tmp[i] = ds_f32_to_e5m6(x[i] * inv);
     ds_e5m6_pack(packed, tmp, w);

@@ -34,17 +34,6 @@ extern const float ds_e5m2_table[256];
 static inline float ds_e4m3_to_f32(uint8_t v) { return ds_e4m3_table[v]; }
 static inline float ds_e5m2_to_f32(uint8_t v) { return ds_e5m2_table[v]; }
 
-static inline uint32_t ds_fp8_bits_(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static inline float ds_fp8_float_(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* Round |x| (as float32 bits `a`, not NaN, below the overflow threshold) to an FP8 magnitude code with
  * `man_bits` mantissa bits and exponent bias `bias`. Subnormals: adding 2^(emin - man_bits + 23) puts the
  * subnormal ulp in the last place of the float32 sum, so the FPU's round-to-nearest-even does the rounding
@@ -55,7 +44,7 @@ static inline uint32_t ds_fp8_round_mag_(uint32_t a, int man_bits, int bias) {
     const int drop = 23 - man_bits;
     const uint32_t min_normal = (uint32_t)(127 - bias + 1) << 23;             /* 2^(1-bias) */
     const uint32_t magic = (uint32_t)(127 + (1 - bias) - man_bits + 23) << 23; /* 2^(1-bias-man+23) */
-    uint32_t sub = ds_fp8_bits_(ds_fp8_float_(a) + ds_fp8_float_(magic)) - magic;
+    uint32_t sub = ds_f32_bits(ds_f32_from_bits(a) + ds_f32_from_bits(magic)) - magic;
     uint32_t nor = ((a + ((a >> drop) & 1u) + ((1u << (drop - 1)) - 1u)) >> drop) -
                    ((uint32_t)(127 - bias) << man_bits);
     return a < min_normal ? sub : nor;
@@ -63,28 +52,28 @@ static inline uint32_t ds_fp8_round_mag_(uint32_t a, int man_bits, int bias) {
 
 /* E4M3, as ml_dtypes: overflow (|x| > 464 after rounding, or Inf) gives NaN. */
 static inline uint8_t ds_f32_to_e4m3(float x) {
-    uint32_t u = ds_fp8_bits_(x), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
+    uint32_t u = ds_f32_bits(x), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
     uint32_t m = ds_fp8_round_mag_(a, 3, 7);
     return (uint8_t)(sign | (a > 0x43e80000u ? 0x7fu : m)); /* 0x43e80000 = 464, ties down to 448 */
 }
 
 /* E4M3 saturating (CUDA satfinite): |x| beyond 448 and +-Inf give +-448; NaN gives NaN. */
 static inline uint8_t ds_f32_to_e4m3_sat(float x) {
-    uint32_t u = ds_fp8_bits_(x), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
+    uint32_t u = ds_f32_bits(x), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
     uint32_t m = ds_fp8_round_mag_(a, 3, 7);
     return (uint8_t)(sign | (a > 0x7f800000u ? 0x7fu : a > 0x43e00000u ? 0x7eu : m));
 }
 
 /* E5M2, as ml_dtypes: |x| >= 61440 (ties to even go up) and Inf give Inf; NaN gives 0x7e. */
 static inline uint8_t ds_f32_to_e5m2(float x) {
-    uint32_t u = ds_fp8_bits_(x), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
+    uint32_t u = ds_f32_bits(x), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
     uint32_t m = ds_fp8_round_mag_(a, 2, 15);
     return (uint8_t)(sign | (a > 0x7f800000u ? 0x7eu : a >= 0x47700000u ? 0x7cu : m));
 }
 
 /* E5M2 saturating: finite overflow and +-Inf give +-57344; NaN gives NaN. */
 static inline uint8_t ds_f32_to_e5m2_sat(float x) {
-    uint32_t u = ds_fp8_bits_(x), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
+    uint32_t u = ds_f32_bits(x), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
     uint32_t m = ds_fp8_round_mag_(a, 2, 15);
     return (uint8_t)(sign | (a > 0x7f800000u ? 0x7eu : a > 0x47600000u ? 0x7bu : m));
 }

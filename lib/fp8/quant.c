@@ -14,10 +14,10 @@ float ds_fp8_scale_for_amax(float amax, ds_fp8_scale_fmt fmt) {
     float s = fmaxf(amax / DS_E4M3_MAX, DS_FP8_SCALE_MIN); /* NaN amax cannot occur (abs_bits drops NaN) */
     if (fmt == DS_FP8_SCALE_UE8M0) {
         /* ceil to a power of two on the bits: the exponent, plus one when any mantissa bit is set */
-        const uint32_t u = ds_fp8_bits_(s);
+        const uint32_t u = ds_f32_bits(s);
         int32_t e = (int32_t)((u >> 23) & 0xffu) + ((u & 0x7fffffu) != 0);
         e = e < 1 ? 1 : e > 254 ? 254 : e;
-        s = ds_fp8_float_((uint32_t)e << 23);
+        s = ds_f32_from_bits((uint32_t)e << 23);
     }
     return s;
 }

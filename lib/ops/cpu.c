@@ -2,6 +2,7 @@
 #include "ops/cpu_internal.h"
 
 #include "core/dtype.h"
+#include "ops/gemm_bf16.h"
 
 #include <cblas.h>
 #include <stdio.h>
@@ -275,6 +276,7 @@ static const ds_ops cpu_ops = {
     .axpy = ds_cpu_axpy,
     .scale = ds_cpu_scale,
     .copy2d = ds_cpu_copy2d,
+    .round_bf16 = ds_bf16_round_rows,
     .rmsnorm_fwd = ds_cpu_rmsnorm_fwd,
     .rmsnorm_bwd = ds_cpu_rmsnorm_bwd,
     .rope_table = ds_cpu_rope_table,

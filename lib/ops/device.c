@@ -37,3 +37,17 @@ int ds_device_memory_used(const ds_ops *ops, double *bytes) {
     return ds_fail(DS_ERR, "device memory: this build has no CUDA backend");
 #endif
 }
+
+int ds_ops_check_bf16_gemm(const ds_ops *ops) {
+    if (ds_ops_on_host(ops)) return DS_OK;
+#ifdef DS_HAVE_CUDA
+    if (!strcmp(ops->name, "cuda") && ds_ops_cuda_gemm() != DS_CUDA_GEMM_BF16) {
+        ds_fail(DS_EUSAGE, "--bf16 --device cuda: DS_CUDA_GEMM=%s in the environment asks for %s GEMMs; --bf16 takes "
+                "bf16 operands", ds_ops_cuda_gemm() == DS_CUDA_GEMM_TF32 ? "tf32" : "f32",
+                ds_ops_cuda_gemm() == DS_CUDA_GEMM_TF32 ? "TF32" : "fp32");
+        ds_hint("unset DS_CUDA_GEMM, or drop --bf16");
+        return DS_EUSAGE;
+    }
+#endif
+    return DS_OK;
+}

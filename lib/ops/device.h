@@ -18,6 +18,11 @@ int ds_ops_for_device(const char *device, const ds_ops **out);
  * fails for the CPU), for reports. */
 int ds_device_memory_used(const ds_ops *ops, double *bytes);
 
+/* --bf16 (ops/bf16.h) over ops: a device backend's own GEMMs must take bf16 operands, so the CUDA backend must
+ * be in its bf16 GEMM mode (the default). Fails with "--bf16 --device cuda: ..." when the environment chose
+ * another (DS_CUDA_GEMM=tf32|f32); DS_OK for the CPU (its GEMMs are replaced by ops/gemm_bf16.h's). */
+int ds_ops_check_bf16_gemm(const ds_ops *ops);
+
 /* Whether ops keeps tensors in host memory (the CPU backend): callers may read its buffers directly. */
 int ds_ops_on_host(const ds_ops *ops);
 

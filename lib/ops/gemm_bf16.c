@@ -616,6 +616,12 @@ static const float *as_f32(int i, const void *x, ds_dtype t, int64_t rows, int64
 }
 
 void ds_bf16_round_rows(float *x, int64_t ld, int64_t rows, int64_t cols) {
+    if (ld == cols && rows > 1) cols *= rows, rows = 1; /* contiguous: one flat pass, split across threads below */
+    if (rows == 1 && cols > 65536) {
+#pragma omp parallel for schedule(static)
+        for (int64_t j = 0; j < cols; j++) x[j] = ds_bf16_grid(x[j]);
+        return;
+    }
 #pragma omp parallel for schedule(static) if (rows * cols > 32768)
     for (int64_t r = 0; r < rows; r++)
         for (int64_t j = 0; j < cols; j++) x[r * ld + j] = ds_bf16_grid(x[r * ld + j]);

@@ -50,8 +50,9 @@ void ds_gemm_bf16_rows(int ng, const int64_t *off, int tb, int N, int K, float a
 /* ds_ops.gemm_wgrad's contract (C_g = alpha A_g^T B_g + beta C_g), operands rounded to bf16, fp32 result. */
 void ds_gemm_bf16_wgrad(int ng, const int64_t *off, int M, int N, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, float *C, size_t strideC, int ldc);
-/* rows x cols of x (row stride ld) put on the bf16 grid in place (round_c's rounding; --bf16's other outputs):
- * one parallel loop over the rows, as a parallel region per short row costs more than its rounding. */
+/* rows x cols of x (row stride ld) put on the bf16 grid in place (round_c's rounding; --bf16's other outputs;
+ * the CPU table's round_bf16, ops/ops.h): one parallel loop over the rows, as a parallel region per short row
+ * costs more than its rounding; contiguous rows (ld == cols) and one long row as one flat loop. */
 void ds_bf16_round_rows(float *x, int64_t ld, int64_t rows, int64_t cols);
 
 /* Cached weight packs (--bf16 training): op(B) of a product whose B lies inside a parameter buffer announced

@@ -111,6 +111,11 @@ typedef struct ds_ops {
     void (*scale)(float *y, float alpha, size_t n);                    /* y *= alpha */
     /* dst[i, :cols] = src[i, :cols] for i < rows (a strided 2-D copy; no overlap). */
     void (*copy2d)(float *dst, int ldd, const float *src, int lds, int rows, int cols);
+    /* x[r*ld + c] for r < rows, c < cols put on the bf16 grid in place, exactly core/dtype.h's ds_bf16_grid:
+     * round to nearest even, Inf and overflow to Inf kept, NaN kept (made quiet), denormals rounded like any
+     * value (no flush). Elements between rows are left alone. The --bf16 table's storage rounding (ops/bf16.h):
+     * the CPU's is ds_bf16_round_rows (ops/gemm_bf16.h), the CUDA one a kernel with the same integer rule. */
+    void (*round_bf16)(float *x, int64_t ld, int64_t rows, int64_t cols);
 
     /* ---- RMSNorm (spec 8) -------------------------------------------------------------------------- */
     /* y[i,:] = w ⊙ x[i,:] * r_i, r_i = 1/sqrt(mean_j x[i,j]^2 + eps), computed in fp32. rstd[i] = r_i

@@ -297,11 +297,8 @@ static int open_model(ds_session *s, const ds_session_opts *o) {
     if (!rc) rc = ds_ep_run_check_config(&s->ep, &s->cfg);
     ds_ep_run_model_opts(&s->ep, &mo);
     if (!rc && s->have_layout) rc = pipe_hold(s, &mo);
-    if (!rc && o->bf16 && strcmp(o->device ? o->device : "cpu", "cpu")) {
-        rc = ds_fail(DS_EUSAGE, "--bf16 --device %s: bf16 training is emulated on the CPU in this build", o->device);
-        ds_hint("drop --bf16, or train with --device cpu");
-    }
-    if (!rc && o->bf16) mo.ops = ds_bf16_ops(ops);
+    if (!rc && o->bf16) rc = ds_ops_check_bf16_gemm(ops); /* a device's own GEMMs must take bf16 operands */
+    if (!rc && o->bf16 && !(mo.ops = ds_bf16_ops(ops))) rc = DS_EUSAGE;
     ds_ops fp8_linear, fp8_o_proj; /* --fp8: every block Linear's Fprop, Dgrad and Wgrad in V3's FP8 (fp8/linear.h) */
     if (!rc && o->fp8) rc = fp8_linear_ops(o, &fp8_linear);
     if (!rc && o->fp8) mo.linear_ops = &fp8_linear;
@@ -647,7 +644,7 @@ int ds_session_run(ds_session *s, int *stopped_by) {
     if (!rc && ds_session_rank(s) == 0) ds_ep_run_summary(&s->ep);
     if (!rc) rc = report_memory(s, 1);
     if (!rc && s->pipe) rc = report_pipeline(s);
-    if (!rc && s->o.bf16) rc = report_bf16_packs(s);
+    if (!rc && s->o.bf16 && ds_ops_on_host(s->net.ops)) rc = report_bf16_packs(s); /* the CPU's AMX packs */
     if (!rc && s->o.profile && ds_session_rank(s) == 0) rc = ds_train_profile_report(s->have_metrics ? &s->metrics : NULL);
     if (s->ema.ema && ds_session_rank(s) == 0) {
         long n;

@@ -316,7 +316,8 @@ char *ds_train_record_end(ds_jsonw *w, const ds_session *s) {
     ds_jsonw_kint(w, "threads", ds_threads_get());
     ds_jsonw_kbool(w, "fp8", s->o.fp8);
     if (s->o.bf16) ds_jsonw_kbool(w, "bf16", 1);
-    if (s->o.bf16) ds_jsonw_kstr(w, "bf16_gemm", ds_gemm_bf16_amx() ? "amx" : "sgemm"); /* ops/gemm_bf16.h */
+    if (s->o.bf16) /* ops/gemm_bf16.h on the CPU; on a GPU the CUDA backend's bf16 GEMMs */
+        ds_jsonw_kstr(w, "bf16_gemm", s->o.device && strcmp(s->o.device, "cpu") ? "cublaslt" : ds_gemm_bf16_amx() ? "amx" : "sgemm");
     if (s->o.fp8_hopper) ds_jsonw_kint(w, "fp8_hopper_promote", s->o.fp8_promote);
     if (s->o.fp8) ds_jsonw_kstr(w, "fp8_attn_out", s->o.fp8_attn_out_f32 ? "f32" : "e5m6");
     if (s->o.fp8 && s->o.fp8_moe_cache_f32) ds_jsonw_kstr(w, "fp8_moe_cache", "fp32");

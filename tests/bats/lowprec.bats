@@ -62,6 +62,22 @@ PY
     [ "$status" -eq 0 ]
 }
 
+# --bf16 runs on the GPU path too (ops/bf16.h over the CUDA table; tests/gpu/test_tools.sh and test_bf16_cuda.cu
+# check it on a GPU). Here, with no GPU, --bf16 --device cuda is no longer refused for being bf16: the one line
+# a user sees is the missing GPU (before: "bf16 training is emulated on the CPU in this build" where a GPU was).
+@test "--bf16 --device cuda: accepted; without a GPU the one error line names the missing GPU" {
+    ! nvidia-smi -L >/dev/null 2>&1 || skip "a GPU is present: tests/gpu/test_tools.sh trains --bf16 on it"
+    run --separate-stderr train -o "$BATS_TEST_TMPDIR/o" --steps 1 --bf16 --device cuda
+    echo "$stderr"
+    [ "$status" -eq 1 ]
+    [ "$(printf '%s\n' "$stderr" | wc -l)" -eq 1 ]
+    [[ "$stderr" == "ds-pretrain: error: --device cuda: "* ]]
+    [[ "$stderr" != *"bf16"* ]]
+    [ ! -e "$BATS_TEST_TMPDIR/o" ]
+    # what cannot work together is still refused first, with its own line
+    usage_error "--bf16 and --fp8 are two precisions for the same GEMMs: give one" --bf16 --fp8 --device cuda
+}
+
 @test "--fp8-accum hopper trains: close to the exact FP8 GEMM, not identical, promotion recorded; every tool takes it" {
     local d=$BATS_TEST_TMPDIR
     train -o "$d/e" --steps 2 --fp8 --metrics "$d/e.jsonl"

@@ -39,16 +39,6 @@ __global__ void decode_kernel(float *out) {
     out[256 + c] = __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)c, __NV_E5M2)));
 }
 
-static float f_of(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static uint32_t u_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
 
 static std::vector<float> inputs(void) {
     std::vector<float> x = {0.f, -0.f, INFINITY, -INFINITY, 448.f, 464.f, 480.f, 57344.f, 61440.f, 65536.f, 3.4e38f};
@@ -63,9 +53,9 @@ static std::vector<float> inputs(void) {
         }
     ds_rng r;
     ds_rng_init(&r, 2024, 7);
-    for (int i = 0; i < 4096; i++) x.push_back(f_of(0x7f800001u + (ds_rng_u32(&r) % 0x7fffffu) | (ds_rng_u32(&r) << 31)));
-    for (int i = 0; i < 4096; i++) x.push_back(f_of((ds_rng_u32(&r) % 0x7fffffu + 1) | (ds_rng_u32(&r) << 31)));
-    for (int i = 0; i < (1 << 22); i++) x.push_back(f_of(ds_rng_u32(&r)));
+    for (int i = 0; i < 4096; i++) x.push_back(ds_f32_from_bits(0x7f800001u + (ds_rng_u32(&r) % 0x7fffffu) | (ds_rng_u32(&r) << 31)));
+    for (int i = 0; i < 4096; i++) x.push_back(ds_f32_from_bits((ds_rng_u32(&r) % 0x7fffffu + 1) | (ds_rng_u32(&r) << 31)));
+    for (int i = 0; i < (1 << 22); i++) x.push_back(ds_f32_from_bits(ds_rng_u32(&r)));
     return x;
 }
 
@@ -83,7 +73,7 @@ static void compare(const char *where, const std::vector<float> &x, const uint8_
             if (!ok && !bad++) first = i;
         }
         CHECK(bad == 0, "%s %s: %zu of %zu inputs differ (first %#010x: cuda %#04x, ours %#04x)", where, names[k], bad,
-              x.size(), bad ? u_of(x[first]) : 0, bad ? got[4 * first + k] : 0,
+              x.size(), bad ? ds_f32_bits(x[first]) : 0, bad ? got[4 * first + k] : 0,
               bad ? (k == 0 ? ds_f32_to_e4m3(x[first]) : k == 1 ? ds_f32_to_e4m3_sat(x[first]) : k == 2 ? ds_f32_to_e5m2(x[first]) : ds_f32_to_e5m2_sat(x[first])) : 0);
     }
 }
@@ -92,8 +82,8 @@ static void decode_check(const char *where, const float *got) {
     int bad = 0;
     for (int c = 0; c < 256; c++) {
         float a = got[c], b = got[256 + c], ea = ds_e4m3_to_f32((uint8_t)c), eb = ds_e5m2_to_f32((uint8_t)c);
-        bad += !(isnan(ea) ? isnan(a) : u_of(a) == u_of(ea));
-        bad += !(isnan(eb) ? isnan(b) : u_of(b) == u_of(eb));
+        bad += !(isnan(ea) ? isnan(a) : ds_f32_bits(a) == ds_f32_bits(ea));
+        bad += !(isnan(eb) ? isnan(b) : ds_f32_bits(b) == ds_f32_bits(eb));
     }
     CHECK(bad == 0, "%s decode: %d of 512 codes differ", where, bad);
 }

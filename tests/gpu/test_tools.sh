@@ -5,7 +5,8 @@
 # tests/gpu/stage.sh builds for a lent GPU machine).
 #   training: per-step losses and gradient norms of a few optimizer steps (exact fp32 GEMMs: DS_CUDA_GEMM=f32;
 #             and the default bf16 GEMMs, to bf16 tolerance; the one-pass optimizer equal to DS_FUSED_OPTIM=0's
-#             separate passes, exactly); a run stopped and resumed on the GPU follows the
+#             separate passes, exactly); --bf16 training against --bf16 on the CPU; a run stopped and resumed on
+#             the GPU follows the
 #             uninterrupted one (moments saved and loaded through the optimizer seam); the GPU's checkpoint
 #             loads on the CPU and scores the same.
 #   generation: greedy decoding (fp32 GEMMs) gives the CPU's tokens, log-probabilities within 1e-3, with
@@ -84,6 +85,33 @@ cmp_metrics "$w/gpu16u.jsonl" "$w/gpu16.jsonl" grad_norm 0
 check $? "6 steps, bf16 GEMMs: the one-pass optimizer gives the separate passes' gradient norms exactly"
 cmp -s "$w/gpu16u/model.safetensors" "$w/gpu16/model.safetensors"
 check $? "6 steps, bf16 GEMMs: the one-pass optimizer gives the separate passes' weights byte for byte"
+
+# --bf16 on the GPU (ops/bf16.h around the CUDA table: cuBLASLt on bf16 operands, outputs and activations
+# stored in bf16 by the CUDA rounding kernel) against --bf16 on the CPU (AMX or sgemm on the same bf16
+# operands, the same storage rounding). What differs is the order of fp32 sums and, inside attention, the GPU's
+# bf16 probabilities (ops_attn_tc.cu, flash attention's numerics) where the CPU keeps fp32: the tolerances of
+# the default bf16 GEMMs above (5e-3 at step 1, 3e-2 over 6 steps). Not vacuous: the --bf16 run's losses are not
+# the default GPU run's (the same GEMM operands, fp32 storage).
+train "$gpu" "$w/gpub" "$w/gpub.jsonl" --bf16 2>&1 | tail -3 | note
+check "${PIPESTATUS[0]}" "ds-pretrain --bf16 --device cuda runs"
+train cpu "$w/cpub" "$w/cpub.jsonl" --bf16 2>&1 | tail -3 | note
+check "${PIPESTATUS[0]}" "ds-pretrain --bf16 --device cpu runs"
+cmp_metrics "$w/cpub.jsonl" "$w/gpub.jsonl" loss 5e-3 first
+check $? "--bf16, step 1 loss: GPU = CPU within 5e-3"
+cmp_metrics "$w/cpub.jsonl" "$w/gpub.jsonl" loss 3e-2
+check $? "--bf16, 6 steps of losses: GPU follows the CPU within 3e-2"
+! cmp_metrics "$w/gpu16.jsonl" "$w/gpub.jsonl" loss 0 >/dev/null
+check $? "--bf16 on the GPU is not the default GPU run (bf16 storage rounds)"
+grep -q '"bf16_gemm":"cublaslt"' "$w/gpub.jsonl" || [ "$gpu" = cpu ]
+check $? "the record names the GPU's bf16 GEMMs"
+if [ "$gpu" = cuda ]; then
+    err=$(DS_CUDA_GEMM=f32 train "$gpu" "$w/gpubf" "$w/gpubf.jsonl" --bf16 2>&1)
+    rc=$?
+    echo "$err" | note
+    [ $rc -eq 2 ] && [ "$(echo "$err" | grep -c 'error:')" -eq 1 ] &&
+        [[ "$err" == *"ds-pretrain: error: --bf16 --device cuda: DS_CUDA_GEMM=f32 in the environment"* ]]
+    check $? "--bf16 with DS_CUDA_GEMM=f32 is refused in one line (exit 2)"
+fi
 
 # stop after 3 steps, resume to 6, on the GPU (fp32 GEMMs): the moments and biases travel through the checkpoint
 DS_CUDA_GEMM=f32 "$bin/ds-pretrain" "${targs[@]}" -o "$w/part" --steps 3 --metrics "$w/part.jsonl" --device "$gpu" 2>&1 |

@@ -23,16 +23,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-static uint32_t bits_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static float float_of(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 /* The formats from their definition: sign, exponent field e, mantissa m. */
 typedef struct {
@@ -86,9 +76,9 @@ TEST(decode_matches_definition) {
     for (int c = 0; c < 256; c++) {
         double d4 = def_decode(&E4M3, c), d5 = def_decode(&E5M2, c);
         float g4 = ds_e4m3_to_f32((uint8_t)c), g5 = ds_e5m2_to_f32((uint8_t)c);
-        if (isnan(d4) ? (bits_of(g4) != ((c & 0x80) ? 0xffc00000u : 0x7fc00000u)) : bits_of(g4) != bits_of((float)d4))
+        if (isnan(d4) ? (ds_f32_bits(g4) != ((c & 0x80) ? 0xffc00000u : 0x7fc00000u)) : ds_f32_bits(g4) != ds_f32_bits((float)d4))
             bad4++;
-        if (isnan(d5) ? (bits_of(g5) != ((c & 0x80) ? 0xffc00000u : 0x7fc00000u)) : bits_of(g5) != bits_of((float)d5))
+        if (isnan(d5) ? (ds_f32_bits(g5) != ((c & 0x80) ? 0xffc00000u : 0x7fc00000u)) : ds_f32_bits(g5) != ds_f32_bits((float)d5))
             bad5++;
     }
     CHECK(bad4 == 0, "E4M3: %d of 256 codes decode wrongly", bad4);
@@ -98,7 +88,7 @@ TEST(decode_matches_definition) {
     CHECK(ds_e5m2_to_f32(0x7b) == 57344.0f && ds_e5m2_to_f32(0x04) == 0x1p-14f && ds_e5m2_to_f32(0x01) == 0x1p-16f &&
               isinf(ds_e5m2_to_f32(0xfc)) && ds_e5m2_to_f32(0xfc) < 0,
           "E5M2 landmarks 57344, 2^-14, 2^-16, -Inf");
-    CHECK(bits_of(ds_e4m3_to_f32(0x80)) == 0x80000000u, "E4M3 0x80 is -0");
+    CHECK(ds_f32_bits(ds_e4m3_to_f32(0x80)) == 0x80000000u, "E4M3 0x80 is -0");
 }
 
 TEST(every_code_round_trips) {
@@ -125,14 +115,14 @@ TEST(overflow_and_specials) {
     CHECK(ds_f32_to_e4m3(0x1p-10f) == 0x00 && ds_f32_to_e4m3(nextafterf(0x1p-10f, 1)) == 0x01 &&
               ds_f32_to_e4m3(0x1.8p-9f) == 0x02 && ds_f32_to_e4m3(0x1.4p-8f) == 0x02,
           "E4M3 subnormal ties: 2^-10 -> 0, 1.5*2^-9 -> 2*2^-9, 2.5*2^-9 -> 2*2^-9");
-    CHECK(ds_f32_to_e4m3(-0.0f) == 0x80 && ds_f32_to_e4m3(float_of(1)) == 0x00 && ds_f32_to_e4m3(-1e-40f) == 0x80,
+    CHECK(ds_f32_to_e4m3(-0.0f) == 0x80 && ds_f32_to_e4m3(ds_f32_from_bits(1)) == 0x00 && ds_f32_to_e4m3(-1e-40f) == 0x80,
           "signed zero and float32 subnormals");
 }
 
 /* A stratified sample: random float32 bit patterns (NaN payloads, huge and tiny values included) and
  * log-uniform values over the FP8 ranges with random signs. */
 static float sample(ds_rng *r, uint64_t i) {
-    if (i % 2 == 0) return float_of(ds_rng_u32(r));
+    if (i % 2 == 0) return ds_f32_from_bits(ds_rng_u32(r));
     double e = -20 + 38 * ds_rng_uniform(r);
     return (float)((ds_rng_u32(r) & 1 ? -1 : 1) * exp2(e));
 }
@@ -170,14 +160,14 @@ TEST(bulk_paths_equal_scalar) {
     ds_fp8_encode(q2, DS_F8_E5M2, x, N, 0);
     for (int i = 0; i < N; i++) bad += q2[i] != ds_f32_to_e5m2(x[i]);
     ds_fp8_decode(y, DS_F8_E4M3, q, N);
-    for (int i = 0; i < N; i++) bad += bits_of(y[i]) != bits_of(ds_e4m3_to_f32(q[i]));
+    for (int i = 0; i < N; i++) bad += ds_f32_bits(y[i]) != ds_f32_bits(ds_e4m3_to_f32(q[i]));
     ds_fp8_decode_bf16(h, DS_F8_E5M2, q2, N);
     for (int i = 0; i < N; i++) {
         float v = ds_e5m2_to_f32(q2[i]);
-        bad += isnan(v) ? !isnan(ds_bf16_to_f32(h[i])) : bits_of(ds_bf16_to_f32(h[i])) != bits_of(v);
+        bad += isnan(v) ? !isnan(ds_bf16_to_f32(h[i])) : ds_f32_bits(ds_bf16_to_f32(h[i])) != ds_f32_bits(v);
     }
     ds_fp8_convert_to_f32(y, q, DS_F8_E4M3, N);
-    for (int i = 0; i < N; i++) bad += bits_of(y[i]) != bits_of(ds_e4m3_to_f32(q[i]));
+    for (int i = 0; i < N; i++) bad += ds_f32_bits(y[i]) != ds_f32_bits(ds_e4m3_to_f32(q[i]));
     CHECK(bad == 0, "%d bulk/scalar differences", bad);
     ds_err_clear();
     CHECK(ds_fp8_decode(y, DS_BF16, q, 1) == DS_ERR && !strcmp(ds_errmsg(), "fp8: not an FP8 dtype: BF16"),
@@ -221,13 +211,13 @@ TEST(against_ml_dtypes) {
             for (uint64_t i = 0; i < n; i++)
                 if (got[i] != want[k * n + i] && !bad++) first = i;
             CHECK(bad == 0, "%s: %llu of %llu differ (first input %#010x: ours %#04x, reference %#04x)", names[k],
-                  (unsigned long long)bad, (unsigned long long)n, bad ? bits_of(x[first]) : 0,
+                  (unsigned long long)bad, (unsigned long long)n, bad ? ds_f32_bits(x[first]) : 0,
                   bad ? got[first] : 0, bad ? want[k * n + first] : 0);
         }
         int badd = 0;
         for (int c = 0; c < 256; c++) {
-            badd += bits_of(ds_e4m3_to_f32((uint8_t)c)) != bits_of(dec[c]);
-            badd += bits_of(ds_e5m2_to_f32((uint8_t)c)) != bits_of(dec[256 + c]);
+            badd += ds_f32_bits(ds_e4m3_to_f32((uint8_t)c)) != ds_f32_bits(dec[c]);
+            badd += ds_f32_bits(ds_e5m2_to_f32((uint8_t)c)) != ds_f32_bits(dec[256 + c]);
         }
         CHECK(badd == 0, "decoding all 2x256 codes: %d float32 bit patterns differ from ml_dtypes", badd);
         free(got);
