@@ -7,7 +7,7 @@
  * confidence half-width (Student's t with S - 1 degrees of freedom times the standard error). A window
  * *resolves* V3's bound when the whole interval lies inside +-0.25%, and shows an effect when the interval
  * excludes 0. Prints a Markdown table per window, the paired validation differences, a JSON line per mode,
- * and draws the ensemble-mean losses and the paired differences with their intervals as one PNG.
+ * and draws the ensemble-mean losses and the paired differences (each seed's and their mean) as one PNG.
  *
  * usage: fp8_ensemble --modes BASE,MODE,... [--names BASE,MODE,...] DIR... OUT.png [WINDOW]
  * (WINDOW default 100; the steps compared are those every run of every seed reached) */
@@ -102,10 +102,13 @@ int main(int argc, char **argv) {
            "(t with %d degrees of freedom x standard error) [min, max over seeds]\n\n", S, n, W, names[0], S - 1);
 
     /* per window: the baseline's ensemble mean and its seed-to-seed spread, each mode's paired difference */
-    double *wx = malloc(sizeof(double) * nw), *wm[MAX_MODES], *wlo[MAX_MODES], *whi[MAX_MODES], d[MAX_SEEDS];
+    double *wx = malloc(sizeof(double) * nw), *wm[MAX_MODES], *wseed[MAX_MODES][MAX_SEEDS], d[MAX_SEEDS];
     int effect[MAX_MODES] = {0}, within[MAX_MODES] = {0};
     double worst[MAX_MODES] = {0}, widest[MAX_MODES] = {0};
-    for (int m = 0; m < M; m++) wm[m] = malloc(sizeof(double) * nw), wlo[m] = malloc(sizeof(double) * nw), whi[m] = malloc(sizeof(double) * nw);
+    for (int m = 0; m < M; m++) {
+        wm[m] = malloc(sizeof(double) * nw);
+        for (int s = 0; s < S; s++) wseed[m][s] = malloc(sizeof(double) * nw);
+    }
     printf("| steps | %s loss (seed spread) |", names[0]);
     for (int m = 1; m < M; m++) printf(" %s − %s |", names[m], names[0]);
     printf("\n|---|---|");
@@ -118,9 +121,9 @@ int main(int argc, char **argv) {
         wx[k] = k * W + (W + 1) / 2.0;
         printf("| %d–%d | %.4f (±%.2f%%) |", k * W + 1, (k + 1) * W, b.mean, 100 * b.se * sqrt(S) / b.mean);
         for (int m = 1; m < M; m++) {
-            for (int s = 0; s < S; s++) d[s] = 100 * (mean(runs[s][m].loss + k * W, W) - base[s]) / base[s];
+            for (int s = 0; s < S; s++) wseed[m][s][k] = d[s] = 100 * (mean(runs[s][m].loss + k * W, W) - base[s]) / base[s];
             const summary r = summarise(d, S);
-            wm[m][k] = r.mean, wlo[m][k] = r.mean - r.half, whi[m][k] = r.mean + r.half;
+            wm[m][k] = r.mean;
             effect[m] += fabs(r.mean) > r.half;
             within[m] += fabs(r.mean) + r.half <= 0.25;
             if (fabs(r.mean) > fabs(worst[m])) worst[m] = r.mean;
@@ -149,7 +152,8 @@ int main(int argc, char **argv) {
     }
     printf("\n(seed spread: the sample standard deviation of the %s window mean across seeds, relative)\n", names[0]);
 
-    /* the chart: each mode's loss averaged over the seeds, then the paired differences with their intervals */
+    /* the chart: each mode's loss averaged over the seeds, then the paired differences, each seed's (pale) and
+     * their mean */
     double *x = malloc(sizeof(double) * n), *avg[MAX_MODES];
     for (int m = 0; m < M; m++) {
         avg[m] = malloc(sizeof(double) * n);
@@ -160,19 +164,17 @@ int main(int argc, char **argv) {
             avg[m][i] = sum / S, x[i] = i + 1;
         }
     }
-    ds_series top[MAX_MODES], bottom[3 * MAX_MODES + 1];
+    ds_series top[MAX_MODES], bottom[(MAX_SEEDS + 1) * MAX_MODES + 1];
     int nt = 0, nb = 0;
     for (int m = 0; m < M; m++) top[nt++] = (ds_series){names[m], x, avg[m], n, colors[m], 0};
-    for (int m = 1; m < M; m++) {
-        bottom[nb++] = (ds_series){NULL, wx, wlo[m], nw, pale[m], 0};
-        bottom[nb++] = (ds_series){NULL, wx, whi[m], nw, pale[m], 0};
-        bottom[nb++] = (ds_series){names[m], wx, wm[m], nw, colors[m], 1};
-    }
+    for (int m = 1; m < M; m++)
+        for (int s = 0; s < S; s++) bottom[nb++] = (ds_series){NULL, wx, wseed[m][s], nw, pale[m], 0};
+    for (int m = 1; m < M; m++) bottom[nb++] = (ds_series){names[m], wx, wm[m], nw, colors[m], 1};
     double bx[3] = {1, NAN, n}, by[3] = {-0.3, NAN, 0.3};
     bottom[nb++] = (ds_series){NULL, bx, by, 3, 0, 0};
     char t1[200], t2[200];
     snprintf(t1, sizeof t1, "training loss, mean of %d seeds (%d-step means)", S, W);
-    snprintf(t2, sizeof t2, "(mode - %s) / %s per seed, %d-step windows, %%: mean and 95%% interval (dashed: +-0.25%%)",
+    snprintf(t2, sizeof t2, "(mode - %s) / %s, %d-step windows, %%: each seed (pale), their mean (dashed: +-0.25%%)",
              names[0], names[0], W);
     ds_line_chart c1 = {.width = 900, .height = 420, .title = t1, .xlabel = "step", .ylabel = "loss", .series = top,
                         .n_series = nt};

@@ -23,7 +23,7 @@ for s in $SEEDS; do
     dirs+=("$DIR/s$s")
     [ "$ANALYZE_ONLY" = 1 ] && continue
     missing=()
-    for m in $MODES; do [ -f "$DIR/s$s/$m.time" ] || missing+=("$m"); done
+    for m in $MODES; do [ -s "$DIR/s$s/$m.time" ] || missing+=("$m"); done # time -o makes it empty at the start
     [ "${#missing[@]}" -eq 0 ] || SEED=$s MODES="${missing[*]}" KEEP="$DIR/s$s" WIN=$WIN "$ROOT/bench/fp8_accum_train.sh"
 done
 build_bench "$ROOT/bench/fp8_ensemble.c" "$DIR/fp8_ensemble"
@@ -32,7 +32,7 @@ mkdir -p "$(dirname "$PNG")"
     "${dirs[@]}" "$PNG" "$WIN"
 for s in $SEEDS; do
     for m in $MODES; do
-        [ -f "$DIR/s$s/$m.time" ] && read -r wall user sys < <(tail -n 1 "$DIR/s$s/$m.time") &&
+        [ -s "$DIR/s$s/$m.time" ] && read -r wall user sys < <(tail -n 1 "$DIR/s$s/$m.time") &&
             printf 'seed %-3s %-10s wall %7.1f s, CPU %7.1f s\n' "$s" "$m" "$wall" "$(echo "$user + $sys" | bc)"
     done
 done
