@@ -13,7 +13,8 @@ start_server() {
     # up to 120 s: under a parallel `make test` on 2 cores a start has taken over 15 s
     local up=0 deadline=$((SECONDS + 120))
     while [ "$SECONDS" -lt "$deadline" ]; do
-        url=$(head -1 "$T/$name.url" 2>/dev/null)
+        # || true: the background shell may not have created the file yet, and bats runs with errexit
+        url=$(head -1 "$T/$name.url" 2>/dev/null || true)
         [ -n "$url" ] && curl -sf "$url/health" >/dev/null && up=1 && break
         kill -0 "$(cat "$T/$name.pid")" 2>/dev/null || { cat "$T/$name.err"; return 1; }
         sleep 0.05
