@@ -4,17 +4,11 @@
 
 #include "ops/bf16.h"
 
-#include "core/dtype.h"
 #include "core/err.h"
 #include "ops/gemm_bf16.h"
 #include "ops/ops.h"
 
 static ds_ops g_base, g_tab;
-
-void ds_bf16_round(float *x, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) x[i] = ds_bf16_grid(x[i]);
-}
 
 /* Storage rounding through the base's own entry (host memory or device memory alike). */
 static void round_n(float *x, size_t n) { g_base.round_bf16(x, (int64_t)n, 1, (int64_t)n); }

@@ -34,7 +34,4 @@ struct ds_ops;
  * lives until exit). NULL (message set) when the base has no round_bf16 entry. */
 const struct ds_ops *ds_bf16_ops(const struct ds_ops *base);
 
-/* Round n floats to bf16 (nearest even) in place. */
-void ds_bf16_round(float *x, size_t n);
-
 #endif
